@@ -1,0 +1,249 @@
+"""`atb db backup`: one consistent, atomic, self-describing `pg_dump -Fc` backup.
+
+The dump, the row counts and the schema inventory are all taken in one exported snapshot, so
+a later restore can be checked against exactly what the dump contains. Bytes are hashed as
+they stream from pg_dump; the file appears under its final name only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import IsolationLevel, sql
+
+from backup_core import __version__, db, inventory, toolchain
+from backup_core.conninfo import ConnInfo, redact
+from backup_core.errors import AtbError, CommandFailed, ConfigError, StorageError
+from backup_core.fsutil import FILE_MODE, fsync_dir, make_dirs, publish, storage_error
+from backup_core.locking import DatabaseLock
+from backup_core.manifest import Inventory, Manifest, write_manifest
+from backup_core.naming import backup_path, manifest_path, partial_path, safe_dbname
+from backup_core.runner import child_env, first_error_line, run
+
+log = logging.getLogger("atb.backup")
+CHUNK = 1 << 20
+
+# phase, bytes done so far
+Progress = Callable[[str, int], None]
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    path: Path
+    manifest: Manifest
+
+
+@dataclass
+class _Snapshot:
+    """Everything learned from the source inside the dump's snapshot."""
+
+    row_counts: dict[str, int]
+    inventory: Inventory
+    alembic_revision: str | None
+
+
+def lock_path(backup_dir: Path, dbname: str) -> Path:
+    return backup_dir / safe_dbname(dbname) / ".lock"
+
+
+def create_backup(
+    source: ConnInfo,
+    backup_dir: Path,
+    *,
+    at: datetime | None = None,
+    row_counts: str = "exact",
+    wait: bool = False,
+    chains: list[toolchain.Toolchain] | None = None,
+    progress: Progress | None = None,
+    count_workers: int | None = None,
+) -> BackupResult:
+    """Dump `source` into `backup_dir`; raise an `AtbError` and leave no file on failure."""
+    if row_counts not in inventory.ROW_COUNT_MODES:
+        raise ConfigError(f"--row-counts must be one of {', '.join(inventory.ROW_COUNT_MODES)}")
+    report = progress or (lambda phase, done: None)
+    taken = (at or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    final = backup_path(backup_dir, source.dbname, taken)
+    chains = toolchain.discover() if chains is None else chains
+    report("connect", 0)
+    with db.connect(source) as conn:
+        server = db.server_version(conn)
+        chain = toolchain.for_dump(int(server.split(".")[0]), chains)
+        make_dirs(final.parent)
+        with DatabaseLock(lock_path(backup_dir, source.dbname), wait=wait):
+            if final.exists():
+                raise StorageError(f"{final} already exists; a backup is never overwritten")
+            return _backup_locked(source, conn, chain, server, final, taken, row_counts,
+                                  report, count_workers or min(4, os.cpu_count() or 2))
+
+
+def _backup_locked(
+    source: ConnInfo,
+    conn: psycopg.Connection[Any],
+    chain: toolchain.Toolchain,
+    server: str,
+    final: Path,
+    taken: datetime,
+    row_counts: str,
+    report: Progress,
+    workers: int,
+) -> BackupResult:
+    conn.isolation_level = IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+    assert row is not None
+    snapshot = str(row[0])
+    started = datetime.now(UTC)
+    t0 = time.monotonic()
+    partial = partial_path(final, f"{os.getpid()}-{os.urandom(3).hex()}")
+    manifest_final = manifest_path(final)
+    manifest_partial = partial_path(manifest_final, partial.name.rsplit("-", 1)[-1])
+    meta: dict[str, _Snapshot] = {}
+    errors: list[BaseException] = []
+
+    def describe() -> None:
+        try:
+            meta["snap"] = _describe_snapshot(source, conn, snapshot, row_counts, workers)
+        except BaseException as exc:  # re-raised in the main thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=describe, name="atb-snapshot-counts", daemon=True)
+    worker.start()
+    try:
+        size, digest = _stream_dump(chain, source, snapshot, partial, report)
+        report("check", size)
+        toc = _toc_entries(chain, partial)
+        worker.join()
+        if errors:
+            raise errors[0]
+        snap = meta["snap"]
+        finished = datetime.now(UTC)
+        manifest = Manifest(
+            database=source.dbname,
+            file=final.name,
+            taken_at=taken.isoformat(),
+            started_at=started.isoformat(timespec="seconds"),
+            finished_at=finished.isoformat(timespec="seconds"),
+            duration_s=round(time.monotonic() - t0, 3),
+            size_bytes=size,
+            sha256=digest,
+            pg_dump_version=chain.version,
+            server_version=server,
+            toc_entries=toc,
+            alembic_revision=snap.alembic_revision,
+            row_counts_mode=row_counts,
+            row_counts=snap.row_counts,
+            inventory=snap.inventory,
+            source=source.redacted,
+            tool_version=__version__,
+        )
+        report("publish", size)
+        write_manifest(manifest_partial, manifest)
+        publish(manifest_partial, manifest_final)
+        publish(partial, final)
+        fsync_dir(final.parent)
+        log.info("backup %s written (%d bytes, sha256 %s)", final, size, digest[:12])
+        return BackupResult(path=final, manifest=manifest)
+    except BaseException:
+        if manifest_final.exists() and not final.exists():
+            manifest_final.unlink(missing_ok=True)
+        raise
+    finally:
+        worker.join(timeout=60)
+        partial.unlink(missing_ok=True)
+        manifest_partial.unlink(missing_ok=True)
+        conn.rollback()
+
+
+def _stream_dump(
+    chain: toolchain.Toolchain, source: ConnInfo, snapshot: str, partial: Path, report: Progress
+) -> tuple[int, str]:
+    """Run pg_dump to stdout, hashing and writing each chunk; returns (size, sha256)."""
+    argv = [chain.tool("pg_dump"), "--format=custom", f"--snapshot={snapshot}", "--no-password",
+            f"--dbname={source.libpq_url}"]
+    log.debug("run %s", redact(" ".join(argv)))
+    digest = hashlib.sha256()
+    size = 0
+    with tempfile.TemporaryFile() as errfile:
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        except OSError as exc:
+            raise storage_error(exc, partial.parent) from exc
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=errfile, env=child_env(source.child_env()))
+        assert proc.stdout is not None
+        try:
+            report("dump", 0)
+            out_fd = proc.stdout.fileno()
+            while chunk := os.read(out_fd, CHUNK):
+                digest.update(chunk)
+                _write_all(fd, chunk, partial)
+                size += len(chunk)
+                report("dump", size)
+            returncode = proc.wait()
+            os.fsync(fd)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            os.close(fd)
+            proc.stdout.close()
+        if returncode != 0:
+            errfile.seek(0)
+            stderr = redact(errfile.read().decode(errors="replace"))
+            raise CommandFailed(f"pg_dump failed: {first_error_line(stderr)}; no backup was "
+                                "written", detail=stderr)
+    return size, digest.hexdigest()
+
+
+def _write_all(fd: int, data: bytes, path: Path) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except OSError as exc:
+            raise storage_error(exc, path.parent) from exc
+        view = view[written:]
+
+
+def _toc_entries(chain: toolchain.Toolchain, path: Path) -> int:
+    out = run([chain.tool("pg_restore"), "--list", str(path)], what="pg_restore --list").stdout
+    return sum(1 for ln in out.splitlines() if ln.strip() and not ln.startswith(";"))
+
+
+def _describe_snapshot(
+    source: ConnInfo, conn: psycopg.Connection[Any], snapshot: str, mode: str, workers: int
+) -> _Snapshot:
+    inv = inventory.schema_inventory(conn)
+    revision = inventory.alembic_revision(conn)
+    if mode == "off":
+        counts: dict[str, int] = {}
+    elif mode == "estimate":
+        counts = inventory.estimated_counts(conn)
+    else:
+        tables = [(s, t) for s, t, _ in inventory.user_tables(conn)]
+
+        def in_snapshot() -> psycopg.Connection[Any]:
+            c = db.connect(source)
+            c.isolation_level = IsolationLevel.REPEATABLE_READ
+            c.read_only = True
+            c.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            return c
+
+        counts = inventory.exact_counts(tables, in_snapshot, workers=workers)
+    return _Snapshot(row_counts=counts, inventory=inv, alembic_revision=revision)
+
+
+__all__ = ["AtbError", "BackupResult", "create_backup", "lock_path"]

@@ -1,0 +1,44 @@
+"""Durations as people write them: `90s`, `15m`, `1h`, `7d`, `1h30m`."""
+
+from __future__ import annotations
+
+import re
+
+from backup_core.errors import ConfigError
+
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `text`; a bare number is seconds."""
+    raw = text.strip().lower()
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for m in _PART.finditer(raw):
+        if raw[pos:m.start()].strip():
+            break
+        total += float(m.group(1)) * _UNIT[m.group(2)]
+        pos = m.end()
+    if pos == 0 or raw[pos:].strip():
+        raise ConfigError(f"cannot read duration {text!r}: use e.g. 90s, 15m, 1h, 7d")
+    return total
+
+
+def human(seconds: float | None) -> str:
+    """A short readable duration: `42s`, `3m 05s`, `2h 10m`, `3d 4h`."""
+    if seconds is None:
+        return "-"
+    s = round(seconds)
+    if abs(seconds) < 10:
+        return f"{seconds:.1f}s"
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"

@@ -1,0 +1,69 @@
+"""Durable, atomic file writes: temporary name, fsync, rename, fsync the directory."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from backup_core.errors import StorageError
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(path: Path) -> None:
+    """Create `path` and missing parents with mode 0700, saying clearly when we cannot."""
+    try:
+        missing = [p for p in [path, *path.parents] if not p.exists()]
+        for p in reversed(missing):
+            p.mkdir(mode=DIR_MODE)
+            p.chmod(DIR_MODE)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise storage_error(exc, path) from exc
+
+
+def storage_error(exc: OSError, path: Path) -> StorageError:
+    if exc.errno == errno.ENOSPC:
+        return StorageError(f"disk full while writing {path}: free space or point BACKUP_DIR "
+                            "elsewhere; no backup was written")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StorageError(f"cannot write {path}: {exc.strerror}; choose a writable BACKUP_DIR")
+    return StorageError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def atomic_write_text(path: Path, text: str, *, mode: int = FILE_MODE) -> None:
+    """Replace `path` with `text` so that readers see the old or the new file, never half."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise storage_error(exc, path) from exc
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Give `tmp` its final name without ever replacing an existing file."""
+    try:
+        os.link(tmp, final)
+    except FileExistsError as exc:
+        raise StorageError(f"{final} already exists; a backup is never overwritten") from exc
+    except OSError as exc:
+        raise storage_error(exc, final) from exc
+    tmp.unlink()

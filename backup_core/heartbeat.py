@@ -1,0 +1,68 @@
+"""Heartbeats: a `SystemEvent` row (type `TEST`, message `Heartbeat`) every few minutes.
+
+The newest heartbeat in a restored backup tells how fresh the data really is, and its absence
+in production for more than 15 minutes is what the monitor alerts on.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from psycopg import sql
+
+from backup_core import db
+from backup_core.conninfo import ConnInfo
+from backup_core.errors import AtbError
+
+DEFAULT_TABLE = "system_events"
+TYPE_COLUMN, MESSAGE_COLUMN, TIME_COLUMN = "type", "message", "created_at"
+
+
+class HeartbeatTableMissing(AtbError):
+    """The application's events table is not there."""
+
+
+def _table(name: str) -> sql.Composable:
+    parts = name.split(".")
+    return sql.Identifier(*parts)
+
+
+def insert_heartbeat(target: ConnInfo, *, table: str = DEFAULT_TABLE) -> datetime:
+    """Insert one heartbeat row and return its time (the server's clock)."""
+    with db.connect(target) as conn:
+        _require_table(conn, table, target)
+        row = conn.execute(
+            sql.SQL("INSERT INTO {} ({}, {}, {}) VALUES ('TEST', 'Heartbeat', now()) "
+                    "RETURNING {}").format(
+                _table(table), sql.Identifier(TYPE_COLUMN), sql.Identifier(MESSAGE_COLUMN),
+                sql.Identifier(TIME_COLUMN), sql.Identifier(TIME_COLUMN)),
+        ).fetchone()
+        conn.commit()
+    assert row is not None
+    return _utc(row[0])
+
+
+def newest_heartbeat(target: ConnInfo, *, table: str = DEFAULT_TABLE) -> datetime | None:
+    with db.connect(target) as conn:
+        _require_table(conn, table, target)
+        row = conn.execute(
+            sql.SQL("SELECT max({}) FROM {} WHERE {}::text = 'TEST'").format(
+                sql.Identifier(TIME_COLUMN), _table(table), sql.Identifier(TYPE_COLUMN)),
+        ).fetchone()
+    return _utc(row[0]) if row and row[0] is not None else None
+
+
+def _require_table(conn: object, table: str, target: ConnInfo) -> None:
+    from psycopg import Connection
+
+    assert isinstance(conn, Connection)
+    found = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
+    if not found or found[0] is None:
+        raise HeartbeatTableMissing(
+            f"table {table} does not exist in {target.redacted}: migrate the application "
+            "first, or name its events table with --table"
+        )
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

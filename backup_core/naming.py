@@ -1,0 +1,78 @@
+"""Where a backup lives: `<dir>/<db>/<YYYY>/<MM>/<DD>/backup-<YYYYMMDDTHHMMSSZ>.dump`."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+from backup_core.errors import ConfigError
+
+STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+DUMP_SUFFIX = ".dump"
+MANIFEST_SUFFIX = ".json"
+DRILL_SUFFIX = ".drill.json"
+VERIFY_SUFFIX = ".verify.json"
+PARTIAL_MARK = ".partial-"
+_NAME = re.compile(r"^backup-(\d{8}T\d{6}Z)\.dump$")
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def safe_dbname(name: str) -> str:
+    """A database name fit to be one path component: no `/`, no `..`, no leading dot."""
+    cleaned = _SAFE.sub("_", name).replace("..", "__").lstrip(".")
+    if not cleaned:
+        raise ConfigError(f"database name {name!r} cannot be used as a directory name")
+    return cleaned
+
+
+def stamp(at: datetime) -> str:
+    return at.astimezone(UTC).strftime(STAMP_FORMAT)
+
+
+def parse_stamp(text: str) -> datetime:
+    """Parse `20261123T230400Z` or an ISO 8601 time; naive times are taken as UTC."""
+    text = text.strip()
+    try:
+        at = datetime.strptime(text, STAMP_FORMAT)
+    except ValueError:
+        try:
+            at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ConfigError(
+                f"cannot read time {text!r}: use 20261123T230400Z or 2026-11-23T23:04:00Z"
+            ) from exc
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def backup_path(backup_dir: Path, dbname: str, at: datetime) -> Path:
+    at = at.astimezone(UTC)
+    day = backup_dir / safe_dbname(dbname) / f"{at:%Y}" / f"{at:%m}" / f"{at:%d}"
+    return day / f"backup-{stamp(at)}{DUMP_SUFFIX}"
+
+
+def taken_at(path: Path) -> datetime | None:
+    """The time a backup file is filed under, or None when the name is not ours."""
+    m = _NAME.match(path.name)
+    return datetime.strptime(m.group(1), STAMP_FORMAT).replace(tzinfo=UTC) if m else None
+
+
+def manifest_path(dump: Path) -> Path:
+    return dump.with_name(dump.name[: -len(DUMP_SUFFIX)] + MANIFEST_SUFFIX)
+
+
+def drill_path(dump: Path) -> Path:
+    return dump.with_name(dump.name[: -len(DUMP_SUFFIX)] + DRILL_SUFFIX)
+
+
+def verify_path(dump: Path) -> Path:
+    return dump.with_name(dump.name[: -len(DUMP_SUFFIX)] + VERIFY_SUFFIX)
+
+
+def partial_path(final: Path, token: str) -> Path:
+    """A hidden temporary name in the same directory, so the final rename is atomic."""
+    return final.with_name(f".{final.name}{PARTIAL_MARK}{token}")
+
+
+def is_partial(path: Path) -> bool:
+    return path.name.startswith(".") and PARTIAL_MARK in path.name

