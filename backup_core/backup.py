@@ -114,14 +114,25 @@ def _backup_locked(
 
     def describe() -> None:
         try:
-            meta["snap"] = _describe_snapshot(source, conn, snapshot, row_counts, workers)
+            meta["snap"] = _describe_snapshot(source, snapshot, row_counts, workers)
+        except psycopg.Error as exc:
+            errors.append(CommandFailed(
+                f"reading row counts and schema in the dump's snapshot failed: "
+                f"{redact(str(exc).strip().splitlines()[0])} (the backup user needs SELECT on "
+                "every table, or pass --row-counts off); no backup was written"))
         except BaseException as exc:  # re-raised in the main thread
             errors.append(exc)
 
     worker = threading.Thread(target=describe, name="atb-snapshot-counts", daemon=True)
     worker.start()
     try:
-        size, digest = _stream_dump(chain, source, snapshot, partial, report)
+        try:
+            size, digest = _stream_dump(chain, source, snapshot, partial, report)
+        except CommandFailed:
+            worker.join()
+            if errors:  # the root cause, when our own snapshot reading failed first
+                raise errors[0] from None
+            raise
         report("check", size)
         toc = _toc_entries(chain, partial)
         worker.join()
@@ -223,26 +234,29 @@ def _toc_entries(chain: toolchain.Toolchain, path: Path) -> int:
     return sum(1 for ln in out.splitlines() if ln.strip() and not ln.startswith(";"))
 
 
-def _describe_snapshot(
-    source: ConnInfo, conn: psycopg.Connection[Any], snapshot: str, mode: str, workers: int
-) -> _Snapshot:
-    inv = inventory.schema_inventory(conn)
-    revision = inventory.alembic_revision(conn)
+def _describe_snapshot(source: ConnInfo, snapshot: str, mode: str, workers: int) -> _Snapshot:
+    """Inventory and counts on connections that import the snapshot; the exporting
+    connection stays untouched, since any error on it would abort the snapshot for pg_dump."""
+
+    def in_snapshot() -> psycopg.Connection[Any]:
+        c = db.connect(source)
+        c.isolation_level = IsolationLevel.REPEATABLE_READ
+        c.read_only = True
+        c.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        return c
+
+    with in_snapshot() as conn:
+        inv = inventory.schema_inventory(conn)
+        revision = inventory.alembic_revision(conn)
+        tables = inventory.user_tables(conn)
+        estimates = inventory.estimated_counts(conn) if mode == "estimate" else {}
     if mode == "off":
         counts: dict[str, int] = {}
     elif mode == "estimate":
-        counts = inventory.estimated_counts(conn)
+        counts = estimates
     else:
-        tables = [(s, t) for s, t, _ in inventory.user_tables(conn)]
-
-        def in_snapshot() -> psycopg.Connection[Any]:
-            c = db.connect(source)
-            c.isolation_level = IsolationLevel.REPEATABLE_READ
-            c.read_only = True
-            c.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-            return c
-
-        counts = inventory.exact_counts(tables, in_snapshot, workers=workers)
+        counts = inventory.exact_counts([(s, t) for s, t, _ in tables], in_snapshot,
+                                        workers=workers)
     return _Snapshot(row_counts=counts, inventory=inv, alembic_revision=revision)
 
 

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 from backup_core.errors import ConfigError
 
 _SCHEMES = {"postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"}
-_URL_PASSWORD = re.compile(r"(postgres(?:ql)?(?:\+\w+)?://[^:/@\s]*):[^@\s]*@")
+_URL_PASSWORD = re.compile(r"([A-Za-z][\w+.-]*://[^:/@\s]*):[^@\s]*@")
 
 
 def redact(text: str) -> str:
@@ -49,17 +49,22 @@ class ConnInfo:
             )
         dbname = unquote(parts.path.lstrip("/"))
         query = tuple(parse_qsl(parts.query, keep_blank_values=True))
+        params = dict(query)
         if not dbname:
-            dbname = dict(query).get("dbname", "")
+            dbname = params.get("dbname", "")
         if not dbname:
             raise ConfigError(f"database URL {shown!r} names no database: add /dbname to it")
+        host = unquote(parts.hostname or "") or params.get("host", "")
+        if port is None and params.get("port", "").isdigit():
+            port = int(params["port"])
         return cls(
             dbname=dbname,
-            host=unquote(parts.hostname or ""),
+            host=host,
             port=port,
-            user=unquote(parts.username or ""),
-            password=unquote(parts.password or ""),
-            query=tuple((k, v) for k, v in query if k != "dbname"),
+            user=unquote(parts.username or "") or params.get("user", ""),
+            password=unquote(parts.password or "") or params.get("password", ""),
+            query=tuple((k, v) for k, v in query
+                        if k not in ("dbname", "host", "port", "user", "password")),
         )
 
     def with_dbname(self, dbname: str) -> ConnInfo:

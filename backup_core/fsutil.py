@@ -34,9 +34,9 @@ def make_dirs(path: Path) -> None:
 
 
 def storage_error(exc: OSError, path: Path) -> StorageError:
-    if exc.errno == errno.ENOSPC:
-        return StorageError(f"disk full while writing {path}: free space or point BACKUP_DIR "
-                            "elsewhere; no backup was written")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return StorageError(f"no space left writing {path} ({exc.strerror}): free space or "
+                            "point BACKUP_DIR elsewhere; no backup was written")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return StorageError(f"cannot write {path}: {exc.strerror}; choose a writable BACKUP_DIR")
     return StorageError(f"cannot write {path}: {exc.strerror or exc}")

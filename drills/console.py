@@ -61,7 +61,7 @@ class Progress:
         if phase != self.phase:
             self.phase = phase
             if not self.tty:
-                self.log.info("%s: %s", self.label, phase)
+                self.log.debug("%s: %s", self.label, phase)
         if self.tty and (now - self.last > 0.2 or done == 0):
             self.last = now
             elapsed = max(now - self.t0, 1e-6)

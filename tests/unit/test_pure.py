@@ -1,0 +1,135 @@
+"""Toolchain choice, naming, durations, URLs, status: pure logic."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from backup_core import toolchain
+from backup_core.catalog import COMPLETE, Backup
+from backup_core.conninfo import ConnInfo, redact
+from backup_core.durations import human, parse_duration
+from backup_core.errors import ConfigError, ToolchainError
+from backup_core.naming import backup_path, parse_stamp, safe_dbname, taken_at
+from backup_core.restore import restore_argv
+from backup_core.status import database_status, prometheus_text
+
+
+def chain(major: int, source: str = "x") -> toolchain.Toolchain:
+    class Fake(toolchain.Toolchain):
+        def has(self, tool: str) -> bool:
+            return True
+
+    return Fake(bindir=Path(f"/pg/{major}/bin"), version=f"{major}.1", source=source)
+
+
+def test_pg_dump_is_at_least_the_server_major_preferring_equal() -> None:
+    chains = [chain(18), chain(15), chain(16)]
+    assert toolchain.for_dump(15, chains).major == 15
+    assert toolchain.for_dump(14, chains).major == 15
+    assert toolchain.for_dump(17, chains).major == 18
+    with pytest.raises(ToolchainError, match="PostgreSQL 19 but the newest pg_dump here is 18"):
+        toolchain.for_dump(19, chains)
+
+
+def test_restore_and_sandbox_majors() -> None:
+    chains = [chain(18), chain(15)]
+    assert toolchain.for_restore(15, chains).major == 15
+    assert toolchain.for_restore(16, chains).major == 18
+    assert toolchain.for_server(15, chains).major == 15
+    with pytest.raises(ToolchainError):
+        toolchain.for_restore(19, [chain(15)])
+
+
+def test_discovery_order_and_versions(tmp_path: Path) -> None:
+    def fake(name: str, version: str) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        exe = d / "pg_dump"
+        exe.write_text(f"#!/bin/sh\necho 'pg_dump (PostgreSQL) {version}'\n")
+        exe.chmod(0o755)
+        return d
+
+    pinned = fake("pinned", "16.4")
+    on_path = fake("onpath", "14.2 (Debian 14.2-1)")
+    found = toolchain.discover({"PG_BINDIR": str(pinned), "PATH": str(on_path)})
+    assert [(c.source, c.version) for c in found[:2]] == [("PG_BINDIR", "16.4"),
+                                                          ("PATH", "14.2")]
+
+
+def test_parse_version() -> None:
+    assert toolchain.parse_version("psql (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)") == "15.18"
+    assert toolchain.parse_version("pg_dump (PostgreSQL) 18beta1") == "18"
+    assert toolchain.parse_version("nonsense") is None
+
+
+def test_backup_path_layout_and_sanitising() -> None:
+    at = datetime(2026, 11, 23, 23, 4, tzinfo=UTC)
+    p = backup_path(Path("/b"), "trading", at)
+    assert p == Path("/b/trading/2026/11/23/backup-20261123T230400Z.dump")
+    assert taken_at(p) == at
+    assert "/" not in safe_dbname("../../etc") and ".." not in safe_dbname("../../etc")
+    assert "/" not in safe_dbname("a/b") and safe_dbname(".hidden") == "hidden"
+    with pytest.raises(ConfigError):
+        safe_dbname("")
+
+
+def test_parse_stamp_accepts_both_forms() -> None:
+    a = parse_stamp("20261123T230400Z")
+    assert a == parse_stamp("2026-11-23T23:04:00Z") == parse_stamp("2026-11-24T00:04:00+01:00")
+    with pytest.raises(ConfigError):
+        parse_stamp("yesterday")
+
+
+def test_durations() -> None:
+    assert parse_duration("15m") == 900 and parse_duration("1h30m") == 5400
+    assert parse_duration("90") == 90 and parse_duration("7d") == 7 * 86400
+    with pytest.raises(ConfigError):
+        parse_duration("soon")
+    assert human(3725) == "1h 02m"
+
+
+def test_urls_are_redacted_everywhere() -> None:
+    text = "failed for postgresql://app:hunter2@db:5432/x and postgres://b:pw@h/y"
+    assert "hunter2" not in redact(text) and ":pw@" not in redact(text)
+    socket_url = ConnInfo(dbname="d", host="/tmp/sock", port=5433, user="postgres")
+    assert socket_url.libpq_url == "postgresql://postgres@/d?host=%2Ftmp%2Fsock&port=5433"
+    assert ConnInfo.parse(socket_url.libpq_url).host == "/tmp/sock"
+
+
+def test_restore_argv_never_uses_create() -> None:
+    info = ConnInfo.parse("postgresql://u:secret@h/db_restore")
+    argv = restore_argv(chain(15), Path("/x.dump"), info, jobs=2, clean=True, no_owner=True)
+    assert "--create" not in argv and "-C" not in argv
+    assert "--dbname=postgresql://u@h/db_restore" in argv
+    assert not any("secret" in a for a in argv)
+
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def at(hours_ago: float) -> Backup:
+    t = NOW - timedelta(hours=hours_ago)
+    return Backup(path=Path(f"/b/{t:%s}.dump"), database="app", state=COMPLETE, taken_at=t,
+                  size=10, mtime=0)
+
+
+def test_hourly_backups_meet_the_schedule_but_not_a_15_minute_rpo() -> None:
+    items = [at(h + 0.5) for h in range(48)]
+    s = database_status(items, database="app", now=NOW, schedule_s=3600, rpo_s=900)
+    assert s.largest_gap_s == 3600
+    assert not any("schedule" in m for m in s.missed)
+    assert any("cannot meet it" in m for m in s.missed)
+    relaxed = database_status(items, database="app", now=NOW, schedule_s=3600, rpo_s=3600)
+    assert relaxed.ok
+
+
+def test_a_stopped_schedule_is_reported() -> None:
+    items = [at(h + 30) for h in range(10)]
+    s = database_status(items, database="app", now=NOW, schedule_s=3600, rpo_s=7200)
+    assert any("schedule is every" in m for m in s.missed)
+    text = prometheus_text([s])
+    assert 'atb_backup_targets_met{database="app"} 0' in text
+    assert 'atb_backup_count{database="app"} 10' in text
