@@ -1,0 +1,1 @@
+"""A small trading application: the example the demo drill restores and migrates."""
