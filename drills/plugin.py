@@ -1,1 +1,418 @@
-"""pytest plugin (placeholder until the drill lands)."""
+"""The restore drill as a pytest plugin: options, the drill's fixtures, and its reports.
+
+Inert unless `--drill` or `--backup` is given; then it collects the built-in checks
+(`drills/checks.py`) instead of the project's tests, and writes the HTML report (pytest-html),
+a JSON result and a Markdown summary under `--report-dir`.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import time
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backup_core import catalog, db, inventory, toolchain
+from backup_core.catalog import Backup
+from backup_core.conninfo import ConnInfo, redact
+from backup_core.errors import AtbError, ConfigError
+from backup_core.manifest import Inventory
+from backup_core.migrate import MigrateResult, upgrade_head
+from backup_core.restore import archive_major, restore_backup
+from backup_core.verdicts import DrillVerdict, record_drill
+from backup_core.verify import VerifyResult, verify_backup
+from drills import pick, report, sandbox
+from drills.options import FLAGS, OPTIONS, DrillOptions
+from drills.state import CheckRecord, DrillState, ReportPaths
+
+STATE = pytest.StashKey[DrillState]()
+EVIDENCE = pytest.StashKey[list[str]]()
+CHECKS_MODULE = Path(__file__).with_name("checks.py")
+log = logging.getLogger("atb.drill")
+
+
+def _dest(name: str) -> str:
+    return "drill_" + name.replace("-", "_")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("drill", "restore drill (atb)")
+    for name, default, text in OPTIONS:
+        shown = f" [default: {default}]" if default and "[default" not in text else ""
+        group.addoption(f"--{name}", dest=_dest(name), default=None, help=text + shown)
+        parser.addini(_dest(name), help=text, default=default)
+    for name, text in FLAGS:
+        group.addoption(f"--{name}", dest=_dest(name), action="store_true", default=False,
+                        help=text)
+
+
+def _active(config: pytest.Config) -> bool:
+    return bool(config.getoption(_dest("drill")) or config.getoption(_dest("backup")))
+
+
+def _options(config: pytest.Config) -> DrillOptions:
+    def get(name: str) -> str | None:
+        value = config.getoption(_dest(name))
+        if value is None:
+            ini = config.getini(_dest(name))
+            value = ini if ini not in ("", None) else None
+        return str(value) if value is not None else None
+
+    return DrillOptions.from_values(get, lambda name: config.getoption(_dest(name)))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    if not _active(config):
+        return
+    try:
+        options = _options(config)
+    except AtbError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+    # From here on, nothing in this process or its children sees the production URL.
+    raw = os.environ.pop("DATABASE_URL", None)
+    production = None
+    if raw:
+        try:
+            production = ConnInfo.parse(raw)
+        except ConfigError:
+            production = None
+    started = datetime.now(UTC).replace(microsecond=0)
+    chosen, error, eligible = _select(options, started)
+    database = chosen.database if chosen else (options.database or _only_db(options) or "unknown")
+    state = DrillState(options=options, started_at=started, production=production,
+                       backup=chosen, selection_error=error,
+                       paths=ReportPaths.for_drill(options.report_dir, database, started))
+    state.facts["eligible"] = eligible
+    config.stash[STATE] = state
+    config.args[:] = [str(CHECKS_MODULE)]
+    if hasattr(config.option, "htmlpath"):
+        config.option.htmlpath = str(state.paths.html)
+        config.option.self_contained_html = True
+    _add_metadata(config, state)
+
+
+def _only_db(options: DrillOptions) -> str | None:
+    if not options.backup_dir.is_dir():
+        return None
+    names = [p.name for p in options.backup_dir.iterdir() if p.is_dir()]
+    return names[0] if len(names) == 1 else None
+
+
+def _select(options: DrillOptions, now: datetime) -> tuple[Backup | None, str | None, int]:
+    if options.backup is not None:
+        path = options.backup.resolve()
+        if not path.is_file():
+            return None, f"no backup at {options.backup}", 0
+        found = catalog.find(options.backup_dir, path)
+        if found is None:
+            return None, f"{options.backup} is not named like an atb backup " \
+                         "(backup-YYYYMMDDTHHMMSSZ.dump)", 0
+        return found, None, 1
+    backups = catalog.scan(options.backup_dir, options.database)
+    eligible = len(pick.eligible(backups, now=now, window_days=options.window_days,
+                                 database=options.database))
+    try:
+        chosen = pick.pick(backups, now=now, window_days=options.window_days, seed=options.seed,
+                           database=options.database)
+    except pick.NothingToDrill as exc:
+        return None, f"{exc} (looked in {options.backup_dir})", eligible
+    return chosen, None, eligible
+
+
+def _add_metadata(config: pytest.Config, state: DrillState) -> None:
+    try:
+        from pytest_metadata.plugin import metadata_key
+    except ImportError:
+        return
+    meta = config.stash.get(metadata_key, None)
+    if meta is None:
+        return
+    meta["Drill database"] = state.database
+    meta["Drill backup"] = str(state.backup.path) if state.backup else "-"
+    meta["Drill seed"] = str(state.options.seed)
+    meta["Toolchains"] = ", ".join(f"{c.version} ({c.source})" for c in toolchain.discover())
+    for key in list(meta):
+        if isinstance(meta[key], str):
+            meta[key] = redact(meta[key])
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    state = config.stash.get(STATE, None)
+    if state is None:
+        return None
+    chosen = str(state.backup.path) if state.backup else f"none ({state.selection_error})"
+    return [f"restore drill: backup {chosen}", f"seed {state.options.seed}, sandbox "
+            f"{state.options.sandbox}, report {state.paths.html}"]
+
+
+# -- fixtures --------------------------------------------------------------------------------
+
+@dataclass
+class RestoreOutcome:
+    ok: bool
+    error: str = ""
+    detail: str = ""
+    pg_restore_version: str = ""
+    jobs: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    inventory: Inventory = field(default_factory=dict)
+
+
+@pytest.fixture(scope="session")
+def drill(pytestconfig: pytest.Config) -> DrillState:
+    """The drill's state: options, chosen backup, phase timings, facts for the report."""
+    state = pytestconfig.stash.get(STATE, None)
+    if state is None:
+        pytest.skip("not a drill run: pass --drill or --backup PATH")
+    return state
+
+
+@pytest.fixture(scope="session")
+def drill_chains() -> list[toolchain.Toolchain]:
+    return toolchain.discover()
+
+
+@pytest.fixture(scope="session")
+def drill_backup(drill: DrillState) -> Backup:
+    if drill.backup is None:
+        pytest.skip(f"no backup selected: {drill.selection_error}")
+    return drill.backup
+
+
+@pytest.fixture(scope="session")
+def drill_integrity(drill: DrillState, drill_backup: Backup,
+                    drill_chains: list[toolchain.Toolchain]) -> VerifyResult:
+    with drill.phase("fetch/verify"):
+        return verify_backup(drill_backup.path, chains=drill_chains, record=False)
+
+
+def _source_major(backup: Backup, chains: list[toolchain.Toolchain]) -> int:
+    if backup.manifest is not None:
+        return backup.manifest.server_major
+    return archive_major(backup.path, chains)
+
+
+@pytest.fixture(scope="session")
+def drill_sandbox(drill: DrillState, drill_backup: Backup, drill_integrity: VerifyResult,
+                  drill_chains: list[toolchain.Toolchain]) -> Iterator[sandbox.SandboxInfo]:
+    """A disposable server; DATABASE_URL points at it for the rest of the drill."""
+    if not drill_integrity.ok:
+        pytest.skip(f"not attempted: the backup failed its integrity check "
+                    f"({drill_integrity.reason})")
+    server = ConnInfo.parse(drill.options.sandbox_url) if drill.options.sandbox_url else None
+    with drill.phase("sandbox start"):
+        manager = sandbox.open_sandbox(drill.options.sandbox,
+                                       source_major=_source_major(drill_backup, drill_chains),
+                                       chains=drill_chains, server=server,
+                                       production=drill.production)
+        info = manager.__enter__()
+    os.environ["DATABASE_URL"] = info.url.secret_url
+    drill.facts["sandbox"] = {"provider": info.provider, "server_version": info.server_version,
+                              "database": info.dbname, "identity": info.identity,
+                              "url": info.url.redacted}
+    try:
+        yield info
+    finally:
+        os.environ.pop("DATABASE_URL", None)
+        with drill.phase("sandbox teardown"):
+            manager.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbox.SandboxInfo,
+                  drill_chains: list[toolchain.Toolchain]) -> RestoreOutcome:
+    """Restore, ANALYZE, then read back counts and inventory before anything can change them."""
+    url = drill_sandbox.url
+    with drill.phase("restore"):
+        try:
+            done = restore_backup(drill_backup.path, url, no_owner=True, jobs=drill.options.jobs,
+                                  chains=drill_chains)
+        except AtbError as exc:
+            return RestoreOutcome(ok=False, error=str(exc), detail=redact(exc.detail))
+    with drill.phase("analyze"), db.connect(url, autocommit=True) as conn:
+        conn.execute("ANALYZE")
+    with drill.phase("checks"):
+        with db.connect(url) as conn:
+            tables = [(s, t) for s, t, _ in inventory.user_tables(conn)]
+            inv = inventory.schema_inventory(conn)
+        counts = inventory.exact_counts(tables, lambda: db.connect(url),
+                                        workers=min(4, os.cpu_count() or 2))
+    drill.checks_started = time.monotonic()
+    return RestoreOutcome(ok=True, pg_restore_version=done.pg_restore_version, jobs=done.jobs,
+                          counts=counts, inventory=inv)
+
+
+@pytest.fixture(scope="session")
+def drill_url(drill_restore: RestoreOutcome, drill_sandbox: sandbox.SandboxInfo) -> ConnInfo:
+    """The restored database (before migration)."""
+    if not drill_restore.ok:
+        pytest.skip("not run: the restore failed")
+    return drill_sandbox.url
+
+
+@pytest.fixture(scope="session")
+def drill_migration(drill: DrillState, drill_url: ConnInfo,
+                    drill_sandbox: sandbox.SandboxInfo) -> MigrateResult:
+    """`alembic upgrade head` on the restored sandbox, after confirming it is the sandbox."""
+    ini = drill.options.alembic_config
+    if ini is None:
+        pytest.skip("no --alembic-config given: migrations not exercised")
+    drill.facts["sandbox_confirmed_before_migrate"] = sandbox.confirm_sandbox(drill_url,
+                                                                              drill_sandbox)
+    with drill.phase("migrate"):
+        result = upgrade_head(ini, drill_url)
+    drill.facts["alembic"] = {"before": result.before, "after": result.after,
+                              "heads": list(result.heads), "ok": result.ok,
+                              "duration_s": result.duration_s}
+    return result
+
+
+@pytest.fixture(scope="session")
+def drill_final_url(request: pytest.FixtureRequest, drill: DrillState,
+                    drill_url: ConnInfo) -> ConnInfo:
+    """The database the application would use: migrated when an Alembic config is given."""
+    if drill.options.alembic_config is not None:
+        result: MigrateResult = request.getfixturevalue("drill_migration")
+        if not result.ok:
+            pytest.skip("not run: the migration failed")
+    return drill_url
+
+
+@pytest.fixture(scope="session")
+def drill_engine(drill_final_url: ConnInfo) -> Iterator[Any]:
+    """A SQLAlchemy engine on the restored (and migrated) sandbox, for your own checks."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(drill_final_url.sqlalchemy_url)
+    yield engine
+    engine.dispose()
+
+
+class Evidence(list[str]):
+    def add(self, line: str) -> None:
+        self.append(redact(line))
+
+
+@pytest.fixture
+def evidence(request: pytest.FixtureRequest) -> Evidence:
+    """Lines that show what a check saw; they go into the report's Evidence column."""
+    ev = Evidence()
+    request.node.stash[EVIDENCE] = ev
+    return ev
+
+
+# -- reporting -------------------------------------------------------------------------------
+
+_records: dict[str, dict[str, Any]] = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[
+        None, Any, None]:
+    outcome = yield
+    rep: pytest.TestReport = outcome.get_result()
+    if STATE not in item.config.stash:
+        return
+    lines: list[str] = item.stash.get(EVIDENCE, [])
+    rep.drill_evidence = tuple(lines)  # type: ignore[attr-defined]
+    fn = getattr(item, "function", None)
+    doc = (fn.__doc__ or "").strip() if fn else ""
+    rec = _records.setdefault(item.nodeid, {
+        "name": item.name, "title": _title(item.name), "why": " ".join(doc.split()),
+        "outcome": "", "duration_s": 0.0, "message": ""})
+    rec["duration_s"] = round(rec["duration_s"] + rep.duration, 3)
+    rec["evidence"] = tuple(lines)
+    if rep.when == "setup" and rep.outcome != "passed":
+        rec["outcome"] = "skipped" if rep.skipped else "error"
+    elif rep.when == "call":
+        if hasattr(rep, "wasxfail"):
+            rec["outcome"] = "finding"
+            rec["message"] = str(rep.wasxfail)
+        else:
+            rec["outcome"] = rep.outcome
+    elif rep.when == "teardown" and rep.failed:
+        rec["outcome"] = "error"
+    if rep.skipped and not rec["message"] and isinstance(rep.longrepr, tuple):
+        rec["message"] = str(rep.longrepr[2]).removeprefix("Skipped: ")
+    if rep.failed and call.excinfo is not None:
+        rec["message"] = redact(str(call.excinfo.value))
+
+
+def _title(name: str) -> str:
+    words = name.removeprefix("test_").replace("_", " ")
+    return words[:1].upper() + words[1:]
+
+
+def _result(state: DrillState) -> Any:
+    state.checks = [CheckRecord(name=r["name"], title=r["title"], why=r["why"],
+                                outcome=r["outcome"] or "error", duration_s=r["duration_s"],
+                                evidence=tuple(r.get("evidence", ())), message=r["message"])
+                    for r in _records.values()]
+    return state.result()
+
+
+def pytest_html_results_summary(prefix: list[str], summary: list[str], postfix: list[str],
+                                session: pytest.Session) -> None:
+    state = session.config.stash.get(STATE, None)
+    if state is not None:
+        prefix.append(report.summary_html(_result(state)))
+
+
+def pytest_html_report_title(report: Any) -> None:
+    state = report._config.stash.get(STATE, None) if hasattr(report, "_config") else None
+    if state is not None:
+        report.title = f"Restore drill: {state.database} ({state.started_at:%Y-%m-%d %H:%M}Z)"
+
+
+def pytest_html_results_table_header(cells: list[str]) -> None:
+    cells.insert(2, "<th>Check</th>")
+    cells.insert(3, "<th>Evidence</th>")
+
+
+def pytest_html_results_table_row(report: pytest.TestReport, cells: list[str]) -> None:
+    rec = _records.get(report.nodeid, {})
+    cells.insert(2, f"<td title='{html.escape(rec.get('why', ''))}'>"
+                    f"{html.escape(rec.get('title', report.nodeid))}</td>")
+    lines = getattr(report, "drill_evidence", ()) or ()
+    cells.insert(3, "<td>" + "<br>".join(html.escape(redact(x)) for x in lines) + "</td>")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    state = session.config.stash.get(STATE, None)
+    if state is None:
+        return
+    result = _result(state)
+    report.write_reports(result)
+    if state.options.result_file is not None:
+        state.options.result_file.write_text(report.to_json(result))
+    if state.backup is not None and state.options.record:
+        try:
+            record_drill(state.backup.path, DrillVerdict(
+                passed=result.passed, at=result.finished_at, report=str(state.paths.html),
+                rto_s=state.rto_s(),
+                failed_checks=tuple(c.name for c in result.checks
+                                    if c.outcome in ("failed", "error"))))
+        except AtbError as exc:
+            log.warning("could not record the verdict beside the backup: %s", exc)
+    if result.verdict != "PASS" and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    state = config.stash.get(STATE, None)
+    if state is None:
+        return
+    verdict = state.verdict() if state.checks else "FAIL"
+    terminalreporter.write_sep("=", f"restore drill verdict: {verdict}")
+    terminalreporter.write_line(f"report: {state.paths.html}")
+    terminalreporter.write_line(f"json:   {state.paths.json}")
+    terminalreporter.write_line(f"wiki:   {state.paths.md}")

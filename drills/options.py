@@ -1,0 +1,131 @@
+"""The drill's settings: pytest command-line options over ini keys over defaults."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from backup_core.durations import parse_duration
+from backup_core.errors import ConfigError
+
+# name, default, help; each is a `--<name>` option and a `drill_<name>` ini key.
+OPTIONS: tuple[tuple[str, str | None, str], ...] = (
+    ("backup", None, "Drill this one dump instead of a random pick (a developer verifying it)."),
+    ("backup-dir", None, "Backup tree to pick from.  [default: $BACKUP_DIR or ./backups]"),
+    ("database", None, "Database to drill when the tree holds several."),
+    ("window-days", "90", "Pick among complete backups of the last N days."),
+    ("seed", None, "Seed of the random pick (recorded in the report).  [default: random]"),
+    ("sandbox", "auto", "Where to restore: auto, local, docker or server."),
+    ("sandbox-url", None, "With --sandbox server: a maintenance URL of a scratch server "
+                          "[default: $ATB_SANDBOX_URL]."),
+    ("alembic-config", None, "The application's alembic.ini; without it migration checks "
+                             "are skipped."),
+    ("integration-cmd", None, "Command run with DATABASE_URL at the restored sandbox, e.g. "
+                              "'pytest tests/integration'."),
+    ("integration-timeout", "30m", "Longest the integration command may run."),
+    ("heartbeat-table", "system_events", "Table holding the heartbeat SystemEvent rows."),
+    ("rto-target", "60m", "Recovery time objective the measured restore must meet."),
+    ("rpo-target", "15m", "Recovery point objective the backup schedule is judged against."),
+    ("schedule", "1h", "How often backups are meant to run."),
+    ("runbook-pg-major", None, "pg_restore major the incident runbook uses.  "
+                               "[default: the source server's major]"),
+    ("jobs", None, "Parallel pg_restore jobs.  [default: number of cores]"),
+    ("report-dir", "reports", "Where the HTML, JSON and Markdown reports go."),
+    ("result-file", None, "Also write the JSON result here (used by `atb drill run`)."),
+)
+FLAGS: tuple[tuple[str, str], ...] = (
+    ("drill", "Run the restore drill instead of the test suite."),
+    ("strict-rpo", "Fail the drill when the schedule cannot meet the RPO target "
+                   "(default: reported as a finding)."),
+    ("no-record", "Do not record the verdict beside the backup."),
+)
+
+
+@dataclass(frozen=True)
+class DrillOptions:
+    backup: Path | None = None
+    backup_dir: Path = Path("backups")
+    database: str | None = None
+    window_days: float = 90
+    seed: int = 0
+    sandbox: str = "auto"
+    sandbox_url: str | None = None
+    alembic_config: Path | None = None
+    integration_cmd: str | None = None
+    integration_timeout_s: float = 1800
+    heartbeat_table: str = "system_events"
+    rto_target_s: float = 3600
+    rpo_target_s: float = 900
+    schedule_s: float = 3600
+    runbook_pg_major: int | None = None
+    jobs: int | None = None
+    report_dir: Path = Path("reports")
+    result_file: Path | None = None
+    strict_rpo: bool = False
+    record: bool = True
+
+    @classmethod
+    def from_values(cls, get: Any, flag: Any) -> DrillOptions:
+        """Build from `get(name) -> str | None` and `flag(name) -> bool` lookups."""
+        def path(name: str) -> Path | None:
+            value = get(name)
+            return Path(value) if value else None
+
+        def number(name: str, kind: type[int] | type[float]) -> Any:
+            value = get(name)
+            if value in (None, ""):
+                return None
+            try:
+                return kind(value)
+            except ValueError as exc:
+                raise ConfigError(f"--{name} takes a number, not {value!r}") from exc
+
+        backup = path("backup")
+        backup_dir = path("backup-dir") or (Path(os.environ["BACKUP_DIR"]) if os.environ.get(
+            "BACKUP_DIR") else None)
+        if backup_dir is None:
+            backup_dir = backup.resolve().parents[4] if backup and len(
+                backup.resolve().parents) > 4 else Path("backups")
+        seed = number("seed", int)
+        return cls(
+            backup=backup,
+            backup_dir=backup_dir,
+            database=get("database") or None,
+            window_days=number("window-days", float) or 90.0,
+            seed=seed if seed is not None else secrets.randbelow(2**31),
+            sandbox=get("sandbox") or "auto",
+            sandbox_url=get("sandbox-url") or os.environ.get("ATB_SANDBOX_URL") or None,
+            alembic_config=path("alembic-config"),
+            integration_cmd=get("integration-cmd") or None,
+            integration_timeout_s=parse_duration(get("integration-timeout") or "30m"),
+            heartbeat_table=get("heartbeat-table") or "system_events",
+            rto_target_s=parse_duration(get("rto-target") or "60m"),
+            rpo_target_s=parse_duration(get("rpo-target") or "15m"),
+            schedule_s=parse_duration(get("schedule") or "1h"),
+            runbook_pg_major=number("runbook-pg-major", int),
+            jobs=number("jobs", int),
+            report_dir=path("report-dir") or Path("reports"),
+            result_file=path("result-file"),
+            strict_rpo=bool(flag("strict-rpo")),
+            record=not flag("no-record"),
+        )
+
+    def as_pytest_args(self) -> list[str]:
+        """The same options as pytest arguments, for running the drill in a child process."""
+        args = ["--drill"]
+        for f in fields(self):
+            value = getattr(self, f.name)
+            name = f.name.replace("_", "-")
+            if f.name in ("strict_rpo",):
+                args += [f"--{name}"] if value else []
+            elif f.name == "record":
+                args += [] if value else ["--no-record"]
+            elif value is not None:
+                if f.name.endswith("_s"):
+                    name = name[:-2]
+                    value = f"{value:g}s"
+                args.append(f"--{name}={value}")
+        return args

@@ -1,0 +1,173 @@
+"""Renderings of a `DrillResult`: JSON for automation, Markdown for the audit wiki, the HTML
+summary block inside pytest-html's report, and `reports/index.html` over every drill."""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from backup_core.conninfo import redact
+from backup_core.durations import human
+from backup_core.fsutil import atomic_write_text, make_dirs
+from drills.state import DrillResult
+
+
+def to_json(result: DrillResult) -> str:
+    return redact(json.dumps(asdict(result), indent=2, sort_keys=True)) + "\n"
+
+
+def _size(n: int | None) -> str:
+    from drills.console import size
+
+    return size(n)
+
+
+def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
+    """The facts an auditor asks for first, in the order they ask."""
+    b, a, rto, rpo, sb = r.backup, r.alembic, r.rto, r.rpo, r.sandbox
+    rows = [
+        ("Verdict", r.verdict),
+        ("Database", r.database),
+        ("Backup", b.get("path") or "-"),
+        ("Selection", b.get("selection_error") or b.get("selection") or "-"),
+        ("Backup taken", f"{b.get('taken_at') or '-'} ({human(b.get('age_s'))} before the drill)"),
+        ("Size / SHA-256", f"{_size(b.get('size_bytes'))} / {b.get('sha256') or '-'}"),
+        ("Source", f"PostgreSQL {b.get('source_server_version') or '-'}, dumped by pg_dump "
+                   f"{b.get('pg_dump_version') or '-'}"),
+        ("Sandbox", f"{sb.get('provider', '-')} PostgreSQL {sb.get('server_version', '-')}"),
+        ("Alembic", f"{a.get('before') or '-'} -> {a.get('after') or '-'} "
+                    f"(script head {', '.join(a.get('heads', [])) or '-'})"),
+        ("Data", f"{b.get('rows') if b.get('rows') is not None else '-'} rows in "
+                 f"{b.get('tables') if b.get('tables') is not None else '-'} tables "
+                 f"(counts {b.get('row_counts_mode') or '-'} at backup time)"),
+        ("RTO", f"{human(rto.get('measured_s'))} measured, target {human(rto.get('target_s'))}: "
+                f"{'met' if rto.get('met') else 'NOT MET'}"),
+        ("RTO phases", ", ".join(f"{k} {human(v)}" for k, v in rto.get("phases", {}).items())
+         or "-"),
+        ("RPO", rpo.get("summary") or f"target {human(rpo.get('target_s'))}"),
+        ("Seed", str(r.seed)),
+        ("Drill", f"{r.started_at} to {r.finished_at}"),
+    ]
+    if r.integration:
+        i = r.integration
+        rows.append(("Integration", f"`{i.get('command')}` exit {i.get('exit_code')} in "
+                                    f"{human(i.get('duration_s'))}"))
+    return rows
+
+
+def summary_html(r: DrillResult) -> str:
+    color = "#1a7f37" if r.passed else "#cf222e"
+    cells = "".join(
+        f"<tr><th style='text-align:left;padding:2px 12px 2px 0'>{html.escape(k)}</th>"
+        f"<td style='font-family:monospace'>{html.escape(redact(v))}</td></tr>"
+        for k, v in summary_rows(r)[1:])
+    findings = "".join(f"<li>{html.escape(f)}</li>" for f in r.findings)
+    failed = [c for c in r.checks if c.outcome in ("failed", "error")]
+    failures = "".join(f"<li><b>{html.escape(c.title)}</b>: "
+                       f"{html.escape(c.message.splitlines()[0] if c.message else '')}</li>"
+                       for c in failed)
+    return (
+        f"<div id='drill-verdict' style='font-size:2em;font-weight:bold;color:white;"
+        f"background:{color};padding:8px 16px;display:inline-block'>Verdict: {r.verdict}</div>"
+        f"<table id='drill-summary' style='margin:12px 0'>{cells}</table>"
+        + (f"<h3>Failed checks</h3><ul id='drill-failures'>{failures}</ul>" if failures else "")
+        + (f"<h3>Findings</h3><ul id='drill-findings'>{findings}</ul>" if findings else "")
+    )
+
+
+def to_markdown(r: DrillResult) -> str:
+    lines = [f"# Restore drill: {r.database}, {r.started_at[:10]}: **{r.verdict}**", "",
+             "| | |", "|---|---|"]
+    lines += [f"| {k} | {_md(v)} |" for k, v in summary_rows(r)]
+    lines += ["", "## Checks", "", "| Check | Result | Evidence |", "|---|---|---|"]
+    for c in r.checks:
+        evidence = "; ".join(c.evidence) or (c.message.splitlines()[0] if c.message else "")
+        lines.append(f"| {_md(c.title)} | {c.outcome.upper()} | {_md(evidence)} |")
+    if r.findings:
+        lines += ["", "## Findings", ""] + [f"- {_md(f)}" for f in r.findings]
+    failed = [c for c in r.checks if c.outcome in ("failed", "error")]
+    for c in failed:
+        lines += ["", f"### {c.title}: {c.outcome}", "", "```", c.message.strip(), "```"]
+    lines += ["", f"Full report: `{r.reports['html']}` (JSON: `{r.reports['json']}`)", ""]
+    return redact("\n".join(lines))
+
+
+def _md(text: str) -> str:
+    return redact(str(text)).replace("|", "\\|").replace("\n", " ")
+
+
+def write_reports(r: DrillResult) -> None:
+    """The JSON and Markdown files beside the HTML, then the index over every drill."""
+    json_path, md_path = Path(r.reports["json"]), Path(r.reports["md"])
+    make_dirs(json_path.parent)
+    atomic_write_text(json_path, to_json(r), mode=0o644)
+    atomic_write_text(md_path, to_markdown(r), mode=0o644)
+    write_index(json_path.parent.parent)
+
+
+def load_results(report_dir: Path) -> list[dict[str, Any]]:
+    found = []
+    for path in report_dir.glob("*/*-drill.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if data.get("schema") == "atb.drill-report":
+            data["_html"] = str(path.with_suffix(".html").relative_to(report_dir))
+            found.append(data)
+    return sorted(found, key=lambda d: d.get("started_at", ""), reverse=True)
+
+
+def rto_chart(results: list[dict[str, Any]], width: int = 640, height: int = 160) -> str:
+    """An inline SVG of measured RTO over time (oldest left), with the target as a line."""
+    points = [(d["started_at"], d["rto"].get("measured_s") or 0.0) for d in reversed(results)
+              if d.get("rto")]
+    if not points:
+        return "<p>No drills yet.</p>"
+    target = max((d["rto"].get("target_s") or 0) for d in results)
+    top = max(max(v for _, v in points), 1e-6) * 1.2
+    step = (width - 40) / max(len(points) - 1, 1)
+
+    def y(v: float) -> float:
+        return height - 20 - (height - 40) * min(v, top) / top
+
+    coords = " ".join(f"{20 + i * step:.1f},{y(v):.1f}" for i, (_, v) in enumerate(points))
+    dots = "".join(f"<circle cx='{20 + i * step:.1f}' cy='{y(v):.1f}' r='3'><title>"
+                   f"{html.escape(t)}: {human(v)}</title></circle>"
+                   for i, (t, v) in enumerate(points))
+    target_line = (f"<line x1='20' x2='{width - 20}' y1='{y(target):.1f}' y2='{y(target):.1f}' "
+                   f"stroke='#cf222e' stroke-dasharray='4'/>" if target <= top else "")
+    return (f"<svg id='rto-trend' width='{width}' height='{height}' "
+            f"xmlns='http://www.w3.org/2000/svg' role='img' aria-label='RTO trend'>"
+            f"<text x='20' y='12' font-size='11'>measured RTO (max {human(top / 1.2)}; "
+            f"target {human(target)})</text>"
+            f"<polyline fill='none' stroke='#0969da' stroke-width='2' points='{coords}'/>"
+            f"{dots}{target_line}</svg>")
+
+
+def write_index(report_dir: Path) -> Path:
+    results = load_results(report_dir)
+    rows = "".join(
+        f"<tr><td>{html.escape(d['started_at'])}</td><td>{html.escape(d['database'])}</td>"
+        f"<td style='color:{'#1a7f37' if d['verdict'] == 'PASS' else '#cf222e'};"
+        f"font-weight:bold'>{d['verdict']}</td>"
+        f"<td>{html.escape(str(d['backup'].get('taken_at') or '-'))}</td>"
+        f"<td>{human(d['rto'].get('measured_s'))}</td>"
+        f"<td>{html.escape(str(d['alembic'].get('before') or '-'))} &rarr; "
+        f"{html.escape(str(d['alembic'].get('after') or '-'))}</td>"
+        f"<td><a href='{html.escape(d['_html'])}'>report</a></td></tr>"
+        for d in results)
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Restore drills</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;"
+        "border-bottom:1px solid #ddd;text-align:left}</style></head><body>"
+        f"<h1>Restore drills</h1><p>{len(results)} drills, newest first.</p>"
+        f"{rto_chart(results)}"
+        "<table><tr><th>Drill (UTC)</th><th>Database</th><th>Verdict</th><th>Backup taken</th>"
+        f"<th>RTO</th><th>Alembic</th><th></th></tr>{rows}</table></body></html>\n")
+    path = report_dir / "index.html"
+    atomic_write_text(path, redact(page), mode=0o644)
+    return path

@@ -1,0 +1,205 @@
+"""Disposable PostgreSQL for a drill: one interface, three providers.
+
+- `local`: a throwaway cluster from the toolchain, unix socket only, tuned for restore speed.
+- `docker`: testcontainers' PostgresContainer with `postgres:<source major>`.
+- `server`: a uniquely named scratch database on an existing server, dropped afterwards.
+- `auto`: docker when an engine answers within 2 s, else local.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import sql
+
+from backup_core import db, toolchain
+from backup_core.cluster import FAST_SETTINGS, Cluster
+from backup_core.conninfo import ConnInfo
+from backup_core.errors import AtbError, ConfigError, SafetyRefusal
+from backup_core.restore import same_database
+
+log = logging.getLogger("atb.sandbox")
+PROVIDERS = ("auto", "local", "docker", "server")
+IDENTITY_SQL = ("SELECT current_database(), (SELECT system_identifier::text "
+                "FROM pg_control_system()), current_setting('port')")
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    """Where the drill restores: a database that exists only for this drill."""
+
+    provider: str
+    server_version: str
+    admin: ConnInfo
+    dbname: str
+    identity: str
+    start_s: float
+    chain: toolchain.Toolchain | None = field(default=None, compare=False)
+
+    @property
+    def url(self) -> ConnInfo:
+        return self.admin.with_dbname(self.dbname)
+
+
+def scratch_name() -> str:
+    return f"atb_drill_{secrets.token_hex(4)}"
+
+
+def identity_of(info: ConnInfo) -> tuple[str, str]:
+    """(database name, server identity) as the server itself reports them."""
+    with db.connect(info, autocommit=True) as conn:
+        row = conn.execute(IDENTITY_SQL).fetchone()
+    assert row is not None
+    return str(row[0]), f"{row[1]}:{row[2]}"
+
+
+def confirm_sandbox(url: ConnInfo, sandbox: SandboxInfo) -> str:
+    """Fail loudly unless `url` really reaches the sandbox database; returns the evidence."""
+    name, ident = identity_of(url)
+    if name != sandbox.dbname or ident != sandbox.identity:
+        raise SafetyRefusal(
+            f"refusing to continue: {url.redacted} reaches database {name!r} on server {ident}, "
+            f"not the drill sandbox {sandbox.dbname!r} on {sandbox.identity}"
+        )
+    return f"connected to sandbox database {name} on server {ident}"
+
+
+# -- docker ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DockerSpec:
+    image: str
+    username: str
+    password: str
+    dbname: str
+    command: tuple[str, ...]
+
+
+def docker_spec(source_major: int) -> DockerSpec:
+    """The container a drill asks for: the source's major, durability off for speed."""
+    settings = [f"-c{k}={v}" for k, v in FAST_SETTINGS.items()]
+    return DockerSpec(image=f"postgres:{source_major}", username="postgres",
+                      password=secrets.token_urlsafe(16), dbname="postgres",
+                      command=("postgres", *settings))
+
+
+def docker_available(timeout: float = 2.0) -> bool:
+    """True when a Docker engine answers within `timeout` seconds."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import docker
+
+            client = docker.from_env(timeout=int(max(timeout, 1)))
+            try:
+                return bool(client.ping())
+            finally:
+                client.close()
+    except Exception:
+        return False
+
+
+def _postgres_container_class() -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            from testcontainers.community.postgres import (
+                PostgresContainer,
+            )
+        except ImportError:
+            from testcontainers.postgres import PostgresContainer
+    return PostgresContainer
+
+
+@contextlib.contextmanager
+def _docker(source_major: int, chains: list[toolchain.Toolchain]) -> Iterator[SandboxInfo]:
+    spec = docker_spec(source_major)
+    t0 = time.monotonic()
+    cls = _postgres_container_class()
+    try:
+        container = cls(image=spec.image, username=spec.username, password=spec.password,
+                        dbname=spec.dbname, driver=None)
+    except Exception as exc:  # docker.errors.DockerException when no engine answers
+        raise AtbError(f"the docker sandbox needs a Docker engine: {exc}; use --sandbox local")\
+            from exc
+    container.with_command(" ".join(spec.command))
+    with container:
+        admin = ConnInfo(dbname="postgres", host=container.get_container_host_ip(),
+                         port=int(container.get_exposed_port(5432)), user=spec.username,
+                         password=spec.password)
+        yield _finish(admin, "docker", t0, _optional_chain(source_major, chains))
+
+
+# -- local and server ------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _local(source_major: int, chains: list[toolchain.Toolchain]) -> Iterator[SandboxInfo]:
+    t0 = time.monotonic()
+    chain = toolchain.for_server(source_major, chains)
+    with Cluster(chain, settings=dict(FAST_SETTINGS)) as cluster:
+        yield _finish(cluster.url(), "local", t0, chain)
+
+
+@contextlib.contextmanager
+def _server(server: ConnInfo, production: ConnInfo | None,
+            chains: list[toolchain.Toolchain]) -> Iterator[SandboxInfo]:
+    if production is not None and same_database(server, production):
+        raise SafetyRefusal("the server sandbox URL is the DATABASE_URL database: give a "
+                            "maintenance database of a server that may hold scratch databases")
+    t0 = time.monotonic()
+    info = _finish(server, "server", t0, None)
+    try:
+        yield info
+    finally:
+        with db.connect(server, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(info.dbname)))
+
+
+def _finish(admin: ConnInfo, provider: str, t0: float,
+            chain: toolchain.Toolchain | None) -> SandboxInfo:
+    name = scratch_name()
+    with db.connect(admin, autocommit=True) as conn:
+        version = db.server_version(conn)
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    _, ident = identity_of(admin.with_dbname(name))
+    return SandboxInfo(provider=provider, server_version=version, admin=admin, dbname=name,
+                       identity=ident, start_s=round(time.monotonic() - t0, 3), chain=chain)
+
+
+def _optional_chain(major: int, chains: list[toolchain.Toolchain]) -> toolchain.Toolchain | None:
+    try:
+        return toolchain.for_restore(major, chains)
+    except AtbError:
+        return None
+
+
+def resolve_provider(kind: str, *, docker_probe: Any = docker_available) -> str:
+    if kind not in PROVIDERS:
+        raise ConfigError(f"--sandbox must be one of {', '.join(PROVIDERS)}, not {kind!r}")
+    if kind == "auto":
+        return "docker" if docker_probe() else "local"
+    return kind
+
+
+def open_sandbox(kind: str, *, source_major: int, chains: list[toolchain.Toolchain],
+                 server: ConnInfo | None = None,
+                 production: ConnInfo | None = None) -> contextlib.AbstractContextManager[
+                     SandboxInfo]:
+    """Context manager over the chosen provider; always torn down, on failure and Ctrl-C."""
+    provider = resolve_provider(kind)
+    log.info("sandbox provider: %s", provider)
+    if provider == "docker":
+        return _docker(source_major, chains)
+    if provider == "server":
+        if server is None:
+            raise ConfigError("--sandbox server needs --sandbox-url (or ATB_SANDBOX_URL)")
+        return _server(server, production, chains)
+    return _local(source_major, chains)

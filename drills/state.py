@@ -1,0 +1,156 @@
+"""What a drill learns as it runs, and the frozen `DrillResult` that reports render."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from backup_core.catalog import Backup
+from backup_core.conninfo import ConnInfo
+from drills.options import DrillOptions
+
+SCHEMA_ID = "atb.drill-report"
+SCHEMA_VERSION = 1
+# Phases that make up the measured RTO, in the order a real recovery goes through them.
+RTO_PHASES = ("fetch/verify", "sandbox start", "restore", "analyze", "migrate", "checks")
+
+
+@dataclass(frozen=True)
+class CheckRecord:
+    name: str
+    title: str
+    why: str
+    outcome: str  # passed, failed, error, skipped, finding
+    duration_s: float
+    evidence: tuple[str, ...]
+    message: str
+
+
+@dataclass(frozen=True)
+class DrillResult:
+    verdict: str
+    database: str
+    started_at: str
+    finished_at: str
+    seed: int
+    backup: dict[str, Any]
+    sandbox: dict[str, Any]
+    alembic: dict[str, Any]
+    rto: dict[str, Any]
+    rpo: dict[str, Any]
+    integration: dict[str, Any] | None
+    checks: tuple[CheckRecord, ...]
+    findings: tuple[str, ...]
+    reports: dict[str, str]
+    options: dict[str, Any]
+    schema: str = SCHEMA_ID
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "PASS"
+
+
+@dataclass
+class ReportPaths:
+    html: Path
+    json: Path
+    md: Path
+
+    @classmethod
+    def for_drill(cls, report_dir: Path, database: str, started: datetime) -> ReportPaths:
+        base = report_dir / database / f"{started:%Y%m%dT%H%M%SZ}-drill"
+        return cls(base.with_suffix(".html"), base.with_suffix(".json"), base.with_suffix(".md"))
+
+
+@dataclass
+class DrillState:
+    options: DrillOptions
+    started_at: datetime
+    production: ConnInfo | None
+    backup: Backup | None
+    selection_error: str | None
+    paths: ReportPaths
+    phases: dict[str, float] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+    checks: list[CheckRecord] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
+    integration: dict[str, Any] | None = None
+    checks_started: float | None = None
+
+    @property
+    def database(self) -> str:
+        if self.backup is not None:
+            return self.backup.database
+        return self.options.database or "unknown"
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.phases[name] = round(self.phases.get(name, 0.0) + time.monotonic() - t0, 3)
+
+    def rto_s(self) -> float:
+        return round(sum(self.phases.get(p, 0.0) for p in RTO_PHASES), 3)
+
+    def verdict(self) -> str:
+        if self.selection_error or not self.checks:
+            return "FAIL"
+        return "FAIL" if any(c.outcome in ("failed", "error") for c in self.checks) else "PASS"
+
+    def result(self) -> DrillResult:
+        b = self.backup
+        m = b.manifest if b else None
+        now = datetime.now(UTC)
+        age = (self.started_at - b.taken_at).total_seconds() if b and b.taken_at else None
+        return DrillResult(
+            verdict=self.verdict(),
+            database=self.database,
+            started_at=self.started_at.isoformat(timespec="seconds"),
+            finished_at=now.isoformat(timespec="seconds"),
+            seed=self.options.seed,
+            backup={
+                "path": str(b.path) if b else None,
+                "taken_at": b.taken_at.isoformat() if b and b.taken_at else None,
+                "age_s": round(age, 1) if age is not None else None,
+                "size_bytes": b.size if b else None,
+                "sha256": m.sha256 if m else None,
+                "pg_dump_version": m.pg_dump_version if m else None,
+                "source_server_version": m.server_version if m else None,
+                "alembic_revision": m.alembic_revision if m else None,
+                "tables": len(m.row_counts) if m else None,
+                "rows": sum(m.row_counts.values()) if m else None,
+                "row_counts_mode": m.row_counts_mode if m else None,
+                "selection": "given with --backup" if self.options.backup else
+                             f"random among {self.facts.get('eligible', '?')} complete backups "
+                             f"of the last {self.options.window_days:g} days (seed "
+                             f"{self.options.seed})",
+                "selection_error": self.selection_error,
+            },
+            sandbox=self.facts.get("sandbox", {}),
+            alembic=self.facts.get("alembic", {}),
+            rto={"measured_s": self.rto_s(), "target_s": self.options.rto_target_s,
+                 "met": self.rto_s() <= self.options.rto_target_s,
+                 "phases": {p: self.phases[p] for p in RTO_PHASES if p in self.phases},
+                 "other_phases": {p: v for p, v in self.phases.items() if p not in RTO_PHASES}},
+            rpo=self.facts.get("rpo", {"target_s": self.options.rpo_target_s}),
+            integration=self.integration,
+            checks=tuple(self.checks),
+            findings=tuple(self.findings),
+            reports={"html": str(self.paths.html), "json": str(self.paths.json),
+                     "md": str(self.paths.md)},
+            options={"window_days": self.options.window_days, "sandbox": self.options.sandbox,
+                     "alembic_config": str(self.options.alembic_config or ""),
+                     "integration_cmd": self.options.integration_cmd or "",
+                     "rto_target_s": self.options.rto_target_s,
+                     "rpo_target_s": self.options.rpo_target_s,
+                     "schedule_s": self.options.schedule_s,
+                     "strict_rpo": self.options.strict_rpo},
+        )
