@@ -382,6 +382,150 @@ def db_status(backup_dir: Path, database: str | None, schedule: str, rpo: str, w
         raise SystemExit(1)
 
 
+# -- drill --------------------------------------------------------------------------------------
+
+@cli.group(epilog=EXIT_CODES)
+def drill() -> None:
+    """Restore drills: prove that a backup restores, migrates and serves the application."""
+
+
+@drill.command("run", epilog=EXIT_CODES)
+@click.option("--backup", type=click.Path(dir_okay=False, path_type=Path),
+              help="Drill this dump instead of a random pick from the window.")
+@backup_dir_option
+@click.option("--database", metavar="NAME", help="Database to drill when the tree holds several.")
+@click.option("--window-days", default=90.0, type=click.FloatRange(min=0),
+              help="Pick among complete backups of the last N days.")
+@click.option("--seed", type=int, help="Seed of the random pick.  [default: random, recorded]")
+@click.option("--sandbox", type=click.Choice(["auto", "local", "docker", "server"]),
+              default="auto", help="Where to restore: docker if an engine answers, else local.")
+@click.option("--sandbox-url", envvar="ATB_SANDBOX_URL", show_envvar=True, metavar="URL",
+              help="With --sandbox server: maintenance URL of a server for scratch databases.")
+@click.option("--alembic-config", type=click.Path(dir_okay=False, path_type=Path),
+              help="The application's alembic.ini; without it migrations are not exercised.")
+@click.option("--integration-cmd", metavar="CMD",
+              help="Command to run with DATABASE_URL at the restored sandbox.")
+@click.option("--integration-timeout", default="30m", help="Longest the command may run.")
+@click.option("--heartbeat-table", default=heartbeat.DEFAULT_TABLE,
+              help="Table with the heartbeat SystemEvent rows.")
+@click.option("--rto-target", default="60m", help="Recovery time objective.")
+@click.option("--rpo-target", default="15m", help="Recovery point objective.")
+@click.option("--schedule", default="1h", help="How often backups are meant to run.")
+@click.option("--runbook-pg-major", type=int,
+              help="pg_restore major of the incident runbook.  [default: the source's major]")
+@click.option("--jobs", type=click.IntRange(min=1), help="Parallel pg_restore jobs.  "
+              "[default: number of cores]")
+@click.option("--report-dir", default="reports", type=click.Path(file_okay=False,
+              path_type=Path), help="Where reports go: <dir>/<db>/<time>-drill.{html,json,md}.")
+@click.option("--strict-rpo", is_flag=True,
+              help="Fail when the schedule cannot meet the RPO target (default: a finding).")
+@click.option("--no-record", is_flag=True, help="Do not record the verdict beside the backup.")
+@json_option
+def drill_run(backup: Path | None, backup_dir: Path, database: str | None, window_days: float,
+              seed: int | None, sandbox: str, sandbox_url: str | None,
+              alembic_config: Path | None, integration_cmd: str | None,
+              integration_timeout: str, heartbeat_table: str, rto_target: str, rpo_target: str,
+              schedule: str, runbook_pg_major: int | None, jobs: int | None, report_dir: Path,
+              strict_rpo: bool, no_record: bool, as_json: bool) -> None:
+    """Restore a random backup of the window (or --backup) into a sandbox, migrate it, run
+    the checks and the integration command, and write the audit reports. Exits 0 on PASS."""
+    from drills.options import DrillOptions
+    from drills.run import run_drill
+
+    values = {"backup": backup, "backup-dir": backup_dir, "database": database,
+              "window-days": window_days, "seed": seed, "sandbox": sandbox,
+              "sandbox-url": sandbox_url, "alembic-config": alembic_config,
+              "integration-cmd": integration_cmd, "integration-timeout": integration_timeout,
+              "heartbeat-table": heartbeat_table, "rto-target": rto_target,
+              "rpo-target": rpo_target, "schedule": schedule,
+              "runbook-pg-major": runbook_pg_major, "jobs": jobs, "report-dir": report_dir}
+    flags = {"strict-rpo": strict_rpo, "no-record": no_record}
+    options = DrillOptions.from_values(
+        lambda k: None if values.get(k) is None else str(values[k]), lambda k: flags.get(k))
+    progress = console.Progress("drill")
+    try:
+        run = run_drill(options, on_line=lambda line: _drill_line(progress, line))
+    finally:
+        progress.close()
+    result = run.result
+    if as_json:
+        console.print_json(result)
+    else:
+        click.echo(_drill_summary(result))
+    if not run.passed:
+        raise SystemExit(1)
+
+
+def _drill_line(progress: console.Progress, line: str) -> None:
+    if "::test_" in line and any(w in line for w in ("PASSED", "FAILED", "ERROR", "SKIPPED",
+                                                       "XFAIL")):
+        name = line.split("::", 1)[1].split()[0].removeprefix("test_").replace("_", " ")
+        status = next(w for w in ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL") if w in line)
+        progress(f"{status.lower()}: {name}", 0)
+
+
+def _drill_summary(result: dict[str, Any]) -> str:
+    from drills.report import summary_rows
+    from drills.state import CheckRecord, DrillResult
+
+    checks = tuple(CheckRecord(**{**c, "evidence": tuple(c["evidence"])})
+                   for c in result["checks"])
+    fields = {k: v for k, v in result.items() if k in DrillResult.__dataclass_fields__}
+    r = DrillResult(**{**fields, "checks": checks, "findings": tuple(result["findings"])})
+    lines = [f"{k + ':':<14} {v}" for k, v in summary_rows(r)]
+    lines.append("")
+    for c in r.checks:
+        lines.append(f"  {c.outcome.upper():<8} {c.title}")
+        if c.outcome in ("failed", "error") and c.message:
+            lines.append(f"           {c.message.splitlines()[0]}")
+    for f in r.findings:
+        lines.append(f"  FINDING  {f}")
+    lines += ["", f"report: {r.reports['html']}", f"json:   {r.reports['json']}",
+              f"wiki:   {r.reports['md']}"]
+    return "\n".join(lines)
+
+
+# -- demo ---------------------------------------------------------------------------------------
+
+@cli.command(epilog=EXIT_CODES)
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path),
+              help="Leave the demo's backup tree here (an empty or new directory) to explore "
+                   "with `atb db list`, `verify`, `status` and `drill run --backup`.")
+@click.option("--report-dir", default="reports", type=click.Path(file_okay=False,
+              path_type=Path), help="Where the drill reports go.")
+@click.option("--seed", type=int, help="Seed of the drill's random pick.  [default: random]")
+@click.option("--days", default=90, type=click.IntRange(min=3), help="Days of backup history.")
+@json_option
+def demo(keep: Path | None, report_dir: Path, seed: int | None, days: int,
+         as_json: bool) -> None:
+    """Start a throwaway production database, build a 90-day backup history as its schema
+    advances, prune it, drill a random backup, print the verdict and the report path."""
+    from drills.demo import describe, run_demo
+
+    progress = console.Progress("drill")
+
+    def say(text: str) -> None:
+        progress.close()
+        click.echo(f"demo: {text}", err=True)
+
+    try:
+        result = run_demo(keep=keep, report_dir=report_dir, seed=seed, days=days, say=say,
+                          on_line=lambda line: _drill_line(progress, line))
+    finally:
+        progress.close()
+    if as_json:
+        console.print_json({**describe(result), "drill": result.drill.result})
+    else:
+        click.echo(_drill_summary(result.drill.result))
+        click.echo(f"\ndemo finished in {result.seconds:.0f}s: verdict "
+                   f"{result.drill.result.get('verdict')}; open "
+                   f"{result.drill.result['reports']['html']}")
+        if keep is not None:
+            click.echo(f"backups kept in {keep}: try `atb db list --backup-dir {keep}`")
+    if not result.drill.passed:
+        raise SystemExit(1)
+
+
 # -- tests (heartbeat) ---------------------------------------------------------------------------
 
 @cli.group("tests", epilog=EXIT_CODES)

@@ -77,7 +77,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except AtbError as exc:
         raise pytest.UsageError(str(exc)) from exc
     # From here on, nothing in this process or its children sees the production URL.
-    raw = os.environ.pop("DATABASE_URL", None)
+    raw = os.environ.pop("DATABASE_URL", None) or os.environ.pop("ATB_PRODUCTION_URL", None)
     production = None
     if raw:
         try:

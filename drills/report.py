@@ -12,7 +12,7 @@ from typing import Any
 from backup_core.conninfo import redact
 from backup_core.durations import human
 from backup_core.fsutil import atomic_write_text, make_dirs
-from drills.state import DrillResult
+from drills.state import RTO_PHASES, DrillResult
 
 
 def to_json(result: DrillResult) -> str:
@@ -45,8 +45,8 @@ def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
                  f"(counts {b.get('row_counts_mode') or '-'} at backup time)"),
         ("RTO", f"{human(rto.get('measured_s'))} measured, target {human(rto.get('target_s'))}: "
                 f"{'met' if rto.get('met') else 'NOT MET'}"),
-        ("RTO phases", ", ".join(f"{k} {human(v)}" for k, v in rto.get("phases", {}).items())
-         or "-"),
+        ("RTO phases", ", ".join(f"{k} {human(rto['phases'][k])}" for k in RTO_PHASES
+                                 if k in rto.get("phases", {})) or "-"),
         ("RPO", rpo.get("summary") or f"target {human(rpo.get('target_s'))}"),
         ("Seed", str(r.seed)),
         ("Drill", f"{r.started_at} to {r.finished_at}"),
