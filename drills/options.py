@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ class DrillOptions:
     window_days: float = 90
     seed: int = 0
     sandbox: str = "auto"
-    sandbox_url: str | None = None
+    sandbox_url: str | None = field(default=None, repr=False)
     alembic_config: Path | None = None
     integration_cmd: str | None = None
     integration_timeout_s: float = 1800

@@ -321,6 +321,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     rep: pytest.TestReport = outcome.get_result()
     if STATE not in item.config.stash:
         return
+    if rep.longrepr is not None and not isinstance(rep.longrepr, tuple):
+        text = str(rep.longrepr)
+        if redact(text) != text:  # a URL with a password in a traceback: never in a report
+            rep.longrepr = redact(text)
     lines: list[str] = item.stash.get(EVIDENCE, [])
     rep.drill_evidence = tuple(lines)  # type: ignore[attr-defined]
     fn = getattr(item, "function", None)

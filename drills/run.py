@@ -37,7 +37,7 @@ class DrillRun:
 
 def drill_argv(options: DrillOptions) -> list[str]:
     return [sys.executable, "-m", "pytest", "-p", "drills.plugin", "-p", "no:cacheprovider",
-            "-v", "--no-header", "-rfEx", *options.as_pytest_args()]
+            "-v", "--no-header", "-rfEx", "--tb=short", *options.as_pytest_args()]
 
 
 def run_drill(options: DrillOptions, *, on_line: Callable[[str], None] | None = None,

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
+import socket
 import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from psycopg import sql
 
@@ -90,19 +93,26 @@ def docker_spec(source_major: int) -> DockerSpec:
                       command=("postgres", *settings))
 
 
-def docker_available(timeout: float = 2.0) -> bool:
-    """True when a Docker engine answers within `timeout` seconds."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import docker
+def docker_endpoint() -> tuple[int, Any]:
+    """(socket family, address) of the engine named by DOCKER_HOST, or the default socket."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if host.startswith("unix://"):
+        return socket.AF_UNIX, host[len("unix://"):]
+    parsed = urlsplit(host.replace("tcp://", "http://", 1))
+    return socket.AF_INET, (parsed.hostname or "localhost", parsed.port or 2375)
 
-            client = docker.from_env(timeout=int(max(timeout, 1)))
-            try:
-                return bool(client.ping())
-            finally:
-                client.close()
-    except Exception:
+
+def docker_available(timeout: float = 2.0) -> bool:
+    """True when a Docker engine answers `GET /_ping` within `timeout` seconds."""
+    family, address = docker_endpoint()
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(address)
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            status = sock.recv(64)
+            return status.startswith(b"HTTP/1.") and b" 200 " in status
+    except OSError:
         return False
 
 
@@ -122,6 +132,10 @@ def _postgres_container_class() -> Any:
 def _docker(source_major: int, chains: list[toolchain.Toolchain]) -> Iterator[SandboxInfo]:
     spec = docker_spec(source_major)
     t0 = time.monotonic()
+    if not docker_available():
+        raise AtbError("the docker sandbox needs a Docker engine and none answers at "
+                       f"{docker_endpoint()[1]}: start one, set DOCKER_HOST, or use "
+                       "--sandbox local")
     cls = _postgres_container_class()
     try:
         container = cls(image=spec.image, username=spec.username, password=spec.password,

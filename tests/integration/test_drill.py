@@ -1,0 +1,266 @@
+"""The restore drill end to end against real clusters: verdicts, reports, safety, teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from backup_core import catalog, db, inventory
+from backup_core.cluster import Cluster
+from backup_core.conninfo import ConnInfo
+from backup_core.manifest import read_manifest, write_manifest
+from backup_core.naming import manifest_path
+from drills.demo import build_history, example_dir
+from tests.helpers import atb
+
+EXAMPLE = example_dir()
+INTEGRATION = f"{sys.executable} -m pytest -q -p no:cacheprovider {EXAMPLE / 'tests'}"
+
+
+@pytest.fixture(scope="session")
+def history(pg15: Cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[ConnInfo, Path]:
+    """A production database on PostgreSQL 15 and four days of backups across all revisions."""
+    with db.connect(pg15.url(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE trading")
+    source = pg15.url("trading")
+    backup_dir = tmp_path_factory.mktemp("history")
+    build_history(source, backup_dir, now=datetime.now(UTC), days=4, hourly_days=1,
+                  orders_per_backup=30)
+    return source, backup_dir
+
+
+@pytest.fixture
+def sandbox_tmp() -> Iterator[Path]:
+    """A TMPDIR the unprivileged server user can traverse, to see what a drill leaves behind."""
+    path = Path(tempfile.mkdtemp(prefix="atb-test-tmp-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def drill(*args: str, backup_dir: Path, report_dir: Path, env: dict[str, str] | None = None,
+          url: ConnInfo | None = None) -> tuple[subprocess.CompletedProcess[str], dict]:
+    done = atb("drill", "run", "--json", "--sandbox", "local", "--backup-dir", str(backup_dir),
+               "--report-dir", str(report_dir), *args, env=env, url=url)
+    assert "Traceback" not in done.stderr, done.stderr
+    return done, json.loads(done.stdout) if done.stdout.strip().startswith("{") else {}
+
+
+def checks(result: dict) -> dict[str, str]:
+    return {c["name"]: c["outcome"] for c in result["checks"]}
+
+
+def copy_backup(src: Path, dest_root: Path) -> Path:
+    """One backup (dump and manifest) in a tree of its own, to damage without harm."""
+    rel = src.relative_to(src.parents[4])
+    dest = dest_root / rel
+    dest.parent.mkdir(parents=True)
+    shutil.copy2(src, dest)
+    shutil.copy2(manifest_path(src), manifest_path(dest))
+    return dest
+
+
+def oldest(backup_dir: Path) -> Path:
+    return [b for b in catalog.scan(backup_dir) if b.complete][-1].path
+
+
+def test_a_passing_drill_migrates_an_old_backup_and_reports_it(
+    history: tuple[ConnInfo, Path], tmp_path: Path, sandbox_tmp: Path
+) -> None:
+    source, backup_dir = history
+    old = oldest(backup_dir)
+    with db.connect(source) as conn:
+        before_counts = inventory.count_rows(conn, "public", "orders")
+        before_rev = inventory.alembic_revision(conn)
+        beats = conn.execute("SELECT count(*) FROM system_events").fetchone()
+    done, result = drill("--backup", str(old), "--schedule", "1d",
+                         "--alembic-config", str(EXAMPLE / "alembic.ini"),
+                         "--integration-cmd", INTEGRATION, backup_dir=backup_dir,
+                         report_dir=tmp_path / "reports", url=source,
+                         env={"TMPDIR": str(sandbox_tmp)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert result["verdict"] == "PASS"
+    outcomes = checks(result)
+    assert outcomes["test_schedule_meets_the_rpo_target"] == "finding"
+    assert all(v == "passed" for k, v in outcomes.items()
+               if k != "test_schedule_meets_the_rpo_target"), outcomes
+    assert result["alembic"]["before"] == "0001_initial"
+    assert result["alembic"]["after"] == "0005_rename_balance_equity"
+    assert result["sandbox"]["server_version"].startswith("15.")
+    assert 0 < result["rto"]["measured_s"] < 600
+    assert result["integration"]["exit_code"] == 0
+    assert len(result["integration"]["cases"]) == 5
+    html = Path(result["reports"]["html"]).read_text()
+    assert "Verdict: PASS" in html
+    assert "0001_initial -&gt; 0005_rename_balance_equity" in html
+    assert "RTO" in html and "measured, target 1h 00m: met" in html
+    assert "RPO target NOT MET" in html
+    assert "test_positions_equal_the_sum_of_trades" in html
+    assert source.password not in html
+    md = Path(result["reports"]["md"]).read_text()
+    assert "**PASS**" in md and "| Every table has its backup time row count | PASSED |" in md
+    index = (tmp_path / "reports" / "index.html").read_text()
+    assert "rto-trend" in index and "PASS" in index
+    # production was never touched: same revision, same rows, no heartbeat inserted
+    with db.connect(source) as conn:
+        assert inventory.count_rows(conn, "public", "orders") == before_counts
+        assert inventory.alembic_revision(conn) == before_rev
+        assert conn.execute("SELECT count(*) FROM system_events").fetchone() == beats
+    # the verdict is recorded beside the backup for prune and status
+    listed = {r["path"]: r for r in json.loads(atb("db", "list", "--json",
+                                                     "--backup-dir", str(backup_dir)).stdout)}
+    assert listed[str(old)]["checked"] == "drill-passed"
+    status = json.loads(atb("db", "status", "--json", "--backup-dir", str(backup_dir)).stdout)
+    assert status[0]["last_drill_passed"] is not None
+    # the sandbox left no directory and no server behind
+    assert list(sandbox_tmp.iterdir()) == []
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(sandbox_tmp) not in ps
+
+
+def test_a_corrupted_dump_fails_at_integrity_and_is_not_restored(
+    history: tuple[ConnInfo, Path], tmp_path: Path
+) -> None:
+    dump = copy_backup(oldest(history[1]), tmp_path / "bk")
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 3] ^= 0x40
+    dump.write_bytes(bytes(data))
+    done, result = drill("--backup", str(dump), backup_dir=tmp_path / "bk",
+                         report_dir=tmp_path / "reports")
+    assert done.returncode == 1 and result["verdict"] == "FAIL"
+    outcomes = checks(result)
+    assert outcomes["test_backup_integrity_matches_manifest"] == "failed"
+    assert outcomes["test_restore_completes_without_errors"] == "skipped"
+    message = next(c["message"] for c in result["checks"]
+                   if c["name"] == "test_backup_integrity_matches_manifest")
+    assert "sha256" in message and "altered" in message
+    html = Path(result["reports"]["html"]).read_text()
+    assert "Verdict: FAIL" in html and "integrity" in html
+
+
+def test_a_failing_migration_shows_the_alembic_error(history: tuple[ConnInfo, Path],
+                                                     tmp_path: Path) -> None:
+    broken = tmp_path / "app"
+    shutil.copytree(EXAMPLE, broken, ignore=shutil.ignore_patterns("__pycache__"))
+    (broken / "migrations/versions/0006_broken.py").write_text(
+        '"""A migration that fails on real data."""\n'
+        "from alembic import op\n\n"
+        'revision = "0006_broken"\ndown_revision = "0005_rename_balance_equity"\n'
+        "branch_labels = None\ndepends_on = None\n\n\n"
+        "def upgrade() -> None:\n"
+        '    op.execute("ALTER TABLE orders ADD CONSTRAINT tiny CHECK (quantity < 0)")\n\n\n'
+        "def downgrade() -> None:\n    pass\n")
+    done, result = drill("--backup", str(oldest(history[1])), "--alembic-config",
+                         str(broken / "alembic.ini"), "--no-record",
+                         backup_dir=history[1], report_dir=tmp_path / "reports")
+    assert done.returncode == 1
+    outcomes = checks(result)
+    assert outcomes["test_alembic_upgrade_head_reaches_the_script_head"] == "failed"
+    assert outcomes["test_sequences_are_ahead_of_their_columns"] == "skipped"
+    html = Path(result["reports"]["html"]).read_text()
+    assert "is violated by some row" in html and "0006_broken" in html
+
+
+def test_a_row_count_mismatch_is_detected(history: tuple[ConnInfo, Path],
+                                          tmp_path: Path) -> None:
+    dump = copy_backup(oldest(history[1]), tmp_path / "bk")
+    m = read_manifest(manifest_path(dump))
+    counts = dict(m.row_counts)
+    counts["public.orders"] += 1
+    counts["public.ghost_table"] = 5
+    write_manifest(manifest_path(dump), replace(m, row_counts=counts))
+    done, result = drill("--backup", str(dump), backup_dir=tmp_path / "bk",
+                         report_dir=tmp_path / "reports")
+    assert done.returncode == 1
+    check = next(c for c in result["checks"]
+                 if c["name"] == "test_every_table_has_its_backup_time_row_count")
+    assert check["outcome"] == "failed"
+    assert "public.ghost_table: missing" in check["message"]
+    assert f"public.orders: recorded {counts['public.orders']}, restored " \
+           f"{counts['public.orders'] - 1}" in check["message"]
+
+
+def test_a_failing_integration_command_fails_the_drill(history: tuple[ConnInfo, Path],
+                                                       tmp_path: Path) -> None:
+    cmd = f"{sys.executable} -c \"import os, sys; print(os.environ['DATABASE_URL']); sys.exit(3)\""
+    done, result = drill("--backup", str(oldest(history[1])), "--integration-cmd", cmd,
+                         "--no-record", backup_dir=history[1], report_dir=tmp_path / "r")
+    assert done.returncode == 1
+    assert checks(result)["test_application_integration_suite_passes"] == "failed"
+    assert result["integration"]["exit_code"] == 3
+    assert "atb_drill_" in result["integration"]["output_tail"]  # it saw the sandbox's URL
+
+
+def test_an_empty_window_is_a_clear_failure(pg15: Cluster, tmp_path: Path) -> None:
+    info = pg15.url("postgres")
+    env = {"BACKUP_DIR": str(tmp_path / "bk")}
+    long_ago = (datetime.now(UTC) - timedelta(days=200)).strftime("%Y%m%dT%H%M%SZ")
+    assert atb("db", "backup", "--at", long_ago, env=env, url=info).returncode == 0
+    done, result = drill(backup_dir=tmp_path / "bk", report_dir=tmp_path / "r")
+    assert done.returncode == 1 and result["verdict"] == "FAIL"
+    assert "no complete backup in the last 90 days" in result["backup"]["selection_error"]
+    html = Path(result["reports"]["html"]).read_text()
+    assert "no complete backup in the last 90 days" in html
+
+
+def test_the_same_seed_picks_the_same_backup(history: tuple[ConnInfo, Path],
+                                             tmp_path: Path) -> None:
+    picks = set()
+    for _ in range(2):
+        args = ("--seed", "424242", "--no-record", "--rto-target", "1h")
+        _, result = drill(*args, backup_dir=history[1], report_dir=tmp_path / "r")
+        picks.add(result["backup"]["path"])
+        assert result["seed"] == 424242
+    assert len(picks) == 1
+
+
+def test_pytest_backup_path_verifies_one_dump_through_the_plugin(
+    pytester: pytest.Pytester, history: tuple[ConnInfo, Path], tmp_path: Path
+) -> None:
+    pytester.makepyfile(test_unrelated="def test_not_collected_in_a_drill():\n    assert False\n")
+    dump = oldest(history[1])
+    result = pytester.runpytest_subprocess(
+        "--backup", str(dump), "--sandbox", "local", "--no-record", "--schedule", "1d",
+        "--report-dir", str(tmp_path / "reports"), "-p", "no:cacheprovider")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0, result.stdout.str()
+    assert outcomes["passed"] >= 10
+    result.stdout.fnmatch_lines(["*restore drill verdict: PASS*"])
+    assert "test_not_collected_in_a_drill" not in result.stdout.str()
+
+
+def test_interrupting_a_drill_tears_the_sandbox_down(history: tuple[ConnInfo, Path],
+                                                     tmp_path: Path, sandbox_tmp: Path) -> None:
+    slow = f"{sys.executable} -c \"import time; time.sleep(60)\""
+    env = {**os.environ, "TMPDIR": str(sandbox_tmp)}
+    env.pop("DATABASE_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "drills.cli", "drill", "run", "--sandbox", "local", "--backup",
+         str(oldest(history[1])), "--integration-cmd", slow, "--no-record",
+         "--report-dir", str(tmp_path / "r")], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        if "time.sleep(60)" in ps:
+            break
+        time.sleep(0.2)
+    assert any(sandbox_tmp.iterdir()), "the sandbox should exist while the drill runs"
+    proc.send_signal(2)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert list(sandbox_tmp.iterdir()) == []
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(sandbox_tmp) not in ps

@@ -1,0 +1,124 @@
+"""Drill logic that needs no server: picking, options, docker configuration, rendering."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from backup_core.catalog import COMPLETE, NO_MANIFEST, Backup
+from backup_core.errors import AtbError, ConfigError
+from drills import pick, report, sandbox
+from drills.options import DrillOptions
+from drills.state import CheckRecord, DrillState, ReportPaths
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def b(days_ago: float, state: str = COMPLETE, db: str = "trading") -> Backup:
+    at = NOW - timedelta(days=days_ago)
+    return Backup(path=Path(f"/b/{db}/backup-{at:%Y%m%dT%H%M%SZ}.dump"), database=db,
+                  state=state, taken_at=at, size=1, mtime=0)
+
+
+def test_pick_is_reproducible_and_uniform_over_the_window() -> None:
+    items = [b(d) for d in range(0, 120)] + [b(1.5, NO_MANIFEST)]
+    first = pick.pick(items, now=NOW, window_days=90, seed=7)
+    assert first == pick.pick(items, now=NOW, window_days=90, seed=7)
+    seen = {pick.pick(items, now=NOW, window_days=90, seed=s).path for s in range(400)}
+    assert len(seen) > 70
+    assert all((NOW - (x.taken_at or NOW)).days <= 90 for x in items if x.path in seen)
+    assert not any(x.state != COMPLETE and x.path in seen for x in items)
+
+
+def test_pick_fails_clearly_on_an_empty_window_or_several_databases() -> None:
+    with pytest.raises(pick.NothingToDrill, match="no complete backup in the last 90 days"):
+        pick.pick([b(200)], now=NOW, window_days=90, seed=1)
+    with pytest.raises(pick.NothingToDrill, match="name one with --database"):
+        pick.pick([b(1), b(1, db="other")], now=NOW, window_days=90, seed=1)
+    assert pick.pick([b(1), b(2, db="other")], now=NOW, window_days=90, seed=1,
+                     database="other").database == "other"
+
+
+def test_options_round_trip_through_pytest_arguments() -> None:
+    values = {"backup-dir": "/srv/b", "seed": "5", "rto-target": "30m", "sandbox": "local",
+              "integration-cmd": "pytest -q tests"}
+    opts = DrillOptions.from_values(values.get, lambda k: k == "strict-rpo")
+    assert (opts.rto_target_s, opts.seed, opts.strict_rpo) == (1800, 5, True)
+    args = opts.as_pytest_args()
+    assert "--drill" in args and "--rto-target=1800s" in args and "--strict-rpo" in args
+    assert "--integration-cmd=pytest -q tests" in args
+    with pytest.raises(ConfigError):
+        DrillOptions.from_values({"rpo-target": "soon"}.get, lambda k: False)
+
+
+def test_sandbox_url_password_stays_out_of_reprs() -> None:
+    opts = DrillOptions(sandbox_url="postgresql://u:hunter2@h/postgres")
+    assert "hunter2" not in repr(opts)
+
+
+def test_docker_sandbox_asks_for_the_source_major_with_durability_off() -> None:
+    spec = sandbox.docker_spec(15)
+    assert spec.image == "postgres:15"
+    assert "-cfsync=off" in spec.command and "-cfull_page_writes=off" in spec.command
+    assert spec.password and spec.password != sandbox.docker_spec(15).password
+
+
+def test_auto_prefers_docker_only_when_an_engine_answers() -> None:
+    assert sandbox.resolve_provider("auto", docker_probe=lambda: True) == "docker"
+    assert sandbox.resolve_provider("auto", docker_probe=lambda: False) == "local"
+    assert sandbox.resolve_provider("server", docker_probe=lambda: True) == "server"
+    with pytest.raises(ConfigError):
+        sandbox.resolve_provider("kubernetes")
+
+
+def test_no_docker_engine_answers_here_quickly() -> None:
+    """The machine's docker client has no daemon; the probe must say so within its 2 s."""
+    import time
+
+    t0 = time.monotonic()
+    available = sandbox.docker_available(timeout=2)
+    assert time.monotonic() - t0 < 10
+    if not available:
+        with pytest.raises(AtbError, match="needs a Docker engine"), \
+                sandbox.open_sandbox("docker", source_major=15, chains=[]):
+            pass
+
+
+def _state(verdict_checks: list[tuple[str, str]]) -> DrillState:
+    state = DrillState(options=DrillOptions(seed=3), started_at=NOW, production=None,
+                       backup=b(10), selection_error=None,
+                       paths=ReportPaths.for_drill(Path("/r"), "trading", NOW))
+    state.checks = [CheckRecord(name=n, title=n, why="", outcome=o, duration_s=0.1,
+                                evidence=("a | b",), message="boom\nmore") for n, o in
+                    verdict_checks]
+    state.phases = {"restore": 12.0, "migrate": 3.0, "integration": 50.0}
+    return state
+
+
+def test_verdict_and_rto_exclude_the_integration_suite() -> None:
+    ok = _state([("x", "passed"), ("y", "finding"), ("z", "skipped")])
+    assert ok.verdict() == "PASS" and ok.rto_s() == 15.0
+    assert _state([("x", "passed"), ("y", "error")]).verdict() == "FAIL"
+    assert _state([]).verdict() == "FAIL"
+
+
+def test_markdown_and_html_summary_render_the_facts_and_escape_them() -> None:
+    result = _state([("Restore completes", "failed")]).result()
+    md = report.to_markdown(result)
+    assert "**FAIL**" in md and "| Restore completes | FAILED | a \\| b |" in md
+    assert "### Restore completes: failed" in md
+    page = report.summary_html(result)
+    assert "Verdict: FAIL" in page and "drill-failures" in page and "15s measured" in page
+
+
+def test_index_lists_drills_newest_first_with_a_trend(tmp_path: Path) -> None:
+    for i, verdict_checks in enumerate(([("a", "passed")], [("a", "failed")])):
+        state = _state(verdict_checks)
+        state.started_at = NOW + timedelta(days=i)
+        state.paths = ReportPaths.for_drill(tmp_path, "trading", state.started_at)
+        report.write_reports(state.result())
+    page = (tmp_path / "index.html").read_text()
+    assert page.index("FAIL") < page.index("PASS")
+    assert page.count("<circle") == 2
