@@ -13,6 +13,7 @@ from backup_core.naming import (
     DUMP_SUFFIX,
     MANIFEST_SUFFIX,
     VERIFY_SUFFIX,
+    drill_path,
     is_partial,
     manifest_path,
     taken_at,
@@ -65,8 +66,8 @@ class Backup:
 def scan(backup_dir: Path, database: str | None = None, *, details: bool = True) -> list[Backup]:
     """Everything under `backup_dir` (one database's subtree if given), newest first.
 
-    With `details=False` manifests and sidecars are not read: enough for retention plans over
-    tens of thousands of backups.
+    With `details=False` manifests are not read (only drill verdicts, where present): enough
+    for retention plans over tens of thousands of backups.
     """
     if not backup_dir.is_dir():
         return []
@@ -109,8 +110,10 @@ def _scan_dir(folder: Path, db: str, names: set[str], details: bool) -> list[Bac
         if mpath.name not in names:
             out.append(_record(path, db, NO_MANIFEST, at, problem="manifest missing"))
             continue
-        if not details:
-            out.append(_record(path, db, COMPLETE, at))
+        if not details:  # only the rare drill verdicts, which retention needs
+            has_drill = drill_path(path).name in names
+            out.append(_record(path, db, COMPLETE, at,
+                               drill=read_drill(path) if has_drill else None))
             continue
         try:
             manifest = read_manifest(mpath)

