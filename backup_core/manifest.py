@@ -67,7 +67,7 @@ class ManifestError(AtbError):
 
 def read_manifest(path: Path) -> Manifest:
     try:
-        return Manifest.from_dict(json.loads(path.read_text()))
+        return Manifest.from_dict(json.loads(path.read_bytes()))
     except FileNotFoundError as exc:
         raise ManifestError(f"no manifest at {path}") from exc
     except (OSError, ValueError, TypeError) as exc:

@@ -61,10 +61,12 @@ def alternate(comp: Comparison, a: Callable[[], Any], b: Callable[[], Any] | Non
 
 
 def in_child(code: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run `code` in a fresh interpreter that prints its own peak RSS (children excluded)."""
-    wrapper = (f"{code}\nimport json, resource\n"
-               "print(json.dumps({'maxrss_kb': resource.getrusage(resource.RUSAGE_SELF)"
-               ".ru_maxrss}))")
+    """Run `code` in a fresh interpreter that prints its own peak RSS (children excluded).
+
+    VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec from the parent."""
+    wrapper = (f"{code}\nimport json\n"
+               "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0]\n"
+               "print(json.dumps({'maxrss_kb': int(hwm.split()[1])}))")
     done = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True,
                           env=env, check=True)
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))

@@ -126,6 +126,6 @@ class DrillOptions:
             elif value is not None:
                 if f.name.endswith("_s"):
                     name = name[:-2]
-                    value = f"{value:g}s"
+                    value = f"{value:.3f}".rstrip("0").rstrip(".") + "s"
                 args.append(f"--{name}={value}")
         return args

@@ -51,6 +51,8 @@ def test_options_round_trip_through_pytest_arguments() -> None:
     assert "--integration-cmd=pytest -q tests" in args
     with pytest.raises(ConfigError):
         DrillOptions.from_values({"rpo-target": "soon"}.get, lambda k: False)
+    long = DrillOptions.from_values({"schedule": "1000d"}.get, lambda k: False)
+    assert "--schedule=86400000s" in long.as_pytest_args()
 
 
 def test_sandbox_url_password_stays_out_of_reprs() -> None:
