@@ -164,7 +164,7 @@ def _backup_locked(
         publish(manifest_partial, manifest_final)
         publish(partial, final)
         fsync_dir(final.parent)
-        log.info("backup %s written (%d bytes, sha256 %s)", final, size, digest[:12])
+        log.debug("backup %s written (%d bytes, sha256 %s)", final, size, digest[:12])
         return BackupResult(path=final, manifest=manifest)
     except BaseException:
         if manifest_final.exists() and not final.exists():

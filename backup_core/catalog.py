@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from backup_core.manifest import Manifest, ManifestError, read_manifest
 from backup_core.naming import (
@@ -37,6 +39,7 @@ class Backup:
     size: int
     mtime: float
     manifest: Manifest | None = None
+    alembic_revision: str | None = None
     drill: DrillVerdict | None = None
     verified: VerifyRecord | None = None
     problem: str = ""
@@ -61,11 +64,13 @@ class Backup:
         return "unverified"
 
 
-def scan(backup_dir: Path, database: str | None = None, *, details: bool = True) -> list[Backup]:
+def scan(backup_dir: Path, database: str | None = None, *,
+         details: bool | Literal["summary"] = True) -> list[Backup]:
     """Everything under `backup_dir` (one database's subtree if given), newest first.
 
     With `details=False` manifests are not read (only drill verdicts, where present): enough
-    for retention plans over tens of thousands of backups.
+    for retention plans over tens of thousands of backups. With `"summary"` only each
+    manifest's head is read, for the Alembic revision a listing shows.
     """
     if not backup_dir.is_dir():
         return []
@@ -88,7 +93,8 @@ def scan(backup_dir: Path, database: str | None = None, *, details: bool = True)
     return found
 
 
-def _scan_dir(folder: Path, db: str, names: set[str], details: bool) -> list[Backup]:
+def _scan_dir(folder: Path, db: str, names: set[str],
+              details: bool | Literal["summary"]) -> list[Backup]:
     out: list[Backup] = []
     manifests_used: set[str] = set()
     for name in sorted(names):
@@ -112,6 +118,15 @@ def _scan_dir(folder: Path, db: str, names: set[str], details: bool) -> list[Bac
         if mname not in names:
             out.append(_record(path, db, NO_MANIFEST, at, problem="manifest missing"))
             continue
+        if details == "summary":
+            revision, readable = _summary(mpath)
+            if readable:
+                stem = name[: -len(DUMP_SUFFIX)]
+                out.append(_record(
+                    path, db, COMPLETE, at, alembic_revision=revision,
+                    drill=read_drill(path) if stem + DRILL_SUFFIX in names else None,
+                    verified=read_verify(path) if stem + VERIFY_SUFFIX in names else None))
+                continue
         if not details:  # only the rare drill verdicts, which retention needs
             has_drill = name[: -len(DUMP_SUFFIX)] + DRILL_SUFFIX in names
             out.append(_record(path, db, COMPLETE, at,
@@ -124,6 +139,7 @@ def _scan_dir(folder: Path, db: str, names: set[str], details: bool) -> list[Bac
             continue
         stem = name[: -len(DUMP_SUFFIX)]
         out.append(_record(path, db, COMPLETE, at, manifest=manifest,
+                           alembic_revision=manifest.alembic_revision,
                            drill=read_drill(path) if stem + DRILL_SUFFIX in names else None,
                            verified=read_verify(path) if stem + VERIFY_SUFFIX in names
                            else None))
@@ -134,6 +150,23 @@ def _scan_dir(folder: Path, db: str, names: set[str], details: bool) -> list[Bac
             out.append(_record(folder / name, db, ORPHAN_MANIFEST, None,
                                problem="manifest without its dump"))
     return out
+
+
+_HEAD = re.compile(rb'^\{\s*"alembic_revision":\s*(null|"((?:[^"\\]|\\.)*)")')
+
+
+def _summary(manifest: Path) -> tuple[str | None, bool]:
+    """(alembic revision, True) from the first bytes of a manifest we wrote (keys sorted, so
+    `alembic_revision` comes first); (None, False) when that shape is not there."""
+    try:
+        with manifest.open("rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return None, False
+    m = _HEAD.match(head)
+    if not m:
+        return None, False
+    return (m.group(2).decode() if m.group(2) is not None else None), True
 
 
 def _record(path: Path, db: str, state: str, at: datetime | None, **extra: object) -> Backup:

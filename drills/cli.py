@@ -36,7 +36,7 @@ Exit codes:
   70  internal error (a bug: the traceback is saved to a file named in the message)
   130 interrupted"""
 
-log = logging.getLogger("atb.cli")
+log = logging.getLogger("atb.backup")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -187,6 +187,8 @@ def db_backup(database_url: str, backup_dir: Path, at: str | None, row_counts: s
     finally:
         progress.close()
     m = result.manifest
+    log.info("backup %s written (%s, sha256 %s)", result.path, console.size(m.size_bytes),
+             m.sha256[:12])
     if as_json:
         console.print_json({"path": result.path, "manifest": m})
         return
@@ -202,14 +204,14 @@ def db_backup(database_url: str, backup_dir: Path, at: str | None, row_counts: s
 @json_option
 def db_list(backup_dir: Path, database: str | None, as_json: bool) -> None:
     """List backups newest first; partial, stray and manifest-less files are shown as such."""
-    items = catalog.scan(backup_dir, database)
+    items = catalog.scan(backup_dir, database, details="summary")
     now = datetime.now(UTC)
     if as_json:
         console.print_json([{
             "path": b.path, "database": b.database, "state": b.state,
             "taken_at": b.taken_at, "age_s": (now - b.taken_at).total_seconds()
             if b.taken_at else None, "size_bytes": b.size,
-            "alembic_revision": b.manifest.alembic_revision if b.manifest else None,
+            "alembic_revision": b.alembic_revision,
             "checked": b.checked, "drill": b.drill, "verified": b.verified,
             "problem": b.problem} for b in items])
         return
@@ -218,7 +220,7 @@ def db_list(backup_dir: Path, database: str | None, as_json: bool) -> None:
         return
     rows = [[b.taken_at.strftime("%Y-%m-%d %H:%M:%SZ") if b.taken_at else "-",
              human((now - b.taken_at).total_seconds()) if b.taken_at else "-",
-             console.size(b.size), b.manifest.alembic_revision or "-" if b.manifest else "-",
+             console.size(b.size), b.alembic_revision or "-",
              b.state if not b.complete else b.checked, _rel(b.path, backup_dir)] for b in items]
     click.echo(console.table(["taken (UTC)", "age", "size", "alembic", "state", "path"], rows))
 

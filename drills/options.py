@@ -119,6 +119,8 @@ class DrillOptions:
         for f in fields(self):
             value = getattr(self, f.name)
             name = f.name.replace("_", "-")
+            if f.name == "sandbox_url":
+                continue  # may hold a password: travels as ATB_SANDBOX_URL, never on argv
             if f.name in ("strict_rpo",):
                 args += [f"--{name}"] if value else []
             elif f.name == "record":

@@ -47,6 +47,8 @@ def run_drill(options: DrillOptions, *, on_line: Callable[[str], None] | None = 
     production = base.pop("DATABASE_URL", None)
     if production:
         base[PRODUCTION_ENV] = production
+    if options.sandbox_url:
+        base["ATB_SANDBOX_URL"] = options.sandbox_url
     with tempfile.TemporaryDirectory(prefix="atb-drill-") as tmp:
         result_file = Path(tmp) / "result.json"
         argv = drill_argv(replace(options, result_file=result_file))

@@ -264,3 +264,26 @@ def test_interrupting_a_drill_tears_the_sandbox_down(history: tuple[ConnInfo, Pa
     assert list(sandbox_tmp.iterdir()) == []
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(sandbox_tmp) not in ps
+
+
+def test_server_sandbox_restores_into_a_scratch_database_and_drops_it(
+    history: tuple[ConnInfo, Path], pg15: Cluster, tmp_path: Path
+) -> None:
+    source, backup_dir = history
+    admin = pg15.url("postgres")
+    done, result = drill("--backup", str(oldest(backup_dir)), "--sandbox", "server",
+                         "--no-record", "--schedule", "1d", backup_dir=backup_dir,
+                         report_dir=tmp_path / "r", env={"ATB_SANDBOX_URL": admin.secret_url})
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert result["sandbox"]["provider"] == "server"
+    assert result["sandbox"]["database"].startswith("atb_drill_")
+    with db.connect(admin) as conn:
+        left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'atb_drill_%'")
+        assert left.fetchall() == []
+    # the production database itself is refused as a sandbox server
+    refused, result = drill("--backup", str(oldest(backup_dir)), "--sandbox", "server",
+                            "--no-record", backup_dir=backup_dir, report_dir=tmp_path / "r",
+                            env={"ATB_SANDBOX_URL": source.secret_url}, url=source)
+    assert refused.returncode == 1
+    assert any("the server sandbox URL is the DATABASE_URL database" in c["message"]
+               for c in result["checks"])

@@ -49,6 +49,8 @@ def test_options_round_trip_through_pytest_arguments() -> None:
     args = opts.as_pytest_args()
     assert "--drill" in args and "--rto-target=1800s" in args and "--strict-rpo" in args
     assert "--integration-cmd=pytest -q tests" in args
+    secret = DrillOptions(sandbox_url="postgresql://u:hunter2@h/postgres").as_pytest_args()
+    assert not any("hunter2" in a for a in secret)
     with pytest.raises(ConfigError):
         DrillOptions.from_values({"rpo-target": "soon"}.get, lambda k: False)
     long = DrillOptions.from_values({"schedule": "1000d"}.get, lambda k: False)
