@@ -77,17 +77,14 @@ def scan(backup_dir: Path, database: str | None = None, *,
     dbs = [database] if database else sorted(
         e.name for e in os.scandir(backup_dir) if e.is_dir() and not e.name.startswith(".")
     )
-    folders: list[tuple[Path, str, set[str]]] = []
+    found: list[Backup] = []
     for db in dbs:
         root = backup_dir / db
         if not root.is_dir():
             continue
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
-            folders.append((Path(dirpath), db, set(filenames)))
-    found: list[Backup] = []
-    for folder, db, names in folders:  # threads were measured: 4x slower (json holds the GIL)
-        found.extend(_scan_dir(folder, db, names, details))
+            found.extend(_scan_dir(Path(dirpath), db, set(filenames), details))
     found.sort(key=lambda b: (b.taken_at.timestamp() if b.taken_at else b.mtime, b.path.name),
                reverse=True)
     return found
@@ -112,37 +109,32 @@ def _scan_dir(folder: Path, db: str, names: set[str],
                 continue  # judged below, once every dump has claimed its manifest
             out.append(_record(path, db, STRAY, None, problem="not named like a backup"))
             continue
-        mname = name[: -len(DUMP_SUFFIX)] + MANIFEST_SUFFIX
-        manifests_used.add(mname)
-        mpath = folder / mname
-        if mname not in names:
+        stem = name[: -len(DUMP_SUFFIX)]
+        manifests_used.add(stem + MANIFEST_SUFFIX)
+        if stem + MANIFEST_SUFFIX not in names:
             out.append(_record(path, db, NO_MANIFEST, at, problem="manifest missing"))
             continue
-        if details == "summary":
-            revision, readable = _summary(mpath)
-            if readable:
-                stem = name[: -len(DUMP_SUFFIX)]
-                out.append(_record(
-                    path, db, COMPLETE, at, alembic_revision=revision,
-                    drill=read_drill(path) if stem + DRILL_SUFFIX in names else None,
-                    verified=read_verify(path) if stem + VERIFY_SUFFIX in names else None))
-                continue
-        if not details:  # only the rare drill verdicts, which retention needs
-            has_drill = name[: -len(DUMP_SUFFIX)] + DRILL_SUFFIX in names
-            out.append(_record(path, db, COMPLETE, at,
-                               drill=read_drill(path) if has_drill else None))
+        # Sidecars are read only where they exist: a failed open per backup is the cost that
+        # dominates a listing of tens of thousands.
+        drill = read_drill(path) if stem + DRILL_SUFFIX in names else None
+        if not details:  # retention needs only the drill verdicts
+            out.append(_record(path, db, COMPLETE, at, drill=drill))
+            continue
+        verified = read_verify(path) if stem + VERIFY_SUFFIX in names else None
+        mpath = folder / (stem + MANIFEST_SUFFIX)
+        revision, readable = _summary(mpath) if details == "summary" else (None, False)
+        if readable:
+            out.append(_record(path, db, COMPLETE, at, alembic_revision=revision, drill=drill,
+                               verified=verified))
             continue
         try:
             manifest = read_manifest(mpath)
         except ManifestError as exc:
             out.append(_record(path, db, BAD_MANIFEST, at, problem=str(exc)))
             continue
-        stem = name[: -len(DUMP_SUFFIX)]
         out.append(_record(path, db, COMPLETE, at, manifest=manifest,
-                           alembic_revision=manifest.alembic_revision,
-                           drill=read_drill(path) if stem + DRILL_SUFFIX in names else None,
-                           verified=read_verify(path) if stem + VERIFY_SUFFIX in names
-                           else None))
+                           alembic_revision=manifest.alembic_revision, drill=drill,
+                           verified=verified))
     for name in names:
         if (name.startswith("backup-") and name.endswith(MANIFEST_SUFFIX)
                 and not name.endswith((DRILL_SUFFIX, VERIFY_SUFFIX))

@@ -70,6 +70,15 @@ class ConnInfo:
     def with_dbname(self, dbname: str) -> ConnInfo:
         return replace(self, dbname=dbname)
 
+    def with_password_from(self, other: ConnInfo | None) -> ConnInfo:
+        """This URL with `other`'s password when it has none and names the same user on the
+        same server: the runbook's target needs no password of its own on the command line."""
+        if self.password or other is None or not other.password:
+            return self
+        if (self.user, self.host, self.port) != (other.user, other.host, other.port):
+            return self
+        return replace(self, password=other.password)
+
     def _url(self, *, password: str | None, scheme: str = "postgresql") -> str:
         auth = quote(self.user, safe="") if self.user else ""
         if password is not None and self.password:

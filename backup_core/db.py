@@ -37,6 +37,24 @@ def connect(info: ConnInfo, *, autocommit: bool = False, **kwargs: Any) -> psyco
         raise ConnectionFailed(explain(exc, info)) from exc
 
 
+IDENTITY_SQL = ("SELECT (SELECT system_identifier::text FROM pg_control_system()) || ':' || "
+                "current_setting('port')")
+# Without the privilege to read pg_control_system(): address, cluster name and port still
+# tell two servers on one host apart.
+FALLBACK_IDENTITY_SQL = ("SELECT coalesce(host(inet_server_addr()), 'socket') || '/' || "
+                         "current_setting('cluster_name') || ':' || current_setting('port')")
+
+
+def server_identity(conn: psycopg.Connection[Any]) -> str:
+    """Which server `conn` reached, as the server itself reports it."""
+    try:
+        with conn.transaction():
+            row = conn.execute(IDENTITY_SQL).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        row = conn.execute(FALLBACK_IDENTITY_SQL).fetchone()
+    return str(row[0]) if row else ""
+
+
 def server_version(conn: psycopg.Connection[Any]) -> str:
     """`15.18` from `server_version_num` 150018."""
     num = conn.info.server_version

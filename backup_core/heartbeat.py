@@ -7,7 +7,9 @@ in production for more than 15 minutes is what the monitor alerts on.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from backup_core import db
@@ -52,10 +54,7 @@ def newest_heartbeat(target: ConnInfo, *, table: str = DEFAULT_TABLE) -> datetim
     return _utc(row[0]) if row and row[0] is not None else None
 
 
-def _require_table(conn: object, table: str, target: ConnInfo) -> None:
-    from psycopg import Connection
-
-    assert isinstance(conn, Connection)
+def _require_table(conn: psycopg.Connection[Any], table: str, target: ConnInfo) -> None:
     found = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
     if not found or found[0] is None:
         raise HeartbeatTableMissing(

@@ -65,14 +65,10 @@ def same_database(a: ConnInfo, b: ConnInfo) -> bool:
 
 
 def server_identity(info: ConnInfo) -> str | None:
-    """The cluster's system identifier and port, or None when we cannot ask."""
+    """The server's identity (see `db.server_identity`), or None when we cannot ask."""
     try:
-        with db.connect(info.with_dbname(info.dbname), autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT system_identifier::text || ':' || current_setting('port') "
-                "FROM pg_control_system()"
-            ).fetchone()
-            return str(row[0]) if row else None
+        with db.connect(info, autocommit=True) as conn:
+            return db.server_identity(conn)
     except (ConnectionFailed, psycopg.Error):
         return None
 

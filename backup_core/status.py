@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from backup_core.catalog import Backup
+from backup_core.durations import human
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,12 @@ def database_status(
     gaps.append(age)
     largest = max(gaps)
     if age > schedule_s + grace_s:
-        missed.append(f"newest backup is {_h(age)} old, schedule is every {_h(schedule_s)}")
+        missed.append(f"newest backup is {human(age)} old, schedule is every {human(schedule_s)}")
     if age > rpo_s:
-        missed.append(f"newest backup is {_h(age)} old, RPO target is {_h(rpo_s)}")
+        missed.append(f"newest backup is {human(age)} old, RPO target is {human(rpo_s)}")
     if largest > rpo_s:
-        missed.append(f"largest gap in {window_days:g} days is {_h(largest)}, above the RPO "
-                      f"target of {_h(rpo_s)}: backups every {_h(schedule_s)} cannot meet it")
+        missed.append(f"largest gap in {window_days:g} days is {human(largest)}, above the RPO "
+                      f"target of {human(rpo_s)}: backups every {human(schedule_s)} cannot meet it")
     drilled = [b for b in done if b.drill is not None and b.drill.passed]
     last_drill = max((b.drill.at for b in drilled if b.drill), default=None)
     return Status(
@@ -71,12 +72,6 @@ def database_status(
         largest_gap_s=round(largest, 1), window_days=window_days, schedule_s=schedule_s,
         rpo_s=rpo_s, last_drill_passed=last_drill, missed=tuple(missed),
     )
-
-
-def _h(seconds: float) -> str:
-    from backup_core.durations import human
-
-    return human(seconds)
 
 
 def prometheus_text(statuses: list[Status]) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from backup_core import catalog, db, heartbeat, status, toolchain
+from backup_core import db, heartbeat, status, toolchain
 from backup_core.catalog import Backup
 from backup_core.conninfo import ConnInfo, redact
 from backup_core.durations import human
@@ -240,18 +240,11 @@ def test_heartbeat_is_fresh_at_backup_time(drill: DrillState, drill_backup: Back
                           expected="within 10m", found=human(gap))
 
 
-def _policy(drill: DrillState) -> status.Status:
-    backups = catalog.scan(drill.options.backup_dir, drill.database)
-    return status.database_status(backups, database=drill.database, now=drill.started_at,
-                                  schedule_s=drill.options.schedule_s,
-                                  rpo_s=drill.options.rpo_target_s)
-
-
-def test_backups_keep_to_the_schedule(drill: DrillState, drill_backup: Backup,
+def test_backups_keep_to_the_schedule(drill: DrillState, drill_policy: status.Status,
                                       evidence: Evidence) -> None:
     """A backup policy is only as good as its longest silence: the newest backup's age and
     the largest gap in the last 7 days must stay within the schedule."""
-    s = _policy(drill)
+    s = drill_policy
     limit = drill.options.schedule_s + 300
     evidence.add(f"{s.backups} complete backups; newest {human(s.newest_age_s)} old; largest "
                  f"gap over {s.window_days:g}d {human(s.largest_gap_s)}; schedule every "
@@ -265,11 +258,11 @@ def test_backups_keep_to_the_schedule(drill: DrillState, drill_backup: Backup,
                                                             ("largest gap", s.largest_gap_s))})
 
 
-def test_schedule_meets_the_rpo_target(drill: DrillState, drill_backup: Backup,
+def test_schedule_meets_the_rpo_target(drill: DrillState, drill_policy: status.Status,
                                        evidence: Evidence) -> None:
     """The RPO is the data you may lose: with dumps alone it is the gap between two backups.
     Hourly dumps cannot meet a 15-minute RPO; that must be said, not hidden."""
-    s = _policy(drill)
+    s = drill_policy
     target = drill.options.rpo_target_s
     worst = s.largest_gap_s or 0.0
     met = worst <= target

@@ -19,6 +19,7 @@ from backup_core import backup, catalog, heartbeat, restore, retention, status, 
 from backup_core.conninfo import ConnInfo, redact
 from backup_core.durations import human, parse_duration
 from backup_core.errors import AtbError, ConfigError
+from backup_core.fsutil import atomic_write_text
 from backup_core.naming import parse_stamp
 from drills import console
 
@@ -89,7 +90,8 @@ def database_url_option(required: bool = True) -> Callable[[F], F]:
     return click.option("--database-url", envvar="DATABASE_URL", show_envvar=True,
                         required=required, metavar="URL",
                         help="Database to back up, postgresql://user:password@host:port/db. "
-                             "Its password is never shown.")
+                             "Its password is never shown; set it in the environment, since "
+                             "argv is visible in ps.")
 
 
 backup_dir_option = click.option(
@@ -309,9 +311,11 @@ def db_prune(backup_dir: Path, retention_days: float, keep_last: int, keep_daily
 
 @db.command("restore", epilog=EXIT_CODES)
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--target-url", required=True, metavar="URL",
-              help="Database to restore into; created if missing. Never the dump's own name "
-                   "by accident: pg_restore --create is never used.")
+@click.option("--target-url", envvar="ATB_TARGET_URL", show_envvar=True, required=True,
+              metavar="URL",
+              help="Database to restore into; created if missing (pg_restore --create is never "
+                   "used). Without a password it borrows DATABASE_URL's for the same user and "
+                   "server; otherwise set it in the environment: argv is visible in ps.")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Parallel pg_restore jobs.  [default: number of cores]")
 @click.option("--clean", is_flag=True, help="Drop existing objects in a non-empty target first.")
@@ -329,8 +333,9 @@ def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, no_ow
                migrate: bool, alembic_config: Path, production_url: str | None,
                allow_production: bool, as_json: bool) -> None:
     """Restore PATH into exactly the target database (fresh database, pg_restore, migrate)."""
+    production = _optional_conn(production_url)
     result = restore.restore_backup(
-        path, _conn(target_url), production=_optional_conn(production_url),
+        path, _conn(target_url).with_password_from(production), production=production,
         allow_production=allow_production, clean=clean, jobs=jobs, no_owner=no_owner,
         alembic_config=alembic_config if migrate else None)
     if as_json:
@@ -366,8 +371,6 @@ def db_status(backup_dir: Path, database: str | None, schedule: str, rpo: str, w
                                       rpo_s=parse_duration(rpo),
                                       window_days=parse_duration(window) / 86400) for n in names]
     if prom_file is not None:
-        from backup_core.fsutil import atomic_write_text
-
         atomic_write_text(prom_file, status.prometheus_text(results), mode=0o644)
     if as_json:
         console.print_json([{**console.jsonable(s), "ok": s.ok} for s in results])
@@ -402,7 +405,8 @@ def drill() -> None:
 @click.option("--sandbox", type=click.Choice(["auto", "local", "docker", "server"]),
               default="auto", help="Where to restore: docker if an engine answers, else local.")
 @click.option("--sandbox-url", envvar="ATB_SANDBOX_URL", show_envvar=True, metavar="URL",
-              help="With --sandbox server: maintenance URL of a server for scratch databases.")
+              help="With --sandbox server: maintenance URL of a server for scratch databases "
+                   "(set it in the environment if it holds a password).")
 @click.option("--alembic-config", type=click.Path(dir_okay=False, path_type=Path),
               help="The application's alembic.ini; without it migrations are not exercised.")
 @click.option("--integration-cmd", metavar="CMD",

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from backup_core import catalog, db, inventory, toolchain
+from backup_core import catalog, db, inventory, status, toolchain
 from backup_core.catalog import Backup
 from backup_core.conninfo import ConnInfo, redact
 from backup_core.errors import AtbError, ConfigError
@@ -30,7 +30,7 @@ from backup_core.verdicts import DrillVerdict, record_drill
 from backup_core.verify import VerifyResult, verify_backup
 from drills import pick, report, sandbox
 from drills.options import FLAGS, OPTIONS, DrillOptions
-from drills.state import CheckRecord, DrillState, ReportPaths
+from drills.state import DrillState, ReportPaths
 
 STATE = pytest.StashKey[DrillState]()
 EVIDENCE = pytest.StashKey[list[str]]()
@@ -296,6 +296,15 @@ def drill_engine(drill_final_url: ConnInfo) -> Iterator[Any]:
     engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def drill_policy(drill: DrillState, drill_backup: Backup) -> status.Status:
+    """The backup inventory judged against the schedule and RPO (no manifest is read)."""
+    backups = catalog.scan(drill.options.backup_dir, drill.database, details=False)
+    return status.database_status(backups, database=drill.database, now=drill.started_at,
+                                  schedule_s=drill.options.schedule_s,
+                                  rpo_s=drill.options.rpo_target_s)
+
+
 class Evidence(list[str]):
     def add(self, line: str) -> None:
         self.append(redact(line))
@@ -311,15 +320,13 @@ def evidence(request: pytest.FixtureRequest) -> Evidence:
 
 # -- reporting -------------------------------------------------------------------------------
 
-_records: dict[str, dict[str, Any]] = {}
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[
         None, Any, None]:
     outcome = yield
     rep: pytest.TestReport = outcome.get_result()
-    if STATE not in item.config.stash:
+    state = item.config.stash.get(STATE, None)
+    if state is None:
         return
     if rep.longrepr is not None and not isinstance(rep.longrepr, tuple):
         text = str(rep.longrepr)
@@ -329,9 +336,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     rep.drill_evidence = tuple(lines)  # type: ignore[attr-defined]
     fn = getattr(item, "function", None)
     doc = (fn.__doc__ or "").strip() if fn else ""
-    rec = _records.setdefault(item.nodeid, {
+    rec = state.records.setdefault(item.nodeid, {
         "name": item.name, "title": _title(item.name), "why": " ".join(doc.split()),
         "outcome": "", "duration_s": 0.0, "message": ""})
+    rep.drill_record = rec  # type: ignore[attr-defined]
     rec["duration_s"] = round(rec["duration_s"] + rep.duration, 3)
     rec["evidence"] = tuple(lines)
     if rep.when == "setup" and rep.outcome != "passed":
@@ -355,34 +363,30 @@ def _title(name: str) -> str:
     return words[:1].upper() + words[1:]
 
 
-def _result(state: DrillState) -> Any:
-    state.checks = [CheckRecord(name=r["name"], title=r["title"], why=r["why"],
-                                outcome=r["outcome"] or "error", duration_s=r["duration_s"],
-                                evidence=tuple(r.get("evidence", ())), message=r["message"])
-                    for r in _records.values()]
-    return state.result()
-
-
+@pytest.hookimpl(optionalhook=True)
 def pytest_html_results_summary(prefix: list[str], summary: list[str], postfix: list[str],
                                 session: pytest.Session) -> None:
     state = session.config.stash.get(STATE, None)
     if state is not None:
-        prefix.append(report.summary_html(_result(state)))
+        prefix.append(report.summary_html(state.finish_checks()))
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_html_report_title(report: Any) -> None:
     state = report._config.stash.get(STATE, None) if hasattr(report, "_config") else None
     if state is not None:
         report.title = f"Restore drill: {state.database} ({state.started_at:%Y-%m-%d %H:%M}Z)"
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_html_results_table_header(cells: list[str]) -> None:
     cells.insert(2, "<th>Check</th>")
     cells.insert(3, "<th>Evidence</th>")
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_html_results_table_row(report: pytest.TestReport, cells: list[str]) -> None:
-    rec = _records.get(report.nodeid, {})
+    rec: dict[str, Any] = getattr(report, "drill_record", {})
     cells.insert(2, f"<td title='{html.escape(rec.get('why', ''))}'>"
                     f"{html.escape(rec.get('title', report.nodeid))}</td>")
     lines = getattr(report, "drill_evidence", ()) or ()
@@ -394,7 +398,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(STATE, None)
     if state is None:
         return
-    result = _result(state)
+    result = state.finish_checks()
     report.write_reports(result)
     if state.options.result_file is not None:
         state.options.result_file.write_text(report.to_json(result))
@@ -415,8 +419,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     state = config.stash.get(STATE, None)
     if state is None:
         return
-    verdict = state.verdict() if state.checks else "FAIL"
-    terminalreporter.write_sep("=", f"restore drill verdict: {verdict}")
+    terminalreporter.write_sep("=", f"restore drill verdict: {state.verdict()}")
     terminalreporter.write_line(f"report: {state.paths.html}")
     terminalreporter.write_line(f"json:   {state.paths.json}")
     terminalreporter.write_line(f"wiki:   {state.paths.md}")

@@ -12,17 +12,12 @@ from typing import Any
 from backup_core.conninfo import redact
 from backup_core.durations import human
 from backup_core.fsutil import atomic_write_text, make_dirs
+from drills.console import size
 from drills.state import RTO_PHASES, DrillResult
 
 
 def to_json(result: DrillResult) -> str:
     return redact(json.dumps(asdict(result), indent=2, sort_keys=True)) + "\n"
-
-
-def _size(n: int | None) -> str:
-    from drills.console import size
-
-    return size(n)
 
 
 def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
@@ -34,7 +29,7 @@ def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
         ("Backup", b.get("path") or "-"),
         ("Selection", b.get("selection_error") or b.get("selection") or "-"),
         ("Backup taken", f"{b.get('taken_at') or '-'} ({human(b.get('age_s'))} before the drill)"),
-        ("Size / SHA-256", f"{_size(b.get('size_bytes'))} / {b.get('sha256') or '-'}"),
+        ("Size / SHA-256", f"{size(b.get('size_bytes'))} / {b.get('sha256') or '-'}"),
         ("Source", f"PostgreSQL {b.get('source_server_version') or '-'}, dumped by pg_dump "
                    f"{b.get('pg_dump_version') or '-'}"),
         ("Sandbox", f"{sb.get('provider', '-')} PostgreSQL {sb.get('server_version', '-')}"),

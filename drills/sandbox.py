@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import psycopg
 from psycopg import sql
 
 from backup_core import db, toolchain
@@ -31,13 +30,6 @@ from backup_core.restore import same_database
 
 log = logging.getLogger("atb.sandbox")
 PROVIDERS = ("auto", "local", "docker", "server")
-IDENTITY_SQL = ("SELECT current_database(), (SELECT system_identifier::text "
-                "FROM pg_control_system()), current_setting('port')")
-# Without the privilege to read pg_control_system(): address, port and data-independent
-# settings still tell two servers apart on one host.
-FALLBACK_IDENTITY_SQL = ("SELECT current_database(), coalesce(host(inet_server_addr()), "
-                         "'socket') || '/' || current_setting('cluster_name'), "
-                         "current_setting('port')")
 
 
 @dataclass(frozen=True)
@@ -64,12 +56,8 @@ def scratch_name() -> str:
 def identity_of(info: ConnInfo) -> tuple[str, str]:
     """(database name, server identity) as the server itself reports them."""
     with db.connect(info, autocommit=True) as conn:
-        try:
-            row = conn.execute(IDENTITY_SQL).fetchone()
-        except psycopg.errors.InsufficientPrivilege:
-            row = conn.execute(FALLBACK_IDENTITY_SQL).fetchone()
-    assert row is not None
-    return str(row[0]), f"{row[1]}:{row[2]}"
+        row = conn.execute("SELECT current_database()").fetchone()
+        return str(row[0]) if row else "", db.server_identity(conn)
 
 
 def confirm_sandbox(url: ConnInfo, sandbox: SandboxInfo) -> str:

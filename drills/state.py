@@ -79,6 +79,8 @@ class DrillState:
     phases: dict[str, float] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
     checks: list[CheckRecord] = field(default_factory=list)
+    # per test node id, filled as reports arrive; `finish_checks` turns them into `checks`
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
     findings: list[str] = field(default_factory=list)
     integration: dict[str, Any] | None = None
     checks_started: float | None = None
@@ -96,6 +98,13 @@ class DrillState:
             yield
         finally:
             self.phases[name] = round(self.phases.get(name, 0.0) + time.monotonic() - t0, 3)
+
+    def finish_checks(self) -> DrillResult:
+        self.checks = [CheckRecord(name=r["name"], title=r["title"], why=r["why"],
+                                   outcome=r["outcome"] or "error", duration_s=r["duration_s"],
+                                   evidence=tuple(r.get("evidence", ())), message=r["message"])
+                       for r in self.records.values()]
+        return self.result()
 
     def rto_s(self) -> float:
         return round(sum(self.phases.get(p, 0.0) for p in RTO_PHASES), 3)

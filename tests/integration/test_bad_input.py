@@ -118,8 +118,9 @@ def test_no_password_on_any_argv_or_output(pg15: Cluster, backup_dir: Path,
         assert exit_.value.code == 0
     dump = next(backup_dir.rglob("*.dump"))
     target = info.with_dbname(info.dbname + "_r")
+    monkeypatch.setenv("ATB_TARGET_URL", target.secret_url)
     with pytest.raises(SystemExit):
-        cli.main(["-v", "db", "restore", str(dump), "--target-url", target.secret_url])
+        cli.main(["-v", "db", "restore", str(dump)])
     out = capsys.readouterr()
     assert any("pg_dump" in a[0] for a in seen) and any("pg_restore" in a[0] for a in seen)
     for argv in seen:

@@ -23,6 +23,7 @@ from tests.helpers import atb
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 EXAMPLE_PREFIX = "postgresql://app:secret@localhost:5432/"
+EXAMPLE_NO_PASSWORD = "postgresql://app@localhost:5432/"
 EXAMPLE_STAMP = "20261123T230400Z"
 
 
@@ -75,6 +76,7 @@ def test_every_runnable_readme_example_works(pg15: Cluster, project: Path) -> No
         gen.heartbeats(conn, [recent - timedelta(minutes=5 * i) for i in range(12)])
     swaps = {
         EXAMPLE_PREFIX: live.secret_url.rsplit("/", 1)[0] + "/",
+        EXAMPLE_NO_PASSWORD: live.libpq_url.rsplit("/", 1)[0] + "/",
         f"2026/11/23/backup-{EXAMPLE_STAMP}": f"{recent:%Y/%m/%d}/backup-"
                                               f"{recent:%Y%m%dT%H%M%SZ}",
         EXAMPLE_STAMP: f"{recent:%Y%m%dT%H%M%SZ}",
@@ -101,7 +103,10 @@ def test_every_runnable_readme_example_works(pg15: Cluster, project: Path) -> No
             assert "Traceback" not in done.stderr
             assert live.password not in done.stdout + done.stderr
             ran += 1
-    assert ran >= 12
+    assert ran >= 13
+    with db.connect(live.with_dbname("trading_restore")) as conn:  # the README's restore
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (
+            "0005_rename_balance_equity",)
     reports = list((project / "reports").glob("*/*-drill.json"))
     assert reports and all(json.loads(r.read_text())["verdict"] == "PASS" for r in reports)
 

@@ -83,8 +83,8 @@ def test_restore_creates_the_target_and_restores_exact_counts(
 ) -> None:
     source, path = one_backup
     target = source.with_dbname(source.dbname + "_restore")
-    done = atb("db", "restore", str(path), "--target-url", target.secret_url, "--json",
-               url=source)
+    done = atb("db", "restore", str(path), "--json", url=source,
+               env={"ATB_TARGET_URL": target.secret_url})
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["created"] is True
     with db.connect(target) as conn:
@@ -95,7 +95,8 @@ def test_restore_refuses_the_production_database_and_a_non_empty_target(
     pg15: Cluster, one_backup: tuple[ConnInfo, Path]
 ) -> None:
     source, path = one_backup
-    refused = atb("db", "restore", str(path), "--target-url", source.secret_url, url=source)
+    refused = atb("db", "restore", str(path), url=source,
+                  env={"ATB_TARGET_URL": source.secret_url})
     assert refused.returncode == 8
     assert "it is the DATABASE_URL database" in refused.stderr
     # the same database named through another host spelling is still recognised
@@ -104,10 +105,11 @@ def test_restore_refuses_the_production_database_and_a_non_empty_target(
     with pytest.raises(SafetyRefusal):
         restore.guard_production(alias, source, allowed=False)
     other = make_database(pg15, rows=1)
-    nonempty = atb("db", "restore", str(path), "--target-url", other.secret_url, url=source)
+    nonempty = atb("db", "restore", str(path), url=source,
+                   env={"ATB_TARGET_URL": other.secret_url})
     assert nonempty.returncode == 8 and "not empty" in nonempty.stderr
-    cleaned = atb("db", "restore", str(path), "--target-url", other.secret_url, "--clean",
-                  url=source)
+    cleaned = atb("db", "restore", str(path), "--clean", url=source,
+                  env={"ATB_TARGET_URL": other.secret_url})
     assert cleaned.returncode == 0, cleaned.stderr
     with db.connect(other) as conn:
         assert inventory.count_rows(conn, "public", "orders") == 2000
@@ -122,7 +124,8 @@ def test_the_policys_create_step_would_replace_production_ours_does_not(
     with db.connect(source, autocommit=True) as conn:
         conn.execute("INSERT INTO accounts(name) VALUES ('written after the backup')")
     target = source.with_dbname(source.dbname + "_restore")
-    done = atb("db", "restore", str(path), "--target-url", target.secret_url, url=source)
+    assert source.password not in target.libpq_url  # nothing secret on the command line
+    done = atb("db", "restore", str(path), "--target-url", target.libpq_url, url=source)
     assert done.returncode == 0, done.stderr
     with db.connect(source) as conn:
         assert conn.execute("SELECT count(*) FROM accounts WHERE name = "
@@ -131,10 +134,35 @@ def test_the_policys_create_step_would_replace_production_ours_does_not(
         assert inventory.count_rows(conn, "public", "accounts") == 10
     # the runbook's command, for the record: it really does clobber production
     chain = toolchain.for_restore(15, chains)
-    hazard = source.with_dbname(source.dbname + "_hazard")
     run([chain.tool("pg_restore"), "--clean", "--create", f"--dbname={target.libpq_url}",
          str(path)], what="policy pg_restore", env=source.child_env(), check=False)
     with db.connect(source) as conn:
         assert conn.execute("SELECT count(*) FROM accounts WHERE name = "
                             "'written after the backup'").fetchone() == (0,)
-    assert hazard.dbname != source.dbname
+
+
+def test_server_identity_without_pg_control_system_still_tells_servers_apart(
+    pg15: Cluster, pg18: Cluster
+) -> None:
+    """Where pg_control_system() is revoked, identity falls back to address, cluster name and
+    port: the production guard must keep working for unprivileged users."""
+    from dataclasses import replace
+
+    for cluster in (pg15, pg18):
+        with db.connect(cluster.url(), autocommit=True) as conn:
+            conn.execute("DROP ROLE IF EXISTS plain")
+            conn.execute("CREATE ROLE plain LOGIN PASSWORD 'plain-pw'")
+            conn.execute("REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC")
+    try:
+        plain15 = replace(pg15.url(), user="plain", password="plain-pw")
+        plain18 = replace(pg18.url(), user="plain", password="plain-pw")
+        ident15 = restore.server_identity(plain15)
+        assert ident15 and ident15.endswith(f":{pg15.port}") and "127.0.0.1" in ident15
+        assert ident15 != restore.server_identity(plain18)
+        with db.connect(pg15.url(), autocommit=True) as conn:
+            assert db.server_identity(conn) != ident15  # the superuser sees the system id
+        assert restore.server_identity(plain15.with_dbname("postgres")) == ident15
+    finally:
+        for cluster in (pg15, pg18):
+            with db.connect(cluster.url(), autocommit=True) as conn:
+                conn.execute("GRANT EXECUTE ON FUNCTION pg_control_system() TO PUBLIC")

@@ -99,6 +99,17 @@ def test_urls_are_redacted_everywhere() -> None:
     assert ConnInfo.parse(socket_url.libpq_url).host == "/tmp/sock"
 
 
+def test_a_target_without_password_borrows_it_only_for_the_same_user_and_server() -> None:
+    prod = ConnInfo.parse("postgresql://app:s3cret@db:5432/trading")
+    same = ConnInfo.parse("postgresql://app@db:5432/trading_restore").with_password_from(prod)
+    assert same.password == "s3cret"
+    for other in ("postgresql://admin@db:5432/x", "postgresql://app@db2:5432/x",
+                  "postgresql://app@db:6432/x"):
+        assert ConnInfo.parse(other).with_password_from(prod).password == ""
+    own = ConnInfo.parse("postgresql://app:own@db:5432/x").with_password_from(prod)
+    assert own.password == "own"
+
+
 def test_restore_argv_never_uses_create() -> None:
     info = ConnInfo.parse("postgresql://u:secret@h/db_restore")
     argv = restore_argv(chain(15), Path("/x.dump"), info, jobs=2, clean=True, no_owner=True)
