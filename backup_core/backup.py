@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import IsolationLevel, sql
 
-from backup_core import __version__, db, inventory, toolchain
+from backup_core import __version__, childenv, db, inventory, toolchain
 from backup_core.conninfo import ConnInfo, redact
 from backup_core.errors import AtbError, CommandFailed, ConfigError, StorageError
 from backup_core.fsutil import FILE_MODE, fsync_dir, make_dirs, publish, storage_error
@@ -177,22 +177,28 @@ def _backup_locked(
         conn.rollback()
 
 
+def dump_argv(chain: toolchain.Toolchain, conninfo: str, snapshot: str) -> list[str]:
+    """pg_dump's command line: a keyword conninfo without secrets, never a password."""
+    return [chain.tool("pg_dump"), "--format=custom", f"--snapshot={snapshot}", "--no-password",
+            f"--dbname={conninfo}"]
+
+
 def _stream_dump(
     chain: toolchain.Toolchain, source: ConnInfo, snapshot: str, partial: Path, report: Progress
 ) -> tuple[int, str]:
     """Run pg_dump to stdout, hashing and writing each chunk; returns (size, sha256)."""
-    argv = [chain.tool("pg_dump"), "--format=custom", f"--snapshot={snapshot}", "--no-password",
-            f"--dbname={source.libpq_url}"]
-    log.debug("run %s", redact(" ".join(argv)))
     digest = hashlib.sha256()
     size = 0
-    with tempfile.TemporaryFile() as errfile:
+    with childenv.for_tool(source) as (conninfo, tool_env), \
+            tempfile.TemporaryFile() as errfile:
+        argv = dump_argv(chain, conninfo, snapshot)
+        log.debug("run %s", redact(" ".join(argv)))
         try:
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         except OSError as exc:
             raise storage_error(exc, partial.parent) from exc
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=errfile, env=child_env(source.child_env()))
+                                stderr=errfile, env=child_env(tool_env))
         assert proc.stdout is not None
         try:
             report("dump", 0)

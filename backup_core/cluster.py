@@ -102,12 +102,10 @@ class Cluster:
 
     def url(self, dbname: str = "postgres") -> ConnInfo:
         if self.tcp:
-            return ConnInfo(
-                dbname=dbname, host="127.0.0.1", port=self.port,
-                user=self.superuser, password=self.password,
-            )
-        return ConnInfo(dbname=dbname, host=str(self.socket_dir), port=self.port,
-                        user=self.superuser)
+            return ConnInfo.make(dbname=dbname, host="127.0.0.1", port=self.port,
+                                 user=self.superuser, password=self.password)
+        return ConnInfo.make(dbname=dbname, host=str(self.socket_dir), port=self.port,
+                             user=self.superuser)
 
     def __enter__(self) -> Cluster:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -25,7 +26,6 @@ def explain(exc: BaseException, info: ConnInfo) -> str:
         hint = "the server did not answer in time; check host, port and firewall"
     else:
         hint = "check the URL and the server"
-    text = text.replace(info.password, "***") if info.password else text
     return f"cannot connect to {where}: {text} ({hint})"
 
 
@@ -37,22 +37,47 @@ def connect(info: ConnInfo, *, autocommit: bool = False, **kwargs: Any) -> psyco
         raise ConnectionFailed(explain(exc, info)) from exc
 
 
-IDENTITY_SQL = ("SELECT (SELECT system_identifier::text FROM pg_control_system()) || ':' || "
-                "current_setting('port')")
-# Without the privilege to read pg_control_system(): address, cluster name and port still
-# tell two servers on one host apart.
-FALLBACK_IDENTITY_SQL = ("SELECT coalesce(host(inet_server_addr()), 'socket') || '/' || "
-                         "current_setting('cluster_name') || ':' || current_setting('port')")
+# Facts every role may read, identical over TCP, IPv6 and the unix socket: the postmaster's
+# start time (to the microsecond, time zone free) and port name the server; the OID names the
+# database on it. pg_control_system()'s system identifier needs a privilege many roles lack.
+IDENTITY_SQL = ("SELECT extract(epoch FROM pg_postmaster_start_time())::text, "
+                "current_setting('port'), d.oid::bigint, d.datname "
+                "FROM pg_database d WHERE d.datname = current_database()")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Which server and database a connection reached, as the server itself reports it."""
+
+    server: str
+    database_oid: int
+    database: str
+
+    def same_database(self, other: Identity) -> bool:
+        return self.server == other.server and self.database_oid == other.database_oid
+
+    def __str__(self) -> str:
+        return f"database {self.database} (oid {self.database_oid}) on server {self.server}"
+
+
+def identity(conn: psycopg.Connection[Any]) -> Identity:
+    row = conn.execute(IDENTITY_SQL).fetchone()
+    assert row is not None
+    return Identity(server=f"port {row[1]}, started {row[0]}", database_oid=int(row[2]),
+                    database=str(row[3]))
+
+
+def identity_of(info: ConnInfo) -> Identity | None:
+    """The identity of the database `info` names, or None when it cannot be reached."""
+    try:
+        with connect(info, autocommit=True) as conn:
+            return identity(conn)
+    except (ConnectionFailed, psycopg.Error):
+        return None
 
 
 def server_identity(conn: psycopg.Connection[Any]) -> str:
-    """Which server `conn` reached, as the server itself reports it."""
-    try:
-        with conn.transaction():
-            row = conn.execute(IDENTITY_SQL).fetchone()
-    except psycopg.errors.InsufficientPrivilege:
-        row = conn.execute(FALLBACK_IDENTITY_SQL).fetchone()
-    return str(row[0]) if row else ""
+    return identity(conn).server
 
 
 def server_version(conn: psycopg.Connection[Any]) -> str:

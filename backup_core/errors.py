@@ -59,3 +59,9 @@ class VerifyFailed(AtbError):
     """A backup did not pass verification."""
 
     exit_code = 9
+
+
+class ProductionTouched(AtbError):
+    """Production changed while atb worked on a copy: loud, and never exit 0."""
+
+    exit_code = 8

@@ -1,21 +1,25 @@
-"""`alembic upgrade head` against a restored database, run as a child process.
+"""`alembic upgrade head` against a restored database, run in a child process.
 
-The application's `env.py` reads `DATABASE_URL`; we hand it the target's URL through the
-environment only (never argv), and run Alembic in a child so its imports cannot touch us.
+The target reaches Alembic through every route an `env.py` may read: `sqlalchemy.url`
+(overriding the ini's), `DATABASE_URL` and the libpq variables, all in the child's sealed
+environment (never argv). Afterwards the target's own revision is read back: a migration
+counts only when the copy itself reached the script head.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from backup_core import db, inventory
-from backup_core.conninfo import ConnInfo
+from backup_core import childenv, db, inventory
+from backup_core.conninfo import ConnInfo, redact
 from backup_core.errors import ConfigError
-from backup_core.runner import run
+from backup_core.runner import last_line, run
 
 
 @dataclass(frozen=True)
@@ -26,34 +30,56 @@ class MigrateResult:
     heads: tuple[str, ...]
     duration_s: float
     output: str
+    error: str = ""
 
     @property
     def at_head(self) -> bool:
         return self.after is not None and set(self.after.split(",")) == set(self.heads)
 
+    @property
+    def problem(self) -> str:
+        """Why the copy is not migrated, in one line; empty when it is."""
+        if not self.ok:
+            return f"alembic upgrade head failed: {self.error or 'see its output'}"
+        if not self.at_head:
+            return (f"Alembic reported success but the copy is at {self.after or 'no revision'}"
+                    f", not the script head {', '.join(self.heads) or '-'}: its env.py may "
+                    "connect to another database")
+        return ""
+
 
 def alembic_env(target: ConnInfo) -> dict[str, str]:
-    """What the child sees: DATABASE_URL (and the password) for the target only."""
-    return {"DATABASE_URL": target.secret_url, "PYTHONUNBUFFERED": "1", **target.child_env()}
+    """What the child sees: the target, by URL and by libpq variables, and nothing else."""
+    return {**childenv.libpq_vars(target), "DATABASE_URL": target.sqlalchemy_url,
+            "ATB_ALEMBIC_URL": target.sqlalchemy_url, "PYTHONUNBUFFERED": "1"}
 
 
-def _alembic(ini: Path, *args: str, target: ConnInfo, check: bool) -> tuple[int, str]:
+def _alembic(ini: Path, op: str, target: ConnInfo) -> tuple[dict[str, object], str]:
     if not ini.is_file():
         raise ConfigError(
             f"Alembic config {ini} not found: pass --alembic-config path/to/alembic.ini"
         )
-    done = run([sys.executable, "-m", "alembic", "-c", str(ini), *args], what="alembic " + args[0],
-               env=alembic_env(target), check=check, cwd=ini.parent, timeout=3600)
-    out = (done.stdout + done.stderr).strip()
-    if target.password:
-        out = out.replace(target.password, "***")
-    return done.returncode, out
+    with tempfile.TemporaryDirectory(prefix="atb-alembic-") as tmp:
+        result_file = Path(tmp) / "result.json"
+        done = run([sys.executable, "-m", "backup_core.alembic_child", op, str(ini)],
+                   what=f"alembic {op}", env={**alembic_env(target),
+                                              "ATB_ALEMBIC_RESULT": str(result_file)},
+                   check=False, cwd=ini.parent, timeout=3600)
+        out = redact((done.stdout + done.stderr).strip())
+        try:
+            result = json.loads(result_file.read_text())
+        except (OSError, ValueError):
+            result = {"ok": False, "heads": [], "error": last_line(out)}
+    return result, out
 
 
 def script_heads(ini: Path, target: ConnInfo) -> tuple[str, ...]:
-    """The head revision(s) of the script directory, as `alembic heads` prints them."""
-    _, out = _alembic(ini, "heads", target=target, check=True)
-    return tuple(sorted(ln.split()[0] for ln in out.splitlines() if "(head)" in ln))
+    """The head revision(s) of the script directory."""
+    result, out = _alembic(ini.resolve(), "heads", target)
+    if not result.get("ok"):
+        raise ConfigError(f"cannot read the Alembic scripts of {ini}: {result.get('error')}",
+                          detail=out)
+    return tuple(str(h) for h in result.get("heads", []))  # type: ignore[attr-defined]
 
 
 def current_revision(target: ConnInfo) -> str | None:
@@ -67,11 +93,12 @@ def upgrade_head(ini: Path, target: ConnInfo) -> MigrateResult:
     heads = script_heads(ini, target)
     before = current_revision(target)
     t0 = time.monotonic()
-    code, out = _alembic(ini, "upgrade", "head", target=target, check=False)
+    result, out = _alembic(ini, "upgrade", target)
     duration = time.monotonic() - t0
     after = current_revision(target)
-    return MigrateResult(ok=code == 0, before=before, after=after, heads=heads,
-                         duration_s=round(duration, 3), output=_tail(out))
+    return MigrateResult(ok=bool(result.get("ok")), before=before, after=after, heads=heads,
+                         duration_s=round(duration, 3), output=_tail(out),
+                         error=str(result.get("error") or ""))
 
 
 def _tail(text: str, lines: int = 60) -> str:

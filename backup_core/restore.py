@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from backup_core import db, toolchain
+from backup_core import childenv, db, guard, toolchain
 from backup_core.conninfo import ConnInfo
 from backup_core.errors import CommandFailed, ConfigError, ConnectionFailed, SafetyRefusal
 from backup_core.manifest import ManifestError, read_manifest
@@ -34,14 +34,16 @@ class RestoreResult:
     pg_restore_version: str
     duration_s: float
     migrate: MigrateResult | None = None
+    # how production was told apart from the target, and confirmed unchanged after migrating
+    guard: tuple[str, ...] = ()
 
 
 def restore_argv(
-    chain: toolchain.Toolchain, path: Path, target: ConnInfo, *, jobs: int, clean: bool,
+    chain: toolchain.Toolchain, path: Path, conninfo: str, *, jobs: int, clean: bool,
     no_owner: bool,
 ) -> list[str]:
-    """The pg_restore command line: no password, and never `--create`."""
-    argv = [chain.tool("pg_restore"), f"--dbname={target.libpq_url}", "--no-password",
+    """The pg_restore command line: a conninfo without secrets, and never `--create`."""
+    argv = [chain.tool("pg_restore"), f"--dbname={conninfo}", "--no-password",
             "--exit-on-error", f"--jobs={jobs}"]
     if clean:
         argv += ["--clean", "--if-exists"]
@@ -52,39 +54,6 @@ def restore_argv(
 
 def default_jobs() -> int:
     return max(1, os.cpu_count() or 1)
-
-
-def _normal_host(host: str) -> str:
-    return {"": "localhost", "127.0.0.1": "localhost", "::1": "localhost"}.get(host, host)
-
-
-def same_database(a: ConnInfo, b: ConnInfo) -> bool:
-    """True when two URLs name the same database on the same server, as far as URLs tell."""
-    return (a.dbname == b.dbname and _normal_host(a.host) == _normal_host(b.host)
-            and (a.port or 5432) == (b.port or 5432))
-
-
-def server_identity(info: ConnInfo) -> str | None:
-    """The server's identity (see `db.server_identity`), or None when we cannot ask."""
-    try:
-        with db.connect(info, autocommit=True) as conn:
-            return db.server_identity(conn)
-    except (ConnectionFailed, psycopg.Error):
-        return None
-
-
-def guard_production(target: ConnInfo, production: ConnInfo | None, *, allowed: bool) -> None:
-    if production is None or allowed:
-        return
-    same = same_database(target, production)
-    if not same and target.dbname == production.dbname:
-        ident = server_identity(production)
-        same = ident is not None and ident == server_identity(target.with_dbname(production.dbname))
-    if same:
-        raise SafetyRefusal(
-            f"refusing to restore into {target.redacted}: it is the DATABASE_URL database. "
-            "Restore into a new database, or pass --i-know-this-is-production"
-        )
 
 
 def _maintenance(conn_info: ConnInfo) -> psycopg.Connection[Any]:
@@ -144,7 +113,9 @@ def restore_backup(
     """Restore `path` into `target` (created if missing), then optionally migrate it."""
     if not path.is_file():
         raise ConfigError(f"no backup at {path}: give the path of a .dump file (`atb db list`)")
-    guard_production(target, production, allowed=allow_production)
+    if not target.dbname:
+        raise ConfigError(f"the target {target.redacted} names no database: add /dbname")
+    evidence = [guard.refuse_production_target(target, production, allowed=allow_production)]
     chains = toolchain.discover() if chains is None else chains
     chain = toolchain.for_restore(archive_major(path, chains), chains)
     created = ensure_database(target)
@@ -155,18 +126,22 @@ def restore_backup(
                                 "restore into a new database, or pass --clean to drop them first")
     jobs = jobs or default_jobs()
     t0 = time.monotonic()
-    done = run(restore_argv(chain, path, target, jobs=jobs, clean=clean, no_owner=no_owner),
-               what="pg_restore", env=target.child_env(), check=False)
+    with childenv.for_tool(target) as (conninfo, tool_env):
+        done = run(restore_argv(chain, path, conninfo, jobs=jobs, clean=clean,
+                                no_owner=no_owner), what="pg_restore", env=tool_env, check=False)
     if done.returncode != 0:
         raise CommandFailed(f"pg_restore failed: {first_error_line(done.stderr)}",
                             detail=done.stderr)
     duration = time.monotonic() - t0
     migration = None
     if alembic_config is not None:
+        watched = None if allow_production else production
+        before = guard.observe(watched)
         migration = upgrade_head(alembic_config, target)
-        if not migration.ok:
-            raise CommandFailed("restore succeeded but `alembic upgrade head` failed: "
-                                f"{first_error_line(migration.output)}", detail=migration.output)
+        evidence.append(guard.confirm_unchanged(watched, before))
+        if migration.problem:
+            raise CommandFailed(f"{target.redacted} is restored but NOT migrated: "
+                                f"{migration.problem}", detail=migration.output)
     return RestoreResult(path=path, target=target.redacted, created=created, jobs=jobs,
                          pg_restore_version=chain.version, duration_s=round(duration, 3),
-                         migrate=migration)
+                         migrate=migration, guard=tuple(evidence))

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import pwd
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from backup_core import childenv
 from backup_core.conninfo import redact
 from backup_core.errors import CommandFailed, ToolchainError
 
@@ -25,10 +25,9 @@ class Completed:
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Our environment plus `extra`, minus a stray PGPASSWORD we were not asked to pass."""
-    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
-    env.update(extra or {})
-    return env
+    """The sealed environment (see `childenv`) plus `extra`: nothing reaches a child by
+    inheritance that names or unlocks a database."""
+    return childenv.sealed(extra)
 
 
 def demote_ids(run_as: str | None) -> tuple[int | None, int | None, list[int] | None]:
@@ -89,3 +88,9 @@ def first_error_line(stderr: str) -> str:
         if "error" in ln.lower() or "fatal" in ln.lower():
             return ln
     return lines[0] if lines else "(no output)"
+
+
+def last_line(output: str) -> str:
+    """The last non-blank line: where a Python traceback names its exception."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    return lines[-1] if lines else "(no output)"

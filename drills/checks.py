@@ -6,7 +6,6 @@ matters, and a failure shows what was expected, what was found, and the tool's o
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 import tempfile
@@ -17,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from backup_core import db, heartbeat, status, toolchain
+from backup_core import childenv, db, guard, heartbeat, status, toolchain
 from backup_core.catalog import Backup
 from backup_core.conninfo import ConnInfo, redact
 from backup_core.durations import human
+from backup_core.errors import ProductionTouched
 from backup_core.migrate import MigrateResult
 from backup_core.runner import run
 from backup_core.verify import VerifyResult
@@ -159,15 +159,21 @@ def test_alembic_upgrade_head_reaches_the_script_head(drill_migration: MigrateRe
     evidence.add(f"{drill_migration.before or '-'} -> {drill_migration.after or '-'} in "
                  f"{human(drill_migration.duration_s)} (head "
                  f"{', '.join(drill_migration.heads)})")
-    if drill.facts.get("sandbox_confirmed_before_migrate"):
-        evidence.add(drill.facts["sandbox_confirmed_before_migrate"])
+    for fact in ("sandbox_confirmed_before_migrate", "production_after_migrate"):
+        if drill.facts.get(fact):
+            evidence.add(drill.facts[fact])
+    if drill.facts.get("production_touched"):
+        raise CheckFailed(drill.facts["production_touched"],
+                          expected="production's Alembic revision and schema unchanged",
+                          found="changed", output=drill_migration.output)
     if not drill_migration.ok:
-        raise CheckFailed("`alembic upgrade head` failed on the restored data",
+        raise CheckFailed(f"`alembic upgrade head` failed on the restored data: "
+                          f"{drill_migration.error}",
                           expected=f"revision {', '.join(drill_migration.heads)}",
                           found=drill_migration.after, output=drill_migration.output)
     if not drill_migration.at_head:
-        raise CheckFailed("the database is not at the script directory's head after upgrade",
-                          expected=drill_migration.heads, found=drill_migration.after)
+        raise CheckFailed(drill_migration.problem, expected=drill_migration.heads,
+                          found=drill_migration.after, output=drill_migration.output)
 
 
 def test_sequences_are_ahead_of_their_columns(drill_final_url: ConnInfo,
@@ -212,9 +218,10 @@ def test_amcheck_finds_no_corruption(drill_final_url: ConnInfo, drill_sandbox: S
     chain = drill_sandbox.chain
     if chain is None or not chain.has("pg_amcheck"):
         pytest.skip("no pg_amcheck in the sandbox's toolchain")
-    done = run([chain.tool("pg_amcheck"), "--install-missing", "--no-password",
-                drill_final_url.libpq_url], what="pg_amcheck",
-               env=drill_final_url.child_env(), check=False, timeout=3600)
+    with childenv.for_tool(drill_final_url) as (conninfo, tool_env):
+        done = run([chain.tool("pg_amcheck"), "--install-missing", "--no-password",
+                    conninfo], what="pg_amcheck", env=tool_env, check=False,
+                   timeout=3600)
     evidence.add(f"pg_amcheck {chain.version}: exit {done.returncode}")
     if done.returncode != 0:
         raise CheckFailed("pg_amcheck reported problems", output=done.stdout + done.stderr)
@@ -314,9 +321,11 @@ def test_application_integration_suite_passes(drill: DrillState, drill_final_url
     evidence.add(confirm_sandbox(drill_final_url, drill_sandbox))
     with tempfile.TemporaryDirectory(prefix="atb-junit-") as tmp:
         junit = Path(tmp) / "junit.xml"
-        env = {**os.environ, "DATABASE_URL": drill_final_url.secret_url,
-               "PYTEST_ADDOPTS": f"{os.environ.get('PYTEST_ADDOPTS', '')} "
-                                 f"--junitxml={junit}".strip()}
+        dialect = drill.production.dialect if drill.production else ""
+        env = childenv.sealed({**childenv.libpq_vars(drill_final_url),
+                               "DATABASE_URL": drill_final_url.app_url(dialect),
+                               "PYTEST_ADDOPTS": f"--junitxml={junit}"},
+                              pass_env=drill.options.pass_env)
         t0 = time.monotonic()
         with drill.phase("integration"):
             try:
@@ -346,6 +355,19 @@ def test_application_integration_suite_passes(drill: DrillState, drill_final_url
 def _scrub(text: str, url: ConnInfo) -> str:
     text = redact(text)
     return text.replace(url.password, "***") if url.password else text
+
+
+def test_production_was_not_touched(drill: DrillState, evidence: Evidence) -> None:
+    """The drill works on a copy: production's Alembic revision and schema must be exactly
+    as they were when the drill started, whatever Alembic's env.py or the integration
+    command did. A change here means a drill reached production."""
+    if drill.production is None:
+        pytest.skip("no production database configured (DATABASE_URL or PG* variables)")
+    try:
+        evidence.add(guard.confirm_unchanged(drill.production, drill.production_before))
+    except ProductionTouched as exc:
+        raise CheckFailed(str(exc), expected=drill.production_before.describe()
+                          if drill.production_before else None, found="changed") from exc
 
 
 def _junit_cases(path: Path) -> list[dict[str, Any]]:

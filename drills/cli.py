@@ -15,8 +15,18 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from backup_core import backup, catalog, heartbeat, restore, retention, status, toolchain, verify
-from backup_core.conninfo import ConnInfo, redact
+from backup_core import (
+    backup,
+    catalog,
+    guard,
+    heartbeat,
+    restore,
+    retention,
+    status,
+    toolchain,
+    verify,
+)
+from backup_core.conninfo import ConnInfo, detach_libpq_environment, redact
 from backup_core.durations import human, parse_duration
 from backup_core.errors import AtbError, ConfigError
 from backup_core.fsutil import atomic_write_text
@@ -44,6 +54,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point: the one place where our errors become a message and an exit code."""
     signal.signal(signal.SIGTERM, _terminate)
+    detach_libpq_environment()  # every connection says where it goes; see conninfo
     try:
         code = cli.main(args=argv, prog_name="atb", standalone_mode=False)
     except click.exceptions.Abort:
@@ -67,7 +78,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    sys.stderr.write(f"atb: error: {redact(message)}\n")
+    line = "; ".join(ln.strip() for ln in redact(message).splitlines() if ln.strip())
+    sys.stderr.write(f"atb: error: {line}\n")
     sys.exit(code)
 
 
@@ -86,12 +98,14 @@ def cli(verbose: int) -> None:
 
 # -- shared options -------------------------------------------------------------------------
 
-def database_url_option(required: bool = True) -> Callable[[F], F]:
+def database_url_option() -> Callable[[F], F]:
     return click.option("--database-url", envvar="DATABASE_URL", show_envvar=True,
-                        required=required, metavar="URL",
-                        help="Database to back up, postgresql://user:password@host:port/db. "
-                             "Its password is never shown; set it in the environment, since "
-                             "argv is visible in ps.")
+                        metavar="URL",
+                        help="The database: a postgresql:// URL (SQLAlchemy prefixes such as "
+                             "postgresql+asyncpg:// accepted) or a libpq keyword string; what "
+                             "it leaves out comes from PGHOST, PGUSER, PGPASSWORD and the other "
+                             "libpq variables.  [default: the libpq variables alone] Set it in "
+                             "the environment: argv is visible in ps.")
 
 
 backup_dir_option = click.option(
@@ -101,17 +115,14 @@ json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print the result as JSON on stdout.")
 
 
-def _conn(url: str) -> ConnInfo:
-    return ConnInfo.parse(url)
+def _conn(url: str | None, what: str = "DATABASE_URL") -> ConnInfo:
+    return ConnInfo.parse(url or "", what=what)
 
 
-def _optional_conn(url: str | None) -> ConnInfo | None:
-    if not url:
-        return None
-    try:
-        return ConnInfo.parse(url)
-    except ConfigError:
-        return None
+def _production(url: str | None) -> ConnInfo | None:
+    """Production as restore and drill must recognise it. Unparseable is an error (exit 2):
+    a guard never switches itself off."""
+    return guard.production_conninfo(url)
 
 
 # -- doctor -------------------------------------------------------------------------------------
@@ -333,9 +344,10 @@ def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, no_ow
                migrate: bool, alembic_config: Path, production_url: str | None,
                allow_production: bool, as_json: bool) -> None:
     """Restore PATH into exactly the target database (fresh database, pg_restore, migrate)."""
-    production = _optional_conn(production_url)
+    production = _production(production_url)
     result = restore.restore_backup(
-        path, _conn(target_url).with_password_from(production), production=production,
+        path, _conn(target_url, "ATB_TARGET_URL").with_password_from(production),
+        production=production,
         allow_production=allow_production, clean=clean, jobs=jobs, no_owner=no_owner,
         alembic_config=alembic_config if migrate else None)
     if as_json:
@@ -346,7 +358,10 @@ def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, no_ow
                f"{', database created' if result.created else ''})")
     if result.migrate:
         click.echo(f"alembic: {result.migrate.before or '-'} -> {result.migrate.after or '-'} "
-                   f"in {human(result.migrate.duration_s)}")
+                   f"in {human(result.migrate.duration_s)} (script head "
+                   f"{', '.join(result.migrate.heads)})")
+    for line in result.guard:
+        click.echo(f"guard: {line}")
 
 
 @db.command("status", epilog=EXIT_CODES)
@@ -426,13 +441,18 @@ def drill() -> None:
 @click.option("--strict-rpo", is_flag=True,
               help="Fail when the schedule cannot meet the RPO target (default: a finding).")
 @click.option("--no-record", is_flag=True, help="Do not record the verdict beside the backup.")
+@click.option("--pass-env", "pass_env", multiple=True, metavar="NAME",
+              help="Also give the integration command this environment variable (repeatable). "
+                   "Its environment is otherwise an allow-list, with DATABASE_URL and the PG* "
+                   "variables pointing at the sandbox.")
 @json_option
 def drill_run(backup: Path | None, backup_dir: Path, database: str | None, window_days: float,
               seed: int | None, sandbox: str, sandbox_url: str | None,
               alembic_config: Path | None, integration_cmd: str | None,
               integration_timeout: str, heartbeat_table: str, rto_target: str, rpo_target: str,
               schedule: str, runbook_pg_major: int | None, jobs: int | None, report_dir: Path,
-              strict_rpo: bool, no_record: bool, as_json: bool) -> None:
+              strict_rpo: bool, no_record: bool, pass_env: tuple[str, ...],
+              as_json: bool) -> None:
     """Restore a random backup of the window (or --backup) into a sandbox, migrate it, run
     the checks and the integration command, and write the audit reports. Exits 0 on PASS."""
     from drills.options import DrillOptions
@@ -444,13 +464,15 @@ def drill_run(backup: Path | None, backup_dir: Path, database: str | None, windo
               "integration-cmd": integration_cmd, "integration-timeout": integration_timeout,
               "heartbeat-table": heartbeat_table, "rto-target": rto_target,
               "rpo-target": rpo_target, "schedule": schedule,
-              "runbook-pg-major": runbook_pg_major, "jobs": jobs, "report-dir": report_dir}
+              "runbook-pg-major": runbook_pg_major, "jobs": jobs, "report-dir": report_dir,
+              "pass-env": ",".join(pass_env) or None}
     flags = {"strict-rpo": strict_rpo, "no-record": no_record}
     options = DrillOptions.from_values(
         lambda k: None if values.get(k) is None else str(values[k]), lambda k: flags.get(k))
     progress = console.Progress("drill")
     try:
-        run = run_drill(options, on_line=lambda line: _drill_line(progress, line))
+        run = run_drill(options, production=_production(os.environ.get("DATABASE_URL")),
+                        on_line=lambda line: _drill_line(progress, line))
     finally:
         progress.close()
     result = run.result

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from backup_core.childenv import check_pass_env
 from backup_core.durations import parse_duration
 from backup_core.errors import ConfigError
 
@@ -26,6 +27,9 @@ OPTIONS: tuple[tuple[str, str | None, str], ...] = (
     ("integration-cmd", None, "Command run with DATABASE_URL at the restored sandbox, e.g. "
                               "'pytest tests/integration'."),
     ("integration-timeout", "30m", "Longest the integration command may run."),
+    ("pass-env", None, "Comma-separated environment variables the integration command also "
+                       "gets (its environment is otherwise an allow-list; PG* and database "
+                       "URLs always point at the sandbox)."),
     ("heartbeat-table", "system_events", "Table holding the heartbeat SystemEvent rows."),
     ("rto-target", "60m", "Recovery time objective the measured restore must meet."),
     ("rpo-target", "15m", "Recovery point objective the backup schedule is judged against."),
@@ -56,6 +60,7 @@ class DrillOptions:
     alembic_config: Path | None = None
     integration_cmd: str | None = None
     integration_timeout_s: float = 1800
+    pass_env: tuple[str, ...] = ()
     heartbeat_table: str = "system_events"
     rto_target_s: float = 3600
     rpo_target_s: float = 900
@@ -101,6 +106,7 @@ class DrillOptions:
             alembic_config=path("alembic-config"),
             integration_cmd=get("integration-cmd") or None,
             integration_timeout_s=parse_duration(get("integration-timeout") or "30m"),
+            pass_env=check_pass_env((get("pass-env") or "").replace(",", " ").split()),
             heartbeat_table=get("heartbeat-table") or "system_events",
             rto_target_s=parse_duration(get("rto-target") or "60m"),
             rpo_target_s=parse_duration(get("rpo-target") or "15m"),
@@ -125,6 +131,8 @@ class DrillOptions:
                 args += [f"--{name}"] if value else []
             elif f.name == "record":
                 args += [] if value else ["--no-record"]
+            elif f.name == "pass_env":
+                args += [f"--{name}={','.join(value)}"] if value else []
             elif value is not None:
                 if f.name.endswith("_s"):
                     name = name[:-2]

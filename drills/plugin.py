@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from backup_core import catalog, db, inventory, status, toolchain
+from backup_core import catalog, db, guard, inventory, status, toolchain
 from backup_core.catalog import Backup
-from backup_core.conninfo import ConnInfo, redact
-from backup_core.errors import AtbError, ConfigError
+from backup_core.conninfo import ConnInfo, detach_libpq_environment, redact
+from backup_core.errors import AtbError, ConfigError, ProductionTouched
 from backup_core.manifest import Inventory
 from backup_core.migrate import MigrateResult, upgrade_head
 from backup_core.restore import archive_major, restore_backup
@@ -76,14 +76,15 @@ def pytest_configure(config: pytest.Config) -> None:
         options = _options(config)
     except AtbError as exc:
         raise pytest.UsageError(str(exc)) from exc
-    # From here on, nothing in this process or its children sees the production URL.
-    raw = os.environ.pop("DATABASE_URL", None) or os.environ.pop("ATB_PRODUCTION_URL", None)
-    production = None
-    if raw:
-        try:
-            production = ConnInfo.parse(raw)
-        except ConfigError:
-            production = None
+    # From here on, nothing in this process or its children sees production: not its URL,
+    # not the PG* variables (kept only to recognise production and refuse it).
+    detach_libpq_environment()
+    raw = os.environ.pop("ATB_PRODUCTION_URL", None) or os.environ.get("DATABASE_URL")
+    os.environ.pop("DATABASE_URL", None)
+    try:
+        production = guard.production_conninfo(raw)
+    except ConfigError as exc:
+        raise pytest.UsageError(f"the production database cannot be recognised: {exc}") from exc
     started = datetime.now(UTC).replace(microsecond=0)
     chosen, error, eligible = _select(options, started)
     database = chosen.database if chosen else (options.database or _only_db(options) or "unknown")
@@ -91,6 +92,7 @@ def pytest_configure(config: pytest.Config) -> None:
                        backup=chosen, selection_error=error,
                        paths=ReportPaths.for_drill(options.report_dir, database, started))
     state.facts["eligible"] = eligible
+    state.production_before = guard.observe(production)
     config.stash[STATE] = state
     config.args[:] = [str(CHECKS_MODULE)]
     if hasattr(config.option, "htmlpath"):
@@ -207,16 +209,18 @@ def drill_sandbox(drill: DrillState, drill_backup: Backup, drill_integrity: Veri
     if not drill_integrity.ok:
         pytest.skip(f"not attempted: the backup failed its integrity check "
                     f"({drill_integrity.reason})")
-    server = ConnInfo.parse(drill.options.sandbox_url) if drill.options.sandbox_url else None
+    server = ConnInfo.parse(drill.options.sandbox_url, what="ATB_SANDBOX_URL") \
+        if drill.options.sandbox_url else None
     with drill.phase("sandbox start"):
         manager = sandbox.open_sandbox(drill.options.sandbox,
                                        source_major=_source_major(drill_backup, drill_chains),
                                        chains=drill_chains, server=server,
                                        production=drill.production)
         info = manager.__enter__()
-    os.environ["DATABASE_URL"] = info.url.secret_url
+    os.environ["DATABASE_URL"] = info.url.app_url(
+        drill.production.dialect if drill.production else "")
     drill.facts["sandbox"] = {"provider": info.provider, "server_version": info.server_version,
-                              "database": info.dbname, "identity": info.identity,
+                              "database": info.dbname, "identity": str(info.identity),
                               "url": info.url.redacted}
     try:
         yield info
@@ -234,7 +238,7 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
     with drill.phase("restore"):
         try:
             done = restore_backup(drill_backup.path, url, no_owner=True, jobs=drill.options.jobs,
-                                  chains=drill_chains)
+                                  chains=drill_chains, production=drill.production)
         except AtbError as exc:
             return RestoreOutcome(ok=False, error=str(exc), detail=redact(exc.detail))
     with drill.phase("analyze"), db.connect(url, autocommit=True) as conn:
@@ -267,8 +271,14 @@ def drill_migration(drill: DrillState, drill_url: ConnInfo,
         pytest.skip("no --alembic-config given: migrations not exercised")
     drill.facts["sandbox_confirmed_before_migrate"] = sandbox.confirm_sandbox(drill_url,
                                                                               drill_sandbox)
+    before = guard.observe(drill.production)
     with drill.phase("migrate"):
         result = upgrade_head(ini, drill_url)
+    try:
+        drill.facts["production_after_migrate"] = guard.confirm_unchanged(drill.production,
+                                                                          before)
+    except ProductionTouched as exc:
+        drill.facts["production_touched"] = str(exc)
     drill.facts["alembic"] = {"before": result.before, "after": result.after,
                               "heads": list(result.heads), "ok": result.ok,
                               "duration_s": result.duration_s}

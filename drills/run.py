@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from backup_core.conninfo import redact
+from backup_core import childenv, guard
+from backup_core.conninfo import ConnInfo, redact
 from backup_core.errors import CommandFailed
 from drills.options import DrillOptions
 
@@ -40,15 +40,29 @@ def drill_argv(options: DrillOptions) -> list[str]:
             "-v", "--no-header", "-rfEx", "--tb=short", *options.as_pytest_args()]
 
 
-def run_drill(options: DrillOptions, *, on_line: Callable[[str], None] | None = None,
-              env: dict[str, str] | None = None) -> DrillRun:
-    """Run the drill; raise `CommandFailed` when it could not even produce a result."""
-    base = dict(os.environ if env is None else env)
-    production = base.pop("DATABASE_URL", None)
-    if production:
-        base[PRODUCTION_ENV] = production
+def drill_env(options: DrillOptions, production: ConnInfo | None,
+              base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The pytest child's sealed environment: production only as ATB_PRODUCTION_URL (to be
+    recognised and refused), the sandbox server only as ATB_SANDBOX_URL."""
+    extra: dict[str, str] = {}
+    if production is not None:
+        extra[PRODUCTION_ENV] = production.secret_url
+        extra.update(dict(production.env))  # where its service= is defined
     if options.sandbox_url:
-        base["ATB_SANDBOX_URL"] = options.sandbox_url
+        extra["ATB_SANDBOX_URL"] = options.sandbox_url
+    return childenv.sealed(extra, pass_env=options.pass_env, base=base)
+
+
+def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
+              on_line: Callable[[str], None] | None = None,
+              env: Mapping[str, str] | None = None) -> DrillRun:
+    """Run the drill; raise `CommandFailed` when it could not even produce a result, and
+    `SafetyRefusal` (exit 8), before anything starts, for a sandbox server that is
+    production's."""
+    if options.sandbox == "server" and options.sandbox_url:
+        guard.refuse_production_server(
+            ConnInfo.parse(options.sandbox_url, what="ATB_SANDBOX_URL"), production)
+    base = drill_env(options, production, env)
     with tempfile.TemporaryDirectory(prefix="atb-drill-") as tmp:
         result_file = Path(tmp) / "result.json"
         argv = drill_argv(replace(options, result_file=result_file))

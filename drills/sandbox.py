@@ -8,7 +8,10 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -20,13 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
 from psycopg import sql
 
-from backup_core import db, toolchain
+from backup_core import db, guard, toolchain
 from backup_core.cluster import FAST_SETTINGS, Cluster
 from backup_core.conninfo import ConnInfo
 from backup_core.errors import AtbError, ConfigError, SafetyRefusal
-from backup_core.restore import same_database
 
 log = logging.getLogger("atb.sandbox")
 PROVIDERS = ("auto", "local", "docker", "server")
@@ -34,41 +37,48 @@ PROVIDERS = ("auto", "local", "docker", "server")
 
 @dataclass(frozen=True)
 class SandboxInfo:
-    """Where the drill restores: a database that exists only for this drill."""
+    """Where the drill restores: a database that exists only for this drill.
+
+    `url` is what the drill and the application use; on a shared server it is a login role
+    made for this drill alone, so the server's admin credentials stay in atb."""
 
     provider: str
     server_version: str
-    admin: ConnInfo
-    dbname: str
-    identity: str
+    url: ConnInfo
+    identity: db.Identity
     start_s: float
     chain: toolchain.Toolchain | None = field(default=None, compare=False)
 
     @property
-    def url(self) -> ConnInfo:
-        return self.admin.with_dbname(self.dbname)
+    def dbname(self) -> str:
+        return self.url.dbname
 
 
 def scratch_name() -> str:
     return f"atb_drill_{secrets.token_hex(4)}"
 
 
-def identity_of(info: ConnInfo) -> tuple[str, str]:
-    """(database name, server identity) as the server itself reports them."""
-    with db.connect(info, autocommit=True) as conn:
-        row = conn.execute("SELECT current_database()").fetchone()
-        return str(row[0]) if row else "", db.server_identity(conn)
-
-
 def confirm_sandbox(url: ConnInfo, sandbox: SandboxInfo) -> str:
     """Fail loudly unless `url` really reaches the sandbox database; returns the evidence."""
-    name, ident = identity_of(url)
-    if name != sandbox.dbname or ident != sandbox.identity:
+    found = db.identity_of(url)
+    if found is None or not found.same_database(sandbox.identity):
         raise SafetyRefusal(
-            f"refusing to continue: {url.redacted} reaches database {name!r} on server {ident}, "
-            f"not the drill sandbox {sandbox.dbname!r} on {sandbox.identity}"
-        )
-    return f"connected to sandbox database {name} on server {ident}"
+            f"refusing to continue: {url.redacted} reaches {found or 'nothing'}, not the drill "
+            f"sandbox {sandbox.identity}")
+    return f"connected to sandbox {found}"
+
+
+def scram_verifier(password: str, *, iterations: int = 4096) -> str:
+    """A SCRAM-SHA-256 verifier, as psql's \\password computes it: the server (and its
+    statement log) sees the verifier, never the password."""
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    b64 = base64.b64encode
+    return (f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}${b64(stored_key).decode()}:"
+            f"{b64(server_key).decode()}")
 
 
 # -- docker ----------------------------------------------------------------------------------
@@ -142,9 +152,9 @@ def _docker(source_major: int, chains: list[toolchain.Toolchain]) -> Iterator[Sa
             from exc
     container.with_command(" ".join(spec.command))
     with container:
-        admin = ConnInfo(dbname="postgres", host=container.get_container_host_ip(),
-                         port=int(container.get_exposed_port(5432)), user=spec.username,
-                         password=spec.password)
+        admin = ConnInfo.make(dbname="postgres", host=container.get_container_host_ip(),
+                              port=int(container.get_exposed_port(5432)), user=spec.username,
+                              password=spec.password)
         yield _finish(admin, "docker", t0, _optional_chain(source_major, chains))
 
 
@@ -161,28 +171,44 @@ def _local(source_major: int, chains: list[toolchain.Toolchain]) -> Iterator[San
 @contextlib.contextmanager
 def _server(server: ConnInfo, production: ConnInfo | None,
             chains: list[toolchain.Toolchain]) -> Iterator[SandboxInfo]:
-    if production is not None and same_database(server, production):
-        raise SafetyRefusal("the server sandbox URL is the DATABASE_URL database: give a "
-                            "maintenance database of a server that may hold scratch databases")
+    guard.refuse_production_server(server, production)
     t0 = time.monotonic()
-    info = _finish(server, "server", t0, None)
+    name = scratch_name()
+    password = secrets.token_urlsafe(18)
     try:
-        yield info
+        with db.connect(server, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(name), sql.Literal(scram_verifier(password))))
+    except psycopg.Error as exc:
+        raise SafetyRefusal(f"the sandbox server's user cannot create the drill's own login "
+                            f"role ({exc.diag.message_primary or exc}): it needs CREATEROLE and "
+                            "CREATEDB") from exc
+    app = server.with_params(user=name).with_password(password)
+    try:
+        yield _finish(server, "server", t0, None, owner=name, app=app)
     finally:
         with db.connect(server, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(info.dbname)))
+                sql.Identifier(name)))
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
 
-def _finish(admin: ConnInfo, provider: str, t0: float,
-            chain: toolchain.Toolchain | None) -> SandboxInfo:
-    name = scratch_name()
+def _finish(admin: ConnInfo, provider: str, t0: float, chain: toolchain.Toolchain | None, *,
+            owner: str | None = None, app: ConnInfo | None = None) -> SandboxInfo:
+    """Create the scratch database (owned by `owner`) and describe the sandbox."""
+    name = owner or scratch_name()
     with db.connect(admin, autocommit=True) as conn:
         version = db.server_version(conn)
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    _, ident = identity_of(admin.with_dbname(name))
-    return SandboxInfo(provider=provider, server_version=version, admin=admin, dbname=name,
-                       identity=ident, start_s=round(time.monotonic() - t0, 3), chain=chain)
+        create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if owner:
+            create = sql.SQL("{} OWNER {}").format(create, sql.Identifier(owner))
+        conn.execute(create)
+    url = (app or admin).with_dbname(name)
+    ident = db.identity_of(url)
+    if ident is None:
+        raise SafetyRefusal(f"the sandbox database {name} cannot be reached as {url.redacted}")
+    return SandboxInfo(provider=provider, server_version=version, url=url, identity=ident,
+                       start_s=round(time.monotonic() - t0, 3), chain=chain)
 
 
 def _optional_chain(major: int, chains: list[toolchain.Toolchain]) -> toolchain.Toolchain | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from backup_core.catalog import Backup
 from backup_core.conninfo import ConnInfo
+from backup_core.guard import Observation
 from drills.options import DrillOptions
 
 SCHEMA_ID = "atb.drill-report"
@@ -84,6 +85,7 @@ class DrillState:
     findings: list[str] = field(default_factory=list)
     integration: dict[str, Any] | None = None
     checks_started: float | None = None
+    production_before: Observation | None = None
 
     @property
     def database(self) -> str:

@@ -11,11 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from backup_core import db, toolchain
+from backup_core import conninfo, db, toolchain
 from backup_core.cluster import Cluster, random_password
 from backup_core.conninfo import ConnInfo
 
 pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_secret_registry() -> Iterator[None]:
+    """Secrets registered by one test (hypothesis makes hundreds) mask nothing in another."""
+    saved = set(conninfo._known_secrets)
+    yield
+    conninfo._known_secrets.clear()
+    conninfo._known_secrets.update(saved)
 
 
 @pytest.fixture(scope="session")

@@ -158,9 +158,8 @@ def test_a_failing_pg_dump_leaves_no_file(pg15: Cluster, backup_dir: Path) -> No
     with db.connect(info, autocommit=True) as conn:
         conn.execute("CREATE ROLE limited LOGIN PASSWORD 'limited-secret'")
         conn.execute("GRANT SELECT ON orders, accounts, alembic_version TO limited")
-    from dataclasses import replace
 
-    limited = replace(info, user="limited", password="limited-secret")
+    limited = info.with_params(user="limited").with_password("limited-secret")
     env = {"BACKUP_DIR": str(backup_dir)}
     done = atb("db", "backup", "--row-counts", "off", env=env, url=limited)
     assert done.returncode == 5, done.stderr

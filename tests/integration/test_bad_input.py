@@ -7,7 +7,6 @@ import resource
 import socket
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -37,7 +36,7 @@ def test_unreachable_server(backup_dir: Path) -> None:
 
 
 def test_wrong_password_is_reported_without_the_password(pg15: Cluster, backup_dir: Path) -> None:
-    info = replace(pg15.url(), password="Wr0ng-S3cret-pw")
+    info = pg15.url().with_password("Wr0ng-S3cret-pw")
     done = atb("db", "backup", env={"BACKUP_DIR": str(backup_dir)}, url=info)
     assert done.returncode == 4
     line = _one_line(done)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from backup_core import backup, db, inventory, restore, toolchain
+from backup_core import backup, childenv, db, guard, inventory, toolchain
 from backup_core.cluster import Cluster
 from backup_core.conninfo import ConnInfo
 from backup_core.errors import SafetyRefusal
@@ -100,10 +100,9 @@ def test_restore_refuses_the_production_database_and_a_non_empty_target(
     assert refused.returncode == 8
     assert "it is the DATABASE_URL database" in refused.stderr
     # the same database named through another host spelling is still recognised
-    alias = ConnInfo(dbname=source.dbname, host="localhost", port=source.port,
-                     user=source.user, password=source.password)
+    alias = source.with_params(host="localhost")
     with pytest.raises(SafetyRefusal):
-        restore.guard_production(alias, source, allowed=False)
+        guard.refuse_production_target(alias, source, allowed=False)
     other = make_database(pg15, rows=1)
     nonempty = atb("db", "restore", str(path), url=source,
                    env={"ATB_TARGET_URL": other.secret_url})
@@ -134,35 +133,36 @@ def test_the_policys_create_step_would_replace_production_ours_does_not(
         assert inventory.count_rows(conn, "public", "accounts") == 10
     # the runbook's command, for the record: it really does clobber production
     chain = toolchain.for_restore(15, chains)
-    run([chain.tool("pg_restore"), "--clean", "--create", f"--dbname={target.libpq_url}",
-         str(path)], what="policy pg_restore", env=source.child_env(), check=False)
+    run([chain.tool("pg_restore"), "--clean", "--create", f"--dbname={target.conninfo}",
+         str(path)], what="policy pg_restore", env=childenv.libpq_vars(source), check=False)
     with db.connect(source) as conn:
         assert conn.execute("SELECT count(*) FROM accounts WHERE name = "
                             "'written after the backup'").fetchone() == (0,)
 
 
-def test_server_identity_without_pg_control_system_still_tells_servers_apart(
+def test_identity_is_the_same_over_every_route_and_for_every_role(
     pg15: Cluster, pg18: Cluster
 ) -> None:
-    """Where pg_control_system() is revoked, identity falls back to address, cluster name and
-    port: the production guard must keep working for unprivileged users."""
-    from dataclasses import replace
-
-    for cluster in (pg15, pg18):
-        with db.connect(cluster.url(), autocommit=True) as conn:
-            conn.execute("DROP ROLE IF EXISTS plain")
-            conn.execute("CREATE ROLE plain LOGIN PASSWORD 'plain-pw'")
-            conn.execute("REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC")
+    """The guard compares what the server reports (postmaster start, port, database OID), so
+    the same database over TCP, `localhost`, the unix socket and as a role that may not run
+    pg_control_system() is one database; another server is another."""
+    info = make_database(pg15, rows=1)
+    with db.connect(pg15.url(), autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS plain")
+        conn.execute("CREATE ROLE plain LOGIN PASSWORD 'plain-pw'")
+        conn.execute("REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC")
     try:
-        plain15 = replace(pg15.url(), user="plain", password="plain-pw")
-        plain18 = replace(pg18.url(), user="plain", password="plain-pw")
-        ident15 = restore.server_identity(plain15)
-        assert ident15 and ident15.endswith(f":{pg15.port}") and "127.0.0.1" in ident15
-        assert ident15 != restore.server_identity(plain18)
-        with db.connect(pg15.url(), autocommit=True) as conn:
-            assert db.server_identity(conn) != ident15  # the superuser sees the system id
-        assert restore.server_identity(plain15.with_dbname("postgres")) == ident15
+        routes = [info, info.with_params(host="localhost"),
+                  ConnInfo.make(dbname=info.dbname, host=str(pg15.socket_dir), port=pg15.port,
+                                user="postgres"),
+                  info.with_params(user="plain").with_password("plain-pw")]
+        idents = [db.identity_of(r) for r in routes]
+        assert all(i is not None for i in idents)
+        assert len({(i.server, i.database_oid) for i in idents if i}) == 1
+        other = db.identity_of(pg18.url())
+        assert other is not None and other.server != idents[0].server  # type: ignore[union-attr]
+        postgres = db.identity_of(pg15.url())
+        assert postgres is not None and not postgres.same_database(idents[0])  # type: ignore
     finally:
-        for cluster in (pg15, pg18):
-            with db.connect(cluster.url(), autocommit=True) as conn:
-                conn.execute("GRANT EXECUTE ON FUNCTION pg_control_system() TO PUBLIC")
+        with db.connect(pg15.url(), autocommit=True) as conn:
+            conn.execute("GRANT EXECUTE ON FUNCTION pg_control_system() TO PUBLIC")

@@ -94,7 +94,7 @@ def test_durations() -> None:
 def test_urls_are_redacted_everywhere() -> None:
     text = "failed for postgresql://app:hunter2@db:5432/x and postgres://b:pw@h/y"
     assert "hunter2" not in redact(text) and ":pw@" not in redact(text)
-    socket_url = ConnInfo(dbname="d", host="/tmp/sock", port=5433, user="postgres")
+    socket_url = ConnInfo.make(dbname="d", host="/tmp/sock", port=5433, user="postgres")
     assert socket_url.libpq_url == "postgresql://postgres@/d?host=%2Ftmp%2Fsock&port=5433"
     assert ConnInfo.parse(socket_url.libpq_url).host == "/tmp/sock"
 
@@ -112,9 +112,10 @@ def test_a_target_without_password_borrows_it_only_for_the_same_user_and_server(
 
 def test_restore_argv_never_uses_create() -> None:
     info = ConnInfo.parse("postgresql://u:secret@h/db_restore")
-    argv = restore_argv(chain(15), Path("/x.dump"), info, jobs=2, clean=True, no_owner=True)
+    argv = restore_argv(chain(15), Path("/x.dump"), info.conninfo, jobs=2, clean=True,
+                        no_owner=True)
     assert "--create" not in argv and "-C" not in argv
-    assert "--dbname=postgresql://u@h/db_restore" in argv
+    assert "--dbname=dbname=db_restore host=h user=u" in argv
     assert not any("secret" in a for a in argv)
 
 

@@ -1,0 +1,145 @@
+"""Production is never touched: recognise it whatever the route, refuse it as a target, and
+confirm afterwards that work pointed elsewhere did not change it.
+
+Recognition compares what the servers report (see `db.Identity`), never URL strings: the
+same database over TCP, IPv6, a unix socket, another user or another host name is the same.
+When production cannot be reached to tell, a target that could be it is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from backup_core import db, inventory
+from backup_core.conninfo import ConnInfo, ambient_env
+from backup_core.errors import ConnectionFailed, ProductionTouched, SafetyRefusal
+
+log = logging.getLogger("atb.guard")
+
+SCHEMA_HASH_SQL = r"""
+SELECT md5(coalesce(string_agg(
+         n.nspname || '.' || c.relname || ':' || c.relkind || ':' ||
+         coalesce(a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+                  || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END, ''),
+         ',' ORDER BY n.nspname, c.relname, a.attnum), ''))
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'i', 'S')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp\_%'
+"""
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What production looked like: enough to see a migration or a schema change."""
+
+    identity: db.Identity
+    alembic_revision: str | None
+    schema_hash: str
+
+    def describe(self) -> str:
+        return (f"Alembic revision {self.alembic_revision or '-'}, schema hash "
+                f"{self.schema_hash[:12]}")
+
+
+def production_conninfo(raw: str | None) -> ConnInfo | None:
+    """Production, from DATABASE_URL or else the libpq variables; None when neither is set.
+    A value that cannot be understood is an error (exit 2): a guard never switches itself
+    off."""
+    if raw:
+        return ConnInfo.parse(raw, what="DATABASE_URL")
+    env = ambient_env()
+    if any(env.get(v) for v in ("PGHOST", "PGDATABASE", "PGSERVICE", "PGHOSTADDR")):
+        return ConnInfo.parse("", what="the PG* environment")
+    return None
+
+
+def _observe(conn: psycopg.Connection[Any]) -> Observation:
+    ident = db.identity(conn)
+    row = conn.execute(SCHEMA_HASH_SQL).fetchone()
+    try:
+        with conn.transaction():
+            revision = inventory.alembic_revision(conn)
+    except psycopg.Error:  # no SELECT on alembic_version: the schema hash still watches
+        revision = None
+    return Observation(identity=ident, alembic_revision=revision,
+                       schema_hash=str(row[0]) if row else "")
+
+
+def observe(production: ConnInfo | None) -> Observation | None:
+    """Production as it is now, or None when there is none or it cannot be reached."""
+    if production is None:
+        return None
+    try:
+        with db.connect(production, autocommit=True) as conn:
+            return _observe(conn)
+    except (ConnectionFailed, psycopg.Error) as exc:
+        log.warning("cannot observe production to confirm it stays unchanged: %s", exc)
+        return None
+
+
+def confirm_unchanged(production: ConnInfo | None, before: Observation | None) -> str:
+    """An evidence line that production is as it was; `ProductionTouched` when it is not."""
+    if production is None:
+        return "no production database configured: nothing to confirm"
+    if before is None:
+        return "production could not be observed beforehand: unchanged-check not possible"
+    after = observe(production)
+    if after is None:
+        return "production could not be observed afterwards: unchanged-check not possible"
+    if (after.alembic_revision, after.schema_hash) != (before.alembic_revision,
+                                                       before.schema_hash):
+        raise ProductionTouched(
+            f"PRODUCTION CHANGED while atb worked on a copy: before {before.describe()}, after "
+            f"{after.describe()} ({production.redacted}). Unless a deploy ran meanwhile, "
+            "Alembic or a command reached production: check env.py and the integration command")
+    return f"production unchanged ({after.describe()})"
+
+
+def refuse_production_target(target: ConnInfo, production: ConnInfo | None, *,
+                             allowed: bool) -> str:
+    """Refuse (exit 8) when `target` is the production database by any route."""
+    if production is None:
+        return "no production database configured"
+    if allowed:
+        return "restoring into production was explicitly allowed"
+    prod = db.identity_of(production)
+    if prod is None:
+        if not target.dbname or not production.dbname or target.dbname == production.dbname:
+            raise SafetyRefusal(
+                f"cannot reach the DATABASE_URL database ({production.redacted}) to make sure "
+                f"{target.redacted} is not production: fix DATABASE_URL, unset it, or restore "
+                "into a database of another name")
+        return "production unreachable; the target's database name differs"
+    tgt = db.identity_of(target)
+    if tgt is not None and tgt.same_database(prod):
+        raise SafetyRefusal(
+            f"refusing to restore into {target.redacted}: it is the DATABASE_URL database "
+            f"({prod}). Restore into a new database, or pass --i-know-this-is-production")
+    return f"target is not production ({prod.database} on {prod.server})"
+
+
+def refuse_production_server(server: ConnInfo, production: ConnInfo | None) -> str:
+    """Refuse (exit 8) a sandbox server that is production's server by any route: scratch
+    databases, migrations and the integration suite do not belong beside production."""
+    if production is None:
+        return "no production database configured"
+    prod = db.identity_of(production)
+    mine = db.identity_of(server)
+    if prod is None or mine is None:
+        if (server.host, server.port) == (production.host, production.port):
+            raise SafetyRefusal(
+                "the sandbox server URL names the same host and port as DATABASE_URL and the "
+                "servers cannot be compared: give a server that is not production's")
+        return "production unreachable; the sandbox server's host and port differ"
+    if mine.server == prod.server:
+        raise SafetyRefusal(
+            f"the sandbox server is production's server ({prod.server}, reached as "
+            f"{server.redacted}): use a separate server or --sandbox local")
+    return f"sandbox server {mine.server} is not production's {prod.server}"
