@@ -22,7 +22,7 @@ log = logging.getLogger("atb.guard")
 
 SCHEMA_HASH_SQL = r"""
 SELECT md5(coalesce(string_agg(
-         n.nspname || '.' || c.relname || ':' || c.relkind || ':' ||
+         n.nspname || '.' || c.relname || ':' || c.relkind::text || ':' ||
          coalesce(a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
                   || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END, ''),
          ',' ORDER BY n.nspname, c.relname, a.attnum), ''))

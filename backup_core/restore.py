@@ -18,7 +18,13 @@ from psycopg import sql
 
 from backup_core import childenv, db, guard, toolchain
 from backup_core.conninfo import ConnInfo
-from backup_core.errors import CommandFailed, ConfigError, ConnectionFailed, SafetyRefusal
+from backup_core.errors import (
+    CommandFailed,
+    ConfigError,
+    ConnectionFailed,
+    ProductionTouched,
+    SafetyRefusal,
+)
 from backup_core.manifest import ManifestError, read_manifest
 from backup_core.migrate import MigrateResult, upgrade_head
 from backup_core.naming import manifest_path
@@ -138,7 +144,12 @@ def restore_backup(
         watched = None if allow_production else production
         before = guard.observe(watched)
         migration = upgrade_head(alembic_config, target)
-        evidence.append(guard.confirm_unchanged(watched, before))
+        try:
+            evidence.append(guard.confirm_unchanged(watched, before))
+        except ProductionTouched as exc:
+            state = f"NOT migrated: {migration.problem}" if migration.problem else "migrated"
+            raise ProductionTouched(f"{exc}. The copy {target.redacted} is restored but "
+                                    f"{state}") from exc
         if migration.problem:
             raise CommandFailed(f"{target.redacted} is restored but NOT migrated: "
                                 f"{migration.problem}", detail=migration.output)
