@@ -43,7 +43,7 @@ Exit codes:
   5   a PostgreSQL tool failed (its error is shown)
   6   another backup of the same database is running
   7   the backup directory cannot be written (permissions, full disk)
-  8   refused: the action could destroy data
+  8   refused: the action could destroy data (or production changed while atb worked)
   70  internal error (a bug: the traceback is saved to a file named in the message)
   130 interrupted"""
 

@@ -338,3 +338,27 @@ def test_pgpassword_and_sslpassword_reach_pg_dump_without_argv_log_or_manifest(
     assert "sslpassword=***" in manifest["source"]
     assert ps.leaked("ssl-key-phrase-42", prod.password) == []
     assert os.listdir(tmp_path / "b")
+
+
+def test_ipv6_and_libpq_options_reach_every_tool(chains: list[toolchain.Toolchain],
+                                                 tmp_path: Path) -> None:
+    """`[::1]` must stay a bracketed address and `options=-c x=y` keep its spaces on the way
+    to pg_dump and pg_restore (both were mangled when URLs were rebuilt by hand)."""
+    chain = next(c for c in chains if c.major == 15 and c.can_serve)
+    settings = {"listen_addresses": "127.0.0.1,::1"}
+    with Cluster(chain, password="ipv6-Secret-pw", tcp=True, settings=settings) as server:
+        info = make_database(server, rows=10)
+        url = (f"postgresql://postgres:ipv6-Secret-pw@[::1]:{server.port}/{info.dbname}"
+               "?options=-c%20application_name%3Datb-ipv6")
+        done = atb("db", "backup", "--json", env={"DATABASE_URL": url,
+                                                  "BACKUP_DIR": str(tmp_path / "b")})
+        assert done.returncode == 0, done.stderr
+        manifest = json.loads(done.stdout)["manifest"]
+        assert f"@[::1]:{server.port}/" in manifest["source"]
+        assert "options=-c%20application_name%3Datb-ipv6" in manifest["source"]
+        target = url.replace(f"/{info.dbname}?", f"/{info.dbname}_copy?")
+        restored = atb("db", "restore", json.loads(done.stdout)["path"],
+                       env={"DATABASE_URL": url, "ATB_TARGET_URL": target})
+        assert restored.returncode == 0, restored.stderr
+        with db.connect(info.with_dbname(info.dbname + "_copy")) as conn:
+            assert conn.execute("SELECT count(*) FROM orders").fetchone() == (10,)
