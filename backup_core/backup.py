@@ -7,6 +7,7 @@ they stream from pg_dump; the file appears under its final name only when comple
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -24,12 +25,13 @@ import psycopg
 from psycopg import IsolationLevel, sql
 
 from backup_core import __version__, childenv, db, inventory, toolchain
+from backup_core.catalog import CLOCK_SKEW
 from backup_core.conninfo import ConnInfo, redact
 from backup_core.errors import AtbError, CommandFailed, ConfigError, StorageError
-from backup_core.fsutil import FILE_MODE, fsync_dir, make_dirs, publish, storage_error
+from backup_core.fsutil import FILE_MODE, fsync_dir, make_tree, publish, storage_error
 from backup_core.locking import DatabaseLock
 from backup_core.manifest import Inventory, Manifest, write_manifest
-from backup_core.naming import backup_path, manifest_path, partial_path, safe_dbname
+from backup_core.naming import backup_path, dir_name, manifest_path, partial_path
 from backup_core.runner import child_env, first_error_line, run
 
 log = logging.getLogger("atb.backup")
@@ -55,7 +57,37 @@ class _Snapshot:
 
 
 def lock_path(backup_dir: Path, dbname: str) -> Path:
-    return backup_dir / safe_dbname(dbname) / ".lock"
+    return backup_dir / dir_name(dbname) / ".lock"
+
+
+def check_at(at: datetime, now: datetime) -> datetime:
+    """`--at` as a UTC second, refused when a wrong clock or a typo would mis-file it."""
+    at = at.astimezone(UTC).replace(microsecond=0)
+    if at.year < 1970:
+        raise ConfigError(f"--at {at.isoformat()} is before 1970: give the time the backup "
+                          "really stands for")
+    if at > now + CLOCK_SKEW:
+        raise ConfigError(f"--at {at.isoformat()} is in the future (now {now:%Y-%m-%dT%H:%M:%SZ}):"
+                          " a backup cannot stand for data not yet written")
+    return at
+
+
+def _claim_name(backup_dir: Path, dbname: str, at: datetime | None) -> tuple[Path, datetime]:
+    """The final path and the second it stands for. Without `--at` it is the second the
+    snapshot is taken in (right after this); a run that follows another within the same
+    second (both waited for the lock) waits for the next second instead of colliding."""
+    if at is not None:
+        final = backup_path(backup_dir, dbname, at)
+        if final.exists():
+            raise StorageError(f"{final} already exists; a backup is never overwritten")
+        return final, at
+    while True:
+        now = datetime.now(UTC)
+        taken = now.replace(microsecond=0)
+        final = backup_path(backup_dir, dbname, taken)
+        if not final.exists():
+            return final, taken
+        time.sleep(1.0 - now.microsecond / 1e6 + 0.01)
 
 
 def create_backup(
@@ -73,17 +105,20 @@ def create_backup(
     if row_counts not in inventory.ROW_COUNT_MODES:
         raise ConfigError(f"--row-counts must be one of {', '.join(inventory.ROW_COUNT_MODES)}")
     report = progress or (lambda phase, done: None)
-    taken = (at or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
-    final = backup_path(backup_dir, source.dbname, taken)
+    if at is not None:
+        at = check_at(at, datetime.now(UTC))
+    if not source.dbname:
+        raise ConfigError(f"{source.redacted} names no database: add /dbname to the URL")
     chains = toolchain.discover() if chains is None else chains
     report("connect", 0)
     with db.connect(source) as conn:
         server = db.server_version(conn)
         chain = toolchain.for_dump(int(server.split(".")[0]), chains)
-        make_dirs(final.parent)
-        with DatabaseLock(lock_path(backup_dir, source.dbname), wait=wait):
-            if final.exists():
-                raise StorageError(f"{final} already exists; a backup is never overwritten")
+        lock = lock_path(backup_dir, source.dbname)
+        make_tree(backup_dir, lock.parent)
+        with DatabaseLock(lock, wait=wait):
+            final, taken = _claim_name(backup_dir, source.dbname, at)
+            make_tree(backup_dir, final.parent)
             return _backup_locked(source, conn, chain, server, final, taken, row_counts,
                                   report, count_workers or min(4, os.cpu_count() or 2))
 
@@ -174,7 +209,8 @@ def _backup_locked(
         worker.join(timeout=60)
         partial.unlink(missing_ok=True)
         manifest_partial.unlink(missing_ok=True)
-        conn.rollback()
+        with contextlib.suppress(psycopg.Error):  # a dead server must not hide pg_dump's error
+            conn.rollback()
 
 
 def dump_argv(chain: toolchain.Toolchain, conninfo: str, snapshot: str) -> list[str]:

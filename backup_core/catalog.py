@@ -1,13 +1,19 @@
-"""What is in a backup directory: complete backups, and everything that is not one."""
+"""What is in a backup directory: sound backups, and everything that is not one.
+
+Nothing found in the tree is trusted. A backup is *sound* (state `complete`) only when its dump
+is a real regular file, its manifest validates against the schema, names this file and this
+database, its size matches, and it is not dated in the future. Only sound backups count toward
+retention floors and tiers, status and drill picks; everything else is listed with its state
+and a reason. No symbolic link is followed, at any level: a scan never leaves `BACKUP_DIR`.
+"""
 
 from __future__ import annotations
 
 import os
-import re
+import stat
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
 
 from backup_core.manifest import Manifest, ManifestError, read_manifest
 from backup_core.naming import (
@@ -15,7 +21,10 @@ from backup_core.naming import (
     DUMP_SUFFIX,
     MANIFEST_SUFFIX,
     VERIFY_SUFFIX,
+    db_from_dir,
+    dir_name,
     is_partial,
+    legacy_dir_name,
     taken_at,
 )
 from backup_core.verdicts import DrillVerdict, VerifyRecord, read_drill, read_verify
@@ -23,9 +32,16 @@ from backup_core.verdicts import DrillVerdict, VerifyRecord, read_drill, read_ve
 COMPLETE = "complete"
 NO_MANIFEST = "no-manifest"
 BAD_MANIFEST = "bad-manifest"
+DAMAGED = "damaged"
+CORRUPT = "verify-failed"
+FUTURE = "future"
 PARTIAL = "partial"
 STRAY = "stray"
 ORPHAN_MANIFEST = "orphan-manifest"
+# Dumps filed under our naming scheme, whatever their state: prune may age them out.
+BACKUP_STATES = frozenset({COMPLETE, NO_MANIFEST, BAD_MANIFEST, DAMAGED, CORRUPT, FUTURE})
+# How far ahead of our clock a backup may be dated before it is an anomaly.
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -46,12 +62,13 @@ class Backup:
 
     @property
     def complete(self) -> bool:
+        """Sound: counts toward floors, tiers, status and drill picks."""
         return self.state == COMPLETE
 
     @property
     def is_backup(self) -> bool:
-        """A dump filed under our naming scheme (with or without a usable manifest)."""
-        return self.state in (COMPLETE, NO_MANIFEST, BAD_MANIFEST)
+        """A dump filed under our naming scheme (sound or not)."""
+        return self.state in BACKUP_STATES
 
     @property
     def checked(self) -> str:
@@ -64,41 +81,66 @@ class Backup:
         return "unverified"
 
 
-def scan(backup_dir: Path, database: str | None = None, *,
-         details: bool | Literal["summary"] = True) -> list[Backup]:
-    """Everything under `backup_dir` (one database's subtree if given), newest first.
+def database_dirs(backup_dir: Path, database: str | None = None) -> list[tuple[Path, str]]:
+    """(directory, database it is named for) for each real directory at the top of the tree.
 
-    With `details=False` manifests are not read (only drill verdicts, where present): enough
-    for retention plans over tens of thousands of backups. With `"summary"` only each
-    manifest's head is read, for the Alembic revision a listing shows.
-    """
-    if not backup_dir.is_dir():
+    A directory whose name `dir_name` would not write is a legacy one (the first layout
+    cleaned names lossily); its backups are told apart by their manifests."""
+    try:
+        entries = list(os.scandir(backup_dir))
+    except OSError:
         return []
-    dbs = [database] if database else sorted(
-        e.name for e in os.scandir(backup_dir) if e.is_dir() and not e.name.startswith(".")
-    )
-    found: list[Backup] = []
-    for db in dbs:
-        root = backup_dir / db
-        if not root.is_dir():
+    wanted = None if database is None else {dir_name(database), legacy_dir_name(database)}
+    found = []
+    for e in sorted(entries, key=lambda e: e.name):
+        if e.name.startswith(".") or not e.is_dir(follow_symlinks=False):
             continue
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            found.extend(_scan_dir(Path(dirpath), db, set(filenames), details))
+        if wanted is not None and e.name not in wanted:
+            continue
+        found.append((Path(e.path), db_from_dir(e.name) or e.name))
+    return found
+
+
+def scan(backup_dir: Path, database: str | None = None, *,
+         now: datetime | None = None) -> list[Backup]:
+    """Everything under `backup_dir` (one database's backups if given), newest first."""
+    now = now or datetime.now(UTC)
+    found: list[Backup] = [] if database is not None else _top_level_links(backup_dir)
+    for root, named in database_dirs(backup_dir, database):
+        for dirpath, dirnames, filenames in os.walk(root):  # never follows symlinked dirs
+            folder = Path(dirpath)
+            links = [d for d in dirnames if (folder / d).is_symlink()]
+            dirnames[:] = sorted(d for d in dirnames if d not in links)
+            for d in links:
+                found.append(_record(folder / d, named, STRAY, None,
+                                     problem="symbolic link: not followed"))
+            found.extend(_scan_dir(folder, named, set(filenames), now,
+                                   legacy=db_from_dir(root.name) is None))
+    if database is not None:
+        found = [b for b in found if b.database == database]
     found.sort(key=lambda b: (b.taken_at.timestamp() if b.taken_at else b.mtime, b.path.name),
                reverse=True)
     return found
 
 
-def _scan_dir(folder: Path, db: str, names: set[str],
-              details: bool | Literal["summary"]) -> list[Backup]:
+def _top_level_links(backup_dir: Path) -> list[Backup]:
+    """Symbolic links at the top of the tree: shown, never scanned as a database."""
+    try:
+        links = [Path(e.path) for e in os.scandir(backup_dir) if e.is_symlink()]
+    except OSError:
+        return []
+    return [_record(p, p.name, STRAY, None, problem="symbolic link: not followed")
+            for p in links]
+
+
+def _scan_dir(folder: Path, db: str, names: set[str], now: datetime, *,
+              legacy: bool = False) -> list[Backup]:
     out: list[Backup] = []
     manifests_used: set[str] = set()
     for name in sorted(names):
         path = folder / name
-        if name == ".lock" and folder.name == db:
-            continue
-        if name.endswith((DRILL_SUFFIX, VERIFY_SUFFIX)) and not name.startswith("."):
+        if name == ".lock" or (name.endswith((DRILL_SUFFIX, VERIFY_SUFFIX))
+                               and not name.startswith(".")):
             continue
         if is_partial(path):
             out.append(_record(path, db, PARTIAL, None))
@@ -111,30 +153,7 @@ def _scan_dir(folder: Path, db: str, names: set[str],
             continue
         stem = name[: -len(DUMP_SUFFIX)]
         manifests_used.add(stem + MANIFEST_SUFFIX)
-        if stem + MANIFEST_SUFFIX not in names:
-            out.append(_record(path, db, NO_MANIFEST, at, problem="manifest missing"))
-            continue
-        # Sidecars are read only where they exist: a failed open per backup is the cost that
-        # dominates a listing of tens of thousands.
-        drill = read_drill(path) if stem + DRILL_SUFFIX in names else None
-        if not details:  # retention needs only the drill verdicts
-            out.append(_record(path, db, COMPLETE, at, drill=drill))
-            continue
-        verified = read_verify(path) if stem + VERIFY_SUFFIX in names else None
-        mpath = folder / (stem + MANIFEST_SUFFIX)
-        revision, readable = _summary(mpath) if details == "summary" else (None, False)
-        if readable:
-            out.append(_record(path, db, COMPLETE, at, alembic_revision=revision, drill=drill,
-                               verified=verified))
-            continue
-        try:
-            manifest = read_manifest(mpath)
-        except ManifestError as exc:
-            out.append(_record(path, db, BAD_MANIFEST, at, problem=str(exc)))
-            continue
-        out.append(_record(path, db, COMPLETE, at, manifest=manifest,
-                           alembic_revision=manifest.alembic_revision, drill=drill,
-                           verified=verified))
+        out.append(_judge(path, db, at, names, now, legacy=legacy))
     for name in names:
         if (name.startswith("backup-") and name.endswith(MANIFEST_SUFFIX)
                 and not name.endswith((DRILL_SUFFIX, VERIFY_SUFFIX))
@@ -144,26 +163,55 @@ def _scan_dir(folder: Path, db: str, names: set[str],
     return out
 
 
-_HEAD = re.compile(rb'^\{\s*"alembic_revision":\s*(null|"((?:[^"\\]|\\.)*)")')
-
-
-def _summary(manifest: Path) -> tuple[str | None, bool]:
-    """(alembic revision, True) from the first bytes of a manifest we wrote (keys sorted, so
-    `alembic_revision` comes first); (None, False) when that shape is not there."""
+def _judge(path: Path, db: str, at: datetime, names: set[str], now: datetime, *,
+           legacy: bool) -> Backup:
+    """The state of one dump named like a backup, trusting nothing about it."""
+    stem = path.name[: -len(DUMP_SUFFIX)]
+    drill = read_drill(path) if stem + DRILL_SUFFIX in names else None
+    verified = read_verify(path) if stem + VERIFY_SUFFIX in names else None
     try:
-        with manifest.open("rb") as fh:
-            head = fh.read(512)
-    except OSError:
-        return None, False
-    m = _HEAD.match(head)
-    if not m:
-        return None, False
-    return (m.group(2).decode() if m.group(2) is not None else None), True
+        st = path.lstat()
+    except OSError as exc:
+        return _record(path, db, DAMAGED, at, problem=f"cannot stat: {exc.strerror}")
+    if stat.S_ISLNK(st.st_mode):
+        return _record(path, db, STRAY, at, problem="symbolic link: not followed")
+    if not stat.S_ISREG(st.st_mode):
+        return _record(path, db, DAMAGED, at, problem="not a regular file")
+    if stem + MANIFEST_SUFFIX not in names:
+        return _record(path, db, NO_MANIFEST, at, problem="manifest missing")
+    mpath = path.with_name(stem + MANIFEST_SUFFIX)
+    if mpath.is_symlink():
+        return _record(path, db, BAD_MANIFEST, at, problem="manifest is a symbolic link")
+    try:
+        manifest = read_manifest(mpath)
+    except ManifestError as exc:
+        return _record(path, db, BAD_MANIFEST, at, problem=str(exc))
+    database = manifest.database
+    extra: dict[str, object] = {"manifest": manifest, "drill": drill, "verified": verified,
+                                "alembic_revision": manifest.alembic_revision}
+    if manifest.database != db and not (legacy and legacy_dir_name(manifest.database) == db):
+        return _record(path, db, DAMAGED, at, problem=f"manifest names database "
+                       f"{manifest.database!r}, filed under {db!r}", **extra)
+    if manifest.file != path.name:
+        return _record(path, database, DAMAGED, at,
+                       problem=f"manifest describes {manifest.file}", **extra)
+    if st.st_size != manifest.size_bytes:
+        return _record(path, database, DAMAGED, at, problem=f"{st.st_size} bytes, manifest "
+                       f"says {manifest.size_bytes} (truncated or replaced)", **extra)
+    if st.st_size > 65536 and st.st_blocks * 512 < st.st_size // 8:
+        return _record(path, database, DAMAGED, at,
+                       problem="sparse file: holes where the dump's data should be", **extra)
+    if verified is not None and not verified.ok:
+        return _record(path, database, CORRUPT, at, problem=verified.reason, **extra)
+    if at > now + CLOCK_SKEW:
+        return _record(path, database, FUTURE, at, problem="dated in the future: a clock "
+                       "was wrong when it was taken; not counted toward anything", **extra)
+    return _record(path, database, COMPLETE, at, **extra)
 
 
 def _record(path: Path, db: str, state: str, at: datetime | None, **extra: object) -> Backup:
     try:
-        st = path.stat()
+        st = path.lstat()
         size, mtime = st.st_size, st.st_mtime
     except OSError:
         size, mtime = 0, 0.0
@@ -175,21 +223,32 @@ def complete_backups(backups: list[Backup]) -> list[Backup]:
     return [b for b in backups if b.complete]
 
 
-def find(backup_dir: Path, path: Path) -> Backup | None:
-    """The catalog record of one dump path."""
-    path = path.resolve()
-    at = taken_at(path)
-    if at is None or not path.name.endswith(DUMP_SUFFIX):
+def find(backup_dir: Path, path: Path, *, now: datetime | None = None) -> Backup | None:
+    """The catalog record of one dump path (which may lie outside `backup_dir`)."""
+    path = path.absolute()
+    if taken_at(path) is None or not path.name.endswith(DUMP_SUFFIX):
         return None
-    for b in _scan_dir(path.parent, _database_of(backup_dir, path), {p.name for p in
-                       path.parent.iterdir()}, True):
-        if b.path == path:
-            return b
-    return None
-
-
-def _database_of(backup_dir: Path, path: Path) -> str:
+    folder = path.parent
     try:
-        return path.relative_to(backup_dir.resolve()).parts[0]
+        names = {p.name for p in folder.iterdir()}
+    except OSError:
+        return None
+    top = _top_dir(backup_dir, path)
+    db = (db_from_dir(top) or top) if top else ""
+    legacy = top is not None and db_from_dir(top) is None
+    record = _judge(path, db, taken_at(path) or datetime.now(UTC), names,
+                    now or datetime.now(UTC), legacy=legacy)
+    if record.state == DAMAGED and record.manifest is not None and not top:
+        # outside the tree nothing says which database it should be: the manifest does
+        record = _judge(path, record.manifest.database, taken_at(path) or datetime.now(UTC),
+                        names, now or datetime.now(UTC), legacy=False)
+    return record
+
+
+def _top_dir(backup_dir: Path, path: Path) -> str | None:
+    """The database directory `path` is filed under, when it lies inside `backup_dir`."""
+    try:
+        rel = path.relative_to(backup_dir.absolute())
     except ValueError:
-        return path.parents[3].name if len(path.parents) > 3 else ""
+        return path.parents[3].name if len(path.parents) > 4 else None
+    return rel.parts[0] if len(rel.parts) > 1 else None

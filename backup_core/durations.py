@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from backup_core.errors import ConfigError
@@ -10,21 +11,32 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_duration(text: str) -> float:
-    """Seconds in `text`; a bare number is seconds."""
+# A century: longer spans are typos, and would overflow date arithmetic further on.
+MAX_SECONDS = 100 * 365.25 * 86400
+
+
+def parse_duration(text: str, *, what: str = "duration") -> float:
+    """Seconds in `text`; a bare number is seconds. Refuses NaN, infinities, negatives and
+    more than a century with a `ConfigError` that says what to write instead."""
     raw = text.strip().lower()
     try:
-        return float(raw)
+        total = float(raw)
     except ValueError:
-        pass
-    pos, total = 0, 0.0
-    for m in _PART.finditer(raw):
-        if raw[pos:m.start()].strip():
-            break
-        total += float(m.group(1)) * _UNIT[m.group(2)]
-        pos = m.end()
-    if pos == 0 or raw[pos:].strip():
-        raise ConfigError(f"cannot read duration {text!r}: use e.g. 90s, 15m, 1h, 7d")
+        pos, total = 0, 0.0
+        for m in _PART.finditer(raw):
+            if raw[pos:m.start()].strip():
+                break
+            total += float(m.group(1)) * _UNIT[m.group(2)]
+            pos = m.end()
+        if pos == 0 or raw[pos:].strip():
+            raise ConfigError(f"cannot read {what} {text!r}: use e.g. 90s, 15m, 1h, 7d") from None
+    return check_seconds(total, text=text, what=what)
+
+
+def check_seconds(total: float, *, text: str, what: str) -> float:
+    if not math.isfinite(total) or total < 0 or total > MAX_SECONDS:
+        raise ConfigError(f"{what} {text!r} is out of range: give a span from 0 to 100 years, "
+                          "e.g. 15m or 7d")
     return total
 
 

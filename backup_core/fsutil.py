@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
@@ -33,6 +34,25 @@ def make_dirs(path: Path) -> None:
         raise storage_error(exc, path) from exc
 
 
+def make_tree(root: Path, path: Path) -> None:
+    """Create `path` under `root` (mode 0700), refusing any component below `root` that is a
+    symbolic link: nothing is ever written through a link out of the backup tree."""
+    root, path = root.absolute(), path.absolute()
+    try:
+        rel = path.relative_to(root)
+    except ValueError as exc:
+        raise StorageError(f"{path} is outside {root}") from exc
+    make_dirs(root)
+    current = root
+    for part in rel.parts:
+        current = current / part
+        if current.is_symlink():
+            raise StorageError(f"{current} is a symbolic link: atb never writes through a link "
+                               "out of BACKUP_DIR; replace it with a directory")
+        if not current.exists():
+            make_dirs(current)
+
+
 def storage_error(exc: OSError, path: Path) -> StorageError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return StorageError(f"no space left writing {path} ({exc.strerror}): free space or "
@@ -44,9 +64,9 @@ def storage_error(exc: OSError, path: Path) -> StorageError:
 
 def atomic_write_text(path: Path, text: str, *, mode: int = FILE_MODE) -> None:
     """Replace `path` with `text` so that readers see the old or the new file, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(3).hex()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
@@ -54,7 +74,8 @@ def atomic_write_text(path: Path, text: str, *, mode: int = FILE_MODE) -> None:
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only file system this fails too
+            tmp.unlink(missing_ok=True)
         raise storage_error(exc, path) from exc
 
 

@@ -25,7 +25,7 @@ class DatabaseLock:
     def __enter__(self) -> DatabaseLock:
         make_dirs(self.path.parent)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise storage_error(exc, self.path) from exc
         deadline = time.monotonic() + self.timeout
@@ -62,9 +62,10 @@ class DatabaseLock:
 
 def is_locked(path: Path) -> bool:
     """True while some process holds the lock (a backup is in progress)."""
-    if not path.exists():
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
         return False
-    fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,24 +54,96 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+    def from_dict(cls, data: object) -> Manifest:
+        """Validate `data` against the schema: every field of the right type and shape.
+
+        Raises `ValueError` naming the first field that is wrong; nothing a manifest holds
+        can make a command crash further on."""
+        if not isinstance(data, dict):
+            raise ValueError(f"not a JSON object but {type(data).__name__}")
         if data.get("schema") != SCHEMA_ID:
             raise ValueError("not an atb backup manifest")
-        if int(data.get("schema_version", 0)) > SCHEMA_VERSION:
-            raise ValueError(f"manifest schema {data['schema_version']} is newer than this atb")
+        version = data.get("schema_version", 0)
+        if not _is_int(version) or version < 1:
+            raise ValueError("schema_version is not a positive integer")
+        if version > SCHEMA_VERSION:
+            raise ValueError(f"manifest schema {version} is newer than this atb")
+        for name, (kinds, required) in _SCHEMA.items():
+            if name not in data:
+                if required:
+                    raise ValueError(f"field {name!r} is missing")
+                continue
+            value = data[name]
+            if not any(_is_int(value) if k is int else isinstance(value, k) for k in kinds):
+                raise ValueError(f"field {name!r} is {type(value).__name__}, expected "
+                                 + " or ".join(k.__name__ for k in kinds))
+        _check_values(data)
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# field -> (accepted JSON types, required)
+_SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
+    "database": ((str,), True), "file": ((str,), True), "taken_at": ((str,), True),
+    "started_at": ((str,), True), "finished_at": ((str,), True),
+    "duration_s": ((int, float), True), "size_bytes": ((int,), True),
+    "sha256": ((str,), True), "pg_dump_version": ((str,), True),
+    "server_version": ((str,), True), "toc_entries": ((int,), True),
+    "alembic_revision": ((str, type(None)), True), "row_counts_mode": ((str,), True),
+    "row_counts": ((dict,), False), "inventory": ((dict,), False), "source": ((str,), False),
+    "tool_version": ((str,), False),
+}
+_VERSION = re.compile(r"^\d+(\.\d+)*$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _check_values(data: dict[str, Any]) -> None:
+    if not data["file"].endswith(".dump") or "/" in data["file"]:
+        raise ValueError("field 'file' is not a dump file name")
+    if data["size_bytes"] < 0 or data["toc_entries"] < 0:
+        raise ValueError("size_bytes and toc_entries must not be negative")
+    if not _SHA256.match(data["sha256"]):
+        raise ValueError("field 'sha256' is not 64 hexadecimal digits")
+    for name in ("pg_dump_version", "server_version"):
+        if not _VERSION.match(data[name]):
+            raise ValueError(f"field {name!r} is not a version number")
+    for name in ("taken_at", "started_at", "finished_at"):
+        try:
+            datetime.fromisoformat(data[name])
+        except ValueError:
+            raise ValueError(f"field {name!r} is not an ISO 8601 time") from None
+    counts = data.get("row_counts", {})
+    if not all(isinstance(k, str) and _is_int(v) and v >= 0 for k, v in counts.items()):
+        raise ValueError("field 'row_counts' is not a map of table names to counts")
+    for schema, kinds in data.get("inventory", {}).items():
+        if not isinstance(kinds, dict) or not all(
+                isinstance(names, list) and all(isinstance(n, str) for n in names)
+                for names in kinds.values()):
+            raise ValueError(f"field 'inventory' has a malformed entry for schema {schema!r}")
 
 
 class ManifestError(AtbError):
     """A manifest that cannot be read."""
 
 
+MAX_MANIFEST_BYTES = 256 << 20  # a manifest of tens of thousands of tables is a few MB
+
+
 def read_manifest(path: Path) -> Manifest:
     try:
-        return Manifest.from_dict(json.loads(path.read_bytes()))
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise ValueError(f"larger than {MAX_MANIFEST_BYTES >> 20} MiB")
+        return Manifest.from_dict(json.loads(raw))
     except FileNotFoundError as exc:
         raise ManifestError(f"no manifest at {path}") from exc
+    except RecursionError as exc:
+        raise ManifestError(f"unreadable manifest {path}: nested too deeply") from exc
     except (OSError, ValueError, TypeError) as exc:
         raise ManifestError(f"unreadable manifest {path}: {exc}") from exc
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import unquote
 
 from backup_core.errors import ConfigError
 
@@ -15,15 +16,37 @@ DRILL_SUFFIX = ".drill.json"
 VERIFY_SUFFIX = ".verify.json"
 PARTIAL_MARK = ".partial-"
 _NAME = re.compile(r"^backup-(\d{8}T\d{6}Z)\.dump$")
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
 
 
-def safe_dbname(name: str) -> str:
-    """A database name fit to be one path component: no `/`, no `..`, no leading dot."""
-    cleaned = _SAFE.sub("_", name).replace("..", "__").lstrip(".")
-    if not cleaned:
-        raise ConfigError(f"database name {name!r} cannot be used as a directory name")
-    return cleaned
+def dir_name(dbname: str) -> str:
+    """The directory of a database: its name with every byte outside `[A-Za-z0-9_.-]` (and a
+    leading dot) written as `%XX`. Reversible and collision-free (`a b` is `a%20b`, `a_b`
+    stays `a_b`), never `.`, `..` or hidden, and plain names read as themselves."""
+    if not dbname:
+        raise ConfigError("an empty database name cannot name a directory")
+    out = []
+    for i, ch in enumerate(dbname):
+        if ch in _PLAIN and not (i == 0 and ch == "."):
+            out.append(ch)
+        else:
+            out.extend(f"%{b:02X}" for b in ch.encode())
+    return "".join(out)
+
+
+def db_from_dir(name: str) -> str | None:
+    """The database a directory holds, or None for a name `dir_name` never writes."""
+    try:
+        decoded = unquote(name, errors="strict")
+    except UnicodeDecodeError:
+        return None
+    return decoded if decoded and dir_name(decoded) == name else None
+
+
+def legacy_dir_name(dbname: str) -> str:
+    """The directory the first layout used: not one-to-one, so its backups are told apart by
+    the database their manifests name."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", dbname).replace("..", "__").lstrip(".")
 
 
 def stamp(at: datetime) -> str:
@@ -47,7 +70,7 @@ def parse_stamp(text: str) -> datetime:
 
 def backup_path(backup_dir: Path, dbname: str, at: datetime) -> Path:
     at = at.astimezone(UTC)
-    day = backup_dir / safe_dbname(dbname) / f"{at:%Y}" / f"{at:%m}" / f"{at:%d}"
+    day = backup_dir / dir_name(dbname) / f"{at:%Y}" / f"{at:%m}" / f"{at:%d}"
     return day / f"backup-{stamp(at)}{DUMP_SUFFIX}"
 
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from backup_core.catalog import PARTIAL, Backup
+from backup_core.catalog import FUTURE, PARTIAL, Backup
 from backup_core.fsutil import fsync_dir
-from backup_core.naming import drill_path, manifest_path, verify_path
+from backup_core.naming import dir_name, drill_path, manifest_path, verify_path
 
 log = logging.getLogger("atb.prune")
 
@@ -74,7 +74,9 @@ def plan_prune(
         reasons: dict[Path, list[str]] = {b.path: [] for b in dumps}
         complete = [b for b in dumps if b.complete]
         for b in dumps:
-            if b.taken_at and b.taken_at >= cutoff:
+            if b.state == FUTURE:
+                reasons[b.path].append("dated in the future: kept, never counted")
+            elif b.taken_at and b.taken_at >= cutoff:
                 reasons[b.path].append(f"within {policy.retention_days:g} days")
         for b in complete[: policy.keep_last]:
             reasons[b.path].append(f"newest {policy.keep_last} (floor)")
@@ -115,20 +117,23 @@ def apply_prune(plan: PrunePlan, backup_dir: Path) -> PruneResult:
     """Delete the planned dumps with their sidecars, then empty date directories."""
     deleted: list[Path] = []
     parents: set[Path] = set()
+    root = backup_dir.resolve()
     for b in plan.delete:
+        if not _inside(b.path, root):
+            log.warning("not pruning %s: it is not inside %s", b.path, root)
+            continue
         paths = [b.path]
         if b.state != PARTIAL:
             paths += [manifest_path(b.path), drill_path(b.path), verify_path(b.path)]
         for p in paths:
             try:
-                p.unlink()
+                p.unlink()  # a symbolic link itself, never its target
                 deleted.append(p)
             except FileNotFoundError:
                 continue
         parents.add(b.path.parent)
         log.info("pruned %s", b.path)
     removed: list[Path] = []
-    root = backup_dir.resolve()
     for folder in sorted(parents, key=lambda p: len(p.parts), reverse=True):
         current = folder.resolve()
         while current != root and root in current.parents and len(current.relative_to(root)
@@ -145,9 +150,15 @@ def apply_prune(plan: PrunePlan, backup_dir: Path) -> PruneResult:
     return PruneResult(tuple(deleted), tuple(removed))
 
 
+def _inside(path: Path, root: Path) -> bool:
+    """True when `path`'s directory, with every link resolved, is inside `root`."""
+    return path.parent.resolve().is_relative_to(root)
+
+
 def busy_databases(backup_dir: Path, databases: set[str]) -> frozenset[str]:
     from backup_core.locking import is_locked
 
-    return frozenset(db for db in databases if is_locked(backup_dir / db / ".lock"))
+    return frozenset(db for db in databases
+                     if is_locked(backup_dir / dir_name(db) / ".lock"))
 
 

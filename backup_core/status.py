@@ -6,10 +6,11 @@ Pure functions over catalog records, plus node_exporter textfile rendering.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from backup_core.catalog import Backup
+from backup_core.catalog import FUTURE, Backup
 from backup_core.durations import human
 
 
@@ -44,10 +45,10 @@ def database_status(
     """
     done = sorted((b for b in backups if b.complete and b.database == database and b.taken_at),
                   key=lambda b: b.taken_at or now)
-    missed: list[str] = []
+    missed = anomalies(backups, database=database, now=now, window_days=window_days)
     if not done:
         return Status(database, 0, None, None, None, None, None, window_days, schedule_s, rpo_s,
-                      None, ("no complete backup found",))
+                      None, ("no complete backup found", *missed))
     newest = done[-1]
     assert newest.taken_at is not None
     age = (now - newest.taken_at).total_seconds()
@@ -74,6 +75,34 @@ def database_status(
     )
 
 
+def anomalies(backups: list[Backup], *, database: str, now: datetime,
+              window_days: float) -> list[str]:
+    """Backups that exist but cannot be trusted: dated in the future (a clock was wrong), or
+    not sound within the window (bad manifest, damaged, failed verification)."""
+    mine = [b for b in backups if b.database == database and b.is_backup]
+    found = []
+    future = [b for b in mine if b.state == FUTURE]
+    if future:
+        found.append(f"{len(future)} backups dated in the future (newest "
+                     f"{max(b.taken_at for b in future if b.taken_at):%Y-%m-%dT%H:%M:%SZ}): a "
+                     "clock was wrong; they are not counted")
+    start = now - timedelta(days=window_days)
+    unsound = Counter(b.state for b in mine if not b.complete and b.state != FUTURE
+                      and b.taken_at and b.taken_at >= start)
+    if unsound:
+        found.append(f"{sum(unsound.values())} backups in {window_days:g} days are not sound ("
+                     + ", ".join(f"{k} {v}" for k, v in sorted(unsound.items()))
+                     + "): see `atb db list`")
+    return found
+
+
+def _number(value: float) -> str:
+    """A sample value as Prometheus parses it, exactly: integers in full, floats round-trip."""
+    if float(value).is_integer() and abs(value) < 2**63:
+        return str(int(value))
+    return repr(float(value))
+
+
 def prometheus_text(statuses: list[Status]) -> str:
     """node_exporter textfile metrics, one series per database."""
     metrics: dict[str, tuple[str, list[str]]] = {
@@ -88,7 +117,7 @@ def prometheus_text(statuses: list[Status]) -> str:
 
     def add(name: str, db: str, value: float | None) -> None:
         if value is not None:
-            metrics[name][1].append(f'{name}{{database="{_label(db)}"}} {value:g}')
+            metrics[name][1].append(f'{name}{{database="{_label(db)}"}} {_number(value)}')
 
     for s in statuses:
         add("atb_backup_last_success_timestamp_seconds", s.database,

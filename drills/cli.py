@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
@@ -48,6 +49,16 @@ Exit codes:
   130 interrupted"""
 
 log = logging.getLogger("atb.backup")
+
+
+def _days(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """A number of days: finite, 0 to a century (1e308 and nan are typos, not policies)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value!r} is not a number of days: give 0 to 36500")
+    return value
+
+
+DAYS = click.FloatRange(min=0, max=36500)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -217,7 +228,7 @@ def db_backup(database_url: str, backup_dir: Path, at: str | None, row_counts: s
 @json_option
 def db_list(backup_dir: Path, database: str | None, as_json: bool) -> None:
     """List backups newest first; partial, stray and manifest-less files are shown as such."""
-    items = catalog.scan(backup_dir, database, details="summary")
+    items = catalog.scan(backup_dir, database)
     now = datetime.now(UTC)
     if as_json:
         console.print_json([{
@@ -265,7 +276,7 @@ def db_verify(path: Path | None, backup_dir: Path, latest: bool, all_: bool,
     if path is not None:
         paths = [path]
     else:
-        found = [b for b in catalog.scan(backup_dir, database, details=False) if b.is_backup]
+        found = [b for b in catalog.scan(backup_dir, database) if b.is_backup]
         if not found:
             raise ConfigError(f"no backups under {backup_dir} to verify")
         paths = [found[0].path] if latest else [b.path for b in found]
@@ -284,7 +295,7 @@ def db_verify(path: Path | None, backup_dir: Path, latest: bool, all_: bool,
 @db.command("prune", epilog=EXIT_CODES)
 @backup_dir_option
 @click.option("--retention-days", envvar="BACKUP_RETENTION_DAYS", show_envvar=True, default=7.0,
-              type=click.FloatRange(min=0), help="Delete backups older than this many days.")
+              type=DAYS, callback=_days, help="Delete backups older than this many days.")
 @click.option("--keep-last", default=3, type=click.IntRange(min=1),
               help="Never delete the newest N complete backups, however old.")
 @click.option("--keep-daily", default=0, type=click.IntRange(min=0),
@@ -302,7 +313,7 @@ def db_prune(backup_dir: Path, retention_days: float, keep_last: int, keep_daily
     The newest drill-verified backup and a backup in progress are never deleted.
     """
     policy = retention.Policy(retention_days, keep_last, keep_daily, keep_weekly, keep_monthly)
-    items = catalog.scan(backup_dir, details=False)
+    items = catalog.scan(backup_dir)
     busy = retention.busy_databases(backup_dir, {b.database for b in items})
     plan = retention.plan_prune(items, now=datetime.now(UTC), policy=policy, busy=busy)
     result = None if dry_run else retention.apply_prune(plan, backup_dir)
@@ -376,15 +387,16 @@ def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, no_ow
 def db_status(backup_dir: Path, database: str | None, schedule: str, rpo: str, window: str,
               prom_file: Path | None, as_json: bool) -> None:
     """Newest backup's age and the largest gap vs the schedule and RPO; exits 1 on a miss."""
+    schedule_s = parse_duration(schedule, what="--schedule")
+    rpo_s = parse_duration(rpo, what="--rpo")
+    window_days = parse_duration(window, what="--window") / 86400
     items = catalog.scan(backup_dir, database)
-    names = [database] if database else sorted({b.database for b in items})
+    names = [database] if database else sorted({b.database for b in items if b.is_backup})
     if not names:
         raise ConfigError(f"no backups under {backup_dir}: run `atb db backup` first")
     now = datetime.now(UTC)
-    results = [status.database_status(items, database=n, now=now,
-                                      schedule_s=parse_duration(schedule),
-                                      rpo_s=parse_duration(rpo),
-                                      window_days=parse_duration(window) / 86400) for n in names]
+    results = [status.database_status(items, database=n, now=now, schedule_s=schedule_s,
+                                      rpo_s=rpo_s, window_days=window_days) for n in names]
     if prom_file is not None:
         atomic_write_text(prom_file, status.prometheus_text(results), mode=0o644)
     if as_json:
@@ -414,7 +426,7 @@ def drill() -> None:
               help="Drill this dump instead of a random pick from the window.")
 @backup_dir_option
 @click.option("--database", metavar="NAME", help="Database to drill when the tree holds several.")
-@click.option("--window-days", default=90.0, type=click.FloatRange(min=0),
+@click.option("--window-days", default=90.0, type=DAYS, callback=_days,
               help="Pick among complete backups of the last N days.")
 @click.option("--seed", type=int, help="Seed of the random pick.  [default: random, recorded]")
 @click.option("--sandbox", type=click.Choice(["auto", "local", "docker", "server"]),
@@ -579,7 +591,7 @@ def heartbeat_cmd(database_url: str, table: str, check: bool, max_age: str, as_j
         else:
             click.echo(f"heartbeat inserted at {at.isoformat()}")
         return
-    limit = parse_duration(max_age)
+    limit = parse_duration(max_age, what="--max-age")
     newest = heartbeat.newest_heartbeat(info, table=table)
     age = (datetime.now(UTC) - newest).total_seconds() if newest else None
     ok = age is not None and age <= limit

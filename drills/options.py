@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from backup_core.childenv import check_pass_env
-from backup_core.durations import parse_duration
+from backup_core.durations import check_seconds, parse_duration
 from backup_core.errors import ConfigError
 
 # name, default, help; each is a `--<name>` option and a `drill_<name>` ini key.
@@ -99,7 +99,9 @@ class DrillOptions:
             backup=backup,
             backup_dir=backup_dir,
             database=get("database") or None,
-            window_days=number("window-days", float) or 90.0,
+            window_days=check_seconds((number("window-days", float) or 90.0) * 86400,
+                                      text=str(get("window-days")), what="--window-days")
+            / 86400,
             seed=seed if seed is not None else secrets.randbelow(2**31),
             sandbox=get("sandbox") or "auto",
             sandbox_url=get("sandbox-url") or os.environ.get("ATB_SANDBOX_URL") or None,

@@ -102,9 +102,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _only_db(options: DrillOptions) -> str | None:
-    if not options.backup_dir.is_dir():
-        return None
-    names = [p.name for p in options.backup_dir.iterdir() if p.is_dir()]
+    names = [name for _, name in catalog.database_dirs(options.backup_dir)]
     return names[0] if len(names) == 1 else None
 
 
@@ -309,7 +307,7 @@ def drill_engine(drill_final_url: ConnInfo) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def drill_policy(drill: DrillState, drill_backup: Backup) -> status.Status:
     """The backup inventory judged against the schedule and RPO (no manifest is read)."""
-    backups = catalog.scan(drill.options.backup_dir, drill.database, details=False)
+    backups = catalog.scan(drill.options.backup_dir, drill.database)
     return status.database_status(backups, database=drill.database, now=drill.started_at,
                                   schedule_s=drill.options.schedule_s,
                                   rpo_s=drill.options.rpo_target_s)

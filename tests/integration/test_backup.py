@@ -202,4 +202,4 @@ def test_database_names_are_sanitised_into_one_path_component(
         conn.execute('CREATE DATABASE "../evil/db"')
     result = backup.create_backup(pg15.url("../evil/db"), backup_dir, chains=chains)
     assert result.path.is_relative_to(backup_dir)
-    assert result.path.relative_to(backup_dir).parts[0] == "___evil_db"
+    assert result.path.relative_to(backup_dir).parts[0] == "%2E.%2Fevil%2Fdb"

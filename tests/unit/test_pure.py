@@ -6,13 +6,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from backup_core import toolchain
 from backup_core.catalog import COMPLETE, Backup
 from backup_core.conninfo import ConnInfo, redact
 from backup_core.durations import human, parse_duration
 from backup_core.errors import ConfigError, ToolchainError
-from backup_core.naming import backup_path, parse_stamp, safe_dbname, taken_at
+from backup_core.naming import (
+    backup_path,
+    db_from_dir,
+    dir_name,
+    legacy_dir_name,
+    parse_stamp,
+    taken_at,
+)
 from backup_core.restore import restore_argv
 from backup_core.status import database_status, prometheus_text
 
@@ -70,10 +79,31 @@ def test_backup_path_layout_and_sanitising() -> None:
     p = backup_path(Path("/b"), "trading", at)
     assert p == Path("/b/trading/2026/11/23/backup-20261123T230400Z.dump")
     assert taken_at(p) == at
-    assert "/" not in safe_dbname("../../etc") and ".." not in safe_dbname("../../etc")
-    assert "/" not in safe_dbname("a/b") and safe_dbname(".hidden") == "hidden"
+    assert dir_name("../../etc") == "%2E.%2F..%2Fetc" and dir_name(".hidden") == "%2Ehidden"
     with pytest.raises(ConfigError):
-        safe_dbname("")
+        dir_name("")
+
+
+COLLIDED = ["a b", "a/b", "a_b", "café", "caf_", "日本", "中国", "..", ".", ".hidden", "hidden",
+            "a%20b", "Trading", "trading", "x.y", "-", "%"]
+
+
+def test_directory_names_are_one_to_one_and_read_back() -> None:
+    """Every name the first layout made collide gets a directory of its own."""
+    dirs = [dir_name(n) for n in COLLIDED]
+    assert len(set(dirs)) == len(COLLIDED)
+    for name, d in zip(COLLIDED, dirs, strict=True):
+        assert db_from_dir(d) == name
+        assert "/" not in d and d not in (".", "..") and not d.startswith(".")
+    assert dir_name("trading") == "trading" == legacy_dir_name("trading")
+    assert db_from_dir("a_b") == "a_b" and db_from_dir("a%2") is None
+
+
+@given(st.text(min_size=1, max_size=63))
+def test_any_database_name_round_trips(name: str) -> None:
+    d = dir_name(name)
+    assert db_from_dir(d) == name and "/" not in d and not d.startswith(".")
+    assert len(d.encode()) <= 255 or len(name.encode()) > 63
 
 
 def test_parse_stamp_accepts_both_forms() -> None:
