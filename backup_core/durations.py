@@ -44,6 +44,8 @@ def human(seconds: float | None) -> str:
     """A short readable duration: `42s`, `3m 05s`, `2h 10m`, `3d 4h`."""
     if seconds is None:
         return "-"
+    if seconds < 0:  # a backup dated in the future, say
+        return "-" + human(-seconds)
     s = round(seconds)
     if abs(seconds) < 10:
         return f"{seconds:.1f}s"

@@ -7,21 +7,22 @@ production with the backup.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psycopg
-from psycopg import sql
 
-from backup_core import childenv, db, guard, toolchain
+from backup_core import childenv, guard, toolchain
+from backup_core import target as target_db
 from backup_core.conninfo import ConnInfo
 from backup_core.errors import (
+    AtbError,
     CommandFailed,
     ConfigError,
-    ConnectionFailed,
     ProductionTouched,
     SafetyRefusal,
 )
@@ -45,49 +46,54 @@ class RestoreResult:
 
 
 def restore_argv(
-    chain: toolchain.Toolchain, path: Path, conninfo: str, *, jobs: int, clean: bool,
-    no_owner: bool,
+    chain: toolchain.Toolchain, path: Path, conninfo: str, *, jobs: int, no_owner: bool,
+    single_transaction: bool = False,
 ) -> list[str]:
-    """The pg_restore command line: a conninfo without secrets, and never `--create`."""
+    """The pg_restore command line: a conninfo without secrets, never `--create` and never
+    `--clean` (a non-empty target is replaced by swapping names, not by dropping objects)."""
     argv = [chain.tool("pg_restore"), f"--dbname={conninfo}", "--no-password",
-            "--exit-on-error", f"--jobs={jobs}"]
-    if clean:
-        argv += ["--clean", "--if-exists"]
+            "--exit-on-error"]
+    argv += ["--single-transaction"] if single_transaction else [f"--jobs={jobs}"]
     if no_owner:
         argv += ["--no-owner", "--no-privileges"]
     return [*argv, str(path)]
+
+
+def _pg_restore(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *, jobs: int,
+                no_owner: bool, single_transaction: bool = False) -> None:
+    with childenv.for_tool(target) as (conninfo, tool_env):
+        done = run(restore_argv(chain, path, conninfo, jobs=jobs, no_owner=no_owner,
+                                single_transaction=single_transaction),
+                   what="pg_restore", env=tool_env, check=False)
+    if done.returncode != 0:
+        raise CommandFailed(f"pg_restore failed: {explain_failure(done.stderr)}; the target is "
+                            "unchanged", detail=done.stderr)
+
+
+def _restore_or_drop(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *, jobs: int,
+                     no_owner: bool) -> None:
+    """Restore into a database this run created, dropping it again if the restore fails."""
+    try:
+        _pg_restore(chain, path, target, jobs=jobs, no_owner=no_owner)
+    except BaseException:
+        with contextlib.suppress(AtbError, psycopg.Error):
+            target_db.drop(target)
+        raise
 
 
 def default_jobs() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _maintenance(conn_info: ConnInfo) -> psycopg.Connection[Any]:
-    try:
-        return db.connect(conn_info.with_dbname("postgres"), autocommit=True)
-    except ConnectionFailed:
-        return db.connect(conn_info.with_dbname("template1"), autocommit=True)
-
-
-def ensure_database(target: ConnInfo) -> bool:
-    """Create the target database when missing; True when we created it."""
-    with _maintenance(target) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                              (target.dbname,)).fetchone()
-        if exists:
-            return False
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.dbname)))
-        return True
-
-
-def user_objects(target: ConnInfo) -> int:
-    with db.connect(target) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') "
-            "AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%'"
-        ).fetchone()
-        return int(row[0]) if row else 0
+def explain_failure(stderr: str) -> str:
+    """pg_restore's failure in one line a user can act on."""
+    missing_role = re.search(r'role "([^"]+)" does not exist', stderr)
+    if missing_role:
+        return (f"role {missing_role.group(1)!r}, which owns or is granted objects in the dump, "
+                "does not exist on the target server: create it first (the roles come from "
+                "`pg_dumpall --globals-only` on production), or pass --no-owner to restore "
+                "without owners and grants")
+    return first_error_line(stderr)
 
 
 def archive_major(path: Path, chains: list[toolchain.Toolchain]) -> int:
@@ -115,8 +121,14 @@ def restore_backup(
     no_owner: bool = False,
     alembic_config: Path | None = None,
     chains: list[toolchain.Toolchain] | None = None,
+    scratch: bool = False,
 ) -> RestoreResult:
-    """Restore `path` into `target` (created if missing), then optionally migrate it."""
+    """Restore `path` into `target` (created if missing), then optionally migrate it.
+
+    Never leaves a half-restored target: a database it creates is dropped again on failure,
+    an existing empty one is restored in one transaction, and a non-empty one (`clean`) is
+    restored beside it and swapped in by name. `scratch` says the (empty) target was made
+    for this restore alone, as a drill's sandbox is: it is restored in parallel."""
     if not path.is_file():
         raise ConfigError(f"no backup at {path}: give the path of a .dump file (`atb db list`)")
     if not target.dbname:
@@ -124,20 +136,32 @@ def restore_backup(
     evidence = [guard.refuse_production_target(target, production, allowed=allow_production)]
     chains = toolchain.discover() if chains is None else chains
     chain = toolchain.for_restore(archive_major(path, chains), chains)
-    created = ensure_database(target)
-    if not created and not clean:
-        count = user_objects(target)
-        if count:
-            raise SafetyRefusal(f"target {target.redacted} is not empty ({count} relations): "
-                                "restore into a new database, or pass --clean to drop them first")
     jobs = jobs or default_jobs()
+    created = not target_db.exists(target)
+    held = {} if created else target_db.contents(target)
+    if held and not clean:
+        kinds = ", ".join(f"{n} {k}" for k, n in held.items())
+        raise SafetyRefusal(f"target {target.redacted} is not empty ({kinds}): restore into a "
+                            "new database, or pass --clean to restore beside it and swap it in")
+    if held and target_db.sessions(target):
+        raise SafetyRefusal(f"{target_db.sessions(target)} sessions are connected to "
+                            f"{target.dbname}: --clean swaps the restored copy in by renaming, "
+                            "so close them first (nothing was changed)")
     t0 = time.monotonic()
-    with childenv.for_tool(target) as (conninfo, tool_env):
-        done = run(restore_argv(chain, path, conninfo, jobs=jobs, clean=clean,
-                                no_owner=no_owner), what="pg_restore", env=tool_env, check=False)
-    if done.returncode != 0:
-        raise CommandFailed(f"pg_restore failed: {first_error_line(done.stderr)}",
-                            detail=done.stderr)
+    if created:  # all or nothing: a failed restore drops the database it made
+        target_db.create(target)
+        _restore_or_drop(chain, path, target, jobs=jobs, no_owner=no_owner)
+    elif not held and scratch:
+        _pg_restore(chain, path, target, jobs=jobs, no_owner=no_owner)
+    elif not held:  # an empty database someone made: one transaction, rolled back on failure
+        _pg_restore(chain, path, target, jobs=1, no_owner=no_owner, single_transaction=True)
+    else:  # restore beside it, then swap names; the old one is kept until the user drops it
+        staging = target.with_dbname(target_db.staging_name(target.dbname))
+        target_db.create(staging)
+        _restore_or_drop(chain, path, staging, jobs=jobs, no_owner=no_owner)
+        old = target_db.swap(target, staging.dbname)
+        evidence.append(f"the previous {target.dbname} is kept as {old}: drop it when you no "
+                        "longer need it")
     duration = time.monotonic() - t0
     migration = None
     if alembic_config is not None:

@@ -66,32 +66,39 @@ def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point: the one place where our errors become a message and an exit code."""
     signal.signal(signal.SIGTERM, _terminate)
     detach_libpq_environment()  # every connection says where it goes; see conninfo
+    sys.exit(run(argv))
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run one command and return its exit code; errors become one line on stderr."""
     try:
         code = cli.main(args=argv, prog_name="atb", standalone_mode=False)
     except click.exceptions.Abort:
-        _fail("interrupted", 130)
+        return _fail("interrupted", 130)
     except click.ClickException as exc:
         exc.show()
-        sys.exit(exc.exit_code)
+        return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0
     except AtbError as exc:
         if exc.detail and logging.getLogger("atb").isEnabledFor(logging.DEBUG):
             sys.stderr.write(redact(exc.detail).rstrip() + "\n")
-        _fail(str(exc), exc.exit_code)
+        return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        _fail("interrupted; nothing was left half-written", 130)
+        return _fail("interrupted; nothing was left half-written", 130)
     except Exception as exc:  # a bug: keep the traceback, show one line
         fd, path = tempfile.mkstemp(prefix="atb-crash-", suffix=".log")
         with os.fdopen(fd, "w") as fh:
             fh.write(redact(traceback.format_exc()))
-        _fail(f"internal error ({type(exc).__name__}: {redact(str(exc))}); traceback saved to "
-              f"{path}; please report it", 70)
-    sys.exit(code if isinstance(code, int) else 0)
+        return _fail(f"internal error ({type(exc).__name__}: {redact(str(exc))}); traceback "
+                     f"saved to {path}; please report it", 70)
+    return code if isinstance(code, int) else 0
 
 
-def _fail(message: str, code: int) -> NoReturn:
+def _fail(message: str, code: int) -> int:
     line = "; ".join(ln.strip() for ln in redact(message).splitlines() if ln.strip())
     sys.stderr.write(f"atb: error: {line}\n")
-    sys.exit(code)
+    return code
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -245,8 +252,15 @@ def db_list(backup_dir: Path, database: str | None, as_json: bool) -> None:
     rows = [[b.taken_at.strftime("%Y-%m-%d %H:%M:%SZ") if b.taken_at else "-",
              human((now - b.taken_at).total_seconds()) if b.taken_at else "-",
              console.size(b.size), b.alembic_revision or "-",
-             b.state if not b.complete else b.checked, _rel(b.path, backup_dir)] for b in items]
-    click.echo(console.table(["taken (UTC)", "age", "size", "alembic", "state", "path"], rows))
+             b.state if not b.complete else b.checked,
+             b.database if len({x.database for x in items}) > 1 else "",
+             _rel(b.path, backup_dir) + (f"  ({b.problem})" if b.problem else "")]
+            for b in items]
+    headers = ["taken (UTC)", "age", "size", "alembic", "state", "database", "path"]
+    if all(not r[5] for r in rows):
+        headers.pop(5)
+        rows = [r[:5] + r[6:] for r in rows]
+    click.echo(console.table(headers, rows))
 
 
 def _rel(path: Path, root: Path) -> str:

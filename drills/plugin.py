@@ -236,7 +236,8 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
     with drill.phase("restore"):
         try:
             done = restore_backup(drill_backup.path, url, no_owner=True, jobs=drill.options.jobs,
-                                  chains=drill_chains, production=drill.production)
+                                  chains=drill_chains, production=drill.production,
+                                  scratch=True)
         except AtbError as exc:
             return RestoreOutcome(ok=False, error=str(exc), detail=redact(exc.detail))
     with drill.phase("analyze"), db.connect(url, autocommit=True) as conn:

@@ -142,9 +142,12 @@ def test_a_target_without_password_borrows_it_only_for_the_same_user_and_server(
 
 def test_restore_argv_never_uses_create() -> None:
     info = ConnInfo.parse("postgresql://u:secret@h/db_restore")
-    argv = restore_argv(chain(15), Path("/x.dump"), info.conninfo, jobs=2, clean=True,
-                        no_owner=True)
-    assert "--create" not in argv and "-C" not in argv
+    argv = restore_argv(chain(15), Path("/x.dump"), info.conninfo, jobs=2, no_owner=True)
+    assert "--create" not in argv and "-C" not in argv and "--clean" not in argv
+    assert "--jobs=2" in argv
+    single = restore_argv(chain(15), Path("/x.dump"), info.conninfo, jobs=2, no_owner=False,
+                          single_transaction=True)
+    assert "--single-transaction" in single and not any(a.startswith("--jobs") for a in single)
     assert "--dbname=dbname=db_restore host=h user=u" in argv
     assert not any("secret" in a for a in argv)
 
