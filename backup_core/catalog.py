@@ -114,8 +114,7 @@ def scan(backup_dir: Path, database: str | None = None, *,
             for d in links:
                 found.append(_record(folder / d, named, STRAY, None,
                                      problem="symbolic link: not followed"))
-            found.extend(_scan_dir(folder, named, set(filenames), now,
-                                   legacy=db_from_dir(root.name) is None))
+            found.extend(_scan_dir(folder, named, set(filenames), now, top=root.name))
     if database is not None:
         found = [b for b in found if b.database == database]
     found.sort(key=lambda b: (b.taken_at.timestamp() if b.taken_at else b.mtime, b.path.name),
@@ -134,7 +133,7 @@ def _top_level_links(backup_dir: Path) -> list[Backup]:
 
 
 def _scan_dir(folder: Path, db: str, names: set[str], now: datetime, *,
-              legacy: bool = False) -> list[Backup]:
+              top: str) -> list[Backup]:
     out: list[Backup] = []
     manifests_used: set[str] = set()
     for name in sorted(names):
@@ -153,7 +152,7 @@ def _scan_dir(folder: Path, db: str, names: set[str], now: datetime, *,
             continue
         stem = name[: -len(DUMP_SUFFIX)]
         manifests_used.add(stem + MANIFEST_SUFFIX)
-        out.append(_judge(path, db, at, names, now, legacy=legacy))
+        out.append(_judge(path, db, at, names, now, top=top))
     for name in names:
         if (name.startswith("backup-") and name.endswith(MANIFEST_SUFFIX)
                 and not name.endswith((DRILL_SUFFIX, VERIFY_SUFFIX))
@@ -164,7 +163,7 @@ def _scan_dir(folder: Path, db: str, names: set[str], now: datetime, *,
 
 
 def _judge(path: Path, db: str, at: datetime, names: set[str], now: datetime, *,
-           legacy: bool) -> Backup:
+           top: str | None) -> Backup:
     """The state of one dump named like a backup, trusting nothing about it."""
     stem = path.name[: -len(DUMP_SUFFIX)]
     drill = read_drill(path) if stem + DRILL_SUFFIX in names else None
@@ -187,11 +186,13 @@ def _judge(path: Path, db: str, at: datetime, names: set[str], now: datetime, *,
     except ManifestError as exc:
         return _record(path, db, BAD_MANIFEST, at, problem=str(exc))
     database = manifest.database
+    db = db or database
     extra: dict[str, object] = {"manifest": manifest, "drill": drill, "verified": verified,
                                 "alembic_revision": manifest.alembic_revision}
-    if manifest.database != db and not (legacy and legacy_dir_name(manifest.database) == db):
+    if top is not None and top not in (dir_name(manifest.database),
+                                       legacy_dir_name(manifest.database)):
         return _record(path, db, DAMAGED, at, problem=f"manifest names database "
-                       f"{manifest.database!r}, filed under {db!r}", **extra)
+                       f"{manifest.database!r}, filed under {top!r}", **extra)
     if manifest.file != path.name:
         return _record(path, database, DAMAGED, at,
                        problem=f"manifest describes {manifest.file}", **extra)
@@ -235,20 +236,15 @@ def find(backup_dir: Path, path: Path, *, now: datetime | None = None) -> Backup
         return None
     top = _top_dir(backup_dir, path)
     db = (db_from_dir(top) or top) if top else ""
-    legacy = top is not None and db_from_dir(top) is None
-    record = _judge(path, db, taken_at(path) or datetime.now(UTC), names,
-                    now or datetime.now(UTC), legacy=legacy)
-    if record.state == DAMAGED and record.manifest is not None and not top:
-        # outside the tree nothing says which database it should be: the manifest does
-        record = _judge(path, record.manifest.database, taken_at(path) or datetime.now(UTC),
-                        names, now or datetime.now(UTC), legacy=False)
-    return record
+    return _judge(path, db, taken_at(path) or datetime.now(UTC), names,
+                  now or datetime.now(UTC), top=top)
 
 
 def _top_dir(backup_dir: Path, path: Path) -> str | None:
-    """The database directory `path` is filed under, when it lies inside `backup_dir`."""
+    """The database directory `path` is filed under inside `backup_dir`; None outside it,
+    where only the manifest says which database a dump belongs to."""
     try:
         rel = path.relative_to(backup_dir.absolute())
     except ValueError:
-        return path.parents[3].name if len(path.parents) > 4 else None
+        return None
     return rel.parts[0] if len(rel.parts) > 1 else None

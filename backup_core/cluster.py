@@ -258,13 +258,17 @@ class Cluster:
             return "(no server log)"
         return lines[-1] if lines else "(empty server log)"
 
-    def stop(self) -> None:
+    def stop_immediately(self) -> None:
+        """Stop as a crash would (`-m immediate`): for tests of a server lost mid-work."""
+        self.stop(mode="immediate")
+
+    def stop(self, mode: str = "fast") -> None:
         if not self._running or self.workdir is None:
             return
         run_as = service_user()
         try:
             run(
-                [self.toolchain.tool("pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w",
+                [self.toolchain.tool("pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w",
                  "-t", "30", "stop"],
                 what="pg_ctl stop", run_as=run_as, cwd=self.workdir, timeout=60,
             )

@@ -102,6 +102,8 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _check_values(data: dict[str, Any]) -> None:
+    if not data["database"] or "\0" in data["database"]:
+        raise ValueError("field 'database' is not a database name")
     if not data["file"].endswith(".dump") or "/" in data["file"]:
         raise ValueError("field 'file' is not a dump file name")
     if data["size_bytes"] < 0 or data["toc_entries"] < 0:

