@@ -172,23 +172,25 @@ def _judge(path: Path, db: str, at: datetime, names: set[str], now: datetime, *,
         st = path.lstat()
     except OSError as exc:
         return _record(path, db, DAMAGED, at, problem=f"cannot stat: {exc.strerror}")
+    extra: dict[str, object] = {"stat": st}
     if stat.S_ISLNK(st.st_mode):
-        return _record(path, db, STRAY, at, problem="symbolic link: not followed")
+        return _record(path, db, STRAY, at, problem="symbolic link: not followed", **extra)
     if not stat.S_ISREG(st.st_mode):
-        return _record(path, db, DAMAGED, at, problem="not a regular file")
+        return _record(path, db, DAMAGED, at, problem="not a regular file", **extra)
     if stem + MANIFEST_SUFFIX not in names:
-        return _record(path, db, NO_MANIFEST, at, problem="manifest missing")
+        return _record(path, db, NO_MANIFEST, at, problem="manifest missing", **extra)
     mpath = path.with_name(stem + MANIFEST_SUFFIX)
     if mpath.is_symlink():
-        return _record(path, db, BAD_MANIFEST, at, problem="manifest is a symbolic link")
+        return _record(path, db, BAD_MANIFEST, at, problem="manifest is a symbolic link",
+                       **extra)
     try:
         manifest = read_manifest(mpath)
     except ManifestError as exc:
-        return _record(path, db, BAD_MANIFEST, at, problem=str(exc))
+        return _record(path, db, BAD_MANIFEST, at, problem=str(exc), **extra)
     database = manifest.database
     db = db or database
-    extra: dict[str, object] = {"manifest": manifest, "drill": drill, "verified": verified,
-                                "alembic_revision": manifest.alembic_revision}
+    extra.update(manifest=manifest, drill=drill, verified=verified,
+                 alembic_revision=manifest.alembic_revision)
     if top is not None and top not in (dir_name(manifest.database),
                                        legacy_dir_name(manifest.database)):
         return _record(path, db, DAMAGED, at, problem=f"manifest names database "
@@ -211,8 +213,9 @@ def _judge(path: Path, db: str, at: datetime, names: set[str], now: datetime, *,
 
 
 def _record(path: Path, db: str, state: str, at: datetime | None, **extra: object) -> Backup:
+    known = extra.pop("stat", None)
     try:
-        st = path.lstat()
+        st = known if isinstance(known, os.stat_result) else path.lstat()
         size, mtime = st.st_size, st.st_mtime
     except OSError:
         size, mtime = 0, 0.0

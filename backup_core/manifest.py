@@ -69,12 +69,11 @@ class Manifest:
         if version > SCHEMA_VERSION:
             raise ValueError(f"manifest schema {version} is newer than this atb")
         for name, (kinds, required) in _SCHEMA.items():
-            if name not in data:
+            value = data.get(name, _MISSING)
+            if value is _MISSING:
                 if required:
                     raise ValueError(f"field {name!r} is missing")
-                continue
-            value = data[name]
-            if not any(_is_int(value) if k is int else isinstance(value, k) for k in kinds):
+            elif type(value) not in kinds:  # exact: JSON gives no subclasses, and bool != int
                 raise ValueError(f"field {name!r} is {type(value).__name__}, expected "
                                  + " or ".join(k.__name__ for k in kinds))
         _check_values(data)
@@ -86,6 +85,7 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+_MISSING = object()
 # field -> (accepted JSON types, required)
 _SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
     "database": ((str,), True), "file": ((str,), True), "taken_at": ((str,), True),
@@ -119,12 +119,11 @@ def _check_values(data: dict[str, Any]) -> None:
         except ValueError:
             raise ValueError(f"field {name!r} is not an ISO 8601 time") from None
     counts = data.get("row_counts", {})
-    if not all(isinstance(k, str) and _is_int(v) and v >= 0 for k, v in counts.items()):
+    if any(type(v) is not int or v < 0 for v in counts.values()):
         raise ValueError("field 'row_counts' is not a map of table names to counts")
     for schema, kinds in data.get("inventory", {}).items():
-        if not isinstance(kinds, dict) or not all(
-                isinstance(names, list) and all(isinstance(n, str) for n in names)
-                for names in kinds.values()):
+        # the shapes are what a consumer iterates; a name of another type only compares unequal
+        if type(kinds) is not dict or any(type(n) is not list for n in kinds.values()):
             raise ValueError(f"field 'inventory' has a malformed entry for schema {schema!r}")
 
 

@@ -249,11 +249,12 @@ def db_list(backup_dir: Path, database: str | None, as_json: bool) -> None:
     if not items:
         click.echo(f"no backups under {backup_dir}")
         return
+    several = len({b.database for b in items}) > 1
     rows = [[b.taken_at.strftime("%Y-%m-%d %H:%M:%SZ") if b.taken_at else "-",
              human((now - b.taken_at).total_seconds()) if b.taken_at else "-",
              console.size(b.size), b.alembic_revision or "-",
              b.state if not b.complete else b.checked,
-             b.database if len({x.database for x in items}) > 1 else "",
+             b.database if several else "",
              _rel(b.path, backup_dir) + (f"  ({b.problem})" if b.problem else "")]
             for b in items]
     headers = ["taken (UTC)", "age", "size", "alembic", "state", "database", "path"]
