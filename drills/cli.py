@@ -355,7 +355,9 @@ def db_prune(backup_dir: Path, retention_days: float, keep_last: int, keep_daily
                    "server; otherwise set it in the environment: argv is visible in ps.")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Parallel pg_restore jobs.  [default: number of cores]")
-@click.option("--clean", is_flag=True, help="Drop existing objects in a non-empty target first.")
+@click.option("--clean", is_flag=True,
+              help="Replace a non-empty target: restore into a staging database, then swap it "
+                   "in by name; the old database is kept as <name>_old_<time>.")
 @click.option("--no-owner", is_flag=True,
               help="Skip ownership and grants (when the dump's roles do not exist on the target).")
 @click.option("--migrate", is_flag=True, help="Run `alembic upgrade head` after restoring.")
