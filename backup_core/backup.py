@@ -52,7 +52,9 @@ class _Snapshot:
     """Everything learned from the source inside the dump's snapshot."""
 
     row_counts: dict[str, int]
+    row_checksums: dict[str, str]
     inventory: Inventory
+    definitions: dict[str, str]
     alembic_revision: str | None
 
 
@@ -95,7 +97,7 @@ def create_backup(
     backup_dir: Path,
     *,
     at: datetime | None = None,
-    row_counts: str = "exact",
+    row_counts: str = "checksum",
     wait: bool = False,
     chains: list[toolchain.Toolchain] | None = None,
     progress: Progress | None = None,
@@ -190,7 +192,9 @@ def _backup_locked(
             alembic_revision=snap.alembic_revision,
             row_counts_mode=row_counts,
             row_counts=snap.row_counts,
+            row_checksums=snap.row_checksums,
             inventory=snap.inventory,
+            definitions=snap.definitions,
             source=source.redacted,
             tool_version=__version__,
         )
@@ -281,7 +285,9 @@ def _describe_snapshot(source: ConnInfo, snapshot: str, mode: str, workers: int)
     connection stays untouched, since any error on it would abort the snapshot for pg_dump."""
 
     def in_snapshot() -> psycopg.Connection[Any]:
-        c = db.connect(source)
+        c = db.connect(source, autocommit=True)
+        inventory.stabilise_output(c)
+        c.autocommit = False
         c.isolation_level = IsolationLevel.REPEATABLE_READ
         c.read_only = True
         c.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
@@ -289,17 +295,20 @@ def _describe_snapshot(source: ConnInfo, snapshot: str, mode: str, workers: int)
 
     with in_snapshot() as conn:
         inv = inventory.schema_inventory(conn)
+        defs = inventory.definitions(conn)
         revision = inventory.alembic_revision(conn)
         tables = inventory.user_tables(conn)
         estimates = inventory.estimated_counts(conn) if mode == "estimate" else {}
+    sums: dict[str, str] = {}
     if mode == "off":
         counts: dict[str, int] = {}
     elif mode == "estimate":
         counts = estimates
     else:
-        counts = inventory.exact_counts([(s, t) for s, t, _ in tables], in_snapshot,
-                                        workers=workers)
-    return _Snapshot(row_counts=counts, inventory=inv, alembic_revision=revision)
+        counts, sums = inventory.table_contents([(s, t) for s, t, _ in tables], in_snapshot,
+                                                workers=workers, checksums=mode == "checksum")
+    return _Snapshot(row_counts=counts, row_checksums=sums, inventory=inv, definitions=defs,
+                     alembic_revision=revision)
 
 
 __all__ = ["AtbError", "BackupResult", "create_backup", "lock_path"]

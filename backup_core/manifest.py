@@ -36,7 +36,11 @@ class Manifest:
     alembic_revision: str | None
     row_counts_mode: str
     row_counts: dict[str, int] = field(default_factory=dict)
+    # table -> sum of a 64-bit hash of each row's text form (mode `checksum`)
+    row_checksums: dict[str, str] = field(default_factory=dict)
     inventory: Inventory = field(default_factory=dict)
+    # "<kind> <object>" -> definition (types, defaults, constraints, grants; bodies as md5)
+    definitions: dict[str, str] = field(default_factory=dict)
     source: str = ""
     schema: str = SCHEMA_ID
     schema_version: int = SCHEMA_VERSION
@@ -94,7 +98,9 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
     "sha256": ((str,), True), "pg_dump_version": ((str,), True),
     "server_version": ((str,), True), "toc_entries": ((int,), True),
     "alembic_revision": ((str, type(None)), True), "row_counts_mode": ((str,), True),
-    "row_counts": ((dict,), False), "inventory": ((dict,), False), "source": ((str,), False),
+    "row_counts": ((dict,), False), "row_checksums": ((dict,), False),
+    "inventory": ((dict,), False), "definitions": ((dict,), False),
+    "source": ((str,), False),
     "tool_version": ((str,), False),
 }
 _VERSION = re.compile(r"^\d+(\.\d+)*$")
@@ -121,6 +127,10 @@ def _check_values(data: dict[str, Any]) -> None:
     counts = data.get("row_counts", {})
     if any(type(v) is not int or v < 0 for v in counts.values()):
         raise ValueError("field 'row_counts' is not a map of table names to counts")
+    if any(type(v) is not str for v in data.get("definitions", {}).values()):
+        raise ValueError("field 'definitions' is not a map of objects to definitions")
+    if any(type(v) is not str for v in data.get("row_checksums", {}).values()):
+        raise ValueError("field 'row_checksums' is not a map of table names to checksums")
     for schema, kinds in data.get("inventory", {}).items():
         # the shapes are what a consumer iterates; a name of another type only compares unequal
         if type(kinds) is not dict or any(type(n) is not list for n in kinds.values()):

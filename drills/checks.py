@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from backup_core import childenv, db, guard, heartbeat, status, toolchain
+from backup_core import childenv, db, guard, heartbeat, inventory, status, toolchain
 from backup_core.catalog import Backup
 from backup_core.conninfo import ConnInfo, redact
 from backup_core.durations import human
@@ -114,6 +114,63 @@ def test_every_table_has_its_backup_time_row_count(drill_backup: Backup,
             f"{len(missing)} tables missing and {len(wrong)} with a different row count",
             expected="every table with the row count recorded in the manifest",
             found={**{t: "missing" for t in missing}, **wrong})
+
+
+def test_every_table_has_its_backup_time_content(drill_backup: Backup,
+                                                drill_restore: RestoreOutcome,
+                                                drill_url: ConnInfo,
+                                                evidence: Evidence) -> None:
+    """Equal row counts can hide changed values: a damaged byte in the archive's TOC can turn
+    numeric(20,8) into numeric(20,0) and round every price. The checksum of every row's text,
+    taken in the dump's own snapshot, must come back exactly."""
+    m = drill_backup.manifest
+    if m is None or not m.row_checksums:
+        pytest.skip(f"no content checksums were recorded at backup time (--row-counts "
+                    f"{m.row_counts_mode if m else '-'}); back up with --row-counts checksum")
+    found = drill_restore.checksums
+    differ = sorted(t for t, s in m.row_checksums.items() if found.get(t) != s)
+    evidence.add(f"{len(m.row_checksums)} tables, {sum(m.row_counts.values())} rows: content "
+                 "checksums compared")
+    if differ:
+        raise CheckFailed(
+            f"{len(differ)} tables came back with different content: {', '.join(differ[:10])}",
+            expected="every table's checksum as recorded in the dump's snapshot",
+            found={t: f"recorded {m.row_checksums[t]}, restored {found.get(t, 'missing')}"
+                   for t in differ})
+
+
+def test_every_object_has_its_backup_time_definition(drill_backup: Backup,
+                                                    drill_restore: RestoreOutcome,
+                                                    drill_sandbox: SandboxInfo,
+                                                    drill_url: ConnInfo,
+                                                    evidence: Evidence) -> None:
+    """An object can come back under its name but not as it was: a column's type or default,
+    a constraint, an index, a view or function body, an extension's version, an owner or a
+    grant. Each is compared with its definition recorded in the dump's snapshot."""
+    m = drill_backup.manifest
+    if m is None or not m.definitions:
+        pytest.skip("no definitions were recorded at backup time (a backup by an older atb)")
+    skipped: list[str] = []
+    kinds = {k.split(" ", 1)[0] for k in m.definitions}
+    if not drill_restore.with_owners:
+        skipped.append("owners and privileges (restored without owners)")
+        kinds -= set(inventory.OWNERSHIP_KINDS)
+    if drill_sandbox.server_version.split(".")[0] != str(m.server_major):
+        skipped.append(f"deparsed definitions (sandbox PostgreSQL {drill_sandbox.server_version}"
+                       f", source {m.server_version})")
+        kinds -= set(inventory.DEPARSED_KINDS)
+    recorded = {k: v for k, v in m.definitions.items() if k.split(" ", 1)[0] in kinds}
+    found = drill_restore.definitions
+    differ = {k: f"recorded {v!r}, restored {found[k]!r}" if k in found else "missing"
+              for k, v in recorded.items() if found.get(k) != v}
+    evidence.add(f"{len(recorded)} definitions compared ({', '.join(sorted(kinds))})")
+    for note in skipped:
+        evidence.add(f"not compared: {note}")
+    if differ:
+        raise CheckFailed(f"{len(differ)} objects differ from their backup-time definition: "
+                          + ", ".join(list(differ)[:5]),
+                          expected="every definition as recorded in the dump's snapshot",
+                          found=differ)
 
 
 def test_every_schema_object_recorded_at_backup_is_present(drill_backup: Backup,

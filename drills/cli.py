@@ -201,9 +201,12 @@ def db() -> None:
 @click.option("--at", "at", metavar="TIME",
               help="File the dump under this UTC time instead of now (20261123T230400Z or ISO "
                    "8601); for importing history and building test histories.")
-@click.option("--row-counts", type=click.Choice(["exact", "estimate", "off"]), default="exact",
-              help="Record exact row counts (a second read of every table, in the dump's "
-                   "snapshot), planner estimates, or none.")
+@click.option("--row-counts", type=click.Choice(["checksum", "exact", "estimate", "off"]),
+              default="checksum",
+              help="What to record of every table, read in the dump's own snapshot while it "
+                   "streams: exact row counts and a checksum of the content (a second read "
+                   "of every table; a drill then proves every value came back), exact counts "
+                   "only, planner estimates, or nothing.")
 @click.option("--wait", is_flag=True,
               help="Wait for a running backup of the same database instead of exiting 6.")
 @json_option

@@ -163,7 +163,10 @@ class RestoreOutcome:
     pg_restore_version: str = ""
     jobs: int = 0
     counts: dict[str, int] = field(default_factory=dict)
+    checksums: dict[str, str] = field(default_factory=dict)
     inventory: Inventory = field(default_factory=dict)
+    definitions: dict[str, str] = field(default_factory=dict)
+    with_owners: bool = False
 
 
 @pytest.fixture(scope="session")
@@ -243,14 +246,26 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
     with drill.phase("analyze"), db.connect(url, autocommit=True) as conn:
         conn.execute("ANALYZE")
     with drill.phase("checks"):
-        with db.connect(url) as conn:
+        with _stable(url) as conn:
             tables = [(s, t) for s, t, _ in inventory.user_tables(conn)]
             inv = inventory.schema_inventory(conn)
-        counts = inventory.exact_counts(tables, lambda: db.connect(url),
-                                        workers=min(4, os.cpu_count() or 2))
+            defs = inventory.definitions(conn)
+        wanted = bool(drill_backup.manifest and drill_backup.manifest.row_checksums)
+        counts, sums = inventory.table_contents(tables, lambda: _stable(url),
+                                                workers=min(4, os.cpu_count() or 2),
+                                                checksums=wanted)
     drill.checks_started = time.monotonic()
     return RestoreOutcome(ok=True, pg_restore_version=done.pg_restore_version, jobs=done.jobs,
-                          counts=counts, inventory=inv)
+                          counts=counts, checksums=sums, inventory=inv, definitions=defs,
+                          with_owners=False)
+
+
+def _stable(url: ConnInfo) -> Any:
+    """A connection whose rows print as they did in the backup's snapshot."""
+    conn = db.connect(url, autocommit=True)
+    inventory.stabilise_output(conn)
+    conn.autocommit = False
+    return conn
 
 
 @pytest.fixture(scope="session")
