@@ -24,14 +24,21 @@ from typing import Any
 import psycopg
 from psycopg import IsolationLevel, sql
 
-from backup_core import __version__, childenv, db, inventory, toolchain
+from backup_core import __version__, childenv, db, inventory, roles, toolchain
 from backup_core.catalog import CLOCK_SKEW
 from backup_core.conninfo import ConnInfo, redact
 from backup_core.errors import AtbError, CommandFailed, ConfigError, StorageError
-from backup_core.fsutil import FILE_MODE, fsync_dir, make_tree, publish, storage_error
+from backup_core.fsutil import (
+    FILE_MODE,
+    fsync_dir,
+    make_tree,
+    publish,
+    storage_error,
+    write_private,
+)
 from backup_core.locking import DatabaseLock
 from backup_core.manifest import Inventory, Manifest, write_manifest
-from backup_core.naming import backup_path, dir_name, manifest_path, partial_path
+from backup_core.naming import backup_path, dir_name, manifest_path, partial_path, roles_path
 from backup_core.runner import child_env, first_error_line, run
 
 log = logging.getLogger("atb.backup")
@@ -146,6 +153,8 @@ def _backup_locked(
     partial = partial_path(final, f"{os.getpid()}-{os.urandom(3).hex()}")
     manifest_final = manifest_path(final)
     manifest_partial = partial_path(manifest_final, partial.name.rsplit("-", 1)[-1])
+    roles_final = roles_path(final)
+    roles_partial = partial_path(roles_final, partial.name.rsplit("-", 1)[-1])
     meta: dict[str, _Snapshot] = {}
     errors: list[BaseException] = []
 
@@ -172,6 +181,9 @@ def _backup_locked(
             raise
         report("check", size)
         toc = _toc_entries(chain, partial)
+        report("roles", size)
+        roles_text = roles.dump_roles(chain, source).encode()
+        write_private(roles_partial, roles_text)
         worker.join()
         if errors:
             raise errors[0]
@@ -195,24 +207,29 @@ def _backup_locked(
             row_checksums=snap.row_checksums,
             inventory=snap.inventory,
             definitions=snap.definitions,
+            roles={"file": roles_final.name, "sha256": hashlib.sha256(roles_text).hexdigest(),
+                   "size_bytes": len(roles_text)},
             source=source.redacted,
             tool_version=__version__,
         )
         report("publish", size)
         write_manifest(manifest_partial, manifest)
+        publish(roles_partial, roles_final)
         publish(manifest_partial, manifest_final)
         publish(partial, final)
         fsync_dir(final.parent)
         log.debug("backup %s written (%d bytes, sha256 %s)", final, size, digest[:12])
         return BackupResult(path=final, manifest=manifest)
     except BaseException:
-        if manifest_final.exists() and not final.exists():
+        if not final.exists():
             manifest_final.unlink(missing_ok=True)
+            roles_final.unlink(missing_ok=True)
         raise
     finally:
         worker.join(timeout=60)
         partial.unlink(missing_ok=True)
         manifest_partial.unlink(missing_ok=True)
+        roles_partial.unlink(missing_ok=True)
         with contextlib.suppress(psycopg.Error):  # a dead server must not hide pg_dump's error
             conn.rollback()
 

@@ -20,6 +20,7 @@ from backup_core.naming import (
     DRILL_SUFFIX,
     DUMP_SUFFIX,
     MANIFEST_SUFFIX,
+    SIDECAR_SUFFIXES,
     VERIFY_SUFFIX,
     db_from_dir,
     dir_name,
@@ -138,8 +139,7 @@ def _scan_dir(folder: Path, db: str, names: set[str], now: datetime, *,
     manifests_used: set[str] = set()
     for name in sorted(names):
         path = folder / name
-        if name == ".lock" or (name.endswith((DRILL_SUFFIX, VERIFY_SUFFIX))
-                               and not name.startswith(".")):
+        if name == ".lock" or (name.endswith(SIDECAR_SUFFIXES) and not name.startswith(".")):
             continue
         if is_partial(path):
             out.append(_record(path, db, PARTIAL, None))
@@ -155,7 +155,7 @@ def _scan_dir(folder: Path, db: str, names: set[str], now: datetime, *,
         out.append(_judge(path, db, at, names, now, top=top))
     for name in names:
         if (name.startswith("backup-") and name.endswith(MANIFEST_SUFFIX)
-                and not name.endswith((DRILL_SUFFIX, VERIFY_SUFFIX))
+                and not name.endswith(SIDECAR_SUFFIXES)
                 and name not in manifests_used):
             out.append(_record(folder / name, db, ORPHAN_MANIFEST, None,
                                problem="manifest without its dump"))

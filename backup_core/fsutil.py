@@ -79,6 +79,18 @@ def atomic_write_text(path: Path, text: str, *, mode: int = FILE_MODE) -> None:
         raise storage_error(exc, path) from exc
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Write a new 0600 file (never an existing one, never through a link), fsynced."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise storage_error(exc, path) from exc
+
+
 def publish(tmp: Path, final: Path) -> None:
     """Give `tmp` its final name without ever replacing an existing file."""
     try:

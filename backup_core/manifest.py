@@ -41,6 +41,8 @@ class Manifest:
     inventory: Inventory = field(default_factory=dict)
     # "<kind> <object>" -> definition (types, defaults, constraints, grants; bodies as md5)
     definitions: dict[str, str] = field(default_factory=dict)
+    # the roles sidecar: {"file": ..., "sha256": ..., "size_bytes": ...}; None before roles
+    roles: dict[str, Any] | None = None
     source: str = ""
     schema: str = SCHEMA_ID
     schema_version: int = SCHEMA_VERSION
@@ -100,6 +102,7 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
     "alembic_revision": ((str, type(None)), True), "row_counts_mode": ((str,), True),
     "row_counts": ((dict,), False), "row_checksums": ((dict,), False),
     "inventory": ((dict,), False), "definitions": ((dict,), False),
+    "roles": ((dict, type(None)), False),
     "source": ((str,), False),
     "tool_version": ((str,), False),
 }
@@ -127,6 +130,12 @@ def _check_values(data: dict[str, Any]) -> None:
     counts = data.get("row_counts", {})
     if any(type(v) is not int or v < 0 for v in counts.values()):
         raise ValueError("field 'row_counts' is not a map of table names to counts")
+    roles = data.get("roles")
+    if roles is not None and not (
+            type(roles.get("file")) is str and roles["file"].endswith(".roles.sql")
+            and "/" not in roles["file"] and type(roles.get("sha256")) is str
+            and _SHA256.match(roles["sha256"]) and type(roles.get("size_bytes")) is int):
+        raise ValueError("field 'roles' does not describe a roles file")
     if any(type(v) is not str for v in data.get("definitions", {}).values()):
         raise ValueError("field 'definitions' is not a map of objects to definitions")
     if any(type(v) is not str for v in data.get("row_checksums", {}).values()):

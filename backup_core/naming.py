@@ -14,6 +14,8 @@ DUMP_SUFFIX = ".dump"
 MANIFEST_SUFFIX = ".json"
 DRILL_SUFFIX = ".drill.json"
 VERIFY_SUFFIX = ".verify.json"
+ROLES_SUFFIX = ".roles.sql"
+SIDECAR_SUFFIXES = (DRILL_SUFFIX, VERIFY_SUFFIX, ROLES_SUFFIX)
 PARTIAL_MARK = ".partial-"
 _NAME = re.compile(r"^backup-(\d{8}T\d{6}Z)\.dump$")
 _PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
@@ -93,6 +95,10 @@ def manifest_path(dump: Path) -> Path:
 
 def drill_path(dump: Path) -> Path:
     return dump.with_name(dump.name[: -len(DUMP_SUFFIX)] + DRILL_SUFFIX)
+
+
+def roles_path(dump: Path) -> Path:
+    return dump.with_name(dump.name[: -len(DUMP_SUFFIX)] + ROLES_SUFFIX)
 
 
 def verify_path(dump: Path) -> Path:

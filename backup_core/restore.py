@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
-from backup_core import childenv, guard, toolchain
+from backup_core import childenv, guard, roles, toolchain
 from backup_core import target as target_db
 from backup_core.conninfo import ConnInfo
 from backup_core.errors import (
@@ -25,11 +26,14 @@ from backup_core.errors import (
     ConfigError,
     ProductionTouched,
     SafetyRefusal,
+    VerifyFailed,
 )
 from backup_core.manifest import ManifestError, read_manifest
 from backup_core.migrate import MigrateResult, upgrade_head
-from backup_core.naming import manifest_path
+from backup_core.naming import manifest_path, roles_path
 from backup_core.runner import first_error_line, run
+from backup_core.target import maintenance
+from backup_core.verify import roles_problem
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,47 @@ def _restore_or_drop(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *
         raise
 
 
+def _restore_into(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *, created: bool,
+                  held: bool, scratch: bool, jobs: int, no_owner: bool,
+                  evidence: list[str]) -> None:
+    """The restore proper, in the one way that leaves no half-restored target behind."""
+    if created:  # all or nothing: a failed restore drops the database it made
+        target_db.create(target)
+        _restore_or_drop(chain, path, target, jobs=jobs, no_owner=no_owner)
+    elif not held and scratch:
+        _pg_restore(chain, path, target, jobs=jobs, no_owner=no_owner)
+    elif not held:  # an empty database someone made: one transaction, rolled back on failure
+        _pg_restore(chain, path, target, jobs=1, no_owner=no_owner, single_transaction=True)
+    else:  # restore beside it, then swap names; the old one is kept until the user drops it
+        staging = target.with_dbname(target_db.staging_name(target.dbname))
+        target_db.create(staging)
+        _restore_or_drop(chain, path, staging, jobs=jobs, no_owner=no_owner)
+        old = target_db.swap(target, staging.dbname)
+        evidence.append(f"the previous {target.dbname} is kept as {old}: drop it when you no "
+                        "longer need it")
+
+
+def _roles_for(path: Path, target: ConnInfo) -> list[str]:
+    try:
+        manifest = read_manifest(manifest_path(path))
+    except ManifestError as exc:
+        raise ConfigError(f"cannot restore the backup's roles: {exc}") from exc
+    if manifest.roles is None:
+        raise ConfigError(f"{path.name} carries no roles (made before atb kept them): create "
+                          "the roles by hand, or restore with --no-owner")
+    problem = roles_problem(path, manifest.roles)
+    if problem:
+        raise VerifyFailed(f"cannot restore the backup's roles: {problem}")
+    return roles.apply_roles(roles_path(path), target)
+
+
+def _drop_roles(target: ConnInfo, names: list[str]) -> None:
+    """Undo the roles a failed restore created (those that own nothing anywhere)."""
+    for name in names:
+        with contextlib.suppress(AtbError, psycopg.Error), maintenance(target) as conn:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
 def default_jobs() -> int:
     return max(1, os.cpu_count() or 1)
 
@@ -122,13 +167,16 @@ def restore_backup(
     alembic_config: Path | None = None,
     chains: list[toolchain.Toolchain] | None = None,
     scratch: bool = False,
+    with_roles: bool = False,
 ) -> RestoreResult:
     """Restore `path` into `target` (created if missing), then optionally migrate it.
 
     Never leaves a half-restored target: a database it creates is dropped again on failure,
     an existing empty one is restored in one transaction, and a non-empty one (`clean`) is
     restored beside it and swapped in by name. `scratch` says the (empty) target was made
-    for this restore alone, as a drill's sandbox is: it is restored in parallel."""
+    for this restore alone, as a drill's sandbox is: it is restored in parallel.
+    `with_roles` first creates the roles the backup needs and the server lacks (see
+    `roles`), so owners and grants restore on a new server."""
     if not path.is_file():
         raise ConfigError(f"no backup at {path}: give the path of a .dump file (`atb db list`)")
     if not target.dbname:
@@ -148,20 +196,18 @@ def restore_backup(
                             f"{target.dbname}: --clean swaps the restored copy in by renaming, "
                             "so close them first (nothing was changed)")
     t0 = time.monotonic()
-    if created:  # all or nothing: a failed restore drops the database it made
-        target_db.create(target)
-        _restore_or_drop(chain, path, target, jobs=jobs, no_owner=no_owner)
-    elif not held and scratch:
-        _pg_restore(chain, path, target, jobs=jobs, no_owner=no_owner)
-    elif not held:  # an empty database someone made: one transaction, rolled back on failure
-        _pg_restore(chain, path, target, jobs=1, no_owner=no_owner, single_transaction=True)
-    else:  # restore beside it, then swap names; the old one is kept until the user drops it
-        staging = target.with_dbname(target_db.staging_name(target.dbname))
-        target_db.create(staging)
-        _restore_or_drop(chain, path, staging, jobs=jobs, no_owner=no_owner)
-        old = target_db.swap(target, staging.dbname)
-        evidence.append(f"the previous {target.dbname} is kept as {old}: drop it when you no "
-                        "longer need it")
+    made_roles = _roles_for(path, target) if with_roles else []
+    if made_roles:
+        evidence.append(f"created the backup's roles {', '.join(made_roles)} on the target "
+                        "server")
+    elif with_roles:
+        evidence.append("every role the backup needs exists on the target server")
+    try:
+        _restore_into(chain, path, target, created=created, held=bool(held), scratch=scratch,
+                      jobs=jobs, no_owner=no_owner, evidence=evidence)
+    except BaseException:
+        _drop_roles(target, made_roles)
+        raise
     duration = time.monotonic() - t0
     migration = None
     if alembic_config is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from backup_core.catalog import FUTURE, PARTIAL, Backup
 from backup_core.fsutil import fsync_dir
-from backup_core.naming import dir_name, drill_path, manifest_path, verify_path
+from backup_core.naming import dir_name, drill_path, manifest_path, roles_path, verify_path
 
 log = logging.getLogger("atb.prune")
 
@@ -124,7 +124,8 @@ def apply_prune(plan: PrunePlan, backup_dir: Path) -> PruneResult:
             continue
         paths = [b.path]
         if b.state != PARTIAL:
-            paths += [manifest_path(b.path), drill_path(b.path), verify_path(b.path)]
+            paths += [manifest_path(b.path), drill_path(b.path), verify_path(b.path),
+                      roles_path(b.path)]
         for p in paths:
             try:
                 p.unlink()  # a symbolic link itself, never its target

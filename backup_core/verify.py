@@ -11,7 +11,7 @@ from pathlib import Path
 from backup_core import toolchain
 from backup_core.errors import AtbError
 from backup_core.manifest import ManifestError, read_manifest
-from backup_core.naming import manifest_path
+from backup_core.naming import manifest_path, roles_path
 from backup_core.runner import first_error_line, run
 from backup_core.verdicts import VerifyRecord, record_verify
 
@@ -52,6 +52,17 @@ def sha256_file(path: Path) -> tuple[int, str]:
             digest.update(view[:n])
             size += n
     return size, digest.hexdigest()
+
+
+def roles_problem(dump: Path, recorded: dict[str, object]) -> str:
+    """Why the roles sidecar is not the one the manifest describes; empty when it is."""
+    path = roles_path(dump)
+    if path.is_symlink() or not path.is_file():
+        return f"{path.name} is missing"
+    size, digest = sha256_file(path)
+    if size != recorded["size_bytes"] or digest != recorded["sha256"]:
+        return f"{path.name} differs from the manifest's record (altered or truncated)"
+    return ""
 
 
 def verify_backup(
@@ -100,6 +111,11 @@ def _run_checks(
                             f"{manifest.sha256[:16]}… (the file was altered)"))
         return done()
     checks.append(Check("sha256", True, digest))
+    if manifest.roles is not None:
+        problem = roles_problem(path, manifest.roles)
+        checks.append(Check("roles", not problem, problem or manifest.roles["file"]))
+        if problem:
+            return done()
     chains = toolchain.discover() if chains is None else chains
     try:
         chain = toolchain.for_restore(manifest.pg_dump_major, chains)

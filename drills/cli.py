@@ -361,6 +361,10 @@ def db_prune(backup_dir: Path, retention_days: float, keep_last: int, keep_daily
 @click.option("--clean", is_flag=True,
               help="Replace a non-empty target: restore into a staging database, then swap it "
                    "in by name; the old database is kept as <name>_old_<time>.")
+@click.option("--with-roles", is_flag=True,
+              help="First create the roles the backup needs (kept beside it) that the target "
+                   "server lacks, so owners and grants restore on a new server; existing "
+                   "roles are never altered.")
 @click.option("--no-owner", is_flag=True,
               help="Skip ownership and grants (when the dump's roles do not exist on the target).")
 @click.option("--migrate", is_flag=True, help="Run `alembic upgrade head` after restoring.")
@@ -371,7 +375,8 @@ def db_prune(backup_dir: Path, retention_days: float, keep_last: int, keep_daily
 @click.option("--i-know-this-is-production", "allow_production", is_flag=True,
               help="Allow restoring into the DATABASE_URL database itself.")
 @json_option
-def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, no_owner: bool,
+def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, with_roles: bool,
+               no_owner: bool,
                migrate: bool, alembic_config: Path, production_url: str | None,
                allow_production: bool, as_json: bool) -> None:
     """Restore PATH into exactly the target database (fresh database, pg_restore, migrate)."""
@@ -380,6 +385,7 @@ def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, no_ow
         path, _conn(target_url, "ATB_TARGET_URL").with_password_from(production),
         production=production,
         allow_production=allow_production, clean=clean, jobs=jobs, no_owner=no_owner,
+        with_roles=with_roles,
         alembic_config=alembic_config if migrate else None)
     if as_json:
         console.print_json(result)

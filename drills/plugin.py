@@ -236,9 +236,19 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
                   drill_chains: list[toolchain.Toolchain]) -> RestoreOutcome:
     """Restore, ANALYZE, then read back counts and inventory before anything can change them."""
     url = drill_sandbox.url
+    # As the runbook restores: the backup's roles first, then with owners and grants. A shared
+    # server (--sandbox server) is not ours to add roles to; there owners are left out.
+    with_owners = drill_sandbox.provider != "server" and bool(
+        drill_backup.manifest and drill_backup.manifest.roles)
+    drill.facts["restore_mode"] = (
+        "roles restored, then owners and grants" if with_owners else
+        "without owners and grants: " + ("a shared server takes no roles"
+                                         if drill_sandbox.provider == "server"
+                                         else "the backup carries no roles"))
     with drill.phase("restore"):
         try:
-            done = restore_backup(drill_backup.path, url, no_owner=True, jobs=drill.options.jobs,
+            done = restore_backup(drill_backup.path, url, no_owner=not with_owners,
+                                  with_roles=with_owners, jobs=drill.options.jobs,
                                   chains=drill_chains, production=drill.production,
                                   scratch=True)
         except AtbError as exc:
@@ -257,7 +267,7 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
     drill.checks_started = time.monotonic()
     return RestoreOutcome(ok=True, pg_restore_version=done.pg_restore_version, jobs=done.jobs,
                           counts=counts, checksums=sums, inventory=inv, definitions=defs,
-                          with_owners=False)
+                          with_owners=with_owners)
 
 
 def _stable(url: ConnInfo) -> Any:

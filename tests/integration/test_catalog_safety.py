@@ -29,7 +29,13 @@ from backup_core.cluster import Cluster, servable, service_user
 from backup_core.conninfo import ConnInfo
 from backup_core.errors import ToolchainError
 from backup_core.manifest import read_manifest
-from backup_core.naming import backup_path, dir_name, legacy_dir_name, manifest_path
+from backup_core.naming import (
+    backup_path,
+    dir_name,
+    legacy_dir_name,
+    manifest_path,
+    roles_path,
+)
 from drills import cli
 from tests.conftest import make_database
 from tests.helpers import atb, fingerprint
@@ -216,9 +222,11 @@ def _future_copy(src: Path, at: datetime) -> Path:
     dest = backup_path(src.parents[4], read_manifest(manifest_path(src)).database, at)
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(src, dest)
+    shutil.copy2(roles_path(src), roles_path(dest))
     data = json.loads(manifest_path(src).read_text())
-    manifest_path(dest).write_text(json.dumps({**data, "file": dest.name,
-                                               "taken_at": at.isoformat()}))
+    manifest_path(dest).write_text(json.dumps({
+        **data, "file": dest.name, "taken_at": at.isoformat(),
+        "roles": {**data["roles"], "file": roles_path(dest).name}}))
     return dest
 
 
@@ -536,7 +544,7 @@ def test_any_manifest_content_gives_a_documented_exit_and_loses_no_sound_backup(
             code, _, err = run_cli(capsys, *args, "--backup-dir", str(tree))
             assert code in DOCUMENTED, (args, err)
             assert "internal error" not in err and "Traceback" not in err
-            assert floor <= sound(tree), "a sound backup within the floor was lost"
+            assert all(p.exists() for p in floor), "a sound backup within the floor was deleted"
     finally:
         shutil.rmtree(tree.parent, ignore_errors=True)
 

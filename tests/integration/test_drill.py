@@ -19,7 +19,7 @@ from backup_core import catalog, db, inventory
 from backup_core.cluster import Cluster
 from backup_core.conninfo import ConnInfo
 from backup_core.manifest import read_manifest, write_manifest
-from backup_core.naming import manifest_path
+from backup_core.naming import manifest_path, roles_path
 from drills.demo import build_history, example_dir
 from tests.helpers import atb
 
@@ -65,8 +65,9 @@ def copy_backup(src: Path, dest_root: Path) -> Path:
     rel = src.relative_to(src.parents[4])
     dest = dest_root / rel
     dest.parent.mkdir(parents=True)
-    shutil.copy2(src, dest)
-    shutil.copy2(manifest_path(src), manifest_path(dest))
+    for side in (lambda p: p, manifest_path, roles_path):
+        if side(src).exists():
+            shutil.copy2(side(src), side(dest))
     return dest
 
 

@@ -29,7 +29,7 @@ def test_an_intact_backup_verifies_shallow_and_deep(one_backup: tuple[ConnInfo, 
     done = atb("db", "verify", "--latest", "--deep", "--json", env={"BACKUP_DIR": str(backup_dir)})
     assert done.returncode == 0, done.stderr
     [result] = json.loads(done.stdout)
-    assert result["ok"] and [c["name"] for c in result["checks"]] == ["size", "sha256", "toc",
+    assert result["ok"] and [c["name"] for c in result["checks"]] == ["size", "sha256", "roles", "toc",
                                                                        "data"]
     listing = json.loads(atb("db", "list", "--json", env={"BACKUP_DIR": str(backup_dir)}).stdout)
     assert listing[0]["checked"] == "verified (deep)"
