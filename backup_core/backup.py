@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 from psycopg import IsolationLevel, sql
 
-from backup_core import __version__, childenv, db, inventory, roles, toolchain
+from backup_core import __version__, childenv, db, inventory, probes, roles, toolchain
 from backup_core.catalog import CLOCK_SKEW
 from backup_core.conninfo import ConnInfo, redact
 from backup_core.errors import AtbError, CommandFailed, ConfigError, StorageError
@@ -62,6 +62,7 @@ class _Snapshot:
     row_checksums: dict[str, str]
     inventory: Inventory
     definitions: dict[str, str]
+    conditions: dict[str, list[str]]
     alembic_revision: str | None
 
 
@@ -207,6 +208,7 @@ def _backup_locked(
             row_checksums=snap.row_checksums,
             inventory=snap.inventory,
             definitions=snap.definitions,
+            conditions=snap.conditions,
             roles={"file": roles_final.name, "sha256": hashlib.sha256(roles_text).hexdigest(),
                    "size_bytes": len(roles_text)},
             source=source.redacted,
@@ -313,6 +315,7 @@ def _describe_snapshot(source: ConnInfo, snapshot: str, mode: str, workers: int)
     with in_snapshot() as conn:
         inv = inventory.schema_inventory(conn)
         defs = inventory.definitions(conn)
+        found = probes.conditions(conn)
         revision = inventory.alembic_revision(conn)
         tables = inventory.user_tables(conn)
         estimates = inventory.estimated_counts(conn) if mode == "estimate" else {}
@@ -325,7 +328,7 @@ def _describe_snapshot(source: ConnInfo, snapshot: str, mode: str, workers: int)
         counts, sums = inventory.table_contents([(s, t) for s, t, _ in tables], in_snapshot,
                                                 workers=workers, checksums=mode == "checksum")
     return _Snapshot(row_counts=counts, row_checksums=sums, inventory=inv, definitions=defs,
-                     alembic_revision=revision)
+                     conditions=found, alembic_revision=revision)
 
 
 __all__ = ["AtbError", "BackupResult", "create_backup", "lock_path"]

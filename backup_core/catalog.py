@@ -75,6 +75,8 @@ class Backup:
     def checked(self) -> str:
         """The strongest evidence we hold that this backup is good (or bad)."""
         if self.drill is not None:
+            if self.drill.verdict == "INCOMPLETE":
+                return "drill-incomplete"
             return "drill-passed" if self.drill.passed else "drill-failed"
         if self.verified is not None:
             return ("verified" + (" (deep)" if self.verified.deep else "")) if self.verified.ok \

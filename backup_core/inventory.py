@@ -45,6 +45,8 @@ INVENTORY_SQL: dict[str, str] = {
     "indexes": f"""
         SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relkind IN ('i', 'I') AND {_NOT_SYSTEM}
+          AND NOT EXISTS (SELECT 1 FROM pg_index v WHERE v.indexrelid = c.oid
+                          AND NOT v.indisvalid)  -- pg_dump leaves invalid indexes out
           AND NOT EXISTS (SELECT 1 FROM pg_depend d JOIN pg_index x ON x.indexrelid = c.oid
                           WHERE d.objid = x.indrelid AND d.classid = 'pg_class'::regclass
                           AND d.deptype = 'e')""",
@@ -112,7 +114,7 @@ DEFINITIONS_SQL: dict[str, str] = {
         SELECT {_OBJ}, pg_get_indexdef(c.oid)
         FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid
         JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE {_NOT_SYSTEM}
+        WHERE x.indisvalid AND {_NOT_SYSTEM}
           AND {_NOT_EXTENSION_MEMBER.format(cat="'pg_class'", oid="x.indrelid")}""",
     "trigger": f"""
         SELECT {_OBJ} || '.' || quote_ident(g.tgname), pg_get_triggerdef(g.oid)

@@ -41,6 +41,8 @@ class Manifest:
     inventory: Inventory = field(default_factory=dict)
     # "<kind> <object>" -> definition (types, defaults, constraints, grants; bodies as md5)
     definitions: dict[str, str] = field(default_factory=dict)
+    # what was already wrong in production at backup time (see `probes.conditions`)
+    conditions: dict[str, list[str]] = field(default_factory=dict)
     # the roles sidecar: {"file": ..., "sha256": ..., "size_bytes": ...}; None before roles
     roles: dict[str, Any] | None = None
     source: str = ""
@@ -102,7 +104,7 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
     "alembic_revision": ((str, type(None)), True), "row_counts_mode": ((str,), True),
     "row_counts": ((dict,), False), "row_checksums": ((dict,), False),
     "inventory": ((dict,), False), "definitions": ((dict,), False),
-    "roles": ((dict, type(None)), False),
+    "roles": ((dict, type(None)), False), "conditions": ((dict,), False),
     "source": ((str,), False),
     "tool_version": ((str,), False),
 }
@@ -130,6 +132,9 @@ def _check_values(data: dict[str, Any]) -> None:
     counts = data.get("row_counts", {})
     if any(type(v) is not int or v < 0 for v in counts.values()):
         raise ValueError("field 'row_counts' is not a map of table names to counts")
+    if any(type(v) is not list or any(type(x) is not str for x in v)
+           for v in data.get("conditions", {}).values()):
+        raise ValueError("field 'conditions' is not a map of kinds to descriptions")
     roles = data.get("roles")
     if roles is not None and not (
             type(roles.get("file")) is str and roles["file"].endswith(".roles.sql")

@@ -56,7 +56,7 @@ def restore_argv(
     """The pg_restore command line: a conninfo without secrets, never `--create` and never
     `--clean` (a non-empty target is replaced by swapping names, not by dropping objects)."""
     argv = [chain.tool("pg_restore"), f"--dbname={conninfo}", "--no-password",
-            "--exit-on-error"]
+            "--exit-on-error", "--verbose"]  # verbose: a failure can be traced to its object
     argv += ["--single-transaction"] if single_transaction else [f"--jobs={jobs}"]
     if no_owner:
         argv += ["--no-owner", "--no-privileges"]
@@ -70,8 +70,8 @@ def _pg_restore(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *, job
                                 single_transaction=single_transaction),
                    what="pg_restore", env=tool_env, check=False)
     if done.returncode != 0:
-        raise CommandFailed(f"pg_restore failed: {explain_failure(done.stderr)}; the target is "
-                            "unchanged", detail=done.stderr)
+        raise CommandFailed(f"pg_restore failed: {explain_failure(done.stderr, path, chain)}; "
+                            "the target is unchanged", detail=done.stderr)
 
 
 def _restore_or_drop(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *, jobs: int,
@@ -130,15 +130,50 @@ def default_jobs() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def explain_failure(stderr: str) -> str:
-    """pg_restore's failure in one line a user can act on."""
+def explain_failure(stderr: str, path: Path | None = None,
+                    chain: toolchain.Toolchain | None = None) -> str:
+    """pg_restore's failure in one line a user can act on, naming the object it failed on."""
     missing_role = re.search(r'role "([^"]+)" does not exist', stderr)
     if missing_role:
         return (f"role {missing_role.group(1)!r}, which owns or is granted objects in the dump, "
-                "does not exist on the target server: create it first (the roles come from "
-                "`pg_dumpall --globals-only` on production), or pass --no-owner to restore "
-                "without owners and grants")
-    return first_error_line(stderr)
+                "does not exist on the target server: restore with --with-roles (the backup "
+                "keeps its roles), create it by hand, or pass --no-owner to restore without "
+                "owners and grants")
+    error = first_error_line(stderr).removeprefix("pg_restore: error: ")
+    culprit = failing_object(stderr, path, chain)
+    return f"{error} (in {culprit})" if culprit and culprit not in error else error
+
+
+_TOC_ENTRY = re.compile(r"from TOC entry (\d+); \d+ \d+ (.+?)(?: \S+)?$", re.MULTILINE)
+_PROCESSING = re.compile(r'processing data for table "([^"]+)"')
+_LAUNCH = re.compile(r"launching item (\d+) (.+)$", re.MULTILINE)
+_FINISHED = re.compile(r"finished item (\d+) ", re.MULTILINE)
+_BLOCK = re.compile(r"block ID (\d+)")
+
+
+def failing_object(stderr: str, path: Path | None = None,
+                   chain: toolchain.Toolchain | None = None) -> str:
+    """The archive entry pg_restore was working on when it failed, from its verbose output:
+    the TOC entry it names, the table whose data it was reading, the one item a parallel
+    restore launched and never finished, or the entry a missing block ID belongs to."""
+    head = stderr[: stderr.find("error:")] if "error:" in stderr else stderr
+    toc = _TOC_ENTRY.findall(stderr)
+    if toc:
+        return f"TOC entry {toc[-1][0]}: {toc[-1][1]}"
+    launched: dict[str, str] = dict(_LAUNCH.findall(head))
+    done = set(_FINISHED.findall(head))
+    open_items = [what for n, what in launched.items() if n not in done]
+    if len(open_items) == 1:
+        return str(open_items[0])
+    block = _BLOCK.search(stderr)
+    if block and path is not None and chain is not None:
+        listing = run([chain.tool("pg_restore"), "--list", str(path)], what="pg_restore --list",
+                      check=False).stdout
+        for line in listing.splitlines():
+            if line.startswith(f"{block.group(1)}; "):
+                return " ".join(line.split()[3:-1])
+    processing = _PROCESSING.findall(head)
+    return f"the data of table {processing[-1]}" if processing else ""
 
 
 def archive_major(path: Path, chains: list[toolchain.Toolchain]) -> int:

@@ -18,6 +18,7 @@ class DrillVerdict:
     report: str = ""
     rto_s: float | None = None
     failed_checks: tuple[str, ...] = ()
+    verdict: str = ""  # PASS, FAIL or INCOMPLETE; older records only say passed or not
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,10 @@ def read_drill(dump: Path) -> DrillVerdict | None:
         return None
     failed = data.get("failed_checks", [])
     rto = data.get("rto_s")
+    verdict = data.get("verdict")
     return DrillVerdict(
         passed=data["passed"], at=data["at"], report=str(data.get("report", "")),
+        verdict=verdict if isinstance(verdict, str) else ("PASS" if data["passed"] else "FAIL"),
         rto_s=float(rto) if isinstance(rto, int | float) and not isinstance(rto, bool) else None,
         failed_checks=tuple(str(c) for c in failed) if isinstance(failed, list) else ())
 

@@ -45,6 +45,7 @@ Exit codes:
   6   another backup of the same database is running
   7   the backup directory cannot be written (permissions, full disk)
   8   refused: the action could destroy data (or production changed while atb worked)
+  10  drill incomplete: a built-in check was skipped or not run (reasons in the report)
   70  internal error (a bug: the traceback is saved to a file named in the message)
   130 interrupted"""
 
@@ -450,7 +451,10 @@ def drill() -> None:
 @drill.command("run", epilog=EXIT_CODES)
 @click.option("--backup", type=click.Path(dir_okay=False, path_type=Path),
               help="Drill this dump instead of a random pick from the window.")
-@backup_dir_option
+@click.option("--backup-dir", envvar="BACKUP_DIR", show_envvar=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Root of the backup tree.  [default: with --backup, the tree that holds it; "
+                   "else ./backups]")
 @click.option("--database", metavar="NAME", help="Database to drill when the tree holds several.")
 @click.option("--window-days", default=90.0, type=DAYS, callback=_days,
               help="Pick among complete backups of the last N days.")
@@ -484,7 +488,8 @@ def drill() -> None:
                    "Its environment is otherwise an allow-list, with DATABASE_URL and the PG* "
                    "variables pointing at the sandbox.")
 @json_option
-def drill_run(backup: Path | None, backup_dir: Path, database: str | None, window_days: float,
+def drill_run(backup: Path | None, backup_dir: Path | None, database: str | None,
+              window_days: float,
               seed: int | None, sandbox: str, sandbox_url: str | None,
               alembic_config: Path | None, integration_cmd: str | None,
               integration_timeout: str, heartbeat_table: str, rto_target: str, rpo_target: str,
@@ -519,7 +524,7 @@ def drill_run(backup: Path | None, backup_dir: Path, database: str | None, windo
     else:
         click.echo(_drill_summary(result))
     if not run.passed:
-        raise SystemExit(1)
+        raise SystemExit(10 if result.get("verdict") == "INCOMPLETE" else 1)
 
 
 def _drill_line(progress: console.Progress, line: str) -> None:
@@ -537,7 +542,8 @@ def _drill_summary(result: dict[str, Any]) -> str:
     checks = tuple(CheckRecord(**{**c, "evidence": tuple(c["evidence"])})
                    for c in result["checks"])
     fields = {k: v for k, v in result.items() if k in DrillResult.__dataclass_fields__}
-    r = DrillResult(**{**fields, "checks": checks, "findings": tuple(result["findings"])})
+    r = DrillResult(**{**fields, "checks": checks, "findings": tuple(result["findings"]),
+                       "not_run": result.get("not_run", {})})
     lines = [f"{k + ':':<14} {v}" for k, v in summary_rows(r)]
     lines.append("")
     for c in r.checks:
@@ -546,6 +552,8 @@ def _drill_summary(result: dict[str, Any]) -> str:
             lines.append(f"           {c.message.splitlines()[0]}")
     for f in r.findings:
         lines.append(f"  FINDING  {f}")
+    for name, why in r.not_run.items():
+        lines.append(f"  NOT RUN  {name.removeprefix('test_').replace('_', ' ')}: {why}")
     lines += ["", f"report: {r.reports['html']}", f"json:   {r.reports['json']}",
               f"wiki:   {r.reports['md']}"]
     return "\n".join(lines)

@@ -48,6 +48,18 @@ FLAGS: tuple[tuple[str, str], ...] = (
 )
 
 
+def tree_of(backup: Path | None, given: Path | None) -> Path:
+    """The backup tree whose schedule a drill judges: the one that holds `--backup` (the
+    given tree when the backup lies inside it, else the tree around the backup's own
+    `<db>/<YYYY>/<MM>/<DD>/` directories), or the given one, or ./backups."""
+    if backup is None:
+        return given or Path("backups")
+    resolved = backup.resolve()
+    if given is not None and resolved.is_relative_to(given.resolve()):
+        return given
+    return resolved.parents[4] if len(resolved.parents) > 4 else resolved.parent
+
+
 @dataclass(frozen=True)
 class DrillOptions:
     backup: Path | None = None
@@ -89,11 +101,8 @@ class DrillOptions:
                 raise ConfigError(f"--{name} takes a number, not {value!r}") from exc
 
         backup = path("backup")
-        backup_dir = path("backup-dir") or (Path(os.environ["BACKUP_DIR"]) if os.environ.get(
-            "BACKUP_DIR") else None)
-        if backup_dir is None:
-            backup_dir = backup.resolve().parents[4] if backup and len(
-                backup.resolve().parents) > 4 else Path("backups")
+        backup_dir = tree_of(backup, path("backup-dir") or (
+            Path(os.environ["BACKUP_DIR"]) if os.environ.get("BACKUP_DIR") else None))
         seed = number("seed", int)
         return cls(
             backup=backup,

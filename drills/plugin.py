@@ -7,6 +7,7 @@ a JSON result and a Markdown summary under `--report-dir`.
 
 from __future__ import annotations
 
+import ast
 import html
 import logging
 import os
@@ -30,9 +31,10 @@ from backup_core.verdicts import DrillVerdict, record_drill
 from backup_core.verify import VerifyResult, verify_backup
 from drills import pick, report, sandbox
 from drills.options import FLAGS, OPTIONS, DrillOptions
-from drills.state import DrillState, ReportPaths
+from drills.state import INCOMPLETE, DrillState, ReportPaths
 
 STATE = pytest.StashKey[DrillState]()
+EXIT_INCOMPLETE = 10  # a built-in check did not run: not a pass, not a failure
 EVIDENCE = pytest.StashKey[list[str]]()
 CHECKS_MODULE = Path(__file__).with_name("checks.py")
 log = logging.getLogger("atb.drill")
@@ -93,12 +95,20 @@ def pytest_configure(config: pytest.Config) -> None:
                        paths=ReportPaths.for_drill(options.report_dir, database, started))
     state.facts["eligible"] = eligible
     state.production_before = guard.observe(production)
+    state.builtin = builtin_checks()
     config.stash[STATE] = state
     config.args[:] = [str(CHECKS_MODULE)]
     if hasattr(config.option, "htmlpath"):
         config.option.htmlpath = str(state.paths.html)
         config.option.self_contained_html = True
     _add_metadata(config, state)
+
+
+def builtin_checks() -> tuple[str, ...]:
+    """The built-in checks' names, read from their module without importing it."""
+    tree = ast.parse(CHECKS_MODULE.read_text())
+    return tuple(n.name for n in tree.body
+                 if isinstance(n, ast.FunctionDef) and n.name.startswith("test_"))
 
 
 def _only_db(options: DrillOptions) -> str | None:
@@ -440,12 +450,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         try:
             record_drill(state.backup.path, DrillVerdict(
                 passed=result.passed, at=result.finished_at, report=str(state.paths.html),
-                rto_s=state.rto_s(),
+                rto_s=result.rto.get("measured_s"), verdict=result.verdict,
                 failed_checks=tuple(c.name for c in result.checks
                                     if c.outcome in ("failed", "error"))))
         except AtbError as exc:
             log.warning("could not record the verdict beside the backup: %s", exc)
-    if result.verdict != "PASS" and session.exitstatus == 0:
+    if result.verdict == INCOMPLETE:
+        session.exitstatus = EXIT_INCOMPLETE
+    elif result.verdict != "PASS" and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

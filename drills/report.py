@@ -38,14 +38,15 @@ def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
         ("Data", f"{b.get('rows') if b.get('rows') is not None else '-'} rows in "
                  f"{b.get('tables') if b.get('tables') is not None else '-'} tables "
                  f"(counts {b.get('row_counts_mode') or '-'} at backup time)"),
-        ("RTO", f"{human(rto.get('measured_s'))} measured, target {human(rto.get('target_s'))}: "
-                f"{'met' if rto.get('met') else 'NOT MET'}"),
+        ("RTO", rto_text(rto)),
         ("RTO phases", ", ".join(f"{k} {human(rto['phases'][k])}" for k in RTO_PHASES
                                  if k in rto.get("phases", {})) or "-"),
         ("RPO", rpo.get("summary") or f"target {human(rpo.get('target_s'))}"),
         ("Seed", str(r.seed)),
         ("Drill", f"{r.started_at} to {r.finished_at}"),
     ]
+    if r.not_run:
+        rows.insert(1, ("Not run", "; ".join(f"{_title(k)}: {v}" for k, v in r.not_run.items())))
     if r.integration:
         i = r.integration
         rows.append(("Integration", f"`{i.get('command')}` exit {i.get('exit_code')} in "
@@ -53,8 +54,25 @@ def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
     return rows
 
 
+def rto_text(rto: dict[str, Any]) -> str:
+    """The RTO line: a time only for a recovery that completed."""
+    if rto.get("failed_at") or rto.get("measured_s") is None:
+        return (f"not measured: the recovery failed at {rto.get('failed_at') or 'an early phase'}"
+                f" (target {human(rto.get('target_s'))})")
+    return (f"{human(rto.get('measured_s'))} measured, target {human(rto.get('target_s'))}: "
+            f"{'met' if rto.get('met') else 'NOT MET'}")
+
+
+def _title(name: str) -> str:
+    words = name.removeprefix("test_").replace("_", " ")
+    return words[:1].upper() + words[1:]
+
+
+COLORS = {"PASS": "#1a7f37", "INCOMPLETE": "#9a6700", "FAIL": "#cf222e"}
+
+
 def summary_html(r: DrillResult) -> str:
-    color = "#1a7f37" if r.passed else "#cf222e"
+    color = COLORS.get(r.verdict, "#cf222e")
     cells = "".join(
         f"<tr><th style='text-align:left;padding:2px 12px 2px 0'>{html.escape(k)}</th>"
         f"<td style='font-family:monospace'>{html.escape(redact(v))}</td></tr>"
@@ -118,10 +136,12 @@ def load_results(report_dir: Path) -> list[dict[str, Any]]:
 
 def rto_chart(results: list[dict[str, Any]], width: int = 640, height: int = 160) -> str:
     """An inline SVG of measured RTO over time (oldest left), with the target as a line."""
-    points = [(d["started_at"], d["rto"].get("measured_s") or 0.0) for d in reversed(results)
-              if d.get("rto")]
+    points = [(str(d["started_at"]), float(d["rto"]["measured_s"])) for d in reversed(results)
+              if d.get("rto") and d["rto"].get("measured_s") is not None
+              and not d["rto"].get("failed_at")]
+    failed = sum(1 for d in results if d.get("rto", {}).get("failed_at"))
     if not points:
-        return "<p>No drills yet.</p>"
+        return "<p>No completed recovery yet" + (f" ({failed} failed)" if failed else "") + ".</p>"
     target = max((d["rto"].get("target_s") or 0) for d in results)
     top = max(max(v for _, v in points), 1e-6) * 1.2
     step = (width - 40) / max(len(points) - 1, 1)
@@ -137,20 +157,26 @@ def rto_chart(results: list[dict[str, Any]], width: int = 640, height: int = 160
                    f"stroke='#cf222e' stroke-dasharray='4'/>" if target <= top else "")
     return (f"<svg id='rto-trend' width='{width}' height='{height}' "
             f"xmlns='http://www.w3.org/2000/svg' role='img' aria-label='RTO trend'>"
-            f"<text x='20' y='12' font-size='11'>measured RTO (max {human(top / 1.2)}; "
-            f"target {human(target)})</text>"
+            f"<text x='20' y='12' font-size='11'>measured RTO of completed recoveries (max "
+            f"{human(top / 1.2)}; target {human(target)}"
+            + (f"; {failed} failed recoveries not plotted" if failed else "") + ")</text>"
             f"<polyline fill='none' stroke='#0969da' stroke-width='2' points='{coords}'/>"
             f"{dots}{target_line}</svg>")
+
+
+def _rto_cell(rto: dict[str, Any]) -> str:
+    return f"failed at {rto['failed_at']}" if rto.get("failed_at") else human(
+        rto.get("measured_s"))
 
 
 def write_index(report_dir: Path) -> Path:
     results = load_results(report_dir)
     rows = "".join(
         f"<tr><td>{html.escape(d['started_at'])}</td><td>{html.escape(d['database'])}</td>"
-        f"<td style='color:{'#1a7f37' if d['verdict'] == 'PASS' else '#cf222e'};"
-        f"font-weight:bold'>{d['verdict']}</td>"
+        f"<td style='color:{COLORS.get(d['verdict'], '#cf222e')};"
+        f"font-weight:bold'>{html.escape(str(d['verdict']))}</td>"
         f"<td>{html.escape(str(d['backup'].get('taken_at') or '-'))}</td>"
-        f"<td>{human(d['rto'].get('measured_s'))}</td>"
+        f"<td>{html.escape(_rto_cell(d['rto']))}</td>"
         f"<td>{html.escape(str(d['alembic'].get('before') or '-'))} &rarr; "
         f"{html.escape(str(d['alembic'].get('after') or '-'))}</td>"
         f"<td><a href='{html.escape(d['_html'])}'>report</a></td></tr>"

@@ -19,6 +19,15 @@ SCHEMA_ID = "atb.drill-report"
 SCHEMA_VERSION = 1
 # Phases that make up the measured RTO, in the order a real recovery goes through them.
 RTO_PHASES = ("fetch/verify", "sandbox start", "restore", "analyze", "migrate", "checks")
+# The phase a failing built-in check stops a recovery in (any other: "checks").
+CHECK_PHASES = {
+    "test_backup_integrity_matches_manifest": "fetch/verify",
+    "test_archive_is_readable_by_the_runbook_pg_restore": "fetch/verify",
+    "test_restore_completes_without_errors": "restore",
+    "test_revision_before_upgrade_matches_the_backup": "migrate",
+    "test_alembic_upgrade_head_reaches_the_script_head": "migrate",
+}
+PASS, FAIL, INCOMPLETE = "PASS", "FAIL", "INCOMPLETE"
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,7 @@ class DrillResult:
     rto: dict[str, Any]
     rpo: dict[str, Any]
     integration: dict[str, Any] | None
+    not_run: dict[str, str]
     checks: tuple[CheckRecord, ...]
     findings: tuple[str, ...]
     reports: dict[str, str]
@@ -86,6 +96,8 @@ class DrillState:
     integration: dict[str, Any] | None = None
     checks_started: float | None = None
     production_before: Observation | None = None
+    # names of the built-in checks: each must run and pass for a PASS
+    builtin: tuple[str, ...] = ()
 
     @property
     def database(self) -> str:
@@ -112,9 +124,32 @@ class DrillState:
         return round(sum(self.phases.get(p, 0.0) for p in RTO_PHASES), 3)
 
     def verdict(self) -> str:
+        """PASS only when every built-in check ran and passed (a finding counts as run);
+        INCOMPLETE when one was skipped or not collected; FAIL on any failure."""
         if self.selection_error or not self.checks:
-            return "FAIL"
-        return "FAIL" if any(c.outcome in ("failed", "error") for c in self.checks) else "PASS"
+            return FAIL
+        if any(c.outcome in ("failed", "error") for c in self.checks):
+            return FAIL
+        return INCOMPLETE if self.not_run() else PASS
+
+    def not_run(self) -> dict[str, str]:
+        """Built-in checks that did not run, with the reason."""
+        outcomes = {c.name: c for c in self.checks}
+        missing = {name: "not collected (deselected or excluded)" for name in self.builtin
+                   if name not in outcomes}
+        skipped = {c.name: c.message or "skipped" for c in self.checks
+                   if c.outcome == "skipped" and (not self.builtin or c.name in self.builtin)}
+        return {**missing, **skipped}
+
+    def failed_at(self) -> str | None:
+        """The recovery phase of the first failed check, in recovery order."""
+        failed = [c.name for c in self.checks if c.outcome in ("failed", "error")]
+        if self.selection_error:
+            return "fetch/verify"
+        if not failed:
+            return None
+        phases = [CHECK_PHASES.get(name, "checks") for name in failed]
+        return min(phases, key=RTO_PHASES.index)
 
     def result(self) -> DrillResult:
         b = self.backup
@@ -147,12 +182,15 @@ class DrillState:
             },
             sandbox=self.facts.get("sandbox", {}),
             alembic=self.facts.get("alembic", {}),
-            rto={"measured_s": self.rto_s(), "target_s": self.options.rto_target_s,
-                 "met": self.rto_s() <= self.options.rto_target_s,
+            rto={"measured_s": None if self.failed_at() else self.rto_s(),
+                 "target_s": self.options.rto_target_s,
+                 "met": None if self.failed_at() else self.rto_s() <= self.options.rto_target_s,
+                 "failed_at": self.failed_at(),
                  "phases": {p: self.phases[p] for p in RTO_PHASES if p in self.phases},
                  "other_phases": {p: v for p, v in self.phases.items() if p not in RTO_PHASES}},
             rpo=self.facts.get("rpo", {"target_s": self.options.rpo_target_s}),
             integration=self.integration,
+            not_run=self.not_run(),
             checks=tuple(self.checks),
             findings=tuple(self.findings),
             reports={"html": str(self.paths.html), "json": str(self.paths.json),

@@ -1,4 +1,7 @@
-"""Questions asked of a restored database: are sequences, indexes and foreign keys sound?"""
+"""Questions asked of a database: are its sequences, indexes and foreign keys sound?
+
+Asked of production in the dump's snapshot (what was already true there is recorded in the
+manifest) and of the restored copy by the drill, which fails only on what differs."""
 
 from __future__ import annotations
 
@@ -41,6 +44,13 @@ ORDER BY 2, 3, 1
 """
 
 
+def conditions(conn: psycopg.Connection[Any]) -> dict[str, list[str]]:
+    """What is already wrong in a database, in the words the drill's checks use."""
+    return {"sequences_behind": sequences_behind(conn)[1],
+            "invalid_indexes": invalid_indexes(conn),
+            "foreign_keys": foreign_key_violations(conn, only_not_valid=True)[1]}
+
+
 def sequences_behind(conn: psycopg.Connection[Any]) -> tuple[int, list[str]]:
     """(sequences checked, descriptions of those whose value is below their column's max)."""
     behind: list[str] = []
@@ -64,10 +74,14 @@ def invalid_indexes(conn: psycopg.Connection[Any]) -> list[str]:
     return [r[0] for r in conn.execute(INVALID_INDEXES_SQL).fetchall()]
 
 
-def foreign_key_violations(conn: psycopg.Connection[Any]) -> tuple[int, list[str]]:
-    """(foreign keys checked, violations): every referencing row must find its parent."""
+def foreign_key_violations(conn: psycopg.Connection[Any], *,
+                           only_not_valid: bool = False) -> tuple[int, list[str]]:
+    """(foreign keys checked, violations): every referencing row must find its parent.
+    `only_not_valid` checks only constraints never validated (the others cannot be broken
+    in a live database): cheap enough to run at backup time."""
     problems: list[str] = []
-    keys = conn.execute(FOREIGN_KEYS_SQL).fetchall()
+    keys = [k for k in conn.execute(FOREIGN_KEYS_SQL).fetchall()
+            if not (only_not_valid and k[7])]
     for name, ns, table, rns, rtable, cols, rcols, validated in keys:
         on = sql.SQL(" AND ").join(
             sql.SQL("p.{} = c.{}").format(sql.Identifier(rc), sql.Identifier(cc))
