@@ -166,7 +166,8 @@ def _backup_locked(
             errors.append(CommandFailed(
                 f"reading row counts and schema in the dump's snapshot failed: "
                 f"{redact(str(exc).strip().splitlines()[0])} (the backup user needs SELECT on "
-                "every table, or pass --row-counts off); no backup was written"))
+                "every table and sequence; --row-counts off reads none of them); no backup "
+                "was written"))
         except BaseException as exc:  # re-raised in the main thread
             errors.append(exc)
 
@@ -315,7 +316,7 @@ def _describe_snapshot(source: ConnInfo, snapshot: str, mode: str, workers: int)
     with in_snapshot() as conn:
         inv = inventory.schema_inventory(conn)
         defs = inventory.definitions(conn)
-        found = probes.conditions(conn)
+        found = probes.conditions(conn) if mode != "off" else {}  # off: read no table
         revision = inventory.alembic_revision(conn)
         tables = inventory.user_tables(conn)
         estimates = inventory.estimated_counts(conn) if mode == "estimate" else {}

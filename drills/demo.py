@@ -125,7 +125,7 @@ def run_demo(*, keep: Path | None = None, report_dir: Path = Path("reports"),
     if keep is not None and keep.exists() and any(keep.iterdir()):
         raise ConfigError(f"{keep} is not empty: choose a new --keep directory")
     try:
-        with Cluster(chain) as cluster:
+        with Cluster(chain) as cluster:  # production stays up: the drill must not touch it
             say(f"production stand-in: PostgreSQL {chain.version} ({chain.source}), "
                 f"database trading")
             with db.connect(cluster.url(), autocommit=True) as conn:
@@ -134,20 +134,20 @@ def run_demo(*, keep: Path | None = None, report_dir: Path = Path("reports"),
             made = build_history(source, backup_dir, now=datetime.now(UTC), days=days,
                                  chains=chains, say=say)
             say(f"{len(made)} backups filed over {days} days in {backup_dir}")
-        items = catalog.scan(backup_dir)
-        plan = retention.plan_prune(items, now=datetime.now(UTC), policy=POLICY)
-        retention.apply_prune(plan, backup_dir)
-        say(f"pruned with the policy (7 days hourly, 30 daily, 13 weekly): "
-            f"{len(plan.delete)} deleted, {len(plan.keep)} kept")
-        example = example_dir()
-        options = DrillOptions(
-            backup_dir=backup_dir, seed=seed if seed is not None else int(time.time()),
-            sandbox="local", alembic_config=example / "alembic.ini",
-            integration_cmd=f"{sys.executable} -m pytest -q -p no:cacheprovider "
-                            f"{example / 'tests'}",
-            report_dir=report_dir)
-        say("drilling a random backup of the last 90 days")
-        drill = run_drill(options, on_line=on_line)
+            items = catalog.scan(backup_dir)
+            plan = retention.plan_prune(items, now=datetime.now(UTC), policy=POLICY)
+            retention.apply_prune(plan, backup_dir)
+            say(f"pruned with the policy (7 days hourly, 30 daily, 13 weekly): "
+                f"{len(plan.delete)} deleted, {len(plan.keep)} kept")
+            example = example_dir()
+            options = DrillOptions(
+                backup_dir=backup_dir, seed=seed if seed is not None else int(time.time()),
+                sandbox="local", alembic_config=example / "alembic.ini",
+                integration_cmd=f"{sys.executable} -m pytest -q -p no:cacheprovider "
+                                f"{example / 'tests'}",
+                report_dir=report_dir)
+            say("drilling a random backup of the last 90 days")
+            drill = run_drill(options, production=source, on_line=on_line)
         return DemoResult(backup_dir=backup_dir, made=len(made), kept=len(plan.keep),
                           pruned=len(plan.delete), drill=drill,
                           seconds=round(time.monotonic() - t0, 1))

@@ -48,10 +48,16 @@ class SandboxInfo:
     identity: db.Identity
     start_s: float
     chain: toolchain.Toolchain | None = field(default=None, compare=False)
+    # what atb's own tools (pg_amcheck) use; never handed to application code
+    tools_url: ConnInfo | None = field(default=None, compare=False, repr=False)
 
     @property
     def dbname(self) -> str:
         return self.url.dbname
+
+    @property
+    def for_tools(self) -> ConnInfo:
+        return self.tools_url or self.url
 
 
 def scratch_name() -> str:
@@ -185,7 +191,10 @@ def _server(server: ConnInfo, production: ConnInfo | None,
                             "CREATEDB") from exc
     app = server.with_params(user=name).with_password(password)
     try:
-        yield _finish(server, "server", t0, None, owner=name, app=app)
+        with db.connect(server) as conn:
+            major = int(db.server_version(conn).split(".")[0])
+        yield _finish(server, "server", t0, _optional_chain(major, chains), owner=name,
+                      app=app)
     finally:
         with db.connect(server, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
@@ -208,7 +217,8 @@ def _finish(admin: ConnInfo, provider: str, t0: float, chain: toolchain.Toolchai
     if ident is None:
         raise SafetyRefusal(f"the sandbox database {name} cannot be reached as {url.redacted}")
     return SandboxInfo(provider=provider, server_version=version, url=url, identity=ident,
-                       start_s=round(time.monotonic() - t0, 3), chain=chain)
+                       start_s=round(time.monotonic() - t0, 3), chain=chain,
+                       tools_url=admin.with_dbname(name))
 
 
 def _optional_chain(major: int, chains: list[toolchain.Toolchain]) -> toolchain.Toolchain | None:

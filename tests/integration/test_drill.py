@@ -24,6 +24,10 @@ from drills.demo import build_history, example_dir
 from tests.helpers import atb
 
 EXAMPLE = example_dir()
+# the checks that cannot run without --alembic-config and --integration-cmd
+NOT_CONFIGURED = {"test_revision_before_upgrade_matches_the_backup",
+                  "test_alembic_upgrade_head_reaches_the_script_head",
+                  "test_application_integration_suite_passes"}
 INTEGRATION = f"{sys.executable} -m pytest -q -p no:cacheprovider {EXAMPLE / 'tests'}"
 
 
@@ -236,7 +240,11 @@ def test_pytest_backup_path_verifies_one_dump_through_the_plugin(
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) == 0, result.stdout.str()
     assert outcomes["passed"] >= 10
-    result.stdout.fnmatch_lines(["*restore drill verdict: PASS*"])
+    # no Alembic config and no integration command: those checks did not run, so no PASS
+    result.stdout.fnmatch_lines(["*restore drill verdict: INCOMPLETE*"])
+    assert result.ret == 10
+    [report] = (tmp_path / "reports").rglob("*-drill.json")
+    assert set(json.loads(report.read_text())["not_run"]) == NOT_CONFIGURED
     assert "test_not_collected_in_a_drill" not in result.stdout.str()
 
 
@@ -275,7 +283,8 @@ def test_server_sandbox_restores_into_a_scratch_database_and_drops_it(
     done, result = drill("--backup", str(oldest(backup_dir)), "--sandbox", "server",
                          "--no-record", "--schedule", "1d", backup_dir=backup_dir,
                          report_dir=tmp_path / "r", env={"ATB_SANDBOX_URL": admin.secret_url})
-    assert done.returncode == 0, done.stdout[-2000:]
+    assert done.returncode == 10, done.stdout[-2000:]
+    assert result["verdict"] == "INCOMPLETE" and set(result["not_run"]) == NOT_CONFIGURED
     assert result["sandbox"]["provider"] == "server"
     assert result["sandbox"]["database"].startswith("atb_drill_")
     with db.connect(admin) as conn:

@@ -102,10 +102,30 @@ def _state(verdict_checks: list[tuple[str, str]]) -> DrillState:
 
 
 def test_verdict_and_rto_exclude_the_integration_suite() -> None:
-    ok = _state([("x", "passed"), ("y", "finding"), ("z", "skipped")])
+    ok = _state([("x", "passed"), ("y", "finding")])
     assert ok.verdict() == "PASS" and ok.rto_s() == 15.0
     assert _state([("x", "passed"), ("y", "error")]).verdict() == "FAIL"
     assert _state([]).verdict() == "FAIL"
+
+
+def test_a_skipped_or_deselected_builtin_check_makes_the_verdict_incomplete() -> None:
+    skipped = _state([("x", "passed"), ("z", "skipped")])
+    assert skipped.verdict() == "INCOMPLETE" and skipped.not_run() == {"z": "boom\nmore"}
+    deselected = _state([("x", "passed")])
+    deselected.builtin = ("x", "test_sequences_are_ahead_of_their_columns")
+    assert deselected.verdict() == "INCOMPLETE"
+    assert "test_sequences_are_ahead_of_their_columns" in deselected.not_run()
+    result = deselected.result()
+    assert result.rto["met"] is True and result.not_run  # completed: RTO measured
+    assert "Not run" in report.to_markdown(result)
+
+
+def test_a_failed_recovery_has_no_rto_only_the_phase_it_failed_in() -> None:
+    failed = _state([("test_restore_completes_without_errors", "failed"), ("y", "passed")])
+    result = failed.result()
+    assert result.rto["measured_s"] is None and result.rto["met"] is None
+    assert result.rto["failed_at"] == "restore"
+    assert "not measured: the recovery failed at restore" in report.to_markdown(result)
 
 
 def test_markdown_and_html_summary_render_the_facts_and_escape_them() -> None:
@@ -114,7 +134,8 @@ def test_markdown_and_html_summary_render_the_facts_and_escape_them() -> None:
     assert "**FAIL**" in md and "| Restore completes | FAILED | a \\| b |" in md
     assert "### Restore completes: failed" in md
     page = report.summary_html(result)
-    assert "Verdict: FAIL" in page and "drill-failures" in page and "15s measured" in page
+    assert "Verdict: FAIL" in page and "drill-failures" in page and "not measured" in page
+    assert "15s measured" in report.summary_html(_state([("x", "passed")]).result())
 
 
 def test_index_lists_drills_newest_first_with_a_trend(tmp_path: Path) -> None:
@@ -125,4 +146,5 @@ def test_index_lists_drills_newest_first_with_a_trend(tmp_path: Path) -> None:
         report.write_reports(state.result())
     page = (tmp_path / "index.html").read_text()
     assert page.index("FAIL") < page.index("PASS")
-    assert page.count("<circle") == 2
+    assert page.count("<circle") == 1  # a failed recovery is no point on the RTO trend
+    assert "1 failed recoveries not plotted" in page and "failed at checks" in page
