@@ -92,7 +92,8 @@ def pytest_configure(config: pytest.Config) -> None:
     database = chosen.database if chosen else (options.database or _only_db(options) or "unknown")
     state = DrillState(options=options, started_at=started, production=production,
                        backup=chosen, selection_error=error,
-                       paths=ReportPaths.for_drill(options.report_dir, database, started))
+                       paths=ReportPaths.for_drill(options.report_dir, database, started,
+                                                   claim=True))
     state.facts["eligible"] = eligible
     state.production_before = guard.observe(production)
     state.builtin = builtin_checks()

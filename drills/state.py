@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,7 +13,10 @@ from typing import Any
 
 from backup_core.catalog import Backup
 from backup_core.conninfo import ConnInfo
+from backup_core.errors import AtbError
+from backup_core.fsutil import make_dirs
 from backup_core.guard import Observation
+from backup_core.naming import dir_name
 from drills.options import DrillOptions
 
 SCHEMA_ID = "atb.drill-report"
@@ -74,9 +78,24 @@ class ReportPaths:
     md: Path
 
     @classmethod
-    def for_drill(cls, report_dir: Path, database: str, started: datetime) -> ReportPaths:
-        base = report_dir / database / f"{started:%Y%m%dT%H%M%SZ}-drill"
-        return cls(base.with_suffix(".html"), base.with_suffix(".json"), base.with_suffix(".md"))
+    def for_drill(cls, report_dir: Path, database: str, started: datetime, *,
+                  claim: bool = False) -> ReportPaths:
+        """`<dir>/<db>/<time>-drill.*`, the database directory named as in the backup tree.
+        With `claim`, the JSON name is taken exclusively, so two drills started in the same
+        second get `<time>-2-drill.*` rather than one report replacing the other."""
+        folder = report_dir / dir_name(database)
+        for n in range(1, 1000):
+            stem = f"{started:%Y%m%dT%H%M%SZ}" + (f"-{n}" if n > 1 else "") + "-drill"
+            paths = cls(folder / f"{stem}.html", folder / f"{stem}.json", folder / f"{stem}.md")
+            if not claim:
+                return paths
+            try:
+                make_dirs(folder)
+                os.close(os.open(paths.json, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                return paths
+            except FileExistsError:
+                continue
+        raise AtbError(f"cannot name a report in {folder}: 999 drills started in one second")
 
 
 @dataclass

@@ -6,7 +6,10 @@ In CI (CI=true) a missing toolchain fails the run instead of skipping tests.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ import pytest
 from backup_core import conninfo, db, toolchain
 from backup_core.cluster import Cluster, random_password
 from backup_core.conninfo import ConnInfo
+from drills.demo import build_history
 
 pytest_plugins = ["pytester"]
 
@@ -94,3 +98,24 @@ def make_database(cluster: Cluster, *, rows: int = 1000) -> ConnInfo:
 @pytest.fixture
 def backup_dir(tmp_path: Path) -> Path:
     return tmp_path / "backups"
+
+
+@pytest.fixture(scope="session")
+def history(pg15: Cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[ConnInfo, Path]:
+    """A production database on PostgreSQL 15 and four days of backups across all revisions."""
+    with db.connect(pg15.url(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE trading")
+    source = pg15.url("trading")
+    backup_dir = tmp_path_factory.mktemp("history")
+    build_history(source, backup_dir, now=datetime.now(UTC), days=4, hourly_days=1,
+                  orders_per_backup=30)
+    return source, backup_dir
+
+
+@pytest.fixture
+def sandbox_tmp() -> Iterator[Path]:
+    """A TMPDIR the unprivileged server user can traverse, to see what a drill leaves behind."""
+    path = Path(tempfile.mkdtemp(prefix="atb-test-tmp-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 
+from backup_core import catalog
 from backup_core.conninfo import ConnInfo
+from backup_core.naming import manifest_path, roles_path
 
 
 def atb(*args: str, env: Mapping[str, str] | None = None, url: ConnInfo | None = None,
@@ -79,3 +84,30 @@ class ArgvSampler:
     def leaked(self, *secrets: str) -> list[str]:
         return [c.decode(errors="replace").replace("\0", " ") for c in self.seen
                 if any(s and s.encode() in c for s in secrets)]
+
+
+def drill(*args: str, backup_dir: Path, report_dir: Path, env: dict[str, str] | None = None,
+          url: ConnInfo | None = None) -> tuple[subprocess.CompletedProcess[str], dict]:
+    done = atb("drill", "run", "--json", "--sandbox", "local", "--backup-dir", str(backup_dir),
+               "--report-dir", str(report_dir), *args, env=env, url=url)
+    assert "Traceback" not in done.stderr, done.stderr
+    return done, json.loads(done.stdout) if done.stdout.strip().startswith("{") else {}
+
+
+def checks(result: dict) -> dict[str, str]:
+    return {c["name"]: c["outcome"] for c in result["checks"]}
+
+
+def copy_backup(src: Path, dest_root: Path) -> Path:
+    """One backup (dump and manifest) in a tree of its own, to damage without harm."""
+    rel = src.relative_to(src.parents[4])
+    dest = dest_root / rel
+    dest.parent.mkdir(parents=True)
+    for side in (lambda p: p, manifest_path, roles_path):
+        if side(src).exists():
+            shutil.copy2(side(src), side(dest))
+    return dest
+
+
+def oldest(backup_dir: Path) -> Path:
+    return [b for b in catalog.scan(backup_dir) if b.complete][-1].path

@@ -7,21 +7,19 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from backup_core import catalog, db, inventory
+from backup_core import db, inventory
 from backup_core.cluster import Cluster
 from backup_core.conninfo import ConnInfo
 from backup_core.manifest import read_manifest, write_manifest
-from backup_core.naming import manifest_path, roles_path
-from drills.demo import build_history, example_dir
-from tests.helpers import atb
+from backup_core.naming import manifest_path
+from drills.demo import example_dir
+from tests.helpers import atb, checks, copy_backup, drill, oldest
 
 EXAMPLE = example_dir()
 # the checks that cannot run without --alembic-config and --integration-cmd
@@ -29,54 +27,6 @@ NOT_CONFIGURED = {"test_revision_before_upgrade_matches_the_backup",
                   "test_alembic_upgrade_head_reaches_the_script_head",
                   "test_application_integration_suite_passes"}
 INTEGRATION = f"{sys.executable} -m pytest -q -p no:cacheprovider {EXAMPLE / 'tests'}"
-
-
-@pytest.fixture(scope="session")
-def history(pg15: Cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[ConnInfo, Path]:
-    """A production database on PostgreSQL 15 and four days of backups across all revisions."""
-    with db.connect(pg15.url(), autocommit=True) as conn:
-        conn.execute("CREATE DATABASE trading")
-    source = pg15.url("trading")
-    backup_dir = tmp_path_factory.mktemp("history")
-    build_history(source, backup_dir, now=datetime.now(UTC), days=4, hourly_days=1,
-                  orders_per_backup=30)
-    return source, backup_dir
-
-
-@pytest.fixture
-def sandbox_tmp() -> Iterator[Path]:
-    """A TMPDIR the unprivileged server user can traverse, to see what a drill leaves behind."""
-    path = Path(tempfile.mkdtemp(prefix="atb-test-tmp-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def drill(*args: str, backup_dir: Path, report_dir: Path, env: dict[str, str] | None = None,
-          url: ConnInfo | None = None) -> tuple[subprocess.CompletedProcess[str], dict]:
-    done = atb("drill", "run", "--json", "--sandbox", "local", "--backup-dir", str(backup_dir),
-               "--report-dir", str(report_dir), *args, env=env, url=url)
-    assert "Traceback" not in done.stderr, done.stderr
-    return done, json.loads(done.stdout) if done.stdout.strip().startswith("{") else {}
-
-
-def checks(result: dict) -> dict[str, str]:
-    return {c["name"]: c["outcome"] for c in result["checks"]}
-
-
-def copy_backup(src: Path, dest_root: Path) -> Path:
-    """One backup (dump and manifest) in a tree of its own, to damage without harm."""
-    rel = src.relative_to(src.parents[4])
-    dest = dest_root / rel
-    dest.parent.mkdir(parents=True)
-    for side in (lambda p: p, manifest_path, roles_path):
-        if side(src).exists():
-            shutil.copy2(side(src), side(dest))
-    return dest
-
-
-def oldest(backup_dir: Path) -> Path:
-    return [b for b in catalog.scan(backup_dir) if b.complete][-1].path
 
 
 def test_a_passing_drill_migrates_an_old_backup_and_reports_it(
