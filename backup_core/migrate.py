@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from backup_core import childenv, db, inventory
+from backup_core import childenv, db, extras, inventory
 from backup_core.conninfo import ConnInfo, redact
 from backup_core.errors import ConfigError
 from backup_core.runner import last_line, run
@@ -59,6 +59,7 @@ def _alembic(ini: Path, op: str, target: ConnInfo) -> tuple[dict[str, object], s
         raise ConfigError(
             f"Alembic config {ini} not found: pass --alembic-config path/to/alembic.ini"
         )
+    extras.require("migrate", what="running Alembic")
     with tempfile.TemporaryDirectory(prefix="atb-alembic-") as tmp:
         result_file = Path(tmp) / "result.json"
         done = run([sys.executable, "-m", "backup_core.alembic_child", op, str(ini)],

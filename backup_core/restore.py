@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from backup_core import childenv, guard, roles, toolchain
+from backup_core import childenv, extras, guard, roles, toolchain
 from backup_core import target as target_db
 from backup_core.conninfo import ConnInfo
 from backup_core.errors import (
@@ -216,6 +216,11 @@ def restore_backup(
         raise ConfigError(f"no backup at {path}: give the path of a .dump file (`atb db list`)")
     if not target.dbname:
         raise ConfigError(f"the target {target.redacted} names no database: add /dbname")
+    if alembic_config is not None:  # before anything is restored, not after
+        extras.require("migrate", what="--migrate (it runs Alembic)")
+        if not alembic_config.is_file():
+            raise ConfigError(f"Alembic config {alembic_config} not found: pass "
+                              "--alembic-config path/to/alembic.ini")
     evidence = [guard.refuse_production_target(target, production, allowed=allow_production)]
     chains = toolchain.discover() if chains is None else chains
     chain = toolchain.for_restore(archive_major(path, chains), chains)

@@ -452,6 +452,11 @@ def test_production_was_not_touched(drill: DrillState, evidence: Evidence) -> No
         evidence.add("no production database configured (DATABASE_URL or PG* variables): "
                      "nothing the drill could have touched")
         return
+    if drill.production_before is None:
+        evidence.add(f"production ({drill.production.redacted}) was out of reach from the "
+                     "drill host when the drill started; with every child sealed, nothing in "
+                     "the drill could reach it either")
+        return
     try:
         evidence.add(guard.confirm_unchanged(drill.production, drill.production_before))
     except ProductionTouched as exc:

@@ -19,6 +19,7 @@ import click
 from backup_core import (
     backup,
     catalog,
+    extras,
     guard,
     heartbeat,
     restore,
@@ -501,6 +502,7 @@ def drill_run(backup: Path | None, backup_dir: Path | None, database: str | None
     from drills.options import DrillOptions
     from drills.run import run_drill
 
+    extras.require("drill", what="the restore drill")
     values = {"backup": backup, "backup-dir": backup_dir, "database": database,
               "window-days": window_days, "seed": seed, "sandbox": sandbox,
               "sandbox-url": sandbox_url, "alembic-config": alembic_config,
@@ -576,6 +578,8 @@ def demo(keep: Path | None, report_dir: Path, seed: int | None, days: int,
     advances, prune it, drill a random backup, print the verdict and the report path."""
     from drills.demo import describe, run_demo
 
+    extras.require("drill", what="the demo")
+    extras.require("embedded", what="the demo (it runs on the embedded PostgreSQL)")
     progress = console.Progress("drill")
 
     def say(text: str) -> None:

@@ -260,7 +260,7 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
         try:
             done = restore_backup(drill_backup.path, url, no_owner=not with_owners,
                                   with_roles=with_owners, jobs=drill.options.jobs,
-                                  chains=drill_chains, production=drill.production,
+                                  chains=drill_chains, production=drill.reachable_production,
                                   scratch=True)
         except AtbError as exc:
             return RestoreOutcome(ok=False, error=str(exc), detail=redact(exc.detail))
@@ -306,12 +306,12 @@ def drill_migration(drill: DrillState, drill_url: ConnInfo,
         pytest.skip("no --alembic-config given: migrations not exercised")
     drill.facts["sandbox_confirmed_before_migrate"] = sandbox.confirm_sandbox(drill_url,
                                                                               drill_sandbox)
-    before = guard.observe(drill.production)
+    production = drill.reachable_production
+    before = guard.observe(production)
     with drill.phase("migrate"):
         result = upgrade_head(ini, drill_url)
     try:
-        drill.facts["production_after_migrate"] = guard.confirm_unchanged(drill.production,
-                                                                          before)
+        drill.facts["production_after_migrate"] = guard.confirm_unchanged(production, before)
     except ProductionTouched as exc:
         drill.facts["production_touched"] = str(exc)
     drill.facts["alembic"] = {"before": result.before, "after": result.after,

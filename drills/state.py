@@ -119,6 +119,13 @@ class DrillState:
     builtin: tuple[str, ...] = ()
 
     @property
+    def reachable_production(self) -> ConnInfo | None:
+        """Production when the drill host reached it at the start, else None: a production
+        out of reach (the usual CI case) is not asked again, and so costs no timeouts inside
+        the measured phases."""
+        return self.production if self.production_before is not None else None
+
+    @property
     def database(self) -> str:
         if self.backup is not None:
             return self.backup.database

@@ -46,6 +46,12 @@ def _chain(chains: list[toolchain.Toolchain], major: int) -> toolchain.Toolchain
 
 
 @pytest.fixture(scope="session")
+def chain15(chains: list[toolchain.Toolchain]) -> toolchain.Toolchain:
+    """PostgreSQL 15 binaries: skipped with the reason where absent, required in CI."""
+    return _chain(chains, 15)
+
+
+@pytest.fixture(scope="session")
 def pg15(chains: list[toolchain.Toolchain]) -> Iterator[Cluster]:
     with Cluster(_chain(chains, 15), password=random_password(), tcp=True) as cluster:
         yield cluster

@@ -54,10 +54,10 @@ def test_pg15_server_is_dumped_by_pg_dump_15_with_a_complete_manifest(
 
 
 def test_pg18_server_with_only_pg_dump_15_fails_naming_both_versions(
-    pg18: Cluster, backup_dir: Path, chains: list[toolchain.Toolchain]
+    pg18: Cluster, backup_dir: Path, chain15: toolchain.Toolchain
 ) -> None:
     info = make_database(pg18, rows=10)
-    only15 = [c for c in chains if c.major == 15]
+    only15 = [chain15]
     with pytest.raises(ToolchainError) as err:
         backup.create_backup(info, backup_dir, chains=only15)
     assert "PostgreSQL 18" in str(err.value) and "pg_dump here is 15" in str(err.value)

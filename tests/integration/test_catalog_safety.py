@@ -324,10 +324,9 @@ def test_out_of_range_option_values_are_exit_2_with_one_line(
 
 
 def test_a_server_stopped_mid_backup_reports_pg_dumps_own_error(
-    chains: list[toolchain.Toolchain], tmp_path: Path
+    chain15: toolchain.Toolchain, tmp_path: Path
 ) -> None:
-    chain = next(c for c in chains if c.major == 15 and c.can_serve)
-    with Cluster(chain, password="stop-Me-pw", tcp=True) as server:
+    with Cluster(chain15, password="stop-Me-pw", tcp=True) as server:
         info = make_database(server, rows=10)
         with db.connect(info, autocommit=True) as conn:
             conn.execute("CREATE TABLE bulk AS SELECT g, md5(g::text) || md5((g+1)::text) AS t "

@@ -340,13 +340,12 @@ def test_pgpassword_and_sslpassword_reach_pg_dump_without_argv_log_or_manifest(
     assert os.listdir(tmp_path / "b")
 
 
-def test_ipv6_and_libpq_options_reach_every_tool(chains: list[toolchain.Toolchain],
+def test_ipv6_and_libpq_options_reach_every_tool(chain15: toolchain.Toolchain,
                                                  tmp_path: Path) -> None:
     """`[::1]` must stay a bracketed address and `options=-c x=y` keep its spaces on the way
     to pg_dump and pg_restore (both were mangled when URLs were rebuilt by hand)."""
-    chain = next(c for c in chains if c.major == 15 and c.can_serve)
     settings = {"listen_addresses": "127.0.0.1,::1"}
-    with Cluster(chain, password="ipv6-Secret-pw", tcp=True, settings=settings) as server:
+    with Cluster(chain15, password="ipv6-Secret-pw", tcp=True, settings=settings) as server:
         info = make_database(server, rows=10)
         url = (f"postgresql://postgres:ipv6-Secret-pw@[::1]:{server.port}/{info.dbname}"
                "?options=-c%20application_name%3Datb-ipv6")
@@ -362,3 +361,29 @@ def test_ipv6_and_libpq_options_reach_every_tool(chains: list[toolchain.Toolchai
         assert restored.returncode == 0, restored.stderr
         with db.connect(info.with_dbname(info.dbname + "_copy")) as conn:
             assert conn.execute("SELECT count(*) FROM orders").fetchone() == (10,)
+
+
+def test_an_unreachable_production_is_refused_by_name_and_asked_only_once_by_a_drill(
+    production: tuple[ConnInfo, Path], pg15: Cluster, tmp_path: Path
+) -> None:
+    """Production out of reach (a firewall, the usual CI drill host): a restore target of the
+    same name is refused, since nothing can tell it is not production; another name restores;
+    a drill records that production was out of reach instead of waiting on it again."""
+    prod, path = production
+    dead = f"postgresql://postgres:pw123456@127.0.0.1:{free_port()}/{prod.dbname}"
+    same_name = atb("db", "restore", str(path), env={"DATABASE_URL": dead,
+                                                     "ATB_TARGET_URL": prod.secret_url})
+    assert same_name.returncode == 8 and "cannot reach the DATABASE_URL database" in \
+        same_name.stderr
+    other = prod.with_dbname(prod.dbname + "_elsewhere")
+    assert atb("db", "restore", str(path), env={"DATABASE_URL": dead,
+                                                "ATB_TARGET_URL": other.secret_url}
+               ).returncode == 0
+    done, result = _drill(path, tmp_path, "--sandbox", "local", env={"DATABASE_URL": dead})
+    untouched = next(c for c in result["checks"]
+                     if c["name"] == "test_production_was_not_touched")
+    assert untouched["outcome"] == "passed"
+    assert "out of reach from the drill host" in untouched["evidence"][0]
+    restore = next(c for c in result["checks"]
+                   if c["name"] == "test_restore_completes_without_errors")
+    assert restore["outcome"] == "passed"

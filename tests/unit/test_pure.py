@@ -178,3 +178,22 @@ def test_a_stopped_schedule_is_reported() -> None:
     text = prometheus_text([s])
     assert 'atb_backup_targets_met{database="app"} 0' in text
     assert 'atb_backup_count{database="app"} 10' in text
+
+
+def test_workflow_inputs_never_reach_a_shell_script_by_interpolation() -> None:
+    """`${{ inputs.x }}` inside `run:` is spliced into the script before the shell parses it:
+    a crafted backup path would run as code. Inputs go through `env:` only."""
+    root = Path(__file__).resolve().parents[2]
+    for workflow in (root / ".github" / "workflows").glob("*.yml"):
+        lines = workflow.read_text().splitlines()
+        in_run, indent = False, 0
+        for line in lines:
+            stripped = line.lstrip()
+            if stripped.startswith("run:"):
+                in_run, indent = True, len(line) - len(stripped)
+                assert "${{" not in stripped, f"{workflow.name}: {line}"
+                continue
+            if in_run and stripped and len(line) - len(stripped) <= indent:
+                in_run = False
+            if in_run:
+                assert "${{" not in line, f"{workflow.name}: expression in a script: {line}"
