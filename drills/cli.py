@@ -484,6 +484,9 @@ def drill() -> None:
 @click.option("--strict-rpo", is_flag=True,
               help="Fail when the schedule cannot meet the RPO target (default: a finding).")
 @click.option("--no-record", is_flag=True, help="Do not record the verdict beside the backup.")
+@click.option("--exclude", "exclude", multiple=True, metavar="CHECK",
+              help="Leave out this built-in check (repeatable); it is listed as not run and "
+                   "the verdict is INCOMPLETE, never PASS.")
 @click.option("--pass-env", "pass_env", multiple=True, metavar="NAME",
               help="Also give the integration command this environment variable (repeatable). "
                    "Its environment is otherwise an allow-list, with DATABASE_URL and the PG* "
@@ -495,8 +498,8 @@ def drill_run(backup: Path | None, backup_dir: Path | None, database: str | None
               alembic_config: Path | None, integration_cmd: str | None,
               integration_timeout: str, heartbeat_table: str, rto_target: str, rpo_target: str,
               schedule: str, runbook_pg_major: int | None, jobs: int | None, report_dir: Path,
-              strict_rpo: bool, no_record: bool, pass_env: tuple[str, ...],
-              as_json: bool) -> None:
+              strict_rpo: bool, no_record: bool, exclude: tuple[str, ...],
+              pass_env: tuple[str, ...], as_json: bool) -> None:
     """Restore a random backup of the window (or --backup) into a sandbox, migrate it, run
     the checks and the integration command, and write the audit reports. Exits 0 on PASS."""
     from drills.options import DrillOptions
@@ -510,7 +513,8 @@ def drill_run(backup: Path | None, backup_dir: Path | None, database: str | None
               "heartbeat-table": heartbeat_table, "rto-target": rto_target,
               "rpo-target": rpo_target, "schedule": schedule,
               "runbook-pg-major": runbook_pg_major, "jobs": jobs, "report-dir": report_dir,
-              "pass-env": ",".join(pass_env) or None}
+              "pass-env": ",".join(pass_env) or None,
+              "drill-exclude": ",".join(exclude) or None}
     flags = {"strict-rpo": strict_rpo, "no-record": no_record}
     options = DrillOptions.from_values(
         lambda k: None if values.get(k) is None else str(values[k]), lambda k: flags.get(k))

@@ -27,6 +27,9 @@ OPTIONS: tuple[tuple[str, str | None, str], ...] = (
     ("integration-cmd", None, "Command run with DATABASE_URL at the restored sandbox, e.g. "
                               "'pytest tests/integration'."),
     ("integration-timeout", "30m", "Longest the integration command may run."),
+    ("drill-exclude", None, "Comma-separated built-in checks to leave out (their names, with or "
+                            "without test_); they are listed as not run and the verdict is "
+                            "INCOMPLETE, never PASS."),
     ("pass-env", None, "Comma-separated environment variables the integration command also "
                        "gets (its environment is otherwise an allow-list; PG* and database "
                        "URLs always point at the sandbox)."),
@@ -73,6 +76,7 @@ class DrillOptions:
     integration_cmd: str | None = None
     integration_timeout_s: float = 1800
     pass_env: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
     heartbeat_table: str = "system_events"
     rto_target_s: float = 3600
     rpo_target_s: float = 900
@@ -118,6 +122,8 @@ class DrillOptions:
             integration_cmd=get("integration-cmd") or None,
             integration_timeout_s=parse_duration(get("integration-timeout") or "30m"),
             pass_env=check_pass_env((get("pass-env") or "").replace(",", " ").split()),
+            exclude=tuple(n if n.startswith("test_") else f"test_{n}" for n in
+                          (get("drill-exclude") or "").replace(",", " ").split()),
             heartbeat_table=get("heartbeat-table") or "system_events",
             rto_target_s=parse_duration(get("rto-target") or "60m"),
             rpo_target_s=parse_duration(get("rpo-target") or "15m"),
@@ -144,6 +150,8 @@ class DrillOptions:
                 args += [] if value else ["--no-record"]
             elif f.name == "pass_env":
                 args += [f"--{name}={','.join(value)}"] if value else []
+            elif f.name == "exclude":
+                args += [f"--drill-exclude={','.join(value)}"] if value else []
             elif value is not None:
                 if f.name.endswith("_s"):
                     name = name[:-2]

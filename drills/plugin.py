@@ -41,7 +41,7 @@ log = logging.getLogger("atb.drill")
 
 
 def _dest(name: str) -> str:
-    return "drill_" + name.replace("-", "_")
+    return "drill_" + name.removeprefix("drill-").replace("-", "_")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -103,6 +103,22 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.htmlpath = str(state.paths.html)
         config.option.self_contained_html = True
     _add_metadata(config, state)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                   items: list[pytest.Item]) -> None:
+    """Leave out the built-in checks named by --drill-exclude (the report says so)."""
+    state = config.stash.get(STATE, None)
+    if state is None or not state.options.exclude:
+        return
+    unknown = sorted(set(state.options.exclude) - set(state.builtin))
+    if unknown:
+        raise pytest.UsageError(f"--drill-exclude names no built-in check: {', '.join(unknown)}"
+                                f" (the checks: {', '.join(state.builtin)})")
+    dropped = [i for i in items if i.name in state.options.exclude]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [i for i in items if i not in dropped]
 
 
 def builtin_checks() -> tuple[str, ...]:
@@ -368,9 +384,18 @@ def evidence(request: pytest.FixtureRequest) -> Evidence:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[
         None, Any, None]:
+    state = item.config.stash.get(STATE, None)
+    if state is not None and call.when == "call":
+        # evidence as pytest's own user properties, as `record_property` would: JUnit XML
+        # and every other plugin see it (copied onto the report as it is made)
+        fn = getattr(item, "function", None)
+        item.user_properties.append(("check", _title(item.name)))
+        item.user_properties.append(("why", " ".join(((fn.__doc__ or "") if fn else "")
+                                                     .split())))
+        item.user_properties.extend(("evidence", redact(line))
+                                    for line in item.stash.get(EVIDENCE, []))
     outcome = yield
     rep: pytest.TestReport = outcome.get_result()
-    state = item.config.stash.get(STATE, None)
     if state is None:
         return
     if rep.longrepr is not None and not isinstance(rep.longrepr, tuple):
@@ -378,13 +403,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         if redact(text) != text:  # a URL with a password in a traceback: never in a report
             rep.longrepr = redact(text)
     lines: list[str] = item.stash.get(EVIDENCE, [])
-    rep.drill_evidence = tuple(lines)  # type: ignore[attr-defined]
     fn = getattr(item, "function", None)
     doc = (fn.__doc__ or "").strip() if fn else ""
     rec = state.records.setdefault(item.nodeid, {
         "name": item.name, "title": _title(item.name), "why": " ".join(doc.split()),
         "outcome": "", "duration_s": 0.0, "message": ""})
-    rep.drill_record = rec  # type: ignore[attr-defined]
     rec["duration_s"] = round(rec["duration_s"] + rep.duration, 3)
     rec["evidence"] = tuple(lines)
     if rep.when == "setup" and rep.outcome != "passed":
@@ -431,10 +454,11 @@ def pytest_html_results_table_header(cells: list[str]) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_html_results_table_row(report: pytest.TestReport, cells: list[str]) -> None:
-    rec: dict[str, Any] = getattr(report, "drill_record", {})
-    cells.insert(2, f"<td title='{html.escape(rec.get('why', ''))}'>"
-                    f"{html.escape(rec.get('title', report.nodeid))}</td>")
-    lines = getattr(report, "drill_evidence", ()) or ()
+    props = [(k, str(v)) for k, v in report.user_properties]
+    title = next((v for k, v in props if k == "check"), report.nodeid)
+    why = next((v for k, v in props if k == "why"), "")
+    lines = [v for k, v in props if k == "evidence"]
+    cells.insert(2, f"<td title='{html.escape(why)}'>{html.escape(title)}</td>")
     cells.insert(3, "<td>" + "<br>".join(html.escape(redact(x)) for x in lines) + "</td>")
 
 

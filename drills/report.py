@@ -83,12 +83,49 @@ def summary_html(r: DrillResult) -> str:
                        f"{html.escape(c.message.splitlines()[0] if c.message else '')}</li>"
                        for c in failed)
     return (
-        f"<div id='drill-verdict' style='font-size:2em;font-weight:bold;color:white;"
+        NO_SCRIPT_STYLE
+        + f"<div id='drill-verdict' style='font-size:2em;font-weight:bold;color:white;"
         f"background:{color};padding:8px 16px;display:inline-block'>Verdict: {r.verdict}</div>"
         f"<table id='drill-summary' style='margin:12px 0'>{cells}</table>"
         + (f"<h3>Failed checks</h3><ul id='drill-failures'>{failures}</ul>" if failures else "")
         + (f"<h3>Findings</h3><ul id='drill-findings'>{findings}</ul>" if findings else "")
+        + checks_html(r)
     )
+
+
+# pytest-html fills its results table with JavaScript; read without it (a wiki preview, an
+# archive, a text browser) its placeholders say "still running". The table below carries the
+# whole audit in plain HTML, and these parts are hidden where scripts do not run.
+NO_SCRIPT_STYLE = ("<noscript><style>.summary__reload, .controls, p.filter, p.run-count, "
+                   "#results-table, #environment-header, #environment {display: none}"
+                   "</style></noscript>")
+OUTCOME_COLORS = {"passed": "#1a7f37", "finding": "#9a6700", "skipped": "#57606a",
+                  "failed": "#cf222e", "error": "#cf222e"}
+
+
+def checks_html(r: DrillResult) -> str:
+    """Every check with its outcome, evidence and failure, readable with scripts off."""
+    rows = []
+    for c in r.checks:
+        color = OUTCOME_COLORS.get(c.outcome, "#57606a")
+        detail = "<br>".join(html.escape(redact(e)) for e in c.evidence)
+        if c.message and c.outcome != "passed":
+            detail += f"<pre style='white-space:pre-wrap;margin:4px 0'>" \
+                      f"{html.escape(redact(c.message))}</pre>"
+        rows.append(f"<tr><td title='{html.escape(c.why)}'><b>{html.escape(c.title)}</b>"
+                    f"<div style='color:#57606a;font-size:0.85em'>{html.escape(c.why)}</div></td>"
+                    f"<td style='color:{color};font-weight:bold'>{c.outcome.upper()}</td>"
+                    f"<td>{detail}</td></tr>")
+    for name, why in r.not_run.items():
+        if name not in {c.name for c in r.checks}:
+            rows.append(f"<tr><td><b>{html.escape(_title(name))}</b></td>"
+                        f"<td style='color:#57606a;font-weight:bold'>NOT RUN</td>"
+                        f"<td>{html.escape(why)}</td></tr>")
+    return ("<h3>Checks</h3><table id='drill-checks' style='border-collapse:collapse'>"
+            "<tr><th style='text-align:left'>Check</th><th style='text-align:left'>Result</th>"
+            "<th style='text-align:left'>Evidence</th></tr>" + "".join(rows) + "</table>"
+            "<style>#drill-checks td{border-top:1px solid #d0d7de;padding:4px 8px;"
+            "vertical-align:top}</style>")
 
 
 def to_markdown(r: DrillResult) -> str:

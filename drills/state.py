@@ -161,7 +161,8 @@ class DrillState:
     def not_run(self) -> dict[str, str]:
         """Built-in checks that did not run, with the reason."""
         outcomes = {c.name: c for c in self.checks}
-        missing = {name: "not collected (deselected or excluded)" for name in self.builtin
+        missing = {name: "excluded with --drill-exclude" if name in self.options.exclude
+                   else "not collected (deselected)" for name in self.builtin
                    if name not in outcomes}
         skipped = {c.name: c.message or "skipped" for c in self.checks
                    if c.outcome == "skipped" and (not self.builtin or c.name in self.builtin)}

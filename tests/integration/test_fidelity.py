@@ -289,3 +289,27 @@ def test_clean_backups_at_every_revision_pass_with_no_false_alarm(
             if c["outcome"] not in ("passed", "finding")}, result["not_run"])
         assert checks(result)["test_every_table_has_its_backup_time_content"] == "passed"
         assert checks(result)["test_every_object_has_its_backup_time_definition"] == "passed"
+
+
+def test_excluded_checks_are_recorded_and_evidence_reaches_junit_xml(
+    pytester: pytest.Pytester, history: tuple[ConnInfo, Path], tmp_path: Path
+) -> None:
+    _, backup_dir = history
+    newest = next(b for b in catalog.scan(backup_dir) if b.complete).path
+    junit = tmp_path / "junit.xml"
+    result = pytester.runpytest_subprocess(
+        "--backup", str(newest), "--sandbox", "local", "--schedule", "1d", "--no-record",
+        "--alembic-config", str(EXAMPLE / "alembic.ini"), "--integration-cmd", INTEGRATION,
+        "--report-dir", str(tmp_path / "reports"), "-p", "no:cacheprovider",
+        "--drill-exclude", "amcheck_finds_no_corruption", f"--junitxml={junit}")
+    assert result.ret == 10
+    [report] = (tmp_path / "reports").rglob("*-drill.json")
+    assert json.loads(report.read_text())["not_run"] == {
+        "test_amcheck_finds_no_corruption": "excluded with --drill-exclude"}
+    xml = junit.read_text()
+    assert '<property name="check" value="Every table has its backup time content"' in xml
+    assert '<property name="evidence" value="' in xml and "content checksums compared" in xml
+    unknown = pytester.runpytest_subprocess("--backup", str(newest), "--drill-exclude",
+                                            "no_such_check", "-p", "no:cacheprovider")
+    assert unknown.ret == pytest.ExitCode.USAGE_ERROR
+    unknown.stderr.fnmatch_lines(["*--drill-exclude names no built-in check: test_no_such*"])

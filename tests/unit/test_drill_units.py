@@ -148,3 +148,18 @@ def test_index_lists_drills_newest_first_with_a_trend(tmp_path: Path) -> None:
     assert page.index("FAIL") < page.index("PASS")
     assert page.count("<circle") == 1  # a failed recovery is no point on the RTO trend
     assert "1 failed recoveries not plotted" in page and "failed at checks" in page
+
+
+def test_the_summary_block_carries_every_check_without_scripts() -> None:
+    state = _state([("test_restore_completes_without_errors", "passed"),
+                    ("test_indexes_are_valid", "failed"), ("test_heartbeat", "skipped")])
+    state.builtin = ("test_restore_completes_without_errors", "test_indexes_are_valid",
+                     "test_heartbeat", "test_foreign_keys_hold_for_every_row")
+    page = report.summary_html(state.result())
+    assert "<noscript><style>" in page and "#results-table" in page
+    table = page[page.index("id='drill-checks'"):]
+    for title in ("test_restore_completes_without_errors", "test_indexes_are_valid"):
+        assert f"<b>{title}</b>" in table
+    assert "FAILED" in table and "PASSED" in table and "SKIPPED" in table
+    assert "a | b" in table and "boom" in table  # evidence and the failure text
+    assert "Foreign keys hold for every row" in table and "NOT RUN" in table
