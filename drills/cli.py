@@ -33,7 +33,7 @@ from backup_core.durations import human, parse_duration
 from backup_core.errors import AtbError, ConfigError
 from backup_core.fsutil import atomic_write_text
 from backup_core.naming import parse_stamp
-from drills import console
+from drills import console, render
 
 EXIT_CODES = """\b
 Exit codes:
@@ -484,6 +484,9 @@ def drill() -> None:
 @click.option("--strict-rpo", is_flag=True,
               help="Fail when the schedule cannot meet the RPO target (default: a finding).")
 @click.option("--no-record", is_flag=True, help="Do not record the verdict beside the backup.")
+@click.option("--pdf", is_flag=True,
+              help="Also write the report as a PDF beside the HTML, as a reader without "
+                   "JavaScript sees it (needs Chromium), for wikis that take attachments.")
 @click.option("--exclude", "exclude", multiple=True, metavar="CHECK",
               help="Leave out this built-in check (repeatable); it is listed as not run and "
                    "the verdict is INCOMPLETE, never PASS.")
@@ -498,7 +501,7 @@ def drill_run(backup: Path | None, backup_dir: Path | None, database: str | None
               alembic_config: Path | None, integration_cmd: str | None,
               integration_timeout: str, heartbeat_table: str, rto_target: str, rpo_target: str,
               schedule: str, runbook_pg_major: int | None, jobs: int | None, report_dir: Path,
-              strict_rpo: bool, no_record: bool, exclude: tuple[str, ...],
+              strict_rpo: bool, no_record: bool, pdf: bool, exclude: tuple[str, ...],
               pass_env: tuple[str, ...], as_json: bool) -> None:
     """Restore a random backup of the window (or --backup) into a sandbox, migrate it, run
     the checks and the integration command, and write the audit reports. Exits 0 on PASS."""
@@ -506,6 +509,8 @@ def drill_run(backup: Path | None, backup_dir: Path | None, database: str | None
     from drills.run import run_drill
 
     extras.require("drill", what="the restore drill")
+    if pdf:
+        render.require()
     values = {"backup": backup, "backup-dir": backup_dir, "database": database,
               "window-days": window_days, "seed": seed, "sandbox": sandbox,
               "sandbox-url": sandbox_url, "alembic-config": alembic_config,
@@ -525,6 +530,10 @@ def drill_run(backup: Path | None, backup_dir: Path | None, database: str | None
     finally:
         progress.close()
     result = run.result
+    if pdf:
+        html_path = Path(result["reports"]["html"])
+        render.render(html_path, pdf=html_path.with_suffix(".pdf"))
+        result["reports"]["pdf"] = str(html_path.with_suffix(".pdf"))
     if as_json:
         console.print_json(result)
     else:
@@ -562,6 +571,8 @@ def _drill_summary(result: dict[str, Any]) -> str:
         lines.append(f"  NOT RUN  {name.removeprefix('test_').replace('_', ' ')}: {why}")
     lines += ["", f"report: {r.reports['html']}", f"json:   {r.reports['json']}",
               f"wiki:   {r.reports['md']}"]
+    if "pdf" in r.reports:
+        lines.append(f"pdf:    {r.reports['pdf']}")
     return "\n".join(lines)
 
 

@@ -465,8 +465,8 @@ def pytest_html_results_table_row(report: pytest.TestReport, cells: list[str]) -
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(STATE, None)
-    if state is None:
-        return
+    if state is None or exitstatus == pytest.ExitCode.USAGE_ERROR:
+        return  # a mistyped option is not a drill: no report, nothing recorded
     result = state.finish_checks()
     report.write_reports(result)
     if state.options.result_file is not None:

@@ -171,7 +171,7 @@ class DrillState:
     def failed_at(self) -> str | None:
         """The recovery phase of the first failed check, in recovery order."""
         failed = [c.name for c in self.checks if c.outcome in ("failed", "error")]
-        if self.selection_error:
+        if self.selection_error or not self.checks:
             return "fetch/verify"
         if not failed:
             return None

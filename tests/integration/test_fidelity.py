@@ -313,3 +313,4 @@ def test_excluded_checks_are_recorded_and_evidence_reaches_junit_xml(
                                             "no_such_check", "-p", "no:cacheprovider")
     assert unknown.ret == pytest.ExitCode.USAGE_ERROR
     unknown.stderr.fnmatch_lines(["*--drill-exclude names no built-in check: test_no_such*"])
+    assert not (pytester.path / "reports").exists()  # a mistyped option writes no report
