@@ -85,7 +85,7 @@ def test_restore_completes_without_errors(drill_restore: RestoreOutcome,
     evidence.add(f"pg_restore {drill_restore.pg_restore_version}, {drill_restore.jobs} jobs, "
                  f"{human(drill.phases.get('restore'))}; ANALYZE "
                  f"{human(drill.phases.get('analyze'))}")
-    evidence.add(f"restored {drill.facts.get('restore_mode', '')}")
+    evidence.add(f"restored as the runbook does: {drill.facts.get('restore_mode', '')}")
 
 
 def test_every_table_has_its_backup_time_row_count(drill_backup: Backup,

@@ -268,7 +268,7 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
     with_owners = drill_sandbox.provider != "server" and bool(
         drill_backup.manifest and drill_backup.manifest.roles)
     drill.facts["restore_mode"] = (
-        "roles restored, then owners and grants" if with_owners else
+        "the backup's roles first, then owners and grants" if with_owners else
         "without owners and grants: " + ("a shared server takes no roles"
                                          if drill_sandbox.provider == "server"
                                          else "the backup carries no roles"))

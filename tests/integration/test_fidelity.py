@@ -109,7 +109,7 @@ def test_grants_to_production_only_roles_restore_in_the_drill_and_with_roles(
     done, result = drill("--backup", str(path), "--schedule", "1d", backup_dir=tmp_path / "x",
                          report_dir=tmp_path / "r")
     assert outcome(result, "test_restore_completes_without_errors")["outcome"] == "passed"
-    assert any("roles restored, then owners and grants" in e for e in
+    assert any("the backup's roles first, then owners and grants" in e for e in
                outcome(result, "test_restore_completes_without_errors")["evidence"])
     definition = outcome(result, "test_every_object_has_its_backup_time_definition")
     assert definition["outcome"] == "passed"
