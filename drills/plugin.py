@@ -78,6 +78,10 @@ def pytest_configure(config: pytest.Config) -> None:
         options = _options(config)
     except AtbError as exc:
         raise pytest.UsageError(str(exc)) from exc
+    unknown = sorted(set(options.exclude) - set(builtin_checks()))
+    if unknown:  # before anything is claimed or started: a typo writes no report
+        raise pytest.UsageError(f"--drill-exclude names no built-in check: {', '.join(unknown)}"
+                                f" (the checks: {', '.join(builtin_checks())})")
     # From here on, nothing in this process or its children sees production: not its URL,
     # not the PG* variables (kept only to recognise production and refuse it).
     detach_libpq_environment()
@@ -111,10 +115,6 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     state = config.stash.get(STATE, None)
     if state is None or not state.options.exclude:
         return
-    unknown = sorted(set(state.options.exclude) - set(state.builtin))
-    if unknown:
-        raise pytest.UsageError(f"--drill-exclude names no built-in check: {', '.join(unknown)}"
-                                f" (the checks: {', '.join(state.builtin)})")
     dropped = [i for i in items if i.name in state.options.exclude]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
@@ -466,7 +466,7 @@ def pytest_html_results_table_row(report: pytest.TestReport, cells: list[str]) -
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(STATE, None)
     if state is None or exitstatus == pytest.ExitCode.USAGE_ERROR:
-        return  # a mistyped option is not a drill: no report, nothing recorded
+        return
     result = state.finish_checks()
     report.write_reports(result)
     if state.options.result_file is not None:

@@ -98,6 +98,7 @@ class ReportPaths:
         raise AtbError(f"cannot name a report in {folder}: 999 drills started in one second")
 
 
+
 @dataclass
 class DrillState:
     options: DrillOptions
