@@ -62,32 +62,33 @@ def storage_error(exc: OSError, path: Path) -> StorageError:
     return StorageError(f"cannot write {path}: {exc.strerror or exc}")
 
 
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Create `path` (never an existing file, never through a link) with `data`, fsynced."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """A new 0600 file with `data`."""
+    try:
+        _write_new(path, data, FILE_MODE)
+    except OSError as exc:
+        raise storage_error(exc, path) from exc
+
+
 def atomic_write_text(path: Path, text: str, *, mode: int = FILE_MODE) -> None:
     """Replace `path` with `text` so that readers see the old or the new file, never half."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(3).hex()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        _write_new(tmp, text.encode(), mode)
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):  # on a read-only file system this fails too
             tmp.unlink(missing_ok=True)
-        raise storage_error(exc, path) from exc
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a new 0600 file (never an existing one, never through a link), fsynced."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as exc:
         raise storage_error(exc, path) from exc
 
 
