@@ -29,6 +29,8 @@ from drills.plugin import Evidence, RestoreOutcome
 from drills.sandbox import SandboxInfo, confirm_sandbox
 from drills.state import DrillState
 
+pytestmark = pytest.mark.drill
+
 
 def test_backup_integrity_matches_manifest(drill: DrillState, evidence: Evidence,
                                            request: pytest.FixtureRequest) -> None:

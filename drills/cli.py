@@ -488,6 +488,10 @@ def drill() -> None:
 @click.option("--pdf", is_flag=True,
               help="Also write the report as a PDF beside the HTML, as a reader without "
                    "JavaScript sees it (needs Chromium), for wikis that take attachments.")
+@click.option("--checks", "checks", multiple=True, metavar="PATH",
+              type=click.Path(exists=True, path_type=Path),
+              help="Your own drill checks (a test file or directory, repeatable), run beside "
+                   "the built-in ones against the restored copy and reported as checks.")
 @click.option("--exclude", "exclude", multiple=True, metavar="CHECK",
               help="Leave out this built-in check (repeatable); it is listed as not run and "
                    "the verdict is INCOMPLETE, never PASS.")
@@ -502,7 +506,8 @@ def drill_run(backup: Path | None, backup_dir: Path | None, database: str | None
               alembic_config: Path | None, integration_cmd: str | None,
               integration_timeout: str, heartbeat_table: str, rto_target: str, rpo_target: str,
               schedule: str, runbook_pg_major: int | None, jobs: int | None, report_dir: Path,
-              strict_rpo: bool, no_record: bool, pdf: bool, exclude: tuple[str, ...],
+              strict_rpo: bool, no_record: bool, pdf: bool, checks: tuple[Path, ...],
+              exclude: tuple[str, ...],
               pass_env: tuple[str, ...], as_json: bool) -> None:
     """Restore a random backup of the window (or --backup) into a sandbox, migrate it, run
     the checks and the integration command, and write the audit reports. Exits 0 on PASS."""
@@ -520,7 +525,8 @@ def drill_run(backup: Path | None, backup_dir: Path | None, database: str | None
               "rpo-target": rpo_target, "schedule": schedule,
               "runbook-pg-major": runbook_pg_major, "jobs": jobs, "report-dir": report_dir,
               "pass-env": ",".join(pass_env) or None,
-              "drill-exclude": ",".join(exclude) or None}
+              "drill-exclude": ",".join(exclude) or None,
+              "checks": ",".join(str(c) for c in checks) or None}
     flags = {"strict-rpo": strict_rpo, "no-record": no_record}
     options = DrillOptions.from_values(
         lambda k: None if values.get(k) is None else str(values[k]), lambda k: flags.get(k))

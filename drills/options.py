@@ -27,6 +27,9 @@ OPTIONS: tuple[tuple[str, str | None, str], ...] = (
     ("integration-cmd", None, "Command run with DATABASE_URL at the restored sandbox, e.g. "
                               "'pytest tests/integration'."),
     ("integration-timeout", "30m", "Longest the integration command may run."),
+    ("checks", None, "Comma-separated paths of your own drill checks (test files or "
+                     "directories), collected beside the built-in ones and reported as checks; "
+                     "tests marked `drill` in paths given on the command line run too."),
     ("drill-exclude", None, "Comma-separated built-in checks to leave out (their names, with or "
                             "without test_); they are listed as not run and the verdict is "
                             "INCOMPLETE, never PASS."),
@@ -77,6 +80,7 @@ class DrillOptions:
     integration_timeout_s: float = 1800
     pass_env: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    checks: tuple[Path, ...] = ()
     heartbeat_table: str = "system_events"
     rto_target_s: float = 3600
     rpo_target_s: float = 900
@@ -122,6 +126,7 @@ class DrillOptions:
             integration_cmd=get("integration-cmd") or None,
             integration_timeout_s=parse_duration(get("integration-timeout") or "30m"),
             pass_env=check_pass_env((get("pass-env") or "").replace(",", " ").split()),
+            checks=tuple(Path(p) for p in (get("checks") or "").split(",") if p.strip()),
             exclude=tuple(n if n.startswith("test_") else f"test_{n}" for n in
                           (get("drill-exclude") or "").replace(",", " ").split()),
             heartbeat_table=get("heartbeat-table") or "system_events",
@@ -150,6 +155,9 @@ class DrillOptions:
                 args += [] if value else ["--no-record"]
             elif f.name == "pass_env":
                 args += [f"--{name}={','.join(value)}"] if value else []
+            elif f.name == "checks":
+                args += [f"--checks={','.join(str(p.resolve()) for p in value)}"] if value \
+                    else []
             elif f.name == "exclude":
                 args += [f"--drill-exclude={','.join(value)}"] if value else []
             elif value is not None:

@@ -34,6 +34,7 @@ from drills.options import FLAGS, OPTIONS, DrillOptions
 from drills.state import INCOMPLETE, DrillState, ReportPaths
 
 STATE = pytest.StashKey[DrillState]()
+USER_CHECKS = pytest.StashKey[tuple[Path, ...]]()
 EXIT_INCOMPLETE = 10  # a built-in check did not run: not a pass, not a failure
 EVIDENCE = pytest.StashKey[list[str]]()
 CHECKS_MODULE = Path(__file__).with_name("checks.py")
@@ -72,6 +73,8 @@ def _options(config: pytest.Config) -> DrillOptions:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "drill: a restore-drill check, run by `atb drill run` "
+                                       "and `pytest --drill` beside the built-in checks")
     if not _active(config):
         return
     try:
@@ -102,7 +105,14 @@ def pytest_configure(config: pytest.Config) -> None:
     state.production_before = guard.observe(production)
     state.builtin = builtin_checks()
     config.stash[STATE] = state
-    config.args[:] = [str(CHECKS_MODULE)]
+    # The built-in checks, the user's own check paths, and what the command line named (where
+    # only tests marked `drill` run): never the project's whole test suite.
+    missing = [p for p in options.checks if not p.exists()]
+    if missing:
+        raise pytest.UsageError(f"--checks: no such file or directory: {missing[0]}")
+    named = list(config.args) if config.args_source == pytest.Config.ArgsSource.ARGS else []
+    config.stash[USER_CHECKS] = tuple(p.resolve() for p in options.checks)
+    config.args[:] = [str(CHECKS_MODULE), *(str(p) for p in options.checks), *named]
     if hasattr(config.option, "htmlpath"):
         config.option.htmlpath = str(state.paths.html)
         config.option.self_contained_html = True
@@ -111,11 +121,22 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
                                    items: list[pytest.Item]) -> None:
-    """Leave out the built-in checks named by --drill-exclude (the report says so)."""
+    """Keep the drill's checks: the built-in ones (less --drill-exclude), everything under
+    --checks, and elsewhere only tests marked `drill`."""
     state = config.stash.get(STATE, None)
-    if state is None or not state.options.exclude:
+    if state is None:
         return
-    dropped = [i for i in items if i.name in state.options.exclude]
+    own = config.stash.get(USER_CHECKS, ())
+
+    def is_check(item: pytest.Item) -> bool:
+        path = Path(str(item.path)).resolve()
+        if path == CHECKS_MODULE.resolve():
+            return item.name not in state.options.exclude
+        if any(path == p or p in path.parents for p in own):
+            return True
+        return item.get_closest_marker("drill") is not None
+
+    dropped = [i for i in items if not is_check(i)]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = [i for i in items if i not in dropped]

@@ -314,3 +314,46 @@ def test_excluded_checks_are_recorded_and_evidence_reaches_junit_xml(
     assert unknown.ret == pytest.ExitCode.USAGE_ERROR
     unknown.stderr.fnmatch_lines(["*--drill-exclude names no built-in check: test_no_such*"])
     assert not (pytester.path / "reports").exists()  # a mistyped option writes no report
+
+
+USER_CHECK = '''
+import pytest
+from sqlalchemy import text
+
+pytestmark = pytest.mark.drill
+
+
+def test_every_heartbeat_has_a_type(drill_engine):
+    """A heartbeat without a type is invisible to monitoring."""
+    with drill_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM system_events WHERE type IS NULL")
+                            ).scalar() == 0
+'''
+
+
+def test_users_own_checks_run_beside_the_builtins_and_decide_the_verdict(
+    pytester: pytest.Pytester, history: tuple[ConnInfo, Path], tmp_path: Path
+) -> None:
+    _, backup_dir = history
+    newest = next(b for b in catalog.scan(backup_dir) if b.complete).path
+    checks_dir = pytester.path / "tests" / "drill"
+    checks_dir.mkdir(parents=True)
+    (checks_dir / "test_custom.py").write_text(USER_CHECK)
+    (pytester.path / "tests" / "test_unmarked.py").write_text(
+        "def test_ordinary_unit_test():\n    assert False, 'not a drill check'\n")
+    result = pytester.runpytest_subprocess(
+        "--backup", str(newest), "--sandbox", "local", "--schedule", "1d", "--no-record",
+        "--report-dir", str(tmp_path / "reports"), "-p", "no:cacheprovider", "tests")
+    assert "test_ordinary_unit_test" not in result.stdout.str()
+    [report] = (tmp_path / "reports").rglob("*-drill.json")
+    custom = next(c for c in json.loads(report.read_text())["checks"]
+                  if c["name"] == "test_every_heartbeat_has_a_type")
+    assert custom["outcome"] == "passed"
+    assert custom["why"] == "A heartbeat without a type is invisible to monitoring."
+    failing = tmp_path / "failing_check.py"
+    failing.write_text(USER_CHECK.replace("== 0", "== -1"))
+    done, drilled = drill("--backup", str(newest), "--schedule", "1d", "--no-record",
+                          "--checks", str(failing), backup_dir=backup_dir,
+                          report_dir=tmp_path / "r2")
+    assert done.returncode == 1 and drilled["verdict"] == "FAIL"
+    assert outcome(drilled, "test_every_heartbeat_has_a_type")["outcome"] == "failed"
