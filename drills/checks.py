@@ -26,6 +26,7 @@ from backup_core.runner import run
 from backup_core.verify import VerifyResult
 from drills.failures import CheckFailed
 from drills.plugin import Evidence, RestoreOutcome
+from drills.result import IntegrationFacts, RpoFacts
 from drills.sandbox import SandboxInfo, confirm_sandbox
 from drills.state import DrillState
 
@@ -355,9 +356,9 @@ def test_schedule_meets_the_rpo_target(drill: DrillState, drill_policy: status.S
     s = drill_policy
     target = drill.options.rpo_target_s
     if s.backups < 2:
-        drill.facts["rpo"] = {"target_s": target, "largest_gap_s": None, "met": None,
-                              "summary": f"target {human(target)}; unknown: {s.backups} complete "
-                                         "backups, and a gap needs two"}
+        drill.rpo = RpoFacts(target_s=target, summary=f"target {human(target)}; unknown: "
+                                                      f"{s.backups} complete backups, and a "
+                                                      "gap needs two")
         pytest.skip(f"RPO unknown: {s.backups} complete backups in the tree, and the data you "
                     "may lose is the gap between two")
     worst = s.largest_gap_s or 0.0
@@ -365,8 +366,8 @@ def test_schedule_meets_the_rpo_target(drill: DrillState, drill_policy: status.S
     summary = (f"target {human(target)}; worst case data loss {human(worst)} (largest gap "
                f"between backups over {s.window_days:g} days): "
                + ("met" if met else "NOT MET"))
-    drill.facts["rpo"] = {"target_s": target, "largest_gap_s": s.largest_gap_s,
-                          "newest_age_s": s.newest_age_s, "met": met, "summary": summary}
+    drill.rpo = RpoFacts(target_s=target, largest_gap_s=s.largest_gap_s,
+                         newest_age_s=s.newest_age_s, met=met, summary=summary)
     evidence.add(summary)
     if met:
         return
@@ -428,9 +429,9 @@ def test_application_integration_suite_passes(drill: DrillState, drill_final_url
                 code, out = 124, f"timed out after {human(exc.timeout)}"
         cases = _junit_cases(junit)
     tail = _scrub("\n".join(out.splitlines()[-40:]), drill_final_url)
-    drill.integration = {"command": command, "exit_code": code,
-                         "duration_s": round(time.monotonic() - t0, 3), "output_tail": tail,
-                         "cases": cases}
+    drill.integration = IntegrationFacts(command=command, exit_code=code,
+                                         duration_s=round(time.monotonic() - t0, 3),
+                                         output_tail=tail, cases=tuple(cases))
     passed = sum(1 for c in cases if c["outcome"] == "passed")
     evidence.add(f"`{command}` exited {code} in {human(time.monotonic() - t0)}"
                  + (f"; {passed}/{len(cases)} test cases passed" if cases else ""))

@@ -559,13 +559,9 @@ def _drill_line(progress: console.Progress, line: str) -> None:
 
 def _drill_summary(result: dict[str, Any]) -> str:
     from drills.report import summary_rows
-    from drills.state import CheckRecord, DrillResult
+    from drills.result import DrillResult
 
-    checks = tuple(CheckRecord(**{**c, "evidence": tuple(c["evidence"])})
-                   for c in result["checks"])
-    fields = {k: v for k, v in result.items() if k in DrillResult.__dataclass_fields__}
-    r = DrillResult(**{**fields, "checks": checks, "findings": tuple(result["findings"]),
-                       "not_run": result.get("not_run", {})})
+    r = DrillResult.from_dict(result)
     lines = [f"{k + ':':<14} {v}" for k, v in summary_rows(r)]
     lines.append("")
     for c in r.checks:

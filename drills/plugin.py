@@ -31,6 +31,7 @@ from backup_core.verdicts import DrillVerdict, record_drill
 from backup_core.verify import VerifyResult, verify_backup
 from drills import pick, report, sandbox
 from drills.options import FLAGS, OPTIONS, DrillOptions
+from drills.result import AlembicFacts, SandboxFacts
 from drills.state import INCOMPLETE, DrillState, ReportPaths
 
 STATE = pytest.StashKey[DrillState]()
@@ -268,9 +269,9 @@ def drill_sandbox(drill: DrillState, drill_backup: Backup, drill_integrity: Veri
         info = manager.__enter__()
     os.environ["DATABASE_URL"] = info.url.app_url(
         drill.production.dialect if drill.production else "")
-    drill.facts["sandbox"] = {"provider": info.provider, "server_version": info.server_version,
-                              "database": info.dbname, "identity": str(info.identity),
-                              "url": info.url.redacted}
+    drill.sandbox = SandboxFacts(provider=info.provider, server_version=info.server_version,
+                                 database=info.dbname, identity=str(info.identity),
+                                 url=info.url.redacted)
     try:
         yield info
     finally:
@@ -351,9 +352,9 @@ def drill_migration(drill: DrillState, drill_url: ConnInfo,
         drill.facts["production_after_migrate"] = guard.confirm_unchanged(production, before)
     except ProductionTouched as exc:
         drill.facts["production_touched"] = str(exc)
-    drill.facts["alembic"] = {"before": result.before, "after": result.after,
-                              "heads": list(result.heads), "ok": result.ok,
-                              "duration_s": result.duration_s}
+    drill.alembic = AlembicFacts(before=result.before, after=result.after,
+                                 heads=tuple(result.heads), ok=result.ok,
+                                 duration_s=result.duration_s)
     return result
 
 
@@ -496,7 +497,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         try:
             record_drill(state.backup.path, DrillVerdict(
                 passed=result.passed, at=result.finished_at, report=str(state.paths.html),
-                rto_s=result.rto.get("measured_s"), verdict=result.verdict,
+                rto_s=result.rto.measured_s, verdict=result.verdict,
                 failed_checks=tuple(c.name for c in result.checks
                                     if c.outcome in ("failed", "error"))))
         except AtbError as exc:

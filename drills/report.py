@@ -7,13 +7,13 @@ import html
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from backup_core.conninfo import redact
 from backup_core.durations import human
 from backup_core.fsutil import atomic_write_text, make_dirs
 from drills.console import size
-from drills.state import RTO_PHASES, DrillResult
+from drills.result import SCHEMA_ID, DrillResult, RtoFacts
+from drills.state import RTO_PHASES
 
 
 def to_json(result: DrillResult) -> str:
@@ -26,22 +26,22 @@ def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
     rows = [
         ("Verdict", r.verdict),
         ("Database", r.database),
-        ("Backup", b.get("path") or "-"),
-        ("Selection", b.get("selection_error") or b.get("selection") or "-"),
-        ("Backup taken", f"{b.get('taken_at') or '-'} ({human(b.get('age_s'))} before the drill)"),
-        ("Size / SHA-256", f"{size(b.get('size_bytes'))} / {b.get('sha256') or '-'}"),
-        ("Source", f"PostgreSQL {b.get('source_server_version') or '-'}, dumped by pg_dump "
-                   f"{b.get('pg_dump_version') or '-'}"),
-        ("Sandbox", f"{sb.get('provider', '-')} PostgreSQL {sb.get('server_version', '-')}"),
-        ("Alembic", f"{a.get('before') or '-'} -> {a.get('after') or '-'} "
-                    f"(script head {', '.join(a.get('heads', [])) or '-'})"),
-        ("Data", f"{b.get('rows') if b.get('rows') is not None else '-'} rows in "
-                 f"{b.get('tables') if b.get('tables') is not None else '-'} tables "
-                 f"(counts {b.get('row_counts_mode') or '-'} at backup time)"),
+        ("Backup", b.path or "-"),
+        ("Selection", b.selection_error or b.selection or "-"),
+        ("Backup taken", f"{b.taken_at or '-'} ({human(b.age_s)} before the drill)"),
+        ("Size / SHA-256", f"{size(b.size_bytes)} / {b.sha256 or '-'}"),
+        ("Source", f"PostgreSQL {b.source_server_version or '-'}, dumped by pg_dump "
+                   f"{b.pg_dump_version or '-'}"),
+        ("Sandbox", f"{sb.provider} PostgreSQL {sb.server_version}"),
+        ("Alembic", f"{a.before or '-'} -> {a.after or '-'} "
+                    f"(script head {', '.join(a.heads) or '-'})"),
+        ("Data", f"{b.rows if b.rows is not None else '-'} rows in "
+                 f"{b.tables if b.tables is not None else '-'} tables "
+                 f"(counts {b.row_counts_mode or '-'} at backup time)"),
         ("RTO", rto_text(rto)),
-        ("RTO phases", ", ".join(f"{k} {human(rto['phases'][k])}" for k in RTO_PHASES
-                                 if k in rto.get("phases", {})) or "-"),
-        ("RPO", rpo.get("summary") or f"target {human(rpo.get('target_s'))}"),
+        ("RTO phases", ", ".join(f"{k} {human(rto.phases[k])}" for k in RTO_PHASES
+                                 if k in rto.phases) or "-"),
+        ("RPO", rpo.summary or f"target {human(rpo.target_s)}"),
         ("Seed", str(r.seed)),
         ("Drill", f"{r.started_at} to {r.finished_at}"),
     ]
@@ -49,18 +49,18 @@ def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
         rows.insert(1, ("Not run", "; ".join(f"{_title(k)}: {v}" for k, v in r.not_run.items())))
     if r.integration:
         i = r.integration
-        rows.append(("Integration", f"`{i.get('command')}` exit {i.get('exit_code')} in "
-                                    f"{human(i.get('duration_s'))}"))
+        rows.append(("Integration", f"`{i.command}` exit {i.exit_code} in "
+                                    f"{human(i.duration_s)}"))
     return rows
 
 
-def rto_text(rto: dict[str, Any]) -> str:
+def rto_text(rto: RtoFacts) -> str:
     """The RTO line: a time only for a recovery that completed."""
-    if rto.get("failed_at") or rto.get("measured_s") is None:
-        return (f"not measured: the recovery failed at {rto.get('failed_at') or 'an early phase'}"
-                f" (target {human(rto.get('target_s'))})")
-    return (f"{human(rto.get('measured_s'))} measured, target {human(rto.get('target_s'))}: "
-            f"{'met' if rto.get('met') else 'NOT MET'}")
+    if rto.failed_at or rto.measured_s is None:
+        return (f"not measured: the recovery failed at {rto.failed_at or 'an early phase'}"
+                f" (target {human(rto.target_s)})")
+    return (f"{human(rto.measured_s)} measured, target {human(rto.target_s)}: "
+            f"{'met' if rto.met else 'NOT MET'}")
 
 
 def _title(name: str) -> str:
@@ -158,28 +158,32 @@ def write_reports(r: DrillResult) -> None:
     write_index(json_path.parent.parent)
 
 
-def load_results(report_dir: Path) -> list[dict[str, Any]]:
+def load_results(report_dir: Path) -> list[tuple[DrillResult, str]]:
+    """Every drill report under `report_dir`, newest first, with its HTML's relative path."""
     found = []
     for path in report_dir.glob("*/*-drill.json"):
         try:
             data = json.loads(path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             continue
-        if data.get("schema") == "atb.drill-report":
-            data["_html"] = str(path.with_suffix(".html").relative_to(report_dir))
-            found.append(data)
-    return sorted(found, key=lambda d: d.get("started_at", ""), reverse=True)
+        if isinstance(data, dict) and data.get("schema") == SCHEMA_ID:
+            try:
+                result = DrillResult.from_dict(data)
+            except (TypeError, ValueError):
+                continue
+            found.append((result, str(path.with_suffix(".html").relative_to(report_dir))))
+    return sorted(found, key=lambda pair: pair[0].started_at, reverse=True)
 
 
-def rto_chart(results: list[dict[str, Any]], width: int = 640, height: int = 160) -> str:
-    """An inline SVG of measured RTO over time (oldest left), with the target as a line."""
-    points = [(str(d["started_at"]), float(d["rto"]["measured_s"])) for d in reversed(results)
-              if d.get("rto") and d["rto"].get("measured_s") is not None
-              and not d["rto"].get("failed_at")]
-    failed = sum(1 for d in results if d.get("rto", {}).get("failed_at"))
+def rto_chart(results: list[DrillResult], width: int = 640, height: int = 160) -> str:
+    """An inline SVG of the measured RTO of completed recoveries over time (oldest left),
+    with the target as a line; failed recoveries have no RTO and are counted, not plotted."""
+    points = [(r.started_at, float(r.rto.measured_s)) for r in reversed(results)
+              if r.rto.measured_s is not None and not r.rto.failed_at]
+    failed = sum(1 for r in results if r.rto.failed_at)
     if not points:
         return "<p>No completed recovery yet" + (f" ({failed} failed)" if failed else "") + ".</p>"
-    target = max((d["rto"].get("target_s") or 0) for d in results)
+    target = max(r.rto.target_s for r in results)
     top = max(max(v for _, v in points), 1e-6) * 1.2
     step = (width - 40) / max(len(points) - 1, 1)
 
@@ -201,29 +205,28 @@ def rto_chart(results: list[dict[str, Any]], width: int = 640, height: int = 160
             f"{dots}{target_line}</svg>")
 
 
-def _rto_cell(rto: dict[str, Any]) -> str:
-    return f"failed at {rto['failed_at']}" if rto.get("failed_at") else human(
-        rto.get("measured_s"))
+def _rto_cell(rto: RtoFacts) -> str:
+    return f"failed at {rto.failed_at}" if rto.failed_at else human(rto.measured_s)
 
 
 def write_index(report_dir: Path) -> Path:
-    results = load_results(report_dir)
+    pairs = load_results(report_dir)
     rows = "".join(
-        f"<tr><td>{html.escape(d['started_at'])}</td><td>{html.escape(d['database'])}</td>"
-        f"<td style='color:{COLORS.get(d['verdict'], '#cf222e')};"
-        f"font-weight:bold'>{html.escape(str(d['verdict']))}</td>"
-        f"<td>{html.escape(str(d['backup'].get('taken_at') or '-'))}</td>"
-        f"<td>{html.escape(_rto_cell(d['rto']))}</td>"
-        f"<td>{html.escape(str(d['alembic'].get('before') or '-'))} &rarr; "
-        f"{html.escape(str(d['alembic'].get('after') or '-'))}</td>"
-        f"<td><a href='{html.escape(d['_html'])}'>report</a></td></tr>"
-        for d in results)
+        f"<tr><td>{html.escape(r.started_at)}</td><td>{html.escape(r.database)}</td>"
+        f"<td style='color:{COLORS.get(r.verdict, '#cf222e')};"
+        f"font-weight:bold'>{html.escape(r.verdict)}</td>"
+        f"<td>{html.escape(r.backup.taken_at or '-')}</td>"
+        f"<td>{html.escape(_rto_cell(r.rto))}</td>"
+        f"<td>{html.escape(r.alembic.before or '-')} &rarr; "
+        f"{html.escape(r.alembic.after or '-')}</td>"
+        f"<td><a href='{html.escape(link)}'>report</a></td></tr>"
+        for r, link in pairs)
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Restore drills</title>"
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;"
         "border-bottom:1px solid #ddd;text-align:left}</style></head><body>"
-        f"<h1>Restore drills</h1><p>{len(results)} drills, newest first.</p>"
-        f"{rto_chart(results)}"
+        f"<h1>Restore drills</h1><p>{len(pairs)} drills, newest first.</p>"
+        f"{rto_chart([r for r, _ in pairs])}"
         "<table><tr><th>Drill (UTC)</th><th>Database</th><th>Verdict</th><th>Backup taken</th>"
         f"<th>RTO</th><th>Alembic</th><th></th></tr>{rows}</table></body></html>\n")
     path = report_dir / "index.html"

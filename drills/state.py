@@ -18,9 +18,17 @@ from backup_core.fsutil import make_dirs
 from backup_core.guard import Observation
 from backup_core.naming import dir_name
 from drills.options import DrillOptions
+from drills.result import (
+    AlembicFacts,
+    BackupFacts,
+    CheckRecord,
+    DrillResult,
+    IntegrationFacts,
+    RpoFacts,
+    RtoFacts,
+    SandboxFacts,
+)
 
-SCHEMA_ID = "atb.drill-report"
-SCHEMA_VERSION = 1
 # Phases that make up the measured RTO, in the order a real recovery goes through them.
 RTO_PHASES = ("fetch/verify", "sandbox start", "restore", "analyze", "migrate", "checks")
 # The phase a failing built-in check stops a recovery in (any other: "checks").
@@ -32,43 +40,6 @@ CHECK_PHASES = {
     "test_alembic_upgrade_head_reaches_the_script_head": "migrate",
 }
 PASS, FAIL, INCOMPLETE = "PASS", "FAIL", "INCOMPLETE"
-
-
-@dataclass(frozen=True)
-class CheckRecord:
-    name: str
-    title: str
-    why: str
-    outcome: str  # passed, failed, error, skipped, finding
-    duration_s: float
-    evidence: tuple[str, ...]
-    message: str
-
-
-@dataclass(frozen=True)
-class DrillResult:
-    verdict: str
-    database: str
-    started_at: str
-    finished_at: str
-    seed: int
-    backup: dict[str, Any]
-    sandbox: dict[str, Any]
-    alembic: dict[str, Any]
-    rto: dict[str, Any]
-    rpo: dict[str, Any]
-    integration: dict[str, Any] | None
-    not_run: dict[str, str]
-    checks: tuple[CheckRecord, ...]
-    findings: tuple[str, ...]
-    reports: dict[str, str]
-    options: dict[str, Any]
-    schema: str = SCHEMA_ID
-    schema_version: int = SCHEMA_VERSION
-
-    @property
-    def passed(self) -> bool:
-        return self.verdict == "PASS"
 
 
 @dataclass
@@ -113,7 +84,10 @@ class DrillState:
     # per test node id, filled as reports arrive; `finish_checks` turns them into `checks`
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     findings: list[str] = field(default_factory=list)
-    integration: dict[str, Any] | None = None
+    integration: IntegrationFacts | None = None
+    sandbox: SandboxFacts | None = None
+    alembic: AlembicFacts | None = None
+    rpo: RpoFacts | None = None
     checks_started: float | None = None
     production_before: Observation | None = None
     # names of the built-in checks: each must run and pass for a PASS
@@ -190,33 +164,33 @@ class DrillState:
             started_at=self.started_at.isoformat(timespec="seconds"),
             finished_at=now.isoformat(timespec="seconds"),
             seed=self.options.seed,
-            backup={
-                "path": str(b.path) if b else None,
-                "taken_at": b.taken_at.isoformat() if b and b.taken_at else None,
-                "age_s": round(age, 1) if age is not None else None,
-                "size_bytes": b.size if b else None,
-                "sha256": m.sha256 if m else None,
-                "pg_dump_version": m.pg_dump_version if m else None,
-                "source_server_version": m.server_version if m else None,
-                "alembic_revision": m.alembic_revision if m else None,
-                "tables": len(m.row_counts) if m else None,
-                "rows": sum(m.row_counts.values()) if m else None,
-                "row_counts_mode": m.row_counts_mode if m else None,
-                "selection": "given with --backup" if self.options.backup else
-                             f"random among {self.facts.get('eligible', '?')} complete backups "
-                             f"of the last {self.options.window_days:g} days (seed "
-                             f"{self.options.seed})",
-                "selection_error": self.selection_error,
-            },
-            sandbox=self.facts.get("sandbox", {}),
-            alembic=self.facts.get("alembic", {}),
-            rto={"measured_s": None if self.failed_at() else self.rto_s(),
-                 "target_s": self.options.rto_target_s,
-                 "met": None if self.failed_at() else self.rto_s() <= self.options.rto_target_s,
-                 "failed_at": self.failed_at(),
-                 "phases": {p: self.phases[p] for p in RTO_PHASES if p in self.phases},
-                 "other_phases": {p: v for p, v in self.phases.items() if p not in RTO_PHASES}},
-            rpo=self.facts.get("rpo", {"target_s": self.options.rpo_target_s}),
+            backup=BackupFacts(
+                path=str(b.path) if b else None,
+                taken_at=b.taken_at.isoformat() if b and b.taken_at else None,
+                age_s=round(age, 1) if age is not None else None,
+                size_bytes=b.size if b else None,
+                sha256=m.sha256 if m else None,
+                pg_dump_version=m.pg_dump_version if m else None,
+                source_server_version=m.server_version if m else None,
+                alembic_revision=m.alembic_revision if m else None,
+                tables=len(m.row_counts) if m else None,
+                rows=sum(m.row_counts.values()) if m else None,
+                row_counts_mode=m.row_counts_mode if m else None,
+                selection="given with --backup" if self.options.backup else
+                          f"random among {self.facts.get('eligible', '?')} complete backups "
+                          f"of the last {self.options.window_days:g} days (seed "
+                          f"{self.options.seed})",
+                selection_error=self.selection_error),
+            sandbox=self.sandbox or SandboxFacts(),
+            alembic=self.alembic or AlembicFacts(),
+            rto=RtoFacts(
+                measured_s=None if self.failed_at() else self.rto_s(),
+                target_s=self.options.rto_target_s,
+                met=None if self.failed_at() else self.rto_s() <= self.options.rto_target_s,
+                failed_at=self.failed_at(),
+                phases={p: self.phases[p] for p in RTO_PHASES if p in self.phases},
+                other_phases={p: v for p, v in self.phases.items() if p not in RTO_PHASES}),
+            rpo=self.rpo or RpoFacts(target_s=self.options.rpo_target_s),
             integration=self.integration,
             not_run=self.not_run(),
             checks=tuple(self.checks),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from backup_core.catalog import COMPLETE, NO_MANIFEST, Backup
 from backup_core.errors import AtbError, ConfigError
 from drills import pick, report, sandbox
 from drills.options import DrillOptions
-from drills.state import CheckRecord, DrillState, ReportPaths
+from drills.result import CheckRecord, DrillResult
+from drills.state import DrillState, ReportPaths
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -116,15 +118,15 @@ def test_a_skipped_or_deselected_builtin_check_makes_the_verdict_incomplete() ->
     assert deselected.verdict() == "INCOMPLETE"
     assert "test_sequences_are_ahead_of_their_columns" in deselected.not_run()
     result = deselected.result()
-    assert result.rto["met"] is True and result.not_run  # completed: RTO measured
+    assert result.rto.met is True and result.not_run  # completed: RTO measured
     assert "Not run" in report.to_markdown(result)
 
 
 def test_a_failed_recovery_has_no_rto_only_the_phase_it_failed_in() -> None:
     failed = _state([("test_restore_completes_without_errors", "failed"), ("y", "passed")])
     result = failed.result()
-    assert result.rto["measured_s"] is None and result.rto["met"] is None
-    assert result.rto["failed_at"] == "restore"
+    assert result.rto.measured_s is None and result.rto.met is None
+    assert result.rto.failed_at == "restore"
     assert "not measured: the recovery failed at restore" in report.to_markdown(result)
 
 
@@ -163,3 +165,17 @@ def test_the_summary_block_carries_every_check_without_scripts() -> None:
     assert "FAILED" in table and "PASSED" in table and "SKIPPED" in table
     assert "a | b" in table and "boom" in table  # evidence and the failure text
     assert "Foreign keys hold for every row" in table and "NOT RUN" in table
+
+
+def test_a_result_reads_back_from_its_json_unchanged() -> None:
+    """The CLI reads its pytest child's result through `from_dict`: what the report says
+    must survive the round trip, and an earlier v1 report (fewer fields) must still read."""
+    state = _state([("test_restore_completes_without_errors", "failed"), ("y", "passed")])
+    result = state.result()
+    again = DrillResult.from_dict(json.loads(report.to_json(result)))
+    assert again == result
+    old = json.loads(report.to_json(result))
+    for key in ("not_run",):
+        old.pop(key)
+    old["rto"].pop("failed_at")
+    assert DrillResult.from_dict(old).verdict == "FAIL"

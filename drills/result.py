@@ -1,0 +1,142 @@
+"""The frozen result of a drill: typed records that the reports render and the JSON report
+carries (`atb.drill-report` v1; its shape is unchanged by the typing). `DrillResult.from_dict`
+reads a JSON report back, as the CLI does with its pytest child's result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+SCHEMA_ID = "atb.drill-report"
+SCHEMA_VERSION = 1
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class CheckRecord:
+    name: str = ""
+    title: str = ""
+    why: str = ""
+    outcome: str = "error"  # passed, failed, error, skipped, finding
+    duration_s: float = 0.0
+    evidence: tuple[str, ...] = ()
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class BackupFacts:
+    path: str | None = None
+    taken_at: str | None = None
+    age_s: float | None = None
+    size_bytes: int | None = None
+    sha256: str | None = None
+    pg_dump_version: str | None = None
+    source_server_version: str | None = None
+    alembic_revision: str | None = None
+    tables: int | None = None
+    rows: int | None = None
+    row_counts_mode: str | None = None
+    selection: str = ""
+    selection_error: str | None = None
+
+
+@dataclass(frozen=True)
+class SandboxFacts:
+    provider: str = "-"
+    server_version: str = "-"
+    database: str = ""
+    identity: str = ""
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class AlembicFacts:
+    before: str | None = None
+    after: str | None = None
+    heads: tuple[str, ...] = ()
+    ok: bool | None = None
+    duration_s: float | None = None
+
+
+@dataclass(frozen=True)
+class RtoFacts:
+    """measured_s and met are None for a recovery that failed (failed_at says where)."""
+
+    target_s: float = 0.0
+    measured_s: float | None = None
+    met: bool | None = None
+    failed_at: str | None = None
+    phases: dict[str, float] = field(default_factory=dict)
+    other_phases: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RpoFacts:
+    """met is None when it cannot be judged (fewer than two backups)."""
+
+    target_s: float = 0.0
+    largest_gap_s: float | None = None
+    newest_age_s: float | None = None
+    met: bool | None = None
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class IntegrationFacts:
+    command: str = ""
+    exit_code: int = 0
+    duration_s: float = 0.0
+    output_tail: str = ""
+    cases: tuple[dict[str, Any], ...] = ()
+
+
+def build(cls: type[T], data: object) -> T:
+    """A record from a JSON object: known fields only, lists as tuples, the rest defaulted."""
+    values = data if isinstance(data, dict) else {}
+    kwargs = {f.name: tuple(values[f.name]) if isinstance(values[f.name], list)
+              else values[f.name] for f in fields(cls) if f.name in values}  # type: ignore
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class DrillResult:
+    verdict: str
+    database: str
+    started_at: str
+    finished_at: str
+    seed: int
+    backup: BackupFacts
+    sandbox: SandboxFacts
+    alembic: AlembicFacts
+    rto: RtoFacts
+    rpo: RpoFacts
+    integration: IntegrationFacts | None
+    not_run: dict[str, str]
+    checks: tuple[CheckRecord, ...]
+    findings: tuple[str, ...]
+    reports: dict[str, str]
+    options: dict[str, Any]
+    schema: str = SCHEMA_ID
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "PASS"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DrillResult:
+        """Read a JSON report back (tolerating the fields of earlier v1 reports)."""
+        integration = data.get("integration")
+        return cls(
+            verdict=str(data.get("verdict", "FAIL")), database=str(data.get("database", "")),
+            started_at=str(data.get("started_at", "")),
+            finished_at=str(data.get("finished_at", "")), seed=int(data.get("seed", 0)),
+            backup=build(BackupFacts, data.get("backup")),
+            sandbox=build(SandboxFacts, data.get("sandbox")),
+            alembic=build(AlembicFacts, data.get("alembic")),
+            rto=build(RtoFacts, data.get("rto")), rpo=build(RpoFacts, data.get("rpo")),
+            integration=build(IntegrationFacts, integration) if integration else None,
+            not_run=dict(data.get("not_run") or {}),
+            checks=tuple(build(CheckRecord, c) for c in data.get("checks") or ()),
+            findings=tuple(data.get("findings") or ()),
+            reports=dict(data.get("reports") or {}), options=dict(data.get("options") or {}))
