@@ -34,6 +34,7 @@ from backup_core.errors import AtbError, ConfigError
 from backup_core.fsutil import atomic_write_text
 from backup_core.naming import parse_stamp
 from drills import console, render
+from drills.options import OPTIONS, Option
 
 EXIT_CODES = """\b
 Exit codes:
@@ -445,91 +446,72 @@ def db_status(backup_dir: Path, database: str | None, schedule: str, rpo: str, w
 
 # -- drill --------------------------------------------------------------------------------------
 
+def drill_settings(command: F) -> F:
+    """`atb drill run`'s options, made from the one declaration of each (`drills.options`),
+    as the pytest plugin makes its options and ini keys from the same table."""
+    for o in reversed([o for o in OPTIONS if o.cli]):
+        command = click.option(f"--{o.flag}", o.flag.replace("-", "_"),
+                               **_click_settings(o))(command)
+    return command
+
+
+def _click_settings(o: Option) -> dict[str, Any]:
+    kw: dict[str, Any] = {"help": o.help}
+    if o.metavar:
+        kw["metavar"] = o.metavar
+    if o.envvar:
+        kw.update(envvar=o.envvar, show_envvar=True)
+    if o.kind == "flag":
+        return {**kw, "is_flag": True}
+    if o.kind in ("list", "paths"):
+        kw.update(multiple=True, help=o.help + " (repeatable)")
+    types: dict[str, Any] = {
+        "file": click.Path(dir_okay=False, path_type=Path),
+        "dir": click.Path(file_okay=False, path_type=Path),
+        "paths": click.Path(exists=True, path_type=Path), "int": int,
+        "count": click.IntRange(min=1), "days": DAYS, "choice": click.Choice(o.choices)}
+    if o.kind in types:
+        kw["type"] = types[o.kind]
+    if o.kind == "days":
+        kw["callback"] = _days
+    if o.default is not None:
+        kw["default"] = float(o.default) if o.kind == "days" else o.default
+    return kw
+
 @cli.group(epilog=EXIT_CODES)
 def drill() -> None:
     """Restore drills: prove that a backup restores, migrates and serves the application."""
 
 
 @drill.command("run", epilog=EXIT_CODES)
-@click.option("--backup", type=click.Path(dir_okay=False, path_type=Path),
-              help="Drill this dump instead of a random pick from the window.")
-@click.option("--backup-dir", envvar="BACKUP_DIR", show_envvar=True,
-              type=click.Path(file_okay=False, path_type=Path),
-              help="Root of the backup tree.  [default: with --backup, the tree that holds it; "
-                   "else ./backups]")
-@click.option("--database", metavar="NAME", help="Database to drill when the tree holds several.")
-@click.option("--window-days", default=90.0, type=DAYS, callback=_days,
-              help="Pick among complete backups of the last N days.")
-@click.option("--seed", type=int, help="Seed of the random pick.  [default: random, recorded]")
-@click.option("--sandbox", type=click.Choice(["auto", "local", "docker", "server"]),
-              default="auto", help="Where to restore: docker if an engine answers, else local.")
-@click.option("--sandbox-url", envvar="ATB_SANDBOX_URL", show_envvar=True, metavar="URL",
-              help="With --sandbox server: maintenance URL of a server for scratch databases "
-                   "(set it in the environment if it holds a password).")
-@click.option("--alembic-config", type=click.Path(dir_okay=False, path_type=Path),
-              help="The application's alembic.ini; without it migrations are not exercised.")
-@click.option("--integration-cmd", metavar="CMD",
-              help="Command to run with DATABASE_URL at the restored sandbox.")
-@click.option("--integration-timeout", default="30m", help="Longest the command may run.")
-@click.option("--heartbeat-table", default=heartbeat.DEFAULT_TABLE,
-              help="Table with the heartbeat SystemEvent rows.")
-@click.option("--rto-target", default="60m", help="Recovery time objective.")
-@click.option("--rpo-target", default="15m", help="Recovery point objective.")
-@click.option("--schedule", default="1h", help="How often backups are meant to run.")
-@click.option("--runbook-pg-major", type=int,
-              help="pg_restore major of the incident runbook.  [default: the source's major]")
-@click.option("--jobs", type=click.IntRange(min=1), help="Parallel pg_restore jobs.  "
-              "[default: number of cores]")
-@click.option("--report-dir", default="reports", type=click.Path(file_okay=False,
-              path_type=Path), help="Where reports go: <dir>/<db>/<time>-drill.{html,json,md}.")
-@click.option("--strict-rpo", is_flag=True,
-              help="Fail when the schedule cannot meet the RPO target (default: a finding).")
-@click.option("--no-record", is_flag=True, help="Do not record the verdict beside the backup.")
+@drill_settings
 @click.option("--pdf", is_flag=True,
               help="Also write the report as a PDF beside the HTML, as a reader without "
                    "JavaScript sees it (needs Chromium), for wikis that take attachments.")
-@click.option("--checks", "checks", multiple=True, metavar="PATH",
-              type=click.Path(exists=True, path_type=Path),
-              help="Your own drill checks (a test file or directory, repeatable), run beside "
-                   "the built-in ones against the restored copy and reported as checks.")
-@click.option("--exclude", "exclude", multiple=True, metavar="CHECK",
-              help="Leave out this built-in check (repeatable); it is listed as not run and "
-                   "the verdict is INCOMPLETE, never PASS.")
-@click.option("--pass-env", "pass_env", multiple=True, metavar="NAME",
-              help="Also give the integration command this environment variable (repeatable). "
-                   "Its environment is otherwise an allow-list, with DATABASE_URL and the PG* "
-                   "variables pointing at the sandbox.")
 @json_option
-def drill_run(backup: Path | None, backup_dir: Path | None, database: str | None,
-              window_days: float,
-              seed: int | None, sandbox: str, sandbox_url: str | None,
-              alembic_config: Path | None, integration_cmd: str | None,
-              integration_timeout: str, heartbeat_table: str, rto_target: str, rpo_target: str,
-              schedule: str, runbook_pg_major: int | None, jobs: int | None, report_dir: Path,
-              strict_rpo: bool, no_record: bool, pdf: bool, checks: tuple[Path, ...],
-              exclude: tuple[str, ...],
-              pass_env: tuple[str, ...], as_json: bool) -> None:
+def drill_run(pdf: bool, as_json: bool, **values: Any) -> None:
     """Restore a random backup of the window (or --backup) into a sandbox, migrate it, run
-    the checks and the integration command, and write the audit reports. Exits 0 on PASS."""
+    the checks and the integration command, and write the audit reports. Exits 0 on PASS,
+    1 on FAIL, 10 when INCOMPLETE."""
     from drills.options import DrillOptions
     from drills.run import run_drill
 
     extras.require("drill", what="the restore drill")
     if pdf:
         render.require()
-    values = {"backup": backup, "backup-dir": backup_dir, "database": database,
-              "window-days": window_days, "seed": seed, "sandbox": sandbox,
-              "sandbox-url": sandbox_url, "alembic-config": alembic_config,
-              "integration-cmd": integration_cmd, "integration-timeout": integration_timeout,
-              "heartbeat-table": heartbeat_table, "rto-target": rto_target,
-              "rpo-target": rpo_target, "schedule": schedule,
-              "runbook-pg-major": runbook_pg_major, "jobs": jobs, "report-dir": report_dir,
-              "pass-env": ",".join(pass_env) or None,
-              "drill-exclude": ",".join(exclude) or None,
-              "checks": ",".join(str(c) for c in checks) or None}
-    flags = {"strict-rpo": strict_rpo, "no-record": no_record}
-    options = DrillOptions.from_values(
-        lambda k: None if values.get(k) is None else str(values[k]), lambda k: flags.get(k))
+    text: dict[str, str | None] = {}
+    flags: dict[str, bool] = {}
+    for o in OPTIONS:
+        if not o.cli:
+            continue
+        value = values[o.flag.replace("-", "_")]
+        if o.kind == "flag":
+            flags[o.name] = bool(value)
+        elif o.kind in ("list", "paths"):
+            text[o.name] = ",".join(str(v) for v in value) or None
+        else:
+            text[o.name] = None if value is None else str(value)
+    options = DrillOptions.from_values(text.get, flags.get)
     progress = console.Progress("drill")
     try:
         run = run_drill(options, production=_production(os.environ.get("DATABASE_URL")),

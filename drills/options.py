@@ -12,45 +12,84 @@ from backup_core.childenv import check_pass_env
 from backup_core.durations import check_seconds, parse_duration
 from backup_core.errors import ConfigError
 
-# name, default, help; each is a `--<name>` option and a `drill_<name>` ini key.
-OPTIONS: tuple[tuple[str, str | None, str], ...] = (
-    ("backup", None, "Drill this one dump instead of a random pick (a developer verifying it)."),
-    ("backup-dir", None, "Backup tree to pick from.  [default: $BACKUP_DIR or ./backups]"),
-    ("database", None, "Database to drill when the tree holds several."),
-    ("window-days", "90", "Pick among complete backups of the last N days."),
-    ("seed", None, "Seed of the random pick (recorded in the report).  [default: random]"),
-    ("sandbox", "auto", "Where to restore: auto, local, docker or server."),
-    ("sandbox-url", None, "With --sandbox server: a maintenance URL of a scratch server "
-                          "[default: $ATB_SANDBOX_URL]."),
-    ("alembic-config", None, "The application's alembic.ini; without it migration checks "
-                             "are skipped."),
-    ("integration-cmd", None, "Command run with DATABASE_URL at the restored sandbox, e.g. "
-                              "'pytest tests/integration'."),
-    ("integration-timeout", "30m", "Longest the integration command may run."),
-    ("checks", None, "Comma-separated paths of your own drill checks (test files or "
-                     "directories), collected beside the built-in ones and reported as checks; "
-                     "tests marked `drill` in paths given on the command line run too."),
-    ("drill-exclude", None, "Comma-separated built-in checks to leave out (their names, with or "
-                            "without test_); they are listed as not run and the verdict is "
-                            "INCOMPLETE, never PASS."),
-    ("pass-env", None, "Comma-separated environment variables the integration command also "
-                       "gets (its environment is otherwise an allow-list; PG* and database "
-                       "URLs always point at the sandbox)."),
-    ("heartbeat-table", "system_events", "Table holding the heartbeat SystemEvent rows."),
-    ("rto-target", "60m", "Recovery time objective the measured restore must meet."),
-    ("rpo-target", "15m", "Recovery point objective the backup schedule is judged against."),
-    ("schedule", "1h", "How often backups are meant to run."),
-    ("runbook-pg-major", None, "pg_restore major the incident runbook uses.  "
-                               "[default: the source server's major]"),
-    ("jobs", None, "Parallel pg_restore jobs.  [default: number of cores]"),
-    ("report-dir", "reports", "Where the HTML, JSON and Markdown reports go."),
-    ("result-file", None, "Also write the JSON result here (used by `atb drill run`)."),
-)
-FLAGS: tuple[tuple[str, str], ...] = (
-    ("drill", "Run the restore drill instead of the test suite."),
-    ("strict-rpo", "Fail the drill when the schedule cannot meet the RPO target "
-                   "(default: reported as a finding)."),
-    ("no-record", "Do not record the verdict beside the backup."),
+
+@dataclass(frozen=True)
+class Option:
+    """One drill setting, declared once: the pytest option `--<name>`, the ini key
+    `drill_<name>` and (unless `cli` is False) the `atb drill run` option are all made from
+    it. `kind` says how the command line checks it; values reach `DrillOptions` as text."""
+
+    name: str
+    help: str
+    default: str | None = None
+    kind: str = "text"  # text, file, dir, int, count, days, choice, list, paths, flag
+    metavar: str = ""
+    envvar: str = ""
+    choices: tuple[str, ...] = ()
+    cli: bool = True
+    cli_name: str = ""  # the `atb drill run` spelling, where it differs
+
+    @property
+    def dest(self) -> str:
+        return "drill_" + self.name.removeprefix("drill-").replace("-", "_")
+
+    @property
+    def flag(self) -> str:
+        return self.cli_name or self.name
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("backup", "Drill this one dump instead of a random pick (a developer verifying it).",
+           kind="file"),
+    Option("backup-dir", "Root of the backup tree.  [default: with --backup, the tree that "
+                         "holds it; else $BACKUP_DIR or ./backups]", kind="dir",
+           envvar="BACKUP_DIR"),
+    Option("database", "Database to drill when the tree holds several.", metavar="NAME"),
+    Option("window-days", "Pick among complete backups of the last N days.", "90",
+           kind="days"),
+    Option("seed", "Seed of the random pick (recorded in the report).  [default: random]",
+           kind="int"),
+    Option("sandbox", "Where to restore: docker when an engine answers, else local; or a "
+                      "scratch database on --sandbox-url.", "auto", kind="choice",
+           choices=("auto", "local", "docker", "server")),
+    Option("sandbox-url", "With --sandbox server: a maintenance URL of a server for scratch "
+                          "databases (set it in the environment if it holds a password).",
+           metavar="URL", envvar="ATB_SANDBOX_URL"),
+    Option("alembic-config", "The application's alembic.ini; without it the migration checks "
+                             "do not run (INCOMPLETE).", kind="file"),
+    Option("integration-cmd", "Command run with DATABASE_URL and the PG* variables at the "
+                              "restored sandbox, e.g. 'pytest tests/integration'.",
+           metavar="CMD"),
+    Option("integration-timeout", "Longest the integration command may run.", "30m"),
+    Option("checks", "Your own drill checks (test files or directories), run beside the "
+                     "built-in ones and reported as checks; tests marked `drill` in paths "
+                     "given on the pytest command line run too.", kind="paths",
+           metavar="PATH"),
+    Option("drill-exclude", "Built-in checks to leave out (their names, with or without "
+                            "test_); they are listed as not run and the verdict is "
+                            "INCOMPLETE, never PASS.", kind="list", metavar="CHECK",
+           cli_name="exclude"),
+    Option("pass-env", "Environment variables the integration command also gets (its "
+                       "environment is otherwise an allow-list; PG* and database URLs always "
+                       "point at the sandbox).", kind="list", metavar="NAME"),
+    Option("heartbeat-table", "Table holding the heartbeat SystemEvent rows.",
+           "system_events"),
+    Option("rto-target", "Recovery time objective the measured restore must meet.", "60m"),
+    Option("rpo-target", "Recovery point objective the backup schedule is judged against.",
+           "15m"),
+    Option("schedule", "How often backups are meant to run.", "1h"),
+    Option("runbook-pg-major", "pg_restore major the incident runbook uses.  [default: the "
+                               "source server's major]", kind="int"),
+    Option("jobs", "Parallel pg_restore jobs.  [default: number of cores]", kind="count"),
+    Option("report-dir", "Where the reports go: <dir>/<db>/<time>-drill.{html,json,md}.",
+           "reports", kind="dir"),
+    Option("result-file", "Also write the JSON result here (used by `atb drill run`).",
+           kind="file", cli=False),
+    Option("drill", "Run the restore drill instead of the test suite.", kind="flag",
+           cli=False),
+    Option("strict-rpo", "Fail the drill when the schedule cannot meet the RPO target "
+                         "(default: reported as a finding).", kind="flag"),
+    Option("no-record", "Do not record the verdict beside the backup.", kind="flag"),
 )
 
 
@@ -126,7 +165,8 @@ class DrillOptions:
             integration_cmd=get("integration-cmd") or None,
             integration_timeout_s=parse_duration(get("integration-timeout") or "30m"),
             pass_env=check_pass_env((get("pass-env") or "").replace(",", " ").split()),
-            checks=tuple(Path(p) for p in (get("checks") or "").split(",") if p.strip()),
+            checks=tuple(Path(p.strip()) for p in (get("checks") or "").split(",")
+                         if p.strip()),
             exclude=tuple(n if n.startswith("test_") else f"test_{n}" for n in
                           (get("drill-exclude") or "").replace(",", " ").split()),
             heartbeat_table=get("heartbeat-table") or "system_events",

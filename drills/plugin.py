@@ -30,7 +30,7 @@ from backup_core.restore import archive_major, restore_backup
 from backup_core.verdicts import DrillVerdict, record_drill
 from backup_core.verify import VerifyResult, verify_backup
 from drills import pick, report, sandbox
-from drills.options import FLAGS, OPTIONS, DrillOptions
+from drills.options import OPTIONS, DrillOptions
 from drills.result import AlembicFacts, SandboxFacts
 from drills.state import INCOMPLETE, DrillState, ReportPaths
 
@@ -43,18 +43,20 @@ log = logging.getLogger("atb.drill")
 
 
 def _dest(name: str) -> str:
-    return "drill_" + name.removeprefix("drill-").replace("-", "_")
+    return next(o.dest for o in OPTIONS if o.name == name)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("drill", "restore drill (atb)")
-    for name, default, text in OPTIONS:
-        shown = f" [default: {default}]" if default and "[default" not in text else ""
-        group.addoption(f"--{name}", dest=_dest(name), default=None, help=text + shown)
-        parser.addini(_dest(name), help=text, default=default)
-    for name, text in FLAGS:
-        group.addoption(f"--{name}", dest=_dest(name), action="store_true", default=False,
-                        help=text)
+    for o in OPTIONS:
+        if o.kind == "flag":
+            group.addoption(f"--{o.name}", dest=o.dest, action="store_true", default=False,
+                            help=o.help)
+            continue
+        shown = f" [default: {o.default}]" if o.default and "[default" not in o.help else ""
+        listed = " (comma-separated)" if o.kind in ("list", "paths") else ""
+        group.addoption(f"--{o.name}", dest=o.dest, default=None, help=o.help + listed + shown)
+        parser.addini(o.dest, help=o.help, default=o.default)
 
 
 def _active(config: pytest.Config) -> bool:

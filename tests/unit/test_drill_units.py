@@ -179,3 +179,25 @@ def test_a_result_reads_back_from_its_json_unchanged() -> None:
         old.pop(key)
     old["rto"].pop("failed_at")
     assert DrillResult.from_dict(old).verdict == "FAIL"
+
+
+def test_each_drill_option_is_declared_once_for_click_pytest_and_ini(
+    pytester: pytest.Pytester,
+) -> None:
+    import click
+
+    from drills import cli
+    from drills.options import OPTIONS
+
+    params = {p.name: p for p in cli.drill_run.params}
+    shown = pytester.runpytest_subprocess("--help").stdout.str()
+    for o in OPTIONS:
+        assert f"--{o.name}" in shown
+        if o.kind != "flag":
+            assert f"{o.dest} (" in shown  # the ini key, listed with its type
+        if not o.cli:
+            continue
+        param = params[o.flag.replace("-", "_")]
+        assert isinstance(param, click.Option) and o.help in (param.help or "")
+        if o.default is not None:
+            assert str(param.default).rstrip("0").rstrip(".") == o.default
