@@ -1,11 +1,12 @@
 """Alembic against exactly one database, in a child process of its own.
 
-`python -m backup_core.alembic_child {heads,upgrade} INI` with the database in
+`python -m backup_core.alembic_child INI` with the database in
 `ATB_ALEMBIC_URL` (environment, never argv). The URL overrides the ini's `sqlalchemy.url`, so
 every `env.py` reaches the copy: the stock templates (which read the ini), one that reads
 `DATABASE_URL` (set to the same URL by the parent), async ones (psycopg 3 serves both). A
 `pyproject.toml` beside the ini with `[tool.alembic]` is read as Alembic's CLI would.
-The outcome goes to the JSON file named by `ATB_ALEMBIC_RESULT`.
+The outcome (the script heads, read before upgrading, and whether `upgrade head` succeeded)
+goes to the JSON file named by `ATB_ALEMBIC_RESULT`: one interpreter start per migration.
 """
 
 from __future__ import annotations
@@ -41,16 +42,15 @@ def exception_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str]) -> int:
-    op, ini = argv
+    [ini] = argv
     url = os.environ.pop("ATB_ALEMBIC_URL")
     result_file = Path(os.environ.pop("ATB_ALEMBIC_RESULT"))
-    result: dict[str, Any] = {"ok": False, "heads": [], "error": ""}
+    # heads None: the scripts themselves could not be read (a configuration error)
+    result: dict[str, Any] = {"ok": False, "heads": None, "error": ""}
     try:
         cfg = load_config(Path(ini), url)
-        if op == "heads":
-            result["heads"] = sorted(ScriptDirectory.from_config(cfg).get_heads())
-        else:
-            command.upgrade(cfg, "head")
+        result["heads"] = sorted(ScriptDirectory.from_config(cfg).get_heads())
+        command.upgrade(cfg, "head")
         result["ok"] = True
     except KeyboardInterrupt:
         raise

@@ -13,6 +13,7 @@ import pwd
 import secrets
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -92,11 +93,11 @@ def servable(chain: Toolchain, user: str | None, *, cache_dir: Path | None = Non
             f"{user} (a directory above it is private)")
     try:
         make_dirs(cache)
-        cache.chmod(0o755)
-        st = cache.lstat()
-        if st.st_uid != os.geteuid() or st.st_mode & 0o022 or cache.is_symlink():
+        st = cache.lstat()  # checked before anything is changed: chmod follows links
+        if stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
             raise ToolchainError(f"{hint}, and {cache} is not a private cache of ours: remove "
                                  "it, or install PostgreSQL outside private directories")
+        cache.chmod(0o755)  # make_dirs made it 0700: the service user must get through
         if not (bindir / "postgres").exists():
             tmp = cache / f".{dest.name}.tmp-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)

@@ -65,6 +65,12 @@ def ambient_env() -> dict[str, str]:
     return {**_detached, **{k: v for k, v in os.environ.items() if k.startswith("PG")}}
 
 
+@cache
+def libpq_keywords() -> frozenset[str]:
+    """Every connection keyword the linked libpq knows."""
+    return frozenset(o.keyword.decode() for o in pq.Conninfo.get_defaults())
+
+
 def register_secret(value: str) -> None:
     """Mask `value` wherever `redact` sees it from now on."""
     if len(value) >= _MIN_MASKED:
@@ -312,7 +318,7 @@ def _translate_driver_params(url: str, raw: str, what: str) -> str:
     if "?" not in url:
         return url
     base, query = url.split("?", 1)
-    known = {o.keyword.decode() for o in pq.Conninfo.get_defaults()}
+    known = libpq_keywords()
     out: list[tuple[str, str]] = []
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key in known:

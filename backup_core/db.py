@@ -76,10 +76,6 @@ def identity_of(info: ConnInfo) -> Identity | None:
         return None
 
 
-def server_identity(conn: psycopg.Connection[Any]) -> str:
-    return identity(conn).server
-
-
 def server_version(conn: psycopg.Connection[Any]) -> str:
     """`15.18` from `server_version_num` 150018."""
     num = conn.info.server_version

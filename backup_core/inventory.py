@@ -259,16 +259,6 @@ def estimated_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
     return {qualified(s, t): max(r, 0) for s, t, r in user_tables(conn)}
 
 
-def exact_counts(
-    tables: list[tuple[str, str]],
-    connect: Callable[[], psycopg.Connection[Any]],
-    *,
-    workers: int,
-) -> dict[str, int]:
-    """Count every table exactly (see `table_contents`)."""
-    return table_contents(tables, connect, workers=workers, checksums=False)[0]
-
-
 def table_contents(
     tables: list[tuple[str, str]],
     connect: Callable[[], psycopg.Connection[Any]],

@@ -15,6 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from backup_core import childenv, db, extras, inventory
 from backup_core.conninfo import ConnInfo, redact
@@ -54,33 +55,23 @@ def alembic_env(target: ConnInfo) -> dict[str, str]:
             "ATB_ALEMBIC_URL": target.sqlalchemy_url, "PYTHONUNBUFFERED": "1"}
 
 
-def _alembic(ini: Path, op: str, target: ConnInfo) -> tuple[dict[str, object], str]:
-    if not ini.is_file():
-        raise ConfigError(
-            f"Alembic config {ini} not found: pass --alembic-config path/to/alembic.ini"
-        )
-    extras.require("migrate", what="running Alembic")
+def _run_child(ini: Path, target: ConnInfo) -> tuple[dict[str, Any], str]:
+    """Run `alembic_child` once: (its result, its redacted output)."""
     with tempfile.TemporaryDirectory(prefix="atb-alembic-") as tmp:
         result_file = Path(tmp) / "result.json"
-        done = run([sys.executable, "-m", "backup_core.alembic_child", op, str(ini)],
-                   what=f"alembic {op}", env={**alembic_env(target),
-                                              "ATB_ALEMBIC_RESULT": str(result_file)},
+        done = run([sys.executable, "-m", "backup_core.alembic_child", str(ini)],
+                   what="alembic upgrade head",
+                   env={**alembic_env(target), "ATB_ALEMBIC_RESULT": str(result_file)},
                    check=False, cwd=ini.parent, timeout=3600)
         out = redact((done.stdout + done.stderr).strip())
         try:
             result = json.loads(result_file.read_text())
         except (OSError, ValueError):
-            result = {"ok": False, "heads": [], "error": last_line(out)}
+            result = None
+    if not isinstance(result, dict):
+        result = {"ok": False, "heads": [], "error": last_line(out)}
+    result["error"] = redact(str(result.get("error") or ""))
     return result, out
-
-
-def script_heads(ini: Path, target: ConnInfo) -> tuple[str, ...]:
-    """The head revision(s) of the script directory."""
-    result, out = _alembic(ini.resolve(), "heads", target)
-    if not result.get("ok"):
-        raise ConfigError(f"cannot read the Alembic scripts of {ini}: {result.get('error')}",
-                          detail=out)
-    return tuple(str(h) for h in result.get("heads", []))  # type: ignore[attr-defined]
 
 
 def current_revision(target: ConnInfo) -> str | None:
@@ -89,17 +80,25 @@ def current_revision(target: ConnInfo) -> str | None:
 
 
 def upgrade_head(ini: Path, target: ConnInfo) -> MigrateResult:
-    """Run `alembic upgrade head`; a failed migration is a result, not an exception."""
+    """Run `alembic upgrade head`; a failed migration is a result, not an exception, but
+    scripts that cannot even be read are a `ConfigError`."""
     ini = ini.resolve()
-    heads = script_heads(ini, target)
+    if not ini.is_file():
+        raise ConfigError(
+            f"Alembic config {ini} not found: pass --alembic-config path/to/alembic.ini")
+    extras.require("migrate", what="running Alembic")
     before = current_revision(target)
     t0 = time.monotonic()
-    result, out = _alembic(ini, "upgrade", target)
+    result, out = _run_child(ini, target)
     duration = time.monotonic() - t0
+    if result.get("heads") is None:
+        raise ConfigError(f"cannot read the Alembic scripts of {ini}: {result['error']}",
+                          detail=out)
     after = current_revision(target)
-    return MigrateResult(ok=bool(result.get("ok")), before=before, after=after, heads=heads,
+    return MigrateResult(ok=bool(result.get("ok")), before=before, after=after,
+                         heads=tuple(str(h) for h in result["heads"]),
                          duration_s=round(duration, 3), output=_tail(out),
-                         error=str(result.get("error") or ""))
+                         error=result["error"])
 
 
 def _tail(text: str, lines: int = 60) -> str:

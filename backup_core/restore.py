@@ -231,10 +231,11 @@ def restore_backup(
         kinds = ", ".join(f"{n} {k}" for k, n in held.items())
         raise SafetyRefusal(f"target {target.redacted} is not empty ({kinds}): restore into a "
                             "new database, or pass --clean to restore beside it and swap it in")
-    if held and target_db.sessions(target):
-        raise SafetyRefusal(f"{target_db.sessions(target)} sessions are connected to "
-                            f"{target.dbname}: --clean swaps the restored copy in by renaming, "
-                            "so close them first (nothing was changed)")
+    connected = target_db.sessions(target) if held else 0
+    if connected:
+        raise SafetyRefusal(f"{connected} sessions are connected to {target.dbname}: --clean "
+                            "swaps the restored copy in by renaming, so close them first "
+                            "(nothing was changed)")
     t0 = time.monotonic()
     made_roles = _roles_for(path, target) if with_roles else []
     if made_roles:

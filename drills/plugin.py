@@ -84,10 +84,11 @@ def pytest_configure(config: pytest.Config) -> None:
         options = _options(config)
     except AtbError as exc:
         raise pytest.UsageError(str(exc)) from exc
-    unknown = sorted(set(options.exclude) - set(builtin_checks()))
+    builtin = builtin_checks()
+    unknown = sorted(set(options.exclude) - set(builtin))
     if unknown:  # before anything is claimed or started: a typo writes no report
         raise pytest.UsageError(f"--drill-exclude names no built-in check: {', '.join(unknown)}"
-                                f" (the checks: {', '.join(builtin_checks())})")
+                                f" (the checks: {', '.join(builtin)})")
     # From here on, nothing in this process or its children sees production: not its URL,
     # not the PG* variables (kept only to recognise production and refuse it).
     detach_libpq_environment()
@@ -98,15 +99,16 @@ def pytest_configure(config: pytest.Config) -> None:
     except ConfigError as exc:
         raise pytest.UsageError(f"the production database cannot be recognised: {exc}") from exc
     started = datetime.now(UTC).replace(microsecond=0)
-    chosen, error, eligible = _select(options, started)
+    chosen, error, eligible, tree = _select(options, started)
     database = chosen.database if chosen else (options.database or _only_db(options) or "unknown")
     state = DrillState(options=options, started_at=started, production=production,
                        backup=chosen, selection_error=error,
                        paths=ReportPaths.for_drill(options.report_dir, database, started,
                                                    claim=True))
     state.facts["eligible"] = eligible
+    state.tree = tree
     state.production_before = guard.observe(production)
-    state.builtin = builtin_checks()
+    state.builtin = builtin
     config.stash[STATE] = state
     # The built-in checks, the user's own check paths, and what the command line named (where
     # only tests marked `drill` run): never the project's whole test suite.
@@ -157,16 +159,19 @@ def _only_db(options: DrillOptions) -> str | None:
     return names[0] if len(names) == 1 else None
 
 
-def _select(options: DrillOptions, now: datetime) -> tuple[Backup | None, str | None, int]:
+def _select(options: DrillOptions, now: datetime) -> tuple[
+        Backup | None, str | None, int, list[Backup] | None]:
+    """(the backup to drill, why none could be, how many were eligible, the tree as scanned
+    to pick from: the schedule is then judged on the same records, not on a second scan)."""
     if options.backup is not None:
         path = options.backup.resolve()
         if not path.is_file():
-            return None, f"no backup at {options.backup}", 0
+            return None, f"no backup at {options.backup}", 0, None
         found = catalog.find(options.backup_dir, path)
         if found is None:
             return None, f"{options.backup} is not named like an atb backup " \
-                         "(backup-YYYYMMDDTHHMMSSZ.dump)", 0
-        return found, None, 1
+                         "(backup-YYYYMMDDTHHMMSSZ.dump)", 0, None
+        return found, None, 1, None
     backups = catalog.scan(options.backup_dir, options.database)
     eligible = len(pick.eligible(backups, now=now, window_days=options.window_days,
                                  database=options.database))
@@ -174,8 +179,8 @@ def _select(options: DrillOptions, now: datetime) -> tuple[Backup | None, str | 
         chosen = pick.pick(backups, now=now, window_days=options.window_days, seed=options.seed,
                            database=options.database)
     except pick.NothingToDrill as exc:
-        return None, f"{exc} (looked in {options.backup_dir})", eligible
-    return chosen, None, eligible
+        return None, f"{exc} (looked in {options.backup_dir})", eligible, backups
+    return chosen, None, eligible, backups
 
 
 def _add_metadata(config: pytest.Config, state: DrillState) -> None:
@@ -383,8 +388,9 @@ def drill_engine(drill_final_url: ConnInfo) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def drill_policy(drill: DrillState, drill_backup: Backup) -> status.Status:
-    """The backup inventory judged against the schedule and RPO (no manifest is read)."""
-    backups = catalog.scan(drill.options.backup_dir, drill.database)
+    """The backup tree judged against the schedule and RPO (scanned once per drill)."""
+    backups = drill.tree if drill.tree is not None else catalog.scan(
+        drill.options.backup_dir, drill.database)
     return status.database_status(backups, database=drill.database, now=drill.started_at,
                                   schedule_s=drill.options.schedule_s,
                                   rpo_s=drill.options.rpo_target_s)
@@ -412,10 +418,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if state is not None and call.when == "call":
         # evidence as pytest's own user properties, as `record_property` would: JUnit XML
         # and every other plugin see it (copied onto the report as it is made)
-        fn = getattr(item, "function", None)
-        item.user_properties.append(("check", _title(item.name)))
-        item.user_properties.append(("why", " ".join(((fn.__doc__ or "") if fn else "")
-                                                     .split())))
+        item.user_properties.append(("check", report.title(item.name)))
+        item.user_properties.append(("why", _why(item)))
         item.user_properties.extend(("evidence", redact(line))
                                     for line in item.stash.get(EVIDENCE, []))
     outcome = yield
@@ -427,10 +431,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         if redact(text) != text:  # a URL with a password in a traceback: never in a report
             rep.longrepr = redact(text)
     lines: list[str] = item.stash.get(EVIDENCE, [])
-    fn = getattr(item, "function", None)
-    doc = (fn.__doc__ or "").strip() if fn else ""
     rec = state.records.setdefault(item.nodeid, {
-        "name": item.name, "title": _title(item.name), "why": " ".join(doc.split()),
+        "name": item.name, "title": report.title(item.name), "why": _why(item),
         "outcome": "", "duration_s": 0.0, "message": ""})
     rec["duration_s"] = round(rec["duration_s"] + rep.duration, 3)
     rec["evidence"] = tuple(lines)
@@ -450,9 +452,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         rec["message"] = redact(str(call.excinfo.value))
 
 
-def _title(name: str) -> str:
-    words = name.removeprefix("test_").replace("_", " ")
-    return words[:1].upper() + words[1:]
+def _why(item: pytest.Item) -> str:
+    """A check's docstring on one line: why it matters, as the report says."""
+    fn = getattr(item, "function", None)
+    return " ".join(((fn.__doc__ or "") if fn else "").split())
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -46,7 +46,7 @@ def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
         ("Drill", f"{r.started_at} to {r.finished_at}"),
     ]
     if r.not_run:
-        rows.insert(1, ("Not run", "; ".join(f"{_title(k)}: {v}" for k, v in r.not_run.items())))
+        rows.insert(1, ("Not run", "; ".join(f"{title(k)}: {v}" for k, v in r.not_run.items())))
     if r.integration:
         i = r.integration
         rows.append(("Integration", f"`{i.command}` exit {i.exit_code} in "
@@ -63,7 +63,8 @@ def rto_text(rto: RtoFacts) -> str:
             f"{'met' if rto.met else 'NOT MET'}")
 
 
-def _title(name: str) -> str:
+def title(name: str) -> str:
+    """A check's name as a reader's sentence: `test_indexes_are_valid` -> `Indexes are valid`."""
     words = name.removeprefix("test_").replace("_", " ")
     return words[:1].upper() + words[1:]
 
@@ -118,7 +119,7 @@ def checks_html(r: DrillResult) -> str:
                     f"<td>{detail}</td></tr>")
     for name, why in r.not_run.items():
         if name not in {c.name for c in r.checks}:
-            rows.append(f"<tr><td><b>{html.escape(_title(name))}</b></td>"
+            rows.append(f"<tr><td><b>{html.escape(title(name))}</b></td>"
                         f"<td style='color:#57606a;font-weight:bold'>NOT RUN</td>"
                         f"<td>{html.escape(why)}</td></tr>")
     return ("<h3>Checks</h3><table id='drill-checks' style='border-collapse:collapse'>"

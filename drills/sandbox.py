@@ -19,7 +19,7 @@ import socket
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -191,10 +191,9 @@ def _server(server: ConnInfo, production: ConnInfo | None,
                             "CREATEDB") from exc
     app = server.with_params(user=name).with_password(password)
     try:
-        with db.connect(server) as conn:
-            major = int(db.server_version(conn).split(".")[0])
-        yield _finish(server, "server", t0, _optional_chain(major, chains), owner=name,
-                      app=app)
+        info = _finish(server, "server", t0, None, owner=name, app=app)
+        major = int(info.server_version.split(".")[0])  # atb's own tools (pg_amcheck) run here
+        yield replace(info, chain=_optional_chain(major, chains))
     finally:
         with db.connect(server, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(

@@ -90,6 +90,8 @@ class DrillState:
     rpo: RpoFacts | None = None
     checks_started: float | None = None
     production_before: Observation | None = None
+    # the backup tree as scanned to pick from (None with --backup): read once per drill
+    tree: list[Backup] | None = None
     # names of the built-in checks: each must run and pass for a PASS
     builtin: tuple[str, ...] = ()
 

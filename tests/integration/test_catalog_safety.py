@@ -479,6 +479,12 @@ def test_root_runs_a_server_whose_binaries_sit_in_a_private_directory(tmp_path: 
     assert chain is not None
     with pytest.raises(ToolchainError, match="cannot be run by the service user"):
         servable(chain, user, cache_dir=tmp_path / "cache")  # pytest's tmp_path is private too
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o700)
+    (tmp_path / "planted").symlink_to(victim)
+    with pytest.raises(ToolchainError, match="not a private cache of ours"):
+        servable(chain, user, cache_dir=tmp_path / "planted")
+    assert victim.stat().st_mode & 0o777 == 0o700  # never chmod-ed through the link
     cache = Path(tempfile.mkdtemp(prefix="atb-cache-test-"))
     cache.chmod(0o755)
     try:

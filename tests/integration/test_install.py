@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +22,14 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def core_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = tmp_path_factory.mktemp("core-venv")
+    source = tmp_path_factory.mktemp("source") / "atb"  # pip builds in the tree it installs
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    for name in tracked:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    done = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", str(ROOT)],
+    done = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", str(source)],
                           capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         pytest.fail(f"pip install of the core failed: {done.stderr[-2000:]}")

@@ -155,6 +155,20 @@ def test_a_failing_migration_names_the_exception_and_says_the_copy_is_not_migrat
     assert "RuntimeError: boom in 0002: error error" in done.stderr
 
 
+def test_alembic_scripts_that_cannot_be_read_are_a_configuration_error(
+    production: tuple[ConnInfo, Path], tmp_path: Path
+) -> None:
+    prod, path = production
+    ini = alembic_project(tmp_path / "app", "generic", prod)
+    ini.write_text(ini.read_text().replace("script_location = %(here)s/migrations",
+                                           "script_location = %(here)s/no_such_dir"))
+    target = prod.with_dbname(prod.dbname + "_copy")
+    done = atb("db", "restore", str(path), "--migrate", "--alembic-config", str(ini),
+               url=prod, env={"ATB_TARGET_URL": target.secret_url})
+    assert done.returncode == 2, done.stderr
+    assert "cannot read the Alembic scripts" in done.stderr and done.stderr.count("\n") == 1
+
+
 def _forms(prod: ConnInfo, pg15: Cluster) -> dict[str, str]:
     pw, port, name = prod.password, pg15.port, prod.dbname
     dead = free_port()
