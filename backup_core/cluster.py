@@ -17,6 +17,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -148,6 +149,11 @@ class Cluster:
     settings: dict[str, str] = field(default_factory=dict)
     superuser: str = "postgres"
     base_dir: Path | None = None
+    # Fills the empty data directory instead of initdb (a pgBackRest restore): called with
+    # the directory and the user the server runs as; the cluster then gets our pg_hba.conf.
+    populate: Callable[[Path, str | None], None] | None = None
+    start_timeout: float = 60
+    env: dict[str, str] = field(default_factory=dict)  # for the server (its restore_command)
     workdir: Path | None = field(default=None, init=False)
     port: int = field(default=5432, init=False)
     _running: bool = field(default=False, init=False)
@@ -221,10 +227,18 @@ class Cluster:
             initdb += ["--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
         else:
             initdb += ["--auth-host=trust"]
-        try:
-            run(initdb, what="initdb", run_as=run_as, cwd=self.workdir, timeout=120)
-        finally:
-            pwfile.unlink(missing_ok=True)
+        if self.populate is not None:
+            self.datadir.mkdir(mode=0o700)
+            if run_as:
+                os.chown(self.datadir, pwd.getpwnam(run_as).pw_uid, pwd.getpwnam(run_as).pw_gid)
+            self.populate(self.datadir, run_as)
+            # socket only, trust: as a fresh sandbox; production's rules do not apply here
+            (self.datadir / "pg_hba.conf").write_text("local all all trust\n")
+        else:
+            try:
+                run(initdb, what="initdb", run_as=run_as, cwd=self.workdir, timeout=120)
+            finally:
+                pwfile.unlink(missing_ok=True)
         self.port = free_port() if self.tcp else 5432
         conf = {
             "listen_addresses": "'127.0.0.1'" if self.tcp else "''",
@@ -234,14 +248,17 @@ class Cluster:
             "max_connections": "50",
             **{k: _quote_setting(v) for k, v in self.settings.items()},
         }
+        if self.populate is not None:
+            conf.update(hba_file=f"'{self.datadir / 'pg_hba.conf'}'", ssl="off")
         with open(self.datadir / "postgresql.conf", "a") as fh:
             fh.write("\n# atb throwaway cluster\n")
             fh.writelines(f"{k} = {v}\n" for k, v in conf.items())
         try:
             run(
                 [self.toolchain.tool("pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile),
-                 "-w", "-t", "60", "start"],
-                what="pg_ctl start", run_as=run_as, cwd=self.workdir, timeout=90,
+                 "-w", "-t", f"{self.start_timeout:.0f}", "start"],
+                what="pg_ctl start", run_as=run_as, cwd=self.workdir,
+                timeout=self.start_timeout + 30, env=self.env,
             )
         except CommandFailed as exc:
             raise CommandFailed(

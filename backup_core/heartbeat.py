@@ -44,12 +44,15 @@ def insert_heartbeat(target: ConnInfo, *, table: str = DEFAULT_TABLE) -> datetim
     return _utc(row[0])
 
 
-def newest_heartbeat(target: ConnInfo, *, table: str = DEFAULT_TABLE) -> datetime | None:
+def newest_heartbeat(target: ConnInfo, *, table: str = DEFAULT_TABLE,
+                     before: datetime | None = None) -> datetime | None:
+    """The newest heartbeat's time (at or before `before`, when given)."""
     with db.connect(target) as conn:
         _require_table(conn, table, target)
         row = conn.execute(
-            sql.SQL("SELECT max({}) FROM {} WHERE {}::text = 'TEST'").format(
-                sql.Identifier(TIME_COLUMN), _table(table), sql.Identifier(TYPE_COLUMN)),
+            sql.SQL("SELECT max({}) FROM {} WHERE {}::text = 'TEST' AND {} <= %s").format(
+                sql.Identifier(TIME_COLUMN), _table(table), sql.Identifier(TYPE_COLUMN),
+                sql.Identifier(TIME_COLUMN)), (before or datetime.max.replace(tzinfo=UTC),),
         ).fetchone()
     return _utc(row[0]) if row and row[0] is not None else None
 

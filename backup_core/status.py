@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from backup_core.catalog import FUTURE, Backup
 from backup_core.durations import human
+from backup_core.wal_status import ArchiveStatus
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,8 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-def prometheus_text(statuses: list[Status]) -> str:
-    """node_exporter textfile metrics, one series per database."""
+def prometheus_text(statuses: list[Status], archives: Sequence[ArchiveStatus] = ()) -> str:
+    """node_exporter textfile metrics, one series per database (and per pgBackRest stanza)."""
     metrics: dict[str, tuple[str, list[str]]] = {
         "atb_backup_last_success_timestamp_seconds": ("gauge", []),
         "atb_backup_last_size_bytes": ("gauge", []),
@@ -130,6 +132,14 @@ def prometheus_text(statuses: list[Status]) -> str:
         add("atb_drill_last_pass_timestamp_seconds", s.database,
             datetime.fromisoformat(s.last_drill_passed).timestamp() if s.last_drill_passed
             else None)
+    for a in archives:
+        for name, value in (("atb_wal_archive_lag_seconds", a.lag_s),
+                            ("atb_pitr_window_seconds", a.window_s),
+                            ("atb_wal_archive_targets_met", 1 if a.ok else 0)):
+            metrics.setdefault(name, ("gauge", []))
+            if value is not None:
+                metrics[name][1].append(f'{name}{{stanza="{_label(a.stanza)}"}} '
+                                        f"{_number(value)}")
     lines: list[str] = []
     for name, (kind, samples) in metrics.items():
         lines += [f"# TYPE {name} {kind}", *samples]

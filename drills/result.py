@@ -47,6 +47,8 @@ class SandboxFacts:
     database: str = ""
     identity: str = ""
     url: str = ""
+    image: str = ""  # the docker provider's image
+    note: str = ""  # why `auto` did not choose docker
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,26 @@ class IntegrationFacts:
     cases: tuple[dict[str, Any], ...] = ()
 
 
+@dataclass(frozen=True)
+class PitrFacts:
+    """A point-in-time drill over pgBackRest: where it aimed, what it got, what was lost."""
+
+    stanza: str = ""
+    target: str | None = None
+    target_choice: str = ""  # how the target was chosen (random with seed, or given)
+    window_start: str | None = None
+    window_end: str | None = None
+    backup_label: str | None = None
+    backup_type: str | None = None
+    backup_stopped: str | None = None
+    recovered_to: str | None = None
+    wal_bytes: int | None = None
+    wal_segments: int | None = None
+    newest_heartbeat: str | None = None
+    data_loss_s: float | None = None
+    failure: str = ""
+
+
 def build(cls: type[T], data: object) -> T:
     """A record from a JSON object: known fields only, lists as tuples, the rest defaulted."""
     values = data if isinstance(data, dict) else {}
@@ -116,6 +138,7 @@ class DrillResult:
     findings: tuple[str, ...]
     reports: dict[str, str]
     options: dict[str, Any]
+    pitr: PitrFacts | None = None
     schema: str = SCHEMA_ID
     schema_version: int = SCHEMA_VERSION
 
@@ -136,6 +159,7 @@ class DrillResult:
             alembic=build(AlembicFacts, data.get("alembic")),
             rto=build(RtoFacts, data.get("rto")), rpo=build(RpoFacts, data.get("rpo")),
             integration=build(IntegrationFacts, integration) if integration else None,
+            pitr=build(PitrFacts, data["pitr"]) if data.get("pitr") else None,
             not_run=dict(data.get("not_run") or {}),
             checks=tuple(build(CheckRecord, c) for c in data.get("checks") or ()),
             findings=tuple(data.get("findings") or ()),

@@ -7,7 +7,9 @@ pytest is not started twice in one process; the child gets the production URL on
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,12 +19,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from backup_core import childenv, guard
+from backup_core import childenv, guard, pgbackrest
 from backup_core.conninfo import ConnInfo, redact
-from backup_core.errors import CommandFailed
+from backup_core.errors import AtbError, CommandFailed, ToolchainError
+from backup_core.manifest import read_manifest
+from backup_core.naming import manifest_path
+from drills import docker_engine
 from drills.options import DrillOptions
 
 PRODUCTION_ENV = "ATB_PRODUCTION_URL"
+# how the docker sandbox finds its engine and pgBackRest its repository (its credentials);
+# the integration command gets none of them
+TOOL_ENV_PREFIXES = ("DOCKER_", "TESTCONTAINERS_", "TC_", "PGBACKREST_")
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,26 @@ def drill_env(options: DrillOptions, production: ConnInfo | None,
         extra.update(dict(production.env))  # where its service= is defined
     if options.sandbox_url:
         extra["ATB_SANDBOX_URL"] = options.sandbox_url
+    source = os.environ if base is None else base
+    extra.update({k: v for k, v in source.items() if k.startswith(TOOL_ENV_PREFIXES)})
     return childenv.sealed(extra, pass_env=options.pass_env, base=base)
+
+
+def check_docker(options: DrillOptions) -> None:
+    """`--sandbox docker` asked for explicitly: say before anything starts (exit 3) when no
+    engine answers or it cannot have the image. The image is known here when it names no
+    {major} or when --backup's manifest gives the major; else the drill finds out."""
+    image: str | None = options.docker_image
+    if image and "{major}" in image:
+        major = None
+        if options.backup is not None:
+            with contextlib.suppress(AtbError, OSError):
+                major = read_manifest(manifest_path(options.backup)).server_major
+        image = docker_engine.image_for(image, major) if major else None
+    engine = docker_engine.probe(image)
+    if not engine.ok:
+        raise ToolchainError(f"the docker sandbox cannot start: {engine.why}; "
+                             f"{docker_engine.BUILD_HINT}")
 
 
 def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
@@ -62,6 +89,10 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
     if options.sandbox == "server" and options.sandbox_url:
         guard.refuse_production_server(
             ConnInfo.parse(options.sandbox_url, what="ATB_SANDBOX_URL"), production)
+    if options.sandbox == "docker" and options.source == "dump":
+        check_docker(options)
+    if options.source == "pgbackrest":
+        pgbackrest.Stanza(options.stanza or "").argv()  # exit 3 now when it is not installed
     base = drill_env(options, production, env)
     with tempfile.TemporaryDirectory(prefix="atb-drill-") as tmp:
         result_file = Path(tmp) / "result.json"

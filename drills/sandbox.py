@@ -1,9 +1,10 @@
 """Disposable PostgreSQL for a drill: one interface, three providers.
 
 - `local`: a throwaway cluster from the toolchain, unix socket only, tuned for restore speed.
-- `docker`: testcontainers' PostgresContainer with `postgres:<source major>`.
+- `docker`: testcontainers' PostgresContainer with `--docker-image` (`postgres:{major}`).
 - `server`: a uniquely named scratch database on an existing server, dropped afterwards.
-- `auto`: docker when an engine answers within 2 s, else local.
+- `auto`: docker when an engine answers within 2 s and has (or can pull) the image, else
+  local, saying why.
 """
 
 from __future__ import annotations
@@ -15,13 +16,10 @@ import hmac
 import logging
 import os
 import secrets
-import socket
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import sql
@@ -30,6 +28,7 @@ from backup_core import db, guard, toolchain
 from backup_core.cluster import FAST_SETTINGS, Cluster
 from backup_core.conninfo import ConnInfo
 from backup_core.errors import AtbError, ConfigError, SafetyRefusal
+from drills import docker_engine
 
 log = logging.getLogger("atb.sandbox")
 PROVIDERS = ("auto", "local", "docker", "server")
@@ -50,6 +49,8 @@ class SandboxInfo:
     chain: toolchain.Toolchain | None = field(default=None, compare=False)
     # what atb's own tools (pg_amcheck) use; never handed to application code
     tools_url: ConnInfo | None = field(default=None, compare=False, repr=False)
+    image: str = ""  # the docker provider's image
+    note: str = ""  # why `auto` did not choose docker
 
     @property
     def dbname(self) -> str:
@@ -89,79 +90,31 @@ def scram_verifier(password: str, *, iterations: int = 4096) -> str:
 
 # -- docker ----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class DockerSpec:
-    image: str
-    username: str
-    password: str
-    dbname: str
-    command: tuple[str, ...]
-
-
-def docker_spec(source_major: int) -> DockerSpec:
-    """The container a drill asks for: the source's major, durability off for speed."""
-    settings = [f"-c{k}={v}" for k, v in FAST_SETTINGS.items()]
-    return DockerSpec(image=f"postgres:{source_major}", username="postgres",
-                      password=secrets.token_urlsafe(16), dbname="postgres",
-                      command=("postgres", *settings))
-
-
-def docker_endpoint() -> tuple[int, Any]:
-    """(socket family, address) of the engine named by DOCKER_HOST, or the default socket."""
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    if host.startswith("unix://"):
-        return socket.AF_UNIX, host[len("unix://"):]
-    parsed = urlsplit(host.replace("tcp://", "http://", 1))
-    return socket.AF_INET, (parsed.hostname or "localhost", parsed.port or 2375)
-
-
-def docker_available(timeout: float = 2.0) -> bool:
-    """True when a Docker engine answers `GET /_ping` within `timeout` seconds."""
-    family, address = docker_endpoint()
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(address)
-            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
-            status = sock.recv(64)
-            return status.startswith(b"HTTP/1.") and b" 200 " in status
-    except OSError:
-        return False
-
-
-def _postgres_container_class() -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            from testcontainers.community.postgres import (
-                PostgresContainer,
-            )
-        except ImportError:
-            from testcontainers.postgres import PostgresContainer
-    return PostgresContainer
-
-
 @contextlib.contextmanager
-def _docker(source_major: int, chains: list[toolchain.Toolchain]) -> Iterator[SandboxInfo]:
-    spec = docker_spec(source_major)
+def _docker(image: str, source_major: int,
+            chains: list[toolchain.Toolchain]) -> Iterator[SandboxInfo]:
     t0 = time.monotonic()
-    if not docker_available():
-        raise AtbError("the docker sandbox needs a Docker engine and none answers at "
-                       f"{docker_endpoint()[1]}: start one, set DOCKER_HOST, or use "
-                       "--sandbox local")
-    cls = _postgres_container_class()
+    engine = docker_engine.probe(image)
+    if not engine.ok:
+        raise AtbError(f"the docker sandbox cannot start: {engine.why}; "
+                       f"{docker_engine.BUILD_HINT}")
+    spec = docker_engine.container_spec(image)
+    loopback = docker_engine.engine_is_local(engine.where)
+    container = docker_engine.postgres_container(spec, loopback=loopback)
     try:
-        container = cls(image=spec.image, username=spec.username, password=spec.password,
-                        dbname=spec.dbname, driver=None)
-    except Exception as exc:  # docker.errors.DockerException when no engine answers
-        raise AtbError(f"the docker sandbox needs a Docker engine: {exc}; use --sandbox local")\
-            from exc
-    container.with_command(" ".join(spec.command))
-    with container:
-        admin = ConnInfo.make(dbname="postgres", host=container.get_container_host_ip(),
-                              port=int(container.get_exposed_port(5432)), user=spec.username,
+        container.start()
+    except Exception as exc:  # the engine's own errors; Ctrl-C passes through
+        container.stop()
+        raise AtbError(f"the docker sandbox {image} did not start: "
+                       f"{docker_engine.short_error(exc)}") from exc
+    try:
+        host, port = docker_engine.address(container, loopback=loopback)
+        admin = ConnInfo.make(dbname="postgres", host=host, port=port, user=spec.username,
                               password=spec.password)
-        yield _finish(admin, "docker", t0, _optional_chain(source_major, chains))
+        info = _finish(admin, "docker", t0, _optional_chain(source_major, chains))
+        yield replace(info, image=image)
+    finally:
+        container.stop()
 
 
 # -- local and server ------------------------------------------------------------------------
@@ -227,23 +180,44 @@ def _optional_chain(major: int, chains: list[toolchain.Toolchain]) -> toolchain.
         return None
 
 
-def resolve_provider(kind: str, *, docker_probe: Any = docker_available) -> str:
+def resolve_provider(kind: str, *, image: str,
+                     probe: Any = docker_engine.probe) -> tuple[str, str]:
+    """The provider to use and, when `auto` could not use Docker, why."""
     if kind not in PROVIDERS:
         raise ConfigError(f"--sandbox must be one of {', '.join(PROVIDERS)}, not {kind!r}")
-    if kind == "auto":
-        return "docker" if docker_probe() else "local"
-    return kind
+    if kind != "auto":
+        return kind, ""
+    engine = probe(image)
+    if engine.ok:
+        return "docker", ""
+    return "local", f"auto chose local: {engine.why}"
 
 
 def open_sandbox(kind: str, *, source_major: int, chains: list[toolchain.Toolchain],
-                 server: ConnInfo | None = None,
-                 production: ConnInfo | None = None) -> contextlib.AbstractContextManager[
+                 server: ConnInfo | None = None, production: ConnInfo | None = None,
+                 docker_image: str | None = None) -> contextlib.AbstractContextManager[
                      SandboxInfo]:
     """Context manager over the chosen provider; always torn down, on failure and Ctrl-C."""
-    provider = resolve_provider(kind)
+    image = docker_engine.image_for(docker_image, source_major)
+    provider, why = resolve_provider(kind, image=image)
+    if why:
+        log.warning("%s", why)
     log.info("sandbox provider: %s", provider)
+    return _noted(_open(provider, image, source_major, chains, server, production), why)
+
+
+@contextlib.contextmanager
+def _noted(manager: contextlib.AbstractContextManager[SandboxInfo],
+           note: str) -> Iterator[SandboxInfo]:
+    with manager as info:
+        yield replace(info, note=note) if note else info
+
+
+def _open(provider: str, image: str, source_major: int, chains: list[toolchain.Toolchain],
+          server: ConnInfo | None, production: ConnInfo | None,
+          ) -> contextlib.AbstractContextManager[SandboxInfo]:
     if provider == "docker":
-        return _docker(source_major, chains)
+        return _docker(image, source_major, chains)
     if provider == "server":
         if server is None:
             raise ConfigError("--sandbox server needs --sandbox-url (or ATB_SANDBOX_URL)")

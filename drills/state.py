@@ -24,13 +24,15 @@ from drills.result import (
     CheckRecord,
     DrillResult,
     IntegrationFacts,
+    PitrFacts,
     RpoFacts,
     RtoFacts,
     SandboxFacts,
 )
 
 # Phases that make up the measured RTO, in the order a real recovery goes through them.
-RTO_PHASES = ("fetch/verify", "sandbox start", "restore", "analyze", "migrate", "checks")
+RTO_PHASES = ("fetch/verify", "sandbox start", "restore", "analyze", "restore files", "start",
+              "WAL replay", "migrate", "checks")
 # The phase a failing built-in check stops a recovery in (any other: "checks").
 CHECK_PHASES = {
     "test_backup_integrity_matches_manifest": "fetch/verify",
@@ -88,6 +90,7 @@ class DrillState:
     sandbox: SandboxFacts | None = None
     alembic: AlembicFacts | None = None
     rpo: RpoFacts | None = None
+    pitr: PitrFacts | None = None
     checks_started: float | None = None
     production_before: Observation | None = None
     # the backup tree as scanned to pick from (None with --backup): read once per drill
@@ -106,7 +109,7 @@ class DrillState:
     def database(self) -> str:
         if self.backup is not None:
             return self.backup.database
-        return self.options.database or "unknown"
+        return self.options.database or self.options.stanza or "unknown"
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -155,6 +158,18 @@ class DrillState:
         phases = [CHECK_PHASES.get(name, "checks") for name in failed]
         return min(phases, key=RTO_PHASES.index)
 
+    def _pitr_backup(self) -> BackupFacts:
+        p = self.pitr
+        assert p is not None
+        stopped = datetime.fromisoformat(p.backup_stopped) if p.backup_stopped else None
+        return BackupFacts(
+            path=f"pgBackRest stanza {p.stanza}, {p.backup_type} backup {p.backup_label}"
+            if p.backup_label else f"pgBackRest stanza {p.stanza}",
+            taken_at=p.backup_stopped,
+            age_s=round((self.started_at - stopped).total_seconds(), 1) if stopped else None,
+            selection=f"target {p.target or '-'}: {p.target_choice or '-'}",
+            selection_error=p.failure or None if not p.backup_label else None)
+
     def result(self) -> DrillResult:
         b = self.backup
         m = b.manifest if b else None
@@ -166,7 +181,7 @@ class DrillState:
             started_at=self.started_at.isoformat(timespec="seconds"),
             finished_at=now.isoformat(timespec="seconds"),
             seed=self.options.seed,
-            backup=BackupFacts(
+            backup=self._pitr_backup() if self.pitr else BackupFacts(
                 path=str(b.path) if b else None,
                 taken_at=b.taken_at.isoformat() if b and b.taken_at else None,
                 age_s=round(age, 1) if age is not None else None,
@@ -194,6 +209,7 @@ class DrillState:
                 other_phases={p: v for p, v in self.phases.items() if p not in RTO_PHASES}),
             rpo=self.rpo or RpoFacts(target_s=self.options.rpo_target_s),
             integration=self.integration,
+            pitr=self.pitr,
             not_run=self.not_run(),
             checks=tuple(self.checks),
             findings=tuple(self.findings),

@@ -52,6 +52,22 @@ def chain15(chains: list[toolchain.Toolchain]) -> toolchain.Toolchain:
 
 
 @pytest.fixture(scope="session")
+def docker_image() -> str:
+    """A PostgreSQL 15 image on a Docker engine that answers (.ci/run starts dockerd and builds
+    one offline with deploy/docker/build-postgres-image): skipped with the reason where there
+    is none, required where .ci/run set ATB_REQUIRE_DOCKER."""
+    from drills import docker_engine
+
+    image = os.environ.get("ATB_TEST_DOCKER_IMAGE", "atb-postgres:15")
+    engine = docker_engine.probe(image, timeout=5)
+    if engine.ok:
+        return image
+    if os.environ.get("ATB_REQUIRE_DOCKER"):
+        pytest.fail(f"a Docker engine with {image} is required here: {engine.why}")
+    pytest.skip(engine.why)
+
+
+@pytest.fixture(scope="session")
 def pg15(chains: list[toolchain.Toolchain]) -> Iterator[Cluster]:
     with Cluster(_chain(chains, 15), password=random_password(), tcp=True) as cluster:
         yield cluster

@@ -1,19 +1,142 @@
-"""The docker sandbox against a real engine: runs only where one answers (not on this
-project's CI machines, which have the client but no daemon)."""
+"""The docker sandbox against a real engine and a real image (.ci/run starts dockerd and
+builds `atb-postgres:15` offline): a passing drill, teardown on failure and on Ctrl-C, ports
+on loopback only, and `auto` choosing local (and saying why) when the image is missing."""
 
 from __future__ import annotations
 
+import html
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import docker
 import pytest
 
-from backup_core import db
-from drills import sandbox
+from backup_core import db, toolchain
+from backup_core.conninfo import ConnInfo
+from drills import docker_engine, sandbox
+from drills.demo import example_dir
+from tests.helpers import atb, checks, drill, fingerprint, oldest
 
 pytestmark = pytest.mark.docker
+EXAMPLE = example_dir()
 
 
-@pytest.mark.skipif(not sandbox.docker_available(), reason="no Docker engine answers")
-def test_docker_sandbox_starts_the_source_major_and_is_removed() -> None:
-    with sandbox.open_sandbox("docker", source_major=16, chains=[]) as info:
-        assert info.provider == "docker" and info.server_version.startswith("16.")
+def _image_template(image: str) -> str:
+    return image.replace(":15", ":{major}")
+
+
+def test_the_container_is_published_on_loopback_only_and_removed(
+        docker_image: str, chains: list[toolchain.Toolchain]) -> None:
+    before = set(docker_engine.drill_containers())
+    with sandbox.open_sandbox("docker", source_major=15, chains=chains,
+                              docker_image=_image_template(docker_image)) as info:
+        assert info.provider == "docker" and info.server_version.startswith("15.")
+        assert info.image == docker_image and info.url.get("host") == "127.0.0.1"
         with db.connect(info.url) as conn:
             assert conn.execute("SHOW fsync").fetchone() == ("off",)
+        [name] = set(docker_engine.drill_containers()) - before
+        client = docker.from_env()
+        try:
+            bindings = client.api.inspect_container(name)["HostConfig"]["PortBindings"]
+            assert bindings == {"5432/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}
+            # the container's processes never carry the password on a command line
+            processes = client.api.top(name)["Processes"]
+        finally:
+            client.close()
+        assert info.url.password and info.url.password not in repr(processes)
+        assert any("postgres" in repr(p) for p in processes)
+    assert name not in docker_engine.drill_containers()
+
+
+def test_a_drill_in_docker_passes_and_leaves_no_container(
+        history: tuple[ConnInfo, Path], docker_image: str, tmp_path: Path) -> None:
+    source, backup_dir = history
+    before = fingerprint(source)
+    integration = f"{sys.executable} -m pytest -q -p no:cacheprovider {EXAMPLE / 'tests'}"
+    done, result = drill("--sandbox", "docker", "--docker-image", _image_template(docker_image),
+                         "--backup", str(oldest(backup_dir)), "--schedule", "1d",
+                         "--alembic-config", str(EXAMPLE / "alembic.ini"),
+                         "--integration-cmd", integration, "--no-record",
+                         backup_dir=backup_dir, report_dir=tmp_path / "r", url=source)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert result["verdict"] == "PASS"
+    assert result["sandbox"]["provider"] == "docker"
+    assert result["sandbox"]["image"] == docker_image
+    assert result["sandbox"]["server_version"].startswith("15.")
+    assert result["alembic"]["after"] == "0005_rename_balance_equity"
+    assert result["integration"]["exit_code"] == 0
+    assert "sandbox start" in result["rto"]["phases"]
+    html = Path(result["reports"]["html"]).read_text()
+    assert f"docker PostgreSQL {result['sandbox']['server_version']} (image {docker_image})" \
+        in html
+    assert docker_engine.drill_containers() == []
+    assert fingerprint(source) == before
+
+
+def test_a_failing_drill_in_docker_removes_its_container(
+        history: tuple[ConnInfo, Path], docker_image: str, tmp_path: Path) -> None:
+    backup_dir = history[1]
+    done, result = drill("--sandbox", "docker", "--docker-image", docker_image,
+                         "--backup", str(oldest(backup_dir)), "--integration-cmd", "false",
+                         "--no-record", backup_dir=backup_dir, report_dir=tmp_path / "r")
+    assert done.returncode == 1 and result["verdict"] == "FAIL", done.stdout + done.stderr
+    assert checks(result)["test_application_integration_suite_passes"] == "failed"
+    assert result["sandbox"]["provider"] == "docker"
+    assert docker_engine.drill_containers() == []
+
+
+def test_ctrl_c_during_a_docker_drill_removes_the_container(
+        history: tuple[ConnInfo, Path], docker_image: str, tmp_path: Path) -> None:
+    marker = tmp_path / "integration-started"
+    slow = f"{sys.executable} -c \"import pathlib, time; pathlib.Path('{marker}').touch(); " \
+           "time.sleep(120)\""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "drills.cli", "drill", "run", "--sandbox", "docker",
+         "--docker-image", docker_image, "--backup", str(oldest(history[1])),
+         "--integration-cmd", slow, "--no-record", "--report-dir", str(tmp_path / "r")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert marker.exists(), proc.communicate(timeout=5)
+    assert len(docker_engine.drill_containers()) == 1, "the sandbox should exist now"
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at a terminal reaches the whole group
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err
+    assert docker_engine.drill_containers() == []
+
+
+def test_auto_falls_back_to_local_and_says_why_when_the_image_is_missing(
+        history: tuple[ConnInfo, Path], docker_image: str, tmp_path: Path) -> None:
+    backup_dir = history[1]
+    done, result = drill("--sandbox", "auto", "--docker-image", "atb-absent-image:{major}",
+                         "--backup", str(oldest(backup_dir)), "--no-record", "--schedule", "1d",
+                         backup_dir=backup_dir, report_dir=tmp_path / "r")
+    assert done.returncode == 10, done.stdout + done.stderr  # not configured: INCOMPLETE
+    assert result["sandbox"]["provider"] == "local"
+    note = result["sandbox"]["note"]
+    assert note.startswith("auto chose local: the image atb-absent-image:15 is not on the "
+                           "engine") and "cannot be pulled" in note
+    assert "auto chose local" in done.stderr
+    assert html.escape(note) in Path(result["reports"]["html"]).read_text()
+
+
+def test_an_explicit_docker_sandbox_without_its_image_says_what_to_do(
+        history: tuple[ConnInfo, Path], docker_image: str, tmp_path: Path) -> None:
+    """Before anything starts: exit 3 and one line naming the image and the way out."""
+    done = atb("drill", "run", "--sandbox", "docker", "--docker-image",
+               "atb-absent-image:{major}", "--backup", str(oldest(history[1])), "--no-record",
+               "--report-dir", str(tmp_path / "r"))
+    assert done.returncode == 3, done.stdout + done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert "the docker sandbox cannot start: the image atb-absent-image:15 is not on the " \
+           "engine" in line and "build-postgres-image" in line
+    assert not (tmp_path / "r").exists()
+    assert docker_engine.drill_containers() == []

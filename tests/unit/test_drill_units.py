@@ -10,7 +10,7 @@ import pytest
 
 from backup_core.catalog import COMPLETE, NO_MANIFEST, Backup
 from backup_core.errors import AtbError, ConfigError
-from drills import pick, report, sandbox
+from drills import docker_engine, pick, report, sandbox
 from drills.options import DrillOptions
 from drills.result import CheckRecord, DrillResult
 from drills.state import DrillState, ReportPaths
@@ -64,32 +64,54 @@ def test_sandbox_url_password_stays_out_of_reprs() -> None:
     assert "hunter2" not in repr(opts)
 
 
-def test_docker_sandbox_asks_for_the_source_major_with_durability_off() -> None:
-    spec = sandbox.docker_spec(15)
-    assert spec.image == "postgres:15"
+def test_docker_sandbox_asks_for_the_image_with_durability_off() -> None:
+    assert docker_engine.image_for(None, 15) == "postgres:15"
+    assert docker_engine.image_for("mirror.example/postgis/postgis:{major}-3.4", 16) == \
+        "mirror.example/postgis/postgis:16-3.4"
+    assert docker_engine.image_for("atb-postgres:custom", 15) == "atb-postgres:custom"
+    spec = docker_engine.container_spec("atb-postgres:15")
+    assert spec.image == "atb-postgres:15"
     assert "-cfsync=off" in spec.command and "-cfull_page_writes=off" in spec.command
-    assert spec.password and spec.password != sandbox.docker_spec(15).password
+    assert spec.password and spec.password != docker_engine.container_spec("x").password
 
 
-def test_auto_prefers_docker_only_when_an_engine_answers() -> None:
-    assert sandbox.resolve_provider("auto", docker_probe=lambda: True) == "docker"
-    assert sandbox.resolve_provider("auto", docker_probe=lambda: False) == "local"
-    assert sandbox.resolve_provider("server", docker_probe=lambda: True) == "server"
+def test_auto_prefers_docker_only_when_the_engine_can_start_the_image() -> None:
+    ok = docker_engine.Engine(True, "unix:///run/docker.sock")
+    no_image = docker_engine.Engine(False, "unix:///run/docker.sock",
+                                    "the image postgres:15 is not on the engine")
+    assert sandbox.resolve_provider("auto", image="postgres:15", probe=lambda i: ok) == \
+        ("docker", "")
+    provider, why = sandbox.resolve_provider("auto", image="postgres:15",
+                                             probe=lambda i: no_image)
+    assert provider == "local" and "postgres:15 is not on the engine" in why
+    assert sandbox.resolve_provider("server", image="x", probe=lambda i: ok) == ("server", "")
     with pytest.raises(ConfigError):
-        sandbox.resolve_provider("kubernetes")
+        sandbox.resolve_provider("kubernetes", image="x")
 
 
-def test_no_docker_engine_answers_here_quickly() -> None:
-    """The machine's docker client has no daemon; the probe must say so within its 2 s."""
+@pytest.mark.parametrize("host", ["unix:///nonexistent/docker.sock", "tcp://127.0.0.1:9"])
+def test_the_engine_probe_says_where_it_looked_and_why_it_failed(
+        host: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DOCKER_HOST is read by the Docker SDK as the CLI reads it; a dead one is a reason."""
     import time
 
+    monkeypatch.setenv("DOCKER_HOST", host)
     t0 = time.monotonic()
-    available = sandbox.docker_available(timeout=2)
+    engine = docker_engine.probe("postgres:15", timeout=2)
     assert time.monotonic() - t0 < 10
-    if not available:
-        with pytest.raises(AtbError, match="needs a Docker engine"), \
-                sandbox.open_sandbox("docker", source_major=15, chains=[]):
-            pass
+    assert not engine.ok and engine.where == host
+    assert f"no Docker engine answers at {host}" in engine.why
+    with pytest.raises(AtbError, match="docker sandbox cannot start: no Docker engine"), \
+            sandbox.open_sandbox("docker", source_major=15, chains=[]):
+        pass
+
+
+def test_only_a_local_engine_gets_loopback_ports() -> None:
+    for where in ("unix:///var/run/docker.sock", "tcp://127.0.0.1:2375",
+                  "tcp://localhost:2376", "tcp://[::1]:2375"):
+        assert docker_engine.engine_is_local(where), where
+    for where in ("tcp://10.0.0.5:2376", "ssh://ci@builder.example"):
+        assert not docker_engine.engine_is_local(where), where
 
 
 def _state(verdict_checks: list[tuple[str, str]]) -> DrillState:

@@ -1,0 +1,167 @@
+"""pgBackRest as atb uses it: read a stanza's backups and archive, restore a backup into a
+directory of ours, fetch one WAL segment. pgBackRest does the physical work; atb never
+writes to its repository, never passes `--delta`, and always names the data directory itself.
+
+Every call names the stanza and, when given, the config file; `PGBACKREST_*` variables (the
+repository's credentials among them) reach pgBackRest and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from backup_core.errors import CommandFailed, ConfigError, ToolchainError
+from backup_core.runner import Completed, run
+
+# The PostgreSQL majors each pgBackRest release supports (from its release notes).
+SUPPORTED_MAJORS = {(2, 45): (9, 15), (2, 46): (9, 15), (2, 47): (9, 16), (2, 48): (9, 16),
+                    (2, 49): (9, 16), (2, 50): (9, 16), (2, 51): (9, 16), (2, 52): (9, 16),
+                    (2, 53): (9, 17), (2, 54): (9, 17), (2, 55): (10, 17), (2, 56): (10, 18)}
+SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
+
+
+@dataclass(frozen=True)
+class Stanza:
+    name: str
+    config: Path | None = None
+
+    def argv(self, *command: str) -> list[str]:
+        exe = shutil.which("pgbackrest")
+        if exe is None:
+            raise ToolchainError("pgbackrest is not installed: the point-in-time drill and "
+                                 "`status --stanza` need it (Debian: apt-get install "
+                                 "pgbackrest)")
+        config = [f"--config={self.config}"] if self.config else []
+        return [exe, *config, f"--stanza={self.name}", "--log-level-file=off", *command]
+
+
+@dataclass(frozen=True)
+class BackupSet:
+    label: str
+    type: str  # full, diff, incr
+    started: datetime
+    stopped: datetime
+    lsn_start: str
+    lsn_stop: str
+    wal_start: str
+    wal_stop: str
+    size: int
+
+
+@dataclass(frozen=True)
+class StanzaInfo:
+    name: str
+    status: str  # pgBackRest's own message: "ok", "no valid backups", ...
+    pg_version: str
+    backups: tuple[BackupSet, ...]
+    wal_min: str | None
+    wal_max: str | None
+
+    @property
+    def pg_major(self) -> int:
+        return int(self.pg_version.split(".")[0]) if self.pg_version else 0
+
+
+def version() -> tuple[str, tuple[int, int] | None] | None:
+    """(path, supported majors) of the pgbackrest found, or None."""
+    exe = shutil.which("pgbackrest")
+    if exe is None:
+        return None
+    done = run([exe, "version"], what="pgbackrest version", check=False, timeout=30)
+    found = re.search(r"(\d+)\.(\d+)", done.stdout)
+    if not found:
+        return f"{exe} (version unknown)", None
+    key = (int(found.group(1)), int(found.group(2)))
+    return f"{exe} {found.group(0)}", SUPPORTED_MAJORS.get(key)
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith("PGBACKREST_")}
+
+
+def call(stanza: Stanza, *command: str, what: str, run_as: str | None = None,
+         check: bool = True, timeout: float | None = 3600) -> Completed:
+    return run(stanza.argv(*command), what=what, env=_env(), run_as=run_as, check=check,
+               timeout=timeout)
+
+
+def info(stanza: Stanza, *, run_as: str | None = None) -> StanzaInfo:
+    """`pgbackrest info --output=json` for one stanza, checked and typed."""
+    done = call(stanza, "info", "--output=json", what="pgbackrest info", run_as=run_as,
+                timeout=300)
+    try:
+        [raw] = json.loads(done.stdout)
+    except (ValueError, TypeError) as exc:
+        raise CommandFailed(f"pgbackrest info printed no stanza {stanza.name}") from exc
+    message = str(raw.get("status", {}).get("message", "unknown"))
+    if raw.get("status", {}).get("code") == 1:  # missing stanza path
+        raise ConfigError(f"pgBackRest has no stanza {stanza.name!r}"
+                          + (f" in {stanza.config}" if stanza.config else "")
+                          + f": {message}")
+    dbs = raw.get("db") or [{}]
+    archives = [a for a in raw.get("archive", []) if a.get("max")]
+    backups = tuple(
+        BackupSet(label=b["label"], type=b["type"],
+                  started=datetime.fromtimestamp(b["timestamp"]["start"], UTC),
+                  stopped=datetime.fromtimestamp(b["timestamp"]["stop"], UTC),
+                  lsn_start=b.get("lsn", {}).get("start", ""),
+                  lsn_stop=b.get("lsn", {}).get("stop", ""),
+                  wal_start=b["archive"]["start"], wal_stop=b["archive"]["stop"],
+                  size=int(b.get("info", {}).get("size", 0)))
+        for b in raw.get("backup", []) if not b.get("error"))
+    return StanzaInfo(name=stanza.name, status=message, pg_version=str(dbs[-1].get("version", "")),
+                      backups=backups, wal_min=archives[-1]["min"] if archives else None,
+                      wal_max=archives[-1]["max"] if archives else None)
+
+
+def restore(stanza: Stanza, datadir: Path, *, target: datetime, backup: str, lock_dir: Path,
+            run_as: str | None) -> Completed:
+    """Restore `backup` into `datadir` (ours, empty) for recovery to `target`, then promote.
+
+    Archiving is off in the copy, and its restore_command reads the archive synchronously,
+    with our own lock directory and no log file: nothing the copy does writes to the stanza's
+    repository, its spool or its logs."""
+    fetch = (f"{' '.join(stanza.argv())} --lock-path={lock_dir} --pg1-path={datadir} "
+             '--no-archive-async archive-get %f "%p"')
+    return call(stanza, f"--pg1-path={datadir}", f"--lock-path={lock_dir}", "restore",
+                f"--set={backup}", "--type=time", f"--target={target.isoformat()}",
+                "--target-action=promote", "--archive-mode=off",
+                f"--recovery-option=restore_command={fetch}",
+                what="pgbackrest restore", run_as=run_as, timeout=None)
+
+
+def fetch_segment(stanza: Stanza, segment: str, dest: Path, *,
+                  run_as: str | None) -> bool:
+    """Copy one archived WAL segment to `dest`; False when the archive does not have it."""
+    if not SEGMENT_RE.match(segment):
+        raise ValueError(f"not a WAL segment name: {segment!r}")
+    done = call(stanza, "--no-archive-async", "archive-get", segment, str(dest),
+                what="pgbackrest archive-get",
+                run_as=run_as, check=False, timeout=600)
+    return done.returncode == 0 and dest.is_file()
+
+
+def next_segment(segment: str, *, segment_mb: int = 16) -> str:
+    """The segment after `segment` on the same timeline."""
+    timeline, log, seg = segment[:8], int(segment[8:16], 16), int(segment[16:], 16)
+    per_log = 0x100000000 // (segment_mb * 1024 * 1024)
+    seg += 1
+    if seg >= per_log:
+        log, seg = log + 1, 0
+    return f"{timeline}{log:08X}{seg:08X}"
+
+
+def previous_segment(segment: str, *, segment_mb: int = 16) -> str:
+    timeline, log, seg = segment[:8], int(segment[8:16], 16), int(segment[16:], 16)
+    per_log = 0x100000000 // (segment_mb * 1024 * 1024)
+    if seg == 0:
+        log, seg = log - 1, per_log - 1
+    else:
+        seg -= 1
+    return f"{timeline}{log:08X}{seg:08X}"

@@ -1,0 +1,173 @@
+"""The fixtures of a point-in-time drill (`--source pgbackrest`).
+
+The drill plugin registers this module after itself, so its fixtures take the place of the
+dump drill's fixtures of the same names (`drill_sandbox`, `drill_url`, `drill_conditions`,
+`drill_backup`): the shared checks, and the user's own, run on the recovered copy unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+import pytest
+
+from backup_core import db, pgbackrest, pitr, toolchain
+from backup_core.catalog import Backup
+from backup_core.cluster import Cluster
+from backup_core.conninfo import ConnInfo
+from backup_core.errors import AtbError
+from drills.result import PitrFacts, SandboxFacts
+from drills.sandbox import SandboxInfo
+from drills.state import DrillState
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the drill will recover, or why it cannot."""
+
+    stanza: pgbackrest.Stanza
+    info: pgbackrest.StanzaInfo | None = None
+    target: datetime | None = None
+    backup: pgbackrest.BackupSet | None = None
+    chain: toolchain.Toolchain | None = None
+    error: str = ""
+
+
+@dataclass
+class RecoveryOutcome:
+    cluster: Cluster | None = None
+    recovery: pitr.Recovery | None = None
+    error: str = ""
+    segment: str | None = None
+    log_tail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.cluster is not None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+@pytest.fixture(scope="session")
+def drill_pitr_plan(drill: DrillState, drill_chains: list[toolchain.Toolchain]) -> Plan:
+    """Read the stanza, find the recoverable window and pick the target in it (or take
+    --target-time), and the newest backup that finished before the target."""
+    o = drill.options
+    assert o.stanza is not None
+    stanza = pgbackrest.Stanza(o.stanza, o.pgbackrest_config)
+    drill.pitr = PitrFacts(stanza=o.stanza)
+    try:
+        with drill.phase("plan"):
+            info = pgbackrest.info(stanza)
+            chain = toolchain.for_server(info.pg_major, drill_chains)
+            if o.target_time is not None:
+                target, choice = o.target_time, "given with --target-time"
+                drill.pitr = replace(drill.pitr, target_choice=choice)
+            else:
+                w = pitr.window(stanza, info, chain, now=drill.started_at, days=o.window_days)
+                target = pitr.pick_target(w, o.seed)
+                drill.pitr = replace(
+                    drill.pitr, window_start=_iso(w.start), window_end=_iso(w.end),
+                    target_choice=f"random in the recoverable window of the last "
+                                  f"{o.window_days:g} days ({w.backups} backups; seed "
+                                  f"{o.seed})")
+            backup = pitr.backup_for(info, target)
+    except AtbError as exc:
+        drill.pitr = replace(drill.pitr, failure=str(exc))
+        return Plan(stanza=stanza, error=str(exc))
+    drill.pitr = replace(drill.pitr, target=_iso(target), backup_label=backup.label,
+                         backup_type=backup.type, backup_stopped=_iso(backup.stopped))
+    return Plan(stanza=stanza, info=info, target=target, backup=backup, chain=chain)
+
+
+@pytest.fixture(scope="session")
+def drill_recovery(drill: DrillState, drill_pitr_plan: Plan) -> Iterator[RecoveryOutcome]:
+    """The stanza's cluster restored by pgBackRest into a directory of ours and recovered to
+    the target; stopped and deleted at the end of the drill."""
+    plan = drill_pitr_plan
+    if plan.error or plan.info is None or plan.backup is None or plan.target is None \
+            or plan.chain is None:
+        yield RecoveryOutcome(error=plan.error)
+        return
+    manager = pitr.recovered(plan.stanza, plan.info, plan.backup, plan.target, plan.chain)
+    try:
+        cluster, recovery = manager.__enter__()
+    except AtbError as exc:
+        segment = exc.segment if isinstance(exc, pitr.RecoveryFailed) else None
+        drill.pitr = replace(drill.pitr or PitrFacts(), failure=str(exc))
+        yield RecoveryOutcome(error=str(exc), segment=segment, log_tail=exc.detail)
+        return
+    drill.phases.update({"restore files": recovery.restore_s, "start": recovery.start_s,
+                         "WAL replay": recovery.replay_s})
+    drill.pitr = replace(drill.pitr or PitrFacts(), recovered_to=_iso(recovery.recovered_to),
+                         wal_bytes=recovery.wal_bytes, wal_segments=recovery.segments)
+    drill.checks_started = time.monotonic()
+    try:
+        yield RecoveryOutcome(cluster=cluster, recovery=recovery)
+    finally:
+        os.environ.pop("DATABASE_URL", None)
+        with drill.phase("sandbox teardown"):
+            manager.__exit__(None, None, None)
+
+
+def _app_database(cluster: Cluster, wanted: str | None) -> str:
+    with db.connect(cluster.url()) as conn:
+        names = [r[0] for r in conn.execute(
+            "SELECT datname FROM pg_database WHERE datallowconn AND datname NOT IN "
+            "('postgres', 'template1') ORDER BY 1").fetchall()]
+    if wanted:
+        if wanted not in names:
+            raise AtbError(f"the recovered cluster has no database {wanted!r} "
+                           f"(it has {', '.join(names) or 'none but postgres'})")
+        return wanted
+    if len(names) != 1:
+        raise AtbError("name the application's database with --database: the recovered "
+                       f"cluster has {', '.join(names) or 'none but postgres'}")
+    return str(names[0])
+
+
+@pytest.fixture(scope="session")
+def drill_sandbox(drill: DrillState, drill_recovery: RecoveryOutcome) -> SandboxInfo:
+    """The recovered copy's application database, as the dump drill's sandbox is."""
+    if not drill_recovery.ok or drill_recovery.cluster is None:
+        pytest.skip(f"not run: the recovery failed ({drill_recovery.error})")
+    cluster = drill_recovery.cluster
+    try:
+        url = cluster.url(_app_database(cluster, drill.options.database))
+    except AtbError as exc:
+        pytest.fail(str(exc))
+    ident = db.identity_of(url)
+    assert ident is not None
+    with db.connect(url) as conn:
+        version = db.server_version(conn)
+    info = SandboxInfo(provider="local (pgBackRest restore)", server_version=version, url=url,
+                       identity=ident, start_s=0.0, chain=cluster.toolchain)
+    os.environ["DATABASE_URL"] = url.app_url(
+        drill.production.dialect if drill.production else "")
+    drill.sandbox = SandboxFacts(provider=info.provider, server_version=version,
+                                 database=info.dbname, identity=str(ident),
+                                 url=url.redacted)
+    return info
+
+
+@pytest.fixture(scope="session")
+def drill_url(drill_sandbox: SandboxInfo) -> ConnInfo:
+    """The recovered database (before migration)."""
+    return drill_sandbox.url
+
+
+@pytest.fixture(scope="session")
+def drill_conditions() -> dict[str, list[str]]:
+    """Nothing was recorded beside a physical backup: whatever the copy has, fails."""
+    return {}
+
+
+@pytest.fixture(scope="session")
+def drill_backup() -> Backup:
+    pytest.skip("a point-in-time drill has no pg_dump backup")

@@ -1,0 +1,291 @@
+"""Point-in-time drills against the real thing: Debian's pgBackRest 2.45 and PostgreSQL 15.
+
+A session fixture makes a production cluster archiving into a throwaway pgBackRest repository,
+migrates the example application into it, writes a heartbeat every second, takes a full
+backup and keeps writing; the drills then recover copies of it to points in that history.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from backup_core import db, heartbeat, pgbackrest, toolchain
+from backup_core.cluster import Cluster, random_password, service_user
+from backup_core.conninfo import ConnInfo
+from drills.demo import alembic_upgrade, example_dir, load_datagen
+from tests.helpers import atb, checks, drill, fingerprint
+
+EXAMPLE = example_dir()
+STANZA = "trading"
+BEAT_S = 1.0  # the heartbeat interval of this test's application
+
+
+@dataclass
+class Production:
+    cluster: Cluster
+    url: ConnInfo
+    config: Path
+    repo: Path
+    info: pgbackrest.StanzaInfo
+
+
+def _pgbackrest(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    user = service_user()
+    return subprocess.run(["pgbackrest", f"--config={config}", f"--stanza={STANZA}",
+                           "--log-level-file=off", *args], capture_output=True, text=True,
+                          check=False, user=user, timeout=300)
+
+
+def _write_config(path: Path, repo: Path, cluster: Cluster) -> None:
+    path.write_text(f"""[global]
+repo1-path={repo}
+repo1-retention-full=2
+lock-path={path.parent / "lock"}
+log-path={path.parent / "log"}
+log-level-console=warn
+start-fast=y
+compress-type=gz
+
+[{STANZA}]
+pg1-path={cluster.datadir}
+pg1-socket-path={cluster.socket_dir}
+pg1-port={cluster.port}
+""")
+
+
+def _wait_archived(url: ConnInfo) -> None:
+    """Switch WAL and wait until the archiver has pushed the segment."""
+    with db.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
+        assert row is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()
+            if done and done[0] and done[0] >= row[0]:
+                return
+            time.sleep(0.2)
+    raise AssertionError(f"WAL {row[0]} was not archived within 60 s")
+
+
+@pytest.fixture(scope="module")
+def production(chain15: toolchain.Toolchain) -> Iterator[Production]:
+    if shutil.which("pgbackrest") is None:
+        if os.environ.get("CI"):
+            pytest.fail("pgbackrest is required in CI (see .ci/run)")
+        pytest.skip("pgbackrest is not installed")
+    work = Path(tempfile.mkdtemp(prefix="atb-test-pgbackrest-"))  # the server user reads it
+    work.chmod(0o755)
+    user = service_user()
+    for sub in ("repo", "lock", "log"):
+        (work / sub).mkdir()
+        if user:
+            shutil.chown(work / sub, user, user)
+    config = work / "pgbackrest.conf"
+    settings = {"wal_level": "replica", "archive_mode": "on",
+                "archive_command": f"pgbackrest --config={config} --stanza={STANZA} "
+                                   "archive-push %p"}
+    with Cluster(chain15, password=random_password(), tcp=True, settings=settings) as cluster:
+        _write_config(config, work / "repo", cluster)
+        config.chmod(0o644)
+        for step in (["stanza-create"], ["check"]):
+            done = _pgbackrest(config, *step)
+            assert done.returncode == 0, done.stderr + done.stdout
+        with db.connect(cluster.url(), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE trading")
+        url = cluster.url("trading")
+        alembic_upgrade(url, "0003_order_index_status")  # the drill migrates on to head
+        with db.connect(url) as conn:  # orders, trades and positions, as the app has them
+            load_datagen().fill(conn, orders=200, start=datetime.now(UTC) - timedelta(days=1),
+                                end=datetime.now(UTC))
+            conn.commit()
+        with db.connect(cluster.url(), autocommit=True) as conn:  # a segment a second
+            conn.execute("ALTER SYSTEM SET archive_timeout = '1s'")
+            conn.execute("SELECT pg_reload_conf()")
+
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.is_set():
+                heartbeat.insert_heartbeat(url)
+                stop.wait(BEAT_S)
+
+        beater = threading.Thread(target=beat, daemon=True)
+        beater.start()
+        try:
+            time.sleep(3)
+            done = _pgbackrest(config, "backup", "--type=full")
+            assert done.returncode == 0, done.stderr + done.stdout
+            time.sleep(12)  # keep writing after the backup: the window to recover into
+        finally:
+            stop.set()
+            beater.join()
+        with db.connect(cluster.url(), autocommit=True) as conn:  # quiet from here on
+            conn.execute("ALTER SYSTEM RESET archive_timeout")
+            conn.execute("SELECT pg_reload_conf()")
+        _wait_archived(url)
+        info = pgbackrest.info(pgbackrest.Stanza(STANZA, config))
+        assert len(info.backups) == 1 and info.wal_max is not None
+        yield Production(cluster=cluster, url=url, config=config, repo=work / "repo",
+                         info=info)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _repo_listing(repo: Path) -> dict[str, int]:
+    return {str(p.relative_to(repo)): p.stat().st_size for p in repo.rglob("*") if p.is_file()}
+
+
+def _data_dir_state(cluster: Cluster) -> dict[str, object]:
+    """What a restore into the stanza's own data directory would change."""
+    data = cluster.datadir
+    return {"postmaster.pid": (data / "postmaster.pid").read_bytes(),
+            **{name: (data / name).read_bytes() for name in
+               ("postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "PG_VERSION")},
+            "signals": sorted(p.name for p in data.iterdir()
+                              if p.name in ("recovery.signal", "standby.signal",
+                                            "backup_label", "tablespace_map")),
+            "identity": db.identity_of(cluster.url())}
+
+
+def _pitr_drill(p: Production, tmp: Path, *args: str) -> tuple[subprocess.CompletedProcess[str],
+                                                                dict]:
+    return drill("--source", "pgbackrest", "--stanza", STANZA, "--pgbackrest-config",
+                 str(p.config), "--database", "trading", "--rpo-target", "30s",
+                 "--alembic-config", str(EXAMPLE / "alembic.ini"), *args,
+                 backup_dir=tmp / "no-dumps", report_dir=tmp / "reports", url=p.url)
+
+
+def test_a_drill_to_a_random_time_passes_with_the_loss_measured(
+        production: Production, tmp_path: Path) -> None:
+    before_rows, before_dir = fingerprint(production.url), _data_dir_state(production.cluster)
+    before_repo = _repo_listing(production.repo)
+    integration = f"{sys.executable} -m pytest -q -p no:cacheprovider {EXAMPLE / 'tests'}"
+    done, result = _pitr_drill(production, tmp_path, "--seed", "7", "--integration-cmd",
+                               integration)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert result["verdict"] == "PASS"
+    outcomes = checks(result)
+    assert outcomes["test_recovery_reaches_the_target_time"] == "passed"
+    assert outcomes["test_data_loss_is_within_the_rpo_target"] == "passed"
+    assert outcomes["test_alembic_upgrade_head_reaches_the_script_head"] == "passed"
+    assert outcomes["test_amcheck_finds_no_corruption"] == "passed"
+    pitr = result["pitr"]
+    target = datetime.fromisoformat(pitr["target"])
+    backup = production.info.backups[0]
+    assert backup.stopped <= target <= datetime.fromisoformat(pitr["window_end"])
+    assert pitr["backup_label"] == backup.label and "seed 7" in pitr["target_choice"]
+    assert 0 <= pitr["data_loss_s"] < BEAT_S + 0.5, pitr  # bounded by the interval
+    newest = datetime.fromisoformat(pitr["newest_heartbeat"])
+    assert newest <= target and pitr["recovered_to"] and pitr["wal_bytes"] > 0
+    assert result["alembic"]["before"] == "0003_order_index_status" and \
+        result["alembic"]["after"] == "0005_rename_balance_equity"
+    assert {"restore files", "start", "WAL replay", "migrate", "checks"} <= \
+        set(result["rto"]["phases"])
+    assert result["rpo"]["met"] is True and "archiving current" in result["rpo"]["summary"]
+    html = Path(result["reports"]["html"]).read_text()
+    assert "measured data loss" in html and ": met" in html
+    # the same seed picks the same target
+    again, replay = _pitr_drill(production, tmp_path / "again", "--seed", "7")
+    assert replay["pitr"]["target"] == pitr["target"], again.stderr
+    # the stanza's server, its data directory and its repository are as they were
+    assert fingerprint(production.url) == before_rows
+    assert _data_dir_state(production.cluster) == before_dir
+    assert _repo_listing(production.repo) == before_repo
+    assert not list((production.repo / "archive").rglob("????????.history")), \
+        "a recovered copy pushed its new timeline into the stanza's archive"
+
+
+def test_a_target_after_the_last_archived_wal_fails_clearly(
+        production: Production, tmp_path: Path) -> None:
+    late = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    done, result = _pitr_drill(production, tmp_path, "--target-time", late)
+    assert done.returncode == 1 and result["verdict"] == "FAIL", done.stdout + done.stderr
+    assert checks(result)["test_recovery_reaches_the_target_time"] == "failed"
+    message = next(c["message"] for c in result["checks"]
+                   if c["name"] == "test_recovery_reaches_the_target_time")
+    assert "is after the last archived WAL" in message and late[:19] in message
+    assert result["rto"]["measured_s"] is None
+
+
+def test_a_missing_wal_segment_fails_the_drill_naming_it(
+        production: Production, tmp_path: Path, sandbox_tmp: Path) -> None:
+    """A copy of the repository with one segment gone from the middle of the window."""
+    repo = sandbox_tmp / "repo"
+    subprocess.run(["cp", "-a", str(production.repo), str(repo)], check=True)
+    config = sandbox_tmp / "pgbackrest.conf"
+    config.write_text(production.config.read_text().replace(str(production.repo), str(repo)))
+    config.chmod(0o644)
+    backup = production.info.backups[0]
+    missing = pgbackrest.next_segment(pgbackrest.next_segment(backup.wal_stop))
+    assert production.info.wal_max is not None and missing < production.info.wal_max
+    [segment_file] = list(repo.rglob(f"{missing}-*"))
+    segment_file.unlink()
+    copy = Production(production.cluster, production.url, config, repo, production.info)
+    # the newest heartbeat's commit: recovering to it needs every segment up to there
+    with db.connect(production.url) as conn:
+        newest = conn.execute("SELECT max(created_at) FROM system_events").fetchone()[0]
+    done, result = _pitr_drill(copy, tmp_path, "--target-time", newest.isoformat())
+    assert done.returncode == 1 and result["verdict"] == "FAIL", done.stdout + done.stderr
+    message = next(c["message"] for c in result["checks"]
+                   if c["name"] == "test_recovery_reaches_the_target_time")
+    assert f"WAL segment {missing} is missing from the archive" in message
+    assert result["pitr"]["failure"].startswith(f"WAL segment {missing}")
+
+
+def test_status_watches_archiving_and_fails_when_it_stops(
+        production: Production, tmp_path: Path) -> None:
+    prom = tmp_path / "atb.prom"
+    args = ("db", "status", "--stanza", STANZA, "--pgbackrest-config", str(production.config),
+            "--backup-dir", str(tmp_path / "none"), "--rpo", "15m", "--prometheus", str(prom))
+    _wait_archived(production.url)
+    ok = atb(*args, "--json", url=production.url)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    [stanza] = json.loads(ok.stdout)["stanzas"]
+    assert stanza["ok"] and stanza["lag_s"] < 60 and stanza["window_s"] > 10
+    metrics = prom.read_text()
+    assert f'atb_wal_archive_lag_seconds{{stanza="{STANZA}"}}' in metrics
+    assert f'atb_pitr_window_seconds{{stanza="{STANZA}"}}' in metrics
+    assert production.url.password not in ok.stdout + ok.stderr + metrics
+    with db.connect(production.cluster.url(), autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET archive_command = 'false'")
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        time.sleep(0.5)
+        with db.connect(production.url, autocommit=True) as conn:
+            heartbeat.insert_heartbeat(production.url)
+            conn.execute("SELECT pg_switch_wal()")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                row = conn.execute("SELECT failed_count FROM pg_stat_archiver").fetchone()
+                if row and row[0] > 0:
+                    break
+                time.sleep(0.2)
+        stopped = atb(*args, url=production.url)
+        assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+        assert "MISSED: archiving is failing" in stopped.stdout
+        assert 'atb_wal_archive_targets_met{stanza="trading"} 0' in prom.read_text()
+    finally:
+        with db.connect(production.cluster.url(), autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM RESET archive_command")
+            conn.execute("SELECT pg_reload_conf()")
+
+
+def test_doctor_names_the_pgbackrest_found(production: Production) -> None:
+    done = atb("doctor", "--json")
+    found = json.loads(done.stdout)["pgbackrest"]
+    assert found["found"].endswith(" 2.45") or found["found"].split()[-1] >= "2.45"
+    assert found["supported_majors"][1] >= 15
+    text = atb("doctor").stdout
+    assert "pgbackrest: " in text and "supports PostgreSQL" in text

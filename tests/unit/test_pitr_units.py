@@ -1,0 +1,140 @@
+"""Point-in-time logic that needs no server: WAL names, the window's pick, why a recovery
+stopped, and archiving judged against the RPO."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from backup_core import pgbackrest, pitr, status, wal_status
+from backup_core.errors import AtbError, ConfigError
+from drills.options import DrillOptions, parse_target
+
+T0 = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+
+
+def _backup(label: str, stopped: datetime) -> pgbackrest.BackupSet:
+    return pgbackrest.BackupSet(label=label, type="full", started=stopped - timedelta(minutes=5),
+                                stopped=stopped, lsn_start="0/2000028", lsn_stop="0/3000050",
+                                wal_start="000000010000000000000002",
+                                wal_stop="000000010000000000000003", size=1)
+
+
+def _info(*backups: pgbackrest.BackupSet, wal_max: str = "00000001000000000000000A",
+          status_text: str = "ok") -> pgbackrest.StanzaInfo:
+    return pgbackrest.StanzaInfo(name="main", status=status_text, pg_version="15",
+                                 backups=backups, wal_min="000000010000000000000001",
+                                 wal_max=wal_max)
+
+
+def test_wal_segment_names_roll_over_to_the_next_log() -> None:
+    assert pgbackrest.next_segment("000000010000000000000009") == "00000001000000000000000A"
+    assert pgbackrest.next_segment("0000000100000000000000FF") == "000000010000000100000000"
+    assert pgbackrest.previous_segment("000000010000000100000000") == \
+        "0000000100000000000000FF"
+    assert pgbackrest.previous_segment(pgbackrest.next_segment("0000000200000003000000A7")) \
+        == "0000000200000003000000A7"
+    with pytest.raises(ValueError):
+        pgbackrest.fetch_segment(pgbackrest.Stanza("main"), "../../etc/passwd", None,  # type: ignore[arg-type]
+                                 run_as=None)
+
+
+def test_the_target_is_uniform_over_the_window_and_replayable() -> None:
+    w = pitr.Window(start=T0, end=T0 + timedelta(days=3), newest_segment="x", backups=2)
+    picks = [pitr.pick_target(w, seed) for seed in range(200)]
+    assert all(w.start <= t <= w.end for t in picks)
+    assert pitr.pick_target(w, 11) == pitr.pick_target(w, 11)
+    assert min(picks) < T0 + timedelta(hours=12) and max(picks) > T0 + timedelta(days=2, hours=12)
+    assert all(t.microsecond % 1000 == 0 for t in picks)
+
+
+def test_the_backup_is_the_newest_that_finished_before_the_target() -> None:
+    info = _info(_backup("a", T0), _backup("b", T0 + timedelta(days=1)),
+                 _backup("c", T0 + timedelta(days=2)))
+    assert pitr.backup_for(info, T0 + timedelta(days=1, hours=5)).label == "b"
+    assert pitr.backup_for(info, T0 + timedelta(days=1)).label == "b"
+    with pytest.raises(AtbError, match="no backup of stanza main finished before"):
+        pitr.backup_for(info, T0 - timedelta(seconds=1))
+
+
+LOG = """2026-11-24 09:27:30.300 UTC [1] LOG:  starting point-in-time recovery to {target}
+2026-11-24 09:27:30.310 UTC [2] LOG:  restored log file "000000010000000000000003" from archive
+2026-11-24 09:27:30.320 UTC [2] LOG:  redo starts at 0/3000028
+2026-11-24 09:27:30.330 UTC [2] LOG:  restored log file "000000010000000000000004" from archive
+2026-11-24 09:27:30.438 UTC [2] LOG:  last completed transaction was at log time 2026-11-24 09:10:05.845458+00
+2026-11-24 09:27:30.438 UTC [2] FATAL:  recovery ended before configured recovery target was reached
+"""
+
+
+def test_a_recovery_that_stops_short_says_which_segment_is_missing() -> None:
+    failed = pitr.explain(LOG, _info(wal_max="00000001000000000000000A"), T0)
+    assert failed.segment == "000000010000000000000005"
+    assert "WAL segment 000000010000000000000005 is missing from the archive" in str(failed)
+    assert "goes on to 00000001000000000000000A" in str(failed)
+    assert "09:10:05" in str(failed)
+
+
+def test_a_target_past_the_archive_is_told_apart_from_a_gap() -> None:
+    failed = pitr.explain(LOG, _info(wal_max="000000010000000000000004"), T0)
+    assert failed.segment is None
+    assert f"the target {T0.isoformat()} is after the last archived WAL" in str(failed)
+
+
+def test_any_other_startup_failure_shows_the_servers_fatal_line() -> None:
+    log = ('2026-11-24 09:27:30.300 UTC [1] FATAL:  could not access file "timescaledb": '
+           "No such file or directory\n")
+    failed = pitr.explain(log, _info(), T0)
+    assert str(failed) == ('the recovered copy did not start: could not access file '
+                           '"timescaledb": No such file or directory')
+
+
+def _archiver(archived: datetime | None, failed: datetime | None = None,
+              mode: str = "on") -> dict[str, object]:
+    return {"last_archived_wal": "00000001000000000000000A" if archived else None,
+            "last_archived_at": archived, "last_failed_wal":
+            "00000001000000000000000B" if failed else None, "last_failed_at": failed,
+            "failed_count": 3 if failed else 0, "archive_mode": mode}
+
+
+def test_archiving_is_judged_against_the_rpo() -> None:
+    info = _info(_backup("a", T0))
+    now = T0 + timedelta(hours=2)
+    current = wal_status.judge(info, _archiver(now - timedelta(minutes=4)), now=now, rpo_s=900)
+    assert current.ok and current.lag_s == 240 and current.window_s == 2 * 3600 - 240
+    lagging = wal_status.judge(info, _archiver(now - timedelta(minutes=20)), now=now,
+                               rpo_s=900)
+    assert not lagging.ok and "archiving lags 20m" in lagging.missed[0]
+    failing = wal_status.judge(info, _archiver(now - timedelta(minutes=4),
+                                               now - timedelta(minutes=1)), now=now, rpo_s=900)
+    assert [m for m in failing.missed if m.startswith("archiving is failing: "
+                                                      "00000001000000000000000B")]
+    recovered = wal_status.judge(info, _archiver(now - timedelta(minutes=1),
+                                                 now - timedelta(minutes=4)), now=now, rpo_s=900)
+    assert recovered.ok  # a failure since followed by a success is history
+    off = wal_status.judge(_info(), _archiver(None, mode="off"), now=now, rpo_s=900)
+    assert {"archive_mode is off: nothing is archived",
+            "no pgBackRest backup: there is nothing to replay WAL onto",
+            "no WAL segment has been archived yet"} <= set(off.missed)
+    text = status.prometheus_text([], [current, lagging])
+    assert 'atb_wal_archive_lag_seconds{stanza="main"} 240' in text
+    assert 'atb_wal_archive_targets_met{stanza="main"} 0' in text
+
+
+def test_target_times_need_a_zone_and_a_stanza() -> None:
+    assert parse_target("random") is None and parse_target(None) is None
+    assert parse_target("2026-11-24T09:30:00Z") == datetime(2026, 11, 24, 9, 30, tzinfo=UTC)
+    assert parse_target("2026-11-24T10:30:00+01:00") == datetime(2026, 11, 24, 9, 30,
+                                                                 tzinfo=UTC)
+    with pytest.raises(ConfigError, match="has no time zone"):
+        parse_target("2026-11-24T09:30:00")
+    with pytest.raises(ConfigError, match="ISO 8601"):
+        parse_target("yesterday")
+    values = {"source": "pgbackrest"}
+    with pytest.raises(ConfigError, match="--source pgbackrest needs --stanza"):
+        DrillOptions.from_values(values.get, lambda name: False)
+    opts = DrillOptions.from_values({**values, "stanza": "main",
+                                     "target-time": "2026-11-24T09:30:00Z"}.get,
+                                    lambda name: False)
+    assert "--source=pgbackrest" in opts.as_pytest_args()
+    assert "--target-time=2026-11-24T09:30:00+00:00" in opts.as_pytest_args()
