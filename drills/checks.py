@@ -374,7 +374,8 @@ def test_schedule_meets_the_rpo_target(drill: DrillState, drill_policy: status.S
         return
     advice = (f"backups every {human(drill.options.schedule_s)} cannot meet an RPO of "
               f"{human(target)}: back up at least every {human(target)}, or add continuous "
-              "WAL archiving (pgBackRest, Barman, WAL-G) for point-in-time recovery")
+              "WAL archiving (pgBackRest, Barman, WAL-G) for point-in-time recovery, and "
+              "drill it with --source pgbackrest")
     if drill.options.strict_rpo:
         raise CheckFailed("the backup schedule cannot meet the RPO target",
                           expected=f"largest gap <= {human(target)}", found=human(worst),

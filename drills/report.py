@@ -63,6 +63,9 @@ def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
         ("Seed", str(r.seed)),
         ("Drill", f"{r.started_at} to {r.finished_at}"),
     ]
+    if r.pitr is not None:  # a physical backup has no dump facts; its own rows say more
+        rows = [row for row in rows if row[0] not in ("Selection", "Size / SHA-256", "Source",
+                                                        "Data")]
     if r.not_run:
         rows.insert(1, ("Not run", "; ".join(f"{title(k)}: {v}" for k, v in r.not_run.items())))
     if r.integration:

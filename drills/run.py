@@ -91,8 +91,9 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
             ConnInfo.parse(options.sandbox_url, what="ATB_SANDBOX_URL"), production)
     if options.sandbox == "docker" and options.source == "dump":
         check_docker(options)
-    if options.source == "pgbackrest":
-        pgbackrest.Stanza(options.stanza or "").argv()  # exit 3 now when it is not installed
+    if options.source == "pgbackrest":  # before anything starts: exit 3 with no pgbackrest,
+        # exit 2 for a stanza it does not know
+        pgbackrest.info(pgbackrest.Stanza(options.stanza or "", options.pgbackrest_config))
     base = drill_env(options, production, env)
     with tempfile.TemporaryDirectory(prefix="atb-drill-") as tmp:
         result_file = Path(tmp) / "result.json"

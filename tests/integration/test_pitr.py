@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -289,3 +290,40 @@ def test_doctor_names_the_pgbackrest_found(production: Production) -> None:
     assert found["supported_majors"][1] >= 15
     text = atb("doctor").stdout
     assert "pgbackrest: " in text and "supports PostgreSQL" in text
+
+
+def test_an_unknown_stanza_is_refused_before_anything_starts(
+        production: Production, tmp_path: Path) -> None:
+    done = atb("drill", "run", "--source", "pgbackrest", "--stanza", "nosuch",
+               "--pgbackrest-config", str(production.config), "--report-dir",
+               str(tmp_path / "r"))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip() == (f"atb: error: pgBackRest has no stanza 'nosuch' in "
+                                   f"{production.config}: missing stanza path")
+    assert not (tmp_path / "r").exists()
+
+
+def test_interrupting_a_point_in_time_drill_removes_the_copy(
+        production: Production, tmp_path: Path, sandbox_tmp: Path) -> None:
+    marker = tmp_path / "integration-started"
+    slow = f"{sys.executable} -c \"import pathlib, time; pathlib.Path('{marker}').touch(); " \
+           "time.sleep(120)\""
+    env = {**{k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
+           "TMPDIR": str(sandbox_tmp)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "drills.cli", "drill", "run", "--source", "pgbackrest",
+         "--stanza", STANZA, "--pgbackrest-config", str(production.config), "--database",
+         "trading", "--integration-cmd", slow, "--report-dir", str(tmp_path / "r")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert marker.exists(), proc.communicate(timeout=5)
+    assert any(p.name.startswith("atb-pg-") for p in sandbox_tmp.iterdir())
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert list(sandbox_tmp.iterdir()) == []
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(sandbox_tmp) not in ps
