@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from backup_core import catalog
@@ -111,3 +111,30 @@ def copy_backup(src: Path, dest_root: Path) -> Path:
 
 def oldest(backup_dir: Path) -> Path:
     return [b for b in catalog.scan(backup_dir) if b.complete][-1].path
+
+
+def interrupt_drill(args: list[str], tmp: Path, while_running: Callable[[], None],
+                    env: Mapping[str, str] | None = None) -> tuple[int, str, str]:
+    """`atb drill run ARGS` with an integration command that waits, interrupted by Ctrl-C
+    (SIGINT to its process group, as a terminal sends it) once that command has started and
+    `while_running` has looked at what the drill holds. Returns (exit code, stdout, stderr)."""
+    import os
+    import signal
+    import time
+
+    marker = tmp / "integration-started"
+    slow = f"{sys.executable} -c \"import pathlib, time; pathlib.Path('{marker}').touch(); " \
+           "time.sleep(120)\""
+    full_env = {**{k: v for k, v in os.environ.items() if k != "DATABASE_URL"}, **(env or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "drills.cli", "drill", "run", *args,
+                             "--integration-cmd", slow, "--report-dir", str(tmp / "r")],
+                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert marker.exists(), proc.communicate(timeout=5)
+    while_running()
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err

@@ -5,11 +5,7 @@ on loopback only, and `auto` choosing local (and saying why) when the image is m
 from __future__ import annotations
 
 import html
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import docker
@@ -19,7 +15,7 @@ from backup_core import db, toolchain
 from backup_core.conninfo import ConnInfo
 from drills import docker_engine, sandbox
 from drills.demo import example_dir
-from tests.helpers import atb, checks, drill, fingerprint, oldest
+from tests.helpers import atb, checks, drill, fingerprint, interrupt_drill, oldest
 
 pytestmark = pytest.mark.docker
 EXAMPLE = example_dir()
@@ -91,24 +87,13 @@ def test_a_failing_drill_in_docker_removes_its_container(
 
 def test_ctrl_c_during_a_docker_drill_removes_the_container(
         history: tuple[ConnInfo, Path], docker_image: str, tmp_path: Path) -> None:
-    marker = tmp_path / "integration-started"
-    slow = f"{sys.executable} -c \"import pathlib, time; pathlib.Path('{marker}').touch(); " \
-           "time.sleep(120)\""
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "drills.cli", "drill", "run", "--sandbox", "docker",
-         "--docker-image", docker_image, "--backup", str(oldest(history[1])),
-         "--integration-cmd", slow, "--no-record", "--report-dir", str(tmp_path / "r")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert marker.exists(), proc.communicate(timeout=5)
-    assert len(docker_engine.drill_containers()) == 1, "the sandbox should exist now"
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at a terminal reaches the whole group
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, out + err
+    def one_container() -> None:
+        assert len(docker_engine.drill_containers()) == 1, "the sandbox should exist now"
+
+    code, out, err = interrupt_drill(["--sandbox", "docker", "--docker-image", docker_image,
+                                      "--backup", str(oldest(history[1])), "--no-record"],
+                                     tmp_path, one_container)
+    assert code == 130, out + err
     assert "Traceback" not in err
     assert docker_engine.drill_containers() == []
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from backup_core import db, heartbeat, pgbackrest, toolchain
 from backup_core.cluster import Cluster, random_password, service_user
 from backup_core.conninfo import ConnInfo
 from drills.demo import alembic_upgrade, example_dir, load_datagen
-from tests.helpers import atb, checks, drill, fingerprint
+from tests.helpers import atb, checks, drill, fingerprint, interrupt_drill
 
 EXAMPLE = example_dir()
 STANZA = "trading"
@@ -305,25 +304,14 @@ def test_an_unknown_stanza_is_refused_before_anything_starts(
 
 def test_interrupting_a_point_in_time_drill_removes_the_copy(
         production: Production, tmp_path: Path, sandbox_tmp: Path) -> None:
-    marker = tmp_path / "integration-started"
-    slow = f"{sys.executable} -c \"import pathlib, time; pathlib.Path('{marker}').touch(); " \
-           "time.sleep(120)\""
-    env = {**{k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
-           "TMPDIR": str(sandbox_tmp)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "drills.cli", "drill", "run", "--source", "pgbackrest",
-         "--stanza", STANZA, "--pgbackrest-config", str(production.config), "--database",
-         "trading", "--integration-cmd", slow, "--report-dir", str(tmp_path / "r")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert marker.exists(), proc.communicate(timeout=5)
-    assert any(p.name.startswith("atb-pg-") for p in sandbox_tmp.iterdir())
-    os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, out + err
+    def copy_exists() -> None:
+        assert any(p.name.startswith("atb-pg-") for p in sandbox_tmp.iterdir())
+
+    code, out, err = interrupt_drill(
+        ["--source", "pgbackrest", "--stanza", STANZA, "--pgbackrest-config",
+         str(production.config), "--database", "trading"], tmp_path, copy_exists,
+        env={"TMPDIR": str(sandbox_tmp)})
+    assert code == 130, out + err
     assert list(sandbox_tmp.iterdir()) == []
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(sandbox_tmp) not in ps
