@@ -118,14 +118,14 @@ def drill_recovery(drill: DrillState, drill_pitr_plan: Plan) -> Iterator[Recover
 
 def _app_database(cluster: Cluster, wanted: str | None) -> str:
     with db.connect(cluster.url()) as conn:
-        names = [r[0] for r in conn.execute(
-            "SELECT datname FROM pg_database WHERE datallowconn AND datname NOT IN "
-            "('postgres', 'template1') ORDER BY 1").fetchall()]
+        every = [str(r[0]) for r in conn.execute(
+            "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1").fetchall()]
     if wanted:
-        if wanted not in names:
+        if wanted not in every:
             raise AtbError(f"the recovered cluster has no database {wanted!r} "
-                           f"(it has {', '.join(names) or 'none but postgres'})")
+                           f"(it has {', '.join(every)})")
         return wanted
+    names = [n for n in every if n not in ("postgres", "template1")]
     if len(names) != 1:
         raise AtbError("name the application's database with --database: the recovered "
                        f"cluster has {', '.join(names) or 'none but postgres'}")
