@@ -213,32 +213,16 @@ class Cluster:
             for path in (self.workdir, self.socket_dir):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
             self.workdir.chmod(0o711)
-        pwfile = self.workdir / "pwfile"
-        initdb = [
-            self.toolchain.tool("initdb"), "-D", str(self.datadir), "-U", self.superuser,
-            "--encoding=UTF8", "--locale=C", "--auth-local=trust", "--no-sync",
-        ]
-        if self.password:
-            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(self.password + "\n")
-            if run_as:
-                os.chown(pwfile, pwd.getpwnam(run_as).pw_uid, -1)
-            initdb += ["--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
-        else:
-            initdb += ["--auth-host=trust"]
         if self.populate is not None:
             self.datadir.mkdir(mode=0o700)
             if run_as:
-                os.chown(self.datadir, pwd.getpwnam(run_as).pw_uid, pwd.getpwnam(run_as).pw_gid)
+                entry = pwd.getpwnam(run_as)
+                os.chown(self.datadir, entry.pw_uid, entry.pw_gid)
             self.populate(self.datadir, run_as)
             # socket only, trust: as a fresh sandbox; production's rules do not apply here
             (self.datadir / "pg_hba.conf").write_text("local all all trust\n")
         else:
-            try:
-                run(initdb, what="initdb", run_as=run_as, cwd=self.workdir, timeout=120)
-            finally:
-                pwfile.unlink(missing_ok=True)
+            self._initdb(run_as)
         self.port = free_port() if self.tcp else 5432
         conf = {
             "listen_addresses": "'127.0.0.1'" if self.tcp else "''",
@@ -268,6 +252,27 @@ class Cluster:
             ) from exc
         self._running = True
         log.debug("cluster %s started (PostgreSQL %s)", self.workdir, self.toolchain.version)
+
+    def _initdb(self, run_as: str | None) -> None:
+        assert self.workdir is not None
+        pwfile = self.workdir / "pwfile"
+        initdb = [
+            self.toolchain.tool("initdb"), "-D", str(self.datadir), "-U", self.superuser,
+            "--encoding=UTF8", "--locale=C", "--auth-local=trust", "--no-sync",
+        ]
+        if self.password:
+            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.password + "\n")
+            if run_as:
+                os.chown(pwfile, pwd.getpwnam(run_as).pw_uid, -1)
+            initdb += ["--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
+        else:
+            initdb += ["--auth-host=trust"]
+        try:
+            run(initdb, what="initdb", run_as=run_as, cwd=self.workdir, timeout=120)
+        finally:
+            pwfile.unlink(missing_ok=True)
 
     def _log_tail(self) -> str:
         try:

@@ -47,13 +47,13 @@ def insert_heartbeat(target: ConnInfo, *, table: str = DEFAULT_TABLE) -> datetim
 def newest_heartbeat(target: ConnInfo, *, table: str = DEFAULT_TABLE,
                      before: datetime | None = None) -> datetime | None:
     """The newest heartbeat's time (at or before `before`, when given)."""
+    query = sql.SQL("SELECT max({}) FROM {} WHERE {}::text = 'TEST'").format(
+        sql.Identifier(TIME_COLUMN), _table(table), sql.Identifier(TYPE_COLUMN))
+    if before is not None:
+        query = sql.SQL("{} AND {} <= %s").format(query, sql.Identifier(TIME_COLUMN))
     with db.connect(target) as conn:
         _require_table(conn, table, target)
-        row = conn.execute(
-            sql.SQL("SELECT max({}) FROM {} WHERE {}::text = 'TEST' AND {} <= %s").format(
-                sql.Identifier(TIME_COLUMN), _table(table), sql.Identifier(TYPE_COLUMN),
-                sql.Identifier(TIME_COLUMN)), (before or datetime.max.replace(tzinfo=UTC),),
-        ).fetchone()
+        row = conn.execute(query, (before,) if before is not None else None).fetchone()
     return _utc(row[0]) if row and row[0] is not None else None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ SUPPORTED_MAJORS = {(2, 45): (9, 15), (2, 46): (9, 15), (2, 47): (9, 16), (2, 48
                     (2, 49): (9, 16), (2, 50): (9, 16), (2, 51): (9, 16), (2, 52): (9, 16),
                     (2, 53): (9, 17), (2, 54): (9, 17), (2, 55): (10, 17), (2, 56): (10, 18)}
 SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
+SEGMENT_BYTES = 16 * 1024 * 1024  # PostgreSQL's default; other sizes are not supported
 
 
 @dataclass(frozen=True)
@@ -45,13 +47,8 @@ class Stanza:
 class BackupSet:
     label: str
     type: str  # full, diff, incr
-    started: datetime
     stopped: datetime
-    lsn_start: str
-    lsn_stop: str
-    wal_start: str
-    wal_stop: str
-    size: int
+    wal_stop: str  # the last segment the backup needs
 
 
 @dataclass(frozen=True)
@@ -81,13 +78,15 @@ def version() -> tuple[str, tuple[int, int] | None] | None:
     return f"{exe} {found.group(0)}", SUPPORTED_MAJORS.get(key)
 
 
-def _env() -> dict[str, str]:
+def tool_env() -> dict[str, str]:
+    """pgBackRest's own variables (the repository's credentials among them): for pgBackRest
+    and for the server whose restore_command runs it, and nothing else."""
     return {k: v for k, v in os.environ.items() if k.startswith("PGBACKREST_")}
 
 
 def call(stanza: Stanza, *command: str, what: str, run_as: str | None = None,
          check: bool = True, timeout: float | None = 3600) -> Completed:
-    return run(stanza.argv(*command), what=what, env=_env(), run_as=run_as, check=check,
+    return run(stanza.argv(*command), what=what, env=tool_env(), run_as=run_as, check=check,
                timeout=timeout)
 
 
@@ -108,12 +107,8 @@ def info(stanza: Stanza, *, run_as: str | None = None) -> StanzaInfo:
     archives = [a for a in raw.get("archive", []) if a.get("max")]
     backups = tuple(
         BackupSet(label=b["label"], type=b["type"],
-                  started=datetime.fromtimestamp(b["timestamp"]["start"], UTC),
                   stopped=datetime.fromtimestamp(b["timestamp"]["stop"], UTC),
-                  lsn_start=b.get("lsn", {}).get("start", ""),
-                  lsn_stop=b.get("lsn", {}).get("stop", ""),
-                  wal_start=b["archive"]["start"], wal_stop=b["archive"]["stop"],
-                  size=int(b.get("info", {}).get("size", 0)))
+                  wal_stop=b["archive"]["stop"])
         for b in raw.get("backup", []) if not b.get("error"))
     return StanzaInfo(name=stanza.name, status=message, pg_version=str(dbs[-1].get("version", "")),
                       backups=backups, wal_min=archives[-1]["min"] if archives else None,
@@ -127,8 +122,8 @@ def restore(stanza: Stanza, datadir: Path, *, target: datetime, backup: str, loc
     Archiving is off in the copy, and its restore_command reads the archive synchronously,
     with our own lock directory and no log file: nothing the copy does writes to the stanza's
     repository, its spool or its logs."""
-    fetch = (f"{' '.join(stanza.argv())} --lock-path={lock_dir} --pg1-path={datadir} "
-             '--no-archive-async archive-get %f "%p"')
+    fetch = shlex.join([*stanza.argv(), f"--lock-path={lock_dir}", f"--pg1-path={datadir}",
+                        "--no-archive-async", "archive-get"]) + ' %f "%p"'  # run by a shell
     return call(stanza, f"--pg1-path={datadir}", f"--lock-path={lock_dir}", "restore",
                 f"--set={backup}", "--type=time", f"--target={target.isoformat()}",
                 "--target-action=promote", "--archive-mode=off",
@@ -147,21 +142,16 @@ def fetch_segment(stanza: Stanza, segment: str, dest: Path, *,
     return done.returncode == 0 and dest.is_file()
 
 
-def next_segment(segment: str, *, segment_mb: int = 16) -> str:
-    """The segment after `segment` on the same timeline."""
-    timeline, log, seg = segment[:8], int(segment[8:16], 16), int(segment[16:], 16)
-    per_log = 0x100000000 // (segment_mb * 1024 * 1024)
-    seg += 1
-    if seg >= per_log:
-        log, seg = log + 1, 0
-    return f"{timeline}{log:08X}{seg:08X}"
+def next_segment(segment: str) -> str:
+    """The segment after `segment` on the same timeline (16 MB segments)."""
+    return _shift(segment, 1)
 
 
-def previous_segment(segment: str, *, segment_mb: int = 16) -> str:
-    timeline, log, seg = segment[:8], int(segment[8:16], 16), int(segment[16:], 16)
-    per_log = 0x100000000 // (segment_mb * 1024 * 1024)
-    if seg == 0:
-        log, seg = log - 1, per_log - 1
-    else:
-        seg -= 1
-    return f"{timeline}{log:08X}{seg:08X}"
+def previous_segment(segment: str) -> str:
+    return _shift(segment, -1)
+
+
+def _shift(segment: str, by: int) -> str:
+    per_log = 0x100000000 // SEGMENT_BYTES
+    number = int(segment[8:16], 16) * per_log + int(segment[16:], 16) + by
+    return f"{segment[:8]}{number // per_log:08X}{number % per_log:08X}"

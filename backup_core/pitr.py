@@ -9,7 +9,6 @@ logged says how far it got, how much WAL it replayed and, when it stopped early,
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import random
 import re
@@ -28,7 +27,6 @@ from backup_core.pgbackrest import BackupSet, Stanza, StanzaInfo
 from backup_core.runner import run
 from backup_core.toolchain import Toolchain
 
-log = logging.getLogger("atb.pitr")
 COMMIT_RE = re.compile(r"desc: COMMIT (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
 RESTORED_RE = re.compile(r'restored log file "([0-9A-F]{24})" from archive')
 LAST_XACT_RE = re.compile(r"last completed transaction was at log time (\S+ \S+)")
@@ -53,14 +51,12 @@ class Window:
     # the newest commit in the archived WAL, excluded: recovery to a time stops at the first
     # commit after it, so a target at or past the newest commit cannot be reached
     end: datetime
-    newest_segment: str
     backups: int
 
 
 @dataclass(frozen=True)
 class Recovery:
     target: datetime
-    backup: BackupSet
     recovered_to: datetime | None  # the last transaction replayed
     wal_bytes: int
     segments: int
@@ -79,8 +75,8 @@ def _pg_time(text: str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def newest_commit(stanza: Stanza, info: StanzaInfo, chain: Toolchain) -> tuple[datetime, str]:
-    """The newest commit timestamp in the archive, and the segment that holds it."""
+def newest_commit(stanza: Stanza, info: StanzaInfo, chain: Toolchain) -> datetime:
+    """The newest commit timestamp in the archive."""
     if info.wal_max is None:
         raise AtbError(f"stanza {stanza.name} has no archived WAL: is archive_command set "
                        "to `pgbackrest archive-push`?")
@@ -97,7 +93,7 @@ def newest_commit(stanza: Stanza, info: StanzaInfo, chain: Toolchain) -> tuple[d
                 commits = COMMIT_RE.findall(done.stdout)
                 dest.unlink()
                 if commits:
-                    return _pg_time(commits[-1]), segment
+                    return _pg_time(commits[-1])
             if segment == info.wal_min:
                 break
             segment = pgbackrest.previous_segment(segment)
@@ -112,20 +108,19 @@ def window(stanza: Stanza, info: StanzaInfo, chain: Toolchain, *, now: datetime,
     if not eligible:
         raise AtbError(f"stanza {stanza.name} has no backup that finished in the last "
                        f"{days:g} days ({len(info.backups)} older)")
-    end, segment = newest_commit(stanza, info, chain)
+    end = newest_commit(stanza, info, chain)
     start = min(b.stopped for b in eligible)
     if end <= start:
         raise AtbError(f"stanza {stanza.name}: nothing committed after the oldest backup in the "
                        f"window stopped at {start.isoformat()}: the window is empty")
-    return Window(start=start, end=end, newest_segment=segment, backups=len(eligible))
+    return Window(start=start, end=end, backups=len(eligible))
 
 
 def pick_target(w: Window, seed: int) -> datetime:
     """Uniform over the window, to the millisecond, reproducible from the seed."""
     span = (w.end - w.start).total_seconds()
-    offset = random.Random(seed).random() * span
-    return (w.start + timedelta(seconds=offset)).replace(
-        microsecond=(w.start + timedelta(seconds=offset)).microsecond // 1000 * 1000)
+    target = w.start + timedelta(seconds=random.Random(seed).random() * span)
+    return target.replace(microsecond=target.microsecond // 1000 * 1000)
 
 
 def backup_for(info: StanzaInfo, target: datetime) -> BackupSet:
@@ -157,7 +152,7 @@ def recovered(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: datet
     settings = {**FAST_SETTINGS, "archive_mode": "off", "hot_standby": "off",
                 "log_line_prefix": "%m [%p] ", "log_timezone": "UTC"}
     cluster = Cluster(chain, settings=settings, populate=populate, start_timeout=timeout_s,
-                      env={k: v for k, v in pgbackrest._env().items()})
+                      env=pgbackrest.tool_env())
     t0 = time.monotonic()
     try:
         try:
@@ -171,7 +166,7 @@ def recovered(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: datet
         start, done = REDO_START_RE.search(text), REDO_DONE_RE.search(text)
         last = LAST_XACT_RE.search(text)
         recovery = Recovery(
-            target=target, backup=backup,
+            target=target,
             recovered_to=_pg_time(last.group(1)) if last else None,
             wal_bytes=lsn(done.group(1)) - lsn(start.group(1)) if start and done else 0,
             segments=len(set(RESTORED_RE.findall(text))),
@@ -226,11 +221,11 @@ def _wait_promoted(cluster: Cluster, info: StanzaInfo, target: datetime, *,
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError, too, means it exists
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 

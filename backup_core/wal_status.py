@@ -38,35 +38,44 @@ class ArchiveStatus:
         return not self.missed
 
 
+@dataclass(frozen=True)
+class Archiver:
+    """The server's `pg_stat_archiver` row, and whether archiving is on at all."""
+
+    last_archived_wal: str | None
+    last_archived_at: datetime | None
+    last_failed_wal: str | None
+    last_failed_at: datetime | None
+    failed_count: int
+    archive_mode: str
+
+
 def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def read_archiver(server: ConnInfo) -> dict[str, object]:
+def read_archiver(server: ConnInfo) -> Archiver:
     with db.connect(server) as conn:
         row = conn.execute("SELECT last_archived_wal, last_archived_time, last_failed_wal, "
                            "last_failed_time, failed_count, current_setting('archive_mode') "
                            "FROM pg_stat_archiver").fetchone()
     assert row is not None
-    return {"last_archived_wal": row[0], "last_archived_at": _utc(row[1]),
-            "last_failed_wal": row[2], "last_failed_at": _utc(row[3]),
-            "failed_count": int(row[4] or 0), "archive_mode": row[5]}
+    return Archiver(last_archived_wal=row[0], last_archived_at=_utc(row[1]),
+                    last_failed_wal=row[2], last_failed_at=_utc(row[3]),
+                    failed_count=int(row[4] or 0), archive_mode=str(row[5]))
 
 
-def judge(info: StanzaInfo, archiver: dict[str, object], *, now: datetime,
+def judge(info: StanzaInfo, archiver: Archiver, *, now: datetime,
           rpo_s: float) -> ArchiveStatus:
     """Pure: the stanza and the archiver's counters against the RPO."""
-    archived = archiver["last_archived_at"]
-    failed = archiver["last_failed_at"]
-    assert archived is None or isinstance(archived, datetime)
-    assert failed is None or isinstance(failed, datetime)
+    archived, failed = archiver.last_archived_at, archiver.last_failed_at
     lag = (now - archived).total_seconds() if archived else None
     oldest = min((b.stopped for b in info.backups), default=None)
     window = (archived - oldest).total_seconds() if archived and oldest else None
     missed = []
-    if archiver["archive_mode"] == "off":
+    if archiver.archive_mode == "off":
         missed.append("archive_mode is off: nothing is archived")
     if info.status != "ok":
         missed.append(f"pgBackRest reports the stanza as: {info.status}")
@@ -76,22 +85,22 @@ def judge(info: StanzaInfo, archiver: dict[str, object], *, now: datetime,
         missed.append("no WAL segment has been archived yet")
     elif lag is not None and lag > rpo_s:
         missed.append(f"archiving lags {human(lag)}, more than the RPO of {human(rpo_s)}: the "
-                      f"last segment archived was {archiver['last_archived_wal']} at "
+                      f"last segment archived was {archiver.last_archived_wal} at "
                       f"{archived.isoformat()}")
     if failed is not None and (archived is None or failed > archived):
-        missed.append(f"archiving is failing: {archiver['last_failed_wal']} failed at "
-                      f"{failed.isoformat()} ({archiver['failed_count']} failures so far); "
+        missed.append(f"archiving is failing: {archiver.last_failed_wal} failed at "
+                      f"{failed.isoformat()} ({archiver.failed_count} failures so far); "
                       "see the server log for archive_command's error")
     newest = max(info.backups, key=lambda b: b.stopped, default=None)
     return ArchiveStatus(
         stanza=info.name, repo_status=info.status, backups=len(info.backups),
         newest_backup=newest.label if newest else None,
         oldest_backup_stop=oldest.isoformat() if oldest else None,
-        last_archived_wal=str(archiver["last_archived_wal"] or "") or None,
+        last_archived_wal=archiver.last_archived_wal,
         last_archived_at=archived.isoformat() if archived else None,
-        last_failed_wal=str(archiver["last_failed_wal"] or "") or None,
+        last_failed_wal=archiver.last_failed_wal,
         last_failed_at=failed.isoformat() if failed else None,
-        failed_count=int(str(archiver["failed_count"])), lag_s=lag, window_s=window,
+        failed_count=archiver.failed_count, lag_s=lag, window_s=window,
         rpo_s=rpo_s, missed=tuple(missed))
 
 

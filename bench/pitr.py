@@ -8,12 +8,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from backup_core import db, pgbackrest, pitr, toolchain
 from backup_core.backup import create_backup
 from backup_core.cluster import Cluster, service_user
+from backup_core.conninfo import ConnInfo
 from backup_core.restore import restore_backup
 from bench.harness import Comparison, alternate
 from drills import sandbox
@@ -27,11 +29,10 @@ def _pgbackrest(config: Path, *args: str) -> None:
                    user=service_user(), timeout=3600)
 
 
-def _write_for(url: object, seconds: float) -> int:
+def _write_for(url: ConnInfo, seconds: float) -> int:
     """Event rows inserted flat out for `seconds`, 500 to a transaction."""
-    assert hasattr(url, "psycopg_kwargs")
     deadline, n = time.monotonic() + seconds, 0
-    with db.connect(url, autocommit=True) as conn:  # type: ignore[arg-type]
+    with db.connect(url, autocommit=True) as conn:
         while time.monotonic() < deadline:
             conn.execute("INSERT INTO system_events (type, message, created_at) SELECT "
                          "'TEST', md5(g::text), now() FROM generate_series(1, 500) g")
@@ -40,7 +41,7 @@ def _write_for(url: object, seconds: float) -> int:
 
 
 def bench_pitr(chains: list[toolchain.Toolchain], size: str, minutes: float, repeat: int,
-               build: object) -> str:
+               build: Callable[[Cluster, str], tuple[ConnInfo, int]]) -> str:
     print(f"== point-in-time vs logical at {size}, {minutes:g} min of WAL", file=sys.stderr)
     chain = toolchain.for_server(15, chains)
     if shutil.which("pgbackrest") is None:
@@ -65,7 +66,7 @@ def bench_pitr(chains: list[toolchain.Toolchain], size: str, minutes: float, rep
                               f"pg1-socket-path={prod.socket_dir}\npg1-port={prod.port}\n")
             config.chmod(0o644)
             _pgbackrest(config, "stanza-create")
-            info_url, db_bytes = build(prod, size)  # type: ignore[operator]
+            info_url, db_bytes = build(prod, size)
             _pgbackrest(config, "backup", "--type=full")
             with db.connect(prod.url(), autocommit=True) as conn:
                 before = conn.execute("SELECT pg_current_wal_lsn()").fetchone()
@@ -81,10 +82,10 @@ def bench_pitr(chains: list[toolchain.Toolchain], size: str, minutes: float, rep
                         break
                     time.sleep(0.5)
             wal_bytes = pitr.lsn(str(after[0])) - pitr.lsn(str(before[0]))
-            dump = create_backup(info_url, work / "dumps", chains=chains).path  # type: ignore[arg-type]
+            dump = create_backup(info_url, work / "dumps", chains=chains).path
             stanza = pgbackrest.Stanza(STANZA, config)
             info = pgbackrest.info(stanza)
-            newest, _ = pitr.newest_commit(stanza, info, chain)
+            newest = pitr.newest_commit(stanza, info, chain)
             target = newest - timedelta(milliseconds=1)  # recovery stops at a later commit
             backup = pitr.backup_for(info, target)
             phases: dict[str, float] = {}

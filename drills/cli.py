@@ -437,7 +437,8 @@ def _judged(headline: str, missed: tuple[str, ...], ok: str) -> None:
               help="Also judge WAL archiving into this pgBackRest stanza: the archiver's last "
                    "segment (pg_stat_archiver on --database-url) must be younger than the RPO "
                    "and not failing.")
-@click.option("--pgbackrest-config", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--pgbackrest-config", type=click.Path(exists=True, dir_okay=False,
+                                                     path_type=Path),
               metavar="FILE", help="pgBackRest's config file.  [default: pgBackRest's own]")
 @database_url_option()
 @json_option

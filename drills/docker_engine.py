@@ -33,6 +33,11 @@ class Engine:
     where: str
     why: str = ""
 
+    @property
+    def refusal(self) -> str:
+        """What a drill that asked for the docker sandbox is told when it cannot have it."""
+        return f"the docker sandbox cannot start: {self.why}; {BUILD_HINT}"
+
 
 @dataclass(frozen=True)
 class ContainerSpec:

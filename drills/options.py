@@ -12,6 +12,7 @@ from typing import Any
 from backup_core.childenv import check_pass_env
 from backup_core.durations import check_seconds, parse_duration
 from backup_core.errors import ConfigError
+from drills.docker_engine import DEFAULT_IMAGE
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("docker-image", "Image for the docker sandbox, {major} being the backup's "
                            "PostgreSQL major (a PostGIS image, a registry mirror, or one "
                            "built by deploy/docker/build-postgres-image).",
-           "postgres:{major}", metavar="IMAGE", envvar="ATB_DOCKER_IMAGE"),
+           DEFAULT_IMAGE, metavar="IMAGE", envvar="ATB_DOCKER_IMAGE"),
     Option("sandbox-url", "With --sandbox server: a maintenance URL of a server for scratch "
                           "databases (set it in the environment if it holds a password).",
            metavar="URL", envvar="ATB_SANDBOX_URL"),
@@ -148,7 +149,7 @@ class DrillOptions:
     seed: int = 0
     sandbox: str = "auto"
     sandbox_url: str | None = field(default=None, repr=False)
-    docker_image: str = "postgres:{major}"
+    docker_image: str = DEFAULT_IMAGE
     alembic_config: Path | None = None
     integration_cmd: str | None = None
     integration_timeout_s: float = 1800
@@ -189,10 +190,13 @@ class DrillOptions:
         source = get("source") or "dump"
         if source == "pgbackrest" and not get("stanza"):
             raise ConfigError("--source pgbackrest needs --stanza NAME")
+        config = path("pgbackrest-config")
+        if config is not None and not config.is_file():
+            raise ConfigError(f"--pgbackrest-config {config}: no such file")
         return cls(
             source=source,
             stanza=get("stanza") or None,
-            pgbackrest_config=path("pgbackrest-config"),
+            pgbackrest_config=config,
             target_time=parse_target(get("target-time")),
             backup=backup,
             backup_dir=backup_dir,
@@ -204,7 +208,7 @@ class DrillOptions:
             sandbox=get("sandbox") or "auto",
             sandbox_url=get("sandbox-url") or os.environ.get("ATB_SANDBOX_URL") or None,
             docker_image=get("docker-image") or os.environ.get("ATB_DOCKER_IMAGE")
-            or "postgres:{major}",
+            or DEFAULT_IMAGE,
             alembic_config=path("alembic-config"),
             integration_cmd=get("integration-cmd") or None,
             integration_timeout_s=parse_duration(get("integration-timeout") or "30m"),

@@ -76,8 +76,7 @@ def check_docker(options: DrillOptions) -> None:
         image = docker_engine.image_for(image, major) if major else None
     engine = docker_engine.probe(image)
     if not engine.ok:
-        raise ToolchainError(f"the docker sandbox cannot start: {engine.why}; "
-                             f"{docker_engine.BUILD_HINT}")
+        raise ToolchainError(engine.refusal)
 
 
 def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,

@@ -19,7 +19,6 @@ import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -91,20 +90,20 @@ def scram_verifier(password: str, *, iterations: int = 4096) -> str:
 # -- docker ----------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _docker(image: str, source_major: int,
+def _docker(image: str, engine: docker_engine.Engine, source_major: int,
             chains: list[toolchain.Toolchain]) -> Iterator[SandboxInfo]:
     t0 = time.monotonic()
-    engine = docker_engine.probe(image)
     if not engine.ok:
-        raise AtbError(f"the docker sandbox cannot start: {engine.why}; "
-                       f"{docker_engine.BUILD_HINT}")
+        raise AtbError(engine.refusal)
     spec = docker_engine.container_spec(image)
     loopback = docker_engine.engine_is_local(engine.where)
     container = docker_engine.postgres_container(spec, loopback=loopback)
     try:
         container.start()
-    except Exception as exc:  # the engine's own errors; Ctrl-C passes through
+    except BaseException as exc:  # Ctrl-C while it starts, too: never leave a container
         container.stop()
+        if not isinstance(exc, Exception):
+            raise
         raise AtbError(f"the docker sandbox {image} did not start: "
                        f"{docker_engine.short_error(exc)}") from exc
     try:
@@ -180,14 +179,14 @@ def _optional_chain(major: int, chains: list[toolchain.Toolchain]) -> toolchain.
         return None
 
 
-def resolve_provider(kind: str, *, image: str,
-                     probe: Any = docker_engine.probe) -> tuple[str, str]:
-    """The provider to use and, when `auto` could not use Docker, why."""
+def resolve_provider(kind: str, engine: docker_engine.Engine | None) -> tuple[str, str]:
+    """The provider to use and, when `auto` could not use Docker, why (from the probe of
+    `engine`, made once for both the choice and the container)."""
     if kind not in PROVIDERS:
         raise ConfigError(f"--sandbox must be one of {', '.join(PROVIDERS)}, not {kind!r}")
     if kind != "auto":
         return kind, ""
-    engine = probe(image)
+    assert engine is not None
     if engine.ok:
         return "docker", ""
     return "local", f"auto chose local: {engine.why}"
@@ -199,27 +198,25 @@ def open_sandbox(kind: str, *, source_major: int, chains: list[toolchain.Toolcha
                      SandboxInfo]:
     """Context manager over the chosen provider; always torn down, on failure and Ctrl-C."""
     image = docker_engine.image_for(docker_image, source_major)
-    provider, why = resolve_provider(kind, image=image)
+    engine = docker_engine.probe(image) if kind in ("auto", "docker") else None
+    provider, why = resolve_provider(kind, engine)
+    log.info("sandbox provider: %s", provider)
+    if provider == "docker":
+        assert engine is not None
+        return _docker(image, engine, source_major, chains)
+    if provider == "server":
+        if server is None:
+            raise ConfigError("--sandbox server needs --sandbox-url (or ATB_SANDBOX_URL)")
+        return _server(server, production, chains)
     if why:
         log.warning("%s", why)
-    log.info("sandbox provider: %s", provider)
-    return _noted(_open(provider, image, source_major, chains, server, production), why)
+        return _noted(_local(source_major, chains), why)
+    return _local(source_major, chains)
 
 
 @contextlib.contextmanager
 def _noted(manager: contextlib.AbstractContextManager[SandboxInfo],
            note: str) -> Iterator[SandboxInfo]:
+    """The local sandbox `auto` fell back to, carrying the reason into the report."""
     with manager as info:
-        yield replace(info, note=note) if note else info
-
-
-def _open(provider: str, image: str, source_major: int, chains: list[toolchain.Toolchain],
-          server: ConnInfo | None, production: ConnInfo | None,
-          ) -> contextlib.AbstractContextManager[SandboxInfo]:
-    if provider == "docker":
-        return _docker(image, source_major, chains)
-    if provider == "server":
-        if server is None:
-            raise ConfigError("--sandbox server needs --sandbox-url (or ATB_SANDBOX_URL)")
-        return _server(server, production, chains)
-    return _local(source_major, chains)
+        yield replace(info, note=note)

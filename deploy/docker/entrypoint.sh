@@ -41,7 +41,7 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   echo "host all all all $auth" >>"$PGDATA/pg_hba.conf"
   if [ "$db" != postgres ]; then
     quoted=$(printf '%s' "$db" | sed 's/"/""/g')
-    echo "CREATE DATABASE \"$quoted\"" |
+    printf 'CREATE DATABASE "%s"\n' "$quoted" |  # printf: dash's echo reads backslashes
       as_postgres "$bin/postgres" --single -D "$PGDATA" -j template1 >/dev/null
   fi
   echo "PostgreSQL init process complete; ready for start up."

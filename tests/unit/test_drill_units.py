@@ -79,14 +79,13 @@ def test_auto_prefers_docker_only_when_the_engine_can_start_the_image() -> None:
     ok = docker_engine.Engine(True, "unix:///run/docker.sock")
     no_image = docker_engine.Engine(False, "unix:///run/docker.sock",
                                     "the image postgres:15 is not on the engine")
-    assert sandbox.resolve_provider("auto", image="postgres:15", probe=lambda i: ok) == \
-        ("docker", "")
-    provider, why = sandbox.resolve_provider("auto", image="postgres:15",
-                                             probe=lambda i: no_image)
+    assert sandbox.resolve_provider("auto", ok) == ("docker", "")
+    provider, why = sandbox.resolve_provider("auto", no_image)
     assert provider == "local" and "postgres:15 is not on the engine" in why
-    assert sandbox.resolve_provider("server", image="x", probe=lambda i: ok) == ("server", "")
+    assert sandbox.resolve_provider("server", ok) == ("server", "")
+    assert sandbox.resolve_provider("local", None) == ("local", "")
     with pytest.raises(ConfigError):
-        sandbox.resolve_provider("kubernetes", image="x")
+        sandbox.resolve_provider("kubernetes", None)
 
 
 @pytest.mark.parametrize("host", ["unix:///nonexistent/docker.sock", "tcp://127.0.0.1:9"])

@@ -15,10 +15,8 @@ T0 = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 
 
 def _backup(label: str, stopped: datetime) -> pgbackrest.BackupSet:
-    return pgbackrest.BackupSet(label=label, type="full", started=stopped - timedelta(minutes=5),
-                                stopped=stopped, lsn_start="0/2000028", lsn_stop="0/3000050",
-                                wal_start="000000010000000000000002",
-                                wal_stop="000000010000000000000003", size=1)
+    return pgbackrest.BackupSet(label=label, type="full", stopped=stopped,
+                                wal_stop="000000010000000000000003")
 
 
 def _info(*backups: pgbackrest.BackupSet, wal_max: str = "00000001000000000000000A",
@@ -41,7 +39,7 @@ def test_wal_segment_names_roll_over_to_the_next_log() -> None:
 
 
 def test_the_target_is_uniform_over_the_window_and_replayable() -> None:
-    w = pitr.Window(start=T0, end=T0 + timedelta(days=3), newest_segment="x", backups=2)
+    w = pitr.Window(start=T0, end=T0 + timedelta(days=3), backups=2)
     picks = [pitr.pick_target(w, seed) for seed in range(200)]
     assert all(w.start <= t <= w.end for t in picks)
     assert pitr.pick_target(w, 11) == pitr.pick_target(w, 11)
@@ -90,11 +88,12 @@ def test_any_other_startup_failure_shows_the_servers_fatal_line() -> None:
 
 
 def _archiver(archived: datetime | None, failed: datetime | None = None,
-              mode: str = "on") -> dict[str, object]:
-    return {"last_archived_wal": "00000001000000000000000A" if archived else None,
-            "last_archived_at": archived, "last_failed_wal":
-            "00000001000000000000000B" if failed else None, "last_failed_at": failed,
-            "failed_count": 3 if failed else 0, "archive_mode": mode}
+              mode: str = "on") -> wal_status.Archiver:
+    return wal_status.Archiver(
+        last_archived_wal="00000001000000000000000A" if archived else None,
+        last_archived_at=archived,
+        last_failed_wal="00000001000000000000000B" if failed else None,
+        last_failed_at=failed, failed_count=3 if failed else 0, archive_mode=mode)
 
 
 def test_archiving_is_judged_against_the_rpo() -> None:
@@ -133,6 +132,10 @@ def test_target_times_need_a_zone_and_a_stanza() -> None:
     values = {"source": "pgbackrest"}
     with pytest.raises(ConfigError, match="--source pgbackrest needs --stanza"):
         DrillOptions.from_values(values.get, lambda name: False)
+    with pytest.raises(ConfigError, match="--pgbackrest-config /nonexistent.conf: no such file"):
+        DrillOptions.from_values({**values, "stanza": "main",
+                                  "pgbackrest-config": "/nonexistent.conf"}.get,
+                                 lambda name: False)
     opts = DrillOptions.from_values({**values, "stanza": "main",
                                      "target-time": "2026-11-24T09:30:00Z"}.get,
                                     lambda name: False)
