@@ -20,8 +20,9 @@ test: $(BIN)/atb
 	$(BIN)/pytest
 
 lint: $(BIN)/atb
-	$(BIN)/ruff check backup_core drills
+	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(BIN)/atb
 	$(BIN)/python -m bench
