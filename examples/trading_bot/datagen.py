@@ -25,8 +25,9 @@ FIRST = ["Ada", "Grace", "Alan", "Barbara", "Edsger", "Donald", "Frances", "John
          "Ken", "Margaret", "Leslie"]
 LAST = ["Lovelace", "Hopper", "Turing", "Liskov", "Dijkstra", "Knuth", "Allen", "Backus",
         "Perlman", "Thompson", "Hamilton", "Lamport"]
-WORDS = ("rebalance hedge scalp momentum breakout stop-loss take-profit vwap twap iceberg "
-         "arbitrage spread basis funding rollover limit market").split()
+WORDS = ["rebalance", "hedge", "scalp", "momentum", "breakout", "stop-loss", "take-profit",
+         "vwap", "twap", "iceberg", "arbitrage", "spread", "basis", "funding", "rollover", "limit",
+         "market"]
 BYTES_PER_ORDER = 330  # measured: orders + trades + indexes per filled order, on disk
 
 

@@ -190,7 +190,7 @@ def test_a_second_concurrent_run_exits_6_or_waits_with_wait(pg15: Cluster,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(1.5)
         assert waiting.poll() is None, "--wait must block while the lock is held"
-    out, err = waiting.communicate(timeout=120)
+    _out, err = waiting.communicate(timeout=120)
     assert waiting.returncode == 0, err
     assert len([b for b in catalog.scan(backup_dir) if b.complete]) == 1
 

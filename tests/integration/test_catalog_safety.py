@@ -154,7 +154,7 @@ def test_broken_newer_backups_never_push_sound_ones_out(
             m.write_text(json.dumps({**json.loads(m.read_text()), "size_bytes": size}))
         elif damage == "wrong size manifest":
             m.write_text(json.dumps({**json.loads(m.read_text()), "size_bytes": 12}))
-    code, out, err = run_cli(capsys, "db", "prune", "--backup-dir", str(backup_dir),
+    code, _out, err = run_cli(capsys, "db", "prune", "--backup-dir", str(backup_dir),
                              "--retention-days", "1", "--keep-last", "3", "--json")
     assert code == 0, err
     assert all(p.exists() for p in good), "a sound backup was pruned"
@@ -180,7 +180,7 @@ def test_no_scan_delete_or_write_follows_a_symlink_out_of_the_tree(
         run_cli(capsys, *args, "--backup-dir", str(tree))
     assert {p: p.stat().st_mtime_ns for p in elsewhere.rglob("*")} == before
     assert not list(elsewhere.rglob("*.verify.json"))
-    code, out, _ = run_cli(capsys, "db", "list", "--backup-dir", str(tree), "--json")
+    _code, out, _ = run_cli(capsys, "db", "list", "--backup-dir", str(tree), "--json")
     strays = [r for r in json.loads(out) if r["state"] == "stray"]
     assert {Path(r["path"]).name for r in strays} == {"linked", "99"}
     assert all("symbolic link" in r["problem"] for r in strays)

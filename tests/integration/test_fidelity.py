@@ -81,7 +81,7 @@ def test_an_extension_restored_at_another_version_is_named(pg15: Cluster,
     info = make_database(pg15, rows=10)
     with db.connect(info, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION pg_trgm VERSION '1.5'")
-    done, result = drill("--backup", str(single(info, tmp_path)), "--schedule", "1d",
+    _done, result = drill("--backup", str(single(info, tmp_path)), "--schedule", "1d",
                          backup_dir=tmp_path / "x", report_dir=tmp_path / "r")
     definition = outcome(result, "test_every_object_has_its_backup_time_definition")
     assert definition["outcome"] == "failed"
@@ -106,7 +106,7 @@ def test_grants_to_production_only_roles_restore_in_the_drill_and_with_roles(
     path = single(info, tmp_path)
     roles_sql = path.with_name(path.name.replace(".dump", ".roles.sql")).read_text()
     assert "CREATE ROLE fid_reporting" in roles_sql and "PASSWORD" not in roles_sql
-    done, result = drill("--backup", str(path), "--schedule", "1d", backup_dir=tmp_path / "x",
+    _done, result = drill("--backup", str(path), "--schedule", "1d", backup_dir=tmp_path / "x",
                          report_dir=tmp_path / "r")
     assert outcome(result, "test_restore_completes_without_errors")["outcome"] == "passed"
     assert any("the backup's roles first, then owners and grants" in e for e in
@@ -139,8 +139,8 @@ def test_a_failed_drill_has_no_rto_and_one_backup_has_no_rpo(pg15: Cluster,
     with db.connect(info, autocommit=True) as conn:
         conn.execute("INSERT INTO system_events(type, message) VALUES ('TEST', 'Heartbeat')")
     path = single(info, tmp_path)
-    done, result = drill("--backup", str(path), "--schedule", "1d", backup_dir=tmp_path / "x",
-                         report_dir=tmp_path / "r")
+    _done, result = drill("--backup", str(path), "--schedule", "1d", backup_dir=tmp_path / "x",
+                          report_dir=tmp_path / "r")
     assert result["rpo"]["met"] is None and "unknown" in result["rpo"]["summary"]
     assert "test_schedule_meets_the_rpo_target" in result["not_run"]
     assert result["verdict"] == "INCOMPLETE" and result["rto"]["met"] is True
@@ -148,7 +148,7 @@ def test_a_failed_drill_has_no_rto_and_one_backup_has_no_rpo(pg15: Cluster,
     data = bytearray(broken.read_bytes())
     data[len(data) // 2] ^= 0xFF
     broken.write_bytes(bytes(data))
-    done, result = drill("--backup", str(broken), backup_dir=tmp_path / "broken",
+    _done, result = drill("--backup", str(broken), backup_dir=tmp_path / "broken",
                          report_dir=tmp_path / "r")
     assert result["verdict"] == "FAIL"
     assert result["rto"]["measured_s"] is None and result["rto"]["met"] is None
@@ -164,8 +164,8 @@ def test_a_failed_drill_has_no_rto_and_one_backup_has_no_rpo(pg15: Cluster,
 def test_a_misspelt_heartbeat_table_makes_the_drill_incomplete_not_passed(
     history: tuple[ConnInfo, Path], tmp_path: Path
 ) -> None:
-    source, backup_dir = history
-    newest = [b for b in catalog.scan(backup_dir) if b.complete][0].path
+    _source, backup_dir = history
+    newest = next(b for b in catalog.scan(backup_dir) if b.complete).path
     done, result = drill("--backup", str(newest), "--schedule", "1d",
                          "--heartbeat-table", "system_event",  # the real one is system_events
                          "--alembic-config", str(EXAMPLE / "alembic.ini"),
@@ -184,8 +184,8 @@ def test_a_misspelt_heartbeat_table_makes_the_drill_incomplete_not_passed(
 def test_deselecting_a_builtin_check_with_k_makes_the_drill_incomplete(
     pytester: pytest.Pytester, history: tuple[ConnInfo, Path], tmp_path: Path
 ) -> None:
-    source, backup_dir = history
-    newest = [b for b in catalog.scan(backup_dir) if b.complete][0].path
+    _source, backup_dir = history
+    newest = next(b for b in catalog.scan(backup_dir) if b.complete).path
     result = pytester.runpytest_subprocess(
         "--backup", str(newest), "--sandbox", "local", "--schedule", "1d",
         "--alembic-config", str(EXAMPLE / "alembic.ini"), "--integration-cmd", INTEGRATION,
@@ -204,8 +204,8 @@ def test_deselecting_a_builtin_check_with_k_makes_the_drill_incomplete(
 def test_backup_without_backup_dir_judges_the_schedule_on_its_own_tree(
     history: tuple[ConnInfo, Path], tmp_path: Path
 ) -> None:
-    source, backup_dir = history
-    newest = [b for b in catalog.scan(backup_dir) if b.complete][0].path
+    _source, backup_dir = history
+    newest = next(b for b in catalog.scan(backup_dir) if b.complete).path
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     done = atb("drill", "run", "--json", "--sandbox", "local", "--backup", str(newest),
@@ -228,8 +228,8 @@ def test_a_sequence_behind_in_production_is_a_finding_not_a_restore_failure(
         conn.execute("INSERT INTO accounts(id, name) VALUES (500, 'explicit id')")
     path = single(info, tmp_path)
     assert read_manifest(manifest_path(path)).conditions["sequences_behind"]
-    done, result = drill("--backup", str(path), "--schedule", "1d", backup_dir=tmp_path / "x",
-                         report_dir=tmp_path / "r")
+    _done, result = drill("--backup", str(path), "--schedule", "1d", backup_dir=tmp_path / "x",
+                          report_dir=tmp_path / "r")
     sequences = outcome(result, "test_sequences_are_ahead_of_their_columns")
     assert sequences["outcome"] == "finding"
     assert any("present in production at backup time" in f and "accounts_id_seq" in f
@@ -240,7 +240,7 @@ def test_a_sequence_behind_in_production_is_a_finding_not_a_restore_failure(
     from dataclasses import replace
     write_manifest(manifest_path(clean), replace(m, conditions={**m.conditions,
                                                                 "sequences_behind": []}))
-    done, result = drill("--backup", str(clean), "--schedule", "1d",
+    _done, result = drill("--backup", str(clean), "--schedule", "1d",
                          backup_dir=tmp_path / "clean", report_dir=tmp_path / "r")
     failed = outcome(result, "test_sequences_are_ahead_of_their_columns")
     assert failed["outcome"] == "failed" and "accounts_id_seq" in failed["message"]
@@ -258,7 +258,7 @@ def test_a_damaged_data_block_names_the_table(pg15: Cluster, tmp_path: Path) -> 
     middle = len(data) // 2  # well inside ledger's data, the archive's bulk
     data[middle:middle + 32] = bytes(b ^ 0xFF for b in data[middle:middle + 32])
     rewrite_as_if_dumped(path, bytes(data))
-    done, result = drill("--backup", str(path), "--schedule", "1d", backup_dir=tmp_path / "x",
+    _done, result = drill("--backup", str(path), "--schedule", "1d", backup_dir=tmp_path / "x",
                          report_dir=tmp_path / "r")
     restore = outcome(result, "test_restore_completes_without_errors")
     assert restore["outcome"] == "failed"
@@ -273,14 +273,14 @@ def test_a_damaged_data_block_names_the_table(pg15: Cluster, tmp_path: Path) -> 
 def test_clean_backups_at_every_revision_pass_with_no_false_alarm(
     history: tuple[ConnInfo, Path], tmp_path: Path
 ) -> None:
-    source, backup_dir = history
+    _source, backup_dir = history
     by_revision: dict[str, Path] = {}
     for b in catalog.scan(backup_dir):
         if b.complete and b.alembic_revision:
             by_revision.setdefault(b.alembic_revision, b.path)
     assert sorted(by_revision) == sorted(load_datagen().REVISIONS)
     for revision, path in sorted(by_revision.items()):
-        done, result = drill("--backup", str(path), "--schedule", "1d", "--no-record",
+        _done, result = drill("--backup", str(path), "--schedule", "1d", "--no-record",
                              "--alembic-config", str(EXAMPLE / "alembic.ini"),
                              "--integration-cmd", INTEGRATION, backup_dir=backup_dir,
                              report_dir=tmp_path / "r", env={"PATH": os.environ["PATH"]})

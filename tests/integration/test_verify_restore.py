@@ -25,12 +25,12 @@ def one_backup(pg15: Cluster, backup_dir: Path,
 
 def test_an_intact_backup_verifies_shallow_and_deep(one_backup: tuple[ConnInfo, Path],
                                                     backup_dir: Path) -> None:
-    _, path = one_backup
+    _, _path = one_backup
     done = atb("db", "verify", "--latest", "--deep", "--json", env={"BACKUP_DIR": str(backup_dir)})
     assert done.returncode == 0, done.stderr
     [result] = json.loads(done.stdout)
-    assert result["ok"] and [c["name"] for c in result["checks"]] == ["size", "sha256", "roles", "toc",
-                                                                       "data"]
+    assert result["ok"]
+    assert [c["name"] for c in result["checks"]] == ["size", "sha256", "roles", "toc", "data"]
     listing = json.loads(atb("db", "list", "--json", env={"BACKUP_DIR": str(backup_dir)}).stdout)
     assert listing[0]["checked"] == "verified (deep)"
 

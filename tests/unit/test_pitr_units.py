@@ -60,7 +60,8 @@ LOG = """2026-11-24 09:27:30.300 UTC [1] LOG:  starting point-in-time recovery t
 2026-11-24 09:27:30.310 UTC [2] LOG:  restored log file "000000010000000000000003" from archive
 2026-11-24 09:27:30.320 UTC [2] LOG:  redo starts at 0/3000028
 2026-11-24 09:27:30.330 UTC [2] LOG:  restored log file "000000010000000000000004" from archive
-2026-11-24 09:27:30.438 UTC [2] LOG:  last completed transaction was at log time 2026-11-24 09:10:05.845458+00
+2026-11-24 09:27:30.438 UTC [2] LOG:  last completed transaction was at log time \
+2026-11-24 09:10:05.845458+00
 2026-11-24 09:27:30.438 UTC [2] FATAL:  recovery ended before configured recovery target was reached
 """
 
@@ -132,7 +133,7 @@ def test_target_times_need_a_zone_and_a_stanza() -> None:
     values = {"source": "pgbackrest"}
     with pytest.raises(ConfigError, match="--source pgbackrest needs --stanza"):
         DrillOptions.from_values(values.get, lambda name: False)
-    with pytest.raises(ConfigError, match="--pgbackrest-config /nonexistent.conf: no such file"):
+    with pytest.raises(ConfigError, match=r"--pgbackrest-config /nonexistent\.conf: no such file"):
         DrillOptions.from_values({**values, "stanza": "main",
                                   "pgbackrest-config": "/nonexistent.conf"}.get,
                                  lambda name: False)
