@@ -31,8 +31,16 @@ SERVICE_ENV = ("PGSERVICEFILE", "PGSYSCONFDIR")
 _DRIVER_PARAMS = {"ssl": "sslmode", "prepared_statement_cache_size": "",
                   "prepare_threshold": "", "async_fallback": "", "server_settings": ""}
 _DIALECT = re.compile(r"^(postgres|postgresql)(\+[A-Za-z0-9_]+)?://", re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"([A-Za-z][\w+.-]*://[^:/@\s'\"<>]*):[^\s'\"<>]*@")
-_KEYWORD_PASSWORD = re.compile(r"\b((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'\"&]+)")
+# Redaction scans text of any size (a tool's 30 KB line, a megabyte of output): every pattern
+# below is matched only anchored at a position found by `str.find`, runs over characters that
+# a failed attempt does not read again, and never backtracks, so `redact` is linear.
+_SCHEME_TAIL = re.compile(r"[\w+.-]*")  # matched on the reversed text before `://`
+_ASCII_LETTER = re.compile(r"[A-Za-z]")
+_URL_USER = re.compile(r"[^:/@\s'\"<>]*")
+_URL_SECRET_RUN = re.compile(r"[^\s'\"<>]*")
+_SPACES = re.compile(r"\s*")
+_QUOTED_VALUE = re.compile(r"'(?:[^'\\]|\\.)*+'")
+_BARE_VALUE = re.compile(r"[^\s'\"&]+")
 # Free-text masking of shorter secrets would garble reports (a password `test` or `PASS`);
 # they are still masked wherever they stand as a URL or keyword password.
 _MIN_MASKED = 6
@@ -80,12 +88,74 @@ def register_secret(value: str) -> None:
 def redact(text: str) -> str:
     """`text` with every connection password masked: in URLs (even unencoded), in keyword
     strings, and every secret this process has parsed."""
-    text = _URL_PASSWORD.sub(r"\1:***@", text)
-    text = _KEYWORD_PASSWORD.sub(r"\1***", text)
+    text = _mask_url_passwords(text)
+    text = _mask_keyword_passwords(text)
     for secret in sorted(_known_secrets, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, "***")
     return text
+
+
+def _end(star: re.Pattern[str], text: str, pos: int) -> int:
+    """Where a run of `star` (a `*` pattern, which always matches) starting at `pos` ends."""
+    m = star.match(text, pos)
+    return m.end() if m else pos
+
+
+def _mask_url_passwords(text: str) -> str:
+    """`scheme://user:SECRET@` -> `scheme://user:***@`, the secret running to the last `@`
+    before a space or quote (an unencoded password may hold `@`, `:` and `/`)."""
+    out: list[str] = []
+    done = 0  # text[:done] is settled
+    floor = 0  # a scheme starts after the previous `://` and after the previous match
+    # the run of secret characters last measured: (start, end, its last `@`)
+    run_start, run_end, run_at = -1, -1, -1
+    p = text.find("://")
+    while p != -1:
+        letter = _ASCII_LETTER.search(text, p - _end(_SCHEME_TAIL, text[floor:p][::-1], 0), p)
+        user_end = _end(_URL_USER, text, p + 3)
+        at = -1
+        if letter is not None and text.startswith(":", user_end):
+            q = user_end + 1
+            if not run_start <= q < run_end:
+                run_start, run_end = q, _end(_URL_SECRET_RUN, text, q)
+                run_at = text.rfind("@", q, run_end)
+            at = run_at if run_at >= q else -1
+        if at == -1:
+            floor = p + 3
+            p = text.find("://", floor)
+            continue
+        out += [text[done:user_end], ":***@"]
+        done = floor = at + 1
+        p = text.find("://", floor)
+    return "".join(out) + text[done:] if out else text
+
+
+def _is_word(char: str) -> bool:
+    return char.isalnum() or char == "_"
+
+
+def _mask_keyword_passwords(text: str) -> str:
+    """`password=SECRET` and `sslpassword = 'SEC RET'` (libpq's quoting) -> `password=***`."""
+    out: list[str] = []
+    done = 0
+    i = text.find("password")
+    while i != -1:
+        ssl = i >= 3 and text.startswith("ssl", i - 3) and i - 3 >= done
+        start = i - 3 if ssl else i
+        value = None
+        if start >= done and (start == 0 or not _is_word(text[start - 1])):
+            j = _end(_SPACES, text, i + 8)
+            if text.startswith("=", j):
+                j = _end(_SPACES, text, j + 1)
+                value = _QUOTED_VALUE.match(text, j) or _BARE_VALUE.match(text, j)
+        if value is None:
+            i = text.find("password", i + 1)
+            continue
+        out += [text[done:value.start()], "***"]
+        done = value.end()
+        i = text.find("password", done)
+    return "".join(out) + text[done:] if out else text
 
 
 def _reencode_userinfo(url: str) -> str | None:
