@@ -8,9 +8,9 @@ a JSON result and a Markdown summary under `--report-dir`.
 from __future__ import annotations
 
 import ast
-import html
 import logging
 import os
+import re
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +30,7 @@ from backup_core.restore import archive_major, restore_backup
 from backup_core.verdicts import DrillVerdict, record_drill
 from backup_core.verify import VerifyResult, verify_backup
 from drills import pick, report, sandbox
+from drills.inert import html_text
 from drills.options import OPTIONS, DrillOptions
 from drills.result import AlembicFacts, SandboxFacts
 from drills.state import INCOMPLETE, DrillState, ReportPaths
@@ -38,6 +39,7 @@ STATE = pytest.StashKey[DrillState]()
 USER_CHECKS = pytest.StashKey[tuple[Path, ...]]()
 EXIT_INCOMPLETE = 10  # a built-in check did not run: not a pass, not a failure
 EVIDENCE = pytest.StashKey[list[str]]()
+DRILL_REPORT = "atb_drill"  # attribute of a drill check's reports (they travel as JSON)
 CHECKS_MODULE = Path(__file__).with_name("checks.py")
 PITR_CHECKS_MODULE = Path(__file__).with_name("pitr_checks.py")
 log = logging.getLogger("atb.drill")
@@ -451,6 +453,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     rep: pytest.TestReport = outcome.get_result()
     if state is None:
         return
+    setattr(rep, DRILL_REPORT, True)  # for the hooks that see only the report
     if rep.longrepr is not None and not isinstance(rep.longrepr, tuple):
         text = str(rep.longrepr)
         if redact(text) != text:  # a URL with a password in a traceback: never in a report
@@ -496,6 +499,18 @@ def pytest_html_report_title(report: Any) -> None:
     state = report._config.stash.get(STATE, None) if hasattr(report, "_config") else None
     if state is not None:
         report.title = f"Restore drill: {state.database} ({state.started_at:%Y-%m-%d %H:%M}Z)"
+        # pytest-html's script writes the environment table's values (metadata: the drill's
+        # database, paths, anything a plugin or the environment put there) as HTML
+        environment = report.data.get("environment")
+        if isinstance(environment, dict):
+            report.set_data("environment", {k: _inert_value(v) for k, v in environment.items()})
+
+
+def _inert_value(value: object) -> object:
+    """A metadata value as pytest-html's script will insert it as HTML: escaped text."""
+    if isinstance(value, dict):
+        return {html_text(k): html_text(redact(str(v))) for k, v in value.items()}
+    return html_text(redact(str(value)))
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -506,12 +521,52 @@ def pytest_html_results_table_header(cells: list[str]) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_html_results_table_row(report: pytest.TestReport, cells: list[str]) -> None:
-    props = [(k, str(v)) for k, v in report.user_properties]
+    """Our columns, and in a drill the Test and Links cells set again from escaped text:
+    pytest-html puts the node id (a parametrize id can hold any markup) in as it is, and its
+    script inserts every cell as HTML."""
+    props = [(k, str(v)) for k, v in getattr(report, "user_properties", ())]
     title = next((v for k, v in props if k == "check"), report.nodeid)
     why = next((v for k, v in props if k == "why"), "")
     lines = [v for k, v in props if k == "evidence"]
-    cells.insert(2, f"<td title='{html.escape(why)}'>{html.escape(title)}</td>")
-    cells.insert(3, "<td>" + "<br>".join(html.escape(redact(x)) for x in lines) + "</td>")
+    if len(cells) >= 4:
+        when = getattr(report, "when", "call")
+        test_id = report.nodeid + ("" if when == "call" else f"::{when}")
+        cells[1] = f'<td class="col-testId">{html_text(redact(test_id))}</td>'
+        cells[3] = f'<td class="col-links">{_links(getattr(report, "extras", ()))}</td>'
+    cells.insert(2, f"<td title='{html_text(redact(why))}'>{html_text(redact(title))}</td>")
+    cells.insert(3, "<td>" + "<br>".join(html_text(redact(x)) for x in lines) + "</td>")
+
+
+def _links(extras: Any) -> str:
+    """pytest-html's link cell, its names and addresses escaped (they come from checks)."""
+    links = [e for e in extras if isinstance(e, dict)
+             and e.get("format_type") in ("json", "text", "url")]
+    return "".join(f'<a target="_blank" href="{html_text(e.get("content", ""))}" '
+                   f'class="col-links__extra {html_text(e.get("format_type", ""))}">'
+                   f'{html_text(e.get("name") or "")}</a>' for e in links)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """A check's pytest-html extras made inert before pytest-html reads them: HTML becomes a
+    plain-text attachment, a link only an http(s) address; everything else is text."""
+    if not getattr(report, DRILL_REPORT, False):
+        return
+    extras = getattr(report, "extras", None)
+    if isinstance(extras, list):
+        extras[:] = [_inert_extra(e) for e in extras if isinstance(e, dict)]
+
+
+def _inert_extra(extra: dict[str, Any]) -> dict[str, Any]:
+    kind, content = extra.get("format_type"), extra.get("content")
+    name = html_text(redact(str(extra.get("name") or "")))
+    if kind in ("image", "video", "json"):
+        return {**extra, "name": name}
+    if kind == "url" and isinstance(content, str) and re.match(r"(?i)https?://", content):
+        return {**extra, "name": name}
+    text = content.decode(errors="replace") if isinstance(content, bytes) else str(content)
+    return {**extra, "name": name or "text", "format_type": "text", "extension": "txt",
+            "mime_type": "text/plain", "content": redact(text)}
 
 
 @pytest.hookimpl(trylast=True)

@@ -3,15 +3,16 @@ summary block inside pytest-html's report, and `reports/index.html` over every d
 
 from __future__ import annotations
 
-import html
 import json
 from dataclasses import asdict
 from pathlib import Path
+from urllib.parse import quote
 
 from backup_core.conninfo import redact
 from backup_core.durations import human
 from backup_core.fsutil import atomic_write_text, make_dirs
 from drills.console import size
+from drills.inert import html_text, md_cell, md_code, md_fence, md_text
 from drills.result import SCHEMA_ID, DrillResult, RtoFacts
 from drills.state import RTO_PHASES
 
@@ -96,18 +97,19 @@ COLORS = {"PASS": "#1a7f37", "INCOMPLETE": "#9a6700", "FAIL": "#cf222e"}
 def summary_html(r: DrillResult) -> str:
     color = COLORS.get(r.verdict, "#cf222e")
     cells = "".join(
-        f"<tr><th style='text-align:left;padding:2px 12px 2px 0'>{html.escape(k)}</th>"
-        f"<td style='font-family:monospace'>{html.escape(redact(v))}</td></tr>"
+        f"<tr><th style='text-align:left;padding:2px 12px 2px 0'>{html_text(k)}</th>"
+        f"<td style='font-family:monospace'>{html_text(redact(v))}</td></tr>"
         for k, v in summary_rows(r)[1:])
-    findings = "".join(f"<li>{html.escape(f)}</li>" for f in r.findings)
+    findings = "".join(f"<li>{html_text(redact(f))}</li>" for f in r.findings)
     failed = [c for c in r.checks if c.outcome in ("failed", "error")]
-    failures = "".join(f"<li><b>{html.escape(c.title)}</b>: "
-                       f"{html.escape(c.message.splitlines()[0] if c.message else '')}</li>"
+    failures = "".join(f"<li><b>{html_text(c.title)}</b>: "
+                       f"{html_text(redact(c.message.splitlines()[0]) if c.message else '')}</li>"
                        for c in failed)
     return (
         NO_SCRIPT_STYLE
         + f"<div id='drill-verdict' style='font-size:2em;font-weight:bold;color:white;"
-        f"background:{color};padding:8px 16px;display:inline-block'>Verdict: {r.verdict}</div>"
+        f"background:{color};padding:8px 16px;display:inline-block'>Verdict: "
+        f"{html_text(r.verdict)}</div>"
         f"<table id='drill-summary' style='margin:12px 0'>{cells}</table>"
         + (f"<h3>Failed checks</h3><ul id='drill-failures'>{failures}</ul>" if failures else "")
         + (f"<h3>Findings</h3><ul id='drill-findings'>{findings}</ul>" if findings else "")
@@ -130,19 +132,20 @@ def checks_html(r: DrillResult) -> str:
     rows = []
     for c in r.checks:
         color = OUTCOME_COLORS.get(c.outcome, "#57606a")
-        detail = "<br>".join(html.escape(redact(e)) for e in c.evidence)
+        detail = "<br>".join(html_text(redact(e)) for e in c.evidence)
         if c.message and c.outcome != "passed":
             detail += f"<pre style='white-space:pre-wrap;margin:4px 0'>" \
-                      f"{html.escape(redact(c.message))}</pre>"
-        rows.append(f"<tr><td title='{html.escape(c.why)}'><b>{html.escape(c.title)}</b>"
-                    f"<div style='color:#57606a;font-size:0.85em'>{html.escape(c.why)}</div></td>"
-                    f"<td style='color:{color};font-weight:bold'>{c.outcome.upper()}</td>"
+                      f"{html_text(redact(c.message))}</pre>"
+        rows.append(f"<tr><td title='{html_text(c.why)}'><b>{html_text(c.title)}</b>"
+                    f"<div style='color:#57606a;font-size:0.85em'>{html_text(c.why)}</div></td>"
+                    f"<td style='color:{color};font-weight:bold'>"
+                    f"{html_text(c.outcome.upper())}</td>"
                     f"<td>{detail}</td></tr>")
     for name, why in r.not_run.items():
         if name not in {c.name for c in r.checks}:
-            rows.append(f"<tr><td><b>{html.escape(title(name))}</b></td>"
+            rows.append(f"<tr><td><b>{html_text(title(name))}</b></td>"
                         f"<td style='color:#57606a;font-weight:bold'>NOT RUN</td>"
-                        f"<td>{html.escape(why)}</td></tr>")
+                        f"<td>{html_text(why)}</td></tr>")
     return ("<h3>Checks</h3><table id='drill-checks' style='border-collapse:collapse'>"
             "<tr><th style='text-align:left'>Check</th><th style='text-align:left'>Result</th>"
             "<th style='text-align:left'>Evidence</th></tr>" + "".join(rows) + "</table>"
@@ -151,24 +154,33 @@ def checks_html(r: DrillResult) -> str:
 
 
 def to_markdown(r: DrillResult) -> str:
-    lines = [f"# Restore drill: {r.database}, {r.started_at[:10]}: **{r.verdict}**", "",
-             "| | |", "|---|---|"]
-    lines += [f"| {k} | {_md(v)} |" for k, v in summary_rows(r)]
+    """The wiki page. Every string from the database, pytest, Alembic or a tool is made inert
+    (`drills.inert`): escaped text, code spans, or fences longer than any backtick run."""
+    lines = [f"# Restore drill: {_md_text(r.database)}, {_md_text(r.started_at[:10])}: "
+             f"**{_md_text(r.verdict)}**", "", "| | |", "|---|---|"]
+    lines += [f"| {_md(k)} | {_md(v)} |" for k, v in summary_rows(r)]
     lines += ["", "## Checks", "", "| Check | Result | Evidence |", "|---|---|---|"]
     for c in r.checks:
         evidence = "; ".join(c.evidence) or (c.message.splitlines()[0] if c.message else "")
-        lines.append(f"| {_md(c.title)} | {c.outcome.upper()} | {_md(evidence)} |")
+        lines.append(f"| {_md(c.title)} | {_md(c.outcome.upper())} | {_md(evidence)} |")
     if r.findings:
-        lines += ["", "## Findings", ""] + [f"- {_md(f)}" for f in r.findings]
+        lines += ["", "## Findings", ""] + [f"- {_md_text(f)}" for f in r.findings]
     failed = [c for c in r.checks if c.outcome in ("failed", "error")]
     for c in failed:
-        lines += ["", f"### {c.title}: {c.outcome}", "", "```", c.message.strip(), "```"]
-    lines += ["", f"Full report: `{r.reports['html']}` (JSON: `{r.reports['json']}`)", ""]
+        lines += ["", f"### {_md_text(c.title)}: {_md_text(c.outcome)}", "",
+                  md_fence(redact(c.message.strip()))]
+    lines += ["", f"Full report: {md_code(redact(r.reports['html']))} "
+                  f"(JSON: {md_code(redact(r.reports['json']))})", ""]
     return redact("\n".join(lines))
 
 
 def _md(text: str) -> str:
-    return redact(str(text)).replace("|", "\\|").replace("\n", " ")
+    """A table cell: redacted, then inert."""
+    return md_cell(redact(str(text)))
+
+
+def _md_text(text: str) -> str:
+    return md_text(redact(str(text)))
 
 
 def write_reports(r: DrillResult) -> None:
@@ -214,7 +226,7 @@ def rto_chart(results: list[DrillResult], width: int = 640, height: int = 160) -
 
     coords = " ".join(f"{20 + i * step:.1f},{y(v):.1f}" for i, (_, v) in enumerate(points))
     dots = "".join(f"<circle cx='{20 + i * step:.1f}' cy='{y(v):.1f}' r='3'><title>"
-                   f"{html.escape(t)}: {human(v)}</title></circle>"
+                   f"{html_text(t)}: {human(v)}</title></circle>"
                    for i, (t, v) in enumerate(points))
     target_line = (f"<line x1='20' x2='{width - 20}' y1='{y(target):.1f}' y2='{y(target):.1f}' "
                    f"stroke='#cf222e' stroke-dasharray='4'/>" if target <= top else "")
@@ -234,14 +246,14 @@ def _rto_cell(rto: RtoFacts) -> str:
 def write_index(report_dir: Path) -> Path:
     pairs = load_results(report_dir)
     rows = "".join(
-        f"<tr><td>{html.escape(r.started_at)}</td><td>{html.escape(r.database)}</td>"
+        f"<tr><td>{html_text(r.started_at)}</td><td>{html_text(r.database)}</td>"
         f"<td style='color:{COLORS.get(r.verdict, '#cf222e')};"
-        f"font-weight:bold'>{html.escape(r.verdict)}</td>"
-        f"<td>{html.escape(r.backup.taken_at or '-')}</td>"
-        f"<td>{html.escape(_rto_cell(r.rto))}</td>"
-        f"<td>{html.escape(r.alembic.before or '-')} &rarr; "
-        f"{html.escape(r.alembic.after or '-')}</td>"
-        f"<td><a href='{html.escape(link)}'>report</a></td></tr>"
+        f"font-weight:bold'>{html_text(r.verdict)}</td>"
+        f"<td>{html_text(r.backup.taken_at or '-')}</td>"
+        f"<td>{html_text(_rto_cell(r.rto))}</td>"
+        f"<td>{html_text(r.alembic.before or '-')} &rarr; "
+        f"{html_text(r.alembic.after or '-')}</td>"
+        f"<td><a href='{html_text(quote(link))}'>report</a></td></tr>"
         for r, link in pairs)
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Restore drills</title>"
