@@ -11,14 +11,17 @@ from __future__ import annotations
 import html
 import re
 
-# Markdown punctuation that can start markup anywhere in a line; `<`, `>` and `&` become
-# entities, which every engine decodes as text and none reads as HTML.
+# Markdown punctuation that can start markup anywhere in a line; `<` and `&` become entities,
+# which every engine decodes as text and none reads as HTML or as a character reference.
+# `>` opens nothing without a `<` except a quote at the start of a line (see `md_text`), so
+# `0005 -> 0006` stays as it reads.
 _MD_ESCAPES = {c: "\\" + c for c in "\\`*[]|~$"}
-_MD_ESCAPES.update({"<": "&lt;", ">": "&gt;", "&": "&amp;"})
+_MD_ESCAPES.update({"<": "&lt;", "&": "&amp;"})
 _NEWLINES = re.compile(r"\r\n|\r|\n")
 _BACKTICKS = re.compile(r"`+")
-# a code span the text already carries (an integration command in backticks), kept as code
-_CODE_SPAN = re.compile(r"`([^`]+)`")
+# a code span the text already carries (an integration command in backticks), kept as code;
+# one with a backtick beside it is text, so two spans never join into one longer fence
+_CODE_SPAN = re.compile(r"(?<!`)`([^`]+)`(?!`)")
 _ORDERED = re.compile(r"(\d{1,9})([.)])")
 
 
@@ -90,8 +93,8 @@ def md_text(text: str) -> str:
     out = _inline(text, cell=False)
     if out[:1] in ("#", ">", "-", "+", "="):
         return "\\" + out
-    if out.startswith("    "):
-        return "&#32;" + out[1:]
+    if out[:1] in (" ", "\t"):  # four columns of it would make an indented code block
+        return f"&#{ord(out[0])};{out[1:]}"
     m = _ORDERED.match(out)
     if m:
         return f"{m.group(1)}\\{m.group(2)}{out[m.end():]}"
