@@ -510,6 +510,8 @@ def _inert_value(value: object) -> object:
     """A metadata value as pytest-html's script will insert it as HTML: escaped text."""
     if isinstance(value, dict):
         return {html_text(k): html_text(redact(str(v))) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [html_text(redact(str(v))) for v in value]
     return html_text(redact(str(value)))
 
 
@@ -559,7 +561,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 def _inert_extra(extra: dict[str, Any]) -> dict[str, Any]:
     kind, content = extra.get("format_type"), extra.get("content")
-    name = html_text(redact(str(extra.get("name") or "")))
+    name = redact(str(extra.get("name") or ""))  # escaped where it is shown (`_links`)
     if kind in ("image", "video", "json"):
         return {**extra, "name": name}
     if kind == "url" and isinstance(content, str) and re.match(r"(?i)https?://", content):

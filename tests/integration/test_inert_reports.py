@@ -155,17 +155,17 @@ def test_the_html_report_builds_no_payload_element_with_javascript_on(
     assert done.returncode == 0, done.stderr[-2000:]
     dom = Dom()
     dom.feed(done.stdout)
-    # pytest-html's script ran: its results table has a row per check, user checks included
-    # (their ids are the escaped text of our Test cells)
-    testids = [a.get("id") or "" for t, a in dom.elements if t == "tbody" and a.get("id")]
-    assert len([i for i in testids if "test_hostile[&lt;" in i]) == 2, testids
     assert dom.title.startswith(f"Restore drill: {DBNAME} (")
-    assert "PWNED" != dom.title
+    assert dom.title != "PWNED"
     handlers = [(t, k, v) for t, a in dom.elements for k, v in a.items() if k.startswith("on")]
     assert handlers == [("div", "onclick", "location.reload()")]  # pytest-html's own button
     assert [a for t, a in dom.elements if t == "img" and a.get("src") == "x"] == []
     assert len([t for t, _ in dom.elements if t == "script"]) == 1  # pytest-html's own
     assert not [a for t, a in dom.elements if (a.get("href") or "").startswith("javascript")]
+    # pytest-html's script ran: its results table has a row per check, user checks included
+    # (their ids are the escaped text of our Test cells)
+    testids = [a.get("id") or "" for t, a in dom.elements if t == "tbody" and a.get("id")]
+    assert len([i for i in testids if "test_hostile[&lt;" in i]) == 2, testids
     shown = "".join(dom.text)
     for literal in (f"<img src=x onerror={PWN}>", f"<script>{PWN}</script>", DBNAME,
                     f"captured <img src=x onerror={PWN}>"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from html.parser import HTMLParser
 
 import cmarkgfm
+import pytest
 from cmarkgfm.cmark import Options
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -194,3 +195,45 @@ def test_the_markdown_report_of_hostile_names_and_outputs_is_inert() -> None:
     assert f"table {payload} | quoted |" in page.by_tag["td"]  # the evidence, as text
     assert page.by_tag["h3"] == ["A[<script>alert(1)</script>]: failed", "B: error"]
     assert page.by_tag["li"] == [f"# {payload}", "- [x](javascript:alert(1))"]
+
+
+def test_pytest_html_cells_of_a_hostile_node_id_are_escaped() -> None:
+    from drills import plugin
+
+    payload = "<img src=x onerror=alert(1)>"
+    rep = pytest.TestReport(nodeid=f"t.py::test_x[{payload}]", location=("t.py", 1, "x"),
+                            keywords={}, outcome="passed", longrepr=None, when="call",
+                            user_properties=[("check", f"X[{payload}]"), ("why", payload),
+                                             ("evidence", payload)])
+    rep.extras = [{"name": "<b>n</b>", "format_type": "url", "content": "https://e.x/?a=1&b=\""}]
+    cells = ['<td class="col-result">Passed</td>', f'<td class="col-testId">{rep.nodeid}</td>',
+             '<td class="col-duration">1 ms</td>', '<td class="col-links"></td>']
+    plugin.pytest_html_results_table_row(rep, cells)
+    assert "<img" not in "".join(cells) and len(cells) == 6
+    assert cells[1] == f'<td class="col-testId">t.py::test_x[{inert.html_text(payload)}]</td>'
+    assert cells[5] == ('<td class="col-links"><a target="_blank" href="https://e.x/?a=1&amp;b='
+                        '&quot;" class="col-links__extra url">&lt;b&gt;n&lt;/b&gt;</a></td>')
+    # a collection error has no user properties: its row is escaped too, and does not crash
+    collected = pytest.CollectReport(nodeid=f"{payload}.py", outcome="failed",
+                                     longrepr="boom", result=[])
+    cells = ['<td class="col-result">Error</td>', f"<td>{payload}</td>", "<td></td>",
+             "<td></td>"]
+    plugin.pytest_html_results_table_row(collected, cells)
+    assert "<img" not in "".join(cells)
+
+
+def test_a_checks_html_extras_become_text_and_its_links_only_http() -> None:
+    from drills.plugin import _inert_extra
+
+    html_extra = {"name": "x", "format_type": "html", "content": "<img src=x onerror=alert(1)>",
+                  "mime_type": None, "extension": None}
+    assert _inert_extra(html_extra) == {
+        "name": "x", "format_type": "text", "content": "<img src=x onerror=alert(1)>",
+        "mime_type": "text/plain", "extension": "txt"}
+    script_link = {"name": "<i>go</i>", "format_type": "url", "content": "javascript:alert(1)",
+                   "mime_type": None, "extension": None}
+    assert _inert_extra(script_link)["format_type"] == "text"
+    assert _inert_extra(script_link)["name"] == "<i>go</i>"  # escaped where shown
+    web = {**script_link, "content": "https://example.org/run/1"}
+    assert _inert_extra(web)["content"] == "https://example.org/run/1"
+    assert _inert_extra(web)["format_type"] == "url"
