@@ -522,7 +522,8 @@ def pytest_html_results_table_header(cells: list[str]) -> None:
 
 
 @pytest.hookimpl(optionalhook=True)
-def pytest_html_results_table_row(report: pytest.TestReport, cells: list[str]) -> None:
+def pytest_html_results_table_row(report: pytest.TestReport | pytest.CollectReport,
+                                   cells: list[str]) -> None:
     """Our columns, and in a drill the Test and Links cells set again from escaped text:
     pytest-html puts the node id (a parametrize id can hold any markup) in as it is, and its
     script inserts every cell as HTML."""

@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,7 +88,7 @@ def browser() -> str:
 
 @pytest.fixture(scope="module")
 def hostile_drill(pg15: Cluster, tmp_path_factory: pytest.TempPathFactory
-                  ) -> Iterator[tuple[dict, Path]]:
+                  ) -> Iterator[tuple[dict[str, Any], Path]]:
     """One drill of the hostile database: (its JSON result, its report directory)."""
     tmp = tmp_path_factory.mktemp("inert")
     with db.connect(pg15.url(), autocommit=True) as conn:
@@ -141,7 +142,7 @@ class Dom(HTMLParser):
 
 
 def test_the_html_report_builds_no_payload_element_with_javascript_on(
-    browser: str, hostile_drill: tuple[dict, Path], tmp_path: Path
+    browser: str, hostile_drill: tuple[dict[str, Any], Path], tmp_path: Path
 ) -> None:
     result, _ = hostile_drill
     # opened from a plain path: under the database's directory (`x%3Cscript...`) the file URL
@@ -177,7 +178,7 @@ def test_the_html_report_builds_no_payload_element_with_javascript_on(
 
 
 def test_the_markdown_report_renders_no_tag_and_every_fence_closes_where_opened(
-    hostile_drill: tuple[dict, Path]
+    hostile_drill: tuple[dict[str, Any], Path]
 ) -> None:
     result, _ = hostile_drill
     md = Path(result["reports"]["md"]).read_text()
