@@ -205,7 +205,8 @@ def test_pytest_html_cells_of_a_hostile_node_id_are_escaped() -> None:
                             keywords={}, outcome="passed", longrepr=None, when="call",
                             user_properties=[("check", f"X[{payload}]"), ("why", payload),
                                              ("evidence", payload)])
-    vars(rep)["extras"] = [{"name": "<b>n</b>", "format_type": "url", "content": "https://e.x/?a=1&b=\""}]
+    vars(rep)["extras"] = [{"name": "<b>n</b>", "format_type": "url",
+                            "content": "https://e.x/?a=1&b=\""}]
     cells = ['<td class="col-result">Passed</td>', f'<td class="col-testId">{rep.nodeid}</td>',
              '<td class="col-duration">1 ms</td>', '<td class="col-links"></td>']
     plugin.pytest_html_results_table_row(rep, cells)
