@@ -4,7 +4,9 @@ reader sees is the text we were given, and a fence closes where we opened it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from html.parser import HTMLParser
+from pathlib import Path
 
 import cmarkgfm
 import pytest
@@ -238,3 +240,20 @@ def test_a_checks_html_extras_become_text_and_its_links_only_http() -> None:
     web = {**script_link, "content": "https://example.org/run/1"}
     assert _inert_extra(web)["content"] == "https://example.org/run/1"
     assert _inert_extra(web)["format_type"] == "url"
+
+
+def test_the_index_of_drills_escapes_names_and_links_no_script(tmp_path: Path) -> None:
+    from drills.state import ReportPaths
+
+    state = _state([("test_x", "passed")])
+    name = "javascript:alert(1)<script>alert(2)</script>'\""
+    state.paths = ReportPaths.for_drill(tmp_path, name, state.started_at)
+    result = state.result()
+    report.write_reports(replace(result, database=name))
+    page = Page()
+    page.feed((tmp_path / "index.html").read_text())
+    assert "script" not in {t for t, _ in page.tags}
+    [href] = [dict(a)["href"] for t, a in page.tags if t == "a"]
+    assert href == "javascript%253Aalert%25281%2529%253Cscript%253Ealert%25282%2529%253C%252F" \
+                   "script%253E%2527%2522/20261123T120000Z-drill.html"  # a relative path
+    assert name in "".join(page.text)
