@@ -524,9 +524,9 @@ def pytest_html_results_table_header(cells: list[str]) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_html_results_table_row(report: pytest.TestReport | pytest.CollectReport,
                                    cells: list[str]) -> None:
-    """Our columns, and in a drill the Test and Links cells set again from escaped text:
-    pytest-html puts the node id (a parametrize id can hold any markup) in as it is, and its
-    script inserts every cell as HTML."""
+    """Our columns, and the Test and Links cells set again from escaped text: pytest-html puts
+    the node id (a parametrize id can hold any markup) and the links' names in as they are,
+    and its script inserts every cell as HTML."""
     props = [(k, str(v)) for k, v in getattr(report, "user_properties", ())]
     title = next((v for k, v in props if k == "check"), report.nodeid)
     why = next((v for k, v in props if k == "why"), "")
