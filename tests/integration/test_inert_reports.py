@@ -141,14 +141,12 @@ class Dom(HTMLParser):
             self.title += data
 
 
-def test_the_html_report_builds_no_payload_element_with_javascript_on(
-    browser: str, hostile_drill: tuple[dict[str, Any], Path], tmp_path: Path
-) -> None:
-    result, _ = hostile_drill
-    # opened from a plain path: under the database's directory (`x%3Cscript...`) the file URL
-    # holds `%`, and pytest-html's script stops at history.pushState before building its table
+def open_in_chromium(browser: str, report: Path, tmp_path: Path) -> Dom:
+    """The DOM Chromium builds for `report`, its scripts run. The report is opened from a plain
+    path: under a database's directory (`x%3Cscript...`) the file URL holds `%`, and
+    pytest-html's script stops at history.pushState before it builds its table."""
     html = tmp_path / "report.html"
-    html.write_text(Path(result["reports"]["html"]).read_text())
+    html.write_text(report.read_text())
     done = subprocess.run(
         render.chromium_argv(browser, tmp_path / "profile", html, "--dump-dom",
                              "--virtual-time-budget=5000"),
@@ -156,13 +154,21 @@ def test_the_html_report_builds_no_payload_element_with_javascript_on(
     assert done.returncode == 0, done.stderr[-2000:]
     dom = Dom()
     dom.feed(done.stdout)
-    assert dom.title.startswith(f"Restore drill: {DBNAME} (")
     assert dom.title != "PWNED"
     handlers = [(t, k, v) for t, a in dom.elements for k, v in a.items() if k.startswith("on")]
     assert handlers == [("div", "onclick", "location.reload()")]  # pytest-html's own button
     assert [a for t, a in dom.elements if t == "img" and a.get("src") == "x"] == []
     assert len([t for t, _ in dom.elements if t == "script"]) == 1  # pytest-html's own
     assert not [a for t, a in dom.elements if (a.get("href") or "").startswith("javascript")]
+    return dom
+
+
+def test_the_html_report_builds_no_payload_element_with_javascript_on(
+    browser: str, hostile_drill: tuple[dict[str, Any], Path], tmp_path: Path
+) -> None:
+    result, _ = hostile_drill
+    dom = open_in_chromium(browser, Path(result["reports"]["html"]), tmp_path)
+    assert dom.title.startswith(f"Restore drill: {DBNAME} (")
     # pytest-html's script ran: its results table has a row per check, user checks included
     # (their ids are the escaped text of our Test cells)
     testids = [a.get("id") or "" for t, a in dom.elements if t == "tbody" and a.get("id")]
@@ -194,3 +200,20 @@ def test_the_markdown_report_renders_no_tag_and_every_fence_closes_where_opened(
     assert cells[cells.index("Database") + 1] == DBNAME
     assert f"seen <img src=x onerror={PWN}> | ```` four; <script>{PWN}</script>" in cells
     assert json.loads(Path(result["reports"]["json"]).read_text())["database"] == DBNAME
+
+
+def test_a_database_name_with_an_event_handler_stays_text_in_the_html_report(
+    browser: str, tmp_path: Path
+) -> None:
+    """The name a drill was asked for (`--database`) is in the title, the summary and the
+    environment table even when no backup of it exists."""
+    name = f"x<img src=x onerror={PWN}>`|\""
+    (tmp_path / "b").mkdir()
+    done, result = drill("--database", name, backup_dir=tmp_path / "b",
+                         report_dir=tmp_path / "r")
+    assert done.returncode == 1 and result["verdict"] == "FAIL"
+    assert result["database"] == name
+    dom = open_in_chromium(browser, Path(result["reports"]["html"]), tmp_path)
+    assert dom.title.startswith(f"Restore drill: {name} (")
+    shown = "".join(dom.text)
+    assert shown.count(name) >= 3, shown  # the heading, the summary, the environment table
