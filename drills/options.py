@@ -65,6 +65,10 @@ OPTIONS: tuple[Option, ...] = (
                       "can pull) --docker-image, else local (saying why); or a scratch "
                       "database on --sandbox-url.", "auto", kind="choice",
            choices=("auto", "local", "docker", "server")),
+    Option("sandbox-is-not-production", "With --sandbox server: you assert the server is not "
+                                        "production's, for when production cannot be reached "
+                                        "to compare them (recorded in the report as asserted, "
+                                        "not checked).", kind="flag"),
     Option("docker-image", "Image for the docker sandbox, {major} being the backup's "
                            "PostgreSQL major (a PostGIS image, a registry mirror, or one "
                            "built by deploy/docker/build-postgres-image).",
@@ -149,6 +153,7 @@ class DrillOptions:
     seed: int = 0
     sandbox: str = "auto"
     sandbox_url: str | None = field(default=None, repr=False)
+    sandbox_is_not_production: bool = False
     docker_image: str = DEFAULT_IMAGE
     alembic_config: Path | None = None
     integration_cmd: str | None = None
@@ -226,6 +231,7 @@ class DrillOptions:
             report_dir=path("report-dir") or Path("reports"),
             result_file=path("result-file"),
             strict_rpo=bool(flag("strict-rpo")),
+            sandbox_is_not_production=bool(flag("sandbox-is-not-production")),
             record=not flag("no-record"),
         )
 
@@ -237,7 +243,7 @@ class DrillOptions:
             name = f.name.replace("_", "-")
             if f.name == "sandbox_url":
                 continue  # may hold a password: travels as ATB_SANDBOX_URL, never on argv
-            if f.name in ("strict_rpo",):
+            if f.name in ("strict_rpo", "sandbox_is_not_production"):
                 args += [f"--{name}"] if value else []
             elif f.name == "record":
                 args += [] if value else ["--no-record"]

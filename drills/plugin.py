@@ -297,7 +297,8 @@ def drill_sandbox(drill: DrillState, drill_backup: Backup, drill_integrity: Veri
                                        source_major=_source_major(drill_backup, drill_chains),
                                        chains=drill_chains, server=server,
                                        production=drill.production,
-                                       docker_image=drill.options.docker_image)
+                                       docker_image=drill.options.docker_image,
+                                       asserted=drill.options.sandbox_is_not_production)
         info = manager.__enter__()
     os.environ["DATABASE_URL"] = info.url.app_url(
         drill.production.dialect if drill.production else "")
