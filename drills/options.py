@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import secrets
 from dataclasses import dataclass, field, fields
@@ -114,6 +115,44 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
+MAX_PATH = 4096
+MAX_TEXT = 8192
+
+
+def check_text(name: str, value: str) -> str:
+    """A drill option's value as given: never empty (an empty path is not "no path"),
+    never longer than any real value, never holding a NUL."""
+    option = next((o for o in OPTIONS if o.name == name), None)
+    limit = MAX_PATH if option is not None and option.kind in ("file", "dir", "paths") \
+        else MAX_TEXT
+    if not value.strip():
+        raise ConfigError(f"--{name} is empty: give a value, or leave the option out")
+    if option is not None and option.kind == "choice" and value not in option.choices:
+        raise ConfigError(f"--{name} must be one of {', '.join(option.choices)}, not "
+                          f"{value[:80]!r}")
+    if len(value) > limit:
+        raise ConfigError(f"--{name} is {len(value)} characters long: at most {limit}")
+    if "\0" in value:
+        raise ConfigError(f"--{name} contains a NUL character")
+    return value
+
+
+CHECK_MODULES = {"dump": Path(__file__).with_name("checks.py"),
+                 "pgbackrest": Path(__file__).with_name("pitr_checks.py")}
+
+
+def builtin_checks(source: str = "dump") -> tuple[str, ...]:
+    """The built-in checks' names, read from their module without importing it (defined
+    there, or taken from the dump drill's checks by assignment)."""
+    names = []
+    for node in ast.parse(CHECK_MODULES[source].read_text()).body:
+        if isinstance(node, ast.FunctionDef):
+            names.append(node.name)
+        elif isinstance(node, ast.Assign):
+            names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+    return tuple(n for n in names if n.startswith("test_"))
+
+
 def parse_target(text: str | None) -> datetime | None:
     """`random` (None) or an ISO 8601 time with its zone."""
     if not text or text == "random":
@@ -173,8 +212,14 @@ class DrillOptions:
     record: bool = True
 
     @classmethod
-    def from_values(cls, get: Any, flag: Any) -> DrillOptions:
-        """Build from `get(name) -> str | None` and `flag(name) -> bool` lookups."""
+    def from_values(cls, raw_get: Any, flag: Any) -> DrillOptions:
+        """Build from `get(name) -> str | None` and `flag(name) -> bool` lookups, refusing
+        (`ConfigError`, exit 2) every value and combination that cannot work: this runs
+        before a report name is claimed, a sandbox started or a verdict recorded."""
+        def get(name: str) -> str | None:
+            value = raw_get(name)
+            return None if value is None else check_text(name, str(value))
+
         def path(name: str) -> Path | None:
             value = get(name)
             return Path(value) if value else None
@@ -192,13 +237,14 @@ class DrillOptions:
         backup_dir = tree_of(backup, path("backup-dir") or (
             Path(os.environ["BACKUP_DIR"]) if os.environ.get("BACKUP_DIR") else None))
         seed = number("seed", int)
+        days = number("window-days", float)
         source = get("source") or "dump"
         if source == "pgbackrest" and not get("stanza"):
             raise ConfigError("--source pgbackrest needs --stanza NAME")
         config = path("pgbackrest-config")
         if config is not None and not config.is_file():
             raise ConfigError(f"--pgbackrest-config {config}: no such file")
-        return cls(
+        options = cls(
             source=source,
             stanza=get("stanza") or None,
             pgbackrest_config=config,
@@ -206,7 +252,7 @@ class DrillOptions:
             backup=backup,
             backup_dir=backup_dir,
             database=get("database") or None,
-            window_days=check_seconds((number("window-days", float) or 90.0) * 86400,
+            window_days=check_seconds((90.0 if days is None else days) * 86400,
                                       text=str(get("window-days")), what="--window-days")
             / 86400,
             seed=seed if seed is not None else secrets.randbelow(2**31),
@@ -234,6 +280,33 @@ class DrillOptions:
             sandbox_is_not_production=bool(flag("sandbox-is-not-production")),
             record=not flag("no-record"),
         )
+        options.validate()
+        return options
+
+    def validate(self) -> None:
+        """The combinations that cannot work, refused before anything starts."""
+        if self.sandbox == "server" and not self.sandbox_url:
+            raise ConfigError("--sandbox server needs --sandbox-url (or ATB_SANDBOX_URL)")
+        if self.sandbox_is_not_production and self.sandbox != "server":
+            raise ConfigError("--sandbox-is-not-production applies to --sandbox server only")
+        if self.window_days <= 0:
+            raise ConfigError(f"--window-days {self.window_days:g} leaves no backup to drill: "
+                              "give a number of days above 0")
+        if self.backup is not None and not self.backup.is_file():
+            raise ConfigError(f"--backup {self.backup}: no such backup file (`atb db list` "
+                              "shows them)")
+        if self.alembic_config is not None and not self.alembic_config.is_file():
+            raise ConfigError(f"--alembic-config {self.alembic_config}: no such file")
+        for given in self.checks:
+            if not given.exists():
+                raise ConfigError(f"--checks: no such file or directory: {given}")
+            if not os.access(given, os.R_OK | (os.X_OK if given.is_dir() else 0)):
+                raise ConfigError(f"--checks {given}: cannot be read")
+        builtin = builtin_checks(self.source)
+        unknown = sorted(set(self.exclude) - set(builtin))
+        if unknown:
+            raise ConfigError(f"--drill-exclude names no built-in check: {', '.join(unknown)} "
+                              f"(the checks: {', '.join(builtin)})")
 
     def as_pytest_args(self) -> list[str]:
         """The same options as pytest arguments, for running the drill in a child process."""

@@ -7,7 +7,6 @@ a JSON result and a Markdown summary under `--report-dir`.
 
 from __future__ import annotations
 
-import ast
 import html
 import logging
 import os
@@ -31,6 +30,7 @@ from backup_core.verdicts import DrillVerdict, record_drill
 from backup_core.verify import VerifyResult, verify_backup
 from drills import pick, report, sandbox
 from drills.options import OPTIONS, DrillOptions
+from drills.options import builtin_checks as options_builtin_checks
 from drills.result import AlembicFacts, SandboxFacts
 from drills.state import INCOMPLETE, DrillState, ReportPaths
 
@@ -85,11 +85,7 @@ def pytest_configure(config: pytest.Config) -> None:
         options = _options(config)
     except AtbError as exc:
         raise pytest.UsageError(str(exc)) from exc
-    builtin = builtin_checks(checks_module(options))
-    unknown = sorted(set(options.exclude) - set(builtin))
-    if unknown:  # before anything is claimed or started: a typo writes no report
-        raise pytest.UsageError(f"--drill-exclude names no built-in check: {', '.join(unknown)}"
-                                f" (the checks: {', '.join(builtin)})")
+    builtin = builtin_checks(checks_module(options))  # names checked in DrillOptions
     # From here on, nothing in this process or its children sees production: not its URL,
     # not the PG* variables (kept only to recognise production and refuse it).
     detach_libpq_environment()
@@ -118,9 +114,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[STATE] = state
     # The built-in checks, the user's own check paths, and what the command line named (where
     # only tests marked `drill` run): never the project's whole test suite.
-    missing = [p for p in options.checks if not p.exists()]
-    if missing:
-        raise pytest.UsageError(f"--checks: no such file or directory: {missing[0]}")
     named = list(config.args) if config.args_source == pytest.Config.ArgsSource.ARGS else []
     config.stash[USER_CHECKS] = tuple(p.resolve() for p in options.checks)
     config.args[:] = [str(checks_module(options)), *(str(p) for p in options.checks), *named]
@@ -158,15 +151,8 @@ def checks_module(options: DrillOptions) -> Path:
 
 
 def builtin_checks(module: Path = CHECKS_MODULE) -> tuple[str, ...]:
-    """The built-in checks' names, read from their module without importing it (defined
-    there, or taken from the dump drill's checks by assignment)."""
-    names = []
-    for node in ast.parse(module.read_text()).body:
-        if isinstance(node, ast.FunctionDef):
-            names.append(node.name)
-        elif isinstance(node, ast.Assign):
-            names += [t.id for t in node.targets if isinstance(t, ast.Name)]
-    return tuple(n for n in names if n.startswith("test_"))
+    """The built-in checks' names (see `drills.options.builtin_checks`)."""
+    return options_builtin_checks("pgbackrest" if module == PITR_CHECKS_MODULE else "dump")
 
 
 def _only_db(options: DrillOptions) -> str | None:
