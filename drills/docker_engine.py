@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from backup_core.cluster import FAST_SETTINGS
+from backup_core.reaper import OWNER_LABEL, Owner
 
 DEFAULT_IMAGE = "postgres:{major}"
 LABEL = "atb.drill"  # on every drill container, so a test (or an operator) can find them
@@ -165,7 +166,7 @@ def postgres_container(spec: ContainerSpec, *, loopback: bool) -> Any:
                                password=spec.password, dbname=spec.dbname, driver=None)
     container.with_command(list(spec.command))
     container.with_name(f"atb-drill-{secrets.token_hex(4)}")
-    container.with_kwargs(labels={LABEL: "1"})
+    container.with_kwargs(labels={LABEL: "1", OWNER_LABEL: Owner.current().label})
     if loopback:
         ports: dict[str, Any] = container.ports
         ports["5432"] = ("127.0.0.1",)  # a random port, on loopback only

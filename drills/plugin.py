@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from backup_core import catalog, db, guard, inventory, status, toolchain
+from backup_core import catalog, db, guard, inventory, reaper, status, toolchain
 from backup_core.catalog import Backup
 from backup_core.conninfo import ConnInfo, detach_libpq_environment, redact
 from backup_core.errors import AtbError, ConfigError, ProductionTouched
@@ -86,6 +86,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except AtbError as exc:
         raise pytest.UsageError(str(exc)) from exc
     builtin = builtin_checks(checks_module(options))  # names checked in DrillOptions
+    reaper.reap()  # sandboxes of killed drills (a no-op under `atb drill run`, which reaped)
     # From here on, nothing in this process or its children sees production: not its URL,
     # not the PG* variables (kept only to recognise production and refuse it).
     detach_libpq_environment()
