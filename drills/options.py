@@ -13,6 +13,7 @@ from typing import Any
 from backup_core.childenv import check_pass_env
 from backup_core.durations import check_seconds, parse_duration
 from backup_core.errors import ConfigError
+from backup_core.heartbeat import table_parts
 from drills.docker_engine import DEFAULT_IMAGE
 
 
@@ -302,6 +303,7 @@ class DrillOptions:
                 raise ConfigError(f"--checks: no such file or directory: {given}")
             if not os.access(given, os.R_OK | (os.X_OK if given.is_dir() else 0)):
                 raise ConfigError(f"--checks {given}: cannot be read")
+        table_parts(self.heartbeat_table, what="--heartbeat-table")
         builtin = builtin_checks(self.source)
         unknown = sorted(set(self.exclude) - set(builtin))
         if unknown:
