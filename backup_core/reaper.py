@@ -74,11 +74,14 @@ class Owner:
         return process_start(self.pid) != self.start
 
 
-def registry_dir() -> Path:
+def registry_dir(*, create: bool = True) -> Path:
     """The private (0700, ours, not a link) directory of local sandboxes' records."""
     path = Path(tempfile.gettempdir()) / f"atb-sandboxes-{os.geteuid()}"
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700, parents=True)
+    if create:
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700, parents=True)
+    elif not os.path.lexists(path):
+        return path
     st = path.lstat()
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) \
             or st.st_uid != os.geteuid() or st.st_mode & 0o077:
@@ -89,19 +92,30 @@ def registry_dir() -> Path:
 
 def register(workdir: Path) -> Path:
     """Record that this process owns the local sandbox in `workdir`; returns the record."""
-    record = registry_dir() / f"{workdir.name}.json"
     text = json.dumps({"workdir": str(workdir), "owner": asdict(Owner.current())})
-    tmp = record.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    tmp.replace(record)
+    for attempt in (1, 2):  # another run may remove the emptied directory in between
+        record = registry_dir() / f"{workdir.name}.json"
+        tmp = record.with_suffix(".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        tmp.replace(record)
+        break
     return record
 
 
 def unregister(record: Path | None) -> None:
+    """Forget a sandbox that was torn down; the registry goes when it is empty, so that a
+    drill leaves nothing in TMPDIR."""
     if record is not None:
         record.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            record.parent.rmdir()
 
 
 def _postmaster(datadir: Path) -> int | None:
@@ -133,7 +147,7 @@ def reap_local(registry: Path | None = None) -> list[str]:
     """Stop and delete every registered local sandbox whose owner is gone; what was done,
     one line each (also logged)."""
     try:
-        registry = registry or registry_dir()
+        registry = registry or registry_dir(create=False)
     except (OSError, StorageError) as exc:
         log.warning("cannot look for sandboxes left by killed drills: %s", exc)
         return []
@@ -156,7 +170,7 @@ def reap_local(registry: Path | None = None) -> list[str]:
         if pid is not None:
             _stop(pid)
         shutil.rmtree(workdir, ignore_errors=True)
-        record.unlink(missing_ok=True)
+        unregister(record)
         line = (f"reaped the local sandbox of a drill that is gone (pid {owner.pid}): "
                 f"{'stopped its server (pid ' + str(pid) + '), ' if pid else ''}"
                 f"removed {workdir}")
