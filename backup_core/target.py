@@ -290,7 +290,8 @@ def swap(target: ConnInfo, staging: str) -> str:
         except psycopg.Error as exc:
             raise SafetyRefusal(f"cannot give the restored copy {staging} the properties of "
                                 f"{target.dbname} ({exc.diag.message_primary or exc}): nothing "
-                                "was swapped; connect as a superuser or the owner") from exc
+                                f"was swapped (the restored copy is in {staging}); connect as a "
+                                "superuser or the owner") from exc
         checkpoint("before-swap")
         rename = "ALTER DATABASE {} RENAME TO {}"
         try:

@@ -4,6 +4,7 @@ restore killed at any step leaves either the old database or the new one, never 
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import psycopg
 import pytest
 
 from backup_core import backup, db, toolchain
-from backup_core.cluster import Cluster
+from backup_core.cluster import Cluster, service_user
 from backup_core.conninfo import ConnInfo
 from backup_core.target import INCOMPLETE, TEST_KILL_AT
 from tests.conftest import make_database
@@ -105,13 +106,22 @@ def _props(admin: ConnInfo, name: str) -> tuple[Any, ...]:
     return tuple(row)
 
 
-def test_clean_swap_keeps_the_databases_properties(source: Source, pg15: Cluster) -> None:
+def test_clean_swap_keeps_the_databases_properties(source: Source, pg15: Cluster,
+                                                  sandbox_tmp: Path) -> None:
     prod, path = source
     admin = pg15.url()
     target = pg15.url("kept_props")
     assert _restore(path, target, production=prod).returncode == 0
+    space = sandbox_tmp / "space"
+    space.mkdir()
+    user = service_user()
+    if user:
+        entry = pwd.getpwnam(user)
+        os.chown(space, entry.pw_uid, entry.pw_gid)
     with db.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLESPACE props_space LOCATION '{space}'")  # type: ignore[arg-type]
         for statement in (
+            "ALTER DATABASE kept_props SET TABLESPACE props_space",
             "CREATE ROLE props_owner", "CREATE ROLE props_reader LOGIN PASSWORD 'r3ader-pw'",
             "CREATE ROLE props_outsider LOGIN PASSWORD 'outs1der-pw'",
             "ALTER DATABASE kept_props OWNER TO props_owner",
@@ -127,6 +137,7 @@ def test_clean_swap_keeps_the_databases_properties(source: Source, pg15: Cluster
             conn.execute(statement)  # type: ignore[arg-type]
     before = _props(admin, "kept_props")
     assert before[0] == "props_owner" and before[1] == 7 and len(before[6]) == 2
+    assert before[4] == "props_space"
     done = _restore(path, target, "--clean", production=prod)
     assert done.returncode == 0, done.stderr
     [old] = [n for n in _databases(admin, "kept_props_old_")]
@@ -141,6 +152,10 @@ def test_clean_swap_keeps_the_databases_properties(source: Source, pg15: Cluster
         assert conn.execute("SHOW statement_timeout").fetchone() == ("5s",)
         assert conn.execute("SHOW search_path").fetchone() == ('app, "My Schema", public',)
         assert conn.execute("SELECT to_regclass('orders') IS NOT NULL").fetchone() == (True,)
+    with db.connect(admin, autocommit=True) as conn:  # the shared server as it was
+        for name in ("kept_props", old):
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+        conn.execute("DROP TABLESPACE props_space")
 
 
 def test_a_killed_restore_into_a_new_target_is_marked_and_refused(source: Source,
