@@ -179,4 +179,9 @@ def refuse_system_database(target: ConnInfo) -> str:
     if row is not None and row[1]:
         raise SafetyRefusal(f"refusing to restore into {name}: the server marks it as a "
                             "template database; restore into a database of its own")
+    reached = db.identity_of(target) if row is not None else None  # the name it answers to
+    if reached is not None and reached.database in SYSTEM_DATABASES:
+        raise SafetyRefusal(f"refusing to restore into {target.redacted}: it reaches the "
+                            f"system database {reached.database}; restore into a database of "
+                            "its own")
     return f"{name} is not a system database"
