@@ -126,6 +126,10 @@ def refuse_production_target(target: ConnInfo, production: ConnInfo | None, *,
     return f"target is not production ({prod.database} on {prod.server})"
 
 
+# how an evidence line says the user's word stood in for a comparison (see the report)
+ASSERTED = "the sandbox server was asserted not to be production's"
+
+
 def refuse_production_server(server: ConnInfo, production: ConnInfo | None, *,
                              asserted: bool = False) -> str:
     """Refuse (exit 8) a sandbox server that is production's server by any route: scratch
@@ -146,8 +150,7 @@ def refuse_production_server(server: ConnInfo, production: ConnInfo | None, *,
                 f"{server.redacted}): use a separate server or --sandbox local")
         return f"sandbox server {mine.server} is not production's {prod.server}"
     if asserted:
-        return ("the sandbox server was asserted not to be production's "
-                "(--sandbox-is-not-production): not checked, "
+        return (f"{ASSERTED} (--sandbox-is-not-production): not checked, "
                 f"{'production' if prod is None else 'the sandbox server'} could not be reached")
     unreachable = (f"production ({production.redacted})" if prod is None
                    else f"the sandbox server ({server.redacted})")

@@ -146,7 +146,7 @@ def _server(server: ConnInfo, production: ConnInfo | None,
         info = _finish(server, "server", t0, None, owner=name, app=app)
         major = int(info.server_version.split(".")[0])  # atb's own tools (pg_amcheck) run here
         yield replace(info, chain=_optional_chain(major, chains),
-                      note=checked if "asserted" in checked else "")
+                      note=checked if checked.startswith(guard.ASSERTED) else "")
     finally:
         with db.connect(server, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
