@@ -121,11 +121,17 @@ def incomplete(info: ConnInfo) -> str | None:
     return str(text) if text and str(text).startswith(INCOMPLETE) else None
 
 
+def leftover_prefixes(dbname: str) -> tuple[str, str]:
+    """What the names `staging_name` and `swap` give `dbname` start with (their random or
+    time part left off), shortened alike when the name is long."""
+    return (_name(dbname, "_atb_staging_" + "0" * 6)[:-6],
+            _name(dbname, "_old_" + "0" * len("20261129T120000Z"))[:-16])
+
+
 def leftovers(target: ConnInfo) -> list[str]:
     """Databases earlier `--clean` restores of `target` left: staging copies (a killed
     restore's, incomplete) and previous versions set aside, oldest name first."""
-    prefixes = [_name(target.dbname, "_atb_staging_")[:-len("_atb_staging_")]
-                + "_atb_staging_", _name(target.dbname, "_old_")]
+    prefixes = leftover_prefixes(target.dbname)
     with maintenance(target) as conn:
         rows = conn.execute(
             "SELECT datname, coalesce(starts_with(shobj_description(oid, 'pg_database'), %s), "

@@ -25,6 +25,15 @@ def test_list_settings_are_split_and_quoted_as_the_server_stores_them() -> None:
     assert target.split_guc_list("$user, public") == ["$user", "public"]
 
 
+def test_leftovers_are_found_by_the_names_restores_give_even_when_shortened() -> None:
+    for name in ("trading", "x" * 60, "é" * 40):
+        staging, old = target.leftover_prefixes(name)
+        assert target.staging_name(name).startswith(staging) and len(staging) < 63
+        assert len(target._name(name, "_old_20261129T120000Z").encode()) <= 63
+        assert target._name(name, "_old_20261129T120000Z").startswith(old)
+    assert target.leftover_prefixes("trading") == ("trading_atb_staging_", "trading_old_")
+
+
 def test_heartbeat_table_names_are_an_allow_list() -> None:
     assert heartbeat.table_parts("system_events") == ("system_events",)
     assert heartbeat.table_parts("app.SystemEvent") == ("app", "SystemEvent")
