@@ -237,7 +237,10 @@ def restore_backup(
         raise SafetyRefusal(f"target {target.redacted} holds an interrupted restore ("
                             f"{interrupted}): it is not a complete database; pass --clean to "
                             "replace it (it is kept aside), or drop it")
-    held = {} if created else target_db.contents(target)
+    closed = not created and not target_db.properties(target).allow_connections
+    # a database that takes no connections cannot be looked into: treated as holding data
+    held = {} if created else {"unknown contents (ALLOW_CONNECTIONS false)": 1} if closed \
+        else target_db.contents(target)
     if interrupted:  # replaced by a swap like any database, whatever it holds
         held = {**held, "interrupted restore": 1}
     if held and not clean:

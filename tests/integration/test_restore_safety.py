@@ -158,6 +158,28 @@ def test_clean_swap_keeps_the_databases_properties(source: Source, pg15: Cluster
         conn.execute("DROP TABLESPACE props_space")
 
 
+def test_a_database_that_takes_no_connections_is_replaced_only_with_clean_and_stays_closed(
+    source: Source, pg15: Cluster
+) -> None:
+    prod, path = source
+    target = pg15.url("closed_db")
+    assert _restore(path, target, production=prod).returncode == 0
+    with db.connect(pg15.url(), autocommit=True) as conn:
+        conn.execute("ALTER DATABASE closed_db ALLOW_CONNECTIONS false")
+    refused = _restore(path, target, production=prod)
+    assert refused.returncode == 8
+    assert "unknown contents (ALLOW_CONNECTIONS false)" in _one_line(refused)
+    done = _restore(path, target, "--clean", production=prod)
+    assert done.returncode == 0, done.stderr
+    with db.connect(pg15.url(), autocommit=True) as conn:
+        rows = conn.execute("SELECT datname, datallowconn FROM pg_database WHERE "
+                            "starts_with(datname, 'closed_db') ORDER BY 1").fetchall()
+        assert rows[0] == ("closed_db", False) and len(rows) == 2
+        assert rows[1][0].startswith("closed_db_old_") and rows[1][1] is False
+        for name, _ in rows:
+            conn.execute(f'DROP DATABASE "{name}"')  # type: ignore[arg-type]
+
+
 def test_a_killed_restore_into_a_new_target_is_marked_and_refused(source: Source,
                                                                   pg15: Cluster) -> None:
     prod, path = source
