@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from backup_core import reaper
 from backup_core.conninfo import ConnInfo
 from backup_core.errors import AtbError, CommandFailed, ToolchainError
 from backup_core.fsutil import make_dirs
@@ -157,6 +158,7 @@ class Cluster:
     workdir: Path | None = field(default=None, init=False)
     port: int = field(default=5432, init=False)
     _running: bool = field(default=False, init=False)
+    _record: Path | None = field(default=None, init=False)  # see backup_core.reaper
 
     @property
     def datadir(self) -> Path:
@@ -206,7 +208,10 @@ class Cluster:
             raise ToolchainError(f"{self.toolchain.bindir} has no initdb/pg_ctl/postgres")
         run_as = service_user()
         self.toolchain = servable(self.toolchain, run_as)
-        self.workdir = Path(tempfile.mkdtemp(prefix="atb-pg-", dir=self.base_dir))
+        self.workdir = Path(tempfile.mkdtemp(prefix=reaper.WORKDIR_PREFIX, dir=self.base_dir))
+        # before the server exists: a kill -9 from here on leaves a record the next drill
+        # (or `atb doctor`) reaps, since pg_ctl's server does not die with us
+        self._record = reaper.register(self.workdir)
         self.socket_dir.mkdir()
         if run_as:
             entry = pwd.getpwnam(run_as)
@@ -308,6 +313,8 @@ class Cluster:
         finally:
             if self.workdir is not None and self.workdir.exists():
                 shutil.rmtree(self.workdir, ignore_errors=True)
+            reaper.unregister(self._record)
+            self._record = None
 
 
 def _quote_setting(value: str) -> str:

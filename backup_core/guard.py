@@ -17,6 +17,7 @@ import psycopg
 from backup_core import db, inventory
 from backup_core.conninfo import ConnInfo, ambient_env
 from backup_core.errors import ConnectionFailed, ProductionTouched, SafetyRefusal
+from backup_core.target import maintenance
 
 log = logging.getLogger("atb.guard")
 
@@ -125,21 +126,65 @@ def refuse_production_target(target: ConnInfo, production: ConnInfo | None, *,
     return f"target is not production ({prod.database} on {prod.server})"
 
 
-def refuse_production_server(server: ConnInfo, production: ConnInfo | None) -> str:
+# how an evidence line says the user's word stood in for a comparison (see the report)
+ASSERTED = "the sandbox server was asserted not to be production's"
+
+
+def refuse_production_server(server: ConnInfo, production: ConnInfo | None, *,
+                             asserted: bool = False) -> str:
     """Refuse (exit 8) a sandbox server that is production's server by any route: scratch
-    databases, migrations and the integration suite do not belong beside production."""
+    databases, migrations and the integration suite do not belong beside production.
+
+    Only a comparison of what both servers report can clear a server: when either cannot
+    be reached, no address, port or name proves anything (127.0.0.2 is 127.0.0.1), so the
+    server is refused unless the user `asserted` it is not production's. An assertion never
+    overrides a comparison that finds the same server."""
     if production is None:
         return "no production database configured"
     prod = db.identity_of(production)
     mine = db.identity_of(server)
-    if prod is None or mine is None:
-        if (server.host, server.port) == (production.host, production.port):
+    if prod is not None and mine is not None:
+        if mine.server == prod.server:
             raise SafetyRefusal(
-                "the sandbox server URL names the same host and port as DATABASE_URL and the "
-                "servers cannot be compared: give a server that is not production's")
-        return "production unreachable; the sandbox server's host and port differ"
-    if mine.server == prod.server:
-        raise SafetyRefusal(
-            f"the sandbox server is production's server ({prod.server}, reached as "
-            f"{server.redacted}): use a separate server or --sandbox local")
-    return f"sandbox server {mine.server} is not production's {prod.server}"
+                f"the sandbox server is production's server ({prod.server}, reached as "
+                f"{server.redacted}): use a separate server or --sandbox local")
+        return f"sandbox server {mine.server} is not production's {prod.server}"
+    if asserted:
+        return (f"{ASSERTED} (--sandbox-is-not-production): not checked, "
+                f"{'production' if prod is None else 'the sandbox server'} could not be reached")
+    unreachable = (f"production ({production.redacted})" if prod is None
+                   else f"the sandbox server ({server.redacted})")
+    raise SafetyRefusal(
+        f"cannot compare the sandbox server with production: {unreachable} cannot be reached, "
+        "and an address proves nothing (production's server answers on several); fix the "
+        "URL, or pass --sandbox-is-not-production if you know it is another server")
+
+
+SYSTEM_DATABASES = frozenset({"template0", "template1", "postgres"})
+
+
+def refuse_system_database(target: ConnInfo) -> str:
+    """Refuse (exit 8) a system database as a restore target, on any server: `template1` is
+    copied into every new database, `template0` must stay pristine, and `postgres` is where
+    tools and operators connect. Decided by the name given and, where the server answers, by
+    the name and template flag the server reports for it (template0 refuses connections, so
+    it is read from pg_database, never by connecting to it)."""
+    name = target.dbname
+    if name in SYSTEM_DATABASES:
+        raise SafetyRefusal(f"refusing to restore into {name}: a system database is never a "
+                            "restore target; restore into a database of its own")
+    try:
+        with maintenance(target) as conn:
+            row = conn.execute("SELECT datname, datistemplate FROM pg_database "
+                               "WHERE datname = %s", (name,)).fetchone()
+    except (ConnectionFailed, psycopg.Error):
+        return f"{name} is not a system database by name (the server could not be asked)"
+    if row is not None and row[1]:
+        raise SafetyRefusal(f"refusing to restore into {name}: the server marks it as a "
+                            "template database; restore into a database of its own")
+    reached = db.identity_of(target) if row is not None else None  # the name it answers to
+    if reached is not None and reached.database in SYSTEM_DATABASES:
+        raise SafetyRefusal(f"refusing to restore into {target.redacted}: it reaches the "
+                            f"system database {reached.database}; restore into a database of "
+                            "its own")
+    return f"{name} is not a system database"

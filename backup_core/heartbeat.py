@@ -6,6 +6,7 @@ in production for more than 15 minutes is what the monitor alerts on.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +15,7 @@ from psycopg import sql
 
 from backup_core import db
 from backup_core.conninfo import ConnInfo
-from backup_core.errors import AtbError
+from backup_core.errors import AtbError, ConfigError
 
 DEFAULT_TABLE = "system_events"
 TYPE_COLUMN, MESSAGE_COLUMN, TIME_COLUMN = "type", "message", "created_at"
@@ -24,13 +25,29 @@ class HeartbeatTableMissing(AtbError):
     """The application's events table is not there."""
 
 
+# A table name as people write one, optionally schema-qualified: letters, digits, _ and $,
+# at most 63 bytes a part (PostgreSQL's limit). Anything else is refused before it reaches
+# SQL: an allow-list, not a list of the characters that break things.
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
+
+
+def table_parts(name: str, *, what: str = "--table") -> tuple[str, ...]:
+    """(schema, table) or (table,) of `--table`; `ConfigError` (exit 2) for anything else."""
+    parts = tuple(name.split("."))
+    if len(name) > 127 or len(parts) > 2 or not all(_NAME.fullmatch(p) for p in parts):
+        shown = name[:60] + ("…" if len(name) > 60 else "")
+        raise ConfigError(f"{what} {shown!r} is not a table name: give name or schema.name "
+                          "(letters, digits, _ and $; at most 63 characters each)")
+    return parts
+
+
 def _table(name: str) -> sql.Composable:
-    parts = name.split(".")
-    return sql.Identifier(*parts)
+    return sql.Identifier(*table_parts(name))
 
 
 def insert_heartbeat(target: ConnInfo, *, table: str = DEFAULT_TABLE) -> datetime:
     """Insert one heartbeat row and return its time (the server's clock)."""
+    table_parts(table)  # a bad name is bad usage, whether or not the server answers
     with db.connect(target) as conn:
         _require_table(conn, table, target)
         row = conn.execute(
@@ -58,7 +75,7 @@ def newest_heartbeat(target: ConnInfo, *, table: str = DEFAULT_TABLE,
 
 
 def _require_table(conn: psycopg.Connection[Any], table: str, target: ConnInfo) -> None:
-    found = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
+    found = conn.execute("SELECT to_regclass(%s)", (_table(table).as_string(conn),)).fetchone()
     if not found or found[0] is None:
         raise HeartbeatTableMissing(
             f"table {table} does not exist in {target.redacted}: migrate the application "

@@ -76,9 +76,13 @@ def _pg_restore(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *, job
 
 def _restore_or_drop(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *, jobs: int,
                      no_owner: bool) -> None:
-    """Restore into a database this run created, dropping it again if the restore fails."""
+    """Restore into a database this run created, dropping it again if the restore fails.
+    It carries the incomplete mark throughout: a kill -9 leaves a database that says so."""
     try:
+        target_db.mark_incomplete(target, path.name)
+        target_db.checkpoint("staging-created")
         _pg_restore(chain, path, target, jobs=jobs, no_owner=no_owner)
+        target_db.checkpoint("restored")
     except BaseException:
         with contextlib.suppress(AtbError, psycopg.Error):
             target_db.drop(target)
@@ -92,13 +96,14 @@ def _restore_into(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *, c
     if created:  # all or nothing: a failed restore drops the database it made
         target_db.create(target)
         _restore_or_drop(chain, path, target, jobs=jobs, no_owner=no_owner)
+        target_db.clear_mark(target)  # the very last step: now it is complete
     elif not held and scratch:
         _pg_restore(chain, path, target, jobs=jobs, no_owner=no_owner)
     elif not held:  # an empty database someone made: one transaction, rolled back on failure
         _pg_restore(chain, path, target, jobs=1, no_owner=no_owner, single_transaction=True)
     else:  # restore beside it, then swap names; the old one is kept until the user drops it
         staging = target.with_dbname(target_db.staging_name(target.dbname))
-        target_db.create(staging)
+        target_db.create(staging, tablespace=target_db.properties(target).tablespace)
         _restore_or_drop(chain, path, staging, jobs=jobs, no_owner=no_owner)
         old = target_db.swap(target, staging.dbname)
         evidence.append(f"the previous {target.dbname} is kept as {old}: drop it when you no "
@@ -221,12 +226,23 @@ def restore_backup(
         if not alembic_config.is_file():
             raise ConfigError(f"Alembic config {alembic_config} not found: pass "
                               "--alembic-config path/to/alembic.ini")
-    evidence = [guard.refuse_production_target(target, production, allowed=allow_production)]
+    evidence = [guard.refuse_system_database(target),
+                guard.refuse_production_target(target, production, allowed=allow_production)]
     chains = toolchain.discover() if chains is None else chains
     chain = toolchain.for_restore(archive_major(path, chains), chains)
     jobs = jobs or default_jobs()
     created = not target_db.exists(target)
-    held = {} if created else target_db.contents(target)
+    interrupted = None if created else target_db.incomplete(target)
+    if interrupted and not clean:
+        raise SafetyRefusal(f"target {target.redacted} holds an interrupted restore ("
+                            f"{interrupted}): it is not a complete database; pass --clean to "
+                            "replace it (it is kept aside), or drop it")
+    closed = not created and not target_db.properties(target).allow_connections
+    # a database that takes no connections cannot be looked into: treated as holding data
+    held = {} if created else {"unknown contents (ALLOW_CONNECTIONS false)": 1} if closed \
+        else target_db.contents(target)
+    if interrupted:  # replaced by a swap like any database, whatever it holds
+        held = {**held, "interrupted restore": 1}
     if held and not clean:
         kinds = ", ".join(f"{n} {k}" for k, n in held.items())
         raise SafetyRefusal(f"target {target.redacted} is not empty ({kinds}): restore into a "
@@ -243,6 +259,11 @@ def restore_backup(
                         "server")
     elif with_roles:
         evidence.append("every role the backup needs exists on the target server")
+    if clean and not created:
+        earlier = target_db.leftovers(target)
+        if earlier:
+            evidence.append(f"left by earlier --clean restores of {target.dbname}: "
+                            f"{', '.join(earlier)}: drop them when you no longer need them")
     try:
         _restore_into(chain, path, target, created=created, held=bool(held), scratch=scratch,
                       jobs=jobs, no_owner=no_owner, evidence=evidence)

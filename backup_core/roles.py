@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from backup_core import childenv, toolchain
 from backup_core.conninfo import ConnInfo
@@ -27,9 +28,13 @@ _GRANT_TO = re.compile(rf"^GRANT .+ TO {_ROLE}")
 
 def dump_argv(chain: toolchain.Toolchain, conninfo: str, dbname: str) -> list[str]:
     """pg_dumpall for the roles only, without password hashes, connecting to `dbname` (the
-    backed-up database, which the backup role can surely reach)."""
+    backed-up database, which the backup role can surely reach).
+
+    pg_dumpall ignores the database of `--dbname` and reads `--database` as a conninfo when
+    it contains `=`, so the name always goes there as a conninfo of its own, quoted by
+    libpq's rules: a database called `a=b` is a name, never parameters."""
     return [chain.tool("pg_dumpall"), "--roles-only", "--no-role-passwords", "--no-password",
-            f"--dbname={conninfo}", f"--database={dbname}"]
+            f"--dbname={conninfo}", f"--database={make_conninfo(dbname=dbname)}"]
 
 
 def dump_roles(chain: toolchain.Toolchain, source: ConnInfo) -> str:

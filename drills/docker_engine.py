@@ -17,6 +17,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from backup_core.cluster import FAST_SETTINGS
+from backup_core.reaper import OWNER_LABEL, Owner, reap_containers
+
+log = logging.getLogger("atb.sandbox")
 
 DEFAULT_IMAGE = "postgres:{major}"
 LABEL = "atb.drill"  # on every drill container, so a test (or an operator) can find them
@@ -165,7 +168,7 @@ def postgres_container(spec: ContainerSpec, *, loopback: bool) -> Any:
                                password=spec.password, dbname=spec.dbname, driver=None)
     container.with_command(list(spec.command))
     container.with_name(f"atb-drill-{secrets.token_hex(4)}")
-    container.with_kwargs(labels={LABEL: "1"})
+    container.with_kwargs(labels={LABEL: "1", OWNER_LABEL: Owner.current().label})
     if loopback:
         ports: dict[str, Any] = container.ports
         ports["5432"] = ("127.0.0.1",)  # a random port, on loopback only
@@ -187,5 +190,26 @@ def drill_containers() -> list[str]:
     client = _client(5)
     try:
         return [c.name for c in client.containers.list(all=True, filters={"label": LABEL})]
+    finally:
+        client.close()
+
+
+def reap_docker(timeout: float = 3.0) -> list[str]:
+    """`reap_containers` over the local engine's atb containers; nothing when no engine
+    answers or the Docker SDK is not installed."""
+    try:
+        import docker
+    except ImportError:
+        return []
+    try:
+        client = docker.from_env(timeout=timeout)
+    except Exception:  # no engine: nothing of ours can be running there
+        return []
+    try:
+        found = client.containers.list(all=True, filters={"label": OWNER_LABEL})
+        return reap_containers(found, lambda c: c.remove(force=True, v=True))
+    except Exception as exc:  # the engine went away or refused: say so, never fail a drill
+        log.warning("cannot look for docker sandboxes left by killed drills: %s", exc)
+        return []
     finally:
         client.close()

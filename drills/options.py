@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import secrets
 from dataclasses import dataclass, field, fields
@@ -12,6 +13,7 @@ from typing import Any
 from backup_core.childenv import check_pass_env
 from backup_core.durations import check_seconds, parse_duration
 from backup_core.errors import ConfigError
+from backup_core.heartbeat import table_parts
 from drills.docker_engine import DEFAULT_IMAGE
 
 
@@ -65,6 +67,10 @@ OPTIONS: tuple[Option, ...] = (
                       "can pull) --docker-image, else local (saying why); or a scratch "
                       "database on --sandbox-url.", "auto", kind="choice",
            choices=("auto", "local", "docker", "server")),
+    Option("sandbox-is-not-production", "With --sandbox server: you assert the server is not "
+                                        "production's, for when production cannot be reached "
+                                        "to compare them (recorded in the report as asserted, "
+                                        "not checked).", kind="flag"),
     Option("docker-image", "Image for the docker sandbox, {major} being the backup's "
                            "PostgreSQL major (a PostGIS image, a registry mirror, or one "
                            "built by deploy/docker/build-postgres-image).",
@@ -110,6 +116,44 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
+MAX_PATH = 4096
+MAX_TEXT = 8192
+
+
+def check_text(name: str, value: str) -> str:
+    """A drill option's value as given: never empty (an empty path is not "no path"),
+    never longer than any real value, never holding a NUL."""
+    option = next((o for o in OPTIONS if o.name == name), None)
+    limit = MAX_PATH if option is not None and option.kind in ("file", "dir", "paths") \
+        else MAX_TEXT
+    if not value.strip():
+        raise ConfigError(f"--{name} is empty: give a value, or leave the option out")
+    if option is not None and option.kind == "choice" and value not in option.choices:
+        raise ConfigError(f"--{name} must be one of {', '.join(option.choices)}, not "
+                          f"{value[:80]!r}")
+    if len(value) > limit:
+        raise ConfigError(f"--{name} is {len(value)} characters long: at most {limit}")
+    if "\0" in value:
+        raise ConfigError(f"--{name} contains a NUL character")
+    return value
+
+
+CHECK_MODULES = {"dump": Path(__file__).with_name("checks.py"),
+                 "pgbackrest": Path(__file__).with_name("pitr_checks.py")}
+
+
+def builtin_checks(source: str = "dump") -> tuple[str, ...]:
+    """The built-in checks' names, read from their module without importing it (defined
+    there, or taken from the dump drill's checks by assignment)."""
+    names = []
+    for node in ast.parse(CHECK_MODULES[source].read_text()).body:
+        if isinstance(node, ast.FunctionDef):
+            names.append(node.name)
+        elif isinstance(node, ast.Assign):
+            names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+    return tuple(n for n in names if n.startswith("test_"))
+
+
 def parse_target(text: str | None) -> datetime | None:
     """`random` (None) or an ISO 8601 time with its zone."""
     if not text or text == "random":
@@ -149,6 +193,7 @@ class DrillOptions:
     seed: int = 0
     sandbox: str = "auto"
     sandbox_url: str | None = field(default=None, repr=False)
+    sandbox_is_not_production: bool = False
     docker_image: str = DEFAULT_IMAGE
     alembic_config: Path | None = None
     integration_cmd: str | None = None
@@ -168,8 +213,14 @@ class DrillOptions:
     record: bool = True
 
     @classmethod
-    def from_values(cls, get: Any, flag: Any) -> DrillOptions:
-        """Build from `get(name) -> str | None` and `flag(name) -> bool` lookups."""
+    def from_values(cls, raw_get: Any, flag: Any) -> DrillOptions:
+        """Build from `get(name) -> str | None` and `flag(name) -> bool` lookups, refusing
+        (`ConfigError`, exit 2) every value and combination that cannot work: this runs
+        before a report name is claimed, a sandbox started or a verdict recorded."""
+        def get(name: str) -> str | None:
+            value = raw_get(name)
+            return None if value is None else check_text(name, str(value))
+
         def path(name: str) -> Path | None:
             value = get(name)
             return Path(value) if value else None
@@ -187,13 +238,14 @@ class DrillOptions:
         backup_dir = tree_of(backup, path("backup-dir") or (
             Path(os.environ["BACKUP_DIR"]) if os.environ.get("BACKUP_DIR") else None))
         seed = number("seed", int)
+        days = number("window-days", float)
         source = get("source") or "dump"
         if source == "pgbackrest" and not get("stanza"):
             raise ConfigError("--source pgbackrest needs --stanza NAME")
         config = path("pgbackrest-config")
         if config is not None and not config.is_file():
             raise ConfigError(f"--pgbackrest-config {config}: no such file")
-        return cls(
+        options = cls(
             source=source,
             stanza=get("stanza") or None,
             pgbackrest_config=config,
@@ -201,7 +253,7 @@ class DrillOptions:
             backup=backup,
             backup_dir=backup_dir,
             database=get("database") or None,
-            window_days=check_seconds((number("window-days", float) or 90.0) * 86400,
+            window_days=check_seconds((90.0 if days is None else days) * 86400,
                                       text=str(get("window-days")), what="--window-days")
             / 86400,
             seed=seed if seed is not None else secrets.randbelow(2**31),
@@ -226,8 +278,37 @@ class DrillOptions:
             report_dir=path("report-dir") or Path("reports"),
             result_file=path("result-file"),
             strict_rpo=bool(flag("strict-rpo")),
+            sandbox_is_not_production=bool(flag("sandbox-is-not-production")),
             record=not flag("no-record"),
         )
+        options.validate()
+        return options
+
+    def validate(self) -> None:
+        """The combinations that cannot work, refused before anything starts."""
+        if self.sandbox == "server" and not self.sandbox_url:
+            raise ConfigError("--sandbox server needs --sandbox-url (or ATB_SANDBOX_URL)")
+        if self.sandbox_is_not_production and self.sandbox != "server":
+            raise ConfigError("--sandbox-is-not-production applies to --sandbox server only")
+        if self.window_days <= 0:
+            raise ConfigError(f"--window-days {self.window_days:g} leaves no backup to drill: "
+                              "give a number of days above 0")
+        if self.backup is not None and not self.backup.is_file():
+            raise ConfigError(f"--backup {self.backup}: no such backup file (`atb db list` "
+                              "shows them)")
+        if self.alembic_config is not None and not self.alembic_config.is_file():
+            raise ConfigError(f"--alembic-config {self.alembic_config}: no such file")
+        for given in self.checks:
+            if not given.exists():
+                raise ConfigError(f"--checks: no such file or directory: {given}")
+            if not os.access(given, os.R_OK | (os.X_OK if given.is_dir() else 0)):
+                raise ConfigError(f"--checks {given}: cannot be read")
+        table_parts(self.heartbeat_table, what="--heartbeat-table")
+        builtin = builtin_checks(self.source)
+        unknown = sorted(set(self.exclude) - set(builtin))
+        if unknown:
+            raise ConfigError(f"--drill-exclude names no built-in check: {', '.join(unknown)} "
+                              f"(the checks: {', '.join(builtin)})")
 
     def as_pytest_args(self) -> list[str]:
         """The same options as pytest arguments, for running the drill in a child process."""
@@ -237,7 +318,7 @@ class DrillOptions:
             name = f.name.replace("_", "-")
             if f.name == "sandbox_url":
                 continue  # may hold a password: travels as ATB_SANDBOX_URL, never on argv
-            if f.name in ("strict_rpo",):
+            if f.name in ("strict_rpo", "sandbox_is_not_production"):
                 args += [f"--{name}"] if value else []
             elif f.name == "record":
                 args += [] if value else ["--no-record"]

@@ -7,7 +7,6 @@ a JSON result and a Markdown summary under `--report-dir`.
 
 from __future__ import annotations
 
-import ast
 import logging
 import os
 import re
@@ -32,6 +31,7 @@ from backup_core.verify import VerifyResult, verify_backup
 from drills import pick, report, sandbox
 from drills.inert import html_text
 from drills.options import OPTIONS, DrillOptions
+from drills.options import builtin_checks as options_builtin_checks
 from drills.result import AlembicFacts, SandboxFacts
 from drills.state import INCOMPLETE, DrillState, ReportPaths
 
@@ -87,11 +87,8 @@ def pytest_configure(config: pytest.Config) -> None:
         options = _options(config)
     except AtbError as exc:
         raise pytest.UsageError(str(exc)) from exc
-    builtin = builtin_checks(checks_module(options))
-    unknown = sorted(set(options.exclude) - set(builtin))
-    if unknown:  # before anything is claimed or started: a typo writes no report
-        raise pytest.UsageError(f"--drill-exclude names no built-in check: {', '.join(unknown)}"
-                                f" (the checks: {', '.join(builtin)})")
+    builtin = builtin_checks(checks_module(options))  # names checked in DrillOptions
+    sandbox.reap()  # sandboxes of killed drills (a no-op under `atb drill run`, which reaped)
     # From here on, nothing in this process or its children sees production: not its URL,
     # not the PG* variables (kept only to recognise production and refuse it).
     detach_libpq_environment()
@@ -120,9 +117,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[STATE] = state
     # The built-in checks, the user's own check paths, and what the command line named (where
     # only tests marked `drill` run): never the project's whole test suite.
-    missing = [p for p in options.checks if not p.exists()]
-    if missing:
-        raise pytest.UsageError(f"--checks: no such file or directory: {missing[0]}")
     named = list(config.args) if config.args_source == pytest.Config.ArgsSource.ARGS else []
     config.stash[USER_CHECKS] = tuple(p.resolve() for p in options.checks)
     config.args[:] = [str(checks_module(options)), *(str(p) for p in options.checks), *named]
@@ -160,15 +154,8 @@ def checks_module(options: DrillOptions) -> Path:
 
 
 def builtin_checks(module: Path = CHECKS_MODULE) -> tuple[str, ...]:
-    """The built-in checks' names, read from their module without importing it (defined
-    there, or taken from the dump drill's checks by assignment)."""
-    names = []
-    for node in ast.parse(module.read_text()).body:
-        if isinstance(node, ast.FunctionDef):
-            names.append(node.name)
-        elif isinstance(node, ast.Assign):
-            names += [t.id for t in node.targets if isinstance(t, ast.Name)]
-    return tuple(n for n in names if n.startswith("test_"))
+    """The built-in checks' names (see `drills.options.builtin_checks`)."""
+    return options_builtin_checks("pgbackrest" if module == PITR_CHECKS_MODULE else "dump")
 
 
 def _only_db(options: DrillOptions) -> str | None:
@@ -299,7 +286,8 @@ def drill_sandbox(drill: DrillState, drill_backup: Backup, drill_integrity: Veri
                                        source_major=_source_major(drill_backup, drill_chains),
                                        chains=drill_chains, server=server,
                                        production=drill.production,
-                                       docker_image=drill.options.docker_image)
+                                       docker_image=drill.options.docker_image,
+                                       asserted=drill.options.sandbox_is_not_production)
         info = manager.__enter__()
     os.environ["DATABASE_URL"] = info.url.app_url(
         drill.production.dialect if drill.production else "")

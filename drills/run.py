@@ -87,7 +87,8 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
     production's."""
     if options.sandbox == "server" and options.sandbox_url:
         guard.refuse_production_server(
-            ConnInfo.parse(options.sandbox_url, what="ATB_SANDBOX_URL"), production)
+            ConnInfo.parse(options.sandbox_url, what="ATB_SANDBOX_URL"), production,
+            asserted=options.sandbox_is_not_production)
     if options.sandbox == "docker" and options.source == "dump":
         check_docker(options)
     if options.source == "pgbackrest":  # before anything starts: exit 3 with no pgbackrest,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import psycopg
 from psycopg import sql
 
-from backup_core import db, guard, toolchain
+from backup_core import db, guard, reaper, toolchain
 from backup_core.cluster import FAST_SETTINGS, Cluster
 from backup_core.conninfo import ConnInfo
 from backup_core.errors import AtbError, ConfigError, SafetyRefusal
@@ -58,6 +58,12 @@ class SandboxInfo:
     @property
     def for_tools(self) -> ConnInfo:
         return self.tools_url or self.url
+
+
+def reap() -> list[str]:
+    """Every sandbox, local or docker, whose drill is gone: stopped and removed (one log line
+    each). Docker's half lives here: the core never imports the Docker SDK."""
+    return [*reaper.reap_local(), *docker_engine.reap_docker()]
 
 
 def scratch_name() -> str:
@@ -128,8 +134,8 @@ def _local(source_major: int, chains: list[toolchain.Toolchain]) -> Iterator[San
 
 @contextlib.contextmanager
 def _server(server: ConnInfo, production: ConnInfo | None,
-            chains: list[toolchain.Toolchain]) -> Iterator[SandboxInfo]:
-    guard.refuse_production_server(server, production)
+            chains: list[toolchain.Toolchain], asserted: bool = False) -> Iterator[SandboxInfo]:
+    checked = guard.refuse_production_server(server, production, asserted=asserted)
     t0 = time.monotonic()
     name = scratch_name()
     password = secrets.token_urlsafe(18)
@@ -145,7 +151,8 @@ def _server(server: ConnInfo, production: ConnInfo | None,
     try:
         info = _finish(server, "server", t0, None, owner=name, app=app)
         major = int(info.server_version.split(".")[0])  # atb's own tools (pg_amcheck) run here
-        yield replace(info, chain=_optional_chain(major, chains))
+        yield replace(info, chain=_optional_chain(major, chains),
+                      note=checked if checked.startswith(guard.ASSERTED) else "")
     finally:
         with db.connect(server, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
@@ -194,8 +201,8 @@ def resolve_provider(kind: str, engine: docker_engine.Engine | None) -> tuple[st
 
 def open_sandbox(kind: str, *, source_major: int, chains: list[toolchain.Toolchain],
                  server: ConnInfo | None = None, production: ConnInfo | None = None,
-                 docker_image: str | None = None) -> contextlib.AbstractContextManager[
-                     SandboxInfo]:
+                 docker_image: str | None = None, asserted: bool = False
+                 ) -> contextlib.AbstractContextManager[SandboxInfo]:
     """Context manager over the chosen provider; always torn down, on failure and Ctrl-C."""
     image = docker_engine.image_for(docker_image, source_major)
     engine = docker_engine.probe(image) if kind in ("auto", "docker") else None
@@ -207,7 +214,7 @@ def open_sandbox(kind: str, *, source_major: int, chains: list[toolchain.Toolcha
     if provider == "server":
         if server is None:
             raise ConfigError("--sandbox server needs --sandbox-url (or ATB_SANDBOX_URL)")
-        return _server(server, production, chains)
+        return _server(server, production, chains, asserted)
     if why:
         log.warning("%s", why)
         return _noted(_local(source_major, chains), why)
