@@ -127,7 +127,7 @@ def plan_prune(
             decisions.append(Decision(b, True, (_kept_reason(b),)))
     cutoff = now - timedelta(days=policy.retention_days)
     for (_, source), items in sorted(by_source.items()):
-        sound = sorted(items, key=lambda b: (b.taken_at or now, b.path.name), reverse=True)
+        sound = sorted(items, key=lambda b: (b.taken_at or now, str(b.path)), reverse=True)
         reasons: dict[Path, list[str]] = {b.path: [] for b in sound}
         for b in sound:
             if b.taken_at and b.taken_at >= cutoff:

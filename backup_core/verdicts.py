@@ -56,6 +56,33 @@ class VerifyRecord:
         return not self.ok and self.reason.split(":", 1)[0] in FILE_CHECKS
 
 
+# Drill checks whose failure is evidence about the backup itself: it did not restore, or what
+# came back differs from what the manifest recorded. Others judge the schedule, the RTO, the
+# application's migrations and tests, or production: a backup is not condemned by them.
+BACKUP_CHECKS = frozenset({
+    "test_backup_integrity_matches_manifest",
+    "test_archive_is_readable_by_the_runbook_pg_restore",
+    "test_restore_completes_without_errors",
+    "test_every_table_has_its_backup_time_row_count",
+    "test_every_table_has_its_backup_time_content",
+    "test_every_object_has_its_backup_time_definition",
+    "test_every_schema_object_recorded_at_backup_is_present",
+    "test_revision_before_upgrade_matches_the_backup",
+    "test_sequences_are_ahead_of_their_columns",
+    "test_indexes_are_valid",
+    "test_foreign_keys_hold_for_every_row",
+    "test_amcheck_finds_no_corruption",
+})
+
+
+def caused_by_backup(verdict: str, failed: set[str], *, interrupted: bool) -> bool:
+    """Whether a drill's verdict is the backup's doing: a FAIL in which a check about the
+    backup's restore or content *failed* (an assertion about what came back). A check that
+    errored (its sandbox did not start, a tool was missing), an INCOMPLETE or interrupted run,
+    and a failure of a check about something else prove nothing about the backup."""
+    return verdict == "FAIL" and not interrupted and bool(failed & BACKUP_CHECKS)
+
+
 def effective(history: tuple[DrillVerdict, ...]) -> DrillVerdict | None:
     """The verdict that stands for the backup: the newest that decides (a PASS or a failure
     the backup caused), else the newest of any kind."""
