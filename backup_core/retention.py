@@ -47,10 +47,10 @@ from backup_core.naming import (
 
 log = logging.getLogger("atb.prune")
 
-# A partial file is deleted only when no backup of its database holds the lock (the kernel
-# releases it when its writer dies, even by kill -9) *and* nothing has written to it for this
-# long: a writer on another host, or one that has not taken the lock yet, is given time.
-PARTIAL_GRACE = timedelta(hours=6)
+# A partial file is positively known to be garbage once no backup of its database holds the
+# lock: the writer holds it for the partial file's whole life and the kernel releases it when
+# the writer dies, even by kill -9; and a partial file is never the only copy of a backup (the
+# final name is linked to it before the partial name goes).
 
 
 @dataclass(frozen=True)
@@ -116,11 +116,9 @@ def plan_prune(
         elif b.state == PRUNING:
             decisions.append(Decision(b, False, ("an interrupted prune had started to delete "
                                                  "it",)))
-        elif b.state == PARTIAL and b.database not in busy \
-                and now - datetime.fromtimestamp(b.mtime, now.tzinfo) > PARTIAL_GRACE:
-            decisions.append(Decision(b, False, (f"partial file untouched for over "
-                                                 f"{PARTIAL_GRACE.total_seconds() / 3600:g}h "
-                                                 "and no backup running",)))
+        elif b.state == PARTIAL and b.database not in busy:
+            decisions.append(Decision(b, False, ("partial file of a backup that died (no "
+                                                 "backup of its database is running)",)))
         elif b.state == PARTIAL and b.database in busy:
             decisions.append(Decision(b, True, ("backup in progress",)))
         else:

@@ -20,8 +20,9 @@ from backup_core.naming import drill_path, verify_path
 # on every scan.
 DRILL_HISTORY = 50
 # Verification checks whose failure is evidence about the file (see verify.py); any other
-# failure was the tool's or the environment's and is never recorded.
-FILE_CHECKS = ("exists", "name", "manifest", "size", "sha256", "roles")
+# failure was the tool's or the environment's and is never recorded. `data`: a deep read
+# failing where the same pg_restore has just listed the same archive.
+FILE_CHECKS = ("exists", "name", "manifest", "size", "sha256", "roles", "data")
 
 
 @dataclass(frozen=True)
