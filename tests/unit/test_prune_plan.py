@@ -231,7 +231,8 @@ def test_only_failures_of_checks_about_the_backup_are_caused_by_it() -> None:
 def test_only_evidence_about_the_file_condemns_it() -> None:
     assert VerifyRecord(ok=False, at="x", deep=False, reason="sha256: differs").condemns
     assert VerifyRecord(ok=False, at="x", deep=False, reason="manifest: unreadable").condemns
-    for tool in ("toc: pg_restore: error", "toolchain: no pg_restore", "data: error"):
+    assert VerifyRecord(ok=False, at="x", deep=True, reason="data: bad block").condemns
+    for tool in ("toc: pg_restore: error", "toolchain: no pg_restore"):
         assert not VerifyRecord(ok=False, at="x", deep=False, reason=tool).condemns
 
 
