@@ -177,7 +177,7 @@ def test_a_drill_failure_the_backup_did_not_cause_never_replaces_its_pass(
     [kept] = [k for k in json.loads(done.stdout)["keep"] if k["path"] == str(x)]
     assert kept["reasons"] == ["newest drill-verified"]
     assert json.loads(done.stdout)["delete"] == []  # without its PASS, X alone would go
-    assert x.exists() and verified_ok(root) == 4
+    assert x.exists() and verified_ok(root) == 6
 
 
 # 4. two servers, one database name ------------------------------------------------------------
