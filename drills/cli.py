@@ -334,7 +334,8 @@ def db_verify(path: Path | None, backup_dir: Path, latest: bool, all_: bool,
 @click.option("--retention-days", envvar="BACKUP_RETENTION_DAYS", show_envvar=True, default=7.0,
               type=DAYS, callback=_days, help="Delete backups older than this many days.")
 @click.option("--keep-last", default=3, type=click.IntRange(min=1),
-              help="Never delete the newest N complete backups, however old.")
+              help="Never delete the newest N sound backups of each source (server and "
+                   "database), however old.")
 @click.option("--keep-daily", default=0, type=click.IntRange(min=0),
               help="Also keep the newest backup of each of the last N days that have one.")
 @click.option("--keep-weekly", default=0, type=click.IntRange(min=0),
