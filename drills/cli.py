@@ -363,9 +363,11 @@ def db_prune(backup_dir: Path, retention_days: float, keep_last: int, keep_daily
     result = None if dry_run else retention.apply_prune(plan, backup_dir)
     if as_json:
         console.print_json({"dry_run": dry_run, "policy": policy,
-                            "delete": [{"path": d.backup.path, "source": d.backup.source,
-                                        "reasons": d.reasons}
-                                       for d in plan.decisions if not d.keep],
+                            "delete": [b.path for b in plan.delete],
+                            "delete_reasons": [{"path": d.backup.path,
+                                                "source": d.backup.source,
+                                                "reasons": d.reasons}
+                                               for d in plan.decisions if not d.keep],
                             "keep": [{"path": d.backup.path, "state": d.backup.state,
                                       "source": d.backup.source, "reasons": d.reasons}
                                      for d in plan.decisions if d.keep],

@@ -184,6 +184,7 @@ def test_no_scan_delete_or_write_follows_a_symlink_out_of_the_tree(
     assert {p: p.stat().st_mtime_ns for p in elsewhere.rglob("*")} == before
     assert not list(elsewhere.rglob("*.verify.json"))
     code, out, _ = run_cli(capsys, "db", "list", "--backup-dir", str(tree), "--json")
+    assert code == 0
     strays = [r for r in json.loads(out) if r["state"] == "stray"]
     assert {Path(r["path"]).name for r in strays} == {"linked", "99"}
     assert all("symbolic link" in r["problem"] for r in strays)
