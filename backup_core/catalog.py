@@ -109,8 +109,10 @@ class Backup:
                 return "drill-passed"
             return "drill-failed" if self.drill.decides else "drill-error"
         if self.verified is not None:
-            return ("verified" + (" (deep)" if self.verified.deep else "")) if self.verified.ok \
-                else "verify-failed"
+            if self.verified.ok:
+                return "verified" + (" (deep)" if self.verified.deep else "")
+            # an older atb recorded tool failures too: they say nothing about the file
+            return "verify-failed" if self.verified.condemns else "unverified (tool failed)"
         return "unverified"
 
 

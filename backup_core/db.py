@@ -79,10 +79,10 @@ def identity_of(info: ConnInfo) -> Identity | None:
 
 def source_id(conn: psycopg.Connection[Any]) -> str:
     """Which server a backup comes from, as prune and status tell sources apart: the cluster's
-    system identifier (`pg_control_system()`, readable by superusers and pg_monitor members;
-    the same on a physical standby, which holds the same data), else the identity the
-    production guard uses (postmaster start time and port: it changes on a restart, so such
-    a source splits in two rather than ever merging with another server's backups)."""
+    system identifier (`pg_control_system()`, where the role may call it; the same on a
+    physical standby, which holds the same data), else the identity the production guard
+    uses (postmaster start time and port: it changes on a restart, so such a source splits in
+    two rather than ever merging with another server's backups)."""
     try:
         with conn.transaction():
             row = conn.execute("SELECT system_identifier::text FROM pg_control_system()"

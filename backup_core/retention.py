@@ -27,6 +27,7 @@ from backup_core.catalog import (
     COMPLETE,
     FUTURE,
     MISFILED,
+    ORPHAN_MANIFEST,
     PARTIAL,
     PRUNING,
     Backup,
@@ -34,6 +35,9 @@ from backup_core.catalog import (
 from backup_core.errors import AtbError, SafetyRefusal, StorageError
 from backup_core.fsutil import fsync_dir, kill_point
 from backup_core.naming import (
+    DUMP_SUFFIX,
+    MANIFEST_SUFFIX,
+    PARTIAL_MARK,
     dir_name,
     drill_path,
     legacy_dir_name,
@@ -110,6 +114,8 @@ def plan_prune(
     """
     decisions: list[Decision] = []
     by_source: dict[tuple[str, str], list[Backup]] = {}
+    dead = {b.path.parent / b.path.name.split(PARTIAL_MARK, 1)[0][1:] for b in backups
+            if b.state == PARTIAL and b.database not in busy}
     for b in backups:
         if b.state == COMPLETE and b.taken_at is not None:
             by_source.setdefault((b.database, b.source), []).append(b)
@@ -119,6 +125,11 @@ def plan_prune(
         elif b.state == PARTIAL and b.database not in busy:
             decisions.append(Decision(b, False, ("partial file of a backup that died (no "
                                                  "backup of its database is running)",)))
+        elif b.state == ORPHAN_MANIFEST and b.path.with_name(
+                b.path.name[: -len(MANIFEST_SUFFIX)] + DUMP_SUFFIX) in dead:
+            decisions.append(Decision(b, False, ("manifest of a backup that died before its "
+                                                 "dump was published (its partial dump is "
+                                                 "here, no backup running)",)))
         elif b.state == PARTIAL and b.database in busy:
             decisions.append(Decision(b, True, ("backup in progress",)))
         else:
@@ -231,7 +242,9 @@ def apply_prune(plan: PrunePlan, backup_dir: Path) -> PruneResult:
     deleted: list[Path] = []
     parents: set[Path] = set()
     root = backup_dir.resolve()
-    todo = [b for b in plan.delete if _inside(b.path, root)]
+    # a dead backup's orphan manifest before its partial dump, whose presence is the proof
+    todo = sorted((b for b in plan.delete if _inside(b.path, root)),
+                  key=lambda b: b.state != ORPHAN_MANIFEST)
     for b in plan.delete:
         if b not in todo:
             log.warning("not pruning %s: it is not inside %s", printable(str(b.path)), root)
@@ -270,6 +283,11 @@ def _delete_one(b: Backup) -> list[Path]:
     if b.state == PARTIAL:
         b.path.unlink(missing_ok=True)
         return [b.path]
+    if b.state == ORPHAN_MANIFEST:  # a dead backup's roles file went out with its manifest
+        never = b.path.with_name(b.path.name[: -len(MANIFEST_SUFFIX)] + DUMP_SUFFIX)
+        roles_path(never).unlink(missing_ok=True)
+        b.path.unlink(missing_ok=True)
+        return [roles_path(never), b.path]
     dump = pruned_dump(b.path) if b.state == PRUNING else b.path
     assert dump is not None
     hidden = pruning_path(dump)

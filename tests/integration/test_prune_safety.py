@@ -353,6 +353,7 @@ def test_kill_9_at_every_step_of_a_backup_loses_nothing_and_nothing_half_looks_s
     assert done.returncode == 0, done.stderr
     assert not list(root.rglob(".*partial*"))  # the dead backups' partial files went
     assert {b.path for b in catalog.scan(root) if b.complete} == old
+    assert [b.state for b in catalog.scan(root) if not b.complete] == []  # and their manifest
 
 
 PRUNE_STEPS = ["prune-renamed", "prune-sidecar-deleted"]

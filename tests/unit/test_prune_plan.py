@@ -116,6 +116,11 @@ def test_prune_never_deletes_what_it_does_not_positively_know(
         if b.state == PARTIAL:
             assert b.database not in busy  # the lock is free: its writer is dead
             continue
+        if b.state == ORPHAN_MANIFEST:  # only beside the partial dump of a dead backup
+            assert any(p.state == PARTIAL and p.database not in busy and p.path.parent ==
+                       b.path.parent and p.path.name.startswith(f".{b.path.stem}.dump.partial-")
+                       for p in items)
+            continue
         assert b.state in (COMPLETE, PRUNING), f"deleted a {b.state} file"
         if b.state == PRUNING:
             continue
@@ -143,6 +148,23 @@ def test_the_newest_sound_backup_of_every_source_survives(items: list[Backup],
                     newest[key].taken_at, str(newest[key].path)):  # type: ignore[operator]
                 newest[key] = b
     assert not {b.path for b in newest.values()} & gone
+
+
+def test_a_dead_backups_manifest_goes_with_its_partial_dump_and_only_then() -> None:
+    at = NOW - timedelta(days=1)
+    sound = backup("app", at - timedelta(days=1))
+    dump = backup("app", at).path
+    orphan = Backup(path=dump.with_suffix(".json"), database="app", state=ORPHAN_MANIFEST,
+                    taken_at=None, size=1, mtime=0)
+    partial = Backup(path=dump.with_name(f".{dump.name}.partial-1-abc"), database="app",
+                     state=PARTIAL, taken_at=None, size=1, mtime=0)
+    other = Backup(path=dump.with_name("backup-20200101T000000Z.json"), database="app",
+                   state=ORPHAN_MANIFEST, taken_at=None, size=1, mtime=0)
+    plan = plan_prune([sound, orphan, partial, other], now=NOW, policy=Policy())
+    assert {b.path for b in plan.delete} == {orphan.path, partial.path}
+    busy = plan_prune([sound, orphan, partial, other], now=NOW, policy=Policy(),
+                      busy=frozenset({"app"}))
+    assert busy.delete == []
 
 
 def test_backups_of_another_server_never_cover_this_ones() -> None:
