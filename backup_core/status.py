@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from backup_core.catalog import FUTURE, Backup
 from backup_core.durations import human
+from backup_core.naming import printable
 from backup_core.wal_status import ArchiveStatus
 
 
@@ -173,4 +174,6 @@ def prometheus_text(statuses: list[Status], archives: Sequence[ArchiveStatus] = 
 
 
 def _label(value: str) -> str:
+    """A label value as Prometheus reads it: UTF-8 (a name in other bytes escaped), quoted."""
+    value = printable(value)
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

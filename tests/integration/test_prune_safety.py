@@ -297,6 +297,10 @@ def test_names_that_are_not_utf8_are_shown_escaped_by_every_command(
             shown = done.stdout + done.stderr
             if args[1] in ("list", "prune"):
                 assert ("\\xff" in shown or "\\udcff" in shown), (args, shown)
+    prom = tmp_path / "atb.prom"
+    done = atb("db", "status", "--prometheus", str(prom), env={"BACKUP_DIR": str(root)})
+    assert done.returncode == 1 and 'atb_backup_count{database="\\\\xff\\\\xfe"} 0' in \
+        prom.read_text(), done.stderr
     assert atb("db", "verify", str(good), env={"BACKUP_DIR": str(root)}).returncode == 0
 
 
