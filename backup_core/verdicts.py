@@ -9,6 +9,7 @@ not start, an interrupted run) never hides an earlier PASS.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,10 +60,10 @@ class VerifyRecord:
 
 # Drill checks whose failure is evidence about the backup itself: it did not restore, or what
 # came back differs from what the manifest recorded. Others judge the schedule, the RTO, the
-# application's migrations and tests, or production: a backup is not condemned by them.
+# application's migrations and tests, production, or the runbook's pg_restore: a backup is
+# not condemned by them.
 BACKUP_CHECKS = frozenset({
     "test_backup_integrity_matches_manifest",
-    "test_archive_is_readable_by_the_runbook_pg_restore",
     "test_restore_completes_without_errors",
     "test_every_table_has_its_backup_time_row_count",
     "test_every_table_has_its_backup_time_content",
@@ -74,14 +75,26 @@ BACKUP_CHECKS = frozenset({
     "test_foreign_keys_hold_for_every_row",
     "test_amcheck_finds_no_corruption",
 })
+INTEGRITY = "test_backup_integrity_matches_manifest"
+INTEGRITY_FAILED = "the backup failed its integrity check: "
 
 
-def caused_by_backup(verdict: str, failed: set[str], *, interrupted: bool) -> bool:
+def caused_by_backup(verdict: str, failed: Mapping[str, str], *, interrupted: bool) -> bool:
     """Whether a drill's verdict is the backup's doing: a FAIL in which a check about the
-    backup's restore or content *failed* (an assertion about what came back). A check that
+    backup's restore or content *failed* (`failed`: check name -> its message). A check that
     errored (its sandbox did not start, a tool was missing), an INCOMPLETE or interrupted run,
-    and a failure of a check about something else prove nothing about the backup."""
-    return verdict == "FAIL" and not interrupted and bool(failed & BACKUP_CHECKS)
+    a failure of a check about something else, and an integrity check stopped by a tool's
+    failure rather than by evidence about the file prove nothing about the backup."""
+    if verdict != "FAIL" or interrupted:
+        return False
+    for name, message in failed.items():
+        if name == INTEGRITY:
+            if message.startswith(INTEGRITY_FAILED) and message[len(INTEGRITY_FAILED):].split(
+                    ":", 1)[0] in FILE_CHECKS:
+                return True
+        elif name in BACKUP_CHECKS:
+            return True
+    return False
 
 
 def effective(history: tuple[DrillVerdict, ...]) -> DrillVerdict | None:

@@ -526,7 +526,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if state.backup is not None and state.options.record:
         # appended to the backup's history; a verdict the backup did not cause (a check that
         # errored, an interrupted run, INCOMPLETE) never hides an earlier PASS
-        caused = caused_by_backup(result.verdict, {c.name for c in result.checks
+        caused = caused_by_backup(result.verdict, {c.name: c.message for c in result.checks
                                                    if c.outcome == "failed"},
                                   interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
         try:

@@ -241,13 +241,22 @@ def test_drill_history_is_appended_bounded_and_reads_old_single_records(tmp_path
 
 
 def test_only_failures_of_checks_about_the_backup_are_caused_by_it() -> None:
-    restore = "test_restore_completes_without_errors"
-    assert caused_by_backup("FAIL", {restore}, interrupted=False)
-    assert not caused_by_backup("FAIL", {restore}, interrupted=True)
-    assert not caused_by_backup("FAIL", {"test_measured_rto_is_within_target"},
+    restore = {"test_restore_completes_without_errors": "pg_restore failed"}
+    assert caused_by_backup("FAIL", restore, interrupted=False)
+    assert not caused_by_backup("FAIL", restore, interrupted=True)
+    assert not caused_by_backup("FAIL", {"test_measured_rto_is_within_target": "slow"},
                                 interrupted=False)
-    assert not caused_by_backup("FAIL", set(), interrupted=False)  # only errors: environment
-    assert not caused_by_backup("INCOMPLETE", {restore}, interrupted=False)
+    assert not caused_by_backup("FAIL", {}, interrupted=False)  # only errors: environment
+    assert not caused_by_backup("INCOMPLETE", restore, interrupted=False)
+    integrity = "test_backup_integrity_matches_manifest"
+    assert caused_by_backup("FAIL", {integrity: "the backup failed its integrity check: "
+                                                "sha256: 1a2b… differs"}, interrupted=False)
+    assert not caused_by_backup("FAIL", {integrity: "pg_restore 15.8 (/x) --list failed on "
+                                                    "/b/x.dump, whose size and sha256 match"},
+                                interrupted=False)
+    assert not caused_by_backup("FAIL", {"test_archive_is_readable_by_the_runbook_pg_restore":
+                                         "pg_restore 15.8 could not list the archive"},
+                                interrupted=False)
 
 
 def test_only_evidence_about_the_file_condemns_it() -> None:
