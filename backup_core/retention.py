@@ -106,11 +106,13 @@ def _kept_reason(b: Backup) -> str:
 
 
 def plan_prune(
-    backups: list[Backup], *, now: datetime, policy: Policy, busy: frozenset[str] = frozenset()
+    backups: list[Backup], *, now: datetime, policy: Policy, busy: frozenset[str] = frozenset(),
+    root: Path | None = None,
 ) -> PrunePlan:
     """Decide, per source, what to keep and why; everything kept has at least one reason.
 
     `busy` names databases with a backup in progress: their partial files are left alone.
+    `root` is the tree's root (`BACKUP_DIR`), to recognise a tree filed one level below it.
     """
     decisions: list[Decision] = []
     by_source: dict[tuple[str, str], list[Backup]] = {}
@@ -164,16 +166,18 @@ def plan_prune(
             decisions.append(Decision(b, bool(why), tuple(why) if why else (
                 f"older than {policy.retention_days:g} days; {len(sound)} sound backups of "
                 f"{source}",)))
-    return PrunePlan(tuple(decisions), refusal=refusal(backups, now=now))
+    return PrunePlan(tuple(decisions), refusal=refusal(backups, now=now, root=root))
 
 
-def refusal(backups: list[Backup], *, now: datetime) -> str:
+def refusal(backups: list[Backup], *, now: datetime, root: Path | None = None) -> str:
     """Why this tree must not be pruned at all (empty when it may): a `BACKUP_DIR` one level
     too high, most dumps not sound, or a clock behind the backups it would judge."""
     dumps = [b for b in backups if b.is_backup and b.state != FUTURE]
     unsound = [b for b in dumps if not b.complete]
     roots = sorted({r for b in backups if b.state == MISFILED
-                    for r in [_real_root(b)] if r is not None}, key=str)
+                    for r in [_real_root(b)] if r is not None}
+                   | {r for b in unsound for r in [_deeper_root(b, root)] if r is not None},
+                   key=str)
     if roots:
         return (f"{printable(str(roots[0]))} looks like the real backup tree (its directories "
                 "hold whole backup trees of the databases their manifests name): point "
@@ -211,6 +215,17 @@ def _finished(b: Backup) -> datetime | None:
     except ValueError:
         return None
     return at if at.tzinfo is not None else None
+
+
+def _deeper_root(b: Backup, root: Path | None) -> Path | None:
+    """For a dump filed as `<dir>/<db>/<YYYY>/<MM>/<DD>/<file>` where `<dir>` lies below
+    `root` (not `root` itself), that `<dir>`: the tree starts one level down."""
+    if root is None or len(b.path.parents) < 5:
+        return None
+    year, tree = b.path.parents[2].name, b.path.parents[4]
+    if len(year) == 4 and year.isdigit() and tree != root and tree.is_relative_to(root):
+        return tree
+    return None
 
 
 def _real_root(b: Backup) -> Path | None:

@@ -357,7 +357,8 @@ def db_prune(backup_dir: Path, retention_days: float, keep_last: int, keep_daily
     policy = retention.Policy(retention_days, keep_last, keep_daily, keep_weekly, keep_monthly)
     items = catalog.scan(backup_dir)
     busy = retention.busy_databases(backup_dir, {b.database for b in items})
-    plan = retention.plan_prune(items, now=datetime.now(UTC), policy=policy, busy=busy)
+    plan = retention.plan_prune(items, now=datetime.now(UTC), policy=policy, busy=busy,
+                                root=backup_dir)
     if plan.refusal:
         raise SafetyRefusal(plan.refusal)
     result = None if dry_run else retention.apply_prune(plan, backup_dir)

@@ -192,6 +192,14 @@ def test_a_backup_dir_one_level_too_high_is_refused_with_the_real_root() -> None
     assert plan_prune(items, now=NOW, policy=Policy(retention_days=1)).delete == []
 
 
+def test_a_tree_one_level_down_is_named_even_without_readable_manifests() -> None:
+    items = [backup("d", NOW - timedelta(days=d), folder=Path("/srv/x/backups"),
+                    state=NO_MANIFEST) for d in range(3)]
+    assert refusal(items, now=NOW, root=Path("/srv/x")).startswith(
+        "/srv/x/backups looks like the real backup tree")
+    assert refusal(items, now=NOW, root=Path("/srv/x/backups")).startswith("none of the 3")
+
+
 def test_a_tree_that_is_mostly_not_sound_is_refused() -> None:
     items = [backup("a", NOW - timedelta(days=d), state=DAMAGED if d % 3 else COMPLETE)
              for d in range(30)]
