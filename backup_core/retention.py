@@ -179,9 +179,9 @@ def refusal(backups: list[Backup], *, now: datetime, root: Path | None = None) -
                    | {r for b in unsound for r in [_deeper_root(b, root)] if r is not None},
                    key=str)
     if roots:
-        return (f"{printable(str(roots[0]))} looks like the real backup tree (its directories "
-                "hold whole backup trees of the databases their manifests name): point "
-                "BACKUP_DIR there; nothing was deleted")
+        return (f"{printable(str(roots[0]))} looks like the real backup tree (backups are "
+                "filed one level below BACKUP_DIR): point BACKUP_DIR there; nothing was "
+                "deleted")
     if dumps and not any(b.complete for b in dumps):
         return (f"none of the {len(dumps)} backups found is sound ({_states(unsound)}): is "
                 "BACKUP_DIR the backup tree? nothing was deleted")

@@ -277,9 +277,14 @@ def db_list(backup_dir: Path, database: str | None, as_json: bool) -> None:
              _rel(b.path, backup_dir) + (f"  ({printable(b.problem)})" if b.problem else "")]
             for b in items]
     headers = ["taken (UTC)", "age", "size", "alembic", "state", "database", "path"]
-    if all(not r[5] for r in rows):
-        headers.pop(5)
-        rows = [r[:5] + r[6:] for r in rows]
+    if len({b.manifest.source_id for b in items if b.manifest is not None}) > 1:
+        # backups of several servers: which one each came from (they never cover each other)
+        headers.insert(5, "source")
+        for r, b in zip(rows, items, strict=True):
+            r.insert(5, printable(b.manifest.source_id or "unknown") if b.manifest else "-")
+    if all(not r[-2] for r in rows):
+        headers.pop(-2)
+        rows = [r[:-2] + r[-1:] for r in rows]
     click.echo(console.table(headers, rows))
 
 

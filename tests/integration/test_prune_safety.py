@@ -218,6 +218,9 @@ def test_two_servers_backing_up_one_database_name_never_cover_each_other(
     [stopped] = [m for m in status["missed"] if "stopped" in m]
     assert stopped.startswith(f"13 backups of {record_a.source} stopped at "
                               f"{days_ago(10):%Y-%m-%dT%H:%M:%SZ}")
+    listing = atb("db", "list", env={"BACKUP_DIR": str(root)}).stdout.splitlines()
+    assert listing[0].split()[-3:] == ["state", "source", "path"]
+    assert sum(record_a.source.split(",")[0] in line for line in listing) == 13
     done = atb("db", "prune", "--retention-days", "7", "--keep-last", "3",
                env={"BACKUP_DIR": str(root)})
     assert done.returncode == 0, done.stderr
