@@ -189,7 +189,11 @@ def refusal(backups: list[Backup], *, now: datetime, root: Path | None = None) -
         return (f"{len(unsound)} of {len(dumps)} backups are not sound ({_states(unsound)}): "
                 "a tree that looks this wrong is not pruned; see `atb db list`; nothing was "
                 "deleted")
-    finished = [(_finished(b), b) for b in backups if b.state in (COMPLETE, FUTURE)]
+    # an ISO time starts with its date: one two days before the limit cannot pass it, whatever
+    # its offset, so 50,000 manifests cost a string comparison each, not a parse
+    floor = f"{now + CLOCK_SKEW - timedelta(days=2):%Y-%m-%d}"
+    finished = [(_finished(b), b) for b in backups if b.state in (COMPLETE, FUTURE)
+                and b.manifest is not None and b.manifest.finished_at[:10] >= floor]
     latest = max(((t, b) for t, b in finished if t is not None), default=None,
                  key=lambda tb: tb[0])
     if latest is not None and latest[0] > now + CLOCK_SKEW:
