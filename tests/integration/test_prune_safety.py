@@ -257,6 +257,19 @@ def test_a_backup_is_named_by_the_servers_clock_and_a_wrong_local_clock_is_loud(
     with pytest.raises(SafetyRefusal):
         retention.apply_prune(plan, root)
     assert made.path.exists() and verified_ok(root) == 1
+    # the command line, on this host's clock: a backup that finished (server time) a day
+    # after this host's now says this clock is behind: nothing is deleted, exit 8
+    for d in range(10, 15):
+        clone(made.path, root, days_ago(d))
+    ahead = clone(made.path, root, days_ago(0.5))
+    data = json.loads(manifest_path(ahead).read_text())
+    manifest_path(ahead).write_text(json.dumps(
+        {**data, "finished_at": (real_now + timedelta(days=1)).isoformat()}))
+    done = atb("db", "prune", "--retention-days", "1", "--keep-last", "1",
+               env={"BACKUP_DIR": str(root)})
+    assert done.returncode == 8 and done.stderr.count("\n") == 1, done.stderr
+    assert f"the clock is behind the newest backup: {ahead.name} finished at" in done.stderr
+    assert len(dumps(root)) == 7 and verified_ok(root) == 7
 
 
 # verify writes only inside the tree ------------------------------------------------------------
