@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,12 @@ from psycopg import IsolationLevel, sql
 from backup_core import __version__, childenv, db, inventory, probes, roles, toolchain
 from backup_core.catalog import CLOCK_SKEW
 from backup_core.conninfo import ConnInfo, redact
+from backup_core.durations import human
 from backup_core.errors import AtbError, CommandFailed, ConfigError, StorageError
 from backup_core.fsutil import (
     FILE_MODE,
     fsync_dir,
+    kill_point,
     make_tree,
     publish,
     storage_error,
@@ -82,22 +84,49 @@ def check_at(at: datetime, now: datetime) -> datetime:
     return at
 
 
-def _claim_name(backup_dir: Path, dbname: str, at: datetime | None) -> tuple[Path, datetime]:
-    """The final path and the second it stands for. Without `--at` it is the second the
-    snapshot is taken in (right after this); a run that follows another within the same
-    second (both waited for the lock) waits for the next second instead of colliding."""
-    if at is not None:
-        final = backup_path(backup_dir, dbname, at)
-        if final.exists():
-            raise StorageError(f"{final} already exists; a backup is never overwritten")
-        return final, at
+@dataclass(frozen=True)
+class _Named:
+    """The exported snapshot and what the server's clock said when it was taken."""
+
+    final: Path
+    taken: datetime
+    snapshot: str
+    server_at: datetime
+    skew_s: float
+
+
+def _snapshot_and_name(conn: psycopg.Connection[Any], backup_dir: Path, dbname: str,
+                       at: datetime | None, clock: Callable[[], datetime]) -> _Named:
+    """Export the dump's snapshot and name the backup by the second the *server's* clock
+    gives it (a backup host with a wrong clock must not file today's dump under last
+    year). Without `--at`, a run that follows another within the same second (both waited
+    for the lock) takes a new snapshot in the next second instead of colliding."""
     while True:
-        now = datetime.now(UTC)
-        taken = now.replace(microsecond=0)
+        conn.isolation_level = IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        row = conn.execute("SELECT pg_export_snapshot(), now(), clock_timestamp()").fetchone()
+        assert row is not None
+        local = clock()
+        server_at = row[1].astimezone(UTC)
+        skew = round((local - row[2]).total_seconds(), 3)
+        taken = at if at is not None else server_at.replace(microsecond=0)
         final = backup_path(backup_dir, dbname, taken)
         if not final.exists():
-            return final, taken
-        time.sleep(1.0 - now.microsecond / 1e6 + 0.01)
+            return _Named(final, taken, str(row[0]), server_at, skew)
+        conn.rollback()
+        if at is not None:
+            raise StorageError(f"{final} already exists; a backup is never overwritten")
+        time.sleep(1.0 - server_at.microsecond / 1e6 + 0.01)
+
+
+def warn_clock(skew_s: float, server_at: datetime) -> None:
+    """Say loudly when this host's clock is more than `CLOCK_SKEW` off the server's."""
+    if abs(skew_s) > CLOCK_SKEW.total_seconds():
+        local = server_at + timedelta(seconds=skew_s)
+        log.warning("this host's clock says %s but the database server's says %s (%s %s): "
+                    "the backup is named by the server's clock; fix this host's clock (NTP)",
+                    f"{local:%Y-%m-%dT%H:%M:%SZ}", f"{server_at:%Y-%m-%dT%H:%M:%SZ}",
+                    human(abs(skew_s)), "ahead" if skew_s > 0 else "behind")
 
 
 def create_backup(
@@ -110,13 +139,18 @@ def create_backup(
     chains: list[toolchain.Toolchain] | None = None,
     progress: Progress | None = None,
     count_workers: int | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> BackupResult:
-    """Dump `source` into `backup_dir`; raise an `AtbError` and leave no file on failure."""
+    """Dump `source` into `backup_dir`; raise an `AtbError` and leave no file on failure.
+
+    `clock` is this host's clock (injectable so a test can set it wrong); the backup's name
+    and times come from the server's."""
+    clock = clock or (lambda: datetime.now(UTC))
     if row_counts not in inventory.ROW_COUNT_MODES:
         raise ConfigError(f"--row-counts must be one of {', '.join(inventory.ROW_COUNT_MODES)}")
     report = progress or (lambda phase, done: None)
     if at is not None:
-        at = check_at(at, datetime.now(UTC))
+        at = check_at(at, clock())
     if not source.dbname:
         raise ConfigError(f"{source.redacted} names no database: add /dbname to the URL")
     chains = toolchain.discover() if chains is None else chains
@@ -124,12 +158,15 @@ def create_backup(
     with db.connect(source) as conn:
         server = db.server_version(conn)
         chain = toolchain.for_dump(int(server.split(".")[0]), chains)
+        origin = db.source_id(conn)
+        conn.rollback()
         lock = lock_path(backup_dir, source.dbname)
         make_tree(backup_dir, lock.parent)
         with DatabaseLock(lock, wait=wait):
-            final, taken = _claim_name(backup_dir, source.dbname, at)
-            make_tree(backup_dir, final.parent)
-            return _backup_locked(source, conn, chain, server, final, taken, row_counts,
+            named = _snapshot_and_name(conn, backup_dir, source.dbname, at, clock)
+            warn_clock(named.skew_s, named.server_at)
+            make_tree(backup_dir, named.final.parent)
+            return _backup_locked(source, conn, chain, server, named, origin, row_counts,
                                   report, count_workers or min(4, os.cpu_count() or 2))
 
 
@@ -138,18 +175,14 @@ def _backup_locked(
     conn: psycopg.Connection[Any],
     chain: toolchain.Toolchain,
     server: str,
-    final: Path,
-    taken: datetime,
+    named: _Named,
+    origin: str,
     row_counts: str,
     report: Progress,
     workers: int,
 ) -> BackupResult:
-    conn.isolation_level = IsolationLevel.REPEATABLE_READ
-    conn.read_only = True
-    row = conn.execute("SELECT pg_export_snapshot()").fetchone()
-    assert row is not None
-    snapshot = str(row[0])
-    started = datetime.now(UTC)
+    final, taken, snapshot = named.final, named.taken, named.snapshot
+    started = named.server_at.replace(microsecond=0)  # every recorded time: the server's clock
     t0 = time.monotonic()
     partial = partial_path(final, f"{os.getpid()}-{os.urandom(3).hex()}")
     manifest_final = manifest_path(final)
@@ -176,6 +209,7 @@ def _backup_locked(
     try:
         try:
             size, digest = _stream_dump(chain, source, snapshot, partial, report)
+            kill_point("backup-dumped")
         except CommandFailed:
             worker.join()
             if errors:  # the root cause, when our own snapshot reading failed first
@@ -190,7 +224,7 @@ def _backup_locked(
         if errors:
             raise errors[0]
         snap = meta["snap"]
-        finished = datetime.now(UTC)
+        finished = named.server_at + timedelta(seconds=time.monotonic() - t0)
         manifest = Manifest(
             database=source.dbname,
             file=final.name,
@@ -213,13 +247,19 @@ def _backup_locked(
             roles={"file": roles_final.name, "sha256": hashlib.sha256(roles_text).hexdigest(),
                    "size_bytes": len(roles_text)},
             source=source.redacted,
+            source_id=origin,
+            clock_skew_s=named.skew_s,
             tool_version=__version__,
         )
         report("publish", size)
         write_manifest(manifest_partial, manifest)
+        kill_point("backup-manifest-written")
         publish(roles_partial, roles_final)
+        kill_point("backup-roles-published")
         publish(manifest_partial, manifest_final)
+        kill_point("backup-manifest-published")
         publish(partial, final)
+        kill_point("backup-dump-published")
         fsync_dir(final.parent)
         log.debug("backup %s written (%d bytes, sha256 %s)", final, size, digest[:12])
         return BackupResult(path=final, manifest=manifest)

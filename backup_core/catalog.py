@@ -5,6 +5,9 @@ is a real regular file, its manifest validates against the schema, names this fi
 database, its size matches, and it is not dated in the future. Only sound backups count toward
 retention floors and tiers, status and drill picks; everything else is listed with its state
 and a reason. No symbolic link is followed, at any level: a scan never leaves `BACKUP_DIR`.
+
+Each backup belongs to a *source*: the server it was taken from (recorded in its manifest)
+and its database. Backups of different sources never stand in for each other.
 """
 
 from __future__ import annotations
@@ -26,9 +29,16 @@ from backup_core.naming import (
     dir_name,
     is_partial,
     legacy_dir_name,
+    pruned_dump,
     taken_at,
 )
-from backup_core.verdicts import DrillVerdict, VerifyRecord, read_drill, read_verify
+from backup_core.verdicts import (
+    DrillVerdict,
+    VerifyRecord,
+    effective,
+    read_drill_history,
+    read_verify,
+)
 
 COMPLETE = "complete"
 NO_MANIFEST = "no-manifest"
@@ -39,8 +49,12 @@ FUTURE = "future"
 PARTIAL = "partial"
 STRAY = "stray"
 ORPHAN_MANIFEST = "orphan-manifest"
-# Dumps filed under our naming scheme, whatever their state: prune may age them out.
-BACKUP_STATES = frozenset({COMPLETE, NO_MANIFEST, BAD_MANIFEST, DAMAGED, CORRUPT, FUTURE})
+MISFILED = "misfiled"
+PRUNING = "pruning"  # a dump an interrupted prune had started to delete (see naming)
+# Dumps filed under our naming scheme, whatever their state. Only `complete` ones may ever be
+# pruned; the others are counted to tell a healthy tree from one that looks wrong.
+BACKUP_STATES = frozenset({COMPLETE, NO_MANIFEST, BAD_MANIFEST, DAMAGED, CORRUPT, FUTURE,
+                           MISFILED})
 # How far ahead of our clock a backup may be dated before it is an anomaly.
 CLOCK_SKEW = timedelta(minutes=5)
 
@@ -57,9 +71,23 @@ class Backup:
     mtime: float
     manifest: Manifest | None = None
     alembic_revision: str | None = None
-    drill: DrillVerdict | None = None
+    drills: tuple[DrillVerdict, ...] = ()
     verified: VerifyRecord | None = None
     problem: str = ""
+
+    @property
+    def drill(self) -> DrillVerdict | None:
+        """The drill verdict that stands (a PASS is never hidden by a later verdict the
+        backup did not cause)."""
+        return effective(self.drills)
+
+    @property
+    def source(self) -> str:
+        """The server and database this backup is of; manifests from before atb recorded
+        the server share one source per database name."""
+        if self.manifest is not None and self.manifest.source_id:
+            return f"{self.manifest.source_id}, database {self.database}"
+        return f"unknown source of database {self.database}"
 
     @property
     def complete(self) -> bool:
@@ -77,10 +105,14 @@ class Backup:
         if self.drill is not None:
             if self.drill.verdict == "INCOMPLETE":
                 return "drill-incomplete"
-            return "drill-passed" if self.drill.passed else "drill-failed"
+            if self.drill.passed:
+                return "drill-passed"
+            return "drill-failed" if self.drill.decides else "drill-error"
         if self.verified is not None:
-            return ("verified" + (" (deep)" if self.verified.deep else "")) if self.verified.ok \
-                else "verify-failed"
+            if self.verified.ok:
+                return "verified" + (" (deep)" if self.verified.deep else "")
+            # an older atb recorded tool failures too: they say nothing about the file
+            return "verify-failed" if self.verified.condemns else "unverified (tool failed)"
         return "unverified"
 
 
@@ -146,6 +178,13 @@ def _scan_dir(folder: Path, db: str, names: set[str], now: datetime, *,
         if is_partial(path):
             out.append(_record(path, db, PARTIAL, None))
             continue
+        pruned = pruned_dump(path)
+        if pruned is not None:
+            manifests_used.add(pruned.name[: -len(DUMP_SUFFIX)] + MANIFEST_SUFFIX)
+            out.append(_record(path, db, PRUNING, taken_at(pruned),
+                               problem="left by an interrupted prune: the next prune "
+                                       "finishes deleting it"))
+            continue
         at = taken_at(path)
         if at is None:
             if name.endswith(MANIFEST_SUFFIX) and name.startswith("backup-"):
@@ -168,7 +207,7 @@ def _judge(path: Path, db: str, at: datetime, names: set[str], now: datetime, *,
            top: str | None) -> Backup:
     """The state of one dump named like a backup, trusting nothing about it."""
     stem = path.name[: -len(DUMP_SUFFIX)]
-    drill = read_drill(path) if stem + DRILL_SUFFIX in names else None
+    drills = read_drill_history(path) if stem + DRILL_SUFFIX in names else ()
     verified = read_verify(path) if stem + VERIFY_SUFFIX in names else None
     try:
         st = path.lstat()
@@ -191,11 +230,11 @@ def _judge(path: Path, db: str, at: datetime, names: set[str], now: datetime, *,
         return _record(path, db, BAD_MANIFEST, at, problem=str(exc), **extra)
     database = manifest.database
     db = db or database
-    extra.update(manifest=manifest, drill=drill, verified=verified,
+    extra.update(manifest=manifest, drills=drills, verified=verified,
                  alembic_revision=manifest.alembic_revision)
     if top is not None and top not in (dir_name(manifest.database),
                                        legacy_dir_name(manifest.database)):
-        return _record(path, db, DAMAGED, at, problem=f"manifest names database "
+        return _record(path, db, MISFILED, at, problem=f"manifest names database "
                        f"{manifest.database!r}, filed under {top!r}", **extra)
     if manifest.file != path.name:
         return _record(path, database, DAMAGED, at,
@@ -206,7 +245,7 @@ def _judge(path: Path, db: str, at: datetime, names: set[str], now: datetime, *,
     if st.st_size > 65536 and st.st_blocks * 512 < st.st_size // 8:
         return _record(path, database, DAMAGED, at,
                        problem="sparse file: holes where the dump's data should be", **extra)
-    if verified is not None and not verified.ok:
+    if verified is not None and verified.condemns:
         return _record(path, database, CORRUPT, at, problem=verified.reason, **extra)
     if at > now + CLOCK_SKEW:
         return _record(path, database, FUTURE, at, problem="dated in the future: a clock "

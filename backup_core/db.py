@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -74,6 +75,30 @@ def identity_of(info: ConnInfo) -> Identity | None:
             return identity(conn)
     except (ConnectionFailed, psycopg.Error):
         return None
+
+
+def source_id(conn: psycopg.Connection[Any]) -> str:
+    """Which server a backup comes from, as prune and status tell sources apart: the cluster's
+    system identifier (`pg_control_system()`, where the role may call it; the same on a
+    physical standby, which holds the same data), else the identity the production guard
+    uses (postmaster start time and port: it changes on a restart, so such a source splits in
+    two rather than ever merging with another server's backups)."""
+    try:
+        with conn.transaction():
+            row = conn.execute("SELECT system_identifier::text FROM pg_control_system()"
+                               ).fetchone()
+        if row is not None and row[0]:
+            return f"system {row[0]}"
+    except psycopg.Error:
+        pass
+    return f"server {identity(conn).server}"
+
+
+def server_clock(conn: psycopg.Connection[Any]) -> datetime:
+    """The server's clock now (not the transaction's start)."""
+    row = conn.execute("SELECT clock_timestamp()").fetchone()
+    assert row is not None
+    return row[0].astimezone(UTC)  # type: ignore[no-any-return]
 
 
 def server_version(conn: psycopg.Connection[Any]) -> str:

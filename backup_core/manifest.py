@@ -46,6 +46,12 @@ class Manifest:
     # the roles sidecar: {"file": ..., "sha256": ..., "size_bytes": ...}; None before roles
     roles: dict[str, Any] | None = None
     source: str = ""
+    # which server the dump came from (`db.source_id`); empty in manifests written before it
+    # was recorded: prune and status then group by database name alone
+    source_id: str = ""
+    # the backup host's clock minus the server's at the snapshot, in seconds: the name and
+    # `taken_at` come from the server's clock
+    clock_skew_s: float | None = None
     schema: str = SCHEMA_ID
     schema_version: int = SCHEMA_VERSION
     tool_version: str = ""
@@ -105,7 +111,8 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
     "row_counts": ((dict,), False), "row_checksums": ((dict,), False),
     "inventory": ((dict,), False), "definitions": ((dict,), False),
     "roles": ((dict, type(None)), False), "conditions": ((dict,), False),
-    "source": ((str,), False),
+    "source": ((str,), False), "source_id": ((str,), False),
+    "clock_skew_s": ((int, float, type(None)), False),
     "tool_version": ((str,), False),
 }
 _VERSION = re.compile(r"^\d+(\.\d+)*$")

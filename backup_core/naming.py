@@ -17,6 +17,7 @@ VERIFY_SUFFIX = ".verify.json"
 ROLES_SUFFIX = ".roles.sql"
 SIDECAR_SUFFIXES = (DRILL_SUFFIX, VERIFY_SUFFIX, ROLES_SUFFIX)
 PARTIAL_MARK = ".partial-"
+PRUNING_SUFFIX = ".pruning"
 _NAME = re.compile(r"^backup-(\d{8}T\d{6}Z)\.dump$")
 _PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
 
@@ -32,15 +33,18 @@ def dir_name(dbname: str) -> str:
         if ch in _PLAIN and not (i == 0 and ch == "."):
             out.append(ch)
         else:
-            out.extend(f"%{b:02X}" for b in ch.encode())
+            # a name read from a non-UTF-8 directory holds surrogates: its raw bytes
+            out.extend(f"%{b:02X}" for b in ch.encode("utf-8", "surrogateescape"))
     return "".join(out)
 
 
 def db_from_dir(name: str) -> str | None:
-    """The database a directory holds, or None for a name `dir_name` never writes."""
+    """The database a directory holds, or None for a name `dir_name` never writes (including
+    a name that is not UTF-8: `os.fsdecode` gives it surrogates, never a database name)."""
     try:
+        name.encode()
         decoded = unquote(name, errors="strict")
-    except UnicodeDecodeError:
+    except UnicodeError:
         return None
     return decoded if decoded and dir_name(decoded) == name else None
 
@@ -112,3 +116,35 @@ def partial_path(final: Path, token: str) -> Path:
 
 def is_partial(path: Path) -> bool:
     return path.name.startswith(".") and PARTIAL_MARK in path.name
+
+
+def pruning_path(dump: Path) -> Path:
+    """Where prune moves a dump it is deleting, before anything else of the backup goes: a
+    hidden name no scan takes for a backup, so an interrupted prune never leaves a record
+    that looks sound, and the next prune finishes the job."""
+    return dump.with_name(f".{dump.name}{PRUNING_SUFFIX}")
+
+
+def pruned_dump(path: Path) -> Path | None:
+    """The dump whose deletion `path` (a `pruning_path`) records, or None."""
+    name = path.name
+    if not (name.startswith(".") and name.endswith(PRUNING_SUFFIX)):
+        return None
+    dump = path.with_name(name[1: -len(PRUNING_SUFFIX)])
+    return dump if taken_at(dump) is not None else None
+
+
+def printable(text: str) -> str:
+    """A file name as a person can read it: bytes that are not UTF-8 (surrogates from
+    `os.fsdecode`) and control characters escaped, so printing never fails or misleads."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if 0xDC80 <= ord(ch) <= 0xDCFF:
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        elif not ch.isprintable():
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)

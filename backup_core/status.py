@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from backup_core.catalog import FUTURE, Backup
 from backup_core.durations import human
+from backup_core.naming import printable
 from backup_core.wal_status import ArchiveStatus
 
 
@@ -30,6 +31,8 @@ class Status:
     rpo_s: float
     last_drill_passed: str | None
     missed: tuple[str, ...] = field(default=())
+    # sound backups per source (server and database): more than one is worth knowing
+    sources: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -48,6 +51,8 @@ def database_status(
     done = sorted((b for b in backups if b.complete and b.database == database and b.taken_at),
                   key=lambda b: b.taken_at or now)
     missed = anomalies(backups, database=database, now=now, window_days=window_days)
+    sources = Counter(b.source for b in done)
+    missed += mixed_sources(done, schedule_s=schedule_s + grace_s)
     if not done:
         return Status(database, 0, None, None, None, None, None, window_days, schedule_s, rpo_s,
                       None, ("no complete backup found", *missed))
@@ -74,7 +79,29 @@ def database_status(
         newest_duration_s=newest.manifest.duration_s if newest.manifest else None,
         largest_gap_s=round(largest, 1), window_days=window_days, schedule_s=schedule_s,
         rpo_s=rpo_s, last_drill_passed=last_drill, missed=tuple(missed),
+        sources=dict(sorted(sources.items())),
     )
+
+
+def mixed_sources(done: list[Backup], *, schedule_s: float) -> list[str]:
+    """One database's directory holding backups of two servers, one of which stopped: they
+    never cover each other, and the stopped one is no longer being backed up here. (Backups
+    from before atb recorded the server are left out: an upgrade is not a second server.)"""
+    newest: dict[str, datetime] = {}
+    count: Counter[str] = Counter()
+    for b in done:
+        if b.taken_at is None or b.source.startswith("unknown source"):
+            continue
+        count[b.source] += 1
+        newest[b.source] = max(newest.get(b.source, b.taken_at), b.taken_at)
+    if len(newest) < 2:
+        return []
+    latest = max(newest.values())
+    return [f"{count[src]} backups of {src} stopped at {at:%Y-%m-%dT%H:%M:%SZ} while another "
+            f"server's continue in the same directory ({len(newest)} sources): two servers "
+            "write this database's backups into one BACKUP_DIR; they never cover each other"
+            for src, at in sorted(newest.items())
+            if (latest - at).total_seconds() > schedule_s]
 
 
 def anomalies(backups: list[Backup], *, database: str, now: datetime,
@@ -147,4 +174,6 @@ def prometheus_text(statuses: list[Status], archives: Sequence[ArchiveStatus] = 
 
 
 def _label(value: str) -> str:
+    """A label value as Prometheus reads it: UTF-8 (a name in other bytes escaped), quoted."""
+    value = printable(value)
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -1,4 +1,12 @@
-"""`atb db verify`: is this file still the backup we wrote, and can pg_restore read it?"""
+"""`atb db verify`: is this file still the backup we wrote, and can pg_restore read it?
+
+Only evidence about the file condemns it: its size or sha256 differs from the manifest, the
+manifest is unreadable, or (--deep) its data blocks do not read with a pg_restore that has
+just listed the same archive. Once the bytes are proven to be the ones written (and listed by
+pg_restore at backup time), a failing `pg_restore --list`, a missing binary or an unreadable
+file is the tool's or the environment's failure: raised (exit 5, 3 or 7), never recorded as
+the backup's. A verdict is written only beside a dump named like a backup inside the tree.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from backup_core import toolchain
-from backup_core.errors import AtbError
+from backup_core.errors import AtbError, CommandFailed, StorageError
 from backup_core.manifest import ManifestError, read_manifest
-from backup_core.naming import manifest_path, roles_path
+from backup_core.naming import DUMP_SUFFIX, manifest_path, roles_path, taken_at
 from backup_core.runner import first_error_line, run
 from backup_core.verdicts import VerifyRecord, record_verify
 
@@ -71,19 +79,37 @@ def verify_backup(
     deep: bool = False,
     chains: list[toolchain.Toolchain] | None = None,
     record: bool = True,
+    backup_dir: Path | None = None,
 ) -> VerifyResult:
     """Check size and sha256 against the manifest, then the TOC, then (deep) every data block.
 
-    Stops at the first failed check: later ones would only repeat the news.
+    Stops at the first failed check: later ones would only repeat the news. The verdict is
+    recorded beside the dump only when it lies inside `backup_dir` (never beside a file
+    elsewhere, such as /etc/passwd). Raises `AtbError` for a failure that is not the file's.
     """
     checks: list[Check] = []
-    result = _run_checks(path, deep, chains, checks)
-    if record and path.exists():
+    try:
+        result = _run_checks(path, deep, chains, checks)
+    except OSError as exc:  # the file could not be read: say so, condemn nothing
+        raise StorageError(f"cannot read {path}: {exc.strerror or exc}; nothing was "
+                           "recorded") from exc
+    if record and backup_dir is not None and _in_tree(path, backup_dir):
         # a read-only backup directory can still be verified
         with contextlib.suppress(AtbError):
             record_verify(path, VerifyRecord(ok=result.ok, at=datetime.now(UTC).isoformat(
                 timespec="seconds"), deep=deep, reason=result.reason))
     return result
+
+
+def _in_tree(path: Path, backup_dir: Path) -> bool:
+    """A dump named like a backup, in a real directory under `backup_dir`."""
+    if taken_at(path) is None or path.is_symlink() or not path.is_file():
+        return False
+    try:
+        return path.parent.resolve().is_relative_to(backup_dir.resolve()) \
+            and path.parent.resolve() != backup_dir.resolve()
+    except OSError:
+        return False
 
 
 def _run_checks(
@@ -95,9 +121,16 @@ def _run_checks(
     if not path.is_file():
         checks.append(Check("exists", False, "no such file"))
         return done()
+    if not path.name.endswith(DUMP_SUFFIX):
+        checks.append(Check("name", False, "not a backup (backup-<time>.dump with its "
+                            "manifest)"))
+        return done()
     try:
         manifest = read_manifest(manifest_path(path))
     except ManifestError as exc:
+        if isinstance(exc.__cause__, PermissionError):  # our access, not the file's content
+            raise StorageError(f"cannot read {manifest_path(path)}: permission denied; "
+                               "nothing was recorded") from exc
         checks.append(Check("manifest", False, str(exc)))
         return done()
     size, digest = sha256_file(path)
@@ -116,28 +149,34 @@ def _run_checks(
         checks.append(Check("roles", not problem, problem or manifest.roles["file"]))
         if problem:
             return done()
+    # From here the bytes are the ones written, whose TOC pg_restore listed at backup time:
+    # what fails now is the tool or the environment (raised, never recorded as the file's).
     chains = toolchain.discover() if chains is None else chains
-    try:
-        chain = toolchain.for_restore(manifest.pg_dump_major, chains)
-    except AtbError as exc:
-        checks.append(Check("toolchain", False, str(exc)))
-        return done()
+    chain = toolchain.for_restore(manifest.pg_dump_major, chains)  # ToolchainError: exit 3
     listing = run([chain.tool("pg_restore"), "--list", str(path)], what="pg_restore --list",
                   check=False)
     if listing.returncode != 0:
-        checks.append(Check("toc", False, first_error_line(listing.stderr)))
-        return done()
+        raise _tool_failed(chain, "--list", path, listing.stderr)
     entries = sum(1 for ln in listing.stdout.splitlines() if ln.strip() and not ln.startswith(";"))
     if entries != manifest.toc_entries:
-        checks.append(Check("toc", False, f"{entries} TOC entries, manifest says "
-                            f"{manifest.toc_entries}"))
-        return done()
+        raise CommandFailed(f"pg_restore {chain.version} lists {entries} TOC entries in "
+                            f"{path}, whose bytes match the manifest's {manifest.toc_entries}: "
+                            "this pg_restore misreads the archive; nothing was recorded")
     checks.append(Check("toc", True, f"{entries} entries (pg_restore {chain.version})"))
     if deep:
         full = run([chain.tool("pg_restore"), "--file=/dev/null", str(path)],
                    what="pg_restore (deep read)", check=False)
         if full.returncode != 0:
+            # the same pg_restore has just listed this archive: the tool works, the data
+            # blocks do not (damaged before they were hashed): evidence about the file
             checks.append(Check("data", False, first_error_line(full.stderr)))
             return done()
         checks.append(Check("data", True, "every data block read"))
     return done()
+
+
+def _tool_failed(chain: toolchain.Toolchain, how: str, path: Path, stderr: str) -> AtbError:
+    return CommandFailed(f"pg_restore {chain.version} ({chain.bindir}) {how} failed on {path}, "
+                         f"whose size and sha256 match its manifest (pg_restore listed it when "
+                         f"it was written): {first_error_line(stderr)}; the tool failed, not "
+                         "the backup (check PG_BINDIR); nothing was recorded", detail=stderr)

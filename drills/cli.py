@@ -32,9 +32,9 @@ from backup_core import (
 )
 from backup_core.conninfo import ConnInfo, detach_libpq_environment, redact
 from backup_core.durations import human, parse_duration
-from backup_core.errors import AtbError, ConfigError
+from backup_core.errors import AtbError, ConfigError, SafetyRefusal
 from backup_core.fsutil import atomic_write_text
-from backup_core.naming import parse_stamp
+from backup_core.naming import parse_stamp, printable
 from backup_core.pgbackrest import Stanza
 from drills import console, render, sandbox
 from drills.options import OPTIONS, Option
@@ -269,8 +269,8 @@ def db_list(backup_dir: Path, database: str | None, as_json: bool) -> None:
             "taken_at": b.taken_at, "age_s": (now - b.taken_at).total_seconds()
             if b.taken_at else None, "size_bytes": b.size,
             "alembic_revision": b.alembic_revision,
-            "checked": b.checked, "drill": b.drill, "verified": b.verified,
-            "problem": b.problem} for b in items])
+            "checked": b.checked, "drill": b.drill, "drills": len(b.drills),
+            "verified": b.verified, "source": b.source, "problem": b.problem} for b in items])
         return
     if not items:
         click.echo(f"no backups under {backup_dir}")
@@ -278,23 +278,29 @@ def db_list(backup_dir: Path, database: str | None, as_json: bool) -> None:
     several = len({b.database for b in items}) > 1
     rows = [[b.taken_at.strftime("%Y-%m-%d %H:%M:%SZ") if b.taken_at else "-",
              human((now - b.taken_at).total_seconds()) if b.taken_at else "-",
-             console.size(b.size), b.alembic_revision or "-",
+             console.size(b.size), printable(b.alembic_revision or "-"),
              b.state if not b.complete else b.checked,
-             b.database if several else "",
-             _rel(b.path, backup_dir) + (f"  ({b.problem})" if b.problem else "")]
+             printable(b.database) if several else "",
+             _rel(b.path, backup_dir) + (f"  ({printable(b.problem)})" if b.problem else "")]
             for b in items]
     headers = ["taken (UTC)", "age", "size", "alembic", "state", "database", "path"]
-    if all(not r[5] for r in rows):
-        headers.pop(5)
-        rows = [r[:5] + r[6:] for r in rows]
+    if len({b.manifest.source_id for b in items if b.manifest is not None}) > 1:
+        # backups of several servers: which one each came from (they never cover each other)
+        headers.insert(5, "source")
+        for r, b in zip(rows, items, strict=True):
+            r.insert(5, printable(b.manifest.source_id or "unknown") if b.manifest else "-")
+    if all(not r[-2] for r in rows):
+        headers.pop(-2)
+        rows = [r[:-2] + r[-1:] for r in rows]
     click.echo(console.table(headers, rows))
 
 
 def _rel(path: Path, root: Path) -> str:
+    """A path for a person: relative to the tree, bytes that are not UTF-8 escaped."""
     try:
-        return str(path.relative_to(root))
+        return printable(str(path.relative_to(root)))
     except ValueError:
-        return str(path)
+        return printable(str(path))
 
 
 @db.command("verify", epilog=EXIT_CODES)
@@ -322,13 +328,15 @@ def db_verify(path: Path | None, backup_dir: Path, latest: bool, all_: bool,
             raise ConfigError(f"no backups under {backup_dir} to verify")
         paths = [found[0].path] if latest else [b.path for b in found]
     chains = toolchain.discover()
-    results = [verify.verify_backup(p, deep=deep, chains=chains) for p in paths]
+    results = [verify.verify_backup(p, deep=deep, chains=chains, backup_dir=backup_dir)
+               for p in paths]
     if as_json:
         console.print_json([{"path": r.path, "ok": r.ok, "reason": r.reason, "deep": r.deep,
                              "checks": r.checks} for r in results])
     else:
         for r in results:
-            click.echo(f"{'OK  ' if r.ok else 'FAIL'} {r.path}" + ("" if r.ok else f": {r.reason}"))
+            click.echo(f"{'OK  ' if r.ok else 'FAIL'} {printable(str(r.path))}"
+                       + ("" if r.ok else f": {printable(r.reason)}"))
     if not all(r.ok for r in results):
         raise SystemExit(1)
 
@@ -338,7 +346,8 @@ def db_verify(path: Path | None, backup_dir: Path, latest: bool, all_: bool,
 @click.option("--retention-days", envvar="BACKUP_RETENTION_DAYS", show_envvar=True, default=7.0,
               type=DAYS, callback=_days, help="Delete backups older than this many days.")
 @click.option("--keep-last", default=3, type=click.IntRange(min=1),
-              help="Never delete the newest N complete backups, however old.")
+              help="Never delete the newest N sound backups of each source (server and "
+                   "database), however old.")
 @click.option("--keep-daily", default=0, type=click.IntRange(min=0),
               help="Also keep the newest backup of each of the last N days that have one.")
 @click.option("--keep-weekly", default=0, type=click.IntRange(min=0),
@@ -349,26 +358,39 @@ def db_verify(path: Path | None, backup_dir: Path, latest: bool, all_: bool,
 @json_option
 def db_prune(backup_dir: Path, retention_days: float, keep_last: int, keep_daily: int,
              keep_weekly: int, keep_monthly: int, dry_run: bool, as_json: bool) -> None:
-    """Delete expired backups (dump and sidecars together) and empty date directories.
+    """Delete expired sound backups (dump and sidecars together) and empty date directories.
 
-    The newest drill-verified backup and a backup in progress are never deleted.
+    Only sound backups are ever deleted, each covered by newer sound backups of the same
+    server and database; anything else is kept with its reason. The newest drill-verified
+    backup and a backup in progress are never deleted. A tree that looks wrong (BACKUP_DIR
+    one level too high, most backups not sound, a clock behind the backups) is refused
+    whole (exit 8).
     """
     policy = retention.Policy(retention_days, keep_last, keep_daily, keep_weekly, keep_monthly)
     items = catalog.scan(backup_dir)
     busy = retention.busy_databases(backup_dir, {b.database for b in items})
-    plan = retention.plan_prune(items, now=datetime.now(UTC), policy=policy, busy=busy)
+    plan = retention.plan_prune(items, now=datetime.now(UTC), policy=policy, busy=busy,
+                                root=backup_dir)
+    if plan.refusal:
+        raise SafetyRefusal(plan.refusal)
     result = None if dry_run else retention.apply_prune(plan, backup_dir)
     if as_json:
         console.print_json({"dry_run": dry_run, "policy": policy,
                             "delete": [b.path for b in plan.delete],
-                            "keep": [{"path": d.backup.path, "reasons": d.reasons}
+                            "delete_reasons": [{"path": d.backup.path,
+                                                "source": d.backup.source,
+                                                "reasons": d.reasons}
+                                               for d in plan.decisions if not d.keep],
+                            "keep": [{"path": d.backup.path, "state": d.backup.state,
+                                      "source": d.backup.source, "reasons": d.reasons}
                                      for d in plan.decisions if d.keep],
                             "removed_dirs": result.removed_dirs if result else []})
         return
     verb = "would delete" if dry_run else "deleted"
     for d in plan.decisions:
-        mark = f"keep   ({', '.join(d.reasons)})" if d.keep else verb
-        click.echo(f"{mark:<40} {_rel(d.backup.path, backup_dir)}")
+        mark = "keep  " if d.keep else verb
+        click.echo(f"{mark:<12} {_rel(d.backup.path, backup_dir)}  "
+                   f"({printable('; '.join(d.reasons))})")
     click.echo(f"{len(plan.keep)} kept, {len(plan.delete)} {verb}")
 
 
@@ -482,10 +504,13 @@ def db_status(backup_dir: Path, database: str | None, schedule: str, rpo: str, w
                     f"point-in-time window {human(a.window_s)}", a.missed,
                     f"archiving is current within the RPO of {human(rpo_s)}")
         for s in results:
-            _judged(f"{s.database}: {s.backups} backups, newest {s.newest or '-'} "
+            per_source = "".join(f"\n  {n} backups of {printable(src)}"
+                                 for src, n in s.sources.items()) if len(s.sources) > 1 else ""
+            _judged(f"{printable(s.database)}: {s.backups} backups, newest {s.newest or '-'} "
                     f"({human(s.newest_age_s)} ago), largest gap {human(s.largest_gap_s)} "
-                    f"over {s.window_days:g}d, last passing drill {s.last_drill_passed or '-'}",
-                    s.missed, "schedule and RPO targets met")
+                    f"over {s.window_days:g}d, last passing drill {s.last_drill_passed or '-'}"
+                    + per_source, tuple(printable(m) for m in s.missed),
+                    "schedule and RPO targets met")
     if not all(s.ok for s in results) or not all(a.ok for a in archives):
         raise SystemExit(1)
 

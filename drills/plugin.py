@@ -26,7 +26,7 @@ from backup_core.errors import AtbError, ConfigError, ProductionTouched
 from backup_core.manifest import Inventory
 from backup_core.migrate import MigrateResult, upgrade_head
 from backup_core.restore import archive_major, restore_backup
-from backup_core.verdicts import DrillVerdict, record_drill
+from backup_core.verdicts import DrillVerdict, caused_by_backup, record_drill
 from backup_core.verify import VerifyResult, verify_backup
 from drills import pick, report, sandbox
 from drills.inert import html_text
@@ -570,10 +570,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if state.options.result_file is not None:
         state.options.result_file.write_text(report.to_json(result))
     if state.backup is not None and state.options.record:
+        # appended to the backup's history; a verdict the backup did not cause (a check that
+        # errored, an interrupted run, INCOMPLETE) never hides an earlier PASS
+        caused = caused_by_backup(result.verdict, {c.name: c.message for c in result.checks
+                                                   if c.outcome == "failed"},
+                                  interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
         try:
             record_drill(state.backup.path, DrillVerdict(
                 passed=result.passed, at=result.finished_at, report=str(state.paths.html),
-                rto_s=result.rto.measured_s, verdict=result.verdict,
+                rto_s=result.rto.measured_s, verdict=result.verdict, caused=caused,
                 failed_checks=tuple(c.name for c in result.checks
                                     if c.outcome in ("failed", "error"))))
         except AtbError as exc:

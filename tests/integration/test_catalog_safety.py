@@ -131,8 +131,9 @@ def _history(info: ConnInfo, backup_dir: Path, ages: list[float]) -> list[Path]:
 def test_broken_newer_backups_never_push_sound_ones_out(
     damage: str, app: ConnInfo, backup_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    paths = _history(app, backup_dir, [14, 13, 12, 11, 10])
-    good, broken = paths[:2], paths[2:]
+    # half broken: prune still runs (more than half would refuse the whole tree, exit 8)
+    paths = _history(app, backup_dir, [15, 14, 13, 12, 11, 10])
+    good, broken = paths[:3], paths[3:]
     for p in broken:
         m = manifest_path(p)
         if damage == "garbage manifest":
@@ -158,6 +159,8 @@ def test_broken_newer_backups_never_push_sound_ones_out(
                              "--retention-days", "1", "--keep-last", "3", "--json")
     assert code == 0, err
     assert all(p.exists() for p in good), "a sound backup was pruned"
+    kept = {Path(k["path"]) for k in json.loads(out)["keep"]}
+    assert set(broken) <= kept, "a backup not known to be sound was pruned"
     states = {b.path: b.state for b in catalog.scan(backup_dir)}
     assert all(states.get(p, "deleted") != "complete" for p in broken)
 
@@ -180,7 +183,8 @@ def test_no_scan_delete_or_write_follows_a_symlink_out_of_the_tree(
         run_cli(capsys, *args, "--backup-dir", str(tree))
     assert {p: p.stat().st_mtime_ns for p in elsewhere.rglob("*")} == before
     assert not list(elsewhere.rglob("*.verify.json"))
-    _code, out, _ = run_cli(capsys, "db", "list", "--backup-dir", str(tree), "--json")
+    code, out, _ = run_cli(capsys, "db", "list", "--backup-dir", str(tree), "--json")
+    assert code == 0
     strays = [r for r in json.loads(out) if r["state"] == "stray"]
     assert {Path(r["path"]).name for r in strays} == {"linked", "99"}
     assert all("symbolic link" in r["problem"] for r in strays)

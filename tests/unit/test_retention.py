@@ -17,7 +17,7 @@ def b(hours_ago: float, state: str = COMPLETE, db: str = "app",
     at = NOW - timedelta(hours=hours_ago)
     return Backup(path=Path(f"/b/{db}/{at:%Y%m%dT%H%M%S}.dump"), database=db, state=state,
                   taken_at=at if state != PARTIAL else None, size=1, mtime=0,
-                  drill=None if drill is None else DrillVerdict(passed=drill, at="x"))
+                  drills=() if drill is None else (DrillVerdict(passed=drill, at="x"),))
 
 
 def deleted(plan_items: list[Backup], **policy: float) -> set[Path]:
@@ -37,10 +37,10 @@ def test_floor_keeps_newest_three_when_every_backup_is_expired() -> None:
     assert gone == {x.path for x in items[3:]}
 
 
-def test_floor_counts_only_complete_backups() -> None:
+def test_floor_counts_only_complete_backups_and_never_deletes_another() -> None:
     items = [b(240, NO_MANIFEST), b(250), b(260), b(270), b(280)]
     gone = deleted(items, retention_days=7, keep_last=3)
-    assert gone == {items[0].path, items[4].path}
+    assert gone == {items[4].path}  # the manifest-less dump is kept: not known to be a backup
 
 
 def test_daily_weekly_monthly_tiers_keep_the_newest_of_each_period() -> None:
@@ -72,7 +72,8 @@ def test_partial_files_wait_while_a_backup_runs_and_go_when_abandoned() -> None:
 
 def test_stray_files_are_never_planned_for_deletion() -> None:
     items = [b(1000, STRAY)]
-    assert not plan_prune(items, now=NOW, policy=Policy()).decisions
+    plan = plan_prune(items, now=NOW, policy=Policy())
+    assert not plan.delete and [d.keep for d in plan.decisions] == [True]
 
 
 def test_databases_are_judged_separately() -> None:
