@@ -155,7 +155,7 @@ def test_broken_newer_backups_never_push_sound_ones_out(
             m.write_text(json.dumps({**json.loads(m.read_text()), "size_bytes": size}))
         elif damage == "wrong size manifest":
             m.write_text(json.dumps({**json.loads(m.read_text()), "size_bytes": 12}))
-    code, _out, err = run_cli(capsys, "db", "prune", "--backup-dir", str(backup_dir),
+    code, out, err = run_cli(capsys, "db", "prune", "--backup-dir", str(backup_dir),
                              "--retention-days", "1", "--keep-last", "3", "--json")
     assert code == 0, err
     assert all(p.exists() for p in good), "a sound backup was pruned"
