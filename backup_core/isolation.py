@@ -1,0 +1,173 @@
+"""Application code (Alembic's env.py, the integration command, users' drill checks) runs
+where only the sandbox is reachable: a new network namespace (nothing but a loopback of its
+own) and a new mount namespace in which every PostgreSQL socket of the host and libpq's
+password and service files are covered by /dev/null.
+
+That removes production as a class, not route by route: whatever URL, variable, `.env` file,
+service name or hard-coded socket the code uses, nothing outside answers. The sandbox is
+let in through its own socket (a local cluster started inside, or a `Relay`). Where the
+platform cannot do this (not Linux, no `unshare`, no privileges, `ATB_ISOLATION=off`), the
+drill says so and the child still gets a sealed environment (see `childenv`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+NETWORK = "network"
+ENVIRONMENT_ONLY = "environment only"
+# set in every isolated child's environment: its own children are inside already
+ACTIVE_ENV = "ATB_ISOLATION_ACTIVE"
+# `off` forces environment only, for platforms where the probe succeeds but isolation breaks
+SWITCH_ENV = "ATB_ISOLATION"
+# the only name under which libpq, psycopg and asyncpg look for a server's unix socket
+SOCKET_PREFIX = ".s.PGSQL."
+PROC_NET_UNIX = Path("/proc/net/unix")
+_LISTENING = "00010000"  # __SO_ACCEPTCON in /proc/net/unix's Flags column
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """How application code is kept from production on this run."""
+
+    level: str  # NETWORK or ENVIRONMENT_ONLY
+    reason: str  # why this level (what isolates, or why it cannot)
+    allowed: tuple[str, ...] = ()  # what was let through besides the sandbox
+
+    @property
+    def network(self) -> bool:
+        return self.level == NETWORK
+
+    def describe(self) -> str:
+        through = f"; let through: {', '.join(self.allowed)}" if self.allowed else ""
+        return f"{self.level} ({self.reason}{through})"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"level": self.level, "reason": self.reason, "allowed": list(self.allowed)}
+
+
+def unshare_argv(unshare: str, *, root: bool) -> list[str]:
+    """The namespaces every isolated child gets; without root, through a user namespace in
+    which we are root (so that mounts and `lo` are ours to change)."""
+    argv = [unshare, "--net", "--mount", "--propagation", "private"]
+    if not root:
+        argv += ["--user", "--map-current-user"]
+    return [*argv, "--"]
+
+
+def isolated_argv(argv: list[str], *, hide: Iterable[str], root: bool,
+                  unshare_path: str) -> list[str]:
+    """`argv` run by `isolate_exec` inside new network and mount namespaces, `hide` covered."""
+    hidden = [part for path in hide for part in ("--hide", path)]
+    return [*unshare_argv(unshare_path, root=root), sys.executable, "-m",
+            "backup_core.isolate_exec", *hidden, "--", *argv]
+
+
+@cache
+def probe() -> Isolation:
+    """What this platform allows, tried once per process: a trial `unshare ... true`."""
+    if os.environ.get(SWITCH_ENV, "").lower() == "off":
+        return Isolation(ENVIRONMENT_ONLY, f"{SWITCH_ENV}=off")
+    if not sys.platform.startswith("linux"):
+        return Isolation(ENVIRONMENT_ONLY, f"network namespaces need Linux ({sys.platform})")
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return Isolation(ENVIRONMENT_ONLY, "unshare (util-linux) is not installed")
+    root = os.geteuid() == 0
+    try:
+        done = subprocess.run([*unshare_argv(unshare, root=root), "true"],
+                              capture_output=True, text=True, timeout=20, check=False,
+                              stdin=subprocess.DEVNULL, env={"PATH": os.environ.get(
+                                  "PATH", os.defpath)})
+    except (OSError, subprocess.SubprocessError) as exc:
+        return Isolation(ENVIRONMENT_ONLY, f"unshare cannot run: {exc}")
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        how = "as root" if root else "through a user namespace"
+        return Isolation(ENVIRONMENT_ONLY, f"unshare cannot create namespaces {how}: {why}")
+    return Isolation(NETWORK, "new network and mount namespaces: only the sandbox is "
+                              "reachable; the host's PostgreSQL sockets, pgpass and service "
+                              "files are hidden")
+
+
+def listening_pg_sockets(table: str) -> list[str]:
+    """Paths of the listening `.s.PGSQL.*` sockets in a /proc/net/unix table."""
+    found = []
+    for line in table.splitlines()[1:]:
+        cols = line.split()
+        if len(cols) >= 8 and cols[3] == _LISTENING and cols[7].startswith("/") \
+                and Path(cols[7]).name.startswith(SOCKET_PREFIX):
+            found.append(cols[7])
+    return found
+
+
+def libpq_files(env: Mapping[str, str]) -> list[Path]:
+    """Where libpq reads passwords and service definitions unless told otherwise."""
+    home = Path(env.get("HOME") or Path.home())
+    files = [home / ".pgpass", home / ".pg_service.conf",
+             Path("/etc/postgresql-common/pg_service.conf")]
+    for var in ("PGPASSFILE", "PGSERVICEFILE"):
+        if env.get(var):
+            files.append(Path(env[var]))
+    if env.get("PGSYSCONFDIR"):
+        files.append(Path(env["PGSYSCONFDIR"]) / "pg_service.conf")
+    return files
+
+
+def hidden_paths(allow: Iterable[str] = (), *, env: Mapping[str, str] | None = None,
+                 table: str | None = None) -> list[str]:
+    """What to cover inside the namespace: every PostgreSQL socket listening on this host
+    (read here, in the host's namespace: inside, /proc/net/unix is empty) but those in
+    `allow`, and libpq's password and service files that exist."""
+    env = os.environ if env is None else env
+    if table is None:
+        try:
+            table = PROC_NET_UNIX.read_text(errors="replace")
+        except OSError:
+            table = ""
+    keep = {os.path.realpath(p) for p in allow}
+    paths = [p for p in listening_pg_sockets(table)
+             if os.path.realpath(p) not in keep and os.path.exists(p)]
+    paths += [str(f) for f in libpq_files(env) if f.is_file()]
+    return sorted(dict.fromkeys(paths))
+
+
+def inside_namespace() -> bool:
+    """True unless this process visibly shares init's network namespace (a variable alone
+    never switches isolation off)."""
+    try:
+        return os.readlink("/proc/self/ns/net") != os.readlink("/proc/1/ns/net")
+    except OSError:  # not ours to read (no root): trust the variable our parent set
+        return True
+
+
+def already_inside(env: Mapping[str, str] | None = None) -> bool:
+    """True in a child that `isolate_exec` started: its own children are inside too."""
+    env = os.environ if env is None else env
+    return env.get(ACTIVE_ENV) == "1" and inside_namespace()
+
+
+INSIDE = Isolation(NETWORK, "inside the drill's network namespace already")
+
+
+def wrap(argv: list[str], *, allow: Iterable[str] = (),
+         env: Mapping[str, str] | None = None) -> tuple[list[str], Isolation]:
+    """`argv` as it should run: inside the namespaces when the platform allows and we are
+    not inside them already; else unchanged (the caller still seals its environment)."""
+    env = os.environ if env is None else env
+    if already_inside(env):
+        return argv, INSIDE
+    iso = probe()
+    if not iso.network:
+        return argv, iso
+    unshare = shutil.which("unshare")
+    assert unshare is not None
+    return isolated_argv(argv, hide=hidden_paths(allow, env=env), root=os.geteuid() == 0,
+                         unshare_path=unshare), iso
