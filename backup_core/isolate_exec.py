@@ -21,6 +21,7 @@ SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 MS_BIND = 4096
 EXIT_FAILED = 3
+EXIT_NOT_FOUND = 127  # as a shell says it
 
 
 class IsolationFailed(Exception):
@@ -67,8 +68,15 @@ def main(argv: list[str]) -> int:
                 if os.path.lexists(path):  # gone meanwhile: nothing left to hide
                     raise
         os.environ["ATB_ISOLATION_ACTIVE"] = "1"
-        os.execvp(command[0], command)
     except (IsolationFailed, OSError) as exc:
+        print(f"atb: isolation failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        os.execvp(command[0], command)
+    except FileNotFoundError:
+        print(f"command not found: {command[0]}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except OSError as exc:
         print(f"atb: isolation failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_FAILED  # not reached: execvp replaced this process

@@ -12,14 +12,18 @@ drill says so and the child still gets a sealed environment (see `childenv`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+
+from backup_core.conninfo import ConnInfo, ambient_env
+from backup_core.relay import Relay
 
 NETWORK = "network"
 ENVIRONMENT_ONLY = "environment only"
@@ -126,7 +130,7 @@ def hidden_paths(allow: Iterable[str] = (), *, env: Mapping[str, str] | None = N
     """What to cover inside the namespace: every PostgreSQL socket listening on this host
     (read here, in the host's namespace: inside, /proc/net/unix is empty) but those in
     `allow`, and libpq's password and service files that exist."""
-    env = os.environ if env is None else env
+    env = {**os.environ, **ambient_env()} if env is None else env
     if table is None:
         try:
             table = PROC_NET_UNIX.read_text(errors="replace")
@@ -169,5 +173,22 @@ def wrap(argv: list[str], *, allow: Iterable[str] = (),
         return argv, iso
     unshare = shutil.which("unshare")
     assert unshare is not None
-    return isolated_argv(argv, hide=hidden_paths(allow, env=env), root=os.geteuid() == 0,
+    return isolated_argv(argv, hide=hidden_paths(allow), root=os.geteuid() == 0,
                          unshare_path=unshare), iso
+
+
+@contextlib.contextmanager
+def isolated(argv: list[str], target: ConnInfo) -> Iterator[tuple[list[str], ConnInfo,
+                                                                  Isolation]]:
+    """(argv, the URL to give it, the isolation) for application code that may reach
+    `target` and nothing else: network-isolated with a relay that opens only `target`'s
+    database, where the platform allows."""
+    if already_inside():
+        yield argv, target, INSIDE
+        return
+    if not probe().network:
+        yield argv, target, probe()
+        return
+    with Relay(target, only_database=target.dbname) as relay:
+        wrapped, iso = wrap(argv, allow=[str(relay.socket_path)])
+        yield wrapped, relay.url(), iso

@@ -8,7 +8,6 @@ counts only when the copy itself reached the script head.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -21,7 +20,6 @@ from typing import Any
 from backup_core import childenv, db, extras, inventory, isolation
 from backup_core.conninfo import ConnInfo, redact
 from backup_core.errors import ConfigError
-from backup_core.relay import Relay
 from backup_core.runner import last_line, run
 
 
@@ -64,17 +62,8 @@ def _run_child(ini: Path, target: ConnInfo) -> tuple[dict[str, Any], str, str]:
     relay that opens no other database: an env.py that finds production's URL anywhere
     (a `.env` file, a variable atb does not know, a hard-coded socket) reaches nothing."""
     argv = [sys.executable, "-m", "backup_core.alembic_child", str(ini)]
-    with contextlib.ExitStack() as stack, \
+    with isolation.isolated(argv, target) as (argv, reach, iso), \
             tempfile.TemporaryDirectory(prefix="atb-alembic-") as tmp:
-        reach = target
-        if isolation.already_inside():
-            iso = isolation.INSIDE
-        elif isolation.probe().network:
-            relay = stack.enter_context(Relay(target, only_database=target.dbname))
-            reach = relay.url()
-            argv, iso = isolation.wrap(argv, allow=[str(relay.socket_path)])
-        else:
-            iso = isolation.probe()
         result_file = Path(tmp) / "result.json"
         done = run(argv, what="alembic upgrade head",
                    env={**alembic_env(reach), "ATB_ALEMBIC_RESULT": str(result_file)},

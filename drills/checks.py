@@ -6,6 +6,7 @@ matters, and a failure shows what was expected, what was found, and the tool's o
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import tempfile
@@ -16,7 +17,17 @@ from typing import Any
 
 import pytest
 
-from backup_core import childenv, db, guard, heartbeat, inventory, probes, status, toolchain
+from backup_core import (
+    childenv,
+    db,
+    guard,
+    heartbeat,
+    inventory,
+    isolation,
+    probes,
+    status,
+    toolchain,
+)
 from backup_core.catalog import Backup
 from backup_core.conninfo import ConnInfo, redact
 from backup_core.durations import human
@@ -24,6 +35,7 @@ from backup_core.errors import ProductionTouched
 from backup_core.migrate import MigrateResult
 from backup_core.runner import run
 from backup_core.verify import VerifyResult
+from drills import observer
 from drills.failures import CheckFailed
 from drills.plugin import Evidence, RestoreOutcome
 from drills.result import IntegrationFacts, RpoFacts
@@ -411,17 +423,20 @@ def test_application_integration_suite_passes(drill: DrillState, drill_final_url
     if not command:
         pytest.skip("no --integration-cmd given")
     evidence.add(confirm_sandbox(drill_final_url, drill_sandbox))
-    with tempfile.TemporaryDirectory(prefix="atb-junit-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="atb-junit-") as tmp, \
+            isolation.isolated(shlex.split(command), drill_final_url) as (argv, reach, iso):
         junit = Path(tmp) / "junit.xml"
+        os.chmod(tmp, 0o755)  # the command may run as another user in its namespace
         dialect = drill.production.dialect if drill.production else ""
-        env = childenv.sealed({**childenv.libpq_vars(drill_final_url),
-                               "DATABASE_URL": drill_final_url.app_url(dialect),
+        env = childenv.sealed({**childenv.libpq_vars(reach),
+                               "DATABASE_URL": reach.app_url(dialect),
                                "PYTEST_ADDOPTS": f"--junitxml={junit}"},
                               pass_env=drill.options.pass_env)
+        evidence.add(f"the integration command ran {iso.describe()}")
         t0 = time.monotonic()
         with drill.phase("integration"):
             try:
-                done = subprocess.run(shlex.split(command), env=env, capture_output=True,
+                done = subprocess.run(argv, env=env, capture_output=True,
                                       text=True, errors="replace", check=False,
                                       timeout=drill.options.integration_timeout_s)
                 code, out = done.returncode, done.stdout + done.stderr
@@ -452,7 +467,13 @@ def _scrub(text: str, url: ConnInfo) -> str:
 def test_production_was_not_touched(drill: DrillState, evidence: Evidence) -> None:
     """The drill works on a copy: production's Alembic revision and schema must be exactly
     as they were when the drill started, whatever Alembic's env.py or the integration
-    command did. A change here means a drill reached production."""
+    command did. A change here means a drill reached production. It says what it can know:
+    what was compared, and how application code was kept away."""
+    iso = drill.isolation
+    if iso is not None and iso.level == isolation.NETWORK:
+        evidence.add("application code ran network-isolated (only the sandbox reachable)")
+    elif iso is not None:
+        evidence.add(f"application code ran with a sealed environment only: {iso.reason}")
     if drill.production is None:
         evidence.add("no production database configured (DATABASE_URL or PG* variables): "
                      "nothing the drill could have touched")
@@ -463,7 +484,15 @@ def test_production_was_not_touched(drill: DrillState, evidence: Evidence) -> No
                      "the drill could reach it either")
         return
     try:
-        evidence.add(guard.confirm_unchanged(drill.production, drill.production_before))
+        line = guard.confirm_unchanged(drill.production, drill.production_before,
+                                       observer=observer.current())
+        evidence.add(line)
+        if line.startswith("production unchanged"):
+            evidence.add("schema and Alembic revision unchanged; application code ran "
+                         + ("network-isolated (only the sandbox reachable)"
+                            if iso is not None and iso.level == isolation.NETWORK
+                            else f"with a sealed environment only: "
+                                 f"{iso.reason if iso else 'unknown'}"))
     except ProductionTouched as exc:
         raise CheckFailed(str(exc), expected=drill.production_before.describe()
                           if drill.production_before else None, found="changed") from exc

@@ -67,6 +67,11 @@ def _client(timeout: float) -> Any:
     return docker.from_env(timeout=max(1, round(timeout)), use_ssh_client=ssh)
 
 
+def engine_address() -> str:
+    """Where the engine is, as the Docker CLI would find it."""
+    return _where()
+
+
 def _where() -> str:
     host = os.environ.get("DOCKER_HOST")
     if host:
