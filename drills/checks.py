@@ -468,34 +468,30 @@ def test_production_was_not_touched(drill: DrillState, evidence: Evidence) -> No
     """The drill works on a copy: production's Alembic revision and schema must be exactly
     as they were when the drill started, whatever Alembic's env.py or the integration
     command did. A change here means a drill reached production. It says what it can know:
-    what was compared, and how application code was kept away."""
+    what was compared, and how application code was kept away, never more."""
     iso = drill.isolation
-    if iso is not None and iso.level == isolation.NETWORK:
-        evidence.add("application code ran network-isolated (only the sandbox reachable)")
-    elif iso is not None:
-        evidence.add(f"application code ran with a sealed environment only: {iso.reason}")
+    how = ("network-isolated (only the sandbox reachable)"
+           if iso is not None and iso.level == isolation.NETWORK else
+           f"with a sealed environment only: {iso.reason if iso else 'isolation unknown'}")
     if drill.production is None:
         evidence.add("no production database configured (DATABASE_URL or PG* variables): "
                      "nothing the drill could have touched")
-        return
-    if drill.production_before is None:
+    elif drill.production_before is None:
         evidence.add(f"production ({drill.production.redacted}) was out of reach from the "
                      "drill host when the drill started; with every child sealed, nothing in "
                      "the drill could reach it either")
-        return
-    try:
-        line = guard.confirm_unchanged(drill.production, drill.production_before,
-                                       observer=observer.current())
+    else:
+        try:
+            line = guard.confirm_unchanged(drill.production, drill.production_before,
+                                           observer=observer.current())
+        except ProductionTouched as exc:
+            raise CheckFailed(str(exc), expected=drill.production_before.describe(),
+                              found="changed") from exc
         evidence.add(line)
         if line.startswith("production unchanged"):
-            evidence.add("schema and Alembic revision unchanged; application code ran "
-                         + ("network-isolated (only the sandbox reachable)"
-                            if iso is not None and iso.level == isolation.NETWORK
-                            else f"with a sealed environment only: "
-                                 f"{iso.reason if iso else 'unknown'}"))
-    except ProductionTouched as exc:
-        raise CheckFailed(str(exc), expected=drill.production_before.describe()
-                          if drill.production_before else None, found="changed") from exc
+            evidence.add(f"schema and Alembic revision unchanged; application code ran {how}")
+            return
+    evidence.add(f"application code ran {how}")
 
 
 def _junit_cases(path: Path) -> list[dict[str, Any]]:
