@@ -1,0 +1,119 @@
+"""The isolation's pure parts: the exact argv, which sockets and files are hidden, the
+launcher's arguments, the relay's startup-packet parsing, the observer's wire format."""
+
+from __future__ import annotations
+
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+
+from backup_core import db, guard, isolate_exec, isolation, relay
+from drills import observer
+
+TABLE = """\
+Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00010000 0001 01 1001 /tmp/pg/.s.PGSQL.5432
+0000000000000000: 00000002 00000000 00010000 0001 01 1002 /run/relay/.s.PGSQL.6432
+0000000000000000: 00000003 00000000 00000000 0001 03 1003 /tmp/pg/.s.PGSQL.5433
+0000000000000000: 00000002 00000000 00010000 0001 01 1004 /run/docker.sock
+0000000000000000: 00000002 00000000 00010000 0001 01 1005 @.s.PGSQL.abstract
+0000000000000000: 00000002 00000000 00010000 0001 01 1006
+"""
+
+
+def test_isolated_argv_is_exact_as_root_and_through_a_user_namespace() -> None:
+    assert isolation.isolated_argv(["pytest", "-q"], hide=["/a/.s.PGSQL.5432", "/h/.pgpass"],
+                                   root=True, unshare_path="/usr/bin/unshare") == [
+        "/usr/bin/unshare", "--net", "--mount", "--propagation", "private", "--",
+        sys.executable, "-m", "backup_core.isolate_exec", "--hide", "/a/.s.PGSQL.5432",
+        "--hide", "/h/.pgpass", "--", "pytest", "-q"]
+    assert isolation.isolated_argv(["true"], hide=[], root=False, unshare_path="unshare") == [
+        "unshare", "--net", "--mount", "--propagation", "private", "--user",
+        "--map-current-user", "--", sys.executable, "-m", "backup_core.isolate_exec", "--",
+        "true"]
+
+
+def test_only_listening_postgres_sockets_with_a_path_are_hidden() -> None:
+    assert isolation.listening_pg_sockets(TABLE) == ["/tmp/pg/.s.PGSQL.5432",
+                                                     "/run/relay/.s.PGSQL.6432"]
+
+
+def test_hidden_paths_keep_the_allowed_socket_and_add_libpq_files(tmp_path: Path) -> None:
+    sock_dir = tmp_path / "pg"
+    sock_dir.mkdir()
+    live, allowed = sock_dir / ".s.PGSQL.5432", sock_dir / ".s.PGSQL.6432"
+    live.touch()
+    allowed.touch()
+    table = "header\n" + "".join(f"0: 00000002 00000000 00010000 0001 01 1 {p}\n"
+                                 for p in (live, allowed, sock_dir / ".s.PGSQL.1"))
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".pgpass").write_text("x")
+    sysconf = tmp_path / "etc"
+    sysconf.mkdir()
+    (sysconf / "pg_service.conf").write_text("[prod]\n")
+    hidden = isolation.hidden_paths([str(allowed)], table=table,
+                                    env={"HOME": str(home), "PGSYSCONFDIR": str(sysconf)})
+    # a socket gone since /proc/net/unix was read, and an absent service file, are skipped
+    assert hidden == sorted([str(live), str(home / ".pgpass"),
+                             str(sysconf / "pg_service.conf")])
+
+
+def test_isolation_off_is_environment_only_and_says_why(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    isolation.probe.cache_clear()
+    monkeypatch.setenv("ATB_ISOLATION", "off")
+    try:
+        iso = isolation.probe()
+        assert (iso.level, iso.reason, iso.network) == ("environment only", "ATB_ISOLATION=off",
+                                                        False)
+        assert isolation.wrap(["x"], env={}) == (["x"], iso)
+    finally:
+        isolation.probe.cache_clear()
+    assert iso.describe() == "environment only (ATB_ISOLATION=off)"
+    assert isolation.Isolation("network", "ns", ("127.0.0.1:6379",)).describe() == (
+        "network (ns; let through: 127.0.0.1:6379)")
+
+
+def test_the_launcher_reads_its_arguments_or_refuses() -> None:
+    assert isolate_exec.parse(["--hide", "/a", "--hide", "/b", "--", "cmd", "--hide"]) == (
+        ["/a", "/b"], ["cmd", "--hide"])
+    for bad in ([], ["--hide", "/a"], ["cmd"], ["--"]):
+        with pytest.raises(isolate_exec.IsolationFailed, match="usage"):
+            isolate_exec.parse(bad)
+    assert isolate_exec.main(["--"]) == 3
+
+
+def _startup(**params: str) -> bytes:
+    body = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
+    return struct.pack("!ii", len(body) + 8, 196608) + body
+
+
+def test_startup_packets_are_parsed_as_the_server_would() -> None:
+    start = relay.parse_startup(_startup(user="app", database="copy", options="-c x=1"))
+    assert start.params == (("user", "app"), ("database", "copy"), ("options", "-c x=1"))
+    assert (start.database, start.cancel) == ("copy", False)
+    assert relay.parse_startup(_startup(user="app")).database == "app"  # libpq's default
+    ssl = struct.pack("!ii", 8, relay.SSL_REQUEST)
+    assert relay.parse_startup(ssl).code == relay.SSL_REQUEST
+    assert relay.parse_startup(struct.pack("!iiii", 16, relay.CANCEL_REQUEST, 1, 2)).cancel
+    for bad, why in ((b"\0\0\0", "short"), (_startup(user="a")[:-1], "length"),
+                     (struct.pack("!ii", 8, 2 << 16), "protocol"),
+                     (struct.pack("!ii", 10, 196608) + b"ab", "unterminated")):
+        with pytest.raises(ValueError, match=why):
+            relay.parse_startup(bad)
+
+
+def test_a_refusal_is_a_fatal_error_response() -> None:
+    body = b"SFATAL\0VFATAL\0C28000\0Matb: no\0\0"
+    assert relay.error_response("atb: no") == b"E" + struct.pack("!i", len(body) + 4) + body
+
+
+def test_observations_cross_the_boundary_unchanged() -> None:
+    obs = guard.Observation(identity=db.Identity("port 5432, started 1", 16384, "app"),
+                            alembic_revision=None, schema_hash="abc")
+    assert observer.decode(observer.encode(obs)) == obs
+    assert observer.decode(observer.encode(None)) is None
+    assert observer.observer_for("/nonexistent/observer.sock")(None) is None
