@@ -107,10 +107,11 @@ def drill_isolation(options: DrillOptions) -> Isolation:
         where = docker_engine.engine_address()
         if options.sandbox == "auto" and not docker_engine.probe(None).ok:
             return iso  # auto becomes local: a cluster started inside the namespace
-        if not where.startswith("unix://"):
+        if not docker_engine.shares_files(where):
             return Isolation(isolation.ENVIRONMENT_ONLY,
-                             f"the Docker engine at {where} is not local: its container "
-                             "cannot be reached from inside a network namespace")
+                             f"the Docker engine at {where} is not on this host's unix "
+                             "socket: its container cannot be reached from inside a network "
+                             "namespace")
     return iso
 
 
