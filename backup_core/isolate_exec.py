@@ -2,8 +2,10 @@
 network namespace's loopback up (it starts down, and a local sandbox or a relay listener may
 want it), cover each `--hide` path with /dev/null, then become the real command.
 
-`python -m backup_core.isolate_exec [--hide PATH]... -- ARGV...`; one line on stderr and
-exit 3 when a step fails, so nothing runs half-isolated.
+`python -m backup_core.isolate_exec [--hide PATH]... [--forward HOST:PORT=SOCKET]... --
+ARGV...`; one line on stderr and exit 3 when a step fails, so nothing runs half-isolated.
+A forward (`--allow-service`) listens on HOST:PORT inside and carries each connection to
+SOCKET, a relay outside; its process dies with the command.
 """
 
 from __future__ import annotations
@@ -12,14 +14,17 @@ import ctypes
 import ctypes.util
 import fcntl
 import os
+import signal
 import socket
 import struct
 import sys
+import threading
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 MS_BIND = 4096
+PR_SET_PDEATHSIG = 1
 EXIT_FAILED = 3
 EXIT_NOT_FOUND = 127  # as a shell says it
 
@@ -45,22 +50,100 @@ def cover(path: str) -> None:
         raise IsolationFailed(f"cannot hide {path}: {os.strerror(err)}")
 
 
-def parse(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(paths to hide, the command) from `[--hide P]... -- CMD...`."""
+def parse(argv: list[str]) -> tuple[list[str], dict[str, str], list[str]]:
+    """(paths to hide, HOST:PORT -> socket to forward, the command) from
+    `[--hide P]... [--forward HOST:PORT=SOCKET]... -- CMD...`."""
     hide: list[str] = []
+    forward: dict[str, str] = {}
     i = 0
-    while i < len(argv) and argv[i] == "--hide" and i + 1 < len(argv):
-        hide.append(argv[i + 1])
+    while i + 1 < len(argv) and argv[i] in ("--hide", "--forward"):
+        if argv[i] == "--hide":
+            hide.append(argv[i + 1])
+        else:
+            addr, sep, path = argv[i + 1].partition("=")
+            if not sep or not path:
+                raise IsolationFailed(f"--forward takes HOST:PORT=SOCKET, not {argv[i + 1]!r}")
+            forward[addr] = path
         i += 2
     if i >= len(argv) or argv[i] != "--" or i + 1 >= len(argv):
-        raise IsolationFailed("usage: isolate_exec [--hide PATH]... -- COMMAND...")
-    return hide, argv[i + 1:]
+        raise IsolationFailed("usage: isolate_exec [--hide PATH]... "
+                              "[--forward HOST:PORT=SOCKET]... -- COMMAND...")
+    return hide, forward, argv[i + 1:]
+
+
+def listen(addr: str) -> socket.socket:
+    host, _, port = addr.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, int(port)))
+    s.listen(16)
+    return s
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            s.close()
+
+
+def _serve_forwards(listeners: list[tuple[socket.socket, str]]) -> None:
+    """The forwarder process: accept on each listener, connect to its socket, pipe."""
+    def accept(listener: socket.socket, path: str) -> None:
+        while True:
+            client, _ = listener.accept()
+            up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                up.connect(path)
+            except OSError:
+                client.close()
+                up.close()
+                continue
+            threading.Thread(target=_pipe, args=(client, up), daemon=True).start()
+            threading.Thread(target=_pipe, args=(up, client), daemon=True).start()
+
+    threads = [threading.Thread(target=accept, args=pair, daemon=True) for pair in listeners]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def start_forwards(forward: dict[str, str]) -> None:
+    """Listen on each address now (before the command can look), and serve them from a
+    child process that dies with the command (this process, after exec)."""
+    if not forward:
+        return
+    listeners = [(listen(addr), path) for addr, path in forward.items()]
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:
+                os._exit(0)
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):  # never hold the command's output pipes open
+                os.dup2(null, fd)
+            _serve_forwards(listeners)
+        finally:
+            os._exit(0)
+    for listener, _ in listeners:
+        listener.close()
 
 
 def main(argv: list[str]) -> int:
     try:
-        hide, command = parse(argv)
+        hide, forward, command = parse(argv)
         loopback_up()
+        start_forwards(forward)
         for path in hide:
             try:
                 cover(path)

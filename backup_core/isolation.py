@@ -13,8 +13,10 @@ drill says so and the child still gets a sealed environment (see `childenv`).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -23,6 +25,7 @@ from functools import cache
 from pathlib import Path
 
 from backup_core.conninfo import ConnInfo, ambient_env
+from backup_core.errors import ConfigError
 from backup_core.relay import Relay
 
 NETWORK = "network"
@@ -67,11 +70,74 @@ def unshare_argv(unshare: str, *, root: bool) -> list[str]:
 
 
 def isolated_argv(argv: list[str], *, hide: Iterable[str], root: bool,
-                  unshare_path: str) -> list[str]:
-    """`argv` run by `isolate_exec` inside new network and mount namespaces, `hide` covered."""
+                  unshare_path: str, forward: Mapping[str, str] | None = None) -> list[str]:
+    """`argv` run by `isolate_exec` inside new network and mount namespaces, `hide` covered,
+    each `forward` HOST:PORT listened on inside and carried to its unix socket outside."""
     hidden = [part for path in hide for part in ("--hide", path)]
+    forwards = [part for addr, path in (forward or {}).items()
+                for part in ("--forward", f"{addr}={path}")]
     return [*unshare_argv(unshare_path, root=root), sys.executable, "-m",
-            "backup_core.isolate_exec", *hidden, "--", *argv]
+            "backup_core.isolate_exec", *hidden, *forwards, "--", *argv]
+
+
+def split_service(text: str) -> tuple[str, int]:
+    """(host, port) of `HOST:PORT` or `[IPV6]:PORT`."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--allow-service takes HOST:PORT (a port from 1 to 65535), not "
+                          f"{text!r}")
+    return host, int(port)
+
+
+def check_service(text: str) -> str:
+    """`--allow-service HOST:PORT`, on a loopback address (the namespace listens on the same
+    address inside, so the suite's configuration works unchanged); exit 2 otherwise."""
+    host, port = split_service(text)
+    if host != "localhost":
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ConfigError(f"--allow-service {text}: only loopback addresses (127.0.0.1, "
+                              "::1, localhost) can be let into the drill's namespace; run a "
+                              "local forwarder to the service and name that")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _addresses(host: str, port: int) -> set[tuple[str, int]]:
+    try:
+        return {(str(info[4][0]), port) for info in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM)}
+    except OSError:
+        return set()
+
+
+def refuse_production_service(services: Iterable[str], production: ConnInfo | None) -> None:
+    """Refuse (exit 2) a service that is production's address by any host of its conninfo
+    (resolved), or production's port on loopback when production listens on a socket or on
+    loopback (the same server, by another route)."""
+    if production is None:
+        return
+    hosts = (production.get("hostaddr") or production.host or "/tmp").split(",")
+    ports = (production.port or "5432").split(",")
+    prod: set[tuple[str, int]] = set()
+    local_ports: set[int] = set()
+    for i, host in enumerate(hosts):
+        port = int(ports[i] if i < len(ports) else ports[-1])
+        if host.startswith("/") or host.startswith("@"):
+            local_ports.add(port)
+            continue
+        found = _addresses(host, port)
+        prod |= found
+        if any(ipaddress.ip_address(a.split("%")[0]).is_loopback for a, _ in found):
+            local_ports.add(port)
+    for text in services:
+        host, port = split_service(text)
+        if _addresses(host, port) & prod or port in local_ports:
+            raise ConfigError(f"--allow-service {text} is production's address "
+                              f"({production.redacted}): it is never let through")
 
 
 @cache
@@ -162,7 +228,8 @@ INSIDE = Isolation(NETWORK, "inside the drill's network namespace already")
 
 
 def wrap(argv: list[str], *, allow: Iterable[str] = (),
-         env: Mapping[str, str] | None = None) -> tuple[list[str], Isolation]:
+         env: Mapping[str, str] | None = None,
+         forward: Mapping[str, str] | None = None) -> tuple[list[str], Isolation]:
     """`argv` as it should run: inside the namespaces when the platform allows and we are
     not inside them already; else unchanged (the caller still seals its environment)."""
     env = os.environ if env is None else env
@@ -173,8 +240,10 @@ def wrap(argv: list[str], *, allow: Iterable[str] = (),
         return argv, iso
     unshare = shutil.which("unshare")
     assert unshare is not None
+    allow = [*allow, *(forward or {}).values()]
     return isolated_argv(argv, hide=hidden_paths(allow), root=os.geteuid() == 0,
-                         unshare_path=unshare), iso
+                         unshare_path=unshare, forward=forward), Isolation(
+                             iso.level, iso.reason, tuple(forward or ()))
 
 
 @contextlib.contextmanager

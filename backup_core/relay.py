@@ -100,9 +100,11 @@ class Relay:
     """`<private dir>/.s.PGSQL.<port>` forwarding to `upstream`'s server (its first host).
     `url()` is `upstream` reached through the relay; everything is closed on exit."""
 
-    def __init__(self, upstream: ConnInfo, *, only_database: str | None = None) -> None:
+    def __init__(self, upstream: ConnInfo, *, only_database: str | None = None,
+                 raw: bool = False) -> None:
         self.upstream = upstream
         self.only_database = only_database
+        self.raw = raw  # any TCP service: bytes forwarded as they come, nothing parsed
         self.port = int((upstream.port or "5432").split(",")[0])
         self._dir: Path | None = None
         self._listener: socket.socket | None = None
@@ -117,7 +119,7 @@ class Relay:
 
     @property
     def socket_path(self) -> Path:
-        return self.socket_dir / f".s.PGSQL.{self.port}"
+        return self.socket_dir / ("service.sock" if self.raw else f".s.PGSQL.{self.port}")
 
     def url(self) -> ConnInfo:
         """`upstream` by the relay's socket: TLS, if asked, is the relay's business."""
@@ -210,6 +212,12 @@ class Relay:
         up: socket.socket | None = None
         try:
             self._track(client)
+            if self.raw:
+                up = self._track(self._connect_upstream())
+                up.settimeout(None)
+                threading.Thread(target=self._pipe, args=(up, client), daemon=True).start()
+                self._pipe(client, up)
+                return
             client.settimeout(30)
             while True:
                 packet = read_packet(client)

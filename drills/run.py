@@ -127,6 +127,7 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
     """Run the drill; raise `CommandFailed` when it could not even produce a result, and
     `SafetyRefusal` (exit 8), before anything starts, for a sandbox server that is
     production's."""
+    isolation.refuse_production_service(options.allow_service, production)
     if options.sandbox == "server" and options.sandbox_url:
         guard.refuse_production_server(
             ConnInfo.parse(options.sandbox_url, what="ATB_SANDBOX_URL"), production)
@@ -148,7 +149,13 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
                 relay = stack.enter_context(Relay(ConnInfo.parse(
                     options.sandbox_url, what="ATB_SANDBOX_URL")))
                 sandbox_url, allow = relay.url().secret_url, [str(relay.socket_path)]
-            argv, iso = isolation.wrap(argv, allow=allow)
+            forward = {}
+            for service in options.allow_service:  # let through: a relay outside, a
+                host, port = isolation.split_service(service)  # listener inside
+                out = stack.enter_context(Relay(ConnInfo.make(dbname="-", host=host,
+                                                              port=port), raw=True))
+                forward[service] = str(out.socket_path)
+            argv, iso = isolation.wrap(argv, allow=allow, forward=forward)
         base = drill_env(options, production, env, iso=iso, observer_socket=observer_socket,
                          sandbox_url=sandbox_url)
         tail: collections.deque[str] = collections.deque(maxlen=40)

@@ -9,10 +9,13 @@ connects; production's rows are unchanged (`fingerprint`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -253,3 +256,46 @@ def test_the_isolated_launcher_covers_a_live_postgres_socket(pg15: Cluster) -> N
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("blocked:") and "Connection refused" in done.stdout
+
+
+def test_an_allowed_service_is_let_through_and_production_never_is(
+    production: tuple[ConnInfo, Path], tmp_path: Path
+) -> None:
+    """--allow-service 127.0.0.1:PORT (a mock server the suite needs) reaches that server
+    from inside, at the same address, and is recorded; production's address is refused
+    before anything starts (exit 2, no report)."""
+    prod, path = production
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = server.accept()
+                with conn:
+                    conn.sendall(b"mock says hello " + conn.recv(100))
+
+    threading.Thread(target=answer, daemon=True).start()
+    script = tmp_path / "mock.sh"
+    script.write_text(
+        f"#!/bin/sh\nexec {sys.executable} -c \"import socket; s = socket.create_connection("
+        f"('127.0.0.1', {port}), timeout=10); s.sendall(b'drill'); print(s.recv(100))\"\n")
+    script.chmod(0o755)
+    try:
+        done, result = _drill(path, tmp_path, "--integration-cmd", str(script),
+                              "--allow-service", f"127.0.0.1:{port}", url=prod, env={})
+    finally:
+        server.close()
+    assert result, done.stderr
+    assert result["integration"]["output_tail"] == "b'mock says hello drill'"
+    assert result["isolation"]["level"] == "network"
+    assert result["isolation"]["allowed"] == [f"127.0.0.1:{port}"]
+    assert f"let through: 127.0.0.1:{port}" in Path(result["reports"]["md"]).read_text()
+    refused = atb("drill", "run", "--backup", str(path), "--no-record", "--report-dir",
+                  str(tmp_path / "refused"), "--allow-service", f"localhost:{prod.port}",
+                  url=prod)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr == (f"atb: error: --allow-service localhost:{prod.port} is "
+                              f"production's address ({prod.redacted}): it is never let "
+                              "through\n")
+    assert not (tmp_path / "refused").exists()

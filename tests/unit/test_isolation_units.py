@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from backup_core import db, guard, isolate_exec, isolation, relay
+from backup_core.conninfo import ConnInfo
+from backup_core.errors import ConfigError
 from drills import observer
 
 TABLE = """\
@@ -77,9 +79,39 @@ def test_isolation_off_is_environment_only_and_says_why(
         "network (ns; let through: 127.0.0.1:6379)")
 
 
+def test_isolated_argv_carries_each_forward() -> None:
+    assert isolation.isolated_argv(["t"], hide=[], root=True, unshare_path="u",
+                                   forward={"127.0.0.1:6379": "/r/service.sock"})[6:] == [
+        sys.executable, "-m", "backup_core.isolate_exec", "--forward",
+        "127.0.0.1:6379=/r/service.sock", "--", "t"]
+
+
+def test_allowed_services_are_loopback_addresses_and_never_production() -> None:
+    assert [isolation.check_service(s) for s in ("127.0.0.1:6379", "[::1]:80",
+                                                 "localhost:8080", "127.0.0.2:1")] == [
+        "127.0.0.1:6379", "[::1]:80", "localhost:8080", "127.0.0.2:1"]
+    for bad, why in (("10.0.0.5:6379", "only loopback"), ("cache.internal:6379", "only "
+                     "loopback"), ("127.0.0.1", "HOST:PORT"), ("127.0.0.1:0", "HOST:PORT"),
+                     (":80", "HOST:PORT"), ("127.0.0.1:http", "HOST:PORT")):
+        with pytest.raises(ConfigError, match=why):
+            isolation.check_service(bad)
+    prod = ConnInfo.make(dbname="app", host="localhost", port=5433)
+    for same in ("127.0.0.1:5433", "localhost:5433"):
+        with pytest.raises(ConfigError, match="production's address"):
+            isolation.refuse_production_service([same], prod)
+    socket_prod = ConnInfo.make(dbname="app", host="/run/postgresql", port=5432)
+    with pytest.raises(ConfigError, match="production's address"):  # its TCP side, maybe
+        isolation.refuse_production_service(["127.0.0.1:5432"], socket_prod)
+    isolation.refuse_production_service(["127.0.0.1:6379"], prod)
+    isolation.refuse_production_service(["127.0.0.1:5433"], None)
+
+
 def test_the_launcher_reads_its_arguments_or_refuses() -> None:
-    assert isolate_exec.parse(["--hide", "/a", "--hide", "/b", "--", "cmd", "--hide"]) == (
-        ["/a", "/b"], ["cmd", "--hide"])
+    assert isolate_exec.parse(["--hide", "/a", "--forward", "127.0.0.1:6379=/r/s.sock",
+                               "--hide", "/b", "--", "cmd", "--hide"]) == (
+        ["/a", "/b"], {"127.0.0.1:6379": "/r/s.sock"}, ["cmd", "--hide"])
+    with pytest.raises(isolate_exec.IsolationFailed, match="HOST:PORT=SOCKET"):
+        isolate_exec.parse(["--forward", "127.0.0.1:1", "--", "x"])
     for bad in ([], ["--hide", "/a"], ["cmd"], ["--"]):
         with pytest.raises(isolate_exec.IsolationFailed, match="usage"):
             isolate_exec.parse(bad)
