@@ -148,7 +148,10 @@ def main(argv: list[str]) -> int:
             try:
                 cover(path)
             except IsolationFailed:
-                if os.path.lexists(path):  # gone meanwhile: nothing left to hide
+                # gone meanwhile, or out of our reach anyway (another user's private
+                # directory, without root): nothing to hide from us
+                if os.path.lexists(path) and (os.access(path, os.R_OK)
+                                              or os.access(path, os.W_OK)):
                     raise
         os.environ["ATB_ISOLATION_ACTIVE"] = "1"
     except (IsolationFailed, OSError) as exc:
