@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -299,3 +300,59 @@ def test_an_allowed_service_is_let_through_and_production_never_is(
                               f"production's address ({prod.redacted}): it is never let "
                               "through\n")
     assert not (tmp_path / "refused").exists()
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                stat = (proc / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(proc.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "zombie" not in (Path(f"/proc/{pid}/status").read_text().split("State:")[1]
+                                .splitlines()[0])
+    except (OSError, IndexError):
+        return False
+
+
+def test_a_drill_whose_atb_is_killed_tears_itself_down(
+    production: tuple[ConnInfo, Path], tmp_path: Path
+) -> None:
+    """kill -9 of `atb drill run`: its pytest child is told (SIGINT, by the kernel) and
+    stops the integration command and the sandbox server: nothing of the drill survives."""
+    _, path = production
+    marker = tmp_path / "integration-started"
+    slow = tmp_path / "slow.sh"
+    slow.write_text(f"#!/bin/sh\ntouch {marker}\nsleep 120\n")
+    slow.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    proc = subprocess.Popen([sys.executable, "-m", "drills.cli", "drill", "run", "--backup",
+                             str(path), "--sandbox", "local", "--no-record",
+                             "--integration-cmd", str(slow), "--report-dir",
+                             str(tmp_path / "r")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert marker.exists(), "the integration command should have started"
+    drill_processes = _descendants(proc.pid)
+    assert len(drill_processes) >= 3  # pytest, the sandbox's postgres, the command
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while any(_alive(p) for p in drill_processes) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [p for p in drill_processes if _alive(p)] == []

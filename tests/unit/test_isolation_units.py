@@ -149,3 +149,18 @@ def test_observations_cross_the_boundary_unchanged() -> None:
     assert observer.decode(observer.encode(obs)) == obs
     assert observer.decode(observer.encode(None)) is None
     assert observer.observer_for("/nonexistent/observer.sock")(None) is None
+
+
+def test_the_archiver_row_crosses_the_boundary_unchanged() -> None:
+    from datetime import UTC, datetime
+
+    from backup_core.errors import AtbError
+    from backup_core.wal_status import Archiver
+
+    row = Archiver(last_archived_wal="000000010000000000000004",
+                   last_archived_at=datetime(2026, 11, 29, 9, 0, tzinfo=UTC),
+                   last_failed_wal=None, last_failed_at=None, failed_count=0,
+                   archive_mode="on")
+    assert observer.decode_archiver(observer.encode_archiver(row)) == row
+    with pytest.raises(AtbError, match="connection refused"):
+        observer.decode_archiver(b'{"error": "connection refused"}')
