@@ -6,7 +6,10 @@ matters, and a failure shows what was expected, what was found, and the tool's o
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
+import signal
 import subprocess
 import tempfile
 import time
@@ -434,14 +437,9 @@ def test_application_integration_suite_passes(drill: DrillState, drill_final_url
         t0 = time.monotonic()
         with drill.phase("integration"):
             try:
-                done = subprocess.run(argv, env=env, capture_output=True,
-                                      text=True, errors="replace", check=False,
-                                      timeout=drill.options.integration_timeout_s)
-                code, out = done.returncode, done.stdout + done.stderr
+                code, out = _run_command(argv, env, drill.options.integration_timeout_s)
             except FileNotFoundError as exc:
                 code, out = 127, f"command not found: {exc.filename}"
-            except subprocess.TimeoutExpired as exc:
-                code, out = 124, f"timed out after {human(exc.timeout)}"
         cases = _junit_cases(junit)
     tail = _scrub("\n".join(out.splitlines()[-40:]), drill_final_url)
     drill.integration = IntegrationFacts(command=command, exit_code=code,
@@ -455,6 +453,30 @@ def test_application_integration_suite_passes(drill: DrillState, drill_final_url
     if code != 0:
         raise CheckFailed(f"the integration command exited {code}", expected="exit 0",
                           found=f"exit {code}", output=tail)
+
+
+def _run_command(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """(exit code, output) of the integration command, run as a process group of its own:
+    on a timeout, an interruption or atb's death, the whole group goes, not only its
+    first process (a shell script's children would otherwise outlive the drill)."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True, errors="replace",
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        return 124, f"timed out after {human(timeout)}"
+    except BaseException:
+        _kill_group(proc)
+        raise
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
 
 
 def _scrub(text: str, url: ConnInfo) -> str:

@@ -404,7 +404,6 @@ def drill_migration(drill: DrillState, drill_url: ConnInfo,
     before = look(production)
     with drill.phase("migrate"):
         result = upgrade_head(ini, drill_url)
-    drill.facts["migration_isolation"] = result.isolation
     try:
         drill.facts["production_after_migrate"] = guard.confirm_unchanged(production, before,
                                                                           observer=look)

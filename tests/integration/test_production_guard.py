@@ -112,6 +112,7 @@ def test_alembic_migrates_the_copy_and_never_production(
                    url=prod, env={"ATB_TARGET_URL": target.secret_url})
     assert done.returncode == 0, done.stderr
     assert "alembic: 0001_initial -> 0002_probe" in done.stdout
+    assert "alembic ran network (new network and mount namespaces" in done.stdout
     assert "guard: production unchanged" in done.stdout
     with db.connect(target) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (
