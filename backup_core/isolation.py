@@ -178,6 +178,29 @@ def listening_pg_sockets(table: str) -> list[str]:
     return found
 
 
+# where servers make their sockets by default (Debian's, upstream's) besides PGHOST's
+DEFAULT_SOCKET_DIRS = ("/run/postgresql", "/var/run/postgresql", "/tmp")
+
+
+def socket_dirs(env: Mapping[str, str]) -> list[str]:
+    """Directories to search for sockets on disk besides /proc/net/unix, which lists only
+    this network namespace's: a server in a container whose socket directory is mounted
+    from the host is reachable by its path, yet listed nowhere here."""
+    dirs = [*DEFAULT_SOCKET_DIRS, *(h for h in env.get("PGHOST", "").split(",")
+                                   if h.startswith("/"))]
+    return list(dict.fromkeys(dirs))
+
+
+def socket_files(dirs: Iterable[str]) -> list[str]:
+    """The `.s.PGSQL.*` sockets in `dirs` (not below them)."""
+    found = []
+    for d in dirs:
+        with contextlib.suppress(OSError):
+            found += [str(p) for p in Path(d).glob(f"{SOCKET_PREFIX}*")
+                      if p.is_socket()]
+    return found
+
+
 def libpq_files(env: Mapping[str, str]) -> list[Path]:
     """Where libpq reads passwords and service definitions unless told otherwise."""
     home = Path(env.get("HOME") or Path.home())
@@ -192,7 +215,7 @@ def libpq_files(env: Mapping[str, str]) -> list[Path]:
 
 
 def hidden_paths(allow: Iterable[str] = (), *, env: Mapping[str, str] | None = None,
-                 table: str | None = None) -> list[str]:
+                 table: str | None = None, dirs: Iterable[str] | None = None) -> list[str]:
     """What to cover inside the namespace: every PostgreSQL socket listening on this host
     (read here, in the host's namespace: inside, /proc/net/unix is empty) but those in
     `allow`, and libpq's password and service files that exist."""
@@ -203,8 +226,9 @@ def hidden_paths(allow: Iterable[str] = (), *, env: Mapping[str, str] | None = N
         except OSError:
             table = ""
     keep = {os.path.realpath(p) for p in allow}
-    paths = [p for p in listening_pg_sockets(table)
-             if os.path.realpath(p) not in keep and os.path.exists(p)]
+    found = listening_pg_sockets(table) + socket_files(socket_dirs(env) if dirs is None
+                                                       else dirs)
+    paths = [p for p in found if os.path.realpath(p) not in keep and os.path.exists(p)]
     paths += [str(f) for f in libpq_files(env) if f.is_file()]
     return sorted(dict.fromkeys(paths))
 

@@ -3,6 +3,7 @@ launcher's arguments, the relay's startup-packet parsing, the observer's wire fo
 
 from __future__ import annotations
 
+import socket
 import struct
 import sys
 from pathlib import Path
@@ -56,11 +57,19 @@ def test_hidden_paths_keep_the_allowed_socket_and_add_libpq_files(tmp_path: Path
     sysconf = tmp_path / "etc"
     sysconf.mkdir()
     (sysconf / "pg_service.conf").write_text("[prod]\n")
-    hidden = isolation.hidden_paths([str(allowed)], table=table,
-                                    env={"HOME": str(home), "PGSYSCONFDIR": str(sysconf)})
+    mounted = tmp_path / "mounted"  # a container's socket directory: on disk, not listed
+    mounted.mkdir()
+    (mounted / ".s.PGSQL.5432.lock").touch()
+    (mounted / ".s.PGSQL.7").touch()  # not a socket
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(mounted / ".s.PGSQL.5432"))
+        hidden = isolation.hidden_paths([str(allowed)], table=table, dirs=[str(mounted)],
+                                        env={"HOME": str(home), "PGSYSCONFDIR": str(sysconf)})
     # a socket gone since /proc/net/unix was read, and an absent service file, are skipped
-    assert hidden == sorted([str(live), str(home / ".pgpass"),
-                             str(sysconf / "pg_service.conf")])
+    assert hidden == sorted([str(live), str(mounted / ".s.PGSQL.5432"),
+                             str(home / ".pgpass"), str(sysconf / "pg_service.conf")])
+    assert isolation.socket_dirs({"PGHOST": "/srv/pg,db.example,/run/postgresql"}) == [
+        "/run/postgresql", "/var/run/postgresql", "/tmp", "/srv/pg"]
 
 
 def test_isolation_off_is_environment_only_and_says_why(
