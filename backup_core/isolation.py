@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from backup_core import db
 from backup_core.conninfo import ConnInfo, ambient_env
 from backup_core.errors import ConfigError
 from backup_core.relay import Relay
@@ -282,6 +283,20 @@ def isolated(argv: list[str], target: ConnInfo) -> Iterator[tuple[list[str], Con
     if not probe().network:
         yield argv, target, probe()
         return
-    with Relay(target, only_database=target.dbname) as relay:
+    found = resolved(target)
+    with Relay(found, only_database=found.dbname) as relay:
         wrapped, iso = wrap(argv, allow=[str(relay.socket_path)])
         yield wrapped, relay.url(), iso
+
+
+def resolved(target: ConnInfo) -> ConnInfo:
+    """`target` with the host and port libpq actually reached, when a service file or the
+    defaults chose them (the relay needs an address; the child gets no service file)."""
+    if target.host and not target.get("service"):
+        return target
+    with db.connect(target) as conn:
+        params = {k: v for k, v in conn.info.get_parameters().items() if k != "service"}
+        password = conn.info.password
+        params.update(host=conn.info.host, port=str(conn.info.port))
+    found = target.with_params(**params, service="", hostaddr="")
+    return found if found.password or not password else found.with_password(password)

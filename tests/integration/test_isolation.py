@@ -356,3 +356,30 @@ def test_a_drill_whose_atb_is_killed_tears_itself_down(
     while any(_alive(p) for p in drill_processes) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert [p for p in drill_processes if _alive(p)] == []
+
+
+def test_a_target_named_by_service_is_relayed_to_the_server_the_service_names(
+    pg15: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relay needs an address: a target given as `service=` is resolved first, as libpq
+    resolves it, and the isolated child (which gets no service file) reaches it."""
+    from backup_core import isolation
+
+    target = make_database(pg15, rows=1)
+    services = tmp_path / "pg_service.conf"
+    services.write_text(f"[copy]\nhost={target.host}\nport={target.port}\n"
+                        f"dbname={target.dbname}\nuser=postgres\npassword={target.password}\n")
+    monkeypatch.setenv("PGSERVICEFILE", str(services))  # where atb's own process finds it
+    named = ConnInfo.parse("service=copy", env={"PGSERVICEFILE": str(services)})
+    found = isolation.resolved(named)
+    assert (found.host, found.port, found.dbname, found.get("service")) == (
+        target.host, target.port, target.dbname, "")
+    assert found.password == target.password
+    with isolation.isolated([sys.executable, "-c", "import os, psycopg; print(psycopg.connect("
+                             "os.environ['URL']).execute('SELECT current_database()')"
+                             ".fetchone()[0])"], named) as (argv, reach, iso):
+        done = subprocess.run(argv, env={"PATH": os.environ["PATH"],
+                                         "URL": reach.secret_url},
+                              capture_output=True, text=True, check=False)
+    assert iso.level == "network"
+    assert (done.returncode, done.stdout.strip()) == (0, target.dbname), done.stderr
