@@ -25,6 +25,12 @@ SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 MS_BIND = 4096
 PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+# what the command never gets back: mounting (to uncover what we hid) and entering other
+# namespaces (CAP_SYS_ADMIN), the network's configuration, tracing other processes
+CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_SYS_ADMIN = 12, 19, 21
 EXIT_FAILED = 3
 EXIT_NOT_FOUND = 127  # as a shell says it
 
@@ -48,6 +54,17 @@ def cover(path: str) -> None:
     if libc.mount(b"/dev/null", os.fsencode(path), None, MS_BIND, None) != 0:
         err = ctypes.get_errno()
         raise IsolationFailed(f"cannot hide {path}: {os.strerror(err)}")
+
+
+def drop_capabilities() -> None:
+    """Before exec: the command and its children cannot undo the isolation. Ambient
+    capabilities (kept through `unshare --keep-caps` without root) are cleared too."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    for cap in (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_SYS_PTRACE):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise IsolationFailed(f"cannot drop capability {cap}: "
+                                  f"{os.strerror(ctypes.get_errno())}")
+    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
 
 
 def parse(argv: list[str]) -> tuple[list[str], dict[str, str], list[str]]:
@@ -153,6 +170,7 @@ def main(argv: list[str]) -> int:
                 if os.path.lexists(path) and (os.access(path, os.R_OK)
                                               or os.access(path, os.W_OK)):
                     raise
+        drop_capabilities()
         os.environ["ATB_ISOLATION_ACTIVE"] = "1"
     except (IsolationFailed, OSError) as exc:
         print(f"atb: isolation failed: {exc}", file=sys.stderr)

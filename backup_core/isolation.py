@@ -62,11 +62,11 @@ class Isolation:
 
 
 def unshare_argv(unshare: str, *, root: bool) -> list[str]:
-    """The namespaces every isolated child gets; without root, through a user namespace in
-    which we are root (so that mounts and `lo` are ours to change)."""
+    """The namespaces every isolated child gets; without root, through a user namespace whose
+    capabilities the launcher keeps (so that mounts and `lo` are ours to change)."""
     argv = [unshare, "--net", "--mount", "--propagation", "private"]
-    if not root:
-        argv += ["--user", "--map-current-user"]
+    if not root:  # our own uid inside; the launcher keeps the namespace's capabilities
+        argv += ["--user", "--map-current-user", "--keep-caps"]  # (it drops them before exec)
     return [*argv, "--"]
 
 

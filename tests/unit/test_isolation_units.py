@@ -34,8 +34,8 @@ def test_isolated_argv_is_exact_as_root_and_through_a_user_namespace() -> None:
         "--hide", "/h/.pgpass", "--", "pytest", "-q"]
     assert isolation.isolated_argv(["true"], hide=[], root=False, unshare_path="unshare") == [
         "unshare", "--net", "--mount", "--propagation", "private", "--user",
-        "--map-current-user", "--", sys.executable, "-m", "backup_core.isolate_exec", "--",
-        "true"]
+        "--map-current-user", "--keep-caps", "--", sys.executable, "-m",
+        "backup_core.isolate_exec", "--", "true"]
 
 
 def test_only_listening_postgres_sockets_with_a_path_are_hidden() -> None:
