@@ -39,6 +39,20 @@ class IsolationFailed(Exception):
     """A step of the isolation could not be made."""
 
 
+def check_namespaces() -> None:
+    """Refuse to change anything in the host's own namespaces (run by hand, say): covers
+    and `lo` belong to the namespaces `unshare` just made. `unshare` execs without forking,
+    so our parent is the process that asked, in the namespaces we must differ from."""
+    for kind in ("net", "mnt"):
+        try:
+            same = os.readlink(f"/proc/self/ns/{kind}") == os.readlink(
+                f"/proc/{os.getppid()}/ns/{kind}")
+        except OSError:  # the parent's namespaces are not ours to read: we are not in them
+            continue
+        if same:
+            raise IsolationFailed(f"not in a new {kind} namespace: run through unshare")
+
+
 def loopback_up() -> None:
     """`ip link set lo up`, by ioctl: no `ip` needed."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -159,6 +173,7 @@ def start_forwards(forward: dict[str, str]) -> None:
 def main(argv: list[str]) -> int:
     try:
         hide, forward, command = parse(argv)
+        check_namespaces()
         loopback_up()
         start_forwards(forward)
         for path in hide:
@@ -171,7 +186,9 @@ def main(argv: list[str]) -> int:
                                               or os.access(path, os.W_OK)):
                     raise
         drop_capabilities()
-        os.environ["ATB_ISOLATION_ACTIVE"] = "1"
+        # names this network namespace: our children know they are inside it, and a copy of
+        # the variable that reaches a process elsewhere means nothing there
+        os.environ["ATB_ISOLATION_ACTIVE"] = os.readlink("/proc/self/ns/net")
     except (IsolationFailed, OSError) as exc:
         print(f"atb: isolation failed: {exc}", file=sys.stderr)
         return EXIT_FAILED

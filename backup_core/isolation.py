@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -143,7 +144,8 @@ def refuse_production_service(services: Iterable[str], production: ConnInfo | No
 
 @cache
 def probe() -> Isolation:
-    """What this platform allows, tried once per process: a trial `unshare ... true`."""
+    """What this platform allows, tried once per process: the launcher run in trial
+    (namespaces, loopback, a cover, the capability drop) before `true`."""
     if os.environ.get(SWITCH_ENV, "").lower() == "off":
         return Isolation(ENVIRONMENT_ONLY, f"{SWITCH_ENV}=off")
     if not sys.platform.startswith("linux"):
@@ -152,17 +154,20 @@ def probe() -> Isolation:
     if unshare is None:
         return Isolation(ENVIRONMENT_ONLY, "unshare (util-linux) is not installed")
     root = os.geteuid() == 0
-    try:
-        done = subprocess.run([*unshare_argv(unshare, root=root), "true"],
-                              capture_output=True, text=True, timeout=20, check=False,
-                              stdin=subprocess.DEVNULL, env={"PATH": os.environ.get(
-                                  "PATH", os.defpath)})
-    except (OSError, subprocess.SubprocessError) as exc:
-        return Isolation(ENVIRONMENT_ONLY, f"unshare cannot run: {exc}")
+    env = {k: os.environ[k] for k in ("PATH", "PYTHONPATH") if k in os.environ}
+    # the launcher itself, covering a file: every step a real child needs, tried once
+    with tempfile.NamedTemporaryFile(prefix="atb-probe-") as trial:
+        try:
+            done = subprocess.run(isolated_argv(["true"], hide=[trial.name], root=root,
+                                                unshare_path=unshare),
+                                  capture_output=True, text=True, timeout=30, check=False,
+                                  stdin=subprocess.DEVNULL, env=env)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return Isolation(ENVIRONMENT_ONLY, f"unshare cannot run: {exc}")
     if done.returncode != 0:
         why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
         how = "as root" if root else "through a user namespace"
-        return Isolation(ENVIRONMENT_ONLY, f"unshare cannot create namespaces {how}: {why}")
+        return Isolation(ENVIRONMENT_ONLY, f"the namespaces cannot be made {how}: {why}")
     return Isolation(NETWORK, "new network and mount namespaces: only the sandbox is "
                               "reachable; the host's PostgreSQL sockets, pgpass and service "
                               "files are hidden")
@@ -234,19 +239,14 @@ def hidden_paths(allow: Iterable[str] = (), *, env: Mapping[str, str] | None = N
     return sorted(dict.fromkeys(paths))
 
 
-def inside_namespace() -> bool:
-    """True unless this process visibly shares init's network namespace (a variable alone
-    never switches isolation off)."""
-    try:
-        return os.readlink("/proc/self/ns/net") != os.readlink("/proc/1/ns/net")
-    except OSError:  # not ours to read (no root): trust the variable our parent set
-        return True
-
-
 def already_inside(env: Mapping[str, str] | None = None) -> bool:
-    """True in a child that `isolate_exec` started: its own children are inside too."""
+    """True in a child that `isolate_exec` started (or its children): the variable it set
+    names the network namespace this process is in."""
     env = os.environ if env is None else env
-    return env.get(ACTIVE_ENV) == "1" and inside_namespace()
+    try:
+        return bool(env.get(ACTIVE_ENV)) and env[ACTIVE_ENV] == os.readlink("/proc/self/ns/net")
+    except OSError:
+        return False
 
 
 INSIDE = Isolation(NETWORK, "inside the drill's network namespace already")

@@ -125,6 +125,8 @@ def test_the_launcher_reads_its_arguments_or_refuses() -> None:
         with pytest.raises(isolate_exec.IsolationFailed, match="usage"):
             isolate_exec.parse(bad)
     assert isolate_exec.main(["--"]) == 3
+    with pytest.raises(isolate_exec.IsolationFailed, match="not in a new net namespace"):
+        isolate_exec.check_namespaces()  # here, in the host's: nothing may be changed
 
 
 def _startup(**params: str) -> bytes:
