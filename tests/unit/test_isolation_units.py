@@ -175,3 +175,15 @@ def test_the_archiver_row_crosses_the_boundary_unchanged() -> None:
     assert observer.decode_archiver(observer.encode_archiver(row)) == row
     with pytest.raises(AtbError, match="connection refused"):
         observer.decode_archiver(b'{"error": "connection refused"}')
+
+
+def test_a_stray_active_variable_never_switches_isolation_off() -> None:
+    """Only the namespace the launcher named counts as inside: `1`, or the host's own
+    namespace copied from elsewhere, is not."""
+    import os
+
+    assert not isolation.already_inside({"ATB_ISOLATION_ACTIVE": "1"})
+    assert not isolation.already_inside({"ATB_ISOLATION_ACTIVE": "net:[1]"})
+    assert not isolation.already_inside({})
+    here = os.readlink("/proc/self/ns/net")
+    assert isolation.already_inside({"ATB_ISOLATION_ACTIVE": here})
