@@ -328,8 +328,18 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _processes_mentioning(text: str) -> set[int]:
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if text.encode() in (proc / "cmdline").read_bytes() and _alive(int(proc.name)):
+                    found.add(int(proc.name))
+    return found
+
+
 def test_a_drill_whose_atb_is_killed_tears_itself_down(
-    production: tuple[ConnInfo, Path], tmp_path: Path
+    production: tuple[ConnInfo, Path], tmp_path: Path, sandbox_tmp: Path
 ) -> None:
     """kill -9 of `atb drill run`: its pytest child is told (SIGINT, by the kernel) and
     stops the integration command and the sandbox server: nothing of the drill survives."""
@@ -339,23 +349,29 @@ def test_a_drill_whose_atb_is_killed_tears_itself_down(
     slow.write_text(f"#!/bin/sh\ntouch {marker}\nsleep 120\n")
     slow.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["TMPDIR"] = str(sandbox_tmp)  # the sandbox's server is found by its data directory
     proc = subprocess.Popen([sys.executable, "-m", "drills.cli", "drill", "run", "--backup",
                              str(path), "--sandbox", "local", "--no-record",
                              "--integration-cmd", str(slow), "--report-dir",
                              str(tmp_path / "r")], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert marker.exists(), "the integration command should have started"
-    drill_processes = _descendants(proc.pid)
-    assert len(drill_processes) >= 3  # pytest, the sandbox's postgres, the command
-    proc.kill()
-    proc.wait()
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert marker.exists(), "the integration command should have started"
+        drill_processes = _descendants(proc.pid) | _processes_mentioning(str(sandbox_tmp))
+        assert _processes_mentioning(str(sandbox_tmp)), "the sandbox server should run now"
+        assert any(b"sleep" in Path(f"/proc/{p}/cmdline").read_bytes()
+                   for p in drill_processes if _alive(p))
+    finally:
+        proc.kill()
+        proc.wait()
     deadline = time.monotonic() + 60
     while any(_alive(p) for p in drill_processes) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert [p for p in drill_processes if _alive(p)] == []
+    assert _processes_mentioning(str(sandbox_tmp)) == set()
 
 
 def test_a_target_named_by_service_is_relayed_to_the_server_the_service_names(
