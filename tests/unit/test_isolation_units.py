@@ -187,3 +187,16 @@ def test_a_stray_active_variable_never_switches_isolation_off() -> None:
     assert not isolation.already_inside({})
     here = os.readlink("/proc/self/ns/net")
     assert isolation.already_inside({"ATB_ISOLATION_ACTIVE": here})
+
+
+def test_a_drill_on_a_remote_docker_engine_is_environment_only_and_says_why(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from drills.options import DrillOptions
+    from drills.run import drill_isolation
+
+    monkeypatch.setenv("DOCKER_HOST", "tcp://10.0.0.7:2376")
+    iso = drill_isolation(DrillOptions(sandbox="docker"))
+    assert (iso.level, iso.reason) == (
+        "environment only", "the Docker engine at tcp://10.0.0.7:2376 is not on this host's "
+        "unix socket: its container cannot be reached from inside a network namespace")
+    assert drill_isolation(DrillOptions(sandbox="local")) == isolation.probe()
