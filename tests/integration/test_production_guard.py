@@ -397,7 +397,7 @@ def test_an_unreachable_production_is_refused_by_name_and_asked_only_once_by_a_d
     assert atb("db", "restore", str(path), env={"DATABASE_URL": dead,
                                                 "ATB_TARGET_URL": other.secret_url}
                ).returncode == 0
-    done, result = _drill(path, tmp_path, "--sandbox", "local", env={"DATABASE_URL": dead})
+    _, result = _drill(path, tmp_path, "--sandbox", "local", env={"DATABASE_URL": dead})
     untouched = next(c for c in result["checks"]
                      if c["name"] == "test_production_was_not_touched")
     assert untouched["outcome"] == "passed"
