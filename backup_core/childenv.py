@@ -5,8 +5,10 @@ the drill's pytest) gets its environment from `sealed`."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -21,7 +23,7 @@ ALLOWED = frozenset({
     "TEMP", "TMP", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONDONTWRITEBYTECODE",
     "PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONUTF8", "PYTHONWARNINGS", "SSL_CERT_FILE",
     "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "NO_COLOR", "FORCE_COLOR", "COLUMNS", "LINES", "CI",
-    "PG_BINDIR", "ATB_PG_USER", "SOURCE_DATE_EPOCH",
+    "PG_BINDIR", "ATB_PG_USER", "SOURCE_DATE_EPOCH", "ATB_ISOLATION", "ATB_ISOLATION_ACTIVE",
 })
 ALLOWED_PREFIXES = ("LC_",)
 # Never passed on, even when asked: they name or unlock a database.
@@ -42,15 +44,36 @@ def check_pass_env(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
+_empty: dict[str, str] = {}
+
+
+def _empty_libpq_files() -> dict[str, str]:
+    """PGPASSFILE and PGSERVICEFILE naming empty private files and PGSYSCONFDIR an empty
+    private directory, made once per process: libpq then finds no password or service of
+    the user's (production's) unless a child is handed them on purpose."""
+    if not _empty or not os.path.isdir(_empty["PGSYSCONFDIR"]):
+        tmp = tempfile.mkdtemp(prefix="atb-libpq-")
+        atexit.register(shutil.rmtree, tmp, True)
+        for var, name in (("PGPASSFILE", "pgpass"), ("PGSERVICEFILE", "pg_service.conf")):
+            os.close(os.open(os.path.join(tmp, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                             0o600))
+            _empty[var] = os.path.join(tmp, name)
+        os.mkdir(os.path.join(tmp, "sysconf"), 0o700)
+        _empty["PGSYSCONFDIR"] = os.path.join(tmp, "sysconf")
+    return dict(_empty)
+
+
 def sealed(extra: Mapping[str, str] | None = None, *, pass_env: Iterable[str] = (),
            base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The allow-listed part of `base` (our environment), the names in `pass_env`, then
-    `extra` (a database's libpq variables, DATABASE_URL for the sandbox)."""
+    """The allow-listed part of `base` (our environment), the names in `pass_env`, libpq's
+    password and service files pointed at empty ones, then `extra` (a database's libpq
+    variables, DATABASE_URL for the sandbox)."""
     base = os.environ if base is None else base
     wanted = set(pass_env)
     env = {k: v for k, v in base.items()
            if (k in ALLOWED or k.startswith(ALLOWED_PREFIXES) or k in wanted)
            and not _forbidden(k)}
+    env.update(_empty_libpq_files())
     env.update(extra or {})
     return env
 
@@ -71,6 +94,12 @@ def for_tool(info: ConnInfo) -> Iterator[tuple[str, dict[str, str]]]:
     with no secret on its argv. `sslpassword`, which has no variable, goes through a
     private service file that lives as long as the `with` block."""
     env = libpq_vars(info)
+    if not info.password and not info.get("passfile"):
+        # a database the user named for atb's own tools (production for pg_dump) may rely
+        # on ~/.pgpass, which sealed environments otherwise point away from
+        pgpass = Path(os.environ.get("HOME") or Path.home()) / ".pgpass"
+        if pgpass.is_file():
+            env["PGPASSFILE"] = str(pgpass)
     ssl_password = dict(info.secrets).get("sslpassword")
     if not ssl_password:
         yield info.conninfo, env

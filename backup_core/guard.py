@@ -9,6 +9,7 @@ When production cannot be reached to tell, a target that could be it is refused.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,13 +86,18 @@ def observe(production: ConnInfo | None) -> Observation | None:
         return None
 
 
-def confirm_unchanged(production: ConnInfo | None, before: Observation | None) -> str:
-    """An evidence line that production is as it was; `ProductionTouched` when it is not."""
+Observer = Callable[[ConnInfo | None], Observation | None]
+
+
+def confirm_unchanged(production: ConnInfo | None, before: Observation | None, *,
+                      observer: Observer | None = None) -> str:
+    """An evidence line that production is as it was; `ProductionTouched` when it is not.
+    `observer` looks at production when this process cannot (an isolated drill child)."""
     if production is None:
         return "no production database configured: nothing to confirm"
     if before is None:
         return "production could not be observed beforehand: unchanged-check not possible"
-    after = observe(production)
+    after = (observer or observe)(production)
     if after is None:
         return "production could not be observed afterwards: unchanged-check not possible"
     if (after.alembic_revision, after.schema_hash) != (before.alembic_revision,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backup_core import childenv, db, extras, inventory
+from backup_core import childenv, db, extras, inventory, isolation
 from backup_core.conninfo import ConnInfo, redact
 from backup_core.errors import ConfigError
 from backup_core.runner import last_line, run
@@ -32,6 +32,7 @@ class MigrateResult:
     duration_s: float
     output: str
     error: str = ""
+    isolation: str = ""  # how Alembic was kept from every database but the target
 
     @property
     def at_head(self) -> bool:
@@ -55,13 +56,17 @@ def alembic_env(target: ConnInfo) -> dict[str, str]:
             "ATB_ALEMBIC_URL": target.sqlalchemy_url, "PYTHONUNBUFFERED": "1"}
 
 
-def _run_child(ini: Path, target: ConnInfo) -> tuple[dict[str, Any], str]:
-    """Run `alembic_child` once: (its result, its redacted output)."""
-    with tempfile.TemporaryDirectory(prefix="atb-alembic-") as tmp:
+def _run_child(ini: Path, target: ConnInfo) -> tuple[dict[str, Any], str, str]:
+    """Run `alembic_child` once: (its result, its redacted output, its isolation). Where
+    the platform allows, it runs network-isolated and reaches the target only through a
+    relay that opens no other database: an env.py that finds production's URL anywhere
+    (a `.env` file, a variable atb does not know, a hard-coded socket) reaches nothing."""
+    argv = [sys.executable, "-m", "backup_core.alembic_child", str(ini)]
+    with isolation.isolated(argv, target) as (argv, reach, iso), \
+            tempfile.TemporaryDirectory(prefix="atb-alembic-") as tmp:
         result_file = Path(tmp) / "result.json"
-        done = run([sys.executable, "-m", "backup_core.alembic_child", str(ini)],
-                   what="alembic upgrade head",
-                   env={**alembic_env(target), "ATB_ALEMBIC_RESULT": str(result_file)},
+        done = run(argv, what="alembic upgrade head",
+                   env={**alembic_env(reach), "ATB_ALEMBIC_RESULT": str(result_file)},
                    check=False, cwd=ini.parent, timeout=3600)
         out = redact((done.stdout + done.stderr).strip())
         try:
@@ -71,7 +76,7 @@ def _run_child(ini: Path, target: ConnInfo) -> tuple[dict[str, Any], str]:
     if not isinstance(result, dict):
         result = {"ok": False, "heads": [], "error": last_line(out)}
     result["error"] = redact(str(result.get("error") or ""))
-    return result, out
+    return result, out, iso.describe()
 
 
 def current_revision(target: ConnInfo) -> str | None:
@@ -89,7 +94,7 @@ def upgrade_head(ini: Path, target: ConnInfo) -> MigrateResult:
     extras.require("migrate", what="running Alembic")
     before = current_revision(target)
     t0 = time.monotonic()
-    result, out = _run_child(ini, target)
+    result, out, how = _run_child(ini, target)
     duration = time.monotonic() - t0
     if result.get("heads") is None:
         raise ConfigError(f"cannot read the Alembic scripts of {ini}: {result['error']}",
@@ -98,7 +103,7 @@ def upgrade_head(ini: Path, target: ConnInfo) -> MigrateResult:
     return MigrateResult(ok=bool(result.get("ok")), before=before, after=after,
                          heads=tuple(str(h) for h in result["heads"]),
                          duration_s=round(duration, 3), output=_tail(out),
-                         error=result["error"])
+                         error=result["error"], isolation=how)
 
 
 def _tail(text: str, lines: int = 60) -> str:

@@ -6,7 +6,10 @@ matters, and a failure shows what was expected, what was found, and the tool's o
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
+import signal
 import subprocess
 import tempfile
 import time
@@ -16,7 +19,17 @@ from typing import Any
 
 import pytest
 
-from backup_core import childenv, db, guard, heartbeat, inventory, probes, status, toolchain
+from backup_core import (
+    childenv,
+    db,
+    guard,
+    heartbeat,
+    inventory,
+    isolation,
+    probes,
+    status,
+    toolchain,
+)
 from backup_core.catalog import Backup
 from backup_core.conninfo import ConnInfo, redact
 from backup_core.durations import human
@@ -24,6 +37,7 @@ from backup_core.errors import ProductionTouched
 from backup_core.migrate import MigrateResult
 from backup_core.runner import run
 from backup_core.verify import VerifyResult
+from drills import observer
 from drills.failures import CheckFailed
 from drills.plugin import Evidence, RestoreOutcome
 from drills.result import IntegrationFacts, RpoFacts
@@ -411,24 +425,21 @@ def test_application_integration_suite_passes(drill: DrillState, drill_final_url
     if not command:
         pytest.skip("no --integration-cmd given")
     evidence.add(confirm_sandbox(drill_final_url, drill_sandbox))
-    with tempfile.TemporaryDirectory(prefix="atb-junit-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="atb-junit-") as tmp, \
+            isolation.isolated(shlex.split(command), drill_final_url) as (argv, reach, iso):
         junit = Path(tmp) / "junit.xml"
         dialect = drill.production.dialect if drill.production else ""
-        env = childenv.sealed({**childenv.libpq_vars(drill_final_url),
-                               "DATABASE_URL": drill_final_url.app_url(dialect),
+        env = childenv.sealed({**childenv.libpq_vars(reach),
+                               "DATABASE_URL": reach.app_url(dialect),
                                "PYTEST_ADDOPTS": f"--junitxml={junit}"},
                               pass_env=drill.options.pass_env)
+        evidence.add(f"the integration command ran {iso.describe()}")
         t0 = time.monotonic()
         with drill.phase("integration"):
             try:
-                done = subprocess.run(shlex.split(command), env=env, capture_output=True,
-                                      text=True, errors="replace", check=False,
-                                      timeout=drill.options.integration_timeout_s)
-                code, out = done.returncode, done.stdout + done.stderr
+                code, out = _run_command(argv, env, drill.options.integration_timeout_s)
             except FileNotFoundError as exc:
                 code, out = 127, f"command not found: {exc.filename}"
-            except subprocess.TimeoutExpired as exc:
-                code, out = 124, f"timed out after {human(exc.timeout)}"
         cases = _junit_cases(junit)
     tail = _scrub("\n".join(out.splitlines()[-40:]), drill_final_url)
     drill.integration = IntegrationFacts(command=command, exit_code=code,
@@ -444,6 +455,30 @@ def test_application_integration_suite_passes(drill: DrillState, drill_final_url
                           found=f"exit {code}", output=tail)
 
 
+def _run_command(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """(exit code, output) of the integration command, run as a process group of its own:
+    on a timeout, an interruption or atb's death, the whole group goes, not only its
+    first process (a shell script's children would otherwise outlive the drill)."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True, errors="replace",
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        return 124, f"timed out after {human(timeout)}"
+    except BaseException:
+        _kill_group(proc)
+        raise
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+
+
 def _scrub(text: str, url: ConnInfo) -> str:
     text = redact(text)
     return text.replace(url.password, "***") if url.password else text
@@ -452,21 +487,31 @@ def _scrub(text: str, url: ConnInfo) -> str:
 def test_production_was_not_touched(drill: DrillState, evidence: Evidence) -> None:
     """The drill works on a copy: production's Alembic revision and schema must be exactly
     as they were when the drill started, whatever Alembic's env.py or the integration
-    command did. A change here means a drill reached production."""
+    command did. A change here means a drill reached production. It says what it can know:
+    what was compared, and how application code was kept away, never more."""
+    iso = drill.isolation
+    how = ("network-isolated (only the sandbox reachable)"
+           if iso is not None and iso.level == isolation.NETWORK else
+           f"with a sealed environment only: {iso.reason if iso else 'isolation unknown'}")
     if drill.production is None:
         evidence.add("no production database configured (DATABASE_URL or PG* variables): "
                      "nothing the drill could have touched")
-        return
-    if drill.production_before is None:
+    elif drill.production_before is None:
         evidence.add(f"production ({drill.production.redacted}) was out of reach from the "
                      "drill host when the drill started; with every child sealed, nothing in "
                      "the drill could reach it either")
-        return
-    try:
-        evidence.add(guard.confirm_unchanged(drill.production, drill.production_before))
-    except ProductionTouched as exc:
-        raise CheckFailed(str(exc), expected=drill.production_before.describe()
-                          if drill.production_before else None, found="changed") from exc
+    else:
+        try:
+            line = guard.confirm_unchanged(drill.production, drill.production_before,
+                                           observer=observer.current())
+        except ProductionTouched as exc:
+            raise CheckFailed(str(exc), expected=drill.production_before.describe(),
+                              found="changed") from exc
+        evidence.add(line)
+        if line.startswith("production unchanged"):
+            evidence.add(f"schema and Alembic revision unchanged; application code ran {how}")
+            return
+    evidence.add(f"application code ran {how}")
 
 
 def _junit_cases(path: Path) -> list[dict[str, Any]]:

@@ -442,6 +442,7 @@ def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, with_
         click.echo(f"alembic: {result.migrate.before or '-'} -> {result.migrate.after or '-'} "
                    f"in {human(result.migrate.duration_s)} (script head "
                    f"{', '.join(result.migrate.heads)})")
+        click.echo(f"alembic ran {result.migrate.isolation}")
     for line in result.guard:
         click.echo(f"guard: {line}")
 

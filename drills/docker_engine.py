@@ -1,5 +1,6 @@
 """The Docker engine as the drill sees it: does one answer, does it have the image, and a
-PostgreSQL container published on loopback only.
+PostgreSQL container with no network at all, reached through its unix socket in a private
+directory of ours (a local engine), or published on loopback only (a TCP engine).
 
 The engine is found as the Docker CLI finds it (the Docker SDK's `from_env`: DOCKER_HOST,
 TLS variables, `ssh://` hosts and the current context), so `auto` and testcontainers agree.
@@ -13,6 +14,7 @@ import os
 import secrets
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,6 +24,7 @@ from backup_core.reaper import OWNER_LABEL, Owner, reap_containers
 log = logging.getLogger("atb.sandbox")
 
 DEFAULT_IMAGE = "postgres:{major}"
+SOCKET_DIR_IN_CONTAINER = "/var/run/postgresql"
 LABEL = "atb.drill"  # on every drill container, so a test (or an operator) can find them
 # testcontainers says "Pulling image" at INFO even for a local image; its errors still reach us
 logging.getLogger("testcontainers").setLevel(logging.WARNING)
@@ -68,6 +71,11 @@ def _client(timeout: float) -> Any:
 
     ssh = os.environ.get("DOCKER_HOST", "").startswith("ssh://")
     return docker.from_env(timeout=max(1, round(timeout)), use_ssh_client=ssh)
+
+
+def engine_address() -> str:
+    """Where the engine is, as the Docker CLI would find it."""
+    return _where()
 
 
 def _where() -> str:
@@ -145,10 +153,19 @@ def engine_is_local(where: str) -> bool:
     return host in ("localhost", "127.0.0.1", "::1")
 
 
-def postgres_container(spec: ContainerSpec, *, loopback: bool) -> Any:
-    """testcontainers' PostgresContainer for `spec`, named and labelled for atb, its port
-    published on 127.0.0.1 when the engine is local, and ready when `pg_isready` says so
-    (testcontainers' own wait runs psql with the password on its command line)."""
+def shares_files(where: str) -> bool:
+    """An engine on this host's unix socket: a directory of ours can be mounted into its
+    containers, so the sandbox needs no network (and is reachable from a namespace)."""
+    return where.startswith("unix://")
+
+
+def postgres_container(spec: ContainerSpec, *, loopback: bool,
+                       socket_dir: Path | None = None) -> Any:
+    """testcontainers' PostgresContainer for `spec`, named and labelled for atb, and ready
+    when `pg_isready` says so (testcontainers' own wait runs psql with the password on its
+    command line). With `socket_dir`: no network at all (`network_mode="none"`, no port
+    published), its socket directory mounted from `socket_dir`. Else its port is published
+    on 127.0.0.1 when the engine is local."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         from testcontainers.community.postgres import PostgresContainer
@@ -159,16 +176,24 @@ def postgres_container(spec: ContainerSpec, *, loopback: bool) -> Any:
         # offline engines cannot make. Set the variable to false to have it as well.
         testcontainers_config.ryuk_disabled = True
 
+    host = SOCKET_DIR_IN_CONTAINER if socket_dir is not None else "127.0.0.1"
+
     class DrillContainer(PostgresContainer):
         def _connect(self) -> None:
-            ExecWaitStrategy(["pg_isready", "--host", "127.0.0.1", "--username",
+            ExecWaitStrategy(["pg_isready", "--host", host, "--username",
                               self.username, "--dbname", self.dbname]).wait_until_ready(self)
 
     container = DrillContainer(image=spec.image, username=spec.username,
                                password=spec.password, dbname=spec.dbname, driver=None)
     container.with_command(list(spec.command))
     container.with_name(f"atb-drill-{secrets.token_hex(4)}")
-    container.with_kwargs(labels={LABEL: "1", OWNER_LABEL: Owner.current().label})
+    labels = {LABEL: "1", OWNER_LABEL: Owner.current().label}
+    if socket_dir is not None:
+        container.ports.clear()  # nothing published: there is no network to publish on
+        container.with_volume_mapping(str(socket_dir), SOCKET_DIR_IN_CONTAINER, "rw")
+        container.with_kwargs(labels=labels, network_mode="none")
+        return container
+    container.with_kwargs(labels=labels)
     if loopback:
         ports: dict[str, Any] = container.ports
         ports["5432"] = ("127.0.0.1",)  # a random port, on loopback only

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from backup_core import isolation
 from backup_core.childenv import check_pass_env
 from backup_core.durations import check_seconds, parse_duration
 from backup_core.errors import ConfigError
@@ -95,6 +96,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("pass-env", "Environment variables the integration command also gets (its "
                        "environment is otherwise an allow-list; PG* and database URLs always "
                        "point at the sandbox).", kind="list", metavar="NAME"),
+    Option("allow-service", "An address the drill's isolated processes may also reach (a "
+                            "cache, a mock server), on a loopback address; recorded in the "
+                            "report. Production's address is refused.", kind="list",
+           metavar="HOST:PORT"),
     Option("heartbeat-table", "Table holding the heartbeat SystemEvent rows.",
            "system_events"),
     Option("rto-target", "Recovery time objective the measured restore must meet.", "60m"),
@@ -199,6 +204,7 @@ class DrillOptions:
     integration_cmd: str | None = None
     integration_timeout_s: float = 1800
     pass_env: tuple[str, ...] = ()
+    allow_service: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     checks: tuple[Path, ...] = ()
     heartbeat_table: str = "system_events"
@@ -265,6 +271,8 @@ class DrillOptions:
             integration_cmd=get("integration-cmd") or None,
             integration_timeout_s=parse_duration(get("integration-timeout") or "30m"),
             pass_env=check_pass_env((get("pass-env") or "").replace(",", " ").split()),
+            allow_service=tuple(isolation.check_service(a) for a in
+                                (get("allow-service") or "").replace(",", " ").split()),
             checks=tuple(Path(p.strip()) for p in (get("checks") or "").split(",")
                          if p.strip()),
             exclude=tuple(n if n.startswith("test_") else f"test_{n}" for n in
@@ -322,7 +330,7 @@ class DrillOptions:
                 args += [f"--{name}"] if value else []
             elif f.name == "record":
                 args += [] if value else ["--no-record"]
-            elif f.name == "pass_env":
+            elif f.name in ("pass_env", "allow_service"):
                 args += [f"--{name}={','.join(value)}"] if value else []
             elif f.name == "checks":
                 args += [f"--checks={','.join(str(p.resolve()) for p in value)}"] if value \

@@ -12,12 +12,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from backup_core import heartbeat, wal_status
+from backup_core import heartbeat, pgbackrest, wal_status
 from backup_core.conninfo import ConnInfo
 from backup_core.durations import human
 from backup_core.errors import AtbError
 from backup_core.pgbackrest import Stanza
 from drills import checks as shared
+from drills import observer
 from drills.failures import CheckFailed
 from drills.pitr_fixtures import RecoveryOutcome
 from drills.plugin import Evidence
@@ -101,8 +102,9 @@ def _archiving(drill: DrillState, rpo_s: float) -> tuple[str, bool] | None:
     if production is None or o.stanza is None:
         return None
     try:
-        a = wal_status.archive_status(Stanza(o.stanza, o.pgbackrest_config), production,
-                                      now=datetime.now(UTC), rpo_s=rpo_s)
+        a = wal_status.judge(pgbackrest.info(Stanza(o.stanza, o.pgbackrest_config)),
+                             observer.read_archiver(production), now=datetime.now(UTC),
+                             rpo_s=rpo_s)
     except AtbError as exc:
         return f"archiving not judged: {exc}", True
     text = (f"archiving current: last WAL {a.last_archived_wal} archived "

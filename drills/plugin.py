@@ -7,6 +7,7 @@ a JSON result and a Markdown summary under `--report-dir`.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from backup_core import catalog, db, guard, inventory, status, toolchain
+from backup_core import catalog, db, guard, inventory, isolation, status, toolchain
 from backup_core.catalog import Backup
 from backup_core.conninfo import ConnInfo, detach_libpq_environment, redact
 from backup_core.errors import AtbError, ConfigError, ProductionTouched
@@ -28,11 +29,11 @@ from backup_core.migrate import MigrateResult, upgrade_head
 from backup_core.restore import archive_major, restore_backup
 from backup_core.verdicts import DrillVerdict, caused_by_backup, record_drill
 from backup_core.verify import VerifyResult, verify_backup
-from drills import pick, report, sandbox
+from drills import observer, pick, report, sandbox
 from drills.inert import html_text
 from drills.options import OPTIONS, DrillOptions
 from drills.options import builtin_checks as options_builtin_checks
-from drills.result import AlembicFacts, SandboxFacts
+from drills.result import AlembicFacts, IsolationFacts, SandboxFacts
 from drills.state import INCOMPLETE, DrillState, ReportPaths
 
 STATE = pytest.StashKey[DrillState]()
@@ -112,7 +113,8 @@ def pytest_configure(config: pytest.Config) -> None:
                                                    claim=True))
     state.facts["eligible"] = eligible
     state.tree = tree
-    state.production_before = guard.observe(production)
+    state.isolation = isolation_facts()
+    state.production_before = observer.current()(production)
     state.builtin = builtin
     config.stash[STATE] = state
     # The built-in checks, the user's own check paths, and what the command line named (where
@@ -185,6 +187,27 @@ def _select(options: DrillOptions, now: datetime) -> tuple[
     except pick.NothingToDrill as exc:
         return None, f"{exc} (looked in {options.backup_dir})", eligible, backups
     return chosen, None, eligible, backups
+
+
+DIRECT = ("run by pytest --drill, not atb drill run: the checks share pytest's process; "
+          "Alembic and the integration command each run isolated where the platform allows")
+
+
+def isolation_facts() -> IsolationFacts:
+    """The isolation `atb drill run` put this process in (ATB_ISOLATION_FACTS), checked
+    against where it really runs; under a direct `pytest --drill`, environment only."""
+    raw = os.environ.pop("ATB_ISOLATION_FACTS", "")
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict) or not data.get("level"):
+        return IsolationFacts(level=isolation.ENVIRONMENT_ONLY, reason=DIRECT)
+    if data["level"] == isolation.NETWORK and not isolation.already_inside():
+        return IsolationFacts(level=isolation.ENVIRONMENT_ONLY,
+                              reason="atb said network-isolated, but this process is not")
+    return IsolationFacts(level=str(data["level"]), reason=str(data.get("reason", "")),
+                          allowed=tuple(str(a) for a in data.get("allowed") or ()))
 
 
 def _add_metadata(config: pytest.Config, state: DrillState) -> None:
@@ -367,11 +390,13 @@ def drill_migration(drill: DrillState, drill_url: ConnInfo,
     drill.facts["sandbox_confirmed_before_migrate"] = sandbox.confirm_sandbox(drill_url,
                                                                               drill_sandbox)
     production = drill.reachable_production
-    before = guard.observe(production)
+    look = observer.current()
+    before = look(production)
     with drill.phase("migrate"):
         result = upgrade_head(ini, drill_url)
     try:
-        drill.facts["production_after_migrate"] = guard.confirm_unchanged(production, before)
+        drill.facts["production_after_migrate"] = guard.confirm_unchanged(production, before,
+                                                                          observer=look)
     except ProductionTouched as exc:
         drill.facts["production_touched"] = str(exc)
     drill.alembic = AlembicFacts(before=result.before, after=result.after,

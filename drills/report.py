@@ -51,6 +51,7 @@ def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
         ("Sandbox", f"{sb.provider} PostgreSQL {sb.server_version}"
                     + (f" (image {sb.image})" if sb.image else "")
                     + (f"; {sb.note}" if sb.note else "")),
+        *isolation_rows(r),
         ("Alembic", f"{a.before or '-'} -> {a.after or '-'} "
                     f"(script head {', '.join(a.heads) or '-'})"),
         ("Data", f"{b.rows if b.rows is not None else '-'} rows in "
@@ -74,6 +75,16 @@ def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
         rows.append(("Integration", f"`{i.command}` exit {i.exit_code} in "
                                     f"{human(i.duration_s)}"))
     return rows
+
+
+def isolation_rows(r: DrillResult) -> list[tuple[str, str]]:
+    """How application code was kept from production (escaped by the renderers as every
+    other row)."""
+    i = r.isolation
+    if i is None:
+        return []
+    through = f"; let through: {', '.join(i.allowed)}" if i.allowed else ""
+    return [("Isolation", f"{i.level}: {i.reason}{through}")]
 
 
 def rto_text(rto: RtoFacts) -> str:

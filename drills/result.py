@@ -52,6 +52,17 @@ class SandboxFacts:
 
 
 @dataclass(frozen=True)
+class IsolationFacts:
+    """How application code was kept from production: `network` (new namespaces, only the
+    sandbox reachable) or `environment only` (sealed environment), why, and what else was
+    let through."""
+
+    level: str = "environment only"
+    reason: str = ""
+    allowed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class AlembicFacts:
     before: str | None = None
     after: str | None = None
@@ -139,6 +150,7 @@ class DrillResult:
     reports: dict[str, str]
     options: dict[str, Any]
     pitr: PitrFacts | None = None
+    isolation: IsolationFacts | None = None
     schema: str = SCHEMA_ID
     schema_version: int = SCHEMA_VERSION
 
@@ -160,6 +172,8 @@ class DrillResult:
             rto=build(RtoFacts, data.get("rto")), rpo=build(RpoFacts, data.get("rpo")),
             integration=build(IntegrationFacts, integration) if integration else None,
             pitr=build(PitrFacts, data["pitr"]) if data.get("pitr") else None,
+            isolation=build(IsolationFacts, data["isolation"]) if data.get("isolation")
+            else None,
             not_run=dict(data.get("not_run") or {}),
             checks=tuple(build(CheckRecord, c) for c in data.get("checks") or ()),
             findings=tuple(data.get("findings") or ()),

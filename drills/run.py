@@ -1,13 +1,18 @@
 """`atb drill run`: the drill in a child pytest process, its result read back as JSON.
 
 pytest is not started twice in one process; the child gets the production URL only as
-`ATB_PRODUCTION_URL` (to refuse it), never as `DATABASE_URL`.
+`ATB_PRODUCTION_URL` (to refuse it), never as `DATABASE_URL`. Where the platform allows, the
+child runs in new network and mount namespaces (`backup_core.isolation`): its users' checks,
+Alembic and the integration command reach only the sandbox, and it sees production only
+through the read-only observer this process serves (`drills.observer`), with no password.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 import signal
@@ -19,15 +24,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from backup_core import childenv, guard, pgbackrest
+from backup_core import childenv, guard, isolation, pgbackrest
 from backup_core.conninfo import ConnInfo, redact
 from backup_core.errors import AtbError, CommandFailed, ToolchainError
+from backup_core.isolation import Isolation
 from backup_core.manifest import read_manifest
 from backup_core.naming import manifest_path
-from drills import docker_engine
+from backup_core.relay import Relay
+from drills import docker_engine, observer
 from drills.options import DrillOptions
 
 PRODUCTION_ENV = "ATB_PRODUCTION_URL"
+# the isolation the child runs under, as JSON (level, reason, allowed), for its report
+ISOLATION_ENV = "ATB_ISOLATION_FACTS"
+PR_SET_PDEATHSIG = 1
 # how the docker sandbox finds its engine and pgBackRest its repository (its credentials);
 # the integration command gets none of them
 TOOL_ENV_PREFIXES = ("DOCKER_", "TESTCONTAINERS_", "TC_", "PGBACKREST_")
@@ -49,15 +59,23 @@ def drill_argv(options: DrillOptions) -> list[str]:
 
 
 def drill_env(options: DrillOptions, production: ConnInfo | None,
-              base: Mapping[str, str] | None = None) -> dict[str, str]:
+              base: Mapping[str, str] | None = None, *, iso: Isolation | None = None,
+              observer_socket: Path | None = None,
+              sandbox_url: str | None = None) -> dict[str, str]:
     """The pytest child's sealed environment: production only as ATB_PRODUCTION_URL (to be
-    recognised and refused), the sandbox server only as ATB_SANDBOX_URL."""
+    recognised and refused), the sandbox server only as ATB_SANDBOX_URL. Isolated, the child
+    gets production without its password (it asks the observer instead)."""
     extra: dict[str, str] = {}
-    if production is not None:
+    if production is not None and observer_socket is not None:
+        extra[PRODUCTION_ENV] = replace(production, secrets=(), env=()).secret_url
+        extra[observer.SOCKET_ENV] = str(observer_socket)
+    elif production is not None:
         extra[PRODUCTION_ENV] = production.secret_url
         extra.update(dict(production.env))  # where its service= is defined
-    if options.sandbox_url:
-        extra["ATB_SANDBOX_URL"] = options.sandbox_url
+    if sandbox_url or options.sandbox_url:
+        extra["ATB_SANDBOX_URL"] = sandbox_url or options.sandbox_url or ""
+    if iso is not None:
+        extra[ISOLATION_ENV] = json.dumps(iso.as_dict())
     source = os.environ if base is None else base
     extra.update({k: v for k, v in source.items() if k.startswith(TOOL_ENV_PREFIXES)})
     return childenv.sealed(extra, pass_env=options.pass_env, base=base)
@@ -79,12 +97,37 @@ def check_docker(options: DrillOptions) -> None:
         raise ToolchainError(engine.refusal)
 
 
+def drill_isolation(options: DrillOptions) -> Isolation:
+    """How the drill child can be isolated here: the platform's answer, unless the sandbox
+    is a container on an engine the namespace cannot share."""
+    iso = isolation.probe()
+    if not iso.network or options.source == "pgbackrest":
+        return iso
+    if options.sandbox in ("docker", "auto"):
+        where = docker_engine.engine_address()
+        if options.sandbox == "auto" and not docker_engine.probe(None).ok:
+            return iso  # auto becomes local: a cluster started inside the namespace
+        if not docker_engine.shares_files(where):
+            return Isolation(isolation.ENVIRONMENT_ONLY,
+                             f"the Docker engine at {where} is not on this host's unix "
+                             "socket: its container cannot be reached from inside a network "
+                             "namespace")
+    return iso
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGINT (pytest tears the sandbox down) if atb dies."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGINT, 0, 0, 0)
+
+
 def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
               on_line: Callable[[str], None] | None = None,
               env: Mapping[str, str] | None = None) -> DrillRun:
     """Run the drill; raise `CommandFailed` when it could not even produce a result, and
     `SafetyRefusal` (exit 8), before anything starts, for a sandbox server that is
     production's."""
+    isolation.refuse_production_service(options.allow_service, production)
     if options.sandbox == "server" and options.sandbox_url:
         guard.refuse_production_server(
             ConnInfo.parse(options.sandbox_url, what="ATB_SANDBOX_URL"), production,
@@ -94,13 +137,32 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
     if options.source == "pgbackrest":  # before anything starts: exit 3 with no pgbackrest,
         # exit 2 for a stanza it does not know
         pgbackrest.info(pgbackrest.Stanza(options.stanza or "", options.pgbackrest_config))
-    base = drill_env(options, production, env)
-    with tempfile.TemporaryDirectory(prefix="atb-drill-") as tmp:
+    iso = drill_isolation(options)
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="atb-drill-"))
         result_file = Path(tmp) / "result.json"
         argv = drill_argv(replace(options, result_file=result_file))
+        observer_socket, sandbox_url, allow = None, None, []
+        if iso.network:
+            if production is not None:
+                observer_socket = stack.enter_context(observer.serve(production))
+            if options.sandbox == "server" and options.sandbox_url:
+                relay = stack.enter_context(Relay(ConnInfo.parse(
+                    options.sandbox_url, what="ATB_SANDBOX_URL")))
+                sandbox_url, allow = relay.url().secret_url, [str(relay.socket_path)]
+            forward = {}
+            for service in options.allow_service:  # let through: a relay outside, a
+                host, port = isolation.split_service(service)  # listener inside
+                out = stack.enter_context(Relay(ConnInfo.make(dbname="-", host=host,
+                                                              port=port), raw=True))
+                forward[service] = str(out.socket_path)
+            argv, iso = isolation.wrap(argv, allow=allow, forward=forward)
+        base = drill_env(options, production, env, iso=iso, observer_socket=observer_socket,
+                         sandbox_url=sandbox_url)
         tail: collections.deque[str] = collections.deque(maxlen=40)
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, text=True, errors="replace", env=base)
+                                stdin=subprocess.DEVNULL, text=True, errors="replace", env=base,
+                                preexec_fn=_die_with_parent)
         assert proc.stdout is not None
         try:
             for line in proc.stdout:

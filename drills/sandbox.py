@@ -16,9 +16,12 @@ import hmac
 import logging
 import os
 import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -103,23 +106,45 @@ def _docker(image: str, engine: docker_engine.Engine, source_major: int,
         raise AtbError(engine.refusal)
     spec = docker_engine.container_spec(image)
     loopback = docker_engine.engine_is_local(engine.where)
-    container = docker_engine.postgres_container(spec, loopback=loopback)
+    with contextlib.ExitStack() as stack:
+        socket_dir = None
+        if docker_engine.shares_files(engine.where):
+            socket_dir = stack.enter_context(_socket_dir())
+        container = docker_engine.postgres_container(spec, loopback=loopback,
+                                                     socket_dir=socket_dir)
+        try:
+            container.start()
+        except BaseException as exc:  # Ctrl-C while it starts, too: never leave a container
+            container.stop()
+            if not isinstance(exc, Exception):
+                raise
+            raise AtbError(f"the docker sandbox {image} did not start: "
+                           f"{docker_engine.short_error(exc)}") from exc
+        try:
+            if socket_dir is not None:
+                host, port = str(socket_dir), 5432
+            else:
+                host, port = docker_engine.address(container, loopback=loopback)
+            admin = ConnInfo.make(dbname="postgres", host=host, port=port,
+                                  user=spec.username, password=spec.password)
+            info = _finish(admin, "docker", t0, _optional_chain(source_major, chains))
+            yield replace(info, image=image)
+        finally:
+            container.stop()
+
+
+@contextlib.contextmanager
+def _socket_dir() -> Iterator[Path]:
+    """Where the container's server makes its socket: writable by the container's postgres
+    (0777) inside a directory only we can enter (0700), removed afterwards."""
+    private = Path(tempfile.mkdtemp(prefix="atb-docker-"))
+    shared = private / "run"
+    shared.mkdir()
+    shared.chmod(0o777)
     try:
-        container.start()
-    except BaseException as exc:  # Ctrl-C while it starts, too: never leave a container
-        container.stop()
-        if not isinstance(exc, Exception):
-            raise
-        raise AtbError(f"the docker sandbox {image} did not start: "
-                       f"{docker_engine.short_error(exc)}") from exc
-    try:
-        host, port = docker_engine.address(container, loopback=loopback)
-        admin = ConnInfo.make(dbname="postgres", host=host, port=port, user=spec.username,
-                              password=spec.password)
-        info = _finish(admin, "docker", t0, _optional_chain(source_major, chains))
-        yield replace(info, image=image)
+        yield shared
     finally:
-        container.stop()
+        shutil.rmtree(private, ignore_errors=True)
 
 
 # -- local and server ------------------------------------------------------------------------

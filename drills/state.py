@@ -24,6 +24,7 @@ from drills.result import (
     CheckRecord,
     DrillResult,
     IntegrationFacts,
+    IsolationFacts,
     PitrFacts,
     RpoFacts,
     RtoFacts,
@@ -91,6 +92,7 @@ class DrillState:
     alembic: AlembicFacts | None = None
     rpo: RpoFacts | None = None
     pitr: PitrFacts | None = None
+    isolation: IsolationFacts | None = None
     checks_started: float | None = None
     production_before: Observation | None = None
     # the backup tree as scanned to pick from (None with --backup): read once per drill
@@ -209,7 +211,7 @@ class DrillState:
                 other_phases={p: v for p, v in self.phases.items() if p not in RTO_PHASES}),
             rpo=self.rpo or RpoFacts(target_s=self.options.rpo_target_s),
             integration=self.integration,
-            pitr=self.pitr,
+            pitr=self.pitr, isolation=self.isolation,
             not_run=self.not_run(),
             checks=tuple(self.checks),
             findings=tuple(self.findings),

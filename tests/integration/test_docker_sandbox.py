@@ -1,6 +1,7 @@
 """The docker sandbox against a real engine and a real image (.ci/run starts dockerd and
-builds `atb-postgres:15` offline): a passing drill, teardown on failure and on Ctrl-C, ports
-on loopback only, and `auto` choosing local (and saying why) when the image is missing."""
+builds `atb-postgres:15` offline): a passing drill (network-isolated), teardown on failure
+and on Ctrl-C, no network and no published port (its socket instead), and `auto` choosing
+local (and saying why) when the image is missing."""
 
 from __future__ import annotations
 
@@ -25,20 +26,25 @@ def _image_template(image: str) -> str:
     return image.replace(":15", ":{major}")
 
 
-def test_the_container_is_published_on_loopback_only_and_removed(
+def test_the_container_has_no_network_and_is_reached_by_its_socket_then_removed(
         docker_image: str, chains: list[toolchain.Toolchain]) -> None:
+    """A local engine: no network, no published port; the server's socket directory is a
+    private directory of ours (how an isolated drill reaches it), removed with the container."""
     before = set(docker_engine.drill_containers())
     with sandbox.open_sandbox("docker", source_major=15, chains=chains,
                               docker_image=_image_template(docker_image)) as info:
         assert info.provider == "docker" and info.server_version.startswith("15.")
-        assert info.image == docker_image and info.url.get("host") == "127.0.0.1"
+        socket_dir = Path(info.url.get("host"))
+        assert info.image == docker_image and (socket_dir / ".s.PGSQL.5432").is_socket()
+        assert socket_dir.parent.stat().st_mode & 0o777 == 0o700
         with db.connect(info.url) as conn:
             assert conn.execute("SHOW fsync").fetchone() == ("off",)
         [name] = set(docker_engine.drill_containers()) - before
         client = docker.from_env()
         try:
-            bindings = client.api.inspect_container(name)["HostConfig"]["PortBindings"]
-            assert bindings == {"5432/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}
+            host_config = client.api.inspect_container(name)["HostConfig"]
+            assert host_config["NetworkMode"] == "none"
+            assert not host_config["PortBindings"]
             # the container's processes never carry the password on a command line
             processes = client.api.top(name)["Processes"]
         finally:
@@ -46,6 +52,7 @@ def test_the_container_is_published_on_loopback_only_and_removed(
         assert info.url.password and info.url.password not in repr(processes)
         assert any("postgres" in repr(p) for p in processes)
     assert name not in docker_engine.drill_containers()
+    assert not socket_dir.parent.exists()
 
 
 def test_a_drill_in_docker_passes_and_leaves_no_container(
@@ -62,6 +69,7 @@ def test_a_drill_in_docker_passes_and_leaves_no_container(
     assert result["verdict"] == "PASS"
     assert result["sandbox"]["provider"] == "docker"
     assert result["sandbox"]["image"] == docker_image
+    assert result["isolation"]["level"] == "network"
     assert result["sandbox"]["server_version"].startswith("15.")
     assert result["alembic"]["after"] == "0005_rename_balance_equity"
     assert result["integration"]["exit_code"] == 0

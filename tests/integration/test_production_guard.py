@@ -112,6 +112,7 @@ def test_alembic_migrates_the_copy_and_never_production(
                    url=prod, env={"ATB_TARGET_URL": target.secret_url})
     assert done.returncode == 0, done.stderr
     assert "alembic: 0001_initial -> 0002_probe" in done.stdout
+    assert "alembic ran network (new network and mount namespaces" in done.stdout
     assert "guard: production unchanged" in done.stdout
     with db.connect(target) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (
@@ -124,19 +125,22 @@ def test_alembic_migrates_the_copy_and_never_production(
 def test_an_env_py_wired_to_production_fails_loudly_and_never_exits_0(
     production: tuple[ConnInfo, Path], tmp_path: Path
 ) -> None:
-    """An env.py with production's URL written into it cannot be redirected: atb must see
-    that the copy was not migrated and that production changed, and say so (exit 8)."""
+    """An env.py with production's URL written into it cannot be redirected, but it runs
+    network-isolated: its connection is refused before anything reaches production, and atb
+    says the copy is not migrated (exit 5)."""
     prod, path = production
     ini = alembic_project(tmp_path / "app", "env-reads-DATABASE_URL", prod)
     env_py = ini.parent / "migrations" / "env.py"
     env_py.write_text(env_py.read_text().replace('os.environ["DATABASE_URL"]',
                                                  repr(prod.sqlalchemy_url)))
     target = prod.with_dbname(prod.dbname + "_copy")
+    before = fingerprint(prod)
     done = atb("db", "restore", str(path), "--migrate", "--alembic-config", str(ini),
                url=prod, env={"ATB_TARGET_URL": target.secret_url})
-    assert done.returncode == 8, done.stderr
-    assert "PRODUCTION CHANGED" in done.stderr and "NOT migrated" in done.stderr
+    assert done.returncode == 5, done.stderr
+    assert "NOT migrated" in done.stderr and "Connection refused" in done.stderr
     assert prod.password not in done.stderr + done.stdout
+    assert fingerprint(prod) == before
 
 
 def test_a_failing_migration_names_the_exception_and_says_the_copy_is_not_migrated(
@@ -393,7 +397,7 @@ def test_an_unreachable_production_is_refused_by_name_and_asked_only_once_by_a_d
     assert atb("db", "restore", str(path), env={"DATABASE_URL": dead,
                                                 "ATB_TARGET_URL": other.secret_url}
                ).returncode == 0
-    _done, result = _drill(path, tmp_path, "--sandbox", "local", env={"DATABASE_URL": dead})
+    _, result = _drill(path, tmp_path, "--sandbox", "local", env={"DATABASE_URL": dead})
     untouched = next(c for c in result["checks"]
                      if c["name"] == "test_production_was_not_touched")
     assert untouched["outcome"] == "passed"

@@ -1,0 +1,207 @@
+"""The launcher inside the namespaces `isolation.isolated_argv` creates: bring the new
+network namespace's loopback up (it starts down, and a local sandbox or a relay listener may
+want it), cover each `--hide` path with /dev/null, then become the real command.
+
+`python -m backup_core.isolate_exec [--hide PATH]... [--forward HOST:PORT=SOCKET]... --
+ARGV...`; one line on stderr and exit 3 when a step fails, so nothing runs half-isolated.
+A forward (`--allow-service`) listens on HOST:PORT inside and carries each connection to
+SOCKET, a relay outside; its process dies with the command.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import fcntl
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+MS_BIND = 4096
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+# what the command never gets back: mounting (to uncover what we hid) and entering other
+# namespaces (CAP_SYS_ADMIN), the network's configuration, tracing other processes
+CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_SYS_ADMIN = 12, 19, 21
+EXIT_FAILED = 3
+EXIT_NOT_FOUND = 127  # as a shell says it
+
+
+class IsolationFailed(Exception):
+    """A step of the isolation could not be made."""
+
+
+def check_namespaces() -> None:
+    """Refuse to change anything in the host's own namespaces (run by hand, say): covers
+    and `lo` belong to the namespaces `unshare` just made. `unshare` execs without forking,
+    so our parent is the process that asked, in the namespaces we must differ from."""
+    for kind in ("net", "mnt"):
+        try:
+            same = os.readlink(f"/proc/self/ns/{kind}") == os.readlink(
+                f"/proc/{os.getppid()}/ns/{kind}")
+        except OSError:  # the parent's namespaces are not ours to read: we are not in them
+            continue
+        if same:
+            raise IsolationFailed(f"not in a new {kind} namespace: run through unshare")
+
+
+def loopback_up() -> None:
+    """`ip link set lo up`, by ioctl: no `ip` needed."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+def cover(path: str) -> None:
+    """Bind-mount /dev/null over `path`: a socket then refuses connections, a file reads
+    empty. Private to this mount namespace."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.mount(b"/dev/null", os.fsencode(path), None, MS_BIND, None) != 0:
+        err = ctypes.get_errno()
+        raise IsolationFailed(f"cannot hide {path}: {os.strerror(err)}")
+
+
+def drop_capabilities() -> None:
+    """Before exec: the command and its children cannot undo the isolation. Ambient
+    capabilities (kept through `unshare --keep-caps` without root) are cleared too."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    for cap in (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_SYS_PTRACE):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise IsolationFailed(f"cannot drop capability {cap}: "
+                                  f"{os.strerror(ctypes.get_errno())}")
+    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+
+
+def parse(argv: list[str]) -> tuple[list[str], dict[str, str], list[str]]:
+    """(paths to hide, HOST:PORT -> socket to forward, the command) from
+    `[--hide P]... [--forward HOST:PORT=SOCKET]... -- CMD...`."""
+    hide: list[str] = []
+    forward: dict[str, str] = {}
+    i = 0
+    while i + 1 < len(argv) and argv[i] in ("--hide", "--forward"):
+        if argv[i] == "--hide":
+            hide.append(argv[i + 1])
+        else:
+            addr, sep, path = argv[i + 1].partition("=")
+            if not sep or not path:
+                raise IsolationFailed(f"--forward takes HOST:PORT=SOCKET, not {argv[i + 1]!r}")
+            forward[addr] = path
+        i += 2
+    if i >= len(argv) or argv[i] != "--" or i + 1 >= len(argv):
+        raise IsolationFailed("usage: isolate_exec [--hide PATH]... "
+                              "[--forward HOST:PORT=SOCKET]... -- COMMAND...")
+    return hide, forward, argv[i + 1:]
+
+
+def listen(addr: str) -> socket.socket:
+    host, _, port = addr.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, int(port)))
+    s.listen(16)
+    return s
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            s.close()
+
+
+def _serve_forwards(listeners: list[tuple[socket.socket, str]]) -> None:
+    """The forwarder process: accept on each listener, connect to its socket, pipe."""
+    def accept(listener: socket.socket, path: str) -> None:
+        while True:
+            client, _ = listener.accept()
+            up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                up.connect(path)
+            except OSError:
+                client.close()
+                up.close()
+                continue
+            threading.Thread(target=_pipe, args=(client, up), daemon=True).start()
+            threading.Thread(target=_pipe, args=(up, client), daemon=True).start()
+
+    threads = [threading.Thread(target=accept, args=pair, daemon=True) for pair in listeners]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def start_forwards(forward: dict[str, str]) -> None:
+    """Listen on each address now (before the command can look), and serve them from a
+    child process that dies with the command (this process, after exec)."""
+    if not forward:
+        return
+    listeners = [(listen(addr), path) for addr, path in forward.items()]
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:
+                os._exit(0)
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):  # never hold the command's output pipes open
+                os.dup2(null, fd)
+            _serve_forwards(listeners)
+        finally:
+            os._exit(0)
+    for listener, _ in listeners:
+        listener.close()
+
+
+def main(argv: list[str]) -> int:
+    try:
+        hide, forward, command = parse(argv)
+        check_namespaces()
+        loopback_up()
+        start_forwards(forward)
+        for path in hide:
+            try:
+                cover(path)
+            except IsolationFailed:
+                # gone meanwhile, or out of our reach anyway (another user's private
+                # directory, without root): nothing to hide from us
+                if os.path.lexists(path) and (os.access(path, os.R_OK)
+                                              or os.access(path, os.W_OK)):
+                    raise
+        drop_capabilities()
+        # names this network namespace: our children know they are inside it, and a copy of
+        # the variable that reaches a process elsewhere means nothing there
+        os.environ["ATB_ISOLATION_ACTIVE"] = os.readlink("/proc/self/ns/net")
+    except (IsolationFailed, OSError) as exc:
+        print(f"atb: isolation failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        os.execvp(command[0], command)
+    except FileNotFoundError:
+        print(f"command not found: {command[0]}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except OSError as exc:
+        print(f"atb: isolation failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_FAILED  # not reached: execvp replaced this process
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
