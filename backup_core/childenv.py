@@ -5,10 +5,8 @@ the drill's pytest) gets its environment from `sealed`."""
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
-import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -44,36 +42,25 @@ def check_pass_env(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
-_empty: dict[str, str] = {}
-
-
-def _empty_libpq_files() -> dict[str, str]:
-    """PGPASSFILE and PGSERVICEFILE naming empty private files and PGSYSCONFDIR an empty
-    private directory, made once per process: libpq then finds no password or service of
-    the user's (production's) unless a child is handed them on purpose."""
-    if not _empty or not os.path.isdir(_empty["PGSYSCONFDIR"]):
-        tmp = tempfile.mkdtemp(prefix="atb-libpq-")
-        atexit.register(shutil.rmtree, tmp, True)
-        for var, name in (("PGPASSFILE", "pgpass"), ("PGSERVICEFILE", "pg_service.conf")):
-            os.close(os.open(os.path.join(tmp, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                             0o600))
-            _empty[var] = os.path.join(tmp, name)
-        os.mkdir(os.path.join(tmp, "sysconf"), 0o700)
-        _empty["PGSYSCONFDIR"] = os.path.join(tmp, "sysconf")
-    return dict(_empty)
+# Where libpq looks for passwords and services in a sealed child: paths under /dev/null, which
+# is not a directory, so nothing can ever exist there. libpq then reads no password file (as
+# if there were none) and names the missing service file when a `service=` is asked for;
+# nothing is created, so nothing is left behind by a child that is killed.
+NO_LIBPQ_FILES = {"PGPASSFILE": "/dev/null/pgpass", "PGSERVICEFILE": "/dev/null/pg_service.conf",
+                  "PGSYSCONFDIR": "/dev/null"}
 
 
 def sealed(extra: Mapping[str, str] | None = None, *, pass_env: Iterable[str] = (),
            base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The allow-listed part of `base` (our environment), the names in `pass_env`, libpq's
-    password and service files pointed at empty ones, then `extra` (a database's libpq
+    password and service files pointed where none can exist, then `extra` (a database's libpq
     variables, DATABASE_URL for the sandbox)."""
     base = os.environ if base is None else base
     wanted = set(pass_env)
     env = {k: v for k, v in base.items()
            if (k in ALLOWED or k.startswith(ALLOWED_PREFIXES) or k in wanted)
            and not _forbidden(k)}
-    env.update(_empty_libpq_files())
+    env.update(NO_LIBPQ_FILES)
     env.update(extra or {})
     return env
 

@@ -126,8 +126,10 @@ def test_sealed_environments_drop_production_and_point_libpq_at_the_target() -> 
     target = ConnInfo.make(dbname="copy", host="/tmp/s", port=5432, user="postgres")
     env = childenv.sealed(childenv.libpq_vars(target), pass_env=["APP_MODE"], base=ambient)
     empty = {k: env.pop(k) for k in ("PGPASSFILE", "PGSERVICEFILE", "PGSYSCONFDIR")}
-    assert [Path(v).read_text() for v in (empty["PGPASSFILE"], empty["PGSERVICEFILE"])] == [
-        "", ""] and list(Path(empty["PGSYSCONFDIR"]).iterdir()) == []
+    assert empty == {"PGPASSFILE": "/dev/null/pgpass",
+                     "PGSERVICEFILE": "/dev/null/pg_service.conf", "PGSYSCONFDIR": "/dev/null"}
+    assert not any(Path(v, "pg_service.conf").exists() or Path(v).is_file()
+                   for v in empty.values())
     assert env == {"PATH": "/bin", "HOME": "/root", "LC_ALL": "C", "APP_MODE": "test",
                    "PGHOST": "/tmp/s", "PGPORT": "5432", "PGUSER": "postgres",
                    "PGDATABASE": "copy"}
