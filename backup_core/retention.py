@@ -161,6 +161,16 @@ def plan_prune(
         drilled = next((b for b in sound if b.drill is not None and b.drill.passed), None)
         if drilled is not None:
             reasons[drilled.path].append("newest drill-verified")
+        if not any(b.taken_at and b.taken_at >= cutoff for b in sound):
+            # Nothing of this source is recent, by our clock: either its backups stopped or
+            # the clock runs ahead. Either way an old backup is replaced by nothing newer, so
+            # nothing of it expires (a clock a year ahead would otherwise age out a week).
+            stale = (f"no sound backup of its source within {policy.retention_days:g} days "
+                     f"(newest {sound[0].taken_at:%Y-%m-%dT%H:%MZ}, this host says "
+                     f"{now:%Y-%m-%dT%H:%MZ}): nothing expires until a new one is taken; "
+                     "check the backup job and the clock")
+            for b in sound:
+                reasons[b.path].append(stale)
         for b in sound:
             why = reasons[b.path]
             decisions.append(Decision(b, bool(why), tuple(why) if why else (

@@ -31,16 +31,25 @@ def test_backups_inside_the_window_are_kept_older_ones_deleted() -> None:
     assert gone == {x.path for x in items[8:]}
 
 
-def test_floor_keeps_newest_three_when_every_backup_is_expired() -> None:
+def test_nothing_expires_when_no_backup_is_recent_backups_stopped_or_the_clock_is_ahead() -> None:
     items = [b(24 * (10 + d)) for d in range(6)]
+    plan = plan_prune(items, now=NOW, policy=Policy(retention_days=7, keep_last=3))
+    assert plan.delete == []
+    assert all(any(r.startswith("no sound backup of its source within 7 days") for r in d.reasons)
+               for d in plan.decisions)
+
+
+def test_floor_keeps_newest_three_when_one_recent_backup_replaces_the_old() -> None:
+    items = [b(1)] + [b(24 * (10 + d)) for d in range(6)]
     gone = deleted(items, retention_days=7, keep_last=3)
     assert gone == {x.path for x in items[3:]}
 
 
 def test_floor_counts_only_complete_backups_and_never_deletes_another() -> None:
-    items = [b(240, NO_MANIFEST), b(250), b(260), b(270), b(280)]
+    items = [b(1), b(240, NO_MANIFEST), b(250), b(260), b(270), b(280)]
     gone = deleted(items, retention_days=7, keep_last=3)
-    assert gone == {items[4].path}  # the manifest-less dump is kept: not known to be a backup
+    # the manifest-less dump is kept: not known to be a backup
+    assert gone == {items[4].path, items[5].path}
 
 
 def test_daily_weekly_monthly_tiers_keep_the_newest_of_each_period() -> None:
