@@ -19,7 +19,7 @@ from backup_core.conninfo import ConnInfo
 from backup_core.manifest import read_manifest, write_manifest
 from backup_core.naming import manifest_path
 from drills.demo import example_dir
-from tests.helpers import atb, checks, copy_backup, drill, oldest
+from tests.helpers import atb_inproc, checks, copy_backup, drill, oldest
 
 EXAMPLE = example_dir()
 # the checks that cannot run without --alembic-config and --integration-cmd
@@ -72,10 +72,11 @@ def test_a_passing_drill_migrates_an_old_backup_and_reports_it(
         assert inventory.alembic_revision(conn) == before_rev
         assert conn.execute("SELECT count(*) FROM system_events").fetchone() == beats
     # the verdict is recorded beside the backup for prune and status
-    listed = {r["path"]: r for r in json.loads(atb("db", "list", "--json",
-                                                     "--backup-dir", str(backup_dir)).stdout)}
+    listed = {r["path"]: r for r in json.loads(atb_inproc("db", "list", "--json",
+                                                          "--backup-dir", str(backup_dir)).stdout)}
     assert listed[str(old)]["checked"] == "drill-passed"
-    status = json.loads(atb("db", "status", "--json", "--backup-dir", str(backup_dir)).stdout)
+    status = json.loads(atb_inproc("db", "status", "--json", "--backup-dir",
+                                   str(backup_dir)).stdout)
     assert status[0]["last_drill_passed"] is not None
     # the sandbox left no directory and no server behind
     assert list(sandbox_tmp.iterdir()) == []
@@ -160,7 +161,7 @@ def test_an_empty_window_is_a_clear_failure(pg15: Cluster, tmp_path: Path) -> No
     info = pg15.url("postgres")
     env = {"BACKUP_DIR": str(tmp_path / "bk")}
     long_ago = (datetime.now(UTC) - timedelta(days=200)).strftime("%Y%m%dT%H%M%SZ")
-    assert atb("db", "backup", "--at", long_ago, env=env, url=info).returncode == 0
+    assert atb_inproc("db", "backup", "--at", long_ago, env=env, url=info).returncode == 0
     done, result = drill(backup_dir=tmp_path / "bk", report_dir=tmp_path / "r")
     assert done.returncode == 1 and result["verdict"] == "FAIL"
     assert "no complete backup in the last 90 days" in result["backup"]["selection_error"]
