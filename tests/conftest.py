@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,13 +68,13 @@ def _fast_tests_start_nothing_slow(request: pytest.FixtureRequest,
     fails at once, so `make test-fast` stays fast whoever adds a test, wherever."""
     if request.node.get_closest_marker("slow") is not None:
         return
-    real_init = subprocess.Popen.__init__
+    real_init: Any = subprocess.Popen.__init__
 
-    def guarded(self: subprocess.Popen[bytes], args: object, *a: object, **kw: object) -> None:
+    def guarded(self: Any, args: object, *a: Any, **kw: Any) -> None:
         if starts_something_slow(args):
             pytest.fail(f"{request.node.nodeid} is not slow but starts {args!r}: move it to "
                         "tests/integration or use a fixture that marks it slow", pytrace=False)
-        real_init(self, args, *a, **kw)  # type: ignore[arg-type]
+        real_init(self, args, *a, **kw)
 
     monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
 

@@ -8,8 +8,10 @@ and option values, asserting the exit code is documented and that no sound backu
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,7 +42,7 @@ from drills import cli
 from tests.conftest import make_database
 from tests.helpers import atb_inproc, digests, fingerprint
 
-DOCUMENTED = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9}
+_targets = itertools.count()
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
@@ -54,6 +56,13 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
     code = cli.run(list(args))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def pruned_lines(err: str) -> list[Path]:
+    """The backups prune says it deleted; every other stderr line is a failure here."""
+    found = [re.fullmatch(r"\S+Z atb\.prune INFO pruned (\S+)", ln) for ln in err.splitlines()]
+    assert all(found), err
+    return [Path(m.group(1)) for m in found if m]
 
 
 def sound(backup_dir: Path, database: str | None = None) -> set[Path]:
@@ -279,8 +288,13 @@ NASTY = ["null", "[]", "1", '"text"', "[" * 100_000 + "]" * 100_000,
          None]  # None: a valid manifest with pg_dump_version of the wrong type
 
 
+# What each command documents for a tree whose one backup has a manifest it cannot read: list
+# shows it (0), verify fails it (1), status misses (1: no sound backup), prune keeps it (0).
+ON_A_BAD_MANIFEST = {"db list": 0, "db verify --all": 1, "db status": 1, "db prune --dry-run": 0}
+
+
 @pytest.mark.parametrize("content", NASTY, ids=["null", "list", "int", "str", "deep", "type"])
-def test_hostile_manifests_give_one_line_and_a_documented_exit(
+def test_hostile_manifests_are_listed_failed_missed_kept_and_the_dump_still_restores(
     content: str | None, app: ConnInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     backup_dir = tmp_path / "b"
@@ -288,13 +302,23 @@ def test_hostile_manifests_give_one_line_and_a_documented_exit(
     m = manifest_path(path)
     m.write_text(content if content is not None else json.dumps(
         {**json.loads(m.read_text()), "pg_dump_version": 15}))
-    for args in (["db", "list"], ["db", "verify", "--all"], ["db", "status"],
-                 ["db", "prune", "--dry-run"]):
-        code, _, err = run_cli(capsys, *args, "--backup-dir", str(backup_dir))
-        assert code in DOCUMENTED and "Traceback" not in err and "internal error" not in err
-    target = app.with_dbname(app.dbname + "_hostile")
+    kept = digests([path])
+    codes = {}
+    for command in ON_A_BAD_MANIFEST:
+        code, out, err = run_cli(capsys, *command.split(), "--backup-dir", str(backup_dir))
+        codes[command] = code
+        assert err == "", (command, err)
+        if command == "db verify --all":
+            assert out.startswith(f"FAIL {path}: ") and out.count("\n") == 1, out
+    assert codes == ON_A_BAD_MANIFEST
+    assert digests([path]) == kept
+    # restore needs only the dump (the manifest gives the roles and the major, else the dump's
+    # own header): a fresh target gets every row
+    target = app.with_dbname(f"{app.dbname}_hostile{next(_targets)}")
     done = atb_inproc("db", "restore", str(path), env={"ATB_TARGET_URL": target.secret_url})
-    assert done.returncode in DOCUMENTED and done.stderr.count("\n") <= 1, done.stderr
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    with db.connect(target) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (50,)
 
 
 def test_a_drill_of_a_backup_with_a_hostile_manifest_still_writes_a_report(
@@ -305,8 +329,15 @@ def test_a_drill_of_a_backup_with_a_hostile_manifest_still_writes_a_report(
     done = atb_inproc("drill", "run", "--backup", str(path), "--sandbox", "local", "--no-record",
                "--report-dir", str(tmp_path / "r"), "--json")
     assert "INTERNALERROR" not in done.stdout + done.stderr
+    assert done.returncode == 1, done.stderr
     result = json.loads(done.stdout)
-    assert result["verdict"] == "FAIL" and list((tmp_path / "r").rglob("*.html"))
+    assert result["verdict"] == "FAIL"
+    reports = {k: Path(v) for k, v in result["reports"].items()}
+    assert sorted(reports) == ["html", "json", "md"]
+    assert sorted(p for p in (tmp_path / "r").rglob("*") if p.is_file()) == sorted(
+        [*reports.values(), tmp_path / "r" / "index.html"])
+    assert json.loads(reports["json"].read_text())["verdict"] == "FAIL"
+    assert "Verdict: FAIL" in reports["html"].read_text()
 
 
 @pytest.mark.parametrize(("args", "env"), [
@@ -344,9 +375,13 @@ def test_a_server_stopped_mid_backup_reports_pg_dumps_own_error(
             time.sleep(0.02)
         server.stop_immediately()
         _, err = proc.communicate(timeout=120)
-    assert proc.returncode in (4, 5), err
-    assert err.count("\n") == 1 and "internal error" not in err
-    assert "pg_dump failed" in err or "cannot connect" in err or "server" in err
+    # a tool failed (5): pg_dump's own error, or our read of the same snapshot when that
+    # failed first (the root cause), never "cannot connect" (4): both had connected
+    assert proc.returncode == 5, err
+    assert err.count("\n") == 1, err
+    assert err.startswith(("atb: error: pg_dump failed: ", "atb: error: reading row counts and "
+                           "schema in the dump's snapshot failed: ")), err
+    assert err.rstrip().endswith("no backup was written"), err
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.name != ".lock"]
 
 
@@ -525,9 +560,10 @@ def template_tree(app: ConnInfo, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return root
 
 
-def _mutated(template: Path, content: object, field: str | None) -> tuple[Path, set[Path]]:
+def _mutated(template: Path, content: object,
+             field: str | None) -> tuple[Path, set[Path], Path]:
     """A copy of the template with one extra, newer backup whose manifest is `content` (or a
-    valid manifest with `field` set to `content`)."""
+    valid manifest with `field` set to `content`): the tree, its sound backups, the extra."""
     root = Path(tempfile.mkdtemp(prefix="atb-prop-"))
     shutil.copytree(template, root / "b")
     tree = root / "b"
@@ -537,7 +573,7 @@ def _mutated(template: Path, content: object, field: str | None) -> tuple[Path, 
     data = json.loads(manifest_path(extra).read_text())
     manifest_path(extra).write_text(json.dumps(content if field is None else
                                                {**data, field: content}))
-    return tree, good
+    return tree, good, extra
 
 
 FIELDS = st.sampled_from([None, "database", "file", "size_bytes", "sha256", "taken_at",
@@ -548,26 +584,49 @@ FIELDS = st.sampled_from([None, "database", "file", "size_bytes", "sha256", "tak
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(content=JSON, field=FIELDS)
-def test_any_manifest_content_gives_a_documented_exit_and_loses_no_sound_backup(
+def test_any_manifest_content_gives_the_exit_its_judgement_documents_and_loses_nothing(
     content: object, field: str | None, template_tree: Path,
     capsys: pytest.CaptureFixture[str]
 ) -> None:
-    tree, _ = _mutated(template_tree, content, field)
+    """The exit code follows from how the catalog judges the extra backup: list 0; verify 1
+    exactly when a result it prints failed, and the extra fails unless it is sound; status 1
+    (the template's newest sound backup is a day old, the schedule hourly); prune 0."""
+    tree, _, extra = _mutated(template_tree, content, field)
     try:
-        for args in (["db", "list", "--json"], ["db", "status"], ["db", "verify", "--all"],
-                     ["db", "prune", "--keep-last", "3", "--retention-days", "0"]):
-            floor = set(sorted(sound(tree), key=lambda p: p.name)[-3:])
-            code, _, err = run_cli(capsys, *args, "--backup-dir", str(tree))
-            assert code in DOCUMENTED, (args, err)
-            assert "internal error" not in err and "Traceback" not in err
-            assert all(p.exists() for p in floor), "a sound backup within the floor was deleted"
+        states = {b.path: b.state for b in catalog.scan(tree)}
+        newest = sorted(sound(tree), key=lambda p: p.name)[-3:]
+        floor = digests(newest)
+        code, out, err = run_cli(capsys, "db", "list", "--json", "--backup-dir", str(tree))
+        assert (code, err) == (0, "")
+        assert {Path(r["path"]): r["state"] for r in json.loads(out)} == states
+        code, out, err = run_cli(capsys, "db", "verify", "--all", "--json", "--backup-dir",
+                                 str(tree))
+        ok = {Path(r["path"]): r["ok"] for r in json.loads(out)}
+        assert (code, err) == (0 if all(ok.values()) else 1, "")
+        assert states[extra] == "complete" or ok[extra] is False
+        code, out, err = run_cli(capsys, "db", "status", "--backup-dir", str(tree))
+        assert (code, err) == (1, ""), (code, err)
+        assert states[extra] == "complete" or \
+            f"MISSED: 1 backups in 7 days are not sound ({states[extra]} 1)" in out, out
+        before = {p for p in tree.rglob("*") if p.is_file()}
+        code, out, err = run_cli(capsys, "db", "prune", "--keep-last", "3", "--retention-days",
+                                 "0", "--backup-dir", str(tree))
+        assert code == 0, err
+        assert digests(newest) == floor, "a sound backup within the floor was deleted or changed"
+        gone = {p for p in before - {p for p in tree.rglob("*") if p.is_file()}
+                if p.name.endswith(".dump")}
+        assert gone == set(pruned_lines(err)), err  # deleted exactly what it says it deleted
     finally:
         shutil.rmtree(tree.parent, ignore_errors=True)
 
 
-OPTION_VALUES = st.one_of(st.sampled_from(["nan", "inf", "-inf", "-1", "1e308", "0", "1e-300",
-                                           "99999999999d", "15m", "1h30m", "", " ", "7d"]),
+REFUSED_EVERYWHERE = ["nan", "inf", "-inf", "-1", "1e308", "99999999999d", "", " "]
+OPTION_VALUES = st.one_of(st.sampled_from([*REFUSED_EVERYWHERE, "0", "1e-300", "15m", "1h30m",
+                                           "7d"]),
                           st.text(max_size=12))
+# What an accepted value gives on the template: prune deletes nothing it may not (0); status
+# still misses a target (1: the newest sound backup is a day old, the RPO 15 minutes).
+ACCEPTED = {"prune": 0, "status": 1}
 
 
 @settings(max_examples=60, deadline=None,
@@ -576,15 +635,25 @@ OPTION_VALUES = st.one_of(st.sampled_from(["nan", "inf", "-inf", "-1", "1e308", 
     ("db", "prune", "--retention-days"), ("db", "prune", "--keep-last"),
     ("db", "status", "--window"), ("db", "status", "--schedule"), ("db", "status", "--rpo"),
     ("db", "prune", "--keep-daily")]), value=OPTION_VALUES)
-def test_any_option_value_gives_a_documented_exit_and_loses_no_sound_backup(
+def test_any_option_value_is_refused_in_one_line_or_gives_the_commands_exit(
     option: tuple[str, ...], value: str, template_tree: Path,
     capsys: pytest.CaptureFixture[str]
 ) -> None:
-    tree, good = _mutated(template_tree, None, None)
+    """Either refused (2, one line naming the option, nothing touched) or accepted with the
+    exit the command gives on this tree; never a third outcome."""
+    tree, good, _ = _mutated(template_tree, None, None)
     try:
-        code, _, err = run_cli(capsys, *option, value, "--backup-dir", str(tree))
-        assert code in DOCUMENTED, err
-        assert "internal error" not in err and "Traceback" not in err
-        assert good <= sound(tree)
+        before = digests(sorted(good))
+        code, out, err = run_cli(capsys, *option, value, "--backup-dir", str(tree))
+        if code == 2 or value in REFUSED_EVERYWHERE:
+            assert code == 2 and out == "", (code, out)
+            assert err.count("\n") == 1 and err.startswith("atb: error: ") \
+                and option[-1] in err, err
+            assert digests(sorted(good)) == before
+        else:
+            assert code == ACCEPTED[option[1]], (code, err)
+            assert good <= sound(tree)
+            assert option[1] == "prune" or err == ""
+            pruned_lines(err)  # prune's stderr holds only what it deleted
     finally:
         shutil.rmtree(tree.parent, ignore_errors=True)
