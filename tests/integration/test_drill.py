@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from backup_core import db, inventory
+from backup_core import catalog, db, inventory
 from backup_core.cluster import Cluster
 from backup_core.conninfo import ConnInfo
 from backup_core.manifest import read_manifest, write_manifest
@@ -77,7 +77,9 @@ def test_a_passing_drill_migrates_an_old_backup_and_reports_it(
     assert listed[str(old)]["checked"] == "drill-passed"
     status = json.loads(atb_inproc("db", "status", "--json", "--backup-dir",
                                    str(backup_dir)).stdout)
-    assert status[0]["last_drill_passed"] is not None
+    [record] = [b for b in catalog.scan(backup_dir) if b.path == old]
+    assert record.drill is not None and record.drill.passed
+    assert status[0]["last_drill_passed"] == record.drill.at  # this drill is the newest one
     # the sandbox left no directory and no server behind
     assert list(sandbox_tmp.iterdir()) == []
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
