@@ -25,6 +25,7 @@ def _one_line(done: subprocess.CompletedProcess[str]) -> str:
     return done.stderr
 
 
+@pytest.mark.fast  # starts nothing: refused before any server is needed
 def test_unreachable_server(backup_dir: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -51,6 +52,7 @@ def test_unknown_database(pg15: Cluster, backup_dir: Path) -> None:
     assert "does not exist" in _one_line(done)
 
 
+@pytest.mark.fast  # starts nothing: refused before any server is needed
 @pytest.mark.parametrize("url", ["mysql://u:pw@h/db", "postgresql://u:pw@h:notaport/db",
                                  "postgresql://u:pw@h"])
 def test_malformed_url(url: str, backup_dir: Path) -> None:
@@ -152,6 +154,7 @@ def test_password_not_visible_in_proc_cmdline_of_pg_dump(pg15: Cluster,
     assert all(info.password.encode() not in c for c in cmdlines)
 
 
+@pytest.mark.fast  # starts nothing: refused before any server is needed
 def test_conninfo_never_prints_the_password() -> None:
     info = ConnInfo.parse("postgresql://app:s%40cret@db.example:6432/trading?sslmode=require")
     assert info.password == "s@cret"
