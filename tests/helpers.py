@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from backup_core import catalog, conninfo
 from backup_core.conninfo import ConnInfo
 from backup_core.naming import manifest_path, roles_path
+from backup_core.target import TEST_KILL_AT
 
 
 def _child_env(env: Mapping[str, str] | None, url: ConnInfo | None) -> dict[str, str]:
@@ -80,6 +81,8 @@ def atb_inproc(*args: str, env: Mapping[str, str] | None = None,
 
     if os.environ.get("ATB_TESTS_CLI") == "subprocess":  # to compare: every call a child
         return atb(*args, env=env, url=url)
+    if TEST_KILL_AT in (env or {}):
+        raise AssertionError(f"{TEST_KILL_AT} makes atb kill the process it runs in: use atb")
     with _as_a_fresh_process(_child_env(env, url)), \
             CliRunner().isolation() as (out, err, _):
         conninfo.detach_libpq_environment()
