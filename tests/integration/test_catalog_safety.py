@@ -38,7 +38,6 @@ from backup_core.naming import (
     manifest_path,
     roles_path,
 )
-from drills import cli
 from tests.conftest import make_database
 from tests.helpers import atb_inproc, digests, fingerprint
 
@@ -51,11 +50,10 @@ def days_ago(n: float) -> datetime:
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """The real command line, in-process: what cron would see, a hundred times faster."""
-    capsys.readouterr()
-    code = cli.run(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
+    """The real command line, in-process: what cron would see, a hundred times faster, each
+    call with a fresh process's state (`atb_inproc`)."""
+    done = atb_inproc(*args)
+    return done.returncode, done.stdout, done.stderr
 
 
 def pruned_lines(err: str) -> list[Path]:
