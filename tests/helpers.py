@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -45,8 +46,9 @@ def atb(*args: str, env: Mapping[str, str] | None = None, url: ConnInfo | None =
 def _as_a_fresh_process(environ: Mapping[str, str]) -> Iterator[None]:
     """The process-wide state `atb` reads or sets up, as a new process would have it (exactly
     `environ`, TMPDIR read afresh, no registered secret, no detached libpq variable, the logging
-    it installs), put back as it was afterwards, whatever happened."""
+    and the SIGTERM handler it installs), put back as it was afterwards, whatever happened."""
     saved_env, saved_tempdir = dict(os.environ), tempfile.tempdir
+    saved_sigterm = signal.getsignal(signal.SIGTERM)
     saved_secrets = set(conninfo._known_secrets)
     saved_detached = dict(conninfo._detached)
     root, ours = logging.getLogger(), logging.getLogger("atb")
@@ -69,14 +71,15 @@ def _as_a_fresh_process(environ: Mapping[str, str]) -> Iterator[None]:
         root.handlers[:] = saved_handlers
         root.setLevel(saved_levels[0])
         ours.setLevel(saved_levels[1])
+        signal.signal(signal.SIGTERM, saved_sigterm)
 
 
 def atb_inproc(*args: str, env: Mapping[str, str] | None = None,
                url: ConnInfo | None = None) -> subprocess.CompletedProcess[str]:
     """`atb ARGS` called in this process (click's CliRunner, stdout and stderr apart): what
     `atb` prints and the code it exits with, as `atb` returns them, without starting Python.
-    Runs the entry point's own steps (libpq variables detached, errors to one line).
-    ATB_TESTS_CLI=subprocess runs each call as `atb` does instead, to compare the two."""
+    Calls the entry point itself (`drills.cli.main`: whatever it sets up, then the exit code
+    it would leave with). ATB_TESTS_CLI=subprocess runs each call as a child, to compare."""
     from drills import cli
 
     if os.environ.get("ATB_TESTS_CLI") == "subprocess":  # to compare: every call a child
@@ -85,8 +88,10 @@ def atb_inproc(*args: str, env: Mapping[str, str] | None = None,
         raise AssertionError(f"{TEST_KILL_AT} makes atb kill the process it runs in: use atb")
     with _as_a_fresh_process(_child_env(env, url)), \
             CliRunner().isolation() as (out, err, _):
-        conninfo.detach_libpq_environment()
-        code = cli.run(list(args))
+        try:
+            cli.main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
         sys.stdout.flush()
         sys.stderr.flush()
         stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
