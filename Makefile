@@ -1,11 +1,12 @@
 # Two commands on a fresh machine with Python 3.11+ and make:
 #   make demo   - a whole restore drill on the embedded PostgreSQL, report path printed
 #   make test   - the test suite against real throwaway PostgreSQL clusters
+#   make test-fast - the inner loop: every test that starts no cluster, drill or container
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(BIN)/atb: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,9 @@ demo: $(BIN)/atb
 
 test: $(BIN)/atb
 	$(BIN)/pytest
+
+test-fast: $(BIN)/atb
+	$(BIN)/pytest -m "not slow"
 
 lint: $(BIN)/atb
 	$(BIN)/ruff check .

@@ -177,6 +177,8 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
             except subprocess.TimeoutExpired:
                 proc.kill()
             raise
+        finally:
+            proc.stdout.close()  # the pipe is ours: closed on every path, not by the collector
         if not result_file.is_file():
             raise CommandFailed("the drill did not produce a result (pytest exit "
                                 f"{code}): {redact(tail[-1] if tail else '')}",

@@ -1,16 +1,22 @@
 """Real PostgreSQL clusters for the suite: system PostgreSQL 15 and the embedded 18.
 
 In CI (CI=true) a missing toolchain fails the run instead of skipping tests.
+
+Which tests are `slow` is decided here, by rule, never by hand: everything under
+tests/integration (unless marked `fast`) and any test using a fixture that starts a cluster,
+a drill or Docker. A test that is not slow cannot start one either: the guard below fails it.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +26,57 @@ from backup_core.conninfo import ConnInfo
 from drills.demo import build_history
 
 pytest_plugins = ["pytester"]
+
+INTEGRATION = Path(__file__).parent / "integration"
+# Fixtures that start a PostgreSQL cluster, a drill or a Docker engine's container.
+SLOW_FIXTURES = frozenset({"chain15", "pg15", "pg18", "history", "docker_image"})
+# Programs whose start makes a test slow: a server, a container, a browser, pgBackRest.
+SLOW_PROGRAMS = frozenset({"initdb", "pg_ctl", "postgres", "postmaster", "docker", "dockerd",
+                           "chromium", "chromium-browser", "pgbackrest"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark `slow` by rule, before `-m` selects: a new integration test cannot land unmarked."""
+    for item in items:
+        uses = SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("fast") is not None:
+            if uses:
+                raise pytest.UsageError(f"{item.nodeid} is marked fast but uses "
+                                        f"{', '.join(sorted(uses))}: drop the fast marker")
+            continue
+        if uses or INTEGRATION in item.path.parents:
+            item.add_marker(pytest.mark.slow)
+
+
+def starts_something_slow(argv: object) -> bool:
+    """Whether a child with this argv is a server, a container, a browser, pgBackRest or a
+    drill; `postgres --version` (a toolchain probe) is not."""
+    args = [str(a) for a in argv] if isinstance(argv, list | tuple) else [str(argv)]
+    names = {Path(a).name for a in args}
+    if "--version" in args or "-V" in args:
+        return False
+    if names & SLOW_PROGRAMS:
+        return True
+    return "--drill" in args or ("drills.cli" in args and "drill" in args)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_start_nothing_slow(request: pytest.FixtureRequest,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test outside `slow` that starts a cluster, a drill, Docker, Chromium or pgBackRest
+    fails at once, so `make test-fast` stays fast whoever adds a test, wherever."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+    real_init: Any = subprocess.Popen.__init__
+
+    def guarded(self: Any, args: object, *a: Any, **kw: Any) -> None:
+        if starts_something_slow(args):
+            pytest.fail(f"{request.node.nodeid} is not slow but starts {args!r}: move it to "
+                        "tests/integration or use a fixture that marks it slow", pytrace=False)
+        real_init(self, args, *a, **kw)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
 
 
 @pytest.fixture(autouse=True)

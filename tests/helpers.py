@@ -1,29 +1,101 @@
-"""Running the real `atb` command line as a child process, as cron or CI would."""
+"""Running the real `atb` command line: as a child process, as cron or CI would, where the
+process boundary is under test; in this process otherwise (`atb_inproc`, same result shape)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
-from backup_core import catalog
+from click.testing import CliRunner
+
+from backup_core import catalog, conninfo
 from backup_core.conninfo import ConnInfo
 from backup_core.naming import manifest_path, roles_path
+from backup_core.target import TEST_KILL_AT
 
 
-def atb(*args: str, env: Mapping[str, str] | None = None, url: ConnInfo | None = None,
-        timeout: float = 300, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def _child_env(env: Mapping[str, str] | None, url: ConnInfo | None) -> dict[str, str]:
+    """What `atb` sees: this process's environment without its own DATABASE_URL and BACKUP_DIR,
+    plus the test's."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "BACKUP_DIR")}
     if url is not None:
         full_env["DATABASE_URL"] = url.secret_url
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "drills.cli", *args], env=full_env,
-                          capture_output=True, text=True, timeout=timeout, check=False,
-                          **kwargs)  # type: ignore[call-overload]
+    return full_env
+
+
+def atb(*args: str, env: Mapping[str, str] | None = None, url: ConnInfo | None = None,
+        timeout: float = 300, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """`atb ARGS` as a child process: for tests of what only a process shows (its environment,
+    its children's, signals, argv in ps, a terminal, resource limits)."""
+    return subprocess.run([sys.executable, "-m", "drills.cli", *args],
+                          env=_child_env(env, url), capture_output=True, text=True,
+                          timeout=timeout, check=False, **kwargs)  # type: ignore[call-overload]
+
+
+@contextmanager
+def _as_a_fresh_process(environ: Mapping[str, str]) -> Iterator[None]:
+    """The process-wide state `atb` reads or sets up, as a new process would have it (exactly
+    `environ`, TMPDIR read afresh, no registered secret, no detached libpq variable, the logging
+    and the SIGTERM handler it installs), put back as it was afterwards, whatever happened."""
+    saved_env, saved_tempdir = dict(os.environ), tempfile.tempdir
+    saved_sigterm = signal.getsignal(signal.SIGTERM)
+    saved_secrets = set(conninfo._known_secrets)
+    saved_detached = dict(conninfo._detached)
+    root, ours = logging.getLogger(), logging.getLogger("atb")
+    saved_handlers, saved_levels = root.handlers[:], (root.level, ours.level)
+    os.environ.clear()
+    os.environ.update(environ)
+    tempfile.tempdir = None  # cached at first use: a child would read TMPDIR
+    conninfo._known_secrets.clear()
+    conninfo._detached.clear()
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        tempfile.tempdir = saved_tempdir
+        conninfo._known_secrets.clear()
+        conninfo._known_secrets.update(saved_secrets)
+        conninfo._detached.clear()
+        conninfo._detached.update(saved_detached)
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_levels[0])
+        ours.setLevel(saved_levels[1])
+        signal.signal(signal.SIGTERM, saved_sigterm)
+
+
+def atb_inproc(*args: str, env: Mapping[str, str] | None = None,
+               url: ConnInfo | None = None) -> subprocess.CompletedProcess[str]:
+    """`atb ARGS` called in this process (click's CliRunner, stdout and stderr apart): what
+    `atb` prints and the code it exits with, as `atb` returns them, without starting Python.
+    Calls the entry point itself (`drills.cli.main`: whatever it sets up, then the exit code
+    it would leave with). ATB_TESTS_CLI=subprocess runs each call as a child, to compare."""
+    from drills import cli
+
+    if os.environ.get("ATB_TESTS_CLI") == "subprocess":  # to compare: every call a child
+        return atb(*args, env=env, url=url)
+    if TEST_KILL_AT in (env or {}):
+        raise AssertionError(f"{TEST_KILL_AT} makes atb kill the process it runs in: use atb")
+    with _as_a_fresh_process(_child_env(env, url)), \
+            CliRunner().isolation() as (out, err, _):
+        try:
+            cli.main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
+    return subprocess.CompletedProcess(["atb", *args], code, stdout, stderr)
 
 
 def fingerprint(info: ConnInfo) -> dict[str, str]:
@@ -88,8 +160,8 @@ class ArgvSampler:
 
 def drill(*args: str, backup_dir: Path, report_dir: Path, env: dict[str, str] | None = None,
           url: ConnInfo | None = None) -> tuple[subprocess.CompletedProcess[str], dict]:
-    done = atb("drill", "run", "--json", "--sandbox", "local", "--backup-dir", str(backup_dir),
-               "--report-dir", str(report_dir), *args, env=env, url=url)
+    done = atb_inproc("drill", "run", "--json", "--sandbox", "local", "--backup-dir",
+                      str(backup_dir), "--report-dir", str(report_dir), *args, env=env, url=url)
     assert "Traceback" not in done.stderr, done.stderr
     return done, json.loads(done.stdout) if done.stdout.strip().startswith("{") else {}
 
@@ -107,6 +179,14 @@ def copy_backup(src: Path, dest_root: Path) -> Path:
         if side(src).exists():
             shutil.copy2(side(src), side(dest))
     return dest
+
+
+def digests(backups: list[Path]) -> dict[Path, str]:
+    """Each backup's dump, manifest and roles file by sha256: equal means kept unchanged."""
+    import hashlib
+
+    return {f: hashlib.sha256(f.read_bytes()).hexdigest() for b in backups
+            for f in (b, manifest_path(b), roles_path(b)) if f.exists()}
 
 
 def oldest(backup_dir: Path) -> Path:

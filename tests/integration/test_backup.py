@@ -22,14 +22,14 @@ from backup_core.manifest import read_manifest
 from backup_core.naming import manifest_path
 from backup_core.verify import sha256_file
 from tests.conftest import make_database
-from tests.helpers import atb
+from tests.helpers import atb, atb_inproc
 
 
 def test_pg15_server_is_dumped_by_pg_dump_15_with_a_complete_manifest(
     pg15: Cluster, backup_dir: Path, chains: list[toolchain.Toolchain]
 ) -> None:
     info = make_database(pg15, rows=500)
-    done = atb("db", "backup", "--json", "--at", "20261101T120000Z",
+    done = atb_inproc("db", "backup", "--json", "--at", "20261101T120000Z",
                env={"BACKUP_DIR": str(backup_dir)}, url=info)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
@@ -122,8 +122,8 @@ def test_kill_9_mid_backup_leaves_no_backup_and_keeps_existing_ones(
     with db.connect(info, autocommit=True) as conn:
         conn.execute("CREATE TABLE blob AS SELECT g, repeat(md5(g::text), 40) AS pad "
                      "FROM generate_series(1, 300000) g")
-    first = atb("db", "backup", "--at", "20261120T000000Z", env={"BACKUP_DIR": str(backup_dir)},
-                url=info)
+    first = atb_inproc("db", "backup", "--at", "20261120T000000Z",
+                       env={"BACKUP_DIR": str(backup_dir)}, url=info)
     assert first.returncode == 0, first.stderr
     old = next(backup_dir.rglob("*.dump"))
     old_hash = sha256_file(old)
@@ -142,15 +142,16 @@ def test_kill_9_mid_backup_leaves_no_backup_and_keeps_existing_ones(
     assert [b.path for b in items if b.complete] == [old]
     assert any(b.state == catalog.PARTIAL for b in items)
     assert sha256_file(old) == old_hash
-    listing = atb("db", "list", "--json", env={"BACKUP_DIR": str(backup_dir)})
+    listing = atb_inproc("db", "list", "--json", env={"BACKUP_DIR": str(backup_dir)})
     states = {Path(r["path"]).name: r["state"] for r in json.loads(listing.stdout)}
     assert states[old.name] == "complete"
     assert "partial" in states.values()
     # the lock died with the process: prune clears the abandoned partial, keeps the backup
-    pruned = atb("db", "prune", "--json", env={"BACKUP_DIR": str(backup_dir)})
+    pruned = atb_inproc("db", "prune", "--json", env={"BACKUP_DIR": str(backup_dir)})
     assert pruned.returncode == 0, pruned.stderr
     assert not list(backup_dir.rglob(".*partial*"))
-    assert old.exists()
+    assert [b.path for b in catalog.scan(backup_dir) if b.complete] == [old]
+    assert sha256_file(old) == old_hash
 
 
 def test_a_failing_pg_dump_leaves_no_file(pg15: Cluster, backup_dir: Path) -> None:
@@ -161,12 +162,12 @@ def test_a_failing_pg_dump_leaves_no_file(pg15: Cluster, backup_dir: Path) -> No
 
     limited = info.with_params(user="limited").with_password("limited-secret")
     env = {"BACKUP_DIR": str(backup_dir)}
-    done = atb("db", "backup", "--row-counts", "off", env=env, url=limited)
+    done = atb_inproc("db", "backup", "--row-counts", "off", env=env, url=limited)
     assert done.returncode == 5, done.stderr
     assert done.stderr.count("\n") == 1 and "pg_dump failed" in done.stderr
     assert "permission denied for table system_events" in done.stderr
     # reading the tables ourselves meets the missing privilege first: its cause is named
-    counted = atb("db", "backup", env=env, url=limited)
+    counted = atb_inproc("db", "backup", env=env, url=limited)
     assert counted.returncode == 5 and counted.stderr.count("\n") == 1
     assert "permission denied for" in counted.stderr
     assert "needs SELECT on every table and sequence" in counted.stderr

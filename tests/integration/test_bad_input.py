@@ -16,7 +16,7 @@ from backup_core.cluster import Cluster
 from backup_core.conninfo import ConnInfo
 from drills import cli
 from tests.conftest import make_database
-from tests.helpers import atb
+from tests.helpers import atb_inproc
 
 
 def _one_line(done: subprocess.CompletedProcess[str]) -> str:
@@ -25,11 +25,12 @@ def _one_line(done: subprocess.CompletedProcess[str]) -> str:
     return done.stderr
 
 
+@pytest.mark.fast  # starts nothing: refused before any server is needed
 def test_unreachable_server(backup_dir: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    done = atb("db", "backup", env={"BACKUP_DIR": str(backup_dir),
+    done = atb_inproc("db", "backup", env={"BACKUP_DIR": str(backup_dir),
                                     "DATABASE_URL": f"postgresql://u:pw@127.0.0.1:{port}/x"})
     assert done.returncode == 4
     assert "is the server running" in _one_line(done)
@@ -37,7 +38,7 @@ def test_unreachable_server(backup_dir: Path) -> None:
 
 def test_wrong_password_is_reported_without_the_password(pg15: Cluster, backup_dir: Path) -> None:
     info = pg15.url().with_password("Wr0ng-S3cret-pw")
-    done = atb("db", "backup", env={"BACKUP_DIR": str(backup_dir)}, url=info)
+    done = atb_inproc("db", "backup", env={"BACKUP_DIR": str(backup_dir)}, url=info)
     assert done.returncode == 4
     line = _one_line(done)
     assert "password authentication failed" in line and "Wr0ng-S3cret-pw" not in line
@@ -45,16 +46,17 @@ def test_wrong_password_is_reported_without_the_password(pg15: Cluster, backup_d
 
 
 def test_unknown_database(pg15: Cluster, backup_dir: Path) -> None:
-    done = atb("db", "backup", env={"BACKUP_DIR": str(backup_dir)},
+    done = atb_inproc("db", "backup", env={"BACKUP_DIR": str(backup_dir)},
                url=pg15.url("no_such_db"))
     assert done.returncode == 4
     assert "does not exist" in _one_line(done)
 
 
+@pytest.mark.fast  # starts nothing: refused before any server is needed
 @pytest.mark.parametrize("url", ["mysql://u:pw@h/db", "postgresql://u:pw@h:notaport/db",
                                  "postgresql://u:pw@h"])
 def test_malformed_url(url: str, backup_dir: Path) -> None:
-    done = atb("db", "backup", env={"BACKUP_DIR": str(backup_dir), "DATABASE_URL": url})
+    done = atb_inproc("db", "backup", env={"BACKUP_DIR": str(backup_dir), "DATABASE_URL": url})
     assert done.returncode == 2
     line = _one_line(done)
     assert ":pw@" not in line
@@ -76,7 +78,7 @@ def test_missing_binaries(pg15: Cluster, backup_dir: Path, monkeypatch: pytest.M
 def test_unwritable_backup_dir(pg15: Cluster, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    done = atb("db", "backup", env={"BACKUP_DIR": str(blocker / "backups")}, url=pg15.url())
+    done = atb_inproc("db", "backup", env={"BACKUP_DIR": str(blocker / "backups")}, url=pg15.url())
     assert done.returncode == 7
     assert "choose a writable BACKUP_DIR" in _one_line(done) or "cannot write" in done.stderr
 
@@ -152,6 +154,7 @@ def test_password_not_visible_in_proc_cmdline_of_pg_dump(pg15: Cluster,
     assert all(info.password.encode() not in c for c in cmdlines)
 
 
+@pytest.mark.fast  # starts nothing: refused before any server is needed
 def test_conninfo_never_prints_the_password() -> None:
     info = ConnInfo.parse("postgresql://app:s%40cret@db.example:6432/trading?sslmode=require")
     assert info.password == "s@cret"

@@ -16,7 +16,7 @@ from backup_core import db, toolchain
 from backup_core.conninfo import ConnInfo
 from drills import docker_engine, sandbox
 from drills.demo import example_dir
-from tests.helpers import atb, checks, drill, fingerprint, interrupt_drill, oldest
+from tests.helpers import atb_inproc, checks, drill, fingerprint, interrupt_drill, oldest
 
 pytestmark = pytest.mark.docker
 EXAMPLE = example_dir()
@@ -124,7 +124,7 @@ def test_auto_falls_back_to_local_and_says_why_when_the_image_is_missing(
 def test_an_explicit_docker_sandbox_without_its_image_says_what_to_do(
         history: tuple[ConnInfo, Path], docker_image: str, tmp_path: Path) -> None:
     """Before anything starts: exit 3 and one line naming the image and the way out."""
-    done = atb("drill", "run", "--sandbox", "docker", "--docker-image",
+    done = atb_inproc("drill", "run", "--sandbox", "docker", "--docker-image",
                "atb-absent-image:{major}", "--backup", str(oldest(history[1])), "--no-record",
                "--report-dir", str(tmp_path / "r"))
     assert done.returncode == 3, done.stdout + done.stderr

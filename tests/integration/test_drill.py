@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from backup_core import db, inventory
+from backup_core import catalog, db, inventory
 from backup_core.cluster import Cluster
 from backup_core.conninfo import ConnInfo
 from backup_core.manifest import read_manifest, write_manifest
 from backup_core.naming import manifest_path
 from drills.demo import example_dir
-from tests.helpers import atb, checks, copy_backup, drill, oldest
+from tests.helpers import atb_inproc, checks, copy_backup, drill, oldest
 
 EXAMPLE = example_dir()
 # the checks that cannot run without --alembic-config and --integration-cmd
@@ -72,11 +72,14 @@ def test_a_passing_drill_migrates_an_old_backup_and_reports_it(
         assert inventory.alembic_revision(conn) == before_rev
         assert conn.execute("SELECT count(*) FROM system_events").fetchone() == beats
     # the verdict is recorded beside the backup for prune and status
-    listed = {r["path"]: r for r in json.loads(atb("db", "list", "--json",
-                                                     "--backup-dir", str(backup_dir)).stdout)}
+    listed = {r["path"]: r for r in json.loads(atb_inproc("db", "list", "--json",
+                                                          "--backup-dir", str(backup_dir)).stdout)}
     assert listed[str(old)]["checked"] == "drill-passed"
-    status = json.loads(atb("db", "status", "--json", "--backup-dir", str(backup_dir)).stdout)
-    assert status[0]["last_drill_passed"] is not None
+    status = json.loads(atb_inproc("db", "status", "--json", "--backup-dir",
+                                   str(backup_dir)).stdout)
+    [record] = [b for b in catalog.scan(backup_dir) if b.path == old]
+    assert record.drill is not None and record.drill.passed
+    assert status[0]["last_drill_passed"] == record.drill.at  # this drill is the newest one
     # the sandbox left no directory and no server behind
     assert list(sandbox_tmp.iterdir()) == []
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
@@ -160,7 +163,7 @@ def test_an_empty_window_is_a_clear_failure(pg15: Cluster, tmp_path: Path) -> No
     info = pg15.url("postgres")
     env = {"BACKUP_DIR": str(tmp_path / "bk")}
     long_ago = (datetime.now(UTC) - timedelta(days=200)).strftime("%Y%m%dT%H%M%SZ")
-    assert atb("db", "backup", "--at", long_ago, env=env, url=info).returncode == 0
+    assert atb_inproc("db", "backup", "--at", long_ago, env=env, url=info).returncode == 0
     done, result = drill(backup_dir=tmp_path / "bk", report_dir=tmp_path / "r")
     assert done.returncode == 1 and result["verdict"] == "FAIL"
     assert "no complete backup in the last 90 days" in result["backup"]["selection_error"]

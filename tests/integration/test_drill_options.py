@@ -15,7 +15,7 @@ from backup_core.cluster import Cluster
 from backup_core.conninfo import ConnInfo
 from backup_core.naming import drill_path
 from tests.conftest import make_database
-from tests.helpers import atb, fingerprint
+from tests.helpers import atb_inproc, fingerprint
 
 PASS_RECORD = json.dumps({"passed": True, "at": "2026-11-28T10:00:00Z", "report": "r.html",
                           "rto_s": 3.5, "failed_checks": [], "verdict": "PASS"}, indent=2)
@@ -65,8 +65,8 @@ def test_bad_drill_options_change_nothing(passed: tuple[ConnInfo, Path], tmp_pat
     before = drill_path(path).read_bytes()
     report_dir = tmp_path / "reports"
     for args, message in BAD:
-        done = atb("drill", "run", "--backup", str(path), "--report-dir", str(report_dir), *args,
-                   url=prod)
+        done = atb_inproc("drill", "run", "--backup", str(path), "--report-dir",
+                          str(report_dir), *args, url=prod)
         assert done.returncode == 2, (args[:2], done.stderr[:300])
         assert message in _one_line(done), (args[:2], done.stderr[:300])
         assert drill_path(path).read_bytes() == before
@@ -107,9 +107,9 @@ def test_a_sandbox_server_that_cannot_be_compared_is_refused_unless_asserted(
     unreachable = prod.with_password("not-the-password")
     report_dir = tmp_path / "r"
     for server in (_socket_route(pg15), pg18.url()):
-        done = atb("drill", "run", "--backup", str(path), "--sandbox", "server", "--no-record",
-                   "--report-dir", str(report_dir), url=unreachable,
-                   env={"ATB_SANDBOX_URL": server.secret_url})
+        done = atb_inproc("drill", "run", "--backup", str(path), "--sandbox", "server",
+                          "--no-record", "--report-dir", str(report_dir), url=unreachable,
+                          env={"ATB_SANDBOX_URL": server.secret_url})
         assert done.returncode == 8, done.stderr
         assert "cannot compare the sandbox server with production" in _one_line(done)
         assert "--sandbox-is-not-production" in done.stderr
@@ -117,10 +117,10 @@ def test_a_sandbox_server_that_cannot_be_compared_is_refused_unless_asserted(
     with db.connect(pg18.url(), autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'atb_drill_%'"
                             ).fetchone() == (0,)
-    done = atb("drill", "run", "--backup", str(path), "--sandbox", "server", "--no-record",
-               "--sandbox-is-not-production", "--schedule", "1d", "--json",
-               "--report-dir", str(report_dir), url=unreachable,
-               env={"ATB_SANDBOX_URL": pg18.url().secret_url})
+    done = atb_inproc("drill", "run", "--backup", str(path), "--sandbox", "server",
+                      "--no-record", "--sandbox-is-not-production", "--schedule", "1d", "--json",
+                      "--report-dir", str(report_dir), url=unreachable,
+                      env={"ATB_SANDBOX_URL": pg18.url().secret_url})
     assert done.returncode == 10, done.stderr[-2000:]  # INCOMPLETE: no alembic, no command
     result = json.loads(done.stdout)
     assert result["sandbox"]["provider"] == "server"

@@ -23,7 +23,7 @@ from backup_core.manifest import read_manifest, write_manifest
 from backup_core.naming import manifest_path
 from drills.demo import example_dir, load_datagen
 from tests.conftest import make_database
-from tests.helpers import atb, checks, copy_backup, drill
+from tests.helpers import atb, atb_inproc, checks, copy_backup, drill
 
 EXAMPLE = example_dir()
 INTEGRATION = f"{sys.executable} -m pytest -q -p no:cacheprovider {EXAMPLE / 'tests'}"
@@ -116,9 +116,9 @@ def test_grants_to_production_only_roles_restore_in_the_drill_and_with_roles(
     assert "owner, privileges" in definition["evidence"][0]
     # the runbook onto a new server (PostgreSQL 18, where neither role exists)
     target = pg18.url("fid_copy")
-    plain = atb("db", "restore", str(path), env={"ATB_TARGET_URL": target.secret_url})
+    plain = atb_inproc("db", "restore", str(path), env={"ATB_TARGET_URL": target.secret_url})
     assert plain.returncode == 5 and "--with-roles" in plain.stderr
-    with_roles = atb("db", "restore", str(path), "--with-roles", "--json",
+    with_roles = atb_inproc("db", "restore", str(path), "--with-roles", "--json",
                      env={"ATB_TARGET_URL": target.secret_url})
     assert with_roles.returncode == 0, with_roles.stderr
     assert any("created the backup's roles" in g for g in json.loads(with_roles.stdout)["guard"])
@@ -177,7 +177,7 @@ def test_a_misspelt_heartbeat_table_makes_the_drill_incomplete_not_passed(
     record = next(b for b in catalog.scan(backup_dir) if b.path == newest)
     assert record.drill is not None and not record.drill.passed
     assert record.checked == "drill-incomplete"
-    listed = json.loads(atb("db", "list", "--json", "--backup-dir", str(backup_dir)).stdout)
+    listed = json.loads(atb_inproc("db", "list", "--json", "--backup-dir", str(backup_dir)).stdout)
     assert next(r for r in listed if r["path"] == str(newest))["checked"] == "drill-incomplete"
 
 
@@ -264,7 +264,7 @@ def test_a_damaged_data_block_names_the_table(pg15: Cluster, tmp_path: Path) -> 
     assert restore["outcome"] == "failed"
     assert "ledger" in restore["message"], restore["message"]
     target = info.with_dbname(info.dbname + "_copy")
-    runbook = atb("db", "restore", str(path), env={"ATB_TARGET_URL": target.secret_url})
+    runbook = atb_inproc("db", "restore", str(path), env={"ATB_TARGET_URL": target.secret_url})
     assert runbook.returncode == 5 and "ledger" in runbook.stderr, runbook.stderr
 
 

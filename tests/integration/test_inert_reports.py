@@ -20,7 +20,7 @@ import pytest
 from backup_core import db
 from backup_core.cluster import Cluster
 from drills import render
-from tests.helpers import atb, drill
+from tests.helpers import atb_inproc, drill
 from tests.unit.test_inert_units import TAGS_OK, gfm
 
 PWN = "document.title='PWNED'"
@@ -97,7 +97,7 @@ def hostile_drill(pg15: Cluster, tmp_path_factory: pytest.TempPathFactory
         with db.connect(pg15.url(DBNAME), autocommit=True) as conn:
             conn.execute("CREATE TABLE t (id int PRIMARY KEY, note text)")
             conn.execute("INSERT INTO t VALUES (1, %s)", (f"<img src=x onerror={PWN}>",))
-        done = atb("db", "backup", env={"BACKUP_DIR": str(tmp / "b")}, url=pg15.url(DBNAME))
+        done = atb_inproc("db", "backup", env={"BACKUP_DIR": str(tmp / "b")}, url=pg15.url(DBNAME))
         assert done.returncode == 0, done.stderr
         (tmp / "checks").mkdir()
         (tmp / "checks" / "test_hostile_check.py").write_text(CHECK)

@@ -26,7 +26,7 @@ from backup_core import db, heartbeat, pgbackrest, toolchain
 from backup_core.cluster import Cluster, random_password, service_user
 from backup_core.conninfo import ConnInfo
 from drills.demo import alembic_upgrade, example_dir, load_datagen
-from tests.helpers import atb, checks, drill, fingerprint, interrupt_drill
+from tests.helpers import atb_inproc, checks, drill, fingerprint, interrupt_drill
 
 EXAMPLE = example_dir()
 STANZA = "trading"
@@ -250,7 +250,7 @@ def test_status_watches_archiving_and_fails_when_it_stops(
     args = ("db", "status", "--stanza", STANZA, "--pgbackrest-config", str(production.config),
             "--backup-dir", str(tmp_path / "none"), "--rpo", "15m", "--prometheus", str(prom))
     _wait_archived(production.url)
-    ok = atb(*args, "--json", url=production.url)
+    ok = atb_inproc(*args, "--json", url=production.url)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     [stanza] = json.loads(ok.stdout)["stanzas"]
     assert stanza["ok"] and stanza["lag_s"] < 60 and stanza["window_s"] > 10
@@ -272,7 +272,7 @@ def test_status_watches_archiving_and_fails_when_it_stops(
                 if row and row[0] > 0:
                     break
                 time.sleep(0.2)
-        stopped = atb(*args, url=production.url)
+        stopped = atb_inproc(*args, url=production.url)
         assert stopped.returncode == 1, stopped.stdout + stopped.stderr
         assert "MISSED: archiving is failing" in stopped.stdout
         assert 'atb_wal_archive_targets_met{stanza="trading"} 0' in prom.read_text()
@@ -283,17 +283,17 @@ def test_status_watches_archiving_and_fails_when_it_stops(
 
 
 def test_doctor_names_the_pgbackrest_found(production: Production) -> None:
-    done = atb("doctor", "--json")
+    done = atb_inproc("doctor", "--json")
     found = json.loads(done.stdout)["pgbackrest"]
     assert found["found"].endswith(" 2.45") or found["found"].split()[-1] >= "2.45"
     assert found["supported_majors"][1] >= 15
-    text = atb("doctor").stdout
+    text = atb_inproc("doctor").stdout
     assert "pgbackrest: " in text and "supports PostgreSQL" in text
 
 
 def test_an_unknown_stanza_is_refused_before_anything_starts(
         production: Production, tmp_path: Path) -> None:
-    done = atb("drill", "run", "--source", "pgbackrest", "--stanza", "nosuch",
+    done = atb_inproc("drill", "run", "--source", "pgbackrest", "--stanza", "nosuch",
                "--pgbackrest-config", str(production.config), "--report-dir",
                str(tmp_path / "r"))
     assert done.returncode == 2, done.stdout + done.stderr

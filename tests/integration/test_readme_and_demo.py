@@ -31,11 +31,13 @@ def blocks(kind: str) -> list[str]:
     return re.findall(rf"```{kind}\n(.*?)```", README, flags=re.S)
 
 
+@pytest.mark.fast  # reads files only: README drift shows in the inner loop
 def test_the_command_reference_is_generated_from_the_cli() -> None:
     start, end = README.index(docs.BEGIN), README.index(docs.END) + len(docs.END)
     assert README[start:end] == docs.reference(), "run `python -m drills.docs` into README.md"
 
 
+@pytest.mark.fast
 def test_quick_start_is_two_make_commands_that_run_the_demo_and_the_tests() -> None:
     quick = README.split("## Quick start", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
     commands = [ln.split("#")[0].strip() for ln in quick.splitlines() if ln.strip()]
@@ -43,6 +45,7 @@ def test_quick_start_is_two_make_commands_that_run_the_demo_and_the_tests() -> N
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^demo:.*\n\t\$\(BIN\)/atb demo$", makefile, flags=re.M)
     assert re.search(r"^test:.*\n\t\$\(BIN\)/pytest$", makefile, flags=re.M)
+    assert re.search(r'^test-fast:.*\n\t\$\(BIN\)/pytest -m "not slow"$', makefile, flags=re.M)
     assert "make test" in (ROOT / ".ci/run").read_text()
 
 
@@ -83,7 +86,7 @@ def test_every_runnable_readme_example_works(pg15: Cluster, project: Path) -> No
     }
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "BACKUP_DIR")}
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    ran = 0
+    ran = drills = 0
     for block in blocks("console"):
         for line in block.splitlines():
             if not line.startswith("$ "):
@@ -103,12 +106,14 @@ def test_every_runnable_readme_example_works(pg15: Cluster, project: Path) -> No
             assert "Traceback" not in done.stderr
             assert live.password not in done.stdout + done.stderr
             ran += 1
+            drills += "atb drill run " in command or command.startswith("pytest --backup")
     assert ran >= 13
     with db.connect(live.with_dbname("trading_restore")) as conn:  # the README's restore
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (
             "0005_rename_balance_equity",)
     reports = list((project / "reports").glob("*/*-drill.json"))
-    assert reports and all(json.loads(r.read_text())["verdict"] == "PASS" for r in reports)
+    assert drills == 2 and len(reports) == drills  # each drill the README runs, one report
+    assert [json.loads(r.read_text())["verdict"] for r in reports] == ["PASS"] * drills
 
 
 def test_the_demo_passes_end_to_end(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from backup_core import backup, db, toolchain
 from backup_core.cluster import Cluster
 from backup_core.reaper import Owner, process_start, reap_containers
 from tests.conftest import make_database
-from tests.helpers import atb
+from tests.helpers import atb_inproc
 
 
 def _alive(pid: int) -> bool:
@@ -58,7 +58,7 @@ def test_a_killed_drills_sandbox_is_reaped_by_the_next_start(
     socket_url = f"host={workdir / 'sock'} port=5432 user=postgres dbname=postgres"
     with db.psycopg.connect(socket_url) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
-    done = atb("doctor", env={"TMPDIR": str(sandbox_tmp)})
+    done = atb_inproc("doctor", env={"TMPDIR": str(sandbox_tmp)})
     assert done.returncode == 0, done.stderr
     reaped = [ln for ln in done.stderr.splitlines() if "reaped the local sandbox" in ln]
     assert len(reaped) == 1, (done.stderr, record.read_text() if record.exists() else None)
@@ -66,10 +66,11 @@ def test_a_killed_drills_sandbox_is_reaped_by_the_next_start(
     assert str(workdir) in reaped[0]
     assert not _alive(postmaster)
     assert not workdir.exists() and not record.exists()
-    again = atb("doctor", env={"TMPDIR": str(sandbox_tmp)})  # nothing left to reap
+    again = atb_inproc("doctor", env={"TMPDIR": str(sandbox_tmp)})  # nothing left to reap
     assert "reaped" not in again.stderr
 
 
+@pytest.mark.fast  # no server, no engine: values and a short child
 def test_a_live_drills_sandbox_and_another_hosts_are_left_alone() -> None:
     """The owner test the reaper relies on: a pid whose start time differs is a new process;
     a live owner and another host's owner are never judged gone."""
@@ -97,6 +98,7 @@ def test_a_live_drills_sandbox_and_another_hosts_are_left_alone() -> None:
                      f"{child.pid})"]
 
 
+@pytest.mark.fast  # no server, no engine: values and a short child
 def test_docker_sandboxes_carry_their_owner() -> None:
     pytest.importorskip("testcontainers")
     from drills import docker_engine

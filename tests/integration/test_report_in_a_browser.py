@@ -18,7 +18,7 @@ from backup_core import catalog
 from backup_core.conninfo import ConnInfo
 from drills import render
 from drills.demo import example_dir
-from tests.helpers import atb
+from tests.helpers import atb_inproc
 
 EXAMPLE = example_dir()
 
@@ -39,7 +39,7 @@ def test_the_report_reads_without_javascript_and_prints_to_pdf(
     _, backup_dir = history
     newest = next(b for b in catalog.scan(backup_dir) if b.complete).path
     integration = f"{sys.executable} -m pytest -q -p no:cacheprovider {EXAMPLE / 'tests'}"
-    done = atb("drill", "run", "--json", "--sandbox", "local", "--backup", str(newest),
+    done = atb_inproc("drill", "run", "--json", "--sandbox", "local", "--backup", str(newest),
                "--no-record", "--schedule", "1d", "--pdf", "--alembic-config",
                str(EXAMPLE / "alembic.ini"), "--integration-cmd", integration,
                "--report-dir", str(tmp_path / "reports"))

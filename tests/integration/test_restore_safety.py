@@ -21,7 +21,7 @@ from backup_core.cluster import Cluster, service_user
 from backup_core.conninfo import ConnInfo
 from backup_core.target import INCOMPLETE, TEST_KILL_AT
 from tests.conftest import make_database
-from tests.helpers import atb, fingerprint
+from tests.helpers import atb, atb_inproc, fingerprint
 
 Source = tuple[ConnInfo, Path]
 
@@ -43,7 +43,8 @@ def _one_line(done: subprocess.CompletedProcess[str]) -> str:
 
 def _restore(path: Path, target: ConnInfo, *args: str, production: ConnInfo,
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return atb("db", "restore", str(path), *args, url=production,
+    run = atb if TEST_KILL_AT in (env or {}) else atb_inproc  # a kill -9 needs its own process
+    return run("db", "restore", str(path), *args, url=production,
                env={"ATB_TARGET_URL": target.secret_url, **(env or {})})
 
 
@@ -75,8 +76,8 @@ def test_system_databases_are_never_restore_targets(source: Source, pg15: Cluste
             assert f"refusing to restore into {name}" in line
             assert ("system database" in line) == (name != "user_template")
     # the server's reported template flag decides even without a production to compare with
-    done = atb("db", "restore", str(path), env={"ATB_TARGET_URL":
-                                                 pg15.url("user_template").secret_url})
+    done = atb_inproc("db", "restore", str(path), env={"ATB_TARGET_URL":
+                                                        pg15.url("user_template").secret_url})
     assert done.returncode == 8 and "template database" in _one_line(done)
     assert {n: _user_relations(pg15.url(n)) for n in counts} == counts == {
         "template1": 0, "postgres": 0}

@@ -13,7 +13,7 @@ from backup_core import db
 from backup_core.cluster import Cluster
 from drills import cli, docs
 from tests.conftest import make_database
-from tests.helpers import atb, fingerprint
+from tests.helpers import atb_inproc, fingerprint
 
 
 def test_a_database_named_with_an_equals_sign_is_backed_up_and_verified(
@@ -25,13 +25,13 @@ def test_a_database_named_with_an_equals_sign_is_backed_up_and_verified(
     with db.connect(info, autocommit=True) as conn:
         conn.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2)")
     env = {"BACKUP_DIR": str(tmp_path / "b")}
-    done = atb("db", "backup", "--json", env=env, url=info)
+    done = atb_inproc("db", "backup", "--json", env=env, url=info)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["manifest"]["database"] == "odd=name dbname=postgres"
     roles = Path(result["path"].replace(".dump", ".roles.sql")).read_text()
     assert 'CREATE ROLE postgres' in roles
-    verified = atb("db", "verify", "--latest", env=env)
+    verified = atb_inproc("db", "verify", "--latest", env=env)
     assert verified.returncode == 0 and verified.stdout.startswith("OK"), verified.stdout
 
 

@@ -13,7 +13,7 @@ from backup_core.conninfo import ConnInfo
 from backup_core.errors import SafetyRefusal
 from backup_core.runner import run
 from tests.conftest import make_database
-from tests.helpers import atb
+from tests.helpers import atb_inproc
 
 
 @pytest.fixture
@@ -26,12 +26,14 @@ def one_backup(pg15: Cluster, backup_dir: Path,
 def test_an_intact_backup_verifies_shallow_and_deep(one_backup: tuple[ConnInfo, Path],
                                                     backup_dir: Path) -> None:
     _, _path = one_backup
-    done = atb("db", "verify", "--latest", "--deep", "--json", env={"BACKUP_DIR": str(backup_dir)})
+    done = atb_inproc("db", "verify", "--latest", "--deep", "--json",
+                      env={"BACKUP_DIR": str(backup_dir)})
     assert done.returncode == 0, done.stderr
     [result] = json.loads(done.stdout)
     assert result["ok"]
     assert [c["name"] for c in result["checks"]] == ["size", "sha256", "roles", "toc", "data"]
-    listing = json.loads(atb("db", "list", "--json", env={"BACKUP_DIR": str(backup_dir)}).stdout)
+    listing = json.loads(atb_inproc("db", "list", "--json",
+                                    env={"BACKUP_DIR": str(backup_dir)}).stdout)
     assert listing[0]["checked"] == "verified (deep)"
 
 
@@ -40,7 +42,7 @@ def test_a_bit_flip_fails_verification(one_backup: tuple[ConnInfo, Path]) -> Non
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
-    done = atb("db", "verify", str(path))
+    done = atb_inproc("db", "verify", str(path))
     assert done.returncode == 1
     assert done.stdout.startswith("FAIL") and "sha256" in done.stdout and "altered" in done.stdout
 
@@ -49,7 +51,7 @@ def test_a_truncated_dump_fails_verification(one_backup: tuple[ConnInfo, Path]) 
     _, path = one_backup
     with path.open("r+b") as fh:
         fh.truncate(path.stat().st_size // 2)
-    done = atb("db", "verify", str(path), "--json")
+    done = atb_inproc("db", "verify", str(path), "--json")
     assert done.returncode == 1
     assert "truncated" in json.loads(done.stdout)[0]["reason"]
 
@@ -83,7 +85,7 @@ def test_restore_creates_the_target_and_restores_exact_counts(
 ) -> None:
     source, path = one_backup
     target = source.with_dbname(source.dbname + "_restore")
-    done = atb("db", "restore", str(path), "--json", url=source,
+    done = atb_inproc("db", "restore", str(path), "--json", url=source,
                env={"ATB_TARGET_URL": target.secret_url})
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["created"] is True
@@ -95,7 +97,7 @@ def test_restore_refuses_the_production_database_and_a_non_empty_target(
     pg15: Cluster, one_backup: tuple[ConnInfo, Path]
 ) -> None:
     source, path = one_backup
-    refused = atb("db", "restore", str(path), url=source,
+    refused = atb_inproc("db", "restore", str(path), url=source,
                   env={"ATB_TARGET_URL": source.secret_url})
     assert refused.returncode == 8
     assert "it is the DATABASE_URL database" in refused.stderr
@@ -104,10 +106,10 @@ def test_restore_refuses_the_production_database_and_a_non_empty_target(
     with pytest.raises(SafetyRefusal):
         guard.refuse_production_target(alias, source, allowed=False)
     other = make_database(pg15, rows=1)
-    nonempty = atb("db", "restore", str(path), url=source,
+    nonempty = atb_inproc("db", "restore", str(path), url=source,
                    env={"ATB_TARGET_URL": other.secret_url})
     assert nonempty.returncode == 8 and "not empty" in nonempty.stderr
-    cleaned = atb("db", "restore", str(path), "--clean", url=source,
+    cleaned = atb_inproc("db", "restore", str(path), "--clean", url=source,
                   env={"ATB_TARGET_URL": other.secret_url})
     assert cleaned.returncode == 0, cleaned.stderr
     with db.connect(other) as conn:
@@ -124,7 +126,7 @@ def test_the_policys_create_step_would_replace_production_ours_does_not(
         conn.execute("INSERT INTO accounts(name) VALUES ('written after the backup')")
     target = source.with_dbname(source.dbname + "_restore")
     assert source.password not in target.libpq_url  # nothing secret on the command line
-    done = atb("db", "restore", str(path), "--target-url", target.libpq_url, url=source)
+    done = atb_inproc("db", "restore", str(path), "--target-url", target.libpq_url, url=source)
     assert done.returncode == 0, done.stderr
     with db.connect(source) as conn:
         assert conn.execute("SELECT count(*) FROM accounts WHERE name = "
