@@ -1,0 +1,136 @@
+"""Red team of issue 16: routes to production nobody listed, each tried against a real
+PostgreSQL 15 production by application code written as a stranger would, and blocked
+before it connects (production's rows unchanged, by `fingerprint`)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backup_core import isolation
+from backup_core.backup import create_backup
+from backup_core.cluster import Cluster
+from backup_core.conninfo import ConnInfo
+from tests.conftest import make_database
+from tests.helpers import fingerprint
+from tests.integration.test_isolation import _drill
+
+INSERT = "INSERT INTO accounts(name) VALUES ('written by the red team')"
+
+
+@pytest.fixture(scope="module")
+def production(pg15: Cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[
+        ConnInfo, Path]:
+    """A production database and one backup of it, shared by the module's tests."""
+    info = make_database(pg15, rows=50)
+    return info, create_backup(info, tmp_path_factory.mktemp("red-backups")).path
+
+
+@contextlib.contextmanager
+def local_forwarder(port: int) -> Iterator[int]:
+    """What an operator runs beside production (pgbouncer, `ssh -L`): a loopback port
+    whose bytes go to production's port."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        for s in (src, dst):
+            s.close()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = server.accept()
+                up = socket.create_connection(("127.0.0.1", port))
+                threading.Thread(target=pipe, args=(client, up), daemon=True).start()
+                threading.Thread(target=pipe, args=(up, client), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+
+
+def test_an_allowed_service_that_forwards_to_production_carries_no_postgresql(
+    production: tuple[ConnInfo, Path], tmp_path: Path
+) -> None:
+    """`--allow-service 127.0.0.1:F` where F is a local forwarder to production (its address
+    in no spelling atb can compare): the integration command, holding production's
+    password from its own configuration, connects there and writes. The allowed service
+    carries any protocol but PostgreSQL's, so the write never reaches production."""
+    prod, path = production
+    with local_forwarder(int(prod.port)) as port:
+        via = prod.with_params(host="127.0.0.1", port=str(port))
+        script = tmp_path / "integration.sh"
+        script.write_text(
+            f"#!/bin/sh\n{sys.executable} -c \"import psycopg; psycopg.connect("
+            f"{via.conninfo!r}, password={prod.password!r}, connect_timeout=5, "
+            f"autocommit=True).execute(\\\"{INSERT}\\\")\" >/dev/null 2>&1 "
+            "&& echo 'ROUTE forwarder reached' || echo 'ROUTE forwarder blocked'\n")
+        script.chmod(0o755)
+        before = fingerprint(prod)
+        done, result = _drill(path, tmp_path, "--integration-cmd", str(script),
+                              "--allow-service", f"127.0.0.1:{port}", url=prod, env={})
+    assert result, done.stderr
+    assert result["isolation"]["allowed"] == [f"127.0.0.1:{port}"]
+    assert result["integration"]["output_tail"] == "ROUTE forwarder blocked"
+    assert fingerprint(prod) == before
+
+
+def test_application_code_run_as_root_cannot_walk_to_productions_socket_through_proc(
+    pg15: Cluster, production: tuple[ConnInfo, Path]
+) -> None:
+    """Run as root, application code becomes the server's user and opens production's
+    socket by /proc/<postmaster>/root, the host's file system where nothing is covered;
+    or signals production's postmaster. Inside, no process of the host is visible."""
+    prod, _ = production
+    sock = f"{pg15.socket_dir}/.s.PGSQL.{pg15.port}"
+    code = f'''
+import os, pwd, socket
+try:
+    user = pwd.getpwnam("postgres")
+    os.setgid(user.pw_gid); os.setuid(user.pw_uid)
+except (KeyError, OSError):
+    pass
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect("/proc/{pg15.pid}/root{sock}")
+    print("reached")
+except OSError as exc:
+    print("blocked", exc.errno)
+try:
+    os.kill({pg15.pid}, 0)
+    print("signalled")
+except OSError as exc:
+    print("no signal", exc.errno)
+'''
+    argv, iso = isolation.wrap([sys.executable, "-c", code], env={})
+    assert iso.level == "network"
+    before = fingerprint(prod)
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "blocked 2", done.stdout  # ENOENT: no such process
+    assert done.stdout.split("\n")[1] == "no signal 3", done.stdout  # ESRCH
+    assert fingerprint(prod) == before
+
+
+@pytest.mark.parametrize("spelling", ["0.0.0.0", "[::]", "127.1", "vm"])
+def test_productions_port_in_other_spellings_is_refused(spelling: str,
+                                                         production: tuple[ConnInfo, Path]
+                                                         ) -> None:
+    """Production on loopback: its port under any other loopback spelling is refused."""
+    prod, _ = production
+    from backup_core.errors import ConfigError
+    with pytest.raises(ConfigError):
+        isolation.refuse_production_service([isolation.check_service(
+            f"{spelling}:{prod.port}")], prod)

@@ -1,0 +1,29 @@
+"""Red team of issue 16, the pure parts: what an allowed service may carry."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from backup_core import relay
+
+
+@pytest.mark.parametrize(("head", "verdict"), [
+    (struct.pack("!ii", 8, relay.SSL_REQUEST), True),
+    (struct.pack("!ii", 8, relay.GSSENC_REQUEST), True),
+    (struct.pack("!ii", 16, relay.CANCEL_REQUEST), True),
+    (struct.pack("!ii", 84, 3 << 16), True),
+    (struct.pack("!ii", 84, 2 << 16), True),
+    (b"\0\0\0", None),  # a startup sent in pieces: read on before forwarding a byte
+    (b"", None),
+    (b"GET / HTTP/1.1\r\n", False),
+    (b"*1\r\n$4\r\nPING\r\n", False),  # redis
+    (b"PING", False),
+    (b"\0\x01\0\0", False),  # a length of 65536 or more: no startup packet
+    (struct.pack("!ii", 8, 7 << 16), False),
+    (struct.pack("!ii", 4, 3 << 16), False),
+])
+def test_an_allowed_service_refuses_exactly_the_postgresql_openings(
+        head: bytes, verdict: bool | None) -> None:
+    assert relay.speaks_postgresql(head) is verdict
