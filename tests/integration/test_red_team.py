@@ -5,10 +5,13 @@ before it connects (production's rows unchanged, by `fingerprint`)."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +22,8 @@ from backup_core.backup import create_backup
 from backup_core.cluster import Cluster
 from backup_core.conninfo import ConnInfo
 from tests.conftest import make_database
-from tests.helpers import fingerprint
-from tests.integration.test_isolation import _drill
+from tests.helpers import atb, fingerprint
+from tests.integration.test_isolation import _drill, _processes_mentioning
 
 INSERT = "INSERT INTO accounts(name) VALUES ('written by the red team')"
 
@@ -62,7 +65,7 @@ def local_forwarder(port: int) -> Iterator[int]:
 
 
 def test_an_allowed_service_that_forwards_to_production_carries_no_postgresql(
-    production: tuple[ConnInfo, Path], tmp_path: Path
+    production: tuple[ConnInfo, Path], pg15: Cluster, tmp_path: Path
 ) -> None:
     """`--allow-service 127.0.0.1:F` where F is a local forwarder to production (its address
     in no spelling atb can compare): the integration command, holding production's
@@ -85,6 +88,8 @@ def test_an_allowed_service_that_forwards_to_production_carries_no_postgresql(
     assert result["isolation"]["allowed"] == [f"127.0.0.1:{port}"]
     assert result["integration"]["output_tail"] == "ROUTE forwarder blocked"
     assert fingerprint(prod) == before
+    # the drill inside the PID namespace sees no owner outside: it reaped nobody's sandbox
+    assert (pg15.datadir / "PG_VERSION").is_file()
 
 
 def test_application_code_run_as_root_cannot_walk_to_productions_socket_through_proc(
@@ -134,3 +139,58 @@ def test_productions_port_in_other_spellings_is_refused(spelling: str,
     with pytest.raises(ConfigError):
         isolation.refuse_production_service([isolation.check_service(
             f"{spelling}:{prod.port}")], prod)
+
+
+def test_a_double_forked_daemon_of_application_code_ends_with_it(tmp_path: Path) -> None:
+    """A subprocess that double-forks (a daemon the integration command starts) does not
+    outlive the command: the namespace's init ends, the kernel kills what is left."""
+    marker = f"atb-red-team-daemon-{os.getpid()}"
+    code = ("import os, sys\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+            "        null = os.open(os.devnull, os.O_RDWR)\n"
+            "        for fd in (0, 1, 2):\n            os.dup2(null, fd)\n"
+            "        os.execv(sys.executable, [sys.executable, '-c', "
+            f"'import time; time.sleep(120)', {marker!r}])\n    os._exit(0)\n"
+            "os.wait()\nprint('forked')\n")
+    argv, iso = isolation.wrap([sys.executable, "-c", code], env={})
+    assert iso.level == "network"
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "forked\n"), done.stderr
+    left = _processes_mentioning(marker)
+    for pid in left:  # on a launcher without the PID namespace: ours to end
+        os.kill(pid, signal.SIGKILL)
+    assert left == set()
+
+
+def test_a_killed_isolated_drills_sandbox_dies_with_it_and_its_directory_is_reaped(
+    production: tuple[ConnInfo, Path], sandbox_tmp: Path, tmp_path: Path
+) -> None:
+    """kill -9 of a network-isolated drill: its local sandbox's server (inside the drill's
+    PID namespace) dies at once; the next `atb doctor` removes the directory it left."""
+    _, path = production
+    marker = tmp_path / "integration-started"
+    slow = f"{sys.executable} -c \"import pathlib, time; pathlib.Path('{marker}').touch(); " \
+           "time.sleep(60)\""
+    env = {**{k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
+           "TMPDIR": str(sandbox_tmp)}
+    proc = subprocess.Popen([sys.executable, "-m", "drills.cli", "drill", "run", "--backup",
+                             str(path), "--sandbox", "local", "--no-record", "--integration-cmd",
+                             slow, "--report-dir", str(tmp_path / "r")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert marker.exists(), "the drill never reached its integration command"
+    [workdir] = sandbox_tmp.glob("atb-pg-*")
+    assert _processes_mentioning(str(workdir)) != set()  # its server runs
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while _processes_mentioning(str(workdir)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_mentioning(str(workdir)) == set()
+    done = atb("doctor", env={"TMPDIR": str(sandbox_tmp)})
+    assert done.returncode == 0, done.stderr
+    reaped = [ln for ln in done.stderr.splitlines() if "reaped the local sandbox" in ln]
+    assert len(reaped) == 1 and reaped[0].endswith(f"removed {workdir}"), done.stderr
+    assert not workdir.exists()
