@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import html
 import struct
 
 import pytest
 
 from backup_core import relay
+from drills import inert
 
 
 @pytest.mark.parametrize(("head", "verdict"), [
@@ -27,3 +29,17 @@ from backup_core import relay
 def test_an_allowed_service_refuses_exactly_the_postgresql_openings(
         head: bytes, verdict: bool | None) -> None:
     assert relay.speaks_postgresql(head) is verdict
+
+
+@pytest.mark.parametrize("hostile", [
+    "orders https://evil.example/reset?u=1", "WWW.evil.example/login", "see www.evil.example",
+    "ftp://evil.example/x", "HTTPS://EVIL.EXAMPLE"])
+def test_an_url_in_untrusted_text_is_no_live_link_in_gfm(hostile: str) -> None:
+    """A table name, a check message or a tool's output holding a URL: GFM's extended
+    autolinks made it a live link in the audit wiki. Escaped, it shows as it reads."""
+    cmarkgfm = pytest.importorskip("cmarkgfm")
+    for md in (inert.md_text(hostile), f"| a |\n| - |\n| {inert.md_cell(hostile)} |"):
+        rendered = cmarkgfm.github_flavored_markdown_to_html(
+            md, options=cmarkgfm.cmark.Options.CMARK_OPT_UNSAFE)
+        assert "<a " not in rendered, rendered
+        assert html.escape(hostile, quote=False) in rendered
