@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from backup_core import isolation
+from backup_core import isolation, toolchain
 from backup_core.backup import create_backup
 from backup_core.cluster import Cluster
 from backup_core.conninfo import ConnInfo
 from tests.conftest import make_database
 from tests.helpers import atb, fingerprint
 from tests.integration.test_isolation import _drill, _processes_mentioning
+from tests.integration.test_production_guard import alembic_project
 
 INSERT = "INSERT INTO accounts(name) VALUES ('written by the red team')"
 
@@ -233,3 +234,44 @@ def test_application_code_cannot_delete_the_backup_being_drilled(
     done, result = _drill(copy, tmp_path, "--integration-cmd", str(script), url=prod, env={})
     assert result, done.stderr
     assert copy.is_file()
+
+
+ENV_PY_THROUGH_THE_SERVER = '''
+from alembic import context
+from sqlalchemy import engine_from_config, pool
+engine = engine_from_config(context.config.get_section(context.config.config_ini_section),
+                            prefix="sqlalchemy.", poolclass=pool.NullPool)
+with engine.connect() as connection:
+    # the server runs outside every namespace: a superuser's COPY runs a program there
+    connection.exec_driver_sql(%r)
+    connection.commit()
+    context.configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+'''
+
+
+@pytest.mark.xfail(strict=True, reason="open: a superuser target on production's server "
+                   "reaches production through the server itself (proposal in the report)")
+def test_restore_migrate_as_a_superuser_cannot_reach_production_through_the_server(
+    production: tuple[ConnInfo, Path], pg15: Cluster, chain15: toolchain.Toolchain,
+    tmp_path: Path
+) -> None:
+    """`restore --migrate` into a new database on production's server, as the superuser
+    operators restore with: the relay opens only the target, but env.py's COPY TO PROGRAM
+    (or dblink, or DROP DATABASE) acts on production from inside the server."""
+    prod, path = production
+    ini = alembic_project(tmp_path / "app", "generic", prod)
+    psql = chain15.tool("psql")
+    program = (f"{psql} -h {pg15.socket_dir} -p {pg15.port} -U postgres -d {prod.dbname} "
+               f"-c \"{INSERT}\"")
+    (ini.parent / "migrations" / "env.py").write_text(
+        ENV_PY_THROUGH_THE_SERVER % ("COPY (SELECT 1) TO PROGRAM '" + program.replace("'", "''")
+                                     + "'"))
+    before = fingerprint(prod)
+    target = prod.with_dbname(f"{prod.dbname}_server_route")
+    done = atb("db", "restore", str(path), "--migrate", "--alembic-config", str(ini),
+               url=prod, env={"ATB_TARGET_URL": target.secret_url})
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode != 0 or fingerprint(prod) == before  # today: exit 0, a new row
+    assert fingerprint(prod) == before
