@@ -275,3 +275,26 @@ def test_restore_migrate_as_a_superuser_cannot_reach_production_through_the_serv
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode != 0 or fingerprint(prod) == before  # today: exit 0, a new row
     assert fingerprint(prod) == before
+
+
+def test_productions_tcp_address_in_every_spelling_is_unreachable_inside(
+    production: tuple[ConnInfo, Path]
+) -> None:
+    """127.0.0.1, localhost, the host's name, hostaddr= under another host name: each reaches
+    production from a plain process and nothing from inside the namespaces."""
+    prod, _ = production
+    spellings = [f"host=127.0.0.1 port={prod.port}", f"host=localhost port={prod.port}",
+                 f"host={socket.gethostname()} port={prod.port}",
+                 f"host=db.example hostaddr=127.0.0.1 port={prod.port}"]
+    code = ("import psycopg, sys\nfor s in sys.argv[1:]:\n    try:\n"
+            f"        psycopg.connect(s + ' dbname={prod.dbname} user={prod.user}', "
+            f"password={prod.password!r}, connect_timeout=3).close()\n"
+            "        print('reached')\n    except psycopg.OperationalError:\n"
+            "        print('blocked')\n")
+    outside = subprocess.run([sys.executable, "-c", code, *spellings], capture_output=True,
+                             text=True, check=False, timeout=60)
+    assert outside.stdout.split() == ["reached"] * 4, outside.stderr
+    argv, iso = isolation.wrap([sys.executable, "-c", code, *spellings], env={})
+    assert iso.level == "network"
+    inside = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+    assert inside.stdout.split() == ["blocked"] * 4, inside.stderr
