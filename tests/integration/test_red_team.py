@@ -298,3 +298,13 @@ def test_productions_tcp_address_in_every_spelling_is_unreachable_inside(
     assert iso.level == "network"
     inside = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
     assert inside.stdout.split() == ["blocked"] * 4, inside.stderr
+
+
+def test_verify_of_a_fifo_named_like_a_backup_says_what_it_is_and_never_hangs(
+    tmp_path: Path
+) -> None:
+    fifo = tmp_path / "backup-20260101T000000Z.dump"
+    os.mkfifo(fifo)
+    done = atb("db", "verify", str(fifo), env={"BACKUP_DIR": str(tmp_path)}, timeout=30)
+    assert (done.returncode, done.stdout) == (1, f"FAIL {fifo}: exists: not a regular file\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fifo.name]  # nothing recorded
