@@ -2,6 +2,13 @@
 network namespace's loopback up (it starts down, and a local sandbox or a relay listener may
 want it), cover each `--hide` path with /dev/null, then become the real command.
 
+In the new PID namespace (`unshare --pid` without `--fork`: our children are in it, we are
+not) the launcher forks the namespace's init, which mounts a /proc of its own (the host's
+processes, and through /proc/PID/root the host's uncovered file system, are gone), reaps
+orphans, and runs the command; when the command ends, init ends and the kernel kills
+whatever the command left behind (a double-forked daemon included). Signals to the launcher
+reach the command; its exit status (or the signal that ended it) is the launcher's.
+
 `python -m backup_core.isolate_exec [--hide PATH]... [--forward HOST:PORT=SOCKET]... --
 ARGV...`; one line on stderr and exit 3 when a step fails, so nothing runs half-isolated.
 A forward (`--allow-service`) listens on HOST:PORT inside and carries each connection to
@@ -11,7 +18,6 @@ SOCKET, a relay outside; its process dies with the command.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import fcntl
 import os
 import signal
@@ -24,6 +30,8 @@ SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 MS_BIND = 4096
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
 PR_CAP_AMBIENT = 47
@@ -33,6 +41,12 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_SYS_ADMIN = 12, 19, 21
 EXIT_FAILED = 3
 EXIT_NOT_FOUND = 127  # as a shell says it
+
+
+def _libc() -> ctypes.CDLL:
+    """The C library already loaded: `ctypes.util.find_library` forks (ldconfig), and the
+    first child after `unshare --pid` becomes the namespace's init, which must be ours."""
+    return ctypes.CDLL(None, use_errno=True)
 
 
 class IsolationFailed(Exception):
@@ -64,16 +78,45 @@ def loopback_up() -> None:
 def cover(path: str) -> None:
     """Bind-mount /dev/null over `path`: a socket then refuses connections, a file reads
     empty. Private to this mount namespace."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc = _libc()
     if libc.mount(b"/dev/null", os.fsencode(path), None, MS_BIND, None) != 0:
         err = ctypes.get_errno()
         raise IsolationFailed(f"cannot hide {path}: {os.strerror(err)}")
 
 
+def mount_proc() -> None:
+    """A /proc of this PID namespace over the host's: only our own processes are in it."""
+    libc = _libc()
+    if libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0:
+        raise IsolationFailed(f"cannot mount /proc: {os.strerror(ctypes.get_errno())}")
+
+
+def die_with_parent() -> None:
+    libc = _libc()
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def supervise(pid: int, *, reap_all: bool) -> int:
+    """Wait for `pid` (reaping every orphan too, as init), passing it our signals; its exit
+    status, or 128 + the signal that ended it."""
+    for sig in FORWARDED:
+        signal.signal(sig, lambda signum, _frame: os.kill(pid, signum))
+    while True:
+        try:
+            done, status = os.waitpid(-1 if reap_all else pid, 0)
+        except ChildProcessError:
+            return EXIT_FAILED
+        if done == pid:
+            for sig in FORWARDED:
+                signal.signal(sig, signal.SIG_DFL)
+            return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) \
+                else 128 + os.WTERMSIG(status)
+
+
 def drop_capabilities() -> None:
     """Before exec: the command and its children cannot undo the isolation. Ambient
     capabilities (kept through `unshare --keep-caps` without root) are cleared too."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc = _libc()
     for cap in (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_SYS_PTRACE):
         if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             raise IsolationFailed(f"cannot drop capability {cap}: "
@@ -156,7 +199,7 @@ def start_forwards(forward: dict[str, str]) -> None:
     pid = os.fork()
     if pid == 0:
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+            libc = _libc()
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             if os.getppid() != parent:
                 os._exit(0)
@@ -170,21 +213,9 @@ def start_forwards(forward: dict[str, str]) -> None:
         listener.close()
 
 
-def main(argv: list[str]) -> int:
+def run_command(command: list[str]) -> int:
+    """In the command's process: give up what could undo the isolation, then exec."""
     try:
-        hide, forward, command = parse(argv)
-        check_namespaces()
-        loopback_up()
-        start_forwards(forward)
-        for path in hide:
-            try:
-                cover(path)
-            except IsolationFailed:
-                # gone meanwhile, or out of our reach anyway (another user's private
-                # directory, without root): nothing to hide from us
-                if os.path.lexists(path) and (os.access(path, os.R_OK)
-                                              or os.access(path, os.W_OK)):
-                    raise
         drop_capabilities()
         # names this network namespace: our children know they are inside it, and a copy of
         # the variable that reaches a process elsewhere means nothing there
@@ -201,6 +232,57 @@ def main(argv: list[str]) -> int:
         print(f"atb: isolation failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_FAILED  # not reached: execvp replaced this process
+
+
+def init(command: list[str], forward: dict[str, str]) -> int:
+    """PID 1 of the new namespace: its own /proc, the forwards, then the command."""
+    try:
+        die_with_parent()
+        mount_proc()
+        start_forwards(forward)
+    except (IsolationFailed, OSError) as exc:
+        print(f"atb: isolation failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(run_command(command))
+    return supervise(pid, reap_all=True)
+
+
+def main(argv: list[str]) -> int:
+    try:
+        hide, forward, command = parse(argv)
+        check_namespaces()
+        loopback_up()
+        for path in hide:
+            try:
+                cover(path)
+            except IsolationFailed:
+                # gone meanwhile, or out of our reach anyway (another user's private
+                # directory, without root): nothing to hide from us
+                if os.path.lexists(path) and (os.access(path, os.R_OK)
+                                              or os.access(path, os.W_OK)):
+                    raise
+    except (IsolationFailed, OSError) as exc:
+        print(f"atb: isolation failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    # the owner of any sandbox made inside, as the host sees it (see backup_core.reaper)
+    with open("/proc/self/stat") as fh:
+        stat = fh.read()
+    start = stat[stat.rfind(")") + 2:].split()[19]
+    os.environ["ATB_ISOLATION_OWNER"] = f"{os.getpid()}:{start}@{socket.gethostname()}"
+    pid = os.fork()  # the new PID namespace's init
+    if pid == 0:
+        code = EXIT_FAILED
+        try:
+            code = init(command, forward)
+        finally:
+            os._exit(code)
+    code = supervise(pid, reap_all=False)
+    if code > 128 and code - 128 in FORWARDED:  # ended by a signal: end as it did
+        os.kill(os.getpid(), code - 128)
+    return code
 
 
 if __name__ == "__main__":

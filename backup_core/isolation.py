@@ -65,7 +65,10 @@ class Isolation:
 def unshare_argv(unshare: str, *, root: bool) -> list[str]:
     """The namespaces every isolated child gets; without root, through a user namespace whose
     capabilities the launcher keeps (so that mounts and `lo` are ours to change)."""
-    argv = [unshare, "--net", "--mount", "--propagation", "private"]
+    # --pid: the launcher's first child is the namespace's init and mounts its own /proc, so
+    # no process of the host can be seen, signalled or walked through (/proc/PID/root is
+    # the host's file system, where nothing is covered); and nothing outlives the command
+    argv = [unshare, "--net", "--mount", "--pid", "--propagation", "private"]
     if not root:  # our own uid inside; the launcher keeps the namespace's capabilities
         argv += ["--user", "--map-current-user", "--keep-caps"]  # (it drops them before exec)
     return [*argv, "--"]

@@ -29,6 +29,10 @@ from backup_core.errors import StorageError
 
 log = logging.getLogger("atb.reaper")
 OWNER_LABEL = "atb.owner"
+# set by the isolation launcher (backup_core.isolate_exec): its own pid, start and host, as
+# the host sees them. Inside the drill's PID namespace our pids mean nothing outside, and
+# the host's processes are invisible: the launcher is the owner, and nobody is judged gone.
+LAUNCHER_ENV = "ATB_ISOLATION_OWNER"
 WORKDIR_PREFIX = "atb-pg-"
 
 
@@ -45,6 +49,14 @@ def process_start(pid: int) -> str | None:
     return fields[19]  # field 22, starttime
 
 
+def _inside_isolation() -> bool:
+    """In a child of the isolation launcher (its network namespace names this one)."""
+    try:
+        return os.environ.get("ATB_ISOLATION_ACTIVE") == os.readlink("/proc/self/ns/net")
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class Owner:
     pid: int
@@ -53,6 +65,9 @@ class Owner:
 
     @classmethod
     def current(cls) -> Owner:
+        launcher = cls.from_label(os.environ.get(LAUNCHER_ENV, ""))
+        if launcher is not None and _inside_isolation():
+            return launcher
         return cls(pid=os.getpid(), start=process_start(os.getpid()) or "",
                    host=socket.gethostname())
 
@@ -68,8 +83,9 @@ class Owner:
 
     def gone(self) -> bool:
         """True only when this host knows the owner is dead: another host's owner is never
-        judged from here."""
-        if self.host != socket.gethostname():
+        judged from here, nor anyone from inside the drill's isolation (its PID namespace
+        shows none of the host's processes)."""
+        if self.host != socket.gethostname() or _inside_isolation():
             return False
         return process_start(self.pid) != self.start
 

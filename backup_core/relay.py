@@ -71,6 +71,19 @@ def parse_startup(packet: bytes) -> Startup:
     return Startup(code, tuple(zip(items[::2], items[1::2], strict=True)))
 
 
+def speaks_postgresql(head: bytes) -> bool | None:
+    """Whether a client's first bytes open a PostgreSQL session (True), cannot (False), or
+    may yet (None: read on). Every PostgreSQL client opens with a length below 65536 and a
+    startup, TLS, GSS or cancel code; no text protocol opens with a NUL byte."""
+    if head[:1] not in (b"", b"\0") or head[1:2] not in (b"", b"\0"):
+        return False
+    if len(head) < 8:
+        return None
+    length, code = struct.unpack("!ii", head[:8])
+    return 8 <= length <= MAX_STARTUP and (
+        code in (SSL_REQUEST, GSSENC_REQUEST, CANCEL_REQUEST) or 1 <= code >> 16 <= 3)
+
+
 def error_response(message: str, *, code: str = "28000") -> bytes:
     """A FATAL ErrorResponse, as the server sends one (libpq shows `message`)."""
     body = b"".join(k + v.encode() + b"\0" for k, v in (
@@ -104,7 +117,10 @@ class Relay:
                  raw: bool = False) -> None:
         self.upstream = upstream
         self.only_database = only_database
-        self.raw = raw  # any TCP service: bytes forwarded as they come, nothing parsed
+        # any TCP service but PostgreSQL (which could be production, behind a forwarder or
+        # by another spelling of its address): a client opening a PostgreSQL session is cut
+        # off before a byte of it leaves; everything else is forwarded as it comes
+        self.raw = raw
         self.port = int((upstream.port or "5432").split(",")[0])
         self._dir: Path | None = None
         self._listener: socket.socket | None = None
@@ -216,6 +232,16 @@ class Relay:
                 up = self._track(self._connect_upstream())
                 up.settimeout(None)
                 threading.Thread(target=self._pipe, args=(up, client), daemon=True).start()
+                head = b""
+                while (verdict := speaks_postgresql(head)) is None:
+                    chunk = client.recv(8 - len(head))
+                    if not chunk:
+                        break
+                    head += chunk
+                if verdict:
+                    self._drop(client, up)
+                    return
+                up.sendall(head)
                 self._pipe(client, up)
                 return
             client.settimeout(30)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -118,8 +119,9 @@ def _run_checks(
     def done() -> VerifyResult:
         return VerifyResult(path=path, deep=deep, checks=tuple(checks))
 
-    if not path.is_file():
-        checks.append(Check("exists", False, "no such file"))
+    if not path.is_file():  # a FIFO, a device, a directory: never opened (a FIFO would hang)
+        checks.append(Check("exists", False, "not a regular file" if os.path.lexists(path)
+                            else "no such file"))
         return done()
     if not path.name.endswith(DUMP_SUFFIX):
         checks.append(Check("name", False, "not a backup (backup-<time>.dump with its "

@@ -67,6 +67,11 @@ def _escape_plain(text: str) -> str:
             # `_` between letters or digits never opens or closes emphasis (`atb_drill_1`)
             inner = 0 < i < len(text) - 1 and text[i - 1].isalnum() and text[i + 1].isalnum()
             out.append("_" if inner else "\\_")
+        elif (c == ":" and text[i + 1:i + 3] == "//") or (
+                c == "." and text[max(0, i - 3):i].lower() == "www"):
+            # GFM's extended autolinks (`https://…`, `www.…`) would make a live link of a
+            # table name or a tool's output: an escaped `:` or `.` is text, never a link
+            out.append("\\" + c)
         else:
             out.append(_MD_ESCAPES.get(c, c))
     return "".join(out)

@@ -26,7 +26,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from backup_core import db, guard, reaper, toolchain
+from backup_core import db, guard, isolation, reaper, toolchain
 from backup_core.cluster import FAST_SETTINGS, Cluster
 from backup_core.conninfo import ConnInfo
 from backup_core.errors import AtbError, ConfigError, SafetyRefusal
@@ -65,7 +65,10 @@ class SandboxInfo:
 
 def reap() -> list[str]:
     """Every sandbox, local or docker, whose drill is gone: stopped and removed (one log line
-    each). Docker's half lives here: the core never imports the Docker SDK."""
+    each). Docker's half lives here: the core never imports the Docker SDK. Not from inside
+    the isolation: its PID namespace hides every owner, so all would look gone."""
+    if isolation.already_inside():
+        return []
     return [*reaper.reap_local(), *docker_engine.reap_docker()]
 
 

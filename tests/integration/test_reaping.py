@@ -36,8 +36,10 @@ def test_a_killed_drills_sandbox_is_reaped_by_the_next_start(
     marker = tmp_path / "integration-started"
     slow = f"{sys.executable} -c \"import pathlib, time; pathlib.Path('{marker}').touch(); " \
            "time.sleep(60)\""
+    # a platform without namespaces: the server outlives the drill (inside the isolation's
+    # PID namespace it dies with it: tests/integration/test_red_team.py)
     env = {**{k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
-           "TMPDIR": str(sandbox_tmp)}
+           "TMPDIR": str(sandbox_tmp), "ATB_ISOLATION": "off"}
     proc = subprocess.Popen([sys.executable, "-m", "drills.cli", "drill", "run", "--backup",
                              str(path), "--sandbox", "local", "--no-record", "--integration-cmd",
                              slow, "--report-dir", str(tmp_path / "r")],

@@ -29,11 +29,11 @@ Num       RefCount Protocol Flags    Type St Inode Path
 def test_isolated_argv_is_exact_as_root_and_through_a_user_namespace() -> None:
     assert isolation.isolated_argv(["pytest", "-q"], hide=["/a/.s.PGSQL.5432", "/h/.pgpass"],
                                    root=True, unshare_path="/usr/bin/unshare") == [
-        "/usr/bin/unshare", "--net", "--mount", "--propagation", "private", "--",
+        "/usr/bin/unshare", "--net", "--mount", "--pid", "--propagation", "private", "--",
         sys.executable, "-m", "backup_core.isolate_exec", "--hide", "/a/.s.PGSQL.5432",
         "--hide", "/h/.pgpass", "--", "pytest", "-q"]
     assert isolation.isolated_argv(["true"], hide=[], root=False, unshare_path="unshare") == [
-        "unshare", "--net", "--mount", "--propagation", "private", "--user",
+        "unshare", "--net", "--mount", "--pid", "--propagation", "private", "--user",
         "--map-current-user", "--keep-caps", "--", sys.executable, "-m",
         "backup_core.isolate_exec", "--", "true"]
 
@@ -90,7 +90,7 @@ def test_isolation_off_is_environment_only_and_says_why(
 
 def test_isolated_argv_carries_each_forward() -> None:
     assert isolation.isolated_argv(["t"], hide=[], root=True, unshare_path="u",
-                                   forward={"127.0.0.1:6379": "/r/service.sock"})[6:] == [
+                                   forward={"127.0.0.1:6379": "/r/service.sock"})[7:] == [
         sys.executable, "-m", "backup_core.isolate_exec", "--forward",
         "127.0.0.1:6379=/r/service.sock", "--", "t"]
 
