@@ -137,17 +137,22 @@ ASSERTED = "the sandbox server was asserted not to be production's"
 
 
 def refuse_production_server(server: ConnInfo, production: ConnInfo | None, *,
-                             asserted: bool = False) -> str:
+                             asserted: bool = False, observer: Observer | None = None) -> str:
     """Refuse (exit 8) a sandbox server that is production's server by any route: scratch
     databases, migrations and the integration suite do not belong beside production.
 
     Only a comparison of what both servers report can clear a server: when either cannot
     be reached, no address, port or name proves anything (127.0.0.2 is 127.0.0.1), so the
     server is refused unless the user `asserted` it is not production's. An assertion never
-    overrides a comparison that finds the same server."""
+    overrides a comparison that finds the same server. `observer` reads production's identity
+    where this process cannot reach it (an isolated drill asks its parent)."""
     if production is None:
         return "no production database configured"
-    prod = db.identity_of(production)
+    if observer is None:
+        prod = db.identity_of(production)
+    else:
+        seen = observer(production)
+        prod = seen.identity if seen is not None else None
     mine = db.identity_of(server)
     if prod is not None and mine is not None:
         if mine.server == prod.server:

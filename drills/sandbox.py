@@ -30,7 +30,7 @@ from backup_core import db, guard, isolation, reaper, toolchain
 from backup_core.cluster import FAST_SETTINGS, Cluster
 from backup_core.conninfo import ConnInfo
 from backup_core.errors import AtbError, ConfigError, SafetyRefusal
-from drills import docker_engine
+from drills import docker_engine, observer
 
 log = logging.getLogger("atb.sandbox")
 PROVIDERS = ("auto", "local", "docker", "server")
@@ -163,7 +163,8 @@ def _local(source_major: int, chains: list[toolchain.Toolchain]) -> Iterator[San
 @contextlib.contextmanager
 def _server(server: ConnInfo, production: ConnInfo | None,
             chains: list[toolchain.Toolchain], asserted: bool = False) -> Iterator[SandboxInfo]:
-    checked = guard.refuse_production_server(server, production, asserted=asserted)
+    checked = guard.refuse_production_server(server, production, asserted=asserted,
+                                             observer=observer.current())
     t0 = time.monotonic()
     name = scratch_name()
     password = secrets.token_urlsafe(18)
