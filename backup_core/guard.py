@@ -171,6 +171,51 @@ def refuse_production_server(server: ConnInfo, production: ConnInfo | None, *,
         "URL, or pass --sandbox-is-not-production if you know it is another server")
 
 
+# Server-level powers through which SQL run by application code reaches every database of
+# its server (COPY ... TO PROGRAM, server files, any role): never handed to application code on
+# a server that holds production.
+SERVER_POWERS_SQL = """
+SELECT CASE WHEN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+            THEN ARRAY['superuser']
+            ELSE ARRAY(SELECT r.rolname::text FROM pg_roles r
+                       WHERE (r.rolsuper OR r.rolname IN ('pg_execute_server_program',
+                                                          'pg_write_server_files',
+                                                          'pg_read_server_files'))
+                         AND pg_has_role(current_user, r.oid, 'MEMBER')
+                       ORDER BY 1) END
+"""
+
+
+def refuse_migrating_beside_production(target: ConnInfo, production: ConnInfo | None, *,
+                                       observer: Observer | None = None) -> str:
+    """Refuse (exit 8), before anything is restored, to run application migrations with
+    server-level powers (a superuser, or membership in pg_execute_server_program and the like)
+    on production's server, or on one that cannot be told apart from it: the namespaces keep
+    `env.py` off production's sockets, but the server itself would run `COPY ... TO PROGRAM`
+    or write any file for it. Migrate as the database's owner, or restore to another server."""
+    if production is None:
+        return "no production database configured"
+    seen = (observer or observe)(production)
+    try:
+        with maintenance(target) as conn:
+            server = db.identity(conn).server
+            row = conn.execute(SERVER_POWERS_SQL).fetchone()
+            powers = [str(p) for p in (row[0] if row else [])]
+    except (ConnectionFailed, psycopg.Error):
+        return "the target's server could not be read before restoring"
+    if seen is not None and server != seen.identity.server:
+        return "the migration runs on another server than production's"
+    if powers:
+        where = "production's server" if seen is not None else \
+            "a server that cannot be told apart from production's (production is unreachable)"
+        raise SafetyRefusal(
+            f"refusing --migrate as {target.get('user') or 'this role'} on {where}: its "
+            f"server-level powers ({', '.join(powers)}) would let env.py reach production "
+            "through the server (COPY ... TO PROGRAM, server files); restore as the database's "
+            "owner without them, or restore into another server")
+    return "the migration's role has no server-level powers"
+
+
 SYSTEM_DATABASES = frozenset({"template0", "template1", "postgres"})
 
 

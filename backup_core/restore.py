@@ -228,6 +228,8 @@ def restore_backup(
                               "--alembic-config path/to/alembic.ini")
     evidence = [guard.refuse_system_database(target),
                 guard.refuse_production_target(target, production, allowed=allow_production)]
+    if alembic_config is not None and not allow_production:
+        evidence.append(guard.refuse_migrating_beside_production(target, production))
     chains = toolchain.discover() if chains is None else chains
     chain = toolchain.for_restore(archive_major(path, chains), chains)
     jobs = jobs or default_jobs()

@@ -200,15 +200,17 @@ def test_an_env_py_reading_a_dotenv_file_cannot_migrate_production_in_a_drill(
 
 @pytest.mark.parametrize("route", ["tcp", "socket"])
 def test_an_env_py_reading_a_dotenv_file_cannot_migrate_production_on_restore(
-    route: str, production: tuple[ConnInfo, Path], pg15: Cluster, tmp_path: Path
+    route: str, production: tuple[ConnInfo, Path], pg15: Cluster, pg18: Cluster,
+    tmp_path: Path
 ) -> None:
     """Route 7 in `atb db restore --migrate`, by TCP and by production's unix socket hard-
-    coded: the target (on production's own server) is migrated through a relay that opens
-    only the target; production is refused or unreachable (exit 5)."""
+    coded: the target (on another server: a superuser migration beside production is refused
+    outright) is migrated through a relay that opens only the target; production is
+    unreachable (exit 5)."""
     prod, path = production
     named = prod if route == "tcp" else _socket_url(pg15, prod.dbname)
     ini = _dotenv_project(tmp_path / "app", prod, named.sqlalchemy_url)
-    target = prod.with_dbname(f"{prod.dbname}_{route}_copy")
+    target = pg18.url(f"{prod.dbname}_{route}_copy")
     before = fingerprint(prod)
     done = atb("db", "restore", str(path), "--migrate", "--alembic-config", str(ini),
                url=prod, env={"ATB_TARGET_URL": target.secret_url})

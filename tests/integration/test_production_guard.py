@@ -98,6 +98,16 @@ def _socket_route(cluster: Cluster, dbname: str) -> ConnInfo:
                          user="postgres")
 
 
+def beside_production(prod: ConnInfo, name: str) -> ConnInfo:
+    """A new database on production's own server for a role without server-level powers:
+    the only way `restore --migrate` runs beside production (a superuser is refused there,
+    the server itself being a route to production)."""
+    with db.connect(prod, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'migrator'").fetchone():
+            conn.execute("CREATE ROLE migrator LOGIN CREATEDB PASSWORD 'migrator-pw-1'")
+    return prod.with_params(user="migrator").with_password("migrator-pw-1").with_dbname(name)
+
+
 @pytest.mark.parametrize("layout", ["generic", "async", "pyproject", "env-reads-DATABASE_URL",
                                     "package:path"])
 def test_alembic_migrates_the_copy_and_never_production(
@@ -106,10 +116,10 @@ def test_alembic_migrates_the_copy_and_never_production(
     prod, path = production
     ini = alembic_project(tmp_path / "app", layout, prod)
     before = fingerprint(prod)
-    target = prod.with_dbname(prod.dbname + "_copy")
+    target = beside_production(prod, prod.dbname + "_copy")
     with ArgvSampler() as ps:
-        done = atb("db", "restore", str(path), "--migrate", "--alembic-config", str(ini),
-                   url=prod, env={"ATB_TARGET_URL": target.secret_url})
+        done = atb("db", "restore", str(path), "--migrate", "--no-owner", "--alembic-config",
+                   str(ini), url=prod, env={"ATB_TARGET_URL": target.secret_url})
     assert done.returncode == 0, done.stderr
     assert "alembic: 0001_initial -> 0002_probe" in done.stdout
     assert "alembic ran network (new network and mount namespaces" in done.stdout
@@ -133,10 +143,10 @@ def test_an_env_py_wired_to_production_fails_loudly_and_never_exits_0(
     env_py = ini.parent / "migrations" / "env.py"
     env_py.write_text(env_py.read_text().replace('os.environ["DATABASE_URL"]',
                                                  repr(prod.sqlalchemy_url)))
-    target = prod.with_dbname(prod.dbname + "_copy")
+    target = beside_production(prod, prod.dbname + "_copy")
     before = fingerprint(prod)
-    done = atb("db", "restore", str(path), "--migrate", "--alembic-config", str(ini),
-               url=prod, env={"ATB_TARGET_URL": target.secret_url})
+    done = atb("db", "restore", str(path), "--migrate", "--no-owner", "--alembic-config",
+               str(ini), url=prod, env={"ATB_TARGET_URL": target.secret_url})
     assert done.returncode == 5, done.stderr
     assert "NOT migrated" in done.stderr and "Connection refused" in done.stderr
     assert prod.password not in done.stderr + done.stdout
@@ -150,9 +160,9 @@ def test_a_failing_migration_names_the_exception_and_says_the_copy_is_not_migrat
     ini = alembic_project(tmp_path / "app", "generic", prod)
     (ini.parent / "migrations" / "versions" / "0002_probe.py").write_text(
         REVISIONS["0002_probe.py"] + "    raise RuntimeError('boom in 0002: error error')\n")
-    target = prod.with_dbname(prod.dbname + "_copy")
-    done = atb("db", "restore", str(path), "--migrate", "--alembic-config", str(ini),
-               url=prod, env={"ATB_TARGET_URL": target.secret_url})
+    target = beside_production(prod, prod.dbname + "_copy")
+    done = atb("db", "restore", str(path), "--migrate", "--no-owner", "--alembic-config",
+               str(ini), url=prod, env={"ATB_TARGET_URL": target.secret_url})
     assert done.returncode == 5
     assert done.stderr.count("\n") == 1
     assert "is restored but NOT migrated" in done.stderr
@@ -166,9 +176,9 @@ def test_alembic_scripts_that_cannot_be_read_are_a_configuration_error(
     ini = alembic_project(tmp_path / "app", "generic", prod)
     ini.write_text(ini.read_text().replace("script_location = %(here)s/migrations",
                                            "script_location = %(here)s/no_such_dir"))
-    target = prod.with_dbname(prod.dbname + "_copy")
-    done = atb("db", "restore", str(path), "--migrate", "--alembic-config", str(ini),
-               url=prod, env={"ATB_TARGET_URL": target.secret_url})
+    target = beside_production(prod, prod.dbname + "_copy")
+    done = atb("db", "restore", str(path), "--migrate", "--no-owner", "--alembic-config",
+               str(ini), url=prod, env={"ATB_TARGET_URL": target.secret_url})
     assert done.returncode == 2, done.stderr
     assert "cannot read the Alembic scripts" in done.stderr and done.stderr.count("\n") == 1
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from backup_core import isolation, toolchain
+from backup_core import db, isolation, toolchain
 from backup_core.backup import create_backup
 from backup_core.cluster import Cluster
 from backup_core.conninfo import ConnInfo
@@ -251,15 +251,14 @@ with engine.connect() as connection:
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="open: a superuser target on production's server "
-                   "reaches production through the server itself (proposal in the report)")
 def test_restore_migrate_as_a_superuser_cannot_reach_production_through_the_server(
     production: tuple[ConnInfo, Path], pg15: Cluster, chain15: toolchain.Toolchain,
     tmp_path: Path
 ) -> None:
     """`restore --migrate` into a new database on production's server, as the superuser
     operators restore with: the relay opens only the target, but env.py's COPY TO PROGRAM
-    (or dblink, or DROP DATABASE) acts on production from inside the server."""
+    (or server files) would act on production from inside the server. Refused before
+    anything is restored; the target is never created."""
     prod, path = production
     ini = alembic_project(tmp_path / "app", "generic", prod)
     psql = chain15.tool("psql")
@@ -272,9 +271,14 @@ def test_restore_migrate_as_a_superuser_cannot_reach_production_through_the_serv
     target = prod.with_dbname(f"{prod.dbname}_server_route")
     done = atb("db", "restore", str(path), "--migrate", "--alembic-config", str(ini),
                url=prod, env={"ATB_TARGET_URL": target.secret_url})
-    assert "Traceback" not in done.stderr, done.stderr
-    assert done.returncode != 0 or fingerprint(prod) == before  # today: exit 0, a new row
+    assert done.returncode == 8, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(
+        "atb: error: refusing --migrate as postgres on production's server: its server-level "
+        "powers (superuser) would let env.py reach production through the server"), done.stderr
     assert fingerprint(prod) == before
+    with db.connect(pg15.url(), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s",
+                            (target.dbname,)).fetchone() == (0,)
 
 
 def test_productions_tcp_address_in_every_spelling_is_unreachable_inside(
