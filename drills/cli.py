@@ -10,6 +10,7 @@ import sys
 import tempfile
 import traceback
 from collections.abc import Callable
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -38,6 +39,7 @@ from backup_core.naming import parse_stamp, printable
 from backup_core.pgbackrest import Stanza
 from drills import console, render, sandbox
 from drills.options import OPTIONS, Option
+from drills.result import DrillResult
 
 EXIT_CODES = """\b
 Exit codes:
@@ -583,27 +585,27 @@ def drill_run(pdf: bool, as_json: bool, **values: Any) -> None:
             text[o.name] = ",".join(str(v) for v in value) or None
         else:
             text[o.name] = None if value is None else str(value)
-    options = DrillOptions.from_values(text.get, flags.get)
+    options = DrillOptions.from_values(text.get, flags.get, os.environ)
     sandbox.reap()  # sandboxes of killed drills: each reaped one is logged in one line
     progress = console.Progress("drill")
     try:
-        run = run_drill(options, production=_production(os.environ.get("DATABASE_URL")),
-                        on_line=lambda line: _drill_line(progress, line))
+        result = run_drill(options, production=_production(os.environ.get("DATABASE_URL")),
+                           on_line=lambda line: _drill_line(progress, line))
     finally:
         progress.close()
-    result = run.result
-    if result.get("sandbox", {}).get("note"):
-        logging.getLogger("atb.drill").warning("%s", result["sandbox"]["note"])
+    if result.sandbox.note:
+        logging.getLogger("atb.drill").warning("%s", result.sandbox.note)
     if pdf:
-        html_path = Path(result["reports"]["html"])
+        html_path = Path(result.reports["html"])
         render.render(html_path, pdf=html_path.with_suffix(".pdf"))
-        result["reports"]["pdf"] = str(html_path.with_suffix(".pdf"))
+        result = replace(result, reports={**result.reports,
+                                          "pdf": str(html_path.with_suffix(".pdf"))})
     if as_json:
-        console.print_json(result)
+        console.print_json(asdict(result))
     else:
         click.echo(_drill_summary(result))
-    if not run.passed:
-        raise SystemExit(10 if result.get("verdict") == "INCOMPLETE" else 1)
+    if not result.passed:
+        raise SystemExit(10 if result.verdict == "INCOMPLETE" else 1)
 
 
 def _drill_line(progress: console.Progress, line: str) -> None:
@@ -614,11 +616,9 @@ def _drill_line(progress: console.Progress, line: str) -> None:
         progress(f"{status.lower()}: {name}", 0)
 
 
-def _drill_summary(result: dict[str, Any]) -> str:
+def _drill_summary(r: DrillResult) -> str:
     from drills.report import summary_rows
-    from drills.result import DrillResult
 
-    r = DrillResult.from_dict(result)
     lines = [f"{k + ':':<14} {v}" for k, v in summary_rows(r)]
     lines.append("")
     for c in r.checks:
@@ -667,12 +667,11 @@ def demo(keep: Path | None, report_dir: Path, seed: int | None, days: int,
     finally:
         progress.close()
     if as_json:
-        console.print_json({**describe(result), "drill": result.drill.result})
+        console.print_json({**describe(result), "drill": asdict(result.drill)})
     else:
-        click.echo(_drill_summary(result.drill.result))
+        click.echo(_drill_summary(result.drill))
         click.echo(f"\ndemo finished in {result.seconds:.0f}s: verdict "
-                   f"{result.drill.result.get('verdict')}; open "
-                   f"{result.drill.result['reports']['html']}")
+                   f"{result.drill.verdict}; open {result.drill.reports['html']}")
         if keep is not None:
             click.echo(f"backups kept in {keep}: try `atb db list --backup-dir {keep}`")
     if not result.drill.passed:

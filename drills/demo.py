@@ -29,7 +29,8 @@ from backup_core.errors import ConfigError
 from backup_core.migrate import alembic_env
 from backup_core.runner import run
 from drills.options import DrillOptions
-from drills.run import DrillRun, run_drill
+from drills.result import DrillResult
+from drills.run import run_drill
 
 Say = Callable[[str], None]
 POLICY = retention.Policy(retention_days=7, keep_last=3, keep_daily=30, keep_weekly=13)
@@ -107,7 +108,7 @@ class DemoResult:
     made: int
     kept: int
     pruned: int
-    drill: DrillRun
+    drill: DrillResult
     seconds: float
 
 
@@ -158,5 +159,5 @@ def run_demo(*, keep: Path | None = None, report_dir: Path = Path("reports"),
 
 def describe(result: DemoResult) -> dict[str, Any]:
     return {"backups_made": result.made, "kept": result.kept, "pruned": result.pruned,
-            "seconds": result.seconds, "verdict": result.drill.result.get("verdict"),
-            "report": result.drill.result.get("reports", {}).get("html")}
+            "seconds": result.seconds, "verdict": result.drill.verdict,
+            "report": result.drill.reports.get("html")}

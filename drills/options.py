@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import secrets
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,82 +45,26 @@ class Option:
         return self.cli_name or self.name
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option("source", "What to drill: pg_dump backups (dump), or point-in-time recovery from "
-                     "a pgBackRest stanza (pgbackrest: needs --stanza).", "dump",
-           kind="choice", choices=("dump", "pgbackrest")),
-    Option("stanza", "The pgBackRest stanza to recover from (with --source pgbackrest).",
-           metavar="NAME"),
-    Option("pgbackrest-config", "pgBackRest's config file.  [default: pgBackRest's own]",
-           kind="file"),
-    Option("target-time", "With --source pgbackrest: the time to recover to (ISO 8601, with "
-                          "a zone), or random: uniform over the recoverable window of the "
-                          "last --window-days, from --seed.", "random", metavar="TIME"),
-    Option("backup", "Drill this one dump instead of a random pick (a developer verifying it).",
-           kind="file"),
-    Option("backup-dir", "Root of the backup tree.  [default: with --backup, the tree that "
-                         "holds it; else $BACKUP_DIR or ./backups]", kind="dir",
-           envvar="BACKUP_DIR"),
-    Option("database", "Database to drill when the tree holds several.", metavar="NAME"),
-    Option("window-days", "Pick among complete backups of the last N days.", "90",
-           kind="days"),
-    Option("seed", "Seed of the random pick (recorded in the report).  [default: random]",
-           kind="int"),
-    Option("sandbox", "Where to restore: auto is docker when an engine answers and has (or "
-                      "can pull) --docker-image, else local (saying why); or a scratch "
-                      "database on --sandbox-url.", "auto", kind="choice",
-           choices=("auto", "local", "docker", "server")),
-    Option("sandbox-is-not-production", "With --sandbox server: you assert the server is not "
-                                        "production's, for when production cannot be reached "
-                                        "to compare them (recorded in the report as asserted, "
-                                        "not checked).", kind="flag"),
-    Option("docker-image", "Image for the docker sandbox, {major} being the backup's "
-                           "PostgreSQL major (a PostGIS image, a registry mirror, or one "
-                           "built by deploy/docker/build-postgres-image).",
-           DEFAULT_IMAGE, metavar="IMAGE", envvar="ATB_DOCKER_IMAGE"),
-    Option("sandbox-url", "With --sandbox server: a maintenance URL of a server for scratch "
-                          "databases (set it in the environment if it holds a password).",
-           metavar="URL", envvar="ATB_SANDBOX_URL"),
-    Option("alembic-config", "The application's alembic.ini; without it the migration checks "
-                             "do not run (INCOMPLETE).", kind="file"),
-    Option("integration-cmd", "Command run with DATABASE_URL and the PG* variables at the "
-                              "restored sandbox, e.g. 'pytest tests/integration'.",
-           metavar="CMD"),
-    Option("integration-timeout", "Longest the integration command may run.", "30m"),
-    Option("checks", "Your own drill checks (test files or directories), run beside the "
-                     "built-in ones and reported as checks; tests marked `drill` in paths "
-                     "given on the pytest command line run too.", kind="paths",
-           metavar="PATH"),
-    Option("drill-exclude", "Built-in checks to leave out (their names, with or without "
-                            "test_); they are listed as not run and the verdict is "
-                            "INCOMPLETE, never PASS.", kind="list", metavar="CHECK",
-           cli_name="exclude"),
-    Option("pass-env", "Environment variables the integration command also gets (its "
-                       "environment is otherwise an allow-list; PG* and database URLs always "
-                       "point at the sandbox).", kind="list", metavar="NAME"),
-    Option("allow-service", "An address the drill's isolated processes may also reach (a "
-                            "cache, a mock server), on a loopback address; recorded in the "
-                            "report. Production's address is refused.", kind="list",
-           metavar="HOST:PORT"),
-    Option("heartbeat-table", "Table holding the heartbeat SystemEvent rows.",
-           "system_events"),
-    Option("rto-target", "Recovery time objective the measured restore must meet.", "60m"),
-    Option("rpo-target", "Recovery point objective the backup schedule is judged against.",
-           "15m"),
-    Option("schedule", "How often backups are meant to run.", "1h"),
-    Option("runbook-pg-major", "pg_restore major the incident runbook uses.  [default: the "
-                               "source server's major]", kind="int"),
-    Option("jobs", "Parallel pg_restore jobs.  [default: number of cores]", kind="count"),
-    Option("report-dir", "Where the reports go: <dir>/<db>/<time>-drill.{html,json,md}.",
-           "reports", kind="dir"),
-    Option("result-file", "Also write the JSON result here (used by `atb drill run`).",
-           kind="file", cli=False),
-    Option("drill", "Run the restore drill instead of the test suite.", kind="flag",
-           cli=False),
-    Option("strict-rpo", "Fail the drill when the schedule cannot meet the RPO target "
-                         "(default: reported as a finding).", kind="flag"),
-    Option("no-record", "Do not record the verdict beside the backup.", kind="flag"),
-)
+def setting(name: str, help: str, default: str | None = None, *, value: Any = MISSING,
+            convert: Callable[[str], Any] | None = None, repr: bool = True,
+            **kw: Any) -> Any:
+    """A `DrillOptions` field carrying its `Option` (click, pytest and the ini are made from
+    it): its value when not given is `value`, else the text default converted, else the
+    text default itself (a flag is False, a list empty)."""
+    option = Option(name, help, default, **kw)
+    if value is MISSING:
+        value = (False if option.kind == "flag" else () if option.kind in ("list", "paths")
+                 else None if default is None else convert(default) if convert is not None
+                 else default)
+    return field(default=value, repr=repr, metadata={"option": option})
+
+
+# the pytest-only switches that are not settings of the drill
+DRILL = Option("drill", "Run the restore drill instead of the test suite.", kind="flag",
+               cli=False)
+DRILL_OPTIONS = Option("drill-options", "The drill's settings as a JSON file (written by "
+                                        "`atb drill run` for its pytest child), instead of "
+                                        "the options above.", kind="file", cli=False)
 
 
 MAX_PATH = 4096
@@ -187,45 +133,165 @@ def tree_of(backup: Path | None, given: Path | None) -> Path:
 
 @dataclass(frozen=True)
 class DrillOptions:
-    source: str = "dump"
-    stanza: str | None = None
-    pgbackrest_config: Path | None = None
-    target_time: datetime | None = None  # None: random over the window
-    backup: Path | None = None
-    backup_dir: Path = Path("backups")
-    database: str | None = None
-    window_days: float = 90
-    seed: int = 0
-    sandbox: str = "auto"
-    sandbox_url: str | None = field(default=None, repr=False)
-    sandbox_is_not_production: bool = False
-    docker_image: str = DEFAULT_IMAGE
-    alembic_config: Path | None = None
-    integration_cmd: str | None = None
-    integration_timeout_s: float = 1800
-    pass_env: tuple[str, ...] = ()
-    allow_service: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    checks: tuple[Path, ...] = ()
-    heartbeat_table: str = "system_events"
-    rto_target_s: float = 3600
-    rpo_target_s: float = 900
-    schedule_s: float = 3600
-    runbook_pg_major: int | None = None
-    jobs: int | None = None
-    report_dir: Path = Path("reports")
-    result_file: Path | None = None
-    strict_rpo: bool = False
-    record: bool = True
+    """The drill's settings, each declared once on its field (`setting`)."""
+
+    source: str = setting(
+        "source",
+        "What to drill: pg_dump backups (dump), or point-in-time recovery from a pgBackRest "
+        "stanza (pgbackrest: needs --stanza).",
+        "dump", kind="choice", choices=("dump", "pgbackrest"))
+    stanza: str | None = setting(
+        "stanza",
+        "The pgBackRest stanza to recover from (with --source pgbackrest).",
+        metavar="NAME")
+    pgbackrest_config: Path | None = setting(
+        "pgbackrest-config",
+        "pgBackRest's config file.  [default: pgBackRest's own]",
+        kind="file")
+    target_time: datetime | None = setting(
+        "target-time",
+        "With --source pgbackrest: the time to recover to (ISO 8601, with a zone), or random: "
+        "uniform over the recoverable window of the last --window-days, from --seed.",
+        "random", metavar="TIME", value=None)
+    backup: Path | None = setting(
+        "backup",
+        "Drill this one dump instead of a random pick (a developer verifying it).",
+        kind="file")
+    backup_dir: Path = setting(
+        "backup-dir",
+        "Root of the backup tree.  [default: with --backup, the tree that holds it; else "
+        "$BACKUP_DIR or ./backups]",
+        kind="dir", envvar="BACKUP_DIR", value=Path("backups"))
+    database: str | None = setting(
+        "database",
+        "Database to drill when the tree holds several.",
+        metavar="NAME")
+    window_days: float = setting(
+        "window-days",
+        "Pick among complete backups of the last N days.",
+        "90", kind="days", convert=float)
+    seed: int = setting(
+        "seed",
+        "Seed of the random pick (recorded in the report).  [default: random]",
+        kind="int", value=0)
+    sandbox: str = setting(
+        "sandbox",
+        "Where to restore: auto is docker when an engine answers and has (or can pull) "
+        "--docker-image, else local (saying why); or a scratch database on --sandbox-url.",
+        "auto", kind="choice", choices=("auto", "local", "docker", "server"))
+    sandbox_is_not_production: bool = setting(
+        "sandbox-is-not-production",
+        "With --sandbox server: you assert the server is not production's, for when production "
+        "cannot be reached to compare them (recorded in the report as asserted, not checked).",
+        kind="flag")
+    docker_image: str = setting(
+        "docker-image",
+        "Image for the docker sandbox, {major} being the backup's PostgreSQL major (a PostGIS "
+        "image, a registry mirror, or one built by deploy/docker/build-postgres-image).",
+        DEFAULT_IMAGE, metavar="IMAGE", envvar="ATB_DOCKER_IMAGE")
+    sandbox_url: str | None = setting(
+        "sandbox-url",
+        "With --sandbox server: a maintenance URL of a server for scratch databases (set it in "
+        "the environment if it holds a password).",
+        metavar="URL", envvar="ATB_SANDBOX_URL", repr=False)
+    alembic_config: Path | None = setting(
+        "alembic-config",
+        "The application's alembic.ini; without it the migration checks do not run "
+        "(INCOMPLETE).",
+        kind="file")
+    integration_cmd: str | None = setting(
+        "integration-cmd",
+        "Command run with DATABASE_URL and the PG* variables at the restored sandbox, e.g. "
+        "'pytest tests/integration'.",
+        metavar="CMD")
+    integration_timeout_s: float = setting(
+        "integration-timeout",
+        "Longest the integration command may run.",
+        "30m", convert=parse_duration)
+    checks: tuple[Path, ...] = setting(
+        "checks",
+        "Your own drill checks (test files or directories), run beside the built-in ones and "
+        "reported as checks; tests marked `drill` in paths given on the pytest command line run"
+        " too.",
+        kind="paths", metavar="PATH")
+    exclude: tuple[str, ...] = setting(
+        "drill-exclude",
+        "Built-in checks to leave out (their names, with or without test_); they are listed as "
+        "not run and the verdict is INCOMPLETE, never PASS.",
+        kind="list", metavar="CHECK", cli_name="exclude")
+    pass_env: tuple[str, ...] = setting(
+        "pass-env",
+        "Environment variables the integration command also gets (its environment is otherwise "
+        "an allow-list; PG* and database URLs always point at the sandbox).",
+        kind="list", metavar="NAME")
+    allow_service: tuple[str, ...] = setting(
+        "allow-service",
+        "An address the drill's isolated processes may also reach (a cache, a mock server), on "
+        "a loopback address; recorded in the report. Production's address is refused.",
+        kind="list", metavar="HOST:PORT")
+    heartbeat_table: str = setting(
+        "heartbeat-table",
+        "Table holding the heartbeat SystemEvent rows.",
+        "system_events")
+    rto_target_s: float = setting(
+        "rto-target",
+        "Recovery time objective the measured restore must meet.",
+        "60m", convert=parse_duration)
+    rpo_target_s: float = setting(
+        "rpo-target",
+        "Recovery point objective the backup schedule is judged against.",
+        "15m", convert=parse_duration)
+    schedule_s: float = setting(
+        "schedule",
+        "How often backups are meant to run.",
+        "1h", convert=parse_duration)
+    runbook_pg_major: int | None = setting(
+        "runbook-pg-major",
+        "pg_restore major the incident runbook uses.  [default: the source server's major]",
+        kind="int")
+    jobs: int | None = setting(
+        "jobs",
+        "Parallel pg_restore jobs.  [default: number of cores]",
+        kind="count")
+    report_dir: Path = setting(
+        "report-dir",
+        "Where the reports go: <dir>/<db>/<time>-drill.{html,json,md}.",
+        "reports", kind="dir", convert=Path)
+    result_file: Path | None = setting(
+        "result-file",
+        "Also write the JSON result here (used by `atb drill run`).",
+        kind="file", cli=False)
+    strict_rpo: bool = setting(
+        "strict-rpo",
+        "Fail the drill when the schedule cannot meet the RPO target (default: reported as a "
+        "finding).",
+        kind="flag")
+    record: bool = setting(
+        "no-record",
+        "Do not record the verdict beside the backup.",
+        kind="flag", value=True)
 
     @classmethod
-    def from_values(cls, raw_get: Any, flag: Any) -> DrillOptions:
-        """Build from `get(name) -> str | None` and `flag(name) -> bool` lookups, refusing
-        (`ConfigError`, exit 2) every value and combination that cannot work: this runs
-        before a report name is claimed, a sandbox started or a verdict recorded."""
+    def from_values(cls, raw_get: Any, flag: Any,
+                    env: Mapping[str, str] | None = None) -> DrillOptions:
+        """Build from `get(name) -> str | None` and `flag(name) -> bool` lookups (an option
+        not given is read from `env` where it names a variable, else takes its declared
+        default), refusing (`ConfigError`, exit 2) every value and combination that cannot
+        work: this runs before a report name is claimed, a sandbox started or a verdict
+        recorded."""
+        environ = {} if env is None else env
+
         def get(name: str) -> str | None:
+            o = option(name)
             value = raw_get(name)
+            if value is None and o.envvar:
+                value = environ.get(o.envvar) or None
+            if value is None:
+                value = o.default
             return None if value is None else check_text(name, str(value))
+
+        def text(name: str) -> str:
+            return get(name) or str(option(name).default)
 
         def path(name: str) -> Path | None:
             value = get(name)
@@ -240,12 +306,12 @@ class DrillOptions:
             except ValueError as exc:
                 raise ConfigError(f"--{name} takes a number, not {value!r}") from exc
 
+        def words(name: str) -> list[str]:
+            return (get(name) or "").replace(",", " ").split()
+
         backup = path("backup")
-        backup_dir = tree_of(backup, path("backup-dir") or (
-            Path(os.environ["BACKUP_DIR"]) if os.environ.get("BACKUP_DIR") else None))
         seed = number("seed", int)
-        days = number("window-days", float)
-        source = get("source") or "dump"
+        source = text("source")
         if source == "pgbackrest" and not get("stanza"):
             raise ConfigError("--source pgbackrest needs --stanza NAME")
         config = path("pgbackrest-config")
@@ -257,38 +323,89 @@ class DrillOptions:
             pgbackrest_config=config,
             target_time=parse_target(get("target-time")),
             backup=backup,
-            backup_dir=backup_dir,
+            backup_dir=tree_of(backup, path("backup-dir")),
             database=get("database") or None,
-            window_days=check_seconds((90.0 if days is None else days) * 86400,
-                                      text=str(get("window-days")), what="--window-days")
+            window_days=check_seconds(number("window-days", float) * 86400,
+                                      text=text("window-days"), what="--window-days")
             / 86400,
             seed=seed if seed is not None else secrets.randbelow(2**31),
-            sandbox=get("sandbox") or "auto",
-            sandbox_url=get("sandbox-url") or os.environ.get("ATB_SANDBOX_URL") or None,
-            docker_image=get("docker-image") or os.environ.get("ATB_DOCKER_IMAGE")
-            or DEFAULT_IMAGE,
+            sandbox=text("sandbox"),
+            sandbox_url=get("sandbox-url") or None,
+            docker_image=text("docker-image"),
             alembic_config=path("alembic-config"),
             integration_cmd=get("integration-cmd") or None,
-            integration_timeout_s=parse_duration(get("integration-timeout") or "30m"),
-            pass_env=check_pass_env((get("pass-env") or "").replace(",", " ").split()),
-            allow_service=tuple(isolation.check_service(a) for a in
-                                (get("allow-service") or "").replace(",", " ").split()),
+            integration_timeout_s=parse_duration(text("integration-timeout")),
+            pass_env=check_pass_env(words("pass-env")),
+            allow_service=tuple(isolation.check_service(a) for a in words("allow-service")),
             checks=tuple(Path(p.strip()) for p in (get("checks") or "").split(",")
                          if p.strip()),
-            exclude=tuple(n if n.startswith("test_") else f"test_{n}" for n in
-                          (get("drill-exclude") or "").replace(",", " ").split()),
-            heartbeat_table=get("heartbeat-table") or "system_events",
-            rto_target_s=parse_duration(get("rto-target") or "60m"),
-            rpo_target_s=parse_duration(get("rpo-target") or "15m"),
-            schedule_s=parse_duration(get("schedule") or "1h"),
+            exclude=tuple(n if n.startswith("test_") else f"test_{n}"
+                          for n in words("drill-exclude")),
+            heartbeat_table=text("heartbeat-table"),
+            rto_target_s=parse_duration(text("rto-target")),
+            rpo_target_s=parse_duration(text("rpo-target")),
+            schedule_s=parse_duration(text("schedule")),
             runbook_pg_major=number("runbook-pg-major", int),
             jobs=number("jobs", int),
-            report_dir=path("report-dir") or Path("reports"),
+            report_dir=Path(text("report-dir")),
             result_file=path("result-file"),
             strict_rpo=bool(flag("strict-rpo")),
             sandbox_is_not_production=bool(flag("sandbox-is-not-production")),
             record=not flag("no-record"),
         )
+        options.validate()
+        return options
+
+    def to_json(self) -> str:
+        """The settings for the drill's pytest child (`--drill-options FILE`), all but the
+        sandbox URL, which may hold a password and travels as ATB_SANDBOX_URL."""
+        data: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "sandbox_url":
+                continue
+            if f.name == "checks":  # the child may resolve them elsewhere
+                value = [str(p.resolve()) for p in value]
+            elif isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = [str(v) for v in value]
+            data[f.name] = value
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, env: Mapping[str, str]) -> DrillOptions:
+        """The settings `to_json` wrote (the sandbox URL from ATB_SANDBOX_URL), checked
+        again: the files they name may have gone."""
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"--drill-options: not a JSON object of drill settings: "
+                              f"{exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError("--drill-options: not a JSON object of drill settings")
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in data or f.name == "sandbox_url":
+                continue
+            value, kind = data[f.name], str(f.type)
+            if value is None:
+                pass
+            elif kind.startswith("tuple[Path"):
+                value = tuple(Path(v) for v in value)
+            elif kind.startswith("tuple"):
+                value = tuple(str(v) for v in value)
+            elif "datetime" in kind:
+                value = datetime.fromisoformat(value)
+            elif "Path" in kind:
+                value = Path(value)
+            values[f.name] = value
+        try:
+            options = cls(**values, sandbox_url=env.get("ATB_SANDBOX_URL") or None)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"--drill-options: {exc}") from exc
         options.validate()
         return options
 
@@ -318,30 +435,11 @@ class DrillOptions:
             raise ConfigError(f"--drill-exclude names no built-in check: {', '.join(unknown)} "
                               f"(the checks: {', '.join(builtin)})")
 
-    def as_pytest_args(self) -> list[str]:
-        """The same options as pytest arguments, for running the drill in a child process."""
-        args = ["--drill"]
-        for f in fields(self):
-            value = getattr(self, f.name)
-            name = f.name.replace("_", "-")
-            if f.name == "sandbox_url":
-                continue  # may hold a password: travels as ATB_SANDBOX_URL, never on argv
-            if f.name in ("strict_rpo", "sandbox_is_not_production"):
-                args += [f"--{name}"] if value else []
-            elif f.name == "record":
-                args += [] if value else ["--no-record"]
-            elif f.name in ("pass_env", "allow_service"):
-                args += [f"--{name}={','.join(value)}"] if value else []
-            elif f.name == "checks":
-                args += [f"--checks={','.join(str(p.resolve()) for p in value)}"] if value \
-                    else []
-            elif f.name == "target_time":
-                args += [f"--target-time={value.isoformat()}"] if value else []
-            elif f.name == "exclude":
-                args += [f"--drill-exclude={','.join(value)}"] if value else []
-            elif value is not None:
-                if f.name.endswith("_s"):
-                    name = name[:-2]
-                    value = f"{value:.3f}".rstrip("0").rstrip(".") + "s"
-                args.append(f"--{name}={value}")
-        return args
+
+def option(name: str) -> Option:
+    return next(o for o in OPTIONS if o.name == name)
+
+
+# every drill option in the order the help lists them: the settings, then pytest's switches
+SETTINGS: tuple[Option, ...] = tuple(f.metadata["option"] for f in fields(DrillOptions))
+OPTIONS: tuple[Option, ...] = (*SETTINGS[:-2], DRILL, *SETTINGS[-2:], DRILL_OPTIONS)

@@ -64,10 +64,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _active(config: pytest.Config) -> bool:
-    return bool(config.getoption(_dest("drill")) or config.getoption(_dest("backup")))
+    return bool(config.getoption(_dest("drill")) or config.getoption(_dest("backup"))
+                or config.getoption(_dest("drill-options")))
 
 
 def _options(config: pytest.Config) -> DrillOptions:
+    """The settings from `--drill-options FILE` (as `atb drill run` hands them over), else
+    from the pytest options, the ini and the environment (`pytest --drill` by hand)."""
+    given = config.getoption(_dest("drill-options"))
+    if given:
+        try:
+            text = Path(given).read_text()
+        except OSError as exc:
+            raise ConfigError(f"--drill-options {given}: {exc.strerror}") from exc
+        return DrillOptions.from_json(text, os.environ)
+
     def get(name: str) -> str | None:
         value = config.getoption(_dest(name))
         if value is None:
@@ -75,7 +86,8 @@ def _options(config: pytest.Config) -> DrillOptions:
             value = ini if ini not in ("", None) else None
         return str(value) if value is not None else None
 
-    return DrillOptions.from_values(get, lambda name: config.getoption(_dest(name)))
+    return DrillOptions.from_values(get, lambda name: config.getoption(_dest(name)),
+                                    os.environ)
 
 
 @pytest.hookimpl(tryfirst=True)

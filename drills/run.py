@@ -20,9 +20,8 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from backup_core import childenv, guard, isolation, pgbackrest
 from backup_core.conninfo import ConnInfo, redact
@@ -33,6 +32,7 @@ from backup_core.naming import manifest_path
 from backup_core.relay import Relay
 from drills import docker_engine, observer
 from drills.options import DrillOptions
+from drills.result import DrillResult
 
 PRODUCTION_ENV = "ATB_PRODUCTION_URL"
 # the isolation the child runs under, as JSON (level, reason, allowed), for its report
@@ -43,19 +43,11 @@ PR_SET_PDEATHSIG = 1
 TOOL_ENV_PREFIXES = ("DOCKER_", "TESTCONTAINERS_", "TC_", "PGBACKREST_")
 
 
-@dataclass(frozen=True)
-class DrillRun:
-    exit_code: int
-    result: dict[str, Any]
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.result.get("verdict") == "PASS")
-
-
-def drill_argv(options: DrillOptions) -> list[str]:
+def drill_argv(options_file: Path) -> list[str]:
+    """The drill's pytest child: its settings in `options_file` (`DrillOptions.to_json`)."""
     return [sys.executable, "-m", "pytest", "-p", "drills.plugin", "-p", "no:cacheprovider",
-            "-v", "--no-header", "-rfEx", "--tb=short", *options.as_pytest_args()]
+            "-v", "--no-header", "-rfEx", "--tb=short", "--drill",
+            f"--drill-options={options_file}"]
 
 
 def drill_env(options: DrillOptions, production: ConnInfo | None,
@@ -123,10 +115,10 @@ def _die_with_parent() -> None:
 
 def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
               on_line: Callable[[str], None] | None = None,
-              env: Mapping[str, str] | None = None) -> DrillRun:
-    """Run the drill; raise `CommandFailed` when it could not even produce a result, and
-    `SafetyRefusal` (exit 8), before anything starts, for a sandbox server that is
-    production's."""
+              env: Mapping[str, str] | None = None) -> DrillResult:
+    """Run the drill and return its frozen result; raise `CommandFailed` when it could not
+    even produce a result, and `SafetyRefusal` (exit 8), before anything starts, for a
+    sandbox server that is production's."""
     isolation.refuse_production_service(options.allow_service, production)
     if options.sandbox == "server" and options.sandbox_url:
         guard.refuse_production_server(
@@ -141,7 +133,9 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="atb-drill-"))
         result_file = Path(tmp) / "result.json"
-        argv = drill_argv(replace(options, result_file=result_file))
+        options_file = Path(tmp) / "options.json"
+        options_file.write_text(replace(options, result_file=result_file).to_json())
+        argv = drill_argv(options_file)
         observer_socket, sandbox_url, allow = None, None, []
         if iso.network:
             if production is not None:
@@ -183,4 +177,4 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
             raise CommandFailed("the drill did not produce a result (pytest exit "
                                 f"{code}): {redact(tail[-1] if tail else '')}",
                                 detail=redact("\n".join(tail)))
-        return DrillRun(exit_code=code, result=json.loads(result_file.read_text()))
+        return DrillResult.from_dict(json.loads(result_file.read_text()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -43,20 +44,39 @@ def test_pick_fails_clearly_on_an_empty_window_or_several_databases() -> None:
                      database="other").database == "other"
 
 
-def test_options_round_trip_through_pytest_arguments() -> None:
+def test_options_round_trip_through_the_options_file(tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
     values = {"backup-dir": "/srv/b", "seed": "5", "rto-target": "30m", "sandbox": "local",
-              "integration-cmd": "pytest -q tests"}
-    opts = DrillOptions.from_values(values.get, lambda k: k == "strict-rpo")
+              "integration-cmd": "pytest -q tests", "checks": str(tmp_path / "mine"),
+              "pass-env": "A,B", "drill-exclude": "indexes_are_valid"}
+    opts = DrillOptions.from_values(values.get, lambda k: k == "strict-rpo", {})
     assert (opts.rto_target_s, opts.seed, opts.strict_rpo) == (1800, 5, True)
-    args = opts.as_pytest_args()
-    assert "--drill" in args and "--rto-target=1800s" in args and "--strict-rpo" in args
-    assert "--integration-cmd=pytest -q tests" in args
-    secret = DrillOptions(sandbox_url="postgresql://u:hunter2@h/postgres").as_pytest_args()
-    assert not any("hunter2" in a for a in secret)
+    assert (opts.pass_env, opts.exclude) == (("A", "B"), ("test_indexes_are_valid",))
+    assert DrillOptions.from_json(opts.to_json(), {}) == opts
+    secret = DrillOptions(sandbox_url="postgresql://u:hunter2@h/postgres")
+    assert "hunter2" not in secret.to_json()
+    assert DrillOptions.from_json(secret.to_json(), {"ATB_SANDBOX_URL": "postgresql://s/p"}
+                                  ).sandbox_url == "postgresql://s/p"
     with pytest.raises(ConfigError):
         DrillOptions.from_values({"rpo-target": "soon"}.get, lambda k: False)
     long = DrillOptions.from_values({"schedule": "1000d"}.get, lambda k: False)
-    assert "--schedule=86400000s" in long.as_pytest_args()
+    assert DrillOptions.from_json(long.to_json(), {}).schedule_s == 86_400_000
+    with pytest.raises(ConfigError, match="--drill-options: not a JSON object"):
+        DrillOptions.from_json("[1]", {})
+
+
+def test_options_defaults_and_environment_are_declared_once() -> None:
+    """Not given, an option is its variable's value, else its declared default: the same
+    value as the field's own default."""
+    given = DrillOptions.from_values({"seed": "0"}.get, lambda k: False, {})
+    assert replace(given, backup_dir=Path("backups")) == DrillOptions()
+    env = {"BACKUP_DIR": "/srv/b", "ATB_DOCKER_IMAGE": "mirror/pg:{major}",
+           "ATB_SANDBOX_URL": "postgresql://s/p"}
+    from_env = DrillOptions.from_values({"seed": "0"}.get, lambda k: False, env)
+    assert (from_env.backup_dir, from_env.docker_image, from_env.sandbox_url) == (
+        Path("/srv/b"), "mirror/pg:{major}", "postgresql://s/p")
+    assert DrillOptions.from_values({"seed": "0", "backup-dir": "/x"}.get, lambda k: False,
+                                    env).backup_dir == Path("/x")
 
 
 def test_sandbox_url_password_stays_out_of_reprs() -> None:

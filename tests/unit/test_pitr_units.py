@@ -140,5 +140,6 @@ def test_target_times_need_a_zone_and_a_stanza() -> None:
     opts = DrillOptions.from_values({**values, "stanza": "main",
                                      "target-time": "2026-11-24T09:30:00Z"}.get,
                                     lambda name: False)
-    assert "--source=pgbackrest" in opts.as_pytest_args()
-    assert "--target-time=2026-11-24T09:30:00+00:00" in opts.as_pytest_args()
+    again = DrillOptions.from_json(opts.to_json(), {})
+    assert (again.source, again.target_time) == ("pgbackrest", datetime(2026, 11, 24, 9, 30,
+                                                                        tzinfo=UTC))
