@@ -6,17 +6,6 @@ matters, and a failure shows what was expected, what was found, and the tool's o
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shlex
-import signal
-import subprocess
-import tempfile
-import time
-import xml.etree.ElementTree as ET
-from pathlib import Path
-from typing import Any
-
 import pytest
 
 from backup_core import (
@@ -31,7 +20,7 @@ from backup_core import (
     toolchain,
 )
 from backup_core.catalog import Backup
-from backup_core.conninfo import ConnInfo, redact
+from backup_core.conninfo import ConnInfo
 from backup_core.durations import human
 from backup_core.errors import ProductionTouched
 from backup_core.migrate import MigrateResult
@@ -39,14 +28,22 @@ from backup_core.runner import run
 from backup_core.verify import VerifyResult
 from drills import observer
 from drills.failures import CheckFailed
-from drills.plugin import Evidence, RestoreOutcome
-from drills.result import IntegrationFacts, RpoFacts
-from drills.sandbox import SandboxInfo, confirm_sandbox
+from drills.plugin import (
+    Evidence,
+    Findings,
+    IntegrationOutcome,
+    MigrationOutcome,
+    RestoreOutcome,
+    RtoOutcome,
+)
+from drills.result import RpoFacts
+from drills.sandbox import SandboxInfo
 from drills.state import DrillState
 
 pytestmark = pytest.mark.drill
 
 
+@pytest.mark.drill(phase="fetch/verify")
 def test_backup_integrity_matches_manifest(drill: DrillState, evidence: Evidence,
                                            request: pytest.FixtureRequest) -> None:
     """A dump that changed since it was written (bit rot, truncation, tampering) cannot be
@@ -64,6 +61,7 @@ def test_backup_integrity_matches_manifest(drill: DrillState, evidence: Evidence
                                    "parses the TOC", found=result.reason)
 
 
+@pytest.mark.drill(phase="fetch/verify")
 def test_archive_is_readable_by_the_runbook_pg_restore(
     drill: DrillState, drill_backup: Backup, drill_chains: list[toolchain.Toolchain],
     evidence: Evidence,
@@ -92,6 +90,7 @@ def test_archive_is_readable_by_the_runbook_pg_restore(
         evidence.add(f"pg_restore {same[0].version} listed the archive")
 
 
+@pytest.mark.drill(phase="restore")
 def test_restore_completes_without_errors(drill_restore: RestoreOutcome,
                                           evidence: Evidence, drill: DrillState) -> None:
     """The restore stops at its first error (--exit-on-error): a dump that only restores
@@ -102,7 +101,7 @@ def test_restore_completes_without_errors(drill_restore: RestoreOutcome,
     evidence.add(f"pg_restore {drill_restore.pg_restore_version}, {drill_restore.jobs} jobs, "
                  f"{human(drill.phases.get('restore'))}; ANALYZE "
                  f"{human(drill.phases.get('analyze'))}")
-    evidence.add(f"restored as the runbook does: {drill.facts.get('restore_mode', '')}")
+    evidence.add(f"restored as the runbook does: {drill_restore.mode}")
 
 
 def test_every_table_has_its_backup_time_row_count(drill_backup: Backup,
@@ -213,6 +212,7 @@ def test_every_schema_object_recorded_at_backup_is_present(drill_backup: Backup,
                           expected="every object of the manifest's inventory", found=missing)
 
 
+@pytest.mark.drill(phase="migrate")
 def test_revision_before_upgrade_matches_the_backup(drill_backup: Backup,
                                                     drill_migration: MigrateResult,
                                                     evidence: Evidence) -> None:
@@ -225,19 +225,22 @@ def test_revision_before_upgrade_matches_the_backup(drill_backup: Backup,
                           expected=recorded, found=drill_migration.before)
 
 
-def test_alembic_upgrade_head_reaches_the_script_head(drill_migration: MigrateResult,
-                                                      evidence: Evidence, drill: DrillState
-                                                      ) -> None:
+@pytest.mark.drill(phase="migrate")
+def test_alembic_upgrade_head_reaches_the_script_head(
+    drill_migration_outcome: MigrationOutcome, evidence: Evidence,
+) -> None:
     """An old backup is only useful if today's code can migrate it: the runbook's step
     `alembic upgrade head` must succeed on real restored data."""
+    outcome = drill_migration_outcome
+    drill_migration = outcome.result
     evidence.add(f"{drill_migration.before or '-'} -> {drill_migration.after or '-'} in "
                  f"{human(drill_migration.duration_s)} (head "
                  f"{', '.join(drill_migration.heads)})")
-    for fact in ("sandbox_confirmed_before_migrate", "production_after_migrate"):
-        if drill.facts.get(fact):
-            evidence.add(drill.facts[fact])
-    if drill.facts.get("production_touched"):
-        raise CheckFailed(drill.facts["production_touched"],
+    for line in (outcome.sandbox_confirmed, outcome.production_after):
+        if line:
+            evidence.add(line)
+    if outcome.production_touched:
+        raise CheckFailed(outcome.production_touched,
                           expected="production's Alembic revision and schema unchanged",
                           found="changed", output=drill_migration.output)
     if not drill_migration.ok:
@@ -250,7 +253,7 @@ def test_alembic_upgrade_head_reaches_the_script_head(drill_migration: MigrateRe
                           found=drill_migration.after, output=drill_migration.output)
 
 
-def _judge_against_production(drill: DrillState, recorded: dict[str, list[str]], kind: str,
+def _judge_against_production(findings: Findings, recorded: dict[str, list[str]], kind: str,
                               found: list[str], summary: str) -> None:
     """Fail for what the copy has and production did not; a finding for what production
     already had at backup time (the restore reproduced it faithfully)."""
@@ -262,12 +265,12 @@ def _judge_against_production(drill: DrillState, recorded: dict[str, list[str]],
             expected="none beyond what production had at backup time"
             + ("" if kind in recorded else " (not recorded: a backup by an older atb)"))
     if found:
-        drill.findings.append(f"{summary}: present in production at backup time, restored "
-                              f"faithfully: {'; '.join(found[:5])}")
+        findings.add(f"{summary}: present in production at backup time, restored "
+                     f"faithfully: {'; '.join(found[:5])}")
         pytest.xfail(f"present in production at backup time (finding): {'; '.join(found[:3])}")
 
 
-def test_sequences_are_ahead_of_their_columns(drill: DrillState,
+def test_sequences_are_ahead_of_their_columns(findings: Findings,
                                               drill_conditions: dict[str, list[str]],
                                               drill_final_url: ConnInfo,
                                               evidence: Evidence) -> None:
@@ -276,11 +279,11 @@ def test_sequences_are_ahead_of_their_columns(drill: DrillState,
     with db.connect(drill_final_url) as conn:
         checked, behind = probes.sequences_behind(conn)
     evidence.add(f"{checked} owned sequences checked")
-    _judge_against_production(drill, drill_conditions, "sequences_behind", behind,
+    _judge_against_production(findings, drill_conditions, "sequences_behind", behind,
                               f"{len(behind)} sequences are behind their columns")
 
 
-def test_indexes_are_valid(drill: DrillState, drill_conditions: dict[str, list[str]],
+def test_indexes_are_valid(findings: Findings, drill_conditions: dict[str, list[str]],
                            drill_final_url: ConnInfo, evidence: Evidence) -> None:
     """An invalid index is ignored by the planner and not enforced as unique."""
     with db.connect(drill_final_url) as conn:
@@ -291,11 +294,11 @@ def test_indexes_are_valid(drill: DrillState, drill_conditions: dict[str, list[s
             "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')"
         ).fetchone()
     evidence.add(f"{count[0] if count else 0} user indexes, {len(bad)} invalid")
-    _judge_against_production(drill, drill_conditions, "invalid_indexes", bad,
+    _judge_against_production(findings, drill_conditions, "invalid_indexes", bad,
                               f"{len(bad)} indexes are invalid")
 
 
-def test_foreign_keys_hold_for_every_row(drill: DrillState,
+def test_foreign_keys_hold_for_every_row(findings: Findings,
                                         drill_conditions: dict[str, list[str]],
                                         drill_final_url: ConnInfo, evidence: Evidence) -> None:
     """Every referencing row must find its parent: orphans mean rows were lost or the dump
@@ -303,7 +306,7 @@ def test_foreign_keys_hold_for_every_row(drill: DrillState,
     with db.connect(drill_final_url) as conn:
         checked, problems = probes.foreign_key_violations(conn)
     evidence.add(f"{checked} foreign keys checked row by row")
-    _judge_against_production(drill, drill_conditions, "foreign_keys", problems,
+    _judge_against_production(findings, drill_conditions, "foreign_keys", problems,
                               f"{len(problems)} foreign keys do not hold")
 
 
@@ -364,27 +367,17 @@ def test_backups_keep_to_the_schedule(drill: DrillState, drill_policy: status.St
                                                             ("largest gap", s.largest_gap_s))})
 
 
-def test_schedule_meets_the_rpo_target(drill: DrillState, drill_policy: status.Status,
-                                       evidence: Evidence) -> None:
+def test_schedule_meets_the_rpo_target(drill: DrillState, drill_rpo: RpoFacts,
+                                       drill_policy: status.Status, evidence: Evidence,
+                                       findings: Findings) -> None:
     """The RPO is the data you may lose: with dumps alone it is the gap between two backups.
     Hourly dumps cannot meet a 15-minute RPO; that must be said, not hidden."""
-    s = drill_policy
-    target = drill.options.rpo_target_s
-    if s.backups < 2:
-        drill.rpo = RpoFacts(target_s=target, summary=f"target {human(target)}; unknown: "
-                                                      f"{s.backups} complete backups, and a "
-                                                      "gap needs two")
+    s, target = drill_policy, drill_rpo.target_s
+    if drill_rpo.met is None:
         pytest.skip(f"RPO unknown: {s.backups} complete backups in the tree, and the data you "
                     "may lose is the gap between two")
-    worst = s.largest_gap_s or 0.0
-    met = worst <= target
-    summary = (f"target {human(target)}; worst case data loss {human(worst)} (largest gap "
-               f"between backups over {s.window_days:g} days): "
-               + ("met" if met else "NOT MET"))
-    drill.rpo = RpoFacts(target_s=target, largest_gap_s=s.largest_gap_s,
-                         newest_age_s=s.newest_age_s, met=met, summary=summary)
-    evidence.add(summary)
-    if met:
+    evidence.add(drill_rpo.summary)
+    if drill_rpo.met:
         return
     advice = (f"backups every {human(drill.options.schedule_s)} cannot meet an RPO of "
               f"{human(target)}: back up at least every {human(target)}, or add continuous "
@@ -392,96 +385,40 @@ def test_schedule_meets_the_rpo_target(drill: DrillState, drill_policy: status.S
               "drill it with --source pgbackrest")
     if drill.options.strict_rpo:
         raise CheckFailed("the backup schedule cannot meet the RPO target",
-                          expected=f"largest gap <= {human(target)}", found=human(worst),
-                          output=advice)
-    drill.findings.append(f"RPO target NOT MET: {summary}. {advice}.")
+                          expected=f"largest gap <= {human(target)}",
+                          found=human(s.largest_gap_s or 0.0), output=advice)
+    findings.add(f"RPO target NOT MET: {drill_rpo.summary}. {advice}.")
     pytest.xfail(f"RPO target not met (finding; --strict-rpo makes it fail): {advice}")
 
 
-def test_measured_rto_is_within_target(drill: DrillState, drill_final_url: ConnInfo,
+def test_measured_rto_is_within_target(drill: DrillState, drill_rto: RtoOutcome,
                                        evidence: Evidence) -> None:
     """The time from a dump on disk to a migrated, checked database is the RTO you can
     actually promise; it grows with the data and must be measured, not assumed."""
-    if drill.checks_started is not None:
-        elapsed = time.monotonic() - drill.checks_started
-        drill.phases["checks"] = round(drill.phases.get("checks", 0.0) + elapsed
-                                       - drill.phases.get("migrate", 0.0), 3)
-        drill.checks_started = None
-    rto = drill.rto_s()
-    evidence.add(", ".join(f"{k} {human(v)}" for k, v in drill.phases.items()
+    rto, target = drill_rto.measured_s, drill.options.rto_target_s
+    evidence.add(", ".join(f"{k} {human(v)}" for k, v in drill_rto.phases.items()
                            if k not in ("integration", "sandbox teardown")))
-    evidence.add(f"RTO {human(rto)} measured, target {human(drill.options.rto_target_s)}")
-    if rto > drill.options.rto_target_s:
+    evidence.add(f"RTO {human(rto)} measured, target {human(target)}")
+    if rto > target:
         raise CheckFailed("the measured restore time exceeds the RTO target",
-                          expected=human(drill.options.rto_target_s), found=human(rto))
+                          expected=human(target), found=human(rto))
 
 
-def test_application_integration_suite_passes(drill: DrillState, drill_final_url: ConnInfo,
-                                              drill_sandbox: SandboxInfo,
+def test_application_integration_suite_passes(drill_integration: IntegrationOutcome,
                                               evidence: Evidence) -> None:
     """The application's own tests, run against the restored and migrated database, are the
     closest thing to repointing the application at it."""
-    command = drill.options.integration_cmd
-    if not command:
-        pytest.skip("no --integration-cmd given")
-    evidence.add(confirm_sandbox(drill_final_url, drill_sandbox))
-    with tempfile.TemporaryDirectory(prefix="atb-junit-") as tmp, \
-            isolation.isolated(shlex.split(command), drill_final_url) as (argv, reach, iso):
-        junit = Path(tmp) / "junit.xml"
-        dialect = drill.production.dialect if drill.production else ""
-        env = childenv.sealed({**childenv.libpq_vars(reach),
-                               "DATABASE_URL": reach.app_url(dialect),
-                               "PYTEST_ADDOPTS": f"--junitxml={junit}"},
-                              pass_env=drill.options.pass_env)
-        evidence.add(f"the integration command ran {iso.describe()}")
-        t0 = time.monotonic()
-        with drill.phase("integration"):
-            try:
-                code, out = _run_command(argv, env, drill.options.integration_timeout_s)
-            except FileNotFoundError as exc:
-                code, out = 127, f"command not found: {exc.filename}"
-        cases = _junit_cases(junit)
-    tail = _scrub("\n".join(out.splitlines()[-40:]), drill_final_url)
-    drill.integration = IntegrationFacts(command=command, exit_code=code,
-                                         duration_s=round(time.monotonic() - t0, 3),
-                                         output_tail=tail, cases=tuple(cases))
-    passed = sum(1 for c in cases if c["outcome"] == "passed")
-    evidence.add(f"`{command}` exited {code} in {human(time.monotonic() - t0)}"
-                 + (f"; {passed}/{len(cases)} test cases passed" if cases else ""))
-    for c in cases:
+    i = drill_integration.facts
+    evidence.add(drill_integration.sandbox_confirmed)
+    evidence.add(f"the integration command ran {drill_integration.isolation}")
+    passed = sum(1 for c in i.cases if c["outcome"] == "passed")
+    evidence.add(f"`{i.command}` exited {i.exit_code} in {human(i.duration_s)}"
+                 + (f"; {passed}/{len(i.cases)} test cases passed" if i.cases else ""))
+    for c in i.cases:
         evidence.add(f"{c['outcome'].upper()} {c['name']}")
-    if code != 0:
-        raise CheckFailed(f"the integration command exited {code}", expected="exit 0",
-                          found=f"exit {code}", output=tail)
-
-
-def _run_command(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
-    """(exit code, output) of the integration command, run as a process group of its own:
-    on a timeout, an interruption or atb's death, the whole group goes, not only its
-    first process (a shell script's children would otherwise outlive the drill)."""
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, text=True, errors="replace",
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        return proc.returncode, out
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        return 124, f"timed out after {human(timeout)}"
-    except BaseException:
-        _kill_group(proc)
-        raise
-
-
-def _kill_group(proc: subprocess.Popen[str]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
-
-
-def _scrub(text: str, url: ConnInfo) -> str:
-    text = redact(text)
-    return text.replace(url.password, "***") if url.password else text
+    if i.exit_code != 0:
+        raise CheckFailed(f"the integration command exited {i.exit_code}", expected="exit 0",
+                          found=f"exit {i.exit_code}", output=i.output_tail)
 
 
 def test_production_was_not_touched(drill: DrillState, evidence: Evidence) -> None:
@@ -512,23 +449,3 @@ def test_production_was_not_touched(drill: DrillState, evidence: Evidence) -> No
             evidence.add(f"schema and Alembic revision unchanged; application code ran {how}")
             return
     evidence.add(f"application code ran {how}")
-
-
-def _junit_cases(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError:
-        return []
-    cases = []
-    for case in root.iter("testcase"):
-        outcome = "passed"
-        for tag in ("failure", "error", "skipped"):
-            if case.find(tag) is not None:
-                outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
-        cases.append({"name": f"{case.get('classname', '')}::{case.get('name', '')}",
-                      "outcome": outcome, "time_s": float(case.get("time", 0) or 0)})
-    return cases
-
-

@@ -7,22 +7,13 @@ the recovered copy (the fixtures of `drills.pitr_fixtures` stand in for the dump
 
 from __future__ import annotations
 
-from dataclasses import replace
-from datetime import UTC, datetime
-
 import pytest
 
-from backup_core import heartbeat, pgbackrest, wal_status
-from backup_core.conninfo import ConnInfo
 from backup_core.durations import human
-from backup_core.errors import AtbError
-from backup_core.pgbackrest import Stanza
 from drills import checks as shared
-from drills import observer
 from drills.failures import CheckFailed
-from drills.pitr_fixtures import RecoveryOutcome
-from drills.plugin import Evidence
-from drills.result import RpoFacts
+from drills.pitr_fixtures import DataLoss, RecoveryOutcome
+from drills.plugin import Evidence, Findings
 from drills.state import DrillState
 
 pytestmark = pytest.mark.drill
@@ -52,64 +43,29 @@ def test_recovery_reaches_the_target_time(drill: DrillState, drill_recovery: Rec
                  f"{human(r.replay_s)}")
 
 
-def test_data_loss_is_within_the_rpo_target(drill: DrillState, drill_recovery: RecoveryOutcome,
-                                           drill_url: ConnInfo, evidence: Evidence) -> None:
+def test_data_loss_is_within_the_rpo_target(drill_data_loss: DataLoss, evidence: Evidence,
+                                           findings: Findings) -> None:
     """The heartbeat rows are the clock: the newest one at or before the target shows how
     much was really lost by recovering to that moment, against the RPO promised."""
-    target_s = drill.options.rpo_target_s
-    assert drill_recovery.recovery is not None and drill.pitr is not None
-    target = drill_recovery.recovery.target
-    try:
-        newest = heartbeat.newest_heartbeat(drill_url, table=drill.options.heartbeat_table,
-                                            before=target)
-    except heartbeat.HeartbeatTableMissing:
-        pytest.skip(f"table {drill.options.heartbeat_table} is not in the recovered database: "
-                    "data loss cannot be measured")
-    if newest is None:
+    d = drill_data_loss
+    if d.newest is None or d.loss_s is None:
         raise CheckFailed("no heartbeat at or before the target in the recovered data",
-                          expected=f"a TEST/Heartbeat row within {human(target_s)} of "
-                                   f"{target.isoformat()}",
+                          expected=f"a TEST/Heartbeat row within {human(d.target_s)} of "
+                                   f"{d.target.isoformat()}",
                           found="none: is `atb tests heartbeat` scheduled?")
-    loss = (target - newest).total_seconds()
-    drill.pitr = replace(drill.pitr, newest_heartbeat=newest.isoformat(),
-                         data_loss_s=round(loss, 3))
-    evidence.add(f"target {target.isoformat()}, newest heartbeat {newest.isoformat()}: "
-                 f"measured data loss {human(loss)}, RPO target {human(target_s)}")
-    archiving = _archiving(drill, target_s)
-    if archiving:
-        evidence.add(archiving[0])
-    met = loss <= target_s and (not archiving or archiving[1])
-    summary = (f"target {human(target_s)}; measured data loss {human(loss)} at "
-               f"{target.isoformat()} (newest heartbeat {newest.isoformat()})"
-               + (f"; {archiving[0]}" if archiving else "") + ": "
-               + ("met" if met else "NOT MET"))
-    drill.rpo = RpoFacts(target_s=target_s, largest_gap_s=loss, met=met, summary=summary)
-    if loss > target_s:
+    evidence.add(f"target {d.target.isoformat()}, newest heartbeat {d.newest.isoformat()}: "
+                 f"measured data loss {human(d.loss_s)}, RPO target {human(d.target_s)}")
+    if d.archiving:
+        evidence.add(d.archiving[0])
+    if d.loss_s > d.target_s:
         raise CheckFailed("the data lost at the target exceeds the RPO target",
-                          expected=f"at most {human(target_s)} before {target.isoformat()}",
-                          found=f"newest heartbeat {newest.isoformat()}, {human(loss)} "
+                          expected=f"at most {human(d.target_s)} before {d.target.isoformat()}",
+                          found=f"newest heartbeat {d.newest.isoformat()}, {human(d.loss_s)} "
                                 "before the target")
-    if archiving and not archiving[1]:
-        drill.findings.append(f"RPO NOT MET NOW: the drill recovered within the RPO, but "
-                              f"{archiving[0]}")
-        pytest.xfail(f"archiving does not keep the RPO now (finding): {archiving[0]}")
-
-
-def _archiving(drill: DrillState, rpo_s: float) -> tuple[str, bool] | None:
-    """Archiving as it stands now (pg_stat_archiver on production, read only), when
-    production is reachable."""
-    production, o = drill.reachable_production, drill.options
-    if production is None or o.stanza is None:
-        return None
-    try:
-        a = wal_status.judge(pgbackrest.info(Stanza(o.stanza, o.pgbackrest_config)),
-                             observer.read_archiver(production), now=datetime.now(UTC),
-                             rpo_s=rpo_s)
-    except AtbError as exc:
-        return f"archiving not judged: {exc}", True
-    text = (f"archiving current: last WAL {a.last_archived_wal} archived "
-            f"{human(a.lag_s)} ago" if a.ok else "archiving: " + "; ".join(a.missed))
-    return text, a.ok
+    if d.archiving and not d.archiving[1]:
+        findings.add(f"RPO NOT MET NOW: the drill recovered within the RPO, but "
+                     f"{d.archiving[0]}")
+        pytest.xfail(f"archiving does not keep the RPO now (finding): {d.archiving[0]}")
 
 
 # The dump drill's checks that apply to a recovered copy, in the order a recovery goes.

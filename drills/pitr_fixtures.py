@@ -11,16 +11,18 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 
-from backup_core import db, pgbackrest, pitr, toolchain
+from backup_core import db, heartbeat, pgbackrest, pitr, toolchain, wal_status
 from backup_core.catalog import Backup
 from backup_core.cluster import Cluster
 from backup_core.conninfo import ConnInfo
+from backup_core.durations import human
 from backup_core.errors import AtbError
-from drills.result import PitrFacts, SandboxFacts
+from drills import observer
+from drills.result import PitrFacts, RpoFacts, SandboxFacts
 from drills.sandbox import SandboxInfo
 from drills.state import DrillState
 
@@ -48,6 +50,66 @@ class RecoveryOutcome:
     @property
     def ok(self) -> bool:
         return self.cluster is not None
+
+
+@dataclass(frozen=True)
+class DataLoss:
+    """The data lost by recovering to the target: the newest heartbeat at or before it (None
+    when there is none), and archiving as it stands now (its line, whether it keeps the
+    RPO) when production can be asked."""
+
+    target: datetime
+    target_s: float
+    newest: datetime | None = None
+    loss_s: float | None = None
+    archiving: tuple[str, bool] | None = None
+
+
+@pytest.fixture(scope="session")
+def drill_data_loss(drill: DrillState, drill_recovery: RecoveryOutcome,
+                    drill_url: ConnInfo) -> DataLoss:
+    """The data loss at the target, measured by the heartbeat rows; recorded as the
+    drill's RPO."""
+    target_s = drill.options.rpo_target_s
+    assert drill_recovery.recovery is not None and drill.pitr is not None
+    target = drill_recovery.recovery.target
+    try:
+        newest = heartbeat.newest_heartbeat(drill_url, table=drill.options.heartbeat_table,
+                                            before=target)
+    except heartbeat.HeartbeatTableMissing:
+        pytest.skip(f"table {drill.options.heartbeat_table} is not in the recovered database: "
+                    "data loss cannot be measured")
+    if newest is None:
+        return DataLoss(target=target, target_s=target_s)
+    loss = (target - newest).total_seconds()
+    drill.pitr = replace(drill.pitr, newest_heartbeat=newest.isoformat(),
+                         data_loss_s=round(loss, 3))
+    archiving = _archiving(drill, target_s)
+    met = loss <= target_s and (not archiving or archiving[1])
+    summary = (f"target {human(target_s)}; measured data loss {human(loss)} at "
+               f"{target.isoformat()} (newest heartbeat {newest.isoformat()})"
+               + (f"; {archiving[0]}" if archiving else "") + ": "
+               + ("met" if met else "NOT MET"))
+    drill.rpo = RpoFacts(target_s=target_s, largest_gap_s=loss, met=met, summary=summary)
+    return DataLoss(target=target, target_s=target_s, newest=newest, loss_s=loss,
+                    archiving=archiving)
+
+
+def _archiving(drill: DrillState, rpo_s: float) -> tuple[str, bool] | None:
+    """Archiving as it stands now (pg_stat_archiver on production, read only), when
+    production is reachable."""
+    production, o = drill.reachable_production, drill.options
+    if production is None or o.stanza is None:
+        return None
+    try:
+        a = wal_status.judge(pgbackrest.info(pgbackrest.Stanza(o.stanza, o.pgbackrest_config)),
+                             observer.read_archiver(production), now=datetime.now(UTC),
+                             rpo_s=rpo_s)
+    except AtbError as exc:
+        return f"archiving not judged: {exc}", True
+    text = (f"archiving current: last WAL {a.last_archived_wal} archived "
+            f"{human(a.lag_s)} ago" if a.ok else "archiving: " + "; ".join(a.missed))
+    return text, a.ok
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -23,6 +23,7 @@ import pytest
 from backup_core import catalog, db, guard, inventory, isolation, status, toolchain
 from backup_core.catalog import Backup
 from backup_core.conninfo import ConnInfo, detach_libpq_environment, redact
+from backup_core.durations import human
 from backup_core.errors import AtbError, ConfigError, ProductionTouched
 from backup_core.manifest import Inventory
 from backup_core.migrate import MigrateResult, upgrade_head
@@ -33,13 +34,21 @@ from drills import observer, pick, report, sandbox
 from drills.inert import html_text
 from drills.options import OPTIONS, DrillOptions
 from drills.options import builtin_checks as options_builtin_checks
-from drills.result import AlembicFacts, IsolationFacts, SandboxFacts
-from drills.state import INCOMPLETE, DrillState, ReportPaths
+from drills.result import (
+    AlembicFacts,
+    DrillResult,
+    IntegrationFacts,
+    IsolationFacts,
+    RpoFacts,
+    SandboxFacts,
+)
+from drills.state import DEFAULT_PHASE, INCOMPLETE, DrillState, ReportPaths
 
 STATE = pytest.StashKey[DrillState]()
 USER_CHECKS = pytest.StashKey[tuple[Path, ...]]()
 EXIT_INCOMPLETE = 10  # a built-in check did not run: not a pass, not a failure
 EVIDENCE = pytest.StashKey[list[str]]()
+FINDINGS = pytest.StashKey[list[str]]()
 DRILL_REPORT = "atb_drill"  # attribute of a drill check's reports (they travel as JSON)
 CHECKS_MODULE = Path(__file__).with_name("checks.py")
 PITR_CHECKS_MODULE = Path(__file__).with_name("pitr_checks.py")
@@ -123,7 +132,7 @@ def pytest_configure(config: pytest.Config) -> None:
                        backup=chosen, selection_error=error,
                        paths=ReportPaths.for_drill(options.report_dir, database, started,
                                                    claim=True))
-    state.facts["eligible"] = eligible
+    state.eligible = eligible
     state.tree = tree
     state.isolation = isolation_facts()
     state.production_before = observer.current()(production)
@@ -252,7 +261,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 
 # -- fixtures --------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(frozen=True)
 class RestoreOutcome:
     ok: bool
     error: str = ""
@@ -264,6 +273,33 @@ class RestoreOutcome:
     inventory: Inventory = field(default_factory=dict)
     definitions: dict[str, str] = field(default_factory=dict)
     with_owners: bool = False
+    mode: str = ""  # how it was restored, as the runbook does
+
+
+@dataclass(frozen=True)
+class MigrationOutcome:
+    """`alembic upgrade head` on the sandbox, with what was confirmed around it: that the
+    target was the sandbox, and production's state after (or how it changed)."""
+
+    result: MigrateResult
+    sandbox_confirmed: str = ""
+    production_after: str = ""
+    production_touched: str = ""
+
+
+@dataclass(frozen=True)
+class RtoOutcome:
+    """The recovery's phases as measured when the migrated database was checked."""
+
+    phases: dict[str, float]
+    measured_s: float
+
+
+@dataclass(frozen=True)
+class IntegrationOutcome:
+    facts: IntegrationFacts
+    sandbox_confirmed: str
+    isolation: str
 
 
 @pytest.fixture(scope="session")
@@ -346,11 +382,10 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
     # server (--sandbox server) is not ours to add roles to; there owners are left out.
     with_owners = drill_sandbox.provider != "server" and bool(
         drill_backup.manifest and drill_backup.manifest.roles)
-    drill.facts["restore_mode"] = (
-        "the backup's roles first, then owners and grants" if with_owners else
-        "without owners and grants: " + ("a shared server takes no roles"
-                                         if drill_sandbox.provider == "server"
-                                         else "the backup carries no roles"))
+    mode = ("the backup's roles first, then owners and grants" if with_owners else
+            "without owners and grants: " + ("a shared server takes no roles"
+                                             if drill_sandbox.provider == "server"
+                                             else "the backup carries no roles"))
     with drill.phase("restore"):
         try:
             done = restore_backup(drill_backup.path, url, no_owner=not with_owners,
@@ -358,7 +393,8 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
                                   chains=drill_chains, production=drill.reachable_production,
                                   scratch=True)
         except AtbError as exc:
-            return RestoreOutcome(ok=False, error=str(exc), detail=redact(exc.detail))
+            return RestoreOutcome(ok=False, error=str(exc), detail=redact(exc.detail),
+                                  mode=mode)
     with drill.phase("analyze"), db.connect(url, autocommit=True) as conn:
         conn.execute("ANALYZE")
     with drill.phase("checks"):
@@ -373,7 +409,7 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
     drill.checks_started = time.monotonic()
     return RestoreOutcome(ok=True, pg_restore_version=done.pg_restore_version, jobs=done.jobs,
                           counts=counts, checksums=sums, inventory=inv, definitions=defs,
-                          with_owners=with_owners)
+                          with_owners=with_owners, mode=mode)
 
 
 def _stable(url: ConnInfo) -> Any:
@@ -393,28 +429,35 @@ def drill_url(drill_restore: RestoreOutcome, drill_sandbox: sandbox.SandboxInfo)
 
 
 @pytest.fixture(scope="session")
-def drill_migration(drill: DrillState, drill_url: ConnInfo,
-                    drill_sandbox: sandbox.SandboxInfo) -> MigrateResult:
-    """`alembic upgrade head` on the restored sandbox, after confirming it is the sandbox."""
+def drill_migration_outcome(drill: DrillState, drill_url: ConnInfo,
+                            drill_sandbox: sandbox.SandboxInfo) -> MigrationOutcome:
+    """`alembic upgrade head` on the restored sandbox, after confirming it is the sandbox,
+    with production compared before and after."""
     ini = drill.options.alembic_config
     if ini is None:
         pytest.skip("no --alembic-config given: migrations not exercised")
-    drill.facts["sandbox_confirmed_before_migrate"] = sandbox.confirm_sandbox(drill_url,
-                                                                              drill_sandbox)
+    confirmed = sandbox.confirm_sandbox(drill_url, drill_sandbox)
     production = drill.reachable_production
     look = observer.current()
     before = look(production)
     with drill.phase("migrate"):
         result = upgrade_head(ini, drill_url)
+    after, touched = "", ""
     try:
-        drill.facts["production_after_migrate"] = guard.confirm_unchanged(production, before,
-                                                                          observer=look)
+        after = guard.confirm_unchanged(production, before, observer=look)
     except ProductionTouched as exc:
-        drill.facts["production_touched"] = str(exc)
+        touched = str(exc)
     drill.alembic = AlembicFacts(before=result.before, after=result.after,
                                  heads=tuple(result.heads), ok=result.ok,
                                  duration_s=result.duration_s)
-    return result
+    return MigrationOutcome(result=result, sandbox_confirmed=confirmed,
+                            production_after=after, production_touched=touched)
+
+
+@pytest.fixture(scope="session")
+def drill_migration(drill_migration_outcome: MigrationOutcome) -> MigrateResult:
+    """Alembic's result on the restored sandbox (see `drill_migration_outcome`)."""
+    return drill_migration_outcome.result
 
 
 @pytest.fixture(scope="session")
@@ -448,7 +491,67 @@ def drill_policy(drill: DrillState, drill_backup: Backup) -> status.Status:
                                   rpo_s=drill.options.rpo_target_s)
 
 
+@pytest.fixture(scope="session")
+def drill_rpo(drill: DrillState, drill_policy: status.Status) -> RpoFacts:
+    """The RPO the backup schedule gives: the largest gap between two backups, against the
+    target (unknown with fewer than two backups)."""
+    s, target = drill_policy, drill.options.rpo_target_s
+    if s.backups < 2:
+        rpo = RpoFacts(target_s=target, summary=f"target {human(target)}; unknown: "
+                                                f"{s.backups} complete backups, and a gap "
+                                                "needs two")
+    else:
+        worst = s.largest_gap_s or 0.0
+        met = worst <= target
+        rpo = RpoFacts(target_s=target, largest_gap_s=s.largest_gap_s,
+                       newest_age_s=s.newest_age_s, met=met,
+                       summary=f"target {human(target)}; worst case data loss {human(worst)} "
+                               f"(largest gap between backups over {s.window_days:g} days): "
+                               + ("met" if met else "NOT MET"))
+    drill.rpo = rpo
+    return rpo
+
+
+@pytest.fixture(scope="session")
+def drill_rto(drill: DrillState, drill_final_url: ConnInfo) -> RtoOutcome:
+    """The recovery time as measured up to a migrated, checked database: the "checks"
+    phase runs from the end of the restore to now, less the migration."""
+    if drill.checks_started is not None:
+        elapsed = time.monotonic() - drill.checks_started
+        drill.phases["checks"] = round(drill.phases.get("checks", 0.0) + elapsed
+                                       - drill.phases.get("migrate", 0.0), 3)
+        drill.checks_started = None
+    return RtoOutcome(phases=dict(drill.phases), measured_s=drill.rto_s())
+
+
+@pytest.fixture(scope="session")
+def drill_integration(drill: DrillState, drill_final_url: ConnInfo,
+                      drill_sandbox: sandbox.SandboxInfo) -> IntegrationOutcome:
+    """The application's integration command, run isolated against the restored (and
+    migrated) sandbox, its JUnit cases read back."""
+    from drills import integration
+
+    command = drill.options.integration_cmd
+    if not command:
+        pytest.skip("no --integration-cmd given")
+    confirmed = sandbox.confirm_sandbox(drill_final_url, drill_sandbox)
+    with drill.phase("integration"):
+        facts, how = integration.run_integration(
+            command, drill_final_url, dialect=drill.production.dialect if drill.production
+            else "", pass_env=drill.options.pass_env,
+            timeout_s=drill.options.integration_timeout_s)
+    drill.integration = facts
+    return IntegrationOutcome(facts=facts, sandbox_confirmed=confirmed, isolation=how)
+
+
 class Evidence(list[str]):
+    def add(self, line: str) -> None:
+        self.append(redact(line))
+
+
+class Findings(list[str]):
+    """What a check found that production already had: reported, not failed."""
+
     def add(self, line: str) -> None:
         self.append(redact(line))
 
@@ -459,6 +562,14 @@ def evidence(request: pytest.FixtureRequest) -> Evidence:
     ev = Evidence()
     request.node.stash[EVIDENCE] = ev
     return ev
+
+
+@pytest.fixture
+def findings(request: pytest.FixtureRequest) -> Findings:
+    """A check's findings; they go into the report's findings."""
+    found = Findings()
+    request.node.stash[FINDINGS] = found
+    return found
 
 
 # -- reporting -------------------------------------------------------------------------------
@@ -484,11 +595,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         if redact(text) != text:  # a URL with a password in a traceback: never in a report
             rep.longrepr = redact(text)
     lines: list[str] = item.stash.get(EVIDENCE, [])
+    marker = item.get_closest_marker("drill")
     rec = state.records.setdefault(item.nodeid, {
         "name": item.name, "title": report.title(item.name), "why": _why(item),
-        "outcome": "", "duration_s": 0.0, "message": ""})
+        "outcome": "", "duration_s": 0.0, "message": "",
+        "phase": str(marker.kwargs.get("phase", DEFAULT_PHASE)) if marker else DEFAULT_PHASE})
     rec["duration_s"] = round(rec["duration_s"] + rep.duration, 3)
     rec["evidence"] = tuple(lines)
+    found: list[str] = item.stash.get(FINDINGS, [])
+    rec["findings"] = tuple(found)
     if rep.when == "setup" and rep.outcome != "passed":
         rec["outcome"] = "skipped" if rep.skipped else "error"
     elif rep.when == "call":
@@ -516,7 +631,7 @@ def pytest_html_results_summary(prefix: list[str], summary: list[str], postfix: 
                                 session: pytest.Session) -> None:
     state = session.config.stash.get(STATE, None)
     if state is not None:
-        prefix.append(report.summary_html(state.finish_checks()))
+        prefix.append(report.summary_html(drill_result(session.config, state)))
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -597,12 +712,24 @@ def _inert_extra(extra: dict[str, Any]) -> dict[str, Any]:
             "mime_type": "text/plain", "content": redact(text)}
 
 
+RESULT = pytest.StashKey[DrillResult]()
+
+
+def drill_result(config: pytest.Config, state: DrillState) -> DrillResult:
+    """The drill's result, assembled once when the checks are over (pytest-html's summary
+    asks for it before the reports are written)."""
+    if RESULT not in config.stash:
+        state.collect()
+        config.stash[RESULT] = state.result()
+    return config.stash[RESULT]
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(STATE, None)
     if state is None or exitstatus == pytest.ExitCode.USAGE_ERROR:
         return
-    result = state.finish_checks()
+    result = drill_result(session.config, state)
     report.write_reports(result)
     if state.options.result_file is not None:
         state.options.result_file.write_text(report.to_json(result))

@@ -34,14 +34,9 @@ from drills.result import (
 # Phases that make up the measured RTO, in the order a real recovery goes through them.
 RTO_PHASES = ("fetch/verify", "sandbox start", "restore", "analyze", "restore files", "start",
               "WAL replay", "migrate", "checks")
-# The phase a failing built-in check stops a recovery in (any other: "checks").
-CHECK_PHASES = {
-    "test_backup_integrity_matches_manifest": "fetch/verify",
-    "test_archive_is_readable_by_the_runbook_pg_restore": "fetch/verify",
-    "test_restore_completes_without_errors": "restore",
-    "test_revision_before_upgrade_matches_the_backup": "migrate",
-    "test_alembic_upgrade_head_reaches_the_script_head": "migrate",
-}
+# The phase a failing check stops a recovery in, unless its marker says another:
+# `@pytest.mark.drill(phase="restore")`.
+DEFAULT_PHASE = "checks"
 PASS, FAIL, INCOMPLETE = "PASS", "FAIL", "INCOMPLETE"
 
 
@@ -75,6 +70,11 @@ class ReportPaths:
 
 @dataclass
 class DrillState:
+    """The drill's session: what was chosen at the start, the frozen outcomes the fixtures
+    record as they produce them (sandbox, Alembic, RPO, integration, point-in-time, phase
+    timings), and the check records the reporting hook collects. Checks read it; they never
+    write into it. `result` assembles the `DrillResult` from it."""
+
     options: DrillOptions
     started_at: datetime
     production: ConnInfo | None
@@ -82,11 +82,14 @@ class DrillState:
     selection_error: str | None
     paths: ReportPaths
     phases: dict[str, float] = field(default_factory=dict)
-    facts: dict[str, Any] = field(default_factory=dict)
+    # how many backups the random pick chose among
+    eligible: int = 0
+    # set once, when the checks are over (`collect`), from the reporting hook's records
     checks: list[CheckRecord] = field(default_factory=list)
-    # per test node id, filled as reports arrive; `finish_checks` turns them into `checks`
-    records: dict[str, dict[str, Any]] = field(default_factory=dict)
     findings: list[str] = field(default_factory=list)
+    check_phases: dict[str, str] = field(default_factory=dict)
+    # per test node id, filled by the reporting hook as reports arrive
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
     integration: IntegrationFacts | None = None
     sandbox: SandboxFacts | None = None
     alembic: AlembicFacts | None = None
@@ -121,12 +124,16 @@ class DrillState:
         finally:
             self.phases[name] = round(self.phases.get(name, 0.0) + time.monotonic() - t0, 3)
 
-    def finish_checks(self) -> DrillResult:
+    def collect(self) -> None:
+        """The checks are over: their records (in the order they ran), the findings they
+        recorded, and the recovery phase each declared."""
+        runs = list(self.records.values())
         self.checks = [CheckRecord(name=r["name"], title=r["title"], why=r["why"],
                                    outcome=r["outcome"] or "error", duration_s=r["duration_s"],
                                    evidence=tuple(r.get("evidence", ())), message=r["message"])
-                       for r in self.records.values()]
-        return self.result()
+                       for r in runs]
+        self.findings = [f for r in runs for f in r.get("findings", ())]
+        self.check_phases = {r["name"]: r.get("phase", DEFAULT_PHASE) for r in runs}
 
     def rto_s(self) -> float:
         return round(sum(self.phases.get(p, 0.0) for p in RTO_PHASES), 3)
@@ -157,7 +164,7 @@ class DrillState:
             return "fetch/verify"
         if not failed:
             return None
-        phases = [CHECK_PHASES.get(name, "checks") for name in failed]
+        phases = [self.check_phases.get(name, DEFAULT_PHASE) for name in failed]
         return min(phases, key=RTO_PHASES.index)
 
     def _pitr_backup(self) -> BackupFacts:
@@ -173,6 +180,7 @@ class DrillState:
             selection_error=p.failure or None if not p.backup_label else None)
 
     def result(self) -> DrillResult:
+        """The drill's frozen result, assembled from the state as it stands (read only)."""
         b = self.backup
         m = b.manifest if b else None
         now = datetime.now(UTC)
@@ -196,7 +204,7 @@ class DrillState:
                 rows=sum(m.row_counts.values()) if m else None,
                 row_counts_mode=m.row_counts_mode if m else None,
                 selection="given with --backup" if self.options.backup else
-                          f"random among {self.facts.get('eligible', '?')} complete backups "
+                          f"random among {self.eligible} complete backups "
                           f"of the last {self.options.window_days:g} days (seed "
                           f"{self.options.seed})",
                 selection_error=self.selection_error),

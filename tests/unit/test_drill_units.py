@@ -165,6 +165,8 @@ def test_a_skipped_or_deselected_builtin_check_makes_the_verdict_incomplete() ->
 
 def test_a_failed_recovery_has_no_rto_only_the_phase_it_failed_in() -> None:
     failed = _state([("test_restore_completes_without_errors", "failed"), ("y", "passed")])
+    assert failed.result().rto.failed_at == "checks"  # a check's phase is on its marker
+    failed.check_phases = {"test_restore_completes_without_errors": "restore"}
     result = failed.result()
     assert result.rto.measured_s is None and result.rto.met is None
     assert result.rto.failed_at == "restore"
