@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import ast
+import importlib
 import json
 import os
 import secrets
@@ -89,20 +89,15 @@ def check_text(name: str, value: str) -> str:
     return value
 
 
-CHECK_MODULES = {"dump": Path(__file__).with_name("checks.py"),
-                 "pgbackrest": Path(__file__).with_name("pitr_checks.py")}
+CHECK_MODULES = {"dump": "drills.checks", "pgbackrest": "drills.pitr_checks"}
 
 
 def builtin_checks(source: str = "dump") -> tuple[str, ...]:
-    """The built-in checks' names, read from their module without importing it (defined
-    there, or taken from the dump drill's checks by assignment)."""
-    names = []
-    for node in ast.parse(CHECK_MODULES[source].read_text()).body:
-        if isinstance(node, ast.FunctionDef):
-            names.append(node.name)
-        elif isinstance(node, ast.Assign):
-            names += [t.id for t in node.targets if isinstance(t, ast.Name)]
-    return tuple(n for n in names if n.startswith("test_"))
+    """The built-in checks' names, in the order they run: the check functions their module
+    defines, or takes from the dump drill's checks."""
+    module = importlib.import_module(CHECK_MODULES[source])
+    return tuple(name for name, value in vars(module).items()
+                 if name.startswith("test_") and callable(value))
 
 
 def parse_target(text: str | None) -> datetime | None:

@@ -226,7 +226,7 @@ def test_pytest_html_cells_of_a_hostile_node_id_are_escaped() -> None:
 
 
 def test_a_checks_html_extras_become_text_and_its_links_only_http() -> None:
-    from drills.plugin import _inert_extra
+    from drills.plugin.html import _inert_extra
 
     html_extra = {"name": "x", "format_type": "html", "content": "<img src=x onerror=alert(1)>",
                   "mime_type": None, "extension": None}

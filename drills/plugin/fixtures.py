@@ -1,0 +1,348 @@
+"""The drill's fixtures: each produces one frozen outcome (the backup verified, the sandbox,
+the restore read back, the migration, the RPO and RTO measured, the integration command's
+run) and records it for the report; the checks only judge them. The types here (`Evidence`,
+`Findings`, the outcomes) are what checks, built-in or the user's, may import."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from backup_core import catalog, db, guard, inventory, status, toolchain
+from backup_core.catalog import Backup
+from backup_core.conninfo import ConnInfo, redact
+from backup_core.durations import human
+from backup_core.errors import AtbError, ProductionTouched
+from backup_core.manifest import Inventory
+from backup_core.migrate import MigrateResult, upgrade_head
+from backup_core.restore import archive_major, restore_backup
+from backup_core.verify import VerifyResult, verify_backup
+from drills import observer, sandbox
+from drills.result import (
+    AlembicFacts,
+    IntegrationFacts,
+    RpoFacts,
+    SandboxFacts,
+)
+from drills.state import DrillState
+
+STATE = pytest.StashKey[DrillState]()
+EVIDENCE = pytest.StashKey[list[str]]()
+FINDINGS = pytest.StashKey[list[str]]()
+DRILL_REPORT = "atb_drill"  # attribute of a drill check's reports (they travel as JSON)
+
+
+@dataclass(frozen=True)
+class RestoreOutcome:
+    ok: bool
+    error: str = ""
+    detail: str = ""
+    pg_restore_version: str = ""
+    jobs: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    checksums: dict[str, str] = field(default_factory=dict)
+    inventory: Inventory = field(default_factory=dict)
+    definitions: dict[str, str] = field(default_factory=dict)
+    with_owners: bool = False
+    mode: str = ""  # how it was restored, as the runbook does
+
+
+@dataclass(frozen=True)
+class MigrationOutcome:
+    """`alembic upgrade head` on the sandbox, with what was confirmed around it: that the
+    target was the sandbox, and production's state after (or how it changed)."""
+
+    result: MigrateResult
+    sandbox_confirmed: str = ""
+    production_after: str = ""
+    production_touched: str = ""
+
+
+@dataclass(frozen=True)
+class RtoOutcome:
+    """The recovery's phases as measured when the migrated database was checked."""
+
+    phases: dict[str, float]
+    measured_s: float
+
+
+@dataclass(frozen=True)
+class IntegrationOutcome:
+    facts: IntegrationFacts
+    sandbox_confirmed: str
+    isolation: str
+
+
+@pytest.fixture(scope="session")
+def drill(pytestconfig: pytest.Config) -> DrillState:
+    """The drill's state: options, chosen backup, phase timings, facts for the report."""
+    state = pytestconfig.stash.get(STATE, None)
+    if state is None:
+        pytest.skip("not a drill run: pass --drill or --backup PATH")
+    return state
+
+
+@pytest.fixture(scope="session")
+def drill_chains() -> list[toolchain.Toolchain]:
+    return toolchain.discover()
+
+
+@pytest.fixture(scope="session")
+def drill_backup(drill: DrillState) -> Backup:
+    if drill.backup is None:
+        pytest.skip(f"no backup selected: {drill.selection_error}")
+    return drill.backup
+
+
+@pytest.fixture(scope="session")
+def drill_conditions(drill_backup: Backup) -> dict[str, list[str]]:
+    """What production already had at backup time (invalid indexes, orphans...), as its
+    manifest recorded: reproduced faithfully, they are findings, not failures."""
+    return dict(drill_backup.manifest.conditions) if drill_backup.manifest else {}
+
+
+@pytest.fixture(scope="session")
+def drill_integrity(drill: DrillState, drill_backup: Backup,
+                    drill_chains: list[toolchain.Toolchain]) -> VerifyResult:
+    with drill.phase("fetch/verify"):
+        return verify_backup(drill_backup.path, chains=drill_chains, record=False)
+
+
+def _source_major(backup: Backup, chains: list[toolchain.Toolchain]) -> int:
+    if backup.manifest is not None:
+        return backup.manifest.server_major
+    return archive_major(backup.path, chains)
+
+
+@pytest.fixture(scope="session")
+def drill_sandbox(drill: DrillState, drill_backup: Backup, drill_integrity: VerifyResult,
+                  drill_chains: list[toolchain.Toolchain]) -> Iterator[sandbox.SandboxInfo]:
+    """A disposable server; DATABASE_URL points at it for the rest of the drill."""
+    if not drill_integrity.ok:
+        pytest.skip(f"not attempted: the backup failed its integrity check "
+                    f"({drill_integrity.reason})")
+    server = ConnInfo.parse(drill.options.sandbox_url, what="ATB_SANDBOX_URL") \
+        if drill.options.sandbox_url else None
+    with drill.phase("sandbox start"):
+        manager = sandbox.open_sandbox(drill.options.sandbox,
+                                       source_major=_source_major(drill_backup, drill_chains),
+                                       chains=drill_chains, server=server,
+                                       production=drill.production,
+                                       docker_image=drill.options.docker_image,
+                                       asserted=drill.options.sandbox_is_not_production)
+        info = manager.__enter__()
+    os.environ["DATABASE_URL"] = info.url.app_url(
+        drill.production.dialect if drill.production else "")
+    drill.sandbox = SandboxFacts(provider=info.provider, server_version=info.server_version,
+                                 database=info.dbname, identity=str(info.identity),
+                                 url=info.url.redacted, image=info.image, note=info.note)
+    try:
+        yield info
+    finally:
+        os.environ.pop("DATABASE_URL", None)
+        with drill.phase("sandbox teardown"):
+            manager.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbox.SandboxInfo,
+                  drill_chains: list[toolchain.Toolchain]) -> RestoreOutcome:
+    """Restore, ANALYZE, then read back counts and inventory before anything can change them."""
+    url = drill_sandbox.url
+    # As the runbook restores: the backup's roles first, then with owners and grants. A shared
+    # server (--sandbox server) is not ours to add roles to; there owners are left out.
+    with_owners = drill_sandbox.provider != "server" and bool(
+        drill_backup.manifest and drill_backup.manifest.roles)
+    mode = ("the backup's roles first, then owners and grants" if with_owners else
+            "without owners and grants: " + ("a shared server takes no roles"
+                                             if drill_sandbox.provider == "server"
+                                             else "the backup carries no roles"))
+    with drill.phase("restore"):
+        try:
+            done = restore_backup(drill_backup.path, url, no_owner=not with_owners,
+                                  with_roles=with_owners, jobs=drill.options.jobs,
+                                  chains=drill_chains, production=drill.reachable_production,
+                                  scratch=True)
+        except AtbError as exc:
+            return RestoreOutcome(ok=False, error=str(exc), detail=redact(exc.detail),
+                                  mode=mode)
+    with drill.phase("analyze"), db.connect(url, autocommit=True) as conn:
+        conn.execute("ANALYZE")
+    with drill.phase("checks"):
+        with _stable(url) as conn:
+            tables = [(s, t) for s, t, _ in inventory.user_tables(conn)]
+            inv = inventory.schema_inventory(conn)
+            defs = inventory.definitions(conn)
+        wanted = bool(drill_backup.manifest and drill_backup.manifest.row_checksums)
+        counts, sums = inventory.table_contents(tables, lambda: _stable(url),
+                                                workers=min(4, os.cpu_count() or 2),
+                                                checksums=wanted)
+    drill.checks_started = time.monotonic()
+    return RestoreOutcome(ok=True, pg_restore_version=done.pg_restore_version, jobs=done.jobs,
+                          counts=counts, checksums=sums, inventory=inv, definitions=defs,
+                          with_owners=with_owners, mode=mode)
+
+
+def _stable(url: ConnInfo) -> Any:
+    """A connection whose rows print as they did in the backup's snapshot."""
+    conn = db.connect(url, autocommit=True)
+    inventory.stabilise_output(conn)
+    conn.autocommit = False
+    return conn
+
+
+@pytest.fixture(scope="session")
+def drill_url(drill_restore: RestoreOutcome, drill_sandbox: sandbox.SandboxInfo) -> ConnInfo:
+    """The restored database (before migration)."""
+    if not drill_restore.ok:
+        pytest.skip("not run: the restore failed")
+    return drill_sandbox.url
+
+
+@pytest.fixture(scope="session")
+def drill_migration_outcome(drill: DrillState, drill_url: ConnInfo,
+                            drill_sandbox: sandbox.SandboxInfo) -> MigrationOutcome:
+    """`alembic upgrade head` on the restored sandbox, after confirming it is the sandbox,
+    with production compared before and after."""
+    ini = drill.options.alembic_config
+    if ini is None:
+        pytest.skip("no --alembic-config given: migrations not exercised")
+    confirmed = sandbox.confirm_sandbox(drill_url, drill_sandbox)
+    production = drill.reachable_production
+    look = observer.current()
+    before = look(production)
+    with drill.phase("migrate"):
+        result = upgrade_head(ini, drill_url)
+    after, touched = "", ""
+    try:
+        after = guard.confirm_unchanged(production, before, observer=look)
+    except ProductionTouched as exc:
+        touched = str(exc)
+    drill.alembic = AlembicFacts(before=result.before, after=result.after,
+                                 heads=tuple(result.heads), ok=result.ok,
+                                 duration_s=result.duration_s)
+    return MigrationOutcome(result=result, sandbox_confirmed=confirmed,
+                            production_after=after, production_touched=touched)
+
+
+@pytest.fixture(scope="session")
+def drill_migration(drill_migration_outcome: MigrationOutcome) -> MigrateResult:
+    """Alembic's result on the restored sandbox (see `drill_migration_outcome`)."""
+    return drill_migration_outcome.result
+
+
+@pytest.fixture(scope="session")
+def drill_final_url(request: pytest.FixtureRequest, drill: DrillState,
+                    drill_url: ConnInfo) -> ConnInfo:
+    """The database the application would use: migrated when an Alembic config is given."""
+    if drill.options.alembic_config is not None:
+        result: MigrateResult = request.getfixturevalue("drill_migration")
+        if not result.ok:
+            pytest.skip("not run: the migration failed")
+    return drill_url
+
+
+@pytest.fixture(scope="session")
+def drill_engine(drill_final_url: ConnInfo) -> Iterator[Any]:
+    """A SQLAlchemy engine on the restored (and migrated) sandbox, for your own checks."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(drill_final_url.sqlalchemy_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def drill_policy(drill: DrillState, drill_backup: Backup) -> status.Status:
+    """The backup tree judged against the schedule and RPO (scanned once per drill)."""
+    backups = drill.tree if drill.tree is not None else catalog.scan(
+        drill.options.backup_dir, drill.database)
+    return status.database_status(backups, database=drill.database, now=drill.started_at,
+                                  schedule_s=drill.options.schedule_s,
+                                  rpo_s=drill.options.rpo_target_s)
+
+
+@pytest.fixture(scope="session")
+def drill_rpo(drill: DrillState, drill_policy: status.Status) -> RpoFacts:
+    """The RPO the backup schedule gives: the largest gap between two backups, against the
+    target (unknown with fewer than two backups)."""
+    s, target = drill_policy, drill.options.rpo_target_s
+    if s.backups < 2:
+        rpo = RpoFacts(target_s=target, summary=f"target {human(target)}; unknown: "
+                                                f"{s.backups} complete backups, and a gap "
+                                                "needs two")
+    else:
+        worst = s.largest_gap_s or 0.0
+        met = worst <= target
+        rpo = RpoFacts(target_s=target, largest_gap_s=s.largest_gap_s,
+                       newest_age_s=s.newest_age_s, met=met,
+                       summary=f"target {human(target)}; worst case data loss {human(worst)} "
+                               f"(largest gap between backups over {s.window_days:g} days): "
+                               + ("met" if met else "NOT MET"))
+    drill.rpo = rpo
+    return rpo
+
+
+@pytest.fixture(scope="session")
+def drill_rto(drill: DrillState, drill_final_url: ConnInfo) -> RtoOutcome:
+    """The recovery time as measured up to a migrated, checked database: the "checks"
+    phase runs from the end of the restore to now, less the migration."""
+    if drill.checks_started is not None:
+        elapsed = time.monotonic() - drill.checks_started
+        drill.phases["checks"] = round(drill.phases.get("checks", 0.0) + elapsed
+                                       - drill.phases.get("migrate", 0.0), 3)
+        drill.checks_started = None
+    return RtoOutcome(phases=dict(drill.phases), measured_s=drill.rto_s())
+
+
+@pytest.fixture(scope="session")
+def drill_integration(drill: DrillState, drill_final_url: ConnInfo,
+                      drill_sandbox: sandbox.SandboxInfo) -> IntegrationOutcome:
+    """The application's integration command, run isolated against the restored (and
+    migrated) sandbox, its JUnit cases read back."""
+    from drills import integration
+
+    command = drill.options.integration_cmd
+    if not command:
+        pytest.skip("no --integration-cmd given")
+    confirmed = sandbox.confirm_sandbox(drill_final_url, drill_sandbox)
+    with drill.phase("integration"):
+        facts, how = integration.run_integration(
+            command, drill_final_url, dialect=drill.production.dialect if drill.production
+            else "", pass_env=drill.options.pass_env,
+            timeout_s=drill.options.integration_timeout_s)
+    drill.integration = facts
+    return IntegrationOutcome(facts=facts, sandbox_confirmed=confirmed, isolation=how)
+
+
+class Evidence(list[str]):
+    def add(self, line: str) -> None:
+        self.append(redact(line))
+
+
+class Findings(list[str]):
+    """What a check found that production already had: reported, not failed."""
+
+    def add(self, line: str) -> None:
+        self.append(redact(line))
+
+
+@pytest.fixture
+def evidence(request: pytest.FixtureRequest) -> Evidence:
+    """Lines that show what a check saw; they go into the report's Evidence column."""
+    ev = Evidence()
+    request.node.stash[EVIDENCE] = ev
+    return ev
+
+
+@pytest.fixture
+def findings(request: pytest.FixtureRequest) -> Findings:
+    """A check's findings; they go into the report's findings."""
+    found = Findings()
+    request.node.stash[FINDINGS] = found
+    return found

@@ -1,0 +1,227 @@
+"""The drill's configuration hooks: its options, the drill's settings read once (from
+`--drill-options FILE`, or the pytest options and the ini), the backup chosen, and the checks
+collected: the built-in ones, the user's own, and nothing of the project's test suite."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from backup_core import catalog, guard, isolation, toolchain
+from backup_core.catalog import Backup
+from backup_core.conninfo import detach_libpq_environment, redact
+from backup_core.errors import AtbError, ConfigError
+from drills import observer, pick, sandbox
+from drills.options import OPTIONS, DrillOptions, builtin_checks
+from drills.plugin.fixtures import STATE
+from drills.result import (
+    IsolationFacts,
+)
+from drills.state import DrillState, ReportPaths
+
+USER_CHECKS = pytest.StashKey[tuple[Path, ...]]()
+CHECKS_MODULE = Path(__file__).parent.with_name("checks.py")
+PITR_CHECKS_MODULE = Path(__file__).parent.with_name("pitr_checks.py")
+
+
+def _dest(name: str) -> str:
+    return next(o.dest for o in OPTIONS if o.name == name)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("drill", "restore drill (atb)")
+    for o in OPTIONS:
+        if o.kind == "flag":
+            group.addoption(f"--{o.name}", dest=o.dest, action="store_true", default=False,
+                            help=o.help)
+            continue
+        shown = f" [default: {o.default}]" if o.default and "[default" not in o.help else ""
+        listed = " (comma-separated)" if o.kind in ("list", "paths") else ""
+        group.addoption(f"--{o.name}", dest=o.dest, default=None, help=o.help + listed + shown)
+        parser.addini(o.dest, help=o.help, default=o.default)
+
+
+def _active(config: pytest.Config) -> bool:
+    return bool(config.getoption(_dest("drill")) or config.getoption(_dest("backup"))
+                or config.getoption(_dest("drill-options")))
+
+
+def _options(config: pytest.Config) -> DrillOptions:
+    """The settings from `--drill-options FILE` (as `atb drill run` hands them over), else
+    from the pytest options, the ini and the environment (`pytest --drill` by hand)."""
+    given = config.getoption(_dest("drill-options"))
+    if given:
+        try:
+            text = Path(given).read_text()
+        except OSError as exc:
+            raise ConfigError(f"--drill-options {given}: {exc.strerror}") from exc
+        return DrillOptions.from_json(text, os.environ)
+
+    def get(name: str) -> str | None:
+        value = config.getoption(_dest(name))
+        if value is None:
+            ini = config.getini(_dest(name))
+            value = ini if ini not in ("", None) else None
+        return str(value) if value is not None else None
+
+    return DrillOptions.from_values(get, lambda name: config.getoption(_dest(name)),
+                                    os.environ)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "drill: a restore-drill check, run by `atb drill run` "
+                                       "and `pytest --drill` beside the built-in checks")
+    if not _active(config):
+        return
+    try:
+        options = _options(config)
+    except AtbError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+    builtin = builtin_checks(options.source)  # the check functions, imported
+    sandbox.reap()  # sandboxes of killed drills (a no-op under `atb drill run`, which reaped)
+    # From here on, nothing in this process or its children sees production: not its URL,
+    # not the PG* variables (kept only to recognise production and refuse it).
+    detach_libpq_environment()
+    raw = os.environ.pop("ATB_PRODUCTION_URL", None) or os.environ.get("DATABASE_URL")
+    os.environ.pop("DATABASE_URL", None)
+    try:
+        production = guard.production_conninfo(raw)
+    except ConfigError as exc:
+        raise pytest.UsageError(f"the production database cannot be recognised: {exc}") from exc
+    started = datetime.now(UTC).replace(microsecond=0)
+    if options.source == "pgbackrest":  # the target is picked by drills.pitr_fixtures
+        chosen, error, eligible, tree = None, None, 0, None
+        from drills import pitr_fixtures
+        config.pluginmanager.register(pitr_fixtures, "atb-pitr-fixtures")
+    else:
+        chosen, error, eligible, tree = _select(options, started)
+    database = chosen.database if chosen else (options.database or _only_db(options) or "unknown")
+    state = DrillState(options=options, started_at=started, production=production,
+                       backup=chosen, selection_error=error,
+                       paths=ReportPaths.for_drill(options.report_dir, database, started,
+                                                   claim=True))
+    state.eligible = eligible
+    state.tree = tree
+    state.isolation = isolation_facts()
+    state.production_before = observer.current()(production)
+    state.builtin = builtin
+    config.stash[STATE] = state
+    # The built-in checks, the user's own check paths, and what the command line named (where
+    # only tests marked `drill` run): never the project's whole test suite.
+    named = list(config.args) if config.args_source == pytest.Config.ArgsSource.ARGS else []
+    config.stash[USER_CHECKS] = tuple(p.resolve() for p in options.checks)
+    config.args[:] = [str(checks_module(options)), *(str(p) for p in options.checks), *named]
+    if hasattr(config.option, "htmlpath"):
+        config.option.htmlpath = str(state.paths.html)
+        config.option.self_contained_html = True
+    _add_metadata(config, state)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                   items: list[pytest.Item]) -> None:
+    """Keep the drill's checks: the built-in ones (less --drill-exclude), everything under
+    --checks, and elsewhere only tests marked `drill`."""
+    state = config.stash.get(STATE, None)
+    if state is None:
+        return
+    own = config.stash.get(USER_CHECKS, ())
+
+    def is_check(item: pytest.Item) -> bool:
+        path = Path(str(item.path)).resolve()
+        if path == checks_module(state.options).resolve():
+            return item.name not in state.options.exclude
+        if any(path == p or p in path.parents for p in own):
+            return True
+        return item.get_closest_marker("drill") is not None
+
+    dropped = [i for i in items if not is_check(i)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [i for i in items if i not in dropped]
+
+
+def checks_module(options: DrillOptions) -> Path:
+    return PITR_CHECKS_MODULE if options.source == "pgbackrest" else CHECKS_MODULE
+
+
+def _only_db(options: DrillOptions) -> str | None:
+    names = [name for _, name in catalog.database_dirs(options.backup_dir)]
+    return names[0] if len(names) == 1 else None
+
+
+def _select(options: DrillOptions, now: datetime) -> tuple[
+        Backup | None, str | None, int, list[Backup] | None]:
+    """(the backup to drill, why none could be, how many were eligible, the tree as scanned
+    to pick from: the schedule is then judged on the same records, not on a second scan)."""
+    if options.backup is not None:
+        path = options.backup.resolve()
+        if not path.is_file():
+            return None, f"no backup at {options.backup}", 0, None
+        found = catalog.find(options.backup_dir, path)
+        if found is None:
+            return None, f"{options.backup} is not named like an atb backup " \
+                         "(backup-YYYYMMDDTHHMMSSZ.dump)", 0, None
+        return found, None, 1, None
+    backups = catalog.scan(options.backup_dir, options.database)
+    eligible = len(pick.eligible(backups, now=now, window_days=options.window_days,
+                                 database=options.database))
+    try:
+        chosen = pick.pick(backups, now=now, window_days=options.window_days, seed=options.seed,
+                           database=options.database)
+    except pick.NothingToDrill as exc:
+        return None, f"{exc} (looked in {options.backup_dir})", eligible, backups
+    return chosen, None, eligible, backups
+
+
+DIRECT = ("run by pytest --drill, not atb drill run: the checks share pytest's process; "
+          "Alembic and the integration command each run isolated where the platform allows")
+
+
+def isolation_facts() -> IsolationFacts:
+    """The isolation `atb drill run` put this process in (ATB_ISOLATION_FACTS), checked
+    against where it really runs; under a direct `pytest --drill`, environment only."""
+    raw = os.environ.pop("ATB_ISOLATION_FACTS", "")
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict) or not data.get("level"):
+        return IsolationFacts(level=isolation.ENVIRONMENT_ONLY, reason=DIRECT)
+    if data["level"] == isolation.NETWORK and not isolation.already_inside():
+        return IsolationFacts(level=isolation.ENVIRONMENT_ONLY,
+                              reason="atb said network-isolated, but this process is not")
+    return IsolationFacts(level=str(data["level"]), reason=str(data.get("reason", "")),
+                          allowed=tuple(str(a) for a in data.get("allowed") or ()))
+
+
+def _add_metadata(config: pytest.Config, state: DrillState) -> None:
+    try:
+        from pytest_metadata.plugin import metadata_key
+    except ImportError:
+        return
+    meta = config.stash.get(metadata_key, None)
+    if meta is None:
+        return
+    meta["Drill database"] = state.database
+    meta["Drill backup"] = str(state.backup.path) if state.backup else "-"
+    meta["Drill seed"] = str(state.options.seed)
+    meta["Toolchains"] = ", ".join(f"{c.version} ({c.source})" for c in toolchain.discover())
+    for key in list(meta):
+        if isinstance(meta[key], str):
+            meta[key] = redact(meta[key])
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    state = config.stash.get(STATE, None)
+    if state is None:
+        return None
+    chosen = str(state.backup.path) if state.backup else \
+        f"pgBackRest stanza {state.options.stanza}" if state.options.source == "pgbackrest" \
+        else f"none ({state.selection_error})"
+    return [f"restore drill: backup {chosen}", f"seed {state.options.seed}, sandbox "
+            f"{state.options.sandbox}, report {state.paths.html}"]
