@@ -80,7 +80,7 @@ class IntegrationOutcome:
 
 @pytest.fixture(scope="session")
 def drill(pytestconfig: pytest.Config) -> DrillState:
-    """The drill's state: options, chosen backup, phase timings, facts for the report."""
+    """The drill's session: options, chosen backup, and the outcomes fixtures recorded."""
     state = pytestconfig.stash.get(STATE, None)
     if state is None:
         pytest.skip("not a drill run: pass --drill or --backup PATH")
