@@ -244,3 +244,25 @@ def test_each_drill_option_is_declared_once_for_click_pytest_and_ini(
         assert isinstance(param, click.Option) and o.help in (param.help or "")
         if o.default is not None:
             assert str(param.default).rstrip("0").rstrip(".") == o.default
+
+
+def test_the_builtin_checks_are_imported_and_declare_their_phase() -> None:
+    """The plugin knows its checks by importing them (not by parsing their source), and a
+    check names the recovery phase its failure stops in on its own marker."""
+    from drills import checks
+    from drills.options import builtin_checks
+
+    names = builtin_checks("dump")
+    assert (len(names), names[0], names[-1]) == (
+        19, "test_backup_integrity_matches_manifest", "test_production_was_not_touched")
+    phases = {name: mark.kwargs["phase"] for name in names
+              for mark in getattr(getattr(checks, name), "pytestmark", [])
+              if mark.name == "drill" and "phase" in mark.kwargs}
+    assert phases == {"test_backup_integrity_matches_manifest": "fetch/verify",
+                      "test_archive_is_readable_by_the_runbook_pg_restore": "fetch/verify",
+                      "test_restore_completes_without_errors": "restore",
+                      "test_revision_before_upgrade_matches_the_backup": "migrate",
+                      "test_alembic_upgrade_head_reaches_the_script_head": "migrate"}
+    pitr = builtin_checks("pgbackrest")
+    assert (len(pitr), pitr[:2]) == (10, ("test_recovery_reaches_the_target_time",
+                                          "test_data_loss_is_within_the_rpo_target"))
