@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import ClassVar
 
@@ -43,7 +43,7 @@ def test_a_record_is_its_fields_and_declared_properties_without_people_only_fiel
 def test_json_goes_to_stdout_sorted_and_text_is_what_the_command_makes_of_the_record(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    row = _Row(Path("p"), datetime(2026, 1, 1, tzinfo=timezone.utc), ())
+    row = _Row(Path("p"), datetime(2026, 1, 1, tzinfo=UTC), ())
     output.show(row, as_json=True, text=lambda r: "unused")
     out = capsys.readouterr().out
     assert out == json.dumps({"at": "2026-01-01T00:00:00+00:00", "ok": False, "path": "p",
