@@ -13,7 +13,7 @@ from backup_core import extras
 from drills import console, render, sandbox
 from drills.cli import output
 from drills.cli.params import DAYS, EXIT_CODES, F, days, json_option, production
-from drills.options import OPTIONS, Option
+from drills.options import OPTIONS, DrillOptions, Option
 
 
 def drill_settings(command: F) -> F:
@@ -64,25 +64,12 @@ def drill_run(pdf: bool, as_json: bool, **values: Any) -> None:
     """Restore a random backup of the window (or --backup) into a sandbox, migrate it, run
     the checks and the integration command, and write the audit reports. Exits 0 on PASS,
     1 on FAIL, 10 when INCOMPLETE."""
-    from drills.options import DrillOptions
     from drills.run import run_drill
 
     extras.require("drill", what="the restore drill")
     if pdf:
         render.require()
-    text: dict[str, str | None] = {}
-    flags: dict[str, bool] = {}
-    for o in OPTIONS:
-        if not o.cli:
-            continue
-        value = values[o.flag.replace("-", "_")]
-        if o.kind == "flag":
-            flags[o.name] = bool(value)
-        elif o.kind in ("list", "paths"):
-            text[o.name] = ",".join(str(v) for v in value) or None
-        else:
-            text[o.name] = None if value is None else str(value)
-    options = DrillOptions.from_values(text.get, flags.get)
+    options = _options(values)
     sandbox.reap()  # sandboxes of killed drills: each reaped one is logged in one line
     progress = console.Progress("drill")
     try:
@@ -100,6 +87,23 @@ def drill_run(pdf: bool, as_json: bool, **values: Any) -> None:
     output.show(result, as_json=as_json, text=drill_summary)
     if not run.passed:
         raise SystemExit(10 if result.get("verdict") == "INCOMPLETE" else 1)
+
+
+def _options(values: dict[str, Any]) -> DrillOptions:
+    """The drill's options from click's values, through the one declaration of each."""
+    text: dict[str, str | None] = {}
+    flags: dict[str, bool] = {}
+    for o in OPTIONS:
+        if not o.cli:
+            continue
+        value = values[o.flag.replace("-", "_")]
+        if o.kind == "flag":
+            flags[o.name] = bool(value)
+        elif o.kind in ("list", "paths"):
+            text[o.name] = ",".join(str(v) for v in value) or None
+        else:
+            text[o.name] = None if value is None else str(value)
+    return DrillOptions.from_values(text.get, flags.get)
 
 
 def drill_line(progress: console.Progress, line: str) -> None:
