@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -292,3 +292,35 @@ def _top_dir(backup_dir: Path, path: Path) -> str | None:
     except ValueError:
         return None
     return rel.parts[0] if len(rel.parts) > 1 else None
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One backup as `atb db list` publishes it, aged at the time of listing."""
+
+    path: Path
+    database: str
+    state: str
+    taken_at: datetime | None
+    age_s: float | None
+    size_bytes: int
+    alembic_revision: str | None
+    checked: str
+    drill: DrillVerdict | None
+    drills: int
+    verified: VerifyRecord | None
+    source: str
+    problem: str
+    backup: Backup = field(repr=False, metadata={"json": False})  # the rest, for people
+
+
+def listing(backup_dir: Path, database: str | None = None, *,
+            now: datetime | None = None) -> tuple[Listed, ...]:
+    """Every file of interest, newest first, with its age and the evidence held for it."""
+    now = now or datetime.now(UTC)
+    return tuple(Listed(
+        path=b.path, database=b.database, state=b.state, taken_at=b.taken_at,
+        age_s=(now - b.taken_at).total_seconds() if b.taken_at else None, size_bytes=b.size,
+        alembic_revision=b.alembic_revision, checked=b.checked, drill=b.drill,
+        drills=len(b.drills), verified=b.verified, source=b.source, problem=b.problem, backup=b)
+        for b in scan(backup_dir, database, now=now))

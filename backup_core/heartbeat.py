@@ -7,6 +7,7 @@ in production for more than 15 minutes is what the monitor alerts on.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +16,7 @@ from psycopg import sql
 
 from backup_core import db
 from backup_core.conninfo import ConnInfo
+from backup_core.durations import parse_duration
 from backup_core.errors import AtbError, ConfigError
 
 DEFAULT_TABLE = "system_events"
@@ -85,3 +87,20 @@ def _require_table(conn: psycopg.Connection[Any], table: str, target: ConnInfo) 
 
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class HeartbeatAge:
+    newest: datetime | None
+    age_s: float | None
+    max_age_s: float
+    ok: bool
+
+
+def check_heartbeat(target: ConnInfo, *, table: str = DEFAULT_TABLE, max_age: str = "15m",
+                    now: datetime | None = None) -> HeartbeatAge:
+    """The newest heartbeat's age against `max_age` (none at all is stale)."""
+    limit = parse_duration(max_age, what="--max-age")
+    newest = newest_heartbeat(target, table=table)
+    age = ((now or datetime.now(UTC)) - newest).total_seconds() if newest else None
+    return HeartbeatAge(newest, age, limit, age is not None and age <= limit)

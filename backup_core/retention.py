@@ -18,8 +18,8 @@ import errno
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from backup_core.catalog import (
@@ -31,6 +31,7 @@ from backup_core.catalog import (
     PARTIAL,
     PRUNING,
     Backup,
+    scan,
 )
 from backup_core.errors import AtbError, SafetyRefusal, StorageError
 from backup_core.fsutil import fsync_dir, kill_point
@@ -354,3 +355,52 @@ def busy_databases(backup_dir: Path, databases: set[str]) -> frozenset[str]:
         if is_locked(lock):
             found.add(db)
     return frozenset(found)
+
+
+@dataclass(frozen=True)
+class Deleted:
+    path: Path
+    source: str
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Kept:
+    path: Path
+    state: str
+    source: str
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What `atb db prune` decided and did; `decisions` (in the tree's order) is for people,
+    the other fields are the published record (`--json`)."""
+
+    dry_run: bool
+    policy: Policy
+    delete: tuple[Path, ...]
+    delete_reasons: tuple[Deleted, ...]
+    keep: tuple[Kept, ...]
+    removed_dirs: tuple[Path, ...]
+    decisions: tuple[Decision, ...] = field(default=(), metadata={"json": False})
+
+
+def prune(backup_dir: Path, policy: Policy, *, dry_run: bool = False,
+          now: datetime | None = None) -> PruneReport:
+    """Plan the prune of the whole tree, refuse it whole (exit 8) when the tree looks wrong,
+    carry it out unless `dry_run`, and say what was kept and deleted, and why."""
+    items = scan(backup_dir)
+    busy = busy_databases(backup_dir, {b.database for b in items})
+    plan = plan_prune(items, now=now or datetime.now(UTC), policy=policy, busy=busy,
+                      root=backup_dir)
+    if plan.refusal:
+        raise SafetyRefusal(plan.refusal)
+    done = None if dry_run else apply_prune(plan, backup_dir)
+    return PruneReport(
+        dry_run=dry_run, policy=policy, delete=tuple(b.path for b in plan.delete),
+        delete_reasons=tuple(Deleted(d.backup.path, d.backup.source, d.reasons)
+                             for d in plan.decisions if not d.keep),
+        keep=tuple(Kept(d.backup.path, d.backup.state, d.backup.source, d.reasons)
+                   for d in plan.decisions if d.keep),
+        removed_dirs=done.removed_dirs if done else (), decisions=plan.decisions)

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import ClassVar
 
 from backup_core.catalog import FUTURE, Backup
 from backup_core.durations import human
@@ -33,6 +34,8 @@ class Status:
     missed: tuple[str, ...] = field(default=())
     # sound backups per source (server and database): more than one is worth knowing
     sources: dict[str, int] = field(default_factory=dict)
+    # derived values that belong to the published record (`--json`)
+    JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("ok",)
 
     @property
     def ok(self) -> bool:

@@ -16,9 +16,10 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar
 
-from backup_core import toolchain
-from backup_core.errors import AtbError, CommandFailed, StorageError
+from backup_core import catalog, toolchain
+from backup_core.errors import AtbError, CommandFailed, ConfigError, StorageError
 from backup_core.manifest import ManifestError, read_manifest
 from backup_core.naming import DUMP_SUFFIX, manifest_path, roles_path, taken_at
 from backup_core.runner import first_error_line, run
@@ -39,6 +40,8 @@ class VerifyResult:
     path: Path
     deep: bool
     checks: tuple[Check, ...]
+    # derived values that belong to the published record (`--json`)
+    JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("ok", "reason")
 
     @property
     def ok(self) -> bool:
@@ -182,3 +185,32 @@ def _tool_failed(chain: toolchain.Toolchain, how: str, path: Path, stderr: str) 
                          f"whose size and sha256 match its manifest (pg_restore listed it when "
                          f"it was written): {first_error_line(stderr)}; the tool failed, not "
                          "the backup (check PG_BINDIR); nothing was recorded", detail=stderr)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    results: tuple[VerifyResult, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+
+def verify_selected(
+    backup_dir: Path, *, path: Path | None = None, latest: bool = False, all_: bool = False,
+    database: str | None = None, deep: bool = False,
+) -> VerifyReport:
+    """Verify exactly one selection (a file, the newest backup, or every backup), each against
+    its manifest; the report fails when any file does."""
+    if sum([path is not None, latest, all_]) != 1:
+        raise ConfigError("give exactly one of PATH, --latest or --all")
+    if path is not None:
+        paths = [path]
+    else:
+        found = [b for b in catalog.scan(backup_dir, database) if b.is_backup]
+        if not found:
+            raise ConfigError(f"no backups under {backup_dir} to verify")
+        paths = [found[0].path] if latest else [b.path for b in found]
+    chains = toolchain.discover()
+    return VerifyReport(tuple(verify_backup(p, deep=deep, chains=chains, backup_dir=backup_dir)
+                              for p in paths))

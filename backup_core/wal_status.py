@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import ClassVar
 
 from backup_core import db, pgbackrest
 from backup_core.conninfo import ConnInfo
@@ -32,6 +33,8 @@ class ArchiveStatus:
     window_s: float | None  # oldest backup's stop to the last archived segment
     rpo_s: float
     missed: tuple[str, ...] = field(default=())
+    # derived values that belong to the published record (`--json`)
+    JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("ok",)
 
     @property
     def ok(self) -> bool:

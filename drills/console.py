@@ -1,15 +1,10 @@
-"""Everything the CLI shows a person or a machine: logs, progress, tables, JSON."""
+"""Everything the CLI shows a person while it works: log lines, progress, sizes."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from backup_core.conninfo import redact
@@ -74,30 +69,3 @@ class Progress:
         if self.tty:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
-
-
-def jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat()
-    return value
-
-
-def print_json(value: Any) -> None:
-    sys.stdout.write(redact(json.dumps(jsonable(value), indent=2, sort_keys=True)) + "\n")
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(c) for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
-              for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
-    body = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    return "\n".join([line, *body])

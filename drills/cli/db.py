@@ -1,0 +1,272 @@
+"""`atb db ...`: back up, list, verify, prune, restore, and judge the backup tree."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from backup_core import backup, catalog, restore, retention, verify
+from backup_core.durations import human
+from backup_core.health import HealthReport, Targets, check_health
+from backup_core.naming import parse_stamp, printable
+from backup_core.pgbackrest import Stanza
+from drills import console
+from drills.cli import output
+from drills.cli.params import (
+    DAYS,
+    EXIT_CODES,
+    backup_dir_option,
+    conn,
+    database_url_option,
+    days,
+    json_option,
+    production,
+    rel,
+)
+
+log = logging.getLogger("atb.backup")
+
+
+@click.group(epilog=EXIT_CODES)
+def db() -> None:
+    """Back up, list, verify, prune and restore pg_dump backups."""
+
+
+@db.command("backup", epilog=EXIT_CODES)
+@database_url_option()
+@backup_dir_option
+@click.option("--at", "at", metavar="TIME",
+              help="File the dump under this UTC time instead of now (20261123T230400Z or ISO "
+                   "8601); for importing history and building test histories.")
+@click.option("--row-counts", type=click.Choice(["checksum", "exact", "estimate", "off"]),
+              default="checksum",
+              help="What to record of every table, read in the dump's own snapshot while it "
+                   "streams: exact row counts and a checksum of the content (a second read "
+                   "of every table; a drill then proves every value came back), exact counts "
+                   "only, planner estimates, or nothing.")
+@click.option("--wait", is_flag=True,
+              help="Wait for a running backup of the same database instead of exiting 6.")
+@json_option
+def db_backup(database_url: str, backup_dir: Path, at: str | None, row_counts: str, wait: bool,
+              as_json: bool) -> None:
+    """Write BACKUP_DIR/<db>/<YYYY>/<MM>/<DD>/backup-<timestamp>.dump and its manifest."""
+    progress = console.Progress("backup")
+    try:
+        result = backup.create_backup(conn(database_url), backup_dir,
+                                      at=parse_stamp(at) if at else None, row_counts=row_counts,
+                                      wait=wait, progress=progress)
+    finally:
+        progress.close()
+    log.info("backup %s written (%s, sha256 %s)", result.path,
+             console.size(result.manifest.size_bytes), result.manifest.sha256[:12])
+    output.show(result, as_json=as_json, text=_backup_text)
+
+
+def _backup_text(result: backup.BackupResult) -> str:
+    m = result.manifest
+    return (f"{result.path}\n  {console.size(m.size_bytes)} in {human(m.duration_s)}, "
+            f"sha256 {m.sha256[:16]}…, {len(m.row_counts)} tables counted ({m.row_counts_mode})"
+            f", alembic {m.alembic_revision or '-'}, pg_dump {m.pg_dump_version} "
+            f"/ server {m.server_version}")
+
+
+@db.command("list", epilog=EXIT_CODES)
+@backup_dir_option
+@click.option("--database", metavar="NAME", help="Only this database's backups.")
+@json_option
+def db_list(backup_dir: Path, database: str | None, as_json: bool) -> None:
+    """List backups newest first; partial, stray and manifest-less files are shown as such."""
+    items = catalog.listing(backup_dir, database)
+    output.show(items, as_json=as_json, text=lambda found: _list_text(found, backup_dir))
+
+
+def _list_text(items: tuple[catalog.Listed, ...], backup_dir: Path) -> str:
+    if not items:
+        return f"no backups under {backup_dir}"
+    columns: list[output.Column[catalog.Listed]] = [
+        ("taken (UTC)", lambda b: b.taken_at.strftime("%Y-%m-%d %H:%M:%SZ") if b.taken_at
+         else "-"),
+        ("age", lambda b: human(b.age_s) if b.age_s is not None else "-"),
+        ("size", lambda b: console.size(b.size_bytes)),
+        ("alembic", lambda b: printable(b.alembic_revision or "-")),
+        ("state", lambda b: b.state if not b.backup.complete else b.checked)]
+    if len({b.backup.manifest.source_id for b in items if b.backup.manifest is not None}) > 1:
+        # backups of several servers: which one each came from (they never cover each other)
+        columns.append(("source", lambda b: printable(b.backup.manifest.source_id or "unknown")
+                        if b.backup.manifest else "-"))
+    if len({b.database for b in items}) > 1:
+        columns.append(("database", lambda b: printable(b.database)))
+    columns.append(("path", lambda b: rel(b.path, backup_dir)
+                    + (f"  ({printable(b.problem)})" if b.problem else "")))
+    return output.records_table(items, columns)
+
+
+@db.command("verify", epilog=EXIT_CODES)
+@click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@backup_dir_option
+@click.option("--latest", is_flag=True, help="Verify the newest backup.")
+@click.option("--all", "all_", is_flag=True, help="Verify every backup.")
+@click.option("--database", metavar="NAME", help="With --latest/--all: only this database.")
+@click.option("--deep", is_flag=True,
+              help="Also read every data block (pg_restore -f /dev/null), not just the TOC.")
+@json_option
+def db_verify(path: Path | None, backup_dir: Path, latest: bool, all_: bool,
+              database: str | None, deep: bool, as_json: bool) -> None:
+    """Check size and sha256 against the manifest and parse the TOC with pg_restore --list.
+
+    One line per file; exits 1 if any fails.
+    """
+    report = verify.verify_selected(backup_dir, path=path, latest=latest, all_=all_,
+                                    database=database, deep=deep)
+    output.show(report.results, as_json=as_json, text=lambda results: "\n".join(
+        f"{'OK  ' if r.ok else 'FAIL'} {printable(str(r.path))}"
+        + ("" if r.ok else f": {printable(r.reason)}") for r in results))
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@db.command("prune", epilog=EXIT_CODES)
+@backup_dir_option
+@click.option("--retention-days", envvar="BACKUP_RETENTION_DAYS", show_envvar=True, default=7.0,
+              type=DAYS, callback=days, help="Delete backups older than this many days.")
+@click.option("--keep-last", default=3, type=click.IntRange(min=1),
+              help="Never delete the newest N sound backups of each source (server and "
+                   "database), however old.")
+@click.option("--keep-daily", default=0, type=click.IntRange(min=0),
+              help="Also keep the newest backup of each of the last N days that have one.")
+@click.option("--keep-weekly", default=0, type=click.IntRange(min=0),
+              help="Also keep the newest backup of each of the last N ISO weeks.")
+@click.option("--keep-monthly", default=0, type=click.IntRange(min=0),
+              help="Also keep the newest backup of each of the last N months.")
+@click.option("--dry-run", is_flag=True, help="Print the plan, delete nothing.")
+@json_option
+def db_prune(backup_dir: Path, retention_days: float, keep_last: int, keep_daily: int,
+             keep_weekly: int, keep_monthly: int, dry_run: bool, as_json: bool) -> None:
+    """Delete expired sound backups (dump and sidecars together) and empty date directories.
+
+    Only sound backups are ever deleted, each covered by newer sound backups of the same
+    server and database; anything else is kept with its reason. The newest drill-verified
+    backup and a backup in progress are never deleted. A tree that looks wrong (BACKUP_DIR
+    one level too high, most backups not sound, a clock behind the backups) is refused
+    whole (exit 8).
+    """
+    policy = retention.Policy(retention_days, keep_last, keep_daily, keep_weekly, keep_monthly)
+    report = retention.prune(backup_dir, policy, dry_run=dry_run)
+    output.show(report, as_json=as_json, text=lambda r: _prune_text(r, backup_dir))
+
+
+def _prune_text(report: retention.PruneReport, backup_dir: Path) -> str:
+    verb = "would delete" if report.dry_run else "deleted"
+    lines = [f"{'keep  ' if d.keep else verb:<12} {rel(d.backup.path, backup_dir)}  "
+             f"({printable('; '.join(d.reasons))})" for d in report.decisions]
+    return "\n".join([*lines, f"{len(report.keep)} kept, {len(report.delete)} {verb}"])
+
+
+@db.command("restore", epilog=EXIT_CODES)
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--target-url", envvar="ATB_TARGET_URL", show_envvar=True, required=True,
+              metavar="URL",
+              help="Database to restore into; created if missing (pg_restore --create is never "
+                   "used). Without a password it borrows DATABASE_URL's for the same user and "
+                   "server; otherwise set it in the environment: argv is visible in ps.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Parallel pg_restore jobs.  [default: number of cores]")
+@click.option("--clean", is_flag=True,
+              help="Replace a non-empty target: restore into a staging database, then swap it "
+                   "in by name; the old database is kept as <name>_old_<time>.")
+@click.option("--with-roles", is_flag=True,
+              help="First create the roles the backup needs (kept beside it) that the target "
+                   "server lacks, so owners and grants restore on a new server; existing "
+                   "roles are never altered.")
+@click.option("--no-owner", is_flag=True,
+              help="Skip ownership and grants (when the dump's roles do not exist on the target).")
+@click.option("--migrate", is_flag=True, help="Run `alembic upgrade head` after restoring.")
+@click.option("--alembic-config", type=click.Path(dir_okay=False, path_type=Path),
+              default="alembic.ini", help="With --migrate: the application's alembic.ini.")
+@click.option("--production-url", envvar="DATABASE_URL", show_envvar=True, metavar="URL",
+              help="The live database, which restore refuses to overwrite.")
+@click.option("--i-know-this-is-production", "allow_production", is_flag=True,
+              help="Allow restoring into the DATABASE_URL database itself.")
+@json_option
+def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, with_roles: bool,
+               no_owner: bool,
+               migrate: bool, alembic_config: Path, production_url: str | None,
+               allow_production: bool, as_json: bool) -> None:
+    """Restore PATH into exactly the target database (fresh database, pg_restore, migrate)."""
+    live = production(production_url)
+    result = restore.restore_backup(
+        path, conn(target_url, "ATB_TARGET_URL").with_password_from(live), production=live,
+        allow_production=allow_production, clean=clean, jobs=jobs, no_owner=no_owner,
+        with_roles=with_roles, alembic_config=alembic_config if migrate else None)
+    output.show(result, as_json=as_json, text=lambda r: _restore_text(r, path))
+
+
+def _restore_text(result: restore.RestoreResult, path: Path) -> str:
+    lines = [f"restored {path} into {result.target} in {human(result.duration_s)} "
+             f"(pg_restore {result.pg_restore_version}, {result.jobs} jobs"
+             f"{', database created' if result.created else ''})"]
+    if result.migrate:
+        lines.append(f"alembic: {result.migrate.before or '-'} -> {result.migrate.after or '-'} "
+                     f"in {human(result.migrate.duration_s)} (script head "
+                     f"{', '.join(result.migrate.heads)})")
+        lines.append(f"alembic ran {result.migrate.isolation}")
+    return "\n".join(lines + [f"guard: {line}" for line in result.guard])
+
+
+@db.command("status", epilog=EXIT_CODES)
+@backup_dir_option
+@click.option("--database", metavar="NAME", help="Only this database.  [default: every one]")
+@click.option("--schedule", default="1h", help="How often backups should run.")
+@click.option("--rpo", default="15m", help="Recovery point objective: the most data you may lose.")
+@click.option("--window", default="7d", help="How far back to look for gaps between backups.")
+@click.option("--prometheus", "prom_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write node_exporter textfile metrics here (atomically).")
+@click.option("--stanza", metavar="NAME",
+              help="Also judge WAL archiving into this pgBackRest stanza: the archiver's last "
+                   "segment (pg_stat_archiver on --database-url) must be younger than the RPO "
+                   "and not failing.")
+@click.option("--pgbackrest-config", type=click.Path(exists=True, dir_okay=False,
+                                                     path_type=Path),
+              metavar="FILE", help="pgBackRest's config file.  [default: pgBackRest's own]")
+@database_url_option()
+@json_option
+def db_status(backup_dir: Path, database: str | None, schedule: str, rpo: str, window: str,
+              prom_file: Path | None, stanza: str | None, pgbackrest_config: Path | None,
+              database_url: str | None, as_json: bool) -> None:
+    """Newest backup's age and the largest gap vs the schedule and RPO (and, with --stanza,
+    WAL archiving's lag); exits 1 on a miss."""
+    report = check_health(backup_dir, Targets(schedule, rpo, window), database=database,
+                          stanza=Stanza(stanza, pgbackrest_config) if stanza else None,
+                          server_url=database_url, prometheus=prom_file)
+    if as_json:  # with --stanza, the databases and the stanzas; else the databases alone
+        output.print_json({"databases": report.databases, "stanzas": report.stanzas}
+                          if stanza else report.databases)
+    else:
+        click.echo(_status_text(report))
+    if not report.ok:
+        raise SystemExit(1)
+
+
+def _status_text(report: HealthReport) -> str:
+    lines: list[str] = []
+    for a in report.stanzas:
+        lines += _judged(f"stanza {a.stanza}: {a.backups} backups (newest "
+                         f"{a.newest_backup or '-'}), last WAL archived "
+                         f"{a.last_archived_wal or '-'} ({human(a.lag_s)} ago), point-in-time "
+                         f"window {human(a.window_s)}", a.missed,
+                         f"archiving is current within the RPO of {human(report.rpo_s)}")
+    for s in report.databases:
+        per_source = "".join(f"\n  {n} backups of {printable(src)}"
+                             for src, n in s.sources.items()) if len(s.sources) > 1 else ""
+        lines += _judged(f"{printable(s.database)}: {s.backups} backups, newest "
+                         f"{s.newest or '-'} ({human(s.newest_age_s)} ago), largest gap "
+                         f"{human(s.largest_gap_s)} over {s.window_days:g}d, last passing drill "
+                         f"{s.last_drill_passed or '-'}" + per_source,
+                         tuple(printable(m) for m in s.missed), "schedule and RPO targets met")
+    return "\n".join(lines)
+
+
+def _judged(headline: str, missed: tuple[str, ...], ok: str) -> list[str]:
+    return [headline, *(f"  MISSED: {m}" for m in missed)] + ([] if missed else [f"  OK: {ok}"])

