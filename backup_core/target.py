@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -262,12 +263,19 @@ def drop(info: ConnInfo) -> None:
             sql.Identifier(info.dbname)))
 
 
-def sessions(info: ConnInfo) -> int:
-    """Other sessions connected to the database (a rename needs none)."""
+def sessions(info: ConnInfo, *, settle_s: float = 5.0) -> int:
+    """Other sessions connected to the database (a rename needs none). A backend whose client
+    just left (pg_restore's workers, a moment ago) is still listed while it exits: such
+    sessions are given `settle_s` to go before they count."""
+    deadline = time.monotonic() + settle_s
     with maintenance(info) as conn:
-        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
-                           "AND pid <> pg_backend_pid()", (info.dbname,)).fetchone()
-        return int(row[0]) if row else 0
+        while True:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                               "AND pid <> pg_backend_pid()", (info.dbname,)).fetchone()
+            count = int(row[0]) if row else 0
+            if count == 0 or time.monotonic() >= deadline:
+                return count
+            time.sleep(0.1)
 
 
 def _name(base: str, suffix: str) -> str:

@@ -250,7 +250,7 @@ def test_future_dated_backups_are_anomalies_that_never_push_real_ones_out(
 ) -> None:
     real = _history(app, backup_dir, [14, 13, 12, 11, 10])
     future = [_future_copy(real[-1], NOW + timedelta(days=d)) for d in (1, 2, 3)]
-    newest, anomalies = digests(real[2:]), digests(future)
+    kept, anomalies = digests(real), digests(future)
     code, out, _ = run_cli(capsys, "db", "status", "--backup-dir", str(backup_dir))
     assert code == 1
     assert "3 backups dated in the future" in out and "OK:" not in out
@@ -258,8 +258,11 @@ def test_future_dated_backups_are_anomalies_that_never_push_real_ones_out(
     code, out, err = run_cli(capsys, "db", "prune", "--backup-dir", str(backup_dir),
                              "--retention-days", "7", "--keep-last", "3")
     assert code == 0, err
-    assert [p for p in real if p.exists()] == real[2:]  # the two oldest went, and only they
-    assert digests(real[2:]) == newest and digests(future) == anomalies
+    # counted, the future ones would be recent backups replacing the real ones; they are not
+    # counted, so nothing recent replaces the real ones and none of them expires
+    assert [p for p in real if p.exists()] == real
+    assert "no sound backup of its source within 7 days" in out
+    assert digests(real) == kept and digests(future) == anomalies
     code, out, _ = run_cli(capsys, "db", "list", "--backup-dir", str(backup_dir), "--json")
     assert sum(r["state"] == "future" for r in json.loads(out)) == 3
 

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 EXAMPLE_PREFIX = "postgresql://app:secret@localhost:5432/"
 EXAMPLE_NO_PASSWORD = "postgresql://app@localhost:5432/"
+EXAMPLE_RESTORE_SERVER = "postgresql://app:secret@restore-db:5432/"
 EXAMPLE_STAMP = "20261123T230400Z"
 
 
@@ -65,7 +66,8 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_every_runnable_readme_example_works(pg15: Cluster, project: Path) -> None:
+def test_every_runnable_readme_example_works(pg15: Cluster, pg18: Cluster,
+                                             project: Path) -> None:
     with db.connect(pg15.url(), autocommit=True) as conn:
         conn.execute("DROP DATABASE IF EXISTS trading WITH (FORCE)")
         conn.execute("CREATE DATABASE trading")
@@ -80,6 +82,7 @@ def test_every_runnable_readme_example_works(pg15: Cluster, project: Path) -> No
     swaps = {
         EXAMPLE_PREFIX: live.secret_url.rsplit("/", 1)[0] + "/",
         EXAMPLE_NO_PASSWORD: live.libpq_url.rsplit("/", 1)[0] + "/",
+        EXAMPLE_RESTORE_SERVER: pg18.url("trading_restore").secret_url.rsplit("/", 1)[0] + "/",
         f"2026/11/23/backup-{EXAMPLE_STAMP}": f"{recent:%Y/%m/%d}/backup-"
                                               f"{recent:%Y%m%dT%H%M%SZ}",
         EXAMPLE_STAMP: f"{recent:%Y%m%dT%H%M%SZ}",
@@ -108,7 +111,7 @@ def test_every_runnable_readme_example_works(pg15: Cluster, project: Path) -> No
             ran += 1
             drills += "atb drill run " in command or command.startswith("pytest --backup")
     assert ran >= 13
-    with db.connect(live.with_dbname("trading_restore")) as conn:  # the README's restore
+    with db.connect(pg18.url("trading_restore")) as conn:  # the README's restore
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (
             "0005_rename_balance_equity",)
     reports = list((project / "reports").glob("*/*-drill.json"))
@@ -117,8 +120,10 @@ def test_every_runnable_readme_example_works(pg15: Cluster, project: Path) -> No
 
 
 def test_the_demo_passes_end_to_end(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"  # its own TMPDIR: what is left there is the demo's, no one else's
+    tmp.mkdir()
     done = atb("demo", "--json", "--seed", "3", "--report-dir", str(tmp_path / "reports"),
-               timeout=400)
+               timeout=400, env={"TMPDIR": str(tmp)})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["verdict"] == "PASS" and result["backups_made"] > 200
@@ -129,4 +134,4 @@ def test_the_demo_passes_end_to_end(tmp_path: Path) -> None:
     html = Path(result["report"]).read_text()
     assert "Verdict: PASS" in html and "measured, target 1h 00m: met" in html
     assert f"{drill['alembic']['before']} -&gt; 0005_rename_balance_equity" in html
-    assert not list(Path("/tmp").glob("atb-demo-*")), "the demo's backup tree was not removed"
+    assert not list(tmp.glob("atb-demo-*")), "the demo's backup tree was not removed"
