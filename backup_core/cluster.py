@@ -14,7 +14,6 @@ import secrets
 import shutil
 import socket
 import stat
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from backup_core import reaper
 from backup_core.conninfo import ConnInfo
 from backup_core.errors import AtbError, CommandFailed, ToolchainError
 from backup_core.fsutil import make_dirs
-from backup_core.runner import run
+from backup_core.runner import Runner, run
 from backup_core.toolchain import Toolchain
 
 log = logging.getLogger("atb.cluster")
@@ -60,29 +59,59 @@ def service_user() -> str | None:
     raise ToolchainError("running as root and no unprivileged user exists: set ATB_PG_USER")
 
 
-CACHE_DIR = Path(os.environ.get("ATB_CACHE_DIR", "/var/cache/atb"))
+DEFAULT_CACHE_DIR = Path("/var/cache/atb")
 
 
-def _runs_as(chain: Toolchain, user: str) -> bool:
+def cache_root() -> Path:
+    """Where readable copies of private toolchains go: `ATB_CACHE_DIR`, read when needed
+    (not at import, so a test or an entry point that sets it is obeyed)."""
+    return Path(os.environ.get("ATB_CACHE_DIR") or DEFAULT_CACHE_DIR)
+
+
+def version_argv(chain: Toolchain, tool: str = "postgres") -> list[str]:
+    return [chain.tool(tool), "--version"]
+
+
+def initdb_argv(chain: Toolchain, datadir: Path, *, superuser: str,
+                pwfile: Path | None) -> list[str]:
+    """A fast, C-locale cluster; with a password file, scram for TCP clients (the password
+    travels in the file, never on the command line), else trust."""
+    argv = [chain.tool("initdb"), "-D", str(datadir), "-U", superuser, "--encoding=UTF8",
+            "--locale=C", "--auth-local=trust", "--no-sync"]
+    if pwfile is not None:
+        return [*argv, "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
+    return [*argv, "--auth-host=trust"]
+
+
+def pg_ctl_start_argv(chain: Toolchain, datadir: Path, *, logfile: Path,
+                      timeout: float) -> list[str]:
+    return [chain.tool("pg_ctl"), "-D", str(datadir), "-l", str(logfile), "-w", "-t",
+            f"{timeout:.0f}", "start"]
+
+
+def pg_ctl_stop_argv(chain: Toolchain, datadir: Path, *, mode: str) -> list[str]:
+    return [chain.tool("pg_ctl"), "-D", str(datadir), "-m", mode, "-w", "-t", "30", "stop"]
+
+
+def _runs_as(chain: Toolchain, user: str, runner: Runner) -> bool:
     """True when `user` can execute the toolchain's server (every directory above it must
     let that user through)."""
-    entry = pwd.getpwnam(user)
     try:
-        done = subprocess.run([chain.tool("postgres"), "--version"], capture_output=True,
-                              user=entry.pw_uid, group=entry.pw_gid, extra_groups=[],
-                              timeout=30, check=False)
-    except (OSError, subprocess.SubprocessError):
+        done = runner(version_argv(chain), what="postgres --version", run_as=user,
+                      check=False, timeout=30)
+    except (AtbError, OSError):
         return False
     return done.returncode == 0
 
 
-def servable(chain: Toolchain, user: str | None, *, cache_dir: Path | None = None) -> Toolchain:
+def servable(chain: Toolchain, user: str | None, *, cache_dir: Path | None = None,
+             runner: Runner = run) -> Toolchain:
     """`chain`, or a copy of its installation that `user` can run: binaries inside a
     virtualenv under a 0700 home (root's, say) cannot be executed by the service user. The
     copy is cached per version and install path, owned by root and readable by all."""
-    if not user or _runs_as(chain, user):
+    if not user or _runs_as(chain, user, runner):
         return chain
-    cache = cache_dir or CACHE_DIR
+    cache = cache_dir or cache_root()
     install = chain.bindir.parent
     # A wheel's binaries find their libraries relative to themselves (auditwheel puts them in
     # a sibling `<package>.libs`): the copy keeps `<package>/<install>` beside those.
@@ -122,7 +151,7 @@ def servable(chain: Toolchain, user: str | None, *, cache_dir: Path | None = Non
                              f"(chmod o+x), or set PG_BINDIR to a system PostgreSQL") from exc
     copy = Toolchain(bindir=bindir, version=chain.version,
                      source=f"{chain.source}, readable copy")
-    if not _runs_as(copy, user):
+    if not _runs_as(copy, user, runner):
         raise ToolchainError(f"{hint}, and neither can its copy in {dest}: set PG_BINDIR to a "
                              "system PostgreSQL")
     log.info("using a readable copy of PostgreSQL %s in %s (the original is in a private "
@@ -155,6 +184,7 @@ class Cluster:
     populate: Callable[[Path, str | None], None] | None = None
     start_timeout: float = 60
     env: dict[str, str] = field(default_factory=dict)  # for the server (its restore_command)
+    runner: Runner = run  # every program the cluster runs goes through it
     workdir: Path | None = field(default=None, init=False)
     port: int = field(default=5432, init=False)
     _running: bool = field(default=False, init=False)
@@ -207,7 +237,7 @@ class Cluster:
         if not self.toolchain.can_serve:
             raise ToolchainError(f"{self.toolchain.bindir} has no initdb/pg_ctl/postgres")
         run_as = service_user()
-        self.toolchain = servable(self.toolchain, run_as)
+        self.toolchain = servable(self.toolchain, run_as, runner=self.runner)
         self.workdir = Path(tempfile.mkdtemp(prefix=reaper.WORKDIR_PREFIX, dir=self.base_dir))
         # before the server exists: a kill -9 from here on leaves a record the next drill
         # (or `atb doctor`) reaps, since pg_ctl's server does not die with us
@@ -243,9 +273,9 @@ class Cluster:
             fh.write("\n# atb throwaway cluster\n")
             fh.writelines(f"{k} = {v}\n" for k, v in conf.items())
         try:
-            run(
-                [self.toolchain.tool("pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile),
-                 "-w", "-t", f"{self.start_timeout:.0f}", "start"],
+            self.runner(
+                pg_ctl_start_argv(self.toolchain, self.datadir, logfile=self.logfile,
+                                  timeout=self.start_timeout),
                 what="pg_ctl start", run_as=run_as, cwd=self.workdir,
                 timeout=self.start_timeout + 30, env=self.env,
             )
@@ -261,21 +291,16 @@ class Cluster:
     def _initdb(self, run_as: str | None) -> None:
         assert self.workdir is not None
         pwfile = self.workdir / "pwfile"
-        initdb = [
-            self.toolchain.tool("initdb"), "-D", str(self.datadir), "-U", self.superuser,
-            "--encoding=UTF8", "--locale=C", "--auth-local=trust", "--no-sync",
-        ]
         if self.password:
             fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(self.password + "\n")
             if run_as:
                 os.chown(pwfile, pwd.getpwnam(run_as).pw_uid, -1)
-            initdb += ["--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
-        else:
-            initdb += ["--auth-host=trust"]
+        argv = initdb_argv(self.toolchain, self.datadir, superuser=self.superuser,
+                           pwfile=pwfile if self.password else None)
         try:
-            run(initdb, what="initdb", run_as=run_as, cwd=self.workdir, timeout=120)
+            self.runner(argv, what="initdb", run_as=run_as, cwd=self.workdir, timeout=120)
         finally:
             pwfile.unlink(missing_ok=True)
 
@@ -295,10 +320,9 @@ class Cluster:
             return
         run_as = service_user()
         try:
-            run(
-                [self.toolchain.tool("pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w",
-                 "-t", "30", "stop"],
-                what="pg_ctl stop", run_as=run_as, cwd=self.workdir, timeout=60,
+            self.runner(
+                pg_ctl_stop_argv(self.toolchain, self.datadir, mode=mode), what="pg_ctl stop",
+                run_as=run_as, cwd=self.workdir, timeout=60,
             )
         except AtbError:
             pid = self.pid

@@ -1,4 +1,10 @@
-"""The one way we run external programs: argv lists, captured stderr, errors that carry it."""
+"""The one way we run external programs: argv lists, captured stderr, errors that carry it.
+
+`run` waits for a program; `spawn` starts one whose output the caller streams (pg_dump). Both
+log the redacted argv at debug level, seal the child's environment and demote it when asked.
+Code that runs programs takes a `Runner` (defaulting to `run`), so a unit test can record the
+exact argv without starting anything.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Protocol
 
 from backup_core import childenv
 from backup_core.conninfo import redact
@@ -37,6 +44,27 @@ def demote_ids(run_as: str | None) -> tuple[int | None, int | None, list[int] | 
         return None, None, None
     entry = pwd.getpwnam(run_as)
     return entry.pw_uid, entry.pw_gid, []
+
+
+class Runner(Protocol):
+    """What `run` is: the signature a test double records argv through."""
+
+    def __call__(
+        self,
+        argv: Sequence[str],
+        *,
+        what: str,
+        env: Mapping[str, str] | None = None,
+        check: bool = True,
+        timeout: float | None = None,
+        run_as: str | None = None,
+        cwd: Path | None = None,
+    ) -> Completed: ...
+
+
+def _not_found(what: str, program: str) -> ToolchainError:
+    return ToolchainError(f"{what}: program {program} not found; install PostgreSQL client "
+                          "tools or set PG_BINDIR (see `atb doctor`)")
 
 
 def run(
@@ -69,16 +97,35 @@ def run(
             extra_groups=groups,
         )
     except FileNotFoundError as exc:
-        raise ToolchainError(
-            f"{what}: program {args[0]} not found; install PostgreSQL client tools "
-            "or set PG_BINDIR (see `atb doctor`)"
-        ) from exc
+        raise _not_found(what, args[0]) from exc
     except subprocess.TimeoutExpired as exc:
         raise CommandFailed(f"{what}: timed out after {timeout:g}s") from exc
     done = Completed(tuple(args), proc.returncode, proc.stdout, redact(proc.stderr))
     if check and proc.returncode != 0:
         raise CommandFailed(f"{what} failed: {first_error_line(done.stderr)}", detail=done.stderr)
     return done
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    what: str,
+    stdout: int | IO[bytes],
+    stderr: int | IO[bytes],
+    env: Mapping[str, str] | None = None,
+    run_as: str | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start `argv` for a caller that streams its output (binary) and waits for it itself:
+    the same logging, sealed environment and demotion as `run`. Use it as a context manager,
+    killing the child when the caller's work fails."""
+    args = [str(a) for a in argv]
+    log.debug("spawn %s", redact(" ".join(args)))
+    uid, gid, groups = demote_ids(run_as)
+    try:
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                                env=child_env(env), user=uid, group=gid, extra_groups=groups)
+    except FileNotFoundError as exc:
+        raise _not_found(what, args[0]) from exc
 
 
 def first_error_line(stderr: str) -> str:
