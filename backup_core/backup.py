@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,7 +41,7 @@ from backup_core.fsutil import (
 from backup_core.locking import DatabaseLock
 from backup_core.manifest import Inventory, Manifest, write_manifest
 from backup_core.naming import backup_path, dir_name, manifest_path, partial_path, roles_path
-from backup_core.runner import child_env, first_error_line, run
+from backup_core.runner import first_error_line, run, spawn
 
 log = logging.getLogger("atb.backup")
 CHUNK = 1 << 20
@@ -166,115 +166,195 @@ def create_backup(
             named = _snapshot_and_name(conn, backup_dir, source.dbname, at, clock)
             warn_clock(named.skew_s, named.server_at)
             make_tree(backup_dir, named.final.parent)
-            return _backup_locked(source, conn, chain, server, named, origin, row_counts,
-                                  report, count_workers or min(4, os.cpu_count() or 2))
+            return _backup_locked(_Job(
+                source=source, conn=conn, chain=chain, server=server, named=named,
+                origin=origin, row_counts=row_counts, report=report,
+                workers=count_workers or min(4, os.cpu_count() or 2)))
 
 
-def _backup_locked(
-    source: ConnInfo,
-    conn: psycopg.Connection[Any],
-    chain: toolchain.Toolchain,
-    server: str,
-    named: _Named,
-    origin: str,
-    row_counts: str,
-    report: Progress,
-    workers: int,
-) -> BackupResult:
-    final, taken, snapshot = named.final, named.taken, named.snapshot
-    started = named.server_at.replace(microsecond=0)  # every recorded time: the server's clock
-    t0 = time.monotonic()
-    partial = partial_path(final, f"{os.getpid()}-{os.urandom(3).hex()}")
-    manifest_final = manifest_path(final)
-    manifest_partial = partial_path(manifest_final, partial.name.rsplit("-", 1)[-1])
-    roles_final = roles_path(final)
-    roles_partial = partial_path(roles_final, partial.name.rsplit("-", 1)[-1])
-    meta: dict[str, _Snapshot] = {}
-    errors: list[BaseException] = []
+@dataclass(frozen=True)
+class _Job:
+    """One backup under the lock: what is dumped, by which pg_dump, read how."""
 
-    def describe() -> None:
+    source: ConnInfo
+    conn: psycopg.Connection[Any]  # holds the exported snapshot until the dump is done
+    chain: toolchain.Toolchain
+    server: str
+    named: _Named
+    origin: str
+    row_counts: str
+    report: Progress
+    workers: int
+
+
+@dataclass(frozen=True)
+class _Files:
+    """The three files of a backup, each written under a partial name and then published."""
+
+    final: Path
+    partial: Path
+    manifest_final: Path
+    manifest_partial: Path
+    roles_final: Path
+    roles_partial: Path
+
+    @classmethod
+    def for_backup(cls, final: Path) -> _Files:
+        tag = f"{os.getpid()}-{os.urandom(3).hex()}"
+        manifest_final, roles_final = manifest_path(final), roles_path(final)
+        suffix = tag.rsplit("-", 1)[-1]
+        return cls(final=final, partial=partial_path(final, tag),
+                   manifest_final=manifest_final,
+                   manifest_partial=partial_path(manifest_final, suffix),
+                   roles_final=roles_final, roles_partial=partial_path(roles_final, suffix))
+
+    @contextlib.contextmanager
+    def all_or_nothing(self) -> Iterator[_Files]:
+        """No partial file survives; and unless the dump itself was published (the last
+        step), neither does a published manifest or roles file: a failed or interrupted
+        backup leaves nothing that looks like a backup."""
         try:
-            meta["snap"] = _describe_snapshot(source, snapshot, row_counts, workers)
+            yield self
+        except BaseException:
+            if not self.final.exists():
+                self.manifest_final.unlink(missing_ok=True)
+                self.roles_final.unlink(missing_ok=True)
+            raise
+        finally:
+            for path in (self.partial, self.manifest_partial, self.roles_partial):
+                path.unlink(missing_ok=True)
+
+    def publish(self, manifest: Manifest) -> None:
+        """Manifest and roles first, the dump last: its name appearing means complete."""
+        write_manifest(self.manifest_partial, manifest)
+        kill_point("backup-manifest-written")
+        publish(self.roles_partial, self.roles_final)
+        kill_point("backup-roles-published")
+        publish(self.manifest_partial, self.manifest_final)
+        kill_point("backup-manifest-published")
+        publish(self.partial, self.final)
+        kill_point("backup-dump-published")
+        fsync_dir(self.final.parent)
+
+
+class _SnapshotReader:
+    """Reads row counts and the schema in the dump's snapshot on a thread while pg_dump
+    streams; a context manager, so the thread is joined however the backup ends."""
+
+    def __init__(self, job: _Job) -> None:
+        self._job = job
+        self._found: list[_Snapshot] = []
+        self._errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._read, name="atb-snapshot-counts",
+                                         daemon=True)
+
+    def _read(self) -> None:
+        job = self._job
+        try:
+            self._found.append(_describe_snapshot(job.source, job.named.snapshot,
+                                                  job.row_counts, job.workers))
         except psycopg.Error as exc:
-            errors.append(CommandFailed(
+            self._errors.append(CommandFailed(
                 f"reading row counts and schema in the dump's snapshot failed: "
                 f"{redact(str(exc).strip().splitlines()[0])} (the backup user needs SELECT on "
                 "every table and sequence; --row-counts off reads none of them); no backup "
                 "was written"))
         except BaseException as exc:  # re-raised in the main thread
-            errors.append(exc)
+            self._errors.append(exc)
 
-    worker = threading.Thread(target=describe, name="atb-snapshot-counts", daemon=True)
-    worker.start()
+    def __enter__(self) -> _SnapshotReader:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._thread.join(timeout=60)
+
+    def failure(self) -> BaseException | None:
+        """The reader's error once it is done (the root cause when pg_dump failed after it)."""
+        self._thread.join()
+        return self._errors[0] if self._errors else None
+
+    def result(self) -> _Snapshot:
+        failure = self.failure()
+        if failure is not None:
+            raise failure
+        return self._found[0]
+
+
+def _rollback(conn: psycopg.Connection[Any]) -> None:
+    with contextlib.suppress(psycopg.Error):
+        conn.rollback()
+
+
+def _backup_locked(job: _Job) -> BackupResult:
+    """Dump, check, keep the roles and publish, with every resource on one ExitStack so its
+    teardown sees how the backup ended."""
+    t0 = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        stack.callback(_rollback, job.conn)
+        files = stack.enter_context(_Files.for_backup(job.named.final).all_or_nothing())
+        reader = stack.enter_context(_SnapshotReader(job))
+        size, digest = _dump_into(job, files.partial, reader)
+        job.report("check", size)
+        toc = _toc_entries(job.chain, files.partial)
+        job.report("roles", size)
+        roles_text = roles.dump_roles(job.chain, job.source).encode()
+        write_private(files.roles_partial, roles_text)
+        snap = reader.result()
+        manifest = _manifest(job, files, snap, size=size, digest=digest, toc=toc,
+                             roles_text=roles_text, elapsed=time.monotonic() - t0)
+        job.report("publish", size)
+        files.publish(manifest)
+        log.debug("backup %s written (%d bytes, sha256 %s)", files.final, size, digest[:12])
+        return BackupResult(path=files.final, manifest=manifest)
+
+
+def _dump_into(job: _Job, partial: Path, reader: _SnapshotReader) -> tuple[int, str]:
+    """pg_dump into `partial`; when it fails because our own snapshot reading failed first,
+    that is the error a user needs."""
     try:
-        try:
-            size, digest = _stream_dump(chain, source, snapshot, partial, report)
-            kill_point("backup-dumped")
-        except CommandFailed:
-            worker.join()
-            if errors:  # the root cause, when our own snapshot reading failed first
-                raise errors[0] from None
-            raise
-        report("check", size)
-        toc = _toc_entries(chain, partial)
-        report("roles", size)
-        roles_text = roles.dump_roles(chain, source).encode()
-        write_private(roles_partial, roles_text)
-        worker.join()
-        if errors:
-            raise errors[0]
-        snap = meta["snap"]
-        finished = named.server_at + timedelta(seconds=time.monotonic() - t0)
-        manifest = Manifest(
-            database=source.dbname,
-            file=final.name,
-            taken_at=taken.isoformat(),
-            started_at=started.isoformat(timespec="seconds"),
-            finished_at=finished.isoformat(timespec="seconds"),
-            duration_s=round(time.monotonic() - t0, 3),
-            size_bytes=size,
-            sha256=digest,
-            pg_dump_version=chain.version,
-            server_version=server,
-            toc_entries=toc,
-            alembic_revision=snap.alembic_revision,
-            row_counts_mode=row_counts,
-            row_counts=snap.row_counts,
-            row_checksums=snap.row_checksums,
-            inventory=snap.inventory,
-            definitions=snap.definitions,
-            conditions=snap.conditions,
-            roles={"file": roles_final.name, "sha256": hashlib.sha256(roles_text).hexdigest(),
-                   "size_bytes": len(roles_text)},
-            source=source.redacted,
-            source_id=origin,
-            clock_skew_s=named.skew_s,
-            tool_version=__version__,
-        )
-        report("publish", size)
-        write_manifest(manifest_partial, manifest)
-        kill_point("backup-manifest-written")
-        publish(roles_partial, roles_final)
-        kill_point("backup-roles-published")
-        publish(manifest_partial, manifest_final)
-        kill_point("backup-manifest-published")
-        publish(partial, final)
-        kill_point("backup-dump-published")
-        fsync_dir(final.parent)
-        log.debug("backup %s written (%d bytes, sha256 %s)", final, size, digest[:12])
-        return BackupResult(path=final, manifest=manifest)
-    except BaseException:
-        if not final.exists():
-            manifest_final.unlink(missing_ok=True)
-            roles_final.unlink(missing_ok=True)
+        dumped = _stream_dump(job.chain, job.source, job.named.snapshot, partial, job.report)
+    except CommandFailed:
+        failure = reader.failure()
+        if failure is not None:
+            raise failure from None
         raise
-    finally:
-        worker.join(timeout=60)
-        partial.unlink(missing_ok=True)
-        manifest_partial.unlink(missing_ok=True)
-        roles_partial.unlink(missing_ok=True)
-        with contextlib.suppress(psycopg.Error):  # a dead server must not hide pg_dump's error
-            conn.rollback()
+    kill_point("backup-dumped")
+    return dumped
+
+
+def _manifest(job: _Job, files: _Files, snap: _Snapshot, *, size: int, digest: str, toc: int,
+              roles_text: bytes, elapsed: float) -> Manifest:
+    """The backup's manifest; every recorded time is the server's clock."""
+    named = job.named
+    finished = named.server_at + timedelta(seconds=elapsed)
+    return Manifest(
+        database=job.source.dbname,
+        file=files.final.name,
+        taken_at=named.taken.isoformat(),
+        started_at=named.server_at.replace(microsecond=0).isoformat(timespec="seconds"),
+        finished_at=finished.isoformat(timespec="seconds"),
+        duration_s=round(elapsed, 3),
+        size_bytes=size,
+        sha256=digest,
+        pg_dump_version=job.chain.version,
+        server_version=job.server,
+        toc_entries=toc,
+        alembic_revision=snap.alembic_revision,
+        row_counts_mode=job.row_counts,
+        row_counts=snap.row_counts,
+        row_checksums=snap.row_checksums,
+        inventory=snap.inventory,
+        definitions=snap.definitions,
+        conditions=snap.conditions,
+        roles={"file": files.roles_final.name,
+               "sha256": hashlib.sha256(roles_text).hexdigest(),
+               "size_bytes": len(roles_text)},
+        source=job.source.redacted,
+        source_id=job.origin,
+        clock_skew_s=named.skew_s,
+        tool_version=__version__,
+    )
 
 
 def dump_argv(chain: toolchain.Toolchain, conninfo: str, snapshot: str) -> list[str]:
@@ -287,41 +367,51 @@ def _stream_dump(
     chain: toolchain.Toolchain, source: ConnInfo, snapshot: str, partial: Path, report: Progress
 ) -> tuple[int, str]:
     """Run pg_dump to stdout, hashing and writing each chunk; returns (size, sha256)."""
-    digest = hashlib.sha256()
-    size = 0
     with childenv.for_tool(source) as (conninfo, tool_env), \
-            tempfile.TemporaryFile() as errfile:
-        argv = dump_argv(chain, conninfo, snapshot)
-        log.debug("run %s", redact(" ".join(argv)))
-        try:
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        except OSError as exc:
-            raise storage_error(exc, partial.parent) from exc
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=errfile, env=child_env(tool_env))
-        assert proc.stdout is not None
-        try:
-            report("dump", 0)
-            out_fd = proc.stdout.fileno()
-            while chunk := os.read(out_fd, CHUNK):
-                digest.update(chunk)
-                _write_all(fd, chunk, partial)
-                size += len(chunk)
-                report("dump", size)
-            returncode = proc.wait()
-            os.fsync(fd)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            os.close(fd)
-            proc.stdout.close()
+            tempfile.TemporaryFile() as errfile, _created(partial) as fd:
+        proc = spawn(dump_argv(chain, conninfo, snapshot), what="pg_dump", env=tool_env,
+                     stdout=subprocess.PIPE, stderr=errfile)
+        with proc:
+            try:
+                size, digest = _copy_hashed(proc, fd, partial, report)
+                returncode = proc.wait()
+                os.fsync(fd)
+            except BaseException:
+                proc.kill()
+                raise
         if returncode != 0:
             errfile.seek(0)
             stderr = redact(errfile.read().decode(errors="replace"))
             raise CommandFailed(f"pg_dump failed: {first_error_line(stderr)}; no backup was "
                                 "written", detail=stderr)
+    return size, digest
+
+
+@contextlib.contextmanager
+def _created(path: Path) -> Iterator[int]:
+    """A new private file (never an existing one), open for writing, closed on exit."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except OSError as exc:
+        raise storage_error(exc, path.parent) from exc
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _copy_hashed(proc: subprocess.Popen[bytes], fd: int, path: Path,
+                 report: Progress) -> tuple[int, str]:
+    assert proc.stdout is not None
+    digest = hashlib.sha256()
+    size = 0
+    report("dump", 0)
+    out_fd = proc.stdout.fileno()
+    while chunk := os.read(out_fd, CHUNK):
+        digest.update(chunk)
+        _write_all(fd, chunk, path)
+        size += len(chunk)
+        report("dump", size)
     return size, digest.hexdigest()
 
 

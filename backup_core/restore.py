@@ -195,44 +195,87 @@ def archive_major(path: Path, chains: list[toolchain.Toolchain]) -> int:
     return newest.major
 
 
-def restore_backup(
-    path: Path,
-    target: ConnInfo,
-    *,
-    production: ConnInfo | None = None,
-    allow_production: bool = False,
-    clean: bool = False,
-    jobs: int | None = None,
-    no_owner: bool = False,
-    alembic_config: Path | None = None,
-    chains: list[toolchain.Toolchain] | None = None,
-    scratch: bool = False,
-    with_roles: bool = False,
-) -> RestoreResult:
-    """Restore `path` into `target` (created if missing), then optionally migrate it.
+@dataclass(frozen=True)
+class RestoreRequest:
+    """What to restore where, and how.
 
-    Never leaves a half-restored target: a database it creates is dropped again on failure,
-    an existing empty one is restored in one transaction, and a non-empty one (`clean`) is
-    restored beside it and swapped in by name. `scratch` says the (empty) target was made
-    for this restore alone, as a drill's sandbox is: it is restored in parallel.
-    `with_roles` first creates the roles the backup needs and the server lacks (see
-    `roles`), so owners and grants restore on a new server."""
-    if not path.is_file():
-        raise ConfigError(f"no backup at {path}: give the path of a .dump file (`atb db list`)")
-    if not target.dbname:
-        raise ConfigError(f"the target {target.redacted} names no database: add /dbname")
-    if alembic_config is not None:  # before anything is restored, not after
-        extras.require("migrate", what="--migrate (it runs Alembic)")
-        if not alembic_config.is_file():
-            raise ConfigError(f"Alembic config {alembic_config} not found: pass "
-                              "--alembic-config path/to/alembic.ini")
-    evidence = [guard.refuse_system_database(target),
-                guard.refuse_production_target(target, production, allowed=allow_production)]
-    if alembic_config is not None and not allow_production:
-        evidence.append(guard.refuse_migrating_beside_production(target, production))
+    `clean` lets a non-empty target be replaced (restored beside it and swapped in by name);
+    `scratch` says the (empty) target was made for this restore alone, as a drill's sandbox
+    is: it is restored in parallel. `with_roles` first creates the roles the backup needs and
+    the server lacks (see `roles`), so owners and grants restore on a new server.
+    `alembic_config` migrates the copy afterwards, watching `production` stay unchanged."""
+
+    path: Path
+    target: ConnInfo
+    production: ConnInfo | None = None
+    allow_production: bool = False
+    clean: bool = False
+    jobs: int | None = None
+    no_owner: bool = False
+    alembic_config: Path | None = None
+    scratch: bool = False
+    with_roles: bool = False
+
+
+def restore_backup(request: RestoreRequest, *,
+                   chains: list[toolchain.Toolchain] | None = None) -> RestoreResult:
+    """Restore `request.path` into `request.target` (created if missing), then optionally
+    migrate it. Never leaves a half-restored target: a database it creates is dropped again
+    on failure, an existing empty one is restored in one transaction, and a non-empty one
+    (`clean`) is restored beside it and swapped in by name."""
+    req = request
+    _check_request(req)
+    evidence = [guard.refuse_system_database(req.target),
+                guard.refuse_production_target(req.target, req.production,
+                                               allowed=req.allow_production)]
+    if req.alembic_config is not None and not req.allow_production:
+        evidence.append(guard.refuse_migrating_beside_production(req.target, req.production))
     chains = toolchain.discover() if chains is None else chains
-    chain = toolchain.for_restore(archive_major(path, chains), chains)
-    jobs = jobs or default_jobs()
+    chain = toolchain.for_restore(archive_major(req.path, chains), chains)
+    jobs = req.jobs or default_jobs()
+    created, held = _target_state(req.target, clean=req.clean)
+    t0 = time.monotonic()
+    made_roles = _roles_for(req.path, req.target) if req.with_roles else []
+    if made_roles:
+        evidence.append(f"created the backup's roles {', '.join(made_roles)} on the target "
+                        "server")
+    elif req.with_roles:
+        evidence.append("every role the backup needs exists on the target server")
+    if req.clean and not created:
+        earlier = target_db.leftovers(req.target)
+        if earlier:
+            evidence.append(f"left by earlier --clean restores of {req.target.dbname}: "
+                            f"{', '.join(earlier)}: drop them when you no longer need them")
+    try:
+        _restore_into(chain, req.path, req.target, created=created, held=held,
+                      scratch=req.scratch, jobs=jobs, no_owner=req.no_owner, evidence=evidence)
+    except BaseException:
+        _drop_roles(req.target, made_roles)
+        raise
+    duration = time.monotonic() - t0
+    migration = _migrate(req, evidence) if req.alembic_config is not None else None
+    return RestoreResult(path=req.path, target=req.target.redacted, created=created, jobs=jobs,
+                         pg_restore_version=chain.version, duration_s=round(duration, 3),
+                         migrate=migration, guard=tuple(evidence))
+
+
+def _check_request(req: RestoreRequest) -> None:
+    """Bad input refused before anything is touched."""
+    if not req.path.is_file():
+        raise ConfigError(f"no backup at {req.path}: give the path of a .dump file "
+                          "(`atb db list`)")
+    if not req.target.dbname:
+        raise ConfigError(f"the target {req.target.redacted} names no database: add /dbname")
+    if req.alembic_config is not None:  # before anything is restored, not after
+        extras.require("migrate", what="--migrate (it runs Alembic)")
+        if not req.alembic_config.is_file():
+            raise ConfigError(f"Alembic config {req.alembic_config} not found: pass "
+                              "--alembic-config path/to/alembic.ini")
+
+
+def _target_state(target: ConnInfo, *, clean: bool) -> tuple[bool, bool]:
+    """(created, held): whether the target must be created, and whether it holds anything
+    (then only `clean` may replace it, and only with nobody connected)."""
     created = not target_db.exists(target)
     interrupted = None if created else target_db.incomplete(target)
     if interrupted and not clean:
@@ -254,39 +297,22 @@ def restore_backup(
         raise SafetyRefusal(f"{connected} sessions are connected to {target.dbname}: --clean "
                             "swaps the restored copy in by renaming, so close them first "
                             "(nothing was changed)")
-    t0 = time.monotonic()
-    made_roles = _roles_for(path, target) if with_roles else []
-    if made_roles:
-        evidence.append(f"created the backup's roles {', '.join(made_roles)} on the target "
-                        "server")
-    elif with_roles:
-        evidence.append("every role the backup needs exists on the target server")
-    if clean and not created:
-        earlier = target_db.leftovers(target)
-        if earlier:
-            evidence.append(f"left by earlier --clean restores of {target.dbname}: "
-                            f"{', '.join(earlier)}: drop them when you no longer need them")
+    return created, bool(held)
+
+
+def _migrate(req: RestoreRequest, evidence: list[str]) -> MigrateResult:
+    """`alembic upgrade head` on the restored copy, with production watched throughout."""
+    assert req.alembic_config is not None
+    watched = None if req.allow_production else req.production
+    before = guard.observe(watched)
+    migration = upgrade_head(req.alembic_config, req.target)
     try:
-        _restore_into(chain, path, target, created=created, held=bool(held), scratch=scratch,
-                      jobs=jobs, no_owner=no_owner, evidence=evidence)
-    except BaseException:
-        _drop_roles(target, made_roles)
-        raise
-    duration = time.monotonic() - t0
-    migration = None
-    if alembic_config is not None:
-        watched = None if allow_production else production
-        before = guard.observe(watched)
-        migration = upgrade_head(alembic_config, target)
-        try:
-            evidence.append(guard.confirm_unchanged(watched, before))
-        except ProductionTouched as exc:
-            state = f"NOT migrated: {migration.problem}" if migration.problem else "migrated"
-            raise ProductionTouched(f"{exc}. The copy {target.redacted} is restored but "
-                                    f"{state}") from exc
-        if migration.problem:
-            raise CommandFailed(f"{target.redacted} is restored but NOT migrated: "
-                                f"{migration.problem}", detail=migration.output)
-    return RestoreResult(path=path, target=target.redacted, created=created, jobs=jobs,
-                         pg_restore_version=chain.version, duration_s=round(duration, 3),
-                         migrate=migration, guard=tuple(evidence))
+        evidence.append(guard.confirm_unchanged(watched, before))
+    except ProductionTouched as exc:
+        state = f"NOT migrated: {migration.problem}" if migration.problem else "migrated"
+        raise ProductionTouched(f"{exc}. The copy {req.target.redacted} is restored but "
+                                f"{state}") from exc
+    if migration.problem:
+        raise CommandFailed(f"{req.target.redacted} is restored but NOT migrated: "
+                            f"{migration.problem}", detail=migration.output)
+    return migration

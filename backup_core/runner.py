@@ -119,7 +119,7 @@ def spawn(
     the same logging, sealed environment and demotion as `run`. Use it as a context manager,
     killing the child when the caller's work fails."""
     args = [str(a) for a in argv]
-    log.debug("spawn %s", redact(" ".join(args)))
+    log.debug("run %s", redact(" ".join(args)))
     uid, gid, groups = demote_ids(run_as)
     try:
         return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,

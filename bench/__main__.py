@@ -26,7 +26,7 @@ from backup_core.cluster import FAST_SETTINGS, Cluster
 from backup_core.conninfo import ConnInfo
 from backup_core.manifest import Manifest
 from backup_core.naming import backup_path, manifest_path
-from backup_core.restore import restore_backup
+from backup_core.restore import RestoreRequest, restore_backup
 from backup_core.runner import run
 from backup_core.verify import sha256_file, verify_backup
 from bench.harness import Comparison, alternate, in_child, timed
@@ -180,7 +180,8 @@ def bench_size(size: str, chain: toolchain.Toolchain, chains: list[toolchain.Too
             drop(default)
 
         def drill_restore() -> None:
-            restore_backup(dump, tuned.url("r"), no_owner=True, jobs=cores, chains=chains)
+            restore_backup(RestoreRequest(dump, tuned.url("r"), no_owner=True, jobs=cores),
+                           chains=chains)
 
         def manual_restore() -> None:
             url = default.url("r")
@@ -201,7 +202,8 @@ def bench_size(size: str, chain: toolchain.Toolchain, chains: list[toolchain.Too
 
         def restore_alone() -> None:
             with sandbox.open_sandbox("local", source_major=chain.major, chains=chains) as sb:
-                restore_backup(dump, sb.url, no_owner=True, jobs=cores, chains=chains)
+                restore_backup(RestoreRequest(dump, sb.url, no_owner=True, jobs=cores),
+                               chains=chains)
 
         comps.append(alternate(Comparison("whole drill vs restore alone", "atb drill run",
                                           "sandbox + restore", "<= 1.5"),

@@ -16,7 +16,7 @@ from backup_core import db, pgbackrest, pitr, toolchain
 from backup_core.backup import create_backup
 from backup_core.cluster import Cluster, service_user
 from backup_core.conninfo import ConnInfo
-from backup_core.restore import restore_backup
+from backup_core.restore import RestoreRequest, restore_backup
 from bench.harness import Comparison, alternate
 from drills import sandbox
 
@@ -97,7 +97,7 @@ def bench_pitr(chains: list[toolchain.Toolchain], size: str, minutes: float, rep
 
             def logical() -> None:
                 with sandbox.open_sandbox("local", source_major=15, chains=chains) as sb:
-                    restore_backup(dump, sb.url, no_owner=True, chains=chains)
+                    restore_backup(RestoreRequest(dump, sb.url, no_owner=True), chains=chains)
 
             comp = alternate(Comparison("RTO: pgBackRest restore + WAL replay vs pg_restore",
                                         f"PITR ({minutes:g} min of WAL)",

@@ -196,10 +196,10 @@ def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, with_
                allow_production: bool, as_json: bool) -> None:
     """Restore PATH into exactly the target database (fresh database, pg_restore, migrate)."""
     live = production(production_url)
-    result = restore.restore_backup(
+    result = restore.restore_backup(restore.RestoreRequest(
         path, conn(target_url, "ATB_TARGET_URL").with_password_from(live), production=live,
         allow_production=allow_production, clean=clean, jobs=jobs, no_owner=no_owner,
-        with_roles=with_roles, alembic_config=alembic_config if migrate else None)
+        with_roles=with_roles, alembic_config=alembic_config if migrate else None))
     output.show(result, as_json=as_json, text=lambda r: _restore_text(r, path))
 
 

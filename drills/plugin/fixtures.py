@@ -20,7 +20,7 @@ from backup_core.durations import human
 from backup_core.errors import AtbError, ProductionTouched
 from backup_core.manifest import Inventory
 from backup_core.migrate import MigrateResult, upgrade_head
-from backup_core.restore import archive_major, restore_backup
+from backup_core.restore import RestoreRequest, archive_major, restore_backup
 from backup_core.verify import VerifyResult, verify_backup
 from drills import observer, sandbox
 from drills.result import (
@@ -164,10 +164,10 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
                                              else "the backup carries no roles"))
     with drill.phase("restore"):
         try:
-            done = restore_backup(drill_backup.path, url, no_owner=not with_owners,
-                                  with_roles=with_owners, jobs=drill.options.jobs,
-                                  chains=drill_chains, production=drill.reachable_production,
-                                  scratch=True)
+            done = restore_backup(RestoreRequest(
+                drill_backup.path, url, no_owner=not with_owners, with_roles=with_owners,
+                jobs=drill.options.jobs, production=drill.reachable_production, scratch=True),
+                chains=drill_chains)
         except AtbError as exc:
             return RestoreOutcome(ok=False, error=str(exc), detail=redact(exc.detail),
                                   mode=mode)

@@ -91,9 +91,9 @@ def test_row_counts_are_taken_in_the_dumps_snapshot_while_writes_continue(
     target = make_database(pg15, rows=0)
     with db.connect(target, autocommit=True) as conn:
         conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-    from backup_core.restore import restore_backup
+    from backup_core.restore import RestoreRequest, restore_backup
 
-    restore_backup(result.path, target, clean=True, chains=chains)
+    restore_backup(RestoreRequest(result.path, target, clean=True), chains=chains)
     with db.connect(target) as conn:
         restored = inventory.count_rows(conn, "public", "orders")
     with db.connect(info) as conn:
