@@ -26,6 +26,7 @@ from psycopg import IsolationLevel, sql
 
 from backup_core import __version__, childenv, db, inventory, probes, roles, toolchain
 from backup_core.catalog import CLOCK_SKEW
+from backup_core.commands import pg_restore_list_argv
 from backup_core.conninfo import ConnInfo, redact
 from backup_core.durations import human
 from backup_core.errors import AtbError, CommandFailed, ConfigError, StorageError
@@ -426,7 +427,7 @@ def _write_all(fd: int, data: bytes, path: Path) -> None:
 
 
 def _toc_entries(chain: toolchain.Toolchain, path: Path) -> int:
-    out = run([chain.tool("pg_restore"), "--list", str(path)], what="pg_restore --list").stdout
+    out = run(pg_restore_list_argv(chain, path), what="pg_restore --list").stdout
     return sum(1 for ln in out.splitlines() if ln.strip() and not ln.startswith(";"))
 
 

@@ -26,7 +26,7 @@ from backup_core.conninfo import ConnInfo
 from backup_core.errors import AtbError, CommandFailed, ToolchainError
 from backup_core.fsutil import make_dirs
 from backup_core.runner import Runner, run
-from backup_core.toolchain import Toolchain
+from backup_core.toolchain import Toolchain, version_argv
 
 log = logging.getLogger("atb.cluster")
 
@@ -68,10 +68,6 @@ def cache_root() -> Path:
     return Path(os.environ.get("ATB_CACHE_DIR") or DEFAULT_CACHE_DIR)
 
 
-def version_argv(chain: Toolchain, tool: str = "postgres") -> list[str]:
-    return [chain.tool(tool), "--version"]
-
-
 def initdb_argv(chain: Toolchain, datadir: Path, *, superuser: str,
                 pwfile: Path | None) -> list[str]:
     """A fast, C-locale cluster; with a password file, scram for TCP clients (the password
@@ -97,7 +93,7 @@ def _runs_as(chain: Toolchain, user: str, runner: Runner) -> bool:
     """True when `user` can execute the toolchain's server (every directory above it must
     let that user through)."""
     try:
-        done = runner(version_argv(chain), what="postgres --version", run_as=user,
+        done = runner(version_argv(chain.tool("postgres")), what="postgres --version", run_as=user,
                       check=False, timeout=30)
     except (AtbError, OSError):
         return False

@@ -56,13 +56,18 @@ def alembic_env(target: ConnInfo) -> dict[str, str]:
             "ATB_ALEMBIC_URL": target.sqlalchemy_url, "PYTHONUNBUFFERED": "1"}
 
 
+def child_argv(ini: Path, python: str = sys.executable) -> list[str]:
+    """Alembic in a child of this interpreter: the URL travels in its environment, never
+    here (see `alembic_env`)."""
+    return [python, "-m", "backup_core.alembic_child", str(ini)]
+
+
 def _run_child(ini: Path, target: ConnInfo) -> tuple[dict[str, Any], str, str]:
     """Run `alembic_child` once: (its result, its redacted output, its isolation). Where
     the platform allows, it runs network-isolated and reaches the target only through a
     relay that opens no other database: an env.py that finds production's URL anywhere
     (a `.env` file, a variable atb does not know, a hard-coded socket) reaches nothing."""
-    argv = [sys.executable, "-m", "backup_core.alembic_child", str(ini)]
-    with isolation.isolated(argv, target) as (argv, reach, iso), \
+    with isolation.isolated(child_argv(ini), target) as (argv, reach, iso), \
             tempfile.TemporaryDirectory(prefix="atb-alembic-") as tmp:
         result_file = Path(tmp) / "result.json"
         done = run(argv, what="alembic upgrade head",

@@ -34,13 +34,35 @@ class Stanza:
     config: Path | None = None
 
     def argv(self, *command: str) -> list[str]:
-        exe = shutil.which("pgbackrest")
-        if exe is None:
-            raise ToolchainError("pgbackrest is not installed: the point-in-time drill and "
-                                 "`status --stanza` need it (Debian: apt-get install "
-                                 "pgbackrest)")
-        config = [f"--config={self.config}"] if self.config else []
-        return [exe, *config, f"--stanza={self.name}", "--log-level-file=off", *command]
+        return stanza_argv(executable(), self, *command)
+
+
+def executable() -> str:
+    exe = shutil.which("pgbackrest")
+    if exe is None:
+        raise ToolchainError("pgbackrest is not installed: the point-in-time drill and "
+                             "`status --stanza` need it (Debian: apt-get install pgbackrest)")
+    return exe
+
+
+def stanza_argv(exe: str, stanza: Stanza, *command: str) -> list[str]:
+    """pgBackRest on one stanza, never writing a log file of its own."""
+    config = [f"--config={stanza.config}"] if stanza.config else []
+    return [exe, *config, f"--stanza={stanza.name}", "--log-level-file=off", *command]
+
+
+def restore_argv(exe: str, stanza: Stanza, datadir: Path, *, target: datetime, backup: str,
+                 lock_dir: Path) -> list[str]:
+    """`pgbackrest restore` of `backup` into `datadir` for recovery to `target`, then promote;
+    the copy's restore_command (run by the server's shell, hence quoted) reads the archive
+    synchronously with our own lock directory."""
+    fetch = shlex.join([*stanza_argv(exe, stanza), f"--lock-path={lock_dir}",
+                        f"--pg1-path={datadir}", "--no-archive-async", "archive-get"]
+                       ) + ' %f "%p"'
+    return stanza_argv(exe, stanza, f"--pg1-path={datadir}", f"--lock-path={lock_dir}",
+                       "restore", f"--set={backup}", "--type=time",
+                       f"--target={target.isoformat()}", "--target-action=promote",
+                       "--archive-mode=off", f"--recovery-option=restore_command={fetch}")
 
 
 @dataclass(frozen=True)
@@ -122,13 +144,9 @@ def restore(stanza: Stanza, datadir: Path, *, target: datetime, backup: str, loc
     Archiving is off in the copy, and its restore_command reads the archive synchronously,
     with our own lock directory and no log file: nothing the copy does writes to the stanza's
     repository, its spool or its logs."""
-    fetch = shlex.join([*stanza.argv(), f"--lock-path={lock_dir}", f"--pg1-path={datadir}",
-                        "--no-archive-async", "archive-get"]) + ' %f "%p"'  # run by a shell
-    return call(stanza, f"--pg1-path={datadir}", f"--lock-path={lock_dir}", "restore",
-                f"--set={backup}", "--type=time", f"--target={target.isoformat()}",
-                "--target-action=promote", "--archive-mode=off",
-                f"--recovery-option=restore_command={fetch}",
-                what="pgbackrest restore", run_as=run_as, timeout=None)
+    return run(restore_argv(executable(), stanza, datadir, target=target, backup=backup,
+                            lock_dir=lock_dir),
+               what="pgbackrest restore", env=tool_env(), run_as=run_as, timeout=None)
 
 
 def fetch_segment(stanza: Stanza, segment: str, dest: Path, *,

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from backup_core import db, pgbackrest
 from backup_core.cluster import FAST_SETTINGS, Cluster, service_user
+from backup_core.commands import pg_waldump_argv
 from backup_core.errors import AtbError, CommandFailed, ConnectionFailed
 from backup_core.pgbackrest import BackupSet, Stanza, StanzaInfo
 from backup_core.runner import run
@@ -88,7 +89,7 @@ def newest_commit(stanza: Stanza, info: StanzaInfo, chain: Toolchain) -> datetim
         for _ in range(LOOKBACK_SEGMENTS):
             dest = Path(tmp) / segment
             if pgbackrest.fetch_segment(stanza, segment, dest, run_as=run_as):
-                done = run([chain.tool("pg_waldump"), str(dest)], what="pg_waldump",
+                done = run(pg_waldump_argv(chain, dest), what="pg_waldump",
                            check=False, timeout=300)
                 commits = COMMIT_RE.findall(done.stdout)
                 dest.unlink()

@@ -19,6 +19,7 @@ from psycopg import sql
 
 from backup_core import childenv, extras, guard, roles, toolchain
 from backup_core import target as target_db
+from backup_core.commands import pg_restore_list_argv
 from backup_core.conninfo import ConnInfo
 from backup_core.errors import (
     AtbError,
@@ -172,7 +173,7 @@ def failing_object(stderr: str, path: Path | None = None,
         return str(open_items[0])
     block = _BLOCK.search(stderr)
     if block and path is not None and chain is not None:
-        listing = run([chain.tool("pg_restore"), "--list", str(path)], what="pg_restore --list",
+        listing = run(pg_restore_list_argv(chain, path), what="pg_restore --list",
                       check=False).stdout
         for line in listing.splitlines():
             if line.startswith(f"{block.group(1)}; "):
@@ -188,7 +189,7 @@ def archive_major(path: Path, chains: list[toolchain.Toolchain]) -> int:
     except ManifestError:
         pass
     newest = toolchain.newest(chains, "pg_restore")
-    out = run([newest.tool("pg_restore"), "--list", str(path)], what="pg_restore --list").stdout
+    out = run(pg_restore_list_argv(newest, path), what="pg_restore --list").stdout
     for line in out.splitlines():
         if "Dumped by pg_dump version:" in line:
             return int(line.split(":", 1)[1].strip().split(".")[0])

