@@ -16,10 +16,10 @@ import socket
 import stat
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 
 from backup_core import reaper
 from backup_core.conninfo import ConnInfo
@@ -31,7 +31,7 @@ from backup_core.toolchain import Toolchain, version_argv
 log = logging.getLogger("atb.cluster")
 
 # Settings for a cluster whose data is disposable: durability traded for restore speed.
-FAST_SETTINGS: dict[str, str] = {
+FAST_SETTINGS: Mapping[str, str] = MappingProxyType({
     "fsync": "off",
     "full_page_writes": "off",
     "synchronous_commit": "off",
@@ -41,7 +41,7 @@ FAST_SETTINGS: dict[str, str] = {
     "checkpoint_timeout": "30min",
     "maintenance_work_mem": "512MB",
     "autovacuum": "off",
-}
+})
 
 
 def service_user() -> str | None:

@@ -26,8 +26,6 @@ log = logging.getLogger("atb.sandbox")
 DEFAULT_IMAGE = "postgres:{major}"
 SOCKET_DIR_IN_CONTAINER = "/var/run/postgresql"
 LABEL = "atb.drill"  # on every drill container, so a test (or an operator) can find them
-# testcontainers says "Pulling image" at INFO even for a local image; its errors still reach us
-logging.getLogger("testcontainers").setLevel(logging.WARNING)
 BUILD_HINT = ("deploy/docker/build-postgres-image builds one offline; or use --sandbox local")
 
 
@@ -171,6 +169,9 @@ def postgres_container(spec: ContainerSpec, *, loopback: bool,
         from testcontainers.community.postgres import PostgresContainer
         from testcontainers.core.config import testcontainers_config
         from testcontainers.core.wait_strategies import ExecWaitStrategy
+    # testcontainers says "Pulling image" at INFO even for a local image; its errors still
+    # reach us. Set here, when it is used, not as a side effect of importing this module.
+    logging.getLogger("testcontainers").setLevel(logging.WARNING)
     if "TESTCONTAINERS_RYUK_DISABLED" not in os.environ:
         # atb removes its container itself; the reaper's image is one more pull, which
         # offline engines cannot make. Set the variable to false to have it as well.
