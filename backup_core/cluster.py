@@ -234,6 +234,21 @@ class Cluster:
             raise ToolchainError(f"{self.toolchain.bindir} has no initdb/pg_ctl/postgres")
         run_as = service_user()
         self.toolchain = servable(self.toolchain, run_as, runner=self.runner)
+        self._make_workdir(run_as)
+        self._fill_datadir(run_as)
+        self.port = free_port() if self.tcp else 5432
+        conf = server_conf(port=self.port, tcp=self.tcp, socket_dir=self.socket_dir,
+                           settings=self.settings,
+                           hba_file=(self.datadir / "pg_hba.conf"
+                                     if self.populate is not None else None))
+        with open(self.datadir / "postgresql.conf", "a") as fh:
+            fh.write("\n# atb throwaway cluster\n")
+            fh.writelines(f"{k} = {v}\n" for k, v in conf.items())
+        self._pg_ctl_start(run_as)
+        self._running = True
+        log.debug("cluster %s started (PostgreSQL %s)", self.workdir, self.toolchain.version)
+
+    def _make_workdir(self, run_as: str | None) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix=reaper.WORKDIR_PREFIX, dir=self.base_dir))
         # before the server exists: a kill -9 from here on leaves a record the next drill
         # (or `atb doctor`) reaps, since pg_ctl's server does not die with us
@@ -244,30 +259,21 @@ class Cluster:
             for path in (self.workdir, self.socket_dir):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
             self.workdir.chmod(0o711)
-        if self.populate is not None:
-            self.datadir.mkdir(mode=0o700)
-            if run_as:
-                entry = pwd.getpwnam(run_as)
-                os.chown(self.datadir, entry.pw_uid, entry.pw_gid)
-            self.populate(self.datadir, run_as)
-            # socket only, trust: as a fresh sandbox; production's rules do not apply here
-            (self.datadir / "pg_hba.conf").write_text("local all all trust\n")
-        else:
+
+    def _fill_datadir(self, run_as: str | None) -> None:
+        """initdb, or `populate` (a pgBackRest restore) into an empty data directory."""
+        if self.populate is None:
             self._initdb(run_as)
-        self.port = free_port() if self.tcp else 5432
-        conf = {
-            "listen_addresses": "'127.0.0.1'" if self.tcp else "''",
-            "port": str(self.port),
-            "unix_socket_directories": f"'{self.socket_dir}'",
-            "logging_collector": "off",
-            "max_connections": "50",
-            **{k: _quote_setting(v) for k, v in self.settings.items()},
-        }
-        if self.populate is not None:
-            conf.update(hba_file=f"'{self.datadir / 'pg_hba.conf'}'", ssl="off")
-        with open(self.datadir / "postgresql.conf", "a") as fh:
-            fh.write("\n# atb throwaway cluster\n")
-            fh.writelines(f"{k} = {v}\n" for k, v in conf.items())
+            return
+        self.datadir.mkdir(mode=0o700)
+        if run_as:
+            entry = pwd.getpwnam(run_as)
+            os.chown(self.datadir, entry.pw_uid, entry.pw_gid)
+        self.populate(self.datadir, run_as)
+        # socket only, trust: as a fresh sandbox; production's rules do not apply here
+        (self.datadir / "pg_hba.conf").write_text("local all all trust\n")
+
+    def _pg_ctl_start(self, run_as: str | None) -> None:
         try:
             self.runner(
                 pg_ctl_start_argv(self.toolchain, self.datadir, logfile=self.logfile,
@@ -281,8 +287,6 @@ class Cluster:
                 f"{self._log_tail()}",
                 detail=exc.detail,
             ) from exc
-        self._running = True
-        log.debug("cluster %s started (PostgreSQL %s)", self.workdir, self.toolchain.version)
 
     def _initdb(self, run_as: str | None) -> None:
         assert self.workdir is not None
@@ -335,6 +339,23 @@ class Cluster:
                 shutil.rmtree(self.workdir, ignore_errors=True)
             reaper.unregister(self._record)
             self._record = None
+
+
+def server_conf(*, port: int, tcp: bool, socket_dir: Path, settings: Mapping[str, str],
+                hba_file: Path | None) -> dict[str, str]:
+    """The lines appended to the cluster's postgresql.conf: loopback TCP or no TCP at all,
+    our socket directory, then the caller's settings (quoted as the file wants them)."""
+    conf = {
+        "listen_addresses": "'127.0.0.1'" if tcp else "''",
+        "port": str(port),
+        "unix_socket_directories": f"'{socket_dir}'",
+        "logging_collector": "off",
+        "max_connections": "50",
+        **{k: _quote_setting(v) for k, v in settings.items()},
+    }
+    if hba_file is not None:
+        conf.update(hba_file=f"'{hba_file}'", ssl="off")
+    return conf
 
 
 def _quote_setting(value: str) -> str:

@@ -170,3 +170,18 @@ def test_a_cluster_whose_server_does_not_start_is_removed_and_says_why(tmp_path:
     assert caught.value.detail == "boom"
     assert [what for what, _, _ in runner.calls][-1] == "pg_ctl start"  # never started: no stop
     assert os.listdir(tmp_path) == []
+
+
+def test_server_conf_listens_on_loopback_or_nowhere_and_quotes_settings() -> None:
+    assert cluster.server_conf(port=5432, tcp=False, socket_dir=Path("/w/sock"),
+                               settings={"work_mem": "64MB", "fsync": "off"},
+                               hba_file=None) == {
+        "listen_addresses": "''", "port": "5432", "unix_socket_directories": "'/w/sock'",
+        "logging_collector": "off", "max_connections": "50", "work_mem": "'64MB'",
+        "fsync": "off"}
+    conf = cluster.server_conf(port=40001, tcp=True, socket_dir=Path("/w/sock"),
+                               settings={"search_path": "it's"},
+                               hba_file=Path("/w/data/pg_hba.conf"))
+    assert conf["listen_addresses"] == "'127.0.0.1'"
+    assert conf["search_path"] == "'it''s'"
+    assert (conf["hba_file"], conf["ssl"]) == ("'/w/data/pg_hba.conf'", "off")
