@@ -53,10 +53,15 @@ def load_datagen() -> ModuleType:
     return module
 
 
+def alembic_upgrade_argv(ini: Path, revision: str, python: str = sys.executable) -> list[str]:
+    """The example's migrations, up to `revision`: the URL travels in the environment."""
+    return [python, "-m", "alembic", "-c", str(ini), "upgrade", revision]
+
+
 def alembic_upgrade(target: ConnInfo, revision: str) -> None:
     ini = example_dir() / "alembic.ini"
-    run([sys.executable, "-m", "alembic", "-c", str(ini), "upgrade", revision],
-        what=f"alembic upgrade {revision}", env=alembic_env(target), cwd=ini.parent)
+    run(alembic_upgrade_argv(ini, revision), what=f"alembic upgrade {revision}",
+        env=alembic_env(target), cwd=ini.parent)
 
 
 def timeline(now: datetime, *, days: int, hourly_days: int) -> list[datetime]:

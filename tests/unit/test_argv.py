@@ -17,6 +17,7 @@ from backup_core.conninfo import ConnInfo
 from backup_core.errors import CommandFailed
 from backup_core.restore import restore_argv
 from backup_core.runner import Completed
+from drills import demo
 from drills.render import chromium_argv
 
 
@@ -84,9 +85,11 @@ def test_pg_ctl_start_and_stop_argv() -> None:
         "/pg/15/bin/pg_ctl", "-D", "/w/data", "-m", "immediate", "-w", "-t", "30", "stop"]
 
 
-def test_alembic_child_argv_carries_no_url() -> None:
+def test_alembic_argv_carries_no_url() -> None:
     assert migrate.child_argv(Path("/app/alembic.ini"), python="/venv/bin/python") == [
         "/venv/bin/python", "-m", "backup_core.alembic_child", "/app/alembic.ini"]
+    assert demo.alembic_upgrade_argv(Path("/ex/alembic.ini"), "0003", python="/v/python") == [
+        "/v/python", "-m", "alembic", "-c", "/ex/alembic.ini", "upgrade", "0003"]
 
 
 def test_pgbackrest_argv_for_a_stanza_and_a_point_in_time_restore() -> None:
