@@ -45,8 +45,11 @@ def executable() -> str:
     return exe
 
 
-def stanza_argv(exe: str, stanza: Stanza, *command: str) -> list[str]:
-    """pgBackRest on one stanza, never writing a log file of its own."""
+def stanza_argv(exe: str, stanza: Stanza | None, *command: str) -> list[str]:
+    """pgBackRest on one stanza, never writing a log file of its own; with no stanza, the
+    bare command (`version`)."""
+    if stanza is None:
+        return [exe, *command]
     config = [f"--config={stanza.config}"] if stanza.config else []
     return [exe, *config, f"--stanza={stanza.name}", "--log-level-file=off", *command]
 
@@ -92,7 +95,8 @@ def version() -> tuple[str, tuple[int, int] | None] | None:
     exe = shutil.which("pgbackrest")
     if exe is None:
         return None
-    done = run([exe, "version"], what="pgbackrest version", check=False, timeout=30)
+    done = run(stanza_argv(exe, None, "version"), what="pgbackrest version", check=False,
+               timeout=30)
     found = re.search(r"(\d+)\.(\d+)", done.stdout)
     if not found:
         return f"{exe} (version unknown)", None

@@ -100,6 +100,7 @@ def test_pgbackrest_argv_for_a_stanza_and_a_point_in_time_restore() -> None:
         "--log-level-file=off", "info", "--output=json"]
     assert pgbackrest.stanza_argv(exe, pgbackrest.Stanza("x")) == [
         exe, "--stanza=x", "--log-level-file=off"]
+    assert pgbackrest.stanza_argv(exe, None, "version") == [exe, "version"]
     at = datetime(2026, 11, 29, 20, 15, 0, tzinfo=UTC)
     argv = pgbackrest.restore_argv(exe, stanza, Path("/w/data dir"), target=at,
                                    backup="20261129-200000F", lock_dir=Path("/w/lock"))
