@@ -4,6 +4,7 @@ injected runner: nothing here starts a process."""
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,9 +15,9 @@ import pytest
 from backup_core import cluster, commands, migrate, pgbackrest, roles, toolchain
 from backup_core.backup import dump_argv
 from backup_core.conninfo import ConnInfo
-from backup_core.errors import CommandFailed
+from backup_core.errors import CommandFailed, ToolchainError
 from backup_core.restore import restore_argv
-from backup_core.runner import Completed
+from backup_core.runner import Completed, run, spawn
 from drills import demo
 from drills.render import chromium_argv
 
@@ -189,3 +190,16 @@ def test_server_conf_listens_on_loopback_or_nowhere_and_quotes_settings() -> Non
     assert conf["listen_addresses"] == "'127.0.0.1'"
     assert conf["search_path"] == "'it''s'"
     assert (conf["hba_file"], conf["ssl"]) == ("'/w/data/pg_hba.conf'", "off")
+
+
+def test_a_missing_program_is_one_actionable_error_from_run_and_spawn() -> None:
+    message = ("pg_dump: program /nowhere/pg_dump not found; install PostgreSQL client tools "
+               "or set PG_BINDIR (see `atb doctor`)")
+    with pytest.raises(ToolchainError) as ran:
+        run(["/nowhere/pg_dump", "--version"], what="pg_dump")
+    assert str(ran.value) == message
+    with pytest.raises(ToolchainError) as spawned:
+        spawn(["/nowhere/pg_dump"], what="pg_dump", stdout=subprocess.PIPE,
+              stderr=subprocess.DEVNULL)
+    assert str(spawned.value) == message
+    assert ran.value.exit_code == spawned.value.exit_code == 3
