@@ -17,7 +17,6 @@ import ipaddress
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -27,8 +26,9 @@ from pathlib import Path
 
 from backup_core import db
 from backup_core.conninfo import ConnInfo, ambient_env
-from backup_core.errors import ConfigError
+from backup_core.errors import AtbError, ConfigError
 from backup_core.relay import Relay
+from backup_core.runner import run
 
 NETWORK = "network"
 ENVIRONMENT_ONLY = "environment only"
@@ -157,15 +157,14 @@ def probe() -> Isolation:
     if unshare is None:
         return Isolation(ENVIRONMENT_ONLY, "unshare (util-linux) is not installed")
     root = os.geteuid() == 0
-    env = {k: os.environ[k] for k in ("PATH", "PYTHONPATH") if k in os.environ}
-    # the launcher itself, covering a file: every step a real child needs, tried once
+    # the launcher itself, covering a file: every step a real child needs, tried once, with
+    # the sealed environment a real child gets
     with tempfile.NamedTemporaryFile(prefix="atb-probe-") as trial:
         try:
-            done = subprocess.run(isolated_argv(["true"], hide=[trial.name], root=root,
-                                                unshare_path=unshare),
-                                  capture_output=True, text=True, timeout=30, check=False,
-                                  stdin=subprocess.DEVNULL, env=env)
-        except (OSError, subprocess.SubprocessError) as exc:
+            done = run(isolated_argv(["true"], hide=[trial.name], root=root,
+                                     unshare_path=unshare),
+                       what="the isolation probe", check=False, timeout=30)
+        except (AtbError, OSError) as exc:
             return Isolation(ENVIRONMENT_ONLY, f"unshare cannot run: {exc}")
     if done.returncode != 0:
         why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
