@@ -96,7 +96,7 @@ class _Named:
     skew_s: float
 
 
-def _snapshot_and_name(conn: psycopg.Connection[Any], backup_dir: Path, dbname: str,
+def _snapshot_and_name(conn: psycopg.Connection[Any], backup_dir: Path, *, dbname: str,
                        at: datetime | None, clock: Callable[[], datetime]) -> _Named:
     """Export the dump's snapshot and name the backup by the second the *server's* clock
     gives it (a backup host with a wrong clock must not file today's dump under last
@@ -164,7 +164,8 @@ def create_backup(
         lock = lock_path(backup_dir, source.dbname)
         make_tree(backup_dir, lock.parent)
         with DatabaseLock(lock, wait=wait):
-            named = _snapshot_and_name(conn, backup_dir, source.dbname, at, clock)
+            named = _snapshot_and_name(conn, backup_dir, dbname=source.dbname, at=at,
+                                       clock=clock)
             warn_clock(named.skew_s, named.server_at)
             make_tree(backup_dir, named.final.parent)
             return _backup_locked(_Job(
@@ -252,8 +253,7 @@ class _SnapshotReader:
     def _read(self) -> None:
         job = self._job
         try:
-            self._found.append(_describe_snapshot(job.source, job.named.snapshot,
-                                                  job.row_counts, job.workers))
+            self._found.append(_describe_snapshot(job))
         except psycopg.Error as exc:
             self._errors.append(CommandFailed(
                 f"reading row counts and schema in the dump's snapshot failed: "
@@ -302,7 +302,7 @@ def _backup_locked(job: _Job) -> BackupResult:
         roles_text = roles.dump_roles(job.chain, job.source).encode()
         write_private(files.roles_partial, roles_text)
         snap = reader.result()
-        manifest = _manifest(job, files, snap, size=size, digest=digest, toc=toc,
+        manifest = _manifest(job, files, snap=snap, size=size, digest=digest, toc=toc,
                              roles_text=roles_text, elapsed=time.monotonic() - t0)
         job.report("publish", size)
         files.publish(manifest)
@@ -314,7 +314,7 @@ def _dump_into(job: _Job, partial: Path, reader: _SnapshotReader) -> tuple[int, 
     """pg_dump into `partial`; when it fails because our own snapshot reading failed first,
     that is the error a user needs."""
     try:
-        dumped = _stream_dump(job.chain, job.source, job.named.snapshot, partial, job.report)
+        dumped = _stream_dump(job, partial)
     except CommandFailed:
         failure = reader.failure()
         if failure is not None:
@@ -324,7 +324,7 @@ def _dump_into(job: _Job, partial: Path, reader: _SnapshotReader) -> tuple[int, 
     return dumped
 
 
-def _manifest(job: _Job, files: _Files, snap: _Snapshot, *, size: int, digest: str, toc: int,
+def _manifest(job: _Job, files: _Files, *, snap: _Snapshot, size: int, digest: str, toc: int,
               roles_text: bytes, elapsed: float) -> Manifest:
     """The backup's manifest; every recorded time is the server's clock."""
     named = job.named
@@ -364,17 +364,15 @@ def dump_argv(chain: toolchain.Toolchain, conninfo: str, snapshot: str) -> list[
             f"--dbname={conninfo}"]
 
 
-def _stream_dump(
-    chain: toolchain.Toolchain, source: ConnInfo, snapshot: str, partial: Path, report: Progress
-) -> tuple[int, str]:
+def _stream_dump(job: _Job, partial: Path) -> tuple[int, str]:
     """Run pg_dump to stdout, hashing and writing each chunk; returns (size, sha256)."""
-    with childenv.for_tool(source) as (conninfo, tool_env), \
+    with childenv.for_tool(job.source) as (conninfo, tool_env), \
             tempfile.TemporaryFile() as errfile, _created(partial) as fd:
-        proc = spawn(dump_argv(chain, conninfo, snapshot), what="pg_dump", env=tool_env,
-                     stdout=subprocess.PIPE, stderr=errfile)
+        proc = spawn(dump_argv(job.chain, conninfo, job.named.snapshot), what="pg_dump",
+                     env=tool_env, stdout=subprocess.PIPE, stderr=errfile)
         with proc:
             try:
-                size, digest = _copy_hashed(proc, fd, partial, report)
+                size, digest = _copy_hashed(proc, fd, path=partial, report=job.report)
                 returncode = proc.wait()
                 os.fsync(fd)
             except BaseException:
@@ -401,7 +399,7 @@ def _created(path: Path) -> Iterator[int]:
         os.close(fd)
 
 
-def _copy_hashed(proc: subprocess.Popen[bytes], fd: int, path: Path,
+def _copy_hashed(proc: subprocess.Popen[bytes], fd: int, *, path: Path,
                  report: Progress) -> tuple[int, str]:
     assert proc.stdout is not None
     digest = hashlib.sha256()
@@ -431,9 +429,11 @@ def _toc_entries(chain: toolchain.Toolchain, path: Path) -> int:
     return sum(1 for ln in out.splitlines() if ln.strip() and not ln.startswith(";"))
 
 
-def _describe_snapshot(source: ConnInfo, snapshot: str, mode: str, workers: int) -> _Snapshot:
+def _describe_snapshot(job: _Job) -> _Snapshot:
     """Inventory and counts on connections that import the snapshot; the exporting
     connection stays untouched, since any error on it would abort the snapshot for pg_dump."""
+    source, snapshot, mode, workers = (job.source, job.named.snapshot, job.row_counts,
+                                       job.workers)
 
     def in_snapshot() -> psycopg.Connection[Any]:
         c = db.connect(source, autocommit=True)
