@@ -112,11 +112,14 @@ def _snapshot_and_name(conn: psycopg.Connection[Any], backup_dir: Path, *, dbnam
         skew = round((local - row[2]).total_seconds(), 3)
         taken = at if at is not None else server_at.replace(microsecond=0)
         final = backup_path(backup_dir, dbname, taken)
-        if not final.exists():
+        # a run killed after publishing its roles or manifest left them under this name
+        taken_by = next((f for f in (final, manifest_path(final), roles_path(final))
+                         if f.exists()), None)
+        if taken_by is None:
             return _Named(final, taken, str(row[0]), server_at, skew)
         conn.rollback()
         if at is not None:
-            raise StorageError(f"{final} already exists; a backup is never overwritten")
+            raise StorageError(f"{taken_by} already exists; a backup is never overwritten")
         time.sleep(1.0 - server_at.microsecond / 1e6 + 0.01)
 
 
