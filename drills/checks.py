@@ -20,6 +20,7 @@ from backup_core import (
     toolchain,
 )
 from backup_core.catalog import Backup
+from backup_core.commands import pg_amcheck_argv, pg_restore_list_argv
 from backup_core.conninfo import ConnInfo
 from backup_core.durations import human
 from backup_core.errors import ProductionTouched
@@ -82,8 +83,8 @@ def test_archive_is_readable_by_the_runbook_pg_restore(
                   "runbook, or take backups with pg_dump of the server's major")
     same = [c for c in drill_chains if c.major == runbook and c.has("pg_restore")]
     if same:
-        done = run([same[0].tool("pg_restore"), "--list", str(drill_backup.path)],
-                   what="pg_restore --list", check=False)
+        done = run(pg_restore_list_argv(same[0], drill_backup.path), what="pg_restore --list",
+                   check=False)
         if done.returncode != 0:
             raise CheckFailed(f"pg_restore {same[0].version} could not list the archive",
                               output=done.stderr)
@@ -318,9 +319,8 @@ def test_amcheck_finds_no_corruption(drill_final_url: ConnInfo, drill_sandbox: S
     if chain is None or not chain.has("pg_amcheck"):
         pytest.skip("no pg_amcheck in the sandbox's toolchain")
     with childenv.for_tool(drill_sandbox.for_tools) as (conninfo, tool_env):
-        done = run([chain.tool("pg_amcheck"), "--install-missing", "--no-password",
-                    conninfo], what="pg_amcheck", env=tool_env, check=False,
-                   timeout=3600)
+        done = run(pg_amcheck_argv(chain, conninfo), what="pg_amcheck", env=tool_env,
+                   check=False, timeout=3600)
     if "permission denied to create extension" in done.stderr:
         pytest.skip("pg_amcheck needs the amcheck extension, which only a superuser of the "
                     "sandbox server can install")
