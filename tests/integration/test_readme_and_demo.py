@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -120,10 +121,16 @@ def test_every_runnable_readme_example_works(pg15: Cluster, pg18: Cluster,
 
 
 def test_the_demo_passes_end_to_end(tmp_path: Path) -> None:
-    tmp = tmp_path / "tmp"  # its own TMPDIR: what is left there is the demo's, no one else's
-    tmp.mkdir()
-    done = atb("demo", "--json", "--seed", "3", "--report-dir", str(tmp_path / "reports"),
-               timeout=400, env={"TMPDIR": str(tmp)})
+    # its own TMPDIR, so what is left there is the demo's and no one else's; under /tmp and
+    # traversable, as TMPDIR is, since the demo's server runs as an unprivileged user
+    tmp = Path(tempfile.mkdtemp(prefix="atb-demo-test-", dir="/tmp"))
+    tmp.chmod(0o755)
+    try:
+        done = atb("demo", "--json", "--seed", "3", "--report-dir", str(tmp_path / "reports"),
+                   timeout=400, env={"TMPDIR": str(tmp)})
+        left = list(tmp.glob("atb-demo-*"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["verdict"] == "PASS" and result["backups_made"] > 200
@@ -134,4 +141,4 @@ def test_the_demo_passes_end_to_end(tmp_path: Path) -> None:
     html = Path(result["report"]).read_text()
     assert "Verdict: PASS" in html and "measured, target 1h 00m: met" in html
     assert f"{drill['alembic']['before']} -&gt; 0005_rename_balance_equity" in html
-    assert not list(tmp.glob("atb-demo-*")), "the demo's backup tree was not removed"
+    assert not left, "the demo's backup tree was not removed"
