@@ -30,6 +30,7 @@ SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 MS_BIND = 4096
+MS_RDONLY, MS_REMOUNT, MS_REC = 1, 32, 16384
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 PR_SET_PDEATHSIG = 1
@@ -84,6 +85,17 @@ def cover(path: str) -> None:
         raise IsolationFailed(f"cannot hide {path}: {os.strerror(err)}")
 
 
+def read_only(path: str) -> None:
+    """Bind `path` onto itself read-only: whatever runs inside (as root too, with
+    CAP_SYS_ADMIN dropped) cannot delete or change the backups it drills."""
+    libc = _libc()
+    target = os.fsencode(path)
+    if libc.mount(target, target, None, MS_BIND | MS_REC, None) != 0 or libc.mount(
+            None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None) != 0:
+        raise IsolationFailed(f"cannot make {path} read-only: "
+                              f"{os.strerror(ctypes.get_errno())}")
+
+
 def mount_proc() -> None:
     """A /proc of this PID namespace over the host's: only our own processes are in it."""
     libc = _libc()
@@ -126,13 +138,16 @@ def drop_capabilities() -> None:
 
 def parse(argv: list[str]) -> tuple[list[str], dict[str, str], list[str]]:
     """(paths to hide, HOST:PORT -> socket to forward, the command) from
-    `[--hide P]... [--forward HOST:PORT=SOCKET]... -- CMD...`."""
+    `[--hide P]... [--read-only P]... [--forward HOST:PORT=SOCKET]... -- CMD...`; a read-only
+    path is returned in the first list as `ro:P`."""
     hide: list[str] = []
     forward: dict[str, str] = {}
     i = 0
-    while i + 1 < len(argv) and argv[i] in ("--hide", "--forward"):
+    while i + 1 < len(argv) and argv[i] in ("--hide", "--read-only", "--forward"):
         if argv[i] == "--hide":
             hide.append(argv[i + 1])
+        elif argv[i] == "--read-only":
+            hide.append("ro:" + argv[i + 1])
         else:
             addr, sep, path = argv[i + 1].partition("=")
             if not sep or not path:
@@ -140,7 +155,7 @@ def parse(argv: list[str]) -> tuple[list[str], dict[str, str], list[str]]:
             forward[addr] = path
         i += 2
     if i >= len(argv) or argv[i] != "--" or i + 1 >= len(argv):
-        raise IsolationFailed("usage: isolate_exec [--hide PATH]... "
+        raise IsolationFailed("usage: isolate_exec [--hide PATH]... [--read-only PATH]... "
                               "[--forward HOST:PORT=SOCKET]... -- COMMAND...")
     return hide, forward, argv[i + 1:]
 
@@ -256,6 +271,9 @@ def main(argv: list[str]) -> int:
         check_namespaces()
         loopback_up()
         for path in hide:
+            if path.startswith("ro:"):
+                read_only(path[3:])
+                continue
             try:
                 cover(path)
             except IsolationFailed:

@@ -75,14 +75,17 @@ def unshare_argv(unshare: str, *, root: bool) -> list[str]:
 
 
 def isolated_argv(argv: list[str], *, hide: Iterable[str], root: bool,
-                  unshare_path: str, forward: Mapping[str, str] | None = None) -> list[str]:
+                  unshare_path: str, forward: Mapping[str, str] | None = None,
+                  read_only: Iterable[str] = ()) -> list[str]:
     """`argv` run by `isolate_exec` inside new network and mount namespaces, `hide` covered,
-    each `forward` HOST:PORT listened on inside and carried to its unix socket outside."""
+    `read_only` bound read-only, each `forward` HOST:PORT listened on inside and carried to
+    its unix socket outside."""
     hidden = [part for path in hide for part in ("--hide", path)]
+    frozen = [part for path in read_only for part in ("--read-only", path)]
     forwards = [part for addr, path in (forward or {}).items()
                 for part in ("--forward", f"{addr}={path}")]
     return [*unshare_argv(unshare_path, root=root), sys.executable, "-m",
-            "backup_core.isolate_exec", *hidden, *forwards, "--", *argv]
+            "backup_core.isolate_exec", *hidden, *frozen, *forwards, "--", *argv]
 
 
 def split_service(text: str) -> tuple[str, int]:
@@ -256,7 +259,8 @@ INSIDE = Isolation(NETWORK, "inside the drill's network namespace already")
 
 def wrap(argv: list[str], *, allow: Iterable[str] = (),
          env: Mapping[str, str] | None = None,
-         forward: Mapping[str, str] | None = None) -> tuple[list[str], Isolation]:
+         forward: Mapping[str, str] | None = None,
+         read_only: Iterable[str] = ()) -> tuple[list[str], Isolation]:
     """`argv` as it should run: inside the namespaces when the platform allows and we are
     not inside them already; else unchanged (the caller still seals its environment)."""
     env = os.environ if env is None else env
@@ -269,7 +273,8 @@ def wrap(argv: list[str], *, allow: Iterable[str] = (),
     assert unshare is not None
     allow = [*allow, *(forward or {}).values()]
     return isolated_argv(argv, hide=hidden_paths(allow), root=os.geteuid() == 0,
-                         unshare_path=unshare, forward=forward), Isolation(
+                         unshare_path=unshare, forward=forward,
+                         read_only=read_only), Isolation(
                              iso.level, iso.reason, tuple(forward or ()))
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
+from backup_core.verdicts import DrillVerdict, caused_by_backup
+
 SCHEMA_ID = "atb.drill-report"
 SCHEMA_VERSION = 1
 T = TypeVar("T")
@@ -178,3 +180,16 @@ class DrillResult:
             checks=tuple(build(CheckRecord, c) for c in data.get("checks") or ()),
             findings=tuple(data.get("findings") or ()),
             reports=dict(data.get("reports") or {}), options=dict(data.get("options") or {}))
+
+
+def verdict_of(result: DrillResult, *, interrupted: bool) -> DrillVerdict:
+    """What is recorded beside the drilled backup: the verdict, and whether the backup
+    caused it (a failing check about its content or restore), so that a verdict it did not
+    cause never hides an earlier PASS."""
+    caused = caused_by_backup(result.verdict, {c.name: c.message for c in result.checks
+                                               if c.outcome == "failed"},
+                              interrupted=interrupted)
+    return DrillVerdict(
+        passed=result.passed, at=result.finished_at, report=result.reports.get("html", ""),
+        rto_s=result.rto.measured_s, verdict=result.verdict, caused=caused,
+        failed_checks=tuple(c.name for c in result.checks if c.outcome in ("failed", "error")))

@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -24,16 +25,19 @@ from dataclasses import replace
 from pathlib import Path
 
 from backup_core import childenv, guard, isolation, pgbackrest
+from backup_core.cluster import cache_root
 from backup_core.conninfo import ConnInfo, redact
 from backup_core.errors import AtbError, CommandFailed, ToolchainError
 from backup_core.isolation import Isolation
 from backup_core.manifest import read_manifest
 from backup_core.naming import manifest_path
 from backup_core.relay import Relay
+from backup_core.verdicts import record_drill
 from drills import docker_engine, observer
 from drills.options import DrillOptions
-from drills.result import DrillResult
+from drills.result import DrillResult, verdict_of
 
+log = logging.getLogger("atb.drill")
 PRODUCTION_ENV = "ATB_PRODUCTION_URL"
 # the isolation the child runs under, as JSON (level, reason, allowed), for its report
 ISOLATION_ENV = "ATB_ISOLATION_FACTS"
@@ -130,11 +134,14 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
         # exit 2 for a stanza it does not know
         pgbackrest.info(pgbackrest.Stanza(options.stanza or "", options.pgbackrest_config))
     iso = drill_isolation(options)
+    # isolated, the child sees the backups read-only, so this process records the verdict
+    record_here = iso.network and options.record
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="atb-drill-"))
         result_file = Path(tmp) / "result.json"
         options_file = Path(tmp) / "options.json"
-        options_file.write_text(replace(options, result_file=result_file).to_json())
+        options_file.write_text(replace(options, result_file=result_file,
+                                        record=options.record and not record_here).to_json())
         argv = drill_argv(options_file)
         observer_socket, sandbox_url, allow = None, None, []
         if iso.network:
@@ -150,7 +157,8 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
                 out = stack.enter_context(Relay(ConnInfo.make(dbname="-", host=host,
                                                               port=port), raw=True))
                 forward[service] = str(out.socket_path)
-            argv, iso = isolation.wrap(argv, allow=allow, forward=forward)
+            argv, iso = isolation.wrap(argv, allow=allow, forward=forward,
+                                       read_only=read_only_trees(options, Path(tmp)))
         base = drill_env(options, production, env, iso=iso, observer_socket=observer_socket,
                          sandbox_url=sandbox_url)
         tail: collections.deque[str] = collections.deque(maxlen=40)
@@ -177,4 +185,23 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
             raise CommandFailed("the drill did not produce a result (pytest exit "
                                 f"{code}): {redact(tail[-1] if tail else '')}",
                                 detail=redact("\n".join(tail)))
-        return DrillResult.from_dict(json.loads(result_file.read_text()))
+        result = DrillResult.from_dict(json.loads(result_file.read_text()))
+    if record_here and result.backup.path:
+        try:
+            record_drill(Path(result.backup.path), verdict_of(result, interrupted=False))
+        except AtbError as exc:
+            log.warning("could not record the verdict beside the backup: %s", exc)
+    return result
+
+
+def read_only_trees(options: DrillOptions, scratch: Path) -> list[str]:
+    """The backup trees the drill reads, to be bound read-only in its namespace: application
+    code run as root there cannot delete or change a backup. A tree that holds where the drill
+    must write (its reports, its scratch directory) is left writable."""
+    trees = {options.backup_dir.resolve()}
+    if options.backup is not None:
+        trees.add(options.backup.resolve().parent)
+    writes = (options.report_dir.resolve(), scratch.resolve(),
+              Path(tempfile.gettempdir()).resolve(), cache_root().resolve())
+    return sorted(str(t) for t in trees if t.is_dir()
+                  and not any(w == t or w.is_relative_to(t) for w in writes))

@@ -12,12 +12,10 @@ import pytest
 
 from backup_core.conninfo import redact
 from backup_core.errors import AtbError
-from backup_core.verdicts import DrillVerdict, caused_by_backup, record_drill
+from backup_core.verdicts import record_drill
 from drills import report
 from drills.plugin.fixtures import DRILL_REPORT, EVIDENCE, FINDINGS, STATE
-from drills.result import (
-    DrillResult,
-)
+from drills.result import DrillResult, verdict_of
 from drills.state import DEFAULT_PHASE, INCOMPLETE, DrillState
 
 EXIT_INCOMPLETE = 10  # a built-in check did not run: not a pass, not a failure
@@ -99,16 +97,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         state.options.result_file.write_text(report.to_json(result))
     if state.backup is not None and state.options.record:
         # appended to the backup's history; a verdict the backup did not cause (a check that
-        # errored, an interrupted run, INCOMPLETE) never hides an earlier PASS
-        caused = caused_by_backup(result.verdict, {c.name: c.message for c in result.checks
-                                                   if c.outcome == "failed"},
-                                  interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
+        # errored, an interrupted run, INCOMPLETE) never hides an earlier PASS. Under `atb
+        # drill run` in namespaces the parent records it: the backups are read-only in here
         try:
-            record_drill(state.backup.path, DrillVerdict(
-                passed=result.passed, at=result.finished_at, report=str(state.paths.html),
-                rto_s=result.rto.measured_s, verdict=result.verdict, caused=caused,
-                failed_checks=tuple(c.name for c in result.checks
-                                    if c.outcome in ("failed", "error"))))
+            record_drill(state.backup.path, verdict_of(
+                result, interrupted=exitstatus == pytest.ExitCode.INTERRUPTED))
         except AtbError as exc:
             log.warning("could not record the verdict beside the backup: %s", exc)
     if result.verdict == INCOMPLETE:

@@ -215,13 +215,12 @@ def test_a_hard_link_to_productions_socket_under_another_name_is_unreachable(
     assert done.stdout == "blocked\n", done.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="open: application code keeps root's write access to "
-                   "the file system, backups included (proposal in the red-team report)")
 def test_application_code_cannot_delete_the_backup_being_drilled(
     production: tuple[ConnInfo, Path], tmp_path: Path
 ) -> None:
     """A careless integration suite's cleanup (`rm -rf` of what it thinks is its own) runs
-    as root inside the drill's namespaces: the backup tree is as writable as outside."""
+    as root inside the drill's namespaces, where the backup tree is bound read-only: the
+    backup survives (its verdict, when recorded, is written by atb outside)."""
     prod, path = production
     copy = tmp_path / "backups" / path.parent.name / path.name
     copy.parent.mkdir(parents=True)
@@ -231,9 +230,15 @@ def test_application_code_cannot_delete_the_backup_being_drilled(
     script = tmp_path / "cleanup.sh"
     script.write_text(f"#!/bin/sh\nrm -f {copy}\n")
     script.chmod(0o755)
+    before = copy.read_bytes()
     done, result = _drill(copy, tmp_path, "--integration-cmd", str(script), url=prod, env={})
     assert result, done.stderr
-    assert copy.is_file()
+    assert result["isolation"]["level"] == "network"
+    assert copy.read_bytes() == before
+    integration = next(c for c in result["checks"]
+                       if c["name"] == "test_application_integration_suite_passes")
+    assert integration["outcome"] == "failed"  # rm: Read-only file system
+    assert "Read-only file system" in result["integration"]["output_tail"]
 
 
 ENV_PY_THROUGH_THE_SERVER = '''
