@@ -218,3 +218,24 @@ def interrupt_drill(args: list[str], tmp: Path, while_running: Callable[[], None
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     return proc.returncode, out, err
+
+
+@contextmanager
+def read_only_tmpfs(mount: Path, fill: Callable[[Path], object]) -> Iterator[Path]:
+    """A 64 MB tmpfs at `mount`, filled by `fill`, then remounted read-only (root writes
+    everywhere else); unmounted afterwards. Skipped where it cannot be mounted (not root),
+    a failure in CI (which runs as root)."""
+    import pytest
+
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
+                      capture_output=True, check=False).returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root and must be able to mount a tmpfs")
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        fill(mount)
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -39,7 +39,7 @@ from backup_core.naming import (
     roles_path,
 )
 from tests.conftest import make_database
-from tests.helpers import atb_inproc, digests, fingerprint
+from tests.helpers import atb_inproc, digests, fingerprint, read_only_tmpfs
 
 _targets = itertools.count()
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -399,19 +399,9 @@ def test_a_server_stopped_mid_backup_reports_pg_dumps_own_error(
 @pytest.fixture
 def read_only_tree(app: ConnInfo, tmp_path: Path) -> Iterator[Path]:
     """A backup tree on a tmpfs remounted read-only (root can write anywhere else)."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail("CI runs as root and must be able to mount a tmpfs")
-        pytest.skip("cannot mount a tmpfs here (not root)")
-    try:
-        _history(app, mount, [1, 0.5])
-        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+    with read_only_tmpfs(tmp_path / "ro", lambda mount: _history(app, mount, [1, 0.5])) \
+            as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_verify_all_and_prometheus_on_a_read_only_path(

@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,7 +28,7 @@ from backup_core.errors import SafetyRefusal
 from backup_core.naming import backup_path, drill_path, manifest_path, roles_path, verify_path
 from drills.demo import example_dir
 from tests.conftest import make_database
-from tests.helpers import atb, atb_inproc, copy_backup, drill, oldest
+from tests.helpers import atb, atb_inproc, copy_backup, drill, oldest, read_only_tmpfs
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -325,21 +324,13 @@ def test_names_that_are_not_utf8_are_shown_escaped_by_every_command(
 @pytest.fixture
 def read_only_tree(seed: Path, tmp_path: Path) -> Iterator[Path]:
     """Ten backups, seven of them expired, on a tmpfs remounted read-only."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail("CI runs as root and must be able to mount a tmpfs")
-        pytest.skip("cannot mount a tmpfs here (not root)")
-    try:
+    def fill(mount: Path) -> None:
         clone(seed, mount, days_ago(0.5))  # a recent one: the old ones have expired
         for d in range(9):
             clone(seed, mount, days_ago(10 + d))
-        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+
+    with read_only_tmpfs(tmp_path / "ro", fill) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_prune_of_a_read_only_tree_is_one_line_exit_7_and_deletes_nothing(
