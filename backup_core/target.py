@@ -8,7 +8,7 @@ import secrets
 import signal
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -285,6 +285,17 @@ def _name(base: str, suffix: str) -> str:
     return short + suffix
 
 
+def _aside_name(conn: psycopg.Connection[Any], dbname: str) -> str:
+    """The timestamped name to set `dbname` aside under: the first free second from now on
+    (two swaps within one second must not collide; the name keeps its sortable shape)."""
+    moment = datetime.now(UTC).replace(microsecond=0)
+    while True:
+        name = _name(dbname, f"_old_{moment:%Y%m%dT%H%M%SZ}")
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            return name
+        moment += timedelta(seconds=1)
+
+
 def staging_name(dbname: str) -> str:
     return _name(dbname, f"_atb_staging_{secrets.token_hex(3)}")
 
@@ -294,9 +305,9 @@ def swap(target: ConnInfo, staging: str) -> str:
     comment), then rename `target` aside (kept, timestamped) and `staging` into its place in
     one transaction: at every instant one complete database holds the name. Returns the name
     the old database now has. Refuses while anyone is connected to the target."""
-    old = _name(target.dbname, f"_old_{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
     props = properties(target)
     with maintenance(target) as conn:
+        old = _aside_name(conn, target.dbname)
         try:
             for statement in property_statements(staging, props):
                 conn.execute(statement)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 from backup_core import backup, db, toolchain
 from backup_core.cluster import Cluster, service_user
 from backup_core.conninfo import ConnInfo
-from backup_core.target import INCOMPLETE, TEST_KILL_AT
+from backup_core.target import INCOMPLETE, TEST_KILL_AT, swap
 from tests.conftest import make_database
 from tests.helpers import atb, atb_inproc, fingerprint
 
@@ -276,3 +277,19 @@ def test_restore_clean_killed_at_every_step_loses_nothing(
         assert left in line
     assert ("(incomplete)" in line) == (phase in ("staging-created", "pg_restore",
                                                   "restored"))
+
+
+def test_two_swaps_within_one_second_set_both_old_databases_aside(pg15: Cluster) -> None:
+    """The aside name is timestamped to the second; a name already taken (a swap a moment ago,
+    or the next seconds too) moves on to the first free second instead of failing the swap."""
+    admin = pg15.url()
+    base = "twice_in_a_second"
+    now = datetime.now(UTC).replace(microsecond=0)
+    taken = [f"{base}_old_{now + timedelta(seconds=s):%Y%m%dT%H%M%SZ}" for s in range(3)]
+    with db.connect(admin, autocommit=True) as conn:
+        for name in (base, "twice_staging", *taken):
+            conn.execute(f'CREATE DATABASE "{name}"')
+    old = swap(pg15.url(base), "twice_staging")
+    assert old not in taken and old.startswith(f"{base}_old_") and len(old) == len(taken[0])
+    assert old > taken[-1]  # later than every taken second: names still sort by time
+    assert _databases(admin, base) == sorted([base, *taken, old])
