@@ -20,15 +20,16 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from backup_core import catalog, db, retention, toolchain
-from backup_core.backup import create_backup
-from backup_core.cluster import FAST_SETTINGS, Cluster
-from backup_core.conninfo import ConnInfo
-from backup_core.manifest import Manifest
-from backup_core.naming import backup_path, manifest_path
-from backup_core.restore import RestoreRequest, restore_backup
-from backup_core.runner import run
-from backup_core.verify import sha256_file, verify_backup
+from backup_core.ops.backup import create_backup
+from backup_core.ops.restore import RestoreRequest, restore_backup
+from backup_core.ops.verify import sha256_file, verify_backup
+from backup_core.store import catalog, retention
+from backup_core.store.manifest import Manifest
+from backup_core.store.naming import backup_path, manifest_path
+from backup_core.tools import db, toolchain
+from backup_core.tools.cluster import FAST_SETTINGS, Cluster
+from backup_core.tools.conninfo import ConnInfo
+from backup_core.tools.runner import run
 from bench.harness import Comparison, alternate, in_child, timed
 from bench.pitr import bench_pitr
 from drills import docker_engine, sandbox
@@ -228,12 +229,12 @@ def bench_size(size: str, chain: toolchain.Toolchain, chains: list[toolchain.Too
             repeat))
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         backup_rss = in_child(
-            "from pathlib import Path\nfrom backup_core.backup import create_backup\n"
-            "from backup_core.conninfo import ConnInfo\n"
+            "from pathlib import Path\nfrom backup_core.ops.backup import create_backup\n"
+            "from backup_core.tools.conninfo import ConnInfo\n"
             f"create_backup(ConnInfo.parse({info.secret_url!r}), Path({str(work / 'rss')!r}))",
             env)["maxrss_kb"] / 1024
         verify_rss = in_child(
-            "from pathlib import Path\nfrom backup_core.verify import verify_backup\n"
+            "from pathlib import Path\nfrom backup_core.ops.verify import verify_backup\n"
             f"verify_backup(Path({str(dump)!r}), deep=True, record=False)",
             env)["maxrss_kb"] / 1024
         mem = Comparison("peak RSS of our process (MiB)", "backup", "verify --deep",

@@ -12,11 +12,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from backup_core import db, pgbackrest, pitr, toolchain
-from backup_core.backup import create_backup
-from backup_core.cluster import Cluster, service_user
-from backup_core.conninfo import ConnInfo
-from backup_core.restore import RestoreRequest, restore_backup
+from backup_core.ops.backup import create_backup
+from backup_core.ops.restore import RestoreRequest, restore_backup
+from backup_core.pitr import pgbackrest, pitr
+from backup_core.tools import db, toolchain
+from backup_core.tools.cluster import Cluster, service_user
+from backup_core.tools.conninfo import ConnInfo
 from bench.harness import Comparison, alternate
 from drills import sandbox
 

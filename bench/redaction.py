@@ -9,7 +9,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from backup_core.conninfo import redact
+from backup_core.tools.conninfo import redact
 
 OLD_URL = re.compile(r"([A-Za-z][\w+.-]*://[^:/@\s'\"<>]*):[^\s'\"<>]*@")
 OLD_KEYWORD = re.compile(r"\b((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'\"&]+)")

@@ -8,25 +8,17 @@ from __future__ import annotations
 
 import pytest
 
-from backup_core import (
-    childenv,
-    db,
-    guard,
-    heartbeat,
-    inventory,
-    isolation,
-    probes,
-    status,
-    toolchain,
-)
-from backup_core.catalog import Backup
-from backup_core.commands import pg_amcheck_argv, pg_restore_list_argv
-from backup_core.conninfo import ConnInfo
-from backup_core.durations import human
-from backup_core.errors import ProductionTouched
-from backup_core.migrate import MigrateResult
-from backup_core.runner import run
-from backup_core.verify import VerifyResult
+from backup_core.ops import heartbeat, status
+from backup_core.ops.migrate import MigrateResult
+from backup_core.ops.verify import VerifyResult
+from backup_core.reading import guard, inventory
+from backup_core.store.catalog import Backup
+from backup_core.tools import childenv, db, isolation, probes, toolchain
+from backup_core.tools.commands import pg_amcheck_argv, pg_restore_list_argv
+from backup_core.tools.conninfo import ConnInfo
+from backup_core.tools.durations import human
+from backup_core.tools.errors import ProductionTouched
+from backup_core.tools.runner import run
 from drills import observer
 from drills.failures import CheckFailed
 from drills.plugin import (

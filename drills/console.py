@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from backup_core.conninfo import redact
+from backup_core.tools.conninfo import redact
 
 
 class _UtcFormatter(logging.Formatter):

@@ -21,13 +21,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from backup_core import catalog, db, retention, toolchain
-from backup_core.backup import create_backup
-from backup_core.cluster import Cluster
-from backup_core.conninfo import ConnInfo
-from backup_core.errors import ConfigError
-from backup_core.migrate import alembic_env
-from backup_core.runner import run
+from backup_core.ops.backup import create_backup
+from backup_core.ops.migrate import alembic_env
+from backup_core.store import catalog, retention
+from backup_core.tools import db, toolchain
+from backup_core.tools.cluster import Cluster
+from backup_core.tools.conninfo import ConnInfo
+from backup_core.tools.errors import ConfigError
+from backup_core.tools.runner import run
 from drills.options import DrillOptions
 from drills.result import DrillResult
 from drills.run import run_drill

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from backup_core.cluster import FAST_SETTINGS
-from backup_core.reaper import OWNER_LABEL, Owner, reap_containers
+from backup_core.tools.cluster import FAST_SETTINGS
+from backup_core.tools.reaper import OWNER_LABEL, Owner, reap_containers
 
 log = logging.getLogger("atb.sandbox")
 

@@ -15,9 +15,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from backup_core import childenv, isolation
-from backup_core.conninfo import ConnInfo, redact
-from backup_core.durations import human
+from backup_core.tools import childenv, isolation
+from backup_core.tools.conninfo import ConnInfo, redact
+from backup_core.tools.durations import human
 from drills.result import IntegrationFacts
 
 

@@ -20,9 +20,11 @@ from pathlib import Path
 
 import psycopg
 
-from backup_core import db, guard, wal_status
-from backup_core.conninfo import ConnInfo, redact
-from backup_core.errors import AtbError
+from backup_core.pitr import wal_status
+from backup_core.reading import guard
+from backup_core.tools import db
+from backup_core.tools.conninfo import ConnInfo, redact
+from backup_core.tools.errors import AtbError
 
 SOCKET_ENV = "ATB_OBSERVER_SOCKET"
 

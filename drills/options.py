@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from backup_core import isolation
-from backup_core.childenv import check_pass_env
-from backup_core.durations import check_seconds, parse_duration
-from backup_core.errors import ConfigError
-from backup_core.heartbeat import table_parts
+from backup_core.ops.heartbeat import table_parts
+from backup_core.tools import isolation
+from backup_core.tools.childenv import check_pass_env
+from backup_core.tools.durations import check_seconds, parse_duration
+from backup_core.tools.errors import ConfigError
 from drills.docker_engine import DEFAULT_IMAGE
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta
 
-from backup_core.catalog import Backup
-from backup_core.errors import AtbError
+from backup_core.store.catalog import Backup
+from backup_core.tools.errors import AtbError
 
 
 class NothingToDrill(AtbError):

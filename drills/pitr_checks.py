@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from backup_core.durations import human
+from backup_core.tools.durations import human
 from drills import checks as shared
 from drills.failures import CheckFailed
 from drills.pitr_fixtures import DataLoss, RecoveryOutcome

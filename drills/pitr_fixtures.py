@@ -15,12 +15,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from backup_core import db, heartbeat, pgbackrest, pitr, toolchain, wal_status
-from backup_core.catalog import Backup
-from backup_core.cluster import Cluster
-from backup_core.conninfo import ConnInfo
-from backup_core.durations import human
-from backup_core.errors import AtbError
+from backup_core.ops import heartbeat
+from backup_core.pitr import pgbackrest, pitr, wal_status
+from backup_core.store.catalog import Backup
+from backup_core.tools import db, toolchain
+from backup_core.tools.cluster import Cluster
+from backup_core.tools.conninfo import ConnInfo
+from backup_core.tools.durations import human
+from backup_core.tools.errors import AtbError
 from drills import observer
 from drills.result import PitrFacts, RpoFacts, SandboxFacts
 from drills.sandbox import SandboxInfo

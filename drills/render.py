@@ -12,8 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from backup_core.errors import ToolchainError
-from backup_core.runner import run
+from backup_core.tools.errors import ToolchainError
+from backup_core.tools.runner import run
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

@@ -8,9 +8,9 @@ from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import quote
 
-from backup_core.conninfo import redact
-from backup_core.durations import human
-from backup_core.fsutil import atomic_write_text, make_dirs
+from backup_core.tools.conninfo import redact
+from backup_core.tools.durations import human
+from backup_core.tools.fsutil import atomic_write_text, make_dirs
 from drills.console import size
 from drills.inert import html_text, md_cell, md_code, md_fence, md_text
 from drills.result import SCHEMA_ID, DrillResult, RtoFacts

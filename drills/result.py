@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
-from backup_core.verdicts import DrillVerdict, caused_by_backup
+from backup_core.store.verdicts import DrillVerdict, caused_by_backup
 
 SCHEMA_ID = "atb.drill-report"
 SCHEMA_VERSION = 1

@@ -2,7 +2,7 @@
 
 pytest is not started twice in one process; the child gets the production URL only as
 `ATB_PRODUCTION_URL` (to refuse it), never as `DATABASE_URL`. Where the platform allows, the
-child runs in new network and mount namespaces (`backup_core.isolation`): its users' checks,
+child runs in new network and mount namespaces (`backup_core.tools.isolation`): its users' checks,
 Alembic and the integration command reach only the sandbox, and it sees production only
 through the read-only observer this process serves (`drills.observer`), with no password.
 """
@@ -24,15 +24,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from backup_core import childenv, guard, isolation, pgbackrest
-from backup_core.cluster import cache_root
-from backup_core.conninfo import ConnInfo, redact
-from backup_core.errors import AtbError, CommandFailed, ToolchainError
-from backup_core.isolation import Isolation
-from backup_core.manifest import read_manifest
-from backup_core.naming import manifest_path
-from backup_core.relay import Relay
-from backup_core.verdicts import record_drill
+from backup_core.pitr import pgbackrest
+from backup_core.reading import guard
+from backup_core.store.manifest import read_manifest
+from backup_core.store.naming import manifest_path
+from backup_core.store.verdicts import record_drill
+from backup_core.tools import childenv, isolation
+from backup_core.tools.cluster import cache_root
+from backup_core.tools.conninfo import ConnInfo, redact
+from backup_core.tools.errors import AtbError, CommandFailed, ToolchainError
+from backup_core.tools.isolation import Isolation
+from backup_core.tools.relay import Relay
 from drills import docker_engine, observer
 from drills.options import DrillOptions
 from drills.result import DrillResult, verdict_of

@@ -26,10 +26,11 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from backup_core import db, guard, isolation, reaper, toolchain
-from backup_core.cluster import FAST_SETTINGS, Cluster
-from backup_core.conninfo import ConnInfo
-from backup_core.errors import AtbError, ConfigError, SafetyRefusal
+from backup_core.reading import guard
+from backup_core.tools import db, isolation, reaper, toolchain
+from backup_core.tools.cluster import FAST_SETTINGS, Cluster
+from backup_core.tools.conninfo import ConnInfo
+from backup_core.tools.errors import AtbError, ConfigError, SafetyRefusal
 from drills import docker_engine, observer
 
 log = logging.getLogger("atb.sandbox")

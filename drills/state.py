@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from backup_core.catalog import Backup
-from backup_core.conninfo import ConnInfo
-from backup_core.errors import AtbError
-from backup_core.fsutil import make_dirs
-from backup_core.guard import Observation
-from backup_core.naming import dir_name
+from backup_core.reading.guard import Observation
+from backup_core.store.catalog import Backup
+from backup_core.store.naming import dir_name
+from backup_core.tools.conninfo import ConnInfo
+from backup_core.tools.errors import AtbError
+from backup_core.tools.fsutil import make_dirs
 from drills.options import DrillOptions
 from drills.result import (
     AlembicFacts,

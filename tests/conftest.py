@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from backup_core import conninfo, db, toolchain
-from backup_core.cluster import Cluster, random_password
-from backup_core.conninfo import ConnInfo
+from backup_core.tools import conninfo, db, toolchain
+from backup_core.tools.cluster import Cluster, random_password
+from backup_core.tools.conninfo import ConnInfo
 from drills.demo import build_history
 
 pytest_plugins = ["pytester"]

@@ -17,10 +17,11 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from backup_core import catalog, conninfo
-from backup_core.conninfo import ConnInfo
-from backup_core.naming import manifest_path, roles_path
-from backup_core.target import TEST_KILL_AT
+from backup_core.reading.target import TEST_KILL_AT
+from backup_core.store import catalog
+from backup_core.store.naming import manifest_path, roles_path
+from backup_core.tools import conninfo
+from backup_core.tools.conninfo import ConnInfo
 
 
 def _child_env(env: Mapping[str, str] | None, url: ConnInfo | None) -> dict[str, str]:
@@ -103,7 +104,8 @@ def fingerprint(info: ConnInfo) -> dict[str, str]:
     schema hash the guard uses, and the Alembic revision. Equal means unchanged."""
     from psycopg import sql
 
-    from backup_core import db, guard, inventory
+    from backup_core.reading import guard, inventory
+    from backup_core.tools import db
 
     out: dict[str, str] = {}
     with db.connect(info) as conn:

@@ -14,8 +14,8 @@ from typing import Any, NoReturn
 
 import click
 
-from backup_core.conninfo import detach_libpq_environment, redact
-from backup_core.errors import AtbError
+from backup_core.tools.conninfo import detach_libpq_environment, redact
+from backup_core.tools.errors import AtbError
 from drills import console
 from drills.cli.db import db
 from drills.cli.demo import demo

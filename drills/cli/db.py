@@ -7,11 +7,12 @@ from pathlib import Path
 
 import click
 
-from backup_core import backup, catalog, restore, retention, verify
-from backup_core.durations import human
-from backup_core.health import HealthReport, Targets, check_health
-from backup_core.naming import parse_stamp, printable
-from backup_core.pgbackrest import Stanza
+from backup_core.ops import backup, restore, verify
+from backup_core.ops.health import HealthReport, Targets, check_health
+from backup_core.pitr.pgbackrest import Stanza
+from backup_core.store import catalog, retention
+from backup_core.store.naming import parse_stamp, printable
+from backup_core.tools.durations import human
 from drills import console
 from drills.cli import output
 from drills.cli.params import (

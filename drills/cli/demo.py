@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from backup_core import extras
+from backup_core.tools import extras
 from drills import console
 from drills.cli import output
 from drills.cli.drill import drill_line, drill_summary

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from backup_core.survey import PgbackrestFound, Survey, ToolchainUse, survey
+from backup_core.ops.survey import PgbackrestFound, Survey, ToolchainUse, survey
 from drills import sandbox
 from drills.cli import output
 from drills.cli.params import EXIT_CODES, json_option

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from backup_core import extras
+from backup_core.tools import extras
 from drills import console, render, sandbox
 from drills.cli import output
 from drills.cli.params import DAYS, EXIT_CODES, F, days, json_option, production

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from backup_core import heartbeat
-from backup_core.durations import human
+from backup_core.ops import heartbeat
+from backup_core.tools.durations import human
 from drills.cli import output
 from drills.cli.params import EXIT_CODES, conn, database_url_option, json_option
 

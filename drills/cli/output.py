@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
-from backup_core.conninfo import redact
+from backup_core.tools.conninfo import redact
 
 T = TypeVar("T")
 Column = tuple[str, Callable[[T], object]]

@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 
 import click
 
-from backup_core import guard
-from backup_core.conninfo import ConnInfo
-from backup_core.naming import printable
+from backup_core.reading import guard
+from backup_core.store.naming import printable
+from backup_core.tools.conninfo import ConnInfo
 
 EXIT_CODES = """\b
 Exit codes:

@@ -13,15 +13,18 @@ from typing import Any
 
 import pytest
 
-from backup_core import catalog, db, guard, inventory, status, toolchain
-from backup_core.catalog import Backup
-from backup_core.conninfo import ConnInfo, redact
-from backup_core.durations import human
-from backup_core.errors import AtbError, ProductionTouched
-from backup_core.manifest import Inventory
-from backup_core.migrate import MigrateResult, upgrade_head
-from backup_core.restore import RestoreRequest, archive_major, restore_backup
-from backup_core.verify import VerifyResult, verify_backup
+from backup_core.ops import status
+from backup_core.ops.migrate import MigrateResult, upgrade_head
+from backup_core.ops.restore import RestoreRequest, archive_major, restore_backup
+from backup_core.ops.verify import VerifyResult, verify_backup
+from backup_core.reading import guard, inventory
+from backup_core.store import catalog
+from backup_core.store.catalog import Backup
+from backup_core.store.manifest import Inventory
+from backup_core.tools import db, toolchain
+from backup_core.tools.conninfo import ConnInfo, redact
+from backup_core.tools.durations import human
+from backup_core.tools.errors import AtbError, ProductionTouched
 from drills import observer, sandbox
 from drills.result import (
     AlembicFacts,

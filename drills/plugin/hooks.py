@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from backup_core import catalog, guard, isolation, toolchain
-from backup_core.catalog import Backup
-from backup_core.conninfo import detach_libpq_environment, redact
-from backup_core.errors import AtbError, ConfigError
+from backup_core.reading import guard
+from backup_core.store import catalog
+from backup_core.store.catalog import Backup
+from backup_core.tools import isolation, toolchain
+from backup_core.tools.conninfo import detach_libpq_environment, redact
+from backup_core.tools.errors import AtbError, ConfigError
 from drills import observer, pick, sandbox
 from drills.options import OPTIONS, DrillOptions, builtin_checks
 from drills.plugin.fixtures import STATE

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from backup_core.conninfo import redact
+from backup_core.tools.conninfo import redact
 from drills import report
 from drills.inert import html_text
 from drills.plugin.fixtures import DRILL_REPORT, STATE

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from backup_core.conninfo import redact
-from backup_core.errors import AtbError
-from backup_core.verdicts import record_drill
+from backup_core.store.verdicts import record_drill
+from backup_core.tools.conninfo import redact
+from backup_core.tools.errors import AtbError
 from drills import report
 from drills.plugin.fixtures import DRILL_REPORT, EVIDENCE, FINDINGS, STATE
 from drills.result import DrillResult, verdict_of

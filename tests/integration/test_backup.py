@@ -14,13 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from backup_core import backup, catalog, db, inventory, toolchain
-from backup_core.cluster import Cluster
-from backup_core.errors import ToolchainError
-from backup_core.locking import DatabaseLock
-from backup_core.manifest import read_manifest
-from backup_core.naming import manifest_path
-from backup_core.verify import sha256_file
+from backup_core.ops import backup
+from backup_core.ops.verify import sha256_file
+from backup_core.reading import inventory
+from backup_core.store import catalog
+from backup_core.store.manifest import read_manifest
+from backup_core.store.naming import manifest_path
+from backup_core.tools import db, toolchain
+from backup_core.tools.cluster import Cluster
+from backup_core.tools.errors import ToolchainError
+from backup_core.tools.locking import DatabaseLock
 from tests.conftest import make_database
 from tests.helpers import atb, atb_inproc
 
@@ -91,7 +94,7 @@ def test_row_counts_are_taken_in_the_dumps_snapshot_while_writes_continue(
     target = make_database(pg15, rows=0)
     with db.connect(target, autocommit=True) as conn:
         conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-    from backup_core.restore import RestoreRequest, restore_backup
+    from backup_core.ops.restore import RestoreRequest, restore_backup
 
     restore_backup(RestoreRequest(result.path, target, clean=True), chains=chains)
     with db.connect(target) as conn:

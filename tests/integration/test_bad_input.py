@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from backup_core import toolchain
-from backup_core.cluster import Cluster
-from backup_core.conninfo import ConnInfo
+from backup_core.tools import toolchain
+from backup_core.tools.cluster import Cluster
+from backup_core.tools.conninfo import ConnInfo
 from drills import cli
 from tests.conftest import make_database
 from tests.helpers import atb_inproc

@@ -25,19 +25,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backup_core import catalog, db, toolchain
-from backup_core.backup import create_backup
-from backup_core.cluster import Cluster, servable, service_user
-from backup_core.conninfo import ConnInfo
-from backup_core.errors import ToolchainError
-from backup_core.manifest import read_manifest
-from backup_core.naming import (
+from backup_core.ops.backup import create_backup
+from backup_core.store import catalog
+from backup_core.store.manifest import read_manifest
+from backup_core.store.naming import (
     backup_path,
     dir_name,
     legacy_dir_name,
     manifest_path,
     roles_path,
 )
+from backup_core.tools import db, toolchain
+from backup_core.tools.cluster import Cluster, servable, service_user
+from backup_core.tools.conninfo import ConnInfo
+from backup_core.tools.errors import ToolchainError
 from tests.conftest import make_database
 from tests.helpers import atb_inproc, digests, fingerprint, read_only_tmpfs
 

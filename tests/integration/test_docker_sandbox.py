@@ -12,8 +12,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from backup_core import db, toolchain
-from backup_core.conninfo import ConnInfo
+from backup_core.tools import db, toolchain
+from backup_core.tools.conninfo import ConnInfo
 from drills import docker_engine, sandbox
 from drills.demo import example_dir
 from tests.helpers import atb_inproc, checks, drill, fingerprint, interrupt_drill, oldest

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from backup_core import backup, db, toolchain
-from backup_core.cluster import Cluster
-from backup_core.conninfo import ConnInfo
-from backup_core.naming import drill_path
+from backup_core.ops import backup
+from backup_core.store.naming import drill_path
+from backup_core.tools import db, toolchain
+from backup_core.tools.cluster import Cluster
+from backup_core.tools.conninfo import ConnInfo
 from tests.conftest import make_database
 from tests.helpers import atb_inproc, fingerprint
 

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from backup_core import catalog, db
-from backup_core.backup import create_backup
-from backup_core.cluster import Cluster
-from backup_core.conninfo import ConnInfo
-from backup_core.manifest import read_manifest, write_manifest
-from backup_core.naming import manifest_path
+from backup_core.ops.backup import create_backup
+from backup_core.store import catalog
+from backup_core.store.manifest import read_manifest, write_manifest
+from backup_core.store.naming import manifest_path
+from backup_core.tools import db
+from backup_core.tools.cluster import Cluster
+from backup_core.tools.conninfo import ConnInfo
 from drills.demo import example_dir, load_datagen
 from tests.conftest import make_database
 from tests.helpers import atb, atb_inproc, checks, copy_backup, drill

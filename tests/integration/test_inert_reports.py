@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from backup_core import db
-from backup_core.cluster import Cluster
+from backup_core.tools import db
+from backup_core.tools.cluster import Cluster
 from drills import render
 from tests.helpers import atb_inproc, drill
 from tests.unit.test_inert_units import TAGS_OK, gfm

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from backup_core.cluster import Cluster
+from backup_core.tools.cluster import Cluster
 from tests.conftest import make_database
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -23,11 +23,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from backup_core import db, toolchain
-from backup_core.backup import create_backup
-from backup_core.cluster import Cluster
-from backup_core.conninfo import ConnInfo
-from backup_core.relay import Relay
+from backup_core.ops.backup import create_backup
+from backup_core.tools import db, toolchain
+from backup_core.tools.cluster import Cluster
+from backup_core.tools.conninfo import ConnInfo
+from backup_core.tools.relay import Relay
 from tests.conftest import make_database
 from tests.helpers import atb, fingerprint
 from tests.integration.test_production_guard import alembic_project
@@ -244,7 +244,7 @@ def test_a_relay_opens_only_its_database(pg15: Cluster) -> None:
 def test_the_isolated_launcher_covers_a_live_postgres_socket(pg15: Cluster) -> None:
     """The mechanism itself: a live PostgreSQL socket of the host, reachable outside, is
     refused inside; loopback is up inside (its own, empty)."""
-    from backup_core import isolation
+    from backup_core.tools import isolation
 
     probe = [sys.executable, "-c",
              "import psycopg, socket, sys\n"
@@ -381,7 +381,7 @@ def test_a_target_named_by_service_is_relayed_to_the_server_the_service_names(
 ) -> None:
     """A relay needs an address: a target given as `service=` is resolved first, as libpq
     resolves it, and the isolated child (which gets no service file) reaches it."""
-    from backup_core import isolation
+    from backup_core.tools import isolation
 
     target = make_database(pg15, rows=1)
     services = tmp_path / "pg_service.conf"

@@ -6,9 +6,10 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from backup_core import catalog, db
-from backup_core.cluster import Cluster
-from backup_core.naming import stamp
+from backup_core.store import catalog
+from backup_core.store.naming import stamp
+from backup_core.tools import db
+from backup_core.tools.cluster import Cluster
 from tests.conftest import make_database
 from tests.helpers import atb_inproc
 

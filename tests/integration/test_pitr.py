@@ -22,9 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from backup_core import db, heartbeat, pgbackrest, toolchain
-from backup_core.cluster import Cluster, random_password, service_user
-from backup_core.conninfo import ConnInfo
+from backup_core.ops import heartbeat
+from backup_core.pitr import pgbackrest
+from backup_core.tools import db, toolchain
+from backup_core.tools.cluster import Cluster, random_password, service_user
+from backup_core.tools.conninfo import ConnInfo
 from drills.demo import alembic_upgrade, example_dir, load_datagen
 from tests.helpers import atb_inproc, checks, drill, fingerprint, interrupt_drill
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from backup_core import db, toolchain
-from backup_core.backup import create_backup
-from backup_core.cluster import Cluster, free_port
-from backup_core.conninfo import ConnInfo
+from backup_core.ops.backup import create_backup
+from backup_core.tools import db, toolchain
+from backup_core.tools.cluster import Cluster, free_port
+from backup_core.tools.conninfo import ConnInfo
 from tests.conftest import make_database
 from tests.helpers import ArgvSampler, atb, fingerprint
 

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from backup_core import catalog, db, retention, toolchain
-from backup_core.backup import create_backup
-from backup_core.cluster import Cluster, random_password
-from backup_core.conninfo import ConnInfo
-from backup_core.errors import SafetyRefusal
-from backup_core.naming import backup_path, drill_path, manifest_path, roles_path, verify_path
+from backup_core.ops.backup import create_backup
+from backup_core.store import catalog, retention
+from backup_core.store.naming import backup_path, drill_path, manifest_path, roles_path, verify_path
+from backup_core.tools import db, toolchain
+from backup_core.tools.cluster import Cluster, random_password
+from backup_core.tools.conninfo import ConnInfo
+from backup_core.tools.errors import SafetyRefusal
 from drills.demo import example_dir
 from tests.conftest import make_database
 from tests.helpers import atb, atb_inproc, copy_backup, drill, oldest, read_only_tmpfs

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from backup_core import db
-from backup_core.cluster import Cluster
+from backup_core.tools import db
+from backup_core.tools.cluster import Cluster
 from drills import docs
 from drills.demo import alembic_upgrade, example_dir, load_datagen
 from tests.helpers import atb

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from backup_core import backup, db, toolchain
-from backup_core.cluster import Cluster
-from backup_core.reaper import Owner, process_start, reap_containers
+from backup_core.ops import backup
+from backup_core.tools import db, toolchain
+from backup_core.tools.cluster import Cluster
+from backup_core.tools.reaper import Owner, process_start, reap_containers
 from tests.conftest import make_database
 from tests.helpers import atb_inproc
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from backup_core import db, isolation, toolchain
-from backup_core.backup import create_backup
-from backup_core.cluster import Cluster
-from backup_core.conninfo import ConnInfo
+from backup_core.ops.backup import create_backup
+from backup_core.tools import db, isolation, toolchain
+from backup_core.tools.cluster import Cluster
+from backup_core.tools.conninfo import ConnInfo
 from tests.conftest import make_database
 from tests.helpers import atb, fingerprint
 from tests.integration.test_isolation import _drill, _processes_mentioning
@@ -136,7 +136,7 @@ def test_productions_port_in_other_spellings_is_refused(spelling: str,
                                                          ) -> None:
     """Production on loopback: its port under any other loopback spelling is refused."""
     prod, _ = production
-    from backup_core.errors import ConfigError
+    from backup_core.tools.errors import ConfigError
     with pytest.raises(ConfigError):
         isolation.refuse_production_service([isolation.check_service(
             f"{spelling}:{prod.port}")], prod)

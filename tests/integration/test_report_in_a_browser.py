@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from backup_core import catalog
-from backup_core.conninfo import ConnInfo
+from backup_core.store import catalog
+from backup_core.tools.conninfo import ConnInfo
 from drills import render
 from drills.demo import example_dir
 from tests.helpers import atb_inproc

@@ -17,10 +17,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from backup_core import backup, db, toolchain
-from backup_core.cluster import Cluster, service_user
-from backup_core.conninfo import ConnInfo
-from backup_core.target import INCOMPLETE, TEST_KILL_AT, swap
+from backup_core.ops import backup
+from backup_core.reading.target import INCOMPLETE, TEST_KILL_AT, swap
+from backup_core.tools import db, toolchain
+from backup_core.tools.cluster import Cluster, service_user
+from backup_core.tools.conninfo import ConnInfo
 from tests.conftest import make_database
 from tests.helpers import atb, atb_inproc, fingerprint
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 import pytest
 
-from backup_core import db
-from backup_core.cluster import Cluster
+from backup_core.tools import db
+from backup_core.tools.cluster import Cluster
 from drills import cli, docs
 from tests.conftest import make_database
 from tests.helpers import atb_inproc, fingerprint

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from backup_core import backup, childenv, db, guard, inventory, toolchain
-from backup_core.cluster import Cluster
-from backup_core.conninfo import ConnInfo
-from backup_core.errors import SafetyRefusal
-from backup_core.runner import run
+from backup_core.ops import backup
+from backup_core.reading import guard, inventory
+from backup_core.tools import childenv, db, toolchain
+from backup_core.tools.cluster import Cluster
+from backup_core.tools.conninfo import ConnInfo
+from backup_core.tools.errors import SafetyRefusal
+from backup_core.tools.runner import run
 from tests.conftest import make_database
 from tests.helpers import atb_inproc
 
@@ -66,9 +68,9 @@ def test_deep_verify_reads_data_the_toc_check_cannot_see(
     for i in range(len(data) - 4096, len(data) - 64):
         data[i] ^= 0xFF
     path.write_bytes(bytes(data))
-    from backup_core.manifest import read_manifest, write_manifest
-    from backup_core.naming import manifest_path
-    from backup_core.verify import sha256_file, verify_backup
+    from backup_core.ops.verify import sha256_file, verify_backup
+    from backup_core.store.manifest import read_manifest, write_manifest
+    from backup_core.store.naming import manifest_path
 
     m = read_manifest(manifest_path(path))
     size, digest = sha256_file(path)

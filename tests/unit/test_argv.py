@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from backup_core import cluster, commands, migrate, pgbackrest, roles, toolchain
-from backup_core.backup import dump_argv
-from backup_core.conninfo import ConnInfo
-from backup_core.errors import CommandFailed, ToolchainError
-from backup_core.restore import restore_argv
-from backup_core.runner import Completed, run, spawn
+from backup_core.ops import migrate, roles
+from backup_core.ops.backup import dump_argv
+from backup_core.ops.restore import restore_argv
+from backup_core.pitr import pgbackrest
+from backup_core.tools import cluster, commands, toolchain
+from backup_core.tools.conninfo import ConnInfo
+from backup_core.tools.errors import CommandFailed, ToolchainError
+from backup_core.tools.runner import Completed, run, spawn
 from drills import demo
 from drills.render import chromium_argv
 
@@ -88,7 +90,7 @@ def test_pg_ctl_start_and_stop_argv() -> None:
 
 def test_alembic_argv_carries_no_url() -> None:
     assert migrate.child_argv(Path("/app/alembic.ini"), python="/venv/bin/python") == [
-        "/venv/bin/python", "-m", "backup_core.alembic_child", "/app/alembic.ini"]
+        "/venv/bin/python", "-m", "backup_core.ops.alembic_child", "/app/alembic.ini"]
     assert demo.alembic_upgrade_argv(Path("/ex/alembic.ini"), "0003", python="/v/python") == [
         "/v/python", "-m", "alembic", "-c", "/ex/alembic.ini", "upgrade", "0003"]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from backup_core.backup import _Files
+from backup_core.ops.backup import _Files
 
 
 def _written(files: _Files) -> None:

@@ -11,10 +11,10 @@ from typing import ClassVar
 
 import pytest
 
-from backup_core import survey, verify
-from backup_core.errors import ConfigError
-from backup_core.health import Targets, check_health
-from backup_core.toolchain import SERVER_TOOLS, Toolchain
+from backup_core.ops import survey, verify
+from backup_core.ops.health import Targets, check_health
+from backup_core.tools.errors import ConfigError
+from backup_core.tools.toolchain import SERVER_TOOLS, Toolchain
 from drills.cli import output
 
 

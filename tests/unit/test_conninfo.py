@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict
 
-from backup_core import childenv
-from backup_core.conninfo import ConnInfo, redact
-from backup_core.errors import ConfigError
+from backup_core.tools import childenv
+from backup_core.tools.conninfo import ConnInfo, redact
+from backup_core.tools.errors import ConfigError
 
 FORMS = {
     "postgresql://app:pw1234@db.example:5433/trading": {},

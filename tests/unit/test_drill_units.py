@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from backup_core.catalog import COMPLETE, NO_MANIFEST, Backup
-from backup_core.errors import AtbError, ConfigError
+from backup_core.store.catalog import COMPLETE, NO_MANIFEST, Backup
+from backup_core.tools.errors import AtbError, ConfigError
 from drills import docker_engine, pick, report, sandbox
 from drills.options import DrillOptions
 from drills.result import CheckRecord, DrillResult

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from backup_core import db, guard, isolate_exec, isolation, relay
-from backup_core.conninfo import ConnInfo
-from backup_core.errors import ConfigError
+from backup_core.reading import guard
+from backup_core.tools import db, isolate_exec, isolation, relay
+from backup_core.tools.conninfo import ConnInfo
+from backup_core.tools.errors import ConfigError
 from drills import observer
 
 TABLE = """\
@@ -30,12 +31,12 @@ def test_isolated_argv_is_exact_as_root_and_through_a_user_namespace() -> None:
     assert isolation.isolated_argv(["pytest", "-q"], hide=["/a/.s.PGSQL.5432", "/h/.pgpass"],
                                    root=True, unshare_path="/usr/bin/unshare") == [
         "/usr/bin/unshare", "--net", "--mount", "--pid", "--propagation", "private", "--",
-        sys.executable, "-m", "backup_core.isolate_exec", "--hide", "/a/.s.PGSQL.5432",
+        sys.executable, "-m", "backup_core.tools.isolate_exec", "--hide", "/a/.s.PGSQL.5432",
         "--hide", "/h/.pgpass", "--", "pytest", "-q"]
     assert isolation.isolated_argv(["true"], hide=[], root=False, unshare_path="unshare") == [
         "unshare", "--net", "--mount", "--pid", "--propagation", "private", "--user",
         "--map-current-user", "--keep-caps", "--", sys.executable, "-m",
-        "backup_core.isolate_exec", "--", "true"]
+        "backup_core.tools.isolate_exec", "--", "true"]
 
 
 def test_only_listening_postgres_sockets_with_a_path_are_hidden() -> None:
@@ -91,7 +92,7 @@ def test_isolation_off_is_environment_only_and_says_why(
 def test_isolated_argv_carries_each_forward() -> None:
     assert isolation.isolated_argv(["t"], hide=[], root=True, unshare_path="u",
                                    forward={"127.0.0.1:6379": "/r/service.sock"})[7:] == [
-        sys.executable, "-m", "backup_core.isolate_exec", "--forward",
+        sys.executable, "-m", "backup_core.tools.isolate_exec", "--forward",
         "127.0.0.1:6379=/r/service.sock", "--", "t"]
 
 
@@ -165,8 +166,8 @@ def test_observations_cross_the_boundary_unchanged() -> None:
 def test_the_archiver_row_crosses_the_boundary_unchanged() -> None:
     from datetime import UTC, datetime
 
-    from backup_core.errors import AtbError
-    from backup_core.wal_status import Archiver
+    from backup_core.pitr.wal_status import Archiver
+    from backup_core.tools.errors import AtbError
 
     row = Archiver(last_archived_wal="000000010000000000000004",
                    last_archived_at=datetime(2026, 11, 29, 9, 0, tzinfo=UTC),

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from backup_core import pgbackrest, pitr, status, wal_status
-from backup_core.errors import AtbError, ConfigError
+from backup_core.ops import status
+from backup_core.pitr import pgbackrest, pitr, wal_status
+from backup_core.tools.errors import AtbError, ConfigError
 from drills.options import DrillOptions, parse_target
 
 T0 = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)

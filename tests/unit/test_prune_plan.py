@@ -17,8 +17,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backup_core import catalog
-from backup_core.catalog import (
+from backup_core.store import catalog
+from backup_core.store.catalog import (
     BAD_MANIFEST,
     COMPLETE,
     CORRUPT,
@@ -32,10 +32,10 @@ from backup_core.catalog import (
     STRAY,
     Backup,
 )
-from backup_core.manifest import Manifest
-from backup_core.naming import db_from_dir, dir_name, printable, stamp
-from backup_core.retention import Policy, plan_prune, refusal
-from backup_core.verdicts import (
+from backup_core.store.manifest import Manifest
+from backup_core.store.naming import db_from_dir, dir_name, printable, stamp
+from backup_core.store.retention import Policy, plan_prune, refusal
+from backup_core.store.verdicts import (
     DrillVerdict,
     VerifyRecord,
     caused_by_backup,

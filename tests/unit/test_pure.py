@@ -9,12 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backup_core import toolchain
-from backup_core.catalog import COMPLETE, Backup
-from backup_core.conninfo import ConnInfo, redact
-from backup_core.durations import human, parse_duration
-from backup_core.errors import ConfigError, ToolchainError
-from backup_core.naming import (
+from backup_core.ops.restore import restore_argv
+from backup_core.ops.status import database_status, prometheus_text
+from backup_core.store.catalog import COMPLETE, Backup
+from backup_core.store.naming import (
     backup_path,
     db_from_dir,
     dir_name,
@@ -22,8 +20,10 @@ from backup_core.naming import (
     parse_stamp,
     taken_at,
 )
-from backup_core.restore import restore_argv
-from backup_core.status import database_status, prometheus_text
+from backup_core.tools import toolchain
+from backup_core.tools.conninfo import ConnInfo, redact
+from backup_core.tools.durations import human, parse_duration
+from backup_core.tools.errors import ConfigError, ToolchainError
 
 
 def chain(major: int, source: str = "x") -> toolchain.Toolchain:

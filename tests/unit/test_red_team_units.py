@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from backup_core import relay
-from backup_core.catalog import COMPLETE, Backup
-from backup_core.retention import Policy, plan_prune
+from backup_core.store.catalog import COMPLETE, Backup
+from backup_core.store.retention import Policy, plan_prune
+from backup_core.tools import relay
 from drills import inert
 
 

@@ -10,7 +10,7 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backup_core.conninfo import redact
+from backup_core.tools.conninfo import redact
 
 MB = 2**20
 # The expressions redact() used before: the reference for what it must still do.

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from backup_core.conninfo import ConnInfo
-from backup_core.errors import ConfigError
-from backup_core.restore import RestoreRequest, restore_backup
+from backup_core.ops.restore import RestoreRequest, restore_backup
+from backup_core.tools.conninfo import ConnInfo
+from backup_core.tools.errors import ConfigError
 
 # nothing listens here: reaching the server would fail with another error and exit code
 NOWHERE = ConnInfo.make(dbname="copy", host="/nonexistent-socket-dir", port=1)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from backup_core.catalog import COMPLETE, NO_MANIFEST, PARTIAL, STRAY, Backup
-from backup_core.retention import Policy, plan_prune
-from backup_core.verdicts import DrillVerdict
+from backup_core.store.catalog import COMPLETE, NO_MANIFEST, PARTIAL, STRAY, Backup
+from backup_core.store.retention import Policy, plan_prune
+from backup_core.store.verdicts import DrillVerdict
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 

@@ -1,0 +1,1 @@
+"""Operations: backup, restore, verify, migrate, status and the heartbeat."""

@@ -1,0 +1,63 @@
+"""`atb db status`: every database's backups (and a pgBackRest stanza's WAL archiving)
+judged against the schedule and the RPO, and the same judgement as Prometheus metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from backup_core.ops import status
+from backup_core.pitr import wal_status
+from backup_core.pitr.pgbackrest import Stanza
+from backup_core.store import catalog
+from backup_core.tools.conninfo import ConnInfo
+from backup_core.tools.durations import parse_duration
+from backup_core.tools.errors import ConfigError
+from backup_core.tools.fsutil import atomic_write_text
+
+
+@dataclass(frozen=True)
+class Targets:
+    """The objectives, as given (`1h`, `15m`, `7d`): parsed before any work starts."""
+
+    schedule: str = "1h"
+    rpo: str = "15m"
+    window: str = "7d"
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    databases: tuple[status.Status, ...]
+    stanzas: tuple[wal_status.ArchiveStatus, ...]
+    rpo_s: float
+
+    @property
+    def ok(self) -> bool:
+        return all(s.ok for s in self.databases) and all(a.ok for a in self.stanzas)
+
+
+def check_health(
+    backup_dir: Path, targets: Targets, *, database: str | None = None,
+    stanza: Stanza | None = None, server_url: str | None = None,
+    prometheus: Path | None = None, now: datetime | None = None,
+) -> HealthReport:
+    """Judge each database of the tree (or `database`), and with `stanza` its WAL archiving
+    as `server_url`'s archiver reports it; write the metrics to `prometheus` atomically."""
+    schedule_s = parse_duration(targets.schedule, what="--schedule")
+    rpo_s = parse_duration(targets.rpo, what="--rpo")
+    window_days = parse_duration(targets.window, what="--window") / 86400
+    items = catalog.scan(backup_dir, database)
+    names = [database] if database else sorted({b.database for b in items if b.is_backup})
+    if not names and stanza is None:
+        raise ConfigError(f"no backups under {backup_dir}: run `atb db backup` first")
+    now = now or datetime.now(UTC)
+    databases = tuple(status.database_status(items, database=n, now=now, schedule_s=schedule_s,
+                                             rpo_s=rpo_s, window_days=window_days)
+                      for n in names)
+    stanzas = () if stanza is None else (wal_status.archive_status(
+        stanza, ConnInfo.parse(server_url or "", what="DATABASE_URL"), now=now, rpo_s=rpo_s),)
+    if prometheus is not None:
+        atomic_write_text(prometheus, status.prometheus_text(list(databases), stanzas),
+                          mode=0o644)
+    return HealthReport(databases, stanzas, rpo_s)

@@ -1,0 +1,321 @@
+"""`atb db restore`: restore a dump into exactly the target database, never anywhere else.
+
+Deliberately never passes `--create`: with it pg_restore connects to `-d` only to drop and
+recreate the database named inside the dump, which on the production server replaces
+production with the backup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from backup_core.ops import roles
+from backup_core.ops.migrate import MigrateResult, upgrade_head
+from backup_core.ops.verify import roles_problem
+from backup_core.reading import guard
+from backup_core.reading import target as target_db
+from backup_core.reading.target import maintenance
+from backup_core.store.manifest import ManifestError, read_manifest
+from backup_core.store.naming import manifest_path, roles_path
+from backup_core.tools import childenv, extras, toolchain
+from backup_core.tools.commands import pg_restore_list_argv
+from backup_core.tools.conninfo import ConnInfo
+from backup_core.tools.errors import (
+    AtbError,
+    CommandFailed,
+    ConfigError,
+    ProductionTouched,
+    SafetyRefusal,
+    VerifyFailed,
+)
+from backup_core.tools.runner import first_error_line, run
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    path: Path
+    target: str
+    created: bool
+    jobs: int
+    pg_restore_version: str
+    duration_s: float
+    migrate: MigrateResult | None = None
+    # how production was told apart from the target, and confirmed unchanged after migrating
+    guard: tuple[str, ...] = ()
+
+
+def restore_argv(
+    chain: toolchain.Toolchain, path: Path, conninfo: str, *, jobs: int, no_owner: bool,
+    single_transaction: bool = False,
+) -> list[str]:
+    """The pg_restore command line: a conninfo without secrets, never `--create` and never
+    `--clean` (a non-empty target is replaced by swapping names, not by dropping objects)."""
+    argv = [chain.tool("pg_restore"), f"--dbname={conninfo}", "--no-password",
+            "--exit-on-error", "--verbose"]  # verbose: a failure can be traced to its object
+    argv += ["--single-transaction"] if single_transaction else [f"--jobs={jobs}"]
+    if no_owner:
+        argv += ["--no-owner", "--no-privileges"]
+    return [*argv, str(path)]
+
+
+def _pg_restore(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *, jobs: int,
+                no_owner: bool, single_transaction: bool = False) -> None:
+    with childenv.for_tool(target) as (conninfo, tool_env):
+        done = run(restore_argv(chain, path, conninfo, jobs=jobs, no_owner=no_owner,
+                                single_transaction=single_transaction),
+                   what="pg_restore", env=tool_env, check=False)
+    if done.returncode != 0:
+        raise CommandFailed(f"pg_restore failed: {explain_failure(done.stderr, path, chain)}; "
+                            "the target is unchanged", detail=done.stderr)
+
+
+def _restore_or_drop(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *, jobs: int,
+                     no_owner: bool) -> None:
+    """Restore into a database this run created, dropping it again if the restore fails.
+    It carries the incomplete mark throughout: a kill -9 leaves a database that says so."""
+    try:
+        target_db.mark_incomplete(target, path.name)
+        target_db.checkpoint("staging-created")
+        _pg_restore(chain, path, target, jobs=jobs, no_owner=no_owner)
+        target_db.checkpoint("restored")
+    except BaseException:
+        with contextlib.suppress(AtbError, psycopg.Error):
+            target_db.drop(target)
+        raise
+
+
+def _restore_into(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *, created: bool,
+                  held: bool, scratch: bool, jobs: int, no_owner: bool,
+                  evidence: list[str]) -> None:
+    """The restore proper, in the one way that leaves no half-restored target behind."""
+    if created:  # all or nothing: a failed restore drops the database it made
+        target_db.create(target)
+        _restore_or_drop(chain, path, target, jobs=jobs, no_owner=no_owner)
+        target_db.clear_mark(target)  # the very last step: now it is complete
+    elif not held and scratch:
+        _pg_restore(chain, path, target, jobs=jobs, no_owner=no_owner)
+    elif not held:  # an empty database someone made: one transaction, rolled back on failure
+        _pg_restore(chain, path, target, jobs=1, no_owner=no_owner, single_transaction=True)
+    else:  # restore beside it, then swap names; the old one is kept until the user drops it
+        staging = target.with_dbname(target_db.staging_name(target.dbname))
+        target_db.create(staging, tablespace=target_db.properties(target).tablespace)
+        _restore_or_drop(chain, path, staging, jobs=jobs, no_owner=no_owner)
+        old = target_db.swap(target, staging.dbname)
+        evidence.append(f"the previous {target.dbname} is kept as {old}: drop it when you no "
+                        "longer need it")
+
+
+def _roles_for(path: Path, target: ConnInfo) -> list[str]:
+    try:
+        manifest = read_manifest(manifest_path(path))
+    except ManifestError as exc:
+        raise ConfigError(f"cannot restore the backup's roles: {exc}") from exc
+    if manifest.roles is None:
+        raise ConfigError(f"{path.name} carries no roles (made before atb kept them): create "
+                          "the roles by hand, or restore with --no-owner")
+    problem = roles_problem(path, manifest.roles)
+    if problem:
+        raise VerifyFailed(f"cannot restore the backup's roles: {problem}")
+    return roles.apply_roles(roles_path(path), target)
+
+
+def _drop_roles(target: ConnInfo, names: list[str]) -> None:
+    """Undo the roles a failed restore created (those that own nothing anywhere)."""
+    for name in names:
+        with contextlib.suppress(AtbError, psycopg.Error), maintenance(target) as conn:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def default_jobs() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def explain_failure(stderr: str, path: Path | None = None,
+                    chain: toolchain.Toolchain | None = None) -> str:
+    """pg_restore's failure in one line a user can act on, naming the object it failed on."""
+    missing_role = re.search(r'role "([^"]+)" does not exist', stderr)
+    if missing_role:
+        return (f"role {missing_role.group(1)!r}, which owns or is granted objects in the dump, "
+                "does not exist on the target server: restore with --with-roles (the backup "
+                "keeps its roles), create it by hand, or pass --no-owner to restore without "
+                "owners and grants")
+    error = first_error_line(stderr).removeprefix("pg_restore: error: ")
+    culprit = failing_object(stderr, path, chain)
+    return f"{error} (in {culprit})" if culprit and culprit not in error else error
+
+
+_TOC_ENTRY = re.compile(r"from TOC entry (\d+); \d+ \d+ (.+?)(?: \S+)?$", re.MULTILINE)
+_PROCESSING = re.compile(r'processing data for table "([^"]+)"')
+_LAUNCH = re.compile(r"launching item (\d+) (.+)$", re.MULTILINE)
+_FINISHED = re.compile(r"finished item (\d+) ", re.MULTILINE)
+_BLOCK = re.compile(r"block ID (\d+)")
+
+
+def failing_object(stderr: str, path: Path | None = None,
+                   chain: toolchain.Toolchain | None = None) -> str:
+    """The archive entry pg_restore was working on when it failed, from its verbose output:
+    the TOC entry it names, the table whose data it was reading, the one item a parallel
+    restore launched and never finished, or the entry a missing block ID belongs to."""
+    head = stderr[: stderr.find("error:")] if "error:" in stderr else stderr
+    toc = _TOC_ENTRY.findall(stderr)
+    if toc:
+        return f"TOC entry {toc[-1][0]}: {toc[-1][1]}"
+    launched: dict[str, str] = dict(_LAUNCH.findall(head))
+    done = set(_FINISHED.findall(head))
+    open_items = [what for n, what in launched.items() if n not in done]
+    if len(open_items) == 1:
+        return str(open_items[0])
+    block = _BLOCK.search(stderr)
+    if block and path is not None and chain is not None:
+        listing = run(pg_restore_list_argv(chain, path), what="pg_restore --list",
+                      check=False).stdout
+        for line in listing.splitlines():
+            if line.startswith(f"{block.group(1)}; "):
+                return " ".join(line.split()[3:-1])
+    processing = _PROCESSING.findall(head)
+    return f"the data of table {processing[-1]}" if processing else ""
+
+
+def archive_major(path: Path, chains: list[toolchain.Toolchain]) -> int:
+    """The pg_dump major that wrote `path`: from its manifest, else from its own header."""
+    try:
+        return read_manifest(manifest_path(path)).pg_dump_major
+    except ManifestError:
+        pass
+    newest = toolchain.newest(chains, "pg_restore")
+    out = run(pg_restore_list_argv(newest, path), what="pg_restore --list").stdout
+    for line in out.splitlines():
+        if "Dumped by pg_dump version:" in line:
+            return int(line.split(":", 1)[1].strip().split(".")[0])
+    return newest.major
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """What to restore where, and how.
+
+    `clean` lets a non-empty target be replaced (restored beside it and swapped in by name);
+    `scratch` says the (empty) target was made for this restore alone, as a drill's sandbox
+    is: it is restored in parallel. `with_roles` first creates the roles the backup needs and
+    the server lacks (see `roles`), so owners and grants restore on a new server.
+    `alembic_config` migrates the copy afterwards, watching `production` stay unchanged."""
+
+    path: Path
+    target: ConnInfo
+    production: ConnInfo | None = None
+    allow_production: bool = False
+    clean: bool = False
+    jobs: int | None = None
+    no_owner: bool = False
+    alembic_config: Path | None = None
+    scratch: bool = False
+    with_roles: bool = False
+
+
+def restore_backup(request: RestoreRequest, *,
+                   chains: list[toolchain.Toolchain] | None = None) -> RestoreResult:
+    """Restore `request.path` into `request.target` (created if missing), then optionally
+    migrate it. Never leaves a half-restored target: a database it creates is dropped again
+    on failure, an existing empty one is restored in one transaction, and a non-empty one
+    (`clean`) is restored beside it and swapped in by name."""
+    req = request
+    _check_request(req)
+    evidence = [guard.refuse_system_database(req.target),
+                guard.refuse_production_target(req.target, req.production,
+                                               allowed=req.allow_production)]
+    if req.alembic_config is not None and not req.allow_production:
+        evidence.append(guard.refuse_migrating_beside_production(req.target, req.production))
+    chains = toolchain.discover() if chains is None else chains
+    chain = toolchain.for_restore(archive_major(req.path, chains), chains)
+    jobs = req.jobs or default_jobs()
+    created, held = _target_state(req.target, clean=req.clean)
+    t0 = time.monotonic()
+    made_roles = _roles_for(req.path, req.target) if req.with_roles else []
+    if made_roles:
+        evidence.append(f"created the backup's roles {', '.join(made_roles)} on the target "
+                        "server")
+    elif req.with_roles:
+        evidence.append("every role the backup needs exists on the target server")
+    if req.clean and not created:
+        earlier = target_db.leftovers(req.target)
+        if earlier:
+            evidence.append(f"left by earlier --clean restores of {req.target.dbname}: "
+                            f"{', '.join(earlier)}: drop them when you no longer need them")
+    try:
+        _restore_into(chain, req.path, req.target, created=created, held=held,
+                      scratch=req.scratch, jobs=jobs, no_owner=req.no_owner, evidence=evidence)
+    except BaseException:
+        _drop_roles(req.target, made_roles)
+        raise
+    duration = time.monotonic() - t0
+    migration = _migrate(req, evidence) if req.alembic_config is not None else None
+    return RestoreResult(path=req.path, target=req.target.redacted, created=created, jobs=jobs,
+                         pg_restore_version=chain.version, duration_s=round(duration, 3),
+                         migrate=migration, guard=tuple(evidence))
+
+
+def _check_request(req: RestoreRequest) -> None:
+    """Bad input refused before anything is touched."""
+    if not req.path.is_file():
+        raise ConfigError(f"no backup at {req.path}: give the path of a .dump file "
+                          "(`atb db list`)")
+    if not req.target.dbname:
+        raise ConfigError(f"the target {req.target.redacted} names no database: add /dbname")
+    if req.alembic_config is not None:  # before anything is restored, not after
+        extras.require("migrate", what="--migrate (it runs Alembic)")
+        if not req.alembic_config.is_file():
+            raise ConfigError(f"Alembic config {req.alembic_config} not found: pass "
+                              "--alembic-config path/to/alembic.ini")
+
+
+def _target_state(target: ConnInfo, *, clean: bool) -> tuple[bool, bool]:
+    """(created, held): whether the target must be created, and whether it holds anything
+    (then only `clean` may replace it, and only with nobody connected)."""
+    created = not target_db.exists(target)
+    interrupted = None if created else target_db.incomplete(target)
+    if interrupted and not clean:
+        raise SafetyRefusal(f"target {target.redacted} holds an interrupted restore ("
+                            f"{interrupted}): it is not a complete database; pass --clean to "
+                            "replace it (it is kept aside), or drop it")
+    closed = not created and not target_db.properties(target).allow_connections
+    # a database that takes no connections cannot be looked into: treated as holding data
+    held = {} if created else {"unknown contents (ALLOW_CONNECTIONS false)": 1} if closed \
+        else target_db.contents(target)
+    if interrupted:  # replaced by a swap like any database, whatever it holds
+        held = {**held, "interrupted restore": 1}
+    if held and not clean:
+        kinds = ", ".join(f"{n} {k}" for k, n in held.items())
+        raise SafetyRefusal(f"target {target.redacted} is not empty ({kinds}): restore into a "
+                            "new database, or pass --clean to restore beside it and swap it in")
+    connected = target_db.sessions(target) if held else 0
+    if connected:
+        raise SafetyRefusal(f"{connected} sessions are connected to {target.dbname}: --clean "
+                            "swaps the restored copy in by renaming, so close them first "
+                            "(nothing was changed)")
+    return created, bool(held)
+
+
+def _migrate(req: RestoreRequest, evidence: list[str]) -> MigrateResult:
+    """`alembic upgrade head` on the restored copy, with production watched throughout."""
+    assert req.alembic_config is not None
+    watched = None if req.allow_production else req.production
+    before = guard.observe(watched)
+    migration = upgrade_head(req.alembic_config, req.target)
+    try:
+        evidence.append(guard.confirm_unchanged(watched, before))
+    except ProductionTouched as exc:
+        state = f"NOT migrated: {migration.problem}" if migration.problem else "migrated"
+        raise ProductionTouched(f"{exc}. The copy {req.target.redacted} is restored but "
+                                f"{state}") from exc
+    if migration.problem:
+        raise CommandFailed(f"{req.target.redacted} is restored but NOT migrated: "
+                            f"{migration.problem}", detail=migration.output)
+    return migration

@@ -1,0 +1,69 @@
+"""`atb doctor`: which PostgreSQL toolchains and which pgBackRest this host has, and what
+each toolchain is chosen for (the same choice `toolchain.for_dump` and friends make)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from backup_core.pitr import pgbackrest
+from backup_core.tools import toolchain
+
+FIRST_MAJOR = 9  # the oldest server major atb dumps: the rows of "used for"
+
+
+@dataclass(frozen=True)
+class ToolchainUse:
+    major: int
+    version: str
+    source: str
+    bindir: Path
+    tools: tuple[str, ...]
+    uses: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PgbackrestFound:
+    found: str
+    supported_majors: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class Survey:
+    toolchains: tuple[ToolchainUse, ...]
+    pgbackrest: PgbackrestFound | None
+
+
+def survey(chains: list[toolchain.Toolchain] | None = None) -> Survey:
+    """Every toolchain found with its jobs, and pgBackRest's version and supported majors."""
+    found = toolchain.discover() if chains is None else chains
+    engine = pgbackrest.version()
+    return Survey(
+        toolchains=tuple(ToolchainUse(c.major, c.version, c.source, c.bindir, tuple(c.tools),
+                                      uses(c, found)) for c in found),
+        pgbackrest=None if engine is None else PgbackrestFound(*engine))
+
+
+def uses(chain: toolchain.Toolchain, chains: list[toolchain.Toolchain]) -> tuple[str, ...]:
+    """What `chain` is selected for among `chains`: a pure decision over the selection rules."""
+    found = []
+    if chain.has("pg_dump") and chain.major >= FIRST_MAJOR:
+        majors = [m for m in range(FIRST_MAJOR, chain.major + 1)
+                  if toolchain.for_dump(m, chains) == chain]
+        if majors:
+            found.append(f"pg_dump for servers {span(majors)}")
+    if chain.has("pg_restore"):
+        majors = [m for m in range(FIRST_MAJOR, chain.major + 1)
+                  if toolchain.for_restore(m, chains) == chain]
+        if majors:
+            found.append(f"pg_restore for archives {span(majors)}")
+    if chain.can_serve:
+        majors = [m for m in range(FIRST_MAJOR, chain.major + 1)
+                  if toolchain.for_server(m, chains) == chain]
+        if majors:
+            found.append(f"sandbox server for dumps {span(majors)}")
+    return tuple(found) or ("not selected for any job",)
+
+
+def span(majors: list[int]) -> str:
+    return str(majors[0]) if len(majors) == 1 else f"{majors[0]}-{majors[-1]}"

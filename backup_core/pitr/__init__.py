@@ -1,0 +1,1 @@
+"""Point in time: pgBackRest, WAL status and point-in-time restores."""

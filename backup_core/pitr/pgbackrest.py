@@ -1,0 +1,179 @@
+"""pgBackRest as atb uses it: read a stanza's backups and archive, restore a backup into a
+directory of ours, fetch one WAL segment. pgBackRest does the physical work; atb never
+writes to its repository, never passes `--delta`, and always names the data directory itself.
+
+Every call names the stanza and, when given, the config file; `PGBACKREST_*` variables (the
+repository's credentials among them) reach pgBackRest and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from backup_core.tools.errors import CommandFailed, ConfigError, ToolchainError
+from backup_core.tools.runner import Completed, run
+
+# The PostgreSQL majors each pgBackRest release supports (from its release notes).
+SUPPORTED_MAJORS = {(2, 45): (9, 15), (2, 46): (9, 15), (2, 47): (9, 16), (2, 48): (9, 16),
+                    (2, 49): (9, 16), (2, 50): (9, 16), (2, 51): (9, 16), (2, 52): (9, 16),
+                    (2, 53): (9, 17), (2, 54): (9, 17), (2, 55): (10, 17), (2, 56): (10, 18)}
+SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
+SEGMENT_BYTES = 16 * 1024 * 1024  # PostgreSQL's default; other sizes are not supported
+
+
+@dataclass(frozen=True)
+class Stanza:
+    name: str
+    config: Path | None = None
+
+    def argv(self, *command: str) -> list[str]:
+        return stanza_argv(executable(), self, *command)
+
+
+def executable() -> str:
+    exe = shutil.which("pgbackrest")
+    if exe is None:
+        raise ToolchainError("pgbackrest is not installed: the point-in-time drill and "
+                             "`status --stanza` need it (Debian: apt-get install pgbackrest)")
+    return exe
+
+
+def stanza_argv(exe: str, stanza: Stanza | None, *command: str) -> list[str]:
+    """pgBackRest on one stanza, never writing a log file of its own; with no stanza, the
+    bare command (`version`)."""
+    if stanza is None:
+        return [exe, *command]
+    config = [f"--config={stanza.config}"] if stanza.config else []
+    return [exe, *config, f"--stanza={stanza.name}", "--log-level-file=off", *command]
+
+
+def restore_argv(exe: str, stanza: Stanza, datadir: Path, *, target: datetime, backup: str,
+                 lock_dir: Path) -> list[str]:
+    """`pgbackrest restore` of `backup` into `datadir` for recovery to `target`, then promote;
+    the copy's restore_command (run by the server's shell, hence quoted) reads the archive
+    synchronously with our own lock directory."""
+    fetch = shlex.join([*stanza_argv(exe, stanza), f"--lock-path={lock_dir}",
+                        f"--pg1-path={datadir}", "--no-archive-async", "archive-get"]
+                       ) + ' %f "%p"'
+    return stanza_argv(exe, stanza, f"--pg1-path={datadir}", f"--lock-path={lock_dir}",
+                       "restore", f"--set={backup}", "--type=time",
+                       f"--target={target.isoformat()}", "--target-action=promote",
+                       "--archive-mode=off", f"--recovery-option=restore_command={fetch}")
+
+
+@dataclass(frozen=True)
+class BackupSet:
+    label: str
+    type: str  # full, diff, incr
+    stopped: datetime
+    wal_stop: str  # the last segment the backup needs
+
+
+@dataclass(frozen=True)
+class StanzaInfo:
+    name: str
+    status: str  # pgBackRest's own message: "ok", "no valid backups", ...
+    pg_version: str
+    backups: tuple[BackupSet, ...]
+    wal_min: str | None
+    wal_max: str | None
+
+    @property
+    def pg_major(self) -> int:
+        return int(self.pg_version.split(".")[0]) if self.pg_version else 0
+
+
+def version() -> tuple[str, tuple[int, int] | None] | None:
+    """(path, supported majors) of the pgbackrest found, or None."""
+    exe = shutil.which("pgbackrest")
+    if exe is None:
+        return None
+    done = run(stanza_argv(exe, None, "version"), what="pgbackrest version", check=False,
+               timeout=30)
+    found = re.search(r"(\d+)\.(\d+)", done.stdout)
+    if not found:
+        return f"{exe} (version unknown)", None
+    key = (int(found.group(1)), int(found.group(2)))
+    return f"{exe} {found.group(0)}", SUPPORTED_MAJORS.get(key)
+
+
+def tool_env() -> dict[str, str]:
+    """pgBackRest's own variables (the repository's credentials among them): for pgBackRest
+    and for the server whose restore_command runs it, and nothing else."""
+    return {k: v for k, v in os.environ.items() if k.startswith("PGBACKREST_")}
+
+
+def call(stanza: Stanza, *command: str, what: str, run_as: str | None = None,
+         check: bool = True, timeout: float | None = 3600) -> Completed:
+    return run(stanza.argv(*command), what=what, env=tool_env(), run_as=run_as, check=check,
+               timeout=timeout)
+
+
+def info(stanza: Stanza, *, run_as: str | None = None) -> StanzaInfo:
+    """`pgbackrest info --output=json` for one stanza, checked and typed."""
+    done = call(stanza, "info", "--output=json", what="pgbackrest info", run_as=run_as,
+                timeout=300)
+    try:
+        [raw] = json.loads(done.stdout)
+    except (ValueError, TypeError) as exc:
+        raise CommandFailed(f"pgbackrest info printed no stanza {stanza.name}") from exc
+    message = str(raw.get("status", {}).get("message", "unknown"))
+    if raw.get("status", {}).get("code") == 1:  # missing stanza path
+        raise ConfigError(f"pgBackRest has no stanza {stanza.name!r}"
+                          + (f" in {stanza.config}" if stanza.config else "")
+                          + f": {message}")
+    dbs = raw.get("db") or [{}]
+    archives = [a for a in raw.get("archive", []) if a.get("max")]
+    backups = tuple(
+        BackupSet(label=b["label"], type=b["type"],
+                  stopped=datetime.fromtimestamp(b["timestamp"]["stop"], UTC),
+                  wal_stop=b["archive"]["stop"])
+        for b in raw.get("backup", []) if not b.get("error"))
+    return StanzaInfo(name=stanza.name, status=message, pg_version=str(dbs[-1].get("version", "")),
+                      backups=backups, wal_min=archives[-1]["min"] if archives else None,
+                      wal_max=archives[-1]["max"] if archives else None)
+
+
+def restore(stanza: Stanza, datadir: Path, *, target: datetime, backup: str, lock_dir: Path,
+            run_as: str | None) -> Completed:
+    """Restore `backup` into `datadir` (ours, empty) for recovery to `target`, then promote.
+
+    Archiving is off in the copy, and its restore_command reads the archive synchronously,
+    with our own lock directory and no log file: nothing the copy does writes to the stanza's
+    repository, its spool or its logs."""
+    return run(restore_argv(executable(), stanza, datadir, target=target, backup=backup,
+                            lock_dir=lock_dir),
+               what="pgbackrest restore", env=tool_env(), run_as=run_as, timeout=None)
+
+
+def fetch_segment(stanza: Stanza, segment: str, dest: Path, *,
+                  run_as: str | None) -> bool:
+    """Copy one archived WAL segment to `dest`; False when the archive does not have it."""
+    if not SEGMENT_RE.match(segment):
+        raise ValueError(f"not a WAL segment name: {segment!r}")
+    done = call(stanza, "--no-archive-async", "archive-get", segment, str(dest),
+                what="pgbackrest archive-get",
+                run_as=run_as, check=False, timeout=600)
+    return done.returncode == 0 and dest.is_file()
+
+
+def next_segment(segment: str) -> str:
+    """The segment after `segment` on the same timeline (16 MB segments)."""
+    return _shift(segment, 1)
+
+
+def previous_segment(segment: str) -> str:
+    return _shift(segment, -1)
+
+
+def _shift(segment: str, by: int) -> str:
+    per_log = 0x100000000 // SEGMENT_BYTES
+    number = int(segment[8:16], 16) * per_log + int(segment[16:], 16) + by
+    return f"{segment[:8]}{number // per_log:08X}{number % per_log:08X}"

@@ -1,0 +1,266 @@
+"""Point-in-time recovery from pgBackRest into a throwaway cluster of ours.
+
+The window a drill picks from runs from the oldest backup's stop time (within the window) to
+the newest commit found in the archived WAL (read with pg_waldump, not guessed from file
+times). The recovery runs in a fresh directory, socket only, archiving off; what the server
+logged says how far it got, how much WAL it replayed and, when it stopped early, why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from backup_core.pitr import pgbackrest
+from backup_core.pitr.pgbackrest import BackupSet, Stanza, StanzaInfo
+from backup_core.tools import db
+from backup_core.tools.cluster import FAST_SETTINGS, Cluster, service_user
+from backup_core.tools.commands import pg_waldump_argv
+from backup_core.tools.errors import AtbError, CommandFailed, ConnectionFailed
+from backup_core.tools.runner import run
+from backup_core.tools.toolchain import Toolchain
+
+COMMIT_RE = re.compile(r"desc: COMMIT (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
+RESTORED_RE = re.compile(r'restored log file "([0-9A-F]{24})" from archive')
+LAST_XACT_RE = re.compile(r"last completed transaction was at log time (\S+ \S+)")
+REDO_START_RE = re.compile(r"redo starts at ([0-9A-F]+/[0-9A-F]+)")
+REDO_DONE_RE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
+LOG_TIME_RE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC ")
+LOOKBACK_SEGMENTS = 16  # how far back from the newest segment to look for a commit
+
+
+class RecoveryFailed(AtbError):
+    """The copy did not recover to the target: `reason` says why, `segment` which WAL."""
+
+    def __init__(self, message: str, *, segment: str | None = None, log_tail: str = "") -> None:
+        super().__init__(message, detail=log_tail)
+        self.segment = segment
+        self.log_tail = log_tail
+
+
+@dataclass(frozen=True)
+class Window:
+    start: datetime  # the oldest backup's stop time within the window
+    # the newest commit in the archived WAL, excluded: recovery to a time stops at the first
+    # commit after it, so a target at or past the newest commit cannot be reached
+    end: datetime
+    backups: int
+
+
+@dataclass(frozen=True)
+class Recovery:
+    target: datetime
+    recovered_to: datetime | None  # the last transaction replayed
+    wal_bytes: int
+    segments: int
+    restore_s: float
+    start_s: float  # server start to the first WAL record replayed
+    replay_s: float  # first record to the promoted server accepting connections
+
+
+def lsn(text: str) -> int:
+    high, low = text.split("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def _pg_time(text: str) -> datetime:
+    value = datetime.fromisoformat(text.replace(" UTC", "+00:00"))
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def newest_commit(stanza: Stanza, info: StanzaInfo, chain: Toolchain) -> datetime:
+    """The newest commit timestamp in the archive."""
+    if info.wal_max is None:
+        raise AtbError(f"stanza {stanza.name} has no archived WAL: is archive_command set "
+                       "to `pgbackrest archive-push`?")
+    run_as = service_user()
+    segment = info.wal_max
+    with tempfile.TemporaryDirectory(prefix="atb-wal-") as tmp:
+        if run_as:
+            shutil.chown(tmp, run_as)
+        for _ in range(LOOKBACK_SEGMENTS):
+            dest = Path(tmp) / segment
+            if pgbackrest.fetch_segment(stanza, segment, dest, run_as=run_as):
+                done = run(pg_waldump_argv(chain, dest), what="pg_waldump",
+                           check=False, timeout=300)
+                commits = COMMIT_RE.findall(done.stdout)
+                dest.unlink()
+                if commits:
+                    return _pg_time(commits[-1])
+            if segment == info.wal_min:
+                break
+            segment = pgbackrest.previous_segment(segment)
+    raise AtbError(f"no committed transaction in the newest {LOOKBACK_SEGMENTS} archived WAL "
+                   f"segments of stanza {stanza.name} (up to {info.wal_max})")
+
+
+def window(stanza: Stanza, info: StanzaInfo, chain: Toolchain, *, now: datetime,
+           days: float) -> Window:
+    since = now - timedelta(days=days)
+    eligible = [b for b in info.backups if b.stopped >= since]
+    if not eligible:
+        raise AtbError(f"stanza {stanza.name} has no backup that finished in the last "
+                       f"{days:g} days ({len(info.backups)} older)")
+    end = newest_commit(stanza, info, chain)
+    start = min(b.stopped for b in eligible)
+    if end <= start:
+        raise AtbError(f"stanza {stanza.name}: nothing committed after the oldest backup in the "
+                       f"window stopped at {start.isoformat()}: the window is empty")
+    return Window(start=start, end=end, backups=len(eligible))
+
+
+def pick_target(w: Window, seed: int) -> datetime:
+    """Uniform over the window, to the millisecond, reproducible from the seed."""
+    span = (w.end - w.start).total_seconds()
+    target = w.start + timedelta(seconds=random.Random(seed).random() * span)
+    return target.replace(microsecond=target.microsecond // 1000 * 1000)
+
+
+def backup_for(info: StanzaInfo, target: datetime) -> BackupSet:
+    """The newest backup that finished before `target`: the least WAL to replay."""
+    usable = [b for b in info.backups if b.stopped <= target]
+    if not usable:
+        raise AtbError(f"no backup of stanza {info.name} finished before {target.isoformat()}")
+    return max(usable, key=lambda b: b.stopped)
+
+
+@contextlib.contextmanager
+def recovered(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: datetime,
+              chain: Toolchain, *, timeout_s: float = 86400) -> Iterator[tuple[Cluster,
+                                                                                Recovery]]:
+    """A running copy of the stanza's cluster recovered to `target` and promoted, in a
+    directory of ours; stopped and deleted on exit (Ctrl-C too)."""
+    timings: dict[str, float] = {}
+
+    def populate(datadir: Path, run_as: str | None) -> None:
+        t0 = time.monotonic()
+        lock = datadir.parent / "lock"
+        lock.mkdir()
+        if run_as:
+            shutil.chown(lock, run_as)
+        pgbackrest.restore(stanza, datadir, target=target, backup=backup.label, lock_dir=lock,
+                           run_as=run_as)
+        timings["restore"] = time.monotonic() - t0
+
+    settings = {**FAST_SETTINGS, "archive_mode": "off", "hot_standby": "off",
+                "log_line_prefix": "%m [%p] ", "log_timezone": "UTC"}
+    cluster = Cluster(chain, settings=settings, populate=populate, start_timeout=timeout_s,
+                      env=pgbackrest.tool_env())
+    t0 = time.monotonic()
+    try:
+        try:
+            cluster.start()
+        except CommandFailed as exc:
+            if "restore" not in timings:
+                raise
+            raise explain(_read(cluster.logfile), info, target) from exc
+        _wait_promoted(cluster, info, target, deadline=t0 + timeout_s)
+        text = _read(cluster.logfile)
+        start, done = REDO_START_RE.search(text), REDO_DONE_RE.search(text)
+        last = LAST_XACT_RE.search(text)
+        recovery = Recovery(
+            target=target,
+            recovered_to=_pg_time(last.group(1)) if last else None,
+            wal_bytes=lsn(done.group(1)) - lsn(start.group(1)) if start and done else 0,
+            segments=len(set(RESTORED_RE.findall(text))),
+            restore_s=round(timings["restore"], 3),
+            **_start_and_replay(text, time.monotonic() - t0 - timings["restore"]))
+        yield cluster, recovery
+    finally:
+        cluster.destroy()
+
+
+def _start_and_replay(server_log: str, total_s: float) -> dict[str, float]:
+    """Split the time after the restore by the server's own log timestamps."""
+    stamps: dict[str, datetime] = {}
+    for line in server_log.splitlines():
+        found = LOG_TIME_RE.match(line)
+        if not found:
+            continue
+        at = datetime.fromisoformat(found.group(1)).replace(tzinfo=UTC)
+        stamps.setdefault("first", at)
+        if "redo starts at" in line:
+            stamps.setdefault("redo", at)
+        if "ready to accept connections" in line and "read-only" not in line:
+            stamps["ready"] = at
+    if len(stamps) < 3:
+        return {"start_s": 0.0, "replay_s": round(total_s, 3)}
+    start = (stamps["redo"] - stamps["first"]).total_seconds()
+    replay = (stamps["ready"] - stamps["redo"]).total_seconds()
+    return {"start_s": round(max(start, 0.0), 3), "replay_s": round(max(replay, 0.0), 3)}
+
+
+def _wait_promoted(cluster: Cluster, info: StanzaInfo, target: datetime, *,
+                   deadline: float) -> None:
+    """pg_ctl returns once recovery has begun; the copy is usable when it is promoted. A
+    server that stops meanwhile ran out of WAL, or failed: the log says which."""
+    while time.monotonic() < deadline:
+        pid = cluster.pid
+        alive = pid is not None and _alive(pid)
+        if not alive:
+            time.sleep(0.2)  # the log's last lines are written as the server exits
+            raise explain(_read(cluster.logfile), info, target)
+        try:
+            with db.connect(cluster.url(), connect_timeout=5) as conn:
+                row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+            if row and not row[0]:
+                return
+        except ConnectionFailed:
+            pass  # still replaying: it accepts no connections with hot_standby off
+        time.sleep(0.2)
+    raise RecoveryFailed(f"recovery to {target.isoformat()} did not finish in time",
+                         log_tail="\n".join(_read(cluster.logfile).splitlines()[-20:]))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # PermissionError, too, means it exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def explain(server_log: str, info: StanzaInfo, target: datetime) -> RecoveryFailed:
+    """Why a recovery stopped: a segment missing from the middle of the archive, a target
+    after the last archived WAL, or the server's own FATAL line."""
+    tail = "\n".join(server_log.strip().splitlines()[-20:])
+    if "recovery ended before configured recovery target was reached" in server_log:
+        restored = RESTORED_RE.findall(server_log)
+        last = LAST_XACT_RE.search(server_log)
+        reached = f"; the last transaction replayed was at {last.group(1)}" if last else ""
+        if restored:
+            missing = pgbackrest.next_segment(restored[-1])
+            if info.wal_max and missing[8:] < info.wal_max[8:]:
+                return RecoveryFailed(
+                    f"WAL segment {missing} is missing from the archive: recovery stopped "
+                    f"after {restored[-1]}, short of the target {target.isoformat()}, while "
+                    f"the archive goes on to {info.wal_max}{reached}",
+                    segment=missing, log_tail=tail)
+        return RecoveryFailed(
+            f"the target {target.isoformat()} is after the last archived WAL "
+            f"({restored[-1] if restored else info.wal_max}){reached}: recovery stops at the "
+            "first transaction after the target, and the archive has none", segment=None,
+            log_tail=tail)
+    fatal = [ln for ln in server_log.splitlines() if "FATAL" in ln or "PANIC" in ln]
+    return RecoveryFailed("the recovered copy did not start: "
+                          + (fatal[-1].split("FATAL:", 1)[-1].strip() if fatal
+                             else (tail.splitlines()[-1] if tail else "no server log")),
+                          log_tail=tail)

@@ -1,0 +1,1 @@
+"""Reading a database: its inventory, the production guard and restore targets."""

@@ -1,0 +1,1 @@
+"""The backup store: names, manifests, the catalog, verdicts and retention."""

@@ -1,0 +1,326 @@
+"""What is in a backup directory: sound backups, and everything that is not one.
+
+Nothing found in the tree is trusted. A backup is *sound* (state `complete`) only when its dump
+is a real regular file, its manifest validates against the schema, names this file and this
+database, its size matches, and it is not dated in the future. Only sound backups count toward
+retention floors and tiers, status and drill picks; everything else is listed with its state
+and a reason. No symbolic link is followed, at any level: a scan never leaves `BACKUP_DIR`.
+
+Each backup belongs to a *source*: the server it was taken from (recorded in its manifest)
+and its database. Backups of different sources never stand in for each other.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from backup_core.store.manifest import Manifest, ManifestError, read_manifest
+from backup_core.store.naming import (
+    DRILL_SUFFIX,
+    DUMP_SUFFIX,
+    MANIFEST_SUFFIX,
+    SIDECAR_SUFFIXES,
+    VERIFY_SUFFIX,
+    db_from_dir,
+    dir_name,
+    is_partial,
+    legacy_dir_name,
+    pruned_dump,
+    taken_at,
+)
+from backup_core.store.verdicts import (
+    DrillVerdict,
+    VerifyRecord,
+    effective,
+    read_drill_history,
+    read_verify,
+)
+
+COMPLETE = "complete"
+NO_MANIFEST = "no-manifest"
+BAD_MANIFEST = "bad-manifest"
+DAMAGED = "damaged"
+CORRUPT = "verify-failed"
+FUTURE = "future"
+PARTIAL = "partial"
+STRAY = "stray"
+ORPHAN_MANIFEST = "orphan-manifest"
+MISFILED = "misfiled"
+PRUNING = "pruning"  # a dump an interrupted prune had started to delete (see naming)
+# Dumps filed under our naming scheme, whatever their state. Only `complete` ones may ever be
+# pruned; the others are counted to tell a healthy tree from one that looks wrong.
+BACKUP_STATES = frozenset({COMPLETE, NO_MANIFEST, BAD_MANIFEST, DAMAGED, CORRUPT, FUTURE,
+                           MISFILED})
+# How far ahead of our clock a backup may be dated before it is an anomaly.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Backup:
+    """One file of interest under the backup directory; `state` says what it is."""
+
+    path: Path
+    database: str
+    state: str
+    taken_at: datetime | None
+    size: int
+    mtime: float
+    manifest: Manifest | None = None
+    alembic_revision: str | None = None
+    drills: tuple[DrillVerdict, ...] = ()
+    verified: VerifyRecord | None = None
+    problem: str = ""
+
+    @property
+    def drill(self) -> DrillVerdict | None:
+        """The drill verdict that stands (a PASS is never hidden by a later verdict the
+        backup did not cause)."""
+        return effective(self.drills)
+
+    @property
+    def source(self) -> str:
+        """The server and database this backup is of; manifests from before atb recorded
+        the server share one source per database name."""
+        if self.manifest is not None and self.manifest.source_id:
+            return f"{self.manifest.source_id}, database {self.database}"
+        return f"unknown source of database {self.database}"
+
+    @property
+    def complete(self) -> bool:
+        """Sound: counts toward floors, tiers, status and drill picks."""
+        return self.state == COMPLETE
+
+    @property
+    def is_backup(self) -> bool:
+        """A dump filed under our naming scheme (sound or not)."""
+        return self.state in BACKUP_STATES
+
+    @property
+    def checked(self) -> str:
+        """The strongest evidence we hold that this backup is good (or bad)."""
+        if self.drill is not None:
+            if self.drill.verdict == "INCOMPLETE":
+                return "drill-incomplete"
+            if self.drill.passed:
+                return "drill-passed"
+            return "drill-failed" if self.drill.decides else "drill-error"
+        if self.verified is not None:
+            if self.verified.ok:
+                return "verified" + (" (deep)" if self.verified.deep else "")
+            # an older atb recorded tool failures too: they say nothing about the file
+            return "verify-failed" if self.verified.condemns else "unverified (tool failed)"
+        return "unverified"
+
+
+def database_dirs(backup_dir: Path, database: str | None = None) -> list[tuple[Path, str]]:
+    """(directory, database it is named for) for each real directory at the top of the tree.
+
+    A directory whose name `dir_name` would not write is a legacy one (the first layout
+    cleaned names lossily); its backups are told apart by their manifests."""
+    try:
+        entries = list(os.scandir(backup_dir))
+    except OSError:
+        return []
+    wanted = None if database is None else {dir_name(database), legacy_dir_name(database)}
+    found = []
+    for e in sorted(entries, key=lambda e: e.name):
+        if e.name.startswith(".") or not e.is_dir(follow_symlinks=False):
+            continue
+        if wanted is not None and e.name not in wanted:
+            continue
+        found.append((Path(e.path), db_from_dir(e.name) or e.name))
+    return found
+
+
+def scan(backup_dir: Path, database: str | None = None, *,
+         now: datetime | None = None) -> list[Backup]:
+    """Everything under `backup_dir` (one database's backups if given), newest first."""
+    now = now or datetime.now(UTC)
+    found: list[Backup] = [] if database is not None else _top_level_links(backup_dir)
+    for root, named in database_dirs(backup_dir, database):
+        for dirpath, dirnames, filenames in os.walk(root):  # never follows symlinked dirs
+            folder = Path(dirpath)
+            links = [d for d in dirnames if (folder / d).is_symlink()]
+            dirnames[:] = sorted(d for d in dirnames if d not in links)
+            for d in links:
+                found.append(_record(folder / d, named, STRAY, None,
+                                     problem="symbolic link: not followed"))
+            found.extend(_scan_dir(folder, named, set(filenames), now, top=root.name))
+    if database is not None:
+        found = [b for b in found if b.database == database]
+    found.sort(key=lambda b: (b.taken_at.timestamp() if b.taken_at else b.mtime, b.path.name),
+               reverse=True)
+    return found
+
+
+def _top_level_links(backup_dir: Path) -> list[Backup]:
+    """Symbolic links at the top of the tree: shown, never scanned as a database."""
+    try:
+        links = [Path(e.path) for e in os.scandir(backup_dir) if e.is_symlink()]
+    except OSError:
+        return []
+    return [_record(p, p.name, STRAY, None, problem="symbolic link: not followed")
+            for p in links]
+
+
+def _scan_dir(folder: Path, db: str, names: set[str], now: datetime, *,
+              top: str) -> list[Backup]:
+    out: list[Backup] = []
+    manifests_used: set[str] = set()
+    for name in sorted(names):
+        path = folder / name
+        if name == ".lock" or (name.endswith(SIDECAR_SUFFIXES) and not name.startswith(".")):
+            continue
+        if is_partial(path):
+            out.append(_record(path, db, PARTIAL, None))
+            continue
+        pruned = pruned_dump(path)
+        if pruned is not None:
+            manifests_used.add(pruned.name[: -len(DUMP_SUFFIX)] + MANIFEST_SUFFIX)
+            out.append(_record(path, db, PRUNING, taken_at(pruned),
+                               problem="left by an interrupted prune: the next prune "
+                                       "finishes deleting it"))
+            continue
+        at = taken_at(path)
+        if at is None:
+            if name.endswith(MANIFEST_SUFFIX) and name.startswith("backup-"):
+                continue  # judged below, once every dump has claimed its manifest
+            out.append(_record(path, db, STRAY, None, problem="not named like a backup"))
+            continue
+        stem = name[: -len(DUMP_SUFFIX)]
+        manifests_used.add(stem + MANIFEST_SUFFIX)
+        out.append(_judge(path, db, at, names, now, top=top))
+    for name in names:
+        if (name.startswith("backup-") and name.endswith(MANIFEST_SUFFIX)
+                and not name.endswith(SIDECAR_SUFFIXES)
+                and name not in manifests_used):
+            out.append(_record(folder / name, db, ORPHAN_MANIFEST, None,
+                               problem="manifest without its dump"))
+    return out
+
+
+def _judge(path: Path, db: str, at: datetime, names: set[str], now: datetime, *,
+           top: str | None) -> Backup:
+    """The state of one dump named like a backup, trusting nothing about it."""
+    stem = path.name[: -len(DUMP_SUFFIX)]
+    drills = read_drill_history(path) if stem + DRILL_SUFFIX in names else ()
+    verified = read_verify(path) if stem + VERIFY_SUFFIX in names else None
+    try:
+        st = path.lstat()
+    except OSError as exc:
+        return _record(path, db, DAMAGED, at, problem=f"cannot stat: {exc.strerror}")
+    extra: dict[str, object] = {"stat": st}
+    if stat.S_ISLNK(st.st_mode):
+        return _record(path, db, STRAY, at, problem="symbolic link: not followed", **extra)
+    if not stat.S_ISREG(st.st_mode):
+        return _record(path, db, DAMAGED, at, problem="not a regular file", **extra)
+    if stem + MANIFEST_SUFFIX not in names:
+        return _record(path, db, NO_MANIFEST, at, problem="manifest missing", **extra)
+    mpath = path.with_name(stem + MANIFEST_SUFFIX)
+    if mpath.is_symlink():
+        return _record(path, db, BAD_MANIFEST, at, problem="manifest is a symbolic link",
+                       **extra)
+    try:
+        manifest = read_manifest(mpath)
+    except ManifestError as exc:
+        return _record(path, db, BAD_MANIFEST, at, problem=str(exc), **extra)
+    database = manifest.database
+    db = db or database
+    extra.update(manifest=manifest, drills=drills, verified=verified,
+                 alembic_revision=manifest.alembic_revision)
+    if top is not None and top not in (dir_name(manifest.database),
+                                       legacy_dir_name(manifest.database)):
+        return _record(path, db, MISFILED, at, problem=f"manifest names database "
+                       f"{manifest.database!r}, filed under {top!r}", **extra)
+    if manifest.file != path.name:
+        return _record(path, database, DAMAGED, at,
+                       problem=f"manifest describes {manifest.file}", **extra)
+    if st.st_size != manifest.size_bytes:
+        return _record(path, database, DAMAGED, at, problem=f"{st.st_size} bytes, manifest "
+                       f"says {manifest.size_bytes} (truncated or replaced)", **extra)
+    if st.st_size > 65536 and st.st_blocks * 512 < st.st_size // 8:
+        return _record(path, database, DAMAGED, at,
+                       problem="sparse file: holes where the dump's data should be", **extra)
+    if verified is not None and verified.condemns:
+        return _record(path, database, CORRUPT, at, problem=verified.reason, **extra)
+    if at > now + CLOCK_SKEW:
+        return _record(path, database, FUTURE, at, problem="dated in the future: a clock "
+                       "was wrong when it was taken; not counted toward anything", **extra)
+    return _record(path, database, COMPLETE, at, **extra)
+
+
+def _record(path: Path, db: str, state: str, at: datetime | None, **extra: object) -> Backup:
+    known = extra.pop("stat", None)
+    try:
+        st = known if isinstance(known, os.stat_result) else path.lstat()
+        size, mtime = st.st_size, st.st_mtime
+    except OSError:
+        size, mtime = 0, 0.0
+    return Backup(path=path, database=db, state=state, taken_at=at, size=size, mtime=mtime,
+                  **extra)  # type: ignore[arg-type]
+
+
+def complete_backups(backups: list[Backup]) -> list[Backup]:
+    return [b for b in backups if b.complete]
+
+
+def find(backup_dir: Path, path: Path, *, now: datetime | None = None) -> Backup | None:
+    """The catalog record of one dump path (which may lie outside `backup_dir`)."""
+    path = path.absolute()
+    if taken_at(path) is None or not path.name.endswith(DUMP_SUFFIX):
+        return None
+    folder = path.parent
+    try:
+        names = {p.name for p in folder.iterdir()}
+    except OSError:
+        return None
+    top = _top_dir(backup_dir, path)
+    db = (db_from_dir(top) or top) if top else ""
+    return _judge(path, db, taken_at(path) or datetime.now(UTC), names,
+                  now or datetime.now(UTC), top=top)
+
+
+def _top_dir(backup_dir: Path, path: Path) -> str | None:
+    """The database directory `path` is filed under inside `backup_dir`; None outside it,
+    where only the manifest says which database a dump belongs to."""
+    try:
+        rel = path.relative_to(backup_dir.absolute())
+    except ValueError:
+        return None
+    return rel.parts[0] if len(rel.parts) > 1 else None
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One backup as `atb db list` publishes it, aged at the time of listing."""
+
+    path: Path
+    database: str
+    state: str
+    taken_at: datetime | None
+    age_s: float | None
+    size_bytes: int
+    alembic_revision: str | None
+    checked: str
+    drill: DrillVerdict | None
+    drills: int
+    verified: VerifyRecord | None
+    source: str
+    problem: str
+    backup: Backup = field(repr=False, metadata={"json": False})  # the rest, for people
+
+
+def listing(backup_dir: Path, database: str | None = None, *,
+            now: datetime | None = None) -> tuple[Listed, ...]:
+    """Every file of interest, newest first, with its age and the evidence held for it."""
+    now = now or datetime.now(UTC)
+    return tuple(Listed(
+        path=b.path, database=b.database, state=b.state, taken_at=b.taken_at,
+        age_s=(now - b.taken_at).total_seconds() if b.taken_at else None, size_bytes=b.size,
+        alembic_revision=b.alembic_revision, checked=b.checked, drill=b.drill,
+        drills=len(b.drills), verified=b.verified, source=b.source, problem=b.problem, backup=b)
+        for b in scan(backup_dir, database, now=now))

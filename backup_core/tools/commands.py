@@ -1,0 +1,31 @@
+"""Command lines of the PostgreSQL tools more than one module runs, as pure functions.
+
+Each returns the exact argv (`list[str]`), so a unit test checks it without starting
+anything; running it is `runner.run`'s job. Connection details travel as a conninfo without
+secrets (see `childenv.for_tool`), never a password.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backup_core.tools.toolchain import Toolchain
+
+
+def pg_restore_list_argv(chain: Toolchain, archive: Path) -> list[str]:
+    """The archive's table of contents: reads the header and TOC, not the data."""
+    return [chain.tool("pg_restore"), "--list", str(archive)]
+
+
+def pg_restore_read_argv(chain: Toolchain, archive: Path) -> list[str]:
+    """Every data block read and decompressed, the SQL thrown away: a deep read."""
+    return [chain.tool("pg_restore"), "--file=/dev/null", str(archive)]
+
+
+def pg_waldump_argv(chain: Toolchain, segment: Path) -> list[str]:
+    return [chain.tool("pg_waldump"), str(segment)]
+
+
+def pg_amcheck_argv(chain: Toolchain, conninfo: str) -> list[str]:
+    """Every heap page and B-tree index of the database, installing amcheck if missing."""
+    return [chain.tool("pg_amcheck"), "--install-missing", "--no-password", conninfo]

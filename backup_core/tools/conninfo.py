@@ -1,0 +1,405 @@
+"""Connection strings, parsed and rendered with libpq's own rules (`psycopg.conninfo`).
+
+Every form libpq accepts works (URLs, IPv6, multi-host, keyword strings, `service=`), plus the
+SQLAlchemy dialect prefixes applications keep in `DATABASE_URL`. The libpq environment
+(`PGHOST`, `PGPASSWORD`, ...) is folded in when parsing, so a `ConnInfo` describes a connection
+completely by itself: children are then given an environment built from it and nothing else.
+
+Secrets (`password`, `sslpassword`) are held apart from the other parameters, never rendered
+into `str()`, and registered so that `redact()` masks them in any text.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from functools import cache
+from urllib.parse import parse_qsl, quote
+
+import psycopg
+from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from backup_core.tools.errors import ConfigError
+
+SECRET_KEYS = ("password", "sslpassword")
+# Variables libpq reads besides its keyword variables: where `service=` names are looked up.
+SERVICE_ENV = ("PGSERVICEFILE", "PGSYSCONFDIR")
+# Query parameters that only a Python driver understands, translated or dropped for libpq.
+_DRIVER_PARAMS = {"ssl": "sslmode", "prepared_statement_cache_size": "",
+                  "prepare_threshold": "", "async_fallback": "", "server_settings": ""}
+_DIALECT = re.compile(r"^(postgres|postgresql)(\+[A-Za-z0-9_]+)?://", re.IGNORECASE)
+# Redaction scans text of any size (a tool's 30 KB line, a megabyte of output): every pattern
+# below is matched only anchored at a position found by `str.find`, runs over characters that
+# a failed attempt does not read again, and never backtracks, so `redact` is linear.
+_SCHEME_TAIL = re.compile(r"[\w+.-]*")  # matched on the reversed text before `://`
+_ASCII_LETTER = re.compile(r"[A-Za-z]")
+_URL_USER = re.compile(r"[^:/@\s'\"<>]*")
+_URL_SECRET_RUN = re.compile(r"[^\s'\"<>]*")
+_SPACES = re.compile(r"\s*")
+_QUOTED_VALUE = re.compile(r"'(?:[^'\\]|\\.)*+'")
+_BARE_VALUE = re.compile(r"[^\s'\"&]+")
+# Free-text masking of shorter secrets would garble reports (a password `test` or `PASS`);
+# they are still masked wherever they stand as a URL or keyword password.
+_MIN_MASKED = 6
+_known_secrets: set[str] = set()
+# libpq variables taken out of os.environ by `detach_libpq_environment`
+_detached: dict[str, str] = {}
+
+
+@cache
+def libpq_env_keywords() -> dict[str, str]:
+    """Environment variable -> keyword, as the linked libpq itself defines them."""
+    return {o.envvar.decode(): o.keyword.decode()
+            for o in pq.Conninfo.get_defaults() if o.envvar}
+
+
+def detach_libpq_environment() -> dict[str, str]:
+    """Move the libpq variables out of `os.environ` (keeping them for `ConnInfo.parse`).
+
+    Called once at start by the CLI and the drill plugin: afterwards no connection of this
+    process, and no child it starts, is steered by an ambient PGHOST or PGPASSWORD; every
+    connection says where it goes."""
+    for var in [*libpq_env_keywords(), "PGDATESTYLE", "PGTZ", "PGGEQO"]:
+        if var in os.environ:
+            _detached[var] = os.environ.pop(var)
+    return dict(_detached)
+
+
+def ambient_env() -> dict[str, str]:
+    """The libpq variables of this process, including those detached at start."""
+    return {**_detached, **{k: v for k, v in os.environ.items() if k.startswith("PG")}}
+
+
+@cache
+def libpq_keywords() -> frozenset[str]:
+    """Every connection keyword the linked libpq knows."""
+    return frozenset(o.keyword.decode() for o in pq.Conninfo.get_defaults())
+
+
+def register_secret(value: str) -> None:
+    """Mask `value` wherever `redact` sees it from now on."""
+    if len(value) >= _MIN_MASKED:
+        _known_secrets.add(value)
+
+
+def redact(text: str) -> str:
+    """`text` with every connection password masked: in URLs (even unencoded), in keyword
+    strings, and every secret this process has parsed."""
+    text = _mask_url_passwords(text)
+    text = _mask_keyword_passwords(text)
+    for secret in sorted(_known_secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _end(star: re.Pattern[str], text: str, pos: int) -> int:
+    """Where a run of `star` (a `*` pattern, which always matches) starting at `pos` ends."""
+    m = star.match(text, pos)
+    return m.end() if m else pos
+
+
+def _mask_url_passwords(text: str) -> str:
+    """`scheme://user:SECRET@` -> `scheme://user:***@`, the secret running to the last `@`
+    before a space or quote (an unencoded password may hold `@`, `:` and `/`)."""
+    out: list[str] = []
+    done = 0  # text[:done] is settled
+    floor = 0  # a scheme starts after the previous `://` and after the previous match
+    # the run of secret characters last measured: (start, end, its last `@`)
+    run_start, run_end, run_at = -1, -1, -1
+    p = text.find("://")
+    while p != -1:
+        letter = _ASCII_LETTER.search(text, p - _end(_SCHEME_TAIL, text[floor:p][::-1], 0), p)
+        user_end = _end(_URL_USER, text, p + 3)
+        at = -1
+        if letter is not None and text.startswith(":", user_end):
+            q = user_end + 1
+            if not run_start <= q < run_end:
+                run_start, run_end = q, _end(_URL_SECRET_RUN, text, q)
+                run_at = text.rfind("@", q, run_end)
+            at = run_at if run_at >= q else -1
+        if at == -1:
+            floor = p + 3
+            p = text.find("://", floor)
+            continue
+        out += [text[done:user_end], ":***@"]
+        done = floor = at + 1
+        p = text.find("://", floor)
+    return "".join(out) + text[done:] if out else text
+
+
+def _is_word(char: str) -> bool:
+    return char.isalnum() or char == "_"
+
+
+def _mask_keyword_passwords(text: str) -> str:
+    """`password=SECRET` and `sslpassword = 'SEC RET'` (libpq's quoting) -> `password=***`."""
+    out: list[str] = []
+    done = 0
+    i = text.find("password")
+    while i != -1:
+        ssl = i >= 3 and text.startswith("ssl", i - 3) and i - 3 >= done
+        start = i - 3 if ssl else i
+        value = None
+        if start >= done and (start == 0 or not _is_word(text[start - 1])):
+            j = _end(_SPACES, text, i + 8)
+            if text.startswith("=", j):
+                j = _end(_SPACES, text, j + 1)
+                value = _QUOTED_VALUE.match(text, j) or _BARE_VALUE.match(text, j)
+        if value is None:
+            i = text.find("password", i + 1)
+            continue
+        out += [text[done:value.start()], "***"]
+        done = value.end()
+        i = text.find("password", done)
+    return "".join(out) + text[done:] if out else text
+
+
+def _reencode_userinfo(url: str) -> str | None:
+    """A URL whose password holds unencoded reserved characters (`p@ss:w/rd%!`), with the
+    password percent-encoded; None when there is nothing to repair."""
+    m = _DIALECT.match(url)
+    if not m:
+        return None
+    rest = url[m.end():]
+    if "@" not in rest:
+        return None
+    userinfo, tail = rest.rsplit("@", 1)
+    if ":" not in userinfo:
+        return None
+    user, password = userinfo.split(":", 1)
+    return f"{m.group(0)}{user}:{quote(password, safe='')}@{tail}"
+
+
+def _libpq_form(text: str) -> tuple[str, str]:
+    """(conninfo libpq can parse, the dialect the user wrote) from a URL or keyword string."""
+    m = _DIALECT.match(text)
+    if not m:
+        return text, ""
+    return "postgresql://" + text[m.end():], m.group(0)[:-3].lower()
+
+
+@dataclass(frozen=True)
+class ConnInfo:
+    """One database connection, fully explicit. `str()` and `repr()` never show a secret."""
+
+    params: tuple[tuple[str, str], ...]
+    secrets: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    # PGSERVICEFILE / PGSYSCONFDIR, kept only when `service=` needs them
+    env: tuple[tuple[str, str], ...] = ()
+    dialect: str = ""
+
+    def __post_init__(self) -> None:
+        for _, value in self.secrets:
+            register_secret(value)
+
+    @classmethod
+    def make(cls, *, dbname: str, host: str = "", port: int | str | None = None,
+             user: str = "", password: str = "") -> ConnInfo:
+        params = {"dbname": dbname, "host": host, "port": "" if port is None else str(port),
+                  "user": user}
+        return cls(params=tuple((k, v) for k, v in params.items() if v),
+                   secrets=(("password", password),) if password else ())
+
+    @classmethod
+    def parse(cls, text: str, *, env: Mapping[str, str] | None = None,
+              what: str = "DATABASE_URL") -> ConnInfo:
+        """Parse a URL or keyword string as libpq would, filling what it leaves out from the
+        libpq variables of `env` (default: this process's). Raises `ConfigError` (exit 2)
+        with a redacted copy."""
+        raw = (text or "").strip()
+        env = ambient_env() if env is None else env
+        conninfo, dialect = _libpq_form(raw)
+        scheme = re.match(r"^([A-Za-z][\w+.-]*)://", raw)
+        if scheme and not dialect:
+            raise ConfigError(f"{what} {redact(raw)!r} is a {scheme.group(1)}:// URL: give a "
+                              "postgresql:// URL or a libpq keyword string")
+        if dialect:
+            conninfo = _translate_driver_params(conninfo, raw, what)
+        try:
+            parsed = conninfo_to_dict(conninfo)
+        except psycopg.ProgrammingError as exc:
+            repaired = _reencode_userinfo(conninfo)
+            try:
+                if repaired is None:
+                    raise
+                parsed = conninfo_to_dict(repaired)
+            except psycopg.ProgrammingError:
+                raise ConfigError(
+                    f"cannot understand {what} {redact(raw)!r}: "
+                    f"{redact(str(exc).strip().splitlines()[0])}; use "
+                    "postgresql://user:password@host:port/dbname (percent-encode reserved "
+                    "characters) or a libpq keyword string such as 'host=h dbname=d'") from exc
+        values: dict[str, str] = {k: str(v) for k, v in parsed.items() if v is not None}
+        for var, keyword in libpq_env_keywords().items():
+            if keyword not in values and env.get(var):
+                values[keyword] = env[var]
+        if not any(values.get(k) for k in ("dbname", "host", "service")):
+            raise ConfigError(f"no database given: set {what} (a postgresql:// URL or a libpq "
+                              "keyword string), or the libpq variables PGHOST and PGDATABASE")
+        bad_ports = [p for p in values.get("port", "").split(",")
+                     if p and not (p.isdigit() and 0 < int(p) < 65536)]
+        if bad_ports:
+            raise ConfigError(f"cannot understand {what} {redact(raw)!r}: port {bad_ports[0]!r}"
+                              " is not a number from 1 to 65535")
+        secrets = tuple((k, values.pop(k)) for k in SECRET_KEYS if values.get(k))
+        service_env = tuple((v, env[v]) for v in SERVICE_ENV if env.get(v)) \
+            if values.get("service") else ()
+        return cls(params=tuple(sorted(values.items())), secrets=secrets, env=service_env,
+                   dialect=dialect)
+
+    # -- parameters ---------------------------------------------------------------------
+
+    def get(self, key: str) -> str:
+        return dict(self.params).get(key, "")
+
+    @property
+    def dbname(self) -> str:
+        return self.get("dbname")
+
+    @property
+    def host(self) -> str:
+        return self.get("host")
+
+    @property
+    def port(self) -> str:
+        return self.get("port")
+
+    @property
+    def user(self) -> str:
+        return self.get("user")
+
+    @property
+    def password(self) -> str:
+        return dict(self.secrets).get("password", "")
+
+    def with_params(self, **changes: str) -> ConnInfo:
+        values = dict(self.params)
+        for k, v in changes.items():
+            if v:
+                values[k] = v
+            else:
+                values.pop(k, None)
+        return replace(self, params=tuple(sorted(values.items())))
+
+    def with_dbname(self, dbname: str) -> ConnInfo:
+        return self.with_params(dbname=dbname)
+
+    def with_password(self, password: str) -> ConnInfo:
+        secrets = {**dict(self.secrets), "password": password}
+        return replace(self, secrets=tuple(secrets.items()))
+
+    def with_password_from(self, other: ConnInfo | None) -> ConnInfo:
+        """This connection with `other`'s password when it has none and names the same user on
+        the same host and port: the runbook's target needs no password of its own."""
+        if self.password or other is None or not other.password:
+            return self
+        if (self.user, self.host, self.port) != (other.user, other.host, other.port):
+            return self
+        return self.with_password(other.password)
+
+    # -- renderings ---------------------------------------------------------------------
+
+    @property
+    def conninfo(self) -> str:
+        """libpq keyword string without secrets: for an argv, psycopg, or a log line."""
+        return make_conninfo(**dict(self.params))
+
+    def _url(self, *, password: str | None, scheme: str = "postgresql",
+             multi_host_query: bool = False) -> str:
+        values = dict(self.params)
+        user, dbname = values.pop("user", ""), values.pop("dbname", "")
+        hosts = [h for h in values.pop("host", "").split(",") if h] if "host" in values else []
+        ports = values.pop("port", "").split(",") if "port" in values else []
+        query: list[tuple[str, str]] = []
+        netloc = ""
+        in_netloc = bool(hosts) and not any(h.startswith("/") for h in hosts) \
+            and len(ports) in (0, 1, len(hosts)) and not (multi_host_query and len(hosts) > 1)
+        if in_netloc:
+            parts = []
+            for i, h in enumerate(hosts):
+                p = ports[i] if len(ports) == len(hosts) else (ports[0] if ports else "")
+                name = f"[{h}]" if ":" in h else quote(h, safe="")
+                parts.append(name + (f":{p}" if p else ""))
+            netloc = ",".join(parts)
+        else:
+            if multi_host_query and len(hosts) > 1:
+                query += [("host", f"{h}:{ports[i]}" if len(ports) == len(hosts) else h)
+                          for i, h in enumerate(hosts)]
+            elif hosts:
+                query.append(("host", ",".join(hosts)))
+            if ports and ports != [""] and not (multi_host_query and len(hosts) > 1
+                                                 and len(ports) == len(hosts)):
+                query.append(("port", ",".join(ports)))
+        auth = quote(user, safe="")
+        if password is not None and self.password:
+            auth += ":" + password
+        query += sorted(values.items())
+        ssl_secret = dict(self.secrets).get("sslpassword")
+        if ssl_secret and password is not None:
+            query.append(("sslpassword", "***" if password == "***" else ssl_secret))
+        tail = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in query)
+        return (f"{scheme}://{auth + '@' if auth else ''}{netloc}/{quote(dbname, safe='')}"
+                + (f"?{tail}" if tail else ""))
+
+    @property
+    def libpq_url(self) -> str:
+        """A URL without its password: safe for an argv, a log line or a report."""
+        return self._url(password=None)
+
+    @property
+    def redacted(self) -> str:
+        """A URL for people: `***` where the password is."""
+        return self._url(password="***")
+
+    @property
+    def secret_url(self) -> str:
+        """The full `postgresql://` URL with password: for a child's environment only."""
+        return self._url(password=quote(self.password, safe=""))
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The same for SQLAlchemy with the installed driver (psycopg 3), sync or async."""
+        return self._url(password=quote(self.password, safe=""), scheme="postgresql+psycopg",
+                         multi_host_query=True)
+
+    def app_url(self, dialect: str = "") -> str:
+        """The URL in the form the application's own DATABASE_URL uses (its dialect prefix,
+        `postgresql+asyncpg` say), for the application's code in a child's environment."""
+        scheme = dialect or self.dialect or "postgresql"
+        return self._url(password=quote(self.password, safe=""), scheme=scheme,
+                         multi_host_query="+" in scheme)
+
+    def psycopg_kwargs(self) -> dict[str, str]:
+        """Keyword arguments for `psycopg.connect`: the keyword string and the secrets."""
+        return {"conninfo": self.conninfo, "connect_timeout": self.get("connect_timeout")
+                or "10", **dict(self.secrets)}
+
+    def __str__(self) -> str:
+        return self.redacted
+
+
+def _translate_driver_params(url: str, raw: str, what: str) -> str:
+    """`url` with the query parameters of Python drivers (asyncpg's `ssl=require`) put in
+    libpq's terms; libpq refuses any parameter it does not know."""
+    if "?" not in url:
+        return url
+    base, query = url.split("?", 1)
+    known = libpq_keywords()
+    out: list[tuple[str, str]] = []
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key in known:
+            out.append((key, value))
+        elif key in _DRIVER_PARAMS:
+            if _DRIVER_PARAMS[key]:
+                out.append((_DRIVER_PARAMS[key], {"true": "require", "false": "disable"}.get(
+                    value.lower(), value)))
+        else:
+            raise ConfigError(f"cannot understand {what} {redact(raw)!r}: libpq has no "
+                              f"parameter {key!r}; remove it or use its libpq name")
+    if not out:
+        return base
+    return base + "?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in out)

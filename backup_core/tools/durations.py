@@ -1,0 +1,58 @@
+"""Durations as people write them: `90s`, `15m`, `1h`, `7d`, `1h30m`."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from backup_core.tools.errors import ConfigError
+
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+# A century: longer spans are typos, and would overflow date arithmetic further on.
+MAX_SECONDS = 100 * 365.25 * 86400
+
+
+def parse_duration(text: str, *, what: str = "duration") -> float:
+    """Seconds in `text`; a bare number is seconds. Refuses NaN, infinities, negatives and
+    more than a century with a `ConfigError` that says what to write instead."""
+    raw = text.strip().lower()
+    try:
+        total = float(raw)
+    except ValueError:
+        pos, total = 0, 0.0
+        for m in _PART.finditer(raw):
+            if raw[pos:m.start()].strip():
+                break
+            total += float(m.group(1)) * _UNIT[m.group(2)]
+            pos = m.end()
+        if pos == 0 or raw[pos:].strip():
+            raise ConfigError(f"cannot read {what} {text!r}: use e.g. 90s, 15m, 1h, 7d") from None
+    return check_seconds(total, text=text, what=what)
+
+
+def check_seconds(total: float, *, text: str, what: str) -> float:
+    if not math.isfinite(total) or total < 0 or total > MAX_SECONDS:
+        raise ConfigError(f"{what} {text!r} is out of range: give a span from 0 to 100 years, "
+                          "e.g. 15m or 7d")
+    return total
+
+
+def human(seconds: float | None) -> str:
+    """A short readable duration: `42s`, `3m 05s`, `2h 10m`, `3d 4h`."""
+    if seconds is None:
+        return "-"
+    if seconds < 0:  # a backup dated in the future, say
+        return "-" + human(-seconds)
+    s = round(seconds)
+    if abs(seconds) < 10:
+        return f"{seconds:.1f}s"
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"

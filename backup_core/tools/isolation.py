@@ -1,0 +1,309 @@
+"""Application code (Alembic's env.py, the integration command, users' drill checks) runs
+where only the sandbox is reachable: a new network namespace (nothing but a loopback of its
+own) and a new mount namespace in which every PostgreSQL socket of the host and libpq's
+password and service files are covered by /dev/null.
+
+That removes production as a class, not route by route: whatever URL, variable, `.env` file,
+service name or hard-coded socket the code uses, nothing outside answers. The sandbox is
+let in through its own socket (a local cluster started inside, or a `Relay`). Where the
+platform cannot do this (not Linux, no `unshare`, no privileges, `ATB_ISOLATION=off`), the
+drill says so and the child still gets a sealed environment (see `childenv`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from backup_core.tools import db
+from backup_core.tools.conninfo import ConnInfo, ambient_env
+from backup_core.tools.errors import AtbError, ConfigError
+from backup_core.tools.relay import Relay
+from backup_core.tools.runner import run
+
+NETWORK = "network"
+ENVIRONMENT_ONLY = "environment only"
+# set in every isolated child's environment: its own children are inside already
+ACTIVE_ENV = "ATB_ISOLATION_ACTIVE"
+# `off` forces environment only, for platforms where the probe succeeds but isolation breaks
+SWITCH_ENV = "ATB_ISOLATION"
+# the only name under which libpq, psycopg and asyncpg look for a server's unix socket
+SOCKET_PREFIX = ".s.PGSQL."
+PROC_NET_UNIX = Path("/proc/net/unix")
+_LISTENING = "00010000"  # __SO_ACCEPTCON in /proc/net/unix's Flags column
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """How application code is kept from production on this run."""
+
+    level: str  # NETWORK or ENVIRONMENT_ONLY
+    reason: str  # why this level (what isolates, or why it cannot)
+    allowed: tuple[str, ...] = ()  # what was let through besides the sandbox
+
+    @property
+    def network(self) -> bool:
+        return self.level == NETWORK
+
+    def describe(self) -> str:
+        through = f"; let through: {', '.join(self.allowed)}" if self.allowed else ""
+        return f"{self.level} ({self.reason}{through})"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"level": self.level, "reason": self.reason, "allowed": list(self.allowed)}
+
+
+def unshare_argv(unshare: str, *, root: bool) -> list[str]:
+    """The namespaces every isolated child gets; without root, through a user namespace whose
+    capabilities the launcher keeps (so that mounts and `lo` are ours to change)."""
+    # --pid: the launcher's first child is the namespace's init and mounts its own /proc, so
+    # no process of the host can be seen, signalled or walked through (/proc/PID/root is
+    # the host's file system, where nothing is covered); and nothing outlives the command
+    argv = [unshare, "--net", "--mount", "--pid", "--propagation", "private"]
+    if not root:  # our own uid inside; the launcher keeps the namespace's capabilities
+        argv += ["--user", "--map-current-user", "--keep-caps"]  # (it drops them before exec)
+    return [*argv, "--"]
+
+
+def isolated_argv(argv: list[str], *, hide: Iterable[str], root: bool,
+                  unshare_path: str, forward: Mapping[str, str] | None = None,
+                  read_only: Iterable[str] = ()) -> list[str]:
+    """`argv` run by `isolate_exec` inside new network and mount namespaces, `hide` covered,
+    `read_only` bound read-only, each `forward` HOST:PORT listened on inside and carried to
+    its unix socket outside."""
+    hidden = [part for path in hide for part in ("--hide", path)]
+    frozen = [part for path in read_only for part in ("--read-only", path)]
+    forwards = [part for addr, path in (forward or {}).items()
+                for part in ("--forward", f"{addr}={path}")]
+    return [*unshare_argv(unshare_path, root=root), sys.executable, "-m",
+            "backup_core.tools.isolate_exec", *hidden, *frozen, *forwards, "--", *argv]
+
+
+def split_service(text: str) -> tuple[str, int]:
+    """(host, port) of `HOST:PORT` or `[IPV6]:PORT`."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--allow-service takes HOST:PORT (a port from 1 to 65535), not "
+                          f"{text!r}")
+    return host, int(port)
+
+
+def check_service(text: str) -> str:
+    """`--allow-service HOST:PORT`, on a loopback address (the namespace listens on the same
+    address inside, so the suite's configuration works unchanged); exit 2 otherwise."""
+    host, port = split_service(text)
+    if host != "localhost":
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ConfigError(f"--allow-service {text}: only loopback addresses (127.0.0.1, "
+                              "::1, localhost) can be let into the drill's namespace; run a "
+                              "local forwarder to the service and name that")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _addresses(host: str, port: int) -> set[tuple[str, int]]:
+    try:
+        return {(str(info[4][0]), port) for info in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM)}
+    except OSError:
+        return set()
+
+
+def refuse_production_service(services: Iterable[str], production: ConnInfo | None) -> None:
+    """Refuse (exit 2) a service that is production's address by any host of its conninfo
+    (resolved), or production's port on loopback when production listens on a socket or on
+    loopback (the same server, by another route)."""
+    if production is None:
+        return
+    hosts = (production.get("hostaddr") or production.host or "/tmp").split(",")
+    ports = (production.port or "5432").split(",")
+    prod: set[tuple[str, int]] = set()
+    local_ports: set[int] = set()
+    for i, host in enumerate(hosts):
+        port = int(ports[i] if i < len(ports) else ports[-1])
+        if host.startswith("/") or host.startswith("@"):
+            local_ports.add(port)
+            continue
+        found = _addresses(host, port)
+        prod |= found
+        if any(ipaddress.ip_address(a.split("%")[0]).is_loopback for a, _ in found):
+            local_ports.add(port)
+    for text in services:
+        host, port = split_service(text)
+        if _addresses(host, port) & prod or port in local_ports:
+            raise ConfigError(f"--allow-service {text} is production's address "
+                              f"({production.redacted}): it is never let through")
+
+
+@cache
+def probe() -> Isolation:
+    """What this platform allows, tried once per process: the launcher run in trial
+    (namespaces, loopback, a cover, the capability drop) before `true`."""
+    if os.environ.get(SWITCH_ENV, "").lower() == "off":
+        return Isolation(ENVIRONMENT_ONLY, f"{SWITCH_ENV}=off")
+    if not sys.platform.startswith("linux"):
+        return Isolation(ENVIRONMENT_ONLY, f"network namespaces need Linux ({sys.platform})")
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return Isolation(ENVIRONMENT_ONLY, "unshare (util-linux) is not installed")
+    root = os.geteuid() == 0
+    # the launcher itself, covering a file: every step a real child needs, tried once, with
+    # the sealed environment a real child gets
+    with tempfile.NamedTemporaryFile(prefix="atb-probe-") as trial:
+        try:
+            done = run(isolated_argv(["true"], hide=[trial.name], root=root,
+                                     unshare_path=unshare),
+                       what="the isolation probe", check=False, timeout=30)
+        except (AtbError, OSError) as exc:
+            return Isolation(ENVIRONMENT_ONLY, f"unshare cannot run: {exc}")
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        how = "as root" if root else "through a user namespace"
+        return Isolation(ENVIRONMENT_ONLY, f"the namespaces cannot be made {how}: {why}")
+    return Isolation(NETWORK, "new network and mount namespaces: only the sandbox is "
+                              "reachable; the host's PostgreSQL sockets, pgpass and service "
+                              "files are hidden")
+
+
+def listening_pg_sockets(table: str) -> list[str]:
+    """Paths of the listening `.s.PGSQL.*` sockets in a /proc/net/unix table."""
+    found = []
+    for line in table.splitlines()[1:]:
+        cols = line.split()
+        if len(cols) >= 8 and cols[3] == _LISTENING and cols[7].startswith("/") \
+                and Path(cols[7]).name.startswith(SOCKET_PREFIX):
+            found.append(cols[7])
+    return found
+
+
+# where servers make their sockets by default (Debian's, upstream's) besides PGHOST's
+DEFAULT_SOCKET_DIRS = ("/run/postgresql", "/var/run/postgresql", "/tmp")
+
+
+def socket_dirs(env: Mapping[str, str]) -> list[str]:
+    """Directories to search for sockets on disk besides /proc/net/unix, which lists only
+    this network namespace's: a server in a container whose socket directory is mounted
+    from the host is reachable by its path, yet listed nowhere here."""
+    dirs = [*DEFAULT_SOCKET_DIRS, *(h for h in env.get("PGHOST", "").split(",")
+                                   if h.startswith("/"))]
+    return list(dict.fromkeys(dirs))
+
+
+def socket_files(dirs: Iterable[str]) -> list[str]:
+    """The `.s.PGSQL.*` sockets in `dirs` (not below them)."""
+    found = []
+    for d in dirs:
+        with contextlib.suppress(OSError):
+            found += [str(p) for p in Path(d).glob(f"{SOCKET_PREFIX}*")
+                      if p.is_socket()]
+    return found
+
+
+def libpq_files(env: Mapping[str, str]) -> list[Path]:
+    """Where libpq reads passwords and service definitions unless told otherwise."""
+    home = Path(env.get("HOME") or Path.home())
+    files = [home / ".pgpass", home / ".pg_service.conf",
+             Path("/etc/postgresql-common/pg_service.conf")]
+    for var in ("PGPASSFILE", "PGSERVICEFILE"):
+        if env.get(var):
+            files.append(Path(env[var]))
+    if env.get("PGSYSCONFDIR"):
+        files.append(Path(env["PGSYSCONFDIR"]) / "pg_service.conf")
+    return files
+
+
+def hidden_paths(allow: Iterable[str] = (), *, env: Mapping[str, str] | None = None,
+                 table: str | None = None, dirs: Iterable[str] | None = None) -> list[str]:
+    """What to cover inside the namespace: every PostgreSQL socket listening on this host
+    (read here, in the host's namespace: inside, /proc/net/unix is empty) but those in
+    `allow`, and libpq's password and service files that exist."""
+    env = {**os.environ, **ambient_env()} if env is None else env
+    if table is None:
+        try:
+            table = PROC_NET_UNIX.read_text(errors="replace")
+        except OSError:
+            table = ""
+    keep = {os.path.realpath(p) for p in allow}
+    found = listening_pg_sockets(table) + socket_files(socket_dirs(env) if dirs is None
+                                                       else dirs)
+    paths = [p for p in found if os.path.realpath(p) not in keep and os.path.exists(p)]
+    paths += [str(f) for f in libpq_files(env) if f.is_file()]
+    return sorted(dict.fromkeys(paths))
+
+
+def already_inside(env: Mapping[str, str] | None = None) -> bool:
+    """True in a child that `isolate_exec` started (or its children): the variable it set
+    names the network namespace this process is in."""
+    env = os.environ if env is None else env
+    try:
+        return bool(env.get(ACTIVE_ENV)) and env[ACTIVE_ENV] == os.readlink("/proc/self/ns/net")
+    except OSError:
+        return False
+
+
+INSIDE = Isolation(NETWORK, "inside the drill's network namespace already")
+
+
+def wrap(argv: list[str], *, allow: Iterable[str] = (),
+         env: Mapping[str, str] | None = None,
+         forward: Mapping[str, str] | None = None,
+         read_only: Iterable[str] = ()) -> tuple[list[str], Isolation]:
+    """`argv` as it should run: inside the namespaces when the platform allows and we are
+    not inside them already; else unchanged (the caller still seals its environment)."""
+    env = os.environ if env is None else env
+    if already_inside(env):
+        return argv, INSIDE
+    iso = probe()
+    if not iso.network:
+        return argv, iso
+    unshare = shutil.which("unshare")
+    assert unshare is not None
+    allow = [*allow, *(forward or {}).values()]
+    return isolated_argv(argv, hide=hidden_paths(allow), root=os.geteuid() == 0,
+                         unshare_path=unshare, forward=forward,
+                         read_only=read_only), Isolation(
+                             iso.level, iso.reason, tuple(forward or ()))
+
+
+@contextlib.contextmanager
+def isolated(argv: list[str], target: ConnInfo) -> Iterator[tuple[list[str], ConnInfo,
+                                                                  Isolation]]:
+    """(argv, the URL to give it, the isolation) for application code that may reach
+    `target` and nothing else: network-isolated with a relay that opens only `target`'s
+    database, where the platform allows."""
+    if already_inside():
+        yield argv, target, INSIDE
+        return
+    if not probe().network:
+        yield argv, target, probe()
+        return
+    found = resolved(target)
+    with Relay(found, only_database=found.dbname) as relay:
+        wrapped, iso = wrap(argv, allow=[str(relay.socket_path)])
+        yield wrapped, relay.url(), iso
+
+
+def resolved(target: ConnInfo) -> ConnInfo:
+    """`target` with the host and port libpq actually reached, when a service file or the
+    defaults chose them (the relay needs an address; the child gets no service file)."""
+    if target.host and not target.get("service"):
+        return target
+    with db.connect(target) as conn:
+        params = {k: v for k, v in conn.info.get_parameters().items() if k != "service"}
+        password = conn.info.password
+        params.update(host=conn.info.host, port=str(conn.info.port))
+    found = target.with_params(**params, service="", hostaddr="")
+    return found if found.password or not password else found.with_password(password)

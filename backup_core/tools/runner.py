@@ -1,0 +1,143 @@
+"""The one way we run external programs: argv lists, captured stderr, errors that carry it.
+
+`run` waits for a program; `spawn` starts one whose output the caller streams (pg_dump). Both
+log the redacted argv at debug level, seal the child's environment and demote it when asked.
+Code that runs programs takes a `Runner` (defaulting to `run`), so a unit test can record the
+exact argv without starting anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import pwd
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+from backup_core.tools import childenv
+from backup_core.tools.conninfo import redact
+from backup_core.tools.errors import CommandFailed, ToolchainError
+
+log = logging.getLogger("atb.run")
+
+
+@dataclass(frozen=True)
+class Completed:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The sealed environment (see `childenv`) plus `extra`: nothing reaches a child by
+    inheritance that names or unlocks a database."""
+    return childenv.sealed(extra)
+
+
+def demote_ids(run_as: str | None) -> tuple[int | None, int | None, list[int] | None]:
+    """(user, group, extra_groups) for subprocess: run a child as `run_as` (PostgreSQL refuses
+    root); all None to run as ourselves."""
+    if not run_as:
+        return None, None, None
+    entry = pwd.getpwnam(run_as)
+    return entry.pw_uid, entry.pw_gid, []
+
+
+class Runner(Protocol):
+    """What `run` is: the signature a test double records argv through."""
+
+    def __call__(
+        self,
+        argv: Sequence[str],
+        *,
+        what: str,
+        env: Mapping[str, str] | None = None,
+        check: bool = True,
+        timeout: float | None = None,
+        run_as: str | None = None,
+        cwd: Path | None = None,
+    ) -> Completed: ...
+
+
+def _not_found(what: str, program: str) -> ToolchainError:
+    return ToolchainError(f"{what}: program {program} not found; install PostgreSQL client "
+                          "tools or set PG_BINDIR (see `atb doctor`)")
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    what: str,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+    timeout: float | None = None,
+    run_as: str | None = None,
+    cwd: Path | None = None,
+) -> Completed:
+    """Run `argv` to completion; on failure raise `CommandFailed` carrying the tool's stderr."""
+    args = [str(a) for a in argv]
+    log.debug("run %s", redact(" ".join(args)))
+    uid, gid, groups = demote_ids(run_as)
+    try:
+        proc = subprocess.run(
+            args,
+            env=child_env(env),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            cwd=cwd,
+            check=False,
+            user=uid,
+            group=gid,
+            extra_groups=groups,
+        )
+    except FileNotFoundError as exc:
+        raise _not_found(what, args[0]) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise CommandFailed(f"{what}: timed out after {timeout:g}s") from exc
+    done = Completed(tuple(args), proc.returncode, proc.stdout, redact(proc.stderr))
+    if check and proc.returncode != 0:
+        raise CommandFailed(f"{what} failed: {first_error_line(done.stderr)}", detail=done.stderr)
+    return done
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    what: str,
+    stdout: int | IO[bytes],
+    stderr: int | IO[bytes],
+    env: Mapping[str, str] | None = None,
+    run_as: str | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start `argv` for a caller that streams its output (binary) and waits for it itself:
+    the same logging, sealed environment and demotion as `run`. Use it as a context manager,
+    killing the child when the caller's work fails."""
+    args = [str(a) for a in argv]
+    log.debug("run %s", redact(" ".join(args)))
+    uid, gid, groups = demote_ids(run_as)
+    try:
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                                env=child_env(env), user=uid, group=gid, extra_groups=groups)
+    except FileNotFoundError as exc:
+        raise _not_found(what, args[0]) from exc
+
+
+def first_error_line(stderr: str) -> str:
+    """The most telling line of a PostgreSQL tool's stderr, for a one-line message."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for ln in lines:
+        if "error" in ln.lower() or "fatal" in ln.lower():
+            return ln
+    return lines[0] if lines else "(no output)"
+
+
+def last_line(output: str) -> str:
+    """The last non-blank line: where a Python traceback names its exception."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    return lines[-1] if lines else "(no output)"
