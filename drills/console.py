@@ -8,20 +8,28 @@ import time
 from typing import Any
 
 from backup_core.tools.conninfo import redact
+from backup_core.tools.masking import Secrets
 
 
 class _UtcFormatter(logging.Formatter):
+    """UTC timestamps, and every line masked with the run's secrets."""
+
     converter = time.gmtime  # type: ignore[assignment]
 
+    def __init__(self, fmt: str, datefmt: str, secrets: Secrets) -> None:
+        super().__init__(fmt, datefmt)
+        self.secrets = secrets
+
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        return redact(super().format(record), self.secrets)
 
 
-def setup_logging(verbose: int) -> None:
-    """Quiet, timestamped lines on stderr: INFO by default, DEBUG (argv, timings) with -v."""
+def setup_logging(verbose: int, secrets: Secrets) -> None:
+    """Quiet, timestamped lines on stderr: INFO by default, DEBUG (argv, timings) with -v;
+    every line masked with `secrets`, the run's."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_UtcFormatter("%(asctime)sZ %(name)s %(levelname)s %(message)s",
-                                       "%Y-%m-%dT%H:%M:%S"))
+                                       "%Y-%m-%dT%H:%M:%S", secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.WARNING)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from backup_core.tools import conninfo, db, toolchain
+from backup_core.tools import db, masking, toolchain
 from backup_core.tools.cluster import Cluster, random_password
 from backup_core.tools.conninfo import ConnInfo
 from drills.demo import build_history
@@ -82,10 +82,8 @@ def _fast_tests_start_nothing_slow(request: pytest.FixtureRequest,
 @pytest.fixture(autouse=True)
 def _isolated_secret_registry() -> Iterator[None]:
     """Secrets registered by one test (hypothesis makes hundreds) mask nothing in another."""
-    saved = set(conninfo._known_secrets)
-    yield
-    conninfo._known_secrets.clear()
-    conninfo._known_secrets.update(saved)
+    with masking.owned(masking.Secrets()):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -46,18 +46,16 @@ def atb(*args: str, env: Mapping[str, str] | None = None, url: ConnInfo | None =
 @contextmanager
 def _as_a_fresh_process(environ: Mapping[str, str]) -> Iterator[None]:
     """The process-wide state `atb` reads or sets up, as a new process would have it (exactly
-    `environ`, TMPDIR read afresh, no registered secret, no detached libpq variable, the logging
+    `environ`, TMPDIR read afresh, no detached libpq variable, the logging
     and the SIGTERM handler it installs), put back as it was afterwards, whatever happened."""
     saved_env, saved_tempdir = dict(os.environ), tempfile.tempdir
     saved_sigterm = signal.getsignal(signal.SIGTERM)
-    saved_secrets = set(conninfo._known_secrets)
     saved_detached = dict(conninfo._detached)
     root, ours = logging.getLogger(), logging.getLogger("atb")
     saved_handlers, saved_levels = root.handlers[:], (root.level, ours.level)
     os.environ.clear()
     os.environ.update(environ)
     tempfile.tempdir = None  # cached at first use: a child would read TMPDIR
-    conninfo._known_secrets.clear()
     conninfo._detached.clear()
     try:
         yield
@@ -65,8 +63,6 @@ def _as_a_fresh_process(environ: Mapping[str, str]) -> Iterator[None]:
         os.environ.clear()
         os.environ.update(saved_env)
         tempfile.tempdir = saved_tempdir
-        conninfo._known_secrets.clear()
-        conninfo._known_secrets.update(saved_secrets)
         conninfo._detached.clear()
         conninfo._detached.update(saved_detached)
         root.handlers[:] = saved_handlers

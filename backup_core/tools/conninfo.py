@@ -22,6 +22,7 @@ import psycopg
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from backup_core.tools import masking
 from backup_core.tools.errors import ConfigError
 
 SECRET_KEYS = ("password", "sslpassword")
@@ -41,10 +42,6 @@ _URL_SECRET_RUN = re.compile(r"[^\s'\"<>]*")
 _SPACES = re.compile(r"\s*")
 _QUOTED_VALUE = re.compile(r"'(?:[^'\\]|\\.)*+'")
 _BARE_VALUE = re.compile(r"[^\s'\"&]+")
-# Free-text masking of shorter secrets would garble reports (a password `test` or `PASS`);
-# they are still masked wherever they stand as a URL or keyword password.
-_MIN_MASKED = 6
-_known_secrets: set[str] = set()
 # libpq variables taken out of os.environ by `detach_libpq_environment`
 _detached: dict[str, str] = {}
 
@@ -80,20 +77,16 @@ def libpq_keywords() -> frozenset[str]:
 
 
 def register_secret(value: str) -> None:
-    """Mask `value` wherever `redact` sees it from now on."""
-    if len(value) >= _MIN_MASKED:
-        _known_secrets.add(value)
+    """Mask `value` wherever the current run's `redact` sees it from now on."""
+    masking.current().add(value)
 
 
-def redact(text: str) -> str:
+def redact(text: str, known: masking.Secrets | None = None) -> str:
     """`text` with every connection password masked: in URLs (even unencoded), in keyword
-    strings, and every secret this process has parsed."""
+    strings, and every secret the run (`known`, by default the current run's) has parsed."""
     text = _mask_url_passwords(text)
     text = _mask_keyword_passwords(text)
-    for secret in sorted(_known_secrets, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, "***")
-    return text
+    return (masking.current() if known is None else known).mask(text)
 
 
 def _end(star: re.Pattern[str], text: str, pos: int) -> int:

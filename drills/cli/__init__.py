@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 import click
 
+from backup_core.tools import masking
 from backup_core.tools.conninfo import detach_libpq_environment, redact
 from backup_core.tools.errors import AtbError
 from drills import console
@@ -35,7 +36,13 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Run one command and return its exit code; errors become one line on stderr."""
+    """Run one command and return its exit code; errors become one line on stderr. The run
+    owns the secrets it parses (`masking.owned`): its log lines and errors mask them."""
+    with masking.owned(masking.Secrets()) as held:
+        return _run(argv, held)
+
+
+def _run(argv: list[str] | None, held: masking.Secrets) -> int:
     try:
         code = cli.main(args=argv, prog_name="atb", standalone_mode=False)
     except click.exceptions.Abort:
@@ -51,15 +58,15 @@ def run(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 0
     except AtbError as exc:
         if exc.detail and logging.getLogger("atb").isEnabledFor(logging.DEBUG):
-            sys.stderr.write(redact(exc.detail).rstrip() + "\n")
+            sys.stderr.write(redact(exc.detail, held).rstrip() + "\n")
         return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         return _fail("interrupted; nothing was left half-written", 130)
     except Exception as exc:  # a bug: keep the traceback, show one line
         fd, path = tempfile.mkstemp(prefix="atb-crash-", suffix=".log")
         with os.fdopen(fd, "w") as fh:
-            fh.write(redact(traceback.format_exc()))
-        return _fail(f"internal error ({type(exc).__name__}: {redact(str(exc))}); traceback "
+            fh.write(redact(traceback.format_exc(), held))
+        return _fail(f"internal error ({type(exc).__name__}: {redact(str(exc), held)}); traceback "
                      f"saved to {path}; please report it", 70)
     return code if isinstance(code, int) else 0
 
@@ -80,7 +87,7 @@ def _terminate(signum: int, frame: Any) -> None:
 @click.version_option(package_name="atb-backup-drills", prog_name="atb")
 def cli(verbose: int) -> None:
     """Back up PostgreSQL with pg_dump and prove, by restore drills, that the backups work."""
-    console.setup_logging(verbose)
+    console.setup_logging(verbose, masking.current())  # the object `run` owns
 
 
 for _command in (db, demo, doctor, drill, tests_group):

@@ -4,6 +4,7 @@ collected: the built-in ones, the user's own, and nothing of the project's test 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ import pytest
 from backup_core.reading import guard
 from backup_core.store import catalog
 from backup_core.store.catalog import Backup
-from backup_core.tools import isolation, toolchain
+from backup_core.tools import isolation, masking, toolchain
 from backup_core.tools.conninfo import detach_libpq_environment, redact
 from backup_core.tools.errors import AtbError, ConfigError
 from drills import observer, pick, sandbox
@@ -80,6 +81,10 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "and `pytest --drill` beside the built-in checks")
     if not _active(config):
         return
+    # The drill owns the secrets it parses: its reports and log lines mask them.
+    owner = contextlib.ExitStack()
+    owner.enter_context(masking.owned(masking.Secrets()))
+    config.add_cleanup(owner.close)
     try:
         options = _options(config)
     except AtbError as exc:
