@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from backup_core.tools import childenv, isolation
+from backup_core.tools import childenv, isolation, runner
 from backup_core.tools.conninfo import ConnInfo, redact
 from backup_core.tools.durations import human
 from drills.result import IntegrationFacts
@@ -48,9 +48,7 @@ def _run_command(argv: list[str], env: dict[str, str], timeout: float) -> tuple[
     """(exit code, output) of the integration command, run as a process group of its own:
     on a timeout, an interruption or atb's death, the whole group goes, not only its
     first process (a shell script's children would otherwise outlive the drill)."""
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, text=True, errors="replace",
-                            start_new_session=True)
+    proc = runner.spawn_text(argv, what="the integration command", env=env, new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
         return proc.returncode, out

@@ -7,6 +7,7 @@ dump drill's fixtures of the same names (`drill_sandbox`, `drill_url`, `drill_co
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -160,24 +161,22 @@ def drill_recovery(drill: DrillState, drill_pitr_plan: Plan) -> Iterator[Recover
         yield RecoveryOutcome(error=plan.error)
         return
     manager = pitr.recovered(plan.stanza, plan.info, plan.backup, plan.target, plan.chain)
-    try:
-        cluster, recovery = manager.__enter__()
-    except AtbError as exc:
-        segment = exc.segment if isinstance(exc, pitr.RecoveryFailed) else None
-        drill.pitr = replace(drill.pitr or PitrFacts(), failure=str(exc))
-        yield RecoveryOutcome(error=str(exc), segment=segment, log_tail=exc.detail)
-        return
-    drill.phases.update({"restore files": recovery.restore_s, "start": recovery.start_s,
-                         "WAL replay": recovery.replay_s})
-    drill.pitr = replace(drill.pitr or PitrFacts(), recovered_to=_iso(recovery.recovered_to),
-                         wal_bytes=recovery.wal_bytes, wal_segments=recovery.segments)
-    drill.checks_started = time.monotonic()
-    try:
+    with contextlib.ExitStack() as stack:
+        try:  # its own phases are timed inside; only the teardown is timed here
+            cluster, recovery = stack.enter_context(
+                drill.timed(manager, enter=None, leave="sandbox teardown"))
+        except AtbError as exc:
+            segment = exc.segment if isinstance(exc, pitr.RecoveryFailed) else None
+            drill.pitr = replace(drill.pitr or PitrFacts(), failure=str(exc))
+            yield RecoveryOutcome(error=str(exc), segment=segment, log_tail=exc.detail)
+            return
+        stack.callback(os.environ.pop, "DATABASE_URL", None)  # first out: before teardown
+        drill.phases.update({"restore files": recovery.restore_s, "start": recovery.start_s,
+                             "WAL replay": recovery.replay_s})
+        drill.pitr = replace(drill.pitr or PitrFacts(), recovered_to=_iso(recovery.recovered_to),
+                             wal_bytes=recovery.wal_bytes, wal_segments=recovery.segments)
+        drill.checks_started = time.monotonic()
         yield RecoveryOutcome(cluster=cluster, recovery=recovery)
-    finally:
-        os.environ.pop("DATABASE_URL", None)
-        with drill.phase("sandbox teardown"):
-            manager.__exit__(None, None, None)
 
 
 def _app_database(cluster: Cluster, wanted: str | None) -> str:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import logging
 import os
@@ -29,7 +27,7 @@ from backup_core.reading import guard
 from backup_core.store.manifest import read_manifest
 from backup_core.store.naming import manifest_path
 from backup_core.store.verdicts import record_drill
-from backup_core.tools import childenv, isolation
+from backup_core.tools import childenv, isolation, runner
 from backup_core.tools.cluster import cache_root
 from backup_core.tools.conninfo import ConnInfo, redact
 from backup_core.tools.errors import AtbError, CommandFailed, ToolchainError
@@ -43,7 +41,6 @@ log = logging.getLogger("atb.drill")
 PRODUCTION_ENV = "ATB_PRODUCTION_URL"
 # the isolation the child runs under, as JSON (level, reason, allowed), for its report
 ISOLATION_ENV = "ATB_ISOLATION_FACTS"
-PR_SET_PDEATHSIG = 1
 # how the docker sandbox finds its engine and pgBackRest its repository (its credentials);
 # the integration command gets none of them
 TOOL_ENV_PREFIXES = ("DOCKER_", "TESTCONTAINERS_", "TC_", "PGBACKREST_")
@@ -113,12 +110,6 @@ def drill_isolation(options: DrillOptions) -> Isolation:
     return iso
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGINT (pytest tears the sandbox down) if atb dies."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGINT, 0, 0, 0)
-
-
 def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
               on_line: Callable[[str], None] | None = None,
               env: Mapping[str, str] | None = None) -> DrillResult:
@@ -164,9 +155,9 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
         base = drill_env(options, production, env, iso=iso, observer_socket=observer_socket,
                          sandbox_url=sandbox_url)
         tail: collections.deque[str] = collections.deque(maxlen=40)
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, text=True, errors="replace", env=base,
-                                preexec_fn=_die_with_parent)
+        # SIGINT if atb dies: pytest then tears the sandbox down
+        proc = runner.spawn_text(argv, what="the drill", env=base,
+                                 parent_death_signal=signal.SIGINT)
         assert proc.stdout is not None
         try:
             for line in proc.stdout:

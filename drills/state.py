@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from backup_core.reading.guard import Observation
 from backup_core.store.catalog import Backup
@@ -37,6 +37,7 @@ RTO_PHASES = ("fetch/verify", "sandbox start", "restore", "analyze", "restore fi
 # The phase a failing check stops a recovery in, unless its marker says another:
 # `@pytest.mark.drill(phase="restore")`.
 DEFAULT_PHASE = "checks"
+T = TypeVar("T")
 PASS, FAIL, INCOMPLETE = "PASS", "FAIL", "INCOMPLETE"
 
 
@@ -123,6 +124,12 @@ class DrillState:
             yield
         finally:
             self.phases[name] = round(self.phases.get(name, 0.0) + time.monotonic() - t0, 3)
+
+    def timed(self, inner: contextlib.AbstractContextManager[T], *, enter: str | None,
+              leave: str) -> contextlib.AbstractContextManager[T]:
+        """`inner` with its entry timed as phase `enter` (unless None) and its exit as `leave`;
+        the exit still sees the exception, as if `inner` were used directly."""
+        return _Timed(self, inner, enter, leave)
 
     def collect(self) -> None:
         """The checks are over: their records (in the order they ran), the findings they
@@ -233,3 +240,19 @@ class DrillState:
                      "schedule_s": self.options.schedule_s,
                      "strict_rpo": self.options.strict_rpo},
         )
+
+
+class _Timed(contextlib.AbstractContextManager[T]):
+    """See `DrillState.timed`."""
+
+    def __init__(self, drill: DrillState, inner: contextlib.AbstractContextManager[T],
+                 enter: str | None, leave: str) -> None:
+        self.drill, self.inner, self.enter, self.leave = drill, inner, enter, leave
+
+    def __enter__(self) -> T:
+        with self.drill.phase(self.enter) if self.enter else contextlib.nullcontext():
+            return self.inner.__enter__()
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        with self.drill.phase(self.leave):
+            return self.inner.__exit__(*exc)

@@ -1,17 +1,21 @@
 """The one way we run external programs: argv lists, captured stderr, errors that carry it.
 
-`run` waits for a program; `spawn` starts one whose output the caller streams (pg_dump). Both
-log the redacted argv at debug level, seal the child's environment and demote it when asked.
+`run` waits for a program; `spawn` starts one whose output the caller streams (pg_dump);
+`spawn_text` starts a long-lived child whose output lines the caller reads (the drill's pytest
+child, an application's command). All log the redacted argv at debug level and seal the child's
+environment; `run` and `spawn` demote it when asked.
 Code that runs programs takes a `Runner` (defaulting to `run`), so a unit test can record the
 exact argv without starting anything.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import pwd
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
@@ -21,6 +25,7 @@ from backup_core.tools.conninfo import redact
 from backup_core.tools.errors import CommandFailed, ToolchainError
 
 log = logging.getLogger("atb.run")
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,38 @@ def spawn(
                                 env=child_env(env), user=uid, group=gid, extra_groups=groups)
     except FileNotFoundError as exc:
         raise _not_found(what, args[0]) from exc
+
+
+def spawn_text(
+    argv: Sequence[str],
+    *,
+    what: str,
+    env: Mapping[str, str],
+    new_session: bool = False,
+    parent_death_signal: int | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[str]:
+    """Start a long-lived child whose combined output the caller reads as text lines (the
+    drill's pytest child, an application's command). `env` is the child's whole environment,
+    already sealed by the caller (`childenv.sealed`, which decided what it passes). With
+    `new_session`, the child leads a process group the caller can kill whole; with
+    `parent_death_signal`, the kernel sends it that signal if we die first."""
+    args = [str(a) for a in argv]
+    log.debug("run %s (%s)", redact(" ".join(args)), what)
+    preexec = None if parent_death_signal is None else _parent_death(parent_death_signal)
+    # a missing program raises FileNotFoundError: what it means is the caller's to say (an
+    # application's command not found is the command's verdict, exit 127)
+    return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace",
+                            env=dict(env), cwd=cwd, start_new_session=new_session,
+                            preexec_fn=preexec)
+
+
+def _parent_death(signum: int) -> Callable[[], None]:
+    def arm() -> None:  # in the child, before exec (Linux prctl PR_SET_PDEATHSIG)
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+    return arm
 
 
 def first_error_line(stderr: str) -> str:

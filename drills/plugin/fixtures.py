@@ -131,25 +131,22 @@ def drill_sandbox(drill: DrillState, drill_backup: Backup, drill_integrity: Veri
                     f"({drill_integrity.reason})")
     server = ConnInfo.parse(drill.options.sandbox_url, what="ATB_SANDBOX_URL") \
         if drill.options.sandbox_url else None
-    with drill.phase("sandbox start"):
-        manager = sandbox.open_sandbox(drill.options.sandbox,
-                                       source_major=_source_major(drill_backup, drill_chains),
-                                       chains=drill_chains, server=server,
-                                       production=drill.production,
-                                       docker_image=drill.options.docker_image,
-                                       asserted=drill.options.sandbox_is_not_production)
-        info = manager.__enter__()
-    os.environ["DATABASE_URL"] = info.url.app_url(
-        drill.production.dialect if drill.production else "")
-    drill.sandbox = SandboxFacts(provider=info.provider, server_version=info.server_version,
-                                 database=info.dbname, identity=str(info.identity),
-                                 url=info.url.redacted, image=info.image, note=info.note)
-    try:
-        yield info
-    finally:
-        os.environ.pop("DATABASE_URL", None)
-        with drill.phase("sandbox teardown"):
-            manager.__exit__(None, None, None)
+    manager = sandbox.open_sandbox(drill.options.sandbox,
+                                   source_major=_source_major(drill_backup, drill_chains),
+                                   chains=drill_chains, server=server,
+                                   production=drill.production,
+                                   docker_image=drill.options.docker_image,
+                                   asserted=drill.options.sandbox_is_not_production)
+    with drill.timed(manager, enter="sandbox start", leave="sandbox teardown") as info:
+        os.environ["DATABASE_URL"] = info.url.app_url(
+            drill.production.dialect if drill.production else "")
+        drill.sandbox = SandboxFacts(provider=info.provider, server_version=info.server_version,
+                                     database=info.dbname, identity=str(info.identity),
+                                     url=info.url.redacted, image=info.image, note=info.note)
+        try:
+            yield info
+        finally:
+            os.environ.pop("DATABASE_URL", None)
 
 
 @pytest.fixture(scope="session")

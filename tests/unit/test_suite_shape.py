@@ -3,6 +3,7 @@ start a server, a container, a browser, pgBackRest or a drill."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,28 @@ def test_a_fast_marker_on_a_test_using_a_cluster_is_refused(pytester: pytest.Pyt
     assert done.ret == pytest.ExitCode.USAGE_ERROR
     assert "test_lie.py::test_lie is marked fast but uses pg15: drop the fast marker" in \
         done.errlines[0]
+
+
+def test_programs_are_started_only_by_the_runner() -> None:
+    """One way to run a subprocess: every call that starts a program in the product's code is
+    in backup_core/tools/runner.py (argv logged redacted, environment sealed)."""
+    root = Path(__file__).resolve().parents[2]
+    starters = {"Popen", "run", "call", "check_call", "check_output", "getoutput", "system",
+                "popen", "spawnv", "spawnvp", "posix_spawn"}
+    found = []
+    for path in sorted([*root.glob("backup_core/**/*.py"), *root.glob("drills/**/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and isinstance(node.func.value, ast.Name) \
+                    and node.func.value.id in ("subprocess", "os") \
+                    and node.func.attr in starters:
+                found.append((str(path.relative_to(root)), node.lineno))
+    assert sorted(found) == [("backup_core/tools/runner.py", n) for n in _runner_lines(root)]
+
+
+def _runner_lines(root: Path) -> list[int]:
+    text = (root / "backup_core/tools/runner.py").read_text().splitlines()
+    lines = [i for i, line in enumerate(text, 1)
+             if "subprocess.run(" in line or "subprocess.Popen(" in line]
+    assert len(lines) == 3  # run, spawn, spawn_text
+    return lines
