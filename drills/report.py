@@ -87,7 +87,8 @@ def evidence_rows(r: DrillResult) -> list[tuple[str, str]]:
     rows = []
     if e.detection is not None:
         d = e.detection
-        rows.append(("Detection", (f"caught by {', '.join(d.caught_by)}" if d.caught else
+        rows.append(("Detection", (f"caught by {'; '.join(map(title, d.caught_by))}"
+                                   if d.caught else
                                    "NOT CAUGHT: the drill passed a damaged copy")
                      + f" (damage: {'; '.join(d.damage) or '-'})"
                      + (f"; {d.error}" if d.error else "")))
