@@ -132,9 +132,13 @@ def prove(result: DrillResult, options: DrillOptions, *, production: ConnInfo | 
         except AtbError as exc:
             return DetectionFacts(caught=False, error=f"the damaged copy could not be made: "
                                                       f"{exc}")
-        second = run_drill(replace(options, backup=copy, backup_dir=Path(tmp) / "backups",
-                                   report_dir=Path(tmp) / "reports", record=False),
-                           production=production, on_line=on_line)
+        try:
+            second = run_drill(replace(options, backup=copy, backup_dir=Path(tmp) / "backups",
+                                       report_dir=Path(tmp) / "reports", record=False),
+                               production=production, on_line=on_line)
+        except AtbError as exc:
+            return DetectionFacts(caught=False, damage=done,
+                                  error=f"the drill of the damaged copy did not finish: {exc}")
     failed = tuple(c.name for c in second.checks if c.outcome == "failed")
     return DetectionFacts(caught=second.verdict == "FAIL" and bool(failed), damage=done,
                           caught_by=failed, verdict=second.verdict)

@@ -319,3 +319,15 @@ def test_export_needs_the_signing_key_and_a_sound_ledger(tmp_path: Path) -> None
     assert done.stderr.startswith("atb: error: the ledger does not verify, so no evidence is "
                                   "exported from it: record 2 (")
     assert not (tmp_path / "e.tar.gz").exists()
+
+
+def test_a_signing_key_that_is_not_ed25519_is_refused_before_the_drill_starts(
+        tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pem"
+    bad.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    done = atb_inproc("drill", "run", "--backup-dir", str(tmp_path), "--report-dir",
+                      str(tmp_path / "r"), env={"ATB_SIGNING_KEY_FILE": str(bad)})
+    assert done.returncode == 2
+    assert done.stderr == (f"atb: error: ATB_SIGNING_KEY_FILE: {bad} is not an unencrypted PEM "
+                           "private key (make one with: openssl genpkey -algorithm ed25519)\n")
+    assert not (tmp_path / "r").exists()
