@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -478,8 +478,37 @@ def verify(report_dir: Path, *, public_keys: tuple[PublicKey, ...] = ()) -> Veri
         except OSError:
             return None
 
-    return walk(lines, torn, keys=known_keys(report_dir, public_keys), pinned=bool(public_keys),
-                report_hash=report_hash, ledger=str(path))
+    result = walk(lines, torn, keys=known_keys(report_dir, public_keys),
+                  pinned=bool(public_keys), report_hash=report_hash, ledger=str(path))
+    if result.failure is None:
+        missing = unrecorded(report_dir, lines)
+        if missing is not None:
+            result = replace(result, failure=replace(missing, line=result.records + 1))
+    return result
+
+
+def unrecorded(report_dir: Path, lines: list[bytes]) -> Failure | None:
+    """A drill report written by `atb drill run` (it carries the ledger's `evidence`) that no
+    record names: its record was deleted (the newest records leave no other trace)."""
+    named: set[str] = set()
+    for raw in lines:
+        record = json.loads(raw)
+        named.update(str(e.get("path")) for e in record.get("reports", {}).values()
+                     if isinstance(e, dict))
+    for path in sorted(report_dir.glob("*/*-drill.json")):
+        rel = path.relative_to(report_dir).as_posix()
+        if rel in named:
+            continue
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError, RecursionError):
+            continue  # claimed, not yet written: a drill still running
+        if isinstance(data, dict) and data.get("evidence") is not None:
+            return Failure(0, None, str(data.get("database", "")),
+                           str(data.get("finished_at", "")),
+                           f"missing: the report {rel} is in no record (a record was deleted, "
+                           "or its drill is still finishing)")
+    return None
 
 
 def read_records(report_dir: Path) -> list[tuple[bytes, dict[str, Any]]]:

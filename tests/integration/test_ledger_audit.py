@@ -40,11 +40,13 @@ def fill(report_dir: Path, n: int, *, key: Path | None) -> list[Path]:
         folder = report_dir / "app"
         folder.mkdir(parents=True, exist_ok=True)
         html = folder / f"2026110{i + 1}T120000Z-drill.html"
-        md = html.with_suffix(".md")
+        md, js = html.with_suffix(".md"), html.with_suffix(".json")
         html.write_text(f"<p>drill {i}</p>")
         md.write_text(f"# drill {i}\n")
+        js.write_text(json.dumps({"database": "app", "finished_at": f"day {i}",
+                                  "evidence": {}}))
         ledger.append(report_dir, {"database": "app", "verdict": "PASS", "rto_s": 1.5 + i},
-                      reports={"html": html, "md": md}, signer=signer,
+                      reports={"html": html, "md": md, "json": js}, signer=signer,
                       now=T0 + timedelta(days=i))
         made.append(html)
     return made
@@ -120,6 +122,10 @@ def _wrong_signature(d: Path) -> None:
     write(d, parts)
 
 
+def _delete_last(d: Path) -> None:
+    write(d, lines(d)[:2])
+
+
 def _torn(d: Path) -> None:
     parts = lines(d)
     write(d, [*parts[:2], parts[2][:40]])
@@ -133,6 +139,7 @@ def _torn(d: Path) -> None:
     (_delete, 2, "numbered 3 at position 2"),
     (_wrong_signature, 2, "its signature does not verify with key"),
     (_torn, 3, "torn: the last append was cut short"),
+    (_delete_last, 3, "missing: the report app/20261103T120000Z-drill.json is in no record"),
 ])
 def test_tampering_exits_1_naming_the_first_failing_record(
         tmp_path: Path, tamper: Callable[[Path], None], line: int, reason: str) -> None:
@@ -147,7 +154,7 @@ def test_tampering_exits_1_naming_the_first_failing_record(
     assert reason in out["failure"]["reason"]
     text = atb_inproc("audit", "verify", "--report-dir", str(d))
     assert text.returncode == 1
-    assert text.stdout.startswith(f"FAIL: record {line}" + ("" if line == 3 else " ("))
+    assert text.stdout.startswith(f"FAIL: record {line}" + ("" if tamper is _torn else " ("))
 
 
 def test_unsigned_ledger_edit_and_rehash_is_caught_by_the_next_record(tmp_path: Path) -> None:
@@ -235,7 +242,7 @@ def bundle(tmp_path: Path) -> tuple[Path, Path, Path]:
                       env={"ATB_SIGNING_KEY_FILE": str(key)})
     assert done.returncode == 0, done.stderr
     exported = json.loads(done.stdout)
-    assert (exported["records"], exported["reports"]) == (2, 4)
+    assert (exported["records"], exported["reports"]) == (2, 6)
     assert "SOC 2 A1.3: recovery plan procedures supporting system recovery are tested." \
         in exported["controls"]
     return out, key, tmp_path
@@ -247,7 +254,7 @@ def test_the_bundle_verifies_with_atb_and_by_hand_with_openssl_and_sha256sum(
     done = atb_inproc("audit", "verify-bundle", str(out))
     fp = load_signer(key).public.fingerprint
     assert done.returncode == 0, done.stdout
-    assert done.stdout == f"OK: {out}: 2 records and 4 reports verified, signed by key {fp}\n"
+    assert done.stdout == f"OK: {out}: 2 records and 6 reports verified, signed by key {fp}\n"
     with tarfile.open(out) as tar:
         tar.extractall(tmp / "x", filter="data")
     root = tmp / "x" / "evidence"
@@ -266,7 +273,7 @@ def test_the_bundle_verifies_with_atb_and_by_hand_with_openssl_and_sha256sum(
         == f"{fp}  -\n"
     assert sh("openssl pkeyutl -verify -pubin -inkey ledger-key.pem -rawin -in SHA256SUMS "
               "-sigfile SHA256SUMS.sig").strip() == "Signature Verified Successfully"
-    assert sh("sha256sum -c SHA256SUMS").count(": OK\n") == 12
+    assert sh("sha256sum -c SHA256SUMS").count(": OK\n") == 14
     seqs = sh("jq -r '[.seq, .prev, .hash] | @tsv' ledger.ndjson").splitlines()
     hashes = [sh(f"sha256sum records/{n}.json").split()[0] for n in (2, 3)]
     assert [s.split("\t")[2] for s in seqs] == hashes
@@ -276,7 +283,7 @@ def test_the_bundle_verifies_with_atb_and_by_hand_with_openssl_and_sha256sum(
                   f"-in records/{n}.json -sigfile records/{n}.sig").strip() \
             == "Signature Verified Successfully"
     assert sh("jq -r '.reports[] | \"\\(.sha256)  reports/\\(.path)\"' ledger.ndjson "
-              "| sha256sum -c").count(": OK\n") == 4
+              "| sha256sum -c").count(": OK\n") == 6
     # and a changed report is what sha256sum and openssl then report
     (root / "reports" / "app" / "20261102T120000Z-drill.md").write_text("# edited\n")
     res = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root,
