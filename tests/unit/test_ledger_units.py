@@ -7,6 +7,7 @@ import base64
 import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backup_core.store import evidence, ledger
 from backup_core.store.ledger import GENESIS, PublicKey, Signer
+from backup_core.tools import isolation
 from drills import report
 from drills.result import DetectionFacts, DrillResult, EvidenceFacts
 
@@ -119,3 +121,11 @@ def test_the_report_shows_detection_key_and_one_line_per_control() -> None:
     assert report.evidence_rows(base) == []
     again = DrillResult.from_dict(json.loads(report.to_json(caught)))
     assert again.evidence == caught.evidence
+
+
+def test_the_signing_key_is_hidden_from_the_drills_namespace(tmp_path: Path) -> None:
+    key = tmp_path / "drill-key.pem"
+    key.write_text("k")
+    assert isolation.hidden_paths(env={"ATB_SIGNING_KEY_FILE": str(key)}, table="",
+                                  dirs=[]) == [str(key)]
+    assert isolation.hidden_paths(env={}, table="", dirs=[]) == []
