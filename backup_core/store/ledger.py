@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -44,6 +44,10 @@ CONTROLS = (
     "PCI DSS v4.0 12.10.2: the incident response plan (including data recovery) is tested, "
     "with the result retained as evidence.",
 )
+
+
+# a report's recorded path -> the SHA-256 of the file there, None when it is missing
+ReportHash = Callable[[str], str | None]
 
 
 class LedgerError(AtbError):
@@ -392,7 +396,7 @@ def check_record(raw: bytes, *, line: int, prev: str, keys: Mapping[str, PublicK
 
 def walk(lines: list[bytes], torn: bool, *, keys: Mapping[str, PublicKey],
          pinned: bool, prev: str = GENESIS, first_line: int = 1,
-         report_hash: Any = None, ledger: str = "") -> Verification:
+         report_hash: ReportHash | None = None, ledger: str = "") -> Verification:
     """Walk `lines` from `prev`: the chain, the signatures, and (through `report_hash`, a
     function from a recorded path to the file's SHA-256 or None when missing) the reports.
     With `pinned`, every record must be signed by one of `keys`."""
@@ -421,7 +425,7 @@ def walk(lines: list[bytes], torn: bool, *, keys: Mapping[str, PublicKey],
     return Verification(ledger, count, head, tuple(sorted(used)), signed, None)
 
 
-def _reports_differ(record: Mapping[str, Any], report_hash: Any) -> str | None:
+def _reports_differ(record: Mapping[str, Any], report_hash: ReportHash) -> str | None:
     reports = record.get("reports")
     if not isinstance(reports, dict):
         return "names no reports"
