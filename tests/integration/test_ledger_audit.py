@@ -338,3 +338,12 @@ def test_a_signing_key_that_is_not_ed25519_is_refused_before_the_drill_starts(
     assert done.stderr == (f"atb: error: ATB_SIGNING_KEY_FILE: {bad} is not an unencrypted PEM "
                            "private key (make one with: openssl genpkey -algorithm ed25519)\n")
     assert not (tmp_path / "r").exists()
+
+
+def test_prove_detection_is_refused_for_a_point_in_time_drill(tmp_path: Path) -> None:
+    done = atb_inproc("drill", "run", "--source", "pgbackrest", "--stanza", "main",
+                      "--prove-detection", "--report-dir", str(tmp_path / "r"))
+    assert done.returncode == 2
+    assert done.stderr == ("atb: error: --prove-detection damages a copy of a pg_dump backup: "
+                           "it does not apply to --source pgbackrest\n")
+    assert not (tmp_path / "r").exists()
