@@ -347,3 +347,30 @@ def test_prove_detection_is_refused_for_a_point_in_time_drill(tmp_path: Path) ->
     assert done.stderr == ("atb: error: --prove-detection damages a copy of a pg_dump backup: "
                            "it does not apply to --source pgbackrest\n")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_detection_run_that_passes_makes_the_whole_drill_fail(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from drills import ledger as drill_ledger
+    from drills import report
+    from drills.result import DetectionFacts, DrillResult
+
+    folder = tmp_path / "app"
+    folder.mkdir()
+    paths = {k: str(folder / f"20261101T120000Z-drill.{k}") for k in ("html", "json", "md")}
+    passed = replace(DrillResult.from_dict({"verdict": "PASS", "database": "app"}),
+                     reports=paths)
+    Path(paths["html"]).write_text("<html>" + report.summary_html(passed) + "</html>")
+    blind = DetectionFacts(caught=False, damage=("one row removed from public.t",),
+                           verdict="PASS")
+    result = drill_ledger.annotate(passed, signer=None, detection=blind)
+    assert result.verdict == "FAIL"
+    assert json.loads(Path(paths["json"]).read_text())["verdict"] == "FAIL"
+    md = Path(paths["md"]).read_text()
+    assert md.startswith("# Restore drill: app, : **FAIL**")
+    assert ("| Detection | NOT CAUGHT: the drill passed a damaged copy (damage: one row removed "
+            "from public.t) |") in md
+    html = Path(paths["html"]).read_text()
+    assert "Verdict: FAIL</div>" in html and "Verdict: PASS" not in html
+    assert "NOT CAUGHT: the drill passed a damaged copy" in html
