@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from backup_core.ops import backup
@@ -39,7 +40,7 @@ log = logging.getLogger("atb.drill")
 # user tables with at least two rows, largest first; those no foreign key points at first (a
 # removed row then breaks no constraint, and the restore itself cannot be what catches it)
 TABLES_SQL = """
-SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+SELECT n.nspname, c.relname, c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg_toast%' AND c.relname <> 'alembic_version'
   AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid)
@@ -49,7 +50,7 @@ ORDER BY EXISTS (SELECT 1 FROM pg_constraint f WHERE f.confrelid = c.oid), c.rel
 # a column to change: a plain number or text, in no constraint (no key, no check)
 COLUMNS_SQL = """
 SELECT a.attname, t.typcategory FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped
+WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
   AND a.attgenerated = ''
   AND t.typname IN ('int2', 'int4', 'int8', 'float4', 'float8', 'numeric', 'text', 'varchar',
                     'bpchar')
@@ -59,16 +60,16 @@ ORDER BY a.attnum
 """
 
 
-def damage(conn: Any) -> tuple[str, ...]:
+def damage(conn: psycopg.Connection[Any]) -> tuple[str, ...]:
     """Remove one row and change one value of another in the database `conn` is on, without
     firing triggers; returns what was done, in words."""
     conn.execute("SET session_replication_role = replica")
-    for schema, table in conn.execute(TABLES_SQL).fetchall():
+    for schema, table, oid in conn.execute(TABLES_SQL).fetchall():
         name = sql.Identifier(schema, table)
         if (conn.execute(sql.SQL("SELECT count(*) FROM {}").format(name)).fetchone()
                 or (0,))[0] < 2:
             continue
-        columns = conn.execute(COLUMNS_SQL, (f'"{schema}"."{table}"',)).fetchall()
+        columns = conn.execute(COLUMNS_SQL, (oid,)).fetchall()
         if not columns:
             continue
         column, category = columns[0]
@@ -119,8 +120,9 @@ def damaged_copy(dump: Path, into: Path) -> tuple[Path, tuple[str, ...]]:
 
 def prove(result: DrillResult, options: DrillOptions, *, production: ConnInfo | None,
           on_line: Callable[[str], None] | None = None) -> DetectionFacts:
-    """Drill a damaged copy of the backup `result` drilled, with the same options; caught
-    when that drill FAILs, by the checks that failed."""
+    """Drill a damaged copy of the backup `result` drilled, with the same options. Caught
+    when that drill FAILs by a check that passed on the real backup: a check that failed
+    there too (a stale heartbeat, a missed schedule) proves nothing about the damage."""
     from drills.run import run_drill
 
     if not result.backup.path or not Path(result.backup.path).is_file():
@@ -139,6 +141,8 @@ def prove(result: DrillResult, options: DrillOptions, *, production: ConnInfo | 
         except AtbError as exc:
             return DetectionFacts(caught=False, damage=done,
                                   error=f"the drill of the damaged copy did not finish: {exc}")
-    failed = tuple(c.name for c in second.checks if c.outcome == "failed")
-    return DetectionFacts(caught=second.verdict == "FAIL" and bool(failed), damage=done,
-                          caught_by=failed, verdict=second.verdict)
+    passed_before = {c.name for c in result.checks if c.outcome == "passed"}
+    caught_by = tuple(c.name for c in second.checks
+                      if c.outcome == "failed" and c.name in passed_before)
+    return DetectionFacts(caught=second.verdict == "FAIL" and bool(caught_by), damage=done,
+                          caught_by=caught_by, verdict=second.verdict)
