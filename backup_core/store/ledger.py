@@ -15,6 +15,7 @@ import base64
 import errno
 import fcntl
 import hashlib
+import importlib.util
 import json
 import os
 import time
@@ -25,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from backup_core.tools.errors import AtbError, ConfigError, StorageError
+from backup_core.tools.errors import AtbError, ConfigError, StorageError, ToolchainError
 from backup_core.tools.fsutil import fsync_dir, make_dirs, storage_error
 
 LEDGER_NAME = "ledger.ndjson"
@@ -84,6 +85,13 @@ def file_sha256(path: Path) -> str:
 
 # -- keys ----------------------------------------------------------------------------------
 
+def require_crypto() -> None:
+    """Signatures need `cryptography` (the drill extra): one clear line (exit 3) without it."""
+    if importlib.util.find_spec("cryptography") is None:
+        raise ToolchainError("Ed25519 signatures need the cryptography package, which this "
+                             "install lacks: pip install 'atb-backup-drills[drill]'")
+
+
 @dataclass(frozen=True)
 class PublicKey:
     """An Ed25519 public key as PEM (SubjectPublicKeyInfo); its fingerprint is the SHA-256 of
@@ -93,6 +101,7 @@ class PublicKey:
 
     @property
     def fingerprint(self) -> str:
+        require_crypto()
         from cryptography.hazmat.primitives import serialization
 
         der = self._key().public_bytes(serialization.Encoding.DER,
@@ -100,6 +109,7 @@ class PublicKey:
         return hashlib.sha256(der).hexdigest()
 
     def _key(self) -> Any:
+        require_crypto()
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -155,6 +165,7 @@ class Signer:
 def load_signer(path: Path) -> Signer:
     """The Ed25519 key of `ATB_SIGNING_KEY_FILE` (PEM, PKCS#8 as `openssl genpkey -algorithm
     ed25519` writes it), checked before any work starts (exit 2 when it is not one)."""
+    require_crypto()
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
