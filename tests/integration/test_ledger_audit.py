@@ -374,3 +374,19 @@ def test_a_detection_run_that_passes_makes_the_whole_drill_fail(tmp_path: Path) 
     html = Path(paths["html"]).read_text()
     assert "Verdict: FAIL</div>" in html and "Verdict: PASS" not in html
     assert "NOT CAUGHT: the drill passed a damaged copy" in html
+
+
+def test_verify_bundle_with_a_pinned_key_refuses_a_bundle_signed_by_another(
+        bundle: tuple[Path, Path, Path]) -> None:
+    out, key, tmp = bundle
+    other = tmp / "other.pub"
+    other.write_bytes(load_signer(make_key(tmp / "other.pem")).public.pem)
+    done = atb_inproc("audit", "verify-bundle", str(out), "--public-key", str(other))
+    assert done.returncode == 1
+    fp = load_signer(key).public.fingerprint
+    assert done.stdout == (f"FAIL: {out}: the bundle is signed by key {fp}, not by a key given "
+                           "to trust\n")
+    mine = tmp / "mine.pub"
+    mine.write_bytes(load_signer(key).public.pem)
+    assert atb_inproc("audit", "verify-bundle", str(out), "--public-key", str(mine)).returncode \
+        == 0
