@@ -128,7 +128,7 @@ def prove(result: DrillResult, options: DrillOptions, *, production: ConnInfo | 
     if not result.backup.path or not Path(result.backup.path).is_file():
         return DetectionFacts(caught=False, error="no backup was drilled, so none was damaged")
     with tempfile.TemporaryDirectory(prefix="atb-detect-") as tmp:
-        Path(tmp).chmod(0o755)
+        Path(tmp).chmod(0o755)  # readable as the backup tree is, by a sandbox's own user
         try:
             copy, done = damaged_copy(Path(result.backup.path), Path(tmp) / "backups")
         except AtbError as exc:
