@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from backup_core.store import ledger
-from backup_core.store.ledger import Appended, Signer
+from backup_core.store.ledger import Appended
 from backup_core.store.naming import manifest_path
+from backup_core.store.signing import Signer
 from backup_core.tools.conninfo import redact
 from backup_core.tools.fsutil import atomic_write_text
 from drills import report

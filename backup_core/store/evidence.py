@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from backup_core.store import ledger
-from backup_core.store.ledger import CONTROLS, LedgerError, PublicKey, Signer
+from backup_core.store.ledger import CONTROLS, LedgerError
+from backup_core.store.signing import PublicKey, Signer
 from backup_core.tools.errors import ConfigError, StorageError
 from backup_core.tools.fsutil import storage_error
 

@@ -9,8 +9,9 @@ import click
 
 from backup_core.store import evidence, ledger
 from backup_core.store.evidence import BundleCheck, Exported
-from backup_core.store.ledger import PublicKey, Verification
+from backup_core.store.ledger import Verification
 from backup_core.store.naming import parse_stamp
+from backup_core.store.signing import KEY_ENV, PublicKey, signer_from_env
 from backup_core.tools.errors import ConfigError
 from drills.cli import output
 from drills.cli.params import EXIT_CODES, json_option
@@ -57,9 +58,9 @@ def audit_export(report_dir: Path, since: str | None, until: str | None, out: Pa
     """Write one signed tar.gz with the ledger records of a time range, the reports they
     name, the public keys and a README with the steps to verify it by hand. Signed with
     ATB_SIGNING_KEY_FILE; refused (exit 1) when the ledger does not verify."""
-    signer = ledger.signer_from_env(os.environ)
+    signer = signer_from_env(os.environ)
     if signer is None:
-        raise ConfigError(f"the bundle is signed: set {ledger.KEY_ENV} to the Ed25519 key "
+        raise ConfigError(f"the bundle is signed: set {KEY_ENV} to the Ed25519 key "
                           "(PEM) that signs the ledger")
     result = evidence.export(report_dir, out, since=parse_stamp(since) if since else None,
                              until=parse_stamp(until) if until else None, signer=signer,

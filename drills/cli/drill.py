@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from backup_core.store import ledger
+from backup_core.store.signing import signer_from_env
 from backup_core.tools import extras
 from backup_core.tools.errors import ConfigError
 from drills import console, render, sandbox
@@ -83,7 +83,7 @@ def drill_run(prove_detection: bool, pdf: bool, as_json: bool, **values: Any) ->
     if prove_detection and options.source != "dump":
         raise ConfigError("--prove-detection damages a copy of a pg_dump backup: it does not "
                           "apply to --source pgbackrest")
-    signer = ledger.signer_from_env(os.environ)  # a bad key: exit 2 before anything starts
+    signer = signer_from_env(os.environ)  # a bad key: exit 2 before anything starts
     sandbox.reap()  # sandboxes of killed drills: each reaped one is logged in one line
     progress = console.Progress("drill")
     try:

@@ -117,7 +117,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(STATE, None)
     if state is None or state.options.result_file is not None or RESULT not in config.stash:
         return
-    from backup_core.store.ledger import signer_from_env
+    from backup_core.store.signing import signer_from_env
     from drills import ledger
 
     try:

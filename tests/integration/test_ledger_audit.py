@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backup_core.store import ledger
-from backup_core.store.ledger import load_signer
+from backup_core.store.signing import load_signer
 from tests.helpers import atb_inproc
 
 pytestmark = pytest.mark.fast

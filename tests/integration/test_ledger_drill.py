@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 from backup_core.store import ledger
-from backup_core.store.ledger import file_sha256, load_signer
+from backup_core.store.ledger import file_sha256
+from backup_core.store.signing import load_signer
 from backup_core.tools import db
 from backup_core.tools.cluster import Cluster
 from tests.conftest import make_database

@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backup_core.store import evidence, ledger
-from backup_core.store.ledger import GENESIS, PublicKey, Signer
+from backup_core.store.ledger import GENESIS
+from backup_core.store.signing import PublicKey, Signer
 from backup_core.tools import isolation
 from drills import report
 from drills.result import DetectionFacts, DrillResult, EvidenceFacts
