@@ -64,6 +64,7 @@ def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
         ("RPO", rpo.summary or f"target {human(rpo.target_s)}"),
         ("Seed", str(r.seed)),
         ("Drill", f"{r.started_at} to {r.finished_at}"),
+        *evidence_rows(r),
     ]
     if r.pitr is not None:  # a physical backup has no dump facts; its own rows say more
         rows = [row for row in rows if row[0] not in ("Selection", "Size / SHA-256", "Source",
@@ -74,6 +75,26 @@ def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
         i = r.integration
         rows.append(("Integration", f"`{i.command}` exit {i.exit_code} in "
                                     f"{human(i.duration_s)}"))
+    return rows
+
+
+def evidence_rows(r: DrillResult) -> list[tuple[str, str]]:
+    """The ledger's additions (`atb drill run`): the proof the drill can fail, the key that
+    signs the record, and the controls the evidence serves, one plain line each."""
+    e = r.evidence
+    if e is None:
+        return []
+    rows = []
+    if e.detection is not None:
+        d = e.detection
+        rows.append(("Detection", (f"caught by {'; '.join(map(title, d.caught_by))}"
+                                   if d.caught else
+                                   "NOT CAUGHT: the drill passed a damaged copy")
+                     + f" (damage: {'; '.join(d.damage) or '-'})"
+                     + (f"; {d.error}" if d.error else "")))
+    rows.append(("Ledger key", f"Ed25519 SHA-256 {e.key_fingerprint}" if e.key_fingerprint
+                 else "not signed (no ATB_SIGNING_KEY_FILE)"))
+    rows += [("Control", c) for c in e.controls]
     return rows
 
 

@@ -125,6 +125,37 @@ class PitrFacts:
     failure: str = ""
 
 
+@dataclass(frozen=True)
+class DetectionFacts:
+    """`--prove-detection`: the same drill over a deliberately damaged copy of the backup.
+    `caught` is True when that drill failed, with the checks that caught the damage."""
+
+    caught: bool = False
+    damage: tuple[str, ...] = ()
+    caught_by: tuple[str, ...] = ()
+    verdict: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class EvidenceFacts:
+    """What the ledger adds to a report: the signing key, the controls served, and the proof
+    that the drill can fail (set by `atb drill run`, after its child)."""
+
+    key_fingerprint: str | None = None
+    controls: tuple[str, ...] = ()
+    detection: DetectionFacts | None = None
+
+    @classmethod
+    def from_dict(cls, data: object) -> EvidenceFacts | None:
+        if not isinstance(data, dict):
+            return None
+        found = build(cls, data)
+        detection = data.get("detection")
+        return EvidenceFacts(found.key_fingerprint, found.controls,
+                             build(DetectionFacts, detection) if detection else None)
+
+
 def build(cls: type[T], data: object) -> T:
     """A record from a JSON object: known fields only, lists as tuples, the rest defaulted."""
     values = data if isinstance(data, dict) else {}
@@ -153,6 +184,7 @@ class DrillResult:
     options: dict[str, Any]
     pitr: PitrFacts | None = None
     isolation: IsolationFacts | None = None
+    evidence: EvidenceFacts | None = None
     schema: str = SCHEMA_ID
     schema_version: int = SCHEMA_VERSION
 
@@ -176,6 +208,7 @@ class DrillResult:
             pitr=build(PitrFacts, data["pitr"]) if data.get("pitr") else None,
             isolation=build(IsolationFacts, data["isolation"]) if data.get("isolation")
             else None,
+            evidence=EvidenceFacts.from_dict(data.get("evidence")),
             not_run=dict(data.get("not_run") or {}),
             checks=tuple(build(CheckRecord, c) for c in data.get("checks") or ()),
             findings=tuple(data.get("findings") or ()),

@@ -241,6 +241,9 @@ def hidden_paths(allow: Iterable[str] = (), *, env: Mapping[str, str] | None = N
                                                        else dirs)
     paths = [p for p in found if os.path.realpath(p) not in keep and os.path.exists(p)]
     paths += [str(f) for f in libpq_files(env) if f.is_file()]
+    signing = env.get("ATB_SIGNING_KEY_FILE")  # the ledger's key: application code inside
+    if signing and os.path.isfile(signing):  # could otherwise sign a forged drill record
+        paths.append(signing)
     return sorted(dict.fromkeys(paths))
 
 

@@ -10,7 +10,9 @@ from typing import Any
 
 import click
 
+from backup_core.store.signing import signer_from_env
 from backup_core.tools import extras
+from backup_core.tools.errors import ConfigError
 from drills import console, render, sandbox
 from drills.cli import output
 from drills.cli.params import DAYS, EXIT_CODES, F, days, json_option, production
@@ -58,20 +60,30 @@ def drill() -> None:
 
 @drill.command("run", epilog=EXIT_CODES)
 @drill_settings
+@click.option("--prove-detection", is_flag=True,
+              help="After the drill, run it again over a deliberately damaged copy of the "
+                   "same backup (one value changed, one row removed, the manifest resealed) "
+                   "and record which check caught it; if none does, the drill FAILs.")
 @click.option("--pdf", is_flag=True,
               help="Also write the report as a PDF beside the HTML, as a reader without "
                    "JavaScript sees it (needs Chromium), for wikis that take attachments.")
 @json_option
-def drill_run(pdf: bool, as_json: bool, **values: Any) -> None:
+def drill_run(prove_detection: bool, pdf: bool, as_json: bool, **values: Any) -> None:
     """Restore a random backup of the window (or --backup) into a sandbox, migrate it, run
     the checks and the integration command, and write the audit reports. Exits 0 on PASS,
     1 on FAIL, 10 when INCOMPLETE."""
+    from drills import detect
+    from drills import ledger as drill_ledger
     from drills.run import run_drill
 
     extras.require("drill", what="the restore drill")
     if pdf:
         render.require()
     options = _options(values)
+    if prove_detection and options.source != "dump":
+        raise ConfigError("--prove-detection damages a copy of a pg_dump backup: it does not "
+                          "apply to --source pgbackrest")
+    signer = signer_from_env(os.environ)  # a bad key: exit 2 before anything starts
     sandbox.reap()  # sandboxes of killed drills: each reaped one is logged in one line
     progress = console.Progress("drill")
     try:
@@ -81,11 +93,17 @@ def drill_run(pdf: bool, as_json: bool, **values: Any) -> None:
         progress.close()
     if result.sandbox.note:
         logging.getLogger("atb.drill").warning("%s", result.sandbox.note)
+    detection = None
+    if prove_detection:
+        detection = detect.prove(result, options, production=production(
+            os.environ.get("DATABASE_URL")))
+    result = drill_ledger.annotate(result, signer=signer, detection=detection)
     if pdf:
         html_path = Path(result.reports["html"])
         render.render(html_path, pdf=html_path.with_suffix(".pdf"))
         result = replace(result, reports={**result.reports,
                                           "pdf": str(html_path.with_suffix(".pdf"))})
+    drill_ledger.record(result, options, signer=signer)
     output.show(result, as_json=as_json, text=drill_summary)
     if not result.passed:
         raise SystemExit(10 if result.verdict == "INCOMPLETE" else 1)

@@ -17,7 +17,7 @@ from backup_core.tools.conninfo import ConnInfo
 EXIT_CODES = """\b
 Exit codes:
   0   success
-  1   a check failed or a target was missed (verify, status, heartbeat --check, drill)
+  1   a check failed or a target was missed (verify, status, heartbeat --check, drill, audit)
   2   bad usage or configuration (malformed URL, bad option)
   3   PostgreSQL binaries missing or of the wrong version
   4   cannot connect (server down, wrong password, unknown database)

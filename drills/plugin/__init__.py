@@ -54,6 +54,7 @@ from drills.plugin.recording import (
     pytest_runtest_makereport,
     pytest_sessionfinish,
     pytest_terminal_summary,
+    pytest_unconfigure,
 )
 
 __all__ = [
@@ -66,4 +67,5 @@ __all__ = [
     "pytest_html_results_summary", "pytest_html_results_table_header",
     "pytest_html_results_table_row", "pytest_report_header", "pytest_runtest_logreport",
     "pytest_runtest_makereport", "pytest_sessionfinish", "pytest_terminal_summary",
+    "pytest_unconfigure",
 ]

@@ -5,6 +5,7 @@ reports written and the verdict recorded beside the backup."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Generator
 from typing import Any
 
@@ -108,6 +109,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = EXIT_INCOMPLETE
     elif result.verdict != "PASS" and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """`pytest --drill` by hand: the drill's record in the ledger, once pytest-html has
+    written its page (under `atb drill run` the parent appends it, after its own steps)."""
+    state = config.stash.get(STATE, None)
+    if state is None or state.options.result_file is not None or RESULT not in config.stash:
+        return
+    from backup_core.store.signing import signer_from_env
+    from drills import ledger
+
+    try:
+        ledger.record(config.stash[RESULT], state.options, signer=signer_from_env(os.environ))
+    except AtbError as exc:
+        log.warning("could not append the drill to the ledger: %s", exc)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -1,0 +1,93 @@
+"""Where a drill meets the ledger: `atb drill run` adds the evidence facts to its result
+(the key that signs, the controls served, the proof the drill can fail), writes them into the
+reports, then appends the drill's record to `<report-dir>/ledger.ndjson`."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from backup_core.store import ledger
+from backup_core.store.ledger import Appended
+from backup_core.store.naming import manifest_path
+from backup_core.store.signing import Signer
+from backup_core.tools.conninfo import redact
+from backup_core.tools.fsutil import atomic_write_text
+from drills import report
+from drills.inert import html_text
+from drills.options import DrillOptions
+from drills.result import DetectionFacts, DrillResult, EvidenceFacts
+
+
+def annotate(result: DrillResult, *, signer: Signer | None,
+             detection: DetectionFacts | None) -> DrillResult:
+    """The result with its evidence facts; a detection run that was not caught makes the
+    whole drill FAIL (a drill never seen to fail proves nothing). The JSON and Markdown
+    reports are written again, and the HTML's summary gets the same rows."""
+    evidence = EvidenceFacts(signer.public.fingerprint if signer else None, ledger.CONTROLS,
+                             detection)
+    verdict = "FAIL" if detection is not None and not detection.caught else result.verdict
+    new = replace(result, evidence=evidence, verdict=verdict)
+    report.write_reports(new)
+    _patch_html(Path(new.reports["html"]), new, verdict_changed=verdict != result.verdict)
+    return new
+
+
+def _patch_html(path: Path, r: DrillResult, *, verdict_changed: bool) -> None:
+    """pytest-html wrote the page in the drill's child: its summary table (ours, marked by
+    its id) gets the evidence rows, escaped as every other row."""
+    try:
+        page = path.read_text()
+    except OSError:
+        return
+    marker = "<table id='drill-summary' style='margin:12px 0'>"
+    rows = "".join(f"<tr><th style='text-align:left;padding:2px 12px 2px 0'>{html_text(k)}</th>"
+                   f"<td style='font-family:monospace'>{html_text(redact(v))}</td></tr>"
+                   for k, v in report.evidence_rows(r))
+    if marker not in page:
+        return
+    page = page.replace(marker, marker + rows, 1)
+    if verdict_changed:
+        page = page.replace("Verdict: PASS</div>", "Verdict: FAIL</div>", 1).replace(
+            f"background:{report.COLORS['PASS']};padding", f"background:{report.COLORS['FAIL']};"
+            "padding", 1)
+    atomic_write_text(path, page, mode=0o644)
+
+
+def fields(r: DrillResult, options: DrillOptions) -> dict[str, Any]:
+    """The drill as its ledger record holds it (the reports' hashes are added on append)."""
+    b = r.backup
+    manifest_sha = None
+    if options.source == "dump" and b.path:
+        mpath = manifest_path(Path(b.path))
+        if mpath.is_file():
+            manifest_sha = ledger.file_sha256(mpath)
+    e = r.evidence
+    d = e.detection if e else None
+    try:
+        version = metadata.version("atb-backup-drills")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {
+        "database": r.database, "source": options.source,
+        "backup": {"path": b.path, "sha256": b.sha256, "size_bytes": b.size_bytes,
+                   "taken_at": b.taken_at, "manifest_sha256": manifest_sha},
+        "verdict": r.verdict, "started_at": r.started_at, "finished_at": r.finished_at,
+        "rto_s": r.rto.measured_s, "rto_target_s": r.rto.target_s,
+        "data_loss_s": r.pitr.data_loss_s if r.pitr else None,
+        "failed_checks": [c.name for c in r.checks if c.outcome in ("failed", "error")],
+        "detection": None if d is None else {"caught": d.caught, "caught_by": list(d.caught_by),
+                                             "damage": list(d.damage), "verdict": d.verdict},
+        "options": {k: redact(v) if isinstance(v, str) else v for k, v in r.options.items()},
+        "seed": r.seed, "atb_version": version, "host": socket.gethostname(),
+    }
+
+
+def record(r: DrillResult, options: DrillOptions, *, signer: Signer | None) -> Appended:
+    """Append the drill's record, naming every report file it wrote."""
+    reports = {kind: Path(p) for kind, p in r.reports.items() if Path(p).is_file()}
+    return ledger.append(options.report_dir, fields(r, options), reports=reports,
+                         signer=signer)
