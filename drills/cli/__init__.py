@@ -17,6 +17,7 @@ import click
 from backup_core.tools.conninfo import detach_libpq_environment, redact
 from backup_core.tools.errors import AtbError
 from drills import console
+from drills.cli.audit import audit
 from drills.cli.db import db
 from drills.cli.demo import demo
 from drills.cli.doctor import doctor
@@ -83,6 +84,6 @@ def cli(verbose: int) -> None:
     console.setup_logging(verbose)
 
 
-for _command in (db, demo, doctor, drill, tests_group):
+for _command in (audit, db, demo, doctor, drill, tests_group):
     cli.add_command(_command)
 check_every_value(cli)
