@@ -152,6 +152,12 @@ def push_outcome(done: Completed) -> str:
         if line.startswith("!\t") and "[rejected]" in line and (
                 "fetch first" in line or "non-fast-forward" in line):
             return "behind"
+        # the other push landed between the wiki's advertisement and our update: the wiki
+        # refuses to move a ref that is no longer where we saw it
+        if line.startswith("!\t") and "[remote rejected]" in line and (
+                "failed to update ref" in line or "failed to lock" in line) and any(
+                w in done.stderr for w in ("cannot lock ref", "but expected", "already exists")):
+            return "behind"
     return "refused"
 
 
