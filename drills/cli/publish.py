@@ -17,6 +17,11 @@ wiki_option = click.option(
          "never argv; set it in the environment: atb's own argv is visible in ps. Without "
          "one, your git credential helpers and SSH agent apply.")
 
+notify_option = click.option(
+    "--notify", "notify_urls", multiple=True, metavar="URL",
+    help="Tell this apprise URL (Slack, Teams, mailto://, json:// webhooks, ...) when it "
+         "matters; a failed notification is logged and changes nothing. (repeatable)")
+
 
 def wiki_of(url: str | None) -> Wiki:
     """The wiki, checked before any work starts (exit 2 without one)."""
