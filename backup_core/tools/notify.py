@@ -9,9 +9,11 @@ caller logs, so a notification can never change a verdict or an exit code.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import ModuleType
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from backup_core.tools.conninfo import redact, register_secret
@@ -35,6 +37,15 @@ class Delivery:
     error: str = ""
 
 
+def _apprise() -> ModuleType:
+    """apprise, imported without its own deprecation warnings (on Python 3.11 it imports
+    `imghdr`, which warns): they are apprise's to fix, not a user's to read."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import apprise
+    return apprise
+
+
 def _register(url: str) -> None:
     """Every part of `url` that may be a secret (the password, query values, long path or
     host parts with a digit: tokens), masked wherever `redact` sees it from now on."""
@@ -44,7 +55,9 @@ def _register(url: str) -> None:
     except ValueError:
         candidates = []
     candidates += [v for _, v in parse_qsl(parts.query)]
-    candidates += [p for p in [*parts.path.split("/"), parts.netloc.rsplit("@", 1)[-1]]
+    # a "host" without dots is a token for many services (`slack://TokenA/TokenB/TokenC`)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    candidates += [p for p in [*parts.path.split("/"), "" if "." in host else host]
                    if len(p) >= 8 and any(c.isdigit() for c in p)]
     for value in candidates:
         register_secret(unquote(value))
@@ -52,11 +65,11 @@ def _register(url: str) -> None:
 
 def private(url: str) -> str:
     """`url` as it may be shown: apprise's private form, else the scheme alone."""
-    import apprise
-
-    plugin = apprise.Apprise.instantiate(url, suppress_exceptions=True)
-    if plugin:
-        return redact(str(plugin.url(privacy=True)))  # type: ignore[no-untyped-call]
+    apprise = _apprise()
+    with _quiet():
+        plugin = apprise.Apprise.instantiate(url, suppress_exceptions=True)
+    if plugin:  # its options (`?method=POST&...`) say nothing a reader needs
+        return redact(str(plugin.url(privacy=True)).split("?", 1)[0])
     return f"{url.split('://', 1)[0]}://***" if "://" in url else "***"
 
 
@@ -66,7 +79,7 @@ def check_targets(urls: Sequence[str]) -> tuple[str, ...]:
     if not urls:
         return ()
     require("notify", what="--notify")
-    import apprise
+    apprise = _apprise()
 
     for url in urls:
         _register(url)
@@ -82,8 +95,7 @@ def send(urls: Sequence[str], notice: Notice) -> tuple[Delivery, ...]:
     """Deliver `notice` to each URL; never raises."""
     if not urls:
         return ()
-    import apprise
-
+    apprise = _apprise()
     out = []
     for url in urls:
         target = private(url)
@@ -109,7 +121,8 @@ def send(urls: Sequence[str], notice: Notice) -> tuple[Delivery, ...]:
 
 @contextmanager
 def _quiet() -> Iterator[list[str]]:
-    """apprise's own log lines kept (redacted) for the failure's reason, not printed."""
+    """apprise's own log lines kept (redacted) for the failure's reason, not printed; its
+    deprecation warnings (plugins load lazily) not raised."""
     said: list[str] = []
 
     class Keep(logging.Handler):
@@ -123,7 +136,9 @@ def _quiet() -> Iterator[list[str]]:
     logger.addHandler(handler)
     logger.propagate = False
     try:
-        yield said
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield said
     finally:
         logger.removeHandler(handler)
         logger.propagate = saved

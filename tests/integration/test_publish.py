@@ -10,6 +10,7 @@ import os
 import subprocess
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -145,9 +146,10 @@ def _handler(server: GitServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture(scope="module")
-def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
-    server = GitServer(tmp_path_factory.mktemp("git-server"))
+@contextmanager
+def serve_git(root: Path) -> Iterator[GitServer]:
+    """A git server over HTTP on 127.0.0.1 for the repositories under `root`."""
+    server = GitServer(root)
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(server))
     server.port = httpd.server_address[1]
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -157,6 +159,12 @@ def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
+    with serve_git(tmp_path_factory.mktemp("git-server")) as server:
+        yield server
 
 
 def make_drill(report_dir: Path, database: str, started: datetime, *, verdict: str = "PASS",
