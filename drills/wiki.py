@@ -19,6 +19,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from backup_core.ops.publish import PublishResult, Wiki, page_link, publish
@@ -112,6 +113,14 @@ def data_loss(r: DrillResult) -> str:
     return "-"
 
 
+def when(started_at: str) -> str:
+    """A drill's start as a reader scans a column of them: `2026-11-29 06:00`, in UTC."""
+    try:
+        return f"{datetime.fromisoformat(started_at).astimezone(UTC):%Y-%m-%d %H:%M}"
+    except (ValueError, TypeError):
+        return started_at
+
+
 def rto_cell(r: DrillResult) -> str:
     if r.rto.failed_at or r.rto.measured_s is None:
         return f"failed at {r.rto.failed_at or 'an early phase'}"
@@ -136,9 +145,9 @@ def index_markdown(results: Sequence[tuple[DrillResult, str]], ledgers: Sequence
         links += [f"[{kind}]({page_link(page + suffix)})"
                   for kind, suffix in (("HTML", ".html"), ("PDF", ".pdf"))
                   if page + suffix in existing]
-        verdict = md_cell(r.verdict)
-        lines.append(f"| {md_cell(r.started_at)} | {md_cell(r.database)} | **{verdict}** | "
-                     f"{md_cell(rto_cell(r))} | {md_cell(data_loss(r))} | {' '.join(links)} |")
+        verdict = f"**{md_cell(r.verdict)}**"
+        lines.append(f"| {md_cell(when(r.started_at))} | {md_cell(r.database)} | {verdict} | "
+                     f"{md_cell(rto_cell(r))} | {md_cell(data_loss(r))} | {' · '.join(links)} |")
     return "\n".join(lines) + "\n"
 
 

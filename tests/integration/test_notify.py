@@ -101,8 +101,8 @@ def test_a_drill_that_does_not_pass_notifies_publishes_and_keeps_its_exit_code(
     assert PASSWORD not in done.stderr + done.stdout
     page = f"restore-drills/trading/{Path(result['reports']['md']).stem}.md"
     assert git_server.show("drill.wiki.git", page) == Path(result["reports"]["md"]).read_text()
-    assert f"| trading | **{verdict}** |" in git_server.show("drill.wiki.git",
-                                                             "Restore-drills.md")
+    index = git_server.show("drill.wiki.git", "Restore-drills.md")
+    assert f"| trading | **{verdict}** |" in index
 
 
 def test_status_notifies_when_the_newest_passing_drill_is_too_old(

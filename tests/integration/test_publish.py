@@ -233,13 +233,13 @@ def test_publish_twice_adds_a_page_and_keeps_history(git_server: GitServer,
     index = git_server.show("twice.wiki.git", "Restore-drills.md")
     rows = [ln for ln in index.splitlines() if ln.startswith("| 2026")]
     assert rows == [
-        "| 2026-11-30T20:00:00+00:00 | &lt;img src=x onerror=alert(1)>\\|db | **FAIL** | "
+        "| 2026-11-30 20:00 | &lt;img src=x onerror=alert(1)>\\|db | **FAIL** | "
         "12s (met) | 1m 15s | [page](restore-drills/%253Cimg%2520src%253Dx%2520onerror%253D"
-        "alert%25281%2529%253E%257Cdb/20261130T200000Z-drill) [HTML](restore-drills/%253Cimg"
+        "alert%25281%2529%253E%257Cdb/20261130T200000Z-drill) · [HTML](restore-drills/%253Cimg"
         "%2520src%253Dx%2520onerror%253Dalert%25281%2529%253E%257Cdb/20261130T200000Z-drill"
         ".html) |",
-        "| 2026-11-29T20:00:00+00:00 | trading | **PASS** | 12s (met) | up to 1h 00m | "
-        f"[page]({page}) [HTML]({page}.html) |"]
+        "| 2026-11-29 20:00 | trading | **PASS** | 12s (met) | up to 1h 00m | "
+        f"[page]({page}) · [HTML]({page}.html) |"]
     # the same ledger, longer: one page, replaced, not a second one
     ledger = "restore-drills/ledger-" + _ledger_id('{"seq": 1}') + ".ndjson"
     assert git_server.show("twice.wiki.git", ledger) == '{"seq": 1}\n{"seq": 2}\n'
