@@ -1,0 +1,127 @@
+"""The publish's pure parts: exact git argv (never a force), the wiki URL with its password
+taken out, git's environment, how a push's outcome is read, which paths may be written, the
+ledger's page name, and the drill policy's judgement."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from backup_core.ops.publish import (
+    CREDENTIAL_HELPER,
+    PASSWORD_ENV,
+    Wiki,
+    check_path,
+    clone_argv,
+    commit_argv,
+    fetch_argv,
+    git_env,
+    push_argv,
+    push_outcome,
+    refusal,
+)
+from backup_core.ops.status import drill_overdue
+from backup_core.tools.conninfo import redact
+from backup_core.tools.errors import ConfigError
+from backup_core.tools.runner import Completed
+from drills.wiki import ledger_name
+
+SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "core.symlinks=false"]
+
+
+def test_git_argv_is_exact_and_never_forces() -> None:
+    repo = Path("/tmp/w")
+    assert clone_argv("https://u@h/x.wiki.git", repo) == [
+        "git", *SAFE, "clone", "--quiet", "--no-tags", "--", "https://u@h/x.wiki.git", "/tmp/w"]
+    assert fetch_argv(repo, "master") == [
+        "git", "-C", "/tmp/w", *SAFE, "fetch", "--quiet", "--no-tags", "origin",
+        "refs/heads/master:refs/remotes/origin/master"]
+    assert commit_argv(repo, "Restore drills: x") == [
+        "git", "-C", "/tmp/w", *SAFE, "commit", "--quiet", "--no-verify", "-m",
+        "Restore drills: x"]
+    push = push_argv(repo, "main")
+    assert push == ["git", "-C", "/tmp/w", *SAFE, "push", "--porcelain", "origin",
+                    "HEAD:refs/heads/main"]
+    assert not any(a.startswith(("+", "--force", "-f")) for a in push[len(SAFE) + 3:])
+
+
+def test_a_password_in_the_url_goes_to_the_credential_helper_only() -> None:
+    wiki = Wiki.parse("https://auditor:s3cr%40t-token@git.example.com:8443/org/app.wiki.git")
+    assert wiki.url == "https://auditor@git.example.com:8443/org/app.wiki.git"
+    assert wiki.password == "s3cr@t-token"
+    assert "s3cr" not in repr(wiki) and redact("s3cr@t-token") == "***"
+    env = git_env(wiki, base={"SSH_AUTH_SOCK": "/run/agent", "DATABASE_URL": "postgresql://p"})
+    assert env["GIT_CONFIG_COUNT"] == "2"
+    assert (env["GIT_CONFIG_KEY_0"], env["GIT_CONFIG_VALUE_0"]) == ("credential.helper", "")
+    assert env["GIT_CONFIG_VALUE_1"] == CREDENTIAL_HELPER
+    assert "s3cr" not in CREDENTIAL_HELPER and env[PASSWORD_ENV] == "s3cr@t-token"
+    assert env["GIT_TERMINAL_PROMPT"] == "0" and env["SSH_AUTH_SOCK"] == "/run/agent"
+    assert "DATABASE_URL" not in env
+
+
+@pytest.mark.parametrize("url", ["git@github.com:org/app.wiki.git", "/srv/wiki.git",
+                                 "ssh://git@host/wiki.git", "https://host/wiki.git",
+                                 "https://[::1]:8080/wiki.git"])
+def test_other_urls_pass_unchanged_and_use_the_users_own_credentials(url: str) -> None:
+    wiki = Wiki.parse(url)
+    assert (wiki.url, wiki.password) == (url, "")
+    assert "GIT_CONFIG_COUNT" not in git_env(wiki, base={})
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "no wiki given: pass --wiki URL or set ATB_WIKI_URL"),
+    ("--upload-pack=evil", "the wiki URL cannot start with '-'")])
+def test_no_wiki_or_an_option_for_a_url_is_refused(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        Wiki.parse(text)
+    assert str(exc.value) == message
+
+
+def done(code: int, stdout: str, stderr: str = "") -> Completed:
+    return Completed(("git", "push"), code, stdout, stderr)
+
+
+def test_a_push_outcome_is_read_from_the_porcelain_status() -> None:
+    assert push_outcome(done(0, "To h\n=\tHEAD:refs/heads/master\t[up to date]\nDone\n")) == "ok"
+    assert push_outcome(done(1, "To h\n!\tHEAD:refs/heads/master\t[rejected] (fetch first)\n"
+                                "Done\n")) == "behind"
+    assert push_outcome(done(1, "!\tHEAD:refs/heads/master\t[rejected] (non-fast-forward)\n"))\
+        == "behind"
+    moved = done(1, "!\tHEAD:refs/heads/master\t[remote rejected] (failed to update ref)\n",
+                 "error: cannot lock ref 'refs/heads/master': is at 1a but expected 2b\n")
+    assert push_outcome(moved) == "behind"
+    hook = done(1, "!\tHEAD:refs/heads/master\t[remote rejected] (pre-receive hook declined)\n",
+                "remote: frozen for the audit\nremote: \nerror: failed to push some refs\n")
+    assert push_outcome(hook) == "refused"
+    assert refusal(hook) == ("[remote rejected] (pre-receive hook declined) (the wiki said: "
+                             "frozen for the audit)")
+    assert push_outcome(done(128, "", "fatal: Authentication failed\n")) == "refused"
+
+
+@pytest.mark.parametrize("bad", ["", "../etc/passwd", "/etc/passwd", ".git/config",
+                                 ".GIT/hooks/x", "a//b", "a/./b", "a\\b"])
+def test_only_plain_paths_inside_the_wiki_may_be_written(bad: str) -> None:
+    with pytest.raises(ConfigError):
+        check_path(bad)
+    assert str(check_path("restore-drills/a%20b/x-drill.md")) == "restore-drills/a%20b/x-drill.md"
+
+
+def test_a_ledger_keeps_its_page_as_it_grows() -> None:
+    one = b'{"seq": 1}\n'
+    assert ledger_name(one) == ledger_name(one + b'{"seq": 2}\n')
+    assert ledger_name(one) != ledger_name(b'{"seq": 1, "host": "b"}\n')
+    assert ledger_name(one).startswith("restore-drills/ledger-")
+
+
+def test_the_drill_policy_judges_the_newest_passing_drill() -> None:
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    day = 86400.0
+    assert drill_overdue(None, now=now, max_age_s=None) == ""
+    assert drill_overdue(None, now=now, max_age_s=92 * day) == (
+        "no passing drill recorded; the policy asks for one every 92d 0h")
+    assert drill_overdue("2026-09-01T12:00:00+00:00", now=now, max_age_s=92 * day) == ""
+    assert drill_overdue("2026-08-01T12:00:00Z", now=now, max_age_s=92 * day) == (
+        "newest passing drill 2026-08-01T12:00:00Z is 120d 0h old; the policy asks for one "
+        "every 92d 0h")
