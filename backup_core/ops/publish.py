@@ -38,9 +38,11 @@ GIT_PASS_ENV = ("SSH_AUTH_SOCK", "GIT_SSH", "GIT_SSH_COMMAND", "GIT_CONFIG_GLOBA
                 "HTTP_PROXY", "HTTPS_PROXY", "no_proxy", "NO_PROXY", "GIT_SSL_CAINFO",
                 "GIT_SSL_CAPATH")
 PASSWORD_ENV = "ATB_WIKI_PASSWORD"
-# git's credential protocol: asked to `get`, print the password from the environment. The
-# value names a variable, never holds the secret.
-CREDENTIAL_HELPER = f'!f() {{ test "$1" = get && printf "password=%s\\n" "${PASSWORD_ENV}"; }}; f'
+USERNAME_ENV = "ATB_WIKI_USERNAME"
+# git's credential protocol: asked to `get`, print the user and password from the
+# environment. The value names variables, never holds the secret.
+CREDENTIAL_HELPER = (f'!f() {{ test "$1" = get && printf "username=%s\\npassword=%s\\n" '
+                     f'"${USERNAME_ENV}" "${PASSWORD_ENV}"; }}; f')
 
 
 class PublishFailed(AtbError):
@@ -51,37 +53,42 @@ class PublishFailed(AtbError):
 
 @dataclass(frozen=True)
 class Wiki:
-    """Where to publish: the URL git is given (no password in it) and the password kept apart
-    (from the URL's `user:password@`), shown only as `display`."""
+    """Where to publish: the URL git is given (no user or password in it) and the credentials
+    of an http(s) URL kept apart, for the credential helper; shown only as `display`."""
 
     url: str
     password: str = field(default="", repr=False)
+    username: str = field(default="", repr=False)
 
     @classmethod
     def parse(cls, text: str) -> Wiki:
         """Any URL git accepts: https://, http://, ssh://, git://, file://, `host:path`, a
-        path. A password in an http(s) URL is taken out of it, for the credential helper."""
+        path. The `user:password@` of an http(s) URL is taken out of it (a token alone in the
+        user's place, as GitHub takes it, is a secret too)."""
         text = text.strip()
         if not text:
             raise ConfigError("no wiki given: pass --wiki URL or set ATB_WIKI_URL")
         if text.startswith("-"):
             raise ConfigError("the wiki URL cannot start with '-'")
         parts = urlsplit(text)
-        if parts.scheme in ("http", "https") and parts.password is not None:
-            password = unquote(parts.password)
-            register_secret(password)
-            user = parts.username or ""
-            host = parts.hostname or ""
-            if ":" in host:
-                host = f"[{host}]"
-            netloc = f"{user}@{host}" if user else host
-            if parts.port is not None:
-                netloc += f":{parts.port}"
-            return cls(urlunsplit(parts._replace(netloc=netloc)), password)
-        return cls(text)
+        if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+            return cls(text)
+        try:
+            host, port = parts.hostname or "", parts.port
+        except ValueError as exc:
+            raise ConfigError(f"cannot read the wiki URL's host: {exc}") from None
+        user, password = unquote(parts.username or ""), unquote(parts.password or "")
+        register_secret(password or user)
+        netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
+        return cls(urlunsplit(parts._replace(netloc=netloc)), password, user)
 
     @property
     def display(self) -> str:
+        """The URL for a person: with its user when a password stands apart (else the user
+        may be the token)."""
+        if self.username and self.password:
+            scheme, rest = self.url.split("://", 1)
+            return redact(f"{scheme}://{quote(self.username, safe='')}@{rest}")
         return redact(self.url)
 
 
@@ -134,12 +141,12 @@ def git_env(wiki: Wiki, *, base: Mapping[str, str] | None = None) -> dict[str, s
     env.update({"GIT_TERMINAL_PROMPT": "0", "GIT_AUTHOR_NAME": who, "GIT_AUTHOR_EMAIL": email,
                 "GIT_COMMITTER_NAME": who, "GIT_COMMITTER_EMAIL": email,
                 "GIT_ASKPASS": "/bin/false", "SSH_ASKPASS": "/bin/false"})
-    if wiki.password:
+    if wiki.password or wiki.username:
         env.update({"GIT_CONFIG_COUNT": "2",
                     "GIT_CONFIG_KEY_0": "credential.helper", "GIT_CONFIG_VALUE_0": "",
                     "GIT_CONFIG_KEY_1": "credential.helper",
                     "GIT_CONFIG_VALUE_1": CREDENTIAL_HELPER,
-                    PASSWORD_ENV: wiki.password})
+                    USERNAME_ENV: wiki.username, PASSWORD_ENV: wiki.password})
     return env
 
 

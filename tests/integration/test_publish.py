@@ -333,3 +333,9 @@ def test_a_wrong_password_and_no_wiki_are_one_line_each(git_server: GitServer,
     none = atb_inproc("audit", "publish", "--report-dir", str(reports))
     assert (none.returncode, none.stderr) == (
         2, "atb: error: no wiki given: pass --wiki URL or set ATB_WIKI_URL\n")
+    # a drill that would publish nowhere does not start
+    drill = atb_inproc("drill", "run", "--publish", "--backup", str(tmp_path / "none.dump"),
+                       "--report-dir", str(tmp_path / "drill-reports"))
+    assert (drill.returncode, drill.stderr) == (
+        2, "atb: error: no wiki given: pass --wiki URL or set ATB_WIKI_URL\n")
+    assert not (tmp_path / "drill-reports").exists()

@@ -12,6 +12,7 @@ import pytest
 from backup_core.ops.publish import (
     CREDENTIAL_HELPER,
     PASSWORD_ENV,
+    USERNAME_ENV,
     Wiki,
     check_path,
     clone_argv,
@@ -49,16 +50,25 @@ def test_git_argv_is_exact_and_never_forces() -> None:
 
 def test_a_password_in_the_url_goes_to_the_credential_helper_only() -> None:
     wiki = Wiki.parse("https://auditor:s3cr%40t-token@git.example.com:8443/org/app.wiki.git")
-    assert wiki.url == "https://auditor@git.example.com:8443/org/app.wiki.git"
-    assert wiki.password == "s3cr@t-token"
+    assert wiki.url == "https://git.example.com:8443/org/app.wiki.git"
+    assert (wiki.username, wiki.password) == ("auditor", "s3cr@t-token")
+    assert wiki.display == "https://auditor@git.example.com:8443/org/app.wiki.git"
     assert "s3cr" not in repr(wiki) and redact("s3cr@t-token") == "***"
     env = git_env(wiki, base={"SSH_AUTH_SOCK": "/run/agent", "DATABASE_URL": "postgresql://p"})
     assert env["GIT_CONFIG_COUNT"] == "2"
     assert (env["GIT_CONFIG_KEY_0"], env["GIT_CONFIG_VALUE_0"]) == ("credential.helper", "")
     assert env["GIT_CONFIG_VALUE_1"] == CREDENTIAL_HELPER
     assert "s3cr" not in CREDENTIAL_HELPER and env[PASSWORD_ENV] == "s3cr@t-token"
+    assert env[USERNAME_ENV] == "auditor"
     assert env["GIT_TERMINAL_PROMPT"] == "0" and env["SSH_AUTH_SOCK"] == "/run/agent"
     assert "DATABASE_URL" not in env
+
+
+def test_a_token_alone_in_the_users_place_is_a_secret_too() -> None:
+    wiki = Wiki.parse("https://ghp_0123456789abcdef@github.com/org/app.wiki.git")
+    assert (wiki.url, wiki.display) == ("https://github.com/org/app.wiki.git",) * 2
+    assert git_env(wiki, base={})[USERNAME_ENV] == "ghp_0123456789abcdef"
+    assert redact("ghp_0123456789abcdef") == "***"
 
 
 @pytest.mark.parametrize("url", ["git@github.com:org/app.wiki.git", "/srv/wiki.git",
