@@ -253,16 +253,17 @@ def _write(clone: Path, files: Mapping[str, bytes], runner: Runner,
     for rel, data in sorted(files.items()):
         path = check_path(rel)
         target = clone
-        for part in path.parts[:-1]:
+        for depth, part in enumerate(path.parts[:-1], 1):
             target = target / part
             if target.is_symlink() or (target.exists() and not target.is_dir()):
-                raise PublishFailed(f"the wiki holds {'/'.join(path.parts)}'s directory as a "
-                                    "link or a file: atb writes through neither")
+                raise PublishFailed(f"the wiki holds {'/'.join(path.parts[:depth])} as a link "
+                                    "or a file where atb keeps a directory: it writes through "
+                                    "neither; nothing was published")
             target.mkdir(exist_ok=True)
         target = target / path.parts[-1]
         if target.is_symlink() or target.is_dir():
             raise PublishFailed(f"the wiki holds {rel} as a link or a directory: atb writes "
-                                "through neither")
+                                "through neither; nothing was published")
         if not target.exists() or target.read_bytes() != data:
             target.write_bytes(data)
         paths.append(str(path))

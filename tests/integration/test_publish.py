@@ -339,3 +339,28 @@ def test_a_wrong_password_and_no_wiki_are_one_line_each(git_server: GitServer,
     assert (drill.returncode, drill.stderr) == (
         2, "atb: error: no wiki given: pass --wiki URL or set ATB_WIKI_URL\n")
     assert not (tmp_path / "drill-reports").exists()
+
+
+def test_a_link_planted_in_the_wiki_is_never_written_through(git_server: GitServer,
+                                                             tmp_path: Path) -> None:
+    """Someone with write access to the wiki commits `restore-drills` as a link to a
+    directory of the publishing host: atb checks it out as a plain file and refuses."""
+    bare = git_server.repo("planted.wiki.git")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    work = tmp_path / "attacker"
+    subprocess.run(["git", "init", "--quiet", "--initial-branch=master", str(work)], check=True)
+    (work / "restore-drills").symlink_to(outside)
+    git = ["git", "-C", str(work), "-c", "user.name=x", "-c", "user.email=x@x"]
+    subprocess.run([*git, "add", "restore-drills"], check=True)
+    subprocess.run([*git, "commit", "--quiet", "-m", "link"], check=True)
+    subprocess.run([*git, "push", "--quiet", str(bare), "master"], check=True)
+    reports = tmp_path / "reports"
+    make_drill(reports, "trading", datetime(2026, 11, 27, 9, 0, tzinfo=UTC))
+    done = publish(git_server.url("planted.wiki.git"), reports)
+    assert done.returncode == 11
+    assert done.stderr == ("atb: error: the wiki holds restore-drills as a link or a file "
+                           "where atb keeps a directory: it writes through neither; nothing "
+                           "was published\n")
+    assert list(outside.iterdir()) == []
+    assert len(git_server.log("planted.wiki.git")) == 1
