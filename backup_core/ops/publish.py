@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from backup_core.tools.conninfo import redact, register_secret
-from backup_core.tools.errors import AtbError, ConfigError
+from backup_core.tools.errors import AtbError, CommandFailed, ConfigError, ToolchainError
 from backup_core.tools.runner import Completed, Runner, first_error_line, run
 
 # Attempts before giving up on a wiki that keeps moving under us: each loses only to a push
@@ -215,8 +215,7 @@ def publish(wiki: Wiki, build: Build, *, message: str, attempts: int = ATTEMPTS,
             if not changed:
                 return PublishResult(wiki.display, branch, None, (), attempt)
             _git(runner, commit_argv(clone, message), env, "git commit")
-            done = runner(push_argv(clone, branch), what="git push", env=env, check=False,
-                          timeout=GIT_TIMEOUT_S)
+            done = _call(runner, push_argv(clone, branch), env, "git push")
             outcome = push_outcome(done)
             if outcome == "ok":
                 head = _git(runner, git_argv(clone, "rev-parse", "HEAD"), env, "git rev-parse")
@@ -230,8 +229,19 @@ def publish(wiki: Wiki, build: Build, *, message: str, attempts: int = ATTEMPTS,
                             "other publishers; nothing was published, try again")
 
 
+def _call(runner: Runner, argv: list[str], env: Mapping[str, str], what: str) -> Completed:
+    """git through the runner; git missing or hanging is the wiki's failure to reach."""
+    try:
+        return runner(argv, what=what, env=env, check=False, timeout=GIT_TIMEOUT_S)
+    except ToolchainError as exc:
+        raise ToolchainError("publishing to a wiki needs git: install it (apt-get install "
+                             "git)") from exc
+    except CommandFailed as exc:  # timed out
+        raise PublishFailed(str(exc)) from exc
+
+
 def _git(runner: Runner, argv: list[str], env: Mapping[str, str], what: str) -> Completed:
-    done = runner(argv, what=what, env=env, check=False, timeout=GIT_TIMEOUT_S)
+    done = _call(runner, argv, env, what)
     if done.returncode != 0:
         raise PublishFailed(f"{what}: {redact(first_error_line(done.stderr))}",
                             detail=done.stderr)

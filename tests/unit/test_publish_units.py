@@ -4,6 +4,7 @@ ledger's page name, and the drill policy's judgement."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -135,3 +136,66 @@ def test_the_drill_policy_judges_the_newest_passing_drill() -> None:
     assert drill_overdue("2026-08-01T12:00:00Z", now=now, max_age_s=92 * day) == (
         "newest passing drill 2026-08-01T12:00:00Z is 120d 0h old; the policy asks for one "
         "every 92d 0h")
+
+
+VERBS = {"clone", "symbolic-ref", "add", "diff", "commit", "push", "fetch", "reset",
+         "rev-parse"}
+
+
+class FakeGit:
+    """git as a recording runner: the clone is a directory, the first push loses a race,
+    the second lands."""
+
+    def __init__(self, pushes: list[tuple[int, str]], missing: bool = False) -> None:
+        self.argv: list[list[str]] = []
+        self.pushes = pushes
+        self.missing = missing
+
+    def __call__(self, argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
+                 check: bool = True, timeout: float | None = None, run_as: str | None = None,
+                 cwd: Path | None = None) -> Completed:
+        from backup_core.tools.errors import ToolchainError
+
+        if self.missing:
+            raise ToolchainError("program git not found")
+        args = list(argv)
+        self.argv.append(args)
+        verb = next(a for a in args if a in VERBS)
+        out = {"symbolic-ref": "master\n", "rev-parse": "c0ffee\n",
+               "diff": "Restore-drills.md\0"}.get(verb, "")
+        if verb == "clone":
+            Path(args[-1]).mkdir()
+        if verb == "push":
+            code, out = self.pushes.pop(0)
+            return Completed(tuple(args), code, out, "")
+        return Completed(tuple(args), 0, out, "")
+
+
+def test_a_lost_race_is_redone_from_the_new_tip_without_force() -> None:
+    from backup_core.ops.publish import publish
+
+    git = FakeGit([(1, "!\tHEAD:refs/heads/master\t[rejected] (fetch first)\n"), (0, "")])
+    built: list[int] = []
+
+    def build(clone: Path) -> dict[str, bytes]:
+        built.append(1)
+        return {"Restore-drills.md": b"# Restore drills\n"}
+
+    done = publish(Wiki.parse("https://a:tok-123456@h/w.git"), build, message="m", runner=git)
+    assert (done.commit, done.attempts, done.files) == ("c0ffee", 2, ("Restore-drills.md",))
+    assert len(built) == 2  # the index is rebuilt from the new tip
+    verbs = [next(a for a in argv[1:] if a in VERBS) for argv in git.argv]
+    assert verbs == ["clone", "symbolic-ref", "add", "diff", "commit", "push", "fetch", "reset",
+                     "add", "diff", "commit", "push", "rev-parse"]
+    assert not any("--force" in a or a.startswith("+") for argv in git.argv for a in argv)
+    assert not any("tok-123456" in a for argv in git.argv for a in argv)
+
+
+def test_no_git_is_one_line_naming_it() -> None:
+    from backup_core.ops.publish import publish
+    from backup_core.tools.errors import ToolchainError
+
+    with pytest.raises(ToolchainError) as exc:
+        publish(Wiki.parse("/srv/wiki.git"), lambda clone: {}, message="m",
+                runner=FakeGit([], missing=True))
+    assert str(exc.value) == "publishing to a wiki needs git: install it (apt-get install git)"
