@@ -24,6 +24,7 @@ class Targets:
     schedule: str = "1h"
     rpo: str = "15m"
     window: str = "7d"
+    max_drill_age: str = "92d"
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,15 @@ def check_health(
     schedule_s = parse_duration(targets.schedule, what="--schedule")
     rpo_s = parse_duration(targets.rpo, what="--rpo")
     window_days = parse_duration(targets.window, what="--window") / 86400
+    max_drill_age_s = parse_duration(targets.max_drill_age, what="--max-drill-age")
     items = catalog.scan(backup_dir, database)
     names = [database] if database else sorted({b.database for b in items if b.is_backup})
     if not names and stanza is None:
         raise ConfigError(f"no backups under {backup_dir}: run `atb db backup` first")
     now = now or datetime.now(UTC)
     databases = tuple(status.database_status(items, database=n, now=now, schedule_s=schedule_s,
-                                             rpo_s=rpo_s, window_days=window_days)
+                                             rpo_s=rpo_s, window_days=window_days,
+                                             max_drill_age_s=max_drill_age_s)
                       for n in names)
     stanzas = () if stanza is None else (wal_status.archive_status(
         stanza, ConnInfo.parse(server_url or "", what="DATABASE_URL"), now=now, rpo_s=rpo_s),)

@@ -34,6 +34,10 @@ class Status:
     missed: tuple[str, ...] = field(default=())
     # sound backups per source (server and database): more than one is worth knowing
     sources: dict[str, int] = field(default_factory=dict)
+    # the newest passing drill against the drill policy (`--max-drill-age`): told (and
+    # notified), not a miss of the backups' targets
+    max_drill_age_s: float | None = None
+    drill_overdue: str = ""
     # derived values that belong to the published record (`--json`)
     JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("ok",)
 
@@ -44,7 +48,7 @@ class Status:
 
 def database_status(
     backups: list[Backup], *, database: str, now: datetime, schedule_s: float, rpo_s: float,
-    grace_s: float = 300, window_days: float = 7,
+    grace_s: float = 300, window_days: float = 7, max_drill_age_s: float | None = None,
 ) -> Status:
     """Judge one database's complete backups against the schedule and the RPO target.
 
@@ -82,8 +86,25 @@ def database_status(
         newest_duration_s=newest.manifest.duration_s if newest.manifest else None,
         largest_gap_s=round(largest, 1), window_days=window_days, schedule_s=schedule_s,
         rpo_s=rpo_s, last_drill_passed=last_drill, missed=tuple(missed),
-        sources=dict(sorted(sources.items())),
+        sources=dict(sorted(sources.items())), max_drill_age_s=max_drill_age_s,
+        drill_overdue=drill_overdue(last_drill, now=now, max_age_s=max_drill_age_s),
     )
+
+
+def drill_overdue(last_passed: str | None, *, now: datetime, max_age_s: float | None) -> str:
+    """Why the drill policy is not kept (no passing drill within `max_age_s`), or ""."""
+    if max_age_s is None:
+        return ""
+    if last_passed is None:
+        return f"no passing drill recorded; the policy asks for one every {human(max_age_s)}"
+    try:
+        age = (now - datetime.fromisoformat(last_passed)).total_seconds()
+    except (ValueError, TypeError):
+        return f"the newest passing drill's time {last_passed!r} cannot be read"
+    if age <= max_age_s:
+        return ""
+    return (f"newest passing drill {last_passed} is {human(age)} old; the policy asks for one "
+            f"every {human(max_age_s)}")
 
 
 def mixed_sources(done: list[Backup], *, schedule_s: float) -> list[str]:

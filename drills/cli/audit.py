@@ -15,6 +15,7 @@ from backup_core.store.signing import KEY_ENV, PublicKey, signer_from_env
 from backup_core.tools.errors import ConfigError
 from drills.cli import output
 from drills.cli.params import EXIT_CODES, json_option
+from drills.cli.publish import publish
 
 report_dir_option = click.option(
     "--report-dir", type=click.Path(file_okay=False, path_type=Path), default="reports",
@@ -28,7 +29,8 @@ public_key_option = click.option(
 
 @click.group(epilog=EXIT_CODES)
 def audit() -> None:
-    """The tamper-evident drill ledger and the evidence bundle for auditors."""
+    """Evidence for auditors: the tamper-evident drill ledger, the evidence bundle, and drill
+    reports published into the audit wiki."""
 
 
 @audit.command("verify", epilog=EXIT_CODES)
@@ -105,3 +107,6 @@ def bundle_text(b: BundleCheck) -> str:
         return f"FAIL: {b.path}: {b.failure}"
     return (f"OK: {b.path}: {b.records} records and {b.reports} reports verified, signed by "
             f"key {b.key_fingerprint}")
+
+
+audit.add_command(publish)

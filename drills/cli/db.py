@@ -12,8 +12,10 @@ from backup_core.ops.health import HealthReport, Targets, check_health
 from backup_core.pitr.pgbackrest import Stanza
 from backup_core.store import catalog, retention
 from backup_core.store.naming import parse_stamp, printable
+from backup_core.tools import notify
 from backup_core.tools.durations import human
 from drills import console
+from drills.alerts import overdue_notices
 from drills.cli import output
 from drills.cli.params import (
     DAYS,
@@ -26,6 +28,7 @@ from drills.cli.params import (
     production,
     rel,
 )
+from drills.cli.publish import notify_option
 
 log = logging.getLogger("atb.backup")
 
@@ -232,13 +235,20 @@ def _restore_text(result: restore.RestoreResult, path: Path) -> str:
                                                      path_type=Path),
               metavar="FILE", help="pgBackRest's config file.  [default: pgBackRest's own]")
 @database_url_option()
+@click.option("--max-drill-age", default="92d",
+              help="The drill policy: a passing drill at least this often; older, status says "
+                   "so and --notify tells (the exit code judges the backups alone).")
+@notify_option
 @json_option
 def db_status(backup_dir: Path, database: str | None, schedule: str, rpo: str, window: str,
               prom_file: Path | None, stanza: str | None, pgbackrest_config: Path | None,
-              database_url: str | None, as_json: bool) -> None:
+              database_url: str | None, max_drill_age: str, notify_urls: tuple[str, ...],
+              as_json: bool) -> None:
     """Newest backup's age and the largest gap vs the schedule and RPO (and, with --stanza,
     WAL archiving's lag); exits 1 on a miss."""
-    report = check_health(backup_dir, Targets(schedule, rpo, window), database=database,
+    urls = notify.check_targets(notify_urls)
+    report = check_health(backup_dir, Targets(schedule, rpo, window, max_drill_age),
+                          database=database,
                           stanza=Stanza(stanza, pgbackrest_config) if stanza else None,
                           server_url=database_url, prometheus=prom_file)
     if as_json:  # with --stanza, the databases and the stanzas; else the databases alone
@@ -246,6 +256,8 @@ def db_status(backup_dir: Path, database: str | None, schedule: str, rpo: str, w
                           if stanza else report.databases)
     else:
         click.echo(_status_text(report))
+    for notice in overdue_notices(report.databases):
+        notify.send(urls, notice)  # never raises: the status stands
     if not report.ok:
         raise SystemExit(1)
 
@@ -266,6 +278,8 @@ def _status_text(report: HealthReport) -> str:
                          f"{human(s.largest_gap_s)} over {s.window_days:g}d, last passing drill "
                          f"{s.last_drill_passed or '-'}" + per_source,
                          tuple(printable(m) for m in s.missed), "schedule and RPO targets met")
+        if s.drill_overdue:
+            lines.append(f"  DRILL OVERDUE: {printable(s.drill_overdue)}")
     return "\n".join(lines)
 
 

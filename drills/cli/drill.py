@@ -10,12 +10,15 @@ from typing import Any
 
 import click
 
+from backup_core.ops.publish import PublishFailed, Wiki
 from backup_core.store.signing import signer_from_env
-from backup_core.tools import extras
-from backup_core.tools.errors import ConfigError
+from backup_core.tools import extras, notify
+from backup_core.tools.errors import AtbError, ConfigError
 from drills import console, render, sandbox
+from drills.alerts import drill_notice
 from drills.cli import output
 from drills.cli.params import DAYS, EXIT_CODES, F, days, json_option, production
+from drills.cli.publish import notify_option, published_text, wiki_of, wiki_option
 from drills.options import OPTIONS, DrillOptions, Option
 from drills.result import DrillResult
 
@@ -67,11 +70,17 @@ def drill() -> None:
 @click.option("--pdf", is_flag=True,
               help="Also write the report as a PDF beside the HTML, as a reader without "
                    "JavaScript sees it (needs Chromium), for wikis that take attachments.")
+@click.option("--publish", is_flag=True,
+              help="Then publish the reports into the audit wiki (--wiki), as `atb audit "
+                   "publish --drill` does; a PASS that cannot be published exits 11.")
+@wiki_option
+@notify_option
 @json_option
-def drill_run(prove_detection: bool, pdf: bool, as_json: bool, **values: Any) -> None:
+def drill_run(prove_detection: bool, pdf: bool, publish: bool, wiki_url: str | None,
+              notify_urls: tuple[str, ...], as_json: bool, **values: Any) -> None:
     """Restore a random backup of the window (or --backup) into a sandbox, migrate it, run
     the checks and the integration command, and write the audit reports. Exits 0 on PASS,
-    1 on FAIL, 10 when INCOMPLETE."""
+    1 on FAIL, 10 when INCOMPLETE. --notify tells on FAIL and INCOMPLETE."""
     from drills import detect
     from drills import ledger as drill_ledger
     from drills.run import run_drill
@@ -79,6 +88,8 @@ def drill_run(prove_detection: bool, pdf: bool, as_json: bool, **values: Any) ->
     extras.require("drill", what="the restore drill")
     if pdf:
         render.require()
+    wiki = wiki_of(wiki_url) if publish else None
+    urls = notify.check_targets(notify_urls)
     options = _options(values)
     if prove_detection and options.source != "dump":
         raise ConfigError("--prove-detection damages a copy of a pg_dump backup: it does not "
@@ -105,8 +116,29 @@ def drill_run(prove_detection: bool, pdf: bool, as_json: bool, **values: Any) ->
                                           "pdf": str(html_path.with_suffix(".pdf"))})
     drill_ledger.record(result, options, signer=signer)
     output.show(result, as_json=as_json, text=drill_summary)
+    published = wiki is None or _publish(wiki, result)
+    notice = drill_notice(result)
+    if notice is not None:
+        notify.send(urls, notice)  # never raises: the verdict stands
     if not result.passed:
         raise SystemExit(10 if result.verdict == "INCOMPLETE" else 1)
+    if not published:
+        raise SystemExit(PublishFailed.exit_code)
+
+
+def _publish(wiki: Wiki, result: DrillResult) -> bool:
+    """Publish this drill's reports; a failure is one line, and the verdict stands."""
+    from drills.wiki import publish_drills
+
+    log = logging.getLogger("atb.publish")
+    try:
+        done = publish_drills(wiki, Path(result.reports["json"]).parent.parent,
+                              [Path(result.reports["json"])])
+    except AtbError as exc:
+        log.error("%s", exc)
+        return False
+    log.info("%s", published_text(done))
+    return True
 
 
 def _options(values: dict[str, Any]) -> DrillOptions:

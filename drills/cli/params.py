@@ -27,6 +27,7 @@ Exit codes:
   8   refused: the action could destroy data (or production changed while atb worked)
   9   a backup's roles failed verification (restore --with-roles)
   10  drill incomplete: a built-in check was skipped or not run (reasons in the report)
+  11  the audit wiki could not be reached or refused the push (nothing was published)
   70  internal error (a bug: the traceback is saved to a file named in the message)
   130 interrupted"""
 
