@@ -48,9 +48,11 @@ TOOL_ENV_PREFIXES = ("DOCKER_", "TESTCONTAINERS_", "TC_", "PGBACKREST_")
 
 def drill_argv(options_file: Path) -> list[str]:
     """The drill's pytest child: its settings in `options_file` (`DrillOptions.to_json`)."""
-    return [sys.executable, "-m", "pytest", "-p", "drills.plugin", "-p", "no:cacheprovider",
-            "-v", "--no-header", "-rfEx", "--tb=short", "--drill",
-            f"--drill-options={options_file}"]
+    # The project's own `addopts` stay out (a `-n auto` for its suite would split one drill
+    # across workers), and so does pytest-xdist: a drill is one session.
+    return [sys.executable, "-m", "pytest", "-o", "addopts=", "-p", "drills.plugin",
+            "-p", "no:cacheprovider", "-p", "no:xdist", "-v", "--no-header", "-rfEx",
+            "--tb=short", "--drill", f"--drill-options={options_file}"]
 
 
 def drill_env(options: DrillOptions, production: ConnInfo | None,

@@ -344,7 +344,7 @@ def test_a_drill_of_a_backup_with_a_hostile_manifest_still_writes_a_report(
     reports = {k: Path(v) for k, v in result["reports"].items()}
     assert sorted(reports) == ["html", "json", "md"]
     assert sorted(p for p in (tmp_path / "r").rglob("*") if p.is_file()) == sorted(
-        [*reports.values(), tmp_path / "r" / "index.html"])
+        [*reports.values(), tmp_path / "r" / "index.html", tmp_path / "r" / "ledger.ndjson"])
     assert json.loads(reports["json"].read_text())["verdict"] == "FAIL"
     assert "Verdict: FAIL" in reports["html"].read_text()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from backup_core.tools.errors import CommandFailed, ToolchainError
 from backup_core.tools.runner import Completed, run, spawn
 from drills import demo
 from drills.render import chromium_argv
+from drills.run import drill_argv
 
 
 class _AllTools(toolchain.Toolchain):
@@ -205,3 +207,10 @@ def test_a_missing_program_is_one_actionable_error_from_run_and_spawn() -> None:
               stderr=subprocess.DEVNULL)
     assert str(spawned.value) == message
     assert ran.value.exit_code == spawned.value.exit_code == 3
+
+
+def test_the_drills_pytest_child_ignores_the_projects_addopts_and_xdist() -> None:
+    assert drill_argv(Path("/o/options.json")) == [
+        sys.executable, "-m", "pytest", "-o", "addopts=", "-p", "drills.plugin",
+        "-p", "no:cacheprovider", "-p", "no:xdist", "-v", "--no-header", "-rfEx", "--tb=short",
+        "--drill", "--drill-options=/o/options.json"]
