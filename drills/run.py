@@ -29,7 +29,7 @@ from backup_core.reading import guard
 from backup_core.store.manifest import read_manifest
 from backup_core.store.naming import manifest_path
 from backup_core.store.verdicts import record_drill
-from backup_core.tools import childenv, isolation
+from backup_core.tools import appenv, childenv, isolation
 from backup_core.tools.cluster import cache_root
 from backup_core.tools.conninfo import ConnInfo, redact
 from backup_core.tools.errors import AtbError, CommandFailed, ToolchainError
@@ -126,6 +126,7 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
     even produce a result, and `SafetyRefusal` (exit 8), before anything starts, for a
     sandbox server that is production's."""
     isolation.refuse_production_service(options.allow_service, production)
+    appenv.refuse_production_env(options.pass_env, production, env)
     if options.sandbox == "server" and options.sandbox_url:
         guard.refuse_production_server(
             ConnInfo.parse(options.sandbox_url, what="ATB_SANDBOX_URL"), production,

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from backup_core.tools import extras
+from backup_core.tools.errors import ProductionTouched
 from drills import console, render, sandbox
 from drills.cli import output
 from drills.cli.params import DAYS, EXIT_CODES, F, days, json_option, production
@@ -87,6 +88,9 @@ def drill_run(pdf: bool, as_json: bool, **values: Any) -> None:
         result = replace(result, reports={**result.reports,
                                           "pdf": str(html_path.with_suffix(".pdf"))})
     output.show(result, as_json=as_json, text=drill_summary)
+    if any(c.name == "test_production_was_not_touched" and c.outcome in ("failed", "error")
+           for c in result.checks):
+        raise SystemExit(ProductionTouched.exit_code)  # 8, as `restore --migrate` exits
     if not result.passed:
         raise SystemExit(10 if result.verdict == "INCOMPLETE" else 1)
 
