@@ -65,10 +65,11 @@ def drill_env(options: DrillOptions, production: ConnInfo | None,
     gets production without its password (it asks the observer instead)."""
     extra: dict[str, str] = {}
     if production is not None and observer_socket is not None:
-        extra[PRODUCTION_ENV] = replace(production, secrets=(), env=()).secret_url
+        # in the application's own form (its dialect prefix), which its code then gets
+        extra[PRODUCTION_ENV] = replace(production, secrets=(), env=()).app_url()
         extra[observer.SOCKET_ENV] = str(observer_socket)
     elif production is not None:
-        extra[PRODUCTION_ENV] = production.secret_url
+        extra[PRODUCTION_ENV] = production.app_url()
         extra.update(dict(production.env))  # where its service= is defined
     if sandbox_url or options.sandbox_url:
         extra["ATB_SANDBOX_URL"] = sandbox_url or options.sandbox_url or ""

@@ -1,0 +1,170 @@
+"""Real applications from PyPI, drilled the way their users run them: each installed twice, an
+old and a new version, each in its own virtualenv (never atb's); production built and filled
+by the old one; the drill migrates the copy with the new one's own, unedited migrations.
+
+- optuna (sync Alembic, reads OPTUNA_STORAGE): through its command, `optuna storage upgrade`,
+  given with --migrate-cmd, --app-python and --app-url-env.
+- prefect (async env.py that owns its event loop, reads PREFECT_API_DATABASE_CONNECTION_URL,
+  production's URL is `postgresql+asyncpg://`): through its shipped alembic.ini with
+  --alembic-config and --app-python, and through `prefect server database upgrade -y` in
+  `restore --migrate-cmd`.
+
+The virtualenvs are made once per machine (uv, from PyPI) and kept in the cache directory,
+keyed by what they hold; production is one database per application on the session's
+PostgreSQL 15.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from backup_core.store import verdicts
+from backup_core.tools import db
+from backup_core.tools.cluster import Cluster, cache_root
+from backup_core.tools.conninfo import ConnInfo
+from tests.helpers import atb_inproc, checks, drill, fingerprint
+
+OPTUNA_OLD = ("optuna==3.1.1", "psycopg2-binary==2.9.11")
+OPTUNA_NEW = ("optuna==5.0.0", "psycopg2-binary==2.9.11")
+PREFECT_OLD = ("prefect==2.20.16", "asyncpg==0.29.0")
+PREFECT_NEW = ("prefect==3.9.1", "asyncpg==0.30.0")
+OPTUNA_OLD_HEAD, OPTUNA_NEW_HEAD = "v3.0.0.d", "v3.2.0.a"
+
+
+@dataclass(frozen=True)
+class Venv:
+    path: Path
+    seconds: float  # how long it took to make here (0 when it came from the cache)
+
+    @property
+    def python(self) -> Path:
+        return self.path / "bin" / "python"
+
+    def run(self, *args: str, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([str(self.python), *args], capture_output=True, text=True,
+                              env={"PATH": f"{self.path / 'bin'}:/usr/bin:/bin",
+                                   "HOME": os.environ.get("HOME", "/root"), **(env or {})},
+                              cwd=cwd, timeout=600, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+
+def make_venv(requirements: tuple[str, ...]) -> Venv:
+    """A virtualenv holding exactly `requirements`, made once per machine: its directory is
+    named by their hash, and is complete only once its marker exists (a killed build is
+    started again; concurrent runs wait on one lock)."""
+    key = hashlib.sha256("\n".join((sys.version, *requirements)).encode()).hexdigest()[:16]
+    root = cache_root() / "app-venvs"
+    root.mkdir(parents=True, exist_ok=True)
+    path, done = root / key, root / f"{key}.complete"
+    with open(root / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.is_file():
+            return Venv(path, 0.0)
+        shutil.rmtree(path, ignore_errors=True)
+        t0 = time.monotonic()
+        uv = [sys.executable, "-m", "uv"]
+        for argv in ([*uv, "venv", "-q", "--python", sys.executable, str(path)],
+                     [*uv, "pip", "install", "-q", "--python", str(path / "bin" / "python"),
+                      *requirements]):
+            made = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                                  check=False)
+            assert made.returncode == 0, made.stderr
+        done.write_text("\n".join(requirements) + "\n")
+        return Venv(path, round(time.monotonic() - t0, 1))
+
+
+@pytest.fixture(scope="module")
+def venvs() -> dict[str, Venv]:
+    """The four application environments, made in parallel (uv: seconds each, where pip takes
+    25 to 70)."""
+    wanted = {"optuna_old": OPTUNA_OLD, "optuna_new": OPTUNA_NEW,
+              "prefect_old": PREFECT_OLD, "prefect_new": PREFECT_NEW}
+    with ThreadPoolExecutor(4) as pool:
+        made = dict(zip(wanted, pool.map(make_venv, wanted.values()), strict=True))
+    print("app virtualenvs made in", {k: v.seconds for k, v in made.items()})
+    return made
+
+
+def _database(cluster: Cluster, name: str) -> ConnInfo:
+    with db.connect(cluster.url(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return cluster.url(name)
+
+
+@pytest.fixture(scope="module")
+def optuna_prod(pg15: Cluster, venvs: dict[str, Venv]) -> ConnInfo:
+    """Production as optuna 3.1 left it: a study with 12 trials, schema at v3.0.0.d."""
+    info = _database(pg15, f"optuna_{os.getpid()}")
+    script = ("import os, optuna\n"
+              "optuna.logging.set_verbosity(optuna.logging.WARNING)\n"
+              "s = optuna.create_study(study_name='tuning', storage=os.environ['URL'])\n"
+              "s.optimize(lambda t: (t.suggest_float('x', -10, 10) - 2) ** 2, n_trials=12)\n")
+    venvs["optuna_old"].run("-c", script, env={"URL": info.app_url("postgresql+psycopg2")})
+    return info
+
+
+@pytest.fixture(scope="module")
+def prefect_prod(pg15: Cluster, venvs: dict[str, Venv],
+                 tmp_path_factory: pytest.TempPathFactory) -> ConnInfo:
+    """Production as prefect 2.20 left it: its schema by its own command, three flows."""
+    info = _database(pg15, f"prefect_{os.getpid()}")
+    home = tmp_path_factory.mktemp("prefect-home")
+    venvs["prefect_old"].run("-m", "prefect", "server", "database", "upgrade", "-y", env={
+        "PREFECT_API_DATABASE_CONNECTION_URL": info.app_url("postgresql+asyncpg"),
+        "PREFECT_HOME": str(home)})
+    with db.connect(info, autocommit=True) as conn:
+        conn.execute("INSERT INTO flow (name) VALUES ('etl'), ('report'), ('backfill')")
+    return info
+
+
+@pytest.fixture(scope="module")
+def backups(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("app-backups")
+
+
+def backup_of(info: ConnInfo, backup_dir: Path) -> Path:
+    done = atb_inproc("db", "backup", env={"BACKUP_DIR": str(backup_dir)}, url=info)
+    assert done.returncode == 0, done.stderr
+    found = sorted((backup_dir / info.dbname).rglob("backup-*.dump"))
+    assert found, done.stdout
+    return found[-1]
+
+
+@pytest.fixture
+def reports(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "reports"
+
+
+def test_optuna_drilled_through_its_own_upgrade_command(
+        optuna_prod: ConnInfo, venvs: dict[str, Venv], backups: Path, reports: Path,
+        tmp_path: Path) -> None:
+    """optuna 5's `optuna storage upgrade`, from its own virtualenv, migrates a copy of
+    optuna 3.1's production (psycopg2 URL, read from OPTUNA_STORAGE); production untouched."""
+    backup = backup_of(optuna_prod, backups)
+    before = fingerprint(optuna_prod)
+    assert before["(alembic)"] == OPTUNA_OLD_HEAD
+    done, result = drill(
+        "--backup", str(backup), "--migrate-cmd", "optuna storage upgrade",
+        "--app-python", str(venvs["optuna_new"].python), "--app-url-env", "OPTUNA_STORAGE",
+        "--app-dir", str(tmp_path),
+        backup_dir=backups, report_dir=reports,
+        env={"DATABASE_URL": optuna_prod.app_url("postgresql+psycopg2")})
+    print(done.stdout[-3000:], done.stderr[-3000:])
+    outcomes = checks(result)
+    print(outcomes, result["verdict"], result["alembic"])
+    assert fingerprint(optuna_prod) == before
