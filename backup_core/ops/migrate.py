@@ -17,6 +17,7 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -135,12 +136,11 @@ def check(migration: Migration) -> None:
                                timeout=PROBE_TIMEOUT_S)
     if code == 0:
         return
-    line = redact(last_line(out))
     if "No module named alembic" in out:
         raise ConfigError(f"--alembic-config: {python} has no alembic module: pass "
                           "--app-python with the application's own interpreter")
-    raise ConfigError(f"--alembic-config {ini}: `alembic heads` under {python} failed "
-                      f"(exit {code}): {line}", detail=redact(out))
+    raise ConfigError(f"cannot read the Alembic scripts of {ini} with {python} (`alembic "
+                      f"heads` exit {code}): {redact(error_line(out))}", detail=redact(out))
 
 
 def _probe_env(app: AppEnv) -> dict[str, str]:
@@ -184,8 +184,22 @@ def run_migration(migration: Migration, target: ConnInfo) -> MigrateResult:
     after = current_revision(target)
     return MigrateResult(ok=code == 0, before=before, after=after, heads=heads,
                          duration_s=round(duration, 3), output=_tail(out),
-                         error="" if code == 0 else last_line(out), isolation=how,
+                         error="" if code == 0 else error_line(out), isolation=how,
                          command=migration.what, exit_code=code)
+
+
+_EXCEPTION_LINE = re.compile(r"^(FAILED|[A-Za-z_][\w.]*): \S")
+
+
+def error_line(output: str) -> str:
+    """The line that says what went wrong: a traceback's last `Type: message` (or
+    Alembic's `FAILED: ...`), without SQLAlchemy's pointer to its docs; else the last line."""
+    lines = [ln.rstrip() for ln in output.splitlines() if ln.strip()
+             and not ln.startswith("(Background on this error")]
+    for ln in reversed(lines):
+        if _EXCEPTION_LINE.match(ln) and not ln.startswith(("Traceback", "  ")):
+            return ln
+    return last_line(output)
 
 
 def _heads(result_file: Path) -> tuple[str, ...]:

@@ -36,11 +36,13 @@ from backup_core.tools.cluster import Cluster, cache_root
 from backup_core.tools.conninfo import ConnInfo
 from tests.helpers import atb_inproc, checks, drill, fingerprint
 
+# an old release with its dependencies as they were when it was current (newer ones break it)
 OPTUNA_OLD = ("optuna==3.1.1", "psycopg2-binary==2.9.11")
 OPTUNA_NEW = ("optuna==5.0.0", "psycopg2-binary==2.9.11")
-PREFECT_OLD = ("prefect==2.20.16", "asyncpg==0.29.0")
+PREFECT_OLD = ("prefect==2.20.16", "asyncpg==0.29.0", "--exclude-newer", "2025-01-10")
 PREFECT_NEW = ("prefect==3.9.1", "asyncpg==0.30.0")
 OPTUNA_OLD_HEAD, OPTUNA_NEW_HEAD = "v3.0.0.d", "v3.2.0.a"
+PREFECT_NEW_HEAD = "91e2b8f3d6a4"  # prefect 3.9.1's newest PostgreSQL revision
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,11 @@ class Venv:
     def python(self) -> Path:
         return self.path / "bin" / "python"
 
-    def run(self, *args: str, env: dict[str, str] | None = None,
+    def run(self, program: str, *args: str, env: dict[str, str] | None = None,
             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([str(self.python), *args], capture_output=True, text=True,
+        """`program` (python, prefect...) of this virtualenv, as if it were activated."""
+        done = subprocess.run([str(self.path / "bin" / program), *args], capture_output=True,
+                              text=True,
                               env={"PATH": f"{self.path / 'bin'}:/usr/bin:/bin",
                                    "HOME": os.environ.get("HOME", "/root"), **(env or {})},
                               cwd=cwd, timeout=600, check=False)
@@ -114,7 +118,8 @@ def optuna_prod(pg15: Cluster, venvs: dict[str, Venv]) -> ConnInfo:
               "optuna.logging.set_verbosity(optuna.logging.WARNING)\n"
               "s = optuna.create_study(study_name='tuning', storage=os.environ['URL'])\n"
               "s.optimize(lambda t: (t.suggest_float('x', -10, 10) - 2) ** 2, n_trials=12)\n")
-    venvs["optuna_old"].run("-c", script, env={"URL": info.app_url("postgresql+psycopg2")})
+    venvs["optuna_old"].run("python", "-c", script,
+                            env={"URL": info.app_url("postgresql+psycopg2")})
     return info
 
 
@@ -124,7 +129,7 @@ def prefect_prod(pg15: Cluster, venvs: dict[str, Venv],
     """Production as prefect 2.20 left it: its schema by its own command, three flows."""
     info = _database(pg15, f"prefect_{os.getpid()}")
     home = tmp_path_factory.mktemp("prefect-home")
-    venvs["prefect_old"].run("-m", "prefect", "server", "database", "upgrade", "-y", env={
+    venvs["prefect_old"].run("prefect", "server", "database", "upgrade", "-y", env={
         "PREFECT_API_DATABASE_CONNECTION_URL": info.app_url("postgresql+asyncpg"),
         "PREFECT_HOME": str(home)})
     with db.connect(info, autocommit=True) as conn:
@@ -150,21 +155,75 @@ def reports(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "reports"
 
 
-def test_optuna_drilled_through_its_own_upgrade_command(
-        optuna_prod: ConnInfo, venvs: dict[str, Venv], backups: Path, reports: Path,
-        tmp_path: Path) -> None:
-    """optuna 5's `optuna storage upgrade`, from its own virtualenv, migrates a copy of
-    optuna 3.1's production (psycopg2 URL, read from OPTUNA_STORAGE); production untouched."""
+def _rdb_dir(venv: Venv) -> Path:
+    """Where optuna keeps its alembic.ini, whose `script_location = alembic` is relative to
+    the working directory (as `alembic -c` resolves it)."""
+    [ini] = venv.path.glob("lib/python3*/site-packages/optuna/storages/_rdb/alembic.ini")
+    return ini.parent
+
+
+def test_optuna_drilled_through_its_shipped_alembic_ini_under_its_interpreter(
+        optuna_prod: ConnInfo, venvs: dict[str, Venv], backups: Path, reports: Path) -> None:
+    """optuna 5's own alembic.ini, unedited, run as `alembic -c alembic.ini upgrade head`
+    by optuna 5's interpreter from the ini's directory, migrates a copy of optuna 3.1's
+    production (reached as postgresql+psycopg2://); production untouched, the verdict
+    recorded beside the backup."""
     backup = backup_of(optuna_prod, backups)
     before = fingerprint(optuna_prod)
     assert before["(alembic)"] == OPTUNA_OLD_HEAD
+    assert before["public.trials"].startswith("12:")
+    new = venvs["optuna_new"]
     done, result = drill(
-        "--backup", str(backup), "--migrate-cmd", "optuna storage upgrade",
-        "--app-python", str(venvs["optuna_new"].python), "--app-url-env", "OPTUNA_STORAGE",
-        "--app-dir", str(tmp_path),
+        "--backup", str(backup), "--alembic-config", "alembic.ini",
+        "--app-dir", str(_rdb_dir(new)), "--app-python", str(new.python),
         backup_dir=backups, report_dir=reports,
         env={"DATABASE_URL": optuna_prod.app_url("postgresql+psycopg2")})
-    print(done.stdout[-3000:], done.stderr[-3000:])
     outcomes = checks(result)
-    print(outcomes, result["verdict"], result["alembic"])
+    assert outcomes["test_revision_before_upgrade_matches_the_backup"] == "passed"
+    assert outcomes["test_alembic_upgrade_head_reaches_the_script_head"] == "passed"
+    assert outcomes["test_every_table_has_its_backup_time_content"] == "passed"
+    assert outcomes["test_production_was_not_touched"] == "passed"
+    assert [n for n, o in outcomes.items() if o in ("failed", "error")] == []
+    # no heartbeat table and a single backup: INCOMPLETE, never a FAIL of a good backup
+    assert (done.returncode, result["verdict"]) == (10, "INCOMPLETE")
+    assert result["alembic"] == {"before": OPTUNA_OLD_HEAD, "after": OPTUNA_NEW_HEAD,
+                                 "heads": [OPTUNA_NEW_HEAD], "ok": True,
+                                 "duration_s": result["alembic"]["duration_s"]}
     assert fingerprint(optuna_prod) == before
+    recorded = verdicts.read_drill_history(backup)
+    assert [(v.verdict, v.failed_checks) for v in recorded] == [("INCOMPLETE", ())]
+
+
+def test_prefect_drilled_through_its_own_upgrade_command(
+        prefect_prod: ConnInfo, venvs: dict[str, Venv], backups: Path, reports: Path,
+        tmp_path: Path) -> None:
+    """prefect 3's `prefect server database upgrade -y` (an async env.py that must own its
+    event loop: bare `alembic upgrade head` cannot run it), from prefect 3's virtualenv,
+    migrates a copy of prefect 2.20's production: the copy reaches it under prefect's own
+    variable in production's form (postgresql+asyncpg://)."""
+    backup = backup_of(prefect_prod, backups)
+    before = fingerprint(prefect_prod)
+    old_head = before["(alembic)"]
+    new = venvs["prefect_new"]
+    done, result = drill(
+        "--backup", str(backup), "--migrate-cmd", "prefect server database upgrade -y",
+        "--app-python", str(new.python), "--pass-env", "PREFECT_HOME",
+        "--app-url-env", "PREFECT_API_DATABASE_CONNECTION_URL", "--app-dir", str(tmp_path),
+        backup_dir=backups, report_dir=reports,
+        env={"DATABASE_URL": prefect_prod.app_url("postgresql+asyncpg"),
+             "PREFECT_HOME": str(tmp_path / "prefect-home")})
+    outcomes = checks(result)
+    assert outcomes["test_alembic_upgrade_head_reaches_the_script_head"] == "passed"
+    assert outcomes["test_every_table_has_its_backup_time_row_count"] == "passed"
+    assert outcomes["test_production_was_not_touched"] == "passed"
+    assert [n for n, o in outcomes.items() if o in ("failed", "error")] == []
+    assert (done.returncode, result["verdict"]) == (10, "INCOMPLETE")
+    alembic = result["alembic"]
+    assert (alembic["before"], alembic["ok"], alembic["heads"]) == (old_head, True, [])
+    assert alembic["after"] == PREFECT_NEW_HEAD != old_head
+    migration = next(c for c in result["checks"]
+                     if c["name"] == "test_alembic_upgrade_head_reaches_the_script_head")
+    assert any(e.startswith("`prefect server database upgrade -y` ran network")
+               for e in migration["evidence"]), migration["evidence"]
+    assert fingerprint(prefect_prod) == before
+    assert [v.verdict for v in verdicts.read_drill_history(backup)] == ["INCOMPLETE"]
