@@ -171,19 +171,26 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
 
 def names_production(value: str, production: ConnInfo) -> bool:
     """Whether `value` names production's database: a URL or keyword string in it (whole, or
-    any `scheme://` part of a longer text) on production's host and port with its database,
-    or production's database name beside its host or port."""
+    any `scheme://` part of a longer text) on production's host and port with its database;
+    in text that holds no connection string, production's database name beside its host or
+    port (`db.internal:5433/shop`)."""
     prod_db = production.dbname
     if not prod_db:
         return False
     candidates = [value, *re.findall(r"[A-Za-z][\w+.-]*://[^\s'\"<>]+", value)]
+    parsed = False
     for text in candidates:
+        if "://" not in text and "dbname=" not in text:
+            continue  # a word parsed as conninfo would take PGDATABASE and the like
         try:
             info = ConnInfo.parse(text, what="a variable")
         except (ConfigError, ValueError):
             continue
+        parsed = True
         if info.dbname == prod_db and _same_server(info, production):
             return True
+    if parsed:  # a connection string that names another database or server
+        return False
     words = set(re.split(r"[\s/:@?&=;,'\"()\[\]{}]+", value))
     if prod_db not in words:
         return False

@@ -81,9 +81,11 @@ def make_venv(requirements: tuple[str, ...]) -> Venv:
         shutil.rmtree(path, ignore_errors=True)
         t0 = time.monotonic()
         uv = [sys.executable, "-m", "uv"]
-        for argv in ([*uv, "venv", "-q", "--python", sys.executable, str(path)],
-                     [*uv, "pip", "install", "-q", "--python", str(path / "bin" / "python"),
-                      *requirements]):
+        steps = [[*uv, "venv", "-q", "--python", sys.executable, str(path)]]
+        if requirements:
+            steps.append([*uv, "pip", "install", "-q", "--python",
+                          str(path / "bin" / "python"), *requirements])
+        for argv in steps:
             made = subprocess.run(argv, capture_output=True, text=True, timeout=600,
                                   check=False)
             assert made.returncode == 0, made.stderr
@@ -138,6 +140,11 @@ def prefect_prod(pg15: Cluster, venvs: dict[str, Venv],
 
 
 @pytest.fixture(scope="module")
+def optuna_backup(optuna_prod: ConnInfo, backups: Path) -> Path:
+    return backup_of(optuna_prod, backups)
+
+
+@pytest.fixture(scope="module")
 def backups(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("app-backups")
 
@@ -163,12 +170,13 @@ def _rdb_dir(venv: Venv) -> Path:
 
 
 def test_optuna_drilled_through_its_shipped_alembic_ini_under_its_interpreter(
-        optuna_prod: ConnInfo, venvs: dict[str, Venv], backups: Path, reports: Path) -> None:
+        optuna_prod: ConnInfo, optuna_backup: Path, venvs: dict[str, Venv], backups: Path,
+        reports: Path) -> None:
     """optuna 5's own alembic.ini, unedited, run as `alembic -c alembic.ini upgrade head`
     by optuna 5's interpreter from the ini's directory, migrates a copy of optuna 3.1's
     production (reached as postgresql+psycopg2://); production untouched, the verdict
     recorded beside the backup."""
-    backup = backup_of(optuna_prod, backups)
+    backup = optuna_backup
     before = fingerprint(optuna_prod)
     assert before["(alembic)"] == OPTUNA_OLD_HEAD
     assert before["public.trials"].startswith("12:")
@@ -227,3 +235,72 @@ def test_prefect_drilled_through_its_own_upgrade_command(
                for e in migration["evidence"]), migration["evidence"]
     assert fingerprint(prefect_prod) == before
     assert [v.verdict for v in verdicts.read_drill_history(backup)] == ["INCOMPLETE"]
+
+
+def test_configuration_errors_refuse_the_drill_before_anything_and_record_nothing(
+        optuna_prod: ConnInfo, optuna_backup: Path, venvs: dict[str, Venv], backups: Path,
+        tmp_path: Path) -> None:
+    """A configuration that cannot run is exit 2 with one line, before a sandbox starts or a
+    report is claimed, and is never a verdict on the backup."""
+    bare = make_venv(())  # an interpreter without Alembic
+    rdb = _rdb_dir(venvs["optuna_new"])
+    history = verdicts.read_drill_history(optuna_backup)
+    prod_url = optuna_prod.app_url("postgresql+psycopg2")
+    cases: list[tuple[list[str], str]] = [
+        (["--migrate-cmd", "no-such-program-xyz"],
+         "--migrate-cmd: program no-such-program-xyz not found on PATH (give --app-python to "
+         "run the application's own virtualenv)"),
+        (["--migrate-cmd", "optuna storage upgrade"],  # optuna is not in atb's environment
+         "--migrate-cmd: program optuna not found on PATH (give --app-python to run the "
+         "application's own virtualenv)"),
+        (["--migrate-cmd", "optuna 'storage upgrade"],
+         "--migrate-cmd \"optuna 'storage upgrade\" cannot be split into words: No closing "
+         "quotation"),
+        (["--alembic-config", "alembic.ini", "--app-dir", str(rdb), "--app-python",
+          str(bare.python)],
+         f"--alembic-config: {bare.python} has no alembic module: pass --app-python with the "
+         "application's own interpreter"),
+        (["--alembic-config", "missing.ini", "--app-dir", str(rdb)],
+         f"--alembic-config {rdb / 'missing.ini'}: no such file"),
+        (["--alembic-config", "alembic.ini", "--app-dir", str(rdb), "--app-python",
+          str(tmp_path / "nope")],
+         f"--app-python {tmp_path / 'nope'}: not an executable file"),
+        (["--migrate-cmd", "true", "--app-url-env", "PGHOST"],
+         "--app-url-env PGHOST: a libpq or atb variable cannot carry the application's URL "
+         "(DATABASE_URL and PG* are set already)"),
+        (["--migrate-cmd", "true", "--pass-env", "OPTUNA_STORAGE"],
+         f"--pass-env OPTUNA_STORAGE: its value names the production database "
+         f"({optuna_prod.redacted}); pass the sandbox's URL under that name with "
+         "--app-url-env OPTUNA_STORAGE instead"),
+    ]
+    for args, message in cases:
+        done, result = drill("--backup", str(optuna_backup), *args, backup_dir=backups,
+                             report_dir=tmp_path / "reports",
+                             env={"DATABASE_URL": prod_url, "OPTUNA_STORAGE": prod_url})
+        assert (done.returncode, done.stderr, result) == (2, f"atb: error: {message}\n", {})
+    assert not (tmp_path / "reports").exists()
+    assert verdicts.read_drill_history(optuna_backup) == history
+
+
+def test_restore_migrate_refuses_a_bad_configuration_before_restoring(
+        pg15: Cluster, optuna_prod: ConnInfo, optuna_backup: Path,
+        venvs: dict[str, Venv]) -> None:
+    """`restore --migrate` checks the migration first: exit 2, and no database is made."""
+    bare = make_venv(())
+    target = pg15.url(f"optuna_copy_{os.getpid()}")
+    rdb = _rdb_dir(venvs["optuna_new"])
+    for args, message in [
+        (["--migrate", "--alembic-config", "alembic.ini", "--app-dir", str(rdb),
+          "--app-python", str(bare.python)],
+         f"--alembic-config: {bare.python} has no alembic module: pass --app-python with "
+         "the application's own interpreter"),
+        (["--migrate-cmd", "no-such-program-xyz"],
+         "--migrate-cmd: program no-such-program-xyz not found on PATH (give --app-python to "
+         "run the application's own virtualenv)")]:
+        done = atb_inproc("db", "restore", str(optuna_backup), *args,
+                          env={"DATABASE_URL": optuna_prod.app_url("postgresql+psycopg2"),
+                               "ATB_TARGET_URL": target.secret_url})
+        assert (done.returncode, done.stderr) == (2, f"atb: error: {message}\n")
+        with db.connect(pg15.url(), autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s",
+                                (target.dbname,)).fetchone() == (0,)
