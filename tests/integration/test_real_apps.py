@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +34,7 @@ from backup_core.store import verdicts
 from backup_core.tools import db
 from backup_core.tools.cluster import Cluster, cache_root
 from backup_core.tools.conninfo import ConnInfo
-from tests.helpers import atb_inproc, checks, drill, fingerprint
+from tests.helpers import atb, atb_inproc, checks, drill, fingerprint
 
 # an old release with its dependencies as they were when it was current (newer ones break it)
 OPTUNA_OLD = ("optuna==3.1.1", "psycopg2-binary==2.9.11")
@@ -112,36 +112,47 @@ def _database(cluster: Cluster, name: str) -> ConnInfo:
     return cluster.url(name)
 
 
-@pytest.fixture(scope="module")
-def optuna_prod(pg15: Cluster, venvs: dict[str, Venv]) -> ConnInfo:
-    """Production as optuna 3.1 left it: a study with 12 trials, schema at v3.0.0.d."""
-    info = _database(pg15, f"optuna_{os.getpid()}")
+def build_optuna(info: ConnInfo, venvs: dict[str, Venv], tmp: Path) -> None:
+    """Production as optuna 3.1 leaves it: a study with 12 trials, schema at v3.0.0.d."""
     script = ("import os, optuna\n"
               "optuna.logging.set_verbosity(optuna.logging.WARNING)\n"
               "s = optuna.create_study(study_name='tuning', storage=os.environ['URL'])\n"
               "s.optimize(lambda t: (t.suggest_float('x', -10, 10) - 2) ** 2, n_trials=12)\n")
     venvs["optuna_old"].run("python", "-c", script,
                             env={"URL": info.app_url("postgresql+psycopg2")})
-    return info
 
 
-@pytest.fixture(scope="module")
-def prefect_prod(pg15: Cluster, venvs: dict[str, Venv],
-                 tmp_path_factory: pytest.TempPathFactory) -> ConnInfo:
-    """Production as prefect 2.20 left it: its schema by its own command, three flows."""
-    info = _database(pg15, f"prefect_{os.getpid()}")
-    home = tmp_path_factory.mktemp("prefect-home")
+def build_prefect(info: ConnInfo, venvs: dict[str, Venv], tmp: Path) -> None:
+    """Production as prefect 2.20 leaves it: its schema by its own command, three flows."""
     venvs["prefect_old"].run("prefect", "server", "database", "upgrade", "-y", env={
         "PREFECT_API_DATABASE_CONNECTION_URL": info.app_url("postgresql+asyncpg"),
-        "PREFECT_HOME": str(home)})
+        "PREFECT_HOME": str(tmp / "prefect-home")})
     with db.connect(info, autocommit=True) as conn:
         conn.execute("INSERT INTO flow (name) VALUES ('etl'), ('report'), ('backfill')")
-    return info
+
+
+@dataclass(frozen=True)
+class Production:
+    info: ConnInfo
+    url: str  # as the application writes it, its dialect prefix included
+    backup: Path
+    before: dict[str, str]  # its fingerprint once backed up
 
 
 @pytest.fixture(scope="module")
-def optuna_backup(optuna_prod: ConnInfo, backups: Path) -> Path:
-    return backup_of(optuna_prod, backups)
+def productions(pg15: Cluster, venvs: dict[str, Venv], backups: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> dict[str, Production]:
+    """One production database per application, built by its old version (both at once),
+    then backed up."""
+    tmp = tmp_path_factory.mktemp("app-homes")
+    infos = {name: _database(pg15, f"{name}_{os.getpid()}") for name in ("optuna", "prefect")}
+    with ThreadPoolExecutor(2) as pool:
+        for job in [pool.submit(build_optuna, infos["optuna"], venvs, tmp),
+                    pool.submit(build_prefect, infos["prefect"], venvs, tmp)]:
+            job.result()
+    dialects = {"optuna": "postgresql+psycopg2", "prefect": "postgresql+asyncpg"}
+    return {name: Production(info, info.app_url(dialects[name]), backup_of(info, backups),
+                             fingerprint(info)) for name, info in infos.items()}
 
 
 @pytest.fixture(scope="module")
@@ -157,11 +168,6 @@ def backup_of(info: ConnInfo, backup_dir: Path) -> Path:
     return found[-1]
 
 
-@pytest.fixture
-def reports(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path / "reports"
-
-
 def _rdb_dir(venv: Venv) -> Path:
     """Where optuna keeps its alembic.ini, whose `script_location = alembic` is relative to
     the working directory (as `alembic -c` resolves it)."""
@@ -169,23 +175,48 @@ def _rdb_dir(venv: Venv) -> Path:
     return ini.parent
 
 
+@pytest.fixture(scope="module")
+def drilled(productions: dict[str, Production], venvs: dict[str, Venv], backups: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, dict]]:
+    """Both applications drilled at once, each by `atb drill run` as a child process:
+    (exit code, JSON result)."""
+    tmp = tmp_path_factory.mktemp("app-drills")
+    new_optuna, new_prefect = venvs["optuna_new"], venvs["prefect_new"]
+    runs = {
+        # optuna's own alembic.ini, from its directory, by optuna 5's interpreter
+        "optuna": ["--alembic-config", "alembic.ini", "--app-dir", str(_rdb_dir(new_optuna)),
+                   "--app-python", str(new_optuna.python)],
+        # prefect's own command, in prefect 3's virtualenv, reading its own variable
+        "prefect": ["--migrate-cmd", "prefect server database upgrade -y",
+                    "--app-python", str(new_prefect.python), "--pass-env", "PREFECT_HOME",
+                    "--app-url-env", "PREFECT_API_DATABASE_CONNECTION_URL",
+                    "--app-dir", str(tmp)],
+    }
+
+    def run(name: str) -> tuple[int, dict]:
+        prod = productions[name]
+        done = atb("drill", "run", "--json", "--sandbox", "local", "--backup",
+                   str(prod.backup), "--backup-dir", str(backups), "--report-dir",
+                   str(tmp / "reports"), *runs[name],
+                   env={"DATABASE_URL": prod.url, "PREFECT_HOME": str(tmp / "prefect-home")})
+        assert "Traceback" not in done.stderr, done.stderr
+        return done.returncode, json.loads(done.stdout)
+
+    with ThreadPoolExecutor(2) as pool:
+        return dict(zip(runs, pool.map(run, runs), strict=True))
+
+
 def test_optuna_drilled_through_its_shipped_alembic_ini_under_its_interpreter(
-        optuna_prod: ConnInfo, optuna_backup: Path, venvs: dict[str, Venv], backups: Path,
-        reports: Path) -> None:
-    """optuna 5's own alembic.ini, unedited, run as `alembic -c alembic.ini upgrade head`
-    by optuna 5's interpreter from the ini's directory, migrates a copy of optuna 3.1's
-    production (reached as postgresql+psycopg2://); production untouched, the verdict
-    recorded beside the backup."""
-    backup = optuna_backup
-    before = fingerprint(optuna_prod)
-    assert before["(alembic)"] == OPTUNA_OLD_HEAD
-    assert before["public.trials"].startswith("12:")
-    new = venvs["optuna_new"]
-    done, result = drill(
-        "--backup", str(backup), "--alembic-config", "alembic.ini",
-        "--app-dir", str(_rdb_dir(new)), "--app-python", str(new.python),
-        backup_dir=backups, report_dir=reports,
-        env={"DATABASE_URL": optuna_prod.app_url("postgresql+psycopg2")})
+        productions: dict[str, Production], drilled: dict[str, tuple[int, dict]]) -> None:
+    """optuna 5's own alembic.ini, unedited (`script_location = alembic`, relative to the
+    working directory), run as `alembic -c alembic.ini upgrade head` by optuna 5's
+    interpreter from the ini's directory, migrates a copy of optuna 3.1's production (reached
+    as postgresql+psycopg2://); production untouched, the verdict recorded beside the
+    backup."""
+    prod = productions["optuna"]
+    assert prod.before["(alembic)"] == OPTUNA_OLD_HEAD
+    assert prod.before["public.trials"].startswith("12:")
+    code, result = drilled["optuna"]
     outcomes = checks(result)
     assert outcomes["test_revision_before_upgrade_matches_the_backup"] == "passed"
     assert outcomes["test_alembic_upgrade_head_reaches_the_script_head"] == "passed"
@@ -193,59 +224,52 @@ def test_optuna_drilled_through_its_shipped_alembic_ini_under_its_interpreter(
     assert outcomes["test_production_was_not_touched"] == "passed"
     assert [n for n, o in outcomes.items() if o in ("failed", "error")] == []
     # no heartbeat table and a single backup: INCOMPLETE, never a FAIL of a good backup
-    assert (done.returncode, result["verdict"]) == (10, "INCOMPLETE")
+    assert (code, result["verdict"]) == (10, "INCOMPLETE")
     assert result["alembic"] == {"before": OPTUNA_OLD_HEAD, "after": OPTUNA_NEW_HEAD,
                                  "heads": [OPTUNA_NEW_HEAD], "ok": True,
                                  "duration_s": result["alembic"]["duration_s"]}
-    assert fingerprint(optuna_prod) == before
-    recorded = verdicts.read_drill_history(backup)
+    assert fingerprint(prod.info) == prod.before
+    recorded = verdicts.read_drill_history(prod.backup)
     assert [(v.verdict, v.failed_checks) for v in recorded] == [("INCOMPLETE", ())]
 
 
 def test_prefect_drilled_through_its_own_upgrade_command(
-        prefect_prod: ConnInfo, venvs: dict[str, Venv], backups: Path, reports: Path,
-        tmp_path: Path) -> None:
+        productions: dict[str, Production], drilled: dict[str, tuple[int, dict]]) -> None:
     """prefect 3's `prefect server database upgrade -y` (an async env.py that must own its
     event loop: bare `alembic upgrade head` cannot run it), from prefect 3's virtualenv,
     migrates a copy of prefect 2.20's production: the copy reaches it under prefect's own
     variable in production's form (postgresql+asyncpg://)."""
-    backup = backup_of(prefect_prod, backups)
-    before = fingerprint(prefect_prod)
-    old_head = before["(alembic)"]
-    new = venvs["prefect_new"]
-    done, result = drill(
-        "--backup", str(backup), "--migrate-cmd", "prefect server database upgrade -y",
-        "--app-python", str(new.python), "--pass-env", "PREFECT_HOME",
-        "--app-url-env", "PREFECT_API_DATABASE_CONNECTION_URL", "--app-dir", str(tmp_path),
-        backup_dir=backups, report_dir=reports,
-        env={"DATABASE_URL": prefect_prod.app_url("postgresql+asyncpg"),
-             "PREFECT_HOME": str(tmp_path / "prefect-home")})
+    prod = productions["prefect"]
+    assert prod.before["public.flow"].startswith("3:")
+    code, result = drilled["prefect"]
     outcomes = checks(result)
     assert outcomes["test_alembic_upgrade_head_reaches_the_script_head"] == "passed"
     assert outcomes["test_every_table_has_its_backup_time_row_count"] == "passed"
     assert outcomes["test_production_was_not_touched"] == "passed"
     assert [n for n, o in outcomes.items() if o in ("failed", "error")] == []
-    assert (done.returncode, result["verdict"]) == (10, "INCOMPLETE")
+    assert (code, result["verdict"]) == (10, "INCOMPLETE")
     alembic = result["alembic"]
-    assert (alembic["before"], alembic["ok"], alembic["heads"]) == (old_head, True, [])
-    assert alembic["after"] == PREFECT_NEW_HEAD != old_head
+    assert (alembic["before"], alembic["ok"], alembic["heads"]) == (
+        prod.before["(alembic)"], True, [])
+    assert alembic["after"] == PREFECT_NEW_HEAD != prod.before["(alembic)"]
     migration = next(c for c in result["checks"]
                      if c["name"] == "test_alembic_upgrade_head_reaches_the_script_head")
     assert any(e.startswith("`prefect server database upgrade -y` ran network")
                for e in migration["evidence"]), migration["evidence"]
-    assert fingerprint(prefect_prod) == before
-    assert [v.verdict for v in verdicts.read_drill_history(backup)] == ["INCOMPLETE"]
+    assert fingerprint(prod.info) == prod.before
+    assert [v.verdict for v in verdicts.read_drill_history(prod.backup)] == ["INCOMPLETE"]
 
 
 def test_configuration_errors_refuse_the_drill_before_anything_and_record_nothing(
-        optuna_prod: ConnInfo, optuna_backup: Path, venvs: dict[str, Venv], backups: Path,
+        productions: dict[str, Production], venvs: dict[str, Venv], backups: Path,
         tmp_path: Path) -> None:
     """A configuration that cannot run is exit 2 with one line, before a sandbox starts or a
     report is claimed, and is never a verdict on the backup."""
     bare = make_venv(())  # an interpreter without Alembic
     rdb = _rdb_dir(venvs["optuna_new"])
+    optuna_prod, optuna_backup = productions["optuna"].info, productions["optuna"].backup
     history = verdicts.read_drill_history(optuna_backup)
-    prod_url = optuna_prod.app_url("postgresql+psycopg2")
+    prod_url = productions["optuna"].url
     cases: list[tuple[list[str], str]] = [
         (["--migrate-cmd", "no-such-program-xyz"],
          "--migrate-cmd: program no-such-program-xyz not found on PATH (give --app-python to "
@@ -283,9 +307,9 @@ def test_configuration_errors_refuse_the_drill_before_anything_and_record_nothin
 
 
 def test_restore_migrate_refuses_a_bad_configuration_before_restoring(
-        pg15: Cluster, optuna_prod: ConnInfo, optuna_backup: Path,
-        venvs: dict[str, Venv]) -> None:
+        pg15: Cluster, productions: dict[str, Production], venvs: dict[str, Venv]) -> None:
     """`restore --migrate` checks the migration first: exit 2, and no database is made."""
+    optuna_backup = productions["optuna"].backup
     bare = make_venv(())
     target = pg15.url(f"optuna_copy_{os.getpid()}")
     rdb = _rdb_dir(venvs["optuna_new"])
@@ -298,7 +322,7 @@ def test_restore_migrate_refuses_a_bad_configuration_before_restoring(
          "--migrate-cmd: program no-such-program-xyz not found on PATH (give --app-python to "
          "run the application's own virtualenv)")]:
         done = atb_inproc("db", "restore", str(optuna_backup), *args,
-                          env={"DATABASE_URL": optuna_prod.app_url("postgresql+psycopg2"),
+                          env={"DATABASE_URL": productions["optuna"].url,
                                "ATB_TARGET_URL": target.secret_url})
         assert (done.returncode, done.stderr) == (2, f"atb: error: {message}\n")
         with db.connect(pg15.url(), autocommit=True) as conn:
