@@ -20,6 +20,16 @@ from argparse import Namespace
 from typing import Any
 
 
+def with_driver(url: str, configured: str | None) -> str:
+    """`url` with the driver the ini's own PostgreSQL URL names (`+asyncpg`), when production's
+    URL names none: an async env.py needs its async driver."""
+    scheme, sep, rest = url.partition("://")
+    theirs = (configured or "").partition("://")[0]
+    if sep and "+" not in scheme and theirs.startswith("postgres") and "+" in theirs:
+        return f"{scheme}+{theirs.split('+', 1)[1]}://{rest}"
+    return url
+
+
 def main(argv: list[str]) -> int:
     from alembic.config import CommandLine, Config
 
@@ -31,7 +41,9 @@ def main(argv: list[str]) -> int:
         def run_cmd(self, config: Config, options: Namespace) -> None:
             seen["config"] = config
             if url:
-                config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+                config.set_main_option("sqlalchemy.url",
+                                       with_driver(url, config.get_main_option("sqlalchemy.url"))
+                                       .replace("%", "%%"))
             super().run_cmd(config, options)
 
     code = 0

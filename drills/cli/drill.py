@@ -88,11 +88,20 @@ def drill_run(pdf: bool, as_json: bool, **values: Any) -> None:
         result = replace(result, reports={**result.reports,
                                           "pdf": str(html_path.with_suffix(".pdf"))})
     output.show(result, as_json=as_json, text=drill_summary)
+    code = drill_exit_code(result)
+    if code:
+        raise SystemExit(code)
+
+
+def drill_exit_code(result: DrillResult) -> int:
+    """0 PASS, 1 FAIL, 10 INCOMPLETE; 8 when production changed, as `restore --migrate`
+    exits: one code for it across commands."""
     if any(c.name == "test_production_was_not_touched" and c.outcome in ("failed", "error")
            for c in result.checks):
-        raise SystemExit(ProductionTouched.exit_code)  # 8, as `restore --migrate` exits
-    if not result.passed:
-        raise SystemExit(10 if result.verdict == "INCOMPLETE" else 1)
+        return ProductionTouched.exit_code
+    if result.passed:
+        return 0
+    return 10 if result.verdict == "INCOMPLETE" else 1
 
 
 def _options(values: dict[str, Any]) -> DrillOptions:

@@ -109,3 +109,32 @@ def test_a_migration_commands_result_reads_as_the_command() -> None:
     assert behind.problem == ("`alembic -c alembic.ini upgrade head` reported success but the "
                               "copy is at a, not the script head b: its env.py may connect to "
                               "another database")
+
+
+def test_alembic_keeps_the_inis_driver_when_productions_url_names_none() -> None:
+    from backup_core.ops.alembic_child import with_driver
+
+    sandbox = "postgresql://postgres@/atb_drill_1?host=%2Ftmp%2Frelay"
+    assert with_driver(sandbox, "postgresql+asyncpg://app@db/shop") == (
+        "postgresql+asyncpg://postgres@/atb_drill_1?host=%2Ftmp%2Frelay")
+    assert with_driver(sandbox, "driver://user:pass@localhost/dbname") == sandbox
+    assert with_driver(sandbox, None) == sandbox
+    assert with_driver("postgresql+psycopg2://x@/d", "postgresql+asyncpg://a@b/c") == (
+        "postgresql+psycopg2://x@/d")
+
+
+def test_production_changed_is_exit_8_in_a_drill_as_in_restore_migrate() -> None:
+    from backup_core.tools.errors import ProductionTouched
+    from drills.cli.drill import drill_exit_code
+    from drills.result import DrillResult
+
+    def result(verdict: str, untouched: str) -> DrillResult:
+        return DrillResult.from_dict({"verdict": verdict, "checks": [
+            {"name": "test_restore_completes_without_errors", "outcome": "passed"},
+            {"name": "test_production_was_not_touched", "outcome": untouched}]})
+
+    assert ProductionTouched.exit_code == 8
+    assert [drill_exit_code(result("PASS", "passed")), drill_exit_code(result("FAIL", "passed")),
+            drill_exit_code(result("INCOMPLETE", "passed")),
+            drill_exit_code(result("FAIL", "failed")),
+            drill_exit_code(result("FAIL", "error"))] == [0, 1, 10, 8, 8]
