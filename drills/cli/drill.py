@@ -66,7 +66,8 @@ def drill() -> None:
 def drill_run(pdf: bool, as_json: bool, **values: Any) -> None:
     """Restore a random backup of the window (or --backup) into a sandbox, migrate it, run
     the checks and the integration command, and write the audit reports. Exits 0 on PASS,
-    1 on FAIL, 10 when INCOMPLETE."""
+    1 on FAIL, 10 when INCOMPLETE, 8 when production changed, 2 when the configuration
+    cannot run (nothing is then recorded)."""
     from drills.run import run_drill
 
     extras.require("drill", what="the restore drill")
