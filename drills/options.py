@@ -463,8 +463,7 @@ class DrillOptions:
         if self.backup is not None and not self.backup.is_file():
             raise ConfigError(f"--backup {self.backup}: no such backup file (`atb db list` "
                               "shows them)")
-        if self.app_dir is not None and not self.app_dir.is_dir():
-            raise ConfigError(f"--app-dir {self.app_dir}: no such directory")
+        appenv.check(self.app_env())  # its directory and interpreter, migration or not
         migration = self.migration()
         ini = migration.ini if migration is not None else None
         if ini is not None and not ini.is_file():
