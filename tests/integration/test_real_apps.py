@@ -42,6 +42,13 @@ OPTUNA_NEW = ("optuna==5.0.0", "psycopg2-binary==2.9.11")
 PREFECT_OLD = ("prefect==2.20.16", "asyncpg==0.29.0", "--exclude-newer", "2025-01-10")
 PREFECT_NEW = ("prefect==3.9.1", "asyncpg==0.30.0")
 OPTUNA_OLD_HEAD, OPTUNA_NEW_HEAD = "v3.0.0.d", "v3.2.0.a"
+# the application itself (`python` is optuna 5's, first on PATH) reads the migrated copy
+# through its own variable, which holds the same URL as DATABASE_URL, in production's form
+OPTUNA_READS_THE_COPY = (
+    "python -c \"import optuna, os; url = os.environ['OPTUNA_STORAGE']; "
+    "assert url == os.environ['DATABASE_URL'] and url.startswith('postgresql+psycopg2://'); "
+    "s = optuna.load_study(study_name='tuning', storage=url); "
+    "assert len(s.trials) == 12, len(s.trials)\"")
 PREFECT_NEW_HEAD = "91e2b8f3d6a4"  # prefect 3.9.1's newest PostgreSQL revision
 
 
@@ -185,7 +192,8 @@ def drilled(productions: dict[str, Production], venvs: dict[str, Venv], backups:
     runs = {
         # optuna's own alembic.ini, from its directory, by optuna 5's interpreter
         "optuna": ["--alembic-config", "alembic.ini", "--app-dir", str(_rdb_dir(new_optuna)),
-                   "--app-python", str(new_optuna.python)],
+                   "--app-python", str(new_optuna.python), "--app-url-env", "OPTUNA_STORAGE",
+                   "--integration-cmd", OPTUNA_READS_THE_COPY],
         # prefect's own command, in prefect 3's virtualenv, reading its own variable
         "prefect": ["--migrate-cmd", "prefect server database upgrade -y",
                     "--app-python", str(new_prefect.python), "--pass-env", "PREFECT_HOME",
@@ -222,6 +230,8 @@ def test_optuna_drilled_through_its_shipped_alembic_ini_under_its_interpreter(
     assert outcomes["test_alembic_upgrade_head_reaches_the_script_head"] == "passed"
     assert outcomes["test_every_table_has_its_backup_time_content"] == "passed"
     assert outcomes["test_production_was_not_touched"] == "passed"
+    assert outcomes["test_application_integration_suite_passes"] == "passed"
+    assert result["integration"]["exit_code"] == 0
     assert [n for n, o in outcomes.items() if o in ("failed", "error")] == []
     # no heartbeat table and a single backup: INCOMPLETE, never a FAIL of a good backup
     assert (code, result["verdict"]) == (10, "INCOMPLETE")
