@@ -188,8 +188,8 @@ def _prune_text(report: retention.PruneReport, backup_dir: Path) -> str:
               help="Skip ownership and grants (when the dump's roles do not exist on the target).")
 @click.option("--migrate", is_flag=True, help="Run `alembic upgrade head` after restoring.")
 @click.option("--alembic-config", type=click.Path(dir_okay=False, path_type=Path),
-              default="alembic.ini",
-              help="With --migrate: the application's alembic.ini (relative to --app-dir).")
+              help="With --migrate: the application's alembic.ini (relative to --app-dir); "
+                   "with --migrate-cmd, used only when given.  [default: alembic.ini]")
 @click.option("--migrate-cmd", metavar="CMD",
               help="Migrate with the application's own command instead (implies --migrate), "
                    "run isolated in --app-dir with the copy in DATABASE_URL.")
@@ -210,7 +210,7 @@ def _prune_text(report: retention.PruneReport, backup_dir: Path) -> str:
 @json_option
 def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, with_roles: bool,
                no_owner: bool,
-               migrate: bool, alembic_config: Path, migrate_cmd: str | None,
+               migrate: bool, alembic_config: Path | None, migrate_cmd: str | None,
                app_python: str | None, app_dir: Path | None, app_url_env: tuple[str, ...],
                pass_env: tuple[str, ...], production_url: str | None,
                allow_production: bool, as_json: bool) -> None:
@@ -220,7 +220,8 @@ def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, with_
                  python=interpreter_path(app_python) if app_python else None,
                  url_env=check_url_env(app_url_env), pass_env=check_pass_env(pass_env),
                  dialect=live.dialect if live else "")
-    migration = Migration(app, alembic_config=alembic_config, command=migrate_cmd) \
+    ini = alembic_config or (None if migrate_cmd else Path("alembic.ini"))
+    migration = Migration(app, alembic_config=ini, command=migrate_cmd) \
         if migrate or migrate_cmd else None
     result = restore.restore_backup(restore.RestoreRequest(
         path, conn(target_url, "ATB_TARGET_URL").with_password_from(live), production=live,

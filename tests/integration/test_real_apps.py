@@ -338,3 +338,25 @@ def test_restore_migrate_refuses_a_bad_configuration_before_restoring(
         with db.connect(pg15.url(), autocommit=True) as conn:
             assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s",
                                 (target.dbname,)).fetchone() == (0,)
+
+
+def test_restore_migrates_with_the_applications_own_command(
+        pg18: Cluster, productions: dict[str, Production], venvs: dict[str, Venv]) -> None:
+    """The runbook's `restore --migrate-cmd`: optuna's own upgrade, from its virtualenv,
+    through OPTUNA_STORAGE, on a copy on another server; production untouched."""
+    prod = productions["optuna"]
+    target = pg18.url(f"optuna_restored_{os.getpid()}")
+    done = atb_inproc("db", "restore", str(prod.backup), "--migrate-cmd",
+                      "optuna storage upgrade", "--app-python",
+                      str(venvs["optuna_new"].python), "--app-url-env", "OPTUNA_STORAGE",
+                      env={"DATABASE_URL": prod.url, "ATB_TARGET_URL": target.secret_url})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[1].startswith(f"alembic: {OPTUNA_OLD_HEAD} -> {OPTUNA_NEW_HEAD} in ")
+    assert lines[1].endswith("(script head not known)")
+    assert lines[2].startswith("`optuna storage upgrade` ran network")
+    with db.connect(target) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (
+            OPTUNA_NEW_HEAD,)
+        assert conn.execute("SELECT count(*) FROM trials").fetchone() == (12,)
+    assert fingerprint(prod.info) == prod.before
