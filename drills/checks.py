@@ -223,7 +223,8 @@ def test_alembic_upgrade_head_reaches_the_script_head(
     drill_migration_outcome: MigrationOutcome, evidence: Evidence,
 ) -> None:
     """An old backup is only useful if today's code can migrate it: the runbook's step
-    `alembic upgrade head` must succeed on real restored data."""
+    (`alembic upgrade head`, or the application's own --migrate-cmd) must succeed on real
+    restored data."""
     outcome = drill_migration_outcome
     drill_migration = outcome.result
     evidence.add(f"{drill_migration.before or '-'} -> {drill_migration.after or '-'} in "
