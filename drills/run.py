@@ -190,7 +190,8 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
                                 f"{code}): {redact(tail[-1] if tail else '')}",
                                 detail=redact("\n".join(tail)))
         result = DrillResult.from_dict(json.loads(result_file.read_text()))
-    if record_here and result.backup.path:
+    # a dump's verdict goes beside it; a pgBackRest recovery has no file to record beside
+    if record_here and result.backup.path and options.source == "dump":
         try:
             record_drill(Path(result.backup.path), verdict_of(result, interrupted=False))
         except AtbError as exc:
