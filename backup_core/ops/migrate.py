@@ -143,6 +143,22 @@ def check(migration: Migration) -> None:
                       f"heads` exit {code}): {redact(error_line(out))}", detail=redact(out))
 
 
+def script_heads(migration: Migration) -> tuple[str, ...]:
+    """The scripts' heads as the application's own `alembic heads` reads them (isolated, no
+    database in reach); empty when it cannot say."""
+    assert migration.ini is not None
+    argv, _ = isolation.wrap(heads_argv(migration.ini, migration.app.interpreter))
+    code, out = appenv.run_app(argv, env=_probe_env(migration.app),
+                               cwd=migration.app.directory, timeout=PROBE_TIMEOUT_S)
+    return parse_heads(out) if code == 0 else ()
+
+
+def parse_heads(output: str) -> tuple[str, ...]:
+    """`alembic heads` output (`v3.2.0.a (head)`, one a line, logging around it)."""
+    return tuple(sorted(ln.split()[0] for ln in output.splitlines()
+                        if ln.rstrip().endswith("(head)") and ln.split()))
+
+
 def _probe_env(app: AppEnv) -> dict[str, str]:
     """The application's environment with no database in it at all."""
     env = app.environ(ConnInfo.make(dbname="atb-no-database", host="/dev/null"))
@@ -179,6 +195,8 @@ def run_migration(migration: Migration, target: ConnInfo) -> MigrateResult:
                                    timeout=migration.timeout_s)
         heads = _heads(result_file)
         how = iso.describe()
+    if migration.command and migration.ini is not None and code == 0:
+        heads = script_heads(migration)  # the command's result judged against the scripts
     duration = time.monotonic() - t0
     out = _scrub(out, target)
     after = current_revision(target)

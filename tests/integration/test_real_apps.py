@@ -343,17 +343,20 @@ def test_restore_migrate_refuses_a_bad_configuration_before_restoring(
 def test_restore_migrates_with_the_applications_own_command(
         pg18: Cluster, productions: dict[str, Production], venvs: dict[str, Venv]) -> None:
     """The runbook's `restore --migrate-cmd`: optuna's own upgrade, from its virtualenv,
-    through OPTUNA_STORAGE, on a copy on another server; production untouched."""
+    through OPTUNA_STORAGE, on a copy on another server, judged against the head of its
+    Alembic scripts (read with its own `alembic heads`); production untouched."""
     prod = productions["optuna"]
+    new = venvs["optuna_new"]
     target = pg18.url(f"optuna_restored_{os.getpid()}")
     done = atb_inproc("db", "restore", str(prod.backup), "--migrate-cmd",
-                      "optuna storage upgrade", "--app-python",
-                      str(venvs["optuna_new"].python), "--app-url-env", "OPTUNA_STORAGE",
+                      "optuna storage upgrade", "--app-python", str(new.python),
+                      "--app-url-env", "OPTUNA_STORAGE", "--alembic-config", "alembic.ini",
+                      "--app-dir", str(_rdb_dir(new)),
                       env={"DATABASE_URL": prod.url, "ATB_TARGET_URL": target.secret_url})
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[1].startswith(f"alembic: {OPTUNA_OLD_HEAD} -> {OPTUNA_NEW_HEAD} in ")
-    assert lines[1].endswith("(script head not known)")
+    assert lines[1].endswith(f"(script head {OPTUNA_NEW_HEAD})")
     assert lines[2].startswith("`optuna storage upgrade` ran network")
     with db.connect(target) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (

@@ -138,3 +138,12 @@ def test_production_changed_is_exit_8_in_a_drill_as_in_restore_migrate() -> None
             drill_exit_code(result("INCOMPLETE", "passed")),
             drill_exit_code(result("FAIL", "failed")),
             drill_exit_code(result("FAIL", "error"))] == [0, 1, 10, 8, 8]
+
+
+def test_alembic_heads_output_is_read_line_by_line() -> None:
+    from backup_core.ops.migrate import parse_heads
+
+    out = ("INFO  [alembic.runtime.migration] Context impl.\nv3.2.0.a (head)\n"
+           "b2 (effective head)\nab12 (head)\n")
+    assert parse_heads(out) == ("ab12", "v3.2.0.a")
+    assert parse_heads("") == ()
