@@ -202,7 +202,8 @@ class DrillOptions:
         "migrate-cmd",
         "The application's own migration command, run in --app-dir against the restored copy "
         "(isolated like --integration-cmd, the copy in DATABASE_URL and --app-url-env), e.g. "
-        "'prefect server database upgrade -y'; used instead of Alembic when both are given.",
+        "'prefect server database upgrade -y'; with --alembic-config too, the command migrates "
+        "and the config gives the script head the copy must reach.",
         metavar="CMD", envvar="ATB_MIGRATE_CMD")
     app_python: Path | None = setting(
         "app-python",
