@@ -223,12 +223,15 @@ def test_alembic_upgrade_head_reaches_the_script_head(
     drill_migration_outcome: MigrationOutcome, evidence: Evidence,
 ) -> None:
     """An old backup is only useful if today's code can migrate it: the runbook's step
-    `alembic upgrade head` must succeed on real restored data."""
+    (`alembic upgrade head`, or the application's own --migrate-cmd) must succeed on real
+    restored data."""
     outcome = drill_migration_outcome
     drill_migration = outcome.result
     evidence.add(f"{drill_migration.before or '-'} -> {drill_migration.after or '-'} in "
                  f"{human(drill_migration.duration_s)} (head "
-                 f"{', '.join(drill_migration.heads)})")
+                 f"{', '.join(drill_migration.heads) or 'not known'})")
+    if drill_migration.command:
+        evidence.add(f"`{drill_migration.command}` ran {drill_migration.isolation}")
     for line in (outcome.sandbox_confirmed, outcome.production_after):
         if line:
             evidence.add(line)
@@ -237,8 +240,8 @@ def test_alembic_upgrade_head_reaches_the_script_head(
                           expected="production's Alembic revision and schema unchanged",
                           found="changed", output=drill_migration.output)
     if not drill_migration.ok:
-        raise CheckFailed(f"`alembic upgrade head` failed on the restored data: "
-                          f"{drill_migration.error}",
+        raise CheckFailed(f"the migration failed on the restored data: "
+                          f"{drill_migration.problem}",
                           expected=f"revision {', '.join(drill_migration.heads)}",
                           found=drill_migration.after, output=drill_migration.output)
     if not drill_migration.at_head:

@@ -4,66 +4,36 @@ cases read back. A plain function: the drill's fixture runs it and records the o
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shlex
-import signal
-import subprocess
 import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from backup_core.tools import childenv, isolation, runner
+from backup_core.tools import appenv, isolation
+from backup_core.tools.appenv import AppEnv
 from backup_core.tools.conninfo import ConnInfo, redact
-from backup_core.tools.durations import human
 from drills.result import IntegrationFacts
 
 
-def run_integration(command: str, url: ConnInfo, *, dialect: str, pass_env: tuple[str, ...],
+def run_integration(command: str, url: ConnInfo, *, app: AppEnv,
                     timeout_s: float) -> tuple[IntegrationFacts, str]:
-    """(what the command did, how it was isolated)."""
+    """(what the command did, how it was isolated): run in the application's environment
+    (`app`: its directory, interpreter, and the copy under DATABASE_URL in production's form
+    and under its own variables)."""
     with tempfile.TemporaryDirectory(prefix="atb-junit-") as tmp, \
             isolation.isolated(shlex.split(command), url) as (argv, reach, iso):
         junit = Path(tmp) / "junit.xml"
-        env = childenv.sealed({**childenv.libpq_vars(reach),
-                               "DATABASE_URL": reach.app_url(dialect),
-                               "PYTEST_ADDOPTS": f"--junitxml={junit}"},
-                              pass_env=pass_env)
+        env = app.environ(reach, {"PYTEST_ADDOPTS": f"--junitxml={junit}"})
         t0 = time.monotonic()
-        try:
-            code, out = _run_command(argv, env, timeout_s)
-        except FileNotFoundError as exc:
-            code, out = 127, f"command not found: {exc.filename}"
+        code, out = appenv.run_app(argv, env=env, cwd=app.directory, timeout=timeout_s)
         cases = _junit_cases(junit)
         how = iso.describe()
     tail = _scrub("\n".join(out.splitlines()[-40:]), url)
     return IntegrationFacts(command=command, exit_code=code,
                             duration_s=round(time.monotonic() - t0, 3), output_tail=tail,
                             cases=tuple(cases)), how
-
-
-def _run_command(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
-    """(exit code, output) of the integration command, run as a process group of its own:
-    on a timeout, an interruption or atb's death, the whole group goes, not only its
-    first process (a shell script's children would otherwise outlive the drill)."""
-    proc = runner.spawn_text(argv, what="the integration command", env=env, new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        return proc.returncode, out
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        return 124, f"timed out after {human(timeout)}"
-    except BaseException:
-        _kill_group(proc)
-        raise
-
-
-def _kill_group(proc: subprocess.Popen[str]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
 
 
 def _scrub(text: str, url: ConnInfo) -> str:

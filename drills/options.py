@@ -12,8 +12,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from backup_core.ops import migrate
 from backup_core.ops.heartbeat import table_parts
-from backup_core.tools import isolation
+from backup_core.ops.migrate import Migration
+from backup_core.tools import appenv, isolation
+from backup_core.tools.appenv import AppEnv
 from backup_core.tools.childenv import check_pass_env
 from backup_core.tools.durations import check_seconds, parse_duration
 from backup_core.tools.errors import ConfigError
@@ -191,9 +194,34 @@ class DrillOptions:
         metavar="URL", envvar="ATB_SANDBOX_URL", repr=False)
     alembic_config: Path | None = setting(
         "alembic-config",
-        "The application's alembic.ini; without it the migration checks do not run "
-        "(INCOMPLETE).",
-        kind="file")
+        "The application's alembic.ini (relative to --app-dir): the copy is migrated as "
+        "`alembic -c INI upgrade head` run there by --app-python would; without it or "
+        "--migrate-cmd the migration checks do not run (INCOMPLETE).",
+        kind="file", envvar="ATB_ALEMBIC_CONFIG")
+    migrate_cmd: str | None = setting(
+        "migrate-cmd",
+        "The application's own migration command, run in --app-dir against the restored copy "
+        "(isolated like --integration-cmd, the copy in DATABASE_URL and --app-url-env), e.g. "
+        "'prefect server database upgrade -y'; with --alembic-config too, the command migrates "
+        "and the config gives the script head the copy must reach.",
+        metavar="CMD", envvar="ATB_MIGRATE_CMD")
+    app_python: Path | None = setting(
+        "app-python",
+        "The application's interpreter (its virtualenv's bin/python): Alembic runs as its "
+        "`-m alembic`, and its directory leads the PATH of the migration and integration "
+        "commands.  [default: $VIRTUAL_ENV's, else atb's]",
+        kind="file", metavar="PATH", envvar="ATB_APP_PYTHON")
+    app_dir: Path | None = setting(
+        "app-dir",
+        "The application's working directory for Alembic, the migration and the integration "
+        "commands.  [default: the directory atb was started from]",
+        kind="dir", envvar="ATB_APP_DIR")
+    app_url_env: tuple[str, ...] = setting(
+        "app-url-env",
+        "A variable under which the application reads its database URL (OPTUNA_STORAGE, "
+        "PREFECT_API_DATABASE_CONNECTION_URL): it gets the copy's URL, as DATABASE_URL does, "
+        "in production's form.",
+        kind="list", metavar="NAME")
     integration_cmd: str | None = setting(
         "integration-cmd",
         "Command run with DATABASE_URL and the PG* variables at the restored sandbox, e.g. "
@@ -328,6 +356,11 @@ class DrillOptions:
             sandbox_url=get("sandbox-url") or None,
             docker_image=text("docker-image"),
             alembic_config=path("alembic-config"),
+            migrate_cmd=get("migrate-cmd") or None,
+            app_python=appenv.interpreter_path(get("app-python") or "")
+            if get("app-python") else None,
+            app_dir=Path(os.path.abspath(get("app-dir") or "")) if get("app-dir") else None,
+            app_url_env=appenv.check_url_env(words("app-url-env")),
             integration_cmd=get("integration-cmd") or None,
             integration_timeout_s=parse_duration(text("integration-timeout")),
             pass_env=check_pass_env(words("pass-env")),
@@ -349,7 +382,22 @@ class DrillOptions:
             record=not flag("no-record"),
         )
         options.validate()
+        migration = options.migration()
+        if migration is not None:  # its interpreter and scripts, before anything starts
+            migrate.check(migration)
         return options
+
+    def app_env(self, dialect: str = "") -> AppEnv:
+        """Where the application's code runs: its directory, interpreter and variables."""
+        return AppEnv(directory=self.app_dir or Path.cwd(), python=self.app_python,
+                      url_env=self.app_url_env, pass_env=self.pass_env, dialect=dialect)
+
+    def migration(self, dialect: str = "") -> Migration | None:
+        """How the copy is migrated (`--migrate-cmd` over `--alembic-config`), or None."""
+        if self.alembic_config is None and self.migrate_cmd is None:
+            return None
+        return Migration(app=self.app_env(dialect), alembic_config=self.alembic_config,
+                         command=self.migrate_cmd)
 
     def to_json(self) -> str:
         """The settings for the drill's pytest child (`--drill-options FILE`), all but the
@@ -416,8 +464,11 @@ class DrillOptions:
         if self.backup is not None and not self.backup.is_file():
             raise ConfigError(f"--backup {self.backup}: no such backup file (`atb db list` "
                               "shows them)")
-        if self.alembic_config is not None and not self.alembic_config.is_file():
-            raise ConfigError(f"--alembic-config {self.alembic_config}: no such file")
+        appenv.check(self.app_env())  # its directory and interpreter, migration or not
+        migration = self.migration()
+        ini = migration.ini if migration is not None else None
+        if ini is not None and not ini.is_file():
+            raise ConfigError(f"--alembic-config {ini}: no such file")
         for given in self.checks:
             if not given.exists():
                 raise ConfigError(f"--checks: no such file or directory: {given}")

@@ -27,7 +27,7 @@ from backup_core.reading import guard
 from backup_core.store.manifest import read_manifest
 from backup_core.store.naming import manifest_path
 from backup_core.store.verdicts import record_drill
-from backup_core.tools import childenv, isolation, runner
+from backup_core.tools import appenv, childenv, isolation, runner
 from backup_core.tools.cluster import cache_root
 from backup_core.tools.conninfo import ConnInfo, redact
 from backup_core.tools.errors import AtbError, CommandFailed, ToolchainError
@@ -64,10 +64,11 @@ def drill_env(options: DrillOptions, production: ConnInfo | None,
     gets production without its password (it asks the observer instead)."""
     extra: dict[str, str] = {}
     if production is not None and observer_socket is not None:
-        extra[PRODUCTION_ENV] = replace(production, secrets=(), env=()).secret_url
+        # in the application's own form (its dialect prefix), which its code then gets
+        extra[PRODUCTION_ENV] = replace(production, secrets=(), env=()).app_url()
         extra[observer.SOCKET_ENV] = str(observer_socket)
     elif production is not None:
-        extra[PRODUCTION_ENV] = production.secret_url
+        extra[PRODUCTION_ENV] = production.app_url()
         extra.update(dict(production.env))  # where its service= is defined
     if sandbox_url or options.sandbox_url:
         extra["ATB_SANDBOX_URL"] = sandbox_url or options.sandbox_url or ""
@@ -119,6 +120,7 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
     even produce a result, and `SafetyRefusal` (exit 8), before anything starts, for a
     sandbox server that is production's."""
     isolation.refuse_production_service(options.allow_service, production)
+    appenv.refuse_production_env(options.pass_env, production, env)
     if options.sandbox == "server" and options.sandbox_url:
         guard.refuse_production_server(
             ConnInfo.parse(options.sandbox_url, what="ATB_SANDBOX_URL"), production,
@@ -181,7 +183,8 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
                                 f"{code}): {redact(tail[-1] if tail else '')}",
                                 detail=redact("\n".join(tail)))
         result = DrillResult.from_dict(json.loads(result_file.read_text()))
-    if record_here and result.backup.path:
+    # a dump's verdict goes beside it; a pgBackRest recovery has no file to record beside
+    if record_here and result.backup.path and options.source == "dump":
         try:
             record_drill(Path(result.backup.path), verdict_of(result, interrupted=False))
         except AtbError as exc:

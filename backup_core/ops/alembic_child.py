@@ -1,12 +1,14 @@
-"""Alembic against exactly one database, in a child process of its own.
+"""`alembic -c INI upgrade head` as Alembic's own command line runs it, in the application's
+interpreter: this file's source is given to that interpreter with `-c`, so it needs nothing
+but the application's Alembic (no atb module is importable there) and runs from the working
+directory, as `python -m alembic` does.
 
-`python -m backup_core.ops.alembic_child INI` with the database in
-`ATB_ALEMBIC_URL` (environment, never argv). The URL overrides the ini's `sqlalchemy.url`, so
-every `env.py` reaches the copy: the stock templates (which read the ini), one that reads
-`DATABASE_URL` (set to the same URL by the parent), async ones (psycopg 3 serves both). A
-`pyproject.toml` beside the ini with `[tool.alembic]` is read as Alembic's CLI would.
-The outcome (the script heads, read before upgrading, and whether `upgrade head` succeeded)
-goes to the JSON file named by `ATB_ALEMBIC_RESULT`: one interpreter start per migration.
+Two things differ from a bare `alembic` and nothing else: `sqlalchemy.url` is set to the
+sandbox (`ATB_ALEMBIC_URL`, read from the environment, never argv) so the stock `env.py`
+templates reach the copy; and after the command, whatever it did, the scripts' heads are
+written as JSON to `ATB_ALEMBIC_RESULT`. Nothing is imported or read before `env.py`: the
+scripts are loaded for the heads only once the command has finished, and an async `env.py`
+owns its event loop in a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -14,52 +16,56 @@ from __future__ import annotations
 import json
 import os
 import sys
-import traceback
-from pathlib import Path
+from argparse import Namespace
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 
-
-def load_config(ini: Path, url: str) -> Config:
-    toml = ini.parent / "pyproject.toml"
-    use_toml = toml.is_file() and "[tool.alembic" in toml.read_text(errors="replace")
-    cfg = Config(str(ini), toml_file=str(toml) if use_toml else None)
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    return cfg
-
-
-def exception_line(exc: BaseException) -> str:
-    """`Type: message`, the line a traceback ends with, without SQLAlchemy's links."""
-    name = type(exc).__qualname__
-    module = type(exc).__module__
-    lines = [ln for ln in str(exc).strip().splitlines()
-             if ln.strip() and not ln.startswith("(Background on this error")]
-    head = f"{module}.{name}" if module not in ("builtins", "__main__") else name
-    return f"{head}: {lines[0]}" if lines else head
+def with_driver(url: str, configured: str | None) -> str:
+    """`url` with the driver the ini's own PostgreSQL URL names (`+asyncpg`), when production's
+    URL names none: an async env.py needs its async driver."""
+    scheme, sep, rest = url.partition("://")
+    theirs = (configured or "").partition("://")[0]
+    if sep and "+" not in scheme and theirs.startswith("postgres") and "+" in theirs:
+        return f"{scheme}+{theirs.split('+', 1)[1]}://{rest}"
+    return url
 
 
 def main(argv: list[str]) -> int:
-    [ini] = argv
-    url = os.environ.pop("ATB_ALEMBIC_URL")
-    result_file = Path(os.environ.pop("ATB_ALEMBIC_RESULT"))
-    # heads None: the scripts themselves could not be read (a configuration error)
-    result: dict[str, Any] = {"ok": False, "heads": None, "error": ""}
+    from alembic.config import CommandLine, Config
+
+    url = os.environ.pop("ATB_ALEMBIC_URL", "")
+    result_file = os.environ.pop("ATB_ALEMBIC_RESULT", "")
+    seen: dict[str, Any] = {}
+
+    class AtbCommandLine(CommandLine):
+        def run_cmd(self, config: Config, options: Namespace) -> None:
+            seen["config"] = config
+            if url:
+                config.set_main_option("sqlalchemy.url",
+                                       with_driver(url, config.get_main_option("sqlalchemy.url"))
+                                       .replace("%", "%%"))
+            super().run_cmd(config, options)
+
+    code = 0
     try:
-        cfg = load_config(Path(ini), url)
-        result["heads"] = sorted(ScriptDirectory.from_config(cfg).get_heads())
-        command.upgrade(cfg, "head")
-        result["ok"] = True
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:  # SystemExit from an env.py is a failure like any other
-        traceback.print_exc()
-        result["error"] = exception_line(exc)
-    result_file.write_text(json.dumps(result))
-    return 0 if result["ok"] else 1
+        AtbCommandLine(prog="alembic").main(argv)
+    except SystemExit as exc:  # Alembic's CLI exits 1 on a failed command, after printing it
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    finally:
+        if result_file:
+            heads = None
+            if "config" in seen:
+                try:
+                    from alembic.script import ScriptDirectory
+
+                    heads = sorted(ScriptDirectory.from_config(seen["config"]).get_heads())
+                except Exception:  # the scripts cannot be read: no heads to report
+                    heads = None
+            with open(result_file, "w") as fh:
+                json.dump({"heads": heads}, fh)
+    return code
 
 
 if __name__ == "__main__":
+    sys.argv[0] = "alembic"
     sys.exit(main(sys.argv[1:]))

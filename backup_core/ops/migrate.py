@@ -1,27 +1,62 @@
-"""`alembic upgrade head` against a restored database, run in a child process.
+"""The application's own migration against a restored copy, in the application's own
+environment (`AppEnv`): its migration command (`--migrate-cmd`), or `alembic -c INI upgrade
+head` run by its interpreter from its working directory (`--alembic-config`,
+`--app-python`, `--app-dir`). Either runs isolated like the integration command: where the
+platform allows, in new namespaces that reach only the copy, through a relay.
 
-The target reaches Alembic through every route an `env.py` may read: `sqlalchemy.url`
-(overriding the ini's), `DATABASE_URL` and the libpq variables, all in the child's sealed
-environment (never argv). Afterwards the target's own revision is read back: a migration
-counts only when the copy itself reached the script head.
+The copy reaches the application under every name it may read: DATABASE_URL and the
+`--app-url-env` variables (in production's form, its dialect prefix kept), the libpq
+variables and, for Alembic, `sqlalchemy.url`; all in the child's sealed environment, never
+argv. Afterwards the copy's own Alembic revision is read back: a migration counts only when
+the copy itself reached the script head. `check` refuses, before anything is restored, a
+configuration that cannot run (exit 2): that is never a verdict on a backup.
 """
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
-import sys
+import re
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from backup_core.reading import inventory
-from backup_core.tools import childenv, db, extras, isolation
+from backup_core.tools import appenv, childenv, db, isolation
+from backup_core.tools.appenv import AppEnv
 from backup_core.tools.conninfo import ConnInfo, redact
 from backup_core.tools.errors import ConfigError
-from backup_core.tools.runner import last_line, run
+from backup_core.tools.runner import last_line
+
+CHILD = Path(__file__).with_name("alembic_child.py")
+PROBE_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class Migration:
+    """How the application migrates a copy: its own `command`, else `alembic -c
+    alembic_config upgrade head`, in `app`'s environment."""
+
+    app: AppEnv
+    alembic_config: Path | None = None
+    command: str | None = None
+    timeout_s: float = 3600.0
+
+    @property
+    def what(self) -> str:
+        """The migration as a user would type it."""
+        if self.command:
+            return self.command
+        return f"alembic -c {self.alembic_config} upgrade head"
+
+    @property
+    def ini(self) -> Path | None:
+        """The Alembic config as `alembic -c` finds it: relative to the working directory."""
+        if self.alembic_config is None:
+            return None
+        return self.app.directory / self.alembic_config
 
 
 @dataclass(frozen=True)
@@ -29,60 +64,108 @@ class MigrateResult:
     ok: bool
     before: str | None
     after: str | None
-    heads: tuple[str, ...]
+    heads: tuple[str, ...]  # empty when unknown (a migration command, no Alembic config)
     duration_s: float
     output: str
     error: str = ""
-    isolation: str = ""  # how Alembic was kept from every database but the target
+    isolation: str = ""  # how the application's code was kept from every database but the copy
+    command: str = ""  # what ran, as a user would type it
+    exit_code: int = 0
 
     @property
     def at_head(self) -> bool:
+        """The copy at the scripts' head; with no heads known, whatever the command left."""
+        if not self.heads:
+            return True
         return self.after is not None and set(self.after.split(",")) == set(self.heads)
 
     @property
     def problem(self) -> str:
         """Why the copy is not migrated, in one line; empty when it is."""
+        what = f"`{self.command}`" if self.command else "alembic upgrade head"
         if not self.ok:
-            return f"alembic upgrade head failed: {self.error or 'see its output'}"
+            return f"{what} failed (exit {self.exit_code}): {self.error or 'see its output'}"
         if not self.at_head:
-            return (f"Alembic reported success but the copy is at {self.after or 'no revision'}"
+            return (f"{what} reported success but the copy is at {self.after or 'no revision'}"
                     f", not the script head {', '.join(self.heads) or '-'}: its env.py may "
                     "connect to another database")
         return ""
 
 
 def alembic_env(target: ConnInfo) -> dict[str, str]:
-    """What the child sees: the target, by URL and by libpq variables, and nothing else."""
+    """The target by URL and by libpq variables, for atb's own Alembic runs (the demo's)."""
     return {**childenv.libpq_vars(target), "DATABASE_URL": target.sqlalchemy_url,
-            "ATB_ALEMBIC_URL": target.sqlalchemy_url, "PYTHONUNBUFFERED": "1"}
+            "PYTHONUNBUFFERED": "1"}
 
 
-def child_argv(ini: Path, python: str = sys.executable) -> list[str]:
-    """Alembic in a child of this interpreter: the URL travels in its environment, never
-    here (see `alembic_env`)."""
-    return [python, "-m", "backup_core.ops.alembic_child", str(ini)]
+def alembic_argv(ini: Path, python: str) -> list[str]:
+    """Alembic's own command line in the application's interpreter (`alembic_child`'s source
+    given with -c: nothing of atb is importable there); the URL travels in the environment."""
+    return [python, "-c", CHILD.read_text(), "-c", str(ini), "upgrade", "head"]
 
 
-def _run_child(ini: Path, target: ConnInfo) -> tuple[dict[str, Any], str, str]:
-    """Run `alembic_child` once: (its result, its redacted output, its isolation). Where
-    the platform allows, it runs network-isolated and reaches the target only through a
-    relay that opens no other database: an env.py that finds production's URL anywhere
-    (a `.env` file, a variable atb does not know, a hard-coded socket) reaches nothing."""
-    with isolation.isolated(child_argv(ini), target) as (argv, reach, iso), \
-            tempfile.TemporaryDirectory(prefix="atb-alembic-") as tmp:
-        result_file = Path(tmp) / "result.json"
-        done = run(argv, what="alembic upgrade head",
-                   env={**alembic_env(reach), "ATB_ALEMBIC_RESULT": str(result_file)},
-                   check=False, cwd=ini.parent, timeout=3600)
-        out = redact((done.stdout + done.stderr).strip())
-        try:
-            result = json.loads(result_file.read_text())
-        except (OSError, ValueError):
-            result = None
-    if not isinstance(result, dict):
-        result = {"ok": False, "heads": [], "error": last_line(out)}
-    result["error"] = redact(str(result.get("error") or ""))
-    return result, out, iso.describe()
+def heads_argv(ini: Path, python: str) -> list[str]:
+    """`alembic heads` in the application's interpreter: its scripts read, no database."""
+    return [python, "-m", "alembic", "-c", str(ini), "heads"]
+
+
+def check(migration: Migration) -> None:
+    """Everything the migration needs, before anything is restored (exit 2, one line): the
+    working directory and interpreter, the command's program, and an Alembic config that is
+    readable, parses, and whose scripts the application's interpreter can read with its own
+    Alembic (`alembic heads`, isolated, with no database in reach)."""
+    appenv.check(migration.app, command=migration.command)
+    ini = migration.ini
+    if ini is None:
+        if migration.command is None:
+            raise ConfigError("nothing to migrate with: give --migrate-cmd or --alembic-config")
+        return
+    try:
+        text = ini.read_text()
+    except OSError as exc:
+        raise ConfigError(f"--alembic-config {ini}: cannot be read: "
+                          f"{exc.strerror or exc}") from exc
+    try:
+        configparser.ConfigParser(interpolation=None).read_string(text, source=str(ini))
+    except configparser.Error as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"--alembic-config {ini}: not an ini file: {first}") from exc
+    python = migration.app.interpreter
+    argv, _ = isolation.wrap(heads_argv(ini, python))
+    code, out = appenv.run_app(argv, env=_probe_env(migration.app), cwd=migration.app.directory,
+                               timeout=PROBE_TIMEOUT_S)
+    if code == 0:
+        return
+    if "No module named alembic" in out:
+        raise ConfigError(f"--alembic-config: {python} has no alembic module: pass "
+                          "--app-python with the application's own interpreter")
+    raise ConfigError(f"cannot read the Alembic scripts of {ini} with {python} (`alembic "
+                      f"heads` exit {code}): {redact(error_line(out))}", detail=redact(out))
+
+
+def script_heads(migration: Migration) -> tuple[str, ...]:
+    """The scripts' heads as the application's own `alembic heads` reads them (isolated, no
+    database in reach); empty when it cannot say."""
+    assert migration.ini is not None
+    argv, _ = isolation.wrap(heads_argv(migration.ini, migration.app.interpreter))
+    code, out = appenv.run_app(argv, env=_probe_env(migration.app),
+                               cwd=migration.app.directory, timeout=PROBE_TIMEOUT_S)
+    return parse_heads(out) if code == 0 else ()
+
+
+def parse_heads(output: str) -> tuple[str, ...]:
+    """`alembic heads` output (`v3.2.0.a (head)`, one a line, logging around it)."""
+    return tuple(sorted(ln.split()[0] for ln in output.splitlines()
+                        if ln.rstrip().endswith("(head)") and ln.split()))
+
+
+def _probe_env(app: AppEnv) -> dict[str, str]:
+    """The application's environment with no database in it at all."""
+    env = app.environ(ConnInfo.make(dbname="atb-no-database", host="/dev/null"))
+    for name in ("DATABASE_URL", *app.url_env):
+        env.pop(name, None)
+    return {k: v for k, v in env.items() if not k.startswith("PG") or k in (
+        "PGPASSFILE", "PGSERVICEFILE", "PGSYSCONFDIR")}
 
 
 def current_revision(target: ConnInfo) -> str | None:
@@ -90,26 +173,65 @@ def current_revision(target: ConnInfo) -> str | None:
         return inventory.alembic_revision(conn)
 
 
-def upgrade_head(ini: Path, target: ConnInfo) -> MigrateResult:
-    """Run `alembic upgrade head`; a failed migration is a result, not an exception, but
-    scripts that cannot even be read are a `ConfigError`."""
-    ini = ini.resolve()
-    if not ini.is_file():
-        raise ConfigError(
-            f"Alembic config {ini} not found: pass --alembic-config path/to/alembic.ini")
-    extras.require("migrate", what="running Alembic")
+def run_migration(migration: Migration, target: ConnInfo) -> MigrateResult:
+    """Migrate `target` as the application does; a failed migration is a result, not an
+    exception (`check` has refused what could not even start)."""
     before = current_revision(target)
+    app = migration.app
+    if migration.command:
+        argv = appenv.split_command(migration.command, what="--migrate-cmd")
+    else:
+        assert migration.ini is not None
+        argv = alembic_argv(migration.ini, app.interpreter)
     t0 = time.monotonic()
-    result, out, how = _run_child(ini, target)
+    with tempfile.TemporaryDirectory(prefix="atb-migrate-") as tmp, \
+            isolation.isolated(argv, target) as (wrapped, reach, iso):
+        result_file = Path(tmp) / "result.json"
+        extra = {"PYTHONUNBUFFERED": "1"}
+        if not migration.command:
+            extra.update(ATB_ALEMBIC_URL=reach.app_url(app.dialect),
+                         ATB_ALEMBIC_RESULT=str(result_file))
+        code, out = appenv.run_app(wrapped, env=app.environ(reach, extra), cwd=app.directory,
+                                   timeout=migration.timeout_s)
+        heads = _heads(result_file)
+        how = iso.describe()
+    if migration.command and migration.ini is not None and code == 0:
+        heads = script_heads(migration)  # the command's result judged against the scripts
     duration = time.monotonic() - t0
-    if result.get("heads") is None:
-        raise ConfigError(f"cannot read the Alembic scripts of {ini}: {result['error']}",
-                          detail=out)
+    out = _scrub(out, target)
     after = current_revision(target)
-    return MigrateResult(ok=bool(result.get("ok")), before=before, after=after,
-                         heads=tuple(str(h) for h in result["heads"]),
+    return MigrateResult(ok=code == 0, before=before, after=after, heads=heads,
                          duration_s=round(duration, 3), output=_tail(out),
-                         error=result["error"], isolation=how)
+                         error="" if code == 0 else error_line(out), isolation=how,
+                         command=migration.what, exit_code=code)
+
+
+_EXCEPTION_LINE = re.compile(r"^(FAILED|[A-Za-z_][\w.]*): \S")
+
+
+def error_line(output: str) -> str:
+    """The line that says what went wrong: a traceback's last `Type: message` (or
+    Alembic's `FAILED: ...`), without SQLAlchemy's pointer to its docs; else the last line."""
+    lines = [ln.rstrip() for ln in output.splitlines() if ln.strip()
+             and not ln.startswith("(Background on this error")]
+    for ln in reversed(lines):
+        if _EXCEPTION_LINE.match(ln) and not ln.startswith(("Traceback", "  ")):
+            return ln
+    return last_line(output)
+
+
+def _heads(result_file: Path) -> tuple[str, ...]:
+    try:
+        data = json.loads(result_file.read_text())
+    except (OSError, ValueError):
+        return ()
+    heads = data.get("heads") if isinstance(data, dict) else None
+    return tuple(str(h) for h in heads) if isinstance(heads, list) else ()
+
+
+def _scrub(text: str, target: ConnInfo) -> str:
+    text = redact(text)
+    return text.replace(target.password, "***") if target.password else text
 
 
 def _tail(text: str, lines: int = 60) -> str:

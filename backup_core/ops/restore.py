@@ -17,15 +17,15 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from backup_core.ops import roles
-from backup_core.ops.migrate import MigrateResult, upgrade_head
+from backup_core.ops import migrate, roles
+from backup_core.ops.migrate import MigrateResult, Migration, run_migration
 from backup_core.ops.verify import roles_problem
 from backup_core.reading import guard
 from backup_core.reading import target as target_db
 from backup_core.reading.target import maintenance
 from backup_core.store.manifest import ManifestError, read_manifest
 from backup_core.store.naming import manifest_path, roles_path
-from backup_core.tools import childenv, extras, toolchain
+from backup_core.tools import appenv, childenv, toolchain
 from backup_core.tools.commands import pg_restore_list_argv
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.errors import (
@@ -206,7 +206,8 @@ class RestoreRequest:
     `scratch` says the (empty) target was made for this restore alone, as a drill's sandbox
     is: it is restored in parallel. `with_roles` first creates the roles the backup needs and
     the server lacks (see `roles`), so owners and grants restore on a new server.
-    `alembic_config` migrates the copy afterwards, watching `production` stay unchanged."""
+    `migration` migrates the copy afterwards as the application does (its command or its
+    Alembic, in its environment), watching `production` stay unchanged."""
 
     path: Path
     target: ConnInfo
@@ -215,7 +216,7 @@ class RestoreRequest:
     clean: bool = False
     jobs: int | None = None
     no_owner: bool = False
-    alembic_config: Path | None = None
+    migration: Migration | None = None
     scratch: bool = False
     with_roles: bool = False
 
@@ -231,7 +232,7 @@ def restore_backup(request: RestoreRequest, *,
     evidence = [guard.refuse_system_database(req.target),
                 guard.refuse_production_target(req.target, req.production,
                                                allowed=req.allow_production)]
-    if req.alembic_config is not None and not req.allow_production:
+    if req.migration is not None and not req.allow_production:
         evidence.append(guard.refuse_migrating_beside_production(req.target, req.production))
     chains = toolchain.discover() if chains is None else chains
     chain = toolchain.for_restore(archive_major(req.path, chains), chains)
@@ -256,7 +257,7 @@ def restore_backup(request: RestoreRequest, *,
         _drop_roles(req.target, made_roles)
         raise
     duration = time.monotonic() - t0
-    migration = _migrate(req, evidence) if req.alembic_config is not None else None
+    migration = _migrate(req, evidence) if req.migration is not None else None
     return RestoreResult(path=req.path, target=req.target.redacted, created=created, jobs=jobs,
                          pg_restore_version=chain.version, duration_s=round(duration, 3),
                          migrate=migration, guard=tuple(evidence))
@@ -269,11 +270,13 @@ def _check_request(req: RestoreRequest) -> None:
                           "(`atb db list`)")
     if not req.target.dbname:
         raise ConfigError(f"the target {req.target.redacted} names no database: add /dbname")
-    if req.alembic_config is not None:  # before anything is restored, not after
-        extras.require("migrate", what="--migrate (it runs Alembic)")
-        if not req.alembic_config.is_file():
-            raise ConfigError(f"Alembic config {req.alembic_config} not found: pass "
+    if req.migration is not None:  # before anything is restored, not after
+        ini = req.migration.ini
+        if req.migration.command is None and ini is not None and not ini.is_file():
+            raise ConfigError(f"Alembic config {ini} not found: pass "
                               "--alembic-config path/to/alembic.ini")
+        appenv.refuse_production_env(req.migration.app.pass_env, req.production)
+        migrate.check(req.migration)
 
 
 def _target_state(target: ConnInfo, *, clean: bool) -> tuple[bool, bool]:
@@ -304,11 +307,11 @@ def _target_state(target: ConnInfo, *, clean: bool) -> tuple[bool, bool]:
 
 
 def _migrate(req: RestoreRequest, evidence: list[str]) -> MigrateResult:
-    """`alembic upgrade head` on the restored copy, with production watched throughout."""
-    assert req.alembic_config is not None
+    """The application's migration on the restored copy, with production watched throughout."""
+    assert req.migration is not None
     watched = None if req.allow_production else req.production
     before = guard.observe(watched)
-    migration = upgrade_head(req.alembic_config, req.target)
+    migration = run_migration(req.migration, req.target)
     try:
         evidence.append(guard.confirm_unchanged(watched, before))
     except ProductionTouched as exc:

@@ -9,10 +9,13 @@ import click
 
 from backup_core.ops import backup, restore, verify
 from backup_core.ops.health import HealthReport, Targets, check_health
+from backup_core.ops.migrate import Migration
 from backup_core.pitr.pgbackrest import Stanza
 from backup_core.store import catalog, retention
 from backup_core.store.naming import parse_stamp, printable
 from backup_core.tools import notify
+from backup_core.tools.appenv import AppEnv, check_url_env, interpreter_path
+from backup_core.tools.childenv import check_pass_env
 from backup_core.tools.durations import human
 from drills import console
 from drills.alerts import overdue_notices
@@ -188,7 +191,21 @@ def _prune_text(report: retention.PruneReport, backup_dir: Path) -> str:
               help="Skip ownership and grants (when the dump's roles do not exist on the target).")
 @click.option("--migrate", is_flag=True, help="Run `alembic upgrade head` after restoring.")
 @click.option("--alembic-config", type=click.Path(dir_okay=False, path_type=Path),
-              default="alembic.ini", help="With --migrate: the application's alembic.ini.")
+              help="With --migrate: the application's alembic.ini (relative to --app-dir); "
+                   "with --migrate-cmd, used only when given.  [default: alembic.ini]")
+@click.option("--migrate-cmd", metavar="CMD",
+              help="Migrate with the application's own command instead (implies --migrate), "
+                   "run isolated in --app-dir with the copy in DATABASE_URL.")
+@click.option("--app-python", type=click.Path(dir_okay=False), metavar="PATH",
+              help="The application's interpreter: Alembic runs as its `-m alembic`.  "
+                   "[default: $VIRTUAL_ENV's, else atb's]")
+@click.option("--app-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The application's working directory.  [default: the current one]")
+@click.option("--app-url-env", "app_url_env", multiple=True, metavar="NAME",
+              help="Also give the copy's URL under this variable (repeatable).")
+@click.option("--pass-env", "pass_env", multiple=True, metavar="NAME",
+              help="A variable the migration also gets (repeatable); one naming production "
+                   "is refused.")
 @click.option("--production-url", envvar="DATABASE_URL", show_envvar=True, metavar="URL",
               help="The live database, which restore refuses to overwrite.")
 @click.option("--i-know-this-is-production", "allow_production", is_flag=True,
@@ -196,14 +213,23 @@ def _prune_text(report: retention.PruneReport, backup_dir: Path) -> str:
 @json_option
 def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, with_roles: bool,
                no_owner: bool,
-               migrate: bool, alembic_config: Path, production_url: str | None,
+               migrate: bool, alembic_config: Path | None, migrate_cmd: str | None,
+               app_python: str | None, app_dir: Path | None, app_url_env: tuple[str, ...],
+               pass_env: tuple[str, ...], production_url: str | None,
                allow_production: bool, as_json: bool) -> None:
     """Restore PATH into exactly the target database (fresh database, pg_restore, migrate)."""
     live = production(production_url)
+    app = AppEnv(directory=(app_dir or Path.cwd()).absolute(),
+                 python=interpreter_path(app_python) if app_python else None,
+                 url_env=check_url_env(app_url_env), pass_env=check_pass_env(pass_env),
+                 dialect=live.dialect if live else "")
+    ini = alembic_config or (None if migrate_cmd else Path("alembic.ini"))
+    migration = Migration(app, alembic_config=ini, command=migrate_cmd) \
+        if migrate or migrate_cmd else None
     result = restore.restore_backup(restore.RestoreRequest(
         path, conn(target_url, "ATB_TARGET_URL").with_password_from(live), production=live,
         allow_production=allow_production, clean=clean, jobs=jobs, no_owner=no_owner,
-        with_roles=with_roles, alembic_config=alembic_config if migrate else None))
+        with_roles=with_roles, migration=migration))
     output.show(result, as_json=as_json, text=lambda r: _restore_text(r, path))
 
 
@@ -212,10 +238,11 @@ def _restore_text(result: restore.RestoreResult, path: Path) -> str:
              f"(pg_restore {result.pg_restore_version}, {result.jobs} jobs"
              f"{', database created' if result.created else ''})"]
     if result.migrate:
-        lines.append(f"alembic: {result.migrate.before or '-'} -> {result.migrate.after or '-'} "
-                     f"in {human(result.migrate.duration_s)} (script head "
-                     f"{', '.join(result.migrate.heads)})")
-        lines.append(f"alembic ran {result.migrate.isolation}")
+        m = result.migrate
+        lines.append(f"alembic: {m.before or '-'} -> {m.after or '-'} in {human(m.duration_s)} "
+                     f"(script head {', '.join(m.heads) or 'not known'})")
+        who = "alembic" if m.command.startswith("alembic ") else f"`{printable(m.command)}`"
+        lines.append(f"{who} ran {m.isolation}")
     return "\n".join(lines + [f"guard: {line}" for line in result.guard])
 
 

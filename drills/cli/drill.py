@@ -13,7 +13,7 @@ import click
 from backup_core.ops.publish import PublishFailed, Wiki
 from backup_core.store.signing import signer_from_env
 from backup_core.tools import extras, notify
-from backup_core.tools.errors import AtbError, ConfigError
+from backup_core.tools.errors import AtbError, ConfigError, ProductionTouched
 from drills import console, render, sandbox
 from drills.alerts import drill_notice
 from drills.cli import output
@@ -80,7 +80,8 @@ def drill_run(prove_detection: bool, pdf: bool, publish: bool, wiki_url: str | N
               notify_urls: tuple[str, ...], as_json: bool, **values: Any) -> None:
     """Restore a random backup of the window (or --backup) into a sandbox, migrate it, run
     the checks and the integration command, and write the audit reports. Exits 0 on PASS,
-    1 on FAIL, 10 when INCOMPLETE. --notify tells on FAIL and INCOMPLETE."""
+    1 on FAIL, 10 when INCOMPLETE, 8 when production changed, 2 when the configuration
+    cannot run (nothing is then recorded). --notify tells on FAIL and INCOMPLETE."""
     from drills import detect
     from drills import ledger as drill_ledger
     from drills.run import run_drill
@@ -120,10 +121,22 @@ def drill_run(prove_detection: bool, pdf: bool, publish: bool, wiki_url: str | N
     notice = drill_notice(result)
     if notice is not None:
         notify.send(urls, notice)  # never raises: the verdict stands
-    if not result.passed:
-        raise SystemExit(10 if result.verdict == "INCOMPLETE" else 1)
+    code = drill_exit_code(result)
+    if code:
+        raise SystemExit(code)
     if not published:
         raise SystemExit(PublishFailed.exit_code)
+
+
+def drill_exit_code(result: DrillResult) -> int:
+    """0 PASS, 1 FAIL, 10 INCOMPLETE; 8 when production changed, as `restore --migrate`
+    exits: one code for it across commands."""
+    if any(c.name == "test_production_was_not_touched" and c.outcome in ("failed", "error")
+           for c in result.checks):
+        return ProductionTouched.exit_code
+    if result.passed:
+        return 0
+    return 10 if result.verdict == "INCOMPLETE" else 1
 
 
 def _publish(wiki: Wiki, result: DrillResult) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from backup_core.ops import status
-from backup_core.ops.migrate import MigrateResult, upgrade_head
+from backup_core.ops.migrate import MigrateResult, run_migration
 from backup_core.ops.restore import RestoreRequest, archive_major, restore_backup
 from backup_core.ops.verify import VerifyResult, verify_backup
 from backup_core.reading import guard, inventory
@@ -207,17 +207,18 @@ def drill_url(drill_restore: RestoreOutcome, drill_sandbox: sandbox.SandboxInfo)
 @pytest.fixture(scope="session")
 def drill_migration_outcome(drill: DrillState, drill_url: ConnInfo,
                             drill_sandbox: sandbox.SandboxInfo) -> MigrationOutcome:
-    """`alembic upgrade head` on the restored sandbox, after confirming it is the sandbox,
-    with production compared before and after."""
-    ini = drill.options.alembic_config
-    if ini is None:
-        pytest.skip("no --alembic-config given: migrations not exercised")
+    """The application's own migration (`--migrate-cmd`, or `alembic upgrade head`) on the
+    restored sandbox, in the application's environment, after confirming it is the
+    sandbox, with production compared before and after."""
+    migration = drill.options.migration(_dialect(drill))
+    if migration is None:
+        pytest.skip("no --migrate-cmd or --alembic-config given: migrations not exercised")
     confirmed = sandbox.confirm_sandbox(drill_url, drill_sandbox)
     production = drill.reachable_production
     look = observer.current()
     before = look(production)
     with drill.phase("migrate"):
-        result = upgrade_head(ini, drill_url)
+        result = run_migration(migration, drill_url)
     after, touched = "", ""
     try:
         after = guard.confirm_unchanged(production, before, observer=look)
@@ -230,6 +231,11 @@ def drill_migration_outcome(drill: DrillState, drill_url: ConnInfo,
                             production_after=after, production_touched=touched)
 
 
+def _dialect(drill: DrillState) -> str:
+    """Production's URL prefix (`postgresql+asyncpg`), which the application's code gets."""
+    return drill.production.dialect if drill.production else ""
+
+
 @pytest.fixture(scope="session")
 def drill_migration(drill_migration_outcome: MigrationOutcome) -> MigrateResult:
     """Alembic's result on the restored sandbox (see `drill_migration_outcome`)."""
@@ -239,8 +245,8 @@ def drill_migration(drill_migration_outcome: MigrationOutcome) -> MigrateResult:
 @pytest.fixture(scope="session")
 def drill_final_url(request: pytest.FixtureRequest, drill: DrillState,
                     drill_url: ConnInfo) -> ConnInfo:
-    """The database the application would use: migrated when an Alembic config is given."""
-    if drill.options.alembic_config is not None:
+    """The database the application would use: migrated when a migration is given."""
+    if drill.options.migration() is not None:
         result: MigrateResult = request.getfixturevalue("drill_migration")
         if not result.ok:
             pytest.skip("not run: the migration failed")
@@ -313,8 +319,7 @@ def drill_integration(drill: DrillState, drill_final_url: ConnInfo,
     confirmed = sandbox.confirm_sandbox(drill_final_url, drill_sandbox)
     with drill.phase("integration"):
         facts, how = integration.run_integration(
-            command, drill_final_url, dialect=drill.production.dialect if drill.production
-            else "", pass_env=drill.options.pass_env,
+            command, drill_final_url, app=drill.options.app_env(_dialect(drill)),
             timeout_s=drill.options.integration_timeout_s)
     drill.integration = facts
     return IntegrationOutcome(facts=facts, sandbox_confirmed=confirmed, isolation=how)

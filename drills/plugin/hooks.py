@@ -15,7 +15,7 @@ import pytest
 from backup_core.reading import guard
 from backup_core.store import catalog
 from backup_core.store.catalog import Backup
-from backup_core.tools import isolation, masking, toolchain
+from backup_core.tools import appenv, isolation, masking, toolchain
 from backup_core.tools.conninfo import detach_libpq_environment, redact
 from backup_core.tools.errors import AtbError, ConfigError
 from drills import observer, pick, sandbox
@@ -100,6 +100,10 @@ def pytest_configure(config: pytest.Config) -> None:
         production = guard.production_conninfo(raw)
     except ConfigError as exc:
         raise pytest.UsageError(f"the production database cannot be recognised: {exc}") from exc
+    try:  # `atb drill run` refused it already; a direct `pytest --drill` is refused here
+        appenv.refuse_production_env(options.pass_env, production)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from exc
     started = datetime.now(UTC).replace(microsecond=0)
     if options.source == "pgbackrest":  # the target is picked by drills.pitr_fixtures
         chosen, error, eligible, tree = None, None, 0, None

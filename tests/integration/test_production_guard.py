@@ -119,7 +119,8 @@ def test_alembic_migrates_the_copy_and_never_production(
     target = beside_production(prod, prod.dbname + "_copy")
     with ArgvSampler() as ps:
         done = atb("db", "restore", str(path), "--migrate", "--no-owner", "--alembic-config",
-                   str(ini), url=prod, env={"ATB_TARGET_URL": target.secret_url})
+                   str(ini), "--app-dir", str(ini.parent), url=prod,
+                   env={"ATB_TARGET_URL": target.secret_url})
     assert done.returncode == 0, done.stderr
     assert "alembic: 0001_initial -> 0002_probe" in done.stdout
     assert "alembic ran network (new network and mount namespaces" in done.stdout

@@ -91,8 +91,11 @@ def test_pg_ctl_start_and_stop_argv() -> None:
 
 
 def test_alembic_argv_carries_no_url() -> None:
-    assert migrate.child_argv(Path("/app/alembic.ini"), python="/venv/bin/python") == [
-        "/venv/bin/python", "-m", "backup_core.ops.alembic_child", "/app/alembic.ini"]
+    assert migrate.alembic_argv(Path("/app/alembic.ini"), "/venv/bin/python") == [
+        "/venv/bin/python", "-c", migrate.CHILD.read_text(), "-c", "/app/alembic.ini",
+        "upgrade", "head"]
+    assert migrate.heads_argv(Path("/app/alembic.ini"), "/venv/bin/python") == [
+        "/venv/bin/python", "-m", "alembic", "-c", "/app/alembic.ini", "heads"]
     assert demo.alembic_upgrade_argv(Path("/ex/alembic.ini"), "0003", python="/v/python") == [
         "/v/python", "-m", "alembic", "-c", "/ex/alembic.ini", "upgrade", "0003"]
 

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from backup_core.ops.migrate import Migration
 from backup_core.ops.restore import RestoreRequest, restore_backup
+from backup_core.tools.appenv import AppEnv
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.errors import ConfigError
 
@@ -18,7 +20,7 @@ NOWHERE = ConnInfo.make(dbname="copy", host="/nonexistent-socket-dir", port=1)
 def test_a_request_is_frozen_with_safe_defaults() -> None:
     request = RestoreRequest(Path("/b/x.dump"), NOWHERE)
     assert (request.clean, request.no_owner, request.with_roles, request.scratch,
-            request.allow_production, request.jobs, request.alembic_config,
+            request.allow_production, request.jobs, request.migration,
             request.production) == (False, False, False, False, False, None, None, None)
     with pytest.raises(dataclasses.FrozenInstanceError):
         request.clean = True  # type: ignore[misc]
@@ -41,7 +43,7 @@ def test_a_target_without_a_database_or_a_missing_alembic_ini_is_refused(
     assert str(no_db.value) == ("the target postgresql:///?host=%2Fs names no database: "
                                 "add /dbname")
     with pytest.raises(ConfigError) as no_ini:
-        restore_backup(RestoreRequest(dump, NOWHERE, alembic_config=tmp_path / "alembic.ini"),
-                       chains=[])
+        restore_backup(RestoreRequest(dump, NOWHERE, migration=Migration(
+            AppEnv(directory=tmp_path), alembic_config=Path("alembic.ini"))), chains=[])
     assert str(no_ini.value) == (f"Alembic config {tmp_path / 'alembic.ini'} not found: pass "
                                  "--alembic-config path/to/alembic.ini")
