@@ -12,7 +12,7 @@ from backup_core.ops.health import HealthReport, Targets, check_health
 from backup_core.pitr.pgbackrest import Stanza
 from backup_core.store import catalog, retention
 from backup_core.store.naming import parse_stamp, printable
-from backup_core.tools.durations import human
+from backup_core.tools.durations import human, human_time, plural
 from drills import console
 from drills.cli import output
 from drills.cli.params import (
@@ -261,10 +261,11 @@ def _status_text(report: HealthReport) -> str:
     for s in report.databases:
         per_source = "".join(f"\n  {n} backups of {printable(src)}"
                              for src, n in s.sources.items()) if len(s.sources) > 1 else ""
-        lines += _judged(f"{printable(s.database)}: {s.backups} backups, newest "
-                         f"{s.newest or '-'} ({human(s.newest_age_s)} ago), largest gap "
-                         f"{human(s.largest_gap_s)} over {s.window_days:g}d, last passing drill "
-                         f"{s.last_drill_passed or '-'}" + per_source,
+        lines += _judged(f"{printable(s.database)}: {plural(s.backups, 'complete backup')}, "
+                         f"newest {human_time(s.newest)} ({human(s.newest_age_s)} ago), "
+                         f"largest gap in the last {s.window_days:g} days: "
+                         f"{human(s.largest_gap_s)}, last passing drill "
+                         f"{human_time(s.last_drill_passed)}" + per_source,
                          tuple(printable(m) for m in s.missed), "schedule and RPO targets met")
     return "\n".join(lines)
 

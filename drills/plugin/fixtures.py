@@ -272,23 +272,29 @@ def drill_policy(drill: DrillState, drill_backup: Backup) -> status.Status:
 
 @pytest.fixture(scope="session")
 def drill_rpo(drill: DrillState, drill_policy: status.Status) -> RpoFacts:
-    """The RPO the backup schedule gives: the largest gap between two backups, against the
-    target (unknown with fewer than two backups)."""
-    s, target = drill_policy, drill.options.rpo_target_s
-    if s.backups < 2:
-        rpo = RpoFacts(target_s=target, summary=f"target {human(target)}; unknown: "
-                                                f"{s.backups} complete backups, and a gap "
-                                                "needs two")
-    else:
-        worst = s.largest_gap_s or 0.0
-        met = worst <= target
-        rpo = RpoFacts(target_s=target, largest_gap_s=s.largest_gap_s,
-                       newest_age_s=s.newest_age_s, met=met,
-                       summary=f"target {human(target)}; worst case data loss {human(worst)} "
-                               f"(largest gap between backups over {s.window_days:g} days): "
-                               + ("met" if met else "NOT MET"))
-    drill.rpo = rpo
-    return rpo
+    """The RPO the backup schedule gives: the data lost in the worst case is the largest
+    gap between two backups, and never less than the schedule's interval, so a single backup
+    is judged from the configured schedule (none at all cannot be judged)."""
+    drill.rpo = rpo_facts(drill_policy, target_s=drill.options.rpo_target_s,
+                          schedule_s=drill.options.schedule_s)
+    return drill.rpo
+
+
+def rpo_facts(s: status.Status, *, target_s: float, schedule_s: float) -> RpoFacts:
+    """The RPO judged on the schedule and the observed gaps together (pure)."""
+    if s.backups == 0:
+        return RpoFacts(target_s=target_s, summary=f"target {human(target_s)}; unknown: no "
+                                                   "complete backup in the tree")
+    observed = s.largest_gap_s if s.backups >= 2 else None
+    worst = max(observed or 0.0, schedule_s)
+    met = worst <= target_s
+    why = (f"largest gap between backups in the last {s.window_days:g} days "
+           f"{human(observed)}, schedule every {human(schedule_s)}" if observed is not None
+           else f"from the schedule, every {human(schedule_s)}: 1 complete backup, no gap "
+                "observed yet")
+    return RpoFacts(target_s=target_s, largest_gap_s=observed, newest_age_s=s.newest_age_s,
+                    met=met, summary=f"target {human(target_s)}; worst case data loss "
+                                     f"{human(worst)} ({why}): {'met' if met else 'NOT MET'}")
 
 
 @pytest.fixture(scope="session")
