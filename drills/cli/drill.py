@@ -119,7 +119,7 @@ def drill_line(progress: console.Progress, line: str) -> None:
 
 def drill_summary(r: DrillResult) -> str:
     """The verdict, the summary rows, each check's outcome, and where the reports are."""
-    from drills.report import summary_rows
+    from drills.report import next_steps, summary_rows, title
 
     lines = [f"{k + ':':<14} {v}" for k, v in summary_rows(r)]
     lines.append("")
@@ -130,9 +130,12 @@ def drill_summary(r: DrillResult) -> str:
     for f in r.findings:
         lines.append(f"  FINDING  {f}")
     for name, why in r.not_run.items():
-        lines.append(f"  NOT RUN  {name.removeprefix('test_').replace('_', ' ')}: {why}")
+        lines.append(f"  NOT RUN  {title(name)}: {why}")
     lines += ["", f"report: {r.reports['html']}", f"json:   {r.reports['json']}",
               f"wiki:   {r.reports['md']}"]
     if "pdf" in r.reports:
         lines.append(f"pdf:    {r.reports['pdf']}")
+    steps = next_steps(r) if r.verdict == "INCOMPLETE" else []
+    if steps:  # last, where a reader's eye lands: what would make the next drill complete
+        lines += ["", "To make the next drill complete:", *(f"  - {st}" for st in steps)]
     return "\n".join(lines)

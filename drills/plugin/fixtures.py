@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 import pytest
 
 from backup_core.ops import status
@@ -143,13 +144,30 @@ def drill_sandbox(drill: DrillState, drill_backup: Backup, drill_integrity: Veri
         drill.production.dialect if drill.production else "")
     drill.sandbox = SandboxFacts(provider=info.provider, server_version=info.server_version,
                                  database=info.dbname, identity=str(info.identity),
-                                 url=info.url.redacted, image=info.image, note=info.note)
+                                 url=info.url.redacted, image=info.image, note=info.note,
+                                 durability=_durability(info.url))
     try:
         yield info
     finally:
         os.environ.pop("DATABASE_URL", None)
         with drill.phase("sandbox teardown"):
             manager.__exit__(None, None, None)
+
+
+DURABILITY_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes")
+
+
+def _durability(url: ConnInfo) -> dict[str, str]:
+    """The sandbox's durability settings as the server reports them (the RTO is measured
+    under them); empty when they cannot be read."""
+    try:
+        with db.connect(url, autocommit=True) as conn:
+            rows = conn.execute("SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
+                                (list(DURABILITY_SETTINGS),)).fetchall()
+    except (AtbError, psycopg.Error):
+        return {}
+    found = {str(k): str(v) for k, v in rows}
+    return {k: found[k] for k in DURABILITY_SETTINGS if k in found}
 
 
 @pytest.fixture(scope="session")
