@@ -12,12 +12,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from backup_core.ops.heartbeat import table_parts
-from backup_core.tools import isolation
-from backup_core.tools.childenv import check_pass_env
 from backup_core.tools.durations import check_seconds, parse_duration
 from backup_core.tools.errors import ConfigError
-from drills.docker_engine import DEFAULT_IMAGE
+
+# Light on purpose: the pytest plugin's entry point declares its options from this table in
+# every pytest run of the environment, drill or not (the value checks import what they need).
+DEFAULT_IMAGE = "postgres:{major}"  # drills.docker_engine's default, declared here
 
 
 @dataclass(frozen=True)
@@ -256,6 +256,10 @@ class DrillOptions:
         "result-file",
         "Also write the JSON result here (used by `atb drill run`).",
         kind="file", cli=False)
+    progress_file: Path | None = setting(
+        "progress-file",
+        "Append the drill's progress here as JSON lines (used by `atb drill run`).",
+        kind="file", cli=False)
     strict_rpo: bool = setting(
         "strict-rpo",
         "Fail the drill when the schedule cannot meet the RPO target (default: reported as a "
@@ -274,6 +278,9 @@ class DrillOptions:
         default), refusing (`ConfigError`, exit 2) every value and combination that cannot
         work: this runs before a report name is claimed, a sandbox started or a verdict
         recorded."""
+        from backup_core.tools import isolation
+        from backup_core.tools.childenv import check_pass_env
+
         environ = {} if env is None else env
 
         def get(name: str) -> str | None:
@@ -344,6 +351,7 @@ class DrillOptions:
             jobs=number("jobs", int),
             report_dir=Path(text("report-dir")),
             result_file=path("result-file"),
+            progress_file=path("progress-file"),
             strict_rpo=bool(flag("strict-rpo")),
             sandbox_is_not_production=bool(flag("sandbox-is-not-production")),
             record=not flag("no-record"),
@@ -423,6 +431,8 @@ class DrillOptions:
                 raise ConfigError(f"--checks: no such file or directory: {given}")
             if not os.access(given, os.R_OK | (os.X_OK if given.is_dir() else 0)):
                 raise ConfigError(f"--checks {given}: cannot be read")
+        from backup_core.ops.heartbeat import table_parts
+
         table_parts(self.heartbeat_table, what="--heartbeat-table")
         builtin = builtin_checks(self.source)
         unknown = sorted(set(self.exclude) - set(builtin))

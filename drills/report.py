@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from backup_core.tools.conninfo import redact
-from backup_core.tools.durations import human
+from backup_core.tools.durations import human, plural
 from backup_core.tools.fsutil import atomic_write_text, make_dirs
 from drills.console import size
 from drills.inert import html_text, md_cell, md_code, md_fence, md_text
@@ -328,7 +328,8 @@ def rto_chart(results: list[DrillResult], width: int = 640, height: int = 160) -
             f"xmlns='http://www.w3.org/2000/svg' role='img' aria-label='RTO trend'>"
             f"<text x='20' y='12' font-size='11'>measured RTO of completed recoveries (max "
             f"{human(top / 1.2)}; target {human(target)}"
-            + (f"; {failed} failed recoveries not plotted" if failed else "") + ")</text>"
+            + (f"; {plural(failed, 'failed recovery', 'failed recoveries')} not plotted"
+               if failed else "") + ")</text>"
             f"<polyline fill='none' stroke='#0969da' stroke-width='2' points='{coords}'/>"
             f"{dots}{target_line}</svg>")
 

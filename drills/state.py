@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -102,6 +102,9 @@ class DrillState:
     tree: list[Backup] | None = None
     # names of the built-in checks: each must run and pass for a PASS
     builtin: tuple[str, ...] = ()
+    # told of each phase starting and done (name, "start" or "done", seconds): the progress
+    # channel to `atb drill run` (drills.plugin.progress)
+    on_phase: Callable[[str, str, float], None] | None = None
 
     @property
     def reachable_production(self) -> ConnInfo | None:
@@ -119,10 +122,15 @@ class DrillState:
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
         t0 = time.monotonic()
+        if self.on_phase is not None:
+            self.on_phase(name, "start", 0.0)
         try:
             yield
         finally:
-            self.phases[name] = round(self.phases.get(name, 0.0) + time.monotonic() - t0, 3)
+            spent = time.monotonic() - t0
+            self.phases[name] = round(self.phases.get(name, 0.0) + spent, 3)
+            if self.on_phase is not None:
+                self.on_phase(name, "done", spent)
 
     def collect(self) -> None:
         """The checks are over: their records (in the order they ran), the findings they

@@ -73,10 +73,10 @@ def drill_run(pdf: bool, as_json: bool, **values: Any) -> None:
         render.require()
     options = _options(values)
     sandbox.reap()  # sandboxes of killed drills: each reaped one is logged in one line
-    progress = console.Progress("drill")
+    progress = console.DrillProgress()
     try:
         result = run_drill(options, production=production(os.environ.get("DATABASE_URL")),
-                           on_line=lambda line: drill_line(progress, line))
+                           on_event=progress)
     finally:
         progress.close()
     if result.sandbox.note:

@@ -1,4 +1,4 @@
-"""The drill's configuration hooks: its options, the drill's settings read once (from
+"""The drill's configuration: the drill's settings read once (from
 `--drill-options FILE`, or the pytest options and the ini), the backup chosen, and the checks
 collected: the built-in ones, the user's own, and nothing of the project's test suite."""
 
@@ -18,7 +18,8 @@ from backup_core.tools import isolation, toolchain
 from backup_core.tools.conninfo import detach_libpq_environment, redact
 from backup_core.tools.errors import AtbError, ConfigError
 from drills import observer, pick, sandbox
-from drills.options import OPTIONS, DrillOptions, builtin_checks
+from drills.options import DrillOptions, builtin_checks
+from drills.plugin import dest, progress
 from drills.plugin.fixtures import STATE
 from drills.result import (
     IsolationFacts,
@@ -31,25 +32,7 @@ PITR_CHECKS_MODULE = Path(__file__).parent.with_name("pitr_checks.py")
 
 
 def _dest(name: str) -> str:
-    return next(o.dest for o in OPTIONS if o.name == name)
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("drill", "restore drill (atb)")
-    for o in OPTIONS:
-        if o.kind == "flag":
-            group.addoption(f"--{o.name}", dest=o.dest, action="store_true", default=False,
-                            help=o.help)
-            continue
-        shown = f" [default: {o.default}]" if o.default and "[default" not in o.help else ""
-        listed = " (comma-separated)" if o.kind in ("list", "paths") else ""
-        group.addoption(f"--{o.name}", dest=o.dest, default=None, help=o.help + listed + shown)
-        parser.addini(o.dest, help=o.help, default=o.default)
-
-
-def _active(config: pytest.Config) -> bool:
-    return bool(config.getoption(_dest("drill")) or config.getoption(_dest("backup"))
-                or config.getoption(_dest("drill-options")))
+    return dest(name)
 
 
 def _options(config: pytest.Config) -> DrillOptions:
@@ -74,12 +57,8 @@ def _options(config: pytest.Config) -> DrillOptions:
                                     os.environ)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "drill: a restore-drill check, run by `atb drill run` "
-                                       "and `pytest --drill` beside the built-in checks")
-    if not _active(config):
-        return
+def configure_drill(config: pytest.Config) -> None:
+    """The drill's configuration, once a drill is asked for (`drills.plugin` calls it)."""
     try:
         options = _options(config)
     except AtbError as exc:
@@ -112,6 +91,8 @@ def pytest_configure(config: pytest.Config) -> None:
     state.isolation = isolation_facts()
     state.production_before = observer.current()(production)
     state.builtin = builtin
+    state.on_phase = progress.open_channel(config, options.progress_file,
+                                           chosen.size if chosen else None).phase
     config.stash[STATE] = state
     # The built-in checks, the user's own check paths, and what the command line named (where
     # only tests marked `drill` run): never the project's whole test suite.

@@ -157,7 +157,7 @@ def test_a_failed_drill_has_no_rto_and_one_backup_has_no_rpo(pg15: Cluster,
     md = Path(result["reports"]["md"]).read_text()
     assert "not measured: the recovery failed at fetch/verify" in md
     index = (tmp_path / "r" / "index.html").read_text()
-    assert "1 failed recoveries not plotted" in index
+    assert "1 failed recovery not plotted" in index
 
 
 # 5. a skipped or deselected check is not a pass ------------------------------------------
