@@ -130,6 +130,8 @@ def title(name: str) -> str:
     `test_schedule_meets_the_rpo_target` -> `Schedule meets the RPO target`."""
     words = _PROPER_RE.sub(lambda m: _PROPER[m.group(1)],
                            name.removeprefix("test_").replace("_", " "))
+    if words.split(" ", 1)[0] in _PROPER.values():  # pgBackRest stays pgBackRest
+        return words
     return words[:1].upper() + words[1:]
 
 
