@@ -261,3 +261,31 @@ def test_the_inactive_fixtures_are_the_drill_fixtures() -> None:
     real = {name for name, value in vars(fixtures).items()
             if type(value).__name__ == "FixtureFunctionDefinition"}
     assert set(inactive.NAMES) == real
+
+
+class _Terminal:
+    def __init__(self) -> None:
+        self.text = ""
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+    def flush(self) -> None:
+        pass
+
+
+def test_on_a_terminal_phases_done_stay_and_the_current_one_is_refreshed() -> None:
+    screen = _Terminal()
+    shown = console.DrillProgress(stream=screen)
+    shown({"event": "phase", "phase": "restore", "state": "start"})
+    shown({"event": "phase", "phase": "restore", "state": "done", "seconds": 2.0,
+           "bytes": 2048, "rate": 1024})
+    shown({"event": "check", "title": "Indexes are valid", "outcome": "failed"})
+    shown.close()
+    assert screen.text == ("\r\x1b[Kdrill: restore... [0s]"
+                           "\r\x1b[Kdrill: restore done in 2.0s: 2.0 KiB archive at 1.0 KiB/s\n"
+                           "\r\x1b[Kdrill: check FAILED: Indexes are valid [0s]"
+                           "\r\x1b[K")
