@@ -289,3 +289,12 @@ def test_on_a_terminal_phases_done_stay_and_the_current_one_is_refreshed() -> No
                            "\r\x1b[Kdrill: restore done in 2.0s: 2.0 KiB archive at 1.0 KiB/s\n"
                            "\r\x1b[Kdrill: check FAILED: Indexes are valid [0s]"
                            "\r\x1b[K")
+
+
+def test_a_server_identity_reads_as_a_time_not_epoch_seconds() -> None:
+    from backup_core.tools.db import Identity
+
+    ident = Identity("port 5432, started 1795000000.123456", 16384, "app")
+    assert str(ident) == ("database app (oid 16384) on server port 5432, started "
+                          "2026-11-18 11:06:40.123456 UTC")
+    assert ident.server == "port 5432, started 1795000000.123456"  # compared as it was
