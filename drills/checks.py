@@ -383,7 +383,7 @@ def test_schedule_meets_the_rpo_target(drill: DrillState, drill_rpo: RpoFacts,
     must be said, not hidden."""
     target = drill_rpo.target_s
     if drill_rpo.met is None:
-        pytest.skip(f"RPO unknown: {drill_rpo.summary}")
+        pytest.skip(f"RPO not judged: {drill_rpo.summary}")
     evidence.add(drill_rpo.summary)
     if drill_rpo.met:
         return

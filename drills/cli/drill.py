@@ -108,15 +108,6 @@ def _options(values: dict[str, Any]) -> DrillOptions:
     return DrillOptions.from_values(text.get, flags.get, os.environ)
 
 
-def drill_line(progress: console.Progress, line: str) -> None:
-    """One progress line per check, read from the drill child's `pytest -v` output."""
-    if "::test_" in line and any(w in line for w in ("PASSED", "FAILED", "ERROR", "SKIPPED",
-                                                       "XFAIL")):
-        name = line.split("::", 1)[1].split()[0].removeprefix("test_").replace("_", " ")
-        status = next(w for w in ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL") if w in line)
-        progress(f"{status.lower()}: {name}", 0)
-
-
 def drill_summary(r: DrillResult) -> str:
     """The verdict, the summary rows, each check's outcome, and where the reports are."""
     from drills.report import next_steps, summary_rows, title

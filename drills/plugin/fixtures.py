@@ -301,8 +301,8 @@ def drill_rpo(drill: DrillState, drill_policy: status.Status) -> RpoFacts:
 def rpo_facts(s: status.Status, *, target_s: float, schedule_s: float) -> RpoFacts:
     """The RPO judged on the schedule and the observed gaps together (pure)."""
     if s.backups == 0:
-        return RpoFacts(target_s=target_s, summary=f"target {human(target_s)}; unknown: no "
-                                                   "complete backup in the tree")
+        return RpoFacts(target_s=target_s, summary=f"target {human(target_s)}; no complete "
+                                                   "backup in the tree to judge it by")
     observed = s.largest_gap_s if s.backups >= 2 else None
     worst = max(observed or 0.0, schedule_s)
     met = worst <= target_s

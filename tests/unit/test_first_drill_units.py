@@ -22,7 +22,7 @@ from drills.options import DrillOptions
 from drills.plugin import inactive
 from drills.plugin.fixtures import rpo_facts
 from drills.plugin.progress import Channel
-from drills.result import CheckRecord, RtoFacts
+from drills.result import CheckRecord, RpoFacts, RtoFacts
 from drills.state import DrillState, ReportPaths
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -64,7 +64,8 @@ def test_a_single_backup_is_judged_from_the_configured_schedule() -> None:
         "target 15m 00s; worst case data loss 1h 00m (largest gap between backups in the last 7 "
         "days 10s, schedule every 1h 00m): NOT MET")
     none = database_status([], database="app", now=NOW, schedule_s=3600, rpo_s=900)
-    assert rpo_facts(none, target_s=900, schedule_s=3600).met is None
+    assert rpo_facts(none, target_s=900, schedule_s=3600) == RpoFacts(
+        target_s=900, summary="target 15m 00s; no complete backup in the tree to judge it by")
 
 
 # -- the RTO line ----------------------------------------------------------------------------
@@ -107,8 +108,8 @@ def _incomplete() -> Any:
                                                            "migrations not exercised",
         "test_alembic_upgrade_head_reaches_the_script_head": "no --alembic-config given: "
                                                              "migrations not exercised",
-        "test_schedule_meets_the_rpo_target": "RPO unknown: target 15m 00s; unknown: no "
-                                              "complete backup in the tree",
+        "test_schedule_meets_the_rpo_target": "RPO not judged: target 15m 00s; no complete "
+                                              "backup in the tree to judge it by",
         "test_application_integration_suite_passes": "no --integration-cmd given",
     }
     state.checks = [CheckRecord(name="test_indexes_are_valid", title="Indexes are valid",
@@ -137,7 +138,8 @@ def test_an_incomplete_summary_ends_with_what_completes_the_next_drill() -> None
     text = drill_summary(result)
     assert text.endswith("\n".join(["To make the next drill complete:",
                                     *(f"  - {s}" for s in steps)]))
-    assert "  NOT RUN  Schedule meets the RPO target: RPO unknown" in text
+    assert ("  NOT RUN  Schedule meets the RPO target: RPO not judged: target 15m 00s; no "
+            "complete backup in the tree to judge it by") in text.splitlines()
     assert "## To make the next drill complete" in report.to_markdown(result)
     assert "id='drill-next'" in report.summary_html(result)
     passed = replace(result, verdict="PASS", not_run={})
