@@ -179,8 +179,9 @@ def init_heartbeat(target: ConnInfo, *, grant_to: str | None = None) -> Heartbea
         try:
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {ATB_SCHEMA}")
             conn.execute(
+                # no serial or identity column: a sequence would need a grant of its own
+                # before the backup role could dump it
                 f"CREATE TABLE IF NOT EXISTS {ATB_TABLE} ("
-                "id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
                 "type text NOT NULL DEFAULT 'TEST', message text NOT NULL, "
                 "created_at timestamptz NOT NULL DEFAULT now())")
             conn.execute(f"CREATE INDEX IF NOT EXISTS heartbeat_created_at ON {ATB_TABLE} "
@@ -191,10 +192,11 @@ def init_heartbeat(target: ConnInfo, *, grant_to: str | None = None) -> Heartbea
                 conn.execute(grant_sql(grant_to))
             conn.commit()
         except psycopg.Error as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            hint = (" (run --init as the database's owner, or a role that may create a schema)"
+                    if "permission denied" in first else "")
             raise HeartbeatSetupFailed(
-                f"cannot create {ATB_TABLE} in {target.redacted}: "
-                f"{str(exc).strip().splitlines()[0]} (run --init as the database's owner, "
-                "or a role that may create a schema)") from exc
+                f"cannot set up {ATB_TABLE} in {target.redacted}: {first}{hint}") from exc
     return HeartbeatInit(ATB_TABLE, not existed, grant, grant_to)
 
 
