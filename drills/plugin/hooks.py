@@ -8,6 +8,7 @@ import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ from drills.plugin.fixtures import STATE
 from drills.result import (
     IsolationFacts,
 )
-from drills.state import DrillState, ReportPaths
+from drills.state import INCOMPLETE, DrillState, ReportPaths
 
 USER_CHECKS = pytest.StashKey[tuple[Path, ...]]()
 CHECKS_MODULE = Path(__file__).parent.with_name("checks.py")
@@ -208,3 +209,19 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         else f"none ({state.selection_error})"
     return [f"restore drill: backup {chosen}", f"seed {state.options.seed}, sandbox "
             f"{state.options.sandbox}, report {state.paths.html}"]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Under `pytest --drill` too, an INCOMPLETE drill ends with what completes the next."""
+    state = config.stash.get(STATE, None)
+    if state is None or state.verdict() != INCOMPLETE:
+        return
+    from drills.plugin.recording import drill_result
+    from drills.report import next_steps
+
+    steps = next_steps(drill_result(config, state))
+    if steps:
+        terminalreporter.write_line("To make the next drill complete:")
+        for step in steps:
+            terminalreporter.write_line(f"  - {step}")

@@ -197,7 +197,11 @@ def test_deselecting_a_builtin_check_with_k_makes_the_drill_incomplete(
         "--alembic-config", str(EXAMPLE / "alembic.ini"), "--integration-cmd", INTEGRATION,
         "--report-dir", str(tmp_path / "reports"), "-p", "no:cacheprovider", "--no-record",
         "-k", "not sequences")
-    result.stdout.fnmatch_lines(["*restore drill verdict: INCOMPLETE*"])
+    result.stdout.fnmatch_lines(["*restore drill verdict: INCOMPLETE*",
+                                 "To make the next drill complete:",
+                                 "  - run without deselecting "
+                                 "test_sequences_are_ahead_of_their_columns (pytest -k or "
+                                 "--deselect)"])
     assert result.ret == 10
     [report] = (tmp_path / "reports").rglob("*-drill.json")
     not_run = json.loads(report.read_text())["not_run"]
