@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from backup_core.tools.conninfo import redact
-from backup_core.tools.durations import human, plural
+from backup_core.tools.durations import human, human_time, plural
 from backup_core.tools.fsutil import atomic_write_text, make_dirs
 from drills.console import size
 from drills.inert import html_text, md_cell, md_code, md_fence, md_text
@@ -45,7 +45,7 @@ def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
         ("Database", r.database),
         ("Backup", b.path or "-"),
         ("Selection", b.selection_error or b.selection or "-"),
-        ("Backup taken", f"{b.taken_at or '-'} ({human(b.age_s)} before the drill)"),
+        ("Backup taken", f"{human_time(b.taken_at)} ({human(b.age_s)} before the drill)"),
         ("Size / SHA-256", f"{size(b.size_bytes)} / {b.sha256 or '-'}"),
         ("Source", f"PostgreSQL {b.source_server_version or '-'}, dumped by pg_dump "
                    f"{b.pg_dump_version or '-'}"),
@@ -65,7 +65,7 @@ def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
                                  if k in rto.phases) or "-"),
         ("RPO", rpo.summary or f"target {human(rpo.target_s)}"),
         ("Seed", str(r.seed)),
-        ("Drill", f"{r.started_at} to {r.finished_at}"),
+        ("Drill", f"{human_time(r.started_at)} to {human_time(r.finished_at)}"),
     ]
     if r.pitr is not None:  # a physical backup has no dump facts; its own rows say more
         rows = [row for row in rows if row[0] not in ("Selection", "Size / SHA-256", "Source",

@@ -141,6 +141,9 @@ def test_an_incomplete_summary_ends_with_what_completes_the_next_drill() -> None
     assert ("  NOT RUN  Schedule meets the RPO target: RPO not judged: target 15m 00s; no "
             "complete backup in the tree to judge it by") in text.splitlines()
     assert "## To make the next drill complete" in report.to_markdown(result)
+    # times for a person, in UTC to the second
+    assert "Backup taken:  2026-11-23 11:59:00 UTC (1m 00s before the drill)" in text
+    assert "Drill:         2026-11-23 12:00:00 UTC to 20" in text
     assert "id='drill-next'" in report.summary_html(result)
     passed = replace(result, verdict="PASS", not_run={})
     assert report.next_steps(passed) == [] and "next drill" not in drill_summary(passed)
