@@ -121,7 +121,8 @@ def test_every_table_has_its_backup_time_row_count(drill_backup: Backup,
                  "exactly")
     if missing or wrong:
         raise CheckFailed(
-            f"{len(missing)} tables missing and {len(wrong)} with a different row count",
+            f"{plural(len(missing), 'table')} missing and {len(wrong)} with a different row "
+            "count",
             expected="every table with the row count recorded in the manifest",
             found={**{t: "missing" for t in missing}, **wrong})
 
@@ -144,7 +145,8 @@ def test_every_table_has_its_backup_time_content(drill_backup: Backup,
                  "checksums compared")
     if differ:
         raise CheckFailed(
-            f"{len(differ)} tables came back with different content: {', '.join(differ[:10])}",
+            f"{plural(len(differ), 'table')} came back with different content: "
+            f"{', '.join(differ[:10])}",
             expected="every table's checksum as recorded in the dump's snapshot",
             found={t: f"recorded {m.row_checksums[t]}, restored {found.get(t, 'missing')}"
                    for t in differ})
@@ -178,7 +180,9 @@ def test_every_object_has_its_backup_time_definition(drill_backup: Backup,
     for note in skipped:
         evidence.add(f"not compared: {note}")
     if differ:
-        raise CheckFailed(f"{len(differ)} objects differ from their backup-time definition: "
+        raise CheckFailed(f"{plural(len(differ), 'object')} "
+                          f"{'differs' if len(differ) == 1 else 'differ'} from "
+                          f"{'its' if len(differ) == 1 else 'their'} backup-time definition: "
                           + ", ".join(list(differ)[:5]),
                           expected="every definition as recorded in the dump's snapshot",
                           found=differ)

@@ -77,6 +77,9 @@ class Progress:
             self.stream.flush()
 
 
+TICK: dict[str, Any] = {"event": "tick"}  # no event for a while: time passes all the same
+
+
 class ProgressFile:
     """Follows a drill's progress file (JSON lines, `drills.plugin.progress`) in a thread
     and hands each event to `on_event`; as a context manager, it reads to the end on exit."""
@@ -119,6 +122,8 @@ class ProgressFile:
                         self.on_event(event)
             if stopping:
                 return
+            with contextlib.suppress(Exception):
+                self.on_event(TICK)  # lets a terminal line count the seconds of a long phase
             self.stop.wait(0.2)
 
 
@@ -132,9 +137,16 @@ class DrillProgress:
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.t0 = time.monotonic()
         self.log = logging.getLogger("atb.drill")
-        self.current = ""
+        self.current = ""  # the line being refreshed on a terminal, and since when
+        self.since = self.drawn = self.t0
 
     def __call__(self, event: dict[str, Any]) -> None:
+        if event is TICK or event.get("event") == "tick":
+            # a terminal's current line counts the seconds of a long phase (a big restore)
+            now = time.monotonic()
+            if self.tty and self.current and now - self.drawn >= 1:
+                self._draw(self.current, now)
+            return
         self.show(phase_line(event))
 
     def show(self, line: tuple[str, bool] | None) -> None:
@@ -144,11 +156,17 @@ class DrillProgress:
         if not self.tty:
             self.log.info("%s", text)
             return
-        elapsed = time.monotonic() - self.t0
         if lasting:
+            self.current = ""
             self.stream.write(f"\r\x1b[Kdrill: {text}\n")
+            self.stream.flush()
         else:
-            self.stream.write(f"\r\x1b[Kdrill: {text} [{elapsed:.0f}s]")
+            self.current, self.since = text, time.monotonic()
+            self._draw(text, self.since)
+
+    def _draw(self, text: str, now: float) -> None:
+        self.drawn = now
+        self.stream.write(f"\r\x1b[Kdrill: {text} [{now - self.since:.0f}s]")
         self.stream.flush()
 
     def close(self) -> None:

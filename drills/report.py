@@ -55,8 +55,8 @@ def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
         *isolation_rows(r),
         ("Alembic", f"{a.before or '-'} -> {a.after or '-'} "
                     f"(script head {', '.join(a.heads) or '-'})"),
-        ("Data", f"{b.rows if b.rows is not None else '-'} rows in "
-                 f"{b.tables if b.tables is not None else '-'} tables "
+        ("Data", f"{plural(b.rows, 'row') if b.rows is not None else '- rows'} in "
+                 f"{plural(b.tables, 'table') if b.tables is not None else '- tables'} "
                  f"(counts {b.row_counts_mode or '-'} at backup time)"),
         *pitr_rows(r),
         ("RTO", rto_text(rto)),

@@ -15,6 +15,7 @@ from backup_core.reading.guard import Observation
 from backup_core.store.catalog import Backup
 from backup_core.store.naming import dir_name
 from backup_core.tools.conninfo import ConnInfo
+from backup_core.tools.durations import plural
 from backup_core.tools.errors import AtbError
 from backup_core.tools.fsutil import make_dirs
 from drills.options import DrillOptions
@@ -212,7 +213,7 @@ class DrillState:
                 rows=sum(m.row_counts.values()) if m else None,
                 row_counts_mode=m.row_counts_mode if m else None,
                 selection="given with --backup" if self.options.backup else
-                          f"random among {self.eligible} complete backups "
+                          f"random among {plural(self.eligible, 'complete backup')} "
                           f"of the last {self.options.window_days:g} days (seed "
                           f"{self.options.seed})",
                 selection_error=self.selection_error),

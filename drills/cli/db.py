@@ -253,13 +253,13 @@ def db_status(backup_dir: Path, database: str | None, schedule: str, rpo: str, w
 def _status_text(report: HealthReport) -> str:
     lines: list[str] = []
     for a in report.stanzas:
-        lines += _judged(f"stanza {a.stanza}: {a.backups} backups (newest "
+        lines += _judged(f"stanza {a.stanza}: {plural(a.backups, 'backup')} (newest "
                          f"{a.newest_backup or '-'}), last WAL archived "
                          f"{a.last_archived_wal or '-'} ({human(a.lag_s)} ago), point-in-time "
                          f"window {human(a.window_s)}", a.missed,
                          f"archiving is current within the RPO of {human(report.rpo_s)}")
     for s in report.databases:
-        per_source = "".join(f"\n  {n} backups of {printable(src)}"
+        per_source = "".join(f"\n  {plural(n, 'backup')} of {printable(src)}"
                              for src, n in s.sources.items()) if len(s.sources) > 1 else ""
         lines += _judged(f"{printable(s.database)}: {plural(s.backups, 'complete backup')}, "
                          f"newest {human_time(s.newest)} ({human(s.newest_age_s)} ago), "

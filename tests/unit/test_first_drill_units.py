@@ -209,6 +209,7 @@ def test_the_child_channel_reaches_the_parent_as_json_lines(tmp_path: Path) -> N
         channel.phase("restore", "done", 2.0)
         with path.open("a") as fh:
             fh.write('{"event": "check", "title": "half')  # a line still being written
+    seen = [e for e in seen if e is not console.TICK]  # ticks: time passing, for a terminal
     assert [(e["event"], e.get("phase"), e.get("state")) for e in seen] == [
         ("phase", "sandbox", "start"), ("phase", "sandbox", "done"),
         ("phase", "restore", "done")]
@@ -289,10 +290,15 @@ def test_on_a_terminal_phases_done_stay_and_the_current_one_is_refreshed() -> No
     shown({"event": "phase", "phase": "restore", "state": "done", "seconds": 2.0,
            "bytes": 2048, "rate": 1024})
     shown({"event": "check", "title": "Indexes are valid", "outcome": "failed"})
+    shown({"event": "tick"})  # less than a second since: nothing redrawn
+    shown.since -= 5  # as if the check had been on screen for five seconds
+    shown.drawn -= 5
+    shown(console.TICK)
     shown.close()
     assert screen.text == ("\r\x1b[Kdrill: restore... [0s]"
                            "\r\x1b[Kdrill: restore done in 2.0s: 2.0 KiB archive at 1.0 KiB/s\n"
                            "\r\x1b[Kdrill: check FAILED: Indexes are valid [0s]"
+                           "\r\x1b[Kdrill: check FAILED: Indexes are valid [5s]"
                            "\r\x1b[K")
 
 
