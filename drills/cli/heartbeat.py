@@ -45,8 +45,10 @@ def heartbeat_cmd(database_url: str, table: str, init: bool, grant_to: str | Non
         return
     if not check:
         beat = heartbeat.beat(conn(database_url), table=table)
-        output.show(beat, as_json=as_json,
-                    text=lambda b: f"heartbeat inserted into {b.table} at {human_time(b.at)}")
+        # `inserted_at` as before atb's own table existed: scripts read it
+        output.show({"inserted_at": beat.at, "table": beat.table}, as_json=as_json,
+                    text=lambda _: f"heartbeat inserted into {beat.table} at "
+                                   f"{human_time(beat.at)}")
         return
     found = heartbeat.check_heartbeat(conn(database_url), table=table, max_age=max_age)
     output.show(found, as_json=as_json, text=_age_text)

@@ -100,6 +100,8 @@ def test_an_application_without_an_events_table_passes_its_first_drill(
     assert beat.returncode == 0, beat.stderr
     assert beat.stdout.startswith("heartbeat inserted into atb.heartbeat at 20")
     assert beat.stdout.rstrip().endswith(" UTC")
+    as_json = json.loads(atb_inproc("tests", "heartbeat", "--json", url=info).stdout)
+    assert as_json["table"] == "atb.heartbeat" and as_json["inserted_at"].startswith("20")
     check = atb_inproc("tests", "heartbeat", "--check", "--json", url=info)
     assert check.returncode == 0 and json.loads(check.stdout)["table"] == "atb.heartbeat"
     # a table named on purpose never falls back to atb's
