@@ -16,7 +16,7 @@ from backup_core.store.catalog import Backup
 from backup_core.tools import childenv, db, isolation, probes, toolchain
 from backup_core.tools.commands import pg_amcheck_argv, pg_restore_list_argv
 from backup_core.tools.conninfo import ConnInfo
-from backup_core.tools.durations import human
+from backup_core.tools.durations import human, human_time, plural
 from backup_core.tools.errors import ProductionTouched
 from backup_core.tools.runner import run
 from drills import observer
@@ -109,18 +109,20 @@ def test_every_table_has_its_backup_time_row_count(drill_backup: Backup,
     found = drill_restore.counts
     missing = sorted(set(m.row_counts) - set(found))
     if m.row_counts_mode == "estimate":
-        evidence.add(f"{len(m.row_counts)} tables with estimated counts; exact comparison "
-                     "needs --row-counts exact")
+        evidence.add(f"{plural(len(m.row_counts), 'table')} with estimated counts; exact "
+                     "comparison needs --row-counts exact")
         if missing:
             raise CheckFailed("tables recorded at backup time are missing", found=missing)
         return
     wrong = {t: f"recorded {n}, restored {found[t]}" for t, n in m.row_counts.items()
              if t in found and found[t] != n}
-    evidence.add(f"{len(m.row_counts)} tables, {sum(m.row_counts.values())} rows compared "
+    evidence.add(f"{plural(len(m.row_counts), 'table')}, "
+                 f"{plural(sum(m.row_counts.values()), 'row')} compared "
                  "exactly")
     if missing or wrong:
         raise CheckFailed(
-            f"{len(missing)} tables missing and {len(wrong)} with a different row count",
+            f"{plural(len(missing), 'table')} missing and {len(wrong)} with a different row "
+            "count",
             expected="every table with the row count recorded in the manifest",
             found={**{t: "missing" for t in missing}, **wrong})
 
@@ -138,11 +140,13 @@ def test_every_table_has_its_backup_time_content(drill_backup: Backup,
                     f"{m.row_counts_mode if m else '-'}); back up with --row-counts checksum")
     found = drill_restore.checksums
     differ = sorted(t for t, s in m.row_checksums.items() if found.get(t) != s)
-    evidence.add(f"{len(m.row_checksums)} tables, {sum(m.row_counts.values())} rows: content "
+    evidence.add(f"{plural(len(m.row_checksums), 'table')}, "
+                 f"{plural(sum(m.row_counts.values()), 'row')}: content "
                  "checksums compared")
     if differ:
         raise CheckFailed(
-            f"{len(differ)} tables came back with different content: {', '.join(differ[:10])}",
+            f"{plural(len(differ), 'table')} came back with different content: "
+            f"{', '.join(differ[:10])}",
             expected="every table's checksum as recorded in the dump's snapshot",
             found={t: f"recorded {m.row_checksums[t]}, restored {found.get(t, 'missing')}"
                    for t in differ})
@@ -172,11 +176,13 @@ def test_every_object_has_its_backup_time_definition(drill_backup: Backup,
     found = drill_restore.definitions
     differ = {k: f"recorded {v!r}, restored {found[k]!r}" if k in found else "missing"
               for k, v in recorded.items() if found.get(k) != v}
-    evidence.add(f"{len(recorded)} definitions compared ({', '.join(sorted(kinds))})")
+    evidence.add(f"{plural(len(recorded), 'definition')} compared ({', '.join(sorted(kinds))})")
     for note in skipped:
         evidence.add(f"not compared: {note}")
     if differ:
-        raise CheckFailed(f"{len(differ)} objects differ from their backup-time definition: "
+        raise CheckFailed(f"{plural(len(differ), 'object')} "
+                          f"{'differs' if len(differ) == 1 else 'differ'} from "
+                          f"{'its' if len(differ) == 1 else 'their'} backup-time definition: "
                           + ", ".join(list(differ)[:5]),
                           expected="every definition as recorded in the dump's snapshot",
                           found=differ)
@@ -199,7 +205,7 @@ def test_every_schema_object_recorded_at_backup_is_present(drill_backup: Backup,
             total += len(names)
             missing += [f"{kind[:-1] if kind.endswith('s') else kind} {schema}.{n}"
                         for n in names if n not in have]
-    evidence.add(f"{total} objects in {len(m.inventory)} schemas compared")
+    evidence.add(f"{plural(total, 'object')} in {plural(len(m.inventory), 'schema')} compared")
     if missing:
         raise CheckFailed(f"{len(missing)} schema objects recorded at backup time are missing",
                           expected="every object of the manifest's inventory", found=missing)
@@ -274,9 +280,11 @@ def test_sequences_are_ahead_of_their_columns(findings: Findings,
     key: the application would be down right after the restore."""
     with db.connect(drill_final_url) as conn:
         checked, behind = probes.sequences_behind(conn)
-    evidence.add(f"{checked} owned sequences checked")
+    evidence.add(f"{plural(checked, 'owned sequence')} checked")
     _judge_against_production(findings, drill_conditions, "sequences_behind", behind,
-                              f"{len(behind)} sequences are behind their columns")
+                              f"{plural(len(behind), 'sequence')} "
+                              f"{'is' if len(behind) == 1 else 'are'} behind "
+                              f"{'its column' if len(behind) == 1 else 'their columns'}")
 
 
 def test_indexes_are_valid(findings: Findings, drill_conditions: dict[str, list[str]],
@@ -289,9 +297,11 @@ def test_indexes_are_valid(findings: Findings, drill_conditions: dict[str, list[
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')"
         ).fetchone()
-    evidence.add(f"{count[0] if count else 0} user indexes, {len(bad)} invalid")
+    evidence.add(f"{plural(count[0] if count else 0, 'user index', 'user indexes')}, "
+                 f"{len(bad)} invalid")
     _judge_against_production(findings, drill_conditions, "invalid_indexes", bad,
-                              f"{len(bad)} indexes are invalid")
+                              f"{plural(len(bad), 'index', 'indexes')} "
+                              f"{'is' if len(bad) == 1 else 'are'} invalid")
 
 
 def test_foreign_keys_hold_for_every_row(findings: Findings,
@@ -301,9 +311,10 @@ def test_foreign_keys_hold_for_every_row(findings: Findings,
     was inconsistent."""
     with db.connect(drill_final_url) as conn:
         checked, problems = probes.foreign_key_violations(conn)
-    evidence.add(f"{checked} foreign keys checked row by row")
+    evidence.add(f"{plural(checked, 'foreign key')} checked row by row")
     _judge_against_production(findings, drill_conditions, "foreign_keys", problems,
-                              f"{len(problems)} foreign keys do not hold")
+                              f"{plural(len(problems), 'foreign key')} "
+                              f"{'does' if len(problems) == 1 else 'do'} not hold")
 
 
 def test_amcheck_finds_no_corruption(drill_final_url: ConnInfo, drill_sandbox: SandboxInfo,
@@ -329,19 +340,29 @@ def test_heartbeat_is_fresh_at_backup_time(drill: DrillState, drill_backup: Back
     """The newest heartbeat in the restored data shows how current the backup really was:
     a backup of a stalled application restores stale data."""
     try:
-        newest = heartbeat.newest_heartbeat(drill_url, table=drill.options.heartbeat_table)
+        found = heartbeat.newest_beat(drill_url, table=drill.options.heartbeat_table)
     except heartbeat.HeartbeatTableMissing:
-        pytest.skip(f"table {drill.options.heartbeat_table} is not in the backup")
+        pytest.skip(heartbeat_missing(drill.options.heartbeat_table))
+    newest = found.at
     assert drill_backup.taken_at is not None
     if newest is None:
-        raise CheckFailed("no heartbeat in the restored data",
+        raise CheckFailed(f"no heartbeat in the restored data (table {found.table})",
                           expected="a TEST/Heartbeat row within 10 minutes of the backup",
                           found="none: is `atb tests heartbeat` scheduled?")
     gap = abs((drill_backup.taken_at - newest).total_seconds())
-    evidence.add(f"newest heartbeat {newest.isoformat()}, {human(gap)} from the backup time")
+    evidence.add(f"newest heartbeat in {found.table} at {human_time(newest)}, {human(gap)} "
+                 "from the backup time")
     if gap > 600:
         raise CheckFailed("the newest heartbeat is more than 10 minutes from the backup time",
-                          expected="within 10m", found=human(gap))
+                          expected="within 10m 00s", found=human(gap))
+
+
+def heartbeat_missing(table: str) -> str:
+    """The reason the heartbeat check did not run, saying which tables were looked for."""
+    if table == heartbeat.DEFAULT_TABLE:
+        return (f"no heartbeat table in the backup: neither the application's {table} nor "
+                f"atb's {heartbeat.ATB_TABLE}")
+    return f"the heartbeat table {table} (--heartbeat-table) is not in the backup"
 
 
 def test_backups_keep_to_the_schedule(drill: DrillState, drill_policy: status.Status,
@@ -350,9 +371,9 @@ def test_backups_keep_to_the_schedule(drill: DrillState, drill_policy: status.St
     the largest gap in the last 7 days must stay within the schedule."""
     s = drill_policy
     limit = drill.options.schedule_s + 300
-    evidence.add(f"{s.backups} complete backups; newest {human(s.newest_age_s)} old; largest "
-                 f"gap over {s.window_days:g}d {human(s.largest_gap_s)}; schedule every "
-                 f"{human(drill.options.schedule_s)}")
+    evidence.add(f"{plural(s.backups, 'complete backup')}; newest {human(s.newest_age_s)} "
+                 f"old; largest gap in the last {s.window_days:g} days: "
+                 f"{human(s.largest_gap_s)}; schedule every {human(drill.options.schedule_s)}")
     late = [m for m, v in (("newest backup age", s.newest_age_s),
                            ("largest gap", s.largest_gap_s)) if v is None or v > limit]
     if late:
@@ -363,25 +384,28 @@ def test_backups_keep_to_the_schedule(drill: DrillState, drill_policy: status.St
 
 
 def test_schedule_meets_the_rpo_target(drill: DrillState, drill_rpo: RpoFacts,
-                                       drill_policy: status.Status, evidence: Evidence,
-                                       findings: Findings) -> None:
-    """The RPO is the data you may lose: with dumps alone it is the gap between two backups.
-    Hourly dumps cannot meet a 15-minute RPO; that must be said, not hidden."""
-    s, target = drill_policy, drill_rpo.target_s
+                                       evidence: Evidence, findings: Findings) -> None:
+    """The RPO is the data you may lose: with dumps alone it is the gap between two backups,
+    never less than the schedule's interval. Hourly dumps cannot meet a 15-minute RPO; that
+    must be said, not hidden."""
+    target = drill_rpo.target_s
     if drill_rpo.met is None:
-        pytest.skip(f"RPO unknown: {s.backups} complete backups in the tree, and the data you "
-                    "may lose is the gap between two")
+        pytest.skip(f"RPO not judged: {drill_rpo.summary}")
     evidence.add(drill_rpo.summary)
     if drill_rpo.met:
         return
-    advice = (f"backups every {human(drill.options.schedule_s)} cannot meet an RPO of "
-              f"{human(target)}: back up at least every {human(target)}, or add continuous "
-              "WAL archiving (pgBackRest, Barman, WAL-G) for point-in-time recovery, and "
-              "drill it with --source pgbackrest")
+    schedule = drill.options.schedule_s
+    cause = (f"backups every {human(schedule)} cannot meet an RPO of {human(target)}"
+             if schedule > target else
+             f"a gap of {human(drill_rpo.largest_gap_s)} between backups exceeds the RPO of "
+             f"{human(target)}")
+    advice = (f"{cause}: back up at least every {human(target)} (and say so with --schedule), "
+              "or add continuous WAL archiving (pgBackRest, Barman, WAL-G) for point-in-time "
+              "recovery, and drill it with --source pgbackrest")
     if drill.options.strict_rpo:
         raise CheckFailed("the backup schedule cannot meet the RPO target",
-                          expected=f"largest gap <= {human(target)}",
-                          found=human(s.largest_gap_s or 0.0), output=advice)
+                          expected=f"worst case data loss <= {human(target)}",
+                          found=drill_rpo.summary, output=advice)
     findings.add(f"RPO target NOT MET: {drill_rpo.summary}. {advice}.")
     pytest.xfail(f"RPO target not met (finding; --strict-rpo makes it fail): {advice}")
 

@@ -120,7 +120,7 @@ class DemoResult:
 
 def run_demo(*, keep: Path | None = None, report_dir: Path = Path("reports"),
              seed: int | None = None, days: int = 90, say: Say = lambda _: None,
-             on_line: Callable[[str], None] | None = None) -> DemoResult:
+             on_event: Callable[[dict[str, Any]], None] | None = None) -> DemoResult:
     t0 = time.monotonic()
     # 250 backups in a minute: their per-backup log lines would drown the demo's story
     logging.getLogger("atb.backup").setLevel(logging.WARNING)
@@ -154,7 +154,7 @@ def run_demo(*, keep: Path | None = None, report_dir: Path = Path("reports"),
                                 f"{example / 'tests'}",
                 report_dir=report_dir)
             say("drilling a random backup of the last 90 days")
-            drill = run_drill(options, production=source, on_line=on_line)
+            drill = run_drill(options, production=source, on_event=on_event)
         return DemoResult(backup_dir=backup_dir, made=len(made), kept=len(plan.keep),
                           pruned=len(plan.delete), drill=drill,
                           seconds=round(time.monotonic() - t0, 1))

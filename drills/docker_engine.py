@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 
 from backup_core.tools.cluster import FAST_SETTINGS
 from backup_core.tools.reaper import OWNER_LABEL, Owner, reap_containers
+from drills.options import DEFAULT_IMAGE
 
 log = logging.getLogger("atb.sandbox")
 
-DEFAULT_IMAGE = "postgres:{major}"
 SOCKET_DIR_IN_CONTAINER = "/var/run/postgresql"
 LABEL = "atb.drill"  # on every drill container, so a test (or an operator) can find them
 BUILD_HINT = ("deploy/docker/build-postgres-image builds one offline; or use --sandbox local")

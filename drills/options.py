@@ -10,17 +10,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from backup_core.ops import migrate
-from backup_core.ops.heartbeat import table_parts
-from backup_core.ops.migrate import Migration
-from backup_core.tools import appenv, isolation
-from backup_core.tools.appenv import AppEnv
-from backup_core.tools.childenv import check_pass_env
 from backup_core.tools.durations import check_seconds, parse_duration
 from backup_core.tools.errors import ConfigError
-from drills.docker_engine import DEFAULT_IMAGE
+
+if TYPE_CHECKING:  # imported where used: the plugin's entry point stays light
+    from backup_core.ops.migrate import Migration
+    from backup_core.tools.appenv import AppEnv
+
+# Light on purpose: the pytest plugin's entry point declares its options from this table in
+# every pytest run of the environment, drill or not (the value checks import what they need).
+DEFAULT_IMAGE = "postgres:{major}"  # drills.docker_engine's default, declared here
 
 
 @dataclass(frozen=True)
@@ -284,6 +285,10 @@ class DrillOptions:
         "result-file",
         "Also write the JSON result here (used by `atb drill run`).",
         kind="file", cli=False)
+    progress_file: Path | None = setting(
+        "progress-file",
+        "Append the drill's progress here as JSON lines (used by `atb drill run`).",
+        kind="file", cli=False)
     strict_rpo: bool = setting(
         "strict-rpo",
         "Fail the drill when the schedule cannot meet the RPO target (default: reported as a "
@@ -302,6 +307,10 @@ class DrillOptions:
         default), refusing (`ConfigError`, exit 2) every value and combination that cannot
         work: this runs before a report name is claimed, a sandbox started or a verdict
         recorded."""
+        from backup_core.ops import migrate
+        from backup_core.tools import appenv, isolation
+        from backup_core.tools.childenv import check_pass_env
+
         environ = {} if env is None else env
 
         def get(name: str) -> str | None:
@@ -377,6 +386,7 @@ class DrillOptions:
             jobs=number("jobs", int),
             report_dir=Path(text("report-dir")),
             result_file=path("result-file"),
+            progress_file=path("progress-file"),
             strict_rpo=bool(flag("strict-rpo")),
             sandbox_is_not_production=bool(flag("sandbox-is-not-production")),
             record=not flag("no-record"),
@@ -389,11 +399,15 @@ class DrillOptions:
 
     def app_env(self, dialect: str = "") -> AppEnv:
         """Where the application's code runs: its directory, interpreter and variables."""
+        from backup_core.tools.appenv import AppEnv
+
         return AppEnv(directory=self.app_dir or Path.cwd(), python=self.app_python,
                       url_env=self.app_url_env, pass_env=self.pass_env, dialect=dialect)
 
     def migration(self, dialect: str = "") -> Migration | None:
         """How the copy is migrated (`--migrate-cmd` over `--alembic-config`), or None."""
+        from backup_core.ops.migrate import Migration
+
         if self.alembic_config is None and self.migrate_cmd is None:
             return None
         return Migration(app=self.app_env(dialect), alembic_config=self.alembic_config,
@@ -464,6 +478,8 @@ class DrillOptions:
         if self.backup is not None and not self.backup.is_file():
             raise ConfigError(f"--backup {self.backup}: no such backup file (`atb db list` "
                               "shows them)")
+        from backup_core.tools import appenv
+
         appenv.check(self.app_env())  # its directory and interpreter, migration or not
         migration = self.migration()
         ini = migration.ini if migration is not None else None
@@ -474,6 +490,8 @@ class DrillOptions:
                 raise ConfigError(f"--checks: no such file or directory: {given}")
             if not os.access(given, os.R_OK | (os.X_OK if given.is_dir() else 0)):
                 raise ConfigError(f"--checks {given}: cannot be read")
+        from backup_core.ops.heartbeat import table_parts
+
         table_parts(self.heartbeat_table, what="--heartbeat-table")
         builtin = builtin_checks(self.source)
         unknown = sorted(set(self.exclude) - set(builtin))

@@ -4,12 +4,13 @@ summary block inside pytest-html's report, and `reports/index.html` over every d
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import quote
 
 from backup_core.tools.conninfo import redact
-from backup_core.tools.durations import human
+from backup_core.tools.durations import human, human_time, plural
 from backup_core.tools.fsutil import atomic_write_text, make_dirs
 from drills.console import size
 from drills.inert import html_text, md_cell, md_code, md_fence, md_text
@@ -44,7 +45,7 @@ def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
         ("Database", r.database),
         ("Backup", b.path or "-"),
         ("Selection", b.selection_error or b.selection or "-"),
-        ("Backup taken", f"{b.taken_at or '-'} ({human(b.age_s)} before the drill)"),
+        ("Backup taken", f"{human_time(b.taken_at)} ({human(b.age_s)} before the drill)"),
         ("Size / SHA-256", f"{size(b.size_bytes)} / {b.sha256 or '-'}"),
         ("Source", f"PostgreSQL {b.source_server_version or '-'}, dumped by pg_dump "
                    f"{b.pg_dump_version or '-'}"),
@@ -54,16 +55,17 @@ def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
         *isolation_rows(r),
         ("Alembic", f"{a.before or '-'} -> {a.after or '-'} "
                     f"(script head {', '.join(a.heads) or '-'})"),
-        ("Data", f"{b.rows if b.rows is not None else '-'} rows in "
-                 f"{b.tables if b.tables is not None else '-'} tables "
+        ("Data", f"{plural(b.rows, 'row') if b.rows is not None else '- rows'} in "
+                 f"{plural(b.tables, 'table') if b.tables is not None else '- tables'} "
                  f"(counts {b.row_counts_mode or '-'} at backup time)"),
         *pitr_rows(r),
         ("RTO", rto_text(rto)),
+        *durability_rows(sb.durability),
         ("RTO phases", ", ".join(f"{k} {human(rto.phases[k])}" for k in RTO_PHASES
                                  if k in rto.phases) or "-"),
         ("RPO", rpo.summary or f"target {human(rpo.target_s)}"),
         ("Seed", str(r.seed)),
-        ("Drill", f"{r.started_at} to {r.finished_at}"),
+        ("Drill", f"{human_time(r.started_at)} to {human_time(r.finished_at)}"),
         *evidence_rows(r),
     ]
     if r.pitr is not None:  # a physical backup has no dump facts; its own rows say more
@@ -108,8 +110,26 @@ def isolation_rows(r: DrillResult) -> list[tuple[str, str]]:
     return [("Isolation", f"{i.level}: {i.reason}{through}")]
 
 
+def durability_rows(settings: dict[str, str]) -> list[tuple[str, str]]:
+    """One line naming the sandbox's durability settings the RTO was measured under: with
+    them off, a restore into a production-like server takes longer."""
+    if not settings:
+        return []
+    shown = ", ".join(f"{k}={v}" for k, v in settings.items())
+    if all(v == "on" for v in settings.values()):
+        return [("RTO measured", f"with durability on ({shown})")]
+    return [("RTO measured", f"in a sandbox with durability off ({shown}): a server with "
+                             "durability on restores more slowly")]
+
+
 def rto_text(rto: RtoFacts) -> str:
-    """The RTO line: a time only for a recovery that completed."""
+    """The RTO line: a time only for a recovery that completed; a failed one says where it
+    failed, never "not measured" beside a measurement."""
+    if rto.failed_at == "checks":  # measured, and the RTO check may have passed on it
+        spent = sum(rto.phases.values())
+        return (f"{human(spent)} measured, target {human(rto.target_s)}: not counted, a "
+                "check of the restored database failed (the recovery did not deliver a "
+                "sound database)")
     if rto.failed_at or rto.measured_s is None:
         return (f"not measured: the recovery failed at {rto.failed_at or 'an early phase'}"
                 f" (target {human(rto.target_s)})")
@@ -117,10 +137,67 @@ def rto_text(rto: RtoFacts) -> str:
             f"{'met' if rto.met else 'NOT MET'}")
 
 
+# Proper names as they are written, where a function name cannot: `rpo` is the RPO.
+_PROPER = {"rpo": "RPO", "rto": "RTO", "pg restore": "pg_restore", "pg dump": "pg_dump",
+           "pg amcheck": "pg_amcheck", "amcheck": "amcheck", "alembic": "Alembic",
+           "sha256": "SHA-256", "sql": "SQL", "wal": "WAL", "pitr": "PITR",
+           "postgresql": "PostgreSQL", "pgbackrest": "pgBackRest"}
+_PROPER_RE = re.compile(r"\b(" + "|".join(sorted(map(re.escape, _PROPER), key=len,
+                                                  reverse=True)) + r")\b")
+
+
 def title(name: str) -> str:
-    """A check's name as a reader's sentence: `test_indexes_are_valid` -> `Indexes are valid`."""
-    words = name.removeprefix("test_").replace("_", " ")
+    """A check's name as a reader's sentence: `test_indexes_are_valid` -> `Indexes are valid`,
+    `test_schedule_meets_the_rpo_target` -> `Schedule meets the RPO target`."""
+    words = _PROPER_RE.sub(lambda m: _PROPER[m.group(1)],
+                           name.removeprefix("test_").replace("_", " "))
+    if words.split(" ", 1)[0] in _PROPER.values():  # pgBackRest stays pgBackRest
+        return words
     return words[:1].upper() + words[1:]
+
+
+# What makes each built-in check run next time, when it did not run for want of setup.
+_MIGRATION = ("give the application's migration: --alembic-config alembic.ini (or its own "
+              "command with --migrate-cmd)")
+_STEPS = {
+    "test_revision_before_upgrade_matches_the_backup": _MIGRATION,
+    "test_alembic_upgrade_head_reaches_the_script_head": _MIGRATION,
+    "test_application_integration_suite_passes": (
+        "give the application's tests: --integration-cmd 'pytest -q tests/integration'"),
+    "test_schedule_meets_the_rpo_target": (
+        "say how often backups run: --schedule 1h (the RPO is then judged from it)"),
+    "test_amcheck_finds_no_corruption": (
+        "install pg_amcheck of the sandbox's PostgreSQL major (postgresql-client), or drill "
+        "in a sandbox where atb is superuser (--sandbox local or docker)"),
+}
+
+
+def next_steps(r: DrillResult) -> list[str]:
+    """For an INCOMPLETE drill: the exact options or commands that would make the next drill
+    run every check it skipped (in the order of the checks, each said once)."""
+    steps: list[str] = []
+    for name, why in r.not_run.items():
+        if "--drill-exclude" in why:
+            step = f"leave out --exclude {name.removeprefix('test_')}"
+        elif "deselected" in why:
+            step = f"run without deselecting {name} (pytest -k or --deselect)"
+        elif name == "test_heartbeat_is_fresh_at_backup_time":
+            step = ("name the application's events table with --heartbeat-table, or leave "
+                    "it out to use atb's own (`atb tests heartbeat --init`)"
+                    if "--heartbeat-table" in why else
+                    "create atb's heartbeat table on production with `atb tests heartbeat "
+                    "--init --grant-to <backup role>`, schedule `atb tests heartbeat` every 5 "
+                    "minutes, and drill a backup taken after that")
+        elif "--row-counts" in why:
+            step = "take backups with row counts and checksums: `atb db backup` (the default " \
+                   "--row-counts checksum)"
+        elif "not run: the" in why or "not attempted" in why or "no backup selected" in why:
+            continue  # an earlier failure: the FAIL says what to fix, not a setting
+        else:
+            step = _STEPS.get(name, f"{title(name)}: {why}")
+        if step not in steps:
+            steps.append(step)
+    return steps
 
 
 COLORS = {"PASS": "#1a7f37", "INCOMPLETE": "#9a6700", "FAIL": "#cf222e"}
@@ -133,6 +210,8 @@ def summary_html(r: DrillResult) -> str:
         f"<td style='font-family:monospace'>{html_text(redact(v))}</td></tr>"
         for k, v in summary_rows(r)[1:])
     findings = "".join(f"<li>{html_text(redact(f))}</li>" for f in r.findings)
+    steps = "".join(f"<li>{html_text(st)}</li>"
+                    for st in (next_steps(r) if r.verdict == "INCOMPLETE" else []))
     failed = [c for c in r.checks if c.outcome in ("failed", "error")]
     failures = "".join(f"<li><b>{html_text(c.title)}</b>: "
                        f"{html_text(redact(c.message.splitlines()[0]) if c.message else '')}</li>"
@@ -145,6 +224,8 @@ def summary_html(r: DrillResult) -> str:
         f"<table id='drill-summary' style='margin:12px 0'>{cells}</table>"
         + (f"<h3>Failed checks</h3><ul id='drill-failures'>{failures}</ul>" if failures else "")
         + (f"<h3>Findings</h3><ul id='drill-findings'>{findings}</ul>" if findings else "")
+        + (f"<h3>To make the next drill complete</h3><ul id='drill-next'>{steps}</ul>"
+           if steps else "")
         + checks_html(r)
     )
 
@@ -197,6 +278,10 @@ def to_markdown(r: DrillResult) -> str:
         lines.append(f"| {_md(c.title)} | {_md(c.outcome.upper())} | {_md(evidence)} |")
     if r.findings:
         lines += ["", "## Findings", ""] + [f"- {_md_text(f)}" for f in r.findings]
+    steps = next_steps(r) if r.verdict == "INCOMPLETE" else []
+    if steps:
+        lines += ["", "## To make the next drill complete", ""] + [f"- {_md_text(st)}"
+                                                                  for st in steps]
     failed = [c for c in r.checks if c.outcome in ("failed", "error")]
     for c in failed:
         lines += ["", f"### {_md_text(c.title)}: {_md_text(c.outcome)}", "",
@@ -266,7 +351,8 @@ def rto_chart(results: list[DrillResult], width: int = 640, height: int = 160) -
             f"xmlns='http://www.w3.org/2000/svg' role='img' aria-label='RTO trend'>"
             f"<text x='20' y='12' font-size='11'>measured RTO of completed recoveries (max "
             f"{human(top / 1.2)}; target {human(target)}"
-            + (f"; {failed} failed recoveries not plotted" if failed else "") + ")</text>"
+            + (f"; {plural(failed, 'failed recovery', 'failed recoveries')} not plotted"
+               if failed else "") + ")</text>"
             f"<polyline fill='none' stroke='#0969da' stroke-width='2' points='{coords}'/>"
             f"{dots}{target_line}</svg>")
 

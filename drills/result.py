@@ -51,6 +51,8 @@ class SandboxFacts:
     url: str = ""
     image: str = ""  # the docker provider's image
     note: str = ""  # why `auto` did not choose docker
+    # the sandbox server's durability settings, as it reports them: the RTO was measured so
+    durability: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from backup_core.pitr import pgbackrest
 from backup_core.reading import guard
@@ -34,6 +35,7 @@ from backup_core.tools.errors import AtbError, CommandFailed, ToolchainError
 from backup_core.tools.isolation import Isolation
 from backup_core.tools.relay import Relay
 from drills import docker_engine, observer
+from drills.console import ProgressFile
 from drills.options import DrillOptions
 from drills.result import DrillResult, verdict_of
 
@@ -115,7 +117,8 @@ def drill_isolation(options: DrillOptions) -> Isolation:
 
 def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
               on_line: Callable[[str], None] | None = None,
-              env: Mapping[str, str] | None = None) -> DrillResult:
+              env: Mapping[str, str] | None = None,
+              on_event: Callable[[dict[str, Any]], None] | None = None) -> DrillResult:
     """Run the drill and return its frozen result; raise `CommandFailed` when it could not
     even produce a result, and `SafetyRefusal` (exit 8), before anything starts, for a
     sandbox server that is production's."""
@@ -137,7 +140,10 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="atb-drill-"))
         result_file = Path(tmp) / "result.json"
         options_file = Path(tmp) / "options.json"
+        # the child's phases come back as JSON lines in this file (drills.plugin.progress)
+        progress_file = Path(tmp) / "progress.jsonl"
         options_file.write_text(replace(options, result_file=result_file,
+                                        progress_file=progress_file if on_event else None,
                                         record=options.record and not record_here).to_json())
         argv = drill_argv(options_file)
         observer_socket, sandbox_url, allow = None, None, []
@@ -159,6 +165,8 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
         base = drill_env(options, production, env, iso=iso, observer_socket=observer_socket,
                          sandbox_url=sandbox_url)
         tail: collections.deque[str] = collections.deque(maxlen=40)
+        if on_event is not None:
+            stack.enter_context(ProgressFile(progress_file, on_event))
         # SIGINT if atb dies: pytest then tears the sandbox down
         proc = runner.spawn_text(argv, what="the drill", env=base,
                                  parent_death_signal=signal.SIGINT)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +15,7 @@ from backup_core.reading.guard import Observation
 from backup_core.store.catalog import Backup
 from backup_core.store.naming import dir_name
 from backup_core.tools.conninfo import ConnInfo
+from backup_core.tools.durations import plural
 from backup_core.tools.errors import AtbError
 from backup_core.tools.fsutil import make_dirs
 from drills.options import DrillOptions
@@ -103,6 +104,9 @@ class DrillState:
     tree: list[Backup] | None = None
     # names of the built-in checks: each must run and pass for a PASS
     builtin: tuple[str, ...] = ()
+    # told of each phase starting and done (name, "start" or "done", seconds): the progress
+    # channel to `atb drill run` (drills.plugin.progress)
+    on_phase: Callable[[str, str, float], None] | None = None
 
     @property
     def reachable_production(self) -> ConnInfo | None:
@@ -120,10 +124,15 @@ class DrillState:
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
         t0 = time.monotonic()
+        if self.on_phase is not None:
+            self.on_phase(name, "start", 0.0)
         try:
             yield
         finally:
-            self.phases[name] = round(self.phases.get(name, 0.0) + time.monotonic() - t0, 3)
+            spent = time.monotonic() - t0
+            self.phases[name] = round(self.phases.get(name, 0.0) + spent, 3)
+            if self.on_phase is not None:
+                self.on_phase(name, "done", spent)
 
     def timed(self, inner: contextlib.AbstractContextManager[T], *, enter: str | None,
               leave: str) -> contextlib.AbstractContextManager[T]:
@@ -211,7 +220,7 @@ class DrillState:
                 rows=sum(m.row_counts.values()) if m else None,
                 row_counts_mode=m.row_counts_mode if m else None,
                 selection="given with --backup" if self.options.backup else
-                          f"random among {self.eligible} complete backups "
+                          f"random among {plural(self.eligible, 'complete backup')} "
                           f"of the last {self.options.window_days:g} days (seed "
                           f"{self.options.seed})",
                 selection_error=self.selection_error),

@@ -15,7 +15,7 @@ from typing import ClassVar
 from backup_core.pitr.wal_status import ArchiveStatus
 from backup_core.store.catalog import FUTURE, Backup
 from backup_core.store.naming import printable
-from backup_core.tools.durations import human
+from backup_core.tools.durations import human, plural
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,9 @@ class Status:
     rpo_s: float
     last_drill_passed: str | None
     missed: tuple[str, ...] = field(default=())
+    # the data lost in the worst case: the largest observed gap, and never less than the
+    # schedule's interval (two backups seconds apart do not make an hourly schedule faster)
+    worst_loss_s: float | None = None
     # sound backups per source (server and database): more than one is worth knowing
     sources: dict[str, int] = field(default_factory=dict)
     # the newest passing drill against the drill policy (`--max-drill-age`): told (and
@@ -71,13 +74,13 @@ def database_status(
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
     gaps.append(age)
     largest = max(gaps)
+    worst = max(largest, schedule_s)
     if age > schedule_s + grace_s:
         missed.append(f"newest backup is {human(age)} old, schedule is every {human(schedule_s)}")
     if age > rpo_s:
         missed.append(f"newest backup is {human(age)} old, RPO target is {human(rpo_s)}")
-    if largest > rpo_s:
-        missed.append(f"largest gap in {window_days:g} days is {human(largest)}, above the RPO "
-                      f"target of {human(rpo_s)}: backups every {human(schedule_s)} cannot meet it")
+    missed += rpo_misses(schedule_s=schedule_s, rpo_s=rpo_s, largest_gap_s=largest,
+                         window_days=window_days)
     drilled = [b for b in done if b.drill is not None and b.drill.passed]
     last_drill = max((b.drill.at for b in drilled if b.drill), default=None)
     return Status(
@@ -86,7 +89,8 @@ def database_status(
         newest_duration_s=newest.manifest.duration_s if newest.manifest else None,
         largest_gap_s=round(largest, 1), window_days=window_days, schedule_s=schedule_s,
         rpo_s=rpo_s, last_drill_passed=last_drill, missed=tuple(missed),
-        sources=dict(sorted(sources.items())), max_drill_age_s=max_drill_age_s,
+        sources=dict(sorted(sources.items())), worst_loss_s=round(worst, 1),
+        max_drill_age_s=max_drill_age_s,
         drill_overdue=drill_overdue(last_drill, now=now, max_age_s=max_drill_age_s),
     )
 
@@ -107,6 +111,26 @@ def drill_overdue(last_passed: str | None, *, now: datetime, max_age_s: float | 
             f"every {human(max_age_s)}")
 
 
+def rpo_misses(*, schedule_s: float, rpo_s: float, largest_gap_s: float | None,
+               window_days: float) -> list[str]:
+    """The RPO judged on the schedule and the observed gaps together: a schedule slower than
+    the target misses it whatever the backups so far happen to show (two of them seconds
+    apart, or a single one), and an observed gap above the target misses it too."""
+    found = []
+    if schedule_s > rpo_s:
+        found.append(f"backups every {human(schedule_s)} cannot meet the RPO target of "
+                     f"{human(rpo_s)}: the data lost in the worst case is the time between two "
+                     f"backups; back up at least every {human(rpo_s)}, or archive WAL")
+    if largest_gap_s is not None and largest_gap_s > rpo_s:
+        found.append(f"largest gap between backups in the last {_days(window_days)} is "
+                     f"{human(largest_gap_s)}, above the RPO target of {human(rpo_s)}")
+    return found
+
+
+def _days(days: float) -> str:
+    return f"{days:g} day" if days == 1 else f"{days:g} days"
+
+
 def mixed_sources(done: list[Backup], *, schedule_s: float) -> list[str]:
     """One database's directory holding backups of two servers, one of which stopped: they
     never cover each other, and the stopped one is no longer being backed up here. (Backups
@@ -121,9 +145,10 @@ def mixed_sources(done: list[Backup], *, schedule_s: float) -> list[str]:
     if len(newest) < 2:
         return []
     latest = max(newest.values())
-    return [f"{count[src]} backups of {src} stopped at {at:%Y-%m-%dT%H:%M:%SZ} while another "
-            f"server's continue in the same directory ({len(newest)} sources): two servers "
-            "write this database's backups into one BACKUP_DIR; they never cover each other"
+    return [f"{plural(count[src], 'backup')} of {src} stopped at {at:%Y-%m-%dT%H:%M:%SZ} "
+            f"while another server's continue in the same directory ({len(newest)} sources): "
+            "two servers write this database's backups into one BACKUP_DIR; they never cover "
+            "each other"
             for src, at in sorted(newest.items())
             if (latest - at).total_seconds() > schedule_s]
 
@@ -136,14 +161,17 @@ def anomalies(backups: list[Backup], *, database: str, now: datetime,
     found = []
     future = [b for b in mine if b.state == FUTURE]
     if future:
-        found.append(f"{len(future)} backups dated in the future (newest "
+        found.append(f"{plural(len(future), 'backup')} dated in the future (newest "
                      f"{max(b.taken_at for b in future if b.taken_at):%Y-%m-%dT%H:%M:%SZ}): a "
-                     "clock was wrong; they are not counted")
+                     f"clock was wrong; {'it is' if len(future) == 1 else 'they are'} not "
+                     "counted")
     start = now - timedelta(days=window_days)
     unsound = Counter(b.state for b in mine if not b.complete and b.state != FUTURE
                       and b.taken_at and b.taken_at >= start)
     if unsound:
-        found.append(f"{sum(unsound.values())} backups in {window_days:g} days are not sound ("
+        n = sum(unsound.values())
+        found.append(f"{plural(n, 'backup')} in the last {_days(window_days)} "
+                     f"{'is' if n == 1 else 'are'} not sound ("
                      + ", ".join(f"{k} {v}" for k, v in sorted(unsound.items()))
                      + "): see `atb db list`")
     return found

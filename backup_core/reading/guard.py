@@ -130,7 +130,7 @@ def refuse_production_target(target: ConnInfo, production: ConnInfo | None, *,
         raise SafetyRefusal(
             f"refusing to restore into {target.redacted}: it is the DATABASE_URL database "
             f"({prod}). Restore into a new database, or pass --i-know-this-is-production")
-    return f"target is not production ({prod.database} on {prod.server})"
+    return f"target is not production ({prod.database} on {prod.shown})"
 
 
 # how an evidence line says the user's word stood in for a comparison (see the report)
@@ -158,9 +158,9 @@ def refuse_production_server(server: ConnInfo, production: ConnInfo | None, *,
     if prod is not None and mine is not None:
         if mine.server == prod.server:
             raise SafetyRefusal(
-                f"the sandbox server is production's server ({prod.server}, reached as "
+                f"the sandbox server is production's server ({prod.shown}, reached as "
                 f"{server.redacted}): use a separate server or --sandbox local")
-        return f"sandbox server {mine.server} is not production's {prod.server}"
+        return f"sandbox server {mine.shown} is not production's {prod.shown}"
     if asserted:
         return (f"{ASSERTED} (--sandbox-is-not-production): not checked, "
                 f"{'production' if prod is None else 'the sandbox server'} could not be reached")

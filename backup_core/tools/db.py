@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -57,8 +58,17 @@ class Identity:
     def same_database(self, other: Identity) -> bool:
         return self.server == other.server and self.database_oid == other.database_oid
 
+    @property
+    def shown(self) -> str:
+        """The server for a person: its start time in UTC, not epoch seconds."""
+        return _STARTED.sub(lambda m: "started " + datetime.fromtimestamp(
+            float(m.group(1)), UTC).strftime("%Y-%m-%d %H:%M:%S.%f UTC"), self.server)
+
     def __str__(self) -> str:
-        return f"database {self.database} (oid {self.database_oid}) on server {self.server}"
+        return f"database {self.database} (oid {self.database_oid}) on server {self.shown}"
+
+
+_STARTED = re.compile(r"started (\d+(?:\.\d+)?)")
 
 
 def identity(conn: psycopg.Connection[Any]) -> Identity:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import UTC, datetime
 
 from backup_core.tools.errors import ConfigError
 
@@ -41,7 +42,8 @@ def check_seconds(total: float, *, text: str, what: str) -> float:
 
 
 def human(seconds: float | None) -> str:
-    """A short readable duration: `42s`, `3m 05s`, `2h 10m`, `3d 4h`."""
+    """A short readable duration: `4.2s`, `42s`, `3m 05s`, `2h 10m`, `7d 00h 00m`. Past a
+    day every unit down to minutes is written, so a span never reads as two (`7d 30s`)."""
     if seconds is None:
         return "-"
     if seconds < 0:  # a backup dated in the future, say
@@ -55,4 +57,30 @@ def human(seconds: float | None) -> str:
         return f"{s // 60}m {s % 60:02d}s"
     if s < 86400:
         return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
+    return f"{s // 86400}d {s % 86400 // 3600:02d}h {s % 3600 // 60:02d}m"
+
+
+def human_time(value: datetime | str | float | None) -> str:
+    """A moment for a person, in UTC to the second: `2026-11-23 23:04:00 UTC` (from a
+    datetime, an ISO 8601 string or epoch seconds), never raw epoch seconds."""
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value
+    elif isinstance(value, datetime):
+        moment = value
+    else:
+        moment = datetime.fromtimestamp(value, UTC)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """`1 complete backup`, `2 complete backups`: the count with its noun agreeing."""
+    if count == 1:
+        return f"{count} {noun}"
+    return f"{count} {plural_form or noun + 's'}"

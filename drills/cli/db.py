@@ -16,7 +16,7 @@ from backup_core.store.naming import parse_stamp, printable
 from backup_core.tools import notify
 from backup_core.tools.appenv import AppEnv, check_url_env, interpreter_path
 from backup_core.tools.childenv import check_pass_env
-from backup_core.tools.durations import human
+from backup_core.tools.durations import human, human_time, plural
 from drills import console
 from drills.alerts import overdue_notices
 from drills.cli import output
@@ -292,18 +292,19 @@ def db_status(backup_dir: Path, database: str | None, schedule: str, rpo: str, w
 def _status_text(report: HealthReport) -> str:
     lines: list[str] = []
     for a in report.stanzas:
-        lines += _judged(f"stanza {a.stanza}: {a.backups} backups (newest "
+        lines += _judged(f"stanza {a.stanza}: {plural(a.backups, 'backup')} (newest "
                          f"{a.newest_backup or '-'}), last WAL archived "
                          f"{a.last_archived_wal or '-'} ({human(a.lag_s)} ago), point-in-time "
                          f"window {human(a.window_s)}", a.missed,
                          f"archiving is current within the RPO of {human(report.rpo_s)}")
     for s in report.databases:
-        per_source = "".join(f"\n  {n} backups of {printable(src)}"
+        per_source = "".join(f"\n  {plural(n, 'backup')} of {printable(src)}"
                              for src, n in s.sources.items()) if len(s.sources) > 1 else ""
-        lines += _judged(f"{printable(s.database)}: {s.backups} backups, newest "
-                         f"{s.newest or '-'} ({human(s.newest_age_s)} ago), largest gap "
-                         f"{human(s.largest_gap_s)} over {s.window_days:g}d, last passing drill "
-                         f"{s.last_drill_passed or '-'}" + per_source,
+        lines += _judged(f"{printable(s.database)}: {plural(s.backups, 'complete backup')}, "
+                         f"newest {human_time(s.newest)} ({human(s.newest_age_s)} ago), "
+                         f"largest gap in the last {s.window_days:g} days: "
+                         f"{human(s.largest_gap_s)}, last passing drill "
+                         f"{human_time(s.last_drill_passed)}" + per_source,
                          tuple(printable(m) for m in s.missed), "schedule and RPO targets met")
         if s.drill_overdue:
             lines.append(f"  DRILL OVERDUE: {printable(s.drill_overdue)}")

@@ -9,7 +9,7 @@ import click
 from backup_core.tools import extras
 from drills import console
 from drills.cli import output
-from drills.cli.drill import drill_line, drill_summary
+from drills.cli.drill import drill_summary
 from drills.cli.params import EXIT_CODES, json_option
 
 
@@ -30,7 +30,7 @@ def demo(keep: Path | None, report_dir: Path, seed: int | None, days: int,
 
     extras.require("drill", what="the demo")
     extras.require("embedded", what="the demo (it runs on the embedded PostgreSQL)")
-    progress = console.Progress("drill")
+    progress = console.DrillProgress()
 
     def say(text: str) -> None:
         progress.close()
@@ -38,7 +38,7 @@ def demo(keep: Path | None, report_dir: Path, seed: int | None, days: int,
 
     try:
         result = run_demo(keep=keep, report_dir=report_dir, seed=seed, days=days, say=say,
-                          on_line=lambda line: drill_line(progress, line))
+                          on_event=progress)
     finally:
         progress.close()
     drilled = result.drill

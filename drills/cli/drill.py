@@ -97,10 +97,10 @@ def drill_run(prove_detection: bool, pdf: bool, publish: bool, wiki_url: str | N
                           "apply to --source pgbackrest")
     signer = signer_from_env(os.environ)  # a bad key: exit 2 before anything starts
     sandbox.reap()  # sandboxes of killed drills: each reaped one is logged in one line
-    progress = console.Progress("drill")
+    progress = console.DrillProgress()
     try:
         result = run_drill(options, production=production(os.environ.get("DATABASE_URL")),
-                           on_line=lambda line: drill_line(progress, line))
+                           on_event=progress)
     finally:
         progress.close()
     if result.sandbox.note:
@@ -171,18 +171,9 @@ def _options(values: dict[str, Any]) -> DrillOptions:
     return DrillOptions.from_values(text.get, flags.get, os.environ)
 
 
-def drill_line(progress: console.Progress, line: str) -> None:
-    """One progress line per check, read from the drill child's `pytest -v` output."""
-    if "::test_" in line and any(w in line for w in ("PASSED", "FAILED", "ERROR", "SKIPPED",
-                                                       "XFAIL")):
-        name = line.split("::", 1)[1].split()[0].removeprefix("test_").replace("_", " ")
-        status = next(w for w in ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL") if w in line)
-        progress(f"{status.lower()}: {name}", 0)
-
-
 def drill_summary(r: DrillResult) -> str:
     """The verdict, the summary rows, each check's outcome, and where the reports are."""
-    from drills.report import summary_rows
+    from drills.report import next_steps, summary_rows, title
 
     lines = [f"{k + ':':<14} {v}" for k, v in summary_rows(r)]
     lines.append("")
@@ -193,9 +184,12 @@ def drill_summary(r: DrillResult) -> str:
     for f in r.findings:
         lines.append(f"  FINDING  {f}")
     for name, why in r.not_run.items():
-        lines.append(f"  NOT RUN  {name.removeprefix('test_').replace('_', ' ')}: {why}")
+        lines.append(f"  NOT RUN  {title(name)}: {why}")
     lines += ["", f"report: {r.reports['html']}", f"json:   {r.reports['json']}",
               f"wiki:   {r.reports['md']}"]
     if "pdf" in r.reports:
         lines.append(f"pdf:    {r.reports['pdf']}")
+    steps = next_steps(r) if r.verdict == "INCOMPLETE" else []
+    if steps:  # last, where a reader's eye lands: what would make the next drill complete
+        lines += ["", "To make the next drill complete:", *(f"  - {st}" for st in steps)]
     return "\n".join(lines)

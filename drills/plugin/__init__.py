@@ -3,69 +3,92 @@
 Inert unless `--drill`, `--drill-options` or `--backup` is given; then it collects the
 built-in checks (`drills/checks.py`) instead of the project's tests, and writes the HTML report
 (pytest-html), a JSON result and a Markdown summary under `--report-dir`. Its parts:
-`hooks` (options, configuration, collection), `fixtures` (the frozen outcomes the checks
-judge), `recording` (the check records and the result, assembled once) and `html`
-(pytest-html's report made inert). pytest registers this module; the names below are what it
-finds here.
+`hooks` (configuration, collection), `fixtures` (the frozen outcomes the checks judge),
+`recording` (the check records and the result, assembled once), `html` (pytest-html's report
+made inert) and `progress` (the phases, reported to `atb drill run` as JSON lines).
+
+The entry point loads into every pytest run of the environment it is installed in, so this
+module is all that loads there: it declares the options (from the light table in
+`drills.options`) and, only when a drill is asked for, imports and registers the parts. A run
+that is not a drill gets `inactive` instead: the drill's fixtures, each skipping. The names
+below (`Evidence`, `Findings`, the outcomes, the fixtures and hooks) are imported from the
+parts on first use.
 """
 
 from __future__ import annotations
 
-from drills.plugin.fixtures import (
-    Evidence,
-    Findings,
-    IntegrationOutcome,
-    MigrationOutcome,
-    RestoreOutcome,
-    RtoOutcome,
-    drill,
-    drill_backup,
-    drill_chains,
-    drill_conditions,
-    drill_engine,
-    drill_final_url,
-    drill_integration,
-    drill_integrity,
-    drill_migration,
-    drill_migration_outcome,
-    drill_policy,
-    drill_restore,
-    drill_rpo,
-    drill_rto,
-    drill_sandbox,
-    drill_url,
-    evidence,
-    findings,
-)
-from drills.plugin.hooks import (
-    pytest_addoption,
-    pytest_collection_modifyitems,
-    pytest_configure,
-    pytest_report_header,
-)
-from drills.plugin.html import (
-    pytest_html_report_title,
-    pytest_html_results_summary,
-    pytest_html_results_table_header,
-    pytest_html_results_table_row,
-    pytest_runtest_logreport,
-)
-from drills.plugin.recording import (
-    pytest_runtest_makereport,
-    pytest_sessionfinish,
-    pytest_terminal_summary,
-    pytest_unconfigure,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "Evidence", "Findings", "IntegrationOutcome", "MigrationOutcome", "RestoreOutcome",
-    "RtoOutcome", "drill", "drill_backup", "drill_chains", "drill_conditions", "drill_engine",
-    "drill_final_url", "drill_integration", "drill_integrity", "drill_migration",
-    "drill_migration_outcome", "drill_policy", "drill_restore", "drill_rpo", "drill_rto",
-    "drill_sandbox", "drill_url", "evidence", "findings", "pytest_addoption",
-    "pytest_collection_modifyitems", "pytest_configure", "pytest_html_report_title",
-    "pytest_html_results_summary", "pytest_html_results_table_header",
-    "pytest_html_results_table_row", "pytest_report_header", "pytest_runtest_logreport",
-    "pytest_runtest_makereport", "pytest_sessionfinish", "pytest_terminal_summary",
-    "pytest_unconfigure",
-]
+import pytest
+
+from drills.options import OPTIONS
+
+# the drill's parts, registered as plugins of their own when a drill is configured
+PARTS = ("drills.plugin.fixtures", "drills.plugin.hooks", "drills.plugin.html",
+         "drills.plugin.recording", "drills.plugin.progress")
+# names this package offers, and the part each lives in (imported on first use)
+_LAZY = {
+    **dict.fromkeys(("Evidence", "Findings", "IntegrationOutcome", "MigrationOutcome",
+                     "RestoreOutcome", "RtoOutcome", "drill", "drill_backup", "drill_chains",
+                     "drill_conditions", "drill_engine", "drill_final_url",
+                     "drill_integration", "drill_integrity", "drill_migration",
+                     "drill_migration_outcome", "drill_policy", "drill_restore", "drill_rpo",
+                     "drill_rto", "drill_sandbox", "drill_url", "evidence", "findings"),
+                    "drills.plugin.fixtures"),
+    **dict.fromkeys(("pytest_collection_modifyitems", "pytest_report_header"),
+                    "drills.plugin.hooks"),
+    **dict.fromkeys(("pytest_html_report_title", "pytest_html_results_summary",
+                     "pytest_html_results_table_header", "pytest_html_results_table_row",
+                     "pytest_runtest_logreport"), "drills.plugin.html"),
+    **dict.fromkeys(("pytest_runtest_makereport", "pytest_sessionfinish",
+                     "pytest_terminal_summary"), "drills.plugin.recording"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """`from drills.plugin import Evidence` and the like: the part, imported now."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def dest(name: str) -> str:
+    return next(o.dest for o in OPTIONS if o.name == name)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("drill", "restore drill (atb)")
+    for o in OPTIONS:
+        if o.kind == "flag":
+            group.addoption(f"--{o.name}", dest=o.dest, action="store_true", default=False,
+                            help=o.help)
+            continue
+        shown = f" [default: {o.default}]" if o.default and "[default" not in o.help else ""
+        listed = " (comma-separated)" if o.kind in ("list", "paths") else ""
+        group.addoption(f"--{o.name}", dest=o.dest, default=None, help=o.help + listed + shown)
+        parser.addini(o.dest, help=o.help, default=o.default)
+
+
+def active(config: pytest.Config) -> bool:
+    """A drill was asked for: `--drill`, `--backup` or `--drill-options`."""
+    return bool(config.getoption(dest("drill")) or config.getoption(dest("backup"))
+                or config.getoption(dest("drill-options")))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "drill: a restore-drill check, run by `atb drill run` "
+                                       "and `pytest --drill` beside the built-in checks")
+    if not active(config):
+        config.pluginmanager.register(importlib.import_module("drills.plugin.inactive"),
+                                      "atb-drill-inactive")
+        return
+    for part in PARTS:
+        config.pluginmanager.register(importlib.import_module(part), f"atb-{part}")
+    from drills.plugin import hooks
+
+    hooks.configure_drill(config)
+
+
+__all__ = ["PARTS", "active", "dest", "pytest_addoption", "pytest_configure"]

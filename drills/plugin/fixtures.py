@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 import pytest
 
 from backup_core.ops import status
@@ -142,11 +143,28 @@ def drill_sandbox(drill: DrillState, drill_backup: Backup, drill_integrity: Veri
             drill.production.dialect if drill.production else "")
         drill.sandbox = SandboxFacts(provider=info.provider, server_version=info.server_version,
                                      database=info.dbname, identity=str(info.identity),
-                                     url=info.url.redacted, image=info.image, note=info.note)
+                                     url=info.url.redacted, image=info.image, note=info.note,
+                                     durability=_durability(info.url))
         try:
             yield info
         finally:
             os.environ.pop("DATABASE_URL", None)
+
+
+DURABILITY_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes")
+
+
+def _durability(url: ConnInfo) -> dict[str, str]:
+    """The sandbox's durability settings as the server reports them (the RTO is measured
+    under them); empty when they cannot be read."""
+    try:
+        with db.connect(url, autocommit=True) as conn:
+            rows = conn.execute("SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
+                                (list(DURABILITY_SETTINGS),)).fetchall()
+    except (AtbError, psycopg.Error):
+        return {}
+    found = {str(k): str(v) for k, v in rows}
+    return {k: found[k] for k in DURABILITY_SETTINGS if k in found}
 
 
 @pytest.fixture(scope="session")
@@ -275,23 +293,29 @@ def drill_policy(drill: DrillState, drill_backup: Backup) -> status.Status:
 
 @pytest.fixture(scope="session")
 def drill_rpo(drill: DrillState, drill_policy: status.Status) -> RpoFacts:
-    """The RPO the backup schedule gives: the largest gap between two backups, against the
-    target (unknown with fewer than two backups)."""
-    s, target = drill_policy, drill.options.rpo_target_s
-    if s.backups < 2:
-        rpo = RpoFacts(target_s=target, summary=f"target {human(target)}; unknown: "
-                                                f"{s.backups} complete backups, and a gap "
-                                                "needs two")
-    else:
-        worst = s.largest_gap_s or 0.0
-        met = worst <= target
-        rpo = RpoFacts(target_s=target, largest_gap_s=s.largest_gap_s,
-                       newest_age_s=s.newest_age_s, met=met,
-                       summary=f"target {human(target)}; worst case data loss {human(worst)} "
-                               f"(largest gap between backups over {s.window_days:g} days): "
-                               + ("met" if met else "NOT MET"))
-    drill.rpo = rpo
-    return rpo
+    """The RPO the backup schedule gives: the data lost in the worst case is the largest
+    gap between two backups, and never less than the schedule's interval, so a single backup
+    is judged from the configured schedule (none at all cannot be judged)."""
+    drill.rpo = rpo_facts(drill_policy, target_s=drill.options.rpo_target_s,
+                          schedule_s=drill.options.schedule_s)
+    return drill.rpo
+
+
+def rpo_facts(s: status.Status, *, target_s: float, schedule_s: float) -> RpoFacts:
+    """The RPO judged on the schedule and the observed gaps together (pure)."""
+    if s.backups == 0:
+        return RpoFacts(target_s=target_s, summary=f"target {human(target_s)}; no complete "
+                                                   "backup in the tree to judge it by")
+    observed = s.largest_gap_s if s.backups >= 2 else None
+    worst = max(observed or 0.0, schedule_s)
+    met = worst <= target_s
+    why = (f"largest gap between backups in the last {s.window_days:g} days "
+           f"{human(observed)}, schedule every {human(schedule_s)}" if observed is not None
+           else f"from the schedule, every {human(schedule_s)}: 1 complete backup, no gap "
+                "observed yet")
+    return RpoFacts(target_s=target_s, largest_gap_s=observed, newest_age_s=s.newest_age_s,
+                    met=met, summary=f"target {human(target_s)}; worst case data loss "
+                                     f"{human(worst)} ({why}): {'met' if met else 'NOT MET'}")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The drill's configuration hooks: its options, the drill's settings read once (from
+"""The drill's configuration: the drill's settings read once (from
 `--drill-options FILE`, or the pytest options and the ini), the backup chosen, and the checks
 collected: the built-in ones, the user's own, and nothing of the project's test suite."""
 
@@ -9,6 +9,7 @@ import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,12 +20,13 @@ from backup_core.tools import appenv, isolation, masking, toolchain
 from backup_core.tools.conninfo import detach_libpq_environment, redact
 from backup_core.tools.errors import AtbError, ConfigError
 from drills import observer, pick, sandbox
-from drills.options import OPTIONS, DrillOptions, builtin_checks
+from drills.options import DrillOptions, builtin_checks
+from drills.plugin import dest, progress
 from drills.plugin.fixtures import STATE
 from drills.result import (
     IsolationFacts,
 )
-from drills.state import DrillState, ReportPaths
+from drills.state import INCOMPLETE, DrillState, ReportPaths
 
 USER_CHECKS = pytest.StashKey[tuple[Path, ...]]()
 CHECKS_MODULE = Path(__file__).parent.with_name("checks.py")
@@ -32,25 +34,7 @@ PITR_CHECKS_MODULE = Path(__file__).parent.with_name("pitr_checks.py")
 
 
 def _dest(name: str) -> str:
-    return next(o.dest for o in OPTIONS if o.name == name)
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("drill", "restore drill (atb)")
-    for o in OPTIONS:
-        if o.kind == "flag":
-            group.addoption(f"--{o.name}", dest=o.dest, action="store_true", default=False,
-                            help=o.help)
-            continue
-        shown = f" [default: {o.default}]" if o.default and "[default" not in o.help else ""
-        listed = " (comma-separated)" if o.kind in ("list", "paths") else ""
-        group.addoption(f"--{o.name}", dest=o.dest, default=None, help=o.help + listed + shown)
-        parser.addini(o.dest, help=o.help, default=o.default)
-
-
-def _active(config: pytest.Config) -> bool:
-    return bool(config.getoption(_dest("drill")) or config.getoption(_dest("backup"))
-                or config.getoption(_dest("drill-options")))
+    return dest(name)
 
 
 def _options(config: pytest.Config) -> DrillOptions:
@@ -75,12 +59,8 @@ def _options(config: pytest.Config) -> DrillOptions:
                                     os.environ)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "drill: a restore-drill check, run by `atb drill run` "
-                                       "and `pytest --drill` beside the built-in checks")
-    if not _active(config):
-        return
+def configure_drill(config: pytest.Config) -> None:
+    """The drill's configuration, once a drill is asked for (`drills.plugin` calls it)."""
     # The drill owns the secrets it parses: its reports and log lines mask them.
     owner = contextlib.ExitStack()
     owner.enter_context(masking.owned(masking.Secrets()))
@@ -121,6 +101,8 @@ def pytest_configure(config: pytest.Config) -> None:
     state.isolation = isolation_facts()
     state.production_before = observer.current()(production)
     state.builtin = builtin
+    state.on_phase = progress.open_channel(config, options.progress_file,
+                                           chosen.size if chosen else None).phase
     config.stash[STATE] = state
     # The built-in checks, the user's own check paths, and what the command line named (where
     # only tests marked `drill` run): never the project's whole test suite.
@@ -236,3 +218,19 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         else f"none ({state.selection_error})"
     return [f"restore drill: backup {chosen}", f"seed {state.options.seed}, sandbox "
             f"{state.options.sandbox}, report {state.paths.html}"]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Under `pytest --drill` too, an INCOMPLETE drill ends with what completes the next."""
+    state = config.stash.get(STATE, None)
+    if state is None or state.verdict() != INCOMPLETE:
+        return
+    from drills.plugin.recording import drill_result
+    from drills.report import next_steps
+
+    steps = next_steps(drill_result(config, state))
+    if steps:
+        terminalreporter.write_line("To make the next drill complete:")
+        for step in steps:
+            terminalreporter.write_line(f"  - {step}")

@@ -612,7 +612,7 @@ def test_any_manifest_content_gives_the_exit_its_judgement_documents_and_loses_n
         code, out, err = run_cli(capsys, "db", "status", "--backup-dir", str(tree))
         assert (code, err) == (1, ""), (code, err)
         assert states[extra] == "complete" or \
-            f"MISSED: 1 backups in 7 days are not sound ({states[extra]} 1)" in out, out
+            f"MISSED: 1 backup in the last 7 days is not sound ({states[extra]} 1)" in out, out
         before = {p for p in tree.rglob("*") if p.is_file()}
         code, out, err = run_cli(capsys, "db", "prune", "--keep-last", "3", "--retention-days",
                                  "0", "--backup-dir", str(tree))

@@ -116,11 +116,11 @@ def test_status_notifies_when_the_newest_passing_drill_is_too_old(
 
     never = atb_inproc(*args)
     assert never.returncode == 0, never.stderr  # the backups' targets alone decide it
-    assert "DRILL OVERDUE: no passing drill recorded; the policy asks for one every 92d 0h" \
+    assert "DRILL OVERDUE: no passing drill recorded; the policy asks for one every 92d 00h 00m" \
         in never.stdout
     assert receiver.got == [("/hook/status", {
         "version": "1.0", "title": "atb restore drill overdue: trading",
-        "message": "trading: no passing drill recorded; the policy asks for one every 92d 0h",
+        "message": "trading: no passing drill recorded; the policy asks for one every 92d 00h 00m",
         "attachments": [], "type": "warning"})]
 
     old = (datetime.now(UTC) - timedelta(days=100)).replace(microsecond=0)
@@ -128,8 +128,8 @@ def test_status_notifies_when_the_newest_passing_drill_is_too_old(
     stale = atb_inproc(*args, "--json")
     assert stale.returncode == 0, stale.stderr
     [status] = json.loads(stale.stdout)
-    assert status["drill_overdue"] == (f"newest passing drill {old.isoformat()} is 100d 0h "
-                                       "old; the policy asks for one every 92d 0h")
+    assert status["drill_overdue"] == (f"newest passing drill {old.isoformat()} is 100d 00h 00m "
+                                       "old; the policy asks for one every 92d 00h 00m")
     assert len(receiver.got) == 2 and receiver.got[1][1]["message"] == \
         f"trading: {status['drill_overdue']}"
 

@@ -55,7 +55,7 @@ def test_status_reports_age_and_gap_and_writes_prometheus(pg15: Cluster, backup_
     assert done.returncode == 1
     [s] = json.loads(done.stdout)
     assert s["backups"] == 3 and 3590 <= s["largest_gap_s"] <= 3610
-    assert any("cannot meet it" in m for m in s["missed"])
+    assert any("cannot meet the RPO target of 15m 00s" in m for m in s["missed"])
     assert f'atb_backup_count{{database="{info.dbname}"}} 3' in prom.read_text()
     ok = atb_inproc("db", "status", "--rpo", "2h", env=env)
     assert ok.returncode == 0 and "OK: schedule and RPO targets met" in ok.stdout

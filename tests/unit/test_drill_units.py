@@ -179,7 +179,10 @@ def test_markdown_and_html_summary_render_the_facts_and_escape_them() -> None:
     assert "**FAIL**" in md and "| Restore completes | FAILED | a \\| b |" in md
     assert "### Restore completes: failed" in md
     page = report.summary_html(result)
-    assert "Verdict: FAIL" in page and "drill-failures" in page and "not measured" in page
+    assert "Verdict: FAIL" in page and "drill-failures" in page
+    # measured before a check failed: said so, never "not measured" beside a measured RTO
+    assert ("15s measured, target 1h 00m: not counted, a check of the restored database "
+            "failed") in page and "not measured" not in page
     assert "15s measured" in report.summary_html(_state([("x", "passed")]).result())
 
 
@@ -192,7 +195,7 @@ def test_index_lists_drills_newest_first_with_a_trend(tmp_path: Path) -> None:
     page = (tmp_path / "index.html").read_text()
     assert page.index("FAIL") < page.index("PASS")
     assert page.count("<circle") == 1  # a failed recovery is no point on the RTO trend
-    assert "1 failed recoveries not plotted" in page and "failed at checks" in page
+    assert "1 failed recovery not plotted" in page and "failed at checks" in page
 
 
 def test_the_summary_block_carries_every_check_without_scripts() -> None:

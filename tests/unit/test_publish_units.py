@@ -131,11 +131,11 @@ def test_the_drill_policy_judges_the_newest_passing_drill() -> None:
     day = 86400.0
     assert drill_overdue(None, now=now, max_age_s=None) == ""
     assert drill_overdue(None, now=now, max_age_s=92 * day) == (
-        "no passing drill recorded; the policy asks for one every 92d 0h")
+        "no passing drill recorded; the policy asks for one every 92d 00h 00m")
     assert drill_overdue("2026-09-01T12:00:00+00:00", now=now, max_age_s=92 * day) == ""
     assert drill_overdue("2026-08-01T12:00:00Z", now=now, max_age_s=92 * day) == (
-        "newest passing drill 2026-08-01T12:00:00Z is 120d 0h old; the policy asks for one "
-        "every 92d 0h")
+        "newest passing drill 2026-08-01T12:00:00Z is 120d 00h 00m old; the policy asks for one "
+        "every 92d 00h 00m")
 
 
 VERBS = {"clone", "symbolic-ref", "add", "diff", "commit", "push", "fetch", "reset",
