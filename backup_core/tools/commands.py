@@ -29,3 +29,9 @@ def pg_waldump_argv(chain: Toolchain, segment: Path) -> list[str]:
 def pg_amcheck_argv(chain: Toolchain, conninfo: str) -> list[str]:
     """Every heap page and B-tree index of the database, installing amcheck if missing."""
     return [chain.tool("pg_amcheck"), "--install-missing", "--no-password", conninfo]
+
+
+def pg_dump_schema_argv(chain: Toolchain, conninfo: str, out: Path) -> list[str]:
+    """A schema-only archive of a database, whose --list names objects as its source's did."""
+    return [chain.tool("pg_dump"), "--format=custom", "--schema-only", "--no-password",
+            f"--file={out}", f"--dbname={conninfo}"]

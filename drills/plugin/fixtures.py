@@ -177,11 +177,11 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
     with drill.phase("analyze"), db.connect(url, autocommit=True) as conn:
         conn.execute("ANALYZE")
     with drill.phase("checks"):
+        wanted = bool(drill_backup.manifest and drill_backup.manifest.row_checksums)
         with _stable(url) as conn:
             tables = [(s, t) for s, t, _ in inventory.user_tables(conn)]
             inv = inventory.schema_inventory(conn)
-            defs = inventory.definitions(conn)
-        wanted = bool(drill_backup.manifest and drill_backup.manifest.row_checksums)
+            defs = inventory.definitions(conn, content=wanted)
         counts, sums = inventory.table_contents(tables, lambda: _stable(url),
                                                 workers=min(4, os.cpu_count() or 2),
                                                 checksums=wanted)

@@ -68,6 +68,9 @@ def test_pg_restore_list_read_waldump_and_amcheck_argv() -> None:
     assert commands.pg_amcheck_argv(PG, "dbname=shop host=/s") == [
         "/pg/15/bin/pg_amcheck", "--install-missing", "--no-password", "dbname=shop host=/s"]
     assert toolchain.version_argv("/pg/15/bin/pg_dump") == ["/pg/15/bin/pg_dump", "--version"]
+    assert commands.pg_dump_schema_argv(PG, "dbname=shop host=/s", Path("/t/s.dump")) == [
+        "/pg/15/bin/pg_dump", "--format=custom", "--schema-only", "--no-password",
+        "--file=/t/s.dump", "--dbname=dbname=shop host=/s"]
 
 
 def test_initdb_argv_with_and_without_a_password_file() -> None:
