@@ -91,6 +91,28 @@ def test_archive_is_readable_by_the_runbook_pg_restore(
         evidence.add(f"pg_restore {same[0].version} listed the archive")
 
 
+def test_sandbox_database_is_like_production(drill_backup: Backup,
+                                             drill_sandbox: SandboxInfo,
+                                             evidence: Evidence) -> None:
+    """Text sorts, compares and is indexed by the database's collation and ctype: a copy
+    restored under another locale answers `ORDER BY name` and `lower()` otherwise than
+    production, so the sandbox database is made with production's encoding and locale."""
+    m = drill_backup.manifest
+    recorded = inventory.DatabaseLocale.from_definitions(m.definitions) if m else None
+    evidence.add(f"sandbox database: {drill_sandbox.locale}")
+    if recorded is None:
+        evidence.add("not compared: production's locale was not recorded (a backup by an "
+                     "older atb)")
+        return
+    evidence.add(f"production at backup time: {recorded.describe()} (PostgreSQL "
+                 f"{m.server_version if m else '-'})")
+    if drill_sandbox.locale_missing:
+        pytest.skip(drill_sandbox.locale_missing)
+    if drill_sandbox.locale != recorded.describe():
+        raise CheckFailed("the sandbox database's locale differs from production's",
+                          expected=recorded.describe(), found=drill_sandbox.locale)
+
+
 @pytest.mark.drill(phase="restore")
 def test_restore_completes_without_errors(drill_restore: RestoreOutcome,
                                           evidence: Evidence, drill: DrillState) -> None:

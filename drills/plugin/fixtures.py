@@ -137,7 +137,10 @@ def drill_sandbox(drill: DrillState, drill_backup: Backup, drill_integrity: Veri
                                        chains=drill_chains, server=server,
                                        production=drill.production,
                                        docker_image=drill.options.docker_image,
-                                       asserted=drill.options.sandbox_is_not_production)
+                                       asserted=drill.options.sandbox_is_not_production,
+                                       locale=inventory.DatabaseLocale.from_definitions(
+                                           drill_backup.manifest.definitions)
+                                       if drill_backup.manifest else None)
         info = manager.__enter__()
     os.environ["DATABASE_URL"] = info.url.app_url(
         drill.production.dialect if drill.production else "")

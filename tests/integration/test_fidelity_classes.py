@@ -77,7 +77,8 @@ def rich(pg15: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """Production with every object class, and its one backup."""
     name = f"rich_{hashlib.md5(str(tmp_path_factory.getbasetemp()).encode()).hexdigest()[:8]}"
     with db.connect(pg15.url(), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu "
+                     "ICU_LOCALE 'en-US' LOCALE 'C.utf8'")  # production sorts by ICU
     info = pg15.url(name)
     with db.connect(info, autocommit=True) as conn:
         conn.execute(RICH)
@@ -89,9 +90,11 @@ def rich(pg15: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def damaged(rich: tuple[ConnInfo, Path], pg15: Cluster, tmp_path: Path, *, sql: str = "",
-            dump_args: tuple[str, ...] = ()) -> Path:
+            dump_args: tuple[str, ...] = (), definitions: dict[str, str] | None = None
+            ) -> Path:
     """The backup's copy whose dump is `pg_dump` of a scratch copy of production damaged by
-    `sql` (with `dump_args`), its manifest production's own, resealed over the new bytes."""
+    `sql` (with `dump_args`), its manifest production's own (with `definitions` changed),
+    resealed over the new bytes."""
     info, path = rich
     copy = copy_backup(path, tmp_path / "damaged")
     scratch = f"{info.dbname}_{tmp_path.name[-12:].lower()}"
@@ -115,7 +118,7 @@ def damaged(rich: tuple[ConnInfo, Path], pg15: Cluster, tmp_path: Path, *, sql: 
     entries = run(pg_restore_list_argv(chain, copy), what="pg_restore --list").stdout
     m = read_manifest(manifest_path(copy))
     write_manifest(manifest_path(copy), replace(
-        m, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+        m, definitions={**m.definitions, **(definitions or {})}, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
         toc_entries=sum(1 for ln in entries.splitlines() if ln.strip()
                         and not ln.startswith(";"))))
     return copy
@@ -127,6 +130,7 @@ def outcome(result: dict, name: str) -> dict:
 
 DEFINITION = "test_every_object_has_its_backup_time_definition"
 ARCHIVE = "test_every_archive_entry_is_in_the_restored_database"
+LOCALE = "test_sandbox_database_is_like_production"
 
 
 def test_every_object_class_drills_clean_with_no_false_alarm(
@@ -150,6 +154,12 @@ def test_every_object_class_drills_clean_with_no_false_alarm(
     assert ARCHIVE not in result["not_run"] and DEFINITION not in result["not_run"]
     definition = outcome(result, DEFINITION)
     assert definition["outcome"] == "passed"
+    like = outcome(result, LOCALE)
+    assert like["outcome"] == "passed"
+    assert like["evidence"][:2] == [
+        "sandbox database: UTF8, collate C.utf8, ctype C.utf8, icu locale en-US",
+        "production at backup time: UTF8, collate C.utf8, ctype C.utf8, icu locale en-US "
+        f"(PostgreSQL {m.server_version})"]
     archive = outcome(result, ARCHIVE)
     assert archive["outcome"] == "passed", archive["message"]
     entries = run(pg_restore_list_argv(toolchain.for_dump(15, toolchain.discover()), path),
@@ -178,7 +188,11 @@ NAMED = {
 
 def test_a_resealed_archive_missing_objects_fails_naming_each(
         rich: tuple[ConnInfo, Path], pg15: Cluster, tmp_path: Path) -> None:
-    path = damaged(rich, pg15, tmp_path, sql=FAULTS, dump_args=("--no-blobs",))
+    # and production ran on a machine with en_US.UTF-8, which this one lacks
+    elsewhere = {"database provider": "libc", "database locale": "",
+                 "database collate": "en_US.UTF-8", "database ctype": "en_US.UTF-8"}
+    path = damaged(rich, pg15, tmp_path, sql=FAULTS, dump_args=("--no-blobs",),
+                   definitions=elsewhere)
     entries = run(pg_restore_list_argv(toolchain.for_dump(15, toolchain.discover()), path),
                   what="pg_restore --list").stdout
     assert "POLICY public tenants_data tenant_isolation" not in entries
@@ -193,5 +207,9 @@ def test_a_resealed_archive_missing_objects_fails_naming_each(
     assert definition["outcome"] == "failed"
     assert {fault for fault, line in NAMED.items() if line not in definition["message"]} \
         == set(), definition["message"]
+    assert result["not_run"][LOCALE].startswith(
+        "the sandbox server (PostgreSQL 15.")  # said before restoring; INCOMPLETE alone
+    assert "(UTF8, collate en_US.UTF-8, ctype en_US.UTF-8, libc): invalid locale name" \
+        in result["not_run"][LOCALE], result["not_run"][LOCALE]
     # what the damaged archive holds came back whole: the faults are its missing entries
     assert outcome(result, ARCHIVE)["outcome"] == "passed"
