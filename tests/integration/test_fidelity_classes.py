@@ -11,6 +11,7 @@ and resealed over the new bytes, so only content and definitions can tell.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from backup_core.ops.backup import create_backup
+from backup_core.reading import inventory
 from backup_core.store.manifest import read_manifest, write_manifest
 from backup_core.store.naming import manifest_path
 from backup_core.tools import childenv, db, toolchain
@@ -118,7 +120,8 @@ def damaged(rich: tuple[ConnInfo, Path], pg15: Cluster, tmp_path: Path, *, sql: 
     entries = run(pg_restore_list_argv(chain, copy), what="pg_restore --list").stdout
     m = read_manifest(manifest_path(copy))
     write_manifest(manifest_path(copy), replace(
-        m, definitions={**m.definitions, **(definitions or {})}, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+        m, definitions={**m.definitions, **(definitions or {})}, size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
         toc_entries=sum(1 for ln in entries.splitlines() if ln.strip()
                         and not ln.startswith(";"))))
     return copy
@@ -213,3 +216,33 @@ def test_a_resealed_archive_missing_objects_fails_naming_each(
         in result["not_run"][LOCALE], result["not_run"][LOCALE]
     # what the damaged archive holds came back whole: the faults are its missing entries
     assert outcome(result, ARCHIVE)["outcome"] == "passed"
+
+
+def test_a_sql_ascii_server_answers_in_text_and_a_sandbox_takes_its_encoding(
+        pg15: Cluster) -> None:
+    """psycopg returns bytes for text from a SQL_ASCII database (`role b'postgres'`): every
+    connection atb opens asks for UTF-8 on the wire, so catalog names come back as text."""
+    from drills import sandbox
+
+    name = f"ascii_{os.getpid()}"
+    with db.connect(pg15.url(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE template0 ENCODING SQL_ASCII "
+                     "LOCALE 'C'")
+    try:
+        with db.connect(pg15.url(name), autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (name text); INSERT INTO t VALUES ('caf\u00e9')")
+            assert conn.execute("SELECT current_user, name FROM t").fetchone() == (
+                "postgres", "caf\u00e9")
+            recorded = inventory.read_locale(conn)
+            assert recorded == inventory.DatabaseLocale(encoding="SQL_ASCII", collate="C",
+                                                        ctype="C")
+            assert inventory.definitions(conn)["column public.t.name"] == "text"
+    finally:
+        with db.connect(pg15.url(), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name}")
+    made = sandbox._finish(pg15.url(), "local", 0.0, None, locale=recorded)
+    try:
+        assert made.locale == "SQL_ASCII, collate C, ctype C, libc" and not made.locale_missing
+    finally:
+        with db.connect(pg15.url(), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {made.dbname}")
