@@ -48,6 +48,7 @@ class TocEntry:
     schema: str
     tag: str
     owner: str
+    dump_id: int = 0
 
     @property
     def text(self) -> str:
@@ -72,7 +73,8 @@ def parse_listing(listing: str) -> list[TocEntry]:
         body, owner = (rest[:-1], "") if rest.endswith(" ") else rest.rsplit(" ", 1)
         desc = next((d for d in DESCS if body.startswith(d + " ")), body.split(" ", 1)[0])
         schema, _, tag = body[len(desc) + 1:].partition(" ")
-        entries.append(TocEntry(desc=desc, schema=schema, tag=tag, owner=owner))
+        entries.append(TocEntry(desc=desc, schema=schema, tag=tag, owner=owner,
+                                dump_id=int(match.group(1))))
     return entries
 
 
@@ -165,3 +167,23 @@ def find_data(conn: psycopg.Connection[Any], entries: list[TocEntry]) -> dict[st
                                "WHERE oid = %s::oid AND lomacl IS NOT NULL", (oid,)).fetchone()
             found[e.text] = bool(row and row[0])
     return found
+
+
+def lacking(entries: list[TocEntry], inventory: dict[str, Any],
+            definitions: dict[str, str]) -> list[str]:
+    """Schemas and extensions production had at backup time (the manifest's inventory and
+    definitions) for which the archive has no entry: what a restore error deep in some
+    index or table really comes from."""
+    have = {(e.desc, e.tag) for e in entries}
+    found = [f"schema {s}" for s in sorted(inventory)
+             if s != "public" and ("SCHEMA", s) not in have]
+    for key in sorted(definitions):
+        if key.startswith("extension "):
+            name = _unquoted(key[len("extension "):])
+            if ("EXTENSION", name) not in have:
+                found.append(f"extension {name}")
+    return found
+
+
+def _unquoted(name: str) -> str:
+    return name[1:-1].replace('""', '"') if name.startswith('"') else name

@@ -27,7 +27,7 @@ from backup_core.tools.cluster import Cluster
 from backup_core.tools.commands import pg_restore_list_argv
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.runner import run
-from tests.helpers import copy_backup, drill
+from tests.helpers import atb_inproc, copy_backup, drill
 
 RICH = """
 CREATE SCHEMA audit;
@@ -36,6 +36,7 @@ CREATE EXTENSION pg_trgm;
 CREATE TABLE tenants_data (id serial PRIMARY KEY, tenant text NOT NULL, body text, doc oid);
 COMMENT ON TABLE tenants_data IS 'rows per tenant';
 COMMENT ON COLUMN tenants_data.tenant IS 'owner tenant';
+CREATE INDEX body_trgm ON tenants_data USING gin (body gin_trgm_ops);
 ALTER TABLE tenants_data ENABLE ROW LEVEL SECURITY;
 ALTER TABLE tenants_data FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON tenants_data USING (tenant = current_user);
@@ -246,3 +247,46 @@ def test_a_sql_ascii_server_answers_in_text_and_a_sandbox_takes_its_encoding(
     finally:
         with db.connect(pg15.url(), autocommit=True) as conn:
             conn.execute(f"DROP DATABASE {made.dbname}")
+
+
+def test_a_restore_error_names_the_missing_schema_and_extension(
+        rich: tuple[ConnInfo, Path], pg15: Cluster, tmp_path: Path) -> None:
+    """An archive without schema audit and extension pg_trgm (`pg_dump --schema public`)
+    fails deep in an index's operator class; the message names what the archive lacks."""
+    info, _path = rich
+    path = damaged(rich, pg15, tmp_path, dump_args=("--schema=public",))
+    target = info.with_dbname(f"{info.dbname}_lacking")
+    done = atb_inproc("db", "restore", str(path), env={"ATB_TARGET_URL": target.secret_url})
+    assert done.returncode == 5
+    assert done.stderr.startswith("atb: error: pg_restore failed: the archive lacks schema "
+                                  "audit, extension pg_trgm, recorded at backup time: "), \
+        done.stderr
+
+
+def test_a_parallel_restore_names_the_table_whose_data_is_damaged(
+        pg15: Cluster, tmp_path: Path) -> None:
+    """Under --jobs 4 the item that failed is one of several reading at once: each is read
+    again alone, and the damaged one named (not whichever was launched last)."""
+    name = f"par_{os.getpid()}"
+    with db.connect(pg15.url(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    info = pg15.url(name)
+    with db.connect(info, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders AS SELECT g AS id, md5(g::text) AS note "
+                     "FROM generate_series(1, 30000) g")
+        conn.execute("CREATE TABLE system_events AS SELECT g AS id, md5((g * 7)::text) AS m "
+                     "FROM generate_series(1, 30000) g")
+        conn.execute("CREATE TABLE accounts AS SELECT g AS id FROM generate_series(1, 10) g")
+    path = create_backup(info, tmp_path / "backups").path
+    data = bytearray(path.read_bytes())
+    at = int(len(data) * 0.6)  # inside system_events' data, which follows orders'
+    data[at:at + 32] = bytes(b ^ 0xFF for b in data[at:at + 32])
+    path.write_bytes(bytes(data))
+    m = read_manifest(manifest_path(path))
+    write_manifest(manifest_path(path), replace(m, size_bytes=len(data),
+                                                sha256=hashlib.sha256(data).hexdigest()))
+    target = info.with_dbname(f"{name}_copy")
+    done = atb_inproc("db", "restore", "--jobs", "4", str(path),
+                      env={"ATB_TARGET_URL": target.secret_url})
+    assert done.returncode == 5
+    assert "(in the data of table public.system_events)" in done.stderr, done.stderr
