@@ -82,7 +82,7 @@ STABLE_OUTPUT = {"TimeZone": "UTC", "DateStyle": "ISO, YMD", "IntervalStyle": "p
                  "search_path": "pg_catalog"}  # names in deparsed definitions: all qualified
 
 # grants in a stable order: a restore may grant them in another
-_ACL = "(SELECT string_agg(a::text, ',' ORDER BY a::text) FROM unnest({col}) a)"
+_ACL = "('{{' || (SELECT string_agg(a::text, ',' ORDER BY a::text) FROM unnest({col}) a) || '}}')"
 _OBJ = "quote_ident(n.nspname) || '.' || quote_ident(c.relname)"
 _KIND = ("CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'table' WHEN 'v' THEN 'view' "
          "WHEN 'm' THEN 'materialized view' WHEN 'S' THEN 'sequence' "
@@ -346,8 +346,20 @@ OWNERSHIP_KINDS = ("owner", "privileges", "default_acl", "user_mapping", "large_
 # Kinds whose text a server deparses: comparable only between servers of one major.
 DEPARSED_KINDS = ("constraint", "index", "trigger", "view", "function", "extension", "policy",
                   "rule", "statistics")
+# Kinds whose long texts are kept as an md5 (bodies, free text).
+LONG_AS_MD5 = (*(k for k in DEPARSED_KINDS if k != "extension"), "comment", "security_label")
+# Kinds holding an ACL: a restore may grant in another order than production did.
+ACL_KINDS = ("privileges", "default_acl")
 # Facts of the database itself, not an object in it: compared by the sandbox locale check.
 DATABASE_KIND = "database"
+
+
+def comparable(key: str, value: str) -> str:
+    """A recorded definition in the form both sides compare in: an ACL's grants sorted (a
+    manifest by an older atb kept them in production's order)."""
+    if key.split(" ", 1)[0] in ACL_KINDS and value.startswith("{") and value.endswith("}"):
+        return "{" + ",".join(sorted(value[1:-1].split(","))) + "}"
+    return value
 
 
 def qualified(schema: str, name: str) -> str:
@@ -400,7 +412,7 @@ def definitions(conn: psycopg.Connection[Any], *, content: bool = False) -> dict
             text = str(definition)
             if kind in DEPARSED_KINDS and kind != "extension":
                 text = normalise(text)
-            if len(text) > 200:
+            if kind in LONG_AS_MD5 and len(text) > 200:
                 text = "md5 " + hashlib.md5(text.encode()).hexdigest()
             found[f"{kind} {name}"] = text
     row = conn.execute(LARGE_OBJECTS_SQL).fetchone()

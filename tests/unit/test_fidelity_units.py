@@ -63,3 +63,10 @@ def test_the_recorded_locale_is_read_back_from_the_definitions() -> None:
     assert inventory.DatabaseLocale.from_definitions(defs) == icu
     assert icu.describe() == "UTF8, collate C.utf8, ctype C.utf8, icu locale en-US"
     assert inventory.DatabaseLocale.from_definitions({"column public.t.a": "integer"}) is None
+
+
+def test_grants_compare_in_any_order_and_other_definitions_exactly() -> None:
+    old = "{postgres=arwdDxt/postgres,=r/postgres}"  # production's order, an older manifest
+    assert inventory.comparable("privileges table public.t", old) == \
+        inventory.comparable("privileges table public.t", "{=r/postgres,postgres=arwdDxt/postgres}")
+    assert inventory.comparable("column public.t.a", "{b,a}") == "{b,a}"
