@@ -47,6 +47,11 @@ def test_every_entry_is_found_missing_or_not_compared_with_its_reason() -> None:
         "ACL": "restored without owners and grants",
         "DEFAULT ACL": "restored without owners and grants",
         "STATISTICS DATA": "atb cannot look this kind up in a restored database"}
+    public = toc.parse_listing("5; 2615 2200 SCHEMA - public app\n")
+    assert toc.compare(public, [], data_found={}, with_grants=False).not_compared == {
+        "SCHEMA public": "its owner, restored without owners and grants"}
+    assert toc.compare(public, [], data_found={}, with_grants=True).missing == [
+        "SCHEMA - public"]
     twice = toc.compare(archive + archive[:1], restored, data_found=data, with_grants=True)
     assert "SCHEMA - audit" in twice.missing  # entries are counted, not only named
     unlisted = toc.compare(archive, None, data_found=data, with_grants=True,
