@@ -56,8 +56,9 @@ class TocEntry:
 
     @property
     def large_object(self) -> str | None:
-        """The OID of the large object a comment, grant or label is on."""
-        match = re.fullmatch(r"LARGE OBJECT (\d+)", self.tag)
+        """The OID of the large object a comment, grant or label is on, or the range
+        `first..last` of a group of them (pg_dump 17+ grants on `LARGE OBJECTS a..b`)."""
+        match = re.fullmatch(r"LARGE OBJECTS? (\d+(?:\.\.\d+)?)", self.tag)
         return match.group(1) if match else None
 
 
@@ -161,13 +162,15 @@ def find_data(conn: psycopg.Connection[Any], entries: list[TocEntry]) -> dict[st
             found[e.text] = _relation(conn, e, "m", "AND c.relispopulated")
         elif e.desc == "BLOB" or e.desc in ("BLOBS", "BLOB METADATA"):
             found[e.text] = _objects_between(conn, e.tag)
-        elif oid is not None and e.desc == "COMMENT":
+        elif oid is not None and e.desc == "COMMENT" and oid.isdigit():
             row = conn.execute("SELECT obj_description(%s::oid, 'pg_largeobject') IS NOT NULL",
                                (oid,)).fetchone()
             found[e.text] = bool(row and row[0])
         elif oid is not None and e.desc == "ACL":
+            low, _, high = oid.partition("..")
             row = conn.execute("SELECT count(*) FROM pg_largeobject_metadata "
-                               "WHERE oid = %s::oid AND lomacl IS NOT NULL", (oid,)).fetchone()
+                               "WHERE oid BETWEEN %s::oid AND %s::oid AND lomacl IS NOT NULL",
+                               (low, high or low)).fetchone()
             found[e.text] = bool(row and row[0])
     return found
 

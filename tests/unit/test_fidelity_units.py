@@ -33,6 +33,8 @@ def test_a_listing_is_read_into_kind_schema_name_and_owner() -> None:
         "STATISTICS DATA public tenants_data"]
     assert [e.owner for e in entries[:3]] == ["postgres", "", ""]
     assert entries[6].large_object == "16478" and entries[0].large_object is None
+    [grants] = toc.parse_listing("3455; 0 0 ACL - LARGE OBJECTS 16478..16482 postgres")
+    assert grants.large_object == "16478..16482"  # pg_dump 17+ groups them
 
 
 def test_every_entry_is_found_missing_or_not_compared_with_its_reason() -> None:
