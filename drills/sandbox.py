@@ -32,6 +32,7 @@ from backup_core.tools import db, isolation, reaper, toolchain
 from backup_core.tools.cluster import FAST_SETTINGS, Cluster
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.errors import AtbError, ConfigError, SafetyRefusal
+from backup_core.tools.runner import run
 from drills import docker_engine, observer
 
 log = logging.getLogger("atb.sandbox")
@@ -165,8 +166,32 @@ def _local(source_major: int, chains: list[toolchain.Toolchain],
            locale: DatabaseLocale | None = None) -> Iterator[SandboxInfo]:
     t0 = time.monotonic()
     chain = toolchain.for_server(source_major, chains)
-    with Cluster(chain, settings=dict(FAST_SETTINGS)) as cluster:
+    initdb = cluster_locale(locale, machine_locales())
+    with Cluster(chain, settings=dict(FAST_SETTINGS), locale=initdb) as cluster:
         yield _finish(cluster.url(), "local", t0, chain, locale=locale)
+
+
+def machine_locales() -> list[str]:
+    """What `locale -a` lists: the locales a local cluster can be initialised with."""
+    try:
+        return run(["locale", "-a"], what="locale -a", timeout=10).stdout.split()
+    except AtbError:
+        return []
+
+
+def cluster_locale(locale: DatabaseLocale | None, available: list[str]) -> str:
+    """The locale a local sandbox's cluster is initialised with: production's collation
+    where it is a UTF-8 locale this machine has (the name as `locale -a` spells it), else
+    C. The drill's database takes production's locale either way; this makes the cluster's
+    own defaults (its other databases, new ones) alike too."""
+    if locale is None or locale.encoding != "UTF8" or locale.collate != locale.ctype:
+        return "C"
+
+    def key(name: str) -> str:
+        return name.lower().replace("-", "").replace("_", "")
+
+    return next((a for a in available if key(a) == key(locale.collate)
+                 and "utf8" in key(a)), "C")
 
 
 @contextlib.contextmanager

@@ -83,6 +83,9 @@ def test_initdb_argv_with_and_without_a_password_file() -> None:
     assert cluster.initdb_argv(PG, Path("/w/data"), superuser="postgres",
                                pwfile=Path("/w/pwfile")) == [
         *base, "--auth-host=scram-sha-256", "--pwfile=/w/pwfile"]
+    assert cluster.initdb_argv(PG, Path("/w/data"), superuser="postgres", pwfile=None,
+                               locale="en_US.utf8")[5:7] == ["--encoding=UTF8",
+                                                             "--locale=en_US.utf8"]
 
 
 def test_pg_ctl_start_and_stop_argv() -> None:

@@ -77,3 +77,17 @@ def test_grants_compare_in_any_order_and_other_definitions_exactly() -> None:
     assert inventory.comparable("privileges table public.t", old) == \
         inventory.comparable("privileges table public.t", "{=r/postgres,postgres=arwdDxt/postgres}")
     assert inventory.comparable("column public.t.a", "{b,a}") == "{b,a}"
+
+
+def test_a_local_sandbox_cluster_takes_productions_locale_where_the_machine_has_it() -> None:
+    from drills.sandbox import cluster_locale
+
+    us = inventory.DatabaseLocale(encoding="UTF8", collate="en_US.UTF-8", ctype="en_US.UTF-8")
+    assert cluster_locale(us, ["C", "C.utf8", "POSIX", "en_US.utf8"]) == "en_US.utf8"
+    assert cluster_locale(us, ["C", "C.utf8", "POSIX"]) == "C"  # not here: C, and said
+    icu = inventory.DatabaseLocale(encoding="UTF8", collate="C.utf8", ctype="C.utf8",
+                                   provider="icu", locale="en-US")
+    assert cluster_locale(icu, ["C", "C.utf8"]) == "C.utf8"
+    latin = inventory.DatabaseLocale(encoding="LATIN1", collate="de_DE", ctype="de_DE")
+    assert cluster_locale(latin, ["de_DE"]) == "C"  # the cluster is UTF-8
+    assert cluster_locale(None, ["C.utf8"]) == "C"
