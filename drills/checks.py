@@ -6,18 +6,26 @@ matters, and a failure shows what was expected, what was found, and the tool's o
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from backup_core.ops import heartbeat, status
 from backup_core.ops.migrate import MigrateResult
+from backup_core.ops.restore import archive_major
 from backup_core.ops.verify import VerifyResult
-from backup_core.reading import guard, inventory
+from backup_core.reading import guard, inventory, toc
 from backup_core.store.catalog import Backup
 from backup_core.tools import childenv, db, isolation, probes, toolchain
-from backup_core.tools.commands import pg_amcheck_argv, pg_restore_list_argv
+from backup_core.tools.commands import (
+    pg_amcheck_argv,
+    pg_dump_schema_argv,
+    pg_restore_list_argv,
+)
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.durations import human, human_time, plural
-from backup_core.tools.errors import ProductionTouched
+from backup_core.tools.errors import AtbError, ProductionTouched
 from backup_core.tools.runner import run
 from drills import observer
 from drills.failures import CheckFailed
@@ -81,6 +89,28 @@ def test_archive_is_readable_by_the_runbook_pg_restore(
             raise CheckFailed(f"pg_restore {same[0].version} could not list the archive",
                               output=done.stderr)
         evidence.add(f"pg_restore {same[0].version} listed the archive")
+
+
+def test_sandbox_database_is_like_production(drill_backup: Backup,
+                                             drill_sandbox: SandboxInfo,
+                                             evidence: Evidence) -> None:
+    """Text sorts, compares and is indexed by the database's collation and ctype: a copy
+    restored under another locale answers `ORDER BY name` and `lower()` otherwise than
+    production, so the sandbox database is made with production's encoding and locale."""
+    m = drill_backup.manifest
+    recorded = inventory.DatabaseLocale.from_definitions(m.definitions) if m else None
+    evidence.add(f"sandbox database: {drill_sandbox.locale}")
+    if recorded is None:
+        evidence.add("not compared: production's locale was not recorded (a backup by an "
+                     "older atb)")
+        return
+    evidence.add(f"production at backup time: {recorded.describe()} (PostgreSQL "
+                 f"{m.server_version if m else '-'})")
+    if drill_sandbox.locale_missing:
+        pytest.skip(drill_sandbox.locale_missing)
+    if drill_sandbox.locale != recorded.describe():
+        raise CheckFailed("the sandbox database's locale differs from production's",
+                          expected=recorded.describe(), found=drill_sandbox.locale)
 
 
 @pytest.mark.drill(phase="restore")
@@ -164,7 +194,7 @@ def test_every_object_has_its_backup_time_definition(drill_backup: Backup,
     if m is None or not m.definitions:
         pytest.skip("no definitions were recorded at backup time (a backup by an older atb)")
     skipped: list[str] = []
-    kinds = {k.split(" ", 1)[0] for k in m.definitions}
+    kinds = {k.split(" ", 1)[0] for k in m.definitions} - {inventory.DATABASE_KIND}
     if not drill_restore.with_owners:
         skipped.append("owners and privileges (restored without owners)")
         kinds -= set(inventory.OWNERSHIP_KINDS)
@@ -175,7 +205,9 @@ def test_every_object_has_its_backup_time_definition(drill_backup: Backup,
     recorded = {k: v for k, v in m.definitions.items() if k.split(" ", 1)[0] in kinds}
     found = drill_restore.definitions
     differ = {k: f"recorded {v!r}, restored {found[k]!r}" if k in found else "missing"
-              for k, v in recorded.items() if found.get(k) != v}
+              for k, v in recorded.items()
+              if k not in found or inventory.comparable(k, found[k])
+              != inventory.comparable(k, v)}
     evidence.add(f"{plural(len(recorded), 'definition')} compared ({', '.join(sorted(kinds))})")
     for note in skipped:
         evidence.add(f"not compared: {note}")
@@ -209,6 +241,57 @@ def test_every_schema_object_recorded_at_backup_is_present(drill_backup: Backup,
     if missing:
         raise CheckFailed(f"{len(missing)} schema objects recorded at backup time are missing",
                           expected="every object of the manifest's inventory", found=missing)
+
+
+def test_every_archive_entry_is_in_the_restored_database(
+    drill_backup: Backup, drill_restore: RestoreOutcome, drill_sandbox: SandboxInfo,
+    drill_chains: list[toolchain.Toolchain], drill_url: ConnInfo, evidence: Evidence,
+) -> None:
+    """Driven by the archive, not by a list: every entry of its table of contents (a policy,
+    row security, a large object, a materialized view's data, a comment, a publication...)
+    must be found in the restored database; a kind atb cannot look up is named as not
+    compared, never passed."""
+    try:
+        reader = toolchain.for_restore(archive_major(drill_backup.path, drill_chains),
+                                       drill_chains)
+    except AtbError as exc:
+        pytest.skip(f"no pg_restore can list the archive: {exc}")
+    archive = toc.parse_listing(run(pg_restore_list_argv(reader, drill_backup.path),
+                                    what="pg_restore --list").stdout)
+    restored, why = _restored_listing(drill_backup, drill_sandbox, drill_chains)
+    with db.connect(drill_url) as conn:
+        data = toc.find_data(conn, archive)
+    result = toc.compare(archive, restored, data_found=data,
+                         with_grants=drill_restore.with_owners, why_no_listing=why)
+    evidence.add(f"{result.compared} of {len(archive)} archive entries looked up in the "
+                 "restored database")
+    for kind, reason in result.not_compared.items():
+        evidence.add(f"not compared: {kind} entries ({reason})")
+    if result.missing:
+        raise CheckFailed(f"{len(result.missing)} archive entries are not in the restored "
+                          f"database: {', '.join(result.missing[:5])}",
+                          expected="every entry of the archive's table of contents",
+                          found=result.missing)
+
+
+def _restored_listing(backup: Backup, sandbox: SandboxInfo, chains: list[toolchain.Toolchain]
+                      ) -> tuple[list[toc.TocEntry] | None, str]:
+    """The restored database's own table of contents, listed by a pg_dump of the archive's
+    major (so both name objects alike), or None and why not."""
+    m = backup.manifest
+    major = m.pg_dump_major if m is not None else archive_major(backup.path, chains)
+    server = int(sandbox.server_version.split(".")[0])
+    same = [c for c in chains if c.major == major and c.has("pg_dump") and c.major >= server]
+    if not same:
+        return None, (f"no pg_dump {major} here to list the restored database (sandbox "
+                      f"PostgreSQL {sandbox.server_version})")
+    with tempfile.TemporaryDirectory(prefix="atb-toc-") as tmp, \
+            childenv.for_tool(sandbox.for_tools) as (conninfo, tool_env):
+        out = Path(tmp) / "restored.dump"
+        run(pg_dump_schema_argv(same[0], conninfo, out), what="pg_dump --schema-only",
+            env=tool_env, timeout=3600)
+        listing = run(pg_restore_list_argv(same[0], out), what="pg_restore --list").stdout
+    return toc.parse_listing(listing), ""
 
 
 @pytest.mark.drill(phase="migrate")

@@ -27,10 +27,12 @@ import psycopg
 from psycopg import sql
 
 from backup_core.reading import guard
+from backup_core.reading.inventory import DatabaseLocale, read_locale
 from backup_core.tools import db, isolation, reaper, toolchain
 from backup_core.tools.cluster import FAST_SETTINGS, Cluster
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.errors import AtbError, ConfigError, SafetyRefusal
+from backup_core.tools.runner import run
 from drills import docker_engine, observer
 
 log = logging.getLogger("atb.sandbox")
@@ -54,6 +56,10 @@ class SandboxInfo:
     tools_url: ConnInfo | None = field(default=None, compare=False, repr=False)
     image: str = ""  # the docker provider's image
     note: str = ""  # why `auto` did not choose docker
+    # the scratch database's encoding and locale, and why it is not production's (the
+    # server lacks that locale), said before anything is restored
+    locale: str = ""
+    locale_missing: str = ""
 
     @property
     def dbname(self) -> str:
@@ -104,7 +110,8 @@ def scram_verifier(password: str, *, iterations: int = 4096) -> str:
 
 @contextlib.contextmanager
 def _docker(image: str, engine: docker_engine.Engine, source_major: int,
-            chains: list[toolchain.Toolchain]) -> Iterator[SandboxInfo]:
+            chains: list[toolchain.Toolchain], locale: DatabaseLocale | None = None
+            ) -> Iterator[SandboxInfo]:
     t0 = time.monotonic()
     if not engine.ok:
         raise AtbError(engine.refusal)
@@ -131,7 +138,8 @@ def _docker(image: str, engine: docker_engine.Engine, source_major: int,
                 host, port = docker_engine.address(container, loopback=loopback)
             admin = ConnInfo.make(dbname="postgres", host=host, port=port,
                                   user=spec.username, password=spec.password)
-            info = _finish(admin, "docker", t0, _optional_chain(source_major, chains))
+            info = _finish(admin, "docker", t0, _optional_chain(source_major, chains),
+                           locale=locale)
             yield replace(info, image=image)
         finally:
             container.stop()
@@ -154,16 +162,42 @@ def _socket_dir() -> Iterator[Path]:
 # -- local and server ------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _local(source_major: int, chains: list[toolchain.Toolchain]) -> Iterator[SandboxInfo]:
+def _local(source_major: int, chains: list[toolchain.Toolchain],
+           locale: DatabaseLocale | None = None) -> Iterator[SandboxInfo]:
     t0 = time.monotonic()
     chain = toolchain.for_server(source_major, chains)
-    with Cluster(chain, settings=dict(FAST_SETTINGS)) as cluster:
-        yield _finish(cluster.url(), "local", t0, chain)
+    initdb = cluster_locale(locale, machine_locales())
+    with Cluster(chain, settings=dict(FAST_SETTINGS), locale=initdb) as cluster:
+        yield _finish(cluster.url(), "local", t0, chain, locale=locale)
+
+
+def machine_locales() -> list[str]:
+    """What `locale -a` lists: the locales a local cluster can be initialised with."""
+    try:
+        return run(["locale", "-a"], what="locale -a", timeout=10).stdout.split()
+    except AtbError:
+        return []
+
+
+def cluster_locale(locale: DatabaseLocale | None, available: list[str]) -> str:
+    """The locale a local sandbox's cluster is initialised with: production's collation
+    where it is a UTF-8 locale this machine has (the name as `locale -a` spells it), else
+    C. The drill's database takes production's locale either way; this makes the cluster's
+    own defaults (its other databases, new ones) alike too."""
+    if locale is None or locale.encoding != "UTF8" or locale.collate != locale.ctype:
+        return "C"
+
+    def key(name: str) -> str:
+        return name.lower().replace("-", "").replace("_", "")
+
+    return next((a for a in available if key(a) == key(locale.collate)
+                 and "utf8" in key(a)), "C")
 
 
 @contextlib.contextmanager
 def _server(server: ConnInfo, production: ConnInfo | None,
-            chains: list[toolchain.Toolchain], asserted: bool = False) -> Iterator[SandboxInfo]:
+            chains: list[toolchain.Toolchain], asserted: bool = False,
+            locale: DatabaseLocale | None = None) -> Iterator[SandboxInfo]:
     checked = guard.refuse_production_server(server, production, asserted=asserted,
                                              observer=observer.current())
     t0 = time.monotonic()
@@ -179,7 +213,7 @@ def _server(server: ConnInfo, production: ConnInfo | None,
                             "CREATEDB") from exc
     app = server.with_params(user=name).with_password(password)
     try:
-        info = _finish(server, "server", t0, None, owner=name, app=app)
+        info = _finish(server, "server", t0, None, owner=name, app=app, locale=locale)
         major = int(info.server_version.split(".")[0])  # atb's own tools (pg_amcheck) run here
         yield replace(info, chain=_optional_chain(major, chains),
                       note=checked if checked.startswith(guard.ASSERTED) else "")
@@ -191,22 +225,54 @@ def _server(server: ConnInfo, production: ConnInfo | None,
 
 
 def _finish(admin: ConnInfo, provider: str, t0: float, chain: toolchain.Toolchain | None, *,
-            owner: str | None = None, app: ConnInfo | None = None) -> SandboxInfo:
-    """Create the scratch database (owned by `owner`) and describe the sandbox."""
+            owner: str | None = None, app: ConnInfo | None = None,
+            locale: DatabaseLocale | None = None) -> SandboxInfo:
+    """Create the scratch database (owned by `owner`) with production's encoding and locale
+    where the server has them, and describe the sandbox."""
     name = owner or scratch_name()
+    missing = ""
     with db.connect(admin, autocommit=True) as conn:
         version = db.server_version(conn)
         create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
         if owner:
             create = sql.SQL("{} OWNER {}").format(create, sql.Identifier(owner))
-        conn.execute(create)
+        if locale is not None:
+            try:
+                conn.execute(sql.SQL("{} {}").format(create, like_production(locale)))
+            except psycopg.Error as exc:
+                missing = (f"the sandbox server (PostgreSQL {version}) cannot create a database "
+                           f"like production's ({locale.describe()}): "
+                           f"{exc.diag.message_primary or exc}; restored under its defaults")
+                log.warning("%s", missing)
+                locale = None
+        if locale is None:
+            conn.execute(create)
     url = (app or admin).with_dbname(name)
     ident = db.identity_of(url)
     if ident is None:
         raise SafetyRefusal(f"the sandbox database {name} cannot be reached as {url.redacted}")
+    with db.connect(admin.with_dbname(name)) as conn:
+        made = read_locale(conn).describe()
     return SandboxInfo(provider=provider, server_version=version, url=url, identity=ident,
                        start_s=round(time.monotonic() - t0, 3), chain=chain,
-                       tools_url=admin.with_dbname(name))
+                       tools_url=admin.with_dbname(name), locale=made,
+                       locale_missing=missing)
+
+
+def like_production(locale: DatabaseLocale) -> sql.Composed:
+    """CREATE DATABASE's options for production's encoding and locale: from template0, the
+    only template a database of another encoding or locale may copy."""
+    parts = [sql.SQL("TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+        sql.Literal(locale.encoding), sql.Literal(locale.collate), sql.Literal(locale.ctype))]
+    if locale.provider == "icu":
+        parts.append(sql.SQL("LOCALE_PROVIDER icu ICU_LOCALE {}").format(
+            sql.Literal(locale.locale)))
+        if locale.icu_rules:
+            parts.append(sql.SQL("ICU_RULES {}").format(sql.Literal(locale.icu_rules)))
+    elif locale.provider == "builtin":
+        parts.append(sql.SQL("LOCALE_PROVIDER builtin BUILTIN_LOCALE {}").format(
+            sql.Literal(locale.locale)))
+    return sql.SQL(" ").join(parts)
 
 
 def _optional_chain(major: int, chains: list[toolchain.Toolchain]) -> toolchain.Toolchain | None:
@@ -231,24 +297,26 @@ def resolve_provider(kind: str, engine: docker_engine.Engine | None) -> tuple[st
 
 def open_sandbox(kind: str, *, source_major: int, chains: list[toolchain.Toolchain],
                  server: ConnInfo | None = None, production: ConnInfo | None = None,
-                 docker_image: str | None = None, asserted: bool = False
+                 docker_image: str | None = None, asserted: bool = False,
+                 locale: DatabaseLocale | None = None
                  ) -> contextlib.AbstractContextManager[SandboxInfo]:
-    """Context manager over the chosen provider; always torn down, on failure and Ctrl-C."""
+    """Context manager over the chosen provider; always torn down, on failure and Ctrl-C.
+    The scratch database takes `locale` (production's, from the manifest) where it can."""
     image = docker_engine.image_for(docker_image, source_major)
     engine = docker_engine.probe(image) if kind in ("auto", "docker") else None
     provider, why = resolve_provider(kind, engine)
     log.info("sandbox provider: %s", provider)
     if provider == "docker":
         assert engine is not None
-        return _docker(image, engine, source_major, chains)
+        return _docker(image, engine, source_major, chains, locale)
     if provider == "server":
         if server is None:
             raise ConfigError("--sandbox server needs --sandbox-url (or ATB_SANDBOX_URL)")
-        return _server(server, production, chains, asserted)
+        return _server(server, production, chains, asserted, locale)
     if why:
         log.warning("%s", why)
-        return _noted(_local(source_major, chains), why)
-    return _local(source_major, chains)
+        return _noted(_local(source_major, chains, locale), why)
+    return _local(source_major, chains, locale)
 
 
 @contextlib.contextmanager

@@ -452,7 +452,7 @@ def _describe_snapshot(job: _Job) -> _Snapshot:
 
     with in_snapshot() as conn:
         inv = inventory.schema_inventory(conn)
-        defs = inventory.definitions(conn)
+        defs = inventory.definitions(conn, content=mode == "checksum")
         found = probes.conditions(conn) if mode != "off" else {}  # off: read no table
         revision = inventory.alembic_revision(conn)
         tables = inventory.user_tables(conn)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +21,13 @@ from psycopg import sql
 from backup_core.ops import migrate, roles
 from backup_core.ops.migrate import MigrateResult, Migration, run_migration
 from backup_core.ops.verify import roles_problem
-from backup_core.reading import guard
+from backup_core.reading import guard, toc
 from backup_core.reading import target as target_db
 from backup_core.reading.target import maintenance
 from backup_core.store.manifest import ManifestError, read_manifest
 from backup_core.store.naming import manifest_path, roles_path
 from backup_core.tools import appenv, childenv, toolchain
-from backup_core.tools.commands import pg_restore_list_argv
+from backup_core.tools.commands import pg_restore_list_argv, pg_restore_read_items_argv
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.errors import (
     AtbError,
@@ -149,7 +150,33 @@ def explain_failure(stderr: str, path: Path | None = None,
                 "owners and grants")
     error = first_error_line(stderr).removeprefix("pg_restore: error: ")
     culprit = failing_object(stderr, path, chain)
-    return f"{error} (in {culprit})" if culprit and culprit not in error else error
+    text = f"{error} (in {culprit})" if culprit and culprit not in error else error
+    named = _named_damage(error, culprit, path, chain)
+    return f"{named}: {text}" if named else text
+
+
+_NOT_EXIST = re.compile(r'(schema|extension) "([^"]+)" does not exist')
+_NOT_CREATED = re.compile(r"TOC entry \d+: (SCHEMA|EXTENSION) (?:- )?(\S+)")
+
+
+def _named_damage(error: str, culprit: str, path: Path | None,
+                  chain: toolchain.Toolchain | None) -> str:
+    """A missing schema or extension, named as such: an error deep in some table or index
+    (an operator class, `schema "public" already exists`) hides where it comes from."""
+    lacks: list[str] = []
+    if path is not None and chain is not None:
+        with contextlib.suppress(ManifestError):
+            m = read_manifest(manifest_path(path))
+            listing = run(pg_restore_list_argv(chain, path), what="pg_restore --list",
+                          check=False).stdout
+            lacks = toc.lacking(toc.parse_listing(listing), m.inventory, m.definitions)
+    if lacks:
+        return f"the archive lacks {', '.join(lacks)}, recorded at backup time"
+    found = _NOT_EXIST.search(error)
+    if found:
+        return f"{found.group(1)} {found.group(2)} is missing"
+    entry = _NOT_CREATED.match(culprit)
+    return f"{entry.group(1).lower()} {entry.group(2)} was not created" if entry else ""
 
 
 _TOC_ENTRY = re.compile(r"from TOC entry (\d+); \d+ \d+ (.+?)(?: \S+)?$", re.MULTILINE)
@@ -165,10 +192,14 @@ def failing_object(stderr: str, path: Path | None = None,
     the TOC entry it names, the table whose data it was reading, the one item a parallel
     restore launched and never finished, or the entry a missing block ID belongs to."""
     head = stderr[: stderr.find("error:")] if "error:" in stderr else stderr
-    toc = _TOC_ENTRY.findall(stderr)
-    if toc:
-        return f"TOC entry {toc[-1][0]}: {toc[-1][1]}"
+    named = _TOC_ENTRY.findall(stderr)
+    if named:
+        return f"TOC entry {named[-1][0]}: {named[-1][1]}"
     launched: dict[str, str] = dict(_LAUNCH.findall(head))
+    if launched and path is not None and chain is not None:
+        alone = _damaged_alone(chain, path, launched)
+        if alone:
+            return alone
     done = set(_FINISHED.findall(head))
     open_items = [what for n, what in launched.items() if n not in done]
     if len(open_items) == 1:
@@ -182,6 +213,27 @@ def failing_object(stderr: str, path: Path | None = None,
                 return " ".join(line.split()[3:-1])
     processing = _PROCESSING.findall(head)
     return f"the data of table {processing[-1]}" if processing else ""
+
+
+def _damaged_alone(chain: toolchain.Toolchain, path: Path, launched: dict[str, str]) -> str:
+    """A parallel restore reads several items at once, and its error does not say whose
+    data was damaged: each data item it launched is read again alone (into /dev/null,
+    nothing restored), and the one that fails is named."""
+    listing = run(pg_restore_list_argv(chain, path), what="pg_restore --list",
+                  check=False).stdout
+    entries = {e.dump_id: e for e in toc.parse_listing(listing)}
+    data = [entries[int(n)] for n in launched
+            if int(n) in entries and entries[int(n)].desc in toc.DATA_DESCS]
+    with tempfile.TemporaryDirectory(prefix="atb-item-") as tmp:
+        use = Path(tmp) / "item.list"
+        for entry in data:
+            use.write_text(f"{entry.dump_id};\n")
+            done = run(pg_restore_read_items_argv(chain, path, use), what="pg_restore (one item)",
+                       check=False)
+            if done.returncode != 0:
+                return (f"the data of table {entry.schema}.{entry.tag}"
+                        if entry.desc == "TABLE DATA" else entry.text)
+    return ""
 
 
 def archive_major(path: Path, chains: list[toolchain.Toolchain]) -> int:

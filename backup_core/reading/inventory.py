@@ -10,6 +10,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg
@@ -80,6 +81,8 @@ STABLE_OUTPUT = {"TimeZone": "UTC", "DateStyle": "ISO, YMD", "IntervalStyle": "p
                  "extra_float_digits": "3", "bytea_output": "hex", "lc_monetary": "C",
                  "search_path": "pg_catalog"}  # names in deparsed definitions: all qualified
 
+# grants in a stable order: a restore may grant them in another
+_ACL = "('{{' || (SELECT string_agg(a::text, ',' ORDER BY a::text) FROM unnest({col}) a) || '}}')"
 _OBJ = "quote_ident(n.nspname) || '.' || quote_ident(c.relname)"
 _KIND = ("CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'table' WHEN 'v' THEN 'view' "
          "WHEN 'm' THEN 'materialized view' WHEN 'S' THEN 'sequence' "
@@ -163,18 +166,200 @@ DEFINITIONS_SQL: dict[str, str] = {
         SELECT 'schema ' || quote_ident(n.nspname), pg_get_userbyid(n.nspowner)
         FROM pg_namespace n WHERE {_NOT_SYSTEM} AND n.nspname <> 'public'""",
     "privileges": f"""
-        SELECT {_KIND} || ' ' || {_OBJ}, c.relacl::text
+        SELECT {_KIND} || ' ' || {_OBJ}, {_ACL.format(col="c.relacl")}
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relacl IS NOT NULL AND {_NOT_SYSTEM}
           AND {_NOT_EXTENSION_MEMBER.format(cat="'pg_class'", oid="c.oid")}
         UNION ALL
-        SELECT 'schema ' || quote_ident(n.nspname), n.nspacl::text
+        SELECT 'schema ' || quote_ident(n.nspname), {_ACL.format(col="n.nspacl")}
         FROM pg_namespace n WHERE n.nspacl IS NOT NULL AND {_NOT_SYSTEM}""",
 }
+_NOT_BUILTIN = "{oid} >= 16384"  # FirstNormalObjectId: created after initdb
+_ROLE = "CASE {r} WHEN 0 THEN 'public' ELSE quote_ident(pg_get_userbyid({r})) END"
+# option lists with the values of anything that may be a secret masked: a manifest holds none
+_OPTIONS = ("coalesce((SELECT string_agg(CASE WHEN split_part(o, '=', 1) "
+            "~* '(pass|secret|key|token)' THEN split_part(o, '=', 1) || '=***' ELSE o END, "
+            "', ' ORDER BY o) FROM unnest({col}) o), '')")
+# The object classes past tables and functions, each read from its own catalog: what an
+# application relies on without naming it (a policy, a publication, a comment) and what
+# decides how text behaves (collations, text search).
+DEFINITIONS_SQL.update({
+    "policy": f"""
+        SELECT {_OBJ} || '.' || quote_ident(p.polname),
+               CASE WHEN p.polpermissive THEN 'permissive' ELSE 'restrictive' END || ' for '
+               || CASE p.polcmd WHEN 'r' THEN 'select' WHEN 'a' THEN 'insert'
+                                WHEN 'w' THEN 'update' WHEN 'd' THEN 'delete' ELSE 'all' END
+               || ' to ' || (SELECT string_agg(x.name, ', ' ORDER BY x.name) FROM
+                             (SELECT {_ROLE.format(r="r")} AS name FROM unnest(p.polroles) r) x)
+               || coalesce(' using (' || pg_get_expr(p.polqual, p.polrelid) || ')', '')
+               || coalesce(' with check (' || pg_get_expr(p.polwithcheck, p.polrelid) || ')',
+                           '')
+        FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {_NOT_SYSTEM}""",
+    "row_security": f"""
+        SELECT {_OBJ}, CASE WHEN c.relrowsecurity THEN 'on' ELSE 'off' END
+                       || CASE WHEN c.relforcerowsecurity THEN ', forced' ELSE '' END
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p') AND {_NOT_SYSTEM}
+          AND {_NOT_EXTENSION_MEMBER.format(cat="'pg_class'", oid="c.oid")}""",
+    "matview": f"""
+        SELECT {_OBJ}, CASE WHEN c.relispopulated THEN 'populated'
+                            ELSE 'not populated (WITH NO DATA)' END
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind = 'm' AND {_NOT_SYSTEM}
+          AND {_NOT_EXTENSION_MEMBER.format(cat="'pg_class'", oid="c.oid")}""",
+    "rule": f"""
+        SELECT quote_ident(r.schemaname) || '.' || quote_ident(r.tablename) || '.'
+               || quote_ident(r.rulename), r.definition
+        FROM pg_rules r JOIN pg_namespace n ON n.nspname = r.schemaname
+        WHERE {_NOT_SYSTEM}""",
+    "statistics": f"""
+        SELECT quote_ident(n.nspname) || '.' || quote_ident(s.stxname),
+               pg_get_statisticsobjdef(s.oid)
+        FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace
+        WHERE {_NOT_SYSTEM}
+          AND {_NOT_EXTENSION_MEMBER.format(cat="'pg_statistic_ext'", oid="s.oid")}""",
+    "publication": """
+        SELECT quote_ident(p.pubname),
+               CASE WHEN p.puballtables THEN 'all tables' ELSE 'tables ' || coalesce(
+                   (SELECT string_agg(r.prrelid::regclass::text, ', '
+                                      ORDER BY r.prrelid::regclass::text)
+                    FROM pg_publication_rel r WHERE r.prpubid = p.oid), '-') END
+               || ' publish ' || concat_ws(', ', CASE WHEN p.pubinsert THEN 'insert' END,
+                                           CASE WHEN p.pubupdate THEN 'update' END,
+                                           CASE WHEN p.pubdelete THEN 'delete' END,
+                                           CASE WHEN p.pubtruncate THEN 'truncate' END)
+               || CASE WHEN p.pubviaroot THEN ' via root' ELSE '' END
+        FROM pg_publication p""",
+    "event_trigger": """
+        SELECT quote_ident(e.evtname),
+               'on ' || e.evtevent || ' execute ' || e.evtfoid::regprocedure::text
+               || ' enabled ' || e.evtenabled::text
+               || coalesce(' when tag in (' || array_to_string(e.evttags, ', ') || ')', '')
+        FROM pg_event_trigger e
+        WHERE NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_event_trigger'::regclass
+                          AND d.objid = e.oid AND d.deptype = 'e')""",
+    "default_acl": f"""
+        SELECT {_ROLE.format(r="a.defaclrole")} || coalesce(' in ' || quote_ident(n.nspname), '')
+               || ' on ' || CASE a.defaclobjtype WHEN 'r' THEN 'tables'
+                                 WHEN 'S' THEN 'sequences' WHEN 'f' THEN 'functions'
+                                 WHEN 'T' THEN 'types' WHEN 'n' THEN 'schemas'
+                                 ELSE a.defaclobjtype::text END,
+               {_ACL.format(col="a.defaclacl")}
+        FROM pg_default_acl a LEFT JOIN pg_namespace n ON n.oid = a.defaclnamespace""",
+    "cast": f"""
+        SELECT '(' || format_type(k.castsource, NULL) || ' as '
+               || format_type(k.casttarget, NULL) || ')',
+               CASE k.castmethod WHEN 'f' THEN 'function ' || k.castfunc::regprocedure::text
+                                 WHEN 'b' THEN 'binary' ELSE 'inout' END
+               || CASE k.castcontext WHEN 'e' THEN '' WHEN 'a' THEN ' as assignment'
+                                     ELSE ' as implicit' END
+        FROM pg_cast k WHERE {_NOT_BUILTIN.format(oid="k.oid")}
+          AND {_NOT_EXTENSION_MEMBER.format(cat="'pg_cast'", oid="k.oid")}""",
+    "collation": f"""
+        SELECT quote_ident(n.nspname) || '.' || quote_ident(co.collname),
+               'provider ' || CASE co.collprovider WHEN 'c' THEN 'libc' WHEN 'i' THEN 'icu'
+                                   WHEN 'b' THEN 'builtin' ELSE co.collprovider::text END
+               || coalesce(' collate ' || (to_jsonb(co) ->> 'collcollate'), '')
+               || coalesce(' ctype ' || (to_jsonb(co) ->> 'collctype'), '')
+               || coalesce(' locale ' || coalesce(to_jsonb(co) ->> 'colllocale',
+                                                  to_jsonb(co) ->> 'colliculocale'), '')
+               || coalesce(' rules ' || (to_jsonb(co) ->> 'collicurules'), '')
+               || CASE WHEN co.collisdeterministic THEN '' ELSE ' nondeterministic' END
+        FROM pg_collation co JOIN pg_namespace n ON n.oid = co.collnamespace
+        WHERE {_NOT_SYSTEM}
+          AND {_NOT_EXTENSION_MEMBER.format(cat="'pg_collation'", oid="co.oid")}""",
+    "ts_config": f"""
+        SELECT quote_ident(n.nspname) || '.' || quote_ident(t.cfgname),
+               'parser ' || (SELECT quote_ident(pn.nspname) || '.' || quote_ident(p.prsname)
+                             FROM pg_ts_parser p JOIN pg_namespace pn
+                             ON pn.oid = p.prsnamespace WHERE p.oid = t.cfgparser)
+               || ' mapping md5 ' || md5(coalesce((SELECT string_agg(
+                      m.maptokentype || ':' || m.mapseqno || ':' || m.mapdict::regdictionary,
+                      ' ' ORDER BY m.maptokentype, m.mapseqno)
+                   FROM pg_ts_config_map m WHERE m.mapcfg = t.oid), ''))
+        FROM pg_ts_config t JOIN pg_namespace n ON n.oid = t.cfgnamespace
+        WHERE {_NOT_SYSTEM}
+          AND {_NOT_EXTENSION_MEMBER.format(cat="'pg_ts_config'", oid="t.oid")}""",
+    "ts_dictionary": f"""
+        SELECT quote_ident(n.nspname) || '.' || quote_ident(t.dictname),
+               'template ' || (SELECT quote_ident(tn.nspname) || '.' || quote_ident(m.tmplname)
+                               FROM pg_ts_template m JOIN pg_namespace tn
+                               ON tn.oid = m.tmplnamespace WHERE m.oid = t.dicttemplate)
+               || coalesce(' options ' || t.dictinitoption, '')
+        FROM pg_ts_dict t JOIN pg_namespace n ON n.oid = t.dictnamespace
+        WHERE {_NOT_SYSTEM}
+          AND {_NOT_EXTENSION_MEMBER.format(cat="'pg_ts_dict'", oid="t.oid")}""",
+    "ts_parser": f"""
+        SELECT quote_ident(n.nspname) || '.' || quote_ident(p.prsname),
+               concat_ws(' ', p.prsstart::regproc, p.prstoken::regproc, p.prsend::regproc,
+                         p.prslextype::regproc, p.prsheadline::regproc)
+        FROM pg_ts_parser p JOIN pg_namespace n ON n.oid = p.prsnamespace
+        WHERE {_NOT_SYSTEM}
+          AND {_NOT_EXTENSION_MEMBER.format(cat="'pg_ts_parser'", oid="p.oid")}""",
+    "ts_template": f"""
+        SELECT quote_ident(n.nspname) || '.' || quote_ident(t.tmplname),
+               concat_ws(' ', t.tmplinit::regproc, t.tmpllexize::regproc)
+        FROM pg_ts_template t JOIN pg_namespace n ON n.oid = t.tmplnamespace
+        WHERE {_NOT_SYSTEM}
+          AND {_NOT_EXTENSION_MEMBER.format(cat="'pg_ts_template'", oid="t.oid")}""",
+    "foreign_data_wrapper": f"""
+        SELECT quote_ident(w.fdwname),
+               'handler ' || coalesce(nullif(w.fdwhandler, 0)::regproc::text, '-')
+               || ' validator ' || coalesce(nullif(w.fdwvalidator, 0)::regproc::text, '-')
+               || ' options ' || {_OPTIONS.format(col="w.fdwoptions")}
+        FROM pg_foreign_data_wrapper w
+        WHERE {_NOT_EXTENSION_MEMBER.format(cat="'pg_foreign_data_wrapper'", oid="w.oid")}""",
+    "foreign_server": f"""
+        SELECT quote_ident(s.srvname),
+               'wrapper ' || quote_ident(w.fdwname) || coalesce(' type ' || s.srvtype, '')
+               || coalesce(' version ' || s.srvversion, '')
+               || ' options ' || {_OPTIONS.format(col="s.srvoptions")}
+        FROM pg_foreign_server s JOIN pg_foreign_data_wrapper w ON w.oid = s.srvfdw
+        WHERE {_NOT_EXTENSION_MEMBER.format(cat="'pg_foreign_server'", oid="s.oid")}""",
+    "user_mapping": """
+        SELECT quote_ident(u.usename) || ' server ' || quote_ident(u.srvname), 'exists'
+        FROM pg_user_mappings u""",
+    "security_label": """
+        SELECT l.objtype || ' ' || l.objname || ' provider ' || l.provider, l.label
+        FROM pg_seclabels l WHERE l.objtype NOT IN ('database', 'role', 'tablespace')""",
+    "comment": f"""
+        SELECT o.type || ' ' || o.identity, d.description
+        FROM pg_description d, pg_identify_object(d.classoid, d.objoid, d.objsubid) o
+        WHERE {_NOT_BUILTIN.format(oid="d.objoid")}
+          AND coalesce(o.schema, '') NOT IN {_SYSTEM}
+          AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = d.classoid
+                          AND e.objid = d.objoid AND e.deptype = 'e')""",
+})
+# Large objects: how many, who may read them, and (when contents are checksummed) a checksum
+# of every object's bytes bound to its OID; one aggregate each, not one line per object.
+LARGE_OBJECTS_SQL = """
+    SELECT count(*)::text,
+           md5(coalesce(string_agg(m.oid::text || ' ' || pg_get_userbyid(m.lomowner) || ' '
+                                   || coalesce(m.lomacl::text, ''), ';' ORDER BY m.oid), ''))
+    FROM pg_largeobject_metadata m"""
+LARGE_OBJECT_CONTENT_SQL = """
+    SELECT coalesce(sum(hashtextextended(md5(lo_get(m.oid)), m.oid::bigint)), 0)::text
+    FROM pg_largeobject_metadata m"""
 # Kinds that only mean something when the copy was restored with owners and grants.
-OWNERSHIP_KINDS = ("owner", "privileges")
+OWNERSHIP_KINDS = ("owner", "privileges", "default_acl", "user_mapping", "large_object_acl")
 # Kinds whose text a server deparses: comparable only between servers of one major.
-DEPARSED_KINDS = ("constraint", "index", "trigger", "view", "function", "extension")
+DEPARSED_KINDS = ("constraint", "index", "trigger", "view", "function", "extension", "policy",
+                  "rule", "statistics")
+# Kinds whose long texts are kept as an md5 (bodies, free text).
+LONG_AS_MD5 = (*(k for k in DEPARSED_KINDS if k != "extension"), "comment", "security_label")
+# Kinds holding an ACL: a restore may grant in another order than production did.
+ACL_KINDS = ("privileges", "default_acl")
+# Facts of the database itself, not an object in it: compared by the sandbox locale check.
+DATABASE_KIND = "database"
+
+
+def comparable(key: str, value: str) -> str:
+    """A recorded definition in the form both sides compare in: an ACL's grants sorted (a
+    manifest by an older atb kept them in production's order)."""
+    if key.split(" ", 1)[0] in ACL_KINDS and value.startswith("{") and value.endswith("}"):
+        return "{" + ",".join(sorted(value[1:-1].split(","))) + "}"
+    return value
 
 
 def qualified(schema: str, name: str) -> str:
@@ -216,20 +401,84 @@ def normalise(definition: str) -> str:
         text = shorter
 
 
-def definitions(conn: psycopg.Connection[Any]) -> dict[str, str]:
+def definitions(conn: psycopg.Connection[Any], *, content: bool = False) -> dict[str, str]:
     """`"<kind> <object>"` -> its definition, for every object of the database (run on a
     connection whose output is stabilised, so both sides deparse alike). Deparsed kinds are
-    normalised (see `normalise`); long ones are kept as an md5 of that."""
+    normalised (see `normalise`); long ones are kept as an md5 of that. With `content`, the
+    large objects' bytes are checksummed too (they are data: `--row-counts checksum`)."""
     found: dict[str, str] = {}
     for kind, query in DEFINITIONS_SQL.items():
         for name, definition in conn.execute(query).fetchall():
             text = str(definition)
             if kind in DEPARSED_KINDS and kind != "extension":
                 text = normalise(text)
-                if len(text) > 200:
-                    text = "md5 " + hashlib.md5(text.encode()).hexdigest()
+            if kind in LONG_AS_MD5 and len(text) > 200:
+                text = "md5 " + hashlib.md5(text.encode()).hexdigest()
             found[f"{kind} {name}"] = text
+    row = conn.execute(LARGE_OBJECTS_SQL).fetchone()
+    if row is not None and row[0] != "0":
+        found["large_object count"] = str(row[0])
+        found["large_object_acl all"] = f"md5 {row[1]}"
+        if content:
+            summed = conn.execute(LARGE_OBJECT_CONTENT_SQL).fetchone()
+            found["large_object content"] = f"checksum {summed[0] if summed else 0}"
+    found.update(database_locale(conn))
     return dict(sorted(found.items()))
+
+
+# The database's own locale: to_jsonb reads the columns each major has (15: daticulocale,
+# 16: daticurules, 17: datlocale), so one query serves every server.
+DATABASE_SQL = """
+    SELECT pg_encoding_to_char(d.encoding), d.datcollate, d.datctype,
+           coalesce(to_jsonb(d) ->> 'datlocprovider', 'c'),
+           coalesce(to_jsonb(d) ->> 'datlocale', to_jsonb(d) ->> 'daticulocale', ''),
+           coalesce(to_jsonb(d) ->> 'daticurules', '')
+    FROM pg_database d WHERE d.datname = current_database()"""
+PROVIDERS = {"c": "libc", "i": "icu", "b": "builtin"}
+
+
+@dataclass(frozen=True)
+class DatabaseLocale:
+    """How a database stores, sorts and classifies text: what a sandbox must reproduce, or
+    indexes on text sort differently and `ORDER BY name` answers otherwise."""
+
+    encoding: str
+    collate: str
+    ctype: str
+    provider: str = "libc"  # libc, icu or builtin
+    locale: str = ""  # the ICU (or builtin) locale
+    icu_rules: str = ""
+
+    def as_definitions(self) -> dict[str, str]:
+        return {f"{DATABASE_KIND} {k}": v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_definitions(cls, defs: dict[str, str]) -> DatabaseLocale | None:
+        """The locale a manifest recorded; None in a backup by an older atb."""
+        prefix = f"{DATABASE_KIND} "
+        found = {k[len(prefix):]: v for k, v in defs.items() if k.startswith(prefix)}
+        if not {"encoding", "collate", "ctype"} <= set(found):
+            return None
+        return cls(**{k: v for k, v in found.items() if k in cls.__dataclass_fields__})
+
+    def describe(self) -> str:
+        text = f"{self.encoding}, collate {self.collate}, ctype {self.ctype}, {self.provider}"
+        if self.locale:
+            text += f" locale {self.locale}"
+        return text + (f" rules {self.icu_rules}" if self.icu_rules else "")
+
+
+def read_locale(conn: psycopg.Connection[Any]) -> DatabaseLocale:
+    row = conn.execute(DATABASE_SQL).fetchone()
+    assert row is not None  # the current database is always in pg_database
+    encoding, collate, ctype, provider, locale, rules = (str(v) for v in row)
+    return DatabaseLocale(encoding=encoding, collate=collate, ctype=ctype,
+                          provider=PROVIDERS.get(provider, provider), locale=locale,
+                          icu_rules=rules)
+
+
+def database_locale(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    return read_locale(conn).as_definitions()
 
 
 def count_rows(conn: psycopg.Connection[Any], schema: str, table: str) -> int:

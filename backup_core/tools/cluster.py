@@ -69,11 +69,11 @@ def cache_root() -> Path:
 
 
 def initdb_argv(chain: Toolchain, datadir: Path, *, superuser: str,
-                pwfile: Path | None) -> list[str]:
-    """A fast, C-locale cluster; with a password file, scram for TCP clients (the password
-    travels in the file, never on the command line), else trust."""
+                pwfile: Path | None, locale: str = "C") -> list[str]:
+    """A fast cluster, C-locale unless told (a UTF-8 locale); with a password file, scram for
+    TCP clients (the password travels in the file, never on the command line), else trust."""
     argv = [chain.tool("initdb"), "-D", str(datadir), "-U", superuser, "--encoding=UTF8",
-            "--locale=C", "--auth-local=trust", "--no-sync"]
+            f"--locale={locale}", "--auth-local=trust", "--no-sync"]
     if pwfile is not None:
         return [*argv, "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
     return [*argv, "--auth-host=trust"]
@@ -181,6 +181,7 @@ class Cluster:
     start_timeout: float = 60
     env: dict[str, str] = field(default_factory=dict)  # for the server (its restore_command)
     runner: Runner = run  # every program the cluster runs goes through it
+    locale: str = "C"  # initdb's; a local sandbox takes production's where the machine has it
     workdir: Path | None = field(default=None, init=False)
     port: int = field(default=5432, init=False)
     _running: bool = field(default=False, init=False)
@@ -298,7 +299,7 @@ class Cluster:
             if run_as:
                 os.chown(pwfile, pwd.getpwnam(run_as).pw_uid, -1)
         argv = initdb_argv(self.toolchain, self.datadir, superuser=self.superuser,
-                           pwfile=pwfile if self.password else None)
+                           pwfile=pwfile if self.password else None, locale=self.locale)
         try:
             self.runner(argv, what="initdb", run_as=run_as, cwd=self.workdir, timeout=120)
         finally:

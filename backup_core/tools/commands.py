@@ -22,6 +22,13 @@ def pg_restore_read_argv(chain: Toolchain, archive: Path) -> list[str]:
     return [chain.tool("pg_restore"), "--file=/dev/null", str(archive)]
 
 
+def pg_restore_read_items_argv(chain: Toolchain, archive: Path, use_list: Path) -> list[str]:
+    """The data of only the entries `use_list` names read, the SQL thrown away: which of a
+    parallel restore's items is damaged, asked of each alone."""
+    return [chain.tool("pg_restore"), "--file=/dev/null", f"--use-list={use_list}",
+            str(archive)]
+
+
 def pg_waldump_argv(chain: Toolchain, segment: Path) -> list[str]:
     return [chain.tool("pg_waldump"), str(segment)]
 
@@ -29,3 +36,9 @@ def pg_waldump_argv(chain: Toolchain, segment: Path) -> list[str]:
 def pg_amcheck_argv(chain: Toolchain, conninfo: str) -> list[str]:
     """Every heap page and B-tree index of the database, installing amcheck if missing."""
     return [chain.tool("pg_amcheck"), "--install-missing", "--no-password", conninfo]
+
+
+def pg_dump_schema_argv(chain: Toolchain, conninfo: str, out: Path) -> list[str]:
+    """A schema-only archive of a database, whose --list names objects as its source's did."""
+    return [chain.tool("pg_dump"), "--format=custom", "--schema-only", "--no-password",
+            f"--file={out}", f"--dbname={conninfo}"]

@@ -34,6 +34,9 @@ def explain(exc: BaseException, info: ConnInfo) -> str:
 def connect(info: ConnInfo, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Connection[Any]:
     try:
         params: dict[str, Any] = {**info.psycopg_kwargs(), **kwargs}
+        # a SQL_ASCII server makes psycopg return bytes for text (`role b'postgres'`): UTF-8
+        # on the wire decodes every catalog name as text, whatever the server's encoding
+        params.setdefault("client_encoding", "UTF8")
         return psycopg.connect(autocommit=autocommit, **params)
     except psycopg.Error as exc:
         raise ConnectionFailed(explain(exc, info)) from exc

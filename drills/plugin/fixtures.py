@@ -137,7 +137,10 @@ def drill_sandbox(drill: DrillState, drill_backup: Backup, drill_integrity: Veri
                                    chains=drill_chains, server=server,
                                    production=drill.production,
                                    docker_image=drill.options.docker_image,
-                                   asserted=drill.options.sandbox_is_not_production)
+                                   asserted=drill.options.sandbox_is_not_production,
+                                   locale=inventory.DatabaseLocale.from_definitions(
+                                       drill_backup.manifest.definitions)
+                                   if drill_backup.manifest else None)
     with drill.timed(manager, enter="sandbox start", leave="sandbox teardown") as info:
         os.environ["DATABASE_URL"] = info.url.app_url(
             drill.production.dialect if drill.production else "")
@@ -192,11 +195,11 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
     with drill.phase("analyze"), db.connect(url, autocommit=True) as conn:
         conn.execute("ANALYZE")
     with drill.phase("checks"):
+        wanted = bool(drill_backup.manifest and drill_backup.manifest.row_checksums)
         with _stable(url) as conn:
             tables = [(s, t) for s, t, _ in inventory.user_tables(conn)]
             inv = inventory.schema_inventory(conn)
-            defs = inventory.definitions(conn)
-        wanted = bool(drill_backup.manifest and drill_backup.manifest.row_checksums)
+            defs = inventory.definitions(conn, content=wanted)
         counts, sums = inventory.table_contents(tables, lambda: _stable(url),
                                                 workers=min(4, os.cpu_count() or 2),
                                                 checksums=wanted)

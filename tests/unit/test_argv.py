@@ -65,11 +65,16 @@ def test_pg_restore_list_read_waldump_and_amcheck_argv() -> None:
         "/pg/15/bin/pg_restore", "--list", "/b/x.dump"]
     assert commands.pg_restore_read_argv(PG, Path("/b/x.dump")) == [
         "/pg/15/bin/pg_restore", "--file=/dev/null", "/b/x.dump"]
+    assert commands.pg_restore_read_items_argv(PG, Path("/b/x.dump"), Path("/t/one")) == [
+        "/pg/15/bin/pg_restore", "--file=/dev/null", "--use-list=/t/one", "/b/x.dump"]
     assert commands.pg_waldump_argv(PG, Path("/t/000000010000000000000003")) == [
         "/pg/15/bin/pg_waldump", "/t/000000010000000000000003"]
     assert commands.pg_amcheck_argv(PG, "dbname=shop host=/s") == [
         "/pg/15/bin/pg_amcheck", "--install-missing", "--no-password", "dbname=shop host=/s"]
     assert toolchain.version_argv("/pg/15/bin/pg_dump") == ["/pg/15/bin/pg_dump", "--version"]
+    assert commands.pg_dump_schema_argv(PG, "dbname=shop host=/s", Path("/t/s.dump")) == [
+        "/pg/15/bin/pg_dump", "--format=custom", "--schema-only", "--no-password",
+        "--file=/t/s.dump", "--dbname=dbname=shop host=/s"]
 
 
 def test_initdb_argv_with_and_without_a_password_file() -> None:
@@ -80,6 +85,9 @@ def test_initdb_argv_with_and_without_a_password_file() -> None:
     assert cluster.initdb_argv(PG, Path("/w/data"), superuser="postgres",
                                pwfile=Path("/w/pwfile")) == [
         *base, "--auth-host=scram-sha-256", "--pwfile=/w/pwfile"]
+    assert cluster.initdb_argv(PG, Path("/w/data"), superuser="postgres", pwfile=None,
+                               locale="en_US.utf8")[5:7] == ["--encoding=UTF8",
+                                                             "--locale=en_US.utf8"]
 
 
 def test_pg_ctl_start_and_stop_argv() -> None:

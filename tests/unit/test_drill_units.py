@@ -257,7 +257,7 @@ def test_the_builtin_checks_are_imported_and_declare_their_phase() -> None:
 
     names = builtin_checks("dump")
     assert (len(names), names[0], names[-1]) == (
-        19, "test_backup_integrity_matches_manifest", "test_production_was_not_touched")
+        21, "test_backup_integrity_matches_manifest", "test_production_was_not_touched")
     phases = {name: mark.kwargs["phase"] for name in names
               for mark in getattr(getattr(checks, name), "pytestmark", [])
               if mark.name == "drill" and "phase" in mark.kwargs}

@@ -1,0 +1,292 @@
+"""Every object class comes back, and the four silent faults of issue 21 are named.
+
+One production database on PostgreSQL 15 uses every object class the drill compares (row
+security and policies, large objects, a materialized view, a publication, an event trigger,
+default privileges, a cast, collations, text search, a foreign server, statistics, comments);
+it is backed up once. Each fault is then a properly resealed archive: `pg_dump` of a scratch
+copy with the damage made in it (or `--no-blobs`), the manifest kept as production recorded it
+and resealed over the new bytes, so only content and definitions can tell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from backup_core.ops.backup import create_backup
+from backup_core.reading import inventory
+from backup_core.store.manifest import read_manifest, write_manifest
+from backup_core.store.naming import manifest_path
+from backup_core.tools import childenv, db, toolchain
+from backup_core.tools.cluster import Cluster
+from backup_core.tools.commands import pg_restore_list_argv
+from backup_core.tools.conninfo import ConnInfo
+from backup_core.tools.runner import run
+from tests.helpers import atb_inproc, copy_backup, drill
+
+RICH = """
+CREATE SCHEMA audit;
+COMMENT ON SCHEMA audit IS 'audit trail';
+CREATE EXTENSION pg_trgm;
+CREATE TABLE tenants_data (id serial PRIMARY KEY, tenant text NOT NULL, body text, doc oid);
+COMMENT ON TABLE tenants_data IS 'rows per tenant';
+COMMENT ON COLUMN tenants_data.tenant IS 'owner tenant';
+CREATE INDEX body_trgm ON tenants_data USING gin (body gin_trgm_ops);
+ALTER TABLE tenants_data ENABLE ROW LEVEL SECURITY;
+ALTER TABLE tenants_data FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON tenants_data USING (tenant = current_user);
+CREATE POLICY tenant_insert ON tenants_data FOR INSERT WITH CHECK (tenant = current_user);
+COMMENT ON POLICY tenant_isolation ON tenants_data IS 'one tenant each';
+INSERT INTO tenants_data(tenant, body, doc)
+  SELECT 't' || (g % 3), md5(g::text), lo_from_bytea(0, convert_to('document ' || g, 'UTF8'))
+  FROM generate_series(1, 5) g;
+CREATE TABLE audit.log (id bigserial PRIMARY KEY, at timestamptz DEFAULT now(), what text,
+                        a int, b int);
+INSERT INTO audit.log(what, a, b) SELECT 'e' || g, g % 7, g % 5 FROM generate_series(1, 50) g;
+ALTER TABLE audit.log ENABLE ROW LEVEL SECURITY;
+CREATE POLICY auditors ON audit.log FOR SELECT USING (a >= 0);
+CREATE STATISTICS audit.log_ab (dependencies, ndistinct) ON a, b FROM audit.log;
+CREATE MATERIALIZED VIEW audit.summary AS SELECT a, count(*) AS n FROM audit.log GROUP BY a;
+CREATE PUBLICATION audit_pub FOR TABLE audit.log;
+CREATE FUNCTION audit.note_ddl() RETURNS event_trigger LANGUAGE plpgsql
+  AS $$BEGIN RAISE NOTICE 'ddl'; END$$;
+CREATE EVENT TRIGGER audit_ddl ON ddl_command_end EXECUTE FUNCTION audit.note_ddl();
+ALTER DEFAULT PRIVILEGES IN SCHEMA audit GRANT SELECT ON TABLES TO PUBLIC;
+CREATE TYPE audit.level AS ENUM ('low', 'high');
+CREATE FUNCTION audit.level_of(text) RETURNS audit.level LANGUAGE sql IMMUTABLE
+  AS $$SELECT CASE WHEN $1 = 'h' THEN 'high'::audit.level ELSE 'low'::audit.level END$$;
+CREATE CAST (text AS audit.level) WITH FUNCTION audit.level_of(text);
+COMMENT ON FUNCTION audit.level_of(text) IS 'text to level';
+CREATE COLLATION audit.german (provider = icu, locale = 'de-DE');
+CREATE COLLATION audit.posix_c (provider = libc, locale = 'C');
+CREATE TEXT SEARCH DICTIONARY audit.simple_dict (TEMPLATE = pg_catalog.simple,
+                                                 STOPWORDS = english);
+CREATE TEXT SEARCH CONFIGURATION audit.cfg (COPY = pg_catalog.english);
+ALTER TEXT SEARCH CONFIGURATION audit.cfg ALTER MAPPING FOR word WITH audit.simple_dict;
+CREATE FOREIGN DATA WRAPPER dummy_fdw;
+CREATE SERVER archive_srv FOREIGN DATA WRAPPER dummy_fdw OPTIONS (host 'archive', port '5432');
+CREATE FOREIGN TABLE audit.remote_log (id int, what text) SERVER archive_srv;
+"""
+
+
+@pytest.fixture(scope="module")
+def rich(pg15: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
+        tuple[ConnInfo, Path]]:
+    """Production with every object class, and its one backup."""
+    name = f"rich_{hashlib.md5(str(tmp_path_factory.getbasetemp()).encode()).hexdigest()[:8]}"
+    with db.connect(pg15.url(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu "
+                     "ICU_LOCALE 'en-US' LOCALE 'C.utf8'")  # production sorts by ICU
+    info = pg15.url(name)
+    with db.connect(info, autocommit=True) as conn:
+        conn.execute(RICH)
+        first = conn.execute("SELECT min(doc) FROM tenants_data").fetchone()
+        assert first is not None
+        conn.execute(f"COMMENT ON LARGE OBJECT {int(first[0])} IS 'first document'")
+    path = create_backup(info, tmp_path_factory.mktemp("rich") / "backups").path
+    yield info, path
+
+
+def damaged(rich: tuple[ConnInfo, Path], pg15: Cluster, tmp_path: Path, *, sql: str = "",
+            dump_args: tuple[str, ...] = (), definitions: dict[str, str] | None = None
+            ) -> Path:
+    """The backup's copy whose dump is `pg_dump` of a scratch copy of production damaged by
+    `sql` (with `dump_args`), its manifest production's own (with `definitions` changed),
+    resealed over the new bytes."""
+    info, path = rich
+    copy = copy_backup(path, tmp_path / "damaged")
+    scratch = f"{info.dbname}_{tmp_path.name[-12:].lower()}"
+    scratch = "".join(c if c.isalnum() else "_" for c in scratch)
+    with db.connect(pg15.url(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {scratch} TEMPLATE {info.dbname}")
+    try:
+        if sql:
+            with db.connect(info.with_dbname(scratch), autocommit=True) as conn:
+                conn.execute(sql)
+        chain = toolchain.for_dump(15, toolchain.discover())
+        out = tmp_path / "scratch.dump"
+        with childenv.for_tool(info.with_dbname(scratch)) as (conninfo, tool_env):
+            run([chain.tool("pg_dump"), "--format=custom", f"--file={out}", *dump_args,
+                 f"--dbname={conninfo}"], what="pg_dump", env=tool_env)
+    finally:
+        with db.connect(pg15.url(), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {scratch}")
+    data = out.read_bytes()
+    copy.write_bytes(data)
+    entries = run(pg_restore_list_argv(chain, copy), what="pg_restore --list").stdout
+    m = read_manifest(manifest_path(copy))
+    write_manifest(manifest_path(copy), replace(
+        m, definitions={**m.definitions, **(definitions or {})}, size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        toc_entries=sum(1 for ln in entries.splitlines() if ln.strip()
+                        and not ln.startswith(";"))))
+    return copy
+
+
+def outcome(result: dict, name: str) -> dict:
+    return next(c for c in result["checks"] if c["name"] == name)
+
+
+DEFINITION = "test_every_object_has_its_backup_time_definition"
+ARCHIVE = "test_every_archive_entry_is_in_the_restored_database"
+LOCALE = "test_sandbox_database_is_like_production"
+
+
+def test_every_object_class_drills_clean_with_no_false_alarm(
+        rich: tuple[ConnInfo, Path], tmp_path: Path) -> None:
+    _info, path = rich
+    m = read_manifest(manifest_path(path))
+    kinds = {k.split(" ", 1)[0] for k in m.definitions}
+    assert {"policy", "row_security", "matview", "large_object", "publication",
+            "event_trigger", "default_acl", "cast", "collation", "ts_config", "ts_dictionary",
+            "foreign_server", "statistics", "comment", "database"} <= kinds
+    assert m.definitions["row_security public.tenants_data"] == "on, forced"
+    assert m.definitions["matview audit.summary"] == "populated"
+    assert m.definitions["large_object count"] == "5"
+    assert m.definitions["foreign_server archive_srv"] == \
+        "wrapper dummy_fdw options host=archive, port=5432"
+    _done, result = drill("--backup", str(path), "--schedule", "1d", "--no-record",
+                          backup_dir=tmp_path / "x", report_dir=tmp_path / "r")
+    failed = {c["name"]: c["message"][:400] for c in result["checks"]
+              if c["outcome"] not in ("passed", "finding", "skipped")}
+    assert failed == {}
+    assert ARCHIVE not in result["not_run"] and DEFINITION not in result["not_run"]
+    definition = outcome(result, DEFINITION)
+    assert definition["outcome"] == "passed"
+    like = outcome(result, LOCALE)
+    assert like["outcome"] == "passed"
+    assert like["evidence"][:2] == [
+        "sandbox database: UTF8, collate C.utf8, ctype C.utf8, icu locale en-US",
+        "production at backup time: UTF8, collate C.utf8, ctype C.utf8, icu locale en-US "
+        f"(PostgreSQL {m.server_version})"]
+    archive = outcome(result, ARCHIVE)
+    assert archive["outcome"] == "passed", archive["message"]
+    entries = run(pg_restore_list_argv(toolchain.for_dump(15, toolchain.discover()), path),
+                  what="pg_restore --list").stdout
+    total = sum(1 for ln in entries.splitlines() if ln.strip() and not ln.startswith(";"))
+    assert archive["evidence"][0] == f"{total} of {total} archive entries looked up in the " \
+                                     "restored database"
+
+
+# The four faults of the issue, each alone silent to pg_restore, made at once in one scratch
+# copy (one drill: the suite's time budget) and each named by the check that compares it.
+FAULTS = """
+DROP POLICY tenant_isolation ON tenants_data;
+ALTER TABLE audit.log DISABLE ROW LEVEL SECURITY;
+REFRESH MATERIALIZED VIEW audit.summary WITH NO DATA;
+"""
+NAMED = {
+    "a removed policy": "policy public.tenants_data.tenant_isolation: missing",
+    "row security off": "row_security audit.log: recorded 'on', restored 'off'",
+    "large objects missing (--no-blobs)": "large_object count: missing",
+    "their contents": "large_object content: missing",
+    "a matview WITH NO DATA": "matview audit.summary: recorded 'populated', restored "
+                              "'not populated (WITH NO DATA)'",
+}
+
+
+def test_a_resealed_archive_missing_objects_fails_naming_each(
+        rich: tuple[ConnInfo, Path], pg15: Cluster, tmp_path: Path) -> None:
+    # and production ran on a machine with en_US.UTF-8, which this one lacks
+    elsewhere = {"database provider": "libc", "database locale": "",
+                 "database collate": "en_US.UTF-8", "database ctype": "en_US.UTF-8"}
+    path = damaged(rich, pg15, tmp_path, sql=FAULTS, dump_args=("--no-blobs",),
+                   definitions=elsewhere)
+    entries = run(pg_restore_list_argv(toolchain.for_dump(15, toolchain.discover()), path),
+                  what="pg_restore --list").stdout
+    assert "POLICY public tenants_data tenant_isolation" not in entries
+    assert "ROW SECURITY audit log" not in entries and " BLOB" not in entries
+    assert "MATERIALIZED VIEW DATA" not in entries  # each fault is in the archive's TOC
+    done, result = drill("--backup", str(path), "--schedule", "1d", "--no-record",
+                         backup_dir=tmp_path / "damaged", report_dir=tmp_path / "r")
+    assert done.returncode == 1 and result["verdict"] == "FAIL"
+    assert outcome(result, "test_backup_integrity_matches_manifest")["outcome"] == "passed"
+    assert outcome(result, "test_restore_completes_without_errors")["outcome"] == "passed"
+    definition = outcome(result, DEFINITION)
+    assert definition["outcome"] == "failed"
+    assert {fault for fault, line in NAMED.items() if line not in definition["message"]} \
+        == set(), definition["message"]
+    assert result["not_run"][LOCALE].startswith(
+        "the sandbox server (PostgreSQL 15.")  # said before restoring; INCOMPLETE alone
+    assert "(UTF8, collate en_US.UTF-8, ctype en_US.UTF-8, libc): invalid locale name" \
+        in result["not_run"][LOCALE], result["not_run"][LOCALE]
+    # what the damaged archive holds came back whole: the faults are its missing entries
+    assert outcome(result, ARCHIVE)["outcome"] == "passed"
+
+
+def test_a_sql_ascii_server_answers_in_text_and_a_sandbox_takes_its_encoding(
+        pg15: Cluster) -> None:
+    """psycopg returns bytes for text from a SQL_ASCII database (`role b'postgres'`): every
+    connection atb opens asks for UTF-8 on the wire, so catalog names come back as text."""
+    from drills import sandbox
+
+    name = f"ascii_{os.getpid()}"
+    with db.connect(pg15.url(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE template0 ENCODING SQL_ASCII "
+                     "LOCALE 'C'")
+    try:
+        with db.connect(pg15.url(name), autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (name text); INSERT INTO t VALUES ('caf\u00e9')")
+            assert conn.execute("SELECT current_user, name FROM t").fetchone() == (
+                "postgres", "caf\u00e9")
+            recorded = inventory.read_locale(conn)
+            assert recorded == inventory.DatabaseLocale(encoding="SQL_ASCII", collate="C",
+                                                        ctype="C")
+            assert inventory.definitions(conn)["column public.t.name"] == "text"
+    finally:
+        with db.connect(pg15.url(), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name}")
+    made = sandbox._finish(pg15.url(), "local", 0.0, None, locale=recorded)
+    try:
+        assert made.locale == "SQL_ASCII, collate C, ctype C, libc" and not made.locale_missing
+    finally:
+        with db.connect(pg15.url(), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {made.dbname}")
+
+
+def test_a_restore_error_names_the_missing_schema_and_extension(
+        rich: tuple[ConnInfo, Path], pg15: Cluster, tmp_path: Path) -> None:
+    """An archive without schema audit and extension pg_trgm (`pg_dump --schema public`)
+    fails deep in an index's operator class; the message names what the archive lacks."""
+    info, _path = rich
+    path = damaged(rich, pg15, tmp_path, dump_args=("--schema=public",))
+    target = info.with_dbname(f"{info.dbname}_lacking")
+    done = atb_inproc("db", "restore", str(path), env={"ATB_TARGET_URL": target.secret_url})
+    assert done.returncode == 5
+    assert done.stderr.startswith("atb: error: pg_restore failed: the archive lacks schema "
+                                  "audit, extension pg_trgm, recorded at backup time: "), \
+        done.stderr
+
+
+def test_a_parallel_restore_names_the_table_whose_data_is_damaged(
+        pg15: Cluster, tmp_path: Path) -> None:
+    """Under --jobs 4 the item that failed is one of several reading at once: each is read
+    again alone, and the damaged one named (not whichever was launched last)."""
+    name = f"par_{os.getpid()}"
+    with db.connect(pg15.url(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    info = pg15.url(name)
+    with db.connect(info, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders AS SELECT g AS id, md5(g::text) AS note "
+                     "FROM generate_series(1, 30000) g")
+        conn.execute("CREATE TABLE system_events AS SELECT g AS id, md5((g * 7)::text) AS m "
+                     "FROM generate_series(1, 30000) g")
+        conn.execute("CREATE TABLE accounts AS SELECT g AS id FROM generate_series(1, 10) g")
+    path = create_backup(info, tmp_path / "backups").path
+    data = bytearray(path.read_bytes())
+    at = int(len(data) * 0.6)  # inside system_events' data, which follows orders'
+    data[at:at + 32] = bytes(b ^ 0xFF for b in data[at:at + 32])
+    path.write_bytes(bytes(data))
+    m = read_manifest(manifest_path(path))
+    write_manifest(manifest_path(path), replace(m, size_bytes=len(data),
+                                                sha256=hashlib.sha256(data).hexdigest()))
+    target = info.with_dbname(f"{name}_copy")
+    done = atb_inproc("db", "restore", "--jobs", "4", str(path),
+                      env={"ATB_TARGET_URL": target.secret_url})
+    assert done.returncode == 5
+    assert "(in the data of table public.system_events)" in done.stderr, done.stderr

@@ -1,0 +1,93 @@
+"""The archive's TOC read and judged entry by entry, and the recorded locale read back."""
+
+from __future__ import annotations
+
+from backup_core.reading import inventory, toc
+
+LISTING = """;
+; Archive created at 2026-11-29 22:05:45 UTC
+;
+7; 2615 16385 SCHEMA - audit postgres
+2; 3079 16386 EXTENSION - pg_trgm {empty}
+3127; 2605 16510 CAST - CAST (text AS audit.level) {empty}
+3433; 0 16484 TABLE DATA audit log postgres
+3435; 2613 16478 BLOB METADATA - 16478..16482 postgres
+3440; 0 0 BLOBS - BLOBS {empty}
+3455; 0 0 COMMENT - LARGE OBJECT 16478 postgres
+3427; 3256 16477 POLICY public tenants_data tenant_insert postgres
+3425; 0 16468 ROW SECURITY public tenants_data postgres
+3451; 0 0 ACL audit TABLE remote_log postgres
+2107; 826 16502 DEFAULT ACL audit DEFAULT PRIVILEGES FOR TABLES postgres
+9; 0 0 STATISTICS DATA public tenants_data postgres
+""".format(empty="")  # no owner
+
+
+def test_a_listing_is_read_into_kind_schema_name_and_owner() -> None:
+    entries = toc.parse_listing(LISTING)
+    assert [e.text for e in entries] == [
+        "SCHEMA - audit", "EXTENSION - pg_trgm", "CAST - CAST (text AS audit.level)",
+        "TABLE DATA audit log", "BLOB METADATA - 16478..16482", "BLOBS - BLOBS",
+        "COMMENT - LARGE OBJECT 16478", "POLICY public tenants_data tenant_insert",
+        "ROW SECURITY public tenants_data", "ACL audit TABLE remote_log",
+        "DEFAULT ACL audit DEFAULT PRIVILEGES FOR TABLES",
+        "STATISTICS DATA public tenants_data"]
+    assert [e.owner for e in entries[:3]] == ["postgres", "", ""]
+    assert entries[6].large_object == "16478" and entries[0].large_object is None
+    [grants] = toc.parse_listing("3455; 0 0 ACL - LARGE OBJECTS 16478..16482 postgres")
+    assert grants.large_object == "16478..16482"  # pg_dump 17+ groups them
+
+
+def test_every_entry_is_found_missing_or_not_compared_with_its_reason() -> None:
+    archive = toc.parse_listing(LISTING)
+    restored = [e for e in archive if e.desc not in ("POLICY", "TABLE DATA")]
+    data = {"TABLE DATA audit log": False, "BLOB METADATA - 16478..16482": True,
+            "BLOBS - BLOBS": True, "COMMENT - LARGE OBJECT 16478": True}
+    result = toc.compare(archive, restored, data_found=data, with_grants=False)
+    assert result.missing == ["TABLE DATA audit log", "POLICY public tenants_data tenant_insert"]
+    assert result.compared == 9
+    assert result.not_compared == {
+        "ACL": "restored without owners and grants",
+        "DEFAULT ACL": "restored without owners and grants",
+        "STATISTICS DATA": "atb cannot look this kind up in a restored database"}
+    public = toc.parse_listing("5; 2615 2200 SCHEMA - public app\n")
+    assert toc.compare(public, [], data_found={}, with_grants=False).not_compared == {
+        "SCHEMA public": "its owner, restored without owners and grants"}
+    assert toc.compare(public, [], data_found={}, with_grants=True).missing == [
+        "SCHEMA - public"]
+    twice = toc.compare(archive + archive[:1], restored, data_found=data, with_grants=True)
+    assert "SCHEMA - audit" in twice.missing  # entries are counted, not only named
+    unlisted = toc.compare(archive, None, data_found=data, with_grants=True,
+                           why_no_listing="no pg_dump 15 here")
+    assert unlisted.not_compared["POLICY"] == "no pg_dump 15 here"
+    assert unlisted.missing == ["TABLE DATA audit log"]
+
+
+def test_the_recorded_locale_is_read_back_from_the_definitions() -> None:
+    icu = inventory.DatabaseLocale(encoding="UTF8", collate="C.utf8", ctype="C.utf8",
+                                   provider="icu", locale="en-US")
+    defs = {"column public.t.a": "integer", **icu.as_definitions()}
+    assert defs["database provider"] == "icu"
+    assert inventory.DatabaseLocale.from_definitions(defs) == icu
+    assert icu.describe() == "UTF8, collate C.utf8, ctype C.utf8, icu locale en-US"
+    assert inventory.DatabaseLocale.from_definitions({"column public.t.a": "integer"}) is None
+
+
+def test_grants_compare_in_any_order_and_other_definitions_exactly() -> None:
+    old = "{postgres=arwdDxt/postgres,=r/postgres}"  # production's order, an older manifest
+    assert inventory.comparable("privileges table public.t", old) == \
+        inventory.comparable("privileges table public.t", "{=r/postgres,postgres=arwdDxt/postgres}")
+    assert inventory.comparable("column public.t.a", "{b,a}") == "{b,a}"
+
+
+def test_a_local_sandbox_cluster_takes_productions_locale_where_the_machine_has_it() -> None:
+    from drills.sandbox import cluster_locale
+
+    us = inventory.DatabaseLocale(encoding="UTF8", collate="en_US.UTF-8", ctype="en_US.UTF-8")
+    assert cluster_locale(us, ["C", "C.utf8", "POSIX", "en_US.utf8"]) == "en_US.utf8"
+    assert cluster_locale(us, ["C", "C.utf8", "POSIX"]) == "C"  # not here: C, and said
+    icu = inventory.DatabaseLocale(encoding="UTF8", collate="C.utf8", ctype="C.utf8",
+                                   provider="icu", locale="en-US")
+    assert cluster_locale(icu, ["C", "C.utf8"]) == "C.utf8"
+    latin = inventory.DatabaseLocale(encoding="LATIN1", collate="de_DE", ctype="de_DE")
+    assert cluster_locale(latin, ["de_DE"]) == "C"  # the cluster is UTF-8
+    assert cluster_locale(None, ["C.utf8"]) == "C"
