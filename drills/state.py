@@ -196,59 +196,65 @@ class DrillState:
             selection_error=p.failure or None if not p.backup_label else None)
 
     def result(self) -> DrillResult:
-        """The drill's frozen result, assembled from the state as it stands (read only)."""
-        b = self.backup
-        m = b.manifest if b else None
-        now = datetime.now(UTC)
-        age = (self.started_at - b.taken_at).total_seconds() if b and b.taken_at else None
-        return DrillResult(
-            verdict=self.verdict(),
-            database=self.database,
-            started_at=self.started_at.isoformat(timespec="seconds"),
-            finished_at=now.isoformat(timespec="seconds"),
-            seed=self.options.seed,
-            backup=self._pitr_backup() if self.pitr else BackupFacts(
-                path=str(b.path) if b else None,
-                taken_at=b.taken_at.isoformat() if b and b.taken_at else None,
-                age_s=round(age, 1) if age is not None else None,
-                size_bytes=b.size if b else None,
-                sha256=m.sha256 if m else None,
-                pg_dump_version=m.pg_dump_version if m else None,
-                source_server_version=m.server_version if m else None,
-                alembic_revision=m.alembic_revision if m else None,
-                tables=len(m.row_counts) if m else None,
-                rows=sum(m.row_counts.values()) if m else None,
-                row_counts_mode=m.row_counts_mode if m else None,
-                selection="given with --backup" if self.options.backup else
-                          f"random among {plural(self.eligible, 'complete backup')} "
-                          f"of the last {self.options.window_days:g} days (seed "
-                          f"{self.options.seed})",
-                selection_error=self.selection_error),
-            sandbox=self.sandbox or SandboxFacts(),
-            alembic=self.alembic or AlembicFacts(),
-            rto=RtoFacts(
-                measured_s=None if self.failed_at() else self.rto_s(),
-                target_s=self.options.rto_target_s,
-                met=None if self.failed_at() else self.rto_s() <= self.options.rto_target_s,
-                failed_at=self.failed_at(),
-                phases={p: self.phases[p] for p in RTO_PHASES if p in self.phases},
-                other_phases={p: v for p, v in self.phases.items() if p not in RTO_PHASES}),
-            rpo=self.rpo or RpoFacts(target_s=self.options.rpo_target_s),
-            integration=self.integration,
-            pitr=self.pitr, isolation=self.isolation,
-            not_run=self.not_run(),
-            checks=tuple(self.checks),
-            findings=tuple(self.findings),
-            reports={"html": str(self.paths.html), "json": str(self.paths.json),
-                     "md": str(self.paths.md)},
-            options={"window_days": self.options.window_days, "sandbox": self.options.sandbox,
-                     "alembic_config": str(self.options.alembic_config or ""),
-                     "integration_cmd": self.options.integration_cmd or "",
-                     "rto_target_s": self.options.rto_target_s,
-                     "rpo_target_s": self.options.rpo_target_s,
-                     "schedule_s": self.options.schedule_s,
-                     "strict_rpo": self.options.strict_rpo},
-        )
+        """The drill's frozen result as the state stands now (`assemble`)."""
+        return assemble(self, finished_at=datetime.now(UTC))
+
+
+
+def assemble(state: DrillState, *, finished_at: datetime) -> DrillResult:
+    """The drill's frozen result from what the session recorded: a pure function of its
+    arguments (it reads the state and changes nothing), called once when the checks are over."""
+    b = state.backup
+    m = b.manifest if b else None
+    age = (state.started_at - b.taken_at).total_seconds() if b and b.taken_at else None
+    return DrillResult(
+        verdict=state.verdict(),
+        database=state.database,
+        started_at=state.started_at.isoformat(timespec="seconds"),
+        finished_at=finished_at.isoformat(timespec="seconds"),
+        seed=state.options.seed,
+        backup=state._pitr_backup() if state.pitr else BackupFacts(
+            path=str(b.path) if b else None,
+            taken_at=b.taken_at.isoformat() if b and b.taken_at else None,
+            age_s=round(age, 1) if age is not None else None,
+            size_bytes=b.size if b else None,
+            sha256=m.sha256 if m else None,
+            pg_dump_version=m.pg_dump_version if m else None,
+            source_server_version=m.server_version if m else None,
+            alembic_revision=m.alembic_revision if m else None,
+            tables=len(m.row_counts) if m else None,
+            rows=sum(m.row_counts.values()) if m else None,
+            row_counts_mode=m.row_counts_mode if m else None,
+            selection="given with --backup" if state.options.backup else
+                      f"random among {plural(state.eligible, 'complete backup')} "
+                      f"of the last {state.options.window_days:g} days (seed "
+                      f"{state.options.seed})",
+            selection_error=state.selection_error),
+        sandbox=state.sandbox or SandboxFacts(),
+        alembic=state.alembic or AlembicFacts(),
+        rto=RtoFacts(
+            measured_s=None if state.failed_at() else state.rto_s(),
+            target_s=state.options.rto_target_s,
+            met=None if state.failed_at() else state.rto_s() <= state.options.rto_target_s,
+            failed_at=state.failed_at(),
+            phases={p: state.phases[p] for p in RTO_PHASES if p in state.phases},
+            other_phases={p: v for p, v in state.phases.items() if p not in RTO_PHASES}),
+        rpo=state.rpo or RpoFacts(target_s=state.options.rpo_target_s),
+        integration=state.integration,
+        pitr=state.pitr, isolation=state.isolation,
+        not_run=state.not_run(),
+        checks=tuple(state.checks),
+        findings=tuple(state.findings),
+        reports={"html": str(state.paths.html), "json": str(state.paths.json),
+                 "md": str(state.paths.md)},
+        options={"window_days": state.options.window_days, "sandbox": state.options.sandbox,
+                 "alembic_config": str(state.options.alembic_config or ""),
+                 "integration_cmd": state.options.integration_cmd or "",
+                 "rto_target_s": state.options.rto_target_s,
+                 "rpo_target_s": state.options.rpo_target_s,
+                 "schedule_s": state.options.schedule_s,
+                 "strict_rpo": state.options.strict_rpo},
+    )
 
 
 class _Timed(contextlib.AbstractContextManager[T]):

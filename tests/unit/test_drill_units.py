@@ -14,7 +14,7 @@ from backup_core.tools.errors import AtbError, ConfigError
 from drills import docker_engine, pick, report, sandbox
 from drills.options import DrillOptions
 from drills.result import CheckRecord, DrillResult
-from drills.state import DrillState, ReportPaths
+from drills.state import DrillState, ReportPaths, assemble
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -269,3 +269,10 @@ def test_the_builtin_checks_are_imported_and_declare_their_phase() -> None:
     pitr = builtin_checks("pgbackrest")
     assert (len(pitr), pitr[:2]) == (10, ("test_recovery_reaches_the_target_time",
                                           "test_data_loss_is_within_the_rpo_target"))
+
+
+def test_the_result_is_a_pure_function_of_the_recorded_state() -> None:
+    state = _state([("Restore completes", "passed")])
+    at = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    first, second = assemble(state, finished_at=at), assemble(state, finished_at=at)
+    assert first == second and first.finished_at == "2026-11-29T12:00:00+00:00"
