@@ -140,9 +140,9 @@ def _wait_ready(store: ObjectStore, proc: subprocess.Popen[bytes], workdir: Path
 def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is not None:
         return
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=10)
+        proc.wait(timeout=3)  # its data is thrown away: no need to wait longer
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

