@@ -59,7 +59,7 @@ def verify_remote(url: str, *, key: str | None = None, latest: bool = False,
     ident = identity_file()
     results = []
     for remote in _select(repo, key=key, latest=latest, all_=all_, database=database):
-        where = Path(f"{repo.url}/{remote.backup.path}")
+        where = remote.backup.path  # the key, as `list --repo` shows it
         if not remote.backup.complete:
             results.append(verify.VerifyResult(where, deep, (verify.Check(
                 "catalog", False, f"{remote.backup.state}: {remote.backup.problem}"),)))

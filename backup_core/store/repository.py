@@ -275,11 +275,18 @@ class Repository:
 
         config = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
                                 max_concurrency=4, use_threads=True)
+        sent = [0]
+
+        def count(n: int) -> None:  # boto3 reports each chunk; we report the running total
+            sent[0] += n
+            if progress is not None:
+                progress(sent[0])
+
         with _store(self.url, f"uploading {rel} to"):
             self.client.upload_file(str(path), self.url.bucket, self.url.key(rel),
                                     ExtraArgs={"ChecksumAlgorithm": "SHA256",
                                                "Metadata": metadata},
-                                    Config=config, Callback=progress)
+                                    Config=config, Callback=count)
 
     def put(self, rel: str, data: bytes) -> None:
         with _store(self.url, f"writing {rel} to"):
