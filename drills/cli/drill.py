@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,6 +18,9 @@ from drills.cli import output
 from drills.cli.params import DAYS, EXIT_CODES, F, days, json_option, production
 from drills.options import OPTIONS, DrillOptions, Option
 from drills.result import DrillResult
+
+if TYPE_CHECKING:
+    from backup_core.store.repository import Fetched
 
 
 def drill_settings(command: F) -> F:
@@ -58,11 +63,16 @@ def drill() -> None:
 
 @drill.command("run", epilog=EXIT_CODES)
 @drill_settings
+@click.option("--repo", envvar="BACKUP_REPO", show_envvar=True, metavar="s3://BUCKET/PREFIX",
+              help="Drill from this off-site repository, on a machine with no backup tree: "
+                   "a backup of the window (or --backup KEY, as `db list --repo` shows it) is "
+                   "downloaded into a private directory, its hashes proven, decrypted "
+                   "(ATB_AGE_IDENTITY_FILE), drilled, and removed.")
 @click.option("--pdf", is_flag=True,
               help="Also write the report as a PDF beside the HTML, as a reader without "
                    "JavaScript sees it (needs Chromium), for wikis that take attachments.")
 @json_option
-def drill_run(pdf: bool, as_json: bool, **values: Any) -> None:
+def drill_run(repo: str | None, pdf: bool, as_json: bool, **values: Any) -> None:
     """Restore a random backup of the window (or --backup) into a sandbox, migrate it, run
     the checks and the integration command, and write the audit reports. Exits 0 on PASS,
     1 on FAIL, 10 when INCOMPLETE."""
@@ -71,14 +81,21 @@ def drill_run(pdf: bool, as_json: bool, **values: Any) -> None:
     extras.require("drill", what="the restore drill")
     if pdf:
         render.require()
-    options = _options(values)
+    key = str(values["backup"]) if repo and values["backup"] else None
+    options = _options({**values, "backup": None} if repo else values)
     sandbox.reap()  # sandboxes of killed drills: each reaped one is logged in one line
-    progress = console.Progress("drill")
-    try:
-        result = run_drill(options, production=production(os.environ.get("DATABASE_URL")),
-                           on_line=lambda line: drill_line(progress, line))
-    finally:
-        progress.close()
+    with contextlib.ExitStack() as stack:
+        fetched = None
+        if repo:
+            fetched = stack.enter_context(_fetch(repo, key, options))
+            options = replace(options, backup=fetched.path,
+                              backup_dir=fetched.path.parents[4], record=False)
+        progress = console.Progress("drill")
+        try:
+            result = run_drill(options, production=production(os.environ.get("DATABASE_URL")),
+                               on_line=lambda line: drill_line(progress, line))
+        finally:
+            progress.close()
     if result.sandbox.note:
         logging.getLogger("atb.drill").warning("%s", result.sandbox.note)
     if pdf:
@@ -86,9 +103,44 @@ def drill_run(pdf: bool, as_json: bool, **values: Any) -> None:
         render.render(html_path, pdf=html_path.with_suffix(".pdf"))
         result = replace(result, reports={**result.reports,
                                           "pdf": str(html_path.with_suffix(".pdf"))})
-    output.show(result, as_json=as_json, text=drill_summary)
+    if fetched is None:
+        output.show(result, as_json=as_json, text=drill_summary)
+    elif as_json:
+        output.print_json({**output.jsonable(result), "offsite": _offsite(repo, fetched)})
+    else:
+        click.echo(drill_summary(result) + "\n" + "\n".join(
+            f"{k + ':':<14} {v}" for k, v in _offsite(repo, fetched).items()))
     if not result.passed:
         raise SystemExit(10 if result.verdict == "INCOMPLETE" else 1)
+
+
+@contextlib.contextmanager
+def _fetch(repo: str, key: str | None, options: DrillOptions) -> Iterator[Fetched]:
+    """The backup to drill, downloaded (with progress on a terminal) and proven."""
+    from datetime import UTC, datetime
+
+    from backup_core.ops import offsite
+    from drills.pick import pick
+
+    progress = console.Progress("fetch")
+    try:
+        with offsite.downloaded(
+                repo, key, database=options.database, progress=lambda n: progress("download", n),
+                pick=lambda found: pick(found, now=datetime.now(UTC),
+                                        window_days=options.window_days, seed=options.seed,
+                                        database=options.database)) as got:
+            progress.close()
+            yield got
+    finally:
+        progress.close()
+
+
+def _offsite(repo: str | None, got: Fetched) -> dict[str, str]:
+    """What the report says of the repository object: its key, hashes and the fetch phase."""
+    o = got.offsite
+    return {"repository": str(repo), "object": o.dump.key, "stored sha256": o.dump.sha256,
+            "plain sha256": o.dump.plain_sha256, "encryption": o.encryption,
+            "fetch/verify": f"{got.duration_s:.1f}s"}
 
 
 def _options(values: dict[str, Any]) -> DrillOptions:
