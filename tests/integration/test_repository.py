@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import uuid
 from pathlib import Path
 
@@ -199,41 +198,3 @@ def test_wrong_credentials_missing_bucket_and_read_only_keys_are_one_line_exit_4
                            "AWS_EC2_METADATA_DISABLED": "true"})
     assert none.returncode in (2, 4) and none.stderr.count("\n") == 1
 
-
-def test_a_drill_from_the_repository_alone_passes_and_names_the_object(
-        object_store: ObjectStore, repo: str, history: tuple[ConnInfo, Path],
-        keys: tuple[str, Path, Path], tmp_path: Path, sandbox_tmp: Path) -> None:
-    """The disaster-recovery drill: an encrypted backup pushed from the backup host, drilled
-    on a machine with only read-only keys and the identity (no BACKUP_DIR, no DATABASE_URL):
-    restored, migrated and every check passed but the RPO judgement (one backup in the
-    fetched tree: INCOMPLETE, exit 10); the report names the object and its hashes, and the
-    download is gone."""
-    from drills.demo import example_dir
-    from tests.helpers import copy_backup, drill, oldest
-
-    recipient, ident, _ = keys
-    tree = tmp_path / "host"
-    copy_backup(oldest(history[1]), tree)
-    pushed = atb_inproc("db", "push", "--backup-dir", str(tree), "--repo", repo,
-                        env={**object_store.env(), "BACKUP_ENCRYPT_TO": recipient})
-    assert pushed.returncode == 0, pushed.stderr
-    key = _key(json.loads(atb_inproc("db", "list", "--repo", repo, "--json",
-                                     env=object_store.env(read_only=True)).stdout)[0])
-    example = example_dir()
-    done, result = drill(
-        "--repo", repo, "--backup", key, "--schedule", "5d", "--no-record",
-        "--alembic-config", str(example / "alembic.ini"), "--integration-cmd",
-        f"{sys.executable} -m pytest -q -p no:cacheprovider {example / 'tests'}",
-        backup_dir=tmp_path / "nothing-here", report_dir=tmp_path / "reports",
-        env={**object_store.env(read_only=True), "ATB_AGE_IDENTITY_FILE": str(ident),
-             "TMPDIR": str(sandbox_tmp)})
-    assert done.returncode == 10, done.stdout + done.stderr
-    assert result["verdict"] == "INCOMPLETE"
-    assert {c["name"]: c["outcome"] for c in result["checks"]
-            if c["outcome"] != "passed"} == {"test_schedule_meets_the_rpo_target": "skipped"}
-    assert result["offsite"]["object"] == key + ".age"
-    assert result["offsite"]["encryption"] == "age"
-    assert len(result["offsite"]["stored sha256"]) == 64
-    assert result["offsite"]["plain sha256"] == json.loads(
-        next(tree.rglob("backup-*Z.json")).read_text())["sha256"]
-    assert not list(sandbox_tmp.glob("atb-fetch-*"))
