@@ -67,7 +67,7 @@ def test_the_workflow_template_drills_from_the_repository_with_read_only_keys(
                  # the application's settings: the example app, a local sandbox
                  "ATB_SANDBOX": "local", "ATB_SCHEDULE": "5d",  # the history is 4 days old
                  "ATB_INTEGRATION_CMD": f"{sys.executable} -m pytest -q -p no:cacheprovider "
-                                        "tests"})
+                                        f"{example_dir() / 'tests'}"})
     codes, outputs = [], []
     for step in flow["jobs"]["drill"]["steps"]:
         if "uses" in step:
@@ -89,7 +89,7 @@ def test_the_workflow_template_drills_from_the_repository_with_read_only_keys(
         outputs.append(done.stdout + done.stderr)
     assert (runner_temp / "pip-args").read_text().split() == [
         "install", "atb-backup-drills[drill,embedded,s3]"]
-    assert codes == [0, 0, 10, 0], outputs
+    assert codes == [0, 0, 10, 0], "\n".join(outputs)
     drill_out = outputs[2]
     assert "Verdict:" in drill_out or "INCOMPLETE" in drill_out, drill_out
     key = json.loads(atb_inproc("db", "list", "--repo", repo, "--json",
