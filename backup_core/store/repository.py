@@ -264,8 +264,17 @@ class Repository:
 
     def open(self, rel: str) -> Any:
         """A streaming body of one object."""
-        with _store(self.url, f"reading {rel} from"):
+        from botocore import exceptions as bx
+
+        try:
             return self.client.get_object(Bucket=self.url.bucket, Key=self.url.key(rel))["Body"]
+        except bx.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise VerifyFailed(f"{rel} is gone from {self.url} (deleted while it was "
+                                   "being read?): nothing was restored") from exc
+            raise _translate(exc, self.url, f"reading {rel} from") from exc
+        except bx.BotoCoreError as exc:
+            raise _translate(exc, self.url, f"reading {rel} from") from exc
 
     def upload(self, path: Path, rel: str, *, metadata: dict[str, str],
                progress: Callable[[int], None] | None = None) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import boto3
@@ -198,3 +200,83 @@ def test_wrong_credentials_missing_bucket_and_read_only_keys_are_one_line_exit_4
                            "AWS_EC2_METADATA_DISABLED": "true"})
     assert none.returncode in (2, 4) and none.stderr.count("\n") == 1
 
+
+
+def test_prune_of_the_repository_keeps_the_floor_and_the_newest_drill_verified(
+        object_store: ObjectStore, repo: str, source: ConnInfo, tmp_path: Path) -> None:
+    """The local tree's plan over the repository: of two expired backups and a fresh one,
+    the fresh one and the drill-verified oldest stay; only the middle one goes, manifest
+    record and objects alike."""
+    from backup_core.store.verdicts import DrillVerdict, record_drill
+
+    tree = tmp_path / "b"
+    for day in (12, 11, 0):
+        at = (datetime.now(UTC) - timedelta(days=day)).strftime("%Y%m%dT%H%M%SZ")
+        assert atb_inproc("db", "backup", "--backup-dir", str(tree), "--at", at,
+                          "--row-counts", "off", url=source).returncode == 0
+    oldest_dump = sorted(tree.rglob("*.dump"))[0]
+    record_drill(oldest_dump, DrillVerdict(passed=True, at=datetime.now(UTC).isoformat(),
+                                           verdict="PASS"))
+    env = _env(object_store, BACKUP_REPO=repo)
+    assert atb_inproc("db", "push", "--backup-dir", str(tree), env=env).returncode == 0
+    before = [_key(i) for i in json.loads(atb_inproc("db", "list", "--json", env=env).stdout)]
+    assert len(before) == 3
+    plan = atb_inproc("db", "prune", "--retention-days", "1", "--keep-last", "1", "--json",
+                      env=env)
+    assert plan.returncode == 0, plan.stderr
+    assert json.loads(plan.stdout)["delete"] == [before[1]]
+    after = json.loads(atb_inproc("db", "list", "--json", env=env).stdout)
+    assert [_key(i) for i in after] == [before[0], before[2]]
+    assert after[1]["checked"] == "drill-passed"
+    prefix = repo.split("/", 3)[3]
+    left = _client(object_store).list_objects_v2(  # type: ignore[attr-defined]
+        Bucket=object_store.bucket, Prefix=f"{prefix}/{before[1][:-len('.dump')]}")
+    assert left.get("KeyCount") == 0
+
+
+def test_status_fails_while_the_newest_backup_is_not_off_site_and_exports_the_lag(
+        object_store: ObjectStore, repo: str, source: ConnInfo, tmp_path: Path) -> None:
+    """A sound local backup two hours old and not pushed misses a 1h off-site bound (exit 1,
+    the lag in the Prometheus file); pushed, the lag is 0 and status passes."""
+    tree, prom = tmp_path / "b", tmp_path / "atb.prom"
+    at = (datetime.now(UTC) - timedelta(hours=2)).strftime("%Y%m%dT%H%M%SZ")
+    assert atb_inproc("db", "backup", "--backup-dir", str(tree), "--at", at, "--row-counts",
+                      "off", url=source).returncode == 0
+    env = _env(object_store, BACKUP_REPO=repo)
+    args = ("db", "status", "--backup-dir", str(tree), "--schedule", "1d", "--rpo", "1d",
+            "--prometheus", str(prom))
+    late = atb_inproc(*args, env=env)
+    assert late.returncode == 1, late.stdout + late.stderr
+    assert "MISSED: not off-site within 1h" in late.stdout
+    lag = re.search(rf'atb_offsite_lag_seconds{{database="{source.dbname}"}} (\d+)',
+                    prom.read_text())
+    assert lag is not None and 7190 <= int(lag.group(1)) <= 7300
+    assert atb_inproc("db", "push", "--backup-dir", str(tree), env=env).returncode == 0
+    done = atb_inproc(*args, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f'atb_offsite_lag_seconds{{database="{source.dbname}"}} 0' in prom.read_text()
+
+
+def test_an_object_deleted_before_its_download_is_one_line_and_leaves_nothing(
+        object_store: ObjectStore, repo: str, source: ConnInfo, pg15: Cluster,
+        tmp_path: Path) -> None:
+    """A dump deleted between the listing and the download: exit 9, one line, no target
+    database and no download left behind."""
+    from backup_core.store import repository
+
+    tree = tmp_path / "b"
+    env = _env(object_store, BACKUP_REPO=repo)
+    assert atb_inproc("db", "backup", "--backup-dir", str(tree), "--row-counts", "off",
+                      env=env, url=source).returncode == 0
+    os.environ.update(object_store.env())
+    try:
+        store = repository.open_repository(repo)
+        remote = repository.scan(store)[0]
+    finally:
+        for k in object_store.env():
+            os.environ.pop(k, None)
+    store.delete([remote.offsite.dump.key])  # type: ignore[union-attr]
+    dest = tmp_path / "fetch"
+    with pytest.raises(repository.VerifyFailed, match="is gone from"):
+        repository.fetch(store, remote, dest)
+    assert [p for p in dest.rglob("*") if p.is_file()] == []
