@@ -334,7 +334,9 @@ def open_repository(url: str) -> Repository:
 def _stem(rel: str) -> tuple[str, str] | None:
     """(directory/backup-<stamp>, suffix) of a key named like a backup's object."""
     m = _STEM.match(rel)
-    return None if m is None else ((m.group(1) or "") + m.group(2), m.group(3))
+    if m is None or any(part in ("", ".", "..") for part in rel.split("/")):
+        return None  # never a path that could leave a download directory
+    return (m.group(1) or "") + m.group(2), m.group(3)
 
 
 def scan(repo: Repository, database: str | None = None, *,
