@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 
 from backup_core.store import catalog, sealing
 from backup_core.store.catalog import Backup
@@ -66,6 +66,19 @@ PRIVATE_FIELDS = ("row_counts", "row_checksums", "inventory", "definitions", "co
 PART_SIZE = 16 << 20
 _URL = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(.*))?$")
 _STEM = re.compile(r"^(.*/)?(backup-\d{8}T\d{6}Z)(\..+)$")
+# A cache of the small JSON objects (manifest records, drill histories) so that a listing of
+# 10,000 backups reads a few segments instead of 10,000 objects. Each entry carries the
+# object's ETag and is used only while the listing shows the same ETag: the listing decides
+# what exists and what it holds, the index only saves the reads.
+INDEX_DIR = ".index"
+INDEX_FORMAT = 1
+INDEX_SEGMENTS_MAX = 16
+
+
+class Obj(NamedTuple):
+    size: int
+    modified: datetime
+    etag: str
 
 
 @dataclass(frozen=True)
@@ -227,17 +240,18 @@ class Repository:
 
     # -- objects --
 
-    def objects(self) -> dict[str, tuple[int, datetime]]:
-        """Every object under the prefix: relative key -> (size, last modified)."""
-        found: dict[str, tuple[int, datetime]] = {}
+    def objects(self) -> dict[str, Obj]:
+        """Every object under the prefix: relative key -> (size, last modified, ETag)."""
+        found: dict[str, Obj] = {}
         prefix = self.url.key("") if self.url.prefix else ""
         with _store(self.url, "listing"):
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.url.bucket, Prefix=prefix)
             for page in pages:
                 for item in page.get("Contents", ()):
-                    found[self.url.rel(item["Key"])] = (int(item["Size"]),
-                                                        item["LastModified"])
+                    found[self.url.rel(item["Key"])] = Obj(int(item["Size"]),
+                                                           item["LastModified"],
+                                                           str(item.get("ETag", "")))
         return found
 
     def head(self, rel: str) -> dict[str, Any] | None:
@@ -342,7 +356,15 @@ def _stem(rel: str) -> tuple[str, str] | None:
 def scan(repo: Repository, database: str | None = None, *,
          now: datetime | None = None, workers: int = 32) -> list[RemoteBackup]:
     """Every backup in the repository (one database's if given), newest first: one listing,
-    then the manifest records read concurrently."""
+    the index segments, and the manifest records the index lacks read concurrently."""
+    return _scan(repo, database, now=now, workers=workers)[0]
+
+
+Fresh = dict[str, tuple[str, Any]]  # key -> (ETag, JSON) of what was read outside the index
+
+
+def _scan(repo: Repository, database: str | None = None, *, now: datetime | None = None,
+          workers: int = 32) -> tuple[list[RemoteBackup], Fresh, dict[str, Obj]]:
     now = now or datetime.now(UTC)
     objects = repo.objects()
     stems: dict[str, dict[str, str]] = {}
@@ -353,37 +375,96 @@ def scan(repo: Repository, database: str | None = None, *,
     if database is not None:
         top = dir_name(database) + "/"
         stems = {s: v for s, v in stems.items() if s.startswith(top)}
-    records = sorted(s for s, v in stems.items() if MANIFEST_SUFFIX in v)
-
-    def read(stem: str) -> tuple[str, bytes | AtbError]:
-        try:
-            return stem, repo.read_small(stem + MANIFEST_SUFFIX)
-        except AtbError as exc:
-            return stem, exc
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        texts = dict(pool.map(read, records))
-    drills = {s: v[DRILL_SUFFIX] for s, v in stems.items() if DRILL_SUFFIX in v}
-    found = []
-    for stem, parts in stems.items():
-        found.append(_judge(repo, stem, parts, texts.get(stem), objects, now,
-                            drill_key=drills.get(stem)))
-    found = [f for f in found if f is not None]
+    wanted = [v[k] for v in stems.values() for k in (MANIFEST_SUFFIX, DRILL_SUFFIX) if k in v]
+    segments = {k: o for k, o in objects.items() if k.startswith(INDEX_DIR + "/")}
+    data, fresh = _small_objects(repo, wanted, objects, segments, workers)
+    found = [_judge(stem, parts, data.get(stem + MANIFEST_SUFFIX), objects, now,
+                    drill=data.get(parts[DRILL_SUFFIX]) if DRILL_SUFFIX in parts else None)
+             for stem, parts in stems.items()]
     if database is not None:
         found = [f for f in found if f.backup.database == database]
     found.sort(key=lambda r: (r.backup.taken_at or now, r.backup.path.name), reverse=True)
-    return found
+    return found, fresh, segments
 
 
-def _judge(repo: Repository, stem: str, parts: dict[str, str], text: bytes | AtbError | None,
-           objects: dict[str, tuple[int, datetime]], now: datetime, *,
-           drill_key: str | None) -> RemoteBackup:
+def _small_objects(repo: Repository, rels: list[str], objects: dict[str, Obj],
+                   segments: dict[str, Obj], workers: int,
+                   ) -> tuple[dict[str, Any], Fresh]:
+    """The JSON of each of `rels` (an `AtbError` for one that cannot be read): from the
+    index where its ETag is the listing's, else read (and returned in `Fresh` too)."""
+    def segment(rel: str) -> dict[str, Any]:
+        try:
+            doc = json.loads(repo.read_small(rel))
+        except (AtbError, ValueError, RecursionError):
+            return {}
+        if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT \
+                or not isinstance(doc.get("objects"), dict):
+            return {}
+        return dict(doc["objects"])
+
+    def read(rel: str) -> tuple[str, Any]:
+        try:
+            return rel, json.loads(repo.read_small(rel))
+        except AtbError as exc:
+            return rel, exc
+        except (ValueError, RecursionError) as exc:
+            return rel, AtbError(f"unreadable manifest: {exc}")
+
+    index: dict[str, Any] = {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for part in pool.map(segment, sorted(segments)):
+            index.update(part)
+        out: dict[str, Any] = {}
+        missing = []
+        for rel in rels:
+            hit = index.get(rel)
+            etag = objects[rel].etag
+            if isinstance(hit, dict) and etag and hit.get("etag") == etag and "json" in hit:
+                out[rel] = hit["json"]
+            else:
+                missing.append(rel)
+        fresh: Fresh = {}
+        for rel, value in pool.map(read, missing):
+            out[rel] = value
+            if not isinstance(value, AtbError) and objects[rel].etag:
+                fresh[rel] = (objects[rel].etag, value)
+    return out, fresh
+
+
+def refresh_index(repo: Repository) -> int:
+    """Add what a listing had to read to the index (one new segment), folding every segment
+    into one past `INDEX_SEGMENTS_MAX`. Returns the entries written. Safe to race: entries
+    are checked against the listing's ETags, duplicates are harmless."""
+    import uuid
+
+    _, fresh, segments = _scan(repo)
+    if not fresh and len(segments) <= INDEX_SEGMENTS_MAX:
+        return 0
+    name = f"{INDEX_DIR}/{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}.json"
+    entries = {rel: {"etag": etag, "json": value} for rel, (etag, value) in fresh.items()}
+    fold = len(segments) + 1 > INDEX_SEGMENTS_MAX
+    if fold:  # everything the listing shows, read through the index, in one segment
+        objects = repo.objects()
+        rels = [k for k in objects if k.endswith((MANIFEST_SUFFIX, DRILL_SUFFIX))
+                and _stem(k) is not None]
+        data, _ = _small_objects(repo, rels, objects, segments, 32)
+        entries = {rel: {"etag": objects[rel].etag, "json": value}
+                   for rel, value in data.items() if not isinstance(value, AtbError)}
+    repo.put(name, json.dumps({"format": INDEX_FORMAT, "objects": entries}).encode())
+    if fold:
+        repo.delete(sorted(segments))
+    return len(entries)
+
+
+def _judge(stem: str, parts: dict[str, str], data: Any, objects: dict[str, Obj],
+           now: datetime, *, drill: Any) -> RemoteBackup:
     dump_rel = stem + DUMP_SUFFIX
     path = Path(dump_rel)
     at = taken_at(path)
     top = stem.split("/", 1)[0]
     db_named = db_from_dir(top) or top
-    size, modified = objects.get(parts.get(DUMP_SUFFIX + AGE_SUFFIX) or dump_rel, (0, now))
+    size, modified, _ = objects.get(parts.get(DUMP_SUFFIX + AGE_SUFFIX) or dump_rel,
+                                    Obj(0, now, ""))
 
     def record(state: str, problem: str = "", **extra: Any) -> Backup:
         return Backup(path=path, database=extra.pop("database", db_named), state=state,
@@ -391,20 +472,19 @@ def _judge(repo: Repository, stem: str, parts: dict[str, str], text: bytes | Atb
                       **extra)
 
     manifest_key = stem + MANIFEST_SUFFIX
-    if text is None:
+    if data is None:
         return RemoteBackup(record(catalog.NO_MANIFEST, "no manifest object: an upload that "
                                    "did not finish (the next push completes it)"), None,
                             manifest_key)
-    if isinstance(text, AtbError):
-        return RemoteBackup(record(catalog.BAD_MANIFEST, str(text)), None, manifest_key)
+    if isinstance(data, AtbError):
+        return RemoteBackup(record(catalog.BAD_MANIFEST, str(data)), None, manifest_key)
     try:
-        data = json.loads(text)
         manifest = Manifest.from_dict(data)
         offsite = Offsite.from_dict(data.get("offsite"))
     except (ValueError, RecursionError) as exc:
         return RemoteBackup(record(catalog.BAD_MANIFEST, f"unreadable manifest: {exc}"), None,
                             manifest_key)
-    drills = _drills(repo, drill_key) if drill_key else ()
+    drills = _drills(drill)
     extra: dict[str, Any] = {"manifest": manifest, "alembic_revision": manifest.alembic_revision,
              "database": manifest.database, "drills": drills}
     stored = objects.get(offsite.dump.key)
@@ -429,14 +509,10 @@ def _judge(repo: Repository, stem: str, parts: dict[str, str], text: bytes | Atb
     return RemoteBackup(record(catalog.COMPLETE, **extra), offsite, manifest_key)
 
 
-def _drills(repo: Repository, rel: str) -> tuple[DrillVerdict, ...]:
+def _drills(data: Any) -> tuple[DrillVerdict, ...]:
     """The drill history pushed beside a backup (read as the local reader reads it)."""
     from backup_core.store import verdicts
 
-    try:
-        data = json.loads(repo.read_small(rel, 1 << 20))
-    except (AtbError, ValueError, RecursionError):
-        return ()
     if not isinstance(data, dict):
         return ()
     history = data.get("history")
@@ -507,15 +583,20 @@ def push_backup(repo: Repository, dump: Path, manifest: Manifest, *,
                     and meta.get("atb-recipients", "") == tag and "atb-sha256" in meta:
                 return StoredObject(key, int(old["ContentLength"]), meta["atb-sha256"],
                                     expect, int(meta.get("atb-plain-size", "0")))
-            sealed = Path(tmp) / "object"
-            hashed = sealing.seal(src, sealed, recipients)
+            if recipients:
+                sealed = Path(tmp) / "object"
+                hashed = sealing.seal(src, sealed, recipients)
+            else:  # plain: the file itself, hashed first (no copy of a large dump)
+                sealed = src
+                hashed = sealing.hash_file(src)
             if hashed.plain_sha256 != expect:
                 raise VerifyFailed(f"{src} changed since its manifest was written: not pushed")
             repo.upload(sealed, key, metadata={
                 "atb-plain-sha256": hashed.plain_sha256, "atb-sha256": hashed.stored_sha256,
                 "atb-plain-size": str(hashed.plain_size), "atb-recipients": tag},
                 progress=progress if count else None)
-            sealed.unlink()
+            if sealed != src:
+                sealed.unlink()
             return StoredObject(key, hashed.stored_size, hashed.stored_sha256,
                                 hashed.plain_sha256, hashed.plain_size)
 
@@ -527,7 +608,7 @@ def push_backup(repo: Repository, dump: Path, manifest: Manifest, *,
         full = None
         local_manifest = manifest_path(dump)
         if recipients:
-            digest = sealing.seal(local_manifest, Path(tmp) / "m", ()).plain_sha256
+            digest = sealing.hash_file(local_manifest).plain_sha256
             full = send(local_manifest, stem + FULL_MANIFEST + AGE_SUFFIX, digest, False)
         offsite = Offsite("age" if recipients else "none", prints, stored_dump, stored_roles,
                           full, (now or datetime.now(UTC)).isoformat(timespec="seconds"))
@@ -570,6 +651,8 @@ def push(repo: Repository, backup_dir: Path, *, recipients: tuple[str, ...] = ()
         pushed.append(push_backup(repo, b.path, b.manifest, recipients=recipients,
                                   progress=progress))
     skipped = tuple(str(b.path) for b in local if b.is_backup and not b.complete)
+    if any(p.uploaded for p in pushed):
+        refresh_index(repo)
     return PushReport(str(repo), tuple(pushed), skipped)
 
 
