@@ -203,12 +203,15 @@ def _translate(exc: BaseException, repo: RepoUrl, doing: str) -> AtbError:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if code in ("NoSuchBucket",) or (code == "404" and "bucket" in doing):
             return ConnectionFailed(f"{doing} {repo}: bucket {repo.bucket!r} does not exist")
+        if code == "RequestTimeTooSkewed" or _skewed(exc.response):
+            return ConnectionFailed(f"{doing} {repo}: this host's clock is too far from the "
+                                    "store's: fix the clock (NTP)")
         if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403") \
                 or status == 403:
             return ConnectionFailed(f"{doing} {repo}: the store refused our credentials "
                                     f"({code or status}): check the AWS keys or profile and "
                                     "the key's permissions")
-        if code == "RequestTimeTooSkewed":
+        if code == "RequestTimeTooSkewed" or _skewed(exc.response):
             return ConnectionFailed(f"{doing} {repo}: this host's clock is too far from the "
                                     "store's: fix the clock (NTP)")
         return ConnectionFailed(f"{doing} {repo}: the store answered {code or status}: "
@@ -216,6 +219,23 @@ def _translate(exc: BaseException, repo: RepoUrl, doing: str) -> AtbError:
     if isinstance(exc, bx.BotoCoreError):
         return ConnectionFailed(f"{doing} {repo}: cannot reach the store: {exc}")
     return ConnectionFailed(f"{doing} {repo}: {exc}")
+
+
+def _skewed(response: dict[str, Any]) -> bool:
+    """Whether the store's clock (its Date header) is more than 5 minutes from ours: a
+    signature it refuses for that reason looks like bad credentials (a HEAD has no body)."""
+    from email.utils import parsedate_to_datetime
+
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    try:
+        theirs = parsedate_to_datetime(str(date))
+    except (TypeError, ValueError):
+        return False
+    from botocore.auth import get_current_datetime  # the clock botocore signs with
+
+    ours = get_current_datetime()
+    ours = ours if ours.tzinfo else ours.replace(tzinfo=UTC)
+    return bool(abs((theirs - ours).total_seconds()) > 300)
 
 
 @contextmanager
@@ -337,8 +357,8 @@ def open_repository(url: str) -> Repository:
         session = boto3.session.Session()
         client = session.client("s3", config=config,
                                 region_name=session.region_name or "us-east-1")
-    with _store(repo, "opening bucket of"):
-        client.head_bucket(Bucket=repo.bucket)
+    with _store(repo, "opening"):  # List is what even a read-only key may do
+        client.list_objects_v2(Bucket=repo.bucket, Prefix=repo.key(""), MaxKeys=1)
     return Repository(repo, client)
 
 

@@ -280,3 +280,17 @@ def test_an_object_deleted_before_its_download_is_one_line_and_leaves_nothing(
     with pytest.raises(repository.VerifyFailed, match="is gone from"):
         repository.fetch(store, remote, dest)
     assert [p for p in dest.rglob("*") if p.is_file()] == []
+
+
+def test_a_host_clock_far_from_the_stores_is_one_line_naming_the_clock(
+        object_store: ObjectStore, repo: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests signed two hours ahead of the store's clock are refused by the store: exit 4,
+    a line that says to fix the clock, not a credentials riddle."""
+    import botocore.auth
+
+    real = botocore.auth.get_current_datetime
+    monkeypatch.setattr(botocore.auth, "get_current_datetime",
+                        lambda: real() + timedelta(hours=2))
+    done = atb_inproc("db", "list", "--repo", repo, env=object_store.env())
+    assert done.returncode == 4, done.stderr
+    assert "clock" in done.stderr and done.stderr.count("\n") == 1
