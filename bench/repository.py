@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -82,7 +83,7 @@ def main() -> None:
     size = _size(args.size)
     work = Path(tempfile.mkdtemp(prefix="atb-bench-repo-"))
     rows: list[Comparison] = []
-    with seaweedfs(work / "store") as store:
+    with seaweedfs(work / "store", volume_mb=1024, volumes=64) as store:
         os.environ.update(store.env())
         repo = repository.open_repository(store.url)
         client = repo.client
@@ -132,6 +133,7 @@ def main() -> None:
         rows.append(dec)
         if args.listing:
             rows.append(_listing(store.bucket, client, args.listing, args.repeat))
+    shutil.rmtree(work, ignore_errors=True)
     text = _render(rows, args)
     results = ROOT / "bench" / "RESULTS.md"
     old = results.read_text() if results.exists() else "# Benchmark results\n"

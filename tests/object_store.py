@@ -68,7 +68,8 @@ def _ports() -> tuple[int, int, int, int]:
 
 
 @contextmanager
-def seaweedfs(workdir: Path, *, bucket: str = "atb-test") -> Iterator[ObjectStore]:
+def seaweedfs(workdir: Path, *, bucket: str = "atb-test", volume_mb: int = 64,
+              volumes: int = 16) -> Iterator[ObjectStore]:
     """Start `weed server -s3`, wait until the S3 API answers and the bucket exists; stop it
     (SIGTERM, up to 10 s, then SIGKILL) on the way out."""
     weed = weed_binary()
@@ -89,7 +90,7 @@ def seaweedfs(workdir: Path, *, bucket: str = "atb-test") -> Iterator[ObjectStor
     argv = [weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
             f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
             "-s3", f"-s3.port={s3}", f"-s3.config={config}", "-s3.port.iceberg=0",
-            "-s3.port.lance=0", "-master.volumeSizeLimitMB=64", "-volume.max=16",
+            "-s3.port.lance=0", f"-master.volumeSizeLimitMB={volume_mb}", f"-volume.max={volumes}",
             f"-filer.localSocket={workdir}/filer.sock"]
     log = (workdir / "weed.log").open("wb")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=workdir,

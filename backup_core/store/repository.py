@@ -654,12 +654,33 @@ def _at(manifest: Manifest) -> datetime | None:
         return None
 
 
+STALE_UPLOAD = 86400  # an upload started a day ago is no longer running
+
+
+def abort_stale_uploads(repo: Repository, *, now: datetime) -> int:
+    """Abort the multipart uploads of pushes that died (never visible as objects, but the
+    store keeps their parts and bills them); a day old is never a running push."""
+    prefix = repo.url.key("") if repo.url.prefix else ""
+    aborted = 0
+    with _store(repo.url, "cleaning up interrupted uploads in"):
+        page = repo.client.list_multipart_uploads(Bucket=repo.url.bucket, Prefix=prefix)
+        for up in page.get("Uploads", ()):
+            if (now - up["Initiated"]).total_seconds() > STALE_UPLOAD:
+                repo.client.abort_multipart_upload(Bucket=repo.url.bucket, Key=up["Key"],
+                                                   UploadId=up["UploadId"])
+                aborted += 1
+    if aborted:
+        log.info("aborted %d interrupted upload(s) in %s", aborted, repo.url)
+    return aborted
+
+
 def push(repo: Repository, backup_dir: Path, *, recipients: tuple[str, ...] = (),
          database: str | None = None,
          progress: Callable[[int], None] | None = None) -> PushReport:
     """Upload every sound local backup the repository lacks, oldest first: idempotent and
     resumable, so cron may run it as often as it likes."""
     local = catalog.scan(backup_dir, database)
+    abort_stale_uploads(repo, now=datetime.now(UTC))
     present = {r for r in repo.objects() if r.endswith(MANIFEST_SUFFIX)}
     pushed = []
     for b in sorted(catalog.complete_backups(local), key=lambda b: b.taken_at or datetime.min):
