@@ -261,7 +261,57 @@ class Repository:
     # -- objects --
 
     def objects(self) -> dict[str, Obj]:
-        """Every object under the prefix: relative key -> (size, last modified, ETag)."""
+        """Every object under the prefix: relative key -> (size, last modified, ETag).
+
+        Read as raw XML pages through presigned URLs: botocore's parser costs ~0.3 s per
+        1,000 keys, ElementTree ~0.01 s, and a repository of 10,000 backups holds 20,000 to
+        40,000 objects. Anything unexpected falls back to botocore's paginator, whose errors
+        are the ones a person reads."""
+        try:
+            return self._objects_fast()
+        except Exception as exc:  # the paginator repeats it and says what went wrong
+            log.debug("fast listing of %s failed (%s): using the paginator", self.url, exc)
+        return self._objects_paginated()
+
+    def _objects_fast(self) -> dict[str, Obj]:
+        import xml.etree.ElementTree as ET
+        from urllib.parse import unquote_plus
+
+        import urllib3
+        from botocore.httpsession import get_cert_path
+
+        ns = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+        verify = os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True)
+        http = urllib3.PoolManager(ca_certs=verify if isinstance(verify, str) else None,
+                                   retries=urllib3.Retry(3, backoff_factor=0.2),
+                                   timeout=urllib3.Timeout(connect=5, read=60))
+        found: dict[str, Obj] = {}
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {"Bucket": self.url.bucket, "MaxKeys": 1000}
+            if self.url.prefix:
+                params["Prefix"] = self.url.key("")
+            if token:
+                params["ContinuationToken"] = token
+            url = self.client.generate_presigned_url("list_objects_v2", Params=params,
+                                                     ExpiresIn=300)
+            response = http.request("GET", url, preload_content=True)
+            if response.status != 200:
+                raise ConnectionError(f"HTTP {response.status}")
+            root = ET.fromstring(response.data)
+            for item in root.iter(f"{ns}Contents"):
+                key = unquote_plus(item.findtext(f"{ns}Key") or "")  # encoding-type=url
+                found[self.url.rel(key)] = Obj(
+                    int(item.findtext(f"{ns}Size") or 0),
+                    datetime.fromisoformat(item.findtext(f"{ns}LastModified") or ""),
+                    item.findtext(f"{ns}ETag") or "")
+            if (root.findtext(f"{ns}IsTruncated") or "false").lower() != "true":
+                return found
+            token = root.findtext(f"{ns}NextContinuationToken")
+            if not token:
+                raise ValueError("a truncated page without a continuation token")
+
+    def _objects_paginated(self) -> dict[str, Obj]:
         found: dict[str, Obj] = {}
         prefix = self.url.key("") if self.url.prefix else ""
         with _store(self.url, "listing"):
@@ -352,7 +402,8 @@ def open_repository(url: str) -> Repository:
     from botocore.config import Config
 
     config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5,
-                    read_timeout=60, max_pool_connections=32)
+                    read_timeout=60, max_pool_connections=32,
+                    signature_version="s3v4")  # presigned URLs too (the fast listing)
     with _store(repo, "opening"):
         session = boto3.session.Session()
         client = session.client("s3", config=config,
