@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from backup_core.ops import verify
 from backup_core.store import catalog, repository, retention, sealing
 from backup_core.store.naming import DUMP_SUFFIX, MANIFEST_SUFFIX
 from backup_core.store.repository import Fetched, PushReport, RemoteBackup, Repository
 from backup_core.tools import toolchain
-from backup_core.tools.errors import ConfigError, SafetyRefusal, VerifyFailed
+from backup_core.tools.commands import pg_restore_stream_argv
+from backup_core.tools.errors import CommandFailed, ConfigError, SafetyRefusal, VerifyFailed
+from backup_core.tools.runner import first_error_line, spawn
 
 
 def identity_file() -> Path | None:
@@ -51,28 +56,109 @@ def _select(repo: Repository, *, key: str | None, latest: bool, all_: bool,
 def verify_remote(url: str, *, key: str | None = None, latest: bool = False,
                   all_: bool = False, database: str | None = None,
                   deep: bool = False) -> verify.VerifyReport:
-    """Download each selected backup into a private directory, proving the stored and the
-    plaintext SHA-256 of every object, then verify the copy as a local backup (TOC, and with
-    `deep` every data block); nothing is recorded in the repository."""
+    """Stream each selected backup from the store through pg_restore's reader (the TOC, or
+    with `deep` every data block), decrypting on the way and proving the stored and the
+    plaintext SHA-256 in the same pass: nothing is written to disk, nothing is recorded in
+    the repository. As for a local backup, once the hashes match a failing pg_restore
+    --list is the tool's failure (raised), a failing deep read the backup's."""
     repo = repository.open_repository(url)
     chains = toolchain.discover()
     ident = identity_file()
     results = []
     for remote in _select(repo, key=key, latest=latest, all_=all_, database=database):
         where = remote.backup.path  # the key, as `list --repo` shows it
-        if not remote.backup.complete:
+        if not remote.backup.complete or remote.offsite is None:
             results.append(verify.VerifyResult(where, deep, (verify.Check(
                 "catalog", False, f"{remote.backup.state}: {remote.backup.problem}"),)))
             continue
-        try:
-            with repository.fetched(repo, remote, identity_file=ident) as got:
-                local = verify.verify_backup(got.path, deep=deep, chains=chains, record=False)
-            checks = (verify.Check("stored sha256", True, got.offsite.dump.sha256),
-                      *local.checks)
-        except VerifyFailed as exc:
-            checks = (verify.Check("stored sha256", False, str(exc)),)
-        results.append(verify.VerifyResult(where, deep, checks))
+        results.append(_verify_streaming(repo, remote, deep=deep, chains=chains,
+                                         ids=repository.identities_for(remote, ident)))
     return verify.VerifyReport(tuple(results))
+
+
+class _Tee:
+    """A writer into pg_restore's standard input that keeps accepting (for the hashes) once
+    pg_restore has stopped reading (`--list` stops after the TOC). It never closes the
+    descriptor: its owner (the Popen's stdin) does, once."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        size = len(view)
+        while self.fd is not None and view:
+            try:
+                n = os.write(self.fd, view)
+            except BrokenPipeError:
+                self.fd = None  # the reader is done: the rest only feeds the hashes
+                break
+            view = view[n:]
+        return size
+
+
+def _verify_streaming(repo: Repository, remote: RemoteBackup, *, deep: bool,
+                      chains: list[toolchain.Toolchain], ids: list[Any] | None,
+                      ) -> verify.VerifyResult:
+    b, o = remote.backup, remote.offsite
+    assert b.manifest is not None and o is not None
+    where, m = b.path, b.manifest
+    chain = toolchain.for_restore(m.pg_dump_major, chains)  # ToolchainError: exit 3
+    checks: list[verify.Check] = []
+    proc = spawn(pg_restore_stream_argv(chain, deep=deep), what="pg_restore",
+                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    out: dict[str, bytes] = {}
+    drains = [threading.Thread(target=lambda n=name, f=f: out.__setitem__(n, f.read()),
+                               daemon=True)
+              for name, f in (("stdout", proc.stdout), ("stderr", proc.stderr))]
+    for t in drains:
+        t.start()
+    tee = _Tee(proc.stdin.fileno())
+    try:
+        repository.read_through(repo, o.dump, tee, ids=ids)
+    except VerifyFailed as exc:
+        proc.kill()
+        return verify.VerifyResult(where, deep, (verify.Check("stored sha256", False,
+                                                              str(exc)),))
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        for t in drains:
+            t.join()
+        proc.stdout.close()
+        proc.stderr.close()
+        proc.wait()
+    checks += [verify.Check("stored sha256", True, o.dump.sha256),
+               verify.Check("size", True, f"{o.dump.plain_size_bytes} bytes"),
+               verify.Check("sha256", True, o.dump.plain_sha256)]
+    if o.roles is not None:
+        try:
+            with open(os.devnull, "wb") as null:
+                repository.read_through(repo, o.roles, null, ids=ids)
+            checks.append(verify.Check("roles", True, o.roles.key))
+        except VerifyFailed as exc:
+            checks.append(verify.Check("roles", False, str(exc)))
+            return verify.VerifyResult(where, deep, tuple(checks))
+    stderr = out.get("stderr", b"").decode(errors="replace")
+    if deep:
+        if proc.returncode != 0:  # the bytes are the ones written: their blocks are not
+            checks.append(verify.Check("data", False, first_error_line(stderr)))
+        else:
+            checks.append(verify.Check("data", True, "every data block read, streamed"))
+        return verify.VerifyResult(where, deep, tuple(checks))
+    entries = sum(1 for ln in out.get("stdout", b"").decode(errors="replace").splitlines()
+                  if ln.strip() and not ln.startswith(";"))
+    if proc.returncode != 0 or entries != m.toc_entries:
+        raise CommandFailed(f"pg_restore {chain.version} --list read {entries} TOC entries "
+                            f"of {where} (exit {proc.returncode}), whose bytes match the "
+                            f"manifest's {m.toc_entries}: the tool failed, not the backup; "
+                            "nothing was recorded", detail=stderr)
+    checks.append(verify.Check("toc", True, f"{entries} entries (pg_restore {chain.version})"))
+    return verify.VerifyResult(where, deep, tuple(checks))
 
 
 def prune_remote(url: str, policy: retention.Policy, *, dry_run: bool = False,

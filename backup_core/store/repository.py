@@ -871,6 +871,41 @@ class _Counting:
         self.body.close()
 
 
+def identities_for(remote: RemoteBackup, identity_file: Path | None) -> list[Any] | None:
+    """The identities that open `remote` (None when it is not encrypted); refuses, before
+    anything is read, a missing identity or one that is not among its recipients."""
+    offsite = remote.offsite
+    if offsite is None or not offsite.encrypted:
+        return None
+    ids = sealing.identities(identity_file)
+    if not sealing.identity_fingerprints(ids) & set(offsite.recipients):
+        raise ConfigError(f"ATB_AGE_IDENTITY_FILE: none of its identities is a recipient "
+                          f"of {remote.backup.path} (encrypted to "
+                          f"{', '.join(offsite.recipients)})")
+    return ids
+
+
+def read_through(repo: Repository, obj: StoredObject, out: Any, *,
+                 ids: list[Any] | None) -> None:
+    """Stream one object (decrypted) into the writer `out`, then prove its stored and its
+    plaintext SHA-256 (`VerifyFailed` when either differs)."""
+    body = repo.open(obj.key)
+    try:
+        hashed = sealing.unseal_to(body, out, ids=ids, what=obj.key)
+    except AtbError:
+        raise
+    except Exception as exc:
+        raise _translate(exc, repo.url, f"reading {obj.key} from") from exc
+    finally:
+        body.close()
+    if (hashed.stored_size, hashed.stored_sha256) != (obj.size_bytes, obj.sha256):
+        raise VerifyFailed(f"{obj.key} in {repo.url}: stored bytes differ from the "
+                           "manifest's SHA-256 (altered, replaced or cut short)")
+    if (hashed.plain_size, hashed.plain_sha256) != (obj.plain_size_bytes, obj.plain_sha256):
+        raise VerifyFailed(f"{obj.key} in {repo.url}: plaintext differs from the manifest's "
+                           "SHA-256")
+
+
 @contextmanager
 def fetched(repo: Repository, remote: RemoteBackup, *, identity_file: Path | None = None,
             progress: Callable[[int], None] | None = None) -> Iterator[Fetched]:

@@ -154,16 +154,21 @@ def unseal(stream: Any, dest: Path, *, ids: list[Any] | None, what: str) -> Hash
     """Write the plaintext of `stream` (decrypted with `ids` when given) to `dest`, hashing
     both sides in the one pass."""
     with dest.open("wb") as fout:
-        reader, writer = _HashingReader(stream), _HashingWriter(fout)
-        if ids is not None:
-            pyrage = _pyrage()
-            try:
-                pyrage.decrypt_io(reader, writer, ids)
-            except pyrage.DecryptError as exc:
-                raise VerifyFailed(f"{what}: cannot decrypt ({exc}): the wrong identity, or "
-                                   "the object was altered") from exc
-        else:
-            buf = bytearray(CHUNK)
-            while n := reader.readinto(buf):
-                writer.write(memoryview(buf)[:n])
+        return unseal_to(stream, fout, ids=ids, what=what)
+
+
+def unseal_to(stream: Any, out: Any, *, ids: list[Any] | None, what: str) -> Hashed:
+    """`unseal` into any binary writer (a file, a pipe to pg_restore)."""
+    reader, writer = _HashingReader(stream), _HashingWriter(out)
+    if ids is not None:
+        pyrage = _pyrage()
+        try:
+            pyrage.decrypt_io(reader, writer, ids)
+        except pyrage.DecryptError as exc:
+            raise VerifyFailed(f"{what}: cannot decrypt ({exc}): the wrong identity, or "
+                               "the object was altered") from exc
+    else:
+        buf = bytearray(CHUNK)
+        while n := reader.readinto(buf):
+            writer.write(memoryview(buf)[:n])
     return Hashed(writer.size, writer.digest.hexdigest(), reader.size, reader.digest.hexdigest())

@@ -71,6 +71,10 @@ def test_backup_uploads_then_restore_from_the_repository_gives_the_same_rows(
     again = atb_inproc("db", "push", "--backup-dir", str(tmp_path / "b"), "--json", env=env)
     assert again.returncode == 0, again.stderr
     assert [p["uploaded"] for p in json.loads(again.stdout)["pushed"]] == [False]
+    checked = atb_inproc("db", "verify", _key(items[0]), "--json", env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert [c["name"] for c in json.loads(checked.stdout)[0]["checks"]] == [
+        "stored sha256", "size", "sha256", "roles", "toc"]
     target = pg15.url(f"restored_{uuid.uuid4().hex[:8]}")
     back = atb_inproc("db", "restore", _key(items[0]), "--target-url", target.secret_url,
                       env=env)
