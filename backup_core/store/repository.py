@@ -63,7 +63,7 @@ FULL_MANIFEST = ".manifest.json"  # the whole manifest, encrypted, beside the re
 OFFSITE_FORMAT = 1
 # what an encrypted repository's plaintext record leaves out: the data's shape and content
 PRIVATE_FIELDS = ("row_counts", "row_checksums", "inventory", "definitions", "conditions")
-PART_SIZE = 16 << 20
+PART_SIZE = 8 << 20  # boto3's own default part size
 _URL = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(.*))?$")
 _STEM = re.compile(r"^(.*/)?(backup-\d{8}T\d{6}Z)(\..+)$")
 # A cache of the small JSON objects (manifest records, drill histories) so that a listing of
@@ -367,7 +367,7 @@ class Repository:
         from boto3.s3.transfer import TransferConfig
 
         config = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
-                                max_concurrency=4, use_threads=True)
+                                max_concurrency=10, use_threads=True)
         sent = [0]
 
         def count(n: int) -> None:  # boto3 reports each chunk; we report the running total
@@ -803,18 +803,21 @@ def fetch(repo: Repository, remote: RemoteBackup, dest: Path, *,
     local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def get(obj: StoredObject, target: Path, count: bool) -> None:
-        body = repo.open(obj.key)
-        try:
-            counted = _Counting(body, progress) if count and progress else body
-            hashed = sealing.unseal(counted, target, ids=ids, what=obj.key)
-        except OSError as exc:
-            raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
-        except Exception as exc:
-            if isinstance(exc, AtbError):
-                raise
-            raise _translate(exc, repo.url, f"downloading {obj.key} from") from exc
-        finally:
-            body.close()
+        if obj.size_bytes > PART_SIZE:  # large: ranged GETs in parallel, then one local pass
+            hashed = _get_large(obj, target, count)
+        else:
+            body = repo.open(obj.key)
+            try:
+                counted = _Counting(body, progress) if count and progress else body
+                hashed = sealing.unseal(counted, target, ids=ids, what=obj.key)
+            except OSError as exc:
+                raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
+            except Exception as exc:
+                if isinstance(exc, AtbError):
+                    raise
+                raise _translate(exc, repo.url, f"downloading {obj.key} from") from exc
+            finally:
+                body.close()
         if (hashed.stored_size, hashed.stored_sha256) != (obj.size_bytes, obj.sha256):
             raise VerifyFailed(f"{obj.key} in {repo.url}: stored bytes differ from the "
                                "manifest's SHA-256 (altered, replaced or cut short)")
@@ -822,6 +825,40 @@ def fetch(repo: Repository, remote: RemoteBackup, dest: Path, *,
                                                         obj.plain_sha256):
             raise VerifyFailed(f"{obj.key} in {repo.url}: plaintext differs from the "
                                "manifest's SHA-256")
+
+    def _get_large(obj: StoredObject, target: Path, count: bool) -> sealing.Hashed:
+        from boto3.s3.transfer import TransferConfig
+        from botocore import exceptions as bx
+
+        stored = target if ids is None else target.with_name(target.name + AGE_SUFFIX)
+        got = [0]
+
+        def seen(n: int) -> None:
+            got[0] += n
+            if count and progress is not None:
+                progress(got[0])
+
+        config = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
+                                max_concurrency=10)
+        try:
+            repo.client.download_file(repo.url.bucket, repo.url.key(obj.key), str(stored),
+                                      Config=config, Callback=seen)
+        except bx.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise VerifyFailed(f"{obj.key} is gone from {repo.url} (deleted while it was "
+                                   "being read?): nothing was restored") from exc
+            raise _translate(exc, repo.url, f"downloading {obj.key} from") from exc
+        except bx.BotoCoreError as exc:
+            raise _translate(exc, repo.url, f"downloading {obj.key} from") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot write {stored}: {exc.strerror or exc}") from exc
+        if ids is None:
+            return sealing.hash_file(stored)
+        try:
+            with stored.open("rb") as fin:
+                return sealing.unseal(fin, target, ids=ids, what=obj.key)
+        finally:
+            stored.unlink(missing_ok=True)
 
     try:
         get(offsite.dump, local, True)
@@ -836,7 +873,8 @@ def fetch(repo: Repository, remote: RemoteBackup, dest: Path, *,
             data.pop("offsite", None)
             manifest_path(local).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     except BaseException:
-        for p in (local, roles_path(local), manifest_path(local)):
+        for p in (local, local.with_name(local.name + AGE_SUFFIX), roles_path(local),
+                  manifest_path(local)):
             p.unlink(missing_ok=True)
         raise
     from backup_core.store.manifest import read_manifest
