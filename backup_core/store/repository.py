@@ -502,6 +502,14 @@ def _small_objects(repo: Repository, rels: list[str], objects: dict[str, Obj],
     return out, fresh
 
 
+def _lean(value: Any) -> Any:
+    """What the catalog reads of a record: a plain repository's record less the data's shape
+    (row counts, inventory, definitions can be megabytes; a restore reads the record itself)."""
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in PRIVATE_FIELDS}
+    return value
+
+
 def refresh_index(repo: Repository) -> int:
     """Add what a listing had to read to the index (one new segment), folding every segment
     into one past `INDEX_SEGMENTS_MAX`. Returns the entries written. Safe to race: entries
@@ -512,14 +520,14 @@ def refresh_index(repo: Repository) -> int:
     if not fresh and len(segments) <= INDEX_SEGMENTS_MAX:
         return 0
     name = f"{INDEX_DIR}/{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}.json"
-    entries = {rel: {"etag": etag, "json": value} for rel, (etag, value) in fresh.items()}
+    entries = {rel: {"etag": etag, "json": _lean(value)} for rel, (etag, value) in fresh.items()}
     fold = len(segments) + 1 > INDEX_SEGMENTS_MAX
     if fold:  # everything the listing shows, read through the index, in one segment
         objects = repo.objects()
         rels = [k for k in objects if k.endswith((MANIFEST_SUFFIX, DRILL_SUFFIX))
                 and _stem(k) is not None]
         data, _ = _small_objects(repo, rels, objects, segments, 32)
-        entries = {rel: {"etag": objects[rel].etag, "json": value}
+        entries = {rel: {"etag": objects[rel].etag, "json": _lean(value)}
                    for rel, value in data.items() if not isinstance(value, AtbError)}
     repo.put(name, json.dumps({"format": INDEX_FORMAT, "objects": entries}).encode())
     if fold:

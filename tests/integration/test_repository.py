@@ -324,3 +324,29 @@ def test_a_large_object_round_trips_through_parallel_parts(
     assert got.path.read_bytes() == dump.read_bytes()
     assert sorted(p.name for p in got.path.parent.iterdir()) == [
         dump.name, dump.name[: -len(".dump")] + ".json"]
+
+
+def test_the_listing_index_never_hides_a_change_to_a_manifest(
+        object_store: ObjectStore, repo: str, source: ConnInfo, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A push leaves an index segment; a manifest record replaced in the store afterwards
+    (another ETag) is read afresh: the listing shows the store, the index only saves reads."""
+    from backup_core.store import repository
+
+    tree = tmp_path / "b"
+    assert atb_inproc("db", "backup", "--backup-dir", str(tree), "--row-counts", "off",
+                      url=source).returncode == 0
+    assert atb_inproc("db", "push", "--backup-dir", str(tree), "--repo", repo,
+                      env=object_store.env()).returncode == 0
+    for k, v in object_store.env().items():
+        monkeypatch.setenv(k, v)
+    store = repository.open_repository(repo)
+    assert [k for k in store.objects() if k.startswith(".index/")] != []
+    remote = repository.scan(store)[0]
+    assert remote.backup.complete
+    record = json.loads(store.read_small(remote.manifest_key))
+    record["offsite"]["dump"]["size_bytes"] += 1
+    store.put(remote.manifest_key, json.dumps(record).encode())
+    again = repository.scan(store)[0]
+    assert again.backup.state == "damaged" and "bytes stored, manifest says" in \
+        again.backup.problem
