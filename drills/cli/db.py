@@ -129,12 +129,13 @@ def db_list(backup_dir: Path, database: str | None, repo: str | None, as_json: b
     With --repo, the repository's backups (keys relative to its prefix)."""
     items = offsite.listing(repo, database) if repo else catalog.listing(backup_dir, database)
     root = Path(".") if repo else backup_dir
-    output.show(items, as_json=as_json, text=lambda found: _list_text(found, root))
+    output.show(items, as_json=as_json, text=lambda found: _list_text(
+        found, root, where=f"in {repo}" if repo else f"under {backup_dir}"))
 
 
-def _list_text(items: tuple[catalog.Listed, ...], backup_dir: Path) -> str:
+def _list_text(items: tuple[catalog.Listed, ...], backup_dir: Path, *, where: str) -> str:
     if not items:
-        return f"no backups under {backup_dir}"
+        return f"no backups {where}"
     columns: list[output.Column[catalog.Listed]] = [
         ("taken (UTC)", lambda b: b.taken_at.strftime("%Y-%m-%d %H:%M:%SZ") if b.taken_at
          else "-"),
