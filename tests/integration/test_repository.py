@@ -17,7 +17,7 @@ from pyrage import x25519
 from backup_core.tools.cluster import Cluster
 from backup_core.tools.conninfo import ConnInfo
 from tests.conftest import make_database
-from tests.helpers import atb_inproc, fingerprint
+from tests.helpers import atb_inproc, copy_backup, fingerprint
 from tests.object_store import ObjectStore
 
 
@@ -35,6 +35,21 @@ def repo(object_store: ObjectStore) -> str:
 @pytest.fixture(scope="module")
 def source(pg15: Cluster) -> ConnInfo:
     return make_database(pg15, rows=300)
+
+
+@pytest.fixture(scope="module")
+def one_backup(source: ConnInfo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One backup of `source` (its dump), taken once: tests copy it into trees of their own."""
+    tree = tmp_path_factory.mktemp("one-backup")
+    done = atb_inproc("db", "backup", "--backup-dir", str(tree), "--json", url=source)
+    assert done.returncode == 0, done.stderr
+    return Path(json.loads(done.stdout)["path"])
+
+
+def _tree(one_backup: Path, tmp_path: Path) -> Path:
+    tree = tmp_path / "b"
+    copy_backup(one_backup, tree)
+    return tree
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +99,13 @@ def test_backup_uploads_then_restore_from_the_repository_gives_the_same_rows(
 
 def test_encrypted_push_stores_ciphertext_and_restore_needs_the_identity(
         object_store: ObjectStore, repo: str, source: ConnInfo, pg15: Cluster,
-        keys: tuple[str, Path, Path], tmp_path: Path) -> None:
+        keys: tuple[str, Path, Path], one_backup: Path, tmp_path: Path) -> None:
     """With BACKUP_ENCRYPT_TO every object is age ciphertext and the plaintext record holds
     neither row counts nor definitions; restore refuses without the identity or with another
     one (exit 2, one line, nothing created), and verify --deep passes with it."""
     recipient, ident, other = keys
     env = _env(object_store, BACKUP_REPO=repo, BACKUP_ENCRYPT_TO=recipient)
-    done = atb_inproc("db", "backup", "--backup-dir", str(tmp_path / "b"), env=env, url=source)
+    done = atb_inproc("db", "push", "--backup-dir", str(_tree(one_backup, tmp_path)), env=env)
     assert done.returncode == 0, done.stderr
     s3 = _client(object_store)
     prefix = repo.split("/", 3)[3]
@@ -126,13 +141,13 @@ def test_encrypted_push_stores_ciphertext_and_restore_needs_the_identity(
 
 
 def test_an_object_altered_in_the_store_fails_verify_and_is_never_restored(
-        object_store: ObjectStore, repo: str, source: ConnInfo, pg15: Cluster,
+        object_store: ObjectStore, repo: str, one_backup: Path, pg15: Cluster,
         tmp_path: Path) -> None:
     """Bytes changed in the store (same size) fail the stored SHA-256: verify exits 1 naming
     it, restore exits 9 before the target database exists."""
     env = _env(object_store, BACKUP_REPO=repo)
-    assert atb_inproc("db", "backup", "--backup-dir", str(tmp_path / "b"), env=env,
-                      url=source).returncode == 0
+    assert atb_inproc("db", "push", "--backup-dir", str(_tree(one_backup, tmp_path)),
+                      env=env).returncode == 0
     key = _key(json.loads(atb_inproc("db", "list", "--json", env=env).stdout)[0])
     s3 = _client(object_store)
     full = f"{repo.split('/', 3)[3]}/{key}"
@@ -154,12 +169,11 @@ def test_an_object_altered_in_the_store_fails_verify_and_is_never_restored(
 
 
 def test_an_interrupted_upload_is_invisible_and_the_next_push_completes_it(
-        object_store: ObjectStore, repo: str, source: ConnInfo, tmp_path: Path) -> None:
+        object_store: ObjectStore, repo: str, one_backup: Path, tmp_path: Path) -> None:
     """A multipart upload the store never completed (the store or the host died mid-upload)
     and a dump uploaded without its manifest are not backups to a reader; the next push
     completes the backup."""
-    tree = tmp_path / "b"
-    assert atb_inproc("db", "backup", "--backup-dir", str(tree), url=source).returncode == 0
+    tree = _tree(one_backup, tmp_path)
     dump = next(tree.rglob("*.dump"))
     rel = dump.relative_to(tree).as_posix()
     prefix = repo.split("/", 3)[3]
@@ -262,16 +276,14 @@ def test_status_fails_while_the_newest_backup_is_not_off_site_and_exports_the_la
 
 
 def test_an_object_deleted_before_its_download_is_one_line_and_leaves_nothing(
-        object_store: ObjectStore, repo: str, source: ConnInfo, pg15: Cluster,
-        tmp_path: Path) -> None:
+        object_store: ObjectStore, repo: str, one_backup: Path, tmp_path: Path) -> None:
     """A dump deleted between the listing and the download: exit 9, one line, no target
     database and no download left behind."""
     from backup_core.store import repository
 
-    tree = tmp_path / "b"
     env = _env(object_store, BACKUP_REPO=repo)
-    assert atb_inproc("db", "backup", "--backup-dir", str(tree), "--row-counts", "off",
-                      env=env, url=source).returncode == 0
+    assert atb_inproc("db", "push", "--backup-dir", str(_tree(one_backup, tmp_path)),
+                      env=env).returncode == 0
     os.environ.update(object_store.env())
     try:
         store = repository.open_repository(repo)
@@ -327,15 +339,13 @@ def test_a_large_object_round_trips_through_parallel_parts(
 
 
 def test_the_listing_index_never_hides_a_change_to_a_manifest(
-        object_store: ObjectStore, repo: str, source: ConnInfo, tmp_path: Path,
+        object_store: ObjectStore, repo: str, one_backup: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A push leaves an index segment; a manifest record replaced in the store afterwards
     (another ETag) is read afresh: the listing shows the store, the index only saves reads."""
     from backup_core.store import repository
 
-    tree = tmp_path / "b"
-    assert atb_inproc("db", "backup", "--backup-dir", str(tree), "--row-counts", "off",
-                      url=source).returncode == 0
+    tree = _tree(one_backup, tmp_path)
     assert atb_inproc("db", "push", "--backup-dir", str(tree), "--repo", repo,
                       env=object_store.env()).returncode == 0
     for k, v in object_store.env().items():
