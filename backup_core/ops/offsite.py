@@ -188,9 +188,10 @@ def prune_remote(url: str, policy: retention.Policy, *, dry_run: bool = False,
 @contextlib.contextmanager
 def downloaded(url: str, key: str | None, *, database: str | None = None,
                pick: Callable[[list[catalog.Backup]], catalog.Backup] | None = None,
-               progress: Callable[[int], None] | None = None) -> Iterator[Fetched]:
+               progress: Callable[[int, int], None] | None = None) -> Iterator[Fetched]:
     """One backup of the repository (`key`, or the one `pick` chooses among the sound ones)
-    downloaded, verified and decrypted into a private directory removed on the way out."""
+    downloaded, verified and decrypted into a private directory removed on the way out;
+    `progress` hears (bytes so far, bytes in all)."""
     repo = repository.open_repository(url)
     if key is not None:
         remote = repository.find(repo, key)
@@ -201,8 +202,10 @@ def downloaded(url: str, key: str | None, *, database: str | None = None,
                               + (f" of database {database}" if database else ""))
         chosen = pick([r.backup for r in found])
         remote = next(r for r in found if r.backup.path == chosen.path)
+    total = remote.offsite.dump.size_bytes if remote.offsite else 0
     with repository.fetched(repo, remote, identity_file=identity_file(),
-                            progress=progress) as got:
+                            progress=(lambda n: progress(n, total)) if progress else None,
+                            ) as got:
         yield got
 
 

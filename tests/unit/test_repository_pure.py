@@ -53,3 +53,18 @@ def test_the_offsite_record_round_trips_and_refuses_keys_that_leave_the_reposito
     with pytest.raises(ValueError, match="unknown encryption"):
         Offsite.from_dict({**record.to_dict(), "encryption": "rot13"})
     assert Path(dump.key).name.endswith(".dump.age")
+
+
+def test_the_download_progress_says_percent_and_eta_in_steps_of_ten() -> None:
+    import time
+
+    from drills.cli.drill import _eta
+
+    last = ["download"]
+    t0 = time.monotonic() - 10  # 10 s for the first quarter: 30 s to go
+    first = _eta(25 << 20, 100 << 20, t0, last)
+    assert first.startswith("download 20% of 100.0 MiB, ETA ") and first.endswith("s")
+    assert 29 <= int(first.rsplit(" ", 1)[1][:-1]) <= 31
+    assert _eta(26 << 20, 100 << 20, t0, last) is first  # same step: same text
+    assert _eta(100 << 20, 100 << 20, t0, last) == "download 100% of 100.0 MiB, ETA 0s"
+    assert _eta(0, 0, t0, ["download"]) == "download"
