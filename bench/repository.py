@@ -1,9 +1,9 @@
 """`python -m bench.repository [--size 256MB] [--repeat 3] [--listing 10000]`: the off-site
 repository against plain boto3, on a local SeaweedFS (`weed server -s3`, as the tests run it).
 
-- upload: `repository.push_backup` of one backup (hash, multipart with SHA-256-checksummed
+- upload: `offsite_transfer.push_backup` of one backup (hash, multipart with SHA-256-checksummed
   parts, manifest record last) vs boto3 `upload_file` of the same bytes (defaults);
-- download: `repository.fetch` (stream, both hashes, write) vs boto3 `download_file`;
+- download: `offsite_transfer.fetch` (stream, both hashes, write) vs boto3 `download_file`;
 - encryption: push with an age recipient vs the same push in plain;
 - listing: `atb db list --repo` over a repository of N backups (one listing, manifests read
   concurrently).
@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backup_core.store import repository  # noqa: E402
+from backup_core.store import offsite_catalog, offsite_transfer, repository  # noqa: E402
 from backup_core.store.manifest import Manifest  # noqa: E402
 from backup_core.store.naming import backup_path, manifest_path  # noqa: E402
 from bench.harness import Comparison, alternate  # noqa: E402
@@ -100,26 +100,26 @@ def main() -> None:
                                          client)
 
         up = Comparison(f"upload ({args.size})", "atb push", "boto3 upload_file", "<= 1.1")
-        alternate(up, lambda: repository.push_backup(fresh(), dump, manifest),
+        alternate(up, lambda: offsite_transfer.push_backup(fresh(), dump, manifest),
                   lambda: client.upload_file(str(dump), store.bucket,
                                              f"plain/{uuid.uuid4().hex}"), args.repeat)
         rows.append(up)
         enc = Comparison(f"encrypted upload ({args.size})", "atb push, age", "atb push, plain",
                          "<= 1.15")
-        alternate(enc, lambda: repository.push_backup(fresh(), dump, manifest,
+        alternate(enc, lambda: offsite_transfer.push_backup(fresh(), dump, manifest,
                                                       recipients=(recipient,)),
-                  lambda: repository.push_backup(fresh(), dump, manifest), args.repeat)
+                  lambda: offsite_transfer.push_backup(fresh(), dump, manifest), args.repeat)
         rows.append(enc)
         plain, sealed = fresh(), fresh()
-        repository.push_backup(plain, dump, manifest)
-        repository.push_backup(sealed, dump, manifest, recipients=(recipient,))
-        key = f"{plain.url.prefix}/{repository.remote_rel(manifest)}"
+        offsite_transfer.push_backup(plain, dump, manifest)
+        offsite_transfer.push_backup(sealed, dump, manifest, recipients=(recipient,))
+        key = f"{plain.url.prefix}/{offsite_transfer.remote_rel(manifest)}"
         down = Comparison(f"download ({args.size})", "atb fetch (both hashes)",
                           "boto3 download_file", "<= 1.1")
 
         def fetch(r: repository.Repository, ident_file: Path | None = None) -> None:
             with tempfile.TemporaryDirectory(dir=work) as tmp:
-                repository.fetch(r, repository.scan(r)[0], Path(tmp),
+                offsite_transfer.fetch(r, offsite_catalog.scan(r)[0], Path(tmp),
                                  identity_file=ident_file)
 
         alternate(down, lambda: fetch(plain),
@@ -152,10 +152,10 @@ def _listing(bucket: str, client: object, n: int, repeat: int) -> Comparison:
     def put(i: int) -> None:
         at = start + timedelta(hours=i)
         m = _manifest(f"backup-{at:%Y%m%dT%H%M%SZ}.dump", at, 4, "0" * 64)
-        rel = repository.remote_rel(m)
-        stored = repository.StoredObject(rel, 4, "0" * 64, "0" * 64, 4)
+        rel = offsite_transfer.remote_rel(m)
+        stored = offsite_catalog.StoredObject(rel, 4, "0" * 64, "0" * 64, 4)
         data = json.loads(m.to_json())
-        data["offsite"] = repository.Offsite("none", (), stored, None, None,
+        data["offsite"] = offsite_catalog.Offsite("none", (), stored, None, None,
                                              at.isoformat()).to_dict()
         client.put_object(Bucket=bucket, Key=repo.url.key(rel), Body=b"PGDM")  # type: ignore[attr-defined]
         client.put_object(Bucket=bucket,  # type: ignore[attr-defined]
@@ -167,17 +167,17 @@ def _listing(bucket: str, client: object, n: int, repeat: int) -> Comparison:
         list(pool.map(put, range(n)))
     made = time.perf_counter() - t0
     t0 = time.perf_counter()
-    found = repository.scan(repo)
+    found = offsite_catalog.scan(repo)
     cold = time.perf_counter() - t0
     assert len(found) == n and all(f.backup.complete for f in found), len(found)
     t0 = time.perf_counter()
-    repository.refresh_index(repo)  # what every push that uploads does
+    offsite_catalog.refresh_index(repo)  # what every push that uploads does
     indexed = time.perf_counter() - t0
     comp = Comparison(f"list {n} backups", "scan with the index", "scan without (cold)",
                       "a few seconds")
     for _ in range(repeat):
         t = time.perf_counter()
-        found = repository.scan(repo)
+        found = offsite_catalog.scan(repo)
         comp.a.append(time.perf_counter() - t)
         assert len(found) == n and all(f.backup.complete for f in found), len(found)
     comp.b.append(cold)

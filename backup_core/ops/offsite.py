@@ -14,9 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from backup_core.ops import verify
-from backup_core.store import catalog, repository, retention, sealing
+from backup_core.store import (
+    catalog,
+    offsite_catalog,
+    offsite_transfer,
+    repository,
+    retention,
+    sealing,
+)
 from backup_core.store.naming import DUMP_SUFFIX, MANIFEST_SUFFIX
-from backup_core.store.repository import Fetched, PushReport, RemoteBackup, Repository
+from backup_core.store.offsite_catalog import RemoteBackup
+from backup_core.store.offsite_transfer import Fetched, PushReport
+from backup_core.store.repository import Repository
 from backup_core.tools import toolchain
 from backup_core.tools.commands import pg_restore_stream_argv
 from backup_core.tools.errors import CommandFailed, ConfigError, SafetyRefusal, VerifyFailed
@@ -33,12 +42,12 @@ def push(url: str, backup_dir: Path, *, encrypt_to: str | None = None,
          progress: Callable[[int], None] | None = None) -> PushReport:
     """Upload every sound local backup the repository lacks (config checked first)."""
     keys = sealing.recipients(encrypt_to or "")
-    return repository.push(repository.open_repository(url), backup_dir, recipients=keys,
+    return offsite_transfer.push(repository.open_repository(url), backup_dir, recipients=keys,
                            database=database, progress=progress)
 
 
 def listing(url: str, database: str | None = None) -> tuple[catalog.Listed, ...]:
-    return repository.listing(repository.open_repository(url), database)
+    return offsite_catalog.listing(repository.open_repository(url), database)
 
 
 def _select(repo: Repository, *, key: str | None, latest: bool, all_: bool,
@@ -46,8 +55,8 @@ def _select(repo: Repository, *, key: str | None, latest: bool, all_: bool,
     if sum([key is not None, latest, all_]) != 1:
         raise ConfigError("give exactly one of KEY, --latest or --all")
     if key is not None:
-        return [repository.find(repo, key)]
-    found = [r for r in repository.scan(repo, database) if r.backup.is_backup]
+        return [offsite_catalog.find(repo, key)]
+    found = [r for r in offsite_catalog.scan(repo, database) if r.backup.is_backup]
     if not found:
         raise ConfigError(f"no backups in {repo.url} to verify")
     return found[:1] if latest else found
@@ -72,7 +81,7 @@ def verify_remote(url: str, *, key: str | None = None, latest: bool = False,
                 "catalog", False, f"{remote.backup.state}: {remote.backup.problem}"),)))
             continue
         results.append(_verify_streaming(repo, remote, deep=deep, chains=chains,
-                                         ids=repository.identities_for(remote, ident)))
+                                         ids=offsite_transfer.identities_for(remote, ident)))
     return verify.VerifyReport(tuple(results))
 
 
@@ -116,7 +125,7 @@ def _verify_streaming(repo: Repository, remote: RemoteBackup, *, deep: bool,
         t.start()
     tee = _Tee(proc.stdin.fileno())
     try:
-        repository.read_through(repo, o.dump, tee, ids=ids)
+        offsite_transfer.read_through(repo, o.dump, tee, ids=ids)
     except VerifyFailed as exc:
         proc.kill()
         return verify.VerifyResult(where, deep, (verify.Check("stored sha256", False,
@@ -138,7 +147,7 @@ def _verify_streaming(repo: Repository, remote: RemoteBackup, *, deep: bool,
     if o.roles is not None:
         try:
             with open(os.devnull, "wb") as null:
-                repository.read_through(repo, o.roles, null, ids=ids)
+                offsite_transfer.read_through(repo, o.roles, null, ids=ids)
             checks.append(verify.Check("roles", True, o.roles.key))
         except VerifyFailed as exc:
             checks.append(verify.Check("roles", False, str(exc)))
@@ -168,14 +177,14 @@ def prune_remote(url: str, policy: retention.Policy, *, dry_run: bool = False,
     drill-verified one. The manifest record of a backup is deleted first."""
     repo = repository.open_repository(url)
     now = now or datetime.now(UTC)
-    remote = repository.scan(repo, now=now)
+    remote = offsite_catalog.scan(repo, now=now)
     by_path = {r.backup.path: r for r in remote}
     plan = retention.plan_prune([r.backup for r in remote], now=now, policy=policy)
     if plan.refusal:
         raise SafetyRefusal(plan.refusal)
     if not dry_run:
         for b in plan.delete:
-            repository.delete_backup(repo, by_path[b.path])
+            offsite_transfer.delete_backup(repo, by_path[b.path])
     return retention.PruneReport(
         dry_run=dry_run, policy=policy, delete=tuple(b.path for b in plan.delete),
         delete_reasons=tuple(retention.Deleted(d.backup.path, d.backup.source, d.reasons)
@@ -194,16 +203,16 @@ def downloaded(url: str, key: str | None, *, database: str | None = None,
     `progress` hears (bytes so far, bytes in all)."""
     repo = repository.open_repository(url)
     if key is not None:
-        remote = repository.find(repo, key)
+        remote = offsite_catalog.find(repo, key)
     else:
-        found = [r for r in repository.scan(repo, database) if r.backup.complete]
+        found = [r for r in offsite_catalog.scan(repo, database) if r.backup.complete]
         if not found or pick is None:
             raise ConfigError(f"no sound backups in {repo.url}"
                               + (f" of database {database}" if database else ""))
         chosen = pick([r.backup for r in found])
         remote = next(r for r in found if r.backup.path == chosen.path)
     total = remote.offsite.dump.size_bytes if remote.offsite else 0
-    with repository.fetched(repo, remote, identity_file=identity_file(),
+    with offsite_transfer.fetched(repo, remote, identity_file=identity_file(),
                             progress=(lambda n: progress(n, total)) if progress else None,
                             ) as got:
         yield got
@@ -238,7 +247,7 @@ def offsite_status(url: str, backup_dir: Path, *, max_lag_s: float,
     for name in sorted({b.database for b in local}):
         newest = next(b for b in local if b.database == name)
         assert newest.manifest is not None and newest.taken_at is not None
-        rel = repository.remote_rel(newest.manifest)
+        rel = offsite_transfer.remote_rel(newest.manifest)
         there = rel[: -len(DUMP_SUFFIX)] + MANIFEST_SUFFIX in present
         lag = 0.0 if there else max(0.0, (now - newest.taken_at).total_seconds())
         out.append(OffsiteStatus(str(repo.url), name, newest.taken_at.isoformat(), there, lag,

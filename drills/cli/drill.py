@@ -20,7 +20,7 @@ from drills.options import OPTIONS, DrillOptions, Option
 from drills.result import DrillResult
 
 if TYPE_CHECKING:
-    from backup_core.store.repository import Fetched
+    from backup_core.store.offsite_transfer import Fetched
 
 
 def drill_settings(command: F) -> F:

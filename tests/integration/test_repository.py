@@ -279,7 +279,7 @@ def test_an_object_deleted_before_its_download_is_one_line_and_leaves_nothing(
         object_store: ObjectStore, repo: str, one_backup: Path, tmp_path: Path) -> None:
     """A dump deleted between the listing and the download: exit 9, one line, no target
     database and no download left behind."""
-    from backup_core.store import repository
+    from backup_core.store import offsite_catalog, offsite_transfer, repository
 
     env = _env(object_store, BACKUP_REPO=repo)
     assert atb_inproc("db", "push", "--backup-dir", str(_tree(one_backup, tmp_path)),
@@ -287,14 +287,14 @@ def test_an_object_deleted_before_its_download_is_one_line_and_leaves_nothing(
     os.environ.update(object_store.env())
     try:
         store = repository.open_repository(repo)
-        remote = repository.scan(store)[0]
+        remote = offsite_catalog.scan(store)[0]
     finally:
         for k in object_store.env():
             os.environ.pop(k, None)
     store.delete([remote.offsite.dump.key])  # type: ignore[union-attr]
     dest = tmp_path / "fetch"
-    with pytest.raises(repository.VerifyFailed, match="is gone from"):
-        repository.fetch(store, remote, dest)
+    with pytest.raises(offsite_transfer.VerifyFailed, match="is gone from"):
+        offsite_transfer.fetch(store, remote, dest)
     assert [p for p in dest.rglob("*") if p.is_file()] == []
 
 
@@ -318,7 +318,7 @@ def test_a_large_object_round_trips_through_parallel_parts(
         monkeypatch: pytest.MonkeyPatch, encrypted: bool) -> None:
     """Past one part (8 MiB) the upload is multipart and the download ranged and parallel;
     the bytes that come back are the bytes that left, plain or age-encrypted."""
-    from backup_core.store import repository
+    from backup_core.store import offsite_catalog, offsite_transfer, repository
     from bench.repository import _backup
 
     for k, v in object_store.env().items():
@@ -326,12 +326,12 @@ def test_a_large_object_round_trips_through_parallel_parts(
     dump, manifest = _backup(tmp_path / "tree", (9 << 20) + 12345)
     store = repository.open_repository(repo)
     recipient, ident, _ = keys
-    pushed = repository.push_backup(store, dump, manifest,
+    pushed = offsite_transfer.push_backup(store, dump, manifest,
                                     recipients=(recipient,) if encrypted else ())
     assert pushed.uploaded
-    remote = repository.scan(store)[0]
+    remote = offsite_catalog.scan(store)[0]
     assert remote.backup.complete
-    got = repository.fetch(store, remote, tmp_path / "back",
+    got = offsite_transfer.fetch(store, remote, tmp_path / "back",
                            identity_file=ident if encrypted else None)
     assert got.path.read_bytes() == dump.read_bytes()
     assert sorted(p.name for p in got.path.parent.iterdir()) == [
@@ -343,7 +343,7 @@ def test_the_listing_index_never_hides_a_change_to_a_manifest(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A push leaves an index segment; a manifest record replaced in the store afterwards
     (another ETag) is read afresh: the listing shows the store, the index only saves reads."""
-    from backup_core.store import repository
+    from backup_core.store import offsite_catalog, repository
 
     tree = _tree(one_backup, tmp_path)
     assert atb_inproc("db", "push", "--backup-dir", str(tree), "--repo", repo,
@@ -352,11 +352,11 @@ def test_the_listing_index_never_hides_a_change_to_a_manifest(
         monkeypatch.setenv(k, v)
     store = repository.open_repository(repo)
     assert [k for k in store.objects() if k.startswith(".index/")] != []
-    remote = repository.scan(store)[0]
+    remote = offsite_catalog.scan(store)[0]
     assert remote.backup.complete
     record = json.loads(store.read_small(remote.manifest_key))
     record["offsite"]["dump"]["size_bytes"] += 1
     store.put(remote.manifest_key, json.dumps(record).encode())
-    again = repository.scan(store)[0]
+    again = offsite_catalog.scan(store)[0]
     assert again.backup.state == "damaged" and "bytes stored, manifest says" in \
         again.backup.problem

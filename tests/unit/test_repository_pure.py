@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from backup_core.store.manifest import Manifest
-from backup_core.store.repository import Offsite, RepoUrl, StoredObject, _stem, remote_rel
+from backup_core.store.offsite_catalog import Offsite, StoredObject, _stem
+from backup_core.store.offsite_transfer import remote_rel
+from backup_core.store.repository import RepoUrl
 from backup_core.tools.errors import ConfigError
 
 
