@@ -66,8 +66,8 @@ def test_the_workflow_template_drills_from_the_repository_with_read_only_keys(
                  **{k: _expand(v, contexts) for k, v in flow["env"].items()},
                  # the application's settings: the example app, a local sandbox
                  "ATB_SANDBOX": "local", "ATB_SCHEDULE": "5d",  # the history is 4 days old
-                 "ATB_INTEGRATION_CMD": f"{sys.executable} -m pytest -q -p no:cacheprovider "
-                                        f"{example_dir() / 'tests'}"})
+                 # the application's suite is the local drill tests' business: a stand-in
+                 "ATB_INTEGRATION_CMD": "true"})
     codes, outputs = [], []
     for step in flow["jobs"]["drill"]["steps"]:
         if "uses" in step:
