@@ -34,6 +34,12 @@ repo_option = click.option(
     help="An off-site repository in S3-compatible storage (pip install "
          "'atb-backup-drills[s3]'); endpoint, region and credentials come from the standard "
          "AWS configuration (AWS_ENDPOINT_URL, AWS_PROFILE, ...), never from the command line.")
+# Reading, pruning and restoring name the repository on the command line: a BACKUP_REPO
+# exported for the backup host's uploads never turns its `list` or `prune` to the repository.
+repo_select_option = click.option(
+    "--repo", metavar="s3://BUCKET/PREFIX",
+    help="Work on this off-site repository instead of the backup tree (pip install "
+         "'atb-backup-drills[s3]'; AWS configuration as for `db backup --repo`).")
 encrypt_option = click.option(
     "--encrypt-to", envvar="BACKUP_ENCRYPT_TO", show_envvar=True, metavar="AGE_KEYS",
     help="Encrypt everything uploaded to these age public keys (age1..., comma separated); "
@@ -122,7 +128,7 @@ def _backup_text(result: backup.BackupResult) -> str:
 @db.command("list", epilog=EXIT_CODES)
 @backup_dir_option
 @click.option("--database", metavar="NAME", help="Only this database's backups.")
-@repo_option
+@repo_select_option
 @json_option
 def db_list(backup_dir: Path, database: str | None, repo: str | None, as_json: bool) -> None:
     """List backups newest first; partial, stray and manifest-less files are shown as such.
@@ -162,7 +168,7 @@ def _list_text(items: tuple[catalog.Listed, ...], backup_dir: Path, *, where: st
 @click.option("--database", metavar="NAME", help="With --latest/--all: only this database.")
 @click.option("--deep", is_flag=True,
               help="Also read every data block (pg_restore -f /dev/null), not just the TOC.")
-@repo_option
+@repo_select_option
 @json_option
 def db_verify(path: Path | None, backup_dir: Path, latest: bool, all_: bool,
               database: str | None, deep: bool, repo: str | None, as_json: bool) -> None:
@@ -199,7 +205,7 @@ def db_verify(path: Path | None, backup_dir: Path, latest: bool, all_: bool,
 @click.option("--keep-monthly", default=0, type=click.IntRange(min=0),
               help="Also keep the newest backup of each of the last N months.")
 @click.option("--dry-run", is_flag=True, help="Print the plan, delete nothing.")
-@repo_option
+@repo_select_option
 @json_option
 def db_prune(backup_dir: Path, retention_days: float, keep_last: int, keep_daily: int,
              keep_weekly: int, keep_monthly: int, dry_run: bool, repo: str | None,
@@ -253,7 +259,7 @@ def _prune_text(report: retention.PruneReport, backup_dir: Path) -> str:
               help="The live database, which restore refuses to overwrite.")
 @click.option("--i-know-this-is-production", "allow_production", is_flag=True,
               help="Allow restoring into the DATABASE_URL database itself.")
-@repo_option
+@repo_select_option
 @json_option
 def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, with_roles: bool,
                no_owner: bool,

@@ -63,7 +63,7 @@ def drill() -> None:
 
 @drill.command("run", epilog=EXIT_CODES)
 @drill_settings
-@click.option("--repo", envvar="BACKUP_REPO", show_envvar=True, metavar="s3://BUCKET/PREFIX",
+@click.option("--repo", metavar="s3://BUCKET/PREFIX",
               help="Drill from this off-site repository, on a machine with no backup tree: "
                    "a backup of the window (or --backup KEY, as `db list --repo` shows it) is "
                    "downloaded into a private directory, its hashes proven, decrypted "

@@ -78,7 +78,7 @@ def test_backup_uploads_then_restore_from_the_repository_gives_the_same_rows(
     env = _env(object_store, BACKUP_REPO=repo)
     done = atb_inproc("db", "backup", "--backup-dir", str(tmp_path / "b"), env=env, url=source)
     assert done.returncode == 0, done.stderr
-    listed = atb_inproc("db", "list", "--json", env=env)
+    listed = atb_inproc("db", "list", "--repo", repo, "--json", env=env)
     assert listed.returncode == 0, listed.stderr
     items = json.loads(listed.stdout)
     assert [i["state"] for i in items] == ["complete"]
@@ -86,13 +86,13 @@ def test_backup_uploads_then_restore_from_the_repository_gives_the_same_rows(
     again = atb_inproc("db", "push", "--backup-dir", str(tmp_path / "b"), "--json", env=env)
     assert again.returncode == 0, again.stderr
     assert [p["uploaded"] for p in json.loads(again.stdout)["pushed"]] == [False]
-    checked = atb_inproc("db", "verify", _key(items[0]), "--json", env=env)
+    checked = atb_inproc("db", "verify", "--repo", repo, _key(items[0]), "--json", env=env)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert [c["name"] for c in json.loads(checked.stdout)[0]["checks"]] == [
         "stored sha256", "size", "sha256", "roles", "toc"]
     target = pg15.url(f"restored_{uuid.uuid4().hex[:8]}")
-    back = atb_inproc("db", "restore", _key(items[0]), "--target-url", target.secret_url,
-                      env=env)
+    back = atb_inproc("db", "restore", "--repo", repo, _key(items[0]), "--target-url",
+                      target.secret_url, env=env)
     assert back.returncode == 0, back.stderr
     assert fingerprint(target) == fingerprint(source)
 
@@ -125,17 +125,19 @@ def test_encrypted_push_stores_ciphertext_and_restore_needs_the_identity(
     assert record["offsite"]["dump"]["plain_sha256"] == record["sha256"]
     key = dumps[0][: -len(".age")]
     target = pg15.url(f"enc_{uuid.uuid4().hex[:8]}")
-    missing = atb_inproc("db", "restore", key, "--target-url", target.secret_url, env=env)
+    missing = atb_inproc("db", "restore", "--repo", repo, key, "--target-url",
+                         target.secret_url, env=env)
     assert missing.returncode == 2
     assert missing.stderr.count("\n") == 1 and "ATB_AGE_IDENTITY_FILE" in missing.stderr
-    wrong = atb_inproc("db", "restore", key, "--target-url", target.secret_url,
+    wrong = atb_inproc("db", "restore", "--repo", repo, key, "--target-url", target.secret_url,
                        env={**env, "ATB_AGE_IDENTITY_FILE": str(other)})
     assert wrong.returncode == 2 and "none of its identities is a recipient" in wrong.stderr
     with_id = {**env, "ATB_AGE_IDENTITY_FILE": str(ident)}
-    checked = atb_inproc("db", "verify", "--latest", "--deep", env=with_id)
+    checked = atb_inproc("db", "verify", "--repo", repo, "--latest", "--deep", env=with_id)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout == f"OK   {key}\n"
-    back = atb_inproc("db", "restore", key, "--target-url", target.secret_url, env=with_id)
+    back = atb_inproc("db", "restore", "--repo", repo, key, "--target-url",
+                      target.secret_url, env=with_id)
     assert back.returncode == 0, back.stderr
     assert fingerprint(target) == fingerprint(source)
 
@@ -148,18 +150,19 @@ def test_an_object_altered_in_the_store_fails_verify_and_is_never_restored(
     env = _env(object_store, BACKUP_REPO=repo)
     assert atb_inproc("db", "push", "--backup-dir", str(_tree(one_backup, tmp_path)),
                       env=env).returncode == 0
-    key = _key(json.loads(atb_inproc("db", "list", "--json", env=env).stdout)[0])
+    key = _key(json.loads(atb_inproc("db", "list", "--repo", repo, "--json", env=env).stdout)[0])
     s3 = _client(object_store)
     full = f"{repo.split('/', 3)[3]}/{key}"
     data = bytearray(s3.get_object(Bucket=object_store.bucket,  # type: ignore[attr-defined]
                                    Key=full)["Body"].read())
     data[len(data) // 2] ^= 0xFF
     s3.put_object(Bucket=object_store.bucket, Key=full, Body=bytes(data))  # type: ignore[attr-defined]
-    checked = atb_inproc("db", "verify", key, env=env)
+    checked = atb_inproc("db", "verify", "--repo", repo, key, env=env)
     assert checked.returncode == 1
     assert "stored bytes differ from the manifest's SHA-256" in checked.stdout
     name = f"alt_{uuid.uuid4().hex[:8]}"
-    back = atb_inproc("db", "restore", key, "--target-url", pg15.url(name).secret_url, env=env)
+    back = atb_inproc("db", "restore", "--repo", repo, key, "--target-url",
+                      pg15.url(name).secret_url, env=env)
     assert back.returncode == 9, back.stderr
     from backup_core.tools import db
 
@@ -183,15 +186,15 @@ def test_an_interrupted_upload_is_invisible_and_the_next_push_completes_it(
     s3.upload_part(Bucket=object_store.bucket, Key=f"{prefix}/{rel}",  # type: ignore[attr-defined]
                    UploadId=started["UploadId"], PartNumber=1, Body=dump.read_bytes()[:1000])
     env = _env(object_store, BACKUP_REPO=repo)
-    assert json.loads(atb_inproc("db", "list", "--json", env=env).stdout) == []
+    assert json.loads(atb_inproc("db", "list", "--repo", repo, "--json", env=env).stdout) == []
     s3.put_object(Bucket=object_store.bucket, Key=f"{prefix}/{rel}",  # type: ignore[attr-defined]
                   Body=dump.read_bytes())
-    listed = json.loads(atb_inproc("db", "list", "--json", env=env).stdout)
+    listed = json.loads(atb_inproc("db", "list", "--repo", repo, "--json", env=env).stdout)
     assert [i["state"] for i in listed] == ["no-manifest"]
     pushed = atb_inproc("db", "push", "--backup-dir", str(tree), "--json", env=env)
     assert pushed.returncode == 0, pushed.stderr
     assert [p["uploaded"] for p in json.loads(pushed.stdout)["pushed"]] == [True]
-    listed = json.loads(atb_inproc("db", "list", "--json", env=env).stdout)
+    listed = json.loads(atb_inproc("db", "list", "--repo", repo, "--json", env=env).stdout)
     assert [i["state"] for i in listed] == ["complete"]
 
 
@@ -237,13 +240,14 @@ def test_prune_of_the_repository_keeps_the_floor_and_the_newest_drill_verified(
                                            verdict="PASS"))
     env = _env(object_store, BACKUP_REPO=repo)
     assert atb_inproc("db", "push", "--backup-dir", str(tree), env=env).returncode == 0
-    before = [_key(i) for i in json.loads(atb_inproc("db", "list", "--json", env=env).stdout)]
+    before = [_key(i) for i in json.loads(atb_inproc("db", "list", "--repo", repo, "--json",
+                                                     env=env).stdout)]
     assert len(before) == 3
-    plan = atb_inproc("db", "prune", "--retention-days", "1", "--keep-last", "1", "--json",
-                      env=env)
+    plan = atb_inproc("db", "prune", "--repo", repo, "--retention-days", "1", "--keep-last",
+                      "1", "--json", env=env)
     assert plan.returncode == 0, plan.stderr
     assert json.loads(plan.stdout)["delete"] == [before[1]]
-    after = json.loads(atb_inproc("db", "list", "--json", env=env).stdout)
+    after = json.loads(atb_inproc("db", "list", "--repo", repo, "--json", env=env).stdout)
     assert [_key(i) for i in after] == [before[0], before[2]]
     assert after[1]["checked"] == "drill-passed"
     prefix = repo.split("/", 3)[3]
@@ -360,3 +364,16 @@ def test_the_listing_index_never_hides_a_change_to_a_manifest(
     again = offsite_catalog.scan(store)[0]
     assert again.backup.state == "damaged" and "bytes stored, manifest says" in \
         again.backup.problem
+
+
+def test_backup_repo_in_the_environment_never_turns_list_or_prune_to_the_repository(
+        object_store: ObjectStore, repo: str, one_backup: Path, tmp_path: Path) -> None:
+    """BACKUP_REPO, exported for the host's uploads, leaves `list` and `prune` on the local
+    tree: a cron prune keeps freeing the disk; the repository is named with --repo."""
+    tree = _tree(one_backup, tmp_path)
+    env = _env(object_store, BACKUP_REPO=repo)
+    listed = json.loads(atb_inproc("db", "list", "--backup-dir", str(tree), "--json",
+                                   env=env).stdout)
+    assert [i["path"] for i in listed] == [str(next(tree.rglob("*.dump")))]
+    pruned = atb_inproc("db", "prune", "--backup-dir", str(tree), "--dry-run", env=env)
+    assert pruned.returncode == 0 and pruned.stdout.endswith("1 kept, 0 would delete\n")
