@@ -29,10 +29,11 @@ pytest_plugins = ["pytester"]
 
 INTEGRATION = Path(__file__).parent / "integration"
 # Fixtures that start a PostgreSQL cluster, a drill or a Docker engine's container.
-SLOW_FIXTURES = frozenset({"chain15", "pg15", "pg18", "history", "docker_image"})
+SLOW_FIXTURES = frozenset({"chain15", "pg15", "pg18", "history", "docker_image",
+                           "object_store"})
 # Programs whose start makes a test slow: a server, a container, a browser, pgBackRest.
 SLOW_PROGRAMS = frozenset({"initdb", "pg_ctl", "postgres", "postmaster", "docker", "dockerd",
-                           "chromium", "chromium-browser", "pgbackrest"})
+                           "chromium", "chromium-browser", "pgbackrest", "weed"})
 
 
 @pytest.hookimpl(tryfirst=True)

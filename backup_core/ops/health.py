@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from backup_core.ops import status
+from backup_core.ops import offsite, status
 from backup_core.pitr import wal_status
 from backup_core.pitr.pgbackrest import Stanza
 from backup_core.store import catalog
@@ -32,16 +32,19 @@ class HealthReport:
     databases: tuple[status.Status, ...]
     stanzas: tuple[wal_status.ArchiveStatus, ...]
     rpo_s: float
+    offsite: tuple[offsite.OffsiteStatus, ...] = ()  # with --repo
 
     @property
     def ok(self) -> bool:
-        return all(s.ok for s in self.databases) and all(a.ok for a in self.stanzas)
+        return all(s.ok for s in self.databases) and all(a.ok for a in self.stanzas) \
+            and all(o.ok for o in self.offsite)
 
 
 def check_health(
     backup_dir: Path, targets: Targets, *, database: str | None = None,
     stanza: Stanza | None = None, server_url: str | None = None,
     prometheus: Path | None = None, now: datetime | None = None,
+    repo: str | None = None, offsite_lag: str = "1h",
 ) -> HealthReport:
     """Judge each database of the tree (or `database`), and with `stanza` its WAL archiving
     as `server_url`'s archiver reports it; write the metrics to `prometheus` atomically."""
@@ -49,6 +52,7 @@ def check_health(
     rpo_s = parse_duration(targets.rpo, what="--rpo")
     window_days = parse_duration(targets.window, what="--window") / 86400
     max_drill_age_s = parse_duration(targets.max_drill_age, what="--max-drill-age")
+    lag_s = parse_duration(offsite_lag, what="--offsite-lag")
     items = catalog.scan(backup_dir, database)
     names = [database] if database else sorted({b.database for b in items if b.is_backup})
     if not names and stanza is None:
@@ -60,7 +64,9 @@ def check_health(
                       for n in names)
     stanzas = () if stanza is None else (wal_status.archive_status(
         stanza, ConnInfo.parse(server_url or "", what="DATABASE_URL"), now=now, rpo_s=rpo_s),)
+    remote = () if repo is None else offsite.offsite_status(repo, backup_dir, max_lag_s=lag_s,
+                                                            database=database, now=now)
     if prometheus is not None:
-        atomic_write_text(prometheus, status.prometheus_text(list(databases), stanzas),
-                          mode=0o644)
-    return HealthReport(databases, stanzas, rpo_s)
+        atomic_write_text(prometheus, status.prometheus_text(list(databases), stanzas)
+                          + (offsite.prometheus_text(remote) if repo else ""), mode=0o644)
+    return HealthReport(databases, stanzas, rpo_s, remote)

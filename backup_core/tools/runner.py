@@ -119,6 +119,7 @@ def spawn(
     stderr: int | IO[bytes],
     env: Mapping[str, str] | None = None,
     run_as: str | None = None,
+    stdin: int | IO[bytes] = subprocess.DEVNULL,
 ) -> subprocess.Popen[bytes]:
     """Start `argv` for a caller that streams its output (binary) and waits for it itself:
     the same logging, sealed environment and demotion as `run`. Use it as a context manager,
@@ -127,7 +128,7 @@ def spawn(
     log.debug("run %s", redact(" ".join(args)))
     uid, gid, groups = demote_ids(run_as)
     try:
-        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+        return subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=stderr,
                                 env=child_env(env), user=uid, group=gid, extra_groups=groups)
     except FileNotFoundError as exc:
         raise _not_found(what, args[0]) from exc

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from backup_core.ops import backup, restore, verify
+from backup_core.ops import backup, offsite, restore, verify
 from backup_core.ops.health import HealthReport, Targets, check_health
 from backup_core.ops.migrate import Migration
 from backup_core.pitr.pgbackrest import Stanza
@@ -35,6 +35,22 @@ from drills.cli.publish import notify_option
 
 log = logging.getLogger("atb.backup")
 
+repo_option = click.option(
+    "--repo", envvar="BACKUP_REPO", show_envvar=True, metavar="s3://BUCKET/PREFIX",
+    help="An off-site repository in S3-compatible storage (pip install "
+         "'atb-backup-drills[s3]'); endpoint, region and credentials come from the standard "
+         "AWS configuration (AWS_ENDPOINT_URL, AWS_PROFILE, ...), never from the command line.")
+# Reading, pruning and restoring name the repository on the command line: a BACKUP_REPO
+# exported for the backup host's uploads never turns its `list` or `prune` to the repository.
+repo_select_option = click.option(
+    "--repo", metavar="s3://BUCKET/PREFIX",
+    help="Work on this off-site repository instead of the backup tree (pip install "
+         "'atb-backup-drills[s3]'; AWS configuration as for `db backup --repo`).")
+encrypt_option = click.option(
+    "--encrypt-to", envvar="BACKUP_ENCRYPT_TO", show_envvar=True, metavar="AGE_KEYS",
+    help="Encrypt everything uploaded to these age public keys (age1..., comma separated); "
+         "the host needs no private key.")
+
 
 @click.group(epilog=EXIT_CODES)
 def db() -> None:
@@ -55,10 +71,18 @@ def db() -> None:
                    "only, planner estimates, or nothing.")
 @click.option("--wait", is_flag=True,
               help="Wait for a running backup of the same database instead of exiting 6.")
+@repo_option
+@encrypt_option
 @json_option
 def db_backup(database_url: str, backup_dir: Path, at: str | None, row_counts: str, wait: bool,
-              as_json: bool) -> None:
-    """Write BACKUP_DIR/<db>/<YYYY>/<MM>/<DD>/backup-<timestamp>.dump and its manifest."""
+              repo: str | None, encrypt_to: str | None, as_json: bool) -> None:
+    """Write BACKUP_DIR/<db>/<YYYY>/<MM>/<DD>/backup-<timestamp>.dump and its manifest; with
+    --repo, then upload it (and any earlier backup the repository lacks)."""
+    if repo:  # configuration checked before the dump starts
+        from backup_core.store import repository, sealing
+
+        repository.RepoUrl.parse(repo)
+        sealing.recipients(encrypt_to or "")
     progress = console.Progress("backup")
     try:
         result = backup.create_backup(conn(database_url), backup_dir,
@@ -68,7 +92,35 @@ def db_backup(database_url: str, backup_dir: Path, at: str | None, row_counts: s
         progress.close()
     log.info("backup %s written (%s, sha256 %s)", result.path,
              console.size(result.manifest.size_bytes), result.manifest.sha256[:12])
+    if repo:
+        pushed = offsite.push(repo, backup_dir, encrypt_to=encrypt_to,
+                              database=result.manifest.database)
+        log.info("%d backup(s) uploaded to %s", pushed.uploaded, pushed.repository)
     output.show(result, as_json=as_json, text=_backup_text)
+
+
+@db.command("push", epilog=EXIT_CODES)
+@backup_dir_option
+@click.option("--repo", envvar="BACKUP_REPO", show_envvar=True, metavar="s3://BUCKET/PREFIX",
+              required=True, help="The off-site repository (see `atb db backup --repo`).")
+@encrypt_option
+@click.option("--database", metavar="NAME", help="Only this database's backups.")
+@json_option
+def db_push(backup_dir: Path, repo: str, encrypt_to: str | None, database: str | None,
+            as_json: bool) -> None:
+    """Upload every sound local backup the repository lacks: dump, roles, then the manifest
+    last. Idempotent and resumable (an interrupted upload is never visible and is redone),
+    safe to run from cron."""
+    progress = console.Progress("upload")
+    try:
+        report = offsite.push(repo, backup_dir, encrypt_to=encrypt_to, database=database,
+                              progress=lambda done: progress("upload", done))
+    finally:
+        progress.close()
+    output.show(report, as_json=as_json, text=lambda r: "\n".join(
+        [f"{'uploaded' if p.uploaded else 'present '} {p.key}" for p in r.pushed]
+        + [f"not pushed (not a sound backup): {printable(p)}" for p in r.skipped]
+        + [f"{r.uploaded} uploaded, {len(r.pushed) - r.uploaded} already in {r.repository}"]))
 
 
 def _backup_text(result: backup.BackupResult) -> str:
@@ -82,16 +134,20 @@ def _backup_text(result: backup.BackupResult) -> str:
 @db.command("list", epilog=EXIT_CODES)
 @backup_dir_option
 @click.option("--database", metavar="NAME", help="Only this database's backups.")
+@repo_select_option
 @json_option
-def db_list(backup_dir: Path, database: str | None, as_json: bool) -> None:
-    """List backups newest first; partial, stray and manifest-less files are shown as such."""
-    items = catalog.listing(backup_dir, database)
-    output.show(items, as_json=as_json, text=lambda found: _list_text(found, backup_dir))
+def db_list(backup_dir: Path, database: str | None, repo: str | None, as_json: bool) -> None:
+    """List backups newest first; partial, stray and manifest-less files are shown as such.
+    With --repo, the repository's backups (keys relative to its prefix)."""
+    items = offsite.listing(repo, database) if repo else catalog.listing(backup_dir, database)
+    root = Path(".") if repo else backup_dir
+    output.show(items, as_json=as_json, text=lambda found: _list_text(
+        found, root, where=f"in {repo}" if repo else f"under {backup_dir}"))
 
 
-def _list_text(items: tuple[catalog.Listed, ...], backup_dir: Path) -> str:
+def _list_text(items: tuple[catalog.Listed, ...], backup_dir: Path, *, where: str) -> str:
     if not items:
-        return f"no backups under {backup_dir}"
+        return f"no backups {where}"
     columns: list[output.Column[catalog.Listed]] = [
         ("taken (UTC)", lambda b: b.taken_at.strftime("%Y-%m-%d %H:%M:%SZ") if b.taken_at
          else "-"),
@@ -118,15 +174,22 @@ def _list_text(items: tuple[catalog.Listed, ...], backup_dir: Path) -> str:
 @click.option("--database", metavar="NAME", help="With --latest/--all: only this database.")
 @click.option("--deep", is_flag=True,
               help="Also read every data block (pg_restore -f /dev/null), not just the TOC.")
+@repo_select_option
 @json_option
 def db_verify(path: Path | None, backup_dir: Path, latest: bool, all_: bool,
-              database: str | None, deep: bool, as_json: bool) -> None:
+              database: str | None, deep: bool, repo: str | None, as_json: bool) -> None:
     """Check size and sha256 against the manifest and parse the TOC with pg_restore --list.
 
-    One line per file; exits 1 if any fails.
+    With --repo, PATH is a key as `list --repo` shows it: each object is downloaded into a
+    private directory (decrypted with ATB_AGE_IDENTITY_FILE), its stored and plaintext
+    sha256 proven, then verified the same way. One line per file; exits 1 if any fails.
     """
-    report = verify.verify_selected(backup_dir, path=path, latest=latest, all_=all_,
-                                    database=database, deep=deep)
+    if repo:
+        report = offsite.verify_remote(repo, key=str(path) if path else None, latest=latest,
+                                       all_=all_, database=database, deep=deep)
+    else:
+        report = verify.verify_selected(backup_dir, path=path, latest=latest, all_=all_,
+                                        database=database, deep=deep)
     output.show(report.results, as_json=as_json, text=lambda results: "\n".join(
         f"{'OK  ' if r.ok else 'FAIL'} {printable(str(r.path))}"
         + ("" if r.ok else f": {printable(r.reason)}") for r in results))
@@ -148,9 +211,11 @@ def db_verify(path: Path | None, backup_dir: Path, latest: bool, all_: bool,
 @click.option("--keep-monthly", default=0, type=click.IntRange(min=0),
               help="Also keep the newest backup of each of the last N months.")
 @click.option("--dry-run", is_flag=True, help="Print the plan, delete nothing.")
+@repo_select_option
 @json_option
 def db_prune(backup_dir: Path, retention_days: float, keep_last: int, keep_daily: int,
-             keep_weekly: int, keep_monthly: int, dry_run: bool, as_json: bool) -> None:
+             keep_weekly: int, keep_monthly: int, dry_run: bool, repo: str | None,
+             as_json: bool) -> None:
     """Delete expired sound backups (dump and sidecars together) and empty date directories.
 
     Only sound backups are ever deleted, each covered by newer sound backups of the same
@@ -160,8 +225,12 @@ def db_prune(backup_dir: Path, retention_days: float, keep_last: int, keep_daily
     whole (exit 8).
     """
     policy = retention.Policy(retention_days, keep_last, keep_daily, keep_weekly, keep_monthly)
-    report = retention.prune(backup_dir, policy, dry_run=dry_run)
-    output.show(report, as_json=as_json, text=lambda r: _prune_text(r, backup_dir))
+    if repo:  # the same plan and floors over the repository's catalog
+        report = offsite.prune_remote(repo, policy, dry_run=dry_run)
+    else:
+        report = retention.prune(backup_dir, policy, dry_run=dry_run)
+    root = Path(".") if repo else backup_dir
+    output.show(report, as_json=as_json, text=lambda r: _prune_text(r, root))
 
 
 def _prune_text(report: retention.PruneReport, backup_dir: Path) -> str:
@@ -210,15 +279,21 @@ def _prune_text(report: retention.PruneReport, backup_dir: Path) -> str:
               help="The live database, which restore refuses to overwrite.")
 @click.option("--i-know-this-is-production", "allow_production", is_flag=True,
               help="Allow restoring into the DATABASE_URL database itself.")
+@repo_select_option
 @json_option
 def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, with_roles: bool,
                no_owner: bool,
                migrate: bool, alembic_config: Path | None, migrate_cmd: str | None,
                app_python: str | None, app_dir: Path | None, app_url_env: tuple[str, ...],
                pass_env: tuple[str, ...], production_url: str | None,
-               allow_production: bool, as_json: bool) -> None:
-    """Restore PATH into exactly the target database (fresh database, pg_restore, migrate)."""
+               allow_production: bool, repo: str | None, as_json: bool) -> None:
+    """Restore PATH into exactly the target database (fresh database, pg_restore, migrate).
+
+    With --repo, PATH is a key as `list --repo` shows it: the backup is downloaded into a
+    private directory, its hashes proven and decrypted (ATB_AGE_IDENTITY_FILE) before
+    anything is restored, and the download removed after."""
     live = production(production_url)
+    target = conn(target_url, "ATB_TARGET_URL").with_password_from(live)
     app = AppEnv(directory=(app_dir or Path.cwd()).absolute(),
                  python=interpreter_path(app_python) if app_python else None,
                  url_env=check_url_env(app_url_env), pass_env=check_pass_env(pass_env),
@@ -226,10 +301,17 @@ def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, with_
     ini = alembic_config or (None if migrate_cmd else Path("alembic.ini"))
     migration = Migration(app, alembic_config=ini, command=migrate_cmd) \
         if migrate or migrate_cmd else None
-    result = restore.restore_backup(restore.RestoreRequest(
-        path, conn(target_url, "ATB_TARGET_URL").with_password_from(live), production=live,
-        allow_production=allow_production, clean=clean, jobs=jobs, no_owner=no_owner,
-        with_roles=with_roles, migration=migration))
+
+    def request(dump: Path) -> restore.RestoreRequest:
+        return restore.RestoreRequest(
+            dump, target, production=live, allow_production=allow_production, clean=clean,
+            jobs=jobs, no_owner=no_owner, with_roles=with_roles, migration=migration)
+
+    if repo:
+        with offsite.downloaded(repo, str(path)) as got:
+            result = restore.restore_backup(request(got.path))
+    else:
+        result = restore.restore_backup(request(path))
     output.show(result, as_json=as_json, text=lambda r: _restore_text(r, path))
 
 
@@ -262,6 +344,10 @@ def _restore_text(result: restore.RestoreResult, path: Path) -> str:
                                                      path_type=Path),
               metavar="FILE", help="pgBackRest's config file.  [default: pgBackRest's own]")
 @database_url_option()
+@repo_option
+@click.option("--offsite-lag", default="1h",
+              help="With --repo: how long the newest sound local backup may wait to be "
+                   "off-site.")
 @click.option("--max-drill-age", default="92d",
               help="The drill policy: a passing drill at least this often; older, status says "
                    "so and --notify tells (the exit code judges the backups alone).")
@@ -269,18 +355,21 @@ def _restore_text(result: restore.RestoreResult, path: Path) -> str:
 @json_option
 def db_status(backup_dir: Path, database: str | None, schedule: str, rpo: str, window: str,
               prom_file: Path | None, stanza: str | None, pgbackrest_config: Path | None,
-              database_url: str | None, max_drill_age: str, notify_urls: tuple[str, ...],
-              as_json: bool) -> None:
+              database_url: str | None, repo: str | None, offsite_lag: str,
+              max_drill_age: str, notify_urls: tuple[str, ...], as_json: bool) -> None:
     """Newest backup's age and the largest gap vs the schedule and RPO (and, with --stanza,
-    WAL archiving's lag); exits 1 on a miss."""
+    WAL archiving's lag; with --repo, whether the newest backup is off-site); exits 1 on a
+    miss."""
     urls = notify.check_targets(notify_urls)
     report = check_health(backup_dir, Targets(schedule, rpo, window, max_drill_age),
                           database=database,
                           stanza=Stanza(stanza, pgbackrest_config) if stanza else None,
-                          server_url=database_url, prometheus=prom_file)
-    if as_json:  # with --stanza, the databases and the stanzas; else the databases alone
-        output.print_json({"databases": report.databases, "stanzas": report.stanzas}
-                          if stanza else report.databases)
+                          server_url=database_url, prometheus=prom_file, repo=repo,
+                          offsite_lag=offsite_lag)
+    if as_json:  # with --stanza/--repo, the databases and the rest; else the databases alone
+        output.print_json({"databases": report.databases, "stanzas": report.stanzas,
+                           "offsite": report.offsite}
+                          if stanza or repo else report.databases)
     else:
         click.echo(_status_text(report))
     for notice in overdue_notices(report.databases):
@@ -291,6 +380,12 @@ def db_status(backup_dir: Path, database: str | None, schedule: str, rpo: str, w
 
 def _status_text(report: HealthReport) -> str:
     lines: list[str] = []
+    for o in report.offsite:
+        lines += _judged(f"{printable(o.database)} off-site in {o.repository}: newest local "
+                         f"backup {o.newest_local} "
+                         + ("is there" if o.offsite else f"not there for {human(o.lag_s)}"),
+                         () if o.ok else (f"not off-site within {human(o.max_lag_s)}",),
+                         "off-site within the bound")
     for a in report.stanzas:
         lines += _judged(f"stanza {a.stanza}: {plural(a.backups, 'backup')} (newest "
                          f"{a.newest_backup or '-'}), last WAL archived "

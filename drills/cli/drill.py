@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,6 +23,9 @@ from drills.cli.params import DAYS, EXIT_CODES, F, days, json_option, production
 from drills.cli.publish import notify_option, published_text, wiki_of, wiki_option
 from drills.options import OPTIONS, DrillOptions, Option
 from drills.result import DrillResult
+
+if TYPE_CHECKING:
+    from backup_core.store.offsite_transfer import Fetched
 
 
 def drill_settings(command: F) -> F:
@@ -63,6 +68,11 @@ def drill() -> None:
 
 @drill.command("run", epilog=EXIT_CODES)
 @drill_settings
+@click.option("--repo", metavar="s3://BUCKET/PREFIX",
+              help="Drill from this off-site repository, on a machine with no backup tree: "
+                   "a backup of the window (or --backup KEY, as `db list --repo` shows it) is "
+                   "downloaded into a private directory, its hashes proven, decrypted "
+                   "(ATB_AGE_IDENTITY_FILE), drilled, and removed.")
 @click.option("--prove-detection", is_flag=True,
               help="After the drill, run it again over a deliberately damaged copy of the "
                    "same backup (one value changed, one row removed, the manifest resealed) "
@@ -76,8 +86,9 @@ def drill() -> None:
 @wiki_option
 @notify_option
 @json_option
-def drill_run(prove_detection: bool, pdf: bool, publish: bool, wiki_url: str | None,
-              notify_urls: tuple[str, ...], as_json: bool, **values: Any) -> None:
+def drill_run(repo: str | None, prove_detection: bool, pdf: bool, publish: bool,
+              wiki_url: str | None, notify_urls: tuple[str, ...], as_json: bool,
+              **values: Any) -> None:
     """Restore a random backup of the window (or --backup) into a sandbox, migrate it, run
     the checks and the integration command, and write the audit reports. Exits 0 on PASS,
     1 on FAIL, 10 when INCOMPLETE, 8 when production changed, 2 when the configuration
@@ -91,24 +102,31 @@ def drill_run(prove_detection: bool, pdf: bool, publish: bool, wiki_url: str | N
         render.require()
     wiki = wiki_of(wiki_url) if publish else None
     urls = notify.check_targets(notify_urls)
-    options = _options(values)
+    key = str(values["backup"]) if repo and values["backup"] else None
+    options = _options({**values, "backup": None} if repo else values)
     if prove_detection and options.source != "dump":
         raise ConfigError("--prove-detection damages a copy of a pg_dump backup: it does not "
                           "apply to --source pgbackrest")
     signer = signer_from_env(os.environ)  # a bad key: exit 2 before anything starts
     sandbox.reap()  # sandboxes of killed drills: each reaped one is logged in one line
-    progress = console.DrillProgress()
-    try:
-        result = run_drill(options, production=production(os.environ.get("DATABASE_URL")),
-                           on_event=progress)
-    finally:
-        progress.close()
-    if result.sandbox.note:
-        logging.getLogger("atb.drill").warning("%s", result.sandbox.note)
-    detection = None
-    if prove_detection:
-        detection = detect.prove(result, options, production=production(
-            os.environ.get("DATABASE_URL")))
+    with contextlib.ExitStack() as stack:  # a backup fetched from --repo goes at the end
+        fetched = None
+        if repo:
+            fetched = stack.enter_context(_fetch(repo, key, options))
+            options = replace(options, backup=fetched.path,
+                              backup_dir=fetched.path.parents[4], record=False)
+        progress = console.DrillProgress()
+        try:
+            result = run_drill(options, production=production(os.environ.get("DATABASE_URL")),
+                               on_event=progress)
+        finally:
+            progress.close()
+        if result.sandbox.note:
+            logging.getLogger("atb.drill").warning("%s", result.sandbox.note)
+        detection = None
+        if prove_detection:  # a damaged copy of the same backup, while it is still here
+            detection = detect.prove(result, options, production=production(
+                os.environ.get("DATABASE_URL")))
     result = drill_ledger.annotate(result, signer=signer, detection=detection)
     if pdf:
         html_path = Path(result.reports["html"])
@@ -116,7 +134,13 @@ def drill_run(prove_detection: bool, pdf: bool, publish: bool, wiki_url: str | N
         result = replace(result, reports={**result.reports,
                                           "pdf": str(html_path.with_suffix(".pdf"))})
     drill_ledger.record(result, options, signer=signer)
-    output.show(result, as_json=as_json, text=drill_summary)
+    if fetched is None:
+        output.show(result, as_json=as_json, text=drill_summary)
+    elif as_json:
+        output.print_json({**output.jsonable(result), "offsite": _offsite(repo, fetched)})
+    else:
+        click.echo(drill_summary(result) + "\n" + "\n".join(
+            f"{k + ':':<14} {v}" for k, v in _offsite(repo, fetched).items()))
     published = wiki is None or _publish(wiki, result)
     notice = drill_notice(result)
     if notice is not None:
@@ -152,6 +176,51 @@ def _publish(wiki: Wiki, result: DrillResult) -> bool:
         return False
     log.info("%s", published_text(done))
     return True
+
+
+@contextlib.contextmanager
+def _fetch(repo: str, key: str | None, options: DrillOptions) -> Iterator[Fetched]:
+    """The backup to drill, downloaded (with progress on a terminal) and proven."""
+    from datetime import UTC, datetime
+
+    from backup_core.ops import offsite
+    from drills.pick import pick
+
+    progress = console.Progress("fetch")
+    last = ["download"]
+    try:
+        with offsite.downloaded(
+                repo, key, database=options.database,
+                progress=lambda n, total: progress(_eta(n, total, progress.t0, last), n),
+                pick=lambda found: pick(found, now=datetime.now(UTC),
+                                        window_days=options.window_days, seed=options.seed,
+                                        database=options.database)) as got:
+            progress.close()
+            yield got
+    finally:
+        progress.close()
+
+
+def _eta(done: int, total: int, t0: float, last: list[str]) -> str:
+    """`download 40% of 1.0 GiB, ETA 12s`, renewed in steps of 10% (so a log that prints
+    each new phase prints ten lines, not one per chunk)."""
+    import time
+
+    if not total or not done:
+        return last[0]
+    step = min(100, done * 100 // total // 10 * 10)
+    if f" {step}% " not in last[0]:
+        eta = (time.monotonic() - t0) * (total - done) / done
+        last[0] = f"download {step}% of {console.size(total)}, ETA {eta:.0f}s"
+    return last[0]
+
+
+def _offsite(repo: str | None, got: Fetched) -> dict[str, str]:
+    """What the report says of the repository object: its key, hashes and the fetch phase."""
+    o = got.offsite
+    return {"repository": str(repo), "object": o.dump.key, "stored sha256": o.dump.sha256,
+            "plain sha256": o.dump.plain_sha256, "encryption": o.encryption,
+            "fetch/verify": f"{got.duration_s:.1f}s"}
 
 
 def _options(values: dict[str, Any]) -> DrillOptions:

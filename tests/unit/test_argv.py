@@ -67,6 +67,10 @@ def test_pg_restore_list_read_waldump_and_amcheck_argv() -> None:
         "/pg/15/bin/pg_restore", "--file=/dev/null", "/b/x.dump"]
     assert commands.pg_restore_read_items_argv(PG, Path("/b/x.dump"), Path("/t/one")) == [
         "/pg/15/bin/pg_restore", "--file=/dev/null", "--use-list=/t/one", "/b/x.dump"]
+    assert commands.pg_restore_stream_argv(PG, deep=False) == ["/pg/15/bin/pg_restore",
+                                                                "--list"]
+    assert commands.pg_restore_stream_argv(PG, deep=True) == ["/pg/15/bin/pg_restore",
+                                                               "--file=/dev/null"]
     assert commands.pg_waldump_argv(PG, Path("/t/000000010000000000000003")) == [
         "/pg/15/bin/pg_waldump", "/t/000000010000000000000003"]
     assert commands.pg_amcheck_argv(PG, "dbname=shop host=/s") == [

@@ -1,0 +1,72 @@
+"""The repository's pure parts: its URL, where a backup goes, and the offsite record."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from backup_core.store.manifest import Manifest
+from backup_core.store.offsite_catalog import Offsite, StoredObject, _stem
+from backup_core.store.offsite_transfer import remote_rel
+from backup_core.store.repository import RepoUrl
+from backup_core.tools.errors import ConfigError
+
+
+def test_a_repository_url_is_a_bucket_and_a_clean_prefix() -> None:
+    assert RepoUrl.parse("s3://atb-backups/prod/db/") == RepoUrl("atb-backups", "prod/db")
+    assert RepoUrl.parse("s3://atb-backups").key("a/b.dump") == "a/b.dump"
+    assert RepoUrl("b1", "p").key("x") == "p/x" and RepoUrl("b1", "p").rel("p/x") == "x"
+    assert str(RepoUrl("b1", "p")) == "s3://b1/p"
+
+
+@pytest.mark.parametrize("bad", ["http://bucket/x", "s3://", "s3://B_ad/x", "s3://ok/a/../b",
+                                 "s3://ok/a//b", "/var/backups"])
+def test_a_malformed_repository_url_is_exit_2(bad: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        RepoUrl.parse(bad)
+    assert caught.value.exit_code == 2
+
+
+def test_a_backup_goes_where_the_local_tree_keeps_it() -> None:
+    m = Manifest(database="a b", file="backup-20261123T230400Z.dump",
+                 taken_at=datetime(2026, 11, 23, 23, 4, tzinfo=UTC).isoformat(),
+                 started_at="2026-11-23T23:04:00+00:00", finished_at="2026-11-23T23:04:01+00:00",
+                 duration_s=1.0, size_bytes=1, sha256="0" * 64, pg_dump_version="15.1",
+                 server_version="15.1", toc_entries=1, alembic_revision=None,
+                 row_counts_mode="off")
+    assert remote_rel(m) == "a%20b/2026/11/23/backup-20261123T230400Z.dump"
+    assert _stem("a/2026/11/23/backup-20261123T230400Z.dump.age") == (
+        "a/2026/11/23/backup-20261123T230400Z", ".dump.age")
+    assert _stem("a/notes.txt") is None
+    assert _stem("../../etc/backup-20261123T230400Z.dump") is None  # would leave a download
+
+
+def test_the_offsite_record_round_trips_and_refuses_keys_that_leave_the_repository() -> None:
+    dump = StoredObject("a/2026/11/23/backup-20261123T230400Z.dump.age", 10, "1" * 64,
+                        "2" * 64, 8)
+    record = Offsite("age", ("sha256:abc",), dump, None, None, "2026-11-23T23:05:00+00:00")
+    assert Offsite.from_dict(record.to_dict()) == record
+    bad = record.to_dict()
+    bad["dump"]["key"] = "../../etc/passwd"
+    with pytest.raises(ValueError, match="leaves the repository"):
+        Offsite.from_dict(bad)
+    with pytest.raises(ValueError, match="unknown encryption"):
+        Offsite.from_dict({**record.to_dict(), "encryption": "rot13"})
+    assert Path(dump.key).name.endswith(".dump.age")
+
+
+def test_the_download_progress_says_percent_and_eta_in_steps_of_ten() -> None:
+    import time
+
+    from drills.cli.drill import _eta
+
+    last = ["download"]
+    t0 = time.monotonic() - 10  # 10 s for the first quarter: 30 s to go
+    first = _eta(25 << 20, 100 << 20, t0, last)
+    assert first.startswith("download 20% of 100.0 MiB, ETA ") and first.endswith("s")
+    assert 29 <= int(first.rsplit(" ", 1)[1][:-1]) <= 31
+    assert _eta(26 << 20, 100 << 20, t0, last) is first  # same step: same text
+    assert _eta(100 << 20, 100 << 20, t0, last) == "download 100% of 100.0 MiB, ETA 0s"
+    assert _eta(0, 0, t0, ["download"]) == "download"
