@@ -10,13 +10,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from backup_core.tools import db
-from backup_core.tools.cluster import Cluster
+from backup_core.tools import db, toolchain
+from backup_core.tools.cluster import Cluster, random_password
 from drills import docs
 from drills.demo import alembic_upgrade, example_dir, load_datagen
 from tests.helpers import atb
@@ -67,12 +68,19 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_every_runnable_readme_example_works(pg15: Cluster, pg18: Cluster,
+@pytest.fixture
+def own15(chain15: toolchain.Toolchain) -> Iterator[Cluster]:
+    """A PostgreSQL 15 server of this test's own: the README's database is named `trading`,
+    as the session's `history` production is on the shared server."""
+    with Cluster(chain15, password=random_password(), tcp=True) as cluster:
+        yield cluster
+
+
+def test_every_runnable_readme_example_works(own15: Cluster, pg18: Cluster,
                                              project: Path) -> None:
-    with db.connect(pg15.url(), autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS trading WITH (FORCE)")
+    with db.connect(own15.url(), autocommit=True) as conn:
         conn.execute("CREATE DATABASE trading")
-    live = pg15.url("trading")
+    live = own15.url("trading")
     alembic_upgrade(live, "0003_order_index_status")
     now = datetime.now(UTC)
     recent = (now - timedelta(minutes=30)).replace(microsecond=0)  # the README's --at time
