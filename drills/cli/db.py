@@ -49,15 +49,19 @@ def db() -> None:
                    "only, planner estimates, or nothing.")
 @click.option("--wait", is_flag=True,
               help="Wait for a running backup of the same database instead of exiting 6.")
+@click.option("--compress", envvar="ATB_COMPRESS", show_envvar=True, metavar="METHOD",
+              help="gzip:N (1-9), lz4, zstd:N (1-22) or none, recorded in the manifest.  "
+                   "[default: the fastest this pg_dump writes and the runbook's pg_restore "
+                   "reads: zstd:1 where both have it, else gzip:1; `atb doctor` shows it]")
 @json_option
 def db_backup(database_url: str, backup_dir: Path, at: str | None, row_counts: str, wait: bool,
-              as_json: bool) -> None:
+              compress: str | None, as_json: bool) -> None:
     """Write BACKUP_DIR/<db>/<YYYY>/<MM>/<DD>/backup-<timestamp>.dump and its manifest."""
     progress = console.Progress("backup")
     try:
         result = backup.create_backup(conn(database_url), backup_dir,
                                       at=parse_stamp(at) if at else None, row_counts=row_counts,
-                                      wait=wait, progress=progress)
+                                      wait=wait, progress=progress, compress=compress)
     finally:
         progress.close()
     log.info("backup %s written (%s, sha256 %s)", result.path,
@@ -69,7 +73,8 @@ def _backup_text(result: backup.BackupResult) -> str:
     m = result.manifest
     return (f"{result.path}\n  {console.size(m.size_bytes)} in {human(m.duration_s)}, "
             f"sha256 {m.sha256[:16]}…, {len(m.row_counts)} tables counted ({m.row_counts_mode})"
-            f", alembic {m.alembic_revision or '-'}, pg_dump {m.pg_dump_version} "
+            f", alembic {m.alembic_revision or '-'}, {m.compression or 'gzip:6'}, "
+            f"pg_dump {m.pg_dump_version} "
             f"/ server {m.server_version}")
 
 
