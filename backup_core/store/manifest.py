@@ -175,14 +175,22 @@ def read_manifest(path: Path) -> Manifest:
     try:
         with path.open("rb") as fh:
             raw = fh.read(MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError as exc:
+        raise ManifestError(f"no manifest at {path}") from exc
+    except OSError as exc:
+        raise ManifestError(f"unreadable manifest {path}: {exc}") from exc
+    return parse_manifest(raw, path)
+
+
+def parse_manifest(raw: bytes, path: Path) -> Manifest:
+    """The manifest in `raw` (read from `path`), validated whole."""
+    try:
         if len(raw) > MAX_MANIFEST_BYTES:
             raise ValueError(f"larger than {MAX_MANIFEST_BYTES >> 20} MiB")
         return Manifest.from_dict(json.loads(raw))
-    except FileNotFoundError as exc:
-        raise ManifestError(f"no manifest at {path}") from exc
     except RecursionError as exc:
         raise ManifestError(f"unreadable manifest {path}: nested too deeply") from exc
-    except (OSError, ValueError, TypeError) as exc:
+    except (ValueError, TypeError) as exc:
         raise ManifestError(f"unreadable manifest {path}: {exc}") from exc
 
 

@@ -10,7 +10,7 @@ import click
 from backup_core.ops import backup, restore, verify
 from backup_core.ops.health import HealthReport, Targets, check_health
 from backup_core.pitr.pgbackrest import Stanza
-from backup_core.store import catalog, retention
+from backup_core.store import catalog, catalog_cache, retention
 from backup_core.store.naming import parse_stamp, printable
 from backup_core.tools.durations import human
 from drills import console
@@ -84,7 +84,7 @@ def _backup_text(result: backup.BackupResult) -> str:
 @json_option
 def db_list(backup_dir: Path, database: str | None, as_json: bool) -> None:
     """List backups newest first; partial, stray and manifest-less files are shown as such."""
-    items = catalog.listing(backup_dir, database)
+    items = catalog.listing(backup_dir, database, cache_dir=catalog_cache.default_dir())
     output.show(items, as_json=as_json, text=lambda found: _list_text(found, backup_dir))
 
 
@@ -159,7 +159,8 @@ def db_prune(backup_dir: Path, retention_days: float, keep_last: int, keep_daily
     whole (exit 8).
     """
     policy = retention.Policy(retention_days, keep_last, keep_daily, keep_weekly, keep_monthly)
-    report = retention.prune(backup_dir, policy, dry_run=dry_run)
+    report = retention.prune(backup_dir, policy, dry_run=dry_run,
+                             cache_dir=catalog_cache.default_dir())
     output.show(report, as_json=as_json, text=lambda r: _prune_text(r, backup_dir))
 
 
