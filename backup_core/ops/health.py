@@ -10,6 +10,7 @@ from pathlib import Path
 from backup_core.ops import status
 from backup_core.pitr import wal_status
 from backup_core.pitr.pgbackrest import Stanza
+from backup_core.reading import forecast
 from backup_core.store import catalog
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.durations import parse_duration
@@ -24,6 +25,7 @@ class Targets:
     schedule: str = "1h"
     rpo: str = "15m"
     window: str = "7d"
+    rto: str = "1h"
 
 
 @dataclass(frozen=True)
@@ -31,22 +33,27 @@ class HealthReport:
     databases: tuple[status.Status, ...]
     stanzas: tuple[wal_status.ArchiveStatus, ...]
     rpo_s: float
+    # the RTO forecast of each database with drills on record; a miss only with `gate`
+    forecasts: tuple[forecast.RtoForecast, ...] = ()
+    gate: bool = False
 
     @property
     def ok(self) -> bool:
-        return all(s.ok for s in self.databases) and all(a.ok for a in self.stanzas)
+        return (all(s.ok for s in self.databases) and all(a.ok for a in self.stanzas)
+                and not (self.gate and any(f.warning for f in self.forecasts)))
 
 
 def check_health(
     backup_dir: Path, targets: Targets, *, database: str | None = None,
     stanza: Stanza | None = None, server_url: str | None = None,
-    prometheus: Path | None = None, now: datetime | None = None,
+    prometheus: Path | None = None, now: datetime | None = None, forecast_rto: bool = False,
 ) -> HealthReport:
     """Judge each database of the tree (or `database`), and with `stanza` its WAL archiving
     as `server_url`'s archiver reports it; write the metrics to `prometheus` atomically."""
     schedule_s = parse_duration(targets.schedule, what="--schedule")
     rpo_s = parse_duration(targets.rpo, what="--rpo")
     window_days = parse_duration(targets.window, what="--window") / 86400
+    rto_s = parse_duration(targets.rto, what="--rto-target")
     items = catalog.scan(backup_dir, database)
     names = [database] if database else sorted({b.database for b in items if b.is_backup})
     if not names and stanza is None:
@@ -60,4 +67,6 @@ def check_health(
     if prometheus is not None:
         atomic_write_text(prometheus, status.prometheus_text(list(databases), stanzas),
                           mode=0o644)
-    return HealthReport(databases, stanzas, rpo_s)
+    forecasts = tuple(f for f in (forecast.forecast(items, database=n, target_s=rto_s, now=now)
+                                  for n in names) if f is not None)
+    return HealthReport(databases, stanzas, rpo_s, forecasts, forecast_rto)

@@ -10,6 +10,7 @@ import click
 from backup_core.ops import backup, restore, verify
 from backup_core.ops.health import HealthReport, Targets, check_health
 from backup_core.pitr.pgbackrest import Stanza
+from backup_core.reading import forecast
 from backup_core.store import catalog, catalog_cache, retention
 from backup_core.store.naming import parse_stamp, printable
 from backup_core.tools.durations import human
@@ -228,6 +229,12 @@ def _restore_text(result: restore.RestoreResult, path: Path) -> str:
 @click.option("--schedule", default="1h", help="How often backups should run.")
 @click.option("--rpo", default="15m", help="Recovery point objective: the most data you may lose.")
 @click.option("--window", default="7d", help="How far back to look for gaps between backups.")
+@click.option("--rto-target", default="1h",
+              help="Recovery time objective the RTO forecast is judged against.")
+@click.option("--forecast-rto", is_flag=True,
+              help="Exit 1 when the RTO forecast (from the drills' restore times against "
+                   "archive size, for the newest backup and for the size trend 90 days on) "
+                   "passes 80 % of --rto-target.")
 @click.option("--prometheus", "prom_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write node_exporter textfile metrics here (atomically).")
 @click.option("--stanza", metavar="NAME",
@@ -240,16 +247,20 @@ def _restore_text(result: restore.RestoreResult, path: Path) -> str:
 @database_url_option()
 @json_option
 def db_status(backup_dir: Path, database: str | None, schedule: str, rpo: str, window: str,
-              prom_file: Path | None, stanza: str | None, pgbackrest_config: Path | None,
+              rto_target: str, forecast_rto: bool, prom_file: Path | None, stanza: str | None,
+              pgbackrest_config: Path | None,
               database_url: str | None, as_json: bool) -> None:
     """Newest backup's age and the largest gap vs the schedule and RPO (and, with --stanza,
     WAL archiving's lag); exits 1 on a miss."""
-    report = check_health(backup_dir, Targets(schedule, rpo, window), database=database,
+    report = check_health(backup_dir, Targets(schedule, rpo, window, rto_target),
+                          database=database,
                           stanza=Stanza(stanza, pgbackrest_config) if stanza else None,
-                          server_url=database_url, prometheus=prom_file)
-    if as_json:  # with --stanza, the databases and the stanzas; else the databases alone
-        output.print_json({"databases": report.databases, "stanzas": report.stanzas}
-                          if stanza else report.databases)
+                          server_url=database_url, prometheus=prom_file,
+                          forecast_rto=forecast_rto)
+    if as_json:  # with --stanza or --forecast-rto an object; else the databases alone
+        output.print_json({"databases": report.databases, "stanzas": report.stanzas,
+                           "forecasts": report.forecasts}
+                          if stanza or forecast_rto else report.databases)
     else:
         click.echo(_status_text(report))
     if not report.ok:
@@ -272,7 +283,22 @@ def _status_text(report: HealthReport) -> str:
                          f"{human(s.largest_gap_s)} over {s.window_days:g}d, last passing drill "
                          f"{s.last_drill_passed or '-'}" + per_source,
                          tuple(printable(m) for m in s.missed), "schedule and RPO targets met")
+    lines += [_forecast_text(f, gate=report.gate) for f in report.forecasts]
     return "\n".join(lines)
+
+
+def _forecast_text(f: forecast.RtoForecast, *, gate: bool) -> str:
+    trend = ("" if f.trend_rto_s is None else
+             f", {human(f.trend_rto_s)} in {f.horizon_days:g} days at the size trend "
+             f"({console.size(int(f.growth_bytes_per_day or 0))}/day to "
+             f"{console.size(f.trend_size_bytes or 0)})")
+    passes = f"; passes 80 % of the target on {f.passes_on}" if f.passes_on else ""
+    verdict = (("MISSED" if gate else "WARNING") + f": forecast passes 80 % of the RTO target "
+               f"{human(f.target_s)}") if f.warning else f"OK: within 80 % of the RTO target " \
+        f"{human(f.target_s)}"
+    return (f"{printable(f.database)}: RTO forecast {human(f.newest_rto_s)} for the newest "
+            f"backup ({console.size(f.newest_size_bytes)}){trend}; {f.model.how}: "
+            f"{f.model.fixed_s:.1f}s + {f.model.per_gb_s:.1f}s/GB{passes}\n  {verdict}")
 
 
 def _judged(headline: str, missed: tuple[str, ...], ok: str) -> list[str]:
