@@ -261,6 +261,11 @@ class DrillOptions:
         "Fail the drill when the schedule cannot meet the RPO target (default: reported as a "
         "finding).",
         kind="flag")
+    rto_faithful: bool = setting(
+        "rto-faithful",
+        "Measure the RTO under the sandbox server's default settings (fsync, full-page writes, "
+        "WAL as production has them) instead of the settings a throwaway sandbox allows.",
+        kind="flag")
     record: bool = setting(
         "no-record",
         "Do not record the verdict beside the backup.",
@@ -345,6 +350,7 @@ class DrillOptions:
             report_dir=Path(text("report-dir")),
             result_file=path("result-file"),
             strict_rpo=bool(flag("strict-rpo")),
+            rto_faithful=bool(flag("rto-faithful")),
             sandbox_is_not_production=bool(flag("sandbox-is-not-production")),
             record=not flag("no-record"),
         )

@@ -92,8 +92,11 @@ def rto_text(rto: RtoFacts) -> str:
     if rto.failed_at or rto.measured_s is None:
         return (f"not measured: the recovery failed at {rto.failed_at or 'an early phase'}"
                 f" (target {human(rto.target_s)})")
+    forecast = (f"; forecast {human(rto.forecast_s)} ({rto.forecast_how})"
+                if rto.forecast_s is not None else "")
+    settings = f"; sandbox settings: {rto.settings}" if rto.settings else ""
     return (f"{human(rto.measured_s)} measured, target {human(rto.target_s)}: "
-            f"{'met' if rto.met else 'NOT MET'}")
+            f"{'met' if rto.met else 'NOT MET'}{forecast}{settings}")
 
 
 def title(name: str) -> str:

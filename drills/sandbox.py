@@ -104,11 +104,12 @@ def scram_verifier(password: str, *, iterations: int = 4096) -> str:
 
 @contextlib.contextmanager
 def _docker(image: str, engine: docker_engine.Engine, source_major: int,
-            chains: list[toolchain.Toolchain]) -> Iterator[SandboxInfo]:
+            chains: list[toolchain.Toolchain], *, faithful: bool = False
+            ) -> Iterator[SandboxInfo]:
     t0 = time.monotonic()
     if not engine.ok:
         raise AtbError(engine.refusal)
-    spec = docker_engine.container_spec(image)
+    spec = docker_engine.container_spec(image, faithful=faithful)
     loopback = docker_engine.engine_is_local(engine.where)
     with contextlib.ExitStack() as stack:
         socket_dir = None
@@ -154,10 +155,11 @@ def _socket_dir() -> Iterator[Path]:
 # -- local and server ------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _local(source_major: int, chains: list[toolchain.Toolchain]) -> Iterator[SandboxInfo]:
+def _local(source_major: int, chains: list[toolchain.Toolchain], *,
+           faithful: bool = False) -> Iterator[SandboxInfo]:
     t0 = time.monotonic()
     chain = toolchain.for_server(source_major, chains)
-    with Cluster(chain, settings=dict(FAST_SETTINGS)) as cluster:
+    with Cluster(chain, settings={} if faithful else dict(FAST_SETTINGS)) as cluster:
         yield _finish(cluster.url(), "local", t0, chain)
 
 
@@ -231,24 +233,25 @@ def resolve_provider(kind: str, engine: docker_engine.Engine | None) -> tuple[st
 
 def open_sandbox(kind: str, *, source_major: int, chains: list[toolchain.Toolchain],
                  server: ConnInfo | None = None, production: ConnInfo | None = None,
-                 docker_image: str | None = None, asserted: bool = False
-                 ) -> contextlib.AbstractContextManager[SandboxInfo]:
-    """Context manager over the chosen provider; always torn down, on failure and Ctrl-C."""
+                 docker_image: str | None = None, asserted: bool = False,
+                 faithful: bool = False) -> contextlib.AbstractContextManager[SandboxInfo]:
+    """Context manager over the chosen provider; always torn down, on failure and Ctrl-C.
+    `faithful`: the server's default settings, not the tuned ones (`--rto-faithful`)."""
     image = docker_engine.image_for(docker_image, source_major)
     engine = docker_engine.probe(image) if kind in ("auto", "docker") else None
     provider, why = resolve_provider(kind, engine)
     log.info("sandbox provider: %s", provider)
     if provider == "docker":
         assert engine is not None
-        return _docker(image, engine, source_major, chains)
+        return _docker(image, engine, source_major, chains, faithful=faithful)
     if provider == "server":
         if server is None:
             raise ConfigError("--sandbox server needs --sandbox-url (or ATB_SANDBOX_URL)")
         return _server(server, production, chains, asserted)
     if why:
         log.warning("%s", why)
-        return _noted(_local(source_major, chains), why)
-    return _local(source_major, chains)
+        return _noted(_local(source_major, chains, faithful=faithful), why)
+    return _local(source_major, chains, faithful=faithful)
 
 
 @contextlib.contextmanager

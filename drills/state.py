@@ -100,6 +100,10 @@ class DrillState:
     production_before: Observation | None = None
     # the backup tree as scanned to pick from (None with --backup): read once per drill
     tree: list[Backup] | None = None
+    # the RTO the earlier drills forecast for this backup, and how (see drill_policy)
+    rto_forecast: tuple[float, str] | None = None
+    # the sandbox server settings the restore ran under (tuned, or the server's defaults)
+    rto_settings: str = ""
     # names of the built-in checks: each must run and pass for a PASS
     builtin: tuple[str, ...] = ()
 
@@ -216,7 +220,10 @@ class DrillState:
                 met=None if self.failed_at() else self.rto_s() <= self.options.rto_target_s,
                 failed_at=self.failed_at(),
                 phases={p: self.phases[p] for p in RTO_PHASES if p in self.phases},
-                other_phases={p: v for p, v in self.phases.items() if p not in RTO_PHASES}),
+                other_phases={p: v for p, v in self.phases.items() if p not in RTO_PHASES},
+                forecast_s=self.rto_forecast[0] if self.rto_forecast else None,
+                forecast_how=self.rto_forecast[1] if self.rto_forecast else "",
+                settings=self.rto_settings),
             rpo=self.rpo or RpoFacts(target_s=self.options.rpo_target_s),
             integration=self.integration,
             pitr=self.pitr, isolation=self.isolation,
