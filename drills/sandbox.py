@@ -18,6 +18,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -71,6 +72,24 @@ def reap() -> list[str]:
     if isolation.already_inside():
         return []
     return [*reaper.reap_local(), *docker_engine.reap_docker()]
+
+
+@contextlib.contextmanager
+def reaping() -> Iterator[None]:
+    """`reap` around a block: the local half now, the Docker half (the SDK's import and the
+    engine's answer, most of its cost) on a thread that overlaps the block and is joined when
+    it ends. A sandbox of a live drill is never reaped, so the order does not matter."""
+    if isolation.already_inside():
+        yield
+        return
+    reaper.reap_local()
+    thread = threading.Thread(target=docker_engine.reap_docker, name="atb-reap-docker",
+                              daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
 
 
 def scratch_name() -> str:

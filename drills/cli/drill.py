@@ -72,11 +72,11 @@ def drill_run(pdf: bool, as_json: bool, **values: Any) -> None:
     if pdf:
         render.require()
     options = _options(values)
-    sandbox.reap()  # sandboxes of killed drills: each reaped one is logged in one line
     progress = console.Progress("drill")
-    try:
-        result = run_drill(options, production=production(os.environ.get("DATABASE_URL")),
-                           on_line=lambda line: drill_line(progress, line))
+    try:  # sandboxes of killed drills are reaped meanwhile (each logged in one line)
+        with sandbox.reaping():
+            result = run_drill(options, production=production(os.environ.get("DATABASE_URL")),
+                               on_line=lambda line: drill_line(progress, line))
     finally:
         progress.close()
     if result.sandbox.note:
