@@ -88,9 +88,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--wal-minutes", type=float, default=1.0,
                         help="minutes of WAL written flat out for the point-in-time comparison")
-    parser.add_argument("--only", choices=["all", "catalog", "backup", "sandbox", "pitr"],
+    parser.add_argument("--only", choices=["all", "perf", "catalog", "backup", "sandbox",
+                                           "pitr"],
                         default="all",
-                        help="run everything, or only the catalog comparisons, the backup "
+                        help="run everything; perf: each --size, the catalog and the scaling "
+                             "table; or only the catalog comparisons, the backup "
                              "comparisons at each --size, the sandbox start times, or the "
                              "point-in-time vs logical RTO at each --size")
     args = parser.parse_args()
@@ -102,13 +104,13 @@ def main() -> None:
     scales: list[Scale] = []
     work = Path(tempfile.mkdtemp(prefix="atb-bench-"))
     try:
-        for size in args.size.split(",") if args.only in ("all", "backup") else []:
+        for size in args.size.split(",") if args.only in ("all", "perf", "backup") else []:
             sections.append(bench_size(size.strip(), chain, chains, cores, args.repeat, work,
                                        backup_only=args.only == "backup", lean=args.lean,
                                        scales=scales))
-        if scales and args.only == "all":
+        if scales and args.only in ("all", "perf"):
             sections.append(scaling_table(scales))
-        if args.only in ("all", "catalog"):
+        if args.only in ("all", "perf", "catalog"):
             sections.append(bench_catalog(work))
         if args.only in ("all", "sandbox"):
             sections.append(bench_sandbox(chains, max(args.repeat, 5)))
