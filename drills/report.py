@@ -88,13 +88,14 @@ def isolation_rows(r: DrillResult) -> list[tuple[str, str]]:
 
 
 def rto_text(rto: RtoFacts) -> str:
-    """The RTO line: a time only for a recovery that completed."""
-    if rto.failed_at or rto.measured_s is None:
-        return (f"not measured: the recovery failed at {rto.failed_at or 'an early phase'}"
-                f" (target {human(rto.target_s)})")
+    """The RTO line: a time only for a recovery that completed; the forecast of the earlier
+    drills and the sandbox's settings either way."""
     forecast = (f"; forecast {human(rto.forecast_s)} ({rto.forecast_how})"
                 if rto.forecast_s is not None else "")
     settings = f"; sandbox settings: {rto.settings}" if rto.settings else ""
+    if rto.failed_at or rto.measured_s is None:
+        return (f"not measured: the recovery failed at {rto.failed_at or 'an early phase'}"
+                f" (target {human(rto.target_s)}){forecast}{settings}")
     return (f"{human(rto.measured_s)} measured, target {human(rto.target_s)}: "
             f"{'met' if rto.met else 'NOT MET'}{forecast}{settings}")
 
