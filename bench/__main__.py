@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from backup_core.ops.verify import sha256_file, verify_backup
 from backup_core.store import catalog, retention
 from backup_core.store.manifest import Manifest
 from backup_core.store.naming import backup_path, manifest_path
-from backup_core.tools import db, toolchain
+from backup_core.tools import compression, db, toolchain
 from backup_core.tools.cluster import FAST_SETTINGS, Cluster
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.runner import run
@@ -82,12 +83,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", default="100MB", help="comma-separated sizes, e.g. 100MB,1GB")
     parser.add_argument("--repeat", type=int, default=3, help="rounds per comparison")
+    parser.add_argument("--lean", action="store_true",
+                        help="leave out the secondary backup and verify comparisons")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--wal-minutes", type=float, default=1.0,
                         help="minutes of WAL written flat out for the point-in-time comparison")
-    parser.add_argument("--only", choices=["all", "catalog", "backup", "sandbox", "pitr"],
+    parser.add_argument("--only", choices=["all", "perf", "catalog", "backup", "sandbox",
+                                           "pitr"],
                         default="all",
-                        help="run everything, or only the catalog comparisons, the backup "
+                        help="run everything; perf: each --size, the catalog and the scaling "
+                             "table; or only the catalog comparisons, the backup "
                              "comparisons at each --size, the sandbox start times, or the "
                              "point-in-time vs logical RTO at each --size")
     args = parser.parse_args()
@@ -96,12 +101,16 @@ def main() -> None:
     chain = embedded[0] if embedded else toolchain.newest(chains, "postgres")
     cores = os.cpu_count() or 1
     sections: list[str] = []
+    scales: list[Scale] = []
     work = Path(tempfile.mkdtemp(prefix="atb-bench-"))
     try:
-        for size in args.size.split(",") if args.only in ("all", "backup") else []:
+        for size in args.size.split(",") if args.only in ("all", "perf", "backup") else []:
             sections.append(bench_size(size.strip(), chain, chains, cores, args.repeat, work,
-                                       backup_only=args.only == "backup"))
-        if args.only in ("all", "catalog"):
+                                       backup_only=args.only == "backup", lean=args.lean,
+                                       scales=scales))
+        if scales and args.only in ("all", "perf"):
+            sections.append(scaling_table(scales))
+        if args.only in ("all", "perf", "catalog"):
             sections.append(bench_catalog(work))
         if args.only in ("all", "sandbox"):
             sections.append(bench_sandbox(chains, max(args.repeat, 5)))
@@ -115,8 +124,8 @@ def main() -> None:
               f"{mem_gib:.0f} GiB, {platform.platform()}, Python {platform.python_version()}, "
               f"PostgreSQL {chain.version} ({chain.source}); {args.repeat} rounds per "
               "comparison, A and B alternating. Times in seconds: median (min-max).\n"
-              "Command: `python -m bench --size " + args.size + "`. This file is a record "
-              "of that run, not an input to anything.\n")
+              "Command: `python -m bench " + " ".join(sys.argv[1:]) + "`. This file is a "
+              "record of that run, not an input to anything.\n")
     text = header + "\n".join(sections)
     args.out.write_text(text)
     print(text)
@@ -128,13 +137,45 @@ def table(comps: list[Comparison]) -> str:
     return "\n".join(rows) + "\n"
 
 
+@dataclass
+class Scale:
+    """One size's row of the scaling table."""
+
+    size: str
+    db_bytes: int = 0
+    dump_bytes: int = 0
+    backup_s: float = 0.0
+    restore_s: float = 0.0
+    drill_s: float = 0.0
+    backup_rss_mib: float = 0.0
+    verify_rss_mib: float = 0.0
+    load: str = ""
+
+    def row(self) -> str:
+        gb = self.db_bytes / 2**30
+        per = [f"{t:.2f} ({t / gb:.1f} s/GB)" if gb else "-" for t in
+               (self.backup_s, self.restore_s, self.drill_s)]
+        return (f"| {self.size} | {self.db_bytes / 2**20:.0f} MiB | "
+                f"{self.dump_bytes / 2**20:.0f} MiB | " + " | ".join(per)
+                + f" | {self.backup_rss_mib:.0f} / {self.verify_rss_mib:.0f} MiB | "
+                  f"{self.load} |")
+
+
+def load_average() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.1f} / {five:.1f}"
+
+
 def bench_size(size: str, chain: toolchain.Toolchain, chains: list[toolchain.Toolchain],
-               cores: int, repeat: int, work: Path, *, backup_only: bool = False) -> str:
+               cores: int, repeat: int, work: Path, *, backup_only: bool = False,
+               lean: bool = False, scales: list[Scale] | None = None) -> str:
     print(f"== {size}", file=sys.stderr)
     comps: list[Comparison] = []
+    scale = Scale(size, load=load_average())
     with Cluster(chain) as prod, Cluster(chain, settings=dict(FAST_SETTINGS)) as tuned, \
             Cluster(chain) as default:
         info, db_bytes = build_database(prod, size)
+        scale.db_bytes = db_bytes
         out = work / "dumps"
         plain = work / "plain.dump"
 
@@ -146,31 +187,40 @@ def bench_size(size: str, chain: toolchain.Toolchain, chains: list[toolchain.Too
             run([chain.tool("pg_dump"), "-Fc", "-f", str(plain), f"--dbname={info.libpq_url}"],
                 what="pg_dump")
 
-        comps.append(alternate(Comparison("backup", "atb db backup", "pg_dump -Fc -f",
-                                          "<= 1.05 at 1 GB"), ours, theirs, repeat))
-
-        def ours_no_counts() -> None:
-            shutil.rmtree(out, ignore_errors=True)
-            create_backup(info, out, chains=chains, row_counts="off")
-
-        comps.append(alternate(Comparison("backup, streaming only", "atb --row-counts off",
-                                          "pg_dump -Fc -f", "(what reading the tables costs)"),
-                               ours_no_counts, theirs, repeat))
+        default_spec = compression.default_for(
+            toolchain.for_dump(chain.major, chains), chain.major).compression.spec
+        comps.append(alternate(Comparison("backup", f"atb db backup ({default_spec}, checksums)",
+                                          "pg_dump -Fc -f (default gzip:6)",
+                                          "<= 0.5 at 1 GB"), ours, theirs, repeat))
+        ours_size = next(out.rglob("*.dump")).stat().st_size
+        ratio = ours_size / plain.stat().st_size
+        comps[-1].notes.append(f"size ratio {ratio:.3f} (goal <= 1.15): {ours_size / 2**20:.1f} "
+                               f"MiB against {plain.stat().st_size / 2**20:.1f} MiB")
+        scale.backup_s = statistics.median(comps[-1].a)
 
         def ours_exact() -> None:
             shutil.rmtree(out, ignore_errors=True)
             create_backup(info, out, chains=chains, row_counts="exact")
 
-        comps.append(alternate(Comparison("backup, content checksums",
-                                          "atb (--row-counts checksum, the default)",
-                                          "atb --row-counts exact", "(what checksums cost)"),
-                               ours, ours_exact, repeat))
+        if not lean:
+            def ours_no_counts() -> None:
+                shutil.rmtree(out, ignore_errors=True)
+                create_backup(info, out, chains=chains, row_counts="off")
+
+            comps.append(alternate(Comparison("backup, streaming only", "atb --row-counts off",
+                                              "pg_dump -Fc -f", "(what reading the tables "
+                                              "costs)"), ours_no_counts, theirs, repeat))
+            comps.append(alternate(Comparison("backup, content checksums",
+                                              "atb (--row-counts checksum, the default)",
+                                              "atb --row-counts exact", "(what checksums cost)"),
+                                   ours, ours_exact, repeat))
         if backup_only:
             return f"\n## {size} database\n\n{table(comps)}"
         ours()
         dump = next(out.rglob("*.dump"))
         dump_mb = dump.stat().st_size / 2**20
-        comps[0].notes.append(f"database {db_bytes / 2**20:.0f} MiB, dump {dump_mb:.0f} MiB")
+        scale.dump_bytes = dump.stat().st_size
+        comps[0].notes.append(f"database {db_bytes / 2**20:.0f} MiB")
 
         def drop(cluster: Cluster) -> None:
             with db.connect(cluster.url(), autocommit=True) as conn:
@@ -184,6 +234,10 @@ def bench_size(size: str, chain: toolchain.Toolchain, chains: list[toolchain.Too
             restore_backup(RestoreRequest(dump, tuned.url("r"), no_owner=True, jobs=cores),
                            chains=chains)
 
+        def faithful_restore() -> None:
+            restore_backup(RestoreRequest(dump, default.url("r"), no_owner=True, jobs=cores),
+                           chains=chains)
+
         def manual_restore() -> None:
             url = default.url("r")
             run([chain.tool("psql"), f"--dbname={default.url().libpq_url}", "-c",
@@ -194,6 +248,17 @@ def bench_size(size: str, chain: toolchain.Toolchain, chains: list[toolchain.Too
         comps.append(alternate(Comparison("restore", f"drill restore (-j {cores}, tuned)",
                                           "createdb + pg_restore (1 job, defaults)", "<= 0.5"),
                                drill_restore, manual_restore, repeat, reset=reset))
+        comps[-1].notes.append("tuned: " + ", ".join(f"{k}={v}" for k, v in
+                                                     FAST_SETTINGS.items()))
+        scale.restore_s = statistics.median(comps[-1].a)
+        comps.append(alternate(Comparison("restore, --rto-faithful",
+                                          f"drill restore (-j {cores}, server defaults)",
+                                          "createdb + pg_restore (1 job, defaults)", "-"),
+                               faithful_restore, manual_restore, max(1, repeat - 1),
+                               reset=reset))
+        reset()
+        comps[-1].notes.append("where the tuned restore's time goes: " + restore_sections(
+            chain, dump, tuned, cores))
 
         def whole_drill() -> None:
             subprocess.run([sys.executable, "-m", "drills.cli", "drill", "run", "--backup",
@@ -209,9 +274,11 @@ def bench_size(size: str, chain: toolchain.Toolchain, chains: list[toolchain.Too
         comps.append(alternate(Comparison("whole drill vs restore alone", "atb drill run",
                                           "sandbox + restore", "<= 1.5"),
                                whole_drill, restore_alone, repeat))
+        scale.drill_s = statistics.median(comps[-1].a)
         results = sorted((work / "reports").glob("*/*-drill.json"))
         if results:
-            phases = json.loads(results[-1].read_text())["rto"]["phases"]
+            rto = json.loads(results[-1].read_text())["rto"]
+            phases = {**rto["phases"], **rto.get("other_phases", {})}
             comps[-1].notes.append("last drill phases: " + ", ".join(
                 f"{k} {v:.2f}" for k, v in phases.items()))
 
@@ -221,12 +288,14 @@ def bench_size(size: str, chain: toolchain.Toolchain, chains: list[toolchain.Too
         sha.a = [size_b / 2**20 / t]
         sha.notes.append(f"{size_b / 2**20:.0f} MiB in {t:.3f}s (page cache warm)")
         comps.append(sha)
-        comps.append(alternate(
-            Comparison("verify --deep", "atb db verify --deep", "pg_restore -f /dev/null",
-                       "<= 1.1"),
-            lambda: verify_backup(dump, deep=True, chains=chains, record=False),
-            lambda: run([chain.tool("pg_restore"), "-f", "/dev/null", str(dump)], what="pg"),
-            repeat))
+        if not lean:
+            comps.append(alternate(
+                Comparison("verify --deep", "atb db verify --deep", "pg_restore -f /dev/null",
+                           "<= 1.1"),
+                lambda: verify_backup(dump, deep=True, chains=chains, record=False),
+                lambda: run([chain.tool("pg_restore"), "-f", "/dev/null", str(dump)],
+                            what="pg"),
+                repeat))
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         backup_rss = in_child(
             "from pathlib import Path\nfrom backup_core.ops.backup import create_backup\n"
@@ -242,7 +311,36 @@ def bench_size(size: str, chain: toolchain.Toolchain, chains: list[toolchain.Too
         mem.a, mem.b = [backup_rss], [verify_rss]
         mem.notes.append(f"dump {dump_mb:.0f} MiB")
         comps.append(mem)
-    return f"\n## {size} database\n\n{table(comps)}"
+        scale.backup_rss_mib, scale.verify_rss_mib = backup_rss, verify_rss
+    if scales is not None:
+        scales.append(scale)
+    return (f"\n## {size} database (load average at start {scale.load})\n\n{table(comps)}")
+
+
+def restore_sections(chain: toolchain.Toolchain, dump: Path, tuned: Cluster, cores: int) -> str:
+    """The tuned restore section by section (pre-data, data, post-data): COPY against the
+    index builds and constraint validation."""
+    with db.connect(tuned.url(), autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS s WITH (FORCE)")
+        conn.execute("CREATE DATABASE s")
+    took = []
+    for section in ("pre-data", "data", "post-data"):
+        argv = [chain.tool("pg_restore"), "--no-owner", f"--section={section}",
+                f"--jobs={cores}", f"--dbname={tuned.url('s').libpq_url}", str(dump)]
+        t = timed(lambda argv=argv: run(argv, what="pg_restore"))
+        took.append(f"{section} {t:.2f}s")
+    with db.connect(tuned.url(), autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS s WITH (FORCE)")
+    return ", ".join(took) + " (data: COPY; post-data: index builds, then constraints and FKs)"
+
+
+def scaling_table(scales: list[Scale]) -> str:
+    rows = ["| size | database | dump | backup | drill restore | whole drill | peak RSS "
+            "backup / verify --deep | load average (1 / 5 min) |",
+            "|---|---|---|---|---|---|---|---|"]
+    rows += [s.row() for s in scales]
+    return "\n## Scaling\n\nMedian seconds, and seconds per GB of database.\n\n" + \
+        "\n".join(rows) + "\n"
 
 
 def bench_sandbox(chains: list[toolchain.Toolchain], repeat: int) -> str:
@@ -294,34 +392,44 @@ def bench_sandbox(chains: list[toolchain.Toolchain], repeat: int) -> str:
 
 
 def bench_catalog(work: Path) -> str:
-    comps = [catalog_case(work / "tree2160", 2160, "<= 0.3 s"),
-             catalog_case(work / "tree50000", 50_000, "<= 3 s")]
-    return f"\n## Catalog\n\n{table(comps)}"
+    comps = [*catalog_case(work / "tree2160", 2160, "<= 0.3 s"),
+             *catalog_case(work / "tree50000", 50_000, "<= 3 s")]
+    return f"\n## Catalog (load average {load_average()})\n\n{table(comps)}"
 
 
-def catalog_case(root: Path, count: int, goal: str) -> Comparison:
+def catalog_case(root: Path, count: int, goal: str) -> list[Comparison]:
+    """`list` and the prune plan over `count` backups, through the catalog cache (warm: the
+    hourly case, where one new manifest a run is parsed) against validating every manifest."""
     t0 = time.perf_counter()
     fake_tree(root, count)
     made = time.perf_counter() - t0
     now = datetime.now(UTC)
+    cache = root.parent / f"cache-{count}"
     policy = retention.Policy(retention_days=7, keep_daily=30, keep_weekly=13)
-    comp = Comparison(f"catalog over {count} backups", "list (scan + validated manifests)",
-                      "prune plan (the same scan + plan)", goal)
+    t0 = time.perf_counter()
+    catalog.scan(root, cache_dir=cache)
+    cold = time.perf_counter() - t0
+    listed = Comparison(f"list over {count} backups", "cached (warm)",
+                        "every manifest validated", goal)
 
-    def listing() -> None:  # what `atb db list` reads: every manifest, validated
-        assert len([b for b in catalog.scan(root) if b.complete]) == count
+    def listing(cache_dir: Path | None) -> None:
+        assert len([b for b in catalog.scan(root, cache_dir=cache_dir) if b.complete]) == count
 
-    def planning() -> None:
-        retention.plan_prune(catalog.scan(root), now=now, policy=policy)
-
-    alternate(comp, listing, planning, 3)
+    alternate(listed, lambda: listing(cache), lambda: listing(None), 3)
+    planned = Comparison(f"prune plan over {count} backups", "cached (warm)",
+                         "every manifest validated", goal)
+    alternate(planned, lambda: retention.plan_prune(catalog.scan(root, cache_dir=cache),
+                                                    now=now, policy=policy),
+              lambda: retention.plan_prune(catalog.scan(root), now=now, policy=policy), 3)
+    env = {**os.environ, "ATB_CATALOG_CACHE": str(cache)}
     cli = timed(lambda: subprocess.run([sys.executable, "-m", "drills.cli", "db", "list",
                                         "--backup-dir", str(root)], capture_output=True,
-                                       check=True))
-    comp.notes.append(f"`atb db list` wall time incl. interpreter start {cli:.2f}s; tree "
-                      f"built in {made:.1f}s")
+                                       check=True, env=env))
+    listed.notes.append(f"`atb db list` wall time incl. interpreter start {cli:.2f}s (cached); "
+                        f"first scan, filling the cache {cold:.2f}s; tree built in {made:.1f}s")
     shutil.rmtree(root)
-    return comp
+    shutil.rmtree(cache, ignore_errors=True)
+    return [listed, planned]
 
 
 if __name__ == "__main__":

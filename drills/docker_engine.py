@@ -57,9 +57,10 @@ def image_for(template: str | None, major: int) -> str:
     return (template or DEFAULT_IMAGE).replace("{major}", str(major))
 
 
-def container_spec(image: str) -> ContainerSpec:
-    """What the drill asks of the image: a fresh password, durability off for speed."""
-    settings = [f"-c{k}={v}" for k, v in FAST_SETTINGS.items()]
+def container_spec(image: str, *, faithful: bool = False) -> ContainerSpec:
+    """What the drill asks of the image: a fresh password, durability off for speed (the
+    image's defaults when `faithful`)."""
+    settings = [] if faithful else [f"-c{k}={v}" for k, v in FAST_SETTINGS.items()]
     return ContainerSpec(image=image, username="postgres", password=secrets.token_urlsafe(16),
                          dbname="postgres", command=("postgres", *settings))
 

@@ -123,18 +123,22 @@ def durability_rows(settings: dict[str, str]) -> list[tuple[str, str]]:
 
 
 def rto_text(rto: RtoFacts) -> str:
-    """The RTO line: a time only for a recovery that completed; a failed one says where it
-    failed, never "not measured" beside a measurement."""
+    """The RTO line: a time only for a recovery that completed (a failed one says where it
+    failed, never "not measured" beside a measurement); the forecast of the earlier drills and
+    the sandbox's settings either way."""
+    forecast = (f"; forecast {human(rto.forecast_s)} ({rto.forecast_how})"
+                if rto.forecast_s is not None else "")
+    settings = f"; sandbox settings: {rto.settings}" if rto.settings else ""
     if rto.failed_at == "checks":  # measured, and the RTO check may have passed on it
         spent = sum(rto.phases.values())
         return (f"{human(spent)} measured, target {human(rto.target_s)}: not counted, a "
                 "check of the restored database failed (the recovery did not deliver a "
-                "sound database)")
+                f"sound database){forecast}{settings}")
     if rto.failed_at or rto.measured_s is None:
         return (f"not measured: the recovery failed at {rto.failed_at or 'an early phase'}"
-                f" (target {human(rto.target_s)})")
+                f" (target {human(rto.target_s)}){forecast}{settings}")
     return (f"{human(rto.measured_s)} measured, target {human(rto.target_s)}: "
-            f"{'met' if rto.met else 'NOT MET'}")
+            f"{'met' if rto.met else 'NOT MET'}{forecast}{settings}")
 
 
 # Proper names as they are written, where a function name cannot: `rpo` is the RPO.

@@ -85,6 +85,12 @@ class RtoFacts:
     failed_at: str | None = None
     phases: dict[str, float] = field(default_factory=dict)
     other_phases: dict[str, float] = field(default_factory=dict)
+    # what the earlier drills of this source forecast for this archive's size (see
+    # backup_core.reading.forecast), and how; None without an earlier drill
+    forecast_s: float | None = None
+    forecast_how: str = ""
+    # the sandbox server settings the RTO was measured under
+    settings: str = ""
 
 
 @dataclass(frozen=True)

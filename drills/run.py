@@ -48,13 +48,21 @@ ISOLATION_ENV = "ATB_ISOLATION_FACTS"
 TOOL_ENV_PREFIXES = ("DOCKER_", "TESTCONTAINERS_", "TC_", "PGBACKREST_")
 
 
+# The plugins the drill's pytest child loads, by name: no other installed plugin is
+# auto-loaded (PYTEST_DISABLE_PLUGIN_AUTOLOAD), so whatever else the host has installed
+# neither changes the drill nor costs it (hypothesis's alone took a third of a small drill).
+CHILD_PLUGINS = ("pytest_metadata.plugin", "pytest_html.fixtures", "pytest_html.plugin",
+                 "drills.plugin")
+
+
 def drill_argv(options_file: Path) -> list[str]:
     """The drill's pytest child: its settings in `options_file` (`DrillOptions.to_json`)."""
-    # The project's own `addopts` stay out (a `-n auto` for its suite would split one drill
-    # across workers), and so does pytest-xdist: a drill is one session.
-    return [sys.executable, "-m", "pytest", "-o", "addopts=", "-p", "drills.plugin",
-            "-p", "no:cacheprovider", "-p", "no:xdist", "-v", "--no-header", "-rfEx",
-            "--tb=short", "--drill", f"--drill-options={options_file}"]
+    # Only the plugins it names (no autoloaded ones: hypothesis, xdist, ...), and none of the
+    # project's own `addopts` (a `-n auto` for its suite would split one drill across workers).
+    plugins = [arg for name in CHILD_PLUGINS for arg in ("-p", name)]
+    return [sys.executable, "-m", "pytest", "-o", "addopts=", *plugins, "-p", "no:cacheprovider",
+            "-v", "--no-header", "-rfEx", "--tb=short", "--drill",
+            f"--drill-options={options_file}"]
 
 
 def drill_env(options: DrillOptions, production: ConnInfo | None,
@@ -76,6 +84,7 @@ def drill_env(options: DrillOptions, production: ConnInfo | None,
         extra["ATB_SANDBOX_URL"] = sandbox_url or options.sandbox_url or ""
     if iso is not None:
         extra[ISOLATION_ENV] = json.dumps(iso.as_dict())
+    extra["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # the plugins it needs are on its argv
     source = os.environ if base is None else base
     extra.update({k: v for k, v in source.items() if k.startswith(TOOL_ENV_PREFIXES)})
     return childenv.sealed(extra, pass_env=options.pass_env, base=base)

@@ -18,6 +18,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -79,6 +80,24 @@ def reap() -> list[str]:
     return [*reaper.reap_local(), *docker_engine.reap_docker()]
 
 
+@contextlib.contextmanager
+def reaping() -> Iterator[None]:
+    """`reap` around a block: the local half now, the Docker half (the SDK's import and the
+    engine's answer, most of its cost) on a thread that overlaps the block and is joined when
+    it ends. A sandbox of a live drill is never reaped, so the order does not matter."""
+    if isolation.already_inside():
+        yield
+        return
+    reaper.reap_local()
+    thread = threading.Thread(target=docker_engine.reap_docker, name="atb-reap-docker",
+                              daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+
+
 def scratch_name() -> str:
     return f"atb_drill_{secrets.token_hex(4)}"
 
@@ -110,12 +129,13 @@ def scram_verifier(password: str, *, iterations: int = 4096) -> str:
 
 @contextlib.contextmanager
 def _docker(image: str, engine: docker_engine.Engine, source_major: int,
-            chains: list[toolchain.Toolchain], locale: DatabaseLocale | None = None
+            chains: list[toolchain.Toolchain], locale: DatabaseLocale | None = None, *,
+            faithful: bool = False
             ) -> Iterator[SandboxInfo]:
     t0 = time.monotonic()
     if not engine.ok:
         raise AtbError(engine.refusal)
-    spec = docker_engine.container_spec(image)
+    spec = docker_engine.container_spec(image, faithful=faithful)
     loopback = docker_engine.engine_is_local(engine.where)
     with contextlib.ExitStack() as stack:
         socket_dir = None
@@ -163,11 +183,13 @@ def _socket_dir() -> Iterator[Path]:
 
 @contextlib.contextmanager
 def _local(source_major: int, chains: list[toolchain.Toolchain],
-           locale: DatabaseLocale | None = None) -> Iterator[SandboxInfo]:
+           locale: DatabaseLocale | None = None, *, faithful: bool = False
+           ) -> Iterator[SandboxInfo]:
     t0 = time.monotonic()
     chain = toolchain.for_server(source_major, chains)
     initdb = cluster_locale(locale, machine_locales())
-    with Cluster(chain, settings=dict(FAST_SETTINGS), locale=initdb) as cluster:
+    with Cluster(chain, settings={} if faithful else dict(FAST_SETTINGS),
+                 locale=initdb) as cluster:
         yield _finish(cluster.url(), "local", t0, chain, locale=locale)
 
 
@@ -298,25 +320,26 @@ def resolve_provider(kind: str, engine: docker_engine.Engine | None) -> tuple[st
 def open_sandbox(kind: str, *, source_major: int, chains: list[toolchain.Toolchain],
                  server: ConnInfo | None = None, production: ConnInfo | None = None,
                  docker_image: str | None = None, asserted: bool = False,
-                 locale: DatabaseLocale | None = None
+                 locale: DatabaseLocale | None = None, faithful: bool = False
                  ) -> contextlib.AbstractContextManager[SandboxInfo]:
     """Context manager over the chosen provider; always torn down, on failure and Ctrl-C.
-    The scratch database takes `locale` (production's, from the manifest) where it can."""
+    The scratch database takes `locale` (production's, from the manifest) where it can;
+    `faithful`: the server's default settings, not the tuned ones (`--rto-faithful`)."""
     image = docker_engine.image_for(docker_image, source_major)
     engine = docker_engine.probe(image) if kind in ("auto", "docker") else None
     provider, why = resolve_provider(kind, engine)
     log.info("sandbox provider: %s", provider)
     if provider == "docker":
         assert engine is not None
-        return _docker(image, engine, source_major, chains, locale)
+        return _docker(image, engine, source_major, chains, locale, faithful=faithful)
     if provider == "server":
         if server is None:
             raise ConfigError("--sandbox server needs --sandbox-url (or ATB_SANDBOX_URL)")
         return _server(server, production, chains, asserted, locale)
     if why:
         log.warning("%s", why)
-        return _noted(_local(source_major, chains, locale), why)
-    return _local(source_major, chains, locale)
+        return _noted(_local(source_major, chains, locale, faithful=faithful), why)
+    return _local(source_major, chains, locale, faithful=faithful)
 
 
 @contextlib.contextmanager

@@ -102,6 +102,10 @@ class DrillState:
     production_before: Observation | None = None
     # the backup tree as scanned to pick from (None with --backup): read once per drill
     tree: list[Backup] | None = None
+    # the RTO the earlier drills forecast for this backup, and how (see drill_policy)
+    rto_forecast: tuple[float, str] | None = None
+    # the sandbox server settings the restore ran under (tuned, or the server's defaults)
+    rto_settings: str = ""
     # names of the built-in checks: each must run and pass for a PASS
     builtin: tuple[str, ...] = ()
     # told of each phase starting and done (name, "start" or "done", seconds): the progress
@@ -238,7 +242,10 @@ def assemble(state: DrillState, *, finished_at: datetime) -> DrillResult:
             met=None if state.failed_at() else state.rto_s() <= state.options.rto_target_s,
             failed_at=state.failed_at(),
             phases={p: state.phases[p] for p in RTO_PHASES if p in state.phases},
-            other_phases={p: v for p, v in state.phases.items() if p not in RTO_PHASES}),
+            other_phases={p: v for p, v in state.phases.items() if p not in RTO_PHASES},
+            forecast_s=state.rto_forecast[0] if state.rto_forecast else None,
+            forecast_how=state.rto_forecast[1] if state.rto_forecast else "",
+            settings=state.rto_settings),
         rpo=state.rpo or RpoFacts(target_s=state.options.rpo_target_s),
         integration=state.integration,
         pitr=state.pitr, isolation=state.isolation,

@@ -30,7 +30,7 @@ from backup_core.reading import inventory
 from backup_core.store.catalog import CLOCK_SKEW
 from backup_core.store.manifest import Inventory, Manifest, write_manifest
 from backup_core.store.naming import backup_path, dir_name, manifest_path, partial_path, roles_path
-from backup_core.tools import childenv, db, probes, toolchain
+from backup_core.tools import childenv, compression, db, probes, toolchain
 from backup_core.tools.commands import pg_restore_list_argv
 from backup_core.tools.conninfo import ConnInfo, redact
 from backup_core.tools.durations import human
@@ -147,12 +147,16 @@ def create_backup(
     progress: Progress | None = None,
     count_workers: int | None = None,
     clock: Callable[[], datetime] | None = None,
+    compress: str | None = None,
 ) -> BackupResult:
     """Dump `source` into `backup_dir`; raise an `AtbError` and leave no file on failure.
 
     `clock` is this host's clock (injectable so a test can set it wrong); the backup's name
-    and times come from the server's."""
+    and times come from the server's. `compress` is a `--compress` spec; None takes the
+    fastest method this pg_dump writes and the runbook's pg_restore (the server's major)
+    reads (`compression.default_for`)."""
     clock = clock or (lambda: datetime.now(UTC))
+    wanted = compression.parse(compress) if compress is not None else None
     if row_counts not in inventory.ROW_COUNT_MODES:
         raise ConfigError(f"--row-counts must be one of {', '.join(inventory.ROW_COUNT_MODES)}")
     report = progress or (lambda phase, done: None)
@@ -165,6 +169,7 @@ def create_backup(
     with db.connect(source) as conn:
         server = db.server_version(conn)
         chain = toolchain.for_dump(int(server.split(".")[0]), chains)
+        packing = _compression(chain, wanted, runbook_major=int(server.split(".")[0]))
         origin = db.source_id(conn)
         conn.rollback()
         lock = lock_path(backup_dir, source.dbname)
@@ -176,8 +181,20 @@ def create_backup(
             make_tree(backup_dir, named.final.parent)
             return _backup_locked(_Job(
                 source=source, conn=conn, chain=chain, server=server, named=named,
-                origin=origin, row_counts=row_counts, report=report,
+                origin=origin, row_counts=row_counts, report=report, compression=packing,
                 workers=count_workers or min(4, os.cpu_count() or 2)))
+
+
+def _compression(chain: toolchain.Toolchain, wanted: compression.Compression | None, *,
+                 runbook_major: int) -> compression.Compression:
+    """The compression given (refused before any work when this pg_dump cannot write it or
+    the runbook cannot read it), else the default for this pg_dump and runbook."""
+    if wanted is None:
+        choice = compression.default_for(chain, runbook_major)
+        log.debug("compression %s: %s", choice.compression, choice.why)
+        return choice.compression
+    compression.check_usable(wanted, chain, runbook_major)
+    return wanted
 
 
 @dataclass(frozen=True)
@@ -193,6 +210,7 @@ class _Job:
     row_counts: str
     report: Progress
     workers: int
+    compression: compression.Compression
 
 
 @dataclass(frozen=True)
@@ -361,21 +379,24 @@ def _manifest(job: _Job, files: _Files, *, snap: _Snapshot, size: int, digest: s
         source_id=job.origin,
         clock_skew_s=named.skew_s,
         tool_version=__version__,
+        compression=job.compression.spec,
     )
 
 
-def dump_argv(chain: toolchain.Toolchain, conninfo: str, snapshot: str) -> list[str]:
+def dump_argv(chain: toolchain.Toolchain, conninfo: str, snapshot: str,
+              packing: compression.Compression) -> list[str]:
     """pg_dump's command line: a keyword conninfo without secrets, never a password."""
-    return [chain.tool("pg_dump"), "--format=custom", f"--snapshot={snapshot}", "--no-password",
-            f"--dbname={conninfo}"]
+    return [chain.tool("pg_dump"), "--format=custom",
+            compression.pg_dump_flag(packing, chain.major), f"--snapshot={snapshot}",
+            "--no-password", f"--dbname={conninfo}"]
 
 
 def _stream_dump(job: _Job, partial: Path) -> tuple[int, str]:
     """Run pg_dump to stdout, hashing and writing each chunk; returns (size, sha256)."""
     with childenv.for_tool(job.source) as (conninfo, tool_env), \
             tempfile.TemporaryFile() as errfile, _created(partial) as fd:
-        proc = spawn(dump_argv(job.chain, conninfo, job.named.snapshot), what="pg_dump",
-                     env=tool_env, stdout=subprocess.PIPE, stderr=errfile)
+        proc = spawn(dump_argv(job.chain, conninfo, job.named.snapshot, job.compression),
+                     what="pg_dump", env=tool_env, stdout=subprocess.PIPE, stderr=errfile)
         with proc:
             try:
                 size, digest = _copy_hashed(proc, fd, path=partial, report=job.report)

@@ -10,6 +10,7 @@ from pathlib import Path
 from backup_core.ops import offsite, status
 from backup_core.pitr import wal_status
 from backup_core.pitr.pgbackrest import Stanza
+from backup_core.reading import forecast
 from backup_core.store import catalog
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.durations import parse_duration
@@ -25,6 +26,7 @@ class Targets:
     rpo: str = "15m"
     window: str = "7d"
     max_drill_age: str = "92d"
+    rto: str = "1h"
 
 
 @dataclass(frozen=True)
@@ -33,18 +35,22 @@ class HealthReport:
     stanzas: tuple[wal_status.ArchiveStatus, ...]
     rpo_s: float
     offsite: tuple[offsite.OffsiteStatus, ...] = ()  # with --repo
+    # the RTO forecast of each database with drills on record; a miss only with `gate`
+    forecasts: tuple[forecast.RtoForecast, ...] = ()
+    gate: bool = False
 
     @property
     def ok(self) -> bool:
-        return all(s.ok for s in self.databases) and all(a.ok for a in self.stanzas) \
-            and all(o.ok for o in self.offsite)
+        return (all(s.ok for s in self.databases) and all(a.ok for a in self.stanzas)
+                and all(o.ok for o in self.offsite)
+                and not (self.gate and any(f.warning for f in self.forecasts)))
 
 
 def check_health(
     backup_dir: Path, targets: Targets, *, database: str | None = None,
     stanza: Stanza | None = None, server_url: str | None = None,
     prometheus: Path | None = None, now: datetime | None = None,
-    repo: str | None = None, offsite_lag: str = "1h",
+    repo: str | None = None, offsite_lag: str = "1h", forecast_rto: bool = False,
 ) -> HealthReport:
     """Judge each database of the tree (or `database`), and with `stanza` its WAL archiving
     as `server_url`'s archiver reports it; write the metrics to `prometheus` atomically."""
@@ -53,6 +59,7 @@ def check_health(
     window_days = parse_duration(targets.window, what="--window") / 86400
     max_drill_age_s = parse_duration(targets.max_drill_age, what="--max-drill-age")
     lag_s = parse_duration(offsite_lag, what="--offsite-lag")
+    rto_s = parse_duration(targets.rto, what="--rto-target")
     items = catalog.scan(backup_dir, database)
     names = [database] if database else sorted({b.database for b in items if b.is_backup})
     if not names and stanza is None:
@@ -69,4 +76,7 @@ def check_health(
     if prometheus is not None:
         atomic_write_text(prometheus, status.prometheus_text(list(databases), stanzas)
                           + (offsite.prometheus_text(remote) if repo else ""), mode=0o644)
-    return HealthReport(databases, stanzas, rpo_s, remote)
+    forecasts = tuple(f for f in (forecast.forecast(items, database=n, target_s=rto_s, now=now)
+                                  for n in names) if f is not None)
+    return HealthReport(databases, stanzas, rpo_s, offsite=remote, forecasts=forecasts,
+                        gate=forecast_rto)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backup_core.pitr import pgbackrest
-from backup_core.tools import toolchain
+from backup_core.tools import compression, toolchain
 
 FIRST_MAJOR = 9  # the oldest server major atb dumps: the rows of "used for"
 
@@ -29,9 +29,20 @@ class PgbackrestFound:
 
 
 @dataclass(frozen=True)
+class CompressionUse:
+    """The default compression of backups of one server major, and why."""
+
+    server_major: int
+    pg_dump: str
+    compression: str
+    why: str
+
+
+@dataclass(frozen=True)
 class Survey:
     toolchains: tuple[ToolchainUse, ...]
     pgbackrest: PgbackrestFound | None
+    compression: tuple[CompressionUse, ...] = ()
 
 
 def survey(chains: list[toolchain.Toolchain] | None = None) -> Survey:
@@ -41,7 +52,21 @@ def survey(chains: list[toolchain.Toolchain] | None = None) -> Survey:
     return Survey(
         toolchains=tuple(ToolchainUse(c.major, c.version, c.source, c.bindir, tuple(c.tools),
                                       uses(c, found)) for c in found),
-        pgbackrest=None if engine is None else PgbackrestFound(*engine))
+        pgbackrest=None if engine is None else PgbackrestFound(*engine),
+        compression=compressions(found))
+
+
+def compressions(chains: list[toolchain.Toolchain]) -> tuple[CompressionUse, ...]:
+    """For each major a dump toolchain here serves as itself, the default `--compress` of
+    its backups (the runbook's pg_restore taken to be the server's major, as the drill does)."""
+    found = []
+    for chain in chains:
+        if not chain.has("pg_dump") or toolchain.for_dump(chain.major, chains) != chain:
+            continue
+        choice = compression.default_for(chain, chain.major)
+        found.append(CompressionUse(chain.major, chain.version, choice.compression.spec,
+                                    choice.why))
+    return tuple(found)
 
 
 def uses(chain: toolchain.Toolchain, chains: list[toolchain.Toolchain]) -> tuple[str, ...]:

@@ -12,13 +12,15 @@ and its database. Backups of different sources never stand in for each other.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from backup_core.store.manifest import Manifest, ManifestError, read_manifest
+from backup_core.store.catalog_cache import CatalogCache
+from backup_core.store.manifest import Manifest, ManifestError, parse_manifest, read_manifest
 from backup_core.store.naming import (
     DRILL_SUFFIX,
     DUMP_SUFFIX,
@@ -74,6 +76,9 @@ class Backup:
     drills: tuple[DrillVerdict, ...] = ()
     verified: VerifyRecord | None = None
     problem: str = ""
+    # the manifest holds only its head, from the catalog cache (list and prune): counts,
+    # inventory and definitions are read by the commands that parse it whole
+    head_only: bool = False
 
     @property
     def drill(self) -> DrillVerdict | None:
@@ -137,9 +142,13 @@ def database_dirs(backup_dir: Path, database: str | None = None) -> list[tuple[P
 
 
 def scan(backup_dir: Path, database: str | None = None, *,
-         now: datetime | None = None) -> list[Backup]:
-    """Everything under `backup_dir` (one database's backups if given), newest first."""
+         now: datetime | None = None, cache_dir: Path | None = None) -> list[Backup]:
+    """Everything under `backup_dir` (one database's backups if given), newest first.
+
+    With `cache_dir`, manifests whose exact bytes were validated before are not parsed
+    again and their backups carry only the manifest's head (see `catalog_cache`)."""
     now = now or datetime.now(UTC)
+    cache = CatalogCache.open(cache_dir, backup_dir) if cache_dir is not None else None
     found: list[Backup] = [] if database is not None else _top_level_links(backup_dir)
     for root, named in database_dirs(backup_dir, database):
         for dirpath, dirnames, filenames in os.walk(root):  # never follows symlinked dirs
@@ -149,7 +158,10 @@ def scan(backup_dir: Path, database: str | None = None, *,
             for d in links:
                 found.append(_record(folder / d, named, STRAY, None,
                                      problem="symbolic link: not followed"))
-            found.extend(_scan_dir(folder, named, set(filenames), now, top=root.name))
+            found.extend(_scan_dir(folder, named, set(filenames), now, top=root.name,
+                                   cache=cache))
+    if cache is not None:
+        cache.save(complete=database is None)
     if database is not None:
         found = [b for b in found if b.database == database]
     found.sort(key=lambda b: (b.taken_at.timestamp() if b.taken_at else b.mtime, b.path.name),
@@ -168,7 +180,7 @@ def _top_level_links(backup_dir: Path) -> list[Backup]:
 
 
 def _scan_dir(folder: Path, db: str, names: set[str], now: datetime, *,
-              top: str) -> list[Backup]:
+              top: str, cache: CatalogCache | None = None) -> list[Backup]:
     out: list[Backup] = []
     manifests_used: set[str] = set()
     for name in sorted(names):
@@ -193,7 +205,7 @@ def _scan_dir(folder: Path, db: str, names: set[str], now: datetime, *,
             continue
         stem = name[: -len(DUMP_SUFFIX)]
         manifests_used.add(stem + MANIFEST_SUFFIX)
-        out.append(_judge(path, db, at, names, now, top=top))
+        out.append(_judge(path, db, at, names, now, top=top, cache=cache))
     for name in names:
         if (name.startswith("backup-") and name.endswith(MANIFEST_SUFFIX)
                 and not name.endswith(SIDECAR_SUFFIXES)
@@ -204,7 +216,7 @@ def _scan_dir(folder: Path, db: str, names: set[str], now: datetime, *,
 
 
 def _judge(path: Path, db: str, at: datetime, names: set[str], now: datetime, *,
-           top: str | None) -> Backup:
+           top: str | None, cache: CatalogCache | None = None) -> Backup:
     """The state of one dump named like a backup, trusting nothing about it."""
     stem = path.name[: -len(DUMP_SUFFIX)]
     drills = read_drill_history(path) if stem + DRILL_SUFFIX in names else ()
@@ -221,13 +233,11 @@ def _judge(path: Path, db: str, at: datetime, names: set[str], now: datetime, *,
     if stem + MANIFEST_SUFFIX not in names:
         return _record(path, db, NO_MANIFEST, at, problem="manifest missing", **extra)
     mpath = path.with_name(stem + MANIFEST_SUFFIX)
-    if mpath.is_symlink():
-        return _record(path, db, BAD_MANIFEST, at, problem="manifest is a symbolic link",
-                       **extra)
     try:
-        manifest = read_manifest(mpath)
+        manifest, head_only = _manifest(mpath, cache)
     except ManifestError as exc:
         return _record(path, db, BAD_MANIFEST, at, problem=str(exc), **extra)
+    extra["head_only"] = head_only
     database = manifest.database
     db = db or database
     extra.update(manifest=manifest, drills=drills, verified=verified,
@@ -251,6 +261,28 @@ def _judge(path: Path, db: str, at: datetime, names: set[str], now: datetime, *,
         return _record(path, database, FUTURE, at, problem="dated in the future: a clock "
                        "was wrong when it was taken; not counted toward anything", **extra)
     return _record(path, database, COMPLETE, at, **extra)
+
+
+def _manifest(mpath: Path, cache: CatalogCache | None) -> tuple[Manifest, bool]:
+    """The manifest at `mpath` validated whole, or its head when the cache holds one made
+    from these exact bytes; never through a symbolic link."""
+    if cache is None:
+        if mpath.is_symlink():
+            raise ManifestError("manifest is a symbolic link")
+        return read_manifest(mpath), False
+    try:
+        got = cache.read(mpath)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ManifestError("manifest is a symbolic link") from exc
+        if exc.errno == errno.ENOENT:
+            raise ManifestError(f"no manifest at {mpath}") from exc
+        raise ManifestError(f"unreadable manifest {mpath}: {exc}") from exc
+    if got.head is not None:
+        return got.head, True
+    manifest = parse_manifest(got.raw, mpath)
+    cache.store(mpath, got, manifest)
+    return manifest, False
 
 
 def _record(path: Path, db: str, state: str, at: datetime | None, **extra: object) -> Backup:
@@ -315,12 +347,13 @@ class Listed:
 
 
 def listing(backup_dir: Path, database: str | None = None, *,
-            now: datetime | None = None) -> tuple[Listed, ...]:
-    """Every file of interest, newest first, with its age and the evidence held for it."""
+            now: datetime | None = None, cache_dir: Path | None = None) -> tuple[Listed, ...]:
+    """Every file of interest, newest first, with its age and the evidence held for it
+    (manifests through the catalog cache in `cache_dir`, when given)."""
     now = now or datetime.now(UTC)
     return tuple(Listed(
         path=b.path, database=b.database, state=b.state, taken_at=b.taken_at,
         age_s=(now - b.taken_at).total_seconds() if b.taken_at else None, size_bytes=b.size,
         alembic_revision=b.alembic_revision, checked=b.checked, drill=b.drill,
         drills=len(b.drills), verified=b.verified, source=b.source, problem=b.problem, backup=b)
-        for b in scan(backup_dir, database, now=now))
+        for b in scan(backup_dir, database, now=now, cache_dir=cache_dir))

@@ -55,6 +55,9 @@ class Manifest:
     schema: str = SCHEMA_ID
     schema_version: int = SCHEMA_VERSION
     tool_version: str = ""
+    # the `--compress` spec the dump was written with (`gzip:1`, `zstd:1`, `none`); empty in
+    # manifests written before it was recorded (pg_dump's default, gzip at level 6)
+    compression: str = ""
 
     @property
     def pg_dump_major(self) -> int:
@@ -113,10 +116,11 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
     "roles": ((dict, type(None)), False), "conditions": ((dict,), False),
     "source": ((str,), False), "source_id": ((str,), False),
     "clock_skew_s": ((int, float, type(None)), False),
-    "tool_version": ((str,), False),
+    "tool_version": ((str,), False), "compression": ((str,), False),
 }
 _VERSION = re.compile(r"^\d+(\.\d+)*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_COMPRESSION = re.compile(r"^((gzip|lz4|zstd):\d{1,2}|none)?$")
 
 
 def _check_values(data: dict[str, Any]) -> None:
@@ -148,6 +152,8 @@ def _check_values(data: dict[str, Any]) -> None:
             and "/" not in roles["file"] and type(roles.get("sha256")) is str
             and _SHA256.match(roles["sha256"]) and type(roles.get("size_bytes")) is int):
         raise ValueError("field 'roles' does not describe a roles file")
+    if not _COMPRESSION.fullmatch(data.get("compression", "")):
+        raise ValueError("field 'compression' is not a compression spec")
     if any(type(v) is not str for v in data.get("definitions", {}).values()):
         raise ValueError("field 'definitions' is not a map of objects to definitions")
     if any(type(v) is not str for v in data.get("row_checksums", {}).values()):
@@ -169,14 +175,22 @@ def read_manifest(path: Path) -> Manifest:
     try:
         with path.open("rb") as fh:
             raw = fh.read(MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError as exc:
+        raise ManifestError(f"no manifest at {path}") from exc
+    except OSError as exc:
+        raise ManifestError(f"unreadable manifest {path}: {exc}") from exc
+    return parse_manifest(raw, path)
+
+
+def parse_manifest(raw: bytes, path: Path) -> Manifest:
+    """The manifest in `raw` (read from `path`), validated whole."""
+    try:
         if len(raw) > MAX_MANIFEST_BYTES:
             raise ValueError(f"larger than {MAX_MANIFEST_BYTES >> 20} MiB")
         return Manifest.from_dict(json.loads(raw))
-    except FileNotFoundError as exc:
-        raise ManifestError(f"no manifest at {path}") from exc
     except RecursionError as exc:
         raise ManifestError(f"unreadable manifest {path}: nested too deeply") from exc
-    except (OSError, ValueError, TypeError) as exc:
+    except (ValueError, TypeError) as exc:
         raise ManifestError(f"unreadable manifest {path}: {exc}") from exc
 
 

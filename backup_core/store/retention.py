@@ -387,10 +387,10 @@ class PruneReport:
 
 
 def prune(backup_dir: Path, policy: Policy, *, dry_run: bool = False,
-          now: datetime | None = None) -> PruneReport:
+          now: datetime | None = None, cache_dir: Path | None = None) -> PruneReport:
     """Plan the prune of the whole tree, refuse it whole (exit 8) when the tree looks wrong,
     carry it out unless `dry_run`, and say what was kept and deleted, and why."""
-    items = scan(backup_dir)
+    items = scan(backup_dir, cache_dir=cache_dir)  # the plan reads only manifests' heads
     busy = busy_databases(backup_dir, {b.database for b in items})
     plan = plan_prune(items, now=now or datetime.now(UTC), policy=policy, busy=busy,
                       root=backup_dir)

@@ -44,6 +44,15 @@ FAST_SETTINGS: Mapping[str, str] = MappingProxyType({
 })
 
 
+
+
+def settings_text(settings: Mapping[str, str]) -> str:
+    """The server settings a restore was measured under, for the report."""
+    if not settings:
+        return "the server's defaults (--rto-faithful)"
+    return "tuned for a throwaway server: " + ", ".join(f"{k}={v}" for k, v in settings.items())
+
+
 def service_user() -> str | None:
     """The unprivileged account the server runs as when we are root (None when we are not)."""
     if os.geteuid() != 0:

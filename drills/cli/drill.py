@@ -108,7 +108,6 @@ def drill_run(repo: str | None, prove_detection: bool, pdf: bool, publish: bool,
         raise ConfigError("--prove-detection damages a copy of a pg_dump backup: it does not "
                           "apply to --source pgbackrest")
     signer = signer_from_env(os.environ)  # a bad key: exit 2 before anything starts
-    sandbox.reap()  # sandboxes of killed drills: each reaped one is logged in one line
     with contextlib.ExitStack() as stack:  # a backup fetched from --repo goes at the end
         fetched = None
         if repo:
@@ -116,9 +115,10 @@ def drill_run(repo: str | None, prove_detection: bool, pdf: bool, publish: bool,
             options = replace(options, backup=fetched.path,
                               backup_dir=fetched.path.parents[4], record=False)
         progress = console.DrillProgress()
-        try:
-            result = run_drill(options, production=production(os.environ.get("DATABASE_URL")),
-                               on_event=progress)
+        try:  # sandboxes of killed drills are reaped meanwhile (each logged in one line)
+            with sandbox.reaping():
+                result = run_drill(options, production=production(
+                    os.environ.get("DATABASE_URL")), on_event=progress)
         finally:
             progress.close()
         if result.sandbox.note:

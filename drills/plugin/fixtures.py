@@ -18,11 +18,12 @@ from backup_core.ops import status
 from backup_core.ops.migrate import MigrateResult, run_migration
 from backup_core.ops.restore import RestoreRequest, archive_major, restore_backup
 from backup_core.ops.verify import VerifyResult, verify_backup
-from backup_core.reading import guard, inventory
+from backup_core.reading import forecast, guard, inventory
 from backup_core.store import catalog
 from backup_core.store.catalog import Backup
 from backup_core.store.manifest import Inventory
 from backup_core.tools import db, toolchain
+from backup_core.tools.cluster import FAST_SETTINGS, settings_text
 from backup_core.tools.conninfo import ConnInfo, redact
 from backup_core.tools.durations import human
 from backup_core.tools.errors import AtbError, ProductionTouched
@@ -140,8 +141,12 @@ def drill_sandbox(drill: DrillState, drill_backup: Backup, drill_integrity: Veri
                                    asserted=drill.options.sandbox_is_not_production,
                                    locale=inventory.DatabaseLocale.from_definitions(
                                        drill_backup.manifest.definitions)
-                                   if drill_backup.manifest else None)
+                                   if drill_backup.manifest else None,
+                                   faithful=drill.options.rto_faithful)
     with drill.timed(manager, enter="sandbox start", leave="sandbox teardown") as info:
+        drill.rto_settings = ("the shared server's own settings" if info.provider == "server"
+                              else settings_text({} if drill.options.rto_faithful
+                                                 else FAST_SETTINGS))
         os.environ["DATABASE_URL"] = info.url.app_url(
             drill.production.dialect if drill.production else "")
         drill.sandbox = SandboxFacts(provider=info.provider, server_version=info.server_version,
@@ -289,6 +294,9 @@ def drill_policy(drill: DrillState, drill_backup: Backup) -> status.Status:
     """The backup tree judged against the schedule and RPO (scanned once per drill)."""
     backups = drill.tree if drill.tree is not None else catalog.scan(
         drill.options.backup_dir, drill.database)
+    model = forecast.fit(forecast.points([b for b in backups if b.source == drill_backup.source]))
+    if model is not None:  # the drills recorded before this one: forecast against measured
+        drill.rto_forecast = (round(model.rto(drill_backup.size), 3), model.how)
     return status.database_status(backups, database=drill.database, now=drill.started_at,
                                   schedule_s=drill.options.schedule_s,
                                   rpo_s=drill.options.rpo_target_s)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,12 +17,12 @@ from backup_core.ops.backup import dump_argv
 from backup_core.ops.restore import restore_argv
 from backup_core.pitr import pgbackrest
 from backup_core.tools import cluster, commands, toolchain
+from backup_core.tools.compression import Compression
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.errors import CommandFailed, ToolchainError
 from backup_core.tools.runner import Completed, run, spawn
 from drills import demo
 from drills.render import chromium_argv
-from drills.run import drill_argv
 
 
 class _AllTools(toolchain.Toolchain):
@@ -37,9 +36,12 @@ CONNINFO = ConnInfo.make(dbname="shop", host="db.example", user="backup",
 
 
 def test_pg_dump_argv_is_a_snapshot_dump_with_a_conninfo_and_no_password() -> None:
-    assert dump_argv(PG, CONNINFO, "00000003-0000001B-1") == [
-        "/pg/15/bin/pg_dump", "--format=custom", "--snapshot=00000003-0000001B-1",
-        "--no-password", "--dbname=dbname=shop host=db.example user=backup"]
+    assert dump_argv(PG, CONNINFO, "00000003-0000001B-1", Compression("gzip", 1)) == [
+        "/pg/15/bin/pg_dump", "--format=custom", "--compress=1",
+        "--snapshot=00000003-0000001B-1", "--no-password",
+        "--dbname=dbname=shop host=db.example user=backup"]
+    pg18 = _AllTools(bindir=Path("/pg/18/bin"), version="18.1", source="test")
+    assert dump_argv(pg18, CONNINFO, "S", Compression("zstd", 1))[2] == "--compress=zstd:1"
 
 
 def test_pg_restore_argv_exact_for_parallel_and_single_transaction() -> None:
@@ -223,9 +225,3 @@ def test_a_missing_program_is_one_actionable_error_from_run_and_spawn() -> None:
     assert str(spawned.value) == message
     assert ran.value.exit_code == spawned.value.exit_code == 3
 
-
-def test_the_drills_pytest_child_ignores_the_projects_addopts_and_xdist() -> None:
-    assert drill_argv(Path("/o/options.json")) == [
-        sys.executable, "-m", "pytest", "-o", "addopts=", "-p", "drills.plugin",
-        "-p", "no:cacheprovider", "-p", "no:xdist", "-v", "--no-header", "-rfEx", "--tb=short",
-        "--drill", "--drill-options=/o/options.json"]

@@ -1,0 +1,245 @@
+"""A cache of validated manifest heads, so `list` and `prune` over tens of thousands of backups
+do not parse and validate every manifest again.
+
+Trusted state in a catalog whose point is to trust nothing must not be able to make a backup
+count that would not count without it. So:
+
+- an entry is used only for the very bytes it was made from: the manifest is read every time
+  and its SHA-256 must equal the entry's (its inode, size, mtime and ctime must match too), so
+  a replaced, edited or re-dated manifest is parsed and validated afresh: a stale entry
+  cannot survive a change to the file;
+- the cache holds only what a manifest said after it passed full validation, and everything
+  else (the dump's type, size, sparseness, links, the sidecars) is judged live on every scan;
+- the file lives in a private directory (0700) of the user running atb, never in the shared
+  backup tree, and carries an HMAC under a key kept beside it (0600): a cache edited by anyone
+  without the key is ignored whole and rebuilt;
+- any doubt (unreadable, foreign owner, wrong version, bad MAC) means no cache, never an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backup_core.store.manifest import MAX_MANIFEST_BYTES, Manifest
+
+log = logging.getLogger("atb.catalog")
+
+VERSION = 1
+# what list and prune read of a manifest; the rest (counts, inventory, definitions) is only
+# ever read by commands that parse the manifest whole
+HEAD_FIELDS = ("database", "file", "taken_at", "started_at", "finished_at", "duration_s",
+               "size_bytes", "sha256", "pg_dump_version", "server_version", "toc_entries",
+               "alembic_revision", "row_counts_mode", "source", "source_id", "clock_skew_s",
+               "tool_version", "compression", "roles")
+
+
+def default_dir() -> Path | None:
+    """`ATB_CATALOG_CACHE` (`off`: no cache), else `$XDG_CACHE_HOME/atb/catalog` or
+    `~/.cache/atb/catalog`."""
+    given = os.environ.get("ATB_CATALOG_CACHE", "")
+    if given == "off":
+        return None
+    if given:
+        return Path(given)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "atb" / "catalog"
+
+
+def head_of(manifest: Manifest) -> dict[str, Any]:
+    return {name: getattr(manifest, name) for name in HEAD_FIELDS}
+
+
+@dataclass
+class Read:
+    """One manifest as read by a scan: its bytes' digest and stat key, and either its head
+    from the cache (`head`) or nothing yet (the caller parses `raw` and calls `store`)."""
+
+    key: list[int]
+    digest: str
+    raw: bytes
+    head: Manifest | None
+
+
+@dataclass
+class CatalogCache:
+    """The cache of one backup tree, loaded on `open`, written back by `save` if changed."""
+
+    directory: Path
+    root: Path
+    _key: bytes = b""
+    _entries: dict[str, list[Any]] = field(default_factory=dict)
+    _seen: set[str] = field(default_factory=set)
+    _changed: bool = False
+    hits: int = 0
+    misses: int = 0
+
+    @property
+    def file(self) -> Path:
+        name = hashlib.sha256(os.fsencode(os.path.realpath(self.root))).hexdigest()[:24]
+        return self.directory / f"{name}.json"
+
+    @classmethod
+    def open(cls, directory: Path | None, root: Path) -> CatalogCache | None:
+        """The cache for `root` in `directory`, empty when there is none yet or it cannot
+        be trusted; None when there is no private directory to keep it in."""
+        if directory is None:
+            return None
+        cache = cls(directory=directory, root=root)
+        try:
+            cache._key = _private_key(directory)
+        except OSError as exc:
+            log.debug("no catalog cache in %s: %s", directory, exc)
+            return None
+        cache._entries = cache._load()
+        return cache
+
+    def _load(self) -> dict[str, list[Any]]:
+        try:
+            data = _read_private(self.file)
+        except OSError:
+            return {}
+        mac, _, payload = data.partition(b"\n")
+        expected = hmac.new(self._key, payload, hashlib.sha256).hexdigest().encode()
+        if not hmac.compare_digest(mac, expected):
+            log.warning("catalog cache %s fails its MAC: ignored and rebuilt", self.file)
+            return {}
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            return {}
+        if not isinstance(doc, dict) or doc.get("version") != VERSION \
+                or doc.get("root") != os.path.realpath(self.root) \
+                or not isinstance(doc.get("entries"), dict):
+            return {}
+        entries: dict[str, list[Any]] = doc["entries"]
+        return entries
+
+    def read(self, path: Path) -> Read:
+        """The manifest at `path` (never through a link: `OSError` ELOOP), with its head
+        from the cache when the entry was made from exactly these bytes."""
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(f"{path} is not a regular file")
+            raw = _read_all(fd, st.st_size)
+        finally:
+            os.close(fd)
+        key = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        digest = hashlib.sha256(raw).hexdigest()
+        name = str(path)
+        self._seen.add(name)
+        entry = self._entries.get(name)
+        if entry is not None and entry[0] == key and entry[1] == digest:
+            try:
+                head = Manifest(**entry[2])
+            except TypeError:  # written by another atb version: parse afresh
+                head = None
+            if head is not None:
+                self.hits += 1
+                return Read(key, digest, raw, head)
+        self.misses += 1
+        return Read(key, digest, raw, None)
+
+    def store(self, path: Path, read: Read, manifest: Manifest) -> None:
+        """Remember the head of a manifest that has just passed full validation."""
+        self._entries[str(path)] = [read.key, read.digest, head_of(manifest)]
+        self._changed = True
+
+    def save(self, *, complete: bool) -> None:
+        """Write the cache back (atomically, 0600) when it changed; a `complete` scan of the
+        whole tree also forgets manifests no longer there. Failure to write costs only speed."""
+        if complete:
+            gone = set(self._entries) - self._seen
+            for name in gone:
+                del self._entries[name]
+            self._changed |= bool(gone)
+        if not self._changed:
+            return
+        payload = json.dumps({"version": VERSION, "root": os.path.realpath(self.root),
+                              "entries": self._entries}, separators=(",", ":")).encode()
+        mac = hmac.new(self._key, payload, hashlib.sha256).hexdigest().encode()
+        tmp = self.file.with_name(f".{self.file.name}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, mac + b"\n" + payload)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.file)
+        except OSError as exc:
+            log.debug("catalog cache not written: %s", exc)
+            tmp.unlink(missing_ok=True)
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """The file's bytes (one read when it is the size fstat gave), at most just past the
+    largest manifest."""
+    first = os.read(fd, min(size, MAX_MANIFEST_BYTES) + 1)
+    if len(first) <= size:
+        return first
+    chunks = [first]
+    total = len(first)
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > MAX_MANIFEST_BYTES:
+            break
+    return b"".join(chunks)
+
+
+def _private_dir(directory: Path) -> None:
+    """`directory` made 0700, and refused unless it is ours, not a link, and private."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = directory.lstat()
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() \
+            or st.st_mode & 0o077:
+        raise OSError(f"{directory} is not a private directory of this user")
+
+
+def _read_private(path: Path) -> bytes:
+    """A file of ours that nobody else can have written."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise OSError(f"{path} is not a private file of this user")
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _private_key(directory: Path) -> bytes:
+    """The MAC key of this cache directory, made on first use (32 random bytes, 0600)."""
+    _private_dir(directory)
+    path = directory / "key"
+    try:
+        key = _read_private(path)
+    except FileNotFoundError:
+        key = os.urandom(32)
+        tmp = directory / f".key.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, key)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # never replaces a key another run made first
+        except FileExistsError:
+            key = _read_private(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    if len(key) != 32:
+        raise OSError(f"{path} is not a catalog cache key")
+    return key

@@ -1,0 +1,138 @@
+"""The catalog cache: the same verdicts as a full scan, faster, and never a backup counted
+that a full scan would not count (a stale or tampered entry is found out)."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from backup_core.store import catalog, retention
+from backup_core.store.catalog import BAD_MANIFEST, COMPLETE, DAMAGED
+from backup_core.store.catalog_cache import CatalogCache
+from backup_core.store.manifest import Manifest
+from backup_core.store.naming import backup_path, manifest_path
+
+NOW = datetime(2026, 11, 29, 12, tzinfo=UTC)
+
+
+def tree(root: Path, count: int) -> list[Path]:
+    """`count` hourly backups with valid manifests (row counts and all)."""
+    dumps = []
+    for i in range(count):
+        at = NOW - timedelta(hours=i + 1)
+        path = backup_path(root, "trading", at)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"PGDMP" + bytes(i))
+        m = Manifest(database="trading", file=path.name, taken_at=at.isoformat(),
+                     started_at=at.isoformat(), finished_at=at.isoformat(), duration_s=1.0,
+                     size_bytes=5 + i, sha256="0" * 64, pg_dump_version="18.6",
+                     server_version="18.6", toc_entries=40, alembic_revision="0005",
+                     row_counts_mode="exact", row_counts={"public.t": i},
+                     source_id="system 7", compression="gzip:1")
+        manifest_path(path).write_text(m.to_json())
+        dumps.append(path)
+    return dumps
+
+
+def states(backups: list[catalog.Backup]) -> dict[str, str]:
+    return {b.path.name: b.state for b in backups}
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+def test_a_cached_scan_judges_exactly_as_a_full_one_and_reads_no_manifest_twice(
+        tmp_path: Path, cache_dir: Path) -> None:
+    root = tmp_path / "b"
+    tree(root, 6)
+    full = catalog.scan(root, now=NOW)
+    first = catalog.scan(root, now=NOW, cache_dir=cache_dir)
+    second = catalog.scan(root, now=NOW, cache_dir=cache_dir)
+    assert states(full) == states(first) == states(second)
+    assert set(states(second).values()) == {COMPLETE}
+    assert [b.head_only for b in first] == [False] * 6  # parsed whole, then remembered
+    assert [b.head_only for b in second] == [True] * 6
+    assert [(b.source, b.alembic_revision, b.manifest and b.manifest.finished_at)
+            for b in second] == [(b.source, b.alembic_revision,
+                                  b.manifest and b.manifest.finished_at) for b in full]
+    cache = CatalogCache.open(cache_dir, root)
+    assert cache is not None
+    for b in full:
+        cache.read(manifest_path(b.path))
+    assert (cache.hits, cache.misses) == (6, 0)
+    assert (cache_dir.stat().st_mode & 0o777, cache.file.stat().st_mode & 0o777) == (0o700, 0o600)
+    policy = retention.Policy(retention_days=0.1, keep_daily=0, keep_weekly=0)
+    plan_full = retention.plan_prune(full, now=NOW, policy=policy)
+    plan_cached = retention.plan_prune(second, now=NOW, policy=policy)
+    assert [b.path for b in plan_cached.delete] == [b.path for b in plan_full.delete]
+    assert len(plan_cached.delete) == 3  # keep-last 3
+
+
+def test_a_stale_entry_never_stands_for_a_manifest_that_changed(
+        tmp_path: Path, cache_dir: Path) -> None:
+    """The manifest is rewritten in place with the same size and the same mtime but a lie
+    about the dump's size: the entry no longer matches its bytes, so it is parsed afresh and
+    the backup is damaged, exactly as a full scan says."""
+    root = tmp_path / "b"
+    dumps = tree(root, 3)
+    catalog.scan(root, now=NOW, cache_dir=cache_dir)
+    mpath = manifest_path(dumps[0])
+    st = mpath.stat()
+    text = mpath.read_text()
+    forged = text.replace('"size_bytes": 5,', '"size_bytes": 6,')
+    assert forged != text and len(forged) == len(text)
+    with mpath.open("r+") as fh:  # same inode
+        fh.write(forged)
+    os.utime(mpath, ns=(st.st_atime_ns, st.st_mtime_ns))
+    cached = {b.path: b for b in catalog.scan(root, now=NOW, cache_dir=cache_dir)}
+    assert cached[dumps[0]].state == DAMAGED
+    assert cached[dumps[0]].problem == "5 bytes, manifest says 6 (truncated or replaced)"
+    assert states(list(cached.values())) == states(catalog.scan(root, now=NOW))
+
+
+def test_a_tampered_cache_is_ignored_whole_and_rebuilt(
+        tmp_path: Path, cache_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Someone without the key edits the cache so a truncated dump's entry matches it: the
+    MAC fails, nothing in the file is used, and the dump is damaged."""
+    root = tmp_path / "b"
+    dumps = tree(root, 3)
+    catalog.scan(root, now=NOW, cache_dir=cache_dir)
+    cache = CatalogCache.open(cache_dir, root)
+    assert cache is not None
+    dumps[2].write_bytes(b"PG")  # truncated: 2 bytes where the manifest says 7
+    mac, _, payload = cache.file.read_bytes().partition(b"\n")
+    doc = json.loads(payload)
+    doc["entries"][str(manifest_path(dumps[2]))][2]["size_bytes"] = 2
+    cache.file.write_bytes(mac + b"\n" + json.dumps(doc).encode())
+    found = {b.path: b for b in catalog.scan(root, now=NOW, cache_dir=cache_dir)}
+    assert found[dumps[2]].state == DAMAGED
+    assert found[dumps[2]].head_only is False
+    assert "fails its MAC: ignored and rebuilt" in caplog.text
+    again = CatalogCache.open(cache_dir, root)
+    assert again is not None  # rebuilt from the manifests themselves, the lie gone
+    assert again._entries[str(manifest_path(dumps[2]))][2]["size_bytes"] == 7
+
+
+def test_no_cache_is_kept_where_others_could_write_it_and_links_are_not_followed(
+        tmp_path: Path) -> None:
+    root = tmp_path / "b"
+    dumps = tree(root, 2)
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    assert CatalogCache.open(shared, root) is None
+    assert states(catalog.scan(root, now=NOW, cache_dir=shared)) == {
+        d.name: COMPLETE for d in dumps}
+    mpath = manifest_path(dumps[0])
+    target = tmp_path / "elsewhere.json"
+    mpath.rename(target)
+    mpath.symlink_to(target)
+    found = {b.path: b for b in catalog.scan(root, now=NOW, cache_dir=tmp_path / "c")}
+    assert (found[dumps[0]].state, found[dumps[0]].problem) == (
+        BAD_MANIFEST, "manifest is a symbolic link")
