@@ -36,6 +36,15 @@ SLOW_PROGRAMS = frozenset({"initdb", "pg_ctl", "postgres", "postmaster", "docker
                            "chromium", "chromium-browser", "pgbackrest", "weed"})
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The catalog cache of every `atb` the suite runs is the suite's own, not the user's
+    (~/.cache/atb/catalog), and goes with the session."""
+    if "ATB_CATALOG_CACHE" not in os.environ:
+        path = tempfile.mkdtemp(prefix="atb-test-catalog-")  # private (0700), as it must be
+        os.environ["ATB_CATALOG_CACHE"] = path
+        config.add_cleanup(lambda: shutil.rmtree(path, ignore_errors=True))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark `slow` by rule, before `-m` selects: a new integration test cannot land unmarked."""
