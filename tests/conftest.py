@@ -36,19 +36,47 @@ SLOW_PROGRAMS = frozenset({"initdb", "pg_ctl", "postgres", "postmaster", "docker
                            "chromium", "chromium-browser", "pgbackrest", "weed"})
 
 
+# Run in parallel (pytest-xdist, `-n auto --dist loadgroup` in pyproject's addopts): each test
+# module is one group, so its module-scoped fixtures are built once; tests that look at the
+# one Docker engine's containers share a group, so no two of them run at once; the two long
+# README tests are groups of their own, so they run beside the rest.
+DOCKER_FILES = frozenset({"test_docker_sandbox.py", "test_reaping.py"})
+ALONE = frozenset({"test_the_demo_passes_end_to_end", "test_every_runnable_readme_example_works"})
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """The catalog cache of every `atb` the suite runs is the suite's own, not the user's
-    (~/.cache/atb/catalog), and goes with the session."""
-    if "ATB_CATALOG_CACHE" not in os.environ:
-        path = tempfile.mkdtemp(prefix="atb-test-catalog-")  # private (0700), as it must be
-        os.environ["ATB_CATALOG_CACHE"] = path
-        config.add_cleanup(lambda: shutil.rmtree(path, ignore_errors=True))
+    """A worker of a parallel run gets a TMPDIR of its own (what its drills leave, and the
+    registry the reaper reads, are then its own: one worker never reaps another's); and the
+    catalog cache of every `atb` the suite runs is the process's own, never the user's
+    ~/.cache/atb/catalog, and goes with the session."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and not os.environ.get("ATB_TEST_WORKER_TMP"):
+        tmp = Path(tempfile.mkdtemp(prefix=f"atb-test-{worker}-", dir="/tmp"))
+        tmp.chmod(0o755)  # traversable by the clusters' unprivileged user, as /tmp is
+        os.environ["TMPDIR"] = os.environ["ATB_TEST_WORKER_TMP"] = str(tmp)
+        tempfile.tempdir = None
+        config.add_cleanup(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    cache = tempfile.mkdtemp(prefix="atb-test-catalog-")  # private (0700), as it must be
+    os.environ["ATB_CATALOG_CACHE"] = cache
+    config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
+
+
+def xdist_group(item: pytest.Item) -> str:
+    if item.path.name in DOCKER_FILES or "docker_image" in getattr(item, "fixturenames", ()):
+        return "docker"
+    if item.name in ALONE:
+        return item.name
+    return item.path.name
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark `slow` by rule, before `-m` selects: a new integration test cannot land unmarked."""
+    """Mark `slow` by rule, before `-m` selects: a new integration test cannot land unmarked;
+    and give each test its parallel group (`xdist_group`)."""
+    parallel = config.pluginmanager.hasplugin("xdist")  # its marker is known only then
     for item in items:
+        if parallel:
+            item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
         uses = SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ()))
         if item.get_closest_marker("fast") is not None:
             if uses:
