@@ -36,7 +36,9 @@ SLOW_PROGRAMS = frozenset({"initdb", "pg_ctl", "postgres", "postmaster", "docker
                            "chromium", "chromium-browser", "pgbackrest", "weed"})
 
 
-# Run in parallel (pytest-xdist, `-n auto --dist loadgroup` in pyproject's addopts): each test
+# Run in parallel by `make test` (pytest-xdist, `-n auto --dist loadgroup`; not in pyproject's
+# addopts, which every pytest started under this directory would read, an application's
+# integration command in a drill too): each test
 # module is one group, so its module-scoped fixtures are built once; tests that look at the
 # one Docker engine's containers share a group, so no two of them run at once; the two long
 # README tests are groups of their own, so they run beside the rest.
