@@ -18,7 +18,7 @@ demo: $(BIN)/atb
 	$(BIN)/atb demo
 
 test: $(BIN)/atb
-	$(BIN)/pytest -n auto --dist loadgroup
+	$(BIN)/pytest -n auto --dist loadfile
 
 test-fast: $(BIN)/atb
 	$(BIN)/pytest -m "not slow"

@@ -115,7 +115,10 @@ def durability_rows(settings: dict[str, str]) -> list[tuple[str, str]]:
     them off, a restore into a production-like server takes longer."""
     if not settings:
         return []
-    shown = ", ".join(f"{k}={v}" for k, v in settings.items())
+    order = ("fsync", "synchronous_commit", "full_page_writes")  # as a DBA lists them
+    ranked = sorted(settings.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order
+                                                      else len(order), kv[0]))
+    shown = ", ".join(f"{k}={v}" for k, v in ranked)
     if all(v == "on" for v in settings.values()):
         return [("RTO measured", f"with durability on ({shown})")]
     return [("RTO measured", f"in a sandbox with durability off ({shown}): a server with "

@@ -36,14 +36,10 @@ SLOW_PROGRAMS = frozenset({"initdb", "pg_ctl", "postgres", "postmaster", "docker
                            "chromium", "chromium-browser", "pgbackrest", "weed"})
 
 
-# Run in parallel by `make test` (pytest-xdist, `-n auto --dist loadgroup`; not in pyproject's
+# Run in parallel by `make test` (pytest-xdist, `-n auto --dist loadfile`; not in pyproject's
 # addopts, which every pytest started under this directory would read, an application's
-# integration command in a drill too): each test
-# module is one group, so its module-scoped fixtures are built once; tests that look at the
-# one Docker engine's containers share a group, so no two of them run at once; the two long
-# README tests are groups of their own, so they run beside the rest.
-DOCKER_FILES = frozenset({"test_docker_sandbox.py", "test_reaping.py"})
-ALONE = frozenset({"test_the_demo_passes_end_to_end", "test_every_runnable_readme_example_works"})
+# integration command in a drill too): each test module runs whole on one worker, so its
+# module-scoped fixtures are built once and its tests keep their order.
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -63,22 +59,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
 
 
-def xdist_group(item: pytest.Item) -> str:
-    if item.path.name in DOCKER_FILES or "docker_image" in getattr(item, "fixturenames", ()):
-        return "docker"
-    if item.name in ALONE:
-        return item.name
-    return item.path.name
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark `slow` by rule, before `-m` selects: a new integration test cannot land unmarked;
-    and give each test its parallel group (`xdist_group`)."""
-    parallel = config.pluginmanager.hasplugin("xdist")  # its marker is known only then
+    """Mark `slow` by rule, before `-m` selects: a new integration test cannot land unmarked."""
     for item in items:
-        if parallel:
-            item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
         uses = SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ()))
         if item.get_closest_marker("fast") is not None:
             if uses:

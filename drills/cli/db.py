@@ -14,7 +14,7 @@ from backup_core.pitr.pgbackrest import Stanza
 from backup_core.reading import forecast
 from backup_core.store import catalog, catalog_cache, retention
 from backup_core.store.naming import parse_stamp, printable
-from backup_core.tools import notify
+from backup_core.tools import extras, notify
 from backup_core.tools.appenv import AppEnv, check_url_env, interpreter_path
 from backup_core.tools.childenv import check_pass_env
 from backup_core.tools.durations import human, human_time, plural
@@ -307,6 +307,8 @@ def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, with_
                  python=interpreter_path(app_python) if app_python else None,
                  url_env=check_url_env(app_url_env), pass_env=check_pass_env(pass_env),
                  dialect=live.dialect if live else "")
+    if migrate and not migrate_cmd and not app_python:  # Alembic in atb's own environment
+        extras.require("drill", what="restore --migrate")
     ini = alembic_config or (None if migrate_cmd else Path("alembic.ini"))
     migration = Migration(app, alembic_config=ini, command=migrate_cmd) \
         if migrate or migrate_cmd else None

@@ -63,7 +63,8 @@ def test_the_core_install_runs_the_backup_hosts_commands_and_names_missing_extra
                         (["db", "verify", "--all"], f"OK   {path}\n"),
                         (["db", "prune", "--dry-run"], "1 kept, 0 would delete\n"),
                         (["db", "status", "--schedule", "1d", "--rpo", "2d"],
-                         "  OK: schedule and RPO targets met\n")):
+                         "  OK: schedule and RPO targets met\n  DRILL OVERDUE: no passing "
+                         "drill recorded; the policy asks for one every 92d 00h 00m\n")):
         done = run(*args)  # one fresh backup: every command succeeds and says so
         assert (done.returncode, done.stderr) == (0, ""), (args, done.stderr)
         assert done.stdout.endswith(shows), (args, done.stdout)

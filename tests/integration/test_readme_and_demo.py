@@ -47,7 +47,7 @@ def test_quick_start_is_two_make_commands_that_run_the_demo_and_the_tests() -> N
     assert commands == ["make demo", "make test"]
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^demo:.*\n\t\$\(BIN\)/atb demo$", makefile, flags=re.M)
-    assert re.search(r"^test:.*\n\t\$\(BIN\)/pytest -n auto --dist loadgroup$", makefile,
+    assert re.search(r"^test:.*\n\t\$\(BIN\)/pytest -n auto --dist loadfile$", makefile,
                      flags=re.M)
     assert re.search(r'^test-fast:.*\n\t\$\(BIN\)/pytest -m "not slow"$', makefile, flags=re.M)
     assert "make test" in (ROOT / ".ci/run").read_text()
