@@ -174,6 +174,30 @@ def test_without_namespaces_the_environment_is_still_sealed(
         "environment only: ATB_ISOLATION=off")
 
 
+def test_a_drill_during_which_production_changes_exits_8_like_restore(
+    production: tuple[ConnInfo, Path], chain15: toolchain.Toolchain, tmp_path: Path
+) -> None:
+    """Without isolation (ATB_ISOLATION=off), an integration command that knows production's
+    address and password changes its schema: the drill says so and exits 8, the one code for
+    "production changed" that `restore --migrate` uses too."""
+    prod, path = production
+    script = tmp_path / "touch.sh"  # the password in a test's own file, read by psql's env
+    script.write_text(f"#!/bin/sh\nPGPASSWORD='{prod.password}' {chain15.tool('psql')} "
+                      f"-h {prod.host} -p {prod.port} -d {prod.dbname} -U {prod.user} -w "
+                      "-c 'CREATE TABLE touched_by_the_app (i int)'\n")
+    script.chmod(0o700)
+    try:
+        done, result = _drill(path, tmp_path, "--integration-cmd", str(script), url=prod,
+                              env={"ATB_ISOLATION": "off"})
+        assert done.returncode == 8, done.stdout + done.stderr
+        touched = _outcome(result, "test_production_was_not_touched")
+        assert touched["outcome"] == "failed", touched
+        assert result["verdict"] == "FAIL"
+    finally:
+        with db.connect(prod, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS touched_by_the_app")
+
+
 def _dotenv_project(root: Path, prod: ConnInfo, url_in_dotenv: str) -> Path:
     ini = alembic_project(root, "generic", prod)
     (ini.parent / "migrations" / "env.py").write_text(ENV_PY_FROM_DOTENV)
