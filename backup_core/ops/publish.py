@@ -103,31 +103,29 @@ class PublishResult:
 
 # -- argv, pure ------------------------------------------------------------------------------
 
-def git_argv(repo: Path | None, *args: str) -> list[str]:
-    """git on `repo` (or none), hooks of the clone never run, no pager, no prompt."""
-    base = ["git"]
-    if repo is not None:
-        base += ["-C", str(repo)]
-    return [*base, "-c", "core.hooksPath=/dev/null", "-c", "core.symlinks=false", *args]
+def git_argv(*args: str) -> list[str]:
+    """git with the clone's hooks never run and no links written; run in the clone's
+    directory (the runner's `cwd`), never a pager or a prompt."""
+    return ["git", "-c", "core.hooksPath=/dev/null", "-c", "core.symlinks=false", *args]
 
 
 def clone_argv(url: str, dest: Path) -> list[str]:
-    return [*git_argv(None, "clone", "--quiet", "--no-tags", "--"), url, str(dest)]
+    return [*git_argv("clone", "--quiet", "--no-tags", "--"), url, str(dest)]
 
 
-def fetch_argv(repo: Path, branch: str) -> list[str]:
-    return git_argv(repo, "fetch", "--quiet", "--no-tags", "origin",
+def fetch_argv(branch: str) -> list[str]:
+    return git_argv("fetch", "--quiet", "--no-tags", "origin",
                     f"refs/heads/{branch}:refs/remotes/origin/{branch}")
 
 
-def commit_argv(repo: Path, message: str) -> list[str]:
-    return git_argv(repo, "commit", "--quiet", "--no-verify", "-m", message)
+def commit_argv(message: str) -> list[str]:
+    return git_argv("commit", "--quiet", "--no-verify", "-m", message)
 
 
-def push_argv(repo: Path, branch: str) -> list[str]:
+def push_argv(branch: str) -> list[str]:
     """A plain fast-forward push: no `--force`, no `+` refspec, so the wiki's history can
     only grow."""
-    return git_argv(repo, "push", "--porcelain", "origin", f"HEAD:refs/heads/{branch}")
+    return git_argv("push", "--porcelain", "origin", f"HEAD:refs/heads/{branch}")
 
 
 def git_env(wiki: Wiki, *, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -206,19 +204,21 @@ def publish(wiki: Wiki, build: Build, *, message: str, attempts: int = ATTEMPTS,
         branch = _branch(runner, clone, env)
         for attempt in range(1, attempts + 1):
             if attempt > 1:
-                _git(runner, fetch_argv(clone, branch), env,
-                     f"cannot fetch the wiki {wiki.display}")
-                _git(runner, git_argv(clone, "reset", "--quiet", "--hard",
-                                      f"refs/remotes/origin/{branch}"), env, "git reset")
+                _git(runner, fetch_argv(branch), env, f"cannot fetch the wiki {wiki.display}",
+                     cwd=clone)
+                _git(runner, git_argv("reset", "--quiet", "--hard",
+                                      f"refs/remotes/origin/{branch}"), env, "git reset",
+                     cwd=clone)
             files = build(clone)
             changed = _write(clone, files, runner, env)
             if not changed:
                 return PublishResult(wiki.display, branch, None, (), attempt)
-            _git(runner, commit_argv(clone, message), env, "git commit")
-            done = _call(runner, push_argv(clone, branch), env, "git push")
+            _git(runner, commit_argv(message), env, "git commit", cwd=clone)
+            done = _call(runner, push_argv(branch), env, "git push", cwd=clone)
             outcome = push_outcome(done)
             if outcome == "ok":
-                head = _git(runner, git_argv(clone, "rev-parse", "HEAD"), env, "git rev-parse")
+                head = _git(runner, git_argv("rev-parse", "HEAD"), env, "git rev-parse",
+                            cwd=clone)
                 return PublishResult(wiki.display, branch, head.stdout.strip(), changed,
                                      attempt)
             if outcome == "refused":
@@ -229,10 +229,12 @@ def publish(wiki: Wiki, build: Build, *, message: str, attempts: int = ATTEMPTS,
                             "other publishers; nothing was published, try again")
 
 
-def _call(runner: Runner, argv: list[str], env: Mapping[str, str], what: str) -> Completed:
-    """git through the runner; git missing or hanging is the wiki's failure to reach."""
+def _call(runner: Runner, argv: list[str], env: Mapping[str, str], what: str,
+          cwd: Path | None = None) -> Completed:
+    """git through the runner (in the clone's directory, `cwd`); git missing or hanging is
+    the wiki's failure to reach."""
     try:
-        return runner(argv, what=what, env=env, check=False, timeout=GIT_TIMEOUT_S)
+        return runner(argv, what=what, env=env, check=False, timeout=GIT_TIMEOUT_S, cwd=cwd)
     except ToolchainError as exc:
         raise ToolchainError("publishing to a wiki needs git: install it (apt-get install "
                              "git)") from exc
@@ -240,8 +242,9 @@ def _call(runner: Runner, argv: list[str], env: Mapping[str, str], what: str) ->
         raise PublishFailed(str(exc)) from exc
 
 
-def _git(runner: Runner, argv: list[str], env: Mapping[str, str], what: str) -> Completed:
-    done = _call(runner, argv, env, what)
+def _git(runner: Runner, argv: list[str], env: Mapping[str, str], what: str,
+         cwd: Path | None = None) -> Completed:
+    done = _call(runner, argv, env, what, cwd)
     if done.returncode != 0:
         raise PublishFailed(f"{what}: {redact(first_error_line(done.stderr))}",
                             detail=done.stderr)
@@ -250,8 +253,8 @@ def _git(runner: Runner, argv: list[str], env: Mapping[str, str], what: str) -> 
 
 def _branch(runner: Runner, clone: Path, env: Mapping[str, str]) -> str:
     """The wiki's default branch (the clone's), or git's default for an empty wiki."""
-    done = _git(runner, git_argv(clone, "symbolic-ref", "--short", "HEAD"), env,
-                "git symbolic-ref")
+    done = _git(runner, git_argv("symbolic-ref", "--short", "HEAD"), env,
+                "git symbolic-ref", cwd=clone)
     return done.stdout.strip() or "master"
 
 
@@ -279,9 +282,9 @@ def _write(clone: Path, files: Mapping[str, bytes], runner: Runner,
         paths.append(str(path))
     if not paths:
         return ()
-    _git(runner, git_argv(clone, "add", "--", *paths), env, "git add")
-    done = _git(runner, git_argv(clone, "diff", "--cached", "--name-only", "-z"), env,
-                "git diff")
+    _git(runner, git_argv("add", "--", *paths), env, "git add", cwd=clone)
+    done = _git(runner, git_argv("diff", "--cached", "--name-only", "-z"), env, "git diff",
+                cwd=clone)
     return tuple(p for p in done.stdout.split("\0") if p)
 
 

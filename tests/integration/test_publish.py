@@ -62,13 +62,13 @@ class GitServer:
 
     def log(self, name: str) -> list[str]:
         """The wiki's history, oldest first: each commit and its parents."""
-        out = subprocess.run(["git", "-C", str(self.root / name), "log", "--reverse",
+        out = subprocess.run(["git", f"--git-dir={self.root / name}", "log", "--reverse",
                               "--format=%H %P", "master"], capture_output=True, text=True,
                              check=True).stdout
         return out.splitlines()
 
     def show(self, name: str, path: str) -> str:
-        return subprocess.run(["git", "-C", str(self.root / name), "show", f"master:{path}"],
+        return subprocess.run(["git", f"--git-dir={self.root / name}", "show", f"master:{path}"],
                               capture_output=True, text=True, check=True).stdout
 
 
@@ -282,7 +282,8 @@ def test_two_publishers_at_once_both_land_on_a_linear_history(git_server: GitSer
     index = git_server.show("race.wiki.git", "Restore-drills.md")
     assert "| trading |" in index and "| billing |" in index and "2 drills" in index
     logs = "".join(err for _, err in outs)
-    assert "run git -C" in logs and "push --porcelain origin HEAD:refs/heads/master" in logs
+    assert ("run git -c core.hooksPath=/dev/null -c core.symlinks=false push --porcelain "
+            "origin HEAD:refs/heads/master") in logs
     assert PASSWORD not in logs + "".join(out for out, _ in outs)
     assert any(b"git-remote-http" in c for c in ps.seen)  # sampled while git ran
     assert ps.leaked(PASSWORD) == []
@@ -314,7 +315,8 @@ def test_a_refused_push_is_one_line_exit_11_and_leaves_nothing(git_server: GitSe
         "wiki is frozen for the audit); nothing was published"), done.stderr
     assert {p: p.read_bytes() for p in reports.rglob("*") if p.is_file()} == before
     assert list(scratch.iterdir()) == []  # the clone is gone
-    refs = subprocess.run(["git", "-C", str(git_server.root / "locked.wiki.git"), "for-each-ref"],
+    refs = subprocess.run(["git", f"--git-dir={git_server.root / 'locked.wiki.git'}",
+                           "for-each-ref"],
                           capture_output=True, text=True, check=True).stdout
     assert refs == ""
 
@@ -351,10 +353,10 @@ def test_a_link_planted_in_the_wiki_is_never_written_through(git_server: GitServ
     work = tmp_path / "attacker"
     subprocess.run(["git", "init", "--quiet", "--initial-branch=master", str(work)], check=True)
     (work / "restore-drills").symlink_to(outside)
-    git = ["git", "-C", str(work), "-c", "user.name=x", "-c", "user.email=x@x"]
-    subprocess.run([*git, "add", "restore-drills"], check=True)
-    subprocess.run([*git, "commit", "--quiet", "-m", "link"], check=True)
-    subprocess.run([*git, "push", "--quiet", str(bare), "master"], check=True)
+    git = ["git", "-c", "user.name=x", "-c", "user.email=x@x"]
+    subprocess.run([*git, "add", "restore-drills"], check=True, cwd=work)
+    subprocess.run([*git, "commit", "--quiet", "-m", "link"], check=True, cwd=work)
+    subprocess.run([*git, "push", "--quiet", str(bare), "master"], check=True, cwd=work)
     reports = tmp_path / "reports"
     make_drill(reports, "trading", datetime(2026, 11, 27, 9, 0, tzinfo=UTC))
     done = publish(git_server.url("planted.wiki.git"), reports)

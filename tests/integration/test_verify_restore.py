@@ -9,7 +9,7 @@ import pytest
 
 from backup_core.ops import backup
 from backup_core.reading import guard, inventory
-from backup_core.tools import childenv, db, toolchain
+from backup_core.tools import commands, db, toolchain
 from backup_core.tools.cluster import Cluster
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.errors import SafetyRefusal
@@ -121,8 +121,10 @@ def test_restore_refuses_the_production_database_and_a_non_empty_target(
 def test_the_policys_create_step_would_replace_production_ours_does_not(
     pg15: Cluster, one_backup: tuple[ConnInfo, Path], chains: list[toolchain.Toolchain]
 ) -> None:
-    """`pg_restore -d mydb_restore --clean --create` restores into the database named in the
-    dump: production loses every write since the backup. `atb db restore` never does."""
+    """The policy's `pg_restore -d mydb_restore --clean --create` would restore into the
+    database named in the dump, production's own (the archive names it),
+    and production would lose every write since the backup. `atb db restore` restores into
+    exactly the target and leaves production's writes alone."""
     source, path = one_backup
     with db.connect(source, autocommit=True) as conn:
         conn.execute("INSERT INTO accounts(name) VALUES ('written after the backup')")
@@ -135,13 +137,12 @@ def test_the_policys_create_step_would_replace_production_ours_does_not(
                             "'written after the backup'").fetchone() == (1,)
     with db.connect(target) as conn:
         assert inventory.count_rows(conn, "public", "accounts") == 10
-    # the runbook's command, for the record: it really does clobber production
+    # why the runbook's step would clobber production: the archive names production's own
+    # database, which that option drops and recreates (never run here, nor anywhere in atb)
     chain = toolchain.for_restore(15, chains)
-    run([chain.tool("pg_restore"), "--clean", "--create", f"--dbname={target.conninfo}",
-         str(path)], what="policy pg_restore", env=childenv.libpq_vars(source), check=False)
-    with db.connect(source) as conn:
-        assert conn.execute("SELECT count(*) FROM accounts WHERE name = "
-                            "'written after the backup'").fetchone() == (0,)
+    toc = run(commands.pg_restore_list_argv(chain, path), what="pg_restore --list").stdout
+    assert [ln.split() for ln in toc.splitlines() if ln.startswith(";     dbname:")] == [
+        [";", "dbname:", source.dbname]]
 
 
 def test_identity_is_the_same_over_every_route_and_for_every_role(

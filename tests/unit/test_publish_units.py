@@ -37,16 +37,14 @@ def test_git_argv_is_exact_and_never_forces() -> None:
     repo = Path("/tmp/w")
     assert clone_argv("https://u@h/x.wiki.git", repo) == [
         "git", *SAFE, "clone", "--quiet", "--no-tags", "--", "https://u@h/x.wiki.git", "/tmp/w"]
-    assert fetch_argv(repo, "master") == [
-        "git", "-C", "/tmp/w", *SAFE, "fetch", "--quiet", "--no-tags", "origin",
+    assert fetch_argv("master") == [
+        "git", *SAFE, "fetch", "--quiet", "--no-tags", "origin",
         "refs/heads/master:refs/remotes/origin/master"]
-    assert commit_argv(repo, "Restore drills: x") == [
-        "git", "-C", "/tmp/w", *SAFE, "commit", "--quiet", "--no-verify", "-m",
-        "Restore drills: x"]
-    push = push_argv(repo, "main")
-    assert push == ["git", "-C", "/tmp/w", *SAFE, "push", "--porcelain", "origin",
-                    "HEAD:refs/heads/main"]
-    assert not any(a.startswith(("+", "--force", "-f")) for a in push[len(SAFE) + 3:])
+    assert commit_argv("Restore drills: x") == [
+        "git", *SAFE, "commit", "--quiet", "--no-verify", "-m", "Restore drills: x"]
+    push = push_argv("main")
+    assert push == ["git", *SAFE, "push", "--porcelain", "origin", "HEAD:refs/heads/main"]
+    assert not any(a.startswith(("+", "--force", "-f")) for a in push[len(SAFE) + 1:])
 
 
 def test_a_password_in_the_url_goes_to_the_credential_helper_only() -> None:
@@ -148,6 +146,7 @@ class FakeGit:
 
     def __init__(self, pushes: list[tuple[int, str]], missing: bool = False) -> None:
         self.argv: list[list[str]] = []
+        self.cwds: list[Path | None] = []
         self.pushes = pushes
         self.missing = missing
 
@@ -160,6 +159,7 @@ class FakeGit:
             raise ToolchainError("program git not found")
         args = list(argv)
         self.argv.append(args)
+        self.cwds.append(cwd)
         verb = next(a for a in args if a in VERBS)
         out = {"symbolic-ref": "master\n", "rev-parse": "c0ffee\n",
                "diff": "Restore-drills.md\0"}.get(verb, "")
@@ -189,6 +189,8 @@ def test_a_lost_race_is_redone_from_the_new_tip_without_force() -> None:
                      "add", "diff", "commit", "push", "rev-parse"]
     assert not any("--force" in a or a.startswith("+") for argv in git.argv for a in argv)
     assert not any("tok-123456" in a for argv in git.argv for a in argv)
+    clone = Path(git.argv[0][-1])  # every call after the clone runs inside it
+    assert git.cwds == [None] + [clone] * (len(git.argv) - 1)
 
 
 def test_no_git_is_one_line_naming_it() -> None:
