@@ -17,7 +17,6 @@ from backup_core.store.signing import Signer
 from backup_core.tools.conninfo import redact
 from backup_core.tools.fsutil import atomic_write_text
 from drills import report
-from drills.inert import html_text
 from drills.options import DrillOptions
 from drills.result import DetectionFacts, DrillResult, EvidenceFacts
 
@@ -44,9 +43,7 @@ def _patch_html(path: Path, r: DrillResult, *, verdict_changed: bool) -> None:
     except OSError:
         return
     marker = "<table id='drill-summary' style='margin:12px 0'>"
-    rows = "".join(f"<tr><th style='text-align:left;padding:2px 12px 2px 0'>{html_text(k)}</th>"
-                   f"<td style='font-family:monospace'>{html_text(redact(v))}</td></tr>"
-                   for k, v in report.evidence_rows(r))
+    rows = "".join(report.summary_row_html(k, v) for k, v in report.evidence_rows(r))
     if marker not in page:
         return
     page = page.replace(marker, marker + rows, 1)

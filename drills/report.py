@@ -210,12 +210,15 @@ def next_steps(r: DrillResult) -> list[str]:
 COLORS = {"PASS": "#1a7f37", "INCOMPLETE": "#9a6700", "FAIL": "#cf222e"}
 
 
+def summary_row_html(key: str, value: str) -> str:
+    """One row of the summary table, both cells escaped (and the value redacted)."""
+    return (f"<tr><th style='text-align:left;padding:2px 12px 2px 0'>{html_text(key)}</th>"
+            f"<td style='font-family:monospace'>{html_text(redact(value))}</td></tr>")
+
+
 def summary_html(r: DrillResult) -> str:
     color = COLORS.get(r.verdict, "#cf222e")
-    cells = "".join(
-        f"<tr><th style='text-align:left;padding:2px 12px 2px 0'>{html_text(k)}</th>"
-        f"<td style='font-family:monospace'>{html_text(redact(v))}</td></tr>"
-        for k, v in summary_rows(r)[1:])
+    cells = "".join(summary_row_html(k, v) for k, v in summary_rows(r)[1:])
     findings = "".join(f"<li>{html_text(redact(f))}</li>" for f in r.findings)
     steps = "".join(f"<li>{html_text(st)}</li>"
                     for st in (next_steps(r) if r.verdict == "INCOMPLETE" else []))

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -237,3 +238,26 @@ def read_only_tmpfs(mount: Path, fill: Callable[[Path], object]) -> Iterator[Pat
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def drill_held_at_its_integration(backup: Path, tmp_path: Path, sandbox_tmp: Path,
+                                  **env: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """`atb drill run` in a process group of its own, held in its integration command (60 s
+    of sleep) once its local sandbox runs under `sandbox_tmp`: the process and the sandbox's
+    work directory, for a test that kills the drill there."""
+    marker = tmp_path / "integration-started"
+    slow = f"{sys.executable} -c \"import pathlib, time; pathlib.Path('{marker}').touch(); " \
+           "time.sleep(60)\""
+    child_env = {**{k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
+                 "TMPDIR": str(sandbox_tmp), **env}
+    proc = subprocess.Popen([sys.executable, "-m", "drills.cli", "drill", "run", "--backup",
+                             str(backup), "--sandbox", "local", "--no-record",
+                             "--integration-cmd", slow, "--report-dir", str(tmp_path / "r")],
+                            env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert marker.exists(), "the drill never reached its integration command"
+    [workdir] = sandbox_tmp.glob("atb-pg-*")
+    return proc, workdir

@@ -275,13 +275,9 @@ def fetch(repo: Repository, remote: RemoteBackup, dest: Path, *,
         try:
             repo.client.download_file(repo.url.bucket, repo.url.key(obj.key), str(stored),
                                       Config=config, Callback=seen)
-        except bx.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise VerifyFailed(f"{obj.key} is gone from {repo.url} (deleted while it was "
-                                   "being read?): nothing was restored") from exc
-            raise translate(exc, repo.url, f"downloading {obj.key} from") from exc
-        except bx.BotoCoreError as exc:
-            raise translate(exc, repo.url, f"downloading {obj.key} from") from exc
+        except (bx.ClientError, bx.BotoCoreError) as exc:
+            raise translate(exc, repo.url, f"downloading {obj.key} from",
+                            reading=obj.key) from exc
         except OSError as exc:
             raise StorageError(f"cannot write {stored}: {exc.strerror or exc}") from exc
         if ids is None:

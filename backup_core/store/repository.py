@@ -87,8 +87,10 @@ def _boto() -> Any:
     return boto3
 
 
-def translate(exc: BaseException, repo: RepoUrl, doing: str) -> AtbError:
-    """A store's refusal as one line a person can act on (never a key or a secret)."""
+def translate(exc: BaseException, repo: RepoUrl, doing: str, *,
+              reading: str | None = None) -> AtbError:
+    """A store's refusal as one line a person can act on (never a key or a secret). With
+    `reading` (an object's key), a missing object is that object gone, a failed check."""
     from botocore import exceptions as bx
 
     if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
@@ -98,6 +100,9 @@ def translate(exc: BaseException, repo: RepoUrl, doing: str) -> AtbError:
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if reading is not None and code in ("NoSuchKey", "404"):
+            return VerifyFailed(f"{reading} is gone from {repo} (deleted while it was being "
+                                "read?): nothing was restored")
         if code in ("NoSuchBucket",) or (code == "404" and "bucket" in doing):
             return ConnectionFailed(f"{doing} {repo}: bucket {repo.bucket!r} does not exist")
         if code == "RequestTimeTooSkewed" or _skewed(exc.response):
@@ -108,9 +113,6 @@ def translate(exc: BaseException, repo: RepoUrl, doing: str) -> AtbError:
             return ConnectionFailed(f"{doing} {repo}: the store refused our credentials "
                                     f"({code or status}): check the AWS keys or profile and "
                                     "the key's permissions")
-        if code == "RequestTimeTooSkewed" or _skewed(exc.response):
-            return ConnectionFailed(f"{doing} {repo}: this host's clock is too far from the "
-                                    "store's: fix the clock (NTP)")
         return ConnectionFailed(f"{doing} {repo}: the store answered {code or status}: "
                                 f"{err.get('Message', '')}".rstrip(": "))
     if isinstance(exc, bx.BotoCoreError):
@@ -249,13 +251,8 @@ class Repository:
 
         try:
             return self.client.get_object(Bucket=self.url.bucket, Key=self.url.key(rel))["Body"]
-        except bx.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise VerifyFailed(f"{rel} is gone from {self.url} (deleted while it was "
-                                   "being read?): nothing was restored") from exc
-            raise translate(exc, self.url, f"reading {rel} from") from exc
-        except bx.BotoCoreError as exc:
-            raise translate(exc, self.url, f"reading {rel} from") from exc
+        except (bx.ClientError, bx.BotoCoreError) as exc:
+            raise translate(exc, self.url, f"reading {rel} from", reading=rel) from exc
 
     def upload(self, path: Path, rel: str, *, metadata: dict[str, str],
                progress: Callable[[int], None] | None = None) -> None:

@@ -18,7 +18,7 @@ from backup_core.tools import db, toolchain
 from backup_core.tools.cluster import Cluster
 from backup_core.tools.reaper import Owner, process_start, reap_containers
 from tests.conftest import make_database
-from tests.helpers import atb_inproc
+from tests.helpers import atb_inproc, drill_held_at_its_integration
 
 
 def _alive(pid: int) -> bool:
@@ -34,23 +34,10 @@ def test_a_killed_drills_sandbox_is_reaped_by_the_next_start(
 ) -> None:
     info = make_database(pg15, rows=20)
     path = backup.create_backup(info, tmp_path / "backups", chains=chains).path
-    marker = tmp_path / "integration-started"
-    slow = f"{sys.executable} -c \"import pathlib, time; pathlib.Path('{marker}').touch(); " \
-           "time.sleep(60)\""
     # a platform without namespaces: the server outlives the drill (inside the isolation's
     # PID namespace it dies with it: tests/integration/test_red_team.py)
-    env = {**{k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
-           "TMPDIR": str(sandbox_tmp), "ATB_ISOLATION": "off"}
-    proc = subprocess.Popen([sys.executable, "-m", "drills.cli", "drill", "run", "--backup",
-                             str(path), "--sandbox", "local", "--no-record", "--integration-cmd",
-                             slow, "--report-dir", str(tmp_path / "r")],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert marker.exists(), "the drill never reached its integration command"
-    [workdir] = sandbox_tmp.glob("atb-pg-*")
+    proc, workdir = drill_held_at_its_integration(path, tmp_path, sandbox_tmp,
+                                                  ATB_ISOLATION="off")
     [record] = (sandbox_tmp / f"atb-sandboxes-{os.geteuid()}").glob("*.json")
     assert json.loads(record.read_text())["workdir"] == str(workdir)
     postmaster = int((workdir / "data" / "postmaster.pid").read_text().split()[0])

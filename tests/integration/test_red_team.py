@@ -22,7 +22,7 @@ from backup_core.tools import db, isolation, toolchain
 from backup_core.tools.cluster import Cluster
 from backup_core.tools.conninfo import ConnInfo
 from tests.conftest import make_database
-from tests.helpers import atb, fingerprint
+from tests.helpers import atb, drill_held_at_its_integration, fingerprint
 from tests.integration.test_isolation import _drill, _processes_mentioning
 from tests.integration.test_production_guard import alembic_project
 
@@ -168,21 +168,7 @@ def test_a_killed_isolated_drills_sandbox_dies_with_it_and_its_directory_is_reap
     """kill -9 of a network-isolated drill: its local sandbox's server (inside the drill's
     PID namespace) dies at once; the next `atb doctor` removes the directory it left."""
     _, path = production
-    marker = tmp_path / "integration-started"
-    slow = f"{sys.executable} -c \"import pathlib, time; pathlib.Path('{marker}').touch(); " \
-           "time.sleep(60)\""
-    env = {**{k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
-           "TMPDIR": str(sandbox_tmp)}
-    proc = subprocess.Popen([sys.executable, "-m", "drills.cli", "drill", "run", "--backup",
-                             str(path), "--sandbox", "local", "--no-record", "--integration-cmd",
-                             slow, "--report-dir", str(tmp_path / "r")],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert marker.exists(), "the drill never reached its integration command"
-    [workdir] = sandbox_tmp.glob("atb-pg-*")
+    proc, workdir = drill_held_at_its_integration(path, tmp_path, sandbox_tmp)
     assert _processes_mentioning(str(workdir)) != set()  # its server runs
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
