@@ -131,7 +131,7 @@ def check(migration: Migration) -> None:
         first = str(exc).splitlines()[0]
         raise ConfigError(f"--alembic-config {ini}: not an ini file: {first}") from exc
     python = migration.app.interpreter
-    argv, _ = isolation.wrap(heads_argv(ini, python))
+    argv, _ = isolation.wrap(heads_argv(ini, python), no_unix=True)
     code, out = appenv.run_app(argv, env=_probe_env(migration.app), cwd=migration.app.directory,
                                timeout=PROBE_TIMEOUT_S)
     if code == 0:
@@ -147,7 +147,8 @@ def script_heads(migration: Migration) -> tuple[str, ...]:
     """The scripts' heads as the application's own `alembic heads` reads them (isolated, no
     database in reach); empty when it cannot say."""
     assert migration.ini is not None
-    argv, _ = isolation.wrap(heads_argv(migration.ini, migration.app.interpreter))
+    argv, _ = isolation.wrap(heads_argv(migration.ini, migration.app.interpreter),
+                           no_unix=True)
     code, out = appenv.run_app(argv, env=_probe_env(migration.app),
                                cwd=migration.app.directory, timeout=PROBE_TIMEOUT_S)
     return parse_heads(out) if code == 0 else ()

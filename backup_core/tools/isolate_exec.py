@@ -9,10 +9,13 @@ orphans, and runs the command; when the command ends, init ends and the kernel k
 whatever the command left behind (a double-forked daemon included). Signals to the launcher
 reach the command; its exit status (or the signal that ended it) is the launcher's.
 
-`python -m backup_core.tools.isolate_exec [--hide PATH]... [--forward HOST:PORT=SOCKET]... --
-ARGV...`; one line on stderr and exit 3 when a step fails, so nothing runs half-isolated.
-A forward (`--allow-service`) listens on HOST:PORT inside and carries each connection to
-SOCKET, a relay outside; its process dies with the command.
+`python -m backup_core.tools.isolate_exec [--hide PATH]... [--read-only PATH]... [--forward
+HOST:PORT=SOCKET]... [--no-unix] [--nested] -- ARGV...`; one line on stderr and exit 3 when a
+step fails, so nothing runs half-isolated. A forward listens on HOST:PORT inside and carries
+each connection to SOCKET (a relay outside, the sandbox's socket); its process dies with the
+command. `--no-unix`: the command and everything it starts can open no unix socket at all
+(`seccomp`), so it reaches the sandbox only through a forward. `--nested`: already inside the
+namespaces (the drill's pytest child starting application code): forwards and filter only.
 """
 
 from __future__ import annotations
@@ -20,11 +23,15 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
+import select
 import signal
 import socket
 import struct
 import sys
 import threading
+from dataclasses import dataclass, field
+
+from backup_core.tools import seccomp
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
@@ -136,18 +143,41 @@ def drop_capabilities() -> None:
     libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
 
 
-def parse(argv: list[str]) -> tuple[list[str], dict[str, str], list[str]]:
-    """(paths to hide, HOST:PORT -> socket to forward, the command) from
-    `[--hide P]... [--read-only P]... [--forward HOST:PORT=SOCKET]... -- CMD...`; a read-only
-    path is returned in the first list as `ro:P`."""
+@dataclass(frozen=True)
+class Launch:
+    """What the launcher was asked to do."""
+
+    command: list[str]
+    hide: list[str] = field(default_factory=list)
+    read_only: list[str] = field(default_factory=list)
+    forward: dict[str, str] = field(default_factory=dict)
+    no_unix: bool = False  # the command (and all it starts) can open no unix socket
+    nested: bool = False  # already inside the namespaces: forwards and the filter only
+
+
+FLAGS = ("--no-unix", "--nested")
+USAGE = ("usage: isolate_exec [--hide PATH]... [--read-only PATH]... "
+         "[--forward HOST:PORT=SOCKET]... [--no-unix] [--nested] -- COMMAND...")
+
+
+def parse(argv: list[str]) -> Launch:
+    """`[--hide P]... [--read-only P]... [--forward HOST:PORT=SOCKET]... [--no-unix]
+    [--nested] -- CMD...`"""
     hide: list[str] = []
+    frozen: list[str] = []
     forward: dict[str, str] = {}
+    flags: set[str] = set()
     i = 0
-    while i + 1 < len(argv) and argv[i] in ("--hide", "--read-only", "--forward"):
+    while i < len(argv) and (argv[i] in FLAGS or (
+            i + 1 < len(argv) and argv[i] in ("--hide", "--read-only", "--forward"))):
+        if argv[i] in FLAGS:
+            flags.add(argv[i])
+            i += 1
+            continue
         if argv[i] == "--hide":
             hide.append(argv[i + 1])
         elif argv[i] == "--read-only":
-            hide.append("ro:" + argv[i + 1])
+            frozen.append(argv[i + 1])
         else:
             addr, sep, path = argv[i + 1].partition("=")
             if not sep or not path:
@@ -155,9 +185,12 @@ def parse(argv: list[str]) -> tuple[list[str], dict[str, str], list[str]]:
             forward[addr] = path
         i += 2
     if i >= len(argv) or argv[i] != "--" or i + 1 >= len(argv):
-        raise IsolationFailed("usage: isolate_exec [--hide PATH]... [--read-only PATH]... "
-                              "[--forward HOST:PORT=SOCKET]... -- COMMAND...")
-    return hide, forward, argv[i + 1:]
+        raise IsolationFailed(USAGE)
+    if "--nested" in flags and (hide or frozen):
+        raise IsolationFailed("--nested changes no mount: --hide and --read-only need the "
+                              "namespaces")
+    return Launch(argv[i + 1:], hide, frozen, forward, "--no-unix" in flags,
+                  "--nested" in flags)
 
 
 def listen(addr: str) -> socket.socket:
@@ -204,9 +237,11 @@ def _serve_forwards(listeners: list[tuple[socket.socket, str]]) -> None:
         t.join()
 
 
-def start_forwards(forward: dict[str, str]) -> None:
+def start_forwards(forward: dict[str, str], *, nested: bool = False) -> None:
     """Listen on each address now (before the command can look), and serve them from a
-    child process that dies with the command (this process, after exec)."""
+    process that dies with the command (this process, after exec). Nested, the server is
+    no child of the command (a command that waits for all its children would wait for it
+    forever): it is forked twice and watches the command's pid instead."""
     if not forward:
         return
     listeners = [(listen(addr), path) for addr, path in forward.items()]
@@ -214,28 +249,42 @@ def start_forwards(forward: dict[str, str]) -> None:
     pid = os.fork()
     if pid == 0:
         try:
-            libc = _libc()
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            if os.getppid() != parent:
-                os._exit(0)
+            if nested and os.fork() != 0:
+                os._exit(0)  # the middle process: the server is now nobody's child here
+            watch = os.pidfd_open(parent) if nested else None
+            if not nested:
+                _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+                if os.getppid() != parent:
+                    os._exit(0)
             null = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):  # never hold the command's output pipes open
                 os.dup2(null, fd)
-            _serve_forwards(listeners)
+            if watch is not None:
+                threading.Thread(target=_serve_forwards, args=(listeners,),
+                                 daemon=True).start()
+                select.select([watch], [], [])  # readable when the command has ended
+            else:
+                _serve_forwards(listeners)
         finally:
             os._exit(0)
+    if nested:
+        os.waitpid(pid, 0)
     for listener, _ in listeners:
         listener.close()
 
 
-def run_command(command: list[str]) -> int:
-    """In the command's process: give up what could undo the isolation, then exec."""
+def run_command(command: list[str], *, no_unix: bool = False, nested: bool = False) -> int:
+    """In the command's process: give up what could undo the isolation (and, `no_unix`,
+    every unix socket), then exec."""
     try:
-        drop_capabilities()
+        if not nested:  # nested: they were dropped when the namespaces were made
+            drop_capabilities()
+        if no_unix:
+            seccomp.deny_unix_sockets()
         # names this network namespace: our children know they are inside it, and a copy of
         # the variable that reaches a process elsewhere means nothing there
         os.environ["ATB_ISOLATION_ACTIVE"] = os.readlink("/proc/self/ns/net")
-    except (IsolationFailed, OSError) as exc:
+    except (IsolationFailed, seccomp.SeccompUnavailable, OSError) as exc:
         print(f"atb: isolation failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     try:
@@ -249,31 +298,44 @@ def run_command(command: list[str]) -> int:
     return EXIT_FAILED  # not reached: execvp replaced this process
 
 
-def init(command: list[str], forward: dict[str, str]) -> int:
+def init(launch: Launch) -> int:
     """PID 1 of the new namespace: its own /proc, the forwards, then the command."""
     try:
         die_with_parent()
         mount_proc()
-        start_forwards(forward)
+        start_forwards(launch.forward)
     except (IsolationFailed, OSError) as exc:
         print(f"atb: isolation failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     sys.stdout.flush()
     pid = os.fork()
     if pid == 0:
-        os._exit(run_command(command))
+        os._exit(run_command(launch.command, no_unix=launch.no_unix))
     return supervise(pid, reap_all=True)
+
+
+def nested(launch: Launch) -> int:
+    """Inside the drill's namespaces already (its pytest child starting application code):
+    the forwards, then the command sealed in this same process."""
+    try:
+        start_forwards(launch.forward, nested=True)
+    except (IsolationFailed, OSError) as exc:
+        print(f"atb: isolation failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    sys.stdout.flush()
+    return run_command(launch.command, no_unix=launch.no_unix, nested=True)
 
 
 def main(argv: list[str]) -> int:
     try:
-        hide, forward, command = parse(argv)
+        launch = parse(argv)
+        if launch.nested:
+            return nested(launch)
         check_namespaces()
         loopback_up()
-        for path in hide:
-            if path.startswith("ro:"):
-                read_only(path[3:])
-                continue
+        for path in launch.read_only:
+            read_only(path)
+        for path in launch.hide:
             try:
                 cover(path)
             except IsolationFailed:
@@ -294,7 +356,7 @@ def main(argv: list[str]) -> int:
     if pid == 0:
         code = EXIT_FAILED
         try:
-            code = init(command, forward)
+            code = init(launch)
         finally:
             os._exit(code)
     code = supervise(pid, reap_all=False)

@@ -20,7 +20,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -76,16 +76,27 @@ def unshare_argv(unshare: str, *, root: bool) -> list[str]:
 
 def isolated_argv(argv: list[str], *, hide: Iterable[str], root: bool,
                   unshare_path: str, forward: Mapping[str, str] | None = None,
-                  read_only: Iterable[str] = ()) -> list[str]:
+                  read_only: Iterable[str] = (), no_unix: bool = False) -> list[str]:
     """`argv` run by `isolate_exec` inside new network and mount namespaces, `hide` covered,
     `read_only` bound read-only, each `forward` HOST:PORT listened on inside and carried to
-    its unix socket outside."""
+    its unix socket outside; `no_unix`, unable to open any unix socket."""
     hidden = [part for path in hide for part in ("--hide", path)]
     frozen = [part for path in read_only for part in ("--read-only", path)]
-    forwards = [part for addr, path in (forward or {}).items()
-                for part in ("--forward", f"{addr}={path}")]
     return [*unshare_argv(unshare_path, root=root), sys.executable, "-m",
-            "backup_core.tools.isolate_exec", *hidden, *frozen, *forwards, "--", *argv]
+            "backup_core.tools.isolate_exec", *hidden, *frozen, *_forwards(forward),
+            *(["--no-unix"] if no_unix else []), "--", *argv]
+
+
+def nested_argv(argv: list[str], *, forward: Mapping[str, str] | None = None) -> list[str]:
+    """`argv` started from inside the namespaces (the drill's pytest child): no unix socket,
+    each `forward` listened on in this namespace's loopback."""
+    return [sys.executable, "-m", "backup_core.tools.isolate_exec", *_forwards(forward),
+            "--no-unix", "--nested", "--", *argv]
+
+
+def _forwards(forward: Mapping[str, str] | None) -> list[str]:
+    return [part for addr, path in (forward or {}).items()
+            for part in ("--forward", f"{addr}={path}")]
 
 
 def split_service(text: str) -> tuple[str, int]:
@@ -258,45 +269,77 @@ def already_inside(env: Mapping[str, str] | None = None) -> bool:
 
 
 INSIDE = Isolation(NETWORK, "inside the drill's network namespace already")
+APPLICATION_REASON = ("new network and mount namespaces, and no unix socket can be opened "
+                      "(seccomp): only the sandbox is reachable, over the namespace's own "
+                      "loopback")
+APPLICATION_INSIDE = Isolation(NETWORK, "inside the drill's network namespace, and no unix "
+                                        "socket can be opened (seccomp): only the sandbox is "
+                                        "reachable, over the namespace's own loopback")
 
 
 def wrap(argv: list[str], *, allow: Iterable[str] = (),
          env: Mapping[str, str] | None = None,
          forward: Mapping[str, str] | None = None,
-         read_only: Iterable[str] = ()) -> tuple[list[str], Isolation]:
+         read_only: Iterable[str] = (), no_unix: bool = False) -> tuple[list[str], Isolation]:
     """`argv` as it should run: inside the namespaces when the platform allows and we are
-    not inside them already; else unchanged (the caller still seals its environment)."""
+    not inside them already; else unchanged (the caller still seals its environment).
+    `no_unix` (application code): unable to open any unix socket, inside them already too."""
     env = os.environ if env is None else env
     if already_inside(env):
-        return argv, INSIDE
+        return (nested_argv(argv, forward=forward) if no_unix else argv), \
+            APPLICATION_INSIDE if no_unix else INSIDE
     iso = probe()
     if not iso.network:
         return argv, iso
     unshare = shutil.which("unshare")
     assert unshare is not None
     allow = [*allow, *(forward or {}).values()]
+    reason = APPLICATION_REASON if no_unix else iso.reason
     return isolated_argv(argv, hide=hidden_paths(allow), root=os.geteuid() == 0,
                          unshare_path=unshare, forward=forward,
-                         read_only=read_only), Isolation(
-                             iso.level, iso.reason, tuple(forward or ()))
+                         read_only=read_only, no_unix=no_unix), Isolation(
+                             iso.level, reason, tuple(forward or ()))
 
 
 @contextlib.contextmanager
 def isolated(argv: list[str], target: ConnInfo) -> Iterator[tuple[list[str], ConnInfo,
                                                                   Isolation]]:
     """(argv, the URL to give it, the isolation) for application code that may reach
-    `target` and nothing else: network-isolated with a relay that opens only `target`'s
-    database, where the platform allows."""
+    `target` and nothing else, where the platform allows: network-isolated, unable to open
+    any unix socket, `target` on the namespace's loopback (a relay outside that opens only
+    its database; inside the drill already, its socket carried there)."""
     if already_inside():
-        yield argv, target, INSIDE
+        reach, forward = loopback_route(target, free_port())
+        yield nested_argv(argv, forward=forward), reach, APPLICATION_INSIDE
         return
     if not probe().network:
         yield argv, target, probe()
         return
     found = resolved(target)
     with Relay(found, only_database=found.dbname) as relay:
-        wrapped, iso = wrap(argv, allow=[str(relay.socket_path)])
-        yield wrapped, relay.url(), iso
+        reach, forward = loopback_route(relay.url(), relay.port)
+        wrapped, iso = wrap(argv, allow=[str(relay.socket_path)], forward=forward,
+                            no_unix=True)
+        yield wrapped, reach, replace(iso, allowed=())
+
+
+def loopback_route(target: ConnInfo, port: int) -> tuple[ConnInfo, dict[str, str]]:
+    """(`target` as application code inside reaches it, the forward that carries it): a
+    server on a unix socket is listened for on 127.0.0.1:`port` (the code can open no unix
+    socket); one on TCP is reached as it is (the namespace lets nothing else through)."""
+    host = (target.host or "").split(",")[0]
+    if not host.startswith("/"):
+        return target, {}
+    path = f"{host}/{SOCKET_PREFIX}{(target.port or '5432').split(',')[0]}"
+    return (target.with_params(host="127.0.0.1", port=str(port), hostaddr="",
+                               sslmode="disable"), {f"127.0.0.1:{port}": path})
+
+
+def free_port() -> int:
+    """A port nothing listens on in this network namespace now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def resolved(target: ConnInfo) -> ConnInfo:

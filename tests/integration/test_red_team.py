@@ -183,22 +183,76 @@ def test_a_killed_isolated_drills_sandbox_dies_with_it_and_its_directory_is_reap
     assert not workdir.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="open: covers are by path; a hard link to production's "
-                   "socket under another name, planted before the drill, is not covered "
-                   "(proposal in the red-team report)")
+SOCKET_ROUTES = """
+import socket, sys
+for name, path in (("hard link", sys.argv[1]), ("docker", "/var/run/docker.sock")):
+    try:
+        socket.socket(socket.AF_UNIX).connect(path)
+        print(name, "reached")
+    except OSError as exc:
+        print(name, "blocked", exc.errno)
+"""
+TARGET = """
+import os, psycopg
+with psycopg.connect(os.environ["DATABASE_URL"], connect_timeout=5) as conn:
+    print("target", conn.execute("SELECT current_database()").fetchone()[0])
+"""
+
+
 def test_a_hard_link_to_productions_socket_under_another_name_is_unreachable(
-    pg15: Cluster, tmp_path: Path
+    production: tuple[ConnInfo, Path], pg15: Cluster, tmp_path: Path
 ) -> None:
     """Production's socket is mode 0777: any local user may hard-link it (protected_hardlinks
-    allows a file one can read and write) under a name that is no `.s.PGSQL.*`."""
+    allows a file one can read and write) under a name nobody lists, and the Docker engine's
+    socket is another way out. Application code (`restore --migrate`'s Alembic, an
+    integration command) can open no unix socket at all, whatever its path: it reaches its
+    target on the namespace's loopback, and nothing else."""
+    prod, _ = production
     link = tmp_path / "app.sock"
     os.link(f"{pg15.socket_dir}/.s.PGSQL.{pg15.port}", link)
-    code = (f"import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect({str(link)!r})"
-            "\n    print('reached')\nexcept OSError:\n    print('blocked')\n")
-    argv, iso = isolation.wrap([sys.executable, "-c", code], env={})
-    assert iso.level == "network"
-    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
-    assert done.stdout == "blocked\n", done.stderr
+    target = make_database(pg15, rows=1)
+    with isolation.isolated([sys.executable, "-c", SOCKET_ROUTES + TARGET, str(link)],
+                            target) as (argv, reach, iso):
+        assert iso.level == "network" and "no unix socket" in iso.reason
+        assert reach.host == "127.0.0.1"
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60,
+                              env={"PATH": os.environ["PATH"], "DATABASE_URL":
+                                   reach.secret_url})
+    assert done.stdout == ("hard link blocked 13\ndocker blocked 13\n"
+                           f"target {target.dbname}\n"), done.stderr
+    # the same code without the filter reaches production through the link: the route is live
+    argv, _ = isolation.wrap([sys.executable, "-c", SOCKET_ROUTES, str(link)], env={})
+    live = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+    assert live.stdout.splitlines()[0] == "hard link reached", live.stderr
+
+
+def test_an_integration_command_in_a_drill_opens_no_unix_socket_but_reaches_the_sandbox(
+    production: tuple[ConnInfo, Path], pg15: Cluster, chain15: toolchain.Toolchain,
+    tmp_path: Path
+) -> None:
+    """Inside a drill (its pytest child in the namespaces already): the integration command,
+    holding production's password, writes through a hard link to production's socket named
+    as libpq looks for one; refused at the socket, production's rows unchanged, while the
+    sandbox answers on its loopback."""
+    prod, path = production
+    links = tmp_path / "links"
+    links.mkdir()
+    os.link(f"{pg15.socket_dir}/.s.PGSQL.{pg15.port}", links / f".s.PGSQL.{pg15.port}")
+    psql = chain15.tool("psql")
+    script = tmp_path / "integration.sh"
+    script.write_text(
+        f"#!/bin/sh\nPGPASSWORD={prod.password} {psql} -h {links} -p {pg15.port} -U postgres "
+        f"-d {prod.dbname} -c \"{INSERT}\" 2>&1 | grep -o 'Permission denied' | head -1\n"
+        f"{psql} \"$DATABASE_URL\" -tAc 'SELECT count(*) FROM accounts'\n")
+    script.chmod(0o755)
+    before = fingerprint(prod)
+    with db.connect(prod) as conn:  # the backup's rows, which the sandbox holds
+        rows = conn.execute("SELECT count(*) FROM accounts").fetchone()[0]
+    done, result = _drill(path, tmp_path, "--integration-cmd", str(script), url=prod, env={})
+    assert result, done.stderr
+    assert result["isolation"]["level"] == "network"
+    assert result["integration"]["output_tail"] == f"Permission denied\n{rows}"
+    assert fingerprint(prod) == before
 
 
 def test_application_code_cannot_delete_the_backup_being_drilled(

@@ -118,8 +118,14 @@ def test_allowed_services_are_loopback_addresses_and_never_production() -> None:
 
 def test_the_launcher_reads_its_arguments_or_refuses() -> None:
     assert isolate_exec.parse(["--hide", "/a", "--forward", "127.0.0.1:6379=/r/s.sock",
-                               "--hide", "/b", "--", "cmd", "--hide"]) == (
-        ["/a", "/b"], {"127.0.0.1:6379": "/r/s.sock"}, ["cmd", "--hide"])
+                               "--no-unix", "--hide", "/b", "--read-only", "/t", "--", "cmd",
+                               "--hide"]) == isolate_exec.Launch(
+        ["cmd", "--hide"], ["/a", "/b"], ["/t"], {"127.0.0.1:6379": "/r/s.sock"},
+        no_unix=True)
+    assert isolate_exec.parse(["--nested", "--no-unix", "--", "x"]) == isolate_exec.Launch(
+        ["x"], no_unix=True, nested=True)
+    with pytest.raises(isolate_exec.IsolationFailed, match="--nested changes no mount"):
+        isolate_exec.parse(["--nested", "--hide", "/a", "--", "x"])
     with pytest.raises(isolate_exec.IsolationFailed, match="HOST:PORT=SOCKET"):
         isolate_exec.parse(["--forward", "127.0.0.1:1", "--", "x"])
     for bad in ([], ["--hide", "/a"], ["cmd"], ["--"]):
