@@ -196,6 +196,7 @@ def run_migration(migration: Migration, target: ConnInfo) -> MigrateResult:
                                    timeout=migration.timeout_s)
         heads = _heads(result_file)
         how = iso.describe()
+        hint = isolation.failure_hint(iso, reach) if code != 0 else ""
     if migration.command and migration.ini is not None and code == 0:
         heads = script_heads(migration)  # the command's result judged against the scripts
     duration = time.monotonic() - t0
@@ -203,7 +204,7 @@ def run_migration(migration: Migration, target: ConnInfo) -> MigrateResult:
     after = current_revision(target)
     return MigrateResult(ok=code == 0, before=before, after=after, heads=heads,
                          duration_s=round(duration, 3), output=_tail(out),
-                         error="" if code == 0 else error_line(out), isolation=how,
+                         error="" if code == 0 else error_line(out) + hint, isolation=how,
                          command=migration.what, exit_code=code)
 
 

@@ -20,6 +20,7 @@ namespaces (the drill's pytest child starting application code): forwards and fi
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import os
@@ -204,15 +205,32 @@ def listen(addr: str) -> socket.socket:
     return s
 
 
-def _pipe(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while data := src.recv(65536):
-            dst.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for s in (src, dst):
-            s.close()
+def _splice(a: socket.socket, b: socket.socket) -> None:
+    """Carry bytes both ways. An end of input is passed on as one (a half close: a client
+    that sends its last message and waits for the server to hang up, as asyncpg's close
+    does, sees it hang up); an error ends both ways; the last way out closes both."""
+    left = [2]
+    lock = threading.Lock()
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            for s in (src, dst):  # wakes the other way's recv
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            src.close()
+            dst.close()
+
+    threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+    threading.Thread(target=pipe, args=(b, a), daemon=True).start()
 
 
 def _serve_forwards(listeners: list[tuple[socket.socket, str]]) -> None:
@@ -227,8 +245,7 @@ def _serve_forwards(listeners: list[tuple[socket.socket, str]]) -> None:
                 client.close()
                 up.close()
                 continue
-            threading.Thread(target=_pipe, args=(client, up), daemon=True).start()
-            threading.Thread(target=_pipe, args=(up, client), daemon=True).start()
+            _splice(client, up)
 
     threads = [threading.Thread(target=accept, args=pair, daemon=True) for pair in listeners]
     for t in threads:

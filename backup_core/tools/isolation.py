@@ -323,6 +323,15 @@ def isolated(argv: list[str], target: ConnInfo) -> Iterator[tuple[list[str], Con
         yield wrapped, reach, replace(iso, allowed=())
 
 
+def failure_hint(iso: Isolation, reach: ConnInfo) -> str:
+    """What to add to application code's failure when isolation may be its cause: a
+    connection it makes elsewhere fails with the driver's words, which rarely say why."""
+    if not iso.network:
+        return ""
+    return (f" (it ran isolated: only the target is reachable, at {reach.host}:{reach.port}, "
+            "and no unix socket can be opened)")
+
+
 def loopback_route(target: ConnInfo, port: int) -> tuple[ConnInfo, dict[str, str]]:
     """(`target` as application code inside reaches it, the forward that carries it): a
     server on a unix socket is listened for on 127.0.0.1:`port` (the code can open no unix
@@ -331,8 +340,10 @@ def loopback_route(target: ConnInfo, port: int) -> tuple[ConnInfo, dict[str, str
     if not host.startswith("/"):
         return target, {}
     path = f"{host}/{SOCKET_PREFIX}{(target.port or '5432').split(',')[0]}"
-    return (target.with_params(host="127.0.0.1", port=str(port), hostaddr="",
-                               sslmode="disable"), {f"127.0.0.1:{port}": path})
+    # no sslmode: the relay and a server on its socket both answer a TLS request with "no",
+    # and a URL naming it is refused by drivers that are not libpq (SQLAlchemy's asyncpg)
+    return (target.with_params(host="127.0.0.1", port=str(port), hostaddr="", sslmode=""),
+            {f"127.0.0.1:{port}": path})
 
 
 def free_port() -> int:

@@ -185,6 +185,8 @@ class Relay:
         with self._lock:
             for s in socks:
                 self._open.discard(s)
+                with contextlib.suppress(OSError):  # a FIN now, though another thread is
+                    s.shutdown(socket.SHUT_RDWR)  # still in recv on it (close alone waits)
                 with contextlib.suppress(OSError):
                     s.close()
 
