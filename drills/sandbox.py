@@ -188,8 +188,12 @@ def _local(source_major: int, chains: list[toolchain.Toolchain],
     t0 = time.monotonic()
     chain = toolchain.for_server(source_major, chains)
     initdb = cluster_locale(locale, machine_locales())
-    with Cluster(chain, settings={} if faithful else dict(FAST_SETTINGS),
-                 locale=initdb) as cluster:
+    # inside the drill's namespaces: sealed, on the namespace's own loopback (nothing the
+    # restored database runs, as its superuser can, opens a socket of the host)
+    sealed = isolation.already_inside()
+    with Cluster(chain, settings={} if faithful else dict(FAST_SETTINGS), locale=initdb,
+                 sealed=sealed, password=secrets.token_urlsafe(18) if sealed else ""
+                 ) as cluster:
         yield _finish(cluster.url(), "local", t0, chain, locale=locale)
 
 

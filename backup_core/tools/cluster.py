@@ -175,7 +175,10 @@ class Cluster:
     """Context manager: a running cluster on entry, stopped and deleted on exit (Ctrl-C too).
 
     With `tcp=False` the server opens no TCP port and listens on a unix socket inside its
-    temporary directory. A `password` enables scram authentication for TCP clients.
+    temporary directory. A `password` enables scram authentication for TCP clients. `sealed`
+    (a sandbox inside the drill's network namespace, whose loopback is its own): the server
+    can open no unix socket, its own included, so nothing run through it (dblink, a foreign
+    server, COPY TO PROGRAM) reaches a socket of the host; it listens on TCP only.
     """
 
     toolchain: Toolchain
@@ -191,6 +194,7 @@ class Cluster:
     env: dict[str, str] = field(default_factory=dict)  # for the server (its restore_command)
     runner: Runner = run  # every program the cluster runs goes through it
     locale: str = "C"  # initdb's; a local sandbox takes production's where the machine has it
+    sealed: bool = False
     workdir: Path | None = field(default=None, init=False)
     port: int = field(default=5432, init=False)
     _running: bool = field(default=False, init=False)
@@ -246,8 +250,10 @@ class Cluster:
         self.toolchain = servable(self.toolchain, run_as, runner=self.runner)
         self._make_workdir(run_as)
         self._fill_datadir(run_as)
+        self.tcp = self.tcp or self.sealed
         self.port = free_port() if self.tcp else 5432
-        conf = server_conf(port=self.port, tcp=self.tcp, socket_dir=self.socket_dir,
+        conf = server_conf(port=self.port, tcp=self.tcp,
+                           socket_dir=None if self.sealed else self.socket_dir,
                            settings=self.settings,
                            hba_file=(self.datadir / "pg_hba.conf"
                                      if self.populate is not None else None))
@@ -290,6 +296,7 @@ class Cluster:
                                   timeout=self.start_timeout),
                 what="pg_ctl start", run_as=run_as, cwd=self.workdir,
                 timeout=self.start_timeout + 30, env=self.env,
+                **({"no_unix": True} if self.sealed else {}),
             )
         except CommandFailed as exc:
             raise CommandFailed(
@@ -351,14 +358,14 @@ class Cluster:
             self._record = None
 
 
-def server_conf(*, port: int, tcp: bool, socket_dir: Path, settings: Mapping[str, str],
+def server_conf(*, port: int, tcp: bool, socket_dir: Path | None, settings: Mapping[str, str],
                 hba_file: Path | None) -> dict[str, str]:
     """The lines appended to the cluster's postgresql.conf: loopback TCP or no TCP at all,
     our socket directory, then the caller's settings (quoted as the file wants them)."""
     conf = {
         "listen_addresses": "'127.0.0.1'" if tcp else "''",
         "port": str(port),
-        "unix_socket_directories": f"'{socket_dir}'",
+        "unix_socket_directories": f"'{socket_dir or ''}'",
         "logging_collector": "off",
         "max_connections": "50",
         **{k: _quote_setting(v) for k, v in settings.items()},

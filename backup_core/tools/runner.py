@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
-from backup_core.tools import childenv
+from backup_core.tools import childenv, seccomp
 from backup_core.tools.conninfo import redact
 from backup_core.tools.errors import CommandFailed, ToolchainError
 
@@ -64,6 +64,7 @@ class Runner(Protocol):
         timeout: float | None = None,
         run_as: str | None = None,
         cwd: Path | None = None,
+        no_unix: bool = False,
     ) -> Completed: ...
 
 
@@ -81,8 +82,11 @@ def run(
     timeout: float | None = None,
     run_as: str | None = None,
     cwd: Path | None = None,
+    no_unix: bool = False,
 ) -> Completed:
-    """Run `argv` to completion; on failure raise `CommandFailed` carrying the tool's stderr."""
+    """Run `argv` to completion; on failure raise `CommandFailed` carrying the tool's stderr.
+    `no_unix`: it, and all it starts, can open no unix socket (`seccomp`; a server sealed so
+    has no route of its own, dblink's or COPY TO PROGRAM's, to a socket of the host)."""
     args = [str(a) for a in argv]
     log.debug("run %s", redact(" ".join(args)))
     uid, gid, groups = demote_ids(run_as)
@@ -100,6 +104,7 @@ def run(
             user=uid,
             group=gid,
             extra_groups=groups,
+            preexec_fn=seccomp.deny_unix_sockets if no_unix else None,
         )
     except FileNotFoundError as exc:
         raise _not_found(what, args[0]) from exc

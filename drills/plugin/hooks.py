@@ -5,8 +5,10 @@ collected: the built-in ones, the user's own, and nothing of the project's test 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import pytest
 from backup_core.reading import guard
 from backup_core.store import catalog
 from backup_core.store.catalog import Backup
-from backup_core.tools import appenv, isolation, masking, toolchain
+from backup_core.tools import appenv, isolation, masking, seccomp, toolchain
 from backup_core.tools.conninfo import detach_libpq_environment, redact
 from backup_core.tools.errors import AtbError, ConfigError
 from drills import observer, pick, sandbox
@@ -136,6 +138,42 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = [i for i in items if i not in dropped]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Your own check, in a drill whose sandbox is a local server on the namespace's own
+    loopback: run in a thread that can open no unix socket (a seccomp filter binds one
+    thread and what it starts; atb's own work in the main thread keeps its sockets)."""
+    state = pyfuncitem.config.stash.get(STATE, None)
+    if state is None or not sealed_checks(state) or inspect.iscoroutinefunction(
+            pyfuncitem.obj) or Path(str(pyfuncitem.path)).resolve() == checks_module(
+                state.options).resolve():
+        return None
+    args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    raised: list[BaseException] = []
+
+    def check() -> None:
+        try:
+            seccomp.deny_unix_sockets()
+            pyfuncitem.obj(**args)
+        except BaseException as exc:  # pytest's outcomes (skip, fail) are BaseExceptions
+            raised.append(exc)
+
+    worker = threading.Thread(target=check, name=f"atb-check-{pyfuncitem.name}")
+    worker.start()
+    worker.join()
+    if raised:
+        raise raised[0]
+    return True
+
+
+def sealed_checks(state: DrillState) -> bool:
+    """Your checks run sealed where the sandbox is reached on the loopback: a local server
+    inside the drill's namespaces (sealed itself). A docker or shared server is reached by
+    a socket, so there they run network-isolated only, as the report says."""
+    return (state.sandbox is not None and state.sandbox.provider == "local"
+            and isolation.already_inside())
 
 
 def checks_module(options: DrillOptions) -> Path:

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -200,14 +203,13 @@ with psycopg.connect(os.environ["DATABASE_URL"], connect_timeout=5) as conn:
 
 
 def test_a_hard_link_to_productions_socket_under_another_name_is_unreachable(
-    production: tuple[ConnInfo, Path], pg15: Cluster, tmp_path: Path
+    pg15: Cluster, tmp_path: Path
 ) -> None:
     """Production's socket is mode 0777: any local user may hard-link it (protected_hardlinks
     allows a file one can read and write) under a name nobody lists, and the Docker engine's
     socket is another way out. Application code (`restore --migrate`'s Alembic, an
     integration command) can open no unix socket at all, whatever its path: it reaches its
     target on the namespace's loopback, and nothing else."""
-    prod, _ = production
     link = tmp_path / "app.sock"
     os.link(f"{pg15.socket_dir}/.s.PGSQL.{pg15.port}", link)
     target = make_database(pg15, rows=1)
@@ -357,3 +359,78 @@ def test_verify_of_a_fifo_named_like_a_backup_says_what_it_is_and_never_hangs(
     done = atb("db", "verify", str(fifo), env={"BACKUP_DIR": str(tmp_path)}, timeout=30)
     assert (done.returncode, done.stdout) == (1, f"FAIL {fifo}: exists: not a regular file\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == [fifo.name]  # nothing recorded
+
+
+def test_the_sandbox_server_itself_opens_no_socket_of_the_host(
+    production: tuple[ConnInfo, Path], pg15: Cluster, chain15: toolchain.Toolchain,
+    tmp_path: Path
+) -> None:
+    """The integration command is the local sandbox's superuser: `COPY ... TO PROGRAM` runs
+    a program as the server, outside the command's own filter. The sandbox server is sealed
+    too (it listens on the namespace's loopback, and opens no unix socket): the program's
+    connection to production's socket, by a hard link where the server's user can reach it,
+    is refused; production's rows are unchanged."""
+    prod, path = production
+    links = Path(tempfile.mkdtemp(prefix="atb-red-links-", dir=pg15.socket_dir.parent.parent))
+    try:
+        links.chmod(0o755)
+        os.link(f"{pg15.socket_dir}/.s.PGSQL.{pg15.port}", links / f".s.PGSQL.{pg15.port}")
+        psql = chain15.tool("psql")
+        program = (f"{psql} -h {links} -p {pg15.port} -U postgres -d {prod.dbname} "
+                   f"-c \"{INSERT}\"")
+        copy = "COPY (SELECT 1) TO PROGRAM '" + program.replace("'", "''") + "'"
+        script = tmp_path / "integration.sh"
+        script.write_text(f"#!/bin/sh\n{psql} \"$DATABASE_URL\" -v ON_ERROR_STOP=1 -c "
+                          f"{shlex.quote(copy)} 2>&1 | grep -o 'exited with exit code 2'\n")
+        script.chmod(0o755)
+        before = fingerprint(prod)
+        done, result = _drill(path, tmp_path, "--integration-cmd", str(script), url=prod,
+                              env={})
+    finally:
+        shutil.rmtree(links, ignore_errors=True)
+    assert result, done.stderr
+    assert result["integration"]["output_tail"] == "exited with exit code 2"
+    assert fingerprint(prod) == before
+
+
+USER_CHECK = '''
+import socket
+
+import psycopg
+import pytest
+
+pytestmark = pytest.mark.drill
+
+
+def test_a_check_that_reaches_for_production(drill_url):
+    """Written as a careless operator would: production's socket by a hard link."""
+    try:
+        socket.socket(socket.AF_UNIX).connect(%r)
+        reached = "reached"
+    except OSError as exc:
+        reached = f"blocked {exc.errno}"
+    with psycopg.connect(drill_url.conninfo, **dict(drill_url.secrets)) as conn:
+        rows = conn.execute("SELECT count(*) FROM accounts").fetchone()[0]
+    assert (reached, rows) == ("blocked 13", %d)
+'''
+
+
+def test_your_own_checks_open_no_unix_socket_but_reach_the_copy(
+    production: tuple[ConnInfo, Path], pg15: Cluster, tmp_path: Path
+) -> None:
+    """Your checks run in the drill's pytest process, beside atb's own work: each runs in a
+    thread of its own that can open no unix socket, where the local sandbox answers on the
+    namespace's loopback."""
+    prod, path = production
+    link = tmp_path / "app.sock"
+    os.link(f"{pg15.socket_dir}/.s.PGSQL.{pg15.port}", link)
+    with db.connect(prod) as conn:
+        rows = conn.execute("SELECT count(*) FROM accounts").fetchone()[0]
+    checks = tmp_path / "checks" / "test_reach.py"
+    checks.parent.mkdir()
+    checks.write_text(USER_CHECK % (str(link), rows))
+    done, result = _drill(path, tmp_path, "--checks", str(checks.parent), url=prod, env={})
+    assert result, done.stderr
+    mine = next(c for c in result["checks"]
+                if c["name"] == "test_a_check_that_reaches_for_production")
+    assert (mine["outcome"], mine["message"]) == ("passed", "")
