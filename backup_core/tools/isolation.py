@@ -186,7 +186,8 @@ def probe() -> Isolation:
         return Isolation(ENVIRONMENT_ONLY, f"the namespaces cannot be made {how}: {why}")
     return Isolation(NETWORK, "new network and mount namespaces: only the sandbox is "
                               "reachable; the host's PostgreSQL sockets, pgpass and service "
-                              "files are hidden")
+                              "files are hidden, and application code can open no unix "
+                              "socket")
 
 
 def listening_pg_sockets(table: str) -> list[str]:

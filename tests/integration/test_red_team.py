@@ -434,3 +434,55 @@ def test_your_own_checks_open_no_unix_socket_but_reach_the_copy(
     mine = next(c for c in result["checks"]
                 if c["name"] == "test_a_check_that_reaches_for_production")
     assert (mine["outcome"], mine["message"]) == ("passed", "")
+
+
+NOBODY_CHECKS = '''
+import ctypes, os, socket, sys
+print("hidden", open(sys.argv[1]).read() == "")
+try:
+    socket.socket(socket.AF_UNIX)
+    print("unix open")
+except OSError as exc:
+    print("unix", exc.errno)
+try:
+    socket.create_connection(("127.0.0.1", int(sys.argv[2])), timeout=5)
+    print("tcp open")
+except OSError as exc:
+    print("tcp", exc.errno)
+libc = ctypes.CDLL(None, use_errno=True)
+print("umount", libc.umount2(sys.argv[1].encode(), 0), ctypes.get_errno())
+print("uid", os.getuid())
+'''
+
+
+def test_isolation_holds_without_root_through_a_user_namespace(pg15: Cluster) -> None:
+    """An operator who is not root: the launcher makes its namespaces through a user
+    namespace (run here as `nobody`, with the system's Python and only the launcher's two
+    modules). A covered file reads empty, no unix socket opens, production's TCP port is
+    unreachable, and the command cannot unmount the cover (its capabilities are dropped)."""
+    if shutil.which("setpriv") is None or not Path("/usr/bin/python3").exists():
+        pytest.skip("needs setpriv and a system python3")
+    work = Path(tempfile.mkdtemp(prefix="atb-nobody-", dir="/tmp"))
+    try:
+        work.chmod(0o755)
+        package = work / "backup_core" / "tools"
+        package.mkdir(parents=True)
+        root = Path(__file__).resolve().parents[2] / "backup_core"
+        for rel in ("__init__.py", "tools/__init__.py", "tools/isolate_exec.py",
+                    "tools/seccomp.py"):
+            (work / "backup_core" / rel).write_bytes((root / rel).read_bytes())
+        secret = work / "pgpass"
+        secret.write_text("*:*:*:*:production-password\n")
+        secret.chmod(0o644)
+        argv = isolation.isolated_argv(
+            ["/usr/bin/python3", "-c", NOBODY_CHECKS, str(secret), str(pg15.port)],
+            hide=[str(secret)], root=False, unshare_path=shutil.which("unshare") or "unshare",
+            no_unix=True)
+        argv[argv.index(sys.executable)] = "/usr/bin/python3"
+        done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                               *argv], capture_output=True, text=True, check=False, timeout=60,
+                              cwd=work, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(work)})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    assert done.stdout == "hidden True\nunix 13\ntcp 111\numount -1 1\nuid 65534\n", \
+        done.stdout + done.stderr
