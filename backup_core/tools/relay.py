@@ -91,6 +91,31 @@ def error_response(message: str, *, code: str = "28000") -> bytes:
     return b"E" + struct.pack("!i", len(body) + 4) + body
 
 
+AUTH_SASL = 10
+
+
+def read_message(sock: socket.socket) -> bytes:
+    """One message of the server's: its type byte, length and body."""
+    head = _recv_exactly(sock, 5)
+    (length,) = struct.unpack("!i", head[1:])
+    if not 4 <= length <= MAX_STARTUP:
+        raise ValueError(f"a server message of {length} bytes")
+    return head + _recv_exactly(sock, length - 4)
+
+
+def without_channel_binding(message: bytes) -> bytes:
+    """The server's SASL offer with the `-PLUS` mechanisms taken out: over TLS the server
+    offers channel binding, which the client, on the relay's local socket, would have to
+    bind to a TLS session it does not have (libpq refuses the offer outright). Plain
+    SCRAM-SHA-256 is still the server's own, answered by the client's password."""
+    if message[:1] != b"R" or len(message) < 9 or struct.unpack(
+            "!i", message[5:9])[0] != AUTH_SASL:
+        return message
+    names = [n for n in message[9:].split(b"\0") if n and not n.endswith(b"-PLUS")]
+    body = struct.pack("!i", AUTH_SASL) + b"".join(n + b"\0" for n in names) + b"\0"
+    return b"R" + struct.pack("!i", len(body) + 4) + body
+
+
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     data = b""
     while len(data) < n:
@@ -216,15 +241,20 @@ class Relay:
         mode = self.upstream.get("sslmode")
         if mode not in TLS_MODES or up.family == socket.AF_UNIX:
             return up
-        up.sendall(struct.pack("!ii", 8, SSL_REQUEST))
-        if _recv_exactly(up, 1) != b"S":
-            raise ConnectionFailed("the server refused TLS, which the target's sslmode needs")
-        ctx = ssl.create_default_context(cafile=self.upstream.get("sslrootcert") or None)
-        if mode != "verify-full":
-            ctx.check_hostname = False
-        if mode == "require" and not self.upstream.get("sslrootcert"):
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx.wrap_socket(up, server_hostname=self.upstream.host.split(",")[0])
+        try:
+            up.sendall(struct.pack("!ii", 8, SSL_REQUEST))
+            if _recv_exactly(up, 1) != b"S":
+                raise ConnectionFailed("the server refused TLS, which the target's sslmode "
+                                       "needs")
+            ctx = ssl.create_default_context(cafile=self.upstream.get("sslrootcert") or None)
+            if mode != "verify-full":
+                ctx.check_hostname = False
+            if mode == "require" and not self.upstream.get("sslrootcert"):
+                ctx.verify_mode = ssl.CERT_NONE
+            return ctx.wrap_socket(up, server_hostname=self.upstream.host.split(",")[0])
+        except BaseException:  # refused or not verified: nothing of the session was sent
+            self._drop(up)
+            raise
 
     def _serve(self, client: socket.socket) -> None:
         up: socket.socket | None = None
@@ -263,9 +293,16 @@ class Relay:
             up.settimeout(None)
             client.settimeout(None)
             up.sendall(packet)
+            if isinstance(up, ssl.SSLSocket):  # the client sees a local socket, not TLS
+                client.sendall(without_channel_binding(read_message(up)))
             threading.Thread(target=self._pipe, args=(up, client), daemon=True).start()
             self._pipe(client, up)
-        except (OSError, ValueError, ConnectionFailed):
+        except (ssl.SSLError, ConnectionFailed) as exc:  # said to the client, as a server
+            if up is None:  # would: not a closed socket to guess about
+                with contextlib.suppress(OSError):
+                    client.sendall(error_response(f"atb: the relay cannot reach the target: "
+                                                  f"{exc}", code="08001"))
+        except (OSError, ValueError):
             pass
         finally:
             if up is None:
