@@ -4,8 +4,11 @@ own) and a new mount namespace in which every PostgreSQL socket of the host and 
 password and service files are covered by /dev/null.
 
 That removes production as a class, not route by route: whatever URL, variable, `.env` file,
-service name or hard-coded socket the code uses, nothing outside answers. The sandbox is
-let in through its own socket (a local cluster started inside, or a `Relay`). Where the
+service name or hard-coded socket the code uses, nothing outside answers. Application code
+(Alembic, the integration command) also runs under a seccomp filter that lets it open no
+unix socket at all (`seccomp`): a socket reached by a name nobody covered (a hard link, a
+bind mount, the Docker engine's) is closed to it too. It reaches its target on the
+namespace's own loopback, forwarded to a `Relay` outside or the sandbox's socket inside. Where the
 platform cannot do this (not Linux, no `unshare`, no privileges, `ATB_ISOLATION=off`), the
 drill says so and the child still gets a sealed environment (see `childenv`).
 """
@@ -25,6 +28,7 @@ from functools import cache
 from pathlib import Path
 
 from backup_core.tools import db
+from backup_core.tools.cluster import free_port
 from backup_core.tools.conninfo import ConnInfo, ambient_env
 from backup_core.tools.errors import AtbError, ConfigError
 from backup_core.tools.relay import Relay
@@ -345,13 +349,6 @@ def loopback_route(target: ConnInfo, port: int) -> tuple[ConnInfo, dict[str, str
     # and a URL naming it is refused by drivers that are not libpq (SQLAlchemy's asyncpg)
     return (target.with_params(host="127.0.0.1", port=str(port), hostaddr="", sslmode=""),
             {f"127.0.0.1:{port}": path})
-
-
-def free_port() -> int:
-    """A port nothing listens on in this network namespace now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def resolved(target: ConnInfo) -> ConnInfo:
