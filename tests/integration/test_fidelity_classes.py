@@ -259,7 +259,8 @@ def test_production_locale_the_sandbox_lacks_is_incomplete_before_restoring(
 def test_a_sql_ascii_server_answers_in_text_and_a_sandbox_takes_its_encoding(
         pg15: Cluster) -> None:
     """psycopg returns bytes for text from a SQL_ASCII database (`role b'postgres'`): every
-    connection atb opens asks for UTF-8 on the wire, so catalog names come back as text."""
+    connection atb opens to one asks for LATIN1 on the wire (one character per byte), so
+    catalog names and values come back as text, each byte as it was written."""
     from drills import sandbox
 
     name = f"ascii_{os.getpid()}"
@@ -327,3 +328,48 @@ def test_a_parallel_restore_names_the_table_whose_data_is_damaged(
                       env={"ATB_TARGET_URL": target.secret_url})
     assert done.returncode == 5
     assert "(in the data of table public.system_events)" in done.stderr, done.stderr
+
+
+LATIN1 = """
+CREATE TABLE "caf\u00e9" (id int PRIMARY KEY, name text, "pr\u00e9nom" varchar(20));
+COMMENT ON TABLE "caf\u00e9" IS 'menu du caf\u00e9';
+INSERT INTO "caf\u00e9" SELECT g, 'caf\u00e9 ' || g, 'Ren\u00e9e' FROM generate_series(1, 20) g;
+CREATE VIEW "cr\u00e8me" AS SELECT name FROM "caf\u00e9" WHERE name LIKE 'caf\u00e9%';
+"""
+
+
+def test_a_sql_ascii_database_holding_latin1_bytes_drills_byte_for_byte(
+        pg15: Cluster, tmp_path: Path) -> None:
+    """A SQL_ASCII database stores bytes, not characters: latin-1 'caf\\xe9' in a value, a
+    table's name and a comment is not UTF-8. atb reads such a database one character per
+    byte, so the backup records and the drill compares the bytes themselves."""
+    name = f"latin_{os.getpid()}"
+    with db.connect(pg15.url(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE template0 ENCODING SQL_ASCII "
+                     "LOCALE 'C'")
+    info = pg15.url(name)
+    with db.connect(info, autocommit=True, client_encoding="LATIN1") as conn:
+        conn.execute(LATIN1)  # latin-1 on the wire, stored as is: byte 0xe9
+        raw = conn.execute("SELECT convert_to(name, 'SQL_ASCII') FROM \"caf\u00e9\" "
+                           "WHERE id = 1").fetchone()
+    assert raw is not None and bytes(raw[0]) == b"caf\xe9 1"
+    path = create_backup(info, tmp_path / "backups").path
+    m = read_manifest(manifest_path(path))
+    assert m.row_counts == {"public.caf\u00e9": 20}
+    assert m.definitions["comment table public.\"caf\u00e9\""] == "menu du caf\u00e9"
+    assert m.definitions["database encoding"] == "SQL_ASCII"
+    done, result = drill("--backup", str(path), "--schedule", "1d", "--no-record",
+                         backup_dir=tmp_path / "backups", report_dir=tmp_path / "r")
+    assert "Traceback" not in done.stderr
+    failed = {c["name"]: c["message"][:300] for c in result["checks"]
+              if c["outcome"] == "failed"}
+    assert failed == {}, done.stderr
+    assert (done.returncode, result["verdict"]) == (10, "INCOMPLETE")  # no heartbeat, app
+    assert set(result["not_run"]) == OPTIONAL, result["not_run"]
+    assert outcome(result, "test_every_table_has_its_backup_time_content")["evidence"] == [
+        "1 table, 20 rows: content checksums compared"]
+    archive = outcome(result, ARCHIVE)
+    assert archive["outcome"] == "passed" and archive["evidence"][0] == \
+        f"{m.toc_entries} of {m.toc_entries} archive entries looked up in the restored database"
+    assert outcome(result, LOCALE)["evidence"][0] == \
+        "sandbox database: SQL_ASCII, collate C, ctype C, libc"
