@@ -387,14 +387,25 @@ def test_indexes_are_valid(findings: Findings, drill_conditions: dict[str, list[
                               f"{'is' if len(bad) == 1 else 'are'} invalid")
 
 
-def test_foreign_keys_hold_for_every_row(findings: Findings,
+def test_foreign_keys_hold_for_every_row(drill: DrillState, findings: Findings,
                                         drill_conditions: dict[str, list[str]],
                                         drill_final_url: ConnInfo, evidence: Evidence) -> None:
     """Every referencing row must find its parent: orphans mean rows were lost or the dump
-    was inconsistent."""
+    was inconsistent. A foreign key the restore added valid was checked on every row by
+    PostgreSQL then (`ADD CONSTRAINT` scans the table; `--exit-on-error` stops at an
+    orphan), so it is read again only when application code (a migration) has run since;
+    keys restored `NOT VALID` are always checked row by row."""
+    migrated = drill.alembic is not None
     with db.connect(drill_final_url) as conn:
-        checked, problems = probes.foreign_key_violations(conn)
-    evidence.add(f"{plural(checked, 'foreign key')} checked row by row")
+        row = conn.execute("SELECT count(*) FROM pg_constraint WHERE contype = 'f'").fetchone()
+        checked, problems = probes.foreign_key_violations(conn, only_not_valid=not migrated)
+    total = int(row[0]) if row else 0
+    if migrated:
+        evidence.add(f"{plural(checked, 'foreign key')} checked row by row (after the "
+                     "migration)")
+    else:
+        evidence.add(f"{plural(total, 'foreign key')}: {total - checked} validated on every "
+                     f"row by the restore itself, {checked} NOT VALID checked row by row")
     _judge_against_production(findings, drill_conditions, "foreign_keys", problems,
                               f"{plural(len(problems), 'foreign key')} "
                               f"{'does' if len(problems) == 1 else 'do'} not hold")
