@@ -48,6 +48,11 @@ INSERT INTO tenants_data(tenant, body, doc)
 CREATE TABLE audit.log (id bigserial PRIMARY KEY, at timestamptz DEFAULT now(), what text,
                         a int, b int);
 INSERT INTO audit.log(what, a, b) SELECT 'e' || g, g % 7, g % 5 FROM generate_series(1, 50) g;
+CREATE TABLE audit.codes (id int PRIMARY KEY);
+INSERT INTO audit.codes SELECT generate_series(0, 6);
+ALTER TABLE audit.log ADD CONSTRAINT log_a_fk FOREIGN KEY (a) REFERENCES audit.codes;
+INSERT INTO audit.log(what, a, b) VALUES ('orphan', 0, 42);
+ALTER TABLE audit.log ADD CONSTRAINT log_b_fk FOREIGN KEY (b) REFERENCES audit.codes NOT VALID;
 ALTER TABLE audit.log ENABLE ROW LEVEL SECURITY;
 CREATE POLICY auditors ON audit.log FOR SELECT USING (a >= 0);
 CREATE STATISTICS audit.log_ab (dependencies, ndistinct) ON a, b FROM audit.log;
@@ -169,6 +174,13 @@ def test_every_object_class_drills_clean_with_no_false_alarm(
         "sandbox database: UTF8, collate C.utf8, ctype C.utf8, icu locale en-US",
         "production at backup time: UTF8, collate C.utf8, ctype C.utf8, icu locale en-US "
         f"(PostgreSQL {m.server_version})"]
+    # the restore validated log_a_fk on every row; log_b_fk, NOT VALID in production with
+    # an orphan there, is read row by row and found as production had it
+    keys = outcome(result, "test_foreign_keys_hold_for_every_row")
+    assert keys["evidence"] == ["2 foreign keys: 1 validated on every row by the restore "
+                                "itself, 1 NOT VALID checked row by row"]
+    assert keys["outcome"] == "finding"
+    assert "audit.log.log_b_fk: 1 rows without a parent in audit.codes" in keys["message"]
     archive = outcome(result, ARCHIVE)
     assert archive["outcome"] == "passed", archive["message"]
     entries = run(pg_restore_list_argv(toolchain.for_dump(15, toolchain.discover()), path),
