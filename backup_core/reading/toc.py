@@ -139,13 +139,15 @@ _LARGE_OBJECTS_SQL = """
 def database_codec(conn: psycopg.Connection[Any]) -> str:
     """The Python codec of the bytes the database stores (and pg_dump writes): a SQL_ASCII
     database's bytes are read one character per byte (LATIN1 on the wire, see db.connect)."""
+    name = conn.info.parameter_status("server_encoding") or "UTF8"
+    return "latin-1" if name == "SQL_ASCII" else _codec(name)
+
+
+def _codec(encoding: str) -> str:
     from psycopg._encodings import pg2pyenc
 
-    name = conn.info.parameter_status("server_encoding") or "UTF8"
-    if name == "SQL_ASCII":
-        return "latin-1"
     try:
-        return pg2pyenc(name.encode())
+        return pg2pyenc(encoding.encode())
     except psycopg.NotSupportedError:
         return "utf-8"
 
@@ -216,14 +218,16 @@ def lacking(entries: list[TocEntry], inventory: dict[str, Any],
             definitions: dict[str, str]) -> list[str]:
     """Schemas and extensions production had at backup time (the manifest's inventory and
     definitions) for which the archive has no entry: what a restore error deep in some
-    index or table really comes from."""
+    index or table really comes from. Names compare as the listing shows their bytes."""
+    encoding = definitions.get("database encoding", "UTF8")
+    codec = "latin-1" if encoding == "SQL_ASCII" else _codec(encoding)
     have = {(e.desc, e.tag) for e in entries}
     found = [f"schema {s}" for s in sorted(inventory)
-             if s != "public" and ("SCHEMA", s) not in have]
+             if s != "public" and ("SCHEMA", as_listed(s, codec)) not in have]
     for key in sorted(definitions):
         if key.startswith("extension "):
             name = _unquoted(key[len("extension "):])
-            if ("EXTENSION", name) not in have:
+            if ("EXTENSION", as_listed(name, codec)) not in have:
                 found.append(f"extension {name}")
     return found
 

@@ -102,3 +102,13 @@ def test_a_catalog_name_is_compared_as_the_listing_shows_its_bytes() -> None:
     assert toc.as_listed("caf\u00c3\u00a9", "latin-1") == "caf\u00e9"  # UTF-8 bytes
     assert toc.as_listed("caf\u00e9", "utf-8") == "caf\u00e9"
     assert toc.as_listed("cafe", "latin-1") != listed
+
+
+def test_a_schema_the_archive_lacks_is_named_whatever_its_bytes() -> None:
+    """A SQL_ASCII production's schema `caf\\xe9` is listed by pg_restore as its bytes: found
+    when the archive has it, named when it does not."""
+    listing = toc.parse_listing("5; 2615 16390 SCHEMA - caf\ufffd postgres\n")
+    recorded = {"database encoding": "SQL_ASCII"}
+    inv = {"caf\u00e9": {"tables": ["t"]}, "audit": {"tables": ["log"]}}
+    assert toc.lacking(listing, inv, recorded) == ["schema audit"]
+    assert toc.lacking([], inv, recorded) == ["schema audit", "schema caf\u00e9"]
