@@ -6,6 +6,7 @@ matters, and a failure shows what was expected, what was found, and the tool's o
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -420,7 +421,8 @@ def test_amcheck_finds_no_corruption(drill_final_url: ConnInfo, drill_sandbox: S
     if chain is None or not chain.has("pg_amcheck"):
         pytest.skip("no pg_amcheck in the sandbox's toolchain")
     with childenv.for_tool(drill_sandbox.for_tools) as (conninfo, tool_env):
-        done = run(pg_amcheck_argv(chain, conninfo), what="pg_amcheck", env=tool_env,
+        done = run(pg_amcheck_argv(chain, conninfo, jobs=min(4, os.cpu_count() or 1)),
+                   what="pg_amcheck", env=tool_env,
                    check=False, timeout=3600)
     if "permission denied to create extension" in done.stderr:
         pytest.skip("pg_amcheck needs the amcheck extension, which only a superuser of the "
