@@ -346,6 +346,7 @@ LATIN1 = """
 CREATE TABLE "caf\u00e9" (id int PRIMARY KEY, name text, "pr\u00e9nom" varchar(20));
 COMMENT ON TABLE "caf\u00e9" IS 'menu du caf\u00e9';
 INSERT INTO "caf\u00e9" SELECT g, 'caf\u00e9 ' || g, 'Ren\u00e9e' FROM generate_series(1, 20) g;
+CREATE TABLE menu (id int);
 CREATE VIEW "cr\u00e8me" AS SELECT name FROM "caf\u00e9" WHERE name LIKE 'caf\u00e9%';
 """
 
@@ -365,10 +366,14 @@ def test_a_sql_ascii_database_holding_latin1_bytes_drills_byte_for_byte(
         raw = conn.execute("SELECT convert_to(name, 'SQL_ASCII') FROM \"caf\u00e9\" "
                            "WHERE id = 1").fetchone()
     assert raw is not None and bytes(raw[0]) == b"caf\xe9 1"
+    with db.connect(info, autocommit=True, client_encoding="UTF8") as conn:
+        conn.execute("COMMENT ON TABLE menu IS 'cr\u00e8me'")  # UTF-8 bytes c3 a8
     path = create_backup(info, tmp_path / "backups").path
     m = read_manifest(manifest_path(path))
-    assert m.row_counts == {"public.caf\u00e9": 20}
+    assert m.row_counts == {"public.caf\u00e9": 20, "public.menu": 0}
     assert m.definitions["comment table public.\"caf\u00e9\""] == "menu du caf\u00e9"
+    # one character per byte: UTF-8 \xc3\xa8 in a comment is two characters
+    assert m.definitions["comment table public.menu"] == "cr\u00c3\u00a8me"
     assert m.definitions["database encoding"] == "SQL_ASCII"
     done, result = drill("--backup", str(path), "--schedule", "1d", "--no-record",
                          backup_dir=tmp_path / "backups", report_dir=tmp_path / "r")
@@ -379,7 +384,7 @@ def test_a_sql_ascii_database_holding_latin1_bytes_drills_byte_for_byte(
     assert (done.returncode, result["verdict"]) == (10, "INCOMPLETE")  # no heartbeat, app
     assert set(result["not_run"]) == OPTIONAL, result["not_run"]
     assert outcome(result, "test_every_table_has_its_backup_time_content")["evidence"] == [
-        "1 table, 20 rows: content checksums compared"]
+        "2 tables, 20 rows: content checksums compared"]
     archive = outcome(result, ARCHIVE)
     assert archive["outcome"] == "passed" and archive["evidence"][0] == \
         f"{m.toc_entries} of {m.toc_entries} archive entries looked up in the restored database"
