@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -515,28 +516,69 @@ def table_contents(
     workers: int,
     checksums: bool,
 ) -> tuple[dict[str, int], dict[str, str]]:
-    """(row counts, content checksums) of every table, spreading tables over `workers`
-    connections. `connect` returns a connection already positioned where they must be taken
-    (for a backup: inside a transaction that imported the dump's snapshot) with its output
-    stabilised when checksums are wanted."""
+    """(row counts, content checksums) of every table, over `workers` connections that take
+    the next table as they finish one (largest first, as `user_tables` orders them: one
+    big table does not leave the others queued behind it on one connection). `connect`
+    returns a connection already positioned where they must be taken (for a backup: inside
+    a transaction that imported the dump's snapshot) with its output stabilised when
+    checksums are wanted."""
     if not tables:
         return {}, {}
     workers = max(1, min(workers, len(tables)))
-    buckets: list[list[tuple[str, str]]] = [tables[i::workers] for i in range(workers)]
+    todo = iter(tables)
+    lock = threading.Lock()
 
-    def read_bucket(bucket: list[tuple[str, str]]) -> dict[str, tuple[int, str]]:
+    def next_table() -> tuple[str, str] | None:
+        with lock:
+            return next(todo, None)
+
+    def read(_worker: int) -> dict[str, tuple[int, str]]:
+        done: dict[str, tuple[int, str]] = {}
         with connect() as conn:
-            if checksums:
-                return {qualified(s, t): count_and_checksum(conn, s, t) for s, t in bucket}
-            return {qualified(s, t): (count_rows(conn, s, t), "") for s, t in bucket}
+            while (table := next_table()) is not None:
+                s, t = table
+                done[qualified(s, t)] = (count_and_checksum(conn, s, t) if checksums
+                                         else (count_rows(conn, s, t), ""))
+        return done
 
     found: dict[str, tuple[int, str]] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for part in pool.map(read_bucket, buckets):
+        for part in pool.map(read, range(workers)):
             found.update(part)
     counts = {k: v[0] for k, v in sorted(found.items())}
     sums = {k: v[1] for k, v in sorted(found.items())} if checksums else {}
     return counts, sums
+
+
+@dataclass(frozen=True)
+class ReadBack:
+    """What a restored copy holds, read as the backup recorded it: every table's rows and
+    content, the inventory and every definition."""
+
+    counts: dict[str, int]
+    checksums: dict[str, str]
+    inventory: Inventory
+    definitions: dict[str, str]
+
+
+def read_back(connect: Callable[[], psycopg.Connection[Any]], *, workers: int,
+              checksums: bool) -> ReadBack:
+    """Everything a drill compares with the manifest, in the time of the longest part: the
+    catalogs (inventory, definitions, large objects) are read on a connection of their own
+    while `workers` others count and checksum the tables. `connect` gives a connection
+    with its output stabilised (`stabilise_output`)."""
+    with connect() as conn:
+        tables = [(s, t) for s, t, _ in user_tables(conn)]
+
+    def catalogs() -> tuple[Inventory, dict[str, str]]:
+        with connect() as conn:
+            return schema_inventory(conn), definitions(conn, content=checksums)
+
+    with ThreadPoolExecutor(max_workers=1) as side:
+        described = side.submit(catalogs)
+        counts, sums = table_contents(tables, connect, workers=workers, checksums=checksums)
+        inv, defs = described.result()
+    return ReadBack(counts=counts, checksums=sums, inventory=inv, definitions=defs)
 
 
 def alembic_revision(conn: psycopg.Connection[Any], table: str = "alembic_version") -> str | None:

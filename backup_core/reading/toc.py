@@ -9,6 +9,7 @@ looked up neither way is returned as not compared, never as found.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -125,53 +126,91 @@ def compare(archive: list[TocEntry], restored: list[TocEntry] | None, *,
         skipped.items())))
 
 
-def _relation(conn: psycopg.Connection[Any], entry: TocEntry, kinds: str,
-              extra: str = "") -> bool:
-    row = conn.execute(
-        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        f"WHERE n.nspname = %s AND c.relname = %s AND c.relkind = ANY(%s) {extra}",
-        (entry.schema, entry.tag, list(kinds))).fetchone()
-    return bool(row and row[0])
+_RELATIONS_SQL = """
+    SELECT n.nspname, c.relname, c.relkind::text, c.relispopulated
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'f', 'S', 'm')"""
+_LARGE_OBJECTS_SQL = """
+    SELECT m.oid::bigint, m.lomacl IS NOT NULL,
+           obj_description(m.oid, 'pg_largeobject') IS NOT NULL
+    FROM pg_largeobject_metadata m ORDER BY m.oid"""
 
 
-def _objects_between(conn: psycopg.Connection[Any], tag: str) -> bool:
-    """A group of large objects (`first..last`, pg_dump 17+; `BLOBS` before): there is
-    one. How many there are and what they hold is compared with the manifest."""
-    low, _, high = tag.partition("..")
-    if not (low.isdigit() and (high or low).isdigit()):
-        row = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
-    else:
-        row = conn.execute("SELECT count(*) FROM pg_largeobject_metadata "
-                           "WHERE oid BETWEEN %s::oid AND %s::oid",
-                           (low, high or low)).fetchone()
-    return bool(row and row[0])
+def database_codec(conn: psycopg.Connection[Any]) -> str:
+    """The Python codec of the bytes the database stores (and pg_dump writes): a SQL_ASCII
+    database's bytes are read one character per byte (LATIN1 on the wire, see db.connect)."""
+    name = conn.info.parameter_status("server_encoding") or "UTF8"
+    return "latin-1" if name == "SQL_ASCII" else _codec(name)
+
+
+def _codec(encoding: str) -> str:
+    from psycopg._encodings import pg2pyenc
+
+    try:
+        return pg2pyenc(encoding.encode())
+    except psycopg.NotSupportedError:
+        return "utf-8"
+
+
+def as_listed(name: str, codec: str) -> str:
+    """A catalog name as `pg_restore --list` shows it once atb reads that output: the
+    database's bytes, decoded as UTF-8 with what is not UTF-8 replaced (the runner's way),
+    so the two sides compare byte for byte whatever the encoding."""
+    return name.encode(codec, "replace").decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class _LargeObjects:
+    oids: list[int]
+    with_acl: list[int]
+    with_comment: set[int]
+
+    def between(self, low: int, high: int, among: list[int] | None = None) -> bool:
+        found = self.oids if among is None else among
+        at = bisect.bisect_left(found, low)
+        return at < len(found) and found[at] <= high
 
 
 def find_data(conn: psycopg.Connection[Any], entries: list[TocEntry]) -> dict[str, bool]:
     """For each data or large-object entry atb can look up: whether the restored database
     has it (a table's data: the table is there, its rows are compared by count and checksum;
-    a materialized view's data: it is populated; a large object: it exists)."""
+    a materialized view's data: it is populated; a large object: it exists). Two catalog
+    reads in all, whatever the number of entries."""
+    codec = database_codec(conn)
+    relations: dict[tuple[str, str], set[str]] = {}
+    for schema, name, kind, populated in conn.execute(_RELATIONS_SQL).fetchall():
+        key = (as_listed(schema, codec), as_listed(name, codec))
+        relations.setdefault(key, set()).add(
+            "M" if kind == "m" and populated else str(kind))
+    lobs: _LargeObjects | None = None
     found: dict[str, bool] = {}
     for e in entries:
+        kinds = {"TABLE DATA": "rpf", "SEQUENCE SET": "S", "MATERIALIZED VIEW DATA": "M"}
+        if e.desc in kinds:
+            found[e.text] = bool(relations.get((e.schema, e.tag), set()) & set(kinds[e.desc]))
+            continue
         oid = e.large_object
-        if e.desc == "TABLE DATA":
-            found[e.text] = _relation(conn, e, "rpf")
-        elif e.desc == "SEQUENCE SET":
-            found[e.text] = _relation(conn, e, "S")
-        elif e.desc == "MATERIALIZED VIEW DATA":
-            found[e.text] = _relation(conn, e, "m", "AND c.relispopulated")
-        elif e.desc == "BLOB" or e.desc in ("BLOBS", "BLOB METADATA"):
-            found[e.text] = _objects_between(conn, e.tag)
-        elif oid is not None and e.desc == "COMMENT" and oid.isdigit():
-            row = conn.execute("SELECT obj_description(%s::oid, 'pg_largeobject') IS NOT NULL",
-                               (oid,)).fetchone()
-            found[e.text] = bool(row and row[0])
-        elif oid is not None and e.desc == "ACL":
-            low, _, high = oid.partition("..")
-            row = conn.execute("SELECT count(*) FROM pg_largeobject_metadata "
-                               "WHERE oid BETWEEN %s::oid AND %s::oid AND lomacl IS NOT NULL",
-                               (low, high or low)).fetchone()
-            found[e.text] = bool(row and row[0])
+        lo_entry = e.desc in ("BLOB", "BLOBS", "BLOB METADATA") or (
+            oid is not None and e.desc in ("COMMENT", "ACL"))
+        if not lo_entry:
+            continue
+        if lobs is None:
+            rows = conn.execute(_LARGE_OBJECTS_SQL).fetchall()
+            lobs = _LargeObjects(oids=[int(r[0]) for r in rows],
+                                 with_acl=[int(r[0]) for r in rows if r[1]],
+                                 with_comment={int(r[0]) for r in rows if r[2]})
+        span = (oid if oid is not None else e.tag).partition("..")
+        if not (span[0].isdigit() and (span[2] or span[0]).isdigit()):
+            found[e.text] = bool(lobs.oids)  # `BLOBS` before pg_dump 17: there is one
+            continue
+        low, high = int(span[0]), int(span[2] or span[0])
+        if e.desc == "COMMENT":
+            if not span[2]:
+                found[e.text] = low in lobs.with_comment
+        elif e.desc == "ACL":
+            found[e.text] = lobs.between(low, high, lobs.with_acl)
+        else:
+            found[e.text] = lobs.between(low, high)
     return found
 
 
@@ -179,14 +218,16 @@ def lacking(entries: list[TocEntry], inventory: dict[str, Any],
             definitions: dict[str, str]) -> list[str]:
     """Schemas and extensions production had at backup time (the manifest's inventory and
     definitions) for which the archive has no entry: what a restore error deep in some
-    index or table really comes from."""
+    index or table really comes from. Names compare as the listing shows their bytes."""
+    encoding = definitions.get("database encoding", "UTF8")
+    codec = "latin-1" if encoding == "SQL_ASCII" else _codec(encoding)
     have = {(e.desc, e.tag) for e in entries}
     found = [f"schema {s}" for s in sorted(inventory)
-             if s != "public" and ("SCHEMA", s) not in have]
+             if s != "public" and ("SCHEMA", as_listed(s, codec)) not in have]
     for key in sorted(definitions):
         if key.startswith("extension "):
             name = _unquoted(key[len("extension "):])
-            if ("EXTENSION", name) not in have:
+            if ("EXTENSION", as_listed(name, codec)) not in have:
                 found.append(f"extension {name}")
     return found
 

@@ -39,9 +39,11 @@ def pg_waldump_argv(chain: Toolchain, segment: Path) -> list[str]:
     return [chain.tool("pg_waldump"), str(segment)]
 
 
-def pg_amcheck_argv(chain: Toolchain, conninfo: str) -> list[str]:
-    """Every heap page and B-tree index of the database, installing amcheck if missing."""
-    return [chain.tool("pg_amcheck"), "--install-missing", "--no-password", conninfo]
+def pg_amcheck_argv(chain: Toolchain, conninfo: str, *, jobs: int = 1) -> list[str]:
+    """Every heap page and B-tree index of the database, installing amcheck if missing;
+    `jobs` relations at a time."""
+    return [chain.tool("pg_amcheck"), "--install-missing", "--no-password",
+            *([f"--jobs={jobs}"] if jobs > 1 else []), conninfo]
 
 
 def pg_dump_schema_argv(chain: Toolchain, conninfo: str, out: Path) -> list[str]:

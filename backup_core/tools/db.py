@@ -36,10 +36,24 @@ def connect(info: ConnInfo, *, autocommit: bool = False, **kwargs: Any) -> psyco
         params: dict[str, Any] = {**info.psycopg_kwargs(), **kwargs}
         # a SQL_ASCII server makes psycopg return bytes for text (`role b'postgres'`): UTF-8
         # on the wire decodes every catalog name as text, whatever the server's encoding
+        asked = "client_encoding" in params
         params.setdefault("client_encoding", "UTF8")
-        return psycopg.connect(autocommit=autocommit, **params)
+        conn = psycopg.connect(autocommit=autocommit, **params)
+        if not asked and conn.info.parameter_status("server_encoding") == "SQL_ASCII":
+            _bytes_as_latin1(conn)
+        return conn
     except psycopg.Error as exc:
         raise ConnectionFailed(explain(exc, info)) from exc
+
+
+def _bytes_as_latin1(conn: psycopg.Connection[Any]) -> None:
+    """A SQL_ASCII database holds bytes, not characters, and may hold any (latin-1 'caf\\xe9'
+    is not UTF-8, which the server then refuses to send as UTF-8). LATIN1 on the wire maps
+    each byte to one character and back, so every name and value reads, and every
+    comparison of them is a comparison of the bytes themselves."""
+    conn.execute("SET client_encoding TO 'LATIN1'")
+    if not conn.autocommit:
+        conn.commit()
 
 
 # Facts every role may read, identical over TCP, IPv6 and the unix socket: the postmaster's

@@ -201,16 +201,12 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
         conn.execute("ANALYZE")
     with drill.phase("checks"):
         wanted = bool(drill_backup.manifest and drill_backup.manifest.row_checksums)
-        with _stable(url) as conn:
-            tables = [(s, t) for s, t, _ in inventory.user_tables(conn)]
-            inv = inventory.schema_inventory(conn)
-            defs = inventory.definitions(conn, content=wanted)
-        counts, sums = inventory.table_contents(tables, lambda: _stable(url),
-                                                workers=min(4, os.cpu_count() or 2),
-                                                checksums=wanted)
+        back = inventory.read_back(lambda: _stable(url), workers=min(4, os.cpu_count() or 2),
+                                   checksums=wanted)
     drill.checks_started = time.monotonic()
     return RestoreOutcome(ok=True, pg_restore_version=done.pg_restore_version, jobs=done.jobs,
-                          counts=counts, checksums=sums, inventory=inv, definitions=defs,
+                          counts=back.counts, checksums=back.checksums,
+                          inventory=back.inventory, definitions=back.definitions,
                           with_owners=with_owners, mode=mode)
 
 

@@ -48,6 +48,11 @@ INSERT INTO tenants_data(tenant, body, doc)
 CREATE TABLE audit.log (id bigserial PRIMARY KEY, at timestamptz DEFAULT now(), what text,
                         a int, b int);
 INSERT INTO audit.log(what, a, b) SELECT 'e' || g, g % 7, g % 5 FROM generate_series(1, 50) g;
+CREATE TABLE audit.codes (id int PRIMARY KEY);
+INSERT INTO audit.codes SELECT generate_series(0, 6);
+ALTER TABLE audit.log ADD CONSTRAINT log_a_fk FOREIGN KEY (a) REFERENCES audit.codes;
+INSERT INTO audit.log(what, a, b) VALUES ('orphan', 0, 42);
+ALTER TABLE audit.log ADD CONSTRAINT log_b_fk FOREIGN KEY (b) REFERENCES audit.codes NOT VALID;
 ALTER TABLE audit.log ENABLE ROW LEVEL SECURITY;
 CREATE POLICY auditors ON audit.log FOR SELECT USING (a >= 0);
 CREATE STATISTICS audit.log_ab (dependencies, ndistinct) ON a, b FROM audit.log;
@@ -135,6 +140,11 @@ def outcome(result: dict, name: str) -> dict:
 DEFINITION = "test_every_object_has_its_backup_time_definition"
 ARCHIVE = "test_every_archive_entry_is_in_the_restored_database"
 LOCALE = "test_sandbox_database_is_like_production"
+# not run for want of what these drills do not give: a migration, an integration command,
+# a heartbeat table
+OPTIONAL = {"test_alembic_upgrade_head_reaches_the_script_head",
+            "test_revision_before_upgrade_matches_the_backup",
+            "test_application_integration_suite_passes", "test_heartbeat_is_fresh_at_backup_time"}
 
 
 def test_every_object_class_drills_clean_with_no_false_alarm(
@@ -164,6 +174,13 @@ def test_every_object_class_drills_clean_with_no_false_alarm(
         "sandbox database: UTF8, collate C.utf8, ctype C.utf8, icu locale en-US",
         "production at backup time: UTF8, collate C.utf8, ctype C.utf8, icu locale en-US "
         f"(PostgreSQL {m.server_version})"]
+    # the restore validated log_a_fk on every row; log_b_fk, NOT VALID in production with
+    # an orphan there, is read row by row and found as production had it
+    keys = outcome(result, "test_foreign_keys_hold_for_every_row")
+    assert keys["evidence"] == ["2 foreign keys: 1 validated on every row by the restore "
+                                "itself, 1 NOT VALID checked row by row"]
+    assert keys["outcome"] == "finding"
+    assert "audit.log.log_b_fk: 1 rows without a parent in audit.codes" in keys["message"]
     archive = outcome(result, ARCHIVE)
     assert archive["outcome"] == "passed", archive["message"]
     entries = run(pg_restore_list_argv(toolchain.for_dump(15, toolchain.discover()), path),
@@ -173,56 +190,89 @@ def test_every_object_class_drills_clean_with_no_false_alarm(
                                      "restored database"
 
 
-# The four faults of the issue, each alone silent to pg_restore, made at once in one scratch
-# copy (one drill: the suite's time budget) and each named by the check that compares it.
-FAULTS = """
-DROP POLICY tenant_isolation ON tenants_data;
-ALTER TABLE audit.log DISABLE ROW LEVEL SECURITY;
-REFRESH MATERIALIZED VIEW audit.summary WITH NO DATA;
-"""
-NAMED = {
-    "a removed policy": "policy public.tenants_data.tenant_isolation: missing",
-    "row security off": "row_security audit.log: recorded 'on', restored 'off'",
-    "large objects missing (--no-blobs)": "large_object count: missing",
-    "their contents": "large_object content: missing",
-    "a matview WITH NO DATA": "matview audit.summary: recorded 'populated', restored "
-                              "'not populated (WITH NO DATA)'",
+# The four faults of the issue, each alone silent to pg_restore, each a resealed archive of
+# its own (a scratch copy of production damaged, dumped, and the dump put under production's
+# manifest) drilled alone: the verdict is FAIL for that fault and nothing else.
+FAULTS = {
+    "a removed policy": (
+        "DROP POLICY tenant_isolation ON tenants_data", (),
+        "POLICY public tenants_data tenant_isolation",
+        {"comment policy tenant_isolation on public.tenants_data": "missing",
+         "policy public.tenants_data.tenant_isolation": "missing"}),
+    "row security off": (
+        "ALTER TABLE audit.log DISABLE ROW LEVEL SECURITY", (), "ROW SECURITY audit log",
+        {"row_security audit.log": "recorded 'on', restored 'off'"}),
+    "large objects missing (--no-blobs)": (
+        "", ("--no-blobs",), "BLOB",
+        {"comment large object {first}": "missing", "large_object content": "missing",
+         "large_object count": "missing", "large_object_acl all": "missing"}),
+    "a matview WITH NO DATA": (
+        "REFRESH MATERIALIZED VIEW audit.summary WITH NO DATA", (),
+        "MATERIALIZED VIEW DATA audit summary",
+        {"matview audit.summary": "recorded 'populated', restored 'not populated (WITH NO "
+                                  "DATA)'"}),
 }
 
 
-def test_a_resealed_archive_missing_objects_fails_naming_each(
-        rich: tuple[ConnInfo, Path], pg15: Cluster, tmp_path: Path) -> None:
-    # and production ran on a machine with en_US.UTF-8, which this one lacks
-    elsewhere = {"database provider": "libc", "database locale": "",
-                 "database collate": "en_US.UTF-8", "database ctype": "en_US.UTF-8"}
-    path = damaged(rich, pg15, tmp_path, sql=FAULTS, dump_args=("--no-blobs",),
-                   definitions=elsewhere)
-    entries = run(pg_restore_list_argv(toolchain.for_dump(15, toolchain.discover()), path),
-                  what="pg_restore --list").stdout
-    assert "POLICY public tenants_data tenant_isolation" not in entries
-    assert "ROW SECURITY audit log" not in entries and " BLOB" not in entries
-    assert "MATERIALIZED VIEW DATA" not in entries  # each fault is in the archive's TOC
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_each_fault_alone_fails_naming_exactly_that_fault(
+        rich: tuple[ConnInfo, Path], pg15: Cluster, tmp_path: Path, fault: str) -> None:
+    sql, dump_args, entry, named = FAULTS[fault]
+    path = damaged(rich, pg15, tmp_path, sql=sql, dump_args=dump_args)
+    with db.connect(rich[0]) as conn:
+        first = conn.execute("SELECT min(doc) FROM tenants_data").fetchone()
+    assert first is not None
+    named = {k.format(first=first[0]): v for k, v in named.items()}
+    before = run(pg_restore_list_argv(toolchain.for_dump(15, toolchain.discover()), rich[1]),
+                 what="pg_restore --list").stdout
+    after = run(pg_restore_list_argv(toolchain.for_dump(15, toolchain.discover()), path),
+                what="pg_restore --list").stdout
+    # the fault is in the archive's TOC: production's archive has the entry, this one not
+    assert f" {entry} " in before and f" {entry} " not in after
     done, result = drill("--backup", str(path), "--schedule", "1d", "--no-record",
                          backup_dir=tmp_path / "damaged", report_dir=tmp_path / "r")
-    assert done.returncode == 1 and result["verdict"] == "FAIL"
-    assert outcome(result, "test_backup_integrity_matches_manifest")["outcome"] == "passed"
-    assert outcome(result, "test_restore_completes_without_errors")["outcome"] == "passed"
-    definition = outcome(result, DEFINITION)
-    assert definition["outcome"] == "failed"
-    assert {fault for fault, line in NAMED.items() if line not in definition["message"]} \
-        == set(), definition["message"]
-    assert result["not_run"][LOCALE].startswith(
-        "the sandbox server (PostgreSQL 15.")  # said before restoring; INCOMPLETE alone
+    assert (done.returncode, result["verdict"]) == (1, "FAIL"), done.stderr
+    failed = {c["name"] for c in result["checks"] if c["outcome"] == "failed"}
+    assert failed == {DEFINITION}, result["checks"]
+    assert set(result["not_run"]) == OPTIONAL, result["not_run"]
+    message = outcome(result, DEFINITION)["message"]
+    verb = "differs from its" if len(named) == 1 else "differ from their"
+    assert message.startswith(
+        f"{len(named)} object{'s' if len(named) > 1 else ''} {verb} backup-time definition: "
+        + ", ".join(named) + "\n"), message
+    for key, line in named.items():
+        assert f"{key}: {line}" in message, message
+    # no other fault named: every other class came back as recorded
+    others = {k for f, (_s, _a, _e, n) in FAULTS.items() if f != fault for k in n}
+    assert {k for k in others if k.format(first=first[0]) in message} == set()
+    # what the damaged archive holds came back whole: the fault is its missing entry
+    assert outcome(result, ARCHIVE)["outcome"] == "passed"
+
+
+def test_production_locale_the_sandbox_lacks_is_incomplete_before_restoring(
+        rich: tuple[ConnInfo, Path], tmp_path: Path) -> None:
+    """Production ran on a machine with en_US.UTF-8, which this one lacks: said before
+    restoring, and INCOMPLETE with the reason (not a pass under another collation)."""
+    path = copy_backup(rich[1], tmp_path / "elsewhere")
+    m = read_manifest(manifest_path(path))
+    write_manifest(manifest_path(path), replace(m, definitions={
+        **m.definitions, "database provider": "libc", "database locale": "",
+        "database collate": "en_US.UTF-8", "database ctype": "en_US.UTF-8"}))
+    done, result = drill("--backup", str(path), "--schedule", "1d", "--no-record",
+                         backup_dir=tmp_path / "elsewhere", report_dir=tmp_path / "r")
+    assert (done.returncode, result["verdict"]) == (10, "INCOMPLETE"), done.stderr
+    assert set(result["not_run"]) == {LOCALE, *OPTIONAL}
+    assert result["not_run"][LOCALE].startswith("the sandbox server (PostgreSQL 15.")
     assert "(UTF8, collate en_US.UTF-8, ctype en_US.UTF-8, libc): invalid locale name" \
         in result["not_run"][LOCALE], result["not_run"][LOCALE]
-    # what the damaged archive holds came back whole: the faults are its missing entries
-    assert outcome(result, ARCHIVE)["outcome"] == "passed"
+    assert {c["name"] for c in result["checks"] if c["outcome"] == "failed"} == set()
 
 
 def test_a_sql_ascii_server_answers_in_text_and_a_sandbox_takes_its_encoding(
         pg15: Cluster) -> None:
     """psycopg returns bytes for text from a SQL_ASCII database (`role b'postgres'`): every
-    connection atb opens asks for UTF-8 on the wire, so catalog names come back as text."""
+    connection atb opens to one asks for LATIN1 on the wire (one character per byte), so
+    catalog names and values come back as text, each byte as it was written."""
     from drills import sandbox
 
     name = f"ascii_{os.getpid()}"
@@ -290,3 +340,53 @@ def test_a_parallel_restore_names_the_table_whose_data_is_damaged(
                       env={"ATB_TARGET_URL": target.secret_url})
     assert done.returncode == 5
     assert "(in the data of table public.system_events)" in done.stderr, done.stderr
+
+
+LATIN1 = """
+CREATE TABLE "caf\u00e9" (id int PRIMARY KEY, name text, "pr\u00e9nom" varchar(20));
+COMMENT ON TABLE "caf\u00e9" IS 'menu du caf\u00e9';
+INSERT INTO "caf\u00e9" SELECT g, 'caf\u00e9 ' || g, 'Ren\u00e9e' FROM generate_series(1, 20) g;
+CREATE TABLE menu (id int);
+CREATE VIEW "cr\u00e8me" AS SELECT name FROM "caf\u00e9" WHERE name LIKE 'caf\u00e9%';
+"""
+
+
+def test_a_sql_ascii_database_holding_latin1_bytes_drills_byte_for_byte(
+        pg15: Cluster, tmp_path: Path) -> None:
+    """A SQL_ASCII database stores bytes, not characters: latin-1 'caf\\xe9' in a value, a
+    table's name and a comment is not UTF-8. atb reads such a database one character per
+    byte, so the backup records and the drill compares the bytes themselves."""
+    name = f"latin_{os.getpid()}"
+    with db.connect(pg15.url(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE template0 ENCODING SQL_ASCII "
+                     "LOCALE 'C'")
+    info = pg15.url(name)
+    with db.connect(info, autocommit=True, client_encoding="LATIN1") as conn:
+        conn.execute(LATIN1)  # latin-1 on the wire, stored as is: byte 0xe9
+        raw = conn.execute("SELECT convert_to(name, 'SQL_ASCII') FROM \"caf\u00e9\" "
+                           "WHERE id = 1").fetchone()
+    assert raw is not None and bytes(raw[0]) == b"caf\xe9 1"
+    with db.connect(info, autocommit=True, client_encoding="UTF8") as conn:
+        conn.execute("COMMENT ON TABLE menu IS 'cr\u00e8me'")  # UTF-8 bytes c3 a8
+    path = create_backup(info, tmp_path / "backups").path
+    m = read_manifest(manifest_path(path))
+    assert m.row_counts == {"public.caf\u00e9": 20, "public.menu": 0}
+    assert m.definitions["comment table public.\"caf\u00e9\""] == "menu du caf\u00e9"
+    # one character per byte: UTF-8 \xc3\xa8 in a comment is two characters
+    assert m.definitions["comment table public.menu"] == "cr\u00c3\u00a8me"
+    assert m.definitions["database encoding"] == "SQL_ASCII"
+    done, result = drill("--backup", str(path), "--schedule", "1d", "--no-record",
+                         backup_dir=tmp_path / "backups", report_dir=tmp_path / "r")
+    assert "Traceback" not in done.stderr
+    failed = {c["name"]: c["message"][:300] for c in result["checks"]
+              if c["outcome"] == "failed"}
+    assert failed == {}, done.stderr
+    assert (done.returncode, result["verdict"]) == (10, "INCOMPLETE")  # no heartbeat, app
+    assert set(result["not_run"]) == OPTIONAL, result["not_run"]
+    assert outcome(result, "test_every_table_has_its_backup_time_content")["evidence"] == [
+        "2 tables, 20 rows: content checksums compared"]
+    archive = outcome(result, ARCHIVE)
+    assert archive["outcome"] == "passed" and archive["evidence"][0] == \
+        f"{m.toc_entries} of {m.toc_entries} archive entries looked up in the restored database"
+    assert outcome(result, LOCALE)["evidence"][0] == \
+        "sandbox database: SQL_ASCII, collate C, ctype C, libc"

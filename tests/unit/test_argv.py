@@ -77,6 +77,9 @@ def test_pg_restore_list_read_waldump_and_amcheck_argv() -> None:
         "/pg/15/bin/pg_waldump", "/t/000000010000000000000003"]
     assert commands.pg_amcheck_argv(PG, "dbname=shop host=/s") == [
         "/pg/15/bin/pg_amcheck", "--install-missing", "--no-password", "dbname=shop host=/s"]
+    assert commands.pg_amcheck_argv(PG, "dbname=shop host=/s", jobs=2) == [
+        "/pg/15/bin/pg_amcheck", "--install-missing", "--no-password", "--jobs=2",
+        "dbname=shop host=/s"]
     assert toolchain.version_argv("/pg/15/bin/pg_dump") == ["/pg/15/bin/pg_dump", "--version"]
     assert commands.pg_dump_schema_argv(PG, "dbname=shop host=/s", Path("/t/s.dump")) == [
         "/pg/15/bin/pg_dump", "--format=custom", "--schema-only", "--no-password",

@@ -91,3 +91,24 @@ def test_a_local_sandbox_cluster_takes_productions_locale_where_the_machine_has_
     latin = inventory.DatabaseLocale(encoding="LATIN1", collate="de_DE", ctype="de_DE")
     assert cluster_locale(latin, ["de_DE"]) == "C"  # the cluster is UTF-8
     assert cluster_locale(None, ["C.utf8"]) == "C"
+
+
+def test_a_catalog_name_is_compared_as_the_listing_shows_its_bytes() -> None:
+    """pg_restore --list prints the database's bytes; atb reads them as UTF-8 with what is
+    not UTF-8 replaced. A catalog name read one character per byte (SQL_ASCII) or decoded
+    from UTF-8 takes the same form, so the same bytes compare equal and others do not."""
+    listed = b"caf\xe9".decode("utf-8", "replace")
+    assert toc.as_listed("caf\u00e9", "latin-1") == listed == "caf\ufffd"
+    assert toc.as_listed("caf\u00c3\u00a9", "latin-1") == "caf\u00e9"  # UTF-8 bytes
+    assert toc.as_listed("caf\u00e9", "utf-8") == "caf\u00e9"
+    assert toc.as_listed("cafe", "latin-1") != listed
+
+
+def test_a_schema_the_archive_lacks_is_named_whatever_its_bytes() -> None:
+    """A SQL_ASCII production's schema `caf\\xe9` is listed by pg_restore as its bytes: found
+    when the archive has it, named when it does not."""
+    listing = toc.parse_listing("5; 2615 16390 SCHEMA - caf\ufffd postgres\n")
+    recorded = {"database encoding": "SQL_ASCII"}
+    inv = {"caf\u00e9": {"tables": ["t"]}, "audit": {"tables": ["log"]}}
+    assert toc.lacking(listing, inv, recorded) == ["schema audit"]
+    assert toc.lacking([], inv, recorded) == ["schema audit", "schema caf\u00e9"]
