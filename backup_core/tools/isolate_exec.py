@@ -205,7 +205,7 @@ def listen(addr: str) -> socket.socket:
     return s
 
 
-def _splice(a: socket.socket, b: socket.socket) -> None:
+def splice(a: socket.socket, b: socket.socket) -> None:
     """Carry bytes both ways. An end of input is passed on as one (a half close: a client
     that sends its last message and waits for the server to hang up, as asyncpg's close
     does, sees it hang up); an error ends both ways; the last way out closes both."""
@@ -245,7 +245,7 @@ def _serve_forwards(listeners: list[tuple[socket.socket, str]]) -> None:
                 client.close()
                 up.close()
                 continue
-            _splice(client, up)
+            splice(client, up)
 
     threads = [threading.Thread(target=accept, args=pair, daemon=True) for pair in listeners]
     for t in threads:

@@ -22,12 +22,13 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
-from backup_core.tools import db
+from backup_core.tools import db, isolate_exec
 from backup_core.tools.cluster import free_port
 from backup_core.tools.conninfo import ConnInfo, ambient_env
 from backup_core.tools.errors import AtbError, ConfigError
@@ -326,6 +327,40 @@ def isolated(argv: list[str], target: ConnInfo) -> Iterator[tuple[list[str], Con
         wrapped, iso = wrap(argv, allow=[str(relay.socket_path)], forward=forward,
                             no_unix=True)
         yield wrapped, reach, replace(iso, allowed=())
+
+
+@contextlib.contextmanager
+def loopback(target: ConnInfo) -> Iterator[ConnInfo]:
+    """`target` as code under the filter reaches it from this process: a server on a unix
+    socket (the docker sandbox's, a relay's) carried from a port on this namespace's
+    loopback by threads of ours, which are not under the filter; a server on TCP as it is."""
+    reach, forward = loopback_route(target, free_port())
+    if not forward:
+        yield target
+        return
+    [(addr, path)] = forward.items()
+    listener = isolate_exec.listen(addr)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):  # the listener closed: done
+            while True:
+                client, _ = listener.accept()
+                up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    up.connect(path)
+                except OSError:
+                    client.close()
+                    up.close()
+                    continue
+                isolate_exec.splice(client, up)
+
+    threading.Thread(target=serve, name="atb-loopback", daemon=True).start()
+    try:
+        yield reach
+    finally:
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the accept
+        listener.close()
 
 
 def failure_hint(iso: Isolation, reach: ConnInfo) -> str:

@@ -22,7 +22,7 @@ from backup_core.reading import forecast, guard, inventory
 from backup_core.store import catalog
 from backup_core.store.catalog import Backup
 from backup_core.store.manifest import Inventory
-from backup_core.tools import db, toolchain
+from backup_core.tools import db, isolation, toolchain
 from backup_core.tools.cluster import FAST_SETTINGS, settings_text
 from backup_core.tools.conninfo import ConnInfo, redact
 from backup_core.tools.durations import human
@@ -219,11 +219,18 @@ def _stable(url: ConnInfo) -> Any:
 
 
 @pytest.fixture(scope="session")
-def drill_url(drill_restore: RestoreOutcome, drill_sandbox: sandbox.SandboxInfo) -> ConnInfo:
-    """The restored database (before migration)."""
+def drill_url(drill_restore: RestoreOutcome, drill_sandbox: sandbox.SandboxInfo
+              ) -> Iterator[ConnInfo]:
+    """The restored database (before migration). Inside the drill's namespaces, on their
+    loopback: your checks run where no unix socket opens (see `hooks.pytest_pyfunc_call`),
+    so a sandbox on a socket (a container's, a relay's) is carried there."""
     if not drill_restore.ok:
         pytest.skip("not run: the restore failed")
-    return drill_sandbox.url
+    if not isolation.already_inside():
+        yield drill_sandbox.url
+        return
+    with isolation.loopback(drill_sandbox.url) as reach:
+        yield reach
 
 
 @pytest.fixture(scope="session")

@@ -142,9 +142,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    """Your own check, in a drill whose sandbox is a local server on the namespace's own
-    loopback: run in a thread that can open no unix socket (a seccomp filter binds one
-    thread and what it starts; atb's own work in the main thread keeps its sockets)."""
+    """Your own check, in a network-isolated drill: run in a thread that can open no unix
+    socket (a seccomp filter binds one thread and what it starts; atb's own work in the
+    main thread keeps its sockets: the Docker engine's, the sandbox's)."""
     state = pyfuncitem.config.stash.get(STATE, None)
     if state is None or not sealed_checks(state) or inspect.iscoroutinefunction(
             pyfuncitem.obj) or Path(str(pyfuncitem.path)).resolve() == checks_module(
@@ -169,11 +169,9 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 
 
 def sealed_checks(state: DrillState) -> bool:
-    """Your checks run sealed where the sandbox is reached on the loopback: a local server
-    inside the drill's namespaces (sealed itself). A docker or shared server is reached by
-    a socket, so there they run network-isolated only, as the report says."""
-    return (state.sandbox is not None and state.sandbox.provider == "local"
-            and isolation.already_inside())
+    """Your checks run sealed inside the drill's namespaces, where every sandbox is reached
+    on their loopback (`drill_url`)."""
+    return state.sandbox is not None and isolation.already_inside()
 
 
 def checks_module(options: DrillOptions) -> Path:

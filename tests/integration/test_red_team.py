@@ -403,25 +403,33 @@ pytestmark = pytest.mark.drill
 
 
 def test_a_check_that_reaches_for_production(drill_url):
-    """Written as a careless operator would: production's socket by a hard link."""
-    try:
-        socket.socket(socket.AF_UNIX).connect(%r)
-        reached = "reached"
-    except OSError as exc:
-        reached = f"blocked {exc.errno}"
+    """Written as a careless operator would: production's socket by a hard link, and the
+    Docker engine's socket (a container on the host's network reaches production)."""
+    reached = []
+    for path in (%r, "/var/run/docker.sock"):
+        try:
+            socket.socket(socket.AF_UNIX).connect(path)
+            reached.append("reached")
+        except OSError as exc:
+            reached.append(f"blocked {exc.errno}")
     with psycopg.connect(drill_url.conninfo, **dict(drill_url.secrets)) as conn:
         rows = conn.execute("SELECT count(*) FROM accounts").fetchone()[0]
-    assert (reached, rows) == ("blocked 13", %d)
+    assert (reached, rows) == (["blocked 13", "blocked 13"], %d)
 '''
 
 
+@pytest.mark.parametrize("provider", ["local", "docker"])
 def test_your_own_checks_open_no_unix_socket_but_reach_the_copy(
-    production: tuple[ConnInfo, Path], pg15: Cluster, tmp_path: Path
+    provider: str, production: tuple[ConnInfo, Path], pg15: Cluster, tmp_path: Path,
+    request: pytest.FixtureRequest
 ) -> None:
-    """Your checks run in the drill's pytest process, beside atb's own work: each runs in a
-    thread of its own that can open no unix socket, where the local sandbox answers on the
-    namespace's loopback."""
+    """Your checks run in the drill's pytest process, beside atb's own work (which holds
+    the Docker engine's socket): each runs in a thread of its own that can open no unix
+    socket, where the sandbox answers on the namespace's loopback (a container's socket
+    carried there)."""
     prod, path = production
+    docker = ["--sandbox", "docker", "--docker-image", request.getfixturevalue(
+        "docker_image")] if provider == "docker" else []
     link = tmp_path / "app.sock"
     os.link(f"{pg15.socket_dir}/.s.PGSQL.{pg15.port}", link)
     with db.connect(prod) as conn:
@@ -429,8 +437,10 @@ def test_your_own_checks_open_no_unix_socket_but_reach_the_copy(
     checks = tmp_path / "checks" / "test_reach.py"
     checks.parent.mkdir()
     checks.write_text(USER_CHECK % (str(link), rows))
-    done, result = _drill(path, tmp_path, "--checks", str(checks.parent), url=prod, env={})
+    done, result = _drill(path, tmp_path, "--checks", str(checks.parent), *docker, url=prod,
+                          env={})
     assert result, done.stderr
+    assert result["sandbox"]["provider"] == provider
     mine = next(c for c in result["checks"]
                 if c["name"] == "test_a_check_that_reaches_for_production")
     assert (mine["outcome"], mine["message"]) == ("passed", "")
