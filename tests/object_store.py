@@ -4,6 +4,7 @@ is really refused and a read-only key really cannot write."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -144,6 +145,8 @@ class WeedServer:
                      f"-master.port={master}", f"-volume.port={volume}",
                      f"-filer.port={filer}", "-s3", f"-s3.port={s3}", f"-s3.config={config}",
                      "-s3.port.iceberg=0", "-s3.port.lance=0",
+                     # one master: no peer to wait for when it is started again on its state
+                     "-master.electionTimeout=1s",
                      f"-master.volumeSizeLimitMB={volume_mb}", f"-volume.max={volumes}",
                      f"-filer.localSocket={workdir}/filer.sock"]
         ca = None
@@ -224,7 +227,9 @@ def _wait_ready(store: ObjectStore, proc: subprocess.Popen[bytes], workdir: Path
             time.sleep(0.2)
             continue
         try:
-            client.create_bucket(Bucket=store.bucket)
+            # started again on its data, the bucket is there
+            with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+                client.create_bucket(Bucket=store.bucket)
             client.put_object(Bucket=store.bucket, Key="ready", Body=b"ok")
             client.delete_object(Bucket=store.bucket, Key="ready")
             return
