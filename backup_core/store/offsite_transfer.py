@@ -103,20 +103,21 @@ def push_backup(repo: Repository, dump: Path, manifest: Manifest, *,
                     and meta.get("atb-recipients", "") == tag and "atb-sha256" in meta:
                 return StoredObject(key, int(old["ContentLength"]), meta["atb-sha256"],
                                     expect, int(meta.get("atb-plain-size", "0")))
-            if recipients:
+            if recipients and src.stat().st_size > PART_SIZE:
+                hashed = _upload_sealing(repo, src, key, expect, recipients, tag,
+                                         progress=progress if count else None)
+            elif recipients:
                 sealed = Path(tmp) / "object"
                 hashed = sealing.seal(src, sealed, recipients)
-            else:  # plain: the file itself, hashed first (no copy of a large dump)
-                sealed = src
-                hashed = sealing.hash_file(src)
-            if hashed.plain_sha256 != expect:
-                raise VerifyFailed(f"{src} changed since its manifest was written: not pushed")
-            repo.upload(sealed, key, metadata={
-                "atb-plain-sha256": hashed.plain_sha256, "atb-sha256": hashed.stored_sha256,
-                "atb-plain-size": str(hashed.plain_size), "atb-recipients": tag},
-                progress=progress if count else None)
-            if sealed != src:
+                if hashed.plain_sha256 != expect:
+                    raise VerifyFailed(f"{src} changed since its manifest was written: "
+                                       "not pushed")
+                repo.upload(sealed, key, metadata=_meta(hashed, tag),
+                            progress=progress if count else None)
                 sealed.unlink()
+            else:  # plain: the file itself (no copy), hashed while it uploads
+                hashed = _upload_hashing(repo, src, key, expect, tag,
+                                         progress=progress if count else None)
             return StoredObject(key, hashed.stored_size, hashed.stored_sha256,
                                 hashed.plain_sha256, hashed.plain_size)
 
@@ -145,6 +146,76 @@ def push_backup(repo: Repository, dump: Path, manifest: Manifest, *,
     log.info("pushed %s to %s (%s)", rel, repo, "encrypted" if recipients else "plain")
     return Pushed(rel, manifest.database, _at(manifest), manifest.size_bytes, bool(recipients),
                   uploaded=True)
+
+
+def _meta(hashed: sealing.Hashed, tag: str) -> dict[str, str]:
+    return {"atb-plain-sha256": hashed.plain_sha256, "atb-sha256": hashed.stored_sha256,
+            "atb-plain-size": str(hashed.plain_size), "atb-recipients": tag}
+
+
+def _upload_hashing(repo: Repository, src: Path, key: str, expect: str, tag: str, *,
+                    progress: Callable[[int], None] | None) -> sealing.Hashed:
+    """Upload a plain file while another thread hashes it (hashlib releases the GIL): the
+    upload is not held back by a pass of its own. A file whose hash is not its manifest's
+    (changed since the backup) has its object deleted again; the manifest record, which
+    alone makes a backup visible, is never written for it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    size = src.stat().st_size
+    claimed = sealing.Hashed(size, expect, size, expect)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atb-hash") as pool:
+        hashing = pool.submit(sealing.hash_file, src)
+        try:
+            repo.upload(src, key, metadata=_meta(claimed, tag), progress=progress)
+        finally:
+            hashed = hashing.result()
+    if hashed != claimed:
+        repo.delete([key])
+        raise VerifyFailed(f"{src} changed since its manifest was written: not pushed")
+    return hashed
+
+
+def _upload_sealing(repo: Repository, src: Path, key: str, expect: str,
+                    recipients: tuple[str, ...], tag: str, *,
+                    progress: Callable[[int], None] | None) -> sealing.Hashed:
+    """Encrypt a large file straight into its upload through a pipe: parts leave while the
+    rest is encrypted, and no ciphertext copy is written to disk. The ciphertext's hash is
+    known only at the end, so the object's metadata lacks it and a later push never reuses
+    the object (it is sealed again). An object whose stream failed, or whose plaintext hash
+    is not the manifest's, is deleted again; its manifest record is never written."""
+    import threading
+
+    size = src.stat().st_size
+    rfd, wfd = os.pipe()
+    out: dict[str, Any] = {}
+
+    def produce() -> None:
+        try:
+            with os.fdopen(wfd, "wb") as pipe:
+                out["hashed"] = sealing.seal_to(src, pipe, recipients)
+        except BaseException as exc:  # reported below, after the upload stops
+            out["error"] = exc
+
+    producer = threading.Thread(target=produce, name="atb-seal", daemon=True)
+    with os.fdopen(rfd, "rb") as stream:
+        producer.start()
+        try:
+            repo.upload_stream(stream, key, progress=progress, metadata={
+                "atb-plain-sha256": expect, "atb-plain-size": str(size),
+                "atb-recipients": tag})
+        finally:
+            stream.close()  # a producer still writing gets EPIPE and stops
+            producer.join()
+    hashed: sealing.Hashed | None = out.get("hashed")
+    if hashed is None or hashed.plain_sha256 != expect:
+        repo.delete([key])
+        if hashed is None:
+            error = out.get("error")
+            if isinstance(error, AtbError):
+                raise error
+            raise StorageError(f"cannot read {src}: {error}") from error
+        raise VerifyFailed(f"{src} changed since its manifest was written: not pushed")
+    return hashed
 
 
 def _at(manifest: Manifest) -> datetime | None:
@@ -235,21 +306,21 @@ def fetch(repo: Repository, remote: RemoteBackup, dest: Path, *,
     local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def get(obj: StoredObject, target: Path, count: bool) -> None:
-        if obj.size_bytes > PART_SIZE:  # large: ranged GETs in parallel, then one local pass
-            hashed = _get_large(obj, target, count)
-        else:
-            body = repo.open(obj.key)
-            try:
-                counted = _Counting(body, progress) if count and progress else body
-                hashed = sealing.unseal(counted, target, ids=ids, what=obj.key)
-            except OSError as exc:
-                raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
-            except Exception as exc:
-                if isinstance(exc, AtbError):
-                    raise
-                raise translate(exc, repo.url, f"downloading {obj.key} from") from exc
-            finally:
-                body.close()
+        # large: ranged GETs in parallel, consumed in order; either way one pass that
+        # downloads, decrypts, hashes both sides and writes
+        body = repo.open_ranged(obj.key, obj.size_bytes) if obj.size_bytes > PART_SIZE \
+            else repo.open(obj.key)
+        try:
+            counted = _Counting(body, progress) if count and progress else body
+            hashed = sealing.unseal(counted, target, ids=ids, what=obj.key)
+        except OSError as exc:
+            raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        except Exception as exc:
+            if isinstance(exc, AtbError):
+                raise
+            raise translate(exc, repo.url, f"downloading {obj.key} from") from exc
+        finally:
+            body.close()
         if (hashed.stored_size, hashed.stored_sha256) != (obj.size_bytes, obj.sha256):
             raise VerifyFailed(f"{obj.key} in {repo.url}: stored bytes differ from the "
                                "manifest's SHA-256 (altered, replaced or cut short)")
@@ -257,36 +328,6 @@ def fetch(repo: Repository, remote: RemoteBackup, dest: Path, *,
                                                         obj.plain_sha256):
             raise VerifyFailed(f"{obj.key} in {repo.url}: plaintext differs from the "
                                "manifest's SHA-256")
-
-    def _get_large(obj: StoredObject, target: Path, count: bool) -> sealing.Hashed:
-        from boto3.s3.transfer import TransferConfig
-        from botocore import exceptions as bx
-
-        stored = target if ids is None else target.with_name(target.name + AGE_SUFFIX)
-        got = [0]
-
-        def seen(n: int) -> None:
-            got[0] += n
-            if count and progress is not None:
-                progress(got[0])
-
-        config = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
-                                max_concurrency=10)
-        try:
-            repo.client.download_file(repo.url.bucket, repo.url.key(obj.key), str(stored),
-                                      Config=config, Callback=seen)
-        except (bx.ClientError, bx.BotoCoreError) as exc:
-            raise translate(exc, repo.url, f"downloading {obj.key} from",
-                            reading=obj.key) from exc
-        except OSError as exc:
-            raise StorageError(f"cannot write {stored}: {exc.strerror or exc}") from exc
-        if ids is None:
-            return sealing.hash_file(stored)
-        try:
-            with stored.open("rb") as fin:
-                return sealing.unseal(fin, target, ids=ids, what=obj.key)
-        finally:
-            stored.unlink(missing_ok=True)
 
     try:
         get(offsite.dump, local, True)
