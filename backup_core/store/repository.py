@@ -362,16 +362,35 @@ class RangedReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
+    def read(self, size: int = -1) -> bytes:
+        """The next bytes, at most one part (no copy when a whole part is asked for)."""
+        if not self._fill():
+            return b""
+        if size < 0 or size >= len(self.buf):
+            whole = self.buf.obj
+            data = whole if isinstance(whole, bytes) and len(whole) == len(self.buf) \
+                else bytes(self.buf)
+            self.buf = memoryview(b"")
+            return data
+        data = bytes(self.buf[:size])
+        self.buf = self.buf[size:]
+        return data
+
+    def _fill(self) -> bool:
         while not self.buf:
             if not self.pending:
-                return 0
+                return False
             data = self.pending.popleft().result()
             self._next()
             if not data:  # the object ended before `size`: stop, the hash tells
                 self.pending.clear()
-                return 0
+                return False
             self.buf = memoryview(data)
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self._fill():
+            return 0
         n = min(len(buffer), len(self.buf))
         buffer[:n] = self.buf[:n]
         self.buf = self.buf[n:]

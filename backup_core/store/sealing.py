@@ -14,6 +14,7 @@ from backup_core.tools.errors import ConfigError, VerifyFailed
 from backup_core.tools.extras import require
 
 CHUNK = 1 << 20
+PLAIN_CHUNK = 8 << 20  # one part of a ranged download, read whole
 
 
 @dataclass(frozen=True)
@@ -168,8 +169,8 @@ def unseal(stream: Any, dest: Path, *, ids: list[Any] | None, what: str) -> Hash
 
 def unseal_to(stream: Any, out: Any, *, ids: list[Any] | None, what: str) -> Hashed:
     """`unseal` into any binary writer (a file, a pipe to pg_restore)."""
-    reader, writer = _HashingReader(stream), _HashingWriter(out)
     if ids is not None:
+        reader, writer = _HashingReader(stream), _HashingWriter(out)
         pyrage = _pyrage()
         try:
             pyrage.decrypt_io(reader, writer, ids)
@@ -178,10 +179,17 @@ def unseal_to(stream: Any, out: Any, *, ids: list[Any] | None, what: str) -> Has
                                "the object was altered") from exc
         return Hashed(writer.size, writer.digest.hexdigest(), reader.size,
                       reader.digest.hexdigest())
-    # plain: the bytes stored are the plaintext, so one hash serves both sides
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    while n := reader.readinto(buf):
-        out.write(view[:n])
-    digest = reader.digest.hexdigest()
-    return Hashed(reader.size, digest, reader.size, digest)
+    # plain: the bytes stored are the plaintext, so one hash serves both sides, computed
+    # in a second thread while this one writes (both release the GIL)
+    from concurrent.futures import ThreadPoolExecutor
+
+    digest, size = hashlib.sha256(), 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atb-hash") as pool:
+        while data := stream.read(PLAIN_CHUNK):
+            hashing = pool.submit(digest.update, data)
+            try:
+                out.write(data)
+            finally:
+                hashing.result()
+            size += len(data)
+    return Hashed(size, digest.hexdigest(), size, digest.hexdigest())
