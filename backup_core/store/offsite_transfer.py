@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from backup_core.store import catalog, sealing
+from backup_core.store import catalog, sealing, signing
 from backup_core.store.manifest import Manifest
 from backup_core.store.naming import (
     DRILL_SUFFIX,
@@ -83,7 +83,8 @@ def remote_rel(manifest: Manifest) -> str:
 
 def push_backup(repo: Repository, dump: Path, manifest: Manifest, *,
                 recipients: tuple[str, ...] = (), now: datetime | None = None,
-                progress: Callable[[int], None] | None = None) -> Pushed:
+                progress: Callable[[int], None] | None = None,
+                signer: signing.Signer | None = None) -> Pushed:
     """Upload one sound local backup unless it is already off-site: dump, roles, (encrypted:
     the full manifest), then the manifest record last. An object of an earlier, interrupted
     push is reused when its recorded plaintext hash and recipients are the ones wanted."""
@@ -141,11 +142,62 @@ def push_backup(repo: Repository, dump: Path, manifest: Manifest, *,
         drill = drill_path(dump)
         if drill.is_file() and not drill.is_symlink():
             repo.put(stem + DRILL_SUFFIX, drill.read_bytes())
-        repo.put(stem + MANIFEST_SUFFIX, (json.dumps(data, indent=2, sort_keys=True)
-                                          + "\n").encode())
+        if signer is not None:
+            data[SIGNATURE] = sign_record(data, signer)
+        repo.put(stem + MANIFEST_SUFFIX, _canonical(data))
     log.info("pushed %s to %s (%s)", rel, repo, "encrypted" if recipients else "plain")
     return Pushed(rel, manifest.database, _at(manifest), manifest.size_bytes, bool(recipients),
                   uploaded=True)
+
+
+SIGNATURE = "signature"
+
+
+def _canonical(data: dict[str, Any]) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+
+
+def sign_record(data: dict[str, Any], signer: signing.Signer) -> dict[str, str]:
+    """An Ed25519 signature of the manifest record (everything but the signature, in its
+    canonical JSON): it covers the offsite hashes, so it vouches for every object."""
+    import base64
+
+    body = {k: v for k, v in data.items() if k != SIGNATURE}
+    return {"key": signer.public.fingerprint,
+            "ed25519": base64.b64encode(signer.sign(_canonical(body))).decode()}
+
+
+def check_signed(repo: Repository, remote: RemoteBackup, trusted: signing.PublicKey) -> None:
+    """Refuse (before anything is downloaded) a backup whose manifest record, read afresh,
+    is unsigned, signed by another key, or altered since it was signed, and one whose
+    catalog entry differs from the record that was signed (age proves who may read a
+    backup, not who wrote it: anyone who may write to the bucket could plant one)."""
+    import base64
+    import binascii
+
+    where = f"{remote.manifest_key} in {repo.url}"
+    try:
+        data = json.loads(repo.read_small(remote.manifest_key))
+    except ValueError as exc:
+        raise VerifyFailed(f"{where} is not JSON: not downloaded") from exc
+    sig = data.pop(SIGNATURE, None) if isinstance(data, dict) else None
+    if not isinstance(sig, dict):
+        raise VerifyFailed(f"{where} is not signed, and a signer is required "
+                           f"({TRUST_ENV}): not downloaded")
+    try:
+        raw = base64.b64decode(str(sig.get("ed25519", "")), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if sig.get("key") != trusted.fingerprint or not trusted.verifies(raw, _canonical(data)):
+        raise VerifyFailed(f"{where} is not signed by the trusted key {trusted.fingerprint[:16]}"
+                           f" ({TRUST_ENV}; signed by {str(sig.get('key'))[:16]}): not "
+                           "downloaded")
+    signed = Offsite.from_dict(data.get("offsite")) if data.get("offsite") else None
+    if signed != remote.offsite:
+        raise VerifyFailed(f"{where} changed while it was read: not downloaded")
+
+
+TRUST_ENV = "ATB_REPO_SIGNER"
 
 
 def _meta(hashed: sealing.Hashed, tag: str) -> dict[str, str]:
@@ -247,7 +299,8 @@ def abort_stale_uploads(repo: Repository, *, now: datetime) -> int:
 
 def push(repo: Repository, backup_dir: Path, *, recipients: tuple[str, ...] = (),
          database: str | None = None,
-         progress: Callable[[int], None] | None = None) -> PushReport:
+         progress: Callable[[int], None] | None = None,
+         signer: signing.Signer | None = None) -> PushReport:
     """Upload every sound local backup the repository lacks, oldest first: idempotent and
     resumable, so cron may run it as often as it likes."""
     local = catalog.scan(backup_dir, database)
@@ -261,7 +314,7 @@ def push(repo: Repository, backup_dir: Path, *, recipients: tuple[str, ...] = ()
             pushed.append(Pushed(rel, b.database, b.taken_at, b.size, bool(recipients), False))
             continue
         pushed.append(push_backup(repo, b.path, b.manifest, recipients=recipients,
-                                  progress=progress))
+                                  progress=progress, signer=signer))
     skipped = tuple(str(b.path) for b in local if b.is_backup and not b.complete)
     if any(p.uploaded for p in pushed):
         refresh_index(repo)
