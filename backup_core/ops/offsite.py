@@ -48,16 +48,15 @@ def push(url: str, backup_dir: Path, *, encrypt_to: str | None = None,
                                  database=database, progress=progress, signer=signer)
 
 
-def trusted_signer() -> signing.PublicKey | None:
+def trusted_signer(path: Path | None) -> signing.PublicKey | None:
     """The public key a backup read from the repository must be signed with
-    (`ATB_REPO_SIGNER`, a PEM file), checked before any work starts."""
-    value = os.environ.get(offsite_transfer.TRUST_ENV)
-    if not value:
+    (`--repo-signer` / `ATB_REPO_SIGNER`, a PEM file), checked before any work starts."""
+    if path is None:
         return None
     try:
-        return signing.PublicKey.read(Path(value))
+        return signing.PublicKey.read(path)
     except ConfigError as exc:
-        raise ConfigError(f"{offsite_transfer.TRUST_ENV}: {exc}") from exc
+        raise ConfigError(f"--repo-signer: {exc}") from exc
 
 
 def listing(url: str, database: str | None = None) -> tuple[catalog.Listed, ...]:
@@ -211,11 +210,13 @@ def prune_remote(url: str, policy: retention.Policy, *, dry_run: bool = False,
 @contextlib.contextmanager
 def downloaded(url: str, key: str | None, *, database: str | None = None,
                pick: Callable[[list[catalog.Backup]], catalog.Backup] | None = None,
-               progress: Callable[[int, int], None] | None = None) -> Iterator[Fetched]:
+               progress: Callable[[int, int], None] | None = None,
+               signer: Path | None = None) -> Iterator[Fetched]:
     """One backup of the repository (`key`, or the one `pick` chooses among the sound ones)
     downloaded, verified and decrypted into a private directory removed on the way out;
-    `progress` hears (bytes so far, bytes in all)."""
-    trusted = trusted_signer()
+    `progress` hears (bytes so far, bytes in all). With `signer` (a PEM public key), a
+    backup whose manifest record that key did not sign is refused before the download."""
+    trusted = trusted_signer(signer)
     repo = repository.open_repository(url)
     if key is not None:
         remote = offsite_catalog.find(repo, key)

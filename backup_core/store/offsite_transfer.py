@@ -183,21 +183,18 @@ def check_signed(repo: Repository, remote: RemoteBackup, trusted: signing.Public
     sig = data.pop(SIGNATURE, None) if isinstance(data, dict) else None
     if not isinstance(sig, dict):
         raise VerifyFailed(f"{where} is not signed, and a signer is required "
-                           f"({TRUST_ENV}): not downloaded")
+                           "(--repo-signer): not downloaded")
     try:
         raw = base64.b64decode(str(sig.get("ed25519", "")), validate=True)
     except (binascii.Error, ValueError):
         raw = b""
     if sig.get("key") != trusted.fingerprint or not trusted.verifies(raw, _canonical(data)):
         raise VerifyFailed(f"{where} is not signed by the trusted key {trusted.fingerprint[:16]}"
-                           f" ({TRUST_ENV}; signed by {str(sig.get('key'))[:16]}): not "
+                           f" (--repo-signer; signed by {str(sig.get('key'))[:16]}): not "
                            "downloaded")
     signed = Offsite.from_dict(data.get("offsite")) if data.get("offsite") else None
     if signed != remote.offsite:
         raise VerifyFailed(f"{where} changed while it was read: not downloaded")
-
-
-TRUST_ENV = "ATB_REPO_SIGNER"
 
 
 def _meta(hashed: sealing.Hashed, tag: str) -> dict[str, str]:

@@ -95,6 +95,13 @@ def test_restore_from_the_repository_requires_the_trusted_signer(
     assert code == 9 and len(err.splitlines()) == 1, err
     assert "is not signed by the trusted key" in err and err.endswith("not downloaded"), err
 
+    drilled = atb_inproc("drill", "run", "--repo", repo, "--backup", key, "--sandbox",
+                         "local", "--report-dir", str(tmp_path / "reports"),
+                         env={**env, "ATB_REPO_SIGNER": str(other_pub)})
+    assert drilled.returncode == 9, drilled.stdout + drilled.stderr
+    assert drilled.stderr.strip().splitlines()[-1] == err, drilled.stderr
+    assert not (tmp_path / "reports").exists() or not list((tmp_path / "reports").rglob("*"))
+
     altered = dict(record)  # a planted dump: the record points at other bytes
     altered["offsite"] = {**record["offsite"],
                           "dump": {**record["offsite"]["dump"], "sha256": "0" * 64}}
@@ -108,7 +115,7 @@ def test_restore_from_the_repository_requires_the_trusted_signer(
                   Body=json.dumps(altered, indent=2, sort_keys=True).encode())
     code, err, _ = restore(host_pub)
     assert code == 9 and len(err.splitlines()) == 1, err
-    assert "is not signed, and a signer is required (ATB_REPO_SIGNER)" in err, err
+    assert "is not signed, and a signer is required (--repo-signer)" in err, err
 
     code, err, _ = restore(tmp_path / "missing.pem")
-    assert code == 2 and err.startswith("atb: error: ATB_REPO_SIGNER: cannot read"), err
+    assert code == 2 and err.startswith("atb: error: --repo-signer: cannot read"), err
