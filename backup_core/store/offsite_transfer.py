@@ -390,6 +390,7 @@ def fetch(repo: Repository, remote: RemoteBackup, dest: Path, *,
         else:
             data = json.loads(repo.read_small(remote.manifest_key))
             data.pop("offsite", None)
+            data.pop(SIGNATURE, None)
             manifest_path(local).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     except BaseException:
         for p in (local, local.with_name(local.name + AGE_SUFFIX), roles_path(local),
