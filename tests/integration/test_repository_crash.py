@@ -80,3 +80,4 @@ def test_a_store_killed_mid_upload_is_one_line_exit_4_and_the_next_push_complete
         got = offsite_transfer.fetch(repo, remote, tmp_path / "back")
         assert got.manifest.sha256 == manifest.sha256
         assert got.path.stat().st_size == SIZE
+        server.kill()  # its data is thrown away: no graceful stop to wait for
