@@ -358,6 +358,42 @@ def fetch(repo: Repository, remote: RemoteBackup, dest: Path, *,
     def get(obj: StoredObject, target: Path, count: bool) -> None:
         # large: ranged GETs in parallel, consumed in order; either way one pass that
         # downloads, decrypts, hashes both sides and writes
+        if obj.size_bytes > PART_SIZE and ids is None:
+            hashed = _get_plain(obj, target, count)
+        else:
+            hashed = _get_unsealing(obj, target, count)
+        if (hashed.stored_size, hashed.stored_sha256) != (obj.size_bytes, obj.sha256):
+            raise VerifyFailed(f"{obj.key} in {repo.url}: stored bytes differ from the "
+                               "manifest's SHA-256 (altered, replaced or cut short)")
+        if (hashed.plain_size, hashed.plain_sha256) != (obj.plain_size_bytes,
+                                                        obj.plain_sha256):
+            raise VerifyFailed(f"{obj.key} in {repo.url}: plaintext differs from the "
+                               "manifest's SHA-256")
+
+    def _get_plain(obj: StoredObject, target: Path, count: bool) -> sealing.Hashed:
+        """A large plain object: each part written at its offset by the thread that fetched
+        it (as boto3's download_file writes), hashed here in order as the parts arrive."""
+        import hashlib
+
+        digest, size = hashlib.sha256(), 0
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError as exc:
+            raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        try:
+            with repo.open_ranged(obj.key, obj.size_bytes, write_to=fd) as body:
+                while data := body.read():
+                    digest.update(data)
+                    size += len(data)
+                    if count and progress is not None:
+                        progress(size)
+        except OSError as exc:
+            raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        finally:
+            os.close(fd)
+        return sealing.Hashed(size, digest.hexdigest(), size, digest.hexdigest())
+
+    def _get_unsealing(obj: StoredObject, target: Path, count: bool) -> sealing.Hashed:
         body = repo.open_ranged(obj.key, obj.size_bytes) if obj.size_bytes > PART_SIZE \
             else repo.open(obj.key)
         try:
@@ -371,13 +407,7 @@ def fetch(repo: Repository, remote: RemoteBackup, dest: Path, *,
             raise translate(exc, repo.url, f"downloading {obj.key} from") from exc
         finally:
             body.close()
-        if (hashed.stored_size, hashed.stored_sha256) != (obj.size_bytes, obj.sha256):
-            raise VerifyFailed(f"{obj.key} in {repo.url}: stored bytes differ from the "
-                               "manifest's SHA-256 (altered, replaced or cut short)")
-        if (hashed.plain_size, hashed.plain_sha256) != (obj.plain_size_bytes,
-                                                        obj.plain_sha256):
-            raise VerifyFailed(f"{obj.key} in {repo.url}: plaintext differs from the "
-                               "manifest's SHA-256")
+        return hashed
 
     try:
         get(offsite.dump, local, True)

@@ -257,9 +257,11 @@ class Repository:
         except (bx.ClientError, bx.BotoCoreError) as exc:
             raise translate(exc, self.url, f"reading {rel} from", reading=rel) from exc
 
-    def open_ranged(self, rel: str, size: int) -> RangedReader:
-        """A large object read front to back, its parts fetched ahead in parallel."""
-        return RangedReader(self, rel, size)
+    def open_ranged(self, rel: str, size: int, *, write_to: int | None = None) -> RangedReader:
+        """A large object read front to back, its parts fetched ahead in parallel (and with
+        `write_to`, a file descriptor, each part also written at its offset by the thread
+        that fetched it)."""
+        return RangedReader(self, rel, size, write_to=write_to)
 
     def upload(self, path: Path, rel: str, *, metadata: dict[str, str],
                progress: Callable[[int], None] | None = None) -> None:
@@ -325,10 +327,11 @@ class RangedReader(io.RawIOBase):
 
     AHEAD = 10
 
-    def __init__(self, repo: Repository, rel: str, size: int) -> None:
+    def __init__(self, repo: Repository, rel: str, size: int, *,
+                 write_to: int | None = None) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        self.repo, self.rel, self.size = repo, rel, size
+        self.repo, self.rel, self.size, self.write_to = repo, rel, size, write_to
         self.pool = ThreadPoolExecutor(max_workers=self.AHEAD, thread_name_prefix="atb-get")
         self.starts = iter(range(0, size, PART_SIZE))
         self.pending: deque[Future[bytes]] = deque()
@@ -357,6 +360,11 @@ class RangedReader(io.RawIOBase):
                             reading=self.rel) from exc
         except bx.BotoCoreError as exc:
             raise translate(exc, self.repo.url, f"downloading {self.rel} from") from exc
+        if self.write_to is not None:  # in this thread: the writes go in parallel too
+            view, at = memoryview(data), start
+            while view:
+                n = os.pwrite(self.write_to, view, at)
+                view, at = view[n:], at + n
         return data
 
     def readable(self) -> bool:
@@ -397,7 +405,9 @@ class RangedReader(io.RawIOBase):
         return n
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        # with `write_to`, the parts in flight finish before the caller closes its
+        # descriptor: a write must never land in a file that reused the number
+        self.pool.shutdown(wait=self.write_to is not None, cancel_futures=True)
         super().close()
 
 
