@@ -110,8 +110,16 @@ def drill_isolation(options: DrillOptions) -> Isolation:
     """How the drill child can be isolated here: the platform's answer, unless the sandbox
     is a container on an engine the namespace cannot share."""
     iso = isolation.probe()
-    if not iso.network or options.source == "pgbackrest":
+    if not iso.network:
         return iso
+    if options.source == "pgbackrest":
+        stanza = pgbackrest.Stanza(options.stanza or "", options.pgbackrest_config)
+        remote = pgbackrest.remote_repository(stanza)
+        if remote is None:
+            return iso
+        return Isolation(isolation.ENVIRONMENT_ONLY,
+                         f"pgBackRest reaches its repository over the network ({remote}): a "
+                         "network namespace would cut the drill off from it")
     if options.sandbox in ("docker", "auto"):
         where = docker_engine.engine_address()
         if options.sandbox == "auto" and not docker_engine.probe(None).ok:

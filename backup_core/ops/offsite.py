@@ -21,6 +21,7 @@ from backup_core.store import (
     repository,
     retention,
     sealing,
+    signing,
 )
 from backup_core.store.naming import DUMP_SUFFIX, MANIFEST_SUFFIX
 from backup_core.store.offsite_catalog import RemoteBackup
@@ -42,8 +43,20 @@ def push(url: str, backup_dir: Path, *, encrypt_to: str | None = None,
          progress: Callable[[int], None] | None = None) -> PushReport:
     """Upload every sound local backup the repository lacks (config checked first)."""
     keys = sealing.recipients(encrypt_to or "")
+    signer = signing.signer_from_env(os.environ)  # ATB_SIGNING_KEY_FILE: records are signed
     return offsite_transfer.push(repository.open_repository(url), backup_dir, recipients=keys,
-                           database=database, progress=progress)
+                                 database=database, progress=progress, signer=signer)
+
+
+def trusted_signer(path: Path | None) -> signing.PublicKey | None:
+    """The public key a backup read from the repository must be signed with
+    (`--repo-signer` / `ATB_REPO_SIGNER`, a PEM file), checked before any work starts."""
+    if path is None:
+        return None
+    try:
+        return signing.PublicKey.read(path)
+    except ConfigError as exc:
+        raise ConfigError(f"--repo-signer: {exc}") from exc
 
 
 def listing(url: str, database: str | None = None) -> tuple[catalog.Listed, ...]:
@@ -197,10 +210,13 @@ def prune_remote(url: str, policy: retention.Policy, *, dry_run: bool = False,
 @contextlib.contextmanager
 def downloaded(url: str, key: str | None, *, database: str | None = None,
                pick: Callable[[list[catalog.Backup]], catalog.Backup] | None = None,
-               progress: Callable[[int, int], None] | None = None) -> Iterator[Fetched]:
+               progress: Callable[[int, int], None] | None = None,
+               signer: Path | None = None) -> Iterator[Fetched]:
     """One backup of the repository (`key`, or the one `pick` chooses among the sound ones)
     downloaded, verified and decrypted into a private directory removed on the way out;
-    `progress` hears (bytes so far, bytes in all)."""
+    `progress` hears (bytes so far, bytes in all). With `signer` (a PEM public key), a
+    backup whose manifest record that key did not sign is refused before the download."""
+    trusted = trusted_signer(signer)
     repo = repository.open_repository(url)
     if key is not None:
         remote = offsite_catalog.find(repo, key)
@@ -211,6 +227,8 @@ def downloaded(url: str, key: str | None, *, database: str | None = None,
                               + (f" of database {database}" if database else ""))
         chosen = pick([r.backup for r in found])
         remote = next(r for r in found if r.backup.path == chosen.path)
+    if trusted is not None:
+        offsite_transfer.check_signed(repo, remote, trusted)
     total = remote.offsite.dump.size_bytes if remote.offsite else 0
     with offsite_transfer.fetched(repo, remote, identity_file=identity_file(),
                             progress=(lambda n: progress(n, total)) if progress else None,

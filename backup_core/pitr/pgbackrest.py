@@ -104,6 +104,37 @@ def version() -> tuple[str, tuple[int, int] | None] | None:
     return f"{exe} {found.group(0)}", SUPPORTED_MAJORS.get(key)
 
 
+DEFAULT_CONFIGS = (Path("/etc/pgbackrest/pgbackrest.conf"), Path("/etc/pgbackrest.conf"))
+_REPO_KEY = re.compile(r"^repo(\d*)-(type|host)$")
+
+
+def remote_repository(stanza: Stanza, *, environ: dict[str, str] | None = None) -> str | None:
+    """Where the stanza's repository is reached over the network (an object store's
+    `repoN-type`, or a `repoN-host`), the setting that says so; None for a local directory.
+    Read from pgBackRest's variables and its config file's global and stanza sections."""
+    import configparser
+
+    found: dict[str, str] = {}
+    path = stanza.config or next((p for p in DEFAULT_CONFIGS if p.is_file()), None)
+    if path is not None and path.is_file():
+        parser = configparser.ConfigParser(strict=False, interpolation=None)
+        try:
+            parser.read(path)
+        except (configparser.Error, OSError, UnicodeDecodeError):
+            parser.clear()  # pgBackRest itself names a file it cannot read
+        for section in parser.sections():
+            if section.split(":")[0] in ("global", stanza.name):
+                found.update(dict(parser.items(section)))
+    env = os.environ if environ is None else environ
+    found.update({k[len("PGBACKREST_"):].lower().replace("_", "-"): v for k, v in env.items()
+                  if k.startswith("PGBACKREST_REPO")})
+    for key, value in sorted(found.items()):
+        m = _REPO_KEY.match(key)
+        if m and value.strip() and (m.group(2) == "host" or value.strip() != "posix"):
+            return f"{key}={value.strip()}"
+    return None
+
+
 def tool_env() -> dict[str, str]:
     """pgBackRest's own variables (the repository's credentials among them): for pgBackRest
     and for the server whose restore_command runs it, and nothing else."""

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from backup_core.store import catalog, sealing
+from backup_core.store import catalog, sealing, signing
 from backup_core.store.manifest import Manifest
 from backup_core.store.naming import (
     DRILL_SUFFIX,
@@ -83,7 +83,8 @@ def remote_rel(manifest: Manifest) -> str:
 
 def push_backup(repo: Repository, dump: Path, manifest: Manifest, *,
                 recipients: tuple[str, ...] = (), now: datetime | None = None,
-                progress: Callable[[int], None] | None = None) -> Pushed:
+                progress: Callable[[int], None] | None = None,
+                signer: signing.Signer | None = None) -> Pushed:
     """Upload one sound local backup unless it is already off-site: dump, roles, (encrypted:
     the full manifest), then the manifest record last. An object of an earlier, interrupted
     push is reused when its recorded plaintext hash and recipients are the ones wanted."""
@@ -103,20 +104,21 @@ def push_backup(repo: Repository, dump: Path, manifest: Manifest, *,
                     and meta.get("atb-recipients", "") == tag and "atb-sha256" in meta:
                 return StoredObject(key, int(old["ContentLength"]), meta["atb-sha256"],
                                     expect, int(meta.get("atb-plain-size", "0")))
-            if recipients:
+            if recipients and src.stat().st_size > PART_SIZE:
+                hashed = _upload_sealing(repo, src, key, expect, recipients, tag,
+                                         progress=progress if count else None)
+            elif recipients:
                 sealed = Path(tmp) / "object"
                 hashed = sealing.seal(src, sealed, recipients)
-            else:  # plain: the file itself, hashed first (no copy of a large dump)
-                sealed = src
-                hashed = sealing.hash_file(src)
-            if hashed.plain_sha256 != expect:
-                raise VerifyFailed(f"{src} changed since its manifest was written: not pushed")
-            repo.upload(sealed, key, metadata={
-                "atb-plain-sha256": hashed.plain_sha256, "atb-sha256": hashed.stored_sha256,
-                "atb-plain-size": str(hashed.plain_size), "atb-recipients": tag},
-                progress=progress if count else None)
-            if sealed != src:
+                if hashed.plain_sha256 != expect:
+                    raise VerifyFailed(f"{src} changed since its manifest was written: "
+                                       "not pushed")
+                repo.upload(sealed, key, metadata=_meta(hashed, tag),
+                            progress=progress if count else None)
                 sealed.unlink()
+            else:  # plain: the file itself (no copy), hashed while it uploads
+                hashed = _upload_hashing(repo, src, key, expect, tag,
+                                         progress=progress if count else None)
             return StoredObject(key, hashed.stored_size, hashed.stored_sha256,
                                 hashed.plain_sha256, hashed.plain_size)
 
@@ -140,11 +142,129 @@ def push_backup(repo: Repository, dump: Path, manifest: Manifest, *,
         drill = drill_path(dump)
         if drill.is_file() and not drill.is_symlink():
             repo.put(stem + DRILL_SUFFIX, drill.read_bytes())
-        repo.put(stem + MANIFEST_SUFFIX, (json.dumps(data, indent=2, sort_keys=True)
-                                          + "\n").encode())
+        if signer is not None:
+            data[SIGNATURE] = sign_record(data, signer)
+        repo.put(stem + MANIFEST_SUFFIX, _canonical(data))
     log.info("pushed %s to %s (%s)", rel, repo, "encrypted" if recipients else "plain")
     return Pushed(rel, manifest.database, _at(manifest), manifest.size_bytes, bool(recipients),
                   uploaded=True)
+
+
+SIGNATURE = "signature"
+
+
+def _canonical(data: dict[str, Any]) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+
+
+def sign_record(data: dict[str, Any], signer: signing.Signer) -> dict[str, str]:
+    """An Ed25519 signature of the manifest record (everything but the signature, in its
+    canonical JSON): it covers the offsite hashes, so it vouches for every object."""
+    import base64
+
+    body = {k: v for k, v in data.items() if k != SIGNATURE}
+    return {"key": signer.public.fingerprint,
+            "ed25519": base64.b64encode(signer.sign(_canonical(body))).decode()}
+
+
+def check_signed(repo: Repository, remote: RemoteBackup, trusted: signing.PublicKey) -> None:
+    """Refuse (before anything is downloaded) a backup whose manifest record, read afresh,
+    is unsigned, signed by another key, or altered since it was signed, and one whose
+    catalog entry differs from the record that was signed (age proves who may read a
+    backup, not who wrote it: anyone who may write to the bucket could plant one)."""
+    import base64
+    import binascii
+
+    where = f"{remote.manifest_key} in {repo.url}"
+    try:
+        data = json.loads(repo.read_small(remote.manifest_key))
+    except ValueError as exc:
+        raise VerifyFailed(f"{where} is not JSON: not downloaded") from exc
+    sig = data.pop(SIGNATURE, None) if isinstance(data, dict) else None
+    if not isinstance(sig, dict):
+        raise VerifyFailed(f"{where} is not signed, and a signer is required "
+                           "(--repo-signer): not downloaded")
+    try:
+        raw = base64.b64decode(str(sig.get("ed25519", "")), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if sig.get("key") != trusted.fingerprint or not trusted.verifies(raw, _canonical(data)):
+        raise VerifyFailed(f"{where} is not signed by the trusted key {trusted.fingerprint[:16]}"
+                           f" (--repo-signer; signed by {str(sig.get('key'))[:16]}): not "
+                           "downloaded")
+    signed = Offsite.from_dict(data.get("offsite")) if data.get("offsite") else None
+    if signed != remote.offsite:
+        raise VerifyFailed(f"{where} changed while it was read: not downloaded")
+
+
+def _meta(hashed: sealing.Hashed, tag: str) -> dict[str, str]:
+    return {"atb-plain-sha256": hashed.plain_sha256, "atb-sha256": hashed.stored_sha256,
+            "atb-plain-size": str(hashed.plain_size), "atb-recipients": tag}
+
+
+def _upload_hashing(repo: Repository, src: Path, key: str, expect: str, tag: str, *,
+                    progress: Callable[[int], None] | None) -> sealing.Hashed:
+    """Upload a plain file while another thread hashes it (hashlib releases the GIL): the
+    upload is not held back by a pass of its own. A file whose hash is not its manifest's
+    (changed since the backup) has its object deleted again; the manifest record, which
+    alone makes a backup visible, is never written for it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    size = src.stat().st_size
+    claimed = sealing.Hashed(size, expect, size, expect)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atb-hash") as pool:
+        hashing = pool.submit(sealing.hash_file, src)
+        try:
+            repo.upload(src, key, metadata=_meta(claimed, tag), progress=progress)
+        finally:
+            hashed = hashing.result()
+    if hashed != claimed:
+        repo.delete([key])
+        raise VerifyFailed(f"{src} changed since its manifest was written: not pushed")
+    return hashed
+
+
+def _upload_sealing(repo: Repository, src: Path, key: str, expect: str,
+                    recipients: tuple[str, ...], tag: str, *,
+                    progress: Callable[[int], None] | None) -> sealing.Hashed:
+    """Encrypt a large file straight into its upload through a pipe: parts leave while the
+    rest is encrypted, and no ciphertext copy is written to disk. The ciphertext's hash is
+    known only at the end, so the object's metadata lacks it and a later push never reuses
+    the object (it is sealed again). An object whose stream failed, or whose plaintext hash
+    is not the manifest's, is deleted again; its manifest record is never written."""
+    import threading
+
+    size = src.stat().st_size
+    rfd, wfd = os.pipe()
+    out: dict[str, Any] = {}
+
+    def produce() -> None:
+        try:
+            with os.fdopen(wfd, "wb") as pipe:
+                out["hashed"] = sealing.seal_to(src, pipe, recipients)
+        except BaseException as exc:  # reported below, after the upload stops
+            out["error"] = exc
+
+    producer = threading.Thread(target=produce, name="atb-seal", daemon=True)
+    with os.fdopen(rfd, "rb") as stream:
+        producer.start()
+        try:
+            repo.upload_stream(stream, key, progress=progress, metadata={
+                "atb-plain-sha256": expect, "atb-plain-size": str(size),
+                "atb-recipients": tag})
+        finally:
+            stream.close()  # a producer still writing gets EPIPE and stops
+            producer.join()
+    hashed: sealing.Hashed | None = out.get("hashed")
+    if hashed is None or hashed.plain_sha256 != expect:
+        repo.delete([key])
+        if hashed is None:
+            error = out.get("error")
+            if isinstance(error, AtbError):
+                raise error
+            raise StorageError(f"cannot read {src}: {error}") from error
+        raise VerifyFailed(f"{src} changed since its manifest was written: not pushed")
+    return hashed
 
 
 def _at(manifest: Manifest) -> datetime | None:
@@ -176,7 +296,8 @@ def abort_stale_uploads(repo: Repository, *, now: datetime) -> int:
 
 def push(repo: Repository, backup_dir: Path, *, recipients: tuple[str, ...] = (),
          database: str | None = None,
-         progress: Callable[[int], None] | None = None) -> PushReport:
+         progress: Callable[[int], None] | None = None,
+         signer: signing.Signer | None = None) -> PushReport:
     """Upload every sound local backup the repository lacks, oldest first: idempotent and
     resumable, so cron may run it as often as it likes."""
     local = catalog.scan(backup_dir, database)
@@ -190,7 +311,7 @@ def push(repo: Repository, backup_dir: Path, *, recipients: tuple[str, ...] = ()
             pushed.append(Pushed(rel, b.database, b.taken_at, b.size, bool(recipients), False))
             continue
         pushed.append(push_backup(repo, b.path, b.manifest, recipients=recipients,
-                                  progress=progress))
+                                  progress=progress, signer=signer))
     skipped = tuple(str(b.path) for b in local if b.is_backup and not b.complete)
     if any(p.uploaded for p in pushed):
         refresh_index(repo)
@@ -235,21 +356,12 @@ def fetch(repo: Repository, remote: RemoteBackup, dest: Path, *,
     local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def get(obj: StoredObject, target: Path, count: bool) -> None:
-        if obj.size_bytes > PART_SIZE:  # large: ranged GETs in parallel, then one local pass
-            hashed = _get_large(obj, target, count)
+        # large: ranged GETs in parallel, consumed in order; either way one pass that
+        # downloads, decrypts, hashes both sides and writes
+        if obj.size_bytes > PART_SIZE and ids is None:
+            hashed = _get_plain(obj, target, count)
         else:
-            body = repo.open(obj.key)
-            try:
-                counted = _Counting(body, progress) if count and progress else body
-                hashed = sealing.unseal(counted, target, ids=ids, what=obj.key)
-            except OSError as exc:
-                raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
-            except Exception as exc:
-                if isinstance(exc, AtbError):
-                    raise
-                raise translate(exc, repo.url, f"downloading {obj.key} from") from exc
-            finally:
-                body.close()
+            hashed = _get_unsealing(obj, target, count)
         if (hashed.stored_size, hashed.stored_sha256) != (obj.size_bytes, obj.sha256):
             raise VerifyFailed(f"{obj.key} in {repo.url}: stored bytes differ from the "
                                "manifest's SHA-256 (altered, replaced or cut short)")
@@ -258,35 +370,44 @@ def fetch(repo: Repository, remote: RemoteBackup, dest: Path, *,
             raise VerifyFailed(f"{obj.key} in {repo.url}: plaintext differs from the "
                                "manifest's SHA-256")
 
-    def _get_large(obj: StoredObject, target: Path, count: bool) -> sealing.Hashed:
-        from boto3.s3.transfer import TransferConfig
-        from botocore import exceptions as bx
+    def _get_plain(obj: StoredObject, target: Path, count: bool) -> sealing.Hashed:
+        """A large plain object: each part written at its offset by the thread that fetched
+        it (as boto3's download_file writes), hashed here in order as the parts arrive."""
+        import hashlib
 
-        stored = target if ids is None else target.with_name(target.name + AGE_SUFFIX)
-        got = [0]
-
-        def seen(n: int) -> None:
-            got[0] += n
-            if count and progress is not None:
-                progress(got[0])
-
-        config = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
-                                max_concurrency=10)
+        digest, size = hashlib.sha256(), 0
         try:
-            repo.client.download_file(repo.url.bucket, repo.url.key(obj.key), str(stored),
-                                      Config=config, Callback=seen)
-        except (bx.ClientError, bx.BotoCoreError) as exc:
-            raise translate(exc, repo.url, f"downloading {obj.key} from",
-                            reading=obj.key) from exc
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         except OSError as exc:
-            raise StorageError(f"cannot write {stored}: {exc.strerror or exc}") from exc
-        if ids is None:
-            return sealing.hash_file(stored)
+            raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
         try:
-            with stored.open("rb") as fin:
-                return sealing.unseal(fin, target, ids=ids, what=obj.key)
+            with repo.open_ranged(obj.key, obj.size_bytes, write_to=fd) as body:
+                while data := body.read():
+                    digest.update(data)
+                    size += len(data)
+                    if count and progress is not None:
+                        progress(size)
+        except OSError as exc:
+            raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
         finally:
-            stored.unlink(missing_ok=True)
+            os.close(fd)
+        return sealing.Hashed(size, digest.hexdigest(), size, digest.hexdigest())
+
+    def _get_unsealing(obj: StoredObject, target: Path, count: bool) -> sealing.Hashed:
+        body = repo.open_ranged(obj.key, obj.size_bytes) if obj.size_bytes > PART_SIZE \
+            else repo.open(obj.key)
+        try:
+            counted = _Counting(body, progress) if count and progress else body
+            hashed = sealing.unseal(counted, target, ids=ids, what=obj.key)
+        except OSError as exc:
+            raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        except Exception as exc:
+            if isinstance(exc, AtbError):
+                raise
+            raise translate(exc, repo.url, f"downloading {obj.key} from") from exc
+        finally:
+            body.close()
+        return hashed
 
     try:
         get(offsite.dump, local, True)
@@ -299,6 +420,7 @@ def fetch(repo: Repository, remote: RemoteBackup, dest: Path, *,
         else:
             data = json.loads(repo.read_small(remote.manifest_key))
             data.pop("offsite", None)
+            data.pop(SIGNATURE, None)
             manifest_path(local).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     except BaseException:
         for p in (local, local.with_name(local.name + AGE_SUFFIX), roles_path(local),

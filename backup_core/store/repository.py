@@ -9,10 +9,13 @@ config and credentials files, instance role): never from argv, and never logged.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -254,6 +257,12 @@ class Repository:
         except (bx.ClientError, bx.BotoCoreError) as exc:
             raise translate(exc, self.url, f"reading {rel} from", reading=rel) from exc
 
+    def open_ranged(self, rel: str, size: int, *, write_to: int | None = None) -> RangedReader:
+        """A large object read front to back, its parts fetched ahead in parallel (and with
+        `write_to`, a file descriptor, each part also written at its offset by the thread
+        that fetched it)."""
+        return RangedReader(self, rel, size, write_to=write_to)
+
     def upload(self, path: Path, rel: str, *, metadata: dict[str, str],
                progress: Callable[[int], None] | None = None) -> None:
         """One file as one object: multipart past PART_SIZE, each part SHA-256-checksummed
@@ -275,6 +284,27 @@ class Repository:
                                                "Metadata": metadata},
                                     Config=config, Callback=count)
 
+    def upload_stream(self, stream: Any, rel: str, *, metadata: dict[str, str],
+                      progress: Callable[[int], None] | None = None) -> None:
+        """A stream of unknown length (encryption under way) as one object, with the same
+        parts, checksums and concurrency as `upload`: parts go out while the rest is made."""
+        from boto3.s3.transfer import TransferConfig
+
+        config = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
+                                max_concurrency=10, use_threads=True)
+        sent = [0]
+
+        def count(n: int) -> None:
+            sent[0] += n
+            if progress is not None:
+                progress(sent[0])
+
+        with guarded(self.url, f"uploading {rel} to"):
+            self.client.upload_fileobj(stream, self.url.bucket, self.url.key(rel),
+                                       ExtraArgs={"ChecksumAlgorithm": "SHA256",
+                                                  "Metadata": metadata},
+                                       Config=config, Callback=count)
+
     def put(self, rel: str, data: bytes) -> None:
         with guarded(self.url, f"writing {rel} to"):
             self.client.put_object(Bucket=self.url.bucket, Key=self.url.key(rel), Body=data,
@@ -286,6 +316,99 @@ class Repository:
         for rel in rels:
             with guarded(self.url, f"deleting {rel} from"):
                 self.client.delete_object(Bucket=self.url.bucket, Key=self.url.key(rel))
+
+
+class RangedReader(io.RawIOBase):
+    """One object read in order through ranged GETs, `AHEAD` parts in flight: the consumer
+    (hashing, decrypting, writing: one pass) works while the next parts arrive, as boto3's
+    download_file keeps its threads busy, but with no second pass over a temporary file.
+    Reads exactly `size` bytes (the manifest's): a shorter object ends early, so its hash
+    cannot match; a store error is raised, translated, from `readinto`."""
+
+    AHEAD = 10
+
+    def __init__(self, repo: Repository, rel: str, size: int, *,
+                 write_to: int | None = None) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.repo, self.rel, self.size, self.write_to = repo, rel, size, write_to
+        self.pool = ThreadPoolExecutor(max_workers=self.AHEAD, thread_name_prefix="atb-get")
+        self.starts = iter(range(0, size, PART_SIZE))
+        self.pending: deque[Future[bytes]] = deque()
+        self.buf = memoryview(b"")
+        for _ in range(self.AHEAD):
+            self._next()
+
+    def _next(self) -> None:
+        start = next(self.starts, None)
+        if start is not None:
+            self.pending.append(self.pool.submit(self._get, start))
+
+    def _get(self, start: int) -> bytes:
+        from botocore import exceptions as bx
+
+        end = min(start + PART_SIZE, self.size) - 1
+        try:
+            got = self.repo.client.get_object(Bucket=self.repo.url.bucket,
+                                              Key=self.repo.url.key(self.rel),
+                                              Range=f"bytes={start}-{end}")
+            data: bytes = got["Body"].read()
+        except bx.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                return b""  # cut short: the hash says so
+            raise translate(exc, self.repo.url, f"downloading {self.rel} from",
+                            reading=self.rel) from exc
+        except bx.BotoCoreError as exc:
+            raise translate(exc, self.repo.url, f"downloading {self.rel} from") from exc
+        if self.write_to is not None:  # in this thread: the writes go in parallel too
+            view, at = memoryview(data), start
+            while view:
+                n = os.pwrite(self.write_to, view, at)
+                view, at = view[n:], at + n
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        """The next bytes, at most one part (no copy when a whole part is asked for)."""
+        if not self._fill():
+            return b""
+        if size < 0 or size >= len(self.buf):
+            whole = self.buf.obj
+            data = whole if isinstance(whole, bytes) and len(whole) == len(self.buf) \
+                else bytes(self.buf)
+            self.buf = memoryview(b"")
+            return data
+        data = bytes(self.buf[:size])
+        self.buf = self.buf[size:]
+        return data
+
+    def _fill(self) -> bool:
+        while not self.buf:
+            if not self.pending:
+                return False
+            data = self.pending.popleft().result()
+            self._next()
+            if not data:  # the object ended before `size`: stop, the hash tells
+                self.pending.clear()
+                return False
+            self.buf = memoryview(data)
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self._fill():
+            return 0
+        n = min(len(buffer), len(self.buf))
+        buffer[:n] = self.buf[:n]
+        self.buf = self.buf[n:]
+        return n
+
+    def close(self) -> None:
+        # with `write_to`, the parts in flight finish before the caller closes its
+        # descriptor: a write must never land in a file that reused the number
+        self.pool.shutdown(wait=self.write_to is not None, cancel_futures=True)
+        super().close()
 
 
 def open_repository(url: str) -> Repository:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -15,6 +14,7 @@ from backup_core.tools.errors import ConfigError, VerifyFailed
 from backup_core.tools.extras import require
 
 CHUNK = 1 << 20
+PLAIN_CHUNK = 8 << 20  # one part of a ranged download, read whole
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,16 @@ class _HashingWriter(io.RawIOBase):
         return len(view)
 
 
+def seal_to(src: Path, out: BinaryIO, keys: tuple[str, ...]) -> Hashed:
+    """`src` encrypted to `keys` into any binary writer (a pipe into an upload), hashing
+    both sides in the one pass."""
+    pyrage = _pyrage()
+    with src.open("rb") as fin:
+        reader, writer = _HashingReader(fin), _HashingWriter(out)
+        pyrage.encrypt_io(reader, writer, [pyrage.x25519.Recipient.from_str(k) for k in keys])
+    return Hashed(reader.size, reader.digest.hexdigest(), writer.size, writer.digest.hexdigest())
+
+
 def seal(src: Path, dest: Path, keys: tuple[str, ...]) -> Hashed:
     """Copy `src` to `dest`, encrypted to `keys` when there are any, hashing both sides."""
     with src.open("rb") as fin, dest.open("wb") as fout:
@@ -133,8 +143,8 @@ def seal(src: Path, dest: Path, keys: tuple[str, ...]) -> Hashed:
             buf = bytearray(CHUNK)
             while n := reader.readinto(buf):
                 writer.write(memoryview(buf)[:n])
-        fout.flush()
-        os.fsync(fout.fileno())
+        # no fsync: a staging copy for the upload, worthless after a crash (the object's
+        # hash is what proves it)
     return Hashed(reader.size, reader.digest.hexdigest(), writer.size, writer.digest.hexdigest())
 
 
@@ -159,16 +169,27 @@ def unseal(stream: Any, dest: Path, *, ids: list[Any] | None, what: str) -> Hash
 
 def unseal_to(stream: Any, out: Any, *, ids: list[Any] | None, what: str) -> Hashed:
     """`unseal` into any binary writer (a file, a pipe to pg_restore)."""
-    reader, writer = _HashingReader(stream), _HashingWriter(out)
     if ids is not None:
+        reader, writer = _HashingReader(stream), _HashingWriter(out)
         pyrage = _pyrage()
         try:
             pyrage.decrypt_io(reader, writer, ids)
         except pyrage.DecryptError as exc:
             raise VerifyFailed(f"{what}: cannot decrypt ({exc}): the wrong identity, or "
                                "the object was altered") from exc
-    else:
-        buf = bytearray(CHUNK)
-        while n := reader.readinto(buf):
-            writer.write(memoryview(buf)[:n])
-    return Hashed(writer.size, writer.digest.hexdigest(), reader.size, reader.digest.hexdigest())
+        return Hashed(writer.size, writer.digest.hexdigest(), reader.size,
+                      reader.digest.hexdigest())
+    # plain: the bytes stored are the plaintext, so one hash serves both sides, computed
+    # in a second thread while this one writes (both release the GIL)
+    from concurrent.futures import ThreadPoolExecutor
+
+    digest, size = hashlib.sha256(), 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atb-hash") as pool:
+        while data := stream.read(PLAIN_CHUNK):
+            hashing = pool.submit(digest.update, data)
+            try:
+                out.write(data)
+            finally:
+                hashing.result()
+            size += len(data)
+    return Hashed(size, digest.hexdigest(), size, digest.hexdigest())

@@ -47,6 +47,11 @@ repo_select_option = click.option(
     "--repo", metavar="s3://BUCKET/PREFIX",
     help="Work on this off-site repository instead of the backup tree (pip install "
          "'atb-backup-drills[s3]'; AWS configuration as for `db backup --repo`).")
+repo_signer_option = click.option(
+    "--repo-signer", envvar="ATB_REPO_SIGNER", show_envvar=True, metavar="PEM",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="With --repo: refuse, before downloading it, a backup whose manifest record this "
+         "Ed25519 public key did not sign (push signs with ATB_SIGNING_KEY_FILE).")
 encrypt_option = click.option(
     "--encrypt-to", envvar="BACKUP_ENCRYPT_TO", show_envvar=True, metavar="AGE_KEYS",
     help="Encrypt everything uploaded to these age public keys (age1..., comma separated); "
@@ -289,13 +294,15 @@ def _prune_text(report: retention.PruneReport, backup_dir: Path) -> str:
 @click.option("--i-know-this-is-production", "allow_production", is_flag=True,
               help="Allow restoring into the DATABASE_URL database itself.")
 @repo_select_option
+@repo_signer_option
 @json_option
 def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, with_roles: bool,
                no_owner: bool,
                migrate: bool, alembic_config: Path | None, migrate_cmd: str | None,
                app_python: str | None, app_dir: Path | None, app_url_env: tuple[str, ...],
                pass_env: tuple[str, ...], production_url: str | None,
-               allow_production: bool, repo: str | None, as_json: bool) -> None:
+               allow_production: bool, repo: str | None, repo_signer: Path | None,
+               as_json: bool) -> None:
     """Restore PATH into exactly the target database (fresh database, pg_restore, migrate).
 
     With --repo, PATH is a key as `list --repo` shows it: the backup is downloaded into a
@@ -319,7 +326,7 @@ def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, with_
             jobs=jobs, no_owner=no_owner, with_roles=with_roles, migration=migration)
 
     if repo:
-        with offsite.downloaded(repo, str(path)) as got:
+        with offsite.downloaded(repo, str(path), signer=repo_signer) as got:
             result = restore.restore_backup(request(got.path))
     else:
         result = restore.restore_backup(request(path))

@@ -73,6 +73,10 @@ def drill() -> None:
                    "a backup of the window (or --backup KEY, as `db list --repo` shows it) is "
                    "downloaded into a private directory, its hashes proven, decrypted "
                    "(ATB_AGE_IDENTITY_FILE), drilled, and removed.")
+@click.option("--repo-signer", envvar="ATB_REPO_SIGNER", show_envvar=True, metavar="PEM",
+              type=click.Path(path_type=Path, dir_okay=False),
+              help="With --repo: refuse, before downloading it, a backup whose manifest "
+                   "record this Ed25519 public key did not sign.")
 @click.option("--prove-detection", is_flag=True,
               help="After the drill, run it again over a deliberately damaged copy of the "
                    "same backup (one value changed, one row removed, the manifest resealed) "
@@ -86,7 +90,8 @@ def drill() -> None:
 @wiki_option
 @notify_option
 @json_option
-def drill_run(repo: str | None, prove_detection: bool, pdf: bool, publish: bool,
+def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool, pdf: bool,
+              publish: bool,
               wiki_url: str | None, notify_urls: tuple[str, ...], as_json: bool,
               **values: Any) -> None:
     """Restore a random backup of the window (or --backup) into a sandbox, migrate it, run
@@ -111,7 +116,7 @@ def drill_run(repo: str | None, prove_detection: bool, pdf: bool, publish: bool,
     with contextlib.ExitStack() as stack:  # a backup fetched from --repo goes at the end
         fetched = None
         if repo:
-            fetched = stack.enter_context(_fetch(repo, key, options))
+            fetched = stack.enter_context(_fetch(repo, key, options, repo_signer))
             options = replace(options, backup=fetched.path,
                               backup_dir=fetched.path.parents[4], record=False)
         progress = console.DrillProgress()
@@ -179,7 +184,8 @@ def _publish(wiki: Wiki, result: DrillResult) -> bool:
 
 
 @contextlib.contextmanager
-def _fetch(repo: str, key: str | None, options: DrillOptions) -> Iterator[Fetched]:
+def _fetch(repo: str, key: str | None, options: DrillOptions,
+           signer: Path | None = None) -> Iterator[Fetched]:
     """The backup to drill, downloaded (with progress on a terminal) and proven."""
     from datetime import UTC, datetime
 
@@ -190,7 +196,7 @@ def _fetch(repo: str, key: str | None, options: DrillOptions) -> Iterator[Fetche
     last = ["download"]
     try:
         with offsite.downloaded(
-                repo, key, database=options.database,
+                repo, key, database=options.database, signer=signer,
                 progress=lambda n, total: progress(_eta(n, total, progress.t0, last), n),
                 pick=lambda found: pick(found, now=datetime.now(UTC),
                                         window_days=options.window_days, seed=options.seed,

@@ -342,6 +342,32 @@ def test_a_large_object_round_trips_through_parallel_parts(
         dump.name, dump.name[: -len(".dump")] + ".json"]
 
 
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_a_large_dump_changed_since_its_manifest_leaves_nothing_in_the_store(
+        object_store: ObjectStore, repo: str, keys: tuple[str, Path, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, encrypted: bool) -> None:
+    """The hash is computed while the object uploads (plain) or is encrypted into it (age):
+    a dump whose bytes are not its manifest's is refused, its object deleted again, and no
+    manifest written."""
+    from backup_core.store import offsite_transfer, repository
+    from backup_core.tools.errors import VerifyFailed
+    from bench.repository import _backup
+
+    for k, v in object_store.env().items():
+        monkeypatch.setenv(k, v)
+    dump, manifest = _backup(tmp_path / "tree", (9 << 20) + 1)
+    with dump.open("r+b") as fh:  # one byte flipped after the manifest was written
+        fh.seek(5 << 20)
+        byte = fh.read(1)
+        fh.seek(5 << 20)
+        fh.write(bytes([byte[0] ^ 1]))
+    store = repository.open_repository(repo)
+    with pytest.raises(VerifyFailed, match="changed since its manifest was written"):
+        offsite_transfer.push_backup(store, dump, manifest,
+                                     recipients=(keys[0],) if encrypted else ())
+    assert store.objects() == {}
+
+
 def test_the_listing_index_never_hides_a_change_to_a_manifest(
         object_store: ObjectStore, repo: str, one_backup: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
