@@ -30,7 +30,7 @@ from psycopg import sql
 from backup_core.reading import guard
 from backup_core.reading.inventory import DatabaseLocale, read_locale
 from backup_core.tools import db, isolation, reaper, toolchain
-from backup_core.tools.cluster import FAST_SETTINGS, Cluster
+from backup_core.tools.cluster import FAST_SETTINGS, Cluster, cache_root
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.errors import AtbError, ConfigError, SafetyRefusal
 from backup_core.tools.runner import run
@@ -189,7 +189,7 @@ def _local(source_major: int, chains: list[toolchain.Toolchain],
     chain = toolchain.for_server(source_major, chains)
     initdb = cluster_locale(locale, machine_locales())
     with Cluster(chain, settings={} if faithful else dict(FAST_SETTINGS),
-                 locale=initdb) as cluster:
+                 locale=initdb, templates=cache_root() / "initdb") as cluster:
         yield _finish(cluster.url(), "local", t0, chain, locale=locale)
 
 
