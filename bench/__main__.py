@@ -337,9 +337,19 @@ def bench_size(size: str, chain: toolchain.Toolchain, chains: list[toolchain.Too
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def server_cpu(cluster: Cluster) -> float:
+def server_children(cluster: Cluster) -> set[str]:
+    pid = cluster.pid
+    return set(Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+
+
+def server_cpu(cluster: Cluster, settled: set[str] | None = None) -> float:
     """CPU seconds of the server's processes that have ended (the postmaster's children:
-    backends, parallel workers) plus its own, from /proc."""
+    backends, parallel workers) plus its own, from /proc; first waiting (up to 10 s) until
+    only the `settled` children are left: a backend's CPU counts once it is reaped."""
+    deadline = time.monotonic() + 10
+    while settled is not None and not server_children(cluster) <= settled \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
     fields = Path(f"/proc/{cluster.pid}/stat").read_text().rsplit(")", 1)[1].split()
     return sum(int(x) for x in fields[11:15]) / TICK
 
@@ -359,10 +369,12 @@ class CpuMeter:
 
     def measure(self, fn: Callable[[], object]) -> Callable[[], None]:
         def measured() -> None:
+            settled = server_children(self.cluster)
             s0, c0, t0 = server_cpu(self.cluster), children_cpu(), time.perf_counter()
             fn()
-            self.runs.append((server_cpu(self.cluster) - s0 + children_cpu() - c0,
-                              time.perf_counter() - t0))
+            wall = time.perf_counter() - t0
+            self.runs.append((server_cpu(self.cluster, settled) - s0 + children_cpu() - c0,
+                              wall))
         return measured
 
     def summary(self) -> str:

@@ -189,7 +189,8 @@ def _local(source_major: int, chains: list[toolchain.Toolchain],
     chain = toolchain.for_server(source_major, chains)
     initdb = cluster_locale(locale, machine_locales())
     with Cluster(chain, settings={} if faithful else dict(FAST_SETTINGS),
-                 locale=initdb, templates=cache_root() / "initdb") as cluster:
+                 locale=initdb, templates=cache_root() / "initdb",
+                 destroy_mode="immediate") as cluster:
         yield _finish(cluster.url(), "local", t0, chain, locale=locale)
 
 

@@ -196,6 +196,10 @@ class Cluster:
     # initdb (most of a drill sandbox's start). Only a cluster without a password uses it,
     # and every copy shares the template's system identifier: for sandboxes, never a source.
     templates: Path | None = None
+    # how `destroy` stops the server: a drill's sandbox, whose files are deleted next, skips
+    # the shutdown checkpoint ("immediate": seconds after a large restore); a cluster whose
+    # WAL is archived must stop "fast", so its last segment reaches the archive
+    destroy_mode: str = "fast"
     workdir: Path | None = field(default=None, init=False)
     port: int = field(default=5432, init=False)
     _running: bool = field(default=False, init=False)
@@ -360,7 +364,7 @@ class Cluster:
     def destroy(self) -> None:
         """Stop the server and delete every file of it; safe to call twice."""
         try:
-            self.stop()
+            self.stop(mode=self.destroy_mode)
         finally:
             if self.workdir is not None and self.workdir.exists():
                 shutil.rmtree(self.workdir, ignore_errors=True)

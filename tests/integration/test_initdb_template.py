@@ -4,6 +4,7 @@ its start), and never from a template anyone else could have changed."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,18 @@ def chain18() -> toolchain.Toolchain:
     return chain
 
 
+def gone_within(pid: int, seconds: float) -> bool:
+    """The server process has exited (it may linger a moment after its pid file is gone)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def system_id(cluster: Cluster) -> str:
     with db.connect(cluster.url(), autocommit=True) as conn:
         row = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
@@ -31,9 +44,14 @@ def system_id(cluster: Cluster) -> str:
 def test_clusters_start_from_a_private_template_and_never_a_writable_one(
         tmp_path: Path, chain18: toolchain.Toolchain) -> None:
     templates = tmp_path / "templates"
-    with Cluster(chain18, templates=templates) as first:
+    with Cluster(chain18, templates=templates, destroy_mode="immediate") as first:
         made = sorted(templates.iterdir())
         first_id = system_id(first)
+        pid, workdir = first.pid, first.workdir
+    # stopped without a shutdown checkpoint, and gone entirely
+    assert pid is not None and workdir is not None
+    assert not workdir.exists()
+    assert gone_within(pid, 10)
     assert [p.name for p in made] == [
         template_path(templates, first.toolchain, locale="C", superuser="postgres").name]
     template = made[0]
