@@ -284,9 +284,13 @@ def bench_size(size: str, chain: toolchain.Toolchain, chains: list[toolchain.Too
                            cwd=work, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
         def restore_alone() -> None:
+            # as the drill restores: in parallel into the sandbox's (empty) scratch database.
+            # Without scratch=True restore_backup takes an existing empty database for
+            # someone's and restores it in one transaction, 1 job: a slower B, which made
+            # earlier runs' ratios look better than they were
             with sandbox.open_sandbox("local", source_major=chain.major, chains=chains) as sb:
-                restore_backup(RestoreRequest(dump, sb.url, no_owner=True, jobs=cores),
-                               chains=chains)
+                restore_backup(RestoreRequest(dump, sb.url, no_owner=True, jobs=cores,
+                                              scratch=True), chains=chains)
 
         comps.append(alternate(Comparison("whole drill vs restore alone", "atb drill run",
                                           "sandbox + restore", "<= 1.5"),
