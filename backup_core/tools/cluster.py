@@ -387,20 +387,21 @@ def template_path(templates: Path, chain: Toolchain, *, locale: str, superuser: 
     return templates / f"initdb-{chain.version}-{key}"
 
 
-def _private(path: Path) -> bool:
-    """A real directory (not a link) that only we can change: what a template is read from
-    and kept in. Anything else is ignored (a fresh initdb instead), never trusted."""
+def _private(path: Path, *, others: int = 0o022) -> bool:
+    """A real directory (not a link) of ours that no one else may change (`others`: the mode
+    bits that must be clear): what a template is read from and kept in. Anything else is
+    ignored (a fresh initdb instead), never trusted."""
     try:
         st = path.lstat()
     except OSError:
         return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & others
 
 
 def _copy_template(template: Path, datadir: Path, run_as: str | None) -> bool:
     """Copy `template` to `datadir` (which must not exist), owned by `run_as`; False, with
-    nothing left behind, when there is no usable template."""
-    if not (_private(template.parent) and _private(template)) or template.stat().st_mode & 0o077:
+    nothing left behind, when there is no usable template (absent, or not 0700 and ours)."""
+    if not (_private(template.parent) and _private(template, others=0o077)):
         return False
     try:
         shutil.copytree(template, datadir, symlinks=True)
