@@ -421,14 +421,12 @@ def _save_template(datadir: Path, template: Path) -> None:
     """Keep a copy of a fresh (never started) data directory as the template, owned by us
     and private (0700): the server's own user cannot change what later clusters start from.
     Best effort: a template that cannot be kept only means the next cluster runs initdb."""
-    if template.exists():
-        return
     tmp = template.parent / f".{template.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         make_dirs(template.parent)
-        if not _private(template.parent):
-            log.warning("not keeping an initdb template in %s: it is not a private directory "
-                        "of ours", template.parent)
+        if not _private(template.parent) or os.path.lexists(template):
+            log.debug("not keeping an initdb template in %s: there is one, or the directory "
+                      "is not a private one of ours", template.parent)
             return
         shutil.copytree(datadir, tmp, symlinks=True)  # the copies are ours, whoever ran initdb
         tmp.chmod(0o700)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from backup_core.tools.cluster import template_path
+from backup_core.tools.cluster import _copy_template, _save_template, template_path
 from backup_core.tools.toolchain import Toolchain
 
 
@@ -36,3 +36,30 @@ def test_one_template_per_build_locale_and_superuser(tmp_path: Path) -> None:
     postgres.write_bytes(b"server build 2, a different size")
     os.utime(postgres, ns=(1, 1))
     assert template_path(root, chain, locale="C", superuser="postgres") != first
+
+
+def test_a_template_is_kept_private_and_never_read_from_a_directory_others_may_change(
+        tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh"
+    fresh.mkdir(mode=0o700)
+    (fresh / "PG_VERSION").write_text("18\n")
+    templates = tmp_path / "templates"
+    template = templates / "initdb-18.6-0123456789abcdef"
+    _save_template(fresh, template)
+    assert (template / "PG_VERSION").read_text() == "18\n"
+    assert template.stat().st_mode & 0o777 == 0o700
+    assert templates.stat().st_mode & 0o777 == 0o700
+    assert [p.name for p in templates.iterdir()] == [template.name]  # no temporary left
+    assert _copy_template(template, tmp_path / "copy", None)
+    assert (tmp_path / "copy" / "PG_VERSION").read_text() == "18\n"
+    # a template directory others may write to: not read, and nothing added to it
+    templates.chmod(0o770)
+    assert not _copy_template(template, tmp_path / "copy2", None)
+    assert not (tmp_path / "copy2").exists()
+    other = templates / "initdb-18.6-fedcba9876543210"
+    _save_template(fresh, other)
+    assert not other.exists()
+    # a template readable by others is not used either
+    templates.chmod(0o700)
+    template.chmod(0o750)
+    assert not _copy_template(template, tmp_path / "copy3", None)
