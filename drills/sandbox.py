@@ -30,7 +30,7 @@ from psycopg import sql
 from backup_core.reading import guard
 from backup_core.reading.inventory import DatabaseLocale, read_locale
 from backup_core.tools import db, isolation, reaper, toolchain
-from backup_core.tools.cluster import FAST_SETTINGS, Cluster
+from backup_core.tools.cluster import FAST_SETTINGS, Cluster, cache_root
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.errors import AtbError, ConfigError, SafetyRefusal
 from backup_core.tools.runner import run
@@ -189,11 +189,11 @@ def _local(source_major: int, chains: list[toolchain.Toolchain],
     chain = toolchain.for_server(source_major, chains)
     initdb = cluster_locale(locale, machine_locales())
     # inside the drill's namespaces: sealed, on the namespace's own loopback (nothing the
-    # restored database runs, as its superuser can, opens a socket of the host)
-    sealed = isolation.already_inside()
+    # restored database runs, as its superuser can, opens a socket of the host); trusted
+    # there as its socket is outside, since only the drill's processes share that loopback
     with Cluster(chain, settings={} if faithful else dict(FAST_SETTINGS), locale=initdb,
-                 sealed=sealed, password=secrets.token_urlsafe(18) if sealed else ""
-                 ) as cluster:
+                 sealed=isolation.already_inside(), templates=cache_root() / "initdb",
+                 destroy_mode="immediate") as cluster:
         yield _finish(cluster.url(), "local", t0, chain, locale=locale)
 
 

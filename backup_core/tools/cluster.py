@@ -195,6 +195,15 @@ class Cluster:
     runner: Runner = run  # every program the cluster runs goes through it
     locale: str = "C"  # initdb's; a local sandbox takes production's where the machine has it
     sealed: bool = False
+    # A private directory of initdb templates (see `template_path`): the data directory is a
+    # copy of one made earlier for the same server binary, locale and superuser, not a fresh
+    # initdb (most of a drill sandbox's start). Only a cluster without a password uses it,
+    # and every copy shares the template's system identifier: for sandboxes, never a source.
+    templates: Path | None = None
+    # how `destroy` stops the server: a drill's sandbox, whose files are deleted next, skips
+    # the shutdown checkpoint ("immediate": seconds after a large restore); a cluster whose
+    # WAL is archived must stop "fast", so its last segment reaches the archive
+    destroy_mode: str = "fast"
     workdir: Path | None = field(default=None, init=False)
     port: int = field(default=5432, init=False)
     _running: bool = field(default=False, init=False)
@@ -279,7 +288,13 @@ class Cluster:
     def _fill_datadir(self, run_as: str | None) -> None:
         """initdb, or `populate` (a pgBackRest restore) into an empty data directory."""
         if self.populate is None:
+            template = self._template()
+            if template is not None and _copy_template(template, self.datadir, run_as):
+                log.debug("data directory copied from the initdb template %s", template)
+                return
             self._initdb(run_as)
+            if template is not None:
+                _save_template(self.datadir, template)
             return
         self.datadir.mkdir(mode=0o700)
         if run_as:
@@ -321,6 +336,12 @@ class Cluster:
         finally:
             pwfile.unlink(missing_ok=True)
 
+    def _template(self) -> Path | None:
+        if self.templates is None or self.password:
+            return None
+        return template_path(self.templates, self.toolchain, locale=self.locale,
+                             superuser=self.superuser)
+
     def _log_tail(self) -> str:
         try:
             lines = self.logfile.read_text(errors="replace").strip().splitlines()
@@ -350,12 +371,77 @@ class Cluster:
     def destroy(self) -> None:
         """Stop the server and delete every file of it; safe to call twice."""
         try:
-            self.stop()
+            self.stop(mode=self.destroy_mode)
         finally:
             if self.workdir is not None and self.workdir.exists():
                 shutil.rmtree(self.workdir, ignore_errors=True)
             reaper.unregister(self._record)
             self._record = None
+
+
+def template_path(templates: Path, chain: Toolchain, *, locale: str, superuser: str) -> Path:
+    """Where the initdb template for this server binary, locale and superuser lives: keyed on
+    the binary's path, size and mtime too, so an upgraded build in place never gets an old
+    template."""
+    postgres = chain.tool("postgres")
+    try:
+        st = os.stat(postgres)
+        build = f"{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        build = "?"
+    key = hashlib.sha256("\0".join([str(Path(postgres).resolve()), chain.version, build,
+                                    locale, superuser]).encode()).hexdigest()[:16]
+    return templates / f"initdb-{chain.version}-{key}"
+
+
+def _private(path: Path, *, others: int = 0o022) -> bool:
+    """A real directory (not a link) of ours that no one else may change (`others`: the mode
+    bits that must be clear): what a template is read from and kept in. Anything else is
+    ignored (a fresh initdb instead), never trusted."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & others
+
+
+def _copy_template(template: Path, datadir: Path, run_as: str | None) -> bool:
+    """Copy `template` to `datadir` (which must not exist), owned by `run_as`; False, with
+    nothing left behind, when there is no usable template (absent, or not 0700 and ours)."""
+    if not (_private(template.parent) and _private(template, others=0o077)):
+        return False
+    try:
+        shutil.copytree(template, datadir, symlinks=True)
+        if run_as:
+            entry = pwd.getpwnam(run_as)
+            for path in [datadir, *datadir.rglob("*")]:
+                os.lchown(path, entry.pw_uid, entry.pw_gid)
+        datadir.chmod(0o700)
+    except OSError as exc:
+        log.warning("could not copy the initdb template %s (%s): running initdb", template, exc)
+        shutil.rmtree(datadir, ignore_errors=True)
+        return False
+    return True
+
+
+def _save_template(datadir: Path, template: Path) -> None:
+    """Keep a copy of a fresh (never started) data directory as the template, owned by us
+    and private (0700): the server's own user cannot change what later clusters start from.
+    Best effort: a template that cannot be kept only means the next cluster runs initdb."""
+    tmp = template.parent / f".{template.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        make_dirs(template.parent)
+        if not _private(template.parent) or os.path.lexists(template):
+            log.debug("not keeping an initdb template in %s: there is one, or the directory "
+                      "is not a private one of ours", template.parent)
+            return
+        shutil.copytree(datadir, tmp, symlinks=True)  # the copies are ours, whoever ran initdb
+        tmp.chmod(0o700)
+        tmp.rename(template)  # atomic: a template is whole or absent; another run may win
+    except (OSError, AtbError) as exc:
+        log.debug("initdb template not kept in %s: %s", template.parent, exc)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def server_conf(*, port: int, tcp: bool, socket_dir: Path | None, settings: Mapping[str, str],
