@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from backup_core.reading.target import TEST_KILL_AT
 from backup_core.store import catalog
 from backup_core.store.naming import manifest_path, roles_path
-from backup_core.tools import conninfo
+from backup_core.tools import conninfo, db
 from backup_core.tools.conninfo import ConnInfo
 
 
@@ -261,3 +261,17 @@ def drill_held_at_its_integration(backup: Path, tmp_path: Path, sandbox_tmp: Pat
     assert marker.exists(), "the drill never reached its integration command"
     [workdir] = sandbox_tmp.glob("atb-pg-*")
     return proc, workdir
+
+
+def wait_archived(url: ConnInfo) -> None:
+    """Switch WAL and wait until the archiver has pushed the segment."""
+    with db.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
+        assert row is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()
+            if done and done[0] and done[0] >= row[0]:
+                return
+            time.sleep(0.1)
+    raise AssertionError(f"WAL {row[0]} was not archived within 60 s")

@@ -233,9 +233,10 @@ def splice(a: socket.socket, b: socket.socket) -> None:
     threading.Thread(target=pipe, args=(b, a), daemon=True).start()
 
 
-def _serve_forwards(listeners: list[tuple[socket.socket, str]]) -> None:
-    """The forwarder process: accept on each listener, connect to its socket, pipe."""
-    def accept(listener: socket.socket, path: str) -> None:
+def forward_to(listener: socket.socket, path: str) -> None:
+    """Accept on `listener` until it closes, carrying each connection to the unix socket
+    `path` (one that cannot be reached is dropped)."""
+    with contextlib.suppress(OSError):  # the listener closed: done
         while True:
             client, _ = listener.accept()
             up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -247,7 +248,11 @@ def _serve_forwards(listeners: list[tuple[socket.socket, str]]) -> None:
                 continue
             splice(client, up)
 
-    threads = [threading.Thread(target=accept, args=pair, daemon=True) for pair in listeners]
+
+def _serve_forwards(listeners: list[tuple[socket.socket, str]]) -> None:
+    """The forwarder process: each listener served by a thread of its own."""
+    threads = [threading.Thread(target=forward_to, args=pair, daemon=True)
+               for pair in listeners]
     for t in threads:
         t.start()
     for t in threads:

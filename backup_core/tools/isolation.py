@@ -340,21 +340,8 @@ def loopback(target: ConnInfo) -> Iterator[ConnInfo]:
         return
     [(addr, path)] = forward.items()
     listener = isolate_exec.listen(addr)
-
-    def serve() -> None:
-        with contextlib.suppress(OSError):  # the listener closed: done
-            while True:
-                client, _ = listener.accept()
-                up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    up.connect(path)
-                except OSError:
-                    client.close()
-                    up.close()
-                    continue
-                isolate_exec.splice(client, up)
-
-    threading.Thread(target=serve, name="atb-loopback", daemon=True).start()
+    threading.Thread(target=isolate_exec.forward_to, args=(listener, path), name="atb-loopback",
+                     daemon=True).start()
     try:
         yield reach
     finally:

@@ -28,7 +28,14 @@ from backup_core.tools import db, toolchain
 from backup_core.tools.cluster import Cluster, random_password, service_user
 from backup_core.tools.conninfo import ConnInfo
 from drills.demo import alembic_upgrade, example_dir, load_datagen
-from tests.helpers import atb_inproc, checks, drill, fingerprint, interrupt_drill
+from tests.helpers import (
+    atb_inproc,
+    checks,
+    drill,
+    fingerprint,
+    interrupt_drill,
+    wait_archived,
+)
 
 EXAMPLE = example_dir()
 STANZA = "trading"
@@ -66,20 +73,6 @@ pg1-path={cluster.datadir}
 pg1-socket-path={cluster.socket_dir}
 pg1-port={cluster.port}
 """)
-
-
-def _wait_archived(url: ConnInfo) -> None:
-    """Switch WAL and wait until the archiver has pushed the segment."""
-    with db.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
-        assert row is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            done = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()
-            if done and done[0] and done[0] >= row[0]:
-                return
-            time.sleep(0.2)
-    raise AssertionError(f"WAL {row[0]} was not archived within 60 s")
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +130,7 @@ def production(chain15: toolchain.Toolchain) -> Iterator[Production]:
         with db.connect(cluster.url(), autocommit=True) as conn:  # quiet from here on
             conn.execute("ALTER SYSTEM RESET archive_timeout")
             conn.execute("SELECT pg_reload_conf()")
-        _wait_archived(url)
+        wait_archived(url)
         info = pgbackrest.info(pgbackrest.Stanza(STANZA, config))
         assert len(info.backups) == 1 and info.wal_max is not None
         yield Production(cluster=cluster, url=url, config=config, repo=work / "repo",
@@ -251,7 +244,7 @@ def test_status_watches_archiving_and_fails_when_it_stops(
     prom = tmp_path / "atb.prom"
     args = ("db", "status", "--stanza", STANZA, "--pgbackrest-config", str(production.config),
             "--backup-dir", str(tmp_path / "none"), "--rpo", "15m", "--prometheus", str(prom))
-    _wait_archived(production.url)
+    wait_archived(production.url)
     ok = atb_inproc(*args, "--json", url=production.url)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     [stanza] = json.loads(ok.stdout)["stanzas"]

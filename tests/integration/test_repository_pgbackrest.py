@@ -28,7 +28,7 @@ from backup_core.tools import db, toolchain
 from backup_core.tools.cluster import Cluster, random_password, service_user
 from backup_core.tools.conninfo import ConnInfo
 from drills.demo import alembic_upgrade, example_dir
-from tests.helpers import checks, drill
+from tests.helpers import checks, drill, wait_archived
 from tests.object_store import ObjectStore, WeedServer
 
 STANZA = "shop"
@@ -77,20 +77,6 @@ def _pgbackrest(config: Path, creds: dict[str, str], *args: str) -> None:
                           check=False, user=service_user(), timeout=120,
                           env={**os.environ, **creds})
     assert done.returncode == 0, done.stderr + done.stdout
-
-
-def _archive_now(url: ConnInfo) -> None:
-    """Switch WAL and wait until the archiver has pushed the segment into the bucket."""
-    with db.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
-        assert row is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            done = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()
-            if done and done[0] and done[0] >= row[0]:
-                return
-            time.sleep(0.1)
-    raise AssertionError(f"WAL {row[0]} was not archived within 60 s")
 
 
 def _add(url: ConnInfo, *numbers: int) -> None:
@@ -144,7 +130,7 @@ def s3_production(chain15: toolchain.Toolchain) -> Iterator[S3Production]:
                 time.sleep(0.3)
                 _add(url, 6, 7)
                 heartbeat.insert_heartbeat(url)
-                _archive_now(url)
+                wait_archived(url)
                 yield S3Production(cluster, url, config, store, creds, target)
             server.kill()  # its data is thrown away: no graceful stop to wait for
     finally:
