@@ -38,6 +38,9 @@ OFFSITE_FORMAT = 1
 # what an encrypted repository's plaintext record leaves out: the data's shape and content
 PRIVATE_FIELDS = ("row_counts", "row_checksums", "inventory", "definitions", "conditions")
 PART_SIZE = 8 << 20  # boto3's own default part size
+# each part's checksum, which the store checks on arrival: boto3's default, cheaper than a
+# SHA-256 per part, which would only repeat what the manifest's SHA-256 proves end to end
+PART_CHECKSUM = "CRC32"
 _URL = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(.*))?$")
 # A cache of the small JSON objects (manifest records, drill histories) so that a listing of
 # 10,000 backups reads a few segments instead of 10,000 objects. Each entry carries the
@@ -265,8 +268,9 @@ class Repository:
 
     def upload(self, path: Path, rel: str, *, metadata: dict[str, str],
                progress: Callable[[int], None] | None = None) -> None:
-        """One file as one object: multipart past PART_SIZE, each part SHA-256-checksummed
-        (the store refuses a part whose bytes differ), invisible until the last part lands."""
+        """One file as one object: multipart past PART_SIZE, each part checksummed (CRC32,
+        boto3's own default: the store refuses a part whose bytes differ; the manifest's
+        SHA-256 proves the whole object end to end), invisible until the last part lands."""
         from boto3.s3.transfer import TransferConfig
 
         config = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
@@ -280,7 +284,7 @@ class Repository:
 
         with guarded(self.url, f"uploading {rel} to"):
             self.client.upload_file(str(path), self.url.bucket, self.url.key(rel),
-                                    ExtraArgs={"ChecksumAlgorithm": "SHA256",
+                                    ExtraArgs={"ChecksumAlgorithm": PART_CHECKSUM,
                                                "Metadata": metadata},
                                     Config=config, Callback=count)
 
@@ -301,7 +305,7 @@ class Repository:
 
         with guarded(self.url, f"uploading {rel} to"):
             self.client.upload_fileobj(stream, self.url.bucket, self.url.key(rel),
-                                       ExtraArgs={"ChecksumAlgorithm": "SHA256",
+                                       ExtraArgs={"ChecksumAlgorithm": PART_CHECKSUM,
                                                   "Metadata": metadata},
                                        Config=config, Callback=count)
 
