@@ -8,7 +8,9 @@ import contextlib
 import inspect
 import json
 import os
+import sysconfig
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -151,21 +153,83 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
                 state.options).resolve():
         return None
     args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    in_sealed_thread(lambda: pyfuncitem.obj(**args), name=f"atb-check-{pyfuncitem.name}")
+    return True
+
+
+def pytest_collectstart(collector: pytest.Collector) -> None:
+    """Your check files are imported (their module-level code run) in a sealed thread too,
+    inside the drill's namespaces; the built-in checks are atb's own."""
+    state = collector.config.stash.get(STATE, None)
+    if state is None or not isinstance(collector, pytest.Module) \
+            or not isolation.already_inside() \
+            or Path(str(collector.path)).resolve() == checks_module(state.options).resolve():
+        return
+    in_sealed_thread(lambda: collector.obj, name="atb-import")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Any:
+    """Your own fixtures (in your check files and their conftests) run sealed too, inside
+    the drill's namespaces: setup and teardown each in a sealed thread."""
+    if request.config.stash.get(STATE, None) is not None and isolation.already_inside():
+        _seal_fixture(fixturedef)
+    return (yield)
+
+
+def _seal_fixture(fixturedef: Any) -> None:
+    func = fixturedef.func
+    if getattr(func, "_atb_sealed", False) or hasattr(func, "__self__") \
+            or inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func) \
+            or not _users(func):
+        return
+    if inspect.isgeneratorfunction(func):
+        def sealed(**kwargs: Any) -> Any:
+            steps = func(**kwargs)
+            box: list[Any] = []
+            in_sealed_thread(lambda: box.append(next(steps)), name="atb-fixture")
+            yield box[0]
+            with contextlib.suppress(StopIteration):
+                in_sealed_thread(lambda: next(steps), name="atb-fixture")
+    else:
+        def sealed(**kwargs: Any) -> Any:
+            box: list[Any] = []
+            in_sealed_thread(lambda: box.append(func(**kwargs)), name="atb-fixture")
+            return box[0]
+    sealed._atb_sealed = True  # type: ignore[attr-defined]
+    object.__setattr__(fixturedef, "func", sealed)
+
+
+def _users(func: Callable[..., Any]) -> bool:
+    """Defined in a file of yours: not atb's drill, nor anything installed (pytest's own
+    fixtures, its plugins')."""
+    try:
+        where = Path(inspect.getfile(func)).resolve()
+    except (TypeError, OSError):
+        return False
+    installed = {Path(p).resolve() for p in (sysconfig.get_paths()["purelib"],
+                                             sysconfig.get_paths()["platlib"])}
+    ours = Path(__file__).resolve().parents[1]  # the drills package
+    return not any(where.is_relative_to(d) for d in (ours, *installed))
+
+
+def in_sealed_thread(work: Callable[[], object], *, name: str) -> None:
+    """Run `work` in a new thread that can open no unix socket, raising what it raised
+    (pytest's outcomes, skip and fail, are BaseExceptions: they pass through too)."""
     raised: list[BaseException] = []
 
-    def check() -> None:
+    def sealed() -> None:
         try:
             seccomp.deny_unix_sockets()
-            pyfuncitem.obj(**args)
-        except BaseException as exc:  # pytest's outcomes (skip, fail) are BaseExceptions
+            work()
+        except BaseException as exc:
             raised.append(exc)
 
-    worker = threading.Thread(target=check, name=f"atb-check-{pyfuncitem.name}")
+    worker = threading.Thread(target=sealed, name=name)
     worker.start()
     worker.join()
     if raised:
         raise raised[0]
-    return True
 
 
 def sealed_checks(state: DrillState) -> bool:

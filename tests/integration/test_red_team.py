@@ -401,10 +401,32 @@ import pytest
 
 pytestmark = pytest.mark.drill
 
+try:  # module-level code runs when the drill imports the file
+    socket.socket(socket.AF_UNIX).connect(%r)
+    AT_IMPORT = "reached"
+except OSError as exc:
+    AT_IMPORT = f"blocked {exc.errno}"
 
-def test_a_check_that_reaches_for_production(drill_url):
+
+def _attempt():
+    try:
+        socket.socket(socket.AF_UNIX).connect(%r)
+        return "reached"
+    except OSError as exc:
+        return f"blocked {exc.errno}"
+
+
+@pytest.fixture
+def at_setup():
+    before = _attempt()
+    yield before
+    assert _attempt() == "blocked 13"  # at teardown too
+
+
+def test_a_check_that_reaches_for_production(drill_url, at_setup):
     """Written as a careless operator would: production's socket by a hard link, and the
     Docker engine's socket (a container on the host's network reaches production)."""
+    assert (AT_IMPORT, at_setup) == ("blocked 13", "blocked 13")
     reached = []
     for path in (%r, "/var/run/docker.sock"):
         try:
@@ -436,7 +458,7 @@ def test_your_own_checks_open_no_unix_socket_but_reach_the_copy(
         rows = conn.execute("SELECT count(*) FROM accounts").fetchone()[0]
     checks = tmp_path / "checks" / "test_reach.py"
     checks.parent.mkdir()
-    checks.write_text(USER_CHECK % (str(link), rows))
+    checks.write_text(USER_CHECK % (str(link), str(link), str(link), rows))
     done, result = _drill(path, tmp_path, "--checks", str(checks.parent), *docker, url=prod,
                           env={})
     assert result, done.stderr
