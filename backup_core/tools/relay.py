@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import socket
 import ssl
@@ -20,6 +21,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.errors import ConnectionFailed
@@ -92,6 +94,16 @@ def error_response(message: str, *, code: str = "28000") -> bytes:
 
 
 AUTH_SASL = 10
+TLS_CHUNK = 65536
+TLS_BUFFER = 1 << 20  # read no more from a side while this much waits for the other
+
+
+def _nonblocking(call: Any, arg: Any) -> Any:
+    """`call(arg)` on a non-blocking socket: None when it would block."""
+    try:
+        return call(arg)
+    except BlockingIOError:
+        return None
 
 
 def read_message(sock: socket.socket) -> bytes:
@@ -295,6 +307,8 @@ class Relay:
             up.sendall(packet)
             if isinstance(up, ssl.SSLSocket):  # the client sees a local socket, not TLS
                 client.sendall(without_channel_binding(read_message(up)))
+                self._splice_tls(client, up)
+                return
             threading.Thread(target=self._pipe, args=(up, client), daemon=True).start()
             self._pipe(client, up)
         except (ssl.SSLError, ConnectionFailed) as exc:  # said to the client, as a server
@@ -307,6 +321,53 @@ class Relay:
         finally:
             if up is None:
                 self._drop(client)
+
+    def _splice_tls(self, client: socket.socket, up: ssl.SSLSocket) -> None:
+        """Both ways in this one thread: OpenSSL does not let one TLS session be read and
+        written from two threads at once. Ends when either side has hung up and what it
+        sent is delivered."""
+        client.setblocking(False)
+        up.setblocking(False)
+        to_up, to_client = bytearray(), bytearray()
+        client_done = up_done = up_wants_write = False
+        try:
+            while not ((up_done and not to_client) or (client_done and not to_up)):
+                reads = [s for s, ok in ((client, not client_done and len(to_up) < TLS_BUFFER),
+                                         (up, not up_done and len(to_client) < TLS_BUFFER))
+                         if ok]
+                writes = [s for s, ok in ((client, bool(to_client)),
+                                          (up, bool(to_up) or up_wants_write)) if ok]
+                pending = not up_done and up.pending() > 0  # decrypted, not yet read
+                readable, writable, _ = select.select(reads, writes, [], 0 if pending else None)
+                if client in readable:
+                    data = _nonblocking(client.recv, TLS_CHUNK)
+                    if data == b"":
+                        client_done = True
+                    elif data:
+                        to_up += data
+                if up in readable or (up in writable and up_wants_write) or pending:
+                    up_wants_write = False
+                    try:
+                        data = up.recv(TLS_CHUNK)
+                        if not data:
+                            up_done = True
+                        to_client += data
+                    except ssl.SSLWantReadError:
+                        pass
+                    except ssl.SSLWantWriteError:
+                        up_wants_write = True
+                    except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                        up_done = True
+                if client in writable and to_client:
+                    sent = _nonblocking(client.send, to_client)
+                    del to_client[:sent or 0]
+                if up in writable and to_up:
+                    with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                        del to_up[:up.send(to_up)]
+        except OSError:
+            pass
+        finally:
+            self._drop(client, up)
 
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
