@@ -209,6 +209,9 @@ class Cluster:
     _running: bool = field(default=False, init=False)
     _record: Path | None = field(default=None, init=False)  # see backup_core.tools.reaper
 
+    def __post_init__(self) -> None:
+        self.tcp = self.tcp or self.sealed  # sealed: no unix socket, so TCP it is
+
     @property
     def datadir(self) -> Path:
         assert self.workdir is not None
@@ -259,7 +262,6 @@ class Cluster:
         self.toolchain = servable(self.toolchain, run_as, runner=self.runner)
         self._make_workdir(run_as)
         self._fill_datadir(run_as)
-        self.tcp = self.tcp or self.sealed
         self.port = free_port() if self.tcp else 5432
         conf = server_conf(port=self.port, tcp=self.tcp,
                            socket_dir=None if self.sealed else self.socket_dir,

@@ -31,6 +31,7 @@ from drills.cli.params import (
     json_option,
     production,
     rel,
+    signer_needs_repo,
 )
 from drills.cli.publish import notify_option
 
@@ -308,6 +309,7 @@ def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, with_
     With --repo, PATH is a key as `list --repo` shows it: the backup is downloaded into a
     private directory, its hashes proven and decrypted (ATB_AGE_IDENTITY_FILE) before
     anything is restored, and the download removed after."""
+    signer_needs_repo(repo, repo_signer)
     live = production(production_url)
     target = conn(target_url, "ATB_TARGET_URL").with_password_from(live)
     app = AppEnv(directory=(app_dir or Path.cwd()).absolute(),

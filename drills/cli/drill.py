@@ -19,7 +19,15 @@ from backup_core.tools.errors import AtbError, ConfigError, ProductionTouched
 from drills import console, render, sandbox
 from drills.alerts import drill_notice
 from drills.cli import output
-from drills.cli.params import DAYS, EXIT_CODES, F, days, json_option, production
+from drills.cli.params import (
+    DAYS,
+    EXIT_CODES,
+    F,
+    days,
+    json_option,
+    production,
+    signer_needs_repo,
+)
 from drills.cli.publish import notify_option, published_text, wiki_of, wiki_option
 from drills.options import OPTIONS, DrillOptions, Option
 from drills.result import DrillResult
@@ -102,6 +110,7 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
     from drills import ledger as drill_ledger
     from drills.run import run_drill
 
+    signer_needs_repo(repo, repo_signer)
     extras.require("drill", what="the restore drill")
     if pdf:
         render.require()

@@ -13,6 +13,7 @@ import click
 from backup_core.reading import guard
 from backup_core.store.naming import printable
 from backup_core.tools.conninfo import ConnInfo
+from backup_core.tools.errors import ConfigError
 
 EXIT_CODES = """\b
 Exit codes:
@@ -67,6 +68,18 @@ def production(url: str | None) -> ConnInfo | None:
     """Production as restore and drill must recognise it. Unparseable is an error (exit 2):
     a guard never switches itself off."""
     return guard.production_conninfo(url)
+
+
+def signer_needs_repo(repo: str | None, signer: Path | None) -> None:
+    """`--repo-signer` given on the command line checks only what `--repo` fetches: without
+    it nothing would be checked, so say so (exit 2) rather than seem to. From its variable
+    (`ATB_REPO_SIGNER`, set host-wide) it applies whenever --repo is used, silent otherwise."""
+    if signer is None or repo:
+        return
+    source = click.get_current_context().get_parameter_source("repo_signer")
+    if source == click.core.ParameterSource.COMMANDLINE:
+        raise ConfigError("--repo-signer checks backups fetched with --repo, and there is no "
+                          "--repo here: nothing would be checked")
 
 
 def rel(path: Path, root: Path) -> str:

@@ -5,6 +5,7 @@ collected: the built-in ones, the user's own, and nothing of the project's test 
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import json
 import os
@@ -207,10 +208,15 @@ def _users(func: Callable[..., Any]) -> bool:
         where = Path(inspect.getfile(func)).resolve()
     except (TypeError, OSError):
         return False
-    installed = {Path(p).resolve() for p in (sysconfig.get_paths()["purelib"],
-                                             sysconfig.get_paths()["platlib"])}
-    ours = Path(__file__).resolve().parents[1]  # the drills package
-    return not any(where.is_relative_to(d) for d in (ours, *installed))
+    return not any(where.is_relative_to(d) for d in _not_users())
+
+
+@functools.cache
+def _not_users() -> tuple[Path, ...]:
+    """The drills package and where packages are installed, found once per drill."""
+    paths = sysconfig.get_paths()
+    return (Path(__file__).resolve().parents[1],
+            *{Path(paths[k]).resolve() for k in ("purelib", "platlib")})
 
 
 def in_sealed_thread(work: Callable[[], object], *, name: str) -> None:

@@ -42,3 +42,26 @@ def test_a_stream_that_does_not_decrypt_is_one_line() -> None:
     message = str(raised.value)
     assert message.startswith("k.dump.age: cannot decrypt (") and "\n" not in message
     assert message.endswith("): the wrong identity, or the object was altered")
+
+
+RESTORE = ["db", "restore", "backup.dump", "--target-url", "postgresql://u@127.0.0.1:9/copy"]
+
+
+@pytest.mark.parametrize("command", [RESTORE, ["drill", "run"]])
+def test_a_signer_without_a_repository_is_refused_not_ignored(command: list[str],
+                                                              tmp_path: Path) -> None:
+    """`--repo-signer` on the command line with no --repo would check nothing: exit 2, one
+    line, before anything starts; from ATB_REPO_SIGNER (host-wide) it only waits for --repo."""
+    from tests.helpers import atb_inproc
+
+    key = tmp_path / "signer.pem"
+    done = atb_inproc(*command, "--repo-signer", str(key), env={"HOME": str(tmp_path)})
+    assert done.returncode == 2
+    assert done.stderr == ("atb: error: --repo-signer checks backups fetched with --repo, and "
+                           "there is no --repo here: nothing would be checked\n")
+    if command == RESTORE:  # goes on to what it was asked (here: a file that is not there)
+        quiet = atb_inproc(*command, env={"HOME": str(tmp_path),
+                                          "ATB_REPO_SIGNER": str(key)})
+        assert (quiet.returncode, quiet.stderr) == (2, "atb: error: no backup at backup.dump: "
+                                                       "give the path of a .dump file (`atb db "
+                                                       "list`)\n")
