@@ -32,7 +32,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
-from backup_core.tools import seccomp
+from backup_core.tools import namespaces, seccomp
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
@@ -305,7 +305,7 @@ def run_command(command: list[str], *, no_unix: bool = False, nested: bool = Fal
             seccomp.deny_unix_sockets()
         # names this network namespace: our children know they are inside it, and a copy of
         # the variable that reaches a process elsewhere means nothing there
-        os.environ["ATB_ISOLATION_ACTIVE"] = os.readlink("/proc/self/ns/net")
+        os.environ[namespaces.ACTIVE_ENV] = os.readlink("/proc/self/ns/net")
     except (IsolationFailed, seccomp.SeccompUnavailable, OSError) as exc:
         print(f"atb: isolation failed: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -32,13 +32,12 @@ from backup_core.tools import db, isolate_exec
 from backup_core.tools.cluster import free_port
 from backup_core.tools.conninfo import ConnInfo, ambient_env
 from backup_core.tools.errors import AtbError, ConfigError
+from backup_core.tools.namespaces import already_inside as already_inside  # re-exported
 from backup_core.tools.relay import Relay
 from backup_core.tools.runner import run
 
 NETWORK = "network"
 ENVIRONMENT_ONLY = "environment only"
-# set in every isolated child's environment: its own children are inside already
-ACTIVE_ENV = "ATB_ISOLATION_ACTIVE"
 # `off` forces environment only, for platforms where the probe succeeds but isolation breaks
 SWITCH_ENV = "ATB_ISOLATION"
 # the only name under which libpq, psycopg and asyncpg look for a server's unix socket
@@ -262,16 +261,6 @@ def hidden_paths(allow: Iterable[str] = (), *, env: Mapping[str, str] | None = N
     if signing and os.path.isfile(signing):  # could otherwise sign a forged drill record
         paths.append(signing)
     return sorted(dict.fromkeys(paths))
-
-
-def already_inside(env: Mapping[str, str] | None = None) -> bool:
-    """True in a child that `isolate_exec` started (or its children): the variable it set
-    names the network namespace this process is in."""
-    env = os.environ if env is None else env
-    try:
-        return bool(env.get(ACTIVE_ENV)) and env[ACTIVE_ENV] == os.readlink("/proc/self/ns/net")
-    except OSError:
-        return False
 
 
 INSIDE = Isolation(NETWORK, "inside the drill's network namespace already")

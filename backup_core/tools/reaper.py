@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from backup_core.tools.errors import StorageError
+from backup_core.tools.namespaces import already_inside
 
 log = logging.getLogger("atb.reaper")
 OWNER_LABEL = "atb.owner"
@@ -49,14 +50,6 @@ def process_start(pid: int) -> str | None:
     return fields[19]  # field 22, starttime
 
 
-def _inside_isolation() -> bool:
-    """In a child of the isolation launcher (its network namespace names this one)."""
-    try:
-        return os.environ.get("ATB_ISOLATION_ACTIVE") == os.readlink("/proc/self/ns/net")
-    except OSError:
-        return False
-
-
 @dataclass(frozen=True)
 class Owner:
     pid: int
@@ -66,7 +59,7 @@ class Owner:
     @classmethod
     def current(cls) -> Owner:
         launcher = cls.from_label(os.environ.get(LAUNCHER_ENV, ""))
-        if launcher is not None and _inside_isolation():
+        if launcher is not None and already_inside():
             return launcher
         return cls(pid=os.getpid(), start=process_start(os.getpid()) or "",
                    host=socket.gethostname())
@@ -85,7 +78,7 @@ class Owner:
         """True only when this host knows the owner is dead: another host's owner is never
         judged from here, nor anyone from inside the drill's isolation (its PID namespace
         shows none of the host's processes)."""
-        if self.host != socket.gethostname() or _inside_isolation():
+        if self.host != socket.gethostname() or already_inside():
             return False
         return process_start(self.pid) != self.start
 

@@ -88,3 +88,15 @@ def deny_unix_sockets(*, all_threads: bool = False) -> None:
     flags = SECCOMP_FILTER_FLAG_TSYNC if all_threads else 0
     if libc.syscall(nr_seccomp, SECCOMP_SET_MODE_FILTER, flags, ctypes.byref(prog)) != 0:
         raise SeccompUnavailable(f"seccomp: {os.strerror(ctypes.get_errno())}")
+
+
+def unix_sockets_denied() -> bool:
+    """Whether this thread is under the filter already, found by trying (another filter, a
+    container's say, leaves unix sockets open: only the attempt tells)."""
+    try:
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).close()
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return False

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from backup_core.tools import namespaces
 from drills.options import OPTIONS
 
 # the drill's parts, registered as plugins of their own when a drill is configured
@@ -57,7 +58,9 @@ def dest(name: str) -> str:
     return next(o.dest for o in OPTIONS if o.name == name)
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    if namespaces.already_inside():  # before any conftest of yours is imported: sealed
+        importlib.import_module("drills.plugin.sealed_threads").install(pluginmanager)
     group = parser.getgroup("drill", "restore drill (atb)")
     for o in OPTIONS:
         if o.kind == "flag":

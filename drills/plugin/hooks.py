@@ -5,12 +5,10 @@ collected: the built-in ones, the user's own, and nothing of the project's test 
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import json
 import os
-import sysconfig
-import threading
+import types
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,12 +19,12 @@ import pytest
 from backup_core.reading import guard
 from backup_core.store import catalog
 from backup_core.store.catalog import Backup
-from backup_core.tools import appenv, isolation, masking, seccomp, toolchain
+from backup_core.tools import appenv, isolation, masking, toolchain
 from backup_core.tools.conninfo import detach_libpq_environment, redact
 from backup_core.tools.errors import AtbError, ConfigError
 from drills import observer, pick, sandbox
 from drills.options import DrillOptions, builtin_checks
-from drills.plugin import dest, progress
+from drills.plugin import dest, progress, sealed_threads
 from drills.plugin.fixtures import STATE
 from drills.result import (
     IsolationFacts,
@@ -143,30 +141,53 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         items[:] = [i for i in items if i not in dropped]
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    """Your own check, in a network-isolated drill: run in a thread that can open no unix
-    socket (a seccomp filter binds one thread and what it starts; atb's own work in the
-    main thread keeps its sockets: the Docker engine's, the sandbox's)."""
-    state = pyfuncitem.config.stash.get(STATE, None)
-    if state is None or not sealed_checks(state) or inspect.iscoroutinefunction(
-            pyfuncitem.obj) or Path(str(pyfuncitem.path)).resolve() == checks_module(
-                state.options).resolve():
-        return None
-    args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-    in_sealed_thread(lambda: pyfuncitem.obj(**args), name=f"atb-check-{pyfuncitem.name}")
-    return True
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Your check, in a network-isolated drill, runs in a thread that can open no unix
+    socket, whatever its kind (a function, a method, a unittest case), and so does what it
+    leaves to run at teardown (a seccomp filter binds one thread and what it starts; atb's own
+    work in the main thread keeps its sockets: the Docker engine's, the sandbox's)."""
+    state = item.config.stash.get(STATE, None)
+    if state is None or not isolation.already_inside() or not _yours(item.path, state):
+        return
+    runtest = item.runtest
+
+    def sealed_runtest() -> None:
+        if sealed_checks(state):
+            sealed_threads.in_sealed_thread(runtest, name=f"atb-check-{item.name}")
+        else:
+            runtest()
+
+    item.runtest = sealed_runtest  # type: ignore[method-assign]
+    _seal_finalizers(item)
 
 
 def pytest_collectstart(collector: pytest.Collector) -> None:
-    """Your check files are imported (their module-level code run) in a sealed thread too,
-    inside the drill's namespaces; the built-in checks are atb's own."""
+    """Your check files are collected in a sealed thread too, inside the drill's namespaces:
+    imported (their module-level code), their parameters generated (`pytest_generate_tests`,
+    `ids=`); the built-in checks are atb's own."""
     state = collector.config.stash.get(STATE, None)
-    if state is None or not isinstance(collector, pytest.Module) \
-            or not isolation.already_inside() \
-            or Path(str(collector.path)).resolve() == checks_module(state.options).resolve():
+    if state is None or isinstance(collector, pytest.Session) \
+            or not isolation.already_inside() or not _yours(collector.path, state):
         return
-    in_sealed_thread(lambda: collector.obj, name="atb-import")
+    collect = collector.collect
+    collector.collect = sealed_threads.sealed(  # type: ignore[method-assign]
+        collect, name="atb-collect")
+
+
+def _yours(path: Path, state: DrillState) -> bool:
+    where = Path(str(path)).resolve()
+    return where != checks_module(state.options).resolve() and sealed_threads.yours_at(where)
+
+
+def _seal_finalizers(owner: Any) -> None:
+    """What your code leaves to run later (`request.addfinalizer`) runs sealed too."""
+    add = owner.addfinalizer
+
+    def adding(finalizer: Callable[[], object]) -> None:
+        add(sealed_threads.sealed(finalizer, name="atb-finalizer")
+            if sealed_threads.yours(finalizer) else finalizer)
+
+    object.__setattr__(owner, "addfinalizer", adding)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -179,63 +200,18 @@ def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Any
 
 
 def _seal_fixture(fixturedef: Any) -> None:
+    """Every fixture but atb's own: yours, and pytest's that call yours (`setup_module`,
+    `setup_method`). A fixture method (of your test class) stays one: pytest binds it to the
+    test's instance, so the method's function is sealed and bound as it was."""
     func = fixturedef.func
-    if getattr(func, "_atb_sealed", False) or hasattr(func, "__self__") \
-            or inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func) \
-            or not _users(func):
+    plain = getattr(func, "__func__", func)
+    if getattr(plain, "_atb_sealed", False) or inspect.iscoroutinefunction(plain) \
+            or inspect.isasyncgenfunction(plain) or sealed_threads.atbs(plain):
         return
-    if inspect.isgeneratorfunction(func):
-        def sealed(**kwargs: Any) -> Any:
-            steps = func(**kwargs)
-            box: list[Any] = []
-            in_sealed_thread(lambda: box.append(next(steps)), name="atb-fixture")
-            yield box[0]
-            with contextlib.suppress(StopIteration):
-                in_sealed_thread(lambda: next(steps), name="atb-fixture")
-    else:
-        def sealed(**kwargs: Any) -> Any:
-            box: list[Any] = []
-            in_sealed_thread(lambda: box.append(func(**kwargs)), name="atb-fixture")
-            return box[0]
-    sealed._atb_sealed = True  # type: ignore[attr-defined]
-    object.__setattr__(fixturedef, "func", sealed)
-
-
-def _users(func: Callable[..., Any]) -> bool:
-    """Defined in a file of yours: not atb's drill, nor anything installed (pytest's own
-    fixtures, its plugins')."""
-    try:
-        where = Path(inspect.getfile(func)).resolve()
-    except (TypeError, OSError):
-        return False
-    return not any(where.is_relative_to(d) for d in _not_users())
-
-
-@functools.cache
-def _not_users() -> tuple[Path, ...]:
-    """The drills package and where packages are installed, found once per drill."""
-    paths = sysconfig.get_paths()
-    return (Path(__file__).resolve().parents[1],
-            *{Path(paths[k]).resolve() for k in ("purelib", "platlib")})
-
-
-def in_sealed_thread(work: Callable[[], object], *, name: str) -> None:
-    """Run `work` in a new thread that can open no unix socket, raising what it raised
-    (pytest's outcomes, skip and fail, are BaseExceptions: they pass through too)."""
-    raised: list[BaseException] = []
-
-    def sealed() -> None:
-        try:
-            seccomp.deny_unix_sockets()
-            work()
-        except BaseException as exc:
-            raised.append(exc)
-
-    worker = threading.Thread(target=sealed, name=name)
-    worker.start()
-    worker.join()
-    if raised:
-        raise raised[0]
+    wrapped = sealed_threads.sealed(plain, name="atb-fixture")
+    object.__setattr__(fixturedef, "func", types.MethodType(wrapped, func.__self__)
+                       if hasattr(func, "__self__") else wrapped)
+    _seal_finalizers(fixturedef)
 
 
 def sealed_checks(state: DrillState) -> bool:

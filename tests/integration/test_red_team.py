@@ -5,6 +5,7 @@ before it connects (production's rows unchanged, by `fingerprint`)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -501,7 +502,7 @@ def test_isolation_holds_without_root_through_a_user_namespace(pg15: Cluster) ->
         package.mkdir(parents=True)
         root = Path(__file__).resolve().parents[2] / "backup_core"
         for rel in ("__init__.py", "tools/__init__.py", "tools/isolate_exec.py",
-                    "tools/seccomp.py"):
+                    "tools/seccomp.py", "tools/namespaces.py"):
             (work / "backup_core" / rel).write_bytes((root / rel).read_bytes())
         secret = work / "pgpass"
         secret.write_text("*:*:*:*:production-password\n")
@@ -518,3 +519,135 @@ def test_isolation_holds_without_root_through_a_user_namespace(pg15: Cluster) ->
         shutil.rmtree(work, ignore_errors=True)
     assert done.stdout == "hidden True\nunix 13\ntcp 111\numount -1 1\nuid 65534\n", \
         done.stdout + done.stderr
+
+
+ATTEMPT = '''
+import os, socket
+
+
+def attempt(where):
+    try:
+        socket.socket(socket.AF_UNIX).connect(%r)
+        os.environ["ATB_RT_" + where] = "reached"
+    except OSError as exc:
+        os.environ["ATB_RT_" + where] = f"blocked {exc.errno}"
+'''
+
+ROOT_CONFTEST = '''
+from attempt import attempt
+
+pytest_plugins = ["reach_plugin"]
+attempt("root_import")
+
+
+def pytest_configure(config):
+    attempt("root_configure")
+'''
+
+REACH_PLUGIN = '''
+import pytest
+
+from attempt import attempt
+
+attempt("plugin_import")
+
+
+def pytest_runtest_setup(item):
+    attempt("plugin_setup")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    attempt("plugin_call")
+    return (yield)
+'''
+
+CHECKS_CONFTEST = '''
+from attempt import attempt
+
+attempt("checks_import")
+
+
+def pytest_collection_modifyitems(items):
+    attempt("checks_collection")
+'''
+
+CLASS_CHECK = '''
+import os
+import unittest
+
+import pytest
+
+from attempt import attempt
+
+pytestmark = pytest.mark.drill
+
+
+def pytest_generate_tests(metafunc):
+    if "generated" in metafunc.fixturenames:
+        attempt("generate_tests")
+        metafunc.parametrize("generated", [1])
+
+
+class TestAUnittestCase(unittest.TestCase):
+    def setUp(self):
+        attempt("unittest_setup")
+
+    def test_a_unittest_check(self):
+        attempt("unittest_body")
+
+
+class TestYourCodeAllSealed:
+    def setup_method(self, method):
+        attempt("setup_method")
+
+    @pytest.fixture
+    def in_a_method(self, request):
+        attempt("fixture_method")
+        request.addfinalizer(lambda: attempt("fixture_finalizer"))
+        return self
+
+    def test_a_leaves_work_for_teardown(self, request, in_a_method, generated):
+        assert in_a_method is self  # the fixture method still bound to this test's instance
+        request.addfinalizer(lambda: attempt("check_finalizer"))
+
+    def test_every_place_your_code_ran_was_sealed(self, drill_url):
+        seen = {k[len("ATB_RT_"):]: v for k, v in os.environ.items() if k.startswith("ATB_RT_")}
+        assert seen == dict.fromkeys(sorted(
+            ["root_import", "root_configure", "plugin_import", "plugin_setup", "plugin_call",
+             "checks_import", "checks_collection", "generate_tests", "unittest_setup",
+             "unittest_body", "setup_method", "fixture_method", "fixture_finalizer",
+             "check_finalizer"]), "blocked 13")
+'''
+
+
+def test_your_conftest_files_their_hooks_and_plugins_open_no_unix_socket(
+    production: tuple[ConnInfo, Path], pg15: Cluster, tmp_path: Path
+) -> None:
+    """Everywhere your code runs in the drill's process, it runs sealed: a conftest of yours
+    (the project's, found from the directory the drill runs in, and the checks directory's),
+    the plugin it names, the hooks they implement, parameters generated, xunit and unittest
+    set-ups, fixture methods and what they leave for teardown. Each place tries production's
+    socket by a hard link and is refused."""
+    prod, path = production
+    link = tmp_path / "app.sock"
+    os.link(f"{pg15.socket_dir}/.s.PGSQL.{pg15.port}", link)
+    with socket.socket(socket.AF_UNIX) as live:  # the route is live outside the drill
+        live.connect(str(link))
+    app = tmp_path / "app"
+    (app / "checks").mkdir(parents=True)
+    (app / "attempt.py").write_text(ATTEMPT % str(link))
+    (app / "conftest.py").write_text(ROOT_CONFTEST)
+    (app / "reach_plugin.py").write_text(REACH_PLUGIN)
+    (app / "checks" / "conftest.py").write_text(CHECKS_CONFTEST)
+    (app / "checks" / "test_sealed.py").write_text(CLASS_CHECK)
+    done = atb("drill", "run", "--json", "--backup", str(path), "--no-record", "--schedule",
+               "1d", "--sandbox", "local", "--report-dir", str(tmp_path / "reports"),
+               "--checks", "checks", env={}, url=prod, cwd=str(app))
+    assert "Traceback" not in done.stderr, done.stderr
+    result = json.loads(done.stdout)
+    mine = next(c for c in result["checks"]
+                if c["name"] == "test_every_place_your_code_ran_was_sealed")
+    failed = sorted(c["name"] for c in result["checks"] if c["outcome"] == "failed")
+    assert (mine["outcome"], mine["message"], failed, done.returncode) == (
+        "passed", "", ["test_heartbeat_is_fresh_at_backup_time"], 1)  # a backup with no heartbeat

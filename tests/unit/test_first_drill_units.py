@@ -232,7 +232,8 @@ def test_a_drill_phase_tells_its_listener() -> None:
 # -- the plugin costs nothing in a pytest run that is not a drill ----------------------------
 
 LIGHT = {"drills", "drills.plugin", "drills.plugin.inactive", "drills.options", "backup_core",
-         "backup_core.tools", "backup_core.tools.durations", "backup_core.tools.errors"}
+         "backup_core.tools", "backup_core.tools.durations", "backup_core.tools.errors",
+         "backup_core.tools.namespaces"}  # a readlink: is this the drill's namespace
 
 
 def test_the_entry_point_imports_only_the_option_table() -> None:

@@ -1,0 +1,21 @@
+"""Whether this process runs inside the drill's network namespace: `isolate_exec` marks its
+children with the namespace's identity, so code deep inside (the drill's pytest plugin, loaded
+into every pytest run) knows it cheaply, without importing the isolation machinery."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+# set in every isolated child's environment: its own children are inside already
+ACTIVE_ENV = "ATB_ISOLATION_ACTIVE"
+
+
+def already_inside(env: Mapping[str, str] | None = None) -> bool:
+    """True in a child that `isolate_exec` started (or its children): the variable it set
+    names the network namespace this process is in."""
+    env = os.environ if env is None else env
+    try:
+        return bool(env.get(ACTIVE_ENV)) and env[ACTIVE_ENV] == os.readlink("/proc/self/ns/net")
+    except OSError:
+        return False
