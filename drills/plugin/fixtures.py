@@ -222,7 +222,7 @@ def _stable(url: ConnInfo) -> Any:
 def drill_url(drill_restore: RestoreOutcome, drill_sandbox: sandbox.SandboxInfo
               ) -> Iterator[ConnInfo]:
     """The restored database (before migration). Inside the drill's namespaces, on their
-    loopback: your checks run where no unix socket opens (see `hooks.pytest_pyfunc_call`),
+    loopback: your checks run where no unix socket opens (see `hooks.pytest_itemcollected`),
     so a sandbox on a socket (a container's, a relay's) is carried there."""
     if not drill_restore.ok:
         pytest.skip("not run: the restore failed")
