@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,8 +114,11 @@ def drill_conditions(drill_backup: Backup) -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="session")
-def drill_integrity(drill: DrillState, drill_backup: Backup,
+def drill_integrity(request: pytest.FixtureRequest, drill: DrillState, drill_backup: Backup,
                     drill_chains: list[toolchain.Toolchain]) -> VerifyResult:
+    if drill.options.source == "dump" and any(
+            "drill_sandbox" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        request.getfixturevalue("drill_sandbox_start")  # the sandbox starts while we verify
     with drill.phase("fetch/verify"):
         return verify_backup(drill_backup.path, chains=drill_chains, record=False)
 
@@ -124,39 +129,82 @@ def _source_major(backup: Backup, chains: list[toolchain.Toolchain]) -> int:
     return archive_major(backup.path, chains)
 
 
+class SandboxStart:
+    """The sandbox starting on a thread of its own, begun as the backup's verification begins:
+    neither needs the other, so a drill waits for the longer of the two, not their sum. A
+    sandbox started for a backup that then fails its verification is torn down unused."""
+
+    def __init__(self, open_manager: Callable[[], AbstractContextManager[sandbox.SandboxInfo]]
+                 ) -> None:
+        self.manager: AbstractContextManager[sandbox.SandboxInfo] | None = None
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atb-sandbox")
+        self.future = self.pool.submit(self._enter, open_manager)
+
+    def _enter(self, open_manager: Callable[[], AbstractContextManager[sandbox.SandboxInfo]]
+               ) -> sandbox.SandboxInfo:
+        manager = open_manager()
+        info = manager.__enter__()
+        self.manager = manager  # only a sandbox that started is torn down
+        return info
+
+    def wait(self) -> sandbox.SandboxInfo:
+        return self.future.result()
+
+    def close(self, drill: DrillState) -> None:
+        self.pool.shutdown(wait=True)
+        if self.manager is not None:
+            with drill.phase("sandbox teardown"):
+                self.manager.__exit__(None, None, None)
+
+
 @pytest.fixture(scope="session")
-def drill_sandbox(drill: DrillState, drill_backup: Backup, drill_integrity: VerifyResult,
-                  drill_chains: list[toolchain.Toolchain]) -> Iterator[sandbox.SandboxInfo]:
-    """A disposable server; DATABASE_URL points at it for the rest of the drill."""
+def drill_sandbox_start(drill: DrillState, drill_backup: Backup,
+                        drill_chains: list[toolchain.Toolchain]) -> Iterator[SandboxStart]:
+    """The disposable server, starting (see `SandboxStart`); torn down when the drill ends."""
+    def open_manager() -> AbstractContextManager[sandbox.SandboxInfo]:
+        server = ConnInfo.parse(drill.options.sandbox_url, what="ATB_SANDBOX_URL") \
+            if drill.options.sandbox_url else None
+        locale = inventory.DatabaseLocale.from_definitions(drill_backup.manifest.definitions) \
+            if drill_backup.manifest else None
+        return sandbox.open_sandbox(drill.options.sandbox,
+                                    source_major=_source_major(drill_backup, drill_chains),
+                                    chains=drill_chains, server=server,
+                                    production=drill.production,
+                                    docker_image=drill.options.docker_image,
+                                    asserted=drill.options.sandbox_is_not_production,
+                                    locale=locale, faithful=drill.options.rto_faithful)
+
+    start = SandboxStart(open_manager)
+    try:
+        yield start
+    finally:
+        start.close(drill)
+
+
+@pytest.fixture(scope="session")
+def drill_sandbox(request: pytest.FixtureRequest, drill: DrillState,
+                  drill_integrity: VerifyResult) -> Iterator[sandbox.SandboxInfo]:
+    """A disposable server; DATABASE_URL points at it for the rest of the drill. Its phase
+    is the time the drill waited for it after verifying the backup."""
     if not drill_integrity.ok:
         pytest.skip(f"not attempted: the backup failed its integrity check "
                     f"({drill_integrity.reason})")
-    server = ConnInfo.parse(drill.options.sandbox_url, what="ATB_SANDBOX_URL") \
-        if drill.options.sandbox_url else None
-    manager = sandbox.open_sandbox(drill.options.sandbox,
-                                   source_major=_source_major(drill_backup, drill_chains),
-                                   chains=drill_chains, server=server,
-                                   production=drill.production,
-                                   docker_image=drill.options.docker_image,
-                                   asserted=drill.options.sandbox_is_not_production,
-                                   locale=inventory.DatabaseLocale.from_definitions(
-                                       drill_backup.manifest.definitions)
-                                   if drill_backup.manifest else None,
-                                   faithful=drill.options.rto_faithful)
-    with drill.timed(manager, enter="sandbox start", leave="sandbox teardown") as info:
-        drill.rto_settings = ("the shared server's own settings" if info.provider == "server"
-                              else settings_text({} if drill.options.rto_faithful
-                                                 else FAST_SETTINGS))
-        os.environ["DATABASE_URL"] = info.url.app_url(
-            drill.production.dialect if drill.production else "")
-        drill.sandbox = SandboxFacts(provider=info.provider, server_version=info.server_version,
-                                     database=info.dbname, identity=str(info.identity),
-                                     url=info.url.redacted, image=info.image, note=info.note,
-                                     durability=_durability(info.url))
-        try:
-            yield info
-        finally:
-            os.environ.pop("DATABASE_URL", None)
+    start: SandboxStart = request.getfixturevalue("drill_sandbox_start")
+    with drill.phase("sandbox start"):
+        info = start.wait()
+    drill.rto_settings = ("the shared server's own settings" if info.provider == "server"
+                          else settings_text({} if drill.options.rto_faithful
+                                             else FAST_SETTINGS))
+    os.environ["DATABASE_URL"] = info.url.app_url(
+        drill.production.dialect if drill.production else "")
+    drill.sandbox = SandboxFacts(provider=info.provider, server_version=info.server_version,
+                                 database=info.dbname, identity=str(info.identity),
+                                 url=info.url.redacted, image=info.image, note=info.note,
+                                 durability=_durability(info.url))
+    try:
+        yield info
+    finally:
+        os.environ.pop("DATABASE_URL", None)
 
 
 DURABILITY_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes")
@@ -197,17 +245,25 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
         except AtbError as exc:
             return RestoreOutcome(ok=False, error=str(exc), detail=redact(exc.detail),
                                   mode=mode)
-    with drill.phase("analyze"), db.connect(url, autocommit=True) as conn:
-        conn.execute("ANALYZE")
-    with drill.phase("checks"):
-        wanted = bool(drill_backup.manifest and drill_backup.manifest.row_checksums)
-        back = inventory.read_back(lambda: _stable(url), workers=min(4, os.cpu_count() or 2),
-                                   checksums=wanted)
+    # ANALYZE (a step of the recovery, in the RTO) beside the read-back (the checks'): the
+    # counts, checksums and catalogs read are the same with or without planner statistics
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atb-analyze") as side:
+        analyzed = side.submit(_analyze, drill, url)
+        with drill.phase("checks"):
+            wanted = bool(drill_backup.manifest and drill_backup.manifest.row_checksums)
+            back = inventory.read_back(lambda: _stable(url),
+                                       workers=min(4, os.cpu_count() or 2), checksums=wanted)
+        analyzed.result()
     drill.checks_started = time.monotonic()
     return RestoreOutcome(ok=True, pg_restore_version=done.pg_restore_version, jobs=done.jobs,
                           counts=back.counts, checksums=back.checksums,
                           inventory=back.inventory, definitions=back.definitions,
                           with_owners=with_owners, mode=mode)
+
+
+def _analyze(drill: DrillState, url: ConnInfo) -> None:
+    with drill.phase("analyze"), db.connect(url, autocommit=True) as conn:
+        conn.execute("ANALYZE")
 
 
 def _stable(url: ConnInfo) -> Any:
