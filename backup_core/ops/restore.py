@@ -103,14 +103,14 @@ def _restore_or_drop(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *
 
 def _restore_into(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *, created: bool,
                   held: bool, scratch: bool, jobs: int, no_owner: bool,
-                  evidence: list[str]) -> None:
+                  evidence: list[str], split: bool = False) -> None:
     """The restore proper, in the one way that leaves no half-restored target behind."""
     if created:  # all or nothing: a failed restore drops the database it made
         target_db.create(target)
         _restore_or_drop(chain, path, target, jobs=jobs, no_owner=no_owner)
         target_db.clear_mark(target)  # the very last step: now it is complete
     elif not held and scratch:
-        how = _restore_scratch(chain, path, target, jobs=jobs, no_owner=no_owner)
+        how = _restore_scratch(chain, path, target, jobs=jobs, no_owner=no_owner, split=split)
         if how:
             evidence.append(how)
     elif not held:  # an empty database someone made: one transaction, rolled back on failure
@@ -125,43 +125,46 @@ def _restore_into(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *, c
 
 
 def _restore_scratch(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *, jobs: int,
-                     no_owner: bool) -> str:
-    """A database made for this restore alone (a drill's sandbox), restored in parallel; its
-    largest table's data, which one COPY would carry alone while the other jobs run out of
-    work, is loaded over `jobs` sessions beside the rest (`split_copy`). Returns how, when
-    split: the sections in turn, pre-data, data (pg_restore for the others and the split
-    table's sessions side by side), post-data (indexes, constraints, foreign keys)."""
-    entry = _split_entry(chain, path) if jobs > 1 else None
-    if entry is None:
+                     no_owner: bool, split: bool) -> str:
+    """A database made for this restore alone (a drill's sandbox), restored in parallel.
+    With `split`, its largest table's data, which one COPY would carry alone while the other
+    jobs run out of work, is loaded over `jobs` sessions beside the rest (`split_copy`):
+    the sections in turn, pre-data, data (pg_restore for the others and the split table's
+    sessions side by side), post-data (indexes, constraints, foreign keys). Returns how,
+    when split."""
+    found = _split_entry(chain, path) if split and jobs > 1 else None
+    if found is None:
         _pg_restore(chain, path, target, jobs=jobs, no_owner=no_owner)
         return ""
-    listing = run(pg_restore_list_argv(chain, path), what="pg_restore --list").stdout
+    entry, listing = found
     with tempfile.TemporaryDirectory(prefix="atb-restore-") as tmp:
         rest = Path(tmp) / "rest.list"
         rest.write_text("".join(f"{line}\n" for line in listing.splitlines()
                                 if line.split(";", 1)[0].strip() != str(entry.dump_id)))
         _pg_restore(chain, path, target, jobs=1, no_owner=no_owner, section="pre-data")
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atb-split") as side:
-            split = side.submit(split_copy.load_split, chain, path, entry, target,
-                                sessions=jobs, scratch_dir=Path(tmp))
+            loading = side.submit(split_copy.load_split, chain, path, entry, target,
+                                  sessions=jobs, scratch_dir=Path(tmp))
             _pg_restore(chain, path, target, jobs=jobs, no_owner=no_owner, section="data",
                         use_list=rest)
-            split.result()
+            loading.result()
         _pg_restore(chain, path, target, jobs=jobs, no_owner=no_owner, section="post-data")
     return (f"the data of {entry.schema}.{entry.tag} (the largest table) loaded over {jobs} "
             "COPY sessions beside pg_restore's")
 
 
-def _split_entry(chain: toolchain.Toolchain, path: Path) -> toc.TocEntry | None:
-    """The archive's largest table by the manifest's row counts, if worth splitting."""
+def _split_entry(chain: toolchain.Toolchain, path: Path) -> tuple[toc.TocEntry, str] | None:
+    """The archive's largest table by the manifest's row counts, if worth splitting, and
+    the archive's listing."""
     try:
         counts = read_manifest(manifest_path(path)).row_counts
     except ManifestError:
         return None
-    if not counts:
+    if not counts or max(counts.values()) < split_copy.MIN_ROWS:
         return None
     listing = run(pg_restore_list_argv(chain, path), what="pg_restore --list").stdout
-    return split_copy.split_candidate(toc.parse_listing(listing), counts)
+    entry = split_copy.split_candidate(toc.parse_listing(listing), counts)
+    return (entry, listing) if entry is not None else None
 
 
 def _roles_for(path: Path, target: ConnInfo) -> list[str]:
@@ -306,7 +309,9 @@ class RestoreRequest:
 
     `clean` lets a non-empty target be replaced (restored beside it and swapped in by name);
     `scratch` says the (empty) target was made for this restore alone, as a drill's sandbox
-    is: it is restored in parallel. `with_roles` first creates the roles the backup needs and
+    is: it is restored in parallel, and with `split` its largest table's data over several
+    sessions (`split_copy`; not what `atb db restore` does, so `--rto-faithful` leaves it
+    out). `with_roles` first creates the roles the backup needs and
     the server lacks (see `roles`), so owners and grants restore on a new server.
     `migration` migrates the copy afterwards as the application does (its command or its
     Alembic, in its environment), watching `production` stay unchanged."""
@@ -320,6 +325,7 @@ class RestoreRequest:
     no_owner: bool = False
     migration: Migration | None = None
     scratch: bool = False
+    split: bool = False
     with_roles: bool = False
 
 
@@ -354,7 +360,8 @@ def restore_backup(request: RestoreRequest, *,
                             f"{', '.join(earlier)}: drop them when you no longer need them")
     try:
         _restore_into(chain, req.path, req.target, created=created, held=held,
-                      scratch=req.scratch, jobs=jobs, no_owner=req.no_owner, evidence=evidence)
+                      scratch=req.scratch, jobs=jobs, no_owner=req.no_owner, evidence=evidence,
+                      split=req.split)
     except BaseException:
         _drop_roles(req.target, made_roles)
         raise

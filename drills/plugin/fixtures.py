@@ -240,7 +240,8 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
         try:
             done = restore_backup(RestoreRequest(
                 drill_backup.path, url, no_owner=not with_owners, with_roles=with_owners,
-                jobs=drill.options.jobs, production=drill.reachable_production, scratch=True),
+                jobs=drill.options.jobs, production=drill.reachable_production, scratch=True,
+                split=not drill.options.rto_faithful),
                 chains=drill_chains)
         except AtbError as exc:
             return RestoreOutcome(ok=False, error=str(exc), detail=redact(exc.detail),

@@ -40,7 +40,8 @@ def test_the_largest_tables_data_loaded_over_sessions_restores_exactly(
     target = pg15.url(f"split_{info.dbname}")
     with db.connect(pg15.url(), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{target.dbname}"')
-    done = restore_backup(RestoreRequest(dump, target, no_owner=True, jobs=3, scratch=True),
+    done = restore_backup(RestoreRequest(dump, target, no_owner=True, jobs=3, scratch=True,
+                                         split=True),
                           chains=chains)
     assert ("the data of public.orders (the largest table) loaded over 3 COPY sessions "
             "beside pg_restore's") in done.guard
