@@ -33,7 +33,7 @@ CHUNK = 1 << 20  # bytes read from pg_restore at a time, then cut back to the la
 END = b"\\.\n"  # the line that ends COPY text
 # a split pays for its extra sessions only on a table this large (rows, as the manifest
 # counted them at backup time)
-MIN_ROWS = 100_000
+MIN_ROWS = 1_000_000
 
 
 def split_candidate(entries: list[TocEntry], row_counts: dict[str, int], *,

@@ -5,6 +5,7 @@ run) and records it for the report; the checks only judge them. The types here (
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +40,7 @@ from drills.result import (
 from drills.state import DrillState
 
 STATE = pytest.StashKey[DrillState]()
+CHAINS = pytest.StashKey[list[toolchain.Toolchain]]()
 EVIDENCE = pytest.StashKey[list[str]]()
 FINDINGS = pytest.StashKey[list[str]]()
 DRILL_REPORT = "atb_drill"  # attribute of a drill check's reports (they travel as JSON)
@@ -95,8 +97,8 @@ def drill(pytestconfig: pytest.Config) -> DrillState:
 
 
 @pytest.fixture(scope="session")
-def drill_chains() -> list[toolchain.Toolchain]:
-    return toolchain.discover()
+def drill_chains(pytestconfig: pytest.Config) -> list[toolchain.Toolchain]:
+    return pytestconfig.stash.get(CHAINS, None) or toolchain.discover()
 
 
 @pytest.fixture(scope="session")
@@ -151,30 +153,58 @@ class SandboxStart:
         return self.future.result()
 
     def close(self, drill: DrillState) -> None:
+        """Tear the sandbox down once it started (once: later calls do nothing)."""
         self.pool.shutdown(wait=True)
-        if self.manager is not None:
+        manager, self.manager = self.manager, None
+        if manager is not None:
             with drill.phase("sandbox teardown"):
-                self.manager.__exit__(None, None, None)
+                manager.__exit__(None, None, None)
+
+
+EARLY_SANDBOX = pytest.StashKey[SandboxStart]()
+
+
+def _open_sandbox(drill: DrillState, backup: Backup, chains: list[toolchain.Toolchain]
+                  ) -> AbstractContextManager[sandbox.SandboxInfo]:
+    server = ConnInfo.parse(drill.options.sandbox_url, what="ATB_SANDBOX_URL") \
+        if drill.options.sandbox_url else None
+    locale = inventory.DatabaseLocale.from_definitions(backup.manifest.definitions) \
+        if backup.manifest else None
+    return sandbox.open_sandbox(drill.options.sandbox, source_major=_source_major(backup, chains),
+                                chains=chains, server=server, production=drill.production,
+                                docker_image=drill.options.docker_image,
+                                asserted=drill.options.sandbox_is_not_production,
+                                locale=locale, faithful=drill.options.rto_faithful)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A dump drill's sandbox starts with the session, while pytest collects the checks and
+    the backup is verified (`SandboxStart`)."""
+    config = session.config
+    state = config.stash.get(STATE, None)
+    if state is None or state.backup is None or state.options.source != "dump" \
+            or config.option.collectonly:
+        return
+    config.stash[CHAINS] = chains = toolchain.discover()
+    config.stash[EARLY_SANDBOX] = SandboxStart(
+        functools.partial(_open_sandbox, state, state.backup, chains))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A sandbox started with the session that no check asked for, torn down (else its
+    fixture did)."""
+    start = session.config.stash.get(EARLY_SANDBOX, None)
+    state = session.config.stash.get(STATE, None)
+    if start is not None and state is not None:
+        start.close(state)
 
 
 @pytest.fixture(scope="session")
-def drill_sandbox_start(drill: DrillState, drill_backup: Backup,
+def drill_sandbox_start(pytestconfig: pytest.Config, drill: DrillState, drill_backup: Backup,
                         drill_chains: list[toolchain.Toolchain]) -> Iterator[SandboxStart]:
     """The disposable server, starting (see `SandboxStart`); torn down when the drill ends."""
-    def open_manager() -> AbstractContextManager[sandbox.SandboxInfo]:
-        server = ConnInfo.parse(drill.options.sandbox_url, what="ATB_SANDBOX_URL") \
-            if drill.options.sandbox_url else None
-        locale = inventory.DatabaseLocale.from_definitions(drill_backup.manifest.definitions) \
-            if drill_backup.manifest else None
-        return sandbox.open_sandbox(drill.options.sandbox,
-                                    source_major=_source_major(drill_backup, drill_chains),
-                                    chains=drill_chains, server=server,
-                                    production=drill.production,
-                                    docker_image=drill.options.docker_image,
-                                    asserted=drill.options.sandbox_is_not_production,
-                                    locale=locale, faithful=drill.options.rto_faithful)
-
-    start = SandboxStart(open_manager)
+    start = pytestconfig.stash.get(EARLY_SANDBOX, None) or SandboxStart(
+        functools.partial(_open_sandbox, drill, drill_backup, drill_chains))
     try:
         yield start
     finally:
@@ -184,14 +214,18 @@ def drill_sandbox_start(drill: DrillState, drill_backup: Backup,
 @pytest.fixture(scope="session")
 def drill_sandbox(request: pytest.FixtureRequest, drill: DrillState,
                   drill_integrity: VerifyResult) -> Iterator[sandbox.SandboxInfo]:
-    """A disposable server; DATABASE_URL points at it for the rest of the drill. Its phase
-    is the time the drill waited for it after verifying the backup."""
+    """A disposable server; DATABASE_URL points at it for the rest of the drill. It started
+    beside the verification, so its phase in the RTO is what its start took beyond the
+    verification's time (at least what the drill waited for it): the recovery's path is the
+    longer of the two, not their sum, and not the part pytest's own start hid."""
     if not drill_integrity.ok:
         pytest.skip(f"not attempted: the backup failed its integrity check "
                     f"({drill_integrity.reason})")
     start: SandboxStart = request.getfixturevalue("drill_sandbox_start")
     with drill.phase("sandbox start"):
         info = start.wait()
+    drill.phases["sandbox start"] = round(max(
+        drill.phases["sandbox start"], info.start_s - drill.phases.get("fetch/verify", 0.0)), 3)
     drill.rto_settings = ("the shared server's own settings" if info.provider == "server"
                           else settings_text({} if drill.options.rto_faithful
                                              else FAST_SETTINGS))

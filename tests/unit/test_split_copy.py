@@ -39,13 +39,15 @@ def entry(tag: str, dump_id: int, desc: str = "TABLE DATA") -> TocEntry:
 def test_the_table_with_most_rows_is_split_when_it_is_large_enough() -> None:
     toc = [entry("orders", 7, "TABLE"), entry("orders", 30), entry("trades", 31),
            entry("accounts", 29)]
-    counts = {"public.orders": 300_000, "public.trades": 200_000, "public.accounts": 500}
+    counts = {"public.orders": 3_000_000, "public.trades": 2_000_000, "public.accounts": 500}
     assert split_candidate(toc, counts) == entry("orders", 30)
-    assert split_candidate(toc, counts, min_rows=300_001) is None
+    assert split_candidate(toc, counts, min_rows=3_000_001) is None
     # a count for a table whose data is not in the archive (excluded) is not a candidate
     assert split_candidate(toc[2:], counts) == entry("trades", 31)
     assert split_candidate(toc, {}) is None
-    assert split_copy.MIN_ROWS == 100_000
+    # below a million rows the split's extra pg_restore runs cost more than they save
+    assert split_copy.MIN_ROWS == 1_000_000
+    assert split_candidate(toc, {"public.orders": 999_999}) is None
 
 
 def test_the_header_keeps_pg_restores_settings_and_its_copy_statement() -> None:
