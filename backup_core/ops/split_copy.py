@@ -103,45 +103,55 @@ def read_header(out: IO[bytes]) -> Header:
     raise CommandFailed("pg_restore wrote no COPY for the table's data")
 
 
-class _Loader(threading.Thread):
-    """One COPY session, writing the chunks it is handed until told to stop."""
+class _Aborted(Exception):
+    """Raised in a session to roll its rows back when the load as a whole failed."""
 
-    def __init__(self, target: ConnInfo, header: Header, index: int) -> None:
+
+class _Loader(threading.Thread):
+    """One COPY session, writing the chunks it is handed until told to stop; it commits
+    only when the load as a whole did not fail (`abort`)."""
+
+    def __init__(self, target: ConnInfo, header: Header, index: int,
+                 abort: threading.Event) -> None:
         super().__init__(name=f"atb-copy-{index}", daemon=True)
-        self.target, self.header = target, header
+        self.target, self.header, self.abort = target, header, abort
         self.chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
         self.error: BaseException | None = None
-        self.ready = threading.Event()
 
     def run(self) -> None:
+        told = False  # the end was handed over: nothing more will come
         try:
             with db.connect(self.target) as conn:
                 for statement in self.header.settings:
                     conn.execute(statement)  # pg_restore's own SET, as it runs it
                 with conn.cursor() as cur, cur.copy(self.header.copy) as copy:
-                    self.ready.set()
                     while (chunk := self.chunks.get()) is not None:
                         copy.write(chunk)
+                    told = True
+                    if self.abort.is_set():
+                        raise _Aborted  # the COPY fails: this session's rows roll back
                 conn.commit()
-        except BaseException as exc:  # kept for the caller; the queue is drained below
+        except BaseException as exc:  # kept for the caller; the rest is taken and dropped
             self.error = exc
-            self.ready.set()
-            while self.chunks.get() is not None:
-                pass
+            while not told:
+                told = self.chunks.get() is None
 
 
 def load_split(chain: toolchain.Toolchain, archive: Path, entry: TocEntry, target: ConnInfo,
                *, sessions: int, scratch_dir: Path) -> int:
     """Load `entry`'s data into `target` over `sessions` COPY sessions; returns the bytes of
-    COPY text loaded. Raises `CommandFailed` when pg_restore or a session fails (the target
-    then holds part of the rows: only for a scratch database, dropped with its sandbox)."""
+    COPY text loaded. Raises `CommandFailed` when pg_restore or a session fails; the
+    sessions that have not committed by then roll back (an error the server reports only
+    at a COPY's end can come after others committed: this is for a scratch database,
+    dropped with its sandbox)."""
     use = scratch_dir / f"split-{entry.dump_id}.list"
     use.write_text(f"{entry.dump_id};\n")
     loaded = 0
     with _streaming(table_data_argv(chain, archive, use)) as proc:
         assert proc.stdout is not None
         header = read_header(proc.stdout)
-        loaders = [_Loader(target, header, i) for i in range(max(1, sessions))]
+        abort = threading.Event()
+        loaders = [_Loader(target, header, i, abort) for i in range(max(1, sessions))]
         for loader in loaders:
             loader.start()
         try:
@@ -158,23 +168,31 @@ def load_split(chain: toolchain.Toolchain, archive: Path, entry: TocEntry, targe
                     loaders[turn % len(loaders)].chunks.put(piece.rows)
                     turn += 1
                 if any(loader.error for loader in loaders):
+                    proc.kill()  # the load failed: the rest of the stream is not wanted
                     break
-            proc.stdout.read()  # the script's tail
+            else:
+                proc.stdout.read()  # the script's tail
+        except BaseException:
+            abort.set()
+            raise
         finally:
+            if any(loader.error for loader in loaders):
+                abort.set()
             for loader in loaders:
                 loader.chunks.put(None)
             for loader in loaders:
                 loader.join()
         code = proc.wait()
         stderr = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
-    failed = next((loader.error for loader in loaders if loader.error), None)
+    failed = next((loader.error for loader in loaders
+                   if loader.error and not isinstance(loader.error, _Aborted)), None)
     if failed is not None:
         message = failed.diag.message_primary if isinstance(failed, psycopg.Error) else None
         raise CommandFailed(f"loading the data of {entry.schema}.{entry.tag}: "
                             f"{message or failed}") from failed
     if code != 0:
         raise CommandFailed(f"pg_restore could not read the data of {entry.schema}."
-                            f"{entry.tag}: {stderr.strip().splitlines()[-1:] or code}",
+                            f"{entry.tag}: {(stderr.strip().splitlines() or [f'exit {code}'])[-1]}",
                             detail=stderr)
     return loaded
 

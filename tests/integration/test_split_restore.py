@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from backup_core.ops import backup, split_copy
+from backup_core.ops import backup, restore, split_copy
 from backup_core.ops.restore import RestoreRequest, restore_backup
-from backup_core.reading import inventory
+from backup_core.reading import inventory, toc
 from backup_core.store.manifest import read_manifest
 from backup_core.store.naming import manifest_path
-from backup_core.tools import db, toolchain
+from backup_core.tools import commands, db, toolchain
 from backup_core.tools.cluster import Cluster
+from backup_core.tools.errors import CommandFailed
+from backup_core.tools.runner import run
 from tests.conftest import make_database
 from tests.helpers import fingerprint
 
@@ -57,3 +59,26 @@ def test_the_largest_tables_data_loaded_over_sessions_restores_exactly(
     assert restored["public.orders"][0] == 3000
     assert invalid == (0,)
     assert fingerprint(target) == fingerprint(info)
+
+
+def test_a_session_that_fails_fails_the_load_in_one_line(
+    pg15: Cluster, tmp_path: Path, chains: list[toolchain.Toolchain],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    info = make_database(pg15, rows=3000)
+    dump = backup.create_backup(info, tmp_path / "b", chains=chains).path
+    target = pg15.url(f"fail_{info.dbname}")
+    with db.connect(pg15.url(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{target.dbname}"')
+    chain = toolchain.for_restore(15, chains)
+    restore._pg_restore(chain, dump, target, jobs=1, no_owner=True, section="pre-data")
+    with db.connect(target, autocommit=True) as conn:  # rows the server will refuse
+        conn.execute("ALTER TABLE orders ADD CONSTRAINT cheap CHECK (price < 100)")
+    listing = run(commands.pg_restore_list_argv(chain, dump), what="list").stdout
+    [entry] = [e for e in toc.parse_listing(listing)
+               if e.desc == "TABLE DATA" and e.tag == "orders"]
+    monkeypatch.setattr(split_copy, "CHUNK", 4096)
+    with pytest.raises(CommandFailed) as failed:
+        split_copy.load_split(chain, dump, entry, target, sessions=3, scratch_dir=tmp_path)
+    assert str(failed.value) == ('loading the data of public.orders: new row for relation '
+                                 '"orders" violates check constraint "cheap"')
