@@ -5,7 +5,9 @@ run) and records it for the report; the checks only judge them. The types here (
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -136,8 +138,10 @@ class SandboxStart:
     neither needs the other, so a drill waits for the longer of the two, not their sum. A
     sandbox started for a backup that then fails its verification is torn down unused."""
 
-    def __init__(self, open_manager: Callable[[], AbstractContextManager[sandbox.SandboxInfo]]
-                 ) -> None:
+    def __init__(self, open_manager: Callable[[], AbstractContextManager[sandbox.SandboxInfo]],
+                 kind: str) -> None:
+        if kind in ("docker", "auto"):
+            _preload(DOCKER_MODULES)
         self.manager: AbstractContextManager[sandbox.SandboxInfo] | None = None
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atb-sandbox")
         self.future = self.pool.submit(self._enter, open_manager)
@@ -162,6 +166,20 @@ class SandboxStart:
 
 
 EARLY_SANDBOX = pytest.StashKey[SandboxStart]()
+# what the docker provider imports on first use (drills.docker_engine)
+DOCKER_MODULES = ("docker", "docker.context", "docker.errors",
+                  "testcontainers.community.postgres", "testcontainers.core.config",
+                  "testcontainers.core.wait_strategies")
+
+
+def _preload(names: tuple[str, ...]) -> None:
+    """Modules the sandbox's thread would import, imported first on this one: two threads
+    importing at once can see a module half made (Python lets one of them through a module
+    still initialising, to break a lock cycle): `module 'requests' has no attribute
+    'exceptions'`."""
+    for name in names:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
 
 
 def _open_sandbox(drill: DrillState, backup: Backup, chains: list[toolchain.Toolchain]
@@ -187,7 +205,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     config.stash[CHAINS] = chains = toolchain.discover()
     config.stash[EARLY_SANDBOX] = SandboxStart(
-        functools.partial(_open_sandbox, state, state.backup, chains))
+        functools.partial(_open_sandbox, state, state.backup, chains), state.options.sandbox)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -204,7 +222,8 @@ def drill_sandbox_start(pytestconfig: pytest.Config, drill: DrillState, drill_ba
                         drill_chains: list[toolchain.Toolchain]) -> Iterator[SandboxStart]:
     """The disposable server, starting (see `SandboxStart`); torn down when the drill ends."""
     start = pytestconfig.stash.get(EARLY_SANDBOX, None) or SandboxStart(
-        functools.partial(_open_sandbox, drill, drill_backup, drill_chains))
+        functools.partial(_open_sandbox, drill, drill_backup, drill_chains),
+        drill.options.sandbox)
     try:
         yield start
     finally:
