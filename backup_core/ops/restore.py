@@ -12,13 +12,14 @@ import os
 import re
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
-from backup_core.ops import migrate, roles
+from backup_core.ops import migrate, roles, split_copy
 from backup_core.ops.migrate import MigrateResult, Migration, run_migration
 from backup_core.ops.verify import roles_problem
 from backup_core.reading import guard, toc
@@ -55,23 +56,30 @@ class RestoreResult:
 
 def restore_argv(
     chain: toolchain.Toolchain, path: Path, conninfo: str, *, jobs: int, no_owner: bool,
-    single_transaction: bool = False,
+    single_transaction: bool = False, section: str | None = None, use_list: Path | None = None,
 ) -> list[str]:
     """The pg_restore command line: a conninfo without secrets, never `--create` and never
-    `--clean` (a non-empty target is replaced by swapping names, not by dropping objects)."""
+    `--clean` (a non-empty target is replaced by swapping names, not by dropping objects).
+    `section` and `use_list`: one section of the archive, of only the entries listed."""
     argv = [chain.tool("pg_restore"), f"--dbname={conninfo}", "--no-password",
             "--exit-on-error", "--verbose"]  # verbose: a failure can be traced to its object
     argv += ["--single-transaction"] if single_transaction else [f"--jobs={jobs}"]
     if no_owner:
         argv += ["--no-owner", "--no-privileges"]
+    if section is not None:
+        argv.append(f"--section={section}")
+    if use_list is not None:
+        argv.append(f"--use-list={use_list}")
     return [*argv, str(path)]
 
 
 def _pg_restore(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *, jobs: int,
-                no_owner: bool, single_transaction: bool = False) -> None:
+                no_owner: bool, single_transaction: bool = False, section: str | None = None,
+                use_list: Path | None = None) -> None:
     with childenv.for_tool(target) as (conninfo, tool_env):
         done = run(restore_argv(chain, path, conninfo, jobs=jobs, no_owner=no_owner,
-                                single_transaction=single_transaction),
+                                single_transaction=single_transaction, section=section,
+                                use_list=use_list),
                    what="pg_restore", env=tool_env, check=False)
     if done.returncode != 0:
         raise CommandFailed(f"pg_restore failed: {explain_failure(done.stderr, path, chain)}; "
@@ -95,14 +103,16 @@ def _restore_or_drop(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *
 
 def _restore_into(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *, created: bool,
                   held: bool, scratch: bool, jobs: int, no_owner: bool,
-                  evidence: list[str]) -> None:
+                  evidence: list[str], split: bool = False) -> None:
     """The restore proper, in the one way that leaves no half-restored target behind."""
     if created:  # all or nothing: a failed restore drops the database it made
         target_db.create(target)
         _restore_or_drop(chain, path, target, jobs=jobs, no_owner=no_owner)
         target_db.clear_mark(target)  # the very last step: now it is complete
     elif not held and scratch:
-        _pg_restore(chain, path, target, jobs=jobs, no_owner=no_owner)
+        how = _restore_scratch(chain, path, target, jobs=jobs, no_owner=no_owner, split=split)
+        if how:
+            evidence.append(how)
     elif not held:  # an empty database someone made: one transaction, rolled back on failure
         _pg_restore(chain, path, target, jobs=1, no_owner=no_owner, single_transaction=True)
     else:  # restore beside it, then swap names; the old one is kept until the user drops it
@@ -112,6 +122,49 @@ def _restore_into(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *, c
         old = target_db.swap(target, staging.dbname)
         evidence.append(f"the previous {target.dbname} is kept as {old}: drop it when you no "
                         "longer need it")
+
+
+def _restore_scratch(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *, jobs: int,
+                     no_owner: bool, split: bool) -> str:
+    """A database made for this restore alone (a drill's sandbox), restored in parallel.
+    With `split`, its largest table's data, which one COPY would carry alone while the other
+    jobs run out of work, is loaded over `jobs` sessions beside the rest (`split_copy`):
+    the sections in turn, pre-data, data (pg_restore for the others and the split table's
+    sessions side by side), post-data (indexes, constraints, foreign keys). Returns how,
+    when split."""
+    found = _split_entry(chain, path) if split and jobs > 1 else None
+    if found is None:
+        _pg_restore(chain, path, target, jobs=jobs, no_owner=no_owner)
+        return ""
+    entry, listing = found
+    with tempfile.TemporaryDirectory(prefix="atb-restore-") as tmp:
+        rest = Path(tmp) / "rest.list"
+        rest.write_text("".join(f"{line}\n" for line in listing.splitlines()
+                                if line.split(";", 1)[0].strip() != str(entry.dump_id)))
+        _pg_restore(chain, path, target, jobs=1, no_owner=no_owner, section="pre-data")
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atb-split") as side:
+            loading = side.submit(split_copy.load_split, chain, path, entry, target,
+                                  sessions=jobs, scratch_dir=Path(tmp))
+            _pg_restore(chain, path, target, jobs=jobs, no_owner=no_owner, section="data",
+                        use_list=rest)
+            loading.result()
+        _pg_restore(chain, path, target, jobs=jobs, no_owner=no_owner, section="post-data")
+    return (f"the data of {entry.schema}.{entry.tag} (the largest table) loaded over {jobs} "
+            "COPY sessions beside pg_restore's")
+
+
+def _split_entry(chain: toolchain.Toolchain, path: Path) -> tuple[toc.TocEntry, str] | None:
+    """The archive's largest table by the manifest's row counts, if worth splitting, and
+    the archive's listing."""
+    try:
+        counts = read_manifest(manifest_path(path)).row_counts
+    except ManifestError:
+        return None
+    if not counts or max(counts.values()) < split_copy.MIN_ROWS:
+        return None
+    listing = run(pg_restore_list_argv(chain, path), what="pg_restore --list").stdout
+    entry = split_copy.split_candidate(toc.parse_listing(listing), counts)
+    return (entry, listing) if entry is not None else None
 
 
 def _roles_for(path: Path, target: ConnInfo) -> list[str]:
@@ -256,7 +309,9 @@ class RestoreRequest:
 
     `clean` lets a non-empty target be replaced (restored beside it and swapped in by name);
     `scratch` says the (empty) target was made for this restore alone, as a drill's sandbox
-    is: it is restored in parallel. `with_roles` first creates the roles the backup needs and
+    is: it is restored in parallel, and with `split` its largest table's data over several
+    sessions (`split_copy`; not what `atb db restore` does, so `--rto-faithful` leaves it
+    out). `with_roles` first creates the roles the backup needs and
     the server lacks (see `roles`), so owners and grants restore on a new server.
     `migration` migrates the copy afterwards as the application does (its command or its
     Alembic, in its environment), watching `production` stay unchanged."""
@@ -270,6 +325,7 @@ class RestoreRequest:
     no_owner: bool = False
     migration: Migration | None = None
     scratch: bool = False
+    split: bool = False
     with_roles: bool = False
 
 
@@ -304,7 +360,8 @@ def restore_backup(request: RestoreRequest, *,
                             f"{', '.join(earlier)}: drop them when you no longer need them")
     try:
         _restore_into(chain, req.path, req.target, created=created, held=held,
-                      scratch=req.scratch, jobs=jobs, no_owner=req.no_owner, evidence=evidence)
+                      scratch=req.scratch, jobs=jobs, no_owner=req.no_owner, evidence=evidence,
+                      split=req.split)
     except BaseException:
         _drop_roles(req.target, made_roles)
         raise

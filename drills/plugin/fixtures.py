@@ -5,9 +5,14 @@ run) and records it for the report; the checks only judge them. The types here (
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +42,7 @@ from drills.result import (
 from drills.state import DrillState
 
 STATE = pytest.StashKey[DrillState]()
+CHAINS = pytest.StashKey[list[toolchain.Toolchain]]()
 EVIDENCE = pytest.StashKey[list[str]]()
 FINDINGS = pytest.StashKey[list[str]]()
 DRILL_REPORT = "atb_drill"  # attribute of a drill check's reports (they travel as JSON)
@@ -93,8 +99,8 @@ def drill(pytestconfig: pytest.Config) -> DrillState:
 
 
 @pytest.fixture(scope="session")
-def drill_chains() -> list[toolchain.Toolchain]:
-    return toolchain.discover()
+def drill_chains(pytestconfig: pytest.Config) -> list[toolchain.Toolchain]:
+    return pytestconfig.stash.get(CHAINS, None) or toolchain.discover()
 
 
 @pytest.fixture(scope="session")
@@ -112,8 +118,11 @@ def drill_conditions(drill_backup: Backup) -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="session")
-def drill_integrity(drill: DrillState, drill_backup: Backup,
+def drill_integrity(request: pytest.FixtureRequest, drill: DrillState, drill_backup: Backup,
                     drill_chains: list[toolchain.Toolchain]) -> VerifyResult:
+    if drill.options.source == "dump" and any(
+            "drill_sandbox" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        request.getfixturevalue("drill_sandbox_start")  # the sandbox starts while we verify
     with drill.phase("fetch/verify"):
         return verify_backup(drill_backup.path, chains=drill_chains, record=False)
 
@@ -124,39 +133,131 @@ def _source_major(backup: Backup, chains: list[toolchain.Toolchain]) -> int:
     return archive_major(backup.path, chains)
 
 
+class SandboxStart:
+    """The sandbox starting on a thread of its own, begun as the backup's verification begins:
+    neither needs the other, so a drill waits for the longer of the two, not their sum. A
+    sandbox started for a backup that then fails its verification is torn down unused."""
+
+    def __init__(self, open_manager: Callable[[], AbstractContextManager[sandbox.SandboxInfo]],
+                 kind: str) -> None:
+        if kind in ("docker", "auto"):
+            _preload(DOCKER_MODULES)
+        self.manager: AbstractContextManager[sandbox.SandboxInfo] | None = None
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atb-sandbox")
+        self.future = self.pool.submit(self._enter, open_manager)
+
+    def _enter(self, open_manager: Callable[[], AbstractContextManager[sandbox.SandboxInfo]]
+               ) -> sandbox.SandboxInfo:
+        manager = open_manager()
+        info = manager.__enter__()
+        self.manager = manager  # only a sandbox that started is torn down
+        return info
+
+    def wait(self) -> sandbox.SandboxInfo:
+        return self.future.result()
+
+    def close(self, drill: DrillState) -> None:
+        """Tear the sandbox down once it started (once: later calls do nothing)."""
+        self.pool.shutdown(wait=True)
+        manager, self.manager = self.manager, None
+        if manager is not None:
+            with drill.phase("sandbox teardown"):
+                manager.__exit__(None, None, None)
+
+
+EARLY_SANDBOX = pytest.StashKey[SandboxStart]()
+# what the docker provider imports on first use (drills.docker_engine)
+DOCKER_MODULES = ("docker", "docker.context", "docker.errors",
+                  "testcontainers.community.postgres", "testcontainers.core.config",
+                  "testcontainers.core.wait_strategies")
+
+
+def _preload(names: tuple[str, ...]) -> None:
+    """Modules the sandbox's thread would import, imported first on this one: two threads
+    importing at once can see a module half made (Python lets one of them through a module
+    still initialising, to break a lock cycle): `module 'requests' has no attribute
+    'exceptions'`."""
+    for name in names:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
+def _open_sandbox(drill: DrillState, backup: Backup, chains: list[toolchain.Toolchain]
+                  ) -> AbstractContextManager[sandbox.SandboxInfo]:
+    server = ConnInfo.parse(drill.options.sandbox_url, what="ATB_SANDBOX_URL") \
+        if drill.options.sandbox_url else None
+    locale = inventory.DatabaseLocale.from_definitions(backup.manifest.definitions) \
+        if backup.manifest else None
+    return sandbox.open_sandbox(drill.options.sandbox, source_major=_source_major(backup, chains),
+                                chains=chains, server=server, production=drill.production,
+                                docker_image=drill.options.docker_image,
+                                asserted=drill.options.sandbox_is_not_production,
+                                locale=locale, faithful=drill.options.rto_faithful)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A dump drill's sandbox starts with the session, while pytest collects the checks and
+    the backup is verified (`SandboxStart`)."""
+    config = session.config
+    state = config.stash.get(STATE, None)
+    if state is None or state.backup is None or state.options.source != "dump" \
+            or config.option.collectonly:
+        return
+    config.stash[CHAINS] = chains = toolchain.discover()
+    config.stash[EARLY_SANDBOX] = SandboxStart(
+        functools.partial(_open_sandbox, state, state.backup, chains), state.options.sandbox)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A sandbox started with the session that no check asked for, torn down (else its
+    fixture did)."""
+    start = session.config.stash.get(EARLY_SANDBOX, None)
+    state = session.config.stash.get(STATE, None)
+    if start is not None and state is not None:
+        start.close(state)
+
+
 @pytest.fixture(scope="session")
-def drill_sandbox(drill: DrillState, drill_backup: Backup, drill_integrity: VerifyResult,
-                  drill_chains: list[toolchain.Toolchain]) -> Iterator[sandbox.SandboxInfo]:
-    """A disposable server; DATABASE_URL points at it for the rest of the drill."""
+def drill_sandbox_start(pytestconfig: pytest.Config, drill: DrillState, drill_backup: Backup,
+                        drill_chains: list[toolchain.Toolchain]) -> Iterator[SandboxStart]:
+    """The disposable server, starting (see `SandboxStart`); torn down when the drill ends."""
+    start = pytestconfig.stash.get(EARLY_SANDBOX, None) or SandboxStart(
+        functools.partial(_open_sandbox, drill, drill_backup, drill_chains),
+        drill.options.sandbox)
+    try:
+        yield start
+    finally:
+        start.close(drill)
+
+
+@pytest.fixture(scope="session")
+def drill_sandbox(request: pytest.FixtureRequest, drill: DrillState,
+                  drill_integrity: VerifyResult) -> Iterator[sandbox.SandboxInfo]:
+    """A disposable server; DATABASE_URL points at it for the rest of the drill. It started
+    beside the verification, so its phase in the RTO is what its start took beyond the
+    verification's time (at least what the drill waited for it): the recovery's path is the
+    longer of the two, not their sum, and not the part pytest's own start hid."""
     if not drill_integrity.ok:
         pytest.skip(f"not attempted: the backup failed its integrity check "
                     f"({drill_integrity.reason})")
-    server = ConnInfo.parse(drill.options.sandbox_url, what="ATB_SANDBOX_URL") \
-        if drill.options.sandbox_url else None
-    manager = sandbox.open_sandbox(drill.options.sandbox,
-                                   source_major=_source_major(drill_backup, drill_chains),
-                                   chains=drill_chains, server=server,
-                                   production=drill.production,
-                                   docker_image=drill.options.docker_image,
-                                   asserted=drill.options.sandbox_is_not_production,
-                                   locale=inventory.DatabaseLocale.from_definitions(
-                                       drill_backup.manifest.definitions)
-                                   if drill_backup.manifest else None,
-                                   faithful=drill.options.rto_faithful)
-    with drill.timed(manager, enter="sandbox start", leave="sandbox teardown") as info:
-        drill.rto_settings = ("the shared server's own settings" if info.provider == "server"
-                              else settings_text({} if drill.options.rto_faithful
-                                                 else FAST_SETTINGS))
-        os.environ["DATABASE_URL"] = info.url.app_url(
-            drill.production.dialect if drill.production else "")
-        drill.sandbox = SandboxFacts(provider=info.provider, server_version=info.server_version,
-                                     database=info.dbname, identity=str(info.identity),
-                                     url=info.url.redacted, image=info.image, note=info.note,
-                                     durability=_durability(info.url))
-        try:
-            yield info
-        finally:
-            os.environ.pop("DATABASE_URL", None)
+    start: SandboxStart = request.getfixturevalue("drill_sandbox_start")
+    with drill.phase("sandbox start"):
+        info = start.wait()
+    drill.phases["sandbox start"] = round(max(
+        drill.phases["sandbox start"], info.start_s - drill.phases.get("fetch/verify", 0.0)), 3)
+    drill.rto_settings = ("the shared server's own settings" if info.provider == "server"
+                          else settings_text({} if drill.options.rto_faithful
+                                             else FAST_SETTINGS))
+    os.environ["DATABASE_URL"] = info.url.app_url(
+        drill.production.dialect if drill.production else "")
+    drill.sandbox = SandboxFacts(provider=info.provider, server_version=info.server_version,
+                                 database=info.dbname, identity=str(info.identity),
+                                 url=info.url.redacted, image=info.image, note=info.note,
+                                 durability=_durability(info.url))
+    try:
+        yield info
+    finally:
+        os.environ.pop("DATABASE_URL", None)
 
 
 DURABILITY_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes")
@@ -192,22 +293,31 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
         try:
             done = restore_backup(RestoreRequest(
                 drill_backup.path, url, no_owner=not with_owners, with_roles=with_owners,
-                jobs=drill.options.jobs, production=drill.reachable_production, scratch=True),
+                jobs=drill.options.jobs, production=drill.reachable_production, scratch=True,
+                split=not drill.options.rto_faithful),
                 chains=drill_chains)
         except AtbError as exc:
             return RestoreOutcome(ok=False, error=str(exc), detail=redact(exc.detail),
                                   mode=mode)
-    with drill.phase("analyze"), db.connect(url, autocommit=True) as conn:
-        conn.execute("ANALYZE")
-    with drill.phase("checks"):
-        wanted = bool(drill_backup.manifest and drill_backup.manifest.row_checksums)
-        back = inventory.read_back(lambda: _stable(url), workers=min(4, os.cpu_count() or 2),
-                                   checksums=wanted)
+    # ANALYZE (a step of the recovery, in the RTO) beside the read-back (the checks'): the
+    # counts, checksums and catalogs read are the same with or without planner statistics
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atb-analyze") as side:
+        analyzed = side.submit(_analyze, drill, url)
+        with drill.phase("checks"):
+            wanted = bool(drill_backup.manifest and drill_backup.manifest.row_checksums)
+            back = inventory.read_back(lambda: _stable(url),
+                                       workers=min(4, os.cpu_count() or 2), checksums=wanted)
+        analyzed.result()
     drill.checks_started = time.monotonic()
     return RestoreOutcome(ok=True, pg_restore_version=done.pg_restore_version, jobs=done.jobs,
                           counts=back.counts, checksums=back.checksums,
                           inventory=back.inventory, definitions=back.definitions,
                           with_owners=with_owners, mode=mode)
+
+
+def _analyze(drill: DrillState, url: ConnInfo) -> None:
+    with drill.phase("analyze"), db.connect(url, autocommit=True) as conn:
+        conn.execute("ANALYZE")
 
 
 def _stable(url: ConnInfo) -> Any:

@@ -12,7 +12,7 @@ import pytest
 NAMES = ("drill", "drill_backup", "drill_chains", "drill_conditions", "drill_engine",
          "drill_final_url", "drill_integration", "drill_integrity", "drill_migration",
          "drill_migration_outcome", "drill_policy", "drill_restore", "drill_rpo", "drill_rto",
-         "drill_sandbox", "drill_url", "evidence", "findings")
+         "drill_sandbox", "drill_sandbox_start", "drill_url", "evidence", "findings")
 REASON = "not a drill run: pass --drill or --backup PATH"
 
 

@@ -89,18 +89,22 @@ def test_a_passing_drill_migrates_an_old_backup_and_reports_it(
 
 
 def test_a_corrupted_dump_fails_at_integrity_and_is_not_restored(
-    history: tuple[ConnInfo, Path], tmp_path: Path
+    history: tuple[ConnInfo, Path], tmp_path: Path, sandbox_tmp: Path
 ) -> None:
     dump = copy_backup(oldest(history[1]), tmp_path / "bk")
     data = bytearray(dump.read_bytes())
     data[len(data) // 3] ^= 0x40
     dump.write_bytes(bytes(data))
     done, result = drill("--backup", str(dump), backup_dir=tmp_path / "bk",
-                         report_dir=tmp_path / "reports")
+                         report_dir=tmp_path / "reports", env={"TMPDIR": str(sandbox_tmp)})
     assert done.returncode == 1 and result["verdict"] == "FAIL"
     outcomes = checks(result)
     assert outcomes["test_backup_integrity_matches_manifest"] == "failed"
+    assert outcomes["test_sandbox_database_is_like_production"] == "skipped"
     assert outcomes["test_restore_completes_without_errors"] == "skipped"
+    # the sandbox started while the backup was verified is torn down unused
+    assert "sandbox teardown" in result["rto"]["other_phases"]
+    assert list(sandbox_tmp.iterdir()) == []
     message = next(c["message"] for c in result["checks"]
                    if c["name"] == "test_backup_integrity_matches_manifest")
     assert "sha256" in message and "altered" in message

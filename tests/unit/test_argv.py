@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from backup_core.ops import migrate, roles
+from backup_core.ops import migrate, roles, split_copy
 from backup_core.ops.backup import dump_argv
 from backup_core.ops.restore import restore_argv
 from backup_core.pitr import pgbackrest
@@ -53,6 +53,20 @@ def test_pg_restore_argv_exact_for_parallel_and_single_transaction() -> None:
                         single_transaction=True) == [
         "/pg/15/bin/pg_restore", "--dbname=dbname=shop host=db.example user=backup",
         "--no-password", "--exit-on-error", "--verbose", "--single-transaction", "/b/x.dump"]
+
+
+def test_pg_restore_argv_exact_for_one_section_of_listed_entries() -> None:
+    assert restore_argv(PG, Path("/b/x.dump"), CONNINFO, jobs=2, no_owner=True, section="data",
+                        use_list=Path("/t/rest.list")) == [
+        "/pg/15/bin/pg_restore", "--dbname=dbname=shop host=db.example user=backup",
+        "--no-password", "--exit-on-error", "--verbose", "--jobs=2", "--no-owner",
+        "--no-privileges", "--section=data", "--use-list=/t/rest.list", "/b/x.dump"]
+
+
+def test_one_tables_data_as_copy_text_argv_exact() -> None:
+    assert split_copy.table_data_argv(PG, Path("/b/x.dump"), Path("/t/one.list")) == [
+        "/pg/15/bin/pg_restore", "--data-only", "--file=-", "--use-list=/t/one.list",
+        "/b/x.dump"]
 
 
 def test_pg_dumpall_roles_argv_puts_the_database_name_in_a_conninfo_of_its_own() -> None:

@@ -69,6 +69,7 @@ def test_every_text_and_path_parameter_is_checked() -> None:
             out += walk(command) if isinstance(command, click.Group) else command.params
         return out
 
+    cli.cli.load_all()  # the groups are imported on first use
     params = walk(cli.cli)
     unchecked = [p.name for p in params if isinstance(p.type, (click.Path,
                                                                click.types.StringParamType))]

