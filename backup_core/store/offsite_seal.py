@@ -4,10 +4,12 @@ pyrage encrypts and decrypts holding the GIL (it never releases it), so in the p
 moves the bytes it stalls every transfer thread for as long as it works. Here it runs in a
 child of its own, on another core: on upload the child reads the dump FILE ITSELF (no
 plaintext through a pipe), hashes it, encrypts it and hashes the ciphertext it writes to
-its stdout, a pipe the upload reads parts from; on download the parent writes each part
-into the child's stdin as it arrives and the child hashes the ciphertext, decrypts, hashes
-the plaintext and writes the file. Either way the child reports both hashes (one JSON line
-on stderr) and the caller compares them with the manifest, as the in-process path does.
+its stdout, a pipe the upload reads parts from; on download the parent hashes each part as it
+arrives (in a thread of its own: hashlib releases the GIL) and writes it into the child's
+stdin, and the child decrypts, hashes the plaintext and writes the file: the ciphertext's
+hash is off the child's one-core path, which is the download's slowest. The child reports
+what it hashed (one JSON line on stderr) and the caller compares both hashes with the
+manifest, as the in-process path does.
 
 The child is `python -m backup_core.store.offsite_seal seal SRC RECIPIENT...` or
 `... unseal DEST IDENTITY_FILE`: public keys on argv, and of the identity only its file's
@@ -120,42 +122,75 @@ class _Raw(io.RawIOBase):
 
 
 class _In(io.RawIOBase):
-    def __init__(self, fd: int) -> None:
+    """What age reads (8 KiB at a time: pyrage's buffer), served from 1 MiB reads, each
+    hashed whole: a few thousand system calls and hash updates per GB, not 131,072."""
+
+    def __init__(self, fd: int, *, hashing: bool = True) -> None:
         self.fd, self.digest, self.size = fd, hashlib.sha256(), 0
+        self.hashing = hashing
+        self.buf, self.view = bytearray(READ_SIZE), memoryview(b"")
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buf: Any) -> int:
-        n = os.readv(self.fd, [buf])
-        if n:
-            self.digest.update(memoryview(buf)[:n])
+        if not self.view:
+            n = os.readv(self.fd, [self.buf])
+            if not n:
+                return 0
+            self.view = memoryview(self.buf)[:n]
+            if self.hashing:
+                self.digest.update(self.view)
             self.size += n
+        n = min(len(buf), len(self.view))
+        buf[:n] = self.view[:n]
+        self.view = self.view[n:]
         return n
 
 
 class _Out(io.RawIOBase):
+    """What age writes, gathered into 1 MiB writes, each hashed whole; `flush` at the end."""
+
     def __init__(self, fd: int) -> None:
         self.fd, self.digest, self.size = fd, hashlib.sha256(), 0
+        self.buf = bytearray()
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: Any) -> int:
-        view = memoryview(data)
-        n = len(view)
+        n = len(memoryview(data))
+        self.buf += data
+        if len(self.buf) >= READ_SIZE:
+            self.flush()
+        return n
+
+    def close(self) -> None:  # never a partial write on the way out of a failure
+        if hasattr(self, "buf"):
+            self.buf.clear()
+        super().close()
+
+    def flush(self) -> None:
+        if not getattr(self, "buf", None):
+            return
+        view = memoryview(self.buf)
         self.digest.update(view)
-        self.size += n
+        self.size += len(view)
         while view:
             view = view[os.write(self.fd, view):]
-        return n
+        del view
+        self.buf.clear()
 
 
 def _report(inp: _In, out: _Out, *, sealing: bool) -> None:
+    """Both sides; unsealing, the ciphertext's hash is the feeding parent's (its size is
+    reported here too: what the child read is what it was fed)."""
     plain, stored = (inp, out) if sealing else (out, inp)
-    print(json.dumps({"plain_size": plain.size, "plain_sha256": plain.digest.hexdigest(),
-                      "stored_size": stored.size,
-                      "stored_sha256": stored.digest.hexdigest()}), file=sys.stderr)
+    done = {"plain_size": plain.size, "plain_sha256": plain.digest.hexdigest(),
+            "stored_size": stored.size}
+    if sealing:
+        done["stored_sha256"] = stored.digest.hexdigest()
+    print(json.dumps(done), file=sys.stderr)
 
 
 def main(argv: list[str]) -> int:
@@ -168,6 +203,7 @@ def main(argv: list[str]) -> int:
             inp, out = _In(fd), _Out(1)
             widen(1)
             pyrage.encrypt_io(inp, out, keys)
+            out.flush()
             os.close(1)  # the reader sees the end before we report
             _report(inp, out, sealing=True)
             return 0
@@ -175,10 +211,11 @@ def main(argv: list[str]) -> int:
 
         ids = identities(Path(argv[2]))
         fd = os.open(argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        inp, out = _In(0), _Out(fd)
+        inp, out = _In(0, hashing=False), _Out(fd)
         widen(0)
         try:
             pyrage.decrypt_io(inp, out, ids)
+            out.flush()
         except pyrage.DecryptError as exc:
             print(json.dumps({"error": f"cannot decrypt ({exc}): the wrong identity, or the "
                               "object was altered", "decrypt": True}), file=sys.stderr)

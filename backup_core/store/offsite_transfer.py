@@ -389,17 +389,27 @@ def fetch(repo: Repository, remote: RemoteBackup, dest: Path, *,
 
     def _get_unsealing_child(obj: StoredObject, target: Path, count: bool,
                              identity: Path) -> sealing.Hashed:
-        """A large encrypted object: each part, as it arrives in order, written into a
-        child (`offsite_seal`) that hashes it, decrypts, hashes the plaintext and writes
-        the file, on another core and without this process's GIL (pyrage holds it)."""
+        """A large encrypted object: each part, as it arrives in order, hashed here (in a
+        thread) and written into a child (`offsite_seal`) that decrypts, hashes the
+        plaintext and writes the file, on another core and without this process's GIL
+        (pyrage holds it)."""
+        import hashlib
+        from concurrent.futures import ThreadPoolExecutor
+
         from backup_core.store import offsite_seal
 
-        done = 0
+        digest, done = hashlib.sha256(), 0
         with offsite_seal.Child(offsite_seal.unseal_argv(target, identity),
-                                feeding=True) as child:
+                                feeding=True) as child, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="atb-hash") as pool:
             with repo.open_ranged(obj.key, obj.size_bytes) as body:
                 while data := body.read():
-                    if not child.write(data):
+                    hashing = pool.submit(digest.update, data)
+                    try:
+                        fed = child.write(data)
+                    finally:
+                        hashing.result()
+                    if not fed:
                         break  # it stopped reading: its result says why
                     done += len(data)
                     if count and progress is not None:
@@ -409,7 +419,10 @@ def fetch(repo: Repository, remote: RemoteBackup, dest: Path, *,
             raise VerifyFailed(f"{obj.key}: {out['error']}")
         if "error" in out:
             raise StorageError(f"cannot write {target}: {out['error']}")
-        return _hashed(out)
+        if out["stored_size"] != done:
+            raise StorageError(f"cannot write {target}: the age child read "
+                               f"{out['stored_size']} of {done} bytes")
+        return _hashed({**out, "stored_sha256": digest.hexdigest()})
 
     def _get_unsealing(obj: StoredObject, target: Path, count: bool) -> sealing.Hashed:
         body = repo.open_ranged(obj.key, obj.size_bytes) if obj.size_bytes > PART_SIZE \
