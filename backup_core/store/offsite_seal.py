@@ -121,27 +121,51 @@ class _Raw(io.RawIOBase):
 # -- the child -------------------------------------------------------------------------------
 
 
+_DEPTH = 4  # 1 MiB chunks queued between age and the thread that reads or writes
+
+
 class _In(io.RawIOBase):
-    """What age reads (8 KiB at a time: pyrage's buffer), served from 1 MiB reads, each
-    hashed whole: a few thousand system calls and hash updates per GB, not 131,072."""
+    """What age reads (8 KiB at a time: pyrage's buffer), served from 1 MiB chunks that a
+    thread of their own reads and hashes (hashlib and os.read release the GIL), so age's
+    one thread only encrypts or decrypts."""
 
     def __init__(self, fd: int, *, hashing: bool = True) -> None:
-        self.fd, self.digest, self.size = fd, hashlib.sha256(), 0
-        self.hashing = hashing
-        self.buf, self.view = bytearray(READ_SIZE), memoryview(b"")
+        import queue
+        import threading
+
+        self.fd, self.digest, self.size, self.hashing = fd, hashlib.sha256(), 0, hashing
+        self.chunks: queue.Queue[bytearray | BaseException] = queue.Queue(_DEPTH)
+        self.view = memoryview(b"")
+        self.thread = threading.Thread(target=self._fill, daemon=True)
+        self.thread.start()
+
+    def _fill(self) -> None:
+        try:
+            while True:
+                buf = bytearray(READ_SIZE)
+                n = os.readv(self.fd, [buf])
+                del buf[n:]
+                if self.hashing:
+                    self.digest.update(buf)
+                self.size += n
+                self.chunks.put(buf)
+                if not n:
+                    return
+        except BaseException as exc:  # raised in age's thread, from readinto
+            self.chunks.put(exc)
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buf: Any) -> int:
         if not self.view:
-            n = os.readv(self.fd, [self.buf])
-            if not n:
+            item = self.chunks.get()
+            if isinstance(item, BaseException):
+                raise item
+            if not item:
+                self.chunks.put(item)  # the end, for any later read too
                 return 0
-            self.view = memoryview(self.buf)[:n]
-            if self.hashing:
-                self.digest.update(self.view)
-            self.size += n
+            self.view = memoryview(item)
         n = min(len(buf), len(self.view))
         buf[:n] = self.view[:n]
         self.view = self.view[n:]
@@ -149,20 +173,44 @@ class _In(io.RawIOBase):
 
 
 class _Out(io.RawIOBase):
-    """What age writes, gathered into 1 MiB writes, each hashed whole; `flush` at the end."""
+    """What age writes, gathered into 1 MiB chunks that a thread of their own hashes and
+    writes; `flush` at the end waits for it (and raises what it met, as `write` does)."""
 
     def __init__(self, fd: int) -> None:
+        import queue
+        import threading
+
         self.fd, self.digest, self.size = fd, hashlib.sha256(), 0
         self.buf = bytearray()
+        self.error: OSError | None = None
+        self.chunks: queue.Queue[bytearray | None] = queue.Queue(_DEPTH)
+        self.thread = threading.Thread(target=self._drain, daemon=True)
+        self.thread.start()
+
+    def _drain(self) -> None:
+        while (chunk := self.chunks.get()) is not None:
+            if self.error is not None:
+                continue  # keep taking, so age's thread never waits on a full queue
+            try:
+                view = memoryview(chunk)
+                self.digest.update(view)
+                self.size += len(view)
+                while view:
+                    view = view[os.write(self.fd, view):]
+            except OSError as exc:
+                self.error = exc
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: Any) -> int:
+        if self.error is not None:
+            raise self.error
         n = len(memoryview(data))
         self.buf += data
         if len(self.buf) >= READ_SIZE:
-            self.flush()
+            self.chunks.put(self.buf)
+            self.buf = bytearray()
         return n
 
     def close(self) -> None:  # never a partial write on the way out of a failure
@@ -171,15 +219,15 @@ class _Out(io.RawIOBase):
         super().close()
 
     def flush(self) -> None:
-        if not getattr(self, "buf", None):
+        if not hasattr(self, "thread") or not self.thread.is_alive():
             return
-        view = memoryview(self.buf)
-        self.digest.update(view)
-        self.size += len(view)
-        while view:
-            view = view[os.write(self.fd, view):]
-        del view
-        self.buf.clear()
+        if self.buf:
+            self.chunks.put(self.buf)
+            self.buf = bytearray()
+        self.chunks.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def _report(inp: _In, out: _Out, *, sealing: bool) -> None:
@@ -196,6 +244,9 @@ def _report(inp: _In, out: _Out, *, sealing: bool) -> None:
 def main(argv: list[str]) -> int:
     import pyrage
 
+    # age's thread holds the GIL; the reading and writing threads take it back within
+    # half a millisecond, not the default 5
+    sys.setswitchinterval(0.0005)
     try:
         if argv[0] == "seal":
             keys = [pyrage.x25519.Recipient.from_str(k) for k in argv[2:]]
