@@ -134,6 +134,7 @@ class _In(io.RawIOBase):
         import threading
 
         self.fd, self.digest, self.size, self.hashing = fd, hashlib.sha256(), 0, hashing
+        self.error: OSError | None = None
         self.chunks: queue.Queue[bytearray | BaseException] = queue.Queue(_DEPTH)
         self.view = memoryview(b"")
         self.thread = threading.Thread(target=self._fill, daemon=True)
@@ -152,6 +153,7 @@ class _In(io.RawIOBase):
                 if not n:
                     return
         except BaseException as exc:  # raised in age's thread, from readinto
+            self.error = exc if isinstance(exc, OSError) else None
             self.chunks.put(exc)
 
     def readable(self) -> bool:
@@ -267,7 +269,12 @@ def main(argv: list[str]) -> int:
         try:
             pyrage.decrypt_io(inp, out, ids)
             out.flush()
-        except pyrage.DecryptError as exc:
+        except (pyrage.DecryptError, OSError) as exc:
+            # a chunk that fails its tag mid-stream comes out of age as an I/O error; ours
+            # (reading the pipe, writing the file) are the ones our reader and writer met
+            ours = inp.error or out.error
+            if isinstance(exc, OSError) and ours is not None:
+                raise ours from exc
             print(json.dumps({"error": f"cannot decrypt ({exc}): the wrong identity, or the "
                               "object was altered", "decrypt": True}), file=sys.stderr)
             return 3

@@ -77,3 +77,20 @@ def test_a_file_the_child_cannot_read_is_an_error_not_an_empty_object(tmp_path: 
         stream.close()
         out = child.result()
     assert out == {"error": f"{missing}: No such file or directory", "os": True}
+
+
+def test_a_chunk_altered_mid_stream_is_a_decrypt_failure_not_a_disk_error(
+        tmp_path: Path) -> None:
+    """age reports a chunk whose tag fails as an I/O error from inside its stream; the child
+    tells it apart from its own reads and writes, so the caller says "altered", not "cannot
+    write"."""
+    identity, id_file = _identity(tmp_path)
+    stored = bytearray(pyrage.encrypt(b"y" * 300_000, [identity.to_public()]))
+    stored[200_000] ^= 1  # inside the fourth 64 KiB chunk
+    with offsite_seal.Child(offsite_seal.unseal_argv(tmp_path / "out", id_file),
+                            feeding=True) as child:
+        child.write(bytes(stored))
+        out = child.result()
+    assert out["decrypt"] is True
+    assert out["error"].startswith("cannot decrypt (")
+    assert out["error"].endswith("): the wrong identity, or the object was altered")
