@@ -94,3 +94,31 @@ def test_a_chunk_altered_mid_stream_is_a_decrypt_failure_not_a_disk_error(
     assert out["decrypt"] is True
     assert out["error"].startswith("cannot decrypt (")
     assert out["error"].endswith("): the wrong identity, or the object was altered")
+
+
+def test_in_process_too_a_chunk_altered_mid_stream_is_a_decrypt_failure(
+        tmp_path: Path) -> None:
+    """The same for a small object, decrypted in this process (`sealing.unseal_to`): a
+    failed verification, not a disk or store error; a writer that fails is its own error."""
+    import pytest
+
+    from backup_core.tools.errors import VerifyFailed
+
+    identity = pyrage.x25519.Identity.generate()
+    stored = bytearray(pyrage.encrypt(b"y" * 300_000, [identity.to_public()]))
+    stored[200_000] ^= 1
+    with pytest.raises(VerifyFailed) as raised:
+        sealing.unseal_to(io.BytesIO(bytes(stored)), io.BytesIO(), ids=[identity], what="k")
+    assert str(raised.value) == ("k: cannot decrypt (decryption error): the wrong identity, "
+                                 "or the object was altered")
+
+    class Full(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: object) -> int:
+            raise OSError(28, "No space left on device")
+
+    good = pyrage.encrypt(b"y" * 300_000, [identity.to_public()])
+    with pytest.raises(OSError, match="No space left on device"):
+        sealing.unseal_to(io.BytesIO(good), Full(), ids=[identity], what="k")
