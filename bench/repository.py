@@ -1,10 +1,11 @@
 """`python -m bench.repository [--size 256MB] [--repeat 3] [--listing 10000]`: the off-site
 repository against plain boto3, on a local SeaweedFS (`weed server -s3`, as the tests run it).
 
-- upload: `offsite_transfer.push_backup` of one backup (hash, multipart with SHA-256-checksummed
+- upload: `offsite_transfer.push_backup` of one backup (hash, multipart with CRC32-checksummed
   parts, manifest record last) vs boto3 `upload_file` of the same bytes (defaults);
 - download: `offsite_transfer.fetch` (stream, both hashes, write) vs boto3 `download_file`;
-- encryption: push with an age recipient vs the same push in plain;
+- encryption: push with an age recipient (encrypted by a child process beside the upload)
+  vs the same push in plain, and the same for fetch;
 - listing: `atb db list --repo` over a repository of N backups (one listing, manifests read
   concurrently).
 

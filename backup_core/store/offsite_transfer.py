@@ -227,44 +227,36 @@ def _upload_hashing(repo: Repository, src: Path, key: str, expect: str, tag: str
 def _upload_sealing(repo: Repository, src: Path, key: str, expect: str,
                     recipients: tuple[str, ...], tag: str, *,
                     progress: Callable[[int], None] | None) -> sealing.Hashed:
-    """Encrypt a large file straight into its upload through a pipe: parts leave while the
-    rest is encrypted, and no ciphertext copy is written to disk. The ciphertext's hash is
-    known only at the end, so the object's metadata lacks it and a later push never reuses
-    the object (it is sealed again). An object whose stream failed, or whose plaintext hash
-    is not the manifest's, is deleted again; its manifest record is never written."""
-    import threading
+    """Encrypt a large file straight into its upload: a child process (`offsite_seal`:
+    pyrage holds the GIL, so in this process it would stall the upload's threads) reads the
+    file, hashes both sides and writes the ciphertext into a pipe the upload reads its parts
+    from; no ciphertext copy is written to disk. The ciphertext's hash is known only at the
+    end, so the object's metadata lacks it and a later push never reuses the object (it is
+    sealed again). An object whose stream failed, or whose plaintext hash is not the
+    manifest's, is deleted again; its manifest record is never written."""
+    from backup_core.store import offsite_seal
 
     size = src.stat().st_size
-    rfd, wfd = os.pipe()
-    out: dict[str, Any] = {}
-
-    def produce() -> None:
-        try:
-            with os.fdopen(wfd, "wb") as pipe:
-                out["hashed"] = sealing.seal_to(src, pipe, recipients)
-        except BaseException as exc:  # reported below, after the upload stops
-            out["error"] = exc
-
-    producer = threading.Thread(target=produce, name="atb-seal", daemon=True)
-    with os.fdopen(rfd, "rb") as stream:
-        producer.start()
+    with offsite_seal.Child(offsite_seal.seal_argv(src, recipients), feeding=False) as child:
+        stream = child.reader()
         try:
             repo.upload_stream(stream, key, progress=progress, metadata={
                 "atb-plain-sha256": expect, "atb-plain-size": str(size),
                 "atb-recipients": tag})
         finally:
-            stream.close()  # a producer still writing gets EPIPE and stops
-            producer.join()
-    hashed: sealing.Hashed | None = out.get("hashed")
-    if hashed is None or hashed.plain_sha256 != expect:
+            stream.close()  # a child still writing gets EPIPE and stops
+        out = child.result()
+    if "error" in out or out.get("plain_sha256") != expect:
         repo.delete([key])
-        if hashed is None:
-            error = out.get("error")
-            if isinstance(error, AtbError):
-                raise error
-            raise StorageError(f"cannot read {src}: {error}") from error
+        if "error" in out:
+            raise StorageError(f"cannot encrypt {src}: {out['error']}")
         raise VerifyFailed(f"{src} changed since its manifest was written: not pushed")
-    return hashed
+    return _hashed(out)
+
+
+def _hashed(out: dict[str, Any]) -> sealing.Hashed:
+    return sealing.Hashed(int(out["plain_size"]), str(out["plain_sha256"]),
+                          int(out["stored_size"]), str(out["stored_sha256"]))
 
 
 def _at(manifest: Manifest) -> datetime | None:
@@ -360,6 +352,8 @@ def fetch(repo: Repository, remote: RemoteBackup, dest: Path, *,
         # downloads, decrypts, hashes both sides and writes
         if obj.size_bytes > PART_SIZE and ids is None:
             hashed = _get_plain(obj, target, count)
+        elif obj.size_bytes > PART_SIZE and identity_file is not None:
+            hashed = _get_unsealing_child(obj, target, count, identity_file)
         else:
             hashed = _get_unsealing(obj, target, count)
         if (hashed.stored_size, hashed.stored_sha256) != (obj.size_bytes, obj.sha256):
@@ -392,6 +386,43 @@ def fetch(repo: Repository, remote: RemoteBackup, dest: Path, *,
         finally:
             os.close(fd)
         return sealing.Hashed(size, digest.hexdigest(), size, digest.hexdigest())
+
+    def _get_unsealing_child(obj: StoredObject, target: Path, count: bool,
+                             identity: Path) -> sealing.Hashed:
+        """A large encrypted object: each part, as it arrives in order, hashed here (in a
+        thread) and written into a child (`offsite_seal`) that decrypts, hashes the
+        plaintext and writes the file, on another core and without this process's GIL
+        (pyrage holds it)."""
+        import hashlib
+        from concurrent.futures import ThreadPoolExecutor
+
+        from backup_core.store import offsite_seal
+
+        digest, done = hashlib.sha256(), 0
+        with offsite_seal.Child(offsite_seal.unseal_argv(target, identity),
+                                feeding=True) as child, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="atb-hash") as pool:
+            with repo.open_ranged(obj.key, obj.size_bytes) as body:
+                while data := body.read():
+                    hashing = pool.submit(digest.update, data)
+                    try:
+                        fed = child.write(data)
+                    finally:
+                        hashing.result()
+                    if not fed:
+                        break  # it stopped reading: its result says why
+                    done += len(data)
+                    if count and progress is not None:
+                        progress(done)
+            out = child.result()
+        if out.get("decrypt"):
+            raise VerifyFailed(f"{obj.key}: {out['error']}")
+        if "error" in out:
+            raise StorageError(f"cannot write {target}: {out['error']}")
+        if out["stored_size"] != done:
+            raise StorageError(f"cannot write {target}: the age child read "
+                               f"{out['stored_size']} of {done} bytes")
+        return _hashed({**out, "stored_sha256": digest.hexdigest()})
 
     def _get_unsealing(obj: StoredObject, target: Path, count: bool) -> sealing.Hashed:
         body = repo.open_ranged(obj.key, obj.size_bytes) if obj.size_bytes > PART_SIZE \

@@ -87,17 +87,22 @@ class _HashingReader(io.RawIOBase):
         self.inner = inner
         self.digest = hashlib.sha256()
         self.size = 0
+        self.error: Exception | None = None
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buf: Any) -> int:
-        if hasattr(self.inner, "readinto"):
-            n = self.inner.readinto(buf)
-        else:  # a streaming HTTP body reads, it does not readinto
-            data = self.inner.read(len(buf))
-            n = len(data)
-            buf[:n] = data
+        try:
+            if hasattr(self.inner, "readinto"):
+                n = self.inner.readinto(buf)
+            else:  # a streaming HTTP body reads, it does not readinto
+                data = self.inner.read(len(buf))
+                n = len(data)
+                buf[:n] = data
+        except Exception as exc:
+            self.error = exc
+            raise
         if n:
             self.digest.update(memoryview(buf)[:n])
             self.size += n
@@ -109,6 +114,7 @@ class _HashingWriter(io.RawIOBase):
         self.inner = inner
         self.digest = hashlib.sha256()
         self.size = 0
+        self.error: Exception | None = None
 
     def writable(self) -> bool:
         return True
@@ -117,7 +123,11 @@ class _HashingWriter(io.RawIOBase):
         view = memoryview(data)
         self.digest.update(view)
         self.size += len(view)
-        self.inner.write(view)
+        try:
+            self.inner.write(view)
+        except Exception as exc:
+            self.error = exc
+            raise
         return len(view)
 
 
@@ -174,7 +184,12 @@ def unseal_to(stream: Any, out: Any, *, ids: list[Any] | None, what: str) -> Has
         pyrage = _pyrage()
         try:
             pyrage.decrypt_io(reader, writer, ids)
-        except pyrage.DecryptError as exc:
+        except (pyrage.DecryptError, OSError) as exc:
+            # a chunk altered mid-stream comes out of age as an I/O error; ours (reading
+            # the stream, writing the file) are the ones our reader and writer met
+            ours = reader.error or writer.error
+            if isinstance(exc, OSError) and ours is not None:
+                raise ours from exc
             raise VerifyFailed(f"{what}: cannot decrypt ({exc}): the wrong identity, or "
                                "the object was altered") from exc
         return Hashed(writer.size, writer.digest.hexdigest(), reader.size,

@@ -321,7 +321,8 @@ def test_a_large_object_round_trips_through_parallel_parts(
         object_store: ObjectStore, repo: str, keys: tuple[str, Path, Path], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, encrypted: bool) -> None:
     """Past one part (8 MiB) the upload is multipart and the download ranged and parallel;
-    the bytes that come back are the bytes that left, plain or age-encrypted."""
+    the bytes that come back are the bytes that left, plain or age-encrypted (through the
+    age child both ways), and a ciphertext altered in the store is refused by it."""
     from backup_core.store import offsite_catalog, offsite_transfer, repository
     from bench.repository import _backup
 
@@ -340,6 +341,20 @@ def test_a_large_object_round_trips_through_parallel_parts(
     assert got.path.read_bytes() == dump.read_bytes()
     assert sorted(p.name for p in got.path.parent.iterdir()) == [
         dump.name, dump.name[: -len(".dump")] + ".json"]
+    if encrypted:  # one byte altered in the store: the age child refuses it, nothing kept
+        from backup_core.tools.errors import VerifyFailed
+
+        assert remote.offsite is not None
+        key = store.url.key(remote.offsite.dump.key)
+        s3 = store.client
+        data = bytearray(s3.get_object(Bucket=store.url.bucket, Key=key)["Body"].read())
+        data[5 << 20] ^= 1
+        s3.put_object(Bucket=store.url.bucket, Key=key, Body=bytes(data))
+        with pytest.raises(VerifyFailed) as raised:
+            offsite_transfer.fetch(store, remote, tmp_path / "again", identity_file=ident)
+        assert str(raised.value).startswith(f"{remote.offsite.dump.key}: cannot decrypt (")
+        assert str(raised.value).endswith("): the wrong identity, or the object was altered")
+        assert [p for p in (tmp_path / "again").rglob("*") if p.is_file()] == []
 
 
 @pytest.mark.parametrize("encrypted", [False, True])

@@ -1,0 +1,294 @@
+"""Age encryption of a large object in a child process, beside its transfer.
+
+pyrage encrypts and decrypts holding the GIL (it never releases it), so in the process that
+moves the bytes it stalls every transfer thread for as long as it works. Here it runs in a
+child of its own, on another core: on upload the child reads the dump FILE ITSELF (no
+plaintext through a pipe), hashes it, encrypts it and hashes the ciphertext it writes to
+its stdout, a pipe the upload reads parts from; on download the parent hashes each part as it
+arrives (in a thread of its own: hashlib releases the GIL) and writes it into the child's
+stdin, and the child decrypts, hashes the plaintext and writes the file: the ciphertext's
+hash is off the child's one-core path, which is the download's slowest. The child reports
+what it hashed (one JSON line on stderr) and the caller compares both hashes with the
+manifest, as the in-process path does.
+
+The child is `python -m backup_core.store.offsite_seal seal SRC RECIPIENT...` or
+`... unseal DEST IDENTITY_FILE`: public keys on argv, and of the identity only its file's
+path (the key itself never on a command line or in an environment).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+PIPE_SIZE = 1 << 20  # fewer, larger reads and writes than the default 64 KiB pipe
+READ_SIZE = 1 << 20
+
+
+def seal_argv(src: Path, recipients: tuple[str, ...]) -> list[str]:
+    return [sys.executable, "-m", "backup_core.store.offsite_seal", "seal", str(src),
+            *recipients]
+
+
+def unseal_argv(dest: Path, identity_file: Path) -> list[str]:
+    return [sys.executable, "-m", "backup_core.store.offsite_seal", "unseal", str(dest),
+            str(identity_file)]
+
+
+def widen(fd: int) -> None:
+    """A 1 MiB pipe where the kernel allows it (the default is 64 KiB): fewer wake-ups."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+
+
+class Child:
+    """One sealing or unsealing child: a context manager that kills it if the caller's work
+    stops early (a store that died mid-upload), and `result` for what it proved."""
+
+    def __init__(self, argv: list[str], *, feeding: bool) -> None:
+        from backup_core.tools.runner import spawn
+
+        self.proc = spawn(argv, what="age", stdin=subprocess.PIPE if feeding
+                          else subprocess.DEVNULL, stdout=subprocess.DEVNULL if feeding
+                          else subprocess.PIPE, stderr=subprocess.PIPE)
+        pipe = self.proc.stdin if feeding else self.proc.stdout
+        assert pipe is not None
+        self.pipe: IO[bytes] = pipe
+        widen(pipe.fileno())
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+    def reader(self) -> IO[bytes]:
+        """The ciphertext, read in whole 1 MiB reads (a part is read to its full size)."""
+        return io.BufferedReader(_Raw(self.pipe.fileno()), buffer_size=READ_SIZE)
+
+    def write(self, data: bytes) -> bool:
+        """Feed ciphertext; False when the child has stopped reading (it says why)."""
+        view, fd = memoryview(data), self.pipe.fileno()
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+        except BrokenPipeError:
+            return False
+        return True
+
+    def result(self) -> dict[str, Any]:
+        """Wait for the child; what it proved, or {"error": ...} in one line."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            with contextlib.suppress(BrokenPipeError):
+                self.proc.stdin.close()
+        assert self.proc.stderr is not None
+        err = self.proc.stderr.read().decode(errors="replace")
+        code = self.proc.wait()
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        try:
+            out = json.loads(lines[-1]) if lines else {}
+        except ValueError:
+            out = {}
+        if not isinstance(out, dict) or (code != 0 and "error" not in out):
+            out = {"error": (lines[-1] if lines else f"age child exited {code}")[:300]}
+        return out
+
+
+class _Raw(io.RawIOBase):
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        return os.readv(self.fd, [buf])
+
+
+# -- the child -------------------------------------------------------------------------------
+
+
+_DEPTH = 4  # 1 MiB chunks queued between age and the thread that reads or writes
+
+
+class _In(io.RawIOBase):
+    """What age reads (8 KiB at a time: pyrage's buffer), served from 1 MiB chunks that a
+    thread of their own reads and hashes (hashlib and os.read release the GIL), so age's
+    one thread only encrypts or decrypts."""
+
+    def __init__(self, fd: int, *, hashing: bool = True) -> None:
+        import queue
+        import threading
+
+        self.fd, self.digest, self.size, self.hashing = fd, hashlib.sha256(), 0, hashing
+        self.error: OSError | None = None
+        self.chunks: queue.Queue[bytearray | BaseException] = queue.Queue(_DEPTH)
+        self.view = memoryview(b"")
+        self.thread = threading.Thread(target=self._fill, daemon=True)
+        self.thread.start()
+
+    def _fill(self) -> None:
+        try:
+            while True:
+                buf = bytearray(READ_SIZE)
+                n = os.readv(self.fd, [buf])
+                del buf[n:]
+                if self.hashing:
+                    self.digest.update(buf)
+                self.size += n
+                self.chunks.put(buf)
+                if not n:
+                    return
+        except BaseException as exc:  # raised in age's thread, from readinto
+            self.error = exc if isinstance(exc, OSError) else None
+            self.chunks.put(exc)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        if not self.view:
+            item = self.chunks.get()
+            if isinstance(item, BaseException):
+                raise item
+            if not item:
+                self.chunks.put(item)  # the end, for any later read too
+                return 0
+            self.view = memoryview(item)
+        n = min(len(buf), len(self.view))
+        buf[:n] = self.view[:n]
+        self.view = self.view[n:]
+        return n
+
+
+class _Out(io.RawIOBase):
+    """What age writes, gathered into 1 MiB chunks that a thread of their own hashes and
+    writes; `flush` at the end waits for it (and raises what it met, as `write` does)."""
+
+    def __init__(self, fd: int) -> None:
+        import queue
+        import threading
+
+        self.fd, self.digest, self.size = fd, hashlib.sha256(), 0
+        self.buf = bytearray()
+        self.error: OSError | None = None
+        self.chunks: queue.Queue[bytearray | None] = queue.Queue(_DEPTH)
+        self.thread = threading.Thread(target=self._drain, daemon=True)
+        self.thread.start()
+
+    def _drain(self) -> None:
+        while (chunk := self.chunks.get()) is not None:
+            if self.error is not None:
+                continue  # keep taking, so age's thread never waits on a full queue
+            try:
+                view = memoryview(chunk)
+                self.digest.update(view)
+                self.size += len(view)
+                while view:
+                    view = view[os.write(self.fd, view):]
+            except OSError as exc:
+                self.error = exc
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if self.error is not None:
+            raise self.error
+        n = len(memoryview(data))
+        self.buf += data
+        if len(self.buf) >= READ_SIZE:
+            self.chunks.put(self.buf)
+            self.buf = bytearray()
+        return n
+
+    def close(self) -> None:  # never a partial write on the way out of a failure
+        if hasattr(self, "buf"):
+            self.buf.clear()
+        super().close()
+
+    def flush(self) -> None:
+        if not hasattr(self, "thread") or not self.thread.is_alive():
+            return
+        if self.buf:
+            self.chunks.put(self.buf)
+            self.buf = bytearray()
+        self.chunks.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _report(inp: _In, out: _Out, *, sealing: bool) -> None:
+    """Both sides; unsealing, the ciphertext's hash is the feeding parent's (its size is
+    reported here too: what the child read is what it was fed)."""
+    plain, stored = (inp, out) if sealing else (out, inp)
+    done = {"plain_size": plain.size, "plain_sha256": plain.digest.hexdigest(),
+            "stored_size": stored.size}
+    if sealing:
+        done["stored_sha256"] = stored.digest.hexdigest()
+    print(json.dumps(done), file=sys.stderr)
+
+
+def main(argv: list[str]) -> int:
+    import pyrage
+
+    # age's thread holds the GIL; the reading and writing threads take it back within
+    # half a millisecond, not the default 5
+    sys.setswitchinterval(0.0005)
+    try:
+        if argv[0] == "seal":
+            keys = [pyrage.x25519.Recipient.from_str(k) for k in argv[2:]]
+            fd = os.open(argv[1], os.O_RDONLY)
+            inp, out = _In(fd), _Out(1)
+            widen(1)
+            pyrage.encrypt_io(inp, out, keys)
+            out.flush()
+            os.close(1)  # the reader sees the end before we report
+            _report(inp, out, sealing=True)
+            return 0
+        from backup_core.store.sealing import identities
+
+        ids = identities(Path(argv[2]))
+        fd = os.open(argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        inp, out = _In(0, hashing=False), _Out(fd)
+        widen(0)
+        try:
+            pyrage.decrypt_io(inp, out, ids)
+            out.flush()
+        except (pyrage.DecryptError, OSError) as exc:
+            # a chunk that fails its tag mid-stream comes out of age as an I/O error; ours
+            # (reading the pipe, writing the file) are the ones our reader and writer met
+            ours = inp.error or out.error
+            if isinstance(exc, OSError) and ours is not None:
+                raise ours from exc
+            print(json.dumps({"error": f"cannot decrypt ({exc}): the wrong identity, or the "
+                              "object was altered", "decrypt": True}), file=sys.stderr)
+            return 3
+        os.close(fd)
+        _report(inp, out, sealing=False)
+        return 0
+    except OSError as exc:
+        print(json.dumps({"error": f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "),
+                          "os": True}), file=sys.stderr)
+        return 2
+    except Exception as exc:  # one line for the parent, never a traceback
+        print(json.dumps({"error": str(exc)[:300]}), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
