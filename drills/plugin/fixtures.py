@@ -200,9 +200,11 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
     with drill.phase("analyze"), db.connect(url, autocommit=True) as conn:
         conn.execute("ANALYZE")
     with drill.phase("checks"):
-        wanted = bool(drill_backup.manifest and drill_backup.manifest.row_checksums)
+        recorded = drill_backup.manifest.row_checksums if drill_backup.manifest else {}
         back = inventory.read_back(lambda: _stable(url), workers=min(4, os.cpu_count() or 2),
-                                   checksums=wanted)
+                                   checksums=bool(recorded),
+                                   methods={t: inventory.checksum_method(v)
+                                            for t, v in recorded.items()})
     drill.checks_started = time.monotonic()
     return RestoreOutcome(ok=True, pg_restore_version=done.pg_restore_version, jobs=done.jobs,
                           counts=back.counts, checksums=back.checksums,
