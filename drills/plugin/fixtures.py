@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ from backup_core.tools.cluster import FAST_SETTINGS, settings_text
 from backup_core.tools.conninfo import ConnInfo, redact
 from backup_core.tools.durations import human
 from backup_core.tools.errors import AtbError, ProductionTouched
-from drills import observer, sandbox
+from drills import beside, observer, sandbox
 from drills.result import (
     AlembicFacts,
     IntegrationFacts,
@@ -55,6 +56,10 @@ class RestoreOutcome:
     definitions: dict[str, str] = field(default_factory=dict)
     with_owners: bool = False
     mode: str = ""  # how it was restored, as the runbook does
+    # taken beside the read-back (see drills.beside): the copy's own table of contents, and
+    # pg_amcheck's run when nothing changes the copy before its check (no migration)
+    listing: beside.Listing | None = None
+    amcheck: beside.Amcheck | None = None
 
 
 @dataclass(frozen=True)
@@ -199,17 +204,22 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
                                   mode=mode)
     with drill.phase("analyze"), db.connect(url, autocommit=True) as conn:
         conn.execute("ANALYZE")
-    with drill.phase("checks"):
+    with drill.phase("checks"), ThreadPoolExecutor(max_workers=2) as side:
+        listed = side.submit(beside.restored_listing, drill_backup, drill_sandbox, drill_chains)
+        checked = (side.submit(beside.amcheck, drill_sandbox)
+                   if drill.options.migration() is None else None)
         recorded = drill_backup.manifest.row_checksums if drill_backup.manifest else {}
         back = inventory.read_back(lambda: _stable(url), workers=min(4, os.cpu_count() or 2),
                                    checksums=bool(recorded),
                                    methods={t: inventory.checksum_method(v)
                                             for t, v in recorded.items()})
+        listing, amcheck = listed.result(), checked.result() if checked else None
     drill.checks_started = time.monotonic()
     return RestoreOutcome(ok=True, pg_restore_version=done.pg_restore_version, jobs=done.jobs,
                           counts=back.counts, checksums=back.checksums,
                           inventory=back.inventory, definitions=back.definitions,
-                          with_owners=with_owners, mode=mode)
+                          with_owners=with_owners, mode=mode, listing=listing,
+                          amcheck=amcheck)
 
 
 def _stable(url: ConnInfo) -> Any:
