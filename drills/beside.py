@@ -33,10 +33,13 @@ class Amcheck:
 
 @dataclass(frozen=True)
 class Listing:
-    """The restored database's own table of contents, or None and why not."""
+    """The archive's table of contents (None: `unreadable` says why no pg_restore here can
+    list it) and the restored database's own (None: `why` says why not)."""
 
+    archive: list[toc.TocEntry] | None
     entries: list[toc.TocEntry] | None
     why: str = ""
+    unreadable: str = ""
     error: AtbError | None = None
 
 
@@ -59,18 +62,24 @@ def amcheck(sandbox: SandboxInfo) -> Amcheck:
                    version=chain.version)
 
 
-def restored_listing(backup: Backup, sandbox: SandboxInfo,
-                     chains: list[toolchain.Toolchain]) -> Listing:
-    """The restored database's table of contents, listed by a pg_dump of the archive's major
-    (so both name objects alike)."""
+def listings(backup: Backup, sandbox: SandboxInfo,
+             chains: list[toolchain.Toolchain]) -> Listing:
+    """The archive's table of contents, and the restored database's listed by a pg_dump of
+    the archive's major (so both name objects alike)."""
     try:
-        m = backup.manifest
-        major = m.pg_dump_major if m is not None else archive_major(backup.path, chains)
+        major = archive_major(backup.path, chains)
+        try:
+            reader = toolchain.for_restore(major, chains)
+        except AtbError as exc:
+            return Listing(None, None, unreadable=f"no pg_restore can list the archive: {exc}")
+        archive = toc.parse_listing(run(pg_restore_list_argv(reader, backup.path),
+                                        what="pg_restore --list").stdout)
         server = int(sandbox.server_version.split(".")[0])
         same = [c for c in chains if c.major == major and c.has("pg_dump") and c.major >= server]
         if not same:
-            return Listing(None, why=f"no pg_dump {major} here to list the restored database "
-                                     f"(sandbox PostgreSQL {sandbox.server_version})")
+            return Listing(archive, None,
+                           why=f"no pg_dump {major} here to list the restored database "
+                               f"(sandbox PostgreSQL {sandbox.server_version})")
         with tempfile.TemporaryDirectory(prefix="atb-toc-") as tmp, \
                 childenv.for_tool(sandbox.for_tools) as (conninfo, tool_env):
             out = Path(tmp) / "restored.dump"
@@ -78,5 +87,5 @@ def restored_listing(backup: Backup, sandbox: SandboxInfo,
                 env=tool_env, timeout=3600)
             listing = run(pg_restore_list_argv(same[0], out), what="pg_restore --list").stdout
     except AtbError as exc:
-        return Listing(None, error=exc)
-    return Listing(toc.parse_listing(listing))
+        return Listing(None, None, error=exc)
+    return Listing(archive, toc.parse_listing(listing))

@@ -206,7 +206,7 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
     with drill.phase("analyze"), db.connect(url, autocommit=True) as conn:
         conn.execute("ANALYZE")
     with drill.phase("checks"), ThreadPoolExecutor(max_workers=2) as side:
-        listed = (side.submit(beside.restored_listing, drill_backup, drill_sandbox,
+        listed = (side.submit(beside.listings, drill_backup, drill_sandbox,
                               drill_chains)
                   if _will_run(request, "test_every_archive_entry_is_in_the_restored_database")
                   else None)
