@@ -14,9 +14,7 @@ from backup_core.ops.verify import VerifyResult
 from backup_core.reading import guard, inventory, toc
 from backup_core.store.catalog import Backup
 from backup_core.tools import db, isolation, probes, toolchain
-from backup_core.tools.commands import (
-    pg_restore_list_argv,
-)
+from backup_core.tools.commands import pg_restore_list_argv
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.durations import human, human_time, plural
 from backup_core.tools.errors import ProductionTouched
