@@ -205,21 +205,28 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
                                   mode=mode)
     with drill.phase("analyze"), db.connect(url, autocommit=True) as conn:
         conn.execute("ANALYZE")
-    with drill.phase("checks"), ThreadPoolExecutor(max_workers=2) as side:
-        listed = (side.submit(beside.listings, drill_backup, drill_sandbox,
-                              drill_chains)
-                  if _will_run(request, "test_every_archive_entry_is_in_the_restored_database")
-                  else None)
-        checked = (side.submit(beside.amcheck, drill_sandbox)
-                   if drill.options.migration() is None
-                   and _will_run(request, "test_amcheck_finds_no_corruption") else None)
-        recorded = drill_backup.manifest.row_checksums if drill_backup.manifest else {}
-        back = inventory.read_back(lambda: _stable(url), workers=min(4, os.cpu_count() or 2),
-                                   checksums=bool(recorded),
-                                   methods={t: inventory.checksum_method(v)
-                                            for t, v in recorded.items()})
-        listing = listed.result() if listed else None
-        amcheck = checked.result() if checked else None
+    side = ThreadPoolExecutor(max_workers=2, thread_name_prefix="atb-beside")
+    try:
+        with drill.phase("checks"):
+            listed = (side.submit(beside.listings, drill_backup, drill_sandbox, drill_chains)
+                      if _will_run(request,
+                                   "test_every_archive_entry_is_in_the_restored_database")
+                      else None)
+            checked = (side.submit(beside.amcheck, drill_sandbox)
+                       if drill.options.migration() is None
+                       and _will_run(request, "test_amcheck_finds_no_corruption") else None)
+            recorded = drill_backup.manifest.row_checksums if drill_backup.manifest else {}
+            back = inventory.read_back(lambda: _stable(url),
+                                       workers=min(4, os.cpu_count() or 2),
+                                       checksums=bool(recorded),
+                                       methods={t: inventory.checksum_method(v)
+                                                for t, v in recorded.items()})
+            listing = listed.result() if listed else None
+            amcheck = checked.result() if checked else None
+    finally:
+        # on Ctrl-C or an error, not held until pg_amcheck is done: the sandbox's teardown
+        # ends what still runs beside
+        side.shutdown(wait=False, cancel_futures=True)
     drill.checks_started = time.monotonic()
     return RestoreOutcome(ok=True, pg_restore_version=done.pg_restore_version, jobs=done.jobs,
                           counts=back.counts, checksums=back.checksums,
