@@ -6,29 +6,20 @@ matters, and a failure shows what was expected, what was found, and the tool's o
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 import pytest
 
 from backup_core.ops import heartbeat, status
 from backup_core.ops.migrate import MigrateResult
-from backup_core.ops.restore import archive_major
 from backup_core.ops.verify import VerifyResult
 from backup_core.reading import guard, inventory, toc
 from backup_core.store.catalog import Backup
-from backup_core.tools import childenv, db, isolation, probes, toolchain
-from backup_core.tools.commands import (
-    pg_amcheck_argv,
-    pg_dump_schema_argv,
-    pg_restore_list_argv,
-)
+from backup_core.tools import db, isolation, probes, toolchain
+from backup_core.tools.commands import pg_restore_list_argv
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.durations import human, human_time, plural
-from backup_core.tools.errors import AtbError, ProductionTouched
+from backup_core.tools.errors import ProductionTouched
 from backup_core.tools.runner import run
-from drills import observer
+from drills import beside, observer
 from drills.failures import CheckFailed
 from drills.plugin import (
     Evidence,
@@ -252,14 +243,12 @@ def test_every_archive_entry_is_in_the_restored_database(
     row security, a large object, a materialized view's data, a comment, a publication...)
     must be found in the restored database; a kind atb cannot look up is named as not
     compared, never passed."""
-    try:
-        reader = toolchain.for_restore(archive_major(drill_backup.path, drill_chains),
-                                       drill_chains)
-    except AtbError as exc:
-        pytest.skip(f"no pg_restore can list the archive: {exc}")
-    archive = toc.parse_listing(run(pg_restore_list_argv(reader, drill_backup.path),
-                                    what="pg_restore --list").stdout)
-    restored, why = _restored_listing(drill_backup, drill_sandbox, drill_chains)
+    listed = drill_restore.listing or beside.listings(drill_backup, drill_sandbox, drill_chains)
+    if listed.error is not None:
+        raise listed.error
+    if listed.archive is None:
+        pytest.skip(listed.unreadable)
+    archive, restored, why = listed.archive, listed.entries, listed.why
     with db.connect(drill_url) as conn:
         data = toc.find_data(conn, archive)
     result = toc.compare(archive, restored, data_found=data,
@@ -273,26 +262,6 @@ def test_every_archive_entry_is_in_the_restored_database(
                           f"database: {', '.join(result.missing[:5])}",
                           expected="every entry of the archive's table of contents",
                           found=result.missing)
-
-
-def _restored_listing(backup: Backup, sandbox: SandboxInfo, chains: list[toolchain.Toolchain]
-                      ) -> tuple[list[toc.TocEntry] | None, str]:
-    """The restored database's own table of contents, listed by a pg_dump of the archive's
-    major (so both name objects alike), or None and why not."""
-    m = backup.manifest
-    major = m.pg_dump_major if m is not None else archive_major(backup.path, chains)
-    server = int(sandbox.server_version.split(".")[0])
-    same = [c for c in chains if c.major == major and c.has("pg_dump") and c.major >= server]
-    if not same:
-        return None, (f"no pg_dump {major} here to list the restored database (sandbox "
-                      f"PostgreSQL {sandbox.server_version})")
-    with tempfile.TemporaryDirectory(prefix="atb-toc-") as tmp, \
-            childenv.for_tool(sandbox.for_tools) as (conninfo, tool_env):
-        out = Path(tmp) / "restored.dump"
-        run(pg_dump_schema_argv(same[0], conninfo, out), what="pg_dump --schema-only",
-            env=tool_env, timeout=3600)
-        listing = run(pg_restore_list_argv(same[0], out), what="pg_restore --list").stdout
-    return toc.parse_listing(listing), ""
 
 
 @pytest.mark.drill(phase="migrate")
@@ -413,23 +382,23 @@ def test_foreign_keys_hold_for_every_row(drill: DrillState, findings: Findings,
                               f"{'does' if len(problems) == 1 else 'do'} not hold")
 
 
-def test_amcheck_finds_no_corruption(drill_final_url: ConnInfo, drill_sandbox: SandboxInfo,
-                                     evidence: Evidence) -> None:
+def test_amcheck_finds_no_corruption(drill: DrillState, drill_final_url: ConnInfo,
+                                     drill_sandbox: SandboxInfo, evidence: Evidence,
+                                     request: pytest.FixtureRequest) -> None:
     """pg_amcheck reads every heap page and B-tree index of the restored tables: corruption
     in the restore target would surface here rather than in production."""
-    chain = drill_sandbox.chain
-    if chain is None or not chain.has("pg_amcheck"):
-        pytest.skip("no pg_amcheck in the sandbox's toolchain")
-    with childenv.for_tool(drill_sandbox.for_tools) as (conninfo, tool_env):
-        done = run(pg_amcheck_argv(chain, conninfo, jobs=min(4, os.cpu_count() or 1)),
-                   what="pg_amcheck", env=tool_env,
-                   check=False, timeout=3600)
-    if "permission denied to create extension" in done.stderr:
-        pytest.skip("pg_amcheck needs the amcheck extension, which only a superuser of the "
-                    "sandbox server can install")
-    evidence.add(f"pg_amcheck {chain.version}: exit {done.returncode}")
+    # a logical drill without a migration ran it beside the read-back, on this very copy
+    early = (request.getfixturevalue("drill_restore").amcheck if drill.pitr is None
+             else None)
+    done = early or beside.amcheck(drill_sandbox)
+    if done.error is not None:
+        raise done.error
+    if done.skipped:
+        pytest.skip(done.skipped)
+    evidence.add(f"pg_amcheck {done.version}: exit {done.returncode}"
+                 + (" (run beside the read-back of every table)" if early else ""))
     if done.returncode != 0:
-        raise CheckFailed("pg_amcheck reported problems", output=done.stdout + done.stderr)
+        raise CheckFailed("pg_amcheck reported problems", output=done.output)
 
 
 def test_heartbeat_is_fresh_at_backup_time(drill: DrillState, drill_backup: Backup,

@@ -32,7 +32,7 @@ from backup_core.tools.cluster import FAST_SETTINGS, settings_text
 from backup_core.tools.conninfo import ConnInfo, redact
 from backup_core.tools.durations import human
 from backup_core.tools.errors import AtbError, ProductionTouched
-from drills import observer, sandbox
+from drills import beside, observer, sandbox
 from drills.result import (
     AlembicFacts,
     IntegrationFacts,
@@ -61,6 +61,10 @@ class RestoreOutcome:
     definitions: dict[str, str] = field(default_factory=dict)
     with_owners: bool = False
     mode: str = ""  # how it was restored, as the runbook does
+    # taken beside the read-back (see drills.beside): the copy's own table of contents, and
+    # pg_amcheck's run when nothing changes the copy before its check (no migration)
+    listing: beside.Listing | None = None
+    amcheck: beside.Amcheck | None = None
 
 
 @dataclass(frozen=True)
@@ -278,7 +282,8 @@ def _durability(url: ConnInfo) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbox.SandboxInfo,
-                  drill_chains: list[toolchain.Toolchain]) -> RestoreOutcome:
+                  drill_chains: list[toolchain.Toolchain],
+                  request: pytest.FixtureRequest) -> RestoreOutcome:
     """Restore, ANALYZE, then read back counts and inventory before anything can change them."""
     url = drill_sandbox.url
     # As the runbook restores: the backup's roles first, then with owners and grants. A shared
@@ -300,19 +305,43 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
             return RestoreOutcome(ok=False, error=str(exc), detail=redact(exc.detail),
                                   mode=mode)
     # ANALYZE (a step of the recovery, in the RTO) beside the read-back (the checks'): the
-    # counts, checksums and catalogs read are the same with or without planner statistics
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atb-analyze") as side:
+    # counts, checksums and catalogs read are the same with or without planner statistics;
+    # the listings and pg_amcheck the checks judge are taken beside it too
+    side = ThreadPoolExecutor(max_workers=3, thread_name_prefix="atb-beside")
+    try:
         analyzed = side.submit(_analyze, drill, url)
         with drill.phase("checks"):
-            wanted = bool(drill_backup.manifest and drill_backup.manifest.row_checksums)
+            listed = (side.submit(beside.listings, drill_backup, drill_sandbox, drill_chains)
+                      if _will_run(request,
+                                   "test_every_archive_entry_is_in_the_restored_database")
+                      else None)
+            checked = (side.submit(beside.amcheck, drill_sandbox)
+                       if drill.options.migration() is None
+                       and _will_run(request, "test_amcheck_finds_no_corruption") else None)
+            recorded = drill_backup.manifest.row_checksums if drill_backup.manifest else {}
             back = inventory.read_back(lambda: _stable(url),
-                                       workers=min(4, os.cpu_count() or 2), checksums=wanted)
+                                       workers=min(4, os.cpu_count() or 2),
+                                       checksums=bool(recorded),
+                                       methods={t: inventory.checksum_method(v)
+                                                for t, v in recorded.items()})
+            listing = listed.result() if listed else None
+            amcheck = checked.result() if checked else None
         analyzed.result()
+    finally:
+        # on Ctrl-C or an error, not held until pg_amcheck is done: the sandbox's teardown
+        # ends what still runs beside
+        side.shutdown(wait=False, cancel_futures=True)
     drill.checks_started = time.monotonic()
     return RestoreOutcome(ok=True, pg_restore_version=done.pg_restore_version, jobs=done.jobs,
                           counts=back.counts, checksums=back.checksums,
                           inventory=back.inventory, definitions=back.definitions,
-                          with_owners=with_owners, mode=mode)
+                          with_owners=with_owners, mode=mode, listing=listing,
+                          amcheck=amcheck)
+
+
+def _will_run(request: pytest.FixtureRequest, check: str) -> bool:
+    """Whether a built-in check is among the drill's (not left out by --drill-exclude)."""
+    return any(item.name == check for item in request.session.items)
 
 
 def _analyze(drill: DrillState, url: ConnInfo) -> None:

@@ -1,0 +1,91 @@
+"""What the slower checks read from the restored copy (pg_amcheck's verdict, the copy's own
+table of contents), taken beside the read-back of every table rather than after it: each
+waits mostly on a child process, so the drill's checks phase is then about the longest of
+them, not their sum. The checks judge these values; an error is kept and raised there."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from backup_core.ops.restore import archive_major
+from backup_core.reading import toc
+from backup_core.store.catalog import Backup
+from backup_core.tools import childenv, toolchain
+from backup_core.tools.commands import pg_amcheck_argv, pg_dump_schema_argv, pg_restore_list_argv
+from backup_core.tools.errors import AtbError
+from backup_core.tools.runner import run
+from drills.sandbox import SandboxInfo
+
+
+@dataclass(frozen=True)
+class Amcheck:
+    """pg_amcheck's run over the copy: its exit code and output, or why it did not run."""
+
+    returncode: int = 0
+    output: str = ""
+    version: str = ""
+    skipped: str = ""
+    error: AtbError | None = None  # it could not be run (raised by the check)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The archive's table of contents (None: `unreadable` says why no pg_restore here can
+    list it) and the restored database's own (None: `why` says why not)."""
+
+    archive: list[toc.TocEntry] | None
+    entries: list[toc.TocEntry] | None
+    why: str = ""
+    unreadable: str = ""
+    error: AtbError | None = None
+
+
+def amcheck(sandbox: SandboxInfo) -> Amcheck:
+    """Every heap page and B-tree index of the copy, a few relations at a time."""
+    chain = sandbox.chain
+    if chain is None or not chain.has("pg_amcheck"):
+        return Amcheck(skipped="no pg_amcheck in the sandbox's toolchain")
+    try:
+        with childenv.for_tool(sandbox.for_tools) as (conninfo, tool_env):
+            done = run(pg_amcheck_argv(chain, conninfo, jobs=min(4, os.cpu_count() or 1)),
+                       what="pg_amcheck", env=tool_env, check=False, timeout=3600)
+    except AtbError as exc:
+        return Amcheck(version=chain.version, error=exc)
+    if "permission denied to create extension" in done.stderr:
+        return Amcheck(version=chain.version,
+                       skipped="pg_amcheck needs the amcheck extension, which only a superuser "
+                               "of the sandbox server can install")
+    return Amcheck(returncode=done.returncode, output=done.stdout + done.stderr,
+                   version=chain.version)
+
+
+def listings(backup: Backup, sandbox: SandboxInfo,
+             chains: list[toolchain.Toolchain]) -> Listing:
+    """The archive's table of contents, and the restored database's listed by a pg_dump of
+    the archive's major (so both name objects alike)."""
+    try:
+        major = archive_major(backup.path, chains)
+        try:
+            reader = toolchain.for_restore(major, chains)
+        except AtbError as exc:
+            return Listing(None, None, unreadable=f"no pg_restore can list the archive: {exc}")
+        archive = toc.parse_listing(run(pg_restore_list_argv(reader, backup.path),
+                                        what="pg_restore --list").stdout)
+        server = int(sandbox.server_version.split(".")[0])
+        same = [c for c in chains if c.major == major and c.has("pg_dump") and c.major >= server]
+        if not same:
+            return Listing(archive, None,
+                           why=f"no pg_dump {major} here to list the restored database "
+                               f"(sandbox PostgreSQL {sandbox.server_version})")
+        with tempfile.TemporaryDirectory(prefix="atb-toc-") as tmp, \
+                childenv.for_tool(sandbox.for_tools) as (conninfo, tool_env):
+            out = Path(tmp) / "restored.dump"
+            run(pg_dump_schema_argv(same[0], conninfo, out), what="pg_dump --schema-only",
+                env=tool_env, timeout=3600)
+            listing = run(pg_restore_list_argv(same[0], out), what="pg_restore --list").stdout
+    except AtbError as exc:
+        return Listing(None, None, error=exc)
+    return Listing(archive, toc.parse_listing(listing))

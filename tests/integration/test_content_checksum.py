@@ -1,0 +1,108 @@
+"""The content checksum's per-column ("typed") method tells apart every change the row's text
+form does, and a manifest's text-form checksums are still taken as they were recorded.
+
+One database on the session's PostgreSQL 15, no drill: each case changes one value of a
+one-table database into a twin that compares equal under a type's own hash (1.50 and 1.5,
+-0 and 0, 'a' and 'A' under a case-insensitive collation, NaN and Infinity) and asserts
+the checksum moved."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from backup_core.reading import inventory
+from backup_core.tools import db
+from backup_core.tools.cluster import Cluster
+
+TABLE = """
+    CREATE COLLATION IF NOT EXISTS ci (provider = icu, locale = 'und-u-ks-level2',
+                                       deterministic = false);
+    CREATE TYPE mood AS ENUM ('calm', 'busy');
+    CREATE DOMAIN code AS char(4);
+    CREATE TABLE t (id int PRIMARY KEY, small int2, big int8, n numeric, f float8,
+                    name text, label text COLLATE ci, v varchar(10), flag bool,
+                    at timestamptz, plain timestamp, u uuid, m mood, c char(4), d code,
+                    span interval, j jsonb, tags text[], dropped int);
+    ALTER TABLE t DROP COLUMN dropped;
+    INSERT INTO t VALUES
+      (1, 1, 10, 1.5, 0, 'x', 'a', 'p', true, '2026-01-01 00:00:00+00', '2026-01-01', NULL,
+       'calm', 'ab', 'ab', '1 day', '{"k": 1}', '{a,b}'),
+      (2, 2, 20, 'NaN', 1.25, 'y', 'b', 'q', false, '2026-01-02 00:00:00+00', NULL,
+       '00000000-0000-0000-0000-000000000001', 'busy', 'cd', 'cd', '2 days', '[]', '{}')"""
+
+# (what changes, the UPDATE): each leaves the text form different, some hashes alike
+TWINS = [
+    ("numeric scale", "UPDATE public.t SET n = 1.50 WHERE id = 1"),
+    ("numeric NaN to Infinity", "UPDATE public.t SET n = 'Infinity' WHERE id = 2"),
+    ("float sign of zero", "UPDATE public.t SET f = '-0' WHERE id = 1"),
+    ("case under a nondeterministic collation", "UPDATE public.t SET label = 'A' WHERE id = 1"),
+    ("NULL to empty text", "UPDATE public.t SET name = '' WHERE id = 1"),
+    ("NULL to a value", "UPDATE public.t SET plain = '2026-01-01' WHERE id = 2"),
+    ("one microsecond", "UPDATE public.t SET at = at + interval '1 microsecond' WHERE id = 1"),
+    ("interval of equal length", "UPDATE public.t SET span = '24 hours' WHERE id = 1"),
+    ("values swapped between rows",
+     "UPDATE public.t SET big = CASE id WHEN 1 THEN 20 ELSE 10 END"),
+    ("values moved between columns", "UPDATE public.t SET name = v, v = name WHERE id = 2"),
+    ("an enum's label", "UPDATE public.t SET m = 'busy' WHERE id = 1"),
+    ("a flag", "UPDATE public.t SET flag = NOT flag WHERE id = 2"),
+    ("an array element", "UPDATE public.t SET tags = '{a,c}' WHERE id = 1"),
+]
+
+
+@pytest.fixture(scope="module")
+def conn(pg15: Cluster) -> Iterator[psycopg.Connection[Any]]:
+    name = f"checksum_{os.getpid()}"
+    with db.connect(pg15.url(), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    with db.connect(pg15.url(name), autocommit=True) as c:
+        c.execute(TABLE)
+        inventory.stabilise_output(c)
+        yield c
+
+
+def typed(conn: psycopg.Connection[Any]) -> str:
+    return inventory.count_and_checksum(conn, "public", "t")[1]
+
+
+@pytest.mark.parametrize("what,change", TWINS, ids=[w for w, _ in TWINS])
+def test_every_change_the_text_form_sees_moves_the_typed_checksum(
+        conn: psycopg.Connection[Any], what: str, change: str) -> None:
+    conn.execute("BEGIN")
+    try:
+        before = typed(conn), inventory.count_and_checksum(conn, "public", "t",
+                                                           method="text")[1]
+        conn.execute(change)
+        after = typed(conn), inventory.count_and_checksum(conn, "public", "t",
+                                                          method="text")[1]
+    finally:
+        conn.execute("ROLLBACK")
+    assert before[1] != after[1], f"{what}: the text form itself did not change"
+    assert before[0].startswith("typed:") and after[0].startswith("typed:")
+    assert before[0] != after[0], f"{what}: the typed checksum missed it"
+    assert typed(conn) == before[0]  # rolled back: the same value again
+
+
+def test_a_recorded_method_is_taken_again_as_recorded(conn: psycopg.Connection[Any]) -> None:
+    text_sum = inventory.count_and_checksum(conn, "public", "t", method="text")
+    typed_sum = inventory.count_and_checksum(conn, "public", "t")
+    assert text_sum[0] == typed_sum[0] == 2
+    assert not text_sum[1].startswith("typed:")  # as every atb before the method was named
+    assert inventory.checksum_method(text_sum[1]) == "text"
+    assert inventory.checksum_method(typed_sum[1]) == "typed"
+    info = conn.info.dsn
+
+    def connect() -> psycopg.Connection[Any]:
+        c = psycopg.connect(info, password=conn.info.password, autocommit=True)
+        inventory.stabilise_output(c)
+        return c
+
+    old = inventory.read_back(connect, workers=2, checksums=True,
+                              methods={"public.t": "text"})
+    new = inventory.read_back(connect, workers=2, checksums=True)
+    assert old.checksums == {"public.t": text_sum[1]} and old.counts == {"public.t": 2}
+    assert new.checksums == {"public.t": typed_sum[1]}
