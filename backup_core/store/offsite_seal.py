@@ -1,19 +1,15 @@
-"""Age encryption of a large object in a child process, beside its transfer.
+"""Age encryption of a large object in a child process, beside its upload.
 
-pyrage encrypts and decrypts holding the GIL (it never releases it), so in the process that
-moves the bytes it stalls every transfer thread for as long as it works. Here it runs in a
-child of its own, on another core: on upload the child reads the dump FILE ITSELF (no
-plaintext through a pipe), hashes it, encrypts it and hashes the ciphertext it writes to
-its stdout, a pipe the upload reads parts from; on download the parent hashes each part as it
-arrives (in a thread of its own: hashlib releases the GIL) and writes it into the child's
-stdin, and the child decrypts, hashes the plaintext and writes the file: the ciphertext's
-hash is off the child's one-core path, which is the download's slowest. The child reports
-what it hashed (one JSON line on stderr) and the caller compares both hashes with the
-manifest, as the in-process path does.
+pyrage encrypts holding the GIL (it never releases it), so in the process that uploads the
+parts it stalls every transfer thread for as long as it works. Here it runs in a child of
+its own, on another core: the child reads the dump FILE ITSELF (no plaintext through a
+pipe), hashes it, encrypts it and hashes the ciphertext it writes to its stdout, a pipe the
+upload reads parts from. The child reports what it hashed (one JSON line on stderr) and the
+caller compares both hashes with the manifest, as the in-process path does. (Decryption
+stays in the fetching process: in a child it measured slower, see bench/RESULTS.md.)
 
-The child is `python -m backup_core.store.offsite_seal seal SRC RECIPIENT...` or
-`... unseal DEST IDENTITY_FILE`: public keys on argv, and of the identity only its file's
-path (the key itself never on a command line or in an environment).
+The child is `python -m backup_core.store.offsite_seal seal SRC RECIPIENT...`: public keys
+on argv, nothing secret.
 """
 
 from __future__ import annotations
@@ -38,11 +34,6 @@ def seal_argv(src: Path, recipients: tuple[str, ...]) -> list[str]:
             *recipients]
 
 
-def unseal_argv(dest: Path, identity_file: Path) -> list[str]:
-    return [sys.executable, "-m", "backup_core.store.offsite_seal", "unseal", str(dest),
-            str(identity_file)]
-
-
 def widen(fd: int) -> None:
     """A 1 MiB pipe where the kernel allows it (the default is 64 KiB): fewer wake-ups."""
     with contextlib.suppress(OSError):
@@ -50,16 +41,15 @@ def widen(fd: int) -> None:
 
 
 class Child:
-    """One sealing or unsealing child: a context manager that kills it if the caller's work
-    stops early (a store that died mid-upload), and `result` for what it proved."""
+    """One sealing child: a context manager that kills it if the caller's work stops early
+    (a store that died mid-upload), and `result` for what it proved."""
 
-    def __init__(self, argv: list[str], *, feeding: bool) -> None:
+    def __init__(self, argv: list[str]) -> None:
         from backup_core.tools.runner import spawn
 
-        self.proc = spawn(argv, what="age", stdin=subprocess.PIPE if feeding
-                          else subprocess.DEVNULL, stdout=subprocess.DEVNULL if feeding
-                          else subprocess.PIPE, stderr=subprocess.PIPE)
-        pipe = self.proc.stdin if feeding else self.proc.stdout
+        self.proc = spawn(argv, what="age", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+        pipe = self.proc.stdout
         assert pipe is not None
         self.pipe: IO[bytes] = pipe
         widen(pipe.fileno())
@@ -79,21 +69,8 @@ class Child:
         """The ciphertext, read in whole 1 MiB reads (a part is read to its full size)."""
         return io.BufferedReader(_Raw(self.pipe.fileno()), buffer_size=READ_SIZE)
 
-    def write(self, data: bytes) -> bool:
-        """Feed ciphertext; False when the child has stopped reading (it says why)."""
-        view, fd = memoryview(data), self.pipe.fileno()
-        try:
-            while view:
-                view = view[os.write(fd, view):]
-        except BrokenPipeError:
-            return False
-        return True
-
     def result(self) -> dict[str, Any]:
         """Wait for the child; what it proved, or {"error": ...} in one line."""
-        if self.proc.stdin is not None and not self.proc.stdin.closed:
-            with contextlib.suppress(BrokenPipeError):
-                self.proc.stdin.close()
         assert self.proc.stderr is not None
         err = self.proc.stderr.read().decode(errors="replace")
         code = self.proc.wait()
@@ -129,11 +106,11 @@ class _In(io.RawIOBase):
     thread of their own reads and hashes (hashlib and os.read release the GIL), so age's
     one thread only encrypts or decrypts."""
 
-    def __init__(self, fd: int, *, hashing: bool = True) -> None:
+    def __init__(self, fd: int) -> None:
         import queue
         import threading
 
-        self.fd, self.digest, self.size, self.hashing = fd, hashlib.sha256(), 0, hashing
+        self.fd, self.digest, self.size = fd, hashlib.sha256(), 0
         self.error: OSError | None = None
         self.chunks: queue.Queue[bytearray | BaseException] = queue.Queue(_DEPTH)
         self.view = memoryview(b"")
@@ -146,8 +123,7 @@ class _In(io.RawIOBase):
                 buf = bytearray(READ_SIZE)
                 n = os.readv(self.fd, [buf])
                 del buf[n:]
-                if self.hashing:
-                    self.digest.update(buf)
+                self.digest.update(buf)
                 self.size += n
                 self.chunks.put(buf)
                 if not n:
@@ -232,15 +208,11 @@ class _Out(io.RawIOBase):
             raise self.error
 
 
-def _report(inp: _In, out: _Out, *, sealing: bool) -> None:
-    """Both sides; unsealing, the ciphertext's hash is the feeding parent's (its size is
-    reported here too: what the child read is what it was fed)."""
-    plain, stored = (inp, out) if sealing else (out, inp)
-    done = {"plain_size": plain.size, "plain_sha256": plain.digest.hexdigest(),
-            "stored_size": stored.size}
-    if sealing:
-        done["stored_sha256"] = stored.digest.hexdigest()
-    print(json.dumps(done), file=sys.stderr)
+def _report(inp: _In, out: _Out) -> None:
+    """Both sides' sizes and hashes, one JSON line for the parent."""
+    print(json.dumps({"plain_size": inp.size, "plain_sha256": inp.digest.hexdigest(),
+                      "stored_size": out.size, "stored_sha256": out.digest.hexdigest()}),
+          file=sys.stderr)
 
 
 def main(argv: list[str]) -> int:
@@ -250,36 +222,18 @@ def main(argv: list[str]) -> int:
     # half a millisecond, not the default 5
     sys.setswitchinterval(0.0005)
     try:
-        if argv[0] == "seal":
-            keys = [pyrage.x25519.Recipient.from_str(k) for k in argv[2:]]
-            fd = os.open(argv[1], os.O_RDONLY)
-            inp, out = _In(fd), _Out(1)
-            widen(1)
-            pyrage.encrypt_io(inp, out, keys)
-            out.flush()
-            os.close(1)  # the reader sees the end before we report
-            _report(inp, out, sealing=True)
-            return 0
-        from backup_core.store.sealing import identities
-
-        ids = identities(Path(argv[2]))
-        fd = os.open(argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        inp, out = _In(0, hashing=False), _Out(fd)
-        widen(0)
-        try:
-            pyrage.decrypt_io(inp, out, ids)
-            out.flush()
-        except (pyrage.DecryptError, OSError) as exc:
-            # a chunk that fails its tag mid-stream comes out of age as an I/O error; ours
-            # (reading the pipe, writing the file) are the ones our reader and writer met
-            ours = inp.error or out.error
-            if isinstance(exc, OSError) and ours is not None:
-                raise ours from exc
-            print(json.dumps({"error": f"cannot decrypt ({exc}): the wrong identity, or the "
-                              "object was altered", "decrypt": True}), file=sys.stderr)
-            return 3
-        os.close(fd)
-        _report(inp, out, sealing=False)
+        if argv[:1] != ["seal"] or len(argv) < 3:
+            print(json.dumps({"error": "usage: offsite_seal seal SRC RECIPIENT..."}),
+                  file=sys.stderr)
+            return 2
+        keys = [pyrage.x25519.Recipient.from_str(k) for k in argv[2:]]
+        fd = os.open(argv[1], os.O_RDONLY)
+        inp, out = _In(fd), _Out(1)
+        widen(1)
+        pyrage.encrypt_io(inp, out, keys)
+        out.flush()
+        os.close(1)  # the reader sees the end before we report
+        _report(inp, out)
         return 0
     except OSError as exc:
         print(json.dumps({"error": f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "),

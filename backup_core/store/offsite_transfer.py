@@ -237,7 +237,7 @@ def _upload_sealing(repo: Repository, src: Path, key: str, expect: str,
     from backup_core.store import offsite_seal
 
     size = src.stat().st_size
-    with offsite_seal.Child(offsite_seal.seal_argv(src, recipients), feeding=False) as child:
+    with offsite_seal.Child(offsite_seal.seal_argv(src, recipients)) as child:
         stream = child.reader()
         try:
             repo.upload_stream(stream, key, progress=progress, metadata={
@@ -350,10 +350,10 @@ def fetch(repo: Repository, remote: RemoteBackup, dest: Path, *,
     def get(obj: StoredObject, target: Path, count: bool) -> None:
         # large: ranged GETs in parallel, consumed in order; either way one pass that
         # downloads, decrypts, hashes both sides and writes
+        # (decrypting in a child, as a push encrypts, measured slower: 5.99 s against 5.20 s
+        # a GB on a quiet machine; the download, unlike the upload, has no threads to stall)
         if obj.size_bytes > PART_SIZE and ids is None:
             hashed = _get_plain(obj, target, count)
-        elif obj.size_bytes > PART_SIZE and identity_file is not None:
-            hashed = _get_unsealing_child(obj, target, count, identity_file)
         else:
             hashed = _get_unsealing(obj, target, count)
         if (hashed.stored_size, hashed.stored_sha256) != (obj.size_bytes, obj.sha256):
@@ -386,43 +386,6 @@ def fetch(repo: Repository, remote: RemoteBackup, dest: Path, *,
         finally:
             os.close(fd)
         return sealing.Hashed(size, digest.hexdigest(), size, digest.hexdigest())
-
-    def _get_unsealing_child(obj: StoredObject, target: Path, count: bool,
-                             identity: Path) -> sealing.Hashed:
-        """A large encrypted object: each part, as it arrives in order, hashed here (in a
-        thread) and written into a child (`offsite_seal`) that decrypts, hashes the
-        plaintext and writes the file, on another core and without this process's GIL
-        (pyrage holds it)."""
-        import hashlib
-        from concurrent.futures import ThreadPoolExecutor
-
-        from backup_core.store import offsite_seal
-
-        digest, done = hashlib.sha256(), 0
-        with offsite_seal.Child(offsite_seal.unseal_argv(target, identity),
-                                feeding=True) as child, \
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="atb-hash") as pool:
-            with repo.open_ranged(obj.key, obj.size_bytes) as body:
-                while data := body.read():
-                    hashing = pool.submit(digest.update, data)
-                    try:
-                        fed = child.write(data)
-                    finally:
-                        hashing.result()
-                    if not fed:
-                        break  # it stopped reading: its result says why
-                    done += len(data)
-                    if count and progress is not None:
-                        progress(done)
-            out = child.result()
-        if out.get("decrypt"):
-            raise VerifyFailed(f"{obj.key}: {out['error']}")
-        if "error" in out:
-            raise StorageError(f"cannot write {target}: {out['error']}")
-        if out["stored_size"] != done:
-            raise StorageError(f"cannot write {target}: the age child read "
-                               f"{out['stored_size']} of {done} bytes")
-        return _hashed({**out, "stored_sha256": digest.hexdigest()})
 
     def _get_unsealing(obj: StoredObject, target: Path, count: bool) -> sealing.Hashed:
         body = repo.open_ranged(obj.key, obj.size_bytes) if obj.size_bytes > PART_SIZE \
