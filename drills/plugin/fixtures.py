@@ -306,10 +306,12 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
                                   mode=mode)
     # ANALYZE (a step of the recovery, in the RTO) beside the read-back (the checks'): the
     # counts, checksums and catalogs read are the same with or without planner statistics;
-    # the listings and pg_amcheck the checks judge are taken beside it too
+    # the listings and pg_amcheck the checks judge are taken beside it too. Its phase is
+    # its time beyond the read-back: the RTO's phases add up to the recovery's path, the
+    # time they overlap counted once
     side = ThreadPoolExecutor(max_workers=3, thread_name_prefix="atb-beside")
     try:
-        analyzed = side.submit(_analyze, drill, url)
+        analyzed = side.submit(_analyze, url)
         with drill.phase("checks"):
             listed = (side.submit(beside.listings, drill_backup, drill_sandbox, drill_chains)
                       if _will_run(request,
@@ -326,7 +328,8 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
                                                 for t, v in recorded.items()})
             listing = listed.result() if listed else None
             amcheck = checked.result() if checked else None
-        analyzed.result()
+        with drill.phase("analyze"):
+            analyzed.result()
     finally:
         # on Ctrl-C or an error, not held until pg_amcheck is done: the sandbox's teardown
         # ends what still runs beside
@@ -344,8 +347,8 @@ def _will_run(request: pytest.FixtureRequest, check: str) -> bool:
     return any(item.name == check for item in request.session.items)
 
 
-def _analyze(drill: DrillState, url: ConnInfo) -> None:
-    with drill.phase("analyze"), db.connect(url, autocommit=True) as conn:
+def _analyze(url: ConnInfo) -> None:
+    with db.connect(url, autocommit=True) as conn:
         conn.execute("ANALYZE")
 
 
