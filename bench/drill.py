@@ -26,7 +26,7 @@ from backup_core.tools import db, toolchain
 from backup_core.tools.cluster import FAST_SETTINGS, Cluster
 from backup_core.tools.runner import run
 from bench.__main__ import CpuMeter, build_database, load_average, table
-from bench.harness import Comparison, alternate
+from bench.harness import Comparison, alternate, replace_section
 from drills import sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,11 +153,7 @@ def main() -> None:
             f"`python -m bench.drill {' '.join(sys.argv[1:])}`; {cores} cores, {args.repeat} "
             "rounds, A and B alternating; seconds, median (min-max).\n\n"
             + "\n".join(sections) + f"{END}\n")
-    results = ROOT / "bench" / "RESULTS.md"
-    old = results.read_text() if results.exists() else "# Benchmark results\n"
-    if BEGIN in old:
-        old = old[: old.index(BEGIN)] + old[old.index(END) + len(END):].lstrip("\n")
-    results.write_text(old.rstrip("\n") + "\n\n" + text)
+    replace_section(text, BEGIN, END)
     print(text)
 
 

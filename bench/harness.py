@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -74,3 +75,13 @@ def in_child(code: str, env: dict[str, str] | None = None) -> dict[str, Any]:
 
 def own_maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def replace_section(text: str, begin: str, end: str) -> None:
+    """Write `text` (which starts with `begin` and ends with `end`) into bench/RESULTS.md in
+    place of the section those markers held before, moved to the end of the record."""
+    results = Path(__file__).resolve().parent / "RESULTS.md"
+    old = results.read_text() if results.exists() else "# Benchmark results\n"
+    if begin in old:
+        old = old[: old.index(begin)] + old[old.index(end) + len(end):].lstrip("\n")
+    results.write_text(old.rstrip("\n") + "\n\n" + text)

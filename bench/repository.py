@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from backup_core.store import offsite_catalog, offsite_transfer, repository  # noqa: E402
 from backup_core.store.manifest import Manifest  # noqa: E402
 from backup_core.store.naming import backup_path, manifest_path  # noqa: E402
-from bench.harness import Comparison, alternate  # noqa: E402
+from bench.harness import Comparison, alternate, replace_section  # noqa: E402
 from tests.object_store import seaweedfs  # noqa: E402
 
 BEGIN, END = "<!-- BEGIN REPOSITORY BENCH -->", "<!-- END REPOSITORY BENCH -->"
@@ -136,11 +136,7 @@ def main() -> None:
             rows.append(_listing(store.bucket, client, args.listing, args.repeat))
     shutil.rmtree(work, ignore_errors=True)
     text = _render(rows, args)
-    results = ROOT / "bench" / "RESULTS.md"
-    old = results.read_text() if results.exists() else "# Benchmark results\n"
-    if BEGIN in old:
-        old = old[: old.index(BEGIN)] + old[old.index(END) + len(END):].lstrip("\n")
-    results.write_text(old.rstrip("\n") + "\n\n" + text)
+    replace_section(text, BEGIN, END)
     print(text)
 
 
