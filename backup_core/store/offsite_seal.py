@@ -98,20 +98,19 @@ class _Raw(io.RawIOBase):
 # -- the child -------------------------------------------------------------------------------
 
 
-_DEPTH = 4  # 1 MiB chunks queued between age and the thread that reads or writes
+_DEPTH = 4  # 1 MiB chunks queued between age and the thread that reads (or writes)
 
 
 class _In(io.RawIOBase):
     """What age reads (8 KiB at a time: pyrage's buffer), served from 1 MiB chunks that a
     thread of their own reads and hashes (hashlib and os.read release the GIL), so age's
-    one thread only encrypts or decrypts."""
+    one thread only encrypts."""
 
     def __init__(self, fd: int) -> None:
         import queue
         import threading
 
         self.fd, self.digest, self.size = fd, hashlib.sha256(), 0
-        self.error: OSError | None = None
         self.chunks: queue.Queue[bytearray | BaseException] = queue.Queue(_DEPTH)
         self.view = memoryview(b"")
         self.thread = threading.Thread(target=self._fill, daemon=True)
@@ -129,7 +128,6 @@ class _In(io.RawIOBase):
                 if not n:
                     return
         except BaseException as exc:  # raised in age's thread, from readinto
-            self.error = exc if isinstance(exc, OSError) else None
             self.chunks.put(exc)
 
     def readable(self) -> bool:

@@ -100,10 +100,7 @@ class LazyGroup(click.Group):
         if cmd_name in self.lazy and cmd_name not in self.commands:
             module, _, attr = self.lazy[cmd_name].partition(":")
             command = getattr(importlib.import_module(module), attr)
-            if isinstance(command, click.Group):
-                check_every_value(command)
-            else:
-                check_every_value(_Alone(command))
+            check_every_value(command)
             self.add_command(command, cmd_name)
         return super().get_command(ctx, cmd_name)
 
@@ -113,13 +110,6 @@ class LazyGroup(click.Group):
         for name in self.list_commands(ctx):
             self.get_command(ctx, name)
         return self.commands
-
-
-class _Alone(click.Group):
-    """A lone command seen as a group of one, for `check_every_value`."""
-
-    def __init__(self, command: click.Command) -> None:
-        super().__init__(commands=[command])
 
 
 @click.group(cls=LazyGroup, lazy=COMMANDS, epilog=EXIT_CODES,

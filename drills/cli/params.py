@@ -127,12 +127,13 @@ class Checked(click.ParamType[Any]):
         return self.inner.split_envvar_value(rv)
 
 
-def check_every_value(group: click.Group) -> None:
-    """Give every text and path parameter of every command under `group` the `Checked` rule."""
-    for command in group.commands.values():
-        if isinstance(command, click.Group):
-            check_every_value(command)
-            continue
-        for param in command.params:
-            if isinstance(param.type, (click.Path, click.types.StringParamType)):
-                param.type = Checked(param.type, empty_ok=param.name in EMPTY_MEANS_DEFAULT)
+def check_every_value(command: click.Command) -> None:
+    """Give every text and path parameter of `command`, or of every command under it when it
+    is a group, the `Checked` rule."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            check_every_value(sub)
+        return
+    for param in command.params:
+        if isinstance(param.type, (click.Path, click.types.StringParamType)):
+            param.type = Checked(param.type, empty_ok=param.name in EMPTY_MEANS_DEFAULT)
