@@ -147,7 +147,8 @@ def load_split(chain: toolchain.Toolchain, archive: Path, entry: TocEntry, targe
     use = scratch_dir / f"split-{entry.dump_id}.list"
     use.write_text(f"{entry.dump_id};\n")
     loaded = 0
-    with _streaming(table_data_argv(chain, archive, use)) as proc:
+    errors = scratch_dir / f"split-{entry.dump_id}.err"
+    with errors.open("wb") as err, _streaming(table_data_argv(chain, archive, use), err) as proc:
         assert proc.stdout is not None
         header = read_header(proc.stdout)
         abort = threading.Event()
@@ -183,7 +184,7 @@ def load_split(chain: toolchain.Toolchain, archive: Path, entry: TocEntry, targe
             for loader in loaders:
                 loader.join()
         code = proc.wait()
-        stderr = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
+    stderr = errors.read_text("utf-8", "replace")
     failed = next((loader.error for loader in loaders
                    if loader.error and not isinstance(loader.error, _Aborted)), None)
     if failed is not None:
@@ -198,9 +199,11 @@ def load_split(chain: toolchain.Toolchain, archive: Path, entry: TocEntry, targe
 
 
 @contextlib.contextmanager
-def _streaming(argv: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+def _streaming(argv: list[str], err: IO[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    """pg_restore's stdout to read; its stderr to a file (a pipe nobody reads while the rows
+    stream could fill and stall it)."""
     proc = spawn(argv, what="pg_restore (one table's data)", stdout=subprocess.PIPE,
-                 stderr=subprocess.PIPE)
+                 stderr=err)
     try:
         yield proc
     except BaseException:
@@ -208,6 +211,5 @@ def _streaming(argv: list[str]) -> Iterator[subprocess.Popen[bytes]]:
         proc.wait()
         raise
     finally:
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        if proc.stdout is not None:
+            proc.stdout.close()
