@@ -22,7 +22,7 @@ from pathlib import Path
 from backup_core.ops import restore
 from backup_core.ops.backup import create_backup
 from backup_core.ops.restore import RestoreRequest, restore_backup
-from backup_core.tools import db, toolchain
+from backup_core.tools import cluster, db, toolchain
 from backup_core.tools.cluster import FAST_SETTINGS, Cluster
 from backup_core.tools.runner import run
 from bench.__main__ import CpuMeter, build_database, load_average, table
@@ -104,6 +104,7 @@ def bench_drill(dump: Path, major: int, chains: list[toolchain.Toolchain], cores
         with sandbox.open_sandbox("local", source_major=major, chains=chains) as sb:
             restore_backup(RestoreRequest(dump, sb.url, no_owner=True, jobs=cores,
                                           scratch=True, split=True), chains=chains)
+        cluster.await_removals()  # its files gone too, as the drill waits for its own
 
     comp = alternate(Comparison("whole drill vs restore alone", "atb drill run",
                                 "sandbox + restore", "<= 1.5"), whole_drill, restore_alone,

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from backup_core.reading import inventory
 from backup_core.store import catalog
 from backup_core.store.catalog import Backup
-from backup_core.tools import toolchain
+from backup_core.tools import cluster, toolchain
 from backup_core.tools.errors import AtbError
 from drills import sandbox
 from drills.options import DrillOptions
@@ -191,6 +191,7 @@ def main(argv: list[str]) -> int:
         if PENDING is not None and not PENDING.taken:
             PENDING.taken = True
             PENDING.start.close(None)
+        cluster.await_removals()  # the sandbox's files, removed while the reports were written
 
 
 if __name__ == "__main__":  # run as `drills.child`, not `__main__`: the plugin reads PENDING

@@ -53,6 +53,10 @@ TOOL_ENV_PREFIXES = ("DOCKER_", "TESTCONTAINERS_", "TC_", "PGBACKREST_")
 # neither changes the drill nor costs it (hypothesis's alone took a third of a small drill).
 CHILD_PLUGINS = ("pytest_metadata.plugin", "pytest_html.fixtures", "pytest_html.plugin",
                  "drills.plugin")
+# pytest's own plugins a drill has no use for, not even imported: the cache (nothing to
+# remember between drills), doctests, JUnit XML, pastebin, and the unraisable-exception
+# warnings, whose two full garbage collections at exit took a tenth of a small drill's end
+CHILD_BLOCKED = ("cacheprovider", "doctest", "junitxml", "pastebin", "unraisableexception")
 
 
 def drill_argv(options_file: Path) -> list[str]:
@@ -62,8 +66,9 @@ def drill_argv(options_file: Path) -> list[str]:
     # `drills.child` is `-m pytest` with the same arguments, its sandbox begun before pytest
     # is imported
     plugins = [arg for name in CHILD_PLUGINS for arg in ("-p", name)]
-    return [sys.executable, "-m", "drills.child", "-o", "addopts=", *plugins,
-            "-p", "no:cacheprovider", "-v", "--no-header", "-rfEx", "--tb=short", "--drill",
+    blocked = [arg for name in CHILD_BLOCKED for arg in ("-p", f"no:{name}")]
+    return [sys.executable, "-m", "drills.child", "-o", "addopts=", *plugins, *blocked,
+            "-v", "--no-header", "-rfEx", "--tb=short", "--drill",
             f"--drill-options={options_file}"]
 
 

@@ -193,7 +193,7 @@ def _local(source_major: int, chains: list[toolchain.Toolchain],
     # there as its socket is outside, since only the drill's processes share that loopback
     with Cluster(chain, settings={} if faithful else dict(FAST_SETTINGS), locale=initdb,
                  sealed=isolation.already_inside(), templates=cache_root() / "initdb",
-                 destroy_mode="immediate") as cluster:
+                 destroy_mode="immediate", remove_later=True) as cluster:
         yield _finish(cluster.url(), "local", t0, chain, locale=locale)
 
 

@@ -6,6 +6,7 @@ PostgreSQL refuses to run as root, so as root the server runs as an unprivileged
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import os
@@ -14,7 +15,9 @@ import secrets
 import shutil
 import socket
 import stat
+import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,7 +28,7 @@ from backup_core.tools import reaper
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.errors import AtbError, CommandFailed, ToolchainError
 from backup_core.tools.fsutil import make_dirs
-from backup_core.tools.runner import Runner, run
+from backup_core.tools.runner import Runner, run, spawn
 from backup_core.tools.toolchain import Toolchain, version_argv
 
 log = logging.getLogger("atb.cluster")
@@ -204,6 +207,9 @@ class Cluster:
     # the shutdown checkpoint ("immediate": seconds after a large restore); a cluster whose
     # WAL is archived must stop "fast", so its last segment reaches the archive
     destroy_mode: str = "fast"
+    # `destroy` leaves the files to a `rm` of their own once the server has stopped, so the
+    # drill writes its reports meanwhile; `await_removals` waits for it (and at exit)
+    remove_later: bool = False
     workdir: Path | None = field(default=None, init=False)
     port: int = field(default=5432, init=False)
     _running: bool = field(default=False, init=False)
@@ -377,9 +383,53 @@ class Cluster:
             self.stop(mode=self.destroy_mode)
         finally:
             if self.workdir is not None and self.workdir.exists():
-                shutil.rmtree(self.workdir, ignore_errors=True)
+                if self.remove_later and not self._running \
+                        and _remove_in_background(self.workdir, self._record):
+                    self._record = None  # unregistered once removed (`await_removals`)
+                else:
+                    shutil.rmtree(self.workdir, ignore_errors=True)
             reaper.unregister(self._record)
             self._record = None
+
+
+def remove_tree_argv(path: Path) -> list[str]:
+    """`rm` removing the directory `path` and everything below it, never crossing into
+    another file system mounted there."""
+    return ["rm", "-rf", "--one-file-system", "--", str(path)]
+
+
+_REMOVALS: list[tuple[subprocess.Popen[bytes], Path, Path | None]] = []
+_REMOVALS_LOCK = threading.Lock()
+
+
+def _remove_in_background(workdir: Path, record: Path | None) -> bool:
+    """Start removing a stopped cluster's `workdir`; False (remove it now) when `rm` cannot
+    start. Its reaper record stays until the files are gone: a drill killed meanwhile leaves
+    them to the next one's reaper."""
+    try:
+        proc = spawn(remove_tree_argv(workdir), what="rm", stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
+    except (AtbError, OSError):
+        return False
+    with _REMOVALS_LOCK:
+        _REMOVALS.append((proc, workdir, record))
+    return True
+
+
+def await_removals() -> None:
+    """Wait for the clusters' files being removed in the background (`remove_later`), then
+    forget their reaper records; what `rm` left is removed here."""
+    with _REMOVALS_LOCK:
+        pending = list(_REMOVALS)
+        _REMOVALS.clear()
+    for proc, workdir, record in pending:
+        proc.wait()
+        if workdir.exists():
+            shutil.rmtree(workdir, ignore_errors=True)
+        reaper.unregister(record)
+
+
+atexit.register(await_removals)
 
 
 def template_path(templates: Path, chain: Toolchain, *, locale: str, superuser: str) -> Path:
