@@ -4,6 +4,8 @@ the drill it was made for, and the argv of the copy and removal of a sandbox's f
 from __future__ import annotations
 
 import contextlib
+import socket
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
 from datetime import UTC, datetime
@@ -13,7 +15,7 @@ import pytest
 
 from backup_core.store import catalog
 from backup_core.tools import cluster, toolchain
-from drills import child
+from drills import child, sandbox
 from drills.child import Early, SandboxStart
 from drills.options import DrillOptions
 from drills.run import drill_argv
@@ -92,3 +94,44 @@ def test_a_sandboxs_files_are_copied_owned_and_removed_by_one_process_each() -> 
         "chown", "-R", "--no-dereference", "--", "postgres:", "/w/data"]
     assert cluster.remove_tree_argv(Path("/tmp/atb-pg-x")) == [
         "rm", "-rf", "--one-file-system", "--", "/tmp/atb-pg-x"]
+
+
+def _engine(path: Path, reply: bytes) -> threading.Thread:
+    """A unix socket answering one request with `reply`, as the Docker engine would."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(reply)
+        server.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_the_docker_sdk_is_needed_only_when_the_engine_holds_containers_of_ours(
+        tmp_path: Path) -> None:
+    assert sandbox.engine_list_request("atb.owner") == (
+        b"GET /containers/json?all=1&filters=%7B%22label%22%3A%5B%22atb.owner%22%5D%7D "
+        b"HTTP/1.0\r\nHost: docker\r\n\r\n")
+    home = {"DOCKER_CONFIG": str(tmp_path / "none")}
+    sock = tmp_path / "e.sock"
+    _engine(sock, b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n[]\n").join(0)
+    assert sandbox.local_engine_holds_none({**home, "DOCKER_HOST": f"unix://{sock}"})
+    sock.unlink()
+    _engine(sock, b'HTTP/1.0 200 OK\r\n\r\n[{"Id": "abc"}]\n')
+    assert not sandbox.local_engine_holds_none({**home, "DOCKER_HOST": f"unix://{sock}"})
+    sock.unlink()
+    _engine(sock, b"HTTP/1.0 500 Server Error\r\n\r\n[]")
+    assert not sandbox.local_engine_holds_none({**home, "DOCKER_HOST": f"unix://{sock}"})
+    assert not sandbox.local_engine_holds_none({**home, "DOCKER_HOST": f"unix://{sock}x"})
+    assert not sandbox.local_engine_holds_none({**home, "DOCKER_HOST": "tcp://10.0.0.1:2375"})
+    config = tmp_path / "ctx"
+    config.mkdir()
+    (config / "config.json").write_text('{"currentContext": "remote"}')
+    assert not sandbox.local_engine_holds_none({"DOCKER_CONFIG": str(config)})
