@@ -76,11 +76,14 @@ def bench_restore(dump: Path, chain: toolchain.Toolchain, chains: list[toolchain
                          reset=reset)
         main.notes.append(f"CPU: ours {ours.summary()}, the runbook's {theirs.summary()}; "
                           f"load {load_average()}")
-        split = alternate(Comparison("restore: split vs not", "split (as above)",
+        found = restore._split_entry(chain, dump)  # the threshold's answer for this archive
+        how = (f"split ({found[0].schema}.{found[0].tag}, as above)" if found else
+               "restore_backup, nothing split (no table reaches split_copy.MIN_ROWS)")
+        split = alternate(Comparison("restore: split vs not", how,
                                      f"pg_restore -j {cores} alone", "-"),
                           split_cpu.measure(drill_restore), parallel_only, repeat,
                           reset=reset)
-        split.notes.append(f"CPU of the split restore {split_cpu.summary()}")
+        split.notes.append(f"CPU of A {split_cpu.summary()}")
     return [main, split]
 
 
