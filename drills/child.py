@@ -32,6 +32,7 @@ from backup_core.reading import inventory
 from backup_core.store import catalog
 from backup_core.store.catalog import Backup
 from backup_core.tools import cluster, toolchain
+from backup_core.tools.conninfo import detach_libpq_environment
 from backup_core.tools.errors import AtbError
 from drills import sandbox
 from drills.options import DrillOptions
@@ -146,6 +147,9 @@ def begin(argv: list[str], env: dict[str, str] | os._Environ[str]) -> Early | No
         return None  # the plugin reads them again and says what is wrong
     if backup is None:
         return None
+    # as the plugin does before its sandbox connects: no ambient PG* variable steers the
+    # sandbox's connections (kept aside to recognise production, `conninfo`)
+    detach_libpq_environment()
     chains: Future[list[toolchain.Toolchain]] = Future()
 
     def open_manager() -> AbstractContextManager[sandbox.SandboxInfo]:

@@ -12,7 +12,7 @@ import pytest
 
 from backup_core.ops.backup import create_backup
 from backup_core.store import catalog
-from backup_core.tools import cluster, db, toolchain
+from backup_core.tools import cluster, conninfo, db, toolchain
 from backup_core.tools.cluster import Cluster
 from backup_core.tools.errors import ConnectionFailed
 from drills import child
@@ -31,6 +31,10 @@ def test_a_sandbox_begun_before_pytest_serves_the_drill_and_leaves_nothing(
     options_file = tmp_path / "options.json"
     options_file.write_text(options.to_json())
     monkeypatch.setattr(tempfile, "tempdir", str(sandbox_tmp))  # what the sandbox leaves
+    for name, value in list(os.environ.items()):  # `begin` detaches the libpq variables, as the
+        if name.startswith("PG"):  # drill's child does: put back for the other tests
+            monkeypatch.setenv(name, value)
+    monkeypatch.setattr(conninfo, "_detached", dict(conninfo._detached))
     early = child.begin(drill_argv(options_file)[3:], os.environ)
     assert early is not None
     monkeypatch.setattr(child, "PENDING", early)
