@@ -145,8 +145,9 @@ def begin(argv: list[str], env: dict[str, str] | os._Environ[str]) -> Early | No
         backup = early_target(options)
     except (AtbError, OSError, ValueError):
         return None  # the plugin reads them again and says what is wrong
-    if backup is None:
-        return None
+    if backup is None or backup.manifest is None:  # no manifest: the plugin reads the
+        return None  # archive's header for its major, as before
+    manifest = backup.manifest
     # as the plugin does before its sandbox connects: no ambient PG* variable steers the
     # sandbox's connections (kept aside to recognise production, `conninfo`)
     detach_libpq_environment()
@@ -159,14 +160,10 @@ def begin(argv: list[str], env: dict[str, str] | os._Environ[str]) -> Early | No
             chains.set_exception(exc)
             raise
         chains.set_result(found)
-        major = backup.manifest.server_major if backup.manifest else None
-        if major is None:  # no manifest: the archive's own header says (the plugin's way)
-            from backup_core.ops.restore import archive_major
-            major = archive_major(backup.path, found)
-        locale = inventory.DatabaseLocale.from_definitions(backup.manifest.definitions) \
-            if backup.manifest else None
-        return sandbox.open_sandbox("local", source_major=major, chains=found, locale=locale,
-                                    faithful=options.rto_faithful)
+        return sandbox.open_sandbox(
+            "local", source_major=manifest.server_major, chains=found,
+            locale=inventory.DatabaseLocale.from_definitions(manifest.definitions),
+            faithful=options.rto_faithful)
 
     return Early(backup=backup.path, sandbox=options.sandbox, faithful=options.rto_faithful,
                  chains=chains, start=SandboxStart(open_manager, options.sandbox))
