@@ -3,7 +3,9 @@
 The drill's restore against the runbook's `createdb` + `pg_restore`, and a whole `atb drill
 run` against sandbox + restore alone, A and B alternating, with the CPU each restore used and
 the drill's phases. `--dump SIZE=PATH` reuses a backup made earlier (its manifest beside it)
-instead of building a database. Writes its section of bench/RESULTS.md between markers.
+instead of building a database; `--compare-with DIR` also times the whole drill of another
+checkout (another commit's code) against this one's, in turn. Writes its section of
+bench/RESULTS.md between markers.
 """
 
 from __future__ import annotations
@@ -12,17 +14,19 @@ import argparse
 import compileall
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from backup_core.ops import restore
 from backup_core.ops.backup import create_backup
 from backup_core.ops.restore import RestoreRequest, restore_backup
-from backup_core.tools import db, toolchain
+from backup_core.tools import cluster, db, toolchain
 from backup_core.tools.cluster import FAST_SETTINGS, Cluster
 from backup_core.tools.runner import run
 from bench.__main__ import CpuMeter, build_database, load_average, table
@@ -76,34 +80,71 @@ def bench_restore(dump: Path, chain: toolchain.Toolchain, chains: list[toolchain
                          reset=reset)
         main.notes.append(f"CPU: ours {ours.summary()}, the runbook's {theirs.summary()}; "
                           f"load {load_average()}")
-        split = alternate(Comparison("restore: split vs not", "split (as above)",
+        found = restore._split_entry(chain, dump)  # the threshold's answer for this archive
+        how = (f"split ({found[0].schema}.{found[0].tag}, as above)" if found else
+               "restore_backup, nothing split (no table reaches split_copy.MIN_ROWS)")
+        split = alternate(Comparison("restore: split vs not", how,
                                      f"pg_restore -j {cores} alone", "-"),
                           split_cpu.measure(drill_restore), parallel_only, repeat,
                           reset=reset)
-        split.notes.append(f"CPU of the split restore {split_cpu.summary()}")
+        split.notes.append(f"CPU of A {split_cpu.summary()}")
     return [main, split]
 
 
-def bench_drill(dump: Path, major: int, chains: list[toolchain.Toolchain], cores: int,
-                repeat: int, work: Path) -> Comparison:
+def children_cpu() -> float:
+    """CPU seconds of the children waited for so far (a drill's sandbox server included: it
+    runs in the drill's PID namespace, whose init reaps it)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def drill_from(root: Path, dump: Path, work: Path, phases: list[dict[str, float]],
+               cpu: list[float]) -> Callable[[], None]:
+    """A whole `atb drill run` of `dump` with the code of the checkout `root`."""
     reports = work / "reports"
-    phases: list[dict[str, float]] = []
 
     def whole_drill() -> None:
         # from a neutral directory, as cron runs it (see bench.__main__)
+        before = children_cpu()
         subprocess.run([sys.executable, "-m", "drills.cli", "drill", "run", "--backup",
                         str(dump), "--sandbox", "local", "--no-record", "--schedule", "1000d",
                         "--rto-target", "100h", "--report-dir", str(reports)], check=False,
-                       capture_output=True, cwd=work, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                       capture_output=True, cwd=work, env={**os.environ, "PYTHONPATH": str(root)})
+        cpu.append(children_cpu() - before)
         result = sorted(reports.glob("*/*-drill.json"))[-1]
         rto = json.loads(result.read_text())["rto"]
         phases.append({**rto["phases"], **rto.get("other_phases", {})})
         result.unlink()
 
+    return whole_drill
+
+
+def bench_against(dump: Path, other: Path, repeat: int, work: Path) -> Comparison:
+    """This checkout's whole drill against another checkout's (`--compare-with`), in turn."""
+    for package in ("backup_core", "drills"):  # its bytecode too, as for this checkout
+        compileall.compile_dir(other / package, quiet=1)
+    ours: list[float] = []
+    theirs: list[float] = []
+    comp = alternate(Comparison("whole drill: this checkout vs another", "atb drill run (this)",
+                                f"atb drill run ({other})", "-"),
+                     drill_from(ROOT, dump, work, [], ours),
+                     drill_from(other, dump, work, [], theirs), repeat)
+    comp.notes.append(f"CPU s, median: this {statistics.median(ours):.2f}, the other "
+                      f"{statistics.median(theirs):.2f}; load {load_average()}")
+    return comp
+
+
+def bench_drill(dump: Path, major: int, chains: list[toolchain.Toolchain], cores: int,
+                repeat: int, work: Path) -> Comparison:
+    phases: list[dict[str, float]] = []
+    drill_cpu: list[float] = []
+    whole_drill = drill_from(ROOT, dump, work, phases, drill_cpu)
+
     def restore_alone() -> None:
         with sandbox.open_sandbox("local", source_major=major, chains=chains) as sb:
             restore_backup(RestoreRequest(dump, sb.url, no_owner=True, jobs=cores,
                                           scratch=True, split=True), chains=chains)
+        cluster.await_removals()  # its files gone too, as the drill waits for its own
 
     comp = alternate(Comparison("whole drill vs restore alone", "atb drill run",
                                 "sandbox + restore", "<= 1.5"), whole_drill, restore_alone,
@@ -117,7 +158,8 @@ def bench_drill(dump: Path, major: int, chains: list[toolchain.Toolchain], cores
         f"{k} {v:.2f}" for k, v in median.items()) + "; outside the phases, about (two "
         "interpreters, the isolation probe, the checks after the read-back, the reports; less "
         "what the sandbox's start hid under pytest's) "
-        f"{statistics.median(comp.a) - inside:.2f}; load {load_average()}")
+        f"{statistics.median(comp.a) - inside:.2f}; CPU of the drill (its server included) "
+        f"{statistics.median(drill_cpu):.2f} s; load {load_average()}")
     return comp
 
 
@@ -128,6 +170,9 @@ def main() -> None:
     parser.add_argument("--dump", action="append", default=[],
                         help="SIZE=PATH: a backup made earlier, for that size")
     parser.add_argument("--skip-drill", action="store_true", help="the restore only")
+    parser.add_argument("--compare-with", type=Path, default=None,
+                        help="a checkout of another commit: its whole drill against this "
+                             "one's, in turn (e.g. from `git archive COMMIT | tar -x`)")
     args = parser.parse_args()
     compileall.compile_dir(ROOT / "backup_core", quiet=1)  # as pip installs it (bench.__main__)
     compileall.compile_dir(ROOT / "drills", quiet=1)
@@ -145,6 +190,9 @@ def main() -> None:
             comps = bench_restore(dump, chain, chains, cores, args.repeat)
             if not args.skip_drill:
                 comps.append(bench_drill(dump, chain.major, chains, cores, args.repeat, work))
+            if args.compare_with is not None:
+                comps.append(bench_against(dump, args.compare_with.resolve(), args.repeat,
+                                           work))
             sections.append(f"### {size} (archive {dump.stat().st_size / 2**20:.0f} MiB, load "
                             f"average at start {start})\n\n{table(comps)}")
     finally:

@@ -28,7 +28,7 @@ from backup_core.reading import guard
 from backup_core.store.manifest import read_manifest
 from backup_core.store.naming import manifest_path
 from backup_core.store.verdicts import record_drill
-from backup_core.tools import appenv, childenv, isolation, runner
+from backup_core.tools import appenv, childenv, isolate_exec, isolation, runner
 from backup_core.tools.cluster import cache_root
 from backup_core.tools.conninfo import ConnInfo, redact
 from backup_core.tools.errors import AtbError, CommandFailed, ToolchainError
@@ -53,14 +53,21 @@ TOOL_ENV_PREFIXES = ("DOCKER_", "TESTCONTAINERS_", "TC_", "PGBACKREST_")
 # neither changes the drill nor costs it (hypothesis's alone took a third of a small drill).
 CHILD_PLUGINS = ("pytest_metadata.plugin", "pytest_html.fixtures", "pytest_html.plugin",
                  "drills.plugin")
+# pytest's own plugins a drill has no use for, not even imported: the cache (nothing to
+# remember between drills), doctests, JUnit XML, pastebin, and the unraisable-exception
+# warnings, whose two full garbage collections at exit took a tenth of a small drill's end
+CHILD_BLOCKED = ("cacheprovider", "doctest", "junitxml", "pastebin", "unraisableexception")
 
 
 def drill_argv(options_file: Path) -> list[str]:
     """The drill's pytest child: its settings in `options_file` (`DrillOptions.to_json`)."""
     # Only the plugins it names (no autoloaded ones: hypothesis, xdist, ...), and none of the
     # project's own `addopts` (a `-n auto` for its suite would split one drill across workers).
+    # `drills.child` is `-m pytest` with the same arguments, its sandbox begun before pytest
+    # is imported
     plugins = [arg for name in CHILD_PLUGINS for arg in ("-p", name)]
-    return [sys.executable, "-m", "pytest", "-o", "addopts=", *plugins, "-p", "no:cacheprovider",
+    blocked = [arg for name in CHILD_BLOCKED for arg in ("-p", f"no:{name}")]
+    return [sys.executable, "-m", "drills.child", "-o", "addopts=", *plugins, *blocked,
             "-v", "--no-header", "-rfEx", "--tb=short", "--drill",
             f"--drill-options={options_file}"]
 
@@ -204,6 +211,8 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
         finally:
             proc.stdout.close()  # the pipe is ours: closed on every path, not by the collector
         if not result_file.is_file():
+            if iso.network and code == isolate_exec.EXIT_FAILED:  # the launcher refused (or
+                isolation.forget_probe()  # pytest's internal error): the next drill probes
             raise CommandFailed("the drill did not produce a result (pytest exit "
                                 f"{code}): {redact(tail[-1] if tail else '')}",
                                 detail=redact("\n".join(tail)))

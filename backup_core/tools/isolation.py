@@ -28,8 +28,8 @@ from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
-from backup_core.tools import db, isolate_exec
-from backup_core.tools.cluster import free_port
+from backup_core.tools import db, isolate_exec, isolation_cache, namespaces, seccomp
+from backup_core.tools.cluster import cache_root, free_port
 from backup_core.tools.conninfo import ConnInfo, ambient_env
 from backup_core.tools.errors import AtbError, ConfigError
 from backup_core.tools.namespaces import already_inside as already_inside  # re-exported
@@ -163,10 +163,23 @@ def refuse_production_service(services: Iterable[str], production: ConnInfo | No
                               f"({production.redacted}): it is never let through")
 
 
+NETWORK_REASON = ("new network and mount namespaces: only the sandbox is reachable; the host's "
+                  "PostgreSQL sockets, pgpass and service files are hidden, and application "
+                  "code can open no unix socket")
+
+
+def _probe_memory(unshare: str) -> tuple[Path, str]:
+    """(where the probe's yes is kept, its key for this machine now: `isolation_cache`)."""
+    launcher = [m.__file__ or "" for m in (isolate_exec, namespaces, seccomp)]
+    return cache_root() / "isolation", isolation_cache.probe_key(
+        isolation_cache.key_parts(unshare, launcher))
+
+
 @cache
 def probe() -> Isolation:
     """What this platform allows, tried once per process: the launcher run in trial
-    (namespaces, loopback, a cover, the capability drop) before `true`."""
+    (namespaces, loopback, a cover, the capability drop) before `true`. A yes is kept for
+    this boot (`isolation_cache`): later drills skip the trial, never a check."""
     if os.environ.get(SWITCH_ENV, "").lower() == "off":
         return Isolation(ENVIRONMENT_ONLY, f"{SWITCH_ENV}=off")
     if not sys.platform.startswith("linux"):
@@ -174,6 +187,9 @@ def probe() -> Isolation:
     unshare = shutil.which("unshare")
     if unshare is None:
         return Isolation(ENVIRONMENT_ONLY, "unshare (util-linux) is not installed")
+    memory, key = _probe_memory(unshare)
+    if isolation_cache.remembered(memory, key):
+        return Isolation(NETWORK, NETWORK_REASON)
     root = os.geteuid() == 0
     # the launcher itself, covering a file: every step a real child needs, tried once, with
     # the sealed environment a real child gets
@@ -188,10 +204,16 @@ def probe() -> Isolation:
         why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
         how = "as root" if root else "through a user namespace"
         return Isolation(ENVIRONMENT_ONLY, f"the namespaces cannot be made {how}: {why}")
-    return Isolation(NETWORK, "new network and mount namespaces: only the sandbox is "
-                              "reachable; the host's PostgreSQL sockets, pgpass and service "
-                              "files are hidden, and application code can open no unix "
-                              "socket")
+    isolation_cache.remember(memory, key)
+    return Isolation(NETWORK, NETWORK_REASON)
+
+
+def forget_probe() -> None:
+    """The launcher could not isolate after a yes: the next drill probes again."""
+    probe.cache_clear()
+    unshare = shutil.which("unshare")
+    if unshare is not None:
+        isolation_cache.forget(*_probe_memory(unshare))
 
 
 def listening_pg_sockets(table: str) -> list[str]:

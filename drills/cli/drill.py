@@ -106,7 +106,6 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
     the checks and the integration command, and write the audit reports. Exits 0 on PASS,
     1 on FAIL, 10 when INCOMPLETE, 8 when production changed, 2 when the configuration
     cannot run (nothing is then recorded). --notify tells on FAIL and INCOMPLETE."""
-    from drills import detect
     from drills import ledger as drill_ledger
     from drills.run import run_drill
 
@@ -139,6 +138,8 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
             logging.getLogger("atb.drill").warning("%s", result.sandbox.note)
         detection = None
         if prove_detection:  # a damaged copy of the same backup, while it is still here
+            from drills import detect  # (its restore and backup modules: only then)
+
             detection = detect.prove(result, options, production=production(
                 os.environ.get("DATABASE_URL")))
     result = drill_ledger.annotate(result, signer=signer, detection=detection)

@@ -5,12 +5,10 @@ run) and records it for the report; the checks only judge them. The types here (
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import importlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -32,7 +30,8 @@ from backup_core.tools.cluster import FAST_SETTINGS, settings_text
 from backup_core.tools.conninfo import ConnInfo, redact
 from backup_core.tools.durations import human
 from backup_core.tools.errors import AtbError, ProductionTouched
-from drills import beside, observer, sandbox
+from drills import beside, child, observer, sandbox
+from drills.child import SandboxStart
 from drills.result import (
     AlembicFacts,
     IntegrationFacts,
@@ -137,53 +136,7 @@ def _source_major(backup: Backup, chains: list[toolchain.Toolchain]) -> int:
     return archive_major(backup.path, chains)
 
 
-class SandboxStart:
-    """The sandbox starting on a thread of its own, begun as the backup's verification begins:
-    neither needs the other, so a drill waits for the longer of the two, not their sum. A
-    sandbox started for a backup that then fails its verification is torn down unused."""
-
-    def __init__(self, open_manager: Callable[[], AbstractContextManager[sandbox.SandboxInfo]],
-                 kind: str) -> None:
-        if kind in ("docker", "auto"):
-            _preload(DOCKER_MODULES)
-        self.manager: AbstractContextManager[sandbox.SandboxInfo] | None = None
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atb-sandbox")
-        self.future = self.pool.submit(self._enter, open_manager)
-
-    def _enter(self, open_manager: Callable[[], AbstractContextManager[sandbox.SandboxInfo]]
-               ) -> sandbox.SandboxInfo:
-        manager = open_manager()
-        info = manager.__enter__()
-        self.manager = manager  # only a sandbox that started is torn down
-        return info
-
-    def wait(self) -> sandbox.SandboxInfo:
-        return self.future.result()
-
-    def close(self, drill: DrillState) -> None:
-        """Tear the sandbox down once it started (once: later calls do nothing)."""
-        self.pool.shutdown(wait=True)
-        manager, self.manager = self.manager, None
-        if manager is not None:
-            with drill.phase("sandbox teardown"):
-                manager.__exit__(None, None, None)
-
-
 EARLY_SANDBOX = pytest.StashKey[SandboxStart]()
-# what the docker provider imports on first use (drills.docker_engine)
-DOCKER_MODULES = ("docker", "docker.context", "docker.errors",
-                  "testcontainers.community.postgres", "testcontainers.core.config",
-                  "testcontainers.core.wait_strategies")
-
-
-def _preload(names: tuple[str, ...]) -> None:
-    """Modules the sandbox's thread would import, imported first on this one: two threads
-    importing at once can see a module half made (Python lets one of them through a module
-    still initialising, to break a lock cycle): `module 'requests' has no attribute
-    'exceptions'`."""
-    for name in names:
-        with contextlib.suppress(ImportError):
-            importlib.import_module(name)
 
 
 def _open_sandbox(drill: DrillState, backup: Backup, chains: list[toolchain.Toolchain]
@@ -201,11 +154,17 @@ def _open_sandbox(drill: DrillState, backup: Backup, chains: list[toolchain.Tool
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """A dump drill's sandbox starts with the session, while pytest collects the checks and
-    the backup is verified (`SandboxStart`)."""
+    the backup is verified (`SandboxStart`); under `atb drill run` it may have begun
+    before pytest was even imported (`drills.child`), and is adopted here."""
     config = session.config
     state = config.stash.get(STATE, None)
     if state is None or state.backup is None or state.options.source != "dump" \
             or config.option.collectonly:
+        return
+    early = child.take(state.backup, state.options)
+    if early is not None:
+        config.stash[CHAINS] = early.chains.result()
+        config.stash[EARLY_SANDBOX] = early.start
         return
     config.stash[CHAINS] = chains = toolchain.discover()
     config.stash[EARLY_SANDBOX] = SandboxStart(

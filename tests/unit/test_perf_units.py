@@ -16,9 +16,10 @@ from drills.run import drill_argv, drill_env
 
 def test_the_drill_child_loads_only_the_plugins_it_names() -> None:
     assert drill_argv(Path("/t/options.json")) == [
-        sys.executable, "-m", "pytest", "-o", "addopts=", "-p", "pytest_metadata.plugin",
+        sys.executable, "-m", "drills.child", "-o", "addopts=", "-p", "pytest_metadata.plugin",
         "-p", "pytest_html.fixtures", "-p", "pytest_html.plugin", "-p", "drills.plugin",
-        "-p", "no:cacheprovider", "-v", "--no-header", "-rfEx", "--tb=short", "--drill",
+        "-p", "no:cacheprovider", "-p", "no:doctest", "-p", "no:junitxml", "-p", "no:pastebin",
+        "-p", "no:unraisableexception", "-v", "--no-header", "-rfEx", "--tb=short", "--drill",
         "--drill-options=/t/options.json"]
     env = drill_env(DrillOptions(), None, {"PATH": "/usr/bin"})
     assert env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] == "1"

@@ -1,0 +1,211 @@
+"""The drill's pytest child, its sandbox begun before pytest is imported.
+
+`atb drill run` starts `python -m drills.child PYTEST-ARGS`: for a dump drill on a
+local sandbox this module reads `--drill-options`, then starts the sandbox on a thread of its
+own (toolchains found, the initdb template copied, the server started) while the main thread
+imports pytest, its plugins and the drill's parts and collects the checks: about half a second
+of a small drill that was spent one after the other. The plugin's `pytest_sessionstart` adopts
+the sandbox (`take`) when it was made for the backup the drill chose, with the same
+settings; a sandbox nobody adopted is torn down before the process exits. Anything this
+module cannot do early (another provider, no `--backup`, a file it cannot read) is left to
+the plugin, which then starts the sandbox with the session as before.
+
+Only atb's own code runs on the early thread (the sandbox provider, the cluster): your
+conftest files and checks are imported later, by pytest, in sealed threads as always
+(`drills.plugin.sealed_threads`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from backup_core.reading import inventory
+from backup_core.store import catalog
+from backup_core.store.catalog import Backup
+from backup_core.tools import cluster, toolchain
+from backup_core.tools.conninfo import detach_libpq_environment
+from backup_core.tools.errors import AtbError
+from drills import sandbox
+from drills.options import DrillOptions
+
+if TYPE_CHECKING:
+    from drills.state import DrillState
+
+OPTIONS_FLAG = "--drill-options="
+# what the docker provider imports on first use (drills.docker_engine)
+DOCKER_MODULES = ("docker", "docker.context", "docker.errors",
+                  "testcontainers.community.postgres", "testcontainers.core.config",
+                  "testcontainers.core.wait_strategies")
+
+
+def preload(names: tuple[str, ...]) -> None:
+    """Modules the sandbox's thread would import, imported first on this one: two threads
+    importing at once can see a module half made (Python lets one of them through a module
+    still initialising, to break a lock cycle): `module 'requests' has no attribute
+    'exceptions'`."""
+    for name in names:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
+class SandboxStart:
+    """The sandbox starting on a thread of its own, begun as the backup's verification begins
+    (or earlier, `begin`): neither needs the other, so a drill waits for the longer of the
+    two, not their sum. A sandbox started for a backup that then fails its verification, or
+    that no drill adopted, is torn down unused."""
+
+    def __init__(self, open_manager: Callable[[], AbstractContextManager[sandbox.SandboxInfo]],
+                 kind: str) -> None:
+        if kind in ("docker", "auto"):
+            preload(DOCKER_MODULES)
+        self.manager: AbstractContextManager[sandbox.SandboxInfo] | None = None
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atb-sandbox")
+        self.future = self.pool.submit(self._enter, open_manager)
+
+    def _enter(self, open_manager: Callable[[], AbstractContextManager[sandbox.SandboxInfo]]
+               ) -> sandbox.SandboxInfo:
+        manager = open_manager()
+        info = manager.__enter__()
+        self.manager = manager  # only a sandbox that started is torn down
+        return info
+
+    def wait(self) -> sandbox.SandboxInfo:
+        return self.future.result()
+
+    def close(self, drill: DrillState | None) -> None:
+        """Tear the sandbox down once it started (once: later calls do nothing); timed as
+        the drill's teardown phase when there is a drill."""
+        self.pool.shutdown(wait=True)
+        manager, self.manager = self.manager, None
+        if manager is None:
+            return
+        if drill is None:
+            manager.__exit__(None, None, None)
+            return
+        with drill.phase("sandbox teardown"):
+            manager.__exit__(None, None, None)
+
+
+@dataclass
+class Early:
+    """A sandbox begun before pytest, for `backup` with `options`' provider and settings."""
+
+    backup: Path
+    sandbox: str
+    faithful: bool
+    chains: Future[list[toolchain.Toolchain]]
+    start: SandboxStart
+    taken: bool = False
+
+
+PENDING: Early | None = None
+# The interpreter's switch interval while the sandbox starts beside pytest's imports: the
+# sandbox's thread mostly waits (on its programs, the server, the disk), and each time it
+# wakes it needs the interpreter lock the importing thread holds; by default it waits up to
+# 5 ms for it, dozens of times (a convoy: its start took 1.3-1.7 s instead of 0.9-1.1 s
+# under load). Restored once the sandbox is up.
+EARLY_SWITCH_S = 0.0005
+
+
+def options_file(argv: list[str]) -> Path | None:
+    """The `--drill-options=FILE` of a pytest command line (as `drills.run.drill_argv`
+    writes it), or None (pure)."""
+    found = [a.removeprefix(OPTIONS_FLAG) for a in argv if a.startswith(OPTIONS_FLAG)]
+    return Path(found[-1]) if found else None
+
+
+def early_target(options: DrillOptions) -> Backup | None:
+    """The backup a sandbox can be begun for before pytest: a dump drill on a local sandbox
+    naming its backup (`--backup`), judged as the plugin will judge it (`catalog.find`)."""
+    if options.source != "dump" or options.sandbox != "local" or options.backup is None:
+        return None
+    path = options.backup.resolve()
+    if not path.is_file():
+        return None
+    return catalog.find(options.backup_dir, path)
+
+
+def begin(argv: list[str], env: dict[str, str] | os._Environ[str]) -> Early | None:
+    """The sandbox for the drill `argv` describes, starting on its thread; None when it
+    cannot be begun early (the plugin then starts it with the session)."""
+    path = options_file(argv)
+    if path is None:
+        return None
+    try:
+        options = DrillOptions.from_json(path.read_text(), env)
+        backup = early_target(options)
+    except (AtbError, OSError, ValueError):
+        return None  # the plugin reads them again and says what is wrong
+    if backup is None or backup.manifest is None:  # no manifest: the plugin reads the
+        return None  # archive's header for its major, as before
+    manifest = backup.manifest
+    # as the plugin does before its sandbox connects: no ambient PG* variable steers the
+    # sandbox's connections (kept aside to recognise production, `conninfo`)
+    detach_libpq_environment()
+    chains: Future[list[toolchain.Toolchain]] = Future()
+
+    def open_manager() -> AbstractContextManager[sandbox.SandboxInfo]:
+        try:
+            found = toolchain.discover()
+        except BaseException as exc:
+            chains.set_exception(exc)
+            raise
+        chains.set_result(found)
+        return sandbox.open_sandbox(
+            "local", source_major=manifest.server_major, chains=found,
+            locale=inventory.DatabaseLocale.from_definitions(manifest.definitions),
+            faithful=options.rto_faithful)
+
+    return Early(backup=backup.path, sandbox=options.sandbox, faithful=options.rto_faithful,
+                 chains=chains, start=SandboxStart(open_manager, options.sandbox))
+
+
+def take(backup: Backup, options: DrillOptions) -> Early | None:
+    """The early sandbox, adopted by the drill when it was made for this `backup` with these
+    settings; else None (one made for another backup is torn down now)."""
+    early = PENDING
+    if early is None or early.taken:
+        return None
+    if early.backup != backup.path or early.sandbox != options.sandbox \
+            or early.faithful != options.rto_faithful:
+        early.taken = True
+        early.start.close(None)
+        return None
+    early.taken = True
+    return early
+
+
+def main(argv: list[str]) -> int:
+    """Begin the sandbox, run pytest on `argv` (as `python -m pytest` would), and tear down
+    a sandbox nobody adopted."""
+    global PENDING
+    PENDING = begin(argv, os.environ)
+    if PENDING is not None:  # until the sandbox is up (see EARLY_SWITCH_S)
+        default = sys.getswitchinterval()
+        sys.setswitchinterval(EARLY_SWITCH_S)
+        PENDING.start.future.add_done_callback(lambda _: sys.setswitchinterval(default))
+    try:
+        import pytest  # imported now, beside the sandbox's start
+
+        sys.argv[1:] = argv
+        return pytest.console_main()
+    finally:
+        if PENDING is not None and not PENDING.taken:
+            PENDING.taken = True
+            PENDING.start.close(None)
+        cluster.await_removals()  # the sandbox's files, removed while the reports were written
+
+
+if __name__ == "__main__":  # run as `drills.child`, not `__main__`: the plugin reads PENDING
+    from drills import child
+
+    raise SystemExit(child.main(sys.argv[1:]))

@@ -1,0 +1,137 @@
+"""The drill's start: the sandbox begun before pytest (`drills.child`) is adopted only by
+the drill it was made for, and the argv of the copy and removal of a sandbox's files."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from backup_core.store import catalog
+from backup_core.tools import cluster, toolchain
+from drills import child, sandbox
+from drills.child import Early, SandboxStart
+from drills.options import DrillOptions
+from drills.run import drill_argv
+
+
+def test_the_options_file_is_read_from_the_childs_own_argv() -> None:
+    assert child.options_file(drill_argv(Path("/t/options.json"))[3:]) == Path(
+        "/t/options.json")
+    assert child.options_file(["-v", "--drill"]) is None
+
+
+def test_only_a_local_dump_drill_naming_its_backup_is_begun_early(tmp_path: Path) -> None:
+    dump = tmp_path / "db" / "2026" / "11" / "30" / "backup-20261130T010000Z.dump"
+    dump.parent.mkdir(parents=True)
+    dump.write_bytes(b"PGDMP")
+    local = DrillOptions(backup=dump, backup_dir=tmp_path, sandbox="local")
+    found = child.early_target(local)
+    assert found is not None and found.path == dump
+    assert found == catalog.find(tmp_path, dump.resolve())  # as the plugin judges it
+    for other in ("auto", "docker", "server"):
+        assert child.early_target(DrillOptions(backup=dump, backup_dir=tmp_path,
+                                               sandbox=other)) is None
+    assert child.early_target(DrillOptions(backup_dir=tmp_path, sandbox="local")) is None
+    assert child.early_target(DrillOptions(backup=tmp_path / "gone.dump",
+                                           backup_dir=tmp_path, sandbox="local")) is None
+    assert child.begin(["--drill"], {}) is None  # no options file: the plugin starts it
+    assert child.begin([f"--drill-options={tmp_path / 'absent.json'}"], {}) is None
+
+
+def _early(tmp_path: Path, events: list[str]) -> tuple[Early, catalog.Backup]:
+    dump = tmp_path / "db" / "backup-20261130T010000Z.dump"
+    dump.parent.mkdir(parents=True, exist_ok=True)
+    dump.write_bytes(b"PGDMP")
+
+    @contextlib.contextmanager
+    def manager() -> Iterator[object]:
+        events.append("started")
+        yield object()
+        events.append("torn down")
+
+    start = SandboxStart(manager, "local")  # type: ignore[arg-type]
+    backup = catalog.Backup(path=dump, database="db", state="ok", taken_at=datetime.now(UTC),
+                            size=5, mtime=0.0)
+    chains: Future[list[toolchain.Toolchain]] = Future()
+    chains.set_result([])
+    return Early(backup=dump, sandbox="local", faithful=False, chains=chains,
+                 start=start), backup
+
+
+def test_an_early_sandbox_is_adopted_once_and_only_for_its_own_backup(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    early, backup = _early(tmp_path, events)
+    monkeypatch.setattr(child, "PENDING", early)
+    options = DrillOptions(backup=backup.path, backup_dir=tmp_path, sandbox="local")
+    assert child.take(backup, options) is early
+    assert child.take(backup, options) is None  # adopted once
+    early.start.close(None)
+    assert events == ["started", "torn down"]
+    # made for other settings (--rto-faithful): not adopted, and torn down at once
+    events.clear()
+    other, backup = _early(tmp_path / "2", events)
+    monkeypatch.setattr(child, "PENDING", other)
+    faithful = DrillOptions(backup=backup.path, backup_dir=tmp_path, sandbox="local",
+                            rto_faithful=True)
+    assert child.take(backup, faithful) is None
+    assert events == ["started", "torn down"]
+    assert other.taken
+
+
+def test_a_sandboxs_files_are_copied_owned_and_removed_by_one_process_each() -> None:
+    assert cluster.copy_tree_argv(Path("/c/initdb-18"), Path("/w/data")) == [
+        "cp", "-R", "--preserve=mode,timestamps,links", "--no-dereference", "--",
+        "/c/initdb-18", "/w/data"]
+    assert cluster.chown_tree_argv(Path("/w/data"), "postgres") == [
+        "chown", "-R", "--no-dereference", "--", "postgres:", "/w/data"]
+    assert cluster.remove_tree_argv(Path("/tmp/atb-pg-x")) == [
+        "rm", "-rf", "--one-file-system", "--", "/tmp/atb-pg-x"]
+
+
+def _engine(path: Path, reply: bytes) -> threading.Thread:
+    """A unix socket answering one request with `reply`, as the Docker engine would."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(reply)
+        server.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_the_docker_sdk_is_needed_only_when_the_engine_holds_containers_of_ours(
+        tmp_path: Path) -> None:
+    assert sandbox.engine_list_request("atb.owner") == (
+        b"GET /containers/json?all=1&filters=%7B%22label%22%3A%5B%22atb.owner%22%5D%7D "
+        b"HTTP/1.0\r\nHost: docker\r\n\r\n")
+    home = {"DOCKER_CONFIG": str(tmp_path / "none")}
+    sock = tmp_path / "e.sock"
+    _engine(sock, b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n[]\n").join(0)
+    assert sandbox.local_engine_holds_none({**home, "DOCKER_HOST": f"unix://{sock}"})
+    sock.unlink()
+    _engine(sock, b'HTTP/1.0 200 OK\r\n\r\n[{"Id": "abc"}]\n')
+    assert not sandbox.local_engine_holds_none({**home, "DOCKER_HOST": f"unix://{sock}"})
+    sock.unlink()
+    _engine(sock, b"HTTP/1.0 500 Server Error\r\n\r\n[]")
+    assert not sandbox.local_engine_holds_none({**home, "DOCKER_HOST": f"unix://{sock}"})
+    assert not sandbox.local_engine_holds_none({**home, "DOCKER_HOST": f"unix://{sock}x"})
+    assert not sandbox.local_engine_holds_none({**home, "DOCKER_HOST": "tcp://10.0.0.1:2375"})
+    config = tmp_path / "ctx"
+    config.mkdir()
+    (config / "config.json").write_text('{"currentContext": "remote"}')
+    assert not sandbox.local_engine_holds_none({"DOCKER_CONFIG": str(config)})
