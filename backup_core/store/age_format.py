@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import os
 from collections.abc import Sequence
@@ -384,8 +383,8 @@ class Decryptor:
         if self._ended:
             return bytearray()
         if self._aead is None:
-            if not self._read_header(at_end=True) or self._aead is None:
-                raise PayloadError("the age file ends inside its header")
+            self._read_header(at_end=True)  # parses it, or raises
+        assert self._aead is not None
         rest = memoryview(self._buf)
         if len(rest) < TAG:
             raise PayloadError("the age payload is cut short (no final chunk)")
