@@ -4,8 +4,8 @@ repository against plain boto3, on a local SeaweedFS (`weed server -s3`, as the 
 - upload: `offsite_transfer.push_backup` of one backup (hash, multipart with CRC32-checksummed
   parts, manifest record last) vs boto3 `upload_file` of the same bytes (defaults);
 - download: `offsite_transfer.fetch` (stream, both hashes, write) vs boto3 `download_file`;
-- encryption: push with an age recipient (encrypted by a child process beside the upload)
-  vs the same push in plain, and the same for fetch;
+- encryption: push with an age recipient (encrypted by a thread a block ahead of the
+  upload, `sealing.SealedStream`) vs the same push in plain, and the same for fetch;
 - listing: `atb db list --repo` over a repository of N backups (one listing, manifests read
   concurrently).
 
@@ -89,9 +89,9 @@ def main() -> None:
         repo = repository.open_repository(store.url)
         client = repo.client
         dump, manifest = _backup(work / "tree", size)
-        from pyrage import x25519
+        from backup_core.store.age_format import Identity
 
-        ident = x25519.Identity.generate()
+        ident = Identity.generate()
         (work / "id.txt").write_text(f"{ident}\n")
         recipient = str(ident.to_public())
 
