@@ -18,11 +18,14 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from backup_core.store import offsite_catalog, offsite_transfer, repository  # noqa: E402
 from backup_core.store.manifest import Manifest  # noqa: E402
 from backup_core.store.naming import backup_path, manifest_path  # noqa: E402
-from bench.harness import Comparison, alternate, replace_section  # noqa: E402
+from bench.harness import Comparison, replace_section  # noqa: E402
 from tests.object_store import seaweedfs  # noqa: E402
 
 BEGIN, END = "<!-- BEGIN REPOSITORY BENCH -->", "<!-- END REPOSITORY BENCH -->"
@@ -75,6 +78,51 @@ def _manifest(name: str, at: datetime, size: int, sha: str, db: str = "bench") -
                     row_counts_mode="off")
 
 
+class Cpu:
+    """CPU seconds of each timed run, of this process (the client) and of the store's."""
+
+    def __init__(self, store_pid: int) -> None:
+        self.pid = store_pid
+        self.runs: dict[int, list[tuple[float, float]]] = {}
+
+    def _store(self) -> float:
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def wrap(self, sink: list[float], fn: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            self_0, store_0 = resource.getrusage(resource.RUSAGE_SELF), self._store()
+            fn()
+            self_1 = resource.getrusage(resource.RUSAGE_SELF)
+            self.runs.setdefault(id(sink), []).append(
+                (self_1.ru_utime + self_1.ru_stime - self_0.ru_utime - self_0.ru_stime,
+                 self._store() - store_0))
+        return run
+
+    def note(self, comp: Comparison) -> str:
+        def med(sink: list[float]) -> str:
+            runs = self.runs.get(id(sink), [])
+            if not runs:
+                return "-"
+            return (f"{statistics.median(r[0] for r in runs):.2f} + store "
+                    f"{statistics.median(r[1] for r in runs):.2f}")
+        return f"CPU s, client + store, median: A {med(comp.a)}, B {med(comp.b)}"
+
+
+def alternate(comp: Comparison, a: Callable[[], object], b: Callable[[], object],
+              repeat: int, cpu: Cpu) -> None:
+    """harness.alternate, with each run's CPU seconds and the load average noted."""
+    from bench import harness
+
+    load = os.getloadavg()[0]
+    harness.alternate(comp, cpu.wrap(comp.a, a), cpu.wrap(comp.b, b), repeat)
+    comp.notes.append(cpu.note(comp))
+    comp.notes.append(f"load {load:.1f} -> {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", default="256MB")
@@ -87,6 +135,7 @@ def main() -> None:
     with seaweedfs(work / "store", volume_mb=1024, volumes=64) as store:
         os.environ.update(store.env())
         repo = repository.open_repository(store.url)
+        cpu = Cpu(store.pid)
         client = repo.client
         dump, manifest = _backup(work / "tree", size)
         from backup_core.store.age_format import Identity
@@ -103,13 +152,14 @@ def main() -> None:
         up = Comparison(f"upload ({args.size})", "atb push", "boto3 upload_file", "<= 1.1")
         alternate(up, lambda: offsite_transfer.push_backup(fresh(), dump, manifest),
                   lambda: client.upload_file(str(dump), store.bucket,
-                                             f"plain/{uuid.uuid4().hex}"), args.repeat)
+                                             f"plain/{uuid.uuid4().hex}"), args.repeat, cpu)
         rows.append(up)
         enc = Comparison(f"encrypted upload ({args.size})", "atb push, age", "atb push, plain",
                          "<= 1.15")
         alternate(enc, lambda: offsite_transfer.push_backup(fresh(), dump, manifest,
                                                       recipients=(recipient,)),
-                  lambda: offsite_transfer.push_backup(fresh(), dump, manifest), args.repeat)
+                  lambda: offsite_transfer.push_backup(fresh(), dump, manifest), args.repeat,
+                  cpu)
         rows.append(enc)
         plain, sealed = fresh(), fresh()
         offsite_transfer.push_backup(plain, dump, manifest)
@@ -125,12 +175,12 @@ def main() -> None:
 
         alternate(down, lambda: fetch(plain),
                   lambda: client.download_file(store.bucket, key, str(work / "dl")),
-                  args.repeat)
+                  args.repeat, cpu)
         rows.append(down)
         dec = Comparison(f"encrypted download ({args.size})", "atb fetch, age",
                          "atb fetch, plain", "<= 1.15")
         alternate(dec, lambda: fetch(sealed, work / "id.txt"), lambda: fetch(plain),
-                  args.repeat)
+                  args.repeat, cpu)
         rows.append(dec)
         if args.listing:
             rows.append(_listing(store.bucket, client, args.listing, args.repeat))

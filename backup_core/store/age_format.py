@@ -367,16 +367,27 @@ class Decryptor:
             if len(data):
                 raise PayloadError("bytes after the last chunk of the age file")
             return bytearray()
-        self._buf += data
-        if self._aead is None and not self._read_header():
-            return bytearray()
-        # keep back at least one byte past the chunks opened: only the end says which is last
-        whole = (len(self._buf) - 1) // SEALED_CHUNK
+        src = memoryview(data)
+        if self._aead is None:
+            self._buf += src
+            if not self._read_header():
+                return bytearray()
+            src, self._buf = memoryview(bytes(self._buf)), bytearray()
+        # keep back at least one byte past the chunks opened: only the end says which is
+        # last; `data` is read in place, only a chunk split between two pieces is copied
+        whole = (len(self._buf) + len(src) - 1) // SEALED_CHUNK
         if whole <= 0:
+            self._buf += src
             return bytearray()
-        out = self._open(memoryview(self._buf)[: whole * SEALED_CHUNK], whole)
-        del self._buf[: whole * SEALED_CHUNK]
-        return out
+        pieces = []
+        if self._buf:
+            take = SEALED_CHUNK - len(self._buf)
+            pieces.append(memoryview(bytes(self._buf) + src[:take]))
+            src = src[take:]
+        pieces += [src[i:i + SEALED_CHUNK]
+                   for i in range(0, (whole - len(pieces)) * SEALED_CHUNK, SEALED_CHUNK)]
+        self._buf = bytearray(src[(whole - (1 if self._buf else 0)) * SEALED_CHUNK:])
+        return self._open(pieces)
 
     def finish(self) -> bytearray:
         """The last chunk's plaintext; PayloadError when the stream did not end properly."""
@@ -435,13 +446,12 @@ class Decryptor:
             raise MacError("the age header's MAC does not match: the header was altered")
         return file_key
 
-    def _open(self, sealed: memoryview, chunks: int) -> bytearray:
-        """`chunks` whole chunks, none the last (more bytes follow them)."""
+    def _open(self, pieces: list[memoryview]) -> bytearray:
+        """Whole chunks, none the last (more bytes follow them)."""
         assert self._aead is not None
-        out = bytearray(chunks * CHUNK)
+        out = bytearray(len(pieces) * CHUNK)
         view = memoryview(out)
-        for i in range(chunks):
-            piece = sealed[i * SEALED_CHUNK:(i + 1) * SEALED_CHUNK]
+        for i, piece in enumerate(pieces):
             try:
                 self._aead.decrypt_into(_stream_nonce(self._counter, False), piece, None,
                                         view[i * CHUNK:(i + 1) * CHUNK])
