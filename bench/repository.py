@@ -78,8 +78,15 @@ def _manifest(name: str, at: datetime, size: int, sha: str, db: str = "bench") -
                     row_counts_mode="off")
 
 
+def _client() -> float:
+    own, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF,
+                                                 resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 class Cpu:
-    """CPU seconds of each timed run, of this process (the client) and of the store's."""
+    """CPU seconds of each timed run, of the client (this process and any child it waited
+    for) and of the store."""
 
     def __init__(self, store_pid: int) -> None:
         self.pid = store_pid
@@ -94,12 +101,10 @@ class Cpu:
 
     def wrap(self, sink: list[float], fn: Callable[[], object]) -> Callable[[], None]:
         def run() -> None:
-            self_0, store_0 = resource.getrusage(resource.RUSAGE_SELF), self._store()
+            client_0, store_0 = _client(), self._store()
             fn()
-            self_1 = resource.getrusage(resource.RUSAGE_SELF)
-            self.runs.setdefault(id(sink), []).append(
-                (self_1.ru_utime + self_1.ru_stime - self_0.ru_utime - self_0.ru_stime,
-                 self._store() - store_0))
+            self.runs.setdefault(id(sink), []).append((_client() - client_0,
+                                                       self._store() - store_0))
         return run
 
     def note(self, comp: Comparison) -> str:
