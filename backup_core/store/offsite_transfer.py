@@ -240,6 +240,8 @@ def _upload_sealing(repo: Repository, src: Path, key: str, expect: str,
                 "atb-plain-sha256": expect, "atb-plain-size": str(size),
                 "atb-recipients": tag})
         except OSError as exc:  # reading the dump: the upload was abandoned, never completed
+            if exc is not stream.failed:
+                raise
             repo.delete([key])
             raise StorageError(f"cannot encrypt {src}: {exc.strerror or exc}") from exc
         hashed = stream.hashed()

@@ -152,6 +152,7 @@ class SealedStream:
         self._stop = threading.Event()
         self._view = memoryview(b"")
         self._ended = False
+        self.failed: BaseException | None = None  # what stopped the sealing thread
         self._thread = threading.Thread(target=self._make, name="atb-seal", daemon=True)
         self._thread.start()
 
@@ -180,6 +181,7 @@ class SealedStream:
                 block = after
             self._put(None)
         except BaseException as exc:  # raised in the reader's thread, from `read`
+            self.failed = exc
             self._put(exc)
 
     def _next(self) -> bytes | bytearray | None:
