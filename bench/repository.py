@@ -4,8 +4,8 @@ repository against plain boto3, on a local SeaweedFS (`weed server -s3`, as the 
 - upload: `offsite_transfer.push_backup` of one backup (hash, multipart with CRC32-checksummed
   parts, manifest record last) vs boto3 `upload_file` of the same bytes (defaults);
 - download: `offsite_transfer.fetch` (stream, both hashes, write) vs boto3 `download_file`;
-- encryption: push with an age recipient (encrypted by a child process beside the upload)
-  vs the same push in plain, and the same for fetch;
+- encryption: push with an age recipient (encrypted by a thread a block ahead of the
+  upload, `sealing.SealedStream`) vs the same push in plain, and the same for fetch;
 - listing: `atb db list --repo` over a repository of N backups (one listing, manifests read
   concurrently).
 
@@ -18,11 +18,14 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from backup_core.store import offsite_catalog, offsite_transfer, repository  # noqa: E402
 from backup_core.store.manifest import Manifest  # noqa: E402
 from backup_core.store.naming import backup_path, manifest_path  # noqa: E402
-from bench.harness import Comparison, alternate, replace_section  # noqa: E402
+from bench.harness import Comparison, replace_section  # noqa: E402
 from tests.object_store import seaweedfs  # noqa: E402
 
 BEGIN, END = "<!-- BEGIN REPOSITORY BENCH -->", "<!-- END REPOSITORY BENCH -->"
@@ -75,6 +78,56 @@ def _manifest(name: str, at: datetime, size: int, sha: str, db: str = "bench") -
                     row_counts_mode="off")
 
 
+def _client() -> float:
+    own, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF,
+                                                 resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class Cpu:
+    """CPU seconds of each timed run, of the client (this process and any child it waited
+    for) and of the store."""
+
+    def __init__(self, store_pid: int) -> None:
+        self.pid = store_pid
+        self.runs: dict[int, list[tuple[float, float]]] = {}
+
+    def _store(self) -> float:
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def wrap(self, sink: list[float], fn: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            client_0, store_0 = _client(), self._store()
+            fn()
+            self.runs.setdefault(id(sink), []).append((_client() - client_0,
+                                                       self._store() - store_0))
+        return run
+
+    def note(self, comp: Comparison) -> str:
+        def med(sink: list[float]) -> str:
+            runs = self.runs.get(id(sink), [])
+            if not runs:
+                return "-"
+            return (f"{statistics.median(r[0] for r in runs):.2f} + store "
+                    f"{statistics.median(r[1] for r in runs):.2f}")
+        return f"CPU s, client + store, median: A {med(comp.a)}, B {med(comp.b)}"
+
+
+def alternate(comp: Comparison, a: Callable[[], object], b: Callable[[], object],
+              repeat: int, cpu: Cpu) -> None:
+    """harness.alternate, with each run's CPU seconds and the load average noted."""
+    from bench import harness
+
+    load = os.getloadavg()[0]
+    harness.alternate(comp, cpu.wrap(comp.a, a), cpu.wrap(comp.b, b), repeat)
+    comp.notes.append(cpu.note(comp))
+    comp.notes.append(f"load {load:.1f} -> {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", default="256MB")
@@ -87,11 +140,12 @@ def main() -> None:
     with seaweedfs(work / "store", volume_mb=1024, volumes=64) as store:
         os.environ.update(store.env())
         repo = repository.open_repository(store.url)
+        cpu = Cpu(store.pid)
         client = repo.client
         dump, manifest = _backup(work / "tree", size)
-        from pyrage import x25519
+        from backup_core.store.age_format import Identity
 
-        ident = x25519.Identity.generate()
+        ident = Identity.generate()
         (work / "id.txt").write_text(f"{ident}\n")
         recipient = str(ident.to_public())
 
@@ -103,13 +157,14 @@ def main() -> None:
         up = Comparison(f"upload ({args.size})", "atb push", "boto3 upload_file", "<= 1.1")
         alternate(up, lambda: offsite_transfer.push_backup(fresh(), dump, manifest),
                   lambda: client.upload_file(str(dump), store.bucket,
-                                             f"plain/{uuid.uuid4().hex}"), args.repeat)
+                                             f"plain/{uuid.uuid4().hex}"), args.repeat, cpu)
         rows.append(up)
         enc = Comparison(f"encrypted upload ({args.size})", "atb push, age", "atb push, plain",
                          "<= 1.15")
         alternate(enc, lambda: offsite_transfer.push_backup(fresh(), dump, manifest,
                                                       recipients=(recipient,)),
-                  lambda: offsite_transfer.push_backup(fresh(), dump, manifest), args.repeat)
+                  lambda: offsite_transfer.push_backup(fresh(), dump, manifest), args.repeat,
+                  cpu)
         rows.append(enc)
         plain, sealed = fresh(), fresh()
         offsite_transfer.push_backup(plain, dump, manifest)
@@ -125,12 +180,12 @@ def main() -> None:
 
         alternate(down, lambda: fetch(plain),
                   lambda: client.download_file(store.bucket, key, str(work / "dl")),
-                  args.repeat)
+                  args.repeat, cpu)
         rows.append(down)
         dec = Comparison(f"encrypted download ({args.size})", "atb fetch, age",
                          "atb fetch, plain", "<= 1.15")
         alternate(dec, lambda: fetch(sealed, work / "id.txt"), lambda: fetch(plain),
-                  args.repeat)
+                  args.repeat, cpu)
         rows.append(dec)
         if args.listing:
             rows.append(_listing(store.bucket, client, args.listing, args.repeat))

