@@ -42,13 +42,24 @@ SWITCH_INTERVAL = 0.0005
 
 @contextmanager
 def quick_handoff() -> Iterator[None]:
-    """The GIL handed between threads every SWITCH_INTERVAL while the cipher runs."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(min(before, SWITCH_INTERVAL))
+    """The GIL handed between threads every SWITCH_INTERVAL while the cipher runs; the
+    interval the process had is put back when the last of several at once ends."""
+    with _HANDOFF_LOCK:
+        if not _HANDOFF:
+            _HANDOFF.append(sys.getswitchinterval())
+            sys.setswitchinterval(min(_HANDOFF[0], SWITCH_INTERVAL))
+        _HANDOFF.append(0.0)
     try:
         yield
     finally:
-        sys.setswitchinterval(before)
+        with _HANDOFF_LOCK:
+            _HANDOFF.pop()
+            if len(_HANDOFF) == 1:
+                sys.setswitchinterval(_HANDOFF.pop())
+
+
+_HANDOFF_LOCK = threading.Lock()
+_HANDOFF: list[float] = []  # the process's own interval, then one entry per handoff open
 
 
 @dataclass(frozen=True)

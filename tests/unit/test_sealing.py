@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sys
 from pathlib import Path
 
 import pyrage
@@ -131,3 +132,14 @@ def test_a_signer_without_a_repository_is_refused_not_ignored(command: list[str]
         assert (quiet.returncode, quiet.stderr) == (2, "atb: error: no backup at backup.dump: "
                                                        "give the path of a .dump file (`atb db "
                                                        "list`)\n")
+
+
+def test_overlapping_handoffs_put_the_process_interval_back_once_the_last_ends() -> None:
+    before = sys.getswitchinterval()
+    first, second = sealing.quick_handoff(), sealing.quick_handoff()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # ended out of order: the other still runs
+    assert sys.getswitchinterval() == sealing.SWITCH_INTERVAL
+    second.__exit__(None, None, None)
+    assert sys.getswitchinterval() == before
