@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,18 +63,37 @@ def amcheck(sandbox: SandboxInfo) -> Amcheck:
                    version=chain.version)
 
 
-def listings(backup: Backup, sandbox: SandboxInfo,
-             chains: list[toolchain.Toolchain]) -> Listing:
-    """The archive's table of contents, and the restored database's listed by a pg_dump of
-    the archive's major (so both name objects alike)."""
+@dataclass(frozen=True)
+class ArchiveToc:
+    """The archive's table of contents and the major of the pg_dump that wrote it (entries
+    None: `unreadable` says why no pg_restore here can list it)."""
+
+    major: int
+    entries: list[toc.TocEntry] | None
+    unreadable: str = ""
+
+
+def archive_toc(backup: Backup, chains: list[toolchain.Toolchain]) -> ArchiveToc:
+    """Read from the archive alone, so it can be taken while the archive restores."""
+    major = archive_major(backup.path, chains)
     try:
-        major = archive_major(backup.path, chains)
-        try:
-            reader = toolchain.for_restore(major, chains)
-        except AtbError as exc:
-            return Listing(None, None, unreadable=f"no pg_restore can list the archive: {exc}")
-        archive = toc.parse_listing(run(pg_restore_list_argv(reader, backup.path),
-                                        what="pg_restore --list").stdout)
+        reader = toolchain.for_restore(major, chains)
+    except AtbError as exc:
+        return ArchiveToc(major, None, unreadable=f"no pg_restore can list the archive: {exc}")
+    return ArchiveToc(major, toc.parse_listing(run(pg_restore_list_argv(reader, backup.path),
+                                                   what="pg_restore --list").stdout))
+
+
+def listings(backup: Backup, sandbox: SandboxInfo, chains: list[toolchain.Toolchain],
+             *, taken: Callable[[], ArchiveToc] | None = None) -> Listing:
+    """The archive's table of contents (`taken` gives it when it was read before), and the
+    restored database's listed by a pg_dump of the archive's major (so both name objects
+    alike)."""
+    try:
+        read = taken() if taken is not None else archive_toc(backup, chains)
+        major, archive = read.major, read.entries
+        if archive is None:
+            return Listing(None, None, unreadable=read.unreadable)
         server = int(sandbox.server_version.split(".")[0])
         same = [c for c in chains if c.major == major and c.has("pg_dump") and c.major >= server]
         if not same:

@@ -9,6 +9,7 @@ import contextlib
 import functools
 import importlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -299,6 +300,16 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
             "without owners and grants: " + ("a shared server takes no roles"
                                              if drill_sandbox.provider == "server"
                                              else "the backup carries no roles"))
+    workers = min(4, os.cpu_count() or 2)
+    side = ThreadPoolExecutor(max_workers=3, thread_name_prefix="atb-beside")
+    # the read-back's connections (its catalogs' and its workers'), opened while the copy
+    # restores, on the core the restore leaves idle: their transactions start at their first
+    # query, after the restore
+    opened = _Opened(url, side.submit(lambda: [_stable(url) for _ in range(workers + 1)]))
+    # and the archive's own table of contents, which needs the archive alone
+    toc_read = (side.submit(beside.archive_toc, drill_backup, drill_chains)
+                if _will_run(request, "test_every_archive_entry_is_in_the_restored_database")
+                else None)
     with drill.phase("restore"):
         try:
             done = restore_backup(RestoreRequest(
@@ -307,9 +318,15 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
                 split=not drill.options.rto_faithful),
                 chains=drill_chains)
         except AtbError as exc:
+            opened.close()
+            side.shutdown(wait=False, cancel_futures=True)
             yield RestoreOutcome(ok=False, error=str(exc), detail=redact(exc.detail),
                                  mode=mode)
             return
+        except BaseException:
+            opened.close()
+            side.shutdown(wait=False, cancel_futures=True)
+            raise
     # Beside the read-back, and past it while the checks judge what was read: ANALYZE (a
     # step of the recovery, in the RTO: the counts, checksums and catalogs read are the same
     # with or without planner statistics), and the listings and pg_amcheck the checks judge
@@ -317,23 +334,21 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
     # needed, so the cores left idle by the checks' own Python (one process) do that work,
     # not a wait before them. ANALYZE's phase is the time waited for it: the RTO's phases
     # add up to the recovery's path, the time they overlap counted once
-    side = ThreadPoolExecutor(max_workers=3, thread_name_prefix="atb-beside")
     try:
         request.config.stash[ANALYZING] = side.submit(_analyze, url)
         with drill.phase("checks"):
-            listed = (side.submit(beside.listings, drill_backup, drill_sandbox, drill_chains)
-                      if _will_run(request,
-                                   "test_every_archive_entry_is_in_the_restored_database")
-                      else None)
+            listed = (side.submit(beside.listings, drill_backup, drill_sandbox, drill_chains,
+                                  taken=toc_read.result) if toc_read is not None else None)
             checked = (side.submit(beside.amcheck, drill_sandbox)
                        if drill.options.migration() is None
                        and _will_run(request, "test_amcheck_finds_no_corruption") else None)
             recorded = drill_backup.manifest.row_checksums if drill_backup.manifest else {}
-            back = inventory.read_back(lambda: _stable(url),
-                                       workers=min(4, os.cpu_count() or 2),
-                                       checksums=bool(recorded),
-                                       methods={t: inventory.checksum_method(v)
-                                                for t, v in recorded.items()})
+            try:
+                back = inventory.read_back(opened, workers=workers, checksums=bool(recorded),
+                                           methods={t: inventory.checksum_method(v)
+                                                    for t, v in recorded.items()})
+            finally:
+                opened.close()
         drill.checks_started = time.monotonic()
         yield RestoreOutcome(ok=True, pg_restore_version=done.pg_restore_version,
                              jobs=done.jobs, counts=back.counts, checksums=back.checksums,
@@ -365,6 +380,39 @@ def _will_run(request: pytest.FixtureRequest, check: str) -> bool:
 def _analyze(url: ConnInfo) -> None:
     with db.connect(url, autocommit=True) as conn:
         conn.execute("ANALYZE")
+
+
+class _Opened:
+    """Connections opened ahead (`ready`), handed out as asked, then new ones; those never
+    handed out are closed by `close` (a connection that failed to open ahead is opened
+    again when asked, so its error is the read-back's)."""
+
+    def __init__(self, url: ConnInfo, ready: Future[list[Any]]) -> None:
+        self.url, self.ready, self.lock = url, ready, threading.Lock()
+        self.spare: list[Any] | None = None
+
+    def _take(self) -> list[Any]:
+        if self.spare is None:
+            try:
+                self.spare = self.ready.result()
+            except (AtbError, psycopg.Error):
+                self.spare = []
+        return self.spare
+
+    def __call__(self) -> Any:
+        with self.lock:
+            spare = self._take()
+            if spare:
+                return spare.pop()
+        return _stable(self.url)
+
+    def close(self) -> None:
+        with self.lock:
+            if self.spare is None and not self.ready.cancel():
+                self._take()
+            for conn in self.spare or []:
+                conn.close()
+            self.spare = []
 
 
 def _stable(url: ConnInfo) -> Any:
