@@ -1,7 +1,8 @@
 """What the slower checks read from the restored copy (pg_amcheck's verdict, the copy's own
 table of contents), taken beside the read-back of every table rather than after it: each
 waits mostly on a child process, so the drill's checks phase is then about the longest of
-them, not their sum. The checks judge these values; an error is kept and raised there."""
+them, not their sum (the archive's own listing, which needs the archive alone, is read while
+it restores). The checks judge these values; an error is kept and raised there."""
 
 from __future__ import annotations
 
