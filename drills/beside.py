@@ -9,14 +9,18 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from psycopg import sql
 
 from backup_core.ops.restore import archive_major
 from backup_core.reading import toc
 from backup_core.store.catalog import Backup
-from backup_core.tools import childenv, toolchain
+from backup_core.tools import childenv, db, toolchain
 from backup_core.tools.commands import pg_amcheck_argv, pg_dump_schema_argv, pg_restore_list_argv
+from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.errors import AtbError
 from backup_core.tools.runner import run
 from drills.sandbox import SandboxInfo
@@ -110,3 +114,33 @@ def listings(backup: Backup, sandbox: SandboxInfo, chains: list[toolchain.Toolch
     except AtbError as exc:
         return Listing(None, None, error=exc)
     return Listing(archive, toc.parse_listing(listing))
+
+
+# What a database-wide ANALYZE takes (tables, materialized views, partitioned tables;
+# foreign tables only when named, so not here), largest first
+ANALYZED_SQL = """
+    SELECT n.nspname, c.relname, c.relpages FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'm', 'p') AND c.relpersistence <> 't'
+    ORDER BY c.relpages DESC, 1, 2"""
+
+
+def analyze(url: ConnInfo) -> None:
+    """The database-wide ANALYZE as two lists of about equal pages on two connections: one
+    ANALYZE is one backend, which would finish alone on one core after the checks."""
+    with db.connect(url, autocommit=True) as conn:
+        found = conn.execute(ANALYZED_SQL).fetchall()
+    parts: list[list[sql.Composable]] = [[], []]
+    pages = [0, 0]
+    for schema, name, size in found:
+        k = pages.index(min(pages))
+        parts[k].append(sql.Identifier(str(schema), str(name)))
+        pages[k] += max(int(size), 1)
+
+    def analyze_some(names: list[sql.Composable]) -> None:
+        with db.connect(url, autocommit=True) as conn:
+            conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(names)))
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="atb-analyze") as pool:
+        for _ in pool.map(analyze_some, [p for p in parts if p]):
+            pass

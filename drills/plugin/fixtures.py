@@ -19,7 +19,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from backup_core.ops import status
 from backup_core.ops.migrate import MigrateResult, run_migration
@@ -336,7 +335,7 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
     # not a wait before them. ANALYZE's phase is the time waited for it: the RTO's phases
     # add up to the recovery's path, the time they overlap counted once
     try:
-        request.config.stash[ANALYZING] = side.submit(_analyze, url)
+        request.config.stash[ANALYZING] = side.submit(beside.analyze, url)
         with drill.phase("checks"):
             listed = (side.submit(beside.listings, drill_backup, drill_sandbox, drill_chains,
                                   taken=toc_read.result) if toc_read is not None else None)
@@ -376,36 +375,6 @@ def _wait_for_analyze(config: pytest.Config, drill: DrillState) -> None:
 def _will_run(request: pytest.FixtureRequest, check: str) -> bool:
     """Whether a built-in check is among the drill's (not left out by --drill-exclude)."""
     return any(item.name == check for item in request.session.items)
-
-
-# What a database-wide ANALYZE takes (tables, materialized views, partitioned tables;
-# foreign tables only when named, so not here), largest first
-ANALYZED_SQL = """
-    SELECT n.nspname, c.relname, c.relpages FROM pg_class c
-    JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind IN ('r', 'm', 'p') AND c.relpersistence <> 't'
-    ORDER BY c.relpages DESC, 1, 2"""
-
-
-def _analyze(url: ConnInfo) -> None:
-    """The database-wide ANALYZE as two lists of about equal pages on two connections: one
-    ANALYZE is one backend, which would finish alone on one core after the checks."""
-    with db.connect(url, autocommit=True) as conn:
-        found = conn.execute(ANALYZED_SQL).fetchall()
-    parts: list[list[sql.Composable]] = [[], []]
-    pages = [0, 0]
-    for schema, name, size in found:
-        k = pages.index(min(pages))
-        parts[k].append(sql.Identifier(str(schema), str(name)))
-        pages[k] += max(int(size), 1)
-
-    def analyze(names: list[sql.Composable]) -> None:
-        with db.connect(url, autocommit=True) as conn:
-            conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(names)))
-
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="atb-analyze") as pool:
-        for _ in pool.map(analyze, [p for p in parts if p]):
-            pass
 
 
 class _Opened:
