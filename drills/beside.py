@@ -125,22 +125,29 @@ ANALYZED_SQL = """
     ORDER BY c.relpages DESC, 1, 2"""
 
 
+def halves(relations: list[tuple[str, str, int]]) -> list[list[tuple[str, str]]]:
+    """(schema, name, pages), largest first, dealt into two lists of about equal pages (each
+    to the lighter list so far); an empty list left out."""
+    parts: list[list[tuple[str, str]]] = [[], []]
+    pages = [0, 0]
+    for schema, name, size in relations:
+        k = pages.index(min(pages))
+        parts[k].append((schema, name))
+        pages[k] += max(size, 1)
+    return [p for p in parts if p]
+
+
 def analyze(url: ConnInfo) -> None:
     """The database-wide ANALYZE as two lists of about equal pages on two connections: one
     ANALYZE is one backend, which would finish alone on one core after the checks."""
     with db.connect(url, autocommit=True) as conn:
-        found = conn.execute(ANALYZED_SQL).fetchall()
-    parts: list[list[sql.Composable]] = [[], []]
-    pages = [0, 0]
-    for schema, name, size in found:
-        k = pages.index(min(pages))
-        parts[k].append(sql.Identifier(str(schema), str(name)))
-        pages[k] += max(int(size), 1)
+        found = [(str(s), str(n), int(p)) for s, n, p in conn.execute(ANALYZED_SQL).fetchall()]
 
-    def analyze_some(names: list[sql.Composable]) -> None:
+    def analyze_some(names: list[tuple[str, str]]) -> None:
         with db.connect(url, autocommit=True) as conn:
-            conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(names)))
+            conn.execute(sql.SQL("ANALYZE {}").format(
+                sql.SQL(", ").join(sql.Identifier(s, n) for s, n in names)))
 
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="atb-analyze") as pool:
-        for _ in pool.map(analyze_some, [p for p in parts if p]):
+        for _ in pool.map(analyze_some, halves(found)):
             pass
