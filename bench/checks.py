@@ -1,5 +1,7 @@
-"""`python -m bench.checks [--size 100MB] [--repeat 3]`: what the drill's checks phase costs
-against its restore, and what recording costs at backup time against `--row-counts exact`.
+"""`python -m bench.checks [--size 100MB] [--repeat 3] [--profile]`: what the drill's checks
+phase costs against its restore, and what recording costs at backup time against
+`--row-counts exact`; with `--profile`, each part of the checks phase alone and all
+together on fresh restores, with the CPU seconds each takes.
 
 The drill's checks phase (issue 21: within 25 % of the restore at 100 MB) reads back every
 table's row count and content checksum, the inventory and every definition from the
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -18,19 +21,28 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from backup_core.ops.backup import create_backup
-from backup_core.tools import toolchain
+from backup_core.ops.restore import RestoreRequest, restore_backup
+from backup_core.reading import inventory
+from backup_core.store.catalog import Backup, scan
+from backup_core.tools import db, toolchain
 from backup_core.tools.cluster import Cluster
-from bench.__main__ import build_database, load_average
+from backup_core.tools.conninfo import ConnInfo
+from bench.__main__ import TICK, build_database, children_cpu, load_average
+from drills import beside, sandbox
 
 
 def drill_phases(dump: Path, work: Path) -> tuple[dict[str, float], dict[str, float]]:
     """One `atb drill run` of `dump` (local sandbox): its RTO phases and, over 0.05 s, the
     time of each check, and the checks phase split in two: "read-back" (every table's count
-    and checksum, the catalogs, and beside them the copy's listing and pg_amcheck: the restore
-    check's setup after the restore and ANALYZE) and "after" (the checks that follow)."""
+    and checksum and the catalogs, with ANALYZE, the copy's listing and pg_amcheck started
+    beside: the restore check's setup after the restore) and "after" (the checks that follow,
+    which wait for the listing and pg_amcheck where they judge them; ANALYZE's wait is its
+    own phase)."""
     reports = work / "reports"
     subprocess.run([sys.executable, "-m", "drills.cli", "drill", "run", "--backup", str(dump),
                     "--sandbox", "local", "--no-record", "--schedule", "1000d",
@@ -43,8 +55,7 @@ def drill_phases(dump: Path, work: Path) -> tuple[dict[str, float], dict[str, fl
               if c["duration_s"] > 0.05}
     phases = dict(data["rto"]["phases"])
     if "restore_completes_without_errors" in checks:
-        back = checks.pop("restore_completes_without_errors") - phases["restore"] \
-            - phases.get("analyze", 0.0)
+        back = checks.pop("restore_completes_without_errors") - phases["restore"]
         checks = {"read-back": back, "after": phases["checks"] - back, **checks}
     checks.pop("sandbox_database_is_like_production", None)  # the sandbox's start
     return phases, checks
@@ -88,13 +99,114 @@ def bench(size: str, repeat: int, work: Path) -> list[str]:
     ]
 
 
+def _postmaster(url: ConnInfo) -> Path:
+    """The sandbox server's postmaster, as /proc/PID: its reaped children's CPU is the
+    server's (backends and parallel workers), whatever started it."""
+    with db.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        stat = Path(f"/proc/{row[0]}/stat").read_text()
+    return Path(f"/proc/{stat.rsplit(')', 1)[1].split()[1]}")
+
+
+def _server_cpu(pm: Path, settled: set[str]) -> float:
+    """CPU seconds of the postmaster's ended children, once only `settled` ones are left."""
+    deadline = time.monotonic() + 10
+    while not set((pm / f"task/{pm.name}/children").read_text().split()) <= settled \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+    fields = (pm / "stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[13:15]) / TICK
+
+
+def _stable(url: ConnInfo) -> Any:
+    conn = db.connect(url, autocommit=True)
+    inventory.stabilise_output(conn)
+    conn.autocommit = False
+    return conn
+
+
+def profile_parts(backup: Backup, chains: list[toolchain.Toolchain], rounds: int,
+                  out: Callable[[str], None]) -> None:
+    """Each part of the drill's checks phase alone, then all of them as the drill starts
+    them, each on a fresh restore of `backup` into a local sandbox (as the drill restores):
+    wall seconds and CPU seconds (the server's, the tools', ours)."""
+    methods = {t: inventory.checksum_method(v)
+               for t, v in (backup.manifest.row_checksums if backup.manifest else {}).items()}
+
+    def read_back(url: ConnInfo) -> object:
+        return inventory.read_back(lambda: _stable(url), workers=min(4, os.cpu_count() or 2),
+                                   checksums=bool(methods), methods=methods)
+
+    def everything(info: sandbox.SandboxInfo) -> str:
+        t0, ends = time.perf_counter(), {}
+
+        def timed(name: str, fn: Callable[[], object]) -> Callable[[], None]:
+            def run() -> None:
+                fn()
+                ends[name] = time.perf_counter() - t0
+            return run
+
+        with ThreadPoolExecutor(max_workers=3) as side:
+            for name, fn in (("ANALYZE", lambda: beside.analyze(info.url)),
+                             ("listings", lambda: beside.listings(backup, info, chains)),
+                             ("pg_amcheck", lambda: beside.amcheck(info))):
+                side.submit(timed(name, fn))
+            timed("read-back", lambda: read_back(info.url))()
+        return ", ".join(f"{k} ends {v:.2f}" for k, v in sorted(ends.items(),
+                                                                  key=lambda kv: kv[1]))
+
+    parts: dict[str, Callable[[sandbox.SandboxInfo], object]] = {
+        "read-back (checksums + catalogs)": lambda i: read_back(i.url),
+        "ANALYZE (two connections)": lambda i: beside.analyze(i.url),
+        "pg_amcheck": beside.amcheck,
+        "listings": lambda i: beside.listings(backup, i, chains),
+        "all, as the drill starts them": everything,
+    }
+    major = backup.manifest.server_major if backup.manifest else 15
+    for r in range(rounds):
+        for name, part in parts.items():
+            with sandbox.open_sandbox("local", source_major=major, chains=chains) as info:
+                restore_backup(RestoreRequest(backup.path, info.url, no_owner=True, jobs=2,
+                                              scratch=True, split=True), chains=chains)
+                pm = _postmaster(info.url)
+                time.sleep(0.3)  # the restore's sessions reaped
+                settled = set((pm / f"task/{pm.name}/children").read_text().split())
+                s0, c0, p0 = _server_cpu(pm, settled), children_cpu(), time.process_time()
+                t0 = time.perf_counter()
+                got = part(info)
+                wall = time.perf_counter() - t0
+                server, tools = _server_cpu(pm, settled) - s0, children_cpu() - c0
+                out(f"| {r + 1} | {name} | {wall:.3f} | {server:.2f} | {tools:.2f} | "
+                    f"{time.process_time() - p0:.2f} | "
+                    f"{got if isinstance(got, str) else ''} load {load_average()} |")
+
+
+def profile(size: str, rounds: int, work: Path, out: Callable[[str], None]) -> None:
+    chains = toolchain.discover()
+    chain = next((c for c in chains if c.major == 15), toolchain.newest(chains, "postgres"))
+    with Cluster(chain) as prod:
+        info, _ = build_database(prod, size)
+        create_backup(info, work / "dumps", chains=chains)
+    backup = scan(work / "dumps")[0]
+    out("| round | part | wall s | server CPU s | tools CPU s | our CPU s | notes |")
+    out("|---|---|---|---|---|---|---|")
+    profile_parts(backup, chains, rounds, out)
+
+
 def main(argv: list[str] | None = None, *, out: Callable[[str], None] = print) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", default="100MB", help="comma-separated sizes, e.g. 100MB,1GB")
     parser.add_argument("--repeat", type=int, default=3, help="rounds per comparison")
+    parser.add_argument("--profile", action="store_true",
+                        help="each part of the checks phase alone on a fresh restore, then "
+                             "all together, with CPU seconds (no drills, no backups timed)")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="atb-bench-checks-"))
     try:
+        if args.profile:
+            profile(args.size.split(",")[0].strip(), args.repeat, work, out)
+            return
         out(f"load average before: {load_average()}")
         out("| size | A | B | A/B | goal | notes |")
         out("|---|---|---|---|---|---|")

@@ -519,24 +519,38 @@ def checksum_method(recorded: str) -> str:
 _INT4, _INT8, _OID, _BOOL, _TIMESTAMP, _TIMESTAMPTZ, _UUID = 23, 20, 26, 16, 1114, 1184, 2950
 _INT2, _NUMERIC, _TEXT, _VARCHAR, _NAME = 21, 1700, 25, 1043, 19
 _SEED_STEP = 1 << 20  # column k hashes with seed k * 2**20; a numeric's scale (< 2**14) added
-COLUMNS_SQL = """
-    SELECT a.attname, a.atttypid::bigint,
+_COLUMNS_OF = """
+    SELECT n.nspname, c.relname, a.attname, a.atttypid::bigint,
            t.typtype = 'd' OR EXISTS (SELECT 1 FROM pg_cast k WHERE k.castsource = a.atttypid
                                       AND k.casttarget = 'text'::regtype
                                       AND k.castmethod = 'f')
     FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
     JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
-    ORDER BY a.attnum"""
+    WHERE {} AND a.attnum > 0 AND NOT a.attisdropped
+    ORDER BY n.nspname, c.relname, a.attnum"""
+COLUMNS_SQL = _COLUMNS_OF.format("n.nspname = %s AND c.relname = %s")
+# every table's at once: one round trip for a drill's read-back, not one per table
+ALL_COLUMNS_SQL = _COLUMNS_OF.format(f"c.relkind = 'r' AND {_NOT_SYSTEM}")
+Column = tuple[str, int, bool]  # name, type OID, whether printed through `ROW(x)::text`
+
+
+def table_columns(conn: psycopg.Connection[Any]) -> dict[str, list[Column]]:
+    """Every table's columns in order, as `typed_row_hash` takes them, by qualified name."""
+    found: dict[str, list[Column]] = {}
+    for schema, table, name, oid, via_row in conn.execute(ALL_COLUMNS_SQL).fetchall():
+        found.setdefault(qualified(schema, table), []).append((str(name), int(oid),
+                                                              bool(via_row)))
+    return found
 
 
 def _column_hash(column: str, type_oid: int, via_row: bool, seed: int) -> sql.Composable:
-    """One column's 64-bit hash, NULL for NULL. Exact where the text form would be:
-    a numeric's scale is in its seed (1.50 is not 1.5; its hash ignores trailing zeros), NaN
-    and infinities by their text (they hash alike), floats by their text (-0 hashes as 0),
-    text bytewise (`COLLATE "C"`: a nondeterministic collation hashes 'a' as 'A'), and a type
-    whose cast to text is not its output function (char(n) drops its padding) or a domain
-    through its output function (`ROW(x)::text`)."""
+    """One column's 64-bit hash, NULL for NULL, as the arguments of a `coalesce` (the first
+    that is not NULL is the hash: every function here is strict). Exact where the text form
+    would be: a numeric's scale is in its seed (1.50 is not 1.5; its hash ignores trailing
+    zeros), NaN and infinities by their text (they hash alike, and have no scale), floats
+    by their text (-0 hashes as 0), text bytewise (`COLLATE "C"`: a nondeterministic
+    collation hashes 'a' as 'A'), and a type whose cast to text is not its output function
+    (char(n) drops its padding) or a domain through its output function (`ROW(x)::text`)."""
     col = sql.SQL("t.{}").format(sql.Identifier(column))
     s = sql.Literal(seed)
     if type_oid in (_INT2, _INT4):
@@ -553,17 +567,16 @@ def _column_hash(column: str, type_oid: int, via_row: bool, seed: int) -> sql.Co
         return sql.SQL("timestamp_hash_extended({} AT TIME ZONE 'UTC', {})").format(col, s)
     if type_oid == _UUID:
         return sql.SQL("uuid_hash_extended({}, {})").format(col, s)
-    if type_oid == _NUMERIC:
-        return sql.SQL("CASE WHEN scale({c}) IS NULL THEN hashtextextended({c}::text, {s}) "
-                       "ELSE hash_numeric_extended({c}, {s} + scale({c})) END"
-                       ).format(c=col, s=s)
+    if type_oid == _NUMERIC:  # NaN and infinities have no scale: the sum is NULL, so text
+        return sql.SQL("hash_numeric_extended({c}, {s} + scale({c})), "
+                       "hashtextextended({c}::text, {s})").format(c=col, s=s)
     if type_oid in (_TEXT, _VARCHAR, _NAME):
         return sql.SQL('hashtextextended({}::text COLLATE "C", {})').format(col, s)
     text = sql.SQL("ROW({})::text").format(col) if via_row else sql.SQL("{}::text").format(col)
     return sql.SQL('hashtextextended({} COLLATE "C", {})').format(text, s)
 
 
-def typed_row_hash(columns: list[tuple[str, int, bool]]) -> sql.Composable:
+def typed_row_hash(columns: list[Column]) -> sql.Composable:
     """A row's 64-bit hash from its columns' (name, type OID, whether printed through
     `ROW(x)::text`): each column hashed with a seed of its position (a value moved to
     another column changes it), NULL as a constant of its own, combined and hashed again
@@ -578,17 +591,20 @@ def typed_row_hash(columns: list[tuple[str, int, bool]]) -> sql.Composable:
 
 
 def count_and_checksum(conn: psycopg.Connection[Any], schema: str, table: str, *,
-                       method: str = CHECKSUM_TYPED) -> tuple[int, str]:
+                       method: str = CHECKSUM_TYPED,
+                       columns: list[Column] | None = None) -> tuple[int, str]:
     """Rows and the sum of a 64-bit hash of each row (see `CHECKSUM_TYPED`): one scan,
     independent of row order, and changed by any value of any row (a rounded price, a
-    flipped flag). A server before PostgreSQL 11 has no extended hashes: rows as text there."""
+    flipped flag). A server before PostgreSQL 11 has no extended hashes: rows as text there.
+    `columns`: the table's, read before (see `table_columns`); else read here."""
     if conn.info.server_version < 110000:
         method = CHECKSUM_TEXT
     if method == CHECKSUM_TEXT:
         row_hash: sql.Composable = sql.SQL("hashtextextended(t::text, 0)")
     else:
-        columns = [(str(n), int(o), bool(r))
-                   for n, o, r in conn.execute(COLUMNS_SQL, (schema, table)).fetchall()]
+        if columns is None:
+            columns = [(str(n), int(o), bool(r)) for _s, _t, n, o, r
+                       in conn.execute(COLUMNS_SQL, (schema, table)).fetchall()]
         row_hash = typed_row_hash(columns)
     query = sql.SQL("SELECT count(*), coalesce(sum({}), 0)::text FROM ONLY {}.{} t").format(
         row_hash, sql.Identifier(schema), sql.Identifier(table))
@@ -609,6 +625,7 @@ def table_contents(
     workers: int,
     checksums: bool,
     methods: Mapping[str, str] | None = None,
+    columns: Mapping[str, list[Column]] | None = None,
 ) -> tuple[dict[str, int], dict[str, str]]:
     """(row counts, content checksums) of every table, over `workers` connections that take
     the next table as they finish one (largest first, as `user_tables` orders them: one
@@ -616,8 +633,9 @@ def table_contents(
     returns a connection already positioned where they must be taken (for a backup: inside
     a transaction that imported the dump's snapshot) with its output stabilised when
     checksums are wanted. `methods` names a table's checksum method where it is not
-    `CHECKSUM_TYPED` (a drill takes each as the backup recorded it)."""
-    methods = methods or {}
+    `CHECKSUM_TYPED` (a drill takes each as the backup recorded it); `columns` holds the
+    tables' columns when they were read before (`table_columns`)."""
+    methods, columns = methods or {}, columns or {}
     if not tables:
         return {}, {}
     workers = max(1, min(workers, len(tables)))
@@ -635,7 +653,8 @@ def table_contents(
                 s, t = table
                 name = qualified(s, t)
                 done[name] = (count_and_checksum(conn, s, t,
-                                                 method=methods.get(name, CHECKSUM_TYPED))
+                                                 method=methods.get(name, CHECKSUM_TYPED),
+                                                 columns=columns.get(name))
                               if checksums else (count_rows(conn, s, t), ""))
         return done
 
@@ -664,18 +683,25 @@ def read_back(connect: Callable[[], psycopg.Connection[Any]], *, workers: int,
     """Everything a drill compares with the manifest, in the time of the longest part: the
     catalogs (inventory, definitions, large objects) are read on a connection of their own
     while `workers` others count and checksum the tables. `connect` gives a connection
-    with its output stabilised (`stabilise_output`); `methods` as for `table_contents`."""
-    with connect() as conn:
+    with its output stabilised (`stabilise_output`); `methods` as for `table_contents`.
+    The catalogs' connection first lists the tables and every table's columns (one query),
+    so a checksum connection spends no round trip on a table's columns."""
+    conn = connect()
+    try:
         tables = [(s, t) for s, t, _ in user_tables(conn)]
+        columns = table_columns(conn) if checksums else {}
+    except BaseException:
+        conn.close()
+        raise
 
     def catalogs() -> tuple[Inventory, dict[str, str]]:
-        with connect() as conn:
+        with conn:
             return schema_inventory(conn), definitions(conn, content=checksums)
 
     with ThreadPoolExecutor(max_workers=1) as side:
         described = side.submit(catalogs)
         counts, sums = table_contents(tables, connect, workers=workers, checksums=checksums,
-                                      methods=methods)
+                                      methods=methods, columns=columns)
         inv, defs = described.result()
     return ReadBack(counts=counts, checksums=sums, inventory=inv, definitions=defs)
 

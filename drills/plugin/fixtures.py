@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,10 +61,11 @@ class RestoreOutcome:
     definitions: dict[str, str] = field(default_factory=dict)
     with_owners: bool = False
     mode: str = ""  # how it was restored, as the runbook does
-    # taken beside the read-back (see drills.beside): the copy's own table of contents, and
-    # pg_amcheck's run when nothing changes the copy before its check (no migration)
-    listing: beside.Listing | None = None
-    amcheck: beside.Amcheck | None = None
+    # started beside the read-back (see drills.beside) and still running while the checks
+    # that need neither judge the rest: the copy's own table of contents, and pg_amcheck's
+    # run when nothing changes the copy before its check (no migration)
+    listing: Future[beside.Listing] | None = None
+    amcheck: Future[beside.Amcheck] | None = None
 
 
 @dataclass(frozen=True)
@@ -239,11 +241,15 @@ def _durability(url: ConnInfo) -> dict[str, str]:
     return {k: found[k] for k in DURABILITY_SETTINGS if k in found}
 
 
+ANALYZING = pytest.StashKey[Future[None]]()
+
+
 @pytest.fixture(scope="session")
 def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbox.SandboxInfo,
                   drill_chains: list[toolchain.Toolchain],
-                  request: pytest.FixtureRequest) -> RestoreOutcome:
-    """Restore, ANALYZE, then read back counts and inventory before anything can change them."""
+                  request: pytest.FixtureRequest) -> Iterator[RestoreOutcome]:
+    """Restore, then read back counts and inventory before anything can change them, with
+    ANALYZE, pg_amcheck and the listings started beside."""
     url = drill_sandbox.url
     # As the runbook restores: the backup's roles first, then with owners and grants. A shared
     # server (--sandbox server) is not ours to add roles to; there owners are left out.
@@ -253,6 +259,16 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
             "without owners and grants: " + ("a shared server takes no roles"
                                              if drill_sandbox.provider == "server"
                                              else "the backup carries no roles"))
+    workers = min(4, os.cpu_count() or 2)
+    side = ThreadPoolExecutor(max_workers=3, thread_name_prefix="atb-beside")
+    # the read-back's connections (its catalogs' and its workers'), opened while the copy
+    # restores, on the core the restore leaves idle: their transactions start at their first
+    # query, after the restore
+    opened = _Opened(url, side.submit(lambda: [_stable(url) for _ in range(workers + 1)]))
+    # and the archive's own table of contents, which needs the archive alone
+    toc_read = (side.submit(beside.archive_toc, drill_backup, drill_chains)
+                if _will_run(request, "test_every_archive_entry_is_in_the_restored_database")
+                else None)
     with drill.phase("restore"):
         try:
             done = restore_backup(RestoreRequest(
@@ -261,44 +277,58 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
                 split=not drill.options.rto_faithful),
                 chains=drill_chains)
         except AtbError as exc:
-            return RestoreOutcome(ok=False, error=str(exc), detail=redact(exc.detail),
-                                  mode=mode)
-    # ANALYZE (a step of the recovery, in the RTO) beside the read-back (the checks'): the
-    # counts, checksums and catalogs read are the same with or without planner statistics;
-    # the listings and pg_amcheck the checks judge are taken beside it too. Its phase is
-    # its time beyond the read-back: the RTO's phases add up to the recovery's path, the
-    # time they overlap counted once
-    side = ThreadPoolExecutor(max_workers=3, thread_name_prefix="atb-beside")
+            opened.close()
+            side.shutdown(wait=False, cancel_futures=True)
+            yield RestoreOutcome(ok=False, error=str(exc), detail=redact(exc.detail),
+                                 mode=mode)
+            return
+        except BaseException:
+            opened.close()
+            side.shutdown(wait=False, cancel_futures=True)
+            raise
+    # Beside the read-back, and past it while the checks judge what was read: ANALYZE (a
+    # step of the recovery, in the RTO: the counts, checksums and catalogs read are the same
+    # with or without planner statistics), and the listings and pg_amcheck the checks judge
+    # (read-only, like every check before the migration). Each is waited for where it is
+    # needed, so the cores left idle by the checks' own Python (one process) do that work,
+    # not a wait before them. ANALYZE's phase is the time waited for it: the RTO's phases
+    # add up to the recovery's path, the time they overlap counted once
     try:
-        analyzed = side.submit(_analyze, url)
+        request.config.stash[ANALYZING] = side.submit(beside.analyze, url)
         with drill.phase("checks"):
-            listed = (side.submit(beside.listings, drill_backup, drill_sandbox, drill_chains)
-                      if _will_run(request,
-                                   "test_every_archive_entry_is_in_the_restored_database")
-                      else None)
+            listed = (side.submit(beside.listings, drill_backup, drill_sandbox, drill_chains,
+                                  taken=toc_read.result) if toc_read is not None else None)
             checked = (side.submit(beside.amcheck, drill_sandbox)
                        if drill.options.migration() is None
                        and _will_run(request, "test_amcheck_finds_no_corruption") else None)
             recorded = drill_backup.manifest.row_checksums if drill_backup.manifest else {}
-            back = inventory.read_back(lambda: _stable(url),
-                                       workers=min(4, os.cpu_count() or 2),
-                                       checksums=bool(recorded),
-                                       methods={t: inventory.checksum_method(v)
-                                                for t, v in recorded.items()})
-            listing = listed.result() if listed else None
-            amcheck = checked.result() if checked else None
-        with drill.phase("analyze"):
-            analyzed.result()
+            try:
+                back = inventory.read_back(opened, workers=workers, checksums=bool(recorded),
+                                           methods={t: inventory.checksum_method(v)
+                                                    for t, v in recorded.items()})
+            finally:
+                opened.close()
+        drill.checks_started = time.monotonic()
+        yield RestoreOutcome(ok=True, pg_restore_version=done.pg_restore_version,
+                             jobs=done.jobs, counts=back.counts, checksums=back.checksums,
+                             inventory=back.inventory, definitions=back.definitions,
+                             with_owners=with_owners, mode=mode, listing=listed,
+                             amcheck=checked)
     finally:
         # on Ctrl-C or an error, not held until pg_amcheck is done: the sandbox's teardown
-        # ends what still runs beside
+        # (after this one's) ends what still runs beside
         side.shutdown(wait=False, cancel_futures=True)
-    drill.checks_started = time.monotonic()
-    return RestoreOutcome(ok=True, pg_restore_version=done.pg_restore_version, jobs=done.jobs,
-                          counts=back.counts, checksums=back.checksums,
-                          inventory=back.inventory, definitions=back.definitions,
-                          with_owners=with_owners, mode=mode, listing=listing,
-                          amcheck=amcheck)
+
+
+def _wait_for_analyze(config: pytest.Config, drill: DrillState) -> None:
+    """ANALYZE, started beside the read-back, done: before the migration, your checks'
+    engine, the integration command and the RTO's measure. Its phase is the time waited
+    for it here (once), beyond the work it overlapped."""
+    running = config.stash.get(ANALYZING, None)
+    if running is not None:
+        del config.stash[ANALYZING]
+        with drill.phase("analyze"):
+            running.result()
 
 
 def _will_run(request: pytest.FixtureRequest, check: str) -> bool:
@@ -306,9 +336,37 @@ def _will_run(request: pytest.FixtureRequest, check: str) -> bool:
     return any(item.name == check for item in request.session.items)
 
 
-def _analyze(url: ConnInfo) -> None:
-    with db.connect(url, autocommit=True) as conn:
-        conn.execute("ANALYZE")
+class _Opened:
+    """Connections opened ahead (`ready`), handed out as asked, then new ones; those never
+    handed out are closed by `close` (a connection that failed to open ahead is opened
+    again when asked, so its error is the read-back's)."""
+
+    def __init__(self, url: ConnInfo, ready: Future[list[Any]]) -> None:
+        self.url, self.ready, self.lock = url, ready, threading.Lock()
+        self.spare: list[Any] | None = None
+
+    def _take(self) -> list[Any]:
+        if self.spare is None:
+            try:
+                self.spare = self.ready.result()
+            except (AtbError, psycopg.Error):
+                self.spare = []
+        return self.spare
+
+    def __call__(self) -> Any:
+        with self.lock:
+            spare = self._take()
+            if spare:
+                return spare.pop()
+        return _stable(self.url)
+
+    def close(self) -> None:
+        with self.lock:
+            if self.spare is None and not self.ready.cancel():
+                self._take()
+            for conn in self.spare or []:
+                conn.close()
+            self.spare = []
 
 
 def _stable(url: ConnInfo) -> Any:
@@ -336,13 +394,15 @@ def drill_url(drill_restore: RestoreOutcome, drill_sandbox: sandbox.SandboxInfo
 
 @pytest.fixture(scope="session")
 def drill_migration_outcome(drill: DrillState, drill_url: ConnInfo,
-                            drill_sandbox: sandbox.SandboxInfo) -> MigrationOutcome:
+                            drill_sandbox: sandbox.SandboxInfo,
+                            request: pytest.FixtureRequest) -> MigrationOutcome:
     """The application's own migration (`--migrate-cmd`, or `alembic upgrade head`) on the
     restored sandbox, in the application's environment, after confirming it is the
     sandbox, with production compared before and after."""
     migration = drill.options.migration(_dialect(drill))
     if migration is None:
         pytest.skip("no --migrate-cmd or --alembic-config given: migrations not exercised")
+    _wait_for_analyze(request.config, drill)  # the recovery's order: ANALYZE, then migrate
     confirmed = sandbox.confirm_sandbox(drill_url, drill_sandbox)
     production = drill.reachable_production
     look = observer.current()
@@ -384,9 +444,12 @@ def drill_final_url(request: pytest.FixtureRequest, drill: DrillState,
 
 
 @pytest.fixture(scope="session")
-def drill_engine(drill_final_url: ConnInfo) -> Iterator[Any]:
+def drill_engine(drill_final_url: ConnInfo, drill: DrillState,
+                 request: pytest.FixtureRequest) -> Iterator[Any]:
     """A SQLAlchemy engine on the restored (and migrated) sandbox, for your own checks."""
     from sqlalchemy import create_engine
+
+    _wait_for_analyze(request.config, drill)  # your queries planned with statistics
 
     engine = create_engine(drill_final_url.sqlalchemy_url)
     yield engine
@@ -434,20 +497,25 @@ def rpo_facts(s: status.Status, *, target_s: float, schedule_s: float) -> RpoFac
 
 
 @pytest.fixture(scope="session")
-def drill_rto(drill: DrillState, drill_final_url: ConnInfo) -> RtoOutcome:
+def drill_rto(drill: DrillState, drill_final_url: ConnInfo,
+              request: pytest.FixtureRequest) -> RtoOutcome:
     """The recovery time as measured up to a migrated, checked database: the "checks"
-    phase runs from the end of the restore to now, less the migration."""
+    phase runs from the end of the restore to now, less the migration and the wait for
+    ANALYZE (both after the read-back: their own phases)."""
+    _wait_for_analyze(request.config, drill)
     if drill.checks_started is not None:
         elapsed = time.monotonic() - drill.checks_started
         drill.phases["checks"] = round(drill.phases.get("checks", 0.0) + elapsed
-                                       - drill.phases.get("migrate", 0.0), 3)
+                                       - drill.phases.get("migrate", 0.0)
+                                       - drill.phases.get("analyze", 0.0), 3)
         drill.checks_started = None
     return RtoOutcome(phases=dict(drill.phases), measured_s=drill.rto_s())
 
 
 @pytest.fixture(scope="session")
 def drill_integration(drill: DrillState, drill_final_url: ConnInfo,
-                      drill_sandbox: sandbox.SandboxInfo) -> IntegrationOutcome:
+                      drill_sandbox: sandbox.SandboxInfo,
+                      request: pytest.FixtureRequest) -> IntegrationOutcome:
     """The application's integration command, run isolated against the restored (and
     migrated) sandbox, its JUnit cases read back."""
     from drills import integration
@@ -455,6 +523,7 @@ def drill_integration(drill: DrillState, drill_final_url: ConnInfo,
     command = drill.options.integration_cmd
     if not command:
         pytest.skip("no --integration-cmd given")
+    _wait_for_analyze(request.config, drill)
     confirmed = sandbox.confirm_sandbox(drill_final_url, drill_sandbox)
     with drill.phase("integration"):
         facts, how = integration.run_integration(
