@@ -3,9 +3,9 @@ type and its STREAM payload, over `cryptography`'s primitives (OpenSSL).
 
 Why not pyrage: it holds the GIL for the whole of a file and runs at 1.6 (encrypt) and 2.25
 (decrypt) CPU-seconds a GB here, while OpenSSL's ChaCha20-Poly1305 takes 0.33; the format is
-small and exactly specified. The files are age files: pyrage and the age command read what
-this writes and this reads what they write (tests/unit/test_age_format.py), and the age
-project's own test vectors (CCTV, tests/data/age_testkit) pass.
+small and exactly specified. The files are age files: pyrage (rage) reads what this writes
+and this reads what pyrage writes (tests/unit/test_age_format.py), and the age project's own
+test vectors (CCTV, tests/data/age_testkit, made with the Go age) pass.
 
 Strict on decryption: any malformed header, a header MAC that does not match, no identity
 among the recipients, a chunk whose tag fails, a stream cut short or with bytes after its

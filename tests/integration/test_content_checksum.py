@@ -8,6 +8,7 @@ the checksum moved."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -55,14 +56,21 @@ TWINS = [
 ]
 
 
+@contextlib.contextmanager
+def table_in_new_database(cluster: Cluster, name: str, ddl: str
+                          ) -> Iterator[psycopg.Connection[Any]]:
+    """A database of its own holding `ddl`'s table, connected as the checksum reads it."""
+    with db.connect(cluster.url(), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    with db.connect(cluster.url(name), autocommit=True) as c:
+        c.execute(ddl)
+        inventory.stabilise_output(c)
+        yield c
+
+
 @pytest.fixture(scope="module")
 def conn(pg15: Cluster) -> Iterator[psycopg.Connection[Any]]:
-    name = f"checksum_{os.getpid()}"
-    with db.connect(pg15.url(), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    with db.connect(pg15.url(name), autocommit=True) as c:
-        c.execute(TABLE)
-        inventory.stabilise_output(c)
+    with table_in_new_database(pg15, f"checksum_{os.getpid()}", TABLE) as c:
         yield c
 
 
@@ -150,11 +158,6 @@ def test_the_typed_checksum_is_the_same_on_postgresql_15_and_18(
     portable = TABLE.split(";", 1)[1].replace(" COLLATE ci", "")
     found = []
     for cluster in (pg15, pg18):
-        name = f"checksum_x_{os.getpid()}"
-        with db.connect(cluster.url(), autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        with db.connect(cluster.url(name), autocommit=True) as c:
-            c.execute(portable)
-            inventory.stabilise_output(c)
+        with table_in_new_database(cluster, f"checksum_x_{os.getpid()}", portable) as c:
             found.append(inventory.count_and_checksum(c, "public", "t"))
     assert found[0] == found[1] and found[0][0] == 2
