@@ -28,7 +28,7 @@ from backup_core.reading import guard
 from backup_core.store.manifest import read_manifest
 from backup_core.store.naming import manifest_path
 from backup_core.store.verdicts import record_drill
-from backup_core.tools import appenv, childenv, isolate_exec, isolation, runner
+from backup_core.tools import appenv, childenv, isolation, runner
 from backup_core.tools.cluster import cache_root
 from backup_core.tools.conninfo import ConnInfo, redact
 from backup_core.tools.errors import AtbError, CommandFailed, ToolchainError
@@ -211,8 +211,8 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
         finally:
             proc.stdout.close()  # the pipe is ours: closed on every path, not by the collector
         if not result_file.is_file():
-            if iso.network and code == isolate_exec.EXIT_FAILED:  # the launcher refused (or
-                isolation.forget_probe()  # pytest's internal error): the next drill probes
+            if iso.network:  # the launcher (or `unshare` before it) may have refused: a
+                isolation.forget_probe()  # kept yes is dropped, the next drill probes again
             raise CommandFailed("the drill did not produce a result (pytest exit "
                                 f"{code}): {redact(tail[-1] if tail else '')}",
                                 detail=redact("\n".join(tail)))

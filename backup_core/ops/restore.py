@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -142,11 +143,16 @@ def _restore_scratch(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *
         rest.write_text("".join(f"{line}\n" for line in listing.splitlines()
                                 if line.split(";", 1)[0].strip() != str(entry.dump_id)))
         _pg_restore(chain, path, target, jobs=1, no_owner=no_owner, section="pre-data")
+        stop = threading.Event()  # the other tables failed: the split load ends too
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atb-split") as side:
             loading = side.submit(split_copy.load_split, chain, path, entry, target,
-                                  sessions=jobs, scratch_dir=Path(tmp))
-            _pg_restore(chain, path, target, jobs=jobs, no_owner=no_owner, section="data",
-                        use_list=rest)
+                                  sessions=jobs, scratch_dir=Path(tmp), stop=stop)
+            try:
+                _pg_restore(chain, path, target, jobs=jobs, no_owner=no_owner,
+                            section="data", use_list=rest)
+            except BaseException:
+                stop.set()
+                raise
             loading.result()
         _pg_restore(chain, path, target, jobs=jobs, no_owner=no_owner, section="post-data")
     return (f"the data of {entry.schema}.{entry.tag} (the largest table) loaded over {jobs} "

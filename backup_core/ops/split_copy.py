@@ -100,7 +100,12 @@ def read_header(out: IO[bytes]) -> Header:
             return Header(tuple(settings), line.removesuffix(b";"))
         if preamble_statement(text):
             settings.append(line)
-    raise CommandFailed("pg_restore wrote no COPY for the table's data")
+    raise _Ended("pg_restore wrote no COPY for the table's data")
+
+
+class _Ended(CommandFailed):
+    """pg_restore's output ended before the data did: its own error, if it wrote one, says
+    why (`load_split`)."""
 
 
 class _Aborted(Exception):
@@ -138,16 +143,29 @@ class _Loader(threading.Thread):
 
 
 def load_split(chain: toolchain.Toolchain, archive: Path, entry: TocEntry, target: ConnInfo,
-               *, sessions: int, scratch_dir: Path) -> int:
-    """Load `entry`'s data into `target` over `sessions` COPY sessions; returns the bytes of
-    COPY text loaded. Raises `CommandFailed` when pg_restore or a session fails; the
-    sessions that have not committed by then roll back (an error the server reports only
-    at a COPY's end can come after others committed: this is for a scratch database,
-    dropped with its sandbox)."""
+               *, sessions: int, scratch_dir: Path, stop: threading.Event | None = None) -> None:
+    """Load `entry`'s data into `target` over `sessions` COPY sessions. Raises
+    `CommandFailed` when pg_restore or a session fails, naming pg_restore's own error when it
+    wrote one; the sessions that have not committed by then roll back (an error the server
+    reports only at a COPY's end can come after others committed: this is for a scratch
+    database, dropped with its sandbox). `stop`, set by the caller (the rest of the restore
+    failed), ends the load at the next chunk, rolled back."""
+    errors = scratch_dir / f"split-{entry.dump_id}.err"
+    try:
+        _load(chain, archive, entry, target, sessions, scratch_dir, errors,
+              stop or threading.Event())
+    except _Ended as exc:
+        stderr = errors.read_text("utf-8", "replace").strip()
+        if not stderr:
+            raise
+        raise CommandFailed(f"pg_restore could not read the data of {entry.schema}."
+                            f"{entry.tag}: {stderr.splitlines()[-1]}", detail=stderr) from exc
+
+
+def _load(chain: toolchain.Toolchain, archive: Path, entry: TocEntry, target: ConnInfo,
+          sessions: int, scratch_dir: Path, errors: Path, stop: threading.Event) -> None:
     use = scratch_dir / f"split-{entry.dump_id}.list"
     use.write_text(f"{entry.dump_id};\n")
-    loaded = 0
-    errors = scratch_dir / f"split-{entry.dump_id}.err"
     with errors.open("wb") as err, _streaming(table_data_argv(chain, archive, use), err) as proc:
         assert proc.stdout is not None
         header = read_header(proc.stdout)
@@ -158,14 +176,16 @@ def load_split(chain: toolchain.Toolchain, archive: Path, entry: TocEntry, targe
         try:
             pending, turn, done = b"", 0, False
             while not done:
+                if stop.is_set():
+                    raise CommandFailed("the split load was stopped: the rest of the "
+                                        "restore failed")
                 data = proc.stdout.read(CHUNK)
                 if not data:
-                    raise CommandFailed(f"pg_restore's data of {entry.schema}.{entry.tag} "
-                                        "ended before its end line")
+                    raise _Ended(f"pg_restore's data of {entry.schema}.{entry.tag} "
+                                 "ended before its end line")
                 piece = cut(pending + data)
                 pending, done = piece.carry, piece.last
                 if piece.rows:
-                    loaded += len(piece.rows)
                     loaders[turn % len(loaders)].chunks.put(piece.rows)
                     turn += 1
                 if any(loader.error for loader in loaders):
@@ -195,7 +215,6 @@ def load_split(chain: toolchain.Toolchain, archive: Path, entry: TocEntry, targe
         raise CommandFailed(f"pg_restore could not read the data of {entry.schema}."
                             f"{entry.tag}: {(stderr.strip().splitlines() or [f'exit {code}'])[-1]}",
                             detail=stderr)
-    return loaded
 
 
 @contextlib.contextmanager

@@ -153,6 +153,10 @@ class Recipient:
         hrp, data = bech32_decode(text.strip())
         if hrp != "age" or len(data) != 32 or text.strip() != text.strip().lower():
             raise ValueError("not an age X25519 recipient (age1…)")
+        try:  # a key of low order makes no shared secret: refused here, not at encryption
+            X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(data))
+        except ValueError:
+            raise ValueError("an age X25519 recipient of low order (no usable key)") from None
         return cls(data)
 
     def __str__(self) -> str:

@@ -109,7 +109,10 @@ def push_backup(repo: Repository, dump: Path, manifest: Manifest, *,
                                          progress=progress if count else None)
             elif recipients:
                 sealed = Path(tmp) / "object"
-                hashed = sealing.seal(src, sealed, recipients)
+                try:
+                    hashed = sealing.seal(src, sealed, recipients)
+                except OSError as exc:  # the file, or the staging copy: nothing uploaded
+                    raise StorageError(f"cannot encrypt {src}: {exc.strerror or exc}") from exc
                 if hashed.plain_sha256 != expect:
                     raise VerifyFailed(f"{src} changed since its manifest was written: "
                                        "not pushed")

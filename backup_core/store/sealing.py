@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from backup_core.tools.errors import ConfigError, VerifyFailed
+from backup_core.tools.errors import ConfigError, ToolchainError, VerifyFailed
 from backup_core.tools.extras import require
 
 if TYPE_CHECKING:
@@ -79,6 +79,11 @@ def fingerprint(recipient: str) -> str:
 
 def _age() -> Any:
     require("s3", what="encryption (BACKUP_ENCRYPT_TO)")
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    if not hasattr(ChaCha20Poly1305, "decrypt_into"):  # cryptography 47 and later
+        raise ToolchainError("encryption (BACKUP_ENCRYPT_TO) needs cryptography 47 or later, "
+                             "which this install lacks: pip install 'atb-backup-drills[s3]'")
     from backup_core.store import age_format
 
     return age_format
@@ -169,16 +174,17 @@ class SealedStream:
     """`src` encrypted to `keys`, as a readable stream for an upload (`read(n)`) or as
     blocks (iterate), made by a thread of its own a few blocks ahead, both sides hashed in
     two more. A context manager: leaving it early (an upload that failed) stops the thread.
-    `hashed()` after the last byte was read. A failure to read `src` is raised from `read`:
-    the stream never ends early as if it were whole."""
+    `hashed()` after the last byte was read. A failure to open or read `src` is raised from
+    `read`, and again from every later `read`: the stream never ends as if it were whole."""
 
     def __init__(self, src: Path, keys: tuple[str, ...]) -> None:
         age = _age()
         self._enc = age.Encryptor([age.Recipient.parse(k) for k in keys])
-        self._fh = src.open("rb", buffering=0)
+        self._src = src
         self._scope = ExitStack()
+        self._plain = self._scope.enter_context(_Digest())
+        self._stored = self._scope.enter_context(_Digest())
         self._scope.enter_context(quick_handoff())
-        self._plain, self._stored = _Digest(), _Digest()
         self._blocks: queue.Queue[bytes | bytearray | BaseException | None] = \
             queue.Queue(_DEPTH)
         self._stop = threading.Event()
@@ -199,24 +205,27 @@ class SealedStream:
 
     def _make(self) -> None:
         try:
-            self._stored.add(self._enc.head)
-            if not self._put(self._enc.head):
-                return
-            block = _read_block(self._fh, BLOCK)
-            while True:
-                after = _read_block(self._fh, BLOCK) if len(block) == BLOCK else bytearray()
-                self._plain.add(block)
-                sealed = self._enc.seal(block, final=not after)
-                self._stored.add(sealed)
-                if not self._put(sealed) or not after:
-                    break
-                block = after
+            with self._src.open("rb", buffering=0) as fh:
+                self._stored.add(self._enc.head)
+                if not self._put(self._enc.head):
+                    return
+                block = _read_block(fh, BLOCK)
+                while True:
+                    after = _read_block(fh, BLOCK) if len(block) == BLOCK else bytearray()
+                    self._plain.add(block)
+                    sealed = self._enc.seal(block, final=not after)
+                    self._stored.add(sealed)
+                    if not self._put(sealed) or not after:
+                        break
+                    block = after
             self._put(None)
         except BaseException as exc:  # raised in the reader's thread, from `read`
             self.failed = exc
             self._put(exc)
 
     def _next(self) -> bytes | bytearray | None:
+        if self.failed is not None and self._ended:
+            raise self.failed  # a failed stream stays failed, however often it is read
         if self._ended:
             return None
         item = self._blocks.get()
@@ -261,9 +270,6 @@ class SealedStream:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self._plain.__exit__()
-        self._stored.__exit__()
-        self._fh.close()
         self._scope.close()
 
 
@@ -277,19 +283,11 @@ def seal_to(src: Path, out: BinaryIO, keys: tuple[str, ...]) -> Hashed:
 
 
 def seal(src: Path, dest: Path, keys: tuple[str, ...]) -> Hashed:
-    """Copy `src` to `dest`, encrypted to `keys` when there are any, hashing both sides."""
+    """Copy `src` to `dest`, encrypted to `keys`, hashing both sides."""
     # no fsync: a staging copy for the upload, worthless after a crash (the object's hash
     # is what proves it)
     with dest.open("wb") as fout:
-        if keys:
-            return seal_to(src, fout, keys)
-        digest, size = hashlib.sha256(), 0
-        with src.open("rb", buffering=0) as fin:
-            while block := _read_block(fin, CHUNK):
-                digest.update(block)
-                fout.write(block)
-                size += len(block)
-    return Hashed(size, digest.hexdigest(), size, digest.hexdigest())
+        return seal_to(src, fout, keys)
 
 
 def hash_file(src: Path) -> Hashed:

@@ -269,6 +269,7 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
     toc_read = (side.submit(beside.archive_toc, drill_backup, drill_chains)
                 if _will_run(request, "test_every_archive_entry_is_in_the_restored_database")
                 else None)
+    failed: RestoreOutcome | None = None
     with drill.phase("restore"):
         try:
             done = restore_backup(RestoreRequest(
@@ -277,15 +278,17 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
                 split=not drill.options.rto_faithful),
                 chains=drill_chains)
         except AtbError as exc:
-            opened.close()
-            side.shutdown(wait=False, cancel_futures=True)
-            yield RestoreOutcome(ok=False, error=str(exc), detail=redact(exc.detail),
-                                 mode=mode)
-            return
+            failed = RestoreOutcome(ok=False, error=str(exc), detail=redact(exc.detail),
+                                    mode=mode)
         except BaseException:
             opened.close()
             side.shutdown(wait=False, cancel_futures=True)
             raise
+    if failed is not None:  # yielded once the restore's phase has ended, not inside it
+        opened.close()
+        side.shutdown(wait=False, cancel_futures=True)
+        yield failed
+        return
     # Beside the read-back, and past it while the checks judge what was read: ANALYZE (a
     # step of the recovery, in the RTO: the counts, checksums and catalogs read are the same
     # with or without planner statistics), and the listings and pg_amcheck the checks judge

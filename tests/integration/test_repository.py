@@ -321,8 +321,8 @@ def test_a_large_object_round_trips_through_parallel_parts(
         object_store: ObjectStore, repo: str, keys: tuple[str, Path, Path], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, encrypted: bool) -> None:
     """Past one part (8 MiB) the upload is multipart and the download ranged and parallel;
-    the bytes that come back are the bytes that left, plain or age-encrypted (through the
-    age child both ways), and a ciphertext altered in the store is refused by it."""
+    the bytes that come back are the bytes that left, plain or age-encrypted (in threads
+    of the one process both ways), and a ciphertext altered in the store is refused by it."""
     from backup_core.store import offsite_catalog, offsite_transfer, repository
     from bench.repository import _backup
 
@@ -341,7 +341,7 @@ def test_a_large_object_round_trips_through_parallel_parts(
     assert got.path.read_bytes() == dump.read_bytes()
     assert sorted(p.name for p in got.path.parent.iterdir()) == [
         dump.name, dump.name[: -len(".dump")] + ".json"]
-    if encrypted:  # one byte altered in the store: the age child refuses it, nothing kept
+    if encrypted:  # one byte altered in the store: decryption refuses it, nothing kept
         from backup_core.tools.errors import VerifyFailed
 
         assert remote.offsite is not None
@@ -387,7 +387,7 @@ def test_a_dump_unreadable_mid_encryption_leaves_nothing_in_the_store(
         object_store: ObjectStore, repo: str, keys: tuple[str, Path, Path], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A disk error while the sealing thread reads the dump (injected at its second block:
-    a real store, a real upload under way) fails the push in one line (exit 4) and never
+    a real store, a real upload under way) fails the push in one line (exit 7) and never
     completes a short object: the upload is abandoned and nothing is visible."""
     import errno
 

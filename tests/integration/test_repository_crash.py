@@ -1,7 +1,7 @@
 """The object store really stopped in the middle of `atb db push`: its process killed (as a
 crash or a power cut would stop it) while the dump's multipart upload is under way, then
-started again on the same data directory; plain, and encrypted (the dump then streams out of
-an age child process while its parts upload)."""
+started again on the same data directory; plain, and encrypted (the dump then encrypted by
+a thread one block ahead of its parts' upload)."""
 
 from __future__ import annotations
 

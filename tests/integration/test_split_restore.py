@@ -82,3 +82,32 @@ def test_a_session_that_fails_fails_the_load_in_one_line(
         split_copy.load_split(chain, dump, entry, target, sessions=3, scratch_dir=tmp_path)
     assert str(failed.value) == ('loading the data of public.orders: new row for relation '
                                  '"orders" violates check constraint "cheap"')
+
+
+def test_pg_restore_failing_inside_the_table_is_named_by_its_own_error(
+    pg15: Cluster, tmp_path: Path, chains: list[toolchain.Toolchain],
+) -> None:
+    """An archive cut short inside the table's data: the load fails with pg_restore's own
+    line, not only that its output ended early."""
+    info = make_database(pg15, rows=3000)
+    dump = backup.create_backup(info, tmp_path / "b", chains=chains).path
+    chain = toolchain.for_restore(15, chains)
+    listing = run(commands.pg_restore_list_argv(chain, dump), what="list").stdout
+    [entry] = [e for e in toc.parse_listing(listing)
+               if e.desc == "TABLE DATA" and e.tag == "orders"]
+    cut_short = tmp_path / "cut.dump"
+    whole = dump.read_bytes()
+    cut_short.write_bytes(whole[: len(whole) // 2])
+    target = pg15.url(f"cut_{info.dbname}")
+    with db.connect(pg15.url(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{target.dbname}"')
+    restore._pg_restore(chain, dump, target, jobs=1, no_owner=True, section="pre-data")
+    with pytest.raises(CommandFailed) as failed:
+        split_copy.load_split(chain, cut_short, entry, target, sessions=2,
+                              scratch_dir=tmp_path)
+    message = str(failed.value)
+    assert message.startswith("pg_restore could not read the data of public.orders: "
+                              "pg_restore: error: "), message
+    assert "\n" not in message
+    with db.connect(target) as conn:  # nothing of it committed
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (0,)

@@ -134,3 +134,11 @@ def test_age_testkit_vector(name: str) -> None:
         assert expect == "success", name
     if "payload" in meta:  # what was released before any failure, exactly
         assert hashlib.sha256(out).hexdigest() == meta["payload"][0], name
+
+
+def test_a_recipient_of_low_order_is_refused_when_parsed() -> None:
+    """The all-zero point parses as Bech32 but gives no shared secret: refused at once
+    (BACKUP_ENCRYPT_TO is checked before work starts), not at the first encryption."""
+    low = age_format.bech32_encode("age", bytes(32))
+    with pytest.raises(ValueError, match="low order"):
+        age_format.Recipient.parse(low)

@@ -13,7 +13,7 @@ import pytest
 
 from backup_core.store import sealing
 from backup_core.store.age_format import Identity
-from backup_core.tools.errors import VerifyFailed
+from backup_core.tools.errors import ConfigError, VerifyFailed
 
 
 def test_a_file_sealed_and_unsealed_comes_back_with_both_hashes(
@@ -61,15 +61,38 @@ def test_the_upload_reads_exact_parts_of_the_whole_ciphertext(tmp_path: Path,
     assert pyrage.decrypt(stored, [pyrage.x25519.Identity.from_str(str(identity))]) == plain
 
 
-def test_a_dump_that_cannot_be_read_fails_the_stream_never_ends_it(tmp_path: Path) -> None:
-    """A read error mid-file is raised from `read` (the upload is abandoned), never an early
-    end that would complete a short object; leaving early stops the thread."""
+def test_a_dump_that_cannot_be_read_fails_the_stream_never_ends_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read error mid-file (or a file that cannot be opened) is raised from `read`, and
+    again from every later `read` (the upload is abandoned), never an early end that would
+    complete a short object; leaving early stops the thread."""
     identity = Identity.generate()
     src = tmp_path / "dir.dump"
     src.mkdir()
-    with pytest.raises(IsADirectoryError), \
-            sealing.SealedStream(src, (str(identity.to_public()),)) as stream:
-        stream.read(1 << 20)
+    with sealing.SealedStream(src, (str(identity.to_public()),)) as stream:
+        with pytest.raises(IsADirectoryError):
+            stream.read(1 << 20)
+        assert isinstance(stream.failed, IsADirectoryError)
+    whole = tmp_path / "whole.dump"
+    whole.write_bytes(b"y" * (3 * sealing.BLOCK))
+    real, calls = sealing._read_block, []
+
+    def failing(fh: io.FileIO, size: int) -> bytearray:
+        calls.append(size)
+        if len(calls) == 2:
+            raise OSError(5, "Input/output error")
+        return real(fh, size)
+
+    monkeypatch.setattr(sealing, "_read_block", failing)
+    with sealing.SealedStream(whole, (str(identity.to_public()),)) as stream:
+        with pytest.raises(OSError) as first:
+            while stream.read(1 << 20):
+                pass
+        assert first.value is stream.failed and first.value.errno == 5
+        with pytest.raises(OSError) as again:  # never a clean end after the failure
+            stream.read(1 << 20)
+        assert again.value is first.value
+    monkeypatch.setattr(sealing, "_read_block", real)
     big = tmp_path / "big.dump"
     big.write_bytes(b"z" * (40 << 20))
     with sealing.SealedStream(big, (str(identity.to_public()),)) as stream:
@@ -143,3 +166,12 @@ def test_overlapping_handoffs_put_the_process_interval_back_once_the_last_ends()
     assert sys.getswitchinterval() == sealing.SWITCH_INTERVAL
     second.__exit__(None, None, None)
     assert sys.getswitchinterval() == before
+
+
+def test_a_recipient_of_low_order_is_one_line_before_work_starts() -> None:
+    from backup_core.store import age_format
+
+    low = age_format.bech32_encode("age", bytes(32))
+    with pytest.raises(ConfigError) as raised:
+        sealing.recipients(f"{Identity.generate().to_public()}, {low}")
+    assert str(raised.value) == f"BACKUP_ENCRYPT_TO: {low[:12]}… is not an age public key (age1…)"
