@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import socket
 import tempfile
 import threading
@@ -32,7 +31,7 @@ from psycopg import sql
 
 from backup_core.reading import guard
 from backup_core.reading.inventory import DatabaseLocale, read_locale
-from backup_core.tools import db, isolation, reaper, toolchain
+from backup_core.tools import db, isolation, reaper, removal, toolchain
 from backup_core.tools.cluster import FAST_SETTINGS, Cluster, cache_root
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.errors import AtbError, ConfigError, SafetyRefusal
@@ -228,7 +227,7 @@ def _socket_dir() -> Iterator[Path]:
     try:
         yield shared
     finally:
-        shutil.rmtree(private, ignore_errors=True)
+        removal.discard(private)
 
 
 # -- local and server ------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 
-from backup_core.tools import reaper
+from backup_core.tools import reaper, removal
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.errors import AtbError, CommandFailed, ToolchainError
 from backup_core.tools.fsutil import make_dirs
@@ -139,7 +139,7 @@ def servable(chain: Toolchain, user: str | None, *, cache_dir: Path | None = Non
         cache.chmod(0o755)  # make_dirs made it 0700: the service user must get through
         if not (bindir / "postgres").exists():
             tmp = cache / f".{dest.name}.tmp-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
+            removal.discard(tmp)
             shutil.copytree(install, tmp / package.name / install.name, symlinks=True)
             for lib in libs:
                 shutil.copytree(lib, tmp / lib.name, symlinks=True)
@@ -150,7 +150,7 @@ def servable(chain: Toolchain, user: str | None, *, cache_dir: Path | None = Non
             try:
                 tmp.rename(dest)
             except OSError:  # another run made it first
-                shutil.rmtree(tmp, ignore_errors=True)
+                removal.discard(tmp)
     except (OSError, AtbError) as exc:
         if isinstance(exc, ToolchainError):
             raise
@@ -387,15 +387,9 @@ class Cluster:
                         and _remove_in_background(self.workdir, self._record):
                     self._record = None  # unregistered once removed (`await_removals`)
                 else:
-                    shutil.rmtree(self.workdir, ignore_errors=True)
+                    removal.discard(self.workdir)
             reaper.unregister(self._record)
             self._record = None
-
-
-def remove_tree_argv(path: Path) -> list[str]:
-    """`rm` removing the directory `path` and everything below it, never crossing into
-    another file system mounted there."""
-    return ["rm", "-rf", "--one-file-system", "--", str(path)]
 
 
 _REMOVALS: list[tuple[subprocess.Popen[bytes], Path, Path | None]] = []
@@ -403,11 +397,11 @@ _REMOVALS_LOCK = threading.Lock()
 
 
 def _remove_in_background(workdir: Path, record: Path | None) -> bool:
-    """Start removing a stopped cluster's `workdir`; False (remove it now) when `rm` cannot
-    start. Its reaper record stays until the files are gone: a drill killed meanwhile leaves
-    them to the next one's reaper."""
+    """Start removing a stopped cluster's `workdir` in a process of its own (`removal`);
+    False (remove it now) when that cannot start. Its reaper record stays until the files
+    are gone: a drill killed meanwhile leaves them to the next one's reaper."""
     try:
-        proc = spawn(remove_tree_argv(workdir), what="rm", stdout=subprocess.DEVNULL,
+        proc = spawn(removal.argv(workdir), what="remove a sandbox", stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL)
     except (AtbError, OSError):
         return False
@@ -418,14 +412,13 @@ def _remove_in_background(workdir: Path, record: Path | None) -> bool:
 
 def await_removals() -> None:
     """Wait for the clusters' files being removed in the background (`remove_later`), then
-    forget their reaper records; what `rm` left is removed here."""
+    forget their reaper records."""
     with _REMOVALS_LOCK:
         pending = list(_REMOVALS)
         _REMOVALS.clear()
     for proc, workdir, record in pending:
-        proc.wait()
-        if workdir.exists():
-            shutil.rmtree(workdir, ignore_errors=True)
+        if proc.wait() != 0:  # it could not start its work: once more here, and say what is left
+            removal.discard(workdir)
         reaper.unregister(record)
 
 
@@ -487,7 +480,7 @@ def _copy_template(template: Path, datadir: Path, run_as: str | None,
         datadir.chmod(0o700)
     except (AtbError, OSError) as exc:
         log.warning("could not copy the initdb template %s (%s): running initdb", template, exc)
-        shutil.rmtree(datadir, ignore_errors=True)
+        removal.discard(datadir)
         return False
     return True
 
@@ -509,7 +502,7 @@ def _save_template(datadir: Path, template: Path) -> None:
     except (OSError, AtbError) as exc:
         log.debug("initdb template not kept in %s: %s", template.parent, exc)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        removal.discard(tmp)
 
 
 def server_conf(*, port: int, tcp: bool, socket_dir: Path | None, settings: Mapping[str, str],

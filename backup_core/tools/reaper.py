@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import stat
@@ -25,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from backup_core.tools import removal
 from backup_core.tools.errors import StorageError
 from backup_core.tools.namespaces import already_inside
 
@@ -178,7 +178,7 @@ def reap_local(registry: Path | None = None) -> list[str]:
         pid = _postmaster(workdir / "data")
         if pid is not None:
             _stop(pid)
-        shutil.rmtree(workdir, ignore_errors=True)
+        removal.discard(workdir)
         unregister(record)
         line = (f"reaped the local sandbox of a drill that is gone (pid {owner.pid}): "
                 f"{'stopped its server (pid ' + str(pid) + '), ' if pid else ''}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from backup_core.store import catalog
-from backup_core.tools import cluster, toolchain
+from backup_core.tools import cluster, removal, toolchain
 from drills import child, sandbox
 from drills.child import Early, SandboxStart
 from drills.options import DrillOptions
@@ -92,8 +93,8 @@ def test_a_sandboxs_files_are_copied_owned_and_removed_by_one_process_each() -> 
         "/c/initdb-18", "/w/data"]
     assert cluster.chown_tree_argv(Path("/w/data"), "postgres") == [
         "chown", "-R", "--no-dereference", "--", "postgres:", "/w/data"]
-    assert cluster.remove_tree_argv(Path("/tmp/atb-pg-x")) == [
-        "rm", "-rf", "--one-file-system", "--", "/tmp/atb-pg-x"]
+    assert removal.argv(Path("/tmp/atb-pg-x")) == [
+        sys.executable, "-I", "-S", str(Path(removal.__file__).resolve()), "/tmp/atb-pg-x"]
 
 
 def _engine(path: Path, reply: bytes) -> threading.Thread:
