@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import shutil
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from typing import Any
 from backup_core.ops.backup import create_backup
 from backup_core.ops.migrate import alembic_env
 from backup_core.store import catalog, retention
-from backup_core.tools import db, toolchain
+from backup_core.tools import db, removal, toolchain
 from backup_core.tools.cluster import Cluster
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.errors import ConfigError
@@ -160,7 +159,7 @@ def run_demo(*, keep: Path | None = None, report_dir: Path = Path("reports"),
                           seconds=round(time.monotonic() - t0, 1))
     finally:
         if keep is None:
-            shutil.rmtree(backup_dir, ignore_errors=True)
+            removal.discard(backup_dir)
 
 
 def describe(result: DemoResult) -> dict[str, Any]:

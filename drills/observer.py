@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import socket
 import tempfile
 import threading
@@ -22,7 +21,7 @@ import psycopg
 
 from backup_core.pitr import wal_status
 from backup_core.reading import guard
-from backup_core.tools import db
+from backup_core.tools import db, removal
 from backup_core.tools.conninfo import ConnInfo, redact
 from backup_core.tools.errors import AtbError
 
@@ -111,7 +110,7 @@ def serve(production: ConnInfo) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             listener.shutdown(socket.SHUT_RDWR)
         listener.close()
-        shutil.rmtree(folder, ignore_errors=True)
+        removal.discard(folder)
 
 
 def _ask(path: str, request: bytes) -> bytes:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import shutil
 import socket
 import ssl
 import struct
@@ -23,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from backup_core.tools import removal
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.errors import ConnectionFailed
 
@@ -187,7 +187,7 @@ class Relay:
             listener.listen(16)
         except OSError:
             listener.close()
-            shutil.rmtree(self._dir, ignore_errors=True)
+            removal.discard(self._dir)
             raise
         self._listener = listener
         threading.Thread(target=self._accept, name="atb-relay", daemon=True).start()
@@ -206,7 +206,7 @@ class Relay:
                     s.close()
             self._open.clear()
         if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
+            removal.discard(self._dir)
 
     # -- connections --------------------------------------------------------------------
 
