@@ -202,42 +202,28 @@ class ConnInfo:
               what: str = "DATABASE_URL") -> ConnInfo:
         """Parse a URL or keyword string as libpq would, filling what it leaves out from the
         libpq variables of `env` (default: this process's). Raises `ConfigError` (exit 2)
-        with a redacted copy."""
+        that never shows the text: what could not be parsed cannot be told apart from a
+        password (a mistyped `postgresql//user:pw@...`, a password pasted alone)."""
         raw = (text or "").strip()
         env = ambient_env() if env is None else env
         conninfo, dialect = _libpq_form(raw)
         scheme = re.match(r"^([A-Za-z][\w+.-]*)://", raw)
         if scheme and not dialect:
-            raise ConfigError(f"{what} {redact(raw)!r} is a {scheme.group(1)}:// URL: give a "
-                              "postgresql:// URL or a libpq keyword string")
+            raise ConfigError(f"{what} is a {scheme.group(1)}:// URL: give a postgresql:// URL "
+                              "or a libpq keyword string")
         if dialect:
-            conninfo = _translate_driver_params(conninfo, raw, what)
-        try:
-            parsed = conninfo_to_dict(conninfo)
-        except psycopg.ProgrammingError as exc:
-            repaired = _reencode_userinfo(conninfo)
-            try:
-                if repaired is None:
-                    raise
-                parsed = conninfo_to_dict(repaired)
-            except psycopg.ProgrammingError:
-                raise ConfigError(
-                    f"cannot understand {what} {redact(raw)!r}: "
-                    f"{redact(str(exc).strip().splitlines()[0])}; use "
-                    "postgresql://user:password@host:port/dbname (percent-encode reserved "
-                    "characters) or a libpq keyword string such as 'host=h dbname=d'") from exc
-        values: dict[str, str] = {k: str(v) for k, v in parsed.items() if v is not None}
+            conninfo = _translate_driver_params(conninfo, what)
+        values = {k: v for k, v in _understood(conninfo, raw, bool(dialect), what).items()
+                  if v is not None}
         for var, keyword in libpq_env_keywords().items():
             if keyword not in values and env.get(var):
                 values[keyword] = env[var]
         if not any(values.get(k) for k in ("dbname", "host", "service")):
             raise ConfigError(f"no database given: set {what} (a postgresql:// URL or a libpq "
                               "keyword string), or the libpq variables PGHOST and PGDATABASE")
-        bad_ports = [p for p in values.get("port", "").split(",")
-                     if p and not (p.isdigit() and 0 < int(p) < 65536)]
-        if bad_ports:
-            raise ConfigError(f"cannot understand {what} {redact(raw)!r}: port {bad_ports[0]!r}"
-                              " is not a number from 1 to 65535")
+        problem = _value_problem(values)
+        if problem:
+            raise ConfigError(f"cannot understand {what}: {problem}")
         secrets = tuple((k, values.pop(k)) for k in SECRET_KEYS if values.get(k))
         service_env = tuple((v, env[v]) for v in SERVICE_ENV if env.get(v)) \
             if values.get("service") else ()
@@ -375,7 +361,7 @@ class ConnInfo:
         return self.redacted
 
 
-def _translate_driver_params(url: str, raw: str, what: str) -> str:
+def _translate_driver_params(url: str, what: str) -> str:
     """`url` with the query parameters of Python drivers (asyncpg's `ssl=require`) put in
     libpq's terms; libpq refuses any parameter it does not know."""
     if "?" not in url:
@@ -391,8 +377,104 @@ def _translate_driver_params(url: str, raw: str, what: str) -> str:
                 out.append((_DRIVER_PARAMS[key], {"true": "require", "false": "disable"}.get(
                     value.lower(), value)))
         else:
-            raise ConfigError(f"cannot understand {what} {redact(raw)!r}: libpq has no "
-                              f"parameter {key!r}; remove it or use its libpq name")
+            raise ConfigError(f"cannot understand {what}: libpq has no parameter "
+                              f"{_named(key)}; remove it or use its libpq name")
     if not out:
         return base
     return base + "?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in out)
+
+
+def _named(key: str) -> str:
+    """An unknown parameter's name where it is plainly one (a short lowercase word); else
+    not shown: it may be part of a password that the URL's syntax split off."""
+    return repr(key) if re.fullmatch(r"[a-z_]{1,40}", key) else "(name not shown)"
+
+
+def _understood(conninfo: str, raw: str, url: bool, what: str) -> dict[str, str | None]:
+    """libpq's reading of `conninfo`; for a URL whose password holds unencoded reserved
+    characters (libpq then fails, or splits it into a host holding `@` or a port that is
+    not a number), the reading of it with the password percent-encoded, so the password is
+    taken, and masked, whole."""
+    try:
+        parsed = _as_text(conninfo_to_dict(conninfo))
+        failure = ""
+    except psycopg.ProgrammingError as exc:
+        parsed, failure = {}, str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if url and (failure or _split_password(parsed)):
+        repaired = _reencode_userinfo(conninfo)
+        if repaired is not None:
+            try:
+                again = _as_text(conninfo_to_dict(repaired))
+            except psycopg.ProgrammingError:
+                again = {}
+            if again and not _split_password(again):
+                return again
+    if failure:
+        raise ConfigError(f"cannot understand {what} (its text is not shown: it may hold a "
+                          f"password): {_reason(failure, raw)}; give a postgresql:// URL (percent-encode "
+                          "reserved characters in the password) or a libpq keyword string such "
+                          "as 'host=h dbname=d'")
+    return parsed
+
+
+def _as_text(parsed: Mapping[str, object]) -> dict[str, str | None]:
+    return {k: None if v is None else str(v) for k, v in parsed.items()}
+
+
+def _split_password(parsed: Mapping[str, str | None]) -> bool:
+    """libpq's reading of a URL shows a password cut by its own `@` or `/`: a host holding
+    `@`, or a port that is not a list of numbers."""
+    port = parsed.get("port") or ""
+    return "@" in (parsed.get("host") or "") or any(
+        p and not p.isdigit() for p in port.split(","))
+
+
+def _reason(failure: str, raw: str) -> str:
+    """What libpq found wrong, without the text it quotes (which may be a password), and a
+    hint from the text's shape."""
+    if "unterminated quoted string" in failure:
+        return "a quoted value is not closed"
+    if "://" not in raw and re.match(r"^[A-Za-z][\w+.-]*:/?[^/]", raw):
+        return "its scheme is not followed by '://'"
+    if "://" not in raw and "=" not in raw:
+        return "it is neither a URL (postgresql://...) nor keyword=value pairs"
+    if "invalid connection option" in failure:
+        return "it names a parameter libpq does not know"
+    if "missing \"=\"" in failure:
+        return "a word in it is not a keyword=value pair"
+    if "invalid percent-encoded token" in failure:
+        return "a %-escape in it is not two hexadecimal digits"
+    return "libpq cannot parse it"
+
+
+# Parameters whose values libpq checks only when it connects (a typo was exit 4, "cannot
+# connect"): checked here, so a value that cannot be understood is a configuration error.
+_CHOICES = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "target_session_attrs": ("any", "read-write", "read-only", "primary", "standby",
+                             "prefer-standby"),
+    "load_balance_hosts": ("disable", "random"),
+    "sslnegotiation": ("postgres", "direct"),
+    "sslcertmode": ("disable", "allow", "require"),
+}
+_INTEGERS = ("connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval",
+             "keepalives_count", "tcp_user_timeout")
+
+
+def _value_problem(values: Mapping[str, str]) -> str:
+    """Why a parameter's value cannot be understood ("" when every value can)."""
+    bad_ports = [p for p in values.get("port", "").split(",")
+                 if p and not (p.isdigit() and 0 < int(p) < 65536)]
+    if bad_ports:
+        return f"port {bad_ports[0]!r} is not a number from 1 to 65535"
+    for key, choices in _CHOICES.items():
+        value = values.get(key)
+        if value and value not in choices:
+            return f"{key}={value!r} is not one of {', '.join(choices)}"
+    for key in _INTEGERS:
+        value = values.get(key)
+        if value and not re.fullmatch(r"\s*-?\d+\s*", value):
+            return f"{key}={value!r} is not a whole number"
+    return ""

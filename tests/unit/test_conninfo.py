@@ -166,3 +166,62 @@ def test_any_values_round_trip_through_every_rendering(user: str, password: str,
     assert conninfo_to_dict(info.secret_url)["password"] == password
     if len(password) >= 6:
         assert password not in redact(f"error from {info.secret_url}: {password}")
+
+
+SECRET = "Pw0rdTrial9x7"
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    (f"postgresql//app:{SECRET}@127.0.0.1:54321/shop",
+     "it is neither a URL (postgresql://...) nor keyword=value pairs"),
+    (f"postgresql:/app:{SECRET}@127.0.0.1:54321/shop", "its scheme is not followed by '://'"),
+    (SECRET, "it is neither a URL (postgresql://...) nor keyword=value pairs"),
+    (f"host=127.0.0.1 port=54321 dbname=shop user=app password='{SECRET}",
+     "a quoted value is not closed"),
+    (f"host=127.0.0.1 {SECRET} dbname=shop", "a word in it is not a keyword=value pair"),
+])
+def test_text_that_cannot_be_parsed_is_never_shown(text: str, reason: str) -> None:
+    """What libpq cannot parse cannot be told apart from a password: a mistyped scheme, a
+    password pasted alone, a quote left open. The message gives the reason, not the text."""
+    with pytest.raises(ConfigError) as err:
+        ConnInfo.parse(text, env={})
+    assert str(err.value) == (
+        f"cannot understand DATABASE_URL (its text is not shown: it may hold a password): "
+        f"{reason}; give a postgresql:// URL (percent-encode reserved characters in the "
+        "password) or a libpq keyword string such as 'host=h dbname=d'")
+    assert SECRET not in str(err.value) and "Trial" not in str(err.value)
+
+
+@pytest.mark.parametrize("password", [f"Pw0rd@{SECRET}", f"Pw0/{SECRET}", f"a:{SECRET}@x"])
+def test_a_password_libpq_would_split_into_host_or_port_is_taken_whole(password: str) -> None:
+    """libpq reads `app:Pw0rd@Trial@host` as the host `Trial@host`; a host never holds `@`,
+    nor a port letters, so the password runs to the last `@` and is masked whole."""
+    info = ConnInfo.parse(f"postgresql://app:{password}@127.0.0.1:54321/shop", env={})
+    assert (info.password, info.host, info.port, info.dbname) == (
+        password, "127.0.0.1", "54321", "shop")
+    assert info.redacted == "postgresql://app:***@127.0.0.1:54321/shop"
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("sslmode=bogus", "sslmode='bogus' is not one of disable, allow, prefer, require, "
+                      "verify-ca, verify-full"),
+    ("connect_timeout=abc", "connect_timeout='abc' is not a whole number"),
+    ("target_session_attrs=primary-ish", "target_session_attrs='primary-ish' is not one of "
+     "any, read-write, read-only, primary, standby, prefer-standby"),
+])
+def test_a_parameter_value_libpq_checks_only_when_connecting_is_refused_first(
+        query: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        ConnInfo.parse(f"postgresql://u:pw@h/db?{query}", env={})
+    assert str(err.value) == f"cannot understand DATABASE_URL: {message}"
+    with pytest.raises(ConfigError, match=r"^cannot understand DATABASE_URL: sslmode='maybe' "):
+        ConnInfo.parse("postgresql+asyncpg://u:pw@h/db?ssl=maybe", env={})
+    assert ConnInfo.parse("postgresql://u:pw@h/db?sslmode=verify-full&connect_timeout=10",
+                          env={}).get("connect_timeout") == "10"
+
+
+def test_an_unknown_parameter_is_named_only_when_plainly_a_name() -> None:
+    with pytest.raises(ConfigError, match=r"libpq has no parameter 'hots';"):
+        ConnInfo.parse("postgresql+asyncpg://u:pw@h/db?hots=x", env={})
+    with pytest.raises(ConfigError, match=r"libpq has no parameter \(name not shown\);"):
+        ConnInfo.parse(f"postgresql+asyncpg://u:pw@h/db?{SECRET}=1", env={})
