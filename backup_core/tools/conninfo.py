@@ -411,9 +411,9 @@ def _understood(conninfo: str, raw: str, url: bool, what: str) -> dict[str, str 
                 return again
     if failure:
         raise ConfigError(f"cannot understand {what} (its text is not shown: it may hold a "
-                          f"password): {_reason(failure, raw)}; give a postgresql:// URL (percent-encode "
-                          "reserved characters in the password) or a libpq keyword string such "
-                          "as 'host=h dbname=d'")
+                          f"password): {_reason(failure, raw)}; give a postgresql:// URL "
+                          "(percent-encode reserved characters in the password) or a libpq "
+                          "keyword string such as 'host=h dbname=d'")
     return parsed
 
 
