@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -15,9 +17,11 @@ import pytest
 
 from backup_core.store import catalog
 from backup_core.tools import cluster, toolchain
+from backup_core.tools.errors import ToolchainError
 from drills import child, sandbox
 from drills.child import Early, SandboxStart
 from drills.options import DrillOptions
+from drills.plugin import hooks
 from drills.run import drill_argv
 
 
@@ -43,6 +47,62 @@ def test_only_a_local_dump_drill_naming_its_backup_is_begun_early(tmp_path: Path
                                            backup_dir=tmp_path, sandbox="local")) is None
     assert child.begin(["--drill"], {}) is None  # no options file: the plugin starts it
     assert child.begin([f"--drill-options={tmp_path / 'absent.json'}"], {}) is None
+
+
+def test_the_early_sandbox_and_the_plugin_choose_the_given_backup_with_one_function(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dump = tmp_path / "db" / "backup-20261130T010000Z.dump"
+    dump.parent.mkdir()
+    dump.write_bytes(b"PGDMP")
+    found, error = child.given_backup(dump, tmp_path)
+    assert (found.path if found else None, error) == (dump, None)
+    gone = tmp_path / "gone.dump"
+    assert child.given_backup(gone, tmp_path) == (None, f"no backup at {gone}")
+    odd = tmp_path / "db" / "nightly.dump"
+    odd.write_bytes(b"PGDMP")
+    assert child.given_backup(odd, tmp_path) == (
+        None, f"{odd} is not named like an atb backup (backup-YYYYMMDDTHHMMSSZ.dump)")
+    options = DrillOptions(backup=odd, backup_dir=tmp_path)  # the plugin's selection
+    assert hooks._select(options, datetime.now(UTC)) == (
+        None, f"{odd} is not named like an atb backup (backup-YYYYMMDDTHHMMSSZ.dump)", 0, None)
+    chosen = hooks._select(DrillOptions(backup=dump, backup_dir=tmp_path), datetime.now(UTC))
+    assert chosen[1:] == (None, 1, None) and chosen[0] == found
+    # the toolchains the early sandbox's thread found are the metadata's: not searched twice
+    assert child.found_chains() is None
+    events: list[str] = []
+    early, _ = _early(tmp_path / "2", events)
+    monkeypatch.setattr(child, "PENDING", early)
+    assert child.found_chains() == []
+    failed: Future[list[toolchain.Toolchain]] = Future()
+    failed.set_exception(ToolchainError("no PostgreSQL"))
+    monkeypatch.setattr(early, "chains", failed)
+    assert child.found_chains() is None
+    early.start.close(None)
+
+
+LEAVING = """
+import atexit, sys, threading
+from drills.leave import leave
+atexit.register(lambda: print("atexit ran", flush=True))
+print("buffered", end="")
+if sys.argv[1] == "thread":
+    threading.Thread(target=lambda: (__import__("time").sleep(0.2), print(" thread done",
+                                                                          end=""))).start()
+leave(int(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize(("threads", "code", "out"), [
+    ("none", 10, "bufferedatexit ran\n"),
+    ("none", 0, "bufferedatexit ran\n"),
+    ("thread", 1, "buffered thread doneatexit ran\n")])
+def test_leaving_runs_the_exit_handlers_flushes_and_waits_for_other_threads(
+        threads: str, code: int, out: str) -> None:
+    """`leave` skips only the interpreter's teardown: the exit code, the buffered output and
+    the atexit handlers are a normal exit's, and another thread still running is waited for."""
+    done = subprocess.run([sys.executable, "-c", LEAVING, threads, str(code)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (code, out, "")
 
 
 def _early(tmp_path: Path, events: list[str]) -> tuple[Early, catalog.Backup]:
