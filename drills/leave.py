@@ -8,8 +8,9 @@ removed, the log flushed, temporary directories removed) runs here first. So `le
 exit handlers, flushes the standard streams and ends the process at once.
 
 It does so only when it can lose nothing: this is the only thread left (another thread's
-work is waited for by a normal exit, as before) and the streams flushed cleanly (a closed
-pipe is left to the normal exit, which reports it as before).
+work is waited for by a normal exit, as before), no profiler or tracer watches (`python -m
+cProfile` writes its numbers after the program returns), and the streams flushed cleanly (a
+closed pipe is left to the normal exit, which reports it as before).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import NoReturn
 
 def leave(code: int) -> NoReturn:
     """End the process with `code`: at once when nothing is lost by it, else as `sys.exit`."""
-    if threading.active_count() == 1:
+    if threading.active_count() == 1 and sys.getprofile() is None and sys.gettrace() is None:
         atexit._run_exitfuncs()  # what a normal exit runs (and then forgets: not run twice)
         try:
             sys.stdout.flush()

@@ -85,6 +85,8 @@ import atexit, sys, threading
 from drills.leave import leave
 atexit.register(lambda: print("atexit ran", flush=True))
 print("buffered", end="")
+if sys.argv[1] == "profiled":
+    sys.setprofile(lambda *_: None)
 if sys.argv[1] == "thread":
     threading.Thread(target=lambda: (__import__("time").sleep(0.2), print(" thread done",
                                                                           end=""))).start()
@@ -95,11 +97,13 @@ leave(int(sys.argv[2]))
 @pytest.mark.parametrize(("threads", "code", "out"), [
     ("none", 10, "bufferedatexit ran\n"),
     ("none", 0, "bufferedatexit ran\n"),
-    ("thread", 1, "buffered thread doneatexit ran\n")])
+    ("thread", 1, "buffered thread doneatexit ran\n"),
+    ("profiled", 3, "bufferedatexit ran\n")])
 def test_leaving_runs_the_exit_handlers_flushes_and_waits_for_other_threads(
         threads: str, code: int, out: str) -> None:
     """`leave` skips only the interpreter's teardown: the exit code, the buffered output and
-    the atexit handlers are a normal exit's, and another thread still running is waited for."""
+    the atexit handlers are a normal exit's; another thread still running is waited for, and a
+    profiler gets its normal exit."""
     done = subprocess.run([sys.executable, "-c", LEAVING, threads, str(code)],
                           capture_output=True, text=True, timeout=60, check=False)
     assert (done.returncode, done.stdout, done.stderr) == (code, out, "")
