@@ -4,6 +4,7 @@ the drill it was made for, and the argv of the copy and removal of a sandbox's f
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import subprocess
 import sys
@@ -199,3 +200,15 @@ def test_the_docker_sdk_is_needed_only_when_the_engine_holds_containers_of_ours(
     config.mkdir()
     (config / "config.json").write_text('{"currentContext": "remote"}')
     assert not sandbox.local_engine_holds_none({"DOCKER_CONFIG": str(config)})
+
+
+def test_an_immediate_stop_signals_once_and_sees_the_end_of_a_process_it_did_not_start(
+) -> None:
+    """A sandbox's server is not our child (pg_ctl started it): its end is read from /proc,
+    where a zombie waiting for its parent counts as ended."""
+    proc = subprocess.Popen(["sleep", "30"])
+    assert not cluster._exited(proc.pid)
+    assert cluster._quit(proc.pid) is True  # SIGQUIT ends `sleep` as it ends the postmaster
+    assert cluster._exited(proc.pid)  # a zombie until reaped: ended all the same
+    assert proc.wait(timeout=10) == -signal.SIGQUIT
+    assert cluster._exited(proc.pid) and cluster._quit(proc.pid) is True  # gone: nothing to do
