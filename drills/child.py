@@ -105,6 +105,9 @@ class Early:
     chains: Future[list[toolchain.Toolchain]]
     start: SandboxStart
     taken: bool = False
+    # the catalog's record of `backup` (its manifest read once) under `backup_dir`
+    found: Backup | None = None
+    backup_dir: Path | None = None
 
 
 PENDING: Early | None = None
@@ -130,6 +133,10 @@ def given_backup(backup: Path, backup_dir: Path) -> tuple[Backup | None, str | N
     path = backup.resolve()
     if not path.is_file():
         return None, f"no backup at {backup}"
+    early = PENDING  # the record the early sandbox was begun for: its manifest not read twice
+    if early is not None and early.found is not None and early.found.path == path.absolute() \
+            and early.backup_dir == backup_dir:
+        return early.found, None
     found = catalog.find(backup_dir, path)
     if found is None:
         return None, f"{backup} is not named like an atb backup (backup-YYYYMMDDTHHMMSSZ.dump)"
@@ -188,7 +195,8 @@ def begin(argv: list[str], env: dict[str, str] | os._Environ[str]) -> Early | No
             faithful=options.rto_faithful)
 
     return Early(backup=backup.path, sandbox=options.sandbox, faithful=options.rto_faithful,
-                 chains=chains, start=SandboxStart(open_manager, options.sandbox))
+                 chains=chains, start=SandboxStart(open_manager, options.sandbox),
+                 found=backup, backup_dir=options.backup_dir)
 
 
 def take(backup: Backup, options: DrillOptions) -> Early | None:

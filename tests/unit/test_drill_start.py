@@ -74,6 +74,11 @@ def test_the_early_sandbox_and_the_plugin_choose_the_given_backup_with_one_funct
     early, _ = _early(tmp_path / "2", events)
     monkeypatch.setattr(child, "PENDING", early)
     assert child.found_chains() == []
+    # and the record it was begun for is the plugin's: its manifest is not read again
+    early.found, early.backup_dir = found, tmp_path
+    assert child.given_backup(dump, tmp_path)[0] is found
+    assert child.given_backup(dump, tmp_path / "db")[0] is not found  # another tree: judged
+    assert child.given_backup(gone, tmp_path) == (None, f"no backup at {gone}")
     failed: Future[list[toolchain.Toolchain]] = Future()
     failed.set_exception(ToolchainError("no PostgreSQL"))
     monkeypatch.setattr(early, "chains", failed)
