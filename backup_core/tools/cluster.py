@@ -406,7 +406,12 @@ class Cluster:
         self.stop(mode="immediate")
 
     def stop(self, mode: str = "fast") -> None:
-        self._reap_starter()
+        try:
+            self._stop(mode)
+        finally:  # once the server is gone, a `pg_ctl start` still looking ends at once
+            self._reap_starter()
+
+    def _stop(self, mode: str) -> None:
         if not self._running or self.workdir is None:
             return
         pid = self.pid
