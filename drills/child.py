@@ -105,6 +105,9 @@ class Early:
     chains: Future[list[toolchain.Toolchain]]
     start: SandboxStart
     taken: bool = False
+    # the catalog's record of `backup` (its manifest read once) under `backup_dir`
+    found: Backup | None = None
+    backup_dir: Path | None = None
 
 
 PENDING: Early | None = None
@@ -123,15 +126,41 @@ def options_file(argv: list[str]) -> Path | None:
     return Path(found[-1]) if found else None
 
 
+def given_backup(backup: Path, backup_dir: Path) -> tuple[Backup | None, str | None]:
+    """The backup `--backup` names, as the catalog judges it, or why there is none to drill:
+    the one choice both the early sandbox (`early_target`) and the plugin's selection
+    (`drills.plugin.hooks`) make, so the sandbox begun early is the one the drill adopts."""
+    path = backup.resolve()
+    if not path.is_file():
+        return None, f"no backup at {backup}"
+    early = PENDING  # the record the early sandbox was begun for: its manifest not read twice
+    if early is not None and early.found is not None and early.found.path == path.absolute() \
+            and early.backup_dir == backup_dir:
+        return early.found, None
+    found = catalog.find(backup_dir, path)
+    if found is None:
+        return None, f"{backup} is not named like an atb backup (backup-YYYYMMDDTHHMMSSZ.dump)"
+    return found, None
+
+
 def early_target(options: DrillOptions) -> Backup | None:
     """The backup a sandbox can be begun for before pytest: a dump drill on a local sandbox
-    naming its backup (`--backup`), judged as the plugin will judge it (`catalog.find`)."""
+    naming its backup (`--backup`), chosen as the plugin chooses it (`given_backup`)."""
     if options.source != "dump" or options.sandbox != "local" or options.backup is None:
         return None
-    path = options.backup.resolve()
-    if not path.is_file():
+    return given_backup(options.backup, options.backup_dir)[0]
+
+
+def found_chains() -> list[toolchain.Toolchain] | None:
+    """The toolchains the early sandbox's thread found (its first step), waited for; None
+    when no sandbox was begun early or its search failed (the caller then searches)."""
+    early = PENDING
+    if early is None:
         return None
-    return catalog.find(options.backup_dir, path)
+    try:
+        return early.chains.result()
+    except Exception:  # its own error is the sandbox's, reported when it is waited for
+        return None
 
 
 def begin(argv: list[str], env: dict[str, str] | os._Environ[str]) -> Early | None:
@@ -166,7 +195,8 @@ def begin(argv: list[str], env: dict[str, str] | os._Environ[str]) -> Early | No
             faithful=options.rto_faithful)
 
     return Early(backup=backup.path, sandbox=options.sandbox, faithful=options.rto_faithful,
-                 chains=chains, start=SandboxStart(open_manager, options.sandbox))
+                 chains=chains, start=SandboxStart(open_manager, options.sandbox),
+                 found=backup, backup_dir=options.backup_dir)
 
 
 def take(backup: Backup, options: DrillOptions) -> Early | None:
@@ -207,5 +237,6 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":  # run as `drills.child`, not `__main__`: the plugin reads PENDING
     from drills import child
+    from drills.leave import leave
 
-    raise SystemExit(child.main(sys.argv[1:]))
+    leave(child.main(sys.argv[1:]))  # no interpreter teardown for the parent to wait for

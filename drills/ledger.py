@@ -21,29 +21,37 @@ from drills.options import DrillOptions
 from drills.result import DetectionFacts, DrillResult, EvidenceFacts
 
 
+def evidence(signer: Signer | None) -> EvidenceFacts:
+    """The ledger's facts a drill's reports carry: the key that signs its record, the
+    controls it serves (the drill's child writes them, `drills.plugin.recording`)."""
+    return EvidenceFacts(signer.public.fingerprint if signer else None, ledger.CONTROLS)
+
+
 def annotate(result: DrillResult, *, signer: Signer | None,
              detection: DetectionFacts | None) -> DrillResult:
     """The result with its evidence facts; a detection run that was not caught makes the
     whole drill FAIL (a drill never seen to fail proves nothing). The JSON and Markdown
     reports are written again, and the HTML's summary gets the same rows."""
-    evidence = EvidenceFacts(signer.public.fingerprint if signer else None, ledger.CONTROLS,
-                             detection)
+    facts = replace(evidence(signer), detection=detection)
     verdict = "FAIL" if detection is not None and not detection.caught else result.verdict
-    new = replace(result, evidence=evidence, verdict=verdict)
+    new = replace(result, evidence=facts, verdict=verdict)
     report.write_reports(new)
-    _patch_html(Path(new.reports["html"]), new, verdict_changed=verdict != result.verdict)
+    _patch_html(Path(new.reports["html"]), new, verdict_changed=verdict != result.verdict,
+                shown=report.evidence_rows(result))
     return new
 
 
-def _patch_html(path: Path, r: DrillResult, *, verdict_changed: bool) -> None:
+def _patch_html(path: Path, r: DrillResult, *, verdict_changed: bool,
+                shown: list[tuple[str, str]]) -> None:
     """pytest-html wrote the page in the drill's child: its summary table (ours, marked by
-    its id) gets the evidence rows, escaped as every other row."""
+    its id) gets the evidence rows it does not show yet, escaped as every other row."""
     try:
         page = path.read_text()
     except OSError:
         return
     marker = "<table id='drill-summary' style='margin:12px 0'>"
-    rows = "".join(report.summary_row_html(k, v) for k, v in report.evidence_rows(r))
+    rows = "".join(report.summary_row_html(k, v) for k, v in report.evidence_rows(r)
+                   if (k, v) not in shown)
     if marker not in page:
         return
     page = page.replace(marker, marker + rows, 1)

@@ -289,6 +289,10 @@ class DrillOptions:
         "progress-file",
         "Append the drill's progress here as JSON lines (used by `atb drill run`).",
         kind="file", cli=False)
+    ledger_key: str | None = setting(
+        "ledger-key",
+        "The fingerprint of the key that signs the drill's ledger record, for its reports "
+        "(used by `atb drill run`, which signs it).", cli=False)
     strict_rpo: bool = setting(
         "strict-rpo",
         "Fail the drill when the schedule cannot meet the RPO target (default: reported as a "
@@ -392,6 +396,7 @@ class DrillOptions:
             report_dir=Path(text("report-dir")),
             result_file=path("result-file"),
             progress_file=path("progress-file"),
+            ledger_key=get("ledger-key") or None,
             strict_rpo=bool(flag("strict-rpo")),
             rto_faithful=bool(flag("rto-faithful")),
             sandbox_is_not_production=bool(flag("sandbox-is-not-production")),

@@ -319,8 +319,14 @@ def write_reports(r: DrillResult) -> None:
     write_index(json_path.parent.parent)
 
 
+# what the index shows of each drill: its other facts (checks, evidence, sandbox...) are not
+# parsed, most of the index's cost at every drill once a report directory holds a year's
+INDEX_FIELDS = ("verdict", "database", "started_at", "backup", "alembic", "rto")
+
+
 def load_results(report_dir: Path) -> list[tuple[DrillResult, str]]:
-    """Every drill report under `report_dir`, newest first, with its HTML's relative path."""
+    """Every drill report under `report_dir`, newest first, with its HTML's relative path:
+    the facts the index shows (`INDEX_FIELDS`), the rest left at their defaults."""
     found = []
     for path in report_dir.glob("*/*-drill.json"):
         try:
@@ -329,7 +335,7 @@ def load_results(report_dir: Path) -> list[tuple[DrillResult, str]]:
             continue
         if isinstance(data, dict) and data.get("schema") == SCHEMA_ID:
             try:
-                result = DrillResult.from_dict(data)
+                result = DrillResult.from_dict({k: data[k] for k in INDEX_FIELDS if k in data})
             except (TypeError, ValueError):
                 continue
             found.append((result, str(path.with_suffix(".html").relative_to(report_dir))))

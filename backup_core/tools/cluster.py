@@ -7,12 +7,14 @@ PostgreSQL refuses to run as root, so as root the server runs as an unprivileged
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import logging
 import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -25,7 +27,7 @@ from pathlib import Path
 from types import MappingProxyType, TracebackType
 
 from backup_core.tools import reaper, removal
-from backup_core.tools.conninfo import ConnInfo
+from backup_core.tools.conninfo import ConnInfo, redact
 from backup_core.tools.errors import AtbError, CommandFailed, ToolchainError
 from backup_core.tools.fsutil import make_dirs
 from backup_core.tools.runner import Runner, run, spawn
@@ -207,13 +209,16 @@ class Cluster:
     # the shutdown checkpoint ("immediate": seconds after a large restore); a cluster whose
     # WAL is archived must stop "fast", so its last segment reaches the archive
     destroy_mode: str = "fast"
-    # `destroy` leaves the files to a `rm` of their own once the server has stopped, so the
-    # drill writes its reports meanwhile; `await_removals` waits for it (and at exit)
+    # `destroy` leaves the files to a process of their own (`removal`) once the server has
+    # stopped, so the drill writes its reports meanwhile; `await_removals` waits for it (and
+    # at exit)
     remove_later: bool = False
     workdir: Path | None = field(default=None, init=False)
     port: int = field(default=5432, init=False)
     _running: bool = field(default=False, init=False)
     _record: Path | None = field(default=None, init=False)  # see backup_core.tools.reaper
+    # `pg_ctl start`, still ending after the server said it was ready (`_start_and_watch`)
+    _starter: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.tcp = self.tcp or self.sealed  # sealed: no unix socket, so TCP it is
@@ -314,6 +319,9 @@ class Cluster:
         (self.datadir / "pg_hba.conf").write_text("local all all trust\n")
 
     def _pg_ctl_start(self, run_as: str | None) -> None:
+        if self.runner is run:  # the real programs: the server's readiness seen at once
+            self._start_and_watch(run_as)
+            return
         try:
             self.runner(
                 pg_ctl_start_argv(self.toolchain, self.datadir, logfile=self.logfile,
@@ -328,6 +336,42 @@ class Cluster:
                 f"{self._log_tail()}",
                 detail=exc.detail,
             ) from exc
+
+    def _start_and_watch(self, run_as: str | None) -> None:
+        """`pg_ctl start -w`, returning as soon as the server says it is ready in its
+        `postmaster.pid` (looked at every 2 ms; `pg_ctl` looks every 100 ms, half of a
+        sandbox's start after the copy). `pg_ctl` still judges a start that fails, and ends on
+        its own a moment later (reaped when the cluster stops)."""
+        since = time.time()
+        proc = spawn(pg_ctl_start_argv(self.toolchain, self.datadir, logfile=self.logfile,
+                                       timeout=self.start_timeout),
+                     what="pg_ctl start", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                     env=self.env, run_as=run_as, cwd=self.workdir, no_unix=self.sealed)
+        try:
+            while proc.poll() is None:
+                if server_ready(self.datadir / "postmaster.pid", since=since):
+                    self._starter = proc
+                    return
+                time.sleep(0.002)
+        except BaseException:
+            proc.kill()
+            proc.communicate()
+            raise
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            detail = redact(err.decode(errors="replace"))
+            raise CommandFailed(
+                f"the throwaway PostgreSQL {self.toolchain.version} server did not start: "
+                f"{self._log_tail()}", detail=detail)
+
+    def _reap_starter(self) -> None:
+        proc, self._starter = self._starter, None
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.communicate(timeout=5)
+            if proc.returncode is None:
+                proc.kill()
+                proc.communicate()
 
     def _initdb(self, run_as: str | None) -> None:
         assert self.workdir is not None
@@ -363,7 +407,17 @@ class Cluster:
         self.stop(mode="immediate")
 
     def stop(self, mode: str = "fast") -> None:
+        try:
+            self._stop(mode)
+        finally:  # once the server is gone, a `pg_ctl start` still looking ends at once
+            self._reap_starter()
+
+    def _stop(self, mode: str) -> None:
         if not self._running or self.workdir is None:
+            return
+        pid = self.pid
+        if mode == "immediate" and pid is not None and _quit(pid):
+            self._running = False
             return
         run_as = service_user()
         try:
@@ -526,6 +580,56 @@ def _quote_setting(value: str) -> str:
     if value.replace(".", "").isdigit() or value in ("on", "off", "true", "false"):
         return value
     return "'" + value.replace("'", "''") + "'"
+
+
+def server_ready(pid_file: Path, *, since: float) -> bool:
+    """The server's lock file says it accepts connections, and it is the server started at
+    `since` or later, still running (as `pg_ctl -w` reads it: line 3 the start time, with
+    its 2 s of slack, line 8 the status)."""
+    try:
+        lines = pid_file.read_text().splitlines()
+        pid, started = int(lines[0]), int(lines[2])
+        ready = lines[7].strip() == "ready"
+    except (OSError, ValueError, IndexError):
+        return False
+    return ready and started >= int(since) - 2 and not _exited(pid)
+
+
+def _quit(pid: int, *, timeout: float = 30.0) -> bool:
+    """Stop the server `pid` as `pg_ctl stop -m immediate` does (SIGQUIT: no shutdown
+    checkpoint) and wait for it to end, looking every 2 ms where `pg_ctl -w` looks every
+    100 ms (most of a small drill's teardown); False, nothing done, when it cannot be
+    signalled (`pg_ctl` is then asked), True once it is gone (killed after `timeout`)."""
+    try:
+        os.kill(pid, signal.SIGQUIT)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    deadline = time.monotonic() + timeout
+    while not _exited(pid):
+        if time.monotonic() > deadline:
+            _kill(pid)
+            break
+        time.sleep(0.002)
+    return True
+
+
+def _exited(pid: int) -> bool:
+    """`pid` has ended: no such process, or one that only waits to be reaped (its parent,
+    init here, reaps it; a zombie still answers a signal)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[-1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+    return state in ("Z", "X")
 
 
 def _kill(pid: int) -> None:

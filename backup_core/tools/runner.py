@@ -125,16 +125,20 @@ def spawn(
     env: Mapping[str, str] | None = None,
     run_as: str | None = None,
     stdin: int | IO[bytes] = subprocess.DEVNULL,
+    cwd: Path | None = None,
+    no_unix: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start `argv` for a caller that streams its output (binary) and waits for it itself:
-    the same logging, sealed environment and demotion as `run`. Use it as a context manager,
-    killing the child when the caller's work fails."""
+    the same logging, sealed environment, demotion and `no_unix` as `run`. Use it as a
+    context manager, killing the child when the caller's work fails."""
     args = [str(a) for a in argv]
     log.debug("run %s", redact(" ".join(args)))
     uid, gid, groups = demote_ids(run_as)
     try:
         return subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=stderr,
-                                env=child_env(env), user=uid, group=gid, extra_groups=groups)
+                                env=child_env(env), user=uid, group=gid, extra_groups=groups,
+                                cwd=cwd, preexec_fn=seccomp.deny_unix_sockets if no_unix
+                                else None)
     except FileNotFoundError as exc:
         raise _not_found(what, args[0]) from exc
 

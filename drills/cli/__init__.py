@@ -21,6 +21,7 @@ from backup_core.tools.conninfo import detach_libpq_environment, redact
 from backup_core.tools.errors import AtbError
 from drills import console
 from drills.cli.params import EXIT_CODES, Checked, check_every_value
+from drills.leave import leave
 
 __all__ = ["EXIT_CODES", "Checked", "LazyGroup", "cli", "drill_run", "main", "run"]
 
@@ -32,10 +33,15 @@ COMMANDS = {"audit": "drills.cli.audit:audit", "db": "drills.cli.db:db",
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
-    """Entry point: the one place where our errors become a message and an exit code."""
+    """Entry point: the one place where our errors become a message and an exit code. As
+    the program (`argv` None) it ends without the interpreter's teardown (`drills.leave`);
+    called with arguments (the tests, in their own process) it raises `SystemExit`."""
     signal.signal(signal.SIGTERM, _terminate)
     detach_libpq_environment()  # every connection says where it goes; see conninfo
-    sys.exit(run(argv))
+    code = run(argv)
+    if argv is None:
+        leave(code)
+    sys.exit(code)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -121,6 +121,8 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
         raise ConfigError("--prove-detection damages a copy of a pg_dump backup: it does not "
                           "apply to --source pgbackrest")
     signer = signer_from_env(os.environ)  # a bad key: exit 2 before anything starts
+    # the child writes the ledger's facts into its reports (the key's fingerprint, not the key)
+    options = replace(options, ledger_key=drill_ledger.evidence(signer).key_fingerprint)
     with contextlib.ExitStack() as stack:  # a backup fetched from --repo goes at the end
         fetched = None
         if repo:
@@ -142,7 +144,9 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
 
             detection = detect.prove(result, options, production=production(
                 os.environ.get("DATABASE_URL")))
-    result = drill_ledger.annotate(result, signer=signer, detection=detection)
+    if detection is not None or result.evidence != drill_ledger.evidence(signer):
+        # the child wrote its reports with the ledger's facts; a detection run adds its own
+        result = drill_ledger.annotate(result, signer=signer, detection=detection)
     if pdf:
         html_path = Path(result.reports["html"])
         render.render(html_path, pdf=html_path.with_suffix(".pdf"))

@@ -22,7 +22,7 @@ from backup_core.store.catalog import Backup
 from backup_core.tools import appenv, isolation, masking, toolchain
 from backup_core.tools.conninfo import detach_libpq_environment, redact
 from backup_core.tools.errors import AtbError, ConfigError
-from drills import observer, pick, sandbox
+from drills import child, observer, pick, sandbox
 from drills.options import DrillOptions, builtin_checks
 from drills.plugin import dest, progress, sealed_threads
 from drills.plugin.fixtures import STATE
@@ -234,14 +234,8 @@ def _select(options: DrillOptions, now: datetime) -> tuple[
     """(the backup to drill, why none could be, how many were eligible, the tree as scanned
     to pick from: the schedule is then judged on the same records, not on a second scan)."""
     if options.backup is not None:
-        path = options.backup.resolve()
-        if not path.is_file():
-            return None, f"no backup at {options.backup}", 0, None
-        found = catalog.find(options.backup_dir, path)
-        if found is None:
-            return None, f"{options.backup} is not named like an atb backup " \
-                         "(backup-YYYYMMDDTHHMMSSZ.dump)", 0, None
-        return found, None, 1, None
+        found, error = child.given_backup(options.backup, options.backup_dir)
+        return found, error, 0 if found is None else 1, None
     backups = catalog.scan(options.backup_dir, options.database)
     eligible = len(pick.eligible(backups, now=now, window_days=options.window_days,
                                  database=options.database))
@@ -285,7 +279,8 @@ def _add_metadata(config: pytest.Config, state: DrillState) -> None:
     meta["Drill database"] = state.database
     meta["Drill backup"] = str(state.backup.path) if state.backup else "-"
     meta["Drill seed"] = str(state.options.seed)
-    meta["Toolchains"] = ", ".join(f"{c.version} ({c.source})" for c in toolchain.discover())
+    chains = child.found_chains() or toolchain.discover()  # not searched twice
+    meta["Toolchains"] = ", ".join(f"{c.version} ({c.source})" for c in chains)
     for key in list(meta):
         if isinstance(meta[key], str):
             meta[key] = redact(meta[key])

@@ -7,16 +7,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Generator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from backup_core.store import ledger
 from backup_core.store.verdicts import record_drill
 from backup_core.tools.conninfo import redact
 from backup_core.tools.errors import AtbError
 from drills import report
 from drills.plugin.fixtures import DRILL_REPORT, EVIDENCE, FINDINGS, STATE
-from drills.result import DrillResult, verdict_of
+from drills.result import DrillResult, EvidenceFacts, verdict_of
 from drills.state import DEFAULT_PHASE, INCOMPLETE, DrillState
 
 EXIT_INCOMPLETE = 10  # a built-in check did not run: not a pass, not a failure
@@ -83,7 +85,13 @@ def drill_result(config: pytest.Config, state: DrillState) -> DrillResult:
     asks for it before the reports are written)."""
     if RESULT not in config.stash:
         state.collect()
-        config.stash[RESULT] = state.result()
+        result = state.result()
+        if state.options.result_file is not None:
+            # under `atb drill run`: the ledger's facts (its key, the controls) in the reports
+            # as they are first written, not written again by the parent
+            result = replace(result, evidence=EvidenceFacts(state.options.ledger_key,
+                                                            ledger.CONTROLS))
+        config.stash[RESULT] = result
     return config.stash[RESULT]
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from backup_core.tools import db, toolchain
-from backup_core.tools.cluster import Cluster, random_password, template_path
+from backup_core.tools.cluster import Cluster, random_password, server_ready, template_path
+from backup_core.tools.errors import CommandFailed
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +74,25 @@ def test_clusters_start_from_a_private_template_and_never_a_writable_one(
     with Cluster(chain18, templates=templates) as third:
         assert system_id(third) != first_id
     assert sorted(templates.iterdir()) == [template]  # and it is not replaced either
+
+
+def test_a_cluster_is_used_once_ready_and_a_start_that_fails_says_why_at_once(
+        tmp_path: Path, chain18: toolchain.Toolchain) -> None:
+    """The start returns when the server's lock file says ready (not at `pg_ctl -w`'s next
+    100 ms step); `pg_ctl` still judges a start that fails, and is reaped when it ends."""
+    templates = tmp_path / "templates"
+    with Cluster(chain18, templates=templates, destroy_mode="immediate") as ready:
+        assert server_ready(ready.datadir / "postmaster.pid", since=time.time() - 60)
+        with db.connect(ready.url(), autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        starter = ready._starter
+    assert ready._starter is None and (starter is None or starter.returncode == 0)
+    assert not server_ready(tmp_path / "absent.pid", since=0)
+    t0 = time.monotonic()
+    with pytest.raises(CommandFailed) as caught, \
+            Cluster(chain18, templates=templates, settings={"shared_buffers": "1kB"}):
+        pass
+    assert time.monotonic() - t0 < 30  # pg_ctl saw the server die: no wait for its timeout
+    assert str(caught.value).startswith(
+        f"the throwaway PostgreSQL {chain18.version} server did not start: ")
+    assert str(caught.value).endswith("postgresql.conf\" contains errors")  # its log

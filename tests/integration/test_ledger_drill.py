@@ -52,7 +52,8 @@ def test_prove_detection_catches_the_damaged_copy_and_the_drill_is_recorded(
     assert "| Control | SOC 2 A1.3: recovery plan procedures supporting system recovery are " \
            "tested. |" in md
     html = Path(result["reports"]["html"]).read_text()
-    assert f"Ed25519 SHA-256 {fp}" in html
+    # the child wrote the key's row; the parent added only the detection's, each once
+    assert (html.count(f"Ed25519 SHA-256 {fp}"), html.count(">Detection</th>")) == (1, 1)
     records = [json.loads(x) for x in ledger.ledger_path(reports).read_text().splitlines()]
     assert len(records) == 1
     rec = records[0]

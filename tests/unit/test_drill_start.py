@@ -4,7 +4,9 @@ the drill it was made for, and the argv of the copy and removal of a sandbox's f
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -16,9 +18,11 @@ import pytest
 
 from backup_core.store import catalog
 from backup_core.tools import cluster, removal, toolchain
+from backup_core.tools.errors import ToolchainError
 from drills import child, sandbox
 from drills.child import Early, SandboxStart
 from drills.options import DrillOptions
+from drills.plugin import hooks
 from drills.run import drill_argv
 
 
@@ -44,6 +48,71 @@ def test_only_a_local_dump_drill_naming_its_backup_is_begun_early(tmp_path: Path
                                            backup_dir=tmp_path, sandbox="local")) is None
     assert child.begin(["--drill"], {}) is None  # no options file: the plugin starts it
     assert child.begin([f"--drill-options={tmp_path / 'absent.json'}"], {}) is None
+
+
+def test_the_early_sandbox_and_the_plugin_choose_the_given_backup_with_one_function(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dump = tmp_path / "db" / "backup-20261130T010000Z.dump"
+    dump.parent.mkdir()
+    dump.write_bytes(b"PGDMP")
+    found, error = child.given_backup(dump, tmp_path)
+    assert (found.path if found else None, error) == (dump, None)
+    gone = tmp_path / "gone.dump"
+    assert child.given_backup(gone, tmp_path) == (None, f"no backup at {gone}")
+    odd = tmp_path / "db" / "nightly.dump"
+    odd.write_bytes(b"PGDMP")
+    assert child.given_backup(odd, tmp_path) == (
+        None, f"{odd} is not named like an atb backup (backup-YYYYMMDDTHHMMSSZ.dump)")
+    options = DrillOptions(backup=odd, backup_dir=tmp_path)  # the plugin's selection
+    assert hooks._select(options, datetime.now(UTC)) == (
+        None, f"{odd} is not named like an atb backup (backup-YYYYMMDDTHHMMSSZ.dump)", 0, None)
+    chosen = hooks._select(DrillOptions(backup=dump, backup_dir=tmp_path), datetime.now(UTC))
+    assert chosen[1:] == (None, 1, None) and chosen[0] == found
+    # the toolchains the early sandbox's thread found are the metadata's: not searched twice
+    assert child.found_chains() is None
+    events: list[str] = []
+    early, _ = _early(tmp_path / "2", events)
+    monkeypatch.setattr(child, "PENDING", early)
+    assert child.found_chains() == []
+    # and the record it was begun for is the plugin's: its manifest is not read again
+    early.found, early.backup_dir = found, tmp_path
+    assert child.given_backup(dump, tmp_path)[0] is found
+    assert child.given_backup(dump, tmp_path / "db")[0] is not found  # another tree: judged
+    assert child.given_backup(gone, tmp_path) == (None, f"no backup at {gone}")
+    failed: Future[list[toolchain.Toolchain]] = Future()
+    failed.set_exception(ToolchainError("no PostgreSQL"))
+    monkeypatch.setattr(early, "chains", failed)
+    assert child.found_chains() is None
+    early.start.close(None)
+
+
+LEAVING = """
+import atexit, sys, threading
+from drills.leave import leave
+atexit.register(lambda: print("atexit ran", flush=True))
+print("buffered", end="")
+if sys.argv[1] == "profiled":
+    sys.setprofile(lambda *_: None)
+if sys.argv[1] == "thread":
+    threading.Thread(target=lambda: (__import__("time").sleep(0.2), print(" thread done",
+                                                                          end=""))).start()
+leave(int(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize(("threads", "code", "out"), [
+    ("none", 10, "bufferedatexit ran\n"),
+    ("none", 0, "bufferedatexit ran\n"),
+    ("thread", 1, "buffered thread doneatexit ran\n"),
+    ("profiled", 3, "bufferedatexit ran\n")])
+def test_leaving_runs_the_exit_handlers_flushes_and_waits_for_other_threads(
+        threads: str, code: int, out: str) -> None:
+    """`leave` skips only the interpreter's teardown: the exit code, the buffered output and
+    the atexit handlers are a normal exit's; another thread still running is waited for, and a
+    profiler gets its normal exit."""
+    done = subprocess.run([sys.executable, "-c", LEAVING, threads, str(code)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (code, out, "")
 
 
 def _early(tmp_path: Path, events: list[str]) -> tuple[Early, catalog.Backup]:
@@ -136,3 +205,15 @@ def test_the_docker_sdk_is_needed_only_when_the_engine_holds_containers_of_ours(
     config.mkdir()
     (config / "config.json").write_text('{"currentContext": "remote"}')
     assert not sandbox.local_engine_holds_none({"DOCKER_CONFIG": str(config)})
+
+
+def test_an_immediate_stop_signals_once_and_sees_the_end_of_a_process_it_did_not_start(
+) -> None:
+    """A sandbox's server is not our child (pg_ctl started it): its end is read from /proc,
+    where a zombie waiting for its parent counts as ended."""
+    proc = subprocess.Popen(["sleep", "30"])
+    assert not cluster._exited(proc.pid)
+    assert cluster._quit(proc.pid) is True  # SIGQUIT ends `sleep` as it ends the postmaster
+    assert cluster._exited(proc.pid)  # a zombie until reaped: ended all the same
+    assert proc.wait(timeout=10) == -signal.SIGQUIT
+    assert cluster._exited(proc.pid) and cluster._quit(proc.pid) is True  # gone: nothing to do
