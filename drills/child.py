@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING
 from backup_core.reading import inventory
 from backup_core.store import catalog
 from backup_core.store.catalog import Backup
+from backup_core.store.naming import DUMP_SUFFIX, MANIFEST_SUFFIX, taken_at
 from backup_core.tools import cluster, toolchain
 from backup_core.tools.conninfo import detach_libpq_environment
-from backup_core.tools.errors import AtbError
+from backup_core.tools.errors import AtbError, ConfigError
 from drills import sandbox
 from drills.options import DrillOptions
 
@@ -124,6 +125,31 @@ def options_file(argv: list[str]) -> Path | None:
     writes it), or None (pure)."""
     found = [a.removeprefix(OPTIONS_FLAG) for a in argv if a.startswith(OPTIONS_FLAG)]
     return Path(found[-1]) if found else None
+
+
+def check_selection(options: DrillOptions) -> None:
+    """A typo in where the backups are is the configuration's, not the backup's: refused
+    (`ConfigError`, exit 2) before a report name is claimed, a sandbox started or anything
+    recorded. `--backup` must name a dump of ours (the manifest's `.json` names its dump);
+    without it, the backup tree must exist."""
+    if options.source != "dump":
+        return
+    given = options.backup
+    if given is None:
+        if not options.backup_dir.is_dir():
+            raise ConfigError(f"BACKUP_DIR (--backup-dir) {options.backup_dir}: no such "
+                              "directory")
+        return
+    if given.name.endswith(MANIFEST_SUFFIX) and taken_at(
+            given.with_name(given.name[:-len(MANIFEST_SUFFIX)] + DUMP_SUFFIX)) is not None:
+        dump = given.with_name(given.name[:-len(MANIFEST_SUFFIX)] + DUMP_SUFFIX)
+        raise ConfigError(f"--backup {given} is a backup's manifest: give its dump, {dump}")
+    if not given.is_file():
+        raise ConfigError(f"--backup {given}: " + (
+            "a directory, not a backup file" if given.is_dir() else "no such file"))
+    if taken_at(given) is None or not given.name.endswith(DUMP_SUFFIX):
+        raise ConfigError(f"--backup {given} is not an atb backup (a "
+                          "backup-YYYYMMDDTHHMMSSZ.dump beside its manifest)")
 
 
 def given_backup(backup: Path, backup_dir: Path) -> tuple[Backup | None, str | None]:

@@ -34,7 +34,7 @@ from backup_core.tools.conninfo import ConnInfo, redact
 from backup_core.tools.errors import AtbError, CommandFailed, ToolchainError
 from backup_core.tools.isolation import Isolation
 from backup_core.tools.relay import Relay
-from drills import docker_engine, observer
+from drills import child, docker_engine, observer
 from drills.console import ProgressFile
 from drills.options import DrillOptions
 from drills.result import DrillResult, verdict_of
@@ -152,6 +152,7 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
         guard.refuse_production_server(
             ConnInfo.parse(options.sandbox_url, what="ATB_SANDBOX_URL"), production,
             asserted=options.sandbox_is_not_production)
+    child.check_selection(options)
     if options.sandbox == "docker" and options.source == "dump":
         check_docker(options)
     if options.source == "pgbackrest":  # before anything starts: exit 3 with no pgbackrest,

@@ -72,6 +72,10 @@ def configure_drill(config: pytest.Config) -> None:
         options = _options(config)
     except AtbError as exc:
         raise pytest.UsageError(str(exc)) from exc
+    try:  # a typo in where the backups are: a usage error, before anything starts
+        child.check_selection(options)
+    except AtbError as exc:
+        raise pytest.UsageError(str(exc)) from exc
     builtin = builtin_checks(options.source)  # the check functions, imported
     sandbox.reap()  # sandboxes of killed drills (a no-op under `atb drill run`, which reaped)
     # From here on, nothing in this process or its children sees production: not its URL,

@@ -1,0 +1,40 @@
+"""What a new user's trial of the drill found (report s27, items 4-8 and 17), each kept as
+the test that reproduced it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import drill
+
+
+@pytest.mark.parametrize("case", ["no-tree", "passwd", "manifest", "missing"])
+def test_a_typo_in_where_the_backups_are_is_exit_2_and_records_nothing(
+        tmp_path: Path, case: str) -> None:
+    """Item 6: a BACKUP_DIR that does not exist, a --backup that is not a backup of ours or
+    is its manifest: exit 2, one line, no report, no ledger record, no verdict."""
+    tree = tmp_path / "backups"
+    day = tree / "shop" / "2026" / "11" / "30"
+    day.mkdir(parents=True)
+    manifest = day / "backup-20261130T010203Z.json"
+    manifest.write_text("{}")
+    args = {"no-tree": [], "passwd": ["--backup", "/etc/passwd"],
+            "manifest": ["--backup", str(manifest)],
+            "missing": ["--backup", str(day / "backup-20261130T010204Z.dump")]}[case]
+    reports = tmp_path / "reports"
+    done, _ = drill(*args, backup_dir=tmp_path / "nonexistent" if case == "no-tree" else tree,
+                    report_dir=reports)
+    expected = {
+        "no-tree": f"atb: error: BACKUP_DIR (--backup-dir) {tmp_path / 'nonexistent'}: no "
+                   "such directory\n",
+        "passwd": "atb: error: --backup /etc/passwd is not an atb backup (a "
+                  "backup-YYYYMMDDTHHMMSSZ.dump beside its manifest)\n",
+        "manifest": f"atb: error: --backup {manifest} is a backup's manifest: give its dump, "
+                    f"{day / 'backup-20261130T010203Z.dump'}\n",
+        "missing": f"atb: error: --backup {day / 'backup-20261130T010204Z.dump'}: no such "
+                   "backup file (`atb db list` shows them)\n"}[case]
+    assert (done.returncode, done.stderr, done.stdout) == (2, expected, "")
+    assert not reports.exists()
+    assert sorted(p.name for p in day.iterdir()) == ["backup-20261130T010203Z.json"]
