@@ -31,7 +31,7 @@ from backup_core.store.verdicts import record_drill
 from backup_core.tools import appenv, childenv, isolation, runner
 from backup_core.tools.cluster import cache_root
 from backup_core.tools.conninfo import ConnInfo, redact
-from backup_core.tools.errors import AtbError, CommandFailed, ToolchainError
+from backup_core.tools.errors import AtbError, CommandFailed, ConfigError, ToolchainError
 from backup_core.tools.isolation import Isolation
 from backup_core.tools.relay import Relay
 from drills import child, docker_engine, observer
@@ -113,6 +113,39 @@ def check_docker(options: DrillOptions) -> None:
         raise ToolchainError(engine.refusal)
 
 
+# directories pytest does not look into for checks (its `norecursedirs`, in short)
+SKIPPED_DIRS = frozenset({"node_modules", "__pycache__", "venv", "build", "dist"})
+
+
+def check_files(paths: tuple[Path, ...]) -> list[Path]:
+    """The Python files pytest would import from `--checks`: each file given, and under
+    each directory its test files and conftests."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_file():
+            found.append(path)
+            continue
+        for root, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIPPED_DIRS)
+            found += [Path(root) / f for f in sorted(files) if f == "conftest.py" or (
+                f.endswith(".py") and (f.startswith("test_") or f.endswith("_test.py")))]
+    return found
+
+
+def check_check_files(paths: tuple[Path, ...]) -> None:
+    """A check file that is not even Python is a configuration error (exit 2, one line
+    naming it) before anything starts: compiled here, never run (your code runs only inside
+    the drill's isolation, where one that fails to import is refused the same way)."""
+    for file in check_files(paths):
+        try:
+            compile(file.read_bytes(), str(file), "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            raise ConfigError(f"check file {file} cannot be collected: "
+                              f"{type(exc).__name__}: {exc.msg} (line {exc.lineno})") from exc
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"check file {file} cannot be read: {exc}") from exc
+
+
 def drill_isolation(options: DrillOptions) -> Isolation:
     """How the drill child can be isolated here: the platform's answer, unless the sandbox
     is a container on an engine the namespace cannot share."""
@@ -153,6 +186,7 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
             ConnInfo.parse(options.sandbox_url, what="ATB_SANDBOX_URL"), production,
             asserted=options.sandbox_is_not_production)
     child.check_selection(options)
+    check_check_files(options.checks)
     if options.sandbox == "docker" and options.source == "dump":
         check_docker(options)
     if options.source == "pgbackrest":  # before anything starts: exit 3 with no pgbackrest,
@@ -211,6 +245,9 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
             raise
         finally:
             proc.stdout.close()  # the pipe is ours: closed on every path, not by the collector
+        refused = Path(tmp) / "config-error.txt"  # drills.plugin.hooks.config_error_file
+        if not result_file.is_file() and refused.is_file():
+            raise ConfigError(refused.read_text().strip())
         if not result_file.is_file():
             if iso.network:  # the launcher (or `unshare` before it) may have refused: a
                 isolation.forget_probe()  # kept yes is dropped, the next drill probes again

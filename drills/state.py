@@ -111,6 +111,11 @@ class DrillState:
     # told of each phase starting and done (name, "start" or "done", seconds): the progress
     # channel to `atb drill run` (drills.plugin.progress)
     on_phase: Callable[[str, str, float], None] | None = None
+    # a check file (or conftest) that could not be imported or collected: the drill's
+    # configuration, not its backup; it ends with this one line and no report (`config_error`)
+    collection_error: str | None = None
+    # set when the drill was interrupted (Ctrl-C, SIGINT from `atb drill run`)
+    interrupted: bool = False
 
     @property
     def reachable_production(self) -> ConnInfo | None:

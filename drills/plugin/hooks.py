@@ -9,7 +9,7 @@ import inspect
 import json
 import os
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -143,6 +143,34 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = [i for i in items if i not in dropped]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Generator[
+        None, pytest.CollectReport, pytest.CollectReport]:
+    """A check file (or its conftest) that cannot be imported or collected is the drill's
+    configuration, not a verdict on the backup: the first one, in one line, ends the drill
+    with no report and no record (`drills.plugin.recording`). pytest itself stops after
+    collection when one failed, so no restore runs."""
+    report = yield
+    state = collector.config.stash.get(STATE, None)
+    if report.failed and state is not None and state.collection_error is None:
+        lines = [ln.strip() for ln in str(report.longrepr).splitlines() if ln.strip()]
+        last = lines[-1].removeprefix("E").strip() if lines else "cannot be collected"
+        state.collection_error = (f"check file {collector.path} cannot be collected: "
+                                  f"{redact(last)}")
+        manager = collector.config.pluginmanager
+        for plugin in manager.get_plugins():  # its page is not written either
+            if type(plugin).__module__.startswith("pytest_html."):
+                manager.unregister(plugin)
+    return report
+
+
+def config_error_file(options: DrillOptions) -> Path | None:
+    """Where the child says the drill's configuration cannot run (one line), for
+    `atb drill run` to exit 2 with it: beside its result file."""
+    rf = options.result_file
+    return rf.with_name("config-error.txt") if rf is not None else None
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:

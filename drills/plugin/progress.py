@@ -85,5 +85,6 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     channel = session.config.stash.get(CHANNEL, None)
-    if channel is not None and session.config.stash.get(STATE, None) is not None:
+    state = session.config.stash.get(STATE, None)
+    if channel is not None and state is not None and state.collection_error is None:
         channel.emit("report", state="start")

@@ -4,8 +4,10 @@ reports written and the verdict recorded beside the backup."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 from collections.abc import Generator
 from dataclasses import replace
 from typing import Any
@@ -100,6 +102,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(STATE, None)
     if state is None or exitstatus == pytest.ExitCode.USAGE_ERROR:
         return
+    if state.collection_error is not None:
+        _refuse(session, state, state.collection_error)
+        return
     result = drill_result(session.config, state)
     report.write_reports(result)
     if state.options.result_file is not None:
@@ -119,6 +124,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def _refuse(session: pytest.Session, state: DrillState, error: str) -> None:
+    """The drill's configuration cannot run: no report (the name claimed for it is given
+    back, pytest-html writes no page), no verdict, no ledger record; one line on stderr
+    (and for `atb drill run`, which exits 2 with it, in its file)."""
+    from drills.plugin.hooks import config_error_file
+
+    for path in (state.paths.json, state.paths.html, state.paths.md):
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        state.paths.json.parent.rmdir()  # only when nothing else is in it
+    where = config_error_file(state.options)
+    if where is not None:
+        where.write_text(error + "\n")
+    else:
+        sys.stderr.write(f"atb: error: {error}\n")
+    session.exitstatus = pytest.ExitCode.USAGE_ERROR
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """`pytest --drill` by hand: the drill's record in the ledger, once pytest-html has
     written its page (under `atb drill run` the parent appends it, after its own steps)."""
@@ -136,7 +159,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     state = config.stash.get(STATE, None)
-    if state is None:
+    if state is None or state.collection_error is not None:
         return
     terminalreporter.write_sep("=", f"restore drill verdict: {state.verdict()}")
     terminalreporter.write_line(f"report: {state.paths.html}")

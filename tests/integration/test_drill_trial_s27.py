@@ -38,3 +38,26 @@ def test_a_typo_in_where_the_backups_are_is_exit_2_and_records_nothing(
     assert (done.returncode, done.stderr, done.stdout) == (2, expected, "")
     assert not reports.exists()
     assert sorted(p.name for p in day.iterdir()) == ["backup-20261130T010203Z.json"]
+
+
+@pytest.mark.parametrize("broken", ["syntax", "import"])
+def test_a_check_file_that_cannot_be_collected_is_exit_2_naming_it(
+        tmp_path: Path, broken: str) -> None:
+    """Item 5: a check file with a syntax error (seen before the drill's child starts) or an
+    import that fails (seen at collection, before any restore): exit 2 and one line naming
+    the file and the error; no report, no ledger record."""
+    tree, reports, bc = tmp_path / "backups", tmp_path / "reports", tmp_path / "bc"
+    tree.mkdir()
+    bc.mkdir()
+    bad = bc / "test_bad.py"
+    bad.write_text("def test_x(:\n" if broken == "syntax" else
+                   "import atb_no_such_module\n\ndef test_x():\n    pass\n")
+    done, _ = drill("--checks", str(bc), backup_dir=tree, report_dir=reports)
+    expected = (f"atb: error: check file {bad} cannot be collected: SyntaxError: invalid "
+                "syntax (line 1)\n" if broken == "syntax" else
+                f"atb: error: check file {bad} "
+                "cannot be collected: ModuleNotFoundError: No module named "
+                "'atb_no_such_module'\n")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.splitlines()[-1:] == [expected.rstrip("\n")]
+    assert not reports.exists() or sorted(reports.rglob("*")) == []
