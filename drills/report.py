@@ -44,6 +44,7 @@ def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
         ("Verdict", r.verdict),
         ("Database", r.database),
         ("Backup", b.path or "-"),
+        *origin_rows(b.origin),
         ("Selection", b.selection_error or b.selection or "-"),
         ("Backup taken", f"{human_time(b.taken_at)} ({human(b.age_s)} before the drill)"),
         ("Size / SHA-256", f"{size(b.size_bytes)} / {b.sha256 or '-'}"),
@@ -78,6 +79,11 @@ def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
         rows.append(("Integration", f"`{i.command}` exit {i.exit_code} in "
                                     f"{human(i.duration_s)}"))
     return rows
+
+
+def origin_rows(origin: dict[str, str]) -> list[tuple[str, str]]:
+    """A backup drilled from the repository: where it was, as stored, and its hashes."""
+    return [(k[:1].upper() + k[1:].replace("sha256", "SHA-256"), v) for k, v in origin.items()]
 
 
 def evidence_rows(r: DrillResult) -> list[tuple[str, str]]:

@@ -40,6 +40,9 @@ class BackupFacts:
     row_counts_mode: str | None = None
     selection: str = ""
     selection_error: str | None = None
+    # a backup drilled from the off-site repository: its repository, object key, stored and
+    # plain hashes, encryption, manifest hash and fetch time (`path` is then its URL)
+    origin: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

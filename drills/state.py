@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -216,6 +217,8 @@ def assemble(state: DrillState, *, finished_at: datetime) -> DrillResult:
     b = state.backup
     m = b.manifest if b else None
     age = (state.started_at - b.taken_at).total_seconds() if b and b.taken_at else None
+    origin = origin_facts(state.options.origin)
+    url, how = origin.pop("url", None), origin.pop("selection", None)
     return DrillResult(
         verdict=state.verdict(),
         database=state.database,
@@ -223,7 +226,7 @@ def assemble(state: DrillState, *, finished_at: datetime) -> DrillResult:
         finished_at=finished_at.isoformat(timespec="seconds"),
         seed=state.options.seed,
         backup=state._pitr_backup() if state.pitr else BackupFacts(
-            path=str(b.path) if b else None,
+            path=url or (str(b.path) if b else None),
             taken_at=b.taken_at.isoformat() if b and b.taken_at else None,
             age_s=round(age, 1) if age is not None else None,
             size_bytes=b.size if b else None,
@@ -234,11 +237,11 @@ def assemble(state: DrillState, *, finished_at: datetime) -> DrillResult:
             tables=len(m.row_counts) if m else None,
             rows=sum(m.row_counts.values()) if m else None,
             row_counts_mode=m.row_counts_mode if m else None,
-            selection="given with --backup" if state.options.backup else
-                      f"random among {plural(state.eligible, 'complete backup')} "
-                      f"of the last {state.options.window_days:g} days (seed "
-                      f"{state.options.seed})",
-            selection_error=state.selection_error),
+            selection=how or ("given with --backup" if state.options.backup else
+                              f"random among {plural(state.eligible, 'complete backup')} "
+                              f"of the last {state.options.window_days:g} days (seed "
+                              f"{state.options.seed})"),
+            selection_error=state.selection_error, origin=origin),
         sandbox=state.sandbox or SandboxFacts(),
         alembic=state.alembic or AlembicFacts(),
         rto=RtoFacts(
@@ -267,6 +270,16 @@ def assemble(state: DrillState, *, finished_at: datetime) -> DrillResult:
                  "schedule_s": state.options.schedule_s,
                  "strict_rpo": state.options.strict_rpo},
     )
+
+
+def origin_facts(text: str | None) -> dict[str, str]:
+    """The facts `atb drill run --repo` gave of where the backup came from (`--origin`,
+    JSON), as text; none for a backup of the local tree."""
+    try:
+        data = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
 class _Timed(contextlib.AbstractContextManager[T]):

@@ -3,11 +3,17 @@ the test that reproduced it."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import drill
+from backup_core.store.naming import manifest_path
+from backup_core.tools.cluster import Cluster
+from tests.conftest import make_database
+from tests.helpers import atb_inproc, drill
+from tests.object_store import ObjectStore
 
 
 @pytest.mark.parametrize("case", ["no-tree", "passwd", "manifest", "missing"])
@@ -61,3 +67,48 @@ def test_a_check_file_that_cannot_be_collected_is_exit_2_naming_it(
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr.splitlines()[-1:] == [expected.rstrip("\n")]
     assert not reports.exists() or sorted(reports.rglob("*")) == []
+
+
+def test_a_drill_from_the_repository_names_the_object_its_hashes_and_the_pick(
+        object_store: ObjectStore, pg15: Cluster, tmp_path: Path) -> None:
+    """Item 4: `drill run --repo` without --backup: every report (JSON, Markdown, HTML) and
+    the ledger record name the repository's object, its stored and plain hashes and the
+    random pick, never the private download path; the manifest's hash is in the ledger."""
+    source = make_database(pg15, rows=20)
+    tree = tmp_path / "b"
+    made = atb_inproc("db", "backup", "--backup-dir", str(tree), "--json", url=source)
+    assert made.returncode == 0, made.stderr
+    dump = Path(json.loads(made.stdout)["path"])
+    repo = f"s3://{object_store.bucket}/s27-{uuid.uuid4().hex[:8]}"
+    env = object_store.env()
+    pushed = atb_inproc("db", "push", "--backup-dir", str(tree), "--repo", repo, env=env)
+    assert pushed.returncode == 0, pushed.stderr
+    reports = tmp_path / "reports"
+    done = atb_inproc("drill", "run", "--repo", repo, "--sandbox", "local", "--seed", "7",
+                      "--database", source.dbname, "--report-dir", str(reports), "--json",
+                      env=env)
+    assert done.returncode == 1, done.stdout + done.stderr  # FAIL: it has no heartbeat
+    key = str(dump.relative_to(tree))
+    out = json.loads(done.stdout)
+    plain = json.loads(manifest_path(dump).read_text())["sha256"]
+    stored = out["offsite"]["stored sha256"]
+    assert out["backup"]["path"] == f"{repo}/{key}"
+    assert out["backup"]["selection"] == (f"random among 1 complete backup of the last 90 "
+                                          f"days in {repo} (seed 7)")
+    assert {k: v for k, v in out["backup"]["origin"].items()
+            if k not in ("fetch/verify", "manifest sha256")} == {
+        "repository": repo, "object": key, "stored sha256": stored, "plain sha256": plain,
+        "encryption": "none"}
+    report_json = json.loads(Path(out["reports"]["json"]).read_text())
+    assert report_json["backup"] == out["backup"]
+    md, html = (Path(out["reports"][k]).read_text() for k in ("md", "html"))
+    assert f"{repo}/{key}" in html and f"{repo}/{key}".replace("://", "\\://") in md  # inert
+    for text in (md, html):
+        assert stored in text and plain in text
+        assert "atb-fetch-" not in text and "given with --backup" not in text
+    [record] = [json.loads(line) for line in (reports / "ledger.ndjson").read_text()
+                .splitlines()]
+    assert record["backup"]["path"] == f"{repo}/{key}"
+    assert record["backup"]["manifest_sha256"] == out["backup"]["origin"]["manifest sha256"]
+    assert len(record["backup"]["manifest_sha256"]) == 64
+    assert record["backup"]["origin"]["object"] == key
