@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -196,7 +198,10 @@ def begin(argv: list[str], env: dict[str, str] | os._Environ[str]) -> Early | No
     if path is None:
         return None
     try:
-        options = DrillOptions.from_json(path.read_text(), env)
+        text = path.read_text()
+        if json.loads(text).get("exclude"):  # checking --exclude's names imports the checks,
+            return None  # and with them drills.plugin, before pytest can rewrite its asserts
+        options = DrillOptions.from_json(text, env)
         backup = early_target(options)
     except (AtbError, OSError, ValueError):
         return None  # the plugin reads them again and says what is wrong
@@ -240,10 +245,19 @@ def take(backup: Backup, options: DrillOptions) -> Early | None:
     return early
 
 
+def interrupt_once(signum: int, frame: object) -> None:
+    """The first SIGINT interrupts the drill; the ones after it are ignored, so that its
+    teardown and reports are not cut short: a Ctrl-C reaches this process from the terminal,
+    from `atb drill run` and from each launcher of its namespaces, all at once."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str]) -> int:
     """Begin the sandbox, run pytest on `argv` (as `python -m pytest` would), and tear down
     a sandbox nobody adopted."""
     global PENDING
+    signal.signal(signal.SIGINT, interrupt_once)
     PENDING = begin(argv, os.environ)
     if PENDING is not None:  # until the sandbox is up (see EARLY_SWITCH_S)
         default = sys.getswitchinterval()

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -230,11 +230,14 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
         proc = runner.spawn_text(argv, what="the drill", env=base,
                                  parent_death_signal=signal.SIGINT)
         assert proc.stdout is not None
+        interrupted = False
         try:
-            for line in proc.stdout:
-                tail.append(line.rstrip("\n"))
-                if on_line:
-                    on_line(redact(line.rstrip("\n")))
+            try:
+                follow(proc.stdout, tail, on_line)
+            except KeyboardInterrupt:  # Ctrl-C: the child heeds the first SIGINT it gets
+                interrupted = True  # (a terminal's, or this one), tears its sandbox down,
+                proc.send_signal(signal.SIGINT)  # writes its reports: all followed here
+                follow(proc.stdout, tail, on_line)
             code = proc.wait()
         except BaseException:
             proc.send_signal(signal.SIGINT)  # pytest tears the sandbox down on SIGINT
@@ -245,6 +248,8 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
             raise
         finally:
             proc.stdout.close()  # the pipe is ours: closed on every path, not by the collector
+        if interrupted and not result_file.is_file():
+            raise KeyboardInterrupt  # nothing was reported: nothing to record
         refused = Path(tmp) / "config-error.txt"  # drills.plugin.hooks.config_error_file
         if not result_file.is_file() and refused.is_file():
             raise ConfigError(refused.read_text().strip())
@@ -258,10 +263,20 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
     # a dump's verdict goes beside it; a pgBackRest recovery has no file to record beside
     if record_here and result.backup.path and options.source == "dump":
         try:
-            record_drill(Path(result.backup.path), verdict_of(result, interrupted=False))
+            record_drill(Path(result.backup.path),
+                         verdict_of(result, interrupted=result.interrupted))
         except AtbError as exc:
             log.warning("could not record the verdict beside the backup: %s", exc)
     return result
+
+
+def follow(lines: Iterable[str], tail: collections.deque[str],
+           on_line: Callable[[str], None] | None) -> None:
+    """The child's output, to its end: its last lines kept, each shown redacted."""
+    for line in lines:
+        tail.append(line.rstrip("\n"))
+        if on_line:
+            on_line(redact(line.rstrip("\n")))
 
 
 def read_only_trees(options: DrillOptions, scratch: Path) -> list[str]:

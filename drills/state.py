@@ -41,6 +41,8 @@ RTO_PHASES = ("fetch/verify", "sandbox start", "restore", "analyze", "restore fi
 DEFAULT_PHASE = "checks"
 T = TypeVar("T")
 PASS, FAIL, INCOMPLETE = "PASS", "FAIL", "INCOMPLETE"
+# where an interrupted recovery stopped, as its RTO says (`RtoFacts.failed_at`)
+INTERRUPTED = "interrupted"
 
 
 @dataclass
@@ -112,6 +114,8 @@ class DrillState:
     # told of each phase starting and done (name, "start" or "done", seconds): the progress
     # channel to `atb drill run` (drills.plugin.progress)
     on_phase: Callable[[str, str, float], None] | None = None
+    # told of a warning as it happens (`auto` chose a local sandbox): shown by `atb drill run`
+    on_note: Callable[[str], None] | None = None
     # a check file (or conftest) that could not be imported or collected: the drill's
     # configuration, not its backup; it ends with this one line and no report (`config_error`)
     collection_error: str | None = None
@@ -136,13 +140,20 @@ class DrillState:
         t0 = time.monotonic()
         if self.on_phase is not None:
             self.on_phase(name, "start", 0.0)
+        ended = "done"  # a phase an error or an interrupt ended is not said to be done
         try:
             yield
+        except KeyboardInterrupt:
+            ended = "interrupted"
+            raise
+        except BaseException:
+            ended = "failed"
+            raise
         finally:
             spent = time.monotonic() - t0
             self.phases[name] = round(self.phases.get(name, 0.0) + spent, 3)
             if self.on_phase is not None:
-                self.on_phase(name, "done", spent)
+                self.on_phase(name, ended, spent)
 
     def timed(self, inner: contextlib.AbstractContextManager[T], *, enter: str | None,
               leave: str) -> contextlib.AbstractContextManager[T]:
@@ -167,9 +178,13 @@ class DrillState:
     def verdict(self) -> str:
         """PASS only when every built-in check ran and passed (a finding counts as run);
         INCOMPLETE when one was skipped or not collected; FAIL on any failure."""
-        if self.selection_error or not self.checks:
+        if self.selection_error:
             return FAIL
         if any(c.outcome in ("failed", "error") for c in self.checks):
+            return FAIL
+        if self.interrupted:  # what did not run was not judged: never a PASS, nor a FAIL
+            return INCOMPLETE
+        if not self.checks:
             return FAIL
         return INCOMPLETE if self.not_run() else PASS
 
@@ -177,6 +192,7 @@ class DrillState:
         """Built-in checks that did not run, with the reason."""
         outcomes = {c.name: c for c in self.checks}
         missing = {name: "excluded with --drill-exclude" if name in self.options.exclude
+                   else "not run: interrupted" if self.interrupted
                    else "not collected (deselected)" for name in self.builtin
                    if name not in outcomes}
         skipped = {c.name: c.message or "skipped" for c in self.checks
@@ -186,6 +202,8 @@ class DrillState:
     def failed_at(self) -> str | None:
         """The recovery phase of the first failed check, in recovery order."""
         failed = [c.name for c in self.checks if c.outcome in ("failed", "error")]
+        if self.interrupted and not failed and not self.selection_error:
+            return INTERRUPTED
         if self.selection_error or not self.checks:
             return "fetch/verify"
         if not failed:
@@ -258,6 +276,7 @@ def assemble(state: DrillState, *, finished_at: datetime) -> DrillResult:
         integration=state.integration,
         pitr=state.pitr, isolation=state.isolation,
         not_run=state.not_run(),
+        interrupted=state.interrupted,
         checks=tuple(state.checks),
         findings=tuple(state.findings),
         reports={"html": str(state.paths.html), "json": str(state.paths.json),

@@ -144,8 +144,6 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
                     os.environ.get("DATABASE_URL")), on_event=progress)
         finally:
             progress.close()
-        if result.sandbox.note:
-            logging.getLogger("atb.drill").warning("%s", result.sandbox.note)
         detection = None
         if prove_detection:  # a damaged copy of the same backup, while it is still here
             from drills import detect  # (its restore and backup modules: only then)
@@ -177,12 +175,17 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
         raise SystemExit(PublishFailed.exit_code)
 
 
+INTERRUPTED_EXIT = 130  # as every command ends on Ctrl-C
+
+
 def drill_exit_code(result: DrillResult) -> int:
-    """0 PASS, 1 FAIL, 10 INCOMPLETE; 8 when production changed, as `restore --migrate`
-    exits: one code for it across commands."""
+    """0 PASS, 1 FAIL, 10 INCOMPLETE, 130 interrupted; 8 when production changed, as
+    `restore --migrate` exits: one code for it across commands."""
     if any(c.name == "test_production_was_not_touched" and c.outcome in ("failed", "error")
            for c in result.checks):
         return ProductionTouched.exit_code
+    if result.interrupted:  # recorded and reported; the run itself was stopped
+        return INTERRUPTED_EXIT
     if result.passed:
         return 0
     return 10 if result.verdict == "INCOMPLETE" else 1

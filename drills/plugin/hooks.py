@@ -108,9 +108,11 @@ def configure_drill(config: pytest.Config) -> None:
     state.isolation = isolation_facts()
     state.production_before = observer.current()(production)
     state.builtin = builtin
-    state.on_phase = progress.open_channel(config, options.progress_file,
-                                           chosen.size if chosen else None).phase
+    channel = progress.open_channel(config, options.progress_file,
+                                    chosen.size if chosen else None)
+    state.on_phase, state.on_note = channel.phase, channel.note
     config.stash[STATE] = state
+    _CURRENT[:] = [state]
     # The built-in checks, the user's own check paths, and what the command line named (where
     # only tests marked `drill` run): never the project's whole test suite.
     named = list(config.args) if config.args_source == pytest.Config.ArgsSource.ARGS else []
@@ -164,6 +166,15 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Generator[
             if type(plugin).__module__.startswith("pytest_html."):
                 manager.unregister(plugin)
     return report
+
+
+def current_state() -> DrillState | None:
+    """This process's drill (one a process: pytest is not run twice in one), for the hooks
+    that see no config."""
+    return _CURRENT[0] if _CURRENT else None
+
+
+_CURRENT: list[DrillState] = []
 
 
 def config_error_file(options: DrillOptions) -> Path | None:

@@ -49,14 +49,21 @@ class Channel:
     def phase(self, name: str, state: str, seconds: float) -> None:
         """`DrillState.phase`'s listener: a phase starting, or done after `seconds`."""
         shown = SHOWN.get(name, name)
-        if state == "start":
-            self.emit("phase", phase=shown, state="start")
+        if state != "done":  # starting; or ended by an error or an interrupt: no rate
+            self.emit("phase", phase=shown, state=state,
+                      **({} if state == "start" else {"seconds": round(seconds, 3)}))
             return
         extra: dict[str, Any] = {}
         if name == "restore" and self.archive_bytes:
             extra = {"bytes": self.archive_bytes,
                      "rate": round(self.archive_bytes / seconds) if seconds > 0 else None}
         self.emit("phase", phase=shown, state="done", seconds=round(seconds, 3), **extra)
+
+
+    def note(self, text: str) -> None:
+        """A warning the drill's user should see when it happens (`auto` chose a local
+        sandbox), not at the end."""
+        self.emit("note", text=text)
 
 
 CHANNEL = pytest.StashKey[Channel]()

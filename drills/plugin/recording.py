@@ -124,6 +124,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """Ctrl-C (or `atb drill run` passing one on): the drill says it was interrupted; the
+    checks it did not reach are "not run: interrupted", and its record is still kept."""
+    from drills.plugin.hooks import current_state
+
+    state = current_state()
+    if state is not None:
+        state.interrupted = True
+
+
 def _refuse(session: pytest.Session, state: DrillState, error: str) -> None:
     """The drill's configuration cannot run: no report (the name claimed for it is given
     back, pytest-html writes no page), no verdict, no ledger record; one line on stderr

@@ -11,8 +11,9 @@ import pytest
 
 from backup_core.store.naming import manifest_path
 from backup_core.tools.cluster import Cluster
+from backup_core.tools.conninfo import ConnInfo
 from tests.conftest import make_database
-from tests.helpers import atb_inproc, drill
+from tests.helpers import atb_inproc, drill, interrupt_drill, oldest
 from tests.object_store import ObjectStore
 
 
@@ -112,3 +113,34 @@ def test_a_drill_from_the_repository_names_the_object_its_hashes_and_the_pick(
     assert record["backup"]["manifest_sha256"] == out["backup"]["origin"]["manifest sha256"]
     assert len(record["backup"]["manifest_sha256"]) == 64
     assert record["backup"]["origin"]["object"] == key
+
+
+def test_ctrl_c_during_a_drill_reports_it_interrupted_and_records_it(
+        history: tuple[ConnInfo, Path], tmp_path: Path) -> None:
+    """Item 7: Ctrl-C (SIGINT to the process group, as a terminal sends it) during the
+    integration command: exit 130; the report says the drill was interrupted (INCOMPLETE,
+    the check not reached "not run: interrupted", the RTO not measured), the ledger has its
+    record naming the same report, and no phase is said "done" after the interrupt."""
+    backup = oldest(history[1])
+    code, out, err = interrupt_drill(
+        ["--sandbox", "local", "--backup", str(backup), "--backup-dir", str(history[1]),
+         "--no-record", "--json", "--exclude", "heartbeat_is_fresh_at_backup_time",
+         "--schedule", "1d"],
+        tmp_path, lambda: None)
+    assert code == 130, out + err
+    assert "Traceback" not in err
+    result = json.loads(out)
+    assert (result["verdict"], result["interrupted"]) == ("INCOMPLETE", True)
+    assert result["not_run"]["test_application_integration_suite_passes"] == \
+        "not run: interrupted"
+    assert result["rto"]["failed_at"] == "interrupted" and result["rto"]["measured_s"] is None
+    assert not any("deselected" in why for why in result["not_run"].values())
+    report = Path(result["reports"]["md"]).read_text()
+    assert "| Interrupted | the drill was stopped (Ctrl-C or SIGINT)" in report
+    assert "not measured: the drill was interrupted" in report
+    [record] = [json.loads(line) for line in (tmp_path / "r" / "ledger.ndjson").read_text()
+                .splitlines()]
+    assert (record["verdict"], record["backup"]["path"]) == ("INCOMPLETE", str(backup))
+    assert set(record["reports"]) == {"html", "json", "md"}
+    after = err[err.index("integration..."):]
+    assert "integration interrupted after" in after and "integration done" not in after
