@@ -246,18 +246,34 @@ def take(backup: Backup, options: DrillOptions) -> Early | None:
 
 
 def interrupt_once(signum: int, frame: object) -> None:
-    """The first SIGINT interrupts the drill; the ones after it are ignored, so that its
-    teardown and reports are not cut short: a Ctrl-C reaches this process from the terminal,
-    from `atb drill run` and from each launcher of its namespaces, all at once."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """The first SIGINT (or SIGHUP) interrupts the drill; the ones after it are ignored, so
+    that its teardown and reports are not cut short: a Ctrl-C reaches this process from the
+    terminal, from `atb drill run` and from each launcher of its namespaces, all at once.
+    SIGHUP is `atb drill run` gone (its parent-death signal, `kill -9`): nobody will record
+    the drill, so the sandbox is torn down and no report is written (ORPHANED)."""
+    global ORPHANED
+    for sig in INTERRUPTS:
+        signal.signal(sig, signal.SIG_IGN)
+    ORPHANED = signum == signal.SIGHUP
+    if ORPHANED:  # nobody reads our output any more: a write must not fail the teardown
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        os.close(devnull)
     raise KeyboardInterrupt
+
+
+INTERRUPTS = (signal.SIGINT, signal.SIGHUP)
+# `atb drill run` died (SIGHUP, its parent-death signal): tear down, report nothing
+ORPHANED = False
 
 
 def main(argv: list[str]) -> int:
     """Begin the sandbox, run pytest on `argv` (as `python -m pytest` would), and tear down
     a sandbox nobody adopted."""
     global PENDING
-    signal.signal(signal.SIGINT, interrupt_once)
+    for sig in INTERRUPTS:
+        signal.signal(sig, interrupt_once)
     PENDING = begin(argv, os.environ)
     if PENDING is not None:  # until the sandbox is up (see EARLY_SWITCH_S)
         default = sys.getswitchinterval()

@@ -34,7 +34,7 @@ from backup_core.tools.conninfo import ConnInfo, redact
 from backup_core.tools.errors import AtbError, CommandFailed, ConfigError, ToolchainError
 from backup_core.tools.isolation import Isolation
 from backup_core.tools.relay import Relay
-from drills import child, docker_engine, observer
+from drills import child, docker_engine, leftovers, observer
 from drills.console import ProgressFile
 from drills.options import DrillOptions
 from drills.result import DrillResult, verdict_of
@@ -197,6 +197,7 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
     record_here = iso.network and options.record
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="atb-drill-"))
+        leftovers.mark(Path(tmp))  # removed by the next drill if this process is killed
         result_file = Path(tmp) / "result.json"
         options_file = Path(tmp) / "options.json"
         # the child's phases come back as JSON lines in this file (drills.plugin.progress)
@@ -226,9 +227,10 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
         tail: collections.deque[str] = collections.deque(maxlen=40)
         if on_event is not None:
             stack.enter_context(ProgressFile(progress_file, on_event))
-        # SIGINT if atb dies: pytest then tears the sandbox down
+        # SIGHUP if atb dies (through the launcher of its namespaces too): the child tears
+        # its sandbox down and ends, writing no report nobody would record (drills.child)
         proc = runner.spawn_text(argv, what="the drill", env=base,
-                                 parent_death_signal=signal.SIGINT)
+                                 parent_death_signal=signal.SIGHUP)
         assert proc.stdout is not None
         interrupted = False
         try:

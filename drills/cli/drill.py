@@ -17,7 +17,7 @@ from backup_core.ops.publish import PublishFailed, Wiki
 from backup_core.store.signing import signer_from_env
 from backup_core.tools import extras, notify
 from backup_core.tools.errors import AtbError, ConfigError, ProductionTouched
-from drills import console, render, sandbox
+from drills import console, leftovers, render, sandbox
 from drills.alerts import drill_notice
 from drills.cli import output
 from drills.cli.params import (
@@ -138,6 +138,7 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
                               origin=json.dumps(_origin(repo, key, fetched, options,
                                                         chosen_among)))
         progress = console.DrillProgress()
+        leftovers.reap()  # the temporary directories of killed drills (one line each)
         try:  # sandboxes of killed drills are reaped meanwhile (each logged in one line)
             with sandbox.reaping():
                 result = run_drill(options, production=production(

@@ -112,7 +112,7 @@ def configure_drill(config: pytest.Config) -> None:
                                     chosen.size if chosen else None)
     state.on_phase, state.on_note = channel.phase, channel.note
     config.stash[STATE] = state
-    _CURRENT[:] = [state]
+    _CURRENT[:] = [(state, config)]
     # The built-in checks, the user's own check paths, and what the command line named (where
     # only tests marked `drill` run): never the project's whole test suite.
     named = list(config.args) if config.args_source == pytest.Config.ArgsSource.ARGS else []
@@ -161,20 +161,28 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Generator[
         last = lines[-1].removeprefix("E").strip() if lines else "cannot be collected"
         state.collection_error = (f"check file {collector.path} cannot be collected: "
                                   f"{redact(last)}")
-        manager = collector.config.pluginmanager
-        for plugin in manager.get_plugins():  # its page is not written either
-            if type(plugin).__module__.startswith("pytest_html."):
-                manager.unregister(plugin)
+        no_page()  # its page is not written either
     return report
+
+
+def no_page() -> None:
+    """pytest-html writes no page for this drill (its configuration could not run, or
+    `atb drill run` is gone)."""
+    if not _CURRENT:
+        return
+    manager = _CURRENT[0][1].pluginmanager
+    for plugin in manager.get_plugins():
+        if type(plugin).__module__.startswith("pytest_html."):
+            manager.unregister(plugin)
 
 
 def current_state() -> DrillState | None:
     """This process's drill (one a process: pytest is not run twice in one), for the hooks
     that see no config."""
-    return _CURRENT[0] if _CURRENT else None
+    return _CURRENT[0][0] if _CURRENT else None
 
 
-_CURRENT: list[DrillState] = []
+_CURRENT: list[tuple[DrillState, pytest.Config]] = []
 
 
 def config_error_file(options: DrillOptions) -> Path | None:

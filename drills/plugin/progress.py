@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from drills import child
 from drills.plugin.fixtures import STATE
 from drills.report import title
 
@@ -93,5 +94,6 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     channel = session.config.stash.get(CHANNEL, None)
     state = session.config.stash.get(STATE, None)
-    if channel is not None and state is not None and state.collection_error is None:
+    if channel is not None and state is not None and state.collection_error is None \
+            and not child.ORPHANED:
         channel.emit("report", state="start")

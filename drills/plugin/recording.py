@@ -18,7 +18,7 @@ from backup_core.store import ledger
 from backup_core.store.verdicts import record_drill
 from backup_core.tools.conninfo import redact
 from backup_core.tools.errors import AtbError
-from drills import report
+from drills import child, report
 from drills.plugin.fixtures import DRILL_REPORT, EVIDENCE, FINDINGS, STATE
 from drills.result import DrillResult, EvidenceFacts, verdict_of
 from drills.state import DEFAULT_PHASE, INCOMPLETE, DrillState
@@ -105,6 +105,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if state.collection_error is not None:
         _refuse(session, state, state.collection_error)
         return
+    if child.ORPHANED:  # `atb drill run` was killed: its sandbox is torn down, and no
+        _give_back(state)  # report is written that no ledger would know of
+        return
     result = drill_result(session.config, state)
     report.write_reports(result)
     if state.options.result_file is not None:
@@ -127,11 +130,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
     """Ctrl-C (or `atb drill run` passing one on): the drill says it was interrupted; the
     checks it did not reach are "not run: interrupted", and its record is still kept."""
-    from drills.plugin.hooks import current_state
+    from drills.plugin.hooks import current_state, no_page
 
     state = current_state()
     if state is not None:
         state.interrupted = True
+        if child.ORPHANED:
+            no_page()
 
 
 def _refuse(session: pytest.Session, state: DrillState, error: str) -> None:
@@ -140,16 +145,21 @@ def _refuse(session: pytest.Session, state: DrillState, error: str) -> None:
     (and for `atb drill run`, which exits 2 with it, in its file)."""
     from drills.plugin.hooks import config_error_file
 
-    for path in (state.paths.json, state.paths.html, state.paths.md):
-        path.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        state.paths.json.parent.rmdir()  # only when nothing else is in it
+    _give_back(state)
     where = config_error_file(state.options)
     if where is not None:
         where.write_text(error + "\n")
     else:
         sys.stderr.write(f"atb: error: {error}\n")
     session.exitstatus = pytest.ExitCode.USAGE_ERROR
+
+
+def _give_back(state: DrillState) -> None:
+    """The report name claimed for this drill, given back: no report is written."""
+    for path in (state.paths.json, state.paths.html, state.paths.md):
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        state.paths.json.parent.rmdir()  # only when nothing else is in it
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -4,6 +4,11 @@ the test that reproduced it."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -13,7 +18,7 @@ from backup_core.store.naming import manifest_path
 from backup_core.tools.cluster import Cluster
 from backup_core.tools.conninfo import ConnInfo
 from tests.conftest import make_database
-from tests.helpers import atb_inproc, drill, interrupt_drill, oldest
+from tests.helpers import atb, atb_inproc, drill, interrupt_drill, oldest
 from tests.object_store import ObjectStore
 
 
@@ -144,3 +149,55 @@ def test_ctrl_c_during_a_drill_reports_it_interrupted_and_records_it(
     assert set(record["reports"]) == {"html", "json", "md"}
     after = err[err.index("integration..."):]
     assert "integration interrupted after" in after and "integration done" not in after
+
+
+def _holding(text: str) -> list[int]:
+    """The processes whose command line holds `text`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if text.encode() in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_kill_9_of_a_drill_ends_its_child_unreported_and_the_next_reaps_its_files(
+        history: tuple[ConnInfo, Path], tmp_path: Path, sandbox_tmp: Path) -> None:
+    """Item 8: `kill -9` of `atb drill run` during the drill: its child (inside its
+    namespaces) hears of it, tears its sandbox down and ends without writing a report; the
+    drill's private temporary directories stay until `atb doctor` (or the next drill)
+    removes them, as it does killed sandboxes."""
+    scratch, reports, marker = sandbox_tmp, tmp_path / "r", tmp_path / "started"
+    slow = f"{sys.executable} -c \"import pathlib, time; pathlib.Path('{marker}').touch(); " \
+           "time.sleep(120)\""
+    env = {**{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "BACKUP_DIR")},
+           "TMPDIR": str(scratch), "DATABASE_URL": history[0].secret_url}
+    out = tmp_path / "out.txt"
+    with out.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "drills.cli", "drill", "run", "--sandbox", "local",
+             "--backup", str(oldest(history[1])), "--backup-dir", str(history[1]),
+             "--no-record", "--integration-cmd", slow, "--report-dir", str(reports)],
+            env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert marker.exists() and proc.poll() is None, out.read_text()[-3000:]
+    left = {p.name.split("-")[1] for p in scratch.iterdir()}
+    assert {"drill", "observer"} <= left, left  # isolated: production seen through one
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while _holding(str(scratch)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _holding(str(scratch)) == [], "the drill's child outlived atb"
+    assert sorted(p.name for p in reports.rglob("*") if p.is_file()) == []
+    assert sorted(p.name.split("-")[1] for p in scratch.iterdir()) == ["drill", "observer"], \
+        sorted(p.name for p in scratch.iterdir())
+    doctor = atb("doctor", env={"TMPDIR": str(scratch)})
+    assert doctor.returncode == 0, doctor.stderr
+    assert doctor.stderr.count("the temporary directory of a drill that is gone") == 2
+    assert list(scratch.iterdir()) == []
