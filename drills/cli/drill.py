@@ -146,7 +146,8 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
         finally:
             progress.close()
         detection = None
-        if prove_detection:  # a damaged copy of the same backup, while it is still here
+        if prove_detection and not result.interrupted:  # a damaged copy of the same backup,
+            # while it is still here
             from drills import detect  # (its restore and backup modules: only then)
 
             local = replace(result, backup=replace(result.backup, path=str(options.backup)))

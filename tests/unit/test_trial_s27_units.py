@@ -14,6 +14,8 @@ import pytest
 from backup_core.tools.errors import ConfigError
 from drills import console, report, run
 from drills.plugin.progress import Channel
+from drills.result import CheckRecord
+from drills.state import DrillState
 
 
 def test_a_phase_ended_by_an_interrupt_or_an_error_is_not_said_done() -> None:
@@ -61,3 +63,47 @@ def test_a_backup_from_the_repository_has_its_rows_in_the_summary() -> None:
                                "stored sha256": "aa", "plain sha256": "bb"})
     assert rows == [("Repository", "s3://b/p"), ("Object", "db/x.dump"),
                     ("Stored SHA-256", "aa"), ("Plain SHA-256", "bb")]
+
+
+def _state(**options: object) -> DrillState:
+    from datetime import UTC, datetime
+
+    from drills.options import DrillOptions
+    from drills.state import ReportPaths
+
+    now = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+    state = DrillState(options=DrillOptions(seed=3, **options),  # type: ignore[arg-type]
+                       started_at=now, production=None, backup=None, selection_error=None,
+                       paths=ReportPaths.for_drill(Path("/r"), "app", now))
+    state.builtin = ("test_indexes_are_valid", "test_application_integration_suite_passes")
+    return state
+
+
+def test_an_interrupted_drill_is_incomplete_says_so_and_measures_no_rto() -> None:
+    state = _state()
+    state.checks = [CheckRecord(name="test_indexes_are_valid", title="Indexes are valid",
+                                outcome="passed")]
+    state.interrupted = True
+    result = state.result()
+    assert (result.verdict, result.interrupted) == ("INCOMPLETE", True)
+    assert result.not_run == {"test_application_integration_suite_passes":
+                              "not run: interrupted"}
+    assert (result.rto.failed_at, result.rto.measured_s) == ("interrupted", None)
+    rows = dict(report.summary_rows(result))
+    assert rows["Interrupted"].startswith("the drill was stopped (Ctrl-C or SIGINT)")
+    assert rows["RTO"].startswith("not measured: the drill was interrupted")
+    assert report.next_steps(result) == []  # nothing to configure: run it again
+    state.checks = []  # interrupted before any check: still not a FAIL
+    assert state.result().verdict == "INCOMPLETE"
+
+
+def test_a_drill_from_the_repository_names_its_url_and_pick_not_the_download() -> None:
+    origin = {"url": "s3://b/p/db/x.dump", "selection": "given with --backup db/x.dump",
+              "repository": "s3://b/p", "object": "db/x.dump"}
+    state = _state(backup=Path("/tmp/atb-fetch-1/db/2026/11/30/x.dump"),
+                   origin=json.dumps(origin))
+    b = state.result().backup
+    assert (b.path, b.selection, b.origin) == ("s3://b/p/db/x.dump",
+                                               "given with --backup db/x.dump",
+                                               {"repository": "s3://b/p",
+                                                "object": "db/x.dump"})
