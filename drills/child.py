@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,9 +33,10 @@ from typing import TYPE_CHECKING
 from backup_core.reading import inventory
 from backup_core.store import catalog
 from backup_core.store.catalog import Backup
+from backup_core.store.naming import DUMP_SUFFIX, MANIFEST_SUFFIX, taken_at
 from backup_core.tools import cluster, toolchain
 from backup_core.tools.conninfo import detach_libpq_environment
-from backup_core.tools.errors import AtbError
+from backup_core.tools.errors import AtbError, ConfigError
 from drills import sandbox
 from drills.options import DrillOptions
 
@@ -126,6 +129,31 @@ def options_file(argv: list[str]) -> Path | None:
     return Path(found[-1]) if found else None
 
 
+def check_selection(options: DrillOptions) -> None:
+    """A typo in where the backups are is the configuration's, not the backup's: refused
+    (`ConfigError`, exit 2) before a report name is claimed, a sandbox started or anything
+    recorded. `--backup` must name a dump of ours (the manifest's `.json` names its dump);
+    without it, the backup tree must exist."""
+    if options.source != "dump":
+        return
+    given = options.backup
+    if given is None:
+        if not options.backup_dir.is_dir():
+            raise ConfigError(f"BACKUP_DIR (--backup-dir) {options.backup_dir}: no such "
+                              "directory")
+        return
+    if given.name.endswith(MANIFEST_SUFFIX) and taken_at(
+            given.with_name(given.name[:-len(MANIFEST_SUFFIX)] + DUMP_SUFFIX)) is not None:
+        dump = given.with_name(given.name[:-len(MANIFEST_SUFFIX)] + DUMP_SUFFIX)
+        raise ConfigError(f"--backup {given} is a backup's manifest: give its dump, {dump}")
+    if not given.is_file():
+        raise ConfigError(f"--backup {given}: " + (
+            "a directory, not a backup file" if given.is_dir() else "no such file"))
+    if taken_at(given) is None or not given.name.endswith(DUMP_SUFFIX):
+        raise ConfigError(f"--backup {given} is not an atb backup (a "
+                          "backup-YYYYMMDDTHHMMSSZ.dump beside its manifest)")
+
+
 def given_backup(backup: Path, backup_dir: Path) -> tuple[Backup | None, str | None]:
     """The backup `--backup` names, as the catalog judges it, or why there is none to drill:
     the one choice both the early sandbox (`early_target`) and the plugin's selection
@@ -170,7 +198,10 @@ def begin(argv: list[str], env: dict[str, str] | os._Environ[str]) -> Early | No
     if path is None:
         return None
     try:
-        options = DrillOptions.from_json(path.read_text(), env)
+        text = path.read_text()
+        if json.loads(text).get("exclude"):  # checking --exclude's names imports the checks,
+            return None  # and with them drills.plugin, before pytest can rewrite its asserts
+        options = DrillOptions.from_json(text, env)
         backup = early_target(options)
     except (AtbError, OSError, ValueError):
         return None  # the plugin reads them again and says what is wrong
@@ -214,10 +245,35 @@ def take(backup: Backup, options: DrillOptions) -> Early | None:
     return early
 
 
+def interrupt_once(signum: int, frame: object) -> None:
+    """The first SIGINT (or SIGHUP) interrupts the drill; the ones after it are ignored, so
+    that its teardown and reports are not cut short: a Ctrl-C reaches this process from the
+    terminal, from `atb drill run` and from each launcher of its namespaces, all at once.
+    SIGHUP is `atb drill run` gone (its parent-death signal, `kill -9`): nobody will record
+    the drill, so the sandbox is torn down and no report is written (ORPHANED)."""
+    global ORPHANED
+    for sig in INTERRUPTS:
+        signal.signal(sig, signal.SIG_IGN)
+    ORPHANED = signum == signal.SIGHUP
+    if ORPHANED:  # nobody reads our output any more: a write must not fail the teardown
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    raise KeyboardInterrupt
+
+
+INTERRUPTS = (signal.SIGINT, signal.SIGHUP)
+# `atb drill run` died (SIGHUP, its parent-death signal): tear down, report nothing
+ORPHANED = False
+
+
 def main(argv: list[str]) -> int:
     """Begin the sandbox, run pytest on `argv` (as `python -m pytest` would), and tear down
     a sandbox nobody adopted."""
     global PENDING
+    for sig in INTERRUPTS:
+        signal.signal(sig, interrupt_once)
     PENDING = begin(argv, os.environ)
     if PENDING is not None:  # until the sandbox is up (see EARLY_SWITCH_S)
         default = sys.getswitchinterval()

@@ -155,6 +155,12 @@ class DrillProgress:
             if self.tty and self.current and now - self.drawn >= 1:
                 self._draw(self.current, now)
             return
+        if event.get("event") == "note":  # a warning, when it happens
+            if self.tty and self.current:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()
+            self.log.warning("%s", event.get("text", ""))
+            return
         self.show(phase_line(event))
 
     def show(self, line: tuple[str, bool] | None) -> None:
@@ -192,6 +198,9 @@ def phase_line(event: dict[str, Any]) -> tuple[str, bool] | None:
         if event.get("state") == "start":
             return f"{phase}...", False
         seconds = event.get("seconds")
+        if event.get("state") in ("failed", "interrupted"):
+            return (f"{phase} {event['state']} after "
+                    f"{human(float(seconds)) if seconds is not None else '-'}"), True
         text = f"{phase} done in {human(float(seconds)) if seconds is not None else '-'}"
         if event.get("bytes"):
             rate = event.get("rate")

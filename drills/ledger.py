@@ -65,8 +65,8 @@ def _patch_html(path: Path, r: DrillResult, *, verdict_changed: bool,
 def fields(r: DrillResult, options: DrillOptions) -> dict[str, Any]:
     """The drill as its ledger record holds it (the reports' hashes are added on append)."""
     b = r.backup
-    manifest_sha = None
-    if options.source == "dump" and b.path:
+    manifest_sha = b.origin.get("manifest sha256")  # fetched from the repository
+    if manifest_sha is None and options.source == "dump" and b.path:
         mpath = manifest_path(Path(b.path))
         if mpath.is_file():
             manifest_sha = ledger.file_sha256(mpath)
@@ -79,7 +79,8 @@ def fields(r: DrillResult, options: DrillOptions) -> dict[str, Any]:
     return {
         "database": r.database, "source": options.source,
         "backup": {"path": b.path, "sha256": b.sha256, "size_bytes": b.size_bytes,
-                   "taken_at": b.taken_at, "manifest_sha256": manifest_sha},
+                   "taken_at": b.taken_at, "manifest_sha256": manifest_sha,
+                   **({"origin": dict(b.origin)} if b.origin else {})},
         "verdict": r.verdict, "started_at": r.started_at, "finished_at": r.finished_at,
         "rto_s": r.rto.measured_s, "rto_target_s": r.rto.target_s,
         "data_loss_s": r.pitr.data_loss_s if r.pitr else None,

@@ -293,6 +293,10 @@ class DrillOptions:
         "ledger-key",
         "The fingerprint of the key that signs the drill's ledger record, for its reports "
         "(used by `atb drill run`, which signs it).", cli=False)
+    origin: str | None = setting(
+        "backup-origin",
+        "Where --backup was fetched from, as JSON facts for the reports and the ledger (used "
+        "by `atb drill run --repo`).", cli=False)
     strict_rpo: bool = setting(
         "strict-rpo",
         "Fail the drill when the schedule cannot meet the RPO target (default: reported as a "
@@ -397,6 +401,7 @@ class DrillOptions:
             result_file=path("result-file"),
             progress_file=path("progress-file"),
             ledger_key=get("ledger-key") or None,
+            origin=get("backup-origin") or None,
             strict_rpo=bool(flag("strict-rpo")),
             rto_faithful=bool(flag("rto-faithful")),
             sandbox_is_not_production=bool(flag("sandbox-is-not-production")),

@@ -44,6 +44,7 @@ def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
         ("Verdict", r.verdict),
         ("Database", r.database),
         ("Backup", b.path or "-"),
+        *origin_rows(b.origin),
         ("Selection", b.selection_error or b.selection or "-"),
         ("Backup taken", f"{human_time(b.taken_at)} ({human(b.age_s)} before the drill)"),
         ("Size / SHA-256", f"{size(b.size_bytes)} / {b.sha256 or '-'}"),
@@ -71,6 +72,9 @@ def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
     if r.pitr is not None:  # a physical backup has no dump facts; its own rows say more
         rows = [row for row in rows if row[0] not in ("Selection", "Size / SHA-256", "Source",
                                                         "Data")]
+    if r.interrupted:
+        rows.insert(1, ("Interrupted", "the drill was stopped (Ctrl-C or SIGINT) before its "
+                                       "checks were over: what did not run was not judged"))
     if r.not_run:
         rows.insert(1, ("Not run", "; ".join(f"{title(k)}: {v}" for k, v in r.not_run.items())))
     if r.integration:
@@ -78,6 +82,11 @@ def summary_rows(r: DrillResult) -> list[tuple[str, str]]:
         rows.append(("Integration", f"`{i.command}` exit {i.exit_code} in "
                                     f"{human(i.duration_s)}"))
     return rows
+
+
+def origin_rows(origin: dict[str, str]) -> list[tuple[str, str]]:
+    """A backup drilled from the repository: where it was, as stored, and its hashes."""
+    return [(k[:1].upper() + k[1:].replace("sha256", "SHA-256"), v) for k, v in origin.items()]
 
 
 def evidence_rows(r: DrillResult) -> list[tuple[str, str]]:
@@ -137,6 +146,9 @@ def rto_text(rto: RtoFacts) -> str:
         return (f"{human(spent)} measured, target {human(rto.target_s)}: not counted, a "
                 "check of the restored database failed (the recovery did not deliver a "
                 f"sound database){forecast}{settings}")
+    if rto.failed_at == "interrupted":
+        return (f"not measured: the drill was interrupted (target {human(rto.target_s)})"
+                f"{forecast}{settings}")
     if rto.failed_at or rto.measured_s is None:
         return (f"not measured: the recovery failed at {rto.failed_at or 'an early phase'}"
                 f" (target {human(rto.target_s)}){forecast}{settings}")
@@ -198,7 +210,8 @@ def next_steps(r: DrillResult) -> list[str]:
         elif "--row-counts" in why:
             step = "take backups with row counts and checksums: `atb db backup` (the default " \
                    "--row-counts checksum)"
-        elif "not run: the" in why or "not attempted" in why or "no backup selected" in why:
+        elif "not run: the" in why or "interrupted" in why or "not attempted" in why \
+                or "no backup selected" in why:
             continue  # an earlier failure: the FAIL says what to fix, not a setting
         else:
             step = _STEPS.get(name, f"{title(name)}: {why}")

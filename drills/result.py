@@ -40,6 +40,9 @@ class BackupFacts:
     row_counts_mode: str | None = None
     selection: str = ""
     selection_error: str | None = None
+    # a backup drilled from the off-site repository: its repository, object key, stored and
+    # plain hashes, encryption, manifest hash and fetch time (`path` is then its URL)
+    origin: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,8 @@ class DrillResult:
     pitr: PitrFacts | None = None
     isolation: IsolationFacts | None = None
     evidence: EvidenceFacts | None = None
+    # stopped by Ctrl-C (SIGINT) before its checks were over: INCOMPLETE at best, exit 130
+    interrupted: bool = False
     schema: str = SCHEMA_ID
     schema_version: int = SCHEMA_VERSION
 
@@ -220,7 +225,8 @@ class DrillResult:
             not_run=dict(data.get("not_run") or {}),
             checks=tuple(build(CheckRecord, c) for c in data.get("checks") or ()),
             findings=tuple(data.get("findings") or ()),
-            reports=dict(data.get("reports") or {}), options=dict(data.get("options") or {}))
+            reports=dict(data.get("reports") or {}), options=dict(data.get("options") or {}),
+            interrupted=bool(data.get("interrupted", False)))
 
 
 def verdict_of(result: DrillResult, *, interrupted: bool) -> DrillVerdict:

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,10 @@ from backup_core.store.verdicts import record_drill
 from backup_core.tools import appenv, childenv, isolation, runner
 from backup_core.tools.cluster import cache_root
 from backup_core.tools.conninfo import ConnInfo, redact
-from backup_core.tools.errors import AtbError, CommandFailed, ToolchainError
+from backup_core.tools.errors import AtbError, CommandFailed, ConfigError, ToolchainError
 from backup_core.tools.isolation import Isolation
 from backup_core.tools.relay import Relay
-from drills import docker_engine, observer
+from drills import child, docker_engine, leftovers, observer
 from drills.console import ProgressFile
 from drills.options import DrillOptions
 from drills.result import DrillResult, verdict_of
@@ -113,6 +113,39 @@ def check_docker(options: DrillOptions) -> None:
         raise ToolchainError(engine.refusal)
 
 
+# directories pytest does not look into for checks (its `norecursedirs`, in short)
+SKIPPED_DIRS = frozenset({"node_modules", "__pycache__", "venv", "build", "dist"})
+
+
+def check_files(paths: tuple[Path, ...]) -> list[Path]:
+    """The Python files pytest would import from `--checks`: each file given, and under
+    each directory its test files and conftests."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_file():
+            found.append(path)
+            continue
+        for root, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIPPED_DIRS)
+            found += [Path(root) / f for f in sorted(files) if f == "conftest.py" or (
+                f.endswith(".py") and (f.startswith("test_") or f.endswith("_test.py")))]
+    return found
+
+
+def check_check_files(paths: tuple[Path, ...]) -> None:
+    """A check file that is not even Python is a configuration error (exit 2, one line
+    naming it) before anything starts: compiled here, never run (your code runs only inside
+    the drill's isolation, where one that fails to import is refused the same way)."""
+    for file in check_files(paths):
+        try:
+            compile(file.read_bytes(), str(file), "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            raise ConfigError(f"check file {file} cannot be collected: "
+                              f"{type(exc).__name__}: {exc.msg} (line {exc.lineno})") from exc
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"check file {file} cannot be read: {exc}") from exc
+
+
 def drill_isolation(options: DrillOptions) -> Isolation:
     """How the drill child can be isolated here: the platform's answer, unless the sandbox
     is a container on an engine the namespace cannot share."""
@@ -152,6 +185,8 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
         guard.refuse_production_server(
             ConnInfo.parse(options.sandbox_url, what="ATB_SANDBOX_URL"), production,
             asserted=options.sandbox_is_not_production)
+    child.check_selection(options)
+    check_check_files(options.checks)
     if options.sandbox == "docker" and options.source == "dump":
         check_docker(options)
     if options.source == "pgbackrest":  # before anything starts: exit 3 with no pgbackrest,
@@ -162,6 +197,7 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
     record_here = iso.network and options.record
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="atb-drill-"))
+        leftovers.mark(Path(tmp))  # removed by the next drill if this process is killed
         result_file = Path(tmp) / "result.json"
         options_file = Path(tmp) / "options.json"
         # the child's phases come back as JSON lines in this file (drills.plugin.progress)
@@ -191,15 +227,19 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
         tail: collections.deque[str] = collections.deque(maxlen=40)
         if on_event is not None:
             stack.enter_context(ProgressFile(progress_file, on_event))
-        # SIGINT if atb dies: pytest then tears the sandbox down
+        # SIGHUP if atb dies (through the launcher of its namespaces too): the child tears
+        # its sandbox down and ends, writing no report nobody would record (drills.child)
         proc = runner.spawn_text(argv, what="the drill", env=base,
-                                 parent_death_signal=signal.SIGINT)
+                                 parent_death_signal=signal.SIGHUP)
         assert proc.stdout is not None
+        interrupted = False
         try:
-            for line in proc.stdout:
-                tail.append(line.rstrip("\n"))
-                if on_line:
-                    on_line(redact(line.rstrip("\n")))
+            try:
+                follow(proc.stdout, tail, on_line)
+            except KeyboardInterrupt:  # Ctrl-C: the child heeds the first SIGINT it gets
+                interrupted = True  # (a terminal's, or this one), tears its sandbox down,
+                proc.send_signal(signal.SIGINT)  # writes its reports: all followed here
+                follow(proc.stdout, tail, on_line)
             code = proc.wait()
         except BaseException:
             proc.send_signal(signal.SIGINT)  # pytest tears the sandbox down on SIGINT
@@ -210,6 +250,11 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
             raise
         finally:
             proc.stdout.close()  # the pipe is ours: closed on every path, not by the collector
+        if interrupted and not result_file.is_file():
+            raise KeyboardInterrupt  # nothing was reported: nothing to record
+        refused = Path(tmp) / "config-error.txt"  # drills.plugin.hooks.config_error_file
+        if not result_file.is_file() and refused.is_file():
+            raise ConfigError(refused.read_text().strip())
         if not result_file.is_file():
             if iso.network:  # the launcher (or `unshare` before it) may have refused: a
                 isolation.forget_probe()  # kept yes is dropped, the next drill probes again
@@ -220,10 +265,20 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
     # a dump's verdict goes beside it; a pgBackRest recovery has no file to record beside
     if record_here and result.backup.path and options.source == "dump":
         try:
-            record_drill(Path(result.backup.path), verdict_of(result, interrupted=False))
+            record_drill(Path(result.backup.path),
+                         verdict_of(result, interrupted=result.interrupted))
         except AtbError as exc:
             log.warning("could not record the verdict beside the backup: %s", exc)
     return result
+
+
+def follow(lines: Iterable[str], tail: collections.deque[str],
+           on_line: Callable[[str], None] | None) -> None:
+    """The child's output, to its end: its last lines kept, each shown redacted."""
+    for line in lines:
+        tail.append(line.rstrip("\n"))
+        if on_line:
+            on_line(redact(line.rstrip("\n")))
 
 
 def read_only_trees(options: DrillOptions, scratch: Path) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -40,6 +41,8 @@ RTO_PHASES = ("fetch/verify", "sandbox start", "restore", "analyze", "restore fi
 DEFAULT_PHASE = "checks"
 T = TypeVar("T")
 PASS, FAIL, INCOMPLETE = "PASS", "FAIL", "INCOMPLETE"
+# where an interrupted recovery stopped, as its RTO says (`RtoFacts.failed_at`)
+INTERRUPTED = "interrupted"
 
 
 @dataclass
@@ -111,6 +114,13 @@ class DrillState:
     # told of each phase starting and done (name, "start" or "done", seconds): the progress
     # channel to `atb drill run` (drills.plugin.progress)
     on_phase: Callable[[str, str, float], None] | None = None
+    # told of a warning as it happens (`auto` chose a local sandbox): shown by `atb drill run`
+    on_note: Callable[[str], None] | None = None
+    # a check file (or conftest) that could not be imported or collected: the drill's
+    # configuration, not its backup; it ends with this one line and no report (`config_error`)
+    collection_error: str | None = None
+    # set when the drill was interrupted (Ctrl-C, SIGINT from `atb drill run`)
+    interrupted: bool = False
 
     @property
     def reachable_production(self) -> ConnInfo | None:
@@ -130,13 +140,23 @@ class DrillState:
         t0 = time.monotonic()
         if self.on_phase is not None:
             self.on_phase(name, "start", 0.0)
+        ended = "done"  # a phase an error or an interrupt ended is not said to be done
         try:
             yield
+        except KeyboardInterrupt:
+            ended = "interrupted"
+            raise
+        except Exception:
+            ended = "failed"
+            raise
+        except BaseException as exc:  # pytest's outcomes: a skip is the phase's own end
+            ended = "failed" if type(exc).__name__ == "Failed" else "done"
+            raise
         finally:
             spent = time.monotonic() - t0
             self.phases[name] = round(self.phases.get(name, 0.0) + spent, 3)
             if self.on_phase is not None:
-                self.on_phase(name, "done", spent)
+                self.on_phase(name, ended, spent)
 
     def timed(self, inner: contextlib.AbstractContextManager[T], *, enter: str | None,
               leave: str) -> contextlib.AbstractContextManager[T]:
@@ -161,9 +181,13 @@ class DrillState:
     def verdict(self) -> str:
         """PASS only when every built-in check ran and passed (a finding counts as run);
         INCOMPLETE when one was skipped or not collected; FAIL on any failure."""
-        if self.selection_error or not self.checks:
+        if self.selection_error:
             return FAIL
         if any(c.outcome in ("failed", "error") for c in self.checks):
+            return FAIL
+        if self.interrupted:  # what did not run was not judged: never a PASS, nor a FAIL
+            return INCOMPLETE
+        if not self.checks:
             return FAIL
         return INCOMPLETE if self.not_run() else PASS
 
@@ -171,6 +195,7 @@ class DrillState:
         """Built-in checks that did not run, with the reason."""
         outcomes = {c.name: c for c in self.checks}
         missing = {name: "excluded with --drill-exclude" if name in self.options.exclude
+                   else "not run: interrupted" if self.interrupted
                    else "not collected (deselected)" for name in self.builtin
                    if name not in outcomes}
         skipped = {c.name: c.message or "skipped" for c in self.checks
@@ -180,6 +205,8 @@ class DrillState:
     def failed_at(self) -> str | None:
         """The recovery phase of the first failed check, in recovery order."""
         failed = [c.name for c in self.checks if c.outcome in ("failed", "error")]
+        if self.interrupted and not failed and not self.selection_error:
+            return INTERRUPTED
         if self.selection_error or not self.checks:
             return "fetch/verify"
         if not failed:
@@ -211,6 +238,8 @@ def assemble(state: DrillState, *, finished_at: datetime) -> DrillResult:
     b = state.backup
     m = b.manifest if b else None
     age = (state.started_at - b.taken_at).total_seconds() if b and b.taken_at else None
+    origin = origin_facts(state.options.origin)
+    url, how = origin.pop("url", None), origin.pop("selection", None)
     return DrillResult(
         verdict=state.verdict(),
         database=state.database,
@@ -218,7 +247,7 @@ def assemble(state: DrillState, *, finished_at: datetime) -> DrillResult:
         finished_at=finished_at.isoformat(timespec="seconds"),
         seed=state.options.seed,
         backup=state._pitr_backup() if state.pitr else BackupFacts(
-            path=str(b.path) if b else None,
+            path=url or (str(b.path) if b else None),
             taken_at=b.taken_at.isoformat() if b and b.taken_at else None,
             age_s=round(age, 1) if age is not None else None,
             size_bytes=b.size if b else None,
@@ -229,11 +258,11 @@ def assemble(state: DrillState, *, finished_at: datetime) -> DrillResult:
             tables=len(m.row_counts) if m else None,
             rows=sum(m.row_counts.values()) if m else None,
             row_counts_mode=m.row_counts_mode if m else None,
-            selection="given with --backup" if state.options.backup else
-                      f"random among {plural(state.eligible, 'complete backup')} "
-                      f"of the last {state.options.window_days:g} days (seed "
-                      f"{state.options.seed})",
-            selection_error=state.selection_error),
+            selection=how or ("given with --backup" if state.options.backup else
+                              f"random among {plural(state.eligible, 'complete backup')} "
+                              f"of the last {state.options.window_days:g} days (seed "
+                              f"{state.options.seed})"),
+            selection_error=state.selection_error, origin=origin),
         sandbox=state.sandbox or SandboxFacts(),
         alembic=state.alembic or AlembicFacts(),
         rto=RtoFacts(
@@ -250,6 +279,7 @@ def assemble(state: DrillState, *, finished_at: datetime) -> DrillResult:
         integration=state.integration,
         pitr=state.pitr, isolation=state.isolation,
         not_run=state.not_run(),
+        interrupted=state.interrupted,
         checks=tuple(state.checks),
         findings=tuple(state.findings),
         reports={"html": str(state.paths.html), "json": str(state.paths.json),
@@ -262,6 +292,16 @@ def assemble(state: DrillState, *, finished_at: datetime) -> DrillResult:
                  "schedule_s": state.options.schedule_s,
                  "strict_rpo": state.options.strict_rpo},
     )
+
+
+def origin_facts(text: str | None) -> dict[str, str]:
+    """The facts `atb drill run --repo` gave of where the backup came from (`--origin`,
+    JSON), as text; none for a backup of the local tree."""
+    try:
+        data = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
 class _Timed(contextlib.AbstractContextManager[T]):

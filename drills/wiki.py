@@ -122,6 +122,8 @@ def when(started_at: str) -> str:
 
 
 def rto_cell(r: DrillResult) -> str:
+    if r.rto.failed_at == "interrupted":
+        return "not measured: interrupted"
     if r.rto.failed_at or r.rto.measured_s is None:
         return f"failed at {r.rto.failed_at or 'an early phase'}"
     return f"{human(r.rto.measured_s)} ({'met' if r.rto.met else 'NOT MET'})"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from backup_core.ops.survey import PgbackrestFound, Survey, ToolchainUse, survey
-from drills import sandbox
+from drills import leftovers, sandbox
 from drills.cli import output
 from drills.cli.params import EXIT_CODES, json_option
 
@@ -20,7 +20,7 @@ COLUMNS: list[output.Column[ToolchainUse]] = [
 def doctor(as_json: bool) -> None:
     """Show the PostgreSQL toolchains found, their versions, and what each is used for; stop
     and remove sandboxes left running by killed drills."""
-    reaped = sandbox.reap()  # each says so in one log line
+    reaped = [*sandbox.reap(), *leftovers.reap()]  # each says so in one log line
     found = survey()
     if as_json:
         output.print_json({**output.jsonable(found), "reaped": reaped})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from backup_core.ops.publish import PublishFailed, Wiki
 from backup_core.store.signing import signer_from_env
 from backup_core.tools import extras, notify
 from backup_core.tools.errors import AtbError, ConfigError, ProductionTouched
-from drills import console, render, sandbox
+from drills import console, leftovers, render, sandbox
 from drills.alerts import drill_notice
 from drills.cli import output
 from drills.cli.params import (
@@ -33,6 +34,7 @@ from drills.options import OPTIONS, DrillOptions, Option
 from drills.result import DrillResult
 
 if TYPE_CHECKING:
+    from backup_core.store.catalog import Backup
     from backup_core.store.offsite_transfer import Fetched
 
 
@@ -126,23 +128,30 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
     with contextlib.ExitStack() as stack:  # a backup fetched from --repo goes at the end
         fetched = None
         if repo:
-            fetched = stack.enter_context(_fetch(repo, key, options, repo_signer))
+            chosen_among: list[int] = []
+            fetched = stack.enter_context(_fetch(repo, key, options, repo_signer,
+                                                 chosen_among))
+            # the reports and the ledger name the repository's object, not the private
+            # directory it was downloaded into (removed when the drill ends)
             options = replace(options, backup=fetched.path,
-                              backup_dir=fetched.path.parents[4], record=False)
+                              backup_dir=fetched.path.parents[4], record=False,
+                              origin=json.dumps(_origin(repo, key, fetched, options,
+                                                        chosen_among)))
         progress = console.DrillProgress()
+        leftovers.reap()  # the temporary directories of killed drills (one line each)
         try:  # sandboxes of killed drills are reaped meanwhile (each logged in one line)
             with sandbox.reaping():
                 result = run_drill(options, production=production(
                     os.environ.get("DATABASE_URL")), on_event=progress)
         finally:
             progress.close()
-        if result.sandbox.note:
-            logging.getLogger("atb.drill").warning("%s", result.sandbox.note)
         detection = None
-        if prove_detection:  # a damaged copy of the same backup, while it is still here
+        if prove_detection and not result.interrupted:  # a damaged copy of the same backup,
+            # while it is still here
             from drills import detect  # (its restore and backup modules: only then)
 
-            detection = detect.prove(result, options, production=production(
+            local = replace(result, backup=replace(result.backup, path=str(options.backup)))
+            detection = detect.prove(local, options, production=production(
                 os.environ.get("DATABASE_URL")))
     if detection is not None or result.evidence != drill_ledger.evidence(signer):
         # the child wrote its reports with the ledger's facts; a detection run adds its own
@@ -153,13 +162,10 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
         result = replace(result, reports={**result.reports,
                                           "pdf": str(html_path.with_suffix(".pdf"))})
     drill_ledger.record(result, options, signer=signer)
-    if fetched is None:
+    if fetched is None or not as_json:  # the summary names the repository's object
         output.show(result, as_json=as_json, text=drill_summary)
-    elif as_json:
-        output.print_json({**output.jsonable(result), "offsite": _offsite(repo, fetched)})
     else:
-        click.echo(drill_summary(result) + "\n" + "\n".join(
-            f"{k + ':':<14} {v}" for k, v in _offsite(repo, fetched).items()))
+        output.print_json({**output.jsonable(result), "offsite": _offsite(repo, fetched)})
     published = wiki is None or _publish(wiki, result)
     notice = drill_notice(result)
     if notice is not None:
@@ -171,12 +177,17 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
         raise SystemExit(PublishFailed.exit_code)
 
 
+INTERRUPTED_EXIT = 130  # as every command ends on Ctrl-C
+
+
 def drill_exit_code(result: DrillResult) -> int:
-    """0 PASS, 1 FAIL, 10 INCOMPLETE; 8 when production changed, as `restore --migrate`
-    exits: one code for it across commands."""
+    """0 PASS, 1 FAIL, 10 INCOMPLETE, 130 interrupted; 8 when production changed, as
+    `restore --migrate` exits: one code for it across commands."""
     if any(c.name == "test_production_was_not_touched" and c.outcome in ("failed", "error")
            for c in result.checks):
         return ProductionTouched.exit_code
+    if result.interrupted:  # recorded and reported; the run itself was stopped
+        return INTERRUPTED_EXIT
     if result.passed:
         return 0
     return 10 if result.verdict == "INCOMPLETE" else 1
@@ -199,12 +210,11 @@ def _publish(wiki: Wiki, result: DrillResult) -> bool:
 
 @contextlib.contextmanager
 def _fetch(repo: str, key: str | None, options: DrillOptions,
-           signer: Path | None = None) -> Iterator[Fetched]:
-    """The backup to drill, downloaded (with progress on a terminal) and proven."""
-    from datetime import UTC, datetime
+           signer: Path | None = None, among: list[int] | None = None) -> Iterator[Fetched]:
+    """The backup to drill, downloaded (with progress on a terminal) and proven; `among`
+    gets how many backups the random pick chose among."""
 
     from backup_core.ops import offsite
-    from drills.pick import pick
 
     progress = console.Progress("fetch")
     last = ["download"]
@@ -212,13 +222,42 @@ def _fetch(repo: str, key: str | None, options: DrillOptions,
         with offsite.downloaded(
                 repo, key, database=options.database, signer=signer,
                 progress=lambda n, total: progress(_eta(n, total, progress.t0, last), n),
-                pick=lambda found: pick(found, now=datetime.now(UTC),
-                                        window_days=options.window_days, seed=options.seed,
-                                        database=options.database)) as got:
+                pick=lambda found: _pick(found, options, among)) as got:
             progress.close()
             yield got
     finally:
         progress.close()
+
+
+def _pick(found: list[Backup], options: DrillOptions, among: list[int] | None) -> Backup:
+    """The random pick of the repository's sound backups, as the local drill picks."""
+    from datetime import UTC, datetime
+
+    from drills.pick import eligible, pick
+
+    now = datetime.now(UTC)
+    if among is not None:
+        among[:] = [len(eligible(found, now=now, window_days=options.window_days,
+                                 database=options.database))]
+    return pick(found, now=now, window_days=options.window_days, seed=options.seed,
+                database=options.database)
+
+
+def _origin(repo: str, key: str | None, got: Fetched, options: DrillOptions,
+            among: list[int]) -> dict[str, str]:
+    """What the reports and the ledger say of a backup drilled from the repository: its
+    object (`url`, in place of the private download path), its hashes (the manifest's
+    hashed while it is still here), and how it was selected."""
+    from backup_core.store.ledger import file_sha256
+    from backup_core.store.naming import manifest_path
+    from backup_core.tools.durations import plural
+
+    facts = _offsite(repo, got)
+    how = (f"given with --backup {key}" if key else
+           f"random among {plural(among[0] if among else 0, 'complete backup')} of the last "
+           f"{options.window_days:g} days in {repo} (seed {options.seed})")
+    return {"url": f"{str(repo).rstrip('/')}/{got.offsite.dump.key}", "selection": how,
+            **facts, "manifest sha256": file_sha256(manifest_path(got.path))}
 
 
 def _eta(done: int, total: int, t0: float, last: list[str]) -> str:

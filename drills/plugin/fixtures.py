@@ -219,6 +219,8 @@ def drill_sandbox(request: pytest.FixtureRequest, drill: DrillState,
                                  database=info.dbname, identity=str(info.identity),
                                  url=info.url.redacted, image=info.image, note=info.note,
                                  durability=_durability(info.url))
+    if info.note and drill.on_note is not None:  # when the sandbox is chosen, not at the end
+        drill.on_note(info.note)
     try:
         yield info
     finally:

@@ -9,7 +9,7 @@ import inspect
 import json
 import os
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,10 @@ def configure_drill(config: pytest.Config) -> None:
         options = _options(config)
     except AtbError as exc:
         raise pytest.UsageError(str(exc)) from exc
+    try:  # a typo in where the backups are: a usage error, before anything starts
+        child.check_selection(options)
+    except AtbError as exc:
+        raise pytest.UsageError(str(exc)) from exc
     builtin = builtin_checks(options.source)  # the check functions, imported
     sandbox.reap()  # sandboxes of killed drills (a no-op under `atb drill run`, which reaped)
     # From here on, nothing in this process or its children sees production: not its URL,
@@ -104,9 +108,11 @@ def configure_drill(config: pytest.Config) -> None:
     state.isolation = isolation_facts()
     state.production_before = observer.current()(production)
     state.builtin = builtin
-    state.on_phase = progress.open_channel(config, options.progress_file,
-                                           chosen.size if chosen else None).phase
+    channel = progress.open_channel(config, options.progress_file,
+                                    chosen.size if chosen else None)
+    state.on_phase, state.on_note = channel.phase, channel.note
     config.stash[STATE] = state
+    _CURRENT[:] = [(state, config)]
     # The built-in checks, the user's own check paths, and what the command line named (where
     # only tests marked `drill` run): never the project's whole test suite.
     named = list(config.args) if config.args_source == pytest.Config.ArgsSource.ARGS else []
@@ -139,6 +145,51 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = [i for i in items if i not in dropped]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Generator[
+        None, pytest.CollectReport, pytest.CollectReport]:
+    """A check file (or its conftest) that cannot be imported or collected is the drill's
+    configuration, not a verdict on the backup: the first one, in one line, ends the drill
+    with no report and no record (`drills.plugin.recording`). pytest itself stops after
+    collection when one failed, so no restore runs."""
+    report = yield
+    state = collector.config.stash.get(STATE, None)
+    if report.failed and state is not None and state.collection_error is None:
+        lines = [ln.strip() for ln in str(report.longrepr).splitlines() if ln.strip()]
+        last = lines[-1].removeprefix("E").strip() if lines else "cannot be collected"
+        state.collection_error = (f"check file {collector.path} cannot be collected: "
+                                  f"{redact(last)}")
+        no_page()  # its page is not written either
+    return report
+
+
+def no_page() -> None:
+    """pytest-html writes no page for this drill (its configuration could not run, or
+    `atb drill run` is gone)."""
+    if not _CURRENT:
+        return
+    manager = _CURRENT[0][1].pluginmanager
+    for plugin in manager.get_plugins():
+        if type(plugin).__module__.startswith("pytest_html."):
+            manager.unregister(plugin)
+
+
+def current_state() -> DrillState | None:
+    """This process's drill (one a process: pytest is not run twice in one), for the hooks
+    that see no config."""
+    return _CURRENT[0][0] if _CURRENT else None
+
+
+_CURRENT: list[tuple[DrillState, pytest.Config]] = []
+
+
+def config_error_file(options: DrillOptions) -> Path | None:
+    """Where the child says the drill's configuration cannot run (one line), for
+    `atb drill run` to exit 2 with it: beside its result file."""
+    rf = options.result_file
+    return rf.with_name("config-error.txt") if rf is not None else None
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from drills import child
 from drills.plugin.fixtures import STATE
 from drills.report import title
 
@@ -49,14 +50,21 @@ class Channel:
     def phase(self, name: str, state: str, seconds: float) -> None:
         """`DrillState.phase`'s listener: a phase starting, or done after `seconds`."""
         shown = SHOWN.get(name, name)
-        if state == "start":
-            self.emit("phase", phase=shown, state="start")
+        if state != "done":  # starting; or ended by an error or an interrupt: no rate
+            self.emit("phase", phase=shown, state=state,
+                      **({} if state == "start" else {"seconds": round(seconds, 3)}))
             return
         extra: dict[str, Any] = {}
         if name == "restore" and self.archive_bytes:
             extra = {"bytes": self.archive_bytes,
                      "rate": round(self.archive_bytes / seconds) if seconds > 0 else None}
         self.emit("phase", phase=shown, state="done", seconds=round(seconds, 3), **extra)
+
+
+    def note(self, text: str) -> None:
+        """A warning the drill's user should see when it happens (`auto` chose a local
+        sandbox), not at the end."""
+        self.emit("note", text=text)
 
 
 CHANNEL = pytest.StashKey[Channel]()
@@ -85,5 +93,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     channel = session.config.stash.get(CHANNEL, None)
-    if channel is not None and session.config.stash.get(STATE, None) is not None:
+    state = session.config.stash.get(STATE, None)
+    if channel is not None and state is not None and state.collection_error is None \
+            and not child.ORPHANED:
         channel.emit("report", state="start")

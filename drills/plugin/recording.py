@@ -4,8 +4,10 @@ reports written and the verdict recorded beside the backup."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 from collections.abc import Generator
 from dataclasses import replace
 from typing import Any
@@ -16,7 +18,7 @@ from backup_core.store import ledger
 from backup_core.store.verdicts import record_drill
 from backup_core.tools.conninfo import redact
 from backup_core.tools.errors import AtbError
-from drills import report
+from drills import child, report
 from drills.plugin.fixtures import DRILL_REPORT, EVIDENCE, FINDINGS, STATE
 from drills.result import DrillResult, EvidenceFacts, verdict_of
 from drills.state import DEFAULT_PHASE, INCOMPLETE, DrillState
@@ -100,6 +102,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(STATE, None)
     if state is None or exitstatus == pytest.ExitCode.USAGE_ERROR:
         return
+    if state.collection_error is not None:
+        _refuse(session, state, state.collection_error)
+        return
+    if child.ORPHANED:  # `atb drill run` was killed: its sandbox is torn down, and no
+        _give_back(state)  # report is written that no ledger would know of
+        return
     result = drill_result(session.config, state)
     report.write_reports(result)
     if state.options.result_file is not None:
@@ -119,6 +127,41 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """Ctrl-C (or `atb drill run` passing one on): the drill says it was interrupted; the
+    checks it did not reach are "not run: interrupted", and its record is still kept."""
+    from drills.plugin.hooks import current_state, no_page
+
+    state = current_state()
+    if state is not None:
+        state.interrupted = True
+        if child.ORPHANED:
+            no_page()
+
+
+def _refuse(session: pytest.Session, state: DrillState, error: str) -> None:
+    """The drill's configuration cannot run: no report (the name claimed for it is given
+    back, pytest-html writes no page), no verdict, no ledger record; one line on stderr
+    (and for `atb drill run`, which exits 2 with it, in its file)."""
+    from drills.plugin.hooks import config_error_file
+
+    _give_back(state)
+    where = config_error_file(state.options)
+    if where is not None:
+        where.write_text(error + "\n")
+    else:
+        sys.stderr.write(f"atb: error: {error}\n")
+    session.exitstatus = pytest.ExitCode.USAGE_ERROR
+
+
+def _give_back(state: DrillState) -> None:
+    """The report name claimed for this drill, given back: no report is written."""
+    for path in (state.paths.json, state.paths.html, state.paths.md):
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        state.paths.json.parent.rmdir()  # only when nothing else is in it
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """`pytest --drill` by hand: the drill's record in the ledger, once pytest-html has
     written its page (under `atb drill run` the parent appends it, after its own steps)."""
@@ -136,7 +179,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     state = config.stash.get(STATE, None)
-    if state is None:
+    if state is None or state.collection_error is not None:
         return
     terminalreporter.write_sep("=", f"restore drill verdict: {state.verdict()}")
     terminalreporter.write_line(f"report: {state.paths.html}")

@@ -369,7 +369,7 @@ def _processes_mentioning(text: str) -> set[int]:
 def test_a_drill_whose_atb_is_killed_tears_itself_down(
     production: tuple[ConnInfo, Path], tmp_path: Path, sandbox_tmp: Path
 ) -> None:
-    """kill -9 of `atb drill run`: its pytest child is told (SIGINT, by the kernel) and
+    """kill -9 of `atb drill run`: its pytest child is told (SIGHUP, by the kernel) and
     stops the integration command and the sandbox server: nothing of the drill survives."""
     _, path = production
     marker = tmp_path / "integration-started"

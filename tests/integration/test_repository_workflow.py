@@ -93,8 +93,8 @@ def test_the_workflow_template_drills_from_the_repository_with_read_only_keys(
     assert "Verdict:       PASS" in drill_out, drill_out
     key = json.loads(atb_inproc("db", "list", "--repo", repo, "--json",
                                 env=ro).stdout)[0]["path"]
-    assert f"object:        {key}.age" in drill_out
-    assert "encryption:    age" in drill_out and "fetch/verify:" in drill_out
+    assert f"Object:        {key}.age" in drill_out
+    assert "Encryption:    age" in drill_out and "Fetch/verify:" in drill_out
     report = json.loads(next((workspace / "reports").rglob("*.json")).read_text())
     assert report["verdict"] == "PASS"
     assert {c["name"]: c["outcome"] for c in report["checks"]

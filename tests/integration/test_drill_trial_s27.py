@@ -1,0 +1,203 @@
+"""What a new user's trial of the drill found (report s27, items 4-8 and 17), each kept as
+the test that reproduced it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from backup_core.store.naming import manifest_path
+from backup_core.tools.cluster import Cluster
+from backup_core.tools.conninfo import ConnInfo
+from tests.conftest import make_database
+from tests.helpers import atb, atb_inproc, drill, interrupt_drill, oldest
+from tests.object_store import ObjectStore
+
+
+@pytest.mark.parametrize("case", ["no-tree", "passwd", "manifest", "missing"])
+def test_a_typo_in_where_the_backups_are_is_exit_2_and_records_nothing(
+        tmp_path: Path, case: str) -> None:
+    """Item 6: a BACKUP_DIR that does not exist, a --backup that is not a backup of ours or
+    is its manifest: exit 2, one line, no report, no ledger record, no verdict."""
+    tree = tmp_path / "backups"
+    day = tree / "shop" / "2026" / "11" / "30"
+    day.mkdir(parents=True)
+    manifest = day / "backup-20261130T010203Z.json"
+    manifest.write_text("{}")
+    args = {"no-tree": [], "passwd": ["--backup", "/etc/passwd"],
+            "manifest": ["--backup", str(manifest)],
+            "missing": ["--backup", str(day / "backup-20261130T010204Z.dump")]}[case]
+    reports = tmp_path / "reports"
+    done, _ = drill(*args, backup_dir=tmp_path / "nonexistent" if case == "no-tree" else tree,
+                    report_dir=reports)
+    expected = {
+        "no-tree": f"atb: error: BACKUP_DIR (--backup-dir) {tmp_path / 'nonexistent'}: no "
+                   "such directory\n",
+        "passwd": "atb: error: --backup /etc/passwd is not an atb backup (a "
+                  "backup-YYYYMMDDTHHMMSSZ.dump beside its manifest)\n",
+        "manifest": f"atb: error: --backup {manifest} is a backup's manifest: give its dump, "
+                    f"{day / 'backup-20261130T010203Z.dump'}\n",
+        "missing": f"atb: error: --backup {day / 'backup-20261130T010204Z.dump'}: no such "
+                   "backup file (`atb db list` shows them)\n"}[case]
+    assert (done.returncode, done.stderr, done.stdout) == (2, expected, "")
+    assert not reports.exists()
+    assert sorted(p.name for p in day.iterdir()) == ["backup-20261130T010203Z.json"]
+
+
+@pytest.mark.parametrize("broken", ["syntax", "import"])
+def test_a_check_file_that_cannot_be_collected_is_exit_2_naming_it(
+        tmp_path: Path, broken: str) -> None:
+    """Item 5: a check file with a syntax error (seen before the drill's child starts) or an
+    import that fails (seen at collection, before any restore): exit 2 and one line naming
+    the file and the error; no report, no ledger record."""
+    tree, reports, bc = tmp_path / "backups", tmp_path / "reports", tmp_path / "bc"
+    tree.mkdir()
+    bc.mkdir()
+    bad = bc / "test_bad.py"
+    bad.write_text("def test_x(:\n" if broken == "syntax" else
+                   "import atb_no_such_module\n\ndef test_x():\n    pass\n")
+    done, _ = drill("--checks", str(bc), backup_dir=tree, report_dir=reports)
+    expected = (f"atb: error: check file {bad} cannot be collected: SyntaxError: invalid "
+                "syntax (line 1)\n" if broken == "syntax" else
+                f"atb: error: check file {bad} "
+                "cannot be collected: ModuleNotFoundError: No module named "
+                "'atb_no_such_module'\n")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.splitlines()[-1:] == [expected.rstrip("\n")]
+    assert not reports.exists() or sorted(reports.rglob("*")) == []
+
+
+def test_a_drill_from_the_repository_names_the_object_its_hashes_and_the_pick(
+        object_store: ObjectStore, pg15: Cluster, tmp_path: Path) -> None:
+    """Item 4: `drill run --repo` without --backup: every report (JSON, Markdown, HTML) and
+    the ledger record name the repository's object, its stored and plain hashes and the
+    random pick, never the private download path; the manifest's hash is in the ledger."""
+    source = make_database(pg15, rows=20)
+    tree = tmp_path / "b"
+    made = atb_inproc("db", "backup", "--backup-dir", str(tree), "--json", url=source)
+    assert made.returncode == 0, made.stderr
+    dump = Path(json.loads(made.stdout)["path"])
+    repo = f"s3://{object_store.bucket}/s27-{uuid.uuid4().hex[:8]}"
+    env = object_store.env()
+    pushed = atb_inproc("db", "push", "--backup-dir", str(tree), "--repo", repo, env=env)
+    assert pushed.returncode == 0, pushed.stderr
+    reports = tmp_path / "reports"
+    done = atb_inproc("drill", "run", "--repo", repo, "--sandbox", "local", "--seed", "7",
+                      "--database", source.dbname, "--report-dir", str(reports), "--json",
+                      env=env)
+    assert done.returncode == 1, done.stdout + done.stderr  # FAIL: it has no heartbeat
+    key = str(dump.relative_to(tree))
+    out = json.loads(done.stdout)
+    plain = json.loads(manifest_path(dump).read_text())["sha256"]
+    stored = out["offsite"]["stored sha256"]
+    assert out["backup"]["path"] == f"{repo}/{key}"
+    assert out["backup"]["selection"] == (f"random among 1 complete backup of the last 90 "
+                                          f"days in {repo} (seed 7)")
+    assert {k: v for k, v in out["backup"]["origin"].items()
+            if k not in ("fetch/verify", "manifest sha256")} == {
+        "repository": repo, "object": key, "stored sha256": stored, "plain sha256": plain,
+        "encryption": "none"}
+    report_json = json.loads(Path(out["reports"]["json"]).read_text())
+    assert report_json["backup"] == out["backup"]
+    md, html = (Path(out["reports"][k]).read_text() for k in ("md", "html"))
+    assert f"{repo}/{key}" in html and f"{repo}/{key}".replace("://", "\\://") in md  # inert
+    for text in (md, html):
+        assert stored in text and plain in text
+        assert "atb-fetch-" not in text and "given with --backup" not in text
+    [record] = [json.loads(line) for line in (reports / "ledger.ndjson").read_text()
+                .splitlines()]
+    assert record["backup"]["path"] == f"{repo}/{key}"
+    assert record["backup"]["manifest_sha256"] == out["backup"]["origin"]["manifest sha256"]
+    assert len(record["backup"]["manifest_sha256"]) == 64
+    assert record["backup"]["origin"]["object"] == key
+
+
+def test_ctrl_c_during_a_drill_reports_it_interrupted_and_records_it(
+        history: tuple[ConnInfo, Path], tmp_path: Path) -> None:
+    """Item 7: Ctrl-C (SIGINT to the process group, as a terminal sends it) during the
+    integration command: exit 130; the report says the drill was interrupted (INCOMPLETE,
+    the check not reached "not run: interrupted", the RTO not measured), the ledger has its
+    record naming the same report, and no phase is said "done" after the interrupt."""
+    backup = oldest(history[1])
+    code, out, err = interrupt_drill(
+        ["--sandbox", "local", "--backup", str(backup), "--backup-dir", str(history[1]),
+         "--no-record", "--json", "--exclude", "heartbeat_is_fresh_at_backup_time",
+         "--schedule", "1d"],
+        tmp_path, lambda: None)
+    assert code == 130, out + err
+    assert "Traceback" not in err
+    result = json.loads(out)
+    assert (result["verdict"], result["interrupted"]) == ("INCOMPLETE", True)
+    assert result["not_run"]["test_application_integration_suite_passes"] == \
+        "not run: interrupted"
+    assert result["rto"]["failed_at"] == "interrupted" and result["rto"]["measured_s"] is None
+    assert not any("deselected" in why for why in result["not_run"].values())
+    report = Path(result["reports"]["md"]).read_text()
+    assert "| Interrupted | the drill was stopped (Ctrl-C or SIGINT)" in report
+    assert "not measured: the drill was interrupted" in report
+    [record] = [json.loads(line) for line in (tmp_path / "r" / "ledger.ndjson").read_text()
+                .splitlines()]
+    assert (record["verdict"], record["backup"]["path"]) == ("INCOMPLETE", str(backup))
+    assert set(record["reports"]) == {"html", "json", "md"}
+    after = err[err.index("integration..."):]
+    assert "integration interrupted after" in after and "integration done" not in after
+
+
+def _holding(text: str) -> list[int]:
+    """The processes whose command line holds `text`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if text.encode() in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_kill_9_of_a_drill_ends_its_child_unreported_and_the_next_reaps_its_files(
+        history: tuple[ConnInfo, Path], tmp_path: Path, sandbox_tmp: Path) -> None:
+    """Item 8: `kill -9` of `atb drill run` during the drill: its child (inside its
+    namespaces) hears of it, tears its sandbox down and ends without writing a report; the
+    drill's private temporary directories stay until `atb doctor` (or the next drill)
+    removes them, as it does killed sandboxes."""
+    scratch, reports, marker = sandbox_tmp, tmp_path / "r", tmp_path / "started"
+    slow = f"{sys.executable} -c \"import pathlib, time; pathlib.Path('{marker}').touch(); " \
+           "time.sleep(120)\""
+    env = {**{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "BACKUP_DIR")},
+           "TMPDIR": str(scratch), "DATABASE_URL": history[0].secret_url}
+    out = tmp_path / "out.txt"
+    with out.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "drills.cli", "drill", "run", "--sandbox", "local",
+             "--backup", str(oldest(history[1])), "--backup-dir", str(history[1]),
+             "--no-record", "--integration-cmd", slow, "--report-dir", str(reports)],
+            env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert marker.exists() and proc.poll() is None, out.read_text()[-3000:]
+    left = {p.name.split("-")[1] for p in scratch.iterdir()}
+    assert {"drill", "observer"} <= left, left  # isolated: production seen through one
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while _holding(str(scratch)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _holding(str(scratch)) == [], "the drill's child outlived atb"
+    assert sorted(p.name for p in reports.rglob("*") if p.is_file()) == []
+    assert sorted(p.name.split("-")[1] for p in scratch.iterdir()) == ["drill", "observer"], \
+        sorted(p.name for p in scratch.iterdir())
+    doctor = atb("doctor", env={"TMPDIR": str(scratch)})
+    assert doctor.returncode == 0, doctor.stderr
+    assert doctor.stderr.count("the temporary directory of a drill that is gone") == 2
+    assert list(scratch.iterdir()) == []

@@ -1,0 +1,109 @@
+"""Pure parts of what the s27 trial's mends rest on: progress lines for a phase an interrupt
+or an error ended, the sandbox note shown as it happens, a check file compiled (never run)
+before anything starts, and the repository rows of a report."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from backup_core.tools.errors import ConfigError
+from drills import console, report, run
+from drills.plugin.progress import Channel
+from drills.result import CheckRecord
+from drills.state import DrillState
+
+
+def test_a_phase_ended_by_an_interrupt_or_an_error_is_not_said_done() -> None:
+    assert console.phase_line({"event": "phase", "phase": "restore", "state": "interrupted",
+                               "seconds": 0.6}) == ("restore interrupted after 0.6s", True)
+    assert console.phase_line({"event": "phase", "phase": "restore", "state": "failed",
+                               "seconds": 2.0}) == ("restore failed after 2.0s", True)
+
+
+def test_the_sandbox_note_is_a_warning_when_it_arrives(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    channel = Channel(tmp_path / "progress.jsonl")
+    channel.note("auto chose local: no engine")
+    [event] = [json.loads(line) for line in (tmp_path / "progress.jsonl").read_text()
+               .splitlines()]
+    assert (event["event"], event["text"]) == ("note", "auto chose local: no engine")
+    with caplog.at_level(logging.WARNING, logger="atb.drill"):
+        console.DrillProgress(stream=io.StringIO())(event)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "auto chose local: no engine")]
+
+
+def test_check_files_are_compiled_never_run_and_a_syntax_error_names_the_file(
+        tmp_path: Path) -> None:
+    checks = tmp_path / "bc"
+    (checks / "sub").mkdir(parents=True)
+    (checks / ".hidden").mkdir()
+    (checks / "conftest.py").write_text("raise SystemExit('run!')\n")
+    (checks / "test_ok.py").write_text("def test_x():\n    pass\n")
+    (checks / "helper.py").write_text("def (:\n")  # not a test file: pytest never imports it
+    (checks / ".hidden" / "test_no.py").write_text("def (:\n")
+    bad = checks / "sub" / "test_bad.py"
+    bad.write_text("x = 1\ndef test_x(:\n")
+    assert run.check_files((checks,)) == [checks / "conftest.py", checks / "test_ok.py", bad]
+    with pytest.raises(ConfigError) as caught:
+        run.check_check_files((checks,))
+    assert str(caught.value) == (f"check file {bad} cannot be collected: SyntaxError: invalid "
+                                 "syntax (line 2)")
+    bad.unlink()
+    run.check_check_files((checks,))  # the conftest that would exit was only compiled
+
+
+def test_a_backup_from_the_repository_has_its_rows_in_the_summary() -> None:
+    rows = report.origin_rows({"repository": "s3://b/p", "object": "db/x.dump",
+                               "stored sha256": "aa", "plain sha256": "bb"})
+    assert rows == [("Repository", "s3://b/p"), ("Object", "db/x.dump"),
+                    ("Stored SHA-256", "aa"), ("Plain SHA-256", "bb")]
+
+
+def _state(**options: object) -> DrillState:
+    from datetime import UTC, datetime
+
+    from drills.options import DrillOptions
+    from drills.state import ReportPaths
+
+    now = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+    state = DrillState(options=DrillOptions(seed=3, **options),  # type: ignore[arg-type]
+                       started_at=now, production=None, backup=None, selection_error=None,
+                       paths=ReportPaths.for_drill(Path("/r"), "app", now))
+    state.builtin = ("test_indexes_are_valid", "test_application_integration_suite_passes")
+    return state
+
+
+def test_an_interrupted_drill_is_incomplete_says_so_and_measures_no_rto() -> None:
+    state = _state()
+    state.checks = [CheckRecord(name="test_indexes_are_valid", title="Indexes are valid",
+                                outcome="passed")]
+    state.interrupted = True
+    result = state.result()
+    assert (result.verdict, result.interrupted) == ("INCOMPLETE", True)
+    assert result.not_run == {"test_application_integration_suite_passes":
+                              "not run: interrupted"}
+    assert (result.rto.failed_at, result.rto.measured_s) == ("interrupted", None)
+    rows = dict(report.summary_rows(result))
+    assert rows["Interrupted"].startswith("the drill was stopped (Ctrl-C or SIGINT)")
+    assert rows["RTO"].startswith("not measured: the drill was interrupted")
+    assert report.next_steps(result) == []  # nothing to configure: run it again
+    state.checks = []  # interrupted before any check: still not a FAIL
+    assert state.result().verdict == "INCOMPLETE"
+
+
+def test_a_drill_from_the_repository_names_its_url_and_pick_not_the_download() -> None:
+    origin = {"url": "s3://b/p/db/x.dump", "selection": "given with --backup db/x.dump",
+              "repository": "s3://b/p", "object": "db/x.dump"}
+    state = _state(backup=Path("/tmp/atb-fetch-1/db/2026/11/30/x.dump"),
+                   origin=json.dumps(origin))
+    b = state.result().backup
+    assert (b.path, b.selection, b.origin) == ("s3://b/p/db/x.dump",
+                                               "given with --backup db/x.dump",
+                                               {"repository": "s3://b/p",
+                                                "object": "db/x.dump"})
