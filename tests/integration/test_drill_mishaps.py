@@ -1,5 +1,6 @@
-"""What a new user's trial of the drill found (report s27, items 4-8 and 17), each kept as
-the test that reproduced it."""
+"""A drill's mishaps a new user met: a typo in where the backups are, a check file that cannot
+be collected, a drill from the repository naming what it drilled, Ctrl-C and `kill -9`
+in the middle, each kept as the test that reproduced it."""
 
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def test_a_drill_from_the_repository_names_the_object_its_hashes_and_the_pick(
     made = atb_inproc("db", "backup", "--backup-dir", str(tree), "--json", url=source)
     assert made.returncode == 0, made.stderr
     dump = Path(json.loads(made.stdout)["path"])
-    repo = f"s3://{object_store.bucket}/s27-{uuid.uuid4().hex[:8]}"
+    repo = f"s3://{object_store.bucket}/mishap-{uuid.uuid4().hex[:8]}"
     env = object_store.env()
     pushed = atb_inproc("db", "push", "--backup-dir", str(tree), "--repo", repo, env=env)
     assert pushed.returncode == 0, pushed.stderr

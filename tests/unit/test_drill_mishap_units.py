@@ -1,4 +1,4 @@
-"""Pure parts of what the s27 trial's mends rest on: progress lines for a phase an interrupt
+"""Pure parts of how a drill meets its mishaps: progress lines for a phase an interrupt
 or an error ended, the sandbox note shown as it happens, a check file compiled (never run)
 before anything starts, and the repository rows of a report."""
 
