@@ -235,6 +235,15 @@ class Encryptor:
 
     def seal(self, block: bytes | bytearray | memoryview, *, final: bool) -> bytearray:
         """The ciphertext of `block`: its chunks, each 16 bytes longer."""
+        n = len(memoryview(block))
+        out = bytearray(sealed_size(n))
+        self.seal_into(block, out, final=final)
+        return out
+
+    def seal_into(self, block: bytes | bytearray | memoryview, out: bytearray | memoryview,
+                  *, final: bool) -> int:
+        """Seal `block` into the front of `out` (a buffer the caller reuses: no allocation
+        per block); the number of bytes written, `sealed_size(len(block))`."""
         if self._done:
             raise ValueError("the final block was sealed already")
         data = memoryview(block)
@@ -244,8 +253,9 @@ class Encryptor:
         if final and not n and self._counter:
             raise ValueError("an empty final block after chunks (the last must not be empty)")
         chunks = max(1, -(-n // CHUNK))
-        out = bytearray(n + chunks * TAG)
         view = memoryview(out)
+        if len(view) < n + chunks * TAG:
+            raise ValueError("the output buffer is too small for the sealed block")
         for i in range(chunks):
             piece = data[i * CHUNK:(i + 1) * CHUNK]
             at = i * SEALED_CHUNK
@@ -253,7 +263,12 @@ class Encryptor:
                                     piece, None, view[at:at + len(piece) + TAG])
             self._counter += 1
         self._done = final
-        return out
+        return n + chunks * TAG
+
+
+def sealed_size(n: int) -> int:
+    """The ciphertext length of `n` plaintext bytes sealed as one block (header excluded)."""
+    return n + max(1, -(-n // CHUNK)) * TAG
 
 
 def _wrap64(text: bytes) -> bytes:

@@ -239,7 +239,7 @@ def _upload_sealing(repo: Repository, src: Path, key: str, expect: str,
     size = src.stat().st_size
     with sealing.SealedStream(src, recipients) as stream:
         try:
-            repo.upload_stream(stream, key, progress=progress, metadata={
+            repo.upload_parts(stream, key, progress=progress, sent=stream.recycle, metadata={
                 "atb-plain-sha256": expect, "atb-plain-size": str(size),
                 "atb-recipients": tag})
         except OSError as exc:  # reading the dump: the upload was abandoned, never completed

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,6 +41,7 @@ PART_SIZE = 8 << 20  # boto3's own default part size
 # each part's checksum, which the store checks on arrival: boto3's default, cheaper than a
 # SHA-256 per part, which would only repeat what the manifest's SHA-256 proves end to end
 PART_CHECKSUM = "CRC32"
+UPLOAD_THREADS = 10  # parts in flight at once, as boto3's upload_file
 _URL = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(.*))?$")
 # A cache of the small JSON objects (manifest records, drill histories) so that a listing of
 # 10,000 backups reads a few segments instead of 10,000 objects. Each entry carries the
@@ -288,26 +289,75 @@ class Repository:
                                                "Metadata": metadata},
                                     Config=config, Callback=count)
 
-    def upload_stream(self, stream: Any, rel: str, *, metadata: dict[str, str],
-                      progress: Callable[[int], None] | None = None) -> None:
-        """A stream of unknown length (encryption under way) as one object, with the same
-        parts, checksums and concurrency as `upload`: parts go out while the rest is made."""
-        from boto3.s3.transfer import TransferConfig
+    def upload_parts(self, parts: Iterable[bytearray], rel: str, *, metadata: dict[str, str],
+                     progress: Callable[[int], None] | None = None,
+                     sent: Callable[[bytearray], None] | None = None) -> None:
+        """Parts made while the upload runs (encryption under way) as one multipart object,
+        `UPLOAD_THREADS` parts in flight, each checksummed (CRC32, as `upload`); `sent` gets
+        each part back once it is stored, for its buffer to be filled again. Each part goes
+        out as one buffer in one `sendall`, where boto3's `upload_fileobj` copies each part
+        into a BytesIO and sends it in Python-sized pieces. Invisible until the last part
+        lands: a failure (of the store, or of `parts`, raised as it is) aborts the upload."""
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-        config = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
-                                max_concurrency=10, use_threads=True)
-        sent = [0]
-
-        def count(n: int) -> None:
-            sent[0] += n
-            if progress is not None:
-                progress(sent[0])
-
+        key, bucket = self.url.key(rel), self.url.bucket
         with guarded(self.url, f"uploading {rel} to"):
-            self.client.upload_fileobj(stream, self.url.bucket, self.url.key(rel),
-                                       ExtraArgs={"ChecksumAlgorithm": PART_CHECKSUM,
-                                                  "Metadata": metadata},
-                                       Config=config, Callback=count)
+            upload = self.client.create_multipart_upload(
+                Bucket=bucket, Key=key, Metadata=metadata,
+                ChecksumAlgorithm=PART_CHECKSUM)["UploadId"]
+        done: list[dict[str, Any]] = []
+        total = 0
+
+        def one(number: int, body: bytearray) -> dict[str, Any]:
+            got = self.client.upload_part(Bucket=bucket, Key=key, UploadId=upload,
+                                          PartNumber=number, Body=body,
+                                          ChecksumAlgorithm=PART_CHECKSUM)
+            record = {"PartNumber": number, "ETag": got["ETag"]}
+            if got.get("ChecksumCRC32"):
+                record["ChecksumCRC32"] = got["ChecksumCRC32"]
+            return record
+
+        def settle(futures: set[Future[dict[str, Any]]], bodies: dict[Any, bytearray],
+                   *, every: bool) -> set[Future[dict[str, Any]]]:
+            nonlocal total
+            finished, waiting = wait(futures, return_when="ALL_COMPLETED" if every
+                                     else FIRST_COMPLETED)
+            for future in finished:
+                done.append(future.result())
+                body = bodies.pop(future)
+                total += len(body)
+                if sent is not None:
+                    sent(body)
+                if progress is not None:
+                    progress(total)
+            return waiting
+
+        try:
+            with guarded(self.url, f"uploading {rel} to"), \
+                    ThreadPoolExecutor(max_workers=UPLOAD_THREADS,
+                                       thread_name_prefix="atb-put") as pool:
+                flying: set[Future[dict[str, Any]]] = set()
+                bodies: dict[Any, bytearray] = {}
+                try:
+                    for number, body in enumerate(parts, start=1):
+                        future = pool.submit(one, number, body)
+                        flying.add(future)
+                        bodies[future] = body
+                        if len(flying) >= UPLOAD_THREADS:
+                            flying = settle(flying, bodies, every=False)
+                    settle(flying, bodies, every=True)
+                finally:
+                    for future in flying:
+                        future.cancel()
+                done.sort(key=lambda p: int(p["PartNumber"]))
+                self.client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload,
+                                                      MultipartUpload={"Parts": done})
+        except BaseException:
+            try:  # best effort: a store that is down keeps the parts until `push` aborts them
+                self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+            except Exception as exc:
+                log.debug("could not abort the upload of %s: %s", rel, exc)
+            raise
 
     def put(self, rel: str, data: bytes) -> None:
         with guarded(self.url, f"writing {rel} to"):

@@ -398,15 +398,15 @@ def test_a_dump_unreadable_mid_encryption_leaves_nothing_in_the_store(
     for k, v in object_store.env().items():
         monkeypatch.setenv(k, v)
     dump, manifest = _backup(tmp_path / "tree", (17 << 20) + 1)
-    real, calls = sealing._read_block, []
+    real, calls = sealing._read_into, []
 
-    def failing(fh: object, size: int) -> bytearray:
-        calls.append(size)
+    def failing(fh: object, buf: bytearray) -> int:
+        calls.append(len(buf))
         if len(calls) == 2:
             raise OSError(errno.EIO, "Input/output error")
-        return real(fh, size)  # type: ignore[arg-type]
+        return real(fh, buf)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(sealing, "_read_block", failing)
+    monkeypatch.setattr(sealing, "_read_into", failing)
     store = repository.open_repository(repo)
     with pytest.raises(StorageError) as raised:
         offsite_transfer.push_backup(store, dump, manifest, recipients=(keys[0],))

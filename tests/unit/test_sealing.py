@@ -75,15 +75,15 @@ def test_a_dump_that_cannot_be_read_fails_the_stream_never_ends_it(
         assert isinstance(stream.failed, IsADirectoryError)
     whole = tmp_path / "whole.dump"
     whole.write_bytes(b"y" * (3 * sealing.BLOCK))
-    real, calls = sealing._read_block, []
+    real, calls = sealing._read_into, []
 
-    def failing(fh: io.FileIO, size: int) -> bytearray:
-        calls.append(size)
+    def failing(fh: io.FileIO, buf: bytearray) -> int:
+        calls.append(len(buf))
         if len(calls) == 2:
             raise OSError(5, "Input/output error")
-        return real(fh, size)
+        return real(fh, buf)
 
-    monkeypatch.setattr(sealing, "_read_block", failing)
+    monkeypatch.setattr(sealing, "_read_into", failing)
     with sealing.SealedStream(whole, (str(identity.to_public()),)) as stream:
         with pytest.raises(OSError) as first:
             while stream.read(1 << 20):
@@ -92,7 +92,7 @@ def test_a_dump_that_cannot_be_read_fails_the_stream_never_ends_it(
         with pytest.raises(OSError) as again:  # never a clean end after the failure
             stream.read(1 << 20)
         assert again.value is first.value
-    monkeypatch.setattr(sealing, "_read_block", real)
+    monkeypatch.setattr(sealing, "_read_into", real)
     big = tmp_path / "big.dump"
     big.write_bytes(b"z" * (40 << 20))
     with sealing.SealedStream(big, (str(identity.to_public()),)) as stream:
