@@ -348,6 +348,8 @@ def fetch(repo: Repository, remote: RemoteBackup, dest: Path, *,
         # beside the decryption)
         if obj.size_bytes > PART_SIZE and ids is None:
             hashed = _get_plain(obj, target, count)
+        elif obj.size_bytes > PART_SIZE:
+            hashed = _get_decrypting(obj, target, count)
         else:
             hashed = _get_unsealing(obj, target, count)
         if (hashed.stored_size, hashed.stored_sha256) != (obj.size_bytes, obj.sha256):
@@ -381,9 +383,25 @@ def fetch(repo: Repository, remote: RemoteBackup, dest: Path, *,
             os.close(fd)
         return sealing.Hashed(size, digest.hexdigest(), size, digest.hexdigest())
 
+    def _get_decrypting(obj: StoredObject, target: Path, count: bool) -> sealing.Hashed:
+        """A large encrypted object: each part decrypted and written at its offset by the
+        thread that fetched it, both sides hashed in order as the parts arrive."""
+        assert ids is not None
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError as exc:
+            raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        try:
+            return sealing.unseal_ranged(repo, obj.key, obj.size_bytes, fd, ids=ids,
+                                         what=obj.key,
+                                         progress=progress if count else None)
+        except OSError as exc:
+            raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        finally:
+            os.close(fd)
+
     def _get_unsealing(obj: StoredObject, target: Path, count: bool) -> sealing.Hashed:
-        body = repo.open_ranged(obj.key, obj.size_bytes) if obj.size_bytes > PART_SIZE \
-            else repo.open(obj.key)
+        body = repo.open(obj.key)
         try:
             counted = _Counting(body, progress) if count and progress else body
             hashed = sealing.unseal(counted, target, ids=ids, what=obj.key)

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from backup_core.tools.errors import (
     AtbError,
@@ -31,6 +31,7 @@ from backup_core.tools.errors import (
 from backup_core.tools.extras import require
 
 log = logging.getLogger("atb.repository")
+T = TypeVar("T")
 
 AGE_SUFFIX = ".age"
 FULL_MANIFEST = ".manifest.json"  # the whole manifest, encrypted, beside the record
@@ -261,6 +262,17 @@ class Repository:
         except (bx.ClientError, bx.BotoCoreError) as exc:
             raise translate(exc, self.url, f"reading {rel} from", reading=rel) from exc
 
+    def read_range(self, rel: str, start: int, end: int) -> tuple[bytes, str]:
+        """Bytes [start, end) of one object (fewer when it is shorter), and its ETag."""
+        from botocore import exceptions as bx
+
+        try:
+            got = self.client.get_object(Bucket=self.url.bucket, Key=self.url.key(rel),
+                                         Range=f"bytes={start}-{end - 1}")
+            return got["Body"].read(), str(got.get("ETag", ""))
+        except (bx.ClientError, bx.BotoCoreError) as exc:
+            raise translate(exc, self.url, f"reading {rel} from", reading=rel) from exc
+
     def open_ranged(self, rel: str, size: int, *, write_to: int | None = None) -> RangedReader:
         """A large object read front to back, its parts fetched ahead in parallel (and with
         `write_to`, a file descriptor, each part also written at its offset by the thread
@@ -370,6 +382,79 @@ class Repository:
         for rel in rels:
             with guarded(self.url, f"deleting {rel} from"):
                 self.client.delete_object(Bucket=self.url.bucket, Key=self.url.key(rel))
+
+
+class Changed(VerifyFailed):
+    """An object replaced, cut short or extended in the store while it was read."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """One ranged read of an object: its bytes [start, end)."""
+
+    start: int
+    end: int
+
+
+@contextmanager
+def spans_fetched(repo: Repository, rel: str, size: int, etag: str, spans: list[Span],
+                  work: Callable[[int, bytes], T], *,
+                  ahead: int = 10) -> Iterator[Iterator[tuple[bytes, T]]]:
+    """Ranged GETs of `spans` of one object of `size` bytes (the manifest's) and ETag
+    `etag` (from a first read), `ahead` in flight, each handed to `work(i, data)` in the
+    thread that fetched it (decrypting, writing: in parallel); yields (data, what work made)
+    in order. Every answer must be of that object, whole: a part of another size, another
+    ETag or another total length is `Changed`, never bytes of a mix of objects. Leaving the
+    block waits for the parts in flight (their work may write into the caller's file)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from botocore import exceptions as bx
+
+    def get(i: int) -> tuple[bytes, T]:
+        span = spans[i]
+        try:
+            got = repo.client.get_object(Bucket=repo.url.bucket, Key=repo.url.key(rel),
+                                         Range=f"bytes={span.start}-{span.end - 1}",
+                                         **({"IfMatch": etag} if etag else {}))
+            data: bytes = got["Body"].read()
+        except bx.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "InvalidRange") or status in (412, 416):
+                raise Changed(f"{rel} in {repo.url} changed in the store while it was read "
+                              "(replaced or cut short): nothing was restored") from exc
+            raise translate(exc, repo.url, f"downloading {rel} from", reading=rel) from exc
+        except bx.BotoCoreError as exc:
+            raise translate(exc, repo.url, f"downloading {rel} from") from exc
+        total = str(got.get("ContentRange", "")).rpartition("/")[2]
+        if len(data) != span.end - span.start or total != str(size) \
+                or got.get("ETag", etag) != etag:
+            raise Changed(f"{rel} in {repo.url} is not the object the manifest describes, or "
+                          f"changed while it was read (its size is {total or '?'} bytes, "
+                          f"the manifest's {size}): nothing was restored")
+        return data, work(i, data)
+
+    pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="atb-get")
+    pending: deque[Future[tuple[bytes, T]]] = deque()
+    following = iter(range(len(spans)))
+
+    def submit() -> None:
+        i = next(following, None)
+        if i is not None:
+            pending.append(pool.submit(get, i))
+
+    def ordered() -> Iterator[tuple[bytes, T]]:
+        for _ in range(ahead):
+            submit()
+        while pending:
+            got = pending.popleft().result()
+            submit()
+            yield got
+
+    try:
+        yield ordered()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class RangedReader(io.RawIOBase):
