@@ -357,6 +357,63 @@ def test_a_large_object_round_trips_through_parallel_parts(
         assert [p for p in (tmp_path / "again").rglob("*") if p.is_file()] == []
 
 
+def test_a_large_encrypted_object_altered_cut_or_replaced_mid_download_restores_nothing(
+        object_store: ObjectStore, repo: str, keys: tuple[str, Path, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encrypted download decrypts each part in the thread that fetched it: a chunk
+    altered in a middle part, the object cut short in the store, and the object replaced
+    (by another encryption of the same size) while its parts are fetched each fail the
+    fetch with their own error, and leave no file behind."""
+    from backup_core.store import age_format, offsite_catalog, offsite_transfer, repository
+    from backup_core.tools.errors import VerifyFailed
+    from bench.repository import _backup
+
+    for k, v in object_store.env().items():
+        monkeypatch.setenv(k, v)
+    dump, manifest = _backup(tmp_path / "tree", (17 << 20) + 5)  # three parts
+    store = repository.open_repository(repo)
+    recipient, ident, _ = keys
+    offsite_transfer.push_backup(store, dump, manifest, recipients=(recipient,))
+    remote = offsite_catalog.scan(store)[0]
+    assert remote.offsite is not None
+    rel = remote.offsite.dump.key
+    bucket, key, s3 = store.url.bucket, store.url.key(rel), store.client
+    good = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    start = age_format.header_length(good)
+    assert start is not None
+
+    def fails(body: bytes) -> str:
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+        dest = tmp_path / f"fetch-{uuid.uuid4().hex[:6]}"
+        with pytest.raises(VerifyFailed) as raised:
+            offsite_transfer.fetch(store, remote, dest, identity_file=ident)
+        assert [p for p in dest.rglob("*") if p.is_file()] == []
+        return str(raised.value)
+
+    altered = bytearray(good)
+    altered[start + (128 + 3) * age_format.SEALED_CHUNK + 10] ^= 1  # part 2 of 3, chunk 131
+    assert fails(bytes(altered)) == (f"{rel}: cannot decrypt (a chunk failed authentication: "
+                                     "the payload was altered): the wrong identity, or the "
+                                     "object was altered")
+    assert fails(good[:-1000]) == (
+        f"{rel} in {store.url} is not the object the manifest describes, or changed while "
+        f"it was read (its size is {len(good) - 1000} bytes, the manifest's {len(good)}): "
+        "nothing was restored")
+    other = bytearray(good)  # another encryption of the same size: only the ETag differs
+    other[start:] = os.urandom(len(good) - start)
+    real = s3.get_object
+
+    def replacing(**kwargs: object) -> object:
+        if kwargs.get("Range") == f"bytes={start}-{start + 128 * age_format.SEALED_CHUNK - 1}":
+            s3.put_object(Bucket=bucket, Key=key, Body=bytes(other))  # as part 1 is asked
+        return real(**kwargs)
+
+    monkeypatch.setattr(s3, "get_object", replacing)
+    assert fails(good) == (f"{rel} in {store.url} changed in the store while it was read "
+                           "(replaced or cut short): nothing was restored")
+    monkeypatch.setattr(s3, "get_object", real)
+
+
 @pytest.mark.parametrize("encrypted", [False, True])
 def test_a_large_dump_changed_since_its_manifest_leaves_nothing_in_the_store(
         object_store: ObjectStore, repo: str, keys: tuple[str, Path, Path], tmp_path: Path,
