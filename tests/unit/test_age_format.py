@@ -183,7 +183,7 @@ def test_age_testkit_vector_in_parts_out_of_order(name: str) -> None:
             assert hashlib.sha256(out).hexdigest() == meta["payload"][0], name
 
 
-@pytest.mark.parametrize("size", SIZES + [5 * 65536 + 7])
+@pytest.mark.parametrize("size", [*SIZES, 5 * 65536 + 7])
 def test_parts_opened_out_of_order_are_the_file(size: int) -> None:
     data = _data(size)
     ident = pyrage.x25519.Identity.generate()
