@@ -470,6 +470,9 @@ def test_a_dump_unreadable_mid_encryption_leaves_nothing_in_the_store(
     assert str(raised.value) == f"cannot encrypt {dump}: Input/output error"
     assert raised.value.exit_code == 7
     assert store.objects() == {}
+    uploads = store.client.list_multipart_uploads(Bucket=store.url.bucket,
+                                                  Prefix=store.url.key(""))
+    assert uploads.get("Uploads", []) == []  # the abandoned upload aborted, its parts gone
 
 
 def test_the_listing_index_never_hides_a_change_to_a_manifest(
