@@ -10,7 +10,9 @@ test vectors (CCTV, tests/data/age_testkit, made with the Go age) pass.
 Strict on decryption: any malformed header, a header MAC that does not match, no identity
 among the recipients, a chunk whose tag fails, a stream cut short or with bytes after its
 last chunk: each raises a `DecryptError` subclass, and no plaintext past the last
-authenticated chunk is ever released.
+authenticated chunk is ever released. Read in order (`Decryptor`) or in parts of a known
+whole, in any order and any thread (`Payload`, for a parallel download): the same errors,
+tested on the same vectors.
 """
 
 from __future__ import annotations
@@ -515,7 +517,7 @@ class Payload:
         dec = Decryptor(identities)
         self.start = len(head)
         file_key = dec._decode_header(head[: self.start - NONCE])
-        self._aead = ChaCha20Poly1305(_hkdf(file_key, head[self.start - NONCE:], b"payload"))
+        self._key = _hkdf(file_key, head[self.start - NONCE:], b"payload")
         body = size - self.start
         if body < TAG:
             raise PayloadError("the age payload is cut short (no final chunk)")
@@ -532,6 +534,7 @@ class Payload:
         """Decrypt the chunks numbered from `first` that `data` holds (whole chunks; the
         last chunk of the file may end it) into the front of `out`; the plaintext length."""
         src, view = memoryview(data), memoryview(out)
+        aead = ChaCha20Poly1305(self._key)  # one per call: no cipher state shared by threads
         at = done = 0
         index = first
         while at < len(src):
@@ -541,21 +544,22 @@ class Payload:
                 raise PayloadError("a part of the age payload is not whole chunks")
             target = view[done:done + len(piece) - TAG]
             try:
-                self._aead.decrypt_into(_stream_nonce(index, last), piece, None, target)
+                aead.decrypt_into(_stream_nonce(index, last), piece, None, target)
             except InvalidTag:
-                raise self._why(index, piece, last) from None
+                raise self._why(aead, index, piece, last) from None
             at += len(piece)
             done += len(piece) - TAG
             index += 1
         return done
 
-    def _why(self, index: int, piece: memoryview, last: bool) -> PayloadError:
+    def _why(self, aead: ChaCha20Poly1305, index: int, piece: memoryview,
+             last: bool) -> PayloadError:
         """A chunk's tag failed: whether it was marked as the other kind (the file cut short
         or extended around it) or altered."""
         if len(piece) == SEALED_CHUNK:
             scratch = bytearray(CHUNK)
             try:
-                self._aead.decrypt_into(_stream_nonce(index, not last), piece, None, scratch)
+                aead.decrypt_into(_stream_nonce(index, not last), piece, None, scratch)
             except InvalidTag:
                 pass
             else:

@@ -230,14 +230,15 @@ def _upload_hashing(repo: Repository, src: Path, key: str, expect: str, tag: str
 def _upload_sealing(repo: Repository, src: Path, key: str, expect: str,
                     recipients: tuple[str, ...], tag: str, *,
                     progress: Callable[[int], None] | None) -> sealing.Hashed:
-    """Encrypt a large file straight into its upload: a thread encrypts and hashes block
-    N+1 while block N's part uploads (OpenSSL and hashlib release the GIL); no ciphertext
-    copy is written to disk. The ciphertext's hash is known only at the end, so the
-    object's metadata lacks it and a later push never reuses the object (it is sealed
-    again). An object whose stream failed, or whose plaintext hash is not the manifest's,
-    is deleted again; its manifest record is never written."""
+    """Encrypt a large file straight into its upload: a thread seals and hashes the next
+    parts while earlier ones upload (OpenSSL and hashlib release the GIL), into part buffers
+    given back as each part is stored; no ciphertext copy is written to disk. The
+    ciphertext's hash is known only at the end, so the object's metadata lacks it and a
+    later push never reuses the object (it is sealed again). An upload whose stream failed
+    is aborted (never an object); an object whose plaintext hash is not the manifest's is
+    deleted again; its manifest record is never written."""
     size = src.stat().st_size
-    with sealing.SealedStream(src, recipients) as stream:
+    with sealing.SealedStream(src, recipients, part=PART_SIZE) as stream:
         try:
             repo.upload_parts(stream, key, progress=progress, sent=stream.recycle, metadata={
                 "atb-plain-sha256": expect, "atb-plain-size": str(size),

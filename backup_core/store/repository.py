@@ -459,7 +459,7 @@ def spans_fetched(repo: Repository, rel: str, size: int, etag: str, spans: list[
 
 class RangedReader(io.RawIOBase):
     """One object read in order through ranged GETs, `AHEAD` parts in flight: the consumer
-    (hashing, decrypting, writing: one pass) works while the next parts arrive, as boto3's
+    (hashing, and writing unless the fetching threads write) works while the next arrive, as boto3's
     download_file keeps its threads busy, but with no second pass over a temporary file.
     Reads exactly `size` bytes (the manifest's): a shorter object ends early, so its hash
     cannot match; a store error is raised, translated, from `readinto`."""

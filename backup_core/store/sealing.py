@@ -4,8 +4,11 @@ backup is restored. Both the plaintext and the ciphertext are hashed in the same
 pass, so a download proves both.
 
 The work is spread over threads that all release the GIL (OpenSSL's cipher, hashlib on
-large buffers, file reads and writes): encrypting block N+1 while block N uploads, and
-hashing each side beside the cipher, in order."""
+large buffers, file reads and writes): on the way up, a thread seals a few parts ahead of
+the upload into buffers it reuses and hashes each part it filled, another hashes the
+plaintext; on the way down, each part is decrypted by the thread that fetched it, and both
+sides hashed in order beside (`unseal_ranged`). One helper runs ordered work in a thread of
+its own (`_Ordered`: the hashes, the writer)."""
 
 from __future__ import annotations
 
