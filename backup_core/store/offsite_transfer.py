@@ -4,6 +4,7 @@ last; idempotent and resumable), fetch (both hashes proven, decrypted), and dele
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -95,59 +96,58 @@ def push_backup(repo: Repository, dump: Path, manifest: Manifest, *,
                       bool(recipients), uploaded=False)
     prints = tuple(sealing.fingerprint(k) for k in recipients)
     suffix = AGE_SUFFIX if recipients else ""
-    with tempfile.TemporaryDirectory(prefix="atb-push-") as tmp:
-        def send(src: Path, key: str, expect: str, count: bool) -> StoredObject:
-            tag = ",".join(prints)
-            old = repo.head(key)
-            meta = (old or {}).get("Metadata", {})
-            if old is not None and meta.get("atb-plain-sha256") == expect \
-                    and meta.get("atb-recipients", "") == tag and "atb-sha256" in meta:
-                return StoredObject(key, int(old["ContentLength"]), meta["atb-sha256"],
-                                    expect, int(meta.get("atb-plain-size", "0")))
-            if recipients and src.stat().st_size > PART_SIZE:
-                hashed = _upload_sealing(repo, src, key, expect, recipients, tag,
-                                         progress=progress if count else None)
-            elif recipients:
-                sealed = Path(tmp) / "object"
-                try:
-                    hashed = sealing.seal(src, sealed, recipients)
-                except OSError as exc:  # the file, or the staging copy: nothing uploaded
-                    raise StorageError(f"cannot encrypt {src}: {exc.strerror or exc}") from exc
-                if hashed.plain_sha256 != expect:
-                    raise VerifyFailed(f"{src} changed since its manifest was written: "
-                                       "not pushed")
-                repo.upload(sealed, key, metadata=_meta(hashed, tag),
-                            progress=progress if count else None)
-                sealed.unlink()
-            else:  # plain: the file itself (no copy), hashed while it uploads
-                hashed = _upload_hashing(repo, src, key, expect, tag,
-                                         progress=progress if count else None)
-            return StoredObject(key, hashed.stored_size, hashed.stored_sha256,
-                                hashed.plain_sha256, hashed.plain_size)
 
-        stored_dump = send(dump, rel + suffix, manifest.sha256, True)
-        stored_roles = None
-        if manifest.roles is not None:
-            stored_roles = send(roles_path(dump), stem + ROLES_SUFFIX + suffix,
-                                str(manifest.roles["sha256"]), False)
-        full = None
-        local_manifest = manifest_path(dump)
-        if recipients:
-            digest = sealing.hash_file(local_manifest).plain_sha256
-            full = send(local_manifest, stem + FULL_MANIFEST + AGE_SUFFIX, digest, False)
-        offsite = Offsite("age" if recipients else "none", prints, stored_dump, stored_roles,
-                          full, (now or datetime.now(UTC)).isoformat(timespec="seconds"))
-        data = json.loads(local_manifest.read_bytes())
-        if recipients:
-            for name in PRIVATE_FIELDS:
-                data.pop(name, None)
-        data["offsite"] = offsite.to_dict()
-        drill = drill_path(dump)
-        if drill.is_file() and not drill.is_symlink():
-            repo.put(stem + DRILL_SUFFIX, drill.read_bytes())
-        if signer is not None:
-            data[SIGNATURE] = sign_record(data, signer)
-        repo.put(stem + MANIFEST_SUFFIX, _canonical(data))
+    def send(src: Path, key: str, expect: str, count: bool) -> StoredObject:
+        tag = ",".join(prints)
+        old = repo.head(key)
+        meta = (old or {}).get("Metadata", {})
+        if old is not None and meta.get("atb-plain-sha256") == expect \
+                and meta.get("atb-recipients", "") == tag and "atb-sha256" in meta:
+            return StoredObject(key, int(old["ContentLength"]), meta["atb-sha256"],
+                                expect, int(meta.get("atb-plain-size", "0")))
+        if recipients and src.stat().st_size > PART_SIZE:
+            hashed = _upload_sealing(repo, src, key, expect, recipients, tag,
+                                     progress=progress if count else None)
+        elif recipients:  # one part at most: sealed in memory, no ciphertext on disk
+            sealed = io.BytesIO()
+            try:
+                hashed = sealing.seal_to(src, sealed, recipients)
+            except OSError as exc:  # reading the file: nothing uploaded
+                raise StorageError(f"cannot encrypt {src}: {exc.strerror or exc}") from exc
+            if hashed.plain_sha256 != expect:
+                raise VerifyFailed(f"{src} changed since its manifest was written: "
+                                   "not pushed")
+            repo.put_sealed(key, sealed.getvalue(), metadata=_meta(hashed, tag),
+                            progress=progress if count else None)
+        else:  # plain: the file itself (no copy), hashed while it uploads
+            hashed = _upload_hashing(repo, src, key, expect, tag,
+                                     progress=progress if count else None)
+        return StoredObject(key, hashed.stored_size, hashed.stored_sha256,
+                            hashed.plain_sha256, hashed.plain_size)
+
+    stored_dump = send(dump, rel + suffix, manifest.sha256, True)
+    stored_roles = None
+    if manifest.roles is not None:
+        stored_roles = send(roles_path(dump), stem + ROLES_SUFFIX + suffix,
+                            str(manifest.roles["sha256"]), False)
+    full = None
+    local_manifest = manifest_path(dump)
+    if recipients:
+        digest = sealing.hash_file(local_manifest).plain_sha256
+        full = send(local_manifest, stem + FULL_MANIFEST + AGE_SUFFIX, digest, False)
+    offsite = Offsite("age" if recipients else "none", prints, stored_dump, stored_roles,
+                      full, (now or datetime.now(UTC)).isoformat(timespec="seconds"))
+    data = json.loads(local_manifest.read_bytes())
+    if recipients:
+        for name in PRIVATE_FIELDS:
+            data.pop(name, None)
+    data["offsite"] = offsite.to_dict()
+    drill = drill_path(dump)
+    if drill.is_file() and not drill.is_symlink():
+        repo.put(stem + DRILL_SUFFIX, drill.read_bytes())
+    if signer is not None:
+        data[SIGNATURE] = sign_record(data, signer)
+    repo.put(stem + MANIFEST_SUFFIX, _canonical(data))
     log.info("pushed %s to %s (%s)", rel, repo, "encrypted" if recipients else "plain")
     return Pushed(rel, manifest.database, _at(manifest), manifest.size_bytes, bool(recipients),
                   uploaded=True)

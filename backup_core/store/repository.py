@@ -95,12 +95,15 @@ def _boto() -> Any:
     return boto3
 
 
-def translate(exc: BaseException, repo: RepoUrl, doing: str, *,
+def translate(exc: BaseException, repo: RepoUrl | str, doing: str, *,
               reading: str | None = None) -> AtbError:
     """A store's refusal as one line a person can act on (never a key or a secret). With
-    `reading` (an object's key), a missing object is that object gone, a failed check."""
+    `reading` (an object's key), a missing object is that object gone, a failed check.
+    boto3's and s3transfer's own errors (an upload's S3UploadFailedError) wrap botocore's:
+    the one they wrap is the one translated."""
     from botocore import exceptions as bx
 
+    exc = _underlying(exc)
     if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
         return ConfigError(f"{doing} {repo}: no AWS credentials (set AWS_ACCESS_KEY_ID and "
                            "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)")
@@ -112,7 +115,8 @@ def translate(exc: BaseException, repo: RepoUrl, doing: str, *,
             return VerifyFailed(f"{reading} is gone from {repo} (deleted while it was being "
                                 "read?): nothing was restored")
         if code in ("NoSuchBucket",) or (code == "404" and "bucket" in doing):
-            return ConnectionFailed(f"{doing} {repo}: bucket {repo.bucket!r} does not exist")
+            bucket = repr(repo.bucket) if isinstance(repo, RepoUrl) else "named"
+            return ConnectionFailed(f"{doing} {repo}: the bucket {bucket} does not exist")
         if code == "RequestTimeTooSkewed" or _skewed(exc.response):
             return ConnectionFailed(f"{doing} {repo}: this host's clock is too far from the "
                                     "store's: fix the clock (NTP)")
@@ -126,6 +130,29 @@ def translate(exc: BaseException, repo: RepoUrl, doing: str, *,
     if isinstance(exc, bx.BotoCoreError):
         return ConnectionFailed(f"{doing} {repo}: cannot reach the store: {exc}")
     return ConnectionFailed(f"{doing} {repo}: {exc}")
+
+
+def unplaced(exc: BaseException) -> AtbError:
+    """An error of the S3 client that reached the command line without passing `guarded`:
+    still the store's refusal (exit 4), one line, not an internal error."""
+    return translate(exc, "the object store", "talking to")
+
+
+def is_store_error(exc: BaseException) -> bool:
+    """Whether `exc` is raised by the S3 client's libraries (botocore, boto3, s3transfer)."""
+    return type(exc).__module__.split(".")[0] in ("botocore", "boto3", "s3transfer")
+
+
+def _underlying(exc: BaseException) -> BaseException:
+    """The botocore error a boto3 or s3transfer error was raised from, if there is one."""
+    from botocore import exceptions as bx
+
+    cur: BaseException | None = exc
+    for _ in range(8):
+        if cur is None or isinstance(cur, bx.BotoCoreError | bx.ClientError):
+            break
+        cur = cur.__cause__ or cur.__context__ or getattr(cur, "last_exception", None)
+    return cur if isinstance(cur, bx.BotoCoreError | bx.ClientError) else exc
 
 
 def _skewed(response: dict[str, Any]) -> bool:
@@ -152,6 +179,10 @@ def guarded(repo: RepoUrl, doing: str) -> Iterator[None]:
     try:
         yield
     except (bx.BotoCoreError, bx.ClientError) as exc:
+        raise translate(exc, repo, doing) from exc
+    except Exception as exc:  # boto3's and s3transfer's own (S3UploadFailedError, ...)
+        if not is_store_error(exc):
+            raise
         raise translate(exc, repo, doing) from exc
 
 
@@ -376,6 +407,16 @@ class Repository:
             self.client.put_object(Bucket=self.url.bucket, Key=self.url.key(rel), Body=data,
                                    ChecksumAlgorithm="SHA256",
                                    ContentType="application/json")
+
+    def put_sealed(self, rel: str, data: bytes, *, metadata: dict[str, str],
+                   progress: Callable[[int], None] | None = None) -> None:
+        """A small encrypted object (at most one part) from memory in one request: its
+        ciphertext never touches the disk."""
+        with guarded(self.url, f"uploading {rel} to"):
+            self.client.put_object(Bucket=self.url.bucket, Key=self.url.key(rel), Body=data,
+                                   Metadata=metadata, ChecksumAlgorithm=PART_CHECKSUM)
+        if progress is not None:
+            progress(len(data))
 
     def delete(self, rels: list[str]) -> None:
         """Delete objects in the order given (the manifest record first)."""

@@ -510,3 +510,53 @@ def test_backup_repo_in_the_environment_never_turns_list_or_prune_to_the_reposit
     assert [i["path"] for i in listed] == [str(next(tree.rglob("*.dump")))]
     pruned = atb_inproc("db", "prune", "--backup-dir", str(tree), "--dry-run", env=env)
     assert pruned.returncode == 0 and pruned.stdout.endswith("1 kept, 0 would delete\n")
+
+
+_WRITES: list[str] = []
+_WATCHING = [False]
+
+
+def _watch_writes(event: str, args: tuple[object, ...]) -> None:
+    """An audit hook: every file this process opens for writing while `_WATCHING` is set."""
+    if _WATCHING[0] and event == "open" and isinstance(args[0], str | bytes | os.PathLike):
+        mode = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
+        flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
+        if any(c in mode for c in "wax+") or flags & (os.O_WRONLY | os.O_RDWR):
+            _WRITES.append(os.fsdecode(args[0]))
+
+
+def test_keys_that_cannot_write_are_one_line_exit_4_and_nothing_encrypted_lands_on_disk(
+        object_store: ObjectStore, repo: str, one_backup: Path, tmp_path: Path,
+        keys: tuple[str, Path, Path], source: ConnInfo) -> None:
+    """A read-and-list key on push (plain, and encrypted: the small roles and manifest
+    objects go up in one request) and on backup: the store's refusal is exit 4 in one line,
+    never 70 and a traceback. The small encrypted objects are sealed in memory: no file is
+    opened for writing while the push runs (the README promises no ciphertext copy on disk)."""
+    recipient = keys[0]
+    tree = _tree(one_backup, tmp_path)
+    reader = object_store.env(read_only=True)
+    plain = atb_inproc("db", "push", "--repo", repo, "--backup-dir", str(tree), env=reader)
+    assert (plain.returncode, plain.stderr.count("\n")) == (4, 1), plain.stderr
+    assert "refused our credentials (AccessDenied)" in plain.stderr
+    assert "traceback" not in plain.stderr
+    sealed = atb_inproc("db", "push", "--repo", repo, "--backup-dir", str(tree),
+                        env={**reader, "BACKUP_ENCRYPT_TO": recipient})
+    assert (sealed.returncode, sealed.stderr.count("\n")) == (4, 1), sealed.stderr
+    assert "refused our credentials (AccessDenied)" in sealed.stderr
+    local = tmp_path / "local"
+    backup = atb_inproc("db", "backup", "--backup-dir", str(local), url=source,
+                        env={**reader, "BACKUP_REPO": repo})
+    assert (backup.returncode, backup.stderr.count("atb: error:")) == (4, 1), backup.stderr
+    assert "written" in backup.stderr.splitlines()[0]  # the local backup's own line first
+    assert "refused our credentials (AccessDenied)" in backup.stderr.splitlines()[-1]
+    assert len(list(local.rglob("backup-*.dump"))) == 1  # the local backup stays
+    import sys
+    sys.addaudithook(_watch_writes)
+    _WATCHING[0] = True
+    try:
+        done = atb_inproc("db", "push", "--repo", repo, "--backup-dir", str(tree),
+                          env={**object_store.env(), "BACKUP_ENCRYPT_TO": recipient})
+    finally:
+        _WATCHING[0] = False
+    assert done.returncode == 0, done.stderr
+    assert [w for w in _WRITES if not w.startswith("/dev/")] == []
