@@ -208,7 +208,8 @@ def verify_selected(
     if path is not None:
         paths = [path]
     else:
-        found = [b for b in catalog.scan(backup_dir, database) if b.is_backup]
+        found = [b for b in catalog.scan(catalog.require_tree(backup_dir), database)
+                 if b.is_backup]
         if not found:
             raise ConfigError(f"no backups under {backup_dir} to verify")
         paths = [found[0].path] if latest else [b.path for b in found]

@@ -31,6 +31,7 @@ from backup_core.store.naming import (
     dir_name,
     is_partial,
     legacy_dir_name,
+    printable,
     pruned_dump,
     taken_at,
 )
@@ -41,6 +42,7 @@ from backup_core.store.verdicts import (
     read_drill_history,
     read_verify,
 )
+from backup_core.tools.errors import ConfigError
 
 COMPLETE = "complete"
 NO_MANIFEST = "no-manifest"
@@ -139,6 +141,23 @@ def database_dirs(backup_dir: Path, database: str | None = None) -> list[tuple[P
             continue
         found.append((Path(e.path), db_from_dir(e.name) or e.name))
     return found
+
+
+def require_tree(backup_dir: Path) -> Path:
+    """`backup_dir` as a command that reads the tree needs it: a directory that exists. A
+    mistyped BACKUP_DIR is then one line and exit 2, not an empty tree that lists nothing and
+    prunes nothing in silence (only `backup` creates it)."""
+    try:
+        st = os.stat(backup_dir)
+    except FileNotFoundError:
+        raise ConfigError(f"BACKUP_DIR {printable(str(backup_dir))} does not exist "
+                          "(`atb db backup` creates it)") from None
+    except OSError as exc:
+        raise ConfigError(f"BACKUP_DIR {printable(str(backup_dir))} cannot be read: "
+                          f"{exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"BACKUP_DIR {printable(str(backup_dir))} is not a directory")
+    return backup_dir
 
 
 def scan(backup_dir: Path, database: str | None = None, *,
@@ -351,6 +370,7 @@ def listing(backup_dir: Path, database: str | None = None, *,
     """Every file of interest, newest first, with its age and the evidence held for it
     (manifests through the catalog cache in `cache_dir`, when given)."""
     now = now or datetime.now(UTC)
+    require_tree(backup_dir)
     return tuple(Listed(
         path=b.path, database=b.database, state=b.state, taken_at=b.taken_at,
         age_s=(now - b.taken_at).total_seconds() if b.taken_at else None, size_bytes=b.size,

@@ -288,7 +288,7 @@ def push(repo: Repository, backup_dir: Path, *, recipients: tuple[str, ...] = ()
          signer: signing.Signer | None = None) -> PushReport:
     """Upload every sound local backup the repository lacks, oldest first: idempotent and
     resumable, so cron may run it as often as it likes."""
-    local = catalog.scan(backup_dir, database)
+    local = catalog.scan(catalog.require_tree(backup_dir), database)
     abort_stale_uploads(repo, now=datetime.now(UTC))
     present = {r for r in repo.objects() if r.endswith(MANIFEST_SUFFIX)}
     pushed = []

@@ -31,6 +31,7 @@ from backup_core.store.catalog import (
     PARTIAL,
     PRUNING,
     Backup,
+    require_tree,
     scan,
 )
 from backup_core.store.naming import (
@@ -390,7 +391,7 @@ def prune(backup_dir: Path, policy: Policy, *, dry_run: bool = False,
           now: datetime | None = None, cache_dir: Path | None = None) -> PruneReport:
     """Plan the prune of the whole tree, refuse it whole (exit 8) when the tree looks wrong,
     carry it out unless `dry_run`, and say what was kept and deleted, and why."""
-    items = scan(backup_dir, cache_dir=cache_dir)  # the plan reads only manifests' heads
+    items = scan(require_tree(backup_dir), cache_dir=cache_dir)  # only manifests' heads
     busy = busy_databases(backup_dir, {b.database for b in items})
     plan = plan_prune(items, now=now or datetime.now(UTC), policy=policy, busy=busy,
                       root=backup_dir)

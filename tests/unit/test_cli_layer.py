@@ -113,3 +113,24 @@ def test_status_checks_its_targets_before_the_tree_and_refuses_an_empty_one(
         check_health(tmp_path, Targets(), prometheus=prom)
     assert str(caught.value) == f"no backups under {tmp_path}: run `atb db backup` first"
     assert not prom.exists()  # nothing written when nothing was judged
+
+
+@pytest.mark.parametrize("command", [
+    ("db", "list"), ("db", "prune"), ("db", "prune", "--dry-run"), ("db", "verify", "--latest"),
+    ("db", "verify", "--all"), ("db", "status"), ("db", "push", "--repo", "s3://bucket/p")])
+def test_a_backup_dir_that_does_not_exist_is_one_line_exit_2(
+        command: tuple[str, ...], tmp_path: Path) -> None:
+    """A mistyped BACKUP_DIR is said in one line, exit 2, by every command that reads the
+    tree (list and prune said "no backups" and "0 kept" with exit 0: a crontab hid it)."""
+    from tests.helpers import atb_inproc
+
+    missing = tmp_path / "nonexistent"
+    done = atb_inproc(*command, env={"BACKUP_DIR": str(missing)})
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (f"atb: error: BACKUP_DIR {missing} does not exist "
+                           "(`atb db backup` creates it)\n")
+    (tmp_path / "file").write_text("x")
+    done = atb_inproc(*command, env={"BACKUP_DIR": str(tmp_path / "file")})
+    assert (done.returncode, done.stderr.count("\n")) == (2, 1)  # click's own line
+    assert "is a file" in done.stderr
+    assert not missing.exists()
