@@ -71,8 +71,26 @@ def test_heartbeat_insert_and_check(pg15: Cluster) -> None:
     with db.connect(info) as conn:
         row = conn.execute("SELECT type::text, message FROM system_events").fetchone()
     assert row == ("TEST", "Heartbeat")
-    missing = atb_inproc("tests", "heartbeat", "--table", "nope", url=info)
-    assert missing.returncode == 1 and "table nope does not exist" in missing.stderr
+    # configuration errors are exit 2 (exit 1 is a stale heartbeat: what a monitor acts on)
+    for check in ((), ("--check",)):
+        missing = atb_inproc("tests", "heartbeat", "--table", "nope", *check, url=info)
+        assert (missing.returncode, missing.stderr.count("\n")) == (2, 1), missing.stderr
+        assert "table nope does not exist" in missing.stderr
+    with db.connect(info, autocommit=True) as conn:
+        conn.execute("ALTER TABLE system_events RENAME TO events_elsewhere")
+    try:
+        for check in ((), ("--check",)):
+            none = atb_inproc("tests", "heartbeat", *check, url=info)
+            assert (none.returncode, none.stderr.count("\n")) == (2, 1), none.stderr
+            assert "no heartbeat table in" in none.stderr
+        role = atb_inproc("tests", "heartbeat", "--init", "--grant-to", "nosuchrole", url=info)
+        assert (role.returncode, role.stderr.count("\n")) == (2, 1), role.stderr
+        assert 'role "nosuchrole" does not exist' in role.stderr
+        with db.connect(info) as conn:  # refused whole: no table made without its grant
+            assert conn.execute("SELECT to_regclass('atb.heartbeat')").fetchone() == (None,)
+    finally:
+        with db.connect(info, autocommit=True) as conn:
+            conn.execute("ALTER TABLE events_elsewhere RENAME TO system_events")
 
 
 def test_doctor_lists_both_toolchains_and_their_jobs() -> None:
