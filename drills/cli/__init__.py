@@ -125,6 +125,16 @@ class LazyGroup(click.Group):
 def cli(verbose: int) -> None:
     """Back up PostgreSQL with pg_dump and prove, by restore drills, that the backups work."""
     console.setup_logging(verbose, masking.current())  # the object `run` owns
+    check_environment(os.environ)
+
+
+def check_environment(env: Mapping[str, str]) -> None:
+    """The settings every command reads from the environment, checked before any work: a
+    typo is one line and exit 2, not a value ignored in silence."""
+    from backup_core.tools import namespaces, toolchain
+
+    namespaces.check_switch(env)
+    toolchain.check_pinned(env)
 
 
 def __getattr__(name: str) -> Any:
