@@ -310,6 +310,14 @@ def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, with_
     private directory, its hashes proven and decrypted (ATB_AGE_IDENTITY_FILE) before
     anything is restored, and the download removed after."""
     signer_needs_repo(repo, repo_signer)
+    if not (migrate or migrate_cmd):  # a migration option alone would be ignored in silence
+        given = [name for name, value in (
+            ("--alembic-config", alembic_config), ("--app-python", app_python),
+            ("--app-dir", app_dir), ("--app-url-env", app_url_env), ("--pass-env", pass_env))
+            if value]
+        if given:
+            raise click.UsageError(f"{given[0]} needs --migrate (or --migrate-cmd): without "
+                                   "it nothing is migrated")
     live = production(production_url)
     target = conn(target_url, "ATB_TARGET_URL").with_password_from(live)
     app = AppEnv(directory=(app_dir or Path.cwd()).absolute(),

@@ -168,3 +168,19 @@ def test_isolation_off_in_any_case_and_a_real_bin_directory_pass(tmp_path: Path)
     fake.chmod(0o755)
     toolchain.check_pinned({"PG_BINDIR": str(tmp_path)})
     toolchain.check_pinned({})
+
+
+@pytest.mark.parametrize("option", [("--alembic-config", "alembic.ini"), ("--app-dir", "."),
+                                    ("--app-python", "/usr/bin/python3"),
+                                    ("--app-url-env", "APP_DB"), ("--pass-env", "HOME")])
+def test_a_migration_option_without_migrate_is_exit_2(
+        option: tuple[str, str], tmp_path: Path) -> None:
+    """restore --alembic-config without --migrate restored and migrated nothing, exit 0:
+    the option was ignored in silence. Refused before anything is read or restored."""
+    from tests.helpers import atb_inproc
+
+    done = atb_inproc("db", "restore", str(tmp_path / "x.dump"), "--target-url",
+                      "postgresql://app@127.0.0.1:1/r", *option)
+    assert (done.returncode, done.stdout, done.stderr) == (
+        2, "", f"atb: error: atb db restore: {option[0]} needs --migrate (or --migrate-cmd): "
+               "without it nothing is migrated\n")
