@@ -202,8 +202,13 @@ def db_verify(path: Path | None, backup_dir: Path, latest: bool, all_: bool,
         report = offsite.verify_remote(repo, key=str(path) if path else None, latest=latest,
                                        all_=all_, database=database, deep=deep)
     else:
-        report = verify.verify_selected(backup_dir, path=path, latest=latest, all_=all_,
-                                        database=database, deep=deep)
+        progress = console.Progress("verify")
+        try:
+            report = verify.verify_selected(backup_dir, path=path, latest=latest, all_=all_,
+                                            database=database, deep=deep,
+                                            progress=progress if progress.tty else None)
+        finally:
+            progress.close()
     output.show(report.results, as_json=as_json, text=lambda results: "\n".join(
         f"{'OK  ' if r.ok else 'FAIL'} {printable(str(r.path))}"
         + ("" if r.ok else f": {printable(r.reason)}") for r in results))
@@ -335,11 +340,16 @@ def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, with_
             dump, target, production=live, allow_production=allow_production, clean=clean,
             jobs=jobs, no_owner=no_owner, with_roles=with_roles, migration=migration)
 
-    if repo:
-        with offsite.downloaded(repo, str(path), signer=repo_signer) as got:
-            result = restore.restore_backup(request(got.path))
-    else:
-        result = restore.restore_backup(request(path))
+    progress = console.Progress("restore")
+    shown = progress if progress.tty else None  # nothing extra in a log
+    try:
+        if repo:
+            with offsite.downloaded(repo, str(path), signer=repo_signer) as got:
+                result = restore.restore_backup(request(got.path), progress=shown)
+        else:
+            result = restore.restore_backup(request(path), progress=shown)
+    finally:
+        progress.close()
     output.show(result, as_json=as_json, text=lambda r: _restore_text(r, path))
 
 

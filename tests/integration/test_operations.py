@@ -139,3 +139,39 @@ def test_progress_shows_phase_bytes_and_rate_on_a_terminal_only(pg15: Cluster,
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ atb\.backup INFO backup \S+"
                         r"backup-20200101T000000Z\.dump written \([\d.]+ (B|KiB|MiB|GiB), sha256 "
                         r"[0-9a-f]{12}\)", line), line
+    # the same backup restored and deep-verified on a terminal: their phase, bytes and rate
+    dump = next(p for p in backup_dir.rglob("backup-*.dump") if "20200101" not in p.name)
+    target = info.with_dbname(f"{info.dbname}_progress")
+    restored = _on_a_terminal(["db", "restore", str(dump)],
+                              {**env, "ATB_TARGET_URL": target.secret_url})
+    assert "restore: restore" in restored and "MiB/s" in restored, restored
+    deep = _on_a_terminal(["db", "verify", str(dump), "--deep"], env)
+    assert "verify: read every block" in deep and "\x1b[K" in deep, deep
+    quiet = atb_inproc("db", "verify", str(dump), "--deep", env={"BACKUP_DIR": str(backup_dir)})
+    assert (quiet.returncode, quiet.stderr) == (0, "")  # piped: nothing extra
+
+
+def _on_a_terminal(args: list[str], env: dict[str, str]) -> str:
+    """What `atb ARGS` shows on a terminal (its stderr a pty); it must exit 0."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "drills.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=follower)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    text = shown.decode(errors="replace")
+    assert proc.wait() == 0, text
+    return text
