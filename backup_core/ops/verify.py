@@ -10,11 +10,10 @@ the backup's. A verdict is written only beside a dump named like a backup inside
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
@@ -43,6 +42,9 @@ class VerifyResult:
     path: Path
     deep: bool
     checks: tuple[Check, ...]
+    # why the verdict could not be recorded beside the dump (a read-only BACKUP_DIR): `list`
+    # still shows it unverified, so the command says so
+    not_recorded: str = ""
     # derived values that belong to the published record (`--json`)
     JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("ok", "reason")
 
@@ -102,10 +104,12 @@ def verify_backup(
         raise StorageError(f"cannot read {path}: {exc.strerror or exc}; nothing was "
                            "recorded") from exc
     if record and backup_dir is not None and _in_tree(path, backup_dir):
-        # a read-only backup directory can still be verified
-        with contextlib.suppress(AtbError):
+        # a read-only backup directory can still be verified: the verdict stands, unrecorded
+        try:
             record_verify(path, VerifyRecord(ok=result.ok, at=datetime.now(UTC).isoformat(
                 timespec="seconds"), deep=deep, reason=result.reason))
+        except AtbError as exc:
+            return replace(result, not_recorded=str(exc))
     return result
 
 

@@ -209,6 +209,10 @@ def db_verify(path: Path | None, backup_dir: Path, latest: bool, all_: bool,
                                             progress=progress if progress.tty else None)
         finally:
             progress.close()
+    for r in report.results:
+        if r.not_recorded:  # the verdict stands; `list` will not show it
+            log.warning("the verdict on %s was not recorded beside it (list still shows it "
+                        "unverified): %s", printable(str(r.path)), printable(r.not_recorded))
     output.show(report.results, as_json=as_json, text=lambda results: "\n".join(
         f"{'OK  ' if r.ok else 'FAIL'} {printable(str(r.path))}"
         + ("" if r.ok else f": {printable(r.reason)}") for r in results))
