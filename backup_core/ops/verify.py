@@ -221,7 +221,8 @@ def verify_selected(
         found = [b for b in catalog.scan(catalog.require_tree(backup_dir), database)
                  if b.is_backup]
         if not found:
-            raise ConfigError(f"no backups under {backup_dir} to verify")
+            of = f" of database {database}" if database else ""
+            raise ConfigError(f"no backups{of} under {backup_dir} to verify")
         paths = [found[0].path] if latest else [b.path for b in found]
     chains = toolchain.discover()
     return VerifyReport(tuple(verify_backup(p, deep=deep, chains=chains, backup_dir=backup_dir,

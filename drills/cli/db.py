@@ -155,8 +155,9 @@ def db_list(backup_dir: Path, database: str | None, repo: str | None, as_json: b
     items = offsite.listing(repo, database) if repo else catalog.listing(
         backup_dir, database, cache_dir=catalog_cache.default_dir())
     root = Path(".") if repo else backup_dir
+    of = f"of database {printable(database)} " if database else ""
     output.show(items, as_json=as_json, text=lambda found: _list_text(
-        found, root, where=f"in {repo}" if repo else f"under {backup_dir}"))
+        found, root, where=of + (f"in {repo}" if repo else f"under {backup_dir}")))
 
 
 def _list_text(items: tuple[catalog.Listed, ...], backup_dir: Path, *, where: str) -> str:
