@@ -86,8 +86,15 @@ def test_backup_uploads_then_restore_from_the_repository_gives_the_same_rows(
     again = atb_inproc("db", "push", "--backup-dir", str(tmp_path / "b"), "--json", env=env)
     assert again.returncode == 0, again.stderr
     assert [p["uploaded"] for p in json.loads(again.stdout)["pushed"]] == [False]
-    checked = atb_inproc("db", "verify", "--repo", repo, _key(items[0]), "--json", env=env)
+    # the key as a full URL (which a command-line path turns into s3:/...) is the same key
+    checked = atb_inproc("db", "verify", "--repo", repo, f"{repo}/{_key(items[0])}", "--json",
+                         env=env)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    other = f"s3://{object_store.bucket}/elsewhere/{_key(items[0])}"
+    wrong = atb_inproc("db", "verify", "--repo", repo, other, env=env)
+    assert (wrong.returncode, wrong.stderr) == (2, (
+        f"atb: error: {other} is not in the repository {repo}: give its key as `atb db list "
+        "--repo` shows it, or --repo its repository\n"))
     assert [c["name"] for c in json.loads(checked.stdout)[0]["checks"]] == [
         "stored sha256", "size", "sha256", "roles", "toc"]
     target = pg15.url(f"restored_{uuid.uuid4().hex[:8]}")
