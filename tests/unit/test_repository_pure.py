@@ -109,3 +109,25 @@ def test_boto3_and_s3transfer_errors_are_the_refusal_they_wrap() -> None:
         raise wrapped
     with pytest.raises(KeyError), guarded(repo, "uploading x to"):  # ours: not the store's
         raise KeyError("x")
+
+
+def test_a_store_error_that_escaped_every_guard_is_still_exit_4_in_one_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The command line's one place for errors: an S3 client error no guard translated is
+    the store's refusal (exit 4), never an internal error (exit 70) with a traceback file."""
+    import click
+
+    from drills import cli
+
+    def boom() -> None:
+        raise _denied()
+
+    cli.cli.add_command(click.Command("fixa-boom", callback=boom))
+    try:
+        code = cli.run(["fixa-boom"])
+    finally:
+        cli.cli.commands.pop("fixa-boom")
+    err = capsys.readouterr().err
+    assert (code, err) == (4, "atb: error: talking to the object store: the store refused our "
+                              "credentials (AccessDenied): check the AWS keys or profile and "
+                              "the key's permissions\n")
