@@ -349,7 +349,9 @@ def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, with_
     shown = progress if progress.tty else None  # nothing extra in a log
     try:
         if repo:
-            with offsite.downloaded(repo, str(path), signer=repo_signer) as got:
+            with offsite.downloaded(repo, str(path), signer=repo_signer, progress=None
+                                    if shown is None else lambda n, _: shown("download", n),
+                                    ) as got:
                 result = restore.restore_backup(request(got.path), progress=shown)
         else:
             result = restore.restore_backup(request(path), progress=shown)
