@@ -66,9 +66,9 @@ def _run(argv: list[str] | None, held: masking.Secrets) -> int:
     except KeyboardInterrupt:
         return _fail("interrupted; nothing was left half-written", 130)
     except Exception as exc:  # a bug: keep the traceback, show one line
-        if type(exc).__module__.split(".")[0] in ("botocore", "boto3", "s3transfer"):
-            from backup_core.store.repository import unplaced  # the store refused: exit 4
+        from backup_core.store.repository import is_store_error, unplaced
 
+        if is_store_error(exc):  # the store refused, on a path no guard covered: exit 4
             logging.getLogger("atb").debug("the store's error", exc_info=True)
             refusal = unplaced(exc)
             return _fail(str(refusal), refusal.exit_code)
