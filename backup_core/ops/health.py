@@ -60,7 +60,11 @@ def check_health(
     max_drill_age_s = parse_duration(targets.max_drill_age, what="--max-drill-age")
     lag_s = parse_duration(offsite_lag, what="--offsite-lag")
     rto_s = parse_duration(targets.rto, what="--rto-target")
-    items = catalog.scan(backup_dir, database)
+    items = catalog.scan(backup_dir if stanza is not None else catalog.require_tree(
+        backup_dir), database)  # pgBackRest's status alone needs no tree
+    hint = catalog.real_tree(items, root=backup_dir)
+    if hint:  # its databases would be named "2026": judged, they say nothing true
+        raise ConfigError(hint)
     names = [database] if database else sorted({b.database for b in items if b.is_backup})
     if not names and stanza is None:
         raise ConfigError(f"no backups under {backup_dir}: run `atb db backup` first")

@@ -19,7 +19,7 @@ from psycopg import sql
 from backup_core.tools import db
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.durations import parse_duration
-from backup_core.tools.errors import AtbError, ConfigError
+from backup_core.tools.errors import ConfigError
 
 DEFAULT_TABLE = "system_events"
 # atb's own table, for applications that have no events table: its own schema, so it never
@@ -30,8 +30,9 @@ KEEP_DAYS = 30
 TYPE_COLUMN, MESSAGE_COLUMN, TIME_COLUMN = "type", "message", "created_at"
 
 
-class HeartbeatTableMissing(AtbError):
-    """Neither the named table nor (with the default name) atb's own is there."""
+class HeartbeatTableMissing(ConfigError):
+    """Neither the named table nor (with the default name) atb's own is there: configuration
+    (exit 2), never a stale heartbeat (exit 1, what a monitor acts on)."""
 
 
 # A table name as people write one, optionally schema-qualified: letters, digits, _ and $,
@@ -200,8 +201,9 @@ def init_heartbeat(target: ConnInfo, *, grant_to: str | None = None) -> Heartbea
     return HeartbeatInit(ATB_TABLE, not existed, grant, grant_to)
 
 
-class HeartbeatSetupFailed(AtbError):
-    """The server refused to create atb's heartbeat table (usually a missing privilege)."""
+class HeartbeatSetupFailed(ConfigError):
+    """The server refused to create atb's heartbeat table (a missing privilege, a role to
+    grant to that does not exist): configuration, exit 2."""
 
 
 def _utc(value: datetime) -> datetime:

@@ -44,6 +44,7 @@ def push(url: str, backup_dir: Path, *, encrypt_to: str | None = None,
     """Upload every sound local backup the repository lacks (config checked first)."""
     keys = sealing.recipients(encrypt_to or "")
     signer = signing.signer_from_env(os.environ)  # ATB_SIGNING_KEY_FILE: records are signed
+    catalog.require_tree(backup_dir)
     return offsite_transfer.push(repository.open_repository(url), backup_dir, recipients=keys,
                                  database=database, progress=progress, signer=signer)
 

@@ -13,6 +13,7 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from backup_core.reading import target as target_db
 from backup_core.reading.target import maintenance
 from backup_core.store.manifest import ManifestError, read_manifest
 from backup_core.store.naming import manifest_path, roles_path
-from backup_core.tools import appenv, childenv, toolchain
+from backup_core.tools import appenv, child_reads, childenv, toolchain
 from backup_core.tools.commands import pg_restore_list_argv, pg_restore_read_items_argv
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.errors import (
@@ -336,11 +337,13 @@ class RestoreRequest:
 
 
 def restore_backup(request: RestoreRequest, *,
-                   chains: list[toolchain.Toolchain] | None = None) -> RestoreResult:
+                   chains: list[toolchain.Toolchain] | None = None,
+                   progress: Callable[[str, int], None] | None = None) -> RestoreResult:
     """Restore `request.path` into `request.target` (created if missing), then optionally
     migrate it. Never leaves a half-restored target: a database it creates is dropped again
     on failure, an existing empty one is restored in one transaction, and a non-empty one
-    (`clean`) is restored beside it and swapped in by name."""
+    (`clean`) is restored beside it and swapped in by name. `progress` gets each phase and
+    the archive's bytes read so far (a terminal's line, as `backup` shows its own)."""
     req = request
     _check_request(req)
     evidence = [guard.refuse_system_database(req.target),
@@ -365,13 +368,17 @@ def restore_backup(request: RestoreRequest, *,
             evidence.append(f"left by earlier --clean restores of {req.target.dbname}: "
                             f"{', '.join(earlier)}: drop them when you no longer need them")
     try:
-        _restore_into(chain, req.path, req.target, created=created, held=held,
-                      scratch=req.scratch, jobs=jobs, no_owner=req.no_owner, evidence=evidence,
-                      split=req.split)
+        with child_reads.reads_reported(
+                None if progress is None else lambda n: progress("restore", n)):
+            _restore_into(chain, req.path, req.target, created=created, held=held,
+                          scratch=req.scratch, jobs=jobs, no_owner=req.no_owner,
+                          evidence=evidence, split=req.split)
     except BaseException:
         _drop_roles(req.target, made_roles)
         raise
     duration = time.monotonic() - t0
+    if progress is not None and req.migration is not None:
+        progress("migrate", 0)
     migration = _migrate(req, evidence) if req.migration is not None else None
     return RestoreResult(path=req.path, target=req.target.redacted, created=created, jobs=jobs,
                          pg_restore_version=chain.version, duration_s=round(duration, 3),

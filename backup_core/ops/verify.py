@@ -10,10 +10,10 @@ the backup's. A verdict is written only beside a dump named like a backup inside
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
@@ -22,7 +22,7 @@ from backup_core.store import catalog
 from backup_core.store.manifest import ManifestError, read_manifest
 from backup_core.store.naming import DUMP_SUFFIX, manifest_path, roles_path, taken_at
 from backup_core.store.verdicts import VerifyRecord, record_verify
-from backup_core.tools import toolchain
+from backup_core.tools import child_reads, toolchain
 from backup_core.tools.commands import pg_restore_list_argv, pg_restore_read_argv
 from backup_core.tools.errors import AtbError, CommandFailed, ConfigError, StorageError
 from backup_core.tools.runner import first_error_line, run
@@ -42,6 +42,9 @@ class VerifyResult:
     path: Path
     deep: bool
     checks: tuple[Check, ...]
+    # why the verdict could not be recorded beside the dump (a read-only BACKUP_DIR): `list`
+    # still shows it unverified, so the command says so
+    not_recorded: str = ""
     # derived values that belong to the published record (`--json`)
     JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("ok", "reason")
 
@@ -86,6 +89,7 @@ def verify_backup(
     chains: list[toolchain.Toolchain] | None = None,
     record: bool = True,
     backup_dir: Path | None = None,
+    progress: Callable[[str, int], None] | None = None,
 ) -> VerifyResult:
     """Check size and sha256 against the manifest, then the TOC, then (deep) every data block.
 
@@ -95,15 +99,17 @@ def verify_backup(
     """
     checks: list[Check] = []
     try:
-        result = _run_checks(path, deep, chains, checks)
+        result = _run_checks(path, deep, chains, checks, progress)
     except OSError as exc:  # the file could not be read: say so, condemn nothing
         raise StorageError(f"cannot read {path}: {exc.strerror or exc}; nothing was "
                            "recorded") from exc
     if record and backup_dir is not None and _in_tree(path, backup_dir):
-        # a read-only backup directory can still be verified
-        with contextlib.suppress(AtbError):
+        # a read-only backup directory can still be verified: the verdict stands, unrecorded
+        try:
             record_verify(path, VerifyRecord(ok=result.ok, at=datetime.now(UTC).isoformat(
                 timespec="seconds"), deep=deep, reason=result.reason))
+        except AtbError as exc:
+            return replace(result, not_recorded=str(exc))
     return result
 
 
@@ -119,7 +125,8 @@ def _in_tree(path: Path, backup_dir: Path) -> bool:
 
 
 def _run_checks(
-    path: Path, deep: bool, chains: list[toolchain.Toolchain] | None, checks: list[Check]
+    path: Path, deep: bool, chains: list[toolchain.Toolchain] | None, checks: list[Check],
+    progress: Callable[[str, int], None] | None = None,
 ) -> VerifyResult:
     def done() -> VerifyResult:
         return VerifyResult(path=path, deep=deep, checks=tuple(checks))
@@ -170,8 +177,10 @@ def _run_checks(
                             "this pg_restore misreads the archive; nothing was recorded")
     checks.append(Check("toc", True, f"{entries} entries (pg_restore {chain.version})"))
     if deep:
-        full = run(pg_restore_read_argv(chain, path), what="pg_restore (deep read)",
-                   check=False)
+        with child_reads.reads_reported(
+                None if progress is None else lambda n: progress("read every block", n)):
+            full = run(pg_restore_read_argv(chain, path), what="pg_restore (deep read)",
+                       check=False)
         if full.returncode != 0:
             # the same pg_restore has just listed this archive: the tool works, the data
             # blocks do not (damaged before they were hashed): evidence about the file
@@ -200,6 +209,7 @@ class VerifyReport:
 def verify_selected(
     backup_dir: Path, *, path: Path | None = None, latest: bool = False, all_: bool = False,
     database: str | None = None, deep: bool = False,
+    progress: Callable[[str, int], None] | None = None,
 ) -> VerifyReport:
     """Verify exactly one selection (a file, the newest backup, or every backup), each against
     its manifest; the report fails when any file does."""
@@ -208,10 +218,12 @@ def verify_selected(
     if path is not None:
         paths = [path]
     else:
-        found = [b for b in catalog.scan(backup_dir, database) if b.is_backup]
+        found = [b for b in catalog.scan(catalog.require_tree(backup_dir), database)
+                 if b.is_backup]
         if not found:
-            raise ConfigError(f"no backups under {backup_dir} to verify")
+            of = f" of database {database}" if database else ""
+            raise ConfigError(f"no backups{of} under {backup_dir} to verify")
         paths = [found[0].path] if latest else [b.path for b in found]
     chains = toolchain.discover()
-    return VerifyReport(tuple(verify_backup(p, deep=deep, chains=chains, backup_dir=backup_dir)
-                              for p in paths))
+    return VerifyReport(tuple(verify_backup(p, deep=deep, chains=chains, backup_dir=backup_dir,
+                                            progress=progress) for p in paths))

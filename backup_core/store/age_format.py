@@ -10,7 +10,9 @@ test vectors (CCTV, tests/data/age_testkit, made with the Go age) pass.
 Strict on decryption: any malformed header, a header MAC that does not match, no identity
 among the recipients, a chunk whose tag fails, a stream cut short or with bytes after its
 last chunk: each raises a `DecryptError` subclass, and no plaintext past the last
-authenticated chunk is ever released.
+authenticated chunk is ever released. Read in order (`Decryptor`) or in parts of a known
+whole, in any order and any thread (`Payload`, for a parallel download): the same errors,
+tested on the same vectors.
 """
 
 from __future__ import annotations
@@ -235,6 +237,15 @@ class Encryptor:
 
     def seal(self, block: bytes | bytearray | memoryview, *, final: bool) -> bytearray:
         """The ciphertext of `block`: its chunks, each 16 bytes longer."""
+        n = len(memoryview(block))
+        out = bytearray(sealed_size(n))
+        self.seal_into(block, out, final=final)
+        return out
+
+    def seal_into(self, block: bytes | bytearray | memoryview, out: bytearray | memoryview,
+                  *, final: bool) -> int:
+        """Seal `block` into the front of `out` (a buffer the caller reuses: no allocation
+        per block); the number of bytes written, `sealed_size(len(block))`."""
         if self._done:
             raise ValueError("the final block was sealed already")
         data = memoryview(block)
@@ -244,8 +255,9 @@ class Encryptor:
         if final and not n and self._counter:
             raise ValueError("an empty final block after chunks (the last must not be empty)")
         chunks = max(1, -(-n // CHUNK))
-        out = bytearray(n + chunks * TAG)
         view = memoryview(out)
+        if len(view) < n + chunks * TAG:
+            raise ValueError("the output buffer is too small for the sealed block")
         for i in range(chunks):
             piece = data[i * CHUNK:(i + 1) * CHUNK]
             at = i * SEALED_CHUNK
@@ -253,7 +265,12 @@ class Encryptor:
                                     piece, None, view[at:at + len(piece) + TAG])
             self._counter += 1
         self._done = final
-        return out
+        return n + chunks * TAG
+
+
+def sealed_size(n: int) -> int:
+    """The ciphertext length of `n` plaintext bytes sealed as one block (header excluded)."""
+    return n + max(1, -(-n // CHUNK)) * TAG
 
 
 def _wrap64(text: bytes) -> bytes:
@@ -473,6 +490,83 @@ class Decryptor:
                                    good + last) from None
             self._counter += 1
         return out
+
+
+def header_length(prefix: bytes | bytearray) -> int | None:
+    """The length of the header and payload nonce at the front of an age file, from its first
+    bytes; None when `prefix` does not reach their end yet."""
+    end = prefix.find(b"\n---")
+    stop = prefix.find(b"\n", end + 1) if end >= 0 else -1
+    if stop < 0 or len(prefix) < stop + 1 + NONCE:
+        return None
+    return stop + 1 + NONCE
+
+
+class Payload:
+    """The payload of one age file of a known length (`size`, the manifest's), opened for
+    random access: runs of whole chunks decrypted in any order, from any thread, each at
+    its counter, as the parts of a ranged download arrive. The header (its MAC first) is
+    checked here, before any chunk; the chunk that `size` makes the last must be marked
+    last, and no other may be: a stream cut short, extended or altered raises the same
+    `PayloadError`s as `Decryptor`, and a run's plaintext is only written, into the
+    caller's buffer, once its every tag checks."""
+
+    def __init__(self, head: bytes, identities: Sequence[Identity], size: int) -> None:
+        if header_length(head) != len(head):
+            raise HeaderError("not an age header and payload nonce")
+        dec = Decryptor(identities)
+        self.start = len(head)
+        file_key = dec._decode_header(head[: self.start - NONCE])
+        self._key = _hkdf(file_key, head[self.start - NONCE:], b"payload")
+        body = size - self.start
+        if body < TAG:
+            raise PayloadError("the age payload is cut short (no final chunk)")
+        self.chunks = -(-body // SEALED_CHUNK)
+        tail = body - (self.chunks - 1) * SEALED_CHUNK
+        if tail < TAG:
+            raise PayloadError("the age payload is cut short (no final chunk)")
+        if tail == TAG and self.chunks > 1:
+            raise PayloadError("an empty last chunk after others")
+        self.plain_size = body - self.chunks * TAG
+
+    def open_into(self, first: int, data: bytes | bytearray | memoryview,
+                  out: bytearray | memoryview) -> int:
+        """Decrypt the chunks numbered from `first` that `data` holds (whole chunks; the
+        last chunk of the file may end it) into the front of `out`; the plaintext length."""
+        src, view = memoryview(data), memoryview(out)
+        aead = ChaCha20Poly1305(self._key)  # one per call: no cipher state shared by threads
+        at = done = 0
+        index = first
+        while at < len(src):
+            piece = src[at:at + SEALED_CHUNK]
+            last = index == self.chunks - 1
+            if index >= self.chunks or (len(piece) < SEALED_CHUNK and not last):
+                raise PayloadError("a part of the age payload is not whole chunks")
+            target = view[done:done + len(piece) - TAG]
+            try:
+                aead.decrypt_into(_stream_nonce(index, last), piece, None, target)
+            except InvalidTag:
+                raise self._why(aead, index, piece, last) from None
+            at += len(piece)
+            done += len(piece) - TAG
+            index += 1
+        return done
+
+    def _why(self, aead: ChaCha20Poly1305, index: int, piece: memoryview,
+             last: bool) -> PayloadError:
+        """A chunk's tag failed: whether it was marked as the other kind (the file cut short
+        or extended around it) or altered."""
+        if len(piece) == SEALED_CHUNK:
+            scratch = bytearray(CHUNK)
+            try:
+                aead.decrypt_into(_stream_nonce(index, not last), piece, None, scratch)
+            except InvalidTag:
+                pass
+            else:
+                if last:
+                    return PayloadError("the age payload is cut short (no final chunk)")
+                return PayloadError("bytes after the last chunk of the age file")
+        return PayloadError("a chunk failed authentication: the payload was altered")
 
 
 def decrypt(data: bytes, identities: Sequence[Identity]) -> bytes:

@@ -13,6 +13,7 @@ and its database. Backups of different sources never stand in for each other.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from backup_core.store.naming import (
     dir_name,
     is_partial,
     legacy_dir_name,
+    printable,
     pruned_dump,
     taken_at,
 )
@@ -41,6 +43,9 @@ from backup_core.store.verdicts import (
     read_drill_history,
     read_verify,
 )
+from backup_core.tools.errors import ConfigError
+
+log = logging.getLogger("atb.catalog")
 
 COMPLETE = "complete"
 NO_MANIFEST = "no-manifest"
@@ -139,6 +144,64 @@ def database_dirs(backup_dir: Path, database: str | None = None) -> list[tuple[P
             continue
         found.append((Path(e.path), db_from_dir(e.name) or e.name))
     return found
+
+
+def real_tree(backups: list[Backup], *, root: Path | None = None) -> str:
+    """When `root` (BACKUP_DIR) is not the backup tree but a level off it, the line naming
+    the real one and what to do; empty otherwise. Said by prune (which refuses), status
+    (which refuses) and list (which warns): a database named "2026" is this, not a database."""
+    unsound = [b for b in backups if b.is_backup and not b.complete]
+    roots = sorted({r for b in backups if b.state == MISFILED
+                    for r in [_real_root(b)] if r is not None}
+                   | {r for b in unsound for r in [_deeper_root(b, root)] if r is not None},
+                   key=str)
+    if not roots:
+        return ""
+    where = roots[0]
+    how = ("BACKUP_DIR points inside it" if root is not None and root != where
+           and root.is_relative_to(where) else "backups are filed one level below BACKUP_DIR")
+    return (f"{printable(str(where))} looks like the real backup tree ({how}): point "
+            "BACKUP_DIR there")
+
+
+def _deeper_root(b: Backup, root: Path | None) -> Path | None:
+    """For a dump filed as `<dir>/<db>/<YYYY>/<MM>/<DD>/<file>` where `<dir>` lies below
+    `root` (not `root` itself), that `<dir>`: the tree starts one level down."""
+    if root is None or len(b.path.parents) < 5:
+        return None
+    year, tree = b.path.parents[2].name, b.path.parents[4]
+    if len(year) == 4 and year.isdigit() and tree != root and tree.is_relative_to(root):
+        return tree
+    return None
+
+
+def _real_root(b: Backup) -> Path | None:
+    """For a mis-filed backup, the directory it would be correctly filed under (the parent
+    of the directory named for its manifest's database), when that is not where it is."""
+    if b.manifest is None:
+        return None
+    names = {dir_name(b.manifest.database), legacy_dir_name(b.manifest.database)}
+    for folder in b.path.parents:
+        if folder.name in names:
+            return folder.parent
+    return None
+
+
+def require_tree(backup_dir: Path) -> Path:
+    """`backup_dir` as a command that reads the tree needs it: a directory that exists. A
+    mistyped BACKUP_DIR is then one line and exit 2, not an empty tree that lists nothing and
+    prunes nothing in silence (only `backup` creates it)."""
+    try:
+        st = os.stat(backup_dir)
+    except FileNotFoundError:
+        raise ConfigError(f"BACKUP_DIR {printable(str(backup_dir))} does not exist "
+                          "(`atb db backup` creates it)") from None
+    except OSError as exc:
+        raise ConfigError(f"BACKUP_DIR {printable(str(backup_dir))} cannot be read: "
+                          f"{exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"BACKUP_DIR {printable(str(backup_dir))} is not a directory")
+    return backup_dir
 
 
 def scan(backup_dir: Path, database: str | None = None, *,
@@ -351,9 +414,13 @@ def listing(backup_dir: Path, database: str | None = None, *,
     """Every file of interest, newest first, with its age and the evidence held for it
     (manifests through the catalog cache in `cache_dir`, when given)."""
     now = now or datetime.now(UTC)
+    found = scan(require_tree(backup_dir), database, now=now, cache_dir=cache_dir)
+    hint = real_tree(found, root=backup_dir)
+    if hint:  # listed all the same: a list shows what is there
+        log.warning("%s", hint)
     return tuple(Listed(
         path=b.path, database=b.database, state=b.state, taken_at=b.taken_at,
         age_s=(now - b.taken_at).total_seconds() if b.taken_at else None, size_bytes=b.size,
         alembic_revision=b.alembic_revision, checked=b.checked, drill=b.drill,
         drills=len(b.drills), verified=b.verified, source=b.source, problem=b.problem, backup=b)
-        for b in scan(backup_dir, database, now=now, cache_dir=cache_dir))
+        for b in found)

@@ -321,8 +321,14 @@ def listing(repo: Repository, database: str | None = None, *,
 
 def find(repo: Repository, key: str, *, now: datetime | None = None) -> RemoteBackup:
     """The repository's record of one backup, named by its dump's key (as `list` shows it),
-    with or without the `s3://bucket/prefix/` in front."""
+    with or without the `s3://bucket/prefix/` in front (or `s3:/...`, what a command-line
+    path made of the URL: one slash)."""
+    if key.startswith("s3:/") and not key.startswith("s3://"):
+        key = "s3://" + key[len("s3:/"):]
     full = str(repo.url) + "/"
+    if key.startswith("s3://") and not key.startswith(full):
+        raise ConfigError(f"{key} is not in the repository {repo.url}: give its key as `atb "
+                          "db list --repo` shows it, or --repo its repository")
     rel = key[len(full):] if key.startswith(full) else key.lstrip("/")
     parsed = _stem(rel)
     if parsed is None:

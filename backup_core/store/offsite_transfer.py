@@ -4,6 +4,7 @@ last; idempotent and resumable), fetch (both hashes proven, decrypted), and dele
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -95,59 +96,58 @@ def push_backup(repo: Repository, dump: Path, manifest: Manifest, *,
                       bool(recipients), uploaded=False)
     prints = tuple(sealing.fingerprint(k) for k in recipients)
     suffix = AGE_SUFFIX if recipients else ""
-    with tempfile.TemporaryDirectory(prefix="atb-push-") as tmp:
-        def send(src: Path, key: str, expect: str, count: bool) -> StoredObject:
-            tag = ",".join(prints)
-            old = repo.head(key)
-            meta = (old or {}).get("Metadata", {})
-            if old is not None and meta.get("atb-plain-sha256") == expect \
-                    and meta.get("atb-recipients", "") == tag and "atb-sha256" in meta:
-                return StoredObject(key, int(old["ContentLength"]), meta["atb-sha256"],
-                                    expect, int(meta.get("atb-plain-size", "0")))
-            if recipients and src.stat().st_size > PART_SIZE:
-                hashed = _upload_sealing(repo, src, key, expect, recipients, tag,
-                                         progress=progress if count else None)
-            elif recipients:
-                sealed = Path(tmp) / "object"
-                try:
-                    hashed = sealing.seal(src, sealed, recipients)
-                except OSError as exc:  # the file, or the staging copy: nothing uploaded
-                    raise StorageError(f"cannot encrypt {src}: {exc.strerror or exc}") from exc
-                if hashed.plain_sha256 != expect:
-                    raise VerifyFailed(f"{src} changed since its manifest was written: "
-                                       "not pushed")
-                repo.upload(sealed, key, metadata=_meta(hashed, tag),
-                            progress=progress if count else None)
-                sealed.unlink()
-            else:  # plain: the file itself (no copy), hashed while it uploads
-                hashed = _upload_hashing(repo, src, key, expect, tag,
-                                         progress=progress if count else None)
-            return StoredObject(key, hashed.stored_size, hashed.stored_sha256,
-                                hashed.plain_sha256, hashed.plain_size)
 
-        stored_dump = send(dump, rel + suffix, manifest.sha256, True)
-        stored_roles = None
-        if manifest.roles is not None:
-            stored_roles = send(roles_path(dump), stem + ROLES_SUFFIX + suffix,
-                                str(manifest.roles["sha256"]), False)
-        full = None
-        local_manifest = manifest_path(dump)
-        if recipients:
-            digest = sealing.hash_file(local_manifest).plain_sha256
-            full = send(local_manifest, stem + FULL_MANIFEST + AGE_SUFFIX, digest, False)
-        offsite = Offsite("age" if recipients else "none", prints, stored_dump, stored_roles,
-                          full, (now or datetime.now(UTC)).isoformat(timespec="seconds"))
-        data = json.loads(local_manifest.read_bytes())
-        if recipients:
-            for name in PRIVATE_FIELDS:
-                data.pop(name, None)
-        data["offsite"] = offsite.to_dict()
-        drill = drill_path(dump)
-        if drill.is_file() and not drill.is_symlink():
-            repo.put(stem + DRILL_SUFFIX, drill.read_bytes())
-        if signer is not None:
-            data[SIGNATURE] = sign_record(data, signer)
-        repo.put(stem + MANIFEST_SUFFIX, _canonical(data))
+    def send(src: Path, key: str, expect: str, count: bool) -> StoredObject:
+        tag = ",".join(prints)
+        old = repo.head(key)
+        meta = (old or {}).get("Metadata", {})
+        if old is not None and meta.get("atb-plain-sha256") == expect \
+                and meta.get("atb-recipients", "") == tag and "atb-sha256" in meta:
+            return StoredObject(key, int(old["ContentLength"]), meta["atb-sha256"],
+                                expect, int(meta.get("atb-plain-size", "0")))
+        if recipients and src.stat().st_size > PART_SIZE:
+            hashed = _upload_sealing(repo, src, key, expect, recipients, tag,
+                                     progress=progress if count else None)
+        elif recipients:  # one part at most: sealed in memory, no ciphertext on disk
+            sealed = io.BytesIO()
+            try:
+                hashed = sealing.seal_to(src, sealed, recipients)
+            except OSError as exc:  # reading the file: nothing uploaded
+                raise StorageError(f"cannot encrypt {src}: {exc.strerror or exc}") from exc
+            if hashed.plain_sha256 != expect:
+                raise VerifyFailed(f"{src} changed since its manifest was written: "
+                                   "not pushed")
+            repo.put_sealed(key, sealed.getvalue(), metadata=_meta(hashed, tag),
+                            progress=progress if count else None)
+        else:  # plain: the file itself (no copy), hashed while it uploads
+            hashed = _upload_hashing(repo, src, key, expect, tag,
+                                     progress=progress if count else None)
+        return StoredObject(key, hashed.stored_size, hashed.stored_sha256,
+                            hashed.plain_sha256, hashed.plain_size)
+
+    stored_dump = send(dump, rel + suffix, manifest.sha256, True)
+    stored_roles = None
+    if manifest.roles is not None:
+        stored_roles = send(roles_path(dump), stem + ROLES_SUFFIX + suffix,
+                            str(manifest.roles["sha256"]), False)
+    full = None
+    local_manifest = manifest_path(dump)
+    if recipients:
+        digest = sealing.hash_file(local_manifest).plain_sha256
+        full = send(local_manifest, stem + FULL_MANIFEST + AGE_SUFFIX, digest, False)
+    offsite = Offsite("age" if recipients else "none", prints, stored_dump, stored_roles,
+                      full, (now or datetime.now(UTC)).isoformat(timespec="seconds"))
+    data = json.loads(local_manifest.read_bytes())
+    if recipients:
+        for name in PRIVATE_FIELDS:
+            data.pop(name, None)
+    data["offsite"] = offsite.to_dict()
+    drill = drill_path(dump)
+    if drill.is_file() and not drill.is_symlink():
+        repo.put(stem + DRILL_SUFFIX, drill.read_bytes())
+    if signer is not None:
+        data[SIGNATURE] = sign_record(data, signer)
+    repo.put(stem + MANIFEST_SUFFIX, _canonical(data))
     log.info("pushed %s to %s (%s)", rel, repo, "encrypted" if recipients else "plain")
     return Pushed(rel, manifest.database, _at(manifest), manifest.size_bytes, bool(recipients),
                   uploaded=True)
@@ -230,16 +230,17 @@ def _upload_hashing(repo: Repository, src: Path, key: str, expect: str, tag: str
 def _upload_sealing(repo: Repository, src: Path, key: str, expect: str,
                     recipients: tuple[str, ...], tag: str, *,
                     progress: Callable[[int], None] | None) -> sealing.Hashed:
-    """Encrypt a large file straight into its upload: a thread encrypts and hashes block
-    N+1 while block N's part uploads (OpenSSL and hashlib release the GIL); no ciphertext
-    copy is written to disk. The ciphertext's hash is known only at the end, so the
-    object's metadata lacks it and a later push never reuses the object (it is sealed
-    again). An object whose stream failed, or whose plaintext hash is not the manifest's,
-    is deleted again; its manifest record is never written."""
+    """Encrypt a large file straight into its upload: a thread seals and hashes the next
+    parts while earlier ones upload (OpenSSL and hashlib release the GIL), into part buffers
+    given back as each part is stored; no ciphertext copy is written to disk. The
+    ciphertext's hash is known only at the end, so the object's metadata lacks it and a
+    later push never reuses the object (it is sealed again). An upload whose stream failed
+    is aborted (never an object); an object whose plaintext hash is not the manifest's is
+    deleted again; its manifest record is never written."""
     size = src.stat().st_size
-    with sealing.SealedStream(src, recipients) as stream:
+    with sealing.SealedStream(src, recipients, part=PART_SIZE) as stream:
         try:
-            repo.upload_stream(stream, key, progress=progress, metadata={
+            repo.upload_parts(stream, key, progress=progress, sent=stream.recycle, metadata={
                 "atb-plain-sha256": expect, "atb-plain-size": str(size),
                 "atb-recipients": tag})
         except OSError as exc:  # reading the dump: the upload was abandoned, never completed
@@ -287,7 +288,7 @@ def push(repo: Repository, backup_dir: Path, *, recipients: tuple[str, ...] = ()
          signer: signing.Signer | None = None) -> PushReport:
     """Upload every sound local backup the repository lacks, oldest first: idempotent and
     resumable, so cron may run it as often as it likes."""
-    local = catalog.scan(backup_dir, database)
+    local = catalog.scan(catalog.require_tree(backup_dir), database)
     abort_stale_uploads(repo, now=datetime.now(UTC))
     present = {r for r in repo.objects() if r.endswith(MANIFEST_SUFFIX)}
     pushed = []
@@ -348,6 +349,8 @@ def fetch(repo: Repository, remote: RemoteBackup, dest: Path, *,
         # beside the decryption)
         if obj.size_bytes > PART_SIZE and ids is None:
             hashed = _get_plain(obj, target, count)
+        elif obj.size_bytes > PART_SIZE:
+            hashed = _get_decrypting(obj, target, count)
         else:
             hashed = _get_unsealing(obj, target, count)
         if (hashed.stored_size, hashed.stored_sha256) != (obj.size_bytes, obj.sha256):
@@ -381,9 +384,25 @@ def fetch(repo: Repository, remote: RemoteBackup, dest: Path, *,
             os.close(fd)
         return sealing.Hashed(size, digest.hexdigest(), size, digest.hexdigest())
 
+    def _get_decrypting(obj: StoredObject, target: Path, count: bool) -> sealing.Hashed:
+        """A large encrypted object: each part decrypted and written at its offset by the
+        thread that fetched it, both sides hashed in order as the parts arrive."""
+        assert ids is not None
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError as exc:
+            raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        try:
+            return sealing.unseal_ranged(repo, obj.key, obj.size_bytes, fd, ids=ids,
+                                         what=obj.key,
+                                         progress=progress if count else None)
+        except OSError as exc:
+            raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        finally:
+            os.close(fd)
+
     def _get_unsealing(obj: StoredObject, target: Path, count: bool) -> sealing.Hashed:
-        body = repo.open_ranged(obj.key, obj.size_bytes) if obj.size_bytes > PART_SIZE \
-            else repo.open(obj.key)
+        body = repo.open(obj.key)
         try:
             counted = _Counting(body, progress) if count and progress else body
             hashed = sealing.unseal(counted, target, ids=ids, what=obj.key)

@@ -14,13 +14,13 @@ import logging
 import os
 import re
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from backup_core.tools.errors import (
     AtbError,
@@ -31,6 +31,7 @@ from backup_core.tools.errors import (
 from backup_core.tools.extras import require
 
 log = logging.getLogger("atb.repository")
+T = TypeVar("T")
 
 AGE_SUFFIX = ".age"
 FULL_MANIFEST = ".manifest.json"  # the whole manifest, encrypted, beside the record
@@ -41,6 +42,7 @@ PART_SIZE = 8 << 20  # boto3's own default part size
 # each part's checksum, which the store checks on arrival: boto3's default, cheaper than a
 # SHA-256 per part, which would only repeat what the manifest's SHA-256 proves end to end
 PART_CHECKSUM = "CRC32"
+UPLOAD_THREADS = 10  # parts in flight at once, as boto3's upload_file
 _URL = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(.*))?$")
 # A cache of the small JSON objects (manifest records, drill histories) so that a listing of
 # 10,000 backups reads a few segments instead of 10,000 objects. Each entry carries the
@@ -93,12 +95,15 @@ def _boto() -> Any:
     return boto3
 
 
-def translate(exc: BaseException, repo: RepoUrl, doing: str, *,
+def translate(exc: BaseException, repo: RepoUrl | str, doing: str, *,
               reading: str | None = None) -> AtbError:
     """A store's refusal as one line a person can act on (never a key or a secret). With
-    `reading` (an object's key), a missing object is that object gone, a failed check."""
+    `reading` (an object's key), a missing object is that object gone, a failed check.
+    boto3's and s3transfer's own errors (an upload's S3UploadFailedError) wrap botocore's:
+    the one they wrap is the one translated."""
     from botocore import exceptions as bx
 
+    exc = _underlying(exc)
     if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
         return ConfigError(f"{doing} {repo}: no AWS credentials (set AWS_ACCESS_KEY_ID and "
                            "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)")
@@ -110,7 +115,8 @@ def translate(exc: BaseException, repo: RepoUrl, doing: str, *,
             return VerifyFailed(f"{reading} is gone from {repo} (deleted while it was being "
                                 "read?): nothing was restored")
         if code in ("NoSuchBucket",) or (code == "404" and "bucket" in doing):
-            return ConnectionFailed(f"{doing} {repo}: bucket {repo.bucket!r} does not exist")
+            bucket = repr(repo.bucket) if isinstance(repo, RepoUrl) else "named"
+            return ConnectionFailed(f"{doing} {repo}: the bucket {bucket} does not exist")
         if code == "RequestTimeTooSkewed" or _skewed(exc.response):
             return ConnectionFailed(f"{doing} {repo}: this host's clock is too far from the "
                                     "store's: fix the clock (NTP)")
@@ -124,6 +130,29 @@ def translate(exc: BaseException, repo: RepoUrl, doing: str, *,
     if isinstance(exc, bx.BotoCoreError):
         return ConnectionFailed(f"{doing} {repo}: cannot reach the store: {exc}")
     return ConnectionFailed(f"{doing} {repo}: {exc}")
+
+
+def unplaced(exc: BaseException) -> AtbError:
+    """An error of the S3 client that reached the command line without passing `guarded`:
+    still the store's refusal (exit 4), one line, not an internal error."""
+    return translate(exc, "the object store", "talking to")
+
+
+def is_store_error(exc: BaseException) -> bool:
+    """Whether `exc` is raised by the S3 client's libraries (botocore, boto3, s3transfer)."""
+    return type(exc).__module__.split(".")[0] in ("botocore", "boto3", "s3transfer")
+
+
+def _underlying(exc: BaseException) -> BaseException:
+    """The botocore error a boto3 or s3transfer error was raised from, if there is one."""
+    from botocore import exceptions as bx
+
+    cur: BaseException | None = exc
+    for _ in range(8):
+        if cur is None or isinstance(cur, bx.BotoCoreError | bx.ClientError):
+            break
+        cur = cur.__cause__ or cur.__context__ or getattr(cur, "last_exception", None)
+    return cur if isinstance(cur, bx.BotoCoreError | bx.ClientError) else exc
 
 
 def _skewed(response: dict[str, Any]) -> bool:
@@ -150,6 +179,10 @@ def guarded(repo: RepoUrl, doing: str) -> Iterator[None]:
     try:
         yield
     except (bx.BotoCoreError, bx.ClientError) as exc:
+        raise translate(exc, repo, doing) from exc
+    except Exception as exc:  # boto3's and s3transfer's own (S3UploadFailedError, ...)
+        if not is_store_error(exc):
+            raise
         raise translate(exc, repo, doing) from exc
 
 
@@ -260,6 +293,17 @@ class Repository:
         except (bx.ClientError, bx.BotoCoreError) as exc:
             raise translate(exc, self.url, f"reading {rel} from", reading=rel) from exc
 
+    def read_range(self, rel: str, start: int, end: int) -> tuple[bytes, str]:
+        """Bytes [start, end) of one object (fewer when it is shorter), and its ETag."""
+        from botocore import exceptions as bx
+
+        try:
+            got = self.client.get_object(Bucket=self.url.bucket, Key=self.url.key(rel),
+                                         Range=f"bytes={start}-{end - 1}")
+            return got["Body"].read(), str(got.get("ETag", ""))
+        except (bx.ClientError, bx.BotoCoreError) as exc:
+            raise translate(exc, self.url, f"reading {rel} from", reading=rel) from exc
+
     def open_ranged(self, rel: str, size: int, *, write_to: int | None = None) -> RangedReader:
         """A large object read front to back, its parts fetched ahead in parallel (and with
         `write_to`, a file descriptor, each part also written at its offset by the thread
@@ -288,32 +332,91 @@ class Repository:
                                                "Metadata": metadata},
                                     Config=config, Callback=count)
 
-    def upload_stream(self, stream: Any, rel: str, *, metadata: dict[str, str],
-                      progress: Callable[[int], None] | None = None) -> None:
-        """A stream of unknown length (encryption under way) as one object, with the same
-        parts, checksums and concurrency as `upload`: parts go out while the rest is made."""
-        from boto3.s3.transfer import TransferConfig
+    def upload_parts(self, parts: Iterable[bytearray], rel: str, *, metadata: dict[str, str],
+                     progress: Callable[[int], None] | None = None,
+                     sent: Callable[[bytearray], None] | None = None) -> None:
+        """Parts made while the upload runs (encryption under way) as one multipart object,
+        `UPLOAD_THREADS` parts in flight, each checksummed (CRC32, as `upload`); `sent` gets
+        each part back once it is stored, for its buffer to be filled again. Each part goes
+        out as one buffer in one `sendall`, where boto3's `upload_fileobj` copies each part
+        into a BytesIO and sends it in Python-sized pieces. Invisible until the last part
+        lands: a failure (of the store, or of `parts`, raised as it is) aborts the upload."""
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-        config = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
-                                max_concurrency=10, use_threads=True)
-        sent = [0]
-
-        def count(n: int) -> None:
-            sent[0] += n
-            if progress is not None:
-                progress(sent[0])
-
+        key, bucket = self.url.key(rel), self.url.bucket
         with guarded(self.url, f"uploading {rel} to"):
-            self.client.upload_fileobj(stream, self.url.bucket, self.url.key(rel),
-                                       ExtraArgs={"ChecksumAlgorithm": PART_CHECKSUM,
-                                                  "Metadata": metadata},
-                                       Config=config, Callback=count)
+            upload = self.client.create_multipart_upload(
+                Bucket=bucket, Key=key, Metadata=metadata,
+                ChecksumAlgorithm=PART_CHECKSUM)["UploadId"]
+        done: list[dict[str, Any]] = []
+        total = 0
+
+        def one(number: int, body: bytearray) -> dict[str, Any]:
+            got = self.client.upload_part(Bucket=bucket, Key=key, UploadId=upload,
+                                          PartNumber=number, Body=body,
+                                          ChecksumAlgorithm=PART_CHECKSUM)
+            record = {"PartNumber": number, "ETag": got["ETag"]}
+            if got.get("ChecksumCRC32"):
+                record["ChecksumCRC32"] = got["ChecksumCRC32"]
+            return record
+
+        def settle(futures: set[Future[dict[str, Any]]], bodies: dict[Any, bytearray],
+                   *, every: bool) -> set[Future[dict[str, Any]]]:
+            nonlocal total
+            finished, waiting = wait(futures, return_when="ALL_COMPLETED" if every
+                                     else FIRST_COMPLETED)
+            for future in finished:
+                done.append(future.result())
+                body = bodies.pop(future)
+                total += len(body)
+                if sent is not None:
+                    sent(body)
+                if progress is not None:
+                    progress(total)
+            return waiting
+
+        try:
+            with guarded(self.url, f"uploading {rel} to"), \
+                    ThreadPoolExecutor(max_workers=UPLOAD_THREADS,
+                                       thread_name_prefix="atb-put") as pool:
+                flying: set[Future[dict[str, Any]]] = set()
+                bodies: dict[Any, bytearray] = {}
+                try:
+                    for number, body in enumerate(parts, start=1):
+                        future = pool.submit(one, number, body)
+                        flying.add(future)
+                        bodies[future] = body
+                        if len(flying) >= UPLOAD_THREADS:
+                            flying = settle(flying, bodies, every=False)
+                    settle(flying, bodies, every=True)
+                finally:
+                    for future in flying:
+                        future.cancel()
+                done.sort(key=lambda p: int(p["PartNumber"]))
+                self.client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload,
+                                                      MultipartUpload={"Parts": done})
+        except BaseException:
+            try:  # best effort: a store that is down keeps the parts until `push` aborts them
+                self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+            except Exception as exc:
+                log.debug("could not abort the upload of %s: %s", rel, exc)
+            raise
 
     def put(self, rel: str, data: bytes) -> None:
         with guarded(self.url, f"writing {rel} to"):
             self.client.put_object(Bucket=self.url.bucket, Key=self.url.key(rel), Body=data,
                                    ChecksumAlgorithm="SHA256",
                                    ContentType="application/json")
+
+    def put_sealed(self, rel: str, data: bytes, *, metadata: dict[str, str],
+                   progress: Callable[[int], None] | None = None) -> None:
+        """A small encrypted object (at most one part) from memory in one request: its
+        ciphertext never touches the disk."""
+        with guarded(self.url, f"uploading {rel} to"):
+            self.client.put_object(Bucket=self.url.bucket, Key=self.url.key(rel), Body=data,
+                                   Metadata=metadata, ChecksumAlgorithm=PART_CHECKSUM)
+        if progress is not None:
+            progress(len(data))
 
     def delete(self, rels: list[str]) -> None:
         """Delete objects in the order given (the manifest record first)."""
@@ -322,9 +425,82 @@ class Repository:
                 self.client.delete_object(Bucket=self.url.bucket, Key=self.url.key(rel))
 
 
+class Changed(VerifyFailed):
+    """An object replaced, cut short or extended in the store while it was read."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """One ranged read of an object: its bytes [start, end)."""
+
+    start: int
+    end: int
+
+
+@contextmanager
+def spans_fetched(repo: Repository, rel: str, size: int, etag: str, spans: list[Span],
+                  work: Callable[[int, bytes], T], *,
+                  ahead: int = 10) -> Iterator[Iterator[tuple[bytes, T]]]:
+    """Ranged GETs of `spans` of one object of `size` bytes (the manifest's) and ETag
+    `etag` (from a first read), `ahead` in flight, each handed to `work(i, data)` in the
+    thread that fetched it (decrypting, writing: in parallel); yields (data, what work made)
+    in order. Every answer must be of that object, whole: a part of another size, another
+    ETag or another total length is `Changed`, never bytes of a mix of objects. Leaving the
+    block waits for the parts in flight (their work may write into the caller's file)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from botocore import exceptions as bx
+
+    def get(i: int) -> tuple[bytes, T]:
+        span = spans[i]
+        try:
+            got = repo.client.get_object(Bucket=repo.url.bucket, Key=repo.url.key(rel),
+                                         Range=f"bytes={span.start}-{span.end - 1}",
+                                         **({"IfMatch": etag} if etag else {}))
+            data: bytes = got["Body"].read()
+        except bx.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "InvalidRange") or status in (412, 416):
+                raise Changed(f"{rel} in {repo.url} changed in the store while it was read "
+                              "(replaced or cut short): nothing was restored") from exc
+            raise translate(exc, repo.url, f"downloading {rel} from", reading=rel) from exc
+        except bx.BotoCoreError as exc:
+            raise translate(exc, repo.url, f"downloading {rel} from") from exc
+        total = str(got.get("ContentRange", "")).rpartition("/")[2]
+        if len(data) != span.end - span.start or total != str(size) \
+                or got.get("ETag", etag) != etag:
+            raise Changed(f"{rel} in {repo.url} is not the object the manifest describes, or "
+                          f"changed while it was read (its size is {total or '?'} bytes, "
+                          f"the manifest's {size}): nothing was restored")
+        return data, work(i, data)
+
+    pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="atb-get")
+    pending: deque[Future[tuple[bytes, T]]] = deque()
+    following = iter(range(len(spans)))
+
+    def submit() -> None:
+        i = next(following, None)
+        if i is not None:
+            pending.append(pool.submit(get, i))
+
+    def ordered() -> Iterator[tuple[bytes, T]]:
+        for _ in range(ahead):
+            submit()
+        while pending:
+            got = pending.popleft().result()
+            submit()
+            yield got
+
+    try:
+        yield ordered()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 class RangedReader(io.RawIOBase):
     """One object read in order through ranged GETs, `AHEAD` parts in flight: the consumer
-    (hashing, decrypting, writing: one pass) works while the next parts arrive, as boto3's
+    (hashing, and writing unless the fetching threads write) works while the next arrive, as boto3's
     download_file keeps its threads busy, but with no second pass over a temporary file.
     Reads exactly `size` bytes (the manifest's): a shorter object ends early, so its hash
     cannot match; a store error is raised, translated, from `readinto`."""

@@ -26,11 +26,12 @@ from backup_core.store.catalog import (
     CLOCK_SKEW,
     COMPLETE,
     FUTURE,
-    MISFILED,
     ORPHAN_MANIFEST,
     PARTIAL,
     PRUNING,
     Backup,
+    real_tree,
+    require_tree,
     scan,
 )
 from backup_core.store.naming import (
@@ -39,7 +40,6 @@ from backup_core.store.naming import (
     PARTIAL_MARK,
     dir_name,
     drill_path,
-    legacy_dir_name,
     manifest_path,
     printable,
     pruned_dump,
@@ -185,14 +185,9 @@ def refusal(backups: list[Backup], *, now: datetime, root: Path | None = None) -
     too high, most dumps not sound, or a clock behind the backups it would judge."""
     dumps = [b for b in backups if b.is_backup and b.state != FUTURE]
     unsound = [b for b in dumps if not b.complete]
-    roots = sorted({r for b in backups if b.state == MISFILED
-                    for r in [_real_root(b)] if r is not None}
-                   | {r for b in unsound for r in [_deeper_root(b, root)] if r is not None},
-                   key=str)
-    if roots:
-        return (f"{printable(str(roots[0]))} looks like the real backup tree (backups are "
-                "filed one level below BACKUP_DIR): point BACKUP_DIR there; nothing was "
-                "deleted")
+    hint = real_tree(backups, root=root)
+    if hint:
+        return f"{hint}; nothing was deleted"
     if dumps and not any(b.complete for b in dumps):
         return (f"none of the {len(dumps)} backups found is sound ({_states(unsound)}): is "
                 "BACKUP_DIR the backup tree? nothing was deleted")
@@ -230,29 +225,6 @@ def _finished(b: Backup) -> datetime | None:
     except ValueError:
         return None
     return at if at.tzinfo is not None else None
-
-
-def _deeper_root(b: Backup, root: Path | None) -> Path | None:
-    """For a dump filed as `<dir>/<db>/<YYYY>/<MM>/<DD>/<file>` where `<dir>` lies below
-    `root` (not `root` itself), that `<dir>`: the tree starts one level down."""
-    if root is None or len(b.path.parents) < 5:
-        return None
-    year, tree = b.path.parents[2].name, b.path.parents[4]
-    if len(year) == 4 and year.isdigit() and tree != root and tree.is_relative_to(root):
-        return tree
-    return None
-
-
-def _real_root(b: Backup) -> Path | None:
-    """For a mis-filed backup, the directory it would be correctly filed under (the parent
-    of the directory named for its manifest's database), when that is not where it is."""
-    if b.manifest is None:
-        return None
-    names = {dir_name(b.manifest.database), legacy_dir_name(b.manifest.database)}
-    for folder in b.path.parents:
-        if folder.name in names:
-            return folder.parent
-    return None
 
 
 @dataclass(frozen=True)
@@ -390,7 +362,7 @@ def prune(backup_dir: Path, policy: Policy, *, dry_run: bool = False,
           now: datetime | None = None, cache_dir: Path | None = None) -> PruneReport:
     """Plan the prune of the whole tree, refuse it whole (exit 8) when the tree looks wrong,
     carry it out unless `dry_run`, and say what was kept and deleted, and why."""
-    items = scan(backup_dir, cache_dir=cache_dir)  # the plan reads only manifests' heads
+    items = scan(require_tree(backup_dir), cache_dir=cache_dir)  # only manifests' heads
     busy = busy_databases(backup_dir, {b.database for b in items})
     plan = plan_prune(items, now=now or datetime.now(UTC), policy=policy, busy=busy,
                       root=backup_dir)

@@ -38,8 +38,7 @@ from backup_core.tools.runner import run
 
 NETWORK = "network"
 ENVIRONMENT_ONLY = "environment only"
-# `off` forces environment only, for platforms where the probe succeeds but isolation breaks
-SWITCH_ENV = "ATB_ISOLATION"
+SWITCH_ENV = namespaces.SWITCH_ENV  # `off`: environment only (see `namespaces.check_switch`)
 # the only name under which libpq, psycopg and asyncpg look for a server's unix socket
 SOCKET_PREFIX = ".s.PGSQL."
 PROC_NET_UNIX = Path("/proc/net/unix")

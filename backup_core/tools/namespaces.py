@@ -7,8 +7,22 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from backup_core.tools.errors import ConfigError
+
 # set in every isolated child's environment: its own children are inside already
 ACTIVE_ENV = "ATB_ISOLATION_ACTIVE"
+# `off` forces environment only, for platforms where the probe succeeds but isolation breaks
+SWITCH_ENV = "ATB_ISOLATION"
+SWITCH_VALUES = ("", "off")
+
+
+def check_switch(env: Mapping[str, str]) -> None:
+    """`ATB_ISOLATION` is unset, empty or `off`: anything else is a typo (exit 2), never read
+    as "isolate after all" or "do not" in silence."""
+    value = env.get(SWITCH_ENV, "")
+    if value.strip().lower() not in SWITCH_VALUES:
+        raise ConfigError(f"{SWITCH_ENV}={value[:40]!r} is not understood: leave it unset "
+                          "(isolate where the platform can) or set it to off")
 
 
 def already_inside(env: Mapping[str, str] | None = None) -> bool:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from backup_core.tools.errors import AtbError, ToolchainError
+from backup_core.tools.errors import AtbError, ConfigError, ToolchainError
 from backup_core.tools.runner import run
 
 TOOLS = ("pg_dump", "pg_restore", "psql", "initdb", "pg_ctl", "postgres")
@@ -120,7 +120,7 @@ def candidate_dirs(env: Mapping[str, str]) -> list[tuple[Path, str]]:
 
 def probe(bindir: Path, source: str) -> Toolchain | None:
     """A Toolchain for `bindir`, or None when it holds no working pg_dump or pg_restore."""
-    for tool in ("pg_dump", "pg_restore", "postgres"):
+    for tool in POSTGRES_TOOLS:
         exe = bindir / tool
         if not os.access(exe, os.X_OK):
             continue
@@ -129,6 +129,25 @@ def probe(bindir: Path, source: str) -> Toolchain | None:
         if version:
             return Toolchain(bindir=bindir, version=version, source=source)
     return None
+
+
+POSTGRES_TOOLS = ("pg_dump", "pg_restore", "postgres")
+
+
+def check_pinned(env: Mapping[str, str]) -> None:
+    """`PG_BINDIR`, when set, is a directory holding PostgreSQL's programs: a typo is one line
+    and exit 2 before any work, not a silent fall back to other binaries."""
+    value = env.get("PG_BINDIR")
+    if not value:
+        return
+    bindir = Path(value)
+    if not bindir.is_dir():
+        raise ConfigError(f"PG_BINDIR {value[:200]!r} is not a directory: point it at a "
+                          "PostgreSQL bin directory (holding pg_dump), or unset it")
+    if not any(os.access(bindir / tool, os.X_OK) for tool in POSTGRES_TOOLS):
+        raise ConfigError(f"PG_BINDIR {value[:200]!r} holds none of "
+                          f"{', '.join(POSTGRES_TOOLS)}: point it at a PostgreSQL bin "
+                          "directory, or unset it")
 
 
 def discover(env: Mapping[str, str] | None = None) -> list[Toolchain]:

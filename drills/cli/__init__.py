@@ -72,6 +72,12 @@ def _run(argv: list[str] | None, held: masking.Secrets) -> int:
     except KeyboardInterrupt:
         return _fail("interrupted; nothing was left half-written", 130)
     except Exception as exc:  # a bug: keep the traceback, show one line
+        from backup_core.store.repository import is_store_error, unplaced
+
+        if is_store_error(exc):  # the store refused, on a path no guard covered: exit 4
+            logging.getLogger("atb").debug("the store's error", exc_info=True)
+            refusal = unplaced(exc)
+            return _fail(str(refusal), refusal.exit_code)
         fd, path = tempfile.mkstemp(prefix="atb-crash-", suffix=".log")
         with os.fdopen(fd, "w") as fh:
             fh.write(redact(traceback.format_exc(), held))
@@ -125,6 +131,16 @@ class LazyGroup(click.Group):
 def cli(verbose: int) -> None:
     """Back up PostgreSQL with pg_dump and prove, by restore drills, that the backups work."""
     console.setup_logging(verbose, masking.current())  # the object `run` owns
+    check_environment(os.environ)
+
+
+def check_environment(env: Mapping[str, str]) -> None:
+    """The settings every command reads from the environment, checked before any work: a
+    typo is one line and exit 2, not a value ignored in silence."""
+    from backup_core.tools import namespaces, toolchain
+
+    namespaces.check_switch(env)
+    toolchain.check_pinned(env)
 
 
 def __getattr__(name: str) -> Any:

@@ -155,8 +155,9 @@ def db_list(backup_dir: Path, database: str | None, repo: str | None, as_json: b
     items = offsite.listing(repo, database) if repo else catalog.listing(
         backup_dir, database, cache_dir=catalog_cache.default_dir())
     root = Path(".") if repo else backup_dir
+    of = f"of database {printable(database)} " if database else ""
     output.show(items, as_json=as_json, text=lambda found: _list_text(
-        found, root, where=f"in {repo}" if repo else f"under {backup_dir}"))
+        found, root, where=of + (f"in {repo}" if repo else f"under {backup_dir}")))
 
 
 def _list_text(items: tuple[catalog.Listed, ...], backup_dir: Path, *, where: str) -> str:
@@ -202,8 +203,17 @@ def db_verify(path: Path | None, backup_dir: Path, latest: bool, all_: bool,
         report = offsite.verify_remote(repo, key=str(path) if path else None, latest=latest,
                                        all_=all_, database=database, deep=deep)
     else:
-        report = verify.verify_selected(backup_dir, path=path, latest=latest, all_=all_,
-                                        database=database, deep=deep)
+        progress = console.Progress("verify")
+        try:
+            report = verify.verify_selected(backup_dir, path=path, latest=latest, all_=all_,
+                                            database=database, deep=deep,
+                                            progress=progress if progress.tty else None)
+        finally:
+            progress.close()
+    for r in report.results:
+        if r.not_recorded:  # the verdict stands; `list` will not show it
+            log.warning("the verdict on %s was not recorded beside it (list still shows it "
+                        "unverified): %s", printable(str(r.path)), printable(r.not_recorded))
     output.show(report.results, as_json=as_json, text=lambda results: "\n".join(
         f"{'OK  ' if r.ok else 'FAIL'} {printable(str(r.path))}"
         + ("" if r.ok else f": {printable(r.reason)}") for r in results))
@@ -310,6 +320,14 @@ def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, with_
     private directory, its hashes proven and decrypted (ATB_AGE_IDENTITY_FILE) before
     anything is restored, and the download removed after."""
     signer_needs_repo(repo, repo_signer)
+    if not (migrate or migrate_cmd):  # a migration option alone would be ignored in silence
+        given = [name for name, value in (
+            ("--alembic-config", alembic_config), ("--app-python", app_python),
+            ("--app-dir", app_dir), ("--app-url-env", app_url_env), ("--pass-env", pass_env))
+            if value]
+        if given:
+            raise click.UsageError(f"{given[0]} needs --migrate (or --migrate-cmd): without "
+                                   "it nothing is migrated")
     live = production(production_url)
     target = conn(target_url, "ATB_TARGET_URL").with_password_from(live)
     app = AppEnv(directory=(app_dir or Path.cwd()).absolute(),
@@ -327,11 +345,18 @@ def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, with_
             dump, target, production=live, allow_production=allow_production, clean=clean,
             jobs=jobs, no_owner=no_owner, with_roles=with_roles, migration=migration)
 
-    if repo:
-        with offsite.downloaded(repo, str(path), signer=repo_signer) as got:
-            result = restore.restore_backup(request(got.path))
-    else:
-        result = restore.restore_backup(request(path))
+    progress = console.Progress("restore")
+    shown = progress if progress.tty else None  # nothing extra in a log
+    try:
+        if repo:
+            with offsite.downloaded(repo, str(path), signer=repo_signer, progress=None
+                                    if shown is None else lambda n, _: shown("download", n),
+                                    ) as got:
+                result = restore.restore_backup(request(got.path), progress=shown)
+        else:
+            result = restore.restore_backup(request(path), progress=shown)
+    finally:
+        progress.close()
     output.show(result, as_json=as_json, text=lambda r: _restore_text(r, path))
 
 

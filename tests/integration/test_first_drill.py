@@ -78,7 +78,7 @@ def test_an_application_without_an_events_table_passes_its_first_drill(
     env = {"BACKUP_DIR": str(tmp_path / "backups")}
     # without a table of its own, heartbeat says how to get one (no migration would help)
     missing = atb_inproc("tests", "heartbeat", url=info)
-    assert missing.returncode == 1
+    assert missing.returncode == 2  # configuration, not a stale heartbeat
     assert missing.stderr.strip().endswith(
         "neither the application's system_events nor atb's atb.heartbeat; create atb's with "
         "`atb tests heartbeat --init`, or name the application's events table with --table")
@@ -106,7 +106,7 @@ def test_an_application_without_an_events_table_passes_its_first_drill(
     assert check.returncode == 0 and json.loads(check.stdout)["table"] == "atb.heartbeat"
     # a table named on purpose never falls back to atb's
     named = atb_inproc("tests", "heartbeat", "--table", "app_events", "--check", url=info)
-    assert named.returncode == 1 and "table app_events does not exist" in named.stderr
+    assert named.returncode == 2 and "table app_events does not exist" in named.stderr
 
     # the printed grant is all the backup role needs to dump atb's table with the rest
     as_backup_role = ConnInfo.make(dbname=info.dbname, host="127.0.0.1", port=pg15.port,

@@ -71,8 +71,26 @@ def test_heartbeat_insert_and_check(pg15: Cluster) -> None:
     with db.connect(info) as conn:
         row = conn.execute("SELECT type::text, message FROM system_events").fetchone()
     assert row == ("TEST", "Heartbeat")
-    missing = atb_inproc("tests", "heartbeat", "--table", "nope", url=info)
-    assert missing.returncode == 1 and "table nope does not exist" in missing.stderr
+    # configuration errors are exit 2 (exit 1 is a stale heartbeat: what a monitor acts on)
+    for check in ((), ("--check",)):
+        missing = atb_inproc("tests", "heartbeat", "--table", "nope", *check, url=info)
+        assert (missing.returncode, missing.stderr.count("\n")) == (2, 1), missing.stderr
+        assert "table nope does not exist" in missing.stderr
+    with db.connect(info, autocommit=True) as conn:
+        conn.execute("ALTER TABLE system_events RENAME TO events_elsewhere")
+    try:
+        for check in ((), ("--check",)):
+            none = atb_inproc("tests", "heartbeat", *check, url=info)
+            assert (none.returncode, none.stderr.count("\n")) == (2, 1), none.stderr
+            assert "no heartbeat table in" in none.stderr
+        role = atb_inproc("tests", "heartbeat", "--init", "--grant-to", "nosuchrole", url=info)
+        assert (role.returncode, role.stderr.count("\n")) == (2, 1), role.stderr
+        assert 'role "nosuchrole" does not exist' in role.stderr
+        with db.connect(info) as conn:  # refused whole: no table made without its grant
+            assert conn.execute("SELECT to_regclass('atb.heartbeat')").fetchone() == (None,)
+    finally:
+        with db.connect(info, autocommit=True) as conn:
+            conn.execute("ALTER TABLE events_elsewhere RENAME TO system_events")
 
 
 def test_doctor_lists_both_toolchains_and_their_jobs() -> None:
@@ -121,3 +139,39 @@ def test_progress_shows_phase_bytes_and_rate_on_a_terminal_only(pg15: Cluster,
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ atb\.backup INFO backup \S+"
                         r"backup-20200101T000000Z\.dump written \([\d.]+ (B|KiB|MiB|GiB), sha256 "
                         r"[0-9a-f]{12}\)", line), line
+    # the same backup restored and deep-verified on a terminal: their phase, bytes and rate
+    dump = next(p for p in backup_dir.rglob("backup-*.dump") if "20200101" not in p.name)
+    target = info.with_dbname(f"{info.dbname}_progress")
+    restored = _on_a_terminal(["db", "restore", str(dump)],
+                              {**env, "ATB_TARGET_URL": target.secret_url})
+    assert "restore: restore" in restored and "MiB/s" in restored, restored
+    deep = _on_a_terminal(["db", "verify", str(dump), "--deep"], env)
+    assert "verify: read every block" in deep and "\x1b[K" in deep, deep
+    quiet = atb_inproc("db", "verify", str(dump), "--deep", env={"BACKUP_DIR": str(backup_dir)})
+    assert (quiet.returncode, quiet.stderr) == (0, "")  # piped: nothing extra
+
+
+def _on_a_terminal(args: list[str], env: dict[str, str]) -> str:
+    """What `atb ARGS` shows on a terminal (its stderr a pty); it must exit 0."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "drills.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=follower)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    text = shown.decode(errors="replace")
+    assert proc.wait() == 0, text
+    return text

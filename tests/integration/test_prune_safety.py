@@ -394,3 +394,34 @@ def test_kill_9_at_every_step_of_a_prune_never_leaves_a_half_backup_that_looks_s
         side(q).name for q in keep
         for side in (lambda p: p, manifest_path, roles_path, verify_path)}
     assert verified_ok(root) == 4
+
+
+def test_a_backup_dir_one_level_too_deep_is_named_by_list_and_status(
+    seed: Path, tmp_path: Path
+) -> None:
+    """BACKUP_DIR=<tree>/<db>: list showed a database named "2026" and status judged it
+    (exit 1), without prune's hint. Both now name the real tree; status refuses (exit 2),
+    list still lists, after the hint on stderr."""
+    real = tmp_path / "backups"
+    for d in range(3):
+        clone(seed, real, days_ago(d), database="shop")
+    deep = real / "shop"
+    hint = (f"{real} looks like the real backup tree (BACKUP_DIR points inside it): point "
+            "BACKUP_DIR there")
+    listed = atb_inproc("db", "list", env={"BACKUP_DIR": str(deep)})
+    assert listed.returncode == 0 and listed.stdout.count("misfiled") == 3
+    [warned] = listed.stderr.splitlines()
+    assert warned.endswith(f"WARNING {hint}"), warned
+    status = atb_inproc("db", "status", env={"BACKUP_DIR": str(deep)})
+    assert (status.returncode, status.stdout, status.stderr) == (2, "", f"atb: error: {hint}\n")
+    pruned = atb_inproc("db", "prune", env={"BACKUP_DIR": str(deep)})
+    assert (pruned.returncode, pruned.stderr) == (
+        8, f"atb: error: {hint}; nothing was deleted\n")
+    assert len(dumps(real)) == 3
+    # the right tree, asked for a database it does not hold: said as such
+    env = {"BACKUP_DIR": str(real)}
+    none = atb_inproc("db", "list", "--database", "nosuch", env=env)
+    assert (none.returncode, none.stdout) == (0, f"no backups of database nosuch under {real}\n")
+    unverified = atb_inproc("db", "verify", "--latest", "--database", "nosuch", env=env)
+    assert (unverified.returncode, unverified.stderr) == (
+        2, f"atb: error: no backups of database nosuch under {real} to verify\n")

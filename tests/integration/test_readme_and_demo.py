@@ -38,6 +38,7 @@ def blocks(kind: str) -> list[str]:
 def test_the_command_reference_is_generated_from_the_cli() -> None:
     start, end = README.index(docs.BEGIN), README.index(docs.END) + len(docs.END)
     assert README[start:end] == docs.reference(), "run `python -m drills.docs` into README.md"
+    assert (README.count(docs.BEGIN), README.count(docs.END)) == (1, 1)  # no stale marker left
 
 
 @pytest.mark.fast

@@ -86,8 +86,15 @@ def test_backup_uploads_then_restore_from_the_repository_gives_the_same_rows(
     again = atb_inproc("db", "push", "--backup-dir", str(tmp_path / "b"), "--json", env=env)
     assert again.returncode == 0, again.stderr
     assert [p["uploaded"] for p in json.loads(again.stdout)["pushed"]] == [False]
-    checked = atb_inproc("db", "verify", "--repo", repo, _key(items[0]), "--json", env=env)
+    # the key as a full URL (which a command-line path turns into s3:/...) is the same key
+    checked = atb_inproc("db", "verify", "--repo", repo, f"{repo}/{_key(items[0])}", "--json",
+                         env=env)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    other = f"s3://{object_store.bucket}/elsewhere/{_key(items[0])}"
+    wrong = atb_inproc("db", "verify", "--repo", repo, other, env=env)
+    assert (wrong.returncode, wrong.stderr) == (2, (
+        f"atb: error: {other} is not in the repository {repo}: give its key as `atb db list "
+        "--repo` shows it, or --repo its repository\n"))
     assert [c["name"] for c in json.loads(checked.stdout)[0]["checks"]] == [
         "stored sha256", "size", "sha256", "roles", "toc"]
     target = pg15.url(f"restored_{uuid.uuid4().hex[:8]}")
@@ -357,6 +364,63 @@ def test_a_large_object_round_trips_through_parallel_parts(
         assert [p for p in (tmp_path / "again").rglob("*") if p.is_file()] == []
 
 
+def test_a_large_encrypted_object_altered_cut_or_replaced_mid_download_restores_nothing(
+        object_store: ObjectStore, repo: str, keys: tuple[str, Path, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encrypted download decrypts each part in the thread that fetched it: a chunk
+    altered in a middle part, the object cut short in the store, and the object replaced
+    (by another encryption of the same size) while its parts are fetched each fail the
+    fetch with their own error, and leave no file behind."""
+    from backup_core.store import age_format, offsite_catalog, offsite_transfer, repository
+    from backup_core.tools.errors import VerifyFailed
+    from bench.repository import _backup
+
+    for k, v in object_store.env().items():
+        monkeypatch.setenv(k, v)
+    dump, manifest = _backup(tmp_path / "tree", (17 << 20) + 5)  # three parts
+    store = repository.open_repository(repo)
+    recipient, ident, _ = keys
+    offsite_transfer.push_backup(store, dump, manifest, recipients=(recipient,))
+    remote = offsite_catalog.scan(store)[0]
+    assert remote.offsite is not None
+    rel = remote.offsite.dump.key
+    bucket, key, s3 = store.url.bucket, store.url.key(rel), store.client
+    good = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    start = age_format.header_length(good)
+    assert start is not None
+
+    def fails(body: bytes) -> str:
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+        dest = tmp_path / f"fetch-{uuid.uuid4().hex[:6]}"
+        with pytest.raises(VerifyFailed) as raised:
+            offsite_transfer.fetch(store, remote, dest, identity_file=ident)
+        assert [p for p in dest.rglob("*") if p.is_file()] == []
+        return str(raised.value)
+
+    altered = bytearray(good)
+    altered[start + (128 + 3) * age_format.SEALED_CHUNK + 10] ^= 1  # part 2 of 3, chunk 131
+    assert fails(bytes(altered)) == (f"{rel}: cannot decrypt (a chunk failed authentication: "
+                                     "the payload was altered): the wrong identity, or the "
+                                     "object was altered")
+    assert fails(good[:-1000]) == (
+        f"{rel} in {store.url} is not the object the manifest describes, or changed while "
+        f"it was read (its size is {len(good) - 1000} bytes, the manifest's {len(good)}): "
+        "nothing was restored")
+    other = bytearray(good)  # another encryption of the same size: only the ETag differs
+    other[start:] = os.urandom(len(good) - start)
+    real = s3.get_object
+
+    def replacing(**kwargs: object) -> object:
+        if kwargs.get("Range") == f"bytes={start}-{start + 128 * age_format.SEALED_CHUNK - 1}":
+            s3.put_object(Bucket=bucket, Key=key, Body=bytes(other))  # as part 1 is asked
+        return real(**kwargs)
+
+    monkeypatch.setattr(s3, "get_object", replacing)
+    assert fails(good) == (f"{rel} in {store.url} changed in the store while it was read "
+                           "(replaced or cut short): nothing was restored")
+    monkeypatch.setattr(s3, "get_object", real)
+
+
 @pytest.mark.parametrize("encrypted", [False, True])
 def test_a_large_dump_changed_since_its_manifest_leaves_nothing_in_the_store(
         object_store: ObjectStore, repo: str, keys: tuple[str, Path, Path], tmp_path: Path,
@@ -398,21 +462,24 @@ def test_a_dump_unreadable_mid_encryption_leaves_nothing_in_the_store(
     for k, v in object_store.env().items():
         monkeypatch.setenv(k, v)
     dump, manifest = _backup(tmp_path / "tree", (17 << 20) + 1)
-    real, calls = sealing._read_block, []
+    real, calls = sealing._read_into, []
 
-    def failing(fh: object, size: int) -> bytearray:
-        calls.append(size)
+    def failing(fh: object, buf: bytearray) -> int:
+        calls.append(len(buf))
         if len(calls) == 2:
             raise OSError(errno.EIO, "Input/output error")
-        return real(fh, size)  # type: ignore[arg-type]
+        return real(fh, buf)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(sealing, "_read_block", failing)
+    monkeypatch.setattr(sealing, "_read_into", failing)
     store = repository.open_repository(repo)
     with pytest.raises(StorageError) as raised:
         offsite_transfer.push_backup(store, dump, manifest, recipients=(keys[0],))
     assert str(raised.value) == f"cannot encrypt {dump}: Input/output error"
     assert raised.value.exit_code == 7
     assert store.objects() == {}
+    uploads = store.client.list_multipart_uploads(Bucket=store.url.bucket,
+                                                  Prefix=store.url.key(""))
+    assert uploads.get("Uploads", []) == []  # the abandoned upload aborted, its parts gone
 
 
 def test_the_listing_index_never_hides_a_change_to_a_manifest(
@@ -450,3 +517,53 @@ def test_backup_repo_in_the_environment_never_turns_list_or_prune_to_the_reposit
     assert [i["path"] for i in listed] == [str(next(tree.rglob("*.dump")))]
     pruned = atb_inproc("db", "prune", "--backup-dir", str(tree), "--dry-run", env=env)
     assert pruned.returncode == 0 and pruned.stdout.endswith("1 kept, 0 would delete\n")
+
+
+_WRITES: list[str] = []
+_WATCHING = [False]
+
+
+def _watch_writes(event: str, args: tuple[object, ...]) -> None:
+    """An audit hook: every file this process opens for writing while `_WATCHING` is set."""
+    if _WATCHING[0] and event == "open" and isinstance(args[0], str | bytes | os.PathLike):
+        mode = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
+        flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
+        if any(c in mode for c in "wax+") or flags & (os.O_WRONLY | os.O_RDWR):
+            _WRITES.append(os.fsdecode(args[0]))
+
+
+def test_keys_that_cannot_write_are_one_line_exit_4_and_nothing_encrypted_lands_on_disk(
+        object_store: ObjectStore, repo: str, one_backup: Path, tmp_path: Path,
+        keys: tuple[str, Path, Path], source: ConnInfo) -> None:
+    """A read-and-list key on push (plain, and encrypted: the small roles and manifest
+    objects go up in one request) and on backup: the store's refusal is exit 4 in one line,
+    never 70 and a traceback. The small encrypted objects are sealed in memory: no file is
+    opened for writing while the push runs (the README promises no ciphertext copy on disk)."""
+    recipient = keys[0]
+    tree = _tree(one_backup, tmp_path)
+    reader = object_store.env(read_only=True)
+    plain = atb_inproc("db", "push", "--repo", repo, "--backup-dir", str(tree), env=reader)
+    assert (plain.returncode, plain.stderr.count("\n")) == (4, 1), plain.stderr
+    assert "refused our credentials (AccessDenied)" in plain.stderr
+    assert "traceback" not in plain.stderr
+    sealed = atb_inproc("db", "push", "--repo", repo, "--backup-dir", str(tree),
+                        env={**reader, "BACKUP_ENCRYPT_TO": recipient})
+    assert (sealed.returncode, sealed.stderr.count("\n")) == (4, 1), sealed.stderr
+    assert "refused our credentials (AccessDenied)" in sealed.stderr
+    local = tmp_path / "local"
+    backup = atb_inproc("db", "backup", "--backup-dir", str(local), url=source,
+                        env={**reader, "BACKUP_REPO": repo})
+    assert (backup.returncode, backup.stderr.count("atb: error:")) == (4, 1), backup.stderr
+    assert "written" in backup.stderr.splitlines()[0]  # the local backup's own line first
+    assert "refused our credentials (AccessDenied)" in backup.stderr.splitlines()[-1]
+    assert len(list(local.rglob("backup-*.dump"))) == 1  # the local backup stays
+    import sys
+    sys.addaudithook(_watch_writes)
+    _WATCHING[0] = True
+    try:
+        done = atb_inproc("db", "push", "--repo", repo, "--backup-dir", str(tree),
+                          env={**object_store.env(), "BACKUP_ENCRYPT_TO": recipient})
+    finally:
+        _WATCHING[0] = False
+    assert done.returncode == 0, done.stderr
+    assert [w for w in _WRITES if not w.startswith("/dev/")] == []

@@ -27,7 +27,19 @@ def one_backup(pg15: Cluster, backup_dir: Path,
 
 def test_an_intact_backup_verifies_shallow_and_deep(one_backup: tuple[ConnInfo, Path],
                                                     backup_dir: Path) -> None:
-    _, _path = one_backup
+    _, path = one_backup
+    from backup_core.store.naming import verify_path
+
+    verify_path(path).mkdir()  # the verdict cannot be written, as in a read-only BACKUP_DIR
+    blocked = atb_inproc("db", "verify", "--latest", env={"BACKUP_DIR": str(backup_dir)})
+    assert (blocked.returncode, blocked.stdout) == (0, f"OK   {path}\n")
+    [warned] = blocked.stderr.splitlines()
+    assert f"WARNING the verdict on {path} was not recorded beside it (list still shows it " \
+           "unverified): " in warned
+    listing = json.loads(atb_inproc("db", "list", "--json",
+                                    env={"BACKUP_DIR": str(backup_dir)}).stdout)
+    assert [i["checked"] for i in listing if i["path"] == str(path)] == ["unverified"]
+    verify_path(path).rmdir()
     done = atb_inproc("db", "verify", "--latest", "--deep", "--json",
                       env={"BACKUP_DIR": str(backup_dir)})
     assert done.returncode == 0, done.stderr

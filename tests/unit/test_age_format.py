@@ -142,3 +142,93 @@ def test_a_recipient_of_low_order_is_refused_when_parsed() -> None:
     low = age_format.bech32_encode("age", bytes(32))
     with pytest.raises(ValueError, match="low order"):
         age_format.Recipient.parse(low)
+
+
+def _random_access(body: bytes, ids: list[Identity], run: int = 2) -> bytes:
+    """`body` opened as a ranged download opens it (`sealing.unseal_ranged`): the header,
+    then runs of `run` chunks, here in reverse order, each into its place."""
+    n = age_format.header_length(body)
+    if n is None:  # the download leaves a header that never ends to the stream's own error
+        dec = age_format.Decryptor(ids)
+        dec.feed(body)
+        dec.finish()
+        raise AssertionError("a header that never ends was accepted")
+    payload = age_format.Payload(body[:n], ids, len(body))
+    out = bytearray(payload.plain_size)
+    step = run * age_format.SEALED_CHUNK
+    for first in reversed(range(0, payload.chunks, run)):
+        at = n + first * age_format.SEALED_CHUNK
+        done = payload.open_into(first, body[at:at + step],
+                                 memoryview(out)[first * age_format.CHUNK:])
+        assert done == min(run * age_format.CHUNK, payload.plain_size
+                           - first * age_format.CHUNK)
+    return bytes(out)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in KIT.iterdir() if p.name != "LICENSE"))
+def test_age_testkit_vector_in_parts_out_of_order(name: str) -> None:
+    """The ranged download's decryption (parts in any order, in any thread) gives every
+    vector the stream's verdict: the exact plaintext, or a failure at the same stage."""
+    meta, body = _vector(KIT / name)
+    ids = [Identity.parse(i) for i in meta.get("identity", [])]
+    expect = meta["expect"][0]
+    try:
+        out = _random_access(body, ids)
+    except age_format.DecryptError as exc:
+        assert expect != "success", f"{name}: {exc}"
+        assert isinstance(exc, EXPECT[expect]), f"{name}: {type(exc).__name__} {exc}"
+    else:
+        assert expect == "success", name
+        if "payload" in meta:
+            assert hashlib.sha256(out).hexdigest() == meta["payload"][0], name
+
+
+@pytest.mark.parametrize("size", [*SIZES, 5 * 65536 + 7])
+def test_parts_opened_out_of_order_are_the_file(size: int) -> None:
+    data = _data(size)
+    ident = pyrage.x25519.Identity.generate()
+    ours = [Identity.parse(str(ident))]
+    for sealed in (pyrage.encrypt(data, [ident.to_public()]),
+                   age_format.encrypt(data, [ours[0].to_public()])):
+        for run in (1, 2, 3):
+            assert _random_access(sealed, ours, run) == data
+
+
+def _both(body: bytes, ids: list[Identity]) -> tuple[str, str]:
+    """The error the stream raises and the one the parts raise, each as 'Class: message'."""
+    found = []
+    for how in (lambda: age_format.decrypt(body, ids), lambda: _random_access(body, ids)):
+        with pytest.raises(age_format.DecryptError) as raised:
+            how()
+        found.append(f"{type(raised.value).__name__}: {raised.value}")
+    return found[0], found[1]
+
+
+def test_parts_refuse_what_the_stream_refuses_each_with_its_own_error() -> None:
+    """A chunk altered in a middle part, a stream cut short at a chunk boundary (its last
+    chunk not marked last) or inside a chunk, one extended past its last chunk, a header
+    MAC that does not match: the ranged decryption raises the stream's own error for each."""
+    me = Identity.generate()
+    data = _data(5 * 65536 + 7)
+    sealed = age_format.encrypt(data, [me.to_public()])
+    n = age_format.header_length(sealed)
+    assert n is not None
+    altered = bytearray(sealed)
+    altered[n + 2 * age_format.SEALED_CHUNK + 100] ^= 1  # the third chunk: a middle part
+    at_boundary = sealed[: n + 3 * age_format.SEALED_CHUNK]
+    inside = sealed[: n + 3 * age_format.SEALED_CHUNK + 10]
+    one = age_format.encrypt(_data(65536), [me.to_public()])  # one whole chunk, marked last
+    mac = bytearray(sealed)
+    first = sealed.index(b"\n---") + 5  # the MAC's first base64 character, another one
+    mac[first] = ord("B") if mac[first] == ord("A") else ord("A")
+    cases = {
+        bytes(altered): "PayloadError: a chunk failed authentication: the payload was altered",
+        at_boundary: "PayloadError: the age payload is cut short (no final chunk)",
+        inside: "PayloadError: the age payload is cut short (no final chunk)",
+        one + _data(100): "PayloadError: bytes after the last chunk of the age file",
+        bytes(mac): "MacError: the age header's MAC does not match: the header was altered",
+    }
+    for body, error in cases.items():
+        assert _both(body, [me]) == (error, error)
+    with pytest.raises(age_format.NoIdentityError):
+        age_format.Payload(sealed[:n], [Identity.generate()], len(sealed))

@@ -113,3 +113,74 @@ def test_status_checks_its_targets_before_the_tree_and_refuses_an_empty_one(
         check_health(tmp_path, Targets(), prometheus=prom)
     assert str(caught.value) == f"no backups under {tmp_path}: run `atb db backup` first"
     assert not prom.exists()  # nothing written when nothing was judged
+
+
+@pytest.mark.parametrize("command", [
+    ("db", "list"), ("db", "prune"), ("db", "prune", "--dry-run"), ("db", "verify", "--latest"),
+    ("db", "verify", "--all"), ("db", "status"), ("db", "push", "--repo", "s3://bucket/p")])
+def test_a_backup_dir_that_does_not_exist_is_one_line_exit_2(
+        command: tuple[str, ...], tmp_path: Path) -> None:
+    """A mistyped BACKUP_DIR is said in one line, exit 2, by every command that reads the
+    tree (list and prune said "no backups" and "0 kept" with exit 0: a crontab hid it)."""
+    from tests.helpers import atb_inproc
+
+    missing = tmp_path / "nonexistent"
+    done = atb_inproc(*command, env={"BACKUP_DIR": str(missing)})
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (f"atb: error: BACKUP_DIR {missing} does not exist "
+                           "(`atb db backup` creates it)\n")
+    (tmp_path / "file").write_text("x")
+    done = atb_inproc(*command, env={"BACKUP_DIR": str(tmp_path / "file")})
+    assert (done.returncode, done.stderr.count("\n")) == (2, 1)  # click's own line
+    assert "is a file" in done.stderr
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize(("name", "value", "said"), [
+    ("ATB_ISOLATION", "maybe", "ATB_ISOLATION='maybe' is not understood: leave it unset "
+     "(isolate where the platform can) or set it to off"),
+    ("PG_BINDIR", "/nonexistent", "PG_BINDIR '/nonexistent' is not a directory: point it at "
+     "a PostgreSQL bin directory (holding pg_dump), or unset it"),
+    ("PG_BINDIR", "EMPTY", "PG_BINDIR 'EMPTY' holds none of pg_dump, pg_restore, postgres: "
+     "point it at a PostgreSQL bin directory, or unset it")])
+@pytest.mark.parametrize("command", [("db", "list"), ("drill", "run"), ("doctor",)])
+def test_an_environment_setting_atb_does_not_understand_is_exit_2_before_any_work(
+        name: str, value: str, said: str, command: tuple[str, ...], tmp_path: Path) -> None:
+    """ATB_ISOLATION=maybe let a drill run as if unset; PG_BINDIR=/nonexistent let a backup
+    run with other binaries: both are one line and exit 2, whatever the command."""
+    from tests.helpers import atb_inproc
+
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    value, said = value.replace("EMPTY", str(empty)), said.replace("EMPTY", str(empty))
+    done = atb_inproc(*command, env={name: value, "BACKUP_DIR": str(tmp_path / "none")})
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", f"atb: error: {said}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin"]  # nothing made
+
+
+def test_isolation_off_in_any_case_and_a_real_bin_directory_pass(tmp_path: Path) -> None:
+    from backup_core.tools import namespaces, toolchain
+
+    for value in ("", "off", "OFF", " off "):
+        namespaces.check_switch({"ATB_ISOLATION": value})
+    fake = tmp_path / "pg_restore"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    toolchain.check_pinned({"PG_BINDIR": str(tmp_path)})
+    toolchain.check_pinned({})
+
+
+@pytest.mark.parametrize("option", [("--alembic-config", "alembic.ini"), ("--app-dir", "."),
+                                    ("--app-python", "/usr/bin/python3"),
+                                    ("--app-url-env", "APP_DB"), ("--pass-env", "HOME")])
+def test_a_migration_option_without_migrate_is_exit_2(
+        option: tuple[str, str], tmp_path: Path) -> None:
+    """restore --alembic-config without --migrate restored and migrated nothing, exit 0:
+    the option was ignored in silence. Refused before anything is read or restored."""
+    from tests.helpers import atb_inproc
+
+    done = atb_inproc("db", "restore", str(tmp_path / "x.dump"), "--target-url",
+                      "postgresql://app@127.0.0.1:1/r", *option)
+    assert (done.returncode, done.stdout, done.stderr) == (
+        2, "", f"atb: error: atb db restore: {option[0]} needs --migrate (or --migrate-cmd): "
+               "without it nothing is migrated\n")

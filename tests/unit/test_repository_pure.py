@@ -70,3 +70,64 @@ def test_the_download_progress_says_percent_and_eta_in_steps_of_ten() -> None:
     assert _eta(26 << 20, 100 << 20, t0, last) is first  # same step: same text
     assert _eta(100 << 20, 100 << 20, t0, last) == "download 100% of 100.0 MiB, ETA 0s"
     assert _eta(0, 0, t0, ["download"]) == "download"
+
+
+def _denied() -> Exception:
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied."},
+                        "ResponseMetadata": {"HTTPStatusCode": 403}}, "PutObject")
+
+
+def test_boto3_and_s3transfer_errors_are_the_refusal_they_wrap() -> None:
+    """upload_file wraps the store's AccessDenied in boto3's S3UploadFailedError, and a
+    download's retries end in s3transfer's RetriesExceededError: both are the store's
+    refusal (exit 4, naming the code), and so is one that reached the CLI unguarded."""
+    from boto3.exceptions import S3UploadFailedError
+    from s3transfer.exceptions import RetriesExceededError
+
+    from backup_core.store.repository import RepoUrl, guarded, translate, unplaced
+    from backup_core.tools.errors import ConnectionFailed
+
+    try:
+        try:
+            raise _denied()
+        except Exception as inner:
+            raise S3UploadFailedError(f"Failed to upload x: {inner}") from None
+    except S3UploadFailedError as exc:
+        wrapped = exc
+    repo = RepoUrl.parse("s3://bucket/p")
+    for exc in (wrapped, RetriesExceededError(_denied())):
+        got = translate(exc, repo, "uploading x to")
+        assert type(got) is ConnectionFailed and got.exit_code == 4
+        assert str(got) == ("uploading x to s3://bucket/p: the store refused our credentials "
+                            "(AccessDenied): check the AWS keys or profile and the key's "
+                            "permissions")
+    assert str(unplaced(wrapped)).startswith("talking to the object store: the store refused")
+    with pytest.raises(ConnectionFailed, match="refused our credentials"), \
+            guarded(repo, "uploading x to"):
+        raise wrapped
+    with pytest.raises(KeyError), guarded(repo, "uploading x to"):  # ours: not the store's
+        raise KeyError("x")
+
+
+def test_a_store_error_that_escaped_every_guard_is_still_exit_4_in_one_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The command line's one place for errors: an S3 client error no guard translated is
+    the store's refusal (exit 4), never an internal error (exit 70) with a traceback file."""
+    import click
+
+    from drills import cli
+
+    def boom() -> None:
+        raise _denied()
+
+    cli.cli.add_command(click.Command("fixa-boom", callback=boom))
+    try:
+        code = cli.run(["fixa-boom"])
+    finally:
+        cli.cli.commands.pop("fixa-boom")
+    err = capsys.readouterr().err
+    assert (code, err) == (4, "atb: error: talking to the object store: the store refused our "
+                              "credentials (AccessDenied): check the AWS keys or profile and "
+                              "the key's permissions\n")

@@ -61,6 +61,35 @@ def test_the_upload_reads_exact_parts_of_the_whole_ciphertext(tmp_path: Path,
     assert pyrage.decrypt(stored, [pyrage.x25519.Identity.from_str(str(identity))]) == plain
 
 
+@pytest.mark.parametrize("size", [0, 3 * 65536, (1 << 20) + 3])
+def test_the_parts_of_a_multipart_upload_are_the_whole_age_file_in_reused_buffers(
+        tmp_path: Path, size: int) -> None:
+    """Iterated (as `Repository.upload_parts` sends them), the parts are exactly `part`
+    bytes but the last, chunks straddling two parts included; the buffers given back are
+    filled again, never while a part is still held; together they are the age file."""
+    identity = Identity.generate()
+    plain = (hashlib.sha256(b"p").digest() * (size // 32 + 1))[:size]
+    src = tmp_path / "backup.dump"
+    src.write_bytes(plain)
+    copies, seen = [], set()
+    with sealing.SealedStream(src, (str(identity.to_public()),), part=100_000) as stream:
+        for part in stream:
+            copies.append(bytes(part))
+            seen.add(id(part))
+            stream.recycle(part)
+        hashed = stream.hashed()
+    stored = b"".join(copies)
+    assert [len(c) for c in copies[:-1]] == [100_000] * (len(copies) - 1)
+    assert 0 < len(copies[-1]) <= 100_000
+    if len(copies) > 3:  # the sealing thread fills the buffers given back
+        assert len(seen) < len(copies)
+    assert (hashed.stored_size, hashed.stored_sha256) == (len(stored),
+                                                          hashlib.sha256(stored).hexdigest())
+    assert (hashed.plain_size, hashed.plain_sha256) == (size,
+                                                        hashlib.sha256(plain).hexdigest())
+    assert pyrage.decrypt(stored, [pyrage.x25519.Identity.from_str(str(identity))]) == plain
+
+
 def test_a_dump_that_cannot_be_read_fails_the_stream_never_ends_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A read error mid-file (or a file that cannot be opened) is raised from `read`, and
@@ -75,15 +104,15 @@ def test_a_dump_that_cannot_be_read_fails_the_stream_never_ends_it(
         assert isinstance(stream.failed, IsADirectoryError)
     whole = tmp_path / "whole.dump"
     whole.write_bytes(b"y" * (3 * sealing.BLOCK))
-    real, calls = sealing._read_block, []
+    real, calls = sealing._read_into, []
 
-    def failing(fh: io.FileIO, size: int) -> bytearray:
-        calls.append(size)
+    def failing(fh: io.FileIO, buf: bytearray) -> int:
+        calls.append(len(buf))
         if len(calls) == 2:
             raise OSError(5, "Input/output error")
-        return real(fh, size)
+        return real(fh, buf)
 
-    monkeypatch.setattr(sealing, "_read_block", failing)
+    monkeypatch.setattr(sealing, "_read_into", failing)
     with sealing.SealedStream(whole, (str(identity.to_public()),)) as stream:
         with pytest.raises(OSError) as first:
             while stream.read(1 << 20):
@@ -92,7 +121,7 @@ def test_a_dump_that_cannot_be_read_fails_the_stream_never_ends_it(
         with pytest.raises(OSError) as again:  # never a clean end after the failure
             stream.read(1 << 20)
         assert again.value is first.value
-    monkeypatch.setattr(sealing, "_read_block", real)
+    monkeypatch.setattr(sealing, "_read_into", real)
     big = tmp_path / "big.dump"
     big.write_bytes(b"z" * (40 << 20))
     with sealing.SealedStream(big, (str(identity.to_public()),)) as stream:
