@@ -110,8 +110,10 @@ def test_grants_to_production_only_roles_restore_in_the_drill_and_with_roles(
     _done, result = drill("--backup", str(path), "--schedule", "1d", backup_dir=tmp_path / "x",
                          report_dir=tmp_path / "r")
     assert outcome(result, "test_restore_completes_without_errors")["outcome"] == "passed"
-    assert any("the backup's roles first, then owners and grants" in e for e in
-               outcome(result, "test_restore_completes_without_errors")["evidence"])
+    restored = outcome(result, "test_restore_completes_without_errors")["evidence"]
+    assert any("the backup's roles first, then owners and grants" in e for e in restored)
+    assert ("4 of 4 tables read back as their data came in, while the restore went on; the "
+            "rest and the catalogs after it") in restored
     definition = outcome(result, "test_every_object_has_its_backup_time_definition")
     assert definition["outcome"] == "passed"
     assert "owner, privileges" in definition["evidence"][0]
