@@ -83,7 +83,9 @@ def restore_argv(
 # that reads pg_restore's output: it must return at once.
 LoadedTable = Callable[[toc.TocEntry], None]
 
-_FINISHED_DATA = re.compile(r"^pg_restore: finished item (\d+) TABLE DATA ")
+# not anchored: the jobs share one stderr, and the program's name and its message are
+# written apart, so another job's "pg_restore: " may come first on the line
+_FINISHED_DATA = re.compile(r"finished item (\d+) TABLE DATA ")
 _DATA_STARTS = re.compile(r'^pg_restore: processing data for table "(.+)"$')
 _NEXT_ITEM = re.compile(r"^pg_restore: (creating|executing|processing|restoring) ")
 
@@ -107,7 +109,7 @@ class LoadWatch:
     def line(self, text: str) -> toc.TocEntry | None:
         """The entry whose data this line says has committed, if any."""
         if self.parallel:
-            found = _FINISHED_DATA.match(text)
+            found = _FINISHED_DATA.search(text)
             return self.entries.get(int(found.group(1))) if found else None
         if not _NEXT_ITEM.match(text):
             return None

@@ -317,11 +317,12 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
             finally:
                 opened.close()
         drill.checks_started = time.monotonic()
-        read_when = (f"{len(early.early)} of {len(back.counts)} tables read back as their "
-                     "data came in, while the restore went on; the rest and the catalogs "
-                     "after it" if early is not None else
-                     "every table and the catalogs read back after the restore "
-                     "(--rto-faithful)")
+        read_when = "every table and the catalogs read back after the restore (--rto-faithful)"
+        if early is not None:
+            gave = f" ({len(early.gave_way)} gave way to the restore)" if early.gave_way else ""
+            read_when = (f"{len(early.early)} of {len(back.counts)} tables read back as their "
+                         f"data came in, while the restore went on{gave}; the rest and the "
+                         "catalogs after it")
         yield RestoreOutcome(ok=True, pg_restore_version=done.pg_restore_version,
                              jobs=done.jobs, counts=back.counts, checksums=back.checksums,
                              inventory=back.inventory, definitions=back.definitions,

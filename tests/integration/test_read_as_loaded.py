@@ -111,7 +111,8 @@ def test_a_table_read_early_gives_what_a_read_after_the_restore_gives(
                                 checksums=True, methods=methods)
     assert during == after
     assert during.checksums == m.row_checksums and during.counts == m.row_counts
-    assert sorted(early.early) == sorted(TABLES - {"public.p1", "public.p2"})
+    # a read that held up the restore gave way, and was read after it
+    assert sorted(early.early + early.gave_way) == sorted(TABLES - {"public.p1", "public.p2"})
 
 
 def test_a_read_waits_on_the_restores_lock_and_holds_its_own_only_while_it_reads(
@@ -143,3 +144,43 @@ def test_a_read_waits_on_the_restores_lock_and_holds_its_own_only_while_it_reads
         conn.execute("ALTER TABLE public.orders ADD CONSTRAINT positive CHECK (price >= 0)")
     assert held == (0,)
     assert early.finish().counts["public.orders"] == 3000
+
+
+def test_a_read_under_way_that_holds_up_the_restore_gives_way_and_is_read_after(
+    pg15: Cluster,
+) -> None:
+    """A session of the restore that waits for a table being read early (its `ALTER TABLE`
+    wants the table alone) is not kept waiting for the read: the read is cancelled within
+    the watcher's interval and the table read after the restore, with the same result."""
+    target = _new_target(pg15, f"ral_give_way_{id(pg15)}")
+    with db.connect(target, autocommit=True) as conn:
+        # about 0.5 s to read on one backend, for little to write: arrays printed to hash
+        conn.execute("CREATE UNLOGGED TABLE big AS SELECT g AS a, (SELECT array_agg(x) "
+                     "FROM generate_series(1, 20000) x) AS arr FROM generate_series(1, 500) g")
+        inventory.stabilise_output(conn)
+        expected = inventory.count_and_checksum(conn, "public", "big")
+
+    def serial() -> psycopg.Connection[Any]:  # one slow backend, no parallel workers
+        conn = _stable(target)
+        conn.execute("SET max_parallel_workers_per_gather TO 0")
+        conn.commit()
+        return conn
+
+    early = inventory.ReadAsLoaded(serial, workers=1, checksums=True)
+    with db.connect(target, autocommit=True) as restore_session:
+        restore_session.execute("SET lock_timeout TO '5s'")
+        early.loaded("public", "big")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not restore_session.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE state = 'active' "
+                "AND query LIKE 'SELECT count(*), coalesce(sum(%'").fetchall():
+            time.sleep(0.005)
+        t0 = time.monotonic()
+        restore_session.execute("ALTER TABLE big ADD CONSTRAINT positive CHECK (a > 0)")
+        waited = time.monotonic() - t0
+    back = early.finish()  # the reader's threads joined: what each did is recorded
+    assert early.gave_way == ["public.big"] and early.early == []
+    assert waited < 0.5, waited
+    assert (back.counts["public.big"], back.checksums["public.big"]) == expected
+    with db.connect(pg15.url(), autocommit=True) as conn:  # its pages not left to checkpoint
+        conn.execute(f'DROP DATABASE "{target.dbname}"')

@@ -38,7 +38,8 @@ def test_a_parallel_restore_reports_each_table_when_the_leader_says_it_finished(
              "pg_restore: finished item 3376 SEQUENCE SET sq",
              "pg_restore: finished item 3364 TABLE DATA a",
              "pg_restore: finished item 3368 MATERIALIZED VIEW DATA mv",
-             "pg_restore: finished item 3366 TABLE DATA we.ird",
+             # two jobs' writes on one line: a worker's prefix, then the leader's line
+             "pg_restore: pg_restore: finished item 3366 TABLE DATA we.ird",
              "pg_restore: finished item 9999 TABLE DATA elsewhere",
              "pg_restore: finished main parallel loop"]
     assert reported(lines, parallel=True) == ["3365 s2.a", "3364 public.a",
