@@ -844,9 +844,9 @@ class ReadAsLoaded:
                 count, total = count_rows(conn, item.schema, item.table), ""
             conn.commit()  # the table's lock released now, not at the read-back's end
         except psycopg.errors.QueryCanceled:
-            if not watched:
+            if item.late:
                 raise
-            conn.rollback()  # it held up the restore: read after it
+            conn.rollback()  # it held up the restore: read after it (by `finish`)
             with self._lock:
                 self._asked.discard(name)
                 self.gave_way.append(name)
