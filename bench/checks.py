@@ -36,24 +36,41 @@ from bench.__main__ import TICK, build_database, children_cpu, load_average
 from drills import beside, sandbox
 
 
-def drill_phases(dump: Path, work: Path) -> tuple[dict[str, float], dict[str, float]]:
-    """One `atb drill run` of `dump` (local sandbox): its RTO phases and, over 0.05 s, the
-    time of each check, and the checks phase split in two: "read-back" (every table's count
-    and checksum and the catalogs, with ANALYZE, the copy's listing and pg_amcheck started
-    beside: the restore check's setup after the restore) and "after" (the checks that follow,
-    which wait for the listing and pg_amcheck where they judge them; ANALYZE's wait is its
-    own phase)."""
+def machine_cpu() -> float:
+    """CPU seconds every process of the machine has used (/proc/stat): a drill's server,
+    started by pg_ctl, is no child of ours (on a shared machine, other work counts too)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    busy = sum(int(x) for i, x in enumerate(fields) if i not in (3, 4))  # idle, iowait
+    return busy / TICK
+
+
+def drill_phases(dump: Path, work: Path, tree: Path | None = None
+                 ) -> tuple[dict[str, float], dict[str, float]]:
+    """One `atb drill run` of `dump` (local sandbox), by this tree's code or `tree`'s: its
+    RTO phases, with "restore+checks" (their sum: the checks' added time is the goal, a
+    restore lengthened by what the checks shrank is no gain) and "cpu" (the machine's CPU
+    seconds over the drill) and "our cpu" (the drill's process tree's, the sandbox server
+    excepted); and, over 0.05 s, the time of each check, with the checks phase split in two:
+    "read-back" (every table's count and checksum not read during the restore, and the
+    catalogs, with ANALYZE, the copy's listing and pg_amcheck started beside: the restore
+    check's setup after the restore) and "after" (the checks that follow, which wait for the
+    listing and pg_amcheck where they judge them; ANALYZE's wait is its own phase)."""
     reports = work / "reports"
+    env = {**os.environ, "PYTHONPATH": str(tree)} if tree is not None else None
+    m0, c0 = machine_cpu(), children_cpu()
     subprocess.run([sys.executable, "-m", "drills.cli", "drill", "run", "--backup", str(dump),
                     "--sandbox", "local", "--no-record", "--schedule", "1000d",
                     "--rto-target", "100h", "--report-dir", str(reports)],
-                   check=False, capture_output=True)
+                   check=False, capture_output=True, cwd=tree, env=env)
+    cpu, ours = machine_cpu() - m0, children_cpu() - c0
     found = sorted(reports.glob("*/*-drill.json"))
     data = json.loads(found[-1].read_text())
     found[-1].unlink()
     checks = {c["name"].removeprefix("test_"): c["duration_s"] for c in data["checks"]
               if c["duration_s"] > 0.05}
     phases = dict(data["rto"]["phases"])
+    phases["restore+checks"] = round(phases["restore"] + phases["checks"], 3)
+    phases["cpu"], phases["our cpu"] = round(cpu, 2), round(ours, 2)
     if "restore_completes_without_errors" in checks:
         back = checks.pop("restore_completes_without_errors") - phases["restore"]
         checks = {"read-back": back, "after": phases["checks"] - back, **checks}
@@ -61,7 +78,25 @@ def drill_phases(dump: Path, work: Path) -> tuple[dict[str, float], dict[str, fl
     return phases, checks
 
 
-def bench(size: str, repeat: int, work: Path) -> list[str]:
+def _summary(label: str, runs: list[tuple[dict[str, float], dict[str, float]]], size: str,
+             db_bytes: int) -> str:
+    def med(xs: list[float]) -> str:
+        return f"{statistics.median(xs):.3f} ({min(xs):.3f}-{max(xs):.3f})"
+
+    def col(key: str) -> list[float]:
+        return [p.get(key, 0.0) for p, _ in runs]
+
+    ratio = statistics.median(p["checks"] / p["restore"] for p, _ in runs)
+    last = ", ".join(f"{k} {v:.2f}" for k, v in runs[-1][1].items())
+    return (f"| {size} ({db_bytes / 2**20:.0f} MiB) drill{label} | checks phase: "
+            f"{med(col('checks'))} | restore phase: {med(col('restore'))} | **{ratio:.2f}** | "
+            f"<= 0.25 | restore+checks {med(col('restore+checks'))}, analyze "
+            f"{med(col('analyze'))}, machine CPU s {med(col('cpu'))}, drill's own CPU s "
+            f"{med(col('our cpu'))}; last drill's checks over 0.05 s: {last}; load "
+            f"{load_average()} |")
+
+
+def bench(size: str, repeat: int, work: Path, base: Path | None = None) -> list[str]:
     chains = toolchain.discover()
     chain = next((c for c in chains if c.major == 15), toolchain.newest(chains, "postgres"))
     with Cluster(chain) as prod:
@@ -76,27 +111,25 @@ def bench(size: str, repeat: int, work: Path) -> list[str]:
                 backup_times[mode].append(time.perf_counter() - start)
         shutil.rmtree(out, ignore_errors=True)
         dump = create_backup(info, out, chains=chains).path
-    runs = []
+    runs, based = [], []
     for i in range(repeat):
+        if base is not None:  # A and B alternating, the same dump
+            based.append(drill_phases(dump, work, base))
+            print(f"  drill {i + 1} ({base}): {based[-1]}", file=sys.stderr, flush=True)
         runs.append(drill_phases(dump, work))
         print(f"  drill {i + 1}: {runs[-1]}", file=sys.stderr, flush=True)
 
     def med(xs: list[float]) -> str:
         return f"{statistics.median(xs):.3f} ({min(xs):.3f}-{max(xs):.3f})"
 
-    restores = [p["restore"] for p, _ in runs]
-    checks = [p["checks"] for p, _ in runs]
-    ratio = statistics.median(c / r for c, r in zip(checks, restores, strict=True))
     rec = statistics.median(a / b for a, b in zip(backup_times["checksum"],
                                                   backup_times["exact"], strict=True))
-    last = ", ".join(f"{k} {v:.2f}" for k, v in runs[-1][1].items())
-    return [
-        f"| {size} ({db_bytes / 2**20:.0f} MiB) drill | checks phase: {med(checks)} | "
-        f"restore phase: {med(restores)} | **{ratio:.2f}** | <= 0.25 | last drill's checks "
-        f"over 0.05 s: {last}; load {load_average()} |",
-        f"| {size} backup | `--row-counts checksum`: {med(backup_times['checksum'])} | "
-        f"`--row-counts exact`: {med(backup_times['exact'])} | **{rec:.2f}** | <= 1.10 | |",
-    ]
+    lines = [_summary("", runs, size, db_bytes)]
+    if based:
+        lines.append(_summary(f" by {base}", based, size, db_bytes))
+    return [*lines,
+            f"| {size} backup | `--row-counts checksum`: {med(backup_times['checksum'])} | "
+            f"`--row-counts exact`: {med(backup_times['exact'])} | **{rec:.2f}** | <= 1.10 | |"]
 
 
 def _postmaster(url: ConnInfo) -> Path:
@@ -198,6 +231,9 @@ def main(argv: list[str] | None = None, *, out: Callable[[str], None] = print) -
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", default="100MB", help="comma-separated sizes, e.g. 100MB,1GB")
     parser.add_argument("--repeat", type=int, default=3, help="rounds per comparison")
+    parser.add_argument("--base", type=Path, default=None,
+                        help="another checkout of atb: its drills alternate with this tree's "
+                             "on the same dump (A/B)")
     parser.add_argument("--profile", action="store_true",
                         help="each part of the checks phase alone on a fresh restore, then "
                              "all together, with CPU seconds (no drills, no backups timed)")
@@ -211,7 +247,7 @@ def main(argv: list[str] | None = None, *, out: Callable[[str], None] = print) -
         out("| size | A | B | A/B | goal | notes |")
         out("|---|---|---|---|---|---|")
         for size in args.size.split(","):
-            for line in bench(size.strip(), args.repeat, work):
+            for line in bench(size.strip(), args.repeat, work, args.base):
                 out(line)
         out(f"load average after: {load_average()}")
     finally:

@@ -117,6 +117,8 @@ def test_restore_completes_without_errors(drill_restore: RestoreOutcome,
                  f"{human(drill.phases.get('restore'))}; ANALYZE "
                  f"{human(drill.phases.get('analyze'))}")
     evidence.add(f"restored as the runbook does: {drill_restore.mode}")
+    if drill_restore.read_back:
+        evidence.add(drill_restore.read_back)
 
 
 def test_every_table_has_its_backup_time_row_count(drill_backup: Backup,

@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -31,7 +32,7 @@ from backup_core.store.manifest import ManifestError, read_manifest
 from backup_core.store.naming import manifest_path, roles_path
 from backup_core.tools import appenv, child_reads, childenv, toolchain
 from backup_core.tools.commands import pg_restore_list_argv, pg_restore_read_items_argv
-from backup_core.tools.conninfo import ConnInfo
+from backup_core.tools.conninfo import ConnInfo, redact
 from backup_core.tools.errors import (
     AtbError,
     CommandFailed,
@@ -40,7 +41,7 @@ from backup_core.tools.errors import (
     SafetyRefusal,
     VerifyFailed,
 )
-from backup_core.tools.runner import first_error_line, run
+from backup_core.tools.runner import Completed, first_error_line, run, spawn
 
 
 @dataclass(frozen=True)
@@ -75,14 +76,91 @@ def restore_argv(
     return [*argv, str(path)]
 
 
+# Told of each table whose data a restore has committed, while it goes on (a scratch
+# restore only): from then on no item of the restore changes that table's rows (triggers,
+# rules and policies come in post-data; a partition's rows may be routed in by another
+# item, so the reader still judges which tables it reads early). Called on the thread
+# that reads pg_restore's output: it must return at once.
+LoadedTable = Callable[[toc.TocEntry], None]
+
+# not anchored: the jobs share one stderr, and the program's name and its message are
+# written apart, so another job's "pg_restore: " may come first on the line
+_FINISHED_DATA = re.compile(r"finished item (\d+) TABLE DATA ")
+_DATA_STARTS = re.compile(r'^pg_restore: processing data for table "(.+)"$')
+_NEXT_ITEM = re.compile(r"^pg_restore: (creating|executing|processing|restoring) ")
+
+
+@dataclass
+class LoadWatch:
+    """Which TABLE DATA items a pg_restore has committed, from its `--verbose` stderr line by
+    line (pure). In parallel mode the leader prints `finished item ID TABLE DATA tag` once
+    the worker's transaction has committed (the tag alone: the id names the entry). With one
+    job there is no such line: an item's data has committed when the next item starts
+    (every statement commits on its own, unless `--single-transaction`, never watched)."""
+
+    entries: dict[int, toc.TocEntry]
+    parallel: bool
+    _loading: toc.TocEntry | None = field(default=None, init=False)
+
+    @classmethod
+    def of(cls, entries: list[toc.TocEntry], *, parallel: bool) -> LoadWatch:
+        return cls({e.dump_id: e for e in entries if e.desc == "TABLE DATA"}, parallel)
+
+    def line(self, text: str) -> toc.TocEntry | None:
+        """The entry whose data this line says has committed, if any."""
+        if self.parallel:
+            found = _FINISHED_DATA.search(text)
+            return self.entries.get(int(found.group(1))) if found else None
+        if not _NEXT_ITEM.match(text):
+            return None
+        done, self._loading = self._loading, None
+        starts = _DATA_STARTS.match(text)
+        if starts:  # "schema.tag": a name that reads two ways is not reported at all
+            named = [e for e in self.entries.values() if f"{e.schema}.{e.tag}" == starts[1]]
+            self._loading = named[0] if len(named) == 1 else None
+        return done
+
+
+def _run_watched(argv: list[str], env: dict[str, str], watch: LoadWatch,
+                 on_loaded: LoadedTable) -> Completed:
+    """pg_restore with its stderr read as it comes (each committed table reported), and
+    kept whole for the error message, as `run` keeps it."""
+    proc = spawn(argv, what="pg_restore", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                 env=env)
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for raw in iter(proc.stderr.readline, b""):
+            text = raw.decode("utf-8", "replace")
+            lines.append(text)
+            entry = watch.line(text.rstrip("\n"))
+            if entry is not None:
+                on_loaded(entry)
+        code = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        if proc.stderr is not None:
+            proc.stderr.close()
+    return Completed(tuple(argv), code, "", redact("".join(lines)))
+
+
 def _pg_restore(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *, jobs: int,
                 no_owner: bool, single_transaction: bool = False, section: str | None = None,
-                use_list: Path | None = None) -> None:
+                use_list: Path | None = None, on_loaded: LoadedTable | None = None,
+                entries: list[toc.TocEntry] | None = None) -> None:
+    """`on_loaded` (with the archive's `entries`): told of each table's committed data."""
     with childenv.for_tool(target) as (conninfo, tool_env):
-        done = run(restore_argv(chain, path, conninfo, jobs=jobs, no_owner=no_owner,
-                                single_transaction=single_transaction, section=section,
-                                use_list=use_list),
-                   what="pg_restore", env=tool_env, check=False)
+        argv = restore_argv(chain, path, conninfo, jobs=jobs, no_owner=no_owner,
+                            single_transaction=single_transaction, section=section,
+                            use_list=use_list)
+        if on_loaded is not None and entries is not None and not single_transaction:
+            done = _run_watched(argv, tool_env, LoadWatch.of(entries, parallel=jobs > 1),
+                                on_loaded)
+        else:
+            done = run(argv, what="pg_restore", env=tool_env, check=False)
     if done.returncode != 0:
         raise CommandFailed(f"pg_restore failed: {explain_failure(done.stderr, path, chain)}; "
                             "the target is unchanged", detail=done.stderr)
@@ -105,14 +183,16 @@ def _restore_or_drop(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *
 
 def _restore_into(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *, created: bool,
                   held: bool, scratch: bool, jobs: int, no_owner: bool,
-                  evidence: list[str], split: bool = False) -> None:
+                  evidence: list[str], split: bool = False,
+                  on_loaded: LoadedTable | None = None) -> None:
     """The restore proper, in the one way that leaves no half-restored target behind."""
     if created:  # all or nothing: a failed restore drops the database it made
         target_db.create(target)
         _restore_or_drop(chain, path, target, jobs=jobs, no_owner=no_owner)
         target_db.clear_mark(target)  # the very last step: now it is complete
     elif not held and scratch:
-        how = _restore_scratch(chain, path, target, jobs=jobs, no_owner=no_owner, split=split)
+        how = _restore_scratch(chain, path, target, jobs=jobs, no_owner=no_owner, split=split,
+                               on_loaded=on_loaded)
         if how:
             evidence.append(how)
     elif not held:  # an empty database someone made: one transaction, rolled back on failure
@@ -127,18 +207,31 @@ def _restore_into(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *, c
 
 
 def _restore_scratch(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *, jobs: int,
-                     no_owner: bool, split: bool) -> str:
+                     no_owner: bool, split: bool, on_loaded: LoadedTable | None = None) -> str:
     """A database made for this restore alone (a drill's sandbox), restored in parallel.
     With `split`, its largest table's data, which one COPY would carry alone while the other
     jobs run out of work, is loaded over `jobs` sessions beside the rest (`split_copy`):
     the sections in turn, pre-data, data (pg_restore for the others and the split table's
-    sessions side by side), post-data (indexes, constraints, foreign keys). Returns how,
-    when split."""
+    sessions side by side), post-data (indexes, constraints, foreign keys). `on_loaded` is
+    told of each table as its data commits (the split table's when its sessions have all
+    committed). Returns how, when split."""
     found = _split_entry(chain, path) if split and jobs > 1 else None
     if found is None:
-        _pg_restore(chain, path, target, jobs=jobs, no_owner=no_owner)
+        entries = (toc.parse_listing(run(pg_restore_list_argv(chain, path),
+                                         what="pg_restore --list").stdout)
+                   if on_loaded is not None else None)
+        _pg_restore(chain, path, target, jobs=jobs, no_owner=no_owner, on_loaded=on_loaded,
+                    entries=entries)
         return ""
     entry, listing = found
+    entries = toc.parse_listing(listing)
+
+    def load_split(stop: threading.Event, scratch_dir: Path) -> None:
+        split_copy.load_split(chain, path, entry, target, sessions=jobs,
+                              scratch_dir=scratch_dir, stop=stop)
+        if on_loaded is not None:  # every session has committed
+            on_loaded(entry)
+
     with tempfile.TemporaryDirectory(prefix="atb-restore-") as tmp:
         rest = Path(tmp) / "rest.list"
         rest.write_text("".join(f"{line}\n" for line in listing.splitlines()
@@ -146,11 +239,11 @@ def _restore_scratch(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *
         _pg_restore(chain, path, target, jobs=1, no_owner=no_owner, section="pre-data")
         stop = threading.Event()  # the other tables failed: the split load ends too
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atb-split") as side:
-            loading = side.submit(split_copy.load_split, chain, path, entry, target,
-                                  sessions=jobs, scratch_dir=Path(tmp), stop=stop)
+            loading = side.submit(load_split, stop, Path(tmp))
             try:
                 _pg_restore(chain, path, target, jobs=jobs, no_owner=no_owner,
-                            section="data", use_list=rest)
+                            section="data", use_list=rest, on_loaded=on_loaded,
+                            entries=entries)
             except BaseException:
                 stop.set()
                 raise
@@ -321,7 +414,9 @@ class RestoreRequest:
     out). `with_roles` first creates the roles the backup needs and
     the server lacks (see `roles`), so owners and grants restore on a new server.
     `migration` migrates the copy afterwards as the application does (its command or its
-    Alembic, in its environment), watching `production` stay unchanged."""
+    Alembic, in its environment), watching `production` stay unchanged. `on_loaded`, for a
+    `scratch` restore, is told of each table as its data commits, while the restore goes on
+    (see `LoadedTable`): a drill reads a table back then."""
 
     path: Path
     target: ConnInfo
@@ -334,6 +429,7 @@ class RestoreRequest:
     scratch: bool = False
     split: bool = False
     with_roles: bool = False
+    on_loaded: LoadedTable | None = None
 
 
 def restore_backup(request: RestoreRequest, *,
@@ -372,7 +468,7 @@ def restore_backup(request: RestoreRequest, *,
                 None if progress is None else lambda n: progress("restore", n)):
             _restore_into(chain, req.path, req.target, created=created, held=held,
                           scratch=req.scratch, jobs=jobs, no_owner=req.no_owner,
-                          evidence=evidence, split=req.split)
+                          evidence=evidence, split=req.split, on_loaded=req.on_loaded)
     except BaseException:
         _drop_roles(req.target, made_roles)
         raise

@@ -7,6 +7,7 @@ two can be compared name for name.
 from __future__ import annotations
 
 import hashlib
+import queue
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -704,6 +705,222 @@ def read_back(connect: Callable[[], psycopg.Connection[Any]], *, workers: int,
                                       methods=methods, columns=columns)
         inv, defs = described.result()
     return ReadBack(counts=counts, checksums=sums, inventory=inv, definitions=defs)
+
+
+# Tables whose rows no later item of a restore can change once their own data item has
+# committed: a partition is left out (loaded through its root, `--load-via-partition-root`,
+# another partition's item may route rows into it)
+_EARLY_TABLES_SQL = f"""
+SELECT n.nspname, c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND NOT c.relispartition AND {_NOT_SYSTEM}
+  AND {_NOT_EXTENSION_MEMBER.format(cat="'pg_class'", oid="c.oid")}
+"""
+
+
+@dataclass(frozen=True)
+class _Item:
+    schema: str
+    table: str
+    late: bool = False  # put after the restore: read whatever the table is
+    columns: list[Column] | None = None
+
+
+# The sessions one of `pids` holds up: waiting for a lock it holds (or waits for ahead)
+_HELD_UP_SQL = """
+    SELECT DISTINCT b FROM pg_locks l, unnest(pg_blocking_pids(l.pid)) b
+    WHERE NOT l.granted AND b = ANY(%s)"""
+WATCH_S = 0.02  # how often a read under way during the restore looks for sessions it holds
+
+
+class ReadAsLoaded:
+    """The read-back of every table's rows and content started while the copy restores:
+    each table is read as soon as the restore reports its data committed (`loaded`), on
+    one of `workers` connections kept for the whole read-back; `finish`, after the restore,
+    reads the rest (tables never reported, partitions, any read that gave way) and the
+    catalogs, and gives the same `ReadBack` as `read_back` would then.
+
+    The restore is never held up by a read: each table is read in a transaction of its own,
+    committed at once (a read holds one table's lock, and waits on nothing of the
+    restore's but that table: no cycle, no deadlock), and a read under way that another
+    session waits for (pg_restore's `ALTER TABLE ... ADD CONSTRAINT` wants the table alone)
+    gives way: a watcher on a connection of its own sees it within `WATCH_S`, cancels the
+    read, and the table is read after the restore. A table read early whose columns differ
+    from the restored copy's at the end is read again."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection[Any]], *, workers: int,
+                 checksums: bool, methods: Mapping[str, str] | None = None) -> None:
+        self._connect, self._checksums = connect, checksums
+        self._methods = dict(methods or {})
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._lock, self._plan_lock = threading.Lock(), threading.Lock()
+        self._plan: tuple[set[str], dict[str, list[Column]]] | None = None
+        self._asked: set[str] = set()
+        self._done: dict[str, tuple[int, str, list[Column] | None]] = {}
+        self._errors: list[BaseException] = []
+        self._reading: dict[int, psycopg.Connection[Any]] = {}  # backend pid -> early read
+        self._stopped = threading.Event()  # the restore is over: reads no longer give way
+        self._watch_conn: psycopg.Connection[Any] | None = None
+        self.early: list[str] = []  # the tables read while the restore went on, in order
+        self.gave_way: list[str] = []  # early reads cancelled: they held up the restore
+        self._threads = [threading.Thread(target=self._work, name=f"atb-read-{k}",
+                                          daemon=True) for k in range(max(1, workers))]
+        self._watcher = threading.Thread(target=self._watch, name="atb-read-watch",
+                                         daemon=True)
+        for thread in [*self._threads, self._watcher]:
+            thread.start()
+
+    def loaded(self, schema: str, table: str) -> None:
+        """The table's data has committed: read it (returns at once)."""
+        name = qualified(schema, table)
+        with self._lock:
+            if name in self._asked:
+                return
+            self._asked.add(name)
+        self._queue.put(_Item(schema, table))
+
+    def _work(self) -> None:
+        conn: psycopg.Connection[Any] | None = None
+        try:
+            while (item := self._queue.get()) is not None:
+                if conn is None:
+                    conn = self._connect()
+                self._read(conn, item)
+        except BaseException as exc:  # raised by `finish`
+            with self._lock:
+                self._errors.append(exc)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _watch(self) -> None:
+        """While the restore runs: cancel every early read that holds up another session."""
+        try:
+            while not self._stopped.wait(WATCH_S):
+                with self._lock:
+                    reading = dict(self._reading)
+                if reading:
+                    if self._watch_conn is None:
+                        self._watch_conn = self._connect()
+                        self._watch_conn.autocommit = True
+                    rows = self._watch_conn.execute(_HELD_UP_SQL, (list(reading),)).fetchall()
+                    for (pid,) in rows:
+                        if pid in reading:
+                            reading[pid].cancel()
+        except BaseException as exc:  # raised by `finish`
+            with self._lock:
+                self._errors.append(exc)
+
+    def _planned(self, conn: psycopg.Connection[Any]) -> tuple[set[str], dict[str, list[Column]]]:
+        """The tables that may be read early and every table's columns, read once, at the
+        first report (every table exists by then: pre-data is restored before any data)."""
+        with self._plan_lock:
+            if self._plan is None:
+                early = {qualified(s, t) for s, t in conn.execute(_EARLY_TABLES_SQL).fetchall()}
+                self._plan = early, table_columns(conn) if self._checksums else {}
+                conn.commit()
+            return self._plan
+
+    def _read(self, conn: psycopg.Connection[Any], item: _Item) -> None:
+        name = qualified(item.schema, item.table)
+        columns = item.columns
+        if not item.late:
+            early, known = self._planned(conn)
+            if name not in early:
+                return  # read after the restore
+            columns = known.get(name)
+            with self._lock:
+                watched = not self._stopped.is_set()
+                if watched:
+                    self._reading[conn.info.backend_pid] = conn
+        else:
+            watched = False
+        try:
+            if self._checksums:
+                count, total = count_and_checksum(
+                    conn, item.schema, item.table,
+                    method=self._methods.get(name, CHECKSUM_TYPED), columns=columns)
+            else:
+                count, total = count_rows(conn, item.schema, item.table), ""
+            conn.commit()  # the table's lock released now, not at the read-back's end
+        except psycopg.errors.QueryCanceled:
+            if item.late:
+                raise
+            conn.rollback()  # it held up the restore: read after it (by `finish`)
+            with self._lock:
+                self._asked.discard(name)
+                self.gave_way.append(name)
+            return
+        finally:
+            if watched:
+                with self._lock:
+                    self._reading.pop(conn.info.backend_pid, None)
+        with self._lock:
+            self._done[name] = (count, total, columns)
+            if not item.late:
+                self.early.append(name)
+
+    def _stop_watching(self) -> None:
+        """The restore is over: no read gives way from now on (a cancel sent to a session
+        after its read ended is ignored by the server, the session then idle)."""
+        self._stopped.set()
+        self._watcher.join()
+
+    def close(self) -> None:
+        """Stop reading (the restore failed): waits for the reads under way."""
+        self._stop_watching()
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+        if self._watch_conn is not None:
+            self._watch_conn.close()
+
+    def finish(self) -> ReadBack:
+        """After the restore: the tables not read yet, on the same connections, and the
+        catalogs on one of their own (as `read_back`)."""
+        self._stop_watching()
+        conn, self._watch_conn = self._watch_conn or self._connect(), None
+        try:
+            conn.autocommit = False
+            tables = [(s, t) for s, t, _ in user_tables(conn)]
+            columns = table_columns(conn) if self._checksums else {}
+        except BaseException:
+            conn.close()
+            self.close()
+            raise
+
+        def catalogs() -> tuple[Inventory, dict[str, str]]:
+            with conn:
+                return schema_inventory(conn), definitions(conn, content=self._checksums)
+
+        with ThreadPoolExecutor(max_workers=1) as side:
+            described = side.submit(catalogs)
+            with self._lock:
+                late = [t for t in tables if qualified(*t) not in self._asked]
+            for s, t in late:
+                self._queue.put(_Item(s, t, late=True, columns=columns.get(qualified(s, t))))
+            self.close()
+            if self._errors:
+                raise self._errors[0]
+
+            def stale(name: str) -> bool:  # never read, or read with other columns
+                done = self._done.get(name)
+                return done is None or (self._checksums and done[2] != columns.get(name))
+
+            again = [(s, t) for s, t in tables if stale(qualified(s, t))]
+            counts, sums = table_contents(again, self._connect, workers=len(self._threads),
+                                          checksums=self._checksums, methods=self._methods,
+                                          columns=columns)
+            for s, t in tables:
+                name = qualified(s, t)
+                if name not in counts:
+                    counts[name], total, _ = self._done[name]
+                    if self._checksums:
+                        sums[name] = total
+            inv, defs = described.result()
+        return ReadBack(counts=dict(sorted(counts.items())), inventory=inv, definitions=defs,
+                        checksums=dict(sorted(sums.items())) if self._checksums else {})
 
 
 def alembic_revision(conn: psycopg.Connection[Any], table: str = "alembic_version") -> str | None:

@@ -66,6 +66,7 @@ class RestoreOutcome:
     # run when nothing changes the copy before its check (no migration)
     listing: Future[beside.Listing] | None = None
     amcheck: Future[beside.Amcheck] | None = None
+    read_back: str = ""  # when the tables were read back: during the restore, or after
 
 
 @dataclass(frozen=True)
@@ -264,31 +265,36 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
     workers = min(4, os.cpu_count() or 2)
     side = ThreadPoolExecutor(max_workers=3, thread_name_prefix="atb-beside")
     # the read-back's connections (its catalogs' and its workers'), opened while the copy
-    # restores, on the core the restore leaves idle: their transactions start at their first
-    # query, after the restore
+    # restores, on the core the restore leaves idle
     opened = _Opened(url, side.submit(lambda: [_stable(url) for _ in range(workers + 1)]))
     # and the archive's own table of contents, which needs the archive alone
     toc_read = (side.submit(beside.archive_toc, drill_backup, drill_chains)
                 if _will_run(request, "test_every_archive_entry_is_in_the_restored_database")
                 else None)
+    recorded = drill_backup.manifest.row_checksums if drill_backup.manifest else {}
+    methods = {t: inventory.checksum_method(v) for t, v in recorded.items()}
+    # Each table read back as soon as its data has committed, while the restore goes on
+    # (its indexes, constraints, other tables): no later item changes its rows. Not with
+    # --rto-faithful, whose restore phase is then the production figure, read-back after
+    early = None if drill.options.rto_faithful else inventory.ReadAsLoaded(
+        opened, workers=workers, checksums=bool(recorded), methods=methods)
     failed: RestoreOutcome | None = None
     with drill.phase("restore"):
         try:
             done = restore_backup(RestoreRequest(
                 drill_backup.path, url, no_owner=not with_owners, with_roles=with_owners,
                 jobs=drill.options.jobs, production=drill.reachable_production, scratch=True,
-                split=not drill.options.rto_faithful),
+                split=not drill.options.rto_faithful,
+                on_loaded=(lambda e: early.loaded(e.schema, e.tag)) if early else None),
                 chains=drill_chains)
         except AtbError as exc:
             failed = RestoreOutcome(ok=False, error=str(exc), detail=redact(exc.detail),
                                     mode=mode)
         except BaseException:
-            opened.close()
-            side.shutdown(wait=False, cancel_futures=True)
+            _stop(early, opened, side)
             raise
     if failed is not None:  # yielded once the restore's phase has ended, not inside it
-        opened.close()
-        side.shutdown(wait=False, cancel_futures=True)
+        _stop(early, opened, side)
         yield failed
         return
     # Beside the read-back, and past it while the checks judge what was read: ANALYZE (a
@@ -306,23 +312,37 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
             checked = (side.submit(beside.amcheck, drill_sandbox)
                        if drill.options.migration() is None
                        and _will_run(request, "test_amcheck_finds_no_corruption") else None)
-            recorded = drill_backup.manifest.row_checksums if drill_backup.manifest else {}
             try:
-                back = inventory.read_back(opened, workers=workers, checksums=bool(recorded),
-                                           methods={t: inventory.checksum_method(v)
-                                                    for t, v in recorded.items()})
+                back = (early.finish() if early is not None else
+                        inventory.read_back(opened, workers=workers, checksums=bool(recorded),
+                                            methods=methods))
             finally:
                 opened.close()
         drill.checks_started = time.monotonic()
+        read_when = "every table and the catalogs read back after the restore (--rto-faithful)"
+        if early is not None:
+            gave = f" ({len(early.gave_way)} gave way to the restore)" if early.gave_way else ""
+            read_when = (f"{len(early.early)} of {len(back.counts)} tables read back as their "
+                         f"data came in, while the restore went on{gave}; the rest and the "
+                         "catalogs after it")
         yield RestoreOutcome(ok=True, pg_restore_version=done.pg_restore_version,
                              jobs=done.jobs, counts=back.counts, checksums=back.checksums,
                              inventory=back.inventory, definitions=back.definitions,
                              with_owners=with_owners, mode=mode, listing=listed,
-                             amcheck=checked)
+                             amcheck=checked, read_back=read_when)
     finally:
         # on Ctrl-C or an error, not held until pg_amcheck is done: the sandbox's teardown
         # (after this one's) ends what still runs beside
         side.shutdown(wait=False, cancel_futures=True)
+
+
+def _stop(early: inventory.ReadAsLoaded | None, opened: _Opened,
+          side: ThreadPoolExecutor) -> None:
+    """What the read-back started, ended: the restore failed or was interrupted."""
+    if early is not None:
+        early.close()
+    opened.close()
+    side.shutdown(wait=False, cancel_futures=True)
 
 
 def _wait_for_analyze(config: pytest.Config, drill: DrillState) -> None:

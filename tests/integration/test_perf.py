@@ -85,6 +85,10 @@ def test_rto_faithful_drill_states_its_settings_and_the_forecast_of_earlier_dril
                          "--checks", str(tmp_path / "checks"), "--schedule", "1d",
                          backup_dir=backups, report_dir=tmp_path / "r")
     assert outcome(result, "test_the_sandbox_runs_with_the_servers_defaults") == "passed"
+    restored = next(c for c in result["checks"]
+                    if c["name"] == "test_restore_completes_without_errors")["evidence"]
+    assert "every table and the catalogs read back after the restore (--rto-faithful)" \
+        in restored
     rto = result["rto"]
     assert rto["settings"] == "the server's defaults (--rto-faithful)"
     assert (rto["forecast_s"], rto["forecast_how"]) == (
