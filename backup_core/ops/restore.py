@@ -110,7 +110,9 @@ class LoadWatch:
         """The entry whose data this line says has committed, if any."""
         if self.parallel:
             found = _FINISHED_DATA.search(text)
-            return self.entries.get(int(found.group(1))) if found else None
+            entry = self.entries.get(int(found.group(1))) if found else None
+            # the tag must follow: a name holding these words is not taken for the line
+            return entry if found and entry and text[found.end():] == entry.tag else None
         if not _NEXT_ITEM.match(text):
             return None
         done, self._loading = self._loading, None

@@ -41,6 +41,9 @@ def test_a_parallel_restore_reports_each_table_when_the_leader_says_it_finished(
              # two jobs' writes on one line: a worker's prefix, then the leader's line
              "pg_restore: pg_restore: finished item 3366 TABLE DATA we.ird",
              "pg_restore: finished item 9999 TABLE DATA elsewhere",
+             # a name that holds the words is not the leader's line
+             'pg_restore: creating TABLE "public.finished item 3367 TABLE DATA x"',
+             "pg_restore: finished item 3367 TABLE DATA ird-not-its-tag",
              "pg_restore: finished main parallel loop"]
     assert reported(lines, parallel=True) == ["3365 s2.a", "3364 public.a",
                                               "3366 public.we.ird"]
