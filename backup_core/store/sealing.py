@@ -252,6 +252,7 @@ class SealedStream:
         self._src, self._part = src, part
         self._scope = ExitStack()
         self._plain = self._scope.enter_context(_Digest())
+        self._scope.enter_context(quick_handoff())
         self._stored, self._stored_size = hashlib.sha256(), 0
         self._parts: queue.Queue[bytearray | BaseException | None] = queue.Queue(_DEPTH)
         self._free = _Buffers(part, _KEEP)  # parts given back, for the sealing thread
@@ -533,7 +534,7 @@ def unseal_ranged(repo: Repository, rel: str, size: int, fd: int, *, ids: list[I
         return plain
 
     hashing: deque[tuple[Future[object], Future[object], bytearray]] = deque()
-    with _Digest() as stored, _Digest() as plain:
+    with quick_handoff(), _Digest() as stored, _Digest() as plain:
         stored.add(head[:n])
         try:
             with repository.spans_fetched(repo, rel, size, etag, spans, work) as parts:
