@@ -140,59 +140,61 @@ def main() -> None:
     size = _size(args.size)
     work = Path(tempfile.mkdtemp(prefix="atb-bench-repo-"))
     rows: list[Comparison] = []
-    with seaweedfs(work / "store", volume_mb=1024, volumes=64) as store:
-        os.environ.update(store.env())
-        repo = repository.open_repository(store.url)
-        cpu = Cpu(store.pid)
-        client = repo.client
-        dump, manifest = _backup(work / "tree", size)
-        from backup_core.store.age_format import Identity
+    try:
+        with seaweedfs(work / "store", volume_mb=1024, volumes=64) as store:
+            os.environ.update(store.env())
+            repo = repository.open_repository(store.url)
+            cpu = Cpu(store.pid)
+            client = repo.client
+            dump, manifest = _backup(work / "tree", size)
+            from backup_core.store.age_format import Identity
 
-        ident = Identity.generate()
-        (work / "id.txt").write_text(f"{ident}\n")
-        recipient = str(ident.to_public())
+            ident = Identity.generate()
+            (work / "id.txt").write_text(f"{ident}\n")
+            recipient = str(ident.to_public())
 
-        def fresh() -> repository.Repository:
-            return repository.Repository(repository.RepoUrl(store.bucket,
-                                                            f"b-{uuid.uuid4().hex[:8]}"),
-                                         client)
+            def fresh() -> repository.Repository:
+                return repository.Repository(repository.RepoUrl(store.bucket,
+                                                                f"b-{uuid.uuid4().hex[:8]}"),
+                                             client)
 
-        up = Comparison(f"upload ({args.size})", "atb push", "boto3 upload_file", "<= 1.1")
-        alternate(up, lambda: offsite_transfer.push_backup(fresh(), dump, manifest),
-                  lambda: client.upload_file(str(dump), store.bucket,
-                                             f"plain/{uuid.uuid4().hex}"), args.repeat, cpu)
-        rows.append(up)
-        enc = Comparison(f"encrypted upload ({args.size})", "atb push, age", "atb push, plain",
-                         "<= 1.15")
-        alternate(enc, lambda: offsite_transfer.push_backup(fresh(), dump, manifest,
-                                                      recipients=(recipient,)),
-                  lambda: offsite_transfer.push_backup(fresh(), dump, manifest), args.repeat,
-                  cpu)
-        rows.append(enc)
-        plain, sealed = fresh(), fresh()
-        offsite_transfer.push_backup(plain, dump, manifest)
-        offsite_transfer.push_backup(sealed, dump, manifest, recipients=(recipient,))
-        key = f"{plain.url.prefix}/{offsite_transfer.remote_rel(manifest)}"
-        down = Comparison(f"download ({args.size})", "atb fetch (both hashes)",
-                          "boto3 download_file", "<= 1.1")
+            up = Comparison(f"upload ({args.size})", "atb push", "boto3 upload_file", "<= 1.1")
+            alternate(up, lambda: offsite_transfer.push_backup(fresh(), dump, manifest),
+                      lambda: client.upload_file(str(dump), store.bucket,
+                                                 f"plain/{uuid.uuid4().hex}"), args.repeat, cpu)
+            rows.append(up)
+            enc = Comparison(f"encrypted upload ({args.size})", "atb push, age", "atb push, plain",
+                             "<= 1.15")
+            alternate(enc, lambda: offsite_transfer.push_backup(fresh(), dump, manifest,
+                                                          recipients=(recipient,)),
+                      lambda: offsite_transfer.push_backup(fresh(), dump, manifest), args.repeat,
+                      cpu)
+            rows.append(enc)
+            plain, sealed = fresh(), fresh()
+            offsite_transfer.push_backup(plain, dump, manifest)
+            offsite_transfer.push_backup(sealed, dump, manifest, recipients=(recipient,))
+            key = f"{plain.url.prefix}/{offsite_transfer.remote_rel(manifest)}"
+            down = Comparison(f"download ({args.size})", "atb fetch (both hashes)",
+                              "boto3 download_file", "<= 1.1")
 
-        def fetch(r: repository.Repository, ident_file: Path | None = None) -> None:
-            with tempfile.TemporaryDirectory(dir=work) as tmp:
-                offsite_transfer.fetch(r, offsite_catalog.scan(r)[0], Path(tmp),
-                                 identity_file=ident_file)
+            def fetch(r: repository.Repository, ident_file: Path | None = None) -> None:
+                with tempfile.TemporaryDirectory(dir=work) as tmp:
+                    offsite_transfer.fetch(r, offsite_catalog.scan(r)[0], Path(tmp),
+                                     identity_file=ident_file)
 
-        alternate(down, lambda: fetch(plain),
-                  lambda: client.download_file(store.bucket, key, str(work / "dl")),
-                  args.repeat, cpu)
-        rows.append(down)
-        dec = Comparison(f"encrypted download ({args.size})", "atb fetch, age",
-                         "atb fetch, plain", "no goal (reported)")
-        alternate(dec, lambda: fetch(sealed, work / "id.txt"), lambda: fetch(plain),
-                  args.repeat, cpu)
-        rows.append(dec)
-        if args.listing:
-            rows.append(_listing(store.bucket, client, args.listing, args.repeat))
-    shutil.rmtree(work, ignore_errors=True)
+            alternate(down, lambda: fetch(plain),
+                      lambda: client.download_file(store.bucket, key, str(work / "dl")),
+                      args.repeat, cpu)
+            rows.append(down)
+            dec = Comparison(f"encrypted download ({args.size})", "atb fetch, age",
+                             "atb fetch, plain", "no goal (reported)")
+            alternate(dec, lambda: fetch(sealed, work / "id.txt"), lambda: fetch(plain),
+                      args.repeat, cpu)
+            rows.append(dec)
+            if args.listing:
+                rows.append(_listing(store.bucket, client, args.listing, args.repeat))
+    finally:  # a failed run leaves no store of a few GB behind
+        shutil.rmtree(work, ignore_errors=True)
     text = _render(rows, args)
     replace_section(text, BEGIN, END)
     print(text)
