@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from backup_core.tools.errors import ConfigError
-
 # set in every isolated child's environment: its own children are inside already
 ACTIVE_ENV = "ATB_ISOLATION_ACTIVE"
 # `off` forces environment only, for platforms where the probe succeeds but isolation breaks
@@ -19,6 +17,10 @@ SWITCH_VALUES = ("", "off")
 def check_switch(env: Mapping[str, str]) -> None:
     """`ATB_ISOLATION` is unset, empty or `off`: anything else is a typo (exit 2), never read
     as "isolate after all" or "do not" in silence."""
+    # imported here: the launcher (`isolate_exec`) runs this module with the standard
+    # library alone, copied beside it where atb is not installed
+    from backup_core.tools.errors import ConfigError
+
     value = env.get(SWITCH_ENV, "")
     if value.strip().lower() not in SWITCH_VALUES:
         raise ConfigError(f"{SWITCH_ENV}={value[:40]!r} is not understood: leave it unset "
