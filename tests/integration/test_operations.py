@@ -105,28 +105,10 @@ def test_doctor_lists_both_toolchains_and_their_jobs() -> None:
 def test_progress_shows_phase_bytes_and_rate_on_a_terminal_only(pg15: Cluster,
                                                                  backup_dir: Path) -> None:
     import os
-    import pty
-    import subprocess
-    import sys
 
     info = make_database(pg15, rows=400_000)
     env = {**os.environ, "DATABASE_URL": info.secret_url, "BACKUP_DIR": str(backup_dir)}
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "drills.cli", "db", "backup"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=follower)
-    os.close(follower)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        shown += chunk
-    assert proc.wait() == 0
-    os.close(leader)
-    text = shown.decode(errors="replace")
+    text = _on_a_terminal(["db", "backup"], env)
     assert "backup: dump" in text and "MiB/s" in text and "\x1b[K" in text
     assert "\r\x1b[K20" in text  # the log line starts on a cleared line, not after progress
     piped = atb_inproc("db", "backup", "--at", "20200101T000000Z",
