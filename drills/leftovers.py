@@ -1,8 +1,10 @@
-"""The private temporary directories of an `atb drill run` that was killed (`kill -9`):
-its scratch directory (`atb-drill-*`: the child's options, progress and result) and its
-observer's socket directory (`atb-observer-*`). Each is marked with its owner when made (the
-process, its start time and host, as `backup_core.tools.reaper` records a sandbox's); the
-next drill and `atb doctor` remove those whose owner is gone, the way killed sandboxes are
+"""The private temporary directories of an `atb drill run` (or a restore from the
+repository) that was killed (`kill -9`): its scratch directory (`atb-drill-*`: the child's
+options, progress and result), its observer's socket directory (`atb-observer-*`) and a
+download from the repository (`atb-fetch-*`: a decrypted dump). Each is marked with its
+owner when made (the process, its start time and host, as `backup_core.tools.reaper`
+records a sandbox's); the next drill and `atb doctor` remove those whose owner is gone, the
+way killed sandboxes are
 reaped. Only a directory positively known to be ours is touched: in the temporary directory,
 named so, ours, not a link, and holding an owner mark whose process this host knows is dead.
 """
@@ -16,19 +18,12 @@ import tempfile
 from pathlib import Path
 
 from backup_core.tools import removal
-from backup_core.tools.reaper import Owner
+from backup_core.tools.reaper import OWNER_MARK, Owner, mark_owner
 
 log = logging.getLogger("atb.reaper")
-PREFIXES = ("atb-drill-", "atb-observer-")
-MARK = "atb-owner"
-
-
-def mark(folder: Path) -> None:
-    """Say who owns `folder` (this process), so that it is removed if this process is
-    killed before it removes it itself."""
-    fd = os.open(folder / MARK, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(Owner.current().label)
+PREFIXES = ("atb-drill-", "atb-observer-", "atb-fetch-")
+MARK = OWNER_MARK
+mark = mark_owner  # said where the directory is made
 
 
 def owner_of(folder: Path) -> Owner | None:

@@ -8,7 +8,9 @@ table name, the application's `system_events` is used where it exists, else atb'
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -63,6 +65,33 @@ class Beat:
     table: str
 
 
+class HeartbeatTableUnusable(ConfigError):
+    """The table found cannot hold or give heartbeats to this role (a column missing, a
+    privilege not granted): configuration (exit 2), never a stale heartbeat (exit 1)."""
+
+
+@contextlib.contextmanager
+def _usable(table: str, doing: str) -> Iterator[None]:
+    """The server's refusal of a heartbeat table's shape or privileges, as one line."""
+    try:
+        yield
+    except (psycopg.errors.UndefinedColumn, psycopg.errors.DatatypeMismatch,
+            psycopg.errors.InvalidTextRepresentation) as exc:
+        raise HeartbeatTableUnusable(
+            f"the heartbeat table {table} cannot be {doing}: {_first(exc)}; it needs the "
+            f"columns {TYPE_COLUMN}, {MESSAGE_COLUMN} and {TIME_COLUMN} (timestamp), or run "
+            "`atb tests heartbeat --init` for atb's own table") from None
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise HeartbeatTableUnusable(
+            f"the heartbeat table {table} cannot be {doing} by this role: {_first(exc)}; "
+            "grant it INSERT and SELECT on the table (`atb tests heartbeat --init "
+            "--grant-to ROLE` does for atb's own)") from None
+
+
+def _first(exc: psycopg.Error) -> str:
+    return (str(exc).strip().splitlines() or ["refused"])[0]
+
+
 def insert_heartbeat(target: ConnInfo, *, table: str = DEFAULT_TABLE) -> datetime:
     """Insert one heartbeat row and return its time (the server's clock)."""
     return beat(target, table=table).at
@@ -74,16 +103,17 @@ def beat(target: ConnInfo, *, table: str = DEFAULT_TABLE) -> Beat:
     table_parts(table)  # a bad name is bad usage, whether or not the server answers
     with db.connect(target) as conn:
         found = resolve_table(conn, table, target)
-        row = conn.execute(
-            sql.SQL("INSERT INTO {} ({}, {}, {}) VALUES ('TEST', 'Heartbeat', now()) "
-                    "RETURNING {}").format(
-                _table(found), sql.Identifier(TYPE_COLUMN), sql.Identifier(MESSAGE_COLUMN),
-                sql.Identifier(TIME_COLUMN), sql.Identifier(TIME_COLUMN)),
-        ).fetchone()
-        if found == ATB_TABLE:
-            conn.execute(sql.SQL("DELETE FROM {} WHERE created_at < now() - %s::interval")
-                         .format(_table(ATB_TABLE)), (f"{KEEP_DAYS} days",))
-        conn.commit()
+        with _usable(found, "written"):
+            row = conn.execute(
+                sql.SQL("INSERT INTO {} ({}, {}, {}) VALUES ('TEST', 'Heartbeat', now()) "
+                        "RETURNING {}").format(
+                    _table(found), sql.Identifier(TYPE_COLUMN), sql.Identifier(MESSAGE_COLUMN),
+                    sql.Identifier(TIME_COLUMN), sql.Identifier(TIME_COLUMN)),
+            ).fetchone()
+            if found == ATB_TABLE:
+                conn.execute(sql.SQL("DELETE FROM {} WHERE created_at < now() - %s::interval")
+                             .format(_table(ATB_TABLE)), (f"{KEEP_DAYS} days",))
+            conn.commit()
     assert row is not None
     return Beat(_utc(row[0]), found)
 
@@ -113,7 +143,8 @@ def newest_beat(target: ConnInfo, *, table: str = DEFAULT_TABLE,
             sql.Identifier(TIME_COLUMN), _table(found), sql.Identifier(TYPE_COLUMN))
         if before is not None:
             query = sql.SQL("{} AND {} <= %s").format(query, sql.Identifier(TIME_COLUMN))
-        row = conn.execute(query, (before,) if before is not None else None).fetchone()
+        with _usable(found, "read"):
+            row = conn.execute(query, (before,) if before is not None else None).fetchone()
     return Newest(_utc(row[0]) if row and row[0] is not None else None, found)
 
 

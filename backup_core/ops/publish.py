@@ -16,6 +16,7 @@ whatever happens, so a failed publish leaves nothing behind.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tempfile
 from collections.abc import Callable, Mapping
@@ -51,6 +52,36 @@ class PublishFailed(AtbError):
     exit_code = 11
 
 
+# The forms of a wiki URL understood, each with no place a token could hide unseen: a URL
+# whose host (and port) are a host's, an scp-like `user@host:path` whose user is a login
+# name, or a path. Anything else (`https//user:TOKEN@host`, a token where a port goes) is
+# refused without being shown: it is never given to git, whose argv anyone can read.
+_SCHEME_URL = re.compile(r"^(https?|ssh|git|file|git\+ssh|ssh\+git)://", re.IGNORECASE)
+_HOST = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])?$")
+_SCP_LIKE = re.compile(r"^([a-z_][a-z0-9_.-]{0,31}@)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?:"
+                       r"(?!//)")
+
+
+def _understood_wiki(text: str) -> bool:
+    if _SCHEME_URL.match(text):
+        parts = urlsplit(text)
+        where = parts.netloc.rsplit("@", 1)[-1]
+        host, _, port = where.rpartition(":") if not where.endswith("]") else (where, "", "")
+        if not host:
+            host, port = where, ""
+        if port and not port.isdigit():
+            return False
+        if "@" in parts.netloc and parts.scheme.lower() not in ("http", "https", "ssh",
+                                                                "git+ssh", "ssh+git"):
+            return False
+        return bool(_HOST.match(host)) and (parts.scheme.lower() == "file" or bool(host))
+    if "://" in text:
+        return False
+    if _SCP_LIKE.match(text):
+        return True
+    return "@" not in text and ":" not in text.split("/", 1)[0]
+
+
 @dataclass(frozen=True)
 class Wiki:
     """Where to publish: the URL git is given (no user or password in it) and the credentials
@@ -70,13 +101,19 @@ class Wiki:
             raise ConfigError("no wiki given: pass --wiki URL or set ATB_WIKI_URL")
         if text.startswith("-"):
             raise ConfigError("the wiki URL cannot start with '-'")
+        if not _understood_wiki(text):
+            raise ConfigError(
+                "cannot understand the wiki URL (its text is not shown: it may hold a token): "
+                "give https://host/path.git (a token as https://user:TOKEN@host/...), "
+                "ssh://user@host/path, user@host:path or a directory")
         parts = urlsplit(text)
         if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
             return cls(text)
         try:
             host, port = parts.hostname or "", parts.port
-        except ValueError as exc:
-            raise ConfigError(f"cannot read the wiki URL's host: {exc}") from None
+        except ValueError:
+            raise ConfigError("cannot read the wiki URL's host and port (not shown: the URL "
+                              "may hold a token)") from None
         user, password = unquote(parts.username or ""), unquote(parts.password or "")
         register_secret(password or user)
         netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")

@@ -43,6 +43,7 @@ from backup_core.store.repository import (
     guarded,
     translate,
 )
+from backup_core.tools import reaper
 from backup_core.tools.errors import (
     AtbError,
     ConfigError,
@@ -507,6 +508,7 @@ def fetched(repo: Repository, remote: RemoteBackup, *, identity_file: Path | Non
     """`fetch` into a private temporary directory, removed on the way out."""
     with tempfile.TemporaryDirectory(prefix="atb-fetch-") as tmp:
         os.chmod(tmp, 0o700)
+        reaper.mark_owner(Path(tmp))  # removed by the next drill or doctor if we are killed
         yield fetch(repo, remote, Path(tmp), identity_file=identity_file, progress=progress)
 
 

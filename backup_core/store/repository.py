@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+from backup_core.tools.conninfo import redact
 from backup_core.tools.errors import (
     AtbError,
     ConfigError,
@@ -603,8 +604,13 @@ def open_repository(url: str) -> Repository:
                     signature_version="s3v4")  # presigned URLs too (the fast listing)
     with guarded(repo, "opening"):
         session = boto3.session.Session()
-        client = session.client("s3", config=config,
-                                region_name=session.region_name or "us-east-1")
+        try:
+            client = session.client("s3", config=config,
+                                    region_name=session.region_name or "us-east-1")
+        except ValueError as exc:  # botocore's check of the endpoint (AWS_ENDPOINT_URL...)
+            raise ConfigError(f"cannot use the S3 endpoint: {redact(str(exc))}; give it as "
+                              "http(s)://host:port (AWS_ENDPOINT_URL, or endpoint_url in the "
+                              "AWS configuration)") from None
     with guarded(repo, "opening"):  # List is what even a read-only key may do
         client.list_objects_v2(Bucket=repo.bucket, Prefix=repo.key(""), MaxKeys=1)
     return Repository(repo, client)

@@ -467,8 +467,12 @@ def _value_problem(values: Mapping[str, str]) -> str:
     """Why a parameter's value cannot be understood ("" when every value can)."""
     bad_ports = [p for p in values.get("port", "").split(",")
                  if p and not (p.isdigit() and 0 < int(p) < 65536)]
-    if bad_ports:
-        return f"port {bad_ports[0]!r} is not a number from 1 to 65535"
+    if bad_ports:  # not shown: a password whose `@` was left out lands here
+        return ("its port is not a number from 1 to 65535 (the port is not shown: a password "
+                "written without its '@' would land there)")
+    if "@" in values.get("host", ""):  # not shown: a password's unencoded '@' puts it here
+        return ("its host holds '@' (not shown: it may hold a password; write an '@' in a "
+                "user name or password as %40)")
     for key, choices in _CHOICES.items():
         value = values.get(key)
         if value and value not in choices:

@@ -202,3 +202,17 @@ def reap_containers(containers: Iterable[Any], remove: Callable[[Any], None]) ->
         log.warning("%s", line)
         done.append(line)
     return done
+
+
+# A private temporary directory of atb's is marked with its owner when made, so that the
+# next drill or `atb doctor` removes it if its owner is killed (`drills.leftovers`)
+OWNER_MARK = "atb-owner"
+
+
+def mark_owner(folder: Path) -> None:
+    """Say who owns `folder` (this process): removed by the next reaping if this process
+    is killed before it removes `folder` itself."""
+    fd = os.open(folder / OWNER_MARK, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(Owner.current().label)

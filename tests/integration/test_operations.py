@@ -91,6 +91,21 @@ def test_heartbeat_insert_and_check(pg15: Cluster) -> None:
     finally:
         with db.connect(info, autocommit=True) as conn:
             conn.execute("ALTER TABLE events_elsewhere RENAME TO system_events")
+    # a table of the wrong shape, and one this role may not use: one line, exit 2 (they were
+    # internal errors, exit 70)
+    with db.connect(info, autocommit=True) as conn:
+        conn.execute("CREATE TABLE wrongcols (id int)")
+        conn.execute("CREATE ROLE hb_nopriv LOGIN PASSWORD 'hb-pw-123'")
+    for check in ((), ("--check",)):
+        wrong = atb_inproc("tests", "heartbeat", "--table", "wrongcols", *check, url=info)
+        assert (wrong.returncode, wrong.stderr.count("\n")) == (2, 1), wrong.stderr
+        assert "the heartbeat table wrongcols cannot be" in wrong.stderr
+        assert "it needs the columns type, message and created_at" in wrong.stderr
+        denied = atb_inproc("tests", "heartbeat", *check,
+                            url=info.with_params(user="hb_nopriv").with_password("hb-pw-123"))
+        assert (denied.returncode, denied.stderr.count("\n")) == (2, 1), denied.stderr
+        assert "cannot be" in denied.stderr and "by this role" in denied.stderr
+        assert "hb-pw-123" not in denied.stderr
 
 
 def test_doctor_lists_both_toolchains_and_their_jobs() -> None:

@@ -225,3 +225,21 @@ def test_an_unknown_parameter_is_named_only_when_plainly_a_name() -> None:
         ConnInfo.parse("postgresql+asyncpg://u:pw@h/db?hots=x", env={})
     with pytest.raises(ConfigError, match=r"libpq has no parameter \(name not shown\);"):
         ConnInfo.parse(f"postgresql+asyncpg://u:pw@h/db?{SECRET}=1", env={})
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (f"postgresql://app:{SECRET}:127.0.0.1:54327/shop", "its port is not a number from 1 to "
+     "65535 (the port is not shown: a password written without its '@' would land there)"),
+    (f"postgresql://app:{SECRET}127.0.0.1:54327/shop", "its port is not a number from 1 to "
+     "65535 (the port is not shown: a password written without its '@' would land there)"),
+    (f"postgresql://app@{SECRET}@127.0.0.1:54327/shop", "its host holds '@' (not shown: it may "
+     "hold a password; write an '@' in a user name or password as %40)"),
+])
+def test_a_password_that_lands_in_the_port_or_the_host_is_never_shown(
+        text: str, message: str) -> None:
+    """An '@' or ':' left out or doubled puts the password where libpq reads a port or a
+    host: neither is shown when it cannot be one."""
+    with pytest.raises(ConfigError) as err:
+        ConnInfo.parse(text, env={})
+    assert str(err.value) == f"cannot understand DATABASE_URL: {message}"
+    assert SECRET not in str(err.value)

@@ -107,3 +107,24 @@ def test_a_drill_from_the_repository_names_its_url_and_pick_not_the_download() -
                                                "given with --backup db/x.dump",
                                                {"repository": "s3://b/p",
                                                 "object": "db/x.dump"})
+
+
+def test_a_killed_downloads_decrypted_dump_is_reaped_and_a_live_ones_kept(
+        tmp_path: Path) -> None:
+    """`atb-fetch-*` holds a decrypted dump while a drill or a restore from the repository
+    runs: after a `kill -9` it is removed by the next reaping, as the drill's own are."""
+    from backup_core.tools import reaper
+    from drills import leftovers
+
+    gone, live, alien = (tmp_path / "atb-fetch-gone", tmp_path / "atb-fetch-live",
+                         tmp_path / "atb-fetch-alien")
+    for folder in (gone, live, alien):
+        folder.mkdir()
+        (folder / "backup.dump").write_bytes(b"PGDMP")
+    me = reaper.Owner.current()
+    (gone / reaper.OWNER_MARK).write_text(f"999999999:{me.start}@{me.host}")
+    reaper.mark_owner(live)
+    assert leftovers.reap(tmp_path) == [
+        f"removed {gone}, the temporary directory of a drill that is gone (pid 999999999)"]
+    assert not gone.exists() and (live / "backup.dump").exists()
+    assert (alien / "backup.dump").exists()  # no mark: not positively ours, never touched

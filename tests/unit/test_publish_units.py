@@ -201,3 +201,32 @@ def test_no_git_is_one_line_naming_it() -> None:
         publish(Wiki.parse("/srv/wiki.git"), lambda clone: {}, message="m",
                 runner=FakeGit([], missing=True))
     assert str(exc.value) == "publishing to a wiki needs git: install it (apt-get install git)"
+
+
+@pytest.mark.parametrize("text", [
+    "https//x:TokSecret1234@127.0.0.1:1/w.git",  # the scheme's ':' left out
+    "https://x:TokSecret1234:127.0.0.1:1/w.git",  # the '@' left out: the token as a port
+    "ghp_TokSecret1234@github.com:o/w.git",  # a token where an ssh login goes
+    "git://TokSecret1234@host/w.git",
+])
+def test_a_wiki_url_that_cannot_be_understood_is_refused_without_its_text(text: str) -> None:
+    """A mistyped URL may hold its token anywhere: it is neither shown nor given to git
+    (whose argv anyone can read)."""
+    with pytest.raises(ConfigError) as err:
+        Wiki.parse(text)
+    assert str(err.value) == (
+        "cannot understand the wiki URL (its text is not shown: it may hold a token): give "
+        "https://host/path.git (a token as https://user:TOKEN@host/...), "
+        "ssh://user@host/path, user@host:path or a directory")
+
+
+@pytest.mark.parametrize(("text", "url"), [
+    ("https://x:TokSecret1234@127.0.0.1:1/w.git", "https://127.0.0.1:1/w.git"),
+    ("ssh://git@github.com/o/w.git", "ssh://git@github.com/o/w.git"),
+    ("git@github.com:o/w.git", "git@github.com:o/w.git"),
+    ("https://[::1]:8080/w.git", "https://[::1]:8080/w.git"),
+    ("file:///srv/w.git", "file:///srv/w.git"),
+    ("./wiki", "./wiki"),
+])
+def test_every_form_git_takes_is_still_understood(text: str, url: str) -> None:
+    assert Wiki.parse(text).url == url

@@ -131,3 +131,22 @@ def test_a_store_error_that_escaped_every_guard_is_still_exit_4_in_one_line(
     assert (code, err) == (4, "atb: error: talking to the object store: the store refused our "
                               "credentials (AccessDenied): check the AWS keys or profile and "
                               "the key's permissions\n")
+
+
+@pytest.mark.parametrize("endpoint", ["127.0.0.1:35093", "notaurl"])
+def test_an_endpoint_without_a_scheme_is_a_configuration_error(
+        endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore's ValueError for the endpoint was an internal error (exit 70)."""
+    pytest.importorskip("boto3")
+    from backup_core.store import repository
+    from backup_core.tools.errors import ConfigError
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    with pytest.raises(ConfigError) as err:
+        repository.open_repository("s3://bucket-x/prefix")
+    assert str(err.value) == (f"cannot use the S3 endpoint: Invalid endpoint: {endpoint}; give "
+                              "it as http(s)://host:port (AWS_ENDPOINT_URL, or endpoint_url in "
+                              "the AWS configuration)")
+    assert err.value.exit_code == 2
