@@ -18,12 +18,10 @@ import tempfile
 from pathlib import Path
 
 from backup_core.tools import removal
-from backup_core.tools.reaper import OWNER_MARK, Owner, mark_owner
+from backup_core.tools.reaper import OWNER_MARK, Owner
 
 log = logging.getLogger("atb.reaper")
 PREFIXES = ("atb-drill-", "atb-observer-", "atb-fetch-")
-MARK = OWNER_MARK
-mark = mark_owner  # said where the directory is made
 
 
 def owner_of(folder: Path) -> Owner | None:
@@ -35,7 +33,7 @@ def owner_of(folder: Path) -> Owner | None:
         st = folder.lstat()
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
             return None
-        fd = os.open(folder / MARK, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(folder / OWNER_MARK, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd) as fh:
             return Owner.from_label(fh.read(200).strip())
     except (OSError, ValueError):

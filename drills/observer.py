@@ -21,10 +21,9 @@ import psycopg
 
 from backup_core.pitr import wal_status
 from backup_core.reading import guard
-from backup_core.tools import db, removal
+from backup_core.tools import db, reaper, removal
 from backup_core.tools.conninfo import ConnInfo, redact
 from backup_core.tools.errors import AtbError
-from drills import leftovers
 
 SOCKET_ENV = "ATB_OBSERVER_SOCKET"
 
@@ -86,7 +85,7 @@ def _answer(production: ConnInfo, request: bytes) -> bytes:
 def serve(production: ConnInfo) -> Iterator[Path]:
     """A socket in a private directory; each connection gets one observation and is closed."""
     folder = Path(tempfile.mkdtemp(prefix="atb-observer-"))
-    leftovers.mark(folder)  # removed by the next drill if this process is killed
+    reaper.mark_owner(folder)  # removed by the next drill if this process is killed
     path = folder / "observer.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))

@@ -387,6 +387,8 @@ def rto_chart(results: list[DrillResult], width: int = 640, height: int = 160) -
 
 
 def _rto_cell(rto: RtoFacts) -> str:
+    if rto.failed_at == "interrupted":  # as the wiki's index says it (`wiki.rto_cell`)
+        return "not measured: interrupted"
     return f"failed at {rto.failed_at}" if rto.failed_at else human(rto.measured_s)
 
 

@@ -28,13 +28,13 @@ from backup_core.reading import guard
 from backup_core.store.manifest import read_manifest
 from backup_core.store.naming import manifest_path
 from backup_core.store.verdicts import record_drill
-from backup_core.tools import appenv, childenv, isolation, runner
+from backup_core.tools import appenv, childenv, isolation, reaper, runner
 from backup_core.tools.cluster import cache_root
 from backup_core.tools.conninfo import ConnInfo, redact
 from backup_core.tools.errors import AtbError, CommandFailed, ConfigError, ToolchainError
 from backup_core.tools.isolation import Isolation
 from backup_core.tools.relay import Relay
-from drills import child, docker_engine, leftovers, observer
+from drills import child, docker_engine, observer
 from drills.console import ProgressFile
 from drills.options import DrillOptions
 from drills.result import DrillResult, verdict_of
@@ -197,7 +197,7 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
     record_here = iso.network and options.record
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="atb-drill-"))
-        leftovers.mark(Path(tmp))  # removed by the next drill if this process is killed
+        reaper.mark_owner(Path(tmp))  # removed by the next drill if this process is killed
         result_file = Path(tmp) / "result.json"
         options_file = Path(tmp) / "options.json"
         # the child's phases come back as JSON lines in this file (drills.plugin.progress)

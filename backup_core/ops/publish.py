@@ -71,9 +71,11 @@ def _understood_wiki(text: str) -> bool:
             host, port = where, ""
         if port and not port.isdigit():
             return False
-        if "@" in parts.netloc and parts.scheme.lower() not in ("http", "https", "ssh",
-                                                                "git+ssh", "ssh+git"):
-            return False
+        if "@" in parts.netloc and (
+                parts.scheme.lower() not in ("http", "https", "ssh", "git+ssh", "ssh+git")
+                or (parts.scheme.lower() not in ("http", "https")
+                    and ":" in parts.netloc.rsplit("@", 1)[0])):
+            return False  # a password is taken apart for http(s) alone: elsewhere git's argv
         return bool(_HOST.match(host)) and (parts.scheme.lower() == "file" or bool(host))
     if "://" in text:
         return False

@@ -217,16 +217,17 @@ def _restore_scratch(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *
     sessions side by side), post-data (indexes, constraints, foreign keys). `on_loaded` is
     told of each table as its data commits (the split table's when its sessions have all
     committed). Returns how, when split."""
-    found = _split_entry(chain, path) if split and jobs > 1 else None
-    if found is None:
-        entries = (toc.parse_listing(run(pg_restore_list_argv(chain, path),
-                                         what="pg_restore --list").stdout)
-                   if on_loaded is not None else None)
+    splitting = split and jobs > 1
+    # listed once, for the split and the watch alike; an archive that cannot be listed is
+    # restored unwatched, so pg_restore's own run names what is wrong with it
+    listing = _listing(chain, path) if splitting or on_loaded is not None else None
+    entries = toc.parse_listing(listing) if listing is not None else None
+    entry = _split_entry(path, entries) if splitting and entries is not None else None
+    if entry is None:
         _pg_restore(chain, path, target, jobs=jobs, no_owner=no_owner, on_loaded=on_loaded,
                     entries=entries)
         return ""
-    entry, listing = found
-    entries = toc.parse_listing(listing)
+    assert listing is not None and entries is not None
 
     def load_split(stop: threading.Event, scratch_dir: Path) -> None:
         split_copy.load_split(chain, path, entry, target, sessions=jobs,
@@ -255,18 +256,21 @@ def _restore_scratch(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *
             "COPY sessions beside pg_restore's")
 
 
-def _split_entry(chain: toolchain.Toolchain, path: Path) -> tuple[toc.TocEntry, str] | None:
-    """The archive's largest table by the manifest's row counts, if worth splitting, and
-    the archive's listing."""
+def _listing(chain: toolchain.Toolchain, path: Path) -> str | None:
+    """The archive's `pg_restore --list`, or None when it cannot be listed."""
+    done = run(pg_restore_list_argv(chain, path), what="pg_restore --list", check=False)
+    return done.stdout if done.returncode == 0 else None
+
+
+def _split_entry(path: Path, entries: list[toc.TocEntry]) -> toc.TocEntry | None:
+    """The archive's largest table by the manifest's row counts, if worth splitting."""
     try:
         counts = read_manifest(manifest_path(path)).row_counts
     except ManifestError:
         return None
     if not counts or max(counts.values()) < split_copy.MIN_ROWS:
         return None
-    listing = run(pg_restore_list_argv(chain, path), what="pg_restore --list").stdout
-    entry = split_copy.split_candidate(toc.parse_listing(listing), counts)
-    return (entry, listing) if entry is not None else None
+    return split_copy.split_candidate(entries, counts)
 
 
 def _roles_for(path: Path, target: ConnInfo) -> list[str]:

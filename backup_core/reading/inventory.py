@@ -857,7 +857,7 @@ class ReadAsLoaded:
                     self._reading.pop(conn.info.backend_pid, None)
         with self._lock:
             self._done[name] = (count, total, columns)
-            if not item.late:
+            if watched:  # begun while the restore went on (not one still queued at its end)
                 self.early.append(name)
 
     def _stop_watching(self) -> None:

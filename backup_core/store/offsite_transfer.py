@@ -247,7 +247,8 @@ def _upload_sealing(repo: Repository, src: Path, key: str, expect: str,
         except OSError as exc:  # reading the dump: the upload was abandoned, never completed
             if exc is not stream.failed:
                 raise
-            repo.delete([key])
+            # nothing to delete: the multipart upload was aborted, and what the key may
+            # already hold is not this push's
             raise StorageError(f"cannot encrypt {src}: {exc.strerror or exc}") from exc
         hashed = stream.hashed()
     if hashed.plain_sha256 != expect:

@@ -440,14 +440,6 @@ def seal_to(src: Path, out: BinaryIO, keys: tuple[str, ...]) -> Hashed:
         return stream.hashed()
 
 
-def seal(src: Path, dest: Path, keys: tuple[str, ...]) -> Hashed:
-    """Copy `src` to `dest`, encrypted to `keys`, hashing both sides."""
-    # no fsync: a staging copy for the upload, worthless after a crash (the object's hash
-    # is what proves it)
-    with dest.open("wb") as fout:
-        return seal_to(src, fout, keys)
-
-
 def hash_file(src: Path) -> Hashed:
     """A file stored as it is: one hash for both sides."""
     digest, size = hashlib.sha256(), 0

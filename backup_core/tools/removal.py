@@ -25,14 +25,14 @@ log = logging.getLogger(__name__)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
 
-def mount_points(mountinfo: str | None = None) -> frozenset[str]:
+def mount_points(mountinfo: str | None = None) -> frozenset[str] | None:
     """The mount points of this process's mount namespace (from `/proc/self/mountinfo`, or
-    the text given); empty when it cannot be read."""
+    the text given); None when it cannot be read (then no directory is entered at all)."""
     if mountinfo is None:
         try:
             mountinfo = Path("/proc/self/mountinfo").read_text()
         except OSError:
-            return frozenset()
+            return None
     points = set()
     for line in mountinfo.splitlines():
         fields = line.split(" ")
@@ -76,7 +76,7 @@ def remove_tree(path: Path) -> tuple[Path, ...]:
         return ()
     real = Path(os.path.realpath(path))
     mounts = mount_points()
-    if str(real) in mounts:
+    if mounts is None or str(real) in mounts:  # unknown mounts: nothing is entered
         os.close(fd)
         return (path,)
     left: list[Path] = []

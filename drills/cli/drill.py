@@ -301,16 +301,19 @@ def _options(values: dict[str, Any]) -> DrillOptions:
 
 def drill_summary(r: DrillResult) -> str:
     """The verdict, the summary rows, each check's outcome, and where the reports are."""
+    from backup_core.store.naming import printable
     from drills.report import next_steps, summary_rows, title
 
-    lines = [f"{k + ':':<14} {v}" for k, v in summary_rows(r)]
+    # the store's keys, the database's names and the checks' messages: no control character
+    # reaches the terminal
+    lines = [f"{k + ':':<14} {printable(str(v))}" for k, v in summary_rows(r)]
     lines.append("")
     for c in r.checks:
         lines.append(f"  {c.outcome.upper():<8} {c.title}")
         if c.outcome in ("failed", "error") and c.message:
-            lines.append(f"           {c.message.splitlines()[0]}")
+            lines.append(f"           {printable(c.message.splitlines()[0])}")
     for f in r.findings:
-        lines.append(f"  FINDING  {f}")
+        lines.append(f"  FINDING  {printable(f)}")
     for name, why in r.not_run.items():
         lines.append(f"  NOT RUN  {title(name)}: {why}")
     lines += ["", f"report: {r.reports['html']}", f"json:   {r.reports['json']}",

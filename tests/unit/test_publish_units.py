@@ -208,6 +208,8 @@ def test_no_git_is_one_line_naming_it() -> None:
     "https://x:TokSecret1234:127.0.0.1:1/w.git",  # the '@' left out: the token as a port
     "ghp_TokSecret1234@github.com:o/w.git",  # a token where an ssh login goes
     "git://TokSecret1234@host/w.git",
+    "ssh://git:TokSecret1234@host/w.git",  # a password is taken apart for http(s) alone
+    "git+ssh://u:TokSecret1234@host/w.git",
 ])
 def test_a_wiki_url_that_cannot_be_understood_is_refused_without_its_text(text: str) -> None:
     """A mistyped URL may hold its token anywhere: it is neither shown nor given to git
