@@ -23,22 +23,35 @@ from tests.helpers import atb, atb_inproc, drill, interrupt_drill, oldest
 from tests.object_store import ObjectStore
 
 
-@pytest.mark.parametrize("case", ["no-tree", "passwd", "manifest", "missing"])
+@pytest.mark.parametrize("case", ["no-tree", "passwd", "manifest", "missing", "outside",
+                                  "outside-bad", "nosuch-db", "db-dir", "tree-parent"])
 def test_a_typo_in_where_the_backups_are_is_exit_2_and_records_nothing(
         tmp_path: Path, case: str) -> None:
     """Item 6: a BACKUP_DIR that does not exist, a --backup that is not a backup of ours or
-    is its manifest: exit 2, one line, no report, no ledger record, no verdict."""
+    is its manifest: exit 2, one line, no report, no ledger record, no verdict. N3: a dump
+    outside the tree with no readable manifest beside it (its database unknown). N6: a
+    --database the tree holds nothing of, a BACKUP_DIR one level in or out of the tree."""
     tree = tmp_path / "backups"
     day = tree / "shop" / "2026" / "11" / "30"
     day.mkdir(parents=True)
     manifest = day / "backup-20261130T010203Z.json"
     manifest.write_text("{}")
+    elsewhere = tmp_path / "x" / "backup-20261130T010203Z.dump"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(b"PGDMP")
+    if case == "outside-bad":
+        manifest_path(elsewhere).write_text("not json")
     args = {"no-tree": [], "passwd": ["--backup", "/etc/passwd"],
             "manifest": ["--backup", str(manifest)],
-            "missing": ["--backup", str(day / "backup-20261130T010204Z.dump")]}[case]
+            "missing": ["--backup", str(day / "backup-20261130T010204Z.dump")],
+            "outside": ["--backup", str(elsewhere)], "outside-bad": ["--backup", str(elsewhere)],
+            "nosuch-db": ["--database", "nosuch"], "db-dir": [], "tree-parent": []}[case]
     reports = tmp_path / "reports"
-    done, _ = drill(*args, backup_dir=tmp_path / "nonexistent" if case == "no-tree" else tree,
-                    report_dir=reports)
+    given = {"no-tree": tmp_path / "nonexistent", "db-dir": tree / "shop",
+             "tree-parent": tmp_path}.get(case, tree)
+    if case == "tree-parent":
+        reports = tree / "reports"  # not beside the tree: BACKUP_DIR would hold it
+    done, _ = drill(*args, backup_dir=given, report_dir=reports)
     expected = {
         "no-tree": f"atb: error: BACKUP_DIR (--backup-dir) {tmp_path / 'nonexistent'}: no "
                    "such directory\n",
@@ -47,10 +60,27 @@ def test_a_typo_in_where_the_backups_are_is_exit_2_and_records_nothing(
         "manifest": f"atb: error: --backup {manifest} is a backup's manifest: give its dump, "
                     f"{day / 'backup-20261130T010203Z.dump'}\n",
         "missing": f"atb: error: --backup {day / 'backup-20261130T010204Z.dump'}: no such "
-                   "backup file (`atb db list` shows them)\n"}[case]
+                   "backup file (`atb db list` shows them)\n",
+        "outside": f"atb: error: --backup {elsewhere}: no manifest at "
+                   f"{manifest_path(elsewhere)}: the drill cannot tell which database it "
+                   "holds; give a dump beside the manifest `atb db backup` wrote with it\n",
+        "outside-bad": f"atb: error: --backup {elsewhere}: unreadable manifest "
+                       f"{manifest_path(elsewhere)}: Expecting value: line 1 column 1 (char 0): "
+                       "the drill cannot tell which database it holds; give a dump beside the "
+                       "manifest `atb db backup` wrote with it\n",
+        "nosuch-db": f"atb: error: --database nosuch: no backups of it in BACKUP_DIR {tree} (it "
+                     "holds backups of shop)\n",
+        "db-dir": f"atb: error: BACKUP_DIR {tree / 'shop'} holds no database's directory "
+                  "(<db>/<YYYY>/<MM>/<DD>/): it looks like one database's directory (it holds "
+                  f"2026/); point BACKUP_DIR at its parent, {tree}\n",
+        "tree-parent": f"atb: error: BACKUP_DIR {tmp_path} holds no database's directory "
+                       f"(<db>/<YYYY>/<MM>/<DD>/): {tree} looks like the backup tree (it holds "
+                       "shop/2026/); point BACKUP_DIR there\n"}[case]
     assert (done.returncode, done.stderr, done.stdout) == (2, expected, "")
     assert not reports.exists()
     assert sorted(p.name for p in day.iterdir()) == ["backup-20261130T010203Z.json"]
+    assert sorted(p.name for p in elsewhere.parent.iterdir()) == sorted(
+        [elsewhere.name, *([manifest_path(elsewhere).name] if case == "outside-bad" else [])])
 
 
 @pytest.mark.parametrize("broken", ["syntax", "import"])
