@@ -106,6 +106,26 @@ def test_a_check_file_that_cannot_be_collected_is_exit_2_naming_it(
     assert not reports.exists() or sorted(reports.rglob("*")) == []
 
 
+@pytest.mark.parametrize("broken", ["syntax", "import"])
+def test_a_conftest_where_the_drill_runs_that_cannot_be_imported_is_exit_2_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: str) -> None:
+    """N5: the project's conftest.py in the directory the drill runs from is loaded by design
+    (its fixtures serve your checks, README); one that cannot be imported is exit 2 and one
+    line naming it and its error, as a check file's is: no report, no ledger record."""
+    tree, reports = tmp_path / "backups", tmp_path / "reports"
+    tree.mkdir()
+    bad = tmp_path / "conftest.py"
+    bad.write_text("def x(:\n" if broken == "syntax" else "import atb_no_such_module\n")
+    monkeypatch.chdir(tmp_path)
+    done, _ = drill(backup_dir=tree, report_dir=reports)
+    why = ("SyntaxError: invalid syntax (line 1)" if broken == "syntax" else
+           "ModuleNotFoundError: No module named 'atb_no_such_module'")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.splitlines()[-1:] == [f"atb: error: conftest {bad} cannot be "
+                                             f"imported: {why}"]
+    assert not reports.exists() or sorted(reports.rglob("*")) == []
+
+
 def test_a_drill_from_the_repository_names_the_object_its_hashes_and_the_pick(
         object_store: ObjectStore, pg15: Cluster, tmp_path: Path) -> None:
     """Item 4: `drill run --repo` without --backup: every report (JSON, Markdown, HTML) and
