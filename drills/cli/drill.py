@@ -6,8 +6,10 @@ import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -139,29 +141,38 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
                                                         chosen_among)))
         progress = console.DrillProgress()
         leftovers.reap()  # the temporary directories of killed drills (one line each)
+        interrupts = stack.enter_context(_interrupts())
         try:  # sandboxes of killed drills are reaped meanwhile (each logged in one line)
             with sandbox.reaping():
                 result = run_drill(options, production=production(
                     os.environ.get("DATABASE_URL")), on_event=progress)
         finally:
             progress.close()
-        detection = None
+        interrupts.armed = False  # its reports are written: from here, until its record
+        detection = None  # is, a Ctrl-C waits (the reports and the ledger agree)
         if prove_detection and not result.interrupted:  # a damaged copy of the same backup,
             # while it is still here
             from drills import detect  # (its restore and backup modules: only then)
 
             local = replace(result, backup=replace(result.backup, path=str(options.backup)))
-            detection = detect.prove(local, options, production=production(
-                os.environ.get("DATABASE_URL")))
-    if detection is not None or result.evidence != drill_ledger.evidence(signer):
-        # the child wrote its reports with the ledger's facts; a detection run adds its own
-        result = drill_ledger.annotate(result, signer=signer, detection=detection)
-    if pdf:
-        html_path = Path(result.reports["html"])
-        render.render(html_path, pdf=html_path.with_suffix(".pdf"))
-        result = replace(result, reports={**result.reports,
-                                          "pdf": str(html_path.with_suffix(".pdf"))})
-    drill_ledger.record(result, options, signer=signer)
+            interrupts.armed = not interrupts.deferred
+            try:  # a Ctrl-C stops the detection run, not the record of the drill
+                detection = detect.prove(local, options, production=production(
+                    os.environ.get("DATABASE_URL")))
+            except KeyboardInterrupt:
+                interrupts.deferred = True
+            interrupts.armed = False
+        if detection is not None or result.evidence != drill_ledger.evidence(signer):
+            # the child wrote its reports with the ledger's facts; a detection run adds its
+            result = drill_ledger.annotate(result, signer=signer, detection=detection)  # own
+        if pdf:
+            html_path = Path(result.reports["html"])
+            render.render(html_path, pdf=html_path.with_suffix(".pdf"))
+            result = replace(result, reports={**result.reports,
+                                              "pdf": str(html_path.with_suffix(".pdf"))})
+        drill_ledger.record(result, options, signer=signer)
+    if interrupts.deferred and not result.interrupted:  # asked to stop once it was recorded
+        raise KeyboardInterrupt
     if fetched is None or not as_json:  # the summary names the repository's object
         output.show(result, as_json=as_json, text=drill_summary)
     else:
@@ -178,6 +189,38 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
 
 
 INTERRUPTED_EXIT = 130  # as every command ends on Ctrl-C
+
+
+@dataclass
+class _Interrupts:
+    """SIGINT while a drill runs: the first one (while `armed`) interrupts it as Ctrl-C
+    always does; the ones after it, or once the drill has reported, wait (`deferred`) until
+    its ledger record is written: its reports are never left without their record (the
+    drill's child, which writes them, heeds only the first one either way)."""
+
+    armed: bool = True
+    deferred: bool = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+        self.deferred = True
+
+
+@contextlib.contextmanager
+def _interrupts() -> Iterator[_Interrupts]:
+    """`_Interrupts` as this process's SIGINT handler (in the main thread, where Python
+    runs handlers), the previous one put back after."""
+    handler = _Interrupts()
+    if threading.current_thread() is not threading.main_thread():
+        yield handler
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def drill_exit_code(result: DrillResult) -> int:
