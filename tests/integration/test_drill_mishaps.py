@@ -126,6 +126,33 @@ def test_a_conftest_where_the_drill_runs_that_cannot_be_imported_is_exit_2_namin
     assert not reports.exists() or sorted(reports.rglob("*")) == []
 
 
+def test_a_check_asking_for_a_fixture_that_does_not_exist_errors_naming_it(
+        tmp_path: Path) -> None:
+    """N8: a check of yours asking for a fixture nobody defines is an error whose message
+    names the fixture, the same one line in the terminal, the JSON, Markdown and HTML
+    reports (it was the repr of pytest's exception's arguments)."""
+    tree, reports, bc = tmp_path / "backups", tmp_path / "reports", tmp_path / "bc"
+    tree.mkdir()
+    bc.mkdir()
+    (bc / "test_mine.py").write_text("def test_needs_a_helper(no_such_fixture):\n    pass\n")
+    done = atb_inproc("drill", "run", "--sandbox", "local", "--backup-dir", str(tree),
+                      "--report-dir", str(reports), "--checks", str(bc))
+    assert done.returncode == 1, done.stderr  # FAIL: the tree holds no backup
+    said = "fixture 'no_such_fixture' not found"
+    lines = done.stdout.splitlines()
+    at = lines.index("  ERROR    Needs a helper")
+    assert lines[at + 1] == f"           {said}"
+    [result] = [json.loads(p.read_text()) for p in reports.rglob("*-drill.json")]
+    [check] = [c for c in result["checks"] if c["name"] == "test_needs_a_helper"]
+    assert (check["outcome"], check["message"]) == ("error", said)
+    md = next(reports.rglob("*-drill.md")).read_text()
+    assert f"| Needs a helper | ERROR | {said} |" in md
+    assert "FixtureRequest" not in md
+    html = next(reports.rglob("*-drill.html")).read_text()
+    assert said.replace("'", "&#x27;") in html or said in html
+    assert "FixtureRequest for" not in html
+
+
 def test_a_drill_from_the_repository_names_the_object_its_hashes_and_the_pick(
         object_store: ObjectStore, pg15: Cluster, tmp_path: Path) -> None:
     """Item 4: `drill run --repo` without --backup: every report (JSON, Markdown, HTML) and
