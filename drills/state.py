@@ -260,7 +260,8 @@ def assemble(state: DrillState, *, finished_at: datetime) -> DrillResult:
             tables=len(m.row_counts) if m else None,
             rows=sum(m.row_counts.values()) if m else None,
             row_counts_mode=m.row_counts_mode if m else None,
-            selection=how or ("given with --backup" if state.options.backup else
+            selection=how or (f"given with --backup {state.options.backup}"
+                              if state.options.backup else
                               f"random among {plural(state.eligible, 'complete backup')} "
                               f"of the last {state.options.window_days:g} days (seed "
                               f"{state.options.seed})"),

@@ -59,9 +59,8 @@ def _click_settings(o: Option) -> dict[str, Any]:
         return {**kw, "is_flag": True}
     if o.kind in ("list", "paths"):
         kw.update(multiple=True, help=o.help + " (repeatable)")
-    types: dict[str, Any] = {
-        "file": click.Path(dir_okay=False, path_type=Path),
-        "dir": click.Path(file_okay=False, path_type=Path),
+    types: dict[str, Any] = {  # a file or directory as typed (an `s3://` key keeps its
+        "file": click.Path(dir_okay=False), "dir": click.Path(file_okay=False),  # slashes)
         "paths": click.Path(exists=True, path_type=Path), "int": int,
         "count": click.IntRange(min=1), "days": DAYS, "choice": click.Choice(o.choices)}
     if o.kind in types:

@@ -196,6 +196,7 @@ def test_a_drill_from_the_repository_names_the_object_its_hashes_and_the_pick(
     assert record["backup"]["manifest_sha256"] == out["backup"]["origin"]["manifest sha256"]
     assert len(record["backup"]["manifest_sha256"]) == 64
     assert record["backup"]["origin"]["object"] == key
+    assert (record["selection"], record["seed"]) == (out["backup"]["selection"], 7)
 
 
 def test_ctrl_c_during_a_drill_reports_it_interrupted_and_records_it(
@@ -226,6 +227,8 @@ def test_ctrl_c_during_a_drill_reports_it_interrupted_and_records_it(
     [record] = [json.loads(line) for line in (tmp_path / "r" / "ledger.ndjson").read_text()
                 .splitlines()]
     assert (record["verdict"], record["backup"]["path"]) == ("INCOMPLETE", str(backup))
+    assert (record["selection"], record["seed"]) == (f"given with --backup {backup}",
+                                                     result["seed"])
     assert set(record["reports"]) == {"html", "json", "md"}
     after = err[err.index("integration..."):]
     assert "integration interrupted after" in after and "integration done" not in after
