@@ -28,6 +28,13 @@ def eligible(backups: list[Backup], *, now: datetime, window_days: float,
 def pick(backups: list[Backup], *, now: datetime, window_days: float, seed: int,
          database: str | None = None) -> Backup:
     """The same seed over the same inventory always picks the same backup."""
+    return picked(backups, now=now, window_days=window_days, seed=seed, database=database)[0]
+
+
+def picked(backups: list[Backup], *, now: datetime, window_days: float, seed: int,
+           database: str | None = None) -> tuple[Backup, int]:
+    """`pick`'s choice and how many eligible backups it was made among (the catalog
+    filtered once)."""
     dbs = sorted({b.database for b in backups if b.complete})
     if database is None and len(dbs) > 1:
         raise NothingToDrill(f"backups of several databases ({', '.join(dbs)}): "
@@ -39,7 +46,7 @@ def pick(backups: list[Backup], *, now: datetime, window_days: float, seed: int,
             + (f" for database {database}" if database else "")
             + ": backups are not being taken, or BACKUP_DIR points elsewhere"
         )
-    return random.Random(seed).choice(choices)
+    return random.Random(seed).choice(choices), len(choices)
 
 
 def check_tree(backup_dir: Path, database: str | None) -> None:

@@ -275,14 +275,13 @@ def _pick(found: list[Backup], options: DrillOptions, among: list[int] | None) -
     """The random pick of the repository's sound backups, as the local drill picks."""
     from datetime import UTC, datetime
 
-    from drills.pick import eligible, pick
+    from drills.pick import picked
 
-    now = datetime.now(UTC)
+    chosen, count = picked(found, now=datetime.now(UTC), window_days=options.window_days,
+                           seed=options.seed, database=options.database)
     if among is not None:
-        among[:] = [len(eligible(found, now=now, window_days=options.window_days,
-                                 database=options.database))]
-    return pick(found, now=now, window_days=options.window_days, seed=options.seed,
-                database=options.database)
+        among[:] = [count]
+    return chosen
 
 
 def _origin(repo: str, key: str | None, got: Fetched, options: DrillOptions,
