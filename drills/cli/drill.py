@@ -192,10 +192,10 @@ INTERRUPTED_EXIT = 130  # as every command ends on Ctrl-C
 
 @dataclass
 class _Interrupts:
-    """SIGINT while a drill runs: the first one (while `armed`) interrupts it as Ctrl-C
-    always does; the ones after it, or once the drill has reported, wait (`deferred`) until
-    its ledger record is written: its reports are never left without their record (the
-    drill's child, which writes them, heeds only the first one either way)."""
+    """SIGINT (or SIGTERM) while a drill runs: the first one (while `armed`) interrupts it
+    as Ctrl-C always does; the ones after it, or once the drill has reported, wait
+    (`deferred`) until its ledger record is written: its reports are never left without
+    their record (the drill's child, which writes them, heeds only the first either way)."""
 
     armed: bool = True
     deferred: bool = False
@@ -209,17 +209,18 @@ class _Interrupts:
 
 @contextlib.contextmanager
 def _interrupts() -> Iterator[_Interrupts]:
-    """`_Interrupts` as this process's SIGINT handler (in the main thread, where Python
-    runs handlers), the previous one put back after."""
+    """`_Interrupts` as this process's SIGINT and SIGTERM handler (in the main thread, where
+    Python runs handlers; SIGTERM interrupts as Ctrl-C does), the previous ones put back."""
     handler = _Interrupts()
     if threading.current_thread() is not threading.main_thread():
         yield handler
         return
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield handler
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, before in previous.items():
+            signal.signal(sig, before)
 
 
 def drill_exit_code(result: DrillResult) -> int:
