@@ -37,7 +37,7 @@ from backup_core.store.naming import DUMP_SUFFIX, MANIFEST_SUFFIX, taken_at
 from backup_core.tools import cluster, toolchain
 from backup_core.tools.conninfo import detach_libpq_environment
 from backup_core.tools.errors import AtbError, ConfigError
-from drills import sandbox
+from drills import pick, sandbox
 from drills.options import DrillOptions
 
 if TYPE_CHECKING:
@@ -141,6 +141,7 @@ def check_selection(options: DrillOptions) -> None:
         if not options.backup_dir.is_dir():
             raise ConfigError(f"BACKUP_DIR (--backup-dir) {options.backup_dir}: no such "
                               "directory")
+        pick.check_tree(options.backup_dir, options.database)
         return
     if given.name.endswith(MANIFEST_SUFFIX) and taken_at(
             given.with_name(given.name[:-len(MANIFEST_SUFFIX)] + DUMP_SUFFIX)) is not None:
@@ -152,6 +153,7 @@ def check_selection(options: DrillOptions) -> None:
     if taken_at(given) is None or not given.name.endswith(DUMP_SUFFIX):
         raise ConfigError(f"--backup {given} is not an atb backup (a "
                           "backup-YYYYMMDDTHHMMSSZ.dump beside its manifest)")
+    pick.check_manifest(given, options.backup_dir)
 
 
 def given_backup(backup: Path, backup_dir: Path) -> tuple[Backup | None, str | None]:

@@ -88,7 +88,9 @@ def fields(r: DrillResult, options: DrillOptions) -> dict[str, Any]:
         "detection": None if d is None else {"caught": d.caught, "caught_by": list(d.caught_by),
                                              "damage": list(d.damage), "verdict": d.verdict},
         "options": {k: redact(v) if isinstance(v, str) else v for k, v in r.options.items()},
-        "seed": r.seed, "atb_version": version, "host": socket.gethostname(),
+        # how the backup was chosen, in the reports' words (the seed alone does not say)
+        "seed": r.seed, "selection": redact(b.selection_error or b.selection),
+        "atb_version": version, "host": socket.gethostname(),
     }
 
 

@@ -150,7 +150,9 @@ class DrillState:
             ended = "failed"
             raise
         except BaseException as exc:  # pytest's outcomes: a skip is the phase's own end
-            ended = "failed" if type(exc).__name__ == "Failed" else "done"
+            import pytest  # raised it: imported already
+
+            ended = "failed" if isinstance(exc, pytest.fail.Exception) else "done"
             raise
         finally:
             spent = time.monotonic() - t0
@@ -258,7 +260,8 @@ def assemble(state: DrillState, *, finished_at: datetime) -> DrillResult:
             tables=len(m.row_counts) if m else None,
             rows=sum(m.row_counts.values()) if m else None,
             row_counts_mode=m.row_counts_mode if m else None,
-            selection=how or ("given with --backup" if state.options.backup else
+            selection=how or (f"given with --backup {state.options.backup}"
+                              if state.options.backup else
                               f"random among {plural(state.eligible, 'complete backup')} "
                               f"of the last {state.options.window_days:g} days (seed "
                               f"{state.options.seed})"),
@@ -292,6 +295,18 @@ def assemble(state: DrillState, *, finished_at: datetime) -> DrillResult:
                  "schedule_s": state.options.schedule_s,
                  "strict_rpo": state.options.strict_rpo},
     )
+
+
+def check_message(exc: BaseException) -> str:
+    """What a check's failure says: its exception's text; for a fixture pytest cannot give
+    (none of that name, a recursive one), pytest's own first line naming it, not the repr of
+    the exception's arguments (its request)."""
+    import pytest  # the drill's child: imported already
+
+    if isinstance(exc, pytest.FixtureLookupError):
+        said = exc.formatrepr().errorstring.strip().splitlines()
+        return said[0].strip() if said else f"fixture {exc.argname!r} not found"
+    return str(exc)
 
 
 def origin_facts(text: str | None) -> dict[str, str]:

@@ -193,10 +193,12 @@ def oldest(backup_dir: Path) -> Path:
 
 
 def interrupt_drill(args: list[str], tmp: Path, while_running: Callable[[], None],
-                    env: Mapping[str, str] | None = None) -> tuple[int, str, str]:
+                    env: Mapping[str, str] | None = None,
+                    again_after: float | None = None) -> tuple[int, str, str]:
     """`atb drill run ARGS` with an integration command that waits, interrupted by Ctrl-C
     (SIGINT to its process group, as a terminal sends it) once that command has started and
-    `while_running` has looked at what the drill holds. Returns (exit code, stdout, stderr)."""
+    `while_running` has looked at what the drill holds, and again `again_after` seconds later
+    (an impatient second Ctrl-C). Returns (exit code, stdout, stderr)."""
     import os
     import signal
     import time
@@ -215,6 +217,9 @@ def interrupt_drill(args: list[str], tmp: Path, while_running: Callable[[], None
     assert marker.exists(), proc.communicate(timeout=5)
     while_running()
     os.killpg(proc.pid, signal.SIGINT)
+    if again_after is not None:
+        time.sleep(again_after)
+        os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     return proc.returncode, out, err
 

@@ -426,15 +426,9 @@ class Decryptor:
         try:
             self._aead.decrypt_into(_stream_nonce(self._counter, True), rest, None, out)
         except InvalidTag as exc:
-            if len(rest) == SEALED_CHUNK:  # a whole chunk not marked last: cut short after it
-                try:
-                    self._aead.decrypt_into(_stream_nonce(self._counter, False), rest, None,
-                                            out)
-                except InvalidTag:
-                    pass
-                else:
-                    raise PayloadError("the age payload is cut short (no final chunk)",
-                                       bytes(out)) from exc
+            plain = _other_flag(self._aead, self._counter, rest, last=True)
+            if plain is not None:  # a whole chunk not marked last: cut short after it
+                raise _misflagged(last=True, partial=bytes(plain)) from exc
             raise PayloadError("a chunk failed authentication, or the payload was cut "
                                "short") from exc
         self._ended = True
@@ -442,21 +436,20 @@ class Decryptor:
         return out
 
     def _read_header(self, *, at_end: bool = False) -> bool:
-        end = self._buf.find(b"\n---")
-        stop = self._buf.find(b"\n", end + 1) if end >= 0 else -1
-        if stop < 0 or len(self._buf) < stop + 1 + NONCE:
+        n = header_length(self._buf)
+        if n is None:
             if len(self._buf) > HEADER_MAX:
                 raise HeaderError("no age header end within 1 MiB")
-            if at_end and stop >= 0:  # a whole header but a payload nonce cut short
-                self._decode_header(bytes(self._buf[: stop + 1]))
+            if at_end and _header_end(self._buf) >= 0:  # a whole header, its nonce cut short
+                self._decode_header(bytes(self._buf[: _header_end(self._buf)]))
                 raise HeaderError("the age file ends before its payload's nonce")
             if at_end:
                 raise HeaderError("the file ends inside the age header")
             return False
-        file_key = self._decode_header(bytes(self._buf[: stop + 1]))
-        nonce = bytes(self._buf[stop + 1: stop + 1 + NONCE])
+        file_key = self._decode_header(bytes(self._buf[: n - NONCE]))
+        nonce = bytes(self._buf[n - NONCE: n])
         self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
-        del self._buf[: stop + 1 + NONCE]
+        del self._buf[:n]
         return True
 
     def _decode_header(self, header: bytes) -> bytes:
@@ -479,27 +472,50 @@ class Decryptor:
             except InvalidTag:
                 good = bytes(view[: i * CHUNK])
                 # a whole chunk marked last, with bytes after it: the file was extended
-                last = bytearray(CHUNK)
-                try:
-                    self._aead.decrypt_into(_stream_nonce(self._counter, True), piece, None,
-                                            last)
-                except InvalidTag:
+                plain = _other_flag(self._aead, self._counter, piece, last=False)
+                if plain is None:
                     raise PayloadError("a chunk failed authentication: the payload was "
                                        "altered", good) from None
-                raise PayloadError("bytes after the last chunk of the age file",
-                                   good + last) from None
+                raise _misflagged(last=False, partial=good + plain) from None
             self._counter += 1
         return out
+
+
+def _other_flag(aead: ChaCha20Poly1305, counter: int, piece: memoryview, *,
+                last: bool) -> bytearray | None:
+    """A whole chunk whose tag failed with the `last` flag expected of it, opened with the
+    other: its plaintext when it opens (the file was cut short or extended around it), None
+    when it does not (it was altered)."""
+    if len(piece) != SEALED_CHUNK:
+        return None
+    plain = bytearray(CHUNK)
+    try:
+        aead.decrypt_into(_stream_nonce(counter, not last), piece, None, plain)
+    except InvalidTag:
+        return None
+    return plain
+
+
+def _misflagged(*, last: bool, partial: bytes = b"") -> PayloadError:
+    """A chunk that opened only with the other flag: expected `last`, the file was cut short
+    after it; expected not last, bytes follow the file's real last chunk."""
+    return PayloadError("the age payload is cut short (no final chunk)" if last
+                        else "bytes after the last chunk of the age file", partial)
+
+
+def _header_end(prefix: bytes | bytearray) -> int:
+    """The length of the header (to the end of its `---` line) at the front of an age file,
+    or -1 when `prefix` does not reach it yet."""
+    end = prefix.find(b"\n---")
+    stop = prefix.find(b"\n", end + 1) if end >= 0 else -1
+    return stop + 1 if stop >= 0 else -1
 
 
 def header_length(prefix: bytes | bytearray) -> int | None:
     """The length of the header and payload nonce at the front of an age file, from its first
     bytes; None when `prefix` does not reach their end yet."""
-    end = prefix.find(b"\n---")
-    stop = prefix.find(b"\n", end + 1) if end >= 0 else -1
-    if stop < 0 or len(prefix) < stop + 1 + NONCE:
-        return None
-    return stop + 1 + NONCE
+    end = _header_end(prefix)
+    return None if end < 0 or len(prefix) < end + NONCE else end + NONCE
 
 
 class Payload:
@@ -556,16 +572,8 @@ class Payload:
              last: bool) -> PayloadError:
         """A chunk's tag failed: whether it was marked as the other kind (the file cut short
         or extended around it) or altered."""
-        if len(piece) == SEALED_CHUNK:
-            scratch = bytearray(CHUNK)
-            try:
-                aead.decrypt_into(_stream_nonce(index, not last), piece, None, scratch)
-            except InvalidTag:
-                pass
-            else:
-                if last:
-                    return PayloadError("the age payload is cut short (no final chunk)")
-                return PayloadError("bytes after the last chunk of the age file")
+        if _other_flag(aead, index, piece, last=last) is not None:
+            return _misflagged(last=last)
         return PayloadError("a chunk failed authentication: the payload was altered")
 
 

@@ -145,14 +145,19 @@ def is_store_error(exc: BaseException) -> bool:
 
 
 def _underlying(exc: BaseException) -> BaseException:
-    """The botocore error a boto3 or s3transfer error was raised from, if there is one."""
+    """The botocore error a boto3 or s3transfer error was raised from, if there is one: its
+    `__cause__`, its `last_exception` (s3transfer's retries), and, for the store libraries'
+    own errors only, the error being handled when it was raised (`__context__`: boto3's
+    S3UploadFailedError is raised in an `except ClientError` without `from`). An error of
+    anyone else is not taken for the store error it happened to be raised beside."""
     from botocore import exceptions as bx
 
     cur: BaseException | None = exc
     for _ in range(8):
         if cur is None or isinstance(cur, bx.BotoCoreError | bx.ClientError):
             break
-        cur = cur.__cause__ or cur.__context__ or getattr(cur, "last_exception", None)
+        cur = cur.__cause__ or getattr(cur, "last_exception", None) or (
+            cur.__context__ if is_store_error(cur) else None)
     return cur if isinstance(cur, bx.BotoCoreError | bx.ClientError) else exc
 
 
@@ -294,13 +299,20 @@ class Repository:
         except (bx.ClientError, bx.BotoCoreError) as exc:
             raise translate(exc, self.url, f"reading {rel} from", reading=rel) from exc
 
+    def get_range(self, rel: str, start: int, end: int, *, etag: str = "") -> Any:
+        """The store's answer to a GET of bytes [start, end) of one object (with `etag`, only
+        while the object is still that one): the one way a ranged read is asked for. The
+        client's errors are raised as they are, for each reader to judge."""
+        return self.client.get_object(Bucket=self.url.bucket, Key=self.url.key(rel),
+                                      Range=f"bytes={start}-{end - 1}",
+                                      **({"IfMatch": etag} if etag else {}))
+
     def read_range(self, rel: str, start: int, end: int) -> tuple[bytes, str]:
         """Bytes [start, end) of one object (fewer when it is shorter), and its ETag."""
         from botocore import exceptions as bx
 
         try:
-            got = self.client.get_object(Bucket=self.url.bucket, Key=self.url.key(rel),
-                                         Range=f"bytes={start}-{end - 1}")
+            got = self.get_range(rel, start, end)
             return got["Body"].read(), str(got.get("ETag", ""))
         except (bx.ClientError, bx.BotoCoreError) as exc:
             raise translate(exc, self.url, f"reading {rel} from", reading=rel) from exc
@@ -455,9 +467,7 @@ def spans_fetched(repo: Repository, rel: str, size: int, etag: str, spans: list[
     def get(i: int) -> tuple[bytes, T]:
         span = spans[i]
         try:
-            got = repo.client.get_object(Bucket=repo.url.bucket, Key=repo.url.key(rel),
-                                         Range=f"bytes={span.start}-{span.end - 1}",
-                                         **({"IfMatch": etag} if etag else {}))
+            got = repo.get_range(rel, span.start, span.end, etag=etag)
             data: bytes = got["Body"].read()
         except bx.ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
@@ -528,11 +538,8 @@ class RangedReader(io.RawIOBase):
     def _get(self, start: int) -> bytes:
         from botocore import exceptions as bx
 
-        end = min(start + PART_SIZE, self.size) - 1
         try:
-            got = self.repo.client.get_object(Bucket=self.repo.url.bucket,
-                                              Key=self.repo.url.key(self.rel),
-                                              Range=f"bytes={start}-{end}")
+            got = self.repo.get_range(self.rel, start, min(start + PART_SIZE, self.size))
             data: bytes = got["Body"].read()
         except bx.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "InvalidRange":

@@ -215,15 +215,19 @@ class ConnInfo:
             conninfo = _translate_driver_params(conninfo, what)
         values = {k: v for k, v in _understood(conninfo, raw, bool(dialect), what).items()
                   if v is not None}
-        for var, keyword in libpq_env_keywords().items():
-            if keyword not in values and env.get(var):
-                values[keyword] = env[var]
-        if not any(values.get(k) for k in ("dbname", "host", "service")):
-            raise ConfigError(f"no database given: set {what} (a postgresql:// URL or a libpq "
-                              "keyword string), or the libpq variables PGHOST and PGDATABASE")
         problem = _value_problem(values)
         if problem:
             raise ConfigError(f"cannot understand {what}: {problem}")
+        for var, keyword in libpq_env_keywords().items():
+            if keyword not in values and env.get(var):
+                values[keyword] = env[var]
+                problem = _value_problem({keyword: env[var]})  # blamed on its variable
+                if problem:
+                    raise ConfigError(f"cannot understand {var} (from the environment, for "
+                                      f"{what}): {problem}")
+        if not any(values.get(k) for k in ("dbname", "host", "service")):
+            raise ConfigError(f"no database given: set {what} (a postgresql:// URL or a libpq "
+                              "keyword string), or the libpq variables PGHOST and PGDATABASE")
         secrets = tuple((k, values.pop(k)) for k in SECRET_KEYS if values.get(k))
         service_env = tuple((v, env[v]) for v in SERVICE_ENV if env.get(v)) \
             if values.get("service") else ()

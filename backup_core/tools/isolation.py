@@ -179,7 +179,7 @@ def probe() -> Isolation:
     """What this platform allows, tried once per process: the launcher run in trial
     (namespaces, loopback, a cover, the capability drop) before `true`. A yes is kept for
     this boot (`isolation_cache`): later drills skip the trial, never a check."""
-    if os.environ.get(SWITCH_ENV, "").strip().lower() == "off":
+    if namespaces.switched_off(os.environ):
         return Isolation(ENVIRONMENT_ONLY, f"{SWITCH_ENV}=off")
     if not sys.platform.startswith("linux"):
         return Isolation(ENVIRONMENT_ONLY, f"network namespaces need Linux ({sys.platform})")

@@ -22,9 +22,20 @@ def check_switch(env: Mapping[str, str]) -> None:
     from backup_core.tools.errors import ConfigError
 
     value = env.get(SWITCH_ENV, "")
-    if value.strip().lower() not in SWITCH_VALUES:
+    if _switch(env) not in SWITCH_VALUES:
         raise ConfigError(f"{SWITCH_ENV}={value[:40]!r} is not understood: leave it unset "
                           "(isolate where the platform can) or set it to off")
+
+
+def switched_off(env: Mapping[str, str]) -> bool:
+    """`ATB_ISOLATION=off` (in any case, with any spaces): application code runs with a
+    sealed environment only."""
+    return _switch(env) == "off"
+
+
+def _switch(env: Mapping[str, str]) -> str:
+    """`ATB_ISOLATION`'s value, read the one way both its check and its use read it."""
+    return env.get(SWITCH_ENV, "").strip().lower()
 
 
 def already_inside(env: Mapping[str, str] | None = None) -> bool:

@@ -266,7 +266,7 @@ def _prune_text(report: retention.PruneReport, backup_dir: Path) -> str:
 
 
 @db.command("restore", epilog=EXIT_CODES)
-@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("path", type=click.Path(dir_okay=False))  # as typed: `s3://` keeps its slashes
 @click.option("--target-url", envvar="ATB_TARGET_URL", show_envvar=True, required=True,
               metavar="URL",
               help="Database to restore into; created if missing (pg_restore --create is never "
@@ -307,7 +307,7 @@ def _prune_text(report: retention.PruneReport, backup_dir: Path) -> str:
 @repo_select_option
 @repo_signer_option
 @json_option
-def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, with_roles: bool,
+def db_restore(path: str, target_url: str, jobs: int | None, clean: bool, with_roles: bool,
                no_owner: bool,
                migrate: bool, alembic_config: Path | None, migrate_cmd: str | None,
                app_python: str | None, app_dir: Path | None, app_url_env: tuple[str, ...],
@@ -349,19 +349,19 @@ def db_restore(path: Path, target_url: str, jobs: int | None, clean: bool, with_
     shown = progress if progress.tty else None  # nothing extra in a log
     try:
         if repo:
-            with offsite.downloaded(repo, str(path), signer=repo_signer, progress=None
+            with offsite.downloaded(repo, path, signer=repo_signer, progress=None
                                     if shown is None else lambda n, _: shown("download", n),
                                     ) as got:
                 result = restore.restore_backup(request(got.path), progress=shown)
         else:
-            result = restore.restore_backup(request(path), progress=shown)
+            result = restore.restore_backup(request(Path(path)), progress=shown)
     finally:
         progress.close()
     output.show(result, as_json=as_json, text=lambda r: _restore_text(r, path))
 
 
-def _restore_text(result: restore.RestoreResult, path: Path) -> str:
-    lines = [f"restored {path} into {result.target} in {human(result.duration_s)} "
+def _restore_text(result: restore.RestoreResult, path: str) -> str:
+    lines = [f"restored {printable(path)} into {result.target} in {human(result.duration_s)} "
              f"(pg_restore {result.pg_restore_version}, {result.jobs} jobs"
              f"{', database created' if result.created else ''})"]
     if result.migrate:

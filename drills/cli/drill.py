@@ -6,8 +6,10 @@ import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,9 +59,8 @@ def _click_settings(o: Option) -> dict[str, Any]:
         return {**kw, "is_flag": True}
     if o.kind in ("list", "paths"):
         kw.update(multiple=True, help=o.help + " (repeatable)")
-    types: dict[str, Any] = {
-        "file": click.Path(dir_okay=False, path_type=Path),
-        "dir": click.Path(file_okay=False, path_type=Path),
+    types: dict[str, Any] = {  # a file or directory as typed (an `s3://` key keeps its
+        "file": click.Path(dir_okay=False), "dir": click.Path(file_okay=False),  # slashes)
         "paths": click.Path(exists=True, path_type=Path), "int": int,
         "count": click.IntRange(min=1), "days": DAYS, "choice": click.Choice(o.choices)}
     if o.kind in types:
@@ -139,29 +140,38 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
                                                         chosen_among)))
         progress = console.DrillProgress()
         leftovers.reap()  # the temporary directories of killed drills (one line each)
+        interrupts = stack.enter_context(_interrupts())
         try:  # sandboxes of killed drills are reaped meanwhile (each logged in one line)
             with sandbox.reaping():
                 result = run_drill(options, production=production(
                     os.environ.get("DATABASE_URL")), on_event=progress)
         finally:
             progress.close()
-        detection = None
+        interrupts.armed = False  # its reports are written: from here, until its record
+        detection = None  # is, a Ctrl-C waits (the reports and the ledger agree)
         if prove_detection and not result.interrupted:  # a damaged copy of the same backup,
             # while it is still here
             from drills import detect  # (its restore and backup modules: only then)
 
             local = replace(result, backup=replace(result.backup, path=str(options.backup)))
-            detection = detect.prove(local, options, production=production(
-                os.environ.get("DATABASE_URL")))
-    if detection is not None or result.evidence != drill_ledger.evidence(signer):
-        # the child wrote its reports with the ledger's facts; a detection run adds its own
-        result = drill_ledger.annotate(result, signer=signer, detection=detection)
-    if pdf:
-        html_path = Path(result.reports["html"])
-        render.render(html_path, pdf=html_path.with_suffix(".pdf"))
-        result = replace(result, reports={**result.reports,
-                                          "pdf": str(html_path.with_suffix(".pdf"))})
-    drill_ledger.record(result, options, signer=signer)
+            interrupts.armed = not interrupts.deferred
+            try:  # a Ctrl-C stops the detection run, not the record of the drill
+                detection = detect.prove(local, options, production=production(
+                    os.environ.get("DATABASE_URL")))
+            except KeyboardInterrupt:
+                interrupts.deferred = True
+            interrupts.armed = False
+        if detection is not None or result.evidence != drill_ledger.evidence(signer):
+            # the child wrote its reports with the ledger's facts; a detection run adds its
+            result = drill_ledger.annotate(result, signer=signer, detection=detection)  # own
+        if pdf:
+            html_path = Path(result.reports["html"])
+            render.render(html_path, pdf=html_path.with_suffix(".pdf"))
+            result = replace(result, reports={**result.reports,
+                                              "pdf": str(html_path.with_suffix(".pdf"))})
+        drill_ledger.record(result, options, signer=signer)
+    if interrupts.deferred and not result.interrupted:  # asked to stop once it was recorded
+        raise KeyboardInterrupt
     if fetched is None or not as_json:  # the summary names the repository's object
         output.show(result, as_json=as_json, text=drill_summary)
     else:
@@ -178,6 +188,39 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
 
 
 INTERRUPTED_EXIT = 130  # as every command ends on Ctrl-C
+
+
+@dataclass
+class _Interrupts:
+    """SIGINT (or SIGTERM) while a drill runs: the first one (while `armed`) interrupts it
+    as Ctrl-C always does; the ones after it, or once the drill has reported, wait
+    (`deferred`) until its ledger record is written: its reports are never left without
+    their record (the drill's child, which writes them, heeds only the first either way)."""
+
+    armed: bool = True
+    deferred: bool = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+        self.deferred = True
+
+
+@contextlib.contextmanager
+def _interrupts() -> Iterator[_Interrupts]:
+    """`_Interrupts` as this process's SIGINT and SIGTERM handler (in the main thread, where
+    Python runs handlers; SIGTERM interrupts as Ctrl-C does), the previous ones put back."""
+    handler = _Interrupts()
+    if threading.current_thread() is not threading.main_thread():
+        yield handler
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield handler
+    finally:
+        for sig, before in previous.items():
+            signal.signal(sig, before)
 
 
 def drill_exit_code(result: DrillResult) -> int:
@@ -233,14 +276,13 @@ def _pick(found: list[Backup], options: DrillOptions, among: list[int] | None) -
     """The random pick of the repository's sound backups, as the local drill picks."""
     from datetime import UTC, datetime
 
-    from drills.pick import eligible, pick
+    from drills.pick import picked
 
-    now = datetime.now(UTC)
+    chosen, count = picked(found, now=datetime.now(UTC), window_days=options.window_days,
+                           seed=options.seed, database=options.database)
     if among is not None:
-        among[:] = [len(eligible(found, now=now, window_days=options.window_days,
-                                 database=options.database))]
-    return pick(found, now=now, window_days=options.window_days, seed=options.seed,
-                database=options.database)
+        among[:] = [count]
+    return chosen
 
 
 def _origin(repo: str, key: str | None, got: Fetched, options: DrillOptions,

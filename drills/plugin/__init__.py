@@ -18,9 +18,11 @@ parts on first use.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 import pytest
+from _pytest.config import ConftestImportFailure  # pytest's own, raised for a conftest
 
 from backup_core.tools import namespaces
 from drills.options import OPTIONS
@@ -80,6 +82,22 @@ def active(config: pytest.Config) -> bool:
                 or config.getoption(dest("drill-options")))
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> Any:
+    """The project's conftest.py where the drill runs is loaded by design (its fixtures serve
+    your checks); one that cannot be imported is the drill's configuration: `atb drill run`
+    exits 2 with one line naming it (`drills.run`), as for a check file."""
+    try:
+        return (yield)
+    except ConftestImportFailure as exc:
+        given = getattr(early_config.known_args_namespace, dest("drill-options"), None)
+        if given:
+            from drills.plugin.hooks import conftest_refused
+
+            conftest_refused(Path(given), exc.path, exc.cause)
+        raise
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "drill: a restore-drill check, run by `atb drill run` "
@@ -95,4 +113,5 @@ def pytest_configure(config: pytest.Config) -> None:
     hooks.configure_drill(config)
 
 
-__all__ = ["PARTS", "active", "dest", "pytest_addoption", "pytest_configure"]
+__all__ = ["PARTS", "active", "dest", "pytest_addoption", "pytest_configure",
+           "pytest_load_initial_conftests"]

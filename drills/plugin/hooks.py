@@ -192,6 +192,22 @@ def config_error_file(options: DrillOptions) -> Path | None:
     return rf.with_name("config-error.txt") if rf is not None else None
 
 
+def conftest_refused(options_file: Path, conftest: Path, cause: BaseException) -> None:
+    """A conftest that cannot be imported, said in one line where `atb drill run` reads it
+    (`config_error_file`) for the drill given by `options_file`."""
+    try:
+        result = json.loads(options_file.read_text()).get("result_file")
+    except (OSError, ValueError, AttributeError):
+        return
+    where = config_error_file(DrillOptions(result_file=Path(result))) if result else None
+    if where is None:
+        return
+    why = (f"{cause.msg} (line {cause.lineno})" if isinstance(cause, SyntaxError)
+           else str(cause))
+    where.write_text(redact(f"conftest {conftest} cannot be imported: "
+                            f"{type(cause).__name__}: {why}") + "\n")
+
+
 def pytest_itemcollected(item: pytest.Item) -> None:
     """Your check, in a network-isolated drill, runs in a thread that can open no unix
     socket, whatever its kind (a function, a method, a unittest case), and so does what it

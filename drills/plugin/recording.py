@@ -21,7 +21,7 @@ from backup_core.tools.errors import AtbError
 from drills import child, report
 from drills.plugin.fixtures import DRILL_REPORT, EVIDENCE, FINDINGS, STATE
 from drills.result import DrillResult, EvidenceFacts, verdict_of
-from drills.state import DEFAULT_PHASE, INCOMPLETE, DrillState
+from drills.state import DEFAULT_PHASE, INCOMPLETE, DrillState, check_message
 
 EXIT_INCOMPLETE = 10  # a built-in check did not run: not a pass, not a failure
 log = logging.getLogger("atb.drill")
@@ -70,7 +70,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if rep.skipped and not rec["message"] and isinstance(rep.longrepr, tuple):
         rec["message"] = str(rep.longrepr[2]).removeprefix("Skipped: ")
     if rep.failed and call.excinfo is not None:
-        rec["message"] = redact(str(call.excinfo.value))
+        rec["message"] = redact(check_message(call.excinfo.value))
 
 
 def _why(item: pytest.Item) -> str:

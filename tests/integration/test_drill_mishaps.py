@@ -23,22 +23,35 @@ from tests.helpers import atb, atb_inproc, drill, interrupt_drill, oldest
 from tests.object_store import ObjectStore
 
 
-@pytest.mark.parametrize("case", ["no-tree", "passwd", "manifest", "missing"])
+@pytest.mark.parametrize("case", ["no-tree", "passwd", "manifest", "missing", "outside",
+                                  "outside-bad", "nosuch-db", "db-dir", "tree-parent"])
 def test_a_typo_in_where_the_backups_are_is_exit_2_and_records_nothing(
         tmp_path: Path, case: str) -> None:
     """Item 6: a BACKUP_DIR that does not exist, a --backup that is not a backup of ours or
-    is its manifest: exit 2, one line, no report, no ledger record, no verdict."""
+    is its manifest: exit 2, one line, no report, no ledger record, no verdict. N3: a dump
+    outside the tree with no readable manifest beside it (its database unknown). N6: a
+    --database the tree holds nothing of, a BACKUP_DIR one level in or out of the tree."""
     tree = tmp_path / "backups"
     day = tree / "shop" / "2026" / "11" / "30"
     day.mkdir(parents=True)
     manifest = day / "backup-20261130T010203Z.json"
     manifest.write_text("{}")
+    elsewhere = tmp_path / "x" / "backup-20261130T010203Z.dump"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(b"PGDMP")
+    if case == "outside-bad":
+        manifest_path(elsewhere).write_text("not json")
     args = {"no-tree": [], "passwd": ["--backup", "/etc/passwd"],
             "manifest": ["--backup", str(manifest)],
-            "missing": ["--backup", str(day / "backup-20261130T010204Z.dump")]}[case]
+            "missing": ["--backup", str(day / "backup-20261130T010204Z.dump")],
+            "outside": ["--backup", str(elsewhere)], "outside-bad": ["--backup", str(elsewhere)],
+            "nosuch-db": ["--database", "nosuch"], "db-dir": [], "tree-parent": []}[case]
     reports = tmp_path / "reports"
-    done, _ = drill(*args, backup_dir=tmp_path / "nonexistent" if case == "no-tree" else tree,
-                    report_dir=reports)
+    given = {"no-tree": tmp_path / "nonexistent", "db-dir": tree / "shop",
+             "tree-parent": tmp_path}.get(case, tree)
+    if case == "tree-parent":
+        reports = tree / "reports"  # not beside the tree: BACKUP_DIR would hold it
+    done, _ = drill(*args, backup_dir=given, report_dir=reports)
     expected = {
         "no-tree": f"atb: error: BACKUP_DIR (--backup-dir) {tmp_path / 'nonexistent'}: no "
                    "such directory\n",
@@ -47,10 +60,27 @@ def test_a_typo_in_where_the_backups_are_is_exit_2_and_records_nothing(
         "manifest": f"atb: error: --backup {manifest} is a backup's manifest: give its dump, "
                     f"{day / 'backup-20261130T010203Z.dump'}\n",
         "missing": f"atb: error: --backup {day / 'backup-20261130T010204Z.dump'}: no such "
-                   "backup file (`atb db list` shows them)\n"}[case]
+                   "backup file (`atb db list` shows them)\n",
+        "outside": f"atb: error: --backup {elsewhere}: no manifest at "
+                   f"{manifest_path(elsewhere)}: the drill cannot tell which database it "
+                   "holds; give a dump beside the manifest `atb db backup` wrote with it\n",
+        "outside-bad": f"atb: error: --backup {elsewhere}: unreadable manifest "
+                       f"{manifest_path(elsewhere)}: Expecting value: line 1 column 1 (char 0): "
+                       "the drill cannot tell which database it holds; give a dump beside the "
+                       "manifest `atb db backup` wrote with it\n",
+        "nosuch-db": f"atb: error: --database nosuch: no backups of it in BACKUP_DIR {tree} (it "
+                     "holds backups of shop)\n",
+        "db-dir": f"atb: error: BACKUP_DIR {tree / 'shop'} holds no database's directory "
+                  "(<db>/<YYYY>/<MM>/<DD>/): it looks like one database's directory (it holds "
+                  f"2026/); point BACKUP_DIR at its parent, {tree}\n",
+        "tree-parent": f"atb: error: BACKUP_DIR {tmp_path} holds no database's directory "
+                       f"(<db>/<YYYY>/<MM>/<DD>/): {tree} looks like the backup tree (it holds "
+                       "shop/2026/); point BACKUP_DIR there\n"}[case]
     assert (done.returncode, done.stderr, done.stdout) == (2, expected, "")
     assert not reports.exists()
     assert sorted(p.name for p in day.iterdir()) == ["backup-20261130T010203Z.json"]
+    assert sorted(p.name for p in elsewhere.parent.iterdir()) == sorted(
+        [elsewhere.name, *([manifest_path(elsewhere).name] if case == "outside-bad" else [])])
 
 
 @pytest.mark.parametrize("broken", ["syntax", "import"])
@@ -74,6 +104,53 @@ def test_a_check_file_that_cannot_be_collected_is_exit_2_naming_it(
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr.splitlines()[-1:] == [expected.rstrip("\n")]
     assert not reports.exists() or sorted(reports.rglob("*")) == []
+
+
+@pytest.mark.parametrize("broken", ["syntax", "import"])
+def test_a_conftest_where_the_drill_runs_that_cannot_be_imported_is_exit_2_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: str) -> None:
+    """N5: the project's conftest.py in the directory the drill runs from is loaded by design
+    (its fixtures serve your checks, README); one that cannot be imported is exit 2 and one
+    line naming it and its error, as a check file's is: no report, no ledger record."""
+    tree, reports = tmp_path / "backups", tmp_path / "reports"
+    tree.mkdir()
+    bad = tmp_path / "conftest.py"
+    bad.write_text("def x(:\n" if broken == "syntax" else "import atb_no_such_module\n")
+    monkeypatch.chdir(tmp_path)
+    done, _ = drill(backup_dir=tree, report_dir=reports)
+    why = ("SyntaxError: invalid syntax (line 1)" if broken == "syntax" else
+           "ModuleNotFoundError: No module named 'atb_no_such_module'")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.splitlines()[-1:] == [f"atb: error: conftest {bad} cannot be "
+                                             f"imported: {why}"]
+    assert not reports.exists() or sorted(reports.rglob("*")) == []
+
+
+def test_a_check_asking_for_a_fixture_that_does_not_exist_errors_naming_it(
+        tmp_path: Path) -> None:
+    """N8: a check of yours asking for a fixture nobody defines is an error whose message
+    names the fixture, the same one line in the terminal, the JSON, Markdown and HTML
+    reports (it was the repr of pytest's exception's arguments)."""
+    tree, reports, bc = tmp_path / "backups", tmp_path / "reports", tmp_path / "bc"
+    tree.mkdir()
+    bc.mkdir()
+    (bc / "test_mine.py").write_text("def test_needs_a_helper(no_such_fixture):\n    pass\n")
+    done = atb_inproc("drill", "run", "--sandbox", "local", "--backup-dir", str(tree),
+                      "--report-dir", str(reports), "--checks", str(bc))
+    assert done.returncode == 1, done.stderr  # FAIL: the tree holds no backup
+    said = "fixture 'no_such_fixture' not found"
+    lines = done.stdout.splitlines()
+    at = lines.index("  ERROR    Needs a helper")
+    assert lines[at + 1] == f"           {said}"
+    [result] = [json.loads(p.read_text()) for p in reports.rglob("*-drill.json")]
+    [check] = [c for c in result["checks"] if c["name"] == "test_needs_a_helper"]
+    assert (check["outcome"], check["message"]) == ("error", said)
+    md = next(reports.rglob("*-drill.md")).read_text()
+    assert f"| Needs a helper | ERROR | {said} |" in md
+    assert "FixtureRequest" not in md
+    html = next(reports.rglob("*-drill.html")).read_text()
+    assert said.replace("'", "&#x27;") in html or said in html
+    assert "FixtureRequest for" not in html
 
 
 def test_a_drill_from_the_repository_names_the_object_its_hashes_and_the_pick(
@@ -119,6 +196,7 @@ def test_a_drill_from_the_repository_names_the_object_its_hashes_and_the_pick(
     assert record["backup"]["manifest_sha256"] == out["backup"]["origin"]["manifest sha256"]
     assert len(record["backup"]["manifest_sha256"]) == 64
     assert record["backup"]["origin"]["object"] == key
+    assert (record["selection"], record["seed"]) == (out["backup"]["selection"], 7)
 
 
 def test_ctrl_c_during_a_drill_reports_it_interrupted_and_records_it(
@@ -126,13 +204,15 @@ def test_ctrl_c_during_a_drill_reports_it_interrupted_and_records_it(
     """Item 7: Ctrl-C (SIGINT to the process group, as a terminal sends it) during the
     integration command: exit 130; the report says the drill was interrupted (INCOMPLETE,
     the check not reached "not run: interrupted", the RTO not measured), the ledger has its
-    record naming the same report, and no phase is said "done" after the interrupt."""
+    record naming the same report, and no phase is said "done" after the interrupt. N4: an
+    impatient second Ctrl-C 0.3 s later (while the drill tears down and reports) does not
+    leave the reports without their ledger record."""
     backup = oldest(history[1])
     code, out, err = interrupt_drill(
         ["--sandbox", "local", "--backup", str(backup), "--backup-dir", str(history[1]),
          "--no-record", "--json", "--exclude", "heartbeat_is_fresh_at_backup_time",
          "--schedule", "1d"],
-        tmp_path, lambda: None)
+        tmp_path, lambda: None, again_after=0.3)
     assert code == 130, out + err
     assert "Traceback" not in err
     result = json.loads(out)
@@ -147,6 +227,8 @@ def test_ctrl_c_during_a_drill_reports_it_interrupted_and_records_it(
     [record] = [json.loads(line) for line in (tmp_path / "r" / "ledger.ndjson").read_text()
                 .splitlines()]
     assert (record["verdict"], record["backup"]["path"]) == ("INCOMPLETE", str(backup))
+    assert (record["selection"], record["seed"]) == (f"given with --backup {backup}",
+                                                     result["seed"])
     assert set(record["reports"]) == {"html", "json", "md"}
     after = err[err.index("integration..."):]
     assert "integration interrupted after" in after and "integration done" not in after

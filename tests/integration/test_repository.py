@@ -98,9 +98,11 @@ def test_backup_uploads_then_restore_from_the_repository_gives_the_same_rows(
     assert [c["name"] for c in json.loads(checked.stdout)[0]["checks"]] == [
         "stored sha256", "size", "sha256", "roles", "toc"]
     target = pg15.url(f"restored_{uuid.uuid4().hex[:8]}")
-    back = atb_inproc("db", "restore", "--repo", repo, _key(items[0]), "--target-url",
-                      target.secret_url, env=env)
+    back = atb_inproc("db", "restore", "--repo", repo, f"{repo}/{_key(items[0])}",
+                      "--target-url", target.secret_url, env=env)
     assert back.returncode == 0, back.stderr
+    # the full URL echoed as typed (a command-line path made it `s3:/...`)
+    assert back.stdout.startswith(f"restored {repo}/{_key(items[0])} into "), back.stdout
     assert fingerprint(target) == fingerprint(source)
 
 

@@ -220,6 +220,23 @@ def test_a_parameter_value_libpq_checks_only_when_connecting_is_refused_first(
                           env={}).get("connect_timeout") == "10"
 
 
+@pytest.mark.parametrize(("var", "value", "message"), [
+    ("PGSSLMODE", "bogus", "sslmode='bogus' is not one of disable, allow, prefer, require, "
+                           "verify-ca, verify-full"),
+    ("PGCONNECT_TIMEOUT", "soon", "connect_timeout='soon' is not a whole number"),
+])
+def test_a_bad_value_from_the_environment_names_its_variable(
+        var: str, value: str, message: str) -> None:
+    """A libpq variable that fills in what the URL leaves out is blamed, not the URL."""
+    with pytest.raises(ConfigError) as err:
+        ConnInfo.parse("postgresql://u:pw@h/db", env={var: value})
+    assert str(err.value) == (f"cannot understand {var} (from the environment, for "
+                              f"DATABASE_URL): {message}")
+    given = ConnInfo.parse("postgresql://u:pw@h/db?sslmode=require&connect_timeout=5",
+                           env={var: value})  # the URL's own values win: nothing to blame
+    assert (given.get("sslmode"), given.get("connect_timeout")) == ("require", "5")
+
+
 def test_an_unknown_parameter_is_named_only_when_plainly_a_name() -> None:
     with pytest.raises(ConfigError, match=r"libpq has no parameter 'hots';"):
         ConnInfo.parse("postgresql+asyncpg://u:pw@h/db?hots=x", env={})

@@ -128,3 +128,38 @@ def test_a_killed_downloads_decrypted_dump_is_reaped_and_a_live_ones_kept(
         f"removed {gone}, the temporary directory of a drill that is gone (pid 999999999)"]
     assert not gone.exists() and (live / "backup.dump").exists()
     assert (alien / "backup.dump").exists()  # no mark: not positively ours, never touched
+
+
+def test_a_full_s3_url_given_as_backup_is_kept_as_typed() -> None:
+    """6a: `--backup s3://bucket/key` with --repo reached the reports as `s3:/bucket/key`
+    (click made a Path of it): every file and directory option is its text as typed."""
+    import click
+
+    from drills.cli.drill import drill_settings
+
+    seen: dict[str, object] = {}
+    command = click.command("run")(drill_settings(lambda **values: seen.update(values)))
+    command.main(["--backup", "s3://b/p/shop/2026/11/30/backup-20261130T010203Z.dump",
+                  "--report-dir", "r//x"], standalone_mode=False)
+    assert (seen["backup"], seen["report_dir"]) == (
+        "s3://b/p/shop/2026/11/30/backup-20261130T010203Z.dump", "r//x")
+
+
+def test_a_second_interrupt_waits_for_the_record() -> None:
+    """N4: the first SIGINT interrupts the drill; later ones (or any once it has reported)
+    are held until its ledger record is written."""
+    from drills.cli.drill import _Interrupts
+
+    handler = _Interrupts()
+    with pytest.raises(KeyboardInterrupt):
+        handler(2, None)
+    handler(2, None)
+    assert (handler.armed, handler.deferred) == (False, True)
+
+
+@pytest.mark.parametrize(("value", "off"), [("off", True), (" OFF ", True), ("", False)])
+def test_the_isolation_switch_is_read_one_way(value: str, off: bool) -> None:
+    from backup_core.tools import namespaces
+
+    namespaces.check_switch({"ATB_ISOLATION": value})
+    assert namespaces.switched_off({"ATB_ISOLATION": value}) is off

@@ -33,6 +33,7 @@ def test_pick_is_reproducible_and_uniform_over_the_window() -> None:
     assert len(seen) > 70
     assert all((NOW - (x.taken_at or NOW)).days <= 90 for x in items if x.path in seen)
     assert not any(x.state != COMPLETE and x.path in seen for x in items)
+    assert pick.picked(items, now=NOW, window_days=90, seed=7) == (first, 91)  # 0..90 days
 
 
 def test_pick_fails_clearly_on_an_empty_window_or_several_databases() -> None:

@@ -150,3 +150,22 @@ def test_an_endpoint_without_a_scheme_is_a_configuration_error(
                               "it as http(s)://host:port (AWS_ENDPOINT_URL, or endpoint_url in "
                               "the AWS configuration)")
     assert err.value.exit_code == 2
+
+
+def test_only_the_store_libraries_own_errors_are_followed_to_what_they_were_handling() -> None:
+    """boto3 raises its wrapper inside `except ClientError` without `from` (followed); an
+    error of ours raised while a store error was handled is ours, not the store's."""
+    from boto3.exceptions import S3UploadFailedError
+
+    from backup_core.store.repository import _underlying
+
+    denied = _denied()
+    for raised in (S3UploadFailedError("Failed to upload x"), KeyError("x")):
+        try:
+            try:
+                raise denied
+            except Exception:
+                raise raised  # noqa: B904 (implicitly chained, as boto3 does)
+        except Exception as exc:
+            got = _underlying(exc)
+        assert got is (denied if isinstance(raised, S3UploadFailedError) else raised)
