@@ -145,16 +145,44 @@ def test_a_full_s3_url_given_as_backup_is_kept_as_typed() -> None:
         "s3://b/p/shop/2026/11/30/backup-20261130T010203Z.dump", "r//x")
 
 
-def test_a_second_interrupt_waits_for_the_record() -> None:
-    """N4: the first SIGINT interrupts the drill; later ones (or any once it has reported)
-    are held until its ledger record is written."""
-    from drills.cli.drill import _Interrupts
+def test_interrupts_stop_the_drill_then_wait_for_its_record_then_abandon_it(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """N4 and its review: the first SIGINT interrupts the drill; the second says, in one
+    line, that the record is being finished and waits; the third abandons it. Each is
+    noted (`signalled`), the first too, though it raised."""
+    from drills.interrupts import WAITING, Abandoned, Interrupts
 
-    handler = _Interrupts()
-    with pytest.raises(KeyboardInterrupt):
+    handler = Interrupts()
+    with pytest.raises(KeyboardInterrupt) as first:
         handler(2, None)
-    handler(2, None)
-    assert (handler.armed, handler.deferred) == (False, True)
+    assert not isinstance(first.value, Abandoned)
+    assert (handler.armed, handler.signalled, handler.waiting) == (False, True, False)
+    handler(15, None)
+    assert (handler.armed, handler.signalled, handler.waiting) == (False, True, True)
+    assert capfd.readouterr().err == WAITING == (
+        "atb: finishing the drill's record; interrupt again to abandon it\n")
+    with pytest.raises(Abandoned):
+        handler(2, None)
+    assert capfd.readouterr().err == ""
+
+
+def test_once_the_drill_has_reported_a_first_interrupt_waits_and_a_second_abandons(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """Review item 7: once the child has written its result (`reported`, called by
+    `drills.run`), a first Ctrl-C waits for the record too; the next abandons it."""
+    import signal
+
+    from drills.interrupts import WAITING, Abandoned, handling, reported
+
+    reported()  # no handler of ours installed: nothing happens
+    with handling() as handler:
+        assert signal.getsignal(signal.SIGTERM) is handler
+        reported()
+        handler(2, None)
+        assert capfd.readouterr().err == WAITING
+        with pytest.raises(Abandoned):
+            handler(2, None)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.parametrize(("value", "off"), [("off", True), (" OFF ", True), ("", False)])
