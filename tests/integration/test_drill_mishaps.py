@@ -234,6 +234,32 @@ def test_ctrl_c_during_a_drill_reports_it_interrupted_and_records_it(
     assert "integration interrupted after" in after and "integration done" not in after
 
 
+def test_ctrl_c_during_prove_detection_drops_the_detection_and_records_the_drill(
+        history: tuple[ConnInfo, Path], tmp_path: Path) -> None:
+    """Review of N4: Ctrl-C while the damaged copy is drilled (`--prove-detection`) stops
+    that run and drops it: never "damage not caught", so the drill is not turned into a FAIL
+    (it was). Its record is written all the same, with no detection; exit 130. A second
+    Ctrl-C meanwhile says, in one line, that the record is being finished."""
+    backup = oldest(history[1])
+    code, out, err = interrupt_drill(
+        ["--sandbox", "local", "--backup", str(backup), "--backup-dir", str(history[1]),
+         "--no-record", "--exclude", "heartbeat_is_fresh_at_backup_time", "--schedule", "1d",
+         "--prove-detection"],
+        tmp_path, lambda: None, again_after=0.3, in_run=2)
+    assert code == 130, out + err
+    assert "Traceback" not in err
+    assert "atb: finishing the drill's record; interrupt again to abandon it\n" in err
+    assert err.endswith("atb: the drill of the damaged copy was interrupted: the drill is "
+                        "recorded without it\n\natb: error: interrupted\n")
+    [record] = [json.loads(line) for line in (tmp_path / "r" / "ledger.ndjson").read_text()
+                .splitlines()]
+    assert (record["verdict"], record["detection"], record["backup"]["path"]) == (
+        "INCOMPLETE", None, str(backup))
+    [report] = [json.loads(p.read_text()) for p in (tmp_path / "r").rglob("*-drill.json")]
+    assert (report["verdict"], report["interrupted"]) == ("INCOMPLETE", False)
+    assert report["evidence"]["detection"] is None
+
+
 def _holding(text: str) -> list[int]:
     """The processes whose command line holds `text`."""
     found = []
