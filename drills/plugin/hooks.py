@@ -310,7 +310,12 @@ def _select(options: DrillOptions, now: datetime) -> tuple[
         chosen = pick.pick(backups, now=now, window_days=options.window_days, seed=options.seed,
                            database=options.database)
     except pick.NothingToDrill as exc:
-        return None, f"{exc} (looked in {options.backup_dir})", eligible, backups
+        why = str(exc)
+        if options.database is not None and not any(b.is_backup for b in backups):
+            why = pick.none_of(options.database, held=sorted(  # none at all: say where
+                {b.database for b in catalog.scan(options.backup_dir) if b.is_backup}),
+                filed=bool(catalog.database_dirs(options.backup_dir, options.database)))
+        return None, f"{why} (looked in {options.backup_dir})", eligible, backups
     return chosen, None, eligible, backups
 
 
