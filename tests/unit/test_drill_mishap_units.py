@@ -191,3 +191,30 @@ def test_the_isolation_switch_is_read_one_way(value: str, off: bool) -> None:
 
     namespaces.check_switch({"ATB_ISOLATION": value})
     assert namespaces.switched_off({"ATB_ISOLATION": value}) is off
+
+
+def test_a_conftest_said_to_fail_never_masks_pytests_own_error(tmp_path: Path) -> None:
+    """Review item 5: saying which conftest failed (for `atb drill run`'s one line) can
+    fail in any way, an unreadable options file, an error that cannot be printed: it never
+    raises, so pytest's own error stands; when it can, it writes the line beside the result
+    file (`config_error_file`)."""
+    from drills.plugin.hooks import config_error_file, conftest_refused
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("cannot be said")
+
+    options, conftest = tmp_path / "options.json", tmp_path / "conftest.py"
+    where = config_error_file(tmp_path / "result.json")
+    assert where == tmp_path / "config-error.txt"
+    for text, cause in [(None, ImportError("x")), ("[]", ImportError("x")),
+                        ('{"result_file": 7}', ImportError("x")),
+                        (json.dumps({"result_file": str(tmp_path / "result.json")}),
+                         Unprintable())]:
+        if text is not None:
+            options.write_text(text)
+        conftest_refused(options, conftest, cause)
+        assert not where.exists()
+    conftest_refused(options, conftest, ImportError("No module named 'nope'"))
+    assert where.read_text() == (f"conftest {conftest} cannot be imported: ImportError: "
+                                 "No module named 'nope'\n")
