@@ -57,8 +57,9 @@ def _click_settings(o: Option) -> dict[str, Any]:
         return {**kw, "is_flag": True}
     if o.kind in ("list", "paths"):
         kw.update(multiple=True, help=o.help + " (repeatable)")
-    types: dict[str, Any] = {  # a file or directory as typed (an `s3://` key keeps its
-        "file": click.Path(dir_okay=False), "dir": click.Path(file_okay=False),  # slashes)
+    # a file or directory as typed: an `s3://` key keeps its slashes
+    types: dict[str, Any] = {
+        "file": click.Path(dir_okay=False), "dir": click.Path(file_okay=False),
         "paths": click.Path(exists=True, path_type=Path), "int": int,
         "count": click.IntRange(min=1), "days": DAYS, "choice": click.Choice(o.choices)}
     if o.kind in types:
@@ -141,9 +142,8 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
         try:
             result, detection = _drill_and_prove(options, progress, signals,
                                                  prove=prove_detection)
+            # the child wrote its reports with the ledger's facts; a detection run adds its own
             if detection is not None or result.evidence != drill_ledger.evidence(signer):
-                # the child wrote its reports with the ledger's facts; a detection run adds
-                # its own
                 result = drill_ledger.annotate(result, signer=signer, detection=detection)
             if pdf:
                 html_path = Path(result.reports["html"])
