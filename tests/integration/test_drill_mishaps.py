@@ -329,6 +329,31 @@ def test_ctrl_c_during_prove_detection_drops_the_detection_and_records_the_drill
                         "recorded without it\n\natb: error: interrupted\n")
 
 
+def test_a_third_ctrl_c_abandons_the_drill_at_once(
+        history: tuple[ConnInfo, Path], tmp_path: Path) -> None:
+    """Review of N4: three Ctrl-C in a row, as a user whose drill's teardown seems to hang
+    sends them. The second says the record is being finished; the third kills the drill's
+    child at once (its namespace with it: nothing of the drill is left running), says the
+    record was not written, and exits 130: no SIGKILL is needed from the user."""
+    backup = oldest(history[1])
+    t0 = time.monotonic()
+    code, out, err = interrupt_drill(
+        ["--sandbox", "local", "--backup", str(backup), "--backup-dir", str(history[1]),
+         "--no-record", "--exclude", "heartbeat_is_fresh_at_backup_time"],
+        tmp_path, lambda: None, again_after=0.1, times=3)
+    assert (code, out) == (130, ""), err
+    assert time.monotonic() - t0 < 100  # the integration command sleeps 120 s
+    assert err.endswith("atb: finishing the drill's record; interrupt again to abandon it\n"
+                        "atb: error: abandoned: the drill's ledger record was not written\n")
+    assert not (tmp_path / "r" / "ledger.ndjson").exists()
+    marker = str(tmp_path / "integration-started")
+    for _ in range(50):
+        if not _holding(marker):
+            break
+        time.sleep(0.1)
+    assert _holding(marker) == []
+
+
 def _holding(text: str) -> list[int]:
     """The processes whose command line holds `text`."""
     found = []
