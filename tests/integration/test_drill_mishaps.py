@@ -330,7 +330,7 @@ def test_ctrl_c_during_prove_detection_drops_the_detection_and_records_the_drill
 
 
 def test_a_third_ctrl_c_abandons_the_drill_at_once(
-        history: tuple[ConnInfo, Path], tmp_path: Path) -> None:
+        history: tuple[ConnInfo, Path], tmp_path: Path, sandbox_tmp: Path) -> None:
     """Review of N4: three Ctrl-C in a row, as a user whose drill's teardown seems to hang
     sends them. The second says the record is being finished; the third kills the drill's
     child at once (its namespace with it: nothing of the drill is left running), says the
@@ -340,7 +340,8 @@ def test_a_third_ctrl_c_abandons_the_drill_at_once(
     code, out, err = interrupt_drill(
         ["--sandbox", "local", "--backup", str(backup), "--backup-dir", str(history[1]),
          "--no-record", "--exclude", "heartbeat_is_fresh_at_backup_time"],
-        tmp_path, lambda: None, again_after=0.1, times=3)
+        tmp_path, lambda: None, again_after=0.1, times=3,
+        env={"TMPDIR": str(sandbox_tmp)})  # what the killed sandbox leaves: not in /tmp
     assert (code, out) == (130, ""), err
     assert time.monotonic() - t0 < 100  # the integration command sleeps 120 s
     assert err.endswith("atb: finishing the drill's record; interrupt again to abandon it\n"
