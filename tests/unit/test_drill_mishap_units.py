@@ -218,3 +218,29 @@ def test_a_conftest_said_to_fail_never_masks_pytests_own_error(tmp_path: Path) -
     conftest_refused(options, conftest, ImportError("No module named 'nope'"))
     assert where.read_text() == (f"conftest {conftest} cannot be imported: ImportError: "
                                  "No module named 'nope'\n")
+
+
+def test_no_backup_of_a_database_is_said_as_it_is() -> None:
+    """Review item 3: a missing directory and an empty one are told apart, with the
+    databases the tree does hold (their names printable)."""
+    from drills.pick import none_of
+
+    assert none_of("gone", filed=False, held=["a", "b\x1b"]) == (
+        "no backup of database gone: the tree has no directory gone/ for it (the tree holds "
+        "backups of a, b\\x1b)")
+    assert none_of("shop", filed=True, held=[]) == (
+        "no backup of database shop: the directory shop/ holds no backup of it (the tree "
+        "holds no backups)")
+
+
+@pytest.mark.parametrize(("parts", "filed"), [
+    (("shop", "2026", "11", "30", "backup-20261130T010203Z.dump"), True),
+    (("shop", "2026", "11", "backup-20261130T010203Z.dump"), False),
+    (("shop", "26", "11", "30", "backup-20261130T010203Z.dump"), False),
+    (("shop", "2026", "xx", "30", "backup-20261130T010203Z.dump"), False),
+    ((), False)])
+def test_a_dump_is_filed_in_the_tree_only_at_db_year_month_day(
+        parts: tuple[str, ...], filed: bool) -> None:
+    from drills import pick
+
+    assert pick.filed(parts) is filed
