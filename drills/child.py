@@ -132,8 +132,12 @@ def options_file(argv: list[str]) -> Path | None:
 def check_selection(options: DrillOptions) -> None:
     """A typo in where the backups are is the configuration's, not the backup's: refused
     (`ConfigError`, exit 2) before a report name is claimed, a sandbox started or anything
-    recorded. `--backup` must name a dump of ours (the manifest's `.json` names its dump);
-    without it, the backup tree must exist."""
+    recorded. `--backup` must name a dump of ours (the manifest's `.json` names its dump),
+    outside the tree one beside its manifest; without it, the backup tree must exist, not be
+    a level off the real one, and hold a `--database` unless it was drilled before."""
+    from backup_core.store.manifest import ManifestError, read_manifest
+    from backup_core.store.naming import manifest_path, printable
+
     if options.source != "dump":
         return
     given = options.backup
@@ -141,7 +145,20 @@ def check_selection(options: DrillOptions) -> None:
         if not options.backup_dir.is_dir():
             raise ConfigError(f"BACKUP_DIR (--backup-dir) {options.backup_dir}: no such "
                               "directory")
-        pick.check_tree(options.backup_dir, options.database)
+        found = catalog.scan(options.backup_dir)
+        hint = catalog.real_tree(found, root=options.backup_dir)  # as list and status say
+        if hint:
+            raise ConfigError(hint)
+        name, held = options.database, sorted({b.database for b in found if b.is_backup})
+        if name is not None and held and not catalog.database_dirs(options.backup_dir, name):
+            from drills import ledger
+
+            # a name never drilled, beside others, is a typo; one drilled before has lost
+            # its backups (and an empty tree is backups not being taken): the drill FAILs
+            if not ledger.drilled(options.report_dir, name):
+                raise ConfigError(f"--database {printable(name)}: "
+                                  f"{pick.none_of(name, filed=False, held=held)}, and no "
+                                  "drill of it is in the ledger")
         return
     if given.name.endswith(MANIFEST_SUFFIX) and taken_at(
             given.with_name(given.name[:-len(MANIFEST_SUFFIX)] + DUMP_SUFFIX)) is not None:
@@ -153,7 +170,18 @@ def check_selection(options: DrillOptions) -> None:
     if taken_at(given) is None or not given.name.endswith(DUMP_SUFFIX):
         raise ConfigError(f"--backup {given} is not an atb backup (a "
                           "backup-YYYYMMDDTHHMMSSZ.dump beside its manifest)")
-    pick.check_manifest(given, options.backup_dir)
+    try:
+        parts = given.resolve().relative_to(options.backup_dir.resolve()).parts
+    except ValueError:
+        parts = ()
+    if pick.filed(parts):  # its directory names its database; a manifest missing there is
+        return  # the backup's fault: the drill FAILs its integrity check
+    try:  # outside the tree, its manifest alone says which database it holds
+        read_manifest(manifest_path(given))
+    except ManifestError as exc:
+        raise ConfigError(f"--backup {printable(str(given))}: {exc}: the drill cannot tell "
+                          "which database it holds; give a dump beside the manifest `atb db "
+                          "backup` wrote with it") from exc
 
 
 def given_backup(backup: Path, backup_dir: Path) -> tuple[Backup | None, str | None]:

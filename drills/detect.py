@@ -122,7 +122,8 @@ def prove(result: DrillResult, options: DrillOptions, *, production: ConnInfo | 
           on_line: Callable[[str], None] | None = None) -> DetectionFacts:
     """Drill a damaged copy of the backup `result` drilled, with the same options. Caught
     when that drill FAILs by a check that passed on the real backup: a check that failed
-    there too (a stale heartbeat, a missed schedule) proves nothing about the damage."""
+    there too (a stale heartbeat, a missed schedule) proves nothing about the damage. That
+    drill interrupted is KeyboardInterrupt: never counted as damage not caught."""
     from drills.run import run_drill
 
     if not result.backup.path or not Path(result.backup.path).is_file():
@@ -141,6 +142,8 @@ def prove(result: DrillResult, options: DrillOptions, *, production: ConnInfo | 
         except AtbError as exc:
             return DetectionFacts(caught=False, damage=done,
                                   error=f"the drill of the damaged copy did not finish: {exc}")
+    if second.interrupted:  # stopped, not passed: it says nothing of what the checks catch
+        raise KeyboardInterrupt
     passed_before = {c.name for c in result.checks if c.outcome == "passed"}
     caught_by = tuple(c.name for c in second.checks
                       if c.outcome == "failed" and c.name in passed_before)

@@ -15,6 +15,7 @@ from backup_core.store.ledger import Appended
 from backup_core.store.naming import manifest_path
 from backup_core.store.signing import Signer
 from backup_core.tools.conninfo import redact
+from backup_core.tools.errors import AtbError
 from backup_core.tools.fsutil import atomic_write_text
 from drills import report
 from drills.options import DrillOptions
@@ -99,3 +100,14 @@ def record(r: DrillResult, options: DrillOptions, *, signer: Signer | None) -> A
     reports = {kind: Path(p) for kind, p in r.reports.items() if Path(p).is_file()}
     return ledger.append(options.report_dir, fields(r, options), reports=reports,
                          signer=signer)
+
+
+def drilled(report_dir: Path, database: str) -> bool:
+    """Whether the ledger in `report_dir` holds a record of a drill of `database`: a name
+    drilled before is a database whose backups went missing, not a typo."""
+    if not ledger.ledger_path(report_dir).is_file():
+        return False
+    try:
+        return any(r.get("database") == database for _, r in ledger.read_records(report_dir))
+    except AtbError:  # unreadable: judged when the record is appended
+        return False

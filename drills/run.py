@@ -34,7 +34,7 @@ from backup_core.tools.conninfo import ConnInfo, redact
 from backup_core.tools.errors import AtbError, CommandFailed, ConfigError, ToolchainError
 from backup_core.tools.isolation import Isolation
 from backup_core.tools.relay import Relay
-from drills import child, docker_engine, observer
+from drills import child, docker_engine, interrupts, observer
 from drills.console import ProgressFile
 from drills.options import DrillOptions
 from drills.result import DrillResult, verdict_of
@@ -241,12 +241,19 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
                 proc.send_signal(signal.SIGINT)  # writes its reports: all followed here
                 follow(proc.stdout, tail, on_line)
             code = proc.wait()
-        except BaseException:
-            proc.send_signal(signal.SIGINT)  # pytest tears the sandbox down on SIGINT
+            if result_file.is_file():  # reported: a first Ctrl-C now waits for the record too
+                interrupts.reported()
+        except BaseException as exc:
             try:
-                proc.wait(timeout=120)
+                if not isinstance(exc, interrupts.Abandoned):  # (a third Ctrl-C waits no more)
+                    proc.send_signal(signal.SIGINT)  # pytest tears the sandbox down on SIGINT
+                    proc.wait(timeout=120)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                pass
+            finally:  # and killed if it has not ended (an Abandoned while waiting, too)
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
             raise
         finally:
             proc.stdout.close()  # the pipe is ours: closed on every path, not by the collector

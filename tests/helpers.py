@@ -194,18 +194,21 @@ def oldest(backup_dir: Path) -> Path:
 
 def interrupt_drill(args: list[str], tmp: Path, while_running: Callable[[], None],
                     env: Mapping[str, str] | None = None,
-                    again_after: float | None = None) -> tuple[int, str, str]:
-    """`atb drill run ARGS` with an integration command that waits, interrupted by Ctrl-C
-    (SIGINT to its process group, as a terminal sends it) once that command has started and
-    `while_running` has looked at what the drill holds, and again `again_after` seconds later
-    (an impatient second Ctrl-C). Returns (exit code, stdout, stderr)."""
+                    again_after: float | None = None, times: int = 2,
+                    in_run: int = 1) -> tuple[int, str, str]:
+    """`atb drill run ARGS` with an integration command that waits (in its `in_run`th run:
+    the ones before pass at once), interrupted by Ctrl-C (SIGINT to its process group, as a
+    terminal sends it) once that command has started and `while_running` has looked at what
+    the drill holds, and `times - 1` times more every `again_after` seconds (an impatient
+    user). Returns (exit code, stdout, stderr)."""
     import os
     import signal
     import time
 
-    marker = tmp / "integration-started"
-    slow = f"{sys.executable} -c \"import pathlib, time; pathlib.Path('{marker}').touch(); " \
-           "time.sleep(120)\""
+    marker, runs = tmp / "integration-started", tmp / "integration-runs"
+    slow = f"{sys.executable} -c \"import pathlib, time; r = pathlib.Path('{runs}'); " \
+           f"n = len(r.read_text()) + 1 if r.exists() else 1; r.write_text('x' * n); " \
+           f"n < {in_run} or (pathlib.Path('{marker}').touch(), time.sleep(120))\""
     full_env = {**{k: v for k, v in os.environ.items() if k != "DATABASE_URL"}, **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "drills.cli", "drill", "run", *args,
                              "--integration-cmd", slow, "--report-dir", str(tmp / "r")],
@@ -217,8 +220,8 @@ def interrupt_drill(args: list[str], tmp: Path, while_running: Callable[[], None
     assert marker.exists(), proc.communicate(timeout=5)
     while_running()
     os.killpg(proc.pid, signal.SIGINT)
-    if again_after is not None:
-        time.sleep(again_after)
+    for _ in range(times - 1 if again_after is not None else 0):
+        time.sleep(again_after or 0)
         os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     return proc.returncode, out, err

@@ -440,12 +440,13 @@ class Decryptor:
         if n is None:
             if len(self._buf) > HEADER_MAX:
                 raise HeaderError("no age header end within 1 MiB")
-            if at_end and _header_end(self._buf) >= 0:  # a whole header, its nonce cut short
-                self._decode_header(bytes(self._buf[: _header_end(self._buf)]))
+            if not at_end:
+                return False
+            end = _header_end(self._buf)
+            if end >= 0:  # a whole header, its payload's nonce cut short
+                self._decode_header(bytes(self._buf[:end]))
                 raise HeaderError("the age file ends before its payload's nonce")
-            if at_end:
-                raise HeaderError("the file ends inside the age header")
-            return False
+            raise HeaderError("the file ends inside the age header")
         file_key = self._decode_header(bytes(self._buf[: n - NONCE]))
         nonce = bytes(self._buf[n - NONCE: n])
         self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))

@@ -6,10 +6,8 @@ import contextlib
 import json
 import logging
 import os
-import signal
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +17,7 @@ from backup_core.ops.publish import PublishFailed, Wiki
 from backup_core.store.signing import signer_from_env
 from backup_core.tools import extras, notify
 from backup_core.tools.errors import AtbError, ConfigError, ProductionTouched
-from drills import console, leftovers, render, sandbox
+from drills import console, interrupts, leftovers, render, sandbox
 from drills.alerts import drill_notice
 from drills.cli import output
 from drills.cli.params import (
@@ -33,7 +31,7 @@ from drills.cli.params import (
 )
 from drills.cli.publish import notify_option, published_text, wiki_of, wiki_option
 from drills.options import OPTIONS, DrillOptions, Option
-from drills.result import DrillResult
+from drills.result import DetectionFacts, DrillResult
 
 if TYPE_CHECKING:
     from backup_core.store.catalog import Backup
@@ -59,8 +57,9 @@ def _click_settings(o: Option) -> dict[str, Any]:
         return {**kw, "is_flag": True}
     if o.kind in ("list", "paths"):
         kw.update(multiple=True, help=o.help + " (repeatable)")
-    types: dict[str, Any] = {  # a file or directory as typed (an `s3://` key keeps its
-        "file": click.Path(dir_okay=False), "dir": click.Path(file_okay=False),  # slashes)
+    # a file or directory as typed: an `s3://` key keeps its slashes
+    types: dict[str, Any] = {
+        "file": click.Path(dir_okay=False), "dir": click.Path(file_okay=False),
         "paths": click.Path(exists=True, path_type=Path), "int": int,
         "count": click.IntRange(min=1), "days": DAYS, "choice": click.Choice(o.choices)}
     if o.kind in types:
@@ -110,7 +109,6 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
     1 on FAIL, 10 when INCOMPLETE, 8 when production changed, 2 when the configuration
     cannot run (nothing is then recorded). --notify tells on FAIL and INCOMPLETE."""
     from drills import ledger as drill_ledger
-    from drills.run import run_drill
 
     signer_needs_repo(repo, repo_signer)
     extras.require("drill", what="the restore drill")
@@ -140,37 +138,28 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
                                                         chosen_among)))
         progress = console.DrillProgress()
         leftovers.reap()  # the temporary directories of killed drills (one line each)
-        interrupts = stack.enter_context(_interrupts())
-        try:  # sandboxes of killed drills are reaped meanwhile (each logged in one line)
-            with sandbox.reaping():
-                result = run_drill(options, production=production(
-                    os.environ.get("DATABASE_URL")), on_event=progress)
-        finally:
-            progress.close()
-        interrupts.armed = False  # its reports are written: from here, until its record
-        detection = None  # is, a Ctrl-C waits (the reports and the ledger agree)
-        if prove_detection and not result.interrupted:  # a damaged copy of the same backup,
-            # while it is still here
-            from drills import detect  # (its restore and backup modules: only then)
-
-            local = replace(result, backup=replace(result.backup, path=str(options.backup)))
-            interrupts.armed = not interrupts.deferred
-            try:  # a Ctrl-C stops the detection run, not the record of the drill
-                detection = detect.prove(local, options, production=production(
-                    os.environ.get("DATABASE_URL")))
-            except KeyboardInterrupt:
-                interrupts.deferred = True
-            interrupts.armed = False
-        if detection is not None or result.evidence != drill_ledger.evidence(signer):
-            # the child wrote its reports with the ledger's facts; a detection run adds its
-            result = drill_ledger.annotate(result, signer=signer, detection=detection)  # own
-        if pdf:
-            html_path = Path(result.reports["html"])
-            render.render(html_path, pdf=html_path.with_suffix(".pdf"))
-            result = replace(result, reports={**result.reports,
-                                              "pdf": str(html_path.with_suffix(".pdf"))})
-        drill_ledger.record(result, options, signer=signer)
-    if interrupts.deferred and not result.interrupted:  # asked to stop once it was recorded
+        signals = stack.enter_context(interrupts.handling())
+        try:
+            result, detection = _drill_and_prove(options, progress, signals,
+                                                 prove=prove_detection)
+            # the child wrote its reports with the ledger's facts; a detection run adds its own
+            if detection is not None or result.evidence != drill_ledger.evidence(signer):
+                result = drill_ledger.annotate(result, signer=signer, detection=detection)
+            if pdf:
+                html_path = Path(result.reports["html"])
+                render.render(html_path, pdf=html_path.with_suffix(".pdf"))
+                result = replace(result, reports={**result.reports,
+                                                  "pdf": str(html_path.with_suffix(".pdf"))})
+        except interrupts.Abandoned:
+            raise interrupts.RecordAbandoned("abandoned: the drill's ledger record was not "
+                                             "written") from None
+        try:
+            drill_ledger.record(result, options, signer=signer)
+        except interrupts.Abandoned:
+            raise interrupts.RecordAbandoned("abandoned while the drill's ledger record was "
+                                             "being written (`atb audit verify` says whether "
+                                             "it was)") from None
+    if signals.signalled and not result.interrupted:  # asked to stop once it had reported
         raise KeyboardInterrupt
     if fetched is None or not as_json:  # the summary names the repository's object
         output.show(result, as_json=as_json, text=drill_summary)
@@ -190,37 +179,42 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
 INTERRUPTED_EXIT = 130  # as every command ends on Ctrl-C
 
 
-@dataclass
-class _Interrupts:
-    """SIGINT (or SIGTERM) while a drill runs: the first one (while `armed`) interrupts it
-    as Ctrl-C always does; the ones after it, or once the drill has reported, wait
-    (`deferred`) until its ledger record is written: its reports are never left without
-    their record (the drill's child, which writes them, heeds only the first either way)."""
+def _drill_and_prove(options: DrillOptions, progress: console.DrillProgress,
+                     signals: interrupts.Interrupts, *,
+                     prove: bool) -> tuple[DrillResult, DetectionFacts | None]:
+    """The drill, then (`--prove-detection`) the drill of a damaged copy of its backup. An
+    interrupt before or during that second drill drops it, never counted as damage not
+    caught: the drill is recorded as it ran, and `atb` exits 130."""
+    from drills.run import run_drill
 
-    armed: bool = True
-    deferred: bool = False
-
-    def __call__(self, signum: int, frame: object) -> None:
-        if self.armed:
-            self.armed = False
-            raise KeyboardInterrupt
-        self.deferred = True
-
-
-@contextlib.contextmanager
-def _interrupts() -> Iterator[_Interrupts]:
-    """`_Interrupts` as this process's SIGINT and SIGTERM handler (in the main thread, where
-    Python runs handlers; SIGTERM interrupts as Ctrl-C does), the previous ones put back."""
-    handler = _Interrupts()
-    if threading.current_thread() is not threading.main_thread():
-        yield handler
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield handler
+    try:  # sandboxes of killed drills are reaped meanwhile (each logged in one line)
+        with sandbox.reaping():
+            result = run_drill(options, production=production(
+                os.environ.get("DATABASE_URL")), on_event=progress)
     finally:
-        for sig, before in previous.items():
-            signal.signal(sig, before)
+        progress.close()
+    signals.armed = False  # reported: from here until its record is, a Ctrl-C waits
+    if not prove or result.interrupted or signals.signalled:
+        return result, None
+    from drills import detect  # (its restore and backup modules: only then)
+
+    # a damaged copy of the same backup, while it is still here
+    local = replace(result, backup=replace(result.backup, path=str(options.backup)))
+    signals.armed = True  # a Ctrl-C stops the detection run, not the record of the drill
+    try:
+        detection: DetectionFacts | None = detect.prove(
+            local, options, production=production(os.environ.get("DATABASE_URL")))
+    except interrupts.Abandoned:
+        raise
+    except KeyboardInterrupt:
+        detection = None
+    finally:
+        signals.armed = False
+    if signals.signalled:
+        click.echo("atb: the drill of the damaged copy was interrupted: the drill is recorded "
+                   "without it", err=True)
+        return result, None
+    return result, detection
 
 
 def drill_exit_code(result: DrillResult) -> int:

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _pytest.config import ConftestImportFailure  # pytest's own, raised for a conftest
 
 from backup_core.tools import namespaces
 from drills.options import OPTIONS
@@ -89,12 +88,13 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> Any:
     exits 2 with one line naming it (`drills.run`), as for a check file."""
     try:
         return (yield)
-    except ConftestImportFailure as exc:
+    except Exception as exc:  # pytest's ConftestImportFailure (private): its path and cause
         given = getattr(early_config.known_args_namespace, dest("drill-options"), None)
-        if given:
+        path, cause = getattr(exc, "path", None), getattr(exc, "cause", None) or exc.__cause__
+        if given and isinstance(path, str | Path) and cause is not None:
             from drills.plugin.hooks import conftest_refused
 
-            conftest_refused(Path(given), exc.path, exc.cause)
+            conftest_refused(Path(given), Path(path), cause)  # never raises
         raise
 
 

@@ -185,27 +185,27 @@ def current_state() -> DrillState | None:
 _CURRENT: list[tuple[DrillState, pytest.Config]] = []
 
 
-def config_error_file(options: DrillOptions) -> Path | None:
+def config_error_file(result_file: Path | None) -> Path | None:
     """Where the child says the drill's configuration cannot run (one line), for
     `atb drill run` to exit 2 with it: beside its result file."""
-    rf = options.result_file
-    return rf.with_name("config-error.txt") if rf is not None else None
+    return result_file.with_name("config-error.txt") if result_file is not None else None
 
 
 def conftest_refused(options_file: Path, conftest: Path, cause: BaseException) -> None:
     """A conftest that cannot be imported, said in one line where `atb drill run` reads it
-    (`config_error_file`) for the drill given by `options_file`."""
+    (`config_error_file`) for the drill given by `options_file`. Never raises: pytest's own
+    error, which it is said beside, must stand whatever happens here."""
     try:
         result = json.loads(options_file.read_text()).get("result_file")
-    except (OSError, ValueError, AttributeError):
+        where = config_error_file(Path(result)) if isinstance(result, str) else None
+        if where is None:
+            return
+        why = (f"{cause.msg} (line {cause.lineno})" if isinstance(cause, SyntaxError)
+               else str(cause))
+        where.write_text(redact(f"conftest {conftest} cannot be imported: "
+                                f"{type(cause).__name__}: {why}") + "\n")
+    except Exception:  # pytest's own error is raised all the same, in its own words
         return
-    where = config_error_file(DrillOptions(result_file=Path(result))) if result else None
-    if where is None:
-        return
-    why = (f"{cause.msg} (line {cause.lineno})" if isinstance(cause, SyntaxError)
-           else str(cause))
-    where.write_text(redact(f"conftest {conftest} cannot be imported: "
-                            f"{type(cause).__name__}: {why}") + "\n")
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
@@ -310,7 +310,12 @@ def _select(options: DrillOptions, now: datetime) -> tuple[
         chosen = pick.pick(backups, now=now, window_days=options.window_days, seed=options.seed,
                            database=options.database)
     except pick.NothingToDrill as exc:
-        return None, f"{exc} (looked in {options.backup_dir})", eligible, backups
+        why = str(exc)
+        if options.database is not None and not any(b.is_backup for b in backups):
+            why = pick.none_of(options.database, held=sorted(  # none at all: say where
+                {b.database for b in catalog.scan(options.backup_dir) if b.is_backup}),
+                filed=bool(catalog.database_dirs(options.backup_dir, options.database)))
+        return None, f"{why} (looked in {options.backup_dir})", eligible, backups
     return chosen, None, eligible, backups
 
 

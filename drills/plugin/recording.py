@@ -146,7 +146,7 @@ def _refuse(session: pytest.Session, state: DrillState, error: str) -> None:
     from drills.plugin.hooks import config_error_file
 
     _give_back(state)
-    where = config_error_file(state.options)
+    where = config_error_file(state.options.result_file)
     if where is not None:
         where.write_text(error + "\n")
     else:

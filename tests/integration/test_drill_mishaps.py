@@ -19,23 +19,32 @@ from backup_core.store.naming import manifest_path
 from backup_core.tools.cluster import Cluster
 from backup_core.tools.conninfo import ConnInfo
 from tests.conftest import make_database
-from tests.helpers import atb, atb_inproc, drill, interrupt_drill, oldest
+from tests.helpers import (
+    atb,
+    atb_inproc,
+    checks,
+    copy_backup,
+    drill,
+    interrupt_drill,
+    oldest,
+)
 from tests.object_store import ObjectStore
 
 
 @pytest.mark.parametrize("case", ["no-tree", "passwd", "manifest", "missing", "outside",
-                                  "outside-bad", "nosuch-db", "db-dir", "tree-parent"])
+                                  "outside-bad", "nosuch-db"])
 def test_a_typo_in_where_the_backups_are_is_exit_2_and_records_nothing(
         tmp_path: Path, case: str) -> None:
     """Item 6: a BACKUP_DIR that does not exist, a --backup that is not a backup of ours or
     is its manifest: exit 2, one line, no report, no ledger record, no verdict. N3: a dump
     outside the tree with no readable manifest beside it (its database unknown). N6: a
-    --database the tree holds nothing of, a BACKUP_DIR one level in or out of the tree."""
+    --database the tree holds nothing of, never drilled (no record of it in the ledger)."""
     tree = tmp_path / "backups"
     day = tree / "shop" / "2026" / "11" / "30"
     day.mkdir(parents=True)
     manifest = day / "backup-20261130T010203Z.json"
     manifest.write_text("{}")
+    (day / "backup-20261130T010203Z.dump").write_bytes(b"PGDMP")
     elsewhere = tmp_path / "x" / "backup-20261130T010203Z.dump"
     elsewhere.parent.mkdir()
     elsewhere.write_bytes(b"PGDMP")
@@ -45,13 +54,10 @@ def test_a_typo_in_where_the_backups_are_is_exit_2_and_records_nothing(
             "manifest": ["--backup", str(manifest)],
             "missing": ["--backup", str(day / "backup-20261130T010204Z.dump")],
             "outside": ["--backup", str(elsewhere)], "outside-bad": ["--backup", str(elsewhere)],
-            "nosuch-db": ["--database", "nosuch"], "db-dir": [], "tree-parent": []}[case]
+            "nosuch-db": ["--database", "nosuch"]}[case]
     reports = tmp_path / "reports"
-    given = {"no-tree": tmp_path / "nonexistent", "db-dir": tree / "shop",
-             "tree-parent": tmp_path}.get(case, tree)
-    if case == "tree-parent":
-        reports = tree / "reports"  # not beside the tree: BACKUP_DIR would hold it
-    done, _ = drill(*args, backup_dir=given, report_dir=reports)
+    done, _ = drill(*args, backup_dir=tmp_path / "nonexistent" if case == "no-tree" else tree,
+                    report_dir=reports)
     expected = {
         "no-tree": f"atb: error: BACKUP_DIR (--backup-dir) {tmp_path / 'nonexistent'}: no "
                    "such directory\n",
@@ -68,19 +74,78 @@ def test_a_typo_in_where_the_backups_are_is_exit_2_and_records_nothing(
                        f"{manifest_path(elsewhere)}: Expecting value: line 1 column 1 (char 0): "
                        "the drill cannot tell which database it holds; give a dump beside the "
                        "manifest `atb db backup` wrote with it\n",
-        "nosuch-db": f"atb: error: --database nosuch: no backups of it in BACKUP_DIR {tree} (it "
-                     "holds backups of shop)\n",
-        "db-dir": f"atb: error: BACKUP_DIR {tree / 'shop'} holds no database's directory "
-                  "(<db>/<YYYY>/<MM>/<DD>/): it looks like one database's directory (it holds "
-                  f"2026/); point BACKUP_DIR at its parent, {tree}\n",
-        "tree-parent": f"atb: error: BACKUP_DIR {tmp_path} holds no database's directory "
-                       f"(<db>/<YYYY>/<MM>/<DD>/): {tree} looks like the backup tree (it holds "
-                       "shop/2026/); point BACKUP_DIR there\n"}[case]
+        "nosuch-db": "atb: error: --database nosuch: no backup of database nosuch: the tree has "
+                     "no directory nosuch/ for it (the tree holds backups of shop), and no "
+                     "drill of it is in the ledger\n"}[case]
     assert (done.returncode, done.stderr, done.stdout) == (2, expected, "")
     assert not reports.exists()
-    assert sorted(p.name for p in day.iterdir()) == ["backup-20261130T010203Z.json"]
+    assert sorted(p.name for p in day.iterdir()) == ["backup-20261130T010203Z.dump",
+                                                     "backup-20261130T010203Z.json"]
     assert sorted(p.name for p in elsewhere.parent.iterdir()) == sorted(
         [elsewhere.name, *([manifest_path(elsewhere).name] if case == "outside-bad" else [])])
+
+
+def test_a_dump_in_the_tree_reached_through_a_symlink_is_judged_as_filed_there(
+        tmp_path: Path) -> None:
+    """Review item 6: `--backup` through a symbolic link to the tree is a dump filed in it
+    (its directory names its database): without its manifest the drill runs and FAILs its
+    integrity check, recorded, instead of exit 2 as for a dump from elsewhere."""
+    tree = tmp_path / "backups"
+    day = tree / "shop" / "2026" / "11" / "30"
+    day.mkdir(parents=True)
+    (day / "backup-20261130T010203Z.dump").write_bytes(b"PGDMP")
+    (tmp_path / "link").symlink_to(tree)
+    given = tmp_path / "link" / "shop" / "2026" / "11" / "30" / "backup-20261130T010203Z.dump"
+    done, result = drill("--backup", str(given), backup_dir=tree, report_dir=tmp_path / "r")
+    assert (done.returncode, result["verdict"]) == (1, "FAIL"), done.stderr
+    assert checks(result)["test_backup_integrity_matches_manifest"] == "failed"
+    assert len((tmp_path / "r" / "ledger.ndjson").read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize("off", ["inside", "above"])
+def test_a_backup_dir_a_level_off_the_tree_is_exit_2_in_the_words_of_list(
+        history: tuple[ConnInfo, Path], tmp_path: Path, off: str) -> None:
+    """N6 and its review: BACKUP_DIR one database's directory, or the directory above the
+    tree: exit 2 before anything starts, with the line `atb db list` warns with for the same
+    mistake (`catalog.real_tree`, one heuristic and one wording)."""
+    tree, reports = tmp_path / "backups", tmp_path / "r"
+    copy_backup(oldest(history[1]), tree)
+    given = tree / "trading" if off == "inside" else tmp_path
+    done, _ = drill(backup_dir=given, report_dir=reports)
+    listed = atb_inproc("db", "list", env={"BACKUP_DIR": str(given)})
+    [warned] = listed.stderr.splitlines()
+    how = "BACKUP_DIR points inside it" if off == "inside" else \
+        "backups are filed one level below BACKUP_DIR"
+    hint = f"{tree} looks like the real backup tree ({how}): point BACKUP_DIR there"
+    assert warned.endswith(f"WARNING {hint}"), warned
+    assert (done.returncode, done.stderr, done.stdout) == (2, f"atb: error: {hint}\n", "")
+    assert not reports.exists()
+
+
+def test_a_database_drilled_before_whose_directory_is_gone_fails_recorded(
+        tmp_path: Path) -> None:
+    """Review item 3: `--database X` where the tree has no X/ but the ledger holds a drill of
+    X is the loss the drill exists to catch: a FAIL, reported and recorded, saying what is
+    true (no directory; what the tree does hold). X/ there but empty says that instead."""
+    from backup_core.store import ledger
+
+    tree, reports = tmp_path / "backups", tmp_path / "r"
+    (tree / "shop" / "2026" / "11" / "30").mkdir(parents=True)
+    (tree / "shop" / "2026" / "11" / "30" / "backup-20261130T010203Z.dump").write_bytes(b"x")
+    ledger.append(reports, {"database": "gone", "verdict": "PASS"}, reports={})
+    done, result = drill("--database", "gone", backup_dir=tree, report_dir=reports)
+    assert (done.returncode, result["verdict"]) == (1, "FAIL"), done.stderr
+    assert result["backup"]["selection_error"] == (
+        "no backup of database gone: the tree has no directory gone/ for it (the tree holds "
+        f"backups of shop) (looked in {tree})")
+    records = [json.loads(x) for x in ledger.ledger_path(reports).read_text().splitlines()]
+    assert [(r["database"], r["verdict"]) for r in records] == [("gone", "PASS"),
+                                                                ("gone", "FAIL")]
+    (tree / "gone").mkdir()
+    done, result = drill("--database", "gone", backup_dir=tree, report_dir=reports)
+    assert (done.returncode, result["backup"]["selection_error"]) == (
+        1, "no backup of database gone: the directory gone/ holds no backup of it (the tree "
+           f"holds backups of shop) (looked in {tree})")
 
 
 @pytest.mark.parametrize("broken", ["syntax", "import"])
@@ -232,6 +297,62 @@ def test_ctrl_c_during_a_drill_reports_it_interrupted_and_records_it(
     assert set(record["reports"]) == {"html", "json", "md"}
     after = err[err.index("integration..."):]
     assert "integration interrupted after" in after and "integration done" not in after
+
+
+def test_ctrl_c_during_prove_detection_drops_the_detection_and_records_the_drill(
+        history: tuple[ConnInfo, Path], tmp_path: Path) -> None:
+    """Review of N4: Ctrl-C while the damaged copy is drilled (`--prove-detection`), before
+    any check has caught the damage, stops that run and drops it: never "damage not caught",
+    so the drill is not turned into a FAIL (it was). Its record is written all the same,
+    with no detection; exit 130. A second Ctrl-C meanwhile says, in one line, that the
+    record is being finished."""
+    backup = oldest(history[1])
+    code, out, err = interrupt_drill(
+        ["--sandbox", "local", "--backup", str(backup), "--backup-dir", str(history[1]),
+         "--no-record", "--exclude", "heartbeat_is_fresh_at_backup_time", "--schedule", "1d",
+         "--prove-detection",  # and the checks that would catch the damage before the
+         *[a for name in ("every_table_has_its_backup_time_row_count",  # interrupt does
+                          "every_table_has_its_backup_time_content",
+                          "backups_keep_to_the_schedule") for a in ("--exclude", name)]],
+        tmp_path, lambda: None, again_after=0.3, in_run=2)
+    [record] = [json.loads(line) for line in (tmp_path / "r" / "ledger.ndjson").read_text()
+                .splitlines()]
+    assert (record["verdict"], record["detection"], record["backup"]["path"]) == (
+        "INCOMPLETE", None, str(backup)), record
+    [report] = [json.loads(p.read_text()) for p in (tmp_path / "r").rglob("*-drill.json")]
+    assert (report["verdict"], report["interrupted"]) == ("INCOMPLETE", False)
+    assert report["evidence"]["detection"] is None
+    assert code == 130, out + err
+    assert "Traceback" not in err
+    assert "atb: finishing the drill's record; interrupt again to abandon it\n" in err
+    assert err.endswith("atb: the drill of the damaged copy was interrupted: the drill is "
+                        "recorded without it\n\natb: error: interrupted\n")
+
+
+def test_a_third_ctrl_c_abandons_the_drill_at_once(
+        history: tuple[ConnInfo, Path], tmp_path: Path, sandbox_tmp: Path) -> None:
+    """Review of N4: three Ctrl-C in a row, as a user whose drill's teardown seems to hang
+    sends them. The second says the record is being finished; the third kills the drill's
+    child at once (its namespace with it: nothing of the drill is left running), says the
+    record was not written, and exits 130: no SIGKILL is needed from the user."""
+    backup = oldest(history[1])
+    t0 = time.monotonic()
+    code, out, err = interrupt_drill(
+        ["--sandbox", "local", "--backup", str(backup), "--backup-dir", str(history[1]),
+         "--no-record", "--exclude", "heartbeat_is_fresh_at_backup_time"],
+        tmp_path, lambda: None, again_after=0.1, times=3,
+        env={"TMPDIR": str(sandbox_tmp)})  # what the killed sandbox leaves: not in /tmp
+    assert (code, out) == (130, ""), err
+    assert time.monotonic() - t0 < 100  # the integration command sleeps 120 s
+    assert err.endswith("atb: finishing the drill's record; interrupt again to abandon it\n"
+                        "atb: error: abandoned: the drill's ledger record was not written\n")
+    assert not (tmp_path / "r" / "ledger.ndjson").exists()
+    marker = str(tmp_path / "integration-started")
+    for _ in range(50):
+        if not _holding(marker):
+            break
+        time.sleep(0.1)
+    assert _holding(marker) == []
 
 
 def _holding(text: str) -> list[int]:

@@ -145,16 +145,44 @@ def test_a_full_s3_url_given_as_backup_is_kept_as_typed() -> None:
         "s3://b/p/shop/2026/11/30/backup-20261130T010203Z.dump", "r//x")
 
 
-def test_a_second_interrupt_waits_for_the_record() -> None:
-    """N4: the first SIGINT interrupts the drill; later ones (or any once it has reported)
-    are held until its ledger record is written."""
-    from drills.cli.drill import _Interrupts
+def test_interrupts_stop_the_drill_then_wait_for_its_record_then_abandon_it(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """N4 and its review: the first SIGINT interrupts the drill; the second says, in one
+    line, that the record is being finished and waits; the third abandons it. Each is
+    noted (`signalled`), the first too, though it raised."""
+    from drills.interrupts import WAITING, Abandoned, Interrupts
 
-    handler = _Interrupts()
-    with pytest.raises(KeyboardInterrupt):
+    handler = Interrupts()
+    with pytest.raises(KeyboardInterrupt) as first:
         handler(2, None)
-    handler(2, None)
-    assert (handler.armed, handler.deferred) == (False, True)
+    assert not isinstance(first.value, Abandoned)
+    assert (handler.armed, handler.signalled, handler.waiting) == (False, True, False)
+    handler(15, None)
+    assert (handler.armed, handler.signalled, handler.waiting) == (False, True, True)
+    assert capfd.readouterr().err == WAITING == (
+        "atb: finishing the drill's record; interrupt again to abandon it\n")
+    with pytest.raises(Abandoned):
+        handler(2, None)
+    assert capfd.readouterr().err == ""
+
+
+def test_once_the_drill_has_reported_a_first_interrupt_waits_and_a_second_abandons(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """Review item 7: once the child has written its result (`reported`, called by
+    `drills.run`), a first Ctrl-C waits for the record too; the next abandons it."""
+    import signal
+
+    from drills.interrupts import WAITING, Abandoned, handling, reported
+
+    reported()  # no handler of ours installed: nothing happens
+    with handling() as handler:
+        assert signal.getsignal(signal.SIGTERM) is handler
+        reported()
+        handler(2, None)
+        assert capfd.readouterr().err == WAITING
+        with pytest.raises(Abandoned):
+            handler(2, None)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.parametrize(("value", "off"), [("off", True), (" OFF ", True), ("", False)])
@@ -163,3 +191,56 @@ def test_the_isolation_switch_is_read_one_way(value: str, off: bool) -> None:
 
     namespaces.check_switch({"ATB_ISOLATION": value})
     assert namespaces.switched_off({"ATB_ISOLATION": value}) is off
+
+
+def test_a_conftest_said_to_fail_never_masks_pytests_own_error(tmp_path: Path) -> None:
+    """Review item 5: saying which conftest failed (for `atb drill run`'s one line) can
+    fail in any way, an unreadable options file, an error that cannot be printed: it never
+    raises, so pytest's own error stands; when it can, it writes the line beside the result
+    file (`config_error_file`)."""
+    from drills.plugin.hooks import config_error_file, conftest_refused
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("cannot be said")
+
+    options, conftest = tmp_path / "options.json", tmp_path / "conftest.py"
+    where = config_error_file(tmp_path / "result.json")
+    assert where == tmp_path / "config-error.txt"
+    for text, cause in [(None, ImportError("x")), ("[]", ImportError("x")),
+                        ('{"result_file": 7}', ImportError("x")),
+                        (json.dumps({"result_file": str(tmp_path / "result.json")}),
+                         Unprintable())]:
+        if text is not None:
+            options.write_text(text)
+        conftest_refused(options, conftest, cause)
+        assert not where.exists()
+    conftest_refused(options, conftest, ImportError("No module named 'nope'"))
+    assert where.read_text() == (f"conftest {conftest} cannot be imported: ImportError: "
+                                 "No module named 'nope'\n")
+
+
+def test_no_backup_of_a_database_is_said_as_it_is() -> None:
+    """Review item 3: a missing directory and an empty one are told apart, with the
+    databases the tree does hold (their names printable)."""
+    from drills.pick import none_of
+
+    assert none_of("gone", filed=False, held=["a", "b\x1b"]) == (
+        "no backup of database gone: the tree has no directory gone/ for it (the tree holds "
+        "backups of a, b\\x1b)")
+    assert none_of("shop", filed=True, held=[]) == (
+        "no backup of database shop: the directory shop/ holds no backup of it (the tree "
+        "holds no backups)")
+
+
+@pytest.mark.parametrize(("parts", "filed"), [
+    (("shop", "2026", "11", "30", "backup-20261130T010203Z.dump"), True),
+    (("shop", "2026", "11", "backup-20261130T010203Z.dump"), False),
+    (("shop", "26", "11", "30", "backup-20261130T010203Z.dump"), False),
+    (("shop", "2026", "xx", "30", "backup-20261130T010203Z.dump"), False),
+    ((), False)])
+def test_a_dump_is_filed_in_the_tree_only_at_db_year_month_day(
+        parts: tuple[str, ...], filed: bool) -> None:
+    from drills import pick
+
+    assert pick.filed(parts) is filed
