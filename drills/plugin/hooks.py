@@ -73,7 +73,8 @@ def configure_drill(config: pytest.Config) -> None:
     except AtbError as exc:
         raise pytest.UsageError(str(exc)) from exc
     try:  # a typo in where the backups are: a usage error, before anything starts
-        child.check_selection(options)
+        if not child.SELECTION_CHECKED:
+            child.check_selection(options)
     except AtbError as exc:
         raise pytest.UsageError(str(exc)) from exc
     builtin = builtin_checks(options.source)  # the check functions, imported
