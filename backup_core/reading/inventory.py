@@ -373,15 +373,31 @@ def user_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str, int]]:
     return [(s, t, int(r)) for s, t, r in conn.execute(TABLES_SQL).fetchall()]
 
 
-def schema_inventory(conn: psycopg.Connection[Any]) -> Inventory:
+def _rows_of(conn: psycopg.Connection[Any], queries: list[str]) -> list[list[Any]]:
+    """Each query's rows, the queries sent together (one pipeline, where libpq has them): a
+    catalog read is some forty small queries, and one at a time each waits on the server,
+    then on the client, on a machine the restore's aftermath keeps busy."""
+    if not psycopg.Pipeline.is_supported():
+        return [conn.execute(q).fetchall() for q in queries]
+    with conn.pipeline():
+        cursors = [conn.execute(q) for q in queries]
+    return [c.fetchall() for c in cursors]
+
+
+def _inventory_of(rows: list[list[Any]]) -> Inventory:
+    """`INVENTORY_SQL`'s rows, kind by kind, as an inventory."""
     inv: Inventory = {}
-    for kind, query in INVENTORY_SQL.items():
-        for schema, name in conn.execute(query).fetchall():
+    for kind, found in zip(INVENTORY_SQL, rows, strict=True):
+        for schema, name in found:
             inv.setdefault(schema, {}).setdefault(kind, []).append(name)
     for kinds in inv.values():
         for names in kinds.values():
             names.sort()
     return dict(sorted(inv.items()))
+
+
+def schema_inventory(conn: psycopg.Connection[Any]) -> Inventory:
+    return _inventory_of(_rows_of(conn, list(INVENTORY_SQL.values())))
 
 
 _CAST = re.compile(
@@ -403,29 +419,61 @@ def normalise(definition: str) -> str:
         text = shorter
 
 
-def definitions(conn: psycopg.Connection[Any], *, content: bool = False) -> dict[str, str]:
-    """`"<kind> <object>"` -> its definition, for every object of the database (run on a
-    connection whose output is stabilised, so both sides deparse alike). Deparsed kinds are
-    normalised (see `normalise`); long ones are kept as an md5 of that. With `content`, the
-    large objects' bytes are checksummed too (they are data: `--row-counts checksum`)."""
+# Security labels are read through `pg_seclabels`, a view over a dozen catalogs whose
+# planning alone costs more than every other class together: read only where one exists
+_LABELLED_SQL = ("SELECT EXISTS (SELECT 1 FROM pg_seclabel) "
+                 "OR EXISTS (SELECT 1 FROM pg_shseclabel)")
+_PIPELINED_KINDS = [k for k in DEFINITIONS_SQL if k != "security_label"]
+
+
+def _definition_queries() -> list[str]:
+    return [*(DEFINITIONS_SQL[k] for k in _PIPELINED_KINDS), _LABELLED_SQL, LARGE_OBJECTS_SQL,
+            DATABASE_SQL]
+
+
+def _definitions_of(conn: psycopg.Connection[Any], rows: list[list[Any]], *,
+                    content: bool) -> dict[str, str]:
+    """`_definition_queries`' rows as definitions; what they say exists (security labels,
+    large objects' content) read after them."""
+    *kinds, labelled, large, locale = rows
+    by_kind = list(zip(_PIPELINED_KINDS, kinds, strict=True))
+    if labelled and labelled[0][0]:
+        by_kind.append(("security_label", conn.execute(DEFINITIONS_SQL["security_label"])
+                        .fetchall()))
     found: dict[str, str] = {}
-    for kind, query in DEFINITIONS_SQL.items():
-        for name, definition in conn.execute(query).fetchall():
+    for kind, named in by_kind:
+        for name, definition in named:
             text = str(definition)
             if kind in DEPARSED_KINDS and kind != "extension":
                 text = normalise(text)
             if kind in LONG_AS_MD5 and len(text) > 200:
                 text = "md5 " + hashlib.md5(text.encode()).hexdigest()
             found[f"{kind} {name}"] = text
-    row = conn.execute(LARGE_OBJECTS_SQL).fetchone()
+    row = large[0] if large else None
     if row is not None and row[0] != "0":
         found["large_object count"] = str(row[0])
         found["large_object_acl all"] = f"md5 {row[1]}"
         if content:
             summed = conn.execute(LARGE_OBJECT_CONTENT_SQL).fetchone()
             found["large_object content"] = f"checksum {summed[0] if summed else 0}"
-    found.update(database_locale(conn))
+    found.update(_locale_of(locale[0]).as_definitions())
     return dict(sorted(found.items()))
+
+
+def definitions(conn: psycopg.Connection[Any], *, content: bool = False) -> dict[str, str]:
+    """`"<kind> <object>"` -> its definition, for every object of the database (run on a
+    connection whose output is stabilised, so both sides deparse alike). Deparsed kinds are
+    normalised (see `normalise`); long ones are kept as an md5 of that. With `content`, the
+    large objects' bytes are checksummed too (they are data: `--row-counts checksum`)."""
+    return _definitions_of(conn, _rows_of(conn, _definition_queries()), content=content)
+
+
+def catalogs(conn: psycopg.Connection[Any], *, content: bool = False
+             ) -> tuple[Inventory, dict[str, str]]:
+    """`schema_inventory` and `definitions` at once: their queries in one pipeline."""
+    rows = _rows_of(conn, [*INVENTORY_SQL.values(), *_definition_queries()])
+    return (_inventory_of(rows[:len(INVENTORY_SQL)]),
+            _definitions_of(conn, rows[len(INVENTORY_SQL):], content=content))
 
 
 # The database's own locale: to_jsonb reads the columns each major has (15: daticulocale,
@@ -473,6 +521,10 @@ class DatabaseLocale:
 def read_locale(conn: psycopg.Connection[Any]) -> DatabaseLocale:
     row = conn.execute(DATABASE_SQL).fetchone()
     assert row is not None  # the current database is always in pg_database
+    return _locale_of(row)
+
+
+def _locale_of(row: Any) -> DatabaseLocale:
     encoding, collate, ctype, provider, locale, rules = (str(v) for v in row)
     return DatabaseLocale(encoding=encoding, collate=collate, ctype=ctype,
                           provider=PROVIDERS.get(provider, provider), locale=locale,
@@ -537,11 +589,25 @@ Column = tuple[str, int, bool]  # name, type OID, whether printed through `ROW(x
 
 def table_columns(conn: psycopg.Connection[Any]) -> dict[str, list[Column]]:
     """Every table's columns in order, as `typed_row_hash` takes them, by qualified name."""
+    return _columns_of(conn.execute(ALL_COLUMNS_SQL).fetchall())
+
+
+def _columns_of(rows: list[Any]) -> dict[str, list[Column]]:
     found: dict[str, list[Column]] = {}
-    for schema, table, name, oid, via_row in conn.execute(ALL_COLUMNS_SQL).fetchall():
+    for schema, table, name, oid, via_row in rows:
         found.setdefault(qualified(schema, table), []).append((str(name), int(oid),
                                                               bool(via_row)))
     return found
+
+
+def tables_and_columns(conn: psycopg.Connection[Any], *, columns: bool
+                       ) -> tuple[list[tuple[str, str]], dict[str, list[Column]]]:
+    """Every user table, largest first (`user_tables`), and with `columns` every table's
+    columns (`table_columns`), in one round trip."""
+    if not columns:
+        return [(s, t) for s, t, _ in user_tables(conn)], {}
+    tables, found = _rows_of(conn, [TABLES_SQL, ALL_COLUMNS_SQL])
+    return [(str(s), str(t)) for s, t, _ in tables], _columns_of(found)
 
 
 def _column_hash(column: str, type_oid: int, via_row: bool, seed: int) -> sql.Composable:
@@ -689,21 +755,20 @@ def read_back(connect: Callable[[], psycopg.Connection[Any]], *, workers: int,
     so a checksum connection spends no round trip on a table's columns."""
     conn = connect()
     try:
-        tables = [(s, t) for s, t, _ in user_tables(conn)]
-        columns = table_columns(conn) if checksums else {}
+        tables, columns = tables_and_columns(conn, columns=checksums)
     except BaseException:
         conn.close()
         raise
 
-    def catalogs() -> tuple[Inventory, dict[str, str]]:
+    def described() -> tuple[Inventory, dict[str, str]]:
         with conn:
-            return schema_inventory(conn), definitions(conn, content=checksums)
+            return catalogs(conn, content=checksums)
 
     with ThreadPoolExecutor(max_workers=1) as side:
-        described = side.submit(catalogs)
+        reading = side.submit(described)
         counts, sums = table_contents(tables, connect, workers=workers, checksums=checksums,
                                       methods=methods, columns=columns)
-        inv, defs = described.result()
+        inv, defs = reading.result()
     return ReadBack(counts=counts, checksums=sums, inventory=inv, definitions=defs)
 
 
@@ -883,19 +948,18 @@ class ReadAsLoaded:
         conn, self._watch_conn = self._watch_conn or self._connect(), None
         try:
             conn.autocommit = False
-            tables = [(s, t) for s, t, _ in user_tables(conn)]
-            columns = table_columns(conn) if self._checksums else {}
+            tables, columns = tables_and_columns(conn, columns=self._checksums)
         except BaseException:
             conn.close()
             self.close()
             raise
 
-        def catalogs() -> tuple[Inventory, dict[str, str]]:
+        def described() -> tuple[Inventory, dict[str, str]]:
             with conn:
-                return schema_inventory(conn), definitions(conn, content=self._checksums)
+                return catalogs(conn, content=self._checksums)
 
         with ThreadPoolExecutor(max_workers=1) as side:
-            described = side.submit(catalogs)
+            reading = side.submit(described)
             with self._lock:
                 late = [t for t in tables if qualified(*t) not in self._asked]
             for s, t in late:
@@ -918,7 +982,7 @@ class ReadAsLoaded:
                     counts[name], total, _ = self._done[name]
                     if self._checksums:
                         sums[name] = total
-            inv, defs = described.result()
+            inv, defs = reading.result()
         return ReadBack(counts=dict(sorted(counts.items())), inventory=inv, definitions=defs,
                         checksums=dict(sorted(sums.items())) if self._checksums else {})
 
