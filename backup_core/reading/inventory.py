@@ -10,7 +10,7 @@ import hashlib
 import queue
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -423,24 +423,45 @@ def normalise(definition: str) -> str:
 # planning alone costs more than every other class together: read only where one exists
 _LABELLED_SQL = ("SELECT EXISTS (SELECT 1 FROM pg_seclabel) "
                  "OR EXISTS (SELECT 1 FROM pg_shseclabel)")
-_PIPELINED_KINDS = [k for k in DEFINITIONS_SQL if k != "security_label"]
+_LABELLED, _LARGE, _LOCALE = "+labelled", "+large objects", "+locale"
 
 
-def _definition_queries() -> list[str]:
-    return [*(DEFINITIONS_SQL[k] for k in _PIPELINED_KINDS), _LABELLED_SQL, LARGE_OBJECTS_SQL,
-            DATABASE_SQL]
+def _definition_plan(kinds: Collection[str] | None) -> list[tuple[str, str]]:
+    """(kind or step, query) of the definitions of `kinds` (None: every kind), to send at
+    once; the database's locale always."""
+    def wanted(*names: str) -> bool:
+        return kinds is None or any(n in kinds for n in names)
+
+    plan = [(k, q) for k, q in DEFINITIONS_SQL.items() if k != "security_label" and wanted(k)]
+    if wanted("security_label"):
+        plan.append((_LABELLED, _LABELLED_SQL))
+    if wanted("large_object", "large_object_acl"):
+        plan.append((_LARGE, LARGE_OBJECTS_SQL))
+    return [*plan, (_LOCALE, DATABASE_SQL)]
 
 
-def _definitions_of(conn: psycopg.Connection[Any], rows: list[list[Any]], *,
-                    content: bool) -> dict[str, str]:
-    """`_definition_queries`' rows as definitions; what they say exists (security labels,
-    large objects' content) read after them."""
-    *kinds, labelled, large, locale = rows
-    by_kind = list(zip(_PIPELINED_KINDS, kinds, strict=True))
-    if labelled and labelled[0][0]:
-        by_kind.append(("security_label", conn.execute(DEFINITIONS_SQL["security_label"])
-                        .fetchall()))
+def _definitions_of(conn: psycopg.Connection[Any], plan: list[tuple[str, str]],
+                    rows: list[list[Any]], *, content: bool) -> dict[str, str]:
+    """The rows of `_definition_plan`'s queries as definitions; what they say exists
+    (security labels, large objects' content) read after them."""
+    by_kind: list[tuple[str, list[Any]]] = []
     found: dict[str, str] = {}
+    for (step, _), got in zip(plan, rows, strict=True):
+        if step == _LABELLED:
+            if got and got[0][0]:
+                by_kind.append(("security_label", conn.execute(
+                    DEFINITIONS_SQL["security_label"]).fetchall()))
+        elif step == _LARGE:
+            if got and got[0][0] != "0":
+                found["large_object count"] = str(got[0][0])
+                found["large_object_acl all"] = f"md5 {got[0][1]}"
+                if content:
+                    summed = conn.execute(LARGE_OBJECT_CONTENT_SQL).fetchone()
+                    found["large_object content"] = f"checksum {summed[0] if summed else 0}"
+        elif step == _LOCALE:
+            found.update(_locale_of(got[0]).as_definitions())
+        else:
+            by_kind.append((step, got))
     for kind, named in by_kind:
         for name, definition in named:
             text = str(definition)
@@ -449,14 +470,6 @@ def _definitions_of(conn: psycopg.Connection[Any], rows: list[list[Any]], *,
             if kind in LONG_AS_MD5 and len(text) > 200:
                 text = "md5 " + hashlib.md5(text.encode()).hexdigest()
             found[f"{kind} {name}"] = text
-    row = large[0] if large else None
-    if row is not None and row[0] != "0":
-        found["large_object count"] = str(row[0])
-        found["large_object_acl all"] = f"md5 {row[1]}"
-        if content:
-            summed = conn.execute(LARGE_OBJECT_CONTENT_SQL).fetchone()
-            found["large_object content"] = f"checksum {summed[0] if summed else 0}"
-    found.update(_locale_of(locale[0]).as_definitions())
     return dict(sorted(found.items()))
 
 
@@ -465,15 +478,19 @@ def definitions(conn: psycopg.Connection[Any], *, content: bool = False) -> dict
     connection whose output is stabilised, so both sides deparse alike). Deparsed kinds are
     normalised (see `normalise`); long ones are kept as an md5 of that. With `content`, the
     large objects' bytes are checksummed too (they are data: `--row-counts checksum`)."""
-    return _definitions_of(conn, _rows_of(conn, _definition_queries()), content=content)
+    plan = _definition_plan(None)
+    return _definitions_of(conn, plan, _rows_of(conn, [q for _, q in plan]), content=content)
 
 
-def catalogs(conn: psycopg.Connection[Any], *, content: bool = False
-             ) -> tuple[Inventory, dict[str, str]]:
-    """`schema_inventory` and `definitions` at once: their queries in one pipeline."""
-    rows = _rows_of(conn, [*INVENTORY_SQL.values(), *_definition_queries()])
+def catalogs(conn: psycopg.Connection[Any], *, content: bool = False,
+             kinds: Collection[str] | None = None) -> tuple[Inventory, dict[str, str]]:
+    """`schema_inventory` and `definitions` at once, their queries in one pipeline. With
+    `kinds`, only the definitions of those kinds (and the locale): a drill compares the
+    kinds its manifest recorded, and reads nothing it will not compare."""
+    plan = _definition_plan(kinds)
+    rows = _rows_of(conn, [*INVENTORY_SQL.values(), *(q for _, q in plan)])
     return (_inventory_of(rows[:len(INVENTORY_SQL)]),
-            _definitions_of(conn, rows[len(INVENTORY_SQL):], content=content))
+            _definitions_of(conn, plan, rows[len(INVENTORY_SQL):], content=content))
 
 
 # The database's own locale: to_jsonb reads the columns each major has (15: daticulocale,
@@ -746,11 +763,13 @@ class ReadBack:
 
 
 def read_back(connect: Callable[[], psycopg.Connection[Any]], *, workers: int,
-              checksums: bool, methods: Mapping[str, str] | None = None) -> ReadBack:
+              checksums: bool, methods: Mapping[str, str] | None = None,
+              kinds: Collection[str] | None = None) -> ReadBack:
     """Everything a drill compares with the manifest, in the time of the longest part: the
     catalogs (inventory, definitions, large objects) are read on a connection of their own
     while `workers` others count and checksum the tables. `connect` gives a connection
-    with its output stabilised (`stabilise_output`); `methods` as for `table_contents`.
+    with its output stabilised (`stabilise_output`); `methods` as for `table_contents`;
+    `kinds`, the definitions to read, as for `catalogs`.
     The catalogs' connection first lists the tables and every table's columns (one query),
     so a checksum connection spends no round trip on a table's columns."""
     conn = connect()
@@ -762,7 +781,7 @@ def read_back(connect: Callable[[], psycopg.Connection[Any]], *, workers: int,
 
     def described() -> tuple[Inventory, dict[str, str]]:
         with conn:
-            return catalogs(conn, content=checksums)
+            return catalogs(conn, content=checksums, kinds=kinds)
 
     with ThreadPoolExecutor(max_workers=1) as side:
         reading = side.submit(described)
@@ -814,8 +833,9 @@ class ReadAsLoaded:
     from the restored copy's at the end is read again."""
 
     def __init__(self, connect: Callable[[], psycopg.Connection[Any]], *, workers: int,
-                 checksums: bool, methods: Mapping[str, str] | None = None) -> None:
-        self._connect, self._checksums = connect, checksums
+                 checksums: bool, methods: Mapping[str, str] | None = None,
+                 kinds: Collection[str] | None = None) -> None:
+        self._connect, self._checksums, self._kinds = connect, checksums, kinds
         self._methods = dict(methods or {})
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._lock, self._plan_lock = threading.Lock(), threading.Lock()
@@ -956,7 +976,7 @@ class ReadAsLoaded:
 
         def described() -> tuple[Inventory, dict[str, str]]:
             with conn:
-                return catalogs(conn, content=self._checksums)
+                return catalogs(conn, content=self._checksums, kinds=self._kinds)
 
         with ThreadPoolExecutor(max_workers=1) as side:
             reading = side.submit(described)

@@ -276,11 +276,14 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
                 else None)
     recorded = drill_backup.manifest.row_checksums if drill_backup.manifest else {}
     methods = {t: inventory.checksum_method(v) for t, v in recorded.items()}
+    # the kinds of definitions the manifest recorded: the ones the checks compare
+    kinds = {k.split(" ", 1)[0] for k in (drill_backup.manifest.definitions
+                                          if drill_backup.manifest else {})}
     # Each table read back as soon as its data has committed, while the restore goes on
     # (its indexes, constraints, other tables): no later item changes its rows. Not with
     # --rto-faithful, whose restore phase is then the production figure, read-back after
     early = None if drill.options.rto_faithful else inventory.ReadAsLoaded(
-        opened, workers=workers, checksums=bool(recorded), methods=methods)
+        opened, workers=workers, checksums=bool(recorded), methods=methods, kinds=kinds)
     failed: RestoreOutcome | None = None
     with drill.phase("restore"):
         try:
@@ -324,7 +327,7 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
             try:
                 back = (early.finish() if early is not None else
                         inventory.read_back(opened, workers=workers, checksums=bool(recorded),
-                                            methods=methods))
+                                            methods=methods, kinds=kinds))
             finally:
                 opened.close()
         drill.checks_started = time.monotonic()

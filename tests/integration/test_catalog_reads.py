@@ -1,5 +1,6 @@
-"""The catalogs read in one pipeline give what they gave one query at a time, and a security
-label, read only where one exists, is still read where one does."""
+"""The catalogs read in one pipeline give what they gave one query at a time, a drill's read
+of the kinds its manifest recorded gives those kinds exactly, and a security label, read only
+where one exists, is still read where one does."""
 
 from __future__ import annotations
 
@@ -35,6 +36,11 @@ def test_catalogs_at_once_equal_each_read_alone_and_a_security_label_is_read(
                                            "system_events"]
         assert defs["column public.orders.price"] == "numeric(18,8) not null"
         assert defs["database encoding"] == "UTF8"
+        # a drill reads the kinds its manifest recorded (and the locale), exactly as whole
+        _, some = inventory.catalogs(conn, content=True, kinds={"column", "type"})
+        assert some == {k: v for k, v in defs.items()
+                        if k.split(" ", 1)[0] in ("column", "type", "database")}
+        assert some["type public.event_type"] == "enum ('TEST', 'TRADE')"
         # no label provider is loaded in a test cluster: the catalog row is written directly
         conn.execute("SET allow_system_table_mods TO on")
         conn.execute("INSERT INTO pg_seclabel VALUES ('public.orders'::regclass, "
