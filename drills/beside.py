@@ -40,6 +40,7 @@ class Amcheck:
     version: str = ""
     skipped: str = ""
     error: AtbError | None = None  # it could not be run (raised by the check)
+    catalogs: bool = True  # the system catalogs checked too
 
 
 @dataclass(frozen=True)
@@ -54,14 +55,17 @@ class Listing:
     error: AtbError | None = None
 
 
-def amcheck(sandbox: SandboxInfo) -> Amcheck:
-    """Every heap page and B-tree index of the copy, a few relations at a time."""
+def amcheck(sandbox: SandboxInfo, *, catalogs: bool = True) -> Amcheck:
+    """Every heap page and B-tree index of the copy, a few relations at a time; without
+    `catalogs`, of the restored schemas only (a dump restored into a new database: its
+    system catalogs are the sandbox server's own, not production's)."""
     chain = sandbox.chain
     if chain is None or not chain.has("pg_amcheck"):
         return Amcheck(skipped="no pg_amcheck in the sandbox's toolchain")
     try:
         with childenv.for_tool(sandbox.for_tools) as (conninfo, tool_env):
-            done = run(pg_amcheck_argv(chain, conninfo, jobs=min(4, os.cpu_count() or 1)),
+            done = run(pg_amcheck_argv(chain, conninfo, jobs=min(4, os.cpu_count() or 1),
+                                       catalogs=catalogs),
                        what="pg_amcheck", env=tool_env, check=False, timeout=3600)
     except AtbError as exc:
         return Amcheck(version=chain.version, error=exc)
@@ -70,7 +74,7 @@ def amcheck(sandbox: SandboxInfo) -> Amcheck:
                        skipped="pg_amcheck needs the amcheck extension, which only a superuser "
                                "of the sandbox server can install")
     return Amcheck(returncode=done.returncode, output=done.stdout + done.stderr,
-                   version=chain.version)
+                   version=chain.version, catalogs=catalogs)
 
 
 @dataclass(frozen=True)
