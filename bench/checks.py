@@ -171,10 +171,17 @@ def profile_parts(backup: Backup, chains: list[toolchain.Toolchain], rounds: int
     wall seconds and CPU seconds (the server's, the tools', ours)."""
     methods = {t: inventory.checksum_method(v)
                for t, v in (backup.manifest.row_checksums if backup.manifest else {}).items()}
+    kinds = {k.split(" ", 1)[0]
+             for k in (backup.manifest.definitions if backup.manifest else {})}
 
     def read_back(url: ConnInfo) -> object:
         return inventory.read_back(lambda: _stable(url), workers=min(4, os.cpu_count() or 2),
-                                   checksums=bool(methods), methods=methods)
+                                   checksums=bool(methods), methods=methods, kinds=kinds)
+
+    def facts(info: sandbox.SandboxInfo) -> object:
+        return beside.copy_facts(info.url, wanted=set(beside.FACT_CHECKS),
+                                 heartbeat_table="system_events",
+                                 archive=lambda: beside.archive_toc(backup, chains))
 
     def everything(info: sandbox.SandboxInfo) -> str:
         t0, ends = time.perf_counter(), {}
@@ -185,10 +192,11 @@ def profile_parts(backup: Backup, chains: list[toolchain.Toolchain], rounds: int
                 ends[name] = time.perf_counter() - t0
             return run
 
-        with ThreadPoolExecutor(max_workers=3) as side:
+        with ThreadPoolExecutor(max_workers=4) as side:
             for name, fn in (("ANALYZE", lambda: beside.analyze(info.url)),
                              ("listings", lambda: beside.listings(backup, info, chains)),
-                             ("pg_amcheck", lambda: beside.amcheck(info))):
+                             ("pg_amcheck", lambda: beside.amcheck(info, catalogs=False)),
+                             ("facts", lambda: facts(info))):
                 side.submit(timed(name, fn))
             timed("read-back", lambda: read_back(info.url))()
         return ", ".join(f"{k} ends {v:.2f}" for k, v in sorted(ends.items(),
@@ -197,8 +205,10 @@ def profile_parts(backup: Backup, chains: list[toolchain.Toolchain], rounds: int
     parts: dict[str, Callable[[sandbox.SandboxInfo], object]] = {
         "read-back (checksums + catalogs)": lambda i: read_back(i.url),
         "ANALYZE (two connections)": lambda i: beside.analyze(i.url),
-        "pg_amcheck": beside.amcheck,
+        "pg_amcheck (restored schemas)": lambda i: beside.amcheck(i, catalogs=False),
+        "pg_amcheck (with the system catalogs)": beside.amcheck,
         "listings": lambda i: beside.listings(backup, i, chains),
+        "the copy's facts (one connection)": facts,
         "all, as the drill starts them": everything,
     }
     major = backup.manifest.server_major if backup.manifest else 15
