@@ -54,7 +54,8 @@ def drill_phases(dump: Path, work: Path, tree: Path | None = None
     "read-back" (every table's count and checksum not read during the restore, and the
     catalogs, with ANALYZE, the copy's listing and pg_amcheck started beside: the restore
     check's setup after the restore) and "after" (the checks that follow, which wait for the
-    listing and pg_amcheck where they judge them; ANALYZE's wait is its own phase)."""
+    listing, pg_amcheck and the copy's facts where they judge them; ANALYZE's wait is its
+    own phase, and "checks+analyze" their sum)."""
     reports = work / "reports"
     env = {**os.environ, "PYTHONPATH": str(tree)} if tree is not None else None
     m0, c0 = machine_cpu(), children_cpu()
@@ -70,6 +71,9 @@ def drill_phases(dump: Path, work: Path, tree: Path | None = None
               if c["duration_s"] > 0.05}
     phases = dict(data["rto"]["phases"])
     phases["restore+checks"] = round(phases["restore"] + phases["checks"], 3)
+    # ANALYZE's wait is its own phase: a checks phase shortened while ANALYZE, started beside
+    # it, is waited for longer shows here
+    phases["checks+analyze"] = round(phases["checks"] + phases.get("analyze", 0.0), 3)
     phases["cpu"], phases["our cpu"] = round(cpu, 2), round(ours, 2)
     if "restore_completes_without_errors" in checks:
         back = checks.pop("restore_completes_without_errors") - phases["restore"]
@@ -91,7 +95,8 @@ def _summary(label: str, runs: list[tuple[dict[str, float], dict[str, float]]], 
     return (f"| {size} ({db_bytes / 2**20:.0f} MiB) drill{label} | checks phase: "
             f"{med(col('checks'))} | restore phase: {med(col('restore'))} | **{ratio:.2f}** | "
             f"<= 0.25 | restore+checks {med(col('restore+checks'))}, analyze "
-            f"{med(col('analyze'))}, machine CPU s {med(col('cpu'))}, drill's own CPU s "
+            f"{med(col('analyze'))}, checks+analyze {med(col('checks+analyze'))}, machine "
+            f"CPU s {med(col('cpu'))}, drill's own CPU s "
             f"{med(col('our cpu'))}; last drill's checks over 0.05 s: {last}; load "
             f"{load_average()} |")
 
@@ -166,10 +171,17 @@ def profile_parts(backup: Backup, chains: list[toolchain.Toolchain], rounds: int
     wall seconds and CPU seconds (the server's, the tools', ours)."""
     methods = {t: inventory.checksum_method(v)
                for t, v in (backup.manifest.row_checksums if backup.manifest else {}).items()}
+    kinds = {k.split(" ", 1)[0]
+             for k in (backup.manifest.definitions if backup.manifest else {})}
 
     def read_back(url: ConnInfo) -> object:
         return inventory.read_back(lambda: _stable(url), workers=min(4, os.cpu_count() or 2),
-                                   checksums=bool(methods), methods=methods)
+                                   checksums=bool(methods), methods=methods, kinds=kinds)
+
+    def facts(info: sandbox.SandboxInfo) -> object:
+        return beside.copy_facts(info.url, wanted=set(beside.FACT_CHECKS),
+                                 heartbeat_table="system_events",
+                                 archive=lambda: beside.archive_toc(backup, chains))
 
     def everything(info: sandbox.SandboxInfo) -> str:
         t0, ends = time.perf_counter(), {}
@@ -180,10 +192,11 @@ def profile_parts(backup: Backup, chains: list[toolchain.Toolchain], rounds: int
                 ends[name] = time.perf_counter() - t0
             return run
 
-        with ThreadPoolExecutor(max_workers=3) as side:
+        with ThreadPoolExecutor(max_workers=4) as side:
             for name, fn in (("ANALYZE", lambda: beside.analyze(info.url)),
                              ("listings", lambda: beside.listings(backup, info, chains)),
-                             ("pg_amcheck", lambda: beside.amcheck(info))):
+                             ("pg_amcheck", lambda: beside.amcheck(info, catalogs=False)),
+                             ("facts", lambda: facts(info))):
                 side.submit(timed(name, fn))
             timed("read-back", lambda: read_back(info.url))()
         return ", ".join(f"{k} ends {v:.2f}" for k, v in sorted(ends.items(),
@@ -192,8 +205,10 @@ def profile_parts(backup: Backup, chains: list[toolchain.Toolchain], rounds: int
     parts: dict[str, Callable[[sandbox.SandboxInfo], object]] = {
         "read-back (checksums + catalogs)": lambda i: read_back(i.url),
         "ANALYZE (two connections)": lambda i: beside.analyze(i.url),
-        "pg_amcheck": beside.amcheck,
+        "pg_amcheck (restored schemas)": lambda i: beside.amcheck(i, catalogs=False),
+        "pg_amcheck (with the system catalogs)": beside.amcheck,
         "listings": lambda i: beside.listings(backup, i, chains),
+        "the copy's facts (one connection)": facts,
         "all, as the drill starts them": everything,
     }
     major = backup.manifest.server_major if backup.manifest else 15

@@ -252,8 +252,12 @@ def test_every_archive_entry_is_in_the_restored_database(
     if listed.archive is None:
         pytest.skip(listed.unreadable)
     archive, restored, why = listed.archive, listed.entries, listed.why
-    with db.connect(drill_url) as conn:
-        data = toc.find_data(conn, archive)
+    facts = _facts(drill_restore)
+    if facts is not None and facts.data is not None:
+        data = facts.data.get()
+    else:
+        with db.connect(drill_url) as conn:
+            data = toc.find_data(conn, archive)
     result = toc.compare(archive, restored, data_found=data,
                          with_grants=drill_restore.with_owners, why_no_listing=why)
     evidence.add(f"{result.compared} of {len(archive)} archive entries looked up in the "
@@ -311,6 +315,17 @@ def test_alembic_upgrade_head_reaches_the_script_head(
                           found=drill_migration.after, output=drill_migration.output)
 
 
+def _facts(outcome: RestoreOutcome) -> beside.CopyFacts | None:
+    """The copy's facts read beside the read-back (see `beside.CopyFacts`), if they were."""
+    return outcome.facts.result() if outcome.facts is not None else None
+
+
+def _restored_facts(drill: DrillState, request: pytest.FixtureRequest
+                    ) -> beside.CopyFacts | None:
+    """The same for a check shared with the point-in-time drill, which restores no dump."""
+    return _facts(request.getfixturevalue("drill_restore")) if drill.pitr is None else None
+
+
 def _judge_against_production(findings: Findings, recorded: dict[str, list[str]], kind: str,
                               found: list[str], summary: str) -> None:
     """Fail for what the copy has and production did not; a finding for what production
@@ -328,14 +343,18 @@ def _judge_against_production(findings: Findings, recorded: dict[str, list[str]]
         pytest.xfail(f"present in production at backup time (finding): {'; '.join(found[:3])}")
 
 
-def test_sequences_are_ahead_of_their_columns(findings: Findings,
+def test_sequences_are_ahead_of_their_columns(drill: DrillState, findings: Findings,
                                               drill_conditions: dict[str, list[str]],
-                                              drill_final_url: ConnInfo,
-                                              evidence: Evidence) -> None:
+                                              drill_final_url: ConnInfo, evidence: Evidence,
+                                              request: pytest.FixtureRequest) -> None:
     """A sequence restored behind its column makes the next insert fail with a duplicate
     key: the application would be down right after the restore."""
-    with db.connect(drill_final_url) as conn:
-        checked, behind = probes.sequences_behind(conn)
+    facts = _restored_facts(drill, request)
+    if facts is not None and facts.sequences is not None:
+        checked, behind = facts.sequences.get()
+    else:
+        with db.connect(drill_final_url) as conn:
+            checked, behind = probes.sequences_behind(conn)
     evidence.add(f"{plural(checked, 'owned sequence')} checked")
     _judge_against_production(findings, drill_conditions, "sequences_behind", behind,
                               f"{plural(len(behind), 'sequence')} "
@@ -343,18 +362,18 @@ def test_sequences_are_ahead_of_their_columns(findings: Findings,
                               f"{'its column' if len(behind) == 1 else 'their columns'}")
 
 
-def test_indexes_are_valid(findings: Findings, drill_conditions: dict[str, list[str]],
-                           drill_final_url: ConnInfo, evidence: Evidence) -> None:
+def test_indexes_are_valid(drill: DrillState, findings: Findings,
+                           drill_conditions: dict[str, list[str]], drill_final_url: ConnInfo,
+                           evidence: Evidence, request: pytest.FixtureRequest) -> None:
     """An invalid index is ignored by the planner and not enforced as unique."""
-    with db.connect(drill_final_url) as conn:
-        bad = probes.invalid_indexes(conn)
-        count = conn.execute(
-            "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')"
-        ).fetchone()
-    evidence.add(f"{plural(count[0] if count else 0, 'user index', 'user indexes')}, "
-                 f"{len(bad)} invalid")
+    facts = _restored_facts(drill, request)
+    if facts is not None and facts.indexes is not None:
+        indexes = facts.indexes.get()
+    else:
+        with db.connect(drill_final_url) as conn:
+            indexes = beside.index_facts(conn)
+    bad = indexes.invalid
+    evidence.add(f"{plural(indexes.total, 'user index', 'user indexes')}, {len(bad)} invalid")
     _judge_against_production(findings, drill_conditions, "invalid_indexes", bad,
                               f"{plural(len(bad), 'index', 'indexes')} "
                               f"{'is' if len(bad) == 1 else 'are'} invalid")
@@ -362,7 +381,8 @@ def test_indexes_are_valid(findings: Findings, drill_conditions: dict[str, list[
 
 def test_foreign_keys_hold_for_every_row(drill: DrillState, findings: Findings,
                                         drill_conditions: dict[str, list[str]],
-                                        drill_final_url: ConnInfo, evidence: Evidence) -> None:
+                                        drill_final_url: ConnInfo, evidence: Evidence,
+                                        request: pytest.FixtureRequest) -> None:
     """Every referencing row must find its parent: orphans mean rows were lost or the dump
     was inconsistent. A foreign key the restore added valid was checked on every row by
     PostgreSQL then (`ADD CONSTRAINT` scans the table; `--exit-on-error` stops at an
@@ -370,10 +390,13 @@ def test_foreign_keys_hold_for_every_row(drill: DrillState, findings: Findings,
     or when the copy is physical (point-in-time: files and WAL, no constraint re-checked);
     keys restored `NOT VALID` are always checked row by row."""
     every_row = drill.alembic is not None or drill.pitr is not None
-    with db.connect(drill_final_url) as conn:
-        row = conn.execute("SELECT count(*) FROM pg_constraint WHERE contype = 'f'").fetchone()
-        checked, problems = probes.foreign_key_violations(conn, only_not_valid=not every_row)
-    total = int(row[0]) if row else 0
+    facts = None if every_row else _restored_facts(drill, request)
+    if facts is not None and facts.keys is not None:
+        keys = facts.keys.get()
+    else:
+        with db.connect(drill_final_url) as conn:
+            keys = beside.key_facts(conn, every_row=every_row)
+    total, checked, problems = keys.total, keys.checked, keys.problems
     if every_row:
         evidence.add(f"{plural(checked, 'foreign key')} checked row by row"
                      + (" (after the migration)" if drill.alembic is not None else ""))
@@ -389,27 +412,35 @@ def test_amcheck_finds_no_corruption(drill: DrillState, drill_final_url: ConnInf
                                      drill_sandbox: SandboxInfo, evidence: Evidence,
                                      request: pytest.FixtureRequest) -> None:
     """pg_amcheck reads every heap page and B-tree index of the restored tables: corruption
-    in the restore target would surface here rather than in production."""
+    in the restore target would surface here rather than in production. A copy restored
+    from a dump has system catalogs of the sandbox server's own making, left out; a
+    point-in-time copy's are production's, read too."""
     # a logical drill without a migration started it beside the read-back, on this very copy
     early = (request.getfixturevalue("drill_restore").amcheck if drill.pitr is None
              else None)
-    done = early.result() if early else beside.amcheck(drill_sandbox)
+    done = early.result() if early else beside.amcheck(drill_sandbox,
+                                                       catalogs=drill.pitr is not None)
     if done.error is not None:
         raise done.error
     if done.skipped:
         pytest.skip(done.skipped)
     evidence.add(f"pg_amcheck {done.version}: exit {done.returncode}"
-                 + (" (run beside the read-back of every table)" if early else ""))
+                 + (" (run beside the read-back of every table)" if early else "")
+                 + ("" if done.catalogs else "; the restored schemas' tables and indexes, "
+                    "not the sandbox's own system catalogs"))
     if done.returncode != 0:
         raise CheckFailed("pg_amcheck reported problems", output=done.output)
 
 
 def test_heartbeat_is_fresh_at_backup_time(drill: DrillState, drill_backup: Backup,
-                                           drill_url: ConnInfo, evidence: Evidence) -> None:
+                                           drill_url: ConnInfo, evidence: Evidence,
+                                           request: pytest.FixtureRequest) -> None:
     """The newest heartbeat in the restored data shows how current the backup really was:
     a backup of a stalled application restores stale data."""
+    facts = _restored_facts(drill, request)
     try:
-        found = heartbeat.newest_beat(drill_url, table=drill.options.heartbeat_table)
+        found = (facts.heartbeat.get() if facts is not None and facts.heartbeat is not None
+                 else heartbeat.newest_beat(drill_url, table=drill.options.heartbeat_table))
     except heartbeat.HeartbeatTableMissing:
         pytest.skip(heartbeat_missing(drill.options.heartbeat_table))
     newest = found.at

@@ -138,13 +138,20 @@ def newest_beat(target: ConnInfo, *, table: str = DEFAULT_TABLE,
     from: the application's, or atb's own where the default one is absent."""
     table_parts(table)
     with db.connect(target) as conn:
-        found = resolve_table(conn, table, target)
-        query = sql.SQL("SELECT max({}) FROM {} WHERE {}::text = 'TEST'").format(
-            sql.Identifier(TIME_COLUMN), _table(found), sql.Identifier(TYPE_COLUMN))
-        if before is not None:
-            query = sql.SQL("{} AND {} <= %s").format(query, sql.Identifier(TIME_COLUMN))
-        with _usable(found, "read"):
-            row = conn.execute(query, (before,) if before is not None else None).fetchone()
+        return newest_on(conn, target, table=table, before=before)
+
+
+def newest_on(conn: psycopg.Connection[Any], target: ConnInfo, *, table: str = DEFAULT_TABLE,
+              before: datetime | None = None) -> Newest:
+    """`newest_beat` on a connection already open to `target` (named in its errors)."""
+    table_parts(table)
+    found = resolve_table(conn, table, target)
+    query = sql.SQL("SELECT max({}) FROM {} WHERE {}::text = 'TEST'").format(
+        sql.Identifier(TIME_COLUMN), _table(found), sql.Identifier(TYPE_COLUMN))
+    if before is not None:
+        query = sql.SQL("{} AND {} <= %s").format(query, sql.Identifier(TIME_COLUMN))
+    with _usable(found, "read"):
+        row = conn.execute(query, (before,) if before is not None else None).fetchone()
     return Newest(_utc(row[0]) if row and row[0] is not None else None, found)
 
 

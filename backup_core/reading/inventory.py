@@ -10,7 +10,7 @@ import hashlib
 import queue
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -373,15 +373,31 @@ def user_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str, int]]:
     return [(s, t, int(r)) for s, t, r in conn.execute(TABLES_SQL).fetchall()]
 
 
-def schema_inventory(conn: psycopg.Connection[Any]) -> Inventory:
+def _rows_of(conn: psycopg.Connection[Any], queries: list[str]) -> list[list[Any]]:
+    """Each query's rows, the queries sent together (one pipeline, where libpq has them): a
+    catalog read is some forty small queries, and one at a time each waits on the server,
+    then on the client, on a machine the restore's aftermath keeps busy."""
+    if not psycopg.Pipeline.is_supported():
+        return [conn.execute(q).fetchall() for q in queries]
+    with conn.pipeline():
+        cursors = [conn.execute(q) for q in queries]
+    return [c.fetchall() for c in cursors]
+
+
+def _inventory_of(rows: list[list[Any]]) -> Inventory:
+    """`INVENTORY_SQL`'s rows, kind by kind, as an inventory."""
     inv: Inventory = {}
-    for kind, query in INVENTORY_SQL.items():
-        for schema, name in conn.execute(query).fetchall():
+    for kind, found in zip(INVENTORY_SQL, rows, strict=True):
+        for schema, name in found:
             inv.setdefault(schema, {}).setdefault(kind, []).append(name)
     for kinds in inv.values():
         for names in kinds.values():
             names.sort()
     return dict(sorted(inv.items()))
+
+
+def schema_inventory(conn: psycopg.Connection[Any]) -> Inventory:
+    return _inventory_of(_rows_of(conn, list(INVENTORY_SQL.values())))
 
 
 _CAST = re.compile(
@@ -403,29 +419,78 @@ def normalise(definition: str) -> str:
         text = shorter
 
 
-def definitions(conn: psycopg.Connection[Any], *, content: bool = False) -> dict[str, str]:
-    """`"<kind> <object>"` -> its definition, for every object of the database (run on a
-    connection whose output is stabilised, so both sides deparse alike). Deparsed kinds are
-    normalised (see `normalise`); long ones are kept as an md5 of that. With `content`, the
-    large objects' bytes are checksummed too (they are data: `--row-counts checksum`)."""
+# Security labels are read through `pg_seclabels`, a view over a dozen catalogs whose
+# planning alone costs more than every other class together: read only where one exists
+_LABELLED_SQL = ("SELECT EXISTS (SELECT 1 FROM pg_seclabel) "
+                 "OR EXISTS (SELECT 1 FROM pg_shseclabel)")
+_LABELLED, _LARGE, _LOCALE = "+labelled", "+large objects", "+locale"
+
+
+def _definition_plan(kinds: Collection[str] | None) -> list[tuple[str, str]]:
+    """(kind or step, query) of the definitions of `kinds` (None: every kind), to send at
+    once; the database's locale always."""
+    def wanted(*names: str) -> bool:
+        return kinds is None or any(n in kinds for n in names)
+
+    plan = [(k, q) for k, q in DEFINITIONS_SQL.items() if k != "security_label" and wanted(k)]
+    if wanted("security_label"):
+        plan.append((_LABELLED, _LABELLED_SQL))
+    if wanted("large_object", "large_object_acl"):
+        plan.append((_LARGE, LARGE_OBJECTS_SQL))
+    return [*plan, (_LOCALE, DATABASE_SQL)]
+
+
+def _definitions_of(conn: psycopg.Connection[Any], plan: list[tuple[str, str]],
+                    rows: list[list[Any]], *, content: bool) -> dict[str, str]:
+    """The rows of `_definition_plan`'s queries as definitions; what they say exists
+    (security labels, large objects' content) read after them."""
+    by_kind: list[tuple[str, list[Any]]] = []
     found: dict[str, str] = {}
-    for kind, query in DEFINITIONS_SQL.items():
-        for name, definition in conn.execute(query).fetchall():
+    for (step, _), got in zip(plan, rows, strict=True):
+        if step == _LABELLED:
+            if got and got[0][0]:
+                by_kind.append(("security_label", conn.execute(
+                    DEFINITIONS_SQL["security_label"]).fetchall()))
+        elif step == _LARGE:
+            if got and got[0][0] != "0":
+                found["large_object count"] = str(got[0][0])
+                found["large_object_acl all"] = f"md5 {got[0][1]}"
+                if content:
+                    summed = conn.execute(LARGE_OBJECT_CONTENT_SQL).fetchone()
+                    found["large_object content"] = f"checksum {summed[0] if summed else 0}"
+        elif step == _LOCALE:
+            found.update(_locale_of(got[0]).as_definitions())
+        else:
+            by_kind.append((step, got))
+    for kind, named in by_kind:
+        for name, definition in named:
             text = str(definition)
             if kind in DEPARSED_KINDS and kind != "extension":
                 text = normalise(text)
             if kind in LONG_AS_MD5 and len(text) > 200:
                 text = "md5 " + hashlib.md5(text.encode()).hexdigest()
             found[f"{kind} {name}"] = text
-    row = conn.execute(LARGE_OBJECTS_SQL).fetchone()
-    if row is not None and row[0] != "0":
-        found["large_object count"] = str(row[0])
-        found["large_object_acl all"] = f"md5 {row[1]}"
-        if content:
-            summed = conn.execute(LARGE_OBJECT_CONTENT_SQL).fetchone()
-            found["large_object content"] = f"checksum {summed[0] if summed else 0}"
-    found.update(database_locale(conn))
     return dict(sorted(found.items()))
+
+
+def definitions(conn: psycopg.Connection[Any], *, content: bool = False) -> dict[str, str]:
+    """`"<kind> <object>"` -> its definition, for every object of the database (run on a
+    connection whose output is stabilised, so both sides deparse alike). Deparsed kinds are
+    normalised (see `normalise`); long ones are kept as an md5 of that. With `content`, the
+    large objects' bytes are checksummed too (they are data: `--row-counts checksum`)."""
+    plan = _definition_plan(None)
+    return _definitions_of(conn, plan, _rows_of(conn, [q for _, q in plan]), content=content)
+
+
+def catalogs(conn: psycopg.Connection[Any], *, content: bool = False,
+             kinds: Collection[str] | None = None) -> tuple[Inventory, dict[str, str]]:
+    """`schema_inventory` and `definitions` at once, their queries in one pipeline. With
+    `kinds`, only the definitions of those kinds (and the locale): a drill compares the
+    kinds its manifest recorded, and reads nothing it will not compare."""
+    plan = _definition_plan(kinds)
+    rows = _rows_of(conn, [*INVENTORY_SQL.values(), *(q for _, q in plan)])
+    return (_inventory_of(rows[:len(INVENTORY_SQL)]),
+            _definitions_of(conn, plan, rows[len(INVENTORY_SQL):], content=content))
 
 
 # The database's own locale: to_jsonb reads the columns each major has (15: daticulocale,
@@ -473,6 +538,10 @@ class DatabaseLocale:
 def read_locale(conn: psycopg.Connection[Any]) -> DatabaseLocale:
     row = conn.execute(DATABASE_SQL).fetchone()
     assert row is not None  # the current database is always in pg_database
+    return _locale_of(row)
+
+
+def _locale_of(row: Any) -> DatabaseLocale:
     encoding, collate, ctype, provider, locale, rules = (str(v) for v in row)
     return DatabaseLocale(encoding=encoding, collate=collate, ctype=ctype,
                           provider=PROVIDERS.get(provider, provider), locale=locale,
@@ -537,11 +606,25 @@ Column = tuple[str, int, bool]  # name, type OID, whether printed through `ROW(x
 
 def table_columns(conn: psycopg.Connection[Any]) -> dict[str, list[Column]]:
     """Every table's columns in order, as `typed_row_hash` takes them, by qualified name."""
+    return _columns_of(conn.execute(ALL_COLUMNS_SQL).fetchall())
+
+
+def _columns_of(rows: list[Any]) -> dict[str, list[Column]]:
     found: dict[str, list[Column]] = {}
-    for schema, table, name, oid, via_row in conn.execute(ALL_COLUMNS_SQL).fetchall():
+    for schema, table, name, oid, via_row in rows:
         found.setdefault(qualified(schema, table), []).append((str(name), int(oid),
                                                               bool(via_row)))
     return found
+
+
+def tables_and_columns(conn: psycopg.Connection[Any], *, columns: bool
+                       ) -> tuple[list[tuple[str, str]], dict[str, list[Column]]]:
+    """Every user table, largest first (`user_tables`), and with `columns` every table's
+    columns (`table_columns`), in one round trip."""
+    if not columns:
+        return [(s, t) for s, t, _ in user_tables(conn)], {}
+    tables, found = _rows_of(conn, [TABLES_SQL, ALL_COLUMNS_SQL])
+    return [(str(s), str(t)) for s, t, _ in tables], _columns_of(found)
 
 
 def _column_hash(column: str, type_oid: int, via_row: bool, seed: int) -> sql.Composable:
@@ -680,30 +763,31 @@ class ReadBack:
 
 
 def read_back(connect: Callable[[], psycopg.Connection[Any]], *, workers: int,
-              checksums: bool, methods: Mapping[str, str] | None = None) -> ReadBack:
+              checksums: bool, methods: Mapping[str, str] | None = None,
+              kinds: Collection[str] | None = None) -> ReadBack:
     """Everything a drill compares with the manifest, in the time of the longest part: the
     catalogs (inventory, definitions, large objects) are read on a connection of their own
     while `workers` others count and checksum the tables. `connect` gives a connection
-    with its output stabilised (`stabilise_output`); `methods` as for `table_contents`.
+    with its output stabilised (`stabilise_output`); `methods` as for `table_contents`;
+    `kinds`, the definitions to read, as for `catalogs`.
     The catalogs' connection first lists the tables and every table's columns (one query),
     so a checksum connection spends no round trip on a table's columns."""
     conn = connect()
     try:
-        tables = [(s, t) for s, t, _ in user_tables(conn)]
-        columns = table_columns(conn) if checksums else {}
+        tables, columns = tables_and_columns(conn, columns=checksums)
     except BaseException:
         conn.close()
         raise
 
-    def catalogs() -> tuple[Inventory, dict[str, str]]:
+    def described() -> tuple[Inventory, dict[str, str]]:
         with conn:
-            return schema_inventory(conn), definitions(conn, content=checksums)
+            return catalogs(conn, content=checksums, kinds=kinds)
 
     with ThreadPoolExecutor(max_workers=1) as side:
-        described = side.submit(catalogs)
+        reading = side.submit(described)
         counts, sums = table_contents(tables, connect, workers=workers, checksums=checksums,
                                       methods=methods, columns=columns)
-        inv, defs = described.result()
+        inv, defs = reading.result()
     return ReadBack(counts=counts, checksums=sums, inventory=inv, definitions=defs)
 
 
@@ -749,8 +833,9 @@ class ReadAsLoaded:
     from the restored copy's at the end is read again."""
 
     def __init__(self, connect: Callable[[], psycopg.Connection[Any]], *, workers: int,
-                 checksums: bool, methods: Mapping[str, str] | None = None) -> None:
-        self._connect, self._checksums = connect, checksums
+                 checksums: bool, methods: Mapping[str, str] | None = None,
+                 kinds: Collection[str] | None = None) -> None:
+        self._connect, self._checksums, self._kinds = connect, checksums, kinds
         self._methods = dict(methods or {})
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._lock, self._plan_lock = threading.Lock(), threading.Lock()
@@ -883,19 +968,18 @@ class ReadAsLoaded:
         conn, self._watch_conn = self._watch_conn or self._connect(), None
         try:
             conn.autocommit = False
-            tables = [(s, t) for s, t, _ in user_tables(conn)]
-            columns = table_columns(conn) if self._checksums else {}
+            tables, columns = tables_and_columns(conn, columns=self._checksums)
         except BaseException:
             conn.close()
             self.close()
             raise
 
-        def catalogs() -> tuple[Inventory, dict[str, str]]:
+        def described() -> tuple[Inventory, dict[str, str]]:
             with conn:
-                return schema_inventory(conn), definitions(conn, content=self._checksums)
+                return catalogs(conn, content=self._checksums, kinds=self._kinds)
 
         with ThreadPoolExecutor(max_workers=1) as side:
-            described = side.submit(catalogs)
+            reading = side.submit(described)
             with self._lock:
                 late = [t for t in tables if qualified(*t) not in self._asked]
             for s, t in late:
@@ -918,7 +1002,7 @@ class ReadAsLoaded:
                     counts[name], total, _ = self._done[name]
                     if self._checksums:
                         sums[name] = total
-            inv, defs = described.result()
+            inv, defs = reading.result()
         return ReadBack(counts=dict(sorted(counts.items())), inventory=inv, definitions=defs,
                         checksums=dict(sorted(sums.items())) if self._checksums else {})
 

@@ -39,10 +39,15 @@ def pg_waldump_argv(chain: Toolchain, segment: Path) -> list[str]:
     return [chain.tool("pg_waldump"), str(segment)]
 
 
-def pg_amcheck_argv(chain: Toolchain, conninfo: str, *, jobs: int = 1) -> list[str]:
+def pg_amcheck_argv(chain: Toolchain, conninfo: str, *, jobs: int = 1,
+                    catalogs: bool = True) -> list[str]:
     """Every heap page and B-tree index of the database, installing amcheck if missing;
-    `jobs` relations at a time."""
+    `jobs` relations at a time. Without `catalogs`, the system catalogs are left out
+    (`pg_catalog`, `information_schema`): a copy restored from a dump into a new database
+    has catalogs of the server's own making, not production's."""
     return [chain.tool("pg_amcheck"), "--install-missing", "--no-password",
+            *([] if catalogs else ["--exclude-schema=pg_catalog",
+                                   "--exclude-schema=information_schema"]),
             *([f"--jobs={jobs}"] if jobs > 1 else []), conninfo]
 
 

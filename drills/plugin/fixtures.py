@@ -66,6 +66,9 @@ class RestoreOutcome:
     # run when nothing changes the copy before its check (no migration)
     listing: Future[beside.Listing] | None = None
     amcheck: Future[beside.Amcheck] | None = None
+    # and, when nothing changes the copy before the checks (no migration), what the checks
+    # after the read-back ask of it, on one connection (see `beside.CopyFacts`)
+    facts: Future[beside.CopyFacts] | None = None
     read_back: str = ""  # when the tables were read back: during the restore, or after
 
 
@@ -263,7 +266,7 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
                                              if drill_sandbox.provider == "server"
                                              else "the backup carries no roles"))
     workers = min(4, os.cpu_count() or 2)
-    side = ThreadPoolExecutor(max_workers=3, thread_name_prefix="atb-beside")
+    side = ThreadPoolExecutor(max_workers=4, thread_name_prefix="atb-beside")
     # the read-back's connections (its catalogs' and its workers'), opened while the copy
     # restores, on the core the restore leaves idle
     opened = _Opened(url, side.submit(lambda: [_stable(url) for _ in range(workers + 1)]))
@@ -273,11 +276,14 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
                 else None)
     recorded = drill_backup.manifest.row_checksums if drill_backup.manifest else {}
     methods = {t: inventory.checksum_method(v) for t, v in recorded.items()}
+    # the kinds of definitions the manifest recorded: the ones the checks compare
+    kinds = {k.split(" ", 1)[0] for k in (drill_backup.manifest.definitions
+                                          if drill_backup.manifest else {})}
     # Each table read back as soon as its data has committed, while the restore goes on
     # (its indexes, constraints, other tables): no later item changes its rows. Not with
     # --rto-faithful, whose restore phase is then the production figure, read-back after
     early = None if drill.options.rto_faithful else inventory.ReadAsLoaded(
-        opened, workers=workers, checksums=bool(recorded), methods=methods)
+        opened, workers=workers, checksums=bool(recorded), methods=methods, kinds=kinds)
     failed: RestoreOutcome | None = None
     with drill.phase("restore"):
         try:
@@ -299,23 +305,29 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
         return
     # Beside the read-back, and past it while the checks judge what was read: ANALYZE (a
     # step of the recovery, in the RTO: the counts, checksums and catalogs read are the same
-    # with or without planner statistics), and the listings and pg_amcheck the checks judge
-    # (read-only, like every check before the migration). Each is waited for where it is
-    # needed, so the cores left idle by the checks' own Python (one process) do that work,
-    # not a wait before them. ANALYZE's phase is the time waited for it: the RTO's phases
-    # add up to the recovery's path, the time they overlap counted once
+    # with or without planner statistics), and the listings, pg_amcheck and the copy's facts
+    # the checks judge (read-only, like every check before the migration). Each is waited
+    # for where it is needed, so the cores left idle by the checks' own Python (one
+    # process) do that work, not a wait before them. ANALYZE's phase is the time waited for
+    # it: the RTO's phases add up to the recovery's path, the time they overlap counted once
     try:
         request.config.stash[ANALYZING] = side.submit(beside.analyze, url)
         with drill.phase("checks"):
             listed = (side.submit(beside.listings, drill_backup, drill_sandbox, drill_chains,
                                   taken=toc_read.result) if toc_read is not None else None)
-            checked = (side.submit(beside.amcheck, drill_sandbox)
-                       if drill.options.migration() is None
-                       and _will_run(request, "test_amcheck_finds_no_corruption") else None)
+            unchanged = drill.options.migration() is None
+            checked = (side.submit(beside.amcheck, drill_sandbox, catalogs=False)
+                       if unchanged and _will_run(request, "test_amcheck_finds_no_corruption")
+                       else None)
+            wanted = {k for k, check in beside.FACT_CHECKS.items() if _will_run(request, check)}
+            facts = (side.submit(beside.copy_facts, url, wanted=wanted,
+                                 heartbeat_table=drill.options.heartbeat_table,
+                                 archive=toc_read.result if toc_read is not None else None)
+                     if unchanged and wanted else None)
             try:
                 back = (early.finish() if early is not None else
                         inventory.read_back(opened, workers=workers, checksums=bool(recorded),
-                                            methods=methods))
+                                            methods=methods, kinds=kinds))
             finally:
                 opened.close()
         drill.checks_started = time.monotonic()
@@ -329,7 +341,7 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
                              jobs=done.jobs, counts=back.counts, checksums=back.checksums,
                              inventory=back.inventory, definitions=back.definitions,
                              with_owners=with_owners, mode=mode, listing=listed,
-                             amcheck=checked, read_back=read_when)
+                             amcheck=checked, facts=facts, read_back=read_when)
     finally:
         # on Ctrl-C or an error, not held until pg_amcheck is done: the sandbox's teardown
         # (after this one's) ends what still runs beside

@@ -132,3 +132,20 @@ def test_a_sandbox_server_that_cannot_be_compared_is_refused_unless_asserted(
                                                  .read_text())
     assert fingerprint(prod) == rows
     assert drill_path(path).read_text() == PASS_RECORD
+
+
+def test_a_failing_check_is_shown_as_its_sections_without_a_traceback_into_its_source(
+        pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """CheckFailed renders what was expected and found; pytest's `--tb=short` traceback of
+    the check's own source says nothing more (and parsing that source cost ~50 ms)."""
+    (tmp_path / "bk").mkdir()
+    done = pytester.runpytest_subprocess(
+        "-p", "drills.plugin", "-p", "no:cacheprovider", "--drill", "--backup-dir",
+        str(tmp_path / "bk"), "--report-dir", str(tmp_path / "r"), "--no-record", "--tb=short")
+    out = done.stdout.str()
+    assert done.ret == 1
+    failure = out.split("_ test_backup_integrity_matches_manifest _")[1].split("=====")[0]
+    assert failure.split("\n")[1:4] == ["no backup could be selected for the drill", "",
+                                        "Expected:"]
+    assert "checks.py" not in failure and "raise CheckFailed" not in failure
+

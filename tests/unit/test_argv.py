@@ -94,6 +94,10 @@ def test_pg_restore_list_read_waldump_and_amcheck_argv() -> None:
     assert commands.pg_amcheck_argv(PG, "dbname=shop host=/s", jobs=2) == [
         "/pg/15/bin/pg_amcheck", "--install-missing", "--no-password", "--jobs=2",
         "dbname=shop host=/s"]
+    assert commands.pg_amcheck_argv(PG, "dbname=shop host=/s", jobs=2, catalogs=False) == [
+        "/pg/15/bin/pg_amcheck", "--install-missing", "--no-password",
+        "--exclude-schema=pg_catalog", "--exclude-schema=information_schema", "--jobs=2",
+        "dbname=shop host=/s"]
     assert toolchain.version_argv("/pg/15/bin/pg_dump") == ["/pg/15/bin/pg_dump", "--version"]
     assert commands.pg_dump_schema_argv(PG, "dbname=shop host=/s", Path("/t/s.dump")) == [
         "/pg/15/bin/pg_dump", "--format=custom", "--schema-only", "--no-password",

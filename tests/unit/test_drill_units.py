@@ -277,3 +277,24 @@ def test_the_result_is_a_pure_function_of_the_recorded_state() -> None:
     at = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
     first, second = assemble(state, finished_at=at), assemble(state, finished_at=at)
     assert first == second and first.finished_at == "2026-11-29T12:00:00+00:00"
+
+
+def test_copy_facts_a_refused_connection_is_the_error_of_each_fact_asked_for() -> None:
+    """The facts read beside the read-back: a connection refused is raised by each check
+    that judges one, as its own connection would have been; a fact not asked for is None."""
+    import socket
+
+    from backup_core.tools.conninfo import ConnInfo
+    from drills import beside
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = ConnInfo.make(dbname="x", host="127.0.0.1", port=port, user="u")
+    facts = beside.copy_facts(url, wanted={"sequences", "keys"}, heartbeat_table="t",
+                              archive=None)
+    assert (facts.data, facts.indexes, facts.heartbeat) == (None, None, None)
+    for fact in (facts.sequences, facts.keys):
+        assert fact is not None
+        with pytest.raises(AtbError, match=f"cannot connect to .*127.0.0.1:{port}"):
+            fact.get()
