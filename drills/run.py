@@ -25,6 +25,7 @@ from typing import Any
 
 from backup_core.pitr import pgbackrest
 from backup_core.reading import guard
+from backup_core.reading.inventory import DatabaseLocale
 from backup_core.store.manifest import read_manifest
 from backup_core.store.naming import manifest_path
 from backup_core.store.verdicts import record_drill
@@ -34,7 +35,7 @@ from backup_core.tools.conninfo import ConnInfo, redact
 from backup_core.tools.errors import AtbError, CommandFailed, ConfigError, ToolchainError
 from backup_core.tools.isolation import Isolation
 from backup_core.tools.relay import Relay
-from drills import child, docker_engine, observer
+from drills import child, docker_engine, observer, sandbox
 from drills.console import ProgressFile
 from drills.options import DrillOptions
 from drills.result import DrillResult, verdict_of
@@ -74,8 +75,8 @@ def drill_argv(options_file: Path) -> list[str]:
 
 def drill_env(options: DrillOptions, production: ConnInfo | None,
               base: Mapping[str, str] | None = None, *, iso: Isolation | None = None,
-              observer_socket: Path | None = None,
-              sandbox_url: str | None = None) -> dict[str, str]:
+              observer_socket: Path | None = None, sandbox_url: str | None = None,
+              prepared: Path | None = None) -> dict[str, str]:
     """The pytest child's sealed environment: production only as ATB_PRODUCTION_URL (to be
     recognised and refused), the sandbox server only as ATB_SANDBOX_URL. Isolated, the child
     gets production without its password (it asks the observer instead)."""
@@ -91,6 +92,8 @@ def drill_env(options: DrillOptions, production: ConnInfo | None,
         extra["ATB_SANDBOX_URL"] = sandbox_url or options.sandbox_url or ""
     if iso is not None:
         extra[ISOLATION_ENV] = json.dumps(iso.as_dict())
+    if prepared is not None:
+        extra[sandbox.PREPARED_ENV] = str(prepared)
     extra["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # the plugins it needs are on its argv
     source = os.environ if base is None else base
     extra.update({k: v for k, v in source.items() if k.startswith(TOOL_ENV_PREFIXES)})
@@ -206,6 +209,7 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
                                         progress_file=progress_file if on_event else None,
                                         record=options.record and not record_here).to_json())
         argv = drill_argv(options_file)
+        prepared = prepare_sandbox(options, Path(tmp) / "prepared.json", stack)
         observer_socket, sandbox_url, allow = None, None, []
         if iso.network:
             if production is not None:
@@ -223,7 +227,7 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
             argv, iso = isolation.wrap(argv, allow=allow, forward=forward,
                                        read_only=read_only_trees(options, Path(tmp)))
         base = drill_env(options, production, env, iso=iso, observer_socket=observer_socket,
-                         sandbox_url=sandbox_url)
+                         sandbox_url=sandbox_url, prepared=prepared)
         tail: collections.deque[str] = collections.deque(maxlen=40)
         if on_event is not None:
             stack.enter_context(ProgressFile(progress_file, on_event))
@@ -270,6 +274,23 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
         except AtbError as exc:
             log.warning("could not record the verdict beside the backup: %s", exc)
     return result
+
+
+def prepare_sandbox(options: DrillOptions, marker: Path,
+                    stack: contextlib.ExitStack) -> Path | None:
+    """For a drill whose child begins its local sandbox before pytest (`child.begin`: a dump
+    named by --backup, with its manifest), that sandbox's data directory copied here while
+    the child starts (`sandbox.preparing`); the file the child waits for, or None."""
+    if options.source != "dump" or options.sandbox != "local" or options.backup is None \
+            or options.exclude:
+        return None
+    try:
+        manifest = read_manifest(manifest_path(options.backup))
+    except (AtbError, OSError, ValueError):
+        return None  # the child reads it again and says what is wrong
+    stack.enter_context(sandbox.preparing(
+        manifest.server_major, DatabaseLocale.from_definitions(manifest.definitions), marker))
+    return marker
 
 
 def follow(lines: Iterable[str], tail: collections.deque[str],

@@ -25,6 +25,7 @@ import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -32,7 +33,7 @@ from psycopg import sql
 from backup_core.reading import guard
 from backup_core.reading.inventory import DatabaseLocale, read_locale
 from backup_core.tools import db, isolation, reaper, removal, toolchain
-from backup_core.tools.cluster import FAST_SETTINGS, Cluster, cache_root
+from backup_core.tools.cluster import FAST_SETTINGS, Cluster, cache_root, write_marker
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.errors import AtbError, ConfigError, SafetyRefusal
 from backup_core.tools.runner import run
@@ -40,6 +41,9 @@ from drills import docker_engine, observer
 
 log = logging.getLogger("atb.sandbox")
 PROVIDERS = ("auto", "local", "docker", "server")
+# where `atb drill run` says its drill child's local sandbox may find its data directory
+# already copied (`preparing`); the child takes it out of its environment at once
+PREPARED_ENV = "ATB_PREPARED_DATADIR"
 
 
 @dataclass(frozen=True)
@@ -232,20 +236,56 @@ def _socket_dir() -> Iterator[Path]:
 
 # -- local and server ------------------------------------------------------------------------
 
+def _local_cluster(chain: toolchain.Toolchain, locale: DatabaseLocale | None,
+                   **settings: Any) -> Cluster:
+    """The local sandbox's cluster, not yet started: its data directory is a copy of the
+    initdb template for its server binary and production's locale (`cluster_locale`)."""
+    return Cluster(chain, locale=cluster_locale(locale, machine_locales()),
+                   templates=cache_root() / "initdb", **settings)
+
+
 @contextlib.contextmanager
 def _local(source_major: int, chains: list[toolchain.Toolchain],
-           locale: DatabaseLocale | None = None, *, faithful: bool = False
-           ) -> Iterator[SandboxInfo]:
+           locale: DatabaseLocale | None = None, *, faithful: bool = False,
+           prepared: Path | None = None) -> Iterator[SandboxInfo]:
     t0 = time.monotonic()
     chain = toolchain.for_server(source_major, chains)
-    initdb = cluster_locale(locale, machine_locales())
     # inside the drill's namespaces: sealed, on the namespace's own loopback (nothing the
     # restored database runs, as its superuser can, opens a socket of the host); trusted
     # there as its socket is outside, since only the drill's processes share that loopback
-    with Cluster(chain, settings={} if faithful else dict(FAST_SETTINGS), locale=initdb,
-                 sealed=isolation.already_inside(), templates=cache_root() / "initdb",
-                 destroy_mode="immediate", remove_later=True) as cluster:
+    with _local_cluster(chain, locale, settings={} if faithful else dict(FAST_SETTINGS),
+                        sealed=isolation.already_inside(), destroy_mode="immediate",
+                        remove_later=True, prepared=prepared) as cluster:
         yield _finish(cluster.url(), "local", t0, chain, locale=locale)
+
+
+@contextlib.contextmanager
+def preparing(source_major: int, locale: DatabaseLocale | None,
+              marker: Path) -> Iterator[None]:
+    """The local sandbox's data directory copied from its template on a thread of this
+    process while the drill's child starts (an interpreter, its imports, pytest's): the
+    child's cluster adopts it (`Cluster.prepared`, through `PREPARED_ENV`) when it was made
+    for the same server and locale, else copies its own. Whatever nobody adopted is removed
+    when the block ends, after the child."""
+    made: list[Cluster] = []
+
+    def work() -> None:
+        try:
+            chain = toolchain.for_server(source_major, toolchain.discover())
+            made.append(_local_cluster(chain, locale))
+        except Exception as exc:  # no toolchain for it: the child says so, as before
+            write_marker(marker, {"failed": f"{type(exc).__name__}: {exc}"})
+            return
+        made[0].prepare(marker)
+
+    thread = threading.Thread(target=work, name="atb-prepare-sandbox", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+        if made:
+            made[0].discard_prepared()
 
 
 def machine_locales() -> list[str]:
@@ -375,11 +415,13 @@ def resolve_provider(kind: str, engine: docker_engine.Engine | None) -> tuple[st
 def open_sandbox(kind: str, *, source_major: int, chains: list[toolchain.Toolchain],
                  server: ConnInfo | None = None, production: ConnInfo | None = None,
                  docker_image: str | None = None, asserted: bool = False,
-                 locale: DatabaseLocale | None = None, faithful: bool = False
+                 locale: DatabaseLocale | None = None, faithful: bool = False,
+                 prepared: Path | None = None
                  ) -> contextlib.AbstractContextManager[SandboxInfo]:
     """Context manager over the chosen provider; always torn down, on failure and Ctrl-C.
     The scratch database takes `locale` (production's, from the manifest) where it can;
-    `faithful`: the server's default settings, not the tuned ones (`--rto-faithful`)."""
+    `faithful`: the server's default settings, not the tuned ones (`--rto-faithful`);
+    `prepared`: where a local cluster's data directory may be ready (`preparing`)."""
     image = docker_engine.image_for(docker_image, source_major)
     engine = docker_engine.probe(image) if kind in ("auto", "docker") else None
     provider, why = resolve_provider(kind, engine)
@@ -394,7 +436,7 @@ def open_sandbox(kind: str, *, source_major: int, chains: list[toolchain.Toolcha
     if why:
         log.warning("%s", why)
         return _noted(_local(source_major, chains, locale, faithful=faithful), why)
-    return _local(source_major, chains, locale, faithful=faithful)
+    return _local(source_major, chains, locale, faithful=faithful, prepared=prepared)
 
 
 @contextlib.contextmanager
