@@ -195,12 +195,14 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
     if options.source == "pgbackrest":  # before anything starts: exit 3 with no pgbackrest,
         # exit 2 for a stanza it does not know
         pgbackrest.info(pgbackrest.Stanza(options.stanza or "", options.pgbackrest_config))
-    iso = drill_isolation(options)
-    # isolated, the child sees the backups read-only, so this process records the verdict
-    record_here = iso.network and options.record
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="atb-drill-"))
         reaper.mark_owner(Path(tmp))  # removed by the next drill if this process is killed
+        # first: the sandbox's files copied while the isolation is probed and the child starts
+        prepared = prepare_sandbox(options, Path(tmp) / "prepared.json", stack)
+        iso = drill_isolation(options)
+        # isolated, the child sees the backups read-only, so this process records the verdict
+        record_here = iso.network and options.record
         result_file = Path(tmp) / "result.json"
         options_file = Path(tmp) / "options.json"
         # the child's phases come back as JSON lines in this file (drills.plugin.progress)
@@ -209,7 +211,6 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
                                         progress_file=progress_file if on_event else None,
                                         record=options.record and not record_here).to_json())
         argv = drill_argv(options_file)
-        prepared = prepare_sandbox(options, Path(tmp) / "prepared.json", stack)
         observer_socket, sandbox_url, allow = None, None, []
         if iso.network:
             if production is not None:
