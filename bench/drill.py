@@ -26,6 +26,7 @@ from pathlib import Path
 from backup_core.ops import restore
 from backup_core.ops.backup import create_backup
 from backup_core.ops.restore import RestoreRequest, restore_backup
+from backup_core.reading import toc
 from backup_core.tools import cluster, db, toolchain
 from backup_core.tools.cluster import FAST_SETTINGS, Cluster
 from backup_core.tools.runner import run
@@ -80,8 +81,10 @@ def bench_restore(dump: Path, chain: toolchain.Toolchain, chains: list[toolchain
                          reset=reset)
         main.notes.append(f"CPU: ours {ours.summary()}, the runbook's {theirs.summary()}; "
                           f"load {load_average()}")
-        found = restore._split_entry(chain, dump)  # the threshold's answer for this archive
-        how = (f"split ({found[0].schema}.{found[0].tag}, as above)" if found else
+        listing = restore._listing(chain, dump)  # the threshold's answer for this archive
+        entries = toc.parse_listing(listing) if listing is not None else None
+        found = restore._split_entry(dump, entries) if entries is not None else None
+        how = (f"split ({found.schema}.{found.tag}, as above)" if found else
                "restore_backup, nothing split (no table reaches split_copy.MIN_ROWS)")
         split = alternate(Comparison("restore: split vs not", how,
                                      f"pg_restore -j {cores} alone", "-"),
