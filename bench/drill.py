@@ -2,10 +2,11 @@
 
 The drill's restore against the runbook's `createdb` + `pg_restore`, and a whole `atb drill
 run` against sandbox + restore alone, A and B alternating, with the CPU each restore used and
-the drill's phases. `--dump SIZE=PATH` reuses a backup made earlier (its manifest beside it)
-instead of building a database; `--compare-with DIR` also times the whole drill of another
-checkout (another commit's code) against this one's, in turn. Writes its section of
-bench/RESULTS.md between markers.
+the drill's phases (`--skip-restore`: the whole drill's comparisons only). `--dump
+SIZE=PATH` reuses a backup made earlier (its manifest beside it) instead of building a
+database; `--compare-with DIR` also times the whole drill of another checkout (another
+commit's code) against this one's, in turn. Writes its section of bench/RESULTS.md between
+markers.
 """
 
 from __future__ import annotations
@@ -173,6 +174,8 @@ def main() -> None:
     parser.add_argument("--dump", action="append", default=[],
                         help="SIZE=PATH: a backup made earlier, for that size")
     parser.add_argument("--skip-drill", action="store_true", help="the restore only")
+    parser.add_argument("--skip-restore", action="store_true",
+                        help="the whole drill's comparisons only, not the restore's")
     parser.add_argument("--compare-with", type=Path, default=None,
                         help="a checkout of another commit: its whole drill against this "
                              "one's, in turn (e.g. from `git archive COMMIT | tar -x`)")
@@ -190,7 +193,8 @@ def main() -> None:
         for size in args.size.split(","):
             start = load_average()
             dump = backup_of(size, chain, chains, work, given)
-            comps = bench_restore(dump, chain, chains, cores, args.repeat)
+            comps = [] if args.skip_restore else bench_restore(dump, chain, chains, cores,
+                                                                args.repeat)
             if not args.skip_drill:
                 comps.append(bench_drill(dump, chain.major, chains, cores, args.repeat, work))
             if args.compare_with is not None:
