@@ -33,7 +33,13 @@ from psycopg import sql
 from backup_core.reading import guard
 from backup_core.reading.inventory import DatabaseLocale, read_locale
 from backup_core.tools import db, isolation, reaper, removal, toolchain
-from backup_core.tools.cluster import FAST_SETTINGS, Cluster, cache_root, write_marker
+from backup_core.tools.cluster import (
+    FAST_SETTINGS,
+    Cluster,
+    cache_root,
+    preparing_lock,
+    write_marker,
+)
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.errors import AtbError, ConfigError, SafetyRefusal
 from backup_core.tools.runner import run
@@ -278,14 +284,15 @@ def preparing(source_major: int, locale: DatabaseLocale | None,
             return
         made[0].prepare(marker)
 
-    thread = threading.Thread(target=work, name="atb-prepare-sandbox", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        thread.join()
-        if made:
-            made[0].discard_prepared()
+    with preparing_lock(marker):  # taken before the child exists: see `_await_marker`
+        thread = threading.Thread(target=work, name="atb-prepare-sandbox", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            thread.join()
+            if made:
+                made[0].discard_prepared()
 
 
 def machine_locales() -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, TracebackType
@@ -547,16 +548,53 @@ def write_marker(marker: Path, facts: Mapping[str, object]) -> None:
     tmp.replace(marker)
 
 
+@contextlib.contextmanager
+def preparing_lock(marker: Path) -> Iterator[None]:
+    """Held by the process preparing a data directory for `marker` (`Cluster.prepare`),
+    from before the adopter starts until the block ends: an adopter still waiting when it
+    is free knows nobody will write the marker (that process was killed) and stops waiting."""
+    fd = os.open(_lock_path(marker), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _lock_path(marker: Path) -> Path:
+    return marker.with_name(f"{marker.name}.lock")
+
+
+def _preparer_gone(marker: Path) -> bool:
+    """Nobody holds `marker`'s `preparing_lock` (any more)."""
+    try:
+        fd = os.open(_lock_path(marker), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return True
+
+
 def _await_marker(marker: Path, *, timeout: float) -> dict[str, object] | None:
     """The facts `Cluster.prepare` wrote in `marker`, waited for (every 2 ms, as the
-    server's readiness is); None when they do not come in time or cannot be read."""
+    server's readiness is); None when they cannot be read, do not come in time, or never
+    will (its maker is gone: `preparing_lock`)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             facts = json.loads(marker.read_text())
             return facts if isinstance(facts, dict) else None
         except FileNotFoundError:
-            if time.monotonic() > deadline:
+            # looked at after the read: a maker that wrote the marker and then ended is
+            # seen by the next read, not taken for one that died before writing it
+            if time.monotonic() > deadline or (_preparer_gone(marker) and not marker.exists()):
                 return None
             time.sleep(0.002)
         except (OSError, ValueError):

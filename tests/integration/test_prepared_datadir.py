@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from backup_core.tools import db, reaper, toolchain
-from backup_core.tools.cluster import Cluster, write_marker
+from backup_core.tools.cluster import Cluster, preparing_lock, write_marker
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +89,30 @@ def test_a_prepared_data_directory_nobody_adopted_is_removed_by_its_maker(
     assert prepared.is_dir()
     maker.discard_prepared()
     assert not prepared.exists() and f"{prepared.name}.json" not in records()
+
+
+def test_an_adopter_waits_for_a_copy_under_way_and_not_for_one_whose_maker_is_gone(
+        tmp_path: Path, chain18: toolchain.Toolchain, templates: Path) -> None:
+    # no marker and nobody holding its lock (the maker was killed): its own, at once
+    t0 = time.monotonic()
+    with Cluster(chain18, templates=templates, prepared=tmp_path / "never.json",
+                 destroy_mode="immediate") as own:
+        assert own.workdir is not None and own.workdir.is_dir()
+    assert time.monotonic() - t0 < 10  # not the two minutes a copy under way may take
+    # a copy under way (its maker holds the lock): waited for, then adopted
+    marker = tmp_path / "prepared.json"
+    maker = Cluster(chain18, templates=templates)
+
+    def late() -> None:
+        time.sleep(0.3)
+        maker.prepare(marker)
+
+    with preparing_lock(marker):
+        thread = threading.Thread(target=late)
+        thread.start()
+        with Cluster(chain18, templates=templates, prepared=marker,
+                     destroy_mode="immediate") as adopter:
+            assert adopter.workdir == Path(json.loads(marker.read_text())["workdir"])
+        thread.join()
+    maker.discard_prepared()
+    assert adopter.workdir is not None and not adopter.workdir.exists()
