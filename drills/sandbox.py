@@ -41,7 +41,7 @@ from backup_core.tools.cluster import (
     write_marker,
 )
 from backup_core.tools.conninfo import ConnInfo
-from backup_core.tools.errors import AtbError, ConfigError, SafetyRefusal
+from backup_core.tools.errors import AtbError, ConfigError, ConnectionFailed, SafetyRefusal
 from backup_core.tools.runner import run
 from drills import docker_engine, observer
 
@@ -371,16 +371,27 @@ def _finish(admin: ConnInfo, provider: str, t0: float, chain: toolchain.Toolchai
                 locale = None
         if locale is None:
             conn.execute(create)
-    url = (app or admin).with_dbname(name)
-    ident = db.identity_of(url)
+    url, tools = (app or admin).with_dbname(name), admin.with_dbname(name)
+    ident, made = _reached(url, read=url == tools)
     if ident is None:
         raise SafetyRefusal(f"the sandbox database {name} cannot be reached as {url.redacted}")
-    with db.connect(admin.with_dbname(name)) as conn:
-        made = read_locale(conn).describe()
+    if not made:  # the drill's own role is not atb's: the locale read as atb
+        with db.connect(tools) as conn:
+            made = read_locale(conn).describe()
     return SandboxInfo(provider=provider, server_version=version, url=url, identity=ident,
                        start_s=round(time.monotonic() - t0, 3), chain=chain,
                        tools_url=admin.with_dbname(name), locale=made,
                        locale_missing=missing)
+
+
+def _reached(url: ConnInfo, *, read: bool) -> tuple[db.Identity | None, str]:
+    """Who `url` reaches (None: nobody) and, `read`, the database's locale on the same
+    connection (one connection fewer on the sandbox's start)."""
+    try:
+        with db.connect(url, autocommit=True) as conn:
+            return db.identity(conn), read_locale(conn).describe() if read else ""
+    except (ConnectionFailed, psycopg.Error):
+        return None, ""
 
 
 def like_production(locale: DatabaseLocale) -> sql.Composed:
