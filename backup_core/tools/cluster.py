@@ -313,11 +313,15 @@ class Cluster:
             write_marker(marker, facts)
 
     def discard_prepared(self) -> None:
-        """Remove what `prepare` made, unless another process adopted it (and removed it)."""
+        """Remove what `prepare` made, unless another process adopted it: its reaper record
+        then names that process, which removes it (or, killed, leaves it to the reaper with
+        its server stopped first)."""
+        record, self._record = self._record, None
+        if record is None or not _still_ours(record):
+            return
         if self.workdir is not None and self.workdir.exists():
             removal.discard(self.workdir)
-        reaper.unregister(self._record)
-        self._record = None
+        reaper.unregister(record)
 
     def _adopt_prepared(self, run_as: str | None) -> bool:
         """Use the data directory `prepared` says another process made for exactly this
@@ -539,6 +543,15 @@ def prepared_key(cluster: Cluster, run_as: str | None) -> dict[str, str]:
     return {"bindir": str(cluster.toolchain.bindir), "version": cluster.toolchain.version,
             "locale": cluster.locale, "superuser": cluster.superuser, "run_as": run_as or "",
             "templates": str(cluster.templates or "")}
+
+
+def _still_ours(record: Path) -> bool:
+    """The reaper's `record` still names this process as the sandbox's owner."""
+    try:
+        owner = reaper.Owner(**json.loads(record.read_text())["owner"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return owner == reaper.Owner.current()
 
 
 def write_marker(marker: Path, facts: Mapping[str, object]) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from backup_core.tools import db, reaper, toolchain
+from backup_core.tools import db, reaper, removal, toolchain
 from backup_core.tools.cluster import Cluster, preparing_lock, write_marker
 
 
@@ -89,6 +89,18 @@ def test_a_prepared_data_directory_nobody_adopted_is_removed_by_its_maker(
     assert prepared.is_dir()
     maker.discard_prepared()
     assert not prepared.exists() and f"{prepared.name}.json" not in records()
+    # one another process adopted (its record names that process) is that process's to
+    # remove, or the reaper's once it is gone with the server stopped: never removed here
+    maker.prepare(tmp_path / "again.json")
+    prepared = Path(json.loads((tmp_path / "again.json").read_text())["workdir"])
+    record = reaper.registry_dir() / f"{prepared.name}.json"
+    adopted = json.loads(record.read_text())
+    adopted["owner"]["pid"] = 1
+    record.write_text(json.dumps(adopted))
+    maker.discard_prepared()
+    assert prepared.is_dir() and record.is_file()
+    removal.discard(prepared)
+    reaper.unregister(record)
 
 
 def test_an_adopter_waits_for_a_copy_under_way_and_not_for_one_whose_maker_is_gone(
