@@ -25,7 +25,6 @@ from typing import Any
 
 from backup_core.pitr import pgbackrest
 from backup_core.reading import guard
-from backup_core.reading.inventory import DatabaseLocale
 from backup_core.store.manifest import read_manifest
 from backup_core.store.naming import manifest_path
 from backup_core.store.verdicts import record_drill
@@ -178,10 +177,12 @@ def drill_isolation(options: DrillOptions) -> Isolation:
 def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
               on_line: Callable[[str], None] | None = None,
               env: Mapping[str, str] | None = None,
-              on_event: Callable[[dict[str, Any]], None] | None = None) -> DrillResult:
+              on_event: Callable[[dict[str, Any]], None] | None = None,
+              prepared: Path | None = None) -> DrillResult:
     """Run the drill and return its frozen result; raise `CommandFailed` when it could not
     even produce a result, and `SafetyRefusal` (exit 8), before anything starts, for a
-    sandbox server that is production's."""
+    sandbox server that is production's. `prepared`: the sandbox's files already being
+    copied (`sandbox.prepared_for`, begun by the caller)."""
     isolation.refuse_production_service(options.allow_service, production)
     appenv.refuse_production_env(options.pass_env, production, env)
     if options.sandbox == "server" and options.sandbox_url:
@@ -198,8 +199,9 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="atb-drill-"))
         reaper.mark_owner(Path(tmp))  # removed by the next drill if this process is killed
-        # first: the sandbox's files copied while the isolation is probed and the child starts
-        prepared = prepare_sandbox(options, Path(tmp) / "prepared.json", stack)
+        if prepared is None:  # first: the sandbox's files copied while the isolation is
+            # probed and the child starts (unless the caller began it earlier still)
+            prepared = stack.enter_context(sandbox.prepared_for(options))
         iso = drill_isolation(options)
         # isolated, the child sees the backups read-only, so this process records the verdict
         record_here = iso.network and options.record
@@ -275,23 +277,6 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
         except AtbError as exc:
             log.warning("could not record the verdict beside the backup: %s", exc)
     return result
-
-
-def prepare_sandbox(options: DrillOptions, marker: Path,
-                    stack: contextlib.ExitStack) -> Path | None:
-    """For a drill whose child begins its local sandbox before pytest (`child.begin`: a dump
-    named by --backup, with its manifest), that sandbox's data directory copied here while
-    the child starts (`sandbox.preparing`); the file the child waits for, or None."""
-    if options.source != "dump" or options.sandbox != "local" or options.backup is None \
-            or options.exclude:
-        return None
-    try:
-        manifest = read_manifest(manifest_path(options.backup))
-    except (AtbError, OSError, ValueError):
-        return None  # the child reads it again and says what is wrong
-    stack.enter_context(sandbox.preparing(
-        manifest.server_major, DatabaseLocale.from_definitions(manifest.definitions), marker))
-    return marker
 
 
 def follow(lines: Iterable[str], tail: collections.deque[str],

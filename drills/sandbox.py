@@ -32,6 +32,8 @@ from psycopg import sql
 
 from backup_core.reading import guard
 from backup_core.reading.inventory import DatabaseLocale, read_locale
+from backup_core.store.manifest import read_manifest
+from backup_core.store.naming import manifest_path
 from backup_core.tools import db, isolation, reaper, removal, toolchain
 from backup_core.tools.cluster import (
     FAST_SETTINGS,
@@ -44,6 +46,7 @@ from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.errors import AtbError, ConfigError, ConnectionFailed, SafetyRefusal
 from backup_core.tools.runner import run
 from drills import docker_engine, observer
+from drills.options import DrillOptions
 
 log = logging.getLogger("atb.sandbox")
 PROVIDERS = ("auto", "local", "docker", "server")
@@ -263,6 +266,30 @@ def _local(source_major: int, chains: list[toolchain.Toolchain],
                         sealed=isolation.already_inside(), destroy_mode="immediate",
                         remove_later=True, prepared=prepared) as cluster:
         yield _finish(cluster.url(), "local", t0, chain, locale=locale)
+
+
+@contextlib.contextmanager
+def prepared_for(options: DrillOptions) -> Iterator[Path | None]:
+    """For a drill whose child begins its local sandbox before pytest (`child.begin`: a dump
+    named by --backup, with its manifest), that sandbox's data directory copied by this
+    process while the child starts (`preparing`): the file the child waits for (in a private
+    directory of its own, removed with the block, or by the next drill if this one is
+    killed), or None."""
+    if options.source != "dump" or options.sandbox != "local" or options.backup is None \
+            or options.exclude:
+        yield None
+        return
+    try:
+        manifest = read_manifest(manifest_path(options.backup))
+    except (AtbError, OSError, ValueError):
+        yield None  # the child reads it again and says what is wrong
+        return
+    with tempfile.TemporaryDirectory(prefix="atb-drill-") as tmp:
+        reaper.mark_owner(Path(tmp))
+        marker = Path(tmp) / "prepared.json"
+        with preparing(manifest.server_major,
+                       DatabaseLocale.from_definitions(manifest.definitions), marker):
+            yield marker
 
 
 @contextlib.contextmanager

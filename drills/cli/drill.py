@@ -109,7 +109,6 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
     1 on FAIL, 10 when INCOMPLETE, 8 when production changed, 2 when the configuration
     cannot run (nothing is then recorded). --notify tells on FAIL and INCOMPLETE."""
     from drills import ledger as drill_ledger
-    from drills.run import run_drill
 
     signer_needs_repo(repo, repo_signer)
     extras.require("drill", what="the restore drill")
@@ -137,12 +136,17 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
                               backup_dir=fetched.path.parents[4], record=False,
                               origin=json.dumps(_origin(repo, key, fetched, options,
                                                         chosen_among)))
+        # first: the sandbox's files copied while the drill's own modules load and its child
+        # starts (`sandbox.prepared_for`)
+        prepared = stack.enter_context(sandbox.prepared_for(options))
+        from drills.run import run_drill
+
         progress = console.DrillProgress()
         leftovers.reap()  # the temporary directories of killed drills (one line each)
         try:  # sandboxes of killed drills are reaped meanwhile (each logged in one line)
             with sandbox.reaping():
                 result = run_drill(options, production=production(
-                    os.environ.get("DATABASE_URL")), on_event=progress)
+                    os.environ.get("DATABASE_URL")), on_event=progress, prepared=prepared)
         finally:
             progress.close()
         detection = None

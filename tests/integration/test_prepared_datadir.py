@@ -6,6 +6,7 @@ is removed by its maker."""
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import threading
 import time
@@ -13,8 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from backup_core.tools import db, reaper, removal, toolchain
-from backup_core.tools.cluster import Cluster, preparing_lock, write_marker
+from backup_core.ops.backup import create_backup
+from backup_core.tools import cluster, conninfo, db, reaper, removal, toolchain
+from backup_core.tools.cluster import Cluster, preparing_lock, service_user, write_marker
+from drills import child, sandbox
+from drills.options import DrillOptions
+from drills.run import drill_argv
+from tests.conftest import make_database
 
 
 @pytest.fixture(scope="module")
@@ -49,27 +55,26 @@ def test_a_prepared_data_directory_is_adopted_only_by_the_cluster_it_was_made_fo
     assert (prepared / "data" / "PG_VERSION").is_file()
     assert f"{prepared.name}.json" in records()  # reaped as anyone's if its maker is killed
 
-    # a marker saying the same directory was made for another server binary: not adopted
+    # a marker saying the same directory was made for another server binary, one naming a
+    # directory outside where the cluster makes its own, a preparation that failed: each
+    # refused at once (the cluster then makes its own, as `start` does without one)
     forged = tmp_path / "forged.json"
     write_marker(forged, {"workdir": str(prepared), "key": {**facts["key"], "version": "0"}})
-    with Cluster(chain18, templates=templates, prepared=forged) as own:
-        assert own.workdir != prepared
-        made = [own.workdir]
-    # one naming a directory outside where this cluster makes its own: not adopted
     elsewhere = tmp_path / "elsewhere.json"
     write_marker(elsewhere, {"workdir": str(tmp_path / f"{reaper.WORKDIR_PREFIX}x"),
                              "key": facts["key"]})
-    with Cluster(chain18, templates=templates, prepared=elsewhere) as own:
-        assert own.workdir is not None and own.workdir.parent.resolve() == base
-        made.append(own.workdir)
-    # a preparation that failed: its own, at once
     failed = tmp_path / "failed.json"
     write_marker(failed, {"failed": "ToolchainError: no server"})
-    with Cluster(chain18, templates=templates, prepared=failed) as own:
-        assert own.workdir != prepared
-        made.append(own.workdir)
-    assert [w is not None and w.exists() for w in made] == [False] * 3  # each removed its own
-    assert prepared.is_dir()
+    for refused in (forged, elsewhere, failed):
+        other = Cluster(maker.toolchain, templates=templates, prepared=refused)
+        assert other._adopt_prepared(service_user()) is False and other.workdir is None
+    assert Cluster(maker.toolchain, templates=templates, prepared=marker)._adopt_prepared(
+        "someone-else") is False  # made for another service user
+    with Cluster(chain18, templates=templates, prepared=failed,
+                 destroy_mode="immediate") as own:
+        assert own.workdir is not None and own.workdir != prepared
+        made = own.workdir
+    assert not made.exists() and prepared.is_dir()
 
     with Cluster(chain18, templates=templates, prepared=marker,
                  destroy_mode="immediate") as adopter:
@@ -128,3 +133,38 @@ def test_an_adopter_waits_for_a_copy_under_way_and_not_for_one_whose_maker_is_go
         thread.join()
     maker.discard_prepared()
     assert adopter.workdir is not None and not adopter.workdir.exists()
+
+
+def test_the_drills_early_sandbox_runs_on_the_copy_atb_drill_run_began(
+        pg15: Cluster, chains: list[toolchain.Toolchain], tmp_path: Path, sandbox_tmp: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`atb drill run`'s copy (`sandbox.prepared_for`) is the one its child's sandbox starts
+    on (`child.begin`, told through the environment): no second copy is made, and nothing is
+    left once both are done."""
+    backup = create_backup(make_database(pg15, rows=20), tmp_path / "backups",
+                           chains=chains).path
+    options = DrillOptions(backup=backup, backup_dir=tmp_path / "backups", sandbox="local",
+                           report_dir=tmp_path / "reports")
+    options_file = tmp_path / "options.json"
+    options_file.write_text(options.to_json())
+    monkeypatch.setattr(tempfile, "tempdir", str(sandbox_tmp))
+    for name, value in list(os.environ.items()):  # `begin` detaches the libpq variables
+        if name.startswith("PG"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setattr(conninfo, "_detached", dict(conninfo._detached))
+    with sandbox.prepared_for(options) as marker:
+        assert marker is not None
+        env = {**os.environ, sandbox.PREPARED_ENV: str(marker)}
+        early = child.begin(drill_argv(options_file)[3:], env)
+        assert early is not None and sandbox.PREPARED_ENV not in env
+        info = early.start.wait()
+        workdir = Path(json.loads(marker.read_text())["workdir"])
+        assert sorted(p.name for p in sandbox_tmp.glob(f"{reaper.WORKDIR_PREFIX}*")) == [
+            workdir.name]  # the one copy, atb's
+        assert (workdir / "data" / "postmaster.pid").is_file()  # and the server runs on it
+        with db.connect(info.url, autocommit=True) as conn:
+            assert conn.execute("SELECT current_setting('data_directory')").fetchone() == (
+                str(workdir / "data"),)
+        early.start.close(None)
+        cluster.await_removals()
+    assert os.listdir(sandbox_tmp) == []

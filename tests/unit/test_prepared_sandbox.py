@@ -4,14 +4,13 @@ child is told where through its environment and takes the variable out at once."
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pytest
 
 from drills import child, sandbox
 from drills.options import DrillOptions
-from drills.run import drill_env, prepare_sandbox
+from drills.run import drill_env
 
 
 @pytest.mark.parametrize("changes", [
@@ -26,18 +25,16 @@ def test_no_copy_for_a_drill_whose_child_begins_no_local_sandbox_early(
     dump.write_bytes(b"PGDMP")
     (tmp_path / "backup-20260101T000000Z.json").write_text("{}")
     options = DrillOptions(**{"sandbox": "local", "backup": dump, **changes})  # type: ignore
-    with contextlib.ExitStack() as stack:
-        assert prepare_sandbox(options, tmp_path / "prepared.json", stack) is None
-    assert not (tmp_path / "prepared.json").exists()
+    with sandbox.prepared_for(options) as prepared:
+        assert prepared is None
 
 
 def test_no_copy_for_a_backup_whose_manifest_cannot_be_read(tmp_path: Path) -> None:
     dump = tmp_path / "backup-20260101T000000Z.dump"
     dump.write_bytes(b"PGDMP")
     (tmp_path / "backup-20260101T000000Z.json").write_text("not json")
-    with contextlib.ExitStack() as stack:
-        assert prepare_sandbox(DrillOptions(sandbox="local", backup=dump),
-                               tmp_path / "prepared.json", stack) is None
+    with sandbox.prepared_for(DrillOptions(sandbox="local", backup=dump)) as prepared:
+        assert prepared is None
 
 
 def test_the_child_is_told_where_and_takes_it_out_of_its_environment() -> None:
