@@ -182,7 +182,8 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
     """Run the drill and return its frozen result; raise `CommandFailed` when it could not
     even produce a result, and `SafetyRefusal` (exit 8), before anything starts, for a
     sandbox server that is production's. `prepared`: the sandbox's files already being
-    copied (`sandbox.prepared_for`, begun by the caller)."""
+    copied (`sandbox.prepared_for`, begun by the caller, whose private directory is then the
+    drill's scratch directory too: removed when the caller's block ends)."""
     isolation.refuse_production_service(options.allow_service, production)
     appenv.refuse_production_env(options.pass_env, production, env)
     if options.sandbox == "server" and options.sandbox_url:
@@ -197,11 +198,14 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
         # exit 2 for a stanza it does not know
         pgbackrest.info(pgbackrest.Stanza(options.stanza or "", options.pgbackrest_config))
     with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="atb-drill-"))
-        reaper.mark_owner(Path(tmp))  # removed by the next drill if this process is killed
         if prepared is None:  # first: the sandbox's files copied while the isolation is
             # probed and the child starts (unless the caller began it earlier still)
             prepared = stack.enter_context(sandbox.prepared_for(options))
+        if prepared is not None:  # the copy's private directory is the drill's scratch one
+            tmp = str(prepared.parent)
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="atb-drill-"))
+            reaper.mark_owner(Path(tmp))  # removed by the next drill if this one is killed
         iso = drill_isolation(options)
         # isolated, the child sees the backups read-only, so this process records the verdict
         record_here = iso.network and options.record

@@ -272,9 +272,9 @@ def _local(source_major: int, chains: list[toolchain.Toolchain],
 def prepared_for(options: DrillOptions) -> Iterator[Path | None]:
     """For a drill whose child begins its local sandbox before pytest (`child.begin`: a dump
     named by --backup, with its manifest), that sandbox's data directory copied by this
-    process while the child starts (`preparing`): the file the child waits for (in a private
-    directory of its own, removed with the block, or by the next drill if this one is
-    killed), or None."""
+    process while the child starts (`preparing`): the file the child waits for, or None. It
+    is in a private directory (`atb-drill-*`, removed with the block, or by the next drill if
+    this one is killed) that `run_drill` takes as the drill's scratch directory."""
     if options.source != "dump" or options.sandbox != "local" or options.backup is None \
             or options.exclude:
         yield None
