@@ -2,10 +2,11 @@
 
 The drill's restore against the runbook's `createdb` + `pg_restore`, and a whole `atb drill
 run` against sandbox + restore alone, A and B alternating, with the CPU each restore used and
-the drill's phases. `--dump SIZE=PATH` reuses a backup made earlier (its manifest beside it)
-instead of building a database; `--compare-with DIR` also times the whole drill of another
-checkout (another commit's code) against this one's, in turn. Writes its section of
-bench/RESULTS.md between markers.
+the drill's phases (`--skip-restore`: the whole drill's comparisons only). `--dump
+SIZE=PATH` reuses a backup made earlier (its manifest beside it) instead of building a
+database; `--compare-with DIR` also times the whole drill of another checkout (another
+commit's code) against this one's, in turn. Writes its section of bench/RESULTS.md between
+markers.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from backup_core.ops import restore
 from backup_core.ops.backup import create_backup
 from backup_core.ops.restore import RestoreRequest, restore_backup
+from backup_core.reading import toc
 from backup_core.tools import cluster, db, toolchain
 from backup_core.tools.cluster import FAST_SETTINGS, Cluster
 from backup_core.tools.runner import run
@@ -80,8 +82,10 @@ def bench_restore(dump: Path, chain: toolchain.Toolchain, chains: list[toolchain
                          reset=reset)
         main.notes.append(f"CPU: ours {ours.summary()}, the runbook's {theirs.summary()}; "
                           f"load {load_average()}")
-        found = restore._split_entry(chain, dump)  # the threshold's answer for this archive
-        how = (f"split ({found[0].schema}.{found[0].tag}, as above)" if found else
+        listing = restore._listing(chain, dump)  # the threshold's answer for this archive
+        entries = toc.parse_listing(listing) if listing is not None else None
+        found = restore._split_entry(dump, entries) if entries is not None else None
+        how = (f"split ({found.schema}.{found.tag}, as above)" if found else
                "restore_backup, nothing split (no table reaches split_copy.MIN_ROWS)")
         split = alternate(Comparison("restore: split vs not", how,
                                      f"pg_restore -j {cores} alone", "-"),
@@ -170,6 +174,8 @@ def main() -> None:
     parser.add_argument("--dump", action="append", default=[],
                         help="SIZE=PATH: a backup made earlier, for that size")
     parser.add_argument("--skip-drill", action="store_true", help="the restore only")
+    parser.add_argument("--skip-restore", action="store_true",
+                        help="the whole drill's comparisons only, not the restore's")
     parser.add_argument("--compare-with", type=Path, default=None,
                         help="a checkout of another commit: its whole drill against this "
                              "one's, in turn (e.g. from `git archive COMMIT | tar -x`)")
@@ -187,7 +193,8 @@ def main() -> None:
         for size in args.size.split(","):
             start = load_average()
             dump = backup_of(size, chain, chains, work, given)
-            comps = bench_restore(dump, chain, chains, cores, args.repeat)
+            comps = [] if args.skip_restore else bench_restore(dump, chain, chains, cores,
+                                                                args.repeat)
             if not args.skip_drill:
                 comps.append(bench_drill(dump, chain.major, chains, cores, args.repeat, work))
             if args.compare_with is not None:

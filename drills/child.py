@@ -229,6 +229,7 @@ def found_chains() -> list[toolchain.Toolchain] | None:
 def begin(argv: list[str], env: dict[str, str] | os._Environ[str]) -> Early | None:
     """The sandbox for the drill `argv` describes, starting on its thread; None when it
     cannot be begun early (the plugin then starts it with the session)."""
+    prepared = prepared_marker(env)
     path = options_file(argv)
     if path is None:
         return None
@@ -258,11 +259,18 @@ def begin(argv: list[str], env: dict[str, str] | os._Environ[str]) -> Early | No
         return sandbox.open_sandbox(
             "local", source_major=manifest.server_major, chains=found,
             locale=inventory.DatabaseLocale.from_definitions(manifest.definitions),
-            faithful=options.rto_faithful)
+            faithful=options.rto_faithful, prepared=prepared)
 
     return Early(backup=backup.path, sandbox=options.sandbox, faithful=options.rto_faithful,
                  chains=chains, start=SandboxStart(open_manager, options.sandbox),
                  found=backup, backup_dir=options.backup_dir)
+
+
+def prepared_marker(env: dict[str, str] | os._Environ[str]) -> Path | None:
+    """Where `atb drill run` says the sandbox's data directory is being copied
+    (`sandbox.preparing`), taken out of the environment: nothing the drill runs needs it."""
+    value = env.pop(sandbox.PREPARED_ENV, "")
+    return Path(value) if value else None
 
 
 def take(backup: Backup, options: DrillOptions) -> Early | None:

@@ -34,7 +34,7 @@ from backup_core.tools.conninfo import ConnInfo, redact
 from backup_core.tools.errors import AtbError, CommandFailed, ConfigError, ToolchainError
 from backup_core.tools.isolation import Isolation
 from backup_core.tools.relay import Relay
-from drills import child, docker_engine, interrupts, observer
+from drills import child, docker_engine, interrupts, observer, sandbox
 from drills.console import ProgressFile
 from drills.options import DrillOptions
 from drills.result import DrillResult, verdict_of
@@ -74,8 +74,8 @@ def drill_argv(options_file: Path) -> list[str]:
 
 def drill_env(options: DrillOptions, production: ConnInfo | None,
               base: Mapping[str, str] | None = None, *, iso: Isolation | None = None,
-              observer_socket: Path | None = None,
-              sandbox_url: str | None = None) -> dict[str, str]:
+              observer_socket: Path | None = None, sandbox_url: str | None = None,
+              prepared: Path | None = None) -> dict[str, str]:
     """The pytest child's sealed environment: production only as ATB_PRODUCTION_URL (to be
     recognised and refused), the sandbox server only as ATB_SANDBOX_URL. Isolated, the child
     gets production without its password (it asks the observer instead)."""
@@ -91,6 +91,8 @@ def drill_env(options: DrillOptions, production: ConnInfo | None,
         extra["ATB_SANDBOX_URL"] = sandbox_url or options.sandbox_url or ""
     if iso is not None:
         extra[ISOLATION_ENV] = json.dumps(iso.as_dict())
+    if prepared is not None:
+        extra[sandbox.PREPARED_ENV] = str(prepared)
     extra["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # the plugins it needs are on its argv
     source = os.environ if base is None else base
     extra.update({k: v for k, v in source.items() if k.startswith(TOOL_ENV_PREFIXES)})
@@ -175,10 +177,13 @@ def drill_isolation(options: DrillOptions) -> Isolation:
 def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
               on_line: Callable[[str], None] | None = None,
               env: Mapping[str, str] | None = None,
-              on_event: Callable[[dict[str, Any]], None] | None = None) -> DrillResult:
+              on_event: Callable[[dict[str, Any]], None] | None = None,
+              prepared: Path | None = None) -> DrillResult:
     """Run the drill and return its frozen result; raise `CommandFailed` when it could not
     even produce a result, and `SafetyRefusal` (exit 8), before anything starts, for a
-    sandbox server that is production's."""
+    sandbox server that is production's. `prepared`: the sandbox's files already being
+    copied (`sandbox.prepared_for`, begun by the caller, whose private directory is then the
+    drill's scratch directory too: removed when the caller's block ends)."""
     isolation.refuse_production_service(options.allow_service, production)
     appenv.refuse_production_env(options.pass_env, production, env)
     if options.sandbox == "server" and options.sandbox_url:
@@ -192,12 +197,18 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
     if options.source == "pgbackrest":  # before anything starts: exit 3 with no pgbackrest,
         # exit 2 for a stanza it does not know
         pgbackrest.info(pgbackrest.Stanza(options.stanza or "", options.pgbackrest_config))
-    iso = drill_isolation(options)
-    # isolated, the child sees the backups read-only, so this process records the verdict
-    record_here = iso.network and options.record
     with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="atb-drill-"))
-        reaper.mark_owner(Path(tmp))  # removed by the next drill if this process is killed
+        if prepared is None:  # first: the sandbox's files copied while the isolation is
+            # probed and the child starts (unless the caller began it earlier still)
+            prepared = stack.enter_context(sandbox.prepared_for(options))
+        if prepared is not None:  # the copy's private directory is the drill's scratch one
+            tmp = str(prepared.parent)
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="atb-drill-"))
+            reaper.mark_owner(Path(tmp))  # removed by the next drill if this one is killed
+        iso = drill_isolation(options)
+        # isolated, the child sees the backups read-only, so this process records the verdict
+        record_here = iso.network and options.record
         result_file = Path(tmp) / "result.json"
         options_file = Path(tmp) / "options.json"
         # the child's phases come back as JSON lines in this file (drills.plugin.progress)
@@ -223,7 +234,7 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
             argv, iso = isolation.wrap(argv, allow=allow, forward=forward,
                                        read_only=read_only_trees(options, Path(tmp)))
         base = drill_env(options, production, env, iso=iso, observer_socket=observer_socket,
-                         sandbox_url=sandbox_url)
+                         sandbox_url=sandbox_url, prepared=prepared)
         tail: collections.deque[str] = collections.deque(maxlen=40)
         if on_event is not None:
             stack.enter_context(ProgressFile(progress_file, on_event))

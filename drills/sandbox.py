@@ -25,21 +25,34 @@ import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from backup_core.reading import guard
 from backup_core.reading.inventory import DatabaseLocale, read_locale
+from backup_core.store.manifest import read_manifest
+from backup_core.store.naming import manifest_path
 from backup_core.tools import db, isolation, reaper, removal, toolchain
-from backup_core.tools.cluster import FAST_SETTINGS, Cluster, cache_root
+from backup_core.tools.cluster import (
+    FAST_SETTINGS,
+    Cluster,
+    cache_root,
+    preparing_lock,
+    write_marker,
+)
 from backup_core.tools.conninfo import ConnInfo
-from backup_core.tools.errors import AtbError, ConfigError, SafetyRefusal
+from backup_core.tools.errors import AtbError, ConfigError, ConnectionFailed, SafetyRefusal
 from backup_core.tools.runner import run
 from drills import docker_engine, observer
+from drills.options import DrillOptions
 
 log = logging.getLogger("atb.sandbox")
 PROVIDERS = ("auto", "local", "docker", "server")
+# where `atb drill run` says its drill child's local sandbox may find its data directory
+# already copied (`preparing`); the child takes it out of its environment at once
+PREPARED_ENV = "ATB_PREPARED_DATADIR"
 
 
 @dataclass(frozen=True)
@@ -232,20 +245,81 @@ def _socket_dir() -> Iterator[Path]:
 
 # -- local and server ------------------------------------------------------------------------
 
+def _local_cluster(chain: toolchain.Toolchain, locale: DatabaseLocale | None,
+                   **settings: Any) -> Cluster:
+    """The local sandbox's cluster, not yet started: its data directory is a copy of the
+    initdb template for its server binary and production's locale (`cluster_locale`)."""
+    return Cluster(chain, locale=cluster_locale(locale, machine_locales()),
+                   templates=cache_root() / "initdb", **settings)
+
+
 @contextlib.contextmanager
 def _local(source_major: int, chains: list[toolchain.Toolchain],
-           locale: DatabaseLocale | None = None, *, faithful: bool = False
-           ) -> Iterator[SandboxInfo]:
+           locale: DatabaseLocale | None = None, *, faithful: bool = False,
+           prepared: Path | None = None) -> Iterator[SandboxInfo]:
     t0 = time.monotonic()
     chain = toolchain.for_server(source_major, chains)
-    initdb = cluster_locale(locale, machine_locales())
     # inside the drill's namespaces: sealed, on the namespace's own loopback (nothing the
     # restored database runs, as its superuser can, opens a socket of the host); trusted
     # there as its socket is outside, since only the drill's processes share that loopback
-    with Cluster(chain, settings={} if faithful else dict(FAST_SETTINGS), locale=initdb,
-                 sealed=isolation.already_inside(), templates=cache_root() / "initdb",
-                 destroy_mode="immediate", remove_later=True) as cluster:
+    with _local_cluster(chain, locale, settings={} if faithful else dict(FAST_SETTINGS),
+                        sealed=isolation.already_inside(), destroy_mode="immediate",
+                        remove_later=True, prepared=prepared) as cluster:
         yield _finish(cluster.url(), "local", t0, chain, locale=locale)
+
+
+@contextlib.contextmanager
+def prepared_for(options: DrillOptions) -> Iterator[Path | None]:
+    """For a drill whose child begins its local sandbox before pytest (`child.begin`: a dump
+    named by --backup, with its manifest), that sandbox's data directory copied by this
+    process while the child starts (`preparing`): the file the child waits for, or None. It
+    is in a private directory (`atb-drill-*`, removed with the block, or by the next drill if
+    this one is killed) that `run_drill` takes as the drill's scratch directory."""
+    if options.source != "dump" or options.sandbox != "local" or options.backup is None \
+            or options.exclude:
+        yield None
+        return
+    try:
+        manifest = read_manifest(manifest_path(options.backup))
+    except (AtbError, OSError, ValueError):
+        yield None  # the child reads it again and says what is wrong
+        return
+    with tempfile.TemporaryDirectory(prefix="atb-drill-") as tmp:
+        reaper.mark_owner(Path(tmp))
+        marker = Path(tmp) / "prepared.json"
+        with preparing(manifest.server_major,
+                       DatabaseLocale.from_definitions(manifest.definitions), marker):
+            yield marker
+
+
+@contextlib.contextmanager
+def preparing(source_major: int, locale: DatabaseLocale | None,
+              marker: Path) -> Iterator[None]:
+    """The local sandbox's data directory copied from its template on a thread of this
+    process while the drill's child starts (an interpreter, its imports, pytest's): the
+    child's cluster adopts it (`Cluster.prepared`, through `PREPARED_ENV`) when it was made
+    for the same server and locale, else copies its own. Whatever nobody adopted is removed
+    when the block ends, after the child."""
+    made: list[Cluster] = []
+
+    def work() -> None:
+        try:
+            chain = toolchain.for_server(source_major, toolchain.discover())
+            made.append(_local_cluster(chain, locale))
+        except Exception as exc:  # no toolchain for it: the child says so, as before
+            write_marker(marker, {"failed": f"{type(exc).__name__}: {exc}"})
+            return
+        made[0].prepare(marker)
+
+    with preparing_lock(marker):  # taken before the child exists: see `_await_marker`
+        thread = threading.Thread(target=work, name="atb-prepare-sandbox", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            thread.join()
+            if made:
+                made[0].discard_prepared()
 
 
 def machine_locales() -> list[str]:
@@ -324,16 +398,27 @@ def _finish(admin: ConnInfo, provider: str, t0: float, chain: toolchain.Toolchai
                 locale = None
         if locale is None:
             conn.execute(create)
-    url = (app or admin).with_dbname(name)
-    ident = db.identity_of(url)
+    url, tools = (app or admin).with_dbname(name), admin.with_dbname(name)
+    ident, made = _reached(url, read=url == tools)
     if ident is None:
         raise SafetyRefusal(f"the sandbox database {name} cannot be reached as {url.redacted}")
-    with db.connect(admin.with_dbname(name)) as conn:
-        made = read_locale(conn).describe()
+    if not made:  # the drill's own role is not atb's: the locale read as atb
+        with db.connect(tools) as conn:
+            made = read_locale(conn).describe()
     return SandboxInfo(provider=provider, server_version=version, url=url, identity=ident,
                        start_s=round(time.monotonic() - t0, 3), chain=chain,
                        tools_url=admin.with_dbname(name), locale=made,
                        locale_missing=missing)
+
+
+def _reached(url: ConnInfo, *, read: bool) -> tuple[db.Identity | None, str]:
+    """Who `url` reaches (None: nobody) and, `read`, the database's locale on the same
+    connection (one connection fewer on the sandbox's start)."""
+    try:
+        with db.connect(url, autocommit=True) as conn:
+            return db.identity(conn), read_locale(conn).describe() if read else ""
+    except (ConnectionFailed, psycopg.Error):
+        return None, ""
 
 
 def like_production(locale: DatabaseLocale) -> sql.Composed:
@@ -375,11 +460,13 @@ def resolve_provider(kind: str, engine: docker_engine.Engine | None) -> tuple[st
 def open_sandbox(kind: str, *, source_major: int, chains: list[toolchain.Toolchain],
                  server: ConnInfo | None = None, production: ConnInfo | None = None,
                  docker_image: str | None = None, asserted: bool = False,
-                 locale: DatabaseLocale | None = None, faithful: bool = False
+                 locale: DatabaseLocale | None = None, faithful: bool = False,
+                 prepared: Path | None = None
                  ) -> contextlib.AbstractContextManager[SandboxInfo]:
     """Context manager over the chosen provider; always torn down, on failure and Ctrl-C.
     The scratch database takes `locale` (production's, from the manifest) where it can;
-    `faithful`: the server's default settings, not the tuned ones (`--rto-faithful`)."""
+    `faithful`: the server's default settings, not the tuned ones (`--rto-faithful`);
+    `prepared`: where a local cluster's data directory may be ready (`preparing`)."""
     image = docker_engine.image_for(docker_image, source_major)
     engine = docker_engine.probe(image) if kind in ("auto", "docker") else None
     provider, why = resolve_provider(kind, engine)
@@ -394,7 +481,7 @@ def open_sandbox(kind: str, *, source_major: int, chains: list[toolchain.Toolcha
     if why:
         log.warning("%s", why)
         return _noted(_local(source_major, chains, locale, faithful=faithful), why)
-    return _local(source_major, chains, locale, faithful=faithful)
+    return _local(source_major, chains, locale, faithful=faithful, prepared=prepared)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import hashlib
+import json
 import logging
 import os
 import pwd
@@ -21,7 +23,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, TracebackType
@@ -213,6 +215,12 @@ class Cluster:
     # stopped, so the drill writes its reports meanwhile; `await_removals` waits for it (and
     # at exit)
     remove_later: bool = False
+    # A data directory another process is copying from the template for this cluster
+    # (`prepare`, begun by `atb drill run` while its child starts): the file that says where,
+    # once it is whole. Adopted only when it was made for this same server binary, locale,
+    # superuser and service user; anything else (not ready in time, failed, another key)
+    # and the cluster makes its own, as before.
+    prepared: Path | None = None
     workdir: Path | None = field(default=None, init=False)
     port: int = field(default=5432, init=False)
     _running: bool = field(default=False, init=False)
@@ -271,8 +279,9 @@ class Cluster:
             raise ToolchainError(f"{self.toolchain.bindir} has no initdb/pg_ctl/postgres")
         run_as = service_user()
         self.toolchain = servable(self.toolchain, run_as, runner=self.runner)
-        self._make_workdir(run_as)
-        self._fill_datadir(run_as)
+        if not self._adopt_prepared(run_as):
+            self._make_workdir(run_as)
+            self._fill_datadir(run_as)
         self.port = free_port() if self.tcp else 5432
         conf = server_conf(port=self.port, tcp=self.tcp,
                            socket_dir=None if self.sealed else self.socket_dir,
@@ -285,6 +294,56 @@ class Cluster:
         self._pg_ctl_start(run_as)
         self._running = True
         log.debug("cluster %s started (PostgreSQL %s)", self.workdir, self.toolchain.version)
+
+    def prepare(self, marker: Path) -> None:
+        """Make this cluster's work directory and data directory without starting it, then
+        say where in `marker` (with what it was made for, `prepared_key`), or that it failed:
+        for a cluster of the same settings in another process to adopt (`prepared`). The
+        caller removes the directory if nobody adopted it (`discard_prepared`)."""
+        facts: dict[str, object] = {"failed": "interrupted"}
+        try:
+            run_as = service_user()
+            self.toolchain = servable(self.toolchain, run_as, runner=self.runner)
+            self._make_workdir(run_as)
+            self._fill_datadir(run_as)
+            facts = {"workdir": str(self.workdir), "key": prepared_key(self, run_as)}
+        except Exception as exc:  # said to the adopter, which then makes its own
+            facts = {"failed": f"{type(exc).__name__}: {exc}"}
+        finally:
+            write_marker(marker, facts)
+
+    def discard_prepared(self) -> None:
+        """Remove what `prepare` made, unless another process adopted it: its reaper record
+        then names that process, which removes it (or, killed, leaves it to the reaper with
+        its server stopped first)."""
+        record, self._record = self._record, None
+        if record is None or not _still_ours(record):
+            return
+        if self.workdir is not None and self.workdir.exists():
+            removal.discard(self.workdir)
+        reaper.unregister(record)
+
+    def _adopt_prepared(self, run_as: str | None) -> bool:
+        """Use the data directory `prepared` says another process made for exactly this
+        cluster (waited for, as its copy may still run); False: make our own."""
+        if self.prepared is None or self.populate is not None or self.password:
+            return False
+        facts = _await_marker(self.prepared, timeout=120)
+        if facts is None or "workdir" not in facts:
+            log.debug("prepared data directory not used: %s",
+                      facts.get("failed") if facts else "not ready in time")
+            return False
+        workdir = Path(str(facts["workdir"]))
+        base = Path(self.base_dir or tempfile.gettempdir()).resolve()
+        if facts.get("key") != prepared_key(self, run_as) or workdir.parent.resolve() != base \
+                or not workdir.name.startswith(reaper.WORKDIR_PREFIX) or workdir.is_symlink() \
+                or not (workdir / "data" / "PG_VERSION").is_file():
+            log.debug("prepared data directory %s not used: made for another cluster", workdir)
+            return False
+        self.workdir = workdir
+        self._record = reaper.register(workdir)  # ours now: torn down and reaped as ours
+        log.debug("data directory prepared beforehand in %s", workdir)
+        return True
 
     def _make_workdir(self, run_as: str | None) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix=reaper.WORKDIR_PREFIX, dir=self.base_dir))
@@ -477,6 +536,82 @@ def await_removals() -> None:
 
 
 atexit.register(await_removals)
+
+
+def prepared_key(cluster: Cluster, run_as: str | None) -> dict[str, str]:
+    """What a prepared data directory was made for: a cluster adopts only its own kind."""
+    return {"bindir": str(cluster.toolchain.bindir), "version": cluster.toolchain.version,
+            "locale": cluster.locale, "superuser": cluster.superuser, "run_as": run_as or "",
+            "templates": str(cluster.templates or "")}
+
+
+def _still_ours(record: Path) -> bool:
+    """The reaper's `record` still names this process as the sandbox's owner."""
+    try:
+        owner = reaper.Owner(**json.loads(record.read_text())["owner"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return owner == reaper.Owner.current()
+
+
+def write_marker(marker: Path, facts: Mapping[str, object]) -> None:
+    """`facts` for the adopter of a prepared data directory, whole or absent (renamed in)."""
+    tmp = marker.with_name(f".{marker.name}.tmp")
+    tmp.write_text(json.dumps(facts))
+    tmp.replace(marker)
+
+
+@contextlib.contextmanager
+def preparing_lock(marker: Path) -> Iterator[None]:
+    """Held by the process preparing a data directory for `marker` (`Cluster.prepare`),
+    from before the adopter starts until the block ends: an adopter still waiting when it
+    is free knows nobody will write the marker (that process was killed) and stops waiting."""
+    fd = os.open(_lock_path(marker), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _lock_path(marker: Path) -> Path:
+    return marker.with_name(f"{marker.name}.lock")
+
+
+def _preparer_gone(marker: Path) -> bool:
+    """Nobody holds `marker`'s `preparing_lock` (any more)."""
+    try:
+        fd = os.open(_lock_path(marker), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return True
+
+
+def _await_marker(marker: Path, *, timeout: float) -> dict[str, object] | None:
+    """The facts `Cluster.prepare` wrote in `marker`, waited for (every 2 ms, as the
+    server's readiness is); None when they cannot be read, do not come in time, or never
+    will (its maker is gone: `preparing_lock`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            facts = json.loads(marker.read_text())
+            return facts if isinstance(facts, dict) else None
+        except FileNotFoundError:
+            # looked at after the read: a maker that wrote the marker and then ended is
+            # seen by the next read, not taken for one that died before writing it
+            if time.monotonic() > deadline or (_preparer_gone(marker) and not marker.exists()):
+                return None
+            time.sleep(0.002)
+        except (OSError, ValueError):
+            return None
 
 
 def template_path(templates: Path, chain: Toolchain, *, locale: str, superuser: str) -> Path:

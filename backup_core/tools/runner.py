@@ -11,7 +11,6 @@ exact argv without starting anything.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import pwd
 import subprocess
@@ -169,8 +168,11 @@ def spawn_text(
 
 
 def _parent_death(signum: int) -> Callable[[], None]:
+    # the C library already loaded, found here before the fork: `find_library` runs
+    # `ldconfig` (a fork of the forked child, on the drill's start, with threads about)
+    libc = ctypes.CDLL(None, use_errno=True)
+
     def arm() -> None:  # in the child, before exec (Linux prctl PR_SET_PDEATHSIG)
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
     return arm
 

@@ -136,12 +136,17 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
                               backup_dir=fetched.path.parents[4], record=False,
                               origin=json.dumps(_origin(repo, key, fetched, options,
                                                         chosen_among)))
+        # first: the sandbox's files copied while the drill's own modules load and its child
+        # starts (`sandbox.prepared_for`)
+        prepared = stack.enter_context(sandbox.prepared_for(options))
+        from drills.run import run_drill  # noqa: F401  (loaded while the copy runs)
+
         progress = console.DrillProgress()
         leftovers.reap()  # the temporary directories of killed drills (one line each)
         signals = stack.enter_context(interrupts.handling())
         try:
             result, detection = _drill_and_prove(options, progress, signals,
-                                                 prove=prove_detection)
+                                                 prove=prove_detection, prepared=prepared)
             # the child wrote its reports with the ledger's facts; a detection run adds its own
             if detection is not None or result.evidence != drill_ledger.evidence(signer):
                 result = drill_ledger.annotate(result, signer=signer, detection=detection)
@@ -180,8 +185,9 @@ INTERRUPTED_EXIT = 130  # as every command ends on Ctrl-C
 
 
 def _drill_and_prove(options: DrillOptions, progress: console.DrillProgress,
-                     signals: interrupts.Interrupts, *,
-                     prove: bool) -> tuple[DrillResult, DetectionFacts | None]:
+                     signals: interrupts.Interrupts, *, prove: bool,
+                     prepared: Path | None
+                     ) -> tuple[DrillResult, DetectionFacts | None]:
     """The drill, then (`--prove-detection`) the drill of a damaged copy of its backup. An
     interrupt before or during that second drill drops it, never counted as damage not
     caught: the drill is recorded as it ran, and `atb` exits 130."""
@@ -190,7 +196,7 @@ def _drill_and_prove(options: DrillOptions, progress: console.DrillProgress,
     try:  # sandboxes of killed drills are reaped meanwhile (each logged in one line)
         with sandbox.reaping():
             result = run_drill(options, production=production(
-                os.environ.get("DATABASE_URL")), on_event=progress)
+                os.environ.get("DATABASE_URL")), on_event=progress, prepared=prepared)
     finally:
         progress.close()
     signals.armed = False  # reported: from here until its record is, a Ctrl-C waits

