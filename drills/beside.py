@@ -57,8 +57,8 @@ class Listing:
 
 def amcheck(sandbox: SandboxInfo, *, catalogs: bool = True) -> Amcheck:
     """Every heap page and B-tree index of the copy, a few relations at a time; without
-    `catalogs`, of the restored schemas only (a dump restored into a new database: its
-    system catalogs are the sandbox server's own, not production's)."""
+    `catalogs`, of the restored schemas and the large objects only (a dump restored into a
+    new database: its other system catalogs are the sandbox server's own, not production's)."""
     chain = sandbox.chain
     if chain is None or not chain.has("pg_amcheck"):
         return Amcheck(skipped="no pg_amcheck in the sandbox's toolchain")

@@ -413,8 +413,9 @@ def test_amcheck_finds_no_corruption(drill: DrillState, drill_final_url: ConnInf
                                      request: pytest.FixtureRequest) -> None:
     """pg_amcheck reads every heap page and B-tree index of the restored tables: corruption
     in the restore target would surface here rather than in production. A copy restored
-    from a dump has system catalogs of the sandbox server's own making, left out; a
-    point-in-time copy's are production's, read too."""
+    from a dump has system catalogs of the sandbox server's own making, left out but for
+    the large objects' (production's data); a point-in-time copy's are production's, read
+    too."""
     # a logical drill without a migration started it beside the read-back, on this very copy
     early = (request.getfixturevalue("drill_restore").amcheck if drill.pitr is None
              else None)
@@ -426,8 +427,8 @@ def test_amcheck_finds_no_corruption(drill: DrillState, drill_final_url: ConnInf
         pytest.skip(done.skipped)
     evidence.add(f"pg_amcheck {done.version}: exit {done.returncode}"
                  + (" (run beside the read-back of every table)" if early else "")
-                 + ("" if done.catalogs else "; the restored schemas' tables and indexes, "
-                    "not the sandbox's own system catalogs"))
+                 + ("" if done.catalogs else "; the restored schemas' tables, indexes and "
+                    "TOAST and the large objects, not the sandbox's other system catalogs"))
     if done.returncode != 0:
         raise CheckFailed("pg_amcheck reported problems", output=done.output)
 
