@@ -6,6 +6,8 @@ matters, and a failure shows what was expected, what was found, and the tool's o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from backup_core.ops import heartbeat, status
@@ -331,7 +333,7 @@ def _restored_facts(drill: DrillState, request: pytest.FixtureRequest
 
 
 def _judge_against_production(findings: Findings, recorded: dict[str, list[str]], kind: str,
-                              found: list[str], summary: str) -> None:
+                              found: Sequence[str], summary: str) -> None:
     """Fail for what the copy has and production did not; a finding for what production
     already had at backup time (the restore reproduced it faithfully)."""
     known = set(recorded.get(kind, []))
