@@ -190,7 +190,7 @@ def test_every_object_has_its_backup_time_definition(drill_backup: Backup,
     if m is None or not m.definitions:
         pytest.skip("no definitions were recorded at backup time (a backup by an older atb)")
     skipped: list[str] = []
-    kinds = {k.split(" ", 1)[0] for k in m.definitions} - {inventory.DATABASE_KIND}
+    kinds = inventory.recorded_kinds(m) - {inventory.DATABASE_KIND}
     if not drill_restore.with_owners:
         skipped.append("owners and privileges (restored without owners)")
         kinds -= set(inventory.OWNERSHIP_KINDS)
