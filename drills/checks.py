@@ -6,8 +6,10 @@ matters, and a failure shows what was expected, what was found, and the tool's o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
+import psycopg
 import pytest
 
 from backup_core.ops import heartbeat, status
@@ -255,11 +257,8 @@ def test_every_archive_entry_is_in_the_restored_database(
         pytest.skip(listed.unreadable)
     archive, restored, why = listed.archive, listed.entries, listed.why
     facts = _facts(drill_restore)
-    if facts is not None and facts.data is not None:
-        data = facts.data.get()
-    else:
-        with db.connect(drill_url) as conn:
-            data = toc.find_data(conn, archive)
+    data = _fact(facts.data if facts else None, drill_url,
+                 lambda conn: toc.find_data(conn, archive))
     result = toc.compare(archive, restored, data_found=data,
                          with_grants=drill_restore.with_owners, why_no_listing=why)
     evidence.add(f"{result.compared} of {len(archive)} archive entries looked up in the "
@@ -317,6 +316,19 @@ def test_alembic_upgrade_head_reaches_the_script_head(
                           found=drill_migration.after, output=drill_migration.output)
 
 
+T = TypeVar("T")
+
+
+def _fact(taken: beside.Taken[T] | None, url: ConnInfo,
+          read: Callable[[psycopg.Connection[Any]], T]) -> T:
+    """A fact of the copy: as read beside the read-back if it was, else read now on a
+    connection of the check's own to `url`."""
+    if taken is not None:
+        return taken.get()
+    with db.connect(url) as conn:
+        return read(conn)
+
+
 def _facts(outcome: RestoreOutcome) -> beside.CopyFacts | None:
     """The copy's facts read beside the read-back (see `beside.CopyFacts`), if they were."""
     return outcome.facts.result() if outcome.facts is not None else None
@@ -356,11 +368,8 @@ def test_sequences_are_ahead_of_their_columns(drill: DrillState, findings: Findi
     """A sequence restored behind its column makes the next insert fail with a duplicate
     key: the application would be down right after the restore."""
     facts = _restored_facts(drill, request)
-    if facts is not None and facts.sequences is not None:
-        checked, behind = facts.sequences.get()
-    else:
-        with db.connect(drill_final_url) as conn:
-            checked, behind = probes.sequences_behind(conn)
+    checked, behind = _fact(facts.sequences if facts else None, drill_final_url,
+                            probes.sequences_behind)
     evidence.add(f"{plural(checked, 'owned sequence')} checked")
     _judge_against_production(findings, drill_conditions, "sequences_behind", behind,
                               f"{plural(len(behind), 'sequence')} "
@@ -373,11 +382,7 @@ def test_indexes_are_valid(drill: DrillState, findings: Findings,
                            evidence: Evidence, request: pytest.FixtureRequest) -> None:
     """An invalid index is ignored by the planner and not enforced as unique."""
     facts = _restored_facts(drill, request)
-    if facts is not None and facts.indexes is not None:
-        indexes = facts.indexes.get()
-    else:
-        with db.connect(drill_final_url) as conn:
-            indexes = beside.index_facts(conn)
+    indexes = _fact(facts.indexes if facts else None, drill_final_url, beside.index_facts)
     bad = indexes.invalid
     evidence.add(f"{plural(indexes.total, 'user index', 'user indexes')}, {len(bad)} invalid")
     _judge_against_production(findings, drill_conditions, "invalid_indexes", bad,
@@ -397,11 +402,8 @@ def test_foreign_keys_hold_for_every_row(drill: DrillState, findings: Findings,
     keys restored `NOT VALID` are always checked row by row."""
     every_row = drill.alembic is not None or drill.pitr is not None
     facts = None if every_row else _restored_facts(drill, request)
-    if facts is not None and facts.keys is not None:
-        keys = facts.keys.get()
-    else:
-        with db.connect(drill_final_url) as conn:
-            keys = beside.key_facts(conn, every_row=every_row)
+    keys = _fact(facts.keys if facts else None, drill_final_url,
+                 lambda conn: beside.key_facts(conn, every_row=every_row))
     total, checked, problems = keys.total, keys.checked, keys.problems
     if every_row:
         evidence.add(f"{plural(checked, 'foreign key')} checked row by row"
@@ -445,11 +447,12 @@ def test_heartbeat_is_fresh_at_backup_time(drill: DrillState, drill_backup: Back
     """The newest heartbeat in the restored data shows how current the backup really was:
     a backup of a stalled application restores stale data."""
     facts = _restored_facts(drill, request)
+    table = drill.options.heartbeat_table
     try:
-        found = (facts.heartbeat.get() if facts is not None and facts.heartbeat is not None
-                 else heartbeat.newest_beat(drill_url, table=drill.options.heartbeat_table))
+        found = _fact(facts.heartbeat if facts else None, drill_url,
+                      lambda conn: heartbeat.newest_on(conn, drill_url, table=table))
     except heartbeat.HeartbeatTableMissing:
-        pytest.skip(heartbeat_missing(drill.options.heartbeat_table))
+        pytest.skip(heartbeat_missing(table))
     newest = found.at
     assert drill_backup.taken_at is not None
     if newest is None:
