@@ -204,7 +204,8 @@ def profile_parts(backup: Backup, chains: list[toolchain.Toolchain], rounds: int
     parts: dict[str, Callable[[sandbox.SandboxInfo], object]] = {
         "read-back (checksums + catalogs)": lambda i: read_back(i.url),
         "ANALYZE (two connections)": lambda i: beside.analyze(i.url),
-        "pg_amcheck (restored schemas)": lambda i: beside.amcheck(i, catalogs=False),
+        "pg_amcheck (restored schemas, large objects)":
+            lambda i: beside.amcheck(i, catalogs=False),
         "pg_amcheck (with the system catalogs)": beside.amcheck,
         "listings": lambda i: beside.listings(backup, i, chains),
         "the copy's facts (one connection)": facts,
