@@ -171,8 +171,7 @@ def profile_parts(backup: Backup, chains: list[toolchain.Toolchain], rounds: int
     wall seconds and CPU seconds (the server's, the tools', ours)."""
     methods = {t: inventory.checksum_method(v)
                for t, v in (backup.manifest.row_checksums if backup.manifest else {}).items()}
-    kinds = {k.split(" ", 1)[0]
-             for k in (backup.manifest.definitions if backup.manifest else {})}
+    kinds = inventory.recorded_kinds(backup.manifest)
 
     def read_back(url: ConnInfo) -> object:
         return inventory.read_back(lambda: _stable(url), workers=min(4, os.cpu_count() or 2),
@@ -205,7 +204,8 @@ def profile_parts(backup: Backup, chains: list[toolchain.Toolchain], rounds: int
     parts: dict[str, Callable[[sandbox.SandboxInfo], object]] = {
         "read-back (checksums + catalogs)": lambda i: read_back(i.url),
         "ANALYZE (two connections)": lambda i: beside.analyze(i.url),
-        "pg_amcheck (restored schemas)": lambda i: beside.amcheck(i, catalogs=False),
+        "pg_amcheck (restored schemas, large objects)":
+            lambda i: beside.amcheck(i, catalogs=False),
         "pg_amcheck (with the system catalogs)": beside.amcheck,
         "listings": lambda i: beside.listings(backup, i, chains),
         "the copy's facts (one connection)": facts,

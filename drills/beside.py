@@ -57,8 +57,8 @@ class Listing:
 
 def amcheck(sandbox: SandboxInfo, *, catalogs: bool = True) -> Amcheck:
     """Every heap page and B-tree index of the copy, a few relations at a time; without
-    `catalogs`, of the restored schemas only (a dump restored into a new database: its
-    system catalogs are the sandbox server's own, not production's)."""
+    `catalogs`, of the restored schemas and the large objects only (a dump restored into a
+    new database: its other system catalogs are the sandbox server's own, not production's)."""
     chain = sandbox.chain
     if chain is None or not chain.has("pg_amcheck"):
         return Amcheck(skipped="no pg_amcheck in the sandbox's toolchain")
@@ -172,8 +172,14 @@ class Taken(Generic[T]):
 
     value: T | None = None
     error: Exception | None = None
+    refused: AtbError | None = None  # the one connection refused, behind every fact
 
     def get(self) -> T:
+        if self.refused is not None:
+            # a fresh error for each check raising it: one object raised by several checks
+            # would carry each one's traceback on to the next
+            raise type(self.refused)(str(self.refused),
+                                     detail=self.refused.detail) from self.refused
         if self.error is not None:
             raise self.error
         return cast(T, self.value)
@@ -195,19 +201,20 @@ USER_INDEXES_SQL = """
 @dataclass(frozen=True)
 class IndexFacts:
     total: int  # user indexes
-    invalid: list[str]
+    invalid: tuple[str, ...]
 
 
 def index_facts(conn: psycopg.Connection[Any]) -> IndexFacts:
     row = conn.execute(USER_INDEXES_SQL).fetchone()
-    return IndexFacts(total=int(row[0]) if row else 0, invalid=probes.invalid_indexes(conn))
+    return IndexFacts(total=int(row[0]) if row else 0,
+                      invalid=tuple(probes.invalid_indexes(conn)))
 
 
 @dataclass(frozen=True)
 class KeyFacts:
     total: int  # foreign keys
     checked: int  # read row by row
-    problems: list[str]
+    problems: tuple[str, ...]
 
 
 def key_facts(conn: psycopg.Connection[Any], *, every_row: bool) -> KeyFacts:
@@ -215,7 +222,7 @@ def key_facts(conn: psycopg.Connection[Any], *, every_row: bool) -> KeyFacts:
     row for orphans."""
     row = conn.execute("SELECT count(*) FROM pg_constraint WHERE contype = 'f'").fetchone()
     checked, problems = probes.foreign_key_violations(conn, only_not_valid=not every_row)
-    return KeyFacts(total=int(row[0]) if row else 0, checked=checked, problems=problems)
+    return KeyFacts(total=int(row[0]) if row else 0, checked=checked, problems=tuple(problems))
 
 
 # the checks whose facts `copy_facts` reads, by the name of the fact
@@ -248,7 +255,7 @@ def copy_facts(url: ConnInfo, *, wanted: Collection[str], heartbeat_table: str,
     (one that fails spoils none of the others); the archive's entries from `archive`. A
     connection refused is each fact's error."""
     conn: psycopg.Connection[Any] | None = None
-    refused: Exception | None = None
+    refused: AtbError | None = None
     try:
         conn = db.connect(url, autocommit=True)
     except AtbError as exc:
@@ -259,7 +266,7 @@ def copy_facts(url: ConnInfo, *, wanted: Collection[str], heartbeat_table: str,
             return None
         opened = conn
         if opened is None:
-            return Taken(error=refused)
+            return Taken(refused=refused)
         return take(lambda: read(opened))
 
     def data(c: psycopg.Connection[Any]) -> dict[str, bool]:

@@ -6,6 +6,10 @@ matters, and a failure shows what was expected, what was found, and the tool's o
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
 import pytest
 
 from backup_core.ops import heartbeat, status
@@ -188,7 +192,7 @@ def test_every_object_has_its_backup_time_definition(drill_backup: Backup,
     if m is None or not m.definitions:
         pytest.skip("no definitions were recorded at backup time (a backup by an older atb)")
     skipped: list[str] = []
-    kinds = {k.split(" ", 1)[0] for k in m.definitions} - {inventory.DATABASE_KIND}
+    kinds = inventory.recorded_kinds(m) - {inventory.DATABASE_KIND}
     if not drill_restore.with_owners:
         skipped.append("owners and privileges (restored without owners)")
         kinds -= set(inventory.OWNERSHIP_KINDS)
@@ -253,11 +257,8 @@ def test_every_archive_entry_is_in_the_restored_database(
         pytest.skip(listed.unreadable)
     archive, restored, why = listed.archive, listed.entries, listed.why
     facts = _facts(drill_restore)
-    if facts is not None and facts.data is not None:
-        data = facts.data.get()
-    else:
-        with db.connect(drill_url) as conn:
-            data = toc.find_data(conn, archive)
+    data = _fact(facts.data if facts else None, drill_url,
+                 lambda conn: toc.find_data(conn, archive))
     result = toc.compare(archive, restored, data_found=data,
                          with_grants=drill_restore.with_owners, why_no_listing=why)
     evidence.add(f"{result.compared} of {len(archive)} archive entries looked up in the "
@@ -315,6 +316,19 @@ def test_alembic_upgrade_head_reaches_the_script_head(
                           found=drill_migration.after, output=drill_migration.output)
 
 
+T = TypeVar("T")
+
+
+def _fact(taken: beside.Taken[T] | None, url: ConnInfo,
+          read: Callable[[psycopg.Connection[Any]], T]) -> T:
+    """A fact of the copy: as read beside the read-back if it was, else read now on a
+    connection of the check's own to `url`."""
+    if taken is not None:
+        return taken.get()
+    with db.connect(url) as conn:
+        return read(conn)
+
+
 def _facts(outcome: RestoreOutcome) -> beside.CopyFacts | None:
     """The copy's facts read beside the read-back (see `beside.CopyFacts`), if they were."""
     return outcome.facts.result() if outcome.facts is not None else None
@@ -322,12 +336,16 @@ def _facts(outcome: RestoreOutcome) -> beside.CopyFacts | None:
 
 def _restored_facts(drill: DrillState, request: pytest.FixtureRequest
                     ) -> beside.CopyFacts | None:
-    """The same for a check shared with the point-in-time drill, which restores no dump."""
-    return _facts(request.getfixturevalue("drill_restore")) if drill.pitr is None else None
+    """The same for a check shared with the point-in-time drill, which restores no dump, and
+    judging the copy as the application finds it: after a migration, never facts read
+    before it (read afresh instead, whatever was read beside the read-back)."""
+    if drill.pitr is not None or drill.options.migration() is not None:
+        return None
+    return _facts(request.getfixturevalue("drill_restore"))
 
 
 def _judge_against_production(findings: Findings, recorded: dict[str, list[str]], kind: str,
-                              found: list[str], summary: str) -> None:
+                              found: Sequence[str], summary: str) -> None:
     """Fail for what the copy has and production did not; a finding for what production
     already had at backup time (the restore reproduced it faithfully)."""
     known = set(recorded.get(kind, []))
@@ -350,11 +368,8 @@ def test_sequences_are_ahead_of_their_columns(drill: DrillState, findings: Findi
     """A sequence restored behind its column makes the next insert fail with a duplicate
     key: the application would be down right after the restore."""
     facts = _restored_facts(drill, request)
-    if facts is not None and facts.sequences is not None:
-        checked, behind = facts.sequences.get()
-    else:
-        with db.connect(drill_final_url) as conn:
-            checked, behind = probes.sequences_behind(conn)
+    checked, behind = _fact(facts.sequences if facts else None, drill_final_url,
+                            probes.sequences_behind)
     evidence.add(f"{plural(checked, 'owned sequence')} checked")
     _judge_against_production(findings, drill_conditions, "sequences_behind", behind,
                               f"{plural(len(behind), 'sequence')} "
@@ -367,11 +382,7 @@ def test_indexes_are_valid(drill: DrillState, findings: Findings,
                            evidence: Evidence, request: pytest.FixtureRequest) -> None:
     """An invalid index is ignored by the planner and not enforced as unique."""
     facts = _restored_facts(drill, request)
-    if facts is not None and facts.indexes is not None:
-        indexes = facts.indexes.get()
-    else:
-        with db.connect(drill_final_url) as conn:
-            indexes = beside.index_facts(conn)
+    indexes = _fact(facts.indexes if facts else None, drill_final_url, beside.index_facts)
     bad = indexes.invalid
     evidence.add(f"{plural(indexes.total, 'user index', 'user indexes')}, {len(bad)} invalid")
     _judge_against_production(findings, drill_conditions, "invalid_indexes", bad,
@@ -391,11 +402,8 @@ def test_foreign_keys_hold_for_every_row(drill: DrillState, findings: Findings,
     keys restored `NOT VALID` are always checked row by row."""
     every_row = drill.alembic is not None or drill.pitr is not None
     facts = None if every_row else _restored_facts(drill, request)
-    if facts is not None and facts.keys is not None:
-        keys = facts.keys.get()
-    else:
-        with db.connect(drill_final_url) as conn:
-            keys = beside.key_facts(conn, every_row=every_row)
+    keys = _fact(facts.keys if facts else None, drill_final_url,
+                 lambda conn: beside.key_facts(conn, every_row=every_row))
     total, checked, problems = keys.total, keys.checked, keys.problems
     if every_row:
         evidence.add(f"{plural(checked, 'foreign key')} checked row by row"
@@ -413,8 +421,9 @@ def test_amcheck_finds_no_corruption(drill: DrillState, drill_final_url: ConnInf
                                      request: pytest.FixtureRequest) -> None:
     """pg_amcheck reads every heap page and B-tree index of the restored tables: corruption
     in the restore target would surface here rather than in production. A copy restored
-    from a dump has system catalogs of the sandbox server's own making, left out; a
-    point-in-time copy's are production's, read too."""
+    from a dump has system catalogs of the sandbox server's own making, left out but for
+    the large objects' (production's data); a point-in-time copy's are production's, read
+    too."""
     # a logical drill without a migration started it beside the read-back, on this very copy
     early = (request.getfixturevalue("drill_restore").amcheck if drill.pitr is None
              else None)
@@ -426,8 +435,8 @@ def test_amcheck_finds_no_corruption(drill: DrillState, drill_final_url: ConnInf
         pytest.skip(done.skipped)
     evidence.add(f"pg_amcheck {done.version}: exit {done.returncode}"
                  + (" (run beside the read-back of every table)" if early else "")
-                 + ("" if done.catalogs else "; the restored schemas' tables and indexes, "
-                    "not the sandbox's own system catalogs"))
+                 + ("" if done.catalogs else "; the restored schemas' tables, indexes and "
+                    "TOAST and the large objects, not the sandbox's other system catalogs"))
     if done.returncode != 0:
         raise CheckFailed("pg_amcheck reported problems", output=done.output)
 
@@ -438,11 +447,12 @@ def test_heartbeat_is_fresh_at_backup_time(drill: DrillState, drill_backup: Back
     """The newest heartbeat in the restored data shows how current the backup really was:
     a backup of a stalled application restores stale data."""
     facts = _restored_facts(drill, request)
+    table = drill.options.heartbeat_table
     try:
-        found = (facts.heartbeat.get() if facts is not None and facts.heartbeat is not None
-                 else heartbeat.newest_beat(drill_url, table=drill.options.heartbeat_table))
+        found = _fact(facts.heartbeat if facts else None, drill_url,
+                      lambda conn: heartbeat.newest_on(conn, drill_url, table=table))
     except heartbeat.HeartbeatTableMissing:
-        pytest.skip(heartbeat_missing(drill.options.heartbeat_table))
+        pytest.skip(heartbeat_missing(table))
     newest = found.at
     assert drill_backup.taken_at is not None
     if newest is None:

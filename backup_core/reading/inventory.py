@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from backup_core.store.manifest import Inventory
+from backup_core.store.manifest import Inventory, Manifest
 
 _SYSTEM = "('pg_catalog', 'information_schema', 'pg_toast')"
 _NOT_SYSTEM = f"n.nspname NOT IN {_SYSTEM} AND n.nspname NOT LIKE 'pg\\_temp\\_%' " \
@@ -471,6 +471,12 @@ def _definitions_of(conn: psycopg.Connection[Any], plan: list[tuple[str, str]],
                 text = "md5 " + hashlib.md5(text.encode()).hexdigest()
             found[f"{kind} {name}"] = text
     return dict(sorted(found.items()))
+
+
+def recorded_kinds(manifest: Manifest | None) -> set[str]:
+    """The kinds of definitions a manifest recorded (`"<kind> <object>"` keys): the only ones
+    a drill compares, so the only ones it reads back (None, or an older atb's: none)."""
+    return {k.split(" ", 1)[0] for k in (manifest.definitions if manifest else {})}
 
 
 def definitions(conn: psycopg.Connection[Any], *, content: bool = False) -> dict[str, str]:

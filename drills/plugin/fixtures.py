@@ -277,8 +277,7 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
     recorded = drill_backup.manifest.row_checksums if drill_backup.manifest else {}
     methods = {t: inventory.checksum_method(v) for t, v in recorded.items()}
     # the kinds of definitions the manifest recorded: the ones the checks compare
-    kinds = {k.split(" ", 1)[0] for k in (drill_backup.manifest.definitions
-                                          if drill_backup.manifest else {})}
+    kinds = inventory.recorded_kinds(drill_backup.manifest)
     # Each table read back as soon as its data has committed, while the restore goes on
     # (its indexes, constraints, other tables): no later item changes its rows. Not with
     # --rto-faithful, whose restore phase is then the production figure, read-back after

@@ -187,8 +187,11 @@ def test_a_misspelt_heartbeat_table_makes_the_drill_incomplete_not_passed(
     # a migration ran: pg_amcheck judged the migrated copy, after it, not the one read back
     [amchecked] = outcome(result, "test_amcheck_finds_no_corruption")["evidence"]
     assert amchecked.startswith("pg_amcheck ") and amchecked.endswith(
-        ": exit 0; the restored schemas' tables and indexes, not the sandbox's own system "
-        "catalogs"), amchecked
+        ": exit 0; the restored schemas' tables, indexes and TOAST and the large objects, not "
+        "the sandbox's other system catalogs"), amchecked
+    # and the copy's facts read afresh after it, not those of the copy read back before it
+    [keys] = outcome(result, "test_foreign_keys_hold_for_every_row")["evidence"]
+    assert keys.endswith(" checked row by row (after the migration)"), keys
     record = next(b for b in catalog.scan(backup_dir) if b.path == newest)
     assert record.drill is not None and not record.drill.passed
     assert record.checked == "drill-incomplete"

@@ -393,5 +393,5 @@ def test_a_sql_ascii_database_holding_latin1_bytes_drills_byte_for_byte(
         "sandbox database: SQL_ASCII, collate C, ctype C, libc"
     # no migration: pg_amcheck ran beside the read-back, on the copy it judges
     assert outcome(result, "test_amcheck_finds_no_corruption")["evidence"][0].endswith(
-        ": exit 0 (run beside the read-back of every table); the restored schemas' tables "
-        "and indexes, not the sandbox's own system catalogs")
+        ": exit 0 (run beside the read-back of every table); the restored schemas' tables, "
+        "indexes and TOAST and the large objects, not the sandbox's other system catalogs")

@@ -279,22 +279,27 @@ def test_the_result_is_a_pure_function_of_the_recorded_state() -> None:
     assert first == second and first.finished_at == "2026-11-29T12:00:00+00:00"
 
 
-def test_copy_facts_a_refused_connection_is_the_error_of_each_fact_asked_for() -> None:
+def test_copy_facts_a_refused_connection_is_the_error_of_each_fact_asked_for(
+        tmp_path: Path) -> None:
     """The facts read beside the read-back: a connection refused is raised by each check
-    that judges one, as its own connection would have been; a fact not asked for is None."""
-    import socket
-
+    that judges one, as its own connection would have been, a fresh error each time (one
+    object raised by several checks would pile up their tracebacks); a fact not asked for
+    is None."""
     from backup_core.tools.conninfo import ConnInfo
+    from backup_core.tools.errors import ConnectionFailed
     from drills import beside
 
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = ConnInfo.make(dbname="x", host="127.0.0.1", port=port, user="u")
+    # a socket directory with no server in it: refused at once, no network
+    url = ConnInfo.make(dbname="x", host=str(tmp_path), port=5432, user="u")
     facts = beside.copy_facts(url, wanted={"sequences", "keys"}, heartbeat_table="t",
                               archive=None)
     assert (facts.data, facts.indexes, facts.heartbeat) == (None, None, None)
-    for fact in (facts.sequences, facts.keys):
+    raised: list[BaseException] = []
+    for fact in (facts.sequences, facts.keys, facts.keys):
         assert fact is not None
-        with pytest.raises(AtbError, match=f"cannot connect to .*127.0.0.1:{port}"):
+        with pytest.raises(ConnectionFailed, match=f"cannot connect to .*{tmp_path}") as exc:
             fact.get()
+        raised.append(exc.value)
+    assert len({id(e) for e in raised}) == 3  # fresh each time
+    assert len({id(e.__cause__) for e in raised}) == 1  # from the one refusal
+    assert isinstance(raised[0].__cause__, ConnectionFailed)

@@ -112,3 +112,17 @@ def test_a_schema_the_archive_lacks_is_named_whatever_its_bytes() -> None:
     inv = {"caf\u00e9": {"tables": ["t"]}, "audit": {"tables": ["log"]}}
     assert toc.lacking(listing, inv, recorded) == ["schema audit"]
     assert toc.lacking([], inv, recorded) == ["schema audit", "schema caf\u00e9"]
+
+
+def test_recorded_kinds_are_the_kinds_of_a_manifests_definitions() -> None:
+    from backup_core.store.manifest import Manifest
+
+    m = Manifest(database="d", file="backup-20260101T000000Z.dump",
+                 taken_at="2026-01-01T00:00:00+00:00", started_at="2026-01-01T00:00:00+00:00",
+                 finished_at="2026-01-01T00:00:00+00:00", duration_s=1.0, size_bytes=1,
+                 sha256="0" * 64, pg_dump_version="18.6", server_version="18.6",
+                 toc_entries=1, alembic_revision=None, row_counts_mode="off",
+                 definitions={"column public.t.a": "integer", "column public.t.b": "text",
+                              "view public.v": "SELECT 1", "database encoding": "UTF8"})
+    assert inventory.recorded_kinds(m) == {"column", "view", "database"}
+    assert inventory.recorded_kinds(None) == set()
