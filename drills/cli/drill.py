@@ -136,8 +136,14 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
                               backup_dir=fetched.path.parents[4], record=False,
                               origin=json.dumps(_origin(repo, key, fetched, options,
                                                         chosen_among)))
-        # first: the sandbox's files copied while the drill's own modules load and its child
-        # starts (`sandbox.prepared_for`)
+        # the backup picked here, once, as the plugin would pick it (`child.choose`), so
+        # that its sandbox's files can be copied first, while the drill's own modules load
+        # and its child starts (`sandbox.prepared_for`); a selection that cannot be made is
+        # refused by `run_drill`, after the refusals that come before it
+        from drills import child
+
+        with contextlib.suppress(AtbError):
+            options = child.choose(options)
         prepared = stack.enter_context(sandbox.prepared_for(options))
         from drills.run import run_drill  # noqa: F401  (loaded while the copy runs)
 
