@@ -192,6 +192,13 @@ def check_selection(options: DrillOptions) -> list[Backup] | None:
     return None
 
 
+def picks(options: DrillOptions) -> bool:
+    """Whether `atb drill run` picks the drill's backup itself (`choose`): a dump drill on a
+    local sandbox, without `--backup`, not picked yet (pure)."""
+    return options.source == "dump" and options.sandbox == "local" \
+        and options.backup is None and options.picked is None
+
+
 def choose(options: DrillOptions, now: datetime | None = None) -> DrillOptions:
     """The selection checked (`check_selection`), and for a dump drill on a local sandbox
     without `--backup`, the backup picked: by the plugin's own pick (`drills.pick`, the seed,
@@ -205,7 +212,7 @@ def choose(options: DrillOptions, now: datetime | None = None) -> DrillOptions:
     found = check_selection(options)
     if options.backup is not None:  # --backup (a detection drill's copy): nothing to pick
         return replace(options, picked=None) if options.picked is not None else options
-    if found is None or options.sandbox != "local":
+    if found is None or not picks(options):
         return options
     now = now or datetime.now(UTC).replace(microsecond=0)
     try:

@@ -142,8 +142,9 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
         # refused by `run_drill`, after the refusals that come before it
         from drills import child
 
-        with contextlib.suppress(AtbError):
-            options = child.choose(options)
+        if child.picks(options):
+            with contextlib.suppress(AtbError):
+                options = child.choose(options)
         prepared = stack.enter_context(sandbox.prepared_for(options))
         from drills.run import run_drill  # noqa: F401  (loaded while the copy runs)
 

@@ -246,6 +246,11 @@ def test_a_tree_with_nothing_to_pick_is_left_to_the_plugin_and_a_given_backup_is
     from drills.options import Picked
 
     (tmp_path / "db").mkdir()
+    assert [child.picks(DrillOptions(backup_dir=tmp_path, **kw)) for kw in (
+        {"sandbox": "local"}, {"sandbox": "docker"}, {"sandbox": "auto"},
+        {"sandbox": "local", "source": "pgbackrest", "stanza": "main"},
+        {"sandbox": "local", "backup": tmp_path / "db" / "x.dump"})] == [
+            True, False, False, False, False]
     for sandbox_kind in ("local", "docker"):
         options = DrillOptions(backup_dir=tmp_path, sandbox=sandbox_kind)
         assert child.choose(options) is options
