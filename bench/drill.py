@@ -158,19 +158,26 @@ def drill_from(root: Path, dump: Path, work: Path, phases: list[dict[str, float]
     return whole_drill
 
 
-def bench_against(dump: Path, other: Path, repeat: int, work: Path) -> Comparison:
-    """This checkout's whole drill against another checkout's (`--compare-with`), in turn."""
+def bench_against(dump: Path, other: Path, repeat: int, work: Path, *,
+                  by_pick: bool = False) -> list[Comparison]:
+    """This checkout's whole drill against another checkout's (`--compare-with`), in turn;
+    with `by_pick`, their drills by random pick as well."""
     for package in ("backup_core", "drills"):  # its bytecode too, as for this checkout
         compileall.compile_dir(other / package, quiet=1)
-    ours: list[float] = []
-    theirs: list[float] = []
-    comp = alternate(Comparison("whole drill: this checkout vs another", "atb drill run (this)",
-                                f"atb drill run ({other})", "-"),
-                     drill_from(ROOT, dump, work, [], ours),
-                     drill_from(other, dump, work, [], theirs), repeat)
-    comp.notes.append(f"CPU s, median: this {statistics.median(ours):.2f}, the other "
-                      f"{statistics.median(theirs):.2f}; load {load_average()}")
-    return comp
+    comps = []
+    for picked in (False, True) if by_pick else (False,):
+        ours: list[float] = []
+        theirs: list[float] = []
+        how = " (random pick)" if picked else ""
+        comp = alternate(Comparison(f"whole drill{how}: this checkout vs another",
+                                    f"atb drill run{how} (this)",
+                                    f"atb drill run{how} ({other})", "-"),
+                         drill_from(ROOT, dump, work, [], ours, by_pick=picked),
+                         drill_from(other, dump, work, [], theirs, by_pick=picked), repeat)
+        comp.notes.append(f"CPU s, median: this {statistics.median(ours):.2f}, the other "
+                          f"{statistics.median(theirs):.2f}; load {load_average()}")
+        comps.append(comp)
+    return comps
 
 
 def bench_drill(dump: Path, major: int, chains: list[toolchain.Toolchain], cores: int,
@@ -270,8 +277,8 @@ def main() -> None:
                 comps += bench_drill(dump, chain.major, chains, cores, args.repeat, work,
                                      by_pick=args.by_pick)
             if args.compare_with is not None:
-                comps.append(bench_against(dump, args.compare_with.resolve(), args.repeat,
-                                           work))
+                comps += bench_against(dump, args.compare_with.resolve(), args.repeat, work,
+                                       by_pick=args.by_pick)
             sections.append(f"### {size} (archive {dump.stat().st_size / 2**20:.0f} MiB, load "
                             f"average at start {start})\n\n{table(comps)}")
     finally:
