@@ -168,14 +168,21 @@ def bench_against(dump: Path, other: Path, repeat: int, work: Path, *,
     for picked in (False, True) if by_pick else (False,):
         ours: list[float] = []
         theirs: list[float] = []
+        our_phases: list[dict[str, float]] = []
+        their_phases: list[dict[str, float]] = []
         how = " (random pick)" if picked else ""
         comp = alternate(Comparison(f"whole drill{how}: this checkout vs another",
                                     f"atb drill run{how} (this)",
                                     f"atb drill run{how} ({other})", "-"),
-                         drill_from(ROOT, dump, work, [], ours, by_pick=picked),
-                         drill_from(other, dump, work, [], theirs, by_pick=picked), repeat)
+                         drill_from(ROOT, dump, work, our_phases, ours, by_pick=picked),
+                         drill_from(other, dump, work, their_phases, theirs, by_pick=picked),
+                         repeat)
+        waits = [statistics.median(p.get("sandbox start", 0.0) for p in phases)
+                 for phases in (our_phases, their_phases)]
         comp.notes.append(f"CPU s, median: this {statistics.median(ours):.2f}, the other "
-                          f"{statistics.median(theirs):.2f}; load {load_average()}")
+                          f"{statistics.median(theirs):.2f}; the wait for the sandbox "
+                          f"(\"sandbox start\"), median: this {waits[0]:.2f} s, the other "
+                          f"{waits[1]:.2f} s; load {load_average()}")
         comps.append(comp)
     return comps
 
