@@ -211,8 +211,10 @@ def _drill_and_prove(options: DrillOptions, progress: console.DrillProgress,
         return result, None
     from drills import detect  # (its restore and backup modules: only then)
 
-    # a damaged copy of the same backup, while it is still here
-    local = replace(result, backup=replace(result.backup, path=str(options.backup)))
+    # a damaged copy of the same backup, while it is still here: a --repo backup's download
+    # (the result names the repository's object), else the file the drill restored
+    here = str(options.target) if options.target else result.backup.path
+    local = replace(result, backup=replace(result.backup, path=here))
     signals.armed = True  # a Ctrl-C stops the detection run, not the record of the drill
     try:
         detection: DetectionFacts | None = detect.prove(
