@@ -18,6 +18,7 @@ import argparse
 import compileall
 import contextlib
 import ctypes
+import itertools
 import json
 import os
 import resource
@@ -221,8 +222,12 @@ def bench_drill(dump: Path, major: int, chains: list[toolchain.Toolchain], cores
         (comp.a, whole_drill), (comp.b, restore_alone)]
     if by_pick:
         rounds.insert(1, (picked.a, picked_drill))
-    for i in range(repeat):  # A, P, B; P, B, A; ...: each sees the machine as the others do
-        for sink, fn in rounds[i % len(rounds):] + rounds[:i % len(rounds)]:
+    # every order in turn (A B P, A P B, B A P, ...): each sees the machine as the others do,
+    # and follows each of the others as often (a drill after a drill is not a drill after a
+    # restore: the first's files are still being written back)
+    orders = list(itertools.permutations(rounds))
+    for i in range(repeat):
+        for sink, fn in orders[i % len(orders)]:
             sink.append(timed(fn))
         print(f"  whole drill: round {i + 1}/{repeat}", file=sys.stderr, flush=True)
     comp.notes.append(phase_notes(phases, comp.a) + f"; CPU s, median: the drill (its server "
