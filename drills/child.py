@@ -7,7 +7,8 @@ imports pytest, its plugins and the drill's parts and collects the checks: about
 of a small drill that was spent one after the other. The plugin's `pytest_sessionstart` adopts
 the sandbox (`take`) when it was made for the backup the drill chose, with the same
 settings; a sandbox nobody adopted is torn down before the process exits. Anything this
-module cannot do early (another provider, no `--backup`, a file it cannot read) is left to
+module cannot do early (another provider, no backup known: neither `--backup` nor the one
+`atb drill run` picked, `choose`; a file it cannot read) is left to
 the plugin, which then starts the sandbox with the session as before.
 
 Only atb's own code runs on the early thread (the sandbox provider, the cluster): your
