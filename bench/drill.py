@@ -5,14 +5,20 @@ run` against sandbox + restore alone, A and B alternating, with the CPU each res
 the drill's phases (`--skip-restore`: the whole drill's comparisons only). `--dump
 SIZE=PATH` reuses a backup made earlier (its manifest beside it) instead of building a
 database; `--compare-with DIR` also times the whole drill of another checkout (another
-commit's code) against this one's, in turn. Writes its section of bench/RESULTS.md between
-markers.
+commit's code) against this one's, in turn; `--by-pick` also times the whole drill as cron
+runs it, the backup picked at random from its tree (`--backup-dir`, no `--backup`), the
+three in turn. CPU seconds beside wall time: this process is the subreaper of what it starts
+(a sandbox server `pg_ctl` leaves behind is its child, its CPU counted once reaped). Writes
+its section of bench/RESULTS.md between markers.
 """
 
 from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
+import ctypes
+import itertools
 import json
 import os
 import resource
@@ -32,8 +38,9 @@ from backup_core.tools import cluster, db, toolchain
 from backup_core.tools.cluster import FAST_SETTINGS, Cluster
 from backup_core.tools.runner import run
 from bench.__main__ import CpuMeter, build_database, load_average, table
-from bench.harness import Comparison, alternate, replace_section
+from bench.harness import Comparison, alternate, replace_section, timed
 from drills import sandbox
+from drills.options import tree_of
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- BEGIN DRILL BENCH -->", "<!-- END DRILL BENCH -->"
@@ -97,25 +104,54 @@ def bench_restore(dump: Path, chain: toolchain.Toolchain, chains: list[toolchain
 
 def children_cpu() -> float:
     """CPU seconds of the children waited for so far (a drill's sandbox server included: it
-    runs in the drill's PID namespace, whose init reaps it)."""
+    runs in the drill's PID namespace, whose init reaps it; else it is an orphan of ours,
+    `subreaper`, reaped by `reap_orphans`)."""
+    reap_orphans()
     used = resource.getrusage(resource.RUSAGE_CHILDREN)
     return used.ru_utime + used.ru_stime
 
 
+def own_cpu() -> float:
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return used.ru_utime + used.ru_stime
+
+
+def subreaper() -> None:
+    """Orphans of what this process starts (a server `pg_ctl start` left running) become its
+    children, not init's: their CPU is then counted (PR_SET_CHILD_SUBREAPER)."""
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+
+
+def reap_orphans(pid: int | None = None) -> None:
+    """Wait for `pid` (an orphaned server, once stopped), then for every ended orphan: run
+    between measurements only, when no child of subprocess's is still running."""
+    with contextlib.suppress(ChildProcessError):
+        if pid is not None:
+            os.waitpid(pid, 0)
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
 def drill_from(root: Path, dump: Path, work: Path, phases: list[dict[str, float]],
-               cpu: list[float]) -> Callable[[], None]:
-    """A whole `atb drill run` of `dump` with the code of the checkout `root`."""
+               cpu: list[float], *, by_pick: bool = False) -> Callable[[], None]:
+    """A whole `atb drill run` of `dump` with the code of the checkout `root`: named with
+    `--backup`, or (`by_pick`) picked at random from its tree, which holds it alone."""
     reports = work / "reports"
+    chosen = (["--backup-dir", str(tree_of(dump, None)), "--window-days", "36500"] if by_pick
+              else ["--backup", str(dump)])
 
     def whole_drill() -> None:
         # from a neutral directory, as cron runs it (see bench.__main__)
         before = children_cpu()
-        subprocess.run([sys.executable, "-m", "drills.cli", "drill", "run", "--backup",
-                        str(dump), "--sandbox", "local", "--no-record", "--schedule", "1000d",
+        subprocess.run([sys.executable, "-m", "drills.cli", "drill", "run", *chosen,
+                        "--sandbox", "local", "--no-record", "--schedule", "1000d",
                         "--rto-target", "100h", "--report-dir", str(reports)], check=False,
                        capture_output=True, cwd=work, env={**os.environ, "PYTHONPATH": str(root)})
         cpu.append(children_cpu() - before)
         result = sorted(reports.glob("*/*-drill.json"))[-1]
+        selection = json.loads(result.read_text())["backup"]["selection"]
+        if by_pick != selection.startswith("random among 1 complete backup "):
+            raise SystemExit(f"the drill did not select as asked: {selection}")
         rto = json.loads(result.read_text())["rto"]
         phases.append({**rto["phases"], **rto.get("other_phases", {})})
         result.unlink()
@@ -123,48 +159,98 @@ def drill_from(root: Path, dump: Path, work: Path, phases: list[dict[str, float]
     return whole_drill
 
 
-def bench_against(dump: Path, other: Path, repeat: int, work: Path) -> Comparison:
-    """This checkout's whole drill against another checkout's (`--compare-with`), in turn."""
+def bench_against(dump: Path, other: Path, repeat: int, work: Path, *,
+                  by_pick: bool = False) -> list[Comparison]:
+    """This checkout's whole drill against another checkout's (`--compare-with`), in turn;
+    with `by_pick`, their drills by random pick as well."""
     for package in ("backup_core", "drills"):  # its bytecode too, as for this checkout
         compileall.compile_dir(other / package, quiet=1)
-    ours: list[float] = []
-    theirs: list[float] = []
-    comp = alternate(Comparison("whole drill: this checkout vs another", "atb drill run (this)",
-                                f"atb drill run ({other})", "-"),
-                     drill_from(ROOT, dump, work, [], ours),
-                     drill_from(other, dump, work, [], theirs), repeat)
-    comp.notes.append(f"CPU s, median: this {statistics.median(ours):.2f}, the other "
-                      f"{statistics.median(theirs):.2f}; load {load_average()}")
-    return comp
+    comps = []
+    for picked in (False, True) if by_pick else (False,):
+        ours: list[float] = []
+        theirs: list[float] = []
+        our_phases: list[dict[str, float]] = []
+        their_phases: list[dict[str, float]] = []
+        how = " (random pick)" if picked else ""
+        comp = alternate(Comparison(f"whole drill{how}: this checkout vs another",
+                                    f"atb drill run{how} (this)",
+                                    f"atb drill run{how} ({other})", "-"),
+                         drill_from(ROOT, dump, work, our_phases, ours, by_pick=picked),
+                         drill_from(other, dump, work, their_phases, theirs, by_pick=picked),
+                         repeat)
+        waits = [statistics.median(p.get("sandbox start", 0.0) for p in phases)
+                 for phases in (our_phases, their_phases)]
+        comp.notes.append(f"CPU s, median: this {statistics.median(ours):.2f}, the other "
+                          f"{statistics.median(theirs):.2f}; the wait for the sandbox "
+                          f"(\"sandbox start\"), median: this {waits[0]:.2f} s, the other "
+                          f"{waits[1]:.2f} s; load {load_average()}")
+        comps.append(comp)
+    return comps
 
 
 def bench_drill(dump: Path, major: int, chains: list[toolchain.Toolchain], cores: int,
-                repeat: int, work: Path) -> Comparison:
+                repeat: int, work: Path, *, by_pick: bool = False) -> list[Comparison]:
+    """The whole drill (`--backup`; and with `by_pick`, by random pick from the tree) against
+    sandbox + restore alone, in turn, each with the CPU it used."""
     phases: list[dict[str, float]] = []
     drill_cpu: list[float] = []
     whole_drill = drill_from(ROOT, dump, work, phases, drill_cpu)
+    pick_phases: list[dict[str, float]] = []
+    pick_cpu: list[float] = []
+    picked_drill = drill_from(ROOT, dump, work, pick_phases, pick_cpu, by_pick=True)
+    restore_cpu: list[float] = []
 
     def restore_alone() -> None:
+        before = own_cpu() + children_cpu()
         with sandbox.open_sandbox("local", source_major=major, chains=chains) as sb:
+            with db.connect(sb.tools_url or sb.url) as conn:
+                row = conn.execute("SELECT current_setting('data_directory')").fetchone()
+            assert row is not None
+            server = int((Path(str(row[0])) / "postmaster.pid").read_text().split()[0])
             restore_backup(RestoreRequest(dump, sb.url, no_owner=True, jobs=cores,
                                           scratch=True, split=True), chains=chains)
         cluster.await_removals()  # its files gone too, as the drill waits for its own
+        reap_orphans(server)  # the server, an orphan of ours: its CPU counted
+        restore_cpu.append(own_cpu() + children_cpu() - before)
 
-    comp = alternate(Comparison("whole drill vs restore alone", "atb drill run",
-                                "sandbox + restore", "<= 1.5"), whole_drill, restore_alone,
-                     repeat)
+    comp = Comparison("whole drill vs restore alone", "atb drill run --backup",
+                      "sandbox + restore", "<= 1.5")
+    picked = Comparison("whole drill by random pick vs restore alone",
+                        "atb drill run --backup-dir (random pick)", "sandbox + restore",
+                        "<= 1.5", b=comp.b)
+    rounds: list[tuple[list[float], Callable[[], None]]] = [
+        (comp.a, whole_drill), (comp.b, restore_alone)]
+    if by_pick:
+        rounds.insert(1, (picked.a, picked_drill))
+    # every order in turn (A B P, A P B, B A P, ...): each sees the machine as the others do,
+    # and follows each of the others as often (a drill after a drill is not a drill after a
+    # restore: the first's files are still being written back)
+    orders = list(itertools.permutations(rounds))
+    for i in range(repeat):
+        for sink, fn in orders[i % len(orders)]:
+            sink.append(timed(fn))
+        print(f"  whole drill: round {i + 1}/{repeat}", file=sys.stderr, flush=True)
+    comp.notes.append(phase_notes(phases, comp.a) + f"; CPU s, median: the drill (its server "
+                      f"included) {statistics.median(drill_cpu):.2f}, sandbox + restore "
+                      f"{statistics.median(restore_cpu):.2f}; load {load_average()}")
+    if not by_pick:
+        return [comp]
+    picked.notes.append(phase_notes(pick_phases, picked.a) + f"; CPU s, median: the drill "
+                        f"{statistics.median(pick_cpu):.2f}, sandbox + restore "
+                        f"{statistics.median(restore_cpu):.2f}")
+    return [comp, picked]
+
+
+def phase_notes(phases: list[dict[str, float]], wall: list[float]) -> str:
     names = sorted({k for p in phases for k in p})
     median = {k: statistics.median(p.get(k, 0.0) for p in phases) for k in names}
     # ANALYZE runs beside the read-back ("checks"): their wall time is the longer of the two
     inside = statistics.median(sum(p.values()) - min(p.get("analyze", 0.0), p.get("checks", 0.0))
                                for p in phases)
-    comp.notes.append("drill phases, median s: " + ", ".join(
-        f"{k} {v:.2f}" for k, v in median.items()) + "; outside the phases, about (two "
-        "interpreters, the isolation probe, the checks after the read-back, the reports; less "
-        "what the sandbox's start hid under pytest's) "
-        f"{statistics.median(comp.a) - inside:.2f}; CPU of the drill (its server included) "
-        f"{statistics.median(drill_cpu):.2f} s; load {load_average()}")
-    return comp
+    return ("drill phases, median s: " + ", ".join(f"{k} {v:.2f}" for k, v in median.items())
+            + "; outside the phases, about (two interpreters, the isolation probe, the checks "
+            "after the read-back, the reports; less what the sandbox's start hid under "
+            f"pytest's) {statistics.median(wall) - inside:.2f}")
 
 
 def main() -> None:
@@ -176,10 +262,14 @@ def main() -> None:
     parser.add_argument("--skip-drill", action="store_true", help="the restore only")
     parser.add_argument("--skip-restore", action="store_true",
                         help="the whole drill's comparisons only, not the restore's")
+    parser.add_argument("--by-pick", action="store_true",
+                        help="also the whole drill by random pick from the dump's tree "
+                             "(--backup-dir, no --backup), the three in turn")
     parser.add_argument("--compare-with", type=Path, default=None,
                         help="a checkout of another commit: its whole drill against this "
                              "one's, in turn (e.g. from `git archive COMMIT | tar -x`)")
     args = parser.parse_args()
+    subreaper()
     compileall.compile_dir(ROOT / "backup_core", quiet=1)  # as pip installs it (bench.__main__)
     compileall.compile_dir(ROOT / "drills", quiet=1)
     given = {k: Path(v) for k, _, v in (d.partition("=") for d in args.dump)}
@@ -196,10 +286,11 @@ def main() -> None:
             comps = [] if args.skip_restore else bench_restore(dump, chain, chains, cores,
                                                                 args.repeat)
             if not args.skip_drill:
-                comps.append(bench_drill(dump, chain.major, chains, cores, args.repeat, work))
+                comps += bench_drill(dump, chain.major, chains, cores, args.repeat, work,
+                                     by_pick=args.by_pick)
             if args.compare_with is not None:
-                comps.append(bench_against(dump, args.compare_with.resolve(), args.repeat,
-                                           work))
+                comps += bench_against(dump, args.compare_with.resolve(), args.repeat, work,
+                                       by_pick=args.by_pick)
             sections.append(f"### {size} (archive {dump.stat().st_size / 2**20:.0f} MiB, load "
                             f"average at start {start})\n\n{table(comps)}")
     finally:

@@ -7,7 +7,8 @@ imports pytest, its plugins and the drill's parts and collects the checks: about
 of a small drill that was spent one after the other. The plugin's `pytest_sessionstart` adopts
 the sandbox (`take`) when it was made for the backup the drill chose, with the same
 settings; a sandbox nobody adopted is torn down before the process exits. Anything this
-module cannot do early (another provider, no `--backup`, a file it cannot read) is left to
+module cannot do early (another provider, no backup known: neither `--backup` nor the one
+`atb drill run` picked, `choose`; a file it cannot read) is left to
 the plugin, which then starts the sandbox with the session as before.
 
 Only atb's own code runs on the early thread (the sandbox provider, the cluster): your
@@ -26,7 +27,8 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,7 +40,7 @@ from backup_core.tools import cluster, toolchain
 from backup_core.tools.conninfo import detach_libpq_environment
 from backup_core.tools.errors import AtbError, ConfigError
 from drills import pick, sandbox
-from drills.options import DrillOptions
+from drills.options import DrillOptions, Picked
 
 if TYPE_CHECKING:
     from drills.state import DrillState
@@ -132,17 +134,18 @@ def options_file(argv: list[str]) -> Path | None:
     return Path(found[-1]) if found else None
 
 
-def check_selection(options: DrillOptions) -> None:
+def check_selection(options: DrillOptions) -> list[Backup] | None:
     """A typo in where the backups are is the configuration's, not the backup's: refused
     (`ConfigError`, exit 2) before a report name is claimed, a sandbox started or anything
     recorded. `--backup` must name a dump of ours (the manifest's `.json` names its dump),
     outside the tree one beside its manifest; without it, the backup tree must exist, not be
-    a level off the real one, and hold a `--database` unless it was drilled before."""
+    a level off the real one, and hold a `--database` unless it was drilled before. Returns
+    the tree as scanned to judge that (without `--backup`), for `choose` to pick from."""
     from backup_core.store.manifest import ManifestError, read_manifest
     from backup_core.store.naming import manifest_path, printable
 
     if options.source != "dump":
-        return
+        return None
     given = options.backup
     if given is None:
         if not options.backup_dir.is_dir():
@@ -164,7 +167,7 @@ def check_selection(options: DrillOptions) -> None:
                 raise ConfigError(f"--database {printable(name)}: "
                                   f"{pick.none_of(name, filed=False, held=held)}, and no "
                                   "drill of it is in the ledger")
-        return
+        return found
     if given.name.endswith(MANIFEST_SUFFIX) and taken_at(
             given.with_name(given.name[:-len(MANIFEST_SUFFIX)] + DUMP_SUFFIX)) is not None:
         dump = given.with_name(given.name[:-len(MANIFEST_SUFFIX)] + DUMP_SUFFIX)
@@ -180,13 +183,45 @@ def check_selection(options: DrillOptions) -> None:
     except ValueError:
         parts = ()
     if pick.filed(parts):  # its directory names its database; a manifest missing there is
-        return  # the backup's fault: the drill FAILs its integrity check
+        return None  # the backup's fault: the drill FAILs its integrity check
     try:  # outside the tree, its manifest alone says which database it holds
         read_manifest(manifest_path(given))
     except ManifestError as exc:
         raise ConfigError(f"--backup {printable(str(given))}: {exc}: the drill cannot tell "
                           "which database it holds; give a dump beside the manifest `atb db "
                           "backup` wrote with it") from exc
+    return None
+
+
+def picks(options: DrillOptions) -> bool:
+    """Whether `atb drill run` picks the drill's backup itself (`choose`): a dump drill on a
+    local sandbox, without `--backup`, not picked yet (pure)."""
+    return options.source == "dump" and options.sandbox == "local" \
+        and options.backup is None and options.picked is None
+
+
+def choose(options: DrillOptions, now: datetime | None = None) -> DrillOptions:
+    """The selection checked (`check_selection`), and for a dump drill on a local sandbox
+    without `--backup`, the backup picked: by the plugin's own pick (`drills.pick`, the seed,
+    the window, `now` to the second as the plugin takes it) over the tree that check just
+    scanned, handed to the child (`picked`) so that its sandbox is begun early for it
+    (`early_target`, `sandbox.prepared_for`) and its plugin drills it without scanning or
+    picking again. A tree with nothing to pick is left to the plugin, which says why in the
+    drill's report, as before. Options already picked for are returned as they are."""
+    if options.picked is not None and options.backup is None:
+        return options  # checked and picked by whoever picked it
+    found = check_selection(options)
+    if options.backup is not None:  # --backup (a detection drill's copy): nothing to pick
+        return replace(options, picked=None) if options.picked is not None else options
+    if found is None or not picks(options):
+        return options
+    now = now or datetime.now(UTC).replace(microsecond=0)
+    try:
+        chosen, among = pick.picked(found, now=now, window_days=options.window_days,
+                                    seed=options.seed, database=options.database)
+    except pick.NothingToDrill:
+        return options
+    return replace(options, picked=Picked(path=chosen.path, among=among, now=now))
 
 
 def given_backup(backup: Path, backup_dir: Path) -> tuple[Backup | None, str | None]:
@@ -206,12 +241,36 @@ def given_backup(backup: Path, backup_dir: Path) -> tuple[Backup | None, str | N
     return found, None
 
 
+def known_backup(options: DrillOptions) -> tuple[Backup | None, str | None] | None:
+    """The backup a dump drill drills when it is known before its plugin runs (`--backup`,
+    or the one `atb drill run` picked: `choose`), as the catalog judges it, or why there is
+    none; None when the plugin is to pick it. The one reading both the early sandbox
+    (`early_target`) and the plugin's selection make."""
+    if options.source != "dump":
+        return None
+    if options.backup is not None:
+        return given_backup(options.backup, options.backup_dir)
+    picked = options.picked
+    if picked is None:
+        return None
+    early = PENDING  # the record the early sandbox was begun for: its manifest not read twice
+    if early is not None and early.found is not None and early.found.path == picked.path \
+            and early.backup_dir == options.backup_dir:
+        return early.found, None
+    found = catalog.find(options.backup_dir, picked.path)
+    if found is None or not found.complete:
+        return None, f"the backup picked, {picked.path}, is gone or no longer complete"
+    # named as the tree's scan named it, as the reports did when the plugin picked
+    return replace(found, path=picked.path), None
+
+
 def early_target(options: DrillOptions) -> Backup | None:
     """The backup a sandbox can be begun for before pytest: a dump drill on a local sandbox
-    naming its backup (`--backup`), chosen as the plugin chooses it (`given_backup`)."""
-    if options.source != "dump" or options.sandbox != "local" or options.backup is None:
+    whose backup is known (`known_backup`)."""
+    if options.sandbox != "local":
         return None
-    return given_backup(options.backup, options.backup_dir)[0]
+    known = known_backup(options)
+    return known[0] if known is not None else None
 
 
 def found_chains() -> list[toolchain.Toolchain] | None:

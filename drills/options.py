@@ -131,6 +131,30 @@ def tree_of(backup: Path | None, given: Path | None) -> Path:
 
 
 @dataclass(frozen=True)
+class Picked:
+    """The backup `atb drill run` picked for its child (`drills.child.choose`: the plugin's
+    pick, by the seed and window, over the tree it scanned to check the selection, at `now`),
+    among `among` eligible ones: the early sandbox is begun for it and the plugin drills it,
+    so nothing scans or picks again. Never an option of pytest or the command line: only
+    the options file `atb drill run` writes for its child carries it."""
+
+    path: Path
+    among: int
+    now: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "among": self.among, "now": self.now.isoformat()}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Picked:
+        try:
+            return cls(path=Path(data["path"]), among=int(data["among"]),
+                       now=datetime.fromisoformat(data["now"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"--drill-options: picked: not a picked backup: {exc}") from exc
+
+
+@dataclass(frozen=True)
 class DrillOptions:
     """The drill's settings, each declared once on its field (`setting`)."""
 
@@ -311,6 +335,8 @@ class DrillOptions:
         "no-record",
         "Do not record the verdict beside the backup.",
         kind="flag", value=True)
+    # the backup `atb drill run` picked (not a setting: no option, no ini key; `Picked`)
+    picked: Picked | None = None
 
     @classmethod
     def from_values(cls, raw_get: Any, flag: Any,
@@ -413,6 +439,14 @@ class DrillOptions:
             migrate.check(migration)
         return options
 
+    @property
+    def target(self) -> Path | None:
+        """The dump the drill is known to drill before its plugin runs: `--backup`, or the
+        one `atb drill run` picked (`picked`); None when the plugin picks it."""
+        if self.source != "dump":
+            return None
+        return self.backup or (self.picked.path if self.picked is not None else None)
+
     def app_env(self, dialect: str = "") -> AppEnv:
         """Where the application's code runs: its directory, interpreter and variables."""
         from backup_core.tools.appenv import AppEnv
@@ -439,6 +473,8 @@ class DrillOptions:
                 continue
             if f.name == "checks":  # the child may resolve them elsewhere
                 value = [str(p.resolve()) for p in value]
+            elif isinstance(value, Picked):
+                value = value.as_dict()
             elif isinstance(value, datetime):
                 value = value.isoformat()
             elif isinstance(value, Path):
@@ -466,6 +502,8 @@ class DrillOptions:
             value, kind = data[f.name], str(f.type)
             if value is None:
                 pass
+            elif kind.startswith("Picked"):
+                value = Picked.from_dict(value)
             elif kind.startswith("tuple[Path"):
                 value = tuple(Path(v) for v in value)
             elif kind.startswith("tuple"):
@@ -522,5 +560,6 @@ def option(name: str) -> Option:
 
 
 # every drill option in the order the help lists them: the settings, then pytest's switches
-SETTINGS: tuple[Option, ...] = tuple(f.metadata["option"] for f in fields(DrillOptions))
+SETTINGS: tuple[Option, ...] = tuple(f.metadata["option"] for f in fields(DrillOptions)
+                                     if "option" in f.metadata)
 OPTIONS: tuple[Option, ...] = (*SETTINGS[:-2], DRILL, *SETTINGS[-2:], DRILL_OPTIONS)

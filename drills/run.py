@@ -190,7 +190,7 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
         guard.refuse_production_server(
             ConnInfo.parse(options.sandbox_url, what="ATB_SANDBOX_URL"), production,
             asserted=options.sandbox_is_not_production)
-    child.check_selection(options)
+    options = child.choose(options)  # the selection checked, and the backup picked once
     check_check_files(options.checks)
     if options.sandbox == "docker" and options.source == "dump":
         check_docker(options)

@@ -271,16 +271,17 @@ def _local(source_major: int, chains: list[toolchain.Toolchain],
 @contextlib.contextmanager
 def prepared_for(options: DrillOptions) -> Iterator[Path | None]:
     """For a drill whose child begins its local sandbox before pytest (`child.begin`: a dump
-    named by --backup, with its manifest), that sandbox's data directory copied by this
-    process while the child starts (`preparing`): the file the child waits for, or None. It
-    is in a private directory (`atb-drill-*`, removed with the block, or by the next drill if
-    this one is killed) that `run_drill` takes as the drill's scratch directory."""
-    if options.source != "dump" or options.sandbox != "local" or options.backup is None \
-            or options.exclude:
+    named by --backup or picked by `child.choose`, with its manifest), that sandbox's data
+    directory copied by this process while the child starts (`preparing`): the file the
+    child waits for, or None. It is in a private directory (`atb-drill-*`, removed with the
+    block, or by the next drill if this one is killed) that `run_drill` takes as the drill's
+    scratch directory."""
+    known = options.target  # --backup, or the backup `atb drill run` picked
+    if known is None or options.sandbox != "local" or options.exclude:
         yield None
         return
     try:
-        manifest = read_manifest(manifest_path(options.backup))
+        manifest = read_manifest(manifest_path(known))
     except (AtbError, OSError, ValueError):
         yield None  # the child reads it again and says what is wrong
         return

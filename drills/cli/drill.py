@@ -136,8 +136,15 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
                               backup_dir=fetched.path.parents[4], record=False,
                               origin=json.dumps(_origin(repo, key, fetched, options,
                                                         chosen_among)))
-        # first: the sandbox's files copied while the drill's own modules load and its child
-        # starts (`sandbox.prepared_for`)
+        # the backup picked here, once, as the plugin would pick it (`child.choose`), so
+        # that its sandbox's files can be copied first, while the drill's own modules load
+        # and its child starts (`sandbox.prepared_for`); a selection that cannot be made is
+        # refused by `run_drill`, after the refusals that come before it
+        from drills import child
+
+        if child.picks(options):
+            with contextlib.suppress(AtbError):
+                options = child.choose(options)
         prepared = stack.enter_context(sandbox.prepared_for(options))
         from drills.run import run_drill  # noqa: F401  (loaded while the copy runs)
 
@@ -204,8 +211,10 @@ def _drill_and_prove(options: DrillOptions, progress: console.DrillProgress,
         return result, None
     from drills import detect  # (its restore and backup modules: only then)
 
-    # a damaged copy of the same backup, while it is still here
-    local = replace(result, backup=replace(result.backup, path=str(options.backup)))
+    # a damaged copy of the same backup, while it is still here: a --repo backup's download
+    # (the result names the repository's object), else the file the drill restored
+    here = str(options.target) if options.target else result.backup.path
+    local = replace(result, backup=replace(result.backup, path=here))
     signals.armed = True  # a Ctrl-C stops the detection run, not the record of the drill
     try:
         detection: DetectionFacts | None = detect.prove(

@@ -327,10 +327,14 @@ def _only_db(options: DrillOptions) -> str | None:
 def _select(options: DrillOptions, now: datetime) -> tuple[
         Backup | None, str | None, int, list[Backup] | None]:
     """(the backup to drill, why none could be, how many were eligible, the tree as scanned
-    to pick from: the schedule is then judged on the same records, not on a second scan)."""
-    if options.backup is not None:
-        found, error = child.given_backup(options.backup, options.backup_dir)
-        return found, error, 0 if found is None else 1, None
+    to pick from: the schedule is then judged on the same records, not on a second scan).
+    Under `atb drill run` the pick was made there, once (`child.choose`): its choice is
+    taken as it is, the tree scanned only when the schedule is judged."""
+    known = child.known_backup(options)  # --backup, or the pick `atb drill run` made
+    if known is not None:
+        found, error = known
+        among = options.picked.among if options.picked and options.backup is None else 1
+        return found, error, 0 if found is None else among, None
     backups = catalog.scan(options.backup_dir, options.database)
     eligible = len(pick.eligible(backups, now=now, window_days=options.window_days,
                                  database=options.database))

@@ -22,6 +22,8 @@ from backup_core.tools import db
 from backup_core.tools.cluster import Cluster
 from backup_core.tools.conninfo import ConnInfo
 from drills.demo import example_dir
+from drills.options import DrillOptions
+from drills.plugin import hooks
 from tests.helpers import atb_inproc, checks, copy_backup, drill, oldest
 
 EXAMPLE = example_dir()
@@ -185,13 +187,29 @@ def test_an_empty_window_is_a_clear_failure(pg15: Cluster, tmp_path: Path) -> No
 
 def test_the_same_seed_picks_the_same_backup(history: tuple[ConnInfo, Path],
                                              tmp_path: Path) -> None:
+    """`atb drill run` picks (`drills.child.choose`, so that the sandbox is begun for the
+    backup early) the very backup the plugin picks under a direct `pytest --drill`, and the
+    reports and the ledger say it was picked at random, with the seed, as before."""
     picks = set()
+    tree = history[1]
     for _ in range(2):
         args = ("--seed", "424242", "--no-record", "--rto-target", "1h")
-        _, result = drill(*args, backup_dir=history[1], report_dir=tmp_path / "r")
+        _, result = drill(*args, backup_dir=tree, report_dir=tmp_path / "r")
         picks.add(result["backup"]["path"])
         assert result["seed"] == 424242
     assert len(picks) == 1
+    now = datetime.now(UTC).replace(microsecond=0)
+    plugin, _, among, _ = hooks._select(DrillOptions(backup_dir=tree, seed=424242), now)
+    assert plugin is not None and picks == {str(plugin.path)}  # the plugin's own pick
+    words = f"random among {among} complete backups of the last 90 days (seed 424242)"
+    assert result["backup"]["selection"] == words
+    assert json.loads(Path(result["reports"]["json"]).read_text())["backup"]["selection"] \
+        == words
+    assert "given with --backup" not in Path(result["reports"]["md"]).read_text()
+    records = [json.loads(line) for line in
+               (tmp_path / "r" / "ledger.ndjson").read_text().splitlines()]
+    assert [(r["selection"], r["seed"], r["backup"]["path"]) for r in records] == [
+        (words, 424242, str(plugin.path))] * 2
 
 
 def test_pytest_backup_path_verifies_one_dump_through_the_plugin(

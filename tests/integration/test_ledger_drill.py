@@ -1,4 +1,5 @@
-"""One real drill with `--prove-detection` and a signing key: the damaged copy is caught by
+"""One real drill by random pick with `--prove-detection` and a signing key: the damaged copy
+of the backup picked is caught by
 the checks that compare what came back with the manifest, the reports show the detection,
 the key and the controls, and the drill's signed record is in a ledger that verifies."""
 
@@ -29,9 +30,12 @@ def test_prove_detection_catches_the_damaged_copy_and_the_drill_is_recorded(
     before = file_sha256(dump)
     key = make_key(tmp_path / "signing.pem")
     fp = load_signer(key).public.fingerprint
-    done, result = drill("--backup", str(dump), "--prove-detection", backup_dir=backups,
+    # by random pick, as cron drills (the damaged copy is of the backup picked)
+    done, result = drill("--seed", "5", "--prove-detection", backup_dir=backups,
                          report_dir=reports, url=source,
                          env={"TMPDIR": str(sandbox_tmp), "ATB_SIGNING_KEY_FILE": str(key)})
+    assert (result["backup"]["path"], result["backup"]["selection"]) == (
+        str(dump), "random among 1 complete backup of the last 90 days (seed 5)")
     # no Alembic config and no integration command: the real drill is INCOMPLETE (exit 10)
     assert done.returncode == 10, (result.get("evidence"), done.stderr)
     assert result["verdict"] == "INCOMPLETE"

@@ -15,10 +15,14 @@ from pathlib import Path
 import pytest
 
 from backup_core.ops.backup import create_backup
+from backup_core.store import catalog
+from backup_core.store.catalog import Backup
 from backup_core.tools import cluster, conninfo, db, reaper, removal, toolchain
 from backup_core.tools.cluster import Cluster, preparing_lock, service_user, write_marker
-from drills import child, sandbox
+from backup_core.tools.conninfo import ConnInfo
+from drills import child, pick, sandbox
 from drills.options import DrillOptions
+from drills.plugin import hooks
 from drills.run import drill_argv
 from tests.conftest import make_database
 
@@ -165,6 +169,56 @@ def test_the_drills_early_sandbox_runs_on_the_copy_atb_drill_run_began(
         with db.connect(info.url, autocommit=True) as conn:
             assert conn.execute("SELECT current_setting('data_directory')").fetchone() == (
                 str(workdir / "data"),)
+        early.start.close(None)
+        cluster.await_removals()
+    assert os.listdir(sandbox_tmp) == []
+
+
+def test_a_random_drills_backup_is_picked_once_by_atb_drill_run_and_its_sandbox_begun_early(
+        history: tuple[ConnInfo, Path], tmp_path: Path, sandbox_tmp: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --backup, `atb drill run` picks (`child.choose`) exactly as the plugin of a
+    direct `pytest --drill` would (same seed, window and time: the same file, among as
+    many); its copy and its child's early sandbox are made for that backup, and the plugin
+    drills it as handed over: the early record adopted, the tree not scanned again."""
+    tree = history[1]
+    options = DrillOptions(backup_dir=tree, sandbox="local", seed=424242,
+                           report_dir=tmp_path / "reports")
+    chosen = child.choose(options)
+    picked = chosen.picked
+    assert picked is not None and chosen.backup is None
+    plugin, error, among, scanned = hooks._select(options, picked.now)  # its own pick
+    assert plugin is not None and error is None and scanned is not None
+    assert (picked.path, picked.among) == (plugin.path, among)
+    assert among == len(pick.eligible(catalog.scan(tree), now=picked.now, window_days=90)) > 1
+    options_file = tmp_path / "options.json"
+    options_file.write_text(chosen.to_json())
+    monkeypatch.setattr(tempfile, "tempdir", str(sandbox_tmp))
+    for name, value in list(os.environ.items()):  # `begin` detaches the libpq variables
+        if name.startswith("PG"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setattr(conninfo, "_detached", dict(conninfo._detached))
+    with sandbox.prepared_for(chosen) as marker:
+        assert marker is not None  # the copy is made for the pick, as for a --backup
+        env = {**os.environ, sandbox.PREPARED_ENV: str(marker)}
+        early = child.begin(drill_argv(options_file)[3:], env)
+        assert early is not None and early.backup == picked.path
+        info = early.start.wait()
+        workdir = Path(json.loads(marker.read_text())["workdir"])
+        with db.connect(info.url, autocommit=True) as conn:  # the server runs on atb's copy
+            assert conn.execute("SELECT current_setting('data_directory')").fetchone() == (
+                str(workdir / "data"),)
+        monkeypatch.setattr(child, "PENDING", early)
+
+        def no_scan(*args: object, **kwargs: object) -> list[Backup]:
+            raise AssertionError("the tree scanned again")
+
+        monkeypatch.setattr(catalog, "scan", no_scan)
+        handed = DrillOptions.from_json(options_file.read_text(), {})
+        assert hooks._select(handed, picked.now) == (early.found, None, among, None)
+        assert early.found is not None and early.found.path == plugin.path
+        assert early.found.manifest == plugin.manifest
+        assert child.take(early.found, handed) is early  # adopted by the drill
         early.start.close(None)
         cluster.await_removals()
     assert os.listdir(sandbox_tmp) == []

@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 
 from backup_core.store import catalog
 from backup_core.tools import cluster, removal, toolchain
-from backup_core.tools.errors import ToolchainError
+from backup_core.tools.errors import ConfigError, ToolchainError
 from drills import child, sandbox
 from drills.child import Early, SandboxStart
 from drills.options import DrillOptions
@@ -217,3 +218,49 @@ def test_an_immediate_stop_signals_once_and_sees_the_end_of_a_process_it_did_not
     assert cluster._exited(proc.pid)  # a zombie until reaped: ended all the same
     assert proc.wait(timeout=10) == -signal.SIGQUIT
     assert cluster._exited(proc.pid) and cluster._quit(proc.pid) is True  # gone: nothing to do
+
+
+def test_the_pick_atb_drill_run_hands_its_child_travels_only_in_the_options_file(
+        tmp_path: Path) -> None:
+    """`picked` is no option of pytest, the ini or the command line (a direct `pytest
+    --drill` always picks for itself): only the options file carries it, intact."""
+    from drills.options import OPTIONS, Picked
+
+    assert not any("pick" in o.name for o in OPTIONS)
+    dump = tmp_path / "db" / "2026" / "11" / "30" / "backup-20261130T010000Z.dump"
+    picked = Picked(path=dump, among=3, now=datetime(2026, 11, 30, 12, 0, 1, tzinfo=UTC))
+    options = DrillOptions(backup_dir=tmp_path, sandbox="local", seed=7, picked=picked)
+    read = DrillOptions.from_json(options.to_json(), {})
+    assert read.picked == picked and read.backup is None and read.seed == 7
+    assert (read.target, DrillOptions(backup_dir=tmp_path).target) == (dump, None)
+    text = options.to_json().replace('"among": 3', '"among": "three"')
+    with pytest.raises(ConfigError, match=r"^--drill-options: picked: not a picked backup"):
+        DrillOptions.from_json(text, {})
+
+
+def test_a_tree_with_nothing_to_pick_is_left_to_the_plugin_and_a_given_backup_is_kept(
+        tmp_path: Path) -> None:
+    """`child.choose`: an empty tree (the plugin says why in the drill's report), another
+    sandbox than a local one, or --backup: no pick handed over; a typo in the tree is
+    refused as before (exit 2)."""
+    from drills.options import Picked
+
+    (tmp_path / "db").mkdir()
+    assert [child.picks(DrillOptions(backup_dir=tmp_path, **kw)) for kw in (
+        {"sandbox": "local"}, {"sandbox": "docker"}, {"sandbox": "auto"},
+        {"sandbox": "local", "source": "pgbackrest", "stanza": "main"},
+        {"sandbox": "local", "backup": tmp_path / "db" / "x.dump"})] == [
+            True, False, False, False, False]
+    for sandbox_kind in ("local", "docker"):
+        options = DrillOptions(backup_dir=tmp_path, sandbox=sandbox_kind)
+        assert child.choose(options) is options
+    with pytest.raises(ConfigError, match="no such directory"):
+        child.choose(DrillOptions(backup_dir=tmp_path / "typo", sandbox="local"))
+    dump = tmp_path / "db" / "2026" / "11" / "30" / "backup-20261130T010000Z.dump"
+    dump.parent.mkdir(parents=True)
+    dump.write_bytes(b"PGDMP")
+    stale = Picked(path=tmp_path / "other.dump", among=2, now=datetime.now(UTC))
+    given = DrillOptions(backup=dump, backup_dir=tmp_path, sandbox="local", picked=stale)
+    assert child.choose(given) == replace(given, picked=None)  # --backup wins, checked
+    handed = DrillOptions(backup_dir=tmp_path / "typo", sandbox="local", picked=stale)
+    assert child.choose(handed) is handed  # checked once already, by whoever picked it
