@@ -174,16 +174,12 @@ def drill_isolation(options: DrillOptions) -> Isolation:
     return iso
 
 
-def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
-              on_line: Callable[[str], None] | None = None,
-              env: Mapping[str, str] | None = None,
-              on_event: Callable[[dict[str, Any]], None] | None = None,
-              prepared: Path | None = None) -> DrillResult:
-    """Run the drill and return its frozen result; raise `CommandFailed` when it could not
-    even produce a result, and `SafetyRefusal` (exit 8), before anything starts, for a
-    sandbox server that is production's. `prepared`: the sandbox's files already being
-    copied (`sandbox.prepared_for`, begun by the caller, whose private directory is then the
-    drill's scratch directory too: removed when the caller's block ends)."""
+def check_drill(options: DrillOptions, *, production: ConnInfo | None = None,
+                env: Mapping[str, str] | None = None) -> DrillOptions:
+    """Every refusal of the drill's configuration, before anything starts (no sandbox's files
+    copied, no child): `SafetyRefusal` (exit 8) for a sandbox server that is production's,
+    `ConfigError` (exit 2) for the rest; the options with the backup picked once where the
+    drill picks it here (`child.choose`)."""
     isolation.refuse_production_service(options.allow_service, production)
     appenv.refuse_production_env(options.pass_env, production, env)
     if options.sandbox == "server" and options.sandbox_url:
@@ -197,6 +193,22 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
     if options.source == "pgbackrest":  # before anything starts: exit 3 with no pgbackrest,
         # exit 2 for a stanza it does not know
         pgbackrest.info(pgbackrest.Stanza(options.stanza or "", options.pgbackrest_config))
+    return options
+
+
+def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
+              on_line: Callable[[str], None] | None = None,
+              env: Mapping[str, str] | None = None,
+              on_event: Callable[[dict[str, Any]], None] | None = None,
+              prepared: Path | None = None, checked: bool = False) -> DrillResult:
+    """Run the drill and return its frozen result; raise `CommandFailed` when it could not
+    even produce a result, and `SafetyRefusal` (exit 8), before anything starts, for a
+    sandbox server that is production's. `prepared`: the sandbox's files already being
+    copied (`sandbox.prepared_for`, begun by the caller, whose private directory is then the
+    drill's scratch directory too: removed when the caller's block ends). `checked`: the
+    caller ran `check_drill` and passes the options it returned."""
+    if not checked:
+        options = check_drill(options, production=production, env=env)
     with contextlib.ExitStack() as stack:
         if prepared is None:  # first: the sandbox's files copied while the isolation is
             # probed and the child starts (unless the caller began it earlier still)

@@ -136,21 +136,18 @@ def drill_run(repo: str | None, repo_signer: Path | None, prove_detection: bool,
                               backup_dir=fetched.path.parents[4], record=False,
                               origin=json.dumps(_origin(repo, key, fetched, options,
                                                         chosen_among)))
-        # the backup picked here, once, as the plugin would pick it (`child.choose`), so
-        # that its sandbox's files can be copied first, while the drill's own modules load
-        # and its child starts (`sandbox.prepared_for`); a selection that cannot be made is
-        # refused by `run_drill`, after the refusals that come before it
-        from drills import child
+        # interrupts handled from here: a Ctrl-C while the sandbox's files are copied, or
+        # after the drill, still leaves the copy removed (the block's end waits for it)
+        signals = stack.enter_context(interrupts.handling())
+        from drills.run import check_drill
 
-        if child.picks(options):
-            with contextlib.suppress(AtbError):
-                options = child.choose(options)
+        # every refusal first, nothing begun yet; the backup picked here, once, as the plugin
+        # would pick it (`child.choose`), so that its sandbox's files are copied while the
+        # child starts (`sandbox.prepared_for`)
+        options = check_drill(options, production=production(os.environ.get("DATABASE_URL")))
         prepared = stack.enter_context(sandbox.prepared_for(options))
-        from drills.run import run_drill  # noqa: F401  (loaded while the copy runs)
-
         progress = console.DrillProgress()
         leftovers.reap()  # the temporary directories of killed drills (one line each)
-        signals = stack.enter_context(interrupts.handling())
         try:
             result, detection = _drill_and_prove(options, progress, signals,
                                                  prove=prove_detection, prepared=prepared)
@@ -203,7 +200,8 @@ def _drill_and_prove(options: DrillOptions, progress: console.DrillProgress,
     try:  # sandboxes of killed drills are reaped meanwhile (each logged in one line)
         with sandbox.reaping():
             result = run_drill(options, production=production(
-                os.environ.get("DATABASE_URL")), on_event=progress, prepared=prepared)
+                os.environ.get("DATABASE_URL")), on_event=progress, prepared=prepared,
+                checked=True)
     finally:
         progress.close()
     signals.armed = False  # reported: from here until its record is, a Ctrl-C waits
