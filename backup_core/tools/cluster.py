@@ -30,7 +30,7 @@ from types import MappingProxyType, TracebackType
 
 from backup_core.tools import reaper, removal
 from backup_core.tools.conninfo import ConnInfo, redact
-from backup_core.tools.errors import AtbError, CommandFailed, ToolchainError
+from backup_core.tools.errors import AtbError, CommandFailed, SafetyRefusal, ToolchainError
 from backup_core.tools.fsutil import make_dirs
 from backup_core.tools.runner import Runner, run, spawn
 from backup_core.tools.toolchain import Toolchain, version_argv
@@ -288,9 +288,10 @@ class Cluster:
                            settings=self.settings,
                            hba_file=(self.datadir / "pg_hba.conf"
                                      if self.populate is not None else None))
-        with open(self.datadir / "postgresql.conf", "a") as fh:
-            fh.write("\n# atb throwaway cluster\n")
-            fh.writelines(f"{k} = {v}\n" for k, v in conf.items())
+        write_data_file(self.datadir, "postgresql.conf",
+                        "\n# atb throwaway cluster\n"
+                        + "".join(f"{k} = {v}\n" for k, v in conf.items()),
+                        owner=_uid(run_as), append=True)
         self._pg_ctl_start(run_as)
         self._running = True
         log.debug("cluster %s started (PostgreSQL %s)", self.workdir, self.toolchain.version)
@@ -335,10 +336,14 @@ class Cluster:
             return False
         workdir = Path(str(facts["workdir"]))
         base = Path(self.base_dir or tempfile.gettempdir()).resolve()
-        if facts.get("key") != prepared_key(self, run_as) or workdir.parent.resolve() != base \
-                or not workdir.name.startswith(reaper.WORKDIR_PREFIX) or workdir.is_symlink() \
-                or not (workdir / "data" / "PG_VERSION").is_file():
+        if facts.get("key") != prepared_key(self, run_as) or not workdir.is_absolute() \
+                or workdir.parent.resolve() != base \
+                or not workdir.name.startswith(reaper.WORKDIR_PREFIX):
             log.debug("prepared data directory %s not used: made for another cluster", workdir)
+            return False
+        unsafe = _unsafe_prepared(self.prepared, workdir, _uid(run_as))
+        if unsafe:
+            log.warning("prepared data directory %s not used: %s", workdir, unsafe)
             return False
         self.workdir = workdir
         self._record = reaper.register(workdir)  # ours now: torn down and reaped as ours
@@ -352,9 +357,16 @@ class Cluster:
         self._record = reaper.register(self.workdir)
         self.socket_dir.mkdir()
         if run_as:
+            # the work directory stays ours (0711: the server's user goes through, never
+            # renames or replaces what is in it); the server's user gets only its own parts
             entry = pwd.getpwnam(run_as)
-            for path in (self.workdir, self.socket_dir):
-                os.chown(path, entry.pw_uid, entry.pw_gid)
+            os.chown(self.socket_dir, entry.pw_uid, entry.pw_gid)
+            fd = os.open(self.logfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                         0o600)
+            try:
+                os.fchown(fd, entry.pw_uid, entry.pw_gid)  # pg_ctl -l appends as that user
+            finally:
+                os.close(fd)
             self.workdir.chmod(0o711)
 
     def _fill_datadir(self, run_as: str | None) -> None:
@@ -375,7 +387,8 @@ class Cluster:
             os.chown(self.datadir, entry.pw_uid, entry.pw_gid)
         self.populate(self.datadir, run_as)
         # socket only, trust: as a fresh sandbox; production's rules do not apply here
-        (self.datadir / "pg_hba.conf").write_text("local all all trust\n")
+        write_data_file(self.datadir, "pg_hba.conf", "local all all trust\n",
+                        owner=_uid(run_as), append=False)
 
     def _pg_ctl_start(self, run_as: str | None) -> None:
         if self.runner is run:  # the real programs: the server's readiness seen at once
@@ -441,6 +454,12 @@ class Cluster:
                 fh.write(self.password + "\n")
             if run_as:
                 os.chown(pwfile, pwd.getpwnam(run_as).pw_uid, -1)
+        # made here, empty, for initdb to fill: the work directory is not the server
+        # user's to create entries in
+        self.datadir.mkdir(mode=0o700)
+        if run_as:
+            entry = pwd.getpwnam(run_as)
+            os.chown(self.datadir, entry.pw_uid, entry.pw_gid)
         argv = initdb_argv(self.toolchain, self.datadir, superuser=self.superuser,
                            pwfile=pwfile if self.password else None, locale=self.locale)
         try:
@@ -627,6 +646,82 @@ def template_path(templates: Path, chain: Toolchain, *, locale: str, superuser: 
     key = hashlib.sha256("\0".join([str(Path(postgres).resolve()), chain.version, build,
                                     locale, superuser]).encode()).hexdigest()[:16]
     return templates / f"initdb-{chain.version}-{key}"
+
+
+def _uid(run_as: str | None) -> int:
+    """The uid the server's files belong to: the service user's, else ours."""
+    return pwd.getpwnam(run_as).pw_uid if run_as else os.geteuid()
+
+
+def _unsafe_prepared(marker: Path, workdir: Path, owner: int) -> str:
+    """Why the data directory another process prepared in `workdir` must not be adopted
+    ('' when it may be): its marker in a private directory of ours; the work directory ours
+    (0711 or tighter: nobody else renames or replaces what is in it); the data directory
+    the server user's own (0700), with a version file, its own postgresql.conf and no
+    server on it. Looked at without following links; past here, nothing in the work
+    directory can be swapped (what is in the data directory is written by `write_data_file`)."""
+    def mode(path: Path) -> os.stat_result | None:
+        try:
+            return path.lstat()
+        except OSError:
+            return None
+
+    folder, work, data = mode(marker.parent), mode(workdir), mode(workdir / "data")
+    version = mode(workdir / "data" / "PG_VERSION")
+    conf = mode(workdir / "data" / "postgresql.conf")
+    if folder is None or not stat.S_ISDIR(folder.st_mode) or folder.st_uid != os.geteuid() \
+            or folder.st_mode & 0o077:
+        return f"its marker's directory {marker.parent} is not a private one of ours"
+    if work is None or not stat.S_ISDIR(work.st_mode) or work.st_uid != os.geteuid() \
+            or work.st_mode & 0o066:
+        return "the work directory is not ours (0711 or tighter, not a link)"
+    if data is None or not stat.S_ISDIR(data.st_mode) or data.st_uid != owner \
+            or data.st_mode & 0o077:
+        return "the data directory is not the server user's (0700, not a link)"
+    if version is None or not stat.S_ISREG(version.st_mode):
+        return "the data directory has no PG_VERSION"
+    if conf is None or not stat.S_ISREG(conf.st_mode) or conf.st_nlink != 1 \
+            or conf.st_uid != owner:
+        return "its postgresql.conf is not a regular file of the server user's own"
+    if os.path.lexists(workdir / "data" / "postmaster.pid"):
+        return "a server was started on it (postmaster.pid)"
+    return ""
+
+
+def write_data_file(datadir: Path, name: str, text: str, *, owner: int, append: bool) -> None:
+    """Write `text` to `name` in `datadir` (appended, or as its whole content) without
+    following a link: the server's user owns the data directory and may have put a link
+    there (to a file of root's, whom we may be), a FIFO, or a second name of another file.
+    Only a regular file of one name owned by `owner` is written; one made here is given to
+    `owner`, as the server reads it."""
+    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        dfd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SafetyRefusal(f"{datadir} is not a data directory we can write in: {exc}") from exc
+    try:
+        try:
+            fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dfd)
+            try:
+                os.fchown(fd, owner, -1)
+            except OSError:
+                os.close(fd)
+                raise
+        except FileExistsError:
+            fd = os.open(name, flags | (os.O_APPEND if append else 0), dir_fd=dfd)
+    except OSError as exc:
+        raise SafetyRefusal(f"{datadir / name} cannot be written safely ({exc}): it is not "
+                            "a file of the server's own") from exc
+    finally:
+        os.close(dfd)
+    with os.fdopen(fd, "w") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != owner:
+            raise SafetyRefusal(f"{datadir / name} is not a regular file of the server's own "
+                                "(a link, a second name or another owner's): not written")
+        if not append:
+            os.ftruncate(fd, 0)
+        fh.write(text)
 
 
 def _private(path: Path, *, others: int = 0o022) -> bool:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import stat
 import tempfile
 import threading
 import time
@@ -17,6 +19,8 @@ import pytest
 from backup_core.ops.backup import create_backup
 from backup_core.tools import cluster, conninfo, db, reaper, removal, toolchain
 from backup_core.tools.cluster import Cluster, preparing_lock, service_user, write_marker
+from backup_core.tools.errors import SafetyRefusal
+from backup_core.tools.runner import run
 from drills import child, sandbox
 from drills.options import DrillOptions
 from drills.run import drill_argv
@@ -168,3 +172,56 @@ def test_the_drills_early_sandbox_runs_on_the_copy_atb_drill_run_began(
         early.start.close(None)
         cluster.await_removals()
     assert os.listdir(sandbox_tmp) == []
+
+
+def test_the_server_user_cannot_make_root_write_through_a_prepared_data_directory(
+        tmp_path: Path, sandbox_tmp: Path, chain18: toolchain.Toolchain,
+        templates: Path) -> None:
+    """Between the copy and its adoption (or while a cluster copies its own), the server's
+    user owns the data directory: a link it puts where postgresql.conf was must not make
+    root append the cluster's settings to a file of root's, and the work directory (in a
+    sticky /tmp) is not its own to rename away and replace with one of its making."""
+    user = service_user()
+    assert user is not None, "the suite runs as root, the server as an unprivileged user"
+    secret = tmp_path / "root-only"
+    secret.write_text("root's\n")
+    secret.chmod(0o600)
+    base = sandbox_tmp / "tmp"
+    base.mkdir()
+    base.chmod(0o1777)  # as /tmp: anyone creates, only an entry's owner renames it
+    marker = tmp_path / "prepared.json"
+    maker = Cluster(chain18, templates=templates, base_dir=base)
+    maker.prepare(marker)
+    prepared = Path(json.loads(marker.read_text())["workdir"])
+    st = prepared.lstat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o711)
+    uid = pwd.getpwnam(user).pw_uid
+    assert (prepared / "data").lstat().st_uid == uid
+
+    def as_user(*argv: str) -> int:
+        return run(list(argv), what="as the server's user", run_as=user, check=False,
+                   timeout=30).returncode
+
+    assert as_user("mv", "-T", str(prepared), str(base / "atb-pg-theirs")) == 1
+    assert as_user("touch", str(prepared / "server.conf")) == 1
+    conf = prepared / "data" / "postgresql.conf"
+    assert as_user("ln", "-sfT", str(secret), str(conf)) == 0  # the data directory is its
+    with Cluster(chain18, templates=templates, base_dir=base, prepared=marker,
+                 destroy_mode="immediate") as own:  # refused: a copy of its own
+        assert own.workdir is not None and own.workdir != prepared
+        st = own.workdir.lstat()
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o711)
+        assert own.logfile.lstat().st_uid == uid and own.logfile.stat().st_size > 0
+        with db.connect(own.url(), autocommit=True) as conn:
+            assert conn.execute("SHOW max_connections").fetchone() == ("50",)  # ours
+    # the link appearing after the adoption's look: the settings are not written at all
+    with pytest.raises(SafetyRefusal, match="cannot be written safely"):
+        cluster.write_data_file(prepared / "data", "postgresql.conf", "port = 1\n",
+                                owner=uid, append=True)
+    assert as_user("ln", "-fT", str(prepared / "data" / "PG_VERSION"), str(conf)) == 0
+    with pytest.raises(SafetyRefusal, match="not a regular file of the server's own"):
+        cluster.write_data_file(prepared / "data", "postgresql.conf", "port = 1\n",
+                                owner=uid, append=True)
+    assert secret.read_text() == "root's\n" and stat.S_IMODE(secret.stat().st_mode) == 0o600
+    maker.discard_prepared()
+    assert os.listdir(base) == []
