@@ -301,25 +301,37 @@ def preparing(source_major: int, locale: DatabaseLocale | None,
     for the same server and locale, else copies its own. Whatever nobody adopted is removed
     when the block ends, after the child."""
     made: list[Cluster] = []
+    held = contextlib.ExitStack()
+    # taken before the child exists, released once the marker is written or could not be
+    # (a full disk): the child stops waiting when nobody holds it (`_await_marker`)
+    held.enter_context(preparing_lock(marker))
 
     def work() -> None:
-        try:
-            chain = toolchain.for_server(source_major, toolchain.discover())
-            made.append(_local_cluster(chain, locale))
-        except Exception as exc:  # no toolchain for it: the child says so, as before
-            write_marker(marker, {"failed": f"{type(exc).__name__}: {exc}"})
-            return
-        made[0].prepare(marker)
+        with held:
+            try:
+                try:
+                    chain = toolchain.for_server(source_major, toolchain.discover())
+                    made.append(_local_cluster(chain, locale))
+                except Exception as exc:  # no toolchain for it: the child says so, as before
+                    write_marker(marker, {"failed": f"{type(exc).__name__}: {exc}"})
+                    return
+                made[0].prepare(marker)
+            except OSError as exc:
+                log.warning("could not say where the sandbox's data directory was copied "
+                            "(%s): the drill makes its own", exc)
 
-    with preparing_lock(marker):  # taken before the child exists: see `_await_marker`
-        thread = threading.Thread(target=work, name="atb-prepare-sandbox", daemon=True)
+    thread = threading.Thread(target=work, name="atb-prepare-sandbox", daemon=True)
+    try:
         thread.start()
-        try:
-            yield
-        finally:
-            thread.join()
-            if made:
-                made[0].discard_prepared()
+    except BaseException:
+        held.close()
+        raise
+    try:
+        yield
+    finally:
+        thread.join()
+        if made:
+            made[0].discard_prepared()
 
 
 def machine_locales() -> list[str]:

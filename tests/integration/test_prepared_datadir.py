@@ -139,6 +139,24 @@ def test_an_adopter_waits_for_a_copy_under_way_and_not_for_one_whose_maker_is_go
     assert adopter.workdir is not None and not adopter.workdir.exists()
 
 
+def test_a_marker_that_cannot_be_written_frees_the_adopter_at_once(
+        tmp_path: Path, sandbox_tmp: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """`atb drill run`'s copy whose marker cannot be written (a full disk, an I/O error)
+    must not leave its child waiting two minutes for it: the lock that says a marker is
+    coming goes with the attempt, not with the drill."""
+    monkeypatch.setattr(tempfile, "tempdir", str(sandbox_tmp))
+    marker = tmp_path / "prepared.json"
+    (tmp_path / f".{marker.name}.tmp").mkdir()  # where write_marker writes: it cannot
+    t0 = time.monotonic()
+    with sandbox.preparing(18, None, marker):
+        assert cluster._await_marker(marker, timeout=120) is None
+        waited = time.monotonic() - t0
+    assert waited < 10 and not marker.exists()
+    assert "could not say where the sandbox's data directory was copied" in caplog.text
+    assert os.listdir(sandbox_tmp) == []  # the copy nobody could adopt, removed
+
+
 def test_the_drills_early_sandbox_runs_on_the_copy_atb_drill_run_began(
         pg15: Cluster, chains: list[toolchain.Toolchain], tmp_path: Path, sandbox_tmp: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
