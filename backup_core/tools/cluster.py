@@ -315,10 +315,14 @@ class Cluster:
 
     def discard_prepared(self) -> None:
         """Remove what `prepare` made, unless another process adopted it: its reaper record
-        then names that process, which removes it (or, killed, leaves it to the reaper with
-        its server stopped first)."""
+        then names that process, which removes it; one already gone (killed) left its server
+        running on it: stopped and removed here, as the reaper does."""
         record, self._record = self._record, None
-        if record is None or not _still_ours(record):
+        if record is None:
+            return
+        if not _still_ours(record):
+            if os.path.lexists(record):
+                reaper.reap_local(record.parent)  # only records whose owner is gone
             return
         if self.workdir is not None and self.workdir.exists():
             removal.discard(self.workdir)

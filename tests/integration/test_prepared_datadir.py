@@ -99,17 +99,33 @@ def test_a_prepared_data_directory_nobody_adopted_is_removed_by_its_maker(
     maker.discard_prepared()
     assert not prepared.exists() and f"{prepared.name}.json" not in records()
     # one another process adopted (its record names that process) is that process's to
-    # remove, or the reaper's once it is gone with the server stopped: never removed here
+    # remove while it lives: never removed here
     maker.prepare(tmp_path / "again.json")
     prepared = Path(json.loads((tmp_path / "again.json").read_text())["workdir"])
     record = reaper.registry_dir() / f"{prepared.name}.json"
     adopted = json.loads(record.read_text())
-    adopted["owner"]["pid"] = 1
+    adopted["owner"].update(pid=1, start=reaper.process_start(1))
     record.write_text(json.dumps(adopted))
     maker.discard_prepared()
     assert prepared.is_dir() and record.is_file()
     removal.discard(prepared)
     reaper.unregister(record)
+    # its adopter killed with the server running on the copy: stopped and removed here
+    maker.prepare(tmp_path / "third.json")
+    adopter = Cluster(chain18, templates=templates, prepared=tmp_path / "third.json",
+                      destroy_mode="immediate")
+    adopter.start()
+    server, prepared = adopter.pid, adopter.workdir
+    assert server is not None and prepared is not None
+    record = reaper.registry_dir() / f"{prepared.name}.json"
+    adopted = json.loads(record.read_text())
+    adopted["owner"].update(pid=1, start="0")  # a process that is gone
+    record.write_text(json.dumps(adopted))
+    maker.discard_prepared()
+    assert reaper.process_start(server) is None and not prepared.exists()
+    assert not record.exists()
+    adopter._running = False  # killed, in this story: nothing of it left to stop
+    adopter.destroy()
 
 
 def test_an_adopter_waits_for_a_copy_under_way_and_not_for_one_whose_maker_is_gone(
