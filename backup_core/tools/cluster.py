@@ -227,6 +227,7 @@ class Cluster:
     _record: Path | None = field(default=None, init=False)  # see backup_core.tools.reaper
     # `pg_ctl start`, still ending after the server said it was ready (`_start_and_watch`)
     _starter: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _postmaster: int | None = field(default=None, init=False)  # the server's pid, once started
 
     def __post_init__(self) -> None:
         self.tcp = self.tcp or self.sealed  # sealed: no unix socket, so TCP it is
@@ -248,10 +249,18 @@ class Cluster:
 
     @property
     def pid(self) -> int | None:
+        """The server's pid, from its lock file, when that names this cluster's server: the
+        server's user writes the file (so can whatever a restored database runs as it), and
+        we may signal the pid as root (`_stop`). The one seen when it started, while it
+        still runs."""
+        uid = _uid(service_user())
+        if self._postmaster is not None and _serves(self._postmaster, self.datadir, uid):
+            return self._postmaster
         try:
-            return int((self.datadir / "postmaster.pid").read_text().split()[0])
+            pid = int((self.datadir / "postmaster.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
+        return pid if _serves(pid, self.datadir, uid) else None
 
     def url(self, dbname: str = "postgres") -> ConnInfo:
         if self.tcp:
@@ -294,6 +303,7 @@ class Cluster:
                         owner=_uid(run_as), append=True)
         self._pg_ctl_start(run_as)
         self._running = True
+        self._postmaster = self.pid
         log.debug("cluster %s started (PostgreSQL %s)", self.workdir, self.toolchain.version)
 
     def prepare(self, marker: Path) -> None:
@@ -827,6 +837,18 @@ def server_ready(pid_file: Path, *, since: float) -> bool:
     except (OSError, ValueError, IndexError):
         return False
     return ready and started >= int(since) - 2 and not _exited(pid)
+
+
+def _serves(pid: int, datadir: Path, uid: int) -> bool:
+    """`pid` is a process of `uid` whose command line names `datadir`: a server of it (a
+    process the server's user made to look like one is its own to lose), not a pid
+    another process wrote in the lock file (production's postmaster, init)."""
+    try:
+        owner = os.stat(f"/proc/{pid}").st_uid
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+    return owner == uid and str(datadir).encode() in cmdline.split(b"\0")
 
 
 def _quit(pid: int, *, timeout: float = 30.0) -> bool:

@@ -9,6 +9,7 @@ import json
 import os
 import pwd
 import stat
+import subprocess
 import tempfile
 import threading
 import time
@@ -248,6 +249,20 @@ def test_the_server_user_cannot_make_root_write_through_a_prepared_data_director
         assert own.logfile.lstat().st_uid == uid and own.logfile.stat().st_size > 0
         with db.connect(own.url(), autocommit=True) as conn:
             assert conn.execute("SHOW max_connections").fetchone() == ("50",)  # ours
+        # the lock file, the server user's, naming a process of root's: never signalled
+        server = own.pid
+        victim = subprocess.Popen(["sleep", "60"])
+        pid_file = own.datadir / "postmaster.pid"
+        lines = pid_file.read_text().splitlines()
+        assert as_user("sh", "-c", 'printf "%s\n" "$@" > "$0.new" && mv "$0.new" "$0"',
+                       str(pid_file), str(victim.pid), *lines[1:]) == 0
+        assert int(pid_file.read_text().split()[0]) == victim.pid and own.pid == server
+    try:
+        assert victim.poll() is None  # root's process lives; the server was stopped
+        assert server is not None and reaper.process_start(server) is None
+    finally:
+        victim.kill()
+        victim.wait()
     # the link appearing after the adoption's look: the settings are not written at all
     with pytest.raises(SafetyRefusal, match="cannot be written safely"):
         cluster.write_data_file(prepared / "data", "postgresql.conf", "port = 1\n",
