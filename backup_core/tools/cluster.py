@@ -795,6 +795,12 @@ def _save_template(datadir: Path, template: Path) -> None:
                       "is not a private one of ours", template.parent)
             return
         shutil.copytree(datadir, tmp, symlinks=True)  # the copies are ours, whoever ran initdb
+        # a fresh initdb makes directories and files only: a link is the server user's doing
+        # (between initdb and here), kept out of every later cluster
+        if any(not (p.is_dir() or p.is_file()) or p.is_symlink() for p in tmp.rglob("*")):
+            log.warning("not keeping an initdb template of %s: it holds a link or a special "
+                        "file initdb does not make", datadir)
+            return
         tmp.chmod(0o700)
         tmp.rename(template)  # atomic: a template is whole or absent; another run may win
     except (OSError, AtbError) as exc:
