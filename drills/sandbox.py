@@ -302,25 +302,37 @@ def preparing(source_major: int, locale: DatabaseLocale | None,
     for the same server and locale, else copies its own. Whatever nobody adopted is removed
     when the block ends, after the child."""
     made: list[Cluster] = []
+    held = contextlib.ExitStack()
+    # taken before the child exists, released once the marker is written or could not be
+    # (a full disk): the child stops waiting when nobody holds it (`_await_marker`)
+    held.enter_context(preparing_lock(marker))
 
     def work() -> None:
-        try:
-            chain = toolchain.for_server(source_major, toolchain.discover())
-            made.append(_local_cluster(chain, locale))
-        except Exception as exc:  # no toolchain for it: the child says so, as before
-            write_marker(marker, {"failed": f"{type(exc).__name__}: {exc}"})
-            return
-        made[0].prepare(marker)
+        with held:
+            try:
+                try:
+                    chain = toolchain.for_server(source_major, toolchain.discover())
+                    made.append(_local_cluster(chain, locale))
+                except Exception as exc:  # no toolchain for it: the child says so, as before
+                    write_marker(marker, {"failed": f"{type(exc).__name__}: {exc}"})
+                    return
+                made[0].prepare(marker)
+            except OSError as exc:
+                log.warning("could not say where the sandbox's data directory was copied "
+                            "(%s): the drill makes its own", exc)
 
-    with preparing_lock(marker):  # taken before the child exists: see `_await_marker`
-        thread = threading.Thread(target=work, name="atb-prepare-sandbox", daemon=True)
+    thread = threading.Thread(target=work, name="atb-prepare-sandbox", daemon=True)
+    try:
         thread.start()
-        try:
-            yield
-        finally:
-            thread.join()
-            if made:
-                made[0].discard_prepared()
+    except BaseException:
+        held.close()
+        raise
+    try:
+        yield
+    finally:
+        thread.join()
+        if made:
+            made[0].discard_prepared()
 
 
 def machine_locales() -> list[str]:
@@ -400,26 +412,38 @@ def _finish(admin: ConnInfo, provider: str, t0: float, chain: toolchain.Toolchai
         if locale is None:
             conn.execute(create)
     url, tools = (app or admin).with_dbname(name), admin.with_dbname(name)
-    ident, made = _reached(url, read=url == tools)
+    ident, made = _reached(url, name=name, read=url == tools)
     if ident is None:
         raise SafetyRefusal(f"the sandbox database {name} cannot be reached as {url.redacted}")
     if not made:  # the drill's own role is not atb's: the locale read as atb
         with db.connect(tools) as conn:
-            made = read_locale(conn).describe()
+            made = _locale(conn, name)
     return SandboxInfo(provider=provider, server_version=version, url=url, identity=ident,
                        start_s=round(time.monotonic() - t0, 3), chain=chain,
                        tools_url=admin.with_dbname(name), locale=made,
                        locale_missing=missing)
 
 
-def _reached(url: ConnInfo, *, read: bool) -> tuple[db.Identity | None, str]:
+def _reached(url: ConnInfo, *, name: str, read: bool) -> tuple[db.Identity | None, str]:
     """Who `url` reaches (None: nobody) and, `read`, the database's locale on the same
-    connection (one connection fewer on the sandbox's start)."""
+    connection (one connection fewer on the sandbox's start); a locale that cannot be read
+    is its own error, not a sandbox that cannot be reached."""
+    with contextlib.ExitStack() as stack:
+        try:
+            conn = stack.enter_context(db.connect(url, autocommit=True))
+            ident = db.identity(conn)
+        except (ConnectionFailed, psycopg.Error):
+            return None, ""
+        return ident, _locale(conn, name) if read else ""
+
+
+def _locale(conn: psycopg.Connection[Any], name: str) -> str:
+    """The sandbox database's encoding and locale, as the report says them."""
     try:
-        with db.connect(url, autocommit=True) as conn:
-            return db.identity(conn), read_locale(conn).describe() if read else ""
-    except (ConnectionFailed, psycopg.Error):
-        return None, ""
+        return read_locale(conn).describe()
+    except psycopg.Error as exc:
+        raise AtbError(f"the locale of the sandbox database {name} could not be read: "
+                       f"{exc}") from exc
 
 
 def like_production(locale: DatabaseLocale) -> sql.Composed:

@@ -26,8 +26,10 @@ ALLOWED = frozenset({
 })
 ALLOWED_PREFIXES = ("LC_",)
 # Never passed on, even when asked: they name or unlock a database.
+# ATB_PREPARED_DATADIR: where `atb drill run` says a sandbox's data directory was copied
+# (drills.sandbox.PREPARED_ENV), for the child it started and no one else to name
 FORBIDDEN = frozenset({"DATABASE_URL", "ATB_TARGET_URL", "ATB_SANDBOX_URL",
-                       "ATB_PRODUCTION_URL", "PGSERVICE"})
+                       "ATB_PRODUCTION_URL", "PGSERVICE", "ATB_PREPARED_DATADIR"})
 
 
 def _forbidden(name: str) -> bool:

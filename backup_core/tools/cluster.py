@@ -30,7 +30,7 @@ from types import MappingProxyType, TracebackType
 
 from backup_core.tools import reaper, removal
 from backup_core.tools.conninfo import ConnInfo, redact
-from backup_core.tools.errors import AtbError, CommandFailed, ToolchainError
+from backup_core.tools.errors import AtbError, CommandFailed, SafetyRefusal, ToolchainError
 from backup_core.tools.fsutil import make_dirs
 from backup_core.tools.runner import Runner, run, spawn
 from backup_core.tools.toolchain import Toolchain, version_argv
@@ -227,6 +227,7 @@ class Cluster:
     _record: Path | None = field(default=None, init=False)  # see backup_core.tools.reaper
     # `pg_ctl start`, still ending after the server said it was ready (`_start_and_watch`)
     _starter: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _postmaster: int | None = field(default=None, init=False)  # the server's pid, once started
 
     def __post_init__(self) -> None:
         self.tcp = self.tcp or self.sealed  # sealed: no unix socket, so TCP it is
@@ -248,10 +249,18 @@ class Cluster:
 
     @property
     def pid(self) -> int | None:
+        """The server's pid, from its lock file, when that names this cluster's server: the
+        server's user writes the file (so can whatever a restored database runs as it), and
+        we may signal the pid as root (`_stop`). The one seen when it started, while it
+        still runs."""
+        uid = _uid(service_user())
+        if self._postmaster is not None and _serves(self._postmaster, self.datadir, uid):
+            return self._postmaster
         try:
-            return int((self.datadir / "postmaster.pid").read_text().split()[0])
+            pid = int((self.datadir / "postmaster.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
+        return pid if _serves(pid, self.datadir, uid) else None
 
     def url(self, dbname: str = "postgres") -> ConnInfo:
         if self.tcp:
@@ -288,11 +297,13 @@ class Cluster:
                            settings=self.settings,
                            hba_file=(self.datadir / "pg_hba.conf"
                                      if self.populate is not None else None))
-        with open(self.datadir / "postgresql.conf", "a") as fh:
-            fh.write("\n# atb throwaway cluster\n")
-            fh.writelines(f"{k} = {v}\n" for k, v in conf.items())
+        write_data_file(self.datadir, "postgresql.conf",
+                        "\n# atb throwaway cluster\n"
+                        + "".join(f"{k} = {v}\n" for k, v in conf.items()),
+                        owner=_uid(run_as), append=True)
         self._pg_ctl_start(run_as)
         self._running = True
+        self._postmaster = self.pid
         log.debug("cluster %s started (PostgreSQL %s)", self.workdir, self.toolchain.version)
 
     def prepare(self, marker: Path) -> None:
@@ -314,10 +325,14 @@ class Cluster:
 
     def discard_prepared(self) -> None:
         """Remove what `prepare` made, unless another process adopted it: its reaper record
-        then names that process, which removes it (or, killed, leaves it to the reaper with
-        its server stopped first)."""
+        then names that process, which removes it; one already gone (killed) left its server
+        running on it: stopped and removed here, as the reaper does."""
         record, self._record = self._record, None
-        if record is None or not _still_ours(record):
+        if record is None:
+            return
+        if not _still_ours(record):
+            if os.path.lexists(record):
+                reaper.reap_local(record.parent)  # only records whose owner is gone
             return
         if self.workdir is not None and self.workdir.exists():
             removal.discard(self.workdir)
@@ -335,10 +350,14 @@ class Cluster:
             return False
         workdir = Path(str(facts["workdir"]))
         base = Path(self.base_dir or tempfile.gettempdir()).resolve()
-        if facts.get("key") != prepared_key(self, run_as) or workdir.parent.resolve() != base \
-                or not workdir.name.startswith(reaper.WORKDIR_PREFIX) or workdir.is_symlink() \
-                or not (workdir / "data" / "PG_VERSION").is_file():
+        if facts.get("key") != prepared_key(self, run_as) or not workdir.is_absolute() \
+                or workdir.parent.resolve() != base \
+                or not workdir.name.startswith(reaper.WORKDIR_PREFIX):
             log.debug("prepared data directory %s not used: made for another cluster", workdir)
+            return False
+        unsafe = _unsafe_prepared(self.prepared, workdir, _uid(run_as))
+        if unsafe:
+            log.warning("prepared data directory %s not used: %s", workdir, unsafe)
             return False
         self.workdir = workdir
         self._record = reaper.register(workdir)  # ours now: torn down and reaped as ours
@@ -352,9 +371,16 @@ class Cluster:
         self._record = reaper.register(self.workdir)
         self.socket_dir.mkdir()
         if run_as:
+            # the work directory stays ours (0711: the server's user goes through, never
+            # renames or replaces what is in it); the server's user gets only its own parts
             entry = pwd.getpwnam(run_as)
-            for path in (self.workdir, self.socket_dir):
-                os.chown(path, entry.pw_uid, entry.pw_gid)
+            os.chown(self.socket_dir, entry.pw_uid, entry.pw_gid)
+            fd = os.open(self.logfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                         0o600)
+            try:
+                os.fchown(fd, entry.pw_uid, entry.pw_gid)  # pg_ctl -l appends as that user
+            finally:
+                os.close(fd)
             self.workdir.chmod(0o711)
 
     def _fill_datadir(self, run_as: str | None) -> None:
@@ -375,7 +401,8 @@ class Cluster:
             os.chown(self.datadir, entry.pw_uid, entry.pw_gid)
         self.populate(self.datadir, run_as)
         # socket only, trust: as a fresh sandbox; production's rules do not apply here
-        (self.datadir / "pg_hba.conf").write_text("local all all trust\n")
+        write_data_file(self.datadir, "pg_hba.conf", "local all all trust\n",
+                        owner=_uid(run_as), append=False)
 
     def _pg_ctl_start(self, run_as: str | None) -> None:
         if self.runner is run:  # the real programs: the server's readiness seen at once
@@ -441,6 +468,12 @@ class Cluster:
                 fh.write(self.password + "\n")
             if run_as:
                 os.chown(pwfile, pwd.getpwnam(run_as).pw_uid, -1)
+        # made here, empty, for initdb to fill: the work directory is not the server
+        # user's to create entries in
+        self.datadir.mkdir(mode=0o700)
+        if run_as:
+            entry = pwd.getpwnam(run_as)
+            os.chown(self.datadir, entry.pw_uid, entry.pw_gid)
         argv = initdb_argv(self.toolchain, self.datadir, superuser=self.superuser,
                            pwfile=pwfile if self.password else None, locale=self.locale)
         try:
@@ -629,6 +662,82 @@ def template_path(templates: Path, chain: Toolchain, *, locale: str, superuser: 
     return templates / f"initdb-{chain.version}-{key}"
 
 
+def _uid(run_as: str | None) -> int:
+    """The uid the server's files belong to: the service user's, else ours."""
+    return pwd.getpwnam(run_as).pw_uid if run_as else os.geteuid()
+
+
+def _unsafe_prepared(marker: Path, workdir: Path, owner: int) -> str:
+    """Why the data directory another process prepared in `workdir` must not be adopted
+    ('' when it may be): its marker in a private directory of ours; the work directory ours
+    (0711 or tighter: nobody else renames or replaces what is in it); the data directory
+    the server user's own (0700), with a version file, its own postgresql.conf and no
+    server on it. Looked at without following links; past here, nothing in the work
+    directory can be swapped (what is in the data directory is written by `write_data_file`)."""
+    def mode(path: Path) -> os.stat_result | None:
+        try:
+            return path.lstat()
+        except OSError:
+            return None
+
+    folder, work, data = mode(marker.parent), mode(workdir), mode(workdir / "data")
+    version = mode(workdir / "data" / "PG_VERSION")
+    conf = mode(workdir / "data" / "postgresql.conf")
+    if folder is None or not stat.S_ISDIR(folder.st_mode) or folder.st_uid != os.geteuid() \
+            or folder.st_mode & 0o077:
+        return f"its marker's directory {marker.parent} is not a private one of ours"
+    if work is None or not stat.S_ISDIR(work.st_mode) or work.st_uid != os.geteuid() \
+            or work.st_mode & 0o066:
+        return "the work directory is not ours (0711 or tighter, not a link)"
+    if data is None or not stat.S_ISDIR(data.st_mode) or data.st_uid != owner \
+            or data.st_mode & 0o077:
+        return "the data directory is not the server user's (0700, not a link)"
+    if version is None or not stat.S_ISREG(version.st_mode):
+        return "the data directory has no PG_VERSION"
+    if conf is None or not stat.S_ISREG(conf.st_mode) or conf.st_nlink != 1 \
+            or conf.st_uid != owner:
+        return "its postgresql.conf is not a regular file of the server user's own"
+    if os.path.lexists(workdir / "data" / "postmaster.pid"):
+        return "a server was started on it (postmaster.pid)"
+    return ""
+
+
+def write_data_file(datadir: Path, name: str, text: str, *, owner: int, append: bool) -> None:
+    """Write `text` to `name` in `datadir` (appended, or as its whole content) without
+    following a link: the server's user owns the data directory and may have put a link
+    there (to a file of root's, whom we may be), a FIFO, or a second name of another file.
+    Only a regular file of one name owned by `owner` is written; one made here is given to
+    `owner`, as the server reads it."""
+    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        dfd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SafetyRefusal(f"{datadir} is not a data directory we can write in: {exc}") from exc
+    try:
+        try:
+            fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dfd)
+            try:
+                os.fchown(fd, owner, -1)
+            except OSError:
+                os.close(fd)
+                raise
+        except FileExistsError:
+            fd = os.open(name, flags | (os.O_APPEND if append else 0), dir_fd=dfd)
+    except OSError as exc:
+        raise SafetyRefusal(f"{datadir / name} cannot be written safely ({exc}): it is not "
+                            "a file of the server's own") from exc
+    finally:
+        os.close(dfd)
+    with os.fdopen(fd, "w") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != owner:
+            raise SafetyRefusal(f"{datadir / name} is not a regular file of the server's own "
+                                "(a link, a second name or another owner's): not written")
+        if not append:
+            os.ftruncate(fd, 0)
+        fh.write(text)
+
+
 def _private(path: Path, *, others: int = 0o022) -> bool:
     """A real directory (not a link) of ours that no one else may change (`others`: the mode
     bits that must be clear): what a template is read from and kept in. Anything else is
@@ -686,6 +795,12 @@ def _save_template(datadir: Path, template: Path) -> None:
                       "is not a private one of ours", template.parent)
             return
         shutil.copytree(datadir, tmp, symlinks=True)  # the copies are ours, whoever ran initdb
+        # a fresh initdb makes directories and files only: a link is the server user's doing
+        # (between initdb and here), kept out of every later cluster
+        if any(not (p.is_dir() or p.is_file()) or p.is_symlink() for p in tmp.rglob("*")):
+            log.warning("not keeping an initdb template of %s: it holds a link or a special "
+                        "file initdb does not make", datadir)
+            return
         tmp.chmod(0o700)
         tmp.rename(template)  # atomic: a template is whole or absent; another run may win
     except (OSError, AtbError) as exc:
@@ -728,6 +843,18 @@ def server_ready(pid_file: Path, *, since: float) -> bool:
     except (OSError, ValueError, IndexError):
         return False
     return ready and started >= int(since) - 2 and not _exited(pid)
+
+
+def _serves(pid: int, datadir: Path, uid: int) -> bool:
+    """`pid` is a process of `uid` whose command line names `datadir`: a server of it (a
+    process the server's user made to look like one is its own to lose), not a pid
+    another process wrote in the lock file (production's postmaster, init)."""
+    try:
+        owner = os.stat(f"/proc/{pid}").st_uid
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+    return owner == uid and str(datadir).encode() in cmdline.split(b"\0")
 
 
 def _quit(pid: int, *, timeout: float = 30.0) -> bool:

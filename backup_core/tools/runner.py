@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import pwd
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
@@ -167,13 +168,18 @@ def spawn_text(
                             preexec_fn=preexec)
 
 
-def _parent_death(signum: int) -> Callable[[], None]:
-    # the C library already loaded, found here before the fork: `find_library` runs
-    # `ldconfig` (a fork of the forked child, on the drill's start, with threads about)
-    libc = ctypes.CDLL(None, use_errno=True)
+def _parent_death(signum: int, *, parent: int | None = None) -> Callable[[], None]:
+    """What the forked child runs before exec: the kernel sends it `signum` when `parent`
+    (this process) dies; dead already (between the fork and the arming), it sends itself."""
+    # the C library already loaded and its prctl bound here, before the fork: `find_library`
+    # runs `ldconfig`, and a lookup in the forked child (with threads about) may deadlock
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    expected = os.getpid() if parent is None else parent
 
     def arm() -> None:  # in the child, before exec (Linux prctl PR_SET_PDEATHSIG)
-        libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+        prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+        if os.getppid() != expected:  # orphaned before it was armed: nobody will signal
+            os.kill(os.getpid(), signum)
     return arm
 
 

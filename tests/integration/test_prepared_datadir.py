@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import stat
+import subprocess
 import tempfile
 import threading
 import time
@@ -20,6 +23,8 @@ from backup_core.store.catalog import Backup
 from backup_core.tools import cluster, conninfo, db, reaper, removal, toolchain
 from backup_core.tools.cluster import Cluster, preparing_lock, service_user, write_marker
 from backup_core.tools.conninfo import ConnInfo
+from backup_core.tools.errors import SafetyRefusal
+from backup_core.tools.runner import run
 from drills import child, pick, sandbox
 from drills.options import DrillOptions
 from drills.plugin import hooks
@@ -99,17 +104,33 @@ def test_a_prepared_data_directory_nobody_adopted_is_removed_by_its_maker(
     maker.discard_prepared()
     assert not prepared.exists() and f"{prepared.name}.json" not in records()
     # one another process adopted (its record names that process) is that process's to
-    # remove, or the reaper's once it is gone with the server stopped: never removed here
+    # remove while it lives: never removed here
     maker.prepare(tmp_path / "again.json")
     prepared = Path(json.loads((tmp_path / "again.json").read_text())["workdir"])
     record = reaper.registry_dir() / f"{prepared.name}.json"
     adopted = json.loads(record.read_text())
-    adopted["owner"]["pid"] = 1
+    adopted["owner"].update(pid=1, start=reaper.process_start(1))
     record.write_text(json.dumps(adopted))
     maker.discard_prepared()
     assert prepared.is_dir() and record.is_file()
     removal.discard(prepared)
     reaper.unregister(record)
+    # its adopter killed with the server running on the copy: stopped and removed here
+    maker.prepare(tmp_path / "third.json")
+    adopter = Cluster(chain18, templates=templates, prepared=tmp_path / "third.json",
+                      destroy_mode="immediate")
+    adopter.start()
+    server, prepared = adopter.pid, adopter.workdir
+    assert server is not None and prepared is not None
+    record = reaper.registry_dir() / f"{prepared.name}.json"
+    adopted = json.loads(record.read_text())
+    adopted["owner"].update(pid=1, start="0")  # a process that is gone
+    record.write_text(json.dumps(adopted))
+    maker.discard_prepared()
+    assert reaper.process_start(server) is None and not prepared.exists()
+    assert not record.exists()
+    adopter._running = False  # killed, in this story: nothing of it left to stop
+    adopter.destroy()
 
 
 def test_an_adopter_waits_for_a_copy_under_way_and_not_for_one_whose_maker_is_gone(
@@ -137,6 +158,24 @@ def test_an_adopter_waits_for_a_copy_under_way_and_not_for_one_whose_maker_is_go
         thread.join()
     maker.discard_prepared()
     assert adopter.workdir is not None and not adopter.workdir.exists()
+
+
+def test_a_marker_that_cannot_be_written_frees_the_adopter_at_once(
+        tmp_path: Path, sandbox_tmp: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """`atb drill run`'s copy whose marker cannot be written (a full disk, an I/O error)
+    must not leave its child waiting two minutes for it: the lock that says a marker is
+    coming goes with the attempt, not with the drill."""
+    monkeypatch.setattr(tempfile, "tempdir", str(sandbox_tmp))
+    marker = tmp_path / "prepared.json"
+    (tmp_path / f".{marker.name}.tmp").mkdir()  # where write_marker writes: it cannot
+    t0 = time.monotonic()
+    with sandbox.preparing(18, None, marker):
+        assert cluster._await_marker(marker, timeout=120) is None
+        waited = time.monotonic() - t0
+    assert waited < 10 and not marker.exists()
+    assert "could not say where the sandbox's data directory was copied" in caplog.text
+    assert os.listdir(sandbox_tmp) == []  # the copy nobody could adopt, removed
 
 
 def test_the_drills_early_sandbox_runs_on_the_copy_atb_drill_run_began(
@@ -222,3 +261,68 @@ def test_a_random_drills_backup_is_picked_once_by_atb_drill_run_and_its_sandbox_
         early.start.close(None)
         cluster.await_removals()
     assert os.listdir(sandbox_tmp) == []
+def test_the_server_user_cannot_make_root_write_through_a_prepared_data_directory(
+        tmp_path: Path, sandbox_tmp: Path, chain18: toolchain.Toolchain,
+        templates: Path) -> None:
+    """Between the copy and its adoption (or while a cluster copies its own), the server's
+    user owns the data directory: a link it puts where postgresql.conf was must not make
+    root append the cluster's settings to a file of root's, and the work directory (in a
+    sticky /tmp) is not its own to rename away and replace with one of its making."""
+    user = service_user()
+    assert user is not None, "the suite runs as root, the server as an unprivileged user"
+    secret = tmp_path / "root-only"
+    secret.write_text("root's\n")
+    secret.chmod(0o600)
+    base = sandbox_tmp / "tmp"
+    base.mkdir()
+    base.chmod(0o1777)  # as /tmp: anyone creates, only an entry's owner renames it
+    marker = tmp_path / "prepared.json"
+    maker = Cluster(chain18, templates=templates, base_dir=base)
+    maker.prepare(marker)
+    prepared = Path(json.loads(marker.read_text())["workdir"])
+    st = prepared.lstat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o711)
+    uid = pwd.getpwnam(user).pw_uid
+    assert (prepared / "data").lstat().st_uid == uid
+
+    def as_user(*argv: str) -> int:
+        return run(list(argv), what="as the server's user", run_as=user, check=False,
+                   timeout=30).returncode
+
+    assert as_user("mv", "-T", str(prepared), str(base / "atb-pg-theirs")) == 1
+    assert as_user("touch", str(prepared / "server.conf")) == 1
+    conf = prepared / "data" / "postgresql.conf"
+    assert as_user("ln", "-sfT", str(secret), str(conf)) == 0  # the data directory is its
+    with Cluster(chain18, templates=templates, base_dir=base, prepared=marker,
+                 destroy_mode="immediate") as own:  # refused: a copy of its own
+        assert own.workdir is not None and own.workdir != prepared
+        st = own.workdir.lstat()
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o711)
+        assert own.logfile.lstat().st_uid == uid and own.logfile.stat().st_size > 0
+        with db.connect(own.url(), autocommit=True) as conn:
+            assert conn.execute("SHOW max_connections").fetchone() == ("50",)  # ours
+        # the lock file, the server user's, naming a process of root's: never signalled
+        server = own.pid
+        victim = subprocess.Popen(["sleep", "60"])
+        pid_file = own.datadir / "postmaster.pid"
+        lines = pid_file.read_text().splitlines()
+        assert as_user("sh", "-c", 'printf "%s\n" "$@" > "$0.new" && mv "$0.new" "$0"',
+                       str(pid_file), str(victim.pid), *lines[1:]) == 0
+        assert int(pid_file.read_text().split()[0]) == victim.pid and own.pid == server
+    try:
+        assert victim.poll() is None  # root's process lives; the server was stopped
+        assert server is not None and reaper.process_start(server) is None
+    finally:
+        victim.kill()
+        victim.wait()
+    # the link appearing after the adoption's look: the settings are not written at all
+    with pytest.raises(SafetyRefusal, match="cannot be written safely"):
+        cluster.write_data_file(prepared / "data", "postgresql.conf", "port = 1\n",
+                                owner=uid, append=True)
+    assert as_user("ln", "-fT", str(prepared / "data" / "PG_VERSION"), str(conf)) == 0
+    with pytest.raises(SafetyRefusal, match="not a regular file of the server's own"):
+        cluster.write_data_file(prepared / "data", "postgresql.conf", "port = 1\n",
+                                owner=uid, append=True)
+    assert secret.read_text() == "root's\n" and stat.S_IMODE(secret.stat().st_mode) == 0o600
+    maker.discard_prepared()
+    assert os.listdir(base) == []

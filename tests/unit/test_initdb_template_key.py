@@ -63,3 +63,16 @@ def test_a_template_is_kept_private_and_never_read_from_a_directory_others_may_c
     templates.chmod(0o700)
     template.chmod(0o750)
     assert not _copy_template(template, tmp_path / "copy3", None)
+
+
+def test_a_data_directory_holding_a_link_is_never_kept_as_a_template(tmp_path: Path) -> None:
+    """The server's user owns the fresh data directory before it is kept: a link it put
+    there (postgresql.conf to a file of root's) would be in every later cluster."""
+    fresh = tmp_path / "fresh"
+    fresh.mkdir(mode=0o700)
+    (fresh / "PG_VERSION").write_text("18\n")
+    (fresh / "postgresql.conf").symlink_to(tmp_path / "root-only")
+    templates = tmp_path / "templates"
+    template = templates / "initdb-18.6-0123456789abcdef"
+    _save_template(fresh, template)
+    assert os.listdir(templates) == []  # neither the template nor its temporary copy
