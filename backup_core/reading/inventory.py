@@ -479,6 +479,17 @@ def _definitions_of(conn: psycopg.Connection[Any], plan: list[tuple[str, str]],
 DEFINITION_KINDS = (*DEFINITIONS_SQL, "large_object", "large_object_acl", DATABASE_KIND)
 
 
+# Extensions atb's own tools add to a sandbox (`pg_amcheck --install-missing`, run beside
+# the read-back): the extension and its comment in the copy are the drill's, never
+# production's objects; their members are extension members, read by no kind.
+TOOL_EXTENSIONS = ("amcheck",)
+
+
+def brought_by_tools(key: str) -> bool:
+    """Whether definition `key` may be in a sandbox because atb's tools put it there."""
+    return any(key in (f"extension {e}", f"comment extension {e}") for e in TOOL_EXTENSIONS)
+
+
 def recorded_kinds(manifest: Manifest | None) -> set[str]:
     """The kinds of definitions a manifest recorded: the kinds its atb read
     (`definition_kinds`), and those of its `"<kind> <object>"` keys (the only ones an older
