@@ -212,7 +212,7 @@ def test_every_object_has_its_backup_time_definition(drill_backup: Backup,
               if k not in found or inventory.comparable(k, found[k])
               != inventory.comparable(k, v)}
     extra = sorted(k for k in found if k.split(" ", 1)[0] in kinds and k not in recorded
-                   and not inventory.brought_by_tools(k))
+                   and not inventory.the_sandboxs_own(k))
     evidence.add(f"{plural(len(recorded), 'definition')} compared ({', '.join(sorted(kinds))})"
                  f"; {plural(len(extra), 'object')} not in production at backup time")
     for note in skipped:

@@ -483,11 +483,16 @@ DEFINITION_KINDS = (*DEFINITIONS_SQL, "large_object", "large_object_acl", DATABA
 # the read-back): the extension and its comment in the copy are the drill's, never
 # production's objects; their members are extension members, read by no kind.
 TOOL_EXTENSIONS = ("amcheck",)
+# What every new database has from initdb, read by a kind although built in: the `public`
+# schema's grants (production may have dropped the schema; pg_dump never drops it).
+_INITDB_KEYS = ("privileges schema public",)
 
 
-def brought_by_tools(key: str) -> bool:
-    """Whether definition `key` may be in a sandbox because atb's tools put it there."""
-    return any(key in (f"extension {e}", f"comment extension {e}") for e in TOOL_EXTENSIONS)
+def the_sandboxs_own(key: str) -> bool:
+    """Whether definition `key` may be in a copy production never had for no fault of the
+    archive: the new database's own (initdb's) or put there by atb's tools."""
+    return key in _INITDB_KEYS or any(
+        key in (f"extension {e}", f"comment extension {e}") for e in TOOL_EXTENSIONS)
 
 
 def recorded_kinds(manifest: Manifest | None) -> set[str]:

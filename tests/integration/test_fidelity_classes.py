@@ -284,6 +284,27 @@ def test_objects_production_did_not_have_fail_the_definitions_check_each_named(
         "; 4 objects not in production at backup time")
 
 
+def test_a_public_schema_production_dropped_is_the_new_databases_not_a_difference(
+        pg15: Cluster, tmp_path: Path) -> None:
+    """Every new database has initdb's `public` schema, and pg_dump never drops it: a copy of
+    a production without one has it, through no fault of the archive (nor is the `amcheck`
+    extension pg_amcheck installs beside the read-back production's)."""
+    name = f"nopub_{os.getpid()}"
+    with db.connect(pg15.url(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE template0")
+    info = pg15.url(name)
+    with db.connect(info, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public; CREATE SCHEMA app; CREATE TABLE app.t (id int)")
+    path = create_backup(info, tmp_path / "backups").path
+    assert not any("public" in k for k in read_manifest(manifest_path(path)).definitions)
+    _done, result = drill("--backup", str(path), "--schedule", "1d", "--no-record",
+                          backup_dir=tmp_path / "backups", report_dir=tmp_path / "r")
+    definition = outcome(result, DEFINITION)
+    assert definition["outcome"] == "passed", definition["message"]
+    assert "privileges" in definition["evidence"][0]  # restored with owners: compared
+    assert definition["evidence"][0].endswith("; 0 objects not in production at backup time")
+
+
 def test_production_locale_the_sandbox_lacks_is_incomplete_before_restoring(
         rich: tuple[ConnInfo, Path], tmp_path: Path) -> None:
     """Production ran on a machine with en_US.UTF-8, which this one lacks: said before
