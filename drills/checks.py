@@ -187,7 +187,9 @@ def test_every_object_has_its_backup_time_definition(drill_backup: Backup,
                                                     evidence: Evidence) -> None:
     """An object can come back under its name but not as it was: a column's type or default,
     a constraint, an index, a view or function body, an extension's version, an owner or a
-    grant. Each is compared with its definition recorded in the dump's snapshot."""
+    grant. Each is compared with its definition recorded in the dump's snapshot; and an
+    object production did not have (a policy, trigger, function or grant added to an altered
+    archive) is a difference too, in every kind atb read at backup time."""
     m = drill_backup.manifest
     if m is None or not m.definitions:
         pytest.skip("no definitions were recorded at backup time (a backup by an older atb)")
@@ -200,22 +202,33 @@ def test_every_object_has_its_backup_time_definition(drill_backup: Backup,
         skipped.append(f"deparsed definitions (sandbox PostgreSQL {drill_sandbox.server_version}"
                        f", source {m.server_version})")
         kinds -= set(inventory.DEPARSED_KINDS)
+    if not m.definition_kinds:
+        skipped.append("kinds with no recorded object, for objects production did not have "
+                       "(a backup by an older atb, which did not record the kinds it read)")
     recorded = {k: v for k, v in m.definitions.items() if k.split(" ", 1)[0] in kinds}
     found = drill_restore.definitions
     differ = {k: f"recorded {v!r}, restored {found[k]!r}" if k in found else "missing"
               for k, v in recorded.items()
               if k not in found or inventory.comparable(k, found[k])
               != inventory.comparable(k, v)}
-    evidence.add(f"{plural(len(recorded), 'definition')} compared ({', '.join(sorted(kinds))})")
+    extra = sorted(k for k in found if k.split(" ", 1)[0] in kinds and k not in recorded
+                   and not inventory.the_sandboxs_own(k))
+    evidence.add(f"{plural(len(recorded), 'definition')} compared ({', '.join(sorted(kinds))})"
+                 f"; {plural(len(extra), 'object')} not in production at backup time")
     for note in skipped:
         evidence.add(f"not compared: {note}")
-    if differ:
-        raise CheckFailed(f"{plural(len(differ), 'object')} "
-                          f"{'differs' if len(differ) == 1 else 'differ'} from "
-                          f"{'its' if len(differ) == 1 else 'their'} backup-time definition: "
-                          + ", ".join(list(differ)[:5]),
-                          expected="every definition as recorded in the dump's snapshot",
-                          found=differ)
+    if differ or extra:
+        parts = ([f"{plural(len(differ), 'object')} "
+                  f"{'differs' if len(differ) == 1 else 'differ'} from "
+                  f"{'its' if len(differ) == 1 else 'their'} backup-time definition: "
+                  + ", ".join(list(differ)[:5])] if differ else [])
+        parts += ([f"{plural(len(extra), 'object')} not in production at backup time: "
+                   + ", ".join(extra[:5])] if extra else [])
+        raise CheckFailed("; ".join(parts),
+                          expected="every definition as recorded in the dump's snapshot, "
+                                   "and no object production did not have",
+                          found={**differ,
+                                 **{k: "not in production at backup time" for k in extra}})
 
 
 def test_every_schema_object_recorded_at_backup_is_present(drill_backup: Backup,

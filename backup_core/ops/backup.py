@@ -371,6 +371,7 @@ def _manifest(job: _Job, files: _Files, *, snap: _Snapshot, size: int, digest: s
         row_checksums=snap.row_checksums,
         inventory=snap.inventory,
         definitions=snap.definitions,
+        definition_kinds=sorted(inventory.DEFINITION_KINDS),
         conditions=snap.conditions,
         roles={"file": files.roles_final.name,
                "sha256": hashlib.sha256(roles_text).hexdigest(),

@@ -473,10 +473,37 @@ def _definitions_of(conn: psycopg.Connection[Any], plan: list[tuple[str, str]],
     return dict(sorted(found.items()))
 
 
+# Every kind `definitions` reads (large objects as their count, content and ACL; the
+# database's locale): recorded in the manifest, so a drill compares these kinds both ways,
+# those production had no object of too.
+DEFINITION_KINDS = (*DEFINITIONS_SQL, "large_object", "large_object_acl", DATABASE_KIND)
+
+
+# Extensions atb's own tools add to a sandbox (`pg_amcheck --install-missing`, run beside
+# the read-back): the extension and its comment in the copy are the drill's, never
+# production's objects; their members are extension members, read by no kind.
+TOOL_EXTENSIONS = ("amcheck",)
+# What every new database has from initdb, read by a kind although built in: the `public`
+# schema's grants (production may have dropped the schema; pg_dump never drops it).
+_INITDB_KEYS = ("privileges schema public",)
+
+
+def the_sandboxs_own(key: str) -> bool:
+    """Whether definition `key` may be in a copy production never had for no fault of the
+    archive: the new database's own (initdb's) or put there by atb's tools."""
+    return key in _INITDB_KEYS or any(
+        key in (f"extension {e}", f"comment extension {e}") for e in TOOL_EXTENSIONS)
+
+
 def recorded_kinds(manifest: Manifest | None) -> set[str]:
-    """The kinds of definitions a manifest recorded (`"<kind> <object>"` keys): the only ones
-    a drill compares, so the only ones it reads back (None, or an older atb's: none)."""
-    return {k.split(" ", 1)[0] for k in (manifest.definitions if manifest else {})}
+    """The kinds of definitions a manifest recorded: the kinds its atb read
+    (`definition_kinds`), and those of its `"<kind> <object>"` keys (the only ones an older
+    atb's manifest names). The only ones a drill compares, so the only ones it reads back;
+    a kind this atb does not know is left out (None: none)."""
+    if manifest is None:
+        return set()
+    read = set(manifest.definition_kinds) & set(DEFINITION_KINDS)
+    return read | {k.split(" ", 1)[0] for k in manifest.definitions}
 
 
 def definitions(conn: psycopg.Connection[Any], *, content: bool = False) -> dict[str, str]:

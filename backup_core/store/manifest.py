@@ -41,6 +41,11 @@ class Manifest:
     inventory: Inventory = field(default_factory=dict)
     # "<kind> <object>" -> definition (types, defaults, constraints, grants; bodies as md5)
     definitions: dict[str, str] = field(default_factory=dict)
+    # every kind of definition the backup's atb read, those with no object too: a drill
+    # compares these kinds both ways (an object the copy has and production had not is a
+    # difference). Empty in manifests written before it was recorded: a drill then compares
+    # only the kinds `definitions` holds. Optional, so an older atb reads newer manifests.
+    definition_kinds: list[str] = field(default_factory=list)
     # what was already wrong in production at backup time (see `probes.conditions`)
     conditions: dict[str, list[str]] = field(default_factory=dict)
     # the roles sidecar: {"file": ..., "sha256": ..., "size_bytes": ...}; None before roles
@@ -113,6 +118,7 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
     "alembic_revision": ((str, type(None)), True), "row_counts_mode": ((str,), True),
     "row_counts": ((dict,), False), "row_checksums": ((dict,), False),
     "inventory": ((dict,), False), "definitions": ((dict,), False),
+    "definition_kinds": ((list,), False),
     "roles": ((dict, type(None)), False), "conditions": ((dict,), False),
     "source": ((str,), False), "source_id": ((str,), False),
     "clock_skew_s": ((int, float, type(None)), False),
@@ -120,6 +126,7 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
 }
 _VERSION = re.compile(r"^\d+(\.\d+)*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_KIND = re.compile(r"[a-z_]{1,64}")
 _COMPRESSION = re.compile(r"^((gzip|lz4|zstd):\d{1,2}|none)?$")
 
 
@@ -156,6 +163,9 @@ def _check_values(data: dict[str, Any]) -> None:
         raise ValueError("field 'compression' is not a compression spec")
     if any(type(v) is not str for v in data.get("definitions", {}).values()):
         raise ValueError("field 'definitions' is not a map of objects to definitions")
+    if any(type(k) is not str or not _KIND.fullmatch(k)
+           for k in data.get("definition_kinds", [])):
+        raise ValueError("field 'definition_kinds' is not a list of kinds of definitions")
     if any(type(v) is not str for v in data.get("row_checksums", {}).values()):
         raise ValueError("field 'row_checksums' is not a map of table names to checksums")
     for schema, kinds in data.get("inventory", {}).items():

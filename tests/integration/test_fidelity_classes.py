@@ -168,6 +168,10 @@ def test_every_object_class_drills_clean_with_no_false_alarm(
     assert ARCHIVE not in result["not_run"] and DEFINITION not in result["not_run"]
     definition = outcome(result, DEFINITION)
     assert definition["outcome"] == "passed"
+    # every kind the backup read is compared both ways, those production had none of too
+    assert m.definition_kinds == sorted(inventory.DEFINITION_KINDS)
+    assert "trigger" in definition["evidence"][0] and "rule" in definition["evidence"][0]
+    assert definition["evidence"][0].endswith("; 0 objects not in production at backup time")
     like = outcome(result, LOCALE)
     assert like["outcome"] == "passed"
     assert like["evidence"][:2] == [
@@ -247,6 +251,58 @@ def test_each_fault_alone_fails_naming_exactly_that_fault(
     assert {k for k in others if k.format(first=first[0]) in message} == set()
     # what the damaged archive holds came back whole: the fault is its missing entry
     assert outcome(result, ARCHIVE)["outcome"] == "passed"
+
+
+# Objects production did not have, added to an archive that is then resealed: a policy
+# beside production's own (a kind it had), a trigger (a kind it had none of: read back only
+# because the manifest says the backup read that kind), a function and a grant.
+EXTRAS = """
+CREATE POLICY smuggled ON tenants_data FOR SELECT USING (true);
+CREATE FUNCTION audit.stamp() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;
+CREATE TRIGGER stamped BEFORE INSERT ON audit.codes FOR EACH ROW EXECUTE FUNCTION audit.stamp();
+GRANT SELECT ON audit.codes TO PUBLIC;
+"""
+
+
+def test_objects_production_did_not_have_fail_the_definitions_check_each_named(
+        rich: tuple[ConnInfo, Path], pg15: Cluster, tmp_path: Path) -> None:
+    path = damaged(rich, pg15, tmp_path, sql=EXTRAS)
+    m = read_manifest(manifest_path(path))
+    assert not any(k.startswith("trigger ") for k in m.definitions)  # none at backup time
+    done, result = drill("--backup", str(path), "--schedule", "1d", "--no-record",
+                         backup_dir=tmp_path / "damaged", report_dir=tmp_path / "r")
+    assert (done.returncode, result["verdict"]) == (1, "FAIL"), done.stderr
+    assert {c["name"] for c in result["checks"] if c["outcome"] == "failed"} == {DEFINITION}
+    named = ["function audit.stamp()", "policy public.tenants_data.smuggled",
+             "privileges table audit.codes", "trigger audit.codes.stamped"]
+    message = outcome(result, DEFINITION)["message"]
+    assert message.startswith("4 objects not in production at backup time: "
+                              + ", ".join(named) + "\n"), message
+    for key in named:
+        assert f"{key}: not in production at backup time" in message, message
+    assert outcome(result, DEFINITION)["evidence"][0].endswith(
+        "; 4 objects not in production at backup time")
+
+
+def test_a_public_schema_production_dropped_is_the_new_databases_not_a_difference(
+        pg15: Cluster, tmp_path: Path) -> None:
+    """Every new database has initdb's `public` schema, and pg_dump never drops it: a copy of
+    a production without one has it, through no fault of the archive (nor is the `amcheck`
+    extension pg_amcheck installs beside the read-back production's)."""
+    name = f"nopub_{os.getpid()}"
+    with db.connect(pg15.url(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE template0")
+    info = pg15.url(name)
+    with db.connect(info, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public; CREATE SCHEMA app; CREATE TABLE app.t (id int)")
+    path = create_backup(info, tmp_path / "backups").path
+    assert not any("public" in k for k in read_manifest(manifest_path(path)).definitions)
+    _done, result = drill("--backup", str(path), "--schedule", "1d", "--no-record",
+                          backup_dir=tmp_path / "backups", report_dir=tmp_path / "r")
+    definition = outcome(result, DEFINITION)
+    assert definition["outcome"] == "passed", definition["message"]
+    assert "privileges" in definition["evidence"][0]  # restored with owners: compared
+    assert definition["evidence"][0].endswith("; 0 objects not in production at backup time")
 
 
 def test_production_locale_the_sandbox_lacks_is_incomplete_before_restoring(

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+
 from backup_core.reading import inventory, toc
+from backup_core.store.catalog import Backup
+from backup_core.store.manifest import Manifest
+from backup_core.tools import db
+from backup_core.tools.conninfo import ConnInfo
+from drills import checks
+from drills.failures import CheckFailed
+from drills.plugin.fixtures import Evidence, RestoreOutcome
+from drills.sandbox import SandboxInfo
 
 LISTING = """;
 ; Archive created at 2026-11-29 22:05:45 UTC
@@ -126,3 +139,109 @@ def test_recorded_kinds_are_the_kinds_of_a_manifests_definitions() -> None:
                               "view public.v": "SELECT 1", "database encoding": "UTF8"})
     assert inventory.recorded_kinds(m) == {"column", "view", "database"}
     assert inventory.recorded_kinds(None) == set()
+
+
+def _manifest(definitions: dict[str, str], kinds: list[str]) -> Manifest:
+    return Manifest(database="d", file="backup-20260101T000000Z.dump",
+                    taken_at="2026-01-01T00:00:00+00:00",
+                    started_at="2026-01-01T00:00:00+00:00",
+                    finished_at="2026-01-01T00:00:00+00:00", duration_s=1.0, size_bytes=1,
+                    sha256="0" * 64, pg_dump_version="15.8", server_version="15.8",
+                    toc_entries=1, alembic_revision=None, row_counts_mode="off",
+                    definitions=definitions, definition_kinds=kinds)
+
+
+def test_the_kinds_a_manifest_records_it_read_are_compared_those_with_no_object_too() -> None:
+    """`definition_kinds` says which kinds the backup's atb read, so a kind production had
+    no object of is read back and compared; one this atb does not know is left out."""
+    m = _manifest({"column public.t.a": "integer"}, ["column", "trigger", "hologram"])
+    assert inventory.recorded_kinds(m) == {"column", "trigger"}
+    # every kind a backup reads is recorded, and each is one `_definition_plan` reads back
+    assert set(inventory.DEFINITION_KINDS) == {*inventory.DEFINITIONS_SQL, "large_object",
+                                               "large_object_acl", "database"}
+    planned = {step for step, _ in inventory._definition_plan(inventory.DEFINITION_KINDS)}
+    assert planned == {*inventory.DEFINITIONS_SQL, "+labelled", "+large objects",
+                       "+locale"} - {"security_label"}
+
+
+def test_definition_kinds_are_an_optional_list_an_older_manifest_lacks(tmp_path: Path) -> None:
+    m = _manifest({"column public.t.a": "integer"}, ["column", "policy"])
+    data = json.loads(m.to_json())
+    assert data["definition_kinds"] == ["column", "policy"]
+    assert Manifest.from_dict(data) == m
+    del data["definition_kinds"]  # written by an atb before the field
+    assert Manifest.from_dict(data).definition_kinds == []
+    for bad in ("policy", [1], ["a b"], ["x" * 65]):
+        with pytest.raises(ValueError, match="definition_kinds"):
+            Manifest.from_dict({**data, "definition_kinds": bad})
+    # an unknown field is ignored by `from_dict`: an atb before this one reads the new manifest
+    # (the same rule, fields it does not know left out, lets it read `definition_kinds`)
+    assert Manifest.from_dict({**data, "definition_kinds": ["column"], "later": 1}) \
+        .definition_kinds == ["column"]
+
+
+def _judge(m: Manifest, found: dict[str, str], *, owners: bool = True,
+           sandbox: str = "15.8") -> tuple[str | None, Evidence, dict[str, str]]:
+    """The definitions check on plain values: its failure's message (None: passed)."""
+    backup = Backup(path=Path("/x/backup-20260101T000000Z.dump"), database="d",
+                    state="complete", taken_at=None, size=1, mtime=0.0, manifest=m)
+    box = SandboxInfo(provider="local", server_version=sandbox, url=ConnInfo.parse(
+        "postgresql://u@localhost/d"), identity=db.Identity("s", 1, "d"), start_s=0.0)
+    ev = Evidence()
+    try:
+        checks.test_every_object_has_its_backup_time_definition(
+            backup, RestoreOutcome(ok=True, definitions=found, with_owners=owners), box,
+            box.url, ev)
+    except CheckFailed as exc:
+        assert isinstance(exc.found, dict)
+        return exc.summary, ev, exc.found
+    return None, ev, {}
+
+
+PRODUCTION = {"column public.t.a": "integer", "policy public.t.p": "permissive for all to "
+              "public using (true)", "database encoding": "UTF8"}
+
+
+def test_an_object_production_did_not_have_is_a_difference_named_as_such() -> None:
+    m = _manifest(PRODUCTION, sorted(inventory.DEFINITION_KINDS))
+    clean = {**PRODUCTION, "database encoding": "SQL_ASCII",  # the locale check's, not this
+             # pg_amcheck's, installed in the sandbox beside the read-back: the drill's own
+             "extension amcheck": "version 1.3",
+             "comment extension amcheck": "functions for verifying relation integrity",
+             # the new database's public schema, which production had dropped
+             "privileges schema public": "{postgres=UC/postgres,=U/postgres}"}
+    message, ev, _ = _judge(m, clean)
+    assert message is None
+    assert ev[0].endswith("; 0 objects not in production at backup time")
+    assert ev[1:] == []
+    extra = {**PRODUCTION, "policy public.t.q": "permissive for all to public using (true)",
+             "trigger public.t.stamp": "CREATE TRIGGER ...",  # a kind production had none of
+             "privileges table public.t": "{=r/postgres}"}
+    message, ev, found = _judge(m, extra)
+    assert message == ("3 objects not in production at backup time: policy public.t.q, "
+                       "privileges table public.t, trigger public.t.stamp")
+    assert found == {k: "not in production at backup time" for k in
+                     ("policy public.t.q", "privileges table public.t", "trigger public.t.stamp")}
+    # with a difference too: both named, each in its own words
+    message, _, found = _judge(m, {**extra, "column public.t.a": "bigint"})
+    assert message == ("1 object differs from its backup-time definition: column public.t.a; "
+                       "3 objects not in production at backup time: policy public.t.q, "
+                       "privileges table public.t, trigger public.t.stamp")
+    assert found["column public.t.a"] == "recorded 'integer', restored 'bigint'"
+    # kinds skipped for differences are skipped for extras: no owners, another major
+    message, ev, _ = _judge(m, extra, owners=False, sandbox="18.1")
+    assert message is None
+    assert ev[1:] == ["not compared: owners and privileges (restored without owners)",
+                      "not compared: deparsed definitions (sandbox PostgreSQL 18.1, source "
+                      "15.8)"]
+
+
+def test_an_older_manifest_compares_extras_in_the_kinds_it_recorded_and_says_so() -> None:
+    m = _manifest(PRODUCTION, [])  # written before `definition_kinds`
+    message, ev, _ = _judge(m, {**PRODUCTION, "policy public.t.q": "x",
+                                "trigger public.t.stamp": "y"})
+    assert message == "1 object not in production at backup time: policy public.t.q"
+    assert ev == ["2 definitions compared (column, policy); 1 object not in production at "
+                  "backup time", "not compared: kinds with no recorded object, for objects "
+                  "production did not have (a backup by an older atb, which did not record "
+                  "the kinds it read)"]
