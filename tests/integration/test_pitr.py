@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -87,7 +88,7 @@ def production(chain15: toolchain.Toolchain) -> Iterator[Production]:
     for sub in ("repo", "lock", "log"):
         (work / sub).mkdir()
         if user:
-            shutil.chown(work / sub, user, user)
+            shutil.chown(work / sub, user, pwd.getpwnam(user).pw_gid)
     config = work / "pgbackrest.conf"
     settings = {"wal_level": "replica", "archive_mode": "on",
                 "archive_command": f"pgbackrest --config={config} --stanza={STANZA} "

@@ -11,6 +11,7 @@ through its `PGBACKREST_REPO1_S3_KEY*` variables: never in its config file or on
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -99,7 +100,7 @@ def s3_production(chain15: toolchain.Toolchain) -> Iterator[S3Production]:
     for sub in ("lock", "log"):
         (work / sub).mkdir()
         if user:
-            shutil.chown(work / sub, user, user)
+            shutil.chown(work / sub, user, pwd.getpwnam(user).pw_gid)
     (work / "store").mkdir()
     config = work / "pgbackrest.conf"
     try:
