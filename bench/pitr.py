@@ -64,7 +64,8 @@ def bench_pitr(chains: list[toolchain.Toolchain], size: str, minutes: float, rep
             config.write_text(f"[global]\nrepo1-path={work / 'repo'}\nlock-path={work / 'lock'}"
                               f"\nlog-level-console=warn\nstart-fast=y\ncompress-type=lz4\n"
                               f"process-max=2\n\n[{STANZA}]\npg1-path={prod.datadir}\n"
-                              f"pg1-socket-path={prod.socket_dir}\npg1-port={prod.port}\n")
+                              f"pg1-socket-path={prod.socket_dir}\npg1-port={prod.port}\n"
+                              f"pg1-user={prod.superuser}\n")
             config.chmod(0o644)
             _pgbackrest(config, "stanza-create")
             info_url, db_bytes = build(prod, size)

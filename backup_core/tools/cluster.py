@@ -62,12 +62,11 @@ def settings_text(settings: Mapping[str, str]) -> str:
 
 def service_user() -> str | None:
     """The unprivileged account the server runs as when we are root (None when we are not):
-    `ATB_PG_USER`, else `nobody`, never `postgres` unasked. The sandbox's server runs what
-    the restored archive holds as its superuser (`COPY ... TO PROGRAM` runs a shell as this
-    account), and on a host that also runs production, `postgres` owns production's files."""
+    `ATB_PG_USER`, else `postgres` (pgBackRest's repository and spool are its), else
+    `nobody`."""
     if os.geteuid() != 0:
         return None
-    for name in (os.environ.get("ATB_PG_USER", ""), "nobody"):
+    for name in (os.environ.get("ATB_PG_USER", ""), "postgres", "nobody"):
         if not name:
             continue
         try:

@@ -73,6 +73,7 @@ compress-type=gz
 pg1-path={cluster.datadir}
 pg1-socket-path={cluster.socket_dir}
 pg1-port={cluster.port}
+pg1-user={cluster.superuser}
 """)
 
 

@@ -68,6 +68,7 @@ compress-type=none
 pg1-path={cluster.datadir}
 pg1-socket-path={cluster.socket_dir}
 pg1-port={cluster.port}
+pg1-user={cluster.superuser}
 """)
     path.chmod(0o644)
 
