@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import errno
 import functools
+import gc
 import logging
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -213,6 +216,27 @@ def scan(backup_dir: Path, database: str | None = None, *,
     With `cache_dir`, manifests whose exact bytes were validated before are not parsed
     again and their backups carry only the manifest's head (see `catalog_cache`)."""
     now = now or datetime.now(UTC)
+    with _collector_paused():
+        return _scan(backup_dir, database, now=now, cache_dir=cache_dir)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a scan runs: a scan allocates a few objects per
+    file (records, heads, the cache's entries) and makes no cycles, yet each allocation burst
+    set off full collections that walked everything made so far, a fifth of a 50,000-backup
+    scan. Reference counting still frees all that is dropped; the collector runs again after."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _scan(backup_dir: Path, database: str | None, *, now: datetime,
+          cache_dir: Path | None) -> list[Backup]:
     cache = CatalogCache.open(cache_dir, backup_dir) if cache_dir is not None else None
     found: list[Backup] = [] if database is not None else _top_level_links(backup_dir)
     for root, named in database_dirs(backup_dir, database):
