@@ -216,12 +216,12 @@ def scan(backup_dir: Path, database: str | None = None, *,
     With `cache_dir`, manifests whose exact bytes were validated before are not parsed
     again and their backups carry only the manifest's head (see `catalog_cache`)."""
     now = now or datetime.now(UTC)
-    with _collector_paused():
+    with collector_paused():
         return _scan(backup_dir, database, now=now, cache_dir=cache_dir)
 
 
 @contextmanager
-def _collector_paused() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """The cyclic garbage collector off while a scan runs: a scan allocates a few objects per
     file (records, heads, the cache's entries) and makes no cycles, yet each allocation burst
     set off full collections that walked everything made so far, a fifth of a 50,000-backup
