@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,39 @@ def default_dir() -> Path | None:
 
 def head_of(manifest: Manifest) -> dict[str, Any]:
     return {name: getattr(manifest, name) for name in HEAD_FIELDS}
+
+
+_HEAD_KEYS = frozenset(HEAD_FIELDS)
+# the rest of a Manifest, as its defaults give it: a head holds none of it
+_TAIL = [f for f in fields(Manifest) if f.name not in _HEAD_KEYS]
+_TAIL_VALUES = {f.name: f.default for f in _TAIL if f.default is not MISSING}
+_TAIL_FACTORIES = [(f.name, f.default_factory) for f in _TAIL
+                   if f.default is MISSING and f.default_factory is not MISSING]
+_FAST_HEAD = len(_TAIL_VALUES) + len(_TAIL_FACTORIES) == len(_TAIL)
+
+
+def head_from(entry: object) -> Manifest | None:
+    """The Manifest a cache entry's head stands for (the other fields at their defaults), or
+    None when the entry holds other fields than this atb's head (another version wrote it).
+
+    Not through `Manifest.__init__`, whose per-field frozen assignments cost more than the
+    rest of a cached backup's judging: the entry holds what `head_of` took from a manifest that
+    had passed `Manifest.from_dict`, under the cache's MAC, and it is taken only for the exact
+    bytes it was made from."""
+    if not isinstance(entry, dict) or entry.keys() != _HEAD_KEYS:
+        return None
+    if not _FAST_HEAD:  # a new field without a default: the constructor says what is missing
+        try:
+            return Manifest(**entry)
+        except TypeError:
+            return None
+    head = object.__new__(Manifest)
+    values = head.__dict__
+    values.update(_TAIL_VALUES)
+    for name, factory in _TAIL_FACTORIES:
+        values[name] = factory()
+    values.update(entry)
+    return head
 
 
 @dataclass
@@ -122,7 +155,7 @@ class CatalogCache:
         entries: dict[str, list[Any]] = doc["entries"]
         return entries
 
-    def read(self, path: Path) -> Read:
+    def read(self, path: Path | str) -> Read:
         """The manifest at `path` (never through a link: `OSError` ELOOP), with its head
         from the cache when the entry was made from exactly these bytes."""
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -139,17 +172,14 @@ class CatalogCache:
         self._seen.add(name)
         entry = self._entries.get(name)
         if entry is not None and entry[0] == key and entry[1] == digest:
-            try:
-                head = Manifest(**entry[2])
-            except TypeError:  # written by another atb version: parse afresh
-                head = None
+            head = head_from(entry[2])  # None: written by another atb version, parse afresh
             if head is not None:
                 self.hits += 1
                 return Read(key, digest, raw, head)
         self.misses += 1
         return Read(key, digest, raw, None)
 
-    def store(self, path: Path, read: Read, manifest: Manifest) -> None:
+    def store(self, path: Path | str, read: Read, manifest: Manifest) -> None:
         """Remember the head of a manifest that has just passed full validation."""
         self._entries[str(path)] = [read.key, read.digest, head_of(manifest)]
         self._changed = True

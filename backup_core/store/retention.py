@@ -30,6 +30,7 @@ from backup_core.store.catalog import (
     PARTIAL,
     PRUNING,
     Backup,
+    collector_paused,
     real_tree,
     require_tree,
     scan,
@@ -115,6 +116,12 @@ def plan_prune(
     `busy` names databases with a backup in progress: their partial files are left alone.
     `root` is the tree's root (`BACKUP_DIR`), to recognise a tree filed one level below it.
     """
+    with collector_paused():  # tens of thousands of records: see `catalog.collector_paused`
+        return _plan_prune(backups, now=now, policy=policy, busy=busy, root=root)
+
+
+def _plan_prune(backups: list[Backup], *, now: datetime, policy: Policy, busy: frozenset[str],
+                root: Path | None) -> PrunePlan:
     decisions: list[Decision] = []
     by_source: dict[tuple[str, str], list[Backup]] = {}
     dead = {b.path.parent / b.path.name.split(PARTIAL_MARK, 1)[0][1:] for b in backups

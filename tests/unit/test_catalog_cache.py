@@ -3,6 +3,7 @@ that a full scan would not count (a stale or tampered entry is found out)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from datetime import UTC, datetime, timedelta
@@ -10,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from backup_core.store import catalog, retention
+from backup_core.store import catalog, naming, retention
 from backup_core.store.catalog import BAD_MANIFEST, COMPLETE, DAMAGED
-from backup_core.store.catalog_cache import CatalogCache
+from backup_core.store.catalog_cache import CatalogCache, head_from, head_of
 from backup_core.store.manifest import Manifest
 from backup_core.store.naming import backup_path, manifest_path
 
@@ -136,3 +137,80 @@ def test_no_cache_is_kept_where_others_could_write_it_and_links_are_not_followed
     found = {b.path: b for b in catalog.scan(root, now=NOW, cache_dir=tmp_path / "c")}
     assert (found[dumps[0]].state, found[dumps[0]].problem) == (
         BAD_MANIFEST, "manifest is a symbolic link")
+
+
+def test_a_cached_head_is_the_manifest_head_with_fresh_defaults_and_only_this_atbs_head(
+        tmp_path: Path) -> None:
+    """`head_from` skips `Manifest.__init__` for speed: what it builds must equal what the
+    constructor builds from the same head, share no mutable default between two heads, and
+    refuse an entry with a field more or less than this atb's head (another version's)."""
+    dump = tree(tmp_path / "b", 1)[0]
+    whole = Manifest.from_dict(json.loads(manifest_path(dump).read_text()))
+    head = head_of(whole)
+    one, two = head_from(head), head_from(json.loads(json.dumps(head)))
+    assert one == two == Manifest(**head)
+    assert one is not None and two is not None
+    assert (one.row_counts, one.inventory, one.definition_kinds, one.schema) == (
+        {}, {}, [], "atb.backup-manifest")
+    assert one.row_counts is not two.row_counts and one.inventory is not two.inventory
+    assert (one.size_bytes, one.source_id, one.compression) == (whole.size_bytes, "system 7",
+                                                                "gzip:1")
+    assert head_from({**head, "newer_field": 1}) is None
+    assert head_from({k: v for k, v in head.items() if k != "roles"}) is None
+    assert head_from([head]) is None
+
+
+def test_an_entry_another_atb_wrote_is_parsed_afresh_not_trusted(
+        tmp_path: Path, cache_dir: Path) -> None:
+    """An entry (under a valid MAC) whose head has a field this atb does not know is not used:
+    the manifest is validated whole again and the backup judged on that."""
+    root = tmp_path / "b"
+    tree(root, 2)
+    catalog.scan(root, now=NOW, cache_dir=cache_dir)
+    cache = CatalogCache.open(cache_dir, root)
+    assert cache is not None
+    for entry in cache._entries.values():
+        entry[2]["newer_field"] = "x"
+    cache._changed = True
+    cache.save(complete=False)
+    again = catalog.scan(root, now=NOW, cache_dir=cache_dir)
+    assert [(b.state, b.head_only) for b in again] == [(COMPLETE, False)] * 2
+    assert [(b.state, b.head_only) for b in catalog.scan(root, now=NOW, cache_dir=cache_dir)
+            ] == [(COMPLETE, True)] * 2
+
+
+def test_a_scan_leaves_the_garbage_collector_as_it_found_it(
+        tmp_path: Path, cache_dir: Path) -> None:
+    root = tmp_path / "b"
+    tree(root, 2)
+    assert gc.isenabled()
+    assert len(catalog.scan(root, now=NOW, cache_dir=cache_dir)) == 2
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        assert len(catalog.scan(root, now=NOW, cache_dir=cache_dir)) == 2
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("name", [
+    "backup-20261129T110000Z.dump", "backup-20261399T110000Z.dump", "backup-20261129T110000Z.json",
+    ".backup-20261129T110000Z.dump.pruning", ".backup-2026.dump.pruning", ".pruning",
+    ".backup-20261129T110000Z.dump.partial-ab12", "notes.txt", ".lock"])
+def test_the_name_helpers_a_scan_uses_answer_as_the_path_helpers_do(name: str) -> None:
+    path = Path("/b/trading/2026/11/29") / name
+    pruned = naming.pruned_dump(path)
+    assert naming.name_taken_at(name) == naming.taken_at(path)
+    assert naming.is_partial_name(name) == naming.is_partial(path)
+    assert naming.pruned_name(name) == (pruned.name if pruned else None)
+
+
+def test_the_name_helpers_on_the_names_that_matter() -> None:
+    assert naming.name_taken_at("backup-20261129T110000Z.dump") == datetime(
+        2026, 11, 29, 11, tzinfo=UTC)
+    assert naming.name_taken_at("backup-20261399T110000Z.dump") is None  # no month 13
+    assert naming.pruned_name(".backup-20261129T110000Z.dump.pruning") == (
+        "backup-20261129T110000Z.dump")
+    assert naming.pruned_name(".pruning") is None
+    assert naming.is_partial_name(".backup-20261129T110000Z.dump.partial-ab12")
