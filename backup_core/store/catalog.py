@@ -117,12 +117,13 @@ class Backup:
     @property
     def checked(self) -> str:
         """The strongest evidence we hold that this backup is good (or bad)."""
-        if self.drill is not None:
-            if self.drill.verdict == "INCOMPLETE":
+        drill = self.drill
+        if drill is not None:
+            if drill.verdict == "INCOMPLETE":
                 return "drill-incomplete"
-            if self.drill.passed:
+            if drill.passed:
                 return "drill-passed"
-            return "drill-failed" if self.drill.decides else "drill-error"
+            return "drill-failed" if drill.decides else "drill-error"
         if self.verified is not None:
             if self.verified.ok:
                 return "verified" + (" (deep)" if self.verified.deep else "")

@@ -83,11 +83,16 @@ def signer_needs_repo(repo: str | None, signer: Path | None) -> None:
 
 
 def rel(path: Path, root: Path) -> str:
-    """A path for a person: relative to the tree, bytes that are not UTF-8 escaped."""
+    """A path for a person: relative to the tree, bytes that are not UTF-8 escaped (a path
+    the scan built under `root` is its text after root's, without pathlib's parse: a list
+    of 50,000 backups spent 0.2 s there)."""
+    text, under = str(path), str(root)
+    if under not in ("", ".", "/") and text.startswith(under + "/"):
+        return printable(text[len(under) + 1:])
     try:
         return printable(str(path.relative_to(root)))
     except ValueError:
-        return printable(str(path))
+        return printable(text)
 
 
 # -- every text and path value ---------------------------------------------------------------
