@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from backup_core.reading.target import TEST_KILL_AT
@@ -23,6 +24,7 @@ from backup_core.store import catalog
 from backup_core.store.naming import manifest_path, roles_path
 from backup_core.tools import conninfo, db
 from backup_core.tools.conninfo import ConnInfo
+from drills.options import DrillOptions
 
 
 def _child_env(env: Mapping[str, str] | None, url: ConnInfo | None) -> dict[str, str]:
@@ -70,6 +72,21 @@ def _as_a_fresh_process(environ: Mapping[str, str]) -> Iterator[None]:
         root.setLevel(saved_levels[0])
         ours.setLevel(saved_levels[1])
         signal.signal(signal.SIGTERM, saved_sigterm)
+
+
+def child_options_file(options: DrillOptions, tmp_path: Path, sandbox_tmp: Path,
+                       monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The options file `atb drill run` writes for its child, for a test that calls
+    `child.begin` in this process: what the sandbox leaves goes to `sandbox_tmp`, and the
+    libpq variables `begin` detaches (as the drill's child does) are put back afterwards."""
+    options_file = tmp_path / "options.json"
+    options_file.write_text(options.to_json())
+    monkeypatch.setattr(tempfile, "tempdir", str(sandbox_tmp))
+    for name, value in list(os.environ.items()):
+        if name.startswith("PG"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setattr(conninfo, "_detached", dict(conninfo._detached))
+    return options_file
 
 
 def atb_inproc(*args: str, env: Mapping[str, str] | None = None,

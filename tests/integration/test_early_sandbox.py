@@ -5,20 +5,20 @@ stopped, all gone by the time the child exits."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from backup_core.ops.backup import create_backup
 from backup_core.store import catalog
-from backup_core.tools import cluster, conninfo, db, toolchain
+from backup_core.tools import cluster, db, toolchain
 from backup_core.tools.cluster import Cluster
 from backup_core.tools.errors import ConnectionFailed
 from drills import child
 from drills.options import DrillOptions
 from drills.run import drill_argv
 from tests.conftest import make_database
+from tests.helpers import child_options_file
 
 
 def test_a_sandbox_begun_before_pytest_serves_the_drill_and_leaves_nothing(
@@ -28,13 +28,7 @@ def test_a_sandbox_begun_before_pytest_serves_the_drill_and_leaves_nothing(
                            chains=chains).path
     options = DrillOptions(backup=backup, backup_dir=tmp_path / "backups", sandbox="local",
                            report_dir=tmp_path / "reports")
-    options_file = tmp_path / "options.json"
-    options_file.write_text(options.to_json())
-    monkeypatch.setattr(tempfile, "tempdir", str(sandbox_tmp))  # what the sandbox leaves
-    for name, value in list(os.environ.items()):  # `begin` detaches the libpq variables, as the
-        if name.startswith("PG"):  # drill's child does: put back for the other tests
-            monkeypatch.setenv(name, value)
-    monkeypatch.setattr(conninfo, "_detached", dict(conninfo._detached))
+    options_file = child_options_file(options, tmp_path, sandbox_tmp, monkeypatch)
     early = child.begin(drill_argv(options_file)[3:], os.environ)
     assert early is not None
     monkeypatch.setattr(child, "PENDING", early)

@@ -20,7 +20,7 @@ import pytest
 from backup_core.ops.backup import create_backup
 from backup_core.store import catalog
 from backup_core.store.catalog import Backup
-from backup_core.tools import cluster, conninfo, db, reaper, removal, toolchain
+from backup_core.tools import cluster, db, reaper, removal, toolchain
 from backup_core.tools.cluster import Cluster, preparing_lock, service_user, write_marker
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.errors import SafetyRefusal
@@ -30,6 +30,7 @@ from drills.options import DrillOptions
 from drills.plugin import hooks
 from drills.run import drill_argv
 from tests.conftest import make_database
+from tests.helpers import child_options_file
 
 
 @pytest.fixture(scope="module")
@@ -179,13 +180,7 @@ def test_the_drills_early_sandbox_runs_on_the_copy_atb_drill_run_began(
                            chains=chains).path
     options = DrillOptions(backup=backup, backup_dir=tmp_path / "backups", sandbox="local",
                            report_dir=tmp_path / "reports")
-    options_file = tmp_path / "options.json"
-    options_file.write_text(options.to_json())
-    monkeypatch.setattr(tempfile, "tempdir", str(sandbox_tmp))
-    for name, value in list(os.environ.items()):  # `begin` detaches the libpq variables
-        if name.startswith("PG"):
-            monkeypatch.setenv(name, value)
-    monkeypatch.setattr(conninfo, "_detached", dict(conninfo._detached))
+    options_file = child_options_file(options, tmp_path, sandbox_tmp, monkeypatch)
     with sandbox.prepared_for(options) as marker:
         assert marker is not None
         env = {**os.environ, sandbox.PREPARED_ENV: str(marker)}
@@ -221,13 +216,7 @@ def test_a_random_drills_backup_is_picked_once_by_atb_drill_run_and_its_sandbox_
     assert plugin is not None and error is None and scanned is not None
     assert (picked.path, picked.among) == (plugin.path, among)
     assert among == len(pick.eligible(catalog.scan(tree), now=picked.now, window_days=90)) > 1
-    options_file = tmp_path / "options.json"
-    options_file.write_text(chosen.to_json())
-    monkeypatch.setattr(tempfile, "tempdir", str(sandbox_tmp))
-    for name, value in list(os.environ.items()):  # `begin` detaches the libpq variables
-        if name.startswith("PG"):
-            monkeypatch.setenv(name, value)
-    monkeypatch.setattr(conninfo, "_detached", dict(conninfo._detached))
+    options_file = child_options_file(chosen, tmp_path, sandbox_tmp, monkeypatch)
     with sandbox.prepared_for(chosen) as marker:
         assert marker is not None  # the copy is made for the pick, as for a --backup
         env = {**os.environ, sandbox.PREPARED_ENV: str(marker)}
