@@ -211,7 +211,7 @@ def choose(options: DrillOptions, now: datetime | None = None) -> DrillOptions:
     if options.picked is not None and options.backup is None:
         return options  # checked and picked by whoever picked it
     found = check_selection(options)
-    if options.backup is not None:  # --backup (a detection drill's copy): nothing to pick
+    if options.backup is not None:  # --backup wins over a pick handed before it
         return replace(options, picked=None) if options.picked is not None else options
     if found is None or not picks(options):
         return options

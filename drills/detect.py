@@ -137,7 +137,8 @@ def prove(result: DrillResult, options: DrillOptions, *, production: ConnInfo | 
                                                       f"{exc}")
         try:
             second = run_drill(replace(options, backup=copy, backup_dir=Path(tmp) / "backups",
-                                       report_dir=Path(tmp) / "reports", record=False),
+                                       report_dir=Path(tmp) / "reports", record=False,
+                                       picked=None),
                                production=production, on_line=on_line)
         except AtbError as exc:
             return DetectionFacts(caught=False, damage=done,

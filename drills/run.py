@@ -206,12 +206,13 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
     sandbox server that is production's. `prepared`: the sandbox's files already being
     copied (`sandbox.prepared_for`, begun by the caller, whose private directory is then the
     drill's scratch directory too: removed when the caller's block ends). `checked`: the
-    caller ran `check_drill` and passes the options it returned."""
+    caller ran `check_drill`, passes the options it returned, and began the copy where one
+    is made (`prepared`; None: no copy for this drill)."""
     if not checked:
         options = check_drill(options, production=production, env=env)
     with contextlib.ExitStack() as stack:
-        if prepared is None:  # first: the sandbox's files copied while the isolation is
-            # probed and the child starts (unless the caller began it earlier still)
+        if prepared is None and not checked:  # first: the sandbox's files copied while
+            # the isolation is probed and the child starts (a caller that checked began it)
             prepared = stack.enter_context(sandbox.prepared_for(options))
         if prepared is not None:  # the copy's private directory is the drill's scratch one
             tmp = str(prepared.parent)

@@ -473,8 +473,7 @@ def _describe_snapshot(job: _Job) -> _Snapshot:
         return c
 
     with in_snapshot() as conn:
-        inv = inventory.schema_inventory(conn)
-        defs = inventory.definitions(conn, content=mode == "checksum")
+        inv, defs = inventory.catalogs(conn, content=mode == "checksum")  # one pipeline
         found = probes.conditions(conn) if mode != "off" else {}  # off: read no table
         revision = inventory.alembic_revision(conn)
         tables = inventory.user_tables(conn)

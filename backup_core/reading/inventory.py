@@ -498,8 +498,9 @@ def the_sandboxs_own(key: str) -> bool:
 def recorded_kinds(manifest: Manifest | None) -> set[str]:
     """The kinds of definitions a manifest recorded: the kinds its atb read
     (`definition_kinds`), and those of its `"<kind> <object>"` keys (the only ones an older
-    atb's manifest names). The only ones a drill compares, so the only ones it reads back;
-    a kind this atb does not know is left out (None: none)."""
+    atb's manifest names). The only ones a drill compares, so the only ones it reads back.
+    A listed kind this atb does not know is left out; a key of such a kind stays, and the
+    drill reports it missing, since it cannot read it back (None: none)."""
     if manifest is None:
         return set()
     read = set(manifest.definition_kinds) & set(DEFINITION_KINDS)
@@ -579,10 +580,6 @@ def _locale_of(row: Any) -> DatabaseLocale:
     return DatabaseLocale(encoding=encoding, collate=collate, ctype=ctype,
                           provider=PROVIDERS.get(provider, provider), locale=locale,
                           icu_rules=rules)
-
-
-def database_locale(conn: psycopg.Connection[Any]) -> dict[str, str]:
-    return read_locale(conn).as_definitions()
 
 
 def count_rows(conn: psycopg.Connection[Any], schema: str, table: str) -> int:
