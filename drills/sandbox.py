@@ -38,8 +38,10 @@ from backup_core.tools import db, isolation, reaper, removal, toolchain
 from backup_core.tools.cluster import (
     FAST_SETTINGS,
     Cluster,
+    RunAs,
     cache_root,
     preparing_lock,
+    sandbox_account,
     write_marker,
 )
 from backup_core.tools.conninfo import ConnInfo
@@ -248,9 +250,28 @@ def _socket_dir() -> Iterator[Path]:
 def _local_cluster(chain: toolchain.Toolchain, locale: DatabaseLocale | None,
                    **settings: Any) -> Cluster:
     """The local sandbox's cluster, not yet started: its data directory is a copy of the
-    initdb template for its server binary and production's locale (`cluster_locale`)."""
+    initdb template for its server binary and production's locale (`cluster_locale`). Its
+    server runs as `sandbox_account` (`atb-sandbox`, else `nobody`, or `ATB_PG_USER`), never
+    `postgres` by default: it runs what the restored archive holds as its superuser, files
+    of the host included. (A point-in-time sandbox is not made here: it must read
+    pgBackRest's repository, so it runs as `service_user`; see `backup_core.pitr`.)"""
     return Cluster(chain, locale=cluster_locale(locale, machine_locales()),
-                   templates=cache_root() / "initdb", **settings)
+                   templates=cache_root() / "initdb", run_as=sandbox_account().name,
+                   **settings)
+
+
+def check_account(options: DrillOptions) -> RunAs | None:
+    """The account a dump drill's local sandbox would run as, checked before anything starts
+    (`ConfigError`, exit 2, for one that is root or shares an owner with `postgres` or with
+    the backups the drill reads); None when the drill makes no local sandbox."""
+    if options.source != "dump" or options.sandbox not in ("local", "auto"):
+        return None
+    owners: dict[int, str] = {}
+    for tree in (options.backup_dir, options.backup.parent if options.backup else None):
+        with contextlib.suppress(OSError):
+            if tree is not None:
+                owners.setdefault(tree.stat().st_uid, f"the owner of the backups in {tree}")
+    return sandbox_account(owners=owners)
 
 
 @contextlib.contextmanager
@@ -275,7 +296,8 @@ def prepared_for(options: DrillOptions) -> Iterator[Path | None]:
     directory copied by this process while the child starts (`preparing`): the file the
     child waits for, or None. It is in a private directory (`atb-drill-*`, removed with the
     block, or by the next drill if this one is killed) that `run_drill` takes as the drill's
-    scratch directory."""
+    scratch directory. The sandbox's account is checked first (`check_account`)."""
+    check_account(options)
     known = options.target  # --backup, or the backup `atb drill run` picked
     if known is None or options.sandbox != "local" or options.exclude:
         yield None

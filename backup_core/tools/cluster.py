@@ -30,7 +30,13 @@ from types import MappingProxyType, TracebackType
 
 from backup_core.tools import locking, reaper, removal
 from backup_core.tools.conninfo import ConnInfo, redact
-from backup_core.tools.errors import AtbError, CommandFailed, SafetyRefusal, ToolchainError
+from backup_core.tools.errors import (
+    AtbError,
+    CommandFailed,
+    ConfigError,
+    SafetyRefusal,
+    ToolchainError,
+)
 from backup_core.tools.fsutil import make_dirs
 from backup_core.tools.runner import Runner, run, spawn
 from backup_core.tools.toolchain import Toolchain, version_argv
@@ -61,9 +67,11 @@ def settings_text(settings: Mapping[str, str]) -> str:
 
 
 def service_user() -> str | None:
-    """The unprivileged account the server runs as when we are root (None when we are not):
-    `ATB_PG_USER`, else `postgres` (pgBackRest's repository and spool are its), else
-    `nobody`."""
+    """The unprivileged account a cluster's server runs as when we are root (None when we are
+    not): `ATB_PG_USER`, else `postgres`, else `nobody`. Every cluster but a dump drill's
+    sandbox (`sandbox_account`): a point-in-time sandbox must read pgBackRest's repository
+    and spool, which are `postgres`'s, and the suite's stand-in productions are `postgres`'s
+    as a real one is."""
     if os.geteuid() != 0:
         return None
     for name in (os.environ.get("ATB_PG_USER", ""), "postgres", "nobody"):
@@ -75,6 +83,117 @@ def service_user() -> str | None:
             continue
         return name
     raise ToolchainError("running as root and no unprivileged user exists: set ATB_PG_USER")
+
+
+# The account a dump drill's sandbox server runs as, as root without ATB_PG_USER: one of
+# atb's own that owns nothing. That server runs what a restored archive holds as its
+# superuser, and `COPY ... TO PROGRAM` or `COPY ... TO '/file'` acts as this account on the
+# host's files (the namespaces hide production's sockets, not its files): as `postgres` it
+# could read or overwrite production's data directory and pgBackRest's repository.
+SANDBOX_ACCOUNT = "atb-sandbox"
+# Else `nobody`, which owns nothing on a sound host; but other daemons may run as it and NFS
+# maps root's files to it (root_squash), so an account of atb's own is better, and is
+# refused like `atb-sandbox` when it shares an owner with what it must not touch.
+FALLBACK_ACCOUNT = "nobody"
+SETUP_HINT = (f"useradd --system --no-create-home --shell /usr/sbin/nologin "
+              f"--user-group {SANDBOX_ACCOUNT}")
+# whose files (production's data directory, pgBackRest's repository) no sandbox may share
+PROTECTED_ACCOUNT = "postgres"
+
+
+@dataclass(frozen=True)
+class OsAccount:
+    """An account of this host, as the server would run under it (`runner.demote_ids`: its
+    uid and primary group, no other groups)."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+def os_account(name: str) -> OsAccount | None:
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return OsAccount(name, entry.pw_uid, entry.pw_gid)
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """Who a local cluster's server runs as (None: we are not root, so it runs as us), and
+    why, in words `atb doctor` shows."""
+
+    name: str | None
+    why: str
+
+
+def choose_sandbox_account(*, root: bool, explicit: str, accounts: Mapping[str, OsAccount],
+                           owners: Mapping[int, str] | None = None) -> RunAs:
+    """The account a dump drill's sandbox server runs as (pure: `accounts` are those of the
+    host among `explicit`, `atb-sandbox`, `nobody` and `postgres`). `ATB_PG_USER` (`explicit`)
+    is the user's choice and taken as given; else `atb-sandbox`, else `nobody`, never
+    `postgres`. `ConfigError` (exit 2) for an account that is root or shares its uid or group
+    with `postgres` or with one of `owners` (uid: what that owner holds, e.g. the backups):
+    such an account would own what the sandbox must not touch. Accounts are never created
+    here: that is the administrator's act (`SETUP_HINT`)."""
+    if not root:
+        return RunAs(None, "not run as root: the server runs as this user")
+    if explicit:
+        if explicit not in accounts:
+            raise ConfigError(f"ATB_PG_USER={explicit}: no such account on this host")
+        return RunAs(explicit, "ATB_PG_USER, your choice")
+    chosen = accounts.get(SANDBOX_ACCOUNT) or accounts.get(FALLBACK_ACCOUNT)
+    if chosen is None:
+        raise ConfigError(f"running as root and neither {SANDBOX_ACCOUNT} nor "
+                          f"{FALLBACK_ACCOUNT} exists for the drill's sandbox server: create "
+                          f"it ({SETUP_HINT}) or set ATB_PG_USER")
+    protected = dict(owners or {})
+    guarded = accounts.get(PROTECTED_ACCOUNT)
+    if guarded is not None:
+        protected.setdefault(guarded.uid, f"{PROTECTED_ACCOUNT}, whose files production's "
+                             "data and pgBackRest's repository are")
+    fix = (f"give {chosen.name} a uid and group of its own, or set ATB_PG_USER"
+           if chosen.name == SANDBOX_ACCOUNT else
+           f"create {SANDBOX_ACCOUNT} ({SETUP_HINT}), or set ATB_PG_USER")
+    if chosen.uid == 0:
+        raise ConfigError(f"refusing {chosen.name} for the drill's sandbox server: it is uid 0 "
+                          f"(root); {fix}")
+    if chosen.uid in protected:
+        raise ConfigError(f"refusing {chosen.name} for the drill's sandbox server: its uid "
+                          f"{chosen.uid} is that of {protected[chosen.uid]}; {fix}")
+    if guarded is not None and chosen.gid == guarded.gid:
+        raise ConfigError(f"refusing {chosen.name} for the drill's sandbox server: its group "
+                          f"{chosen.gid} is {PROTECTED_ACCOUNT}'s (group-readable files of "
+                          f"production and pgBackRest's repository); {fix}")
+    if chosen.name == SANDBOX_ACCOUNT:
+        return RunAs(chosen.name, f"{SANDBOX_ACCOUNT}, an account of atb's own that owns "
+                     "nothing of production")
+    return RunAs(chosen.name, f"no {SANDBOX_ACCOUNT} account, so {FALLBACK_ACCOUNT} (it owns "
+                 f"nothing of production; for an account of atb's own: {SETUP_HINT})")
+
+
+def sandbox_account(*, owners: Mapping[int, str] | None = None) -> RunAs:
+    """`choose_sandbox_account` for this host and environment, read when called."""
+    explicit = os.environ.get("ATB_PG_USER", "")
+    names = {explicit, SANDBOX_ACCOUNT, FALLBACK_ACCOUNT, PROTECTED_ACCOUNT} - {""}
+    found = {name: account for name in names if (account := os_account(name)) is not None}
+    return choose_sandbox_account(root=os.geteuid() == 0, explicit=explicit, accounts=found,
+                                  owners=owners)
+
+
+def service_account() -> RunAs:
+    """`service_user`, and why: what `atb doctor` says of a point-in-time sandbox."""
+    name = service_user()
+    if name is None:
+        return RunAs(None, "not run as root: the server runs as this user")
+    if name == os.environ.get("ATB_PG_USER"):
+        return RunAs(name, "ATB_PG_USER, your choice")
+    if name == PROTECTED_ACCOUNT:
+        return RunAs(name, "pgBackRest's repository and spool are its, and the restore and "
+                     "its server must read them")
+    return RunAs(name, f"no {PROTECTED_ACCOUNT} account (pgBackRest's repository and spool "
+                 "must be readable by it)")
 
 
 DEFAULT_CACHE_DIR = Path("/var/cache/atb")
@@ -223,6 +342,13 @@ class Cluster:
     # superuser and service user; anything else (not ready in time, failed, another key)
     # and the cluster makes its own, as before.
     prepared: Path | None = None
+    # The account the server runs as when we are root (None: as us): `service_user` unless
+    # told. A dump drill's sandbox is told `sandbox_account` (an account that owns nothing of
+    # production); a point-in-time sandbox keeps `service_user`, as its restore and server
+    # must read pgBackRest's repository and spool. Everything done as or for the server
+    # follows it: the data directory's owner, the templates and prepared copies it may take,
+    # the process `pid` names and `stop` signals.
+    run_as: str | None = field(default_factory=service_user)
     workdir: Path | None = field(default=None, init=False)
     port: int = field(default=5432, init=False)
     _running: bool = field(default=False, init=False)
@@ -255,7 +381,7 @@ class Cluster:
         server's user writes the file (so can whatever a restored database runs as it), and
         we may signal the pid as root (`_stop`). The one seen when it started, while it
         still runs."""
-        uid = _uid(service_user())
+        uid = _uid(self.run_as)
         if self._postmaster is not None and _serves(self._postmaster, self.datadir, uid):
             return self._postmaster
         try:
@@ -288,9 +414,9 @@ class Cluster:
     def start(self) -> None:
         if not self.toolchain.can_serve:
             raise ToolchainError(f"{self.toolchain.bindir} has no initdb/pg_ctl/postgres")
-        run_as = service_user()
+        run_as = self.run_as
         self.toolchain = servable(self.toolchain, run_as, runner=self.runner)
-        if not self._adopt_prepared(run_as):
+        if not self._adopt_prepared():
             self._make_workdir(run_as)
             self._fill_datadir(run_as)
         self.port = free_port() if self.tcp else 5432
@@ -315,11 +441,11 @@ class Cluster:
         caller removes the directory if nobody adopted it (`discard_prepared`)."""
         facts: dict[str, object] = {"failed": "interrupted"}
         try:
-            run_as = service_user()
+            run_as = self.run_as
             self.toolchain = servable(self.toolchain, run_as, runner=self.runner)
             self._make_workdir(run_as)
             self._fill_datadir(run_as)
-            facts = {"workdir": str(self.workdir), "key": prepared_key(self, run_as)}
+            facts = {"workdir": str(self.workdir), "key": prepared_key(self)}
         except Exception as exc:  # said to the adopter, which then makes its own
             facts = {"failed": f"{type(exc).__name__}: {exc}"}
         finally:
@@ -340,9 +466,10 @@ class Cluster:
             removal.discard(self.workdir)
         reaper.unregister(record)
 
-    def _adopt_prepared(self, run_as: str | None) -> bool:
+    def _adopt_prepared(self) -> bool:
         """Use the data directory `prepared` says another process made for exactly this
-        cluster (waited for, as its copy may still run); False: make our own."""
+        cluster (waited for, as its copy may still run), its server's account included (a
+        copy given to another account is not ours to run); False: make our own."""
         if self.prepared is None or self.populate is not None or self.password:
             return False
         facts = _await_marker(self.prepared, timeout=120)
@@ -352,12 +479,12 @@ class Cluster:
             return False
         workdir = Path(str(facts["workdir"]))
         base = Path(self.base_dir or tempfile.gettempdir()).resolve()
-        if facts.get("key") != prepared_key(self, run_as) or not workdir.is_absolute() \
+        if facts.get("key") != prepared_key(self) or not workdir.is_absolute() \
                 or workdir.parent.resolve() != base \
                 or not workdir.name.startswith(reaper.WORKDIR_PREFIX):
             log.debug("prepared data directory %s not used: made for another cluster", workdir)
             return False
-        unsafe = _unsafe_prepared(self.prepared, workdir, _uid(run_as))
+        unsafe = _unsafe_prepared(self.prepared, workdir, _uid(self.run_as))
         if unsafe:
             log.warning("prepared data directory %s not used: %s", workdir, unsafe)
             return False
@@ -487,7 +614,7 @@ class Cluster:
         if self.templates is None or self.password:
             return None
         return template_path(self.templates, self.toolchain, locale=self.locale,
-                             superuser=self.superuser)
+                             superuser=self.superuser, run_as=self.run_as)
 
     def _log_tail(self) -> str:
         try:
@@ -513,11 +640,10 @@ class Cluster:
         if mode == "immediate" and pid is not None and _quit(pid):
             self._running = False
             return
-        run_as = service_user()
         try:
             self.runner(
                 pg_ctl_stop_argv(self.toolchain, self.datadir, mode=mode), what="pg_ctl stop",
-                run_as=run_as, cwd=self.workdir, timeout=60,
+                run_as=self.run_as, cwd=self.workdir, timeout=60,
             )
         except AtbError:
             pid = self.pid
@@ -573,10 +699,11 @@ def await_removals() -> None:
 atexit.register(await_removals)
 
 
-def prepared_key(cluster: Cluster, run_as: str | None) -> dict[str, str]:
+def prepared_key(cluster: Cluster) -> dict[str, str]:
     """What a prepared data directory was made for: a cluster adopts only its own kind."""
     return {"bindir": str(cluster.toolchain.bindir), "version": cluster.toolchain.version,
-            "locale": cluster.locale, "superuser": cluster.superuser, "run_as": run_as or "",
+            "locale": cluster.locale, "superuser": cluster.superuser,
+            "run_as": cluster.run_as or "",
             "templates": str(cluster.templates or "")}
 
 
@@ -637,10 +764,13 @@ def _await_marker(marker: Path, *, timeout: float) -> dict[str, object] | None:
             return None
 
 
-def template_path(templates: Path, chain: Toolchain, *, locale: str, superuser: str) -> Path:
-    """Where the initdb template for this server binary, locale and superuser lives: keyed on
-    the binary's path, size and mtime too, so an upgraded build in place never gets an old
-    template."""
+def template_path(templates: Path, chain: Toolchain, *, locale: str, superuser: str,
+                  run_as: str | None) -> Path:
+    """Where the initdb template for this server binary, locale, superuser and server account
+    lives: keyed on the binary's path, size and mtime too, so an upgraded build in place never
+    gets an old template; and on the account, as the data directory a template is kept from
+    was that account's to change until it was copied (a sandbox never starts from files
+    another account, `postgres` say, could have shaped)."""
     postgres = chain.tool("postgres")
     try:
         st = os.stat(postgres)
@@ -648,7 +778,8 @@ def template_path(templates: Path, chain: Toolchain, *, locale: str, superuser: 
     except OSError:
         build = "?"
     key = hashlib.sha256("\0".join([str(Path(postgres).resolve()), chain.version, build,
-                                    locale, superuser]).encode()).hexdigest()[:16]
+                                    locale, superuser, run_as or ""]
+                                   ).encode()).hexdigest()[:16]
     return templates / f"initdb-{chain.version}-{key}"
 
 

@@ -45,7 +45,8 @@ def test_clusters_start_from_a_private_template_and_never_a_writable_one(
     assert not workdir.exists()
     assert gone_within(pid, 10)
     assert [p.name for p in made] == [
-        template_path(templates, first.toolchain, locale="C", superuser="postgres").name]
+        template_path(templates, first.toolchain, locale="C", superuser="postgres",
+                      run_as=first.run_as).name]
     template = made[0]
     assert template.stat().st_uid == os.geteuid()
     assert template.stat().st_mode & 0o777 == 0o700

@@ -68,9 +68,9 @@ def test_a_prepared_data_directory_is_adopted_only_by_the_cluster_it_was_made_fo
     write_marker(failed, {"failed": "ToolchainError: no server"})
     for refused in (forged, elsewhere, failed):
         other = Cluster(maker.toolchain, templates=templates, prepared=refused)
-        assert other._adopt_prepared(service_user()) is False and other.workdir is None
-    assert Cluster(maker.toolchain, templates=templates, prepared=marker)._adopt_prepared(
-        "someone-else") is False  # made for another service user
+        assert other._adopt_prepared() is False and other.workdir is None
+    assert Cluster(maker.toolchain, templates=templates, prepared=marker,
+                   run_as="someone-else")._adopt_prepared() is False  # for another account
     with Cluster(chain18, templates=templates, prepared=failed,
                  destroy_mode="immediate") as own:
         assert own.workdir is not None and own.workdir != prepared

@@ -1,5 +1,6 @@
-"""Which initdb template a cluster may start from: one per server build, locale and
-superuser, so an upgraded binary or another locale never gets an old template."""
+"""Which initdb template a cluster may start from: one per server build, locale, superuser
+and server account, so an upgraded binary, another locale or another account never gets an
+old template."""
 
 from __future__ import annotations
 
@@ -19,23 +20,27 @@ def chain_in(bindir: Path, version: str = "18.6") -> Toolchain:
     return Toolchain(bindir=bindir, version=version, source="test")
 
 
-def test_one_template_per_build_locale_and_superuser(tmp_path: Path) -> None:
+def test_one_template_per_build_locale_superuser_and_server_account(tmp_path: Path) -> None:
     chain = chain_in(tmp_path / "bin")
     root = tmp_path / "templates"
-    first = template_path(root, chain, locale="C", superuser="postgres")
+
+    def key(locale: str = "C", superuser: str = "postgres", run_as: str | None = "postgres",
+            at: Toolchain = chain) -> Path:
+        return template_path(root, at, locale=locale, superuser=superuser, run_as=run_as)
+
+    first = key()
     assert first.parent == root
     assert first.name.startswith("initdb-18.6-")
-    assert template_path(root, chain, locale="C", superuser="postgres") == first
-    others = {template_path(root, chain, locale="en_US.utf8", superuser="postgres"),
-              template_path(root, chain, locale="C", superuser="admin"),
-              template_path(root, chain_in(tmp_path / "other"), locale="C",
-                            superuser="postgres")}
-    assert first not in others and len(others) == 3
+    assert key() == first
+    # a sandbox's account never starts from a template `postgres` could have changed
+    others = {key(locale="en_US.utf8"), key(superuser="admin"), key(run_as="atb-sandbox"),
+              key(run_as=None), key(at=chain_in(tmp_path / "other"))}
+    assert first not in others and len(others) == 5
     # the same path and version, rebuilt in place: another template
     postgres = tmp_path / "bin" / "postgres"
     postgres.write_bytes(b"server build 2, a different size")
     os.utime(postgres, ns=(1, 1))
-    assert template_path(root, chain, locale="C", superuser="postgres") != first
+    assert key() != first
 
 
 def test_a_template_is_kept_private_and_never_read_from_a_directory_others_may_change(
