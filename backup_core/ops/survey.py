@@ -1,5 +1,6 @@
-"""`atb doctor`: which PostgreSQL toolchains and which pgBackRest this host has, and what
-each toolchain is chosen for (the same choice `toolchain.for_dump` and friends make)."""
+"""`atb doctor`: which PostgreSQL toolchains and which pgBackRest this host has, what each
+toolchain is chosen for (the same choice `toolchain.for_dump` and friends make), and which
+account runs each kind of drill's sandbox server (the same choice the sandboxes make)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backup_core.pitr import pgbackrest
-from backup_core.tools import compression, toolchain
+from backup_core.tools import cluster, compression, toolchain
+from backup_core.tools.errors import AtbError
 
 FIRST_MAJOR = 9  # the oldest server major atb dumps: the rows of "used for"
 
@@ -39,10 +41,22 @@ class CompressionUse:
 
 
 @dataclass(frozen=True)
+class SandboxAccount:
+    """The account a drill's local sandbox server runs as (None: not root, so as this user)
+    and why; or why a drill would refuse it (`refused`, exit 2 before the drill starts)."""
+
+    drill: str  # "dump" or "point-in-time"
+    account: str | None
+    why: str
+    refused: str = ""
+
+
+@dataclass(frozen=True)
 class Survey:
     toolchains: tuple[ToolchainUse, ...]
     pgbackrest: PgbackrestFound | None
     compression: tuple[CompressionUse, ...] = ()
+    sandbox_accounts: tuple[SandboxAccount, ...] = ()
 
 
 def survey(chains: list[toolchain.Toolchain] | None = None) -> Survey:
@@ -53,7 +67,23 @@ def survey(chains: list[toolchain.Toolchain] | None = None) -> Survey:
         toolchains=tuple(ToolchainUse(c.major, c.version, c.source, c.bindir, tuple(c.tools),
                                       uses(c, found)) for c in found),
         pgbackrest=None if engine is None else PgbackrestFound(*engine),
-        compression=compressions(found))
+        compression=compressions(found), sandbox_accounts=sandbox_accounts())
+
+
+def sandbox_accounts() -> tuple[SandboxAccount, ...]:
+    """Who runs a dump drill's sandbox (`cluster.sandbox_account`: an account that owns
+    nothing of production) and a point-in-time one (`cluster.service_user`: it must read
+    pgBackRest's repository), each with its reason."""
+    found = []
+    for drill, choose in (("dump", cluster.sandbox_account),
+                          ("point-in-time", cluster.service_account)):
+        try:
+            run_as = choose()
+        except AtbError as exc:
+            found.append(SandboxAccount(drill, None, "", refused=str(exc)))
+        else:
+            found.append(SandboxAccount(drill, run_as.name, run_as.why))
+    return tuple(found)
 
 
 def compressions(chains: list[toolchain.Toolchain]) -> tuple[CompressionUse, ...]:

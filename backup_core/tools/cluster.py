@@ -167,10 +167,9 @@ def choose_sandbox_account(*, root: bool, explicit: str, accounts: Mapping[str, 
                           f"{chosen.gid} is {PROTECTED_ACCOUNT}'s (group-readable files of "
                           f"production and pgBackRest's repository); {fix}")
     if chosen.name == SANDBOX_ACCOUNT:
-        return RunAs(chosen.name, f"{SANDBOX_ACCOUNT}, an account of atb's own that owns "
-                     "nothing of production")
-    return RunAs(chosen.name, f"no {SANDBOX_ACCOUNT} account, so {FALLBACK_ACCOUNT} (it owns "
-                 f"nothing of production; for an account of atb's own: {SETUP_HINT})")
+        return RunAs(chosen.name, "an account of atb's own that owns nothing of production")
+    return RunAs(chosen.name, f"the fallback: no {SANDBOX_ACCOUNT} account exists (for an "
+                 f"account of atb's own that owns nothing: {SETUP_HINT})")
 
 
 def sandbox_account(*, owners: Mapping[int, str] | None = None) -> RunAs:
@@ -190,8 +189,8 @@ def service_account() -> RunAs:
     if name == os.environ.get("ATB_PG_USER"):
         return RunAs(name, "ATB_PG_USER, your choice")
     if name == PROTECTED_ACCOUNT:
-        return RunAs(name, "pgBackRest's repository and spool are its, and the restore and "
-                     "its server must read them")
+        return RunAs(name, "pgBackRest's repository and spool are its: the restore and the "
+                     "server must read them")
     return RunAs(name, f"no {PROTECTED_ACCOUNT} account (pgBackRest's repository and spool "
                  "must be readable by it)")
 

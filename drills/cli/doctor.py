@@ -1,10 +1,11 @@
-"""`atb doctor`: the toolchains found and their jobs; sandboxes of killed drills reaped."""
+"""`atb doctor`: the toolchains found and their jobs, the accounts drills' sandbox servers run
+as; sandboxes of killed drills reaped."""
 
 from __future__ import annotations
 
 import click
 
-from backup_core.ops.survey import PgbackrestFound, Survey, ToolchainUse, survey
+from backup_core.ops.survey import PgbackrestFound, SandboxAccount, Survey, ToolchainUse, survey
 from drills import leftovers, sandbox
 from drills.cli import output
 from drills.cli.params import EXIT_CODES, json_option
@@ -18,8 +19,9 @@ COLUMNS: list[output.Column[ToolchainUse]] = [
 @click.command(epilog=EXIT_CODES)
 @json_option
 def doctor(as_json: bool) -> None:
-    """Show the PostgreSQL toolchains found, their versions, and what each is used for; stop
-    and remove sandboxes left running by killed drills."""
+    """Show the PostgreSQL toolchains found, their versions, and what each is used for, and
+    which account runs a drill's sandbox server and why (exit 2 when a dump drill would refuse
+    it); stop and remove sandboxes left running by killed drills."""
     reaped = [*sandbox.reap(), *leftovers.reap()]  # each says so in one log line
     found = survey()
     if as_json:
@@ -28,6 +30,8 @@ def doctor(as_json: bool) -> None:
         click.echo(_text(found))
     if not found.toolchains:
         raise SystemExit(3)
+    if any(a.refused for a in found.sandbox_accounts):
+        raise SystemExit(2)
 
 
 def _text(found: Survey) -> str:
@@ -37,7 +41,15 @@ def _text(found: Survey) -> str:
     packing = "".join(f"\nbackups of PostgreSQL {c.server_major} servers: --compress "
                       f"{c.compression} (pg_dump {c.pg_dump}; {c.why})"
                       for c in found.compression)
-    return f"{chains}\n{_pgbackrest(found.pgbackrest)}{packing}"
+    accounts = "".join(f"\n{_account(a)}" for a in found.sandbox_accounts)
+    return f"{chains}\n{_pgbackrest(found.pgbackrest)}{packing}{accounts}"
+
+
+def _account(account: SandboxAccount) -> str:
+    where = f"{account.drill} drills' local sandbox server"
+    if account.refused:
+        return f"{where}: refused: {account.refused}"
+    return f"{where} runs as {account.account or 'this user'} ({account.why})"
 
 
 def _pgbackrest(engine: PgbackrestFound | None) -> str:

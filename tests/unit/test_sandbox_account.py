@@ -23,10 +23,10 @@ def choose(*found: OsAccount, explicit: str = "", root: bool = True,
 
 def test_atb_sandbox_first_then_nobody_and_never_postgres() -> None:
     assert choose(POSTGRES, SANDBOX, NOBODY) == RunAs(
-        "atb-sandbox", "atb-sandbox, an account of atb's own that owns nothing of production")
+        "atb-sandbox", "an account of atb's own that owns nothing of production")
     assert choose(POSTGRES, NOBODY) == RunAs(
-        "nobody", "no atb-sandbox account, so nobody (it owns nothing of production; for an "
-        f"account of atb's own: {HINT})")
+        "nobody", "the fallback: no atb-sandbox account exists (for an account of atb's own "
+        f"that owns nothing: {HINT})")
     assert choose(NOBODY) == choose(POSTGRES, NOBODY)
     with pytest.raises(ConfigError) as raised:
         choose(POSTGRES)
