@@ -129,13 +129,17 @@ def unregister(record: Path | None) -> None:
 
 def _postmaster(datadir: Path) -> int | None:
     """The pid of the server running on `datadir`, checked against its command line (the
-    pid file may be stale and the pid reused)."""
+    pid file may be stale and the pid reused) and its owner, the data directory's (the
+    server's account writes the pid file, and the reaper may be root: a process of
+    another user's is never signalled)."""
     try:
+        owner = datadir.lstat().st_uid
         pid = int((datadir / "postmaster.pid").read_text().split()[0])
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        uid = os.stat(f"/proc/{pid}").st_uid
     except (OSError, ValueError, IndexError):
         return None
-    return pid if str(datadir).encode() in cmdline else None
+    return pid if uid == owner and str(datadir).encode() in cmdline else None
 
 
 def _stop(pid: int) -> None:

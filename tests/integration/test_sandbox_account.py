@@ -5,10 +5,13 @@ restored archive runs as its superuser (`COPY ... FROM/TO PROGRAM`, `pg_read_fil
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pwd
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -18,7 +21,7 @@ import psycopg
 import pytest
 
 from backup_core.ops.backup import create_backup
-from backup_core.tools import cluster, db, toolchain
+from backup_core.tools import cluster, db, reaper, toolchain
 from backup_core.tools.cluster import Cluster, os_account
 from drills import sandbox
 from tests.conftest import make_database
@@ -173,3 +176,33 @@ def test_doctor_says_who_runs_each_drills_sandbox_and_why() -> None:
                          "point-in-time drills' local sandbox server runs as postgres "
                          "(pgBackRest's repository and spool are its: the restore and the "
                          "server must read them)"]
+
+
+def test_the_reaper_signals_no_process_but_one_of_the_sandbox_accounts(tmp_path: Path) -> None:
+    """A killed drill's sandbox left a pid file its server's account wrote (so could the
+    restored archive's `COPY ... TO PROGRAM`): naming a process of root's whose command line
+    names the data directory, it makes the reaper (root) signal nothing; the directory is
+    still removed."""
+    registry = tmp_path / "registry"
+    registry.mkdir(mode=0o700)
+    workdir = Path(tempfile.mkdtemp(prefix=reaper.WORKDIR_PREFIX))
+    datadir = workdir / "data"
+    datadir.mkdir(mode=0o700)
+    shutil.chown(datadir, DEDICATED, None)
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                               str(datadir)])
+    try:
+        (datadir / "postmaster.pid").write_text(f"{victim.pid}\n{datadir}\n")
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        owner = reaper.Owner(gone.pid, "0", socket.gethostname())
+        (registry / f"{workdir.name}.json").write_text(json.dumps(
+            {"workdir": str(workdir), "owner": dataclasses.asdict(owner)}))
+        assert reaper.reap_local(registry) == [
+            f"reaped the local sandbox of a drill that is gone (pid {gone.pid}): removed "
+            f"{workdir}"]
+        assert victim.poll() is None and not workdir.exists()
+    finally:
+        victim.kill()
+        victim.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
