@@ -153,8 +153,10 @@ def recovered(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: datet
 
     settings = {**FAST_SETTINGS, "archive_mode": "off", "hot_standby": "off",
                 "log_line_prefix": "%m [%p] ", "log_timezone": "UTC"}
+    # as `service_user` (`postgres`), not a dump sandbox's account of its own: pgBackRest's
+    # restore and the server's restore_command must read the repository and spool
     cluster = Cluster(chain, settings=settings, populate=populate, start_timeout=timeout_s,
-                      env=pgbackrest.tool_env())
+                      env=pgbackrest.tool_env(), run_as=service_user())
     t0 = time.monotonic()
     try:
         try:

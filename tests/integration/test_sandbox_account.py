@@ -148,11 +148,19 @@ def test_without_atb_sandbox_the_sandbox_runs_as_nobody(
 def test_an_account_a_dump_drill_refuses_is_one_line_and_exit_2_before_anything(
         dump: Path, tmp_path: Path) -> None:
     """`ATB_PG_USER` naming no account is the user's typo, not `postgres`: refused before the
-    drill starts (no report written), and `doctor` says the same with exit 2."""
+    drill starts (no report written), by `atb drill run` and `pytest --drill` alike, and
+    `doctor` says the same with exit 2."""
     done, _ = drill("--backup", str(dump), "--no-record", backup_dir=dump.parents[4],
                     report_dir=tmp_path / "reports", env={"ATB_PG_USER": "atb-no-such"})
     said = "ATB_PG_USER=atb-no-such: no such account on this host"
     assert (done.returncode, done.stdout, done.stderr) == (2, "", f"atb: error: {said}\n")
+    assert not (tmp_path / "reports").exists()
+    direct = subprocess.run(  # `pytest --drill`: pytest's usage error, before any report
+        [sys.executable, "-m", "pytest", "--drill", "--backup", str(dump), "--sandbox",
+         "local", "--report-dir", str(tmp_path / "reports"), "-p", "no:cacheprovider"],
+        cwd=tmp_path, env={**os.environ, "ATB_PG_USER": "atb-no-such"}, capture_output=True,
+        text=True, timeout=120, check=False)
+    assert (direct.returncode, direct.stderr.strip()) == (4, f"ERROR: {said}")
     assert not (tmp_path / "reports").exists()
     doctor = atb_inproc("doctor", env={"ATB_PG_USER": "atb-no-such"})
     assert doctor.returncode == 2, doctor.stderr
