@@ -151,8 +151,8 @@ def choose_sandbox_account(*, root: bool, explicit: str, accounts: Mapping[str, 
     protected = dict(owners or {})
     guarded = accounts.get(PROTECTED_ACCOUNT)
     if guarded is not None:
-        protected.setdefault(guarded.uid, f"{PROTECTED_ACCOUNT}, whose files production's "
-                             "data and pgBackRest's repository are")
+        protected.setdefault(guarded.uid, f"{PROTECTED_ACCOUNT}, which owns production's data "
+                             "and pgBackRest's repository")
     fix = (f"give {chosen.name} a uid and group of its own, or set ATB_PG_USER"
            if chosen.name == SANDBOX_ACCOUNT else
            f"create {SANDBOX_ACCOUNT} ({SETUP_HINT}), or set ATB_PG_USER")

@@ -56,8 +56,8 @@ def test_not_root_the_server_runs_as_us_whatever_the_host_has() -> None:
      "atb-sandbox a uid and group of its own, or set ATB_PG_USER"),
     (OsAccount("atb-sandbox", 101, 995),
      "refusing atb-sandbox for the drill's sandbox server: its uid 101 is that of postgres, "
-     "whose files production's data and pgBackRest's repository are; give atb-sandbox a uid "
-     "and group of its own, or set ATB_PG_USER"),
+     "which owns production's data and pgBackRest's repository; give atb-sandbox a uid and "
+     "group of its own, or set ATB_PG_USER"),
     (OsAccount("atb-sandbox", 999, 104),
      "refusing atb-sandbox for the drill's sandbox server: its group 104 is postgres's "
      "(group-readable files of production and pgBackRest's repository); give atb-sandbox a "
