@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from backup_core.ops import backup, offsite, restore, verify
-from backup_core.ops.health import HealthReport, Targets, check_health
-from backup_core.ops.migrate import Migration
-from backup_core.pitr.pgbackrest import Stanza
-from backup_core.reading import forecast
 from backup_core.store import catalog, catalog_cache, retention
 from backup_core.store.naming import parse_stamp, printable
-from backup_core.tools import extras, notify
-from backup_core.tools.appenv import AppEnv, check_url_env, interpreter_path
-from backup_core.tools.childenv import check_pass_env
 from backup_core.tools.durations import human, human_time, plural
 from drills import console
-from drills.alerts import overdue_notices
 from drills.cli import output
 from drills.cli.params import (
     DAYS,
@@ -34,6 +26,15 @@ from drills.cli.params import (
     signer_needs_repo,
 )
 from drills.cli.publish import notify_option
+
+if TYPE_CHECKING:
+    from backup_core.ops import backup, restore
+    from backup_core.ops.health import HealthReport
+    from backup_core.reading import forecast
+
+# Each command imports the core it calls when it runs: `atb db list` over 50,000 backups is
+# a user's wait, and importing backup, restore, verify, health and the off-site store for it
+# cost a tenth of a second of it.
 
 log = logging.getLogger("atb.backup")
 
@@ -90,6 +91,8 @@ def db_backup(database_url: str, backup_dir: Path, at: str | None, row_counts: s
               as_json: bool) -> None:
     """Write BACKUP_DIR/<db>/<YYYY>/<MM>/<DD>/backup-<timestamp>.dump and its manifest; with
     --repo, then upload it (and any earlier backup the repository lacks)."""
+    from backup_core.ops import backup, offsite
+
     if repo:  # configuration checked before the dump starts
         from backup_core.store import repository, sealing
 
@@ -123,6 +126,8 @@ def db_push(backup_dir: Path, repo: str, encrypt_to: str | None, database: str |
     """Upload every sound local backup the repository lacks: dump, roles, then the manifest
     last. Idempotent and resumable (an interrupted upload is never visible and is redone),
     safe to run from cron."""
+    from backup_core.ops import offsite
+
     progress = console.Progress("upload")
     try:
         report = offsite.push(repo, backup_dir, encrypt_to=encrypt_to, database=database,
@@ -152,8 +157,12 @@ def _backup_text(result: backup.BackupResult) -> str:
 def db_list(backup_dir: Path, database: str | None, repo: str | None, as_json: bool) -> None:
     """List backups newest first; partial, stray and manifest-less files are shown as such.
     With --repo, the repository's backups (keys relative to its prefix)."""
-    items = offsite.listing(repo, database) if repo else catalog.listing(
-        backup_dir, database, cache_dir=catalog_cache.default_dir())
+    if repo:
+        from backup_core.ops import offsite
+
+        items = offsite.listing(repo, database)
+    else:
+        items = catalog.listing(backup_dir, database, cache_dir=catalog_cache.default_dir())
     root = Path(".") if repo else backup_dir
     of = f"of database {printable(database)} " if database else ""
     output.show(items, as_json=as_json, text=lambda found: _list_text(
@@ -199,6 +208,8 @@ def db_verify(path: Path | None, backup_dir: Path, latest: bool, all_: bool,
     private directory (decrypted with ATB_AGE_IDENTITY_FILE), its stored and plaintext
     sha256 proven, then verified the same way. One line per file; exits 1 if any fails.
     """
+    from backup_core.ops import offsite, verify
+
     if repo:
         report = offsite.verify_remote(repo, key=str(path) if path else None, latest=latest,
                                        all_=all_, database=database, deep=deep)
@@ -250,6 +261,8 @@ def db_prune(backup_dir: Path, retention_days: float, keep_last: int, keep_daily
     """
     policy = retention.Policy(retention_days, keep_last, keep_daily, keep_weekly, keep_monthly)
     if repo:  # the same plan and floors over the repository's catalog
+        from backup_core.ops import offsite
+
         report = offsite.prune_remote(repo, policy, dry_run=dry_run)
     else:
         report = retention.prune(backup_dir, policy, dry_run=dry_run,
@@ -319,6 +332,12 @@ def db_restore(path: str, target_url: str, jobs: int | None, clean: bool, with_r
     With --repo, PATH is a key as `list --repo` shows it: the backup is downloaded into a
     private directory, its hashes proven and decrypted (ATB_AGE_IDENTITY_FILE) before
     anything is restored, and the download removed after."""
+    from backup_core.ops import offsite, restore
+    from backup_core.ops.migrate import Migration
+    from backup_core.tools import extras
+    from backup_core.tools.appenv import AppEnv, check_url_env, interpreter_path
+    from backup_core.tools.childenv import check_pass_env
+
     signer_needs_repo(repo, repo_signer)
     if not (migrate or migrate_cmd):  # a migration option alone would be ignored in silence
         given = [name for name, value in (
@@ -412,6 +431,11 @@ def db_status(backup_dir: Path, database: str | None, schedule: str, rpo: str, w
     """Newest backup's age and the largest gap vs the schedule and RPO (and, with --stanza,
     WAL archiving's lag; with --repo, whether the newest backup is off-site; with
     --forecast-rto, the RTO forecast); exits 1 on a miss."""
+    from backup_core.ops.health import Targets, check_health
+    from backup_core.pitr.pgbackrest import Stanza
+    from backup_core.tools import notify
+    from drills.alerts import overdue_notices
+
     urls = notify.check_targets(notify_urls)
     report = check_health(backup_dir, Targets(schedule, rpo, window,
                                               max_drill_age=max_drill_age, rto=rto_target),
