@@ -20,7 +20,7 @@ import os
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -453,9 +453,24 @@ def listing(backup_dir: Path, database: str | None = None, *,
     hint = real_tree(found, root=backup_dir)
     if hint:  # listed all the same: a list shows what is there
         log.warning("%s", hint)
-    return tuple(Listed(
-        path=b.path, database=b.database, state=b.state, taken_at=b.taken_at,
-        age_s=(now - b.taken_at).total_seconds() if b.taken_at else None, size_bytes=b.size,
-        alembic_revision=b.alembic_revision, checked=b.checked, drill=b.drill,
-        drills=len(b.drills), verified=b.verified, source=b.source, problem=b.problem, backup=b)
-        for b in found)
+    with collector_paused():  # 50,000 records made in a burst, no cycles (see scan)
+        return tuple(_listed(
+            path=b.path, database=b.database, state=b.state, taken_at=b.taken_at,
+            age_s=(now - b.taken_at).total_seconds() if b.taken_at else None,
+            size_bytes=b.size, alembic_revision=b.alembic_revision, checked=b.checked,
+            drill=b.drill, drills=len(b.drills), verified=b.verified, source=b.source,
+            problem=b.problem, backup=b) for b in found)
+
+
+_LISTED_FIELDS = frozenset(f.name for f in fields(Listed))
+
+
+def _listed(**values: object) -> Listed:
+    """A `Listed` of exactly its fields, not through `__init__`, whose frozen per-field
+    assignments were half the cost of listing 50,000 scanned backups. Listed has no defaults
+    and no post-init: every field is given here, each once (a missing or extra one raises)."""
+    if values.keys() != _LISTED_FIELDS:
+        raise TypeError(f"Listed fields: {sorted(values.keys() ^ _LISTED_FIELDS)}")
+    listed = object.__new__(Listed)
+    listed.__dict__.update(values)
+    return listed
