@@ -394,6 +394,23 @@ def _record(path: Path, db: str, state: str, at: datetime | None, **extra: objec
                   **extra)  # type: ignore[arg-type]
 
 
+def of_database(found: list[Backup], backup_dir: Path, database: str) -> list[Backup]:
+    """What `scan(backup_dir, database)` finds, taken from `found`, a scan of the whole tree
+    (`scan(backup_dir)`): the records of `database` filed under its directories, in the same
+    order. A caller holding the whole tree's scan does not scan it again (pure)."""
+    wanted = set(_dir_names(database))
+    under = str(backup_dir)
+    prefix = "" if under == "." else under.rstrip("/") + "/"  # as scandir spells the paths
+    out = []
+    for b in found:
+        text = str(b.path)
+        if b.database == database and text.startswith(prefix):
+            top, sep, _ = text[len(prefix):].partition("/")
+            if sep and top in wanted:
+                out.append(b)
+    return out
+
+
 def complete_backups(backups: list[Backup]) -> list[Backup]:
     return [b for b in backups if b.complete]
 
