@@ -6,6 +6,7 @@ and the whole-tree scan a drill picks from answering as a scan of one database w
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -244,3 +245,40 @@ def test_the_whole_trees_scan_narrowed_to_a_database_is_that_databases_scan(
     assert len(catalog.scan(root, "a b", now=NOW)) == 3  # two backups and notes.txt
     assert {b.state for b in catalog.of_database(whole, root, "a b")} == {COMPLETE, STRAY}
     assert os.path.islink(root / "a b")
+
+
+class _Level(enum.IntEnum):
+    HIGH = 3
+
+
+class _Word(enum.StrEnum):
+    YES = "y\u00e9s"
+
+
+class _Text(str):
+    pass
+
+
+@pytest.mark.parametrize("value", [
+    [], {}, "", None, True, 0, -0.0, 1.5, [[]], [{}], {"a": {}}, {"a": []},
+    [float("nan"), float("inf"), -float("inf"), 1e300, 2**70, -(2**70), False],
+    {"z": 1, "a": [1, "x", None, {"k": (True, 2.5)}], "\u00e9": "\u5099\udcff\x00\n\"\\"},
+    {"b": {"c": {"d": [[], [1, [2, [3, {}]]], {"e": None}]}}, "a": (1, 2)},
+    [_Level.HIGH, _Word.YES, _Text("t"), {"k": _Level.HIGH, "w": _Word.YES}],
+    {1: "int key", "2": "str key"}, {None: 1}, {(1, 2): "tuple key"},
+])
+def test_indented_json_is_json_dumps_character_for_character(value: Any) -> None:
+    try:
+        expected = json.dumps(value, indent=2, sort_keys=True)
+    except TypeError as exc:
+        with pytest.raises(TypeError, match=str(exc)[:20]):
+            output.indented(value)
+        return
+    assert output.indented(value) == expected
+
+
+def test_indented_json_refuses_what_json_refuses() -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        output.indented({"a": [object()]})
+    with pytest.raises(TypeError, match="not supported between"):
+        output.indented({1: 1, "a": 2})
