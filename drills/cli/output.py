@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import click
 
+from backup_core.store.catalog import collector_paused
 from backup_core.tools.conninfo import redact
 
 T = TypeVar("T")
@@ -63,7 +64,9 @@ def _json_names(kind: type) -> tuple[str, ...] | None:
 
 
 def print_json(value: Any) -> None:
-    sys.stdout.write(redact(indented(jsonable(value))) + "\n")
+    with collector_paused():  # a dict per record, no cycles: 50,000 set off full collections
+        text = indented(jsonable(value))
+    sys.stdout.write(redact(text) + "\n")
 
 
 def indented(value: Any) -> str:
