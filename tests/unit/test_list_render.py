@@ -282,3 +282,22 @@ def test_indented_json_refuses_what_json_refuses() -> None:
         output.indented({"a": [object()]})
     with pytest.raises(TypeError, match="not supported between"):
         output.indented({1: 1, "a": 2})
+
+
+def test_a_scanned_record_made_without_its_constructor_is_the_constructors(tmp_path: Path
+                                                                           ) -> None:
+    dump = tmp_path / "backup-20261130T110000Z.dump"
+    dump.write_bytes(b"PGDMP")
+    at = datetime(2026, 11, 30, 11, tzinfo=UTC)
+    made = catalog._record(dump, "d", COMPLETE, at, alembic_revision="1", head_only=True)
+    st = dump.lstat()
+    assert made == Backup(path=dump, database="d", state=COMPLETE, taken_at=at,
+                          size=st.st_size, mtime=st.st_mtime, alembic_revision="1",
+                          head_only=True)
+    assert type(made) is Backup and (made.drills, made.manifest, made.problem) == ((), None, "")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.state = "x"  # type: ignore[misc]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'extra'"):
+        catalog._record(dump, "d", COMPLETE, at, extra=1)
+    gone = catalog._record(tmp_path / "gone.dump", "d", STRAY, None, problem="p")
+    assert (gone.size, gone.mtime, gone.problem) == (0, 0.0, "p")
