@@ -183,7 +183,7 @@ def _list_text(items: tuple[catalog.Listed, ...], backup_dir: Path, *, where: st
                [human(b.age_s) if b.age_s is not None else "-" for b in items],
                [size(b.size_bytes) for b in items],
                [printable(b.alembic_revision or "-") for b in items],
-               [b.checked if b.state == complete else b.state for b in items]]
+               [b.checked if b.backup.state == complete else b.state for b in items]]
     if len({b.backup.manifest.source_id for b in items if b.backup.manifest is not None}) > 1:
         # backups of several servers: which one each came from (they never cover each other)
         headers.append("source")
