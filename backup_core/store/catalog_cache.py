@@ -32,7 +32,9 @@ from backup_core.store.manifest import MAX_MANIFEST_BYTES, Manifest
 
 log = logging.getLogger("atb.catalog")
 
-VERSION = 1
+# 2: a head is its values in HEAD_FIELDS' order (named once, in the file's "fields"), not a
+# mapping naming them in every entry: 35 MB for 50,000 backups became 22, read in half the time
+VERSION = 2
 # what list and prune read of a manifest; the rest (counts, inventory, definitions) is only
 # ever read by commands that parse the manifest whole
 HEAD_FIELDS = ("database", "file", "taken_at", "started_at", "finished_at", "duration_s",
@@ -53,13 +55,13 @@ def default_dir() -> Path | None:
     return Path(base) / "atb" / "catalog"
 
 
-def head_of(manifest: Manifest) -> dict[str, Any]:
-    return {name: getattr(manifest, name) for name in HEAD_FIELDS}
+def head_of(manifest: Manifest) -> list[Any]:
+    """What the cache keeps of a validated manifest: its head's values, in HEAD_FIELDS' order."""
+    return [getattr(manifest, name) for name in HEAD_FIELDS]
 
 
-_HEAD_KEYS = frozenset(HEAD_FIELDS)
 # the rest of a Manifest, as its defaults give it: a head holds none of it
-_TAIL = [f for f in fields(Manifest) if f.name not in _HEAD_KEYS]
+_TAIL = [f for f in fields(Manifest) if f.name not in frozenset(HEAD_FIELDS)]
 _TAIL_VALUES = {f.name: f.default for f in _TAIL if f.default is not MISSING}
 _TAIL_FACTORIES = [(f.name, f.default_factory) for f in _TAIL
                    if f.default is MISSING and f.default_factory is not MISSING]
@@ -68,17 +70,18 @@ _FAST_HEAD = len(_TAIL_VALUES) + len(_TAIL_FACTORIES) == len(_TAIL)
 
 def head_from(entry: object) -> Manifest | None:
     """The Manifest a cache entry's head stands for (the other fields at their defaults), or
-    None when the entry holds other fields than this atb's head (another version wrote it).
+    None when the entry is not one value per field of this atb's head. A cache file whose
+    "fields" are not this atb's HEAD_FIELDS is not read at all (another version wrote it).
 
     Not through `Manifest.__init__`, whose per-field frozen assignments cost more than the
     rest of a cached backup's judging: the entry holds what `head_of` took from a manifest that
     had passed `Manifest.from_dict`, under the cache's MAC, and it is taken only for the exact
     bytes it was made from."""
-    if not isinstance(entry, dict) or entry.keys() != _HEAD_KEYS:
+    if not isinstance(entry, list) or len(entry) != len(HEAD_FIELDS):
         return None
     if not _FAST_HEAD:  # a new field without a default: the constructor says what is missing
         try:
-            return Manifest(**entry)
+            return Manifest(**dict(zip(HEAD_FIELDS, entry, strict=True)))
         except TypeError:
             return None
     head = object.__new__(Manifest)
@@ -86,7 +89,7 @@ def head_from(entry: object) -> Manifest | None:
     values.update(_TAIL_VALUES)
     for name, factory in _TAIL_FACTORIES:
         values[name] = factory()
-    values.update(entry)
+    values.update(zip(HEAD_FIELDS, entry, strict=True))
     return head
 
 
@@ -150,6 +153,7 @@ class CatalogCache:
             return {}
         if not isinstance(doc, dict) or doc.get("version") != VERSION \
                 or doc.get("root") != os.path.realpath(self.root) \
+                or doc.get("fields") != list(HEAD_FIELDS) \
                 or not isinstance(doc.get("entries"), dict):
             return {}
         entries: dict[str, list[Any]] = doc["entries"]
@@ -195,7 +199,8 @@ class CatalogCache:
         if not self._changed:
             return
         payload = json.dumps({"version": VERSION, "root": os.path.realpath(self.root),
-                              "entries": self._entries}, separators=(",", ":")).encode()
+                              "fields": HEAD_FIELDS, "entries": self._entries},
+                             separators=(",", ":")).encode()
         mac = hmac.new(self._key, payload, hashlib.sha256).hexdigest().encode()
         tmp = self.file.with_name(f".{self.file.name}.{os.getpid()}.tmp")
         try:

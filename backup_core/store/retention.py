@@ -376,6 +376,12 @@ def prune(backup_dir: Path, policy: Policy, *, dry_run: bool = False,
     if plan.refusal:
         raise SafetyRefusal(plan.refusal)
     done = None if dry_run else apply_prune(plan, backup_dir)
+    with collector_paused():  # a record per backup, no cycles (see catalog.collector_paused)
+        return _report(plan, policy, dry_run=dry_run, done=done)
+
+
+def _report(plan: PrunePlan, policy: Policy, *, dry_run: bool,
+            done: PruneResult | None) -> PruneReport:
     return PruneReport(
         dry_run=dry_run, policy=policy, delete=tuple(b.path for b in plan.delete),
         delete_reasons=tuple(Deleted(d.backup.path, d.backup.source, d.reasons)

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from backup_core.ops import backup, offsite, restore, verify
-from backup_core.ops.health import HealthReport, Targets, check_health
-from backup_core.ops.migrate import Migration
-from backup_core.pitr.pgbackrest import Stanza
-from backup_core.reading import forecast
 from backup_core.store import catalog, catalog_cache, retention
 from backup_core.store.naming import parse_stamp, printable
-from backup_core.tools import extras, notify
-from backup_core.tools.appenv import AppEnv, check_url_env, interpreter_path
-from backup_core.tools.childenv import check_pass_env
 from backup_core.tools.durations import human, human_time, plural
 from drills import console
-from drills.alerts import overdue_notices
 from drills.cli import output
 from drills.cli.params import (
     DAYS,
@@ -34,6 +26,18 @@ from drills.cli.params import (
     signer_needs_repo,
 )
 from drills.cli.publish import notify_option
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from datetime import datetime
+
+    from backup_core.ops import backup, restore
+    from backup_core.ops.health import HealthReport
+    from backup_core.reading import forecast
+
+# Each command imports the core it calls when it runs: `atb db list` over 50,000 backups is
+# a user's wait, and importing backup, restore, verify, health and the off-site store for it
+# cost a tenth of a second of it.
 
 log = logging.getLogger("atb.backup")
 
@@ -90,6 +94,8 @@ def db_backup(database_url: str, backup_dir: Path, at: str | None, row_counts: s
               as_json: bool) -> None:
     """Write BACKUP_DIR/<db>/<YYYY>/<MM>/<DD>/backup-<timestamp>.dump and its manifest; with
     --repo, then upload it (and any earlier backup the repository lacks)."""
+    from backup_core.ops import backup, offsite
+
     if repo:  # configuration checked before the dump starts
         from backup_core.store import repository, sealing
 
@@ -123,6 +129,8 @@ def db_push(backup_dir: Path, repo: str, encrypt_to: str | None, database: str |
     """Upload every sound local backup the repository lacks: dump, roles, then the manifest
     last. Idempotent and resumable (an interrupted upload is never visible and is redone),
     safe to run from cron."""
+    from backup_core.ops import offsite
+
     progress = console.Progress("upload")
     try:
         report = offsite.push(repo, backup_dir, encrypt_to=encrypt_to, database=database,
@@ -152,8 +160,12 @@ def _backup_text(result: backup.BackupResult) -> str:
 def db_list(backup_dir: Path, database: str | None, repo: str | None, as_json: bool) -> None:
     """List backups newest first; partial, stray and manifest-less files are shown as such.
     With --repo, the repository's backups (keys relative to its prefix)."""
-    items = offsite.listing(repo, database) if repo else catalog.listing(
-        backup_dir, database, cache_dir=catalog_cache.default_dir())
+    if repo:
+        from backup_core.ops import offsite
+
+        items = offsite.listing(repo, database)
+    else:
+        items = catalog.listing(backup_dir, database, cache_dir=catalog_cache.default_dir())
     root = Path(".") if repo else backup_dir
     of = f"of database {printable(database)} " if database else ""
     output.show(items, as_json=as_json, text=lambda found: _list_text(
@@ -161,24 +173,53 @@ def db_list(backup_dir: Path, database: str | None, repo: str | None, as_json: b
 
 
 def _list_text(items: tuple[catalog.Listed, ...], backup_dir: Path, *, where: str) -> str:
+    """The table of `atb db list`, built column by column (50,000 rows are a user's wait:
+    each column is one comprehension, with no call per cell that could be made once)."""
     if not items:
         return f"no backups {where}"
-    columns: list[output.Column[catalog.Listed]] = [
-        ("taken (UTC)", lambda b: b.taken_at.strftime("%Y-%m-%d %H:%M:%SZ") if b.taken_at
-         else "-"),
-        ("age", lambda b: human(b.age_s) if b.age_s is not None else "-"),
-        ("size", lambda b: console.size(b.size_bytes)),
-        ("alembic", lambda b: printable(b.alembic_revision or "-")),
-        ("state", lambda b: b.state if not b.backup.complete else b.checked)]
+    size, complete = console.size, catalog.COMPLETE
+    headers = ["taken (UTC)", "age", "size", "alembic", "state"]
+    columns = [[_taken(b.taken_at) for b in items],
+               [human(b.age_s) if b.age_s is not None else "-" for b in items],
+               [size(b.size_bytes) for b in items],
+               [printable(b.alembic_revision or "-") for b in items],
+               [b.checked if b.backup.state == complete else b.state for b in items]]
     if len({b.backup.manifest.source_id for b in items if b.backup.manifest is not None}) > 1:
         # backups of several servers: which one each came from (they never cover each other)
-        columns.append(("source", lambda b: printable(b.backup.manifest.source_id or "unknown")
-                        if b.backup.manifest else "-"))
+        headers.append("source")
+        columns.append([printable(b.backup.manifest.source_id or "unknown")
+                        if b.backup.manifest else "-" for b in items])
     if len({b.database for b in items}) > 1:
-        columns.append(("database", lambda b: printable(b.database)))
-    columns.append(("path", lambda b: rel(b.path, backup_dir)
-                    + (f"  ({printable(b.problem)})" if b.problem else "")))
-    return output.records_table(items, columns)
+        headers.append("database")
+        columns.append([printable(b.database) for b in items])
+    headers.append("path")
+    shown = _under(backup_dir)
+    columns.append([shown(b.path)
+                    + (f"  ({printable(b.problem)})" if b.problem else "") for b in items])
+    return output.aligned(headers, columns)
+
+
+def _taken(at: datetime | None) -> str:
+    """`%Y-%m-%d %H:%M:%SZ` of `at` (its own fields, as strftime writes them), without
+    strftime's cost for the years it pads the same way."""
+    if at is None:
+        return "-"
+    if at.year >= 1000:
+        return at.isoformat(" ", "seconds")[:19] + "Z"
+    return at.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _under(root: Path) -> Callable[[Path], str]:
+    """`rel(path, root)` for many paths under one root: the root's text read once."""
+    under = str(root)
+    if under in ("", ".", "/"):
+        return lambda path: rel(path, root)
+    prefix, cut = under + "/", len(under) + 1
+
+    def shown(path: Path) -> str:
+        text = str(path)
+        return printable(text[cut:]) if text.startswith(prefix) else rel(path, root)
+    return shown
 
 
 @db.command("verify", epilog=EXIT_CODES)
@@ -199,6 +240,8 @@ def db_verify(path: Path | None, backup_dir: Path, latest: bool, all_: bool,
     private directory (decrypted with ATB_AGE_IDENTITY_FILE), its stored and plaintext
     sha256 proven, then verified the same way. One line per file; exits 1 if any fails.
     """
+    from backup_core.ops import offsite, verify
+
     if repo:
         report = offsite.verify_remote(repo, key=str(path) if path else None, latest=latest,
                                        all_=all_, database=database, deep=deep)
@@ -250,6 +293,8 @@ def db_prune(backup_dir: Path, retention_days: float, keep_last: int, keep_daily
     """
     policy = retention.Policy(retention_days, keep_last, keep_daily, keep_weekly, keep_monthly)
     if repo:  # the same plan and floors over the repository's catalog
+        from backup_core.ops import offsite
+
         report = offsite.prune_remote(repo, policy, dry_run=dry_run)
     else:
         report = retention.prune(backup_dir, policy, dry_run=dry_run,
@@ -319,6 +364,12 @@ def db_restore(path: str, target_url: str, jobs: int | None, clean: bool, with_r
     With --repo, PATH is a key as `list --repo` shows it: the backup is downloaded into a
     private directory, its hashes proven and decrypted (ATB_AGE_IDENTITY_FILE) before
     anything is restored, and the download removed after."""
+    from backup_core.ops import offsite, restore
+    from backup_core.ops.migrate import Migration
+    from backup_core.tools import extras
+    from backup_core.tools.appenv import AppEnv, check_url_env, interpreter_path
+    from backup_core.tools.childenv import check_pass_env
+
     signer_needs_repo(repo, repo_signer)
     if not (migrate or migrate_cmd):  # a migration option alone would be ignored in silence
         given = [name for name, value in (
@@ -412,6 +463,11 @@ def db_status(backup_dir: Path, database: str | None, schedule: str, rpo: str, w
     """Newest backup's age and the largest gap vs the schedule and RPO (and, with --stanza,
     WAL archiving's lag; with --repo, whether the newest backup is off-site; with
     --forecast-rto, the RTO forecast); exits 1 on a miss."""
+    from backup_core.ops.health import Targets, check_health
+    from backup_core.pitr.pgbackrest import Stanza
+    from backup_core.tools import notify
+    from drills.alerts import overdue_notices
+
     urls = notify.check_targets(notify_urls)
     report = check_health(backup_dir, Targets(schedule, rpo, window,
                                               max_drill_age=max_drill_age, rto=rto_target),

@@ -10,7 +10,6 @@ from typing import Any, TypeVar
 
 import click
 
-from backup_core.reading import guard
 from backup_core.store.naming import printable
 from backup_core.tools.conninfo import ConnInfo
 from backup_core.tools.errors import ConfigError
@@ -67,6 +66,8 @@ def conn(url: str | None, what: str = "DATABASE_URL") -> ConnInfo:
 def production(url: str | None) -> ConnInfo | None:
     """Production as restore and drill must recognise it. Unparseable is an error (exit 2):
     a guard never switches itself off."""
+    from backup_core.reading import guard  # the database reader: not for every command
+
     return guard.production_conninfo(url)
 
 

@@ -23,7 +23,7 @@ from backup_core.ops.migrate import MigrateResult, run_migration
 from backup_core.ops.restore import RestoreRequest, archive_major, restore_backup
 from backup_core.ops.verify import VerifyResult, verify_backup
 from backup_core.reading import forecast, guard, inventory
-from backup_core.store import catalog
+from backup_core.store import catalog, catalog_cache
 from backup_core.store.catalog import Backup
 from backup_core.store.manifest import Inventory
 from backup_core.tools import db, isolation, toolchain
@@ -495,8 +495,8 @@ def drill_engine(drill_final_url: ConnInfo, drill: DrillState,
 @pytest.fixture(scope="session")
 def drill_policy(drill: DrillState, drill_backup: Backup) -> status.Status:
     """The backup tree judged against the schedule and RPO (scanned once per drill)."""
-    backups = drill.tree if drill.tree is not None else catalog.scan(
-        drill.options.backup_dir, drill.database)
+    backups = drill.tree if drill.tree is not None else catalog.scan(  # a pick handed over
+        drill.options.backup_dir, drill.database, cache_dir=catalog_cache.default_dir())
     model = forecast.fit(forecast.points([b for b in backups if b.source == drill_backup.source]))
     if model is not None:  # the drills recorded before this one: forecast against measured
         drill.rto_forecast = (round(model.rto(drill_backup.size), 3), model.how)

@@ -11,6 +11,7 @@ import json
 import os
 import types
 from collections.abc import Callable, Generator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from backup_core.reading import guard
-from backup_core.store import catalog
+from backup_core.store import catalog, catalog_cache
 from backup_core.store.catalog import Backup
 from backup_core.tools import appenv, isolation, masking, toolchain
 from backup_core.tools.conninfo import detach_libpq_environment, redact
@@ -74,9 +75,12 @@ def configure_drill(config: pytest.Config) -> None:
         options = _options(config)
     except AtbError as exc:
         raise pytest.UsageError(str(exc)) from exc
-    try:  # a typo in where the backups are, or a sandbox account that would own what the
-        if not child.SELECTION_CHECKED:  # sandbox must not touch: usage errors, before
-            child.check_selection(options)  # anything starts
+    scanned = None  # the whole tree as that check scanned it: not scanned again to pick
+    # a typo in where the backups are, or a sandbox account that would own what the sandbox
+    # must not touch: usage errors, before anything starts
+    try:
+        if not child.SELECTION_CHECKED:
+            scanned = child.check_selection(options)
         sandbox.check_account(options)
     except AtbError as exc:
         raise pytest.UsageError(str(exc)) from exc
@@ -101,7 +105,7 @@ def configure_drill(config: pytest.Config) -> None:
         from drills import pitr_fixtures
         config.pluginmanager.register(pitr_fixtures, "atb-pitr-fixtures")
     else:
-        chosen, error, eligible, tree = _select(options, started)
+        chosen, error, eligible, tree = _select(options, started, scanned)
     database = chosen.database if chosen else (options.database or _only_db(options) or "unknown")
     state = DrillState(options=options, started_at=started, production=production,
                        backup=chosen, selection_error=error,
@@ -325,18 +329,27 @@ def _only_db(options: DrillOptions) -> str | None:
     return names[0] if len(names) == 1 else None
 
 
-def _select(options: DrillOptions, now: datetime) -> tuple[
-        Backup | None, str | None, int, list[Backup] | None]:
+def _select(options: DrillOptions, now: datetime, scanned: list[Backup] | None = None,
+            ) -> tuple[Backup | None, str | None, int, list[Backup] | None]:
     """(the backup to drill, why none could be, how many were eligible, the tree as scanned
     to pick from: the schedule is then judged on the same records, not on a second scan).
     Under `atb drill run` the pick was made there, once (`child.choose`): its choice is
-    taken as it is, the tree scanned only when the schedule is judged."""
+    taken as it is, the tree scanned only when the schedule is judged. `scanned` is the whole
+    tree as `child.check_selection` scanned it in this process (a direct `pytest --drill`):
+    picked from, not scanned again; any other scan reads the tree through the catalog cache."""
     known = child.known_backup(options)  # --backup, or the pick `atb drill run` made
     if known is not None:
         found, error = known
         among = options.picked.among if options.picked and options.backup is None else 1
         return found, error, 0 if found is None else among, None
-    backups = catalog.scan(options.backup_dir, options.database)
+    cache = catalog_cache.default_dir()
+    whole = scanned
+    if scanned is None:
+        backups = catalog.scan(options.backup_dir, options.database, cache_dir=cache)
+    elif options.database is None:
+        backups = scanned
+    else:
+        backups = catalog.of_database(scanned, options.backup_dir, options.database)
     eligible = len(pick.eligible(backups, now=now, window_days=options.window_days,
                                  database=options.database))
     try:
@@ -345,10 +358,18 @@ def _select(options: DrillOptions, now: datetime) -> tuple[
     except pick.NothingToDrill as exc:
         why = str(exc)
         if options.database is not None and not any(b.is_backup for b in backups):
+            if whole is None:
+                whole = catalog.scan(options.backup_dir, cache_dir=cache)
             why = pick.none_of(options.database, held=sorted(  # none at all: say where
-                {b.database for b in catalog.scan(options.backup_dir) if b.is_backup}),
+                {b.database for b in whole if b.is_backup}),
                 filed=bool(catalog.database_dirs(options.backup_dir, options.database)))
         return None, f"{why} (looked in {options.backup_dir})", eligible, backups
+    if chosen.head_only:  # the cache kept its manifest's head: the drill reads it whole
+        found = catalog.find(options.backup_dir, chosen.path)
+        if found is None or not found.complete:
+            return None, f"the backup picked, {chosen.path}, is gone or no longer complete", \
+                eligible, backups
+        chosen = replace(found, path=chosen.path)  # named as the scan named it
     return chosen, None, eligible, backups
 
 

@@ -4,6 +4,8 @@ that a full scan would not count (a stale or tampered entry is found out)."""
 from __future__ import annotations
 
 import gc
+import hashlib
+import hmac
 import json
 import os
 from datetime import UTC, datetime, timedelta
@@ -13,11 +15,12 @@ import pytest
 
 from backup_core.store import catalog, naming, retention
 from backup_core.store.catalog import BAD_MANIFEST, COMPLETE, DAMAGED
-from backup_core.store.catalog_cache import CatalogCache, head_from, head_of
+from backup_core.store.catalog_cache import HEAD_FIELDS, CatalogCache, head_from, head_of
 from backup_core.store.manifest import Manifest
 from backup_core.store.naming import backup_path, manifest_path
 
 NOW = datetime(2026, 11, 29, 12, tzinfo=UTC)
+SIZE = HEAD_FIELDS.index("size_bytes")  # where an entry's head holds the dump's size
 
 
 def tree(root: Path, count: int) -> list[Path]:
@@ -109,7 +112,7 @@ def test_a_tampered_cache_is_ignored_whole_and_rebuilt(
     dumps[2].write_bytes(b"PG")  # truncated: 2 bytes where the manifest says 7
     mac, _, payload = cache.file.read_bytes().partition(b"\n")
     doc = json.loads(payload)
-    doc["entries"][str(manifest_path(dumps[2]))][2]["size_bytes"] = 2
+    doc["entries"][str(manifest_path(dumps[2]))][2][SIZE] = 2
     cache.file.write_bytes(mac + b"\n" + json.dumps(doc).encode())
     found = {b.path: b for b in catalog.scan(root, now=NOW, cache_dir=cache_dir)}
     assert found[dumps[2]].state == DAMAGED
@@ -117,7 +120,7 @@ def test_a_tampered_cache_is_ignored_whole_and_rebuilt(
     assert "fails its MAC: ignored and rebuilt" in caplog.text
     again = CatalogCache.open(cache_dir, root)
     assert again is not None  # rebuilt from the manifests themselves, the lie gone
-    assert again._entries[str(manifest_path(dumps[2]))][2]["size_bytes"] == 7
+    assert again._entries[str(manifest_path(dumps[2]))][2][SIZE] == 7
 
 
 def test_no_cache_is_kept_where_others_could_write_it_and_links_are_not_followed(
@@ -148,35 +151,50 @@ def test_a_cached_head_is_the_manifest_head_with_fresh_defaults_and_only_this_at
     whole = Manifest.from_dict(json.loads(manifest_path(dump).read_text()))
     head = head_of(whole)
     one, two = head_from(head), head_from(json.loads(json.dumps(head)))
-    assert one == two == Manifest(**head)
+    assert one == two == Manifest(**dict(zip(HEAD_FIELDS, head, strict=True)))
     assert one is not None and two is not None
     assert (one.row_counts, one.inventory, one.definition_kinds, one.schema) == (
         {}, {}, [], "atb.backup-manifest")
     assert one.row_counts is not two.row_counts and one.inventory is not two.inventory
     assert (one.size_bytes, one.source_id, one.compression) == (whole.size_bytes, "system 7",
                                                                 "gzip:1")
-    assert head_from({**head, "newer_field": 1}) is None
-    assert head_from({k: v for k, v in head.items() if k != "roles"}) is None
+    assert head_from([*head, 1]) is None
+    assert head_from(head[:-1]) is None
+    assert head_from(dict(zip(HEAD_FIELDS, head, strict=True))) is None  # the old form
     assert head_from([head]) is None
 
 
 def test_an_entry_another_atb_wrote_is_parsed_afresh_not_trusted(
         tmp_path: Path, cache_dir: Path) -> None:
-    """An entry (under a valid MAC) whose head has a field this atb does not know is not used:
-    the manifest is validated whole again and the backup judged on that."""
+    """A cache (under a valid MAC) whose heads have a field this atb does not know, or an
+    entry of another shape, is not used: the manifest is validated whole again and the
+    backup judged on that."""
     root = tmp_path / "b"
     tree(root, 2)
     catalog.scan(root, now=NOW, cache_dir=cache_dir)
     cache = CatalogCache.open(cache_dir, root)
     assert cache is not None
-    for entry in cache._entries.values():
-        entry[2]["newer_field"] = "x"
+    payload = cache.file.read_bytes().partition(b"\n")[2]
+    doc = json.loads(payload)
+    doc["fields"].append("newer_field")
+    for entry in doc["entries"].values():
+        entry[2].append("x")
+    cache._entries = doc["entries"]
     cache._changed = True
-    cache.save(complete=False)
-    again = catalog.scan(root, now=NOW, cache_dir=cache_dir)
+    cache.save(complete=False)  # written with this atb's "fields": rewrite them under the MAC
+    data = json.loads(cache.file.read_bytes().partition(b"\n")[2])
+    assert data["fields"] == list(HEAD_FIELDS)
+    again = catalog.scan(root, now=NOW, cache_dir=cache_dir)  # entries one value too long
     assert [(b.state, b.head_only) for b in again] == [(COMPLETE, False)] * 2
     assert [(b.state, b.head_only) for b in catalog.scan(root, now=NOW, cache_dir=cache_dir)
             ] == [(COMPLETE, True)] * 2
+    key = (cache_dir / "key").read_bytes()
+    data["fields"] = [*HEAD_FIELDS[1:], HEAD_FIELDS[0]]  # the same fields, another order
+    body = json.dumps(data).encode()
+    cache.file.write_bytes(hmac.new(key, body, hashlib.sha256).hexdigest().encode() + b"\n"
+                           + body)
+    assert [(b.state, b.head_only) for b in catalog.scan(root, now=NOW, cache_dir=cache_dir)
+            ] == [(COMPLETE, False)] * 2
 
 
 def test_a_scan_leaves_the_garbage_collector_as_it_found_it(
