@@ -23,7 +23,7 @@ from backup_core.ops.migrate import MigrateResult, run_migration
 from backup_core.ops.restore import RestoreRequest, archive_major, restore_backup
 from backup_core.ops.verify import VerifyResult, verify_backup
 from backup_core.reading import forecast, guard, inventory
-from backup_core.store import catalog
+from backup_core.store import catalog, catalog_cache
 from backup_core.store.catalog import Backup
 from backup_core.store.manifest import Inventory
 from backup_core.tools import db, isolation, toolchain
@@ -494,9 +494,12 @@ def drill_engine(drill_final_url: ConnInfo, drill: DrillState,
 
 @pytest.fixture(scope="session")
 def drill_policy(drill: DrillState, drill_backup: Backup) -> status.Status:
-    """The backup tree judged against the schedule and RPO (scanned once per drill)."""
+    """The backup tree judged against the schedule and RPO (scanned once per drill): through
+    the catalog cache, as `atb db status` judges it (only the manifests' heads are needed),
+    so a tree the drill's selection just scanned (`child.check_selection`) is not parsed
+    again: 0.2 s at 1,000 backups, after the restore, in the RTO's checks phase."""
     backups = drill.tree if drill.tree is not None else catalog.scan(
-        drill.options.backup_dir, drill.database)
+        drill.options.backup_dir, drill.database, cache_dir=catalog_cache.default_dir())
     model = forecast.fit(forecast.points([b for b in backups if b.source == drill_backup.source]))
     if model is not None:  # the drills recorded before this one: forecast against measured
         drill.rto_forecast = (round(model.rto(drill_backup.size), 3), model.how)

@@ -94,7 +94,7 @@ def configure_drill(config: pytest.Config) -> None:
         appenv.refuse_production_env(options.pass_env, production)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from exc
-    started = datetime.now(UTC).replace(microsecond=0)
+    started = child.started_at(options, datetime.now(UTC))  # the pick's, when picked before
     if options.source == "pgbackrest":  # the target is picked by drills.pitr_fixtures
         chosen, error, eligible, tree = None, None, 0, None
         from drills import pitr_fixtures
@@ -344,9 +344,7 @@ def _select(options: DrillOptions, now: datetime) -> tuple[
     except pick.NothingToDrill as exc:
         why = str(exc)
         if options.database is not None and not any(b.is_backup for b in backups):
-            why = pick.none_of(options.database, held=sorted(  # none at all: say where
-                {b.database for b in catalog.scan(options.backup_dir) if b.is_backup}),
-                filed=bool(catalog.database_dirs(options.backup_dir, options.database)))
+            why = child.no_backup_of(options.database, options.backup_dir)  # none: say where
         return None, f"{why} (looked in {options.backup_dir})", eligible, backups
     return chosen, None, eligible, backups
 
