@@ -495,9 +495,10 @@ def drill_engine(drill_final_url: ConnInfo, drill: DrillState,
 @pytest.fixture(scope="session")
 def drill_policy(drill: DrillState, drill_backup: Backup) -> status.Status:
     """The backup tree judged against the schedule and RPO (scanned once per drill): through
-    the catalog cache, as `atb db status` judges it (only the manifests' heads are needed),
-    so a tree the drill's selection just scanned (`child.check_selection`) is not parsed
-    again: 0.2 s at 1,000 backups, after the restore, in the RTO's checks phase."""
+    the catalog cache, as `atb db list` reads it (the judgment needs only the manifests'
+    heads and what is judged live: sizes, drill verdicts), so a tree the drill's selection
+    just scanned (`child.check_selection`) is not parsed again: 0.2 s at 1,000 backups,
+    after the restore, in the RTO's checks phase."""
     backups = drill.tree if drill.tree is not None else catalog.scan(
         drill.options.backup_dir, drill.database, cache_dir=catalog_cache.default_dir())
     model = forecast.fit(forecast.points([b for b in backups if b.source == drill_backup.source]))
