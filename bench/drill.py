@@ -180,7 +180,10 @@ def drill_from(root: Path, dump: Path, work: Path, phases: list[dict[str, float]
         subprocess.run([sys.executable, "-m", "drills.cli", "drill", "run", *chosen,
                         "--sandbox", "local", "--no-record", "--schedule", "1000d",
                         "--rto-target", "100h", "--report-dir", str(reports)], check=False,
-                       capture_output=True, cwd=work, env={**os.environ, "PYTHONPATH": str(root)})
+                       capture_output=True, cwd=work, env={
+                           **os.environ, "PYTHONPATH": str(root),
+                           # the catalog cache of the trees scanned here goes with them
+                           "ATB_CATALOG_CACHE": str(work / "catalog-cache")})
         cpu.append(children_cpu() - before)
         result = sorted(reports.glob("*/*-drill.json"))[-1]
         selection = json.loads(result.read_text())["backup"]["selection"]
