@@ -149,10 +149,14 @@ class Picked:
     @classmethod
     def from_dict(cls, data: Any) -> Picked:
         try:
-            return cls(path=Path(data["path"]), among=int(data["among"]),
-                       now=datetime.fromisoformat(data["now"]))
+            picked = cls(path=Path(data["path"]), among=int(data["among"]),
+                         now=datetime.fromisoformat(data["now"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"--drill-options: picked: not a picked backup: {exc}") from exc
+        if picked.now.utcoffset() is None:  # the drill's start, compared with backups' times
+            raise ConfigError("--drill-options: picked: not a picked backup: its time "
+                              f"{data['now']} has no UTC offset")
+        return picked
 
 
 @dataclass(frozen=True)

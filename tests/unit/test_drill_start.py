@@ -236,6 +236,10 @@ def test_the_pick_atb_drill_run_hands_its_child_travels_only_in_the_options_file
     text = options.to_json().replace('"among": 3', '"among": "three"')
     with pytest.raises(ConfigError, match=r"^--drill-options: picked: not a picked backup"):
         DrillOptions.from_json(text, {})
+    naive = options.to_json().replace('12:00:01+00:00', '12:00:01')
+    with pytest.raises(ConfigError, match=r"^--drill-options: picked: not a picked backup: "
+                       r"its time 2026-11-30T12:00:01 has no UTC offset$"):
+        DrillOptions.from_json(naive, {})
 
 
 def test_a_tree_with_nothing_to_pick_is_left_to_the_plugin_and_a_given_backup_is_kept(
