@@ -7,9 +7,11 @@ SIZE=PATH` reuses a backup made earlier (its manifest beside it) instead of buil
 database; `--compare-with DIR` also times the whole drill of another checkout (another
 commit's code) against this one's, in turn; `--by-pick` also times the whole drill as cron
 runs it, the backup picked at random from its tree (`--backup-dir`, no `--backup`), the
-three in turn. CPU seconds beside wall time: this process is the subreaper of what it starts
-(a sandbox server `pg_ctl` leaves behind is its child, its CPU counted once reaped). Writes
-its section of bench/RESULTS.md between markers.
+three in turn; `--pick-tree N` picks from a tree of N hourly backups instead (hard links of
+the one dump), as a quarterly drill of hourly backups does (2,160 over 90 days). CPU seconds
+beside wall time: this process is the subreaper of what it starts (a sandbox server `pg_ctl`
+leaves behind is its child, its CPU counted once reaped). Writes its section of
+bench/RESULTS.md between markers.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from backup_core.ops import restore
@@ -132,13 +135,44 @@ def reap_orphans(pid: int | None = None) -> None:
             pass
 
 
+def pick_tree(dump: Path, work: Path, count: int) -> Path:
+    """A backup tree of `count` hourly backups of `dump`'s database for the random pick to
+    scan (`--pick-tree`): `dump` and its manifest, and `count - 1` backups before it, each its
+    bytes hard-linked (no space taken) beside a manifest naming its own file and time. The
+    tree a quarterly drill of hourly backups scans (2,160 over 90 days); the dump's own
+    tree is never written to."""
+    manifest = json.loads(dump.with_name(dump.name.removesuffix(".dump") + ".json").read_text())
+    taken = datetime.fromisoformat(manifest["taken_at"])
+    tree = work / f"tree-{count}"
+    source = work / "pick-source.dump"  # on this file system, for the hard links
+    if not source.exists():
+        try:
+            os.link(dump, source)
+        except OSError:
+            shutil.copyfile(dump, source)
+    for i in range(count):
+        at = taken - timedelta(hours=i)
+        stem = f"backup-{at:%Y%m%dT%H%M%SZ}"
+        day = tree / manifest["database"] / f"{at:%Y}" / f"{at:%m}" / f"{at:%d}"
+        day.mkdir(parents=True, exist_ok=True)
+        os.link(source, day / f"{stem}.dump")
+        (day / f"{stem}.json").write_text(json.dumps(
+            {**manifest, "file": f"{stem}.dump", "taken_at": at.isoformat()}, indent=2))
+        roles = dump.with_name(dump.name.removesuffix(".dump") + ".roles.sql")
+        if roles.exists():
+            shutil.copyfile(roles, day / f"{stem}.roles.sql")
+    return tree
+
+
 def drill_from(root: Path, dump: Path, work: Path, phases: list[dict[str, float]],
-               cpu: list[float], *, by_pick: bool = False) -> Callable[[], None]:
+               cpu: list[float], *, by_pick: bool = False,
+               tree: Path | None = None, among: int = 1) -> Callable[[], None]:
     """A whole `atb drill run` of `dump` with the code of the checkout `root`: named with
-    `--backup`, or (`by_pick`) picked at random from its tree, which holds it alone."""
+    `--backup`, or (`by_pick`) picked at random from its tree, which holds it alone, or from
+    `tree` (`pick_tree`), which holds `among` backups."""
     reports = work / "reports"
-    chosen = (["--backup-dir", str(tree_of(dump, None)), "--window-days", "36500"] if by_pick
-              else ["--backup", str(dump)])
+    chosen = (["--backup-dir", str(tree or tree_of(dump, None)), "--window-days", "36500"]
+              if by_pick else ["--backup", str(dump)])
 
     def whole_drill() -> None:
         # from a neutral directory, as cron runs it (see bench.__main__)
@@ -146,11 +180,14 @@ def drill_from(root: Path, dump: Path, work: Path, phases: list[dict[str, float]
         subprocess.run([sys.executable, "-m", "drills.cli", "drill", "run", *chosen,
                         "--sandbox", "local", "--no-record", "--schedule", "1000d",
                         "--rto-target", "100h", "--report-dir", str(reports)], check=False,
-                       capture_output=True, cwd=work, env={**os.environ, "PYTHONPATH": str(root)})
+                       capture_output=True, cwd=work, env={
+                           **os.environ, "PYTHONPATH": str(root),
+                           # the catalog cache of the trees scanned here goes with them
+                           "ATB_CATALOG_CACHE": str(work / "catalog-cache")})
         cpu.append(children_cpu() - before)
         result = sorted(reports.glob("*/*-drill.json"))[-1]
         selection = json.loads(result.read_text())["backup"]["selection"]
-        if by_pick != selection.startswith("random among 1 complete backup "):
+        if by_pick != selection.startswith(f"random among {among} complete backup"):
             raise SystemExit(f"the drill did not select as asked: {selection}")
         rto = json.loads(result.read_text())["rto"]
         phases.append({**rto["phases"], **rto.get("other_phases", {})})
@@ -160,9 +197,10 @@ def drill_from(root: Path, dump: Path, work: Path, phases: list[dict[str, float]
 
 
 def bench_against(dump: Path, other: Path, repeat: int, work: Path, *,
-                  by_pick: bool = False) -> list[Comparison]:
+                  by_pick: bool = False, tree: Path | None = None,
+                  among: int = 1) -> list[Comparison]:
     """This checkout's whole drill against another checkout's (`--compare-with`), in turn;
-    with `by_pick`, their drills by random pick as well."""
+    with `by_pick`, their drills by random pick as well (from `tree` when given)."""
     for package in ("backup_core", "drills"):  # its bytecode too, as for this checkout
         compileall.compile_dir(other / package, quiet=1)
     comps = []
@@ -175,8 +213,10 @@ def bench_against(dump: Path, other: Path, repeat: int, work: Path, *,
         comp = alternate(Comparison(f"whole drill{how}: this checkout vs another",
                                     f"atb drill run{how} (this)",
                                     f"atb drill run{how} ({other})", "-"),
-                         drill_from(ROOT, dump, work, our_phases, ours, by_pick=picked),
-                         drill_from(other, dump, work, their_phases, theirs, by_pick=picked),
+                         drill_from(ROOT, dump, work, our_phases, ours, by_pick=picked,
+                                    tree=tree, among=among),
+                         drill_from(other, dump, work, their_phases, theirs, by_pick=picked,
+                                    tree=tree, among=among),
                          repeat)
         waits = [statistics.median(p.get("sandbox start", 0.0) for p in phases)
                  for phases in (our_phases, their_phases)]
@@ -189,15 +229,18 @@ def bench_against(dump: Path, other: Path, repeat: int, work: Path, *,
 
 
 def bench_drill(dump: Path, major: int, chains: list[toolchain.Toolchain], cores: int,
-                repeat: int, work: Path, *, by_pick: bool = False) -> list[Comparison]:
-    """The whole drill (`--backup`; and with `by_pick`, by random pick from the tree) against
-    sandbox + restore alone, in turn, each with the CPU it used."""
+                repeat: int, work: Path, *, by_pick: bool = False, tree: Path | None = None,
+                among: int = 1) -> list[Comparison]:
+    """The whole drill (`--backup`; and with `by_pick`, by random pick from the tree, or
+    from `tree` of `among` backups) against sandbox + restore alone, in turn, each with the
+    CPU it used."""
     phases: list[dict[str, float]] = []
     drill_cpu: list[float] = []
     whole_drill = drill_from(ROOT, dump, work, phases, drill_cpu)
     pick_phases: list[dict[str, float]] = []
     pick_cpu: list[float] = []
-    picked_drill = drill_from(ROOT, dump, work, pick_phases, pick_cpu, by_pick=True)
+    picked_drill = drill_from(ROOT, dump, work, pick_phases, pick_cpu, by_pick=True,
+                              tree=tree, among=among)
     restore_cpu: list[float] = []
 
     def restore_alone() -> None:
@@ -216,8 +259,8 @@ def bench_drill(dump: Path, major: int, chains: list[toolchain.Toolchain], cores
     comp = Comparison("whole drill vs restore alone", "atb drill run --backup",
                       "sandbox + restore", "<= 1.5")
     picked = Comparison("whole drill by random pick vs restore alone",
-                        "atb drill run --backup-dir (random pick)", "sandbox + restore",
-                        "<= 1.5", b=comp.b)
+                        f"atb drill run --backup-dir (random pick among {among})",
+                        "sandbox + restore", "<= 1.5", b=comp.b)
     rounds: list[tuple[list[float], Callable[[], None]]] = [
         (comp.a, whole_drill), (comp.b, restore_alone)]
     if by_pick:
@@ -226,6 +269,14 @@ def bench_drill(dump: Path, major: int, chains: list[toolchain.Toolchain], cores
     # and follows each of the others as often (a drill after a drill is not a drill after a
     # restore: the first's files are still being written back)
     orders = list(itertools.permutations(rounds))
+    # and one untimed round first, in the order the cycle would run next: the run's first
+    # drill otherwise follows nothing (an idle disk, no files being written back) and was
+    # always the --backup one, a head start the random pick never had (at 4 rounds each
+    # then follows a drill twice and the restore twice)
+    for _, fn in orders[repeat % len(orders)]:
+        fn()
+    for sink in (phases, drill_cpu, pick_phases, pick_cpu, restore_cpu):
+        sink.clear()
     for i in range(repeat):
         for sink, fn in orders[i % len(orders)]:
             sink.append(timed(fn))
@@ -265,6 +316,9 @@ def main() -> None:
     parser.add_argument("--by-pick", action="store_true",
                         help="also the whole drill by random pick from the dump's tree "
                              "(--backup-dir, no --backup), the three in turn")
+    parser.add_argument("--pick-tree", type=int, default=1, metavar="N",
+                        help="with --by-pick: pick from a tree of N hourly backups of the dump "
+                             "(hard links beside their manifests), not from its tree alone")
     parser.add_argument("--compare-with", type=Path, default=None,
                         help="a checkout of another commit: its whole drill against this "
                              "one's, in turn (e.g. from `git archive COMMIT | tar -x`)")
@@ -283,14 +337,15 @@ def main() -> None:
         for size in args.size.split(","):
             start = load_average()
             dump = backup_of(size, chain, chains, work, given)
+            tree = pick_tree(dump, work, args.pick_tree) if args.pick_tree > 1 else None
             comps = [] if args.skip_restore else bench_restore(dump, chain, chains, cores,
                                                                 args.repeat)
             if not args.skip_drill:
                 comps += bench_drill(dump, chain.major, chains, cores, args.repeat, work,
-                                     by_pick=args.by_pick)
+                                     by_pick=args.by_pick, tree=tree, among=args.pick_tree)
             if args.compare_with is not None:
                 comps += bench_against(dump, args.compare_with.resolve(), args.repeat, work,
-                                       by_pick=args.by_pick)
+                                       by_pick=args.by_pick, tree=tree, among=args.pick_tree)
             sections.append(f"### {size} (archive {dump.stat().st_size / 2**20:.0f} MiB, load "
                             f"average at start {start})\n\n{table(comps)}")
     finally:

@@ -157,15 +157,16 @@ def check_selection(options: DrillOptions) -> list[Backup] | None:
         hint = catalog.real_tree(found, root=options.backup_dir)  # as list and status say
         if hint:
             raise ConfigError(hint)
-        name, held = options.database, sorted({b.database for b in found if b.is_backup})
-        if name is not None and held and not catalog.database_dirs(options.backup_dir, name):
+        name = options.database
+        if name is not None and any(b.is_backup for b in found) \
+                and not catalog.database_dirs(options.backup_dir, name):
             from drills import ledger
 
             # a name never drilled, beside others, is a typo; one drilled before has lost
             # its backups (and an empty tree is backups not being taken): the drill FAILs
             if not ledger.drilled(options.report_dir, name):
                 raise ConfigError(f"--database {printable(name)}: "
-                                  f"{pick.none_of(name, filed=False, held=held)}, and no "
+                                  f"{no_backup_of(name, options.backup_dir, found)}, and no "
                                   "drill of it is in the ledger")
         return found
     if given.name.endswith(MANIFEST_SUFFIX) and taken_at(
@@ -191,6 +192,17 @@ def check_selection(options: DrillOptions) -> list[Backup] | None:
                           "which database it holds; give a dump beside the manifest `atb db "
                           "backup` wrote with it") from exc
     return None
+
+
+def no_backup_of(database: str, backup_dir: Path, found: list[Backup] | None = None) -> str:
+    """Why the tree has no backup of `database` to drill, in the words `pick.none_of` makes
+    true of it (whether it has the database's directory; the databases it does hold, from
+    `found`, the whole tree as scanned, else scanned here): the one wording of the refusal
+    before the drill (`check_selection`, exit 2) and of the drill's report
+    (`drills.plugin.hooks`)."""
+    found = catalog.scan(backup_dir) if found is None else found
+    return pick.none_of(database, filed=bool(catalog.database_dirs(backup_dir, database)),
+                        held=sorted({b.database for b in found if b.is_backup}))
 
 
 def picks(options: DrillOptions) -> bool:
@@ -222,6 +234,16 @@ def choose(options: DrillOptions, now: datetime | None = None) -> DrillOptions:
     except pick.NothingToDrill:
         return options
     return replace(options, picked=Picked(path=chosen.path, among=among, now=now))
+
+
+def started_at(options: DrillOptions, now: datetime) -> datetime:
+    """When the drill started, to the second: for the backup `atb drill run` picked
+    (`choose`), the instant it picked at (`Picked.now`), so that the report's start, the
+    window its "random among N" counted over and the schedule's judgment are the pick's
+    own (the report's seed and start pick the same backup again); else `now` (pure)."""
+    if options.picked is not None and options.backup is None and options.source == "dump":
+        return options.picked.now
+    return now.replace(microsecond=0)
 
 
 def given_backup(backup: Path, backup_dir: Path) -> tuple[Backup | None, str | None]:
@@ -265,9 +287,9 @@ def known_backup(options: DrillOptions) -> tuple[Backup | None, str | None] | No
 
 
 def early_target(options: DrillOptions) -> Backup | None:
-    """The backup a sandbox can be begun for before pytest: a dump drill on a local sandbox
-    whose backup is known (`known_backup`)."""
-    if options.sandbox != "local":
+    """The catalog's record of the backup whose sandbox is begun before pytest, when one is
+    (`DrillOptions.early_dump`, the decision `sandbox.prepared_for` makes too)."""
+    if options.early_dump is None:
         return None
     known = known_backup(options)
     return known[0] if known is not None else None
@@ -294,8 +316,8 @@ def begin(argv: list[str], env: dict[str, str] | os._Environ[str]) -> Early | No
         return None
     try:
         text = path.read_text()
-        if json.loads(text).get("exclude"):  # checking --exclude's names imports the checks,
-            return None  # and with them drills.plugin, before pytest can rewrite its asserts
+        if json.loads(text).get("exclude"):  # `early_dump` says no; and not parsed: checking
+            return None  # --exclude's names imports the checks before pytest can rewrite them
         options = DrillOptions.from_json(text, env)
         backup = early_target(options)
     except (AtbError, OSError, ValueError):

@@ -135,7 +135,8 @@ class Picked:
     """The backup `atb drill run` picked for its child (`drills.child.choose`: the plugin's
     pick, by the seed and window, over the tree it scanned to check the selection, at `now`),
     among `among` eligible ones: the early sandbox is begun for it and the plugin drills it,
-    so nothing scans or picks again. Never an option of pytest or the command line: only
+    so nothing scans or picks again; `now` is the drill's start in its report
+    (`drills.child.started_at`). Never an option of pytest or the command line: only
     the options file `atb drill run` writes for its child carries it."""
 
     path: Path
@@ -148,10 +149,14 @@ class Picked:
     @classmethod
     def from_dict(cls, data: Any) -> Picked:
         try:
-            return cls(path=Path(data["path"]), among=int(data["among"]),
-                       now=datetime.fromisoformat(data["now"]))
+            picked = cls(path=Path(data["path"]), among=int(data["among"]),
+                         now=datetime.fromisoformat(data["now"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"--drill-options: picked: not a picked backup: {exc}") from exc
+        if picked.now.utcoffset() is None:  # the drill's start, compared with backups' times
+            raise ConfigError("--drill-options: picked: not a picked backup: its time "
+                              f"{data['now']} has no UTC offset")
+        return picked
 
 
 @dataclass(frozen=True)
@@ -446,6 +451,18 @@ class DrillOptions:
         if self.source != "dump":
             return None
         return self.backup or (self.picked.path if self.picked is not None else None)
+
+    @property
+    def early_dump(self) -> Path | None:
+        """The dump whose local sandbox is begun before pytest: its files copied by `atb
+        drill run` while the child starts (`drills.sandbox.prepared_for`), its server
+        started by the child before pytest is imported (`drills.child.begin`). A dump drill
+        whose backup is known (`target`) on a local sandbox, without --drill-exclude
+        (checking its names imports the checks, and with them the plugin, before pytest can
+        rewrite their asserts); else None. The one decision both make (pure)."""
+        if self.sandbox != "local" or self.exclude:
+            return None
+        return self.target
 
     def app_env(self, dialect: str = "") -> AppEnv:
         """Where the application's code runs: its directory, interpreter and variables."""

@@ -25,6 +25,7 @@ from typing import Any
 
 from backup_core.pitr import pgbackrest
 from backup_core.reading import guard
+from backup_core.store import catalog_cache
 from backup_core.store.manifest import read_manifest
 from backup_core.store.naming import manifest_path
 from backup_core.store.verdicts import record_drill
@@ -43,6 +44,8 @@ log = logging.getLogger("atb.drill")
 PRODUCTION_ENV = "ATB_PRODUCTION_URL"
 # the isolation the child runs under, as JSON (level, reason, allowed), for its report
 ISOLATION_ENV = "ATB_ISOLATION_FACTS"
+# which catalog cache the child reads (`catalog_cache.default_dir`): this process's choice
+CATALOG_CACHE_ENV = "ATB_CATALOG_CACHE"
 # how the docker sandbox finds its engine and pgBackRest its repository (its credentials);
 # the integration command gets none of them
 TOOL_ENV_PREFIXES = ("DOCKER_", "TESTCONTAINERS_", "TC_", "PGBACKREST_")
@@ -94,6 +97,9 @@ def drill_env(options: DrillOptions, production: ConnInfo | None,
     if prepared is not None:
         extra[sandbox.PREPARED_ENV] = str(prepared)
     extra["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # the plugins it needs are on its argv
+    # the catalog cache this process's checks read (`child.check_selection`), or none: the
+    # child's schedule check scans through the same one (`drill_policy`)
+    extra[CATALOG_CACHE_ENV] = str(catalog_cache.default_dir() or "off")
     source = os.environ if base is None else base
     extra.update({k: v for k, v in source.items() if k.startswith(TOOL_ENV_PREFIXES)})
     return childenv.sealed(extra, pass_env=options.pass_env, base=base)

@@ -298,8 +298,8 @@ def prepared_for(options: DrillOptions) -> Iterator[Path | None]:
     block, or by the next drill if this one is killed) that `run_drill` takes as the drill's
     scratch directory. The sandbox's account is checked first (`check_account`)."""
     check_account(options)
-    known = options.target  # --backup, or the backup `atb drill run` picked
-    if known is None or options.sandbox != "local" or options.exclude:
+    known = options.early_dump  # --backup, or the pick, on a local sandbox (one decision)
+    if known is None:
         yield None
         return
     try:

@@ -99,7 +99,7 @@ def configure_drill(config: pytest.Config) -> None:
         appenv.refuse_production_env(options.pass_env, production)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from exc
-    started = datetime.now(UTC).replace(microsecond=0)
+    started = child.started_at(options, datetime.now(UTC))  # the pick's, when picked before
     if options.source == "pgbackrest":  # the target is picked by drills.pitr_fixtures
         chosen, error, eligible, tree = None, None, 0, None
         from drills import pitr_fixtures
@@ -360,9 +360,7 @@ def _select(options: DrillOptions, now: datetime, scanned: list[Backup] | None =
         if options.database is not None and not any(b.is_backup for b in backups):
             if whole is None:
                 whole = catalog.scan(options.backup_dir, cache_dir=cache)
-            why = pick.none_of(options.database, held=sorted(  # none at all: say where
-                {b.database for b in whole if b.is_backup}),
-                filed=bool(catalog.database_dirs(options.backup_dir, options.database)))
+            why = child.no_backup_of(options.database, options.backup_dir, whole)  # say where
         return None, f"{why} (looked in {options.backup_dir})", eligible, backups
     if chosen.head_only:  # the cache kept its manifest's head: the drill reads it whole
         found = catalog.find(options.backup_dir, chosen.path)

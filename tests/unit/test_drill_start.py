@@ -236,6 +236,10 @@ def test_the_pick_atb_drill_run_hands_its_child_travels_only_in_the_options_file
     text = options.to_json().replace('"among": 3', '"among": "three"')
     with pytest.raises(ConfigError, match=r"^--drill-options: picked: not a picked backup"):
         DrillOptions.from_json(text, {})
+    naive = options.to_json().replace('12:00:01+00:00', '12:00:01')
+    with pytest.raises(ConfigError, match=r"^--drill-options: picked: not a picked backup: "
+                       r"its time 2026-11-30T12:00:01 has no UTC offset$"):
+        DrillOptions.from_json(naive, {})
 
 
 def test_a_tree_with_nothing_to_pick_is_left_to_the_plugin_and_a_given_backup_is_kept(
@@ -264,3 +268,85 @@ def test_a_tree_with_nothing_to_pick_is_left_to_the_plugin_and_a_given_backup_is
     assert child.choose(given) == replace(given, picked=None)  # --backup wins, checked
     handed = DrillOptions(backup_dir=tmp_path / "typo", sandbox="local", picked=stale)
     assert child.choose(handed) is handed  # checked once already, by whoever picked it
+
+
+def test_the_copy_and_the_childs_early_sandbox_are_decided_by_one_function(
+        tmp_path: Path) -> None:
+    """`DrillOptions.early_dump` is the one decision of both `sandbox.prepared_for` (the copy
+    `atb drill run` makes) and `child.begin` (the server its child starts): a dump drill on a
+    local sandbox whose backup is known (--backup, or the pick), without --drill-exclude."""
+    from drills.options import Picked
+
+    dump = tmp_path / "db" / "2026" / "11" / "30" / "backup-20261130T010000Z.dump"
+    picked = Picked(path=dump, among=2, now=datetime(2026, 11, 30, 12, 0, 1, tzinfo=UTC))
+    cases = [({"backup": None}, None), ({"picked": picked}, dump),
+             ({"sandbox": "docker", "picked": picked}, None),
+             ({"sandbox": "auto", "picked": picked}, None),
+             ({"source": "pgbackrest", "stanza": "main", "picked": picked}, None),
+             ({"exclude": ("test_indexes_are_valid",), "picked": picked}, None)]
+    for given, expected in cases:
+        options = DrillOptions(**{"backup_dir": tmp_path, "sandbox": "local", **given})
+        assert (given, options.early_dump) == (given, expected)
+        assert child.early_target(options) is None  # no such file: no record to begin for
+    dump.parent.mkdir(parents=True)
+    dump.write_bytes(b"PGDMP")
+    assert DrillOptions(backup=dump, sandbox="local").early_dump == dump
+    excluded = DrillOptions(backup=dump, backup_dir=tmp_path, sandbox="local",
+                            exclude=("test_indexes_are_valid",))
+    assert (excluded.early_dump, child.early_target(excluded)) == (None, None)
+    with sandbox.prepared_for(excluded) as prepared:  # no copy for it either
+        assert prepared is None
+
+
+def test_a_drill_picked_by_atb_drill_run_starts_when_it_was_picked() -> None:
+    """`Picked.now` is the drill's start (`child.started_at`): its report's start is the
+    instant the window of its "random among N" was counted from; any other drill starts
+    now, to the second."""
+    from drills.options import Picked
+
+    now = datetime(2026, 11, 30, 12, 0, 3, 654321, tzinfo=UTC)
+    at = datetime(2026, 11, 30, 12, 0, 1, tzinfo=UTC)
+    picked = Picked(path=Path("/b/db/2026/11/30/backup-20261130T010000Z.dump"), among=3,
+                    now=at)
+    assert child.started_at(DrillOptions(picked=picked), now) == at
+    assert child.started_at(DrillOptions(), now) == datetime(2026, 11, 30, 12, 0, 3,
+                                                             tzinfo=UTC)
+    given = DrillOptions(backup=Path("/etc/hostname"), picked=picked)  # --backup wins
+    assert child.started_at(given, now) == datetime(2026, 11, 30, 12, 0, 3, tzinfo=UTC)
+
+
+def test_no_backup_of_a_database_is_worded_in_one_place_from_the_tree(tmp_path: Path) -> None:
+    """`child.no_backup_of`: the refusal before the drill (exit 2) and the drill's report say
+    it in the same words, from what the tree holds (as scanned, or scanned here)."""
+    day = tmp_path / "shop" / "2026" / "11" / "30"
+    day.mkdir(parents=True)
+    (day / "backup-20261130T010203Z.dump").write_bytes(b"x")
+    found = catalog.scan(tmp_path)
+    words = ("no backup of database gone: the tree has no directory gone/ for it (the tree "
+             "holds backups of shop)")
+    assert child.no_backup_of("gone", tmp_path, found) == words
+    assert child.no_backup_of("gone", tmp_path) == words
+    (tmp_path / "gone").mkdir()
+    assert child.no_backup_of("gone", tmp_path) == (
+        "no backup of database gone: the directory gone/ holds no backup of it (the tree "
+        "holds backups of shop)")
+    assert child.no_backup_of("gone", tmp_path, []) == (
+        "no backup of database gone: the directory gone/ holds no backup of it (the tree "
+        "holds no backups)")
+
+
+def test_the_child_scans_through_the_catalog_cache_this_process_read(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The drill's schedule check (`drill_policy`) reads the tree through the catalog cache
+    the pick read: the child is told which one, or that there is none."""
+    from drills.run import drill_env
+
+    monkeypatch.setenv("ATB_CATALOG_CACHE", str(tmp_path / "cache"))
+    env = drill_env(DrillOptions(), None, {"PATH": "/usr/bin"})
+    assert env["ATB_CATALOG_CACHE"] == str(tmp_path / "cache")
+    monkeypatch.setenv("ATB_CATALOG_CACHE", "off")
+    assert drill_env(DrillOptions(), None, {"PATH": "/usr/bin"})["ATB_CATALOG_CACHE"] == "off"
+    monkeypatch.delenv("ATB_CATALOG_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert drill_env(DrillOptions(), None, {"PATH": "/usr/bin"})["ATB_CATALOG_CACHE"] == str(
+        tmp_path / "xdg" / "atb" / "catalog")
