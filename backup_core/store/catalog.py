@@ -390,8 +390,11 @@ def _record(path: Path, db: str, state: str, at: datetime | None, **extra: objec
         size, mtime = st.st_size, st.st_mtime
     except OSError:
         size, mtime = 0, 0.0
-    values = dict(_BACKUP_DEFAULTS, path=path, database=db, state=state, taken_at=at,
-                  size=size, mtime=mtime)
+    given = {"path": path, "database": db, "state": state, "taken_at": at, "size": size,
+             "mtime": mtime}
+    if given.keys() & extra.keys():  # as the constructor would: a field given twice
+        raise TypeError(f"fields given twice: {sorted(given.keys() & extra.keys())}")
+    values = dict(_BACKUP_DEFAULTS, **given)
     values.update(extra)
     if values.keys() != _BACKUP_FIELDS or not _BACKUP_FAST:  # the constructor says what's wrong
         return Backup(**values)

@@ -13,6 +13,8 @@ count that would not count without it. So:
 - the file lives in a private directory (0700) of the user running atb, never in the shared
   backup tree, and carries an HMAC under a key kept beside it (0600): a cache edited by anyone
   without the key is ignored whole and rebuilt;
+- a cache another atb wrote (another format, or heads validated by another `manifest.py`)
+  is rebuilt, never read;
 - any doubt (unreadable, foreign owner, wrong version, bad MAC) means no cache, never an error.
 """
 
@@ -28,6 +30,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from backup_core.store import manifest as manifest_module
 from backup_core.store.manifest import MAX_MANIFEST_BYTES, Manifest
 
 log = logging.getLogger("atb.catalog")
@@ -41,6 +44,20 @@ HEAD_FIELDS = ("database", "file", "taken_at", "started_at", "finished_at", "dur
                "size_bytes", "sha256", "pg_dump_version", "server_version", "toc_entries",
                "alembic_revision", "row_counts_mode", "source", "source_id", "clock_skew_s",
                "tool_version", "compression", "roles")
+
+
+def _validator() -> str:
+    """What validated the heads a cache holds: the SHA-256 of the module whose
+    `Manifest.from_dict` judged them. A cache written by an atb that validates otherwise
+    (another version, the same head fields) is rebuilt, never read; "" (the source cannot
+    be read) matches no cache file."""
+    try:
+        return hashlib.sha256(Path(manifest_module.__file__ or "").read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+VALIDATOR = _validator()
 
 
 def default_dir() -> Path | None:
@@ -154,6 +171,7 @@ class CatalogCache:
         if not isinstance(doc, dict) or doc.get("version") != VERSION \
                 or doc.get("root") != os.path.realpath(self.root) \
                 or doc.get("fields") != list(HEAD_FIELDS) \
+                or not VALIDATOR or doc.get("validator") != VALIDATOR \
                 or not isinstance(doc.get("entries"), dict):
             return {}
         entries: dict[str, list[Any]] = doc["entries"]
@@ -175,7 +193,8 @@ class CatalogCache:
         name = str(path)
         self._seen.add(name)
         entry = self._entries.get(name)
-        if entry is not None and entry[0] == key and entry[1] == digest:
+        if isinstance(entry, list) and len(entry) == 3 and entry[0] == key \
+                and entry[1] == digest:
             head = head_from(entry[2])  # None: written by another atb version, parse afresh
             if head is not None:
                 self.hits += 1
@@ -199,7 +218,8 @@ class CatalogCache:
         if not self._changed:
             return
         payload = json.dumps({"version": VERSION, "root": os.path.realpath(self.root),
-                              "fields": HEAD_FIELDS, "entries": self._entries},
+                              "fields": HEAD_FIELDS, "validator": VALIDATOR,
+                              "entries": self._entries},
                              separators=(",", ":")).encode()
         mac = hmac.new(self._key, payload, hashlib.sha256).hexdigest().encode()
         tmp = self.file.with_name(f".{self.file.name}.{os.getpid()}.tmp")

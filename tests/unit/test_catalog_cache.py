@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from backup_core.store import catalog, naming, retention
+from backup_core.store import catalog, catalog_cache, naming, retention
 from backup_core.store.catalog import BAD_MANIFEST, COMPLETE, DAMAGED
 from backup_core.store.catalog_cache import HEAD_FIELDS, CatalogCache, head_from, head_of
 from backup_core.store.manifest import Manifest
@@ -195,6 +195,50 @@ def test_an_entry_another_atb_wrote_is_parsed_afresh_not_trusted(
                            + body)
     assert [(b.state, b.head_only) for b in catalog.scan(root, now=NOW, cache_dir=cache_dir)
             ] == [(COMPLETE, False)] * 2
+
+
+def signed(cache_dir: Path, file: Path, doc: object) -> None:
+    """`doc` written as the cache file under the real key (as another atb would write it)."""
+    body = json.dumps(doc).encode()
+    key = (cache_dir / "key").read_bytes()
+    file.write_bytes(hmac.new(key, body, hashlib.sha256).hexdigest().encode() + b"\n" + body)
+
+
+def test_a_cache_another_validator_or_format_wrote_is_rebuilt_not_read(
+        tmp_path: Path, cache_dir: Path) -> None:
+    """Under a valid MAC: a version 1 file (heads as mappings, what earlier atb wrote), and a
+    version 2 file whose heads another `manifest.py` validated, are rebuilt; entries of
+    another shape are parsed afresh, never an error."""
+    root = tmp_path / "b"
+    dumps = tree(root, 2)
+    catalog.scan(root, now=NOW, cache_dir=cache_dir)
+    cache = CatalogCache.open(cache_dir, root)
+    assert cache is not None
+    doc = json.loads(cache.file.read_bytes().partition(b"\n")[2])
+    assert doc["version"] == 2 and doc["validator"] == catalog_cache.VALIDATOR
+    assert len(doc["validator"]) == 64
+    v1 = {"version": 1, "root": doc["root"], "entries": {
+        name: [e[0], e[1], dict(zip(HEAD_FIELDS, e[2], strict=True))]
+        for name, e in doc["entries"].items()}}
+    for other in (v1, {**doc, "validator": "0" * 64}, {k: v for k, v in doc.items()
+                                                        if k != "validator"}):
+        signed(cache_dir, cache.file, other)
+        assert [(b.state, b.head_only) for b in catalog.scan(root, now=NOW,
+                                                             cache_dir=cache_dir)
+                ] == [(COMPLETE, False)] * 2
+        rewritten = json.loads(cache.file.read_bytes().partition(b"\n")[2])
+        assert (rewritten["version"], rewritten["validator"]) == (2, catalog_cache.VALIDATOR)
+    short = {**doc, "entries": {name: e[:2] for name, e in doc["entries"].items()}}
+    short["entries"][str(manifest_path(dumps[0]))] = "not a list"
+    signed(cache_dir, cache.file, short)
+    assert [(b.state, b.head_only) for b in catalog.scan(root, now=NOW, cache_dir=cache_dir)
+            ] == [(COMPLETE, False)] * 2
+
+
+def test_a_record_given_a_field_twice_is_refused_as_the_constructor_refuses(
+        tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"fields given twice: \['size'\]"):
+        catalog._record(tmp_path / "x.dump", "trading", COMPLETE, NOW, size=999)
 
 
 def test_a_scan_leaves_the_garbage_collector_as_it_found_it(
