@@ -94,9 +94,10 @@ def bench_restore(dump: Path, chain: toolchain.Toolchain, chains: list[toolchain
                           f"load {load_average()}")
         listing = restore._listing(chain, dump)  # the threshold's answer for this archive
         entries = toc.parse_listing(listing) if listing is not None else None
-        found = restore._split_entry(dump, entries) if entries is not None else None
+        found = restore._split_entry(dump, entries, cores) if entries is not None else None
         how = (f"split ({found.schema}.{found.tag}, as above)" if found else
-               "restore_backup, nothing split (no table reaches split_copy.MIN_ROWS)")
+               "restore_backup, nothing split (no table has the rows and the share "
+               "split_copy.split_candidate asks)")
         split = alternate(Comparison("restore: split vs not", how,
                                      f"pg_restore -j {cores} alone", "-"),
                           split_cpu.measure(drill_restore), parallel_only, repeat,

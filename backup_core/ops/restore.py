@@ -222,7 +222,7 @@ def _restore_scratch(chain: toolchain.Toolchain, path: Path, target: ConnInfo, *
     # restored unwatched, so pg_restore's own run names what is wrong with it
     listing = _listing(chain, path) if splitting or on_loaded is not None else None
     entries = toc.parse_listing(listing) if listing is not None else None
-    entry = _split_entry(path, entries) if splitting and entries is not None else None
+    entry = _split_entry(path, entries, jobs) if splitting and entries is not None else None
     if entry is None:
         _pg_restore(chain, path, target, jobs=jobs, no_owner=no_owner, on_loaded=on_loaded,
                     entries=entries)
@@ -262,15 +262,16 @@ def _listing(chain: toolchain.Toolchain, path: Path) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
-def _split_entry(path: Path, entries: list[toc.TocEntry]) -> toc.TocEntry | None:
-    """The archive's largest table by the manifest's row counts, if worth splitting."""
+def _split_entry(path: Path, entries: list[toc.TocEntry], jobs: int) -> toc.TocEntry | None:
+    """The archive's largest table by the manifest's row counts, if worth splitting over
+    `jobs` sessions (`split_copy.split_candidate`)."""
     try:
         counts = read_manifest(manifest_path(path)).row_counts
     except ManifestError:
         return None
     if not counts or max(counts.values()) < split_copy.MIN_ROWS:
         return None
-    return split_copy.split_candidate(entries, counts)
+    return split_copy.split_candidate(entries, counts, jobs=jobs)
 
 
 def _roles_for(path: Path, target: ConnInfo) -> list[str]:

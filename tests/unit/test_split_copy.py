@@ -39,15 +39,38 @@ def entry(tag: str, dump_id: int, desc: str = "TABLE DATA") -> TocEntry:
 def test_the_table_with_most_rows_is_split_when_it_is_large_enough() -> None:
     toc = [entry("orders", 7, "TABLE"), entry("orders", 30), entry("trades", 31),
            entry("accounts", 29)]
-    counts = {"public.orders": 3_000_000, "public.trades": 2_000_000, "public.accounts": 500}
+    counts = {"public.orders": 3_000_000, "public.trades": 200_000, "public.accounts": 500}
     assert split_candidate(toc, counts) == entry("orders", 30)
     assert split_candidate(toc, counts, min_rows=3_000_001) is None
     # a count for a table whose data is not in the archive (excluded) is not a candidate
-    assert split_candidate(toc[2:], counts) == entry("trades", 31)
+    assert split_candidate(toc[2:], {**counts, "public.trades": 2_000_000}) == \
+        entry("trades", 31)
     assert split_candidate(toc, {}) is None
     # below a million rows the split's extra pg_restore runs cost more than they save
     assert split_copy.MIN_ROWS == 1_000_000
     assert split_candidate(toc, {"public.orders": 999_999}) is None
+    # one job has nobody to share a table with
+    assert split_candidate(toc, counts, jobs=1) is None
+
+
+def test_a_table_is_split_only_when_it_would_load_alone_for_long() -> None:
+    """Its rows must pass 1.5 times what the other tables give each other job: the bench's
+    orders (55 % of the rows) restored faster unsplit, by pg_restore's own scheduling."""
+    toc = [entry("orders", 30), entry("trades", 31), entry("accounts", 29)]
+    bench = {"public.orders": 3_253_763, "public.trades": 2_603_346, "public.accounts": 500}
+    assert split_copy.SHARE_MARGIN == 1.5
+    assert split_candidate(toc, bench, jobs=2) is None
+    # the same tables on 3 jobs: trades alone cannot keep two other jobs busy
+    assert split_candidate(toc, bench, jobs=3) == entry("orders", 30)
+    # exactly at the margin is not enough; one row over is
+    edge = {"public.orders": 3_000_000, "public.trades": 2_000_000}
+    assert split_candidate(toc, edge, jobs=2) is None
+    assert split_candidate(toc, {**edge, "public.orders": 3_000_001}, jobs=2) == \
+        entry("orders", 30)
+    # a count of a table outside the archive does not keep a table from being split
+    assert split_candidate(toc, {**edge, "public.gone": 9_000_000}, jobs=2) is None
+    assert split_candidate(toc[:1], {**edge, "public.gone": 9_000_000}, jobs=2) == \
+        entry("orders", 30)
 
 
 def test_the_header_keeps_pg_restores_settings_and_its_copy_statement() -> None:
