@@ -72,8 +72,9 @@ def survey(chains: list[toolchain.Toolchain] | None = None) -> Survey:
 
 def sandbox_accounts() -> tuple[SandboxAccount, ...]:
     """Who runs a dump drill's sandbox (`cluster.sandbox_account`: an account that owns
-    nothing of production) and a point-in-time one (`cluster.service_user`: it must read
-    pgBackRest's repository), each with its reason."""
+    nothing of production) and a point-in-time one (`cluster.service_account`, the
+    `service_user` and why: it must read pgBackRest's repository), each with its reason or
+    why it is refused."""
     found = []
     for drill, choose in (("dump", cluster.sandbox_account),
                           ("point-in-time", cluster.service_account)):

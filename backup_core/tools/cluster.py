@@ -66,26 +66,37 @@ def settings_text(settings: Mapping[str, str]) -> str:
     return "tuned for a throwaway server: " + ", ".join(f"{k}={v}" for k, v in settings.items())
 
 
+# The account every local server but a dump drill's sandbox runs as, as root: the user's
+# choice, else `postgres`, else `nobody`.
+SERVICE_USER_ENV = "ATB_PG_USER"
+# The account a dump drill's sandbox server runs as, as root: the user's choice, else
+# `atb-sandbox`, else `nobody`. A variable of its own: a point-in-time drill needs
+# ATB_PG_USER to be the repository's owner (postgres), which a dump sandbox must never be.
+SANDBOX_USER_ENV = "ATB_SANDBOX_USER"
+
+
 def service_user() -> str | None:
     """The unprivileged account a cluster's server runs as when we are root (None when we are
     not): `ATB_PG_USER`, else `postgres`, else `nobody`. Every cluster but a dump drill's
     sandbox (`sandbox_account`): a point-in-time sandbox must read pgBackRest's repository
     and spool, which are `postgres`'s, and the suite's stand-in productions are `postgres`'s
-    as a real one is."""
+    as a real one is. `ConfigError` (exit 2) for an `ATB_PG_USER` naming no account: a typo
+    is not `postgres`."""
     if os.geteuid() != 0:
         return None
-    for name in (os.environ.get("ATB_PG_USER", ""), "postgres", "nobody"):
-        if not name:
-            continue
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            continue
-        return name
-    raise ToolchainError("running as root and no unprivileged user exists: set ATB_PG_USER")
+    explicit = os.environ.get(SERVICE_USER_ENV, "")
+    if explicit:
+        if os_account(explicit) is None:
+            raise ConfigError(f"{SERVICE_USER_ENV}={explicit}: no such account on this host")
+        return explicit
+    for name in ("postgres", "nobody"):
+        if os_account(name) is not None:
+            return name
+    raise ToolchainError("running as root and no unprivileged user exists: set "
+                         f"{SERVICE_USER_ENV}")
 
 
-# The account a dump drill's sandbox server runs as, as root without ATB_PG_USER: one of
+# The account a dump drill's sandbox server runs as, as root without ATB_SANDBOX_USER: one of
 # atb's own that owns nothing. That server runs what a restored archive holds as its
 # superuser, and `COPY ... TO PROGRAM` or `COPY ... TO '/file'` acts as this account on the
 # host's files (the namespaces hide production's sockets, not its files): as `postgres` it
@@ -131,31 +142,42 @@ class RunAs:
 def choose_sandbox_account(*, root: bool, explicit: str, accounts: Mapping[str, OsAccount],
                            owners: Mapping[int, str] | None = None) -> RunAs:
     """The account a dump drill's sandbox server runs as (pure: `accounts` are those of the
-    host among `explicit`, `atb-sandbox`, `nobody` and `postgres`). `ATB_PG_USER` (`explicit`)
-    is the user's choice and taken as given; else `atb-sandbox`, else `nobody`, never
-    `postgres`. `ConfigError` (exit 2) for an account that is root or shares its uid or group
-    with `postgres` or with one of `owners` (uid: what that owner holds, e.g. the backups):
-    such an account would own what the sandbox must not touch. Accounts are never created
-    here: that is the administrator's act (`SETUP_HINT`)."""
+    host among `explicit`, `atb-sandbox`, `nobody` and `postgres`): `ATB_SANDBOX_USER`
+    (`explicit`), the user's choice; else `atb-sandbox`, else `nobody`. Whoever chose it,
+    `ConfigError` (exit 2) for an account that is root, whose uid is `postgres`'s or one of
+    `owners`' (uid: what that owner holds, e.g. the backups), or whose primary group is
+    `postgres`'s (the only group the server runs with, `runner.demote_ids`): such an account
+    would own, or read as a group, what the sandbox must not touch. (A group shared with
+    another of `owners` is not looked at: backups are written 0600.) Accounts are never
+    created here: that is the administrator's act (`SETUP_HINT`)."""
     if not root:
         return RunAs(None, "not run as root: the server runs as this user")
     if explicit:
-        if explicit not in accounts:
-            raise ConfigError(f"ATB_PG_USER={explicit}: no such account on this host")
-        return RunAs(explicit, "ATB_PG_USER, your choice")
-    chosen = accounts.get(SANDBOX_ACCOUNT) or accounts.get(FALLBACK_ACCOUNT)
-    if chosen is None:
-        raise ConfigError(f"running as root and neither {SANDBOX_ACCOUNT} nor "
-                          f"{FALLBACK_ACCOUNT} exists for the drill's sandbox server: create "
-                          f"it ({SETUP_HINT}) or set ATB_PG_USER")
+        chosen = accounts.get(explicit)
+        if chosen is None:
+            raise ConfigError(f"{SANDBOX_USER_ENV}={explicit}: no such account on this host")
+        fix = (f"set {SANDBOX_USER_ENV} to an account that owns nothing of production "
+               f"(e.g. {SANDBOX_ACCOUNT}: {SETUP_HINT})")
+        why = f"{SANDBOX_USER_ENV}, your choice"
+    else:
+        found = accounts.get(SANDBOX_ACCOUNT) or accounts.get(FALLBACK_ACCOUNT)
+        if found is None:
+            raise ConfigError(f"running as root and neither {SANDBOX_ACCOUNT} nor "
+                              f"{FALLBACK_ACCOUNT} exists for the drill's sandbox server: "
+                              f"create it ({SETUP_HINT}) or set {SANDBOX_USER_ENV}")
+        chosen = found
+        fix = (f"give {chosen.name} a uid and group of its own, or set {SANDBOX_USER_ENV}"
+               if chosen.name == SANDBOX_ACCOUNT else
+               f"create {SANDBOX_ACCOUNT} ({SETUP_HINT}), or set {SANDBOX_USER_ENV}")
+        why = ("an account of atb's own that owns nothing of production"
+               if chosen.name == SANDBOX_ACCOUNT else
+               f"the fallback: no {SANDBOX_ACCOUNT} account exists (for an account of atb's "
+               f"own that owns nothing: {SETUP_HINT})")
     protected = dict(owners or {})
     guarded = accounts.get(PROTECTED_ACCOUNT)
     if guarded is not None:
         protected.setdefault(guarded.uid, f"{PROTECTED_ACCOUNT}, which owns production's data "
                              "and pgBackRest's repository")
-    fix = (f"give {chosen.name} a uid and group of its own, or set ATB_PG_USER"
-           if chosen.name == SANDBOX_ACCOUNT else
-           f"create {SANDBOX_ACCOUNT} ({SETUP_HINT}), or set ATB_PG_USER")
     if chosen.uid == 0:
         raise ConfigError(f"refusing {chosen.name} for the drill's sandbox server: it is uid 0 "
                           f"(root); {fix}")
@@ -166,15 +188,12 @@ def choose_sandbox_account(*, root: bool, explicit: str, accounts: Mapping[str, 
         raise ConfigError(f"refusing {chosen.name} for the drill's sandbox server: its group "
                           f"{chosen.gid} is {PROTECTED_ACCOUNT}'s (group-readable files of "
                           f"production and pgBackRest's repository); {fix}")
-    if chosen.name == SANDBOX_ACCOUNT:
-        return RunAs(chosen.name, "an account of atb's own that owns nothing of production")
-    return RunAs(chosen.name, f"the fallback: no {SANDBOX_ACCOUNT} account exists (for an "
-                 f"account of atb's own that owns nothing: {SETUP_HINT})")
+    return RunAs(chosen.name, why)
 
 
 def sandbox_account(*, owners: Mapping[int, str] | None = None) -> RunAs:
     """`choose_sandbox_account` for this host and environment, read when called."""
-    explicit = os.environ.get("ATB_PG_USER", "")
+    explicit = os.environ.get(SANDBOX_USER_ENV, "")
     names = {explicit, SANDBOX_ACCOUNT, FALLBACK_ACCOUNT, PROTECTED_ACCOUNT} - {""}
     found = {name: account for name in names if (account := os_account(name)) is not None}
     return choose_sandbox_account(root=os.geteuid() == 0, explicit=explicit, accounts=found,
@@ -186,8 +205,8 @@ def service_account() -> RunAs:
     name = service_user()
     if name is None:
         return RunAs(None, "not run as root: the server runs as this user")
-    if name == os.environ.get("ATB_PG_USER"):
-        return RunAs(name, "ATB_PG_USER, your choice")
+    if name == os.environ.get(SERVICE_USER_ENV):
+        return RunAs(name, f"{SERVICE_USER_ENV}, your choice")
     if name == PROTECTED_ACCOUNT:
         return RunAs(name, "pgBackRest's repository and spool are its: the restore and the "
                      "server must read them")
@@ -413,6 +432,13 @@ class Cluster:
     def start(self) -> None:
         if not self.toolchain.can_serve:
             raise ToolchainError(f"{self.toolchain.bindir} has no initdb/pg_ctl/postgres")
+        if self.tcp and not self.password and not self.sealed:
+            # without a password TCP clients are trusted (`initdb_argv`): on the host's
+            # loopback any local account would be the superuser; only inside the drill's
+            # network namespace (sealed), whose loopback is its own, is that safe
+            raise SafetyRefusal("a local cluster listening on TCP without a password must be "
+                                "sealed in the drill's network namespace: any local account "
+                                "would connect to it as superuser")
         run_as = self.run_as
         self.toolchain = servable(self.toolchain, run_as, runner=self.runner)
         if not self._adopt_prepared():
@@ -497,7 +523,9 @@ class Cluster:
         # before the server exists: a kill -9 from here on leaves a record the next drill
         # (or `atb doctor`) reaps, since pg_ctl's server does not die with us
         self._record = reaper.register(self.workdir)
-        self.socket_dir.mkdir()
+        # 0700, the server's account's (below): only it and root reach the socket, whatever
+        # `unix_socket_permissions` a setting or a restored postgresql.auto.conf says
+        self.socket_dir.mkdir(mode=0o700)
         if run_as:
             # the work directory stays ours (0711: the server's user goes through, never
             # renames or replaces what is in it); the server's user gets only its own parts
@@ -932,7 +960,12 @@ def _save_template(datadir: Path, template: Path) -> None:
 def server_conf(*, port: int, tcp: bool, socket_dir: Path | None, settings: Mapping[str, str],
                 hba_file: Path | None) -> dict[str, str]:
     """The lines appended to the cluster's postgresql.conf: loopback TCP or no TCP at all,
-    our socket directory, then the caller's settings (quoted as the file wants them)."""
+    our socket directory, then the caller's settings (quoted as the file wants them). The
+    socket is the server's account's alone (0700, not PostgreSQL's 0777): local connections
+    are trusted, so any account that could open the socket would be the superuser, and run
+    `COPY ... TO PROGRAM` as the server's account. Every client atb starts is root (who opens
+    it anyway) or runs as the server's account (pgBackRest, a server's archive_command), and
+    not as root the server runs as us."""
     conf = {
         "listen_addresses": "'127.0.0.1'" if tcp else "''",
         "port": str(port),
@@ -940,6 +973,7 @@ def server_conf(*, port: int, tcp: bool, socket_dir: Path | None, settings: Mapp
         "logging_collector": "off",
         "max_connections": "50",
         **{k: _quote_setting(v) for k, v in settings.items()},
+        "unix_socket_permissions": "0700",  # last: no caller's setting opens it
     }
     if hba_file is not None:
         conf.update(hba_file=f"'{hba_file}'", ssl="off")

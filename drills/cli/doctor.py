@@ -30,7 +30,9 @@ def doctor(as_json: bool) -> None:
         click.echo(_text(found))
     if not found.toolchains:
         raise SystemExit(3)
-    if any(a.refused for a in found.sandbox_accounts):
+    refused = [a for a in found.sandbox_accounts if a.refused]
+    if refused:  # said on stderr too, as every refusal (exit 2) is: one line
+        click.echo(f"atb: error: {_account(refused[0])}", err=True)
         raise SystemExit(2)
 
 

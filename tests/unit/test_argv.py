@@ -228,7 +228,7 @@ def test_server_conf_listens_on_loopback_or_nowhere_and_quotes_settings() -> Non
                                hba_file=None) == {
         "listen_addresses": "''", "port": "5432", "unix_socket_directories": "'/w/sock'",
         "logging_collector": "off", "max_connections": "50", "work_mem": "'64MB'",
-        "fsync": "off"}
+        "fsync": "off", "unix_socket_permissions": "0700"}
     conf = cluster.server_conf(port=40001, tcp=True, socket_dir=Path("/w/sock"),
                                settings={"search_path": "it's"},
                                hba_file=Path("/w/data/pg_hba.conf"))
