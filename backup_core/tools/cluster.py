@@ -80,14 +80,18 @@ def service_user() -> str | None:
     not): `ATB_PG_USER`, else `postgres`, else `nobody`. Every cluster but a dump drill's
     sandbox (`sandbox_account`): a point-in-time sandbox must read pgBackRest's repository
     and spool, which are `postgres`'s, and the suite's stand-in productions are `postgres`'s
-    as a real one is. `ConfigError` (exit 2) for an `ATB_PG_USER` naming no account: a typo
-    is not `postgres`."""
+    as a real one is. `ConfigError` (exit 2) for an `ATB_PG_USER` naming no account (a typo
+    is not `postgres`) or root."""
     if os.geteuid() != 0:
         return None
     explicit = os.environ.get(SERVICE_USER_ENV, "")
     if explicit:
-        if os_account(explicit) is None:
+        account = os_account(explicit)
+        if account is None:
             raise ConfigError(f"{SERVICE_USER_ENV}={explicit}: no such account on this host")
+        if account.uid == 0:  # said now, not by initdb once the work has begun
+            raise ConfigError(f"{SERVICE_USER_ENV}={explicit}: it is uid 0 (root), which "
+                              "PostgreSQL refuses to run as: name an unprivileged account")
         return explicit
     for name in ("postgres", "nobody"):
         if os_account(name) is not None:

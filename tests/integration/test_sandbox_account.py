@@ -119,6 +119,26 @@ def test_a_dump_drills_superuser_runs_as_the_dedicated_account_and_cannot_touch_
     assert (pwd.getpwuid(st.st_uid).pw_name, st.st_mode & 0o777) == ("postgres", 0o600)
 
 
+def test_atb_sandbox_user_reaches_the_drills_child_and_its_early_sandbox(
+        dump: Path, productions_file: Path, tmp_path: Path) -> None:
+    """`ATB_SANDBOX_USER` names the account in `atb drill run` and in its drill child alike:
+    the copy made while the child starts and the sandbox it runs are that account's (a
+    variable the child did not see would make it the default account's)."""
+    other = "nobody" if DEDICATED == "atb-sandbox" else DEDICATED
+    script = tmp_path / "integration.sh"
+    (tmp_path / "attempts.py").write_text(ATTEMPTS)
+    script.write_text(f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'attempts.py'} "
+                      f"{productions_file}\n")
+    script.chmod(0o755)
+    done, result = drill("--backup", str(dump), "--no-record", "--integration-cmd", str(script),
+                         backup_dir=dump.parents[4], report_dir=tmp_path / "reports",
+                         env={"ATB_SANDBOX_USER": other})
+    assert result, done.stderr
+    assert result["integration"]["output_tail"].splitlines()[:2] == [
+        f"ACCOUNT {other}", f"READ {denied(productions_file, 'reading')}"]
+    assert productions_file.read_text() == SECRET
+
+
 def test_without_atb_sandbox_the_sandbox_runs_as_nobody(
         chain18: toolchain.Toolchain, productions_file: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -123,11 +123,16 @@ def test_nobody_that_owns_the_backups_is_refused() -> None:
 def test_an_atb_pg_user_naming_no_account_is_refused_not_postgres(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Every other cluster's account (`service_user`): a typo is exit 2, one line, where it
-    was silently `postgres`."""
+    was silently `postgres`; root too, where initdb refused it once the work had begun."""
     monkeypatch.setenv("ATB_PG_USER", "atb-no-such")
     with pytest.raises(ConfigError) as raised:
         service_user()
     assert (str(raised.value), raised.value.exit_code) == (
         "ATB_PG_USER=atb-no-such: no such account on this host", 2)
+    monkeypatch.setenv("ATB_PG_USER", "root")
+    with pytest.raises(ConfigError) as raised:
+        service_user()
+    assert str(raised.value) == ("ATB_PG_USER=root: it is uid 0 (root), which PostgreSQL "
+                                 "refuses to run as: name an unprivileged account")
     monkeypatch.setenv("ATB_PG_USER", "nobody")
     assert service_user() == "nobody"
