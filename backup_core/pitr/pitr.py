@@ -154,7 +154,13 @@ def recovered(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: datet
     settings = {**FAST_SETTINGS, "archive_mode": "off", "hot_standby": "off",
                 "log_line_prefix": "%m [%p] ", "log_timezone": "UTC"}
     # as `service_user` (`postgres`), not a dump sandbox's account of its own: pgBackRest's
-    # restore and the server's restore_command must read the repository and spool
+    # restore and the server's restore_command must read the repository and spool. So its
+    # superuser (what the restored cluster holds) can still reach the repository. Not done
+    # yet, the structural fix: restore as the repository's owner, `chown -R` the data
+    # directory to `sandbox_account`, fetch the WAL from the backup's start up to the first
+    # segment with a commit past the target (`fetch_segment`, as `newest_commit` reads them)
+    # into a spool of that account's, and `restore_command='cp <spool>/%f "%p"'`; open
+    # questions: timeline history files, and the disk a long stretch of WAL takes
     cluster = Cluster(chain, settings=settings, populate=populate, start_timeout=timeout_s,
                       env=pgbackrest.tool_env(), run_as=service_user())
     t0 = time.monotonic()
