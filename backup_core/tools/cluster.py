@@ -71,17 +71,18 @@ def settings_text(settings: Mapping[str, str]) -> str:
 SERVICE_USER_ENV = "ATB_PG_USER"
 # The account a dump drill's sandbox server runs as, as root: the user's choice, else
 # `atb-sandbox`, else `nobody`. A variable of its own: a point-in-time drill needs
-# ATB_PG_USER to be the repository's owner (postgres), which a dump sandbox must never be.
+# ATB_PG_USER to be the repository's reader (postgres), which a sandbox must never be.
 SANDBOX_USER_ENV = "ATB_SANDBOX_USER"
 
 
 def service_user() -> str | None:
     """The unprivileged account a cluster's server runs as when we are root (None when we are
-    not): `ATB_PG_USER`, else `postgres`, else `nobody`. Every cluster but a dump drill's
-    sandbox (`sandbox_account`): a point-in-time sandbox must read pgBackRest's repository
-    and spool, which are `postgres`'s, and the suite's stand-in productions are `postgres`'s
-    as a real one is. `ConfigError` (exit 2) for an `ATB_PG_USER` naming no account (a typo
-    is not `postgres`) or root."""
+    not): `ATB_PG_USER`, else `postgres`, else `nobody`. Every cluster but a drill's
+    sandbox (`sandbox_account`, `point_in_time_account`), and what reads pgBackRest's
+    repository and spool, which are `postgres`'s (a point-in-time drill's restore and WAL
+    fetch); the suite's stand-in productions are `postgres`'s as a real one is.
+    `ConfigError` (exit 2) for an `ATB_PG_USER` naming no account (a typo is not
+    `postgres`) or root."""
     if os.geteuid() != 0:
         return None
     explicit = os.environ.get(SERVICE_USER_ENV, "")
@@ -204,16 +205,28 @@ def sandbox_account(*, owners: Mapping[int, str] | None = None) -> RunAs:
                                   owners=owners)
 
 
+def point_in_time_account() -> RunAs:
+    """The account a point-in-time sandbox's server runs as: the dump sandbox's
+    (`sandbox_account`), refused too when it is the account that reads pgBackRest's
+    repository (`service_user`): that one restores the files and fetches the WAL for the
+    server (`pitr.recovered`), which then needs neither the repository nor its credentials."""
+    reader = service_user()
+    account = os_account(reader) if reader else None
+    owners = {account.uid: f"{reader}, which reads pgBackRest's repository for the drill "
+              f"({SERVICE_USER_ENV})"} if account else {}
+    return sandbox_account(owners=owners)
+
+
 def service_account() -> RunAs:
-    """`service_user`, and why: what `atb doctor` says of a point-in-time sandbox."""
+    """`service_user`, and why: what `atb doctor` says of who restores a point-in-time
+    sandbox's files and fetches its WAL."""
     name = service_user()
     if name is None:
         return RunAs(None, "not run as root: the server runs as this user")
     if name == os.environ.get(SERVICE_USER_ENV):
         return RunAs(name, f"{SERVICE_USER_ENV}, your choice")
     if name == PROTECTED_ACCOUNT:
-        return RunAs(name, "pgBackRest's repository and spool are its: the restore and the "
-                     "server must read them")
+        return RunAs(name, "pgBackRest's repository and spool are its")
     return RunAs(name, f"no {PROTECTED_ACCOUNT} account (pgBackRest's repository and spool "
                  "must be readable by it)")
 
@@ -365,11 +378,11 @@ class Cluster:
     # and the cluster makes its own, as before.
     prepared: Path | None = None
     # The account the server runs as when we are root (None: as us): `service_user` unless
-    # told. A dump drill's sandbox is told `sandbox_account` (an account that owns nothing of
-    # production); a point-in-time sandbox keeps `service_user`, as its restore and server
-    # must read pgBackRest's repository and spool. Everything done as or for the server
-    # follows it: the data directory's owner, the templates and prepared copies it may take,
-    # the process `pid` names and `stop` signals.
+    # told. A drill's sandbox is told `sandbox_account` or `point_in_time_account` (an
+    # account that owns nothing of production; a point-in-time sandbox's files are restored
+    # by `service_user`, which reads pgBackRest's repository, and then given to it).
+    # Everything done as or for the server follows it: the data directory's owner, the
+    # templates and prepared copies it may take, the process `pid` names and `stop` signals.
     run_as: str | None = field(default_factory=service_user)
     workdir: Path | None = field(default=None, init=False)
     port: int = field(default=5432, init=False)

@@ -48,7 +48,7 @@ def _text(found: Survey) -> str:
 
 
 def _account(account: SandboxAccount) -> str:
-    where = f"{account.drill} drills' local sandbox server"
+    where = f"{account.drill} drills' {account.role}"
     if account.refused:
         return f"{where}: refused: {account.refused}"
     return f"{where} runs as {account.account or 'this user'} ({account.why})"

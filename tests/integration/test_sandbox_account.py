@@ -232,24 +232,37 @@ def test_doctor_says_who_runs_each_drills_sandbox_and_why() -> None:
            == "atb-sandbox" else "the fallback: no atb-sandbox account exists (for an account "
            "of atb's own that owns nothing: useradd --system --no-create-home --shell "
            "/usr/sbin/nologin --user-group atb-sandbox)")
+    server = "local sandbox server"
     assert json.loads(done.stdout)["sandbox_accounts"] == [
-        {"drill": "dump", "account": DEDICATED, "why": why, "refused": ""},
-        {"drill": "point-in-time", "account": "postgres", "refused": "",
-         "why": "pgBackRest's repository and spool are its: the restore and the server must "
-                "read them"}]
+        {"drill": "dump", "role": server, "account": DEDICATED, "why": why, "refused": ""},
+        {"drill": "point-in-time", "role": server, "account": DEDICATED, "why": why,
+         "refused": ""},
+        {"drill": "point-in-time", "role": "pgBackRest restore and WAL fetch",
+         "account": "postgres", "refused": "", "why": "pgBackRest's repository and spool "
+         "are its"}]
     text = atb_inproc("doctor", env=env).stdout.splitlines()
-    assert text[-2:] == [f"dump drills' local sandbox server runs as {DEDICATED} ({why})",
-                         "point-in-time drills' local sandbox server runs as postgres "
-                         "(pgBackRest's repository and spool are its: the restore and the "
-                         "server must read them)"]
-    # ATB_PG_USER is the point-in-time sandbox's (and every other cluster's): a typo there
-    # is refused too, where it was silently `postgres`; the dump sandbox's is unchanged
+    assert text[-3:] == [f"dump drills' local sandbox server runs as {DEDICATED} ({why})",
+                         f"point-in-time drills' local sandbox server runs as {DEDICATED} "
+                         f"({why})",
+                         "point-in-time drills' pgBackRest restore and WAL fetch runs as "
+                         "postgres (pgBackRest's repository and spool are its)"]
+    # ATB_PG_USER is the repository's reader's (and every other cluster's): a typo there is
+    # refused too, where it was silently `postgres`; the dump sandbox's is unchanged
     typo = atb_inproc("doctor", env={**env, "ATB_PG_USER": "atb-no-such"})
-    line = ("point-in-time drills' local sandbox server: refused: ATB_PG_USER=atb-no-such: "
-            "no such account on this host")
-    assert (typo.returncode, typo.stderr) == (2, f"atb: error: {line}\n")
-    assert typo.stdout.splitlines()[-2:] == [
-        f"dump drills' local sandbox server runs as {DEDICATED} ({why})", line]
+    said = "ATB_PG_USER=atb-no-such: no such account on this host"
+    assert (typo.returncode, typo.stderr) == (
+        2, f"atb: error: point-in-time drills' local sandbox server: refused: {said}\n")
+    assert typo.stdout.splitlines()[-3:] == [
+        f"dump drills' local sandbox server runs as {DEDICATED} ({why})",
+        f"point-in-time drills' local sandbox server: refused: {said}",
+        f"point-in-time drills' pgBackRest restore and WAL fetch: refused: {said}"]
+    # the repository's reader named as the point-in-time sandbox's account: refused
+    same = atb_inproc("doctor", env={**env, "ATB_PG_USER": DEDICATED})
+    uid = pwd.getpwnam(DEDICATED).pw_uid
+    assert (same.returncode, same.stderr) == (
+        2, f"atb: error: point-in-time drills' local sandbox server: refused: refusing "
+        f"{DEDICATED} for the drill's sandbox server: its uid {uid} is that of {DEDICATED}, "
+        f"which reads pgBackRest's repository for the drill (ATB_PG_USER); {fix(DEDICATED)}\n")
 
 
 def prepared_copy(marker: Path) -> Path:
