@@ -69,7 +69,7 @@ class Recovery:
     recovered_to: datetime | None  # the last transaction replayed
     wal_bytes: int
     segments: int
-    restore_s: float
+    restore_s: float  # pgBackRest's restore, the WAL fetched for the replay, the chown
     start_s: float  # server start to the first WAL record replayed
     replay_s: float  # first record to the promoted server accepting connections
 

@@ -20,7 +20,7 @@ COLUMNS: list[output.Column[ToolchainUse]] = [
 @json_option
 def doctor(as_json: bool) -> None:
     """Show the PostgreSQL toolchains found, their versions, and what each is used for, and
-    which account runs a drill's sandbox server and why (exit 2 when a dump drill would refuse
+    which account runs a drill's sandbox server and why (exit 2 when a drill would refuse
     it); stop and remove sandboxes left running by killed drills."""
     reaped = [*sandbox.reap(), *leftovers.reap()]  # each says so in one log line
     found = survey()
