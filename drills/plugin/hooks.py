@@ -74,11 +74,9 @@ def configure_drill(config: pytest.Config) -> None:
         options = _options(config)
     except AtbError as exc:
         raise pytest.UsageError(str(exc)) from exc
-    # a typo in where the backups are, or a sandbox account that would own what the sandbox
-    # must not touch: usage errors, before anything starts
-    try:
-        if not child.SELECTION_CHECKED:
-            child.check_selection(options)
+    try:  # a typo in where the backups are, or a sandbox account that would own what the
+        if not child.SELECTION_CHECKED:  # sandbox must not touch: usage errors, before
+            child.check_selection(options)  # anything starts
         sandbox.check_account(options)
     except AtbError as exc:
         raise pytest.UsageError(str(exc)) from exc
