@@ -66,11 +66,11 @@ def settings_text(settings: Mapping[str, str]) -> str:
     return "tuned for a throwaway server: " + ", ".join(f"{k}={v}" for k, v in settings.items())
 
 
-# The account every local server but a dump drill's sandbox runs as, as root: the user's
-# choice, else `postgres`, else `nobody`.
+# The account every local server but a drill's sandbox runs as, as root, and the one that
+# reads pgBackRest's repository: the user's choice, else `postgres`, else `nobody`.
 SERVICE_USER_ENV = "ATB_PG_USER"
-# The account a dump drill's sandbox server runs as, as root: the user's choice, else
-# `atb-sandbox`, else `nobody`. A variable of its own: a point-in-time drill needs
+# The account a drill's sandbox server (dump or point-in-time) runs as, as root: the user's
+# choice, else `atb-sandbox`, else `nobody`. A variable of its own: a point-in-time drill needs
 # ATB_PG_USER to be the repository's reader (postgres), which a sandbox must never be.
 SANDBOX_USER_ENV = "ATB_SANDBOX_USER"
 
@@ -146,7 +146,7 @@ class RunAs:
 
 def choose_sandbox_account(*, root: bool, explicit: str, accounts: Mapping[str, OsAccount],
                            owners: Mapping[int, str] | None = None) -> RunAs:
-    """The account a dump drill's sandbox server runs as (pure: `accounts` are those of the
+    """The account a drill's sandbox server runs as (pure: `accounts` are those of the
     host among `explicit`, `atb-sandbox`, `nobody` and `postgres`): `ATB_SANDBOX_USER`
     (`explicit`), the user's choice; else `atb-sandbox`, else `nobody`. Whoever chose it,
     `ConfigError` (exit 2) for an account that is root, whose uid is `postgres`'s or one of

@@ -232,6 +232,24 @@ def test_a_drill_to_a_random_time_passes_with_the_loss_measured(
         "a recovered copy pushed its new timeline into the stanza's archive"
 
 
+def test_the_repositorys_reader_as_the_copys_account_is_refused_before_anything(
+        production: Production, tmp_path: Path) -> None:
+    """`ATB_SANDBOX_USER=postgres`: the copy's server would read the repository again. One
+    line, exit 2, before anything is restored or a report written."""
+    done, _ = drill("--source", "pgbackrest", "--stanza", STANZA, "--pgbackrest-config",
+                    str(production.config), "--database", "trading",
+                    backup_dir=tmp_path / "no-dumps", report_dir=tmp_path / "reports",
+                    url=production.url, env={"ATB_SANDBOX_USER": "postgres"})
+    uid = pwd.getpwnam("postgres").pw_uid
+    assert (done.returncode, done.stdout, done.stderr) == (
+        2, "", f"atb: error: refusing postgres for the drill's sandbox server: its uid {uid} is "
+        "that of postgres, which reads pgBackRest's repository for the drill (ATB_PG_USER); set "
+        "ATB_SANDBOX_USER to an account that owns nothing of production (e.g. atb-sandbox: "
+        "useradd --system --no-create-home --shell /usr/sbin/nologin --user-group "
+        "atb-sandbox)\n")
+    assert not (tmp_path / "reports").exists()
+
+
 def test_a_target_after_the_last_archived_wal_fails_clearly(
         production: Production, tmp_path: Path) -> None:
     late = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
