@@ -88,7 +88,7 @@ def test_pg_restore_list_read_waldump_and_amcheck_argv() -> None:
     assert commands.pg_restore_stream_argv(PG, deep=True) == ["/pg/15/bin/pg_restore",
                                                                "--file=/dev/null"]
     assert commands.pg_waldump_argv(PG, Path("/t/000000010000000000000003")) == [
-        "/pg/15/bin/pg_waldump", "/t/000000010000000000000003"]
+        "/pg/15/bin/pg_waldump", "--rmgr=Transaction", "/t/000000010000000000000003"]
     assert commands.pg_amcheck_argv(PG, "dbname=shop host=/s") == [
         "/pg/15/bin/pg_amcheck", "--install-missing", "--no-password", "dbname=shop host=/s"]
     assert commands.pg_amcheck_argv(PG, "dbname=shop host=/s", jobs=2) == [
