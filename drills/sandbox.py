@@ -40,6 +40,7 @@ from backup_core.tools.cluster import (
     Cluster,
     RunAs,
     cache_root,
+    point_in_time_account,
     preparing_lock,
     sandbox_account,
     write_marker,
@@ -251,20 +252,26 @@ def _local_cluster(chain: toolchain.Toolchain, locale: DatabaseLocale | None,
                    **settings: Any) -> Cluster:
     """The local sandbox's cluster, not yet started: its data directory is a copy of the
     initdb template for its server binary and production's locale (`cluster_locale`). Its
-    server runs as `sandbox_account` (`atb-sandbox`, else `nobody`, or `ATB_PG_USER`), never
-    `postgres` by default: it runs what the restored archive holds as its superuser, files
-    of the host included. (A point-in-time sandbox is not made here: it must read
-    pgBackRest's repository, so it runs as `service_user`; see `backup_core.pitr`.)"""
+    server runs as `sandbox_account` (`ATB_SANDBOX_USER`, else `atb-sandbox`, else
+    `nobody`), never `postgres`, whoever chose it: it runs what the restored archive holds
+    as its superuser, files of the host included. (A point-in-time sandbox is not made
+    here, but runs as such an account too: `backup_core.pitr.recovered`.)"""
     return Cluster(chain, locale=cluster_locale(locale, machine_locales()),
                    templates=cache_root() / "initdb", run_as=sandbox_account().name,
                    **settings)
 
 
 def check_account(options: DrillOptions) -> RunAs | None:
-    """The account a dump drill's local sandbox would run as, checked before anything starts
+    """The account a drill's local sandbox would run as, checked before anything starts
     (`ConfigError`, exit 2, for one that is root or shares an owner with `postgres` or with
-    the backups the drill reads); None when the drill makes no local sandbox."""
-    if options.source != "dump" or options.sandbox not in ("local", "auto"):
+    the backups a dump drill reads, or with the repository's reader for a point-in-time
+    drill); None when the drill makes no local sandbox. `--sandbox auto` is checked too,
+    though Docker may serve it: whether it does is known only once the engine answers
+    (`resolve_provider`, seconds later, mid-drill), and auto falls back to a local sandbox,
+    so the account it would then run as is refused up front."""
+    if options.source != "dump":  # point-in-time: always a local cluster (`pitr.recovered`)
+        return point_in_time_account()
+    if options.sandbox not in ("local", "auto"):
         return None
     owners: dict[int, str] = {}
     for tree in (options.backup_dir, options.backup.parent if options.backup else None):

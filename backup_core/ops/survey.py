@@ -42,13 +42,15 @@ class CompressionUse:
 
 @dataclass(frozen=True)
 class SandboxAccount:
-    """The account a drill's local sandbox server runs as (None: not root, so as this user)
-    and why; or why a drill would refuse it (`refused`, exit 2 before the drill starts)."""
+    """The account a drill's local sandbox server (or, `role`, what else of a drill) runs as
+    (None: not root, so as this user) and why; or why a drill would refuse it (`refused`,
+    exit 2 before the drill starts)."""
 
     drill: str  # "dump" or "point-in-time"
     account: str | None
     why: str
     refused: str = ""
+    role: str = "local sandbox server"
 
 
 @dataclass(frozen=True)
@@ -72,17 +74,21 @@ def survey(chains: list[toolchain.Toolchain] | None = None) -> Survey:
 
 def sandbox_accounts() -> tuple[SandboxAccount, ...]:
     """Who runs a dump drill's sandbox (`cluster.sandbox_account`: an account that owns
-    nothing of production) and a point-in-time one (`cluster.service_user`: it must read
-    pgBackRest's repository), each with its reason."""
+    nothing of production), a point-in-time one (`cluster.point_in_time_account`: the same,
+    and not the repository's reader), and who restores the latter's files and fetches its
+    WAL (`cluster.service_account`, the `service_user` and why: it reads pgBackRest's
+    repository), each with its reason or why it is refused."""
     found = []
-    for drill, choose in (("dump", cluster.sandbox_account),
-                          ("point-in-time", cluster.service_account)):
+    for drill, role, choose in (
+            ("dump", "local sandbox server", cluster.sandbox_account),
+            ("point-in-time", "local sandbox server", cluster.point_in_time_account),
+            ("point-in-time", "pgBackRest restore and WAL fetch", cluster.service_account)):
         try:
             run_as = choose()
         except AtbError as exc:
-            found.append(SandboxAccount(drill, None, "", refused=str(exc)))
+            found.append(SandboxAccount(drill, None, "", refused=str(exc), role=role))
         else:
-            found.append(SandboxAccount(drill, run_as.name, run_as.why))
+            found.append(SandboxAccount(drill, run_as.name, run_as.why, role=role))
     return tuple(found)
 
 

@@ -25,6 +25,7 @@ SUPPORTED_MAJORS = {(2, 45): (9, 15), (2, 46): (9, 15), (2, 47): (9, 16), (2, 48
                     (2, 49): (9, 16), (2, 50): (9, 16), (2, 51): (9, 16), (2, 52): (9, 16),
                     (2, 53): (9, 17), (2, 54): (9, 17), (2, 55): (10, 17), (2, 56): (10, 18)}
 SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
+HISTORY_RE = re.compile(r"^[0-9A-F]{8}\.history$")  # a timeline's history file
 SEGMENT_BYTES = 16 * 1024 * 1024  # PostgreSQL's default; other sizes are not supported
 
 
@@ -55,13 +56,14 @@ def stanza_argv(exe: str, stanza: Stanza | None, *command: str) -> list[str]:
 
 
 def restore_argv(exe: str, stanza: Stanza, datadir: Path, *, target: datetime, backup: str,
-                 lock_dir: Path) -> list[str]:
+                 lock_dir: Path, restore_command: str | None = None) -> list[str]:
     """`pgbackrest restore` of `backup` into `datadir` for recovery to `target`, then promote;
-    the copy's restore_command (run by the server's shell, hence quoted) reads the archive
-    synchronously with our own lock directory."""
-    fetch = shlex.join([*stanza_argv(exe, stanza), f"--lock-path={lock_dir}",
-                        f"--pg1-path={datadir}", "--no-archive-async", "archive-get"]
-                       ) + ' %f "%p"'
+    the copy's restore_command (run by the server's shell, hence quoted) is `restore_command`
+    (`spool_restore_command`), else reads the archive synchronously with our own lock
+    directory."""
+    fetch = restore_command or shlex.join(
+        [*stanza_argv(exe, stanza), f"--lock-path={lock_dir}", f"--pg1-path={datadir}",
+         "--no-archive-async", "archive-get"]) + ' %f "%p"'
     return stanza_argv(exe, stanza, f"--pg1-path={datadir}", f"--lock-path={lock_dir}",
                        "restore", f"--set={backup}", "--type=time",
                        f"--target={target.isoformat()}", "--target-action=promote",
@@ -74,6 +76,7 @@ class BackupSet:
     type: str  # full, diff, incr
     stopped: datetime
     wal_stop: str  # the last segment the backup needs
+    wal_start: str = ""  # the first
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,7 @@ def info(stanza: Stanza, *, run_as: str | None = None) -> StanzaInfo:
     backups = tuple(
         BackupSet(label=b["label"], type=b["type"],
                   stopped=datetime.fromtimestamp(b["timestamp"]["stop"], UTC),
-                  wal_stop=b["archive"]["stop"])
+                  wal_stop=b["archive"]["stop"], wal_start=b["archive"]["start"])
         for b in raw.get("backup", []) if not b.get("error"))
     return StanzaInfo(name=stanza.name, status=message, pg_version=str(dbs[-1].get("version", "")),
                       backups=backups, wal_min=archives[-1]["min"] if archives else None,
@@ -173,26 +176,35 @@ def info(stanza: Stanza, *, run_as: str | None = None) -> StanzaInfo:
 
 
 def restore(stanza: Stanza, datadir: Path, *, target: datetime, backup: str, lock_dir: Path,
-            run_as: str | None) -> Completed:
+            run_as: str | None, restore_command: str | None = None) -> Completed:
     """Restore `backup` into `datadir` (ours, empty) for recovery to `target`, then promote.
 
     Archiving is off in the copy, and its restore_command reads the archive synchronously,
     with our own lock directory and no log file: nothing the copy does writes to the stanza's
     repository, its spool or its logs."""
     return run(restore_argv(executable(), stanza, datadir, target=target, backup=backup,
-                            lock_dir=lock_dir),
+                            lock_dir=lock_dir, restore_command=restore_command),
                what="pgbackrest restore", env=tool_env(), run_as=run_as, timeout=None)
 
 
 def fetch_segment(stanza: Stanza, segment: str, dest: Path, *,
                   run_as: str | None) -> bool:
-    """Copy one archived WAL segment to `dest`; False when the archive does not have it."""
-    if not SEGMENT_RE.match(segment):
+    """Copy one archived WAL segment (or a timeline's history file) to `dest`; False when
+    the archive does not have it."""
+    if not (SEGMENT_RE.match(segment) or HISTORY_RE.match(segment)):
         raise ValueError(f"not a WAL segment name: {segment!r}")
     done = call(stanza, "--no-archive-async", "archive-get", segment, str(dest),
                 what="pgbackrest archive-get",
                 run_as=run_as, check=False, timeout=600)
     return done.returncode == 0 and dest.is_file()
+
+
+def spool_restore_command(spool: Path) -> str:
+    """A restore_command that copies from `spool`, a directory the server's account reads,
+    where atb put the WAL beforehand (`pitr.prefetch_wal`): the server needs neither the
+    repository nor pgBackRest's credentials. A file not there fails it, as archive-get does
+    for one the archive lacks."""
+    return f'cp {shlex.quote(str(spool))}/%f "%p"'
 
 
 def next_segment(segment: str) -> str:

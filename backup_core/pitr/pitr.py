@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import random
 import re
 import shutil
@@ -23,7 +24,13 @@ from pathlib import Path
 from backup_core.pitr import pgbackrest
 from backup_core.pitr.pgbackrest import BackupSet, Stanza, StanzaInfo
 from backup_core.tools import db
-from backup_core.tools.cluster import FAST_SETTINGS, Cluster, service_user
+from backup_core.tools.cluster import (
+    FAST_SETTINGS,
+    Cluster,
+    chown_tree_argv,
+    point_in_time_account,
+    service_user,
+)
 from backup_core.tools.commands import pg_waldump_argv
 from backup_core.tools.errors import AtbError, CommandFailed, ConnectionFailed
 from backup_core.tools.runner import run
@@ -62,7 +69,7 @@ class Recovery:
     recovered_to: datetime | None  # the last transaction replayed
     wal_bytes: int
     segments: int
-    restore_s: float
+    restore_s: float  # pgBackRest's restore, the WAL fetched for the replay, the chown
     start_s: float  # server start to the first WAL record replayed
     replay_s: float  # first record to the promoted server accepting connections
 
@@ -125,6 +132,39 @@ def pick_target(w: Window, seed: int) -> datetime:
     return target.replace(microsecond=target.microsecond // 1000 * 1000)
 
 
+def prefetch_wal(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: datetime,
+                 chain: Toolchain, spool: Path, *, run_as: str | None) -> int:
+    """Fetch into `spool`, as `run_as` (the repository's reader), what the recovery of
+    `backup` to `target` replays, as its restore_command would have one at a time: the
+    timelines' history files, then each segment from the backup's first on, up to the first
+    holding a commit after `target` (past the backup's last: where recovery to a time stops),
+    the archive's last, or one the archive lacks (the recovery then stops there and
+    `explain` names it). The number of segments fetched."""
+    def fetch(name: str) -> bool:
+        return pgbackrest.fetch_segment(stanza, name, spool / name, run_as=run_as)
+
+    first = newest = int(backup.wal_stop[:8], 16)
+    while fetch(f"{newest + 1:08X}.history"):  # as the server looks for the newest timeline
+        newest += 1
+    for tli in range(2, first + 1):
+        fetch(f"{tli:08X}.history")
+    # each segment under every timeline from the backup's on: past a switch the server asks
+    # for the newer timeline's name
+    number, fetched = (backup.wal_start or backup.wal_stop)[8:], 0
+    while got := [f"{tli:08X}{number}" for tli in range(first, newest + 1)
+                  if fetch(f"{tli:08X}{number}")]:
+        fetched += 1
+        if number >= backup.wal_stop[8:]:
+            done = run(pg_waldump_argv(chain, spool / got[-1]), what="pg_waldump",
+                       check=False, timeout=300)
+            if any(_pg_time(c) > target for c in COMMIT_RE.findall(done.stdout)):
+                break
+        if info.wal_max is None or number >= info.wal_max[8:]:
+            break
+        number = pgbackrest.next_segment(f"{first:08X}{number}")[8:]
+    return fetched
+
+
 def backup_for(info: StanzaInfo, target: datetime) -> BackupSet:
     """The newest backup that finished before `target`: the least WAL to replay."""
     usable = [b for b in info.backups if b.stopped <= target]
@@ -141,22 +181,37 @@ def recovered(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: datet
     directory of ours; stopped and deleted on exit (Ctrl-C too)."""
     timings: dict[str, float] = {}
 
+    reader = service_user()  # reads the repository: restores the files, fetches the WAL
+    # The server runs as an account that owns nothing of production (`point_in_time_account`),
+    # not as the repository's reader: the restored cluster's superuser (what the backup holds)
+    # acts on the host's files as the server's account, and the repository, its spool and
+    # its credentials stay out of its reach. So the files are restored as the reader, then
+    # given to the server's account, with the WAL the recovery replays fetched beforehand
+    # into a spool of its own that its restore_command copies from.
+    account = point_in_time_account().name
+
     def populate(datadir: Path, run_as: str | None) -> None:
         t0 = time.monotonic()
-        lock = datadir.parent / "lock"
+        lock, spool = datadir.parent / "lock", datadir.parent / "wal"
         lock.mkdir()
-        if run_as:
-            shutil.chown(lock, run_as)
+        spool.mkdir(mode=0o700)
+        if reader:
+            for path in (lock, spool, datadir):
+                shutil.chown(path, reader, pwd.getpwnam(reader).pw_gid)
         pgbackrest.restore(stanza, datadir, target=target, backup=backup.label, lock_dir=lock,
-                           run_as=run_as)
+                           run_as=reader,
+                           restore_command=pgbackrest.spool_restore_command(spool))
+        prefetch_wal(stanza, info, backup, target, chain, spool, run_as=reader)
+        if run_as:
+            for path in (datadir, spool):
+                run(chown_tree_argv(path, run_as), what="chown the restored files",
+                    timeout=3600)
         timings["restore"] = time.monotonic() - t0
 
     settings = {**FAST_SETTINGS, "archive_mode": "off", "hot_standby": "off",
                 "log_line_prefix": "%m [%p] ", "log_timezone": "UTC"}
-    # as `service_user` (`postgres`), not a dump sandbox's account of its own: pgBackRest's
-    # restore and the server's restore_command must read the repository and spool
     cluster = Cluster(chain, settings=settings, populate=populate, start_timeout=timeout_s,
-                      env=pgbackrest.tool_env(), run_as=service_user())
+                      run_as=account)
     t0 = time.monotonic()
     try:
         try:

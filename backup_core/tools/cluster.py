@@ -66,26 +66,42 @@ def settings_text(settings: Mapping[str, str]) -> str:
     return "tuned for a throwaway server: " + ", ".join(f"{k}={v}" for k, v in settings.items())
 
 
+# The account every local server but a drill's sandbox runs as, as root, and the one that
+# reads pgBackRest's repository: the user's choice, else `postgres`, else `nobody`.
+SERVICE_USER_ENV = "ATB_PG_USER"
+# The account a drill's sandbox server (dump or point-in-time) runs as, as root: the user's
+# choice, else `atb-sandbox`, else `nobody`. A variable of its own: a point-in-time drill needs
+# ATB_PG_USER to be the repository's reader (postgres), which a sandbox must never be.
+SANDBOX_USER_ENV = "ATB_SANDBOX_USER"
+
+
 def service_user() -> str | None:
     """The unprivileged account a cluster's server runs as when we are root (None when we are
-    not): `ATB_PG_USER`, else `postgres`, else `nobody`. Every cluster but a dump drill's
-    sandbox (`sandbox_account`): a point-in-time sandbox must read pgBackRest's repository
-    and spool, which are `postgres`'s, and the suite's stand-in productions are `postgres`'s
-    as a real one is."""
+    not): `ATB_PG_USER`, else `postgres`, else `nobody`. Every cluster but a drill's
+    sandbox (`sandbox_account`, `point_in_time_account`), and what reads pgBackRest's
+    repository and spool, which are `postgres`'s (a point-in-time drill's restore and WAL
+    fetch); the suite's stand-in productions are `postgres`'s as a real one is.
+    `ConfigError` (exit 2) for an `ATB_PG_USER` naming no account (a typo is not
+    `postgres`) or root."""
     if os.geteuid() != 0:
         return None
-    for name in (os.environ.get("ATB_PG_USER", ""), "postgres", "nobody"):
-        if not name:
-            continue
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            continue
-        return name
-    raise ToolchainError("running as root and no unprivileged user exists: set ATB_PG_USER")
+    explicit = os.environ.get(SERVICE_USER_ENV, "")
+    if explicit:
+        account = os_account(explicit)
+        if account is None:
+            raise ConfigError(f"{SERVICE_USER_ENV}={explicit}: no such account on this host")
+        if account.uid == 0:  # said now, not by initdb once the work has begun
+            raise ConfigError(f"{SERVICE_USER_ENV}={explicit}: it is uid 0 (root), which "
+                              "PostgreSQL refuses to run as: name an unprivileged account")
+        return explicit
+    for name in ("postgres", "nobody"):
+        if os_account(name) is not None:
+            return name
+    raise ToolchainError("running as root and no unprivileged user exists: set "
+                         f"{SERVICE_USER_ENV}")
 
 
-# The account a dump drill's sandbox server runs as, as root without ATB_PG_USER: one of
+# The account a dump drill's sandbox server runs as, as root without ATB_SANDBOX_USER: one of
 # atb's own that owns nothing. That server runs what a restored archive holds as its
 # superuser, and `COPY ... TO PROGRAM` or `COPY ... TO '/file'` acts as this account on the
 # host's files (the namespaces hide production's sockets, not its files): as `postgres` it
@@ -130,32 +146,43 @@ class RunAs:
 
 def choose_sandbox_account(*, root: bool, explicit: str, accounts: Mapping[str, OsAccount],
                            owners: Mapping[int, str] | None = None) -> RunAs:
-    """The account a dump drill's sandbox server runs as (pure: `accounts` are those of the
-    host among `explicit`, `atb-sandbox`, `nobody` and `postgres`). `ATB_PG_USER` (`explicit`)
-    is the user's choice and taken as given; else `atb-sandbox`, else `nobody`, never
-    `postgres`. `ConfigError` (exit 2) for an account that is root or shares its uid or group
-    with `postgres` or with one of `owners` (uid: what that owner holds, e.g. the backups):
-    such an account would own what the sandbox must not touch. Accounts are never created
-    here: that is the administrator's act (`SETUP_HINT`)."""
+    """The account a drill's sandbox server runs as (pure: `accounts` are those of the
+    host among `explicit`, `atb-sandbox`, `nobody` and `postgres`): `ATB_SANDBOX_USER`
+    (`explicit`), the user's choice; else `atb-sandbox`, else `nobody`. Whoever chose it,
+    `ConfigError` (exit 2) for an account that is root, whose uid is `postgres`'s or one of
+    `owners`' (uid: what that owner holds, e.g. the backups), or whose primary group is
+    `postgres`'s (the only group the server runs with, `runner.demote_ids`): such an account
+    would own, or read as a group, what the sandbox must not touch. (A group shared with
+    another of `owners` is not looked at: backups are written 0600.) Accounts are never
+    created here: that is the administrator's act (`SETUP_HINT`)."""
     if not root:
         return RunAs(None, "not run as root: the server runs as this user")
     if explicit:
-        if explicit not in accounts:
-            raise ConfigError(f"ATB_PG_USER={explicit}: no such account on this host")
-        return RunAs(explicit, "ATB_PG_USER, your choice")
-    chosen = accounts.get(SANDBOX_ACCOUNT) or accounts.get(FALLBACK_ACCOUNT)
-    if chosen is None:
-        raise ConfigError(f"running as root and neither {SANDBOX_ACCOUNT} nor "
-                          f"{FALLBACK_ACCOUNT} exists for the drill's sandbox server: create "
-                          f"it ({SETUP_HINT}) or set ATB_PG_USER")
+        chosen = accounts.get(explicit)
+        if chosen is None:
+            raise ConfigError(f"{SANDBOX_USER_ENV}={explicit}: no such account on this host")
+        fix = (f"set {SANDBOX_USER_ENV} to an account that owns nothing of production "
+               f"(e.g. {SANDBOX_ACCOUNT}: {SETUP_HINT})")
+        why = f"{SANDBOX_USER_ENV}, your choice"
+    else:
+        found = accounts.get(SANDBOX_ACCOUNT) or accounts.get(FALLBACK_ACCOUNT)
+        if found is None:
+            raise ConfigError(f"running as root and neither {SANDBOX_ACCOUNT} nor "
+                              f"{FALLBACK_ACCOUNT} exists for the drill's sandbox server: "
+                              f"create it ({SETUP_HINT}) or set {SANDBOX_USER_ENV}")
+        chosen = found
+        fix = (f"give {chosen.name} a uid and group of its own, or set {SANDBOX_USER_ENV}"
+               if chosen.name == SANDBOX_ACCOUNT else
+               f"create {SANDBOX_ACCOUNT} ({SETUP_HINT}), or set {SANDBOX_USER_ENV}")
+        why = ("an account of atb's own that owns nothing of production"
+               if chosen.name == SANDBOX_ACCOUNT else
+               f"the fallback: no {SANDBOX_ACCOUNT} account exists (for an account of atb's "
+               f"own that owns nothing: {SETUP_HINT})")
     protected = dict(owners or {})
     guarded = accounts.get(PROTECTED_ACCOUNT)
     if guarded is not None:
         protected.setdefault(guarded.uid, f"{PROTECTED_ACCOUNT}, which owns production's data "
                              "and pgBackRest's repository")
-    fix = (f"give {chosen.name} a uid and group of its own, or set ATB_PG_USER"
-           if chosen.name == SANDBOX_ACCOUNT else
-           f"create {SANDBOX_ACCOUNT} ({SETUP_HINT}), or set ATB_PG_USER")
     if chosen.uid == 0:
         raise ConfigError(f"refusing {chosen.name} for the drill's sandbox server: it is uid 0 "
                           f"(root); {fix}")
@@ -166,31 +193,40 @@ def choose_sandbox_account(*, root: bool, explicit: str, accounts: Mapping[str, 
         raise ConfigError(f"refusing {chosen.name} for the drill's sandbox server: its group "
                           f"{chosen.gid} is {PROTECTED_ACCOUNT}'s (group-readable files of "
                           f"production and pgBackRest's repository); {fix}")
-    if chosen.name == SANDBOX_ACCOUNT:
-        return RunAs(chosen.name, "an account of atb's own that owns nothing of production")
-    return RunAs(chosen.name, f"the fallback: no {SANDBOX_ACCOUNT} account exists (for an "
-                 f"account of atb's own that owns nothing: {SETUP_HINT})")
+    return RunAs(chosen.name, why)
 
 
 def sandbox_account(*, owners: Mapping[int, str] | None = None) -> RunAs:
     """`choose_sandbox_account` for this host and environment, read when called."""
-    explicit = os.environ.get("ATB_PG_USER", "")
+    explicit = os.environ.get(SANDBOX_USER_ENV, "")
     names = {explicit, SANDBOX_ACCOUNT, FALLBACK_ACCOUNT, PROTECTED_ACCOUNT} - {""}
     found = {name: account for name in names if (account := os_account(name)) is not None}
     return choose_sandbox_account(root=os.geteuid() == 0, explicit=explicit, accounts=found,
                                   owners=owners)
 
 
+def point_in_time_account() -> RunAs:
+    """The account a point-in-time sandbox's server runs as: the dump sandbox's
+    (`sandbox_account`), refused too when it is the account that reads pgBackRest's
+    repository (`service_user`): that one restores the files and fetches the WAL for the
+    server (`pitr.recovered`), which then needs neither the repository nor its credentials."""
+    reader = service_user()
+    account = os_account(reader) if reader else None
+    owners = {account.uid: f"{reader}, which reads pgBackRest's repository for the drill "
+              f"({SERVICE_USER_ENV})"} if account else {}
+    return sandbox_account(owners=owners)
+
+
 def service_account() -> RunAs:
-    """`service_user`, and why: what `atb doctor` says of a point-in-time sandbox."""
+    """`service_user`, and why: what `atb doctor` says of who restores a point-in-time
+    sandbox's files and fetches its WAL."""
     name = service_user()
     if name is None:
         return RunAs(None, "not run as root: the server runs as this user")
-    if name == os.environ.get("ATB_PG_USER"):
-        return RunAs(name, "ATB_PG_USER, your choice")
+    if name == os.environ.get(SERVICE_USER_ENV):
+        return RunAs(name, f"{SERVICE_USER_ENV}, your choice")
     if name == PROTECTED_ACCOUNT:
-        return RunAs(name, "pgBackRest's repository and spool are its: the restore and the "
-                     "server must read them")
+        return RunAs(name, "pgBackRest's repository and spool are its")
     return RunAs(name, f"no {PROTECTED_ACCOUNT} account (pgBackRest's repository and spool "
                  "must be readable by it)")
 
@@ -342,11 +378,11 @@ class Cluster:
     # and the cluster makes its own, as before.
     prepared: Path | None = None
     # The account the server runs as when we are root (None: as us): `service_user` unless
-    # told. A dump drill's sandbox is told `sandbox_account` (an account that owns nothing of
-    # production); a point-in-time sandbox keeps `service_user`, as its restore and server
-    # must read pgBackRest's repository and spool. Everything done as or for the server
-    # follows it: the data directory's owner, the templates and prepared copies it may take,
-    # the process `pid` names and `stop` signals.
+    # told. A drill's sandbox is told `sandbox_account` or `point_in_time_account` (an
+    # account that owns nothing of production; a point-in-time sandbox's files are restored
+    # by `service_user`, which reads pgBackRest's repository, and then given to it).
+    # Everything done as or for the server follows it: the data directory's owner, the
+    # templates and prepared copies it may take, the process `pid` names and `stop` signals.
     run_as: str | None = field(default_factory=service_user)
     workdir: Path | None = field(default=None, init=False)
     port: int = field(default=5432, init=False)
@@ -413,6 +449,13 @@ class Cluster:
     def start(self) -> None:
         if not self.toolchain.can_serve:
             raise ToolchainError(f"{self.toolchain.bindir} has no initdb/pg_ctl/postgres")
+        if self.tcp and not self.password and not self.sealed:
+            # without a password TCP clients are trusted (`initdb_argv`): on the host's
+            # loopback any local account would be the superuser; only inside the drill's
+            # network namespace (sealed), whose loopback is its own, is that safe
+            raise SafetyRefusal("a local cluster listening on TCP without a password must be "
+                                "sealed in the drill's network namespace: any local account "
+                                "would connect to it as superuser")
         run_as = self.run_as
         self.toolchain = servable(self.toolchain, run_as, runner=self.runner)
         if not self._adopt_prepared():
@@ -497,7 +540,9 @@ class Cluster:
         # before the server exists: a kill -9 from here on leaves a record the next drill
         # (or `atb doctor`) reaps, since pg_ctl's server does not die with us
         self._record = reaper.register(self.workdir)
-        self.socket_dir.mkdir()
+        # 0700, the server's account's (below): only it and root reach the socket, whatever
+        # `unix_socket_permissions` a setting or a restored postgresql.auto.conf says
+        self.socket_dir.mkdir(mode=0o700)
         if run_as:
             # the work directory stays ours (0711: the server's user goes through, never
             # renames or replaces what is in it); the server's user gets only its own parts
@@ -932,7 +977,12 @@ def _save_template(datadir: Path, template: Path) -> None:
 def server_conf(*, port: int, tcp: bool, socket_dir: Path | None, settings: Mapping[str, str],
                 hba_file: Path | None) -> dict[str, str]:
     """The lines appended to the cluster's postgresql.conf: loopback TCP or no TCP at all,
-    our socket directory, then the caller's settings (quoted as the file wants them)."""
+    our socket directory, then the caller's settings (quoted as the file wants them). The
+    socket is the server's account's alone (0700, not PostgreSQL's 0777): local connections
+    are trusted, so any account that could open the socket would be the superuser, and run
+    `COPY ... TO PROGRAM` as the server's account. Every client atb starts is root (who opens
+    it anyway) or runs as the server's account (pgBackRest, a server's archive_command), and
+    not as root the server runs as us."""
     conf = {
         "listen_addresses": "'127.0.0.1'" if tcp else "''",
         "port": str(port),
@@ -940,6 +990,7 @@ def server_conf(*, port: int, tcp: bool, socket_dir: Path | None, settings: Mapp
         "logging_collector": "off",
         "max_connections": "50",
         **{k: _quote_setting(v) for k, v in settings.items()},
+        "unix_socket_permissions": "0700",  # last: no caller's setting opens it
     }
     if hba_file is not None:
         conf.update(hba_file=f"'{hba_file}'", ssl="off")

@@ -36,7 +36,9 @@ def pg_restore_stream_argv(chain: Toolchain, *, deep: bool) -> list[str]:
 
 
 def pg_waldump_argv(chain: Toolchain, segment: Path) -> list[str]:
-    return [chain.tool("pg_waldump"), str(segment)]
+    """The transaction records of one WAL segment: atb reads only their commit times (the
+    same commits, a tenth of the CPU of printing every record of a busy segment)."""
+    return [chain.tool("pg_waldump"), "--rmgr=Transaction", str(segment)]
 
 
 # initdb's system catalogs, as pg_amcheck patterns (psql's: `*` any characters, regular

@@ -139,7 +139,8 @@ def _postmaster(datadir: Path) -> int | None:
         uid = os.stat(f"/proc/{pid}").st_uid
     except (OSError, ValueError, IndexError):
         return None
-    return pid if uid == owner and str(datadir).encode() in cmdline else None
+    # whole arguments, as `cluster._serves`: not a longer path that merely contains it
+    return pid if uid == owner and str(datadir).encode() in cmdline.split(b"\0") else None
 
 
 def _stop(pid: int) -> None:

@@ -20,7 +20,7 @@ COLUMNS: list[output.Column[ToolchainUse]] = [
 @json_option
 def doctor(as_json: bool) -> None:
     """Show the PostgreSQL toolchains found, their versions, and what each is used for, and
-    which account runs a drill's sandbox server and why (exit 2 when a dump drill would refuse
+    which account runs a drill's sandbox server and why (exit 2 when a drill would refuse
     it); stop and remove sandboxes left running by killed drills."""
     reaped = [*sandbox.reap(), *leftovers.reap()]  # each says so in one log line
     found = survey()
@@ -30,7 +30,9 @@ def doctor(as_json: bool) -> None:
         click.echo(_text(found))
     if not found.toolchains:
         raise SystemExit(3)
-    if any(a.refused for a in found.sandbox_accounts):
+    refused = [a for a in found.sandbox_accounts if a.refused]
+    if refused:  # said on stderr too, as every refusal (exit 2) is: one line
+        click.echo(f"atb: error: {_account(refused[0])}", err=True)
         raise SystemExit(2)
 
 
@@ -46,7 +48,7 @@ def _text(found: Survey) -> str:
 
 
 def _account(account: SandboxAccount) -> str:
-    where = f"{account.drill} drills' local sandbox server"
+    where = f"{account.drill} drills' {account.role}"
     if account.refused:
         return f"{where}: refused: {account.refused}"
     return f"{where} runs as {account.account or 'this user'} ({account.why})"

@@ -26,7 +26,7 @@ import pytest
 from backup_core.ops import heartbeat
 from backup_core.pitr import pgbackrest
 from backup_core.tools import db, toolchain
-from backup_core.tools.cluster import Cluster, random_password, service_user
+from backup_core.tools.cluster import Cluster, os_account, random_password, service_user
 from backup_core.tools.conninfo import ConnInfo
 from drills.demo import alembic_upgrade, example_dir, load_datagen
 from tests.helpers import (
@@ -41,6 +41,23 @@ from tests.helpers import (
 EXAMPLE = example_dir()
 STANZA = "trading"
 BEAT_S = 1.0  # the heartbeat interval of this test's application
+# the account a recovered copy's server runs as here: CI makes atb-sandbox (.ci/run)
+DEDICATED = "atb-sandbox" if os_account("atb-sandbox") else "nobody"
+# run by the drill's integration command against the recovered copy, as its superuser
+AS_THE_COPY = """
+import os, sys
+import psycopg
+with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+    conn.execute("CREATE TEMP TABLE atb_who (name text)")
+    conn.execute("COPY atb_who FROM PROGRAM 'id -un'")
+    print("ACCOUNT", conn.execute("SELECT name FROM atb_who").fetchone()[0])
+    try:
+        conn.execute("SELECT pg_read_file(%s)", (sys.argv[1],))
+        print("READ done")
+    except psycopg.Error as exc:
+        print("READ", exc.sqlstate, exc.diag.message_primary)
+    print("RESTORE", conn.execute("SHOW restore_command").fetchone()[0])
+"""
 
 
 @dataclass
@@ -193,15 +210,44 @@ def test_a_drill_to_a_random_time_passes_with_the_loss_measured(
     assert result["rpo"]["met"] is True and "archiving current" in result["rpo"]["summary"]
     html = Path(result["reports"]["html"]).read_text()
     assert "measured data loss" in html and ": met" in html
-    # the same seed picks the same target
-    again, replay = _pitr_drill(production, tmp_path / "again", "--seed", "7")
+    # the same seed picks the same target; the copy's superuser (what the backup holds) acts
+    # on the host as an account that owns nothing, not as the repository's reader: it
+    # cannot read the repository, and its restore_command only copies from atb's spool
+    script = tmp_path / "as-the-copy.py"
+    script.write_text(AS_THE_COPY)
+    repo_file = production.repo / "backup" / STANZA / "backup.info"
+    again, replay = _pitr_drill(production, tmp_path / "again", "--seed", "7",
+                                "--integration-cmd",
+                                f"{sys.executable} {script} {repo_file}")
     assert replay["pitr"]["target"] == pitr["target"], again.stderr
+    said = replay["integration"]["output_tail"].splitlines()
+    assert said[:2] == [f"ACCOUNT {DEDICATED}", f'READ 42501 could not open file "{repo_file}" '
+                        "for reading: Permission denied"], said
+    assert said[2].startswith("RESTORE cp /") and said[2].endswith('/wal/%f "%p"'), said
     # the stanza's server, its data directory and its repository are as they were
     assert fingerprint(production.url) == before_rows
     assert _data_dir_state(production.cluster) == before_dir
     assert _repo_listing(production.repo) == before_repo
     assert not list((production.repo / "archive").rglob("????????.history")), \
         "a recovered copy pushed its new timeline into the stanza's archive"
+
+
+def test_the_repositorys_reader_as_the_copys_account_is_refused_before_anything(
+        production: Production, tmp_path: Path) -> None:
+    """`ATB_SANDBOX_USER=postgres`: the copy's server would read the repository again. One
+    line, exit 2, before anything is restored or a report written."""
+    done, _ = drill("--source", "pgbackrest", "--stanza", STANZA, "--pgbackrest-config",
+                    str(production.config), "--database", "trading",
+                    backup_dir=tmp_path / "no-dumps", report_dir=tmp_path / "reports",
+                    url=production.url, env={"ATB_SANDBOX_USER": "postgres"})
+    uid = pwd.getpwnam("postgres").pw_uid
+    assert (done.returncode, done.stdout, done.stderr) == (
+        2, "", f"atb: error: refusing postgres for the drill's sandbox server: its uid {uid} is "
+        "that of postgres, which reads pgBackRest's repository for the drill (ATB_PG_USER); set "
+        "ATB_SANDBOX_USER to an account that owns nothing of production (e.g. atb-sandbox: "
+        "useradd --system --no-create-home --shell /usr/sbin/nologin --user-group "
+        "atb-sandbox)\n")
+    assert not (tmp_path / "reports").exists()
 
 
 def test_a_target_after_the_last_archived_wal_fails_clearly(

@@ -23,9 +23,10 @@ import pytest
 from backup_core.ops.backup import create_backup
 from backup_core.tools import cluster, db, reaper, toolchain
 from backup_core.tools.cluster import Cluster, os_account
+from backup_core.tools.errors import SafetyRefusal
 from drills import sandbox
 from tests.conftest import make_database
-from tests.helpers import atb_inproc, drill
+from tests.helpers import atb_inproc, copy_backup, drill
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="as root only: a server not run by "
                                 "root runs as the user who started it")
@@ -93,7 +94,8 @@ def test_a_dump_drills_superuser_runs_as_the_dedicated_account_and_cannot_touch_
     names the dedicated account, not `postgres`; reading the file (`pg_read_file`), writing
     it (`COPY TO`) and appending to it by a program are each refused by the host, and the
     file is unchanged. Production's own server (`postgres`) reads it: the file is the kind a
-    sandbox run as `postgres` would have reached."""
+    sandbox run as `postgres` would have reached. `ATB_PG_USER=postgres`, as a host that also
+    runs point-in-time drills sets it, does not bring it back: that is the other clusters'."""
     with db.connect(pg15.url(), autocommit=True) as conn:
         assert conn.execute("SELECT pg_read_file(%s)", (str(productions_file),)).fetchone() \
             == (SECRET,)
@@ -103,7 +105,8 @@ def test_a_dump_drills_superuser_runs_as_the_dedicated_account_and_cannot_touch_
                       f"{productions_file}\n")
     script.chmod(0o755)
     done, result = drill("--backup", str(dump), "--no-record", "--integration-cmd", str(script),
-                         backup_dir=dump.parents[4], report_dir=tmp_path / "reports")
+                         backup_dir=dump.parents[4], report_dir=tmp_path / "reports",
+                         env={"ATB_PG_USER": "postgres", "ATB_SANDBOX_USER": ""})
     assert result, done.stderr
     assert result["sandbox"]["provider"] == "local"
     assert result["integration"]["output_tail"].splitlines() == [
@@ -116,6 +119,26 @@ def test_a_dump_drills_superuser_runs_as_the_dedicated_account_and_cannot_touch_
     assert (pwd.getpwuid(st.st_uid).pw_name, st.st_mode & 0o777) == ("postgres", 0o600)
 
 
+def test_atb_sandbox_user_reaches_the_drills_child_and_its_early_sandbox(
+        dump: Path, productions_file: Path, tmp_path: Path) -> None:
+    """`ATB_SANDBOX_USER` names the account in `atb drill run` and in its drill child alike:
+    the copy made while the child starts and the sandbox it runs are that account's (a
+    variable the child did not see would make it the default account's)."""
+    other = "nobody" if DEDICATED == "atb-sandbox" else DEDICATED
+    script = tmp_path / "integration.sh"
+    (tmp_path / "attempts.py").write_text(ATTEMPTS)
+    script.write_text(f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'attempts.py'} "
+                      f"{productions_file}\n")
+    script.chmod(0o755)
+    done, result = drill("--backup", str(dump), "--no-record", "--integration-cmd", str(script),
+                         backup_dir=dump.parents[4], report_dir=tmp_path / "reports",
+                         env={"ATB_SANDBOX_USER": other})
+    assert result, done.stderr
+    assert result["integration"]["output_tail"].splitlines()[:2] == [
+        f"ACCOUNT {other}", f"READ {denied(productions_file, 'reading')}"]
+    assert productions_file.read_text() == SECRET
+
+
 def test_without_atb_sandbox_the_sandbox_runs_as_nobody(
         chain18: toolchain.Toolchain, productions_file: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -123,7 +146,7 @@ def test_without_atb_sandbox_the_sandbox_runs_as_nobody(
     the server, its data directory and its socket directory are `nobody`'s, and it reads no
     file of `postgres`'s either."""
     monkeypatch.setattr(cluster, "SANDBOX_ACCOUNT", "atb-sandbox-absent")
-    monkeypatch.delenv("ATB_PG_USER", raising=False)
+    monkeypatch.delenv("ATB_SANDBOX_USER", raising=False)
     nobody = pwd.getpwnam("nobody").pw_uid
     with sandbox.open_sandbox("local", source_major=18, chains=[chain18]) as info:
         with db.connect(info.url, autocommit=True) as conn:
@@ -147,43 +170,193 @@ def test_without_atb_sandbox_the_sandbox_runs_as_nobody(
 
 def test_an_account_a_dump_drill_refuses_is_one_line_and_exit_2_before_anything(
         dump: Path, tmp_path: Path) -> None:
-    """`ATB_PG_USER` naming no account is the user's typo, not `postgres`: refused before the
-    drill starts (no report written), by `atb drill run` and `pytest --drill` alike, and
-    `doctor` says the same with exit 2."""
+    """`ATB_SANDBOX_USER` naming no account is the user's typo, not `postgres`: refused before
+    the drill starts (no report written), by `atb drill run` and `pytest --drill` alike, and
+    `doctor` says the same with exit 2, on stdout and in one line on stderr."""
+    env = {"ATB_SANDBOX_USER": "atb-no-such"}
     done, _ = drill("--backup", str(dump), "--no-record", backup_dir=dump.parents[4],
-                    report_dir=tmp_path / "reports", env={"ATB_PG_USER": "atb-no-such"})
-    said = "ATB_PG_USER=atb-no-such: no such account on this host"
+                    report_dir=tmp_path / "reports", env=env)
+    said = "ATB_SANDBOX_USER=atb-no-such: no such account on this host"
     assert (done.returncode, done.stdout, done.stderr) == (2, "", f"atb: error: {said}\n")
     assert not (tmp_path / "reports").exists()
     direct = subprocess.run(  # `pytest --drill`: pytest's usage error, before any report
         [sys.executable, "-m", "pytest", "--drill", "--backup", str(dump), "--sandbox",
          "local", "--report-dir", str(tmp_path / "reports"), "-p", "no:cacheprovider"],
-        cwd=tmp_path, env={**os.environ, "ATB_PG_USER": "atb-no-such"}, capture_output=True,
+        cwd=tmp_path, env={**os.environ, **env}, capture_output=True,
         text=True, timeout=120, check=False)
     assert (direct.returncode, direct.stderr.strip()) == (4, f"ERROR: {said}")
     assert not (tmp_path / "reports").exists()
-    doctor = atb_inproc("doctor", env={"ATB_PG_USER": "atb-no-such"})
-    assert doctor.returncode == 2, doctor.stderr
-    assert f"dump drills' local sandbox server: refused: {said}" in doctor.stdout.splitlines()
+    doctor = atb_inproc("doctor", env=env)
+    line = f"dump drills' local sandbox server: refused: {said}"
+    assert (doctor.returncode, doctor.stderr) == (2, f"atb: error: {line}\n")
+    assert line in doctor.stdout.splitlines()
+
+
+def fix(account: str) -> str:
+    """What a refusal of the default account tells the administrator to do."""
+    if account == "atb-sandbox":
+        return "give atb-sandbox a uid and group of its own, or set ATB_SANDBOX_USER"
+    return f"create atb-sandbox ({cluster.SETUP_HINT}), or set ATB_SANDBOX_USER"
+
+
+def test_an_account_owning_the_backups_or_postgress_is_refused_whoever_chose_it(
+        dump: Path, tmp_path: Path) -> None:
+    """The backups' tree owned by the dedicated account (its server could change what the
+    drill reads), and `ATB_SANDBOX_USER=postgres` (the user's choice, production's
+    account): each refused in one line, exit 2, before anything starts."""
+    tree = tmp_path / "backups"
+    backup = copy_backup(dump, tree)
+    shutil.chown(tree, DEDICATED, None)
+    uid = pwd.getpwnam(DEDICATED).pw_uid
+    done, _ = drill("--backup", str(backup), "--no-record", backup_dir=tree,
+                    report_dir=tmp_path / "reports", env={"ATB_SANDBOX_USER": ""})
+    assert (done.returncode, done.stdout, done.stderr) == (
+        2, "", f"atb: error: refusing {DEDICATED} for the drill's sandbox server: its uid {uid} "
+        f"is that of the owner of the backups in {tree}; {fix(DEDICATED)}\n")
+    done, _ = drill("--backup", str(dump), "--no-record", backup_dir=dump.parents[4],
+                    report_dir=tmp_path / "reports", env={"ATB_SANDBOX_USER": "postgres"})
+    postgres = pwd.getpwnam("postgres").pw_uid
+    assert (done.returncode, done.stdout, done.stderr) == (
+        2, "", f"atb: error: refusing postgres for the drill's sandbox server: its uid "
+        f"{postgres} is that of postgres, which owns production's data and pgBackRest's "
+        "repository; set ATB_SANDBOX_USER to an account that owns nothing of production "
+        f"(e.g. atb-sandbox: {cluster.SETUP_HINT})\n")
+    assert not (tmp_path / "reports").exists()
 
 
 def test_doctor_says_who_runs_each_drills_sandbox_and_why() -> None:
-    done = atb_inproc("doctor", "--json", env={"ATB_PG_USER": ""})
+    env = {"ATB_PG_USER": "", "ATB_SANDBOX_USER": ""}
+    done = atb_inproc("doctor", "--json", env=env)
     assert done.returncode == 0, done.stderr
     why = ("an account of atb's own that owns nothing of production" if DEDICATED
            == "atb-sandbox" else "the fallback: no atb-sandbox account exists (for an account "
            "of atb's own that owns nothing: useradd --system --no-create-home --shell "
            "/usr/sbin/nologin --user-group atb-sandbox)")
+    server = "local sandbox server"
     assert json.loads(done.stdout)["sandbox_accounts"] == [
-        {"drill": "dump", "account": DEDICATED, "why": why, "refused": ""},
-        {"drill": "point-in-time", "account": "postgres", "refused": "",
-         "why": "pgBackRest's repository and spool are its: the restore and the server must "
-                "read them"}]
-    text = atb_inproc("doctor", env={"ATB_PG_USER": ""}).stdout.splitlines()
-    assert text[-2:] == [f"dump drills' local sandbox server runs as {DEDICATED} ({why})",
-                         "point-in-time drills' local sandbox server runs as postgres "
-                         "(pgBackRest's repository and spool are its: the restore and the "
-                         "server must read them)"]
+        {"drill": "dump", "role": server, "account": DEDICATED, "why": why, "refused": ""},
+        {"drill": "point-in-time", "role": server, "account": DEDICATED, "why": why,
+         "refused": ""},
+        {"drill": "point-in-time", "role": "pgBackRest restore and WAL fetch",
+         "account": "postgres", "refused": "", "why": "pgBackRest's repository and spool "
+         "are its"}]
+    text = atb_inproc("doctor", env=env).stdout.splitlines()
+    assert text[-3:] == [f"dump drills' local sandbox server runs as {DEDICATED} ({why})",
+                         f"point-in-time drills' local sandbox server runs as {DEDICATED} "
+                         f"({why})",
+                         "point-in-time drills' pgBackRest restore and WAL fetch runs as "
+                         "postgres (pgBackRest's repository and spool are its)"]
+    # ATB_PG_USER is the repository's reader's (and every other cluster's): a typo there is
+    # refused too, where it was silently `postgres`; the dump sandbox's is unchanged
+    typo = atb_inproc("doctor", env={**env, "ATB_PG_USER": "atb-no-such"})
+    said = "ATB_PG_USER=atb-no-such: no such account on this host"
+    assert (typo.returncode, typo.stderr) == (
+        2, f"atb: error: point-in-time drills' local sandbox server: refused: {said}\n")
+    assert typo.stdout.splitlines()[-3:] == [
+        f"dump drills' local sandbox server runs as {DEDICATED} ({why})",
+        f"point-in-time drills' local sandbox server: refused: {said}",
+        f"point-in-time drills' pgBackRest restore and WAL fetch: refused: {said}"]
+    # the repository's reader named as the point-in-time sandbox's account: refused
+    same = atb_inproc("doctor", env={**env, "ATB_PG_USER": DEDICATED})
+    uid = pwd.getpwnam(DEDICATED).pw_uid
+    assert (same.returncode, same.stderr) == (
+        2, f"atb: error: point-in-time drills' local sandbox server: refused: refusing "
+        f"{DEDICATED} for the drill's sandbox server: its uid {uid} is that of {DEDICATED}, "
+        f"which reads pgBackRest's repository for the drill (ATB_PG_USER); {fix(DEDICATED)}\n")
+
+
+def prepared_copy(marker: Path) -> Path:
+    """The work directory `sandbox.preparing` copied, once its marker says where."""
+    facts = cluster._await_marker(marker, timeout=60)
+    assert facts is not None and "workdir" in facts, facts
+    return Path(str(facts["workdir"]))
+
+
+def data_directory(info: sandbox.SandboxInfo) -> tuple[str, str]:
+    """Where the sandbox's server runs, and as whom (`COPY FROM PROGRAM 'id -un'`)."""
+    with db.connect(info.url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE atb_who (name text)")
+        conn.execute("COPY atb_who FROM PROGRAM 'id -un'")
+        row = conn.execute("SELECT current_setting('data_directory'), name FROM atb_who"
+                           ).fetchone()
+    assert row is not None
+    return str(row[0]), str(row[1])
+
+
+def test_the_parents_prepared_copy_is_the_dedicated_accounts_and_adopted_for_it_alone(
+        chain18: toolchain.Toolchain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`atb drill run` copies the sandbox's data directory while its child starts
+    (`sandbox.preparing`) for the account the child's sandbox will run as: the copy's facts
+    name it, its data directory is that account's, and the child's sandbox runs on it; a
+    child told another account (`ATB_SANDBOX_USER` changed in between) makes its own."""
+    monkeypatch.delenv("ATB_SANDBOX_USER", raising=False)
+    marker = tmp_path / "prepared.json"
+    with sandbox.preparing(18, None, marker):
+        workdir = prepared_copy(marker)
+        assert json.loads(marker.read_text())["key"]["run_as"] == DEDICATED
+        assert (workdir / "data").stat().st_uid == pwd.getpwnam(DEDICATED).pw_uid
+        with sandbox._local(18, [chain18], prepared=marker) as info:
+            assert data_directory(info) == (str(workdir / "data"), DEDICATED)
+    cluster.await_removals()
+    assert not workdir.exists()
+    other = "nobody" if DEDICATED == "atb-sandbox" else None
+    if other is None:  # no second account to change to on a host without atb-sandbox
+        return
+    again = tmp_path / "again.json"
+    with sandbox.preparing(18, None, again):
+        made = prepared_copy(again)
+        monkeypatch.setenv("ATB_SANDBOX_USER", other)
+        with sandbox._local(18, [chain18], prepared=again) as info:
+            where, who = data_directory(info)
+            assert (where != str(made / "data"), who) == (True, other)
+        assert made.is_dir()  # not adopted: its maker removes it
+    cluster.await_removals()
+    assert not made.exists()
+
+
+def test_no_account_but_the_servers_and_root_connects_to_an_unsealed_clusters_socket(
+        chain15: toolchain.Toolchain) -> None:
+    """Local connections are trusted, so whoever opens the socket is the superuser and runs
+    `COPY ... TO PROGRAM` as the server's account (`postgres` for a point-in-time sandbox):
+    the socket (0700, not PostgreSQL's 0777) and its directory (0700) are that account's.
+    `nobody` is refused by the host; root and the server's own account (pgBackRest's
+    clients) connect."""
+    psql = chain15.tool("psql")
+    with Cluster(chain15, destroy_mode="immediate") as server:  # as `pitr.recovered` makes it
+        assert server.run_as == "postgres"
+        sock = server.socket_dir / f".s.PGSQL.{server.port}"
+        owner = pwd.getpwnam("postgres").pw_uid
+        assert (server.socket_dir.stat().st_uid, server.socket_dir.stat().st_mode & 0o777) \
+            == (owner, 0o700)
+        assert (sock.stat().st_uid, sock.stat().st_mode & 0o777) == (owner, 0o700)
+
+        def psql_as(*who: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*who, psql, "-h", str(server.socket_dir), "-p", str(server.port), "-U",
+                 server.superuser, "-d", "postgres", "-Atc", "SELECT current_user"],
+                capture_output=True, text=True, cwd="/", timeout=60, check=False,
+                env={"PATH": os.environ["PATH"]})
+
+        nobody = psql_as("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+        assert (nobody.returncode, nobody.stdout, nobody.stderr.splitlines()[0]) == (
+            2, "", f'psql: error: connection to server on socket "{sock}" failed: '
+            "Permission denied")
+        for who in ((), ("setpriv", "--reuid=postgres", "--regid=postgres", "--clear-groups")):
+            done = psql_as(*who)
+            assert (done.returncode, done.stdout, done.stderr) == (0, "postgres\n", ""), who
+
+
+def test_a_cluster_on_tcp_without_a_password_must_be_sealed(
+        chain15: toolchain.Toolchain) -> None:
+    """Without a password TCP clients are trusted: on the host's loopback that is any local
+    account as superuser. Refused before anything is made."""
+    open_one = Cluster(chain15, tcp=True)
+    with pytest.raises(SafetyRefusal) as raised:
+        open_one.start()
+    assert (str(raised.value), raised.value.exit_code) == (
+        "a local cluster listening on TCP without a password must be sealed in the drill's "
+        "network namespace: any local account would connect to it as superuser", 8)
+    assert open_one.workdir is None
 
 
 def test_the_reaper_signals_no_process_but_one_of_the_sandbox_accounts(tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ def test_pg_restore_list_read_waldump_and_amcheck_argv() -> None:
     assert commands.pg_restore_stream_argv(PG, deep=True) == ["/pg/15/bin/pg_restore",
                                                                "--file=/dev/null"]
     assert commands.pg_waldump_argv(PG, Path("/t/000000010000000000000003")) == [
-        "/pg/15/bin/pg_waldump", "/t/000000010000000000000003"]
+        "/pg/15/bin/pg_waldump", "--rmgr=Transaction", "/t/000000010000000000000003"]
     assert commands.pg_amcheck_argv(PG, "dbname=shop host=/s") == [
         "/pg/15/bin/pg_amcheck", "--install-missing", "--no-password", "dbname=shop host=/s"]
     assert commands.pg_amcheck_argv(PG, "dbname=shop host=/s", jobs=2) == [
@@ -228,7 +228,7 @@ def test_server_conf_listens_on_loopback_or_nowhere_and_quotes_settings() -> Non
                                hba_file=None) == {
         "listen_addresses": "''", "port": "5432", "unix_socket_directories": "'/w/sock'",
         "logging_collector": "off", "max_connections": "50", "work_mem": "'64MB'",
-        "fsync": "off"}
+        "fsync": "off", "unix_socket_permissions": "0700"}
     conf = cluster.server_conf(port=40001, tcp=True, socket_dir=Path("/w/sock"),
                                settings={"search_path": "it's"},
                                hba_file=Path("/w/data/pg_hba.conf"))

@@ -4,6 +4,7 @@ stopped, and archiving judged against the RPO."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -144,3 +145,26 @@ def test_target_times_need_a_zone_and_a_stanza() -> None:
     again = DrillOptions.from_json(opts.to_json(), {})
     assert (again.source, again.target_time) == ("pgbackrest", datetime(2026, 11, 24, 9, 30,
                                                                         tzinfo=UTC))
+
+
+def test_the_copys_restore_command_copies_from_its_spool_and_names_no_repository() -> None:
+    """The recovered copy's server runs as an account that cannot read the repository: its
+    restore_command copies what atb fetched beforehand (`pitr.prefetch_wal`), quoted for the
+    server's shell, and carries no stanza, config or credentials."""
+    assert pgbackrest.spool_restore_command(Path("/tmp/atb-pg-x/wal")) == \
+        'cp /tmp/atb-pg-x/wal/%f "%p"'
+    assert pgbackrest.spool_restore_command(Path("/tmp/a b/wal")) == \
+        "cp '/tmp/a b/wal'/%f \"%p\""
+    argv = pgbackrest.restore_argv(
+        "/usr/bin/pgbackrest", pgbackrest.Stanza("main", Path("/etc/pgbackrest.conf")),
+        Path("/w/data"), target=T0, backup="20261124-090000F", lock_dir=Path("/w/lock"),
+        restore_command=pgbackrest.spool_restore_command(Path("/w/wal")))
+    assert argv == [
+        "/usr/bin/pgbackrest", "--config=/etc/pgbackrest.conf", "--stanza=main",
+        "--log-level-file=off", "--pg1-path=/w/data", "--lock-path=/w/lock", "restore",
+        "--set=20261124-090000F", "--type=time", "--target=2026-11-24T09:00:00+00:00",
+        "--target-action=promote", "--archive-mode=off",
+        '--recovery-option=restore_command=cp /w/wal/%f "%p"']
+    with pytest.raises(ValueError):
+        pgbackrest.fetch_segment(pgbackrest.Stanza("main"), "00000002.history/../x",
+                                 Path("/w/x"), run_as=None)
