@@ -350,3 +350,29 @@ def test_the_child_scans_through_the_catalog_cache_this_process_read(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert drill_env(DrillOptions(), None, {"PATH": "/usr/bin"})["ATB_CATALOG_CACHE"] == str(
         tmp_path / "xdg" / "atb" / "catalog")
+
+
+def test_the_child_reads_the_catalog_cache_read_only_and_it_is_bound_so(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The host's trusted cache is never written from inside a drill: the child is told to
+    read it only, and its directory is one of the read-only binds, unless it holds where the
+    drill writes (then the drill is refused, exit 2)."""
+    from backup_core.store import catalog_cache
+    from drills.run import drill_env, read_only_trees
+
+    env = drill_env(DrillOptions(), None, {"PATH": "/usr/bin"})
+    assert env[catalog_cache.READ_ONLY_ENV] == "1"
+    tree, cache, scratch = tmp_path / "tree", tmp_path / "cache", tmp_path / "scratch"
+    tree.mkdir()
+    scratch.mkdir()
+    options = DrillOptions(backup_dir=tree, report_dir=tmp_path / "reports")
+    assert read_only_trees(options, scratch, catalog=cache) == [str(tree)]  # none yet
+    assert catalog_cache.prepare(cache)
+    assert read_only_trees(options, scratch, catalog=cache) == [str(tree), str(cache)]
+    holding = replace(options, report_dir=cache / "reports")
+    with pytest.raises(ConfigError) as refused:
+        read_only_trees(holding, scratch, catalog=cache)
+    assert str(refused.value) == (
+        f"the catalog cache {cache} (ATB_CATALOG_CACHE) holds {cache / 'reports'}, where the "
+        "drill writes: it could not be read-only in the drill; give the cache a directory of "
+        "its own")
