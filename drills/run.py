@@ -20,6 +20,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +195,8 @@ def check_drill(options: DrillOptions, *, production: ConnInfo | None = None,
         guard.refuse_production_server(
             ConnInfo.parse(options.sandbox_url, what="ATB_SANDBOX_URL"), production,
             asserted=options.sandbox_is_not_production)
+    if options.started is None:  # the drill's start in every form (`child.started_at`)
+        options = replace(options, started=datetime.now(UTC).replace(microsecond=0))
     options = child.choose(options)  # the selection checked, and the backup picked once
     check_check_files(options.checks)
     if options.sandbox == "docker" and options.source == "dump":
