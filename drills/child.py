@@ -200,7 +200,8 @@ def no_backup_of(database: str, backup_dir: Path, found: list[Backup] | None = N
     `found`, the whole tree as scanned, else scanned here): the one wording of the refusal
     before the drill (`check_selection`, exit 2) and of the drill's report
     (`drills.plugin.hooks`)."""
-    found = catalog.scan(backup_dir) if found is None else found
+    if found is None:  # through the catalog cache, as every other scan of the tree here
+        found = catalog.scan(backup_dir, cache_dir=catalog_cache.default_dir())
     return pick.none_of(database, filed=bool(catalog.database_dirs(backup_dir, database)),
                         held=sorted({b.database for b in found if b.is_backup}))
 

@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -398,3 +399,19 @@ def test_the_child_reads_the_catalog_cache_read_only_and_it_is_bound_so(
         f"the catalog cache {cache} (ATB_CATALOG_CACHE) holds {cache / 'reports'}, where the "
         "drill writes: it could not be read-only in the drill; give the cache a directory of "
         "its own")
+
+
+def test_the_tree_is_scanned_beside_the_restore_when_a_check_asks_for_the_schedule() -> None:
+    """`_will_use`: decided by the fixture a check asks for (itself or through another,
+    pytest's closure), a user's check too, not by a list of check names."""
+    from types import SimpleNamespace
+
+    from drills.plugin.fixtures import _will_use
+
+    def request(*closures: tuple[str, ...]) -> Any:
+        items = [SimpleNamespace(fixturenames=list(c)) for c in closures]
+        return SimpleNamespace(session=SimpleNamespace(items=[*items, object()]))
+
+    assert _will_use(request(("drill", "drill_rpo", "drill_policy")), "drill_policy") is True
+    assert _will_use(request(("drill",), ("drill_restore",)), "drill_policy") is False
+    assert _will_use(request(), "drill_policy") is False
