@@ -141,11 +141,14 @@ def pick_tree(dump: Path, work: Path, count: int) -> Path:
     scan (`--pick-tree`): `dump` and its manifest, and `count - 1` backups before it, each its
     bytes hard-linked (no space taken) beside a manifest naming its own file and time. The
     tree a quarterly drill of hourly backups scans (2,160 over 90 days); the dump's own
-    tree is never written to."""
+    tree is never written to. Each dump's tree and source are its own (`work / dump.stem`):
+    with several sizes, a tree holds links of its own size's dump only."""
     manifest = json.loads(dump.with_name(dump.name.removesuffix(".dump") + ".json").read_text())
     taken = datetime.fromisoformat(manifest["taken_at"])
-    tree = work / f"tree-{count}"
-    source = work / "pick-source.dump"  # on this file system, for the hard links
+    base = work / dump.stem
+    base.mkdir(parents=True, exist_ok=True)
+    tree = base / f"tree-{count}"
+    source = base / "pick-source.dump"  # on this file system, for the hard links
     if not source.exists():
         try:
             os.link(dump, source)
@@ -211,14 +214,20 @@ def bench_against(dump: Path, other: Path, repeat: int, work: Path, *,
         our_phases: list[dict[str, float]] = []
         their_phases: list[dict[str, float]] = []
         how = " (random pick)" if picked else ""
+        mine = drill_from(ROOT, dump, work, our_phases, ours, by_pick=picked, tree=tree,
+                          among=among)
+        other_drill = drill_from(other, dump, work, their_phases, theirs, by_pick=picked,
+                                 tree=tree, among=among)
+        # one untimed round of each first, as in `bench_drill`: the first timed drill then
+        # follows a drill, as every other does
+        mine()
+        other_drill()
+        for sink in (ours, theirs, our_phases, their_phases):
+            sink.clear()
         comp = alternate(Comparison(f"whole drill{how}: this checkout vs another",
                                     f"atb drill run{how} (this)",
                                     f"atb drill run{how} ({other})", "-"),
-                         drill_from(ROOT, dump, work, our_phases, ours, by_pick=picked,
-                                    tree=tree, among=among),
-                         drill_from(other, dump, work, their_phases, theirs, by_pick=picked,
-                                    tree=tree, among=among),
-                         repeat)
+                         mine, other_drill, repeat)
         waits = [statistics.median(p.get("sandbox start", 0.0) for p in phases)
                  for phases in (our_phases, their_phases)]
         comp.notes.append(f"CPU s, median: this {statistics.median(ours):.2f}, the other "
@@ -324,6 +333,10 @@ def main() -> None:
                         help="a checkout of another commit: its whole drill against this "
                              "one's, in turn (e.g. from `git archive COMMIT | tar -x`)")
     args = parser.parse_args()
+    if args.pick_tree < 1:
+        parser.error(f"--pick-tree: a tree of {args.pick_tree} backups: N must be at least 1")
+    if args.repeat < 1:
+        parser.error(f"--repeat: {args.repeat} rounds: at least 1")
     subreaper()
     compileall.compile_dir(ROOT / "backup_core", quiet=1)  # as pip installs it (bench.__main__)
     compileall.compile_dir(ROOT / "drills", quiet=1)
@@ -338,7 +351,9 @@ def main() -> None:
         for size in args.size.split(","):
             start = load_average()
             dump = backup_of(size, chain, chains, work, given)
-            tree = pick_tree(dump, work, args.pick_tree) if args.pick_tree > 1 else None
+            # the tree only for the drills that pick from it
+            tree = pick_tree(dump, work, args.pick_tree) \
+                if args.by_pick and args.pick_tree > 1 else None
             comps = [] if args.skip_restore else bench_restore(dump, chain, chains, cores,
                                                                 args.repeat)
             if not args.skip_drill:

@@ -200,7 +200,8 @@ def no_backup_of(database: str, backup_dir: Path, found: list[Backup] | None = N
     `found`, the whole tree as scanned, else scanned here): the one wording of the refusal
     before the drill (`check_selection`, exit 2) and of the drill's report
     (`drills.plugin.hooks`)."""
-    found = catalog.scan(backup_dir) if found is None else found
+    if found is None:  # through the catalog cache, as every other scan of the tree here
+        found = catalog.scan(backup_dir, cache_dir=catalog_cache.default_dir())
     return pick.none_of(database, filed=bool(catalog.database_dirs(backup_dir, database)),
                         held=sorted({b.database for b in found if b.is_backup}))
 
@@ -215,7 +216,7 @@ def picks(options: DrillOptions) -> bool:
 def choose(options: DrillOptions, now: datetime | None = None) -> DrillOptions:
     """The selection checked (`check_selection`), and for a dump drill on a local sandbox
     without `--backup`, the backup picked: by the plugin's own pick (`drills.pick`, the seed,
-    the window, `now` to the second as the plugin takes it) over the tree that check just
+    the window counted from the drill's start, `started_at`) over the tree that check just
     scanned, handed to the child (`picked`) so that its sandbox is begun early for it
     (`early_target`, `sandbox.prepared_for`) and its plugin drills it without scanning or
     picking again. A tree with nothing to pick is left to the plugin, which says why in the
@@ -227,23 +228,23 @@ def choose(options: DrillOptions, now: datetime | None = None) -> DrillOptions:
         return replace(options, picked=None) if options.picked is not None else options
     if found is None or not picks(options):
         return options
-    now = now or datetime.now(UTC).replace(microsecond=0)
     try:
-        chosen, among = pick.picked(found, now=now, window_days=options.window_days,
-                                    seed=options.seed, database=options.database)
+        chosen, among = pick.picked(found, now=started_at(options, now or datetime.now(UTC)),
+                                    window_days=options.window_days, seed=options.seed,
+                                    database=options.database)
     except pick.NothingToDrill:
         return options
-    return replace(options, picked=Picked(path=chosen.path, among=among, now=now))
+    return replace(options, picked=Picked(path=chosen.path, among=among))
 
 
 def started_at(options: DrillOptions, now: datetime) -> datetime:
-    """When the drill started, to the second: for the backup `atb drill run` picked
-    (`choose`), the instant it picked at (`Picked.now`), so that the report's start, the
-    window its "random among N" counted over and the schedule's judgment are the pick's
-    own (the report's seed and start pick the same backup again); else `now` (pure)."""
-    if options.picked is not None and options.backup is None and options.source == "dump":
-        return options.picked.now
-    return now.replace(microsecond=0)
+    """When the drill started, to the second: the instant `atb drill run` took for it
+    (`DrillOptions.started`, in every form: the report's start, the ledger's, and what the
+    window of a pick's "random among N" and the schedule's judgment count from, so that the
+    report's seed and start pick the same backup again); else `now` (pure)."""
+    if options.started is not None:
+        return options.started
+    return now.astimezone(UTC).replace(microsecond=0)
 
 
 def given_backup(backup: Path, backup_dir: Path) -> tuple[Backup | None, str | None]:

@@ -138,7 +138,7 @@ def prove(result: DrillResult, options: DrillOptions, *, production: ConnInfo | 
         try:
             second = run_drill(replace(options, backup=copy, backup_dir=Path(tmp) / "backups",
                                        report_dir=Path(tmp) / "reports", record=False,
-                                       picked=None),
+                                       picked=None, started=None),  # a start of its own
                                production=production, on_line=on_line)
         except AtbError as exc:
             return DetectionFacts(caught=False, damage=done,

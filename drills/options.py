@@ -133,30 +133,37 @@ def tree_of(backup: Path | None, given: Path | None) -> Path:
 @dataclass(frozen=True)
 class Picked:
     """The backup `atb drill run` picked for its child (`drills.child.choose`: the plugin's
-    pick, by the seed and window, over the tree it scanned to check the selection, at `now`),
-    among `among` eligible ones: the early sandbox is begun for it and the plugin drills it,
-    so nothing scans or picks again; `now` is the drill's start in its report
-    (`drills.child.started_at`). Never an option of pytest or the command line: only
-    the options file `atb drill run` writes for its child carries it."""
+    pick, by the seed and window, over the tree it scanned to check the selection, at the
+    drill's start, `DrillOptions.started`), among `among` eligible ones: the early sandbox is
+    begun for it and the plugin drills it, so nothing scans or picks again. Never an option
+    of pytest or the command line: only the options file `atb drill run` writes for its
+    child carries it."""
 
     path: Path
     among: int
-    now: datetime
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "among": self.among, "now": self.now.isoformat()}
+        return {"path": str(self.path), "among": self.among}
 
     @classmethod
     def from_dict(cls, data: Any) -> Picked:
         try:
-            picked = cls(path=Path(data["path"]), among=int(data["among"]),
-                         now=datetime.fromisoformat(data["now"]))
+            return cls(path=Path(data["path"]), among=int(data["among"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"--drill-options: picked: not a picked backup: {exc}") from exc
-        if picked.now.utcoffset() is None:  # the drill's start, compared with backups' times
-            raise ConfigError("--drill-options: picked: not a picked backup: its time "
-                              f"{data['now']} has no UTC offset")
-        return picked
+
+
+def parse_started(text: Any) -> datetime:
+    """The drill's start as the options file gives it: an ISO time with a UTC offset (it is
+    compared with the backups' times), as the report and the ledger name it: UTC, to the
+    second, whatever offset or fraction it was written with."""
+    try:
+        value = datetime.fromisoformat(text)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"--drill-options: started: not a time: {exc}") from exc
+    if value.utcoffset() is None:
+        raise ConfigError(f"--drill-options: started: {text} has no UTC offset")
+    return value.astimezone(UTC).replace(microsecond=0)
 
 
 @dataclass(frozen=True)
@@ -342,6 +349,10 @@ class DrillOptions:
         kind="flag", value=True)
     # the backup `atb drill run` picked (not a setting: no option, no ini key; `Picked`)
     picked: Picked | None = None
+    # when `atb drill run` started the drill (UTC, to the second; not a setting either): the
+    # report's start, the ledger's, and the instant a pick's window is counted from, in
+    # every form (`drills.child.started_at`); None under a direct `pytest --drill`
+    started: datetime | None = None
 
     @classmethod
     def from_values(cls, raw_get: Any, flag: Any,
@@ -521,6 +532,8 @@ class DrillOptions:
                 pass
             elif kind.startswith("Picked"):
                 value = Picked.from_dict(value)
+            elif f.name == "started":
+                value = parse_started(value)
             elif kind.startswith("tuple[Path"):
                 value = tuple(Path(v) for v in value)
             elif kind.startswith("tuple"):

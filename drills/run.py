@@ -20,6 +20,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +99,10 @@ def drill_env(options: DrillOptions, production: ConnInfo | None,
         extra[sandbox.PREPARED_ENV] = str(prepared)
     extra["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # the plugins it needs are on its argv
     # the catalog cache this process's checks read (`child.check_selection`), or none: the
-    # child's schedule check scans through the same one (`drill_policy`)
+    # child's schedule check scans through the same one (`drill_policy`), read-only: the
+    # child never writes the host's trusted cache (isolated, it is bound read-only too)
     extra[CATALOG_CACHE_ENV] = str(catalog_cache.default_dir() or "off")
+    extra[catalog_cache.READ_ONLY_ENV] = "1"
     source = os.environ if base is None else base
     extra.update({k: v for k, v in source.items() if k.startswith(TOOL_ENV_PREFIXES)})
     return childenv.sealed(extra, pass_env=options.pass_env, base=base)
@@ -192,6 +195,8 @@ def check_drill(options: DrillOptions, *, production: ConnInfo | None = None,
         guard.refuse_production_server(
             ConnInfo.parse(options.sandbox_url, what="ATB_SANDBOX_URL"), production,
             asserted=options.sandbox_is_not_production)
+    if options.started is None:  # the drill's start in every form (`child.started_at`)
+        options = replace(options, started=datetime.now(UTC).replace(microsecond=0))
     options = child.choose(options)  # the selection checked, and the backup picked once
     check_check_files(options.checks)
     if options.sandbox == "docker" and options.source == "dump":
@@ -250,8 +255,12 @@ def run_drill(options: DrillOptions, *, production: ConnInfo | None = None,
                 out = stack.enter_context(Relay(ConnInfo.make(dbname="-", host=host,
                                                               port=port), raw=True))
                 forward[service] = str(out.socket_path)
+            # made now if it is not yet, so that it is bound read-only (never made inside)
+            catalog = catalog_cache.default_dir()
+            catalog_cache.prepare(catalog)
             argv, iso = isolation.wrap(argv, allow=allow, forward=forward,
-                                       read_only=read_only_trees(options, Path(tmp)))
+                                       read_only=read_only_trees(options, Path(tmp),
+                                                                 catalog=catalog))
         base = drill_env(options, production, env, iso=iso, observer_socket=observer_socket,
                          sandbox_url=sandbox_url, prepared=prepared)
         tail: collections.deque[str] = collections.deque(maxlen=40)
@@ -318,14 +327,29 @@ def follow(lines: Iterable[str], tail: collections.deque[str],
             on_line(redact(line.rstrip("\n")))
 
 
-def read_only_trees(options: DrillOptions, scratch: Path) -> list[str]:
+def read_only_trees(options: DrillOptions, scratch: Path, *,
+                    catalog: Path | None = None) -> list[str]:
     """The backup trees the drill reads, to be bound read-only in its namespace: application
     code run as root there cannot delete or change a backup. A tree that holds where the drill
-    must write (its reports, its scratch directory) is left writable."""
+    must write (its reports, its scratch directory) is left writable.
+
+    `catalog`, the host's catalog cache directory (made before, `catalog_cache.prepare`), is
+    bound read-only whenever it exists: code there could otherwise read its key and forge
+    heads that the next list, prune or pick on the host would trust. One that holds where the
+    drill writes cannot be, and is refused (exit 2) before the child starts."""
     trees = {options.backup_dir.resolve()}
     if options.backup is not None:
         trees.add(options.backup.resolve().parent)
     writes = (options.report_dir.resolve(), scratch.resolve(),
               Path(tempfile.gettempdir()).resolve(), cache_root().resolve())
-    return sorted(str(t) for t in trees if t.is_dir()
-                  and not any(w == t or w.is_relative_to(t) for w in writes))
+    bound = sorted(str(t) for t in trees if t.is_dir()
+                   and not any(w == t or w.is_relative_to(t) for w in writes))
+    if catalog is not None and catalog.is_dir():
+        cache = catalog.resolve()
+        inside = [w for w in writes if w == cache or w.is_relative_to(cache)]
+        if inside:
+            raise ConfigError(f"the catalog cache {cache} (ATB_CATALOG_CACHE) holds {inside[0]}, "
+                              "where the drill writes: it could not be read-only in the drill; "
+                              "give the cache a directory of its own")
+        bound.append(str(cache))
+    return bound

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import stat
+import tempfile
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,9 @@ def _validator() -> str:
 
 
 VALIDATOR = _validator()
+# "1": this process only reads the cache, never creates or writes it (a drill's child, where
+# the directory is bound read-only and application code runs beside it)
+READ_ONLY_ENV = "ATB_CATALOG_CACHE_READ_ONLY"
 
 
 def default_dir() -> Path | None:
@@ -123,10 +127,12 @@ class Read:
 
 @dataclass
 class CatalogCache:
-    """The cache of one backup tree, loaded on `open`, written back by `save` if changed."""
+    """The cache of one backup tree, loaded on `open`, written back by `save` if changed
+    (never when `read_only`)."""
 
     directory: Path
     root: Path
+    read_only: bool = False
     _key: bytes = b""
     _entries: dict[str, list[Any]] = field(default_factory=dict)
     _seen: set[str] = field(default_factory=set)
@@ -142,12 +148,14 @@ class CatalogCache:
     @classmethod
     def open(cls, directory: Path | None, root: Path) -> CatalogCache | None:
         """The cache for `root` in `directory`, empty when there is none yet or it cannot
-        be trusted; None when there is no private directory to keep it in."""
+        be trusted; None when there is no private directory to keep it in. Read-only
+        (`READ_ONLY_ENV`), nothing is made: no directory or key yet is no cache."""
         if directory is None:
             return None
-        cache = cls(directory=directory, root=root)
+        read_only = os.environ.get(READ_ONLY_ENV) == "1"
+        cache = cls(directory=directory, root=root, read_only=read_only)
         try:
-            cache._key = _private_key(directory)
+            cache._key = _existing_key(directory) if read_only else _private_key(directory)
         except OSError as exc:
             log.debug("no catalog cache in %s: %s", directory, exc)
             return None
@@ -209,7 +217,10 @@ class CatalogCache:
 
     def save(self, *, complete: bool) -> None:
         """Write the cache back (atomically, 0600) when it changed; a `complete` scan of the
-        whole tree also forgets manifests no longer there. Failure to write costs only speed."""
+        whole tree also forgets manifests no longer there. Failure to write costs only speed.
+        A read-only cache is never written: it is skipped here, not left to fail."""
+        if self.read_only:
+            return
         if complete:
             gone = set(self._entries) - self._seen
             for name in gone:
@@ -222,9 +233,12 @@ class CatalogCache:
                               "entries": self._entries},
                              separators=(",", ":")).encode()
         mac = hmac.new(self._key, payload, hashlib.sha256).hexdigest().encode()
-        tmp = self.file.with_name(f".{self.file.name}.{os.getpid()}.tmp")
+        tmp: Path | None = None
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            # a unique name (O_EXCL, 0600): a pid is not unique across PID namespaces
+            fd, name = tempfile.mkstemp(dir=self.file.parent, prefix=f".{self.file.name}.",
+                                        suffix=".tmp")
+            tmp = Path(name)
             try:
                 os.write(fd, mac + b"\n" + payload)
             finally:
@@ -232,7 +246,8 @@ class CatalogCache:
             os.replace(tmp, self.file)
         except OSError as exc:
             log.debug("catalog cache not written: %s", exc)
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
 
 
 def _read_all(fd: int, size: int) -> bytes:
@@ -254,6 +269,11 @@ def _read_all(fd: int, size: int) -> bytes:
 def _private_dir(directory: Path) -> None:
     """`directory` made 0700, and refused unless it is ours, not a link, and private."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_private(directory)
+
+
+def _check_private(directory: Path) -> None:
+    """Refused unless `directory` is ours, not a link, and private."""
     st = directory.lstat()
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() \
             or st.st_mode & 0o077:
@@ -273,6 +293,29 @@ def _read_private(path: Path) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def prepare(directory: Path | None) -> bool:
+    """`directory` made the private cache directory with its key, as a scan would: a drill
+    binds it read-only for its child only if it exists (else code in the drill could create
+    it, and its key, for the host to trust). False when it cannot be made."""
+    if directory is None:
+        return False
+    try:
+        _private_key(directory)
+    except OSError as exc:
+        log.debug("no catalog cache in %s: %s", directory, exc)
+        return False
+    return True
+
+
+def _existing_key(directory: Path) -> bytes:
+    """The MAC key of a cache directory that exists already and is ours; nothing is made."""
+    _check_private(directory)
+    key = _read_private(directory / "key")
+    if len(key) != 32:
+        raise OSError(f"{directory / 'key'} is not a catalog cache key")
+    return key
 
 
 def _private_key(directory: Path) -> bytes:

@@ -249,10 +249,6 @@ def _durability(url: ConnInfo) -> dict[str, str]:
 
 ANALYZING = pytest.StashKey[Future[None]]()
 TREE_SCAN = pytest.StashKey[Future[list[Backup]]]()
-# the checks that judge the tree against the schedule (`drill_policy`)
-SCHEDULE_CHECKS = ("test_backups_keep_to_the_schedule", "test_schedule_meets_the_rpo_target")
-
-
 @pytest.fixture(scope="session")
 def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbox.SandboxInfo,
                   drill_chains: list[toolchain.Toolchain],
@@ -278,7 +274,7 @@ def drill_restore(drill: DrillState, drill_backup: Backup, drill_sandbox: sandbo
                 if _will_run(request, "test_every_archive_entry_is_in_the_restored_database")
                 else None)
     # and the tree the schedule is judged on (`drill_policy`), which needs nothing restored
-    if drill.tree is None and any(_will_run(request, c) for c in SCHEDULE_CHECKS):
+    if drill.tree is None and _will_use(request, "drill_policy"):
         request.config.stash[TREE_SCAN] = side.submit(_scan_tree, drill)
     recorded = drill_backup.manifest.row_checksums if drill_backup.manifest else {}
     methods = {t: inventory.checksum_method(v) for t, v in recorded.items()}
@@ -371,6 +367,12 @@ def _wait_for_analyze(config: pytest.Config, drill: DrillState) -> None:
         del config.stash[ANALYZING]
         with drill.phase("analyze"):
             running.result()
+
+
+def _will_use(request: pytest.FixtureRequest, fixture: str) -> bool:
+    """Whether any of the drill's checks (built-in or the user's) asks for `fixture`, itself
+    or through another fixture: no list of check names to keep in step."""
+    return any(fixture in getattr(item, "fixturenames", ()) for item in request.session.items)
 
 
 def _will_run(request: pytest.FixtureRequest, check: str) -> bool:
@@ -517,7 +519,8 @@ def drill_policy(drill: DrillState, drill_backup: Backup,
     try:
         backups = drill.tree if drill.tree is not None else \
             scanning.result() if scanning is not None else _scan_tree(drill)
-    except CancelledError:  # not begun when a failed restore stopped what ran beside it
+    except CancelledError:  # submitted, but still queued when a failed restore stopped what
+        # ran beside it: the pool cancels what none of its threads had taken yet
         backups = _scan_tree(drill)
     model = forecast.fit(forecast.points([b for b in backups if b.source == drill_backup.source]))
     if model is not None:  # the drills recorded before this one: forecast against measured

@@ -99,7 +99,7 @@ def configure_drill(config: pytest.Config) -> None:
         appenv.refuse_production_env(options.pass_env, production)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from exc
-    started = child.started_at(options, datetime.now(UTC))  # the pick's, when picked before
+    started = child.started_at(options, datetime.now(UTC))  # atb drill run's, when it ran us
     if options.source == "pgbackrest":  # the target is picked by drills.pitr_fixtures
         chosen, error, eligible, tree = None, None, 0, None
         from drills import pitr_fixtures

@@ -21,6 +21,7 @@ from backup_core.store.naming import manifest_path
 from backup_core.tools import db
 from backup_core.tools.cluster import Cluster
 from backup_core.tools.conninfo import ConnInfo
+from drills import pick
 from drills.demo import example_dir
 from drills.options import DrillOptions
 from drills.plugin import hooks
@@ -194,9 +195,16 @@ def test_the_same_seed_picks_the_same_backup(history: tuple[ConnInfo, Path],
     tree = history[1]
     for _ in range(2):
         args = ("--seed", "424242", "--no-record", "--rto-target", "1h")
+        before = datetime.now(UTC).replace(microsecond=0)
         _, result = drill(*args, backup_dir=tree, report_dir=tmp_path / "r")
         picks.add(result["backup"]["path"])
         assert result["seed"] == 424242
+        # what README promises: the report's seed and start pick the drilled backup again
+        # (the start `atb drill run` took, which `configure_drill` made the report's)
+        started = datetime.fromisoformat(result["started_at"])
+        assert before <= started <= datetime.now(UTC)
+        again = pick.pick(catalog.scan(tree), now=started, window_days=90, seed=424242)
+        assert str(again.path) == result["backup"]["path"]
     assert len(picks) == 1
     now = datetime.now(UTC).replace(microsecond=0)
     plugin, _, among, _ = hooks._select(DrillOptions(backup_dir=tree, seed=424242), now)

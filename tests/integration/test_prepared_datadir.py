@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -207,15 +208,16 @@ def test_a_random_drills_backup_is_picked_once_by_atb_drill_run_and_its_sandbox_
     many); its copy and its child's early sandbox are made for that backup, and the plugin
     drills it as handed over: the early record adopted, the tree not scanned again."""
     tree = history[1]
+    at = datetime.now(UTC).replace(microsecond=0)  # as `check_drill` takes the start
     options = DrillOptions(backup_dir=tree, sandbox="local", seed=424242,
-                           report_dir=tmp_path / "reports")
+                           report_dir=tmp_path / "reports", started=at)
     chosen = child.choose(options)
     picked = chosen.picked
     assert picked is not None and chosen.backup is None
-    plugin, error, among, scanned = hooks._select(options, picked.now)  # its own pick
+    plugin, error, among, scanned = hooks._select(options, at)  # its own pick
     assert plugin is not None and error is None and scanned is not None
     assert (picked.path, picked.among) == (plugin.path, among)
-    assert among == len(pick.eligible(catalog.scan(tree), now=picked.now, window_days=90)) > 1
+    assert among == len(pick.eligible(catalog.scan(tree), now=at, window_days=90)) > 1
     options_file = child_options_file(chosen, tmp_path, sandbox_tmp, monkeypatch)
     with sandbox.prepared_for(chosen) as marker:
         assert marker is not None  # the copy is made for the pick, as for a --backup
@@ -234,7 +236,7 @@ def test_a_random_drills_backup_is_picked_once_by_atb_drill_run_and_its_sandbox_
 
         monkeypatch.setattr(catalog, "scan", no_scan)
         handed = DrillOptions.from_json(options_file.read_text(), {})
-        assert hooks._select(handed, picked.now) == (early.found, None, among, None)
+        assert hooks._select(handed, at) == (early.found, None, among, None)
         assert early.found is not None and early.found.path == plugin.path
         assert early.found.manifest == plugin.manifest
         assert child.take(early.found, handed) is early  # adopted by the drill

@@ -26,7 +26,7 @@ from backup_core.tools import db, isolation, toolchain
 from backup_core.tools.cluster import Cluster
 from backup_core.tools.conninfo import ConnInfo
 from tests.conftest import make_database
-from tests.helpers import atb, drill_held_at_its_integration, fingerprint
+from tests.helpers import atb, copy_backup, drill_held_at_its_integration, fingerprint
 from tests.integration.test_isolation import _drill, _processes_mentioning
 from tests.integration.test_production_guard import alembic_project
 
@@ -651,3 +651,51 @@ def test_your_conftest_files_their_hooks_and_plugins_open_no_unix_socket(
     failed = sorted(c["name"] for c in result["checks"] if c["outcome"] == "failed")
     assert (mine["outcome"], mine["message"], failed, done.returncode) == (
         "passed", "", ["test_heartbeat_is_fresh_at_backup_time"], 1)  # a backup with no heartbeat
+
+
+FORGER = '''#!%s
+import errno, os, sys
+for path in sys.argv[1:]:
+    try:
+        with open(path, "ab") as fh:
+            fh.write(b"forged")
+        print(os.path.basename(path), "written")
+    except OSError as exc:
+        print(os.path.basename(path), errno.errorcode[exc.errno], exc.strerror)
+'''
+
+
+def test_application_code_cannot_forge_the_hosts_catalog_cache(
+    production: tuple[ConnInfo, Path], tmp_path: Path
+) -> None:
+    """The catalog cache the host trusts (its key beside it) is bound read-only in the
+    drill's namespaces: the integration command, as root there, cannot rewrite an entry, the
+    key, or add a file; the cache's bytes are as they were, and the child's own scans (the
+    pick's tree, the schedule's) still read it, so a drill by pick runs."""
+    prod, path = production
+    tree = tmp_path / "backups"
+    copy = copy_backup(path, tree)
+    cache = tmp_path / "cache"
+    env = {"ATB_CATALOG_CACHE": str(cache)}
+    listed = atb("db", "list", "--json", "--backup-dir", str(tree), env=env)
+    assert listed.returncode == 0, listed.stderr
+    [cached] = [p for p in cache.iterdir() if p.name.endswith(".json")]
+    before = {p.name: p.read_bytes() for p in cache.iterdir()}
+    script = tmp_path / "forge.py"
+    script.write_text(FORGER % sys.executable)
+    script.chmod(0o755)
+    done = atb("drill", "run", "--json", "--backup-dir", str(tree), "--seed", "7",
+               "--no-record", "--schedule", "1d", "--sandbox", "local",
+               "--report-dir", str(tmp_path / "reports"), "--integration-cmd",
+               f"{script} {cached} {cache / 'key'} {cache / 'new.json'}", url=prod, env=env)
+    assert "Traceback" not in done.stderr, done.stderr
+    result = json.loads(done.stdout)
+    assert result["isolation"]["level"] == "network"
+    assert result["backup"]["path"] == str(copy)
+    assert result["backup"]["selection"] == (
+        "random among 1 complete backup of the last 90 days (seed 7)")
+    assert result["integration"]["output_tail"] == (
+        f"{cached.name} EROFS Read-only file system\n"
+        "key EROFS Read-only file system\n"
+        "new.json EROFS Read-only file system")
+    assert {p.name: p.read_bytes() for p in cache.iterdir()} == before

@@ -276,3 +276,70 @@ def test_the_name_helpers_on_the_names_that_matter() -> None:
         "backup-20261129T110000Z.dump")
     assert naming.pruned_name(".pruning") is None
     assert naming.is_partial_name(".backup-20261129T110000Z.dump.partial-ab12")
+
+
+def test_a_read_only_cache_is_read_but_never_made_or_written(
+        tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drill's child (`READ_ONLY_ENV`): no directory or key is made where there is none,
+    a warm cache is used, and a scan that parsed new manifests leaves the file's bytes as
+    they were (skipped, not left to fail: the directory is writable here)."""
+    root = tmp_path / "b"
+    dumps = tree(root, 3)
+    monkeypatch.setenv(catalog_cache.READ_ONLY_ENV, "1")
+    assert CatalogCache.open(cache_dir, root) is None
+    assert not cache_dir.exists()
+    assert states(catalog.scan(root, now=NOW, cache_dir=cache_dir)) == {
+        d.name: COMPLETE for d in dumps}
+    assert not cache_dir.exists()
+    monkeypatch.delenv(catalog_cache.READ_ONLY_ENV)
+    catalog.scan(root, now=NOW, cache_dir=cache_dir)  # warm, written by a writable scan
+    monkeypatch.setenv(catalog_cache.READ_ONLY_ENV, "1")
+    cache = CatalogCache.open(cache_dir, root)
+    assert cache is not None and cache.read_only
+    before = cache.file.read_bytes()
+    extra = tree(tmp_path / "c", 1)[0]  # a fourth backup, in the scanned tree
+    target = backup_path(root, "trading", NOW - timedelta(minutes=5))
+    extra.rename(target)
+    manifest_path(extra).rename(manifest_path(target))
+    scanned = catalog.scan(root, now=NOW, cache_dir=cache_dir)
+    assert [b.head_only for b in scanned] == [False, True, True, True]
+    assert cache.file.read_bytes() == before
+    assert sorted(p.name for p in cache_dir.iterdir()) == sorted(["key", cache.file.name])
+
+
+def test_prepare_makes_the_private_directory_and_key_once(tmp_path: Path) -> None:
+    directory = tmp_path / "cache"
+    assert catalog_cache.prepare(directory) is True
+    key = (directory / "key").read_bytes()
+    assert len(key) == 32 and (directory.stat().st_mode & 0o777) == 0o700
+    assert catalog_cache.prepare(directory) is True
+    assert (directory / "key").read_bytes() == key  # never replaced
+    assert catalog_cache.prepare(None) is False
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    assert catalog_cache.prepare(shared) is False
+
+
+def test_a_save_writes_through_a_unique_temporary_file(
+        tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two writers that share a pid (two PID namespaces) never open the same temporary file:
+    a leftover named as a pid-named save would have made is left alone, the save lands."""
+    root = tmp_path / "b"
+    tree(root, 2)
+    catalog.scan(root, now=NOW, cache_dir=cache_dir)
+    cache = CatalogCache.open(cache_dir, root)
+    assert cache is not None
+    squatter = cache.file.with_name(f".{cache.file.name}.{os.getpid()}.tmp")
+    squatter.write_bytes(b"another writer's")
+    cache.file.unlink()
+    again = CatalogCache.open(cache_dir, root)
+    assert again is not None
+    for path in root.rglob("*.json"):
+        read = again.read(path)
+        again.store(path, read, Manifest.from_dict(json.loads(read.raw)))
+    again.save(complete=True)
+    assert len(json.loads(cache.file.read_bytes().partition(b"\n")[2])["entries"]) == 2
+    assert squatter.read_bytes() == b"another writer's"
+    assert sorted(p.name for p in cache_dir.iterdir()) == sorted(
+        ["key", cache.file.name, squatter.name])

@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -226,20 +227,44 @@ def test_the_pick_atb_drill_run_hands_its_child_travels_only_in_the_options_file
     --drill` always picks for itself): only the options file carries it, intact."""
     from drills.options import OPTIONS, Picked
 
-    assert not any("pick" in o.name for o in OPTIONS)
+    assert not any("pick" in o.name or o.name == "started" for o in OPTIONS)
     dump = tmp_path / "db" / "2026" / "11" / "30" / "backup-20261130T010000Z.dump"
-    picked = Picked(path=dump, among=3, now=datetime(2026, 11, 30, 12, 0, 1, tzinfo=UTC))
-    options = DrillOptions(backup_dir=tmp_path, sandbox="local", seed=7, picked=picked)
+    picked = Picked(path=dump, among=3)
+    at = datetime(2026, 11, 30, 12, 0, 1, tzinfo=UTC)
+    options = DrillOptions(backup_dir=tmp_path, sandbox="local", seed=7, picked=picked,
+                           started=at)
     read = DrillOptions.from_json(options.to_json(), {})
     assert read.picked == picked and read.backup is None and read.seed == 7
+    assert read.started == at
     assert (read.target, DrillOptions(backup_dir=tmp_path).target) == (dump, None)
     text = options.to_json().replace('"among": 3', '"among": "three"')
     with pytest.raises(ConfigError, match=r"^--drill-options: picked: not a picked backup"):
         DrillOptions.from_json(text, {})
     naive = options.to_json().replace('12:00:01+00:00', '12:00:01')
-    with pytest.raises(ConfigError, match=r"^--drill-options: picked: not a picked backup: "
-                       r"its time 2026-11-30T12:00:01 has no UTC offset$"):
+    with pytest.raises(ConfigError, match=r"^--drill-options: started: "
+                       r"2026-11-30T12:00:01 has no UTC offset$"):
         DrillOptions.from_json(naive, {})
+
+
+def test_a_start_written_with_another_offset_is_the_same_utc_second(tmp_path: Path) -> None:
+    """`started` given as 14:00:01.75+02:00 is 12:00:01 UTC: the report's name (`ReportPaths`)
+    and the ledger's `started_at` (the report's start, `state.result`) say it labelled Z,
+    the fraction dropped, as a drill started in UTC would."""
+    from drills.state import ReportPaths
+
+    text = DrillOptions(backup_dir=tmp_path, started=datetime(2026, 11, 30, 12, 0, 1,
+                                                              tzinfo=UTC)).to_json()
+    shifted = text.replace("2026-11-30T12:00:01+00:00", "2026-11-30T14:00:01.750000+02:00")
+    assert shifted != text
+    read = DrillOptions.from_json(shifted, {})
+    started = child.started_at(read, datetime(2026, 12, 1, tzinfo=UTC))
+    assert started == datetime(2026, 11, 30, 12, 0, 1, tzinfo=UTC)
+    assert started.utcoffset() is not None and started.tzinfo is UTC
+    paths = ReportPaths.for_drill(tmp_path / "r", "shop", started)
+    assert paths.json == tmp_path / "r" / "shop" / "20261130T120001Z-drill.json"
+    assert started.isoformat(timespec="seconds") == "2026-11-30T12:00:01+00:00"
+    with pytest.raises(ConfigError, match=r"^--drill-options: started: not a time: "):
+        DrillOptions.from_json(text.replace("2026-11-30T12:00:01+00:00", "noon"), {})
 
 
 def test_a_tree_with_nothing_to_pick_is_left_to_the_plugin_and_a_given_backup_is_kept(
@@ -263,7 +288,7 @@ def test_a_tree_with_nothing_to_pick_is_left_to_the_plugin_and_a_given_backup_is
     dump = tmp_path / "db" / "2026" / "11" / "30" / "backup-20261130T010000Z.dump"
     dump.parent.mkdir(parents=True)
     dump.write_bytes(b"PGDMP")
-    stale = Picked(path=tmp_path / "other.dump", among=2, now=datetime.now(UTC))
+    stale = Picked(path=tmp_path / "other.dump", among=2)
     given = DrillOptions(backup=dump, backup_dir=tmp_path, sandbox="local", picked=stale)
     assert child.choose(given) == replace(given, picked=None)  # --backup wins, checked
     handed = DrillOptions(backup_dir=tmp_path / "typo", sandbox="local", picked=stale)
@@ -276,20 +301,23 @@ def test_the_copy_and_the_childs_early_sandbox_are_decided_by_one_function(
     `atb drill run` makes) and `child.begin` (the server its child starts): a dump drill on a
     local sandbox whose backup is known (--backup, or the pick), without --drill-exclude."""
     from drills.options import Picked
+    from tests.unit.test_catalog_cache import tree
 
-    dump = tmp_path / "db" / "2026" / "11" / "30" / "backup-20261130T010000Z.dump"
-    picked = Picked(path=dump, among=2, now=datetime(2026, 11, 30, 12, 0, 1, tzinfo=UTC))
+    dump = tmp_path / "trading" / "2026" / "11" / "29" / "backup-20261129T110000Z.dump"
+    picked = Picked(path=dump, among=2)
     cases = [({"backup": None}, None), ({"picked": picked}, dump),
              ({"sandbox": "docker", "picked": picked}, None),
              ({"sandbox": "auto", "picked": picked}, None),
              ({"source": "pgbackrest", "stanza": "main", "picked": picked}, None),
              ({"exclude": ("test_indexes_are_valid",), "picked": picked}, None)]
-    for given, expected in cases:
+    assert child.early_target(DrillOptions(backup_dir=tmp_path, sandbox="local",
+                                           picked=picked)) is None  # no file: no record yet
+    assert tree(tmp_path, 1) == [dump]  # a complete backup, manifest and all
+    for given, expected in cases:  # it exists: only the decision says no
         options = DrillOptions(**{"backup_dir": tmp_path, "sandbox": "local", **given})
         assert (given, options.early_dump) == (given, expected)
-        assert child.early_target(options) is None  # no such file: no record to begin for
-    dump.parent.mkdir(parents=True)
-    dump.write_bytes(b"PGDMP")
+        early = child.early_target(options)
+        assert (given, early and early.path) == (given, expected), early
     assert DrillOptions(backup=dump, sandbox="local").early_dump == dump
     excluded = DrillOptions(backup=dump, backup_dir=tmp_path, sandbox="local",
                             exclude=("test_indexes_are_valid",))
@@ -298,21 +326,16 @@ def test_the_copy_and_the_childs_early_sandbox_are_decided_by_one_function(
         assert prepared is None
 
 
-def test_a_drill_picked_by_atb_drill_run_starts_when_it_was_picked() -> None:
-    """`Picked.now` is the drill's start (`child.started_at`): its report's start is the
-    instant the window of its "random among N" was counted from; any other drill starts
-    now, to the second."""
-    from drills.options import Picked
-
+def test_a_drill_run_by_atb_drill_run_starts_when_it_took_its_start() -> None:
+    """`DrillOptions.started` is the drill's start (`child.started_at`) in every form, a
+    pick's or `--backup`'s: its report's start is the instant the window of a "random among
+    N" was counted from; a direct `pytest --drill` starts now, to the second, in UTC."""
     now = datetime(2026, 11, 30, 12, 0, 3, 654321, tzinfo=UTC)
     at = datetime(2026, 11, 30, 12, 0, 1, tzinfo=UTC)
-    picked = Picked(path=Path("/b/db/2026/11/30/backup-20261130T010000Z.dump"), among=3,
-                    now=at)
-    assert child.started_at(DrillOptions(picked=picked), now) == at
+    assert child.started_at(DrillOptions(started=at), now) == at
+    assert child.started_at(DrillOptions(backup=Path("/etc/hostname"), started=at), now) == at
     assert child.started_at(DrillOptions(), now) == datetime(2026, 11, 30, 12, 0, 3,
                                                              tzinfo=UTC)
-    given = DrillOptions(backup=Path("/etc/hostname"), picked=picked)  # --backup wins
-    assert child.started_at(given, now) == datetime(2026, 11, 30, 12, 0, 3, tzinfo=UTC)
 
 
 def test_no_backup_of_a_database_is_worded_in_one_place_from_the_tree(tmp_path: Path) -> None:
@@ -350,3 +373,45 @@ def test_the_child_scans_through_the_catalog_cache_this_process_read(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert drill_env(DrillOptions(), None, {"PATH": "/usr/bin"})["ATB_CATALOG_CACHE"] == str(
         tmp_path / "xdg" / "atb" / "catalog")
+
+
+def test_the_child_reads_the_catalog_cache_read_only_and_it_is_bound_so(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The host's trusted cache is never written from inside a drill: the child is told to
+    read it only, and its directory is one of the read-only binds, unless it holds where the
+    drill writes (then the drill is refused, exit 2)."""
+    from backup_core.store import catalog_cache
+    from drills.run import drill_env, read_only_trees
+
+    env = drill_env(DrillOptions(), None, {"PATH": "/usr/bin"})
+    assert env[catalog_cache.READ_ONLY_ENV] == "1"
+    tree, cache, scratch = tmp_path / "tree", tmp_path / "cache", tmp_path / "scratch"
+    tree.mkdir()
+    scratch.mkdir()
+    options = DrillOptions(backup_dir=tree, report_dir=tmp_path / "reports")
+    assert read_only_trees(options, scratch, catalog=cache) == [str(tree)]  # none yet
+    assert catalog_cache.prepare(cache)
+    assert read_only_trees(options, scratch, catalog=cache) == [str(tree), str(cache)]
+    holding = replace(options, report_dir=cache / "reports")
+    with pytest.raises(ConfigError) as refused:
+        read_only_trees(holding, scratch, catalog=cache)
+    assert str(refused.value) == (
+        f"the catalog cache {cache} (ATB_CATALOG_CACHE) holds {cache / 'reports'}, where the "
+        "drill writes: it could not be read-only in the drill; give the cache a directory of "
+        "its own")
+
+
+def test_the_tree_is_scanned_beside_the_restore_when_a_check_asks_for_the_schedule() -> None:
+    """`_will_use`: decided by the fixture a check asks for (itself or through another,
+    pytest's closure), a user's check too, not by a list of check names."""
+    from types import SimpleNamespace
+
+    from drills.plugin.fixtures import _will_use
+
+    def request(*closures: tuple[str, ...]) -> Any:
+        items = [SimpleNamespace(fixturenames=list(c)) for c in closures]
+        return SimpleNamespace(session=SimpleNamespace(items=[*items, object()]))
+
+    assert _will_use(request(("drill", "drill_rpo", "drill_policy")), "drill_policy") is True
+    assert _will_use(request(("drill",), ("drill_restore",)), "drill_policy") is False
+    assert _will_use(request(), "drill_policy") is False
