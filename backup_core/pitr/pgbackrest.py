@@ -187,15 +187,27 @@ def restore(stanza: Stanza, datadir: Path, *, target: datetime, backup: str, loc
                what="pgbackrest restore", env=tool_env(), run_as=run_as, timeout=None)
 
 
-def fetch_segment(stanza: Stanza, segment: str, dest: Path, *,
-                  run_as: str | None) -> bool:
-    """Copy one archived WAL segment (or a timeline's history file) to `dest`; False when
-    the archive does not have it."""
+def fetch_argv(exe: str, stanza: Stanza, segment: str, dest: Path, *, datadir: Path | None,
+               lock_dir: Path) -> list[str]:
+    """`archive-get` of one file to `dest`, synchronous, with our own lock directory, and
+    pg_control read from `datadir` (the restored copy's), as the copy's own restore_command
+    would: pgBackRest picks the archive matching that cluster's system and version. None
+    leaves pg1-path to the config (the stanza's own cluster, for the window's end)."""
     if not (SEGMENT_RE.match(segment) or HISTORY_RE.match(segment)):
         raise ValueError(f"not a WAL segment name: {segment!r}")
-    done = call(stanza, "--no-archive-async", "archive-get", segment, str(dest),
-                what="pgbackrest archive-get",
-                run_as=run_as, check=False, timeout=600)
+    pg = [f"--pg1-path={datadir}"] if datadir is not None else []
+    return stanza_argv(exe, stanza, *pg, f"--lock-path={lock_dir}", "--no-archive-async",
+                       "archive-get", segment, str(dest))
+
+
+def fetch_segment(stanza: Stanza, segment: str, dest: Path, *, datadir: Path | None,
+                  lock_dir: Path, run_as: str | None) -> bool:
+    """Copy one archived WAL segment (or a timeline's history file) to `dest`; False when
+    the archive does not have it."""
+    done = run(fetch_argv(executable(), stanza, segment, dest, datadir=datadir,
+                          lock_dir=lock_dir),
+               what="pgbackrest archive-get", env=tool_env(), run_as=run_as, check=False,
+               timeout=600)
     return done.returncode == 0 and dest.is_file()
 
 

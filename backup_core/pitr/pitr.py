@@ -92,11 +92,17 @@ def newest_commit(stanza: Stanza, info: StanzaInfo, chain: Toolchain) -> datetim
     run_as = service_user()
     segment = info.wal_max
     with tempfile.TemporaryDirectory(prefix="atb-wal-") as tmp:
+        lock = Path(tmp) / "lock"
+        lock.mkdir()
         if run_as:
-            shutil.chown(tmp, run_as)
+            for path in (Path(tmp), lock):
+                shutil.chown(path, run_as)
         for _ in range(LOOKBACK_SEGMENTS):
             dest = Path(tmp) / segment
-            if pgbackrest.fetch_segment(stanza, segment, dest, run_as=run_as):
+            # pg_control from the config's pg1-path: the window is read before any copy
+            # exists (on a host without the stanza's cluster, give --target-time)
+            if pgbackrest.fetch_segment(stanza, segment, dest, datadir=None, lock_dir=lock,
+                                        run_as=run_as):
                 done = run(pg_waldump_argv(chain, dest), what="pg_waldump",
                            check=False, timeout=300)
                 commits = COMMIT_RE.findall(done.stdout)
@@ -133,15 +139,18 @@ def pick_target(w: Window, seed: int) -> datetime:
 
 
 def prefetch_wal(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: datetime,
-                 chain: Toolchain, spool: Path, *, run_as: str | None) -> int:
+                 chain: Toolchain, spool: Path, *, datadir: Path, lock_dir: Path,
+                 run_as: str | None) -> int:
     """Fetch into `spool`, as `run_as` (the repository's reader), what the recovery of
     `backup` to `target` replays, as its restore_command would have one at a time: the
     timelines' history files, then each segment from the backup's first on, up to the first
     holding a commit after `target` (past the backup's last: where recovery to a time stops),
     the archive's last, or one the archive lacks (the recovery then stops there and
-    `explain` names it). The number of segments fetched."""
+    `explain` names it). pgBackRest reads pg_control from `datadir`, the restored copy, as
+    the copy's own restore_command would. The number of segments fetched."""
     def fetch(name: str) -> bool:
-        return pgbackrest.fetch_segment(stanza, name, spool / name, run_as=run_as)
+        return pgbackrest.fetch_segment(stanza, name, spool / name, datadir=datadir,
+                                        lock_dir=lock_dir, run_as=run_as)
 
     first = newest = int(backup.wal_stop[:8], 16)
     while fetch(f"{newest + 1:08X}.history"):  # as the server looks for the newest timeline
@@ -201,7 +210,8 @@ def recovered(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: datet
         pgbackrest.restore(stanza, datadir, target=target, backup=backup.label, lock_dir=lock,
                            run_as=reader,
                            restore_command=pgbackrest.spool_restore_command(spool))
-        prefetch_wal(stanza, info, backup, target, chain, spool, run_as=reader)
+        prefetch_wal(stanza, info, backup, target, chain, spool, datadir=datadir,
+                     lock_dir=lock, run_as=reader)
         if run_as:
             for path in (datadir, spool):
                 run(chown_tree_argv(path, run_as), what="chown the restored files",

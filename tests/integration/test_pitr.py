@@ -262,29 +262,62 @@ def test_a_target_after_the_last_archived_wal_fails_clearly(
     assert result["rto"]["measured_s"] is None
 
 
+def _copy(p: Production, work: Path, *, repo: bool = False,
+          pg1_path: Path | None = None) -> Production:
+    """The stanza with its own config in `work`: a copy of the repository, or of pg1-path."""
+    text = p.config.read_text()
+    copy = p.repo
+    if repo:
+        copy = work / "repo"
+        subprocess.run(["cp", "-a", str(p.repo), str(copy)], check=True)
+        text = text.replace(str(p.repo), str(copy))
+    if pg1_path is not None:
+        text = text.replace(f"pg1-path={p.cluster.datadir}", f"pg1-path={pg1_path}")
+    config = work / "pgbackrest.conf"
+    config.write_text(text)
+    config.chmod(0o644)
+    return Production(p.cluster, p.url, config, copy, p.info)
+
+
+def _newest_heartbeat(p: Production) -> str:
+    """The newest heartbeat's commit: recovering to it needs every segment up to there."""
+    with db.connect(p.url) as conn:
+        newest = conn.execute("SELECT max(created_at) FROM system_events").fetchone()[0]
+    return str(newest.isoformat())
+
+
+def _recovery_message(result: dict) -> str:
+    return str(next(c["message"] for c in result["checks"]
+                    if c["name"] == "test_recovery_reaches_the_target_time"))
+
+
 def test_a_missing_wal_segment_fails_the_drill_naming_it(
         production: Production, tmp_path: Path, sandbox_tmp: Path) -> None:
     """A copy of the repository with one segment gone from the middle of the window."""
-    repo = sandbox_tmp / "repo"
-    subprocess.run(["cp", "-a", str(production.repo), str(repo)], check=True)
-    config = sandbox_tmp / "pgbackrest.conf"
-    config.write_text(production.config.read_text().replace(str(production.repo), str(repo)))
-    config.chmod(0o644)
+    copy = _copy(production, sandbox_tmp, repo=True)
     backup = production.info.backups[0]
     missing = pgbackrest.next_segment(pgbackrest.next_segment(backup.wal_stop))
     assert production.info.wal_max is not None and missing < production.info.wal_max
-    [segment_file] = list(repo.rglob(f"{missing}-*"))
+    [segment_file] = list(copy.repo.rglob(f"{missing}-*"))
     segment_file.unlink()
-    copy = Production(production.cluster, production.url, config, repo, production.info)
-    # the newest heartbeat's commit: recovering to it needs every segment up to there
-    with db.connect(production.url) as conn:
-        newest = conn.execute("SELECT max(created_at) FROM system_events").fetchone()[0]
-    done, result = _pitr_drill(copy, tmp_path, "--target-time", newest.isoformat())
+    done, result = _pitr_drill(copy, tmp_path, "--target-time", _newest_heartbeat(production))
     assert done.returncode == 1 and result["verdict"] == "FAIL", done.stdout + done.stderr
-    message = next(c["message"] for c in result["checks"]
-                   if c["name"] == "test_recovery_reaches_the_target_time")
-    assert f"WAL segment {missing} is missing from the archive" in message
+    assert f"WAL segment {missing} is missing from the archive" in _recovery_message(result)
     assert result["pitr"]["failure"].startswith(f"WAL segment {missing}")
+
+
+def test_a_config_whose_pg1_path_holds_no_cluster_still_drills(
+        production: Production, tmp_path: Path, sandbox_tmp: Path) -> None:
+    """A dedicated restore host: the config's pg1-path has no pg_control. The WAL is fetched
+    with the restored copy's pg_control, as its restore_command would."""
+    elsewhere = sandbox_tmp / "no-cluster-here"
+    elsewhere.mkdir()
+    copy = _copy(production, sandbox_tmp, pg1_path=elsewhere)
+    done, result = _pitr_drill(copy, tmp_path, "--target-time", _newest_heartbeat(production),
+                               "--integration-cmd", "true")
+    assert done.returncode == 0 and result["verdict"] == "PASS", done.stdout + done.stderr
+    assert checks(result)["test_recovery_reaches_the_target_time"] == "passed"
+    assert result["pitr"]["wal_bytes"] > 0
 
 
 def test_status_watches_archiving_and_fails_when_it_stops(

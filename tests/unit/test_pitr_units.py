@@ -36,8 +36,8 @@ def test_wal_segment_names_roll_over_to_the_next_log() -> None:
     assert pgbackrest.previous_segment(pgbackrest.next_segment("0000000200000003000000A7")) \
         == "0000000200000003000000A7"
     with pytest.raises(ValueError):
-        pgbackrest.fetch_segment(pgbackrest.Stanza("main"), "../../etc/passwd", None,  # type: ignore[arg-type]
-                                 run_as=None)
+        pgbackrest.fetch_argv("pgbackrest", pgbackrest.Stanza("main"), "../../etc/passwd",
+                              Path("/w/x"), datadir=None, lock_dir=Path("/w/lock"))
 
 
 def test_the_target_is_uniform_over_the_window_and_replayable() -> None:
@@ -166,5 +166,23 @@ def test_the_copys_restore_command_copies_from_its_spool_and_names_no_repository
         "--target-action=promote", "--archive-mode=off",
         '--recovery-option=restore_command=cp /w/wal/%f "%p"']
     with pytest.raises(ValueError):
-        pgbackrest.fetch_segment(pgbackrest.Stanza("main"), "00000002.history/../x",
-                                 Path("/w/x"), run_as=None)
+        pgbackrest.fetch_argv("pgbackrest", pgbackrest.Stanza("main"), "00000002.history/../x",
+                              Path("/w/x"), datadir=Path("/w/data"), lock_dir=Path("/w/lock"))
+
+
+def test_a_wal_fetch_reads_pg_control_from_the_restored_copy() -> None:
+    """As the copy's own restore_command did: pgBackRest picks the archive matching the
+    restored cluster, not whatever the config's pg1-path holds (production's, or nothing)."""
+    stanza = pgbackrest.Stanza("main", Path("/etc/pgbackrest.conf"))
+    assert pgbackrest.fetch_argv("/usr/bin/pgbackrest", stanza, "000000010000000000000003",
+                                 Path("/w/wal/000000010000000000000003"),
+                                 datadir=Path("/w/data"), lock_dir=Path("/w/lock")) == [
+        "/usr/bin/pgbackrest", "--config=/etc/pgbackrest.conf", "--stanza=main",
+        "--log-level-file=off", "--pg1-path=/w/data", "--lock-path=/w/lock",
+        "--no-archive-async", "archive-get", "000000010000000000000003",
+        "/w/wal/000000010000000000000003"]
+    assert pgbackrest.fetch_argv("/usr/bin/pgbackrest", stanza, "00000002.history",
+                                 Path("/t/00000002.history"), datadir=None,
+                                 lock_dir=Path("/t/lock"))[4:6] == [
+        "--lock-path=/t/lock", "--no-archive-async"]
+
