@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from backup_core.tools.conninfo import redact
 from backup_core.tools.errors import CommandFailed, ConfigError, ToolchainError
 from backup_core.tools.runner import Completed, run
 
@@ -187,6 +188,9 @@ def restore(stanza: Stanza, datadir: Path, *, target: datetime, backup: str, loc
                what="pgbackrest restore", env=tool_env(), run_as=run_as, timeout=None)
 
 
+ARCHIVE_GET_NOT_FOUND = 1  # archive-get's exit code for a file the archive does not have
+
+
 def fetch_argv(exe: str, stanza: Stanza, segment: str, dest: Path, *, datadir: Path | None,
                lock_dir: Path) -> list[str]:
     """`archive-get` of one file to `dest`, synchronous, with our own lock directory, and
@@ -202,13 +206,32 @@ def fetch_argv(exe: str, stanza: Stanza, segment: str, dest: Path, *, datadir: P
 
 def fetch_segment(stanza: Stanza, segment: str, dest: Path, *, datadir: Path | None,
                   lock_dir: Path, run_as: str | None) -> bool:
-    """Copy one archived WAL segment (or a timeline's history file) to `dest`; False when
-    the archive does not have it."""
+    """Copy one archived WAL segment (or a timeline's history file) to `dest`; False only
+    when the archive does not have it (archive-get's exit 1). Any other failure (the store
+    unreachable, a wrong cipher pass, a corrupt file) raises, naming the file and what
+    pgBackRest said: it must not pass for the end of the archive."""
     done = run(fetch_argv(executable(), stanza, segment, dest, datadir=datadir,
                           lock_dir=lock_dir),
                what="pgbackrest archive-get", env=tool_env(), run_as=run_as, check=False,
                timeout=600)
-    return done.returncode == 0 and dest.is_file()
+    if done.returncode == 0 and dest.is_file():
+        return True
+    if done.returncode == ARCHIVE_GET_NOT_FOUND:
+        return False
+    raise CommandFailed(f"pgbackrest archive-get {segment} failed (exit {done.returncode}): "
+                        f"{tool_message(done.stderr or done.stdout)}")
+
+
+def tool_message(text: str) -> str:
+    """pgBackRest's error (its first ERROR line and the causes under it) on one line, with
+    every connection password, secret the run knows and `PGBACKREST_*` value masked."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = next((i for i, ln in enumerate(lines) if "ERROR" in ln), max(len(lines) - 1, 0))
+    message = redact(" ".join(lines[first:first + 6])) or "no message"
+    for value in tool_env().values():
+        if len(value) >= 4:
+            message = message.replace(value, "***")
+    return message
 
 
 def spool_restore_command(spool: Path) -> str:

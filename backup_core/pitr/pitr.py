@@ -147,10 +147,15 @@ def prefetch_wal(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: da
     holding a commit after `target` (past the backup's last: where recovery to a time stops),
     the archive's last, or one the archive lacks (the recovery then stops there and
     `explain` names it). pgBackRest reads pg_control from `datadir`, the restored copy, as
-    the copy's own restore_command would. The number of segments fetched."""
+    the copy's own restore_command would. A fetch that fails otherwise than for a file the
+    archive lacks is a `RecoveryFailed` naming the file. The number of segments fetched."""
     def fetch(name: str) -> bool:
-        return pgbackrest.fetch_segment(stanza, name, spool / name, datadir=datadir,
-                                        lock_dir=lock_dir, run_as=run_as)
+        try:
+            return pgbackrest.fetch_segment(stanza, name, spool / name, datadir=datadir,
+                                            lock_dir=lock_dir, run_as=run_as)
+        except CommandFailed as exc:
+            # no `segment`: the drill reports that one as missing, and this one is not
+            raise RecoveryFailed(f"could not fetch {name} from the archive: {exc}") from exc
 
     first = newest = int(backup.wal_stop[:8], 16)
     while fetch(f"{newest + 1:08X}.history"):  # as the server looks for the newest timeline

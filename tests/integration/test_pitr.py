@@ -306,6 +306,22 @@ def test_a_missing_wal_segment_fails_the_drill_naming_it(
     assert result["pitr"]["failure"].startswith(f"WAL segment {missing}")
 
 
+def test_a_corrupt_wal_segment_fails_naming_pgbackrests_error_not_missing(
+        production: Production, tmp_path: Path, sandbox_tmp: Path) -> None:
+    """archive-get failing otherwise than "not in the archive" (here a damaged file; a store
+    unreachable or a wrong cipher pass alike) is not the end of the archive."""
+    copy = _copy(production, sandbox_tmp, repo=True)
+    damaged = pgbackrest.next_segment(production.info.backups[0].wal_stop)
+    [segment_file] = list(copy.repo.rglob(f"{damaged}-*"))
+    segment_file.write_bytes(b"not gzip" * 64)
+    done, result = _pitr_drill(copy, tmp_path, "--target-time", _newest_heartbeat(production))
+    assert done.returncode == 1 and result["verdict"] == "FAIL", done.stdout + done.stderr
+    message = _recovery_message(result)
+    assert f"could not fetch {damaged} from the archive: pgbackrest archive-get {damaged} " \
+        "failed (exit " in message, message
+    assert "ERROR: [" in message and "missing" not in message, message
+
+
 def test_a_config_whose_pg1_path_holds_no_cluster_still_drills(
         production: Production, tmp_path: Path, sandbox_tmp: Path) -> None:
     """A dedicated restore host: the config's pg1-path has no pg_control. The WAL is fetched

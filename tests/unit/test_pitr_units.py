@@ -186,3 +186,13 @@ def test_a_wal_fetch_reads_pg_control_from_the_restored_copy() -> None:
                                  lock_dir=Path("/t/lock"))[4:6] == [
         "--lock-path=/t/lock", "--no-archive-async"]
 
+
+def test_pgbackrests_error_is_one_line_with_its_cause_and_no_secret(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGBACKREST_REPO1_CIPHER_PASS", "s3cr3t-pass")
+    stderr = ("WARN: something first\nERROR: [042]: unable to get 000000010000000000000003:\n"
+              "       repo1: 15-1/x.gz [CryptoError] key s3cr3t-pass is wrong\n")
+    assert pgbackrest.tool_message(stderr) == (
+        "ERROR: [042]: unable to get 000000010000000000000003: repo1: 15-1/x.gz [CryptoError] "
+        "key *** is wrong")
+    assert pgbackrest.tool_message("") == "no message"
