@@ -212,8 +212,9 @@ def point_in_time_account() -> RunAs:
     server (`pitr.recovered`), which then needs neither the repository nor its credentials."""
     reader = service_user()
     account = os_account(reader) if reader else None
-    owners = {account.uid: f"{reader}, which reads pgBackRest's repository for the drill "
-              f"({SERVICE_USER_ENV})"} if account else {}
+    chosen = f" ({SERVICE_USER_ENV})" if os.environ.get(SERVICE_USER_ENV) else ""
+    owners = {account.uid: f"{reader}, which reads pgBackRest's repository for the "
+              f"drill{chosen}"} if account else {}
     return sandbox_account(owners=owners)
 
 

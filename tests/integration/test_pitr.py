@@ -243,7 +243,7 @@ def test_the_repositorys_reader_as_the_copys_account_is_refused_before_anything(
     uid = pwd.getpwnam("postgres").pw_uid
     assert (done.returncode, done.stdout, done.stderr) == (
         2, "", f"atb: error: refusing postgres for the drill's sandbox server: its uid {uid} is "
-        "that of postgres, which reads pgBackRest's repository for the drill (ATB_PG_USER); set "
+        "that of postgres, which reads pgBackRest's repository for the drill; set "
         "ATB_SANDBOX_USER to an account that owns nothing of production (e.g. atb-sandbox: "
         "useradd --system --no-create-home --shell /usr/sbin/nologin --user-group "
         "atb-sandbox)\n")
