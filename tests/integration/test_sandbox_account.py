@@ -418,3 +418,25 @@ def test_the_reaper_signals_no_process_but_one_of_the_sandbox_accounts(tmp_path:
         victim.kill()
         victim.wait()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="ownership is handed over only as root")
+def test_a_populated_data_directory_is_ours_until_populate_hands_it_over(
+        chain15: toolchain.Toolchain) -> None:
+    """`pitr.recovered` fills it as the repository's reader, then gives it to the sandbox's
+    account: before that it is never the sandbox's, so nothing of the server's account can
+    write into a directory another account is filling."""
+    seen: list[tuple[int, int, int]] = []
+
+    def populate(datadir: Path, run_as: str | None) -> None:
+        st = datadir.stat()
+        seen.append((st.st_uid, st.st_gid, st.st_mode & 0o777))
+        raise _Stop
+
+    with pytest.raises(_Stop), Cluster(chain15, populate=populate, run_as=DEDICATED):
+        pass
+    assert seen == [(0, 0, 0o700)]
