@@ -29,6 +29,7 @@ from backup_core.tools.cluster import (
     Cluster,
     chown_tree_argv,
     point_in_time_account,
+    servable,
     service_user,
 )
 from backup_core.tools.commands import pg_waldump_argv
@@ -90,6 +91,7 @@ def newest_commit(stanza: Stanza, info: StanzaInfo, chain: Toolchain) -> datetim
         raise AtbError(f"stanza {stanza.name} has no archived WAL: is archive_command set "
                        "to `pgbackrest archive-push`?")
     run_as = service_user()
+    waldump = servable(chain, run_as)  # the repository's WAL is parsed as its reader, not root
     segment = info.wal_max
     with tempfile.TemporaryDirectory(prefix="atb-wal-") as tmp:
         lock = Path(tmp) / "lock"
@@ -103,7 +105,7 @@ def newest_commit(stanza: Stanza, info: StanzaInfo, chain: Toolchain) -> datetim
             # exists (on a host without the stanza's cluster, give --target-time)
             if pgbackrest.fetch_segment(stanza, segment, dest, datadir=None, lock_dir=lock,
                                         run_as=run_as):
-                done = run(pg_waldump_argv(chain, dest), what="pg_waldump",
+                done = run(pg_waldump_argv(waldump, dest), what="pg_waldump", run_as=run_as,
                            check=False, timeout=300)
                 commits = COMMIT_RE.findall(done.stdout)
                 dest.unlink()
@@ -157,6 +159,7 @@ def prefetch_wal(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: da
             # no `segment`: the drill reports that one as missing, and this one is not
             raise RecoveryFailed(f"could not fetch {name} from the archive: {exc}") from exc
 
+    waldump = servable(chain, run_as)  # the repository's WAL is parsed as its reader, not root
     first = newest = int(backup.wal_stop[:8], 16)
     while fetch(f"{newest + 1:08X}.history"):  # as the server looks for the newest timeline
         newest += 1
@@ -169,8 +172,8 @@ def prefetch_wal(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: da
                   if fetch(f"{tli:08X}{number}")]:
         fetched += 1
         if number >= backup.wal_stop[8:]:
-            done = run(pg_waldump_argv(chain, spool / got[-1]), what="pg_waldump",
-                       check=False, timeout=300)
+            done = run(pg_waldump_argv(waldump, spool / got[-1]), what="pg_waldump",
+                       run_as=run_as, check=False, timeout=300)
             if any(_pg_time(c) > target for c in COMMIT_RE.findall(done.stdout)):
                 break
         if info.wal_max is None or number >= info.wal_max[8:]:

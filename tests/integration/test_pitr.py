@@ -7,6 +7,7 @@ backup and keeps writing; the drills then recover copies of it to points in that
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pwd
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from backup_core.ops import heartbeat
-from backup_core.pitr import pgbackrest
+from backup_core.pitr import pgbackrest, pitr
 from backup_core.tools import db, toolchain
 from backup_core.tools.cluster import Cluster, os_account, random_password, service_user
 from backup_core.tools.conninfo import ConnInfo
@@ -407,3 +408,22 @@ def test_interrupting_a_point_in_time_drill_removes_the_copy(
     assert list(sandbox_tmp.iterdir()) == []
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(sandbox_tmp) not in ps
+
+
+def test_the_archives_wal_is_parsed_as_its_reader_not_as_root(
+        production: Production, chain15: toolchain.Toolchain, sandbox_tmp: Path) -> None:
+    """pg_waldump reads WAL from the repository: it runs as the account that reads it (here
+    through a wrapper that records who ran it), not as root."""
+    bindir, who = sandbox_tmp / "bin", sandbox_tmp / "who"
+    bindir.mkdir()
+    (bindir / "postgres").symlink_to(chain15.bindir / "postgres")
+    wrapper = bindir / "pg_waldump"
+    wrapper.write_text(f'#!/bin/sh\nid -un >> {who}\nexec {chain15.bindir}/pg_waldump "$@"\n')
+    wrapper.chmod(0o755)
+    who.touch(mode=0o666)
+    who.chmod(0o666)
+    chain = dataclasses.replace(chain15, bindir=bindir)
+    newest = pitr.newest_commit(pgbackrest.Stanza(STANZA, production.config), production.info,
+                                chain)
+    assert newest > production.info.backups[0].stopped
+    assert set(who.read_text().split()) == {service_user() or pwd.getpwuid(os.getuid()).pw_name}
