@@ -28,6 +28,9 @@ SUPPORTED_MAJORS = {(2, 45): (9, 15), (2, 46): (9, 15), (2, 47): (9, 16), (2, 48
 SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
 HISTORY_RE = re.compile(r"^[0-9A-F]{8}\.history$")  # a timeline's history file
 SEGMENT_BYTES = 16 * 1024 * 1024  # PostgreSQL's default; other sizes are not supported
+# The only recovery target atb asks for: a time. The restore's `--type` and the WAL
+# prefetch's stop rule (the first commit after the target) both follow from it.
+TARGET_TYPE = "time"
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,8 @@ def stanza_argv(exe: str, stanza: Stanza | None, *command: str) -> list[str]:
 
 
 def restore_argv(exe: str, stanza: Stanza, datadir: Path, *, target: datetime, backup: str,
-                 lock_dir: Path, restore_command: str | None = None) -> list[str]:
+                 lock_dir: Path, restore_command: str | None = None,
+                 target_type: str = TARGET_TYPE) -> list[str]:
     """`pgbackrest restore` of `backup` into `datadir` for recovery to `target`, then promote;
     the copy's restore_command (run by the server's shell, hence quoted) is `restore_command`
     (`spool_restore_command`), else reads the archive synchronously with our own lock
@@ -66,7 +70,7 @@ def restore_argv(exe: str, stanza: Stanza, datadir: Path, *, target: datetime, b
         [*stanza_argv(exe, stanza), f"--lock-path={lock_dir}", f"--pg1-path={datadir}",
          "--no-archive-async", "archive-get"]) + ' %f "%p"'
     return stanza_argv(exe, stanza, f"--pg1-path={datadir}", f"--lock-path={lock_dir}",
-                       "restore", f"--set={backup}", "--type=time",
+                       "restore", f"--set={backup}", f"--type={target_type}",
                        f"--target={target.isoformat()}", "--target-action=promote",
                        "--archive-mode=off", f"--recovery-option=restore_command={fetch}")
 

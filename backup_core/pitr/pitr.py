@@ -142,7 +142,7 @@ def pick_target(w: Window, seed: int) -> datetime:
 
 def prefetch_wal(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: datetime,
                  chain: Toolchain, spool: Path, *, datadir: Path, lock_dir: Path,
-                 run_as: str | None) -> int:
+                 run_as: str | None, target_type: str = pgbackrest.TARGET_TYPE) -> int:
     """Fetch into `spool`, as `run_as` (the repository's reader), what the recovery of
     `backup` to `target` replays, as its restore_command would have one at a time: the
     timelines' history files, then each segment from the backup's first on, up to the first
@@ -150,7 +150,12 @@ def prefetch_wal(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: da
     the archive's last, or one the archive lacks (the recovery then stops there and
     `explain` names it). pgBackRest reads pg_control from `datadir`, the restored copy, as
     the copy's own restore_command would. A fetch that fails otherwise than for a file the
-    archive lacks is a `RecoveryFailed` naming the file. The number of segments fetched."""
+    archive lacks is a `RecoveryFailed` naming the file. The number of segments fetched.
+    The stop rule holds for a time target only (`pgbackrest.TARGET_TYPE`): any other type
+    is refused before anything is fetched."""
+    if target_type != "time":
+        raise ValueError(f"prefetch_wal stops at the first commit after a time; a "
+                         f"{target_type!r} recovery target would need another stop rule")
     def fetch(name: str) -> bool:
         try:
             return pgbackrest.fetch_segment(stanza, name, spool / name, datadir=datadir,

@@ -196,3 +196,20 @@ def test_pgbackrests_error_is_one_line_with_its_cause_and_no_secret(
         "ERROR: [042]: unable to get 000000010000000000000003: repo1: 15-1/x.gz [CryptoError] "
         "key *** is wrong")
     assert pgbackrest.tool_message("") == "no message"
+
+
+def test_the_recovery_target_type_is_named_once_and_the_prefetch_refuses_another() -> None:
+    """The prefetch stops at the first commit after the target, which means a time: the
+    restore asks for the type named in one place, and the prefetch refuses any other
+    before fetching anything."""
+    assert pgbackrest.TARGET_TYPE == "time"
+    argv = pgbackrest.restore_argv("/usr/bin/pgbackrest", pgbackrest.Stanza("main"),
+                                   Path("/w/data"), target=T0, backup="b",
+                                   lock_dir=Path("/w/lock"))
+    assert "--type=time" in argv
+    with pytest.raises(ValueError, match="prefetch_wal stops at the first commit after a "
+                                         "time; a 'lsn' recovery target would need"):
+        pitr.prefetch_wal(pgbackrest.Stanza("main"), _info(), _backup("a", T0), T0,
+                          None, Path("/nonexistent"),  # type: ignore[arg-type]
+                          datadir=Path("/nonexistent"), lock_dir=Path("/nonexistent"),
+                          run_as=None, target_type="lsn")
