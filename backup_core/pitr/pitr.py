@@ -170,14 +170,24 @@ def prefetch_wal(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: da
         newest += 1
     for tli in range(2, first + 1):
         fetch(f"{tli:08X}.history")
-    # each segment under every timeline from the backup's on: past a switch the server asks
-    # for the newer timeline's name
-    number, fetched = (backup.wal_start or backup.wal_stop)[8:], 0
-    while got := [f"{tli:08X}{number}" for tli in range(first, newest + 1)
-                  if fetch(f"{tli:08X}{number}")]:
+    history = spool / f"{newest:08X}.history"
+    begins = (history_begins(history.read_text(errors="replace"), newest) if history.is_file()
+              else {tli: 0 for tli in range(first, newest + 1)})
+    # each segment under the timeline the server reads it from, as the newest history says
+    number, fetched, current = (backup.wal_start or backup.wal_stop)[8:], 0, first
+    while True:
+        got = None
+        for tli in timelines_for(segment_number(number), begins):
+            if tli < current:  # the server never goes back to an older timeline
+                break
+            if fetch(f"{tli:08X}{number}"):
+                got, current = f"{tli:08X}{number}", tli
+                break
+        if got is None:
+            break
         fetched += 1
         if number >= backup.wal_stop[8:]:
-            done = run(pg_waldump_argv(waldump, spool / got[-1]), what="pg_waldump",
+            done = run(pg_waldump_argv(waldump, spool / got), what="pg_waldump",
                        run_as=run_as, check=False, timeout=300)
             if any(_pg_time(c) > target for c in COMMIT_RE.findall(done.stdout)):
                 break
@@ -185,6 +195,34 @@ def prefetch_wal(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: da
             break
         number = pgbackrest.next_segment(f"{first:08X}{number}")[8:]
     return fetched
+
+
+def history_begins(text: str, tli: int) -> dict[int, int]:
+    """Where (an LSN) each timeline of timeline `tli`'s history file begins, `tli` included:
+    each line names a parent timeline and the LSN where it ended, where the next began."""
+    begins, start = {}, 0
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 2 or fields[0].startswith("#"):
+            continue
+        begins[int(fields[0])] = start
+        start = lsn(fields[1])
+    begins[tli] = start
+    return begins
+
+
+def timelines_for(segno: int, begins: dict[int, int]) -> list[int]:
+    """The timelines the server tries for WAL segment `segno` (a number, not a name), in its
+    order (PostgreSQL's XLogFileReadAnyTLI): newest first, each only from the segment where
+    it begins."""
+    return sorted((tli for tli, start in begins.items()
+                   if start // pgbackrest.SEGMENT_BYTES <= segno), reverse=True)
+
+
+def segment_number(name: str) -> int:
+    """The segment number of a WAL file name's last 16 digits (16 MB segments)."""
+    per_log = 0x100000000 // pgbackrest.SEGMENT_BYTES
+    return int(name[-16:-8], 16) * per_log + int(name[-8:], 16)
 
 
 def backup_for(info: StanzaInfo, target: datetime) -> BackupSet:

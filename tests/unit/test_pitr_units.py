@@ -213,3 +213,16 @@ def test_the_recovery_target_type_is_named_once_and_the_prefetch_refuses_another
                           None, Path("/nonexistent"),  # type: ignore[arg-type]
                           datadir=Path("/nonexistent"), lock_dir=Path("/nonexistent"),
                           run_as=None, target_type="lsn")
+
+
+def test_each_segment_is_read_from_the_timeline_the_newest_history_says() -> None:
+    """Timeline 3's history: 1 until 0/3000000, 2 until 0/5A00000, then 3. The server reads
+    segment 4 from timeline 2 (not 3, which only begins in segment 5), and 5 from 3."""
+    text = ("1\t0/3000000\tno recovery target specified\n\n"
+            "2\t0/5A00000\tbefore 2026-11-24 09:00:00+00\n")
+    begins = pitr.history_begins(text, 3)
+    assert begins == {1: 0, 2: 0x3000000, 3: 0x5A00000}
+    assert [pitr.timelines_for(n, begins) for n in (2, 3, 4, 5, 6)] == [
+        [1], [2, 1], [2, 1], [3, 2, 1], [3, 2, 1]]
+    assert pitr.history_begins("", 1) == {1: 0}
+    assert pitr.segment_number("000000030000000100000002") == 0x102
