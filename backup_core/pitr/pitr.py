@@ -9,6 +9,7 @@ logged says how far it got, how much WAL it replayed and, when it stopped early,
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pwd
 import random
@@ -44,6 +45,7 @@ REDO_START_RE = re.compile(r"redo starts at ([0-9A-F]+/[0-9A-F]+)")
 REDO_DONE_RE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
 LOG_TIME_RE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC ")
 LOOKBACK_SEGMENTS = 16  # how far back from the newest segment to look for a commit
+log = logging.getLogger("atb.pitr")
 
 
 class RecoveryFailed(AtbError):
@@ -73,6 +75,7 @@ class Recovery:
     restore_s: float  # pgBackRest's restore, the WAL fetched for the replay, the chown
     start_s: float  # server start to the first WAL record replayed
     replay_s: float  # first record to the promoted server accepting connections
+    spool_bytes: int = 0  # the WAL fetched beforehand (disk the drill needed beside the copy)
 
 
 def lsn(text: str) -> int:
@@ -261,8 +264,11 @@ def recovered(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: datet
         pgbackrest.restore(stanza, datadir, target=target, backup=backup.label, lock_dir=lock,
                            run_as=reader,
                            restore_command=pgbackrest.spool_restore_command(spool))
-        prefetch_wal(stanza, info, backup, target, chain, spool, datadir=datadir,
-                     lock_dir=lock, run_as=reader)
+        fetched = prefetch_wal(stanza, info, backup, target, chain, spool, datadir=datadir,
+                               lock_dir=lock, run_as=reader)
+        timings["spool_bytes"] = sum(p.stat().st_size for p in spool.iterdir())
+        log.info("WAL spool %s: %d files fetched (%d segments), %.1f MiB", spool,
+                 len(list(spool.iterdir())), fetched, timings["spool_bytes"] / 2**20)
         if run_as:
             for path in (datadir, spool):
                 run(chown_tree_argv(path, run_as), what="chown the restored files",
@@ -282,6 +288,8 @@ def recovered(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: datet
                 raise
             raise explain(_read(cluster.logfile), info, target) from exc
         _wait_promoted(cluster, info, target, deadline=t0 + timeout_s)
+        # promoted: the server reads no more WAL from the spool; its disk is given back now
+        shutil.rmtree(cluster.datadir.parent / "wal", ignore_errors=True)
         text = _read(cluster.logfile)
         start, done = REDO_START_RE.search(text), REDO_DONE_RE.search(text)
         last = LAST_XACT_RE.search(text)
@@ -290,7 +298,7 @@ def recovered(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: datet
             recovered_to=_pg_time(last.group(1)) if last else None,
             wal_bytes=lsn(done.group(1)) - lsn(start.group(1)) if start and done else 0,
             segments=len(set(RESTORED_RE.findall(text))),
-            restore_s=round(timings["restore"], 3),
+            restore_s=round(timings["restore"], 3), spool_bytes=int(timings["spool_bytes"]),
             **_start_and_replay(text, time.monotonic() - t0 - timings["restore"]))
         yield cluster, recovery
     finally:

@@ -57,7 +57,9 @@ with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
         print("READ done")
     except psycopg.Error as exc:
         print("READ", exc.sqlstate, exc.diag.message_primary)
-    print("RESTORE", conn.execute("SHOW restore_command").fetchone()[0])
+    restore = conn.execute("SHOW restore_command").fetchone()[0]
+    print("RESTORE", restore)
+    print("SPOOL", os.path.exists(restore.split()[1].rsplit("/", 1)[0]))
 """
 
 
@@ -204,6 +206,9 @@ def test_a_drill_to_a_random_time_passes_with_the_loss_measured(
     assert 0 <= pitr["data_loss_s"] < BEAT_S + 0.5, pitr  # bounded by the interval
     newest = datetime.fromisoformat(pitr["newest_heartbeat"])
     assert newest <= target and pitr["recovered_to"] and pitr["wal_bytes"] > 0
+    # whole segments (one timeline: no history file), at least those replayed
+    assert pitr["wal_spool_bytes"] % pgbackrest.SEGMENT_BYTES == 0, pitr
+    assert pitr["wal_spool_bytes"] >= pitr["wal_segments"] * pgbackrest.SEGMENT_BYTES > 0, pitr
     assert result["alembic"]["before"] == "0003_order_index_status" and \
         result["alembic"]["after"] == "0005_rename_balance_equity"
     assert {"restore files", "start", "WAL replay", "migrate", "checks"} <= \
@@ -211,6 +216,7 @@ def test_a_drill_to_a_random_time_passes_with_the_loss_measured(
     assert result["rpo"]["met"] is True and "archiving current" in result["rpo"]["summary"]
     html = Path(result["reports"]["html"]).read_text()
     assert "measured data loss" in html and ": met" in html
+    assert "MiB fetched beforehand)" in html
     # the same seed picks the same target; the copy's superuser (what the backup holds) acts
     # on the host as an account that owns nothing, not as the repository's reader: it
     # cannot read the repository, and its restore_command only copies from atb's spool
@@ -225,6 +231,7 @@ def test_a_drill_to_a_random_time_passes_with_the_loss_measured(
     assert said[:2] == [f"ACCOUNT {DEDICATED}", f'READ 42501 could not open file "{repo_file}" '
                         "for reading: Permission denied"], said
     assert said[2].startswith("RESTORE cp /") and said[2].endswith('/wal/%f "%p"'), said
+    assert said[3] == "SPOOL False", said  # removed once the copy was promoted
     # the stanza's server, its data directory and its repository are as they were
     assert fingerprint(production.url) == before_rows
     assert _data_dir_state(production.cluster) == before_dir
