@@ -174,7 +174,8 @@ def drill_recovery(drill: DrillState, drill_pitr_plan: Plan) -> Iterator[Recover
         drill.phases.update({"restore files": recovery.restore_s, "start": recovery.start_s,
                              "WAL replay": recovery.replay_s})
         drill.pitr = replace(drill.pitr or PitrFacts(), recovered_to=_iso(recovery.recovered_to),
-                             wal_bytes=recovery.wal_bytes, wal_segments=recovery.segments)
+                             wal_bytes=recovery.wal_bytes, wal_segments=recovery.segments,
+                             wal_spool_bytes=recovery.spool_bytes)
         drill.checks_started = time.monotonic()
         yield RecoveryOutcome(cluster=cluster, recovery=recovery)
 

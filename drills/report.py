@@ -29,7 +29,8 @@ def pitr_rows(r: DrillResult) -> list[tuple[str, str]]:
         return []
     window = f"{p.window_start} to {p.window_end}" if p.window_start else "-"
     wal = (f"{p.wal_segments} segments, {p.wal_bytes / 2**20:.1f} MiB"
-           if p.wal_bytes is not None else "-")
+           + (f" (spool of {p.wal_spool_bytes / 2**20:.1f} MiB fetched beforehand)"
+              if p.wal_spool_bytes else "") if p.wal_bytes is not None else "-")
     loss = (f"{human(p.data_loss_s)} (newest heartbeat {p.newest_heartbeat})"
             if p.data_loss_s is not None else "-")
     return [("Target time", f"{p.target or '-'} ({p.target_choice or '-'})"),

@@ -131,6 +131,7 @@ class PitrFacts:
     recovered_to: str | None = None
     wal_bytes: int | None = None
     wal_segments: int | None = None
+    wal_spool_bytes: int | None = None  # the WAL fetched beforehand, removed once promoted
     newest_heartbeat: str | None = None
     data_loss_s: float | None = None
     failure: str = ""

@@ -4,6 +4,7 @@ account runs each kind of drill's sandbox server (the same choice the sandboxes 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,8 @@ class SandboxAccount:
     why: str
     refused: str = ""
     role: str = "local sandbox server"
+    # why this drill cannot run on this host at all, which is no refusal of a choice (exit 0)
+    unavailable: str = ""
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,9 @@ def sandbox_accounts() -> tuple[SandboxAccount, ...]:
     nothing of production), a point-in-time one (`cluster.point_in_time_account`: the same,
     and not the repository's reader), and who restores the latter's files and fetches its
     WAL (`cluster.service_account`, the `service_user` and why: it reads pgBackRest's
-    repository), each with its reason or why it is refused."""
+    repository), each with its reason or why it is refused. A host with no reader of its
+    own (no postgres account, no ATB_PG_USER) has no point-in-time sandbox to refuse: its
+    line says the drill is unavailable here."""
     found = []
     for drill, role, choose in (
             ("dump", "local sandbox server", cluster.sandbox_account),
@@ -86,10 +91,23 @@ def sandbox_accounts() -> tuple[SandboxAccount, ...]:
         try:
             run_as = choose()
         except AtbError as exc:
+            if choose is cluster.point_in_time_account and not _distinct_reader():
+                found.append(SandboxAccount(drill, None, "", role=role, unavailable=(
+                    f"no {cluster.PROTECTED_ACCOUNT} account to read a pgBackRest repository "
+                    f"here, and the fallback reader is the sandbox's own account ({exc})")))
+                continue
             found.append(SandboxAccount(drill, None, "", refused=str(exc), role=role))
         else:
             found.append(SandboxAccount(drill, run_as.name, run_as.why, role=role))
     return tuple(found)
+
+
+def _distinct_reader() -> bool:
+    """Whether pgBackRest's repository has a reader of its own here: the user's
+    (`ATB_PG_USER`), or `postgres`; else the reader is the fallback account, the sandbox's
+    too when there is no `atb-sandbox`."""
+    return bool(os.environ.get(cluster.SERVICE_USER_ENV)) or \
+        cluster.os_account(cluster.PROTECTED_ACCOUNT) is not None
 
 
 def compressions(chains: list[toolchain.Toolchain]) -> tuple[CompressionUse, ...]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from backup_core.tools.conninfo import redact
 from backup_core.tools.errors import CommandFailed, ConfigError, ToolchainError
 from backup_core.tools.runner import Completed, run
 
@@ -27,6 +28,9 @@ SUPPORTED_MAJORS = {(2, 45): (9, 15), (2, 46): (9, 15), (2, 47): (9, 16), (2, 48
 SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
 HISTORY_RE = re.compile(r"^[0-9A-F]{8}\.history$")  # a timeline's history file
 SEGMENT_BYTES = 16 * 1024 * 1024  # PostgreSQL's default; other sizes are not supported
+# The only recovery target atb asks for: a time. The restore's `--type` and the WAL
+# prefetch's stop rule (the first commit after the target) both follow from it.
+TARGET_TYPE = "time"
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,8 @@ def stanza_argv(exe: str, stanza: Stanza | None, *command: str) -> list[str]:
 
 
 def restore_argv(exe: str, stanza: Stanza, datadir: Path, *, target: datetime, backup: str,
-                 lock_dir: Path, restore_command: str | None = None) -> list[str]:
+                 lock_dir: Path, restore_command: str | None = None,
+                 target_type: str = TARGET_TYPE) -> list[str]:
     """`pgbackrest restore` of `backup` into `datadir` for recovery to `target`, then promote;
     the copy's restore_command (run by the server's shell, hence quoted) is `restore_command`
     (`spool_restore_command`), else reads the archive synchronously with our own lock
@@ -65,7 +70,7 @@ def restore_argv(exe: str, stanza: Stanza, datadir: Path, *, target: datetime, b
         [*stanza_argv(exe, stanza), f"--lock-path={lock_dir}", f"--pg1-path={datadir}",
          "--no-archive-async", "archive-get"]) + ' %f "%p"'
     return stanza_argv(exe, stanza, f"--pg1-path={datadir}", f"--lock-path={lock_dir}",
-                       "restore", f"--set={backup}", "--type=time",
+                       "restore", f"--set={backup}", f"--type={target_type}",
                        f"--target={target.isoformat()}", "--target-action=promote",
                        "--archive-mode=off", f"--recovery-option=restore_command={fetch}")
 
@@ -187,16 +192,50 @@ def restore(stanza: Stanza, datadir: Path, *, target: datetime, backup: str, loc
                what="pgbackrest restore", env=tool_env(), run_as=run_as, timeout=None)
 
 
-def fetch_segment(stanza: Stanza, segment: str, dest: Path, *,
-                  run_as: str | None) -> bool:
-    """Copy one archived WAL segment (or a timeline's history file) to `dest`; False when
-    the archive does not have it."""
+ARCHIVE_GET_NOT_FOUND = 1  # archive-get's exit code for a file the archive does not have
+
+
+def fetch_argv(exe: str, stanza: Stanza, segment: str, dest: Path, *, datadir: Path | None,
+               lock_dir: Path) -> list[str]:
+    """`archive-get` of one file to `dest`, synchronous, with our own lock directory, and
+    pg_control read from `datadir` (the restored copy's), as the copy's own restore_command
+    would: pgBackRest picks the archive matching that cluster's system and version. None
+    leaves pg1-path to the config (the stanza's own cluster, for the window's end)."""
     if not (SEGMENT_RE.match(segment) or HISTORY_RE.match(segment)):
         raise ValueError(f"not a WAL segment name: {segment!r}")
-    done = call(stanza, "--no-archive-async", "archive-get", segment, str(dest),
-                what="pgbackrest archive-get",
-                run_as=run_as, check=False, timeout=600)
-    return done.returncode == 0 and dest.is_file()
+    pg = [f"--pg1-path={datadir}"] if datadir is not None else []
+    return stanza_argv(exe, stanza, *pg, f"--lock-path={lock_dir}", "--no-archive-async",
+                       "archive-get", segment, str(dest))
+
+
+def fetch_segment(stanza: Stanza, segment: str, dest: Path, *, datadir: Path | None,
+                  lock_dir: Path, run_as: str | None) -> bool:
+    """Copy one archived WAL segment (or a timeline's history file) to `dest`; False only
+    when the archive does not have it (archive-get's exit 1). Any other failure (the store
+    unreachable, a wrong cipher pass, a corrupt file) raises, naming the file and what
+    pgBackRest said: it must not pass for the end of the archive."""
+    done = run(fetch_argv(executable(), stanza, segment, dest, datadir=datadir,
+                          lock_dir=lock_dir),
+               what="pgbackrest archive-get", env=tool_env(), run_as=run_as, check=False,
+               timeout=600)
+    if done.returncode == 0 and dest.is_file():
+        return True
+    if done.returncode == ARCHIVE_GET_NOT_FOUND:
+        return False
+    raise CommandFailed(f"pgbackrest archive-get {segment} failed (exit {done.returncode}): "
+                        f"{tool_message(done.stderr or done.stdout)}")
+
+
+def tool_message(text: str) -> str:
+    """pgBackRest's error (its first ERROR line and the causes under it) on one line, with
+    every connection password, secret the run knows and `PGBACKREST_*` value masked."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = next((i for i, ln in enumerate(lines) if "ERROR" in ln), max(len(lines) - 1, 0))
+    message = redact(" ".join(lines[first:first + 6])) or "no message"
+    for value in tool_env().values():
+        if len(value) >= 4:
+            message = message.replace(value, "***")
+    return message
 
 
 def spool_restore_command(spool: Path) -> str:

@@ -9,6 +9,7 @@ logged says how far it got, how much WAL it replayed and, when it stopped early,
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pwd
 import random
@@ -29,6 +30,7 @@ from backup_core.tools.cluster import (
     Cluster,
     chown_tree_argv,
     point_in_time_account,
+    servable,
     service_user,
 )
 from backup_core.tools.commands import pg_waldump_argv
@@ -43,6 +45,7 @@ REDO_START_RE = re.compile(r"redo starts at ([0-9A-F]+/[0-9A-F]+)")
 REDO_DONE_RE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
 LOG_TIME_RE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC ")
 LOOKBACK_SEGMENTS = 16  # how far back from the newest segment to look for a commit
+log = logging.getLogger("atb.pitr")
 
 
 class RecoveryFailed(AtbError):
@@ -72,6 +75,7 @@ class Recovery:
     restore_s: float  # pgBackRest's restore, the WAL fetched for the replay, the chown
     start_s: float  # server start to the first WAL record replayed
     replay_s: float  # first record to the promoted server accepting connections
+    spool_bytes: int = 0  # the WAL fetched beforehand (disk the drill needed beside the copy)
 
 
 def lsn(text: str) -> int:
@@ -90,14 +94,21 @@ def newest_commit(stanza: Stanza, info: StanzaInfo, chain: Toolchain) -> datetim
         raise AtbError(f"stanza {stanza.name} has no archived WAL: is archive_command set "
                        "to `pgbackrest archive-push`?")
     run_as = service_user()
+    waldump = servable(chain, run_as)  # the repository's WAL is parsed as its reader, not root
     segment = info.wal_max
     with tempfile.TemporaryDirectory(prefix="atb-wal-") as tmp:
+        lock = Path(tmp) / "lock"
+        lock.mkdir()
         if run_as:
-            shutil.chown(tmp, run_as)
+            for path in (Path(tmp), lock):
+                shutil.chown(path, run_as)
         for _ in range(LOOKBACK_SEGMENTS):
             dest = Path(tmp) / segment
-            if pgbackrest.fetch_segment(stanza, segment, dest, run_as=run_as):
-                done = run(pg_waldump_argv(chain, dest), what="pg_waldump",
+            # pg_control from the config's pg1-path: the window is read before any copy
+            # exists (on a host without the stanza's cluster, give --target-time)
+            if pgbackrest.fetch_segment(stanza, segment, dest, datadir=None, lock_dir=lock,
+                                        run_as=run_as):
+                done = run(pg_waldump_argv(waldump, dest), what="pg_waldump", run_as=run_as,
                            check=False, timeout=300)
                 commits = COMMIT_RE.findall(done.stdout)
                 dest.unlink()
@@ -133,36 +144,88 @@ def pick_target(w: Window, seed: int) -> datetime:
 
 
 def prefetch_wal(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: datetime,
-                 chain: Toolchain, spool: Path, *, run_as: str | None) -> int:
+                 chain: Toolchain, spool: Path, *, datadir: Path, lock_dir: Path,
+                 run_as: str | None, target_type: str = pgbackrest.TARGET_TYPE) -> int:
     """Fetch into `spool`, as `run_as` (the repository's reader), what the recovery of
     `backup` to `target` replays, as its restore_command would have one at a time: the
     timelines' history files, then each segment from the backup's first on, up to the first
     holding a commit after `target` (past the backup's last: where recovery to a time stops),
     the archive's last, or one the archive lacks (the recovery then stops there and
-    `explain` names it). The number of segments fetched."""
+    `explain` names it). pgBackRest reads pg_control from `datadir`, the restored copy, as
+    the copy's own restore_command would. A fetch that fails otherwise than for a file the
+    archive lacks is a `RecoveryFailed` naming the file. The number of segments fetched.
+    The stop rule holds for a time target only (`pgbackrest.TARGET_TYPE`): any other type
+    is refused before anything is fetched."""
+    if target_type != "time":
+        raise ValueError(f"prefetch_wal stops at the first commit after a time; a "
+                         f"{target_type!r} recovery target would need another stop rule")
     def fetch(name: str) -> bool:
-        return pgbackrest.fetch_segment(stanza, name, spool / name, run_as=run_as)
+        try:
+            return pgbackrest.fetch_segment(stanza, name, spool / name, datadir=datadir,
+                                            lock_dir=lock_dir, run_as=run_as)
+        except CommandFailed as exc:
+            # no `segment`: the drill reports that one as missing, and this one is not
+            raise RecoveryFailed(f"could not fetch {name} from the archive: {exc}") from exc
 
+    waldump = servable(chain, run_as)  # the repository's WAL is parsed as its reader, not root
     first = newest = int(backup.wal_stop[:8], 16)
     while fetch(f"{newest + 1:08X}.history"):  # as the server looks for the newest timeline
         newest += 1
     for tli in range(2, first + 1):
         fetch(f"{tli:08X}.history")
-    # each segment under every timeline from the backup's on: past a switch the server asks
-    # for the newer timeline's name
-    number, fetched = (backup.wal_start or backup.wal_stop)[8:], 0
-    while got := [f"{tli:08X}{number}" for tli in range(first, newest + 1)
-                  if fetch(f"{tli:08X}{number}")]:
+    history = spool / f"{newest:08X}.history"
+    begins = (history_begins(history.read_text(errors="replace"), newest) if history.is_file()
+              else {tli: 0 for tli in range(first, newest + 1)})
+    # each segment under the timeline the server reads it from, as the newest history says
+    number, fetched, current = (backup.wal_start or backup.wal_stop)[8:], 0, first
+    while True:
+        got = None
+        for tli in timelines_for(segment_number(number), begins):
+            if tli < current:  # the server never goes back to an older timeline
+                break
+            if fetch(f"{tli:08X}{number}"):
+                got, current = f"{tli:08X}{number}", tli
+                break
+        if got is None:
+            break
         fetched += 1
         if number >= backup.wal_stop[8:]:
-            done = run(pg_waldump_argv(chain, spool / got[-1]), what="pg_waldump",
-                       check=False, timeout=300)
+            done = run(pg_waldump_argv(waldump, spool / got), what="pg_waldump",
+                       run_as=run_as, check=False, timeout=300)
             if any(_pg_time(c) > target for c in COMMIT_RE.findall(done.stdout)):
                 break
         if info.wal_max is None or number >= info.wal_max[8:]:
             break
         number = pgbackrest.next_segment(f"{first:08X}{number}")[8:]
     return fetched
+
+
+def history_begins(text: str, tli: int) -> dict[int, int]:
+    """Where (an LSN) each timeline of timeline `tli`'s history file begins, `tli` included:
+    each line names a parent timeline and the LSN where it ended, where the next began."""
+    begins, start = {}, 0
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 2 or fields[0].startswith("#"):
+            continue
+        begins[int(fields[0])] = start
+        start = lsn(fields[1])
+    begins[tli] = start
+    return begins
+
+
+def timelines_for(segno: int, begins: dict[int, int]) -> list[int]:
+    """The timelines the server tries for WAL segment `segno` (a number, not a name), in its
+    order (PostgreSQL's XLogFileReadAnyTLI): newest first, each only from the segment where
+    it begins."""
+    return sorted((tli for tli, start in begins.items()
+                   if start // pgbackrest.SEGMENT_BYTES <= segno), reverse=True)
+
+
+def segment_number(name: str) -> int:
+    """The segment number of a WAL file name's last 16 digits (16 MB segments)."""
+    per_log = 0x100000000 // pgbackrest.SEGMENT_BYTES
+    return int(name[-16:-8], 16) * per_log + int(name[-8:], 16)
 
 
 def backup_for(info: StanzaInfo, target: datetime) -> BackupSet:
@@ -201,7 +264,11 @@ def recovered(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: datet
         pgbackrest.restore(stanza, datadir, target=target, backup=backup.label, lock_dir=lock,
                            run_as=reader,
                            restore_command=pgbackrest.spool_restore_command(spool))
-        prefetch_wal(stanza, info, backup, target, chain, spool, run_as=reader)
+        fetched = prefetch_wal(stanza, info, backup, target, chain, spool, datadir=datadir,
+                               lock_dir=lock, run_as=reader)
+        timings["spool_bytes"] = sum(p.stat().st_size for p in spool.iterdir())
+        log.info("WAL spool %s: %d files fetched (%d segments), %.1f MiB", spool,
+                 len(list(spool.iterdir())), fetched, timings["spool_bytes"] / 2**20)
         if run_as:
             for path in (datadir, spool):
                 run(chown_tree_argv(path, run_as), what="chown the restored files",
@@ -221,6 +288,8 @@ def recovered(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: datet
                 raise
             raise explain(_read(cluster.logfile), info, target) from exc
         _wait_promoted(cluster, info, target, deadline=t0 + timeout_s)
+        # promoted: the server reads no more WAL from the spool; its disk is given back now
+        shutil.rmtree(cluster.datadir.parent / "wal", ignore_errors=True)
         text = _read(cluster.logfile)
         start, done = REDO_START_RE.search(text), REDO_DONE_RE.search(text)
         last = LAST_XACT_RE.search(text)
@@ -229,7 +298,7 @@ def recovered(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: datet
             recovered_to=_pg_time(last.group(1)) if last else None,
             wal_bytes=lsn(done.group(1)) - lsn(start.group(1)) if start and done else 0,
             segments=len(set(RESTORED_RE.findall(text))),
-            restore_s=round(timings["restore"], 3),
+            restore_s=round(timings["restore"], 3), spool_bytes=int(timings["spool_bytes"]),
             **_start_and_replay(text, time.monotonic() - t0 - timings["restore"]))
         yield cluster, recovery
     finally:

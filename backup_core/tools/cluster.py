@@ -212,8 +212,9 @@ def point_in_time_account() -> RunAs:
     server (`pitr.recovered`), which then needs neither the repository nor its credentials."""
     reader = service_user()
     account = os_account(reader) if reader else None
-    owners = {account.uid: f"{reader}, which reads pgBackRest's repository for the drill "
-              f"({SERVICE_USER_ENV})"} if account else {}
+    chosen = f" ({SERVICE_USER_ENV})" if os.environ.get(SERVICE_USER_ENV) else ""
+    owners = {account.uid: f"{reader}, which reads pgBackRest's repository for the "
+              f"drill{chosen}"} if account else {}
     return sandbox_account(owners=owners)
 
 
@@ -351,7 +352,8 @@ class Cluster:
     superuser: str = "postgres"
     base_dir: Path | None = None
     # Fills the empty data directory instead of initdb (a pgBackRest restore): called with
-    # the directory and the user the server runs as; the cluster then gets our pg_hba.conf.
+    # the directory (ours, 0700: populate gives it to whoever fills it, then to the server's
+    # account) and the user the server runs as; the cluster then gets our pg_hba.conf.
     populate: Callable[[Path, str | None], None] | None = None
     start_timeout: float = 60
     env: dict[str, str] = field(default_factory=dict)  # for the server (its restore_command)
@@ -568,10 +570,9 @@ class Cluster:
             if template is not None:
                 _save_template(self.datadir, template)
             return
+        # ours (root's, 0700) until `populate` hands it to whoever fills it and then to the
+        # server's account: never the server's account's while another fills it
         self.datadir.mkdir(mode=0o700)
-        if run_as:
-            entry = pwd.getpwnam(run_as)
-            os.chown(self.datadir, entry.pw_uid, entry.pw_gid)
         self.populate(self.datadir, run_as)
         # socket only, trust: as a fresh sandbox; production's rules do not apply here
         write_data_file(self.datadir, "pg_hba.conf", "local all all trust\n",

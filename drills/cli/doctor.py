@@ -51,6 +51,8 @@ def _account(account: SandboxAccount) -> str:
     where = f"{account.drill} drills' {account.role}"
     if account.refused:
         return f"{where}: refused: {account.refused}"
+    if account.unavailable:
+        return f"{where}: unavailable: {account.unavailable}"
     return f"{where} runs as {account.account or 'this user'} ({account.why})"
 
 

@@ -7,6 +7,7 @@ backup and keeps writing; the drills then recover copies of it to points in that
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pwd
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from backup_core.ops import heartbeat
-from backup_core.pitr import pgbackrest
+from backup_core.pitr import pgbackrest, pitr
 from backup_core.tools import db, toolchain
 from backup_core.tools.cluster import Cluster, os_account, random_password, service_user
 from backup_core.tools.conninfo import ConnInfo
@@ -56,7 +57,9 @@ with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
         print("READ done")
     except psycopg.Error as exc:
         print("READ", exc.sqlstate, exc.diag.message_primary)
-    print("RESTORE", conn.execute("SHOW restore_command").fetchone()[0])
+    restore = conn.execute("SHOW restore_command").fetchone()[0]
+    print("RESTORE", restore)
+    print("SPOOL", os.path.exists(restore.split()[1].rsplit("/", 1)[0]))
 """
 
 
@@ -203,6 +206,9 @@ def test_a_drill_to_a_random_time_passes_with_the_loss_measured(
     assert 0 <= pitr["data_loss_s"] < BEAT_S + 0.5, pitr  # bounded by the interval
     newest = datetime.fromisoformat(pitr["newest_heartbeat"])
     assert newest <= target and pitr["recovered_to"] and pitr["wal_bytes"] > 0
+    # whole segments (one timeline: no history file), at least those replayed
+    assert pitr["wal_spool_bytes"] % pgbackrest.SEGMENT_BYTES == 0, pitr
+    assert pitr["wal_spool_bytes"] >= pitr["wal_segments"] * pgbackrest.SEGMENT_BYTES > 0, pitr
     assert result["alembic"]["before"] == "0003_order_index_status" and \
         result["alembic"]["after"] == "0005_rename_balance_equity"
     assert {"restore files", "start", "WAL replay", "migrate", "checks"} <= \
@@ -210,6 +216,7 @@ def test_a_drill_to_a_random_time_passes_with_the_loss_measured(
     assert result["rpo"]["met"] is True and "archiving current" in result["rpo"]["summary"]
     html = Path(result["reports"]["html"]).read_text()
     assert "measured data loss" in html and ": met" in html
+    assert "MiB fetched beforehand)" in html
     # the same seed picks the same target; the copy's superuser (what the backup holds) acts
     # on the host as an account that owns nothing, not as the repository's reader: it
     # cannot read the repository, and its restore_command only copies from atb's spool
@@ -224,6 +231,7 @@ def test_a_drill_to_a_random_time_passes_with_the_loss_measured(
     assert said[:2] == [f"ACCOUNT {DEDICATED}", f'READ 42501 could not open file "{repo_file}" '
                         "for reading: Permission denied"], said
     assert said[2].startswith("RESTORE cp /") and said[2].endswith('/wal/%f "%p"'), said
+    assert said[3] == "SPOOL False", said  # removed once the copy was promoted
     # the stanza's server, its data directory and its repository are as they were
     assert fingerprint(production.url) == before_rows
     assert _data_dir_state(production.cluster) == before_dir
@@ -243,7 +251,7 @@ def test_the_repositorys_reader_as_the_copys_account_is_refused_before_anything(
     uid = pwd.getpwnam("postgres").pw_uid
     assert (done.returncode, done.stdout, done.stderr) == (
         2, "", f"atb: error: refusing postgres for the drill's sandbox server: its uid {uid} is "
-        "that of postgres, which reads pgBackRest's repository for the drill (ATB_PG_USER); set "
+        "that of postgres, which reads pgBackRest's repository for the drill; set "
         "ATB_SANDBOX_USER to an account that owns nothing of production (e.g. atb-sandbox: "
         "useradd --system --no-create-home --shell /usr/sbin/nologin --user-group "
         "atb-sandbox)\n")
@@ -262,29 +270,78 @@ def test_a_target_after_the_last_archived_wal_fails_clearly(
     assert result["rto"]["measured_s"] is None
 
 
+def _copy(p: Production, work: Path, *, repo: bool = False,
+          pg1_path: Path | None = None) -> Production:
+    """The stanza with its own config in `work`: a copy of the repository, or of pg1-path."""
+    text = p.config.read_text()
+    copy = p.repo
+    if repo:
+        copy = work / "repo"
+        subprocess.run(["cp", "-a", str(p.repo), str(copy)], check=True)
+        text = text.replace(str(p.repo), str(copy))
+    if pg1_path is not None:
+        text = text.replace(f"pg1-path={p.cluster.datadir}", f"pg1-path={pg1_path}")
+    config = work / "pgbackrest.conf"
+    config.write_text(text)
+    config.chmod(0o644)
+    return Production(p.cluster, p.url, config, copy, p.info)
+
+
+def _newest_heartbeat(p: Production) -> str:
+    """The newest heartbeat's commit: recovering to it needs every segment up to there."""
+    with db.connect(p.url) as conn:
+        newest = conn.execute("SELECT max(created_at) FROM system_events").fetchone()[0]
+    return str(newest.isoformat())
+
+
+def _recovery_message(result: dict) -> str:
+    return str(next(c["message"] for c in result["checks"]
+                    if c["name"] == "test_recovery_reaches_the_target_time"))
+
+
 def test_a_missing_wal_segment_fails_the_drill_naming_it(
         production: Production, tmp_path: Path, sandbox_tmp: Path) -> None:
     """A copy of the repository with one segment gone from the middle of the window."""
-    repo = sandbox_tmp / "repo"
-    subprocess.run(["cp", "-a", str(production.repo), str(repo)], check=True)
-    config = sandbox_tmp / "pgbackrest.conf"
-    config.write_text(production.config.read_text().replace(str(production.repo), str(repo)))
-    config.chmod(0o644)
+    copy = _copy(production, sandbox_tmp, repo=True)
     backup = production.info.backups[0]
     missing = pgbackrest.next_segment(pgbackrest.next_segment(backup.wal_stop))
     assert production.info.wal_max is not None and missing < production.info.wal_max
-    [segment_file] = list(repo.rglob(f"{missing}-*"))
+    [segment_file] = list(copy.repo.rglob(f"{missing}-*"))
     segment_file.unlink()
-    copy = Production(production.cluster, production.url, config, repo, production.info)
-    # the newest heartbeat's commit: recovering to it needs every segment up to there
-    with db.connect(production.url) as conn:
-        newest = conn.execute("SELECT max(created_at) FROM system_events").fetchone()[0]
-    done, result = _pitr_drill(copy, tmp_path, "--target-time", newest.isoformat())
+    done, result = _pitr_drill(copy, tmp_path, "--target-time", _newest_heartbeat(production))
     assert done.returncode == 1 and result["verdict"] == "FAIL", done.stdout + done.stderr
-    message = next(c["message"] for c in result["checks"]
-                   if c["name"] == "test_recovery_reaches_the_target_time")
-    assert f"WAL segment {missing} is missing from the archive" in message
+    assert f"WAL segment {missing} is missing from the archive" in _recovery_message(result)
     assert result["pitr"]["failure"].startswith(f"WAL segment {missing}")
+
+
+def test_a_corrupt_wal_segment_fails_naming_pgbackrests_error_not_missing(
+        production: Production, tmp_path: Path, sandbox_tmp: Path) -> None:
+    """archive-get failing otherwise than "not in the archive" (here a damaged file; a store
+    unreachable or a wrong cipher pass alike) is not the end of the archive."""
+    copy = _copy(production, sandbox_tmp, repo=True)
+    damaged = pgbackrest.next_segment(production.info.backups[0].wal_stop)
+    [segment_file] = list(copy.repo.rglob(f"{damaged}-*"))
+    segment_file.write_bytes(b"not gzip" * 64)
+    done, result = _pitr_drill(copy, tmp_path, "--target-time", _newest_heartbeat(production))
+    assert done.returncode == 1 and result["verdict"] == "FAIL", done.stdout + done.stderr
+    message = _recovery_message(result)
+    assert f"could not fetch {damaged} from the archive: pgbackrest archive-get {damaged} " \
+        "failed (exit " in message, message
+    assert "ERROR: [" in message and "missing" not in message, message
+
+
+def test_a_config_whose_pg1_path_holds_no_cluster_still_drills(
+        production: Production, tmp_path: Path, sandbox_tmp: Path) -> None:
+    """A dedicated restore host: the config's pg1-path has no pg_control. The WAL is fetched
+    with the restored copy's pg_control, as its restore_command would."""
+    elsewhere = sandbox_tmp / "no-cluster-here"
+    elsewhere.mkdir()
+    copy = _copy(production, sandbox_tmp, pg1_path=elsewhere)
+    done, result = _pitr_drill(copy, tmp_path, "--target-time", _newest_heartbeat(production),
+                               "--integration-cmd", "true")
+    assert done.returncode == 0 and result["verdict"] == "PASS", done.stdout + done.stderr
+    assert checks(result)["test_recovery_reaches_the_target_time"] == "passed"
+    assert result["pitr"]["wal_bytes"] > 0
 
 
 def test_status_watches_archiving_and_fails_when_it_stops(
@@ -358,3 +415,22 @@ def test_interrupting_a_point_in_time_drill_removes_the_copy(
     assert list(sandbox_tmp.iterdir()) == []
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(sandbox_tmp) not in ps
+
+
+def test_the_archives_wal_is_parsed_as_its_reader_not_as_root(
+        production: Production, chain15: toolchain.Toolchain, sandbox_tmp: Path) -> None:
+    """pg_waldump reads WAL from the repository: it runs as the account that reads it (here
+    through a wrapper that records who ran it), not as root."""
+    bindir, who = sandbox_tmp / "bin", sandbox_tmp / "who"
+    bindir.mkdir()
+    (bindir / "postgres").symlink_to(chain15.bindir / "postgres")
+    wrapper = bindir / "pg_waldump"
+    wrapper.write_text(f'#!/bin/sh\nid -un >> {who}\nexec {chain15.bindir}/pg_waldump "$@"\n')
+    wrapper.chmod(0o755)
+    who.touch(mode=0o666)
+    who.chmod(0o666)
+    chain = dataclasses.replace(chain15, bindir=bindir)
+    newest = pitr.newest_commit(pgbackrest.Stanza(STANZA, production.config), production.info,
+                                chain)
+    assert newest > production.info.backups[0].stopped
+    assert set(who.read_text().split()) == {service_user() or pwd.getpwuid(os.getuid()).pw_name}

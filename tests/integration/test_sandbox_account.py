@@ -234,12 +234,13 @@ def test_doctor_says_who_runs_each_drills_sandbox_and_why() -> None:
            "/usr/sbin/nologin --user-group atb-sandbox)")
     server = "local sandbox server"
     assert json.loads(done.stdout)["sandbox_accounts"] == [
-        {"drill": "dump", "role": server, "account": DEDICATED, "why": why, "refused": ""},
+        {"drill": "dump", "role": server, "account": DEDICATED, "why": why, "refused": "",
+         "unavailable": ""},
         {"drill": "point-in-time", "role": server, "account": DEDICATED, "why": why,
-         "refused": ""},
+         "refused": "", "unavailable": ""},
         {"drill": "point-in-time", "role": "pgBackRest restore and WAL fetch",
          "account": "postgres", "refused": "", "why": "pgBackRest's repository and spool "
-         "are its"}]
+         "are its", "unavailable": ""}]
     text = atb_inproc("doctor", env=env).stdout.splitlines()
     assert text[-3:] == [f"dump drills' local sandbox server runs as {DEDICATED} ({why})",
                          f"point-in-time drills' local sandbox server runs as {DEDICATED} "
@@ -263,6 +264,36 @@ def test_doctor_says_who_runs_each_drills_sandbox_and_why() -> None:
         2, f"atb: error: point-in-time drills' local sandbox server: refused: refusing "
         f"{DEDICATED} for the drill's sandbox server: its uid {uid} is that of {DEDICATED}, "
         f"which reads pgBackRest's repository for the drill (ATB_PG_USER); {fix(DEDICATED)}\n")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="accounts are chosen only as root")
+def test_doctor_on_a_host_with_no_reader_says_point_in_time_is_unavailable_not_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No `postgres`, no `atb-sandbox` (the embedded PostgreSQL only): reader and sandbox
+    would both be `nobody`. No choice of the user's is wrong: doctor exits 0, and names
+    ATB_PG_USER nowhere, since it is not set."""
+    from backup_core.ops import survey
+
+    real = cluster.os_account
+    monkeypatch.setattr(cluster, "os_account",
+                        lambda name: None if name in ("postgres", "atb-sandbox") else real(name))
+    monkeypatch.delenv("ATB_PG_USER", raising=False)
+    monkeypatch.delenv("ATB_SANDBOX_USER", raising=False)
+    [dump, pitr, reader] = survey.sandbox_accounts()
+    assert (dump.account, dump.refused, reader.account, reader.refused) == \
+        ("nobody", "", "nobody", "")
+    assert (pitr.account, pitr.refused) == (None, "")
+    assert pitr.unavailable == (
+        "no postgres account to read a pgBackRest repository here, and the fallback reader "
+        f"is the sandbox's own account (refusing nobody for the drill's sandbox server: its "
+        f"uid {pwd.getpwnam('nobody').pw_uid} is that of nobody, which reads pgBackRest's "
+        f"repository for the drill; create atb-sandbox ({cluster.SETUP_HINT}), or set "
+        "ATB_SANDBOX_USER)")
+    done = atb_inproc("doctor", env={"ATB_PG_USER": "", "ATB_SANDBOX_USER": ""})
+    assert (done.returncode, done.stderr) == (0, ""), done.stdout
+    assert f"point-in-time drills' local sandbox server: unavailable: {pitr.unavailable}" \
+        in done.stdout.splitlines()
+    assert "ATB_PG_USER" not in done.stdout
 
 
 def prepared_copy(marker: Path) -> Path:
@@ -387,3 +418,25 @@ def test_the_reaper_signals_no_process_but_one_of_the_sandbox_accounts(tmp_path:
         victim.kill()
         victim.wait()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="ownership is handed over only as root")
+def test_a_populated_data_directory_is_ours_until_populate_hands_it_over(
+        chain15: toolchain.Toolchain) -> None:
+    """`pitr.recovered` fills it as the repository's reader, then gives it to the sandbox's
+    account: before that it is never the sandbox's, so nothing of the server's account can
+    write into a directory another account is filling."""
+    seen: list[tuple[int, int, int]] = []
+
+    def populate(datadir: Path, run_as: str | None) -> None:
+        st = datadir.stat()
+        seen.append((st.st_uid, st.st_gid, st.st_mode & 0o777))
+        raise _Stop
+
+    with pytest.raises(_Stop), Cluster(chain15, populate=populate, run_as=DEDICATED):
+        pass
+    assert seen == [(0, 0, 0o700)]

@@ -36,8 +36,8 @@ def test_wal_segment_names_roll_over_to_the_next_log() -> None:
     assert pgbackrest.previous_segment(pgbackrest.next_segment("0000000200000003000000A7")) \
         == "0000000200000003000000A7"
     with pytest.raises(ValueError):
-        pgbackrest.fetch_segment(pgbackrest.Stanza("main"), "../../etc/passwd", None,  # type: ignore[arg-type]
-                                 run_as=None)
+        pgbackrest.fetch_argv("pgbackrest", pgbackrest.Stanza("main"), "../../etc/passwd",
+                              Path("/w/x"), datadir=None, lock_dir=Path("/w/lock"))
 
 
 def test_the_target_is_uniform_over_the_window_and_replayable() -> None:
@@ -166,5 +166,63 @@ def test_the_copys_restore_command_copies_from_its_spool_and_names_no_repository
         "--target-action=promote", "--archive-mode=off",
         '--recovery-option=restore_command=cp /w/wal/%f "%p"']
     with pytest.raises(ValueError):
-        pgbackrest.fetch_segment(pgbackrest.Stanza("main"), "00000002.history/../x",
-                                 Path("/w/x"), run_as=None)
+        pgbackrest.fetch_argv("pgbackrest", pgbackrest.Stanza("main"), "00000002.history/../x",
+                              Path("/w/x"), datadir=Path("/w/data"), lock_dir=Path("/w/lock"))
+
+
+def test_a_wal_fetch_reads_pg_control_from_the_restored_copy() -> None:
+    """As the copy's own restore_command did: pgBackRest picks the archive matching the
+    restored cluster, not whatever the config's pg1-path holds (production's, or nothing)."""
+    stanza = pgbackrest.Stanza("main", Path("/etc/pgbackrest.conf"))
+    assert pgbackrest.fetch_argv("/usr/bin/pgbackrest", stanza, "000000010000000000000003",
+                                 Path("/w/wal/000000010000000000000003"),
+                                 datadir=Path("/w/data"), lock_dir=Path("/w/lock")) == [
+        "/usr/bin/pgbackrest", "--config=/etc/pgbackrest.conf", "--stanza=main",
+        "--log-level-file=off", "--pg1-path=/w/data", "--lock-path=/w/lock",
+        "--no-archive-async", "archive-get", "000000010000000000000003",
+        "/w/wal/000000010000000000000003"]
+    assert pgbackrest.fetch_argv("/usr/bin/pgbackrest", stanza, "00000002.history",
+                                 Path("/t/00000002.history"), datadir=None,
+                                 lock_dir=Path("/t/lock"))[4:6] == [
+        "--lock-path=/t/lock", "--no-archive-async"]
+
+
+def test_pgbackrests_error_is_one_line_with_its_cause_and_no_secret(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGBACKREST_REPO1_CIPHER_PASS", "s3cr3t-pass")
+    stderr = ("WARN: something first\nERROR: [042]: unable to get 000000010000000000000003:\n"
+              "       repo1: 15-1/x.gz [CryptoError] key s3cr3t-pass is wrong\n")
+    assert pgbackrest.tool_message(stderr) == (
+        "ERROR: [042]: unable to get 000000010000000000000003: repo1: 15-1/x.gz [CryptoError] "
+        "key *** is wrong")
+    assert pgbackrest.tool_message("") == "no message"
+
+
+def test_the_recovery_target_type_is_named_once_and_the_prefetch_refuses_another() -> None:
+    """The prefetch stops at the first commit after the target, which means a time: the
+    restore asks for the type named in one place, and the prefetch refuses any other
+    before fetching anything."""
+    assert pgbackrest.TARGET_TYPE == "time"
+    argv = pgbackrest.restore_argv("/usr/bin/pgbackrest", pgbackrest.Stanza("main"),
+                                   Path("/w/data"), target=T0, backup="b",
+                                   lock_dir=Path("/w/lock"))
+    assert "--type=time" in argv
+    with pytest.raises(ValueError, match="prefetch_wal stops at the first commit after a "
+                                         "time; a 'lsn' recovery target would need"):
+        pitr.prefetch_wal(pgbackrest.Stanza("main"), _info(), _backup("a", T0), T0,
+                          None, Path("/nonexistent"),  # type: ignore[arg-type]
+                          datadir=Path("/nonexistent"), lock_dir=Path("/nonexistent"),
+                          run_as=None, target_type="lsn")
+
+
+def test_each_segment_is_read_from_the_timeline_the_newest_history_says() -> None:
+    """Timeline 3's history: 1 until 0/3000000, 2 until 0/5A00000, then 3. The server reads
+    segment 4 from timeline 2 (not 3, which only begins in segment 5), and 5 from 3."""
+    text = ("1\t0/3000000\tno recovery target specified\n\n"
+            "2\t0/5A00000\tbefore 2026-11-24 09:00:00+00\n")
+    begins = pitr.history_begins(text, 3)
+    assert begins == {1: 0, 2: 0x3000000, 3: 0x5A00000}
+    assert [pitr.timelines_for(n, begins) for n in (2, 3, 4, 5, 6)] == [
+        [1], [2, 1], [2, 1], [3, 2, 1], [3, 2, 1]]
+    assert pitr.history_begins("", 1) == {1: 0}
+    assert pitr.segment_number("000000030000000100000002") == 0x102
