@@ -84,6 +84,17 @@ def productions_file() -> Iterator[Path]:
         shutil.rmtree(folder)
 
 
+def attempts_script(tmp_path: Path, productions_file: Path) -> Path:
+    """The integration command: `ATTEMPTS` run against `productions_file` as the sandbox's
+    superuser reaches it."""
+    script = tmp_path / "integration.sh"
+    (tmp_path / "attempts.py").write_text(ATTEMPTS)
+    script.write_text(f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'attempts.py'} "
+                      f"{productions_file}\n")
+    script.chmod(0o755)
+    return script
+
+
 def denied(path: Path, how: str) -> str:
     return f'42501 could not open file "{path}" for {how}: Permission denied'
 
@@ -99,11 +110,7 @@ def test_a_dump_drills_superuser_runs_as_the_dedicated_account_and_cannot_touch_
     with db.connect(pg15.url(), autocommit=True) as conn:
         assert conn.execute("SELECT pg_read_file(%s)", (str(productions_file),)).fetchone() \
             == (SECRET,)
-    script = tmp_path / "integration.sh"
-    (tmp_path / "attempts.py").write_text(ATTEMPTS)
-    script.write_text(f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'attempts.py'} "
-                      f"{productions_file}\n")
-    script.chmod(0o755)
+    script = attempts_script(tmp_path, productions_file)
     done, result = drill("--backup", str(dump), "--no-record", "--integration-cmd", str(script),
                          backup_dir=dump.parents[4], report_dir=tmp_path / "reports",
                          env={"ATB_PG_USER": "postgres", "ATB_SANDBOX_USER": ""})
@@ -125,11 +132,7 @@ def test_atb_sandbox_user_reaches_the_drills_child_and_its_early_sandbox(
     the copy made while the child starts and the sandbox it runs are that account's (a
     variable the child did not see would make it the default account's)."""
     other = "nobody" if DEDICATED == "atb-sandbox" else DEDICATED
-    script = tmp_path / "integration.sh"
-    (tmp_path / "attempts.py").write_text(ATTEMPTS)
-    script.write_text(f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'attempts.py'} "
-                      f"{productions_file}\n")
-    script.chmod(0o755)
+    script = attempts_script(tmp_path, productions_file)
     done, result = drill("--backup", str(dump), "--no-record", "--integration-cmd", str(script),
                          backup_dir=dump.parents[4], report_dir=tmp_path / "reports",
                          env={"ATB_SANDBOX_USER": other})
