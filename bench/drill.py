@@ -136,16 +136,17 @@ def reap_orphans(pid: int | None = None) -> None:
             pass
 
 
-def pick_tree(dump: Path, work: Path, count: int) -> Path:
+def pick_tree(dump: Path, work: Path, count: int, label: str) -> Path:
     """A backup tree of `count` hourly backups of `dump`'s database for the random pick to
     scan (`--pick-tree`): `dump` and its manifest, and `count - 1` backups before it, each its
     bytes hard-linked (no space taken) beside a manifest naming its own file and time. The
     tree a quarterly drill of hourly backups scans (2,160 over 90 days); the dump's own
-    tree is never written to. Each dump's tree and source are its own (`work / dump.stem`):
-    with several sizes, a tree holds links of its own size's dump only."""
+    tree is never written to. Each size's tree and source are its own (`work / label`, the
+    size: two dumps given with one file name stay apart): a tree holds links of its own
+    size's dump only."""
     manifest = json.loads(dump.with_name(dump.name.removesuffix(".dump") + ".json").read_text())
     taken = datetime.fromisoformat(manifest["taken_at"])
-    base = work / dump.stem
+    base = work / f"pick-{label}"
     base.mkdir(parents=True, exist_ok=True)
     tree = base / f"tree-{count}"
     source = base / "pick-source.dump"  # on this file system, for the hard links
@@ -352,7 +353,7 @@ def main() -> None:
             start = load_average()
             dump = backup_of(size, chain, chains, work, given)
             # the tree only for the drills that pick from it
-            tree = pick_tree(dump, work, args.pick_tree) \
+            tree = pick_tree(dump, work, args.pick_tree, size) \
                 if args.by_pick and args.pick_tree > 1 else None
             comps = [] if args.skip_restore else bench_restore(dump, chain, chains, cores,
                                                                 args.repeat)

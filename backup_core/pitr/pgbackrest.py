@@ -71,7 +71,8 @@ def restore_argv(exe: str, stanza: Stanza, datadir: Path, *, target: datetime, b
          "--no-archive-async", "archive-get"]) + ' %f "%p"'
     return stanza_argv(exe, stanza, f"--pg1-path={datadir}", f"--lock-path={lock_dir}",
                        "restore", f"--set={backup}", f"--type={target_type}",
-                       f"--target={target.isoformat()}", "--target-action=promote",
+                       f"--target={target.isoformat()}", "--target-timeline=latest",
+                       "--target-action=promote",
                        "--archive-mode=off", f"--recovery-option=restore_command={fetch}")
 
 
@@ -228,14 +229,20 @@ def fetch_segment(stanza: Stanza, segment: str, dest: Path, *, datadir: Path | N
 
 def tool_message(text: str) -> str:
     """pgBackRest's error (its first ERROR line and the causes under it) on one line, with
-    every connection password, secret the run knows and `PGBACKREST_*` value masked."""
+    every connection password, secret the run knows and secret `PGBACKREST_*` value (a pass,
+    key, secret or token, whatever its length) masked; the stanza, paths and levels are
+    left as they are, so the message still says where."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     first = next((i for i, ln in enumerate(lines) if "ERROR" in ln), max(len(lines) - 1, 0))
     message = redact(" ".join(lines[first:first + 6])) or "no message"
-    for value in tool_env().values():
-        if len(value) >= 4:
-            message = message.replace(value, "***")
+    secrets = sorted((value for name, value in tool_env().items()
+                      if value and _SECRET_NAME.search(name)), key=len, reverse=True)
+    for value in secrets:  # the longest first: one secret inside another is masked whole
+        message = message.replace(value, "***")
     return message
+
+
+_SECRET_NAME = re.compile(r"PASS|KEY|SECRET|TOKEN")
 
 
 def spool_restore_command(spool: Path) -> str:

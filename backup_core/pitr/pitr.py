@@ -106,8 +106,15 @@ def newest_commit(stanza: Stanza, info: StanzaInfo, chain: Toolchain) -> datetim
             dest = Path(tmp) / segment
             # pg_control from the config's pg1-path: the window is read before any copy
             # exists (on a host without the stanza's cluster, give --target-time)
-            if pgbackrest.fetch_segment(stanza, segment, dest, datadir=None, lock_dir=lock,
-                                        run_as=run_as):
+            try:
+                fetched = pgbackrest.fetch_segment(stanza, segment, dest, datadir=None,
+                                                   lock_dir=lock, run_as=run_as)
+            except CommandFailed as exc:  # most often: no cluster at the config's pg1-path
+                raise CommandFailed(f"{exc}; the newest commit in the archive (the end of "
+                                    "the window a random target is drawn from) is read with "
+                                    "the config's pg1-path: give --target-time on a host "
+                                    "without the stanza's cluster", detail=exc.detail) from exc
+            if fetched:
                 done = run(pg_waldump_argv(waldump, dest), what="pg_waldump", run_as=run_as,
                            check=False, timeout=300)
                 commits = COMMIT_RE.findall(done.stdout)
@@ -200,6 +207,12 @@ def prefetch_wal(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: da
     return fetched
 
 
+def _not_removed(_func: object, path: str, exc_info: object) -> None:
+    """A part of the WAL spool that could not be removed: said, not hidden (disk stays used
+    until the drill's work directory goes)."""
+    log.warning("WAL spool: could not remove %s: %s", path, exc_info)
+
+
 def history_begins(text: str, tli: int) -> dict[int, int]:
     """Where (an LSN) each timeline of timeline `tli`'s history file begins, `tli` included:
     each line names a parent timeline and the LSN where it ended, where the next began."""
@@ -208,8 +221,12 @@ def history_begins(text: str, tli: int) -> dict[int, int]:
         fields = line.split()
         if len(fields) < 2 or fields[0].startswith("#"):
             continue
-        begins[int(fields[0])] = start
-        start = lsn(fields[1])
+        try:
+            begins[int(fields[0])] = start
+            start = lsn(fields[1])
+        except ValueError as exc:
+            raise RecoveryFailed(f"timeline {tli}'s history file in the archive is not one "
+                                 f"PostgreSQL wrote: {line[:80]!r}") from exc
     begins[tli] = start
     return begins
 
@@ -289,7 +306,7 @@ def recovered(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: datet
             raise explain(_read(cluster.logfile), info, target) from exc
         _wait_promoted(cluster, info, target, deadline=t0 + timeout_s)
         # promoted: the server reads no more WAL from the spool; its disk is given back now
-        shutil.rmtree(cluster.datadir.parent / "wal", ignore_errors=True)
+        shutil.rmtree(cluster.datadir.parent / "wal", onerror=_not_removed)
         text = _read(cluster.logfile)
         start, done = REDO_START_RE.search(text), REDO_DONE_RE.search(text)
         last = LAST_XACT_RE.search(text)

@@ -155,7 +155,7 @@ def test_pgbackrest_argv_for_a_stanza_and_a_point_in_time_restore() -> None:
         exe, "--config=/etc/pgbackrest/pgbackrest.conf", "--stanza=main",
         "--log-level-file=off", "--pg1-path=/w/data dir", "--lock-path=/w/lock", "restore",
         "--set=20261129-200000F", "--type=time", "--target=2026-11-29T20:15:00+00:00",
-        "--target-action=promote", "--archive-mode=off",
+        "--target-timeline=latest", "--target-action=promote", "--archive-mode=off",
         f"--recovery-option=restore_command={fetch}"]
 
 

@@ -1,4 +1,5 @@
-"""`bench.drill --pick-tree`: with several sizes, each dump's tree links its own dump only."""
+"""`bench.drill --pick-tree`: with several sizes, each size's tree links its own dump only,
+whatever the dumps' file names."""
 
 from __future__ import annotations
 
@@ -20,10 +21,10 @@ def _dump(folder: Path, stem: str, data: bytes) -> Path:
 def test_two_sizes_get_two_trees_each_of_its_own_dump(tmp_path: Path) -> None:
     work = tmp_path / "work"
     small = _dump(tmp_path / "dumps" / "100MB", "backup-20261130T120000Z", b"small")
-    large = _dump(tmp_path / "dumps" / "1GB", "backup-20261130T120001Z", b"large!")
-    trees = [pick_tree(small, work, 3), pick_tree(large, work, 2)]
-    assert trees == [work / "backup-20261130T120000Z" / "tree-3",
-                     work / "backup-20261130T120001Z" / "tree-2"]
+    # the same file name in another folder: two dumps given as SIZE=PATH may share one
+    large = _dump(tmp_path / "dumps" / "1GB", "backup-20261130T120000Z", b"large!")
+    trees = [pick_tree(small, work, 3, "100MB"), pick_tree(large, work, 2, "1GB")]
+    assert trees == [work / "pick-100MB" / "tree-3", work / "pick-1GB" / "tree-2"]
     held = [sorted((p.relative_to(t).as_posix(), p.read_bytes()) for p in t.rglob("*.dump"))
             for t in trees]
     assert held == [

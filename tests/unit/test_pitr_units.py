@@ -163,7 +163,7 @@ def test_the_copys_restore_command_copies_from_its_spool_and_names_no_repository
         "/usr/bin/pgbackrest", "--config=/etc/pgbackrest.conf", "--stanza=main",
         "--log-level-file=off", "--pg1-path=/w/data", "--lock-path=/w/lock", "restore",
         "--set=20261124-090000F", "--type=time", "--target=2026-11-24T09:00:00+00:00",
-        "--target-action=promote", "--archive-mode=off",
+        "--target-timeline=latest", "--target-action=promote", "--archive-mode=off",
         '--recovery-option=restore_command=cp /w/wal/%f "%p"']
     with pytest.raises(ValueError):
         pgbackrest.fetch_argv("pgbackrest", pgbackrest.Stanza("main"), "00000002.history/../x",
@@ -196,6 +196,22 @@ def test_pgbackrests_error_is_one_line_with_its_cause_and_no_secret(
         "ERROR: [042]: unable to get 000000010000000000000003: repo1: 15-1/x.gz [CryptoError] "
         "key *** is wrong")
     assert pgbackrest.tool_message("") == "no message"
+
+
+def test_pgbackrests_error_keeps_its_stanza_and_paths_and_masks_every_secret(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only secrets are masked, whatever their length: the stanza, log level and paths in
+    the message stay readable (every PGBACKREST_* value was masked, so `main` in a path
+    became ***)."""
+    monkeypatch.setenv("PGBACKREST_STANZA", "main")
+    monkeypatch.setenv("PGBACKREST_LOG_LEVEL_CONSOLE", "info")
+    monkeypatch.setenv("PGBACKREST_REPO1_S3_KEY", "AK")
+    monkeypatch.setenv("PGBACKREST_REPO1_S3_KEY_SECRET", "xAKy")
+    stderr = ("ERROR: [055]: unable to open missing file '/var/lib/postgresql/15/main/global/"
+              "pg_control' for read for stanza main with key xAKy and AK\n")
+    assert pgbackrest.tool_message(stderr) == (
+        "ERROR: [055]: unable to open missing file '/var/lib/postgresql/15/main/global/"
+        "pg_control' for read for stanza main with key *** and ***")
 
 
 def test_the_recovery_target_type_is_named_once_and_the_prefetch_refuses_another() -> None:
