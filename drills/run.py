@@ -195,6 +195,10 @@ def check_drill(options: DrillOptions, *, production: ConnInfo | None = None,
         guard.refuse_production_server(
             ConnInfo.parse(options.sandbox_url, what="ATB_SANDBOX_URL"), production,
             asserted=options.sandbox_is_not_production)
+    # the scratch directory is made under the temporary directory: checked as that
+    check_catalog_cache(catalog_cache.default_dir(), (
+        options.report_dir.resolve(), Path(tempfile.gettempdir()).resolve(),
+        cache_root().resolve()))
     if options.started is None:  # the drill's start in every form (`child.started_at`)
         options = replace(options, started=datetime.now(UTC).replace(microsecond=0))
     options = child.choose(options)  # the selection checked, and the backup picked once
@@ -345,11 +349,19 @@ def read_only_trees(options: DrillOptions, scratch: Path, *,
     bound = sorted(str(t) for t in trees if t.is_dir()
                    and not any(w == t or w.is_relative_to(t) for w in writes))
     if catalog is not None and catalog.is_dir():
-        cache = catalog.resolve()
-        inside = [w for w in writes if w == cache or w.is_relative_to(cache)]
-        if inside:
-            raise ConfigError(f"the catalog cache {cache} (ATB_CATALOG_CACHE) holds {inside[0]}, "
-                              "where the drill writes: it could not be read-only in the drill; "
-                              "give the cache a directory of its own")
-        bound.append(str(cache))
+        check_catalog_cache(catalog, writes)
+        bound.append(str(catalog.resolve()))
     return bound
+
+
+def check_catalog_cache(catalog: Path | None, writes: tuple[Path, ...]) -> None:
+    """The host's catalog cache directory can be bound read-only in the drill's namespace:
+    it holds none of `writes`, where the drill writes (exit 2 otherwise)."""
+    if catalog is None:
+        return
+    cache = catalog.resolve()
+    inside = [w for w in writes if w == cache or w.is_relative_to(cache)]
+    if inside:
+        raise ConfigError(f"the catalog cache {cache} (ATB_CATALOG_CACHE) holds {inside[0]}, "
+                          "where the drill writes: it could not be read-only in the drill; "
+                          "give the cache a directory of its own")

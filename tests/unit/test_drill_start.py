@@ -401,6 +401,24 @@ def test_the_child_reads_the_catalog_cache_read_only_and_it_is_bound_so(
         "its own")
 
 
+def test_a_catalog_cache_holding_the_reports_is_refused_before_anything_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`check_drill` refuses it with the binds' own words, before the selection is read or a
+    sandbox's files copied (it was refused only once the copy had begun)."""
+    from drills.run import check_drill
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ATB_CATALOG_CACHE", str(cache))
+    options = DrillOptions(backup_dir=tmp_path / "no-tree", report_dir=cache / "reports")
+    with pytest.raises(ConfigError) as refused:
+        check_drill(options)
+    assert str(refused.value) == (
+        f"the catalog cache {cache} (ATB_CATALOG_CACHE) holds {cache / 'reports'}, where the "
+        "drill writes: it could not be read-only in the drill; give the cache a directory of "
+        "its own")
+    assert not cache.exists()
+
+
 def test_the_tree_is_scanned_beside_the_restore_when_a_check_asks_for_the_schedule() -> None:
     """`_will_use`: decided by the fixture a check asks for (itself or through another,
     pytest's closure), a user's check too, not by a list of check names."""
