@@ -187,7 +187,7 @@ def test_a_wal_fetch_reads_pg_control_from_the_restored_copy() -> None:
         "--lock-path=/t/lock", "--no-archive-async"]
 
 
-def test_pgbackrests_error_is_one_line_with_its_cause_and_no_secret(
+def test_pgbackrests_error_is_one_line_with_its_cause_and_no_secret_masked(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PGBACKREST_REPO1_CIPHER_PASS", "s3cr3t-pass")
     stderr = ("WARN: something first\nERROR: [042]: unable to get 000000010000000000000003:\n"
@@ -196,13 +196,8 @@ def test_pgbackrests_error_is_one_line_with_its_cause_and_no_secret(
         "ERROR: [042]: unable to get 000000010000000000000003: repo1: 15-1/x.gz [CryptoError] "
         "key *** is wrong")
     assert pgbackrest.tool_message("") == "no message"
-
-
-def test_pgbackrests_error_keeps_its_stanza_and_paths_and_masks_every_secret(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only secrets are masked, whatever their length: the stanza, log level and paths in
-    the message stay readable (every PGBACKREST_* value was masked, so `main` in a path
-    became ***)."""
+    # only secrets are masked, whatever their length: the stanza, log level and paths stay
+    # readable (every PGBACKREST_* value was masked, so `main` in a path became ***)
     monkeypatch.setenv("PGBACKREST_STANZA", "main")
     monkeypatch.setenv("PGBACKREST_LOG_LEVEL_CONSOLE", "info")
     monkeypatch.setenv("PGBACKREST_REPO1_S3_KEY", "AK")
