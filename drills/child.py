@@ -280,11 +280,17 @@ def known_backup(options: DrillOptions) -> tuple[Backup | None, str | None] | No
     if early is not None and early.found is not None and early.found.path == picked.path \
             and early.backup_dir == options.backup_dir:
         return early.found, None
-    found = catalog.find(options.backup_dir, picked.path)
+    return read_whole(options.backup_dir, picked.path)
+
+
+def read_whole(backup_dir: Path, path: Path) -> tuple[Backup | None, str | None]:
+    """The picked backup at `path` read whole from its manifest (a pick from cached heads
+    holds no row counts), or why it cannot be drilled; named as the tree's scan named it,
+    as the reports did when the plugin picked."""
+    found = catalog.find(backup_dir, path)
     if found is None or not found.complete:
-        return None, f"the backup picked, {picked.path}, is gone or no longer complete"
-    # named as the tree's scan named it, as the reports did when the plugin picked
-    return replace(found, path=picked.path), None
+        return None, f"the backup picked, {path}, is gone or no longer complete"
+    return replace(found, path=path), None
 
 
 def early_target(options: DrillOptions) -> Backup | None:

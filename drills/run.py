@@ -45,8 +45,6 @@ log = logging.getLogger("atb.drill")
 PRODUCTION_ENV = "ATB_PRODUCTION_URL"
 # the isolation the child runs under, as JSON (level, reason, allowed), for its report
 ISOLATION_ENV = "ATB_ISOLATION_FACTS"
-# which catalog cache the child reads (`catalog_cache.default_dir`): this process's choice
-CATALOG_CACHE_ENV = "ATB_CATALOG_CACHE"
 # how the docker sandbox finds its engine and pgBackRest its repository (its credentials);
 # the integration command gets none of them
 TOOL_ENV_PREFIXES = ("DOCKER_", "TESTCONTAINERS_", "TC_", "PGBACKREST_")
@@ -101,7 +99,7 @@ def drill_env(options: DrillOptions, production: ConnInfo | None,
     # the catalog cache this process's checks read (`child.check_selection`), or none: the
     # child's schedule check scans through the same one (`drill_policy`), read-only: the
     # child never writes the host's trusted cache (isolated, it is bound read-only too)
-    extra[CATALOG_CACHE_ENV] = str(catalog_cache.default_dir() or "off")
+    extra[catalog_cache.DIR_ENV] = str(catalog_cache.default_dir() or "off")
     extra[catalog_cache.READ_ONLY_ENV] = "1"
     source = os.environ if base is None else base
     extra.update({k: v for k, v in source.items() if k.startswith(TOOL_ENV_PREFIXES)})
@@ -195,14 +193,12 @@ def check_drill(options: DrillOptions, *, production: ConnInfo | None = None,
         guard.refuse_production_server(
             ConnInfo.parse(options.sandbox_url, what="ATB_SANDBOX_URL"), production,
             asserted=options.sandbox_is_not_production)
-    # the scratch directory is made under the temporary directory: checked as that
-    check_catalog_cache(catalog_cache.default_dir(), (
-        options.report_dir.resolve(), Path(tempfile.gettempdir()).resolve(),
-        cache_root().resolve()))
+    check_catalog_cache(catalog_cache.default_dir(), drill_writes(options))
     if options.started is None:  # the drill's start in every form (`child.started_at`)
         options = replace(options, started=datetime.now(UTC).replace(microsecond=0))
     options = child.choose(options)  # the selection checked, and the backup picked once
     check_check_files(options.checks)
+    sandbox.check_account(options)  # root, postgres's, the backups' owner: exit 2
     if options.sandbox == "docker" and options.source == "dump":
         check_docker(options)
     if options.source == "pgbackrest":  # before anything starts: exit 3 with no pgbackrest,
@@ -344,14 +340,21 @@ def read_only_trees(options: DrillOptions, scratch: Path, *,
     trees = {options.backup_dir.resolve()}
     if options.backup is not None:
         trees.add(options.backup.resolve().parent)
-    writes = (options.report_dir.resolve(), scratch.resolve(),
-              Path(tempfile.gettempdir()).resolve(), cache_root().resolve())
+    writes = drill_writes(options, scratch)
     bound = sorted(str(t) for t in trees if t.is_dir()
                    and not any(w == t or w.is_relative_to(t) for w in writes))
     if catalog is not None and catalog.is_dir():
         check_catalog_cache(catalog, writes)
         bound.append(str(catalog.resolve()))
     return bound
+
+
+def drill_writes(options: DrillOptions, scratch: Path | None = None) -> tuple[Path, ...]:
+    """Where the drill writes (resolved): its reports, its scratch directory (under the
+    temporary directory until it is made), the temporary directory, atb's cache."""
+    made = () if scratch is None else (scratch.resolve(),)
+    return (options.report_dir.resolve(), *made, Path(tempfile.gettempdir()).resolve(),
+            cache_root().resolve())
 
 
 def check_catalog_cache(catalog: Path | None, writes: tuple[Path, ...]) -> None:

@@ -38,7 +38,6 @@ from backup_core.tools import db, isolation, reaper, removal, toolchain
 from backup_core.tools.cluster import (
     FAST_SETTINGS,
     Cluster,
-    RunAs,
     cache_root,
     point_in_time_account,
     preparing_lock,
@@ -261,24 +260,25 @@ def _local_cluster(chain: toolchain.Toolchain, locale: DatabaseLocale | None,
                    **settings)
 
 
-def check_account(options: DrillOptions) -> RunAs | None:
+def check_account(options: DrillOptions) -> None:
     """The account a drill's local sandbox would run as, checked before anything starts
     (`ConfigError`, exit 2, for one that is root or shares an owner with `postgres` or with
     the backups a dump drill reads, or with the repository's reader for a point-in-time
-    drill); None when the drill makes no local sandbox. `--sandbox auto` is checked too,
+    drill); nothing to check when the drill makes no local sandbox. `--sandbox auto` is checked too,
     though Docker may serve it: whether it does is known only once the engine answers
     (`resolve_provider`, seconds later, mid-drill), and auto falls back to a local sandbox,
     so the account it would then run as is refused up front."""
     if options.source != "dump":  # point-in-time: always a local cluster (`pitr.recovered`)
-        return point_in_time_account()
+        point_in_time_account()
+        return
     if options.sandbox not in ("local", "auto"):
-        return None
+        return
     owners: dict[int, str] = {}
     for tree in (options.backup_dir, options.backup.parent if options.backup else None):
         with contextlib.suppress(OSError):
             if tree is not None:
                 owners.setdefault(tree.stat().st_uid, f"the owner of the backups in {tree}")
-    return sandbox_account(owners=owners)
+    sandbox_account(owners=owners)
 
 
 @contextlib.contextmanager
@@ -303,8 +303,7 @@ def prepared_for(options: DrillOptions) -> Iterator[Path | None]:
     directory copied by this process while the child starts (`preparing`): the file the
     child waits for, or None. It is in a private directory (`atb-drill-*`, removed with the
     block, or by the next drill if this one is killed) that `run_drill` takes as the drill's
-    scratch directory. The sandbox's account is checked first (`check_account`)."""
-    check_account(options)
+    scratch directory. The caller checked the sandbox's account (`run.check_drill`)."""
     known = options.early_dump  # --backup, or the pick, on a local sandbox (one decision)
     if known is None:
         yield None

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from backup_core.tools.conninfo import redact
+from backup_core.tools.conninfo import redact, register_secret
 from backup_core.tools.errors import CommandFailed, ConfigError, ToolchainError
 from backup_core.tools.runner import Completed, run
 
@@ -60,20 +60,16 @@ def stanza_argv(exe: str, stanza: Stanza | None, *command: str) -> list[str]:
 
 
 def restore_argv(exe: str, stanza: Stanza, datadir: Path, *, target: datetime, backup: str,
-                 lock_dir: Path, restore_command: str | None = None,
+                 lock_dir: Path, restore_command: str,
                  target_type: str = TARGET_TYPE) -> list[str]:
     """`pgbackrest restore` of `backup` into `datadir` for recovery to `target`, then promote;
     the copy's restore_command (run by the server's shell, hence quoted) is `restore_command`
-    (`spool_restore_command`), else reads the archive synchronously with our own lock
-    directory."""
-    fetch = restore_command or shlex.join(
-        [*stanza_argv(exe, stanza), f"--lock-path={lock_dir}", f"--pg1-path={datadir}",
-         "--no-archive-async", "archive-get"]) + ' %f "%p"'
+    (`spool_restore_command`: the copy never reads the repository itself)."""
     return stanza_argv(exe, stanza, f"--pg1-path={datadir}", f"--lock-path={lock_dir}",
                        "restore", f"--set={backup}", f"--type={target_type}",
                        f"--target={target.isoformat()}", "--target-timeline=latest",
                        "--target-action=promote",
-                       "--archive-mode=off", f"--recovery-option=restore_command={fetch}")
+                       "--archive-mode=off", f"--recovery-option=restore_command={restore_command}")
 
 
 @dataclass(frozen=True)
@@ -145,9 +141,20 @@ def remote_repository(stanza: Stanza, *, environ: dict[str, str] | None = None) 
 
 
 def tool_env() -> dict[str, str]:
-    """pgBackRest's own variables (the repository's credentials among them): for pgBackRest
-    and for the server whose restore_command runs it, and nothing else."""
-    return {k: v for k, v in os.environ.items() if k.startswith("PGBACKREST_")}
+    """pgBackRest's own variables (the repository's credentials among them), for pgBackRest
+    alone. Its secrets are registered with the run's masking as they are handed out, so no
+    failure of a pgBackRest command (its `CommandFailed`, a log line, a report) shows them."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("PGBACKREST_")}
+    for value in _secrets(env):
+        register_secret(value)
+    return env
+
+
+def _secrets(env: dict[str, str]) -> list[str]:
+    """The secret values among pgBackRest's variables (a pass, key, secret or token), the
+    longest first: one secret inside another is masked whole."""
+    return sorted((value for name, value in env.items() if value and _SECRET_NAME.search(name)),
+                  key=len, reverse=True)
 
 
 def call(stanza: Stanza, *command: str, what: str, run_as: str | None = None,
@@ -182,12 +189,12 @@ def info(stanza: Stanza, *, run_as: str | None = None) -> StanzaInfo:
 
 
 def restore(stanza: Stanza, datadir: Path, *, target: datetime, backup: str, lock_dir: Path,
-            run_as: str | None, restore_command: str | None = None) -> Completed:
+            run_as: str | None, restore_command: str) -> Completed:
     """Restore `backup` into `datadir` (ours, empty) for recovery to `target`, then promote.
 
-    Archiving is off in the copy, and its restore_command reads the archive synchronously,
-    with our own lock directory and no log file: nothing the copy does writes to the stanza's
-    repository, its spool or its logs."""
+    With our own lock directory and no log file, archiving off in the copy, and its
+    `restore_command` copying from atb's spool (`spool_restore_command`): nothing the copy
+    does writes to the stanza's repository, its spool or its logs."""
     return run(restore_argv(executable(), stanza, datadir, target=target, backup=backup,
                             lock_dir=lock_dir, restore_command=restore_command),
                what="pgbackrest restore", env=tool_env(), run_as=run_as, timeout=None)
@@ -235,9 +242,7 @@ def tool_message(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     first = next((i for i, ln in enumerate(lines) if "ERROR" in ln), max(len(lines) - 1, 0))
     message = redact(" ".join(lines[first:first + 6])) or "no message"
-    secrets = sorted((value for name, value in tool_env().items()
-                      if value and _SECRET_NAME.search(name)), key=len, reverse=True)
-    for value in secrets:  # the longest first: one secret inside another is masked whole
+    for value in _secrets(tool_env()):  # also those shorter than the run's masking masks
         message = message.replace(value, "***")
     return message
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from backup_core.pitr import pgbackrest
 from backup_core.pitr.pgbackrest import BackupSet, Stanza, StanzaInfo
-from backup_core.tools import db
+from backup_core.tools import db, removal
 from backup_core.tools.cluster import (
     FAST_SETTINGS,
     Cluster,
@@ -207,10 +207,10 @@ def prefetch_wal(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: da
     return fetched
 
 
-def _not_removed(_func: object, path: str, exc_info: object) -> None:
-    """A part of the WAL spool that could not be removed: said, not hidden (disk stays used
-    until the drill's work directory goes)."""
-    log.warning("WAL spool: could not remove %s: %s", path, exc_info)
+def spool_of(datadir: Path) -> Path:
+    """The WAL spool of a point-in-time copy: beside its data directory, in its work
+    directory (root's, 0711)."""
+    return datadir.parent / "wal"
 
 
 def history_begins(text: str, tli: int) -> dict[int, int]:
@@ -272,7 +272,7 @@ def recovered(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: datet
 
     def populate(datadir: Path, run_as: str | None) -> None:
         t0 = time.monotonic()
-        lock, spool = datadir.parent / "lock", datadir.parent / "wal"
+        lock, spool = datadir.parent / "lock", spool_of(datadir)
         lock.mkdir()
         spool.mkdir(mode=0o700)
         if reader:
@@ -306,7 +306,7 @@ def recovered(stanza: Stanza, info: StanzaInfo, backup: BackupSet, target: datet
             raise explain(_read(cluster.logfile), info, target) from exc
         _wait_promoted(cluster, info, target, deadline=t0 + timeout_s)
         # promoted: the server reads no more WAL from the spool; its disk is given back now
-        shutil.rmtree(cluster.datadir.parent / "wal", onerror=_not_removed)
+        removal.discard(spool_of(cluster.datadir))  # the sandbox account's: no link followed
         text = _read(cluster.logfile)
         start, done = REDO_START_RE.search(text), REDO_DONE_RE.search(text)
         last = LAST_XACT_RE.search(text)

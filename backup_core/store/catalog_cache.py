@@ -62,12 +62,14 @@ VALIDATOR = _validator()
 # "1": this process only reads the cache, never creates or writes it (a drill's child, where
 # the directory is bound read-only and application code runs beside it)
 READ_ONLY_ENV = "ATB_CATALOG_CACHE_READ_ONLY"
+# where the cache is (`default_dir`): a directory, or `off`
+DIR_ENV = "ATB_CATALOG_CACHE"
 
 
 def default_dir() -> Path | None:
     """`ATB_CATALOG_CACHE` (`off`: no cache), else `$XDG_CACHE_HOME/atb/catalog` or
     `~/.cache/atb/catalog`."""
-    given = os.environ.get("ATB_CATALOG_CACHE", "")
+    given = os.environ.get(DIR_ENV, "")
     if given == "off":
         return None
     if given:

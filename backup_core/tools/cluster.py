@@ -419,13 +419,13 @@ class Cluster:
         we may signal the pid as root (`_stop`). The one seen when it started, while it
         still runs."""
         uid = _uid(self.run_as)
-        if self._postmaster is not None and _serves(self._postmaster, self.datadir, uid):
+        if self._postmaster is not None and reaper.serves(self._postmaster, self.datadir, uid):
             return self._postmaster
         try:
             pid = int((self.datadir / "postmaster.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-        return pid if _serves(pid, self.datadir, uid) else None
+        return pid if reaper.serves(pid, self.datadir, uid) else None
 
     def url(self, dbname: str = "postgres") -> ConnInfo:
         if self.tcp:
@@ -1015,18 +1015,6 @@ def server_ready(pid_file: Path, *, since: float) -> bool:
     except (OSError, ValueError, IndexError):
         return False
     return ready and started >= int(since) - 2 and not _exited(pid)
-
-
-def _serves(pid: int, datadir: Path, uid: int) -> bool:
-    """`pid` is a process of `uid` whose command line names `datadir`: a server of it (a
-    process the server's user made to look like one is its own to lose), not a pid
-    another process wrote in the lock file (production's postmaster, init)."""
-    try:
-        owner = os.stat(f"/proc/{pid}").st_uid
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return False
-    return owner == uid and str(datadir).encode() in cmdline.split(b"\0")
 
 
 def _quit(pid: int, *, timeout: float = 30.0) -> bool:

@@ -135,12 +135,21 @@ def _postmaster(datadir: Path) -> int | None:
     try:
         owner = datadir.lstat().st_uid
         pid = int((datadir / "postmaster.pid").read_text().split()[0])
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        uid = os.stat(f"/proc/{pid}").st_uid
     except (OSError, ValueError, IndexError):
         return None
-    # whole arguments, as `cluster._serves`: not a longer path that merely contains it
-    return pid if uid == owner and str(datadir).encode() in cmdline.split(b"\0") else None
+    return pid if serves(pid, datadir, owner) else None
+
+
+def serves(pid: int, datadir: Path, uid: int) -> bool:
+    """`pid` is a process of `uid` whose command line names `datadir` as a whole argument: a
+    server of it (a process the server's user made to look like one is its own to lose), not
+    a pid another process wrote in the lock file (production's postmaster, init, root's)."""
+    try:
+        owner = os.stat(f"/proc/{pid}").st_uid
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+    return owner == uid and str(datadir).encode() in cmdline.split(b"\0")
 
 
 def _stop(pid: int) -> None:

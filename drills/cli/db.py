@@ -28,7 +28,6 @@ from drills.cli.params import (
 from drills.cli.publish import notify_option
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from datetime import datetime
 
     from backup_core.ops import backup, restore
@@ -193,8 +192,7 @@ def _list_text(items: tuple[catalog.Listed, ...], backup_dir: Path, *, where: st
         headers.append("database")
         columns.append([printable(b.database) for b in items])
     headers.append("path")
-    shown = _under(backup_dir)
-    columns.append([shown(b.path)
+    columns.append([rel(b.path, backup_dir)
                     + (f"  ({printable(b.problem)})" if b.problem else "") for b in items])
     return output.aligned(headers, columns)
 
@@ -207,19 +205,6 @@ def _taken(at: datetime | None) -> str:
     if at.year >= 1000:
         return at.isoformat(" ", "seconds")[:19] + "Z"
     return at.strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _under(root: Path) -> Callable[[Path], str]:
-    """`rel(path, root)` for many paths under one root: the root's text read once."""
-    under = str(root)
-    if under in ("", ".", "/"):
-        return lambda path: rel(path, root)
-    prefix, cut = under + "/", len(under) + 1
-
-    def shown(path: Path) -> str:
-        text = str(path)
-        return printable(text[cut:]) if text.startswith(prefix) else rel(path, root)
-    return shown
 
 
 @db.command("verify", epilog=EXIT_CODES)

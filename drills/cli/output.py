@@ -144,16 +144,6 @@ def _write(value: Any, out: list[str], newline: str) -> None:
         raise _NotPlain
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Left-aligned columns two spaces apart, trailing blanks trimmed."""
-    for r in rows:
-        if len(r) != len(headers):
-            raise ValueError(f"a row of {len(r)} cells under {len(headers)} headers")
-    columns = [[str(c) for c in column] for column in zip(*rows, strict=True)] if rows \
-        else [[] for _ in headers]
-    return aligned(headers, columns)
-
-
 def records_table(records: Sequence[T], columns: Sequence[Column[T]]) -> str:
     """A table of records, one row each, a column per (header, how to read it)."""
     return aligned([h for h, _ in columns],

@@ -11,7 +11,6 @@ import json
 import os
 import types
 from collections.abc import Callable, Generator
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -79,9 +78,9 @@ def configure_drill(config: pytest.Config) -> None:
     # a typo in where the backups are, or a sandbox account that would own what the sandbox
     # must not touch: usage errors, before anything starts
     try:
-        if not child.SELECTION_CHECKED:
+        if not child.SELECTION_CHECKED:  # else `atb drill run` checked both (`check_drill`)
             scanned = child.check_selection(options)
-        sandbox.check_account(options)
+            sandbox.check_account(options)
     except AtbError as exc:
         raise pytest.UsageError(str(exc)) from exc
     builtin = builtin_checks(options.source)  # the check functions, imported
@@ -350,25 +349,22 @@ def _select(options: DrillOptions, now: datetime, scanned: list[Backup] | None =
         backups = scanned
     else:
         backups = catalog.of_database(scanned, options.backup_dir, options.database)
-    eligible = len(pick.eligible(backups, now=now, window_days=options.window_days,
-                                 database=options.database))
-    try:
-        chosen = pick.pick(backups, now=now, window_days=options.window_days, seed=options.seed,
-                           database=options.database)
+    try:  # the catalog filtered once
+        chosen, eligible = pick.picked(backups, now=now, window_days=options.window_days,
+                                       seed=options.seed, database=options.database)
     except pick.NothingToDrill as exc:
+        eligible = len(pick.eligible(backups, now=now, window_days=options.window_days,
+                                     database=options.database))
         why = str(exc)
         if options.database is not None and not any(b.is_backup for b in backups):
             if whole is None:
                 whole = catalog.scan(options.backup_dir, cache_dir=cache)
             why = child.no_backup_of(options.database, options.backup_dir, whole)  # say where
         return None, f"{why} (looked in {options.backup_dir})", eligible, backups
-    if chosen.head_only:  # the cache kept its manifest's head: the drill reads it whole
-        found = catalog.find(options.backup_dir, chosen.path)
-        if found is None or not found.complete:
-            return None, f"the backup picked, {chosen.path}, is gone or no longer complete", \
-                eligible, backups
-        chosen = replace(found, path=chosen.path)  # named as the scan named it
-    return chosen, None, eligible, backups
+    if not chosen.head_only:
+        return chosen, None, eligible, backups
+    drilled, error = child.read_whole(options.backup_dir, chosen.path)  # the cache kept a head
+    return drilled, error, eligible, backups
 
 
 DIRECT = ("run by pytest --drill, not atb drill run: the checks share pytest's process; "

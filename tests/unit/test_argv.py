@@ -147,10 +147,10 @@ def test_pgbackrest_argv_for_a_stanza_and_a_point_in_time_restore() -> None:
     assert pgbackrest.stanza_argv(exe, None, "version") == [exe, "version"]
     at = datetime(2026, 11, 29, 20, 15, 0, tzinfo=UTC)
     argv = pgbackrest.restore_argv(exe, stanza, Path("/w/data dir"), target=at,
-                                   backup="20261129-200000F", lock_dir=Path("/w/lock"))
-    fetch = ("/usr/bin/pgbackrest --config=/etc/pgbackrest/pgbackrest.conf --stanza=main "
-             "--log-level-file=off --lock-path=/w/lock '--pg1-path=/w/data dir' "
-             '--no-archive-async archive-get %f "%p"')
+                                   backup="20261129-200000F", lock_dir=Path("/w/lock"),
+                                   restore_command=pgbackrest.spool_restore_command(
+                                       Path("/w/wal dir")))
+    fetch = "cp '/w/wal dir'/%f \"%p\""
     assert argv == [
         exe, "--config=/etc/pgbackrest/pgbackrest.conf", "--stanza=main",
         "--log-level-file=off", "--pg1-path=/w/data dir", "--lock-path=/w/lock", "restore",

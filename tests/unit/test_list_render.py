@@ -168,15 +168,20 @@ def test_the_list_table_pinned_for_a_wide_a_combining_and_a_non_utf8_name() -> N
         "bad\\xffbyte)"]
 
 
-def test_a_table_is_the_old_tables_text_and_refuses_a_ragged_row() -> None:
+def test_a_table_is_the_old_tables_text_and_refuses_a_ragged_column() -> None:
     rows: list[list[object]] = [["a ", None, 3, Path("p/q")], ["", "\u5099", -1.5, "trail  "],
                                 ["x" * 30, "", 0, ""]]
     headers = ["one", "two", "three", "four"]
-    assert output.table(headers, rows) == old_table(headers, rows)
-    assert output.table(headers, []) == old_table(headers, []) == "one  two  three  four"
-    assert output.table(["only"], [["a  "], [""]]) == old_table(["only"], [["a  "], [""]])
-    with pytest.raises(ValueError, match="a row of 3 cells under 4 headers"):
-        output.table(headers, [["a", "b", "c"]])
+
+    def columns(rows: list[list[object]]) -> list[list[str]]:
+        return [[str(c) for c in column] for column in zip(*rows, strict=True)]
+
+    assert output.aligned(headers, columns(rows)) == old_table(headers, rows)
+    assert output.aligned(headers, [[]] * 4) == old_table(headers, []) == \
+        "one  two  three  four"
+    assert output.aligned(["only"], [["a  ", ""]]) == old_table(["only"], [["a  "], [""]])
+    with pytest.raises(ValueError, match="zip"):
+        output.aligned(headers, [["a"], ["b"], ["c", "d"], ["e"]])
 
 
 @pytest.mark.parametrize("root", [Path("/srv/backups"), Path(".")])

@@ -10,6 +10,8 @@ import pytest
 
 from backup_core.ops import status
 from backup_core.pitr import pgbackrest, pitr, wal_status
+from backup_core.tools import masking
+from backup_core.tools.conninfo import redact
 from backup_core.tools.errors import AtbError, ConfigError
 from drills.options import DrillOptions, parse_target
 
@@ -209,6 +211,20 @@ def test_pgbackrests_error_is_one_line_with_its_cause_and_no_secret_masked(
         "pg_control' for read for stanza main with key *** and ***")
 
 
+def test_pgbackrests_secrets_are_masked_in_every_failure_once_handed_to_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not only archive-get's message: once `tool_env` hands the secrets to pgBackRest, any
+    text the run redacts (a failed restore's or info's `CommandFailed`, a log line) masks
+    them; the stanza's name is no secret and stays."""
+    monkeypatch.setenv("PGBACKREST_REPO1_CIPHER_PASS", "cipher-Pass-9")
+    monkeypatch.setenv("PGBACKREST_STANZA", "main-stanza")
+    with masking.owned(masking.Secrets()):
+        text = "pgbackrest restore failed: main-stanza: bad cipher-Pass-9"
+        assert redact(text) == text
+        assert pgbackrest.tool_env()["PGBACKREST_STANZA"] == "main-stanza"
+        assert redact(text) == "pgbackrest restore failed: main-stanza: bad ***"
+
+
 def test_the_recovery_target_type_is_named_once_and_the_prefetch_refuses_another() -> None:
     """The prefetch stops at the first commit after the target, which means a time: the
     restore asks for the type named in one place, and the prefetch refuses any other
@@ -216,7 +232,7 @@ def test_the_recovery_target_type_is_named_once_and_the_prefetch_refuses_another
     assert pgbackrest.TARGET_TYPE == "time"
     argv = pgbackrest.restore_argv("/usr/bin/pgbackrest", pgbackrest.Stanza("main"),
                                    Path("/w/data"), target=T0, backup="b",
-                                   lock_dir=Path("/w/lock"))
+                                   lock_dir=Path("/w/lock"), restore_command="cp")
     assert "--type=time" in argv
     with pytest.raises(ValueError, match="prefetch_wal stops at the first commit after a "
                                          "time; a 'lsn' recovery target would need"):
